@@ -1,0 +1,7 @@
+//! placeholder
+pub mod account_key;
+pub mod canonical;
+pub mod pdu;
+pub mod signing;
+pub mod verify;
+pub mod version;

@@ -1,5 +1,6 @@
 //! placeholder
 pub mod account_key;
+pub mod auth;
 pub mod canonical;
 pub mod pdu;
 pub mod signing;

@@ -1,0 +1,1 @@
+//! HTTP surface (axum): client, federation, key, media, admin, well-known, metrics.

@@ -1,0 +1,1 @@
+//! Talking to other servers: discovery, TLS, X-Matrix, keys, sending.

@@ -1,0 +1,1 @@
+//! The binary: CLI, config loading, listeners, TLS, start-up and shutdown.

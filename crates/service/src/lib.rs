@@ -1,0 +1,1 @@
+//! What the homeserver does: accounts, rooms, timeline, sync, inbound PDUs, account keys.

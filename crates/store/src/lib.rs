@@ -1,0 +1,23 @@
+//! Persistence on PostgreSQL and SQLite (sqlx): the only crate that holds SQL.
+//!
+//! One API over two backends. SQL is written once in a portable subset (`$N` placeholders,
+//! `ON CONFLICT`, `RETURNING`, JSON as text, times as integer milliseconds) and run on whichever
+//! pool the [`Store`] holds through the [`with_pool!`] macro, which expands the same statement
+//! for each backend so both get native types and native connection settings. A statement that is
+//! backend-specific exists only where the dialects truly differ.
+//!
+//! Areas, one module each: [`server_keys`] (the server's own signing keys). Later areas (accounts,
+//! rooms and events, state, streams, federation queue, account keys, media) follow the same shape.
+//!
+//! Migrations live in `migrations/{postgres,sqlite}` at the repository root, in pairs, and are
+//! embedded in the binary; [`Store::open`] applies them and refuses a database written by a newer
+//! schema than this binary knows.
+
+mod error;
+pub mod server_keys;
+mod store;
+pub mod test_support;
+
+pub use error::StoreError;
+pub use server_keys::StoredSigningKey;
+pub use store::{Backend, DatabaseKind, Store, StoreOptions};

@@ -1,0 +1,1 @@
+//! Dev-only: start in-process servers with temporary databases and a private CA.

@@ -214,8 +214,8 @@ fn check_account_key_rules(version: &RoomVersion, pdu: &Pdu) -> Result<(), AuthE
 
 /// The auth chain of some events, computed from events in memory: every event reachable
 /// through `auth_events`, excluding the starting events unless reachable from another.
-pub fn auth_chain<'a>(
-    start: impl IntoIterator<Item = &'a str>,
+pub fn auth_chain<'a, 'b>(
+    start: impl IntoIterator<Item = &'b str>,
     fetch_event: impl Fn(&str) -> Option<&'a Pdu>,
 ) -> HashSet<String> {
     let mut seen: HashSet<String> = HashSet::new();

@@ -4,5 +4,6 @@ pub mod auth;
 pub mod canonical;
 pub mod pdu;
 pub mod signing;
+pub mod state_res;
 pub mod verify;
 pub mod version;

@@ -60,12 +60,19 @@ impl AccountKey {
             return Err(AccountKeyError::InvalidCharacter(bad));
         }
         // Length and alphabet checked above, so the last char exists and is ASCII.
-        let last = s.chars().next_back().ok_or(AccountKeyError::WrongLength(0))?;
+        let last = s
+            .chars()
+            .next_back()
+            .ok_or(AccountKeyError::WrongLength(0))?;
         if !CANONICAL_LAST_CHARS.contains(last) {
             return Err(AccountKeyError::NonCanonical);
         }
-        let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| AccountKeyError::NonCanonical)?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| AccountKeyError::NonCanonical)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| AccountKeyError::NonCanonical)?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| AccountKeyError::NonCanonical)?;
         // Belt and braces: the round trip is the definition of canonical.
         if URL_SAFE_NO_PAD.encode(bytes) != s {
             return Err(AccountKeyError::NonCanonical);
@@ -76,7 +83,10 @@ impl AccountKey {
     /// Build from raw public key bytes; fails if they are not a valid point.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, AccountKeyError> {
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| AccountKeyError::NotAPoint)?;
-        Ok(Self { encoded: URL_SAFE_NO_PAD.encode(bytes), key })
+        Ok(Self {
+            encoded: URL_SAFE_NO_PAD.encode(bytes),
+            key,
+        })
     }
 
     /// The key from the localpart of `@<key>:<domain>`.
@@ -141,7 +151,10 @@ impl KeyFormUserId {
         if ruma::ServerName::parse(domain).is_err() {
             return Err(AccountKeyError::NotKeyFormUserId(user_id.to_owned()));
         }
-        Ok(Self { key: AccountKey::parse(localpart)?, server_name: domain.to_owned() })
+        Ok(Self {
+            key: AccountKey::parse(localpart)?,
+            server_name: domain.to_owned(),
+        })
     }
 }
 
@@ -179,7 +192,10 @@ mod tests {
         assert_eq!(parsed.key, key);
         assert_eq!(parsed.server_name, "example.org");
         assert_eq!(parsed.to_string(), uid);
-        assert_eq!(AccountKey::from_user_id(&uid).unwrap().to_bytes(), key.to_bytes());
+        assert_eq!(
+            AccountKey::from_user_id(&uid).unwrap().to_bytes(),
+            key.to_bytes()
+        );
         assert_eq!(AccountKey::parse(key.as_str()).unwrap(), key);
     }
 
@@ -195,14 +211,29 @@ mod tests {
         let good = sample_key().as_str().to_owned();
         // Standard alphabet characters.
         let with_plus = format!("+{}", &good[1..]);
-        assert_eq!(AccountKey::parse(&with_plus), Err(AccountKeyError::InvalidCharacter('+')));
+        assert_eq!(
+            AccountKey::parse(&with_plus),
+            Err(AccountKeyError::InvalidCharacter('+'))
+        );
         let with_slash = format!("/{}", &good[1..]);
-        assert_eq!(AccountKey::parse(&with_slash), Err(AccountKeyError::InvalidCharacter('/')));
+        assert_eq!(
+            AccountKey::parse(&with_slash),
+            Err(AccountKeyError::InvalidCharacter('/'))
+        );
         // Padding.
-        assert_eq!(AccountKey::parse(&format!("{good}=")), Err(AccountKeyError::WrongLength(44)));
+        assert_eq!(
+            AccountKey::parse(&format!("{good}=")),
+            Err(AccountKeyError::WrongLength(44))
+        );
         // 42 and 44 chars.
-        assert_eq!(AccountKey::parse(&good[..42]), Err(AccountKeyError::WrongLength(42)));
-        assert_eq!(AccountKey::parse(&format!("{good}A")), Err(AccountKeyError::WrongLength(44)));
+        assert_eq!(
+            AccountKey::parse(&good[..42]),
+            Err(AccountKeyError::WrongLength(42))
+        );
+        assert_eq!(
+            AccountKey::parse(&format!("{good}A")),
+            Err(AccountKeyError::WrongLength(44))
+        );
         // Non-zero trailing bits: replace the last char with one that decodes to the same bytes
         // plus a set padding bit.
         let last = good.chars().last().unwrap();
@@ -210,7 +241,10 @@ mod tests {
         let idx = alphabet.find(last).unwrap();
         let bumped = alphabet.as_bytes()[idx + 1] as char;
         let non_canonical = format!("{}{bumped}", &good[..42]);
-        assert_eq!(AccountKey::parse(&non_canonical), Err(AccountKeyError::NonCanonical));
+        assert_eq!(
+            AccountKey::parse(&non_canonical),
+            Err(AccountKeyError::NonCanonical)
+        );
         // Non-ASCII of the right byte length must not panic.
         let weird = format!("é{}", &good[2..]);
         assert!(AccountKey::parse(&weird).is_err());

@@ -31,7 +31,9 @@ impl AuthError {
 }
 
 fn deny(reason: impl Into<String>) -> AuthError {
-    AuthError { reason: reason.into() }
+    AuthError {
+        reason: reason.into(),
+    }
 }
 
 /// A `(event type, state key)` pair.
@@ -68,10 +70,12 @@ pub fn select_auth_events(
     content: &RawValue,
     state: &HashMap<StateKey, String>,
 ) -> Result<Vec<String>, AuthError> {
-    Ok(auth_types_for_event(version, event_type, sender, state_key, content)?
-        .iter()
-        .filter_map(|k| state.get(k).cloned())
-        .collect())
+    Ok(
+        auth_types_for_event(version, event_type, sender, state_key, content)?
+            .iter()
+            .filter_map(|k| state.get(k).cloned())
+            .collect(),
+    )
 }
 
 /// The rules that do not depend on room state: the create event's rules, and that the cited
@@ -140,18 +144,24 @@ pub fn check_against_auth_events<'a>(
             .ok_or_else(|| deny(format!("missing create event {create_id}")))?;
         state.insert(("m.room.create".to_owned(), String::new()), create);
     }
-    check_against_state(version, pdu, |t, k| state.get(&(t.to_owned(), k.to_owned())).copied())
+    check_against_state(version, pdu, |t, k| {
+        state.get(&(t.to_owned(), k.to_owned())).copied()
+    })
 }
 
 /// Rule 1.3: the create event's `room_version` (default "1") must be one we recognise.
 fn check_create_room_version(pdu: &Pdu) -> Result<(), AuthError> {
-    let content = pdu.content_object().ok_or_else(|| deny("create content is not an object"))?;
+    let content = pdu
+        .content_object()
+        .ok_or_else(|| deny("create content is not an object"))?;
     let version = match content.get("room_version") {
         None => "1",
         Some(ruma::CanonicalJsonValue::String(s)) => s.as_str(),
         Some(_) => return Err(deny("room_version must be a string")),
     };
-    RoomVersion::get(version).map(|_| ()).map_err(|e| deny(e.to_string()))
+    RoomVersion::get(version)
+        .map(|_| ())
+        .map_err(|e| deny(e.to_string()))
 }
 
 /// The MSC4243 additions: identities named in auth-relevant places must be strict key-form ids,
@@ -193,12 +203,16 @@ fn check_account_key_rules(version: &RoomVersion, pdu: &Pdu) -> Result<(), AuthE
                     key_form("join_authorised_via_users_server", authoriser)?;
                 }
                 if content.contains_key("third_party_invite") {
-                    return Err(deny("third-party invites are disabled in account-key rooms"));
+                    return Err(deny(
+                        "third-party invites are disabled in account-key rooms",
+                    ));
                 }
             }
         }
         "m.room.third_party_invite" => {
-            return Err(deny("third-party invites are disabled in account-key rooms"));
+            return Err(deny(
+                "third-party invites are disabled in account-key rooms",
+            ));
         }
         "m.room.power_levels" => {
             if let Some(users) = content.and_then(|c| get_object(c, "users")) {
@@ -230,7 +244,11 @@ pub fn auth_chain<'a, 'b>(
             continue;
         }
         if let Some(pdu) = fetch_event(&id) {
-            stack.extend(pdu.auth_events().filter(|a| !seen.contains(*a)).map(str::to_owned));
+            stack.extend(
+                pdu.auth_events()
+                    .filter(|a| !seen.contains(*a))
+                    .map(str::to_owned),
+            );
         }
     }
     seen

@@ -79,7 +79,10 @@ pub fn reference_hash(
 
 /// The event id of an event: `$` + URL-safe unpadded base64 of its reference hash.
 pub fn event_id(event: &CanonicalJsonObject, version: &RoomVersion) -> Result<String, JsonError> {
-    Ok(format!("${}", URL_SAFE_NO_PAD.encode(reference_hash(event, version)?)))
+    Ok(format!(
+        "${}",
+        URL_SAFE_NO_PAD.encode(reference_hash(event, version)?)
+    ))
 }
 
 /// The room id a v12-style create event defines: `!` + its reference hash (MSC4291). `None` for
@@ -90,9 +93,10 @@ pub fn room_id_for_create_event(
 ) -> Result<Option<String>, JsonError> {
     match version.room_id_format() {
         crate::version::RoomIdFormat::ServerScoped => Ok(None),
-        crate::version::RoomIdFormat::CreateEventHash => {
-            Ok(Some(format!("!{}", URL_SAFE_NO_PAD.encode(reference_hash(create, version)?))))
-        }
+        crate::version::RoomIdFormat::CreateEventHash => Ok(Some(format!(
+            "!{}",
+            URL_SAFE_NO_PAD.encode(reference_hash(create, version)?)
+        ))),
     }
 }
 
@@ -104,7 +108,10 @@ pub fn redact(
 ) -> Result<CanonicalJsonObject, JsonError> {
     // ruma's algorithm is exactly the spec's per version; we only pick which one.
     debug_assert!(matches!(
-        (version.redaction(), version.rules().redaction.keep_origin_membership_prev_state),
+        (
+            version.redaction(),
+            version.rules().redaction.keep_origin_membership_prev_state
+        ),
         (RedactionAlgorithm::V9, true) | (RedactionAlgorithm::V11, false)
     ));
     ruma::canonical_json::redact(event.clone(), &version.rules().redaction, None)
@@ -141,7 +148,10 @@ mod tests {
     #[test]
     fn spec_canonical_json_examples() {
         assert_eq!(canon("{}"), "{}");
-        assert_eq!(canon(r#"{ "one": 1, "two": "Two" }"#), r#"{"one":1,"two":"Two"}"#);
+        assert_eq!(
+            canon(r#"{ "one": 1, "two": "Two" }"#),
+            r#"{"one":1,"two":"Two"}"#
+        );
         assert_eq!(canon(r#"{ "b": "2", "a": "1" }"#), r#"{"a":"1","b":"2"}"#);
         assert_eq!(
             canon(
@@ -157,7 +167,10 @@ mod tests {
 
     #[test]
     fn non_canonical_values_are_errors() {
-        assert!(matches!(parse_object(b"{\"a\": 1.5}"), Err(JsonError::NotCanonical(_))));
+        assert!(matches!(
+            parse_object(b"{\"a\": 1.5}"),
+            Err(JsonError::NotCanonical(_))
+        ));
         assert!(matches!(
             parse_object(b"{\"a\": 9007199254740992}"),
             Err(JsonError::NotCanonical(_))
@@ -169,7 +182,10 @@ mod tests {
             Err(JsonError::NotCanonical(_))
         ));
         assert_eq!(parse_object(b"[1]"), Err(JsonError::NotAnObject));
-        assert!(matches!(parse_object(b"{\"a\":"), Err(JsonError::NotJson(_))));
+        assert!(matches!(
+            parse_object(b"{\"a\":"),
+            Err(JsonError::NotJson(_))
+        ));
         assert!(matches!(parse_object(b"\xff"), Err(JsonError::NotJson(_))));
         // Deep nesting is refused by the parser's recursion limit, not a stack overflow.
         let deep = format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));

@@ -39,7 +39,11 @@ pub enum PduError {
     #[error("field {field} is {len} bytes, more than {MAX_ID_BYTES}")]
     FieldTooLong { field: &'static str, len: usize },
     #[error("{field} has {count} entries, more than {max}")]
-    TooManyEvents { field: &'static str, count: usize, max: usize },
+    TooManyEvents {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
     #[error("{field} is out of range")]
     OutOfRange { field: &'static str },
     #[error("{field} is not a valid identifier: {value:?}")]
@@ -94,7 +98,10 @@ impl Pdu {
     }
 
     /// Like [`Pdu::from_federation`] for JSON already parsed into canonical form.
-    pub fn from_canonical(json: CanonicalJsonObject, version: &RoomVersion) -> Result<Pdu, PduError> {
+    pub fn from_canonical(
+        json: CanonicalJsonObject,
+        version: &RoomVersion,
+    ) -> Result<Pdu, PduError> {
         check_format(&json, version)?;
         let event_id = canonical::event_id(&json, version)?;
         Self::typed(event_id, json, version)
@@ -121,13 +128,15 @@ impl Pdu {
         let kind_str = kind.to_owned();
         let kind = TimelineEventType::from(kind);
         let sender = get_str(&json, "sender").ok_or(PduError::MissingField("sender"))?;
-        let sender = OwnedUserId::try_from(sender)
-            .map_err(|_| PduError::InvalidId { field: "sender", value: sender.to_owned() })?;
+        let sender = OwnedUserId::try_from(sender).map_err(|_| PduError::InvalidId {
+            field: "sender",
+            value: sender.to_owned(),
+        })?;
         let room_id = match get_str(&json, "room_id") {
-            Some(r) => Some(
-                OwnedRoomId::try_from(r)
-                    .map_err(|_| PduError::InvalidId { field: "room_id", value: r.to_owned() })?,
-            ),
+            Some(r) => Some(OwnedRoomId::try_from(r).map_err(|_| PduError::InvalidId {
+                field: "room_id",
+                value: r.to_owned(),
+            })?),
             None if json.contains_key("room_id") => return Err(PduError::WrongType("room_id")),
             None => None,
         };
@@ -151,7 +160,9 @@ impl Pdu {
         let origin_server_ts = match json.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(i)) => UInt::try_from(i64::from(*i))
                 .map(MilliSecondsSinceUnixEpoch)
-                .map_err(|_| PduError::OutOfRange { field: "origin_server_ts" })?,
+                .map_err(|_| PduError::OutOfRange {
+                    field: "origin_server_ts",
+                })?,
             Some(_) => return Err(PduError::WrongType("origin_server_ts")),
             None => return Err(PduError::MissingField("origin_server_ts")),
         };
@@ -281,7 +292,10 @@ impl Pdu {
 }
 
 fn parse_event_id(field: &'static str, s: &str) -> Result<OwnedEventId, PduError> {
-    OwnedEventId::try_from(s).map_err(|_| PduError::InvalidId { field, value: s.to_owned() })
+    OwnedEventId::try_from(s).map_err(|_| PduError::InvalidId {
+        field,
+        value: s.to_owned(),
+    })
 }
 
 fn id_list(json: &CanonicalJsonObject, field: &'static str) -> Result<Vec<OwnedEventId>, PduError> {
@@ -308,7 +322,10 @@ fn required_string<'a>(
         Some(_) => return Err(PduError::WrongType(field)),
     };
     if s.len() > MAX_ID_BYTES {
-        return Err(PduError::FieldTooLong { field, len: s.len() });
+        return Err(PduError::FieldTooLong {
+            field,
+            len: s.len(),
+        });
     }
     Ok(s)
 }
@@ -325,7 +342,11 @@ fn required_list(
         return Err(PduError::WrongType(field));
     };
     if items.len() > max {
-        return Err(PduError::TooManyEvents { field, count: items.len(), max });
+        return Err(PduError::TooManyEvents {
+            field,
+            count: items.len(),
+            max,
+        });
     }
     items
         .iter()
@@ -333,14 +354,19 @@ fn required_list(
             CanonicalJsonValue::String(s) if s.len() <= MAX_ID_BYTES => {
                 parse_event_id(field, s).map(|_| s.clone())
             }
-            CanonicalJsonValue::String(s) => Err(PduError::FieldTooLong { field, len: s.len() }),
+            CanonicalJsonValue::String(s) => Err(PduError::FieldTooLong {
+                field,
+                len: s.len(),
+            }),
             _ => Err(PduError::WrongType(field)),
         })
         .collect()
 }
 
 fn is_url_safe_hash(s: &str) -> bool {
-    s.len() == 43 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    s.len() == 43
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The format checks on receipt of a PDU (server-server API, step 1), per room version.
@@ -352,7 +378,10 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
     let kind = required_string(json, "type")?;
     let sender = required_string(json, "sender")?;
     if ruma::UserId::parse(sender).is_err() {
-        return Err(PduError::InvalidId { field: "sender", value: sender.to_owned() });
+        return Err(PduError::InvalidId {
+            field: "sender",
+            value: sender.to_owned(),
+        });
     }
     if version.signing() == SigningScheme::AccountKey {
         KeyFormUserId::parse(sender).map_err(PduError::SenderNotKeyForm)?;
@@ -360,7 +389,10 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
     match json.get("state_key") {
         None => {}
         Some(CanonicalJsonValue::String(s)) if s.len() > MAX_ID_BYTES => {
-            return Err(PduError::FieldTooLong { field: "state_key", len: s.len() });
+            return Err(PduError::FieldTooLong {
+                field: "state_key",
+                len: s.len(),
+            });
         }
         Some(CanonicalJsonValue::String(_)) => {}
         Some(_) => return Err(PduError::WrongType("state_key")),
@@ -383,14 +415,17 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
             }
         };
         if !valid {
-            return Err(PduError::InvalidId { field: "room_id", value: room_id.to_owned() });
+            return Err(PduError::InvalidId {
+                field: "room_id",
+                value: room_id.to_owned(),
+            });
         }
     }
     required_list(json, "prev_events", MAX_PREV_EVENTS)?;
     let auth_events = required_list(json, "auth_events", MAX_AUTH_EVENTS)?;
     if let (EventFormat::V12, Some(room_id)) = (version.event_format(), room_id) {
         let create_id = format!("${}", &room_id[1..]);
-        if auth_events.iter().any(|e| *e == create_id) {
+        if auth_events.contains(&create_id) {
             return Err(PduError::CreateEventInAuthEvents);
         }
     }
@@ -405,7 +440,9 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
     match json.get("origin_server_ts") {
         None => return Err(PduError::MissingField("origin_server_ts")),
         Some(CanonicalJsonValue::Integer(i)) if i64::from(*i) < 0 => {
-            return Err(PduError::OutOfRange { field: "origin_server_ts" });
+            return Err(PduError::OutOfRange {
+                field: "origin_server_ts",
+            });
         }
         Some(CanonicalJsonValue::Integer(_)) => {}
         Some(_) => return Err(PduError::WrongType("origin_server_ts")),
@@ -429,10 +466,10 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
         None => return Err(PduError::MissingField("signatures")),
         Some(_) => return Err(PduError::WrongType("signatures")),
     }
-    if let Some(CanonicalJsonValue::Object(u)) = json.get("unsigned") {
-        let _ = u; // unsigned is free-form; only its type matters
-    } else if json.contains_key("unsigned") {
-        return Err(PduError::WrongType("unsigned"));
+    // `unsigned` is free-form; only its type matters.
+    match json.get("unsigned") {
+        None | Some(CanonicalJsonValue::Object(_)) => {}
+        Some(_) => return Err(PduError::WrongType("unsigned")),
     }
     Ok(())
 }
@@ -441,7 +478,11 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
 #[derive(Clone, Copy, Debug)]
 pub enum EventSigner<'a> {
     /// A homeserver signing key (rooms that are not account-key rooms).
-    Server { server_name: &'a str, key_id: &'a str, key: &'a KeyPair },
+    Server {
+        server_name: &'a str,
+        key_id: &'a str,
+        key: &'a KeyPair,
+    },
     /// The sender's account key (account-key rooms): entity = the bare key, `ed25519:1`.
     Account(&'a KeyPair),
 }
@@ -449,12 +490,15 @@ pub enum EventSigner<'a> {
 impl EventSigner<'_> {
     fn entity_and_key_id(&self) -> (String, String) {
         match self {
-            EventSigner::Server { server_name, key_id, .. } => {
-                ((*server_name).to_owned(), (*key_id).to_owned())
-            }
-            EventSigner::Account(key) => {
-                (key.account_key().as_str().to_owned(), ACCOUNT_KEY_ID.to_owned())
-            }
+            EventSigner::Server {
+                server_name,
+                key_id,
+                ..
+            } => ((*server_name).to_owned(), (*key_id).to_owned()),
+            EventSigner::Account(key) => (
+                key.account_key().as_str().to_owned(),
+                ACCOUNT_KEY_ID.to_owned(),
+            ),
         }
     }
     fn key(&self) -> &KeyPair {
@@ -480,7 +524,9 @@ pub fn build_pdu(
     partial.remove("hashes");
     partial.remove("unsigned");
     partial.remove("event_id");
-    let sender = get_str(&partial, "sender").ok_or(PduError::MissingField("sender"))?.to_owned();
+    let sender = get_str(&partial, "sender")
+        .ok_or(PduError::MissingField("sender"))?
+        .to_owned();
     match (version.signing(), &signer) {
         (SigningScheme::AccountKey, EventSigner::Account(key)) => {
             let parsed = KeyFormUserId::parse(&sender).map_err(PduError::SenderNotKeyForm)?;
@@ -500,17 +546,24 @@ pub fn build_pdu(
             }
         }
         (SigningScheme::AccountKey, _) => {
-            return Err(PduError::WrongSigner("account-key rooms need the sender's account key".into()));
+            return Err(PduError::WrongSigner(
+                "account-key rooms need the sender's account key".into(),
+            ));
         }
         (SigningScheme::ServerKey, _) => {
-            return Err(PduError::WrongSigner("this room version is signed by server keys".into()));
+            return Err(PduError::WrongSigner(
+                "this room version is signed by server keys".into(),
+            ));
         }
     }
     let hash = canonical::content_hash(&partial);
     let mut hashes = CanonicalJsonObject::new();
     hashes.insert("sha256".to_owned(), CanonicalJsonValue::String(hash));
     partial.insert("hashes".to_owned(), CanonicalJsonValue::Object(hashes));
-    partial.insert("signatures".to_owned(), CanonicalJsonValue::Object(CanonicalJsonObject::new()));
+    partial.insert(
+        "signatures".to_owned(),
+        CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+    );
     let mut pdu = Pdu::from_canonical(partial, version)?;
     add_signature(&mut pdu, version, signer)?;
     Ok(pdu)

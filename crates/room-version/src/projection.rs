@@ -35,9 +35,8 @@ pub enum KeyVerification {
 impl KeyVerification {
     fn account_name(&self) -> Option<&str> {
         match self {
-            KeyVerification::Local { account_name } | KeyVerification::Verified { account_name } => {
-                Some(account_name)
-            }
+            KeyVerification::Local { account_name }
+            | KeyVerification::Verified { account_name } => Some(account_name),
             KeyVerification::Unverified | KeyVerification::Erased => None,
         }
     }
@@ -73,7 +72,10 @@ pub fn project_for_client(
     let sender_str = object.get("sender")?.as_str()?;
     let sender = KeyFormUserId::parse(sender_str).ok()?;
     let status = lookup(&sender);
-    let kind = object.get("type").and_then(Value::as_str).unwrap_or_default();
+    let kind = object
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let is_state = object.get("state_key").is_some_and(Value::is_string);
     let visible = status.account_name().is_some()
         || sender_str == reader
@@ -86,9 +88,14 @@ pub fn project_for_client(
     let mut account = Map::new();
     account.insert("key".into(), json!(sender.key.as_str()));
     if let Some(name) = status.account_name() {
-        account.insert("user_id".into(), json!(format!("@{name}:{}", sender.server_name)));
+        account.insert(
+            "user_id".into(),
+            json!(format!("@{name}:{}", sender.server_name)),
+        );
     }
-    let unsigned = out.entry("unsigned").or_insert_with(|| Value::Object(Map::new()));
+    let unsigned = out
+        .entry("unsigned")
+        .or_insert_with(|| Value::Object(Map::new()));
     if let Some(unsigned) = unsigned.as_object_mut() {
         unsigned.insert("sender_account".into(), Value::Object(account));
     }
@@ -120,7 +127,11 @@ impl<F: Fn(&KeyFormUserId) -> KeyVerification> Rewriter<'_, F> {
     /// Rewrite an event (or stripped state event) object.
     fn event(&self, object: &Map<String, Value>) -> Map<String, Value> {
         let mut out = object.clone();
-        let kind = object.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let kind = object
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if let Some(sender) = out.get_mut("sender") {
             self.user_value(sender);
         }
@@ -157,7 +168,9 @@ impl<F: Fn(&KeyFormUserId) -> KeyVerification> Rewriter<'_, F> {
     }
 
     fn content(&self, kind: &str, content: &mut Value) {
-        let Some(content) = content.as_object_mut() else { return };
+        let Some(content) = content.as_object_mut() else {
+            return;
+        };
         match kind {
             "m.room.member" => {
                 if let Some(v) = content.get_mut("join_authorised_via_users_server") {
@@ -171,8 +184,10 @@ impl<F: Fn(&KeyFormUserId) -> KeyVerification> Rewriter<'_, F> {
             }
             "m.room.power_levels" => {
                 if let Some(Value::Object(users)) = content.get("users") {
-                    let rewritten: Map<String, Value> =
-                        users.iter().map(|(k, v)| (self.user(k), v.clone())).collect();
+                    let rewritten: Map<String, Value> = users
+                        .iter()
+                        .map(|(k, v)| (self.user(k), v.clone()))
+                        .collect();
                     content.insert("users".into(), Value::Object(rewritten));
                 }
             }

@@ -4,8 +4,8 @@
 //! needs, is decided in `pdu` (building) and `verify` (receiving) from the room version.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue};
 
@@ -53,12 +53,16 @@ pub enum KeyError {
 impl KeyPair {
     /// From the 32-byte seed (what Synapse-style `ed25519 a_xyz <seed>` key files hold).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self { key: SigningKey::from_bytes(seed) }
+        Self {
+            key: SigningKey::from_bytes(seed),
+        }
     }
 
     /// From an unpadded (or padded) standard base64 seed.
     pub fn from_base64_seed(seed: &str) -> Result<Self, KeyError> {
-        let bytes = LENIENT_STANDARD.decode(seed).map_err(|_| KeyError::NotBase64)?;
+        let bytes = LENIENT_STANDARD
+            .decode(seed)
+            .map_err(|_| KeyError::NotBase64)?;
         let seed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::WrongLength)?;
         Ok(Self::from_seed(&seed))
     }
@@ -92,12 +96,16 @@ pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        VerifyingKey::from_bytes(bytes).map(Self).map_err(|_| KeyError::NotAPoint)
+        VerifyingKey::from_bytes(bytes)
+            .map(Self)
+            .map_err(|_| KeyError::NotAPoint)
     }
 
     /// From the unpadded base64 form used in `/key/v2/server` answers.
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        let bytes = LENIENT_STANDARD.decode(s).map_err(|_| KeyError::NotBase64)?;
+        let bytes = LENIENT_STANDARD
+            .decode(s)
+            .map_err(|_| KeyError::NotBase64)?;
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::WrongLength)?;
         Self::from_bytes(&bytes)
     }
@@ -163,13 +171,17 @@ pub(crate) fn add_signature(
         .entry("signatures".to_owned())
         .or_insert_with(|| CanonicalJsonValue::Object(CanonicalJsonObject::new()));
     let CanonicalJsonValue::Object(signatures) = signatures else {
-        return Err(JsonError::BadField { field: "signatures" });
+        return Err(JsonError::BadField {
+            field: "signatures",
+        });
     };
     let per_entity = signatures
         .entry(entity.to_owned())
         .or_insert_with(|| CanonicalJsonValue::Object(CanonicalJsonObject::new()));
     let CanonicalJsonValue::Object(per_entity) = per_entity else {
-        return Err(JsonError::BadField { field: "signatures" });
+        return Err(JsonError::BadField {
+            field: "signatures",
+        });
     };
     per_entity.insert(key_id.to_owned(), CanonicalJsonValue::String(signature));
     Ok(())
@@ -182,7 +194,10 @@ fn find_signature<'a>(
     entity: &str,
     key_id: &str,
 ) -> Result<&'a str, SignatureError> {
-    let missing = || SignatureError::Missing { entity: entity.to_owned(), key_id: key_id.to_owned() };
+    let missing = || SignatureError::Missing {
+        entity: entity.to_owned(),
+        key_id: key_id.to_owned(),
+    };
     let Some(signatures) = object.get("signatures") else {
         return Err(missing());
     };
@@ -220,13 +235,20 @@ pub(crate) fn verify_signature_over(
     key_id: &str,
     key: &PublicKey,
 ) -> Result<(), SignatureError> {
-    let malformed =
-        || SignatureError::Malformed { entity: entity.to_owned(), key_id: key_id.to_owned() };
-    let bytes = LENIENT_STANDARD.decode(signature_b64).map_err(|_| malformed())?;
+    let malformed = || SignatureError::Malformed {
+        entity: entity.to_owned(),
+        key_id: key_id.to_owned(),
+    };
+    let bytes = LENIENT_STANDARD
+        .decode(signature_b64)
+        .map_err(|_| malformed())?;
     let bytes: [u8; 64] = bytes.try_into().map_err(|_| malformed())?;
     key.0
         .verify(message.as_bytes(), &Signature::from_bytes(&bytes))
-        .map_err(|_| SignatureError::Invalid { entity: entity.to_owned(), key_id: key_id.to_owned() })
+        .map_err(|_| SignatureError::Invalid {
+            entity: entity.to_owned(),
+            key_id: key_id.to_owned(),
+        })
 }
 
 pub(crate) fn find_signature_for<'a>(
@@ -284,7 +306,10 @@ mod tests {
         let public = PublicKey::from_bytes(&key.public_key()).unwrap();
         verify_json(&two, "domain", "ed25519:1", &public).unwrap();
         // Unsigned data is not covered.
-        two.insert("unsigned".into(), CanonicalJsonValue::Object(Default::default()));
+        two.insert(
+            "unsigned".into(),
+            CanonicalJsonValue::Object(Default::default()),
+        );
         verify_json(&two, "domain", "ed25519:1", &public).unwrap();
         // Tampering is detected.
         two.insert("one".into(), CanonicalJsonValue::Integer(2u8.into()));

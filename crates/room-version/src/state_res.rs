@@ -91,7 +91,10 @@ pub fn resolve_state<'a>(
         },
     )
     .map_err(|e| StateResError(e.to_string()))?;
-    Ok(resolved.into_iter().map(|((t, k), id)| ((t.to_string(), k), id.to_string())).collect())
+    Ok(resolved
+        .into_iter()
+        .map(|((t, k), id)| ((t.to_string(), k), id.to_string()))
+        .collect())
 }
 
 /// The conflicted state subgraph (MSC4297): every event on an `auth_events` path from one
@@ -112,7 +115,11 @@ pub fn conflicted_state_subgraph<'a, 'b>(
             continue;
         }
         if let Some(pdu) = fetch_event(&id) {
-            stack.extend(pdu.auth_events().filter(|a| !reachable.contains(*a)).map(str::to_owned));
+            stack.extend(
+                pdu.auth_events()
+                    .filter(|a| !reachable.contains(*a))
+                    .map(str::to_owned),
+            );
         }
     }
     // Which of those reach a conflicted event in one or more steps: post-order over the
@@ -128,9 +135,9 @@ pub fn conflicted_state_subgraph<'a, 'b>(
                 .map(|p| p.auth_events().map(str::to_owned).collect())
                 .unwrap_or_default();
             if expanded {
-                let value = auth.iter().any(|a| {
-                    conflicted.contains(a) || reaches.get(a).copied().unwrap_or(false)
-                });
+                let value = auth
+                    .iter()
+                    .any(|a| conflicted.contains(a) || reaches.get(a).copied().unwrap_or(false));
                 reaches.insert(id, value);
             } else {
                 // Mark as in progress (false) to cut cycles, which a valid DAG never has.

@@ -147,7 +147,13 @@ fn check_account_signature(
     let entity = user.key.as_str();
     // Only `ed25519:1` counts; a signature under any other key id is not the account key's.
     let signature = find_signature_for(json, entity, ACCOUNT_KEY_ID)?;
-    verify_signature_over(message, signature, entity, ACCOUNT_KEY_ID, &PublicKey::from(&user.key))
+    verify_signature_over(
+        message,
+        signature,
+        entity,
+        ACCOUNT_KEY_ID,
+        &PublicKey::from(&user.key),
+    )
 }
 
 fn check_server_signature(
@@ -156,7 +162,8 @@ fn check_server_signature(
     server: &str,
     server_keys: &ServerKeys,
 ) -> Result<(), SignatureError> {
-    let signatures = get_object(pdu.json(), "signatures").ok_or(SignatureError::BadSignaturesField)?;
+    let signatures =
+        get_object(pdu.json(), "signatures").ok_or(SignatureError::BadSignaturesField)?;
     let per_server = match signatures.get(server) {
         Some(ruma::CanonicalJsonValue::Object(o)) => o,
         Some(_) => return Err(SignatureError::BadSignaturesField),

@@ -147,7 +147,9 @@ impl RoomVersion {
         ALL.iter()
             .copied()
             .find(|v| v.id == id)
-            .ok_or_else(|| UnsupportedRoomVersion { version: id.to_owned() })
+            .ok_or_else(|| UnsupportedRoomVersion {
+                version: id.to_owned(),
+            })
     }
 
     /// The version new rooms get when the client does not ask for one.

@@ -109,7 +109,10 @@ fn join_rules_public_invite_and_bans() {
         assert!(public.member(&c.alice, &c.bob, "join").is_err());
 
         let mut private = room(version, &c, "invite");
-        assert!(private.member(&c.alice, &c.alice, "join").is_err(), "invite-only room");
+        assert!(
+            private.member(&c.alice, &c.alice, "join").is_err(),
+            "invite-only room"
+        );
         private.member(&c.moderator, &c.alice, "invite").unwrap();
         private.member(&c.alice, &c.alice, "join").unwrap();
         // Banned users cannot join.
@@ -153,7 +156,10 @@ fn leave_kick_and_unban_rules() {
         assert_eq!(r.membership(&c.alice).as_deref(), Some("leave"));
         // Unban needs the ban level: the moderator bans Bob, then unbans.
         r.member(&c.moderator, &c.bob, "ban").unwrap();
-        assert!(r.member(&c.bob, &c.bob, "leave").is_err(), "cannot lift own ban");
+        assert!(
+            r.member(&c.bob, &c.bob, "leave").is_err(),
+            "cannot lift own ban"
+        );
         r.member(&c.moderator, &c.bob, "leave").unwrap();
         assert_eq!(r.membership(&c.bob).as_deref(), Some("leave"));
     });
@@ -214,11 +220,18 @@ fn restricted_and_knock_restricted_joins() {
             assert!(r.member(&c.alice, &c.alice, "join").is_err());
             // Authorised by a joined user with invite power (§6 case 7; signatures are checked
             // by `verify`, see tests/verify.rs).
-            r.try_send(&c.alice, restricted_join(&r, &c.alice, &c.moderator)).unwrap();
+            r.try_send(&c.alice, restricted_join(&r, &c.alice, &c.moderator))
+                .unwrap();
             // Authoriser not joined → rejected (§6 case 9).
-            assert!(r.try_send(&c.bob, restricted_join(&r, &c.bob, &c.bob)).is_err());
+            assert!(
+                r.try_send(&c.bob, restricted_join(&r, &c.bob, &c.bob))
+                    .is_err()
+            );
             // Authoriser joined but without invite power → rejected.
-            assert!(r.try_send(&c.bob, restricted_join(&r, &c.bob, &c.alice)).is_err());
+            assert!(
+                r.try_send(&c.bob, restricted_join(&r, &c.bob, &c.alice))
+                    .is_err()
+            );
             // Invited users join without an authoriser.
             r.member(&c.moderator, &c.bob, "invite").unwrap();
             r.member(&c.bob, &c.bob, "join").unwrap();
@@ -232,9 +245,7 @@ fn power_level_changes() {
         let c = cast(version);
         let mut r = room(version, &c, "public");
         r.member(&c.alice, &c.alice, "join").unwrap();
-        let pl = |extra: &[(&Actor, i64)]| {
-            json!({"type": "m.room.power_levels", "state_key": "", "content": power_levels(&c, extra)})
-        };
+        let pl = |extra: &[(&Actor, i64)]| json!({"type": "m.room.power_levels", "state_key": "", "content": power_levels(&c, extra)});
         // Alice (0 < state_default 50) cannot change power levels at all.
         assert!(r.try_send(&c.alice, pl(&[(&c.alice, 10)])).is_err());
         // The moderator (50) cannot grant more than 50...
@@ -245,19 +256,28 @@ fn power_level_changes() {
         let mut demote = power_levels(&c, &[(&c.alice, 50)]);
         demote["users"][&c.alice.id] = json!(0);
         assert!(
-            r.try_send(&c.moderator, json!({"type": "m.room.power_levels", "state_key": "", "content": demote.clone()}))
-                .is_err()
+            r.try_send(
+                &c.moderator,
+                json!({"type": "m.room.power_levels", "state_key": "", "content": demote.clone()})
+            )
+            .is_err()
         );
         // The creator has infinite power and can demote anyone.
-        r.send(&c.creator, json!({"type": "m.room.power_levels", "state_key": "", "content": demote}));
+        r.send(
+            &c.creator,
+            json!({"type": "m.room.power_levels", "state_key": "", "content": demote}),
+        );
         // Creators must not appear in `users` (v12 rule 10.4).
         assert!(r.try_send(&c.creator, pl(&[(&c.creator, 100)])).is_err());
         // Non-integer values are rejected.
         let mut bad = power_levels(&c, &[]);
         bad["ban"] = json!("50");
         assert!(
-            r.try_send(&c.creator, json!({"type": "m.room.power_levels", "state_key": "", "content": bad}))
-                .is_err()
+            r.try_send(
+                &c.creator,
+                json!({"type": "m.room.power_levels", "state_key": "", "content": bad})
+            )
+            .is_err()
         );
     });
 }
@@ -268,17 +288,50 @@ fn sender_must_be_joined_and_have_power() {
         let c = cast(version);
         let mut r = room(version, &c, "public");
         // Not joined: rejected.
-        assert!(r.try_send(&c.alice, json!({"type": "m.room.message", "content": {"body": "hi"}})).is_err());
+        assert!(
+            r.try_send(
+                &c.alice,
+                json!({"type": "m.room.message", "content": {"body": "hi"}})
+            )
+            .is_err()
+        );
         r.member(&c.alice, &c.alice, "join").unwrap();
-        r.send(&c.alice, json!({"type": "m.room.message", "content": {"body": "hi"}}));
+        r.send(
+            &c.alice,
+            json!({"type": "m.room.message", "content": {"body": "hi"}}),
+        );
         // State needs state_default (50).
-        assert!(r.try_send(&c.alice, json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "x"}})).is_err());
-        r.send(&c.moderator, json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "x"}}));
+        assert!(
+            r.try_send(
+                &c.alice,
+                json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "x"}})
+            )
+            .is_err()
+        );
+        r.send(
+            &c.moderator,
+            json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "x"}}),
+        );
         // The tombstone needs 150: the moderator cannot, the creator can.
-        assert!(r.try_send(&c.moderator, json!({"type": "m.room.tombstone", "state_key": "", "content": {}})).is_err());
+        assert!(
+            r.try_send(
+                &c.moderator,
+                json!({"type": "m.room.tombstone", "state_key": "", "content": {}})
+            )
+            .is_err()
+        );
         // A state key naming another user is rejected (rule 9), one's own is fine.
-        assert!(r.try_send(&c.creator, json!({"type": "org.example.s", "state_key": c.alice.id, "content": {}})).is_err());
-        r.send(&c.creator, json!({"type": "org.example.s", "state_key": c.creator.id, "content": {}}));
+        assert!(
+            r.try_send(
+                &c.creator,
+                json!({"type": "org.example.s", "state_key": c.alice.id, "content": {}})
+            )
+            .is_err()
+        );
+        r.send(
+            &c.creator,
+            json!({"type": "org.example.s", "state_key": c.creator.id, "content": {}}),
+        );
     });
 }
 
@@ -291,34 +344,62 @@ fn auth_events_selection() {
             &json!({"membership": "join", "join_authorised_via_users_server": c.moderator.id}),
         )
         .unwrap();
-        let types =
-            auth_types_for_event(version, "m.room.member", &c.alice.id, Some(&c.alice.id), &content)
-                .unwrap();
+        let types = auth_types_for_event(
+            version,
+            "m.room.member",
+            &c.alice.id,
+            Some(&c.alice.id),
+            &content,
+        )
+        .unwrap();
         let has = |t: &str, k: &str| types.contains(&(t.to_owned(), k.to_owned()));
         assert!(has("m.room.power_levels", ""));
         assert!(has("m.room.member", &c.alice.id));
         assert!(has("m.room.join_rules", ""));
         assert!(has("m.room.member", &c.moderator.id));
         // The create event is cited before v12 and never from v12 on.
-        assert_eq!(has("m.room.create", ""), !id.starts_with("12") && !id.starts_with("org"));
+        assert_eq!(
+            has("m.room.create", ""),
+            !id.starts_with("12") && !id.starts_with("org")
+        );
         // A message needs only power levels and the sender's membership (+ create before v12).
         let msg = serde_json::value::to_raw_value(&json!({"body": "x"})).unwrap();
-        let types = auth_types_for_event(version, "m.room.message", &c.alice.id, None, &msg).unwrap();
-        assert_eq!(types.len(), if version.event_format() == myelin_room_version::version::EventFormat::V12 { 2 } else { 3 });
+        let types =
+            auth_types_for_event(version, "m.room.message", &c.alice.id, None, &msg).unwrap();
+        assert_eq!(
+            types.len(),
+            if version.event_format() == myelin_room_version::version::EventFormat::V12 {
+                2
+            } else {
+                3
+            }
+        );
         // Malformed member content is an error, not a panic.
         let bad = serde_json::value::to_raw_value(&json!({"membership": 5})).unwrap();
-        assert!(auth_types_for_event(version, "m.room.member", &c.alice.id, Some(&c.alice.id), &bad).is_err());
+        assert!(
+            auth_types_for_event(
+                version,
+                "m.room.member",
+                &c.alice.id,
+                Some(&c.alice.id),
+                &bad
+            )
+            .is_err()
+        );
     }
     // Third-party invites cite the m.room.third_party_invite with the token.
     let version = v("12");
     let content = serde_json::value::to_raw_value(&json!({"membership": "invite",
         "third_party_invite": {"display_name": "x", "signed": {"mxid": "@b:x", "token": "tok", "signatures": {}}}}))
     .unwrap();
-    let types = auth_types_for_event(version, "m.room.member", "@a:x", Some("@b:x"), &content).unwrap();
+    let types =
+        auth_types_for_event(version, "m.room.member", "@a:x", Some("@b:x"), &content).unwrap();
     assert!(types.contains(&("m.room.third_party_invite".to_owned(), "tok".to_owned())));
 }
 
-fn third_party_invite_flow(version: &'static RoomVersion) -> (Result<String, String>, Result<String, String>) {
+fn third_party_invite_flow(
+    version: &'static RoomVersion,
+) -> (Result<String, String>, Result<String, String>) {
     let c = cast(version);
     let mut r = room(version, &c, "invite");
     let identity_server = KeyPair::from_seed(&[77; 32]);
@@ -331,14 +412,20 @@ fn third_party_invite_flow(version: &'static RoomVersion) -> (Result<String, Str
     );
     let mut signed = value_to_object(json!({"mxid": c.bob.id, "token": "tok"})).unwrap();
     sign_json(&mut signed, "id.example", "ed25519:0", &identity_server).unwrap();
-    let signed: Value = serde_json::from_str(&myelin_room_version::canonical::to_canonical_string(&signed)).unwrap();
+    let signed: Value = serde_json::from_str(&myelin_room_version::canonical::to_canonical_string(
+        &signed,
+    ))
+    .unwrap();
     let member = r.try_send(
         &c.moderator,
         json!({"type": "m.room.member", "state_key": c.bob.id,
                "content": {"membership": "invite",
                            "third_party_invite": {"display_name": "b…", "signed": signed}}}),
     );
-    (invite_event.map_err(|e| e.reason), member.map_err(|e| e.reason))
+    (
+        invite_event.map_err(|e| e.reason),
+        member.map_err(|e| e.reason),
+    )
 }
 
 fn base64_std(bytes: &[u8]) -> String {
@@ -362,7 +449,10 @@ fn third_party_invites_work_in_non_account_key_rooms() {
         "content": {"display_name": "x", "key_validity_url": "https://id.example/v", "public_key": base64_std(&is.public_key())}}));
     let mut signed = value_to_object(json!({"mxid": c.alice.id, "token": "tok"})).unwrap();
     sign_json(&mut signed, "id.example", "ed25519:0", &is).unwrap();
-    let signed: Value = serde_json::from_str(&myelin_room_version::canonical::to_canonical_string(&signed)).unwrap();
+    let signed: Value = serde_json::from_str(&myelin_room_version::canonical::to_canonical_string(
+        &signed,
+    ))
+    .unwrap();
     assert!(r.try_send(&c.moderator, json!({"type": "m.room.member", "state_key": c.bob.id,
         "content": {"membership": "invite", "third_party_invite": {"display_name": "x", "signed": signed}}})).is_err());
 }
@@ -371,8 +461,16 @@ fn third_party_invites_work_in_non_account_key_rooms() {
 #[test]
 fn third_party_invites_refused_in_account_key_rooms() {
     let (event, member) = third_party_invite_flow(v("org.matrix.12.4243"));
-    assert!(event.unwrap_err().contains("third-party invites are disabled"));
-    assert!(member.unwrap_err().contains("third-party invites are disabled"));
+    assert!(
+        event
+            .unwrap_err()
+            .contains("third-party invites are disabled")
+    );
+    assert!(
+        member
+            .unwrap_err()
+            .contains("third-party invites are disabled")
+    );
 }
 
 #[test]
@@ -380,13 +478,21 @@ fn v10_and_v11_basics() {
     for id in ["10", "11"] {
         let version = v(id);
         let c = cast(version);
-        let mut r = Room::new(version, &c.creator, json!({"creator": c.creator.id}),
-            power_levels(&c, &[(&c.creator, 100)]), "public");
+        let mut r = Room::new(
+            version,
+            &c.creator,
+            json!({"creator": c.creator.id}),
+            power_levels(&c, &[(&c.creator, 100)]),
+            "public",
+        );
         r.member(&c.alice, &c.alice, "join").unwrap();
         assert!(r.member(&c.alice, &c.creator, "ban").is_err());
         r.member(&c.creator, &c.alice, "ban").unwrap();
         // Before v12 the creator has no special power beyond power levels: a power levels event
         // without the creator in `users` is still allowed for the creator at 100.
-        r.send(&c.creator, json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "t"}}));
+        r.send(
+            &c.creator,
+            json!({"type": "m.room.topic", "state_key": "", "content": {"topic": "t"}}),
+        );
     }
 }

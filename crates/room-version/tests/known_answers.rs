@@ -14,7 +14,10 @@ const SPEC_SEED: &str = "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1";
 
 fn signature(obj: &ruma::CanonicalJsonObject, entity: &str, key_id: &str) -> String {
     let sigs = obj["signatures"].as_object().unwrap();
-    sigs[entity].as_object().unwrap()[key_id].as_str().unwrap().to_owned()
+    sigs[entity].as_object().unwrap()[key_id]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Spec appendix "Event Signing", first example, built through `build_pdu` with room v10 (whose
@@ -30,10 +33,17 @@ fn spec_minimal_event_signing_vector() {
         "unsigned": {"age_ts": 1000000}}"#,
     )
     .unwrap();
-    let signer = EventSigner::Server { server_name: "domain", key_id: "ed25519:1", key: &key };
+    let signer = EventSigner::Server {
+        server_name: "domain",
+        key_id: "ed25519:1",
+        key: &key,
+    };
     let pdu = build_pdu(partial, v("10"), signer).unwrap();
     let hashes = pdu.json()["hashes"].as_object().unwrap();
-    assert_eq!(hashes["sha256"].as_str().unwrap(), "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos");
+    assert_eq!(
+        hashes["sha256"].as_str().unwrap(),
+        "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+    );
     assert_eq!(
         signature(pdu.json(), "domain", "ed25519:1"),
         "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
@@ -72,14 +82,27 @@ const JKI_CREATE: &str = r#"{"auth_events": [], "prev_events": [], "type": "m.ro
 #[test]
 fn real_event_id_and_content_hash() {
     let event = parse_object(JKI_CREATE.as_bytes()).unwrap();
-    assert_eq!(content_hash(&event), "IX6zuNiJpJPNf70BLleL3HSCpjKeq9Uhu7uUpyDjBmc");
-    assert_eq!(event_id(&event, v("10")).unwrap(), "$RrGxF28UrHLmoASHndYb9Jb_1SFww2ptmtur9INS438");
+    assert_eq!(
+        content_hash(&event),
+        "IX6zuNiJpJPNf70BLleL3HSCpjKeq9Uhu7uUpyDjBmc"
+    );
+    assert_eq!(
+        event_id(&event, v("10")).unwrap(),
+        "$RrGxF28UrHLmoASHndYb9Jb_1SFww2ptmtur9INS438"
+    );
     // v11 redaction keeps all create content and drops `origin`/`prev_state`, so the same JSON
     // has a different id there: the version really changes the algorithm.
-    assert_ne!(event_id(&event, v("11")).unwrap(), event_id(&event, v("10")).unwrap());
+    assert_ne!(
+        event_id(&event, v("11")).unwrap(),
+        event_id(&event, v("10")).unwrap()
+    );
     // Through the PDU parser as well (v10 format checks pass for this event).
-    let pdu = myelin_room_version::pdu::Pdu::from_federation(JKI_CREATE.as_bytes(), v("10")).unwrap();
-    assert_eq!(pdu.event_id(), "$RrGxF28UrHLmoASHndYb9Jb_1SFww2ptmtur9INS438");
+    let pdu =
+        myelin_room_version::pdu::Pdu::from_federation(JKI_CREATE.as_bytes(), v("10")).unwrap();
+    assert_eq!(
+        pdu.event_id(),
+        "$RrGxF28UrHLmoASHndYb9Jb_1SFww2ptmtur9INS438"
+    );
     assert_eq!(pdu.sender(), "@erikj:jki.re");
     assert_eq!(pdu.depth(), 1);
     assert_eq!(pdu.origin_server_ts(), 1560284621137);
@@ -112,20 +135,41 @@ fn redaction_differs_between_v10_and_v11() {
     assert!(r10.get("unsigned").is_none() && r11.get("unsigned").is_none());
     assert_eq!(r10["content"], json!({}));
     // Create: v10 keeps only `creator`; v11 keeps all content.
-    let c = base("m.room.create", json!({"creator": "@a:x", "room_version": "10", "m.federate": false}));
-    assert_eq!(redacted_json(c.clone(), "10")["content"], json!({"creator": "@a:x"}));
+    let c = base(
+        "m.room.create",
+        json!({"creator": "@a:x", "room_version": "10", "m.federate": false}),
+    );
+    assert_eq!(
+        redacted_json(c.clone(), "10")["content"],
+        json!({"creator": "@a:x"})
+    );
     assert_eq!(
         redacted_json(c, "11")["content"],
         json!({"creator": "@a:x", "room_version": "10", "m.federate": false})
     );
     // Power levels: `invite` survives only in v11.
-    let p = base("m.room.power_levels", json!({"ban": 50, "invite": 0, "notifications": {"room": 50}}));
-    assert_eq!(redacted_json(p.clone(), "10")["content"], json!({"ban": 50}));
-    assert_eq!(redacted_json(p, "12")["content"], json!({"ban": 50, "invite": 0}));
+    let p = base(
+        "m.room.power_levels",
+        json!({"ban": 50, "invite": 0, "notifications": {"room": 50}}),
+    );
+    assert_eq!(
+        redacted_json(p.clone(), "10")["content"],
+        json!({"ban": 50})
+    );
+    assert_eq!(
+        redacted_json(p, "12")["content"],
+        json!({"ban": 50, "invite": 0})
+    );
     // Redaction events: content.redacts survives only in v11.
-    let red = base("m.room.redaction", json!({"redacts": "$e", "reason": "spam"}));
+    let red = base(
+        "m.room.redaction",
+        json!({"redacts": "$e", "reason": "spam"}),
+    );
     assert_eq!(redacted_json(red.clone(), "10")["content"], json!({}));
-    assert_eq!(redacted_json(red, "org.matrix.12.4243")["content"], json!({"redacts": "$e"}));
+    assert_eq!(
+        redacted_json(red, "org.matrix.12.4243")["content"],
+        json!({"redacts": "$e"})
+    );
     // Members: join_authorised_via_users_server in both; third_party_invite.signed only in v11.
     let mem = base(
         "m.room.member",
@@ -142,7 +186,16 @@ fn redaction_differs_between_v10_and_v11() {
                "third_party_invite": {"signed": {"token": "t"}}})
     );
     // Join rules keep `allow` in both.
-    let jr = base("m.room.join_rules", json!({"join_rule": "restricted", "allow": [], "x": 1}));
-    assert_eq!(redacted_json(jr.clone(), "10")["content"], json!({"join_rule": "restricted", "allow": []}));
-    assert_eq!(redacted_json(jr, "11")["content"], json!({"join_rule": "restricted", "allow": []}));
+    let jr = base(
+        "m.room.join_rules",
+        json!({"join_rule": "restricted", "allow": [], "x": 1}),
+    );
+    assert_eq!(
+        redacted_json(jr.clone(), "10")["content"],
+        json!({"join_rule": "restricted", "allow": []})
+    );
+    assert_eq!(
+        redacted_json(jr, "11")["content"],
+        json!({"join_rule": "restricted", "allow": []})
+    );
 }

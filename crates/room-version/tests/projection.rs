@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 const AK: &str = "org.matrix.12.4243";
 
 struct Ids {
-    alice: String,   // remote, verified as "alice" on a.example
-    bob: String,     // remote, unverified
-    erin: String,    // remote, erased
-    me: String,      // local reader, "me" on my.example
+    alice: String, // remote, verified as "alice" on a.example
+    bob: String,   // remote, unverified
+    erin: String,  // remote, erased
+    me: String,    // local reader, "me" on my.example
 }
 
 fn ids() -> Ids {
@@ -28,9 +28,13 @@ fn ids() -> Ids {
 fn lookup(id: &KeyFormUserId) -> KeyVerification {
     let key = id.key.as_str();
     if key == keypair(1).account_key().as_str() && id.server_name == "a.example" {
-        KeyVerification::Verified { account_name: "alice".into() }
+        KeyVerification::Verified {
+            account_name: "alice".into(),
+        }
     } else if key == keypair(4).account_key().as_str() && id.server_name == "my.example" {
-        KeyVerification::Local { account_name: "me".into() }
+        KeyVerification::Local {
+            account_name: "me".into(),
+        }
     } else if key == keypair(3).account_key().as_str() {
         KeyVerification::Erased
     } else {
@@ -46,8 +50,11 @@ fn project(event: Value) -> Option<Value> {
 #[test]
 fn verified_sender_is_rewritten_with_sender_account() {
     let i = ids();
-    let out = project(json!({"type": "m.room.message", "sender": i.alice, "event_id": "$e",
-        "content": {"body": format!("hi {}", i.bob), "m.mentions": {"user_ids": [i.alice]}}})).unwrap();
+    let out = project(
+        json!({"type": "m.room.message", "sender": i.alice, "event_id": "$e",
+        "content": {"body": format!("hi {}", i.bob), "m.mentions": {"user_ids": [i.alice]}}}),
+    )
+    .unwrap();
     assert_eq!(out["sender"], "@alice:a.example");
     assert_eq!(
         out["unsigned"]["sender_account"],
@@ -59,17 +66,32 @@ fn verified_sender_is_rewritten_with_sender_account() {
     // Local users get the same shape.
     let mine = project(json!({"type": "m.room.message", "sender": i.me, "content": {}})).unwrap();
     assert_eq!(mine["sender"], "@me:my.example");
-    assert_eq!(mine["unsigned"]["sender_account"]["user_id"], "@me:my.example");
+    assert_eq!(
+        mine["unsigned"]["sender_account"]["user_id"],
+        "@me:my.example"
+    );
 }
 
 #[test]
 fn unverified_and_erased_senders_are_hidden() {
     let i = ids();
     for sender in [&i.bob, &i.erin] {
-        assert!(project(json!({"type": "m.room.message", "sender": sender, "content": {}})).is_none());
-        assert!(project(json!({"type": "m.room.topic", "state_key": "", "sender": sender, "content": {}})).is_none());
-        assert!(project(json!({"type": "m.room.member", "state_key": sender, "sender": sender,
-                               "content": {"membership": "join"}})).is_none());
+        assert!(
+            project(json!({"type": "m.room.message", "sender": sender, "content": {}})).is_none()
+        );
+        assert!(
+            project(
+                json!({"type": "m.room.topic", "state_key": "", "sender": sender, "content": {}})
+            )
+            .is_none()
+        );
+        assert!(
+            project(
+                json!({"type": "m.room.member", "state_key": sender, "sender": sender,
+                               "content": {"membership": "join"}})
+            )
+            .is_none()
+        );
     }
 }
 
@@ -77,12 +99,21 @@ fn unverified_and_erased_senders_are_hidden() {
 #[test]
 fn room_configuration_is_always_delivered_in_key_form() {
     let i = ids();
-    for kind in ["m.room.encryption", "m.room.power_levels", "m.room.create", "m.room.join_rules",
-                 "m.room.history_visibility", "m.room.guest_access", "m.room.server_acl",
-                 "m.room.tombstone", "m.room.policy"] {
+    for kind in [
+        "m.room.encryption",
+        "m.room.power_levels",
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.guest_access",
+        "m.room.server_acl",
+        "m.room.tombstone",
+        "m.room.policy",
+    ] {
         for sender in [&i.bob, &i.erin] {
-            let out = project(json!({"type": kind, "state_key": "", "sender": sender, "content": {}}))
-                .unwrap_or_else(|| panic!("{kind} must be delivered"));
+            let out =
+                project(json!({"type": kind, "state_key": "", "sender": sender, "content": {}}))
+                    .unwrap_or_else(|| panic!("{kind} must be delivered"));
             assert_eq!(&out["sender"], sender);
             let account = out["unsigned"]["sender_account"].as_object().unwrap();
             assert!(account.get("user_id").is_none());
@@ -90,31 +121,58 @@ fn room_configuration_is_always_delivered_in_key_form() {
         }
     }
     // A non-state event of a configuration type is not configuration.
-    assert!(project(json!({"type": "m.room.encryption", "sender": i.bob, "content": {}})).is_none());
+    assert!(
+        project(json!({"type": "m.room.encryption", "sender": i.bob, "content": {}})).is_none()
+    );
 }
 
 #[test]
 fn user_ids_in_auth_relevant_places_are_rewritten_recursively() {
     let i = ids();
-    let pl = project(json!({"type": "m.room.power_levels", "state_key": "", "sender": i.alice,
+    let pl = project(
+        json!({"type": "m.room.power_levels", "state_key": "", "sender": i.alice,
         "content": {"users": {i.alice.clone(): 100, i.bob.clone(): 50}},
-        "unsigned": {"prev_content": {"users": {i.me.clone(): 10}}, "prev_sender": i.me}})).unwrap();
-    assert_eq!(pl["content"]["users"], json!({"@alice:a.example": 100, i.bob.clone(): 50}));
-    assert_eq!(pl["unsigned"]["prev_content"]["users"], json!({"@me:my.example": 10}));
+        "unsigned": {"prev_content": {"users": {i.me.clone(): 10}}, "prev_sender": i.me}}),
+    )
+    .unwrap();
+    assert_eq!(
+        pl["content"]["users"],
+        json!({"@alice:a.example": 100, i.bob.clone(): 50})
+    );
+    assert_eq!(
+        pl["unsigned"]["prev_content"]["users"],
+        json!({"@me:my.example": 10})
+    );
     assert_eq!(pl["unsigned"]["prev_sender"], "@me:my.example");
 
-    let create = project(json!({"type": "m.room.create", "state_key": "", "sender": i.alice,
-        "content": {"additional_creators": [i.me, i.bob], "room_version": AK}})).unwrap();
-    assert_eq!(create["content"]["additional_creators"], json!(["@me:my.example", i.bob]));
+    let create = project(
+        json!({"type": "m.room.create", "state_key": "", "sender": i.alice,
+        "content": {"additional_creators": [i.me, i.bob], "room_version": AK}}),
+    )
+    .unwrap();
+    assert_eq!(
+        create["content"]["additional_creators"],
+        json!(["@me:my.example", i.bob])
+    );
 
     let join = project(json!({"type": "m.room.member", "state_key": i.alice, "sender": i.alice,
         "content": {"membership": "join", "join_authorised_via_users_server": i.me,
                     "third_party_invite": {"signed": {"mxid": i.alice}}},
         "unsigned": {"redacted_because": {"type": "m.room.redaction", "sender": i.me, "content": {}}}})).unwrap();
     assert_eq!(join["state_key"], "@alice:a.example");
-    assert_eq!(join["content"]["join_authorised_via_users_server"], "@me:my.example");
-    assert_eq!(join["content"]["third_party_invite"]["signed"]["mxid"], json!(i.alice), "left as is");
-    assert_eq!(join["unsigned"]["redacted_because"]["sender"], "@me:my.example");
+    assert_eq!(
+        join["content"]["join_authorised_via_users_server"],
+        "@me:my.example"
+    );
+    assert_eq!(
+        join["content"]["third_party_invite"]["signed"]["mxid"],
+        json!(i.alice),
+        "left as is"
+    );
+    assert_eq!(
+        join["unsigned"]["redacted_because"]["sender"],
+        "@me:my.example"
+    );
 
     let invite = project(json!({"type": "m.room.member", "state_key": i.me, "sender": i.alice,
         "content": {"membership": "invite"},
@@ -126,7 +184,10 @@ fn user_ids_in_auth_relevant_places_are_rewritten_recursively() {
     assert_eq!(stripped[0]["sender"], "@alice:a.example");
     assert_eq!(stripped[1]["state_key"], "@alice:a.example");
     // Non-user state keys stay.
-    let topic = project(json!({"type": "org.example", "state_key": "plain", "sender": i.alice, "content": {}})).unwrap();
+    let topic = project(
+        json!({"type": "org.example", "state_key": "plain", "sender": i.alice, "content": {}}),
+    )
+    .unwrap();
     assert_eq!(topic["state_key"], "plain");
 }
 
@@ -142,6 +203,11 @@ fn other_rooms_pass_through_unchanged() {
     let event = json!({"type": "m.room.message", "sender": "@bob:b.example", "content": {"body": "x"},
                        "unsigned": {"age": 5}});
     for version in ["10", "11", "12"] {
-        assert_eq!(project_for_client(v(version), &event, "@me:my.example", |_| KeyVerification::Unverified), Some(event.clone()));
+        assert_eq!(
+            project_for_client(v(version), &event, "@me:my.example", |_| {
+                KeyVerification::Unverified
+            }),
+            Some(event.clone())
+        );
     }
 }

@@ -51,7 +51,10 @@ fn load_pdus(files: &[&str], version: &RoomVersion, key_form: bool) -> Vec<Pdu> 
 }
 
 fn state_key_of(pdu: &Pdu) -> (String, String) {
-    (pdu.event_type().to_owned(), pdu.state_key().unwrap().to_owned())
+    (
+        pdu.event_type().to_owned(),
+        pdu.state_key().unwrap().to_owned(),
+    )
 }
 
 /// Resolve all PDUs at once, each as its own fork (like ruma's "atomic" snapshot runs).
@@ -62,7 +65,10 @@ fn resolve_atomically(version: &RoomVersion, pdus: &[Pdu]) -> BTreeSet<String> {
         .iter()
         .map(|p| HashMap::from([(state_key_of(p), p.event_id().to_owned())]))
         .collect();
-    let chains: Vec<HashSet<String>> = pdus.iter().map(|p| auth_chain([p.event_id()], fetch)).collect();
+    let chains: Vec<HashSet<String>> = pdus
+        .iter()
+        .map(|p| auth_chain([p.event_id()], fetch))
+        .collect();
     let resolved = resolve_state(version, &maps, &chains, fetch, None).unwrap();
     resolved.values().cloned().collect()
 }
@@ -74,82 +80,173 @@ fn ids(list: &[&str]) -> BTreeSet<String> {
 fn check_batches(files: &[&str], expected: &[&str]) {
     for (version, key_form) in [("10", false), ("10", true)] {
         let pdus = load_pdus(files, v(version), key_form);
-        assert_eq!(resolve_atomically(v(version), &pdus), ids(expected), "{files:?} key_form={key_form}");
+        assert_eq!(
+            resolve_atomically(v(version), &pdus),
+            ids(expected),
+            "{files:?} key_form={key_form}"
+        );
     }
 }
 
 #[test]
 fn fixture_ban_vs_power_levels() {
     check_batches(
-        &["bootstrap-public-chat.json", "ban-vs-power-levels-alice.json", "ban-vs-power-levels-bob.json"],
-        &["$00-m-room-create", "$00-m-room-guest_access", "$00-m-room-history_visibility",
-          "$00-m-room-join_rules", "$00-m-room-member-join-alice", "$00-m-room-member-ban-bob",
-          "$01-m-room-power_levels"],
+        &[
+            "bootstrap-public-chat.json",
+            "ban-vs-power-levels-alice.json",
+            "ban-vs-power-levels-bob.json",
+        ],
+        &[
+            "$00-m-room-create",
+            "$00-m-room-guest_access",
+            "$00-m-room-history_visibility",
+            "$00-m-room-join_rules",
+            "$00-m-room-member-join-alice",
+            "$00-m-room-member-ban-bob",
+            "$01-m-room-power_levels",
+        ],
     );
 }
 
 #[test]
 fn fixture_topic_vs_power_levels() {
     check_batches(
-        &["bootstrap-public-chat.json", "topic-vs-power-levels-alice.json", "topic-vs-power-levels-bob.json"],
-        &["$00-m-room-create", "$00-m-room-guest_access", "$00-m-room-history_visibility",
-          "$00-m-room-join_rules", "$00-m-room-member-join-alice", "$00-m-room-member-join-bob",
-          "$02-m-room-power_levels-alice", "$00-m-room-topic-alice"],
+        &[
+            "bootstrap-public-chat.json",
+            "topic-vs-power-levels-alice.json",
+            "topic-vs-power-levels-bob.json",
+        ],
+        &[
+            "$00-m-room-create",
+            "$00-m-room-guest_access",
+            "$00-m-room-history_visibility",
+            "$00-m-room-join_rules",
+            "$00-m-room-member-join-alice",
+            "$00-m-room-member-join-bob",
+            "$02-m-room-power_levels-alice",
+            "$00-m-room-topic-alice",
+        ],
     );
 }
 
 #[test]
 fn fixture_topic_vs_ban() {
     check_batches(
-        &["bootstrap-public-chat.json", "topic-vs-ban-common.json", "topic-vs-ban-alice.json", "topic-vs-ban-bob.json"],
-        &["$00-m-room-create", "$00-m-room-guest_access", "$00-m-room-history_visibility",
-          "$00-m-room-join_rules", "$00-m-room-member-join-alice", "$00-m-room-member-ban-bob",
-          "$01-m-room-power_levels", "$00-m-room-topic"],
+        &[
+            "bootstrap-public-chat.json",
+            "topic-vs-ban-common.json",
+            "topic-vs-ban-alice.json",
+            "topic-vs-ban-bob.json",
+        ],
+        &[
+            "$00-m-room-create",
+            "$00-m-room-guest_access",
+            "$00-m-room-history_visibility",
+            "$00-m-room-join_rules",
+            "$00-m-room-member-join-alice",
+            "$00-m-room-member-ban-bob",
+            "$01-m-room-power_levels",
+            "$00-m-room-topic",
+        ],
     );
 }
 
 #[test]
 fn fixture_join_rules_vs_join() {
     check_batches(
-        &["bootstrap-public-chat.json", "join-rules-vs-join-common.json", "join-rules-vs-join-alice.json", "join-rules-vs-join-ella.json"],
-        &["$00-m-room-create", "$00-m-room-guest_access", "$00-m-room-history_visibility",
-          "$01-m-room-join_rules", "$00-m-room-member-join-alice", "$00-m-room-member-join-bob",
-          "$02-m-room-power_levels"],
+        &[
+            "bootstrap-public-chat.json",
+            "join-rules-vs-join-common.json",
+            "join-rules-vs-join-alice.json",
+            "join-rules-vs-join-ella.json",
+        ],
+        &[
+            "$00-m-room-create",
+            "$00-m-room-guest_access",
+            "$00-m-room-history_visibility",
+            "$01-m-room-join_rules",
+            "$00-m-room-member-join-alice",
+            "$00-m-room-member-join-bob",
+            "$02-m-room-power_levels",
+        ],
     );
 }
 
 #[test]
 fn fixture_power_levels_admin_vs_mod_and_concurrent_joins() {
     check_batches(
-        &["bootstrap-public-chat.json", "power-levels-admin-vs-mod-alice.json", "power-levels-admin-vs-mod-bob.json"],
-        &["$00-m-room-create", "$00-m-room-guest_access", "$00-m-room-history_visibility",
-          "$00-m-room-join_rules", "$00-m-room-member-join-alice", "$00-m-room-member-join-bob",
-          "$02-m-room-power_levels-alice"],
+        &[
+            "bootstrap-public-chat.json",
+            "power-levels-admin-vs-mod-alice.json",
+            "power-levels-admin-vs-mod-bob.json",
+        ],
+        &[
+            "$00-m-room-create",
+            "$00-m-room-guest_access",
+            "$00-m-room-history_visibility",
+            "$00-m-room-join_rules",
+            "$00-m-room-member-join-alice",
+            "$00-m-room-member-join-bob",
+            "$02-m-room-power_levels-alice",
+        ],
     );
     check_batches(
-        &["bootstrap-public-chat.json", "concurrent-joins-charlie.json", "concurrent-joins-ella.json"],
-        &["$00-m-room-create", "$00-m-room-guest_access", "$00-m-room-history_visibility",
-          "$00-m-room-join_rules", "$00-m-room-member-join-alice", "$00-m-room-member-join-bob",
-          "$00-m-room-member-join-charlie", "$00-m-room-member-join-ella", "$01-m-room-power_levels"],
+        &[
+            "bootstrap-public-chat.json",
+            "concurrent-joins-charlie.json",
+            "concurrent-joins-ella.json",
+        ],
+        &[
+            "$00-m-room-create",
+            "$00-m-room-guest_access",
+            "$00-m-room-history_visibility",
+            "$00-m-room-join_rules",
+            "$00-m-room-member-join-alice",
+            "$00-m-room-member-join-bob",
+            "$00-m-room-member-join-charlie",
+            "$00-m-room-member-join-ella",
+            "$01-m-room-power_levels",
+        ],
     );
     check_batches(
-        &["bootstrap-private-chat.json", "origin-server-ts-tiebreak.json"],
-        &["$00-m-room-create", "$00-m-room-guest_access", "$00-m-room-history_visibility",
-          "$01-m-room-join_rules", "$00-m-room-member-join-alice", "$00-m-room-power_levels"],
+        &[
+            "bootstrap-private-chat.json",
+            "origin-server-ts-tiebreak.json",
+        ],
+        &[
+            "$00-m-room-create",
+            "$00-m-room-guest_access",
+            "$00-m-room-history_visibility",
+            "$01-m-room-join_rules",
+            "$00-m-room-member-join-alice",
+            "$00-m-room-power_levels",
+        ],
     );
 }
 
 /// Resolve two given forks (MSC4297 fixtures).
-fn resolve_forks(version: &RoomVersion, dir: &str, pdus_file: &str, forks: [&str; 2], key_form: bool) -> BTreeSet<String> {
+fn resolve_forks(
+    version: &RoomVersion,
+    dir: &str,
+    pdus_file: &str,
+    forks: [&str; 2],
+    key_form: bool,
+) -> BTreeSet<String> {
     let pdus = load_pdus(&[&format!("{dir}/{pdus_file}")], version, key_form);
     let by_id: HashMap<&str, &Pdu> = pdus.iter().map(|p| (p.event_id(), p)).collect();
     let fetch = |id: &str| by_id.get(id).copied();
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state_res").join(dir);
+    let base = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/state_res")
+        .join(dir);
     let mut maps = Vec::new();
     let mut chains = Vec::new();
     for fork in forks {
-        let list: Vec<String> = serde_json::from_str(&std::fs::read_to_string(base.join(fork)).unwrap()).unwrap();
-        let map: StateMap = list.iter().map(|id| (state_key_of(by_id[id.as_str()]), id.clone())).collect();
+        let list: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(base.join(fork)).unwrap()).unwrap();
+        let map: StateMap = list
+            .iter()
+            .map(|id| (state_key_of(by_id[id.as_str()]), id.clone()))
+            .collect();
         let mut chain = HashSet::new();
         for id in &list {
             chain.extend(auth_chain([id.as_str()], fetch));
@@ -157,7 +254,11 @@ fn resolve_forks(version: &RoomVersion, dir: &str, pdus_file: &str, forks: [&str
         maps.push(map);
         chains.push(chain);
     }
-    resolve_state(version, &maps, &chains, fetch, None).unwrap().values().cloned().collect()
+    resolve_state(version, &maps, &chains, fetch, None)
+        .unwrap()
+        .values()
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -166,20 +267,41 @@ fn msc4297_problem_a() {
     // v2 (room 11) starts from the unconflicted state and loses the join rules.
     for key_form in [false, true] {
         assert_eq!(
-            resolve_forks(v("11"), "MSC4297-problem-A", "pdus-v11.json", forks, key_form),
-            ids(&["$00-m-room-create", "$01-m-room-member-leave-alice",
-                  "$01-m-room-member-change-display-name-bob",
-                  "$01-m-room-member-change-display-name-charlie", "$00-m-room-power_levels"])
+            resolve_forks(
+                v("11"),
+                "MSC4297-problem-A",
+                "pdus-v11.json",
+                forks,
+                key_form
+            ),
+            ids(&[
+                "$00-m-room-create",
+                "$01-m-room-member-leave-alice",
+                "$01-m-room-member-change-display-name-bob",
+                "$01-m-room-member-change-display-name-charlie",
+                "$00-m-room-power_levels"
+            ])
         );
     }
     // v2.1 starts from the empty state and keeps them; same with key-form ids in 4243 rooms
     // (MSC4243.md §6 case 12).
     for (version, key_form) in [("12", false), ("org.matrix.12.4243", true)] {
         assert_eq!(
-            resolve_forks(v(version), "MSC4297-problem-A", "pdus-v12.json", forks, key_form),
-            ids(&["$00-m-room-create", "$01-m-room-join_rules", "$01-m-room-member-leave-alice",
-                  "$01-m-room-member-change-display-name-bob",
-                  "$01-m-room-member-change-display-name-charlie", "$00-m-room-power_levels"])
+            resolve_forks(
+                v(version),
+                "MSC4297-problem-A",
+                "pdus-v12.json",
+                forks,
+                key_form
+            ),
+            ids(&[
+                "$00-m-room-create",
+                "$01-m-room-join_rules",
+                "$01-m-room-member-leave-alice",
+                "$01-m-room-member-change-display-name-bob",
+                "$01-m-room-member-change-display-name-charlie",
+                "$00-m-room-power_levels"
+            ])
         );
     }
 }
@@ -187,18 +309,42 @@ fn msc4297_problem_a() {
 #[test]
 fn msc4297_problem_b() {
     let forks = ["state-eve.json", "state-zara.json"];
-    let common = ["$00-m-room-create", "$00-m-room-join_rules", "$00-m-room-member-join-alice",
-                  "$00-m-room-member-join-bob", "$00-m-room-member-join-charlie",
-                  "$01-m-room-member-change-display-name-eve", "$00-m-room-member-join-zara"];
+    let common = [
+        "$00-m-room-create",
+        "$00-m-room-join_rules",
+        "$00-m-room-member-join-alice",
+        "$00-m-room-member-join-bob",
+        "$00-m-room-member-join-charlie",
+        "$01-m-room-member-change-display-name-eve",
+        "$00-m-room-member-join-zara",
+    ];
     for key_form in [false, true] {
         let mut expected = common.to_vec();
         expected.push("$00-m-room-power_levels");
-        assert_eq!(resolve_forks(v("11"), "MSC4297-problem-B", "pdus-v11.json", forks, key_form), ids(&expected));
+        assert_eq!(
+            resolve_forks(
+                v("11"),
+                "MSC4297-problem-B",
+                "pdus-v11.json",
+                forks,
+                key_form
+            ),
+            ids(&expected)
+        );
     }
     for (version, key_form) in [("12", false), ("org.matrix.12.4243", true)] {
         let mut expected = common.to_vec();
         expected.push("$02-m-room-power_levels");
-        assert_eq!(resolve_forks(v(version), "MSC4297-problem-B", "pdus-v12.json", forks, key_form), ids(&expected));
+        assert_eq!(
+            resolve_forks(
+                v(version),
+                "MSC4297-problem-B",
+                "pdus-v12.json",
+                forks,
+                key_form
+            ),
+            ids(&expected)
+        );
     }
 }
 
@@ -209,17 +355,29 @@ fn conflicted_subgraph_is_paths_between_conflicted_events() {
     let mk = |id: &str, auth: &[&str]| {
         Pdu::from_stored(
             id,
-            value_to_object(json!({"type": "t", "state_key": "", "sender": "@a:x", "room_id": "!r",
+            value_to_object(
+                json!({"type": "t", "state_key": "", "sender": "@a:x", "room_id": "!r",
                                    "content": {}, "origin_server_ts": 1, "prev_events": [],
-                                   "auth_events": auth})).unwrap(),
+                                   "auth_events": auth}),
+            )
+            .unwrap(),
             version,
         )
         .unwrap()
     };
-    let events = [mk("$y", &[]), mk("$c1", &["$y"]), mk("$x", &["$c1"]), mk("$c2", &["$x"]), mk("$z", &["$c2"])];
+    let events = [
+        mk("$y", &[]),
+        mk("$c1", &["$y"]),
+        mk("$x", &["$c1"]),
+        mk("$c2", &["$x"]),
+        mk("$z", &["$c2"]),
+    ];
     let by_id: HashMap<&str, &Pdu> = events.iter().map(|p| (p.event_id(), p)).collect();
     let sub = conflicted_state_subgraph(["$c1", "$c2"], |id| by_id.get(id).copied());
-    assert_eq!(sub, HashSet::from(["$c1".to_owned(), "$x".to_owned(), "$c2".to_owned()]));
+    assert_eq!(
+        sub,
+        HashSet::from(["$c1".to_owned(), "$x".to_owned(), "$c2".to_owned()])
+    );
 }
 
 // ---- The classic v2 scenarios, on an in-memory DAG ----
@@ -235,20 +393,63 @@ struct Scenario {
 
 impl Scenario {
     fn new(version: &'static RoomVersion, key_form: bool) -> Self {
-        let mut s = Scenario { version, key_form, events: Vec::new(), by_id: HashMap::new(), state_after: HashMap::new(), ts: 0 };
+        let mut s = Scenario {
+            version,
+            key_form,
+            events: Vec::new(),
+            by_id: HashMap::new(),
+            state_after: HashMap::new(),
+            ts: 0,
+        };
         let alice = s.u("alice");
         let mut create = json!({"room_version": version.id()});
         if version.id() == "10" {
             create["creator"] = json!(alice);
         }
         s.add("CREATE", "alice", "m.room.create", Some(""), create, &[]);
-        s.add("IMA", "alice", "m.room.member", Some(&alice), json!({"membership": "join"}), &["CREATE"]);
-        let pl = if version.event_format() == EventFormat::V12 { json!({}) } else { json!({"users": {alice.clone(): 100}}) };
-        s.add("IPOWER", "alice", "m.room.power_levels", Some(""), pl, &["IMA"]);
-        s.add("IJR", "alice", "m.room.join_rules", Some(""), json!({"join_rule": "public"}), &["IPOWER"]);
-        for (id, who, prev) in [("IMB", "bob", "IJR"), ("IMC", "charlie", "IMB"), ("IMZ", "zara", "IMC")] {
+        s.add(
+            "IMA",
+            "alice",
+            "m.room.member",
+            Some(&alice),
+            json!({"membership": "join"}),
+            &["CREATE"],
+        );
+        let pl = if version.event_format() == EventFormat::V12 {
+            json!({})
+        } else {
+            json!({"users": {alice.clone(): 100}})
+        };
+        s.add(
+            "IPOWER",
+            "alice",
+            "m.room.power_levels",
+            Some(""),
+            pl,
+            &["IMA"],
+        );
+        s.add(
+            "IJR",
+            "alice",
+            "m.room.join_rules",
+            Some(""),
+            json!({"join_rule": "public"}),
+            &["IPOWER"],
+        );
+        for (id, who, prev) in [
+            ("IMB", "bob", "IJR"),
+            ("IMC", "charlie", "IMB"),
+            ("IMZ", "zara", "IMC"),
+        ] {
             let uid = s.u(who);
-            s.add(id, who, "m.room.member", Some(&uid), json!({"membership": "join"}), &[prev]);
+            s.add(
+                id,
+                who,
+                "m.room.member",
+                Some(&uid),
+                json!({"membership": "join"}),
+                &[prev],
+            );
         }
         s.add("START", "zara", "m.room.message", None, json!({}), &["IMZ"]);
         s
@@ -259,7 +460,11 @@ impl Scenario {
     }
 
     fn room_id(&self) -> String {
-        if self.version.event_format() == EventFormat::V12 { "!CREATE".into() } else { "!room:example.com".into() }
+        if self.version.event_format() == EventFormat::V12 {
+            "!CREATE".into()
+        } else {
+            "!room:example.com".into()
+        }
     }
 
     fn fetch(&self, id: &str) -> Option<&Pdu> {
@@ -269,7 +474,10 @@ impl Scenario {
     /// The state before an event with these prev events: the single parent's state, or the
     /// resolution of the parents' states.
     fn state_before(&self, prev: &[&str]) -> StateMap {
-        let maps: Vec<StateMap> = prev.iter().map(|p| self.state_after[&format!("${p}")].clone()).collect();
+        let maps: Vec<StateMap> = prev
+            .iter()
+            .map(|p| self.state_after[&format!("${p}")].clone())
+            .collect();
         if maps.len() <= 1 {
             return maps.into_iter().next().unwrap_or_default();
         }
@@ -280,7 +488,15 @@ impl Scenario {
         resolve_state(self.version, &maps, &chains, |id| self.fetch(id), None).unwrap()
     }
 
-    fn add(&mut self, id: &str, sender: &str, kind: &str, state_key: Option<&str>, content: Value, prev: &[&str]) {
+    fn add(
+        &mut self,
+        id: &str,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+        prev: &[&str],
+    ) {
         let sender = self.u(sender);
         let before = self.state_before(prev);
         let raw = serde_json::value::to_raw_value(&content).unwrap();
@@ -300,7 +516,8 @@ impl Scenario {
             event["state_key"] = json!(k);
         }
         let event_id = format!("${id}");
-        let pdu = Pdu::from_stored(&event_id, value_to_object(event).unwrap(), self.version).unwrap();
+        let pdu =
+            Pdu::from_stored(&event_id, value_to_object(event).unwrap(), self.version).unwrap();
         let mut after = before;
         if let Some(k) = state_key {
             after.insert((kind.to_owned(), k.to_owned()), event_id.clone());
@@ -316,7 +533,13 @@ impl Scenario {
         for id in expected {
             let pdu = self.fetch(&format!("${id}")).unwrap();
             let slot = state_key_of(pdu);
-            assert_eq!(state.get(&slot), Some(&format!("${id}")), "{} key_form={}: slot {slot:?}", self.version.id(), self.key_form);
+            assert_eq!(
+                state.get(&slot),
+                Some(&format!("${id}")),
+                "{} key_form={}: slot {slot:?}",
+                self.version.id(),
+                self.key_form
+            );
         }
     }
 
@@ -331,7 +554,13 @@ impl Scenario {
 }
 
 fn every_setting(test: impl Fn(&mut Scenario)) {
-    for (version, key_form) in [("10", false), ("11", false), ("12", false), ("10", true), ("org.matrix.12.4243", true)] {
+    for (version, key_form) in [
+        ("10", false),
+        ("11", false),
+        ("12", false),
+        ("10", true),
+        ("org.matrix.12.4243", true),
+    ] {
         let mut s = Scenario::new(v(version), key_form);
         test(&mut s);
     }
@@ -341,11 +570,32 @@ fn every_setting(test: impl Fn(&mut Scenario)) {
 fn classic_ban_vs_power_level() {
     every_setting(|s| {
         let pa = s.pl(&[("alice", 100), ("bob", 50)]);
-        s.add("PA", "alice", "m.room.power_levels", Some(""), pa.clone(), &["START"]);
+        s.add(
+            "PA",
+            "alice",
+            "m.room.power_levels",
+            Some(""),
+            pa.clone(),
+            &["START"],
+        );
         let alice = s.u("alice");
         let bob = s.u("bob");
-        s.add("MA", "alice", "m.room.member", Some(&alice), json!({"membership": "join"}), &["PA"]);
-        s.add("MB", "alice", "m.room.member", Some(&bob), json!({"membership": "ban"}), &["MA"]);
+        s.add(
+            "MA",
+            "alice",
+            "m.room.member",
+            Some(&alice),
+            json!({"membership": "join"}),
+            &["PA"],
+        );
+        s.add(
+            "MB",
+            "alice",
+            "m.room.member",
+            Some(&bob),
+            json!({"membership": "ban"}),
+            &["MA"],
+        );
         s.add("PB", "bob", "m.room.power_levels", Some(""), pa, &["PA"]);
         s.check(&["MB", "PB"], &["PA", "MA", "MB"]);
     });
@@ -354,14 +604,49 @@ fn classic_ban_vs_power_level() {
 #[test]
 fn classic_topic_basic() {
     every_setting(|s| {
-        s.add("T1", "alice", "m.room.topic", Some(""), json!({"topic": "1"}), &["START"]);
+        s.add(
+            "T1",
+            "alice",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "1"}),
+            &["START"],
+        );
         let pa1 = s.pl(&[("alice", 100), ("bob", 50)]);
-        s.add("PA1", "alice", "m.room.power_levels", Some(""), pa1.clone(), &["T1"]);
-        s.add("T2", "alice", "m.room.topic", Some(""), json!({"topic": "2"}), &["PA1"]);
+        s.add(
+            "PA1",
+            "alice",
+            "m.room.power_levels",
+            Some(""),
+            pa1.clone(),
+            &["T1"],
+        );
+        s.add(
+            "T2",
+            "alice",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "2"}),
+            &["PA1"],
+        );
         let pa2 = s.pl(&[("alice", 100), ("bob", 0)]);
-        s.add("PA2", "alice", "m.room.power_levels", Some(""), pa2, &["T2"]);
+        s.add(
+            "PA2",
+            "alice",
+            "m.room.power_levels",
+            Some(""),
+            pa2,
+            &["T2"],
+        );
         s.add("PB", "bob", "m.room.power_levels", Some(""), pa1, &["PA1"]);
-        s.add("T3", "bob", "m.room.topic", Some(""), json!({"topic": "3"}), &["PB"]);
+        s.add(
+            "T3",
+            "bob",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "3"}),
+            &["PB"],
+        );
         s.check(&["PA2", "T3"], &["PA2", "T2"]);
     });
 }
@@ -369,12 +654,33 @@ fn classic_topic_basic() {
 #[test]
 fn classic_topic_reset() {
     every_setting(|s| {
-        s.add("T1", "alice", "m.room.topic", Some(""), json!({"topic": "1"}), &["START"]);
+        s.add(
+            "T1",
+            "alice",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "1"}),
+            &["START"],
+        );
         let pa = s.pl(&[("alice", 100), ("bob", 50)]);
         s.add("PA", "alice", "m.room.power_levels", Some(""), pa, &["T1"]);
-        s.add("T2", "bob", "m.room.topic", Some(""), json!({"topic": "2"}), &["PA"]);
+        s.add(
+            "T2",
+            "bob",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "2"}),
+            &["PA"],
+        );
         let bob = s.u("bob");
-        s.add("MB", "alice", "m.room.member", Some(&bob), json!({"membership": "ban"}), &["T2"]);
+        s.add(
+            "MB",
+            "alice",
+            "m.room.member",
+            Some(&bob),
+            json!({"membership": "ban"}),
+            &["T2"],
+        );
         s.check(&["MB", "T1"], &["T1", "MB", "PA"]);
     });
 }
@@ -382,12 +688,29 @@ fn classic_topic_reset() {
 #[test]
 fn classic_join_rule_evasion() {
     every_setting(|s| {
-        s.add("JR", "alice", "m.room.join_rules", Some(""), json!({"join_rule": "invite"}), &["START"]);
+        s.add(
+            "JR",
+            "alice",
+            "m.room.join_rules",
+            Some(""),
+            json!({"join_rule": "invite"}),
+            &["START"],
+        );
         let ella = s.u("ella");
-        s.add("ME", "ella", "m.room.member", Some(&ella), json!({"membership": "join"}), &["START"]);
+        s.add(
+            "ME",
+            "ella",
+            "m.room.member",
+            Some(&ella),
+            json!({"membership": "join"}),
+            &["START"],
+        );
         s.check(&["JR", "ME"], &["JR"]);
         let state = s.state_before(&["JR", "ME"]);
-        assert!(!state.contains_key(&("m.room.member".to_owned(), ella)), "ella's join must not survive");
+        assert!(
+            !state.contains_key(&("m.room.member".to_owned(), ella)),
+            "ella's join must not survive"
+        );
     });
 }
 
@@ -395,11 +718,25 @@ fn classic_join_rule_evasion() {
 fn classic_offtopic_power_level() {
     every_setting(|s| {
         let pa = s.pl(&[("alice", 100), ("bob", 50)]);
-        s.add("PA", "alice", "m.room.power_levels", Some(""), pa, &["START"]);
+        s.add(
+            "PA",
+            "alice",
+            "m.room.power_levels",
+            Some(""),
+            pa,
+            &["START"],
+        );
         let pb = s.pl(&[("alice", 100), ("bob", 50), ("charlie", 50)]);
         s.add("PB", "bob", "m.room.power_levels", Some(""), pb, &["PA"]);
         let pc = s.pl(&[("alice", 100), ("bob", 50), ("charlie", 0)]);
-        s.add("PC", "charlie", "m.room.power_levels", Some(""), pc, &["PB"]);
+        s.add(
+            "PC",
+            "charlie",
+            "m.room.power_levels",
+            Some(""),
+            pc,
+            &["PB"],
+        );
         s.check(&["PC", "PA"], &["PC"]);
     });
 }
@@ -407,16 +744,65 @@ fn classic_offtopic_power_level() {
 #[test]
 fn classic_topic_setting() {
     every_setting(|s| {
-        s.add("T1", "alice", "m.room.topic", Some(""), json!({"topic": "1"}), &["START"]);
+        s.add(
+            "T1",
+            "alice",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "1"}),
+            &["START"],
+        );
         let pa1 = s.pl(&[("alice", 100), ("bob", 50)]);
-        s.add("PA1", "alice", "m.room.power_levels", Some(""), pa1.clone(), &["T1"]);
-        s.add("T2", "alice", "m.room.topic", Some(""), json!({"topic": "2"}), &["PA1"]);
+        s.add(
+            "PA1",
+            "alice",
+            "m.room.power_levels",
+            Some(""),
+            pa1.clone(),
+            &["T1"],
+        );
+        s.add(
+            "T2",
+            "alice",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "2"}),
+            &["PA1"],
+        );
         let pa2 = s.pl(&[("alice", 100), ("bob", 0)]);
-        s.add("PA2", "alice", "m.room.power_levels", Some(""), pa2, &["T2"]);
+        s.add(
+            "PA2",
+            "alice",
+            "m.room.power_levels",
+            Some(""),
+            pa2,
+            &["T2"],
+        );
         s.add("PB", "bob", "m.room.power_levels", Some(""), pa1, &["PA1"]);
-        s.add("T3", "bob", "m.room.topic", Some(""), json!({"topic": "3"}), &["PB"]);
-        s.add("MZ1", "zara", "m.room.message", None, json!({}), &["PA2", "T3"]);
-        s.add("T4", "alice", "m.room.topic", Some(""), json!({"topic": "4"}), &["MZ1"]);
+        s.add(
+            "T3",
+            "bob",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "3"}),
+            &["PB"],
+        );
+        s.add(
+            "MZ1",
+            "zara",
+            "m.room.message",
+            None,
+            json!({}),
+            &["PA2", "T3"],
+        );
+        s.add(
+            "T4",
+            "alice",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "4"}),
+            &["MZ1"],
+        );
         s.check(&["T4"], &["T4", "PA2"]);
     });
 }

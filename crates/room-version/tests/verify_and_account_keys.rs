@@ -40,10 +40,16 @@ fn case1_account_key_signature_needs_no_fetch() {
     let alice = actor(v(AK), 3, "b.example");
     let pdu = message(AK, &alice, 1_000);
     assert!(required_server_keys(&pdu, v(AK)).is_empty());
-    assert_eq!(verify_pdu(&pdu, v(AK), &ServerKeys::new()), Ok(Verified::All));
+    assert_eq!(
+        verify_pdu(&pdu, v(AK), &ServerKeys::new()),
+        Ok(Verified::All)
+    );
     let sigs = as_value(&pdu)["signatures"].clone();
     let key = keypair(3).account_key();
-    assert!(sigs[key.as_str()]["ed25519:1"].is_string(), "entity is the bare key: {sigs}");
+    assert!(
+        sigs[key.as_str()]["ed25519:1"].is_string(),
+        "entity is the bare key: {sigs}"
+    );
 }
 
 /// §6 case 2: signed only by the sender's server key → dropped.
@@ -58,7 +64,11 @@ fn case2_server_key_signature_is_not_enough() {
     add_signature(
         &mut stripped,
         v(AK),
-        EventSigner::Server { server_name: "b.example", key_id: "ed25519:a", key: &server_key },
+        EventSigner::Server {
+            server_name: "b.example",
+            key_id: "ed25519:a",
+            key: &server_key,
+        },
     )
     .unwrap();
     assert!(matches!(
@@ -78,7 +88,10 @@ fn case3_wrong_key_id_is_dropped() {
         let mut value = as_value(&pdu);
         value["signatures"] = json!({ key.as_str(): { key_id.clone(): sig.clone() } });
         let moved = reparse(value, AK).unwrap();
-        assert!(verify_pdu(&moved, v(AK), &ServerKeys::new()).is_err(), "{key_id}");
+        assert!(
+            verify_pdu(&moved, v(AK), &ServerKeys::new()).is_err(),
+            "{key_id}"
+        );
     }
 }
 
@@ -107,7 +120,13 @@ fn case4_lax_key_spellings_are_dropped() {
         let mut value = as_value(&pdu);
         value["sender"] = json!(format!("@{localpart}:b.example"));
         let err = reparse(value, AK).unwrap_err();
-        assert!(matches!(err, PduError::SenderNotKeyForm(_) | PduError::InvalidId { .. }), "{localpart}: {err}");
+        assert!(
+            matches!(
+                err,
+                PduError::SenderNotKeyForm(_) | PduError::InvalidId { .. }
+            ),
+            "{localpart}: {err}"
+        );
     }
 }
 
@@ -117,7 +136,10 @@ fn case6_timestamps_far_from_now_still_verify() {
     let alice = actor(v(AK), 3, "b.example");
     for ts in [0, 1, 4_102_444_800_000 * 3] {
         let pdu = message(AK, &alice, ts);
-        assert_eq!(verify_pdu(&pdu, v(AK), &ServerKeys::new()), Ok(Verified::All));
+        assert_eq!(
+            verify_pdu(&pdu, v(AK), &ServerKeys::new()),
+            Ok(Verified::All)
+        );
     }
 }
 
@@ -148,8 +170,16 @@ fn case7_restricted_join_cosigned_by_authoriser_account_key() {
     let mut join = restricted_join(&room, &joiner, &moderator);
     // Without the authoriser's signature the event is dropped.
     assert!(verify_pdu(&join, v(AK), &ServerKeys::new()).is_err());
-    add_signature(&mut join, v(AK), EventSigner::Account(&keypair(moderator.seed))).unwrap();
-    assert_eq!(verify_pdu(&join, v(AK), &ServerKeys::new()), Ok(Verified::All));
+    add_signature(
+        &mut join,
+        v(AK),
+        EventSigner::Account(&keypair(moderator.seed)),
+    )
+    .unwrap();
+    assert_eq!(
+        verify_pdu(&join, v(AK), &ServerKeys::new()),
+        Ok(Verified::All)
+    );
     room.try_apply(join).unwrap();
     assert_eq!(room.membership(&joiner).as_deref(), Some("join"));
 }
@@ -163,12 +193,21 @@ fn case8_restricted_join_with_wrong_cosigner_is_dropped() {
     add_signature(
         &mut by_server,
         v(AK),
-        EventSigner::Server { server_name: "a.example", key_id: "ed25519:a", key: &keypair(60) },
+        EventSigner::Server {
+            server_name: "a.example",
+            key_id: "ed25519:a",
+            key: &keypair(60),
+        },
     )
     .unwrap();
     assert!(verify_pdu(&by_server, v(AK), &ServerKeys::new()).is_err());
     let mut by_other = base;
-    add_signature(&mut by_other, v(AK), EventSigner::Account(&keypair(creator.seed))).unwrap();
+    add_signature(
+        &mut by_other,
+        v(AK),
+        EventSigner::Account(&keypair(creator.seed)),
+    )
+    .unwrap();
     assert!(verify_pdu(&by_other, v(AK), &ServerKeys::new()).is_err());
 }
 
@@ -178,8 +217,16 @@ fn case9_authoriser_not_joined_is_rejected() {
     let (mut room, _creator, _moderator, joiner) = restricted_room();
     let outsider = actor(v(AK), 9, "c.example");
     let mut join = restricted_join(&room, &joiner, &outsider);
-    add_signature(&mut join, v(AK), EventSigner::Account(&keypair(outsider.seed))).unwrap();
-    assert_eq!(verify_pdu(&join, v(AK), &ServerKeys::new()), Ok(Verified::All));
+    add_signature(
+        &mut join,
+        v(AK),
+        EventSigner::Account(&keypair(outsider.seed)),
+    )
+    .unwrap();
+    assert_eq!(
+        verify_pdu(&join, v(AK), &ServerKeys::new()),
+        Ok(Verified::All)
+    );
     assert!(room.try_apply(join).is_err());
 }
 
@@ -192,17 +239,32 @@ fn case10_room_id_is_hash_of_key_signed_create() {
     let create_id = room.state[&("m.room.create".to_owned(), String::new())].clone();
     assert_eq!(room.room_id, format!("!{}", &create_id[1..]));
     let create = &room.events[&create_id];
-    assert_eq!(room_id_for_create_event(create.json(), v(AK)).unwrap(), Some(room.room_id.clone()));
-    assert_eq!(verify_pdu(create, v(AK), &ServerKeys::new()), Ok(Verified::All));
+    assert_eq!(
+        room_id_for_create_event(create.json(), v(AK)).unwrap(),
+        Some(room.room_id.clone())
+    );
+    assert_eq!(
+        verify_pdu(create, v(AK), &ServerKeys::new()),
+        Ok(Verified::All)
+    );
     // A create event with a room_id.
     let mut with_room_id = as_value(create);
     with_room_id["room_id"] = json!(room.room_id);
-    assert_eq!(reparse(with_room_id, AK).unwrap_err(), PduError::CreateHasRoomId);
+    assert_eq!(
+        reparse(with_room_id, AK).unwrap_err(),
+        PduError::CreateHasRoomId
+    );
     // An event citing the create event in auth_events.
     let msg = room.make(&creator, json!({"type": "m.room.message", "content": {}}));
     let mut citing = as_value(&msg);
-    citing["auth_events"].as_array_mut().unwrap().push(json!(create_id));
-    assert_eq!(reparse(citing, AK).unwrap_err(), PduError::CreateEventInAuthEvents);
+    citing["auth_events"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(create_id));
+    assert_eq!(
+        reparse(citing, AK).unwrap_err(),
+        PduError::CreateEventInAuthEvents
+    );
 }
 
 /// §6 case 11: name-form ids in additional_creators / power_levels.users are rejected; key-form
@@ -230,21 +292,30 @@ fn case11_name_form_ids_rejected_and_key_form_creators_are_all_powerful() {
     );
     // Name-form power_levels.users key.
     assert!(
-        room.try_send(&creator, json!({"type": "m.room.power_levels", "state_key": "",
-                                       "content": {"users": {"@bob:b.example": 50}}}))
-            .is_err()
+        room.try_send(
+            &creator,
+            json!({"type": "m.room.power_levels", "state_key": "",
+                                       "content": {"users": {"@bob:b.example": 50}}})
+        )
+        .is_err()
     );
     // The additional creator joins and, with no entry in power levels, can change anything.
     room.member(&co_creator, &co_creator, "join").unwrap();
-    room.send(&co_creator, json!({"type": "m.room.tombstone", "state_key": "", "content": {}}));
+    room.send(
+        &co_creator,
+        json!({"type": "m.room.tombstone", "state_key": "", "content": {}}),
+    );
     let someone = actor(version, 5, "c.example");
     room.member(&someone, &someone, "join").unwrap();
     room.member(&co_creator, &someone, "ban").unwrap();
     // A name-form member state key is refused.
     assert!(
-        room.try_send(&creator, json!({"type": "m.room.member", "state_key": "@carol:c.example",
-                                       "content": {"membership": "ban"}}))
-            .is_err()
+        room.try_send(
+            &creator,
+            json!({"type": "m.room.member", "state_key": "@carol:c.example",
+                                       "content": {"membership": "ban"}})
+        )
+        .is_err()
     );
 }
 
@@ -252,7 +323,10 @@ fn server_keys(server: &str, key_id: &str, seed: u8, valid_until_ts: u64) -> Ser
     let mut per = BTreeMap::new();
     per.insert(
         key_id.to_owned(),
-        ServerKey { key: PublicKey::from_bytes(&keypair(seed).public_key()).unwrap(), valid_until_ts },
+        ServerKey {
+            key: PublicKey::from_bytes(&keypair(seed).public_key()).unwrap(),
+            valid_until_ts,
+        },
     );
     let mut keys = ServerKeys::new();
     keys.insert(server.to_owned(), per);
@@ -285,15 +359,24 @@ fn server_key_verification_reports_needed_keys_and_outcomes() {
     ));
     // Key expired before the event was sent (v5+ validity period).
     let expired = server_keys("b.example", "ed25519:test", 20, 4_999);
-    assert!(matches!(verify_pdu(&pdu, v("12"), &expired), Err(SignatureError::KeyExpired { .. })));
+    assert!(matches!(
+        verify_pdu(&pdu, v("12"), &expired),
+        Err(SignatureError::KeyExpired { .. })
+    ));
     // Wrong key → drop.
     let wrong = server_keys("b.example", "ed25519:test", 21, 10_000);
-    assert!(matches!(verify_pdu(&pdu, v("12"), &wrong), Err(SignatureError::Invalid { .. })));
+    assert!(matches!(
+        verify_pdu(&pdu, v("12"), &wrong),
+        Err(SignatureError::Invalid { .. })
+    ));
     // Content changed after signing (body is not covered by the signature): keep redacted.
     let mut value = as_value(&pdu);
     value["content"]["body"] = json!("tampered");
     let tampered = reparse(value.clone(), "12").unwrap();
-    assert_eq!(verify_pdu(&tampered, v("12"), &keys), Ok(Verified::SignaturesOnly));
+    assert_eq!(
+        verify_pdu(&tampered, v("12"), &keys),
+        Ok(Verified::SignaturesOnly)
+    );
     let redacted = tampered.redacted(v("12")).unwrap();
     assert_eq!(redacted.event_id(), tampered.event_id());
     assert_eq!(redacted.content().get(), "{}");
@@ -313,15 +396,29 @@ fn restricted_join_in_server_key_rooms_needs_authorising_server() {
                "sender": "@alice:b.example", "state_key": "@alice:b.example",
                "content": {"membership": "join", "join_authorised_via_users_server": "@mod:a.example"}}),
     );
-    let servers: Vec<_> = required_server_keys(&pdu, version).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(servers, vec!["b.example"], "a.example has not signed yet, so no key id is known");
+    let servers: Vec<_> = required_server_keys(&pdu, version)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        servers,
+        vec!["b.example"],
+        "a.example has not signed yet, so no key id is known"
+    );
     let mut keys = server_keys("b.example", "ed25519:test", 20, u64::MAX);
-    assert!(verify_pdu(&pdu, version, &keys).is_err(), "authorising server signature missing");
+    assert!(
+        verify_pdu(&pdu, version, &keys).is_err(),
+        "authorising server signature missing"
+    );
     let mut signed = pdu.clone();
     add_signature(
         &mut signed,
         version,
-        EventSigner::Server { server_name: "a.example", key_id: "ed25519:r", key: &keypair(30) },
+        EventSigner::Server {
+            server_name: "a.example",
+            key_id: "ed25519:r",
+            key: &keypair(30),
+        },
     )
     .unwrap();
     let needed: Vec<_> = required_server_keys(&signed, version).into_iter().collect();
@@ -350,14 +447,32 @@ fn building_refuses_the_wrong_key() {
         Err(PduError::WrongSigner(_))
     ));
     // A server key in an account-key room.
-    let server = EventSigner::Server { server_name: "b.example", key_id: "ed25519:a", key: &keypair(4) };
-    assert!(matches!(build_pdu(partial(&alice), v(AK), server), Err(PduError::WrongSigner(_))));
+    let server = EventSigner::Server {
+        server_name: "b.example",
+        key_id: "ed25519:a",
+        key: &keypair(4),
+    };
+    assert!(matches!(
+        build_pdu(partial(&alice), v(AK), server),
+        Err(PduError::WrongSigner(_))
+    ));
     // A server signing for another server's user.
-    let other = EventSigner::Server { server_name: "evil.example", key_id: "ed25519:a", key: &keypair(4) };
-    assert!(matches!(build_pdu(partial("@bob:b.example"), v("12"), other), Err(PduError::WrongSigner(_))));
+    let other = EventSigner::Server {
+        server_name: "evil.example",
+        key_id: "ed25519:a",
+        key: &keypair(4),
+    };
+    assert!(matches!(
+        build_pdu(partial("@bob:b.example"), v("12"), other),
+        Err(PduError::WrongSigner(_))
+    ));
     // A name-form sender in an account-key room.
     assert!(matches!(
-        build_pdu(partial("@bob:b.example"), v(AK), EventSigner::Account(&keypair(4))),
+        build_pdu(
+            partial("@bob:b.example"),
+            v(AK),
+            EventSigner::Account(&keypair(4))
+        ),
         Err(PduError::SenderNotKeyForm(_))
     ));
 }

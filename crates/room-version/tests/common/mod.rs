@@ -35,7 +35,11 @@ pub fn build(version: &RoomVersion, key: &KeyPair, mut fields: Value) -> Pdu {
     let signer = if version.uses_account_keys() {
         EventSigner::Account(key)
     } else {
-        EventSigner::Server { server_name: &domain, key_id: "ed25519:test", key }
+        EventSigner::Server {
+            server_name: &domain,
+            key_id: "ed25519:test",
+            key,
+        }
     };
     build_pdu(partial, version, signer).unwrap()
 }
@@ -56,7 +60,11 @@ pub struct Actor {
 }
 
 pub fn actor(version: &RoomVersion, n: u8, domain: &str) -> Actor {
-    let id = if version.uses_account_keys() { key_user(n, domain) } else { format!("@u{n}:{domain}") };
+    let id = if version.uses_account_keys() {
+        key_user(n, domain)
+    } else {
+        format!("@u{n}:{domain}")
+    };
     Actor { seed: n, id }
 }
 
@@ -103,12 +111,21 @@ impl Room {
             depth: 1,
         };
         room.apply(create);
-        room.send(creator, json!({"type": "m.room.member", "state_key": creator.id,
-                                  "content": {"membership": "join"}}));
-        room.send(creator, json!({"type": "m.room.power_levels", "state_key": "",
-                                  "content": power_levels}));
-        room.send(creator, json!({"type": "m.room.join_rules", "state_key": "",
-                                  "content": {"join_rule": join_rule}}));
+        room.send(
+            creator,
+            json!({"type": "m.room.member", "state_key": creator.id,
+                                  "content": {"membership": "join"}}),
+        );
+        room.send(
+            creator,
+            json!({"type": "m.room.power_levels", "state_key": "",
+                                  "content": power_levels}),
+        );
+        room.send(
+            creator,
+            json!({"type": "m.room.join_rules", "state_key": "",
+                                  "content": {"join_rule": join_rule}}),
+        );
         room
     }
 
@@ -144,7 +161,9 @@ impl Room {
     pub fn try_apply(&mut self, pdu: Pdu) -> Result<String, AuthError> {
         check_against_auth_events(self.version, &pdu, |id| self.events.get(id))?;
         check_against_state(self.version, &pdu, |t, k| {
-            self.state.get(&(t.to_owned(), k.to_owned())).and_then(|id| self.events.get(id))
+            self.state
+                .get(&(t.to_owned(), k.to_owned()))
+                .and_then(|id| self.events.get(id))
         })?;
         let id = pdu.event_id().to_owned();
         self.apply(pdu);
@@ -153,13 +172,15 @@ impl Room {
 
     pub fn send(&mut self, who: &Actor, fields: Value) -> String {
         let kind = fields["type"].clone();
-        self.try_send(who, fields).unwrap_or_else(|e| panic!("{kind} should be allowed: {e}"))
+        self.try_send(who, fields)
+            .unwrap_or_else(|e| panic!("{kind} should be allowed: {e}"))
     }
 
     fn apply(&mut self, pdu: Pdu) {
         let id = pdu.event_id().to_owned();
         if let Some(k) = pdu.state_key() {
-            self.state.insert((pdu.event_type().to_owned(), k.to_owned()), id.clone());
+            self.state
+                .insert((pdu.event_type().to_owned(), k.to_owned()), id.clone());
         }
         self.last = id.clone();
         self.depth += 1;
@@ -167,13 +188,26 @@ impl Room {
     }
 
     pub fn membership(&self, user: &Actor) -> Option<String> {
-        let id = self.state.get(&("m.room.member".to_owned(), user.id.clone()))?;
+        let id = self
+            .state
+            .get(&("m.room.member".to_owned(), user.id.clone()))?;
         let pdu = &self.events[id];
-        pdu.content_object()?.get("membership")?.as_str().map(str::to_owned)
+        pdu.content_object()?
+            .get("membership")?
+            .as_str()
+            .map(str::to_owned)
     }
 
-    pub fn member(&mut self, who: &Actor, target: &Actor, membership: &str) -> Result<String, AuthError> {
-        self.try_send(who, json!({"type": "m.room.member", "state_key": target.id,
-                                  "content": {"membership": membership}}))
+    pub fn member(
+        &mut self,
+        who: &Actor,
+        target: &Actor,
+        membership: &str,
+    ) -> Result<String, AuthError> {
+        self.try_send(
+            who,
+            json!({"type": "m.room.member", "state_key": target.id,
+                                  "content": {"membership": membership}}),
+        )
     }
 }

@@ -57,3 +57,6 @@ pub use projection::KeyVerification;
 pub use signing::{KeyPair, PublicKey, SignatureError};
 pub use verify::Verified;
 pub use version::{RoomVersion, UnsupportedRoomVersion};
+
+/// Canonical JSON values, re-exported so callers need no direct ruma dependency.
+pub use ruma::{CanonicalJsonObject, CanonicalJsonValue};

@@ -281,3 +281,45 @@ fn arb_json() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+mod no_panics {
+    use super::common::{Room, actor, v};
+    use super::{arb_json, parse, valid};
+    use myelin_room_version::projection::{KeyVerification, project_for_client};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Arbitrary content for the auth-relevant event types is allowed or refused, never a
+        /// panic, in every version.
+        #[test]
+        fn auth_never_panics_on_content(
+            kind in prop::sample::select(vec!["m.room.power_levels", "m.room.member",
+                "m.room.join_rules", "m.room.create", "m.room.third_party_invite", "m.room.redaction"]),
+            content in arb_json(),
+        ) {
+            for id in ["10", "12", "org.matrix.12.4243"] {
+                let version = v(id);
+                let creator = actor(version, 1, "a.example");
+                let mut room = Room::new(version, &creator, json!({}), json!({}), "public");
+                let content = if content.is_object() { content.clone() } else { json!({"v": content.clone()}) };
+                let state_key = if kind == "m.room.member" { creator.id.clone() } else { String::new() };
+                let _ = room.try_send(&creator, json!({"type": kind, "state_key": state_key, "content": content}));
+            }
+        }
+
+        /// The projection never panics on arbitrary JSON, in any version.
+        #[test]
+        fn projection_never_panics(event in arb_json(), field in "[a-z_]{1,12}", value in arb_json()) {
+            for id in ["12", "org.matrix.12.4243"] {
+                let mut e = valid(id);
+                e[field.as_str()] = value.clone();
+                let _ = project_for_client(v(id), &e, "@me:x", |_| KeyVerification::Verified { account_name: "n".into() });
+                let _ = project_for_client(v(id), &event, "@me:x", |_| KeyVerification::Unverified);
+                let _ = parse(&e, id);
+            }
+        }
+    }
+}

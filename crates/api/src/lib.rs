@@ -1,1 +1,74 @@
 //! HTTP surface (axum): client, federation, key, media, admin, well-known, metrics.
+//!
+//! Handlers are thin: `async fn(AppState, Ruma<Request>) -> Result<Response, MatrixError>`, where
+//! `Request` is a ruma endpoint type. [`ruma_bridge`] registers each handler under every path its
+//! endpoint's metadata lists, parses the request, and runs the authentication the endpoint
+//! declares; [`error`] maps every failure to the spec's `{errcode, error}` body in one place.
+//!
+//! Two routers, one per listener: [`client_router`] (plain HTTP: client API, well-known, health,
+//! metrics) and [`federation_router`] (TLS: federation and key APIs, well-known, health).
+
+mod client;
+pub mod error;
+mod federation;
+mod layers;
+pub mod metrics;
+pub mod ruma_bridge;
+mod well_known;
+
+use std::sync::Arc;
+
+use axum::Router;
+use myelin_service::Services;
+
+pub use error::MatrixError;
+pub use ruma_bridge::Ruma;
+
+/// What every handler is handed: the services and the metrics registry.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub services: Arc<Services>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    pub fn new(services: Arc<Services>) -> Self {
+        AppState {
+            services,
+            metrics: Arc::new(metrics::Metrics::new()),
+        }
+    }
+}
+
+/// The router for the client listener.
+pub fn client_router(state: AppState) -> Router {
+    let router = client::routes()
+        .merge(well_known::routes())
+        .route("/health", axum::routing::get(health))
+        .route("/metrics", axum::routing::get(metrics::serve));
+    layers::finish(router, state, layers::Cors::Enabled)
+}
+
+/// The router for the federation listener.
+pub fn federation_router(state: AppState) -> Router {
+    let router = federation::routes()
+        .merge(well_known::routes())
+        .route("/health", axum::routing::get(health));
+    layers::finish(router, state, layers::Cors::Disabled)
+}
+
+/// `GET /health`: 200 when the database answers, 503 otherwise.
+async fn health(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    match state.services.store.ping().await {
+        Ok(()) => (http::StatusCode::OK, "OK"),
+        Err(err) => {
+            tracing::warn!(%err, "health check: database did not answer");
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable",
+            )
+        }
+    }
+}

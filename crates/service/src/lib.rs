@@ -1,1 +1,29 @@
 //! What the homeserver does: accounts, rooms, timeline, sync, inbound PDUs, account keys.
+//!
+//! Each area is a module with a small struct holding what it needs; [`Services`] ties them
+//! together and is what the HTTP layer is handed. No area keeps global state.
+//!
+//! Areas so far: [`config`] (the configuration every layer reads), [`secrets`] (the data
+//! directory's sealing key, for private keys at rest), [`server_keys`] (the server's signing key
+//! and its published, signed key object).
+
+pub mod config;
+pub mod secrets;
+pub mod server_keys;
+mod services;
+
+pub use config::Config;
+pub use services::{Services, StartError};
+
+/// The name this server reports in `/_matrix/federation/v1/version`.
+pub const SERVER_SOFTWARE: &str = "Myelin";
+/// This build's version.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch, the unit every stored time uses.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

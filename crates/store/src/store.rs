@@ -6,7 +6,9 @@ use std::{path::Path, str::FromStr, time::Duration};
 use sqlx::{
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPool, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
 };
 
 use crate::StoreError;
@@ -19,7 +21,11 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The highest migration version embedded in this binary (both backends have the same pairs).
 pub(crate) fn latest_known_migration() -> i64 {
-    POSTGRES_MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+    POSTGRES_MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Which database a URL selects.
@@ -60,7 +66,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 16 }
+        Self {
+            max_connections: 16,
+        }
     }
 }
 

@@ -91,10 +91,14 @@ fn with_database_name(admin_url: &str, name: &str) -> String {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let Some((admin_url, name)) = self.postgres.take() else { return };
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
         // Drop runs outside async; a short-lived runtime on its own thread does the cleanup.
         let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
             else {
                 return;
             };
@@ -134,8 +138,10 @@ pub async fn record_future_migration(store: &crate::Store, version: i64) {
 pub async fn sqlite_journal_mode(store: &crate::Store) -> String {
     match &store.backend {
         crate::Backend::Sqlite(pool) => {
-            let (mode,): (String,) =
-                sqlx::query_as("PRAGMA journal_mode").fetch_one(pool).await.expect("pragma");
+            let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(pool)
+                .await
+                .expect("pragma");
             mode
         }
         crate::Backend::Postgres(_) => panic!("not a SQLite store"),

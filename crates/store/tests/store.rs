@@ -19,7 +19,9 @@ fn key(id: &str, created_ts: i64) -> StoredSigningKey {
 async fn signing_keys_round_trip_and_conflict() {
     for kind in test_backends() {
         let db = TestDatabase::create(kind).await;
-        let store = Store::open(&db.url, &StoreOptions::default()).await.unwrap();
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
         assert_eq!(store.kind(), kind);
         assert!(store.signing_keys().await.unwrap().is_empty());
 
@@ -28,7 +30,10 @@ async fn signing_keys_round_trip_and_conflict() {
         let keys = store.signing_keys().await.unwrap();
         assert_eq!(keys, vec![key("a_new", 2), key("a_old", 1)], "{kind:?}");
 
-        let err = store.insert_signing_key(&key("a_new", 3)).await.unwrap_err();
+        let err = store
+            .insert_signing_key(&key("a_new", 3))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{kind:?}: {err}");
         store.close().await;
     }
@@ -38,12 +43,20 @@ async fn signing_keys_round_trip_and_conflict() {
 async fn reopening_keeps_data_and_does_not_reapply_migrations() {
     for kind in test_backends() {
         let db = TestDatabase::create(kind).await;
-        let store = Store::open(&db.url, &StoreOptions::default()).await.unwrap();
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
         store.insert_signing_key(&key("a_1", 1)).await.unwrap();
         store.close().await;
 
-        let store = Store::open(&db.url, &StoreOptions::default()).await.unwrap();
-        assert_eq!(store.signing_keys().await.unwrap(), vec![key("a_1", 1)], "{kind:?}");
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.signing_keys().await.unwrap(),
+            vec![key("a_1", 1)],
+            "{kind:?}"
+        );
         store.close().await;
     }
 }
@@ -52,11 +65,15 @@ async fn reopening_keeps_data_and_does_not_reapply_migrations() {
 async fn database_from_a_newer_schema_is_refused() {
     for kind in test_backends() {
         let db = TestDatabase::create(kind).await;
-        let store = Store::open(&db.url, &StoreOptions::default()).await.unwrap();
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
         myelin_store::test_support::record_future_migration(&store, 99_999).await;
         store.close().await;
 
-        let err = Store::open(&db.url, &StoreOptions::default()).await.unwrap_err();
+        let err = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap_err();
         match err {
             StoreError::SchemaTooNew { found, known } => {
                 assert_eq!(found, 99_999, "{kind:?}");
@@ -75,12 +92,19 @@ fn err_text(found: i64, known: i64) -> String {
 #[tokio::test]
 async fn sqlite_runs_in_wal_mode() {
     let db = TestDatabase::create(myelin_store::DatabaseKind::Sqlite).await;
-    let store = Store::open(&db.url, &StoreOptions::default()).await.unwrap();
-    assert_eq!(myelin_store::test_support::sqlite_journal_mode(&store).await, "wal");
+    let store = Store::open(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        myelin_store::test_support::sqlite_journal_mode(&store).await,
+        "wal"
+    );
 }
 
 #[tokio::test]
 async fn unknown_url_scheme_is_an_invalid_url() {
-    let err = Store::open("mysql://localhost/x", &StoreOptions::default()).await.unwrap_err();
+    let err = Store::open("mysql://localhost/x", &StoreOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidUrl(_)), "{err}");
 }

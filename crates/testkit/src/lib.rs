@@ -1,1 +1,137 @@
-//! Dev-only: start in-process servers with temporary databases and a private CA.
+//! Dev-only: start in-process Myelin servers with temporary databases and data directories, on
+//! loopback ports chosen by the OS, with HTTP clients already pointed at them.
+//!
+//! Multi-server federation (several servers, a private CA, `destination_overrides`) grows here
+//! with the federation issue; today a [`TestServer`] is one server on one backend.
+
+use std::{net::SocketAddr, path::Path};
+
+use myelin::server::RunningServer;
+use myelin_service::Config;
+use myelin_store::{DatabaseKind, test_support::TestDatabase};
+
+pub use myelin_store::test_support::test_backends;
+
+/// Installs ring as rustls' process-wide provider (reqwest is built without one). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// One running server with its own database and data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub config: Config,
+    pub db: TestDatabase,
+    pub data_dir: tempfile::TempDir,
+    /// A plain HTTP client for the client listener.
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// A config for a test server on `db`: loopback, OS-chosen ports, quiet shutdown.
+    pub fn config(data_dir: &Path, db: &TestDatabase) -> Config {
+        let mut config = Config::default();
+        config.data_dir = data_dir.to_path_buf();
+        config.database.url = Some(db.url.clone());
+        config.database.max_connections = 4;
+        config.listen.client = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.listen.federation = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http.shutdown_grace_period_secs = 5;
+        config
+    }
+
+    /// Starts a server on a fresh database of `kind`, after `customise` adjusts its config.
+    pub async fn start_with(kind: DatabaseKind, customise: impl FnOnce(&mut Config)) -> Self {
+        install_crypto_provider();
+        let db = TestDatabase::create(kind).await;
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let mut config = Self::config(data_dir.path(), &db);
+        customise(&mut config);
+        let server = myelin::server::start(config.clone())
+            .await
+            .expect("server starts");
+        TestServer {
+            server: Some(server),
+            config,
+            db,
+            data_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn start(kind: DatabaseKind) -> Self {
+        Self::start_with(kind, |_| {}).await
+    }
+
+    fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("server is running")
+    }
+
+    /// `http://<client listener><path>`.
+    pub fn client_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().client_addr)
+    }
+
+    /// `https://<server name>:<federation port><path>`; use with [`TestServer::federation_client`].
+    pub fn federation_url(&self, path: &str) -> String {
+        format!(
+            "https://{}:{}{path}",
+            self.config.server_name.host(),
+            self.running().federation_addr.port()
+        )
+    }
+
+    /// An HTTPS client that trusts exactly this server's certificate and resolves its server
+    /// name to the federation listener, so certificate and host name are both verified.
+    pub fn federation_client(&self) -> reqwest::Client {
+        let cert_path = self.data_dir.path().join(myelin::tls::SELF_SIGNED_CERT);
+        let pem = std::fs::read(&cert_path).expect("self-signed certificate exists");
+        let cert = reqwest::Certificate::from_pem(&pem).expect("certificate parses");
+        reqwest::Client::builder()
+            .tls_certs_only([cert])
+            .resolve(
+                self.config.server_name.host(),
+                self.running().federation_addr,
+            )
+            .build()
+            .expect("federation client")
+    }
+
+    /// Stops the server gracefully and starts it again on the same database and data directory.
+    /// Ports change (the OS picks them again).
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+        self.server = Some(
+            myelin::server::start(self.config.clone())
+                .await
+                .expect("restart"),
+        );
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// The running server's listener addresses.
+    pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
+        (self.running().client_addr, self.running().federation_addr)
+    }
+
+    /// Asks the running server to stop without waiting for it.
+    pub fn signal_stop(&self) {
+        let _ = self.running().stop_handle().send(true);
+    }
+
+    /// Waits for a server asked to stop with [`TestServer::signal_stop`].
+    pub async fn wait_stopped(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.wait().await.expect("clean shutdown");
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! [`MatrixError`]: every failure a handler or the request bridge can return, mapped once to the
+//! spec's `{errcode, error}` JSON body and HTTP status.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use ruma::api::{
+    OutgoingResponseExt,
+    error::{DeserializationError, ErrorBody, ErrorKind, FromHttpRequestError, StandardErrorBody},
+};
+
+/// An error in the shape the Matrix spec gives errors.
+#[derive(Debug, Clone)]
+pub struct MatrixError {
+    pub status: StatusCode,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl MatrixError {
+    pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
+        MatrixError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn unrecognized() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::Unrecognized,
+            "Unrecognized request",
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Unrecognized,
+            "Method not allowed",
+        )
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::TooLarge,
+            format!("Request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unknown,
+            message,
+        )
+    }
+
+    /// Maps a failure to parse a request into the spec's error: unparseable JSON is `M_NOT_JSON`,
+    /// JSON of the wrong shape `M_BAD_JSON`, bad path or query parameters `M_INVALID_PARAM`.
+    pub fn from_request_error(err: FromHttpRequestError) -> Self {
+        match err {
+            FromHttpRequestError::Deserialization(DeserializationError::Json(json))
+                if json.is_syntax() || json.is_eof() =>
+            {
+                Self::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::NotJson,
+                    format!("Content not JSON: {json}"),
+                )
+            }
+            FromHttpRequestError::Deserialization(DeserializationError::Json(json)) => Self::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::BadJson,
+                format!("Bad JSON: {json}"),
+            ),
+            FromHttpRequestError::MethodMismatch { .. } => Self::method_not_allowed(),
+            other => Self::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidParam,
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for MatrixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind.errcode(),
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for MatrixError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), errcode = %self.kind.errcode(), error = %self.message, "request failed");
+        }
+        let body = StandardErrorBody::new(self.kind, self.message);
+        let error = ruma::api::error::Error::new(self.status, ErrorBody::Standard(body));
+        match error.try_into_http_response::<bytes::BytesMut>() {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                parts.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Response::from_parts(parts, axum::body::Body::from(body.freeze()))
+            }
+            Err(err) => {
+                tracing::error!(%err, "could not serialize an error response");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn error_body_has_errcode_and_error() {
+        let response = MatrixError::unrecognized().into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            body_json(response).await,
+            serde_json::json!({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
+        );
+    }
+
+    #[tokio::test]
+    async fn limit_exceeded_carries_retry_after() {
+        let err = MatrixError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::LimitExceeded({
+                let mut data = ruma::api::error::LimitExceededErrorData::new();
+                data.retry_after = Some(ruma::api::error::RetryAfter::Delay(
+                    std::time::Duration::from_millis(1500),
+                ));
+                data
+            }),
+            "slow down",
+        );
+        let json = body_json(err.into_response()).await;
+        assert_eq!(json["errcode"], "M_LIMIT_EXCEEDED");
+        assert_eq!(json["retry_after_ms"], 1500);
+    }
+}

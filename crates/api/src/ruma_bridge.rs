@@ -1,0 +1,178 @@
+//! The bridge from ruma endpoint types to axum: route registration from endpoint metadata, the
+//! [`Ruma`] extractor (body limit, path arguments, the endpoint's declared authentication,
+//! parsing), and turning ruma responses into HTTP responses.
+
+use std::future::Future;
+
+use axum::{
+    Router,
+    extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use http::StatusCode;
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    auth_scheme::{AccessTokenOptional, NoAccessToken, NoAuthentication},
+    path_builder::PathBuilder,
+};
+
+use crate::{AppState, MatrixError};
+
+/// How a ruma authentication scheme is checked on this server, and who it identifies.
+///
+/// Implemented for each scheme as its machinery lands (access tokens with accounts, X-Matrix
+/// with federation); an endpoint whose scheme has no implementation cannot be registered, so no
+/// endpoint is ever served with its authentication silently skipped.
+pub trait Authenticate: Sized {
+    /// Who made the request, as far as this scheme can tell.
+    type Identity: Send + std::fmt::Debug;
+
+    fn authenticate(
+        state: &AppState,
+        request: &http::Request<&[u8]>,
+    ) -> impl Future<Output = Result<Self::Identity, MatrixError>> + Send;
+}
+
+impl Authenticate for NoAuthentication {
+    type Identity = ();
+
+    async fn authenticate(_: &AppState, _: &http::Request<&[u8]>) -> Result<(), MatrixError> {
+        Ok(())
+    }
+}
+
+/// Endpoints that take no access token (a client may still send one; it is ignored).
+impl Authenticate for NoAccessToken {
+    type Identity = ();
+
+    async fn authenticate(_: &AppState, _: &http::Request<&[u8]>) -> Result<(), MatrixError> {
+        Ok(())
+    }
+}
+
+/// Endpoints where a token is optional and only changes what is returned (`/versions`). No
+/// session store exists yet, so the identity carries nothing; when accounts land this becomes
+/// `Option<the checked user>`, which makes every handler on this scheme reconsider its use.
+impl Authenticate for AccessTokenOptional {
+    type Identity = ();
+
+    async fn authenticate(_: &AppState, _: &http::Request<&[u8]>) -> Result<(), MatrixError> {
+        Ok(())
+    }
+}
+
+/// A parsed, authenticated ruma request.
+#[derive(Debug)]
+pub struct Ruma<R: IncomingRequest>
+where
+    R::Authentication: Authenticate,
+{
+    /// The request as ruma parsed it.
+    pub body: R,
+    /// Who sent it, per the endpoint's authentication scheme.
+    pub identity: <R::Authentication as Authenticate>::Identity,
+}
+
+impl<R> FromRequest<AppState> for Ruma<R>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        // Values come percent-decoded, which is what ruma expects.
+        let path_args: Vec<String> =
+            match RawPathParams::from_request_parts(&mut parts, state).await {
+                Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
+                Err(_) => Vec::new(),
+            };
+        let limit = state.services.config.http.max_request_size;
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+            if is_length_limit(&err) {
+                MatrixError::too_large(limit)
+            } else {
+                MatrixError::new(
+                    StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    format!("Could not read the request body: {err}"),
+                )
+            }
+        })?;
+        let request = http::Request::from_parts(parts, bytes.as_ref());
+        let identity = R::Authentication::authenticate(state, &request).await?;
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body =
+            R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
+        Ok(Ruma { body, identity })
+    }
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// A ruma response on its way out.
+#[derive(Debug)]
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<bytes::BytesMut>() {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, axum::body::Body::from(body.freeze()))
+            }
+            Err(err) => MatrixError::internal(format!("could not serialize the response: {err}"))
+                .into_response(),
+        }
+    }
+}
+
+/// Registers ruma endpoints on a router.
+pub trait RumaRouterExt {
+    /// Serves `handler` for endpoint `R` under every path its metadata lists, for its method.
+    fn ruma<R, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Authenticate,
+        H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
+}
+
+impl RumaRouterExt for Router<AppState> {
+    fn ruma<R, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Authenticate,
+        H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(R::METHOD)
+            .unwrap_or_else(|_| panic!("ruma endpoint with unroutable method {}", R::METHOD));
+        let mut router = self;
+        for path in R::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            router = router.route(
+                path,
+                on(
+                    filter,
+                    move |State(state): State<AppState>, request: Ruma<R>| {
+                        let handler = handler.clone();
+                        async move { handler(state, request).await.map(RumaResponse) }
+                    },
+                ),
+            );
+        }
+        router
+    }
+}

@@ -1,0 +1,100 @@
+//! `myelin`: the command line. `serve` (the default) runs the homeserver; `generate-config`
+//! prints a commented example configuration; `check-config` validates one. A configuration
+//! problem exits with status 2 and one line naming the key, before anything is written.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use myelin_service::config::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "myelin", version, about = "A Matrix homeserver")]
+struct Cli {
+    /// Configuration file (TOML). Without it: ./myelin.toml if present, else defaults; either way
+    /// MYELIN_* environment variables apply on top.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the homeserver (the default).
+    Serve,
+    /// Print a commented example configuration.
+    GenerateConfig,
+    /// Load and validate the configuration, then exit: 0 if usable, 2 if not.
+    CheckConfig,
+}
+
+/// Exit status for an unusable configuration.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::GenerateConfig = command {
+        print!("{}", myelin::EXAMPLE_CONFIG);
+        return ExitCode::SUCCESS;
+    }
+    let path = cli.config.or_else(myelin::config::default_path);
+    let config = match myelin::config::load(path.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("myelin: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match command {
+        Command::CheckConfig => {
+            println!("configuration OK (server_name = {})", config.server_name);
+            ExitCode::SUCCESS
+        }
+        Command::Serve | Command::GenerateConfig => serve(config),
+    }
+}
+
+fn serve(config: myelin_service::Config) -> ExitCode {
+    init_logging(&config.log.filter, config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("myelin: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let server = myelin::server::start(config).await?;
+        let stop = server.stop_handle();
+        tokio::spawn(async move {
+            myelin::server::shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        server.wait().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("myelin: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

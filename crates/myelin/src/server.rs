@@ -1,0 +1,125 @@
+//! Starting and stopping a whole server: services, both listeners, and graceful shutdown that
+//! lets in-flight requests finish (bounded by `http.shutdown_grace_period_secs`).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use myelin_api::AppState;
+use myelin_service::{Config, Services};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+/// A server that is running. Dropping it does not stop it; call [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    pub client_addr: SocketAddr,
+    pub federation_addr: SocketAddr,
+    pub services: Arc<Services>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Asks the server to stop and waits until it has: listeners closed, in-flight requests done
+    /// (or the grace period over), database closed.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits for the server to stop on its own (after [`RunningServer::stop_handle`] fires).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+
+    /// A handle that stops the server when sent `true`.
+    pub fn stop_handle(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Binds both listeners, starts the services and serves until stopped.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    // Both listeners are bound before anything is written, so a port in use fails fast.
+    let client_tcp = TcpListener::bind(config.listen.client)
+        .await
+        .with_context(|| format!("cannot listen on listen.client = {}", config.listen.client))?;
+    let federation_tcp = TcpListener::bind(config.listen.federation)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on listen.federation = {}",
+                config.listen.federation
+            )
+        })?;
+    let client_addr = client_tcp.local_addr()?;
+    let federation_addr = federation_tcp.local_addr()?;
+
+    let services = Services::start(config).await?;
+    let (cert, key) = crate::tls::certificate_paths(&services.config)?;
+    let tls = crate::tls::server_config(&cert, &key)?;
+    let federation_listener = crate::tls::TlsListener::new(federation_tcp, tls)?;
+
+    let state = AppState::new(services.clone());
+    let client_app = myelin_api::client_router(state.clone());
+    let federation_app = myelin_api::federation_router(state);
+    let grace = Duration::from_secs(services.config.http.shutdown_grace_period_secs);
+
+    let (stop, stopped) = watch::channel(false);
+    let wait_for_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let client = axum::serve(client_tcp, client_app.into_make_service())
+        .with_graceful_shutdown(wait_for_stop(stopped.clone()));
+    let federation = axum::serve(federation_listener, federation_app.into_make_service())
+        .with_graceful_shutdown(wait_for_stop(stopped.clone()));
+
+    tracing::info!(%client_addr, %federation_addr, "listening");
+    let task_services = services.clone();
+    let task = tokio::spawn(async move {
+        let serving = async {
+            let (client, federation) = tokio::join!(client.into_future(), federation.into_future());
+            client.context("client listener")?;
+            federation.context("federation listener")?;
+            anyhow::Ok(())
+        };
+        tokio::pin!(serving);
+        let stopped_rx = stopped;
+        tokio::select! {
+            result = &mut serving => result?,
+            () = wait_for_stop(stopped_rx.clone()) => {
+                tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
+                if tokio::time::timeout(grace, &mut serving).await.is_err() {
+                    tracing::warn!("grace period over; dropping the requests still running");
+                }
+            }
+        }
+        task_services.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+
+    Ok(RunningServer {
+        client_addr,
+        federation_addr,
+        services,
+        stop,
+        task,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,68 @@
+//! [`Services`]: the homeserver's areas, assembled once at start-up and shared by every request.
+
+use std::sync::Arc;
+
+use myelin_store::{Store, StoreOptions};
+
+use crate::{
+    Config,
+    secrets::{Sealer, SecretsError},
+    server_keys::{ServerKeyError, ServerKeys},
+};
+
+/// Why the server could not start. Each variant says which resource failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] myelin_store::StoreError),
+    #[error("cannot load the server signing key: {0}")]
+    ServerKey(#[from] ServerKeyError),
+}
+
+/// Everything the homeserver does, shared by every request handler.
+#[derive(Debug)]
+pub struct Services {
+    pub config: Config,
+    pub store: Store,
+    pub server_keys: ServerKeys,
+}
+
+impl Services {
+    /// Creates the data directory if needed, opens the database (applying migrations), and
+    /// loads or creates the signing key.
+    pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let sealer = Sealer::load_or_create(&config.data_dir)?;
+        let store = Store::open(
+            &config.database_url(),
+            &StoreOptions {
+                max_connections: config.database.max_connections,
+            },
+        )
+        .await?;
+        tracing::info!(database = ?store.kind(), "database ready");
+        let server_keys =
+            ServerKeys::load_or_create(&store, &sealer, config.server_name.clone()).await?;
+        tracing::info!(server_name = %config.server_name, key_id = %server_keys.key_id(), "signing key loaded");
+        Ok(Arc::new(Services {
+            config,
+            store,
+            server_keys,
+        }))
+    }
+
+    /// Closes the database once in-flight work is done.
+    pub async fn shutdown(&self) {
+        self.store.close().await;
+    }
+}

@@ -8,7 +8,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use myelin_room_version::account_key::AccountKey;
 use myelin_room_version::canonical::value_to_object;
 use myelin_room_version::pdu::{EventSigner, Pdu, build_pdu};
-use myelin_room_version::signing::{KeyPair, sign_json_with_account_key, verify_json_with_account_key};
+use myelin_room_version::signing::{
+    KeyPair, sign_json_with_account_key, verify_json_with_account_key,
+};
 use myelin_room_version::verify::{ServerKeys, Verified, verify_pdu};
 use myelin_room_version::version::RoomVersion;
 use ruma::CanonicalJsonObject;
@@ -24,7 +26,10 @@ fn bench(c: &mut Criterion) {
     let answers: Vec<(String, CanonicalJsonObject)> = (0..2048)
         .map(|i| {
             let k = key(i);
-            let mut obj = value_to_object(json!({"account_name": format!("user{i}"), "domain": "example.org"})).unwrap();
+            let mut obj = value_to_object(
+                json!({"account_name": format!("user{i}"), "domain": "example.org"}),
+            )
+            .unwrap();
             sign_json_with_account_key(&mut obj, &k).unwrap();
             (k.account_key().as_str().to_owned(), obj)
         })
@@ -39,8 +44,10 @@ fn bench(c: &mut Criterion) {
     });
 
     // The same with keys already parsed: the cost of the signature checks alone.
-    let parsed: Vec<(AccountKey, &CanonicalJsonObject)> =
-        answers.iter().map(|(k, o)| (AccountKey::parse(k).unwrap(), o)).collect();
+    let parsed: Vec<(AccountKey, &CanonicalJsonObject)> = answers
+        .iter()
+        .map(|(k, o)| (AccountKey::parse(k).unwrap(), o))
+        .collect();
     c.bench_function("verify_2048_account_key_answers_keys_preparsed", |b| {
         b.iter(|| {
             for (key, obj) in &parsed {
@@ -65,7 +72,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("verify_2048_account_key_pdus", |b| {
         b.iter(|| {
             for pdu in &pdus {
-                assert_eq!(black_box(verify_pdu(pdu, version, &none)), Ok(Verified::All));
+                assert_eq!(
+                    black_box(verify_pdu(pdu, version, &none)),
+                    Ok(Verified::All)
+                );
             }
         })
     });

@@ -27,7 +27,9 @@ fn user(version: &RoomVersion, i: usize) -> String {
     if version.uses_account_keys() {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        KeyPair::from_seed(&seed).account_key().user_id("example.org")
+        KeyPair::from_seed(&seed)
+            .account_key()
+            .user_id("example.org")
     } else {
         format!("@user{i}:example.org")
     }
@@ -37,7 +39,12 @@ fn fixture(version: &'static RoomVersion, n: usize) -> Fixture {
     let mut events = HashMap::new();
     let mut ts = 0u64;
     let creator = user(version, 0);
-    let mut add = |id: String, kind: &str, sender: &str, state_key: &str, content: Value, auth: Vec<String>| {
+    let mut add = |id: String,
+                   kind: &str,
+                   sender: &str,
+                   state_key: &str,
+                   content: Value,
+                   auth: Vec<String>| {
         ts += 1;
         let mut e = json!({"type": kind, "sender": sender, "state_key": state_key, "content": content,
                            "origin_server_ts": ts, "depth": ts, "prev_events": [], "auth_events": auth});
@@ -48,11 +55,39 @@ fn fixture(version: &'static RoomVersion, n: usize) -> Fixture {
         events.insert(id.clone(), pdu);
         id
     };
-    let create = add("$create".into(), "m.room.create", &creator, "", json!({"room_version": version.id()}), vec![]);
+    let create = add(
+        "$create".into(),
+        "m.room.create",
+        &creator,
+        "",
+        json!({"room_version": version.id()}),
+        vec![],
+    );
     let _ = create;
-    let cj = add("$creator-join".into(), "m.room.member", &creator, &creator, json!({"membership": "join"}), vec![]);
-    let pl = add("$pl".into(), "m.room.power_levels", &creator, "", json!({}), vec![cj.clone()]);
-    let jr = add("$jr".into(), "m.room.join_rules", &creator, "", json!({"join_rule": "public"}), vec![cj.clone(), pl.clone()]);
+    let cj = add(
+        "$creator-join".into(),
+        "m.room.member",
+        &creator,
+        &creator,
+        json!({"membership": "join"}),
+        vec![],
+    );
+    let pl = add(
+        "$pl".into(),
+        "m.room.power_levels",
+        &creator,
+        "",
+        json!({}),
+        vec![cj.clone()],
+    );
+    let jr = add(
+        "$jr".into(),
+        "m.room.join_rules",
+        &creator,
+        "",
+        json!({"join_rule": "public"}),
+        vec![cj.clone(), pl.clone()],
+    );
     let mut base: StateMap = HashMap::new();
     base.insert(("m.room.create".into(), String::new()), "$create".into());
     base.insert(("m.room.member".into(), creator.clone()), cj.clone());
@@ -62,10 +97,23 @@ fn fixture(version: &'static RoomVersion, n: usize) -> Fixture {
     let mut fork_b = base;
     for i in 1..=n {
         let u = user(version, i);
-        let join = add(format!("$join{i}"), "m.room.member", &u, &u, json!({"membership": "join"}), vec![pl.clone(), jr.clone()]);
+        let join = add(
+            format!("$join{i}"),
+            "m.room.member",
+            &u,
+            &u,
+            json!({"membership": "join"}),
+            vec![pl.clone(), jr.clone()],
+        );
         for (fork, tag) in [(&mut fork_a, "a"), (&mut fork_b, "b")] {
-            let id = add(format!("$name{i}{tag}"), "m.room.member", &u, &u,
-                         json!({"membership": "join", "displayname": tag}), vec![pl.clone(), jr.clone(), join.clone()]);
+            let id = add(
+                format!("$name{i}{tag}"),
+                "m.room.member",
+                &u,
+                &u,
+                json!({"membership": "join", "displayname": tag}),
+                vec![pl.clone(), jr.clone(), join.clone()],
+            );
             fork.insert(("m.room.member".into(), u.clone()), id);
         }
     }
@@ -74,7 +122,11 @@ fn fixture(version: &'static RoomVersion, n: usize) -> Fixture {
         .iter()
         .map(|f| auth_chain(f.values().map(String::as_str), |id| events.get(id)))
         .collect();
-    Fixture { events, forks, chains }
+    Fixture {
+        events,
+        forks,
+        chains,
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -85,11 +137,15 @@ fn bench(c: &mut Criterion) {
         for n in [1_000usize, 10_000] {
             let f = fixture(version, n);
             // Sanity: the resolution is real work with the expected outcome size.
-            let resolved = resolve_state(version, &f.forks, &f.chains, |id| f.events.get(id), None).unwrap();
+            let resolved =
+                resolve_state(version, &f.forks, &f.chains, |id| f.events.get(id), None).unwrap();
             assert_eq!(resolved.len(), n + 4);
             group.bench_with_input(BenchmarkId::new(version_id, n), &f, |b, f| {
                 b.iter(|| {
-                    black_box(resolve_state(version, &f.forks, &f.chains, |id| f.events.get(id), None).unwrap())
+                    black_box(
+                        resolve_state(version, &f.forks, &f.chains, |id| f.events.get(id), None)
+                            .unwrap(),
+                    )
                 })
             });
             if version_id == "12" {
@@ -103,8 +159,14 @@ fn bench(c: &mut Criterion) {
                 group.bench_with_input(BenchmarkId::new("12-subgraph-given", n), &f, |b, f| {
                     b.iter(|| {
                         black_box(
-                            resolve_state(version, &f.forks, &f.chains, |id| f.events.get(id), Some(&subgraph))
-                                .unwrap(),
+                            resolve_state(
+                                version,
+                                &f.forks,
+                                &f.chains,
+                                |id| f.events.get(id),
+                                Some(&subgraph),
+                            )
+                            .unwrap(),
                         )
                     })
                 });

@@ -101,58 +101,62 @@ pub fn resolve_state<'a>(
 /// conflicted event to another, endpoints included.
 ///
 /// Computed as (events reachable from a conflicted event) ∩ (events that reach a conflicted
-/// event), with iterative walks so deep auth chains cannot overflow the stack.
+/// event), with iterative walks so deep auth chains cannot overflow the stack. Ids are borrowed
+/// from the events themselves to avoid allocating per visited edge; conflicted events that
+/// `fetch_event` cannot find are left out, as state resolution ignores them anyway.
 pub fn conflicted_state_subgraph<'a, 'b>(
     conflicted: impl IntoIterator<Item = &'b str>,
     fetch_event: impl Fn(&str) -> Option<&'a Pdu>,
 ) -> HashSet<String> {
-    let conflicted: HashSet<String> = conflicted.into_iter().map(str::to_owned).collect();
+    let conflicted: Vec<&'a Pdu> = conflicted.into_iter().filter_map(&fetch_event).collect();
+    let is_conflicted: HashSet<&'a str> = conflicted.iter().map(|p| p.event_id()).collect();
     // Forward walk: every event reachable from the conflicted set through auth_events.
-    let mut reachable: HashSet<String> = HashSet::new();
-    let mut stack: Vec<String> = conflicted.iter().cloned().collect();
-    while let Some(id) = stack.pop() {
-        if !reachable.insert(id.clone()) {
+    let mut reachable: HashMap<&'a str, &'a Pdu> = HashMap::new();
+    let mut stack: Vec<&'a Pdu> = conflicted.clone();
+    while let Some(pdu) = stack.pop() {
+        if reachable.insert(pdu.event_id(), pdu).is_some() {
             continue;
         }
-        if let Some(pdu) = fetch_event(&id) {
-            stack.extend(
-                pdu.auth_events()
-                    .filter(|a| !reachable.contains(*a))
-                    .map(str::to_owned),
-            );
+        for auth in pdu.auth_events() {
+            if !reachable.contains_key(auth)
+                && let Some(next) = fetch_event(auth)
+            {
+                stack.push(next);
+            }
         }
     }
     // Which of those reach a conflicted event in one or more steps: post-order over the
-    // reachable subgraph, memoised.
-    let mut reaches: HashMap<String, bool> = HashMap::new();
+    // reachable subgraph (auth events of reachable events are reachable), memoised.
+    let mut reaches: HashMap<&'a str, bool> = HashMap::with_capacity(reachable.len());
+    let mut work: Vec<(&'a str, bool)> = Vec::new();
     for start in &conflicted {
-        let mut work: Vec<(String, bool)> = vec![(start.clone(), false)];
+        work.push((start.event_id(), false));
         while let Some((id, expanded)) = work.pop() {
-            if reaches.contains_key(&id) && !expanded {
+            let Some(pdu) = reachable.get(id) else {
                 continue;
-            }
-            let auth: Vec<String> = fetch_event(&id)
-                .map(|p| p.auth_events().map(str::to_owned).collect())
-                .unwrap_or_default();
+            };
             if expanded {
-                let value = auth
-                    .iter()
-                    .any(|a| conflicted.contains(a) || reaches.get(a).copied().unwrap_or(false));
+                let value = pdu
+                    .auth_events()
+                    .any(|a| is_conflicted.contains(a) || reaches.get(a).copied().unwrap_or(false));
                 reaches.insert(id, value);
-            } else {
-                // Mark as in progress (false) to cut cycles, which a valid DAG never has.
-                reaches.insert(id.clone(), false);
+            } else if !reaches.contains_key(id) {
+                // Provisionally false, which also cuts cycles (a valid DAG has none).
+                reaches.insert(id, false);
                 work.push((id, true));
-                for a in auth {
-                    if !reaches.contains_key(&a) {
-                        work.push((a, false));
+                for a in pdu.auth_events() {
+                    if !reaches.contains_key(a)
+                        && let Some((key, _)) = reachable.get_key_value(a)
+                    {
+                        work.push((key, false));
                     }
                 }
             }
         }
     }
     reachable
-        .into_iter()
-        .filter(|id| conflicted.contains(id) || reaches.get(id).copied().unwrap_or(false))
+        .into_keys()
+        .filter(|id| is_conflicted.contains(id) || reaches.get(id).copied().unwrap_or(false))
+        .map(str::to_owned)
         .collect()
 }

@@ -152,6 +152,47 @@ impl Room {
         build(self.version, &keypair(who.seed), fields)
     }
 
+    /// Like `make` + `try_apply`, but every step's error is returned instead of unwrapped, for
+    /// tests feeding arbitrary content (which may not even be canonical JSON).
+    pub fn try_send_any(&mut self, who: &Actor, mut fields: Value) -> Result<String, String> {
+        let obj = fields.as_object_mut().ok_or("not an object")?;
+        obj.insert("sender".into(), json!(who.id));
+        obj.insert("room_id".into(), json!(self.room_id));
+        obj.insert("prev_events".into(), json!([self.last]));
+        obj.insert("depth".into(), json!(self.depth + 1));
+        obj.insert("origin_server_ts".into(), json!(1));
+        let content =
+            serde_json::value::to_raw_value(&obj["content"]).map_err(|e| e.to_string())?;
+        let auth = select_auth_events(
+            self.version,
+            obj["type"].as_str().unwrap_or_default(),
+            &who.id,
+            obj.get("state_key").and_then(|s| s.as_str()),
+            &content,
+            &self.state,
+        )
+        .map_err(|e| e.to_string())?;
+        obj.insert("auth_events".into(), json!(auth));
+        let partial = value_to_object(fields).map_err(|e| e.to_string())?;
+        let key = keypair(who.seed);
+        let domain = who
+            .id
+            .split_once(':')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default();
+        let signer = if self.version.uses_account_keys() {
+            EventSigner::Account(&key)
+        } else {
+            EventSigner::Server {
+                server_name: &domain,
+                key_id: "ed25519:test",
+                key: &key,
+            }
+        };
+        let pdu = build_pdu(partial, self.version, signer).map_err(|e| e.to_string())?;
+        self.try_apply(pdu).map_err(|e| e.to_string())
+    }
+
     /// Authorise against the auth events and the current state, and apply if allowed.
     pub fn try_send(&mut self, who: &Actor, fields: Value) -> Result<String, AuthError> {
         let pdu = self.make(who, fields);

@@ -23,6 +23,14 @@ pub enum EventFormat {
     V12,
 }
 
+/// How event ids are formed. Every supported version uses the room-v4 form; the enum exists so
+/// the table says so explicitly and a future format is one more variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventIdFormat {
+    /// `$` + URL-safe unpadded base64 of the reference hash.
+    ReferenceHashUrlSafe,
+}
+
 /// How room ids are formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoomIdFormat {
@@ -171,6 +179,9 @@ impl RoomVersion {
     pub fn event_format(&self) -> EventFormat {
         self.event_format
     }
+    pub fn event_id_format(&self) -> EventIdFormat {
+        EventIdFormat::ReferenceHashUrlSafe
+    }
     pub fn room_id_format(&self) -> RoomIdFormat {
         self.room_id_format
     }
@@ -229,6 +240,7 @@ mod tests {
         assert_eq!(v10.redaction(), RedactionAlgorithm::V9);
         assert_eq!(v10.state_res(), StateResAlgorithm::V2);
         assert_eq!(v10.room_id_format(), RoomIdFormat::ServerScoped);
+        assert_eq!(v10.event_id_format(), EventIdFormat::ReferenceHashUrlSafe);
         let v11 = RoomVersion::get("11").unwrap();
         assert_eq!(v11.redaction(), RedactionAlgorithm::V11);
         assert_eq!(v11.event_format(), EventFormat::V4);

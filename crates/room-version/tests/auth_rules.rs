@@ -496,3 +496,160 @@ fn v10_and_v11_basics() {
         );
     }
 }
+
+/// Re-sign an event after changing its JSON (e.g. its `auth_events`).
+fn rebuilt(
+    r: &Room,
+    who: &Actor,
+    change: impl FnOnce(&mut Value),
+) -> myelin_room_version::pdu::Pdu {
+    let pdu = r.make(
+        who,
+        json!({"type": "m.room.message", "content": {"body": "x"}}),
+    );
+    let mut value: Value = serde_json::from_str(&pdu.canonical_json()).unwrap();
+    change(&mut value);
+    let obj = value.as_object_mut().unwrap();
+    obj.remove("hashes");
+    obj.remove("signatures");
+    build(r.version, &keypair(who.seed), value)
+}
+
+/// Rule 3: the cited auth events must be exactly of the selected kinds, unique, accepted and in
+/// the same room; rule 2 (v12): the create event named by the room id must be accepted.
+#[test]
+fn auth_events_list_rules() {
+    each_v12(|version| {
+        let c = cast(version);
+        let mut r = room(version, &c, "public");
+        let pl = r.state[&("m.room.power_levels".to_owned(), String::new())].clone();
+        let jr = r.state[&("m.room.join_rules".to_owned(), String::new())].clone();
+        // The unmodified event is fine.
+        let ok = rebuilt(&r, &c.moderator, |_| {});
+        r.try_apply(ok).unwrap();
+        // Duplicate (type, state_key).
+        let dup = rebuilt(&r, &c.moderator, |e| {
+            e["auth_events"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(pl.clone()))
+        });
+        assert!(r.try_apply(dup).unwrap_err().reason.contains("duplicate"));
+        // A kind the selection algorithm does not ask for.
+        let extra = rebuilt(&r, &c.moderator, |e| {
+            e["auth_events"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(jr.clone()))
+        });
+        assert!(
+            r.try_apply(extra)
+                .unwrap_err()
+                .reason
+                .contains("unexpected")
+        );
+        // An auth event that was itself rejected.
+        r.events.get_mut(&pl).unwrap().set_rejected(true);
+        let cites_rejected = rebuilt(&r, &c.moderator, |_| {});
+        assert!(
+            r.try_apply(cites_rejected)
+                .unwrap_err()
+                .reason
+                .contains("rejected")
+        );
+        r.events.get_mut(&pl).unwrap().set_rejected(false);
+        // Rule 2: a rejected create event poisons the room.
+        let create = r.state[&("m.room.create".to_owned(), String::new())].clone();
+        r.events.get_mut(&create).unwrap().set_rejected(true);
+        let in_bad_room = rebuilt(&r, &c.moderator, |_| {});
+        assert!(r.try_apply(in_bad_room).is_err());
+        r.events.get_mut(&create).unwrap().set_rejected(false);
+        // An auth event from another room.
+        // (Different create content, so a different room id.)
+        let mut other = Room::new(
+            version,
+            &c.creator,
+            json!({"purpose": "other"}),
+            power_levels(&c, &[]),
+            "public",
+        );
+        other.member(&c.moderator, &c.moderator, "join").unwrap();
+        assert_ne!(other.room_id, r.room_id);
+        let foreign_member =
+            other.state[&("m.room.member".to_owned(), c.moderator.id.clone())].clone();
+        r.events.insert(
+            foreign_member.clone(),
+            other.events[&foreign_member].clone(),
+        );
+        let own_member = r.state[&("m.room.member".to_owned(), c.moderator.id.clone())].clone();
+        let foreign = rebuilt(&r, &c.moderator, |e| {
+            let list = e["auth_events"].as_array_mut().unwrap();
+            list.retain(|id| id != &json!(own_member));
+            list.push(json!(foreign_member));
+        });
+        assert!(
+            r.try_apply(foreign)
+                .unwrap_err()
+                .reason
+                .contains("same room")
+        );
+    });
+}
+
+/// Rule 4: `m.federate: false` keeps senders of other domains out.
+#[test]
+fn non_federated_rooms_refuse_other_domains() {
+    each_v12(|version| {
+        let c = cast(version);
+        let mut r = Room::new(
+            version,
+            &c.creator,
+            json!({"m.federate": false}),
+            power_levels(&c, &[]),
+            "public",
+        );
+        // Same domain (a.example) as the creator.
+        r.member(&c.moderator, &c.moderator, "join").unwrap();
+        // Another domain.
+        assert!(
+            r.member(&c.alice, &c.alice, "join")
+                .unwrap_err()
+                .reason
+                .contains("not federated")
+        );
+    });
+}
+
+/// Redactions need the redact level for others' events (v11+ puts `redacts` in content; the
+/// auth rules only check the event's power level, the "same sender" exemption is applied when
+/// serving, not in auth).
+#[test]
+fn redaction_events_need_their_power_level() {
+    each_v12(|version| {
+        let c = cast(version);
+        let mut r = room(version, &c, "public");
+        r.member(&c.alice, &c.alice, "join").unwrap();
+        let mut pl = power_levels(&c, &[]);
+        pl["events"]["m.room.redaction"] = json!(50);
+        r.send(
+            &c.creator,
+            json!({"type": "m.room.power_levels", "state_key": "", "content": pl}),
+        );
+        let msg = r.send(
+            &c.alice,
+            json!({"type": "m.room.message", "content": {"body": "x"}}),
+        );
+        assert!(
+            r.try_send(
+                &c.alice,
+                json!({"type": "m.room.redaction", "content": {"redacts": msg}})
+            )
+            .is_err()
+        );
+        let red = r.send(
+            &c.moderator,
+            json!({"type": "m.room.redaction", "content": {"redacts": msg}}),
+        );
+        assert_eq!(r.events[&red].redacts(), Some(msg.as_str()));
+    });
+}

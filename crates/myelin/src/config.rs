@@ -93,6 +93,8 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 #[cfg(test)]
+// figment's Jail closures return its large error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
 
 fn serve(config: myelin_service::Config) -> ExitCode {
     init_logging(&config.log.filter, config.log.format);
+    myelin::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

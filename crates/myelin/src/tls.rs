@@ -35,6 +35,12 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes ring the process-wide rustls provider, for clients (reqwest) built without one. Safe to
+/// call more than once.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The certificate and key paths in effect, generating the self-signed pair if needed.
 pub fn certificate_paths(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     if let (Some(cert), Some(key)) = (&config.tls.certificate, &config.tls.private_key) {

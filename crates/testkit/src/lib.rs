@@ -14,7 +14,7 @@ pub use myelin_store::test_support::test_backends;
 
 /// Installs ring as rustls' process-wide provider (reqwest is built without one). Idempotent.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    myelin::tls::install_default_provider();
 }
 
 /// One running server with its own database and data directory.
@@ -31,8 +31,10 @@ pub struct TestServer {
 impl TestServer {
     /// A config for a test server on `db`: loopback, OS-chosen ports, quiet shutdown.
     pub fn config(data_dir: &Path, db: &TestDatabase) -> Config {
-        let mut config = Config::default();
-        config.data_dir = data_dir.to_path_buf();
+        let mut config = Config {
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        };
         config.database.url = Some(db.url.clone());
         config.database.max_connections = 4;
         config.listen.client = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -1,0 +1,241 @@
+//! The `myelin` binary as an operator runs it: no config file and no database server; the same
+//! on PostgreSQL; broken configuration exits 2 naming the key and writes nothing; SIGTERM stops
+//! it cleanly.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use myelin_store::{DatabaseKind, test_support::TestDatabase};
+use myelin_testkit::test_backends;
+
+const BIN: &str = env!("CARGO_BIN_EXE_myelin");
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `myelin` in `dir` with only the environment given (plus PATH): no config file.
+fn myelin(dir: &Path, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+struct Running {
+    child: Child,
+    federation: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(dir: &Path, extra_env: &[(&str, String)]) -> Running {
+    let client = free_addr();
+    let federation = free_addr();
+    let mut env = vec![
+        ("MYELIN_LISTEN__CLIENT", client.to_string()),
+        ("MYELIN_LISTEN__FEDERATION", federation.to_string()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    let child = myelin(dir, &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running { child, federation };
+    myelin_testkit::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = http
+            .get(format!("http://{client}/_matrix/client/versions"))
+            .send()
+            .await
+            && response.status() == 200
+        {
+            return running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "myelin did not answer /versions within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGTERM and waits for the exit without blocking the test's runtime, which must stay free
+/// to close its own connections when the server asks it to.
+async fn terminate(mut running: Running) -> std::process::ExitStatus {
+    let pid = running.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "myelin did not stop within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn published_key(federation: SocketAddr) -> serde_json::Value {
+    myelin_testkit::install_crypto_provider();
+    // The certificate is self-signed; this test is about the key object, the in-process tests
+    // verify the certificate and host name.
+    let client = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let body: serde_json::Value = client
+        .get(format!("https://{federation}/_matrix/key/v2/server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["verify_keys"].clone()
+}
+
+#[tokio::test]
+async fn runs_with_no_config_and_no_database_server_then_restarts_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &[]).await;
+    let first = published_key(running.federation).await;
+    assert!(
+        first.as_object().is_some_and(|keys| keys.len() == 1),
+        "{first}"
+    );
+    assert!(terminate(running).await.success(), "SIGTERM exits 0");
+    assert!(
+        dir.path().join("data/myelin.db").exists(),
+        "SQLite database in ./data"
+    );
+    assert!(dir.path().join("data/sealing.key").exists());
+
+    let running = start(dir.path(), &[]).await;
+    assert_eq!(
+        published_key(running.federation).await,
+        first,
+        "same key after restart"
+    );
+    assert!(terminate(running).await.success());
+}
+
+#[tokio::test]
+async fn runs_on_postgres_from_the_environment() {
+    if !test_backends().contains(&DatabaseKind::Postgres) {
+        return;
+    }
+    let db = TestDatabase::create(DatabaseKind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("MYELIN_DATABASE__URL", db.url.clone())];
+    let running = start(dir.path(), &env).await;
+    let first = published_key(running.federation).await;
+    assert!(terminate(running).await.success());
+    assert!(
+        !dir.path().join("data/myelin.db").exists(),
+        "no SQLite file when on PostgreSQL"
+    );
+
+    let running = start(dir.path(), &env).await;
+    assert_eq!(published_key(running.federation).await, first);
+    assert!(terminate(running).await.success());
+}
+
+fn assert_config_error(toml: &str, key: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.toml"), toml).unwrap();
+    let output = myelin(dir.path(), &[])
+        .args(["--config", "broken.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{toml}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(&format!("key `{key}`")), "{stderr}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        vec![std::ffi::OsString::from("broken.toml")],
+        "created nothing"
+    );
+}
+
+#[test]
+fn broken_config_exits_2_naming_the_key_and_creates_nothing() {
+    assert_config_error("[database]\nurll = \"x\"\n", "database.urll");
+    assert_config_error("[listen]\nclient = 8008\n", "listen.client");
+    assert_config_error(
+        "[database]\nmax_connections = \"many\"\n",
+        "database.max_connections",
+    );
+    assert_config_error("server_name = \"bad name\"\n", "server_name");
+}
+
+#[test]
+fn unreadable_config_and_bad_environment_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = myelin(dir.path(), &[])
+        .args(["--config", "missing.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
+
+    let output = myelin(
+        dir.path(),
+        &[("MYELIN_LISTEN__CLIENT", "nonsense".to_owned())],
+    )
+    .arg("check-config")
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("key `listen.client`"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "created nothing"
+    );
+}
+
+#[test]
+fn generate_config_prints_a_config_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = myelin(dir.path(), &[])
+        .arg("generate-config")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    std::fs::write(dir.path().join("generated.toml"), &output.stdout).unwrap();
+    let check = myelin(dir.path(), &[])
+        .args(["check-config", "--config", "generated.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -10,6 +10,7 @@ use myelin_room_version::canonical::value_to_object;
 use myelin_room_version::pdu::{EventSigner, Pdu, build_pdu};
 use myelin_room_version::signing::{
     KeyPair, sign_json_with_account_key, verify_json_with_account_key,
+    verify_json_with_account_keys,
 };
 use myelin_room_version::verify::{ServerKeys, Verified, verify_pdu};
 use myelin_room_version::version::RoomVersion;
@@ -53,6 +54,18 @@ fn bench(c: &mut Criterion) {
             for (key, obj) in &parsed {
                 verify_json_with_account_key(obj, key).unwrap();
             }
+        })
+    });
+
+    // The whole reply through the batch API (split over the cores).
+    c.bench_function("verify_2048_account_key_answers_batch", |b| {
+        b.iter(|| {
+            let items: Vec<(AccountKey, &CanonicalJsonObject)> = answers
+                .iter()
+                .map(|(k, o)| (AccountKey::parse(k).unwrap(), o))
+                .collect();
+            let results = verify_json_with_account_keys(&items);
+            assert!(results.iter().all(Result::is_ok));
         })
     });
 

@@ -89,6 +89,14 @@ impl AccountKey {
         })
     }
 
+    /// From a verifying key, which is a valid point by construction.
+    pub(crate) fn from_verifying_key(key: VerifyingKey) -> Self {
+        Self {
+            encoded: URL_SAFE_NO_PAD.encode(key.to_bytes()),
+            key,
+        }
+    }
+
     /// The key from the localpart of `@<key>:<domain>`.
     pub fn from_user_id(user_id: &str) -> Result<Self, AccountKeyError> {
         let (localpart, _) = split_user_id(user_id)

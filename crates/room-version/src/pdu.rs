@@ -424,7 +424,7 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
     required_list(json, "prev_events", MAX_PREV_EVENTS)?;
     let auth_events = required_list(json, "auth_events", MAX_AUTH_EVENTS)?;
     if let (EventFormat::V12, Some(room_id)) = (version.event_format(), room_id) {
-        let create_id = format!("${}", &room_id[1..]);
+        let create_id = format!("${}", room_id.trim_start_matches('!'));
         if auth_events.contains(&create_id) {
             return Err(PduError::CreateEventInAuthEvents);
         }

@@ -76,16 +76,24 @@ pub fn resolve_state<'a>(
         ruma_chains,
         |id: &ruma::EventId| fetch_event(id.as_str()),
         |conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>| {
-            let subgraph = match conflicted_subgraph {
-                Some(given) => given.clone(),
-                None => {
-                    let ids = conflicted.values().flatten().map(|id| id.as_str());
-                    conflicted_state_subgraph(ids, &fetch_event)
+            let mut set = EventIdSet::new();
+            match conflicted_subgraph {
+                Some(given) => {
+                    for id in given {
+                        set.insert(OwnedEventId::try_from(id.as_str()).ok()?);
+                    }
                 }
-            };
-            let mut set = EventIdSet::with_capacity(subgraph.len());
-            for id in subgraph {
-                set.insert(OwnedEventId::try_from(id).ok()?);
+                None => {
+                    // Only the interior is needed: ruma unions it with the conflicted set.
+                    let events: Vec<&Pdu> = conflicted
+                        .values()
+                        .flatten()
+                        .filter_map(|id| fetch_event(id.as_str()))
+                        .collect();
+                    for pdu in subgraph_interior(&events, &fetch_event) {
+                        set.insert(pdu.owned_event_id().clone());
+                    }
+                }
             }
             Some(set)
         },
@@ -98,65 +106,98 @@ pub fn resolve_state<'a>(
 }
 
 /// The conflicted state subgraph (MSC4297): every event on an `auth_events` path from one
-/// conflicted event to another, endpoints included.
-///
-/// Computed as (events reachable from a conflicted event) ∩ (events that reach a conflicted
-/// event), with iterative walks so deep auth chains cannot overflow the stack. Ids are borrowed
-/// from the events themselves to avoid allocating per visited edge; conflicted events that
-/// `fetch_event` cannot find are left out, as state resolution ignores them anyway.
+/// conflicted event to another, together with the conflicted events themselves (which the full
+/// conflicted set contains anyway). Conflicted events that `fetch_event` cannot find are left
+/// out, as state resolution ignores them.
 pub fn conflicted_state_subgraph<'a, 'b>(
     conflicted: impl IntoIterator<Item = &'b str>,
     fetch_event: impl Fn(&str) -> Option<&'a Pdu>,
 ) -> HashSet<String> {
     let conflicted: Vec<&'a Pdu> = conflicted.into_iter().filter_map(&fetch_event).collect();
-    let is_conflicted: HashSet<&'a str> = conflicted.iter().map(|p| p.event_id()).collect();
-    // Forward walk: every event reachable from the conflicted set through auth_events.
-    let mut reachable: HashMap<&'a str, &'a Pdu> = HashMap::new();
-    let mut stack: Vec<&'a Pdu> = conflicted.clone();
-    while let Some(pdu) = stack.pop() {
-        if reachable.insert(pdu.event_id(), pdu).is_some() {
-            continue;
+    let mut out: HashSet<String> = subgraph_interior(&conflicted, &fetch_event)
+        .into_iter()
+        .map(|p| p.event_id().to_owned())
+        .collect();
+    // Endpoints: conflicted events with a path to another conflicted event, or reached from one.
+    out.extend(conflicted.iter().map(|p| p.event_id().to_owned()));
+    out
+}
+
+/// The events on auth paths between conflicted events, as found by walking from `conflicted`:
+/// every event reachable from a conflicted event (forward along `auth_events`) that itself
+/// reaches a conflicted event in one or more steps. May include conflicted events; callers
+/// union it with the conflicted set anyway.
+///
+/// Events get dense indices on first sight, so each edge costs one hash lookup and the backward
+/// pass runs on plain vectors; all walks are iterative, so deep auth chains cannot overflow the
+/// stack.
+fn subgraph_interior<'a>(
+    conflicted: &[&'a Pdu],
+    fetch_event: &impl Fn(&str) -> Option<&'a Pdu>,
+) -> Vec<&'a Pdu> {
+    let mut index: HashMap<&'a str, u32> = HashMap::with_capacity(conflicted.len() * 2);
+    let mut nodes: Vec<&'a Pdu> = Vec::with_capacity(conflicted.len() * 2);
+    // Edges as (from, to) index pairs: `from` cites `to` in its auth_events.
+    let mut edges: Vec<(u32, u32)> = Vec::new();
+    let mut stack: Vec<u32> = Vec::new();
+    for pdu in conflicted {
+        if let std::collections::hash_map::Entry::Vacant(e) = index.entry(pdu.event_id()) {
+            e.insert(nodes.len() as u32);
+            stack.push(nodes.len() as u32);
+            nodes.push(pdu);
         }
+    }
+    let conflicted_count = nodes.len();
+    while let Some(i) = stack.pop() {
+        let pdu = nodes[i as usize];
         for auth in pdu.auth_events() {
-            if !reachable.contains_key(auth)
-                && let Some(next) = fetch_event(auth)
-            {
-                stack.push(next);
-            }
-        }
-    }
-    // Which of those reach a conflicted event in one or more steps: post-order over the
-    // reachable subgraph (auth events of reachable events are reachable), memoised.
-    let mut reaches: HashMap<&'a str, bool> = HashMap::with_capacity(reachable.len());
-    let mut work: Vec<(&'a str, bool)> = Vec::new();
-    for start in &conflicted {
-        work.push((start.event_id(), false));
-        while let Some((id, expanded)) = work.pop() {
-            let Some(pdu) = reachable.get(id) else {
-                continue;
-            };
-            if expanded {
-                let value = pdu
-                    .auth_events()
-                    .any(|a| is_conflicted.contains(a) || reaches.get(a).copied().unwrap_or(false));
-                reaches.insert(id, value);
-            } else if !reaches.contains_key(id) {
-                // Provisionally false, which also cuts cycles (a valid DAG has none).
-                reaches.insert(id, false);
-                work.push((id, true));
-                for a in pdu.auth_events() {
-                    if !reaches.contains_key(a)
-                        && let Some((key, _)) = reachable.get_key_value(a)
-                    {
-                        work.push((key, false));
-                    }
+            let j = match index.get(auth) {
+                Some(j) => *j,
+                None => {
+                    let Some(next) = fetch_event(auth) else {
+                        continue;
+                    };
+                    let j = nodes.len() as u32;
+                    index.insert(next.event_id(), j);
+                    nodes.push(next);
+                    stack.push(j);
+                    j
                 }
+            };
+            edges.push((i, j));
+        }
+    }
+    // Reverse adjacency in compressed form: for each event, who cites it.
+    let n = nodes.len();
+    let mut start = vec![0u32; n + 1];
+    for &(_, to) in &edges {
+        start[to as usize + 1] += 1;
+    }
+    for k in 0..n {
+        start[k + 1] += start[k];
+    }
+    let mut fill = start.clone();
+    let mut citers = vec![0u32; edges.len()];
+    for &(from, to) in &edges {
+        citers[fill[to as usize] as usize] = from;
+        fill[to as usize] += 1;
+    }
+    // Backward from the conflicted events: whoever cites an event that reaches (or is) a
+    // conflicted event reaches one too.
+    let mut reaches = vec![false; n];
+    let mut queue: Vec<u32> = (0..conflicted_count as u32).collect();
+    while let Some(k) = queue.pop() {
+        let range = start[k as usize] as usize..start[k as usize + 1] as usize;
+        for &from in &citers[range] {
+            if !reaches[from as usize] {
+                reaches[from as usize] = true;
+                queue.push(from);
             }
         }
     }
-    reachable
-        .into_keys()
-        .filter(|id| is_conflicted.contains(id) || reaches.get(id).copied().unwrap_or(false))
-        .map(str::to_owned)
+    nodes
+        .into_iter()
+        .zip(reaches)
+        .filter_map(|(pdu, r)| r.then_some(pdu))
         .collect()
 }

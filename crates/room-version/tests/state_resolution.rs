@@ -806,3 +806,66 @@ fn classic_topic_setting() {
         s.check(&["T4"], &["T4", "PA2"]);
     });
 }
+
+mod subgraph_properties {
+    use std::collections::{HashMap, HashSet};
+
+    use super::common::v;
+    use myelin_room_version::canonical::value_to_object;
+    use myelin_room_version::pdu::Pdu;
+    use myelin_room_version::state_res::conflicted_state_subgraph;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    proptest! {
+        /// The walk agrees with the definition, computed by brute force on random DAGs.
+        #[test]
+        fn matches_brute_force(
+            n in 2usize..40,
+            raw_edges in proptest::collection::vec((0usize..40, 0usize..40), 0..120),
+            raw_conflicted in proptest::collection::vec(0usize..40, 1..8),
+        ) {
+            // Edges only from higher to lower index keep the graph acyclic.
+            let mut auth: Vec<Vec<usize>> = vec![Vec::new(); n];
+            for (a, b) in raw_edges {
+                let (a, b) = (a % n, b % n);
+                if a > b && !auth[a].contains(&b) {
+                    auth[a].push(b);
+                }
+            }
+            let id = |i: usize| format!("$e{i}");
+            let events: Vec<Pdu> = (0..n)
+                .map(|i| {
+                    let json = json!({"type": "t", "state_key": "", "sender": "@a:x", "room_id": "!r",
+                        "content": {}, "origin_server_ts": 1, "prev_events": [],
+                        "auth_events": auth[i].iter().map(|j| id(*j)).collect::<Vec<_>>()});
+                    Pdu::from_stored(&id(i), value_to_object(json).unwrap(), v("12")).unwrap()
+                })
+                .collect();
+            let by_id: HashMap<&str, &Pdu> = events.iter().map(|p| (p.event_id(), p)).collect();
+            let conflicted: HashSet<usize> = raw_conflicted.into_iter().map(|c| c % n).collect();
+            // reach[i][j]: j reachable from i in one or more steps.
+            let mut reach = vec![vec![false; n]; n];
+            for i in 0..n {
+                let mut stack = auth[i].clone();
+                while let Some(j) = stack.pop() {
+                    if !reach[i][j] {
+                        reach[i][j] = true;
+                        stack.extend(auth[j].iter().copied());
+                    }
+                }
+            }
+            let expected: HashSet<String> = (0..n)
+                .filter(|&x| {
+                    conflicted.contains(&x)
+                        || (conflicted.iter().any(|&c| reach[c][x])
+                            && conflicted.iter().any(|&c| reach[x][c]))
+                })
+                .map(id)
+                .collect();
+            let ids: Vec<String> = conflicted.iter().map(|c| id(*c)).collect();
+            let got = conflicted_state_subgraph(ids.iter().map(String::as_str), |e| by_id.get(e).copied());
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use myelin_service::{Error as ServiceError, uia::UiaChallenge};
 use ruma::api::{
     OutgoingResponseExt,
     error::{DeserializationError, ErrorBody, ErrorKind, FromHttpRequestError, StandardErrorBody},
@@ -14,6 +15,8 @@ pub struct MatrixError {
     pub status: StatusCode,
     pub kind: ErrorKind,
     pub message: String,
+    /// Set for user-interactive authentication: the 401 body carries the flows.
+    pub uia: Option<Box<UiaChallenge>>,
 }
 
 impl MatrixError {
@@ -22,6 +25,7 @@ impl MatrixError {
             status,
             kind,
             message: message.into(),
+            uia: None,
         }
     }
 
@@ -89,6 +93,81 @@ impl MatrixError {
     }
 }
 
+/// The one place where the service layer's errors become HTTP errors.
+impl From<ServiceError> for MatrixError {
+    fn from(err: ServiceError) -> Self {
+        use StatusCode as S;
+        let message = err.to_string();
+        match err {
+            ServiceError::Forbidden(_) => Self::new(S::FORBIDDEN, ErrorKind::Forbidden, message),
+            ServiceError::UserDeactivated(_) => {
+                Self::new(S::FORBIDDEN, ErrorKind::UserDeactivated, message)
+            }
+            ServiceError::UserInUse => Self::new(S::BAD_REQUEST, ErrorKind::UserInUse, message),
+            ServiceError::InvalidUsername(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::InvalidUsername, message)
+            }
+            ServiceError::InvalidParam(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::InvalidParam, message)
+            }
+            ServiceError::MissingParam(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::MissingParam, message)
+            }
+            ServiceError::BadJson(_) => Self::new(S::BAD_REQUEST, ErrorKind::BadJson, message),
+            ServiceError::NotFound(_) => Self::new(S::NOT_FOUND, ErrorKind::NotFound, message),
+            ServiceError::MissingToken => {
+                Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
+            }
+            ServiceError::UnknownToken { soft_logout } => Self::new(
+                S::UNAUTHORIZED,
+                ErrorKind::UnknownToken({
+                    let mut data = ruma::api::error::UnknownTokenErrorData::new();
+                    data.soft_logout = soft_logout;
+                    data
+                }),
+                message,
+            ),
+            ServiceError::UnrecognisedNonce(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::Unknown, message)
+            }
+            ServiceError::Uia(challenge) => MatrixError {
+                status: S::UNAUTHORIZED,
+                kind: ErrorKind::Unauthorized,
+                message,
+                uia: Some(challenge),
+            },
+            ServiceError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Self::internal("Internal server error")
+            }
+        }
+    }
+}
+
+/// The UIA 401 body: `{flows, params, session, completed}` plus the errcode of a failed stage.
+fn uia_body(challenge: &UiaChallenge) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "flows": challenge.flows.iter().map(|flow| {
+            serde_json::json!({ "stages": flow.iter().map(|s| s.as_str()).collect::<Vec<_>>() })
+        }).collect::<Vec<_>>(),
+        "params": {},
+        "session": challenge.session,
+    });
+    if !challenge.completed.is_empty() {
+        body["completed"] = challenge
+            .completed
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .into();
+    }
+    if let Some((errcode, error)) = &challenge.error {
+        body["errcode"] = (*errcode).into();
+        body["error"] = error.clone().into();
+    }
+    body
+}
+
 impl std::fmt::Display for MatrixError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -105,6 +184,9 @@ impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             tracing::error!(status = self.status.as_u16(), errcode = %self.kind.errcode(), error = %self.message, "request failed");
+        }
+        if let Some(challenge) = &self.uia {
+            return (self.status, axum::Json(uia_body(challenge))).into_response();
         }
         let body = StandardErrorBody::new(self.kind, self.message);
         let error = ruma::api::error::Error::new(self.status, ErrorBody::Standard(body));

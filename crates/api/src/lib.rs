@@ -8,6 +8,7 @@
 //! Two routers, one per listener: [`client_router`] (plain HTTP: client API, well-known, health,
 //! metrics) and [`federation_router`] (TLS: federation and key APIs, well-known, health).
 
+mod admin;
 mod client;
 pub mod error;
 mod federation;
@@ -43,6 +44,7 @@ impl AppState {
 /// The router for the client listener.
 pub fn client_router(state: AppState) -> Router {
     let router = client::routes()
+        .merge(admin::routes())
         .merge(well_known::routes())
         .route("/health", axum::routing::get(health))
         .route("/metrics", axum::routing::get(metrics::serve));
@@ -71,4 +73,16 @@ async fn health(
             )
         }
     }
+}
+
+/// Parses a JSON body for the few endpoints outside ruma's types, with the spec's errors.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        let kind = if err.is_syntax() || err.is_eof() {
+            ruma::api::error::ErrorKind::NotJson
+        } else {
+            ruma::api::error::ErrorKind::BadJson
+        };
+        MatrixError::new(http::StatusCode::BAD_REQUEST, kind, err.to_string())
+    })
 }

@@ -13,9 +13,13 @@ use axum::{
 use http::StatusCode;
 use ruma::api::{
     IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
-    auth_scheme::{AccessTokenOptional, NoAccessToken, NoAuthentication},
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
+    },
     path_builder::PathBuilder,
 };
+
+use myelin_service::{Error as ServiceError, accounts::AuthedUser};
 
 use crate::{AppState, MatrixError};
 
@@ -51,14 +55,54 @@ impl Authenticate for NoAccessToken {
     }
 }
 
-/// Endpoints where a token is optional and only changes what is returned (`/versions`). No
-/// session store exists yet, so the identity carries nothing; when accounts land this becomes
-/// `Option<the checked user>`, which makes every handler on this scheme reconsider its use.
-impl Authenticate for AccessTokenOptional {
+/// The access token of a request: the `Authorization: Bearer` header or the deprecated
+/// `access_token` query parameter.
+fn access_token(request: &http::Request<&[u8]>) -> Result<Option<String>, MatrixError> {
+    ruma::api::auth_scheme::extract_bearer_or_query_token(request).map_err(|err| {
+        MatrixError::new(
+            StatusCode::UNAUTHORIZED,
+            ruma::api::error::ErrorKind::MissingToken,
+            err.to_string(),
+        )
+    })
+}
+
+/// `/register` and `/login`, where an application service may identify itself. No application
+/// services can be configured yet, so no token can be one; a client's own token (some send it)
+/// is ignored, as for [`NoAccessToken`].
+impl Authenticate for AppserviceTokenOptional {
     type Identity = ();
 
     async fn authenticate(_: &AppState, _: &http::Request<&[u8]>) -> Result<(), MatrixError> {
         Ok(())
+    }
+}
+
+/// Endpoints that need a logged-in client.
+impl Authenticate for AccessToken {
+    type Identity = AuthedUser;
+
+    async fn authenticate(
+        state: &AppState,
+        request: &http::Request<&[u8]>,
+    ) -> Result<AuthedUser, MatrixError> {
+        let token = access_token(request)?.ok_or(ServiceError::MissingToken)?;
+        Ok(state.services.accounts.authenticate(&token).await?)
+    }
+}
+
+/// Endpoints where a token is optional: none is fine, a bad one is still an error.
+impl Authenticate for AccessTokenOptional {
+    type Identity = Option<AuthedUser>;
+
+    async fn authenticate(
+        state: &AppState,
+        request: &http::Request<&[u8]>,
+    ) -> Result<Option<AuthedUser>, MatrixError> {
+        match access_token(request)? {
+            Some(token) => Ok(Some(state.services.accounts.authenticate(&token).await?)),
+            None => Ok(None),
+        }
     }
 }
 

@@ -27,6 +27,18 @@ enum Command {
     GenerateConfig,
     /// Load and validate the configuration, then exit: 0 if usable, 2 if not.
     CheckConfig,
+    /// Create a local account directly in the database (the server may be running).
+    RegisterUser {
+        /// The localpart (`alice` for `@alice:server`).
+        #[arg(long, short)]
+        username: String,
+        /// The password; read from the first line of standard input when omitted.
+        #[arg(long, short)]
+        password: Option<String>,
+        /// Make the account a server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 /// Exit status for an unusable configuration.
@@ -52,6 +64,11 @@ fn main() -> ExitCode {
             println!("configuration OK (server_name = {})", config.server_name);
             ExitCode::SUCCESS
         }
+        Command::RegisterUser {
+            username,
+            password,
+            admin,
+        } => register_user(config, username, password, admin),
         Command::Serve | Command::GenerateConfig => serve(config),
     }
 }
@@ -82,6 +99,60 @@ fn serve(config: myelin_service::Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
+            eprintln!("myelin: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn register_user(
+    config: myelin_service::Config,
+    username: String,
+    password: Option<String>,
+    admin: bool,
+) -> ExitCode {
+    let password = match password {
+        Some(password) => password,
+        None => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim_end().is_empty() {
+                eprintln!("myelin: no --password given and none on standard input");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("myelin: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let services = myelin_service::Services::start(config).await?;
+        let registered = services
+            .accounts
+            .register(myelin_service::accounts::RegistrationRequest {
+                username: Some(username),
+                password: Some(password),
+                inhibit_login: true,
+                admin,
+                ..Default::default()
+            })
+            .await;
+        services.shutdown().await;
+        anyhow::Ok(registered?)
+    });
+    match result {
+        Ok(registered) => {
+            println!("registered {}", registered.user_id);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
             eprintln!("myelin: {err:#}");
             ExitCode::FAILURE
         }

@@ -34,6 +34,7 @@ fn myelin(dir: &Path, env: &[(&str, String)]) -> Command {
 
 struct Running {
     child: Child,
+    client: SocketAddr,
     federation: SocketAddr,
 }
 
@@ -57,7 +58,11 @@ async fn start(dir: &Path, extra_env: &[(&str, String)]) -> Running {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let running = Running { child, federation };
+    let running = Running {
+        child,
+        client,
+        federation,
+    };
     myelin_testkit::install_crypto_provider();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -238,4 +243,49 @@ fn generate_config_prints_a_config_that_checks() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+#[tokio::test]
+async fn register_user_creates_an_account_that_can_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let cheap = [
+        ("MYELIN_PASSWORDS__MEMORY_KIB", "8".to_owned()),
+        ("MYELIN_PASSWORDS__ITERATIONS", "1".to_owned()),
+    ];
+    let output = myelin(dir.path(), &cheap)
+        .args([
+            "register-user",
+            "--username",
+            "opal",
+            "--password",
+            "s3cret",
+            "--admin",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("@opal:localhost"));
+
+    let again = myelin(dir.path(), &cheap)
+        .args(["register-user", "--username", "opal", "--password", "x"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a taken name fails");
+
+    let running = start(dir.path(), &cheap).await;
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/_matrix/client/v3/login", running.client))
+        .json(&serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "opal"}, "password": "s3cret"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["user_id"], "@opal:localhost", "{login}");
+    assert!(terminate(running).await.success());
 }

@@ -21,6 +21,9 @@ pub struct Config {
     pub well_known: WellKnownConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub registration: RegistrationConfig,
+    pub passwords: PasswordConfig,
+    pub sessions: SessionConfig,
 }
 
 impl Default for Config {
@@ -36,6 +39,9 @@ impl Default for Config {
             well_known: WellKnownConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            registration: RegistrationConfig::default(),
+            passwords: PasswordConfig::default(),
+            sessions: SessionConfig::default(),
         }
     }
 }
@@ -138,6 +144,53 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Open registration through `/register`. Off: 403 `M_FORBIDDEN` (shared-secret and CLI
+    /// registration still work).
+    pub enabled: bool,
+    /// When non-empty, registering needs one of these tokens (`m.login.registration_token`).
+    pub tokens: Vec<String>,
+    /// The shared secret for `/_synapse/admin/v1/register`. Unset: that endpoint is off.
+    pub shared_secret: Option<String>,
+}
+
+/// argon2id cost. The defaults are OWASP's minimum recommendation; tests turn them down.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        PasswordConfig {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Lifetime of access tokens issued to clients that asked for a refresh token, in seconds.
+    /// Clients that did not ask get tokens that never expire.
+    pub refreshable_access_token_lifetime_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            refreshable_access_token_lifetime_secs: 300,
+        }
+    }
+}
+
 /// A configuration value that parsed but makes no sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("key `{key}`: {problem}")]
@@ -185,6 +238,21 @@ impl Config {
             return Err(ConfigProblem {
                 key: "well_known.client",
                 problem: format!("`{client}` is not an http(s) URL"),
+            });
+        }
+        if self.passwords.iterations == 0
+            || self.passwords.parallelism == 0
+            || self.passwords.memory_kib < 8 * self.passwords.parallelism
+        {
+            return Err(ConfigProblem {
+                key: "passwords",
+                problem: "argon2 needs iterations >= 1, parallelism >= 1 and memory_kib >= 8 * parallelism".to_owned(),
+            });
+        }
+        if self.registration.shared_secret.as_deref() == Some("") {
+            return Err(ConfigProblem {
+                key: "registration.shared_secret",
+                problem: "must not be empty (leave it unset to turn the endpoint off)".to_owned(),
             });
         }
         if self.http.max_request_size < 1024 {

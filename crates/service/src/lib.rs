@@ -3,16 +3,23 @@
 //! Each area is a module with a small struct holding what it needs; [`Services`] ties them
 //! together and is what the HTTP layer is handed. No area keeps global state.
 //!
-//! Areas so far: [`config`] (the configuration every layer reads), [`secrets`] (the data
+//! Areas so far: [`accounts`] (registration, login, tokens, devices), [`uia`]
+//! (user-interactive authentication), [`config`] (the configuration every layer reads), [`secrets`] (the data
 //! directory's sealing key, for private keys at rest), [`server_keys`] (the server's signing key
 //! and its published, signed key object).
 
+pub mod accounts;
 pub mod config;
+mod error;
+pub mod passwords;
 pub mod secrets;
 pub mod server_keys;
 mod services;
+pub mod tokens;
+pub mod uia;
 
 pub use config::Config;
+pub use error::{Error, Result};
 pub use services::{Services, StartError};
 
 /// The name this server reports in `/_matrix/federation/v1/version`.

@@ -6,6 +6,7 @@ use myelin_store::{Store, StoreOptions};
 
 use crate::{
     Config,
+    accounts::Accounts,
     secrets::{Sealer, SecretsError},
     server_keys::{ServerKeyError, ServerKeys},
 };
@@ -32,6 +33,7 @@ pub struct Services {
     pub config: Config,
     pub store: Store,
     pub server_keys: ServerKeys,
+    pub accounts: Accounts,
 }
 
 impl Services {
@@ -54,10 +56,18 @@ impl Services {
         let server_keys =
             ServerKeys::load_or_create(&store, &sealer, config.server_name.clone()).await?;
         tracing::info!(server_name = %config.server_name, key_id = %server_keys.key_id(), "signing key loaded");
+        let accounts = Accounts::new(
+            store.clone(),
+            config.server_name.clone(),
+            config.registration.clone(),
+            config.passwords.clone(),
+            config.sessions.clone(),
+        );
         Ok(Arc::new(Services {
             config,
             store,
             server_keys,
+            accounts,
         }))
     }
 

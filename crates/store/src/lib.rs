@@ -6,18 +6,21 @@
 //! for each backend so both get native types and native connection settings. A statement that is
 //! backend-specific exists only where the dialects truly differ.
 //!
-//! Areas, one module each: [`server_keys`] (the server's own signing keys). Later areas (accounts,
+//! Areas, one module each: [`server_keys`] (the server's own signing keys), [`accounts`] (local
+//! accounts, devices, access and refresh tokens). Later areas (accounts,
 //! rooms and events, state, streams, federation queue, account keys, media) follow the same shape.
 //!
 //! Migrations live in `migrations/{postgres,sqlite}` at the repository root, in pairs, and are
 //! embedded in the binary; [`Store::open`] applies them and refuses a database written by a newer
 //! schema than this binary knows.
 
+pub mod accounts;
 mod error;
 pub mod server_keys;
 mod store;
 pub mod test_support;
 
+pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use error::StoreError;
 pub use server_keys::StoredSigningKey;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};

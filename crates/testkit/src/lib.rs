@@ -12,6 +12,9 @@ use myelin_store::{DatabaseKind, test_support::TestDatabase};
 
 pub use myelin_store::test_support::test_backends;
 
+/// The shared secret test servers accept for `/_synapse/admin/v1/register`.
+pub const SHARED_SECRET: &str = "testkit-shared-secret";
+
 /// Installs ring as rustls' process-wide provider (reqwest is built without one). Idempotent.
 pub fn install_crypto_provider() {
     myelin::tls::install_default_provider();
@@ -40,6 +43,12 @@ impl TestServer {
         config.listen.client = SocketAddr::from(([127, 0, 0, 1], 0));
         config.listen.federation = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.shutdown_grace_period_secs = 5;
+        config.registration.enabled = true;
+        config.registration.shared_secret = Some(SHARED_SECRET.to_owned());
+        // Cheap hashing: tests register many users.
+        config.passwords.memory_kib = 8;
+        config.passwords.iterations = 1;
+        config.passwords.parallelism = 1;
         config
     }
 
@@ -134,6 +143,45 @@ impl TestServer {
     pub async fn wait_stopped(&mut self) {
         if let Some(server) = self.server.take() {
             server.wait().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// A registered, logged-in user of a [`TestServer`].
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub user_id: String,
+    pub device_id: String,
+    pub access_token: String,
+    pub password: String,
+}
+
+impl TestServer {
+    /// Registers `localpart` through `/register` with `m.login.dummy` and returns its session.
+    pub async fn register(&self, localpart: &str) -> TestUser {
+        let password = format!("{localpart}-password");
+        let response = self
+            .http
+            .post(self.client_url("/_matrix/client/v3/register"))
+            .json(&serde_json::json!({
+                "username": localpart,
+                "password": password,
+                "auth": { "type": "m.login.dummy" },
+            }))
+            .send()
+            .await
+            .expect("register request");
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.expect("register JSON");
+        assert_eq!(status, 200, "registering {localpart}: {body}");
+        TestUser {
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+            access_token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            password,
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The client-server API (plain HTTP listener).
 
+mod account;
+mod device;
 mod discovery;
+mod session;
+mod uia;
 
 use axum::Router;
 
@@ -8,4 +12,7 @@ use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()
+        .merge(account::routes())
+        .merge(session::routes())
+        .merge(device::routes())
 }

@@ -1,0 +1,42 @@
+//! The service layer's error: what went wrong in the spec's terms (each variant is one errcode),
+//! without HTTP. The API layer maps it to a status and body in one place.
+
+/// A failure the client should hear about, or an internal one it should not see details of.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    UserDeactivated(String),
+    #[error("User ID already taken")]
+    UserInUse,
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Missing access token")]
+    MissingToken,
+    #[error("Unknown or expired access token")]
+    UnknownToken { soft_logout: bool },
+    #[error("{0}")]
+    UnrecognisedNonce(String),
+    /// User-interactive authentication is needed (or a stage failed): a 401 with the flows.
+    #[error("Additional authentication required")]
+    Uia(Box<crate::uia::UiaChallenge>),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<myelin_store::StoreError> for Error {
+    fn from(err: myelin_store::StoreError) -> Self {
+        Error::Internal(err.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

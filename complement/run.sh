@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Runs the Complement suite (github.com/matrix-org/complement) against Myelin processes; no Docker.
+#
+#   complement/run.sh                 full run; writes the baseline complement/results.jsonl
+#   complement/run.sh -run REGEX      only top-level tests matching REGEX (as `go test -run`);
+#                                     results go to complement/.work/results.jsonl
+#   complement/run.sh --check [...]   also compare with the committed baseline: exit 1 when a
+#                                     test that passed there now fails, is skipped or is missing
+#   complement/run.sh --ci            --check on the CI subset (complement/ci-subset.txt)
+#   --packages "./tests/csapi ..."    restrict the packages (default: ./tests ./tests/csapi ./tests/msc*)
+#
+# Exit status: 0 fine; 1 regressions against the baseline (with --check) or a failed step;
+# 2 bad usage; 3 the pinned Complement module cannot be downloaded (nothing was tested).
+#
+# It builds Myelin (cargo build -p myelin), downloads the Complement version pinned in
+# complement/go.mod with `go mod download` (the Go module proxy), copies it into the git-ignored
+# complement/.work/src, drops in myelindeploy/ and makes every test package's TestMain pass
+# complement.WithDeployment(myelindeploy.Deploy). Nothing from Complement is committed.
+# Environment: CARGO_TARGET_DIR (default /var/tmp/myelin-target), MYELIN_COMPLEMENT_BINARY (use
+# this binary, skip the build), COMPLEMENT_* (passed on to Complement, e.g. COMPLEMENT_DEBUG=1),
+# GOPROXY/GOFLAGS as usual for the go command.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+work="$here/.work"
+baseline="$here/results.jsonl"
+tools="$here/tools/results.py"
+
+# The tests that need Docker blueprints (OldDeploy with a prebuilt image): never run here.
+skip_tests='^(TestJoinFederatedRoomFromApplicationServiceBridgeUser|TestJumpToDateEndpoint|TestRoomSpecificUsernameChange|TestRoomSpecificUsernameAtJoin)$'
+
+check=0
+run_regex=""
+packages=""
+timeout="${COMPLEMENT_GO_TEST_TIMEOUT:-180m}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --check) check=1 ;;
+        --ci)
+            check=1
+            # ci-subset.txt: `packages: ...` and `run: REGEX` lines; # comments.
+            run_regex="$(sed -n 's/^run:[[:space:]]*//p' "$here/ci-subset.txt")"
+            packages="$(sed -n 's/^packages:[[:space:]]*//p' "$here/ci-subset.txt")"
+            ;;
+        -run|--run) shift; run_regex="${1:?-run needs a regex}" ;;
+        --packages) shift; packages="${1:?--packages needs a list}" ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "complement/run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+started=$(date +%s)
+mkdir -p "$work"
+
+# 1. The pinned Complement module, from the Go module proxy.
+version="$(sed -n 's#^[[:space:]]*require github.com/matrix-org/complement \(v[^ ]*\).*#\1#p; s#^[[:space:]]*github.com/matrix-org/complement \(v[^ ]*\).*#\1#p' "$here/go.mod" | head -n1)"
+echo "complement/run.sh: Complement $version"
+if ! info="$(cd "$here" && go mod download -json "github.com/matrix-org/complement@$version" 2>&1)" \
+    || ! src="$(printf '%s' "$info" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["Dir"]) if d.get("Dir") and not d.get("Error") else sys.exit(1)' 2>/dev/null)"; then
+    echo "complement/run.sh: NOT RUN: the pinned Complement module github.com/matrix-org/complement@$version cannot be downloaded here:" >&2
+    printf '%s\n' "$info" | sed 's/^/    /' >&2
+    echo "complement/run.sh: no Complement test ran (exit 3)." >&2
+    exit 3
+fi
+
+# 2. Myelin.
+if [ -n "${MYELIN_COMPLEMENT_BINARY:-}" ]; then
+    binary="$MYELIN_COMPLEMENT_BINARY"
+else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/myelin-target}"
+    echo "complement/run.sh: cargo build -p myelin (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$repo" && cargo build --quiet -p myelin)
+    binary="$CARGO_TARGET_DIR/debug/myelin"
+fi
+[ -x "$binary" ] || { echo "complement/run.sh: no Myelin binary at $binary" >&2; exit 1; }
+
+# 3. A patched, git-ignored copy of the module: our deployer in, WithDeployment in every TestMain.
+rm -rf "$work/src"
+cp -R "$src" "$work/src"
+chmod -R u+w "$work/src"
+mkdir -p "$work/src/myelindeploy"
+for f in "$here"/myelindeploy/*.go; do
+    case "$f" in *_test.go) continue ;; esac
+    cp "$f" "$work/src/myelindeploy/"
+done
+python3 "$tools" patch-mains "$work/src/tests"
+
+# 4. Run, one package at a time.
+all_packages="./tests ./tests/csapi $(cd "$work/src" && ls -d tests/msc* | sed 's#^#./#' | tr '\n' ' ' | sed 's/ $//')"
+packages="${packages:-$all_packages}"
+go_args=(-json -p 1 -count=1 -vet=off -timeout "$timeout" -skip "$skip_tests")
+[ -n "$run_regex" ] && go_args+=(-run "$run_regex")
+# Only a full run without --check writes the committed baseline.
+out="$work/results.jsonl"
+if [ -z "$run_regex" ] && [ "$packages" = "$all_packages" ] && [ "$check" = 0 ]; then
+    out="$baseline"
+fi
+export COMPLEMENT_BASE_IMAGE="$binary"
+export COMPLEMENT_SPAWN_HS_TIMEOUT_SECS="${COMPLEMENT_SPAWN_HS_TIMEOUT_SECS:-30}"
+export MYELIN_COMPLEMENT_BINARY="$binary"
+
+# The top-level tests this run selects, so that --check knows which baseline lines are in scope.
+# This also compiles every test package first: a package that does not build stops the run here.
+# shellcheck disable=SC2086
+if ! (cd "$work/src" && go test -vet=off -list "${run_regex:-.}" $packages) > "$work/list.txt" 2>&1; then
+    cat "$work/list.txt" >&2
+    echo "complement/run.sh: listing the tests failed (above)" >&2
+    exit 1
+fi
+grep -E '^Test' "$work/list.txt" | sort -u > "$work/selected.txt" || true
+echo "complement/run.sh: $(wc -l < "$work/selected.txt") top-level tests selected"
+
+echo "complement/run.sh: go test $packages ${run_regex:+-run '$run_regex'} (skipping the Docker-blueprint tests)"
+set +e
+# shellcheck disable=SC2086
+(cd "$work/src" && go test "${go_args[@]}" $packages) \
+    | python3 "$tools" stream "$work/go-test.json"
+set -e
+
+python3 "$tools" reduce "$work/go-test.json" "$out"
+[ "$out" = "$baseline" ] && cp "$out" "$work/results.jsonl"
+python3 "$tools" counts "$out"
+echo "complement/run.sh: results in ${out#"$repo"/}; raw go test -json output in ${work#"$repo"/}/go-test.json; took $(( $(date +%s) - started )) s"
+
+if [ "$check" = 1 ]; then
+    python3 "$tools" check "$baseline" "$out" "$work/selected.txt" "$skip_tests"
+fi

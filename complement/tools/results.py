@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Helpers for complement/run.sh (standard library only).
+
+  patch-mains DIR                  make every DIR/**/main_test.go pass WithDeployment(myelindeploy.Deploy)
+  stream RAW                       copy `go test -json` from stdin to RAW, print one line per finished top-level test
+  reduce RAW OUT                   write sorted {"Action","Test"} lines (pass/fail/skip) to OUT
+  counts FILE                      print pass/fail/skip counts of a results file
+  check BASELINE FRESH SELECTED SKIP_REGEX
+                                   exit 1 when a baseline "pass" line in scope is not a "pass" in FRESH;
+                                   in scope: its top-level test is listed in SELECTED and not matched by SKIP_REGEX
+"""
+
+import json
+import pathlib
+import re
+import sys
+
+IMPORT = '"github.com/matrix-org/complement"'
+OUR_IMPORT = '"github.com/matrix-org/complement/myelindeploy"'
+MAIN_CALL = re.compile(r'complement\.TestMain\(m, ("[^"]+")\)')
+
+
+def patch_mains(root):
+    files = sorted(pathlib.Path(root).rglob("main_test.go"))
+    if not files:
+        sys.exit(f"patch-mains: no main_test.go under {root}")
+    for path in files:
+        text = path.read_text()
+        new, calls = MAIN_CALL.subn(
+            r"complement.TestMain(m, \1, complement.WithDeployment(myelindeploy.Deploy), "
+            r"complement.WithCleanup(myelindeploy.Cleanup))",
+            text,
+        )
+        if calls != 1 or IMPORT not in new:
+            sys.exit(f"patch-mains: {path} does not look like Complement's main_test.go any more; update tools/results.py")
+        new = new.replace(IMPORT, IMPORT + "\n\t" + OUR_IMPORT, 1)
+        path.write_text(new)
+    print(f"complement/run.sh: patched {len(files)} main_test.go files")
+
+
+def events(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def stream(raw):
+    with open(raw, "w", encoding="utf-8") as out:
+        for line in sys.stdin:
+            out.write(line)
+            out.flush()
+            stripped = line.strip()
+            if not stripped.startswith("{"):
+                print(stripped, flush=True)
+                continue
+            try:
+                ev = json.loads(stripped)
+            except json.JSONDecodeError:
+                print(stripped, flush=True)
+                continue
+            action, test, pkg = ev.get("Action"), ev.get("Test"), ev.get("Package", "")
+            if action == "build-output":
+                print(ev.get("Output", "").rstrip("\n"), flush=True)
+            elif action in ("pass", "fail", "skip") and test and "/" not in test:
+                print(f"  {action.upper():4} {test} ({ev.get('Elapsed', 0):.1f}s)", flush=True)
+            elif action in ("pass", "fail", "skip") and not test:
+                print(f"{action.upper()} package {pkg} ({ev.get('Elapsed', 0):.0f}s)", flush=True)
+            elif action == "output" and not test and ev.get("Output", "").startswith(("panic:", "FAIL\t", "# ")):
+                print(ev["Output"].rstrip("\n"), flush=True)
+
+
+def load(path):
+    entries = set()
+    p = pathlib.Path(path)
+    if not p.exists():
+        return entries
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if line:
+            d = json.loads(line)
+            entries.add((d["Action"], d["Test"]))
+    return entries
+
+
+def dump(entries, path):
+    lines = [json.dumps({"Action": a, "Test": t}, separators=(",", ":")) for a, t in sorted(entries, key=lambda e: (e[1], e[0]))]
+    pathlib.Path(path).write_text("".join(l + "\n" for l in lines))
+
+
+def reduce(raw, out):
+    entries = set()
+    for ev in events(raw):
+        if ev.get("Action") in ("pass", "fail", "skip") and ev.get("Test"):
+            entries.add((ev["Action"], ev["Test"]))
+    dump(entries, out)
+
+
+def counts_of(entries):
+    c = {"pass": 0, "fail": 0, "skip": 0}
+    for a, _ in entries:
+        c[a] = c.get(a, 0) + 1
+    return c
+
+
+def counts(path):
+    entries = load(path)
+    c = counts_of(entries)
+    top = counts_of({e for e in entries if "/" not in e[1]})
+    print(f"complement: pass {c['pass']}, fail {c['fail']}, skip {c['skip']} (tests and subtests); "
+          f"top-level tests: pass {top['pass']}, fail {top['fail']}, skip {top['skip']}")
+
+
+def check(baseline, fresh, selected, skip_regex):
+    base = load(baseline)
+    new = load(fresh)
+    listed = {l.strip() for l in pathlib.Path(selected).read_text().splitlines() if l.strip()}
+    skip = re.compile(skip_regex)
+
+    def in_scope(test):
+        top = test.split("/", 1)[0]
+        return top in listed and not skip.search(top)
+
+    defended = sorted(t for a, t in base if a == "pass" and in_scope(t))
+    new_passes = {t for a, t in new if a == "pass"}
+    regressions = [t for t in defended if t not in new_passes]
+    base_passes = {t for a, t in base if a == "pass"}
+    improvements = sorted(t for t in new_passes if t not in base_passes)
+    if not defended:
+        print("complement --check: the baseline has no passing test among the tests this run selected; nothing to defend.")
+    for t in improvements:
+        print(f"complement --check: newly passing (not yet in the baseline): {t}")
+    if regressions:
+        for t in regressions:
+            outcome = "fail" if ("fail", t) in new else "skip" if ("skip", t) in new else "missing"
+            print(f"complement --check: REGRESSION: {t} passed in the baseline, now {outcome}")
+        print(f"complement --check: FAILED: {len(regressions)} of the {len(defended)} baseline passes in scope no longer pass")
+        sys.exit(1)
+    print(f"complement --check: OK: all {len(defended)} baseline passes in scope still pass"
+          + (f"; {len(improvements)} newly passing (run complement/run.sh to update the baseline)" if improvements else ""))
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "patch-mains" and len(args) == 1:
+        patch_mains(*args)
+    elif cmd == "stream" and len(args) == 1:
+        stream(*args)
+    elif cmd == "reduce" and len(args) == 2:
+        reduce(*args)
+    elif cmd == "counts" and len(args) == 1:
+        counts(*args)
+    elif cmd == "check" and len(args) == 4:
+        check(*args)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

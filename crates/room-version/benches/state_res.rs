@@ -13,7 +13,7 @@ use myelin_room_version::auth::auth_chain;
 use myelin_room_version::canonical::value_to_object;
 use myelin_room_version::pdu::Pdu;
 use myelin_room_version::signing::KeyPair;
-use myelin_room_version::state_res::{StateMap, conflicted_state_subgraph, resolve_state};
+use myelin_room_version::state_res::{StateMap, resolve_state};
 use myelin_room_version::version::RoomVersion;
 use serde_json::{Value, json};
 
@@ -148,29 +148,6 @@ fn bench(c: &mut Criterion) {
                     )
                 })
             });
-            if version_id == "12" {
-                // The share of the conflicted-subgraph walk: the same resolution with the
-                // subgraph supplied, as a caller with an index would.
-                let conflicted = f.forks[0]
-                    .iter()
-                    .filter(|(k, id)| f.forks[1].get(*k) != Some(*id))
-                    .flat_map(|(k, id)| [id.as_str(), f.forks[1][k].as_str()]);
-                let subgraph = conflicted_state_subgraph(conflicted, |id| f.events.get(id));
-                group.bench_with_input(BenchmarkId::new("12-subgraph-given", n), &f, |b, f| {
-                    b.iter(|| {
-                        black_box(
-                            resolve_state(
-                                version,
-                                &f.forks,
-                                &f.chains,
-                                |id| f.events.get(id),
-                                Some(&subgraph),
-                            )
-                            .unwrap(),
-                        )
-                    })
-                });
-            }
         }
     }
     group.finish();

@@ -27,14 +27,17 @@
 //!   `Ok(All)` → keep) → [`auth::check_against_auth_events`] (reject) →
 //!   [`auth::check_against_state`] with the state before (reject) and the current state
 //!   (soft-fail).
+//! - Account-key invites (invite v2): [`invite::rekey_invite`] (invitee's server) and
+//!   [`invite::accept_rekeyed_invite`] (inviter's server).
 //! - State: [`state_res::resolve_state`]`(version, forks, auth_chains, fetch_event, subgraph)`,
 //!   [`auth::auth_chain`], [`state_res::conflicted_state_subgraph`].
 //! - JSON and hashes: [`canonical::parse_object`], [`canonical::to_canonical_string`],
 //!   [`canonical::content_hash`], [`canonical::reference_hash`], [`canonical::event_id`],
 //!   [`canonical::room_id_for_create_event`], [`canonical::redact`].
 //! - Signing arbitrary JSON: [`signing::sign_json`], [`signing::verify_json`],
-//!   [`signing::sign_json_with_account_key`], [`signing::verify_json_with_account_key`]
-//!   (`/query/accounts` answers), keys as [`signing::KeyPair`] / [`signing::PublicKey`].
+//!   [`signing::sign_json_with_account_key`], [`signing::verify_json_with_account_key`] and the
+//!   batch [`signing::verify_json_with_account_keys`] (`/query/accounts` answers), keys as
+//!   [`signing::KeyPair`] / [`signing::PublicKey`].
 //! - Account keys: [`account_key::AccountKey::parse`] (strict grammar),
 //!   [`account_key::KeyFormUserId::parse`], [`account_key::looks_like_account_key`].
 //! - Clients: [`projection::project_for_client`]`(version, event, reader, lookup)` → the event as
@@ -43,6 +46,7 @@
 pub mod account_key;
 pub mod auth;
 pub mod canonical;
+pub mod invite;
 pub mod pdu;
 pub mod projection;
 pub mod signing;

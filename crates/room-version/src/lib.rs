@@ -31,6 +31,8 @@
 //!   [`invite::accept_rekeyed_invite`] (inviter's server).
 //! - State: [`state_res::resolve_state`]`(version, forks, auth_chains, fetch_event, subgraph)`,
 //!   [`auth::auth_chain`], [`state_res::conflicted_state_subgraph`].
+//! - Serving redactions: [`redaction::redaction_applies`] (power, or same domain; in account-key
+//!   rooms same key or both vouched for on that domain), [`redaction::user_power_level`].
 //! - JSON and hashes: [`canonical::parse_object`], [`canonical::to_canonical_string`],
 //!   [`canonical::content_hash`], [`canonical::reference_hash`], [`canonical::event_id`],
 //!   [`canonical::room_id_for_create_event`], [`canonical::redact`].
@@ -49,6 +51,7 @@ pub mod canonical;
 pub mod invite;
 pub mod pdu;
 pub mod projection;
+pub mod redaction;
 pub mod signing;
 pub mod state_res;
 pub mod verify;

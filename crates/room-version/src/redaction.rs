@@ -1,0 +1,111 @@
+//! Whether a redaction may be applied to the event it names (room v3+ "Handling redactions"),
+//! with the account-key rule of MSC4243.md §4 Q9, and the power levels that decision needs.
+//!
+//! This is not an auth rule: the redaction event is authorised like any event; this decides
+//! whether the *target* is served redacted. A server applies it when the redactor has the
+//! `redact` power level, or when redactor and target share a domain. In account-key rooms the
+//! domain is unverified, so "same domain" counts only for the same key, or when both keys are
+//! Local/Verified for that one domain.
+
+use crate::account_key::KeyFormUserId;
+use crate::canonical::get_object;
+use crate::pdu::Pdu;
+use crate::projection::KeyVerification;
+use crate::version::{EventFormat, RoomVersion};
+
+/// A user's power level: creators of v12-format rooms are above every number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PowerLevel {
+    Int(i64),
+    Infinite,
+}
+
+fn int_field(obj: &ruma::CanonicalJsonObject, key: &str) -> Option<i64> {
+    match obj.get(key) {
+        Some(ruma::CanonicalJsonValue::Integer(i)) => Some(i64::from(*i)),
+        _ => None,
+    }
+}
+
+fn creators(create: &Pdu) -> Vec<String> {
+    let mut out = vec![create.sender().to_owned()];
+    if let Some(ruma::CanonicalJsonValue::Array(list)) = create
+        .content_object()
+        .and_then(|c| c.get("additional_creators"))
+    {
+        out.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+    }
+    out
+}
+
+/// The power level of `user` given the room's create and current power levels events.
+pub fn user_power_level(
+    version: &RoomVersion,
+    user: &str,
+    create: &Pdu,
+    power_levels: Option<&Pdu>,
+) -> PowerLevel {
+    if version.event_format() == EventFormat::V12 && creators(create).iter().any(|c| c == user) {
+        return PowerLevel::Infinite;
+    }
+    match power_levels.and_then(Pdu::content_object) {
+        Some(content) => {
+            let explicit = get_object(content, "users").and_then(|u| int_field(u, user));
+            PowerLevel::Int(
+                explicit
+                    .or_else(|| int_field(content, "users_default"))
+                    .unwrap_or(0),
+            )
+        }
+        // Without power levels the creator has 100 (pre-v12), everyone else 0.
+        None if create.sender() == user => PowerLevel::Int(100),
+        None => PowerLevel::Int(0),
+    }
+}
+
+/// The `redact` level (default 50).
+pub fn redact_level(power_levels: Option<&Pdu>) -> i64 {
+    power_levels
+        .and_then(Pdu::content_object)
+        .and_then(|c| int_field(c, "redact"))
+        .unwrap_or(50)
+}
+
+/// Whether `redaction` may be applied to `target`.
+pub fn redaction_applies(
+    version: &RoomVersion,
+    redaction: &Pdu,
+    target: &Pdu,
+    create: &Pdu,
+    power_levels: Option<&Pdu>,
+    lookup: impl Fn(&KeyFormUserId) -> KeyVerification,
+) -> bool {
+    if redaction.redacts() != Some(target.event_id()) || redaction.room_id() != target.room_id() {
+        return false;
+    }
+    let level = user_power_level(version, redaction.sender(), create, power_levels);
+    if level >= PowerLevel::Int(redact_level(power_levels)) {
+        return true;
+    }
+    let domain = |u: &str| crate::account_key::split_user_id(u).map(|(_, d)| d.to_owned());
+    if !version.uses_account_keys() {
+        return domain(redaction.sender()).is_some()
+            && domain(redaction.sender()) == domain(target.sender());
+    }
+    let (Ok(a), Ok(b)) = (
+        KeyFormUserId::parse(redaction.sender()),
+        KeyFormUserId::parse(target.sender()),
+    ) else {
+        return false;
+    };
+    if a.key == b.key {
+        return true;
+    }
+    let vouched = |k: &KeyFormUserId| {
+        matches!(
+            lookup(k),
+            KeyVerification::Local { .. } | KeyVerification::Verified { .. }
+        )
+    };
+    a.server_name == b.server_name && vouched(&a) && vouched(&b)
+}

@@ -91,7 +91,6 @@ python3 "$tools" patch-mains "$work/src/tests"
 all_packages="./tests ./tests/csapi $(cd "$work/src" && ls -d tests/msc* | sed 's#^#./#' | tr '\n' ' ' | sed 's/ $//')"
 packages="${packages:-$all_packages}"
 go_args=(-json -p 1 -count=1 -vet=off -timeout "$timeout" -skip "$skip_tests")
-[ -n "$run_regex" ] && go_args+=(-run "$run_regex")
 # Only a full run without --check writes the committed baseline.
 out="$work/results.jsonl"
 if [ -z "$run_regex" ] && [ "$packages" = "$all_packages" ] && [ "$check" = 0 ]; then
@@ -101,23 +100,45 @@ export COMPLEMENT_BASE_IMAGE="$binary"
 export COMPLEMENT_SPAWN_HS_TIMEOUT_SECS="${COMPLEMENT_SPAWN_HS_TIMEOUT_SECS:-30}"
 export MYELIN_COMPLEMENT_BINARY="$binary"
 
-# The top-level tests this run selects, so that --check knows which baseline lines are in scope.
-# This also compiles every test package first: a package that does not build stops the run here.
-# shellcheck disable=SC2086
-if ! (cd "$work/src" && go test -vet=off -list "${run_regex:-.}" $packages) > "$work/list.txt" 2>&1; then
-    cat "$work/list.txt" >&2
-    echo "complement/run.sh: listing the tests failed (above)" >&2
-    exit 1
-fi
-grep -E '^Test' "$work/list.txt" | sort -u > "$work/selected.txt" || true
+# Per package: the top-level tests this run selects (so that --check knows which baseline lines
+# are in scope), then `go test`. When a package's test binary dies (a test panics, for example by
+# failing in a goroutine after it ended, or the -timeout fires), the tests that were running are
+# recorded as failed and the package is run again with the tests that never started, so one crash
+# does not hide the rest of the package.
+: > "$work/selected.txt"
+: > "$work/go-test.json"
+echo "complement/run.sh: go test, one package at a time: $packages${run_regex:+ (-run '$run_regex')}; skipping the Docker-blueprint tests"
+for pkg in $packages; do
+    if ! (cd "$work/src" && go test -vet=off -list "${run_regex:-.}" "$pkg") > "$work/list.txt" 2>&1; then
+        cat "$work/list.txt" >&2
+        echo "complement/run.sh: listing the tests of $pkg failed (above)" >&2
+        exit 1
+    fi
+    grep -E '^Test' "$work/list.txt" | grep -Ev "$skip_tests" | sort -u > "$work/list-pkg.txt" || true
+    cat "$work/list-pkg.txt" >> "$work/selected.txt"
+    pkg_regex="$run_regex"
+    previous=""
+    for attempt in $(seq 1 100); do
+        if [ "$attempt" -gt 1 ]; then
+            echo "complement/run.sh: go test $pkg -run '$pkg_regex' (attempt $attempt)"
+        fi
+        set +e
+        (cd "$work/src" && go test "${go_args[@]}" ${pkg_regex:+-run "$pkg_regex"} "$pkg") \
+            | python3 "$tools" stream "$work/go-test.json"
+        set -e
+        pending="$(python3 "$tools" pending "$work/go-test.json" "github.com/matrix-org/complement/${pkg#./}" "$work/list-pkg.txt" "$skip_tests")"
+        [ -z "$pending" ] && break
+        if [ "$pending" = "$previous" ]; then
+            echo "complement/run.sh: $pkg: no test started in the last attempt; giving up on: $pending" >&2
+            break
+        fi
+        previous="$pending"
+        echo "complement/run.sh: $pkg stopped early; running its $(wc -w <<< "$pending") tests that did not start"
+        pkg_regex="^($(tr ' ' '|' <<< "$pending"))\$"
+    done
+done
+sort -u -o "$work/selected.txt" "$work/selected.txt"
 echo "complement/run.sh: $(wc -l < "$work/selected.txt") top-level tests selected"
-
-echo "complement/run.sh: go test $packages ${run_regex:+-run '$run_regex'} (skipping the Docker-blueprint tests)"
-set +e
-# shellcheck disable=SC2086
-(cd "$work/src" && go test "${go_args[@]}" $packages) \
-    | python3 "$tools" stream "$work/go-test.json"
-set -e
 
 python3 "$tools" reduce "$work/go-test.json" "$out"
 [ "$out" = "$baseline" ] && cp "$out" "$work/results.jsonl"

@@ -6,23 +6,51 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
-// settings are the MYELIN_* variables a Complement homeserver starts with. The deployer builds a
-// clean environment from them (nothing MYELIN_* is inherited from the test process), so what a
-// server runs with is exactly what this file says.
+// The settings a Complement homeserver starts with. Each one is given twice, with the same value:
+// as a MYELIN_* environment variable (the deployer builds a clean environment, so nothing
+// MYELIN_* is inherited from the test process) and as a line of a generated TOML file passed with
+// --config. The file makes the settings reach Myelin even where it filters an environment
+// variable out, and lets `myelin check-config` say precisely whether Myelin knows a key (unknown
+// keys in a file are always errors).
 
-// A group of MYELIN_* variables that belong together: either Myelin accepts all of them or the
-// group is left out.
+// setting is one config key: its dotted path and its value as a TOML literal.
+type setting struct {
+	key  string // e.g. "registration.enabled"
+	toml string // e.g. `true`, `"hs1"`, `{ "hs1" = "127.0.0.2:8448" }`
+}
+
+func str(key, value string) setting { return setting{key, strconv.Quote(value)} }
+func lit(key, value string) setting { return setting{key, value} }
+
+// envName is the MYELIN_* variable for a key: `__` between levels.
+func (s setting) envName() string {
+	return "MYELIN_" + strings.ToUpper(strings.ReplaceAll(s.key, ".", "__"))
+}
+
+// envValue is the variable's value: strings bare, everything else as the TOML literal (figment
+// parses it the same way).
+func (s setting) envValue() string {
+	if v, err := strconv.Unquote(s.toml); err == nil && strings.HasPrefix(s.toml, `"`) {
+		return v
+	}
+	return s.toml
+}
+
+// A group of settings that belong together: either Myelin accepts all of them or the group is
+// left out.
 type envGroup struct {
 	name string
 	// Required groups must be accepted by `myelin check-config`; optional groups are probed and
 	// dropped (with a log line) when this Myelin does not know their keys yet.
 	required bool
-	vars     func(s *server) map[string]string
+	settings func(s *server) []setting
 }
 
 // envGroups lists every group, in the order they are applied.
@@ -30,59 +58,59 @@ type envGroup struct {
 // KEYS TO ADD WHEN MYELIN GROWS THEM: the groups marked "future" name keys that do not exist in
 // Myelin's config yet (see crates/service/src/config.rs). They are probed with
 // `myelin check-config` once per test package and only passed on when accepted, because Myelin
-// exits 2 on an unknown key inside a known section. When Myelin gains the real key, fix the name
-// here if it differs, and check the probe log line ("accepted") in a Complement run.
+// exits 2 on an unknown key. When Myelin gains the real key, fix the name here (and in
+// ../docker-entrypoint.sh) if it differs, and check the probe's log line ("accepted") in a run
+// with COMPLEMENT_DEBUG=1.
 var envGroups = []envGroup{
-	{name: "core", required: true, vars: func(s *server) map[string]string {
-		return map[string]string{
-			"MYELIN_SERVER_NAME":                      s.name,
-			"MYELIN_DATA_DIR":                         s.dataDir,
-			"MYELIN_LISTEN__CLIENT":                   s.ip + ":8008",
-			"MYELIN_LISTEN__FEDERATION":               s.ip + ":8448",
-			"MYELIN_TLS__CERTIFICATE":                 s.certPath,
-			"MYELIN_TLS__PRIVATE_KEY":                 s.keyPath,
-			"MYELIN_HTTP__SHUTDOWN_GRACE_PERIOD_SECS": "2",
-			"MYELIN_LOG__FILTER":                      s.d.logFilter(),
+	{name: "core", required: true, settings: func(s *server) []setting {
+		return []setting{
+			str("server_name", s.name),
+			str("data_dir", s.dataDir),
+			str("listen.client", s.ip+":8008"),
+			str("listen.federation", s.ip+":8448"),
+			str("tls.certificate", s.certPath),
+			str("tls.private_key", s.keyPath),
+			lit("http.shutdown_grace_period_secs", "2"),
+			str("log.filter", s.d.logFilter()),
 		}
 	}},
 	// Open registration with m.login.dummy and Synapse's shared-secret admin registration
 	// (Complement's client signs with the secret "complement").
-	{name: "registration", vars: func(s *server) map[string]string {
-		return map[string]string{
-			"MYELIN_REGISTRATION__ENABLED":       "true",
-			"MYELIN_REGISTRATION__SHARED_SECRET": "complement",
+	{name: "registration", settings: func(s *server) []setting {
+		return []setting{
+			lit("registration.enabled", "true"),
+			str("registration.shared_secret", "complement"),
 		}
 	}},
 	// The cheapest argon2 Myelin accepts: tests register thousands of users.
-	{name: "passwords", vars: func(s *server) map[string]string {
-		return map[string]string{
-			"MYELIN_PASSWORDS__MEMORY_KIB":  "8",
-			"MYELIN_PASSWORDS__ITERATIONS":  "1",
-			"MYELIN_PASSWORDS__PARALLELISM": "1",
+	{name: "passwords", settings: func(s *server) []setting {
+		return []setting{
+			lit("passwords.memory_kib", "8"),
+			lit("passwords.iterations", "1"),
+			lit("passwords.parallelism", "1"),
 		}
 	}},
 	// future: trust the run's CA for outbound federation TLS.
-	{name: "federation.ca (future)", vars: func(s *server) map[string]string {
-		return map[string]string{"MYELIN_FEDERATION__EXTRA_CA_CERTIFICATES": s.d.caPath}
+	{name: "federation.ca (future)", settings: func(s *server) []setting {
+		return []setting{lit("federation.extra_ca_certificates", "["+strconv.Quote(s.d.caPath)+"]")}
 	}},
 	// future: loopback destinations are private addresses; allow them.
-	{name: "federation.allow_private_addresses (future)", vars: func(s *server) map[string]string {
-		return map[string]string{"MYELIN_FEDERATION__ALLOW_PRIVATE_ADDRESSES": "true"}
+	{name: "federation.allow_private_addresses (future)", settings: func(s *server) []setting {
+		return []setting{lit("federation.allow_private_addresses", "true")}
 	}},
 	// future: hs1, hs2, ... and Complement's own federation servers (host.docker.internal on
-	// any port) without DNS, SRV or well-known. The value is a TOML inline table, which figment
-	// parses from an environment variable.
-	{name: "federation.destination_overrides (future)", vars: func(s *server) map[string]string {
-		return map[string]string{"MYELIN_FEDERATION__DESTINATION_OVERRIDES": s.d.destinationOverrides()}
+	// any port, listening on 127.0.0.1) without DNS, SRV or well-known.
+	{name: "federation.destination_overrides (future)", settings: func(s *server) []setting {
+		return []setting{lit("federation.destination_overrides", s.d.destinationOverrides())}
 	}},
 	// future: rate limits off.
-	{name: "rate_limits (future)", vars: func(s *server) map[string]string {
-		return map[string]string{"MYELIN_RATE_LIMITS__ENABLED": "false"}
+	{name: "rate_limits (future)", settings: func(s *server) []setting {
+		return []setting{lit("rate_limits.enabled", "false")}
 	}},
 	// future: the legacy unauthenticated /_matrix/media/v3 download endpoints, which many tests
 	// still use.
-	{name: "media.legacy (future)", vars: func(s *server) map[string]string {
-		return map[string]string{"MYELIN_MEDIA__LEGACY_UNAUTHENTICATED_ENDPOINTS": "true"}
+	{name: "media.legacy (future)", settings: func(s *server) []setting {
+		return []setting{lit("media.legacy_unauthenticated_endpoints", "true")}
 	}},
 }
 
@@ -94,20 +122,18 @@ var (
 	probeLog    []string
 )
 
-// probe runs `myelin check-config` with the core group plus each other group in turn. It needs
-// one server's values to fill in the variables; the answers do not depend on them.
+// probe runs `myelin --config FILE check-config` with the core group plus each other group in
+// turn. It needs one server's values to fill in the settings; the answers do not depend on them.
 func probe(s *server) (map[string]bool, []string, error) {
 	probeOnce.Do(func() {
 		probeGroups = map[string]bool{}
-		core := map[string]string{}
+		var core []setting
 		for _, g := range envGroups {
 			if g.required {
-				for k, v := range g.vars(s) {
-					core[k] = v
-				}
+				core = append(core, g.settings(s)...)
 			}
 		}
-		if out, err := checkConfig(s.d.binary, s.dataDir, core); err != nil {
+		if out, err := checkConfig(s, core); err != nil {
 			probeErr = fmt.Errorf("myelin check-config rejects the core settings: %v: %s", err, out)
 			return
 		}
@@ -116,14 +142,7 @@ func probe(s *server) (map[string]bool, []string, error) {
 				probeGroups[g.name] = true
 				continue
 			}
-			env := map[string]string{}
-			for k, v := range core {
-				env[k] = v
-			}
-			for k, v := range g.vars(s) {
-				env[k] = v
-			}
-			out, err := checkConfig(s.d.binary, s.dataDir, env)
+			out, err := checkConfig(s, append(append([]setting(nil), core...), g.settings(s)...))
 			probeGroups[g.name] = err == nil
 			if err == nil {
 				probeLog = append(probeLog, fmt.Sprintf("config group %q: accepted", g.name))
@@ -135,12 +154,17 @@ func probe(s *server) (map[string]bool, []string, error) {
 	return probeGroups, probeLog, probeErr
 }
 
-func checkConfig(binary, dir string, vars map[string]string) (string, error) {
+func checkConfig(s *server, settings []setting) (string, error) {
+	path := filepath.Join(s.dataDir, "..", "probe.toml")
+	if err := writeTOML(path, settings); err != nil {
+		return "", err
+	}
+	defer os.Remove(path)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, "check-config")
-	cmd.Env = baseEnv(vars)
-	cmd.Dir = dir
+	cmd := exec.CommandContext(ctx, s.d.binary, "--config", path, "check-config")
+	cmd.Env = baseEnv(nil)
+	cmd.Dir = s.dataDir
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
@@ -148,22 +172,37 @@ func checkConfig(binary, dir string, vars map[string]string) (string, error) {
 	return out.String(), err
 }
 
-// serverEnv is the environment one server starts with.
-func serverEnv(s *server) ([]string, error) {
+func writeTOML(path string, settings []setting) error {
+	var b strings.Builder
+	b.WriteString("# Written by complement/myelindeploy for one Complement homeserver.\n")
+	for _, st := range settings {
+		fmt.Fprintf(&b, "%s = %s\n", st.key, st.toml)
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// serverSettings are the settings of every group this Myelin accepts.
+func serverSettings(s *server) ([]setting, error) {
 	accepted, _, err := probe(s)
 	if err != nil {
 		return nil, err
 	}
-	vars := map[string]string{}
+	var settings []setting
 	for _, g := range envGroups {
-		if !accepted[g.name] {
-			continue
-		}
-		for k, v := range g.vars(s) {
-			vars[k] = v
+		if accepted[g.name] {
+			settings = append(settings, g.settings(s)...)
 		}
 	}
-	// COMPLEMENT_SHARE_ENV_PREFIX: pass chosen host variables through, prefix removed, last.
+	return settings, nil
+}
+
+// serverEnv is the environment one server starts with: the settings as MYELIN_* variables, then
+// COMPLEMENT_SHARE_ENV_PREFIX variables (prefix removed), which win.
+func serverEnv(s *server, settings []setting) []string {
+	vars := map[string]string{}
+	for _, st := range settings {
+		vars[st.envName()] = st.envValue()
+	}
 	if prefix := s.d.cfg.EnvVarsPropagatePrefix; prefix != "" {
 		for _, kv := range os.Environ() {
 			if strings.HasPrefix(kv, prefix) {
@@ -172,7 +211,7 @@ func serverEnv(s *server) ([]string, error) {
 			}
 		}
 	}
-	return baseEnv(vars), nil
+	return baseEnv(vars)
 }
 
 // baseEnv keeps only the few host variables a process needs, never any MYELIN_* or RUST_LOG

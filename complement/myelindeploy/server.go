@@ -81,16 +81,21 @@ func (s *server) pid() int {
 
 // start spawns `myelin serve` and waits for GET /_matrix/client/versions to answer 200.
 func (s *server) start(timeout time.Duration) error {
-	env, err := serverEnv(s)
+	settings, err := serverSettings(s)
 	if err != nil {
 		return err
 	}
+	configPath := filepath.Join(s.dataDir, "..", "complement.toml")
+	if err := writeTOML(configPath, settings); err != nil {
+		return err
+	}
+	env := serverEnv(s, settings)
 	logFile, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(logFile, "---- myelindeploy: starting %s at %s ----\n", s.name, time.Now().UTC().Format(time.RFC3339Nano))
-	cmd := exec.Command(s.d.binary, "serve")
+	cmd := exec.Command(s.d.binary, "--config", configPath, "serve")
 	cmd.Env = env
 	cmd.Dir = s.dataDir
 	cmd.Stdout = logFile

@@ -2,9 +2,12 @@
 """Helpers for complement/run.sh (standard library only).
 
   patch-mains DIR                  make every DIR/**/main_test.go pass WithDeployment(myelindeploy.Deploy)
-  stream RAW                       copy `go test -json` from stdin to RAW, print one line per finished top-level test
+  stream RAW                       append `go test -json` from stdin to RAW, print one line per finished top-level test
   reduce RAW OUT                   write sorted {"Action","Test"} lines (pass/fail/skip) to OUT
   counts FILE                      print pass/fail/skip counts of a results file
+  pending RAW PKG LIST SKIP_REGEX      after a crashed package run: append fail events for tests that started and never
+                                   ended, print the LIST tests (not matching SKIP_REGEX) that never started
+  causes RAW                       group the failing top-level tests by their first failing request or message
   check BASELINE FRESH SELECTED SKIP_REGEX
                                    exit 1 when a baseline "pass" line in scope is not a "pass" in FRESH;
                                    in scope: its top-level test is listed in SELECTED and not matched by SKIP_REGEX
@@ -51,7 +54,7 @@ def events(path):
 
 
 def stream(raw):
-    with open(raw, "w", encoding="utf-8") as out:
+    with open(raw, "a", encoding="utf-8") as out:
         for line in sys.stdin:
             out.write(line)
             out.flush()
@@ -73,6 +76,31 @@ def stream(raw):
                 print(f"{action.upper()} package {pkg} ({ev.get('Elapsed', 0):.0f}s)", flush=True)
             elif action == "output" and not test and ev.get("Output", "").startswith(("panic:", "FAIL\t", "# ")):
                 print(ev["Output"].rstrip("\n"), flush=True)
+
+
+def pending(raw, package, listfile, skip_regex):
+    listed = [l.strip() for l in pathlib.Path(listfile).read_text().splitlines() if l.strip()]
+    skip = re.compile(skip_regex)
+    started, ended = {}, set()
+    for ev in events(raw):
+        test = ev.get("Test")
+        if not test or ev.get("Package") != package:
+            continue
+        if ev.get("Action") == "run":
+            started[(ev.get("Package"), test)] = ev
+        elif ev.get("Action") in ("pass", "fail", "skip"):
+            ended.add((ev.get("Package"), test))
+    unfinished = [k for k in started if k not in ended]
+    if unfinished:
+        with open(raw, "a", encoding="utf-8") as f:
+            for pkg, test in unfinished:
+                f.write(json.dumps({"Action": "output", "Package": pkg, "Test": test,
+                                    "Output": "complement/run.sh: the test binary died while this test ran\n"}) + "\n")
+                f.write(json.dumps({"Action": "fail", "Package": pkg, "Test": test, "Elapsed": 0}) + "\n")
+                if "/" not in test:
+                    print(f"  FAIL {test} (the test binary died while it ran)", file=sys.stderr)
+    started_tops = {test for _, test in started}
+    print(" ".join(t for t in listed if t not in started_tops and not skip.search(t)))
 
 
 def load(path):
@@ -145,6 +173,46 @@ def check(baseline, fresh, selected, skip_regex):
           + (f"; {len(improvements)} newly passing (run complement/run.sh to update the baseline)" if improvements else ""))
 
 
+FAILURE_LINE = re.compile(r"returned non-2xx|timed out|failed|Fatal|[Ee]rror|expected|wanted|got ")
+ID_SEGMENT = re.compile(r"/(?:[!@#$+][^/]*|[^/]*%(?:3A|21|40|23|24)[^/]*)", re.IGNORECASE)
+
+
+def cause_of(line):
+    """A short, ID-free description of one failure line."""
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+    line = re.sub(r"^\S+\.go:\d+: ", "", line)
+    m = re.search(r"(GET|POST|PUT|DELETE) https?://[^/\s]+(/\S*) returned non-2xx code: (\d+)", line)
+    if m:
+        path = ID_SEGMENT.sub("/{id}", m.group(2).split("?")[0])
+        e = re.search(r'"errcode":\s*"([A-Z_]+)"', line)
+        return f"{m.group(1)} {path} -> {m.group(3)}" + (f" {e.group(1)}" if e else "")
+    line = re.sub(r"![A-Za-z0-9_-]+:\S+|@[^\s:]+:\S+|\$[A-Za-z0-9_-]+", "{id}", line)
+    line = re.sub(r"\d+(\.\d+)?(ms|s|µs)\b", "N", line)
+    return line[:140]
+
+
+def causes(raw):
+    failed = set()
+    first = {}
+    for ev in events(raw):
+        test = ev.get("Test")
+        if not test:
+            continue
+        top = test.split("/", 1)[0]
+        if ev.get("Action") == "fail" and "/" not in test:
+            failed.add(top)
+        if ev.get("Action") == "output" and top not in first:
+            out = ev.get("Output", "")
+            if FAILURE_LINE.search(out) and "myelindeploy" not in out and "--- FAIL" not in out and "=== " not in out:
+                first[top] = cause_of(out)
+    groups = {}
+    for top in sorted(failed):
+        groups.setdefault(first.get(top, "(no failure message)"), []).append(top)
+    for cause, tests in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        print(f"{len(tests):4}  {cause}")
+        print("      " + " ".join(tests))
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -157,6 +225,10 @@ def main(argv):
         reduce(*args)
     elif cmd == "counts" and len(args) == 1:
         counts(*args)
+    elif cmd == "pending" and len(args) == 4:
+        pending(*args)
+    elif cmd == "causes" and len(args) == 1:
+        causes(*args)
     elif cmd == "check" and len(args) == 4:
         check(*args)
     else:

@@ -6,12 +6,10 @@ use std::collections::BTreeMap;
 use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
 use myelin_store::{Store, StoredSigningKey};
 use ruma::api::federation::discovery::ServerSigningKeys;
-use ruma::{
-    OwnedServerName,
-    canonical_json::{CanonicalJsonObject, CanonicalJsonValue},
-    serde::Raw,
-    signatures::Ed25519KeyPair,
+use myelin_room_version::{
+    CanonicalJsonObject, CanonicalJsonValue, EventSigner, KeyPair, signing::sign_json,
 };
+use ruma::{OwnedServerName, serde::Raw};
 use serde_json::json;
 
 use crate::{now_millis, secrets::Sealer};
@@ -42,9 +40,9 @@ struct OldKey {
 /// The server's signing identity.
 pub struct ServerKeys {
     server_name: OwnedServerName,
-    /// The current key's id without the algorithm (`a_Xy12`).
-    version: String,
-    key_pair: Ed25519KeyPair,
+    /// `ed25519:<version>`.
+    key_id: String,
+    key_pair: KeyPair,
     old_keys: Vec<OldKey>,
 }
 
@@ -88,9 +86,11 @@ impl ServerKeys {
                 key
             }
         };
-        let der = sealer.open(&current.private_key_enc)?;
-        let key_pair = Ed25519KeyPair::from_der(&der, current.key_id.clone())
-            .map_err(|e| ServerKeyError::Damaged(current.key_id.clone(), e.to_string()))?;
+        let seed: [u8; 32] = sealer
+            .open(&current.private_key_enc)?
+            .try_into()
+            .map_err(|_| ServerKeyError::Damaged(current.key_id.clone(), "not a 32-byte seed".to_owned()))?;
+        let key_pair = KeyPair::from_seed(&seed);
         if key_pair.public_key().as_slice() != current.public_key.as_slice() {
             return Err(ServerKeyError::Damaged(
                 current.key_id,
@@ -99,29 +99,36 @@ impl ServerKeys {
         }
         Ok(ServerKeys {
             server_name,
-            version: current.key_id,
+            key_id: format!("ed25519:{}", current.key_id),
             key_pair,
             old_keys,
         })
     }
 
     fn generate(sealer: &Sealer) -> Result<StoredSigningKey, ServerKeyError> {
-        let der = Ed25519KeyPair::generate();
-        let version = format!("a_{}", random_alphanumeric(4));
-        let key_pair = Ed25519KeyPair::from_der(&der, version.clone())
-            .map_err(|e| ServerKeyError::Damaged(version.clone(), e.to_string()))?;
+        let seed: [u8; 32] = rand::random();
+        let key_pair = KeyPair::from_seed(&seed);
         Ok(StoredSigningKey {
-            key_id: version,
+            key_id: format!("a_{}", random_alphanumeric(4)),
             public_key: key_pair.public_key().to_vec(),
-            private_key_enc: sealer.seal(&der),
+            private_key_enc: sealer.seal(&seed),
             created_ts: now_millis(),
             expired_ts: None,
         })
     }
 
     /// The current key id, `ed25519:<version>`.
-    pub fn key_id(&self) -> String {
-        format!("ed25519:{}", self.version)
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The signer for events this server builds in rooms signed by server keys.
+    pub fn event_signer(&self) -> EventSigner<'_> {
+        EventSigner::Server {
+            server_name: self.server_name.as_str(),
+            key_id: &self.key_id,
+            key: &self.key_pair,
+        }
     }
 
     /// The current public key, unpadded standard base64 as the spec publishes it.
@@ -131,14 +138,14 @@ impl ServerKeys {
 
     /// Signs `object` in place as this server (adds to `signatures.<server_name>`).
     pub fn sign_json(&self, object: &mut CanonicalJsonObject) {
-        ruma::signatures::sign_json(self.server_name.as_str(), &self.key_pair, object)
-            .expect("signing a canonical JSON object cannot fail");
+        sign_json(object, self.server_name.as_str(), &self.key_id, &self.key_pair)
+            .expect("signing a canonical JSON object with an object `signatures` cannot fail");
     }
 
     /// The signed key object for `GET /_matrix/key/v2/server`, valid for [`KEY_VALIDITY_MS`].
     pub fn server_key_object(&self) -> Raw<ServerSigningKeys> {
         let mut verify_keys = BTreeMap::new();
-        verify_keys.insert(self.key_id(), json!({ "key": self.public_key_base64() }));
+        verify_keys.insert(self.key_id.clone(), json!({ "key": self.public_key_base64() }));
         let old_verify_keys: BTreeMap<String, serde_json::Value> = self
             .old_keys
             .iter()

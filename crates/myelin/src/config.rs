@@ -9,18 +9,15 @@ use figment::{
 };
 use myelin_service::Config;
 
-/// The top-level keys, so that unrelated `MYELIN_*` variables (such as the test harness's
-/// `MYELIN_TEST_DATABASE_URL`) are not mistaken for configuration.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "server_name",
-    "data_dir",
-    "database",
-    "listen",
-    "tls",
-    "well_known",
-    "http",
-    "log",
-];
+/// The top-level keys of the configuration, taken from the type itself so that a new section
+/// can never be forgotten here. Environment variables outside them (such as the test harness's
+/// `MYELIN_TEST_DATABASE_URL`) are not configuration and are ignored rather than rejected.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
 /// A configuration that cannot be used, described in one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,11 +41,10 @@ fn load_from(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
         })?;
         figment = figment.merge(Toml::string(&text));
     }
-    let env = env.split("__").filter(|key| {
+    let known = top_level_keys();
+    let env = env.split("__").filter(move |key| {
         let top = key.as_str().split('.').next().unwrap_or_default();
-        TOP_LEVEL_KEYS
-            .iter()
-            .any(|known| top.eq_ignore_ascii_case(known))
+        known.iter().any(|known| top.eq_ignore_ascii_case(known))
     });
     figment = figment.merge(env);
     let config: Config = figment.extract().map_err(|err| describe(err, path))?;
@@ -176,6 +172,31 @@ mod tests {
             assert_eq!(config.server_name.as_str(), "env.example");
             assert_eq!(config.database.max_connections, 3);
             assert_eq!(config.listen.client.to_string(), "127.0.0.9:9999");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_section_can_be_set_from_the_environment() {
+        let sections = top_level_keys();
+        for section in ["registration", "passwords", "sessions", "database", "http"] {
+            assert!(
+                sections.iter().any(|s| s == section),
+                "{section} missing from {sections:?}"
+            );
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MYELIN_REGISTRATION__ENABLED", "maybe");
+            let err = load(None).unwrap_err();
+            assert!(err.0.contains("key `registration.enabled`"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MYELIN_REGISTRATION__ENABLED", "true");
+            jail.set_env("MYELIN_PASSWORDS__ITERATIONS", "3");
+            let config = load(None).map_err(|e| e.0)?;
+            assert!(config.registration.enabled);
+            assert_eq!(config.passwords.iterations, 3);
             Ok(())
         });
     }

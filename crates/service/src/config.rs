@@ -5,10 +5,10 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use ruma::OwnedServerName;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration. Unknown keys are errors, so a typo never passes silently.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The server name that ends every user ID and room alias on this server.
@@ -46,7 +46,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `postgres://...` for PostgreSQL, `sqlite://PATH` for SQLite. Unset: `myelin.db` in
@@ -64,7 +64,7 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Plain HTTP: the client API, well-known, health and metrics.
@@ -82,7 +82,7 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain for the federation listener. Unset (with `private_key` unset): a
@@ -92,7 +92,7 @@ pub struct TlsConfig {
     pub private_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WellKnownConfig {
     /// The base URL `/.well-known/matrix/client` points clients at. Unset: 404.
@@ -101,7 +101,7 @@ pub struct WellKnownConfig {
     pub server: Option<OwnedServerName>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// The largest request body accepted, in bytes; larger ones get 413 `M_TOO_LARGE`.
@@ -119,7 +119,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter, e.g. `info` or `myelin_api=debug,info`. `RUST_LOG` overrides it.
@@ -137,14 +137,14 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// Open registration through `/register`. Off: 403 `M_FORBIDDEN` (shared-secret and CLI
@@ -157,7 +157,7 @@ pub struct RegistrationConfig {
 }
 
 /// argon2id cost. The defaults are OWASP's minimum recommendation; tests turn them down.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PasswordConfig {
     pub memory_kib: u32,
@@ -175,7 +175,7 @@ impl Default for PasswordConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// Lifetime of access tokens issued to clients that asked for a refresh token, in seconds.

@@ -6,7 +6,8 @@
 //! format checks, canonical JSON, content and reference hashes, event ids and v12 room ids,
 //! redaction, signing and signature checks (server keys and MSC4243 account keys), the strict
 //! account-key grammar, the authorisation rules and auth-events selection, state resolution v2
-//! and v2.1, and the client projection of account-key rooms. ruma supplies the primitives and
+//! and v2.1, the client projection of account-key rooms, the account-key invite handshake and
+//! the rule for serving redactions. ruma supplies the primitives and
 //! the auth/state-res algorithms; the API here is ours, so callers never touch ruma's state-res
 //! types.
 //!

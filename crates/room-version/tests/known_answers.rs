@@ -199,3 +199,98 @@ fn redaction_differs_between_v10_and_v11() {
         json!({"join_rule": "restricted", "allow": []})
     );
 }
+
+mod differential {
+    //! Our hashes and signatures against ruma-signatures' independent implementation, on
+    //! arbitrary events.
+    use super::common::{build, keypair, v};
+    use myelin_room_version::canonical::{content_hash, event_id, value_to_object};
+    use myelin_room_version::verify::{ServerKey, ServerKeys, Verified, verify_pdu};
+    use proptest::prelude::*;
+    use ruma::RoomVersionId;
+    use serde_json::{Value, json};
+
+    fn content() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map(
+            "[a-z_.]{1,10}",
+            prop_oneof![
+                any::<i32>().prop_map(|i| json!(i)),
+                ".{0,20}".prop_map(Value::String),
+                any::<bool>().prop_map(Value::Bool),
+                prop::collection::vec("[a-z@:.]{0,12}".prop_map(Value::String), 0..4)
+                    .prop_map(Value::Array),
+            ],
+            0..6,
+        )
+        .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hashes_and_ids_match_ruma(
+            kind in prop::sample::select(vec!["m.room.message", "m.room.member", "m.room.create",
+                "m.room.power_levels", "m.room.join_rules", "m.room.redaction", "org.example"]),
+            content in content(),
+            state_key in prop::option::of("[a-z@:.]{0,12}"),
+            ts in 0u64..4_000_000_000_000,
+        ) {
+            for (ours, theirs) in [("10", RoomVersionId::V10), ("11", RoomVersionId::V11), ("12", RoomVersionId::V12)] {
+                let mut e = json!({"type": kind, "sender": "@a:x.example", "room_id": "!r:x.example",
+                    "content": content, "origin_server_ts": ts, "depth": 5, "prev_events": ["$p"],
+                    "auth_events": [], "origin": "x.example", "hashes": {"sha256": "x"}, "signatures": {},
+                    "unsigned": {"age": 1}});
+                if let Some(k) = &state_key {
+                    e["state_key"] = json!(k);
+                }
+                let obj = value_to_object(e).unwrap();
+                let rules = theirs.rules().unwrap();
+                let ruma_ref = ruma::signatures::reference_hash(&obj, &rules).unwrap();
+                prop_assert_eq!(event_id(&obj, v(ours)).unwrap(), format!("${ruma_ref}"));
+                let ruma_content = ruma::signatures::content_hash(&obj).unwrap();
+                prop_assert_eq!(content_hash(&obj), ruma_content.encode());
+            }
+        }
+
+        #[test]
+        fn signatures_verify_like_ruma(content in content(), tamper in 0u8..3) {
+            let key = keypair(20);
+            let pdu = build(v("12"), &key, json!({"type": "m.room.message",
+                "room_id": "!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                "sender": "@alice:b.example", "content": content}));
+            let mut obj = pdu.json().clone();
+            // 0: untouched; 1: content changed (hash breaks, signature holds); 2: a signed field
+            // changed (signature breaks).
+            match tamper {
+                1 => {
+                    let mut c = ruma::CanonicalJsonObject::new();
+                    c.insert("body".into(), ruma::CanonicalJsonValue::String("tampered".into()));
+                    obj.insert("content".into(), ruma::CanonicalJsonValue::Object(c));
+                }
+                2 => {
+                    obj.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(7u8.into()));
+                }
+                _ => {}
+            }
+            let pdu = myelin_room_version::pdu::Pdu::from_canonical(obj.clone(), v("12")).unwrap();
+            let mut keys = ServerKeys::new();
+            keys.entry("b.example".into()).or_default().insert(
+                "ed25519:test".into(),
+                ServerKey { key: myelin_room_version::PublicKey::from_bytes(&key.public_key()).unwrap(), valid_until_ts: u64::MAX },
+            );
+            let ours = verify_pdu(&pdu, v("12"), &keys);
+            let mut ruma_keys = std::collections::BTreeMap::new();
+            let mut set = std::collections::BTreeMap::new();
+            set.insert("ed25519:test".to_owned(), ruma::serde::Base64::new(key.public_key().to_vec()));
+            ruma_keys.insert("b.example".to_owned(), set);
+            let theirs = ruma::signatures::verify_event(&ruma_keys, &obj, &RoomVersionId::V12.rules().unwrap());
+            match (ours, theirs) {
+                (Ok(Verified::All), Ok(ruma::signatures::Verified::All)) => {}
+                (Ok(Verified::SignaturesOnly), Ok(ruma::signatures::Verified::Signatures)) => {}
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "disagree: ours {:?}, ruma {:?}", a, b),
+            }
+        }
+    }
+}

@@ -115,6 +115,19 @@ impl From<ServiceError> for MatrixError {
             }
             ServiceError::BadJson(_) => Self::new(S::BAD_REQUEST, ErrorKind::BadJson, message),
             ServiceError::NotFound(_) => Self::new(S::NOT_FOUND, ErrorKind::NotFound, message),
+            ServiceError::ServerManagedAccountData(_) => {
+                Self::new(S::METHOD_NOT_ALLOWED, ErrorKind::BadJson, message)
+            }
+            ServiceError::Unknown(_) => Self::new(S::BAD_REQUEST, ErrorKind::Unknown, message),
+            ServiceError::TooLarge(_) => {
+                Self::new(S::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge, message)
+            }
+            ServiceError::UnsupportedRoomVersion(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, message)
+            }
+            ServiceError::UnableToAuthoriseJoin(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::UnableToAuthorizeJoin, message)
+            }
             ServiceError::MissingToken => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
             }

@@ -128,11 +128,20 @@ where
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         // Values come percent-decoded, which is what ruma expects.
-        let path_args: Vec<String> =
+        let mut path_args: Vec<String> =
             match RawPathParams::from_request_parts(&mut parts, state).await {
                 Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
                 Err(_) => Vec::new(),
             };
+        // The route registered for an empty last parameter (`/state/{type}/`): ruma still
+        // expects it, as an empty string.
+        if parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| p.as_str().ends_with('/'))
+        {
+            path_args.push(String::new());
+        }
         let limit = state.services.config.http.max_request_size;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
             if is_length_limit(&err) {
@@ -205,17 +214,25 @@ impl RumaRouterExt for Router<AppState> {
             .unwrap_or_else(|_| panic!("ruma endpoint with unroutable method {}", R::METHOD));
         let mut router = self;
         for path in R::PATH_BUILDER.all_paths() {
-            let handler = handler.clone();
-            router = router.route(
-                path,
-                on(
-                    filter,
-                    move |State(state): State<AppState>, request: Ruma<R>| {
-                        let handler = handler.clone();
-                        async move { handler(state, request).await.map(RumaResponse) }
-                    },
-                ),
-            );
+            // A path ending in a parameter is also served with that parameter empty (clients
+            // address the empty state key as `/state/{type}/`), which axum would not match.
+            let empty_last = path
+                .rsplit_once('/')
+                .filter(|(_, last)| last.starts_with('{') && last.ends_with('}'))
+                .map(|(prefix, _)| format!("{prefix}/"));
+            for route in std::iter::once(path.to_owned()).chain(empty_last) {
+                let handler = handler.clone();
+                router = router.route(
+                    &route,
+                    on(
+                        filter,
+                        move |State(state): State<AppState>, request: Ruma<R>| {
+                            let handler = handler.clone();
+                            async move { handler(state, request).await.map(RumaResponse) }
+                        },
+                    ),
+                );
+            }
         }
         router
     }

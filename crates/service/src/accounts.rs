@@ -233,6 +233,9 @@ impl Accounts {
                 myelin_store::StoreError::Conflict(_) => Error::UserInUse,
                 other => other.into(),
             })?;
+        self.store
+            .create_profile(&row.user_id, &row.localpart)
+            .await?;
         tracing::info!(%user_id, admin = request.admin, "registered a user");
         let session = if request.inhibit_login {
             None

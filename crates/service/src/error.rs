@@ -20,6 +20,20 @@ pub enum Error {
     BadJson(String),
     #[error("{0}")]
     NotFound(String),
+    /// Account data of a type the server manages (405 `M_BAD_JSON`).
+    #[error("{0}")]
+    ServerManagedAccountData(String),
+    /// A 400 the spec gives no more specific code (`M_UNKNOWN`).
+    #[error("{0}")]
+    Unknown(String),
+    /// The event would be larger than the spec allows (`M_TOO_LARGE`).
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    /// A restricted join no local user can authorise (`M_UNABLE_TO_AUTHORISE_JOIN`).
+    #[error("{0}")]
+    UnableToAuthoriseJoin(String),
     #[error("Missing access token")]
     MissingToken,
     #[error("Unknown or expired access token")]

@@ -12,11 +12,14 @@ pub mod accounts;
 pub mod config;
 mod error;
 pub mod passwords;
+pub mod profiles;
+pub mod rooms;
 pub mod secrets;
 pub mod server_keys;
 mod services;
 pub mod tokens;
 pub mod uia;
+pub mod user_data;
 
 pub use config::Config;
 pub use error::{Error, Result};

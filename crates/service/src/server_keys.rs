@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
-use myelin_store::{Store, StoredSigningKey};
-use ruma::api::federation::discovery::ServerSigningKeys;
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, EventSigner, KeyPair, signing::sign_json,
 };
+use myelin_store::{Store, StoredSigningKey};
+use ruma::api::federation::discovery::ServerSigningKeys;
 use ruma::{OwnedServerName, serde::Raw};
 use serde_json::json;
 
@@ -89,7 +89,9 @@ impl ServerKeys {
         let seed: [u8; 32] = sealer
             .open(&current.private_key_enc)?
             .try_into()
-            .map_err(|_| ServerKeyError::Damaged(current.key_id.clone(), "not a 32-byte seed".to_owned()))?;
+            .map_err(|_| {
+                ServerKeyError::Damaged(current.key_id.clone(), "not a 32-byte seed".to_owned())
+            })?;
         let key_pair = KeyPair::from_seed(&seed);
         if key_pair.public_key().as_slice() != current.public_key.as_slice() {
             return Err(ServerKeyError::Damaged(
@@ -138,14 +140,22 @@ impl ServerKeys {
 
     /// Signs `object` in place as this server (adds to `signatures.<server_name>`).
     pub fn sign_json(&self, object: &mut CanonicalJsonObject) {
-        sign_json(object, self.server_name.as_str(), &self.key_id, &self.key_pair)
-            .expect("signing a canonical JSON object with an object `signatures` cannot fail");
+        sign_json(
+            object,
+            self.server_name.as_str(),
+            &self.key_id,
+            &self.key_pair,
+        )
+        .expect("signing a canonical JSON object with an object `signatures` cannot fail");
     }
 
     /// The signed key object for `GET /_matrix/key/v2/server`, valid for [`KEY_VALIDITY_MS`].
     pub fn server_key_object(&self) -> Raw<ServerSigningKeys> {
         let mut verify_keys = BTreeMap::new();
-        verify_keys.insert(self.key_id.clone(), json!({ "key": self.public_key_base64() }));
+        verify_keys.insert(
+            self.key_id.clone(),
+            json!({ "key": self.public_key_base64() }),
+        );
         let old_verify_keys: BTreeMap<String, serde_json::Value> = self
             .old_keys
             .iter()

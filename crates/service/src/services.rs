@@ -32,8 +32,11 @@ pub enum StartError {
 pub struct Services {
     pub config: Config,
     pub store: Store,
-    pub server_keys: ServerKeys,
+    pub server_keys: Arc<ServerKeys>,
     pub accounts: Accounts,
+    pub rooms: crate::rooms::Rooms,
+    pub user_data: crate::user_data::UserData,
+    pub profiles: crate::profiles::Profiles,
 }
 
 impl Services {
@@ -63,7 +66,16 @@ impl Services {
             config.passwords.clone(),
             config.sessions.clone(),
         );
+        let server_keys = Arc::new(server_keys);
+        let rooms = crate::rooms::Rooms::new(
+            store.clone(),
+            config.server_name.clone(),
+            server_keys.clone(),
+        );
         Ok(Arc::new(Services {
+            rooms,
+            user_data: crate::user_data::UserData::new(store.clone()),
+            profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             config,
             store,
             server_keys,

@@ -16,11 +16,15 @@
 
 pub mod accounts;
 mod error;
+pub mod rooms;
 pub mod server_keys;
 mod store;
 pub mod test_support;
+pub mod user_data;
 
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use error::StoreError;
+pub use rooms::{EventRow, NewEvent, Persisted, RoomHead, RoomRow};
 pub use server_keys::StoredSigningKey;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
+pub use user_data::{AccountDataRow, ProfileRow};

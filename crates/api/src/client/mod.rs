@@ -1,10 +1,17 @@
 //! The client-server API (plain HTTP listener).
 
 mod account;
+mod account_data;
+mod capabilities;
 mod device;
 mod discovery;
+mod filter;
+mod profile;
+mod push_rules;
+mod rooms;
 mod session;
 mod uia;
+mod voip;
 
 use axum::Router;
 
@@ -15,4 +22,15 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(account::routes())
         .merge(session::routes())
         .merge(device::routes())
+        .merge(rooms::routes())
+        .merge(
+            filter::routes()
+                .merge(account_data::routes())
+                .merge(push_rules::routes()),
+        )
+        .merge(
+            capabilities::routes()
+                .merge(voip::routes())
+                .merge(profile::routes()),
+        )
 }

@@ -1,0 +1,545 @@
+//! Rooms over the client API: `createRoom`, membership (join, leave, invite, kick, ban, unban,
+//! knock, forget, joined rooms), sending messages and state, and reading state, events, members
+//! and timeline pages. Each handler translates and calls `myelin_service::rooms`.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use myelin_service::{
+    Error as ServiceError,
+    rooms::{CreateRoom, Direction, MembersFilter, PageRequest, Preset, events::LocalEvent},
+};
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId,
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_members, joined_rooms, kick_user, leave_room, unban_user,
+        },
+        message::{get_message_events, send_message_event},
+        redact::redact_event,
+        room::{Visibility, create_room, get_room_event},
+        state::{get_state_event_for_key, get_state_events, send_state_event},
+    },
+    serde::Raw,
+};
+use serde_json::{Value, json};
+
+use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .ruma(create)
+        .ruma(join_by_id)
+        .ruma(join_by_id_or_alias)
+        .ruma(leave)
+        .ruma(invite)
+        .ruma(kick)
+        .ruma(ban)
+        .ruma(unban)
+        .ruma(knock)
+        .ruma(forget)
+        .ruma(rooms_joined)
+        .ruma(send_message)
+        .ruma(send_state)
+        .ruma(get_state)
+        .ruma(get_state_for_key)
+        .ruma(get_event)
+        .ruma(members)
+        .ruma(members_joined)
+        .ruma(messages)
+        .ruma(redact)
+}
+
+fn raw<T>(value: Value) -> Result<Raw<T>, MatrixError> {
+    serde_json::value::to_raw_value(&value)
+        .map(Raw::from_json)
+        .map_err(|e| MatrixError::internal(e.to_string()))
+}
+
+fn parse_object(
+    raw: &impl serde::Serialize,
+    what: &str,
+) -> Result<serde_json::Map<String, Value>, MatrixError> {
+    match serde_json::to_value(raw) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ServiceError::BadJson(format!("{what} must be a JSON object")).into()),
+    }
+}
+
+async fn create(
+    state: AppState,
+    request: Ruma<create_room::v3::Request>,
+) -> Result<create_room::v3::Response, MatrixError> {
+    let body = request.body;
+    if !body.invite_3pid.is_empty() {
+        return Err(
+            ServiceError::Forbidden("Third-party invites are not supported".to_owned()).into(),
+        );
+    }
+    if body.room_alias_name.is_some() {
+        return Err(
+            ServiceError::InvalidParam("Room aliases are not supported yet".to_owned()).into(),
+        );
+    }
+    let preset = body.preset.as_ref().map(|p| match p.as_str() {
+        "public_chat" => Ok(Preset::PublicChat),
+        "trusted_private_chat" => Ok(Preset::TrustedPrivateChat),
+        "private_chat" => Ok(Preset::PrivateChat),
+        other => Err(ServiceError::InvalidParam(format!(
+            "Unknown preset {other}"
+        ))),
+    });
+    let preset = preset.transpose()?;
+    let mut initial_state = Vec::new();
+    for event in &body.initial_state {
+        let event = parse_object(event, "initial_state events")?;
+        let event_type = event
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ServiceError::BadJson("initial_state event without type".to_owned()))?;
+        let state_key = event
+            .get("state_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
+        initial_state.push((event_type.to_owned(), state_key.to_owned(), content));
+    }
+    let room_id = state
+        .services
+        .rooms
+        .create_room(
+            &request.identity.user_id,
+            CreateRoom {
+                room_version: body.room_version.map(|v| v.to_string()),
+                preset,
+                public: body.visibility == Visibility::Public,
+                name: body.name,
+                topic: body.topic,
+                invite: body.invite,
+                is_direct: body.is_direct,
+                initial_state,
+                creation_content: body
+                    .creation_content
+                    .as_ref()
+                    .map(|c| parse_object(c, "creation_content"))
+                    .transpose()?,
+                power_level_content_override: body
+                    .power_level_content_override
+                    .as_ref()
+                    .map(|c| parse_object(c, "power_level_content_override"))
+                    .transpose()?,
+            },
+        )
+        .await?;
+    Ok(create_room::v3::Response::new(room_id_of(&room_id)?))
+}
+
+fn room_id_of(room_id: &str) -> Result<OwnedRoomId, MatrixError> {
+    RoomId::parse(room_id).map_err(|e| MatrixError::internal(format!("bad room id {room_id}: {e}")))
+}
+
+async fn join_by_id(
+    state: AppState,
+    request: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response, MatrixError> {
+    let body = request.body;
+    let room_id = state
+        .services
+        .rooms
+        .join(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(join_room_by_id::v3::Response::new(room_id_of(&room_id)?))
+}
+
+async fn join_by_id_or_alias(
+    state: AppState,
+    request: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
+    let body = request.body;
+    let room_id = room_of(&body.room_id_or_alias)?;
+    let joined = state
+        .services
+        .rooms
+        .join(&request.identity.user_id, &room_id, body.reason.as_deref())
+        .await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id_of(
+        &joined,
+    )?))
+}
+
+fn room_of(room_or_alias: &RoomOrAliasId) -> Result<String, MatrixError> {
+    if room_or_alias.is_room_id() {
+        Ok(room_or_alias.to_string())
+    } else {
+        Err(ServiceError::NotFound(format!(
+            "Room alias {room_or_alias} not found (aliases are not supported yet)"
+        ))
+        .into())
+    }
+}
+
+async fn leave(
+    state: AppState,
+    request: Ruma<leave_room::v3::Request>,
+) -> Result<leave_room::v3::Response, MatrixError> {
+    let body = request.body;
+    state
+        .services
+        .rooms
+        .leave(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+async fn invite(
+    state: AppState,
+    request: Ruma<invite_user::v3::Request>,
+) -> Result<invite_user::v3::Response, MatrixError> {
+    let body = request.body;
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = body.recipient else {
+        return Err(
+            ServiceError::Forbidden("Third-party invites are not supported".to_owned()).into(),
+        );
+    };
+    state
+        .services
+        .rooms
+        .invite(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            &recipient.user_id,
+            recipient.reason.as_deref(),
+            false,
+        )
+        .await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+async fn kick(
+    state: AppState,
+    request: Ruma<kick_user::v3::Request>,
+) -> Result<kick_user::v3::Response, MatrixError> {
+    let body = request.body;
+    state
+        .services
+        .rooms
+        .set_membership_of(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            &body.user_id,
+            "leave",
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+async fn ban(
+    state: AppState,
+    request: Ruma<ban_user::v3::Request>,
+) -> Result<ban_user::v3::Response, MatrixError> {
+    let body = request.body;
+    state
+        .services
+        .rooms
+        .set_membership_of(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            &body.user_id,
+            "ban",
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+async fn unban(
+    state: AppState,
+    request: Ruma<unban_user::v3::Request>,
+) -> Result<unban_user::v3::Response, MatrixError> {
+    let body = request.body;
+    state
+        .services
+        .rooms
+        .unban(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            &body.user_id,
+            body.reason.as_deref(),
+        )
+        .await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+async fn knock(
+    state: AppState,
+    request: Ruma<knock_room::v3::Request>,
+) -> Result<knock_room::v3::Response, MatrixError> {
+    let body = request.body;
+    let room_id = room_of(&body.room_id_or_alias)?;
+    let knocked = state
+        .services
+        .rooms
+        .knock(&request.identity.user_id, &room_id, body.reason.as_deref())
+        .await?;
+    Ok(knock_room::v3::Response::new(room_id_of(&knocked)?))
+}
+
+async fn forget(
+    state: AppState,
+    request: Ruma<forget_room::v3::Request>,
+) -> Result<forget_room::v3::Response, MatrixError> {
+    state
+        .services
+        .rooms
+        .forget(&request.identity.user_id, request.body.room_id.as_str())
+        .await?;
+    Ok(forget_room::v3::Response::new())
+}
+
+async fn rooms_joined(
+    state: AppState,
+    request: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response, MatrixError> {
+    let rooms = state
+        .services
+        .rooms
+        .joined_rooms(&request.identity.user_id)
+        .await?;
+    Ok(joined_rooms::v3::Response::new(
+        rooms
+            .iter()
+            .map(|r| room_id_of(r))
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+async fn send_message(
+    state: AppState,
+    request: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response, MatrixError> {
+    let user = request.identity;
+    let body = request.body;
+    let room = state.services.rooms.room(body.room_id.as_str()).await?;
+    let content: Value = serde_json::from_str(body.body.json().get())
+        .map_err(|e| ServiceError::BadJson(e.to_string()))?;
+    if !content.is_object() {
+        return Err(ServiceError::BadJson("Event content must be a JSON object".to_owned()).into());
+    }
+    let event_type = body.event_type.to_string();
+    let event_id = state
+        .services
+        .rooms
+        .send(
+            &room,
+            &user.user_id,
+            LocalEvent {
+                event_type: &event_type,
+                state_key: None,
+                content,
+                redacts: None,
+                txn: Some((user.device_id.as_str(), body.txn_id.as_str())),
+            },
+        )
+        .await?;
+    Ok(send_message_event::v3::Response::new(event_id_of(
+        &event_id,
+    )?))
+}
+
+fn event_id_of(event_id: &str) -> Result<ruma::OwnedEventId, MatrixError> {
+    ruma::EventId::parse(event_id)
+        .map_err(|e| MatrixError::internal(format!("bad event id {event_id}: {e}")))
+}
+
+async fn send_state(
+    state: AppState,
+    request: Ruma<send_state_event::v3::Request>,
+) -> Result<send_state_event::v3::Response, MatrixError> {
+    let user = request.identity;
+    let body = request.body;
+    let room = state.services.rooms.room(body.room_id.as_str()).await?;
+    let content: Value = serde_json::from_str(body.body.json().get())
+        .map_err(|e| ServiceError::BadJson(e.to_string()))?;
+    if !content.is_object() {
+        return Err(ServiceError::BadJson("Event content must be a JSON object".to_owned()).into());
+    }
+    let event_type = body.event_type.to_string();
+    let event_id = state
+        .services
+        .rooms
+        .send(
+            &room,
+            &user.user_id,
+            LocalEvent {
+                event_type: &event_type,
+                state_key: Some(&body.state_key),
+                content,
+                redacts: None,
+                txn: None,
+            },
+        )
+        .await?;
+    Ok(send_state_event::v3::Response::new(event_id_of(&event_id)?))
+}
+
+async fn get_state(
+    state: AppState,
+    request: Ruma<get_state_events::v3::Request>,
+) -> Result<get_state_events::v3::Response, MatrixError> {
+    let events = state
+        .services
+        .rooms
+        .state(&request.identity.user_id, request.body.room_id.as_str())
+        .await?;
+    Ok(get_state_events::v3::Response::new(
+        events.into_iter().map(raw).collect::<Result<_, _>>()?,
+    ))
+}
+
+async fn get_state_for_key(
+    state: AppState,
+    request: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<get_state_event_for_key::v3::Response, MatrixError> {
+    let body = request.body;
+    let event = state
+        .services
+        .rooms
+        .state_event(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            &body.event_type.to_string(),
+            &body.state_key,
+        )
+        .await?;
+    let value = match body.format {
+        get_state_event_for_key::v3::StateEventFormat::Event => event,
+        _ => event["content"].clone(),
+    };
+    let raw = serde_json::value::to_raw_value(&value)
+        .map_err(|e| MatrixError::internal(e.to_string()))?;
+    Ok(get_state_event_for_key::v3::Response::new(raw))
+}
+
+async fn get_event(
+    state: AppState,
+    request: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response, MatrixError> {
+    let body = request.body;
+    let event = state
+        .services
+        .rooms
+        .event(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            body.event_id.as_str(),
+        )
+        .await?;
+    Ok(get_room_event::v3::Response::new(raw(event)?))
+}
+
+async fn members(
+    state: AppState,
+    request: Ruma<ruma::api::client::membership::get_member_events::v3::Request>,
+) -> Result<ruma::api::client::membership::get_member_events::v3::Response, MatrixError> {
+    let body = request.body;
+    let filter = MembersFilter {
+        membership: body.membership.map(|m| m.to_string()),
+        not_membership: body.not_membership.map(|m| m.to_string()),
+    };
+    let events = state
+        .services
+        .rooms
+        .members(&request.identity.user_id, body.room_id.as_str(), &filter)
+        .await?;
+    Ok(
+        ruma::api::client::membership::get_member_events::v3::Response::new(
+            events.into_iter().map(raw).collect::<Result<_, _>>()?,
+        ),
+    )
+}
+
+async fn members_joined(
+    state: AppState,
+    request: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response, MatrixError> {
+    let joined = state
+        .services
+        .rooms
+        .joined_members(&request.identity.user_id, request.body.room_id.as_str())
+        .await?;
+    let mut map = BTreeMap::new();
+    for (user_id, display_name, avatar_url) in joined {
+        let Ok(user_id) = OwnedUserId::try_from(user_id) else {
+            continue;
+        };
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = display_name;
+        member.avatar_url = avatar_url.map(Into::into);
+        map.insert(user_id, member);
+    }
+    Ok(joined_members::v3::Response::new(map))
+}
+
+async fn messages(
+    state: AppState,
+    request: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response, MatrixError> {
+    let body = request.body;
+    let dir = match body.dir {
+        ruma::api::Direction::Backward => Direction::Backward,
+        ruma::api::Direction::Forward => Direction::Forward,
+    };
+    let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
+    let types: Option<Vec<String>> = body.filter.types.clone();
+    let page = state
+        .services
+        .rooms
+        .messages(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            &PageRequest {
+                from: body.from.as_deref(),
+                to: body.to.as_deref(),
+                dir,
+                limit,
+                types: types.as_deref(),
+            },
+        )
+        .await?;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = page.start;
+    response.end = page.end;
+    response.chunk = page.chunk.into_iter().map(raw).collect::<Result<_, _>>()?;
+    Ok(response)
+}
+
+async fn redact(
+    state: AppState,
+    request: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response, MatrixError> {
+    let user = request.identity;
+    let body = request.body;
+    let event_id = state
+        .services
+        .rooms
+        .redact(
+            &user,
+            body.room_id.as_str(),
+            body.event_id.as_str(),
+            body.reason.as_deref(),
+            body.txn_id.as_str(),
+        )
+        .await?;
+    Ok(redact_event::v3::Response::new(event_id_of(&event_id)?))
+}

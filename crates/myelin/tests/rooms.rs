@@ -1,0 +1,781 @@
+//! Rooms over the client API, on both databases: creation with each preset and version,
+//! membership changes and their refusals, restricted joins, sending with transaction ids,
+//! state, events, members, timeline paging, redaction and the spec's errors.
+
+use myelin_testkit::{TestServer, TestUser, test_backends};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn enc(s: &str) -> String {
+    s.replace('!', "%21")
+        .replace('$', "%24")
+        .replace(':', "%3A")
+        .replace('@', "%40")
+        .replace('#', "%23")
+}
+
+async fn create(server: &TestServer, user: &TestUser, body: Value) -> String {
+    let (status, reply) = server
+        .post("/_matrix/client/v3/createRoom", &user.access_token, body)
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    reply["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn state_content(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    kind: &str,
+    key: &str,
+) -> (StatusCode, Value) {
+    server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(key)
+            ),
+            &user.access_token,
+        )
+        .await
+}
+
+async fn send_text(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    txn: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                enc(room)
+            ),
+            &user.access_token,
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await
+}
+
+async fn membership_call(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    action: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/{action}", enc(room)),
+            &user.access_token,
+            body,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn create_rooms_with_presets_and_versions() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+
+        let room = create(
+            &server,
+            &alice,
+            json!({"preset": "public_chat", "name": "Lobby", "topic": "hi"}),
+        )
+        .await;
+        // Version 12 is the default: the room id is the create event's hash, with no domain.
+        assert!(
+            room.starts_with('!') && !room.contains(':') && room.len() == 44,
+            "{room}"
+        );
+        let (_, create_content) = state_content(&server, &alice, &room, "m.room.create", "").await;
+        assert_eq!(create_content["room_version"], "12");
+        assert_eq!(
+            state_content(&server, &alice, &room, "m.room.join_rules", "")
+                .await
+                .1["join_rule"],
+            "public"
+        );
+        assert_eq!(
+            state_content(&server, &alice, &room, "m.room.name", "")
+                .await
+                .1["name"],
+            "Lobby"
+        );
+        assert_eq!(
+            state_content(&server, &alice, &room, "m.room.topic", "")
+                .await
+                .1["topic"],
+            "hi"
+        );
+        assert_eq!(
+            state_content(&server, &alice, &room, "m.room.history_visibility", "")
+                .await
+                .1["history_visibility"],
+            "shared"
+        );
+        let (_, power) = state_content(&server, &alice, &room, "m.room.power_levels", "").await;
+        assert!(
+            power["users"].get(&alice.user_id).is_none(),
+            "v12 creators are not listed: {power}"
+        );
+        assert_eq!(power["events"]["m.room.tombstone"], 150);
+
+        let private = create(&server, &alice, json!({"preset": "private_chat"})).await;
+        assert_eq!(
+            state_content(&server, &alice, &private, "m.room.join_rules", "")
+                .await
+                .1["join_rule"],
+            "invite"
+        );
+        assert_eq!(
+            state_content(&server, &alice, &private, "m.room.guest_access", "")
+                .await
+                .1["guest_access"],
+            "can_join"
+        );
+
+        for version in ["10", "11"] {
+            let room = create(
+                &server,
+                &alice,
+                json!({"room_version": version, "preset": "trusted_private_chat"}),
+            )
+            .await;
+            assert!(room.ends_with(":localhost"), "{room}");
+            let (_, create_content) =
+                state_content(&server, &alice, &room, "m.room.create", "").await;
+            assert_eq!(create_content["room_version"], version);
+            assert_eq!(
+                create_content.get("creator").is_some(),
+                version == "10",
+                "{create_content}"
+            );
+            let (_, power) = state_content(&server, &alice, &room, "m.room.power_levels", "").await;
+            assert_eq!(power["users"][&alice.user_id], 100);
+        }
+
+        // initial_state and power overrides.
+        let room = create(
+            &server,
+            &alice,
+            json!({"initial_state": [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+                   "power_level_content_override": {"events_default": 10}}),
+        )
+        .await;
+        assert_eq!(
+            state_content(&server, &alice, &room, "m.room.encryption", "")
+                .await
+                .1["algorithm"],
+            "m.megolm.v1.aes-sha2"
+        );
+        assert_eq!(
+            state_content(&server, &alice, &room, "m.room.power_levels", "")
+                .await
+                .1["events_default"],
+            10
+        );
+
+        for (version, errcode) in [
+            ("9999", "M_UNSUPPORTED_ROOM_VERSION"),
+            ("org.matrix.12.4243", "M_UNSUPPORTED_ROOM_VERSION"),
+        ] {
+            let (status, body) = server
+                .post(
+                    "/_matrix/client/v3/createRoom",
+                    &alice.access_token,
+                    json!({"room_version": version}),
+                )
+                .await;
+            assert_eq!(
+                (status, body["errcode"].as_str()),
+                (StatusCode::BAD_REQUEST, Some(errcode)),
+                "{version}: {body}"
+            );
+        }
+
+        let (status, joined) = server
+            .get("/_matrix/client/v3/joined_rooms", &alice.access_token)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 5);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn membership_changes_follow_the_auth_rules() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "private_chat"})).await;
+
+        let (status, body) = membership_call(&server, &bob, &room, "join", json!({})).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "invite-only: {body}"
+        );
+
+        let (status, _) = membership_call(
+            &server,
+            &alice,
+            &room,
+            "invite",
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, body) = membership_call(&server, &bob, &room, "join", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["room_id"], room);
+
+        // bob (power 0) cannot kick alice; alice can kick bob.
+        let (status, _) = membership_call(
+            &server,
+            &bob,
+            &room,
+            "kick",
+            json!({"user_id": alice.user_id}),
+        )
+        .await;
+        assert_eq!(status, 403);
+        let (status, _) = membership_call(
+            &server,
+            &alice,
+            &room,
+            "kick",
+            json!({"user_id": bob.user_id, "reason": "bye"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (_, member) =
+            state_content(&server, &alice, &room, "m.room.member", &bob.user_id).await;
+        assert_eq!(
+            (member["membership"].as_str(), member["reason"].as_str()),
+            (Some("leave"), Some("bye"))
+        );
+
+        // Ban keeps bob out even with an invite; unban lets an invite work again.
+        let (status, _) = membership_call(
+            &server,
+            &alice,
+            &room,
+            "ban",
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = membership_call(
+            &server,
+            &alice,
+            &room,
+            "invite",
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        assert_eq!(status, 403, "cannot invite a banned user");
+        let (status, _) = membership_call(&server, &bob, &room, "join", json!({})).await;
+        assert_eq!(status, 403);
+        let (status, _) = membership_call(
+            &server,
+            &alice,
+            &room,
+            "unban",
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = membership_call(
+            &server,
+            &alice,
+            &room,
+            "invite",
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            status, 200,
+            "join by room id through /join/{{roomIdOrAlias}}"
+        );
+
+        // Leave, then forget; forgetting while joined is refused.
+        let (status, _) = membership_call(&server, &alice, &room, "forget", json!({})).await;
+        assert_eq!(status, 400);
+        let (status, _) = membership_call(&server, &bob, &room, "leave", json!({})).await;
+        assert_eq!(status, 200);
+        let (status, _) = membership_call(&server, &bob, &room, "forget", json!({})).await;
+        assert_eq!(status, 200);
+
+        // Knock only where the join rule allows it.
+        let (status, _) = server
+            .post(
+                &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 403, "invite rule: no knocking");
+        let knockable = create(&server, &alice, json!({"room_version": "11", "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]})).await;
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/knock/{}", enc(&knockable)),
+                &bob.access_token,
+                json!({"reason": "let me in"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (_, member) =
+            state_content(&server, &alice, &knockable, "m.room.member", &bob.user_id).await;
+        assert_eq!(member["membership"], "knock");
+
+        // Unknown rooms.
+        let (status, body) =
+            membership_call(&server, &bob, "!nope:localhost", "join", json!({})).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn restricted_join_through_a_room_the_user_is_in() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let space = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let (status, _) = membership_call(&server, &bob, &space, "join", json!({})).await;
+        assert_eq!(status, 200);
+        let restricted = create(
+            &server,
+            &alice,
+            json!({"initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                   "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+        )
+        .await;
+        let (status, body) = membership_call(&server, &bob, &restricted, "join", json!({})).await;
+        assert_eq!(status, 200, "bob is in the allowed room: {body}");
+        let (_, member) =
+            state_content(&server, &bob, &restricted, "m.room.member", &bob.user_id).await;
+        assert_eq!(member["join_authorised_via_users_server"], alice.user_id);
+        let (status, _) = membership_call(&server, &carol, &restricted, "join", json!({})).await;
+        assert_eq!(status, 403, "carol is not in the allowed room");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn messages_page_through_every_event_exactly_once() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let mut sent = Vec::new();
+        for i in 0..50 {
+            let (status, body) = send_text(
+                &server,
+                &alice,
+                &room,
+                &format!("t{i}"),
+                &format!("message {i}"),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            sent.push(body["event_id"].as_str().unwrap().to_owned());
+        }
+
+        let page_through = |dir: &'static str| {
+            let server = &server;
+            let alice = &alice;
+            let room = room.clone();
+            async move {
+                let mut seen = Vec::new();
+                let mut from: Option<String> = None;
+                for _ in 0..100 {
+                    let mut path = format!(
+                        "/_matrix/client/v3/rooms/{}/messages?dir={dir}&limit=7",
+                        enc(&room)
+                    );
+                    if let Some(from) = &from {
+                        path.push_str(&format!("&from={from}"));
+                    }
+                    let (status, page) = server.get(&path, &alice.access_token).await;
+                    assert_eq!(status, 200, "{page}");
+                    for event in page["chunk"].as_array().unwrap() {
+                        if event["type"] == "m.room.message" {
+                            seen.push(event["event_id"].as_str().unwrap().to_owned());
+                        }
+                    }
+                    match page["end"].as_str() {
+                        Some(end) => from = Some(end.to_owned()),
+                        None => return seen,
+                    }
+                }
+                panic!("pagination did not end");
+            }
+        };
+        let mut backwards = page_through("b").await;
+        backwards.reverse();
+        assert_eq!(backwards, sent, "{kind:?}: backwards pagination");
+        assert_eq!(
+            page_through("f").await,
+            sent,
+            "{kind:?}: forwards pagination"
+        );
+
+        // Only messages, through the filter.
+        let filter = enc(r#"{"types":["m.room.message"]}"#)
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('"', "%22")
+            .replace('[', "%5B")
+            .replace(']', "%5D");
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert!(
+            page["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["type"] == "m.room.message"),
+            "{page}"
+        );
+        assert_eq!(page["chunk"].as_array().unwrap().len(), 10);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn sends_are_idempotent_per_transaction_and_survive_restart() {
+    for kind in test_backends() {
+        let mut server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = create(&server, &alice, json!({})).await;
+        let (_, first) = send_text(&server, &alice, &room, "txn1", "once").await;
+        let (_, again) = send_text(&server, &alice, &room, "txn1", "once").await;
+        assert_eq!(first["event_id"], again["event_id"]);
+        let (_, other) = send_text(&server, &alice, &room, "txn2", "twice").await;
+        assert_ne!(first["event_id"], other["event_id"]);
+
+        server.restart().await;
+        let (_, after_restart) = send_text(&server, &alice, &room, "txn1", "once").await;
+        assert_eq!(first["event_id"], after_restart["event_id"], "{kind:?}");
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        let bodies: Vec<&str> = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        assert_eq!(bodies, vec!["twice", "once"]);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn state_events_members_and_redaction() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room)
+                ),
+                &alice.access_token,
+                json!({"topic": "new"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            state_content(&server, &bob, &room, "m.room.topic", "")
+                .await
+                .1["topic"],
+            "new"
+        );
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room)
+                ),
+                &bob.access_token,
+                json!({"topic": "mine"}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "state_default 50"
+        );
+        let (status, body) = state_content(&server, &alice, &room, "m.room.nothing", "").await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
+
+        let (status, all) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/state", enc(&room)),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            all.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["type"] == "m.room.create")
+        );
+
+        let (_, members) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/members", enc(&room)),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(members["chunk"].as_array().unwrap().len(), 2);
+        let (_, joined) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+                &bob.access_token,
+            )
+            .await;
+        assert!(
+            joined["joined"].get(&alice.user_id).is_some()
+                && joined["joined"].get(&bob.user_id).is_some(),
+            "{joined}"
+        );
+        membership_call(&server, &bob, &room, "leave", json!({})).await;
+        let (_, members) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/members?not_membership=leave",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(members["chunk"].as_array().unwrap().len(), 1, "{members}");
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+
+        // Redaction: own event yes, someone else's without power no.
+        let (_, sent) = send_text(&server, &bob, &room, "r1", "oops").await;
+        let event_id = sent["event_id"].as_str().unwrap();
+        let (_, alice_msg) = send_text(&server, &alice, &room, "r2", "keep").await;
+        let (status, _) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/redact/{}/x1",
+                    enc(&room),
+                    enc(alice_msg["event_id"].as_str().unwrap())
+                ),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (status, redaction) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/redact/{}/x2",
+                    enc(&room),
+                    enc(event_id)
+                ),
+                &bob.access_token,
+                json!({"reason": "typo"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{redaction}");
+        let (status, event) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(event_id)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(event["content"], json!({}), "redacted content: {event}");
+        assert_eq!(
+            event["unsigned"]["redacted_because"]["event_id"],
+            redaction["event_id"]
+        );
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        let in_page = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == event_id)
+            .cloned()
+            .unwrap();
+        assert_eq!(in_page["content"], json!({}));
+        let (status, body) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/event/%24nope", enc(&room)),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn history_visibility_and_error_paths() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let eve = server.register("eve").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/",
+                    enc(&room)
+                ),
+                &alice.access_token,
+                json!({"history_visibility": "joined"}),
+            )
+            .await;
+        let (_, before) = send_text(&server, &alice, &room, "h1", "before eve").await;
+
+        // Not in the room: no reads, no sends.
+        let (status, _) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/state", enc(&room)),
+                &eve.access_token,
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (status, body) = send_text(&server, &eve, &room, "e1", "hi").await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN"))
+        );
+
+        membership_call(&server, &eve, &room, "join", json!({})).await;
+        let (status, _) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(before["event_id"].as_str().unwrap())
+                ),
+                &eve.access_token,
+            )
+            .await;
+        assert_eq!(
+            status, 404,
+            "joined visibility hides what came before eve joined"
+        );
+        let (_, after) = send_text(&server, &alice, &room, "h2", "after eve").await;
+        let (status, _) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(after["event_id"].as_str().unwrap())
+                ),
+                &eve.access_token,
+            )
+            .await;
+        assert_eq!(status, 200);
+
+        // Unknown room, unknown token, too large, not JSON.
+        let (status, body) = send_text(&server, &alice, "!unknown:localhost", "u1", "x").await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
+        let (status, body) = server
+            .call(
+                reqwest::Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/z",
+                    enc(&room)
+                ),
+                Some("bad-token"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN"))
+        );
+        let (status, body) = send_text(&server, &alice, &room, "big", &"x".repeat(70_000)).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")),
+            "{body}"
+        );
+        let response = server
+            .http
+            .put(server.client_url(&format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/nj",
+                enc(&room)
+            )))
+            .bearer_auth(&alice.access_token)
+            .body("not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["errcode"],
+            "M_NOT_JSON"
+        );
+        server.stop().await;
+    }
+}

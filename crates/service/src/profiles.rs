@@ -1,0 +1,116 @@
+//! Profiles of local users: display name and avatar URL, read by anyone and changed by their
+//! owner. Remote profiles (over federation) come later and answer `M_NOT_FOUND` for now.
+//!
+//! Changing a profile here only stores it. Every setter returns the new [`ProfileRow`], which is
+//! what the rooms area needs to send a new `m.room.member` event into each joined room: the
+//! handler calls the setter, then hands its result to the rooms area.
+
+use myelin_store::{ProfileRow, Store};
+use ruma::{OwnedServerName, UserId};
+
+use crate::{Error, Result, accounts::AuthedUser};
+
+/// Longest display name accepted, in bytes (Synapse's limit).
+const MAX_DISPLAYNAME_LEN: usize = 256;
+/// Longest avatar URL accepted, in bytes (Synapse's limit).
+const MAX_AVATAR_URL_LEN: usize = 1000;
+
+/// The profiles area.
+#[derive(Debug)]
+pub struct Profiles {
+    store: Store,
+    server_name: OwnedServerName,
+}
+
+/// A profile change that was stored: whose, and the profile as it now is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileChange {
+    pub user_id: ruma::OwnedUserId,
+    pub profile: ProfileRow,
+}
+
+impl Profiles {
+    pub fn new(store: Store, server_name: OwnedServerName) -> Self {
+        Profiles { store, server_name }
+    }
+
+    /// A user's profile. Unknown users, and remote users for now, are `M_NOT_FOUND`.
+    pub async fn profile(&self, user_id: &UserId) -> Result<ProfileRow> {
+        let not_found = || Error::NotFound("Profile was not found".to_owned());
+        if user_id.server_name() != self.server_name {
+            return Err(not_found());
+        }
+        if self
+            .store
+            .user_by_localpart(user_id.localpart())
+            .await?
+            .is_none()
+        {
+            return Err(not_found());
+        }
+        Ok(self
+            .store
+            .profile(user_id.as_str())
+            .await?
+            .unwrap_or_default())
+    }
+
+    fn ensure_owner(user: &AuthedUser, target: &UserId) -> Result<()> {
+        if user.user_id != target {
+            return Err(Error::Forbidden(
+                "Cannot change another user's profile".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) the user's display name.
+    pub async fn set_displayname(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        displayname: Option<&str>,
+    ) -> Result<ProfileChange> {
+        Self::ensure_owner(user, target)?;
+        if displayname.is_some_and(|name| name.len() > MAX_DISPLAYNAME_LEN) {
+            return Err(Error::BadJson(format!(
+                "Display name is longer than {MAX_DISPLAYNAME_LEN} bytes"
+            )));
+        }
+        self.store
+            .set_displayname(target.as_str(), displayname)
+            .await?;
+        self.changed(target).await
+    }
+
+    /// Sets (or, with `None`, removes) the user's avatar URL.
+    pub async fn set_avatar_url(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        avatar_url: Option<&str>,
+    ) -> Result<ProfileChange> {
+        Self::ensure_owner(user, target)?;
+        if avatar_url.is_some_and(|url| url.len() > MAX_AVATAR_URL_LEN) {
+            return Err(Error::BadJson(format!(
+                "Avatar URL is longer than {MAX_AVATAR_URL_LEN} bytes"
+            )));
+        }
+        self.store
+            .set_avatar_url(target.as_str(), avatar_url)
+            .await?;
+        self.changed(target).await
+    }
+
+    async fn changed(&self, user_id: &UserId) -> Result<ProfileChange> {
+        let profile = self
+            .store
+            .profile(user_id.as_str())
+            .await?
+            .unwrap_or_default();
+        Ok(ProfileChange {
+            user_id: user_id.to_owned(),
+            profile,
+        })
+    }
+}

@@ -1,0 +1,294 @@
+//! `createRoom`: the create event (whose hash is the room id from v12 on), the creator's join,
+//! power levels, the preset's join rules, history visibility and guest access, `initial_state`,
+//! name, topic, and invites, in the spec's order.
+
+use myelin_room_version::{
+    CanonicalJsonObject, CanonicalJsonValue, RoomVersion,
+    pdu::build_pdu,
+    version::{EventFormat, RoomIdFormat, Stability},
+};
+use ruma::{OwnedUserId, UserId};
+use serde_json::{Value, json};
+
+use super::{
+    Rooms,
+    events::{LocalEvent, pdu_error},
+    to_canonical_object,
+};
+use crate::{Error, Result, now_millis, tokens};
+
+/// The spec's presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    PrivateChat,
+    PublicChat,
+    TrustedPrivateChat,
+}
+
+/// A `createRoom` request, already parsed.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRoom {
+    pub room_version: Option<String>,
+    pub preset: Option<Preset>,
+    pub public: bool,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    pub is_direct: bool,
+    /// `(type, state_key, content)`.
+    pub initial_state: Vec<(String, String, Value)>,
+    pub creation_content: Option<serde_json::Map<String, Value>>,
+    pub power_level_content_override: Option<serde_json::Map<String, Value>>,
+}
+
+impl Rooms {
+    /// Creates a room with `creator` in it. Returns the room id.
+    pub async fn create_room(&self, creator: &UserId, request: CreateRoom) -> Result<String> {
+        let version = match &request.room_version {
+            Some(id) => {
+                RoomVersion::get(id).map_err(|e| Error::UnsupportedRoomVersion(e.to_string()))?
+            }
+            None => RoomVersion::default_for_new_rooms(),
+        };
+        if version.uses_account_keys() {
+            // Account-key rooms need users' account keys, which land with the account-key work.
+            return Err(Error::UnsupportedRoomVersion(format!(
+                "Room version {} ({:?}) cannot be created here yet: account keys are not available",
+                version.id(),
+                Stability::Unstable
+            )));
+        }
+        for invitee in &request.invite {
+            if !self.is_local(invitee) {
+                return Err(Error::Forbidden(format!(
+                    "Cannot invite {invitee}: inviting users on other servers needs federation, which this server does not have yet"
+                )));
+            }
+        }
+        let preset = request.preset.unwrap_or(if request.public {
+            Preset::PublicChat
+        } else {
+            Preset::PrivateChat
+        });
+        let v12 = version.event_format() == EventFormat::V12;
+
+        // 1. The create event.
+        let mut create_content = request.creation_content.clone().unwrap_or_default();
+        create_content.insert("room_version".to_owned(), json!(version.id()));
+        if version.id() == "10" {
+            create_content.insert("creator".to_owned(), json!(creator));
+        } else {
+            create_content.remove("creator");
+        }
+        if v12 && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
+            // MSC4289: invitees of a trusted private chat are co-creators.
+            create_content.insert("additional_creators".to_owned(), json!(request.invite));
+        }
+        let now = now_millis();
+        let mut partial = CanonicalJsonObject::new();
+        partial.insert(
+            "type".to_owned(),
+            CanonicalJsonValue::String("m.room.create".to_owned()),
+        );
+        partial.insert(
+            "sender".to_owned(),
+            CanonicalJsonValue::String(creator.to_string()),
+        );
+        partial.insert(
+            "state_key".to_owned(),
+            CanonicalJsonValue::String(String::new()),
+        );
+        partial.insert(
+            "content".to_owned(),
+            CanonicalJsonValue::Object(to_canonical_object(Value::Object(create_content))?),
+        );
+        partial.insert(
+            "prev_events".to_owned(),
+            CanonicalJsonValue::Array(Vec::new()),
+        );
+        partial.insert(
+            "auth_events".to_owned(),
+            CanonicalJsonValue::Array(Vec::new()),
+        );
+        partial.insert("depth".to_owned(), CanonicalJsonValue::Integer(1u32.into()));
+        partial.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(super::int(now)?),
+        );
+        let room_id = match version.room_id_format() {
+            RoomIdFormat::CreateEventHash => None,
+            _ => {
+                let id = format!(
+                    "!{}:{}",
+                    tokens::random_from(
+                        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                        18
+                    ),
+                    self.server_name
+                );
+                partial.insert("room_id".to_owned(), CanonicalJsonValue::String(id.clone()));
+                Some(id)
+            }
+        };
+        let create = build_pdu(partial, version, self.keys.event_signer()).map_err(pdu_error)?;
+        let room_id =
+            room_id.unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
+        let room_nid = self
+            .store
+            .create_room(
+                &room_id,
+                version.id(),
+                creator.as_str(),
+                request.public,
+                now,
+            )
+            .await?;
+        let room = self.room(&room_id).await?;
+        debug_assert_eq!(room.room_nid, room_nid);
+        self.persist(&room, &create, Vec::new(), None, None, now)
+            .await?;
+
+        // 2. The creator joins.
+        self.send_state(
+            &room,
+            creator,
+            "m.room.member",
+            creator.as_str(),
+            json!({"membership": "join"}),
+        )
+        .await?;
+
+        // 3. Power levels.
+        let mut power = serde_json::Map::new();
+        let mut users = serde_json::Map::new();
+        if !v12 {
+            // From v12 creators have infinite power and must not be listed.
+            users.insert(creator.to_string(), json!(100));
+            if preset == Preset::TrustedPrivateChat {
+                for invitee in &request.invite {
+                    users.insert(invitee.to_string(), json!(100));
+                }
+            }
+        }
+        power.insert("users".to_owned(), Value::Object(users));
+        power.insert("users_default".to_owned(), json!(0));
+        power.insert(
+            "events".to_owned(),
+            json!({
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                // From v12, upgrading a room needs more than any ordinary admin (MSC4289).
+                "m.room.tombstone": if v12 { 150 } else { 100 },
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            }),
+        );
+        power.insert("events_default".to_owned(), json!(0));
+        power.insert("state_default".to_owned(), json!(50));
+        power.insert("ban".to_owned(), json!(50));
+        power.insert("kick".to_owned(), json!(50));
+        power.insert("redact".to_owned(), json!(50));
+        power.insert(
+            "invite".to_owned(),
+            json!(if preset == Preset::PublicChat { 50 } else { 0 }),
+        );
+        power.insert("notifications".to_owned(), json!({"room": 50}));
+        if let Some(overrides) = request.power_level_content_override.clone() {
+            for (key, value) in overrides {
+                power.insert(key, value);
+            }
+        }
+        self.send_state(
+            &room,
+            creator,
+            "m.room.power_levels",
+            "",
+            Value::Object(power),
+        )
+        .await?;
+
+        // 4. The preset's rules.
+        let join_rule = if preset == Preset::PublicChat {
+            "public"
+        } else {
+            "invite"
+        };
+        self.send_state(
+            &room,
+            creator,
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": join_rule}),
+        )
+        .await?;
+        self.send_state(
+            &room,
+            creator,
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": "shared"}),
+        )
+        .await?;
+        if preset != Preset::PublicChat {
+            self.send_state(
+                &room,
+                creator,
+                "m.room.guest_access",
+                "",
+                json!({"guest_access": "can_join"}),
+            )
+            .await?;
+        }
+
+        // 5. initial_state, then name and topic (which win over initial_state's).
+        for (event_type, state_key, content) in request.initial_state {
+            self.send_state(&room, creator, &event_type, &state_key, content)
+                .await?;
+        }
+        if let Some(name) = request.name {
+            self.send_state(&room, creator, "m.room.name", "", json!({"name": name}))
+                .await?;
+        }
+        if let Some(topic) = request.topic {
+            self.send_state(&room, creator, "m.room.topic", "", json!({"topic": topic}))
+                .await?;
+        }
+
+        // 6. Invites.
+        for invitee in &request.invite {
+            let mut content = json!({"membership": "invite"});
+            if request.is_direct {
+                content["is_direct"] = json!(true);
+            }
+            self.send_state(&room, creator, "m.room.member", invitee.as_str(), content)
+                .await?;
+        }
+        tracing::info!(%room_id, version = version.id(), %creator, "created a room");
+        Ok(room_id)
+    }
+
+    pub(super) async fn send_state(
+        &self,
+        room: &myelin_store::RoomRow,
+        sender: &UserId,
+        event_type: &str,
+        state_key: &str,
+        content: Value,
+    ) -> Result<String> {
+        self.send(
+            room,
+            sender,
+            LocalEvent {
+                event_type,
+                state_key: Some(state_key),
+                content,
+                redacts: None,
+                txn: None,
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,234 @@
+//! Building a local event: prev events from the room's head, auth events by the spec's
+//! selection, depth, hashes and signature (by the room version's signer), authorisation against
+//! the current state, then one persisting transaction.
+
+use std::collections::HashMap;
+
+use myelin_room_version::{
+    CanonicalJsonObject, CanonicalJsonValue, Pdu,
+    auth::{auth_types_for_event, check_against_auth_events},
+    pdu::build_pdu,
+    version::RedactionAlgorithm,
+};
+use myelin_store::{NewEvent, RoomRow};
+use ruma::UserId;
+use serde_json::value::to_raw_value;
+
+use super::{Rooms, pdu_of, to_canonical_object, version_of};
+use crate::{Error, Result, now_millis};
+
+/// The spec allows at most 20 `prev_events`.
+const MAX_PREV_EVENTS: usize = 20;
+
+/// What a client (or room creation) asks to send.
+#[derive(Debug, Clone)]
+pub struct LocalEvent<'a> {
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub content: serde_json::Value,
+    /// `m.room.redaction`: the redacted event.
+    pub redacts: Option<&'a str>,
+    /// `(device_id, txn_id)` of a client send, for idempotency.
+    pub txn: Option<(&'a str, &'a str)>,
+}
+
+impl Rooms {
+    /// Builds, authorises and persists an event from a local user. Returns the event id; a
+    /// retried transaction returns the first send's id without sending again.
+    pub async fn send(
+        &self,
+        room: &RoomRow,
+        sender: &UserId,
+        event: LocalEvent<'_>,
+    ) -> Result<String> {
+        if !self.is_local(sender) {
+            return Err(Error::Internal(
+                "local sends come from local users".to_owned(),
+            ));
+        }
+        let writer = self.writer(&room.room_id);
+        let _guard = writer.lock().await;
+        if let Some((device_id, txn_id)) = event.txn
+            && let Some(event_id) = self
+                .store
+                .txn_event_id(sender.as_str(), device_id, txn_id)
+                .await?
+        {
+            return Ok(event_id);
+        }
+        let version = version_of(room)?;
+        let content_raw =
+            to_raw_value(&event.content).map_err(|e| Error::BadJson(e.to_string()))?;
+        let auth_types = auth_types_for_event(
+            version,
+            event.event_type,
+            sender.as_str(),
+            event.state_key,
+            &content_raw,
+        )
+        .map_err(|e| Error::Forbidden(e.to_string()))?;
+
+        // Only the state the auth rules look at is loaded: the selected auth types and the
+        // create event (which v12 rooms cite through the room id).
+        let mut keys: Vec<(String, String)> = auth_types.clone();
+        if !keys
+            .iter()
+            .any(|(t, k)| t == "m.room.create" && k.is_empty())
+        {
+            keys.push(("m.room.create".to_owned(), String::new()));
+        }
+        let rows = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
+        for row in &rows {
+            by_key.insert(
+                (
+                    row.event_type.clone(),
+                    row.state_key.clone().unwrap_or_default(),
+                ),
+                pdu_of(row, version)?,
+            );
+        }
+        let auth_event_ids: Vec<String> = auth_types
+            .iter()
+            .filter_map(|key| by_key.get(key).map(|pdu| pdu.event_id().to_owned()))
+            .collect();
+
+        let head = self.store.room_head(room.room_nid).await?;
+        let now = now_millis();
+        let mut partial = CanonicalJsonObject::new();
+        partial.insert(
+            "type".to_owned(),
+            CanonicalJsonValue::String(event.event_type.to_owned()),
+        );
+        partial.insert(
+            "room_id".to_owned(),
+            CanonicalJsonValue::String(room.room_id.clone()),
+        );
+        partial.insert(
+            "sender".to_owned(),
+            CanonicalJsonValue::String(sender.to_string()),
+        );
+        partial.insert(
+            "content".to_owned(),
+            CanonicalJsonValue::Object(to_canonical_object(event.content.clone())?),
+        );
+        if let Some(state_key) = event.state_key {
+            partial.insert(
+                "state_key".to_owned(),
+                CanonicalJsonValue::String(state_key.to_owned()),
+            );
+        }
+        if let Some(redacts) = event.redacts
+            && version.redaction() == RedactionAlgorithm::V9
+        {
+            // Before v11 `redacts` is a top-level key.
+            partial.insert(
+                "redacts".to_owned(),
+                CanonicalJsonValue::String(redacts.to_owned()),
+            );
+        }
+        partial.insert(
+            "prev_events".to_owned(),
+            CanonicalJsonValue::Array(
+                head.prev_event_ids
+                    .iter()
+                    .take(MAX_PREV_EVENTS)
+                    .cloned()
+                    .map(CanonicalJsonValue::String)
+                    .collect(),
+            ),
+        );
+        partial.insert(
+            "auth_events".to_owned(),
+            CanonicalJsonValue::Array(
+                auth_event_ids
+                    .into_iter()
+                    .map(CanonicalJsonValue::String)
+                    .collect(),
+            ),
+        );
+        partial.insert(
+            "depth".to_owned(),
+            CanonicalJsonValue::Integer(super::int(head.max_depth + 1)?),
+        );
+        partial.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(super::int(now)?),
+        );
+
+        let pdu = build_pdu(partial, version, self.keys.event_signer()).map_err(pdu_error)?;
+        let by_id: HashMap<&str, &Pdu> = by_key.values().map(|pdu| (pdu.event_id(), pdu)).collect();
+        check_against_auth_events(version, &pdu, |id| by_id.get(id).copied())
+            .map_err(|e| Error::Forbidden(e.to_string()))?;
+
+        let event_id = self
+            .persist(
+                room,
+                &pdu,
+                head.prev_event_ids,
+                head.state_group,
+                event.txn.map(|(d, t)| (sender.as_str(), d, t)),
+                now,
+            )
+            .await?;
+        Ok(event_id)
+    }
+
+    /// Persists an already built and authorised PDU.
+    pub(super) async fn persist(
+        &self,
+        room: &RoomRow,
+        pdu: &Pdu,
+        prev_event_ids: Vec<String>,
+        state_group_before: Option<i64>,
+        txn: Option<(&str, &str, &str)>,
+        now: i64,
+    ) -> Result<String> {
+        let membership = if pdu.event_type() == "m.room.member" {
+            pdu.content_object()
+                .and_then(|c| c.get("membership"))
+                .and_then(|m| match m {
+                    CanonicalJsonValue::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+        } else {
+            None
+        };
+        let json = pdu.canonical_json();
+        let depth = i64::try_from(pdu.depth())
+            .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
+        let persisted = self
+            .store
+            .persist_event(&NewEvent {
+                room_nid: room.room_nid,
+                event_id: pdu.event_id(),
+                event_type: pdu.event_type(),
+                state_key: pdu.state_key(),
+                sender: pdu.sender(),
+                depth,
+                origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
+                json: &json,
+                prev_event_ids: &prev_event_ids,
+                state_group_before,
+                membership: match (&membership, pdu.state_key()) {
+                    (Some(m), Some(target)) => Some((target, m.as_str())),
+                    _ => None,
+                },
+                txn,
+                now,
+            })
+            .await?;
+        self.notify.send_replace(persisted.stream_ordering);
+        tracing::debug!(room_id = %room.room_id, event_id = pdu.event_id(), kind = pdu.event_type(), "persisted a local event");
+        Ok(pdu.event_id().to_owned())
+    }
+}
+
+/// A PDU that cannot be built is the client's fault (too large, bad fields) or ours.
+pub(super) fn pdu_error(err: myelin_room_version::PduError) -> Error {
+    match err.errcode() {
+        "M_TOO_LARGE" => Error::TooLarge(err.to_string()),
+        "M_BAD_JSON" | "M_NOT_JSON" | "M_INVALID_PARAM" => Error::BadJson(err.to_string()),
+        _ => Error::Internal(format!("building an event: {err}")),
+    }
+}

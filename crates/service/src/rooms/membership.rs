@@ -1,0 +1,299 @@
+//! Membership changes by local users: join (including restricted joins authorised by a local
+//! resident), leave, invite, kick, ban, unban, knock and forget. The room version's auth rules
+//! decide what is allowed; this module only builds the right member event.
+
+use myelin_store::RoomRow;
+use ruma::UserId;
+use serde_json::{Value, json};
+
+use myelin_room_version::redaction::{PowerLevel, user_power_level};
+
+use super::{Rooms, events::LocalEvent, pdu_of, version_of};
+use crate::{Error, Result};
+
+fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
+    content
+}
+
+impl Rooms {
+    /// A room this server knows, or the error a join to an unknown room gets.
+    async fn known_room(&self, room_id: &str) -> Result<RoomRow> {
+        match self.store.room(room_id).await? {
+            Some(room) => Ok(room),
+            None => Err(Error::NotFound(format!(
+                "Room {room_id} is not known to this server, and joining through other servers needs federation, which this server does not have yet"
+            ))),
+        }
+    }
+
+    async fn member_event(
+        &self,
+        room: &RoomRow,
+        sender: &UserId,
+        target: &str,
+        content: Value,
+    ) -> Result<String> {
+        self.send(
+            room,
+            sender,
+            LocalEvent {
+                event_type: "m.room.member",
+                state_key: Some(target),
+                content,
+                redacts: None,
+                txn: None,
+            },
+        )
+        .await
+    }
+
+    /// Joins `user` to a room. For restricted rooms the join names a local resident who may
+    /// invite, as the spec's restricted-join rules require.
+    pub async fn join(&self, user: &UserId, room_id: &str, reason: Option<&str>) -> Result<String> {
+        let room = self.known_room(room_id).await?;
+        let mut content = with_reason(json!({"membership": "join"}), reason);
+        if let Some(authoriser) = self.restricted_join_authoriser(&room, user).await? {
+            content["join_authorised_via_users_server"] = json!(authoriser);
+        }
+        self.member_event(&room, user, user.as_str(), content)
+            .await?;
+        Ok(room.room_id)
+    }
+
+    /// For a restricted room the user is not invited to: a joined local user with invite power,
+    /// if the user is joined to one of the rooms the join rule allows.
+    async fn restricted_join_authoriser(
+        &self,
+        room: &RoomRow,
+        user: &UserId,
+    ) -> Result<Option<String>> {
+        let version = version_of(room)?;
+        let keys = [
+            ("m.room.join_rules".to_owned(), String::new()),
+            ("m.room.member".to_owned(), user.to_string()),
+            ("m.room.power_levels".to_owned(), String::new()),
+            ("m.room.create".to_owned(), String::new()),
+        ];
+        let state = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let content_of = |kind: &str| -> Option<Value> {
+            state
+                .iter()
+                .find(|row| row.event_type == kind)
+                .and_then(|row| {
+                    serde_json::from_str::<Value>(&row.json)
+                        .ok()
+                        .map(|json| json["content"].clone())
+                })
+        };
+        let Some(join_rules) = content_of("m.room.join_rules") else {
+            return Ok(None);
+        };
+        let rule = join_rules["join_rule"].as_str().unwrap_or_default();
+        if rule != "restricted" && rule != "knock_restricted" {
+            return Ok(None);
+        }
+        let membership =
+            content_of("m.room.member").and_then(|c| c["membership"].as_str().map(str::to_owned));
+        if matches!(membership.as_deref(), Some("invite" | "join")) {
+            return Ok(None);
+        }
+        // The user must be in one of the allowed rooms.
+        let allowed = join_rules["allow"].as_array().cloned().unwrap_or_default();
+        let mut in_allowed_room = false;
+        for entry in allowed {
+            if entry["type"] == "m.room_membership"
+                && let Some(allowed_room) = entry["room_id"].as_str()
+                && let Some(allowed_room) = self.store.room(allowed_room).await?
+                && self
+                    .store
+                    .membership(allowed_room.room_nid, user.as_str())
+                    .await?
+                    .is_some_and(|m| m.0 == "join")
+            {
+                in_allowed_room = true;
+                break;
+            }
+        }
+        if !in_allowed_room {
+            // Let the auth rules refuse it with their own reason.
+            return Ok(None);
+        }
+        // A joined local resident whose power reaches the invite level.
+        let create = state
+            .iter()
+            .find(|row| row.event_type == "m.room.create")
+            .map(|row| pdu_of(row, version))
+            .transpose()?
+            .ok_or_else(|| Error::Internal("room without a create event".to_owned()))?;
+        let power = state
+            .iter()
+            .find(|row| row.event_type == "m.room.power_levels")
+            .map(|row| pdu_of(row, version))
+            .transpose()?;
+        let invite_level = power
+            .as_ref()
+            .and_then(|p| p.content_object())
+            .and_then(|c| c.get("invite"))
+            .and_then(|v| match v {
+                myelin_room_version::CanonicalJsonValue::Integer(i) => Some(i64::from(*i)),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let all = self.store.current_state(room.room_nid, None).await?;
+        for row in all.iter().filter(|row| row.event_type == "m.room.member") {
+            let Some(resident) = row.state_key.as_deref() else {
+                continue;
+            };
+            let Ok(resident_id) = UserId::parse(resident) else {
+                continue;
+            };
+            let joined = serde_json::from_str::<Value>(&row.json)
+                .is_ok_and(|json| json["content"]["membership"] == "join");
+            if !joined || !self.is_local(&resident_id) {
+                continue;
+            }
+            if user_power_level(version, resident, &create, power.as_ref())
+                >= PowerLevel::Int(invite_level)
+            {
+                return Ok(Some(resident.to_owned()));
+            }
+        }
+        Err(Error::UnableToAuthoriseJoin(
+            "No joined user on this server can authorise the join".to_owned(),
+        ))
+    }
+
+    pub async fn leave(&self, user: &UserId, room_id: &str, reason: Option<&str>) -> Result<()> {
+        let room = self.room(room_id).await?;
+        if self
+            .store
+            .membership(room.room_nid, user.as_str())
+            .await?
+            .is_none()
+        {
+            return Err(Error::Forbidden("You are not in this room".to_owned()));
+        }
+        self.member_event(
+            &room,
+            user,
+            user.as_str(),
+            with_reason(json!({"membership": "leave"}), reason),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn invite(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<()> {
+        let room = self.room(room_id).await?;
+        if !self.is_local(target) {
+            return Err(Error::Forbidden(format!(
+                "Cannot invite {target}: inviting users on other servers needs federation, which this server does not have yet"
+            )));
+        }
+        let mut content = with_reason(json!({"membership": "invite"}), reason);
+        if is_direct {
+            content["is_direct"] = json!(true);
+        }
+        self.member_event(&room, sender, target.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// Kick (`leave`), ban and unban (`leave` after `ban`) of another user.
+    pub async fn set_membership_of(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let room = self.room(room_id).await?;
+        if membership == "leave" {
+            let current = self
+                .store
+                .membership(room.room_nid, target.as_str())
+                .await?;
+            if current.is_none() {
+                return Err(Error::Forbidden(format!("{target} is not in this room")));
+            }
+        }
+        self.member_event(
+            &room,
+            sender,
+            target.as_str(),
+            with_reason(json!({"membership": membership}), reason),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Unban: only from `ban`, to `leave`.
+    pub async fn unban(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let room = self.room(room_id).await?;
+        let current = self
+            .store
+            .membership(room.room_nid, target.as_str())
+            .await?;
+        if current.as_ref().map(|m| m.0.as_str()) != Some("ban") {
+            return Err(Error::Forbidden(format!("{target} is not banned")));
+        }
+        self.member_event(
+            &room,
+            sender,
+            target.as_str(),
+            with_reason(json!({"membership": "leave"}), reason),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn knock(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        reason: Option<&str>,
+    ) -> Result<String> {
+        let room = self.known_room(room_id).await?;
+        self.member_event(
+            &room,
+            user,
+            user.as_str(),
+            with_reason(json!({"membership": "knock"}), reason),
+        )
+        .await?;
+        Ok(room.room_id)
+    }
+
+    /// Forgets a room the user has left (its history stops being offered to them).
+    pub async fn forget(&self, user: &UserId, room_id: &str) -> Result<()> {
+        let room = self.room(room_id).await?;
+        match self.store.membership(room.room_nid, user.as_str()).await? {
+            Some((membership, _, _))
+                if membership == "join" || membership == "invite" || membership == "knock" =>
+            {
+                Err(Error::InvalidParam(
+                    "You must leave the room before forgetting it".to_owned(),
+                ))
+            }
+            Some(_) => Ok(self.store.forget_room(room.room_nid, user.as_str()).await?),
+            None => Err(Error::NotFound("You were never in this room".to_owned())),
+        }
+    }
+}

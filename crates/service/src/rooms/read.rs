@@ -1,0 +1,343 @@
+//! What clients read: room state, single events, members, joined rooms and timeline pages, each
+//! with history visibility enforced, and every event turned into its client form by one function.
+
+use std::collections::HashMap;
+
+use myelin_room_version::projection::project_for_client;
+use myelin_store::{EventRow, RoomRow};
+use ruma::UserId;
+use serde_json::{Value, json};
+
+use super::{Rooms, version_of};
+use crate::{Error, Result, now_millis};
+
+/// Which way a timeline page goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Backward,
+    Forward,
+}
+
+/// A page of `/messages`.
+#[derive(Debug, Clone)]
+pub struct MessagesPage {
+    pub chunk: Vec<Value>,
+    pub start: String,
+    pub end: Option<String>,
+}
+
+/// What page of the timeline a client asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub dir: Direction,
+    pub limit: usize,
+    /// Only events of these types (the filter's `types`).
+    pub types: Option<&'a [String]>,
+}
+
+/// `/members` filters.
+#[derive(Debug, Clone, Default)]
+pub struct MembersFilter {
+    pub membership: Option<String>,
+    pub not_membership: Option<String>,
+}
+
+/// A pagination token: a position in the events stream.
+fn parse_token(token: &str) -> Result<i64> {
+    token
+        .strip_prefix('s')
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Error::InvalidParam(format!("Invalid pagination token {token:?}")))
+}
+
+pub(crate) fn token(position: i64) -> String {
+    format!("s{position}")
+}
+
+/// Where in the room's history a user may read state from.
+enum Vantage {
+    /// Joined: the current state.
+    Current,
+    /// Left or banned: the state as of their membership change.
+    At(i64),
+}
+
+impl Rooms {
+    /// The state a user may see: current if joined, as of their departure if they left.
+    async fn vantage(&self, room: &RoomRow, user: &UserId) -> Result<Vantage> {
+        match self.store.membership(room.room_nid, user.as_str()).await? {
+            Some((membership, _, _)) if membership == "join" => Ok(Vantage::Current),
+            Some((membership, event_nid, _)) if membership == "leave" || membership == "ban" => {
+                let group = self.store.event_by_nid_state_group(event_nid).await?;
+                Ok(Vantage::At(group))
+            }
+            _ => Err(Error::Forbidden("You are not in this room".to_owned())),
+        }
+    }
+
+    async fn state_for(&self, room: &RoomRow, user: &UserId) -> Result<Vec<EventRow>> {
+        match self.vantage(room, user).await? {
+            Vantage::Current => Ok(self.store.current_state(room.room_nid, None).await?),
+            Vantage::At(group) => Ok(self.store.state_at_group(group).await?),
+        }
+    }
+
+    /// `GET /rooms/{roomId}/state`.
+    pub async fn state(&self, user: &UserId, room_id: &str) -> Result<Vec<Value>> {
+        let room = self.room(room_id).await?;
+        let rows = self.state_for(&room, user).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| self.client_event(&room, row, user))
+            .collect())
+    }
+
+    /// `GET /rooms/{roomId}/state/{type}/{stateKey}`: the event's content.
+    pub async fn state_event(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Value> {
+        let room = self.room(room_id).await?;
+        let rows = self.state_for(&room, user).await?;
+        rows.iter()
+            .find(|row| row.event_type == event_type && row.state_key.as_deref() == Some(state_key))
+            .and_then(|row| self.client_event(&room, row, user))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "No {event_type} state with key {state_key:?} in this room"
+                ))
+            })
+    }
+
+    /// `GET /rooms/{roomId}/event/{eventId}`.
+    pub async fn event(&self, user: &UserId, room_id: &str, event_id: &str) -> Result<Value> {
+        let room = self.room(room_id).await?;
+        let not_found = || Error::NotFound("Event not found".to_owned());
+        let row = self
+            .store
+            .event(event_id)
+            .await?
+            .filter(|row| row.room_nid == room.room_nid)
+            .ok_or_else(not_found)?;
+        let mut memo = HashMap::new();
+        if !self.visible(&room, &row, user, &mut memo).await? {
+            return Err(not_found());
+        }
+        self.client_event(&room, &row, user).ok_or_else(not_found)
+    }
+
+    /// `GET /rooms/{roomId}/members`.
+    pub async fn members(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        filter: &MembersFilter,
+    ) -> Result<Vec<Value>> {
+        let room = self.room(room_id).await?;
+        let rows = self.state_for(&room, user).await?;
+        Ok(rows
+            .iter()
+            .filter(|row| row.event_type == "m.room.member")
+            .filter_map(|row| self.client_event(&room, row, user))
+            .filter(|event| {
+                let membership = event["content"]["membership"].as_str().unwrap_or_default();
+                filter.membership.as_deref().is_none_or(|m| m == membership)
+                    && filter.not_membership.as_deref() != Some(membership)
+            })
+            .collect())
+    }
+
+    /// `GET /rooms/{roomId}/joined_members`: `(user_id, display name, avatar url)`.
+    pub async fn joined_members(
+        &self,
+        user: &UserId,
+        room_id: &str,
+    ) -> Result<Vec<(String, Option<String>, Option<String>)>> {
+        let room = self.room(room_id).await?;
+        if !matches!(self.vantage(&room, user).await?, Vantage::Current) {
+            return Err(Error::Forbidden(
+                "You are not joined to this room".to_owned(),
+            ));
+        }
+        let rows = self.store.current_state(room.room_nid, None).await?;
+        Ok(rows
+            .iter()
+            .filter(|row| row.event_type == "m.room.member")
+            .filter_map(|row| {
+                let json: Value = serde_json::from_str(&row.json).ok()?;
+                let content = &json["content"];
+                (content["membership"] == "join").then(|| {
+                    (
+                        row.state_key.clone().unwrap_or_default(),
+                        content["displayname"].as_str().map(str::to_owned),
+                        content["avatar_url"].as_str().map(str::to_owned),
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// `GET /joined_rooms`.
+    pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .rooms_with_membership(user.as_str(), "join")
+            .await?)
+    }
+
+    /// `GET /rooms/{roomId}/messages`: a page of the timeline the user may see.
+    pub async fn messages(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        page: &PageRequest<'_>,
+    ) -> Result<MessagesPage> {
+        let PageRequest {
+            from,
+            to,
+            dir,
+            limit,
+            types,
+        } = *page;
+        let room = self.room(room_id).await?;
+        // Anyone who is or was in the room may page; visibility filters each event.
+        if self
+            .store
+            .membership(room.room_nid, user.as_str())
+            .await?
+            .is_none()
+        {
+            return Err(Error::Forbidden("You are not in this room".to_owned()));
+        }
+        let limit = limit.clamp(1, 1000);
+        let start = match from {
+            Some(token) => parse_token(token)?,
+            None => match dir {
+                Direction::Backward => self.store.events_stream_position().await? + 1,
+                Direction::Forward => 0,
+            },
+        };
+        let bound = to.map(parse_token).transpose()?;
+        let (after, before) = match dir {
+            Direction::Backward => (bound.unwrap_or(0).saturating_sub(1), start),
+            Direction::Forward => (start, bound.map_or(i64::MAX, |b| b + 1)),
+        };
+        let rows = self
+            .store
+            .room_events(
+                room.room_nid,
+                after,
+                before,
+                dir == Direction::Backward,
+                limit as i64,
+            )
+            .await?;
+        let end = (rows.len() == limit).then(|| match dir {
+            Direction::Backward => token(rows.last().map_or(start, |r| r.stream_ordering)),
+            Direction::Forward => token(rows.last().map_or(start, |r| r.stream_ordering)),
+        });
+        let mut memo = HashMap::new();
+        let mut chunk = Vec::new();
+        for row in &rows {
+            if types.is_some_and(|types| !types.iter().any(|t| t == &row.event_type)) {
+                continue;
+            }
+            if self.visible(&room, row, user, &mut memo).await?
+                && let Some(event) = self.client_event(&room, row, user)
+            {
+                chunk.push(event);
+            }
+        }
+        Ok(MessagesPage {
+            chunk,
+            start: token(start),
+            end,
+        })
+    }
+
+    /// History visibility (client-server API "History visibility"): decided by the state at
+    /// the event. A user always sees their own membership events.
+    async fn visible(
+        &self,
+        room: &RoomRow,
+        row: &EventRow,
+        user: &UserId,
+        memo: &mut HashMap<i64, bool>,
+    ) -> Result<bool> {
+        if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str()) {
+            return Ok(true);
+        }
+        if let Some(visible) = memo.get(&row.state_group) {
+            return Ok(*visible);
+        }
+        let state = self.store.state_at_group(row.state_group).await?;
+        let content = |kind: &str, key: &str| -> Value {
+            state
+                .iter()
+                .find(|r| r.event_type == kind && r.state_key.as_deref() == Some(key))
+                .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+                .map(|json| json["content"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let visibility = content("m.room.history_visibility", "")["history_visibility"]
+            .as_str()
+            .unwrap_or("shared")
+            .to_owned();
+        let membership_then = content("m.room.member", user.as_str())["membership"]
+            .as_str()
+            .unwrap_or("leave")
+            .to_owned();
+        let visible = match visibility.as_str() {
+            "world_readable" => true,
+            _ if membership_then == "join" => true,
+            "shared" => self
+                .store
+                .membership(room.room_nid, user.as_str())
+                .await?
+                .is_some_and(|m| m.0 == "join"),
+            "invited" => membership_then == "invite",
+            _ => false,
+        };
+        memo.insert(row.state_group, visible);
+        Ok(visible)
+    }
+
+    /// A stored event in the client-server format, through the room version's client
+    /// projection (which filters and rewrites in account-key rooms).
+    pub fn client_event(&self, room: &RoomRow, row: &EventRow, reader: &UserId) -> Option<Value> {
+        let version = version_of(room).ok()?;
+        let pdu: Value = serde_json::from_str(&row.json).ok()?;
+        let mut event = json!({
+            "event_id": row.event_id,
+            "room_id": room.room_id,
+            "sender": pdu["sender"],
+            "type": pdu["type"],
+            "content": pdu["content"],
+            "origin_server_ts": pdu["origin_server_ts"],
+        });
+        if let Some(state_key) = pdu.get("state_key") {
+            event["state_key"] = state_key.clone();
+        }
+        if let Some(redacts) = pdu.get("redacts").or_else(|| pdu["content"].get("redacts")) {
+            event["redacts"] = redacts.clone();
+        }
+        let mut unsigned = json!({});
+        if let Some(ts) = pdu["origin_server_ts"].as_i64() {
+            unsigned["age"] = json!(now_millis().saturating_sub(ts).max(0));
+        }
+        if let Some(redacted_by) = &row.redacted_by {
+            unsigned["redacted_because"] =
+                json!({ "event_id": redacted_by, "type": "m.room.redaction" });
+        }
+        event["unsigned"] = unsigned;
+        project_for_client(version, &event, reader.as_str(), |_| {
+            myelin_room_version::KeyVerification::Unverified
+        })
+    }
+}

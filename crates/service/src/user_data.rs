@@ -1,0 +1,405 @@
+//! Per-user data that needs no room: filters, account data (global and per room), room tags
+//! (the `m.tag` room account data), push rules (the `m.push_rules` global account data), and
+//! the server's capabilities. Every write to account data takes a position on the account data
+//! stream so that `/sync` can hand out what changed since a token.
+
+use myelin_store::{AccountDataRow, Store};
+use ruma::{
+    RoomId, UserId,
+    api::client::{filter::FilterDefinition, push::PushRule},
+    events::tag::{TagInfo, TagName, Tags},
+    push::{Action, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
+};
+use serde_json::value::RawValue;
+
+use crate::{Error, Result, accounts::AuthedUser};
+
+/// Account data types the server manages: clients set them through their own APIs.
+const SERVER_MANAGED_GLOBAL: &[&str] = &["m.push_rules"];
+const SERVER_MANAGED_ROOM: &[&str] = &["m.fully_read"];
+/// The room account data type that holds a room's tags.
+const TAG_TYPE: &str = "m.tag";
+/// The global account data type that holds the user's push rules.
+const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+/// The per-user data area.
+#[derive(Debug)]
+pub struct UserData {
+    store: Store,
+    /// Serialises read-modify-write updates (tags, push rules), so two concurrent changes
+    /// cannot lose one another. These writes are rare; one lock for the server is enough.
+    rmw: tokio::sync::Mutex<()>,
+}
+
+/// The push rule content stored as `m.push_rules` account data.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PushRulesContent {
+    global: Ruleset,
+}
+
+/// Only the user an access token belongs to may read or write that user's data.
+fn ensure_self(user: &AuthedUser, target: &UserId, what: &str) -> Result<()> {
+    if user.user_id != target {
+        return Err(Error::Forbidden(format!("Cannot {what} for other users")));
+    }
+    Ok(())
+}
+
+/// Account data content must be a JSON object.
+fn object_text(content: &RawValue) -> Result<&str> {
+    let text = content.get();
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => Ok(text),
+        _ => Err(Error::BadJson("Content must be a JSON object".to_owned())),
+    }
+}
+
+fn raw(text: String) -> Result<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|err| Error::Internal(format!("stored JSON: {err}")))
+}
+
+impl UserData {
+    pub fn new(store: Store) -> Self {
+        UserData {
+            store,
+            rmw: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    // ----- filters -----
+
+    /// Stores a filter for the user and returns its id.
+    pub async fn create_filter(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        filter: &FilterDefinition,
+    ) -> Result<String> {
+        ensure_self(user, target, "create filters")?;
+        let json = serde_json::to_string(filter)
+            .map_err(|err| Error::Internal(format!("serialising a filter: {err}")))?;
+        let id = self.store.create_filter(target.as_str(), &json).await?;
+        Ok(id.to_string())
+    }
+
+    /// One of the user's filters. An id the user does not have is `M_NOT_FOUND`.
+    pub async fn filter(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        filter_id: &str,
+    ) -> Result<FilterDefinition> {
+        ensure_self(user, target, "get filters")?;
+        let not_found = || Error::NotFound("No such filter".to_owned());
+        let id: i64 = filter_id.parse().map_err(|_| not_found())?;
+        let json = self
+            .store
+            .filter(target.as_str(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        serde_json::from_str(&json).map_err(|err| Error::Internal(format!("stored filter: {err}")))
+    }
+
+    // ----- account data -----
+
+    /// Sets account data (global when `room_id` is `None`) and returns its stream position.
+    /// Types the server manages (`m.push_rules`, room `m.fully_read`) are refused with 405.
+    pub async fn set_account_data(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &RawValue,
+    ) -> Result<i64> {
+        ensure_self(user, target, "add account data")?;
+        let managed = match room_id {
+            None => SERVER_MANAGED_GLOBAL,
+            Some(_) => SERVER_MANAGED_ROOM,
+        };
+        if managed.contains(&data_type) {
+            return Err(Error::ServerManagedAccountData(format!(
+                "Cannot set {data_type} through this API"
+            )));
+        }
+        let text = object_text(content)?;
+        Ok(self
+            .store
+            .set_account_data(
+                target.as_str(),
+                room_id.map(RoomId::as_str),
+                data_type,
+                text,
+            )
+            .await?)
+    }
+
+    /// The content of one account data entry; `M_NOT_FOUND` when there is none.
+    pub async fn account_data(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<Box<RawValue>> {
+        ensure_self(user, target, "get account data")?;
+        let text = match (room_id, data_type) {
+            // Push rules always exist: the defaults until the user changes them.
+            (None, PUSH_RULES_TYPE) => serde_json::to_string(&PushRulesContent {
+                global: self.push_rules(target).await?,
+            })
+            .map_err(|err| Error::Internal(err.to_string()))?,
+            _ => self
+                .store
+                .account_data(target.as_str(), room_id.map(RoomId::as_str), data_type)
+                .await?
+                .ok_or_else(|| Error::NotFound("Account data not found".to_owned()))?,
+        };
+        raw(text)
+    }
+
+    /// The user's account data written after stream position `since`, oldest first, each entry
+    /// once with its latest content: what `/sync` returns for a `since` token.
+    pub async fn account_data_since(
+        &self,
+        user_id: &UserId,
+        since: i64,
+    ) -> Result<Vec<AccountDataRow>> {
+        Ok(self
+            .store
+            .account_data_since(user_id.as_str(), since)
+            .await?)
+    }
+
+    /// The current position of the account data stream, for the next sync token.
+    pub async fn account_data_position(&self) -> Result<i64> {
+        Ok(self.store.account_data_stream_position().await?)
+    }
+
+    // ----- room tags -----
+
+    async fn stored_tags(&self, user_id: &UserId, room_id: &RoomId) -> Result<Tags> {
+        let Some(text) = self
+            .store
+            .account_data(user_id.as_str(), Some(room_id.as_str()), TAG_TYPE)
+            .await?
+        else {
+            return Ok(Tags::new());
+        };
+        #[derive(serde::Deserialize)]
+        struct TagContent {
+            #[serde(default)]
+            tags: Tags,
+        }
+        // Tags written by an older or buggier client must not make the room unreadable.
+        Ok(serde_json::from_str::<TagContent>(&text)
+            .map(|c| c.tags)
+            .unwrap_or_default())
+    }
+
+    async fn store_tags(&self, user_id: &UserId, room_id: &RoomId, tags: &Tags) -> Result<i64> {
+        let text = serde_json::to_string(&serde_json::json!({ "tags": tags }))
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        Ok(self
+            .store
+            .set_account_data(user_id.as_str(), Some(room_id.as_str()), TAG_TYPE, &text)
+            .await?)
+    }
+
+    /// The user's tags on a room (empty when none).
+    pub async fn tags(&self, user: &AuthedUser, target: &UserId, room_id: &RoomId) -> Result<Tags> {
+        ensure_self(user, target, "get tags")?;
+        self.stored_tags(target, room_id).await
+    }
+
+    /// Adds or replaces one tag on a room.
+    pub async fn set_tag(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: &RoomId,
+        tag: &str,
+        info: TagInfo,
+    ) -> Result<()> {
+        ensure_self(user, target, "add tags")?;
+        let _guard = self.rmw.lock().await;
+        let mut tags = self.stored_tags(target, room_id).await?;
+        tags.insert(TagName::from(tag), info);
+        self.store_tags(target, room_id, &tags).await?;
+        Ok(())
+    }
+
+    /// Removes one tag from a room; removing a tag that is not there succeeds.
+    pub async fn delete_tag(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: &RoomId,
+        tag: &str,
+    ) -> Result<()> {
+        ensure_self(user, target, "remove tags")?;
+        let _guard = self.rmw.lock().await;
+        let mut tags = self.stored_tags(target, room_id).await?;
+        if tags.remove(&TagName::from(tag)).is_some() {
+            self.store_tags(target, room_id, &tags).await?;
+        }
+        Ok(())
+    }
+
+    // ----- push rules -----
+
+    /// The user's push rules: the stored ruleset, or the spec's defaults before the first
+    /// change. Default rules added to the spec since the user's last change are merged in.
+    pub async fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
+        let defaults = Ruleset::server_default(user_id);
+        let Some(text) = self
+            .store
+            .account_data(user_id.as_str(), None, PUSH_RULES_TYPE)
+            .await?
+        else {
+            return Ok(defaults);
+        };
+        let mut stored = serde_json::from_str::<PushRulesContent>(&text)
+            .map_err(|err| Error::Internal(format!("stored push rules: {err}")))?
+            .global;
+        merge_missing_defaults(&mut stored, defaults);
+        Ok(stored)
+    }
+
+    /// Loads the user's rules, applies `change`, and stores the result as `m.push_rules`.
+    async fn change_push_rules<T>(
+        &self,
+        user_id: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> Result<T>,
+    ) -> Result<T> {
+        let _guard = self.rmw.lock().await;
+        let mut rules = self.push_rules(user_id).await?;
+        let out = change(&mut rules)?;
+        let text = serde_json::to_string(&PushRulesContent { global: rules })
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        self.store
+            .set_account_data(user_id.as_str(), None, PUSH_RULES_TYPE, &text)
+            .await?;
+        Ok(out)
+    }
+
+    /// One push rule.
+    pub async fn push_rule(
+        &self,
+        user_id: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+    ) -> Result<PushRule> {
+        let rules = self.push_rules(user_id).await?;
+        let rule = rules.get(kind, rule_id).ok_or_else(rule_not_found)?;
+        Ok(rule.into())
+    }
+
+    /// Adds or replaces a user-defined push rule, placed by `before`/`after`.
+    pub async fn set_push_rule(
+        &self,
+        user_id: &UserId,
+        rule: NewPushRule,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<()> {
+        self.change_push_rules(user_id, |rules| {
+            rules.insert(rule, after, before).map_err(|err| match err {
+                InsertPushRuleError::UnknownRuleId => Error::Unknown(format!(
+                    "before/after rule not found: {}",
+                    before.or(after).unwrap_or_default()
+                )),
+                other => Error::InvalidParam(other.to_string()),
+            })
+        })
+        .await
+    }
+
+    /// Deletes a user-defined push rule. Server-default rules cannot be deleted.
+    pub async fn delete_push_rule(
+        &self,
+        user_id: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+    ) -> Result<()> {
+        self.change_push_rules(user_id, |rules| {
+            rules.remove(kind, rule_id).map_err(|err| match err {
+                RemovePushRuleError::ServerDefault => {
+                    Error::InvalidParam("Cannot delete a server-default push rule".to_owned())
+                }
+                _ => rule_not_found(),
+            })
+        })
+        .await
+    }
+
+    /// Enables or disables a push rule (server-default rules included).
+    pub async fn set_push_rule_enabled(
+        &self,
+        user_id: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+        enabled: bool,
+    ) -> Result<()> {
+        self.change_push_rules(user_id, |rules| {
+            rules
+                .set_enabled(kind, rule_id, enabled)
+                .map_err(|_| rule_not_found())
+        })
+        .await
+    }
+
+    /// Replaces a push rule's actions (server-default rules included).
+    pub async fn set_push_rule_actions(
+        &self,
+        user_id: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+        actions: Vec<Action>,
+    ) -> Result<()> {
+        self.change_push_rules(user_id, |rules| {
+            rules
+                .set_actions(kind, rule_id, actions)
+                .map_err(|_| rule_not_found())
+        })
+        .await
+    }
+}
+
+fn rule_not_found() -> Error {
+    Error::NotFound("The push rule was not found".to_owned())
+}
+
+/// Adds to `stored` every default rule it lacks: the master rule first, the others after the
+/// user's rules of their kind, which is where the spec puts server-default rules.
+fn merge_missing_defaults(stored: &mut Ruleset, defaults: Ruleset) {
+    macro_rules! merge {
+        ($field:ident) => {
+            for rule in defaults.$field {
+                if !stored.$field.contains(rule.rule_id.as_str()) {
+                    let is_master = rule.rule_id == ".m.rule.master";
+                    let (index, _) = stored.$field.insert_full(rule);
+                    if is_master {
+                        stored.$field.move_index(index, 0);
+                    }
+                }
+            }
+        };
+    }
+    merge!(override_);
+    merge!(content);
+    merge!(room);
+    merge!(sender);
+    merge!(underride);
+}
+
+/// The room versions for `m.room_versions`: the default for new rooms and every supported
+/// version with whether it is stable.
+pub fn room_versions() -> (&'static str, Vec<(&'static str, bool)>) {
+    use myelin_room_version::version::{RoomVersion, Stability};
+    let available = RoomVersion::all()
+        .iter()
+        .map(|v| (v.id(), v.stability() == Stability::Stable))
+        .collect();
+    (RoomVersion::default_for_new_rooms().id(), available)
+}

@@ -1,0 +1,545 @@
+//! Rooms and their events: persisting an event with everything it changes in one transaction
+//! (the event, its state snapshot, the current state, memberships, forward extremities, the
+//! stream position and the client's transaction id), and the reads that sending and the client
+//! API need.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError, with_pool};
+
+/// A state snapshot becomes a full copy after this many deltas, so loading one never walks far.
+pub const MAX_STATE_CHAIN: i64 = 32;
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRow {
+    pub room_nid: i64,
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub is_public: bool,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub event_nid: i64,
+    pub event_id: String,
+    pub room_nid: i64,
+    pub stream_ordering: i64,
+    pub depth: i64,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub json: String,
+    pub redacted_by: Option<String>,
+    pub state_group: i64,
+}
+
+/// A room's forward extremities and the newest depth and state among them: what a new local
+/// event builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomHead {
+    pub prev_event_ids: Vec<String>,
+    pub max_depth: i64,
+    /// The state after the newest extremity (single-writer rooms have one extremity).
+    pub state_group: Option<i64>,
+}
+
+/// An event to persist.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub room_nid: i64,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    pub prev_event_ids: &'a [String],
+    /// The state before this event (`None` only for a room's first event).
+    pub state_group_before: Option<i64>,
+    /// For `m.room.member`: the target and its membership.
+    pub membership: Option<(&'a str, &'a str)>,
+    /// `(user_id, device_id, txn_id)` of a client send.
+    pub txn: Option<(&'a str, &'a str, &'a str)>,
+    pub now: i64,
+}
+
+/// Where a persisted event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Persisted {
+    pub event_nid: i64,
+    pub stream_ordering: i64,
+    pub state_group: i64,
+}
+
+const EVENT_COLUMNS: &str = "event_nid, event_id, room_nid, stream_ordering, depth, event_type, \
+     state_key, sender, json, redacted_by, state_group";
+
+macro_rules! event_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        EventRow {
+            event_nid: row.try_get("event_nid")?,
+            event_id: row.try_get("event_id")?,
+            room_nid: row.try_get("room_nid")?,
+            stream_ordering: row.try_get("stream_ordering")?,
+            depth: row.try_get("depth")?,
+            event_type: row.try_get("event_type")?,
+            state_key: row.try_get("state_key")?,
+            sender: row.try_get("sender")?,
+            json: row.try_get("json")?,
+            redacted_by: row.try_get("redacted_by")?,
+            state_group: row.try_get("state_group")?,
+        }
+    }};
+}
+
+impl Store {
+    /// Creates a room row. The room id must be new.
+    pub async fn create_room(
+        &self,
+        room_id: &str,
+        room_version: &str,
+        creator: &str,
+        is_public: bool,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let nid = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING room_nid",
+            )
+            .bind(room_id)
+            .bind(room_version)
+            .bind(creator)
+            .bind(now)
+            .bind(is_public)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(nid)
+    }
+
+    /// A room by its id.
+    pub async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            match sqlx::query(
+                "SELECT room_nid, room_id, room_version, creator, is_public FROM rooms WHERE room_id = $1",
+            )
+            .bind(room_id)
+            .fetch_optional(pool)
+            .await?
+            {
+                Some(row) => Some(RoomRow {
+                    room_nid: row.try_get("room_nid")?,
+                    room_id: row.try_get("room_id")?,
+                    room_version: row.try_get("room_version")?,
+                    creator: row.try_get("creator")?,
+                    is_public: row.try_get("is_public")?,
+                }),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
+    /// What a new event in the room builds on.
+    pub async fn room_head(&self, room_nid: i64) -> Result<RoomHead, StoreError> {
+        let rows: Vec<(String, i64, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT e.event_id, e.depth, e.state_group FROM forward_extremities f \
+                 JOIN events e ON e.event_id = f.event_id \
+                 WHERE f.room_nid = $1 ORDER BY e.depth DESC, e.stream_ordering DESC",
+            )
+            .bind(room_nid)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(RoomHead {
+            max_depth: rows.iter().map(|r| r.1).max().unwrap_or(0),
+            state_group: rows.first().map(|r| r.2),
+            prev_event_ids: rows.into_iter().map(|r| r.0).collect(),
+        })
+    }
+
+    /// The event id a client transaction produced, if it was already sent.
+    pub async fn txn_event_id(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let id = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(txn_id)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(id)
+    }
+
+    /// Persists an event and everything it changes, in one transaction.
+    pub async fn persist_event(&self, event: &NewEvent<'_>) -> Result<Persisted, StoreError> {
+        let persisted = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let stream_ordering: i64 = sqlx::query_scalar(
+                "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+
+            // The state after the event: a new delta group for a state event, else unchanged.
+            let state_group = match (event.state_key, event.state_group_before) {
+                (None, Some(group)) => group,
+                (None, None) => return Err(StoreError::Conflict("a room's first event must be a state event".to_owned())),
+                (Some(_), parent) => {
+                    let parent_len: Option<i64> = match parent {
+                        Some(parent) => sqlx::query_scalar("SELECT CAST(chain_length AS BIGINT) FROM state_groups WHERE state_group = $1")
+                            .bind(parent)
+                            .fetch_optional(&mut *tx)
+                            .await?,
+                        None => None,
+                    };
+                    let (parent, chain_length) = match parent_len {
+                        Some(len) if len < MAX_STATE_CHAIN => (parent, len + 1),
+                        // Too long (or no parent): a full snapshot, copied below.
+                        _ => (None, 0),
+                    };
+                    let group: i64 = sqlx::query_scalar(
+                        "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, $2, $3) RETURNING state_group",
+                    )
+                    .bind(event.room_nid)
+                    .bind(parent)
+                    .bind(chain_length as i32)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if parent.is_none() && event.state_group_before.is_some() {
+                        // Start a new chain with a full copy of the state before, via the
+                        // current state (which equals it for single-writer local rooms).
+                        sqlx::query(
+                            "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) \
+                             SELECT $1, event_type, state_key, event_nid FROM current_state WHERE room_nid = $2",
+                        )
+                        .bind(group)
+                        .bind(event.room_nid)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    group
+                }
+            };
+
+            let event_nid: i64 = sqlx::query_scalar(
+                "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
+                 sender, origin_server_ts, json, state_group) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING event_nid",
+            )
+            .bind(event.event_id)
+            .bind(event.room_nid)
+            .bind(stream_ordering)
+            .bind(event.depth)
+            .bind(event.event_type)
+            .bind(event.state_key)
+            .bind(event.sender)
+            .bind(event.origin_server_ts)
+            .bind(event.json)
+            .bind(state_group)
+            .fetch_one(&mut *tx)
+            .await?;
+
+            if let Some(state_key) = event.state_key {
+                sqlx::query(
+                    "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+                )
+                .bind(state_group)
+                .bind(event.event_type)
+                .bind(state_key)
+                .bind(event_nid)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO current_state (room_nid, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (room_nid, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+                )
+                .bind(event.room_nid)
+                .bind(event.event_type)
+                .bind(state_key)
+                .bind(event_nid)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some((target, membership)) = event.membership {
+                sqlx::query(
+                    "INSERT INTO room_memberships (room_nid, user_id, membership, event_nid, stream_ordering, forgotten) \
+                     VALUES ($1, $2, $3, $4, $5, FALSE) \
+                     ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, \
+                     event_nid = excluded.event_nid, stream_ordering = excluded.stream_ordering, forgotten = FALSE",
+                )
+                .bind(event.room_nid)
+                .bind(target)
+                .bind(membership)
+                .bind(event_nid)
+                .bind(stream_ordering)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for prev in event.prev_event_ids {
+                sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1 AND event_id = $2")
+                    .bind(event.room_nid)
+                    .bind(prev)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
+                .bind(event.room_nid)
+                .bind(event.event_id)
+                .execute(&mut *tx)
+                .await?;
+            if let Some((user_id, device_id, txn_id)) = event.txn {
+                sqlx::query(
+                    "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .bind(txn_id)
+                .bind(event.event_id)
+                .bind(event.now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Persisted { event_nid, stream_ordering, state_group }
+        });
+        Ok(persisted)
+    }
+
+    /// The current state events of a room for the given `(type, state_key)` pairs (all of the
+    /// room's current state when `keys` is `None`).
+    pub async fn current_state(
+        &self,
+        room_nid: i64,
+        keys: Option<&[(String, String)]>,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let mut sql = format!(
+            "SELECT {} FROM current_state c JOIN events e ON e.event_nid = c.event_nid WHERE c.room_nid = $1",
+            EVENT_COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(keys) = keys {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let clauses: Vec<String> = (0..keys.len())
+                .map(|i| {
+                    format!(
+                        "(c.event_type = ${} AND c.state_key = ${})",
+                        2 * i + 2,
+                        2 * i + 3
+                    )
+                })
+                .collect();
+            sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
+        }
+        let rows = with_pool!(self, pool => {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(room_nid);
+            for (event_type, state_key) in keys.unwrap_or_default() {
+                query = query.bind(event_type).bind(state_key);
+            }
+            let mut out = Vec::new();
+            for row in query.fetch_all(pool).await? {
+                out.push(event_from_row!(&row));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// The whole room state of a snapshot, following its delta chain.
+    pub async fn state_at_group(&self, state_group: i64) -> Result<Vec<EventRow>, StoreError> {
+        let columns = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = with_pool!(self, pool => {
+            // Walk the chain from the group up; nearer groups win for each (type, state_key).
+            let mut chain = Vec::new();
+            let mut next = Some(state_group);
+            while let Some(group) = next {
+                chain.push(group);
+                next = sqlx::query_scalar::<_, Option<i64>>("SELECT parent_group FROM state_groups WHERE state_group = $1")
+                    .bind(group)
+                    .fetch_optional(pool)
+                    .await?
+                    .flatten();
+            }
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for group in chain {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {columns} FROM state_group_entries s JOIN events e ON e.event_nid = s.event_nid \
+                     WHERE s.state_group = $1"
+                )))
+                .bind(group)
+                .fetch_all(pool)
+                .await?;
+                for row in rows {
+                    let event = event_from_row!(&row);
+                    let key = (event.event_type.clone(), event.state_key.clone());
+                    if seen.insert(key) {
+                        out.push(event);
+                    }
+                }
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// One event by id.
+    pub async fn event(&self, event_id: &str) -> Result<Option<EventRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            match sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1")))
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(event_from_row!(&row)),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
+    /// Events of a room strictly between two stream positions, in the requested direction,
+    /// at most `limit`.
+    pub async fn room_events(
+        &self,
+        room_nid: i64,
+        after: i64,
+        before: i64,
+        backwards: bool,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let order = if backwards { "DESC" } else { "ASC" };
+        let rows = with_pool!(self, pool => {
+            let mut out = Vec::new();
+            for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND stream_ordering > $2 \
+                 AND stream_ordering < $3 ORDER BY stream_ordering {order} LIMIT $4"
+            )))
+            .bind(room_nid)
+            .bind(after)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            {
+                out.push(event_from_row!(&row));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// A user's membership in a room, with the event and stream position that set it.
+    pub async fn membership(
+        &self,
+        room_nid: i64,
+        user_id: &str,
+    ) -> Result<Option<(String, i64, i64)>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, i64, i64)>(
+                "SELECT membership, event_nid, stream_ordering FROM room_memberships WHERE room_nid = $1 AND user_id = $2",
+            )
+            .bind(room_nid)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row)
+    }
+
+    /// The rooms where a user has the given membership.
+    pub async fn rooms_with_membership(
+        &self,
+        user_id: &str,
+        membership: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT r.room_id FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid \
+                 WHERE m.user_id = $1 AND m.membership = $2 ORDER BY r.room_id",
+            )
+            .bind(user_id)
+            .bind(membership)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows)
+    }
+
+    /// The latest stream position of the events stream.
+    pub async fn events_stream_position(&self) -> Result<i64, StoreError> {
+        let pos = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>("SELECT position FROM stream_positions WHERE stream = 'events'")
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(pos)
+    }
+
+    /// The state group (state after) of an event, by nid.
+    pub async fn event_by_nid_state_group(&self, event_nid: i64) -> Result<i64, StoreError> {
+        let group = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>("SELECT state_group FROM events WHERE event_nid = $1")
+                .bind(event_nid)
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(group)
+    }
+
+    /// Replaces an event's stored JSON with its redacted form.
+    pub async fn redact_event(
+        &self,
+        event_id: &str,
+        redacted_json: &str,
+        redacted_by: &str,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1")
+                .bind(event_id)
+                .bind(redacted_json)
+                .bind(redacted_by)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Marks a room forgotten for a user who has left it.
+    pub async fn forget_room(&self, room_nid: i64, user_id: &str) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE room_memberships SET forgotten = TRUE WHERE room_nid = $1 AND user_id = $2")
+                .bind(room_nid)
+                .bind(user_id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+}

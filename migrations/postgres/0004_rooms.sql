@@ -1,0 +1,90 @@
+-- Rooms, their events, state snapshots and the hot tables read on every send and sync.
+-- Inside the database rooms, events and state groups have short integer ids (nids); strings
+-- appear only at the edges.
+
+CREATE TABLE rooms (
+    room_nid     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    room_id      TEXT NOT NULL UNIQUE,
+    room_version TEXT NOT NULL,
+    creator      TEXT NOT NULL,
+    created_ts   BIGINT NOT NULL,
+    -- Published in the room directory.
+    is_public    BOOLEAN NOT NULL DEFAULT FALSE
+);
+
+-- Server-wide stream positions. Incrementing a row inside the writing transaction serialises
+-- writers, so positions become visible in commit order and a reader never skips one.
+CREATE TABLE stream_positions (
+    stream   TEXT PRIMARY KEY,
+    position BIGINT NOT NULL
+);
+INSERT INTO stream_positions (stream, position) VALUES ('events', 0);
+
+-- State snapshots: a group holds only what changed since its parent; chains are bounded.
+CREATE TABLE state_groups (
+    state_group  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    room_nid     BIGINT NOT NULL REFERENCES rooms (room_nid),
+    parent_group BIGINT REFERENCES state_groups (state_group),
+    chain_length INTEGER NOT NULL
+);
+
+CREATE TABLE events (
+    event_nid        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id         TEXT NOT NULL UNIQUE,
+    room_nid         BIGINT NOT NULL REFERENCES rooms (room_nid),
+    stream_ordering  BIGINT NOT NULL UNIQUE,
+    depth            BIGINT NOT NULL,
+    event_type       TEXT NOT NULL,
+    state_key        TEXT,
+    sender           TEXT NOT NULL,
+    origin_server_ts BIGINT NOT NULL,
+    -- The PDU as canonical JSON; replaced by its redacted form when a redaction applies.
+    json             TEXT NOT NULL,
+    redacted_by      TEXT,
+    -- The room state after this event.
+    state_group      BIGINT NOT NULL REFERENCES state_groups (state_group)
+);
+CREATE INDEX events_room_stream ON events (room_nid, stream_ordering);
+
+CREATE TABLE state_group_entries (
+    state_group BIGINT NOT NULL REFERENCES state_groups (state_group),
+    event_type  TEXT NOT NULL,
+    state_key   TEXT NOT NULL,
+    event_nid   BIGINT NOT NULL REFERENCES events (event_nid),
+    PRIMARY KEY (state_group, event_type, state_key)
+);
+
+CREATE TABLE current_state (
+    room_nid   BIGINT NOT NULL REFERENCES rooms (room_nid),
+    event_type TEXT NOT NULL,
+    state_key  TEXT NOT NULL,
+    event_nid  BIGINT NOT NULL REFERENCES events (event_nid),
+    PRIMARY KEY (room_nid, event_type, state_key)
+);
+
+CREATE TABLE room_memberships (
+    room_nid        BIGINT NOT NULL REFERENCES rooms (room_nid),
+    user_id         TEXT NOT NULL,
+    membership      TEXT NOT NULL,
+    event_nid       BIGINT NOT NULL REFERENCES events (event_nid),
+    stream_ordering BIGINT NOT NULL,
+    forgotten       BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (room_nid, user_id)
+);
+CREATE INDEX room_memberships_user ON room_memberships (user_id, membership);
+
+CREATE TABLE forward_extremities (
+    room_nid BIGINT NOT NULL REFERENCES rooms (room_nid),
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (room_nid, event_id)
+);
+
+-- Client transaction ids, so a retried send returns the first send's event.
+CREATE TABLE event_txn_ids (
+    user_id    TEXT NOT NULL,
+    device_id  TEXT NOT NULL,
+    txn_id     TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    created_ts BIGINT NOT NULL,
+    PRIMARY KEY (user_id, device_id, txn_id)
+);

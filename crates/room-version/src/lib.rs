@@ -43,7 +43,8 @@
 //!   [`signing::KeyPair`] / [`signing::PublicKey`].
 //! - Account keys: [`account_key::AccountKey::parse`] (strict grammar),
 //!   [`account_key::KeyFormUserId::parse`], [`account_key::looks_like_account_key`].
-//! - Clients: [`projection::project_for_client`]`(version, event, reader, lookup)` → the event as
+//! - Clients: [`pdu::Pdu::client_event`] (Client-Server format), then
+//!   [`projection::project_for_client`]`(version, event, reader, lookup)` → the event as
 //!   that client sees it, or `None`.
 
 pub mod account_key;

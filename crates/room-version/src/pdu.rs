@@ -248,6 +248,43 @@ impl Pdu {
     pub fn canonical_json(&self) -> String {
         to_canonical_string(&self.json)
     }
+    /// The room this event belongs to. For a v12-format create event (which has no `room_id`)
+    /// that is the room its own id defines: `!` + its reference hash.
+    pub fn room_id_or_own(&self) -> String {
+        match self.room_id() {
+            Some(r) => r.to_owned(),
+            None => format!("!{}", self.event_id().trim_start_matches('$')),
+        }
+    }
+
+    /// The event in the Client-Server format (`ClientEvent`): `content`, `event_id`,
+    /// `origin_server_ts`, `room_id`, `sender`, `state_key`, `type`, and `unsigned` as given
+    /// (the caller adds `age`, `prev_content`, ... there). Federation-only fields are dropped. In
+    /// account-key rooms pass the result through `projection::project_for_client`.
+    pub fn client_event(
+        &self,
+        unsigned: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Value {
+        let content: serde_json::Value =
+            serde_json::from_str(self.content.get()).unwrap_or_else(|_| serde_json::json!({}));
+        let mut out = serde_json::json!({
+            "content": content,
+            "event_id": self.event_id(),
+            "origin_server_ts": self.origin_server_ts(),
+            "room_id": self.room_id_or_own(),
+            "sender": self.sender(),
+            "type": self.event_type(),
+            "unsigned": unsigned,
+        });
+        if let (Some(key), Some(obj)) = (self.state_key(), out.as_object_mut()) {
+            obj.insert(
+                "state_key".into(),
+                serde_json::Value::String(key.to_owned()),
+            );
+        }
+        out
+    }
+
     /// Whether this event was rejected by the checks on receipt. Rejected events never count as
     /// auth events or in state resolution.
     pub fn rejected(&self) -> bool {

@@ -325,3 +325,37 @@ mod no_panics {
         }
     }
 }
+
+#[test]
+fn client_event_format() {
+    let create = build(
+        v("12"),
+        &keypair(1),
+        json!({"type": "m.room.create", "state_key": "", "sender": "@a:a.example",
+               "content": {"room_version": "12"}}),
+    );
+    let client = create.client_event(serde_json::Map::new());
+    assert_eq!(
+        client["room_id"],
+        json!(format!("!{}", &create.event_id()[1..]))
+    );
+    assert_eq!(client["event_id"], json!(create.event_id()));
+    assert_eq!(client["state_key"], json!(""));
+    assert_eq!(client["content"], json!({"room_version": "12"}));
+    for federation_only in [
+        "auth_events",
+        "prev_events",
+        "depth",
+        "hashes",
+        "signatures",
+    ] {
+        assert!(client.get(federation_only).is_none(), "{federation_only}");
+    }
+    let msg = parse(&valid("12"), "12").unwrap();
+    let mut unsigned = serde_json::Map::new();
+    unsigned.insert("age".into(), json!(5));
+    let client = msg.client_event(unsigned);
+    assert_eq!(client["room_id"], json!(ROOM));
+    assert_eq!(client["unsigned"], json!({"age": 5}));
+    assert!(client.get("state_key").is_none());
+}

@@ -41,6 +41,8 @@ CREATE TABLE events (
     -- The PDU as canonical JSON; replaced by its redacted form when a redaction applies.
     json             TEXT NOT NULL,
     redacted_by      TEXT,
+    -- For a state event: the state event it replaced (clients see its content as prev_content).
+    prev_state_nid   BIGINT,
     -- The room state after this event.
     state_group      BIGINT NOT NULL REFERENCES state_groups (state_group)
 );

@@ -779,3 +779,135 @@ async fn history_visibility_and_error_paths() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn context_prev_content_profiles_and_redacted_because() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = create(
+            &server,
+            &alice,
+            json!({"preset": "public_chat", "topic": "first"}),
+        )
+        .await;
+        let topic_path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+            enc(&room)
+        );
+        server
+            .put(&topic_path, &alice.access_token, json!({"topic": "second"}))
+            .await;
+        let mut ids = Vec::new();
+        for i in 0..9 {
+            let (_, sent) =
+                send_text(&server, &alice, &room, &format!("c{i}"), &format!("m{i}")).await;
+            ids.push(sent["event_id"].as_str().unwrap().to_owned());
+        }
+
+        // The topic change carries what it replaced.
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        let topics: Vec<&Value> = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.topic")
+            .collect();
+        assert_eq!(topics[0]["content"]["topic"], "second");
+        assert_eq!(
+            topics[0]["unsigned"]["prev_content"]["topic"], "first",
+            "{}",
+            topics[0]
+        );
+        assert!(topics[1]["unsigned"].get("prev_content").is_none());
+
+        // The creator's join carries the profile.
+        let (_, member) =
+            state_content(&server, &alice, &room, "m.room.member", &alice.user_id).await;
+        assert_eq!(member["displayname"], "alice", "{member}");
+
+        // Context: two before, two after, and the state at the event.
+        let (status, context) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/context/{}?limit=4",
+                    enc(&room),
+                    enc(&ids[4])
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{context}");
+        assert_eq!(context["event"]["event_id"], ids[4]);
+        let before: Vec<&str> = context["events_before"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
+        let after: Vec<&str> = context["events_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(before, vec![ids[3].as_str(), ids[2].as_str()]);
+        assert_eq!(after, vec![ids[5].as_str(), ids[6].as_str()]);
+        assert!(
+            context["state"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["type"] == "m.room.create")
+        );
+        // Its tokens continue paging from its edges.
+        let (_, older) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1&from={}",
+                    enc(&room),
+                    context["start"].as_str().unwrap()
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(older["chunk"][0]["event_id"], ids[1]);
+
+        // A redacted event says who redacted it and why.
+        let (_, redaction) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/redact/{}/rx",
+                    enc(&room),
+                    enc(&ids[0])
+                ),
+                &alice.access_token,
+                json!({"reason": "spam"}),
+            )
+            .await;
+        let (_, event) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(&ids[0])
+                ),
+                &alice.access_token,
+            )
+            .await;
+        let because = &event["unsigned"]["redacted_because"];
+        assert_eq!(because["event_id"], redaction["event_id"]);
+        assert_eq!(because["sender"], alice.user_id);
+        assert_eq!(because["content"]["reason"], "spam");
+        assert_eq!(because["redacts"], ids[0]);
+        server.stop().await;
+    }
+}

@@ -34,6 +34,10 @@ pub struct EventRow {
     pub json: String,
     pub redacted_by: Option<String>,
     pub state_group: i64,
+    /// For a state event: the JSON of the state event it replaced (clients' `prev_content`).
+    pub prev_json: Option<String>,
+    /// For a redacted event: the JSON of the redaction (clients' `redacted_because`).
+    pub redacted_because_json: Option<String>,
 }
 
 /// A room's forward extremities and the newest depth and state among them: what a new local
@@ -75,8 +79,14 @@ pub struct Persisted {
     pub state_group: i64,
 }
 
-const EVENT_COLUMNS: &str = "event_nid, event_id, room_nid, stream_ordering, depth, event_type, \
-     state_key, sender, json, redacted_by, state_group";
+/// Every read of events selects the same columns, with the replaced state event and the
+/// redaction joined in, so clients' `prev_content` and `redacted_because` need no extra query.
+const EVENT_SELECT: &str = "SELECT e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
+     e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
+     p.json AS prev_json, r.json AS redacted_because_json \
+     FROM events e \
+     LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
+     LEFT JOIN events r ON r.event_id = e.redacted_by";
 
 macro_rules! event_from_row {
     ($row:expr) => {{
@@ -93,6 +103,8 @@ macro_rules! event_from_row {
             json: row.try_get("json")?,
             redacted_by: row.try_get("redacted_by")?,
             state_group: row.try_get("state_group")?,
+            prev_json: row.try_get("prev_json")?,
+            redacted_because_json: row.try_get("redacted_because_json")?,
         }
     }};
 }
@@ -255,6 +267,17 @@ impl Store {
             .await?;
 
             if let Some(state_key) = event.state_key {
+                // Remember what this event replaces, for clients' `prev_content`.
+                sqlx::query(
+                    "UPDATE events SET prev_state_nid = (SELECT c.event_nid FROM current_state c \
+                     WHERE c.room_nid = $1 AND c.event_type = $2 AND c.state_key = $3) WHERE event_nid = $4",
+                )
+                .bind(event.room_nid)
+                .bind(event.event_type)
+                .bind(state_key)
+                .bind(event_nid)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query(
                     "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
@@ -329,12 +352,7 @@ impl Store {
         keys: Option<&[(String, String)]>,
     ) -> Result<Vec<EventRow>, StoreError> {
         let mut sql = format!(
-            "SELECT {} FROM current_state c JOIN events e ON e.event_nid = c.event_nid WHERE c.room_nid = $1",
-            EVENT_COLUMNS
-                .split(", ")
-                .map(|c| format!("e.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "{EVENT_SELECT} JOIN current_state c ON c.event_nid = e.event_nid WHERE c.room_nid = $1"
         );
         if let Some(keys) = keys {
             if keys.is_empty() {
@@ -367,11 +385,6 @@ impl Store {
 
     /// The whole room state of a snapshot, following its delta chain.
     pub async fn state_at_group(&self, state_group: i64) -> Result<Vec<EventRow>, StoreError> {
-        let columns = EVENT_COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let rows = with_pool!(self, pool => {
             // Walk the chain from the group up; nearer groups win for each (type, state_key).
             let mut chain = Vec::new();
@@ -388,7 +401,7 @@ impl Store {
             let mut out = Vec::new();
             for group in chain {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {columns} FROM state_group_entries s JOIN events e ON e.event_nid = s.event_nid \
+                    "{EVENT_SELECT} JOIN state_group_entries s ON s.event_nid = e.event_nid \
                      WHERE s.state_group = $1"
                 )))
                 .bind(group)
@@ -410,7 +423,7 @@ impl Store {
     /// One event by id.
     pub async fn event(&self, event_id: &str) -> Result<Option<EventRow>, StoreError> {
         let row = with_pool!(self, pool => {
-            match sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1")))
+            match sqlx::query(sqlx::AssertSqlSafe(format!("{EVENT_SELECT} WHERE e.event_id = $1")))
                 .bind(event_id)
                 .fetch_optional(pool)
                 .await?
@@ -436,8 +449,8 @@ impl Store {
         let rows = with_pool!(self, pool => {
             let mut out = Vec::new();
             for row in sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND stream_ordering > $2 \
-                 AND stream_ordering < $3 ORDER BY stream_ordering {order} LIMIT $4"
+                "{EVENT_SELECT} WHERE e.room_nid = $1 AND e.stream_ordering > $2 \
+                 AND e.stream_ordering < $3 ORDER BY e.stream_ordering {order} LIMIT $4"
             )))
             .bind(room_nid)
             .bind(after)

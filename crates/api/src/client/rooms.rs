@@ -12,6 +12,7 @@ use myelin_service::{
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId,
     api::client::{
+        context::get_context,
         knock::knock_room,
         membership::{
             ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias,
@@ -50,6 +51,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(members_joined)
         .ruma(messages)
         .ruma(redact)
+        .ruma(context)
 }
 
 fn raw<T>(value: Value) -> Result<Raw<T>, MatrixError> {
@@ -542,4 +544,42 @@ async fn redact(
         )
         .await?;
     Ok(redact_event::v3::Response::new(event_id_of(&event_id)?))
+}
+
+async fn context(
+    state: AppState,
+    request: Ruma<get_context::v3::Request>,
+) -> Result<get_context::v3::Response, MatrixError> {
+    let body = request.body;
+    let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
+    let context = state
+        .services
+        .rooms
+        .context(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            body.event_id.as_str(),
+            limit,
+        )
+        .await?;
+    let mut response = get_context::v3::Response::new();
+    response.start = Some(context.start);
+    response.end = Some(context.end);
+    response.event = Some(raw(context.event)?);
+    response.events_before = context
+        .before
+        .into_iter()
+        .map(raw)
+        .collect::<Result<_, _>>()?;
+    response.events_after = context
+        .after
+        .into_iter()
+        .map(raw)
+        .collect::<Result<_, _>>()?;
+    response.state = context
+        .state
+        .into_iter()
+        .map(raw)
+        .collect::<Result<_, _>>()?;
+    Ok(response)
 }

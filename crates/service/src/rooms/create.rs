@@ -154,7 +154,7 @@ impl Rooms {
             creator,
             "m.room.member",
             creator.as_str(),
-            json!({"membership": "join"}),
+            self.join_content(creator, None).await?,
         )
         .await?;
 

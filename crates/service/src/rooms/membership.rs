@@ -19,6 +19,37 @@ fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
 }
 
 impl Rooms {
+    /// A join's content: the membership and the user's profile, as clients expect to render it.
+    pub(super) async fn join_content(&self, user: &UserId, reason: Option<&str>) -> Result<Value> {
+        let mut content = with_reason(json!({"membership": "join"}), reason);
+        if let Some(profile) = self.store.profile(user.as_str()).await? {
+            if let Some(name) = profile.displayname {
+                content["displayname"] = json!(name);
+            }
+            if let Some(url) = profile.avatar_url {
+                content["avatar_url"] = json!(url);
+            }
+        }
+        Ok(content)
+    }
+
+    /// After a profile change: a new join event with the new profile in every joined room.
+    /// A room whose rules refuse the update is skipped (and logged), not a failure of the change.
+    pub async fn profile_changed(&self, user: &UserId) -> Result<()> {
+        for room_id in self
+            .store
+            .rooms_with_membership(user.as_str(), "join")
+            .await?
+        {
+            let room = self.room(&room_id).await?;
+            let content = self.join_content(user, None).await?;
+            if let Err(err) = self.member_event(&room, user, user.as_str(), content).await {
+                tracing::warn!(%room_id, %user, %err, "could not update the member event after a profile change");
+            }
+        }
+        Ok(())
+    }
+
     /// A room this server knows, or the error a join to an unknown room gets.
     async fn known_room(&self, room_id: &str) -> Result<RoomRow> {
         match self.store.room(room_id).await? {
@@ -54,7 +85,7 @@ impl Rooms {
     /// invite, as the spec's restricted-join rules require.
     pub async fn join(&self, user: &UserId, room_id: &str, reason: Option<&str>) -> Result<String> {
         let room = self.known_room(room_id).await?;
-        let mut content = with_reason(json!({"membership": "join"}), reason);
+        let mut content = self.join_content(user, reason).await?;
         if let Some(authoriser) = self.restricted_join_authoriser(&room, user).await? {
             content["join_authorised_via_users_server"] = json!(authoriser);
         }

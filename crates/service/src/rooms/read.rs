@@ -37,6 +37,17 @@ pub struct PageRequest<'a> {
     pub types: Option<&'a [String]>,
 }
 
+/// `/context`: an event with what came before and after it, and the state at it.
+#[derive(Debug, Clone)]
+pub struct EventContext {
+    pub event: Value,
+    pub before: Vec<Value>,
+    pub after: Vec<Value>,
+    pub start: String,
+    pub end: String,
+    pub state: Vec<Value>,
+}
+
 /// `/members` filters.
 #[derive(Debug, Clone, Default)]
 pub struct MembersFilter {
@@ -261,6 +272,88 @@ impl Rooms {
         })
     }
 
+    /// `GET /rooms/{roomId}/context/{eventId}`: up to `limit` visible events around the event,
+    /// split evenly before and after it.
+    pub async fn context(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        event_id: &str,
+        limit: usize,
+    ) -> Result<EventContext> {
+        let room = self.room(room_id).await?;
+        let not_found = || Error::NotFound("Event not found".to_owned());
+        let row = self
+            .store
+            .event(event_id)
+            .await?
+            .filter(|row| row.room_nid == room.room_nid)
+            .ok_or_else(not_found)?;
+        let mut memo = HashMap::new();
+        if !self.visible(&room, &row, user, &mut memo).await? {
+            return Err(not_found());
+        }
+        let event = self.client_event(&room, &row, user).ok_or_else(not_found)?;
+        let limit = limit.min(100);
+        let before_limit = (limit / 2) as i64;
+        let after_limit = (limit - limit / 2) as i64;
+        let before_rows = self
+            .store
+            .room_events(room.room_nid, 0, row.stream_ordering, true, before_limit)
+            .await?;
+        let after_rows = self
+            .store
+            .room_events(
+                room.room_nid,
+                row.stream_ordering,
+                i64::MAX,
+                false,
+                after_limit,
+            )
+            .await?;
+        let start = token(
+            before_rows
+                .last()
+                .map_or(row.stream_ordering, |r| r.stream_ordering),
+        );
+        let end = token(
+            after_rows
+                .last()
+                .map_or(row.stream_ordering, |r| r.stream_ordering),
+        );
+        let mut before = Vec::new();
+        for r in &before_rows {
+            if self.visible(&room, r, user, &mut memo).await?
+                && let Some(e) = self.client_event(&room, r, user)
+            {
+                before.push(e);
+            }
+        }
+        let mut after = Vec::new();
+        for r in &after_rows {
+            if self.visible(&room, r, user, &mut memo).await?
+                && let Some(e) = self.client_event(&room, r, user)
+            {
+                after.push(e);
+            }
+        }
+        let state = self
+            .store
+            .state_at_group(row.state_group)
+            .await?
+            .iter()
+            .filter_map(|r| self.client_event(&room, r, user))
+            .collect();
+        Ok(EventContext {
+            event,
+            before,
+            after,
+            start,
+            end,
+            state,
+        })
+    }
+
     /// History visibility (client-server API "History visibility"): decided by the state at
     /// the event. A user always sees their own membership events.
     async fn visible(
@@ -331,9 +424,34 @@ impl Rooms {
         if let Some(ts) = pdu["origin_server_ts"].as_i64() {
             unsigned["age"] = json!(now_millis().saturating_sub(ts).max(0));
         }
-        if let Some(redacted_by) = &row.redacted_by {
-            unsigned["redacted_because"] =
-                json!({ "event_id": redacted_by, "type": "m.room.redaction" });
+        if let Some(prev) = row
+            .prev_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+        {
+            unsigned["prev_content"] = prev["content"].clone();
+            unsigned["prev_sender"] = prev["sender"].clone();
+        }
+        if let Some(redaction) = row
+            .redacted_because_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+        {
+            let mut because = json!({
+                "event_id": row.redacted_by,
+                "room_id": room.room_id,
+                "sender": redaction["sender"],
+                "type": "m.room.redaction",
+                "content": redaction["content"],
+                "origin_server_ts": redaction["origin_server_ts"],
+            });
+            if let Some(redacts) = redaction
+                .get("redacts")
+                .or_else(|| redaction["content"].get("redacts"))
+            {
+                because["redacts"] = redacts.clone();
+            }
+            unsigned["redacted_because"] = because;
         }
         event["unsigned"] = unsigned;
         project_for_client(version, &event, reader.as_str(), |_| {

@@ -289,3 +289,98 @@ async fn register_user_creates_an_account_that_can_log_in() {
     assert_eq!(login["user_id"], "@opal:localhost", "{login}");
     assert!(terminate(running).await.success());
 }
+
+/// Registers `alice`, creates a room and sends a message; returns (token, room, event id).
+async fn send_one(client: SocketAddr) -> (String, String, String) {
+    let http = reqwest::Client::new();
+    let base = format!("http://{client}/_matrix/client/v3");
+    let reg: serde_json::Value = http
+        .post(format!("{base}/register"))
+        .json(&serde_json::json!({"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = reg["access_token"].as_str().unwrap().to_owned();
+    let room: serde_json::Value = http
+        .post(format!("{base}/createRoom"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let response = http
+        .put(format!(
+            "{base}/rooms/{}/send/m.room.message/t1",
+            room_id.replace('!', "%21").replace(':', "%3A")
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"msgtype": "m.text", "body": "durable"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let sent: serde_json::Value = response.json().await.unwrap();
+    (
+        token,
+        room_id,
+        sent["event_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn sigkill_then_find(extra_env: &[(&str, String)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("MYELIN_REGISTRATION__ENABLED", "true".to_owned()),
+        ("MYELIN_PASSWORDS__MEMORY_KIB", "8".to_owned()),
+        ("MYELIN_PASSWORDS__ITERATIONS", "1".to_owned()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    let mut running = start(dir.path(), &env).await;
+    let (token, room_id, event_id) = send_one(running.client).await;
+    // No shutdown at all: the process dies the moment after the 200.
+    running.child.kill().unwrap();
+    running.child.wait().unwrap();
+    drop(running);
+
+    let running = start(dir.path(), &env).await;
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/_matrix/client/v3/rooms/{}/event/{}",
+            running.client,
+            room_id.replace('!', "%21").replace(':', "%3A"),
+            event_id.replace('$', "%24")
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the acknowledged event survived SIGKILL"
+    );
+    let event: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(event["content"]["body"], "durable");
+    assert!(terminate(running).await.success());
+}
+
+#[tokio::test]
+async fn an_acknowledged_send_survives_sigkill_on_sqlite() {
+    sigkill_then_find(&[]).await;
+}
+
+#[tokio::test]
+async fn an_acknowledged_send_survives_sigkill_on_postgres() {
+    if !test_backends().contains(&DatabaseKind::Postgres) {
+        return;
+    }
+    let db = TestDatabase::create(DatabaseKind::Postgres).await;
+    sigkill_then_find(&[("MYELIN_DATABASE__URL", db.url.clone())]).await;
+}

@@ -911,3 +911,38 @@ async fn context_prev_content_profiles_and_redacted_because() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn deactivation_leaves_rooms() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let invited = create(&server, &alice, json!({"invite": [bob.user_id]})).await;
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+
+        let (_, challenge) = server
+            .post(
+                "/_matrix/client/v3/account/deactivate",
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        let (status, body) = server
+            .post(
+                "/_matrix/client/v3/account/deactivate",
+                &bob.access_token,
+                json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": bob.user_id},
+                        "password": bob.password, "session": challenge["session"]}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        for room in [&room, &invited] {
+            let (_, member) =
+                state_content(&server, &alice, room, "m.room.member", &bob.user_id).await;
+            assert_eq!(member["membership"], "leave", "{kind:?} {room}: {member}");
+        }
+        server.stop().await;
+    }
+}

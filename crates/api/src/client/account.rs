@@ -127,6 +127,8 @@ async fn deactivate(
         .password_uia("deactivate", &user, session.as_deref(), auth)
         .await?;
     accounts.deactivate(&user).await?;
+    // Logins end first, so nothing can rejoin while the rooms are being left.
+    state.services.rooms.leave_all(&user.user_id).await?;
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
     ))

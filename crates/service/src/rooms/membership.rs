@@ -50,6 +50,26 @@ impl Rooms {
         Ok(())
     }
 
+    /// Leaves every room the user is joined to, invited to or knocking on (deactivation).
+    pub async fn leave_all(&self, user: &UserId) -> Result<()> {
+        for membership in ["join", "invite", "knock"] {
+            for room_id in self
+                .store
+                .rooms_with_membership(user.as_str(), membership)
+                .await?
+            {
+                let room = self.room(&room_id).await?;
+                if let Err(err) = self
+                    .member_event(&room, user, user.as_str(), json!({"membership": "leave"}))
+                    .await
+                {
+                    tracing::warn!(%room_id, %user, %err, "could not leave a room on deactivation");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A room this server knows, or the error a join to an unknown room gets.
     async fn known_room(&self, room_id: &str) -> Result<RoomRow> {
         match self.store.room(room_id).await? {

@@ -13,6 +13,7 @@ package myelindeploy
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -70,7 +71,7 @@ func Deploy(t ct.TestLike, numServers int, cfg *config.Complement) complement.De
 	}
 	d := &Deployment{cfg: cfg, binary: binary, servers: map[string]*server{}}
 	liveMu.Lock()
-	for live[d.slot] != nil {
+	for live[d.slot] != nil || !slotFree(d.slot, numServers) {
 		d.slot++
 	}
 	live[d.slot] = d
@@ -139,6 +140,24 @@ func Cleanup(*config.Complement) {
 	for _, d := range ds {
 		d.destroy()
 	}
+}
+
+// slotFree says whether no other process (another Complement run, say) listens on the slot's
+// addresses. Deployments of this process are tracked in live.
+func slotFree(slot, numServers int) bool {
+	if slot > 250 {
+		return true // give up looking; starting will fail with a clear "address in use"
+	}
+	for i := 1; i <= numServers; i++ {
+		for _, port := range []string{"8008", "8448"} {
+			ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.%d.%d", slot, i+1), port))
+			if err != nil {
+				return false
+			}
+			ln.Close()
+		}
+	}
+	return true
 }
 
 func (d *Deployment) release() {

@@ -1,51 +1,97 @@
 #!/bin/sh
-# Entrypoint of the Complement image (see Dockerfile): certificate, CA trust, MYELIN_* settings,
-# then `myelin serve`. The settings mirror complement/myelindeploy/config.go: groups Myelin does
-# not know yet are left out after asking `myelin check-config`, because Myelin exits 2 on an
-# unknown key.
+# Entrypoint of the Complement image (see Dockerfile): a certificate for SERVER_NAME signed with
+# the run's CA, that CA trusted, the settings, then `myelin serve`. The settings mirror
+# complement/myelindeploy/config.go: each group goes into a TOML file passed with --config and
+# into MYELIN_* variables, and a group Myelin does not know yet is left out after asking
+# `myelin check-config` (Myelin exits 2 on an unknown key).
+#
+# The paths can be moved for a smoke test without Docker (COMPLEMENT_CA_DIR, COMPLEMENT_DATA_DIR,
+# COMPLEMENT_TLS_DIR, COMPLEMENT_LISTEN_HOST, MYELIN_BIN, COMPLEMENT_SKIP_CA_STORE=1).
 set -eu
 
 : "${SERVER_NAME:?SERVER_NAME must be set}"
-ca=/complement/ca
-mkdir -p /data /tls
+ca="${COMPLEMENT_CA_DIR:-/complement/ca}"
+data="${COMPLEMENT_DATA_DIR:-/data}"
+tls="${COMPLEMENT_TLS_DIR:-/tls}"
+host="${COMPLEMENT_LISTEN_HOST:-0.0.0.0}"
+myelin="${MYELIN_BIN:-myelin}"
+mkdir -p "$data" "$tls"
 
 # A federation certificate for SERVER_NAME, signed with the run's CA.
 openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$SERVER_NAME" \
-    -keyout /tls/server.key -out /tls/server.csr 2>/dev/null
-printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$SERVER_NAME" > /tls/ext.cnf
-openssl x509 -req -in /tls/server.csr -CA "$ca/ca.crt" -CAkey "$ca/ca.key" -CAcreateserial \
-    -days 7 -sha256 -extfile /tls/ext.cnf -out /tls/server.crt 2>/dev/null
+    -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$SERVER_NAME" > "$tls/ext.cnf"
+openssl x509 -req -in "$tls/server.csr" -CA "$ca/ca.crt" -CAkey "$ca/ca.key" \
+    -CAserial "$tls/ca.srl" -CAcreateserial -days 7 -sha256 -extfile "$tls/ext.cnf" \
+    -out "$tls/server.crt" 2>/dev/null
 
 # Trust the CA for outbound TLS (the system store, which Myelin's client also reads).
-cp "$ca/ca.crt" /usr/local/share/ca-certificates/complement-ca.crt
-update-ca-certificates >/dev/null 2>&1 || true
+if [ -z "${COMPLEMENT_SKIP_CA_STORE:-}" ]; then
+    cp "$ca/ca.crt" /usr/local/share/ca-certificates/complement-ca.crt
+    update-ca-certificates >/dev/null 2>&1 || true
+fi
 
-export MYELIN_SERVER_NAME="$SERVER_NAME"
-export MYELIN_DATA_DIR=/data
-export MYELIN_LISTEN__CLIENT=0.0.0.0:8008
-export MYELIN_LISTEN__FEDERATION=0.0.0.0:8448
-export MYELIN_TLS__CERTIFICATE=/tls/server.crt
-export MYELIN_TLS__PRIVATE_KEY=/tls/server.key
-export MYELIN_HTTP__SHUTDOWN_GRACE_PERIOD_SECS=2
-export MYELIN_LOG__FILTER="${MYELIN_LOG__FILTER:-info}"
+config="$data/complement.toml"
+probe="$data/complement-probe.toml"
 export NO_COLOR=1
 
-# try_group "NAME" VAR=VALUE...: export the variables if `myelin check-config` accepts them.
-try_group() {
-    name="$1"; shift
-    if env "$@" myelin check-config >/dev/null 2>&1; then
-        for kv in "$@"; do export "$kv"; done
+# setting KEY TOML_VALUE: add one line to the group being built.
+group=""
+setting() {
+    group="$group$1 = $2
+"
+}
+# commit_group NAME [required]: keep the group if `myelin check-config` accepts it together with
+# what is already kept, and export its MYELIN_* variables; a refused required group stops here.
+commit_group() {
+    { cat "$config"; printf '%s' "$group"; } > "$probe"
+    if out="$("$myelin" --config "$probe" check-config 2>&1)"; then
+        printf '%s' "$group" >> "$config"
+        # `a.b_c = "v"` -> MYELIN_A__B_C=v (strings bare, other values as written).
+        printf '%s' "$group" | while IFS= read -r line; do
+            [ -n "$line" ] || continue
+            key="${line%% = *}"; value="${line#* = }"
+            case "$value" in \"*\") value="${value#\"}"; value="${value%\"}" ;; esac
+            printf "export MYELIN_%s='%s'\n" "$(printf '%s' "$key" | sed 's/\./__/g' | tr 'a-z' 'A-Z')" "$value"
+        done > "$data/complement-env.group"
+        . "$data/complement-env.group"
+        cat "$data/complement-env.group" >> "$data/complement-env.sh"
+    elif [ "${2:-}" = required ]; then
+        echo "complement-entrypoint: myelin check-config refuses the core settings: $out" >&2
+        exit 2
     else
-        echo "complement-entrypoint: config group '$name' not accepted by this Myelin; left out" >&2
+        echo "complement-entrypoint: config group '$1' not accepted by this Myelin; left out ($out)" >&2
     fi
+    group=""
 }
 
-try_group registration MYELIN_REGISTRATION__ENABLED=true MYELIN_REGISTRATION__SHARED_SECRET=complement
-try_group passwords MYELIN_PASSWORDS__MEMORY_KIB=8 MYELIN_PASSWORDS__ITERATIONS=1 MYELIN_PASSWORDS__PARALLELISM=1
+echo "# Written by the Complement entrypoint." > "$config"
+: > "$data/complement-env.sh"
+setting server_name "\"$SERVER_NAME\""
+setting data_dir "\"$data\""
+setting listen.client "\"$host:8008\""
+setting listen.federation "\"$host:8448\""
+setting tls.certificate "\"$tls/server.crt\""
+setting tls.private_key "\"$tls/server.key\""
+setting http.shutdown_grace_period_secs 2
+setting log.filter "\"${COMPLEMENT_MYELIN_LOG:-info}\""
+commit_group core required
+setting registration.enabled true
+setting registration.shared_secret '"complement"'
+commit_group registration
+setting passwords.memory_kib 8
+setting passwords.iterations 1
+setting passwords.parallelism 1
+commit_group passwords
 # Future keys (names to be confirmed when Myelin adds them; keep in step with config.go):
-try_group federation.ca MYELIN_FEDERATION__EXTRA_CA_CERTIFICATES="$ca/ca.crt"
-try_group federation.allow_private_addresses MYELIN_FEDERATION__ALLOW_PRIVATE_ADDRESSES=true
-try_group rate_limits MYELIN_RATE_LIMITS__ENABLED=false
-try_group media.legacy MYELIN_MEDIA__LEGACY_UNAUTHENTICATED_ENDPOINTS=true
+setting federation.extra_ca_certificates "[\"$ca/ca.crt\"]"
+commit_group federation.ca
+setting federation.allow_private_addresses true
+commit_group federation.allow_private_addresses
+setting rate_limits.enabled false
+commit_group rate_limits
+setting media.legacy_unauthenticated_endpoints true
+commit_group media.legacy
+rm -f "$probe" "$data/complement-env.group"
 
-exec myelin serve
+exec "$myelin" --config "$config" serve

@@ -830,3 +830,48 @@ async fn push_rules_are_per_user() {
         assert!(invite.contains(&bob.user_id) && !invite.contains(&alice.user_id));
     }
 }
+
+#[tokio::test]
+async fn profile_change_updates_member_events_in_joined_rooms() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let c = Client { server: &server };
+        let alice = server.register("alice").await;
+        let (status, body) = c
+            .post("/_matrix/client/v3/createRoom", &alice, json!({}))
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let room_id = body["room_id"].as_str().unwrap().to_owned();
+        let member = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&room_id),
+            enc(&alice.user_id)
+        );
+        let profile = format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id));
+
+        let (status, _) = c
+            .put(
+                &format!("{profile}/displayname"),
+                &alice,
+                json!({"displayname": "Alice Liddell"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, body) = c.get(&member, &alice).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["membership"], "join");
+        assert_eq!(body["displayname"], "Alice Liddell", "{body}");
+
+        let (status, _) = c
+            .put(
+                &format!("{profile}/avatar_url"),
+                &alice,
+                json!({"avatar_url": "mxc://example.org/pic"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (_, body) = c.get(&member, &alice).await;
+        assert_eq!(body["avatar_url"], "mxc://example.org/pic", "{body}");
+        assert_eq!(body["displayname"], "Alice Liddell", "{body}");
+    }
+}

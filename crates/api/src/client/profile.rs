@@ -70,14 +70,14 @@ async fn avatar_url(
     ))
 }
 
-// Rooms: after each setter, hand `change` (the user and the profile as it now is) to the rooms
-// area to send a new `m.room.member` event into every room the user has joined.
+// After each change the rooms area sends a new `m.room.member` event, carrying the new profile,
+// into every room the user has joined.
 async fn set_displayname(
     state: AppState,
     request: Ruma<set_display_name::v3::Request>,
 ) -> Result<set_display_name::v3::Response, MatrixError> {
     let body = request.body;
-    let _change = state
+    let change = state
         .services
         .profiles
         .set_displayname(
@@ -85,6 +85,11 @@ async fn set_displayname(
             &body.user_id,
             body.displayname.as_deref(),
         )
+        .await?;
+    state
+        .services
+        .rooms
+        .profile_changed(&change.user_id)
         .await?;
     Ok(set_display_name::v3::Response::new())
 }
@@ -94,7 +99,7 @@ async fn set_avatar(
     request: Ruma<set_avatar_url::v3::Request>,
 ) -> Result<set_avatar_url::v3::Response, MatrixError> {
     let body = request.body;
-    let _change = state
+    let change = state
         .services
         .profiles
         .set_avatar_url(
@@ -102,6 +107,11 @@ async fn set_avatar(
             &body.user_id,
             body.avatar_url.as_ref().map(|url| url.as_str()),
         )
+        .await?;
+    state
+        .services
+        .rooms
+        .profile_changed(&change.user_id)
         .await?;
     Ok(set_avatar_url::v3::Response::new())
 }

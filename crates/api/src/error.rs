@@ -115,6 +115,8 @@ impl From<ServiceError> for MatrixError {
             }
             ServiceError::BadJson(_) => Self::new(S::BAD_REQUEST, ErrorKind::BadJson, message),
             ServiceError::NotFound(_) => Self::new(S::NOT_FOUND, ErrorKind::NotFound, message),
+            ServiceError::AliasInUse(_) => Self::new(S::CONFLICT, ErrorKind::Unknown, message),
+            ServiceError::RoomInUse(_) => Self::new(S::BAD_REQUEST, ErrorKind::RoomInUse, message),
             ServiceError::ServerManagedAccountData(_) => {
                 Self::new(S::METHOD_NOT_ALLOWED, ErrorKind::BadJson, message)
             }
@@ -128,6 +130,17 @@ impl From<ServiceError> for MatrixError {
             ServiceError::UnableToAuthoriseJoin(_) => {
                 Self::new(S::BAD_REQUEST, ErrorKind::UnableToAuthorizeJoin, message)
             }
+            ServiceError::LimitExceeded { retry_after_ms } => Self::new(
+                S::TOO_MANY_REQUESTS,
+                ErrorKind::LimitExceeded({
+                    let mut data = ruma::api::error::LimitExceededErrorData::new();
+                    data.retry_after = Some(ruma::api::error::RetryAfter::Delay(
+                        std::time::Duration::from_millis(retry_after_ms),
+                    ));
+                    data
+                }),
+                message,
+            ),
             ServiceError::MissingToken => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
             }

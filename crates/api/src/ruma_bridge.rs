@@ -19,7 +19,7 @@ use ruma::api::{
     path_builder::PathBuilder,
 };
 
-use myelin_service::{Error as ServiceError, accounts::AuthedUser};
+use myelin_service::{Error as ServiceError, accounts::AuthedUser, rate_limit::RateKey};
 
 use crate::{AppState, MatrixError};
 
@@ -31,6 +31,11 @@ use crate::{AppState, MatrixError};
 pub trait Authenticate: Sized {
     /// Who made the request, as far as this scheme can tell.
     type Identity: Send + std::fmt::Debug;
+
+    /// The logged-in user, if the identity names one (rate limits count per user then).
+    fn user(_identity: &Self::Identity) -> Option<&AuthedUser> {
+        None
+    }
 
     fn authenticate(
         state: &AppState,
@@ -82,6 +87,10 @@ impl Authenticate for AppserviceTokenOptional {
 impl Authenticate for AccessToken {
     type Identity = AuthedUser;
 
+    fn user(identity: &AuthedUser) -> Option<&AuthedUser> {
+        Some(identity)
+    }
+
     async fn authenticate(
         state: &AppState,
         request: &http::Request<&[u8]>,
@@ -94,6 +103,10 @@ impl Authenticate for AccessToken {
 /// Endpoints where a token is optional: none is fine, a bad one is still an error.
 impl Authenticate for AccessTokenOptional {
     type Identity = Option<AuthedUser>;
+
+    fn user(identity: &Option<AuthedUser>) -> Option<&AuthedUser> {
+        identity.as_ref()
+    }
 
     async fn authenticate(
         state: &AppState,
@@ -156,6 +169,20 @@ where
         })?;
         let request = http::Request::from_parts(parts, bytes.as_ref());
         let identity = R::Authentication::authenticate(state, &request).await?;
+        if R::RATE_LIMITED {
+            // Per user once logged in, else per client address (unknown behind nothing but a
+            // test harness, which then shares one bucket).
+            let key = match R::Authentication::user(&identity) {
+                Some(user) => RateKey::User(user.user_id.to_string()),
+                None => RateKey::Address(
+                    request
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |info| info.0.ip()),
+                ),
+            };
+            state.services.rate_limiter.check(key)?;
+        }
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body =
             R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;

@@ -68,8 +68,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let wait_for_stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let client = axum::serve(client_tcp, client_app.into_make_service())
-        .with_graceful_shutdown(wait_for_stop(stopped.clone()));
+    let client = axum::serve(
+        client_tcp,
+        client_app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait_for_stop(stopped.clone()));
     let federation = axum::serve(federation_listener, federation_app.into_make_service())
         .with_graceful_shutdown(wait_for_stop(stopped.clone()));
 

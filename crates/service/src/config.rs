@@ -24,6 +24,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub passwords: PasswordConfig,
     pub sessions: SessionConfig,
+    pub rate_limits: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -42,6 +43,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             passwords: PasswordConfig::default(),
             sessions: SessionConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -191,6 +193,42 @@ impl Default for SessionConfig {
     }
 }
 
+/// Limits on the endpoints the spec marks as rate-limited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Off: no request is ever limited (test deployments).
+    pub enabled: bool,
+    /// Requests by one logged-in user.
+    pub per_user: Bucket,
+    /// Requests without a login (login, registration) from one client address.
+    pub per_address: Bucket,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            per_user: Bucket {
+                per_second: 10.0,
+                burst: 50,
+            },
+            per_address: Bucket {
+                per_second: 1.0,
+                burst: 10,
+            },
+        }
+    }
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
 /// A configuration value that parsed but makes no sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("key `{key}`: {problem}")]
@@ -254,6 +292,17 @@ impl Config {
                 key: "registration.shared_secret",
                 problem: "must not be empty (leave it unset to turn the endpoint off)".to_owned(),
             });
+        }
+        for (key, bucket) in [
+            ("rate_limits.per_user", &self.rate_limits.per_user),
+            ("rate_limits.per_address", &self.rate_limits.per_address),
+        ] {
+            if !(bucket.per_second > 0.0 && bucket.per_second.is_finite()) || bucket.burst == 0 {
+                return Err(ConfigProblem {
+                    key,
+                    problem: "per_second must be positive and burst at least 1".to_owned(),
+                });
+            }
         }
         if self.http.max_request_size < 1024 {
             return Err(ConfigProblem {

@@ -20,6 +20,12 @@ pub enum Error {
     BadJson(String),
     #[error("{0}")]
     NotFound(String),
+    /// A room alias that already exists (409 `M_UNKNOWN`, as the spec gives it).
+    #[error("{0}")]
+    AliasInUse(String),
+    /// `createRoom` with an alias that already exists (400 `M_ROOM_IN_USE`).
+    #[error("{0}")]
+    RoomInUse(String),
     /// Account data of a type the server manages (405 `M_BAD_JSON`).
     #[error("{0}")]
     ServerManagedAccountData(String),
@@ -34,6 +40,9 @@ pub enum Error {
     /// A restricted join no local user can authorise (`M_UNABLE_TO_AUTHORISE_JOIN`).
     #[error("{0}")]
     UnableToAuthoriseJoin(String),
+    /// Too many requests (`M_LIMIT_EXCEEDED`, 429).
+    #[error("Too many requests; retry in {retry_after_ms} ms")]
+    LimitExceeded { retry_after_ms: u64 },
     #[error("Missing access token")]
     MissingToken,
     #[error("Unknown or expired access token")]

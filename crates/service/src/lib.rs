@@ -6,13 +6,15 @@
 //! Areas so far: [`accounts`] (registration, login, tokens, devices), [`uia`]
 //! (user-interactive authentication), [`config`] (the configuration every layer reads), [`secrets`] (the data
 //! directory's sealing key, for private keys at rest), [`server_keys`] (the server's signing key
-//! and its published, signed key object).
+//! and its published, signed key object), [`directory`] (room aliases and the room directory).
 
 pub mod accounts;
 pub mod config;
+pub mod directory;
 mod error;
 pub mod passwords;
 pub mod profiles;
+pub mod rate_limit;
 pub mod rooms;
 pub mod secrets;
 pub mod server_keys;

@@ -35,6 +35,8 @@ pub struct Services {
     pub server_keys: Arc<ServerKeys>,
     pub accounts: Accounts,
     pub rooms: crate::rooms::Rooms,
+    pub directory: crate::directory::Directory,
+    pub rate_limiter: crate::rate_limit::RateLimiter,
     pub user_data: crate::user_data::UserData,
     pub profiles: crate::profiles::Profiles,
 }
@@ -72,8 +74,11 @@ impl Services {
             config.server_name.clone(),
             server_keys.clone(),
         );
+        let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         Ok(Arc::new(Services {
             rooms,
+            directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),
+            rate_limiter,
             user_data: crate::user_data::UserData::new(store.clone()),
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             config,

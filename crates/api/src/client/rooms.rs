@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use myelin_service::{
     Error as ServiceError,
+    rate_limit::RateKey,
     rooms::{CreateRoom, Direction, MembersFilter, PageRequest, Preset, events::LocalEvent},
 };
 use ruma::{
@@ -332,6 +333,12 @@ async fn send_message(
 ) -> Result<send_message_event::v3::Response, MatrixError> {
     let user = request.identity;
     let body = request.body;
+    // Sends are not marked rate-limited in the spec, but a flood of them is what limits exist
+    // for (Synapse limits them too).
+    state
+        .services
+        .rate_limiter
+        .check(RateKey::User(user.user_id.to_string()))?;
     let room = state.services.rooms.room(body.room_id.as_str()).await?;
     let content: Value = serde_json::from_str(body.body.json().get())
         .map_err(|e| ServiceError::BadJson(e.to_string()))?;
@@ -370,6 +377,12 @@ async fn send_state(
 ) -> Result<send_state_event::v3::Response, MatrixError> {
     let user = request.identity;
     let body = request.body;
+    // Sends are not marked rate-limited in the spec, but a flood of them is what limits exist
+    // for (Synapse limits them too).
+    state
+        .services
+        .rate_limiter
+        .check(RateKey::User(user.user_id.to_string()))?;
     let room = state.services.rooms.room(body.room_id.as_str()).await?;
     let content: Value = serde_json::from_str(body.body.json().get())
         .map_err(|e| ServiceError::BadJson(e.to_string()))?;

@@ -946,3 +946,68 @@ async fn deactivation_leaves_rooms() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn user_directory_finds_room_mates_and_public_room_members() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let dave = server.register("dave").await;
+        // alice and bob share a private room; carol is in a published room; dave is alone.
+        let private = create(&server, &alice, json!({"invite": [bob.user_id]})).await;
+        membership_call(&server, &bob, &private, "join", json!({})).await;
+        create(
+            &server,
+            &carol,
+            json!({"visibility": "public", "preset": "public_chat"}),
+        )
+        .await;
+
+        let search = |term: &'static str| {
+            let server = &server;
+            let alice = &alice;
+            async move {
+                let (status, body) = server
+                    .post(
+                        "/_matrix/client/v3/user_directory/search",
+                        &alice.access_token,
+                        json!({"search_term": term, "limit": 10}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                let mut ids: Vec<String> = body["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["user_id"].as_str().unwrap().to_owned())
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        assert_eq!(search("bo").await, vec![bob.user_id.clone()]);
+        assert_eq!(
+            search("CAR").await,
+            vec![carol.user_id.clone()],
+            "public-room members, case-insensitive"
+        );
+        assert!(
+            search("dave").await.is_empty(),
+            "{} shares no room",
+            dave.user_id
+        );
+        assert!(search("%").await.is_empty(), "LIKE wildcards are literal");
+        let (_, limited) = server
+            .post(
+                "/_matrix/client/v3/user_directory/search",
+                &alice.access_token,
+                json!({"search_term": "localhost", "limit": 1}),
+            )
+            .await;
+        assert_eq!(limited["limited"], true, "{limited}");
+        assert_eq!(limited["results"].as_array().unwrap().len(), 1);
+        server.stop().await;
+    }
+}

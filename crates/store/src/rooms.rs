@@ -524,6 +524,42 @@ impl Store {
         Ok(group)
     }
 
+    /// The user directory: joined members of rooms the searcher is joined to or that are
+    /// published in the room directory, whose user id or display name contains `term`
+    /// (case-insensitive). At most `limit` + 1 rows, so the caller can tell `limited`.
+    pub async fn search_users(
+        &self,
+        searcher: &str,
+        term: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Option<String>, Option<String>)>, StoreError> {
+        // LIKE wildcards in the term are literal.
+        let pattern = format!(
+            "%{}%",
+            term.to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+                "SELECT DISTINCT m.user_id, p.displayname, p.avatar_url FROM room_memberships m \
+                 LEFT JOIN profiles p ON p.user_id = m.user_id \
+                 WHERE m.membership = 'join' \
+                 AND (m.room_nid IN (SELECT s.room_nid FROM room_memberships s WHERE s.user_id = $1 AND s.membership = 'join') \
+                      OR m.room_nid IN (SELECT r.room_nid FROM rooms r WHERE r.is_public)) \
+                 AND (LOWER(m.user_id) LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(p.displayname, '')) LIKE $2 ESCAPE '\\') \
+                 ORDER BY m.user_id LIMIT $3",
+            )
+            .bind(searcher)
+            .bind(&pattern)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows)
+    }
+
     /// Replaces an event's stored JSON with its redacted form.
     pub async fn redact_event(
         &self,

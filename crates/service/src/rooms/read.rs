@@ -194,6 +194,24 @@ impl Rooms {
             .collect())
     }
 
+    /// `POST /user_directory/search`: users sharing a room with the searcher or in published
+    /// rooms. Returns the matches and whether there were more than `limit`.
+    pub async fn search_users(
+        &self,
+        searcher: &UserId,
+        term: &str,
+        limit: usize,
+    ) -> Result<(Vec<(String, Option<String>, Option<String>)>, bool)> {
+        let limit = limit.clamp(1, 1000);
+        let mut rows = self
+            .store
+            .search_users(searcher.as_str(), term, limit as i64)
+            .await?;
+        let limited = rows.len() > limit;
+        rows.truncate(limit);
+        Ok((rows, limited))
+    }
+
     /// `GET /joined_rooms`.
     pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<String>> {
         Ok(self

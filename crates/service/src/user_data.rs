@@ -145,10 +145,7 @@ impl UserData {
         ensure_self(user, target, "get account data")?;
         let text = match (room_id, data_type) {
             // Push rules always exist: the defaults until the user changes them.
-            (None, PUSH_RULES_TYPE) => serde_json::to_string(&PushRulesContent {
-                global: self.push_rules(target).await?,
-            })
-            .map_err(|err| Error::Internal(err.to_string()))?,
+            (None, PUSH_RULES_TYPE) => push_rules_json(self.push_rules(target).await?)?,
             _ => self
                 .store
                 .account_data(target.as_str(), room_id.map(RoomId::as_str), data_type)
@@ -159,16 +156,37 @@ impl UserData {
     }
 
     /// The user's account data written after stream position `since`, oldest first, each entry
-    /// once with its latest content: what `/sync` returns for a `since` token.
+    /// once with its latest content: what `/sync` returns for a `since` token (0 for an initial
+    /// sync). `m.push_rules` always carries the full ruleset, and an initial sync gets it (at
+    /// position 0) even before the user has changed a rule.
     pub async fn account_data_since(
         &self,
         user_id: &UserId,
         since: i64,
     ) -> Result<Vec<AccountDataRow>> {
-        Ok(self
+        let mut rows = self
             .store
             .account_data_since(user_id.as_str(), since)
-            .await?)
+            .await?;
+        let push_rules = rows
+            .iter_mut()
+            .find(|row| row.room_id.is_none() && row.data_type == PUSH_RULES_TYPE);
+        match push_rules {
+            Some(row) => {
+                row.content = push_rules_json(merged_push_rules(user_id, Some(&row.content))?)?
+            }
+            None if since <= 0 => rows.insert(
+                0,
+                AccountDataRow {
+                    room_id: None,
+                    data_type: PUSH_RULES_TYPE.to_owned(),
+                    content: push_rules_json(Ruleset::server_default(user_id))?,
+                    stream_position: 0,
+                },
+            ),
+            None => {}
+        }
+        Ok(rows)
     }
 
     /// The current position of the account data stream, for the next sync token.
@@ -251,19 +269,11 @@ impl UserData {
     /// The user's push rules: the stored ruleset, or the spec's defaults before the first
     /// change. Default rules added to the spec since the user's last change are merged in.
     pub async fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
-        let defaults = Ruleset::server_default(user_id);
-        let Some(text) = self
+        let stored = self
             .store
             .account_data(user_id.as_str(), None, PUSH_RULES_TYPE)
-            .await?
-        else {
-            return Ok(defaults);
-        };
-        let mut stored = serde_json::from_str::<PushRulesContent>(&text)
-            .map_err(|err| Error::Internal(format!("stored push rules: {err}")))?
-            .global;
-        merge_missing_defaults(&mut stored, defaults);
-        Ok(stored)
+            .await?;
+        merged_push_rules(user_id, stored.as_deref())
     }
 
     /// Loads the user's rules, applies `change`, and stores the result as `m.push_rules`.
@@ -275,8 +285,7 @@ impl UserData {
         let _guard = self.rmw.lock().await;
         let mut rules = self.push_rules(user_id).await?;
         let out = change(&mut rules)?;
-        let text = serde_json::to_string(&PushRulesContent { global: rules })
-            .map_err(|err| Error::Internal(err.to_string()))?;
+        let text = push_rules_json(rules)?;
         self.store
             .set_account_data(user_id.as_str(), None, PUSH_RULES_TYPE, &text)
             .await?;
@@ -366,6 +375,26 @@ impl UserData {
     }
 }
 
+/// The user's rules from the stored `m.push_rules` content (the defaults when there is none),
+/// with any default rule the stored set lacks merged in.
+fn merged_push_rules(user_id: &UserId, stored: Option<&str>) -> Result<Ruleset> {
+    let defaults = Ruleset::server_default(user_id);
+    let Some(text) = stored else {
+        return Ok(defaults);
+    };
+    let mut rules = serde_json::from_str::<PushRulesContent>(text)
+        .map_err(|err| Error::Internal(format!("stored push rules: {err}")))?
+        .global;
+    merge_missing_defaults(&mut rules, defaults);
+    Ok(rules)
+}
+
+/// The `m.push_rules` account data content for a ruleset.
+fn push_rules_json(global: Ruleset) -> Result<String> {
+    serde_json::to_string(&PushRulesContent { global })
+        .map_err(|err| Error::Internal(format!("serialising push rules: {err}")))
+}
+
 fn rule_not_found() -> Error {
     Error::NotFound("The push rule was not found".to_owned())
 }
@@ -402,4 +431,110 @@ pub fn room_versions() -> (&'static str, Vec<(&'static str, bool)>) {
         .map(|v| (v.id(), v.stability() == Stability::Stable))
         .collect();
     (RoomVersion::default_for_new_rooms().id(), available)
+}
+
+#[cfg(test)]
+mod tests {
+    use myelin_store::{
+        Store, StoreOptions, UserRow,
+        test_support::{TestDatabase, test_backends},
+    };
+    use ruma::{owned_room_id, owned_user_id};
+
+    use super::*;
+
+    fn authed(user_id: &UserId) -> AuthedUser {
+        AuthedUser {
+            user_id: user_id.to_owned(),
+            device_id: "DEVICE".into(),
+            is_admin: false,
+            token_hash: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn account_data_since_is_what_sync_needs() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let alice = owned_user_id!("@alice:test");
+            store
+                .create_user(&UserRow {
+                    user_id: alice.to_string(),
+                    localpart: "alice".to_owned(),
+                    password_hash: None,
+                    is_admin: false,
+                    created_ts: 0,
+                    deactivated_ts: None,
+                })
+                .await
+                .unwrap();
+            let data = UserData::new(store.clone());
+            let me = authed(&alice);
+
+            // Initial sync: the default push rules, before any write.
+            let initial = data.account_data_since(&alice, 0).await.unwrap();
+            assert_eq!(initial.len(), 1, "{kind:?}");
+            assert_eq!(initial[0].data_type, "m.push_rules");
+            let content: serde_json::Value = serde_json::from_str(&initial[0].content).unwrap();
+            assert_eq!(
+                content["global"]["override"][0]["rule_id"],
+                ".m.rule.master"
+            );
+
+            let content = RawValue::from_string(r#"{"k":1}"#.to_owned()).unwrap();
+            let p1 = data
+                .set_account_data(&me, &alice, None, "org.example", &content)
+                .await
+                .unwrap();
+            let room = owned_room_id!("!r:test");
+            data.set_tag(&me, &alice, &room, "u.work", TagInfo::new())
+                .await
+                .unwrap();
+            assert_eq!(data.account_data_position().await.unwrap(), p1 + 1);
+
+            // Incremental: only what changed, and no push rules when they did not change.
+            let since = data.account_data_since(&alice, p1).await.unwrap();
+            assert_eq!(since.len(), 1);
+            assert_eq!(since[0].room_id.as_deref(), Some("!r:test"));
+            assert_eq!(since[0].data_type, "m.tag");
+
+            // A rule change shows up with the whole ruleset.
+            data.set_push_rule_enabled(&alice, RuleKind::Override, ".m.rule.master", true)
+                .await
+                .unwrap();
+            let since = data.account_data_since(&alice, p1 + 1).await.unwrap();
+            assert_eq!(since.len(), 1);
+            let content: serde_json::Value = serde_json::from_str(&since[0].content).unwrap();
+            assert_eq!(content["global"]["override"][0]["enabled"], true);
+            assert!(content["global"]["underride"].as_array().unwrap().len() > 1);
+            store.close().await;
+        }
+    }
+
+    #[test]
+    fn missing_default_rules_are_merged_back() {
+        let alice = owned_user_id!("@alice:test");
+        let mut rules = Ruleset::server_default(&alice);
+        rules.override_.shift_remove(".m.rule.master");
+        rules.underride.shift_remove(".m.rule.message");
+        rules
+            .set_enabled(RuleKind::Override, ".m.rule.suppress_notices", false)
+            .unwrap();
+        let merged = merged_push_rules(&alice, Some(&push_rules_json(rules).unwrap())).unwrap();
+        let defaults = Ruleset::server_default(&alice);
+        assert_eq!(merged.override_.len(), defaults.override_.len());
+        assert_eq!(merged.override_[0].rule_id, ".m.rule.master");
+        assert!(merged.underride.contains(".m.rule.message"));
+        assert!(
+            !merged
+                .override_
+                .get(".m.rule.suppress_notices")
+                .unwrap()
+                .enabled,
+            "the user's change is kept"
+        );
+    }
 }

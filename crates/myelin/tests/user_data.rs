@@ -163,6 +163,16 @@ async fn filters_are_stored_per_user() {
             .await;
         assert_error(status, &body, 403, "M_FORBIDDEN");
 
+        // Not a user id.
+        let (status, body) = c
+            .post(
+                "/_matrix/client/v3/user/notauser/filter",
+                &alice,
+                filter.clone(),
+            )
+            .await;
+        assert_error(status, &body, 400, "M_INVALID_PARAM");
+
         // Bad filters.
         let (status, body) = c
             .post(

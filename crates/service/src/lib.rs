@@ -6,7 +6,9 @@
 //! Areas so far: [`accounts`] (registration, login, tokens, devices), [`uia`]
 //! (user-interactive authentication), [`config`] (the configuration every layer reads), [`secrets`] (the data
 //! directory's sealing key, for private keys at rest), [`server_keys`] (the server's signing key
-//! and its published, signed key object), [`directory`] (room aliases and the room directory).
+//! and its published, signed key object), [`directory`] (room aliases and the room directory),
+//! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
+//! [`profiles`] (local users' display names and avatars).
 
 pub mod accounts;
 pub mod config;

@@ -103,8 +103,8 @@ var envGroups = []envGroup{
 	{name: "federation.destination_overrides (future)", settings: func(s *server) []setting {
 		return []setting{lit("federation.destination_overrides", s.d.destinationOverrides())}
 	}},
-	// future: rate limits off.
-	{name: "rate_limits (future)", settings: func(s *server) []setting {
+	// Rate limits off (Myelin's defaults allow one login or registration a second per address).
+	{name: "rate_limits", settings: func(s *server) []setting {
 		return []setting{lit("rate_limits.enabled", "false")}
 	}},
 	// future: the legacy unauthenticated /_matrix/media/v3 download endpoints, which many tests

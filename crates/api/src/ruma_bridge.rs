@@ -146,13 +146,9 @@ where
                 Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
                 Err(_) => Vec::new(),
             };
-        // The route registered for an empty last parameter (`/state/{type}/`): ruma still
-        // expects it, as an empty string.
-        if parts
-            .extensions
-            .get::<axum::extract::MatchedPath>()
-            .is_some_and(|p| p.as_str().ends_with('/'))
-        {
+        // The routes registered for an empty state key (`/state/{type}/` and `/state/{type}`):
+        // ruma still expects the parameter, as an empty string.
+        if parts.extensions.get::<EmptyStateKey>().is_some() {
             path_args.push(String::new());
         }
         let limit = state.services.config.http.max_request_size;
@@ -167,7 +163,15 @@ where
                 )
             }
         })?;
-        let request = http::Request::from_parts(parts, bytes.as_ref());
+        // Clients send POSTs like `/join` with no body at all where every field is optional;
+        // like other servers, read that as an empty JSON object.
+        let body: &[u8] =
+            if bytes.is_empty() && matches!(parts.method, http::Method::POST | http::Method::PUT) {
+                b"{}"
+            } else {
+                bytes.as_ref()
+            };
+        let request = http::Request::from_parts(parts, body);
         let identity = R::Authentication::authenticate(state, &request).await?;
         if R::RATE_LIMITED {
             // Per user once logged in, else per client address (unknown behind nothing but a
@@ -200,6 +204,10 @@ fn is_length_limit(err: &axum::Error) -> bool {
     }
     false
 }
+
+/// Marks the routes that stand for an empty `{state_key}`.
+#[derive(Debug, Clone, Copy)]
+struct EmptyStateKey;
 
 /// A ruma response on its way out.
 #[derive(Debug)]
@@ -241,24 +249,23 @@ impl RumaRouterExt for Router<AppState> {
             .unwrap_or_else(|_| panic!("ruma endpoint with unroutable method {}", R::METHOD));
         let mut router = self;
         for path in R::PATH_BUILDER.all_paths() {
-            // A path ending in a parameter is also served with that parameter empty (clients
-            // address the empty state key as `/state/{type}/`), which axum would not match.
-            let empty_last = path
-                .rsplit_once('/')
-                .filter(|(_, last)| last.starts_with('{') && last.ends_with('}'))
-                .map(|(prefix, _)| format!("{prefix}/"));
-            for route in std::iter::once(path.to_owned()).chain(empty_last) {
-                let handler = handler.clone();
-                router = router.route(
-                    &route,
-                    on(
-                        filter,
-                        move |State(state): State<AppState>, request: Ruma<R>| {
-                            let handler = handler.clone();
-                            async move { handler(state, request).await.map(RumaResponse) }
-                        },
-                    ),
-                );
+            let handler_for = |handler: H| {
+                move |State(state): State<AppState>, request: Ruma<R>| {
+                    let handler = handler.clone();
+                    async move { handler(state, request).await.map(RumaResponse) }
+                }
+            };
+            router = router.route(path, on(filter, handler_for(handler.clone())));
+            // Clients address the empty state key as `/state/{type}/` or `/state/{type}`;
+            // axum matches neither against `{state_key}`, so both are routed explicitly.
+            if let Some(prefix) = path.strip_suffix("/{state_key}") {
+                for route in [format!("{prefix}/"), prefix.to_owned()] {
+                    router = router.route(
+                        &route,
+                        on(filter, handler_for(handler.clone()))
+                            .layer(axum::Extension(EmptyStateKey)),
+                    );
+                }
             }
         }
         router

@@ -1011,3 +1011,54 @@ async fn user_directory_finds_room_mates_and_public_room_members() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn empty_state_key_paths_and_bodiless_posts() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(
+            &server,
+            &alice,
+            json!({"preset": "public_chat", "name": "n"}),
+        )
+        .await;
+        // `/state/{type}` without a trailing slash is the empty state key too.
+        let (status, body) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(
+            (status, body["name"].as_str()),
+            (StatusCode::OK, Some("n")),
+            "{body}"
+        );
+        let (status, _) = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)),
+                &alice.access_token,
+                json!({"name": "m"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            state_content(&server, &alice, &room, "m.room.name", "")
+                .await
+                .1["name"],
+            "m"
+        );
+        // A POST with no body at all, as some clients send for /join.
+        let response = server
+            .http
+            .post(server.client_url(&format!("/_matrix/client/v3/join/{}", enc(&room))))
+            .bearer_auth(&bob.access_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        server.stop().await;
+    }
+}

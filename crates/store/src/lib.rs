@@ -7,14 +7,16 @@
 //! backend-specific exists only where the dialects truly differ.
 //!
 //! Areas, one module each: [`server_keys`] (the server's own signing keys), [`accounts`] (local
-//! accounts, devices, access and refresh tokens). Later areas (accounts,
-//! rooms and events, state, streams, federation queue, account keys, media) follow the same shape.
+//! accounts, devices, access and refresh tokens), [`aliases`] (room aliases and the room
+//! directory). Later areas (accounts, rooms and events, state, streams, federation queue, account
+//! keys, media) follow the same shape.
 //!
 //! Migrations live in `migrations/{postgres,sqlite}` at the repository root, in pairs, and are
 //! embedded in the binary; [`Store::open`] applies them and refuses a database written by a newer
 //! schema than this binary knows.
 
 pub mod accounts;
+pub mod aliases;
 mod error;
 pub mod rooms;
 pub mod server_keys;
@@ -23,6 +25,7 @@ pub mod test_support;
 pub mod user_data;
 
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
+pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use rooms::{EventRow, NewEvent, Persisted, RoomHead, RoomRow};
 pub use server_keys::StoredSigningKey;

@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod capabilities;
 mod device;
+mod directory;
 mod discovery;
 mod filter;
 mod profile;
@@ -11,6 +12,7 @@ mod push_rules;
 mod rooms;
 mod session;
 mod uia;
+mod user_directory;
 mod voip;
 
 use axum::Router;
@@ -22,7 +24,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(account::routes())
         .merge(session::routes())
         .merge(device::routes())
-        .merge(rooms::routes())
+        .merge(rooms::routes().merge(directory::routes()))
+        .merge(user_directory::routes())
         .merge(
             filter::routes()
                 .merge(account_data::routes())

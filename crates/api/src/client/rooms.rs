@@ -11,7 +11,7 @@ use myelin_service::{
     rooms::{CreateRoom, Direction, MembersFilter, PageRequest, Preset, events::LocalEvent},
 };
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId,
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId,
     api::client::{
         context::get_context,
         knock::knock_room,
@@ -81,11 +81,11 @@ async fn create(
             ServiceError::Forbidden("Third-party invites are not supported".to_owned()).into(),
         );
     }
-    if body.room_alias_name.is_some() {
-        return Err(
-            ServiceError::InvalidParam("Room aliases are not supported yet".to_owned()).into(),
-        );
-    }
+    let alias = body
+        .room_alias_name
+        .as_deref()
+        .map(|name| state.services.directory.local_alias(name))
+        .transpose()?;
     let preset = body.preset.as_ref().map(|p| match p.as_str() {
         "public_chat" => Ok(Preset::PublicChat),
         "trusted_private_chat" => Ok(Preset::TrustedPrivateChat),
@@ -133,6 +133,7 @@ async fn create(
                     .as_ref()
                     .map(|c| parse_object(c, "power_level_content_override"))
                     .transpose()?,
+                alias,
             },
         )
         .await?;
@@ -165,7 +166,7 @@ async fn join_by_id_or_alias(
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
     let body = request.body;
-    let room_id = room_of(&body.room_id_or_alias)?;
+    let room_id = room_of(&state, &body.room_id_or_alias).await?;
     let joined = state
         .services
         .rooms
@@ -176,14 +177,11 @@ async fn join_by_id_or_alias(
     )?))
 }
 
-fn room_of(room_or_alias: &RoomOrAliasId) -> Result<String, MatrixError> {
-    if room_or_alias.is_room_id() {
-        Ok(room_or_alias.to_string())
-    } else {
-        Err(ServiceError::NotFound(format!(
-            "Room alias {room_or_alias} not found (aliases are not supported yet)"
-        ))
-        .into())
+/// The room a `{roomIdOrAlias}` names, resolving aliases through the directory.
+async fn room_of(state: &AppState, room_or_alias: &RoomOrAliasId) -> Result<String, MatrixError> {
+    match <&RoomAliasId>::try_from(room_or_alias) {
+        Ok(alias) => Ok(state.services.directory.room_of_alias(alias).await?),
+        Err(room_id) => Ok(room_id.to_string()),
     }
 }
 
@@ -289,7 +287,7 @@ async fn knock(
     request: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response, MatrixError> {
     let body = request.body;
-    let room_id = room_of(&body.room_id_or_alias)?;
+    let room_id = room_of(&state, &body.room_id_or_alias).await?;
     let knocked = state
         .services
         .rooms

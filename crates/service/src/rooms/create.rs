@@ -1,13 +1,14 @@
 //! `createRoom`: the create event (whose hash is the room id from v12 on), the creator's join,
-//! power levels, the preset's join rules, history visibility and guest access, `initial_state`,
-//! name, topic, and invites, in the spec's order.
+//! power levels, the alias and canonical alias (`room_alias_name`), the preset's join rules,
+//! history visibility and guest access, `initial_state`, name, topic, and invites, in the spec's
+//! order.
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersion,
     pdu::build_pdu,
     version::{EventFormat, RoomIdFormat, Stability},
 };
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedRoomAliasId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 
 use super::{
@@ -39,6 +40,8 @@ pub struct CreateRoom {
     pub initial_state: Vec<(String, String, Value)>,
     pub creation_content: Option<serde_json::Map<String, Value>>,
     pub power_level_content_override: Option<serde_json::Map<String, Value>>,
+    /// A local alias for the room (from `room_alias_name`), also its canonical alias.
+    pub alias: Option<OwnedRoomAliasId>,
 }
 
 impl Rooms {
@@ -64,6 +67,14 @@ impl Rooms {
                     "Cannot invite {invitee}: inviting users on other servers needs federation, which this server does not have yet"
                 )));
             }
+        }
+        // A taken alias fails the request before anything is created.
+        if let Some(alias) = &request.alias
+            && self.store.alias(alias.as_str()).await?.is_some()
+        {
+            return Err(Error::RoomInUse(format!(
+                "Room alias {alias} already exists"
+            )));
         }
         let preset = request.preset.unwrap_or(if request.public {
             Preset::PublicChat
@@ -209,6 +220,28 @@ impl Rooms {
             Value::Object(power),
         )
         .await?;
+
+        // 3b. The alias, then the canonical alias naming it.
+        if let Some(alias) = &request.alias {
+            if !self
+                .store
+                .create_alias(alias.as_str(), room.room_nid, creator.as_str(), now)
+                .await?
+            {
+                // Taken since the check above by a concurrent request.
+                return Err(Error::RoomInUse(format!(
+                    "Room alias {alias} already exists"
+                )));
+            }
+            self.send_state(
+                &room,
+                creator,
+                "m.room.canonical_alias",
+                "",
+                json!({"alias": alias}),
+            )
+            .await?;
+        }
 
         // 4. The preset's rules.
         let join_rule = if preset == Preset::PublicChat {

@@ -1,0 +1,197 @@
+//! Room aliases and the room directory over the client API: create, resolve and delete aliases,
+//! a room's aliases, a room's directory visibility, and `/publicRooms`. Each handler translates
+//! and calls `myelin_service::directory`.
+
+use axum::Router;
+use myelin_service::directory::{PublicRoomsPage, PublicRoomsQuery};
+use ruma::{
+    RoomAliasId, RoomId, UInt,
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::{
+            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+        },
+        room::{Visibility, aliases},
+    },
+    directory::RoomNetwork,
+};
+
+use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .ruma(create)
+        .ruma(resolve)
+        .ruma(delete)
+        .ruma(room_aliases)
+        .ruma(visibility)
+        .ruma(set_visibility)
+        .ruma(public_rooms)
+        .ruma(public_rooms_filtered)
+}
+
+async fn create(
+    state: AppState,
+    request: Ruma<create_alias::v3::Request>,
+) -> Result<create_alias::v3::Response, MatrixError> {
+    let body = request.body;
+    state
+        .services
+        .directory
+        .create_alias(&request.identity, &body.room_alias, &body.room_id)
+        .await?;
+    Ok(create_alias::v3::Response::new())
+}
+
+async fn resolve(
+    state: AppState,
+    request: Ruma<get_alias::v3::Request>,
+) -> Result<get_alias::v3::Response, MatrixError> {
+    let (room_id, servers) = state
+        .services
+        .directory
+        .resolve(&request.body.room_alias)
+        .await?;
+    Ok(get_alias::v3::Response::new(room_id_of(&room_id)?, servers))
+}
+
+async fn delete(
+    state: AppState,
+    request: Ruma<delete_alias::v3::Request>,
+) -> Result<delete_alias::v3::Response, MatrixError> {
+    state
+        .services
+        .directory
+        .delete_alias(&request.identity, &request.body.room_alias)
+        .await?;
+    Ok(delete_alias::v3::Response::new())
+}
+
+async fn room_aliases(
+    state: AppState,
+    request: Ruma<aliases::v3::Request>,
+) -> Result<aliases::v3::Response, MatrixError> {
+    let aliases = state
+        .services
+        .directory
+        .room_aliases(&request.identity.user_id, &request.body.room_id)
+        .await?
+        .into_iter()
+        // Stored aliases were valid when created; one that no longer parses is left out.
+        .filter_map(|alias| RoomAliasId::parse(alias).ok())
+        .collect();
+    Ok(aliases::v3::Response::new(aliases))
+}
+
+async fn visibility(
+    state: AppState,
+    request: Ruma<get_room_visibility::v3::Request>,
+) -> Result<get_room_visibility::v3::Response, MatrixError> {
+    let public = state
+        .services
+        .directory
+        .is_published(&request.body.room_id)
+        .await?;
+    Ok(get_room_visibility::v3::Response::new(if public {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    }))
+}
+
+async fn set_visibility(
+    state: AppState,
+    request: Ruma<set_room_visibility::v3::Request>,
+) -> Result<set_room_visibility::v3::Response, MatrixError> {
+    let body = request.body;
+    let public = match body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
+        ref other => {
+            return Err(myelin_service::Error::InvalidParam(format!(
+                "Unknown visibility {:?}",
+                other.as_str()
+            ))
+            .into());
+        }
+    };
+    state
+        .services
+        .directory
+        .set_published(&request.identity, &body.room_id, public)
+        .await?;
+    Ok(set_room_visibility::v3::Response::new())
+}
+
+async fn public_rooms(
+    state: AppState,
+    request: Ruma<get_public_rooms::v3::Request>,
+) -> Result<get_public_rooms::v3::Response, MatrixError> {
+    let body = request.body;
+    let page = state
+        .services
+        .directory
+        .public_rooms(PublicRoomsQuery {
+            server: body.server,
+            limit: body.limit.map(limit_of),
+            since: body.since,
+            ..PublicRoomsQuery::default()
+        })
+        .await?;
+    let (chunk, next_batch, prev_batch, total) = parts(page);
+    let mut response = get_public_rooms::v3::Response::new(chunk);
+    response.next_batch = next_batch;
+    response.prev_batch = prev_batch;
+    response.total_room_count_estimate = Some(total);
+    Ok(response)
+}
+
+async fn public_rooms_filtered(
+    state: AppState,
+    request: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> Result<get_public_rooms_filtered::v3::Response, MatrixError> {
+    let body = request.body;
+    let page = state
+        .services
+        .directory
+        .public_rooms(PublicRoomsQuery {
+            server: body.server,
+            limit: body.limit.map(limit_of),
+            since: body.since,
+            search_term: body.filter.generic_search_term,
+            room_types: body.filter.room_types,
+            third_party: matches!(body.room_network, RoomNetwork::ThirdParty(_)),
+        })
+        .await?;
+    let (chunk, next_batch, prev_batch, total) = parts(page);
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    response.chunk = chunk;
+    response.next_batch = next_batch;
+    response.prev_batch = prev_batch;
+    response.total_room_count_estimate = Some(total);
+    Ok(response)
+}
+
+fn limit_of(limit: UInt) -> usize {
+    usize::try_from(u64::from(limit)).unwrap_or(usize::MAX)
+}
+
+type PageParts = (
+    Vec<ruma::directory::PublicRoomsChunk>,
+    Option<String>,
+    Option<String>,
+    UInt,
+);
+
+fn parts(page: PublicRoomsPage) -> PageParts {
+    (
+        page.chunk,
+        page.next_batch,
+        page.prev_batch,
+        UInt::try_from(page.total_room_count_estimate as u64).unwrap_or(UInt::MAX),
+    )
+}
+
+fn room_id_of(room_id: &str) -> Result<ruma::OwnedRoomId, MatrixError> {
+    RoomId::parse(room_id).map_err(|e| MatrixError::internal(format!("bad room id {room_id}: {e}")))
+}

@@ -69,17 +69,19 @@ impl Services {
             config.sessions.clone(),
         );
         let server_keys = Arc::new(server_keys);
+        let notifier = crate::notifier::Notifier::default();
         let rooms = crate::rooms::Rooms::new(
             store.clone(),
             config.server_name.clone(),
             server_keys.clone(),
+            notifier.clone(),
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         Ok(Arc::new(Services {
             rooms,
             directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),
             rate_limiter,
-            user_data: crate::user_data::UserData::new(store.clone()),
+            user_data: crate::user_data::UserData::new(store.clone(), notifier),
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             config,
             store,

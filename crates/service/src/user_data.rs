@@ -29,6 +29,8 @@ pub struct UserData {
     /// Serialises read-modify-write updates (tags, push rules), so two concurrent changes
     /// cannot lose one another. These writes are rare; one lock for the server is enough.
     rmw: tokio::sync::Mutex<()>,
+    /// Wakes waiting syncs after every account data write.
+    notify: crate::notifier::Notifier,
 }
 
 /// The push rule content stored as `m.push_rules` account data.
@@ -59,10 +61,11 @@ fn raw(text: String) -> Result<Box<RawValue>> {
 }
 
 impl UserData {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, notify: crate::notifier::Notifier) -> Self {
         UserData {
             store,
             rmw: tokio::sync::Mutex::new(()),
+            notify,
         }
     }
 
@@ -123,15 +126,24 @@ impl UserData {
             )));
         }
         let text = object_text(content)?;
-        Ok(self
+        self.write_account_data(target, room_id.map(RoomId::as_str), data_type, text)
+            .await
+    }
+
+    /// Stores account data and wakes the syncs waiting for it.
+    async fn write_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&str>,
+        data_type: &str,
+        text: &str,
+    ) -> Result<i64> {
+        let position = self
             .store
-            .set_account_data(
-                target.as_str(),
-                room_id.map(RoomId::as_str),
-                data_type,
-                text,
-            )
-            .await?)
+            .set_account_data(user_id.as_str(), room_id, data_type, text)
+            .await?;
+        self.notify.notify();
+        Ok(position)
     }
 
     /// The content of one account data entry; `M_NOT_FOUND` when there is none.
@@ -218,10 +230,8 @@ impl UserData {
     async fn store_tags(&self, user_id: &UserId, room_id: &RoomId, tags: &Tags) -> Result<i64> {
         let text = serde_json::to_string(&serde_json::json!({ "tags": tags }))
             .map_err(|err| Error::Internal(err.to_string()))?;
-        Ok(self
-            .store
-            .set_account_data(user_id.as_str(), Some(room_id.as_str()), TAG_TYPE, &text)
-            .await?)
+        self.write_account_data(user_id, Some(room_id.as_str()), TAG_TYPE, &text)
+            .await
     }
 
     /// The user's tags on a room (empty when none).
@@ -286,8 +296,7 @@ impl UserData {
         let mut rules = self.push_rules(user_id).await?;
         let out = change(&mut rules)?;
         let text = push_rules_json(rules)?;
-        self.store
-            .set_account_data(user_id.as_str(), None, PUSH_RULES_TYPE, &text)
+        self.write_account_data(user_id, None, PUSH_RULES_TYPE, &text)
             .await?;
         Ok(out)
     }
@@ -471,7 +480,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            let data = UserData::new(store.clone());
+            let data = UserData::new(store.clone(), crate::notifier::Notifier::default());
             let me = authed(&alice);
 
             // Initial sync: the default push rules, before any write.

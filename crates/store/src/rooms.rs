@@ -40,6 +40,16 @@ pub struct EventRow {
     pub redacted_because_json: Option<String>,
 }
 
+/// One of a user's room memberships, with where it happened in the events stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipRow {
+    pub room: RoomRow,
+    pub membership: String,
+    pub event_nid: i64,
+    pub stream_ordering: i64,
+    pub forgotten: bool,
+}
+
 /// A room's forward extremities and the newest depth and state among them: what a new local
 /// event builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,6 +430,21 @@ impl Store {
         Ok(rows)
     }
 
+    /// One event by nid.
+    pub async fn event_by_nid(&self, event_nid: i64) -> Result<Option<EventRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            match sqlx::query(sqlx::AssertSqlSafe(format!("{EVENT_SELECT} WHERE e.event_nid = $1")))
+                .bind(event_nid)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(event_from_row!(&row)),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
     /// One event by id.
     pub async fn event(&self, event_id: &str) -> Result<Option<EventRow>, StoreError> {
         let row = with_pool!(self, pool => {
@@ -482,6 +507,39 @@ impl Store {
             .await
         })?;
         Ok(row)
+    }
+
+    /// Every room membership of a user (the rows sync walks).
+    pub async fn user_memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            let mut out = Vec::new();
+            for row in sqlx::query(
+                "SELECT r.room_nid, r.room_id, r.room_version, r.creator, r.is_public, \
+                 m.membership, m.event_nid, m.stream_ordering, m.forgotten \
+                 FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid \
+                 WHERE m.user_id = $1 ORDER BY r.room_id",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?
+            {
+                out.push(MembershipRow {
+                    room: RoomRow {
+                        room_nid: row.try_get("room_nid")?,
+                        room_id: row.try_get("room_id")?,
+                        room_version: row.try_get("room_version")?,
+                        creator: row.try_get("creator")?,
+                        is_public: row.try_get("is_public")?,
+                    },
+                    membership: row.try_get("membership")?,
+                    event_nid: row.try_get("event_nid")?,
+                    stream_ordering: row.try_get("stream_ordering")?,
+                    forgotten: row.try_get("forgotten")?,
+                });
+            }
+            out
+        });
+        Ok(rows)
     }
 
     /// The rooms where a user has the given membership.

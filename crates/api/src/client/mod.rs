@@ -11,6 +11,7 @@ mod profile;
 mod push_rules;
 mod rooms;
 mod session;
+mod sync;
 mod uia;
 mod user_directory;
 mod voip;
@@ -26,6 +27,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(device::routes())
         .merge(rooms::routes().merge(directory::routes()))
         .merge(user_directory::routes())
+        .merge(sync::routes())
         .merge(
             filter::routes()
                 .merge(account_data::routes())

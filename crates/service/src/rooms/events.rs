@@ -218,7 +218,8 @@ impl Rooms {
                 now,
             })
             .await?;
-        self.notify.send_replace(persisted.stream_ordering);
+        let _ = persisted;
+        self.notify.notify();
         tracing::debug!(room_id = %room.room_id, event_id = pdu.event_id(), kind = pdu.event_type(), "persisted a local event");
         Ok(pdu.event_id().to_owned())
     }

@@ -8,7 +8,7 @@
 mod create;
 pub mod events;
 mod membership;
-mod read;
+pub(crate) mod read;
 mod redact;
 
 use std::{
@@ -35,17 +35,22 @@ pub struct Rooms {
     /// two interleaved sends would fork the room's DAG for no reason.
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Woken after every persisted event (sync waits on it).
-    pub notify: tokio::sync::watch::Sender<i64>,
+    pub notify: crate::notifier::Notifier,
 }
 
 impl Rooms {
-    pub fn new(store: Store, server_name: OwnedServerName, keys: Arc<ServerKeys>) -> Self {
+    pub fn new(
+        store: Store,
+        server_name: OwnedServerName,
+        keys: Arc<ServerKeys>,
+        notify: crate::notifier::Notifier,
+    ) -> Self {
         Rooms {
             store,
             server_name,
             keys,
             writers: Mutex::new(HashMap::new()),
-            notify: tokio::sync::watch::channel(0).0,
+            notify,
         }
     }
 

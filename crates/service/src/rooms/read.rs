@@ -372,6 +372,21 @@ impl Rooms {
         })
     }
 
+    /// Which of `rows` the user may see (sync's timelines).
+    pub(crate) async fn visible_rows(
+        &self,
+        room: &RoomRow,
+        rows: &[EventRow],
+        user: &UserId,
+    ) -> Result<Vec<bool>> {
+        let mut memo = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.visible(room, row, user, &mut memo).await?);
+        }
+        Ok(out)
+    }
+
     /// History visibility (client-server API "History visibility"): decided by the state at
     /// the event. A user always sees their own membership events.
     async fn visible(

@@ -1,0 +1,104 @@
+//! `GET /sync`: the request's filter turned into the service's [`SyncFilter`], the service's
+//! answer turned into ruma's response types.
+
+use std::time::Duration;
+
+use axum::Router;
+use myelin_service::{
+    Error as ServiceError,
+    sync::{SyncFilter, SyncRequest},
+};
+use ruma::api::client::{
+    filter::{FilterDefinition, LazyLoadOptions},
+    sync::sync_events::{self, v3},
+};
+use serde::de::DeserializeOwned;
+
+use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().ruma(sync)
+}
+
+fn sync_filter(definition: &FilterDefinition) -> SyncFilter {
+    let room = &definition.room;
+    let timeline = &room.timeline;
+    SyncFilter {
+        timeline_limit: timeline
+            .limit
+            .map_or(SyncFilter::default().timeline_limit, |l| {
+                usize::try_from(u64::from(l)).unwrap_or(usize::MAX)
+            }),
+        types: timeline.types.clone(),
+        not_types: timeline.not_types.clone(),
+        senders: timeline
+            .senders
+            .as_ref()
+            .map(|s| s.iter().map(ToString::to_string).collect()),
+        not_senders: timeline
+            .not_senders
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        rooms: room
+            .rooms
+            .as_ref()
+            .map(|r| r.iter().map(ToString::to_string).collect()),
+        not_rooms: room.not_rooms.iter().map(ToString::to_string).collect(),
+        include_leave: room.include_leave,
+        lazy_load_members: !matches!(room.state.lazy_load_options, LazyLoadOptions::Disabled),
+    }
+}
+
+fn section<T: DeserializeOwned + Default>(value: &serde_json::Value) -> Result<T, MatrixError> {
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(value.clone())
+        .map_err(|e| MatrixError::internal(format!("building the sync response: {e}")))
+}
+
+async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<v3::Response, MatrixError> {
+    let user = request.identity;
+    let body = request.body;
+    let filter = match &body.filter {
+        None => SyncFilter::default(),
+        Some(sync_events::v3::Filter::FilterDefinition(definition)) => sync_filter(definition),
+        Some(sync_events::v3::Filter::FilterId(id)) => {
+            let definition = state
+                .services
+                .user_data
+                .filter(&user, &user.user_id, id)
+                .await
+                .map_err(|err| match err {
+                    ServiceError::NotFound(_) => {
+                        ServiceError::InvalidParam(format!("Unknown filter {id}"))
+                    }
+                    other => other,
+                })?;
+            sync_filter(&definition)
+        }
+        Some(_) => return Err(ServiceError::InvalidParam("Unsupported filter".to_owned()).into()),
+    };
+    let answer = state
+        .services
+        .sync(
+            &user.user_id,
+            &SyncRequest {
+                since: body.since,
+                full_state: body.full_state,
+                timeout: body.timeout.unwrap_or(Duration::ZERO),
+                use_state_after: body.use_state_after,
+                filter,
+            },
+        )
+        .await?;
+    let mut response =
+        v3::Response::new(answer["next_batch"].as_str().unwrap_or_default().to_owned());
+    response.rooms = section(&answer["rooms"])?;
+    response.account_data = section(&answer["account_data"])?;
+    response.presence = section(&answer["presence"])?;
+    response.to_device = section(&answer["to_device"])?;
+    response.device_lists = section(&answer["device_lists"])?;
+    Ok(response)
+}

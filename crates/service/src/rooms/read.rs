@@ -438,25 +438,10 @@ impl Rooms {
     /// projection (which filters and rewrites in account-key rooms).
     pub fn client_event(&self, room: &RoomRow, row: &EventRow, reader: &UserId) -> Option<Value> {
         let version = version_of(room).ok()?;
-        let pdu: Value = serde_json::from_str(&row.json).ok()?;
-        let mut event = json!({
-            "event_id": row.event_id,
-            "room_id": room.room_id,
-            "sender": pdu["sender"],
-            "type": pdu["type"],
-            "content": pdu["content"],
-            "origin_server_ts": pdu["origin_server_ts"],
-        });
-        if let Some(state_key) = pdu.get("state_key") {
-            event["state_key"] = state_key.clone();
-        }
-        if let Some(redacts) = pdu.get("redacts").or_else(|| pdu["content"].get("redacts")) {
-            event["redacts"] = redacts.clone();
-        }
+        let typed = super::pdu_of(row, version).ok()?;
         let mut unsigned = json!({});
-        if let Some(ts) = pdu["origin_server_ts"].as_i64() {
-            unsigned["age"] = json!(now_millis().saturating_sub(ts).max(0));
-        }
+        let sent = i64::try_from(typed.origin_server_ts()).unwrap_or(i64::MAX);
+        unsigned["age"] = json!(now_millis().saturating_sub(sent).max(0));
         if let Some(prev) = row
             .prev_json
             .as_deref()
@@ -486,7 +471,14 @@ impl Rooms {
             }
             unsigned["redacted_because"] = because;
         }
-        event["unsigned"] = unsigned;
+        let Value::Object(unsigned) = unsigned else {
+            return None;
+        };
+        let mut event = typed.client_event(unsigned);
+        // Clients read `redacts` at the top level in every room version.
+        if let Some(redacts) = typed.redacts() {
+            event["redacts"] = json!(redacts);
+        }
         project_for_client(version, &event, reader.as_str(), |_| {
             myelin_room_version::KeyVerification::Unverified
         })

@@ -347,7 +347,8 @@ async fn create_room_with_alias_name() {
         assert_eq!(before, after);
 
         // A name that makes no alias.
-        for bad in ["has:colon", "", "has space", "#hash"] {
+        let too_long = "a".repeat(256);
+        for bad in ["has:colon", "", "has space", "#hash", &too_long] {
             let (status, body) = server
                 .post(
                     "/_matrix/client/v3/createRoom",
@@ -703,6 +704,14 @@ async fn public_rooms_lists_searches_and_pages() {
 
         // A room that grows moves up, and a token still means "after this room".
         let next = tokens[0]["next_batch"].as_str().unwrap().to_owned();
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&space)),
+                &alice.access_token,
+                json!({"user_id": others[2].user_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
         assert_eq!(join(&server, &others[2], &space).await.0, 200);
         let (_, page) = public_rooms_get(&server, &format!("?limit=10&since={next}")).await;
         let mut twos = vec![small_a.clone(), small_b.clone(), space.clone()];

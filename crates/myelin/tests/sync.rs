@@ -428,7 +428,7 @@ async fn bad_tokens_are_errors_not_resets() {
         }
         let (status, body) = server
             .get(
-                "/_matrix/client/v3/sync?since=s999999_0",
+                "/_matrix/client/v3/sync?since=s999999_0_0_0_0_0",
                 &alice.access_token,
             )
             .await;

@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod config;
 pub mod directory;
+pub mod ephemeral;
 mod error;
 pub mod notifier;
 pub mod passwords;

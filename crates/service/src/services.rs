@@ -35,6 +35,7 @@ pub struct Services {
     pub server_keys: Arc<ServerKeys>,
     pub accounts: Accounts,
     pub rooms: crate::rooms::Rooms,
+    pub ephemeral: crate::ephemeral::Ephemeral,
     pub directory: crate::directory::Directory,
     pub rate_limiter: crate::rate_limit::RateLimiter,
     pub user_data: crate::user_data::UserData,
@@ -77,11 +78,13 @@ impl Services {
             notifier.clone(),
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
+        let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());
         Ok(Arc::new(Services {
             rooms,
+            ephemeral,
             directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),
             rate_limiter,
-            user_data: crate::user_data::UserData::new(store.clone(), notifier),
+            user_data: crate::user_data::UserData::new(store.clone(), notifier.clone()),
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             config,
             store,

@@ -3,8 +3,8 @@
 //! rooms notifier, timeline limits with `limited`/`prev_batch`, `state` or `state_after`, lazy
 //! loaded members, invites, knocks and left rooms.
 //!
-//! Ephemeral streams (typing, receipts, presence, to-device) and notification counts are not
-//! here yet; their sections are present and empty so clients parse the response.
+//! Typing, receipts, presence and to-device messages come from [`crate::ephemeral`];
+//! notification counts are not computed yet (zero).
 
 use std::{collections::HashSet, time::Duration};
 
@@ -12,19 +12,32 @@ use myelin_store::{EventRow, MembershipRow, RoomRow};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Result, Services, rooms::read::token as events_token};
+use crate::{Error, Result, Services, accounts::AuthedUser, rooms::read::token as events_token};
 
 /// A position in every stream sync follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SyncToken {
     pub events: i64,
     pub account_data: i64,
+    pub receipts: i64,
+    pub to_device: i64,
+    pub presence: i64,
+    /// Typing lives in memory: its serial restarts with the process.
+    pub typing: i64,
 }
 
 impl SyncToken {
-    /// `s<events>_<account data>`.
+    /// `s<events>_<account data>_<receipts>_<to-device>_<presence>_<typing>`.
     pub fn encode(&self) -> String {
-        format!("s{}_{}", self.events, self.account_data)
+        format!(
+            "s{}_{}_{}_{}_{}_{}",
+            self.events,
+            self.account_data,
+            self.receipts,
+            self.to_device,
+            self.presence,
+            self.typing
+        )
     }
 
     /// Parses a token this server issued. Anything else is `M_INVALID_PARAM`, never a silent
@@ -32,15 +45,21 @@ impl SyncToken {
     pub fn parse(token: &str) -> Result<Self> {
         let bad = || Error::InvalidParam(format!("Invalid since token {token:?}"));
         let rest = token.strip_prefix('s').ok_or_else(bad)?;
-        let (events, account_data) = rest.split_once('_').ok_or_else(bad)?;
-        let events: i64 = events.parse().map_err(|_| bad())?;
-        let account_data: i64 = account_data.parse().map_err(|_| bad())?;
-        if events < 0 || account_data < 0 {
+        let parts: Vec<i64> = rest
+            .split('_')
+            .map(|p| p.parse::<i64>().ok().filter(|n| *n >= 0))
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?;
+        let [events, account_data, receipts, to_device, presence, typing] = parts[..] else {
             return Err(bad());
-        }
+        };
         Ok(SyncToken {
             events,
             account_data,
+            receipts,
+            to_device,
+            presence,
+            typing,
         })
     }
 }
@@ -106,6 +125,8 @@ impl SyncFilter {
 #[derive(Debug, Clone, Default)]
 pub struct SyncRequest {
     pub since: Option<String>,
+    /// `set_presence`: `online` (the default), `unavailable`, or `offline` (leave it alone).
+    pub set_presence: Option<String>,
     pub full_state: bool,
     pub timeout: Duration,
     pub use_state_after: bool,
@@ -117,8 +138,13 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Services {
     /// Answers a `/sync`. Waits up to the timeout when an incremental sync has nothing to say.
-    pub async fn sync(&self, user: &UserId, request: &SyncRequest) -> Result<Value> {
-        let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
+    pub async fn sync(&self, device: &AuthedUser, request: &SyncRequest) -> Result<Value> {
+        let user = device.user_id.as_ref();
+        let mut since = request.since.as_deref().map(SyncToken::parse).transpose()?;
+        match request.set_presence.as_deref().unwrap_or("online") {
+            "offline" => {}
+            state => self.ephemeral.presence_on_sync(user, state).await?,
+        }
         let deadline = tokio::time::Instant::now() + request.timeout.min(MAX_TIMEOUT);
         let mut changes = self.rooms.notify.subscribe();
         loop {
@@ -127,15 +153,29 @@ impl Services {
             let now = SyncToken {
                 events: self.store.events_stream_position().await?,
                 account_data: self.user_data.account_data_position().await?,
+                receipts: self.store.stream_position("receipts").await?,
+                to_device: self.store.stream_position("to_device").await?,
+                presence: self.store.stream_position("presence").await?,
+                typing: self.ephemeral.typing_position(),
             };
+            if let Some(since) = since.as_mut()
+                && since.typing > now.typing
+            {
+                // The process restarted: typing restarted with it.
+                since.typing = 0;
+            }
             if let Some(since) = since
-                && (since.events > now.events || since.account_data > now.account_data)
+                && (since.events > now.events
+                    || since.account_data > now.account_data
+                    || since.receipts > now.receipts
+                    || since.to_device > now.to_device
+                    || since.presence > now.presence)
             {
                 return Err(Error::InvalidParam(
                     "The since token is from the future: it was not issued by this server's current database".to_owned(),
                 ));
             }
-            let (body, empty) = self.sync_once(user, request, since, now).await?;
+            let (body, empty) = self.sync_once(device, request, since, now).await?;
             let waiting = since.is_some() && empty && !request.full_state;
             if !waiting || tokio::time::Instant::now() >= deadline {
                 return Ok(body);
@@ -152,11 +192,12 @@ impl Services {
 
     async fn sync_once(
         &self,
-        user: &UserId,
+        device: &AuthedUser,
         request: &SyncRequest,
         since: Option<SyncToken>,
-        now: SyncToken,
+        mut now: SyncToken,
     ) -> Result<(Value, bool)> {
+        let user: &UserId = device.user_id.as_ref();
         let filter = &request.filter;
         let account_data = self
             .user_data
@@ -218,17 +259,28 @@ impl Services {
                 _ => {}
             }
         }
+        let (to_device, to_device_next) = self
+            .ephemeral
+            .to_device_for(device, since.map_or(0, |s| s.to_device), now.to_device)
+            .await?;
+        now.to_device = to_device_next;
+        let presence = self
+            .ephemeral
+            .presence_events(user, since.map_or(0, |s| s.presence))
+            .await?;
         let empty = join.is_empty()
             && invite.is_empty()
             && leave.is_empty()
             && knock.is_empty()
-            && global.is_empty();
+            && global.is_empty()
+            && to_device.is_empty()
+            && presence.is_empty();
         let body = json!({
             "next_batch": now.encode(),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "account_data": {"events": global},
-            "presence": {"events": []},
-            "to_device": {"events": []},
+            "presence": {"events": presence},
+            "to_device": {"events": to_device},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         });
@@ -262,7 +314,21 @@ impl Services {
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
-        if !fresh && rows.is_empty() && account_data.is_empty() {
+        let mut ephemeral = Vec::new();
+        if let Some(typing) = self
+            .ephemeral
+            .typing_event(&room.room_id, since.map(|s| s.typing))
+        {
+            ephemeral.push(typing);
+        }
+        if let Some(receipts) = self
+            .ephemeral
+            .receipt_event(room.room_nid, since.map_or(0, |s| s.receipts), user)
+            .await?
+        {
+            ephemeral.push(receipts);
+        }
+        if !fresh && rows.is_empty() && account_data.is_empty() && ephemeral.is_empty() {
             return Ok(None);
         }
         let timeline = self
@@ -313,7 +379,7 @@ impl Services {
         let mut section = json!({
             "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
             "account_data": {"events": account_data},
-            "ephemeral": {"events": []},
+            "ephemeral": {"events": ephemeral},
             "unread_notifications": {"notification_count": 0, "highlight_count": 0},
             "summary": self.summary(room, user).await?,
         });

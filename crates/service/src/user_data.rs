@@ -130,6 +130,18 @@ impl UserData {
             .await
     }
 
+    /// Sets the server-managed `m.fully_read` marker of a room (read markers and receipts).
+    pub(crate) async fn set_fully_read(
+        &self,
+        user_id: &UserId,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<i64> {
+        let text = serde_json::json!({ "event_id": event_id }).to_string();
+        self.write_account_data(user_id, Some(room_id), "m.fully_read", &text)
+            .await
+    }
+
     /// Stores account data and wakes the syncs waiting for it.
     async fn write_account_data(
         &self,

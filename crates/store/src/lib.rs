@@ -17,6 +17,7 @@
 
 pub mod accounts;
 pub mod aliases;
+pub mod ephemeral;
 mod error;
 pub mod rooms;
 pub mod server_keys;

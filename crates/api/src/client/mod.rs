@@ -6,6 +6,7 @@ mod capabilities;
 mod device;
 mod directory;
 mod discovery;
+mod ephemeral;
 mod filter;
 mod profile;
 mod push_rules;
@@ -28,6 +29,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(rooms::routes().merge(directory::routes()))
         .merge(user_directory::routes())
         .merge(sync::routes())
+        .merge(ephemeral::routes())
         .merge(
             filter::routes()
                 .merge(account_data::routes())

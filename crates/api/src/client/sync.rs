@@ -83,9 +83,10 @@ async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<v3::Respons
     let answer = state
         .services
         .sync(
-            &user.user_id,
+            &user,
             &SyncRequest {
                 since: body.since,
+                set_presence: Some(body.set_presence.to_string()),
                 full_state: body.full_state,
                 timeout: body.timeout.unwrap_or(Duration::ZERO),
                 use_state_after: body.use_state_after,

@@ -1,0 +1,347 @@
+//! Typing (with expiry), receipts and read markers, to-device delivery and deletion, and
+//! presence, through `/sync`, on both databases.
+
+use std::time::Duration;
+
+use myelin_testkit::{TestServer, TestUser, test_backends};
+use serde_json::{Value, json};
+
+fn enc(s: &str) -> String {
+    s.replace('!', "%21")
+        .replace('$', "%24")
+        .replace(':', "%3A")
+        .replace('@', "%40")
+}
+
+async fn sync(server: &TestServer, user: &TestUser, query: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?{query}"),
+            &user.access_token,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn shared_room(server: &TestServer, alice: &TestUser, bob: &TestUser) -> String {
+    let (_, room) = server
+        .post(
+            "/_matrix/client/v3/createRoom",
+            &alice.access_token,
+            json!({"preset": "public_chat"}),
+        )
+        .await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            &bob.access_token,
+            json!({}),
+        )
+        .await;
+    room
+}
+
+fn ephemeral_of<'a>(body: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    body["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
+#[tokio::test]
+async fn typing_shows_and_expires() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        let since = sync(&server, &bob, "").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/typing/{}",
+            enc(&room),
+            enc(&alice.user_id)
+        );
+        let (status, body) = server
+            .put(
+                &path,
+                &alice.access_token,
+                json!({"typing": true, "timeout": 600}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, _) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(&room),
+                    enc(&alice.user_id)
+                ),
+                &bob.access_token,
+                json!({"typing": true, "timeout": 600}),
+            )
+            .await;
+        assert_eq!(status, 403, "nobody types for someone else");
+
+        let body = sync(&server, &bob, &format!("since={since}")).await;
+        let typing = ephemeral_of(&body, &room, "m.typing").expect("typing event");
+        assert_eq!(
+            typing["content"]["user_ids"],
+            json!([alice.user_id]),
+            "{kind:?}"
+        );
+        let since = body["next_batch"].as_str().unwrap().to_owned();
+
+        // The expiry wakes a waiting sync with nobody typing.
+        let body = sync(&server, &bob, &format!("since={since}&timeout=10000")).await;
+        let typing = ephemeral_of(&body, &room, "m.typing").expect("typing stopped");
+        assert_eq!(typing["content"]["user_ids"], json!([]), "{body}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn receipts_and_read_markers() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        let (_, sent) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                    enc(&room)
+                ),
+                &alice.access_token,
+                json!({"msgtype": "m.text", "body": "hi"}),
+            )
+            .await;
+        let event_id = sent["event_id"].as_str().unwrap().to_owned();
+        let since = sync(&server, &alice, "").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let receipt = |kind: &str| {
+            format!(
+                "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+                enc(&room),
+                enc(&event_id)
+            )
+        };
+        assert_eq!(
+            server
+                .post(&receipt("m.read"), &bob.access_token, json!({}))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            server
+                .post(&receipt("m.read.private"), &bob.access_token, json!({}))
+                .await
+                .0,
+            200
+        );
+        let (status, _) = server
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/%24nope",
+                    enc(&room)
+                ),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 404, "receipt for an unknown event");
+
+        let body = sync(&server, &alice, &format!("since={since}")).await;
+        let receipts = ephemeral_of(&body, &room, "m.receipt").expect("receipt event");
+        assert!(
+            receipts["content"][&event_id]["m.read"]
+                .get(&bob.user_id)
+                .is_some(),
+            "{receipts}"
+        );
+        assert!(
+            receipts["content"][&event_id]
+                .get("m.read.private")
+                .is_none(),
+            "private receipts stay private: {receipts}"
+        );
+        let bobs = sync(&server, &bob, "").await;
+        let own = ephemeral_of(&bobs, &room, "m.receipt").unwrap();
+        assert!(
+            own["content"][&event_id]["m.read.private"]
+                .get(&bob.user_id)
+                .is_some(),
+            "{own}"
+        );
+
+        // Read markers: the fully-read marker is room account data.
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room)),
+                &bob.access_token,
+                json!({"m.fully_read": event_id, "m.read": event_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let bobs = sync(&server, &bob, "").await;
+        let data = bobs["rooms"]["join"][&room]["account_data"]["events"]
+            .as_array()
+            .unwrap();
+        assert!(
+            data.iter()
+                .any(|e| e["type"] == "m.fully_read"
+                    && e["content"]["event_id"] == event_id.as_str()),
+            "{data:?}"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn to_device_messages_are_delivered_once_and_deleted_after_acknowledgement() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let since = sync(&server, &bob, "").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let message =
+            json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"secret": 1}}}});
+        for _ in 0..2 {
+            // The same transaction twice delivers once.
+            let (status, body) = server
+                .put(
+                    "/_matrix/client/v3/sendToDevice/org.example.ping/tx1",
+                    &alice.access_token,
+                    message.clone(),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let body = sync(&server, &bob, &format!("since={since}")).await;
+        let events = body["to_device"]["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{kind:?}: {events:?}");
+        assert_eq!(events[0]["sender"], alice.user_id);
+        assert_eq!(events[0]["type"], "org.example.ping");
+        assert_eq!(events[0]["content"]["secret"], 1);
+
+        // Re-syncing from the same token repeats it (not yet acknowledged)...
+        let again = sync(&server, &bob, &format!("since={since}")).await;
+        assert_eq!(again["to_device"]["events"].as_array().unwrap().len(), 1);
+        // ...syncing from the new token acknowledges and deletes it.
+        let next = body["next_batch"].as_str().unwrap().to_owned();
+        let after = sync(&server, &bob, &format!("since={next}")).await;
+        assert!(
+            after["to_device"]["events"]
+                .as_array()
+                .is_none_or(|e| e.is_empty()),
+            "{after}"
+        );
+        let replay = sync(&server, &bob, &format!("since={since}")).await;
+        assert!(
+            replay["to_device"]["events"]
+                .as_array()
+                .is_none_or(|e| e.is_empty()),
+            "deleted: {replay}"
+        );
+
+        // `*` reaches every device of the user.
+        let (_, second) = server
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/login",
+                None,
+                Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": bob.password, "device_id": "SECOND"})),
+            )
+            .await;
+        let second = TestUser {
+            device_id: "SECOND".to_owned(),
+            access_token: second["access_token"].as_str().unwrap().to_owned(),
+            ..bob.clone()
+        };
+        server
+            .put(
+                "/_matrix/client/v3/sendToDevice/org.example.all/tx2",
+                &alice.access_token,
+                json!({"messages": {bob.user_id.clone(): {"*": {"n": 2}}}}),
+            )
+            .await;
+        for device in [&bob, &second] {
+            let body = sync(&server, device, "").await;
+            assert!(
+                body["to_device"]["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["type"] == "org.example.all"),
+                "{}: {body}",
+                device.device_id
+            );
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn presence_is_shared_with_room_mates() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        shared_room(&server, &alice, &bob).await;
+        let since = sync(&server, &bob, "set_presence=offline").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+        let (status, _) = server
+            .put(
+                &path,
+                &alice.access_token,
+                json!({"presence": "unavailable", "status_msg": "lunch"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = server
+            .put(&path, &bob.access_token, json!({"presence": "online"}))
+            .await;
+        assert_eq!(status, 403);
+
+        let body = sync(
+            &server,
+            &bob,
+            &format!("since={since}&set_presence=offline"),
+        )
+        .await;
+        let events = body["presence"]["events"].as_array().unwrap();
+        let alices = events
+            .iter()
+            .find(|e| e["sender"] == alice.user_id.as_str())
+            .expect("alice's presence");
+        assert_eq!(alices["content"]["presence"], "unavailable", "{kind:?}");
+        assert_eq!(alices["content"]["status_msg"], "lunch");
+
+        let (status, presence) = server.get(&path, &bob.access_token).await;
+        assert_eq!(status, 200, "{presence}");
+        assert_eq!(presence["presence"], "unavailable");
+        let (status, _) = server.get(&path, &carol.access_token).await;
+        assert_eq!(status, 403, "no shared room");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        server.stop().await;
+    }
+}

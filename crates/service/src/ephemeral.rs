@@ -1,0 +1,419 @@
+//! Typing notifications (in memory, expiring), receipts and read markers, to-device messages
+//! and presence: everything /sync delivers beside room events and account data.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use myelin_store::Store;
+use ruma::UserId;
+use serde_json::{Map, Value, json};
+
+use crate::{Error, Result, accounts::AuthedUser, notifier::Notifier, now_millis};
+
+/// Typing notifications last at most this long without a refresh.
+const MAX_TYPING: Duration = Duration::from_secs(120);
+/// To-device messages handed to one sync at most.
+pub const TO_DEVICE_BATCH: i64 = 100;
+
+/// Who is typing where, and a serial that moves on every change.
+#[derive(Debug, Default)]
+struct Typing {
+    rooms: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// The serial of each room's last change.
+    changed: Mutex<HashMap<String, i64>>,
+    serial: AtomicI64,
+}
+
+impl Typing {
+    fn touch(&self, room_id: &str) {
+        let serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(room_id.to_owned(), serial);
+    }
+
+    /// Removes expired entries of a room; returns whether any were removed.
+    fn expire(&self, room_id: &str) -> bool {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(users) = rooms.get_mut(room_id) else {
+            return false;
+        };
+        let before = users.len();
+        let now = Instant::now();
+        users.retain(|_, until| *until > now);
+        before != users.len()
+    }
+}
+
+/// The ephemeral area.
+#[derive(Debug)]
+pub struct Ephemeral {
+    store: Store,
+    notify: Notifier,
+    typing: Arc<Typing>,
+}
+
+impl Ephemeral {
+    pub fn new(store: Store, notify: Notifier) -> Self {
+        Ephemeral {
+            store,
+            notify,
+            typing: Arc::default(),
+        }
+    }
+
+    async fn joined_room(&self, user: &UserId, room_id: &str) -> Result<i64> {
+        let room = self
+            .store
+            .room(room_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Unknown room {room_id}")))?;
+        match self.store.membership(room.room_nid, user.as_str()).await? {
+            Some((membership, _, _)) if membership == "join" => Ok(room.room_nid),
+            _ => Err(Error::Forbidden(
+                "You are not joined to this room".to_owned(),
+            )),
+        }
+    }
+
+    // ----- typing -----
+
+    /// `PUT /rooms/{roomId}/typing/{userId}`. A typing notification expires after `timeout`
+    /// (at most two minutes) unless refreshed; waiting syncs hear about both edges.
+    pub async fn set_typing(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        room_id: &str,
+        typing: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        if user.user_id != target {
+            return Err(Error::Forbidden(
+                "You may only set your own typing state".to_owned(),
+            ));
+        }
+        self.joined_room(target, room_id).await?;
+        let timeout = timeout.min(MAX_TYPING);
+        {
+            let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let users = rooms.entry(room_id.to_owned()).or_default();
+            if typing {
+                users.insert(target.to_string(), Instant::now() + timeout);
+            } else {
+                users.remove(target.as_str());
+            }
+        }
+        self.typing.touch(room_id);
+        self.notify.notify();
+        if typing {
+            let state = self.typing.clone();
+            let notify = self.notify.clone();
+            let room_id = room_id.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout + Duration::from_millis(5)).await;
+                if state.expire(&room_id) {
+                    state.touch(&room_id);
+                    notify.notify();
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The typing serial, for sync tokens.
+    pub fn typing_position(&self) -> i64 {
+        self.typing.serial.load(Ordering::SeqCst)
+    }
+
+    /// `m.typing` for a room if it changed after `since` (always for an initial sync).
+    pub fn typing_event(&self, room_id: &str, since: Option<i64>) -> Option<Value> {
+        self.typing.expire(room_id);
+        let changed = self
+            .typing
+            .changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room_id)
+            .copied();
+        let users: Vec<String> = self
+            .typing
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room_id)
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default();
+        let relevant = match since {
+            Some(since) => changed.is_some_and(|c| c > since),
+            None => !users.is_empty(),
+        };
+        relevant.then(|| json!({"type": "m.typing", "content": {"user_ids": users}}))
+    }
+
+    // ----- receipts and read markers -----
+
+    /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.
+    pub async fn set_receipt(
+        &self,
+        user: &AuthedUser,
+        user_data: &crate::user_data::UserData,
+        room_id: &str,
+        receipt_type: &str,
+        event_id: &str,
+        thread_id: Option<&str>,
+    ) -> Result<()> {
+        let room_nid = self.joined_room(&user.user_id, room_id).await?;
+        if self
+            .store
+            .event(event_id)
+            .await?
+            .is_none_or(|row| row.room_nid != room_nid)
+        {
+            return Err(Error::NotFound("Unknown event in this room".to_owned()));
+        }
+        match receipt_type {
+            "m.read" | "m.read.private" => {
+                self.store
+                    .set_receipt(
+                        room_nid,
+                        user.user_id.as_str(),
+                        receipt_type,
+                        thread_id.unwrap_or(""),
+                        event_id,
+                        now_millis(),
+                    )
+                    .await?;
+                self.notify.notify();
+                Ok(())
+            }
+            "m.fully_read" => {
+                if thread_id.is_some() {
+                    return Err(Error::InvalidParam(
+                        "m.fully_read cannot be threaded".to_owned(),
+                    ));
+                }
+                user_data
+                    .set_fully_read(&user.user_id, room_id, event_id)
+                    .await?;
+                Ok(())
+            }
+            other => Err(Error::InvalidParam(format!("Unknown receipt type {other}"))),
+        }
+    }
+
+    /// `m.receipt` for a room: receipts written after `since`; private ones only for the reader.
+    pub async fn receipt_event(
+        &self,
+        room_nid: i64,
+        since: i64,
+        reader: &UserId,
+    ) -> Result<Option<Value>> {
+        let rows = self.store.receipts_since(room_nid, since).await?;
+        let mut content = Map::new();
+        for row in rows {
+            if row.receipt_type == "m.read.private" && row.user_id != reader.as_str() {
+                continue;
+            }
+            let mut receipt = json!({"ts": row.ts});
+            if !row.thread_id.is_empty() {
+                receipt["thread_id"] = json!(row.thread_id);
+            }
+            let by_event = content.entry(row.event_id).or_insert_with(|| json!({}));
+            by_event[&row.receipt_type][&row.user_id] = receipt;
+        }
+        Ok((!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content})))
+    }
+
+    // ----- to-device -----
+
+    /// `PUT /sendToDevice/{eventType}/{txnId}`: local recipients only (remote ones need
+    /// federation and are skipped with a log line); `*` means every device of the user.
+    pub async fn send_to_device(
+        &self,
+        sender: &AuthedUser,
+        server_name: &ruma::ServerName,
+        event_type: &str,
+        txn_id: &str,
+        messages: &Map<String, Value>,
+    ) -> Result<()> {
+        let mut queued = Vec::new();
+        for (user_id, devices) in messages {
+            let Ok(target) = UserId::parse(user_id.as_str()) else {
+                return Err(Error::InvalidParam(format!("{user_id} is not a user ID")));
+            };
+            if target.server_name() != server_name {
+                tracing::warn!(%target, "to-device message for a remote user dropped: federation is not available yet");
+                continue;
+            }
+            let Some(devices) = devices.as_object() else {
+                return Err(Error::BadJson(
+                    "messages must map users to devices to contents".to_owned(),
+                ));
+            };
+            for (device_id, content) in devices {
+                if !content.is_object() {
+                    return Err(Error::BadJson(
+                        "to-device content must be an object".to_owned(),
+                    ));
+                }
+                let text = content.to_string();
+                if device_id == "*" {
+                    for device in self.store.devices(target.as_str()).await? {
+                        queued.push((target.to_string(), device.device_id, text.clone()));
+                    }
+                } else {
+                    queued.push((target.to_string(), device_id.clone(), text));
+                }
+            }
+        }
+        self.store
+            .queue_to_device(
+                sender.user_id.as_str(),
+                sender.device_id.as_str(),
+                txn_id,
+                event_type,
+                &queued,
+                now_millis(),
+            )
+            .await?;
+        self.notify.notify();
+        Ok(())
+    }
+
+    /// The device's pending messages after `since` (deleting those up to `since`, which the
+    /// device acknowledged by syncing from there). Returns the events and the position to put
+    /// in the next token.
+    pub async fn to_device_for(
+        &self,
+        user: &AuthedUser,
+        since: i64,
+        current: i64,
+    ) -> Result<(Vec<Value>, i64)> {
+        if since > 0 {
+            self.store
+                .delete_to_device(user.user_id.as_str(), user.device_id.as_str(), since)
+                .await?;
+        }
+        let rows = self
+            .store
+            .to_device_since(
+                user.user_id.as_str(),
+                user.device_id.as_str(),
+                since,
+                TO_DEVICE_BATCH,
+            )
+            .await?;
+        let next = if rows.len() as i64 == TO_DEVICE_BATCH {
+            rows.last().map_or(since, |r| r.stream_position)
+        } else {
+            current.max(since)
+        };
+        let events = rows
+            .into_iter()
+            .map(|row| {
+                json!({
+                    "type": row.event_type,
+                    "sender": row.sender,
+                    "content": serde_json::from_str::<Value>(&row.content).unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        Ok((events, next))
+    }
+
+    // ----- presence -----
+
+    /// `PUT /presence/{userId}/status`.
+    pub async fn set_presence(
+        &self,
+        user: &AuthedUser,
+        target: &UserId,
+        state: &str,
+        status_msg: Option<&str>,
+    ) -> Result<()> {
+        if user.user_id != target {
+            return Err(Error::Forbidden(
+                "You may only set your own presence".to_owned(),
+            ));
+        }
+        if !matches!(state, "online" | "offline" | "unavailable") {
+            return Err(Error::InvalidParam(format!(
+                "Unknown presence state {state}"
+            )));
+        }
+        self.store
+            .set_presence(target.as_str(), state, status_msg, now_millis())
+            .await?;
+        self.notify.notify();
+        Ok(())
+    }
+
+    /// Sync's `set_presence`: records the state only when it changed, so syncing does not
+    /// write on every request.
+    pub async fn presence_on_sync(&self, user: &UserId, state: &str) -> Result<()> {
+        let current = self.store.presence(user.as_str()).await?;
+        if current.as_ref().is_none_or(|p| p.state != state) {
+            let status = current.and_then(|p| p.status_msg);
+            self.store
+                .set_presence(user.as_str(), state, status.as_deref(), now_millis())
+                .await?;
+            self.notify.notify();
+        }
+        Ok(())
+    }
+
+    /// `GET /presence/{userId}/status`: for the user themself or someone sharing a room.
+    pub async fn presence(&self, reader: &UserId, target: &UserId) -> Result<Value> {
+        if reader != target
+            && !self
+                .store
+                .room_mates(reader.as_str())
+                .await?
+                .iter()
+                .any(|u| u == target.as_str())
+        {
+            return Err(Error::Forbidden(
+                "You do not share a room with this user".to_owned(),
+            ));
+        }
+        let row = self
+            .store
+            .presence(target.as_str())
+            .await?
+            .ok_or_else(|| Error::NotFound("No presence for this user".to_owned()))?;
+        let mut body = json!({"presence": row.state, "last_active_ago": now_millis().saturating_sub(row.last_active_ts).max(0)});
+        if let Some(msg) = row.status_msg {
+            body["status_msg"] = json!(msg);
+        }
+        body["currently_active"] = json!(row.state == "online");
+        Ok(body)
+    }
+
+    /// `m.presence` events of room mates changed after `since`.
+    pub async fn presence_events(&self, user: &UserId, since: i64) -> Result<Vec<Value>> {
+        let mates = self.store.room_mates(user.as_str()).await?;
+        let rows = self.store.presence_of(&mates, since).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut content = json!({
+                    "presence": row.state,
+                    "last_active_ago": now_millis().saturating_sub(row.last_active_ts).max(0),
+                    "currently_active": row.state == "online",
+                });
+                if let Some(msg) = row.status_msg {
+                    content["status_msg"] = json!(msg);
+                }
+                json!({"type": "m.presence", "sender": row.user_id, "content": content})
+            })
+            .collect())
+    }
+}

@@ -117,6 +117,7 @@ impl From<ServiceError> for MatrixError {
             ServiceError::NotFound(_) => Self::new(S::NOT_FOUND, ErrorKind::NotFound, message),
             ServiceError::AliasInUse(_) => Self::new(S::CONFLICT, ErrorKind::Unknown, message),
             ServiceError::RoomInUse(_) => Self::new(S::BAD_REQUEST, ErrorKind::RoomInUse, message),
+            ServiceError::BadAlias(_) => Self::new(S::BAD_REQUEST, ErrorKind::BadAlias, message),
             ServiceError::ServerManagedAccountData(_) => {
                 Self::new(S::METHOD_NOT_ALLOWED, ErrorKind::BadJson, message)
             }

@@ -5,7 +5,12 @@
 //! Only aliases on this server are known here; resolving another server's aliases needs
 //! federation and answers "not found" until then. `createRoom`'s `room_alias_name` goes through
 //! [`Directory::local_alias`] for its grammar and then through the rooms area, which creates the
-//! alias as one of its steps.
+//! alias as one of its steps. A canonical alias a client sends is checked by
+//! [`Directory::check_canonical_alias`].
+//!
+//! `/publicRooms` reads every published room's summary state in two queries and searches, sorts
+//! and pages in memory: right for directories of thousands of rooms. A much larger directory
+//! wants a summary table kept up to date by the event writer, paged in SQL.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use myelin_room_version::{
@@ -206,6 +211,61 @@ impl Directory {
             return Err(forbidden());
         }
         Ok(self.store.room_aliases(room.room_nid).await?)
+    }
+
+    /// Checks an `m.room.canonical_alias` content a local user is about to send: every alias it
+    /// adds (`alias` and `alt_aliases`, less those already in the room's current canonical alias
+    /// event) must be valid and point at this room, else `M_BAD_ALIAS`. Aliases of other servers
+    /// cannot be checked without federation and are refused.
+    pub async fn check_canonical_alias(&self, room_id: &RoomId, content: &Value) -> Result<()> {
+        let room = self.room(room_id.as_str()).await?;
+        let listed = |content: &Value| -> Result<Vec<String>> {
+            let mut aliases = Vec::new();
+            match &content["alias"] {
+                Value::Null => {}
+                Value::String(alias) => aliases.push(alias.clone()),
+                _ => return Err(Error::InvalidParam("`alias` must be a string".to_owned())),
+            }
+            match &content["alt_aliases"] {
+                Value::Null => {}
+                Value::Array(list) => {
+                    for alias in list {
+                        let alias = alias.as_str().ok_or_else(|| {
+                            Error::InvalidParam("`alt_aliases` must hold strings".to_owned())
+                        })?;
+                        aliases.push(alias.to_owned());
+                    }
+                }
+                _ => {
+                    return Err(Error::InvalidParam(
+                        "`alt_aliases` must be a list".to_owned(),
+                    ));
+                }
+            }
+            Ok(aliases)
+        };
+        let current = self
+            .state_content(&room, "m.room.canonical_alias")
+            .await?
+            .map(|content| listed(&content).unwrap_or_default())
+            .unwrap_or_default();
+        for alias in listed(content)? {
+            if current.contains(&alias) {
+                continue;
+            }
+            let bad = |why: &str| Error::BadAlias(format!("Room alias {alias} {why}"));
+            let parsed = RoomAliasId::parse(&alias).map_err(|_| bad("is not a valid alias"))?;
+            if parsed.server_name() != self.server_name {
+                return Err(bad(
+                    "is on another server, which this server cannot ask yet",
+                ));
+            }
+            match self.store.alias(parsed.as_str()).await? {
+                Some(row) if row.room_nid == room.room_nid => {}
+                _ => return Err(bad("does not point to this room")),
+            }
+        }
+        Ok(())
     }
 
     /// `GET /directory/list/room/{roomId}`: whether the room is published.
@@ -497,7 +557,97 @@ impl PageToken {
 
 #[cfg(test)]
 mod tests {
+    use myelin_store::test_support::{TestDatabase, test_backends};
+    use ruma::{owned_room_alias_id, owned_user_id};
+    use serde_json::json;
+
     use super::*;
+    use crate::{
+        Config, Services,
+        rooms::{CreateRoom, Preset},
+    };
+
+    #[tokio::test]
+    async fn canonical_aliases_must_point_to_the_room() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let data_dir = tempfile::tempdir().unwrap();
+            let mut config = Config {
+                data_dir: data_dir.path().to_path_buf(),
+                ..Config::default()
+            };
+            config.database.url = Some(db.url.clone());
+            let services = Services::start(config).await.unwrap();
+            let alice = owned_user_id!("@alice:localhost");
+            let room = |alias: Option<OwnedRoomAliasId>| CreateRoom {
+                preset: Some(Preset::PublicChat),
+                alias,
+                ..CreateRoom::default()
+            };
+            let here = services
+                .rooms
+                .create_room(&alice, room(Some(owned_room_alias_id!("#here:localhost"))))
+                .await
+                .unwrap();
+            services
+                .rooms
+                .create_room(&alice, room(Some(owned_room_alias_id!("#there:localhost"))))
+                .await
+                .unwrap();
+            let here = RoomId::parse(&here).unwrap();
+            let directory = &services.directory;
+            let check =
+                async |content: Value| directory.check_canonical_alias(&here, &content).await;
+
+            let nid = directory.room(here.as_str()).await.unwrap().room_nid;
+            assert!(
+                directory
+                    .store
+                    .create_alias("#also:localhost", nid, alice.as_str(), 0)
+                    .await
+                    .unwrap()
+            );
+            for ok in [
+                json!({}),
+                json!({"alias": "#also:localhost", "alt_aliases": ["#here:localhost"]}),
+                json!({"alt_aliases": ["#also:localhost"]}),
+                json!({"alias": "#here:localhost"}),
+                json!({"alt_aliases": ["#here:localhost"]}),
+            ] {
+                assert!(check(ok.clone()).await.is_ok(), "{ok}");
+            }
+            for (bad, code) in [
+                (json!({"alias": "#there:localhost"}), "M_BAD_ALIAS"),
+                (json!({"alias": "#nobody:localhost"}), "M_BAD_ALIAS"),
+                (
+                    json!({"alt_aliases": ["#here:localhost", "#there:localhost"]}),
+                    "M_BAD_ALIAS",
+                ),
+                (json!({"alias": "not an alias"}), "M_BAD_ALIAS"),
+                (json!({"alias": "#here:elsewhere.example"}), "M_BAD_ALIAS"),
+                (json!({"alias": 7}), "M_INVALID_PARAM"),
+                (json!({"alt_aliases": "#here:localhost"}), "M_INVALID_PARAM"),
+                (json!({"alt_aliases": [7]}), "M_INVALID_PARAM"),
+            ] {
+                let err = check(bad.clone()).await.expect_err(&bad.to_string());
+                let matches = match code {
+                    "M_BAD_ALIAS" => matches!(err, Error::BadAlias(_)),
+                    _ => matches!(err, Error::InvalidParam(_)),
+                };
+                assert!(matches, "{bad}: {err:?}");
+            }
+            // Aliases already in the event are not checked again: a deleted alias may stay.
+            assert!(
+                directory
+                    .store
+                    .delete_alias("#here:localhost")
+                    .await
+                    .unwrap()
+            );
+            assert!(check(json!({"alias": "#here:localhost"})).await.is_ok());
+            services.shutdown().await;
+        }
+    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {

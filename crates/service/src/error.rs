@@ -26,6 +26,9 @@ pub enum Error {
     /// `createRoom` with an alias that already exists (400 `M_ROOM_IN_USE`).
     #[error("{0}")]
     RoomInUse(String),
+    /// A canonical alias that is invalid or does not point to the room (400 `M_BAD_ALIAS`).
+    #[error("{0}")]
+    BadAlias(String),
     /// Account data of a type the server manages (405 `M_BAD_JSON`).
     #[error("{0}")]
     ServerManagedAccountData(String),

@@ -345,3 +345,86 @@ async fn presence_is_shared_with_room_mates() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn push_rules_drive_unread_counts_and_notifications() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        let mut last = String::new();
+        for (i, mention) in [false, false, true].into_iter().enumerate() {
+            let mut content = json!({"msgtype": "m.text", "body": format!("message {i}")});
+            if mention {
+                content["m.mentions"] = json!({"user_ids": [bob.user_id]});
+                content["body"] = json!(format!("hey {}", bob.user_id));
+            }
+            let (_, sent) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.message/n{i}",
+                        enc(&room)
+                    ),
+                    &alice.access_token,
+                    content,
+                )
+                .await;
+            last = sent["event_id"].as_str().unwrap().to_owned();
+        }
+        let body = sync(&server, &bob, "").await;
+        let unread = &body["rooms"]["join"][&room]["unread_notifications"];
+        assert_eq!(unread["notification_count"], 3, "{kind:?}: {unread}");
+        assert_eq!(unread["highlight_count"], 1, "{unread}");
+        // The sender's own events never notify the sender.
+        let own = sync(&server, &alice, "").await;
+        assert_eq!(
+            own["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
+            0
+        );
+
+        let (status, list) = server
+            .get("/_matrix/client/v3/notifications", &bob.access_token)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        let notifications = list["notifications"].as_array().unwrap();
+        assert_eq!(notifications.len(), 3, "{list}");
+        assert_eq!(notifications[0]["event"]["event_id"], last, "newest first");
+        assert_eq!(notifications[0]["read"], false);
+        let (_, highlights) = server
+            .get(
+                "/_matrix/client/v3/notifications?only=highlight",
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(
+            highlights["notifications"].as_array().unwrap().len(),
+            1,
+            "{highlights}"
+        );
+
+        // Reading up to the last message clears the counts.
+        server
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                    enc(&room),
+                    enc(&last)
+                ),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        let body = sync(&server, &bob, "").await;
+        let unread = &body["rooms"]["join"][&room]["unread_notifications"];
+        assert!(
+            unread["notification_count"] == 0 || unread.get("notification_count").is_none(),
+            "{unread}"
+        );
+        let (_, list) = server
+            .get("/_matrix/client/v3/notifications", &bob.access_token)
+            .await;
+        assert_eq!(list["notifications"][0]["read"], true);
+        server.stop().await;
+    }
+}

@@ -4,7 +4,7 @@
 //! loaded members, invites, knocks and left rooms.
 //!
 //! Typing, receipts, presence and to-device messages come from [`crate::ephemeral`];
-//! notification counts are not computed yet (zero).
+//! notification counts from the push actions stored with each event.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -376,11 +376,15 @@ impl Services {
             .filter_map(|row| self.rooms.client_event(room, row, user))
             .collect();
 
+        let unread = self
+            .store
+            .unread_counts(room.room_nid, user.as_str())
+            .await?;
         let mut section = json!({
             "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
             "account_data": {"events": account_data},
             "ephemeral": {"events": ephemeral},
-            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+            "unread_notifications": {"notification_count": unread.0, "highlight_count": unread.1},
             "summary": self.summary(room, user).await?,
         });
         section[if request.use_state_after {

@@ -398,7 +398,7 @@ impl UserData {
 
 /// The user's rules from the stored `m.push_rules` content (the defaults when there is none),
 /// with any default rule the stored set lacks merged in.
-fn merged_push_rules(user_id: &UserId, stored: Option<&str>) -> Result<Ruleset> {
+pub(crate) fn merged_push_rules(user_id: &UserId, stored: Option<&str>) -> Result<Ruleset> {
     let defaults = Ruleset::server_default(user_id);
     let Some(text) = stored else {
         return Ok(defaults);

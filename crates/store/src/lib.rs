@@ -28,7 +28,9 @@ pub mod user_data;
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
-pub use rooms::{EventRow, MembershipRow, NewEvent, Persisted, RoomHead, RoomRow};
+pub use rooms::{
+    EventRow, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction, RoomHead, RoomRow,
+};
 pub use server_keys::StoredSigningKey;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
 pub use user_data::{AccountDataRow, ProfileRow};

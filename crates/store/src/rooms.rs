@@ -78,7 +78,29 @@ pub struct NewEvent<'a> {
     pub membership: Option<(&'a str, &'a str)>,
     /// `(user_id, device_id, txn_id)` of a client send.
     pub txn: Option<(&'a str, &'a str, &'a str)>,
+    /// What the event asks of local members' push rules.
+    pub push_actions: &'a [PushAction],
     pub now: i64,
+}
+
+/// One member's push rule outcome for an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAction {
+    pub user_id: String,
+    pub notify: bool,
+    pub highlight: bool,
+    /// The actions as JSON text.
+    pub actions: String,
+}
+
+/// A notification as `/notifications` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRow {
+    pub event: EventRow,
+    pub room_id: String,
+    pub actions: String,
+    pub ts: i64,
+    pub highlight: bool,
 }
 
 /// Where a persisted event landed.
@@ -336,6 +358,22 @@ impl Store {
                 .bind(event.event_id)
                 .execute(&mut *tx)
                 .await?;
+            for action in event.push_actions {
+                sqlx::query(
+                    "INSERT INTO event_push_actions (event_nid, room_nid, user_id, stream_ordering, notify, highlight, actions, ts) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(event_nid)
+                .bind(event.room_nid)
+                .bind(&action.user_id)
+                .bind(stream_ordering)
+                .bind(action.notify)
+                .bind(action.highlight)
+                .bind(&action.actions)
+                .bind(event.now)
+                .execute(&mut *tx)
+                .await?;
+            }
             if let Some((user_id, device_id, txn_id)) = event.txn {
                 sqlx::query(
                     "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
@@ -615,6 +653,89 @@ impl Store {
             .fetch_all(pool)
             .await
         })?;
+        Ok(rows)
+    }
+
+    /// How far a user has read in a room: the newest of their unthreaded read receipts
+    /// and their own latest event, as a stream position (0 when neither exists).
+    pub async fn read_position(&self, room_nid: i64, user_id: &str) -> Result<i64, StoreError> {
+        let position = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COALESCE(MAX(e.stream_ordering), 0) FROM events e WHERE e.room_nid = $1 AND ( \
+                     e.sender = $2 OR e.event_id IN (SELECT r.event_id FROM receipts r \
+                         WHERE r.room_nid = $1 AND r.user_id = $2 AND r.thread_id = '' \
+                         AND r.receipt_type IN ('m.read', 'm.read.private')))",
+            )
+            .bind(room_nid)
+            .bind(user_id)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(position)
+    }
+
+    /// A user's unread `(notifications, highlights)` in a room: notifying events after their
+    /// [`Store::read_position`].
+    pub async fn unread_counts(
+        &self,
+        room_nid: i64,
+        user_id: &str,
+    ) -> Result<(i64, i64), StoreError> {
+        let read = self.read_position(room_nid, user_id).await?;
+        let counts = with_pool!(self, pool => {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT COALESCE(SUM(CASE WHEN notify THEN 1 ELSE 0 END), 0), \
+                        COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0) \
+                 FROM event_push_actions WHERE room_nid = $1 AND user_id = $2 AND stream_ordering > $3",
+            )
+            .bind(room_nid)
+            .bind(user_id)
+            .bind(read)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(counts)
+    }
+
+    /// A user's notifications, newest first, before stream position `before`.
+    pub async fn notifications(
+        &self,
+        user_id: &str,
+        before: i64,
+        limit: i64,
+        only_highlight: bool,
+    ) -> Result<Vec<NotificationRow>, StoreError> {
+        let highlight = if only_highlight {
+            " AND a.highlight"
+        } else {
+            ""
+        };
+        let rows = with_pool!(self, pool => {
+            let mut out = Vec::new();
+            for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{EVENT_SELECT} JOIN event_push_actions a ON a.event_nid = e.event_nid \
+                 WHERE a.user_id = $1 AND a.notify AND a.stream_ordering < $2{highlight} \
+                 ORDER BY a.stream_ordering DESC LIMIT $3"
+            )))
+            .bind(user_id)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            {
+                let event = event_from_row!(&row);
+                let extra = sqlx::query_as::<_, (String, i64, bool, String)>(
+                    "SELECT a.actions, a.ts, a.highlight, r.room_id FROM event_push_actions a \
+                     JOIN rooms r ON r.room_nid = a.room_nid WHERE a.event_nid = $1 AND a.user_id = $2",
+                )
+                .bind(event.event_nid)
+                .bind(user_id)
+                .fetch_one(pool)
+                .await?;
+                out.push(NotificationRow { event, actions: extra.0, ts: extra.1, highlight: extra.2, room_id: extra.3 });
+            }
+            out
+        });
         Ok(rows)
     }
 

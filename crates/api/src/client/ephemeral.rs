@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(to_device)
         .ruma(presence_get)
         .ruma(presence_set)
+        .ruma(notifications)
 }
 
 async fn typing(
@@ -155,4 +156,36 @@ async fn presence_set(
         )
         .await?;
     Ok(set_presence::v3::Response::new())
+}
+
+async fn notifications(
+    state: AppState,
+    request: Ruma<ruma::api::client::push::get_notifications::v3::Request>,
+) -> Result<ruma::api::client::push::get_notifications::v3::Response, MatrixError> {
+    use ruma::api::client::push::get_notifications::v3;
+    let body = request.body;
+    let limit = body
+        .limit
+        .map_or(50, |l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX));
+    let only_highlight = body.only.as_deref() == Some("highlight");
+    let (items, next) = state
+        .services
+        .rooms
+        .notifications(
+            &request.identity.user_id,
+            body.from.as_deref(),
+            limit,
+            only_highlight,
+        )
+        .await?;
+    let notifications: Vec<v3::Notification> = items
+        .into_iter()
+        .map(|item| {
+            serde_json::from_value(item)
+                .map_err(|e| MatrixError::internal(format!("notification: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut response = v3::Response::new(notifications);
+    response.next_token = next;
+    Ok(response)
 }

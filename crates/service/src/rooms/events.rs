@@ -194,6 +194,7 @@ impl Rooms {
         } else {
             None
         };
+        let push_actions = self.push_actions(room, pdu).await?;
         let json = pdu.canonical_json();
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
@@ -215,6 +216,7 @@ impl Rooms {
                     _ => None,
                 },
                 txn,
+                push_actions: &push_actions,
                 now,
             })
             .await?;

@@ -8,6 +8,7 @@
 mod create;
 pub mod events;
 mod membership;
+mod push;
 pub(crate) mod read;
 mod redact;
 

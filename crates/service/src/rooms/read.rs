@@ -212,6 +212,57 @@ impl Rooms {
         Ok((rows, limited))
     }
 
+    /// `GET /notifications`: the user's notifying events, newest first, before `from`.
+    /// Returns the notifications and the token for the next page.
+    pub async fn notifications(
+        &self,
+        user: &UserId,
+        from: Option<&str>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        let before = match from {
+            Some(token) => parse_token(token)?,
+            None => self.store.events_stream_position().await? + 1,
+        };
+        let limit = limit.clamp(1, 1000);
+        let rows = self
+            .store
+            .notifications(user.as_str(), before, limit as i64, only_highlight)
+            .await?;
+        let next = (rows.len() == limit)
+            .then(|| token(rows.last().map_or(before, |r| r.event.stream_ordering)));
+        let mut read_positions: HashMap<i64, i64> = HashMap::new();
+        let mut out = Vec::new();
+        for row in rows {
+            let Some(room) = self.store.room(&row.room_id).await? else {
+                continue;
+            };
+            let read_up_to = match read_positions.get(&room.room_nid) {
+                Some(position) => *position,
+                None => {
+                    let position = self
+                        .store
+                        .read_position(room.room_nid, user.as_str())
+                        .await?;
+                    read_positions.insert(room.room_nid, position);
+                    position
+                }
+            };
+            let Some(event) = self.client_event(&room, &row.event, user) else {
+                continue;
+            };
+            out.push(json!({
+                "actions": serde_json::from_str::<Value>(&row.actions).unwrap_or(Value::Array(Vec::new())),
+                "event": event,
+                "read": row.event.stream_ordering <= read_up_to,
+                "room_id": row.room_id,
+                "ts": row.ts,
+            }));
+        }
+        Ok((out, next))
+    }
+
     /// `GET /joined_rooms`.
     pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<String>> {
         Ok(self

@@ -60,7 +60,7 @@ async fn receipt(
             &request.identity,
             &services.user_data,
             body.room_id.as_str(),
-            &body.receipt_type.to_string(),
+            body.receipt_type.as_ref(),
             body.event_id.as_str(),
             body.thread.as_str(),
         )
@@ -151,7 +151,7 @@ async fn presence_set(
         .set_presence(
             &request.identity,
             &body.user_id,
-            &body.presence.to_string(),
+            body.presence.as_ref(),
             body.status_msg.as_deref(),
         )
         .await?;

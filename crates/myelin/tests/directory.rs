@@ -279,6 +279,82 @@ async fn aliases_are_created_resolved_listed_and_deleted() {
 }
 
 #[tokio::test]
+async fn deleting_an_alias_takes_it_out_of_the_canonical_alias() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(
+            &server,
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "main"}),
+        )
+        .await;
+        assert_eq!(join(&server, &bob, &room).await.0, 200);
+        assert_eq!(
+            put_alias(&server, &alice, "#alt:localhost", &room).await.0,
+            200
+        );
+        assert_eq!(
+            put_alias(&server, &bob, "#bobalt:localhost", &room).await.0,
+            200
+        );
+        put_state(
+            &server,
+            &alice,
+            &room,
+            "m.room.canonical_alias",
+            json!({"alias": "#main:localhost", "alt_aliases": ["#alt:localhost", "#bobalt:localhost"]}),
+        )
+        .await;
+
+        // Bob may delete his alias but not send the canonical alias: it stays listed there.
+        assert_eq!(
+            delete_alias(&server, &bob, "#bobalt:localhost").await.0,
+            200
+        );
+        assert_eq!(get_alias(&server, "#bobalt:localhost").await.0, 404);
+        assert_eq!(
+            state(&server, &alice, &room, "m.room.canonical_alias")
+                .await
+                .1,
+            json!({"alias": "#main:localhost", "alt_aliases": ["#alt:localhost", "#bobalt:localhost"]})
+        );
+        // Alice's deletions take the alias out.
+        assert_eq!(delete_alias(&server, &alice, "#alt:localhost").await.0, 200);
+        assert_eq!(
+            state(&server, &alice, &room, "m.room.canonical_alias")
+                .await
+                .1,
+            json!({"alias": "#main:localhost", "alt_aliases": ["#bobalt:localhost"]})
+        );
+        assert_eq!(
+            delete_alias(&server, &alice, "#main:localhost").await.0,
+            200
+        );
+        assert_eq!(
+            state(&server, &alice, &room, "m.room.canonical_alias")
+                .await
+                .1,
+            json!({"alt_aliases": ["#bobalt:localhost"]})
+        );
+
+        let solo = create(&server, &alice, json!({"room_alias_name": "solo"})).await;
+        assert_eq!(
+            delete_alias(&server, &alice, "#solo:localhost").await.0,
+            200
+        );
+        assert_eq!(
+            state(&server, &alice, &solo, "m.room.canonical_alias")
+                .await
+                .1,
+            json!({})
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn create_room_with_alias_name() {
     for kind in test_backends() {
         let server = TestServer::start(kind).await;

@@ -25,7 +25,12 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{Error, Result, accounts::AuthedUser, now_millis};
+use crate::{
+    Error, Result,
+    accounts::AuthedUser,
+    now_millis,
+    rooms::{Rooms, events::LocalEvent},
+};
 
 /// The current state the directory shows for a published room.
 const SUMMARY_STATE: &[&str] = &[
@@ -161,8 +166,15 @@ impl Directory {
     }
 
     /// `DELETE /directory/room/{roomAlias}`: by the alias's creator, a joined member who may set
-    /// the room's canonical alias, or a server admin.
-    pub async fn delete_alias(&self, user: &AuthedUser, alias: &RoomAliasId) -> Result<()> {
+    /// the room's canonical alias, or a server admin. An alias the room's canonical alias event
+    /// lists is then removed from it, sent as `user`; if `user` may not send that event the
+    /// alias is still deleted (the spec's recommendation).
+    pub async fn delete_alias(
+        &self,
+        rooms: &Rooms,
+        user: &AuthedUser,
+        alias: &RoomAliasId,
+    ) -> Result<()> {
         let not_found = || Error::NotFound(format!("Room alias {alias} not found"));
         if alias.server_name() != self.server_name {
             return Err(not_found());
@@ -186,6 +198,40 @@ impl Directory {
             return Err(not_found());
         }
         tracing::info!(%alias, user = %user.user_id, "deleted a room alias");
+        let room = self.room(&row.room_id).await?;
+        if let Some(mut content) = self.state_content(&room, "m.room.canonical_alias").await?
+            && let Some(fields) = content.as_object_mut()
+        {
+            let mut changed = false;
+            if fields.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+                fields.remove("alias");
+                changed = true;
+            }
+            if let Some(Value::Array(alt)) = fields.get_mut("alt_aliases") {
+                let before = alt.len();
+                alt.retain(|a| a.as_str() != Some(alias.as_str()));
+                changed |= alt.len() != before;
+                if alt.is_empty() {
+                    fields.remove("alt_aliases");
+                }
+            }
+            if changed {
+                let event = LocalEvent {
+                    event_type: "m.room.canonical_alias",
+                    state_key: Some(""),
+                    content,
+                    redacts: None,
+                    txn: None,
+                };
+                match rooms.send(&room, &user.user_id, event).await {
+                    Ok(_) => {}
+                    Err(Error::Forbidden(reason)) => {
+                        tracing::info!(%alias, user = %user.user_id, %reason, "deleted alias stays in the canonical alias event")
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -215,8 +261,9 @@ impl Directory {
 
     /// Checks an `m.room.canonical_alias` content a local user is about to send: every alias it
     /// adds (`alias` and `alt_aliases`, less those already in the room's current canonical alias
-    /// event) must be valid and point at this room, else `M_BAD_ALIAS`. Aliases of other servers
-    /// cannot be checked without federation and are refused.
+    /// event) must be an alias (else `M_INVALID_PARAM`) that points at this room (else
+    /// `M_BAD_ALIAS`). Aliases of other servers cannot be checked without federation and are
+    /// refused.
     pub async fn check_canonical_alias(&self, room_id: &RoomId, content: &Value) -> Result<()> {
         let room = self.room(room_id.as_str()).await?;
         let listed = |content: &Value| -> Result<Vec<String>> {
@@ -254,7 +301,8 @@ impl Directory {
                 continue;
             }
             let bad = |why: &str| Error::BadAlias(format!("Room alias {alias} {why}"));
-            let parsed = RoomAliasId::parse(&alias).map_err(|_| bad("is not a valid alias"))?;
+            let parsed = RoomAliasId::parse(&alias)
+                .map_err(|e| Error::InvalidParam(format!("Invalid room alias {alias:?}: {e}")))?;
             if parsed.server_name() != self.server_name {
                 return Err(bad(
                     "is on another server, which this server cannot ask yet",
@@ -623,7 +671,11 @@ mod tests {
                     json!({"alt_aliases": ["#here:localhost", "#there:localhost"]}),
                     "M_BAD_ALIAS",
                 ),
-                (json!({"alias": "not an alias"}), "M_BAD_ALIAS"),
+                (json!({"alias": "not an alias"}), "M_INVALID_PARAM"),
+                (
+                    json!({"alt_aliases": ["%here:localhost"]}),
+                    "M_INVALID_PARAM",
+                ),
                 (json!({"alias": "#here:elsewhere.example"}), "M_BAD_ALIAS"),
                 (json!({"alias": 7}), "M_INVALID_PARAM"),
                 (json!({"alt_aliases": "#here:localhost"}), "M_INVALID_PARAM"),

@@ -62,7 +62,11 @@ async fn delete(
     state
         .services
         .directory
-        .delete_alias(&request.identity, &request.body.room_alias)
+        .delete_alias(
+            &state.services.rooms,
+            &request.identity,
+            &request.body.room_alias,
+        )
         .await?;
     Ok(delete_alias::v3::Response::new())
 }

@@ -1062,3 +1062,103 @@ async fn empty_state_key_paths_and_bodiless_posts() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn members_at_a_point_and_messages_filters() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        send_text(&server, &alice, &room, "m1", "before bob").await;
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        let before_bob = page["start"].as_str().unwrap().to_owned();
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+        send_text(&server, &bob, &room, "m2", "from bob").await;
+
+        let (_, now) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/members", enc(&room)),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
+        let (status, then) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/members?at={before_bob}",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{then}");
+        let then: Vec<&str> = then["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["state_key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            then,
+            vec![alice.user_id.as_str()],
+            "{kind:?}: before bob joined"
+        );
+
+        let filter = |json: &str| {
+            json.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        };
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50&filter={}",
+                    enc(&room),
+                    filter(&format!(
+                        r#"{{"senders":["{}"],"not_types":["m.room.member"]}}"#,
+                        bob.user_id
+                    ))
+                ),
+                &alice.access_token,
+            )
+            .await;
+        let chunk = page["chunk"].as_array().unwrap();
+        assert_eq!(chunk.len(), 1, "{page}");
+        assert_eq!(chunk[0]["content"]["body"], "from bob");
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50&filter={}",
+                    enc(&room),
+                    filter(r#"{"types":["m.room.mem*"]}"#)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert!(
+            page["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["type"] == "m.room.member"),
+            "{page}"
+        );
+        assert_eq!(page["chunk"].as_array().unwrap().len(), 2);
+        server.stop().await;
+    }
+}

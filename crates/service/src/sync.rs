@@ -12,7 +12,11 @@ use myelin_store::{EventRow, MembershipRow, RoomRow};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Result, Services, accounts::AuthedUser, rooms::read::token as events_token};
+use crate::{
+    Error, Result, Services,
+    accounts::AuthedUser,
+    rooms::{EventFilter, read::token as events_token},
+};
 
 /// A position in every stream sync follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,10 +72,8 @@ impl SyncToken {
 #[derive(Debug, Clone)]
 pub struct SyncFilter {
     pub timeline_limit: usize,
-    pub types: Option<Vec<String>>,
-    pub not_types: Vec<String>,
-    pub senders: Option<Vec<String>>,
-    pub not_senders: Vec<String>,
+    /// The timeline's event filter.
+    pub timeline: EventFilter,
     pub rooms: Option<Vec<String>>,
     pub not_rooms: Vec<String>,
     pub include_leave: bool,
@@ -82,10 +84,7 @@ impl Default for SyncFilter {
     fn default() -> Self {
         SyncFilter {
             timeline_limit: 10,
-            types: None,
-            not_types: Vec::new(),
-            senders: None,
-            not_senders: Vec::new(),
+            timeline: EventFilter::default(),
             rooms: None,
             not_rooms: Vec::new(),
             include_leave: false,
@@ -103,21 +102,7 @@ impl SyncFilter {
     }
 
     fn wants_event(&self, event: &Value) -> bool {
-        let kind = event["type"].as_str().unwrap_or_default();
-        let sender = event["sender"].as_str().unwrap_or_default();
-        let matches = |pattern: &String, value: &str| match pattern.strip_suffix('*') {
-            Some(prefix) => value.starts_with(prefix),
-            None => pattern == value,
-        };
-        self.types
-            .as_ref()
-            .is_none_or(|t| t.iter().any(|p| matches(p, kind)))
-            && !self.not_types.iter().any(|p| matches(p, kind))
-            && self
-                .senders
-                .as_ref()
-                .is_none_or(|s| s.iter().any(|x| x == sender))
-            && !self.not_senders.iter().any(|x| x == sender)
+        self.timeline.wants(event)
     }
 }
 

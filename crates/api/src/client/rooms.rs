@@ -467,6 +467,7 @@ async fn members(
 ) -> Result<ruma::api::client::membership::get_member_events::v3::Response, MatrixError> {
     let body = request.body;
     let filter = MembersFilter {
+        at: body.at,
         membership: body.membership.map(|m| m.to_string()),
         not_membership: body.not_membership.map(|m| m.to_string()),
     };
@@ -514,7 +515,7 @@ async fn messages(
         ruma::api::Direction::Forward => Direction::Forward,
     };
     let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
-    let types: Option<Vec<String>> = body.filter.types.clone();
+    let filter = super::sync::event_filter(&body.filter);
     let page = state
         .services
         .rooms
@@ -526,7 +527,7 @@ async fn messages(
                 to: body.to.as_deref(),
                 dir,
                 limit,
-                types: types.as_deref(),
+                filter: &filter,
             },
         )
         .await?;

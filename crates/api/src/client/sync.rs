@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use myelin_service::{
     Error as ServiceError,
+    rooms::EventFilter,
     sync::{SyncFilter, SyncRequest},
 };
 use ruma::api::client::{
@@ -20,6 +21,19 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().ruma(sync)
 }
 
+/// The event fields of a ruma `RoomEventFilter`.
+pub(crate) fn event_filter(filter: &ruma::api::client::filter::RoomEventFilter) -> EventFilter {
+    EventFilter {
+        types: filter.types.clone(),
+        not_types: filter.not_types.clone(),
+        senders: filter
+            .senders
+            .as_ref()
+            .map(|s| s.iter().map(ToString::to_string).collect()),
+        not_senders: filter.not_senders.iter().map(ToString::to_string).collect(),
+    }
+}
+
 fn sync_filter(definition: &FilterDefinition) -> SyncFilter {
     let room = &definition.room;
     let timeline = &room.timeline;
@@ -29,17 +43,7 @@ fn sync_filter(definition: &FilterDefinition) -> SyncFilter {
             .map_or(SyncFilter::default().timeline_limit, |l| {
                 usize::try_from(u64::from(l)).unwrap_or(usize::MAX)
             }),
-        types: timeline.types.clone(),
-        not_types: timeline.not_types.clone(),
-        senders: timeline
-            .senders
-            .as_ref()
-            .map(|s| s.iter().map(ToString::to_string).collect()),
-        not_senders: timeline
-            .not_senders
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        timeline: event_filter(timeline),
         rooms: room
             .rooms
             .as_ref()

@@ -24,7 +24,7 @@ use ruma::{OwnedServerName, UserId};
 use crate::{Error, Result, server_keys::ServerKeys};
 
 pub use create::{CreateRoom, Preset};
-pub use read::{Direction, EventContext, MembersFilter, MessagesPage, PageRequest};
+pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 
 /// The rooms area.
 #[derive(Debug)]

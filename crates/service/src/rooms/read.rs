@@ -26,6 +26,37 @@ pub struct MessagesPage {
     pub end: Option<String>,
 }
 
+/// The event fields of a filter (`RoomEventFilter`): which types and senders to include.
+/// Types may end in `*` to match a prefix.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+}
+
+impl EventFilter {
+    /// Whether a client-format event passes the filter.
+    pub fn wants(&self, event: &Value) -> bool {
+        let kind = event["type"].as_str().unwrap_or_default();
+        let sender = event["sender"].as_str().unwrap_or_default();
+        let matches = |pattern: &String, value: &str| match pattern.strip_suffix('*') {
+            Some(prefix) => value.starts_with(prefix),
+            None => pattern == value,
+        };
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|p| matches(p, kind)))
+            && !self.not_types.iter().any(|p| matches(p, kind))
+            && self
+                .senders
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|x| x == sender))
+            && !self.not_senders.iter().any(|x| x == sender)
+    }
+}
+
 /// What page of the timeline a client asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest<'a> {
@@ -33,8 +64,8 @@ pub struct PageRequest<'a> {
     pub to: Option<&'a str>,
     pub dir: Direction,
     pub limit: usize,
-    /// Only events of these types (the filter's `types`).
-    pub types: Option<&'a [String]>,
+    /// The filter's event fields.
+    pub filter: &'a EventFilter,
 }
 
 /// `/context`: an event with what came before and after it, and the state at it.
@@ -51,6 +82,8 @@ pub struct EventContext {
 /// `/members` filters.
 #[derive(Debug, Clone, Default)]
 pub struct MembersFilter {
+    /// A pagination token: the members as of that point instead of now.
+    pub at: Option<String>,
     pub membership: Option<String>,
     pub not_membership: Option<String>,
 }
@@ -151,7 +184,37 @@ impl Rooms {
         filter: &MembersFilter,
     ) -> Result<Vec<Value>> {
         let room = self.room(room_id).await?;
-        let rows = self.state_for(&room, user).await?;
+        let rows = match &filter.at {
+            None => self.state_for(&room, user).await?,
+            Some(at) => {
+                let mut position = parse_token(at)?;
+                // Never past what the user may see: their departure, if they left.
+                if let Some((membership, _, stream)) =
+                    self.store.membership(room.room_nid, user.as_str()).await?
+                    && membership != "join"
+                {
+                    self.vantage(&room, user).await?;
+                    position = position.min(stream + 1);
+                }
+                if self
+                    .store
+                    .membership(room.room_nid, user.as_str())
+                    .await?
+                    .is_none()
+                {
+                    return Err(Error::Forbidden("You are not in this room".to_owned()));
+                }
+                match self
+                    .store
+                    .room_events(room.room_nid, 0, position, true, 1)
+                    .await?
+                    .first()
+                {
+                    Some(last) => self.store.state_at_group(last.state_group).await?,
+                    None => Vec::new(),
+                }
+            }
+        };
         Ok(rows
             .iter()
             .filter(|row| row.event_type == "m.room.member")
@@ -283,7 +346,7 @@ impl Rooms {
             to,
             dir,
             limit,
-            types,
+            filter,
         } = *page;
         let room = self.room(room_id).await?;
         // Anyone who is or was in the room may page; visibility filters each event.
@@ -325,11 +388,9 @@ impl Rooms {
         let mut memo = HashMap::new();
         let mut chunk = Vec::new();
         for row in &rows {
-            if types.is_some_and(|types| !types.iter().any(|t| t == &row.event_type)) {
-                continue;
-            }
             if self.visible(&room, row, user, &mut memo).await?
                 && let Some(event) = self.client_event(&room, row, user)
+                && filter.wants(&event)
             {
                 chunk.push(event);
             }

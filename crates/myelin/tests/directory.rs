@@ -179,6 +179,12 @@ async fn aliases_are_created_resolved_listed_and_deleted() {
         );
         assert_eq!(get_alias(&server, "#bobs:localhost").await.0, 404);
 
+        // Aliases may hold any Unicode.
+        let unicode = "#老虎Â£я🤨👉ඞ:localhost";
+        assert_eq!(put_alias(&server, &alice, unicode, &room).await.0, 200);
+        assert_eq!(get_alias(&server, unicode).await.1["room_id"], room);
+        assert_eq!(delete_alias(&server, &alice, unicode).await.0, 200);
+
         // Unknown aliases, here or on a server we cannot ask yet.
         assert_eq!(
             error(get_alias(&server, "#nothing:localhost").await),
@@ -739,11 +745,8 @@ async fn public_rooms_lists_searches_and_pages() {
         assert_eq!(entry["world_readable"], true);
         assert_eq!(entry["guest_can_join"], false);
         assert_eq!(entry["avatar_url"], "mxc://localhost/abc");
-        // `join_rule` may be left out for public rooms (the spec's default).
-        assert!(
-            entry.get("join_rule").is_none_or(|r| r == "public"),
-            "{entry}"
-        );
+        // `join_rule` is there even when it is the spec's default.
+        assert_eq!(entry["join_rule"], "public");
         assert!(entry.get("room_type").is_none(), "{entry}");
         let space_entry = &page["chunk"][4];
         assert_eq!(space_entry["room_type"], "m.space");

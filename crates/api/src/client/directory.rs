@@ -2,19 +2,29 @@
 //! a room's aliases, a room's directory visibility, and `/publicRooms`. Each handler translates
 //! and calls `myelin_service::directory`.
 
-use axum::Router;
+use axum::{
+    Json, Router,
+    extract::State,
+    routing::{get, post},
+};
 use myelin_service::directory::{PublicRoomsPage, PublicRoomsQuery};
 use ruma::{
     RoomAliasId, RoomId, UInt,
-    api::client::{
-        alias::{create_alias, delete_alias, get_alias},
-        directory::{
-            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+    api::{
+        Metadata,
+        client::{
+            alias::{create_alias, delete_alias, get_alias},
+            directory::{
+                get_public_rooms, get_public_rooms_filtered, get_room_visibility,
+                set_room_visibility,
+            },
+            room::{Visibility, aliases},
         },
-        room::{Visibility, aliases},
+        path_builder::PathBuilder,
     },
     directory::RoomNetwork,
 };
+use serde_json::{Value, json};
 
 use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
 
@@ -26,8 +36,20 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(room_aliases)
         .ruma(visibility)
         .ruma(set_visibility)
-        .ruma(public_rooms)
-        .ruma(public_rooms_filtered)
+        .merge(public_rooms_routes())
+}
+
+/// `/publicRooms` is served outside the ruma bridge's response path (see [`page_json`]), with
+/// the bridge's parsing and authentication, under every path ruma lists for it.
+fn public_rooms_routes() -> Router<AppState> {
+    let mut router = Router::new();
+    for path in get_public_rooms::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, get(public_rooms));
+    }
+    for path in get_public_rooms_filtered::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, post(public_rooms_filtered));
+    }
+    router
 }
 
 async fn create(
@@ -127,10 +149,11 @@ async fn set_visibility(
     Ok(set_room_visibility::v3::Response::new())
 }
 
+/// `GET /publicRooms`.
 async fn public_rooms(
-    state: AppState,
+    State(state): State<AppState>,
     request: Ruma<get_public_rooms::v3::Request>,
-) -> Result<get_public_rooms::v3::Response, MatrixError> {
+) -> Result<Json<Value>, MatrixError> {
     let body = request.body;
     let page = state
         .services
@@ -142,18 +165,14 @@ async fn public_rooms(
             ..PublicRoomsQuery::default()
         })
         .await?;
-    let (chunk, next_batch, prev_batch, total) = parts(page);
-    let mut response = get_public_rooms::v3::Response::new(chunk);
-    response.next_batch = next_batch;
-    response.prev_batch = prev_batch;
-    response.total_room_count_estimate = Some(total);
-    Ok(response)
+    page_json(page)
 }
 
+/// `POST /publicRooms`.
 async fn public_rooms_filtered(
-    state: AppState,
+    State(state): State<AppState>,
     request: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> Result<get_public_rooms_filtered::v3::Response, MatrixError> {
+) -> Result<Json<Value>, MatrixError> {
     let body = request.body;
     let page = state
         .services
@@ -167,33 +186,36 @@ async fn public_rooms_filtered(
             third_party: matches!(body.room_network, RoomNetwork::ThirdParty(_)),
         })
         .await?;
-    let (chunk, next_batch, prev_batch, total) = parts(page);
-    let mut response = get_public_rooms_filtered::v3::Response::new();
-    response.chunk = chunk;
-    response.next_batch = next_batch;
-    response.prev_batch = prev_batch;
-    response.total_room_count_estimate = Some(total);
-    Ok(response)
+    page_json(page)
 }
 
 fn limit_of(limit: UInt) -> usize {
     usize::try_from(u64::from(limit)).unwrap_or(usize::MAX)
 }
 
-type PageParts = (
-    Vec<ruma::directory::PublicRoomsChunk>,
-    Option<String>,
-    Option<String>,
-    UInt,
-);
-
-fn parts(page: PublicRoomsPage) -> PageParts {
-    (
-        page.chunk,
-        page.next_batch,
-        page.prev_batch,
-        UInt::try_from(page.total_room_count_estimate as u64).unwrap_or(UInt::MAX),
-    )
+/// The page as the spec's JSON. Written out here rather than by ruma's response type because ruma
+/// leaves out `join_rule` when it is `public` (the spec's default), and clients and Complement
+/// expect it on every entry.
+fn page_json(page: PublicRoomsPage) -> Result<Json<Value>, MatrixError> {
+    let mut chunk = Vec::with_capacity(page.chunk.len());
+    for room in page.chunk {
+        let join_rule = room.join_rule.as_str().to_owned();
+        let mut entry =
+            serde_json::to_value(&room).map_err(|e| MatrixError::internal(e.to_string()))?;
+        entry["join_rule"] = Value::String(join_rule);
+        chunk.push(entry);
+    }
+    let mut body = json!({
+        "chunk": chunk,
+        "total_room_count_estimate": page.total_room_count_estimate,
+    });
+    if let Some(next) = page.next_batch {
+        body["next_batch"] = Value::String(next);
+    }
+    if let Some(prev) = page.prev_batch {
+        body["prev_batch"] = Value::String(prev);
+    }
+    Ok(Json(body))
 }
 
 fn room_id_of(room_id: &str) -> Result<ruma::OwnedRoomId, MatrixError> {

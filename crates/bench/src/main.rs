@@ -1,6 +1,416 @@
 //! myelin-bench: load generator that can target any homeserver URL (Myelin or Synapse).
+//!
+//! Users are registered through the Synapse-compatible shared-secret admin API
+//! (`/_synapse/admin/v1/register`), so the same code measures both servers. Each run prints one
+//! JSON line on stdout: scenario, server label, sizes, medians, p95, rates, timestamps and, with
+//! `--pid`, the server's resident memory before and after.
+
+mod client;
+mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use futures::{StreamExt, TryStreamExt, stream};
+use serde_json::{Value, json};
+
+use client::{Server, User, sync_has_event};
+use stats::{round3, rss_kib, summarize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// (a) `--count` sequential shared-secret registrations (default 100).
+    Register,
+    /// (b) `--count` sequential sends by one user in one room (default 1000).
+    SendSeq,
+    /// (c) `--clients` users each sending `--count` messages to their own room at once (50 x 20).
+    SendConcurrent,
+    /// (d) initial `/sync` (no since) for a user in `--rooms` rooms, `--reps` times.
+    SyncInitial,
+    /// (e) from user A's send to user B's pending long-poll `/sync` returning it, `--count` rounds (100).
+    Wakeup,
+    /// (f) resident memory of `--pid` (VmRSS), no load.
+    Memory,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for Matrix homeservers (Myelin, Synapse, any base URL)")]
+struct Args {
+    /// Base URL of the client API, e.g. http://127.0.0.1:8008.
+    #[arg(long)]
+    url: String,
+    /// Shared secret of `/_synapse/admin/v1/register`.
+    #[arg(long, env = "BENCH_SHARED_SECRET", default_value = "")]
+    shared_secret: String,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Label of the server in the output (e.g. myelin-sqlite, synapse-sqlite).
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Free-form tag copied into the output (e.g. "idle", "after-load", a round number).
+    #[arg(long, default_value = "")]
+    tag: String,
+    /// Operations per run (registrations, sends, sends per client, wake-up rounds); default per scenario.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Concurrent clients for send-concurrent.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Rooms the syncing user is in for sync-initial.
+    #[arg(long, default_value_t = 20)]
+    rooms: usize,
+    /// Timed repetitions of the initial sync.
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Requests in flight while setting up (registering users, creating rooms); not timed.
+    #[arg(long, default_value_t = 8)]
+    setup_concurrency: usize,
+    /// Process ID of the server, to read VmRSS from /proc/<pid>/status.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Prefix of the user names this run registers (default: derived from the clock).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Stop timed loops after this many seconds (what finished is reported).
+    #[arg(long, default_value_t = 600)]
+    time_limit_secs: u64,
+}
+
+const PASSWORD: &str = "bench-password-1";
+
+struct Ctx {
+    server: Server,
+    secret: String,
+    prefix: String,
+    deadline: Instant,
+}
+
+impl Ctx {
+    async fn user(&self, name: &str) -> Result<User> {
+        let localpart = format!("{}{name}", self.prefix);
+        let user = self
+            .server
+            .register(&self.secret, &localpart, PASSWORD)
+            .await
+            .with_context(|| format!("registering {localpart}"))?;
+        if !user.user_id.starts_with(&format!("@{localpart}:")) {
+            bail!("registered {localpart} but got user ID {}", user.user_id);
+        }
+        Ok(user)
+    }
+
+    async fn users(&self, tag: &str, n: usize, concurrency: usize) -> Result<Vec<User>> {
+        stream::iter(0..n)
+            .map(|i| async move { self.user(&format!("{tag}{i}")).await })
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    fn timed_out(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+}
 
 fn main() {
-    eprintln!("myelin-bench: no scenarios yet");
-    std::process::exit(2);
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = SystemTime::now();
+    let rss_before = args.pid.and_then(rss_kib);
+    let result = runtime.block_on(run(&args));
+    let finished = SystemTime::now();
+    let rss_after = args.pid.and_then(rss_kib);
+    let mut line = json!({
+        "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()),
+        "server": args.label,
+        "tag": args.tag,
+        "url": args.url,
+        "started_at": stats::rfc3339(started),
+        "finished_at": stats::rfc3339(finished),
+        "pid": args.pid,
+        "rss_kib_before": rss_before,
+        "rss_kib_after": rss_after,
+    });
+    let ok = match result {
+        Ok(Value::Object(fields)) => {
+            line.as_object_mut().expect("object").extend(fields);
+            true
+        }
+        Ok(other) => {
+            line["result"] = other;
+            true
+        }
+        Err(e) => {
+            line["error"] = json!(format!("{e:#}"));
+            false
+        }
+    };
+    println!("{line}");
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: &Args) -> Result<Value> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = Server::new(&args.url)?;
+    server.wait_ready(Duration::from_secs(30)).await?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let ctx = Ctx {
+        server,
+        secret: args.shared_secret.clone(),
+        prefix: args.prefix.clone().unwrap_or_else(|| format!("b{now_ms}_")),
+        deadline: Instant::now() + Duration::from_secs(args.time_limit_secs),
+    };
+    match args.scenario {
+        Scenario::Register => register(&ctx, args.count.unwrap_or(100)).await,
+        Scenario::SendSeq => send_seq(&ctx, args.count.unwrap_or(1000)).await,
+        Scenario::SendConcurrent => send_concurrent(&ctx, args, args.count.unwrap_or(20)).await,
+        Scenario::SyncInitial => sync_initial(&ctx, args).await,
+        Scenario::Wakeup => wakeup(&ctx, args.count.unwrap_or(100)).await,
+        Scenario::Memory => {
+            let Some(pid) = args.pid else {
+                bail!("memory needs --pid")
+            };
+            let kib = rss_kib(pid).with_context(|| format!("no VmRSS for pid {pid}"))?;
+            Ok(json!({ "rss_kib": kib, "rss_mib": round3(kib as f64 / 1024.0) }))
+        }
+    }
+}
+
+/// (a) Sequential registrations: GET nonce + POST register, timed together.
+async fn register(ctx: &Ctx, n: usize) -> Result<Value> {
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        if ctx.timed_out() {
+            break;
+        }
+        let t = Instant::now();
+        ctx.user(&format!("r{i}")).await?;
+        lat.push(t.elapsed());
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "requested": n,
+        "latency": summarize(&lat),
+        "wall_s": round3(wall),
+        "per_second": round3(lat.len() as f64 / wall),
+    }))
+}
+
+/// (b) One user, one room, `n` sends one after the other.
+async fn send_seq(ctx: &Ctx, n: usize) -> Result<Value> {
+    let user = ctx.user("s").await?;
+    let room = ctx.server.create_room(&user, "bench send-seq").await?;
+    // Warm-up, not timed.
+    for i in 0..5 {
+        ctx.server
+            .send(&user, &room, &format!("warm-up {i}"))
+            .await?;
+    }
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        if ctx.timed_out() {
+            break;
+        }
+        let t = Instant::now();
+        ctx.server
+            .send(&user, &room, &format!("message {i}"))
+            .await?;
+        lat.push(t.elapsed());
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "requested": n,
+        "latency": summarize(&lat),
+        "wall_s": round3(wall),
+        "events_per_second": round3(lat.len() as f64 / wall),
+    }))
+}
+
+/// (c) `clients` users, each in its own room, all sending `per_client` messages at once.
+async fn send_concurrent(ctx: &Ctx, args: &Args, per_client: usize) -> Result<Value> {
+    let users = ctx.users("c", args.clients, args.setup_concurrency).await?;
+    let rooms: Vec<String> = stream::iter(users.iter())
+        .map(|u| ctx.server.create_room(u, "bench send-concurrent"))
+        .buffered(args.setup_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let start = Instant::now();
+    let tasks = users.iter().zip(&rooms).map(|(user, room)| async move {
+        let mut lat = Vec::with_capacity(per_client);
+        for i in 0..per_client {
+            if ctx.timed_out() {
+                break;
+            }
+            let t = Instant::now();
+            ctx.server.send(user, room, &format!("message {i}")).await?;
+            lat.push(t.elapsed());
+        }
+        anyhow::Ok(lat)
+    });
+    let per_task = futures::future::try_join_all(tasks).await?;
+    let wall = start.elapsed().as_secs_f64();
+    let lat: Vec<Duration> = per_task.into_iter().flatten().collect();
+    Ok(json!({
+        "clients": args.clients,
+        "rooms": rooms.len(),
+        "per_client": per_client,
+        "requested": args.clients * per_client,
+        "latency": summarize(&lat),
+        "wall_s": round3(wall),
+        "events_per_second": round3(lat.len() as f64 / wall),
+    }))
+}
+
+/// (d) A user who is a member of `--rooms` rooms (it created them, so it is joined), then
+/// `GET /sync` with no `since` and no filter, one untimed warm-up and `--reps` timed runs.
+async fn sync_initial(ctx: &Ctx, args: &Args) -> Result<Value> {
+    let user = ctx.user("y").await?;
+    let setup = Instant::now();
+    let rooms: Vec<String> = stream::iter(0..args.rooms)
+        .map(|i| {
+            let user = &user;
+            async move {
+                ctx.server
+                    .create_room(user, &format!("bench sync {i}"))
+                    .await
+            }
+        })
+        .buffered(args.setup_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let setup_s = setup.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let first = ctx.server.sync(&user, None, 0, None).await?;
+    let first_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let joined = first["rooms"]["join"].as_object().map_or(0, |j| j.len());
+    if joined < rooms.len() {
+        bail!(
+            "initial sync lists {joined} joined rooms, expected {}",
+            rooms.len()
+        );
+    }
+    let mut lat = Vec::with_capacity(args.reps);
+    let mut bytes = 0;
+    for _ in 0..args.reps {
+        if ctx.timed_out() {
+            break;
+        }
+        let t = Instant::now();
+        let resp = ctx.server.sync(&user, None, 0, None).await?;
+        lat.push(t.elapsed());
+        bytes = resp.to_string().len();
+    }
+    Ok(json!({
+        "rooms": rooms.len(),
+        "joined_in_response": joined,
+        "reps": args.reps,
+        "setup_s": round3(setup_s),
+        "first_sync_ms": round3(first_ms),
+        "latency": summarize(&lat),
+        "response_bytes": bytes,
+    }))
+}
+
+/// (e) User B keeps a long-poll `/sync?since=..&timeout=30000` pending; user A sends; the
+/// latency runs from the start of A's send to B's sync response having arrived with the event.
+async fn wakeup(ctx: &Ctx, rounds: usize) -> Result<Value> {
+    let a = ctx.user("wa").await?;
+    let b = Arc::new(ctx.user("wb").await?);
+    let room = ctx.server.create_room(&a, "bench wakeup").await?;
+    ctx.server.join(&b, &room).await?;
+    // Only the timeline of this room matters; no presence, account data or ephemeral events.
+    let filter = Arc::new(
+        json!({
+            "presence": { "types": [] },
+            "account_data": { "types": [] },
+            "room": {
+                "rooms": [room],
+                "timeline": { "limit": 10 },
+                "ephemeral": { "types": [] },
+                "account_data": { "types": [] },
+            },
+        })
+        .to_string(),
+    );
+    let initial = ctx.server.sync(&b, None, 0, Some(&filter)).await?;
+    let mut since = initial["next_batch"]
+        .as_str()
+        .context("no next_batch")?
+        .to_owned();
+
+    let mut wake = Vec::with_capacity(rounds);
+    let mut send_lat = Vec::with_capacity(rounds);
+    let mut early_returns = 0usize;
+    let mut extra_syncs = 0usize;
+    for i in 0..rounds {
+        if ctx.timed_out() {
+            break;
+        }
+        // Arm B's long-poll and give it time to park on the server.
+        let pending = loop {
+            let (server, b, f, s) = (ctx.server.clone(), b.clone(), filter.clone(), since.clone());
+            let task = tokio::spawn(async move {
+                let resp = server.sync(&b, Some(&s), 30_000, Some(&f)).await;
+                (resp, Instant::now())
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !task.is_finished() {
+                break task;
+            }
+            // It returned before anything was sent: take its token and arm again.
+            early_returns += 1;
+            if early_returns > rounds * 2 {
+                bail!("long-poll keeps returning early");
+            }
+            let (resp, _) = task.await?;
+            since = resp?["next_batch"]
+                .as_str()
+                .context("no next_batch")?
+                .to_owned();
+        };
+        let t0 = Instant::now();
+        let event_id = ctx.server.send(&a, &room, &format!("wake {i}")).await?;
+        send_lat.push(t0.elapsed());
+        let (resp, mut arrived) = pending.await?;
+        let mut resp = resp?;
+        let mut tries = 0;
+        while !sync_has_event(&resp, &room, &event_id) {
+            // Woken by something else first; keep syncing until the event shows up.
+            tries += 1;
+            extra_syncs += 1;
+            if tries > 5 {
+                bail!("event {event_id} not seen by B's sync after {tries} syncs");
+            }
+            let s = resp["next_batch"]
+                .as_str()
+                .context("no next_batch")?
+                .to_owned();
+            resp = ctx.server.sync(&b, Some(&s), 10_000, Some(&filter)).await?;
+            arrived = Instant::now();
+        }
+        wake.push(arrived.saturating_duration_since(t0));
+        since = resp["next_batch"]
+            .as_str()
+            .context("no next_batch")?
+            .to_owned();
+    }
+    Ok(json!({
+        "rounds": rounds,
+        "latency": summarize(&wake),
+        "send_latency": summarize(&send_lat),
+        "early_returns": early_returns,
+        "extra_syncs": extra_syncs,
+    }))
 }

@@ -1,0 +1,238 @@
+//! A minimal Matrix client-server API client: only what the scenarios need, plain JSON over
+//! reqwest, so it works against any homeserver.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hmac::{Hmac, Mac};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha1::Sha1;
+
+/// The MAC Synapse's `/_synapse/admin/v1/register` expects: HMAC-SHA1 keyed by the shared
+/// secret over `nonce\0username\0password\0admin|notadmin`, lower-case hex.
+pub fn registration_mac(
+    secret: &str,
+    nonce: &str,
+    username: &str,
+    password: &str,
+    admin: bool,
+) -> String {
+    let mut mac =
+        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(nonce.as_bytes());
+    mac.update(b"\0");
+    mac.update(username.as_bytes());
+    mac.update(b"\0");
+    mac.update(password.as_bytes());
+    mac.update(b"\0");
+    mac.update(if admin {
+        b"admin" as &[u8]
+    } else {
+        b"notadmin"
+    });
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+/// A logged-in user.
+#[derive(Debug)]
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+    txn: AtomicU64,
+}
+
+impl Server {
+    pub fn new(base: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{method} {path}: body"))?;
+        if status != StatusCode::OK {
+            bail!(
+                "{method} {path}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: JSON"))
+    }
+
+    /// Waits until `/_matrix/client/versions` answers, for at most `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self
+                .call(Method::GET, "/_matrix/client/versions", None, None)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Registers `username` through the shared-secret admin API and returns the logged-in user.
+    pub async fn register(&self, secret: &str, username: &str, password: &str) -> Result<User> {
+        let path = "/_synapse/admin/v1/register";
+        let nonce = self.call(Method::GET, path, None, None).await?;
+        let nonce = nonce["nonce"].as_str().context("no nonce")?.to_owned();
+        let mac = registration_mac(secret, &nonce, username, password, false);
+        let body = json!({
+            "nonce": nonce, "username": username, "password": password, "admin": false, "mac": mac,
+        });
+        let resp = self.call(Method::POST, path, None, Some(&body)).await?;
+        Ok(User {
+            user_id: resp["user_id"].as_str().context("no user_id")?.to_owned(),
+            token: resp["access_token"]
+                .as_str()
+                .context("no access_token")?
+                .to_owned(),
+            txn: AtomicU64::new(0),
+        })
+    }
+
+    pub async fn create_room(&self, user: &User, name: &str) -> Result<String> {
+        let body = json!({ "preset": "public_chat", "name": name });
+        let resp = self
+            .call(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&user.token),
+                Some(&body),
+            )
+            .await?;
+        Ok(resp["room_id"].as_str().context("no room_id")?.to_owned())
+    }
+
+    pub async fn join(&self, user: &User, room_id: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/join/{}", enc(room_id));
+        self.call(Method::POST, &path, Some(&user.token), Some(&json!({})))
+            .await?;
+        Ok(())
+    }
+
+    /// Sends an `m.room.message` and returns its event ID.
+    pub async fn send(&self, user: &User, room_id: &str, text: &str) -> Result<String> {
+        let txn = user.txn.fetch_add(1, Ordering::Relaxed);
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/b{}-{txn}",
+            enc(room_id),
+            std::process::id()
+        );
+        let body = json!({ "msgtype": "m.text", "body": text });
+        let resp = self
+            .call(Method::PUT, &path, Some(&user.token), Some(&body))
+            .await?;
+        Ok(resp["event_id"].as_str().context("no event_id")?.to_owned())
+    }
+
+    /// `GET /sync`; `since` None is an initial sync.
+    pub async fn sync(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&str>,
+    ) -> Result<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={}", enc(since)));
+        }
+        if let Some(filter) = filter {
+            path.push_str(&format!("&filter={}", enc(filter)));
+        }
+        self.call(Method::GET, &path, Some(&user.token), None).await
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a sync response's timeline for `room_id` contains `event_id`.
+pub fn sync_has_event(sync: &Value, room_id: &str, event_id: &str) -> bool {
+    sync["rooms"]["join"][room_id]["timeline"]["events"]
+        .as_array()
+        .is_some_and(|events| events.iter().any(|e| e["event_id"] == event_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_mac_matches_synapse() {
+        // Computed with Python's hmac.new(b"secret", b"abcdef\0alice\0hunter2\0notadmin", sha1).
+        assert_eq!(
+            registration_mac("secret", "abcdef", "alice", "hunter2", false),
+            "0bd41f74cb12248a3b9641cb8f93198628290050"
+        );
+        assert_eq!(
+            registration_mac("secret", "abcdef", "alice", "hunter2", true),
+            "d6f1fc110e05e46e9015a23b98dc4dc0d8630b84"
+        );
+    }
+
+    #[test]
+    fn room_ids_are_percent_encoded() {
+        assert_eq!(enc("!abc:localhost:8008"), "%21abc%3Alocalhost%3A8008");
+        assert_eq!(enc("s12_3~x"), "s12_3~x");
+    }
+
+    #[test]
+    fn finds_event_in_sync_timeline() {
+        let sync =
+            json!({"rooms": {"join": {"!r:x": {"timeline": {"events": [{"event_id": "$a"}]}}}}});
+        assert!(sync_has_event(&sync, "!r:x", "$a"));
+        assert!(!sync_has_event(&sync, "!r:x", "$b"));
+        assert!(!sync_has_event(&sync, "!other:x", "$a"));
+    }
+}

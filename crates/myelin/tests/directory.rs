@@ -267,6 +267,30 @@ async fn aliases_are_created_resolved_listed_and_deleted() {
             200
         );
 
+        // A body without a room id, or no JSON at all.
+        let (status, body) = server
+            .put(
+                &alias_path("#nobody:localhost"),
+                &alice.access_token,
+                json!({"room": room}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].clone()),
+            (StatusCode::BAD_REQUEST, json!("M_BAD_JSON"))
+        );
+        let response = server
+            .http
+            .put(server.client_url(&alias_path("#nobody:localhost")))
+            .bearer_auth(&alice.access_token)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_NOT_JSON");
+
         // Without a token: creating and deleting need one.
         let (status, body) = server
             .call(

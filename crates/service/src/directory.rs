@@ -386,40 +386,19 @@ impl Directory {
                 .then_with(|| a.room_id.as_str().cmp(b.room_id.as_str()))
         });
 
-        // The directory is ordered by (joined members desc, room id): a key is a position in that
-        // order, so a token stays meaningful while rooms come, go and change size.
-        let position = |key: &PageToken| {
-            rooms.partition_point(|chunk| {
-                let members = u64::from(chunk.num_joined_members);
-                members > key.members
-                    || (members == key.members && chunk.room_id.as_str() < key.room_id.as_str())
-            })
-        };
-        let limit = query.limit.unwrap_or(usize::MAX);
-        let (start, end) = match &since {
-            None => (0, limit.min(rooms.len())),
-            Some(token) if token.forward => {
-                // Forward: everything after the last room of the previous page.
-                let at = position(token);
-                let start = if rooms.get(at).is_some_and(|c| token.is(c)) {
-                    at + 1
-                } else {
-                    at
-                };
-                (start, start.saturating_add(limit).min(rooms.len()))
-            }
-            Some(token) => {
-                // Backward: the page that ends before the first room of the next page.
-                let end = position(token);
-                (end.saturating_sub(limit), end)
-            }
-        };
-        let next_batch = (end > start && end < rooms.len())
-            .then(|| PageToken::of(&rooms[end - 1], true).encode());
-        let prev_batch = (start > 0 && start < rooms.len())
-            .then(|| PageToken::of(&rooms[start], false).encode());
+        let keys: Vec<(u64, &str)> = rooms
+            .iter()
+            .map(|c| (u64::from(c.num_joined_members), c.room_id.as_str()))
+            .collect();
+        let (range, next, prev) = page(&keys, since.as_ref(), query.limit.unwrap_or(usize::MAX));
+        let next_batch = next.map(|t| t.encode());
+        let prev_batch = prev.map(|t| t.encode());
         let total_room_count_estimate = rooms.len();
-        let chunk = rooms.into_iter().skip(start).take(end - start).collect();
+        let chunk = rooms
+            .into_iter()
+            .skip(range.start)
+            .take(range.len())
+            .collect();
         Ok(PublicRoomsPage {
             chunk,
             next_batch,
@@ -555,6 +534,52 @@ fn matches_search(chunk: &PublicRoomsChunk, term: &str) -> bool {
     .any(|field| field.to_lowercase().contains(term))
 }
 
+/// The slice of the directory (ordered by joined members descending, then room id; `keys` are
+/// `(members, room id)` in that order) that a page covers, and the tokens of the pages after and
+/// before it. A token is a position in that order, not an offset, so it stays meaningful while
+/// rooms come, go and change size.
+fn page(
+    keys: &[(u64, &str)],
+    since: Option<&PageToken>,
+    limit: usize,
+) -> (std::ops::Range<usize>, Option<PageToken>, Option<PageToken>) {
+    let before = |token: &PageToken| {
+        keys.partition_point(|(members, room_id)| {
+            *members > token.members
+                || (*members == token.members && *room_id < token.room_id.as_str())
+        })
+    };
+    let (start, end) = match since {
+        None => (0, limit.min(keys.len())),
+        Some(token) if token.forward => {
+            // Forward: everything after the last room of the previous page.
+            let at = before(token);
+            let start = if keys
+                .get(at)
+                .is_some_and(|(m, r)| *m == token.members && *r == token.room_id)
+            {
+                at + 1
+            } else {
+                at
+            };
+            (start, start.saturating_add(limit).min(keys.len()))
+        }
+        Some(token) => {
+            // Backward: the page that ends before the first room of the next page.
+            let end = before(token);
+            (end.saturating_sub(limit), end)
+        }
+    };
+    let token = |index: usize, forward: bool| PageToken {
+        forward,
+        members: keys[index].0,
+        room_id: keys[index].1.to_owned(),
+    };
+    let next = (end > start && end < keys.len()).then(|| token(end - 1, true));
+    let prev = (start > 0 && start < keys.len()).then(|| token(start, false));
+    (start..end, next, prev)
+}
+
 /// A `/publicRooms` pagination token: a room's place in the directory order, and which way the
 /// next page goes from it. Encoded as `n` (forward) or `p` (backward) followed by base64 of
 /// `<members>:<room id>`, so it survives query strings unescaped.
@@ -566,19 +591,6 @@ struct PageToken {
 }
 
 impl PageToken {
-    fn of(chunk: &PublicRoomsChunk, forward: bool) -> Self {
-        PageToken {
-            forward,
-            members: u64::from(chunk.num_joined_members),
-            room_id: chunk.room_id.to_string(),
-        }
-    }
-
-    fn is(&self, chunk: &PublicRoomsChunk) -> bool {
-        u64::from(chunk.num_joined_members) == self.members
-            && chunk.room_id.as_str() == self.room_id
-    }
-
     fn encode(&self) -> String {
         let direction = if self.forward { 'n' } else { 'p' };
         let key = URL_SAFE_NO_PAD.encode(format!("{}:{}", self.members, self.room_id));
@@ -699,6 +711,70 @@ mod tests {
             assert!(check(json!({"alias": "#here:localhost"})).await.is_ok());
             services.shutdown().await;
         }
+    }
+
+    #[test]
+    fn pages_cover_the_directory_once_each_way() {
+        let keys = [
+            (9, "!a"),
+            (5, "!b"),
+            (5, "!c"),
+            (5, "!d"),
+            (2, "!a2"),
+            (1, "!e"),
+            (1, "!f"),
+        ];
+        let ids = |range: std::ops::Range<usize>| -> Vec<&str> {
+            keys[range].iter().map(|k| k.1).collect()
+        };
+        for limit in 1..=8 {
+            // Forward from the start through every room exactly once.
+            let mut seen = Vec::new();
+            let mut pages = Vec::new();
+            let mut since = None;
+            loop {
+                let (range, next, prev) = page(&keys, since.as_ref(), limit);
+                assert_eq!(prev.is_some(), range.start > 0, "limit {limit}");
+                seen.extend(ids(range.clone()));
+                pages.push((range, prev));
+                match next {
+                    Some(next) => since = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, ids(0..keys.len()), "limit {limit}");
+            // Back from the last page through the same pages.
+            for i in (1..pages.len()).rev() {
+                let prev = pages[i]
+                    .1
+                    .clone()
+                    .expect("a page after the first has a prev");
+                let (range, _, _) = page(&keys, Some(&prev), limit);
+                assert_eq!(range, pages[i - 1].0, "limit {limit}, page {i}");
+            }
+        }
+        // No limit: everything, no tokens.
+        assert_eq!(page(&keys, None, usize::MAX), (0..7, None, None));
+        // A token for a room that has gone still places the page.
+        let gone = PageToken {
+            forward: true,
+            members: 5,
+            room_id: "!bb".to_owned(),
+        };
+        assert_eq!(page(&keys, Some(&gone), 2).0, 2..4);
+        let gone_back = PageToken {
+            forward: false,
+            ..gone
+        };
+        assert_eq!(page(&keys, Some(&gone_back), 2).0, 0..2);
+        // Past the end: an empty page.
+        let end = PageToken {
+            forward: true,
+            members: 0,
+            room_id: "!z".to_owned(),
+        };
+        assert_eq!(page(&keys, Some(&end), 3), (7..7, None, None));
+        assert_eq!(page(&[], None, 3), (0..0, None, None));
     }
 
     #[test]

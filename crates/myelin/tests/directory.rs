@@ -896,6 +896,18 @@ async fn public_rooms_lists_searches_and_pages() {
         );
         let (status, body) = server
             .call(
+                Method::PUT,
+                "/_matrix/client/v3/publicRooms",
+                Some(&alice.access_token),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].clone()),
+            (StatusCode::METHOD_NOT_ALLOWED, json!("M_UNRECOGNIZED"))
+        );
+        let (status, body) = server
+            .call(
                 Method::POST,
                 "/_matrix/client/v3/publicRooms",
                 None,

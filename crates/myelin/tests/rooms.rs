@@ -1162,3 +1162,37 @@ async fn members_at_a_point_and_messages_filters() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn canonical_alias_state_is_checked() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = create(&server, &alice, json!({"room_alias_name": "lobby"})).await;
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias/",
+            enc(&room)
+        );
+        let (status, body) = server
+            .put(
+                &path,
+                &alice.access_token,
+                json!({"alias": "#nowhere:localhost"}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("M_BAD_ALIAS")),
+            "{kind:?}: {body}"
+        );
+        let (status, body) = server
+            .put(
+                &path,
+                &alice.access_token,
+                json!({"alias": "#lobby:localhost"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        server.stop().await;
+    }
+}

@@ -388,6 +388,14 @@ async fn send_state(
         return Err(ServiceError::BadJson("Event content must be a JSON object".to_owned()).into());
     }
     let event_type = body.event_type.to_string();
+    if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
+        // The spec: new aliases in the event must exist, be ours and point to this room.
+        state
+            .services
+            .directory
+            .check_canonical_alias(&body.room_id, &content)
+            .await?;
+    }
     let event_id = state
         .services
         .rooms

@@ -3,15 +3,8 @@
 
 use std::time::Duration;
 
-use myelin_testkit::{TestServer, TestUser, test_backends};
+use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use serde_json::{Value, json};
-
-fn enc(s: &str) -> String {
-    s.replace('!', "%21")
-        .replace('$', "%24")
-        .replace(':', "%3A")
-        .replace('@', "%40")
-}
 
 async fn sync(server: &TestServer, user: &TestUser, query: &str) -> Value {
     let (status, body) = server

@@ -2,24 +2,12 @@
 //! membership changes and their refusals, restricted joins, sending with transaction ids,
 //! state, events, members, timeline paging, redaction and the spec's errors.
 
-use myelin_testkit::{TestServer, TestUser, test_backends};
+use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn enc(s: &str) -> String {
-    s.replace('!', "%21")
-        .replace('$', "%24")
-        .replace(':', "%3A")
-        .replace('@', "%40")
-        .replace('#', "%23")
-}
-
 async fn create(server: &TestServer, user: &TestUser, body: Value) -> String {
-    let (status, reply) = server
-        .post("/_matrix/client/v3/createRoom", &user.access_token, body)
-        .await;
-    assert_eq!(status, 200, "{reply}");
-    reply["room_id"].as_str().unwrap().to_owned()
+    server.create_room(user, body).await
 }
 
 async fn state_content(

@@ -5,28 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use myelin_testkit::{TestServer, TestUser, test_backends};
+use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn enc(s: &str) -> String {
-    s.replace('!', "%21")
-        .replace('$', "%24")
-        .replace(':', "%3A")
-        .replace('@', "%40")
-}
-
-fn q(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 async fn sync(server: &TestServer, user: &TestUser, query: &str) -> Value {
     let (status, body) = server
@@ -40,11 +21,7 @@ async fn sync(server: &TestServer, user: &TestUser, query: &str) -> Value {
 }
 
 async fn create(server: &TestServer, user: &TestUser, body: Value) -> String {
-    let (status, reply) = server
-        .post("/_matrix/client/v3/createRoom", &user.access_token, body)
-        .await;
-    assert_eq!(status, 200, "{reply}");
-    reply["room_id"].as_str().unwrap().to_owned()
+    server.create_room(user, body).await
 }
 
 async fn send(server: &TestServer, user: &TestUser, room: &str, txn: &str) -> String {
@@ -130,7 +107,7 @@ async fn a_gap_is_limited_and_prev_batch_continues_without_loss() {
         for i in 0..12 {
             sent.push(send(&server, &alice, &room, &format!("g{i}")).await);
         }
-        let filter = q(r#"{"room":{"timeline":{"limit":5}}}"#);
+        let filter = enc(r#"{"room":{"timeline":{"limit":5}}}"#);
         let body = sync(&server, &alice, &format!("since={since}&filter={filter}")).await;
         let timeline = &body["rooms"]["join"][&room]["timeline"];
         assert_eq!(timeline["limited"], true, "{timeline}");
@@ -244,7 +221,7 @@ async fn lazy_loaded_members_are_the_timeline_senders() {
             send(&server, alice, &room, &format!("a{i}")).await;
         }
         send(&server, carol, &room, "c0").await;
-        let filter = q(r#"{"room":{"timeline":{"limit":6},"state":{"lazy_load_members":true}}}"#);
+        let filter = enc(r#"{"room":{"timeline":{"limit":6},"state":{"lazy_load_members":true}}}"#);
         let body = sync(&server, dave, &format!("filter={filter}")).await;
         let joined = &body["rooms"]["join"][&room];
         let mut members: Vec<&str> = joined["state"]["events"]

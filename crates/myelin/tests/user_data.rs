@@ -1,7 +1,7 @@
 //! Per-user data over the client API, on both databases: filters, account data (global and per
 //! room), room tags, push rules, capabilities, VoIP and profiles, with every error path.
 
-use myelin_testkit::{TestServer, TestUser, test_backends};
+use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -75,19 +75,6 @@ impl Client<'_> {
         self.call(Method::DELETE, path, Some(&user.access_token), None)
             .await
     }
-}
-
-/// Percent-encodes a path segment (user ids hold `@` and `:`, room ids `!`).
-fn enc(segment: &str) -> String {
-    let mut out = String::new();
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 fn user_path(user: &TestUser, rest: &str) -> String {

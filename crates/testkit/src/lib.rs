@@ -231,3 +231,28 @@ impl TestServer {
             .await
     }
 }
+
+/// Percent-encodes a path segment or query value: everything but the unreserved characters
+/// (user ids hold `@` and `:`, room ids `!`, event ids `$`, aliases `#`).
+pub fn enc(segment: &str) -> String {
+    let mut out = String::new();
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl TestServer {
+    /// `POST /createRoom` as `user`; asserts success and returns the room id.
+    pub async fn create_room(&self, user: &TestUser, body: serde_json::Value) -> String {
+        let (status, reply) = self
+            .post("/_matrix/client/v3/createRoom", &user.access_token, body)
+            .await;
+        assert_eq!(status, 200, "createRoom: {reply}");
+        reply["room_id"].as_str().expect("room_id").to_owned()
+    }
+}

@@ -325,24 +325,35 @@ async fn rooms_joined(
     ))
 }
 
-async fn send_message(
-    state: AppState,
-    request: Ruma<send_message_event::v3::Request>,
-) -> Result<send_message_event::v3::Response, MatrixError> {
-    let user = request.identity;
-    let body = request.body;
+/// What both kinds of send do first: the rate limit, the room, and the content as a JSON object.
+async fn prepare_send(
+    state: &AppState,
+    user: &myelin_service::accounts::AuthedUser,
+    room_id: &RoomId,
+    content: &serde_json::value::RawValue,
+) -> Result<(myelin_store::RoomRow, Value), MatrixError> {
     // Sends are not marked rate-limited in the spec, but a flood of them is what limits exist
     // for (Synapse limits them too).
     state
         .services
         .rate_limiter
         .check(RateKey::User(user.user_id.to_string()))?;
-    let room = state.services.rooms.room(body.room_id.as_str()).await?;
-    let content: Value = serde_json::from_str(body.body.json().get())
-        .map_err(|e| ServiceError::BadJson(e.to_string()))?;
+    let room = state.services.rooms.room(room_id.as_str()).await?;
+    let content: Value =
+        serde_json::from_str(content.get()).map_err(|e| ServiceError::BadJson(e.to_string()))?;
     if !content.is_object() {
         return Err(ServiceError::BadJson("Event content must be a JSON object".to_owned()).into());
     }
+    Ok((room, content))
+}
+
+async fn send_message(
+    state: AppState,
+    request: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response, MatrixError> {
+    let user = request.identity;
+    let body = request.body;
+    let (room, content) = prepare_send(&state, &user, &body.room_id, body.body.json()).await?;
     let event_type = body.event_type.to_string();
     let event_id = state
         .services
@@ -375,18 +386,7 @@ async fn send_state(
 ) -> Result<send_state_event::v3::Response, MatrixError> {
     let user = request.identity;
     let body = request.body;
-    // Sends are not marked rate-limited in the spec, but a flood of them is what limits exist
-    // for (Synapse limits them too).
-    state
-        .services
-        .rate_limiter
-        .check(RateKey::User(user.user_id.to_string()))?;
-    let room = state.services.rooms.room(body.room_id.as_str()).await?;
-    let content: Value = serde_json::from_str(body.body.json().get())
-        .map_err(|e| ServiceError::BadJson(e.to_string()))?;
-    if !content.is_object() {
-        return Err(ServiceError::BadJson("Event content must be a JSON object".to_owned()).into());
-    }
+    let (room, content) = prepare_send(&state, &user, &body.room_id, body.body.json()).await?;
     let event_type = body.event_type.to_string();
     if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
         // The spec: new aliases in the event must exist, be ours and point to this room.

@@ -35,6 +35,8 @@ pub fn registration_mac(
     hex::encode(mac.finalize().into_bytes())
 }
 
+static ROOM_NONCE: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub http: reqwest::Client,
@@ -131,7 +133,14 @@ impl Server {
     }
 
     pub async fn create_room(&self, user: &User, name: &str) -> Result<String> {
-        let body = json!({ "preset": "public_chat", "name": name });
+        // A distinct key in the create event: in room version 12 the room ID is the create
+        // event's hash, so two identical creates in the same millisecond would collide.
+        let nonce = ROOM_NONCE.fetch_add(1, Ordering::Relaxed);
+        let body = json!({
+            "preset": "public_chat",
+            "name": name,
+            "creation_content": { "org.myelin.bench.nonce": format!("{}-{nonce}", std::process::id()) },
+        });
         let resp = self
             .call(
                 Method::POST,

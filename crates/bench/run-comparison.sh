@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Myelin against Synapse on loopback, measured by the same myelin-bench, alternating servers.
+#
+#   crates/bench/run-comparison.sh [OUT.jsonl]
+#
+# Starts, on 127.0.0.1 and in a temp dir under /var/tmp:
+#   - a throwaway PostgreSQL cluster (fsync off, as scripts/test does) unless DBS=sqlite;
+#   - Myelin (release binary) on SQLite and on PostgreSQL;
+#   - Synapse from PyPI (a venv under /var/tmp, never in the repository) on SQLite and PostgreSQL,
+#     every rc_* rate limit raised, the sync response cache off, logging at WARNING;
+# then, for each round, each scenario runs against each server in turn (A B A B), and every
+# run appends one JSON line to OUT (default /var/tmp/myelin-bench-<UTC time>.jsonl).
+# Idle memory is read after start-up and a settle pause, before any load; after-load memory at
+# the end.
+#
+# Environment knobs:
+#   ROUNDS=2                     rounds of the whole scenario list
+#   DBS="sqlite postgres"        which databases
+#   SERVERS="myelin synapse"     which servers
+#   SCENARIOS="register send-seq send-concurrent sync20 sync500 wakeup"
+#   SYNC500_ROUNDS=1             rounds in which sync500 runs (its set-up creates 500 rooms)
+#   MYELIN_BIN, BENCH_BIN        binaries (default: release builds in /var/tmp/myelin-target)
+#   SYNAPSE_VENV                 venv with matrix-synapse and psycopg2 (created when missing)
+#   SETTLE=10                    seconds of idle before the idle memory reading
+#   REGISTER_N=100 SEND_N=1000 CONC_CLIENTS=50 CONC_PER=20 SYNC_REPS=10 SYNC_BIG_ROOMS=500 WAKE_N=100
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+REPO="$PWD"
+TARGET="${CARGO_TARGET_DIR:-/var/tmp/myelin-target}"
+MYELIN_BIN="${MYELIN_BIN:-$TARGET/release/myelin}"
+BENCH_BIN="${BENCH_BIN:-$TARGET/release/myelin-bench}"
+SYNAPSE_VENV="${SYNAPSE_VENV:-/var/tmp/myelin-bench-synapse-venv}"
+ROUNDS="${ROUNDS:-2}"
+DBS="${DBS:-sqlite postgres}"
+SERVERS="${SERVERS:-myelin synapse}"
+SCENARIOS="${SCENARIOS:-register send-seq send-concurrent sync20 sync500 wakeup}"
+SYNC500_ROUNDS="${SYNC500_ROUNDS:-1}"
+SETTLE="${SETTLE:-10}"
+# Sizes (the defaults are the issue's).
+REGISTER_N="${REGISTER_N:-100}" SEND_N="${SEND_N:-1000}" CONC_CLIENTS="${CONC_CLIENTS:-50}"
+CONC_PER="${CONC_PER:-20}" SYNC_REPS="${SYNC_REPS:-10}" SYNC_BIG_ROOMS="${SYNC_BIG_ROOMS:-500}"
+WAKE_N="${WAKE_N:-100}"
+SECRET="bench-shared-secret"
+OUT="${1:-/var/tmp/myelin-bench-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
+
+log() { printf 'run-comparison: %s\n' "$*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+if [ ! -x "$MYELIN_BIN" ] || [ ! -x "$BENCH_BIN" ]; then
+    log "building release binaries into $TARGET"
+    CARGO_TARGET_DIR="$TARGET" cargo build --release -p myelin -p myelin-bench
+fi
+case " $SERVERS " in *" synapse "*)
+    if [ ! -x "$SYNAPSE_VENV/bin/python" ] || ! "$SYNAPSE_VENV/bin/python" -c 'import synapse, psycopg2' 2>/dev/null; then
+        log "installing matrix-synapse into $SYNAPSE_VENV"
+        python3 -m venv "$SYNAPSE_VENV"
+        "$SYNAPSE_VENV/bin/pip" install -q matrix-synapse psycopg2-binary
+    fi
+    ;;
+esac
+
+WORK="$(mktemp -d /var/tmp/myelin-bench.XXXXXX)"
+chmod 755 "$WORK"
+PIDS=()
+PG_BIN=""
+PG_PORT=""
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [ -n "$PG_BIN" ]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" stop -m immediate >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+start_postgres() {
+    PG_BIN="$(for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && echo "$d"; done | sort -V | tail -n 1)"
+    [ -n "$PG_BIN" ] || { log "no PostgreSQL server binaries (apt-get install postgresql)"; exit 1; }
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+    mkdir -p "$WORK/pg" && chown postgres "$WORK/pg"
+    PG_PORT="$(free_port)"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/pg/initdb.log" 2>&1
+    runuser -u postgres -- "$PG_BIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -p "$PG_PORT" \
+        -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
+        >"$WORK/pg/postgres.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+        "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q 2>/dev/null && break
+        sleep 0.2
+    done
+    for db in myelin synapse; do
+        "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -q -c \
+            "CREATE DATABASE $db ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    done
+    log "PostgreSQL ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$PG_PORT, fsync off"
+}
+
+wait_ready() { # url pid name
+    for _ in $(seq 1 600); do
+        curl -fsS "$1/_matrix/client/versions" >/dev/null 2>&1 && return 0
+        kill -0 "$2" 2>/dev/null || { log "$3 exited during start-up"; return 1; }
+        sleep 0.2
+    done
+    log "$3 not ready after 120 s"
+    return 1
+}
+
+declare -A URL PID
+LABELS=()
+
+start_myelin() { # db
+    local db="$1" name="myelin-$1" dir="$WORK/myelin-$1" port
+    port="$(free_port)"
+    mkdir -p "$dir"
+    local env=(
+        MYELIN_SERVER_NAME=localhost
+        MYELIN_LISTEN__CLIENT="127.0.0.1:$port"
+        MYELIN_LISTEN__FEDERATION="127.0.0.1:$(free_port)"
+        MYELIN_REGISTRATION__SHARED_SECRET="$SECRET"
+        MYELIN_RATE_LIMITS__ENABLED=false
+        MYELIN_DATA_DIR="$dir"
+        MYELIN_LOG__FILTER=warn
+    )
+    if [ "$db" = postgres ]; then
+        env+=(MYELIN_DATABASE__URL="postgres://postgres@127.0.0.1:$PG_PORT/myelin")
+    fi
+    (cd "$dir" && exec env "${env[@]}" "$MYELIN_BIN" serve >"$dir/myelin.log" 2>&1) &
+    PID[$name]=$!
+    PIDS+=("${PID[$name]}")
+    URL[$name]="http://127.0.0.1:$port"
+    wait_ready "${URL[$name]}" "${PID[$name]}" "$name" || { tail -20 "$dir/myelin.log" >&2; exit 1; }
+    LABELS+=("$name")
+    log "$name on ${URL[$name]} (pid ${PID[$name]})"
+}
+
+start_synapse() { # db
+    local db="$1" name="synapse-$1" dir="$WORK/synapse-$1" port py="$SYNAPSE_VENV/bin/python"
+    port="$(free_port)"
+    mkdir -p "$dir"
+    "$py" -m synapse.app.homeserver --server-name "localhost:$port" --config-path "$dir/homeserver.yaml" \
+        --data-directory "$dir" --generate-config --report-stats=no >"$dir/generate.log" 2>&1
+    # Quieter logging: INFO logs a line per request, which is not what we measure.
+    sed -i 's/level: INFO/level: WARNING/' "$dir"/*.log.config
+    {
+        echo "listeners:"
+        echo "  - {port: $port, bind_addresses: ['127.0.0.1'], type: http, tls: false, x_forwarded: false,"
+        echo "     resources: [{names: [client], compress: false}]}"
+        echo "registration_shared_secret: '$SECRET'"
+        echo "enable_registration: true"
+        echo "enable_registration_without_verification: true"
+        echo "trusted_key_servers: []"
+        echo "report_stats: false"
+        echo "caches: {sync_response_cache_duration: 0}"
+        for rc in rc_message rc_registration rc_registration_token_validity rc_login rc_admin_redaction \
+            rc_joins rc_joins_per_room rc_3pid_validation rc_invites rc_third_party_invite rc_media_create \
+            rc_room_creation rc_reports rc_presence rc_delayed_event_mgmt rc_send_to_device; do
+            case "$rc" in
+                rc_login) echo "rc_login: {address: {per_second: 10000, burst_count: 100000}, account: {per_second: 10000, burst_count: 100000}, failed_attempts: {per_second: 10000, burst_count: 100000}}" ;;
+                rc_joins) echo "rc_joins: {local: {per_second: 10000, burst_count: 100000}, remote: {per_second: 10000, burst_count: 100000}}" ;;
+                rc_invites) echo "rc_invites: {per_room: {per_second: 10000, burst_count: 100000}, per_user: {per_second: 10000, burst_count: 100000}, per_issuer: {per_second: 10000, burst_count: 100000}}" ;;
+                rc_presence) echo "rc_presence: {per_user: {per_second: 10000, burst_count: 100000}}" ;;
+                *) echo "$rc: {per_second: 10000, burst_count: 100000}" ;;
+            esac
+        done
+        echo "rc_federation: {window_size: 1000, sleep_limit: 10000, sleep_delay: 0, reject_limit: 10000, concurrent: 1000}"
+        if [ "$db" = postgres ]; then
+            echo "database: {name: psycopg2, args: {user: postgres, database: synapse, host: 127.0.0.1, port: $PG_PORT, cp_min: 5, cp_max: 10}}"
+        fi
+    } >"$dir/overlay.yaml"
+    (cd "$dir" && exec "$py" -m synapse.app.homeserver -c "$dir/homeserver.yaml" -c "$dir/overlay.yaml" \
+        >"$dir/stdout.log" 2>&1) &
+    PID[$name]=$!
+    PIDS+=("${PID[$name]}")
+    URL[$name]="http://127.0.0.1:$port"
+    wait_ready "${URL[$name]}" "${PID[$name]}" "$name" || { tail -30 "$dir/stdout.log" "$dir"/*.log >&2; exit 1; }
+    LABELS+=("$name")
+    log "$name on ${URL[$name]} (pid ${PID[$name]})"
+}
+
+case " $DBS " in *" postgres "*) start_postgres ;; esac
+for db in $DBS; do
+    for server in $SERVERS; do "start_$server" "$db"; done
+done
+
+bench() { # label tag scenario args...
+    local label="$1" tag="$2" scenario="$3"
+    shift 3
+    log "$label $scenario $tag"
+    "$BENCH_BIN" --url "${URL[$label]}" --shared-secret "$SECRET" --label "$label" --tag "$tag" \
+        --pid "${PID[$label]}" --scenario "$scenario" "$@" >>"$OUT" ||
+        log "$label $scenario failed (see the error field in $OUT)"
+}
+
+log "settling for $SETTLE s, then idle memory"
+sleep "$SETTLE"
+for label in "${LABELS[@]}"; do bench "$label" idle memory; done
+
+for round in $(seq 1 "$ROUNDS"); do
+    for scenario in $SCENARIOS; do
+        for label in "${LABELS[@]}"; do
+            case "$scenario" in
+                register) bench "$label" "round$round" register --count "$REGISTER_N" ;;
+                send-seq) bench "$label" "round$round" send-seq --count "$SEND_N" ;;
+                send-concurrent) bench "$label" "round$round" send-concurrent --clients "$CONC_CLIENTS" --count "$CONC_PER" ;;
+                sync20) bench "$label" "round$round" sync-initial --rooms 20 --reps "$SYNC_REPS" ;;
+                sync500)
+                    [ "$round" -le "$SYNC500_ROUNDS" ] || continue
+                    bench "$label" "round$round" sync-initial --rooms "$SYNC_BIG_ROOMS" --reps 5
+                    ;;
+                wakeup) bench "$label" "round$round" wakeup --count "$WAKE_N" ;;
+                *) log "unknown scenario $scenario" ;;
+            esac
+        done
+    done
+done
+
+for label in "${LABELS[@]}"; do bench "$label" after-load memory; done
+log "results in $OUT"

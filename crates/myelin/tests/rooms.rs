@@ -1184,3 +1184,84 @@ async fn canonical_alias_state_is_checked() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn messages_take_sync_tokens_and_hide_unknown_rooms() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = create(&server, &alice, json!({})).await;
+        send_text(&server, &alice, &room, "a", "one").await;
+        let (_, synced) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let next_batch = synced["next_batch"].as_str().unwrap().to_owned();
+        send_text(&server, &alice, &room, "b", "two").await;
+        // A sync token pages from where that sync ended.
+        let (status, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=f&from={next_batch}",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let bodies: Vec<&str> = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        assert_eq!(bodies, vec!["two"], "{kind:?}");
+        let (status, body) = server
+            .get(
+                "/_matrix/client/v3/rooms/%21nope%3Alocalhost/messages?dir=b",
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN"))
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_see_database_is_locked() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let rooms = [
+            create(&server, &alice, json!({})).await,
+            create(&server, &alice, json!({})).await,
+        ];
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let server = &server;
+            let alice = &alice;
+            let room = rooms[i % 2].clone();
+            tasks.push(async move {
+                if i % 4 == 0 {
+                    server
+                        .post(
+                            &format!("/_matrix/client/v3/user/{}/filter", enc(&alice.user_id)),
+                            &alice.access_token,
+                            json!({"room": {"timeline": {"limit": i}}}),
+                        )
+                        .await
+                        .0
+                } else {
+                    send_text(server, alice, &room, &format!("c{i}"), "concurrent")
+                        .await
+                        .0
+                }
+            });
+        }
+        let statuses = futures::future::join_all(tasks).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{kind:?}: {statuses:?}");
+        server.stop().await;
+    }
+}

@@ -176,6 +176,11 @@ impl Accounts {
                 "Registration has been disabled".to_owned(),
             ));
         }
+        // User IDs are case-insensitive on input: `Alice` registers `@alice`, as elsewhere.
+        let request = RegistrationRequest {
+            username: request.username.map(|u| u.to_lowercase()),
+            ..request
+        };
         // Name problems come before UIA, so a client does not complete a flow in vain.
         if let Some(username) = &request.username {
             self.username_available(username).await?;
@@ -448,14 +453,12 @@ impl Accounts {
                         .check_password(user.user_id.as_str(), &password)
                         .await
                         .is_ok();
-                Some(if ok {
-                    Credential::Completed(Stage::Password)
-                } else {
-                    Credential::Failed {
-                        stage: Stage::Password,
-                        message: "Invalid password".to_owned(),
-                    }
-                })
+                if !ok {
+                    // A wrong password is a plain 403, as other servers answer it; the UIA
+                    // session stays open for another try.
+                    return Err(Error::Forbidden("Invalid password".to_owned()));
+                }
+                Some(Credential::Completed(Stage::Password))
             }
             Some(AuthSubmission::Dummy) => {
                 Some(Credential::Unsupported(Stage::Dummy.as_str().to_owned()))

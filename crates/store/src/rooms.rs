@@ -5,6 +5,7 @@
 
 use sqlx::Row;
 
+use crate::store::BeginWrite;
 use crate::{Store, StoreError, with_pool};
 
 /// A state snapshot becomes a full copy after this many deltas, so loading one never walks far.
@@ -232,7 +233,7 @@ impl Store {
     /// Persists an event and everything it changes, in one transaction.
     pub async fn persist_event(&self, event: &NewEvent<'_>) -> Result<Persisted, StoreError> {
         let persisted = with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let stream_ordering: i64 = sqlx::query_scalar(
                 "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
             )

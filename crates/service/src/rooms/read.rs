@@ -90,8 +90,10 @@ pub struct MembersFilter {
 
 /// A pagination token: a position in the events stream.
 fn parse_token(token: &str) -> Result<i64> {
+    // A sync token (`s<events>_<...>`) is a valid pagination token too: its events position.
     token
         .strip_prefix('s')
+        .map(|rest| rest.split('_').next().unwrap_or_default())
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n >= 0)
         .ok_or_else(|| Error::InvalidParam(format!("Invalid pagination token {token:?}")))
@@ -348,7 +350,12 @@ impl Rooms {
             limit,
             filter,
         } = *page;
-        let room = self.room(room_id).await?;
+        // An unknown room looks like one the user is not in: no existence is leaked.
+        let room = self
+            .store
+            .room(room_id)
+            .await?
+            .ok_or_else(|| Error::Forbidden("You are not in this room".to_owned()))?;
         // Anyone who is or was in the room may page; visibility filters each event.
         if self
             .store

@@ -1265,3 +1265,32 @@ async fn concurrent_writers_never_see_database_is_locked() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn identical_room_creations_at_once_get_distinct_rooms() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        // v12 room ids hash the create event: identical requests in one millisecond collide
+        // unless the server separates them.
+        let requests = (0..16).map(|_| {
+            server.post(
+                "/_matrix/client/v3/createRoom",
+                &alice.access_token,
+                json!({}),
+            )
+        });
+        let replies = futures::future::join_all(requests).await;
+        let mut ids: Vec<String> = replies
+            .iter()
+            .map(|(status, body)| {
+                assert_eq!(*status, 200, "{kind:?}: {body}");
+                body["room_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 16);
+        server.stop().await;
+    }
+}

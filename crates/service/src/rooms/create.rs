@@ -141,21 +141,41 @@ impl Rooms {
                 Some(id)
             }
         };
-        let create = build_pdu(partial, version, self.keys.event_signer()).map_err(pdu_error)?;
-        let room_id =
-            room_id.unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
-        let room_nid = self
-            .store
-            .create_room(
-                &room_id,
-                version.id(),
-                creator.as_str(),
-                request.public,
-                now,
-            )
-            .await?;
+        // From v12 the room id is the create event's hash: two identical createRoom requests in
+        // one millisecond would name the same room. The later one moves to the next
+        // millisecond until its id is free.
+        let mut now = now;
+        let mut attempts = 0;
+        let (create, room_id) = loop {
+            let create =
+                build_pdu(partial.clone(), version, self.keys.event_signer()).map_err(pdu_error)?;
+            let room_id = room_id
+                .clone()
+                .unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
+            match self
+                .store
+                .create_room(
+                    &room_id,
+                    version.id(),
+                    creator.as_str(),
+                    request.public,
+                    now,
+                )
+                .await
+            {
+                Ok(_) => break (create, room_id),
+                Err(myelin_store::StoreError::Conflict(_)) if attempts < 100 => {
+                    attempts += 1;
+                    now += 1;
+                    partial.insert(
+                        "origin_server_ts".to_owned(),
+                        CanonicalJsonValue::Integer(super::int(now)?),
+                    );
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
         let room = self.room(&room_id).await?;
-        debug_assert_eq!(room.room_nid, room_nid);
         self.persist(&room, &create, Vec::new(), None, None, now)
             .await?;
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Summarise myelin-bench JSON lines into a Markdown table: per scenario and server, the
+median over runs of each run's figure, and Myelin/Synapse ratios per database.
+
+    python3 crates/bench/summarize.py RESULTS.jsonl [MORE.jsonl ...]
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def key_and_value(r):
+    """(row name, figure, unit, lower_is_better) for one run, or None."""
+    s = r["scenario"]
+    if s == "memory":
+        return (f"RSS {r['tag']}", r["rss_kib"] / 1024, "MiB", True)
+    if s == "register":
+        return ("registration, median", r["latency"]["median_ms"], "ms", True)
+    if s == "send-seq":
+        return ("sequential send, median", r["latency"]["median_ms"], "ms", True)
+    if s == "send-concurrent":
+        return (f"concurrent send ({r['clients']} clients), throughput", r["events_per_second"], "events/s", False)
+    if s == "sync-initial":
+        return (f"initial sync, {r['rooms']} rooms, median", r["latency"]["median_ms"], "ms", True)
+    if s == "wakeup":
+        return ("wake-up latency, median", r["latency"]["median_ms"], "ms", True)
+    return None
+
+
+def extra_rows(r):
+    s = r["scenario"]
+    out = []
+    if s == "send-seq":
+        out.append(("sequential send, p95", r["latency"]["p95_ms"], "ms", True))
+    if s == "register":
+        out.append(("registrations/s (sequential)", r["per_second"], "/s", False))
+    if s == "wakeup":
+        out.append(("wake-up: the send alone, median", r["send_latency"]["median_ms"], "ms", True))
+    if s == "sync-initial":
+        out.append((f"initial sync, {r['rooms']} rooms, p95", r["latency"]["p95_ms"], "ms", True))
+    return out
+
+
+def lines(paths):
+    for path in paths:
+        yield from open(path)
+
+
+def main(paths):
+    runs = defaultdict(list)  # (row, server) -> [values]
+    units = {}
+    order = []
+    errors = []
+    for line in lines(paths):
+        line = line.strip()
+        if not line:
+            continue
+        r = json.loads(line)
+        if "error" in r:
+            errors.append(f"{r['server']} {r['scenario']} {r['tag']}: {r['error']}")
+            continue
+        kv = key_and_value(r)
+        if kv is None:
+            continue
+        for row, value, unit, lower in [kv] + extra_rows(r):
+            if row not in units:
+                order.append(row)
+            units[row] = (unit, lower)
+            runs[(row, r["server"])].append(value)
+    servers = sorted({srv for (_, srv) in runs})
+    dbs = sorted({srv.split("-", 1)[1] for srv in servers if "-" in srv})
+    header = ["measure"] + servers + [f"Synapse/Myelin ({db})" for db in dbs]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in order:
+        unit, lower = units[row]
+        cells = [f"{row} ({unit})"]
+        med = {}
+        for srv in servers:
+            vals = runs.get((row, srv), [])
+            if vals:
+                med[srv] = statistics.median(vals)
+                cells.append(f"{med[srv]:.3g} (n={len(vals)})" if len(vals) > 1 else f"{med[srv]:.3g}")
+            else:
+                cells.append("–")
+        for db in dbs:
+            m, s = med.get(f"myelin-{db}"), med.get(f"synapse-{db}")
+            if m and s:
+                # Always "how many times better Myelin is": >1 means Myelin wins.
+                ratio = s / m if lower else m / s
+                cells.append(f"{ratio:.2f}×")
+            else:
+                cells.append("–")
+        print("| " + " | ".join(cells) + " |")
+    if errors:
+        print("\nErrors:")
+        for e in errors:
+            print(f"- {e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1294,3 +1294,65 @@ async fn identical_room_creations_at_once_get_distinct_rooms() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_sending_device_sees_its_transaction_id() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+        let (_, other) = server
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/login",
+                None,
+                Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": alice.password})),
+            )
+            .await;
+        let other_device = other["access_token"].as_str().unwrap().to_owned();
+        let (_, sent) = send_text(&server, &alice, &room, "my-txn", "hello").await;
+        let event_id = sent["event_id"].as_str().unwrap();
+        let event_path = format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(event_id)
+        );
+
+        let (_, own) = server.get(&event_path, &alice.access_token).await;
+        assert_eq!(
+            own["unsigned"]["transaction_id"], "my-txn",
+            "{kind:?}: {own}"
+        );
+        let (_, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                    enc(&room)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(page["chunk"][0]["unsigned"]["transaction_id"], "my-txn");
+        let (_, synced) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let timeline = synced["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            timeline.last().unwrap()["unsigned"]["transaction_id"],
+            "my-txn"
+        );
+
+        for token in [other_device.as_str(), bob.access_token.as_str()] {
+            let (_, seen) = server.get(&event_path, token).await;
+            assert!(
+                seen["unsigned"].get("transaction_id").is_none(),
+                "only the sending device: {seen}"
+            );
+        }
+        server.stop().await;
+    }
+}

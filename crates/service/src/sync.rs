@@ -218,7 +218,15 @@ impl Services {
             match membership.membership.as_str() {
                 "join" => {
                     if let Some(room) = self
-                        .joined_room(user, request, since, now, &membership, room_data)
+                        .joined_room(
+                            user,
+                            device.device_id.as_str(),
+                            request,
+                            since,
+                            now,
+                            &membership,
+                            room_data,
+                        )
                         .await?
                     {
                         join.insert(room_id, room);
@@ -235,7 +243,14 @@ impl Services {
                 }
                 "leave" | "ban" if (since.is_some() && changed_since) || filter.include_leave => {
                     if let Some(room) = self
-                        .left_room(user, request, since, &membership, room_data)
+                        .left_room(
+                            user,
+                            device.device_id.as_str(),
+                            request,
+                            since,
+                            &membership,
+                            room_data,
+                        )
                         .await?
                     {
                         leave.insert(room_id, room);
@@ -276,6 +291,7 @@ impl Services {
     async fn joined_room(
         &self,
         user: &UserId,
+        device_id: &str,
         request: &SyncRequest,
         since: Option<SyncToken>,
         now: SyncToken,
@@ -317,7 +333,7 @@ impl Services {
             return Ok(None);
         }
         let timeline = self
-            .client_events(room, &rows, user, &request.filter)
+            .client_events(room, &rows, user, device_id, &request.filter)
             .await?;
         let prev_batch = events_token(rows.first().map_or(now.events + 1, |r| r.stream_ordering));
 
@@ -384,6 +400,7 @@ impl Services {
     async fn left_room(
         &self,
         user: &UserId,
+        device_id: &str,
         request: &SyncRequest,
         since: Option<SyncToken>,
         membership: &MembershipRow,
@@ -406,7 +423,7 @@ impl Services {
         rows.truncate(limit);
         rows.reverse();
         let timeline = self
-            .client_events(room, &rows, user, &request.filter)
+            .client_events(room, &rows, user, device_id, &request.filter)
             .await?;
         let prev_batch = events_token(
             rows.first()
@@ -435,6 +452,7 @@ impl Services {
         room: &RoomRow,
         rows: &[EventRow],
         user: &UserId,
+        device: &str,
         filter: &SyncFilter,
     ) -> Result<Vec<Value>> {
         let mut out = Vec::new();
@@ -443,7 +461,10 @@ impl Services {
             if !visible {
                 continue;
             }
-            if let Some(mut event) = self.rooms.client_event(room, row, user) {
+            if let Some(mut event) =
+                self.rooms
+                    .client_event_for_device(room, row, user, Some(device))
+            {
                 if !filter.wants_event(&event) {
                     continue;
                 }

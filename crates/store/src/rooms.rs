@@ -39,6 +39,8 @@ pub struct EventRow {
     pub prev_json: Option<String>,
     /// For a redacted event: the JSON of the redaction (clients' `redacted_because`).
     pub redacted_because_json: Option<String>,
+    /// For a client send: the sending device and its transaction id.
+    pub txn: Option<(String, String)>,
 }
 
 /// One of a user's room memberships, with where it happened in the events stream.
@@ -116,10 +118,12 @@ pub struct Persisted {
 /// redaction joined in, so clients' `prev_content` and `redacted_because` need no extra query.
 const EVENT_SELECT: &str = "SELECT e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
      e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
-     p.json AS prev_json, r.json AS redacted_because_json \
+     p.json AS prev_json, r.json AS redacted_because_json, \
+     t.device_id AS txn_device, t.txn_id AS txn_id \
      FROM events e \
      LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
-     LEFT JOIN events r ON r.event_id = e.redacted_by";
+     LEFT JOIN events r ON r.event_id = e.redacted_by \
+     LEFT JOIN event_txn_ids t ON t.event_id = e.event_id AND t.user_id = e.sender";
 
 macro_rules! event_from_row {
     ($row:expr) => {{
@@ -138,6 +142,13 @@ macro_rules! event_from_row {
             state_group: row.try_get("state_group")?,
             prev_json: row.try_get("prev_json")?,
             redacted_because_json: row.try_get("redacted_because_json")?,
+            txn: match (
+                row.try_get::<Option<String>, _>("txn_device")?,
+                row.try_get::<Option<String>, _>("txn_id")?,
+            ) {
+                (Some(device), Some(txn)) => Some((device, txn)),
+                _ => None,
+            },
         }
     }};
 }

@@ -462,6 +462,7 @@ async fn get_event(
         .rooms
         .event(
             &request.identity.user_id,
+            Some(request.identity.device_id.as_str()),
             body.room_id.as_str(),
             body.event_id.as_str(),
         )
@@ -536,6 +537,7 @@ async fn messages(
                 dir,
                 limit,
                 filter: &filter,
+                device: Some(request.identity.device_id.as_str()),
             },
         )
         .await?;
@@ -577,6 +579,7 @@ async fn context(
         .rooms
         .context(
             &request.identity.user_id,
+            Some(request.identity.device_id.as_str()),
             body.room_id.as_str(),
             body.event_id.as_str(),
             limit,

@@ -66,6 +66,8 @@ pub struct PageRequest<'a> {
     pub limit: usize,
     /// The filter's event fields.
     pub filter: &'a EventFilter,
+    /// The reader's device, for `unsigned.transaction_id` on its own sends.
+    pub device: Option<&'a str>,
 }
 
 /// `/context`: an event with what came before and after it, and the state at it.
@@ -162,7 +164,13 @@ impl Rooms {
     }
 
     /// `GET /rooms/{roomId}/event/{eventId}`.
-    pub async fn event(&self, user: &UserId, room_id: &str, event_id: &str) -> Result<Value> {
+    pub async fn event(
+        &self,
+        user: &UserId,
+        device: Option<&str>,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<Value> {
         let room = self.room(room_id).await?;
         let not_found = || Error::NotFound("Event not found".to_owned());
         let row = self
@@ -175,7 +183,8 @@ impl Rooms {
         if !self.visible(&room, &row, user, &mut memo).await? {
             return Err(not_found());
         }
-        self.client_event(&room, &row, user).ok_or_else(not_found)
+        self.client_event_for_device(&room, &row, user, device)
+            .ok_or_else(not_found)
     }
 
     /// `GET /rooms/{roomId}/members`.
@@ -349,6 +358,7 @@ impl Rooms {
             dir,
             limit,
             filter,
+            device,
         } = *page;
         // An unknown room looks like one the user is not in: no existence is leaked.
         let room = self
@@ -396,7 +406,7 @@ impl Rooms {
         let mut chunk = Vec::new();
         for row in &rows {
             if self.visible(&room, row, user, &mut memo).await?
-                && let Some(event) = self.client_event(&room, row, user)
+                && let Some(event) = self.client_event_for_device(&room, row, user, device)
                 && filter.wants(&event)
             {
                 chunk.push(event);
@@ -414,6 +424,7 @@ impl Rooms {
     pub async fn context(
         &self,
         user: &UserId,
+        device: Option<&str>,
         room_id: &str,
         event_id: &str,
         limit: usize,
@@ -430,7 +441,9 @@ impl Rooms {
         if !self.visible(&room, &row, user, &mut memo).await? {
             return Err(not_found());
         }
-        let event = self.client_event(&room, &row, user).ok_or_else(not_found)?;
+        let event = self
+            .client_event_for_device(&room, &row, user, device)
+            .ok_or_else(not_found)?;
         let limit = limit.min(100);
         let before_limit = (limit / 2) as i64;
         let after_limit = (limit - limit / 2) as i64;
@@ -461,7 +474,7 @@ impl Rooms {
         let mut before = Vec::new();
         for r in &before_rows {
             if self.visible(&room, r, user, &mut memo).await?
-                && let Some(e) = self.client_event(&room, r, user)
+                && let Some(e) = self.client_event_for_device(&room, r, user, device)
             {
                 before.push(e);
             }
@@ -469,7 +482,7 @@ impl Rooms {
         let mut after = Vec::new();
         for r in &after_rows {
             if self.visible(&room, r, user, &mut memo).await?
-                && let Some(e) = self.client_event(&room, r, user)
+                && let Some(e) = self.client_event_for_device(&room, r, user, device)
             {
                 after.push(e);
             }
@@ -479,7 +492,7 @@ impl Rooms {
             .state_at_group(row.state_group)
             .await?
             .iter()
-            .filter_map(|r| self.client_event(&room, r, user))
+            .filter_map(|r| self.client_event_for_device(&room, r, user, device))
             .collect();
         Ok(EventContext {
             event,
@@ -556,11 +569,29 @@ impl Rooms {
     /// A stored event in the client-server format, through the room version's client
     /// projection (which filters and rewrites in account-key rooms).
     pub fn client_event(&self, room: &RoomRow, row: &EventRow, reader: &UserId) -> Option<Value> {
+        self.client_event_for_device(room, row, reader, None)
+    }
+
+    /// [`Rooms::client_event`] for a reader on a known device: the device that sent the event
+    /// also gets its `unsigned.transaction_id` (clients match it to their local echo).
+    pub fn client_event_for_device(
+        &self,
+        room: &RoomRow,
+        row: &EventRow,
+        reader: &UserId,
+        device: Option<&str>,
+    ) -> Option<Value> {
         let version = version_of(room).ok()?;
         let typed = super::pdu_of(row, version).ok()?;
         let mut unsigned = json!({});
         let sent = i64::try_from(typed.origin_server_ts()).unwrap_or(i64::MAX);
         unsigned["age"] = json!(now_millis().saturating_sub(sent).max(0));
+        if let (Some((txn_device, txn_id)), Some(device)) = (&row.txn, device)
+            && txn_device == device
+            && typed.sender() == reader.as_str()
+        {
+            unsigned["transaction_id"] = json!(txn_id);
+        }
         if let Some(prev) = row
             .prev_json
             .as_deref()

@@ -218,15 +218,7 @@ impl Services {
             match membership.membership.as_str() {
                 "join" => {
                     if let Some(room) = self
-                        .joined_room(
-                            user,
-                            device.device_id.as_str(),
-                            request,
-                            since,
-                            now,
-                            &membership,
-                            room_data,
-                        )
+                        .joined_room(device, request, since, now, &membership, room_data)
                         .await?
                     {
                         join.insert(room_id, room);
@@ -243,14 +235,7 @@ impl Services {
                 }
                 "leave" | "ban" if (since.is_some() && changed_since) || filter.include_leave => {
                     if let Some(room) = self
-                        .left_room(
-                            user,
-                            device.device_id.as_str(),
-                            request,
-                            since,
-                            &membership,
-                            room_data,
-                        )
+                        .left_room(device, request, since, &membership, room_data)
                         .await?
                     {
                         leave.insert(room_id, room);
@@ -290,14 +275,15 @@ impl Services {
     /// A joined room's section, or `None` when nothing changed in it since the token.
     async fn joined_room(
         &self,
-        user: &UserId,
-        device_id: &str,
+        device: &AuthedUser,
         request: &SyncRequest,
         since: Option<SyncToken>,
         now: SyncToken,
         membership: &MembershipRow,
         account_data: Vec<Value>,
     ) -> Result<Option<Value>> {
+        let user: &UserId = device.user_id.as_ref();
+        let device_id = device.device_id.as_str();
         let room = &membership.room;
         // A room joined since the token is new to the client: it gets the whole picture.
         let fresh =
@@ -399,13 +385,14 @@ impl Services {
     /// A left (or banned) room's section: the timeline up to the leave.
     async fn left_room(
         &self,
-        user: &UserId,
-        device_id: &str,
+        device: &AuthedUser,
         request: &SyncRequest,
         since: Option<SyncToken>,
         membership: &MembershipRow,
         account_data: Vec<Value>,
     ) -> Result<Option<Value>> {
+        let user: &UserId = device.user_id.as_ref();
+        let device_id = device.device_id.as_str();
         let room = &membership.room;
         let from = since.map_or(0, |s| s.events);
         let limit = request.filter.timeline_limit.clamp(1, 1000);

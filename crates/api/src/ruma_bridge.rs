@@ -163,6 +163,20 @@ where
                 )
             }
         })?;
+        // JSON is UTF-8. serde skips the strings of fields it ignores without checking them, so
+        // a JSON body is checked as a whole (other bodies, such as uploads, are bytes).
+        let is_json = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.contains("json"));
+        if is_json && std::str::from_utf8(&bytes).is_err() {
+            return Err(MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::NotJson,
+                "Request body is not valid UTF-8",
+            ));
+        }
         // Clients send POSTs like `/join` with no body at all where every field is optional;
         // like other servers, read that as an empty JSON object.
         let body: &[u8] =

@@ -4,6 +4,12 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+/// mimalloc instead of the C library's allocator: each password hash takes a 19 MiB block on a
+/// blocking thread, and glibc kept those blocks after use (RSS 15 MiB idle, about 900 MiB after
+/// 50 registrations); mimalloc hands freed memory back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use myelin_service::config::LogFormat;
 

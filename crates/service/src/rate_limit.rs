@@ -67,10 +67,7 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > PRUNE_ABOVE {
             buckets.retain(|key, bucket| {
-                let limits = match key {
-                    RateKey::User(_) => &self.config.per_user,
-                    RateKey::Address(_) => &self.config.per_address,
-                };
+                let limits = self.limits(key);
                 bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * limits.per_second
                     < f64::from(limits.burst)
             });

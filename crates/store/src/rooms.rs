@@ -613,12 +613,7 @@ impl Store {
 
     /// The latest stream position of the events stream.
     pub async fn events_stream_position(&self) -> Result<i64, StoreError> {
-        let pos = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>("SELECT position FROM stream_positions WHERE stream = 'events'")
-                .fetch_one(pool)
-                .await
-        })?;
-        Ok(pos)
+        self.stream_position("events").await
     }
 
     /// The state group (state after) of an event, by nid.

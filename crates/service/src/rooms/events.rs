@@ -198,8 +198,7 @@ impl Rooms {
         let json = pdu.canonical_json();
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
-        let persisted = self
-            .store
+        self.store
             .persist_event(&NewEvent {
                 room_nid: room.room_nid,
                 event_id: pdu.event_id(),
@@ -220,7 +219,6 @@ impl Rooms {
                 now,
             })
             .await?;
-        let _ = persisted;
         self.notify.notify();
         tracing::debug!(room_id = %room.room_id, event_id = pdu.event_id(), kind = pdu.event_type(), "persisted a local event");
         Ok(pdu.event_id().to_owned())

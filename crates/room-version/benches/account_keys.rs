@@ -1,6 +1,6 @@
 //! What one `/query/accounts` reply of 2,048 keys costs to check: parse each key with the strict
 //! grammar (including point decompression) and verify its signed `{account_name, domain}` answer.
-//! Also: verifying 2,048 account-key-signed PDUs.
+//! The batch API is measured on one thread and on all cores. Also: verifying 2,048 account-key-signed PDUs.
 
 use std::hint::black_box;
 
@@ -10,7 +10,7 @@ use myelin_room_version::canonical::value_to_object;
 use myelin_room_version::pdu::{EventSigner, Pdu, build_pdu};
 use myelin_room_version::signing::{
     KeyPair, sign_json_with_account_key, verify_json_with_account_key,
-    verify_json_with_account_keys,
+    verify_json_with_account_keys, verify_json_with_account_keys_threads,
 };
 use myelin_room_version::verify::{ServerKeys, Verified, verify_pdu};
 use myelin_room_version::version::RoomVersion;
@@ -54,6 +54,18 @@ fn bench(c: &mut Criterion) {
             for (key, obj) in &parsed {
                 verify_json_with_account_key(obj, key).unwrap();
             }
+        })
+    });
+
+    // The whole reply through the batch API on one thread (ed25519 batch equations).
+    c.bench_function("verify_2048_account_key_answers_batch_one_thread", |b| {
+        b.iter(|| {
+            let items: Vec<(AccountKey, &CanonicalJsonObject)> = answers
+                .iter()
+                .map(|(k, o)| (AccountKey::parse(k).unwrap(), o))
+                .collect();
+            let results = verify_json_with_account_keys_threads(&items, 1);
+            assert!(results.iter().all(Result::is_ok));
         })
     });
 

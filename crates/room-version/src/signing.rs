@@ -274,39 +274,132 @@ pub fn verify_json_with_account_key(
 }
 
 /// Check many account-key signatures on arbitrary JSON at once, e.g. the up to 2,048 answers
-/// of one `/query/accounts` reply. Same result as calling [`verify_json_with_account_key`] on
-/// each item, in order. Large batches are split over the available cores with scoped threads
-/// (pure CPU work: no I/O, nothing outlives the call), because ed25519 verification dominates
-/// the cost of a reply.
+/// of one `/query/accounts` reply. Large batches are split over the available cores with scoped
+/// threads (pure CPU work: no I/O, nothing outlives the call); see
+/// [`verify_json_with_account_keys_threads`] for what each thread does.
 pub fn verify_json_with_account_keys(
     items: &[(AccountKey, &CanonicalJsonObject)],
 ) -> Vec<Result<(), SignatureError>> {
-    const MIN_PER_THREAD: usize = 128;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    verify_json_with_account_keys_threads(items, threads)
+}
+
+/// [`verify_json_with_account_keys`] on at most `threads` threads (1 = the calling thread only).
+///
+/// Each thread checks its share with ed25519 batch verification (one multiscalar
+/// multiplication for the whole share, about twice as fast as one check per signature). When a
+/// batch fails, it is halved and each half checked again, down to small groups that are checked
+/// one by one, so every failing item gets the same error as [`verify_json_with_account_key`].
+///
+/// A valid signature is always accepted and a signature made without the private key is always
+/// refused. The one difference from single checks: a batch uses the cofactorless equation with
+/// random weights, so a signature deliberately built by the key holder with small-order
+/// components (which the single check refuses) may be accepted as part of a batch. The key holder
+/// gains nothing from that (they can sign anything with their key anyway), and a reply is this
+/// server's own judgement, not room state, so no room can split over it.
+pub fn verify_json_with_account_keys_threads(
+    items: &[(AccountKey, &CanonicalJsonObject)],
+    threads: usize,
+) -> Vec<Result<(), SignatureError>> {
+    const MIN_PER_THREAD: usize = 128;
     let threads = threads.min(items.len() / MIN_PER_THREAD).max(1);
-    let check = |chunk: &[(AccountKey, &CanonicalJsonObject)]| {
-        chunk
-            .iter()
-            .map(|(key, obj)| verify_json_with_account_key(obj, key))
-            .collect::<Vec<_>>()
-    };
     if threads == 1 {
-        return check(items);
+        return check_account_key_batch(items);
     }
     let chunk_size = items.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let handles: Vec<_> = items
             .chunks(chunk_size)
-            .map(|chunk| scope.spawn(move || check(chunk)))
+            .map(|chunk| scope.spawn(move || check_account_key_batch(chunk)))
             .collect();
         let mut out = Vec::with_capacity(items.len());
         for (handle, chunk) in handles.into_iter().zip(items.chunks(chunk_size)) {
             // A panicking worker would be a bug in the verifier; recompute that chunk on this
             // thread rather than propagate the panic.
-            out.extend(handle.join().unwrap_or_else(|_| check(chunk)));
+            out.extend(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| check_account_key_batch(chunk)),
+            );
         }
         out
     })
+}
+
+/// One signature ready for the curve: what it covers, the signature and the key.
+struct Prepared {
+    index: usize,
+    message: String,
+    signature: Signature,
+    key: VerifyingKey,
+}
+
+/// Batch-verify one thread's share (see [`verify_json_with_account_keys_threads`]).
+fn check_account_key_batch(
+    items: &[(AccountKey, &CanonicalJsonObject)],
+) -> Vec<Result<(), SignatureError>> {
+    let mut out: Vec<Result<(), SignatureError>> = Vec::with_capacity(items.len());
+    let mut prepared = Vec::with_capacity(items.len());
+    for (index, (key, object)) in items.iter().enumerate() {
+        let entity = key.as_str();
+        let decoded = find_signature(object, entity, ACCOUNT_KEY_ID).and_then(|signature| {
+            LENIENT_STANDARD
+                .decode(signature)
+                .ok()
+                .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
+                .ok_or_else(|| SignatureError::Malformed {
+                    entity: entity.to_owned(),
+                    key_id: ACCOUNT_KEY_ID.to_owned(),
+                })
+        });
+        match decoded {
+            Ok(bytes) => {
+                out.push(Ok(()));
+                prepared.push(Prepared {
+                    index,
+                    message: signing_bytes(object),
+                    signature: Signature::from_bytes(&bytes),
+                    key: *key.verifying_key(),
+                });
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    let mut failed = Vec::new();
+    find_invalid(&prepared, &mut failed);
+    for p in failed {
+        out[p.index] = Err(SignatureError::Invalid {
+            entity: items[p.index].0.as_str().to_owned(),
+            key_id: ACCOUNT_KEY_ID.to_owned(),
+        });
+    }
+    out
+}
+
+/// Collect the signatures that do not verify: the whole group in one batch equation; if that
+/// fails, each half again; groups of at most 8 one by one.
+fn find_invalid<'a>(group: &'a [Prepared], failed: &mut Vec<&'a Prepared>) {
+    const CHECK_ONE_BY_ONE: usize = 8;
+    if group.is_empty() {
+        return;
+    }
+    if group.len() <= CHECK_ONE_BY_ONE {
+        failed.extend(
+            group
+                .iter()
+                .filter(|p| p.key.verify(p.message.as_bytes(), &p.signature).is_err()),
+        );
+        return;
+    }
+    let messages: Vec<&[u8]> = group.iter().map(|p| p.message.as_bytes()).collect();
+    let signatures: Vec<Signature> = group.iter().map(|p| p.signature).collect();
+    let keys: Vec<VerifyingKey> = group.iter().map(|p| p.key).collect();
+    if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+        return;
+    }
+    let (left, right) = group.split_at(group.len() / 2);
+    find_invalid(left, failed);
+    find_invalid(right, failed);
 }
 
 #[cfg(test)]
@@ -401,19 +494,93 @@ mod tests {
                 CanonicalJsonValue::String("evil.example".into()),
             );
         }
+        // A missing signature, a malformed one, one by the wrong key, and one whose `s` is not
+        // a canonical scalar (refused by the batch equation as a whole).
+        objects[1].remove("signatures");
+        let key2 = keys[2].account_key();
+        add_signature(&mut objects[2], key2.as_str(), ACCOUNT_KEY_ID, "!!".into()).unwrap();
+        let wrong = keys[4].sign_bytes(signing_bytes(&objects[3]).as_bytes());
+        let key3 = keys[3].account_key();
+        add_signature(
+            &mut objects[3],
+            key3.as_str(),
+            ACCOUNT_KEY_ID,
+            STANDARD_NO_PAD.encode(wrong),
+        )
+        .unwrap();
+        let mut big_s = keys[5].sign_bytes(signing_bytes(&objects[5]).as_bytes());
+        big_s[32..].copy_from_slice(&[0xff; 32]);
+        let key5 = keys[5].account_key();
+        add_signature(
+            &mut objects[5],
+            key5.as_str(),
+            ACCOUNT_KEY_ID,
+            STANDARD_NO_PAD.encode(big_s),
+        )
+        .unwrap();
+        let bad = |i: usize| i.is_multiple_of(7) || [1, 2, 3, 5].contains(&i);
         let items: Vec<(AccountKey, &CanonicalJsonObject)> = keys
             .iter()
             .map(|k| k.account_key())
             .zip(objects.iter())
             .collect();
-        let results = verify_json_with_account_keys(&items);
-        assert_eq!(results.len(), 300);
-        for (i, result) in results.iter().enumerate() {
-            assert_eq!(result.is_ok(), i % 7 != 0, "item {i}");
-            assert_eq!(
-                *result,
-                verify_json_with_account_key(items[i].1, &items[i].0)
-            );
+        for results in [
+            verify_json_with_account_keys(&items),
+            verify_json_with_account_keys_threads(&items, 1),
+            verify_json_with_account_keys_threads(&items, 3),
+        ] {
+            assert_eq!(results.len(), 300);
+            for (i, result) in results.iter().enumerate() {
+                assert_eq!(result.is_ok(), !bad(i), "item {i}");
+                assert_eq!(
+                    *result,
+                    verify_json_with_account_key(items[i].1, &items[i].0)
+                );
+            }
+        }
+        assert!(matches!(
+            verify_json_with_account_keys(&items)[1],
+            Err(SignatureError::Missing { .. })
+        ));
+        assert!(matches!(
+            verify_json_with_account_keys(&items)[2],
+            Err(SignatureError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn batch_verification_of_all_valid_and_of_nothing() {
+        assert!(verify_json_with_account_keys(&[]).is_empty());
+        let keys: Vec<KeyPair> = (0..40u8).map(|i| KeyPair::from_seed(&[i; 32])).collect();
+        let objects: Vec<CanonicalJsonObject> = keys
+            .iter()
+            .map(|k| {
+                let mut o = parse_object(br#"{"domain":"d.example"}"#).unwrap();
+                sign_json_with_account_key(&mut o, k).unwrap();
+                o
+            })
+            .collect();
+        let items: Vec<(AccountKey, &CanonicalJsonObject)> = keys
+            .iter()
+            .map(|k| k.account_key())
+            .zip(objects.iter())
+            .collect();
+        assert!(
+            verify_json_with_account_keys_threads(&items, 1)
+                .iter()
+                .all(Result::is_ok)
+        );
+        // One bad item among valid ones is found by halving.
+        let mut tampered = objects.clone();
+        tampered[29].insert("domain".into(), CanonicalJsonValue::String("x".into()));
+        let items: Vec<(AccountKey, &CanonicalJsonObject)> = keys
+            .iter()
+            .map(|k| k.account_key())
+            .zip(tampered.iter())
+            .collect();
+        let results = verify_json_with_account_keys_threads(&items, 1);
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), i != 29, "item {i}");
         }
     }
 

@@ -1,32 +1,52 @@
 //! State resolution v2 (rooms 10, 11) and v2.1 (MSC4297: rooms 12 and account-key rooms) behind
 //! one function that takes the room version.
 //!
-//! The algorithm is ruma's; this module owns the interface, so a faster implementation can
-//! replace it without touching callers. Inputs are in memory: the forks' state maps, their auth
-//! chains, an event lookup, and optionally the conflicted state subgraph (computed here from the
-//! in-memory events when the caller has no index for it).
+//! The algorithm is the spec's ("State resolution" in room version 2, with the two changes of
+//! MSC4297 for v2.1: the conflicted state subgraph joins the full conflicted set, and the first
+//! round of iterative auth checks starts from an empty state). This module implements it on
+//! dense integer indices: every event the algorithm touches is fetched once and numbered, auth
+//! edges become index lists, `(type, state_key)` pairs are interned, and room states are vectors
+//! indexed by interned key. The authorisation rules themselves are ruma's
+//! (`check_state_dependent_auth_rules`, `auth_types_for_event`), called with the auth events
+//! gathered from those indices, so their outcome is exactly that of `auth::check_against_state`.
+//! Where the spec leaves behaviour open (missing events, malformed content), this follows ruma's
+//! `state_res::resolve`, against which a differential test in this module runs.
+//!
+//! Inputs are in memory: the forks' state maps, their auth chains, an event lookup, and
+//! optionally the conflicted state subgraph (computed here from the in-memory events when the
+//! caller has no index for it).
 //!
 //! Account-key rooms need nothing extra: state resolution compares full key-form user ids
 //! (MSC4243.md §4 Q1), and the key-form checks are state-independent, so events that fail them
 //! were rejected before reaching state resolution (and rejected events are ignored).
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::cmp::{Ordering, Reverse};
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashSet};
 
-use ruma::OwnedEventId;
+use foldhash::{HashMap, HashMapExt};
 use ruma::events::StateEventType;
-use ruma::state_res::utils::event_id_set::EventIdSet;
+use ruma::events::room::power_levels::UserPowerLevel;
+use ruma::room_version_rules::AuthorizationRules;
+use ruma::state_res::events::{RoomCreateEvent, RoomPowerLevelsEvent, RoomPowerLevelsIntField};
+use ruma::{OwnedUserId, UserId};
 
 use crate::auth::StateKey;
 use crate::pdu::Pdu;
-use crate::version::{RoomVersion, StateResAlgorithm};
+use crate::version::RoomVersion;
 
 /// A room state: `(type, state_key)` → event id.
-pub type StateMap = HashMap<StateKey, String>;
+pub type StateMap = std::collections::HashMap<StateKey, String>;
 
 /// State resolution failed: an event it needed was missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("state resolution failed: {0}")]
 pub struct StateResError(pub String);
+
+fn fail(reason: impl Into<String>) -> StateResError {
+    StateResError(reason.into())
+}
 
 /// Resolve the state of a room from several forks.
 ///
@@ -36,6 +56,10 @@ pub struct StateResError(pub String);
 ///   it cannot find are left out of the conflicted set, as the spec's "events we cannot verify".
 /// - `conflicted_subgraph`: for v2.1, the events on auth paths between conflicted events, if the
 ///   caller has it from an index; `None` computes it from `fetch_event`. Ignored by v2.
+///
+/// Fails when an event the algorithm must read is missing (a mainline power levels event, an
+/// auth event on a mainline walk), when a conflicted event is not a state event, or when a
+/// power levels or create event needed for the power ordering has malformed content.
 pub fn resolve_state<'a>(
     version: &RoomVersion,
     state_maps: &[StateMap],
@@ -44,65 +68,170 @@ pub fn resolve_state<'a>(
     conflicted_subgraph: Option<&HashSet<String>>,
 ) -> Result<StateMap, StateResError> {
     let rules = version.rules();
-    let state_res_rules = match version.state_res() {
-        StateResAlgorithm::V2 | StateResAlgorithm::V2_1 => rules
-            .state_res
-            .v2_rules()
-            .ok_or_else(|| StateResError("room version has no v2 state resolution".into()))?,
-    };
-    let to_id = |s: &str| {
-        OwnedEventId::try_from(s).map_err(|e| StateResError(format!("bad event id {s}: {e}")))
-    };
-    let mut ruma_maps = Vec::with_capacity(state_maps.len());
-    for map in state_maps {
-        let mut out = ruma::state_res::StateMap::with_capacity(map.len());
-        for ((t, k), id) in map {
-            out.insert((StateEventType::from(t.as_str()), k.clone()), to_id(id)?);
-        }
-        ruma_maps.push(out);
+    let state_res_rules = rules
+        .state_res
+        .v2_rules()
+        .ok_or_else(|| fail("room version has no v2 state resolution"))?;
+    let auth_rules = &rules.authorization;
+
+    // The unconflicted state map and the conflicted state set.
+    let (unconflicted, conflicted) = split_conflicted(state_maps);
+    if conflicted.is_empty() {
+        return Ok(unconflicted
+            .into_iter()
+            .map(|((t, k), id)| ((t.to_owned(), k.to_owned()), id.to_owned()))
+            .collect());
     }
-    let mut ruma_chains = Vec::with_capacity(auth_chains.len());
-    for chain in auth_chains {
-        let mut set = EventIdSet::with_capacity(chain.len());
-        for id in chain {
-            set.insert(to_id(id)?);
-        }
-        ruma_chains.push(set);
+
+    // The conflicted events, their auth events and a few more.
+    let mut graph = Graph::new(&fetch_event, conflicted.len() * 2 + 64);
+
+    // The full conflicted set: conflicted state set ∪ auth difference (∪ conflicted state
+    // subgraph for v2.1), less the events we cannot fetch.
+    let mut full: Vec<u32> = Vec::with_capacity(conflicted.len());
+    for id in &conflicted {
+        graph.add_to_full(&mut full, id);
     }
-    let resolved = ruma::state_res::resolve(
-        &rules.authorization,
-        state_res_rules,
-        &ruma_maps,
-        ruma_chains,
-        |id: &ruma::EventId| fetch_event(id.as_str()),
-        |conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>| {
-            let mut set = EventIdSet::new();
-            match conflicted_subgraph {
-                Some(given) => {
-                    for id in given {
-                        set.insert(OwnedEventId::try_from(id.as_str()).ok()?);
-                    }
+    for id in auth_difference(auth_chains) {
+        graph.add_to_full(&mut full, id);
+    }
+    if state_res_rules.consider_conflicted_state_subgraph {
+        match conflicted_subgraph {
+            Some(given) => {
+                for id in given {
+                    graph.add_to_full(&mut full, id);
                 }
-                None => {
-                    // Only the interior is needed: ruma unions it with the conflicted set.
-                    let events: Vec<&Pdu> = conflicted
-                        .values()
-                        .flatten()
-                        .filter_map(|id| fetch_event(id.as_str()))
-                        .collect();
-                    for pdu in subgraph_interior(&events, &fetch_event) {
-                        set.insert(pdu.owned_event_id().clone());
+            }
+            None => {
+                let starts: Vec<u32> = conflicted
+                    .iter()
+                    .filter_map(|id| graph.intern(id))
+                    .collect();
+                for i in subgraph_interior(&mut graph, &starts) {
+                    if !graph.nodes[i as usize].in_full {
+                        graph.nodes[i as usize].in_full = true;
+                        full.push(i);
                     }
                 }
             }
-            Some(set)
-        },
-    )
-    .map_err(|e| StateResError(e.to_string()))?;
-    Ok(resolved
-        .into_iter()
-        .map(|((t, k), id)| ((t.to_string(), k), id.to_string()))
-        .collect())
+        }
+    }
+
+    // 1. The power events of the full conflicted set and their auth ancestors in it, in reverse
+    //    topological power ordering.
+    let power_events: Vec<u32> = full
+        .iter()
+        .copied()
+        .filter(|&i| is_power_event(graph.pdu(i)))
+        .collect();
+    let sorted_power = sort_power_events(&mut graph, &power_events, auth_rules)?;
+
+    // 2. Iterative auth checks on them, from the unconflicted state map (v2) or nothing (v2.1).
+    let mut state = State::default();
+    if !state_res_rules.begin_iterative_auth_checks_with_empty_state_map {
+        for (&(t, k), id) in &unconflicted {
+            let key = state.keys.intern(t, k);
+            let value = graph.intern(id).unwrap_or(MISSING);
+            state.set(key, value);
+        }
+    }
+    iterative_auth_checks(&mut graph, auth_rules, &sorted_power, &mut state)?;
+
+    // 3. The remaining events in mainline order of the partially resolved power levels.
+    let mut in_power_sort = vec![false; graph.nodes.len()];
+    for &i in &sorted_power {
+        in_power_sort[i as usize] = true;
+    }
+    let remaining: Vec<u32> = full
+        .iter()
+        .copied()
+        .filter(|&i| !in_power_sort.get(i as usize).copied().unwrap_or(false))
+        .collect();
+    let power_levels = state
+        .keys
+        .get("m.room.power_levels", "")
+        .map_or(ABSENT, |k| state.get(k));
+    let sorted_remaining = mainline_sort(&mut graph, &remaining, power_levels)?;
+
+    // 4. Iterative auth checks on them, from the partially resolved state.
+    iterative_auth_checks(&mut graph, auth_rules, &sorted_remaining, &mut state)?;
+
+    // 5. The unconflicted state map wins.
+    let mut resolved = StateMap::with_capacity(state.values.len() + unconflicted.len());
+    for (key, &value) in state.values.iter().enumerate() {
+        if value == ABSENT || value == MISSING {
+            continue;
+        }
+        let (t, k) = state.keys.list[key];
+        resolved.insert(
+            (t.to_owned(), k.to_owned()),
+            graph.pdu(value).event_id().to_owned(),
+        );
+    }
+    for ((t, k), id) in unconflicted {
+        resolved.insert((t.to_owned(), k.to_owned()), id.to_owned());
+    }
+    Ok(resolved)
+}
+
+/// Split the forks into the unconflicted state map (keys present in every fork with the same
+/// event) and the conflicted state set (every event of the other keys; an id may be listed more
+/// than once).
+#[allow(clippy::type_complexity)]
+fn split_conflicted(state_maps: &[StateMap]) -> (HashMap<(&str, &str), &str>, Vec<&str>) {
+    let forks = state_maps.len();
+    // Per key: the first event seen, in how many forks, and whether another event was seen.
+    let mut seen: HashMap<(&str, &str), (&str, usize, bool)> =
+        HashMap::with_capacity(state_maps.first().map_or(0, |m| m.len()));
+    let mut conflicted = Vec::new();
+    for map in state_maps {
+        for ((t, k), id) in map {
+            match seen.entry((t.as_str(), k.as_str())) {
+                Entry::Vacant(e) => {
+                    e.insert((id.as_str(), 1, false));
+                }
+                Entry::Occupied(mut e) => {
+                    let (first, count, is_conflicted) = e.get_mut();
+                    if *first == id.as_str() {
+                        *count += 1;
+                    } else {
+                        if !*is_conflicted {
+                            *is_conflicted = true;
+                            conflicted.push(*first);
+                        }
+                        conflicted.push(id.as_str());
+                    }
+                }
+            }
+        }
+    }
+    let mut unconflicted = HashMap::with_capacity(seen.len());
+    for (key, (first, count, is_conflicted)) in seen {
+        if is_conflicted {
+            continue;
+        }
+        if count == forks {
+            unconflicted.insert(key, first);
+        } else {
+            conflicted.push(first);
+        }
+    }
+    (unconflicted, conflicted)
+}
+
+/// The auth difference: every event that is in some fork's auth chain but not in all of them.
+fn auth_difference(auth_chains: &[HashSet<String>]) -> impl Iterator<Item = &str> {
+    auth_chains.iter().enumerate().flat_map(move |(i, chain)| {
+        chain
+            .iter()
+            .filter(move |id| {
+                auth_chains
+                    .iter()
+                    .enumerate()
+                    .any(|(j, other)| j != i && !other.contains(*id))
+            })
+            .map(String::as_str)
+    })
 }
 
 /// The conflicted state subgraph (MSC4297): every event on an `auth_events` path from one
@@ -113,62 +242,184 @@ pub fn conflicted_state_subgraph<'a, 'b>(
     conflicted: impl IntoIterator<Item = &'b str>,
     fetch_event: impl Fn(&str) -> Option<&'a Pdu>,
 ) -> HashSet<String> {
-    let conflicted: Vec<&'a Pdu> = conflicted.into_iter().filter_map(&fetch_event).collect();
-    let mut out: HashSet<String> = subgraph_interior(&conflicted, &fetch_event)
+    let conflicted = conflicted.into_iter();
+    let mut graph = Graph::new(&fetch_event, conflicted.size_hint().0 * 2 + 64);
+    let starts: Vec<u32> = conflicted.filter_map(|id| graph.intern(id)).collect();
+    let mut out: HashSet<String> = subgraph_interior(&mut graph, &starts)
         .into_iter()
-        .map(|p| p.event_id().to_owned())
+        .map(|i| graph.pdu(i).event_id().to_owned())
         .collect();
     // Endpoints: conflicted events with a path to another conflicted event, or reached from one.
-    out.extend(conflicted.iter().map(|p| p.event_id().to_owned()));
+    out.extend(starts.iter().map(|&i| graph.pdu(i).event_id().to_owned()));
     out
 }
 
-/// The events on auth paths between conflicted events, as found by walking from `conflicted`:
-/// every event reachable from a conflicted event (forward along `auth_events`) that itself
-/// reaches a conflicted event in one or more steps. May include conflicted events; callers
-/// union it with the conflicted set anyway.
-///
-/// Events get dense indices on first sight, so each edge costs one hash lookup and the backward
-/// pass runs on plain vectors; all walks are iterative, so deep auth chains cannot overflow the
-/// stack.
-fn subgraph_interior<'a>(
-    conflicted: &[&'a Pdu],
-    fetch_event: &impl Fn(&str) -> Option<&'a Pdu>,
-) -> Vec<&'a Pdu> {
-    let mut index: HashMap<&'a str, u32> = HashMap::with_capacity(conflicted.len() * 2);
-    let mut nodes: Vec<&'a Pdu> = Vec::with_capacity(conflicted.len() * 2);
-    // Edges as (from, to) index pairs: `from` cites `to` in its auth_events.
-    let mut edges: Vec<(u32, u32)> = Vec::new();
-    let mut stack: Vec<u32> = Vec::new();
-    for pdu in conflicted {
-        if let std::collections::hash_map::Entry::Vacant(e) = index.entry(pdu.event_id()) {
-            e.insert(nodes.len() as u32);
-            stack.push(nodes.len() as u32);
-            nodes.push(pdu);
+/// A node index standing for "no event" in a state vector.
+const ABSENT: u32 = u32::MAX;
+/// A node index standing for an event id that `fetch_event` does not know (only possible for
+/// unconflicted state in v2, which step 5 restores anyway).
+const MISSING: u32 = u32::MAX - 1;
+
+/// In [`Graph::flat`], an auth event that cannot be fetched.
+const NO_EVENT: u32 = u32::MAX;
+
+/// One event the algorithm has touched.
+struct Node<'a> {
+    pdu: &'a Pdu,
+    /// Where its `auth_events` (as node indices, in order) start in [`Graph::flat`];
+    /// `u32::MAX` until first used.
+    auth_start: u32,
+    in_full: bool,
+}
+
+/// Events by dense index, fetched once each.
+struct Graph<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> {
+    fetch: &'f F,
+    index: HashMap<&'a str, u32>,
+    /// Ids asked for that `fetch` does not know, so they are asked for once.
+    unknown: HashSet<String, foldhash::fast::RandomState>,
+    nodes: Vec<Node<'a>>,
+    /// Every resolved `auth_events` list, back to back ([`NO_EVENT`] for unknown events).
+    flat: Vec<u32>,
+    /// The last room id whose create event was looked up, and the result (v12 rules).
+    create_for_room: Option<(&'a str, Option<u32>)>,
+}
+
+impl<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'f, F> {
+    /// A graph expecting about `capacity` events.
+    fn new(fetch: &'f F, capacity: usize) -> Self {
+        Self {
+            fetch,
+            index: HashMap::with_capacity(capacity),
+            unknown: HashSet::default(),
+            nodes: Vec::with_capacity(capacity),
+            flat: Vec::with_capacity(capacity * 3),
+            create_for_room: None,
         }
     }
-    let conflicted_count = nodes.len();
+
+    /// The index of the event with this id, fetching it on first sight; `None` if `fetch` does
+    /// not know it (or answers with an event of another id).
+    fn intern(&mut self, id: &str) -> Option<u32> {
+        if let Some(&i) = self.index.get(id) {
+            return Some(i);
+        }
+        if self.unknown.contains(id) {
+            return None;
+        }
+        match (self.fetch)(id) {
+            Some(pdu) if pdu.event_id() == id => {
+                let i = self.nodes.len() as u32;
+                self.nodes.push(Node {
+                    pdu,
+                    auth_start: u32::MAX,
+                    in_full: false,
+                });
+                self.index.insert(pdu.event_id(), i);
+                Some(i)
+            }
+            _ => {
+                self.unknown.insert(id.to_owned());
+                None
+            }
+        }
+    }
+
+    /// Add the event with this id to the full conflicted set, if it can be fetched.
+    fn add_to_full(&mut self, full: &mut Vec<u32>, id: &str) {
+        if let Some(i) = self.intern(id)
+            && !self.nodes[i as usize].in_full
+        {
+            self.nodes[i as usize].in_full = true;
+            full.push(i);
+        }
+    }
+
+    fn pdu(&self, i: u32) -> &'a Pdu {
+        self.nodes[i as usize].pdu
+    }
+
+    /// Where the `auth_events` of node `i` are in [`Graph::flat`], resolving them on first use.
+    fn auth(&mut self, i: u32) -> std::ops::Range<usize> {
+        let pdu = self.pdu(i);
+        let len = pdu.auth_events().len();
+        let start = match self.nodes[i as usize].auth_start {
+            u32::MAX => {
+                // Intern first: interning does not touch `flat`, but keep the list contiguous.
+                let ids: Vec<u32> = pdu
+                    .auth_events()
+                    .map(|id| self.intern(id).unwrap_or(NO_EVENT))
+                    .collect();
+                let start = self.flat.len();
+                self.flat.extend_from_slice(&ids);
+                self.nodes[i as usize].auth_start = start as u32;
+                start
+            }
+            start => start as usize,
+        };
+        start..start + len
+    }
+
+    /// The resolved `auth_events` of node `i` (call [`Graph::auth`] first).
+    fn auth_of(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = u32> + '_ {
+        self.flat[range].iter().copied().filter(|&a| a != NO_EVENT)
+    }
+
+    /// The create event named by the room id (v12-format rooms), if it can be fetched.
+    fn create_from_room_id(&mut self, i: u32) -> Option<u32> {
+        let room_id = self.pdu(i).room_id()?;
+        if let Some((cached_room, create)) = self.create_for_room
+            && cached_room == room_id
+        {
+            return create;
+        }
+        let create = room_id
+            .strip_prefix('!')
+            .and_then(|hash| self.intern(&format!("${hash}")));
+        self.create_for_room = Some((room_id, create));
+        create
+    }
+}
+
+/// The events on auth paths between the `starts` events: every event reachable from one of
+/// them (forward along `auth_events`) that itself reaches one of them in one or more steps. May
+/// include start events; callers union it with the conflicted set anyway.
+///
+/// The backward pass runs on plain vectors; all walks are iterative, so deep auth chains cannot
+/// overflow the stack.
+fn subgraph_interior<'a, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, '_, F>,
+    starts: &[u32],
+) -> Vec<u32> {
+    // Forward: everything reachable from the starts, with the edges between them.
+    let mut reached: Vec<bool> = vec![false; graph.nodes.len()];
+    let mut order: Vec<u32> = Vec::with_capacity(starts.len() * 2);
+    let mut edges: Vec<(u32, u32)> = Vec::new();
+    let mut stack: Vec<u32> = Vec::new();
+    let reach = |reached: &mut Vec<bool>, j: u32| {
+        if reached.len() <= j as usize {
+            reached.resize(j as usize + 1, false);
+        }
+        !std::mem::replace(&mut reached[j as usize], true)
+    };
+    for &s in starts {
+        if reach(&mut reached, s) {
+            order.push(s);
+            stack.push(s);
+        }
+    }
     while let Some(i) = stack.pop() {
-        let pdu = nodes[i as usize];
-        for auth in pdu.auth_events() {
-            let j = match index.get(auth) {
-                Some(j) => *j,
-                None => {
-                    let Some(next) = fetch_event(auth) else {
-                        continue;
-                    };
-                    let j = nodes.len() as u32;
-                    index.insert(next.event_id(), j);
-                    nodes.push(next);
-                    stack.push(j);
-                    j
-                }
-            };
+        let range = graph.auth(i);
+        for j in graph.auth_of(range) {
+            if reach(&mut reached, j) {
+                order.push(j);
+                stack.push(j);
+            }
             edges.push((i, j));
         }
     }
-    // Reverse adjacency in compressed form: for each event, who cites it.
-    let n = nodes.len();
+    // Local numbering of the reached events for the backward pass.
+    let n = graph.nodes.len();
     let mut start = vec![0u32; n + 1];
     for &(_, to) in &edges {
         start[to as usize + 1] += 1;
@@ -182,10 +433,9 @@ fn subgraph_interior<'a>(
         citers[fill[to as usize] as usize] = from;
         fill[to as usize] += 1;
     }
-    // Backward from the conflicted events: whoever cites an event that reaches (or is) a
-    // conflicted event reaches one too.
+    // Backward from the starts: whoever cites an event that reaches (or is) a start reaches one.
     let mut reaches = vec![false; n];
-    let mut queue: Vec<u32> = (0..conflicted_count as u32).collect();
+    let mut queue: Vec<u32> = starts.to_vec();
     while let Some(k) = queue.pop() {
         let range = start[k as usize] as usize..start[k as usize + 1] as usize;
         for &from in &citers[range] {
@@ -195,9 +445,465 @@ fn subgraph_interior<'a>(
             }
         }
     }
-    nodes
-        .into_iter()
-        .zip(reaches)
-        .filter_map(|(pdu, r)| r.then_some(pdu))
-        .collect()
+    order.into_iter().filter(|&i| reaches[i as usize]).collect()
 }
+
+fn is_type_and_key(pdu: &Pdu, event_type: &str, state_key: &str) -> bool {
+    pdu.event_type() == event_type && pdu.state_key() == Some(state_key)
+}
+
+/// The `membership` of a member event's content, if it is a string.
+fn membership(pdu: &Pdu) -> Option<&str> {
+    match pdu.content_object()?.get("membership")? {
+        ruma::CanonicalJsonValue::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A power event: power levels, join rules (and, as every implementation does, the create
+/// event) with an empty state key, or a member event with membership `leave` or `ban` whose
+/// sender is not its target (a kick or a ban).
+fn is_power_event(pdu: &Pdu) -> bool {
+    match pdu.event_type() {
+        "m.room.power_levels" | "m.room.join_rules" | "m.room.create" => {
+            pdu.state_key() == Some("")
+        }
+        "m.room.member" => {
+            matches!(membership(pdu), Some("leave" | "ban"))
+                && Some(pdu.sender()) != pdu.state_key()
+        }
+        _ => false,
+    }
+}
+
+/// The power level of an event's sender according to the power levels event in its own
+/// `auth_events` (creators are read once, from the first create event found).
+fn sender_power_level<'a, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, '_, F>,
+    i: u32,
+    rules: &AuthorizationRules,
+    creators: &mut Option<HashSet<OwnedUserId>>,
+) -> Result<UserPowerLevel, StateResError> {
+    let v12 = rules.room_create_event_id_as_room_id;
+    let mut create: Option<u32> = None;
+    if v12 && creators.is_none() {
+        create = graph.create_from_room_id(i);
+    }
+    let mut power_levels: Option<u32> = None;
+    let range = graph.auth(i);
+    for a in graph.auth_of(range) {
+        let pdu = graph.pdu(a);
+        if is_type_and_key(pdu, "m.room.power_levels", "") {
+            power_levels = Some(a);
+        } else if !v12 && creators.is_none() && is_type_and_key(pdu, "m.room.create", "") {
+            create = Some(a);
+        }
+        if power_levels.is_some() && (v12 || creators.is_some() || create.is_some()) {
+            break;
+        }
+    }
+    if creators.is_none()
+        && let Some(c) = create
+    {
+        let found = RoomCreateEvent::new(graph.pdu(c))
+            .creators(rules)
+            .map_err(|e| fail(format!("malformed create event: {e}")))?;
+        *creators = Some(found);
+    }
+    let power_levels = power_levels.map(|p| RoomPowerLevelsEvent::new(graph.pdu(p)));
+    let malformed = |e: String| fail(format!("malformed power levels event: {e}"));
+    let sender = graph.pdu(i).typed_sender();
+    match creators {
+        Some(creators) => user_power_level(power_levels.as_ref(), sender, creators, rules),
+        None => match &power_levels {
+            Some(pl) => pl
+                .get_as_int_or_default(RoomPowerLevelsIntField::UsersDefault, rules)
+                .map(UserPowerLevel::from)
+                .map_err(malformed),
+            None => Ok(UserPowerLevel::from(
+                RoomPowerLevelsIntField::UsersDefault.default_value(),
+            )),
+        },
+    }
+}
+
+/// A user's power level: infinite for creators where the version privileges them, else from the
+/// power levels event, else 100 for creators and 0 for everyone else.
+fn user_power_level(
+    power_levels: Option<&RoomPowerLevelsEvent<&Pdu>>,
+    user: &UserId,
+    creators: &HashSet<OwnedUserId>,
+    rules: &AuthorizationRules,
+) -> Result<UserPowerLevel, StateResError> {
+    if rules.explicitly_privilege_room_creators && creators.contains(user) {
+        return Ok(UserPowerLevel::Infinite);
+    }
+    match power_levels {
+        Some(pl) => pl
+            .user_power_level(user, rules)
+            .map(UserPowerLevel::from)
+            .map_err(|e| fail(format!("malformed power levels event: {e}"))),
+        None if creators.contains(user) => Ok(UserPowerLevel::from(ruma::Int::from(100u8))),
+        None => Ok(UserPowerLevel::from(
+            RoomPowerLevelsIntField::UsersDefault.default_value(),
+        )),
+    }
+}
+
+/// Reverse topological power ordering of the power events and their auth ancestors in the full
+/// conflicted set: Kahn's algorithm on the auth DAG, oldest first, choosing among the ready
+/// events the one whose sender has the greatest power, then the smallest `origin_server_ts`,
+/// then the smallest event id.
+fn sort_power_events<'a, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, '_, F>,
+    power_events: &[u32],
+    rules: &AuthorizationRules,
+) -> Result<Vec<u32>, StateResError> {
+    if power_events.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The subgraph: power events and everything reachable from them inside the full set.
+    let mut local: HashMap<u32, u32> = HashMap::with_capacity(power_events.len() * 2);
+    let mut members: Vec<u32> = Vec::new();
+    let mut out_edges: Vec<Vec<u32>> = Vec::new();
+    let mut stack: Vec<u32> = Vec::new();
+    for &p in power_events {
+        if let Entry::Vacant(e) = local.entry(p) {
+            e.insert(members.len() as u32);
+            members.push(p);
+            out_edges.push(Vec::new());
+            stack.push(p);
+        }
+    }
+    while let Some(i) = stack.pop() {
+        let from = local[&i];
+        let mut targets: Vec<u32> = Vec::new();
+        let range = graph.auth(i);
+        for a in graph.auth_of(range) {
+            if !graph.nodes[a as usize].in_full {
+                continue;
+            }
+            let to = match local.entry(a) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    let to = members.len() as u32;
+                    e.insert(to);
+                    members.push(a);
+                    out_edges.push(Vec::new());
+                    stack.push(a);
+                    to
+                }
+            };
+            targets.push(to);
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        out_edges[from as usize] = targets;
+    }
+
+    // Sort keys, then Kahn's algorithm from the events citing nothing in the subgraph.
+    let mut creators = None;
+    let mut keys: Vec<(UserPowerLevel, u64)> = Vec::with_capacity(members.len());
+    for &i in &members {
+        let power = sender_power_level(graph, i, rules, &mut creators)?;
+        keys.push((power, graph.pdu(i).origin_server_ts()));
+    }
+    let mut citers: Vec<Vec<u32>> = vec![Vec::new(); members.len()];
+    let mut pending: Vec<usize> = Vec::with_capacity(members.len());
+    for (from, targets) in out_edges.iter().enumerate() {
+        pending.push(targets.len());
+        for &to in targets {
+            citers[to as usize].push(from as u32);
+        }
+    }
+    #[derive(PartialEq, Eq)]
+    struct Ready<'k> {
+        power: UserPowerLevel,
+        ts: u64,
+        id: &'k str,
+        local: u32,
+    }
+    impl Ord for Ready<'_> {
+        fn cmp(&self, other: &Self) -> Ordering {
+            other
+                .power
+                .cmp(&self.power)
+                .then(self.ts.cmp(&other.ts))
+                .then(self.id.cmp(other.id))
+        }
+    }
+    impl PartialOrd for Ready<'_> {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    let ready = |l: u32| Ready {
+        power: keys[l as usize].0,
+        ts: keys[l as usize].1,
+        id: graph.pdu(members[l as usize]).event_id(),
+        local: l,
+    };
+    let mut heap = BinaryHeap::new();
+    for (l, &count) in pending.iter().enumerate() {
+        if count == 0 {
+            heap.push(Reverse(ready(l as u32)));
+        }
+    }
+    let mut sorted = Vec::with_capacity(members.len());
+    while let Some(Reverse(next)) = heap.pop() {
+        sorted.push(members[next.local as usize]);
+        for &citer in &citers[next.local as usize] {
+            pending[citer as usize] -= 1;
+            if pending[citer as usize] == 0 {
+                heap.push(Reverse(ready(citer)));
+            }
+        }
+    }
+    Ok(sorted)
+}
+
+/// Interned `(type, state_key)` pairs.
+#[derive(Default)]
+struct Keys<'a> {
+    map: HashMap<(&'a str, &'a str), u32>,
+    list: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Keys<'a> {
+    fn intern(&mut self, t: &'a str, k: &'a str) -> u32 {
+        match self.map.entry((t, k)) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => {
+                let id = self.list.len() as u32;
+                e.insert(id);
+                self.list.push((t, k));
+                id
+            }
+        }
+    }
+
+    fn get(&self, t: &str, k: &str) -> Option<u32> {
+        self.map.get(&(t, k)).copied()
+    }
+}
+
+/// A room state during resolution: interned key → node index (or [`ABSENT`] / [`MISSING`]).
+#[derive(Default)]
+struct State<'a> {
+    keys: Keys<'a>,
+    values: Vec<u32>,
+}
+
+impl State<'_> {
+    fn get(&self, key: u32) -> u32 {
+        self.values.get(key as usize).copied().unwrap_or(ABSENT)
+    }
+
+    fn set(&mut self, key: u32, value: u32) {
+        let key = key as usize;
+        if self.values.len() <= key {
+            self.values.resize(key + 1, ABSENT);
+        }
+        self.values[key] = value;
+    }
+}
+
+/// The iterative auth checks: apply each event in order to `state` if the authorisation rules
+/// allow it against the state, completed by the event's own (non-rejected) `auth_events` for
+/// the keys the state lacks.
+fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, '_, F>,
+    rules: &AuthorizationRules,
+    events: &[u32],
+    state: &mut State<'k>,
+) -> Result<(), StateResError> {
+    // The auth events of the event being checked: few, so a vector searched from the end.
+    let mut auth_events: Vec<((&'k str, &'k str), &'a Pdu)> = Vec::with_capacity(8);
+    for &i in events {
+        let pdu = graph.pdu(i);
+        let state_key = pdu.state_key().ok_or_else(|| {
+            fail(format!(
+                "conflicted event {} has no state key",
+                pdu.event_id()
+            ))
+        })?;
+        auth_events.clear();
+        let create = if rules.room_create_event_id_as_room_id && pdu.event_type() != "m.room.create"
+        {
+            graph.create_from_room_id(i)
+        } else {
+            None
+        };
+        let range = graph.auth(i);
+        for a in graph.auth_of(range) {
+            let auth_pdu = graph.pdu(a);
+            if auth_pdu.rejected() {
+                continue;
+            }
+            let key = auth_pdu.state_key().ok_or_else(|| {
+                fail(format!(
+                    "auth event {} has no state key",
+                    auth_pdu.event_id()
+                ))
+            })?;
+            auth_events.push(((auth_pdu.event_type(), key), auth_pdu));
+        }
+        if let Some(create) = create {
+            auth_events.push((("m.room.create", ""), graph.pdu(create)));
+        }
+        let Ok(auth_types) = ruma::state_res::auth_types_for_event(
+            pdu.kind(),
+            pdu.typed_sender(),
+            Some(state_key),
+            pdu.content(),
+            rules,
+        ) else {
+            continue;
+        };
+        for (t, k) in &auth_types {
+            let Some(key) = state.keys.get(&type_str(t), k) else {
+                continue;
+            };
+            let value = state.get(key);
+            if value == ABSENT || value == MISSING {
+                continue;
+            }
+            let auth_pdu = graph.pdu(value);
+            if !auth_pdu.rejected() {
+                auth_events.push((state.keys.list[key as usize], auth_pdu));
+            }
+        }
+        let lookup = |t: &StateEventType, k: &str| {
+            let t = type_str(t);
+            auth_events
+                .iter()
+                .rev()
+                .find(|((et, ek), _)| *et == t.as_ref() && *ek == k)
+                .map(|(_, p)| *p)
+        };
+        if ruma::state_res::check_state_dependent_auth_rules(rules, pdu, lookup).is_ok() {
+            let key = state.keys.intern(pdu.event_type(), state_key);
+            state.set(key, i);
+        }
+    }
+    Ok(())
+}
+
+/// The text of a state event type, without allocating for the types the auth rules ask for.
+fn type_str(t: &StateEventType) -> Cow<'static, str> {
+    match t {
+        StateEventType::RoomCreate => Cow::Borrowed("m.room.create"),
+        StateEventType::RoomPowerLevels => Cow::Borrowed("m.room.power_levels"),
+        StateEventType::RoomMember => Cow::Borrowed("m.room.member"),
+        StateEventType::RoomJoinRules => Cow::Borrowed("m.room.join_rules"),
+        StateEventType::RoomThirdPartyInvite => Cow::Borrowed("m.room.third_party_invite"),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+/// Mainline ordering of `events` based on the power levels event `power_levels`: by mainline
+/// position (events whose power levels ancestry meets the mainline further back first, events
+/// that never meet it before all), then `origin_server_ts`, then event id. Events whose power
+/// levels ancestry cannot be walked (a missing auth event) are left out.
+fn mainline_sort<'a, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, '_, F>,
+    events: &[u32],
+    power_levels: u32,
+) -> Result<Vec<u32>, StateResError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    /// Position not yet known / walk failed.
+    const UNKNOWN: u32 = u32::MAX;
+    const FAILED: u32 = u32::MAX - 1;
+    // rank[node]: 1 for the deepest mainline event ... n for the current power levels, 0 for
+    // "no mainline ancestor".
+    let mut rank: Vec<u32> = vec![UNKNOWN; graph.nodes.len()];
+    let set_rank = |rank: &mut Vec<u32>, i: u32, r: u32| {
+        if rank.len() <= i as usize {
+            rank.resize(i as usize + 1, UNKNOWN);
+        }
+        rank[i as usize] = r;
+    };
+    // The mainline: the power levels event and its power levels ancestors.
+    let mut mainline: Vec<u32> = Vec::new();
+    let mut next = match power_levels {
+        ABSENT => None,
+        MISSING => return Err(fail("the resolved power levels event is missing")),
+        p => Some(p),
+    };
+    while let Some(p) = next {
+        if mainline.contains(&p) {
+            break;
+        }
+        mainline.push(p);
+        next = None;
+        let range = graph.auth(p);
+        for &a in &graph.flat[range] {
+            let a = Some(a).filter(|&a| a != NO_EVENT).ok_or_else(|| {
+                fail(format!(
+                    "auth event of mainline event {} is missing",
+                    graph.pdu(p).event_id()
+                ))
+            })?;
+            if is_type_and_key(graph.pdu(a), "m.room.power_levels", "") {
+                next = Some(a);
+                break;
+            }
+        }
+    }
+    for (depth, &p) in mainline.iter().rev().enumerate() {
+        set_rank(&mut rank, p, depth as u32 + 1);
+    }
+
+    let mut keyed: Vec<(u32, u64, u32)> = Vec::with_capacity(events.len());
+    let mut path: Vec<u32> = Vec::new();
+    for &e in events {
+        // Walk the power levels ancestry until a node with a known position.
+        path.clear();
+        let mut current = e;
+        let result = loop {
+            match rank.get(current as usize).copied().unwrap_or(UNKNOWN) {
+                UNKNOWN => {}
+                known => break known,
+            }
+            if path.contains(&current) {
+                break 0;
+            }
+            path.push(current);
+            let mut parent = None;
+            let mut failed = false;
+            let range = graph.auth(current);
+            for &a in &graph.flat[range] {
+                let Some(a) = Some(a).filter(|&a| a != NO_EVENT) else {
+                    failed = true;
+                    break;
+                };
+                if is_type_and_key(graph.pdu(a), "m.room.power_levels", "") {
+                    parent = Some(a);
+                    break;
+                }
+            }
+            match (failed, parent) {
+                (true, _) => break FAILED,
+                (false, Some(p)) => current = p,
+                (false, None) => break 0,
+            }
+        };
+        for &p in &path {
+            set_rank(&mut rank, p, result);
+        }
+        if result != FAILED {
+            keyed.push((result, graph.pdu(e).origin_server_ts(), e));
+        }
+    }
+    keyed.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(a.1.cmp(&b.1))
+            .then_with(|| graph.pdu(a.2).event_id().cmp(graph.pdu(b.2).event_id()))
+    });
+    Ok(keyed.into_iter().map(|(_, _, e)| e).collect())
+}
+
+#[cfg(test)]
+mod reference;

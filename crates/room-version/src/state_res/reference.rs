@@ -1,0 +1,319 @@
+//! The previous implementation, ruma's `state_res::resolve` behind the same interface, kept for
+//! the differential tests below: on random forks both must resolve to the same state.
+
+use std::collections::HashSet;
+
+use ruma::OwnedEventId;
+use ruma::events::StateEventType;
+use ruma::state_res::utils::event_id_set::EventIdSet;
+
+use super::{StateMap, StateResError, conflicted_state_subgraph};
+use crate::pdu::Pdu;
+use crate::version::RoomVersion;
+
+/// ruma's resolution of the same input.
+pub(crate) fn resolve_with_ruma<'a>(
+    version: &RoomVersion,
+    state_maps: &[StateMap],
+    auth_chains: &[HashSet<String>],
+    fetch_event: impl Fn(&str) -> Option<&'a Pdu>,
+) -> Result<StateMap, StateResError> {
+    let rules = version.rules();
+    let state_res_rules = rules
+        .state_res
+        .v2_rules()
+        .ok_or_else(|| StateResError("room version has no v2 state resolution".into()))?;
+    let to_id = |s: &str| {
+        OwnedEventId::try_from(s).map_err(|e| StateResError(format!("bad event id {s}: {e}")))
+    };
+    let mut ruma_maps = Vec::with_capacity(state_maps.len());
+    for map in state_maps {
+        let mut out = ruma::state_res::StateMap::with_capacity(map.len());
+        for ((t, k), id) in map {
+            out.insert((StateEventType::from(t.as_str()), k.clone()), to_id(id)?);
+        }
+        ruma_maps.push(out);
+    }
+    let mut ruma_chains = Vec::with_capacity(auth_chains.len());
+    for chain in auth_chains {
+        let mut set = EventIdSet::with_capacity(chain.len());
+        for id in chain {
+            set.insert(to_id(id)?);
+        }
+        ruma_chains.push(set);
+    }
+    let resolved = ruma::state_res::resolve(
+        &rules.authorization,
+        state_res_rules,
+        &ruma_maps,
+        ruma_chains,
+        |id: &ruma::EventId| fetch_event(id.as_str()),
+        |conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>| {
+            let ids = conflicted.values().flatten().map(|id| id.as_str());
+            let subgraph = conflicted_state_subgraph(ids, &fetch_event);
+            let mut set = EventIdSet::new();
+            for id in subgraph {
+                set.insert(OwnedEventId::try_from(id.as_str()).ok()?);
+            }
+            Some(set)
+        },
+    )
+    .map_err(|e| StateResError(e.to_string()))?;
+    Ok(resolved
+        .into_iter()
+        .map(|((t, k), id)| ((t.to_string(), k), id.to_string()))
+        .collect())
+}
+
+/// Random rooms forked at random: both implementations must agree on every resolution.
+#[cfg(test)]
+mod differential {
+    use std::collections::{HashMap, HashSet};
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::resolve_with_ruma;
+    use crate::auth::{auth_chain, check_against_state, select_auth_events};
+    use crate::canonical::value_to_object;
+    use crate::pdu::Pdu;
+    use crate::state_res::{StateMap, resolve_state};
+    use crate::version::{EventFormat, RoomVersion};
+
+    /// One random state event: (kind, sender, target, parameter, fork, timestamp step, force).
+    type Op = (u8, u8, u8, u8, u8, u8, bool);
+
+    struct Room {
+        version: &'static RoomVersion,
+        events: Vec<Pdu>,
+        by_id: HashMap<String, usize>,
+        hidden: HashSet<String>,
+    }
+
+    impl Room {
+        fn fetch(&self, id: &str) -> Option<&Pdu> {
+            if self.hidden.contains(id) {
+                return None;
+            }
+            self.by_id.get(id).map(|&i| &self.events[i])
+        }
+
+        fn user(i: u8) -> String {
+            // Two servers, so that server names differ between senders.
+            format!("@u{i}:s{}.example", i % 2)
+        }
+
+        fn room_id(&self) -> &'static str {
+            if self.version.event_format() == EventFormat::V12 {
+                "!create"
+            } else {
+                "!room:s0.example"
+            }
+        }
+
+        /// Add an event built against `state`; apply it to `state` if it passes the auth rules
+        /// against that state (or if `force`).
+        #[allow(clippy::too_many_arguments)]
+        fn add(
+            &mut self,
+            state: &mut StateMap,
+            sender: &str,
+            kind: &str,
+            state_key: &str,
+            content: Value,
+            ts: u64,
+            force: bool,
+        ) {
+            let raw = serde_json::value::to_raw_value(&content).unwrap();
+            let auth = select_auth_events(self.version, kind, sender, Some(state_key), &raw, state)
+                .unwrap_or_default();
+            let id = format!("$e{}", self.events.len());
+            let mut event = json!({"type": kind, "sender": sender, "state_key": state_key,
+                "content": content, "origin_server_ts": ts, "depth": self.events.len(),
+                "prev_events": [], "auth_events": auth});
+            if kind != "m.room.create" || self.version.event_format() != EventFormat::V12 {
+                event["room_id"] = json!(self.room_id());
+            }
+            let id = if kind == "m.room.create" {
+                "$create".to_owned()
+            } else {
+                id
+            };
+            let pdu = Pdu::from_stored(&id, value_to_object(event).unwrap(), self.version).unwrap();
+            let allowed = check_against_state(self.version, &pdu, |t, k| {
+                state
+                    .get(&(t.to_owned(), k.to_owned()))
+                    .and_then(|id| self.by_id.get(id))
+                    .map(|&i| &self.events[i])
+            })
+            .is_ok();
+            if allowed || force || kind == "m.room.create" {
+                state.insert((kind.to_owned(), state_key.to_owned()), id.clone());
+            }
+            self.by_id.insert(id, self.events.len());
+            self.events.push(pdu);
+        }
+    }
+
+    fn build(version: &'static RoomVersion, forks: usize, ops: &[Op]) -> (Room, Vec<StateMap>) {
+        let mut room = Room {
+            version,
+            events: Vec::new(),
+            by_id: HashMap::new(),
+            hidden: HashSet::new(),
+        };
+        let v12 = version.event_format() == EventFormat::V12;
+        let creator = Room::user(0);
+        let mut base = StateMap::new();
+        let mut create = json!({"room_version": version.id()});
+        if version.id() == "10" {
+            create["creator"] = json!(creator);
+        }
+        room.add(&mut base, &creator, "m.room.create", "", create, 1, false);
+        let join = json!({"membership": "join"});
+        room.add(
+            &mut base,
+            &creator,
+            "m.room.member",
+            &creator,
+            join.clone(),
+            2,
+            false,
+        );
+        let mut users = serde_json::Map::new();
+        if !v12 {
+            users.insert(creator.clone(), json!(100));
+        }
+        users.insert(Room::user(1), json!(50));
+        room.add(
+            &mut base,
+            &creator,
+            "m.room.power_levels",
+            "",
+            json!({"users": users, "kick": 50, "ban": 50, "invite": 0}),
+            3,
+            false,
+        );
+        room.add(
+            &mut base,
+            &creator,
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": "public"}),
+            4,
+            false,
+        );
+        for i in 1..=3 {
+            let u = Room::user(i);
+            room.add(&mut base, &u, "m.room.member", &u, join.clone(), 5, false);
+        }
+        let mut states = vec![base; forks];
+        let mut ts = 10;
+        for &(kind, sender, target, param, fork, step, force) in ops {
+            ts += u64::from(step % 3);
+            let sender = Room::user(sender % 6);
+            let target = Room::user(target % 6);
+            let state = &mut states[usize::from(fork) % forks];
+            let level = [0, 25, 50, 100][usize::from(param % 4)];
+            match kind % 8 {
+                0 => {
+                    let mut users = serde_json::Map::new();
+                    if !v12 {
+                        users.insert(creator.clone(), json!(100));
+                    }
+                    users.insert(target.clone(), json!(level));
+                    let state_default = [0, 50][usize::from(param % 2)];
+                    let content = json!({"users": users, "kick": 50, "ban": 50, "invite": 0,
+                        "state_default": state_default});
+                    room.add(
+                        state,
+                        &sender,
+                        "m.room.power_levels",
+                        "",
+                        content,
+                        ts,
+                        force,
+                    );
+                }
+                1 => {
+                    let rule = ["public", "invite", "knock"][usize::from(param % 3)];
+                    let content = json!({"join_rule": rule});
+                    room.add(state, &sender, "m.room.join_rules", "", content, ts, force);
+                }
+                2 => {
+                    let content = json!({"membership": "join", "displayname": format!("{param}")});
+                    room.add(state, &target, "m.room.member", &target, content, ts, force);
+                }
+                3 => {
+                    let content = json!({"membership": "leave"});
+                    room.add(state, &target, "m.room.member", &target, content, ts, force);
+                }
+                4..=6 => {
+                    let membership = ["leave", "ban", "invite"][usize::from(kind % 8 - 4)];
+                    let content = json!({"membership": membership});
+                    room.add(state, &sender, "m.room.member", &target, content, ts, force);
+                }
+                _ => {
+                    let content = json!({"topic": format!("t{param}")});
+                    room.add(state, &sender, "m.room.topic", "", content, ts, force);
+                }
+            }
+        }
+        (room, states)
+    }
+
+    fn compare(version_id: &str, forks: usize, ops: &[Op], hide: Option<usize>) {
+        let version = RoomVersion::get(version_id).unwrap();
+        let (mut room, states) = build(version, forks, ops);
+        if let Some(h) = hide {
+            let id = room.events[h % room.events.len()].event_id().to_owned();
+            room.hidden.insert(id);
+        }
+        let chains: Vec<HashSet<String>> = states
+            .iter()
+            .map(|s| auth_chain(s.values().map(String::as_str), |id| room.fetch(id)))
+            .collect();
+        let ours = resolve_state(version, &states, &chains, |id| room.fetch(id), None);
+        let theirs = resolve_with_ruma(version, &states, &chains, |id| room.fetch(id));
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "room {version_id}, forks {states:#?}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("room {version_id}: ours {ours:?}, ruma {theirs:?}"),
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        (
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            proptest::bool::weighted(0.15),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn agrees_with_ruma(
+            version in prop::sample::select(vec!["10", "11", "12"]),
+            forks in 2usize..4,
+            ops in prop::collection::vec(op(), 1..40),
+        ) {
+            compare(version, forks, &ops, None);
+        }
+
+        #[test]
+        fn agrees_with_ruma_when_an_event_is_missing(
+            version in prop::sample::select(vec!["10", "11", "12"]),
+            forks in 2usize..4,
+            ops in prop::collection::vec(op(), 1..30),
+            hide in any::<usize>(),
+        ) {
+            compare(version, forks, &ops, Some(hide));
+        }
+    }
+}

@@ -111,6 +111,7 @@ else
         MYELIN_PASSWORDS__ITERATIONS=1 \
         MYELIN_RATE_LIMITS__ENABLED=false \
         MYELIN_LOG__FILTER="${MYELIN_CLIENTS_LOG_FILTER:-info}" \
+        NO_COLOR=1 \
         exec "$BIN"
     ) >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!

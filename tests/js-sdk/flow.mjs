@@ -21,8 +21,8 @@ if (typeof Promise.withResolvers !== "function") {
 }
 
 const sdk = await import("matrix-js-sdk");
-// The SDK logs every sync at info level; keep warnings and errors.
-(await import("matrix-js-sdk/lib/logger.js")).logger.setLevel("warn");
+// The SDK logs every sync at info level and warns about each push rule it adds; keep errors.
+(await import("matrix-js-sdk/lib/logger.js")).logger.setLevel("error");
 
 const BASE = process.argv[2] ?? process.env.MYELIN_URL;
 if (!BASE) {

@@ -1,0 +1,251 @@
+// Hydrogen (the Matrix web client, from hydrogen-view-sdk 0.3.1) in Debian's Chromium, driven by
+// playwright-core against a running Myelin server:
+//
+//   set-up through the client-server API: hydra (the Hydrogen user) and bob register; bob
+//   creates a room, sends a first message and invites hydra; hydra joins.
+//   in the browser: hydra types the homeserver, username and password into Hydrogen's login
+//   screen and logs in, opens the room from the room list, sees bob's message, sends a message
+//   through the composer and sees it in the timeline (no longer "unsent").
+//   checks: the server has hydra's message (GET /messages as bob), and a reply bob sends
+//   afterwards reaches Hydrogen's timeline through its /sync.
+//
+//   node drive.mjs http://127.0.0.1:8008      (bundle first: node build.mjs)
+//
+// CHROMIUM (default: `chromium` on PATH) names the browser binary. On failure it prints the
+// failing step, the browser's console errors and the server requests that failed, and saves a
+// screenshot to $HYDROGEN_SCREENSHOT (default /tmp/myelin-hydrogen-failure.png).
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+import { execFileSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BASE = (process.argv[2] ?? process.env.MYELIN_URL ?? "").replace(/\/$/, "");
+if (!BASE) {
+    console.error("usage: node drive.mjs <server URL>");
+    process.exit(2);
+}
+const STEP_MS = 30_000;
+const SCREENSHOT = process.env.HYDROGEN_SCREENSHOT ?? "/tmp/myelin-hydrogen-failure.png";
+const started = Date.now();
+
+function step(what) {
+    console.log(`ok: ${what}`);
+}
+
+// --- the client-server API, for set-up and the server-side check ---------------------------
+async function api(method, urlPath, { token, body } = {}) {
+    const response = await fetch(`${BASE}${urlPath}`, {
+        method,
+        headers: {
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
+            ...(body ? { "content-type": "application/json" } : {}),
+        },
+        body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await response.text();
+    let json;
+    try {
+        json = JSON.parse(text);
+    } catch {
+        json = undefined;
+    }
+    return { status: response.status, json, text };
+}
+
+async function expectOk(what, method, urlPath, options) {
+    const response = await api(method, urlPath, options);
+    if (response.status !== 200) {
+        throw new Error(`${what}: ${method} ${urlPath} ${JSON.stringify(options?.body ?? null)} -> ${response.status} ${response.text}`);
+    }
+    return response.json;
+}
+
+async function register(localpart, password) {
+    const body = { username: localpart, password, auth: { type: "m.login.dummy" } };
+    let response = await api("POST", "/_matrix/client/v3/register", { body });
+    if (response.status === 401 && response.json?.session) {
+        body.auth.session = response.json.session;
+        response = await api("POST", "/_matrix/client/v3/register", { body });
+    }
+    if (response.status !== 200) throw new Error(`POST /register ${localpart} -> ${response.status} ${response.text}`);
+    return response.json;
+}
+
+let txn = 0;
+async function sendText(token, roomId, text) {
+    const sent = await expectOk(
+        "send a message",
+        "PUT",
+        `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/hydrogen-drive-${Date.now()}-${txn++}`,
+        { token, body: { msgtype: "m.text", body: text } },
+    );
+    return sent.event_id;
+}
+
+// --- a static server for the page, the bundle and Hydrogen's assets -------------------------
+const ASSETS = path.join(here, "node_modules/hydrogen-view-sdk/asset-build/assets");
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".woff": "font/woff", ".woff2": "font/woff2", ".json": "application/json" };
+
+function serveStatic() {
+    const server = http.createServer((request, response) => {
+        const url = new URL(request.url, "http://x");
+        let file;
+        if (url.pathname === "/" || url.pathname === "/index.html") file = path.join(here, "index.html");
+        else if (url.pathname === "/dist/page.js") file = path.join(here, "dist/page.js");
+        else if (url.pathname === "/sw.js") file = path.join(here, "node_modules/hydrogen-view-sdk/lib-build/sw.js");
+        else if (url.pathname.startsWith("/assets/")) file = path.join(ASSETS, path.basename(url.pathname));
+        if (!file || !fs.existsSync(file)) {
+            response.writeHead(404).end();
+            return;
+        }
+        response.writeHead(200, { "content-type": TYPES[path.extname(file)] ?? "application/octet-stream" });
+        fs.createReadStream(file).pipe(response);
+    });
+    return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+function chromiumPath() {
+    if (process.env.CHROMIUM) return process.env.CHROMIUM;
+    try {
+        return execFileSync("sh", ["-c", "command -v chromium"], { encoding: "utf8" }).trim();
+    } catch {
+        throw new Error("no chromium on PATH (apt-get install chromium, or set CHROMIUM)");
+    }
+}
+
+// --- the scenario ----------------------------------------------------------------------------
+async function main() {
+    if (!fs.existsSync(path.join(here, "dist/page.js"))) throw new Error("dist/page.js is missing: run node build.mjs");
+    const suffix = `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
+    const hydraName = `hydra${suffix}`;
+    const hydraPassword = "hydra-password";
+    const hydra = await register(hydraName, hydraPassword);
+    const bob = await register(`hbob${suffix}`, "bob-password");
+    const roomName = `Hydrogen room ${suffix}`;
+    const { room_id: roomId } = await expectOk("bob creates the room", "POST", "/_matrix/client/v3/createRoom", {
+        token: bob.access_token,
+        body: { name: roomName, preset: "private_chat" },
+    });
+    const before = `bob says hello before Hydrogen starts ${suffix}`;
+    await sendText(bob.access_token, roomId, before);
+    await expectOk("bob invites hydra", "POST", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/invite`, {
+        token: bob.access_token,
+        body: { user_id: hydra.user_id },
+    });
+    await expectOk("hydra joins", "POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, { token: hydra.access_token, body: {} });
+    step(`set-up through the API: ${hydra.user_id} and ${bob.user_id} in ${roomId}`);
+
+    const pageServer = await serveStatic();
+    const pageUrl = `http://127.0.0.1:${pageServer.address().port}/?hs=${encodeURIComponent(BASE)}`;
+    const browser = await chromium.launch({
+        executablePath: chromiumPath(),
+        headless: true,
+        args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    const consoleErrors = [];
+    const failedRequests = [];
+    let page;
+    try {
+        page = await browser.newPage();
+        page.setDefaultTimeout(STEP_MS);
+        page.on("console", (message) => {
+            if (message.type() === "error") consoleErrors.push(message.text());
+        });
+        page.on("pageerror", (error) => consoleErrors.push(`page error: ${error.message}`));
+        page.on("response", async (response) => {
+            if (response.url().startsWith(BASE) && response.status() >= 400) {
+                const request = response.request();
+                const body = await response.text().catch(() => "");
+                // Allowed to 404: the client well-known lookup and the unstable dehydrated-device
+                // endpoint (MSC2697), which Hydrogen probes after login.
+                const { pathname } = new URL(response.url());
+                const optional = pathname === "/.well-known/matrix/client" || pathname.includes("/org.matrix.msc2697.v2/dehydrated_device");
+                if (!(optional && response.status() === 404)) {
+                    failedRequests.push(`${request.method()} ${response.url()} ${request.postData() ?? ""} -> ${response.status()} ${body}`);
+                }
+            }
+        });
+        page.on("requestfailed", (request) => {
+            if (request.url().startsWith(BASE)) failedRequests.push(`${request.method()} ${request.url()} -> ${request.failure()?.errorText}`);
+        });
+
+        await run(page, { pageUrl, hydraName, hydraPassword, hydra, bob, roomId, roomName, before, suffix });
+        if (failedRequests.length) throw new Error(`Hydrogen's requests failed along the way:\n  ${failedRequests.join("\n  ")}`);
+        step("no request from Hydrogen to the server failed");
+    } catch (error) {
+        if (page) await page.screenshot({ path: SCREENSHOT, fullPage: true }).catch(() => {});
+        const details = [
+            error.stack ?? String(error),
+            failedRequests.length ? `requests to the server that failed:\n  ${failedRequests.join("\n  ")}` : "no request to the server failed",
+            consoleErrors.length ? `browser console errors:\n  ${consoleErrors.slice(-20).join("\n  ")}` : "no browser console errors",
+            page ? `screenshot: ${SCREENSHOT}` : "",
+        ];
+        throw new Error(details.join("\n"));
+    } finally {
+        await browser.close().catch(() => {});
+        pageServer.close();
+    }
+}
+
+async function run(page, { pageUrl, hydraName, hydraPassword, hydra, bob, roomId, roomName, before, suffix }) {
+    await page.goto(pageUrl);
+    await page.waitForSelector("#homeserver");
+    await page.fill("#homeserver", BASE);
+    await page.press("#homeserver", "Tab"); // change -> Hydrogen queries the server's login flows
+    await page.waitForSelector("#username:not([disabled])");
+    step("Hydrogen's login screen offers a password login for the server");
+
+    await page.fill("#username", hydraName);
+    await page.fill("#password", hydraPassword);
+    await page.click(".PasswordLoginView button[type=submit]");
+    const roomTile = page.locator(".RoomList li", { hasText: roomName });
+    await roomTile.waitFor();
+    step("logs in through the login form; the session loads and lists the room");
+
+    await roomTile.locator("a").click();
+    await page.locator(".Timeline_message", { hasText: before }).waitFor();
+    step("opens the room: bob's earlier message is in the timeline");
+
+    const text = `hydrogen says hi ${suffix}`;
+    const composer = page.locator(".MessageComposer textarea");
+    await composer.fill(text);
+    await composer.press("Enter");
+    await page.locator(".Timeline_message.own:not(.unsent)", { hasText: text }).waitFor();
+    step("sends through the composer: the message shows in the timeline as sent");
+
+    // The server has it, from hydra, as the room's latest message.
+    const until = Date.now() + STEP_MS;
+    for (;;) {
+        const messages = await expectOk(
+            "bob reads the room",
+            "GET",
+            `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=10`,
+            { token: bob.access_token },
+        );
+        const found = messages.chunk?.find((e) => e.type === "m.room.message" && e.content?.body === text);
+        if (found) {
+            if (found.sender !== hydra.user_id) throw new Error(`the server has the message from ${found.sender}, not ${hydra.user_id}`);
+            if (found.content.msgtype !== "m.text") throw new Error(`the server has msgtype ${found.content.msgtype}`);
+            break;
+        }
+        if (Date.now() > until) throw new Error(`GET /messages as bob never showed "${text}": ${JSON.stringify(messages).slice(0, 2000)}`);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    step("the server has the message, sent by hydra (GET /messages as bob)");
+
+    const reply = `bob answers hydrogen ${suffix}`;
+    await sendText(bob.access_token, roomId, reply);
+    await page.locator(".Timeline_message:not(.own)", { hasText: reply }).waitFor();
+    step("bob's reply (sent through the API) reaches Hydrogen's timeline through /sync");
+}
+
+try {
+    await main();
+    console.log(`Hydrogen flow passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+} catch (error) {
+    console.error(`FAIL: ${error.message}`);
+    process.exit(1);
+}

@@ -26,8 +26,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashSet};
 
 use foldhash::{HashMap, HashMapExt};
-use ruma::events::StateEventType;
 use ruma::events::room::power_levels::UserPowerLevel;
+use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::AuthorizationRules;
 use ruma::state_res::events::{RoomCreateEvent, RoomPowerLevelsEvent, RoomPowerLevelsIntField};
 use ruma::{OwnedUserId, UserId};
@@ -56,6 +56,9 @@ fn fail(reason: impl Into<String>) -> StateResError {
 ///   it cannot find are left out of the conflicted set, as the spec's "events we cannot verify".
 /// - `conflicted_subgraph`: for v2.1, the events on auth paths between conflicted events, if the
 ///   caller has it from an index; `None` computes it from `fetch_event`. Ignored by v2.
+///
+/// All events must be from the same room, and `fetch_event` must answer with the event of the
+/// id asked for (an event of another id counts as not found).
 ///
 /// Fails when an event the algorithm must read is missing (a mainline power levels event, an
 /// auth event on a mainline walk), when a conflicted event is not a state event, or when a
@@ -163,10 +166,7 @@ pub fn resolve_state<'a>(
             continue;
         }
         let (t, k) = state.keys.list[key];
-        resolved.insert(
-            (t.to_owned(), k.to_owned()),
-            graph.pdu(value).event_id().to_owned(),
-        );
+        resolved.insert((t.to_owned(), k.to_owned()), graph.id(value).to_owned());
     }
     for ((t, k), id) in unconflicted {
         resolved.insert((t.to_owned(), k.to_owned()), id.to_owned());
@@ -247,10 +247,10 @@ pub fn conflicted_state_subgraph<'a, 'b>(
     let starts: Vec<u32> = conflicted.filter_map(|id| graph.intern(id)).collect();
     let mut out: HashSet<String> = subgraph_interior(&mut graph, &starts)
         .into_iter()
-        .map(|i| graph.pdu(i).event_id().to_owned())
+        .map(|i| graph.id(i).to_owned())
         .collect();
     // Endpoints: conflicted events with a path to another conflicted event, or reached from one.
-    out.extend(starts.iter().map(|&i| graph.pdu(i).event_id().to_owned()));
+    out.extend(starts.iter().map(|&i| graph.id(i).to_owned()));
     out
 }
 
@@ -264,8 +264,10 @@ const MISSING: u32 = u32::MAX - 1;
 const NO_EVENT: u32 = u32::MAX;
 
 /// One event the algorithm has touched.
-struct Node<'a> {
+struct Node<'a, 'k> {
     pdu: &'a Pdu,
+    /// Its event id (the id it was asked for by; the same bytes as the event's own).
+    id: &'k str,
     /// Where its `auth_events` (as node indices, in order) start in [`Graph::flat`];
     /// `u32::MAX` until first used.
     auth_start: u32,
@@ -273,19 +275,20 @@ struct Node<'a> {
 }
 
 /// Events by dense index, fetched once each.
-struct Graph<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> {
+struct Graph<'a, 'k, 'f, F: Fn(&str) -> Option<&'a Pdu>> {
     fetch: &'f F,
-    index: HashMap<&'a str, u32>,
+    index: HashMap<&'k str, u32>,
     /// Ids asked for that `fetch` does not know, so they are asked for once.
-    unknown: HashSet<String, foldhash::fast::RandomState>,
-    nodes: Vec<Node<'a>>,
+    unknown: HashSet<&'k str, foldhash::fast::RandomState>,
+    nodes: Vec<Node<'a, 'k>>,
     /// Every resolved `auth_events` list, back to back ([`NO_EVENT`] for unknown events).
     flat: Vec<u32>,
-    /// The last room id whose create event was looked up, and the result (v12 rules).
-    create_for_room: Option<(&'a str, Option<u32>)>,
+    /// The create event named by the room id (v12 rules), once looked up. All events are from
+    /// one room (a precondition of [`resolve_state`]), so it is looked up once.
+    room_create: Option<Option<u32>>,
 }
 
-impl<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'f, F> {
+impl<'a: 'k, 'k, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'k, 'f, F> {
     /// A graph expecting about `capacity` events.
     fn new(fetch: &'f F, capacity: usize) -> Self {
         Self {
@@ -294,39 +297,56 @@ impl<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'f, F> {
             unknown: HashSet::default(),
             nodes: Vec::with_capacity(capacity),
             flat: Vec::with_capacity(capacity * 3),
-            create_for_room: None,
+            room_create: None,
         }
     }
 
     /// The index of the event with this id, fetching it on first sight; `None` if `fetch` does
-    /// not know it (or answers with an event of another id).
-    fn intern(&mut self, id: &str) -> Option<u32> {
-        if let Some(&i) = self.index.get(id) {
-            return Some(i);
-        }
-        if self.unknown.contains(id) {
-            return None;
-        }
-        match (self.fetch)(id) {
-            Some(pdu) if pdu.event_id() == id => {
-                let i = self.nodes.len() as u32;
-                self.nodes.push(Node {
-                    pdu,
-                    auth_start: u32::MAX,
-                    in_full: false,
-                });
-                self.index.insert(pdu.event_id(), i);
-                Some(i)
-            }
-            _ => {
-                self.unknown.insert(id.to_owned());
-                None
+    /// not know it. One hash lookup; the id's own bytes are the key, so the event itself is
+    /// not touched.
+    fn intern(&mut self, id: &'k str) -> Option<u32> {
+        match self.index.entry(id) {
+            Entry::Occupied(e) => Some(*e.get()),
+            Entry::Vacant(e) => {
+                if self.unknown.contains(id) {
+                    return None;
+                }
+                match (self.fetch)(id) {
+                    Some(pdu) => {
+                        let i = self.nodes.len() as u32;
+                        self.nodes.push(Node {
+                            pdu,
+                            id,
+                            auth_start: u32::MAX,
+                            in_full: false,
+                        });
+                        e.insert(i);
+                        Some(i)
+                    }
+                    None => {
+                        self.unknown.insert(id);
+                        None
+                    }
+                }
             }
         }
     }
 
+    /// [`Graph::intern`] for an id that does not live long enough to be a key: the event's own
+    /// id becomes the key.
+    fn intern_temporary(&mut self, id: &str) -> Option<u32> {
+        if let Some(&i) = self.index.get(id) {
+            return Some(i);
+        }
+        let pdu = (self.fetch)(id)?;
+        if pdu.event_id() != id {
+            return None;
+        }
+        self.intern(pdu.event_id())
+    }
+
     /// Add the event with this id to the full conflicted set, if it can be fetched.
-    fn add_to_full(&mut self, full: &mut Vec<u32>, id: &str) {
+    fn add_to_full(&mut self, full: &mut Vec<u32>, id: &'k str) {
         if let Some(i) = self.intern(id)
             && !self.nodes[i as usize].in_full
         {
@@ -337,6 +357,10 @@ impl<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'f, F> {
 
     fn pdu(&self, i: u32) -> &'a Pdu {
         self.nodes[i as usize].pdu
+    }
+
+    fn id(&self, i: u32) -> &'k str {
+        self.nodes[i as usize].id
     }
 
     /// Where the `auth_events` of node `i` are in [`Graph::flat`], resolving them on first use.
@@ -368,15 +392,13 @@ impl<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'f, F> {
     /// The create event named by the room id (v12-format rooms), if it can be fetched.
     fn create_from_room_id(&mut self, i: u32) -> Option<u32> {
         let room_id = self.pdu(i).room_id()?;
-        if let Some((cached_room, create)) = self.create_for_room
-            && cached_room == room_id
-        {
+        if let Some(create) = self.room_create {
             return create;
         }
         let create = room_id
             .strip_prefix('!')
-            .and_then(|hash| self.intern(&format!("${hash}")));
-        self.create_for_room = Some((room_id, create));
+            .and_then(|hash| self.intern_temporary(&format!("${hash}")));
+        self.room_create = Some(create);
         create
     }
 }
@@ -387,8 +409,8 @@ impl<'a, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'f, F> {
 ///
 /// The backward pass runs on plain vectors; all walks are iterative, so deep auth chains cannot
 /// overflow the stack.
-fn subgraph_interior<'a, F: Fn(&str) -> Option<&'a Pdu>>(
-    graph: &mut Graph<'a, '_, F>,
+fn subgraph_interior<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, 'k, '_, F>,
     starts: &[u32],
 ) -> Vec<u32> {
     // Forward: everything reachable from the starts, with the edges between them.
@@ -448,8 +470,23 @@ fn subgraph_interior<'a, F: Fn(&str) -> Option<&'a Pdu>>(
     order.into_iter().filter(|&i| reaches[i as usize]).collect()
 }
 
-fn is_type_and_key(pdu: &Pdu, event_type: &str, state_key: &str) -> bool {
-    pdu.event_type() == event_type && pdu.state_key() == Some(state_key)
+/// Whether the event has an empty state key and this type. Compares the parsed type (no string
+/// comparison: the event's own strings may be far away in memory).
+fn is_type_with_empty_key(pdu: &Pdu, event_type: &TimelineEventType) -> bool {
+    pdu.kind() == event_type && pdu.state_key() == Some("")
+}
+
+/// The event's type, as a static string for the types the auth rules look up (so the event's
+/// own string, likely far away in memory, is not read).
+fn type_name(pdu: &Pdu) -> &str {
+    match pdu.kind() {
+        TimelineEventType::RoomMember => "m.room.member",
+        TimelineEventType::RoomPowerLevels => "m.room.power_levels",
+        TimelineEventType::RoomJoinRules => "m.room.join_rules",
+        TimelineEventType::RoomCreate => "m.room.create",
+        TimelineEventType::RoomThirdPartyInvite => "m.room.third_party_invite",
+        _ => pdu.event_type(),
+    }
 }
 
 /// The `membership` of a member event's content, if it is a string.
@@ -464,13 +501,14 @@ fn membership(pdu: &Pdu) -> Option<&str> {
 /// event) with an empty state key, or a member event with membership `leave` or `ban` whose
 /// sender is not its target (a kick or a ban).
 fn is_power_event(pdu: &Pdu) -> bool {
-    match pdu.event_type() {
-        "m.room.power_levels" | "m.room.join_rules" | "m.room.create" => {
-            pdu.state_key() == Some("")
-        }
-        "m.room.member" => {
-            matches!(membership(pdu), Some("leave" | "ban"))
-                && Some(pdu.sender()) != pdu.state_key()
+    match pdu.kind() {
+        TimelineEventType::RoomPowerLevels
+        | TimelineEventType::RoomJoinRules
+        | TimelineEventType::RoomCreate => pdu.state_key() == Some(""),
+        TimelineEventType::RoomMember => {
+            // The cheaper test first: most member events are the sender's own.
+            Some(pdu.sender()) != pdu.state_key()
+                && matches!(membership(pdu), Some("leave" | "ban"))
         }
         _ => false,
     }
@@ -478,8 +516,8 @@ fn is_power_event(pdu: &Pdu) -> bool {
 
 /// The power level of an event's sender according to the power levels event in its own
 /// `auth_events` (creators are read once, from the first create event found).
-fn sender_power_level<'a, F: Fn(&str) -> Option<&'a Pdu>>(
-    graph: &mut Graph<'a, '_, F>,
+fn sender_power_level<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, 'k, '_, F>,
     i: u32,
     rules: &AuthorizationRules,
     creators: &mut Option<HashSet<OwnedUserId>>,
@@ -493,9 +531,12 @@ fn sender_power_level<'a, F: Fn(&str) -> Option<&'a Pdu>>(
     let range = graph.auth(i);
     for a in graph.auth_of(range) {
         let pdu = graph.pdu(a);
-        if is_type_and_key(pdu, "m.room.power_levels", "") {
+        if is_type_with_empty_key(pdu, &TimelineEventType::RoomPowerLevels) {
             power_levels = Some(a);
-        } else if !v12 && creators.is_none() && is_type_and_key(pdu, "m.room.create", "") {
+        } else if !v12
+            && creators.is_none()
+            && is_type_with_empty_key(pdu, &TimelineEventType::RoomCreate)
+        {
             create = Some(a);
         }
         if power_levels.is_some() && (v12 || creators.is_some() || create.is_some()) {
@@ -554,8 +595,8 @@ fn user_power_level(
 /// conflicted set: Kahn's algorithm on the auth DAG, oldest first, choosing among the ready
 /// events the one whose sender has the greatest power, then the smallest `origin_server_ts`,
 /// then the smallest event id.
-fn sort_power_events<'a, F: Fn(&str) -> Option<&'a Pdu>>(
-    graph: &mut Graph<'a, '_, F>,
+fn sort_power_events<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, 'k, '_, F>,
     power_events: &[u32],
     rules: &AuthorizationRules,
 ) -> Result<Vec<u32>, StateResError> {
@@ -640,7 +681,7 @@ fn sort_power_events<'a, F: Fn(&str) -> Option<&'a Pdu>>(
     let ready = |l: u32| Ready {
         power: keys[l as usize].0,
         ts: keys[l as usize].1,
-        id: graph.pdu(members[l as usize]).event_id(),
+        id: graph.id(members[l as usize]),
         local: l,
     };
     let mut heap = BinaryHeap::new();
@@ -712,7 +753,7 @@ impl State<'_> {
 /// allow it against the state, completed by the event's own (non-rejected) `auth_events` for
 /// the keys the state lacks.
 fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
-    graph: &mut Graph<'a, '_, F>,
+    graph: &mut Graph<'a, 'k, '_, F>,
     rules: &AuthorizationRules,
     events: &[u32],
     state: &mut State<'k>,
@@ -728,7 +769,8 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
             ))
         })?;
         auth_events.clear();
-        let create = if rules.room_create_event_id_as_room_id && pdu.event_type() != "m.room.create"
+        let create = if rules.room_create_event_id_as_room_id
+            && *pdu.kind() != TimelineEventType::RoomCreate
         {
             graph.create_from_room_id(i)
         } else {
@@ -746,7 +788,7 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
                     auth_pdu.event_id()
                 ))
             })?;
-            auth_events.push(((auth_pdu.event_type(), key), auth_pdu));
+            auth_events.push(((type_name(auth_pdu), key), auth_pdu));
         }
         if let Some(create) = create {
             auth_events.push((("m.room.create", ""), graph.pdu(create)));
@@ -782,7 +824,7 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
                 .map(|(_, p)| *p)
         };
         if ruma::state_res::check_state_dependent_auth_rules(rules, pdu, lookup).is_ok() {
-            let key = state.keys.intern(pdu.event_type(), state_key);
+            let key = state.keys.intern(type_name(pdu), state_key);
             state.set(key, i);
         }
     }
@@ -805,8 +847,8 @@ fn type_str(t: &StateEventType) -> Cow<'static, str> {
 /// position (events whose power levels ancestry meets the mainline further back first, events
 /// that never meet it before all), then `origin_server_ts`, then event id. Events whose power
 /// levels ancestry cannot be walked (a missing auth event) are left out.
-fn mainline_sort<'a, F: Fn(&str) -> Option<&'a Pdu>>(
-    graph: &mut Graph<'a, '_, F>,
+fn mainline_sort<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
+    graph: &mut Graph<'a, 'k, '_, F>,
     events: &[u32],
     power_levels: u32,
 ) -> Result<Vec<u32>, StateResError> {
@@ -843,10 +885,10 @@ fn mainline_sort<'a, F: Fn(&str) -> Option<&'a Pdu>>(
             let a = Some(a).filter(|&a| a != NO_EVENT).ok_or_else(|| {
                 fail(format!(
                     "auth event of mainline event {} is missing",
-                    graph.pdu(p).event_id()
+                    graph.id(p)
                 ))
             })?;
-            if is_type_and_key(graph.pdu(a), "m.room.power_levels", "") {
+            if is_type_with_empty_key(graph.pdu(a), &TimelineEventType::RoomPowerLevels) {
                 next = Some(a);
                 break;
             }
@@ -879,7 +921,7 @@ fn mainline_sort<'a, F: Fn(&str) -> Option<&'a Pdu>>(
                     failed = true;
                     break;
                 };
-                if is_type_and_key(graph.pdu(a), "m.room.power_levels", "") {
+                if is_type_with_empty_key(graph.pdu(a), &TimelineEventType::RoomPowerLevels) {
                     parent = Some(a);
                     break;
                 }
@@ -900,7 +942,7 @@ fn mainline_sort<'a, F: Fn(&str) -> Option<&'a Pdu>>(
     keyed.sort_unstable_by(|a, b| {
         a.0.cmp(&b.0)
             .then(a.1.cmp(&b.1))
-            .then_with(|| graph.pdu(a.2).event_id().cmp(graph.pdu(b.2).event_id()))
+            .then_with(|| graph.id(a.2).cmp(graph.id(b.2)))
     });
     Ok(keyed.into_iter().map(|(_, _, e)| e).collect())
 }

@@ -369,13 +369,12 @@ impl<'a: 'k, 'k, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'k, 'f, F> {
         let len = pdu.auth_events().len();
         let start = match self.nodes[i as usize].auth_start {
             u32::MAX => {
-                // Intern first: interning does not touch `flat`, but keep the list contiguous.
-                let ids: Vec<u32> = pdu
-                    .auth_events()
-                    .map(|id| self.intern(id).unwrap_or(NO_EVENT))
-                    .collect();
+                // Interning does not touch `flat`, so the list stays contiguous.
                 let start = self.flat.len();
-                self.flat.extend_from_slice(&ids);
+                for id in pdu.auth_events() {
+                    let j = self.intern(id).unwrap_or(NO_EVENT);
+                    self.flat.push(j);
+                }
                 self.nodes[i as usize].auth_start = start as u32;
                 start
             }
@@ -416,7 +415,7 @@ fn subgraph_interior<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
     // Forward: everything reachable from the starts, with the edges between them.
     let mut reached: Vec<bool> = vec![false; graph.nodes.len()];
     let mut order: Vec<u32> = Vec::with_capacity(starts.len() * 2);
-    let mut edges: Vec<(u32, u32)> = Vec::new();
+    let mut edges: Vec<(u32, u32)> = Vec::with_capacity(starts.len() * 3);
     let mut stack: Vec<u32> = Vec::new();
     let reach = |reached: &mut Vec<bool>, j: u32| {
         if reached.len() <= j as usize {
@@ -793,26 +792,39 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
         if let Some(create) = create {
             auth_events.push((("m.room.create", ""), graph.pdu(create)));
         }
-        let Ok(auth_types) = ruma::state_res::auth_types_for_event(
-            pdu.kind(),
-            pdu.typed_sender(),
-            Some(state_key),
-            pdu.content(),
-            rules,
-        ) else {
-            continue;
-        };
-        for (t, k) in &auth_types {
-            let Some(key) = state.keys.get(&type_str(t), k) else {
-                continue;
+        // The state's events for the keys the auth-events selection names.
+        let add_from_state = |t: &str, k: &str, auth_events: &mut Vec<_>| {
+            let Some(key) = state.keys.get(t, k) else {
+                return;
             };
             let value = state.get(key);
             if value == ABSENT || value == MISSING {
-                continue;
+                return;
             }
             let auth_pdu = graph.pdu(value);
             if !auth_pdu.rejected() {
                 auth_events.push((state.keys.list[key as usize], auth_pdu));
+            }
+        };
+        match simple_auth_types(pdu, state_key, rules) {
+            Some((keys, len)) => {
+                for (t, k) in &keys[..len] {
+                    add_from_state(t, k, &mut auth_events);
+                }
+            }
+            None => {
+                let Ok(auth_types) = ruma::state_res::auth_types_for_event(
+                    pdu.kind(),
+                    pdu.typed_sender(),
+                    Some(state_key),
+                    pdu.content(),
+                    rules,
+                ) else {
+                    continue;
+                };
+                for (t, k) in &auth_types {
+                    add_from_state(&type_str(t), k, &mut auth_events);
+                }
             }
         }
         let lookup = |t: &StateEventType, k: &str| {
@@ -829,6 +841,58 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
         }
     }
     Ok(())
+}
+
+/// The auth-events selection (server-server API "Auth events selection") without allocating,
+/// for the cases whose outcome needs no parsing beyond `membership`: every event but member
+/// events with `third_party_invite` or `join_authorised_via_users_server`, or without a string
+/// `membership`. `None` for those: ruma's `auth_types_for_event` decides (and may refuse the
+/// content). Returns up to five `(type, state_key)` pairs and how many there are.
+#[allow(clippy::type_complexity)]
+fn simple_auth_types<'p>(
+    pdu: &'p Pdu,
+    state_key: &'p str,
+    rules: &AuthorizationRules,
+) -> Option<([(&'static str, &'p str); 5], usize)> {
+    let mut keys = [("", ""); 5];
+    let mut len = 0;
+    let mut push = |t: &'static str, k: &'p str| {
+        keys[len] = (t, k);
+        len += 1;
+    };
+    match pdu.kind() {
+        TimelineEventType::RoomCreate => {}
+        TimelineEventType::RoomMember => {
+            let content = pdu.content_object()?;
+            if content.contains_key("third_party_invite")
+                || content.contains_key("join_authorised_via_users_server")
+            {
+                return None;
+            }
+            let ruma::CanonicalJsonValue::String(membership) = content.get("membership")? else {
+                return None;
+            };
+            push("m.room.power_levels", "");
+            push("m.room.member", pdu.sender());
+            if !rules.room_create_event_id_as_room_id {
+                push("m.room.create", "");
+            }
+            if state_key != pdu.sender() {
+                push("m.room.member", state_key);
+            }
+            if matches!(membership.as_str(), "join" | "invite" | "knock") {
+                push("m.room.join_rules", "");
+            }
+        }
+        _ => {
+            push("m.room.power_levels", "");
+            push("m.room.member", pdu.sender());
+            if !rules.room_create_event_id_as_room_id {
+                push("m.room.create", "");
+            }
+        }
+    }
+    Some((keys, len))
 }
 
 /// The text of a state event type, without allocating for the types the auth rules ask for.

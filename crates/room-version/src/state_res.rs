@@ -490,9 +490,133 @@ fn type_name(pdu: &Pdu) -> &str {
 
 /// The `membership` of a member event's content, if it is a string.
 fn membership(pdu: &Pdu) -> Option<&str> {
+    if let Some(scanned) = scan_member_content(pdu.content().get()) {
+        return scanned.membership;
+    }
     match pdu.content_object()?.get("membership")? {
         ruma::CanonicalJsonValue::String(s) => Some(s),
         _ => None,
+    }
+}
+
+/// What [`scan_member_content`] read from a member event's content.
+#[derive(Debug, PartialEq, Eq)]
+struct MemberContent<'c> {
+    /// `membership`, absent or a string.
+    membership: Option<&'c str>,
+    /// Whether `third_party_invite` or `join_authorised_via_users_server` is present.
+    special: bool,
+}
+
+/// Read the top-level fields state resolution needs from a member event's content, straight
+/// from its canonical JSON text (one contiguous buffer, where the parsed object is a tree of
+/// separate allocations). `None` whenever the text is not in the plain form this reads (a key
+/// or the `membership` value with escapes, a non-string `membership`, anything unexpected):
+/// callers then read the parsed object.
+fn scan_member_content(text: &str) -> Option<MemberContent<'_>> {
+    let b = text.as_bytes();
+    let mut out = MemberContent {
+        membership: None,
+        special: false,
+    };
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let mut pos = 1;
+    if b.get(pos) == Some(&b'}') {
+        return (pos + 1 == b.len()).then_some(out);
+    }
+    loop {
+        let key = plain_string(text, &mut pos)?;
+        if b.get(pos) != Some(&b':') {
+            return None;
+        }
+        pos += 1;
+        match key {
+            "membership" => out.membership = Some(plain_string(text, &mut pos)?),
+            "third_party_invite" | "join_authorised_via_users_server" => {
+                out.special = true;
+                skip_value(b, &mut pos)?;
+            }
+            _ => skip_value(b, &mut pos)?,
+        }
+        match b.get(pos)? {
+            b',' => pos += 1,
+            b'}' => {
+                pos += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    (pos == b.len()).then_some(out)
+}
+
+/// A JSON string without escapes at `pos` (moved past it); `None` otherwise.
+fn plain_string<'c>(text: &'c str, pos: &mut usize) -> Option<&'c str> {
+    let b = text.as_bytes();
+    if b.get(*pos) != Some(&b'"') {
+        return None;
+    }
+    let start = *pos + 1;
+    let len = b
+        .get(start..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')?;
+    if b[start + len] != b'"' {
+        return None;
+    }
+    *pos = start + len + 1;
+    text.get(start..start + len)
+}
+
+/// Move `pos` past the JSON string starting there (escapes allowed).
+fn skip_string(b: &[u8], pos: &mut usize) -> Option<()> {
+    *pos += 1;
+    loop {
+        match *b.get(*pos)? {
+            b'\\' => *pos += 2,
+            b'"' => {
+                *pos += 1;
+                return Some(());
+            }
+            _ => *pos += 1,
+        }
+    }
+}
+
+/// Move `pos` past the JSON value starting there. The text is canonical JSON written by this
+/// crate, so brackets balance; UTF-8 continuation bytes never equal the ASCII bytes looked at.
+fn skip_value(b: &[u8], pos: &mut usize) -> Option<()> {
+    match *b.get(*pos)? {
+        b'"' => skip_string(b, pos),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *b.get(*pos)? {
+                    b'"' => skip_string(b, pos)?,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        *pos += 1;
+                    }
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        *pos += 1;
+                        if depth == 0 {
+                            return Some(());
+                        }
+                    }
+                    _ => *pos += 1,
+                }
+            }
+        }
+        _ => {
+            let start = *pos;
+            while !matches!(b.get(*pos), None | Some(b',' | b'}' | b']')) {
+                *pos += 1;
+            }
+            (*pos > start).then_some(())
+        }
     }
 }
 
@@ -863,14 +987,22 @@ fn simple_auth_types<'p>(
     match pdu.kind() {
         TimelineEventType::RoomCreate => {}
         TimelineEventType::RoomMember => {
-            let content = pdu.content_object()?;
-            if content.contains_key("third_party_invite")
-                || content.contains_key("join_authorised_via_users_server")
-            {
-                return None;
-            }
-            let ruma::CanonicalJsonValue::String(membership) = content.get("membership")? else {
-                return None;
+            let membership = match scan_member_content(pdu.content().get()) {
+                Some(scanned) if scanned.special => return None,
+                Some(scanned) => scanned.membership?,
+                None => {
+                    let content = pdu.content_object()?;
+                    if content.contains_key("third_party_invite")
+                        || content.contains_key("join_authorised_via_users_server")
+                    {
+                        return None;
+                    }
+                    let ruma::CanonicalJsonValue::String(membership) = content.get("membership")?
+                    else {
+                        return None;
+                    };
+                    membership.as_str()
+                }
             };
             push("m.room.power_levels", "");
             push("m.room.member", pdu.sender());
@@ -880,7 +1012,7 @@ fn simple_auth_types<'p>(
             if state_key != pdu.sender() {
                 push("m.room.member", state_key);
             }
-            if matches!(membership.as_str(), "join" | "invite" | "knock") {
+            if matches!(membership, "join" | "invite" | "knock") {
                 push("m.room.join_rules", "");
             }
         }

@@ -316,6 +316,53 @@ mod differential {
     }
 
     #[test]
+    fn member_content_scan_reads_plain_contents() {
+        use crate::state_res::{MemberContent, scan_member_content};
+        let read = |text: &str, membership, special| {
+            assert_eq!(
+                scan_member_content(text),
+                Some(MemberContent {
+                    membership,
+                    special
+                }),
+                "{text}"
+            );
+        };
+        read(
+            r#"{"displayname":"a","membership":"join"}"#,
+            Some("join"),
+            false,
+        );
+        read(r#"{}"#, None, false);
+        read(
+            r#"{"a":{"membership":"ban"},"b":[1,"}",{"c":null}],"membership":"leave"}"#,
+            Some("leave"),
+            false,
+        );
+        read(
+            r#"{"join_authorised_via_users_server":"@a:b","membership":"join"}"#,
+            Some("join"),
+            true,
+        );
+        read(
+            r#"{"displayname":"q\"}","membership":"ban"}"#,
+            Some("ban"),
+            false,
+        );
+        for refused in [
+            r#"{"membership":5}"#,
+            r#"{"membership":"jo\u0069n"}"#,
+            r#"{"membership":"join""#,
+            r#"{"membership":"join"}x"#,
+            r#"{ "membership":"join"}"#,
+            r#"[]"#,
+            "",
+        ] {
+            assert_eq!(scan_member_content(refused), None, "{refused}");
+        }
+    }
+
+    #[test]
     fn simple_auth_types_defers_to_ruma_for_the_rest() {
         let version = RoomVersion::get("12").unwrap();
         let rules = &version.rules().authorization;
@@ -331,6 +378,42 @@ mod differential {
             let pdu = Pdu::from_stored("$x", value_to_object(event).unwrap(), version).unwrap();
             assert!(crate::state_res::simple_auth_types(&pdu, "@a:b.example", rules).is_none());
         }
+    }
+
+    /// JSON values with the shapes member contents have, and some they should not.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-1000i64..1000).prop_map(|n| json!(n)),
+            prop::sample::select(vec![
+                "join", "leave", "ban", "invite", "knock", "", "a\"b", "c\\d", "é✓", "x}y", "[",
+                "\u{1}"
+            ])
+            .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "membership",
+            "third_party_invite",
+            "join_authorised_via_users_server",
+            "displayname",
+            "avatar_url",
+            "a\"b",
+            "z",
+            "membership\\",
+            "é",
+        ])
+        .prop_map(str::to_owned)
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -355,6 +438,33 @@ mod differential {
             ops in prop::collection::vec(op(), 1..40),
         ) {
             compare(version, forks, &ops, None);
+        }
+
+        #[test]
+        fn member_content_scan_agrees_with_the_parsed_object(
+            content in prop::collection::btree_map(key(), json_value(), 0..6),
+        ) {
+            let object = value_to_object(Value::Object(content.into_iter().collect())).unwrap();
+            let text = crate::canonical::to_canonical_string(&object);
+            let membership = match object.get("membership") {
+                None => Some(None),
+                Some(ruma::CanonicalJsonValue::String(s)) => Some(Some(s.as_str())),
+                Some(_) => None,
+            };
+            let special = object.contains_key("third_party_invite")
+                || object.contains_key("join_authorised_via_users_server");
+            match crate::state_res::scan_member_content(&text) {
+                Some(scanned) => {
+                    prop_assert_eq!(Some(scanned.membership), membership);
+                    prop_assert_eq!(scanned.special, special);
+                }
+                // Only escapes (in keys or in `membership`) or a non-string `membership` send
+                // callers to the parsed object.
+                None => prop_assert!(
+                    text.contains('\\') || membership.is_none(),
+                    "{}", text
+                ),
+            }
         }
 
         #[test]

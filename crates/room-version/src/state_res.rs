@@ -28,8 +28,11 @@ use std::collections::{BinaryHeap, HashSet};
 use foldhash::{HashMap, HashMapExt};
 use ruma::events::room::power_levels::UserPowerLevel;
 use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room::JoinRuleKind;
 use ruma::room_version_rules::AuthorizationRules;
-use ruma::state_res::events::{RoomCreateEvent, RoomPowerLevelsEvent, RoomPowerLevelsIntField};
+use ruma::state_res::events::{
+    RoomCreateEvent, RoomJoinRulesEvent, RoomPowerLevelsEvent, RoomPowerLevelsIntField,
+};
 use ruma::{OwnedUserId, UserId};
 
 use crate::auth::StateKey;
@@ -51,7 +54,8 @@ fn fail(reason: impl Into<String>) -> StateResError {
 /// Resolve the state of a room from several forks.
 ///
 /// - `state_maps`: the state of each fork.
-/// - `auth_chains`: for each fork, the full auth chain of its state events.
+/// - `auth_chains`: for each fork, the full auth chain of its state events (v2.1 also reads
+///   them to skip walking the conflicted subgraph when no conflicted event is in any of them).
 /// - `fetch_event`: every event the algorithm may need (state events, their auth chains); events
 ///   it cannot find are left out of the conflicted set, as the spec's "events we cannot verify".
 /// - `conflicted_subgraph`: for v2.1, the events on auth paths between conflicted events, if the
@@ -105,7 +109,13 @@ pub fn resolve_state<'a>(
                     graph.add_to_full(&mut full, id);
                 }
             }
-            None => {
+            // A path from conflicted event X to conflicted event Y puts Y in the auth chain of
+            // X's fork, so when no conflicted event is in any fork's auth chain there is no
+            // such path and nothing to walk.
+            None if conflicted
+                .iter()
+                .any(|id| auth_chains.iter().any(|chain| chain.contains(*id))) =>
+            {
                 let starts: Vec<u32> = conflicted
                     .iter()
                     .filter_map(|id| graph.intern(id))
@@ -117,6 +127,7 @@ pub fn resolve_state<'a>(
                     }
                 }
             }
+            None => {}
         }
     }
 
@@ -883,6 +894,7 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
 ) -> Result<(), StateResError> {
     // The auth events of the event being checked: few, so a vector searched from the end.
     let mut auth_events: Vec<((&'k str, &'k str), &'a Pdu)> = Vec::with_capacity(8);
+    let mut caches = AuthCaches::default();
     for &i in events {
         let pdu = graph.pdu(i);
         let state_key = pdu.state_key().ok_or_else(|| {
@@ -951,20 +963,110 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
                 }
             }
         }
-        let lookup = |t: &StateEventType, k: &str| {
-            let t = type_str(t);
+        let find = |t: &str, k: &str| {
             auth_events
                 .iter()
                 .rev()
-                .find(|((et, ek), _)| *et == t.as_ref() && *ek == k)
+                .find(|((et, ek), _)| *et == t && *ek == k)
                 .map(|(_, p)| *p)
         };
-        if ruma::state_res::check_state_dependent_auth_rules(rules, pdu, lookup).is_ok() {
+        let ruma_check = || {
+            let lookup = |t: &StateEventType, k: &str| find(&type_str(t), k);
+            ruma::state_res::check_state_dependent_auth_rules(rules, pdu, lookup).is_ok()
+        };
+        let allowed = match fast_join_check(pdu, state_key, rules, &find, &mut caches) {
+            Some(allowed) => {
+                // Every unit test (the fixtures, the differential proptests) also asks ruma.
+                #[cfg(test)]
+                assert_eq!(allowed, ruma_check(), "fast join check of {}", graph.id(i));
+                allowed
+            }
+            None => ruma_check(),
+        };
+        if allowed {
             let key = state.keys.intern(type_name(pdu), state_key);
             state.set(key, i);
         }
     }
     Ok(())
+}
+
+/// What the authorisation rules read from create and join rules events, parsed once per event.
+#[derive(Default)]
+struct AuthCaches {
+    /// Per create event (by address): whether `m.federate` is absent or true and the creators
+    /// parse.
+    create: HashMap<usize, bool>,
+    /// Per join rules event (by address): its join rule, if it parses.
+    join_rules: HashMap<usize, Option<JoinRuleKind>>,
+}
+
+/// The authorisation rules for the most common member event, a join by the joining user
+/// (including profile changes), from parsed caches: `Some(allowed)` with exactly ruma's
+/// verdict, or `None` when the event is not of that plain kind and ruma must decide.
+///
+/// Plain means: `membership` is `join`, sender = state key, no `third_party_invite` or
+/// `join_authorised_via_users_server`, the event does not have the create event as its only
+/// prev event, the create event federates and its creators parse, the target's current
+/// membership and the join rule parse, and the join rule is not a restricted one for a user
+/// who is neither joined nor invited. For those the rules (v7+) reduce to: a banned user may
+/// not join; invite (and knock) rooms admit joined or invited users; restricted rooms admit
+/// joined or invited users; public rooms admit everyone; nothing else is allowed.
+fn fast_join_check<'p>(
+    pdu: &Pdu,
+    state_key: &str,
+    rules: &AuthorizationRules,
+    find: &impl Fn(&str, &str) -> Option<&'p Pdu>,
+    caches: &mut AuthCaches,
+) -> Option<bool> {
+    if *pdu.kind() != TimelineEventType::RoomMember || pdu.sender() != state_key {
+        return None;
+    }
+    let content = scan_member_content(pdu.content().get())?;
+    if content.special || content.membership != Some("join") {
+        return None;
+    }
+    let create = find("m.room.create", "")?;
+    let mut prev = pdu.prev_events();
+    if prev.len() == 1 && prev.next() == Some(create.event_id()) {
+        return None;
+    }
+    let create_ok = *caches
+        .create
+        .entry(create as *const Pdu as usize)
+        .or_insert_with(|| {
+            let event = RoomCreateEvent::new(create);
+            matches!(event.federate(), Ok(true)) && event.creators(rules).is_ok()
+        });
+    if !create_ok {
+        return None;
+    }
+    let current = match find("m.room.member", state_key) {
+        None => "leave",
+        Some(member) => scan_member_content(member.content().get())?.membership?,
+    };
+    if current == "ban" {
+        return Some(false);
+    }
+    let join_rules = find("m.room.join_rules", "")?;
+    let join_rule = caches
+        .join_rules
+        .entry(join_rules as *const Pdu as usize)
+        .or_insert_with(|| RoomJoinRulesEvent::new(join_rules).join_rule().ok())
+        .clone()?;
+    let joined_or_invited = matches!(current, "join" | "invite");
+    if (join_rule == JoinRuleKind::Invite || rules.knocking && join_rule == JoinRuleKind::Knock)
+        && joined_or_invited
+    {
+        return Some(true);
+    }
+    if rules.restricted_join_rule && join_rule == JoinRuleKind::Restricted
+        || rules.knock_restricted_join_rule && join_rule == JoinRuleKind::KnockRestricted
+    {
+        // Others need `join_authorised_via_users_server`: ruma decides.
+        return joined_or_invited.then_some(true);
+    }
+    Some(join_rule == JoinRuleKind::Public)
 }
 
 /// The auth-events selection (server-server API "Auth events selection") without allocating,

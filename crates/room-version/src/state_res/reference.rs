@@ -128,9 +128,16 @@ mod differential {
             let auth = select_auth_events(self.version, kind, sender, Some(state_key), &raw, state)
                 .unwrap_or_default();
             let id = format!("$e{}", self.events.len());
+            // Some events have the create event as their only prev event (a special case of
+            // the join rules).
+            let prev: Vec<&str> = if ts.is_multiple_of(4) {
+                vec!["$create"]
+            } else {
+                vec![]
+            };
             let mut event = json!({"type": kind, "sender": sender, "state_key": state_key,
                 "content": content, "origin_server_ts": ts, "depth": self.events.len(),
-                "prev_events": [], "auth_events": auth});
+                "prev_events": prev, "auth_events": auth});
             if kind != "m.room.create" || self.version.event_format() != EventFormat::V12 {
                 event["room_id"] = json!(self.room_id());
             }

@@ -133,11 +133,16 @@ pub fn resolve_state<'a>(
 
     // 1. The power events of the full conflicted set and their auth ancestors in it, in reverse
     //    topological power ordering.
-    let power_events: Vec<u32> = full
-        .iter()
-        .copied()
-        .filter(|&i| is_power_event(graph.pdu(i)))
-        .collect();
+    // The same pass resolves each event's auth events (needed by the mainline walk and the
+    // auth checks), while the event is in cache.
+    let mut power_events: Vec<u32> = Vec::new();
+    for &i in &full {
+        graph.auth(i);
+        graph.nodes[i as usize].ts = graph.pdu(i).origin_server_ts();
+        if is_power_event(graph.pdu(i)) {
+            power_events.push(i);
+        }
+    }
     let sorted_power = sort_power_events(&mut graph, &power_events, auth_rules)?;
 
     // 2. Iterative auth checks on them, from the unconflicted state map (v2) or nothing (v2.1).
@@ -283,6 +288,8 @@ struct Node<'a, 'k> {
     /// `u32::MAX` until first used.
     auth_start: u32,
     in_full: bool,
+    /// Its `origin_server_ts`, read with the rest for events of the full conflicted set.
+    ts: u64,
 }
 
 /// Events by dense index, fetched once each.
@@ -330,6 +337,7 @@ impl<'a: 'k, 'k, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'k, 'f, F> {
                             id,
                             auth_start: u32::MAX,
                             in_full: false,
+                            ts: 0,
                         });
                         e.insert(i);
                         Some(i)
@@ -1141,7 +1149,8 @@ fn type_str(t: &StateEventType) -> Cow<'static, str> {
     }
 }
 
-/// Mainline ordering of `events` based on the power levels event `power_levels`: by mainline
+/// Mainline ordering of `events` (events of the full conflicted set, whose timestamps are
+/// cached) based on the power levels event `power_levels`: by mainline
 /// position (events whose power levels ancestry meets the mainline further back first, events
 /// that never meet it before all), then `origin_server_ts`, then event id. Events whose power
 /// levels ancestry cannot be walked (a missing auth event) are left out.
@@ -1234,7 +1243,7 @@ fn mainline_sort<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
             set_rank(&mut rank, p, result);
         }
         if result != FAILED {
-            keyed.push((result, graph.pdu(e).origin_server_ts(), e));
+            keyed.push((result, graph.nodes[e as usize].ts, e));
         }
     }
     keyed.sort_unstable_by(|a, b| {

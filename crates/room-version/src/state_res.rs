@@ -138,8 +138,12 @@ pub fn resolve_state<'a>(
     let mut power_events: Vec<u32> = Vec::new();
     for &i in &full {
         graph.auth(i);
-        graph.nodes[i as usize].ts = graph.pdu(i).origin_server_ts();
-        if is_power_event(graph.pdu(i)) {
+        let pdu = graph.pdu(i);
+        let node = &mut graph.nodes[i as usize];
+        node.ts = pdu.origin_server_ts();
+        node.own_member =
+            *pdu.kind() == TimelineEventType::RoomMember && pdu.state_key() == Some(pdu.sender());
+        if is_power_event(pdu) {
             power_events.push(i);
         }
     }
@@ -288,8 +292,10 @@ struct Node<'a, 'k> {
     /// `u32::MAX` until first used.
     auth_start: u32,
     in_full: bool,
-    /// Its `origin_server_ts`, read with the rest for events of the full conflicted set.
+    /// For events of the full conflicted set: `origin_server_ts`, and whether it is a member
+    /// event about its own sender (read in one pass with the auth list).
     ts: u64,
+    own_member: bool,
 }
 
 /// Events by dense index, fetched once each.
@@ -338,6 +344,7 @@ impl<'a: 'k, 'k, 'f, F: Fn(&str) -> Option<&'a Pdu>> Graph<'a, 'k, 'f, F> {
                             auth_start: u32::MAX,
                             in_full: false,
                             ts: 0,
+                            own_member: false,
                         });
                         e.insert(i);
                         Some(i)
@@ -905,12 +912,18 @@ fn iterative_auth_checks<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
     let mut caches = AuthCaches::default();
     for &i in events {
         let pdu = graph.pdu(i);
-        let state_key = pdu.state_key().ok_or_else(|| {
-            fail(format!(
-                "conflicted event {} has no state key",
-                pdu.event_id()
-            ))
-        })?;
+        // A member event about its sender: the sender's string is the state key, and only one
+        // of the two (far apart in memory) needs reading.
+        let state_key = if graph.nodes[i as usize].own_member {
+            pdu.sender()
+        } else {
+            pdu.state_key().ok_or_else(|| {
+                fail(format!(
+                    "conflicted event {} has no state key",
+                    pdu.event_id()
+                ))
+            })?
+        };
         auth_events.clear();
         let create = if rules.room_create_event_id_as_room_id
             && *pdu.kind() != TimelineEventType::RoomCreate

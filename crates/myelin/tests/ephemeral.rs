@@ -421,3 +421,53 @@ async fn push_rules_drive_unread_counts_and_notifications() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn room_mentions_highlight_only_from_senders_allowed_to_notify_the_room() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        // Alice creates the room (a v12 creator: unlimited power); bob and carol have 0.
+        let room = shared_room(&server, &alice, &bob).await;
+        server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        let mention =
+            json!({"msgtype": "m.text", "body": "@room look", "m.mentions": {"room": true}});
+        for (sender, txn) in [(&bob, "from-bob"), (&alice, "from-alice")] {
+            let (status, body) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                        enc(&room)
+                    ),
+                    &sender.access_token,
+                    mention.clone(),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let body = sync(&server, &carol, "").await;
+        let unread = &body["rooms"]["join"][&room]["unread_notifications"];
+        assert_eq!(unread["notification_count"], 2, "{kind:?}: {unread}");
+        assert_eq!(
+            unread["highlight_count"], 1,
+            "{kind:?}: only the creator's @room highlights: {unread}"
+        );
+        let (_, highlights) = server
+            .get(
+                "/_matrix/client/v3/notifications?only=highlight",
+                &carol.access_token,
+            )
+            .await;
+        let list = highlights["notifications"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{highlights}");
+        assert_eq!(list[0]["event"]["sender"], alice.user_id);
+    }
+}

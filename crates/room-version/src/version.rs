@@ -206,6 +206,12 @@ impl RoomVersion {
         !self.uses_account_keys()
     }
 
+    /// Whether the room's creators have infinite power (v12 and later): what `@room`
+    /// permission checks and power level reads must honour.
+    pub fn privileges_creators(&self) -> bool {
+        self.rules.authorization.explicitly_privilege_room_creators
+    }
+
     pub(crate) fn rules(&self) -> &RoomVersionRules {
         &self.rules
     }
@@ -256,6 +262,8 @@ mod tests {
         assert_eq!(ak.event_format(), EventFormat::V12);
         assert_eq!(ak.redaction(), RedactionAlgorithm::V11);
         assert!(!ak.allows_third_party_invites());
+        assert!(ak.privileges_creators() && v12.privileges_creators());
+        assert!(!v11.privileges_creators() && !v10.privileges_creators());
         assert!(v12.allows_third_party_invites());
     }
 }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use myelin_store::Store;
+use myelin_store::{Store, ephemeral::ReceiptRow};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
@@ -58,6 +58,9 @@ pub struct Ephemeral {
     store: Store,
     notify: Notifier,
     typing: Arc<Typing>,
+    /// Per `(user, device)`, the to-device position up to which this process has already
+    /// deleted acknowledged messages, so a sync that acknowledges nothing new writes nothing.
+    to_device_acked: Arc<Mutex<HashMap<(String, String), i64>>>,
 }
 
 impl Ephemeral {
@@ -66,6 +69,7 @@ impl Ephemeral {
             store,
             notify,
             typing: Arc::default(),
+            to_device_acked: Arc::default(),
         }
     }
 
@@ -209,29 +213,6 @@ impl Ephemeral {
         }
     }
 
-    /// `m.receipt` for a room: receipts written after `since`; private ones only for the reader.
-    pub async fn receipt_event(
-        &self,
-        room_nid: i64,
-        since: i64,
-        reader: &UserId,
-    ) -> Result<Option<Value>> {
-        let rows = self.store.receipts_since(room_nid, since).await?;
-        let mut content = Map::new();
-        for row in rows {
-            if row.receipt_type == "m.read.private" && row.user_id != reader.as_str() {
-                continue;
-            }
-            let mut receipt = json!({"ts": row.ts});
-            if !row.thread_id.is_empty() {
-                receipt["thread_id"] = json!(row.thread_id);
-            }
-            let by_event = content.entry(row.event_id).or_insert_with(|| json!({}));
-            by_event[&row.receipt_type][&row.user_id] = receipt;
-        }
-        Ok((!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content})))
-    }
-
     // ----- to-device -----
 
     /// `PUT /sendToDevice/{eventType}/{txnId}`: local recipients only (remote ones need
@@ -297,10 +278,26 @@ impl Ephemeral {
         since: i64,
         current: i64,
     ) -> Result<(Vec<Value>, i64)> {
-        if since > 0 {
+        let key = (user.user_id.to_string(), user.device_id.to_string());
+        let acked = self
+            .to_device_acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        if since > acked {
             self.store
                 .delete_to_device(user.user_id.as_str(), user.device_id.as_str(), since)
                 .await?;
+            self.to_device_acked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, since);
+        }
+        if since >= current {
+            // Nothing was queued for anyone since the token.
+            return Ok((Vec::new(), since));
         }
         let rows = self
             .store
@@ -416,4 +413,22 @@ impl Ephemeral {
             })
             .collect())
     }
+}
+
+/// `m.receipt` for a room from its receipt rows; private ones only for the reader. `None` when
+/// there is nothing to show.
+pub(crate) fn receipt_event(rows: Vec<ReceiptRow>, reader: &UserId) -> Option<Value> {
+    let mut content = Map::new();
+    for row in rows {
+        if row.receipt_type == "m.read.private" && row.user_id != reader.as_str() {
+            continue;
+        }
+        let mut receipt = json!({"ts": row.ts});
+        if !row.thread_id.is_empty() {
+            receipt["thread_id"] = json!(row.thread_id);
+        }
+        let by_event = content.entry(row.event_id).or_insert_with(|| json!({}));
+        by_event[&row.receipt_type][&row.user_id] = receipt;
+    }
+    (!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content}))
 }

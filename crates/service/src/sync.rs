@@ -6,9 +6,12 @@
 //! Typing, receipts, presence and to-device messages come from [`crate::ephemeral`];
 //! notification counts from the push actions stored with each event.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
-use myelin_store::{EventRow, MembershipRow, RoomRow};
+use myelin_store::{EventRow, MembershipRow, RoomRow, TimelineWindow};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
@@ -118,6 +121,28 @@ pub struct SyncRequest {
     pub filter: SyncFilter,
 }
 
+/// A joined room a sync looks at, decided from the membership row and memory alone.
+struct JoinedPlan {
+    membership: MembershipRow,
+    /// New to the client (joined since the token, or `full_state`): the whole picture.
+    fresh: bool,
+    /// The events stream position the timeline starts after.
+    from: i64,
+    typing: Option<Value>,
+    account_data: Vec<Value>,
+    new_events: bool,
+    new_receipts: bool,
+}
+
+/// A joined room with its timeline read.
+struct JoinedRoom {
+    plan: JoinedPlan,
+    /// Oldest first, at most the timeline limit.
+    rows: Vec<EventRow>,
+    limited: bool,
+    ephemeral: Vec<Value>,
+}
+
 /// The longest a client may make a sync wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -135,12 +160,14 @@ impl Services {
         loop {
             // Mark the notifier seen before reading, so a write in between wakes the wait below.
             changes.borrow_and_update();
+            let [events, account_data, receipts, to_device, presence] =
+                self.store.sync_positions().await?;
             let now = SyncToken {
-                events: self.store.events_stream_position().await?,
-                account_data: self.user_data.account_data_position().await?,
-                receipts: self.store.stream_position("receipts").await?,
-                to_device: self.store.stream_position("to_device").await?,
-                presence: self.store.stream_position("presence").await?,
+                events,
+                account_data,
+                receipts,
+                to_device,
+                presence,
                 typing: self.ephemeral.typing_position(),
             };
             if let Some(since) = since.as_mut()
@@ -208,6 +235,7 @@ impl Services {
         let mut invite = Map::new();
         let mut leave = Map::new();
         let mut knock = Map::new();
+        let mut joined = Vec::new();
         for membership in self.store.user_memberships(user.as_str()).await? {
             let room_id = membership.room.room_id.clone();
             if !filter.wants_room(&room_id) || membership.forgotten {
@@ -217,11 +245,8 @@ impl Services {
             let room_data = room_account_data.remove(&room_id).unwrap_or_default();
             match membership.membership.as_str() {
                 "join" => {
-                    if let Some(room) = self
-                        .joined_room(device, request, since, now, &membership, room_data)
-                        .await?
-                    {
-                        join.insert(room_id, room);
+                    if let Some(plan) = self.joined_plan(request, since, membership, room_data) {
+                        joined.push(plan);
                     }
                 }
                 "invite" if changed_since || request.full_state => {
@@ -244,15 +269,26 @@ impl Services {
                 _ => {}
             }
         }
+        for (room_id, section) in self
+            .joined_rooms(device, request, since, now, joined)
+            .await?
+        {
+            join.insert(room_id, section);
+        }
         let (to_device, to_device_next) = self
             .ephemeral
             .to_device_for(device, since.map_or(0, |s| s.to_device), now.to_device)
             .await?;
         now.to_device = to_device_next;
-        let presence = self
-            .ephemeral
-            .presence_events(user, since.map_or(0, |s| s.presence))
-            .await?;
+        let presence = match since {
+            // Nothing was written to the presence stream since the token.
+            Some(s) if s.presence >= now.presence => Vec::new(),
+            _ => {
+                self.ephemeral
+                    .presence_events(user, since.map_or(0, |s| s.presence))
+                    .await?
+            }
+        };
         let empty = join.is_empty()
             && invite.is_empty()
             && leave.is_empty()
@@ -272,19 +308,15 @@ impl Services {
         Ok((body, empty))
     }
 
-    /// A joined room's section, or `None` when nothing changed in it since the token.
-    async fn joined_room(
+    /// What a sync must look at in a joined room, or `None` when nothing changed in it since
+    /// the token (decided without any query).
+    fn joined_plan(
         &self,
-        device: &AuthedUser,
         request: &SyncRequest,
         since: Option<SyncToken>,
-        now: SyncToken,
-        membership: &MembershipRow,
+        membership: MembershipRow,
         account_data: Vec<Value>,
-    ) -> Result<Option<Value>> {
-        let user: &UserId = device.user_id.as_ref();
-        let device_id = device.device_id.as_str();
-        let room = &membership.room;
+    ) -> Option<JoinedPlan> {
         // A room joined since the token is new to the client: it gets the whole picture.
         let fresh =
             request.full_state || since.is_none_or(|s| membership.stream_ordering > s.events);
@@ -293,93 +325,279 @@ impl Services {
         } else {
             since.map_or(0, |s| s.events)
         };
+        let typing = self
+            .ephemeral
+            .typing_event(&membership.room.room_id, since.map(|s| s.typing));
+        let new_events = fresh || membership.room_latest_event > from;
+        let new_receipts = membership.room_latest_receipt > since.map_or(0, |s| s.receipts);
+        if !new_events && !new_receipts && typing.is_none() && account_data.is_empty() {
+            return None;
+        }
+        Some(JoinedPlan {
+            membership,
+            fresh,
+            from,
+            typing,
+            account_data,
+            new_events,
+            new_receipts,
+        })
+    }
+
+    /// The sections of the joined rooms that changed, built with a few batched reads for all
+    /// of them (timelines, receipts, visibility, state, unread counts, summaries).
+    async fn joined_rooms(
+        &self,
+        device: &AuthedUser,
+        request: &SyncRequest,
+        since: Option<SyncToken>,
+        now: SyncToken,
+        plans: Vec<JoinedPlan>,
+    ) -> Result<Vec<(String, Value)>> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let user: &UserId = device.user_id.as_ref();
         let limit = request.filter.timeline_limit.clamp(1, 1000);
-        let mut rows = self
-            .store
-            .room_events(room.room_nid, from, now.events + 1, true, limit as i64 + 1)
-            .await?;
-        let limited = rows.len() > limit;
-        rows.truncate(limit);
-        rows.reverse();
-        let mut ephemeral = Vec::new();
-        if let Some(typing) = self
-            .ephemeral
-            .typing_event(&room.room_id, since.map(|s| s.typing))
-        {
-            ephemeral.push(typing);
-        }
-        if let Some(receipts) = self
-            .ephemeral
-            .receipt_event(room.room_nid, since.map_or(0, |s| s.receipts), user)
-            .await?
-        {
-            ephemeral.push(receipts);
-        }
-        if !fresh && rows.is_empty() && account_data.is_empty() && ephemeral.is_empty() {
-            return Ok(None);
-        }
-        let timeline = self
-            .client_events(room, &rows, user, device_id, &request.filter)
-            .await?;
-        let prev_batch = events_token(rows.first().map_or(now.events + 1, |r| r.stream_ordering));
-
-        let state_rows: Vec<EventRow> = if request.use_state_after {
-            let current = self.store.current_state(room.room_nid, None).await?;
-            if fresh {
-                current
-            } else {
-                current
-                    .into_iter()
-                    .filter(|r| r.stream_ordering > from)
-                    .collect()
-            }
-        } else if fresh || limited {
-            let before = self.state_before(room, rows.first()).await?;
-            if fresh {
-                before
-            } else {
-                before
-                    .into_iter()
-                    .filter(|r| r.stream_ordering > from)
-                    .collect()
-            }
-        } else {
-            Vec::new()
-        };
-        let senders: HashSet<&str> = timeline
+        let windows: Vec<TimelineWindow> = plans
             .iter()
-            .filter_map(|e| e["sender"].as_str())
-            .collect();
-        let state: Vec<Value> = state_rows
-            .iter()
-            .filter(|row| {
-                !request.filter.lazy_load_members
-                    || row.event_type != "m.room.member"
-                    || row
-                        .state_key
-                        .as_deref()
-                        .is_some_and(|k| k == user.as_str() || senders.contains(k))
+            .filter(|p| p.new_events)
+            .map(|p| TimelineWindow {
+                room_nid: p.membership.room.room_nid,
+                after: p.from,
+                before: now.events + 1,
+                limit: limit as i64 + 1,
             })
-            .filter_map(|row| self.rooms.client_event(room, row, user))
             .collect();
+        let mut timelines = self.store.room_timelines(&windows).await?;
+        let receipt_rooms: Vec<i64> = plans
+            .iter()
+            .filter(|p| p.new_receipts)
+            .map(|p| p.membership.room.room_nid)
+            .collect();
+        let mut receipts = self
+            .store
+            .receipts_in_rooms(&receipt_rooms, since.map_or(0, |s| s.receipts))
+            .await?;
 
+        // Each room's timeline rows, oldest first, and whether older ones were left out.
+        let mut rooms: Vec<JoinedRoom> = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let mut rows = timelines
+                .remove(&plan.membership.room.room_nid)
+                .unwrap_or_default();
+            let limited = rows.len() > limit;
+            rows.truncate(limit);
+            rows.reverse();
+            let mut ephemeral = Vec::new();
+            ephemeral.extend(plan.typing.clone());
+            ephemeral.extend(crate::ephemeral::receipt_event(
+                receipts
+                    .remove(&plan.membership.room.room_nid)
+                    .unwrap_or_default(),
+                user,
+            ));
+            if !plan.fresh
+                && rows.is_empty()
+                && plan.account_data.is_empty()
+                && ephemeral.is_empty()
+            {
+                continue;
+            }
+            rooms.push(JoinedRoom {
+                plan,
+                rows,
+                limited,
+                ephemeral,
+            });
+        }
+
+        // History visibility of every timeline row at once; the reader is joined to all these
+        // rooms now.
+        let all_rows: Vec<&EventRow> = rooms.iter().flat_map(|r| r.rows.iter()).collect();
+        let joined_now: HashMap<i64, bool> = rooms
+            .iter()
+            .map(|r| (r.plan.membership.room.room_nid, true))
+            .collect();
+        let visible = self.rooms.visibility(user, &all_rows, &joined_now).await?;
+        let mut visible = visible.into_iter();
+
+        let states = self.state_sections(request, user, &rooms).await?;
+        let room_nids: Vec<i64> = rooms
+            .iter()
+            .map(|r| r.plan.membership.room.room_nid)
+            .collect();
         let unread = self
             .store
-            .unread_counts(room.room_nid, user.as_str())
+            .unread_counts_in_rooms(user.as_str(), &room_nids)
             .await?;
-        let mut section = json!({
-            "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
-            "account_data": {"events": account_data},
-            "ephemeral": {"events": ephemeral},
-            "unread_notifications": {"notification_count": unread.0, "highlight_count": unread.1},
-            "summary": self.summary(room, user).await?,
-        });
-        section[if request.use_state_after {
-            "state_after"
-        } else {
-            "state"
-        }] = json!({"events": state});
-        Ok(Some(section))
+        // The summary only changes with state; clients keep the last one they were given.
+        let summary_rooms: Vec<i64> = rooms
+            .iter()
+            .zip(&states)
+            .filter(|(r, state)| {
+                r.plan.fresh || !state.is_empty() || r.rows.iter().any(|e| e.state_key.is_some())
+            })
+            .map(|(r, _)| r.plan.membership.room.room_nid)
+            .collect();
+        let mut summaries = self
+            .store
+            .room_summaries(user.as_str(), &summary_rooms)
+            .await?;
+
+        let mut out = Vec::with_capacity(rooms.len());
+        for (joined, state) in rooms.into_iter().zip(states) {
+            let room = &joined.plan.membership.room;
+            let row_visibility: Vec<bool> = visible.by_ref().take(joined.rows.len()).collect();
+            let timeline = self.client_events(
+                room,
+                &joined.rows,
+                &row_visibility,
+                user,
+                device,
+                &request.filter,
+            );
+            let prev_batch = events_token(
+                joined
+                    .rows
+                    .first()
+                    .map_or(now.events + 1, |r| r.stream_ordering),
+            );
+            let senders: HashSet<&str> = timeline
+                .iter()
+                .filter_map(|e| e["sender"].as_str())
+                .collect();
+            let state: Vec<Value> = state
+                .iter()
+                .filter(|row| {
+                    !request.filter.lazy_load_members
+                        || row.event_type != "m.room.member"
+                        || row
+                            .state_key
+                            .as_deref()
+                            .is_some_and(|k| k == user.as_str() || senders.contains(k))
+                })
+                .filter_map(|row| self.rooms.client_event(room, row, user))
+                .collect();
+            let (notifications, highlights) = unread.get(&room.room_nid).copied().unwrap_or((0, 0));
+            let summary = match summaries.remove(&room.room_nid) {
+                Some(counts) => {
+                    let mut summary = json!({
+                        "m.joined_member_count": counts.joined,
+                        "m.invited_member_count": counts.invited,
+                    });
+                    if !counts.named {
+                        summary["m.heroes"] = json!(counts.heroes);
+                    }
+                    summary
+                }
+                None => json!({}),
+            };
+            let mut section = json!({
+                "timeline": {"events": timeline, "limited": joined.limited, "prev_batch": prev_batch},
+                "account_data": {"events": joined.plan.account_data},
+                "ephemeral": {"events": joined.ephemeral},
+                "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
+                "summary": summary,
+            });
+            section[if request.use_state_after {
+                "state_after"
+            } else {
+                "state"
+            }] = json!({"events": state});
+            out.push((room.room_id.clone(), section));
+        }
+        Ok(out)
+    }
+
+    /// The `state` (or `state_after`) rows of each room, in the order of `rooms`: for a room
+    /// new to the client, everything up to its timeline; for a limited timeline, what changed
+    /// since the token up to it; otherwise nothing. Lazy loading keeps only members who matter.
+    async fn state_sections(
+        &self,
+        request: &SyncRequest,
+        user: &UserId,
+        rooms: &[JoinedRoom],
+    ) -> Result<Vec<Vec<EventRow>>> {
+        enum Source {
+            Nothing,
+            Current,
+            Group(i64),
+        }
+        let mut sources = Vec::with_capacity(rooms.len());
+        let mut before_positions = Vec::new();
+        for joined in rooms {
+            let wanted = request.use_state_after || joined.plan.fresh || joined.limited;
+            let source = match joined.rows.first() {
+                _ if !wanted => Source::Nothing,
+                _ if request.use_state_after => Source::Current,
+                None => Source::Current,
+                // Nothing precedes a room's create event.
+                Some(first) if first.event_type == "m.room.create" => Source::Nothing,
+                Some(first) => {
+                    before_positions
+                        .push((joined.plan.membership.room.room_nid, first.stream_ordering));
+                    Source::Group(0)
+                }
+            };
+            sources.push(source);
+        }
+        let groups_before = self.store.state_groups_before(&before_positions).await?;
+        let current_rooms: Vec<i64> = rooms
+            .iter()
+            .zip(&sources)
+            .filter(|(_, s)| matches!(s, Source::Current))
+            .map(|(r, _)| r.plan.membership.room.room_nid)
+            .collect();
+        let mut current = self.store.current_states(&current_rooms).await?;
+
+        // Snapshots before the timelines: the keys from the (cached) snapshot, then one read of
+        // the events for all rooms.
+        let mut wanted_nids = Vec::new();
+        for (joined, source) in rooms.iter().zip(sources.iter_mut()) {
+            if let Source::Group(group) = source {
+                let room_nid = joined.plan.membership.room.room_nid;
+                match groups_before.get(&room_nid).copied().flatten() {
+                    Some(found) => {
+                        *group = found;
+                        let ids = self.store.state_ids_at_group(found).await?;
+                        let senders: HashSet<&str> =
+                            joined.rows.iter().map(|r| r.sender.as_str()).collect();
+                        for ((event_type, state_key), nid) in ids.iter() {
+                            let lazy_skip = request.filter.lazy_load_members
+                                && event_type == "m.room.member"
+                                && state_key != user.as_str()
+                                && !senders.contains(state_key.as_str());
+                            if !lazy_skip {
+                                wanted_nids.push(nid);
+                            }
+                        }
+                    }
+                    None => *source = Source::Nothing,
+                }
+            }
+        }
+        let mut by_room: HashMap<i64, Vec<EventRow>> = HashMap::new();
+        for row in self.store.events_by_nids(&wanted_nids).await? {
+            by_room.entry(row.room_nid).or_default().push(row);
+        }
+
+        let mut out = Vec::with_capacity(rooms.len());
+        for (joined, source) in rooms.iter().zip(sources) {
+            let room_nid = joined.plan.membership.room.room_nid;
+            let mut rows = match source {
+                Source::Nothing => Vec::new(),
+                Source::Current => current.remove(&room_nid).unwrap_or_default(),
+                Source::Group(_) => by_room.remove(&room_nid).unwrap_or_default(),
+            };
+            if !joined.plan.fresh {
+                rows.retain(|r| r.stream_ordering > joined.plan.from);
+            }
+            // A stable order for clients and tests: as the events happened.
+            rows.sort_unstable_by_key(|r| r.stream_ordering);
+            out.push(rows);
+        }
+        Ok(out)
     }
 
     /// A left (or banned) room's section: the timeline up to the leave.
@@ -392,7 +610,6 @@ impl Services {
         account_data: Vec<Value>,
     ) -> Result<Option<Value>> {
         let user: &UserId = device.user_id.as_ref();
-        let device_id = device.device_id.as_str();
         let room = &membership.room;
         let from = since.map_or(0, |s| s.events);
         let limit = request.filter.timeline_limit.clamp(1, 1000);
@@ -409,9 +626,8 @@ impl Services {
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
-        let timeline = self
-            .client_events(room, &rows, user, device_id, &request.filter)
-            .await?;
+        let visible = self.rooms.visible_rows(&rows, user).await?;
+        let timeline = self.client_events(room, &rows, &visible, user, device, &request.filter);
         let prev_batch = events_token(
             rows.first()
                 .map_or(membership.stream_ordering + 1, |r| r.stream_ordering),
@@ -434,23 +650,23 @@ impl Services {
     }
 
     /// The visible, filtered client form of timeline rows.
-    async fn client_events(
+    fn client_events(
         &self,
         room: &RoomRow,
         rows: &[EventRow],
+        visible: &[bool],
         user: &UserId,
-        device: &str,
+        device: &AuthedUser,
         filter: &SyncFilter,
-    ) -> Result<Vec<Value>> {
+    ) -> Vec<Value> {
         let mut out = Vec::new();
-        let visible = self.rooms.visible_rows(room, rows, user).await?;
         for (row, visible) in rows.iter().zip(visible) {
             if !visible {
                 continue;
             }
             if let Some(mut event) =
                 self.rooms
-                    .client_event_for_device(room, row, user, Some(device))
+                    .client_event_for_device(room, row, user, Some(device.device_id.as_str()))
             {
                 if !filter.wants_event(&event) {
                     continue;
@@ -462,7 +678,7 @@ impl Services {
                 out.push(event);
             }
         }
-        Ok(out)
+        out
     }
 
     /// The room state just before `first` (the whole current state if there is no timeline).
@@ -509,44 +725,5 @@ impl Services {
                 json!({"type": pdu["type"], "state_key": pdu["state_key"], "content": pdu["content"], "sender": pdu["sender"]})
             })
             .collect())
-    }
-
-    /// `summary`: member counts, and heroes when the room has no name or alias.
-    async fn summary(&self, room: &RoomRow, user: &UserId) -> Result<Value> {
-        let state = self.store.current_state(room.room_nid, None).await?;
-        let mut joined = Vec::new();
-        let mut invited = Vec::new();
-        let mut named = false;
-        for row in &state {
-            match row.event_type.as_str() {
-                "m.room.name" | "m.room.canonical_alias" => named = true,
-                "m.room.member" => {
-                    let membership = serde_json::from_str::<Value>(&row.json)
-                        .ok()
-                        .and_then(|j| j["content"]["membership"].as_str().map(str::to_owned));
-                    let who = row.state_key.clone().unwrap_or_default();
-                    match membership.as_deref() {
-                        Some("join") => joined.push(who),
-                        Some("invite") => invited.push(who),
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
-        }
-        let mut summary = json!({
-            "m.joined_member_count": joined.len(),
-            "m.invited_member_count": invited.len(),
-        });
-        if !named {
-            let heroes: Vec<&String> = joined
-                .iter()
-                .chain(invited.iter())
-                .filter(|u| *u != user.as_str())
-                .take(5)
-                .collect();
-            summary["m.heroes"] = json!(heroes);
-        }
-        Ok(summary)
     }
 }

@@ -59,6 +59,37 @@ impl Store {
         Ok(position)
     }
 
+    /// Every stream position sync follows, read at once: `(events, account data, receipts,
+    /// to-device, presence)`.
+    pub async fn sync_positions(&self) -> Result<[i64; 5], StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT stream, position FROM stream_positions \
+                 UNION ALL SELECT 'account_data', position FROM account_data_stream",
+            )
+            .fetch_all(pool)
+            .await
+        })?;
+        let mut out = [None; 5];
+        for (stream, position) in rows {
+            let slot = match stream.as_str() {
+                "events" => 0,
+                "account_data" => 1,
+                "receipts" => 2,
+                "to_device" => 3,
+                "presence" => 4,
+                _ => continue,
+            };
+            out[slot] = Some(position);
+        }
+        let [Some(a), Some(b), Some(c), Some(d), Some(e)] = out else {
+            return Err(StoreError::Conflict(
+                "a stream position row is missing".to_owned(),
+            ));
+        };
+        Ok([a, b, c, d, e])
+    }
+
     /// Sets a user's receipt of one type (and thread) in a room. Returns its stream position.
     pub async fn set_receipt(
         &self,
@@ -91,37 +122,6 @@ impl Store {
             position
         });
         Ok(position)
-    }
-
-    /// Receipts in a room written after `since` (all of them for 0).
-    pub async fn receipts_since(
-        &self,
-        room_nid: i64,
-        since: i64,
-    ) -> Result<Vec<ReceiptRow>, StoreError> {
-        let rows = with_pool!(self, pool => {
-            let mut out = Vec::new();
-            for row in sqlx::query(
-                "SELECT user_id, receipt_type, thread_id, event_id, ts, stream_position FROM receipts \
-                 WHERE room_nid = $1 AND stream_position > $2 ORDER BY stream_position",
-            )
-            .bind(room_nid)
-            .bind(since)
-            .fetch_all(pool)
-            .await?
-            {
-                out.push(ReceiptRow {
-                    user_id: row.try_get("user_id")?,
-                    receipt_type: row.try_get("receipt_type")?,
-                    thread_id: row.try_get("thread_id")?,
-                    event_id: row.try_get("event_id")?,
-                    ts: row.try_get("ts")?,
-                    stream_position: row.try_get("stream_position")?,
-                });
-            }
-            out
-        });
-        Ok(rows)
     }
 
     /// Queues to-device messages `(user, device, content)` from `sender`, once per

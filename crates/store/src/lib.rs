@@ -21,7 +21,9 @@ pub mod ephemeral;
 mod error;
 pub mod rooms;
 pub mod server_keys;
+pub mod state;
 mod store;
+pub mod sync_reads;
 pub mod test_support;
 pub mod user_data;
 
@@ -30,7 +32,10 @@ pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use rooms::{
     EventRow, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction, RoomHead, RoomRow,
+    RoomSummaryRow,
 };
 pub use server_keys::StoredSigningKey;
+pub use state::StateMap;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
+pub use sync_reads::TimelineWindow;
 pub use user_data::{AccountDataRow, ProfileRow};

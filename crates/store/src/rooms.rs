@@ -51,6 +51,10 @@ pub struct MembershipRow {
     pub event_nid: i64,
     pub stream_ordering: i64,
     pub forgotten: bool,
+    /// The stream position of the room's newest event.
+    pub room_latest_event: i64,
+    /// The stream position of the room's newest receipt (0 when it has none).
+    pub room_latest_receipt: i64,
 }
 
 /// A room's forward extremities and the newest depth and state among them: what a new local
@@ -106,6 +110,19 @@ pub struct NotificationRow {
     pub highlight: bool,
 }
 
+/// The counts and names behind a room's sync `summary` ([`Store::room_summaries`]): joined and
+/// invited member counts, whether the room has a name or canonical alias, and (only when it has
+/// neither) up to five other members as heroes, joined before invited, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummaryRow {
+    pub joined: i64,
+    pub invited: i64,
+    /// The room has an `m.room.name` or `m.room.canonical_alias` event.
+    pub named: bool,
+    /// Other joined, then invited, members; empty when the room is named.
+    pub heroes: Vec<String>,
+}
+
 /// Where a persisted event landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Persisted {
@@ -114,9 +131,23 @@ pub struct Persisted {
     pub state_group: i64,
 }
 
+/// A user's read position in a room as an SQL expression over the given room and user
+/// expressions: the later of their own newest event and the event of their newest unthreaded
+/// read receipt. Both sides are index lookups (`events_room_sender`, the receipts key).
+pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
+    format!(
+        "SELECT MAX(p) FROM ( \
+         SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM events e WHERE e.room_nid = {room} AND e.sender = {user} \
+         UNION ALL \
+         SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM receipts r JOIN events e ON e.event_id = r.event_id \
+         WHERE r.room_nid = {room} AND r.user_id = {user} AND r.thread_id = '' \
+         AND r.receipt_type IN ('m.read', 'm.read.private')) AS positions"
+    )
+}
+
 /// Every read of events selects the same columns, with the replaced state event and the
 /// redaction joined in, so clients' `prev_content` and `redacted_because` need no extra query.
-const EVENT_SELECT: &str = "SELECT e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
+pub(crate) const EVENT_SELECT: &str = "SELECT e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
      e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
      p.json AS prev_json, r.json AS redacted_because_json, \
      t.device_id AS txn_device, t.txn_id AS txn_id \
@@ -152,6 +183,7 @@ macro_rules! event_from_row {
         }
     }};
 }
+pub(crate) use event_from_row;
 
 impl Store {
     /// Creates a room row. The room id must be new.
@@ -445,39 +477,34 @@ impl Store {
 
     /// The whole room state of a snapshot, following its delta chain.
     pub async fn state_at_group(&self, state_group: i64) -> Result<Vec<EventRow>, StoreError> {
-        let rows = with_pool!(self, pool => {
-            // Walk the chain from the group up; nearer groups win for each (type, state_key).
-            let mut chain = Vec::new();
-            let mut next = Some(state_group);
-            while let Some(group) = next {
-                chain.push(group);
-                next = sqlx::query_scalar::<_, Option<i64>>("SELECT parent_group FROM state_groups WHERE state_group = $1")
-                    .bind(group)
-                    .fetch_optional(pool)
-                    .await?
-                    .flatten();
-            }
-            let mut seen = std::collections::HashSet::new();
-            let mut out = Vec::new();
-            for group in chain {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{EVENT_SELECT} JOIN state_group_entries s ON s.event_nid = e.event_nid \
-                     WHERE s.state_group = $1"
-                )))
-                .bind(group)
-                .fetch_all(pool)
-                .await?;
-                for row in rows {
-                    let event = event_from_row!(&row);
-                    let key = (event.event_type.clone(), event.state_key.clone());
-                    if seen.insert(key) {
-                        out.push(event);
-                    }
+        let ids = self.state_ids_at_group(state_group).await?;
+        let nids: Vec<i64> = ids.event_nids().collect();
+        self.events_by_nids(&nids).await
+    }
+
+    /// The events with these nids (those that exist), in no particular order.
+    pub async fn events_by_nids(&self, nids: &[i64]) -> Result<Vec<EventRow>, StoreError> {
+        // Bounded lists of placeholders: both backends take far more, and plans stay cached
+        // for the common sizes.
+        const CHUNK: usize = 256;
+        let mut out = Vec::with_capacity(nids.len());
+        for chunk in nids.chunks(CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "{EVENT_SELECT} WHERE e.event_nid IN ({})",
+                placeholders.join(", ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
                 }
-            }
-            out
-        });
-        Ok(rows)
+                for row in query.fetch_all(pool).await? {
+                    out.push(event_from_row!(&row));
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// One event by nid.
@@ -559,13 +586,16 @@ impl Store {
         Ok(row)
     }
 
-    /// Every room membership of a user (the rows sync walks).
+    /// Every room membership of a user (the rows sync walks), with where each room's events
+    /// and receipts streams stand, so a sync can pass over rooms where nothing happened.
     pub async fn user_memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, StoreError> {
         let rows = with_pool!(self, pool => {
             let mut out = Vec::new();
             for row in sqlx::query(
                 "SELECT r.room_nid, r.room_id, r.room_version, r.creator, r.is_public, \
-                 m.membership, m.event_nid, m.stream_ordering, m.forgotten \
+                 m.membership, m.event_nid, m.stream_ordering, m.forgotten, \
+                 (SELECT COALESCE(MAX(e.stream_ordering), 0) FROM events e WHERE e.room_nid = m.room_nid) AS latest_event, \
+                 (SELECT COALESCE(MAX(c.stream_position), 0) FROM receipts c WHERE c.room_nid = m.room_nid) AS latest_receipt \
                  FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid \
                  WHERE m.user_id = $1 ORDER BY r.room_id",
             )
@@ -585,10 +615,30 @@ impl Store {
                     event_nid: row.try_get("event_nid")?,
                     stream_ordering: row.try_get("stream_ordering")?,
                     forgotten: row.try_get("forgotten")?,
+                    room_latest_event: row.try_get("latest_event")?,
+                    room_latest_receipt: row.try_get("latest_receipt")?,
                 });
             }
             out
         });
+        Ok(rows)
+    }
+
+    /// The joined members of a room with the JSON of their membership events (push rule
+    /// evaluation needs their display names).
+    pub async fn joined_member_events(
+        &self,
+        room_nid: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT m.user_id, e.json FROM room_memberships m JOIN events e ON e.event_nid = m.event_nid \
+                 WHERE m.room_nid = $1 AND m.membership = 'join'",
+            )
+            .bind(room_nid)
+            .fetch_all(pool)
+            .await
+        })?;
         Ok(rows)
     }
 
@@ -666,17 +716,13 @@ impl Store {
     /// How far a user has read in a room: the newest of their unthreaded read receipts
     /// and their own latest event, as a stream position (0 when neither exists).
     pub async fn read_position(&self, room_nid: i64, user_id: &str) -> Result<i64, StoreError> {
+        let sql = format!("SELECT ({})", read_position_sql("$1", "$2"));
         let position = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COALESCE(MAX(e.stream_ordering), 0) FROM events e WHERE e.room_nid = $1 AND ( \
-                     e.sender = $2 OR e.event_id IN (SELECT r.event_id FROM receipts r \
-                         WHERE r.room_nid = $1 AND r.user_id = $2 AND r.thread_id = '' \
-                         AND r.receipt_type IN ('m.read', 'm.read.private')))",
-            )
-            .bind(room_nid)
-            .bind(user_id)
-            .fetch_one(pool)
-            .await
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(room_nid)
+                .bind(user_id)
+                .fetch_one(pool)
+                .await
         })?;
         Ok(position)
     }
@@ -688,20 +734,8 @@ impl Store {
         room_nid: i64,
         user_id: &str,
     ) -> Result<(i64, i64), StoreError> {
-        let read = self.read_position(room_nid, user_id).await?;
-        let counts = with_pool!(self, pool => {
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT COALESCE(SUM(CASE WHEN notify THEN 1 ELSE 0 END), 0), \
-                        COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0) \
-                 FROM event_push_actions WHERE room_nid = $1 AND user_id = $2 AND stream_ordering > $3",
-            )
-            .bind(room_nid)
-            .bind(user_id)
-            .bind(read)
-            .fetch_one(pool)
-            .await
-        })?;
-        Ok(counts)
+        let counts = self.unread_counts_in_rooms(user_id, &[room_nid]).await?;
+        Ok(counts.get(&room_nid).copied().unwrap_or((0, 0)))
     }
 
     /// A user's notifications, newest first, before stream position `before`.

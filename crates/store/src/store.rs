@@ -104,6 +104,8 @@ impl BeginWrite for SqlitePool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) backend: Backend,
+    /// Resolved state snapshots (immutable once written), shared by every clone.
+    pub(crate) state_cache: std::sync::Arc<crate::state::StateCache>,
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool. The body is expanded once per backend,
@@ -151,7 +153,10 @@ impl Store {
                 Backend::Sqlite(pool)
             }
         };
-        let store = Store { backend };
+        let store = Store {
+            backend,
+            state_cache: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }

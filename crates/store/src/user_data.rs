@@ -138,6 +138,36 @@ impl Store {
         Ok(content)
     }
 
+    /// The global account data of one type for each of the users who have it:
+    /// `(user_id, stream_position, content)`. The position changes with every write, so callers
+    /// may cache what they derive from the content by it.
+    pub async fn global_account_data_of(
+        &self,
+        user_ids: &[&str],
+        data_type: &str,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in user_ids.chunks(256) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT user_id, stream_position, content FROM account_data \
+                 WHERE room_id = $1 AND data_type = $2 AND user_id IN ({})",
+                list.join(", ")
+            );
+            let rows = with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (String, i64, String)>(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(GLOBAL)
+                    .bind(data_type);
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                query.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
     /// Every account data entry of `user_id` written after stream position `since` (0 for
     /// all), oldest write first. Each entry appears once, with its latest content.
     pub async fn account_data_since(

@@ -37,6 +37,8 @@ pub struct Rooms {
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Woken after every persisted event (sync waits on it).
     pub notify: crate::notifier::Notifier,
+    /// Parsed push rules by user, with the account data position they were read at.
+    push_rules: push::RulesCache,
 }
 
 impl Rooms {
@@ -52,6 +54,7 @@ impl Rooms {
             keys,
             writers: Mutex::new(HashMap::new()),
             notify,
+            push_rules: Default::default(),
         }
     }
 

@@ -2,35 +2,82 @@
 //! their changes) decide whether the event notifies or highlights them. The outcome is stored
 //! with the event, in its transaction, and feeds `unread_notifications` and `/notifications`.
 //!
-//! Not yet: the power-level context `@room` needs (so `.m.rule.roomnotif` never matches), and
-//! push gateways (no HTTP pushers).
+//! The room context includes the power levels, so `@room` (`.m.rule.is_room_mention`,
+//! `.m.rule.roomnotif`) notifies only when the sender may notify the room. Parsed rules are
+//! cached per user by the account data position they were read at: a change of rules moves the
+//! position, so the cache is never stale, even with other processes writing.
+//!
+//! Not yet: push gateways (no HTTP pushers).
 
-use myelin_room_version::Pdu;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use myelin_room_version::{Pdu, RoomVersion};
 use myelin_store::{PushAction, RoomRow};
-use ruma::{OwnedRoomId, UInt, UserId, push::PushConditionRoomCtx, serde::Raw};
+use ruma::{
+    Int, OwnedRoomId, OwnedUserId, UInt, UserId,
+    power_levels::NotificationPowerLevels,
+    push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    room_version_rules::{AuthorizationRules, RoomPowerLevelsRules},
+    serde::Raw,
+};
 use serde_json::Value;
 
-use super::Rooms;
+use super::{Rooms, version_of};
 use crate::{Error, Result};
+
+const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+/// Parsed push rules by user id, with the stream position of the account data they came from
+/// (0 for the defaults of a user who never changed them).
+#[derive(Debug, Default)]
+pub(super) struct RulesCache {
+    rules: Mutex<HashMap<String, (i64, Arc<Ruleset>)>>,
+}
+
+impl RulesCache {
+    fn get(&self, user_id: &str, position: i64) -> Option<Arc<Ruleset>> {
+        let rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        rules
+            .get(user_id)
+            .filter(|(at, _)| *at == position)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, user_id: &str, position: i64, rules: Arc<Ruleset>) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user_id.to_owned(), (position, rules));
+    }
+}
 
 impl Rooms {
     /// The push actions of `pdu` for every joined local member other than its sender.
     pub(super) async fn push_actions(&self, room: &RoomRow, pdu: &Pdu) -> Result<Vec<PushAction>> {
-        let state = self.store.current_state(room.room_nid, None).await?;
-        let joined: Vec<(String, Option<String>)> = state
-            .iter()
-            .filter(|row| row.event_type == "m.room.member")
-            .filter_map(|row| {
-                let json: Value = serde_json::from_str(&row.json).ok()?;
-                (json["content"]["membership"] == "join").then(|| {
-                    (
-                        row.state_key.clone().unwrap_or_default(),
-                        json["content"]["displayname"].as_str().map(str::to_owned),
-                    )
-                })
-            })
-            .collect();
-        let member_count = UInt::try_from(joined.len() as u64).unwrap_or(UInt::MAX);
+        let members = self.store.joined_member_events(room.room_nid).await?;
+        let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
+        // Whom to evaluate for, with the display name their member event gives.
+        let mut targets: Vec<(OwnedUserId, Option<String>)> = Vec::new();
+        for (member, json) in &members {
+            let Ok(user_id) = UserId::parse(member.as_str()) else {
+                continue;
+            };
+            if !self.is_local(&user_id) || user_id.as_str() == pdu.sender() {
+                continue;
+            }
+            let display_name = serde_json::from_str::<Value>(json)
+                .ok()
+                .and_then(|j| j["content"]["displayname"].as_str().map(str::to_owned));
+            targets.push((user_id, display_name));
+        }
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rules = self.rules_of(&targets).await?;
+        let power_levels = self.power_levels_ctx(room).await?;
         let event = pdu.client_event(serde_json::Map::new());
         let raw: Raw<ruma::events::AnySyncTimelineEvent> = serde_json::value::to_raw_value(&event)
             .map(Raw::from_json)
@@ -38,24 +85,16 @@ impl Rooms {
         let room_id = OwnedRoomId::try_from(room.room_id.as_str())
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut out = Vec::new();
-        for (member, display_name) in joined {
-            let Ok(user_id) = UserId::parse(member.as_str()) else {
-                continue;
-            };
-            if !self.is_local(&user_id) || user_id.as_str() == pdu.sender() {
-                continue;
-            }
-            let stored = self
-                .store
-                .account_data(user_id.as_str(), None, "m.push_rules")
-                .await?;
-            let rules = crate::user_data::merged_push_rules(&user_id, stored.as_deref())?;
-            let context = PushConditionRoomCtx::new(
+        for ((user_id, display_name), rules) in targets.into_iter().zip(rules) {
+            let mut context = PushConditionRoomCtx::new(
                 room_id.clone(),
                 member_count,
                 user_id.clone(),
                 display_name.unwrap_or_else(|| user_id.localpart().to_owned()),
             );
+            if let Some(power_levels) = &power_levels {
+                context = context.with_power_levels(power_levels.clone());
+            }
             let actions = rules.get_actions(&raw, &context).await;
             let notify = actions.iter().any(|a| a.should_notify());
             if notify {
@@ -69,5 +108,118 @@ impl Rooms {
             }
         }
         Ok(out)
+    }
+
+    /// Each target's rules, in order: one read of the stored rules' positions and contents,
+    /// parsed again only for users whose rules changed since they were cached.
+    async fn rules_of(
+        &self,
+        targets: &[(OwnedUserId, Option<String>)],
+    ) -> Result<Vec<Arc<Ruleset>>> {
+        let ids: Vec<&str> = targets.iter().map(|(u, _)| u.as_str()).collect();
+        let stored: HashMap<String, (i64, String)> = self
+            .store
+            .global_account_data_of(&ids, PUSH_RULES_TYPE)
+            .await?
+            .into_iter()
+            .map(|(user, position, content)| (user, (position, content)))
+            .collect();
+        let mut out = Vec::with_capacity(targets.len());
+        for (user_id, _) in targets {
+            let (position, content) = match stored.get(user_id.as_str()) {
+                Some((position, content)) => (*position, Some(content.as_str())),
+                None => (0, None),
+            };
+            let rules = match self.push_rules.get(user_id.as_str(), position) {
+                Some(rules) => rules,
+                None => {
+                    let rules = Arc::new(crate::user_data::merged_push_rules(user_id, content)?);
+                    self.push_rules
+                        .put(user_id.as_str(), position, rules.clone());
+                    rules
+                }
+            };
+            out.push(rules);
+        }
+        Ok(out)
+    }
+
+    /// The power levels as push conditions see them (`None` without a power levels event:
+    /// then nobody may notify the room).
+    async fn power_levels_ctx(
+        &self,
+        room: &RoomRow,
+    ) -> Result<Option<PushConditionPowerLevelsCtx>> {
+        let keys = [
+            ("m.room.power_levels".to_owned(), String::new()),
+            ("m.room.create".to_owned(), String::new()),
+        ];
+        let rows = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let content_of = |kind: &str| -> Option<(String, Value)> {
+            rows.iter()
+                .find(|r| r.event_type == kind)
+                .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+                .map(|mut json| {
+                    let sender = json["sender"].as_str().unwrap_or_default().to_owned();
+                    (sender, json["content"].take())
+                })
+        };
+        let Some((_, power)) = content_of("m.room.power_levels") else {
+            return Ok(None);
+        };
+        let level = |v: &Value| -> Option<Int> {
+            match v {
+                Value::Number(n) => n.as_i64().and_then(|n| Int::try_from(n).ok()),
+                // Older room versions allowed levels as strings.
+                Value::String(s) => s
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|n| Int::try_from(n).ok()),
+                _ => None,
+            }
+        };
+        let mut users = BTreeMap::new();
+        if let Some(map) = power["users"].as_object() {
+            for (user, value) in map {
+                if let (Ok(user), Some(level)) =
+                    (OwnedUserId::try_from(user.as_str()), level(value))
+                {
+                    users.insert(user, level);
+                }
+            }
+        }
+        let users_default = level(&power["users_default"]).unwrap_or_default();
+        let mut notifications = NotificationPowerLevels::new();
+        if let Some(room_level) = level(&power["notifications"]["room"]) {
+            notifications.room = room_level;
+        }
+        let version: &RoomVersion = version_of(room)?;
+        let creators: Vec<OwnedUserId> = match content_of("m.room.create") {
+            Some((sender, create)) if version.privileges_creators() => std::iter::once(sender)
+                .chain(
+                    create["additional_creators"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.as_str().map(str::to_owned)),
+                )
+                .filter_map(|c| OwnedUserId::try_from(c.as_str()).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        // Only the creators' privilege matters to power level reads.
+        let authorization = if version.privileges_creators() {
+            AuthorizationRules::V12
+        } else {
+            AuthorizationRules::V10
+        };
+        let rules = RoomPowerLevelsRules::new(&authorization, creators);
+        Ok(Some(PushConditionPowerLevelsCtx::new(
+            users,
+            users_default,
+            notifications,
+            rules,
+        )))
     }
 }

@@ -179,8 +179,7 @@ impl Rooms {
             .await?
             .filter(|row| row.room_nid == room.room_nid)
             .ok_or_else(not_found)?;
-        let mut memo = HashMap::new();
-        if !self.visible(&room, &row, user, &mut memo).await? {
+        if !self.visible_rows(std::slice::from_ref(&row), user).await?[0] {
             return Err(not_found());
         }
         self.client_event_for_device(&room, &row, user, device)
@@ -402,10 +401,10 @@ impl Rooms {
             Direction::Backward => token(rows.last().map_or(start, |r| r.stream_ordering)),
             Direction::Forward => token(rows.last().map_or(start, |r| r.stream_ordering)),
         });
-        let mut memo = HashMap::new();
+        let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::new();
-        for row in &rows {
-            if self.visible(&room, row, user, &mut memo).await?
+        for (row, visible) in rows.iter().zip(visible) {
+            if visible
                 && let Some(event) = self.client_event_for_device(&room, row, user, device)
                 && filter.wants(&event)
             {
@@ -437,8 +436,7 @@ impl Rooms {
             .await?
             .filter(|row| row.room_nid == room.room_nid)
             .ok_or_else(not_found)?;
-        let mut memo = HashMap::new();
-        if !self.visible(&room, &row, user, &mut memo).await? {
+        if !self.visible_rows(std::slice::from_ref(&row), user).await?[0] {
             return Err(not_found());
         }
         let event = self
@@ -472,18 +470,16 @@ impl Rooms {
                 .map_or(row.stream_ordering, |r| r.stream_ordering),
         );
         let mut before = Vec::new();
-        for r in &before_rows {
-            if self.visible(&room, r, user, &mut memo).await?
-                && let Some(e) = self.client_event_for_device(&room, r, user, device)
-            {
+        let visible = self.visible_rows(&before_rows, user).await?;
+        for (r, visible) in before_rows.iter().zip(visible) {
+            if visible && let Some(e) = self.client_event_for_device(&room, r, user, device) {
                 before.push(e);
             }
         }
         let mut after = Vec::new();
-        for r in &after_rows {
-            if self.visible(&room, r, user, &mut memo).await?
-                && let Some(e) = self.client_event_for_device(&room, r, user, device)
-            {
+        let visible = self.visible_rows(&after_rows, user).await?;
+        for (r, visible) in after_rows.iter().zip(visible) {
+            if visible && let Some(e) = self.client_event_for_device(&room, r, user, device) {
                 after.push(e);
             }
         }
@@ -505,65 +501,93 @@ impl Rooms {
     }
 
     /// Which of `rows` the user may see (sync's timelines).
-    pub(crate) async fn visible_rows(
-        &self,
-        room: &RoomRow,
-        rows: &[EventRow],
-        user: &UserId,
-    ) -> Result<Vec<bool>> {
-        let mut memo = HashMap::new();
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.visible(room, row, user, &mut memo).await?);
-        }
-        Ok(out)
+    pub(crate) async fn visible_rows(&self, rows: &[EventRow], user: &UserId) -> Result<Vec<bool>> {
+        let rows: Vec<&EventRow> = rows.iter().collect();
+        self.visibility(user, &rows, &HashMap::new()).await
     }
 
-    /// History visibility (client-server API "History visibility"): decided by the state at
-    /// the event. A user always sees their own membership events.
-    async fn visible(
+    /// History visibility of rows from any rooms, in order. `joined_now` may say, per room,
+    /// whether the reader is joined now (what `shared` visibility asks); rooms it does not
+    /// name are looked up.
+    ///
+    /// What decides each row: the history visibility event and the reader's membership event
+    /// in the state at the row, read for all rows' snapshots in one query, then one read of
+    /// those events.
+    pub(crate) async fn visibility(
         &self,
-        room: &RoomRow,
-        row: &EventRow,
         user: &UserId,
-        memo: &mut HashMap<i64, bool>,
-    ) -> Result<bool> {
-        if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str()) {
-            return Ok(true);
-        }
-        if let Some(visible) = memo.get(&row.state_group) {
-            return Ok(*visible);
-        }
-        let state = self.store.state_at_group(row.state_group).await?;
-        let content = |kind: &str, key: &str| -> Value {
-            state
-                .iter()
-                .find(|r| r.event_type == kind && r.state_key.as_deref() == Some(key))
-                .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
-                .map(|json| json["content"].clone())
-                .unwrap_or(Value::Null)
+        rows: &[&EventRow],
+        joined_now: &HashMap<i64, bool>,
+    ) -> Result<Vec<bool>> {
+        const VISIBILITY: (&str, &str) = ("m.room.history_visibility", "");
+        let member = ("m.room.member", user.as_str());
+        let mut groups: Vec<i64> = rows.iter().map(|r| r.state_group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let at_groups = self
+            .store
+            .state_entries_at_groups(&groups, &[VISIBILITY, member])
+            .await?;
+        let key = |(t, k): (&str, &str)| (t.to_owned(), k.to_owned());
+        let (visibility_key, member_key) = (key(VISIBILITY), key(member));
+        let mut needed: Vec<i64> = at_groups
+            .values()
+            .flat_map(|entries| entries.values().copied())
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let contents: HashMap<i64, Value> = self
+            .store
+            .events_by_nids(&needed)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let content = serde_json::from_str::<Value>(&row.json)
+                    .map(|mut json| json["content"].take())
+                    .unwrap_or(Value::Null);
+                (row.event_nid, content)
+            })
+            .collect();
+        let field = |group: i64, state: &(String, String), name: &str| -> Option<String> {
+            at_groups
+                .get(&group)
+                .and_then(|entries| entries.get(state))
+                .and_then(|nid| contents.get(nid))
+                .and_then(|content| content[name].as_str())
+                .map(str::to_owned)
         };
-        let visibility = content("m.room.history_visibility", "")["history_visibility"]
-            .as_str()
-            .unwrap_or("shared")
-            .to_owned();
-        let membership_then = content("m.room.member", user.as_str())["membership"]
-            .as_str()
-            .unwrap_or("leave")
-            .to_owned();
-        let visible = match visibility.as_str() {
-            "world_readable" => true,
-            _ if membership_then == "join" => true,
-            "shared" => self
-                .store
-                .membership(room.room_nid, user.as_str())
-                .await?
-                .is_some_and(|m| m.0 == "join"),
-            "invited" => membership_then == "invite",
-            _ => false,
-        };
-        memo.insert(row.state_group, visible);
-        Ok(visible)
+        let mut joined_now = joined_now.clone();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str())
+            {
+                // A user always sees their own membership events.
+                out.push(true);
+                continue;
+            }
+            let visibility = field(row.state_group, &visibility_key, "history_visibility");
+            let membership_then = field(row.state_group, &member_key, "membership");
+            let visible = match visibility.as_deref().unwrap_or("shared") {
+                "world_readable" => true,
+                _ if membership_then.as_deref() == Some("join") => true,
+                "shared" => match joined_now.get(&row.room_nid) {
+                    Some(joined) => *joined,
+                    None => {
+                        let joined = self
+                            .store
+                            .membership(row.room_nid, user.as_str())
+                            .await?
+                            .is_some_and(|m| m.0 == "join");
+                        joined_now.insert(row.room_nid, joined);
+                        joined
+                    }
+                },
+                "invited" => membership_then.as_deref() == Some("invite"),
+                _ => false,
+            };
+            out.push(visible);
+        }
+        Ok(out)
     }
 
     /// A stored event in the client-server format, through the room version's client

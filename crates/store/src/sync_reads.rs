@@ -1,0 +1,349 @@
+//! Batched reads for `/sync`: each read answers for many rooms in one statement, so a sync of a
+//! user in hundreds of rooms costs a handful of round trips instead of several per room.
+//!
+//! The statements stay portable: `IN` lists of numbered placeholders, and per-room windows as
+//! `UNION ALL` of small ordered, limited subqueries (each one an index range scan), which both
+//! backends run without window functions over whole rooms.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use crate::{
+    EventRow, Store, StoreError,
+    ephemeral::ReceiptRow,
+    rooms::{EVENT_SELECT, RoomSummaryRow, event_from_row, read_position_sql},
+    with_pool,
+};
+
+/// Rooms per statement: keeps statements small enough to plan quickly.
+const ROOMS_PER_STATEMENT: usize = 64;
+
+/// One room's slice of the events stream: at most `limit` events with `after < stream
+/// ordering < before`, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineWindow {
+    pub room_nid: i64,
+    pub after: i64,
+    pub before: i64,
+    pub limit: i64,
+}
+
+/// `$first, $first+1, ...` for `n` binds.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// The newest events of each window, newest first, keyed by room.
+    pub async fn room_timelines(
+        &self,
+        windows: &[TimelineWindow],
+    ) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
+        let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
+        for chunk in windows.chunks(ROOMS_PER_STATEMENT) {
+            let parts: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 4 * i + 1;
+                    format!(
+                        "SELECT * FROM ({EVENT_SELECT} WHERE e.room_nid = ${} AND e.stream_ordering > ${} \
+                         AND e.stream_ordering < ${} ORDER BY e.stream_ordering DESC LIMIT ${}) AS w{i}",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3
+                    )
+                })
+                .collect();
+            let sql = parts.join(" UNION ALL ");
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for w in chunk {
+                    query = query.bind(w.room_nid).bind(w.after).bind(w.before).bind(w.limit);
+                }
+                for row in query.fetch_all(pool).await? {
+                    let event = event_from_row!(&row);
+                    out.entry(event.room_nid).or_default().push(event);
+                }
+            });
+        }
+        for rows in out.values_mut() {
+            rows.sort_unstable_by(|a, b| b.stream_ordering.cmp(&a.stream_ordering));
+        }
+        Ok(out)
+    }
+
+    /// Receipts written after `since` in each of the rooms, oldest first, keyed by room.
+    pub async fn receipts_in_rooms(
+        &self,
+        room_nids: &[i64],
+        since: i64,
+    ) -> Result<HashMap<i64, Vec<ReceiptRow>>, StoreError> {
+        let mut out: HashMap<i64, Vec<ReceiptRow>> = HashMap::new();
+        for chunk in room_nids.chunks(ROOMS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT room_nid, user_id, receipt_type, thread_id, event_id, ts, stream_position \
+                 FROM receipts WHERE stream_position > $1 AND room_nid IN ({}) ORDER BY stream_position",
+                placeholders(2, chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(since);
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for row in query.fetch_all(pool).await? {
+                    let room_nid: i64 = row.try_get("room_nid")?;
+                    out.entry(room_nid).or_default().push(ReceiptRow {
+                        user_id: row.try_get("user_id")?,
+                        receipt_type: row.try_get("receipt_type")?,
+                        thread_id: row.try_get("thread_id")?,
+                        event_id: row.try_get("event_id")?,
+                        ts: row.try_get("ts")?,
+                        stream_position: row.try_get("stream_position")?,
+                    });
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// For each state group, the event nids of the given `(type, state_key)` pairs in its
+    /// state (following the delta chains; nearer groups win). Only the asked-for keys are read,
+    /// whatever the size of the rooms.
+    pub async fn state_entries_at_groups(
+        &self,
+        groups: &[i64],
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<i64, HashMap<(String, String), i64>>, StoreError> {
+        let mut out: HashMap<i64, HashMap<(String, String), i64>> = HashMap::new();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        for chunk in groups.chunks(ROOMS_PER_STATEMENT) {
+            let key_first = chunk.len() + 1;
+            let key_clauses: Vec<String> = (0..keys.len())
+                .map(|i| {
+                    format!(
+                        "(s.event_type = ${} AND s.state_key = ${})",
+                        key_first + 2 * i,
+                        key_first + 2 * i + 1
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "WITH RECURSIVE chain (root, state_group, depth) AS ( \
+                     SELECT state_group, state_group, 0 FROM state_groups WHERE state_group IN ({}) \
+                     UNION ALL \
+                     SELECT c.root, g.parent_group, c.depth + 1 FROM state_groups g \
+                     JOIN chain c ON g.state_group = c.state_group \
+                     WHERE g.parent_group IS NOT NULL) \
+                 SELECT c.root, s.event_type, s.state_key, s.event_nid FROM chain c \
+                 JOIN state_group_entries s ON s.state_group = c.state_group \
+                 WHERE {} ORDER BY c.root, c.depth",
+                placeholders(1, chunk.len()),
+                key_clauses.join(" OR ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for group in chunk {
+                    query = query.bind(*group);
+                }
+                for (event_type, state_key) in keys {
+                    query = query.bind(*event_type).bind(*state_key);
+                }
+                for row in query.fetch_all(pool).await? {
+                    let root: i64 = row.try_get(0)?;
+                    let key: (String, String) = (row.try_get(1)?, row.try_get(2)?);
+                    // Nearest group first: the first row for a key wins.
+                    out.entry(root).or_default().entry(key).or_insert(row.try_get(3)?);
+                }
+            });
+        }
+        for group in groups {
+            out.entry(*group).or_default();
+        }
+        Ok(out)
+    }
+
+    /// For each `(room, stream ordering)`, the state group of the room's newest event before
+    /// that position (`None` when there is none), keyed by room.
+    pub async fn state_groups_before(
+        &self,
+        positions: &[(i64, i64)],
+    ) -> Result<HashMap<i64, Option<i64>>, StoreError> {
+        let mut out: HashMap<i64, Option<i64>> =
+            positions.iter().map(|(room, _)| (*room, None)).collect();
+        for chunk in positions.chunks(ROOMS_PER_STATEMENT) {
+            let parts: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "SELECT * FROM (SELECT room_nid, state_group FROM events WHERE room_nid = ${} \
+                         AND stream_ordering < ${} ORDER BY stream_ordering DESC LIMIT 1) AS b{i}",
+                        2 * i + 1,
+                        2 * i + 2
+                    )
+                })
+                .collect();
+            let sql = parts.join(" UNION ALL ");
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql.clone()));
+                for (room, position) in chunk {
+                    query = query.bind(*room).bind(*position);
+                }
+                for (room, group) in query.fetch_all(pool).await? {
+                    out.insert(room, Some(group));
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// The whole current state of each room, keyed by room.
+    pub async fn current_states(
+        &self,
+        room_nids: &[i64],
+    ) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
+        let mut out: HashMap<i64, Vec<EventRow>> =
+            room_nids.iter().map(|room| (*room, Vec::new())).collect();
+        for chunk in room_nids.chunks(ROOMS_PER_STATEMENT) {
+            let sql = format!(
+                "{EVENT_SELECT} JOIN current_state c ON c.event_nid = e.event_nid WHERE c.room_nid IN ({})",
+                placeholders(1, chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for row in query.fetch_all(pool).await? {
+                    let event = event_from_row!(&row);
+                    out.entry(event.room_nid).or_default().push(event);
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// A user's unread `(notifications, highlights)` in each room (see
+    /// [`Store::unread_counts`]), keyed by room; rooms without any are `(0, 0)`.
+    pub async fn unread_counts_in_rooms(
+        &self,
+        user_id: &str,
+        room_nids: &[i64],
+    ) -> Result<HashMap<i64, (i64, i64)>, StoreError> {
+        let mut out: HashMap<i64, (i64, i64)> =
+            room_nids.iter().map(|room| (*room, (0, 0))).collect();
+        let read_position = read_position_sql("a.room_nid", "$1");
+        for chunk in room_nids.chunks(ROOMS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT a.room_nid, SUM(CASE WHEN a.notify THEN 1 ELSE 0 END), \
+                        SUM(CASE WHEN a.highlight THEN 1 ELSE 0 END) \
+                 FROM event_push_actions a WHERE a.user_id = $1 AND a.room_nid IN ({}) \
+                 AND a.stream_ordering > ({read_position}) GROUP BY a.room_nid",
+                placeholders(2, chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (i64, i64, i64)>(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(user_id);
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for (room, notify, highlight) in query.fetch_all(pool).await? {
+                    out.insert(room, (notify, highlight));
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Store::room_summary`] for each room, keyed by room.
+    pub async fn room_summaries(
+        &self,
+        user_id: &str,
+        room_nids: &[i64],
+    ) -> Result<HashMap<i64, RoomSummaryRow>, StoreError> {
+        let mut out: HashMap<i64, RoomSummaryRow> = room_nids
+            .iter()
+            .map(|room| {
+                (
+                    *room,
+                    RoomSummaryRow {
+                        joined: 0,
+                        invited: 0,
+                        named: false,
+                        heroes: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        for chunk in room_nids.chunks(ROOMS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let counts_sql = format!(
+                "SELECT room_nid, membership, COUNT(*) FROM room_memberships \
+                 WHERE room_nid IN ({list}) AND membership IN ('join', 'invite') GROUP BY room_nid, membership"
+            );
+            let named_sql = format!(
+                "SELECT DISTINCT room_nid FROM current_state WHERE room_nid IN ({list}) \
+                 AND event_type IN ('m.room.name', 'm.room.canonical_alias') AND state_key = ''"
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (i64, String, i64)>(sqlx::AssertSqlSafe(counts_sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for (room, membership, count) in query.fetch_all(pool).await? {
+                    if let Some(summary) = out.get_mut(&room) {
+                        match membership.as_str() {
+                            "join" => summary.joined = count,
+                            _ => summary.invited = count,
+                        }
+                    }
+                }
+                let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(named_sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for room in query.fetch_all(pool).await? {
+                    if let Some(summary) = out.get_mut(&room) {
+                        summary.named = true;
+                    }
+                }
+            });
+        }
+        // Heroes only for unnamed rooms (typically direct chats, so small), five each.
+        let unnamed: Vec<i64> = room_nids
+            .iter()
+            .copied()
+            .filter(|room| out.get(room).is_some_and(|s| !s.named))
+            .collect();
+        for chunk in unnamed.chunks(ROOMS_PER_STATEMENT) {
+            let parts: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "SELECT * FROM (SELECT room_nid, user_id FROM room_memberships \
+                         WHERE room_nid = ${} AND user_id <> $1 AND membership IN ('join', 'invite') \
+                         ORDER BY CASE membership WHEN 'join' THEN 0 ELSE 1 END, stream_ordering LIMIT 5) AS h{i}",
+                        i + 2
+                    )
+                })
+                .collect();
+            let sql = parts.join(" UNION ALL ");
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(user_id);
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for (room, user) in query.fetch_all(pool).await? {
+                    if let Some(summary) = out.get_mut(&room) {
+                        summary.heroes.push(user);
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+}

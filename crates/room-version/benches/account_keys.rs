@@ -1,6 +1,7 @@
 //! What one `/query/accounts` reply of 2,048 keys costs to check: parse each key with the strict
 //! grammar (including point decompression) and verify its signed `{account_name, domain}` answer.
-//! The batch API is measured on one thread and on all cores. Also: verifying 2,048 account-key-signed PDUs.
+//! The batch API is measured on one thread and on all cores. Also: verifying 2,048
+//! account-key-signed PDUs.
 
 use std::hint::black_box;
 
@@ -112,3 +113,7 @@ criterion_group! {
     targets = bench
 }
 criterion_main!(benches);
+
+/// The allocator of the server binary (crates/myelin), so allocation costs are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -3,7 +3,9 @@
 //! The room (v12 and the account-key version) has N joined members; fork A and fork B each
 //! changed every member's display name, so N state keys are conflicted and every conflicted
 //! event goes through mainline ordering and the iterative auth checks. Auth chains are given
-//! (as a caller with an auth-chain index would); the conflicted subgraph is computed here.
+//! (as a caller with an auth-chain index would); the conflicted subgraph is left to the crate,
+//! which finds no conflicted event in any auth chain here and so has no subgraph to walk.
+//! Allocation uses the server binary's allocator (mimalloc).
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -155,3 +157,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// The allocator of the server binary (crates/myelin), so allocation costs are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -7,9 +7,9 @@
 //! redaction, signing and signature checks (server keys and MSC4243 account keys), the strict
 //! account-key grammar, the authorisation rules and auth-events selection, state resolution v2
 //! and v2.1, the client projection of account-key rooms, the account-key invite handshake and
-//! the rule for serving redactions. ruma supplies the primitives and
-//! the auth/state-res algorithms; the API here is ours, so callers never touch ruma's state-res
-//! types.
+//! the rule for serving redactions. ruma supplies the primitives and the authorisation rules;
+//! state resolution is this crate's own (on dense indices, validated against ruma's); the API
+//! here is ours, so callers never touch ruma's state-res types.
 //!
 //! Public API, by task:
 //!
@@ -39,7 +39,9 @@
 //!   [`canonical::room_id_for_create_event`], [`canonical::redact`].
 //! - Signing arbitrary JSON: [`signing::sign_json`], [`signing::verify_json`],
 //!   [`signing::sign_json_with_account_key`], [`signing::verify_json_with_account_key`] and the
-//!   batch [`signing::verify_json_with_account_keys`] (`/query/accounts` answers), keys as
+//!   batch [`signing::verify_json_with_account_keys`] (`/query/accounts` answers; ed25519 batch
+//!   equations on every core, [`signing::verify_json_with_account_keys_threads`] to cap the
+//!   threads), keys as
 //!   [`signing::KeyPair`] / [`signing::PublicKey`].
 //! - Account keys: [`account_key::AccountKey::parse`] (strict grammar),
 //!   [`account_key::KeyFormUserId::parse`], [`account_key::looks_like_account_key`].

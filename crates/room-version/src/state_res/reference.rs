@@ -269,12 +269,28 @@ mod differential {
         (room, states)
     }
 
-    fn compare(version_id: &str, forks: usize, ops: &[Op], hide: Option<usize>) {
+    /// What to do to one event after the room is built.
+    #[derive(Debug, Clone, Copy)]
+    enum Spoil {
+        /// Hide it from `fetch_event`.
+        Hide(usize),
+        /// Mark it rejected (as if it had failed the checks on receipt).
+        Reject(usize),
+    }
+
+    fn compare(version_id: &str, forks: usize, ops: &[Op], spoil: Option<Spoil>) {
         let version = RoomVersion::get(version_id).unwrap();
         let (mut room, states) = build(version, forks, ops);
-        if let Some(h) = hide {
-            let id = room.events[h % room.events.len()].event_id().to_owned();
-            room.hidden.insert(id);
+        match spoil {
+            Some(Spoil::Hide(h)) => {
+                let id = room.events[h % room.events.len()].event_id().to_owned();
+                room.hidden.insert(id);
+            }
+            Some(Spoil::Reject(r)) => {
+                let len = room.events.len();
+                room.events[r % len].set_rejected(true);
+            }
+            None => {}
         }
         let chains: Vec<HashSet<String>> = states
             .iter()
@@ -286,6 +302,62 @@ mod differential {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "room {version_id}, forks {states:#?}"),
             (Err(_), Err(_)) => {}
             _ => panic!("room {version_id}: ours {ours:?}, ruma {theirs:?}"),
+        }
+    }
+
+    #[test]
+    fn odd_inputs_resolve_as_ruma_does_without_panicking() {
+        let version = RoomVersion::get("12").unwrap();
+        let (mut room, states) = build(version, 2, &[(2, 4, 4, 0, 0, 1, false)]);
+        // A message event (no state key) in one fork's state.
+        let message = json!({"type": "m.room.message", "sender": Room::user(1),
+            "content": {"body": "hi"}, "origin_server_ts": 50, "depth": 50,
+            "prev_events": [], "auth_events": [], "room_id": "!create"});
+        let message =
+            Pdu::from_stored("$message", value_to_object(message).unwrap(), version).unwrap();
+        room.by_id.insert("$message".into(), room.events.len());
+        room.events.push(message);
+        let mut with_message = states.clone();
+        with_message[0].insert(("m.room.message".into(), String::new()), "$message".into());
+        // Ids nobody knows, conflicted and unconflicted, and ids that are not event ids.
+        let mut unknown = states.clone();
+        for (i, fork) in unknown.iter_mut().enumerate() {
+            fork.insert(
+                ("m.room.topic".into(), String::new()),
+                format!("$nobody{i}"),
+            );
+            fork.insert(("m.room.name".into(), String::new()), "$nobody".into());
+            fork.insert(("x".into(), String::new()), format!("not an id {i}"));
+        }
+        let cases: Vec<Vec<StateMap>> = vec![
+            vec![],
+            vec![states[0].clone()],
+            states.clone(),
+            with_message,
+            unknown,
+        ];
+        for forks in cases {
+            let chains: Vec<HashSet<String>> = forks
+                .iter()
+                .map(|s| auth_chain(s.values().map(String::as_str), |id| room.fetch(id)))
+                .collect();
+            let ours = resolve_state(version, &forks, &chains, |id| room.fetch(id), None);
+            let theirs = resolve_with_ruma(version, &forks, &chains, |id| room.fetch(id));
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                // ruma refuses ids that are not event ids before resolving; ours treats them
+                // as events it cannot fetch: the conflicted ones drop out, the unconflicted
+                // unknown id stays.
+                (Ok(a), Err(e)) if e.0.contains("bad event id") => {
+                    assert!(!a.contains_key(&("x".to_owned(), String::new())));
+                    assert_eq!(
+                        a.get(&("m.room.name".to_owned(), String::new())),
+                        Some(&"$nobody".to_owned())
+                    );
+                }
+                _ => panic!("ours {ours:?}, ruma {theirs:?}"),
+            }
         }
     }
 
@@ -489,7 +561,17 @@ mod differential {
             ops in prop::collection::vec(op(), 1..30),
             hide in any::<usize>(),
         ) {
-            compare(version, forks, &ops, Some(hide));
+            compare(version, forks, &ops, Some(Spoil::Hide(hide)));
+        }
+
+        #[test]
+        fn agrees_with_ruma_when_an_event_is_rejected(
+            version in prop::sample::select(vec!["10", "11", "12"]),
+            forks in 2usize..4,
+            ops in prop::collection::vec(op(), 1..30),
+            reject in any::<usize>(),
+        ) {
+            compare(version, forks, &ops, Some(Spoil::Reject(reject)));
         }
     }
 }

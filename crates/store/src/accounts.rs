@@ -145,7 +145,7 @@ impl Store {
     /// given), drops tokens the device held before, and stores the new tokens.
     pub async fn create_session(&self, session: &NewSession<'_>) -> Result<(), StoreError> {
         with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query(
                 "INSERT INTO devices (user_id, device_id, display_name, created_ts) \
                  VALUES ($1, $2, $3, $4) \
@@ -215,7 +215,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<(String, String)>, StoreError> {
         let owner = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             let owner: Option<(String, String)> = sqlx::query_as(
                 "DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id",
             )
@@ -283,7 +283,7 @@ impl Store {
     /// Deletes every token of an account but keeps its devices (`/logout/all`).
     pub async fn delete_all_tokens(&self, user_id: &str) -> Result<(), StoreError> {
         with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *tx)
@@ -301,7 +301,7 @@ impl Store {
     /// transaction.
     pub async fn deactivate_user(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
         with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query("UPDATE users SET deactivated_ts = $2, password_hash = NULL WHERE user_id = $1")
                 .bind(user_id)
                 .bind(now)

@@ -101,7 +101,7 @@ impl Store {
         ts: i64,
     ) -> Result<i64, StoreError> {
         let position = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             let position = next_position!(tx, "receipts");
             sqlx::query(
                 "INSERT INTO receipts (room_nid, user_id, receipt_type, thread_id, event_id, ts, stream_position) \
@@ -136,7 +136,7 @@ impl Store {
         now: i64,
     ) -> Result<bool, StoreError> {
         let fresh = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             let inserted = sqlx::query(
                 "INSERT INTO to_device_txns (sender, device_id, txn_id, created_ts) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (sender, device_id, txn_id) DO NOTHING",
@@ -235,7 +235,7 @@ impl Store {
         now: i64,
     ) -> Result<i64, StoreError> {
         let position = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             let position = next_position!(tx, "presence");
             sqlx::query(
                 "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_position) VALUES ($1, $2, $3, $4, $5) \

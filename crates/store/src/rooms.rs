@@ -276,7 +276,7 @@ impl Store {
     /// Persists an event and everything it changes, in one transaction.
     pub async fn persist_event(&self, event: &NewEvent<'_>) -> Result<Persisted, StoreError> {
         let persisted = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             let stream_ordering: i64 = sqlx::query_scalar(
                 "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
             )

@@ -1,7 +1,7 @@
 //! The [`Store`] handle: opening a pool on either backend, applying migrations, and the
 //! [`with_pool!`] macro that runs one piece of SQL on whichever backend is in use.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     migrate::Migrator,
@@ -72,31 +72,78 @@ impl Default for StoreOptions {
     }
 }
 
-/// Starts a transaction that is going to write. On SQLite it takes the write lock up front
-/// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later cannot wait
-/// for the lock and fails at once with "database is locked" under concurrent writers.
+/// A write transaction, with (on SQLite) this store's write gate held until it ends.
+///
+/// Dereferences to the connection, so statements run on `&mut *tx` as on a plain transaction.
+pub(crate) struct WriteTx<DB: sqlx::Database> {
+    tx: sqlx::Transaction<'static, DB>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<DB: sqlx::Database> WriteTx<DB> {
+    /// Commits; the gate opens for the next writer once the commit has returned.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+/// Starts a transaction that is going to write.
+///
+/// On SQLite only one connection can write at a time. Writers first queue on the store's
+/// in-process gate (first come, first served), then take the write lock up front
+/// (`BEGIN IMMEDIATE`): without the gate, concurrent writers fall into SQLite's busy handler,
+/// which sleeps 1 to 100 ms between retries while the lock sits free, and a deferred transaction
+/// that reads first and writes later fails at once with "database is locked".
 pub(crate) trait BeginWrite {
     type Db: sqlx::Database;
 
     fn begin_write(
         &self,
-    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
-    + Send;
+        gate: &Arc<tokio::sync::Mutex<()>>,
+    ) -> impl std::future::Future<Output = Result<WriteTx<Self::Db>, sqlx::Error>> + Send;
 }
 
 impl BeginWrite for PgPool {
     type Db = sqlx::Postgres;
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
+    async fn begin_write(
+        &self,
+        _gate: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<WriteTx<sqlx::Postgres>, sqlx::Error> {
+        // PostgreSQL locks rows, not the database: writers to different rooms run in parallel.
+        Ok(WriteTx {
+            tx: self.begin().await?,
+            _gate: None,
+        })
     }
 }
 
 impl BeginWrite for SqlitePool {
     type Db = sqlx::Sqlite;
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    async fn begin_write(
+        &self,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<WriteTx<sqlx::Sqlite>, sqlx::Error> {
+        let guard = gate.clone().lock_owned().await;
+        Ok(WriteTx {
+            tx: self.begin_with("BEGIN IMMEDIATE").await?,
+            _gate: Some(guard),
+        })
     }
 }
 
@@ -105,7 +152,9 @@ impl BeginWrite for SqlitePool {
 pub struct Store {
     pub(crate) backend: Backend,
     /// Resolved state snapshots (immutable once written), shared by every clone.
-    pub(crate) state_cache: std::sync::Arc<crate::state::StateCache>,
+    pub(crate) state_cache: Arc<crate::state::StateCache>,
+    /// Queues this process's write transactions on SQLite (see [`BeginWrite`]).
+    pub(crate) write_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool. The body is expanded once per backend,
@@ -156,6 +205,7 @@ impl Store {
         let store = Store {
             backend,
             state_cache: Default::default(),
+            write_gate: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -206,5 +256,65 @@ pub(crate) fn redact_url(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::test_support::TestDatabase;
+
+    /// A second SQLite writer queues on the gate while the first transaction is open, starts
+    /// once it has committed, and sees its write; it never errors with "database is locked".
+    #[tokio::test]
+    async fn sqlite_writers_queue_on_the_gate_until_the_open_transaction_commits() {
+        let db = TestDatabase::create(DatabaseKind::Sqlite).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let Backend::Sqlite(pool) = &store.backend else {
+            unreachable!("a SQLite test database")
+        };
+        let mut first = pool.begin_write(&store.write_gate).await.unwrap();
+        sqlx::query("UPDATE stream_positions SET position = position + 1 WHERE stream = 'events'")
+            .execute(&mut *first)
+            .await
+            .unwrap();
+
+        let second = {
+            let (pool, gate) = (pool.clone(), store.write_gate.clone());
+            tokio::spawn(async move {
+                let mut tx = pool.begin_write(&gate).await.unwrap();
+                let seen: i64 = sqlx::query_scalar(
+                    "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
+                )
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                seen
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !second.is_finished(),
+            "the second writer waits for the first"
+        );
+        assert!(
+            store.write_gate.try_lock().is_err(),
+            "the gate is held by the open transaction"
+        );
+        first.commit().await.unwrap();
+        assert_eq!(
+            second.await.unwrap(),
+            2,
+            "the second writer ran after the first committed"
+        );
+        assert!(
+            store.write_gate.try_lock().is_ok(),
+            "the gate opens after the last commit"
+        );
     }
 }

@@ -35,7 +35,7 @@ impl Store {
     /// not grow the table.
     pub async fn create_filter(&self, user_id: &str, filter_json: &str) -> Result<i64, StoreError> {
         let id = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             let existing: Option<i64> = sqlx::query_scalar(
                 "SELECT filter_id FROM filters WHERE user_id = $1 AND filter_json = $2 \
                  ORDER BY filter_id LIMIT 1",
@@ -91,7 +91,7 @@ impl Store {
         content: &str,
     ) -> Result<i64, StoreError> {
         let position = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             // Taking the next position locks the counter row until commit, which orders writers.
             let position: i64 = sqlx::query_scalar(
                 "UPDATE account_data_stream SET position = position + 1 RETURNING position",

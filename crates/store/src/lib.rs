@@ -7,9 +7,16 @@
 //! backend-specific exists only where the dialects truly differ.
 //!
 //! Areas, one module each: [`server_keys`] (the server's own signing keys), [`accounts`] (local
-//! accounts, devices, access and refresh tokens), [`aliases`] (room aliases and the room
-//! directory). Later areas (accounts, rooms and events, state, streams, federation queue, account
-//! keys, media) follow the same shape.
+//! accounts, devices, access and refresh tokens), [`user_data`] (filters, account data,
+//! profiles), [`aliases`] (room aliases and the room directory), [`rooms`] (rooms, events and
+//! everything persisting one changes), [`state`] (state snapshots read back, with their
+//! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
+//! [`ephemeral`] (receipts, to-device messages, presence). Later areas (federation queue,
+//! account keys, media) follow the same shape.
+//!
+//! Writes that span statements run in one transaction; on SQLite, this process's writers queue
+//! on an in-process gate first (see `store::BeginWrite`), so they never spin in SQLite's busy
+//! handler.
 //!
 //! Migrations live in `migrations/{postgres,sqlite}` at the repository root, in pairs, and are
 //! embedded in the binary; [`Store::open`] applies them and refuses a database written by a newer

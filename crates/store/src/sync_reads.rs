@@ -71,7 +71,7 @@ impl Store {
             });
         }
         for rows in out.values_mut() {
-            rows.sort_unstable_by(|a, b| b.stream_ordering.cmp(&a.stream_ordering));
+            rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_ordering));
         }
         Ok(out)
     }

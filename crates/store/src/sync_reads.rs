@@ -3,7 +3,10 @@
 //!
 //! The statements stay portable: `IN` lists of numbered placeholders, and per-room windows as
 //! `UNION ALL` of small ordered, limited subqueries (each one an index range scan), which both
-//! backends run without window functions over whole rooms.
+//! backends run without window functions over whole rooms. The `UNION ALL` statements are not
+//! kept in the connections' prepared-statement caches: their text changes with the number of
+//! rooms, and on SQLite each cached variant is a large compiled program held by every pooled
+//! connection.
 
 use std::collections::HashMap;
 
@@ -60,7 +63,8 @@ impl Store {
                 .collect();
             let sql = parts.join(" UNION ALL ");
             with_pool!(self, pool => {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false);
                 for w in chunk {
                     query = query.bind(w.room_nid).bind(w.after).bind(w.before).bind(w.limit);
                 }
@@ -189,7 +193,8 @@ impl Store {
                 .collect();
             let sql = parts.join(" UNION ALL ");
             with_pool!(self, pool => {
-                let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql.clone()));
+                let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false);
                 for (room, position) in chunk {
                     query = query.bind(*room).bind(*position);
                 }
@@ -333,6 +338,7 @@ impl Store {
             let sql = parts.join(" UNION ALL ");
             with_pool!(self, pool => {
                 let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false)
                     .bind(user_id);
                 for nid in chunk {
                     query = query.bind(*nid);

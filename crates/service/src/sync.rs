@@ -211,10 +211,15 @@ impl Services {
     ) -> Result<(Value, bool)> {
         let user: &UserId = device.user_id.as_ref();
         let filter = &request.filter;
-        let account_data = self
-            .user_data
-            .account_data_since(user, since.map_or(0, |s| s.account_data))
-            .await?;
+        let account_data = match since {
+            // Nobody wrote account data since the token.
+            Some(s) if s.account_data >= now.account_data => Vec::new(),
+            _ => {
+                self.user_data
+                    .account_data_since(user, since.map_or(0, |s| s.account_data))
+                    .await?
+            }
+        };
         let mut room_account_data: std::collections::HashMap<String, Vec<Value>> =
             Default::default();
         let mut global = Vec::new();

@@ -11,6 +11,7 @@ mod membership;
 mod push;
 pub(crate) mod read;
 mod redact;
+mod visibility;
 
 use std::{
     collections::HashMap,
@@ -39,6 +40,8 @@ pub struct Rooms {
     pub notify: crate::notifier::Notifier,
     /// Parsed push rules by user, with the account data position they were read at.
     push_rules: push::RulesCache,
+    /// History visibility facts by snapshot and reader.
+    visibility_facts: visibility::FactsCache,
 }
 
 impl Rooms {
@@ -55,6 +58,7 @@ impl Rooms {
             writers: Mutex::new(HashMap::new()),
             notify,
             push_rules: Default::default(),
+            visibility_facts: Default::default(),
         }
     }
 

@@ -1,0 +1,169 @@
+//! History visibility (client-server API, "History visibility"): whether a user may see an
+//! event, decided by the room's `m.room.history_visibility` and the user's membership in the
+//! state at the event.
+//!
+//! Both facts are read from the snapshot of each row (one query for all rows' snapshots, one for
+//! the events holding them) and cached per `(snapshot, user)`: snapshots never change, and the
+//! two content fields read survive redaction in every room version, so a cached fact is never
+//! stale.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use myelin_store::EventRow;
+use ruma::UserId;
+use serde_json::Value;
+
+use super::Rooms;
+use crate::Result;
+
+/// The history visibility and the reader's membership in one snapshot (`None`: no such event).
+type Facts = (Option<String>, Option<String>);
+
+/// Cached facts are dropped all at once past this many entries (each is a few dozen bytes).
+const FACTS_CACHE_MAX: usize = 100_000;
+
+/// [`Facts`] by `(state group, user id)`.
+#[derive(Debug, Default)]
+pub(super) struct FactsCache {
+    facts: Mutex<HashMap<(i64, String), Facts>>,
+}
+
+impl FactsCache {
+    fn get(&self, group: i64, user: &str) -> Option<Facts> {
+        let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        facts.get(&(group, user.to_owned())).cloned()
+    }
+
+    fn put(&self, group: i64, user: &str, facts: Facts) {
+        let mut cache = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= FACTS_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert((group, user.to_owned()), facts);
+    }
+}
+
+impl Rooms {
+    /// Which of `rows` the user may see (sync's timelines).
+    pub(crate) async fn visible_rows(&self, rows: &[EventRow], user: &UserId) -> Result<Vec<bool>> {
+        let rows: Vec<&EventRow> = rows.iter().collect();
+        self.visibility(user, &rows, &HashMap::new()).await
+    }
+
+    /// History visibility of rows from any rooms, in order. `joined_now` may say, per room,
+    /// whether the reader is joined now (what `shared` visibility asks); rooms it does not
+    /// name are looked up.
+    ///
+    /// What decides each row: the history visibility event and the reader's membership event
+    /// in the state at the row, read for all rows' snapshots in one query, then one read of
+    /// those events.
+    pub(crate) async fn visibility(
+        &self,
+        user: &UserId,
+        rows: &[&EventRow],
+        joined_now: &HashMap<i64, bool>,
+    ) -> Result<Vec<bool>> {
+        let facts = self.visibility_facts(user, rows).await?;
+        let mut joined_now = joined_now.clone();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str())
+            {
+                // A user always sees their own membership events.
+                out.push(true);
+                continue;
+            }
+            let (visibility, membership_then) =
+                facts.get(&row.state_group).cloned().unwrap_or_default();
+            let visible = match visibility.as_deref().unwrap_or("shared") {
+                "world_readable" => true,
+                _ if membership_then.as_deref() == Some("join") => true,
+                "shared" => match joined_now.get(&row.room_nid) {
+                    Some(joined) => *joined,
+                    None => {
+                        let joined = self
+                            .store
+                            .membership(row.room_nid, user.as_str())
+                            .await?
+                            .is_some_and(|m| m.0 == "join");
+                        joined_now.insert(row.room_nid, joined);
+                        joined
+                    }
+                },
+                "invited" => membership_then.as_deref() == Some("invite"),
+                _ => false,
+            };
+            out.push(visible);
+        }
+        Ok(out)
+    }
+
+    /// The [`Facts`] of each row's snapshot for `user`, by state group: from the cache, and
+    /// for the snapshots it lacks, two reads for all of them.
+    async fn visibility_facts(
+        &self,
+        user: &UserId,
+        rows: &[&EventRow],
+    ) -> Result<HashMap<i64, Facts>> {
+        const VISIBILITY: (&str, &str) = ("m.room.history_visibility", "");
+        let member = ("m.room.member", user.as_str());
+        let mut out = HashMap::new();
+        let mut missing: Vec<i64> = Vec::new();
+        for row in rows {
+            if out.contains_key(&row.state_group) || missing.contains(&row.state_group) {
+                continue;
+            }
+            match self.visibility_facts.get(row.state_group, user.as_str()) {
+                Some(facts) => {
+                    out.insert(row.state_group, facts);
+                }
+                None => missing.push(row.state_group),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let at_groups = self
+            .store
+            .state_entries_at_groups(&missing, &[VISIBILITY, member])
+            .await?;
+        let mut needed: Vec<i64> = at_groups
+            .values()
+            .flat_map(|entries| entries.values().copied())
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let contents: HashMap<i64, Value> = self
+            .store
+            .events_by_nids(&needed)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let content = serde_json::from_str::<Value>(&row.json)
+                    .map(|mut json| json["content"].take())
+                    .unwrap_or(Value::Null);
+                (row.event_nid, content)
+            })
+            .collect();
+        let key = |(t, k): (&str, &str)| (t.to_owned(), k.to_owned());
+        let (visibility_key, member_key) = (key(VISIBILITY), key(member));
+        for group in missing {
+            let entries = at_groups.get(&group);
+            let field = |state: &(String, String), name: &str| -> Option<String> {
+                entries
+                    .and_then(|entries| entries.get(state))
+                    .and_then(|nid| contents.get(nid))
+                    .and_then(|content| content[name].as_str())
+                    .map(str::to_owned)
+            };
+            let facts = (
+                field(&visibility_key, "history_visibility"),
+                field(&member_key, "membership"),
+            );
+            self.visibility_facts
+                .put(group, user.as_str(), facts.clone());
+            out.insert(group, facts);
+        }
+        Ok(out)
+    }
+}

@@ -74,13 +74,10 @@ if wants hydrogen; then
 fi
 
 # --- the server ------------------------------------------------------------------------------
+. tests/lib/server.sh
 WORK="$(mktemp -d /tmp/myelin-clients.XXXXXX)"
-SERVER_PID=""
 cleanup() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    stop_test_server
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -96,32 +93,8 @@ if [ -n "${MYELIN_CLIENTS_URL:-}" ]; then
     URL="$MYELIN_CLIENTS_URL"
 else
     timed "build myelin" cargo build -q -p myelin
-    BIN="$CARGO_TARGET_DIR/debug/myelin"
-    free_port() {
-        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-    }
-    CLIENT_PORT="$(free_port)"
-    FEDERATION_PORT="$(free_port)"
-    (
-        cd "$WORK"
-        MYELIN_LISTEN__CLIENT="127.0.0.1:$CLIENT_PORT" \
-        MYELIN_LISTEN__FEDERATION="127.0.0.1:$FEDERATION_PORT" \
-        MYELIN_REGISTRATION__ENABLED=true \
-        MYELIN_PASSWORDS__MEMORY_KIB=8 \
-        MYELIN_PASSWORDS__ITERATIONS=1 \
-        MYELIN_RATE_LIMITS__ENABLED=false \
-        MYELIN_LOG__FILTER="${MYELIN_CLIENTS_LOG_FILTER:-info}" \
-        NO_COLOR=1 \
-        exec "$BIN"
-    ) >"$WORK/server.log" 2>&1 &
-    SERVER_PID=$!
-    URL="http://127.0.0.1:$CLIENT_PORT"
-    for _ in $(seq 1 150); do
-        if curl -fsS "$URL/_matrix/client/versions" >/dev/null 2>&1; then break; fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then log "the server exited"; server_log_tail; exit 1; fi
-        sleep 0.1
-    done
-    curl -fsS "$URL/_matrix/client/versions" >/dev/null || { log "the server never answered"; server_log_tail; exit 1; }
+    start_test_server "$CARGO_TARGET_DIR/debug/myelin" "$WORK" "${MYELIN_CLIENTS_LOG_FILTER:-info}"
+    URL="$SERVER_URL"
 fi
 log "server at $URL"
 

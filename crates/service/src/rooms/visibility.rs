@@ -44,7 +44,7 @@ impl FactsCache {
 }
 
 impl Rooms {
-    /// Which of `rows` the user may see (sync's timelines).
+    /// Which of `rows` (of one room or several) the user may see, in order.
     pub(crate) async fn visible_rows(&self, rows: &[EventRow], user: &UserId) -> Result<Vec<bool>> {
         let rows: Vec<&EventRow> = rows.iter().collect();
         self.visibility(user, &rows, &HashMap::new()).await
@@ -54,9 +54,8 @@ impl Rooms {
     /// whether the reader is joined now (what `shared` visibility asks); rooms it does not
     /// name are looked up.
     ///
-    /// What decides each row: the history visibility event and the reader's membership event
-    /// in the state at the row, read for all rows' snapshots in one query, then one read of
-    /// those events.
+    /// What decides each row: the [`Facts`] of the state at the row (cached, see the module
+    /// docs).
     pub(crate) async fn visibility(
         &self,
         user: &UserId,

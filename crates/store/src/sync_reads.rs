@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use crate::{
-    EventRow, Store, StoreError,
+    Backend, EventRow, Store, StoreError,
     ephemeral::ReceiptRow,
     rooms::{EVENT_SELECT, RoomSummaryRow, event_from_row, read_position_sql},
     with_pool,
@@ -42,37 +42,67 @@ fn placeholders(first: usize, n: usize) -> String {
 
 impl Store {
     /// The newest events of each window, newest first, keyed by room.
+    ///
+    /// PostgreSQL runs one constant statement for any number of rooms (a lateral join over the
+    /// windows passed as arrays; `win`, since the event columns already use `e`, `p`, `r`, `t`): planning a `UNION ALL` of one joined subquery per room took
+    /// about 13 ms for 20 rooms there. SQLite plans the `UNION ALL` form in microseconds.
     pub async fn room_timelines(
         &self,
         windows: &[TimelineWindow],
     ) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
         let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
-        for chunk in windows.chunks(ROOMS_PER_STATEMENT) {
-            let parts: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 4 * i + 1;
-                    format!(
-                        "SELECT * FROM ({EVENT_SELECT} WHERE e.room_nid = ${} AND e.stream_ordering > ${} \
-                         AND e.stream_ordering < ${} ORDER BY e.stream_ordering DESC LIMIT ${}) AS w{i}",
-                        p,
-                        p + 1,
-                        p + 2,
-                        p + 3
-                    )
-                })
-                .collect();
-            let sql = parts.join(" UNION ALL ");
-            with_pool!(self, pool => {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .persistent(false);
-                for w in chunk {
-                    query = query.bind(w.room_nid).bind(w.after).bind(w.before).bind(w.limit);
-                }
-                for row in query.fetch_all(pool).await? {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let column =
+                    |f: fn(&TimelineWindow) -> i64| -> Vec<i64> { windows.iter().map(f).collect() };
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT w.* FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) \
+                     AS win (room_nid, after_position, before_position, row_limit) \
+                     CROSS JOIN LATERAL ({EVENT_SELECT} WHERE e.room_nid = win.room_nid \
+                     AND e.stream_ordering > win.after_position AND e.stream_ordering < win.before_position \
+                     ORDER BY e.stream_ordering DESC LIMIT win.row_limit) AS w"
+                )))
+                .bind(column(|w| w.room_nid))
+                .bind(column(|w| w.after))
+                .bind(column(|w| w.before))
+                .bind(column(|w| w.limit))
+                .fetch_all(pool)
+                .await?;
+                for row in rows {
                     let event = event_from_row!(&row);
                     out.entry(event.room_nid).or_default().push(event);
                 }
-            });
+            }
+            Backend::Sqlite(pool) => {
+                for chunk in windows.chunks(ROOMS_PER_STATEMENT) {
+                    let parts: Vec<String> = (0..chunk.len())
+                        .map(|i| {
+                            let p = 4 * i + 1;
+                            format!(
+                                "SELECT * FROM ({EVENT_SELECT} WHERE e.room_nid = ${} AND e.stream_ordering > ${} \
+                                 AND e.stream_ordering < ${} ORDER BY e.stream_ordering DESC LIMIT ${}) AS w{i}",
+                                p,
+                                p + 1,
+                                p + 2,
+                                p + 3
+                            )
+                        })
+                        .collect();
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(parts.join(" UNION ALL ")))
+                        .persistent(false);
+                    for w in chunk {
+                        query = query
+                            .bind(w.room_nid)
+                            .bind(w.after)
+                            .bind(w.before)
+                            .bind(w.limit);
+                    }
+                    for row in query.fetch_all(pool).await? {
+                        let event = event_from_row!(&row);
+                        out.entry(event.room_nid).or_default().push(event);
+                    }
+                }
+            }
         }
         for rows in out.values_mut() {
             rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_ordering));

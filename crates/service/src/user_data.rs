@@ -213,11 +213,6 @@ impl UserData {
         Ok(rows)
     }
 
-    /// The current position of the account data stream, for the next sync token.
-    pub async fn account_data_position(&self) -> Result<i64> {
-        Ok(self.store.account_data_stream_position().await?)
-    }
-
     // ----- room tags -----
 
     async fn stored_tags(&self, user_id: &UserId, room_id: &RoomId) -> Result<Tags> {
@@ -514,7 +509,10 @@ mod tests {
             data.set_tag(&me, &alice, &room, "u.work", TagInfo::new())
                 .await
                 .unwrap();
-            assert_eq!(data.account_data_position().await.unwrap(), p1 + 1);
+            assert_eq!(
+                data.store.account_data_stream_position().await.unwrap(),
+                p1 + 1
+            );
 
             // Incremental: only what changed, and no push rules when they did not change.
             let since = data.account_data_since(&alice, p1).await.unwrap();

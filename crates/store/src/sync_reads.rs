@@ -294,7 +294,7 @@ impl Store {
         Ok(out)
     }
 
-    /// [`Store::room_summary`] for each room, keyed by room.
+    /// The [`RoomSummaryRow`] of each room, keyed by room.
     pub async fn room_summaries(
         &self,
         user_id: &str,

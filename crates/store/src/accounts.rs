@@ -144,7 +144,7 @@ impl Store {
     /// Stores a new session in one transaction: creates the device (or renames it when a name is
     /// given), drops tokens the device held before, and stores the new tokens.
     pub async fn create_session(&self, session: &NewSession<'_>) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query(
                 "INSERT INTO devices (user_id, device_id, display_name, created_ts) \
@@ -171,15 +171,23 @@ impl Store {
             insert_tokens!(tx, session.user_id, session.device_id, session.access_token_hash,
                 session.expires_ts, session.refresh_token_hash, session.now);
             tx.commit().await
-        })?;
+        });
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.tokens.invalidate();
+        result?;
         Ok(())
     }
 
-    /// What an access token (by hash) stands for, with its account's state.
+    /// What an access token (by hash) stands for, with its account's state. Cached: every
+    /// method here that deletes tokens or deactivates an account invalidates the cache.
     pub async fn access_token(
         &self,
         token_hash: &[u8],
     ) -> Result<Option<AccessTokenRow>, StoreError> {
+        let started = match self.tokens.get(token_hash) {
+            Ok(row) => return Ok(Some(row)),
+            Err(started) => started,
+        };
         let row = with_pool!(self, pool => {
             match sqlx::query(
                 "SELECT t.user_id, t.device_id, t.expires_ts, u.is_admin, u.deactivated_ts \
@@ -200,6 +208,9 @@ impl Store {
                 None => None,
             }
         });
+        if let Some(row) = &row {
+            self.tokens.fill(started, token_hash.to_vec(), row.clone());
+        }
         Ok(row)
     }
 
@@ -214,7 +225,7 @@ impl Store {
         refresh_token_hash: &[u8],
         now: i64,
     ) -> Result<Option<(String, String)>, StoreError> {
-        let owner = with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let owner: Option<(String, String)> = sqlx::query_as(
                 "DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id",
@@ -233,32 +244,41 @@ impl Store {
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(owner)
-        })?;
+        });
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.tokens.invalidate();
+        let owner = result?;
         Ok(owner)
     }
 
     /// Deletes one access token (logout).
     pub async fn delete_access_token(&self, token_hash: &[u8]) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1")
                 .bind(token_hash)
                 .execute(pool)
                 .await
                 .map(|_| ())
-        })?;
+        });
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.tokens.invalidate();
+        result?;
         Ok(())
     }
 
     /// Deletes a device with its tokens. Returns whether it existed.
     pub async fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError> {
-        let deleted = with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected() > 0)
-        })?;
+        });
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.tokens.invalidate();
+        let deleted = result?;
         Ok(deleted)
     }
 
@@ -269,20 +289,23 @@ impl Store {
         user_id: &str,
         keep_device: Option<&str>,
     ) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2")
                 .bind(user_id)
                 .bind(keep_device)
                 .execute(pool)
                 .await
                 .map(|_| ())
-        })?;
+        });
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.tokens.invalidate();
+        result?;
         Ok(())
     }
 
     /// Deletes every token of an account but keeps its devices (`/logout/all`).
     pub async fn delete_all_tokens(&self, user_id: &str) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
                 .bind(user_id)
@@ -293,14 +316,17 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await
-        })?;
+        });
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.tokens.invalidate();
+        result?;
         Ok(())
     }
 
     /// Marks an account deactivated and removes its password, devices and tokens, in one
     /// transaction.
     pub async fn deactivate_user(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query("UPDATE users SET deactivated_ts = $2, password_hash = NULL WHERE user_id = $1")
                 .bind(user_id)
@@ -312,7 +338,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await
-        })?;
+        });
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.tokens.invalidate();
+        result?;
         Ok(())
     }
 

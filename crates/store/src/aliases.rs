@@ -101,14 +101,17 @@ impl Store {
 
     /// Publishes a room in the directory, or withdraws it.
     pub async fn set_room_public(&self, room_nid: i64, public: bool) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             sqlx::query("UPDATE rooms SET is_public = $2 WHERE room_nid = $1")
                 .bind(room_nid)
                 .bind(public)
                 .execute(pool)
                 .await
                 .map(|_| ())
-        })?;
+        });
+        // Cached rooms carry `is_public` (see `cache`).
+        self.rooms.invalidate();
+        result?;
         Ok(())
     }
 

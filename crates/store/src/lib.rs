@@ -14,6 +14,9 @@
 //! [`ephemeral`] (receipts, to-device messages, presence). Later areas (federation queue,
 //! account keys, media) follow the same shape.
 //!
+//! Access tokens and rooms, read on nearly every request, are cached in the process and
+//! invalidated by the methods that change them (`cache`).
+//!
 //! Writes that span statements run in one transaction; on SQLite, this process's writers queue
 //! on an in-process gate first (see `store::BeginWrite`), so they never spin in SQLite's busy
 //! handler.
@@ -24,6 +27,7 @@
 
 pub mod accounts;
 pub mod aliases;
+mod cache;
 pub mod ephemeral;
 mod error;
 pub mod rooms;
@@ -38,8 +42,8 @@ pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use rooms::{
-    EventRow, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction, RoomHead, RoomRow,
-    RoomSummaryRow,
+    EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
+    RoomHead, RoomRow, RoomSummaryRow, SendContext,
 };
 pub use server_keys::StoredSigningKey;
 pub use state::StateMap;

@@ -11,6 +11,9 @@ use crate::{Store, StoreError, with_pool};
 /// A state snapshot becomes a full copy after this many deltas, so loading one never walks far.
 pub const MAX_STATE_CHAIN: i64 = 32;
 
+/// Push action rows per `INSERT` (4 parameters each, well under both backends' limits).
+const PUSH_ACTIONS_PER_STATEMENT: usize = 1_000;
+
 /// A room as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRow {
@@ -67,6 +70,16 @@ pub struct RoomHead {
     pub state_group: Option<i64>,
 }
 
+/// What a local send reads before it builds its event ([`Store::send_context`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendContext {
+    /// The current state events for the keys asked for (those the room has).
+    pub state: Vec<EventRow>,
+    pub head: RoomHead,
+    /// The event the client's transaction already produced, if this is a retry.
+    pub txn_event_id: Option<String>,
+}
+
 /// An event to persist.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
@@ -88,6 +101,16 @@ pub struct NewEvent<'a> {
     /// What the event asks of local members' push rules.
     pub push_actions: &'a [PushAction],
     pub now: i64,
+}
+
+/// A joined member as push rule evaluation reads it ([`Store::joined_member_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedMember {
+    pub user_id: String,
+    /// The JSON of their membership event.
+    pub member_json: String,
+    /// The stream position of the account data asked for (0 when they have none).
+    pub data_position: i64,
 }
 
 /// One member's push rule outcome for an event.
@@ -145,16 +168,30 @@ pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
     )
 }
 
+/// The columns every read of events selects (see [`EVENT_SELECT`]).
+macro_rules! event_columns {
+    () => {
+        "e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
+         e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
+         p.json AS prev_json, r.json AS redacted_because_json, \
+         t.device_id AS txn_device, t.txn_id AS txn_id"
+    };
+}
+
+/// The tables behind [`event_columns!`].
+macro_rules! event_tables {
+    () => {
+        "events e \
+         LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
+         LEFT JOIN events r ON r.event_id = e.redacted_by \
+         LEFT JOIN event_txn_ids t ON t.event_id = e.event_id AND t.user_id = e.sender"
+    };
+}
+
 /// Every read of events selects the same columns, with the replaced state event and the
 /// redaction joined in, so clients' `prev_content` and `redacted_because` need no extra query.
-pub(crate) const EVENT_SELECT: &str = "SELECT e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
-     e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
-     p.json AS prev_json, r.json AS redacted_because_json, \
-     t.device_id AS txn_device, t.txn_id AS txn_id \
-     FROM events e \
-     LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
-     LEFT JOIN events r ON r.event_id = e.redacted_by \
-     LEFT JOIN event_txn_ids t ON t.event_id = e.event_id AND t.user_id = e.sender";
+pub(crate) const EVENT_SELECT: &str =
+    concat!("SELECT ", event_columns!(), " FROM ", event_tables!());
 
 macro_rules! event_from_row {
     ($row:expr) => {{
@@ -185,6 +222,17 @@ macro_rules! event_from_row {
 }
 pub(crate) use event_from_row;
 
+/// A room's head from its forward extremities as `(event id, depth, stream ordering, state
+/// group)`: newest (deepest, then latest) first.
+fn head_of(mut extremities: Vec<(String, i64, i64, i64)>) -> RoomHead {
+    extremities.sort_by_key(|e| std::cmp::Reverse((e.1, e.2)));
+    RoomHead {
+        max_depth: extremities.first().map(|r| r.1).unwrap_or(0),
+        state_group: extremities.first().map(|r| r.3),
+        prev_event_ids: extremities.into_iter().map(|r| r.0).collect(),
+    }
+}
+
 impl Store {
     /// Creates a room row. The room id must be new.
     pub async fn create_room(
@@ -211,8 +259,13 @@ impl Store {
         Ok(nid)
     }
 
-    /// A room by its id.
+    /// A room by its id. Cached (rooms are never deleted; [`Store::set_room_public`], the one
+    /// change to a room row, invalidates).
     pub async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
+        let started = match self.rooms.get(room_id) {
+            Ok(room) => return Ok(Some(room)),
+            Err(started) => started,
+        };
         let row = with_pool!(self, pool => {
             match sqlx::query(
                 "SELECT room_nid, room_id, room_version, creator, is_public FROM rooms WHERE room_id = $1",
@@ -231,46 +284,85 @@ impl Store {
                 None => None,
             }
         });
+        if let Some(room) = &row {
+            self.rooms.fill(started, room_id.to_owned(), room.clone());
+        }
         Ok(row)
     }
 
-    /// What a new event in the room builds on.
-    pub async fn room_head(&self, room_nid: i64) -> Result<RoomHead, StoreError> {
-        let rows: Vec<(String, i64, i64)> = with_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT e.event_id, e.depth, e.state_group FROM forward_extremities f \
-                 JOIN events e ON e.event_id = f.event_id \
-                 WHERE f.room_nid = $1 ORDER BY e.depth DESC, e.stream_ordering DESC",
-            )
-            .bind(room_nid)
-            .fetch_all(pool)
-            .await
-        })?;
-        Ok(RoomHead {
-            max_depth: rows.iter().map(|r| r.1).max().unwrap_or(0),
-            state_group: rows.first().map(|r| r.2),
-            prev_event_ids: rows.into_iter().map(|r| r.0).collect(),
-        })
-    }
-
-    /// The event id a client transaction produced, if it was already sent.
-    pub async fn txn_event_id(
+    /// Everything a local send reads before building its event, in one statement (each
+    /// statement is a round trip, and sends are what users wait on): the current state events
+    /// for `keys`, the room's head, and, for a client send, the event its transaction id
+    /// already produced.
+    pub async fn send_context(
         &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let id = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, String>(
-                "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(txn_id)
-            .fetch_optional(pool)
-            .await
-        })?;
-        Ok(id)
+        room_nid: i64,
+        keys: &[(String, String)],
+        txn: Option<(&str, &str, &str)>,
+    ) -> Result<SendContext, StoreError> {
+        // Three arms of one query, told apart by `part`; parameters are numbered as they come.
+        let mut sql = format!(
+            "SELECT 1 AS part, {} FROM {} JOIN forward_extremities f ON f.event_id = e.event_id \
+             WHERE f.room_nid = $1",
+            event_columns!(),
+            event_tables!()
+        );
+        if !keys.is_empty() {
+            let clauses: Vec<String> = (0..keys.len())
+                .map(|i| {
+                    format!(
+                        "(c.event_type = ${} AND c.state_key = ${})",
+                        2 * i + 2,
+                        2 * i + 3
+                    )
+                })
+                .collect();
+            sql.push_str(&format!(
+                " UNION ALL SELECT 0 AS part, {} FROM {} JOIN current_state c ON c.event_nid = e.event_nid \
+                 WHERE c.room_nid = $1 AND ({})",
+                event_columns!(),
+                event_tables!(),
+                clauses.join(" OR ")
+            ));
+        }
+        if txn.is_some() {
+            let n = 2 * keys.len() + 2;
+            sql.push_str(&format!(
+                " UNION ALL SELECT 2 AS part, {} FROM {} JOIN event_txn_ids x ON x.event_id = e.event_id \
+                 WHERE x.user_id = ${} AND x.device_id = ${} AND x.txn_id = ${}",
+                event_columns!(),
+                event_tables!(),
+                n,
+                n + 1,
+                n + 2
+            ));
+        }
+        let mut context = SendContext {
+            state: Vec::new(),
+            head: head_of(Vec::new()),
+            txn_event_id: None,
+        };
+        let mut extremities = Vec::new();
+        with_pool!(self, pool => {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(room_nid);
+            for (event_type, state_key) in keys {
+                query = query.bind(event_type).bind(state_key);
+            }
+            if let Some((user_id, device_id, txn_id)) = txn {
+                query = query.bind(user_id).bind(device_id).bind(txn_id);
+            }
+            for row in query.fetch_all(pool).await? {
+                let part: i32 = row.try_get("part")?;
+                let event = event_from_row!(&row);
+                match part {
+                    0 => context.state.push(event),
+                    1 => extremities.push((event.event_id, event.depth, event.stream_ordering, event.state_group)),
+                    _ => context.txn_event_id = Some(event.event_id),
+                }
+            }
+        });
+        context.head = head_of(extremities);
+        Ok(context)
     }
 
     /// Persists an event and everything it changes, in one transaction.
@@ -390,33 +482,44 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            for prev in event.prev_event_ids {
-                sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1 AND event_id = $2")
-                    .bind(event.room_nid)
-                    .bind(prev)
-                    .execute(&mut *tx)
-                    .await?;
+            if !event.prev_event_ids.is_empty() {
+                // At most 20 prev events (the spec's limit): one statement.
+                let list: Vec<String> = (0..event.prev_event_ids.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!("DELETE FROM forward_extremities WHERE room_nid = $1 AND event_id IN ({})", list.join(", "));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.room_nid);
+                for prev in event.prev_event_ids {
+                    query = query.bind(prev);
+                }
+                query.execute(&mut *tx).await?;
             }
             sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
                 .bind(event.room_nid)
                 .bind(event.event_id)
                 .execute(&mut *tx)
                 .await?;
-            for action in event.push_actions {
-                sqlx::query(
-                    "INSERT INTO event_push_actions (event_nid, room_nid, user_id, stream_ordering, notify, highlight, actions, ts) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(event_nid)
-                .bind(event.room_nid)
-                .bind(&action.user_id)
-                .bind(stream_ordering)
-                .bind(action.notify)
-                .bind(action.highlight)
-                .bind(&action.actions)
-                .bind(event.now)
-                .execute(&mut *tx)
-                .await?;
+            // Many rows per statement; the event's columns are bound once per statement.
+            for chunk in event.push_actions.chunks(PUSH_ACTIONS_PER_STATEMENT) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("($1, $2, $3, $4, ${}, ${}, ${}, ${})", 4 * i + 5, 4 * i + 6, 4 * i + 7, 4 * i + 8))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO event_push_actions (event_nid, room_nid, stream_ordering, ts, user_id, notify, highlight, actions) \
+                     VALUES {}",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(event_nid)
+                    .bind(event.room_nid)
+                    .bind(stream_ordering)
+                    .bind(event.now);
+                for action in chunk {
+                    query = query
+                        .bind(&action.user_id)
+                        .bind(action.notify)
+                        .bind(action.highlight)
+                        .bind(&action.actions);
+                }
+                query.execute(&mut *tx).await?;
             }
             if let Some((user_id, device_id, txn_id)) = event.txn {
                 sqlx::query(
@@ -625,20 +728,34 @@ impl Store {
     }
 
     /// The joined members of a room with the JSON of their membership events (push rule
-    /// evaluation needs their display names).
+    /// evaluation needs their display names) and the stream position of their global account
+    /// data of `data_type` (their push rules, which callers cache by that position).
     pub async fn joined_member_events(
         &self,
         room_nid: i64,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+        data_type: &str,
+    ) -> Result<Vec<JoinedMember>, StoreError> {
         let rows = with_pool!(self, pool => {
-            sqlx::query_as::<_, (String, String)>(
-                "SELECT m.user_id, e.json FROM room_memberships m JOIN events e ON e.event_nid = m.event_nid \
+            let mut out = Vec::new();
+            for row in sqlx::query(
+                "SELECT m.user_id, e.json, a.stream_position FROM room_memberships m \
+                 JOIN events e ON e.event_nid = m.event_nid \
+                 LEFT JOIN account_data a ON a.user_id = m.user_id AND a.room_id = '' AND a.data_type = $2 \
                  WHERE m.room_nid = $1 AND m.membership = 'join'",
             )
             .bind(room_nid)
+            .bind(data_type)
             .fetch_all(pool)
-            .await
-        })?;
+            .await?
+            {
+                out.push(JoinedMember {
+                    user_id: row.try_get("user_id")?,
+                    member_json: row.try_get("json")?,
+                    data_position: row.try_get::<Option<i64>, _>("stream_position")?.unwrap_or(0),
+                });
+            }
+            out
+        });
         Ok(rows)
     }
 

@@ -11,13 +11,18 @@ use sqlx::{
     },
 };
 
-use crate::StoreError;
+use crate::{StoreError, cache::Cache};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// How long a SQLite connection waits for a lock held by another connection before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pooled PostgreSQL connection idle for longer than this is pinged before it is handed out
+/// (the server may have restarted or a firewall may have dropped it). Busier connections are
+/// not: sqlx's default pings on every acquire, one more round trip per statement.
+const PG_PING_AFTER_IDLE: Duration = Duration::from_secs(60);
 
 /// The highest migration version embedded in this binary (both backends have the same pairs).
 pub(crate) fn latest_known_migration() -> i64 {
@@ -155,7 +160,15 @@ pub struct Store {
     pub(crate) state_cache: Arc<crate::state::StateCache>,
     /// Queues this process's write transactions on SQLite (see [`BeginWrite`]).
     pub(crate) write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Access tokens by hash, with their account's state.
+    pub(crate) tokens: Arc<Cache<Vec<u8>, crate::AccessTokenRow>>,
+    /// Rooms by id.
+    pub(crate) rooms: Arc<Cache<String, crate::RoomRow>>,
 }
+
+/// How many tokens and rooms the caches hold before they start over.
+const TOKEN_CACHE_CAPACITY: usize = 10_000;
+const ROOM_CACHE_CAPACITY: usize = 10_000;
 
 /// Runs `$body` with `$pool` bound to the backend's pool. The body is expanded once per backend,
 /// so the same SQL text and the same binds compile against each driver's native types.
@@ -182,6 +195,15 @@ impl Store {
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(Duration::from_secs(30))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > PG_PING_AFTER_IDLE {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(connect)
                     .await?;
                 Backend::Postgres(pool)
@@ -197,6 +219,9 @@ impl Store {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(Duration::from_secs(30))
+                    // A connection to a local file cannot drop; sqlx's default ping on every
+                    // acquire costs a hand-off to the connection's thread per statement.
+                    .test_before_acquire(false)
                     .connect_with(connect)
                     .await?;
                 Backend::Sqlite(pool)
@@ -206,6 +231,8 @@ impl Store {
             backend,
             state_cache: Default::default(),
             write_gate: Default::default(),
+            tokens: Arc::new(Cache::new(TOKEN_CACHE_CAPACITY)),
+            rooms: Arc::new(Cache::new(ROOM_CACHE_CAPACITY)),
         };
         store.migrate().await?;
         Ok(store)

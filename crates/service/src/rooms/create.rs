@@ -176,7 +176,7 @@ impl Rooms {
             }
         };
         let room = self.room(&room_id).await?;
-        self.persist(&room, &create, Vec::new(), None, None, now)
+        self.persist(&room, &create, Vec::new(), None, None, now, None)
             .await?;
 
         // 2. The creator joins.

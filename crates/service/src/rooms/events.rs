@@ -10,11 +10,11 @@ use myelin_room_version::{
     pdu::build_pdu,
     version::RedactionAlgorithm,
 };
-use myelin_store::{NewEvent, RoomRow};
+use myelin_store::{EventRow, NewEvent, RoomRow};
 use ruma::UserId;
 use serde_json::value::to_raw_value;
 
-use super::{Rooms, pdu_of, to_canonical_object, version_of};
+use super::{Rooms, pdu_of, push::PUSH_STATE_TYPES, to_canonical_object, version_of};
 use crate::{Error, Result, now_millis};
 
 /// The spec allows at most 20 `prev_events`.
@@ -48,14 +48,6 @@ impl Rooms {
         }
         let writer = self.writer(&room.room_id);
         let _guard = writer.lock().await;
-        if let Some((device_id, txn_id)) = event.txn
-            && let Some(event_id) = self
-                .store
-                .txn_event_id(sender.as_str(), device_id, txn_id)
-                .await?
-        {
-            return Ok(event_id);
-        }
         let version = version_of(room)?;
         let content_raw =
             to_raw_value(&event.content).map_err(|e| Error::BadJson(e.to_string()))?;
@@ -69,17 +61,29 @@ impl Rooms {
         .map_err(|e| Error::Forbidden(e.to_string()))?;
 
         // Only the state the auth rules look at is loaded: the selected auth types and the
-        // create event (which v12 rooms cite through the room id).
+        // create event (which v12 rooms cite through the room id), plus the power levels that
+        // push rules read; with the room's head and a retried transaction, in one read.
         let mut keys: Vec<(String, String)> = auth_types.clone();
-        if !keys
-            .iter()
-            .any(|(t, k)| t == "m.room.create" && k.is_empty())
-        {
-            keys.push(("m.room.create".to_owned(), String::new()));
+        for kind in PUSH_STATE_TYPES {
+            if !keys.iter().any(|(t, k)| t == kind && k.is_empty()) {
+                keys.push((kind.to_owned(), String::new()));
+            }
         }
-        let rows = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let context = self
+            .store
+            .send_context(
+                room.room_nid,
+                &keys,
+                event
+                    .txn
+                    .map(|(device_id, txn_id)| (sender.as_str(), device_id, txn_id)),
+            )
+            .await?;
+        if let Some(event_id) = context.txn_event_id {
+            return Ok(event_id);
+        }
         let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
-        for row in &rows {
+        for row in &context.state {
             by_key.insert(
                 (
                     row.event_type.clone(),
@@ -93,7 +97,7 @@ impl Rooms {
             .filter_map(|key| by_key.get(key).map(|pdu| pdu.event_id().to_owned()))
             .collect();
 
-        let head = self.store.room_head(room.room_nid).await?;
+        let head = context.head;
         let now = now_millis();
         let mut partial = CanonicalJsonObject::new();
         partial.insert(
@@ -169,12 +173,15 @@ impl Rooms {
                 head.state_group,
                 event.txn.map(|(d, t)| (sender.as_str(), d, t)),
                 now,
+                Some(&context.state),
             )
             .await?;
         Ok(event_id)
     }
 
-    /// Persists an already built and authorised PDU.
+    /// Persists an already built and authorised PDU. `push_state` is the room's current state
+    /// for [`PUSH_STATE_TYPES`] when the caller has read it (else it is read here).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn persist(
         &self,
         room: &RoomRow,
@@ -183,6 +190,7 @@ impl Rooms {
         state_group_before: Option<i64>,
         txn: Option<(&str, &str, &str)>,
         now: i64,
+        push_state: Option<&[EventRow]>,
     ) -> Result<String> {
         let membership = if pdu.event_type() == "m.room.member" {
             pdu.content_object()
@@ -194,7 +202,7 @@ impl Rooms {
         } else {
             None
         };
-        let push_actions = self.push_actions(room, pdu).await?;
+        let push_actions = self.push_actions(room, pdu, push_state).await?;
         let json = pdu.canonical_json();
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use myelin_room_version::{Pdu, RoomVersion};
-use myelin_store::{PushAction, RoomRow};
+use myelin_store::{EventRow, PushAction, RoomRow};
 use ruma::{
     Int, OwnedRoomId, OwnedUserId, UInt, UserId,
     power_levels::NotificationPowerLevels,
@@ -29,6 +29,9 @@ use super::{Rooms, version_of};
 use crate::{Error, Result};
 
 const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+/// The state (each with the empty state key) that push rule evaluation reads.
+pub(super) const PUSH_STATE_TYPES: [&str; 2] = ["m.room.power_levels", "m.room.create"];
 
 /// Parsed push rules by user id, with the stream position of the account data they came from
 /// (0 for the defaults of a user who never changed them).
@@ -56,28 +59,45 @@ impl RulesCache {
 
 impl Rooms {
     /// The push actions of `pdu` for every joined local member other than its sender.
-    pub(super) async fn push_actions(&self, room: &RoomRow, pdu: &Pdu) -> Result<Vec<PushAction>> {
-        let members = self.store.joined_member_events(room.room_nid).await?;
+    /// `push_state` is the room's current state for [`PUSH_STATE_TYPES`] if the caller has it.
+    pub(super) async fn push_actions(
+        &self,
+        room: &RoomRow,
+        pdu: &Pdu,
+        push_state: Option<&[EventRow]>,
+    ) -> Result<Vec<PushAction>> {
+        let members = self
+            .store
+            .joined_member_events(room.room_nid, PUSH_RULES_TYPE)
+            .await?;
         let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
-        // Whom to evaluate for, with the display name their member event gives.
-        let mut targets: Vec<(OwnedUserId, Option<String>)> = Vec::new();
-        for (member, json) in &members {
-            let Ok(user_id) = UserId::parse(member.as_str()) else {
+        // Whom to evaluate for, with the display name their member event gives and the
+        // position of their stored rules.
+        let mut targets: Vec<(OwnedUserId, Option<String>, i64)> = Vec::new();
+        for member in &members {
+            let Ok(user_id) = UserId::parse(member.user_id.as_str()) else {
                 continue;
             };
             if !self.is_local(&user_id) || user_id.as_str() == pdu.sender() {
                 continue;
             }
-            let display_name = serde_json::from_str::<Value>(json)
+            let display_name = serde_json::from_str::<Value>(&member.member_json)
                 .ok()
                 .and_then(|j| j["content"]["displayname"].as_str().map(str::to_owned));
-            targets.push((user_id, display_name));
+            targets.push((user_id, display_name, member.data_position));
         }
         if targets.is_empty() {
             return Ok(Vec::new());
         }
         let rules = self.rules_of(&targets).await?;
-        let power_levels = self.power_levels_ctx(room).await?;
+        let power_levels = match push_state {
+            Some(state) => power_levels_ctx(room, state)?,
+            None => {
+                let keys = PUSH_STATE_TYPES.map(|kind| (kind.to_owned(), String::new()));
+                let state = self.store.current_state(room.room_nid, Some(&keys)).await?;
+                power_levels_ctx(room, &state)?
+            }
+        };
         let event = pdu.client_event(serde_json::Map::new());
         let raw: Raw<ruma::events::AnySyncTimelineEvent> = serde_json::value::to_raw_value(&event)
             .map(Raw::from_json)
@@ -85,7 +105,7 @@ impl Rooms {
         let room_id = OwnedRoomId::try_from(room.room_id.as_str())
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut out = Vec::new();
-        for ((user_id, display_name), rules) in targets.into_iter().zip(rules) {
+        for ((user_id, display_name, _), rules) in targets.into_iter().zip(rules) {
             let mut context = PushConditionRoomCtx::new(
                 room_id.clone(),
                 member_count,
@@ -110,116 +130,117 @@ impl Rooms {
         Ok(out)
     }
 
-    /// Each target's rules, in order: one read of the stored rules' positions and contents,
-    /// parsed again only for users whose rules changed since they were cached.
+    /// Each target's rules, in order: cached by the position of their stored rules, so the
+    /// stored rules are read (and parsed) only for users whose rules changed since.
     async fn rules_of(
         &self,
-        targets: &[(OwnedUserId, Option<String>)],
+        targets: &[(OwnedUserId, Option<String>, i64)],
     ) -> Result<Vec<Arc<Ruleset>>> {
-        let ids: Vec<&str> = targets.iter().map(|(u, _)| u.as_str()).collect();
-        let stored: HashMap<String, (i64, String)> = self
-            .store
-            .global_account_data_of(&ids, PUSH_RULES_TYPE)
-            .await?
-            .into_iter()
-            .map(|(user, position, content)| (user, (position, content)))
+        let mut out: Vec<Option<Arc<Ruleset>>> = targets
+            .iter()
+            .map(|(user_id, _, position)| self.push_rules.get(user_id.as_str(), *position))
             .collect();
-        let mut out = Vec::with_capacity(targets.len());
-        for (user_id, _) in targets {
-            let (position, content) = match stored.get(user_id.as_str()) {
-                Some((position, content)) => (*position, Some(content.as_str())),
-                None => (0, None),
-            };
-            let rules = match self.push_rules.get(user_id.as_str(), position) {
-                Some(rules) => rules,
-                None => {
-                    let rules = Arc::new(crate::user_data::merged_push_rules(user_id, content)?);
-                    self.push_rules
-                        .put(user_id.as_str(), position, rules.clone());
-                    rules
+        let missing: Vec<&str> = targets
+            .iter()
+            .zip(&out)
+            .filter(|(_, cached)| cached.is_none())
+            .map(|((user_id, _, _), _)| user_id.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let stored: HashMap<String, (i64, String)> = self
+                .store
+                .global_account_data_of(&missing, PUSH_RULES_TYPE)
+                .await?
+                .into_iter()
+                .map(|(user, position, content)| (user, (position, content)))
+                .collect();
+            for ((user_id, _, _), slot) in targets.iter().zip(out.iter_mut()) {
+                if slot.is_some() {
+                    continue;
                 }
-            };
-            out.push(rules);
+                // Read now, so possibly newer than the position the member row carried.
+                let (position, content) = match stored.get(user_id.as_str()) {
+                    Some((position, content)) => (*position, Some(content.as_str())),
+                    None => (0, None),
+                };
+                let rules = Arc::new(crate::user_data::merged_push_rules(user_id, content)?);
+                self.push_rules
+                    .put(user_id.as_str(), position, rules.clone());
+                *slot = Some(rules);
+            }
         }
-        Ok(out)
+        Ok(out.into_iter().flatten().collect())
     }
+}
 
-    /// The power levels as push conditions see them (`None` without a power levels event:
-    /// then nobody may notify the room).
-    async fn power_levels_ctx(
-        &self,
-        room: &RoomRow,
-    ) -> Result<Option<PushConditionPowerLevelsCtx>> {
-        let keys = [
-            ("m.room.power_levels".to_owned(), String::new()),
-            ("m.room.create".to_owned(), String::new()),
-        ];
-        let rows = self.store.current_state(room.room_nid, Some(&keys)).await?;
-        let content_of = |kind: &str| -> Option<(String, Value)> {
-            rows.iter()
-                .find(|r| r.event_type == kind)
-                .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
-                .map(|mut json| {
-                    let sender = json["sender"].as_str().unwrap_or_default().to_owned();
-                    (sender, json["content"].take())
-                })
-        };
-        let Some((_, power)) = content_of("m.room.power_levels") else {
-            return Ok(None);
-        };
-        let level = |v: &Value| -> Option<Int> {
-            match v {
-                Value::Number(n) => n.as_i64().and_then(|n| Int::try_from(n).ok()),
-                // Older room versions allowed levels as strings.
-                Value::String(s) => s
-                    .trim()
-                    .parse::<i64>()
-                    .ok()
-                    .and_then(|n| Int::try_from(n).ok()),
-                _ => None,
-            }
-        };
-        let mut users = BTreeMap::new();
-        if let Some(map) = power["users"].as_object() {
-            for (user, value) in map {
-                if let (Ok(user), Some(level)) =
-                    (OwnedUserId::try_from(user.as_str()), level(value))
-                {
-                    users.insert(user, level);
-                }
+/// The power levels as push conditions see them, from the room's current state for
+/// [`PUSH_STATE_TYPES`] (`None` without a power levels event: then nobody may notify the room).
+fn power_levels_ctx(
+    room: &RoomRow,
+    rows: &[EventRow],
+) -> Result<Option<PushConditionPowerLevelsCtx>> {
+    let content_of = |kind: &str| -> Option<(String, Value)> {
+        rows.iter()
+            .find(|r| r.event_type == kind && r.state_key.as_deref() == Some(""))
+            .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+            .map(|mut json| {
+                let sender = json["sender"].as_str().unwrap_or_default().to_owned();
+                (sender, json["content"].take())
+            })
+    };
+    let Some((_, power)) = content_of("m.room.power_levels") else {
+        return Ok(None);
+    };
+    let level = |v: &Value| -> Option<Int> {
+        match v {
+            Value::Number(n) => n.as_i64().and_then(|n| Int::try_from(n).ok()),
+            // Older room versions allowed levels as strings.
+            Value::String(s) => s
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| Int::try_from(n).ok()),
+            _ => None,
+        }
+    };
+    let mut users = BTreeMap::new();
+    if let Some(map) = power["users"].as_object() {
+        for (user, value) in map {
+            if let (Ok(user), Some(level)) = (OwnedUserId::try_from(user.as_str()), level(value)) {
+                users.insert(user, level);
             }
         }
-        let users_default = level(&power["users_default"]).unwrap_or_default();
-        let mut notifications = NotificationPowerLevels::new();
-        if let Some(room_level) = level(&power["notifications"]["room"]) {
-            notifications.room = room_level;
-        }
-        let version: &RoomVersion = version_of(room)?;
-        let creators: Vec<OwnedUserId> = match content_of("m.room.create") {
-            Some((sender, create)) if version.privileges_creators() => std::iter::once(sender)
-                .chain(
-                    create["additional_creators"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|c| c.as_str().map(str::to_owned)),
-                )
-                .filter_map(|c| OwnedUserId::try_from(c.as_str()).ok())
-                .collect(),
-            _ => Vec::new(),
-        };
-        // Only the creators' privilege matters to power level reads.
-        let authorization = if version.privileges_creators() {
-            AuthorizationRules::V12
-        } else {
-            AuthorizationRules::V10
-        };
-        let rules = RoomPowerLevelsRules::new(&authorization, creators);
-        Ok(Some(PushConditionPowerLevelsCtx::new(
-            users,
-            users_default,
-            notifications,
-            rules,
-        )))
     }
+    let users_default = level(&power["users_default"]).unwrap_or_default();
+    let mut notifications = NotificationPowerLevels::new();
+    if let Some(room_level) = level(&power["notifications"]["room"]) {
+        notifications.room = room_level;
+    }
+    let version: &RoomVersion = version_of(room)?;
+    let creators: Vec<OwnedUserId> = match content_of("m.room.create") {
+        Some((sender, create)) if version.privileges_creators() => std::iter::once(sender)
+            .chain(
+                create["additional_creators"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(str::to_owned)),
+            )
+            .filter_map(|c| OwnedUserId::try_from(c.as_str()).ok())
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Only the creators' privilege matters to power level reads.
+    let authorization = if version.privileges_creators() {
+        AuthorizationRules::V12
+    } else {
+        AuthorizationRules::V10
+    };
+    let rules = RoomPowerLevelsRules::new(&authorization, creators);
+    Ok(Some(PushConditionPowerLevelsCtx::new(
+        users,
+        users_default,
+        notifications,
+        rules,
+    )))
 }

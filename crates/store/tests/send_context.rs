@@ -1,0 +1,155 @@
+//! What a local send reads in one statement ([`Store::send_context`]): the current state for the
+//! keys asked, the room's head, and the event a retried client transaction produced.
+
+use myelin_store::{
+    NewEvent, Persisted, Store, StoreOptions,
+    test_support::{TestDatabase, test_backends},
+};
+
+/// A bare event to persist (the store does not check JSON; the room-version layer does).
+#[derive(Default)]
+struct Ev<'a> {
+    id: &'a str,
+    kind: &'a str,
+    state_key: Option<&'a str>,
+    depth: i64,
+    prev: &'a [&'a str],
+    before: Option<i64>,
+    txn: Option<(&'a str, &'a str, &'a str)>,
+}
+
+async fn put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Persisted {
+    let prev: Vec<String> = ev.prev.iter().map(|p| p.to_string()).collect();
+    store
+        .persist_event(&NewEvent {
+            room_nid,
+            event_id: ev.id,
+            event_type: ev.kind,
+            state_key: ev.state_key,
+            sender: "@a:localhost",
+            depth: ev.depth,
+            origin_server_ts: ev.depth,
+            json: &format!(r#"{{"type":"{}"}}"#, ev.kind),
+            prev_event_ids: &prev,
+            state_group_before: ev.before,
+            membership: None,
+            txn: ev.txn,
+            push_actions: &[],
+            now: ev.depth,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn send_context_reads_state_head_and_transaction_together() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!r:localhost", "12", "@a:localhost", false, 0)
+            .await
+            .unwrap();
+        let create = put(
+            &store,
+            room,
+            Ev {
+                id: "$create",
+                kind: "m.room.create",
+                state_key: Some(""),
+                depth: 1,
+                ..Ev::default()
+            },
+        )
+        .await;
+        let power = put(
+            &store,
+            room,
+            Ev {
+                id: "$power",
+                kind: "m.room.power_levels",
+                state_key: Some(""),
+                depth: 2,
+                prev: &["$create"],
+                before: Some(create.state_group),
+                ..Ev::default()
+            },
+        )
+        .await;
+        let message = put(
+            &store,
+            room,
+            Ev {
+                id: "$message",
+                kind: "m.room.message",
+                depth: 3,
+                prev: &["$power"],
+                before: Some(power.state_group),
+                txn: Some(("@a:localhost", "DEV", "txn1")),
+                ..Ev::default()
+            },
+        )
+        .await;
+
+        let keys = [
+            ("m.room.create".to_owned(), String::new()),
+            ("m.room.power_levels".to_owned(), String::new()),
+            ("m.room.name".to_owned(), String::new()),
+        ];
+        let context = store
+            .send_context(room, &keys, Some(("@a:localhost", "DEV", "txn2")))
+            .await
+            .unwrap();
+        let mut state: Vec<&str> = context.state.iter().map(|e| e.event_id.as_str()).collect();
+        state.sort();
+        assert_eq!(
+            state,
+            ["$create", "$power"],
+            "{kind:?}: only the keys the room has"
+        );
+        assert_eq!(context.head.prev_event_ids, ["$message"], "{kind:?}");
+        assert_eq!(context.head.max_depth, 3);
+        assert_eq!(context.head.state_group, Some(message.state_group));
+        assert_eq!(context.txn_event_id, None, "{kind:?}: a new transaction");
+
+        let retry = store
+            .send_context(room, &keys, Some(("@a:localhost", "DEV", "txn1")))
+            .await
+            .unwrap();
+        assert_eq!(retry.txn_event_id.as_deref(), Some("$message"), "{kind:?}");
+        let other_device = store
+            .send_context(room, &keys, Some(("@a:localhost", "PHONE", "txn1")))
+            .await
+            .unwrap();
+        assert_eq!(
+            other_device.txn_event_id, None,
+            "{kind:?}: scoped to the device"
+        );
+
+        // Two extremities (a fork): both are prev events, the deepest first.
+        put(
+            &store,
+            room,
+            Ev {
+                id: "$side",
+                kind: "m.room.message",
+                depth: 5,
+                prev: &["$power"],
+                before: Some(power.state_group),
+                ..Ev::default()
+            },
+        )
+        .await;
+        let forked = store.send_context(room, &[], None).await.unwrap();
+        assert_eq!(
+            forked.head.prev_event_ids,
+            ["$side", "$message"],
+            "{kind:?}"
+        );
+        assert_eq!(forked.head.max_depth, 5);
+        assert!(forked.state.is_empty() && forked.txn_event_id.is_none());
+        store.close().await;
+    }
+}

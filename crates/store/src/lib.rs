@@ -17,6 +17,9 @@
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
 //! invalidated by the methods that change them (`cache`).
 //!
+//! Events are group-committed: sends that arrive during a commit are committed together next
+//! (`group_commit`).
+//!
 //! Writes that span statements run in one transaction; on SQLite, this process's writers queue
 //! on an in-process gate first (see `store::BeginWrite`), so they never spin in SQLite's busy
 //! handler.
@@ -30,6 +33,7 @@ pub mod aliases;
 mod cache;
 pub mod ephemeral;
 mod error;
+mod group_commit;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;

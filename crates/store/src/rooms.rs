@@ -321,7 +321,13 @@ impl Store {
         );
         if !keys.is_empty() {
             let clauses: Vec<String> = (0..keys.len())
-                .map(|i| format!("(c.event_type = ${} AND c.state_key = ${})", 2 * i + 2, 2 * i + 3))
+                .map(|i| {
+                    format!(
+                        "(c.event_type = ${} AND c.state_key = ${})",
+                        2 * i + 2,
+                        2 * i + 3
+                    )
+                })
                 .collect();
             sql.push_str(&format!(
                 " UNION ALL SELECT 0 AS part, {} FROM events e JOIN current_state c ON c.event_nid = e.event_nid \
@@ -369,15 +375,30 @@ impl Store {
         Ok(context)
     }
 
-    /// Persists an event and everything it changes, in one transaction.
+    /// Persists an event and everything it changes, durably, before it returns. Events that
+    /// arrive while another commit is running are committed together, in arrival order, in one
+    /// transaction (see `group_commit`).
     pub async fn persist_event(&self, event: &NewEvent<'_>) -> Result<Persisted, StoreError> {
+        self.group_commit.persist(self, event).await
+    }
+
+    /// Persists events in one transaction, in order, with consecutive stream positions.
+    pub(crate) async fn persist_events(
+        &self,
+        events: &[NewEvent<'_>],
+    ) -> Result<Vec<Persisted>, StoreError> {
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let persisted = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
-            let stream_ordering: i64 = sqlx::query_scalar(
-                "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
+            let last: i64 = sqlx::query_scalar(
+                "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
             )
+            .bind(count)
             .fetch_one(&mut *tx)
             .await?;
+            let mut out = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+            let stream_ordering = last - count + 1 + index as i64;
 
             // The state after the event: a new delta group for a state event, else unchanged.
             let state_group = match (event.state_key, event.state_group_before) {
@@ -537,8 +558,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            out.push(Persisted { event_nid, stream_ordering, state_group });
+            }
             tx.commit().await?;
-            Persisted { event_nid, stream_ordering, state_group }
+            out
         });
         Ok(persisted)
     }

@@ -164,6 +164,8 @@ pub struct Store {
     pub(crate) tokens: Arc<Cache<Vec<u8>, crate::AccessTokenRow>>,
     /// Rooms by id.
     pub(crate) rooms: Arc<Cache<String, crate::RoomRow>>,
+    /// Events waiting to be committed together.
+    pub(crate) group_commit: Arc<crate::group_commit::GroupCommit>,
 }
 
 /// How many tokens and rooms the caches hold before they start over.
@@ -233,6 +235,7 @@ impl Store {
             write_gate: Default::default(),
             tokens: Arc::new(Cache::new(TOKEN_CACHE_CAPACITY)),
             rooms: Arc::new(Cache::new(ROOM_CACHE_CAPACITY)),
+            group_commit: Default::default(),
         };
         store.migrate().await?;
         Ok(store)

@@ -1,5 +1,6 @@
-//! What a local send reads in one statement ([`Store::send_context`]): the current state for the
-//! keys asked, the room's head, and the event a retried client transaction produced.
+//! Events in the store: what a local send reads in one statement ([`Store::send_context`]: the
+//! current state for the keys asked, the room's head, and the event a retried client transaction
+//! produced), and group commit (concurrent persists land together, a bad one fails alone).
 
 use myelin_store::{
     NewEvent, Persisted, Store, StoreOptions,
@@ -150,6 +151,103 @@ async fn send_context_reads_state_head_and_transaction_together() {
         );
         assert_eq!(forked.head.max_depth, 5);
         assert!(forked.state.is_empty() && forked.txn_event_id.is_none());
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_persists_all_land_with_distinct_positions_and_a_bad_one_fails_alone() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let mut rooms = Vec::new();
+        for i in 0..24 {
+            let room = store
+                .create_room(&format!("!r{i}:localhost"), "12", "@a:localhost", false, 0)
+                .await
+                .unwrap();
+            rooms.push(room);
+        }
+        // One event id already taken: its second persist must fail without taking others down.
+        put(
+            &store,
+            rooms[0],
+            Ev {
+                id: "$taken",
+                kind: "m.room.create",
+                state_key: Some(""),
+                depth: 1,
+                ..Ev::default()
+            },
+        )
+        .await;
+
+        let mut tasks = Vec::new();
+        for (i, room) in rooms.iter().copied().enumerate() {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = if i == 7 {
+                    "$taken".to_owned()
+                } else {
+                    format!("$create{i}")
+                };
+                let prev: Vec<String> = Vec::new();
+                let json = r#"{"type":"m.room.create"}"#;
+                store
+                    .persist_event(&NewEvent {
+                        room_nid: room,
+                        event_id: &id,
+                        event_type: "m.room.create",
+                        state_key: Some(""),
+                        sender: "@a:localhost",
+                        depth: 1,
+                        origin_server_ts: 1,
+                        json,
+                        prev_event_ids: &prev,
+                        state_group_before: None,
+                        membership: None,
+                        txn: None,
+                        push_actions: &[],
+                        now: 1,
+                    })
+                    .await
+            }));
+        }
+        let mut positions = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            if i == 7 {
+                assert!(result.is_err(), "{kind:?}: a duplicate event id is refused");
+            } else {
+                positions.push(
+                    result
+                        .unwrap_or_else(|e| panic!("{kind:?} {i}: {e}"))
+                        .stream_ordering,
+                );
+            }
+        }
+        positions.sort();
+        positions.dedup();
+        assert_eq!(
+            positions.len(),
+            23,
+            "{kind:?}: every other event landed, each at its own position"
+        );
+        for (i, room) in rooms
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(i, _)| *i != 7 && *i != 0)
+        {
+            let context = store.send_context(room, &[], None).await.unwrap();
+            assert_eq!(
+                context.head.prev_event_ids,
+                [format!("$create{i}")],
+                "{kind:?}"
+            );
+        }
         store.close().await;
     }
 }

@@ -1,0 +1,178 @@
+//! Group commit of events: sends that arrive while another commit is running wait for it and
+//! are then committed together, in one transaction with one flush to disk, instead of one
+//! transaction each.
+//!
+//! No thread or task of its own: each caller queues its event, then either its event is
+//! committed by whoever leads the current batch, or it takes the lead itself and commits
+//! everything queued so far (at most [`MAX_BATCH`]). A caller alone pays nothing extra. Every
+//! caller returns only once its own event is committed, so a 200 still means durably stored.
+//!
+//! If a batch fails, each of its events is retried in a transaction of its own, so one bad
+//! event (a duplicate id, a broken reference) fails alone and the others land.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::{NewEvent, Persisted, PushAction, Store, StoreError};
+
+/// The most events one transaction commits: bounds how long a batch holds the write lock.
+const MAX_BATCH: usize = 64;
+
+/// The queue of events waiting to be committed, and the lead of the batch being committed.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    queue: Mutex<Vec<Queued>>,
+    lead: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct Queued {
+    event: OwnedEvent,
+    reply: oneshot::Sender<Result<Persisted, StoreError>>,
+}
+
+impl GroupCommit {
+    /// Commits `event` (with whatever else is queued) and returns where it landed.
+    pub(crate) async fn persist(
+        &self,
+        store: &Store,
+        event: &NewEvent<'_>,
+    ) -> Result<Persisted, StoreError> {
+        let (reply, mut done) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Queued {
+                event: OwnedEvent::of(event),
+                reply,
+            });
+        let lead = tokio::select! {
+            // Committed by another caller's batch.
+            result = &mut done => return result.unwrap_or_else(|_| Err(lost())),
+            lead = self.lead.clone().lock_owned() => lead,
+        };
+        let batch: Vec<Queued> = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let take = queue.len().min(MAX_BATCH);
+            queue.drain(..take).collect()
+        };
+        if !batch.is_empty() {
+            // In a task of its own: if this caller goes away (its client hung up), the batch
+            // still commits and the other callers still get their replies.
+            let store = store.clone();
+            let committing = tokio::spawn(async move {
+                commit(&store, batch).await;
+                drop(lead);
+            });
+            let _ = committing.await;
+        }
+        // This caller's event was in its own batch, or in the one that ended just before it
+        // took the lead: either way its reply has been sent or is on its way.
+        done.await.unwrap_or_else(|_| Err(lost()))
+    }
+}
+
+/// Commits a batch and replies to each of its callers.
+async fn commit(store: &Store, batch: Vec<Queued>) {
+    let events: Vec<NewEvent<'_>> = batch.iter().map(|q| q.event.borrowed()).collect();
+    match store.persist_events(&events).await {
+        Ok(persisted) => {
+            drop(events);
+            for (queued, persisted) in batch.into_iter().zip(persisted) {
+                let _ = queued.reply.send(Ok(persisted));
+            }
+        }
+        Err(error) if batch.len() == 1 => {
+            drop(events);
+            let queued = batch.into_iter().next().expect("one event");
+            let _ = queued.reply.send(Err(error));
+        }
+        Err(error) => {
+            tracing::debug!(%error, events = batch.len(), "a batch of events failed; committing them one by one");
+            drop(events);
+            for queued in batch {
+                let result = store
+                    .persist_events(&[queued.event.borrowed()])
+                    .await
+                    .map(|mut one| one.remove(0));
+                let _ = queued.reply.send(result);
+            }
+        }
+    }
+}
+
+/// A batch that dropped its reply without sending (its task panicked): the commit may or may
+/// not have happened, as with a connection lost during `COMMIT`.
+fn lost() -> StoreError {
+    StoreError::Database(sqlx::Error::WorkerCrashed)
+}
+
+/// A [`NewEvent`] that owns its fields, to wait in the queue.
+#[derive(Debug)]
+struct OwnedEvent {
+    room_nid: i64,
+    event_id: String,
+    event_type: String,
+    state_key: Option<String>,
+    sender: String,
+    depth: i64,
+    origin_server_ts: i64,
+    json: String,
+    prev_event_ids: Vec<String>,
+    state_group_before: Option<i64>,
+    membership: Option<(String, String)>,
+    txn: Option<(String, String, String)>,
+    push_actions: Vec<PushAction>,
+    now: i64,
+}
+
+impl OwnedEvent {
+    fn of(event: &NewEvent<'_>) -> Self {
+        OwnedEvent {
+            room_nid: event.room_nid,
+            event_id: event.event_id.to_owned(),
+            event_type: event.event_type.to_owned(),
+            state_key: event.state_key.map(str::to_owned),
+            sender: event.sender.to_owned(),
+            depth: event.depth,
+            origin_server_ts: event.origin_server_ts,
+            json: event.json.to_owned(),
+            prev_event_ids: event.prev_event_ids.to_vec(),
+            state_group_before: event.state_group_before,
+            membership: event
+                .membership
+                .map(|(target, membership)| (target.to_owned(), membership.to_owned())),
+            txn: event
+                .txn
+                .map(|(user, device, txn)| (user.to_owned(), device.to_owned(), txn.to_owned())),
+            push_actions: event.push_actions.to_vec(),
+            now: event.now,
+        }
+    }
+
+    fn borrowed(&self) -> NewEvent<'_> {
+        NewEvent {
+            room_nid: self.room_nid,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            state_key: self.state_key.as_deref(),
+            sender: &self.sender,
+            depth: self.depth,
+            origin_server_ts: self.origin_server_ts,
+            json: &self.json,
+            prev_event_ids: &self.prev_event_ids,
+            state_group_before: self.state_group_before,
+            membership: self
+                .membership
+                .as_ref()
+                .map(|(target, membership)| (target.as_str(), membership.as_str())),
+            txn: self
+                .txn
+                .as_ref()
+                .map(|(user, device, txn)| (user.as_str(), device.as_str(), txn.as_str())),
+            push_actions: &self.push_actions,
+            now: self.now,
+        }
+    }
+}

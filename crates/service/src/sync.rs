@@ -374,16 +374,21 @@ impl Services {
                 limit: limit as i64 + 1,
             })
             .collect();
-        let mut timelines = self.store.room_timelines(&windows).await?;
         let receipt_rooms: Vec<i64> = plans
             .iter()
             .filter(|p| p.new_receipts)
             .map(|p| p.membership.room.room_nid)
             .collect();
-        let mut receipts = self
-            .store
-            .receipts_in_rooms(&receipt_rooms, since.map_or(0, |s| s.receipts))
-            .await?;
+        let plan_rooms: Vec<i64> = plans.iter().map(|p| p.membership.room.room_nid).collect();
+        // Independent reads, on separate connections at once: each is a round trip (and on
+        // PostgreSQL a plan) that a woken long-poll waits for.
+        let (mut timelines, mut receipts, unread) = tokio::try_join!(
+            self.store.room_timelines(&windows),
+            self.store
+                .receipts_in_rooms(&receipt_rooms, since.map_or(0, |s| s.receipts)),
+            self.store
+                .unread_counts_in_rooms(user.as_str(), &plan_rooms),
+        )?;
 
         // Each room's timeline rows, oldest first, and whether older ones were left out.
         let mut rooms: Vec<JoinedRoom> = Vec::with_capacity(plans.len());
@@ -428,14 +433,6 @@ impl Services {
         let mut visible = visible.into_iter();
 
         let states = self.state_sections(request, user, &rooms).await?;
-        let room_nids: Vec<i64> = rooms
-            .iter()
-            .map(|r| r.plan.membership.room.room_nid)
-            .collect();
-        let unread = self
-            .store
-            .unread_counts_in_rooms(user.as_str(), &room_nids)
-            .await?;
         // The summary only changes with state; clients keep the last one they were given.
         let summary_rooms: Vec<i64> = rooms
             .iter()

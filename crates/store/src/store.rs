@@ -193,7 +193,13 @@ impl Store {
         let backend = match DatabaseKind::of_url(url)? {
             DatabaseKind::Postgres => {
                 let connect = PgConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact_url(url))))?;
+                    .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact_url(url))))?
+                    // Our statements are prepared once per connection and look rows up by key
+                    // (ids, nids, positions, each behind an index), so one plan fits every
+                    // parameter value. PostgreSQL would otherwise plan many of them afresh on
+                    // each run (0.4-0.7 ms apiece for the sync and send reads, longer than
+                    // running them).
+                    .options([("plan_cache_mode", "force_generic_plan")]);
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(Duration::from_secs(30))

@@ -10,7 +10,7 @@ use myelin_room_version::{
     pdu::build_pdu,
     version::RedactionAlgorithm,
 };
-use myelin_store::{EventRow, NewEvent, RoomRow};
+use myelin_store::{EventRow, JoinedMember, NewEvent, RoomRow};
 use ruma::UserId;
 use serde_json::value::to_raw_value;
 
@@ -69,16 +69,18 @@ impl Rooms {
                 keys.push((kind.to_owned(), String::new()));
             }
         }
-        let context = self
-            .store
-            .send_context(
+        // The members push rules are evaluated for, read alongside on another connection.
+        let (context, members) = tokio::try_join!(
+            self.store.send_context(
                 room.room_nid,
                 &keys,
                 event
                     .txn
                     .map(|(device_id, txn_id)| (sender.as_str(), device_id, txn_id)),
-            )
-            .await?;
+            ),
+            self.store
+                .joined_member_events(room.room_nid, super::push::PUSH_RULES_TYPE),
+        )?;
         if let Some(event_id) = context.txn_event_id {
             return Ok(event_id);
         }
@@ -173,14 +175,14 @@ impl Rooms {
                 head.state_group,
                 event.txn.map(|(d, t)| (sender.as_str(), d, t)),
                 now,
-                Some(&context.state),
+                Some((members, &context.state)),
             )
             .await?;
         Ok(event_id)
     }
 
-    /// Persists an already built and authorised PDU. `push_state` is the room's current state
-    /// for [`PUSH_STATE_TYPES`] when the caller has read it (else it is read here).
+    /// Persists an already built and authorised PDU. `push_inputs` are the room's members and
+    /// state for push rules when the caller has read them (else they are read here).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn persist(
         &self,
@@ -190,7 +192,7 @@ impl Rooms {
         state_group_before: Option<i64>,
         txn: Option<(&str, &str, &str)>,
         now: i64,
-        push_state: Option<&[EventRow]>,
+        push_inputs: Option<(Vec<JoinedMember>, &[EventRow])>,
     ) -> Result<String> {
         let membership = if pdu.event_type() == "m.room.member" {
             pdu.content_object()
@@ -202,7 +204,7 @@ impl Rooms {
         } else {
             None
         };
-        let push_actions = self.push_actions(room, pdu, push_state).await?;
+        let push_actions = self.push_actions(room, pdu, push_inputs).await?;
         let json = pdu.canonical_json();
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;

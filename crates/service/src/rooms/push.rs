@@ -15,7 +15,7 @@ use std::{
 };
 
 use myelin_room_version::{Pdu, RoomVersion};
-use myelin_store::{EventRow, PushAction, RoomRow};
+use myelin_store::{EventRow, JoinedMember, PushAction, RoomRow};
 use ruma::{
     Int, OwnedRoomId, OwnedUserId, UInt, UserId,
     power_levels::NotificationPowerLevels,
@@ -28,7 +28,7 @@ use serde_json::Value;
 use super::{Rooms, version_of};
 use crate::{Error, Result};
 
-const PUSH_RULES_TYPE: &str = "m.push_rules";
+pub(super) const PUSH_RULES_TYPE: &str = "m.push_rules";
 
 /// The state (each with the empty state key) that push rule evaluation reads.
 pub(super) const PUSH_STATE_TYPES: [&str; 2] = ["m.room.power_levels", "m.room.create"];
@@ -58,18 +58,37 @@ impl RulesCache {
 }
 
 impl Rooms {
-    /// The push actions of `pdu` for every joined local member other than its sender.
-    /// `push_state` is the room's current state for [`PUSH_STATE_TYPES`] if the caller has it.
+    /// What push rule evaluation reads about a room: its joined members with their rules'
+    /// positions, and its current state for [`PUSH_STATE_TYPES`].
+    pub(super) async fn push_inputs(
+        &self,
+        room: &RoomRow,
+    ) -> Result<(Vec<JoinedMember>, Vec<EventRow>)> {
+        let keys = PUSH_STATE_TYPES.map(|kind| (kind.to_owned(), String::new()));
+        let (members, state) = tokio::try_join!(
+            self.store
+                .joined_member_events(room.room_nid, PUSH_RULES_TYPE),
+            self.store.current_state(room.room_nid, Some(&keys)),
+        )?;
+        Ok((members, state))
+    }
+
+    /// The push actions of `pdu` for every joined local member other than its sender, from
+    /// the room's [`push_inputs`](Self::push_inputs) (read here unless the caller has them).
     pub(super) async fn push_actions(
         &self,
         room: &RoomRow,
         pdu: &Pdu,
-        push_state: Option<&[EventRow]>,
+        inputs: Option<(Vec<JoinedMember>, &[EventRow])>,
     ) -> Result<Vec<PushAction>> {
-        let members = self
-            .store
-            .joined_member_events(room.room_nid, PUSH_RULES_TYPE)
-            .await?;
+        let read;
+        let (members, push_state) = match inputs {
+            Some(inputs) => inputs,
+            None => {
+                read = self.push_inputs(room).await?;
+                (read.0, read.1.as_slice())
+            }
+        };
         let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
         // Whom to evaluate for, with the display name their member event gives and the
         // position of their stored rules.
@@ -90,14 +109,7 @@ impl Rooms {
             return Ok(Vec::new());
         }
         let rules = self.rules_of(&targets).await?;
-        let power_levels = match push_state {
-            Some(state) => power_levels_ctx(room, state)?,
-            None => {
-                let keys = PUSH_STATE_TYPES.map(|kind| (kind.to_owned(), String::new()));
-                let state = self.store.current_state(room.room_nid, Some(&keys)).await?;
-                power_levels_ctx(room, &state)?
-            }
-        };
+        let power_levels = power_levels_ctx(room, push_state)?;
         let event = pdu.client_event(serde_json::Map::new());
         let raw: Raw<ruma::events::AnySyncTimelineEvent> = serde_json::value::to_raw_value(&event)
             .map(Raw::from_json)

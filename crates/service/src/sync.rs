@@ -160,8 +160,8 @@ impl Services {
         loop {
             // Mark the notifier seen before reading, so a write in between wakes the wait below.
             changes.borrow_and_update();
-            let [events, account_data, receipts, to_device, presence] =
-                self.store.sync_positions().await?;
+            let snapshot = self.store.sync_snapshot(user.as_str()).await?;
+            let [events, account_data, receipts, to_device, presence] = snapshot.positions;
             let now = SyncToken {
                 events,
                 account_data,
@@ -187,7 +187,9 @@ impl Services {
                     "The since token is from the future: it was not issued by this server's current database".to_owned(),
                 ));
             }
-            let (body, empty) = self.sync_once(device, request, since, now).await?;
+            let (body, empty) = self
+                .sync_once(device, request, since, now, snapshot.memberships)
+                .await?;
             let waiting = since.is_some() && empty && !request.full_state;
             if !waiting || tokio::time::Instant::now() >= deadline {
                 return Ok(body);
@@ -208,6 +210,7 @@ impl Services {
         request: &SyncRequest,
         since: Option<SyncToken>,
         mut now: SyncToken,
+        memberships: Vec<MembershipRow>,
     ) -> Result<(Value, bool)> {
         let user: &UserId = device.user_id.as_ref();
         let filter = &request.filter;
@@ -241,7 +244,7 @@ impl Services {
         let mut leave = Map::new();
         let mut knock = Map::new();
         let mut joined = Vec::new();
-        for membership in self.store.user_memberships(user.as_str()).await? {
+        for membership in memberships {
             let room_id = membership.room.room_id.clone();
             if !filter.wants_room(&room_id) || membership.forgotten {
                 continue;
@@ -274,26 +277,24 @@ impl Services {
                 _ => {}
             }
         }
-        for (room_id, section) in self
-            .joined_rooms(device, request, since, now, joined)
-            .await?
-        {
+        // The rooms, to-device and presence are independent reads: at once.
+        let presence_since = since.map_or(0, |s| s.presence);
+        let (joined, (to_device, to_device_next), presence) = tokio::try_join!(
+            self.joined_rooms(device, request, since, now, joined),
+            self.ephemeral
+                .to_device_for(device, since.map_or(0, |s| s.to_device), now.to_device),
+            async {
+                match since {
+                    // Nothing was written to the presence stream since the token.
+                    Some(s) if s.presence >= now.presence => Ok(Vec::new()),
+                    _ => self.ephemeral.presence_events(user, presence_since).await,
+                }
+            },
+        )?;
+        for (room_id, section) in joined {
             join.insert(room_id, section);
         }
-        let (to_device, to_device_next) = self
-            .ephemeral
-            .to_device_for(device, since.map_or(0, |s| s.to_device), now.to_device)
-            .await?;
         now.to_device = to_device_next;
-        let presence = match since {
-            // Nothing was written to the presence stream since the token.
-            Some(s) if s.presence >= now.presence => Vec::new(),
-            _ => {
-                self.ephemeral
-                    .presence_events(user, since.map_or(0, |s| s.presence))
-                    .await?
-            }
-        };
         let empty = join.is_empty()
             && invite.is_empty()
             && leave.is_empty()

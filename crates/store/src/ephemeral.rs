@@ -59,37 +59,6 @@ impl Store {
         Ok(position)
     }
 
-    /// Every stream position sync follows, read at once: `(events, account data, receipts,
-    /// to-device, presence)`.
-    pub async fn sync_positions(&self) -> Result<[i64; 5], StoreError> {
-        let rows = with_pool!(self, pool => {
-            sqlx::query_as::<_, (String, i64)>(
-                "SELECT stream, position FROM stream_positions \
-                 UNION ALL SELECT 'account_data', position FROM account_data_stream",
-            )
-            .fetch_all(pool)
-            .await
-        })?;
-        let mut out = [None; 5];
-        for (stream, position) in rows {
-            let slot = match stream.as_str() {
-                "events" => 0,
-                "account_data" => 1,
-                "receipts" => 2,
-                "to_device" => 3,
-                "presence" => 4,
-                _ => continue,
-            };
-            out[slot] = Some(position);
-        }
-        let [Some(a), Some(b), Some(c), Some(d), Some(e)] = out else {
-            return Err(StoreError::Conflict(
-                "a stream position row is missing".to_owned(),
-            ));
-        };
-        Ok([a, b, c, d, e])
-    }
-
     /// Sets a user's receipt of one type (and thread) in a room. Returns its stream position.
     pub async fn set_receipt(
         &self,

@@ -47,7 +47,7 @@ pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
-    RoomHead, RoomRow, RoomSummaryRow, SendContext,
+    RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,
 };
 pub use server_keys::StoredSigningKey;
 pub use state::StateMap;

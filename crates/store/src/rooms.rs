@@ -60,6 +60,15 @@ pub struct MembershipRow {
     pub room_latest_receipt: i64,
 }
 
+/// Where a sync starts ([`Store::sync_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSnapshot {
+    /// `(events, account data, receipts, to-device, presence)`.
+    pub positions: [i64; 5],
+    /// The user's memberships, by room id.
+    pub memberships: Vec<MembershipRow>,
+}
+
 /// A room's forward extremities and the newest depth and state among them: what a new local
 /// event builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -716,42 +725,71 @@ impl Store {
         Ok(row)
     }
 
-    /// Every room membership of a user (the rows sync walks), with where each room's events
-    /// and receipts streams stand, so a sync can pass over rooms where nothing happened.
-    pub async fn user_memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, StoreError> {
-        let rows = with_pool!(self, pool => {
-            let mut out = Vec::new();
+    /// What a sync starts from, in one statement (so one snapshot): every stream position it
+    /// follows, `(events, account data, receipts, to-device, presence)`, and each of the user's
+    /// room memberships with its room's newest event and receipt positions, by room id.
+    pub async fn sync_snapshot(&self, user_id: &str) -> Result<SyncSnapshot, StoreError> {
+        let mut positions = [None; 5];
+        let mut memberships = Vec::new();
+        with_pool!(self, pool => {
             for row in sqlx::query(
-                "SELECT r.room_nid, r.room_id, r.room_version, r.creator, r.is_public, \
-                 m.membership, m.event_nid, m.stream_ordering, m.forgotten, \
+                // The typed arm first: PostgreSQL gives a column of only NULLs the type text,
+                // which then would not match the membership arm's types.
+                "SELECT 'membership' AS kind, CAST(0 AS BIGINT) AS position, r.room_nid, r.room_id, r.room_version, \
+                 r.creator, r.is_public, m.membership, m.event_nid, m.stream_ordering, m.forgotten, \
                  (SELECT COALESCE(MAX(e.stream_ordering), 0) FROM events e WHERE e.room_nid = m.room_nid) AS latest_event, \
                  (SELECT COALESCE(MAX(c.stream_position), 0) FROM receipts c WHERE c.room_nid = m.room_nid) AS latest_receipt \
                  FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid \
-                 WHERE m.user_id = $1 ORDER BY r.room_id",
+                 WHERE m.user_id = $1 \
+                 UNION ALL SELECT stream, position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+                 FROM stream_positions \
+                 UNION ALL SELECT 'account_data', position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                 NULL, NULL, NULL FROM account_data_stream",
             )
             .bind(user_id)
             .fetch_all(pool)
             .await?
             {
-                out.push(MembershipRow {
-                    room: RoomRow {
-                        room_nid: row.try_get("room_nid")?,
-                        room_id: row.try_get("room_id")?,
-                        room_version: row.try_get("room_version")?,
-                        creator: row.try_get("creator")?,
-                        is_public: row.try_get("is_public")?,
-                    },
-                    membership: row.try_get("membership")?,
-                    event_nid: row.try_get("event_nid")?,
-                    stream_ordering: row.try_get("stream_ordering")?,
-                    forgotten: row.try_get("forgotten")?,
-                    room_latest_event: row.try_get("latest_event")?,
-                    room_latest_receipt: row.try_get("latest_receipt")?,
-                });
+                let kind: String = row.try_get("kind")?;
+                let slot = match kind.as_str() {
+                    "events" => 0,
+                    "account_data" => 1,
+                    "receipts" => 2,
+                    "to_device" => 3,
+                    "presence" => 4,
+                    "membership" => {
+                        memberships.push(MembershipRow {
+                            room: RoomRow {
+                                room_nid: row.try_get("room_nid")?,
+                                room_id: row.try_get("room_id")?,
+                                room_version: row.try_get("room_version")?,
+                                creator: row.try_get("creator")?,
+                                is_public: row.try_get("is_public")?,
+                            },
+                            membership: row.try_get("membership")?,
+                            event_nid: row.try_get("event_nid")?,
+                            stream_ordering: row.try_get("stream_ordering")?,
+                            forgotten: row.try_get("forgotten")?,
+                            room_latest_event: row.try_get("latest_event")?,
+                            room_latest_receipt: row.try_get("latest_receipt")?,
+                        });
+                        continue;
+                    }
+                    _ => continue,
+                };
+                positions[slot] = Some(row.try_get::<i64, _>("position")?);
             }
-            out
         });
-        Ok(rows)
+        let [Some(a), Some(b), Some(c), Some(d), Some(e)] = positions else {
+            return Err(StoreError::Conflict(
+                "a stream position row is missing".to_owned(),
+            ));
+        };
+        memberships.sort_by(|x, y| x.room.room_id.cmp(&y.room.room_id));
+        Ok(SyncSnapshot {
+            positions: [a, b, c, d, e],
+            memberships,
+        })
     }
 
     /// The joined members of a room with the JSON of their membership events (push rule

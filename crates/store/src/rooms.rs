@@ -407,167 +407,167 @@ impl Store {
             .await?;
             let mut out = Vec::with_capacity(events.len());
             for (index, event) in events.iter().enumerate() {
-            let stream_ordering = last - count + 1 + index as i64;
+                let stream_ordering = last - count + 1 + index as i64;
 
-            // The state after the event: a new delta group for a state event, else unchanged.
-            let state_group = match (event.state_key, event.state_group_before) {
-                (None, Some(group)) => group,
-                (None, None) => return Err(StoreError::Conflict("a room's first event must be a state event".to_owned())),
-                (Some(_), parent) => {
-                    let parent_len: Option<i64> = match parent {
-                        Some(parent) => sqlx::query_scalar("SELECT CAST(chain_length AS BIGINT) FROM state_groups WHERE state_group = $1")
-                            .bind(parent)
-                            .fetch_optional(&mut *tx)
-                            .await?,
-                        None => None,
-                    };
-                    let (parent, chain_length) = match parent_len {
-                        Some(len) if len < MAX_STATE_CHAIN => (parent, len + 1),
-                        // Too long (or no parent): a full snapshot, copied below.
-                        _ => (None, 0),
-                    };
-                    let group: i64 = sqlx::query_scalar(
-                        "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, $2, $3) RETURNING state_group",
+                // The state after the event: a new delta group for a state event, else unchanged.
+                let state_group = match (event.state_key, event.state_group_before) {
+                    (None, Some(group)) => group,
+                    (None, None) => return Err(StoreError::Conflict("a room's first event must be a state event".to_owned())),
+                    (Some(_), parent) => {
+                        let parent_len: Option<i64> = match parent {
+                            Some(parent) => sqlx::query_scalar("SELECT CAST(chain_length AS BIGINT) FROM state_groups WHERE state_group = $1")
+                                .bind(parent)
+                                .fetch_optional(&mut *tx)
+                                .await?,
+                            None => None,
+                        };
+                        let (parent, chain_length) = match parent_len {
+                            Some(len) if len < MAX_STATE_CHAIN => (parent, len + 1),
+                            // Too long (or no parent): a full snapshot, copied below.
+                            _ => (None, 0),
+                        };
+                        let group: i64 = sqlx::query_scalar(
+                            "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, $2, $3) RETURNING state_group",
+                        )
+                        .bind(event.room_nid)
+                        .bind(parent)
+                        .bind(chain_length as i32)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if parent.is_none() && event.state_group_before.is_some() {
+                            // Start a new chain with a full copy of the state before, via the
+                            // current state (which equals it for single-writer local rooms).
+                            sqlx::query(
+                                "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) \
+                                 SELECT $1, event_type, state_key, event_nid FROM current_state WHERE room_nid = $2",
+                            )
+                            .bind(group)
+                            .bind(event.room_nid)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        group
+                    }
+                };
+
+                let event_nid: i64 = sqlx::query_scalar(
+                    "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
+                     sender, origin_server_ts, json, state_group) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING event_nid",
+                )
+                .bind(event.event_id)
+                .bind(event.room_nid)
+                .bind(stream_ordering)
+                .bind(event.depth)
+                .bind(event.event_type)
+                .bind(event.state_key)
+                .bind(event.sender)
+                .bind(event.origin_server_ts)
+                .bind(event.json)
+                .bind(state_group)
+                .fetch_one(&mut *tx)
+                .await?;
+
+                if let Some(state_key) = event.state_key {
+                    // Remember what this event replaces, for clients' `prev_content`.
+                    sqlx::query(
+                        "UPDATE events SET prev_state_nid = (SELECT c.event_nid FROM current_state c \
+                         WHERE c.room_nid = $1 AND c.event_type = $2 AND c.state_key = $3) WHERE event_nid = $4",
                     )
                     .bind(event.room_nid)
-                    .bind(parent)
-                    .bind(chain_length as i32)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if parent.is_none() && event.state_group_before.is_some() {
-                        // Start a new chain with a full copy of the state before, via the
-                        // current state (which equals it for single-writer local rooms).
-                        sqlx::query(
-                            "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) \
-                             SELECT $1, event_type, state_key, event_nid FROM current_state WHERE room_nid = $2",
-                        )
-                        .bind(group)
-                        .bind(event.room_nid)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    group
-                }
-            };
-
-            let event_nid: i64 = sqlx::query_scalar(
-                "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
-                 sender, origin_server_ts, json, state_group) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING event_nid",
-            )
-            .bind(event.event_id)
-            .bind(event.room_nid)
-            .bind(stream_ordering)
-            .bind(event.depth)
-            .bind(event.event_type)
-            .bind(event.state_key)
-            .bind(event.sender)
-            .bind(event.origin_server_ts)
-            .bind(event.json)
-            .bind(state_group)
-            .fetch_one(&mut *tx)
-            .await?;
-
-            if let Some(state_key) = event.state_key {
-                // Remember what this event replaces, for clients' `prev_content`.
-                sqlx::query(
-                    "UPDATE events SET prev_state_nid = (SELECT c.event_nid FROM current_state c \
-                     WHERE c.room_nid = $1 AND c.event_type = $2 AND c.state_key = $3) WHERE event_nid = $4",
-                )
-                .bind(event.room_nid)
-                .bind(event.event_type)
-                .bind(state_key)
-                .bind(event_nid)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
-                )
-                .bind(state_group)
-                .bind(event.event_type)
-                .bind(state_key)
-                .bind(event_nid)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO current_state (room_nid, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (room_nid, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
-                )
-                .bind(event.room_nid)
-                .bind(event.event_type)
-                .bind(state_key)
-                .bind(event_nid)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some((target, membership)) = event.membership {
-                sqlx::query(
-                    "INSERT INTO room_memberships (room_nid, user_id, membership, event_nid, stream_ordering, forgotten) \
-                     VALUES ($1, $2, $3, $4, $5, FALSE) \
-                     ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, \
-                     event_nid = excluded.event_nid, stream_ordering = excluded.stream_ordering, forgotten = FALSE",
-                )
-                .bind(event.room_nid)
-                .bind(target)
-                .bind(membership)
-                .bind(event_nid)
-                .bind(stream_ordering)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if !event.prev_event_ids.is_empty() {
-                // At most 20 prev events (the spec's limit): one statement.
-                let list: Vec<String> = (0..event.prev_event_ids.len()).map(|i| format!("${}", i + 2)).collect();
-                let sql = format!("DELETE FROM forward_extremities WHERE room_nid = $1 AND event_id IN ({})", list.join(", "));
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.room_nid);
-                for prev in event.prev_event_ids {
-                    query = query.bind(prev);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
-                .bind(event.room_nid)
-                .bind(event.event_id)
-                .execute(&mut *tx)
-                .await?;
-            // Many rows per statement; the event's columns are bound once per statement.
-            for chunk in event.push_actions.chunks(PUSH_ACTIONS_PER_STATEMENT) {
-                let rows: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("($1, $2, $3, $4, ${}, ${}, ${}, ${})", 4 * i + 5, 4 * i + 6, 4 * i + 7, 4 * i + 8))
-                    .collect();
-                let sql = format!(
-                    "INSERT INTO event_push_actions (event_nid, room_nid, stream_ordering, ts, user_id, notify, highlight, actions) \
-                     VALUES {}",
-                    rows.join(", ")
-                );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(event.event_type)
+                    .bind(state_key)
                     .bind(event_nid)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+                    )
+                    .bind(state_group)
+                    .bind(event.event_type)
+                    .bind(state_key)
+                    .bind(event_nid)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO current_state (room_nid, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (room_nid, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+                    )
                     .bind(event.room_nid)
-                    .bind(stream_ordering)
-                    .bind(event.now);
-                for action in chunk {
-                    query = query
-                        .bind(&action.user_id)
-                        .bind(action.notify)
-                        .bind(action.highlight)
-                        .bind(&action.actions);
+                    .bind(event.event_type)
+                    .bind(state_key)
+                    .bind(event_nid)
+                    .execute(&mut *tx)
+                    .await?;
                 }
-                query.execute(&mut *tx).await?;
-            }
-            if let Some((user_id, device_id, txn_id)) = event.txn {
-                sqlx::query(
-                    "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(user_id)
-                .bind(device_id)
-                .bind(txn_id)
-                .bind(event.event_id)
-                .bind(event.now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            out.push(Persisted { event_nid, stream_ordering, state_group });
+                if let Some((target, membership)) = event.membership {
+                    sqlx::query(
+                        "INSERT INTO room_memberships (room_nid, user_id, membership, event_nid, stream_ordering, forgotten) \
+                         VALUES ($1, $2, $3, $4, $5, FALSE) \
+                         ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, \
+                         event_nid = excluded.event_nid, stream_ordering = excluded.stream_ordering, forgotten = FALSE",
+                    )
+                    .bind(event.room_nid)
+                    .bind(target)
+                    .bind(membership)
+                    .bind(event_nid)
+                    .bind(stream_ordering)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if !event.prev_event_ids.is_empty() {
+                    // At most 20 prev events (the spec's limit): one statement.
+                    let list: Vec<String> = (0..event.prev_event_ids.len()).map(|i| format!("${}", i + 2)).collect();
+                    let sql = format!("DELETE FROM forward_extremities WHERE room_nid = $1 AND event_id IN ({})", list.join(", "));
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.room_nid);
+                    for prev in event.prev_event_ids {
+                        query = query.bind(prev);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
+                    .bind(event.room_nid)
+                    .bind(event.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                // Many rows per statement; the event's columns are bound once per statement.
+                for chunk in event.push_actions.chunks(PUSH_ACTIONS_PER_STATEMENT) {
+                    let rows: Vec<String> = (0..chunk.len())
+                        .map(|i| format!("($1, $2, $3, $4, ${}, ${}, ${}, ${})", 4 * i + 5, 4 * i + 6, 4 * i + 7, 4 * i + 8))
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO event_push_actions (event_nid, room_nid, stream_ordering, ts, user_id, notify, highlight, actions) \
+                         VALUES {}",
+                        rows.join(", ")
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(event_nid)
+                        .bind(event.room_nid)
+                        .bind(stream_ordering)
+                        .bind(event.now);
+                    for action in chunk {
+                        query = query
+                            .bind(&action.user_id)
+                            .bind(action.notify)
+                            .bind(action.highlight)
+                            .bind(&action.actions);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                if let Some((user_id, device_id, txn_id)) = event.txn {
+                    sqlx::query(
+                        "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(user_id)
+                    .bind(device_id)
+                    .bind(txn_id)
+                    .bind(event.event_id)
+                    .bind(event.now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                out.push(Persisted { event_nid, stream_ordering, state_group });
             }
             tx.commit().await?;
             out

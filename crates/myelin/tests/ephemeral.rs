@@ -422,6 +422,77 @@ async fn push_rules_drive_unread_counts_and_notifications() {
     }
 }
 
+/// Push rules are cached per user by the position of their stored rules: a change of rules
+/// applies to the very next event, and so does taking it back.
+#[tokio::test]
+async fn a_push_rule_change_applies_to_the_next_event() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        let send = |i: usize| {
+            let (server, room, token) = (&server, &room, &alice.access_token);
+            async move {
+                let (status, body) = server
+                    .put(
+                        &format!(
+                            "/_matrix/client/v3/rooms/{}/send/m.room.message/r{i}",
+                            enc(room)
+                        ),
+                        token,
+                        json!({"msgtype": "m.text", "body": format!("message {i}")}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        };
+        let count = || async {
+            let body = sync(&server, &bob, "").await;
+            body["rooms"]["join"][&room]["unread_notifications"]["notification_count"].clone()
+        };
+
+        send(0).await;
+        assert_eq!(
+            count().await,
+            1,
+            "{kind:?}: the default rules notify (and are now cached)"
+        );
+
+        let mute = format!(
+            "/_matrix/client/v3/pushrules/global/override/{}",
+            enc("mute-room")
+        );
+        let (status, body) = server
+            .put(
+                &mute,
+                &bob.access_token,
+                json!({"conditions": [{"kind": "event_match", "key": "room_id", "pattern": room}], "actions": []}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        send(1).await;
+        assert_eq!(
+            count().await,
+            1,
+            "{kind:?}: the muting rule applied to the next event"
+        );
+
+        let (status, body) = server
+            .call(
+                reqwest::Method::DELETE,
+                &mute,
+                Some(&bob.access_token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        send(2).await;
+        assert_eq!(count().await, 2, "{kind:?}: and its removal too");
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn room_mentions_highlight_only_from_senders_allowed_to_notify_the_room() {
     for kind in test_backends() {

@@ -242,6 +242,20 @@ macro_rules! event_from_row {
 }
 pub(crate) use event_from_row;
 
+/// `count` `(type, state key)` conditions on `current_state c`, bound from `$2` on in pairs.
+fn state_key_clauses(count: usize) -> String {
+    let clauses: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                "(c.event_type = ${} AND c.state_key = ${})",
+                2 * i + 2,
+                2 * i + 3
+            )
+        })
+        .collect();
+    clauses.join(" OR ")
+}
+
 /// A room's head from its forward extremities as `(event id, depth, stream ordering, state
 /// group)`: newest (deepest, then latest) first.
 fn head_of(mut extremities: Vec<(String, i64, i64, i64)>) -> RoomHead {
@@ -329,20 +343,11 @@ impl Store {
             bare_event_columns!(),
         );
         if !keys.is_empty() {
-            let clauses: Vec<String> = (0..keys.len())
-                .map(|i| {
-                    format!(
-                        "(c.event_type = ${} AND c.state_key = ${})",
-                        2 * i + 2,
-                        2 * i + 3
-                    )
-                })
-                .collect();
             sql.push_str(&format!(
                 " UNION ALL SELECT 0 AS part, {} FROM events e JOIN current_state c ON c.event_nid = e.event_nid \
                  WHERE c.room_nid = $1 AND ({})",
                 bare_event_columns!(),
-                clauses.join(" OR ")
+                state_key_clauses(keys.len())
             ));
         }
         if txn.is_some() {
@@ -589,16 +594,7 @@ impl Store {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let clauses: Vec<String> = (0..keys.len())
-                .map(|i| {
-                    format!(
-                        "(c.event_type = ${} AND c.state_key = ${})",
-                        2 * i + 2,
-                        2 * i + 3
-                    )
-                })
-                .collect();
-            sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
+            sql.push_str(&format!(" AND ({})", state_key_clauses(keys.len())));
         }
         let rows = with_pool!(self, pool => {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(room_nid);

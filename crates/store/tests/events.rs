@@ -3,7 +3,7 @@
 //! produced), and group commit (concurrent persists land together, a bad one fails alone).
 
 use myelin_store::{
-    NewEvent, Persisted, Store, StoreOptions,
+    NewEvent, Persisted, Store, StoreError, StoreOptions,
     test_support::{TestDatabase, test_backends},
 };
 
@@ -20,6 +20,10 @@ struct Ev<'a> {
 }
 
 async fn put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Persisted {
+    try_put(store, room_nid, ev).await.unwrap()
+}
+
+async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, StoreError> {
     let prev: Vec<String> = ev.prev.iter().map(|p| p.to_string()).collect();
     store
         .persist_event(&NewEvent {
@@ -39,7 +43,6 @@ async fn put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Persisted {
             now: ev.depth,
         })
         .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -193,26 +196,14 @@ async fn concurrent_persists_all_land_with_distinct_positions_and_a_bad_one_fail
                 } else {
                     format!("$create{i}")
                 };
-                let prev: Vec<String> = Vec::new();
-                let json = r#"{"type":"m.room.create"}"#;
-                store
-                    .persist_event(&NewEvent {
-                        room_nid: room,
-                        event_id: &id,
-                        event_type: "m.room.create",
-                        state_key: Some(""),
-                        sender: "@a:localhost",
-                        depth: 1,
-                        origin_server_ts: 1,
-                        json,
-                        prev_event_ids: &prev,
-                        state_group_before: None,
-                        membership: None,
-                        txn: None,
-                        push_actions: &[],
-                        now: 1,
-                    })
-                    .await
+                let ev = Ev {
+                    id: &id,
+                    kind: "m.room.create",
+                    state_key: Some(""),
+                    depth: 1,
+                    ..Ev::default()
+                };
+                try_put(&store, room, ev).await
             }));
         }
         let mut positions = Vec::new();

@@ -8,7 +8,8 @@
 //! directory's sealing key, for private keys at rest), [`server_keys`] (the server's signing key
 //! and its published, signed key object), [`directory`] (room aliases and the room directory),
 //! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
-//! [`profiles`] (local users' display names and avatars).
+//! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
+//! push gateways).
 
 pub mod accounts;
 pub mod config;
@@ -18,6 +19,7 @@ mod error;
 pub mod notifier;
 pub mod passwords;
 pub mod profiles;
+pub mod pushers;
 pub mod rate_limit;
 pub mod rooms;
 pub mod secrets;

@@ -25,6 +25,8 @@ pub enum StartError {
     Store(#[from] myelin_store::StoreError),
     #[error("cannot load the server signing key: {0}")]
     ServerKey(#[from] ServerKeyError),
+    #[error("cannot build the push gateway client: {0}")]
+    PushGateway(#[from] myelin_federation::push_gateway::PushGatewayError),
 }
 
 /// Everything the homeserver does, shared by every request handler.
@@ -40,6 +42,7 @@ pub struct Services {
     pub rate_limiter: crate::rate_limit::RateLimiter,
     pub user_data: crate::user_data::UserData,
     pub profiles: crate::profiles::Profiles,
+    pub pushers: Arc<crate::pushers::Pushers>,
 }
 
 impl Services {
@@ -71,11 +74,13 @@ impl Services {
         );
         let server_keys = Arc::new(server_keys);
         let notifier = crate::notifier::Notifier::default();
+        let pushers = Arc::new(crate::pushers::Pushers::new(store.clone())?);
         let rooms = crate::rooms::Rooms::new(
             store.clone(),
             config.server_name.clone(),
             server_keys.clone(),
             notifier.clone(),
+            pushers.clone(),
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());
@@ -86,6 +91,7 @@ impl Services {
             rate_limiter,
             user_data: crate::user_data::UserData::new(store.clone(), notifier.clone()),
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
+            pushers,
             config,
             store,
             server_keys,

@@ -11,7 +11,8 @@
 //! profiles), [`aliases`] (room aliases and the room directory), [`rooms`] (rooms, events and
 //! everything persisting one changes), [`state`] (state snapshots read back, with their
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
-//! [`ephemeral`] (receipts, to-device messages, presence). Later areas (federation queue,
+//! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
+//! deliver notifications to). Later areas (federation queue,
 //! account keys, media) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
@@ -34,6 +35,7 @@ mod cache;
 pub mod ephemeral;
 mod error;
 mod group_commit;
+pub mod pushers;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;
@@ -45,6 +47,7 @@ pub mod user_data;
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
+pub use pushers::PusherRow;
 pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
     RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,

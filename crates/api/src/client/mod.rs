@@ -10,6 +10,7 @@ mod ephemeral;
 mod filter;
 mod profile;
 mod push_rules;
+mod pushers;
 mod rooms;
 mod session;
 mod sync;
@@ -33,7 +34,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(
             filter::routes()
                 .merge(account_data::routes())
-                .merge(push_rules::routes()),
+                .merge(push_rules::routes())
+                .merge(pushers::routes()),
         )
         .merge(
             capabilities::routes()

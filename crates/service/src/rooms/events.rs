@@ -230,6 +230,20 @@ impl Rooms {
             })
             .await?;
         self.notify.notify();
+        if push_actions.iter().any(|a| a.notify) {
+            self.pushers.dispatch(
+                crate::pushers::PushedEvent {
+                    event_id: pdu.event_id().to_owned(),
+                    room_id: room.room_id.clone(),
+                    room_nid: room.room_nid,
+                    event_type: pdu.event_type().to_owned(),
+                    sender: pdu.sender().to_owned(),
+                    content: serde_json::from_str(pdu.content().get())
+                        .unwrap_or(serde_json::Value::Null),
+                },
+                &push_actions,
+            );
+        }
         tracing::debug!(room_id = %room.room_id, event_id = pdu.event_id(), kind = pdu.event_type(), "persisted a local event");
         Ok(pdu.event_id().to_owned())
     }

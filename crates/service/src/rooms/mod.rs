@@ -42,6 +42,8 @@ pub struct Rooms {
     push_rules: push::RulesCache,
     /// History visibility facts by snapshot and reader.
     visibility_facts: visibility::FactsCache,
+    /// Hands each persisted event that notifies someone to their push gateways.
+    pushers: Arc<crate::pushers::Pushers>,
 }
 
 impl Rooms {
@@ -50,6 +52,7 @@ impl Rooms {
         server_name: OwnedServerName,
         keys: Arc<ServerKeys>,
         notify: crate::notifier::Notifier,
+        pushers: Arc<crate::pushers::Pushers>,
     ) -> Self {
         Rooms {
             store,
@@ -59,6 +62,7 @@ impl Rooms {
             notify,
             push_rules: Default::default(),
             visibility_facts: Default::default(),
+            pushers,
         }
     }
 

@@ -7,7 +7,8 @@
 //! cached per user by the account data position they were read at: a change of rules moves the
 //! position, so the cache is never stale, even with other processes writing.
 //!
-//! Not yet: push gateways (no HTTP pushers).
+//! The actions of each persisted event are then handed to `crate::pushers`, which sends the
+//! notifying ones to the users' push gateways.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -1,0 +1,182 @@
+//! The push gateway client: `POST /_matrix/push/v1/notify` (Push Gateway API) to a pusher's
+//! URL, and the gateway's answer (the pushkeys it rejected). Which notifications to send, to
+//! whom and how often to retry is the service layer's business; this module only speaks HTTP.
+//!
+//! The client is reqwest on rustls with the ring provider, verifying certificates against the
+//! system roots. It follows no redirects: a gateway is a fixed URL the client gave us.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The path every gateway URL must have (the spec fixes it).
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+/// Why a notification was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PushGatewayError {
+    #[error("could not build the push gateway client: {0}")]
+    Client(String),
+    #[error("push gateway unreachable: {0}")]
+    Transport(String),
+    #[error("push gateway answered HTTP {0}")]
+    Status(u16),
+    #[error("push gateway answered with a body that is not a notify response: {0}")]
+    Body(String),
+}
+
+impl PushGatewayError {
+    /// Whether trying again later may succeed: transport errors, 5xx and 429 may pass; other
+    /// 4xx answers and bodies we cannot read will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PushGatewayError::Transport(_) => true,
+            PushGatewayError::Status(code) => *code >= 500 || *code == 429,
+            PushGatewayError::Client(_) | PushGatewayError::Body(_) => false,
+        }
+    }
+}
+
+/// The `notification` object of a notify request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notification {
+    pub event_id: String,
+    pub room_id: String,
+    /// `None` (with `sender` and `content`) for pushers with `format: "event_id_only"`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_display_name: Option<String>,
+    /// The event's content; `None` for pushers with `format: "event_id_only"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<Value>,
+    pub counts: Counts,
+    /// `"high"` or `"low"`.
+    pub prio: &'static str,
+    pub devices: Vec<Device>,
+}
+
+/// `notification.counts`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Counts {
+    pub unread: u64,
+}
+
+/// One entry of `notification.devices`: the pusher being notified.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub app_id: String,
+    pub pushkey: String,
+    /// When the pushkey was set, in seconds.
+    pub pushkey_ts: i64,
+    /// The pusher's `data` without `url`.
+    pub data: Map<String, Value>,
+    pub tweaks: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct NotifyRequest<'a> {
+    notification: &'a Notification,
+}
+
+#[derive(Deserialize)]
+struct NotifyResponse {
+    #[serde(default)]
+    rejected: Vec<String>,
+}
+
+/// An HTTP client for push gateways, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PushGatewayClient {
+    http: reqwest::Client,
+}
+
+impl PushGatewayClient {
+    /// A client whose requests give up after `timeout`.
+    pub fn new(timeout: Duration) -> Result<Self, PushGatewayError> {
+        // reqwest is built without a crypto provider; the process uses ring (installing it
+        // again is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| PushGatewayError::Client(e.to_string()))?;
+        Ok(PushGatewayClient { http })
+    }
+
+    /// Posts `notification` to the gateway at `url` and returns the pushkeys it rejected.
+    pub async fn notify(
+        &self,
+        url: &str,
+        notification: &Notification,
+    ) -> Result<Vec<String>, PushGatewayError> {
+        let response = self
+            .http
+            .post(url)
+            .json(&NotifyRequest { notification })
+            .send()
+            .await
+            .map_err(|e| PushGatewayError::Transport(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(PushGatewayError::Status(status.as_u16()));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| PushGatewayError::Transport(e.to_string()))?;
+        let body: NotifyResponse =
+            serde_json::from_slice(&bytes).map_err(|e| PushGatewayError::Body(e.to_string()))?;
+        Ok(body.rejected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_serialises_as_the_spec_shows() {
+        let notification = Notification {
+            event_id: "$e".to_owned(),
+            room_id: "!r:x".to_owned(),
+            event_type: Some("m.room.message".to_owned()),
+            sender: Some("@a:x".to_owned()),
+            sender_display_name: None,
+            content: None,
+            counts: Counts { unread: 2 },
+            prio: "low",
+            devices: vec![Device {
+                app_id: "app".to_owned(),
+                pushkey: "k".to_owned(),
+                pushkey_ts: 12,
+                data: Map::new(),
+                tweaks: Map::new(),
+            }],
+        };
+        let json = serde_json::to_value(NotifyRequest {
+            notification: &notification,
+        })
+        .unwrap();
+        assert_eq!(json["notification"]["type"], "m.room.message");
+        assert!(json["notification"].get("content").is_none());
+        assert!(json["notification"].get("sender_display_name").is_none());
+        assert_eq!(json["notification"]["counts"]["unread"], 2);
+        assert_eq!(json["notification"]["devices"][0]["pushkey_ts"], 12);
+    }
+
+    #[test]
+    fn only_transport_5xx_and_429_are_transient() {
+        assert!(PushGatewayError::Transport(String::new()).is_transient());
+        assert!(PushGatewayError::Status(503).is_transient());
+        assert!(PushGatewayError::Status(429).is_transient());
+        assert!(!PushGatewayError::Status(404).is_transient());
+        assert!(!PushGatewayError::Body(String::new()).is_transient());
+    }
+}

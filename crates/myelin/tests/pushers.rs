@@ -14,11 +14,13 @@ use serde_json::{Value, json};
 
 const NOTIFY: &str = "/_matrix/push/v1/notify";
 
-/// A fake push gateway: records every notify body and rejects the pushkeys it is told to.
+/// A fake push gateway: records every notify body, answers the first `failures` requests with
+/// a 500, and rejects the pushkeys it is told to.
 #[derive(Clone, Default)]
 struct Gateway {
     received: Arc<Mutex<Vec<Value>>>,
     reject: Arc<Mutex<Vec<String>>>,
+    failures: Arc<Mutex<usize>>,
 }
 
 impl Gateway {
@@ -60,10 +62,20 @@ impl Gateway {
     }
 }
 
-async fn notify(State(gateway): State<Gateway>, Json(body): Json<Value>) -> Json<Value> {
+async fn notify(
+    State(gateway): State<Gateway>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, axum::http::StatusCode> {
+    {
+        let mut failures = gateway.failures.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
     gateway.received.lock().unwrap().push(body);
     let rejected = gateway.reject.lock().unwrap().clone();
-    Json(json!({ "rejected": rejected }))
+    Ok(Json(json!({ "rejected": rejected })))
 }
 
 fn http_pusher(pushkey: &str, url: &str) -> Value {
@@ -405,6 +417,36 @@ async fn rejected_pushkeys_are_deleted() {
         }
         assert_eq!(remaining.len(), 1, "{kind:?}: {remaining:?}");
         assert_eq!(remaining[0]["pushkey"], "live-key");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_gateway_is_retried() {
+    for kind in test_backends() {
+        let (gateway, addr) = Gateway::start().await;
+        *gateway.failures.lock().unwrap() = 1;
+        let url = format!("http://{addr}{NOTIFY}");
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        assert_eq!(
+            set_pusher(&server, &alice, http_pusher("key", &url))
+                .await
+                .0,
+            200
+        );
+        let event = send_text(&server, &bob, &room, "hello").await;
+        // The first try got a 500; the retry (after a second) is recorded.
+        gateway.wait_for(&event, "key").await;
+        assert_eq!(*gateway.failures.lock().unwrap(), 0, "{kind:?}");
+        assert_eq!(gateway.received.lock().unwrap().len(), 1, "{kind:?}");
+        assert_eq!(
+            pushers(&server, &alice).await.len(),
+            1,
+            "a 500 deletes nothing"
+        );
         server.stop().await;
     }
 }

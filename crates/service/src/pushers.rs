@@ -211,7 +211,7 @@ impl Pushers {
             };
             match result {
                 Ok(rejected) => {
-                    if rejected.iter().any(|key| *key == pusher.pushkey) {
+                    if rejected.contains(&pusher.pushkey) {
                         tracing::info!(user_id = %pusher.user_id, app_id = %pusher.app_id, "push gateway rejected a pushkey; deleting the pusher");
                         if let Err(err) = self
                             .store

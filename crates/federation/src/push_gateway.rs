@@ -59,10 +59,15 @@ pub struct Notification {
     pub devices: Vec<Device>,
 }
 
-/// `notification.counts`.
+/// `notification.counts`. The spec asks that zero counts be left out.
 #[derive(Debug, Clone, Serialize)]
 pub struct Counts {
+    #[serde(skip_serializing_if = "is_zero")]
     pub unread: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// One entry of `notification.devices`: the pusher being notified.
@@ -169,6 +174,8 @@ mod tests {
         assert!(json["notification"].get("sender_display_name").is_none());
         assert_eq!(json["notification"]["counts"]["unread"], 2);
         assert_eq!(json["notification"]["devices"][0]["pushkey_ts"], 12);
+        let zero = serde_json::to_value(Counts { unread: 0 }).unwrap();
+        assert_eq!(zero, serde_json::json!({}), "zero counts are left out");
     }
 
     #[test]

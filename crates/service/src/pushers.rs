@@ -133,7 +133,9 @@ impl Pushers {
     /// background: returns at once.
     pub fn dispatch(self: &Arc<Self>, event: PushedEvent, actions: &[PushAction]) {
         let notified: Vec<PushAction> = actions.iter().filter(|a| a.notify).cloned().collect();
-        if notified.is_empty() {
+        let users: Vec<&str> = notified.iter().map(|a| a.user_id.as_str()).collect();
+        // Nobody to push to (most users have no pushers): no task, no query.
+        if notified.is_empty() || self.store.known_without_pushers(&users) {
             return;
         }
         let this = self.clone();

@@ -173,7 +173,7 @@ impl Store {
             tx.commit().await
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
-        self.tokens.invalidate();
+        self.account_changed();
         result?;
         Ok(())
     }
@@ -246,7 +246,7 @@ impl Store {
             Ok::<_, sqlx::Error>(owner)
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
-        self.tokens.invalidate();
+        self.account_changed();
         let owner = result?;
         Ok(owner)
     }
@@ -261,7 +261,7 @@ impl Store {
                 .map(|_| ())
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
-        self.tokens.invalidate();
+        self.account_changed();
         result?;
         Ok(())
     }
@@ -277,7 +277,7 @@ impl Store {
                 .map(|r| r.rows_affected() > 0)
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
-        self.tokens.invalidate();
+        self.account_changed();
         let deleted = result?;
         Ok(deleted)
     }
@@ -298,7 +298,7 @@ impl Store {
                 .map(|_| ())
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
-        self.tokens.invalidate();
+        self.account_changed();
         result?;
         Ok(())
     }
@@ -318,7 +318,7 @@ impl Store {
             tx.commit().await
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
-        self.tokens.invalidate();
+        self.account_changed();
         result?;
         Ok(())
     }
@@ -340,7 +340,7 @@ impl Store {
             tx.commit().await
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
-        self.tokens.invalidate();
+        self.account_changed();
         result?;
         Ok(())
     }

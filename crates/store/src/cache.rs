@@ -1,5 +1,5 @@
 //! Small in-process caches of rows that are read on every request and change rarely (access
-//! tokens, rooms), and the rule that keeps them exact.
+//! tokens, rooms, which users have pushers), and the rule that keeps them exact.
 //!
 //! The rule: every store method that changes a cached row invalidates the cache after its write
 //! (whether or not the write succeeded), and a reader only fills the cache if no invalidation

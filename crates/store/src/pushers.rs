@@ -59,6 +59,13 @@ impl Store {
     /// `append`, the same `(app_id, pushkey)` is removed from every other user in the same
     /// transaction (the spec's default: a pushkey belongs to one user).
     pub async fn set_pusher(&self, pusher: &PusherRow, append: bool) -> Result<(), StoreError> {
+        let result = self.write_pusher(pusher, append).await;
+        // Once the write is over (a failed one changed nothing; see `cache`).
+        self.pusher_users.invalidate();
+        result
+    }
+
+    async fn write_pusher(&self, pusher: &PusherRow, append: bool) -> Result<(), StoreError> {
         with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             if !append {
@@ -106,35 +113,17 @@ impl Store {
         app_id: &str,
         pushkey: &str,
     ) -> Result<bool, StoreError> {
-        let deleted = with_pool!(self, pool => {
+        let result = with_pool!(self, pool => {
             sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3")
                 .bind(user_id)
                 .bind(app_id)
                 .bind(pushkey)
                 .execute(pool)
-                .await?
-                .rows_affected()
+                .await
+                .map(|r| r.rows_affected())
         });
-        Ok(deleted > 0)
-    }
-
-    /// Deletes the pusher `(app_id, pushkey)` of every user but `user_id`; how many went.
-    pub async fn delete_pusher_of_other_users(
-        &self,
-        user_id: &str,
-        app_id: &str,
-        pushkey: &str,
-    ) -> Result<u64, StoreError> {
-        let deleted = with_pool!(self, pool => {
-            sqlx::query("DELETE FROM pushers WHERE app_id = $1 AND pushkey = $2 AND user_id <> $3")
-                .bind(app_id)
-                .bind(pushkey)
-                .bind(user_id)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        Ok(deleted)
+        self.pusher_users.invalidate();
+        Ok(result? > 0)
     }
 
     /// A user's pushers, oldest first.
@@ -155,10 +144,32 @@ impl Store {
         Ok(rows)
     }
 
+    /// Whether every one of these users is known (cached) to have no http pushers: then
+    /// [`Store::http_pushers_of`] would answer nothing without asking the database.
+    pub fn known_without_pushers(&self, user_ids: &[&str]) -> bool {
+        user_ids
+            .iter()
+            .all(|user| matches!(self.pusher_users.get(*user), Ok(false)))
+    }
+
     /// The `http` pushers of any of `user_ids`.
     pub async fn http_pushers_of(&self, user_ids: &[&str]) -> Result<Vec<PusherRow>, StoreError> {
+        // Most users have no pushers (web clients), and every notifying event asks: users known
+        // to have none are not asked about again until a pusher or device changes.
+        let mut started = None;
+        let mut to_read = Vec::new();
+        for user in user_ids {
+            match self.pusher_users.get(*user) {
+                Ok(false) => {}
+                Ok(true) => to_read.push(*user),
+                Err(generation) => {
+                    started.get_or_insert(generation);
+                    to_read.push(*user);
+                }
+            }
+        }
         let mut out = Vec::new();
-        for chunk in user_ids.chunks(USERS_PER_STATEMENT) {
+        for chunk in to_read.chunks(USERS_PER_STATEMENT) {
             let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
             let sql = format!(
                 "SELECT {PUSHER_COLUMNS} FROM pushers WHERE kind = 'http' AND user_id IN ({})",
@@ -177,6 +188,12 @@ impl Store {
                     .collect::<Result<Vec<_>, sqlx::Error>>()
             })?;
             out.extend(rows);
+        }
+        if let Some(started) = started {
+            for user in to_read {
+                let has = out.iter().any(|p| p.user_id == user);
+                self.pusher_users.fill(started, user.to_owned(), has);
+            }
         }
         Ok(out)
     }
@@ -263,6 +280,14 @@ mod tests {
                 .unwrap();
             let alice = user(&store, "alice").await;
             let bob = user(&store, "bob").await;
+            // Nobody has pushers yet (and the store remembers it): a new pusher still shows.
+            assert!(
+                store
+                    .http_pushers_of(&[&alice, &bob])
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
 
             store
                 .set_pusher(&pusher(&alice, "k1", "a"), false)
@@ -292,19 +317,6 @@ mod tests {
             assert!(store.pushers(&alice).await.unwrap().is_empty(), "{kind:?}");
             assert_eq!(store.pushers(&bob).await.unwrap().len(), 1);
 
-            store
-                .set_pusher(&pusher(&alice, "k2", "e"), true)
-                .await
-                .unwrap();
-            assert_eq!(
-                store
-                    .delete_pusher_of_other_users(&bob, "app", "k2")
-                    .await
-                    .unwrap(),
-                1
-            );
-            assert!(store.pushers(&alice).await.unwrap().is_empty());
-
             assert!(store.delete_pusher(&bob, "app", "k1").await.unwrap());
             assert!(!store.delete_pusher(&bob, "app", "k1").await.unwrap());
 
@@ -313,8 +325,13 @@ mod tests {
                 .set_pusher(&pusher(&alice, "k3", "f"), false)
                 .await
                 .unwrap();
+            assert_eq!(store.http_pushers_of(&[&alice]).await.unwrap().len(), 1);
             assert!(store.delete_device(&alice, "DEV").await.unwrap());
             assert!(store.pushers(&alice).await.unwrap().is_empty(), "{kind:?}");
+            assert!(
+                store.http_pushers_of(&[&alice]).await.unwrap().is_empty(),
+                "{kind:?}: the device's deletion reached the users-with-pushers cache"
+            );
             assert_eq!(store.unread_notifications_total(&alice).await.unwrap(), 0);
             store.close().await;
         }

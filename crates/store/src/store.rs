@@ -164,11 +164,14 @@ pub struct Store {
     pub(crate) tokens: Arc<Cache<Vec<u8>, crate::AccessTokenRow>>,
     /// Rooms by id.
     pub(crate) rooms: Arc<Cache<String, crate::RoomRow>>,
+    /// Whether a user has http pushers, by user id (invalidated by every pusher or device
+    /// write: deleting a device deletes its pushers).
+    pub(crate) pusher_users: Arc<Cache<String, bool>>,
     /// Events waiting to be committed together.
     pub(crate) group_commit: Arc<crate::group_commit::GroupCommit>,
 }
 
-/// How many tokens and rooms the caches hold before they start over.
+/// How many tokens (and users' pusher flags) and rooms the caches hold before they start over.
 const TOKEN_CACHE_CAPACITY: usize = 10_000;
 const ROOM_CACHE_CAPACITY: usize = 10_000;
 
@@ -241,6 +244,7 @@ impl Store {
             write_gate: Default::default(),
             tokens: Arc::new(Cache::new(TOKEN_CACHE_CAPACITY)),
             rooms: Arc::new(Cache::new(ROOM_CACHE_CAPACITY)),
+            pusher_users: Arc::new(Cache::new(TOKEN_CACHE_CAPACITY)),
             group_commit: Default::default(),
         };
         store.migrate().await?;
@@ -273,6 +277,13 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())
+    }
+
+    /// Forgets the cached rows that account writes change: access tokens, and (devices own
+    /// pushers) which users have pushers. Called once such a write is over (see `cache`).
+    pub(crate) fn account_changed(&self) {
+        self.tokens.invalidate();
+        self.pusher_users.invalidate();
     }
 
     /// Closes every connection; pending writes have completed when this returns.

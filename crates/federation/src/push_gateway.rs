@@ -3,11 +3,15 @@
 //! whom and how often to retry is the service layer's business; this module only speaks HTTP.
 //!
 //! The client is reqwest on rustls with the ring provider, verifying certificates against the
-//! system roots. It follows no redirects: a gateway is a fixed URL the client gave us.
+//! system roots. It follows no redirects: a gateway is a fixed URL the client gave us. Unless
+//! the operator allows private gateways, it only connects to publicly routable addresses
+//! ([`crate::public_addresses`]): the URL is a user's choice.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::public_addresses::{PublicOnlyResolver, is_public};
 use serde_json::{Map, Value};
 
 /// The path every gateway URL must have (the spec fixes it).
@@ -24,6 +28,8 @@ pub enum PushGatewayError {
     Status(u16),
     #[error("push gateway answered with a body that is not a notify response: {0}")]
     Body(String),
+    #[error("push gateway address {0} is not publicly routable (see push.allow_private_gateways)")]
+    PrivateAddress(String),
 }
 
 impl PushGatewayError {
@@ -33,7 +39,9 @@ impl PushGatewayError {
         match self {
             PushGatewayError::Transport(_) => true,
             PushGatewayError::Status(code) => *code >= 500 || *code == 429,
-            PushGatewayError::Client(_) | PushGatewayError::Body(_) => false,
+            PushGatewayError::Client(_)
+            | PushGatewayError::Body(_)
+            | PushGatewayError::PrivateAddress(_) => false,
         }
     }
 }
@@ -82,6 +90,19 @@ pub struct Device {
     pub tweaks: Map<String, Value>,
 }
 
+/// An error with its chain of causes, which reqwest's own message leaves out ("error sending
+/// request" says nothing of the refused connection or the private address under it).
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[derive(Serialize)]
 struct NotifyRequest<'a> {
     notification: &'a Notification,
@@ -97,22 +118,46 @@ struct NotifyResponse {
 #[derive(Debug, Clone)]
 pub struct PushGatewayClient {
     http: reqwest::Client,
+    allow_private: bool,
 }
 
 impl PushGatewayClient {
-    /// A client whose requests give up after `timeout`.
-    pub fn new(timeout: Duration) -> Result<Self, PushGatewayError> {
+    /// A client whose requests give up after `timeout`, and reach private addresses only if
+    /// `allow_private`.
+    pub fn new(timeout: Duration, allow_private: bool) -> Result<Self, PushGatewayError> {
         // reqwest is built without a crypto provider; the process uses ring (installing it
         // again is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnlyResolver));
+        }
+        let http = builder
             .build()
             .map_err(|e| PushGatewayError::Client(e.to_string()))?;
-        Ok(PushGatewayClient { http })
+        Ok(PushGatewayClient {
+            http,
+            allow_private,
+        })
+    }
+
+    /// Refuses a URL whose host is a private IP literal (names are checked by the resolver).
+    fn check_literal_host(&self, url: &str) -> Result<(), PushGatewayError> {
+        if self.allow_private {
+            return Ok(());
+        }
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| PushGatewayError::Client(e.to_string()))?;
+        let host = parsed.host_str().unwrap_or_default();
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        match literal.parse::<std::net::IpAddr>() {
+            Ok(ip) if !is_public(ip) => Err(PushGatewayError::PrivateAddress(host.to_owned())),
+            _ => Ok(()),
+        }
     }
 
     /// Posts `notification` to the gateway at `url` and returns the pushkeys it rejected.
@@ -121,13 +166,14 @@ impl PushGatewayClient {
         url: &str,
         notification: &Notification,
     ) -> Result<Vec<String>, PushGatewayError> {
+        self.check_literal_host(url)?;
         let response = self
             .http
             .post(url)
             .json(&NotifyRequest { notification })
             .send()
             .await
-            .map_err(|e| PushGatewayError::Transport(e.to_string()))?;
+            .map_err(|e| PushGatewayError::Transport(with_causes(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(PushGatewayError::Status(status.as_u16()));
@@ -135,7 +181,7 @@ impl PushGatewayClient {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| PushGatewayError::Transport(e.to_string()))?;
+            .map_err(|e| PushGatewayError::Transport(with_causes(&e)))?;
         let body: NotifyResponse =
             serde_json::from_slice(&bytes).map_err(|e| PushGatewayError::Body(e.to_string()))?;
         Ok(body.rejected)
@@ -176,6 +222,48 @@ mod tests {
         assert_eq!(json["notification"]["devices"][0]["pushkey_ts"], 12);
         let zero = serde_json::to_value(Counts { unread: 0 }).unwrap();
         assert_eq!(zero, serde_json::json!({}), "zero counts are left out");
+    }
+
+    #[tokio::test]
+    async fn private_gateways_are_refused_unless_allowed() {
+        let notification = Notification {
+            event_id: "$e".to_owned(),
+            room_id: "!r:x".to_owned(),
+            event_type: None,
+            sender: None,
+            sender_display_name: None,
+            content: None,
+            counts: Counts { unread: 0 },
+            prio: "low",
+            devices: Vec::new(),
+        };
+        let strict = PushGatewayClient::new(Duration::from_secs(2), false).unwrap();
+        for url in [
+            "http://127.0.0.1:9/_matrix/push/v1/notify",
+            "http://[::1]:9/_matrix/push/v1/notify",
+            "http://10.0.0.1:9/_matrix/push/v1/notify",
+        ] {
+            let err = strict.notify(url, &notification).await.unwrap_err();
+            assert!(
+                matches!(err, PushGatewayError::PrivateAddress(_)),
+                "{url}: {err}"
+            );
+            assert!(!err.is_transient());
+        }
+        // A name that resolves to loopback only: refused by the resolver, before any connect.
+        let err = strict
+            .notify("http://localhost:9/_matrix/push/v1/notify", &notification)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("publicly routable"), "{err}");
+
+        // Allowed: the request is made (and fails to connect: nothing listens on port 9).
+        let lax = PushGatewayClient::new(Duration::from_secs(2), true).unwrap();
+        let err = lax
+            .notify("http://127.0.0.1:9/_matrix/push/v1/notify", &notification)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PushGatewayError::Transport(_)), "{err}");
     }
 
     #[test]

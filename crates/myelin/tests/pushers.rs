@@ -140,7 +140,11 @@ async fn send_text(server: &TestServer, user: &TestUser, room: &str, body: &str)
 async fn set_list_replace_append_and_delete() {
     let url = "https://push.example.org/_matrix/push/v1/notify";
     for kind in test_backends() {
-        let server = TestServer::start(kind).await;
+        let server = TestServer::start_with(kind, |config| {
+            // The fake gateway listens on loopback.
+            config.push.allow_private_gateways = true
+        })
+        .await;
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
         assert!(pushers(&server, &alice).await.is_empty());
@@ -239,7 +243,11 @@ async fn set_list_replace_append_and_delete() {
 #[tokio::test]
 async fn invalid_pushers_are_refused_without_writing() {
     for kind in test_backends() {
-        let server = TestServer::start(kind).await;
+        let server = TestServer::start_with(kind, |config| {
+            // The fake gateway listens on loopback.
+            config.push.allow_private_gateways = true
+        })
+        .await;
         let alice = server.register("alice").await;
         let cases = [
             (
@@ -304,7 +312,11 @@ async fn notifications_reach_the_push_gateway() {
     for kind in test_backends() {
         let (gateway, addr) = Gateway::start().await;
         let url = format!("http://{addr}{NOTIFY}");
-        let server = TestServer::start(kind).await;
+        let server = TestServer::start_with(kind, |config| {
+            // The fake gateway listens on loopback.
+            config.push.allow_private_gateways = true
+        })
+        .await;
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
         let room = shared_room(&server, &alice, &bob).await;
@@ -389,7 +401,11 @@ async fn rejected_pushkeys_are_deleted() {
         let (gateway, addr) = Gateway::start().await;
         gateway.reject.lock().unwrap().push("dead-key".to_owned());
         let url = format!("http://{addr}{NOTIFY}");
-        let server = TestServer::start(kind).await;
+        let server = TestServer::start_with(kind, |config| {
+            // The fake gateway listens on loopback.
+            config.push.allow_private_gateways = true
+        })
+        .await;
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
         let room = shared_room(&server, &alice, &bob).await;
@@ -427,7 +443,11 @@ async fn a_failing_gateway_is_retried() {
         let (gateway, addr) = Gateway::start().await;
         *gateway.failures.lock().unwrap() = 1;
         let url = format!("http://{addr}{NOTIFY}");
-        let server = TestServer::start(kind).await;
+        let server = TestServer::start_with(kind, |config| {
+            // The fake gateway listens on loopback.
+            config.push.allow_private_gateways = true
+        })
+        .await;
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
         let room = shared_room(&server, &alice, &bob).await;
@@ -447,6 +467,36 @@ async fn a_failing_gateway_is_retried() {
             1,
             "a 500 deletes nothing"
         );
+        server.stop().await;
+    }
+}
+
+/// By default a gateway on a private address (here loopback) is never posted to: gateway URLs
+/// are users' choices. The pusher itself stays (the address may be fixed by the operator).
+#[tokio::test]
+async fn private_gateways_get_nothing_by_default() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let (gateway, addr) = Gateway::start().await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        let (status, body) = set_pusher(
+            &server,
+            &bob,
+            http_pusher("private", &format!("http://{addr}{NOTIFY}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+
+        send_text(&server, &alice, &room, "hello").await;
+        // Delivery to a permitted gateway takes milliseconds (see the tests above).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            gateway.received.lock().unwrap().is_empty(),
+            "{kind:?}: nothing reached the loopback gateway"
+        );
+        assert_eq!(pushers(&server, &bob).await.len(), 1, "{kind:?}");
         server.stop().await;
     }
 }

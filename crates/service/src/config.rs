@@ -25,6 +25,7 @@ pub struct Config {
     pub passwords: PasswordConfig,
     pub sessions: SessionConfig,
     pub rate_limits: RateLimitConfig,
+    pub push: PushConfig,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             passwords: PasswordConfig::default(),
             sessions: SessionConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -191,6 +193,16 @@ impl Default for SessionConfig {
             refreshable_access_token_lifetime_secs: 300,
         }
     }
+}
+
+/// Push notifications to push gateways.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Let push gateways be private addresses (loopback, RFC 1918, link-local, unique local...).
+    /// Off by default: a gateway URL is chosen by a user, and must not make the server post to
+    /// itself or into its own network. Turn on for a gateway on the same host or network.
+    pub allow_private_gateways: bool,
 }
 
 /// Limits on the endpoints the spec marks as rate-limited.

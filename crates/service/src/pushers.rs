@@ -56,10 +56,15 @@ pub struct Pushers {
 }
 
 impl Pushers {
-    pub fn new(store: Store) -> std::result::Result<Self, PushGatewayError> {
+    /// `allow_private_gateways`: whether gateways may be private addresses (config
+    /// `push.allow_private_gateways`).
+    pub fn new(
+        store: Store,
+        allow_private_gateways: bool,
+    ) -> std::result::Result<Self, PushGatewayError> {
         Ok(Pushers {
             store,
-            client: PushGatewayClient::new(REQUEST_TIMEOUT)?,
+            client: PushGatewayClient::new(REQUEST_TIMEOUT, allow_private_gateways)?,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
     }

@@ -74,7 +74,10 @@ impl Services {
         );
         let server_keys = Arc::new(server_keys);
         let notifier = crate::notifier::Notifier::default();
-        let pushers = Arc::new(crate::pushers::Pushers::new(store.clone())?);
+        let pushers = Arc::new(crate::pushers::Pushers::new(
+            store.clone(),
+            config.push.allow_private_gateways,
+        )?);
         let rooms = crate::rooms::Rooms::new(
             store.clone(),
             config.server_name.clone(),

@@ -136,15 +136,41 @@ async fn send_text(server: &TestServer, user: &TestUser, room: &str, body: &str)
     reply["event_id"].as_str().unwrap().to_owned()
 }
 
+/// A server allowed to post to the fake gateway on loopback, with Alice and Bob in a room.
+struct Scene {
+    gateway: Gateway,
+    /// The gateway's notify URL.
+    url: String,
+    server: TestServer,
+    alice: TestUser,
+    bob: TestUser,
+    room: String,
+}
+
+impl Scene {
+    async fn start(kind: myelin_store::DatabaseKind) -> Self {
+        let (gateway, addr) = Gateway::start().await;
+        let server =
+            TestServer::start_with(kind, |config| config.push.allow_private_gateways = true).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        Scene {
+            gateway,
+            url: format!("http://{addr}{NOTIFY}"),
+            server,
+            alice,
+            bob,
+            room,
+        }
+    }
+}
+
 #[tokio::test]
 async fn set_list_replace_append_and_delete() {
     let url = "https://push.example.org/_matrix/push/v1/notify";
     for kind in test_backends() {
-        let server = TestServer::start_with(kind, |config| {
-            // The fake gateway listens on loopback.
-            config.push.allow_private_gateways = true
-        })
-        .await;
+        let server = TestServer::start(kind).await;
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
         assert!(pushers(&server, &alice).await.is_empty());
@@ -243,11 +269,7 @@ async fn set_list_replace_append_and_delete() {
 #[tokio::test]
 async fn invalid_pushers_are_refused_without_writing() {
     for kind in test_backends() {
-        let server = TestServer::start_with(kind, |config| {
-            // The fake gateway listens on loopback.
-            config.push.allow_private_gateways = true
-        })
-        .await;
+        let server = TestServer::start(kind).await;
         let alice = server.register("alice").await;
         let cases = [
             (
@@ -310,16 +332,14 @@ async fn invalid_pushers_are_refused_without_writing() {
 #[tokio::test]
 async fn notifications_reach_the_push_gateway() {
     for kind in test_backends() {
-        let (gateway, addr) = Gateway::start().await;
-        let url = format!("http://{addr}{NOTIFY}");
-        let server = TestServer::start_with(kind, |config| {
-            // The fake gateway listens on loopback.
-            config.push.allow_private_gateways = true
-        })
-        .await;
-        let alice = server.register("alice").await;
-        let bob = server.register("bob").await;
-        let room = shared_room(&server, &alice, &bob).await;
+        let Scene {
+            gateway,
+            url,
+            server,
+            alice,
+            bob,
+            room,
+        } = Scene::start(kind).await;
         let (status, body) = server
             .put(
                 &format!(
@@ -398,17 +418,15 @@ async fn notifications_reach_the_push_gateway() {
 #[tokio::test]
 async fn rejected_pushkeys_are_deleted() {
     for kind in test_backends() {
-        let (gateway, addr) = Gateway::start().await;
+        let Scene {
+            gateway,
+            url,
+            server,
+            alice,
+            bob,
+            room,
+        } = Scene::start(kind).await;
         gateway.reject.lock().unwrap().push("dead-key".to_owned());
-        let url = format!("http://{addr}{NOTIFY}");
-        let server = TestServer::start_with(kind, |config| {
-            // The fake gateway listens on loopback.
-            config.push.allow_private_gateways = true
-        })
-        .await;
-        let alice = server.register("alice").await;
-        let bob = server.register("bob").await;
-        let room = shared_room(&server, &alice, &bob).await;
         assert_eq!(
             set_pusher(&server, &alice, http_pusher("dead-key", &url))
                 .await
@@ -440,17 +458,15 @@ async fn rejected_pushkeys_are_deleted() {
 #[tokio::test]
 async fn a_failing_gateway_is_retried() {
     for kind in test_backends() {
-        let (gateway, addr) = Gateway::start().await;
+        let Scene {
+            gateway,
+            url,
+            server,
+            alice,
+            bob,
+            room,
+        } = Scene::start(kind).await;
         *gateway.failures.lock().unwrap() = 1;
-        let url = format!("http://{addr}{NOTIFY}");
-        let server = TestServer::start_with(kind, |config| {
-            // The fake gateway listens on loopback.
-            config.push.allow_private_gateways = true
-        })
-        .await;
-        let alice = server.register("alice").await;
-        let bob = server.register("bob").await;
-        let room = shared_room(&server, &alice, &bob).await;
         assert_eq!(
             set_pusher(&server, &alice, http_pusher("key", &url))
                 .await

@@ -223,23 +223,13 @@ impl Store {
 mod tests {
     use super::PusherRow;
     use crate::{
-        NewSession, Store, StoreOptions, UserRow,
-        test_support::{TestDatabase, test_backends},
+        NewSession, Store, StoreOptions,
+        test_support::{TestDatabase, create_test_user, test_backends},
     };
 
+    /// A user with a session on device `DEV` (pushers belong to a device).
     async fn user(store: &Store, localpart: &str) -> String {
-        let user_id = format!("@{localpart}:test");
-        store
-            .create_user(&UserRow {
-                user_id: user_id.clone(),
-                localpart: localpart.to_owned(),
-                password_hash: None,
-                is_admin: false,
-                created_ts: 0,
-                deactivated_ts: None,
-            })
-            .await
-            .unwrap();
+        let user_id = create_test_user(store, localpart).await;
         store
             .create_session(&NewSession {
                 user_id: &user_id,

@@ -117,6 +117,23 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Creates a local account `@localpart:test` with no password; returns its user id.
+pub async fn create_test_user(store: &crate::Store, localpart: &str) -> String {
+    let user_id = format!("@{localpart}:test");
+    store
+        .create_user(&crate::UserRow {
+            user_id: user_id.clone(),
+            localpart: localpart.to_owned(),
+            password_hash: None,
+            is_admin: false,
+            created_ts: 0,
+            deactivated_ts: None,
+        })
+        .await
+        .expect("create a test user");
+    user_id
+}
+
 /// Pretends a newer Myelin applied migration `version` (to test the schema-version guard).
 pub async fn record_future_migration(store: &crate::Store, version: i64) {
     crate::with_pool!(store, pool => {

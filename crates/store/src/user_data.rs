@@ -276,24 +276,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::{
-        Store, StoreOptions, UserRow,
-        test_support::{TestDatabase, test_backends},
+        Store, StoreOptions,
+        test_support::{TestDatabase, create_test_user, test_backends},
     };
 
     async fn user(store: &Store, localpart: &str) -> String {
-        let user_id = format!("@{localpart}:test");
-        store
-            .create_user(&UserRow {
-                user_id: user_id.clone(),
-                localpart: localpart.to_owned(),
-                password_hash: None,
-                is_admin: false,
-                created_ts: 0,
-                deactivated_ts: None,
-            })
-            .await
-            .unwrap();
-        user_id
+        create_test_user(store, localpart).await
     }
 
     #[tokio::test]

@@ -47,34 +47,50 @@ impl GroupCommit {
                 event: OwnedEvent::of(event),
                 reply,
             });
-        let lead = tokio::select! {
-            // Committed by another caller's batch.
-            result = &mut done => return result.unwrap_or_else(|_| Err(lost())),
-            lead = self.lead.clone().lock_owned() => lead,
-        };
-        let batch: Vec<Queued> = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let take = queue.len().min(MAX_BATCH);
-            queue.drain(..take).collect()
-        };
-        if batch.len() == 1 {
-            // Only this caller's event: nobody else depends on this commit, so it runs here
-            // (a task hand-off costs a thread wake-up on an idle server).
-            commit(store, batch).await;
-            drop(lead);
-        } else if !batch.is_empty() {
-            // In a task of its own: if this caller goes away (its client hung up), the batch
-            // still commits and the other callers still get their replies.
-            let store = store.clone();
-            let committing = tokio::spawn(async move {
-                commit(&store, batch).await;
+        loop {
+            let lead = tokio::select! {
+                // Committed by another caller's batch.
+                result = &mut done => return result.unwrap_or_else(|_| Err(lost())),
+                lead = self.lead.clone().lock_owned() => lead,
+            };
+            // The batch that ended just before this caller took the lead may have carried its
+            // event: then whatever is queued belongs to others, who lead for themselves.
+            if let Ok(result) = done.try_recv() {
+                return result;
+            }
+            let batch: Vec<Queued> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let take = queue.len().min(MAX_BATCH);
+                queue.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                // Not queued and not answered: a batch that took it is still replying (a
+                // leader keeps the lead until it has replied, so this should not happen).
                 drop(lead);
-            });
-            let _ = committing.await;
+                return done.await.unwrap_or_else(|_| Err(lost()));
+            }
+            if batch.len() == 1 {
+                // Only this caller's event (it is still queued, and the queue is first in,
+                // first out): nobody else depends on this commit, so it runs here (a task
+                // hand-off costs a thread wake-up on an idle server).
+                commit(store, batch).await;
+                drop(lead);
+            } else {
+                // In a task of its own: if this caller goes away (its client hung up), the
+                // batch still commits and the other callers still get their replies.
+                let store = store.clone();
+                let committing = tokio::spawn(async move {
+                    commit(&store, batch).await;
+                    drop(lead);
+                });
+                let _ = committing.await;
+            }
+            // With more than MAX_BATCH queued ahead of it, this caller's event is still queued,
+            // and the callers it just answered have gone: it leads again.
+            if let Ok(result) = done.try_recv() {
+                return result;
+            }
         }
-        // This caller's event was in its own batch, or in the one that ended just before it
-        // took the lead: either way its reply has been sent or is on its way.
-        done.await.unwrap_or_else(|_| Err(lost()))
     }
 }
 
@@ -178,6 +194,80 @@ impl OwnedEvent {
                 .map(|(user, device, txn)| (user.as_str(), device.as_str(), txn.as_str())),
             push_actions: &self.push_actions,
             now: self.now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        StoreOptions,
+        test_support::{TestDatabase, test_backends},
+    };
+
+    fn event<'a>(room_nid: i64, event_id: &'a str, prev: &'a [String]) -> NewEvent<'a> {
+        NewEvent {
+            room_nid,
+            event_id,
+            event_type: "m.room.create",
+            state_key: Some(""),
+            sender: "@a:test",
+            depth: 1,
+            origin_server_ts: 1,
+            json: r#"{"type":"m.room.create"}"#,
+            prev_event_ids: prev,
+            state_group_before: None,
+            membership: None,
+            txn: None,
+            push_actions: &[],
+            now: 1,
+        }
+    }
+
+    /// A caller whose event sits behind more than a batch's worth of others leads the first
+    /// batch, and then leads again for its own: it never waits for a leader that is not coming.
+    #[tokio::test]
+    async fn a_leader_queued_behind_a_full_batch_commits_its_own_event_too() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let room = store
+                .create_room("!r:test", "12", "@a:test", false, 0)
+                .await
+                .unwrap();
+            let prev: Vec<String> = Vec::new();
+            let ids: Vec<String> = (0..MAX_BATCH + 5).map(|i| format!("$ahead{i}")).collect();
+            // Callers that queued and went away (nobody of them will lead).
+            let mut answers = Vec::new();
+            for id in &ids {
+                let (reply, answer) = oneshot::channel();
+                store.group_commit.queue.lock().unwrap().push(Queued {
+                    event: OwnedEvent::of(&event(room, id, &prev)),
+                    reply,
+                });
+                answers.push(answer);
+            }
+
+            let own = tokio::time::timeout(
+                Duration::from_secs(20),
+                store.persist_event(&event(room, "$own", &prev)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?}: the caller waited for a leader that never came"))
+            .unwrap();
+            for (id, answer) in ids.iter().zip(answers) {
+                let ahead = answer.await.unwrap().unwrap();
+                assert!(
+                    ahead.stream_ordering < own.stream_ordering,
+                    "{kind:?}: {id} first"
+                );
+            }
+            store.close().await;
         }
     }
 }

@@ -178,40 +178,37 @@ pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
     )
 }
 
-/// The columns every read of events selects (see [`EVENT_SELECT`]).
-macro_rules! event_columns {
+/// The columns of the events table itself that every read of events selects.
+macro_rules! own_event_columns {
     () => {
         "e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
-         e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
-         p.json AS prev_json, r.json AS redacted_because_json, \
-         t.device_id AS txn_device, t.txn_id AS txn_id"
+         e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group"
     };
 }
 
-/// [`event_columns!`] without the joined columns (all `NULL`): for reads that need only the
-/// events themselves, and plan faster without the joins.
+/// The event columns with the joined ones all `NULL`: for reads that need only the events
+/// themselves, and plan faster without the joins. Decodes with [`event_from_row!`].
 macro_rules! bare_event_columns {
     () => {
-        "e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
-         e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
-         NULL AS prev_json, NULL AS redacted_because_json, NULL AS txn_device, NULL AS txn_id"
-    };
-}
-
-/// The tables behind [`event_columns!`].
-macro_rules! event_tables {
-    () => {
-        "events e \
-         LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
-         LEFT JOIN events r ON r.event_id = e.redacted_by \
-         LEFT JOIN event_txn_ids t ON t.event_id = e.event_id AND t.user_id = e.sender"
+        concat!(
+            own_event_columns!(),
+            ", NULL AS prev_json, NULL AS redacted_because_json, NULL AS txn_device, NULL AS txn_id"
+        )
     };
 }
 
 /// Every read of events selects the same columns, with the replaced state event and the
 /// redaction joined in, so clients' `prev_content` and `redacted_because` need no extra query.
-pub(crate) const EVENT_SELECT: &str =
-    concat!("SELECT ", event_columns!(), " FROM ", event_tables!());
+pub(crate) const EVENT_SELECT: &str = concat!(
+    "SELECT ",
+    own_event_columns!(),
+    ", p.json AS prev_json, r.json AS redacted_because_json, \
+     t.device_id AS txn_device, t.txn_id AS txn_id \
+     FROM events e \
+     LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
+     LEFT JOIN events r ON r.event_id = e.redacted_by \
+     LEFT JOIN event_txn_ids t ON t.event_id = e.event_id AND t.user_id = e.sender"
+);
 
 macro_rules! event_from_row {
     ($row:expr) => {{

@@ -280,10 +280,6 @@ mod tests {
         test_support::{TestDatabase, create_test_user, test_backends},
     };
 
-    async fn user(store: &Store, localpart: &str) -> String {
-        create_test_user(store, localpart).await
-    }
-
     #[tokio::test]
     async fn account_data_changes_since_a_position() {
         for kind in test_backends() {
@@ -291,8 +287,8 @@ mod tests {
             let store = Store::open(&db.url, &StoreOptions::default())
                 .await
                 .unwrap();
-            let alice = user(&store, "alice").await;
-            let bob = user(&store, "bob").await;
+            let alice = create_test_user(&store, "alice").await;
+            let bob = create_test_user(&store, "bob").await;
             assert_eq!(store.account_data_stream_position().await.unwrap(), 0);
 
             let p1 = store
@@ -363,7 +359,7 @@ mod tests {
             let store = Store::open(&db.url, &StoreOptions::default())
                 .await
                 .unwrap();
-            let alice = user(&store, "alice").await;
+            let alice = create_test_user(&store, "alice").await;
             let writes = (0..20).map(|i| {
                 let store = store.clone();
                 let alice = alice.clone();

@@ -278,11 +278,20 @@ mod tests {
                     .unwrap()
                     .is_empty()
             );
+            assert!(store.known_without_pushers(&[&alice, &bob]), "{kind:?}");
 
             store
                 .set_pusher(&pusher(&alice, "k1", "a"), false)
                 .await
                 .unwrap();
+            assert!(
+                !store.known_without_pushers(&[&alice]),
+                "{kind:?}: forgotten"
+            );
+            assert!(
+                !store.known_without_pushers(&[&bob]),
+                "{kind:?}: all forgotten"
+            );
             // Same key: replaced, not duplicated.
             store
                 .set_pusher(&pusher(&alice, "k1", "b"), false)

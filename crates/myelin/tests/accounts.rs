@@ -455,8 +455,14 @@ async fn devices_rename_and_delete_with_password_uia() {
                 Some(json!({"auth": password_auth(&user, "wrong", session)})),
             )
             .await;
-        assert_eq!(status, 403, "a wrong password is a plain 403");
+        // A failed stage is the 401 challenge again, with the error and the same session.
+        assert_eq!(
+            status, 401,
+            "a wrong password is a failed UIA stage: {body}"
+        );
         assert_eq!(body["errcode"], "M_FORBIDDEN");
+        assert_eq!(body["session"], session);
+        assert_eq!(body["flows"], json!([{"stages": ["m.login.password"]}]));
         assert_eq!(
             c.whoami(&laptop_token).await.0,
             200,
@@ -551,6 +557,21 @@ async fn password_change_and_deactivation() {
         let (_, challenge) = c
             .post("/_matrix/client/v3/account/deactivate", token, json!({}))
             .await;
+        let (status, body) = c
+            .post("/_matrix/client/v3/account/deactivate", token,
+                  json!({"auth": password_auth(&user, "wrong", challenge["session"].as_str().unwrap())}))
+            .await;
+        assert_eq!(
+            (status, body["errcode"].clone()),
+            (reqwest::StatusCode::UNAUTHORIZED, json!("M_FORBIDDEN")),
+            "a wrong password is a failed UIA stage: {body}"
+        );
+        assert!(body["flows"].is_array(), "{body}");
+        assert_eq!(
+            c.whoami(&user.access_token).await.0,
+            200,
+            "nothing deactivated"
+        );
         let mut moved = user.clone();
         moved.password = "new-pw".to_owned();
         let (status, body) = c

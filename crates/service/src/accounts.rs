@@ -453,12 +453,17 @@ impl Accounts {
                         .check_password(user.user_id.as_str(), &password)
                         .await
                         .is_ok();
-                if !ok {
-                    // A wrong password is a plain 403, as other servers answer it; the UIA
-                    // session stays open for another try.
-                    return Err(Error::Forbidden("Invalid password".to_owned()));
-                }
-                Some(Credential::Completed(Stage::Password))
+                // A wrong password is a failed stage: the spec's 401 challenge with
+                // `errcode: M_FORBIDDEN`, the flows and the session, which stays open for
+                // another try (Complement's device-deletion and deactivation tests).
+                Some(if ok {
+                    Credential::Completed(Stage::Password)
+                } else {
+                    Credential::Failed {
+                        stage: Stage::Password,
+                        message: "Invalid password".to_owned(),
+                    }
+                })
             }
             Some(AuthSubmission::Dummy) => {
                 Some(Credential::Unsupported(Stage::Dummy.as_str().to_owned()))

@@ -145,6 +145,7 @@ struct OwnedEvent {
     membership: Option<(String, String)>,
     txn: Option<(String, String, String)>,
     push_actions: Vec<PushAction>,
+    relation: Option<(String, String)>,
     now: i64,
 }
 
@@ -168,6 +169,9 @@ impl OwnedEvent {
                 .txn
                 .map(|(user, device, txn)| (user.to_owned(), device.to_owned(), txn.to_owned())),
             push_actions: event.push_actions.to_vec(),
+            relation: event
+                .relation
+                .map(|(parent, rel_type)| (parent.to_owned(), rel_type.to_owned())),
             now: event.now,
         }
     }
@@ -193,6 +197,10 @@ impl OwnedEvent {
                 .as_ref()
                 .map(|(user, device, txn)| (user.as_str(), device.as_str(), txn.as_str())),
             push_actions: &self.push_actions,
+            relation: self
+                .relation
+                .as_ref()
+                .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
             now: self.now,
         }
     }
@@ -223,6 +231,7 @@ mod tests {
             membership: None,
             txn: None,
             push_actions: &[],
+            relation: None,
             now: 1,
         }
     }

@@ -12,7 +12,8 @@
 //! everything persisting one changes), [`state`] (state snapshots read back, with their
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
-//! deliver notifications to). Later areas (federation queue,
+//! deliver notifications to), [`relations`] (events relating to others: threads, edits,
+//! references). Later areas (federation queue,
 //! account keys, media) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
@@ -36,6 +37,7 @@ pub mod ephemeral;
 mod error;
 mod group_commit;
 pub mod pushers;
+pub mod relations;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;
@@ -48,6 +50,7 @@ pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use pushers::PusherRow;
+pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
     RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,

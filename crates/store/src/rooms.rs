@@ -110,6 +110,9 @@ pub struct NewEvent<'a> {
     pub txn: Option<(&'a str, &'a str, &'a str)>,
     /// What the event asks of local members' push rules.
     pub push_actions: &'a [PushAction],
+    /// `content.m.relates_to` of a non-state event: `(parent event id, rel_type)`, indexed for
+    /// `/relations`, `/threads` and bundled aggregations.
+    pub relation: Option<(&'a str, &'a str)>,
     pub now: i64,
 }
 
@@ -470,6 +473,21 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
 
+                if let Some((parent, rel_type)) = event.relation {
+                    sqlx::query(
+                        "INSERT INTO event_relations (event_nid, room_nid, parent_event_id, rel_type, event_type, sender, stream_ordering) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(event_nid)
+                    .bind(event.room_nid)
+                    .bind(parent)
+                    .bind(rel_type)
+                    .bind(event.event_type)
+                    .bind(event.sender)
+                    .bind(stream_ordering)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 if let Some(state_key) = event.state_key {
                     // Remember what this event replaces, for clients' `prev_content`.
                     sqlx::query(
@@ -963,14 +981,20 @@ impl Store {
         redacted_by: &str,
     ) -> Result<(), StoreError> {
         with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query("UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1")
                 .bind(event_id)
                 .bind(redacted_json)
                 .bind(redacted_by)
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })?;
+                .execute(&mut *tx)
+                .await?;
+            // Redaction strips `m.relates_to`: the event no longer relates to anything.
+            sqlx::query("DELETE FROM event_relations WHERE event_nid = (SELECT event_nid FROM events WHERE event_id = $1)")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 

@@ -40,6 +40,7 @@ async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, 
             membership: None,
             txn: ev.txn,
             push_actions: &[],
+            relation: None,
             now: ev.depth,
         })
         .await

@@ -11,6 +11,7 @@ mod filter;
 mod profile;
 mod push_rules;
 mod pushers;
+mod relations;
 mod rooms;
 mod session;
 mod sync;
@@ -28,6 +29,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(session::routes())
         .merge(device::routes())
         .merge(rooms::routes().merge(directory::routes()))
+        .merge(relations::routes())
         .merge(user_directory::routes())
         .merge(sync::routes())
         .merge(ephemeral::routes())

@@ -55,7 +55,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(context)
 }
 
-fn raw<T>(value: Value) -> Result<Raw<T>, MatrixError> {
+pub(super) fn raw<T>(value: Value) -> Result<Raw<T>, MatrixError> {
     serde_json::value::to_raw_value(&value)
         .map(Raw::from_json)
         .map_err(|e| MatrixError::internal(e.to_string()))

@@ -204,6 +204,7 @@ impl Rooms {
         } else {
             None
         };
+        let relation = super::relations::relation_of(pdu);
         let push_actions = self.push_actions(room, pdu, push_inputs).await?;
         let json = pdu.canonical_json();
         let depth = i64::try_from(pdu.depth())
@@ -226,6 +227,9 @@ impl Rooms {
                 },
                 txn,
                 push_actions: &push_actions,
+                relation: relation
+                    .as_ref()
+                    .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
                 now,
             })
             .await?;

@@ -11,6 +11,7 @@ mod membership;
 mod push;
 pub(crate) mod read;
 mod redact;
+mod relations;
 mod visibility;
 
 use std::{
@@ -26,6 +27,7 @@ use crate::{Error, Result, server_keys::ServerKeys};
 
 pub use create::{CreateRoom, Preset};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
+pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
 
 /// The rooms area.
 #[derive(Debug)]

@@ -91,7 +91,7 @@ pub struct MembersFilter {
 }
 
 /// A pagination token: a position in the events stream.
-fn parse_token(token: &str) -> Result<i64> {
+pub(crate) fn parse_token(token: &str) -> Result<i64> {
     // A sync token (`s<events>_<...>`) is a valid pagination token too: its events position.
     token
         .strip_prefix('s')
@@ -182,8 +182,12 @@ impl Rooms {
         if !self.visible_rows(std::slice::from_ref(&row), user).await?[0] {
             return Err(not_found());
         }
-        self.client_event_for_device(&room, &row, user, device)
-            .ok_or_else(not_found)
+        let mut event = [self
+            .client_event_for_device(&room, &row, user, device)
+            .ok_or_else(not_found)?];
+        self.bundle_aggregations(&room, user, &mut event).await?;
+        let [event] = event;
+        Ok(event)
     }
 
     /// `GET /rooms/{roomId}/members`.
@@ -411,6 +415,7 @@ impl Rooms {
                 chunk.push(event);
             }
         }
+        self.bundle_aggregations(&room, user, &mut chunk).await?;
         Ok(MessagesPage {
             chunk,
             start: token(start),
@@ -439,9 +444,11 @@ impl Rooms {
         if !self.visible_rows(std::slice::from_ref(&row), user).await?[0] {
             return Err(not_found());
         }
-        let event = self
+        let mut event = [self
             .client_event_for_device(&room, &row, user, device)
-            .ok_or_else(not_found)?;
+            .ok_or_else(not_found)?];
+        self.bundle_aggregations(&room, user, &mut event).await?;
+        let [event] = event;
         let limit = limit.min(100);
         let before_limit = (limit / 2) as i64;
         let after_limit = (limit - limit / 2) as i64;
@@ -483,6 +490,8 @@ impl Rooms {
                 after.push(e);
             }
         }
+        self.bundle_aggregations(&room, user, &mut before).await?;
+        self.bundle_aggregations(&room, user, &mut after).await?;
         let state = self
             .store
             .state_at_group(row.state_group)

@@ -258,7 +258,18 @@ impl Services {
                     }
                 }
                 "invite" if changed_since || request.full_state => {
-                    invite.insert(room_id, json!({"invite_state": {"events": self.stripped_state(&membership).await?}}));
+                    let events = self.stripped_state(&membership).await?;
+                    // An invite from an ignored user is not shown.
+                    let inviter = events
+                        .iter()
+                        .find(|e| e["type"] == "m.room.member" && e["state_key"] == user.as_str())
+                        .and_then(|e| e["sender"].as_str());
+                    if let Some(inviter) = inviter
+                        && self.rooms.ignored_users(user).await?.contains(inviter)
+                    {
+                        continue;
+                    }
+                    invite.insert(room_id, json!({"invite_state": {"events": events}}));
                 }
                 "knock" if changed_since || request.full_state => {
                     knock.insert(

@@ -167,6 +167,9 @@ pub struct Store {
     /// Whether a user has http pushers, by user id (invalidated by every pusher or device
     /// write: deleting a device deletes its pushers).
     pub(crate) pusher_users: Arc<Cache<String, bool>>,
+    /// Global account data read on hot paths (the ignored-users list, read by every history
+    /// visibility check), by (user id, type); invalidated by every account data write.
+    pub(crate) hot_account_data: Arc<Cache<(String, String), Option<String>>>,
     /// Events waiting to be committed together.
     pub(crate) group_commit: Arc<crate::group_commit::GroupCommit>,
 }
@@ -245,6 +248,7 @@ impl Store {
             tokens: Arc::new(Cache::new(TOKEN_CACHE_CAPACITY)),
             rooms: Arc::new(Cache::new(ROOM_CACHE_CAPACITY)),
             pusher_users: Arc::new(Cache::new(TOKEN_CACHE_CAPACITY)),
+            hot_account_data: Arc::new(Cache::new(TOKEN_CACHE_CAPACITY)),
             group_commit: Default::default(),
         };
         store.migrate().await?;

@@ -114,7 +114,25 @@ impl Store {
             tx.commit().await?;
             position
         });
+        self.hot_account_data.invalidate();
         Ok(position)
+    }
+
+    /// [`Store::account_data`] of a global entry, cached in the process (see `cache`): for
+    /// entries read on hot paths, such as the ignored-users list every visibility check reads.
+    pub async fn global_account_data_cached(
+        &self,
+        user_id: &str,
+        data_type: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = (user_id.to_owned(), data_type.to_owned());
+        let started = match self.hot_account_data.get(&key) {
+            Ok(content) => return Ok(content),
+            Err(started) => started,
+        };
+        let content = self.account_data(user_id, None, data_type).await?;
+        self.hot_account_data.fill(started, key, content.clone());
+        Ok(content)
     }
 
     /// The content of one account data entry (global when `room_id` is `None`).

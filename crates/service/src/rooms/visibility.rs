@@ -1,13 +1,18 @@
 //! History visibility (client-server API, "History visibility"): whether a user may see an
 //! event, decided by the room's `m.room.history_visibility` and the user's membership in the
-//! state at the event.
+//! state at the event, and by the user's ignored-users list (their non-state events are hidden
+//! on every surface that reads through here: sync, `/messages`, `/context`, `/event`,
+//! `/relations`, `/threads`, bundled aggregations).
 //!
 //! Both facts are read from the snapshot of each row (one query for all rows' snapshots, one for
 //! the events holding them) and cached per `(snapshot, user)`: snapshots never change, and the
 //! two content fields read survive redaction in every room version, so a cached fact is never
 //! stale.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
 
 use myelin_store::EventRow;
 use ruma::UserId;
@@ -63,9 +68,16 @@ impl Rooms {
         joined_now: &HashMap<i64, bool>,
     ) -> Result<Vec<bool>> {
         let facts = self.visibility_facts(user, rows).await?;
+        let ignored = self.ignored_users(user).await?;
         let mut joined_now = joined_now.clone();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
+            // Ignored users' messages are hidden everywhere; their state events are not (the
+            // room would make no sense without them).
+            if row.state_key.is_none() && ignored.contains(&row.sender) {
+                out.push(false);
+                continue;
+            }
             if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str())
             {
                 // A user always sees their own membership events.
@@ -95,6 +107,23 @@ impl Rooms {
             out.push(visible);
         }
         Ok(out)
+    }
+
+    /// The users `user` ignores (`m.ignored_user_list` account data; a malformed list ignores
+    /// nobody).
+    pub(crate) async fn ignored_users(&self, user: &UserId) -> Result<HashSet<String>> {
+        let Some(content) = self
+            .store
+            .global_account_data_cached(user.as_str(), "m.ignored_user_list")
+            .await?
+        else {
+            return Ok(HashSet::new());
+        };
+        Ok(serde_json::from_str::<Value>(&content)
+            .ok()
+            .and_then(|v| v.get("ignored_users").and_then(Value::as_object).cloned())
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default())
     }
 
     /// The [`Facts`] of each row's snapshot for `user`, by state group: from the cache, and

@@ -429,6 +429,33 @@ impl Accounts {
         Ok(())
     }
 
+    /// `POST /users/{userId}/report`: a local user who exists, or any remote user (whom this
+    /// server cannot check); `M_NOT_FOUND` for an unknown local user.
+    pub async fn report_user(&self, reporter: &UserId, user: &UserId, reason: &str) -> Result<()> {
+        crate::rooms::check_report_reason(Some(reason))?;
+        if user.server_name() == self.server_name
+            && self
+                .store
+                .user_by_localpart(user.localpart())
+                .await?
+                .is_none()
+        {
+            return Err(Error::NotFound("User not found".to_owned()));
+        }
+        self.store
+            .add_report(&myelin_store::NewReport {
+                reporter: reporter.as_str(),
+                room_id: None,
+                event_id: None,
+                user_id: Some(user.as_str()),
+                reason: Some(reason),
+                received_ts: now_millis(),
+            })
+            .await?;
+        tracing::info!(%reporter, reported = %user, "user reported");
+        Ok(())
+    }
+
     /// One round of password UIA for a sensitive operation by `user`.
     pub async fn password_uia(
         &self,

@@ -13,7 +13,7 @@
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
-//! references). Later areas (federation queue,
+//! references), [`reports`] (what users report to the admins). Later areas (federation queue,
 //! account keys, media) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
@@ -38,6 +38,7 @@ mod error;
 mod group_commit;
 pub mod pushers;
 pub mod relations;
+pub mod reports;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;
@@ -51,6 +52,7 @@ pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
+pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
     RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,

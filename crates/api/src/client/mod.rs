@@ -12,6 +12,7 @@ mod profile;
 mod push_rules;
 mod pushers;
 mod relations;
+mod report;
 mod rooms;
 mod session;
 mod sync;
@@ -29,7 +30,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(session::routes())
         .merge(device::routes())
         .merge(rooms::routes().merge(directory::routes()))
-        .merge(relations::routes())
+        .merge(relations::routes().merge(report::routes()))
         .merge(user_directory::routes())
         .merge(sync::routes())
         .merge(ephemeral::routes())

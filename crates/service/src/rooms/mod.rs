@@ -12,6 +12,7 @@ mod push;
 pub(crate) mod read;
 mod redact;
 mod relations;
+mod report;
 mod visibility;
 
 use std::{
@@ -28,6 +29,8 @@ use crate::{Error, Result, server_keys::ServerKeys};
 pub use create::{CreateRoom, Preset};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
+pub use report::MAX_REPORT_REASON_BYTES;
+pub(crate) use report::check_reason as check_report_reason;
 
 /// The rooms area.
 #[derive(Debug)]

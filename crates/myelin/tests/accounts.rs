@@ -463,6 +463,21 @@ async fn devices_rename_and_delete_with_password_uia() {
         assert_eq!(body["errcode"], "M_FORBIDDEN");
         assert_eq!(body["session"], session);
         assert_eq!(body["flows"], json!([{"stages": ["m.login.password"]}]));
+        // Someone else's right password is no failed stage: the operation is refused outright.
+        let other = server.register("ida").await;
+        let (status, body) = c
+            .call(
+                reqwest::Method::DELETE,
+                "/_matrix/client/v3/devices/LAPTOP",
+                token,
+                Some(json!({"auth": password_auth(&other, &other.password, session)})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].clone()),
+            (StatusCode::FORBIDDEN, json!("M_FORBIDDEN")),
+            "{body}"
+        );
         assert_eq!(
             c.whoami(&laptop_token).await.0,
             200,

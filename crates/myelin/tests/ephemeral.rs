@@ -302,6 +302,13 @@ async fn presence_is_shared_with_room_mates() {
             .to_owned();
 
         let path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+        // Before alice sets or syncs any presence she is offline, not unknown.
+        let (status, presence) = server.get(&path, &bob.access_token).await;
+        assert_eq!(
+            (status, presence["presence"].as_str()),
+            (reqwest::StatusCode::OK, Some("offline")),
+            "{presence}"
+        );
         let (status, _) = server
             .put(
                 &path,
@@ -336,6 +343,64 @@ async fn presence_is_shared_with_room_mates() {
         assert_eq!(status, 403, "no shared room");
         tokio::time::sleep(Duration::from_millis(1)).await;
         server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_room_mate_brings_their_presence_into_incremental_sync() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        // Bob's presence is set before alice and he share a room...
+        let path = format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id));
+        let (status, _) = server
+            .put(&path, &bob.access_token, json!({"presence": "online"}))
+            .await;
+        assert_eq!(status, 200);
+        let (_, room) = server
+            .post(
+                "/_matrix/client/v3/createRoom",
+                &alice.access_token,
+                json!({"preset": "public_chat"}),
+            )
+            .await;
+        let room = room["room_id"].as_str().unwrap().to_owned();
+        let since = sync(&server, &alice, "set_presence=offline").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let presence_of_bob = |body: &Value| {
+            body["presence"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["sender"] == bob.user_id.as_str())
+        };
+        // ...and a sync where nothing changed carries nobody's presence.
+        let quiet = sync(
+            &server,
+            &alice,
+            &format!("since={since}&set_presence=offline&timeout=0"),
+        )
+        .await;
+        assert!(!presence_of_bob(&quiet), "{quiet}");
+
+        // ...so when he joins, alice's incremental sync must bring it, unchanged as it is.
+        server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        let body = sync(
+            &server,
+            &alice,
+            &format!("since={since}&set_presence=offline"),
+        )
+        .await;
+        assert!(presence_of_bob(&body), "{body}");
     }
 }
 

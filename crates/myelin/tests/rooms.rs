@@ -95,11 +95,12 @@ async fn create_rooms_with_presets_and_versions() {
                 .1["name"],
             "Lobby"
         );
+        let (_, topic) = state_content(&server, &alice, &room, "m.room.topic", "").await;
+        assert_eq!(topic["topic"], "hi");
         assert_eq!(
-            state_content(&server, &alice, &room, "m.room.topic", "")
-                .await
-                .1["topic"],
-            "hi"
+            topic["m.topic"],
+            json!({"m.text": [{"body": "hi", "mimetype": "text/plain"}]}),
+            "the rich topic block too"
         );
         assert_eq!(
             state_content(&server, &alice, &room, "m.room.history_visibility", "")

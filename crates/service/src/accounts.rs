@@ -475,11 +475,19 @@ impl Accounts {
                     self.local_localpart(claimed)
                         .is_ok_and(|lp| lp == user.user_id.localpart())
                 });
-                let ok = claimed_is_self
-                    && self
-                        .check_password(user.user_id.as_str(), &password)
-                        .await
-                        .is_ok();
+                if !claimed_is_self {
+                    // Someone else's credentials, right or wrong, never authorise this user's
+                    // operation: a plain 403, as the spec's device-deletion rule and
+                    // Complement's "requires UI auth user to match device owner" have it.
+                    return Err(Error::Forbidden(
+                        "The authenticated user must be the one performing the operation"
+                            .to_owned(),
+                    ));
+                }
+                let ok = self
+                    .check_password(user.user_id.as_str(), &password)
+                    .await
+                    .is_ok();
                 // A wrong password is a failed stage: the spec's 401 challenge with
                 // `errcode: M_FORBIDDEN`, the flows and the session, which stays open for
                 // another try (Complement's device-deletion and deactivation tests).

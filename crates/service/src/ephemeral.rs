@@ -381,11 +381,10 @@ impl Ephemeral {
                 "You do not share a room with this user".to_owned(),
             ));
         }
-        let row = self
-            .store
-            .presence(target.as_str())
-            .await?
-            .ok_or_else(|| Error::NotFound("No presence for this user".to_owned()))?;
+        // A user who never set or synced a presence is offline (the spec's default state).
+        let Some(row) = self.store.presence(target.as_str()).await? else {
+            return Ok(json!({"presence": "offline"}));
+        };
         let mut body = json!({"presence": row.state, "last_active_ago": now_millis().saturating_sub(row.last_active_ts).max(0)});
         if let Some(msg) = row.status_msg {
             body["status_msg"] = json!(msg);
@@ -395,9 +394,26 @@ impl Ephemeral {
     }
 
     /// `m.presence` events of room mates changed after `since`.
-    pub async fn presence_events(&self, user: &UserId, since: i64) -> Result<Vec<Value>> {
+    ///
+    /// With `new_mates_since` (an events stream position), the presence of users who became
+    /// room mates after it comes too, whenever it was set: a client meeting someone learns their
+    /// presence at once.
+    pub async fn presence_events(
+        &self,
+        user: &UserId,
+        since: i64,
+        new_mates_since: Option<i64>,
+    ) -> Result<Vec<Value>> {
         let mates = self.store.room_mates(user.as_str()).await?;
-        let rows = self.store.presence_of(&mates, since).await?;
+        let mut rows = self.store.presence_of(&mates, since).await?;
+        if let Some(position) = new_mates_since {
+            let new_mates = self.store.room_mates_since(user.as_str(), position).await?;
+            let new_mates: Vec<String> = new_mates
+                .into_iter()
+                .filter(|mate| !rows.iter().any(|r| &r.user_id == mate))
+                .collect();
+            rows.extend(self.store.presence_of(&new_mates, 0).await?);
+        }
         Ok(rows
             .into_iter()
             .map(|row| {

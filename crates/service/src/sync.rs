@@ -295,10 +295,19 @@ impl Services {
             self.ephemeral
                 .to_device_for(device, since.map_or(0, |s| s.to_device), now.to_device),
             async {
+                // Room mates met since the token (only possible if events were written).
+                let new_mates_since = since.filter(|s| s.events < now.events).map(|s| s.events);
                 match since {
-                    // Nothing was written to the presence stream since the token.
-                    Some(s) if s.presence >= now.presence => Ok(Vec::new()),
-                    _ => self.ephemeral.presence_events(user, presence_since).await,
+                    // Nothing was written to the presence stream since the token, and nobody
+                    // new can share a room.
+                    Some(s) if s.presence >= now.presence && new_mates_since.is_none() => {
+                        Ok(Vec::new())
+                    }
+                    _ => {
+                        self.ephemeral
+                            .presence_events(user, presence_since, new_mates_since)
+                            .await
+                    }
                 }
             },
         )?;

@@ -269,6 +269,28 @@ impl Store {
     }
 
     /// Users who share a joined room with `user_id` (including them).
+    /// The users who became room mates of `user_id` after events stream position `since`:
+    /// they joined a room the user is in, or the user joined a room they are in.
+    pub async fn room_mates_since(
+        &self,
+        user_id: &str,
+        since: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT m.user_id FROM room_memberships m \
+                 JOIN room_memberships s ON s.room_nid = m.room_nid AND s.user_id = $1 AND s.membership = 'join' \
+                 WHERE m.membership = 'join' AND m.user_id <> $1 \
+                 AND (m.stream_ordering > $2 OR s.stream_ordering > $2)",
+            )
+            .bind(user_id)
+            .bind(since)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows)
+    }
+
     pub async fn room_mates(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         let rows = with_pool!(self, pool => {
             sqlx::query_scalar::<_, String>(

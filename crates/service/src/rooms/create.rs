@@ -306,8 +306,18 @@ impl Rooms {
                 .await?;
         }
         if let Some(topic) = request.topic {
-            self.send_state(&room, creator, "m.room.topic", "", json!({"topic": topic}))
-                .await?;
+            self.send_state(
+                &room,
+                creator,
+                "m.room.topic",
+                "",
+                json!({
+                    // The plain topic, and the same as a rich `m.topic` text block (spec 1.15).
+                    "topic": topic,
+                    "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]},
+                }),
+            )
+            .await?;
         }
 
         // 6. Invites.

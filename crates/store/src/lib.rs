@@ -13,7 +13,8 @@
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
-//! references), [`reports`] (what users report to the admins). Later areas (federation queue,
+//! references), [`reports`] (what users report to the admins), [`spaces`] (what the space
+//! hierarchy reads). Later areas (federation queue,
 //! account keys, media) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
@@ -41,6 +42,7 @@ pub mod relations;
 pub mod reports;
 pub mod rooms;
 pub mod server_keys;
+pub mod spaces;
 pub mod state;
 mod store;
 pub mod sync_reads;
@@ -58,6 +60,7 @@ pub use rooms::{
     RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,
 };
 pub use server_keys::StoredSigningKey;
+pub use spaces::SpaceRoomState;
 pub use state::StateMap;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
 pub use sync_reads::TimelineWindow;

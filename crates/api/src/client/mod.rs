@@ -15,6 +15,7 @@ mod relations;
 mod report;
 mod rooms;
 mod session;
+mod spaces;
 mod sync;
 mod uia;
 mod user_directory;
@@ -30,7 +31,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(session::routes())
         .merge(device::routes())
         .merge(rooms::routes().merge(directory::routes()))
-        .merge(relations::routes().merge(report::routes()))
+        .merge(
+            relations::routes()
+                .merge(report::routes())
+                .merge(spaces::routes()),
+        )
         .merge(user_directory::routes())
         .merge(sync::routes())
         .merge(ephemeral::routes())

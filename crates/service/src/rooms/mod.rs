@@ -7,6 +7,7 @@
 
 mod create;
 pub mod events;
+mod hierarchy;
 mod membership;
 mod push;
 pub(crate) mod read;
@@ -27,6 +28,7 @@ use ruma::{OwnedServerName, UserId};
 use crate::{Error, Result, server_keys::ServerKeys};
 
 pub use create::{CreateRoom, Preset};
+pub use hierarchy::{HierarchyPage, HierarchyRequest};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
 pub use report::MAX_REPORT_REASON_BYTES;

@@ -90,7 +90,8 @@ pub struct Pdu {
 
 impl Pdu {
     /// Parse a PDU received over federation: run every format check of the room version, then
-    /// compute its event id from the reference hash. Signatures and hashes are checked separately
+    /// compute its event id from the reference hash (rooms 1 and 2: take the `event_id` it
+    /// carries). Signatures and hashes are checked separately
     /// (`verify::verify_pdu`), because their failures have different outcomes.
     pub fn from_federation(bytes: &[u8], version: &RoomVersion) -> Result<Pdu, PduError> {
         let json = canonical::parse_object(bytes)?;

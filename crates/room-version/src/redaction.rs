@@ -1,11 +1,14 @@
-//! Whether a redaction may be applied to the event it names (room v3+ "Handling redactions"),
-//! with the account-key rule of MSC4243.md §4 Q9, and the power levels that decision needs.
+//! Whether a redaction may be applied to the event it names (rooms 3+ "Handling redactions";
+//! rooms 1–2 auth rule 11), with the account-key rule of MSC4243.md §4 Q9, and the power levels
+//! that decision needs.
 //!
 //! This is not an auth rule: the redaction event is authorised like any event; this decides
 //! whether the *target* is served redacted. A server applies it when the redactor has the
 //! `redact` power level, or when redactor and target share a domain. In account-key rooms the
 //! domain is unverified, so "same domain" counts only for the same key, or when both keys are
-//! Local/Verified for that one domain.
+//! Local/Verified for that one domain. In rooms 1 and 2 the redaction itself passed auth rule 11
+//! (power, or the two event ids' domains), and serving applies that same test. Power levels
+//! before room 10 may be string-encoded integers, and are read as such here.
 
 use crate::account_key::KeyFormUserId;
 use crate::canonical::{get_object, get_str};

@@ -44,8 +44,8 @@ pub enum Verified {
 
 /// The servers whose signatures a PDU needs (server-key rooms): the sender's server, except for
 /// invites made from a third-party invite; in rooms 1 and 2 the server named in the `event_id`;
-/// from room 8 the server of `join_authorised_via_users_server`. Empty for account-key rooms. The caller fetches every key id those servers signed with:
-/// see [`required_server_keys`].
+/// from room 8 the server of `join_authorised_via_users_server`. Empty for account-key rooms.
+/// The caller fetches every key id those servers signed with: see [`required_server_keys`].
 pub fn required_servers(pdu: &Pdu, version: &RoomVersion) -> BTreeSet<String> {
     let mut servers = BTreeSet::new();
     if version.signing() == SigningScheme::AccountKey {

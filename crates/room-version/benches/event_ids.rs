@@ -27,7 +27,7 @@ fn events(version: &RoomVersion) -> Vec<CanonicalJsonObject> {
     };
     let room_id = match version.room_id_format() {
         RoomIdFormat::ServerScoped => "!room:a.example".to_owned(),
-        RoomIdFormat::CreateEventHash => "!Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg".to_owned(),
+        RoomIdFormat::CreateEventHash => "!Aqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg".to_owned(),
     };
     let sig =
         "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg";

@@ -392,7 +392,9 @@ async fn capabilities_list_room_versions() {
         assert_eq!(caps["m.room_versions"]["default"], "12");
         assert_eq!(
             caps["m.room_versions"]["available"],
-            json!({"10": "stable", "11": "stable", "12": "stable", "org.matrix.12.4243": "unstable"})
+            json!({"1": "stable", "2": "stable", "3": "stable", "4": "stable", "5": "stable",
+                   "6": "stable", "7": "stable", "8": "stable", "9": "stable", "10": "stable",
+                   "11": "stable", "12": "stable", "org.matrix.12.4243": "unstable"})
         );
         assert_eq!(caps["m.change_password"]["enabled"], true);
         assert_eq!(caps["m.set_displayname"]["enabled"], true);

@@ -1,9 +1,9 @@
 //! Authorisation rules and the auth-events selection algorithm, per room version.
 //!
-//! The v10–v12 rules are ruma's `state_res` implementation, driven by the version's rule flags;
-//! this module adds what ruma lacks for account-key rooms (MSC4243.md §4 Q2, Q10): key-form ids
-//! where identities are named, and no third-party invites. Callers only see our types:
-//! events are [`Pdu`]s, state is looked up by `(type, state_key)` strings.
+//! The rules of every version (1 to 12) are ruma's `state_res` implementation, driven by the
+//! version's rule flags; this module adds what ruma lacks for account-key rooms (MSC4243.md §4
+//! Q2, Q10): key-form ids where identities are named, and no third-party invites. Callers only
+//! see our types: events are [`Pdu`]s, state is looked up by `(type, state_key)` strings.
 
 use std::collections::{HashMap, HashSet};
 

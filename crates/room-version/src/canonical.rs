@@ -9,7 +9,7 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue};
 use sha2::{Digest, Sha256};
 
-use crate::version::{RedactionAlgorithm, RoomVersion};
+use crate::version::{EventIdFormat, RedactionAlgorithm, RoomVersion};
 
 /// JSON that cannot be handled as canonical JSON, or an event missing what hashing needs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,12 +77,32 @@ pub fn reference_hash(
     Ok(sha256(to_canonical_string(&redacted).as_bytes()))
 }
 
-/// The event id of an event: `$` + URL-safe unpadded base64 of its reference hash.
+/// The event id of an event. Rooms 3 and later: `$` + unpadded base64 of its reference hash
+/// (standard alphabet in room 3, URL-safe from room 4). Rooms 1 and 2: the `event_id` the PDU
+/// carries (its form is checked by `pdu::check_format`).
 pub fn event_id(event: &CanonicalJsonObject, version: &RoomVersion) -> Result<String, JsonError> {
-    Ok(format!(
-        "${}",
-        URL_SAFE_NO_PAD.encode(reference_hash(event, version)?)
-    ))
+    match version.event_id_format() {
+        EventIdFormat::Opaque => get_str(event, "event_id")
+            .map(str::to_owned)
+            .ok_or(JsonError::BadField { field: "event_id" }),
+        EventIdFormat::ReferenceHashStandard => Ok(format!(
+            "${}",
+            STANDARD_NO_PAD.encode(reference_hash(event, version)?)
+        )),
+        EventIdFormat::ReferenceHashUrlSafe => Ok(format!(
+            "${}",
+            URL_SAFE_NO_PAD.encode(reference_hash(event, version)?)
+        )),
+    }
+}
+
+/// The reference hash in the form `prev_events`/`auth_events` pairs cite it in rooms 1 and 2:
+/// unpadded standard base64.
+pub fn reference_hash_base64(
+    event: &CanonicalJsonObject,
+    version: &RoomVersion,
+) -> Result<String, JsonError> {
+    Ok(STANDARD_NO_PAD.encode(reference_hash(event, version)?))
 }
 
 /// The room id a v12-style create event defines: `!` + its reference hash (MSC4291). `None` for
@@ -100,20 +120,19 @@ pub fn room_id_for_create_event(
     }
 }
 
-/// Redact an event with the version's algorithm (v9 rules for room 10, v11 rules for 11, 12 and
-/// account-key rooms). `unsigned` is dropped.
+/// Redact an event with the version's algorithm ([`RedactionAlgorithm`]: v1 rules for rooms 1
+/// to 5, v6 for 6 and 7, v8 for 8, v9 for 9 and 10, v11 for 11, 12 and account-key rooms).
+/// `unsigned` is dropped.
 pub fn redact(
     event: &CanonicalJsonObject,
     version: &RoomVersion,
 ) -> Result<CanonicalJsonObject, JsonError> {
-    // ruma's algorithm is exactly the spec's per version; we only pick which one.
-    debug_assert!(matches!(
-        (
-            version.redaction(),
-            version.rules().redaction.keep_origin_membership_prev_state
-        ),
-        (RedactionAlgorithm::V9, true) | (RedactionAlgorithm::V11, false)
-    ));
+    // ruma's algorithm is exactly the spec's per version; we only pick which one (the version
+    // table's test checks that ruma's flags and our `RedactionAlgorithm` agree).
+    debug_assert_eq!(
+        version.redaction() == RedactionAlgorithm::V11,
+        !version.rules().redaction.keep_origin_membership_prev_state
+    );
     ruma::canonical_json::redact(event.clone(), &version.rules().redaction, None)
         .map_err(|e| JsonError::Redaction(e.to_string()))
 }

@@ -2,11 +2,12 @@
 //! (callers pass times in). The bottom floor of Myelin: everything above it asks this crate what
 //! an event means; this crate knows nothing but events.
 //!
-//! It owns the room version table (10, 11, 12, `org.matrix.12.4243`), the PDU model and its
-//! format checks, canonical JSON, content and reference hashes, event ids and v12 room ids,
-//! redaction, signing and signature checks (server keys and MSC4243 account keys), the strict
-//! account-key grammar, the authorisation rules and auth-events selection, state resolution v2
-//! and v2.1, the client projection of account-key rooms, the account-key invite handshake and
+//! It owns the room version table (every stable version 1 to 12 and `org.matrix.12.4243`, their
+//! differences as data), the PDU model and its format checks (event formats 1, 2/3 and v12),
+//! canonical JSON, content and reference hashes, event ids and v12 room ids, redaction per
+//! version, signing and signature checks (server keys and MSC4243 account keys), the strict
+//! account-key grammar, the authorisation rules and auth-events selection, state resolution v1,
+//! v2 and v2.1, the client projection of account-key rooms, the account-key invite handshake and
 //! the rule for serving redactions. ruma supplies the primitives and the authorisation rules;
 //! state resolution is this crate's own (on dense indices, validated against ruma's); the API
 //! here is ours, so callers never touch ruma's state-res types.

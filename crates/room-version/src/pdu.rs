@@ -90,7 +90,8 @@ pub struct Pdu {
 
 impl Pdu {
     /// Parse a PDU received over federation: run every format check of the room version, then
-    /// compute its event id from the reference hash. Signatures and hashes are checked separately
+    /// compute its event id from the reference hash (rooms 1 and 2: take the `event_id` it
+    /// carries). Signatures and hashes are checked separately
     /// (`verify::verify_pdu`), because their failures have different outcomes.
     pub fn from_federation(bytes: &[u8], version: &RoomVersion) -> Result<Pdu, PduError> {
         let json = canonical::parse_object(bytes)?;
@@ -148,8 +149,8 @@ impl Pdu {
         let content_obj = get_object(&json, "content").ok_or(PduError::WrongType("content"))?;
         let content = RawValue::from_string(to_canonical_string(content_obj))
             .map_err(|_| PduError::WrongType("content"))?;
-        let prev_events = id_list(&json, "prev_events")?;
-        let auth_events = id_list(&json, "auth_events")?;
+        let prev_events = id_list(&json, "prev_events", version)?;
+        let auth_events = id_list(&json, "auth_events", version)?;
         let depth = match json.get("depth") {
             Some(CanonicalJsonValue::Integer(i)) => {
                 u64::try_from(i64::from(*i)).map_err(|_| PduError::OutOfRange { field: "depth" })?
@@ -302,6 +303,24 @@ impl Pdu {
         Ok(pdu)
     }
 
+    /// How another event cites this one in `prev_events`/`auth_events`: its id, or in rooms 1
+    /// and 2 the pair `[event_id, {"sha256": reference hash}]`.
+    pub fn reference(&self, version: &RoomVersion) -> Result<CanonicalJsonValue, PduError> {
+        let id = CanonicalJsonValue::String(self.event_id.to_string());
+        if !version.event_ids_in_pdu() {
+            return Ok(id);
+        }
+        let mut hashes = CanonicalJsonObject::new();
+        hashes.insert(
+            "sha256".to_owned(),
+            CanonicalJsonValue::String(canonical::reference_hash_base64(&self.json, version)?),
+        );
+        Ok(CanonicalJsonValue::Array(vec![
+            id,
+            CanonicalJsonValue::Object(hashes),
+        ]))
+    }
+
     pub(crate) fn owned_event_id(&self) -> &OwnedEventId {
         &self.event_id
     }
@@ -335,17 +354,36 @@ fn parse_event_id(field: &'static str, s: &str) -> Result<OwnedEventId, PduError
     })
 }
 
-fn id_list(json: &CanonicalJsonObject, field: &'static str) -> Result<Vec<OwnedEventId>, PduError> {
+fn id_list(
+    json: &CanonicalJsonObject,
+    field: &'static str,
+    version: &RoomVersion,
+) -> Result<Vec<OwnedEventId>, PduError> {
     match json.get(field) {
         None => Ok(Vec::new()),
         Some(CanonicalJsonValue::Array(items)) => items
             .iter()
-            .map(|v| match v {
-                CanonicalJsonValue::String(s) => parse_event_id(field, s),
-                _ => Err(PduError::WrongType(field)),
-            })
+            .map(|v| parse_event_id(field, cited_id(v, field, version)?))
             .collect(),
         Some(_) => Err(PduError::WrongType(field)),
+    }
+}
+
+/// The event id in one entry of `prev_events`/`auth_events`: the entry itself, or in rooms 1
+/// and 2 the first half of an `[event_id, {"sha256": hash}]` pair. The pair's hash is not
+/// checked against the cited event: the spec gives it no role on receipt, and Synapse ignores it.
+fn cited_id<'a>(
+    entry: &'a CanonicalJsonValue,
+    field: &'static str,
+    version: &RoomVersion,
+) -> Result<&'a str, PduError> {
+    match (version.event_ids_in_pdu(), entry) {
+        (false, CanonicalJsonValue::String(s)) => Ok(s),
+        (true, CanonicalJsonValue::Array(pair)) => match pair.as_slice() {
+            [CanonicalJsonValue::String(s), CanonicalJsonValue::Object(_)] => Ok(s),
+            _ => Err(PduError::WrongType(field)),
+        },
+        _ => Err(PduError::WrongType(field)),
     }
 }
 
@@ -371,6 +409,7 @@ fn required_list(
     json: &CanonicalJsonObject,
     field: &'static str,
     max: usize,
+    version: &RoomVersion,
 ) -> Result<Vec<String>, PduError> {
     let Some(value) = json.get(field) else {
         return Err(PduError::MissingField(field));
@@ -387,15 +426,15 @@ fn required_list(
     }
     items
         .iter()
-        .map(|v| match v {
-            CanonicalJsonValue::String(s) if s.len() <= MAX_ID_BYTES => {
-                parse_event_id(field, s).map(|_| s.clone())
+        .map(|v| {
+            let s = cited_id(v, field, version)?;
+            if s.len() > MAX_ID_BYTES {
+                return Err(PduError::FieldTooLong {
+                    field,
+                    len: s.len(),
+                });
             }
-            CanonicalJsonValue::String(s) => Err(PduError::FieldTooLong {
-                field,
-                len: s.len(),
-            }),
-            _ => Err(PduError::WrongType(field)),
+            parse_event_id(field, s).map(|_| s.to_owned())
         })
         .collect()
 }
@@ -458,8 +497,19 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
             });
         }
     }
-    required_list(json, "prev_events", MAX_PREV_EVENTS)?;
-    let auth_events = required_list(json, "auth_events", MAX_AUTH_EVENTS)?;
+    if version.event_ids_in_pdu() {
+        // Rooms 1 and 2: the id is the creating server's `$opaque:domain`.
+        let id = required_string(json, "event_id")?;
+        let valid = ruma::EventId::parse(id).is_ok_and(|e| e.server_name().is_some());
+        if !valid {
+            return Err(PduError::InvalidId {
+                field: "event_id",
+                value: id.to_owned(),
+            });
+        }
+    }
+    required_list(json, "prev_events", MAX_PREV_EVENTS, version)?;
+    let auth_events = required_list(json, "auth_events", MAX_AUTH_EVENTS, version)?;
     if let (EventFormat::V12, Some(room_id)) = (version.event_format(), room_id) {
         let create_id = format!("${}", room_id.trim_start_matches('!'));
         if auth_events.contains(&create_id) {
@@ -550,8 +600,12 @@ impl EventSigner<'_> {
 /// `sender`, `content`, `state_key`, `prev_events`, `auth_events`, `depth`, `origin_server_ts`):
 /// add the content hash, sign the redacted form with the key the room version demands (the
 /// sender's server key, or in account-key rooms the sender's account key), run the format checks
-/// and compute the event id. Any `signatures`, `hashes`, `unsigned` or `event_id` given are
-/// replaced.
+/// and compute the event id. Any `signatures`, `hashes` or `unsigned` given are replaced, and so
+/// is `event_id` in rooms 3 and later.
+///
+/// Rooms 1 and 2: the partial event must carry its `event_id` (`$opaque:domain`, chosen by the
+/// server that creates the event: this crate has no randomness), and cite events in
+/// `prev_events`/`auth_events` as pairs ([`Pdu::reference`]).
 pub fn build_pdu(
     mut partial: CanonicalJsonObject,
     version: &RoomVersion,
@@ -560,7 +614,9 @@ pub fn build_pdu(
     partial.remove("signatures");
     partial.remove("hashes");
     partial.remove("unsigned");
-    partial.remove("event_id");
+    if !version.event_ids_in_pdu() {
+        partial.remove("event_id");
+    }
     let sender = get_str(&partial, "sender")
         .ok_or(PduError::MissingField("sender"))?
         .to_owned();

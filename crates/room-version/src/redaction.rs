@@ -1,14 +1,17 @@
-//! Whether a redaction may be applied to the event it names (room v3+ "Handling redactions"),
-//! with the account-key rule of MSC4243.md §4 Q9, and the power levels that decision needs.
+//! Whether a redaction may be applied to the event it names (rooms 3+ "Handling redactions";
+//! rooms 1–2 auth rule 11), with the account-key rule of MSC4243.md §4 Q9, and the power levels
+//! that decision needs.
 //!
 //! This is not an auth rule: the redaction event is authorised like any event; this decides
 //! whether the *target* is served redacted. A server applies it when the redactor has the
 //! `redact` power level, or when redactor and target share a domain. In account-key rooms the
 //! domain is unverified, so "same domain" counts only for the same key, or when both keys are
-//! Local/Verified for that one domain.
+//! Local/Verified for that one domain. In rooms 1 and 2 the redaction itself passed auth rule 11
+//! (power, or the two event ids' domains), and serving applies that same test. Power levels
+//! before room 10 may be string-encoded integers, and are read as such here.
 
 use crate::account_key::KeyFormUserId;
-use crate::canonical::get_object;
+use crate::canonical::{get_object, get_str};
 use crate::pdu::Pdu;
 use crate::projection::KeyVerification;
 use crate::version::{EventFormat, RoomVersion};
@@ -20,11 +23,39 @@ pub enum PowerLevel {
     Infinite,
 }
 
-fn int_field(obj: &ruma::CanonicalJsonObject, key: &str) -> Option<i64> {
+/// A power level value. Before room 10 a string holding an integer counts as that integer
+/// (the spec's "string-encoded integers"; Synapse reads them with `int()`), from room 10 only
+/// JSON integers do.
+fn level_field(version: &RoomVersion, obj: &ruma::CanonicalJsonObject, key: &str) -> Option<i64> {
     match obj.get(key) {
         Some(ruma::CanonicalJsonValue::Integer(i)) => Some(i64::from(*i)),
+        Some(ruma::CanonicalJsonValue::String(s)) if !version.auth_rules().integer_power_levels => {
+            parse_string_level(s)
+        }
         _ => None,
     }
+}
+
+/// A string-encoded power level: optional surrounding whitespace, optional sign, decimal digits.
+pub(crate) fn parse_string_level(s: &str) -> Option<i64> {
+    let t = s.trim();
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// The room's creator as the version defines it: the create event's `sender` from room 11,
+/// `content.creator` before.
+fn creator<'a>(version: &RoomVersion, create: &'a Pdu) -> &'a str {
+    if version.auth_rules().creator_is_create_sender {
+        return create.sender();
+    }
+    create
+        .content_object()
+        .and_then(|c| get_str(c, "creator"))
+        .unwrap_or(create.sender())
 }
 
 fn creators(create: &Pdu) -> Vec<String> {
@@ -50,24 +81,24 @@ pub fn user_power_level(
     }
     match power_levels.and_then(Pdu::content_object) {
         Some(content) => {
-            let explicit = get_object(content, "users").and_then(|u| int_field(u, user));
+            let explicit = get_object(content, "users").and_then(|u| level_field(version, u, user));
             PowerLevel::Int(
                 explicit
-                    .or_else(|| int_field(content, "users_default"))
+                    .or_else(|| level_field(version, content, "users_default"))
                     .unwrap_or(0),
             )
         }
         // Without power levels the creator has 100 (pre-v12), everyone else 0.
-        None if create.sender() == user => PowerLevel::Int(100),
+        None if creator(version, create) == user => PowerLevel::Int(100),
         None => PowerLevel::Int(0),
     }
 }
 
 /// The `redact` level (default 50).
-pub fn redact_level(power_levels: Option<&Pdu>) -> i64 {
+pub fn redact_level(version: &RoomVersion, power_levels: Option<&Pdu>) -> i64 {
     power_levels
         .and_then(Pdu::content_object)
-        .and_then(|c| int_field(c, "redact"))
+        .and_then(|c| level_field(version, c, "redact"))
         .unwrap_or(50)
 }
 
@@ -84,8 +115,15 @@ pub fn redaction_applies(
         return false;
     }
     let level = user_power_level(version, redaction.sender(), create, power_levels);
-    if level >= PowerLevel::Int(redact_level(power_levels)) {
+    if level >= PowerLevel::Int(redact_level(version, power_levels)) {
         return true;
+    }
+    if version.auth_rules().redaction_in_auth_rules {
+        // Rooms 1 and 2: auth rule 11 already admitted the redaction by power or because its
+        // event id and the target's share a domain; serving applies the same test.
+        let domain = |id: &str| id.split_once(':').map(|(_, d)| d.to_owned());
+        return domain(redaction.event_id()).is_some()
+            && domain(redaction.event_id()) == domain(target.event_id());
     }
     let domain = |u: &str| crate::account_key::split_user_id(u).map(|(_, d)| d.to_owned());
     if !version.uses_account_keys() {

@@ -1,5 +1,5 @@
-//! State resolution v2 (rooms 10, 11) and v2.1 (MSC4297: rooms 12 and account-key rooms) behind
-//! one function that takes the room version.
+//! State resolution v1 (room 1, in the `v1` module), v2 (rooms 2 to 11) and v2.1 (MSC4297: rooms
+//! 12 and account-key rooms) behind one function that takes the room version.
 //!
 //! The algorithm is the spec's ("State resolution" in room version 2, with the two changes of
 //! MSC4297 for v2.1: the conflicted state subgraph joins the full conflicted set, and the first
@@ -45,7 +45,7 @@ use ruma::{OwnedUserId, UserId};
 
 use crate::auth::StateKey;
 use crate::pdu::Pdu;
-use crate::version::RoomVersion;
+use crate::version::{RoomVersion, StateResAlgorithm};
 
 /// A room state: `(type, state_key)` → event id.
 pub type StateMap = std::collections::HashMap<StateKey, String>;
@@ -59,7 +59,9 @@ fn fail(reason: impl Into<String>) -> StateResError {
     StateResError(reason.into())
 }
 
-/// Resolve the state of a room from several forks.
+/// Resolve the state of a room from several forks, with the version's algorithm: v1 for room 1
+/// (see the `v1` module: Synapse's behaviour; only `state_maps` and `fetch_event` are read), v2
+/// for rooms 2 to 11, v2.1 for 12 and later.
 ///
 /// - `state_maps`: the state of each fork.
 /// - `auth_chains`: for each fork, the full auth chain of its state events (v2.1 also reads
@@ -82,6 +84,9 @@ pub fn resolve_state<'a>(
     fetch_event: impl Fn(&str) -> Option<&'a Pdu>,
     conflicted_subgraph: Option<&HashSet<String>>,
 ) -> Result<StateMap, StateResError> {
+    if version.state_res() == StateResAlgorithm::V1 {
+        return v1::resolve(version, state_maps, fetch_event);
+    }
     let rules = version.rules();
     let state_res_rules = rules
         .state_res
@@ -1279,3 +1284,4 @@ fn mainline_sort<'a: 'k, 'k, F: Fn(&str) -> Option<&'a Pdu>>(
 
 #[cfg(test)]
 mod reference;
+mod v1;

@@ -43,9 +43,9 @@ pub enum Verified {
 }
 
 /// The servers whose signatures a PDU needs (server-key rooms): the sender's server, except for
-/// invites made from a third-party invite, and the server of `join_authorised_via_users_server`.
-/// Empty for account-key rooms. The caller fetches every key id those servers signed with:
-/// see [`required_server_keys`].
+/// invites made from a third-party invite; in rooms 1 and 2 the server named in the `event_id`;
+/// from room 8 the server of `join_authorised_via_users_server`. Empty for account-key rooms.
+/// The caller fetches every key id those servers signed with: see [`required_server_keys`].
 pub fn required_servers(pdu: &Pdu, version: &RoomVersion) -> BTreeSet<String> {
     let mut servers = BTreeSet::new();
     if version.signing() == SigningScheme::AccountKey {
@@ -56,7 +56,13 @@ pub fn required_servers(pdu: &Pdu, version: &RoomVersion) -> BTreeSet<String> {
     {
         servers.insert(domain.to_owned());
     }
-    if let Some(authoriser) = authorising_user(pdu.json())
+    if version.event_ids_in_pdu()
+        && let Some((_, domain)) = pdu.event_id().split_once(':')
+    {
+        servers.insert(domain.to_owned());
+    }
+    if version.auth_rules().restricted_joins
+        && let Some(authoriser) = authorising_user(pdu.json())
         && let Some((_, domain)) = split_user_id(authoriser)
     {
         servers.insert(domain.to_owned());
@@ -97,8 +103,8 @@ fn authorising_user(json: &CanonicalJsonObject) -> Option<&str> {
 /// Check a received PDU's signatures and content hash.
 ///
 /// `server_keys` is used only in server-key rooms; pass an empty map for account-key rooms.
-/// Server keys must be valid at the event's `origin_server_ts` (room v5+ key validity); account
-/// keys have no validity period.
+/// From room 5, server keys must be valid at the event's `origin_server_ts`; before, any key the
+/// caller supplies counts however old. Account keys have no validity period.
 pub fn verify_pdu(
     pdu: &Pdu,
     version: &RoomVersion,
@@ -121,7 +127,7 @@ pub fn verify_pdu(
         }
         SigningScheme::ServerKey => {
             for server in required_servers(pdu, version) {
-                check_server_signature(pdu, &message, &server, server_keys)?;
+                check_server_signature(pdu, version, &message, &server, server_keys)?;
             }
         }
     }
@@ -158,6 +164,7 @@ fn check_account_signature(
 
 fn check_server_signature(
     pdu: &Pdu,
+    version: &RoomVersion,
     message: &str,
     server: &str,
     server_keys: &ServerKeys,
@@ -186,7 +193,7 @@ fn check_server_signature(
             });
             continue;
         };
-        if pdu.origin_server_ts() > key.valid_until_ts {
+        if version.enforce_key_validity() && pdu.origin_server_ts() > key.valid_until_ts {
             first_error.get_or_insert(SignatureError::KeyExpired {
                 entity: server.to_owned(),
                 key_id: key_id.clone(),

@@ -4,7 +4,7 @@
 use myelin_room_version::canonical::value_to_object;
 use myelin_room_version::pdu::{EventSigner, Pdu, build_pdu};
 use myelin_room_version::signing::KeyPair;
-use myelin_room_version::version::RoomVersion;
+use myelin_room_version::version::{RoomIdFormat, RoomVersion};
 use serde_json::{Value, json};
 
 pub fn v(id: &str) -> &'static RoomVersion {
@@ -21,9 +21,22 @@ pub fn key_user(n: u8, domain: &str) -> String {
     keypair(n).account_key().user_id(domain)
 }
 
-/// Build and sign an event. `fields` supplies type, sender, content, etc.; defaults fill the rest.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// In rooms 1 and 2 the creating server picks the event id: a fresh `$e<n>:<domain>`.
+pub fn fresh_event_id(domain: &str) -> String {
+    let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("$e{n}:{domain}")
+}
+
+/// Build and sign an event. `fields` supplies type, sender, content, etc.; defaults fill the rest
+/// (in rooms 1 and 2 also a fresh `event_id` on the sender's domain).
 pub fn build(version: &RoomVersion, key: &KeyPair, mut fields: Value) -> Pdu {
     let obj = fields.as_object_mut().unwrap();
+    if version.event_ids_in_pdu() && !obj.contains_key("event_id") {
+        let domain = obj["sender"].as_str().unwrap().split_once(':').unwrap().1;
+        obj.insert("event_id".into(), json!(fresh_event_id(domain)));
+    }
     obj.entry("origin_server_ts").or_insert(json!(1_000));
     obj.entry("depth").or_insert(json!(1));
     obj.entry("prev_events").or_insert(json!([]));
@@ -90,12 +103,12 @@ impl Room {
     ) -> Room {
         let mut content = create_content;
         content["room_version"] = json!(version.id());
-        if version.id() == "10" {
+        if !version.auth_rules().creator_is_create_sender {
             content["creator"] = json!(creator.id);
         }
         let mut fields = json!({"type": "m.room.create", "state_key": "", "sender": creator.id,
                                 "content": content});
-        if !version.uses_account_keys() && version.id() != "12" {
+        if version.room_id_format() == RoomIdFormat::ServerScoped {
             fields["room_id"] = json!("!room:a.example");
         }
         let create = build(version, &keypair(creator.seed), fields);
@@ -136,7 +149,7 @@ impl Room {
         obj.insert("sender".into(), json!(who.id));
         obj.insert("room_id".into(), json!(self.room_id));
         obj.entry("content").or_insert(json!({}));
-        obj.insert("prev_events".into(), json!([self.last]));
+        obj.insert("prev_events".into(), json!([self.cite(&self.last)]));
         obj.insert("depth".into(), json!(self.depth + 1));
         let content = serde_json::value::to_raw_value(&obj["content"]).unwrap();
         let auth = select_auth_events(
@@ -148,8 +161,17 @@ impl Room {
             &self.state,
         )
         .unwrap();
+        let auth: Vec<Value> = auth.iter().map(|id| self.cite(id)).collect();
         obj.insert("auth_events".into(), json!(auth));
         build(self.version, &keypair(who.seed), fields)
+    }
+
+    /// How a new event cites `id` (an id, or in rooms 1 and 2 an `[id, hashes]` pair).
+    pub fn cite(&self, id: &str) -> Value {
+        match self.events.get(id) {
+            Some(pdu) => serde_json::to_value(pdu.reference(self.version).unwrap()).unwrap(),
+            None => json!(id),
+        }
     }
 
     /// Like `make` + `try_apply`, but every step's error is returned instead of unwrapped, for
@@ -158,7 +180,7 @@ impl Room {
         let obj = fields.as_object_mut().ok_or("not an object")?;
         obj.insert("sender".into(), json!(who.id));
         obj.insert("room_id".into(), json!(self.room_id));
-        obj.insert("prev_events".into(), json!([self.last]));
+        obj.insert("prev_events".into(), json!([self.cite(&self.last)]));
         obj.insert("depth".into(), json!(self.depth + 1));
         obj.insert("origin_server_ts".into(), json!(1));
         let content =
@@ -172,14 +194,18 @@ impl Room {
             &self.state,
         )
         .map_err(|e| e.to_string())?;
+        let auth: Vec<Value> = auth.iter().map(|id| self.cite(id)).collect();
         obj.insert("auth_events".into(), json!(auth));
-        let partial = value_to_object(fields).map_err(|e| e.to_string())?;
         let key = keypair(who.seed);
         let domain = who
             .id
             .split_once(':')
             .map(|(_, d)| d.to_owned())
             .unwrap_or_default();
+        if self.version.event_ids_in_pdu() {
+            obj.insert("event_id".into(), json!(fresh_event_id(&domain)));
+        }
+        let partial = value_to_object(fields).map_err(|e| e.to_string())?;
         let signer = if self.version.uses_account_keys() {
             EventSigner::Account(&key)
         } else {

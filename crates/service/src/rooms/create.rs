@@ -61,6 +61,15 @@ impl Rooms {
                 Stability::Unstable
             )));
         }
+        if !version.auth_rules().integer_power_levels {
+            // Rooms 1 to 9 are in the version table so that existing rooms can be read and
+            // joined; building their events here (event ids in the PDU, `creator`, string power
+            // levels) is the server part of issue 12. Until then creating one is refused as before.
+            return Err(Error::UnsupportedRoomVersion(format!(
+                "Room version {} cannot be created here yet",
+                version.id()
+            )));
+        }
         for invitee in &request.invite {
             if !self.is_local(invitee) {
                 return Err(Error::Forbidden(format!(

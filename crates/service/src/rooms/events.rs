@@ -125,7 +125,7 @@ impl Rooms {
             );
         }
         if let Some(redacts) = event.redacts
-            && version.redaction() == RedactionAlgorithm::V9
+            && version.redaction() != RedactionAlgorithm::V11
         {
             // Before v11 `redacts` is a top-level key.
             partial.insert(

@@ -49,7 +49,7 @@ impl Rooms {
             .transpose()?;
         let own = target.sender() == user.user_id.as_str();
         let powerful = user_power_level(version, user.user_id.as_str(), &create, power.as_ref())
-            >= PowerLevel::Int(redact_level(power.as_ref()));
+            >= PowerLevel::Int(redact_level(version, power.as_ref()));
         if !own && !powerful {
             return Err(Error::Forbidden(
                 "You may only redact your own events without the redact power level".to_owned(),

@@ -12,7 +12,8 @@
 //! everything persisting one changes), [`state`] (state snapshots read back, with their
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
-//! deliver notifications to). Later areas (federation queue,
+//! deliver notifications to), [`e2ee`] (device, one-time, fallback and cross-signing keys, and
+//! the device-list stream), [`key_backup`] (server-side room key backup). Later areas (federation queue,
 //! account keys, media) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
@@ -32,9 +33,11 @@
 pub mod accounts;
 pub mod aliases;
 mod cache;
+pub mod e2ee;
 pub mod ephemeral;
 mod error;
 mod group_commit;
+pub mod key_backup;
 pub mod pushers;
 pub mod rooms;
 pub mod server_keys;

@@ -54,12 +54,15 @@ pub enum DeviceKeysDecision {
     Refuse(String),
 }
 
+/// The service's decision about uploaded device keys, given the stored ones (if any).
+pub type DecideDeviceKeys<'a> = &'a (dyn Fn(Option<&str>) -> DeviceKeysDecision + Sync);
+
 /// A `/keys/upload` as the store runs it.
 pub struct KeysUpload<'a> {
     pub user_id: &'a str,
     pub device_id: &'a str,
     /// Decides about the device keys given the stored ones; `None`: no device keys uploaded.
-    pub device_keys: Option<&'a (dyn Fn(Option<&str>) -> DeviceKeysDecision + Sync)>,
+    pub device_keys: Option<DecideDeviceKeys<'a>>,
     pub one_time_keys: &'a [NewKey],
     pub fallback_keys: &'a [NewKey],
     /// Whether a stored key and an uploaded one with the same id are the same key.
@@ -420,7 +423,8 @@ impl Store {
     }
 
     /// Stores cross-signing keys `(key type, JSON)` of a user in one transaction and announces
-    /// the change. A new master key drops the signatures other users made on the old one.
+    /// the change. Signatures other users made on an old master key stay stored but name its
+    /// key id, so they are no longer shown with the new one.
     pub async fn set_cross_signing_keys(
         &self,
         user_id: &str,

@@ -602,3 +602,147 @@ impl Store {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        NewSession, StoreOptions,
+        test_support::{TestDatabase, create_test_user, test_backends},
+    };
+
+    async fn device(store: &Store, localpart: &str, device_id: &str) -> String {
+        let user_id = create_test_user(store, localpart).await;
+        store
+            .create_session(&NewSession {
+                user_id: &user_id,
+                device_id,
+                display_name: Some("Phone"),
+                access_token_hash: localpart.as_bytes(),
+                expires_ts: None,
+                refresh_token_hash: None,
+                now: 0,
+            })
+            .await
+            .unwrap();
+        user_id
+    }
+
+    fn key(id: &str, json: &str) -> NewKey {
+        NewKey {
+            algorithm: id.split_once(':').unwrap().0.to_owned(),
+            key_id: id.to_owned(),
+            key_json: json.to_owned(),
+        }
+    }
+
+    fn same(a: &str, b: &str) -> bool {
+        a == b
+    }
+
+    #[tokio::test]
+    async fn uploads_all_or_nothing_claims_once_and_deletion_cascades() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let alice = device(&store, "alice", "DEV").await;
+            let start = store.stream_position("device_lists").await.unwrap();
+            let store_keys = |_: Option<&str>| DeviceKeysDecision::Store("{\"k\":1}".to_owned());
+            let otks = [key("alg:A", "\"a\""), key("alg:B", "\"b\"")];
+            let fallback = [key("alg:F", "\"f\"")];
+            let upload = KeysUpload {
+                user_id: &alice,
+                device_id: "DEV",
+                device_keys: Some(&store_keys),
+                one_time_keys: &otks,
+                fallback_keys: &fallback,
+                same_key: same,
+                max_one_time_keys: 10,
+            };
+            let announced = store.upload_keys(&upload).await.unwrap().unwrap();
+            assert_eq!(announced, Some(start + 1), "{kind:?}");
+
+            // A conflicting key: nothing of this upload is written, device keys included.
+            let refuse_nothing =
+                |_: Option<&str>| DeviceKeysDecision::Store("{\"k\":2}".to_owned());
+            let conflicting = [key("alg:C", "\"c\""), key("alg:A", "\"other\"")];
+            let refused = store
+                .upload_keys(&KeysUpload {
+                    device_keys: Some(&refuse_nothing),
+                    one_time_keys: &conflicting,
+                    fallback_keys: &[],
+                    ..upload
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                refused,
+                Err(UploadRefused::OneTimeKeyConflict("alg:A".to_owned()))
+            );
+            let (counts, fallbacks) = store.one_time_key_counts(&alice, "DEV").await.unwrap();
+            assert_eq!(counts, vec![("alg".to_owned(), 2)], "{kind:?}");
+            assert_eq!(fallbacks, vec!["alg".to_owned()]);
+            let keys = store.device_keys_of(&[&alice]).await.unwrap();
+            assert_eq!(keys[0].key_json, "{\"k\":1}", "{kind:?}");
+            assert_eq!(keys[0].display_name.as_deref(), Some("Phone"));
+            assert_eq!(
+                store.stream_position("device_lists").await.unwrap(),
+                start + 1,
+                "{kind:?}: a refused upload announces nothing"
+            );
+
+            // More keys than the device may hold: refused.
+            let many: Vec<NewKey> = (0..9).map(|i| key(&format!("alg:M{i}"), "\"m\"")).collect();
+            let refused = store
+                .upload_keys(&KeysUpload {
+                    device_keys: None,
+                    one_time_keys: &many,
+                    fallback_keys: &[],
+                    ..upload
+                })
+                .await
+                .unwrap();
+            assert_eq!(refused, Err(UploadRefused::TooManyOneTimeKeys));
+
+            // Each one-time key once, then the fallback key, marked used.
+            let wanted = vec![(alice.clone(), "DEV".to_owned(), "alg".to_owned())];
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.extend(store.claim_keys(&wanted).await.unwrap());
+            }
+            let ids: Vec<&str> = got.iter().map(|k| k.key_id.as_str()).collect();
+            assert_eq!(ids, ["alg:A", "alg:B", "alg:F", "alg:F"], "{kind:?}");
+            let (counts, fallbacks) = store.one_time_key_counts(&alice, "DEV").await.unwrap();
+            assert!(counts.is_empty() && fallbacks.is_empty(), "{kind:?}");
+            let other = vec![(alice.clone(), "DEV".to_owned(), "other".to_owned())];
+            assert!(store.claim_keys(&other).await.unwrap().is_empty());
+
+            // Deleting the device deletes its keys and announces the change.
+            store
+                .upload_keys(&KeysUpload {
+                    device_keys: None,
+                    one_time_keys: &[key("alg:Z", "\"z\"")],
+                    fallback_keys: &fallback,
+                    ..upload
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(store.delete_device(&alice, "DEV").await.unwrap());
+            let now = store.stream_position("device_lists").await.unwrap();
+            assert_eq!(now, start + 2, "{kind:?}");
+            assert_eq!(
+                store.device_list_changes(start + 1, now).await.unwrap(),
+                vec![alice.clone()]
+            );
+            assert!(store.device_keys_of(&[&alice]).await.unwrap().is_empty());
+            assert!(
+                store.claim_keys(&wanted).await.unwrap().is_empty(),
+                "{kind:?}"
+            );
+            store.close().await;
+        }
+    }
+}

@@ -1088,3 +1088,42 @@ async fn key_bounds() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn to_device_payload_is_bounded() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let send = |txn: &'static str, content: Value| {
+            let server = &server;
+            let alice = &alice;
+            let bob = &bob;
+            async move {
+                server
+                    .put(
+                        &format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/{txn}"),
+                        &alice.access_token,
+                        json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): content}}}),
+                    )
+                    .await
+            }
+        };
+        let (status, body) = send("big", json!({"ciphertext": "x".repeat(70_000)})).await;
+        assert_eq!(
+            (status.as_u16(), body["errcode"].clone()),
+            (413, json!("M_TOO_LARGE")),
+            "{kind:?}: {body}"
+        );
+        let (status, body) = send("small", json!({"ciphertext": "x".repeat(1_000)})).await;
+        assert_eq!(status, 200, "{body}");
+        let body = sync(&server, &bob, None).await;
+        let events = body["to_device"]["events"].as_array().unwrap();
+        assert_eq!(
+            events.len(),
+            1,
+            "{kind:?}: only the small message was queued: {body}"
+        );
+        server.stop().await;
+    }
+}

@@ -533,6 +533,29 @@ async fn deleting_a_device_deletes_its_keys_and_announces_it() {
         assert_eq!(status, 200);
         let since = next_batch(&sync(&server, &bob, None).await);
 
+        // Renaming a device is a change too: the name shows in /keys/query.
+        let (status, _) = server
+            .put(
+                &format!("/_matrix/client/v3/devices/{}", enc(&second.device_id)),
+                &second.access_token,
+                json!({"display_name": "Laptop"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let body = sync(&server, &bob, Some(&since)).await;
+        assert_eq!(
+            listed(&body, "changed"),
+            json!([alice.user_id]),
+            "{kind:?}: {body}"
+        );
+        let since = next_batch(&body);
+        let keys = query(&server, &bob, &[&alice.user_id]).await;
+        assert_eq!(
+            keys["device_keys"][&alice.user_id][&second.device_id]["unsigned"]["device_display_name"],
+            "Laptop",
+            "{keys}"
+        );
+
         // Logging the second device out deletes it and its keys.
         let (status, _) = server
             .post("/_matrix/client/v3/logout", &second.access_token, json!({}))

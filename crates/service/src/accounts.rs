@@ -532,6 +532,7 @@ impl Accounts {
             .set_device_display_name(user.user_id.as_str(), device_id, name)
             .await?
         {
+            self.notify.notify();
             Ok(())
         } else {
             Err(Error::NotFound("Device not found".to_owned()))

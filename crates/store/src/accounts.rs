@@ -418,15 +418,23 @@ impl Store {
         device_id: &str,
         display_name: Option<&str>,
     ) -> Result<bool, StoreError> {
+        // Other users see the name in `/keys/query`: a rename is a device-list change.
         let updated = with_pool!(self, pool => {
-            sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let updated = sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .bind(display_name)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected() > 0)
-        })?;
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            if updated {
+                crate::e2ee::announce_device_list_change!(tx, user_id);
+                tx.commit().await?;
+            }
+            updated
+        });
         Ok(updated)
     }
 }

@@ -142,6 +142,22 @@ impl From<ServiceError> for MatrixError {
                 }),
                 message,
             ),
+            ServiceError::InvalidSignature(_) => Self::new(
+                S::BAD_REQUEST,
+                // ruma has no variant for this errcode; it parses into its custom kind.
+                serde_json::from_value(serde_json::json!({"errcode": "M_INVALID_SIGNATURE"}))
+                    .unwrap_or(ErrorKind::InvalidParam),
+                message,
+            ),
+            ServiceError::WrongRoomKeysVersion { current_version } => Self::new(
+                S::FORBIDDEN,
+                ErrorKind::WrongRoomKeysVersion(
+                    ruma::api::error::WrongRoomKeysVersionErrorData::new(
+                        current_version.unwrap_or_default(),
+                    ),
+                ),
+                message,
+            ),
             ServiceError::MissingToken => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
             }

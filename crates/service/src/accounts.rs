@@ -87,6 +87,8 @@ pub struct Accounts {
     /// A hash of a password nobody knows, at the configured cost: checked when the user does
     /// not exist, so a login for a missing user takes as long as one with a wrong password.
     dummy_hash: tokio::sync::OnceCell<String>,
+    /// Wakes syncs when devices go: their device-list change is news to room mates.
+    notify: crate::notifier::Notifier,
 }
 
 impl Accounts {
@@ -96,8 +98,10 @@ impl Accounts {
         registration: RegistrationConfig,
         passwords: PasswordConfig,
         sessions: SessionConfig,
+        notify: crate::notifier::Notifier,
     ) -> Self {
         Accounts {
+            notify,
             store,
             server_name,
             registration,
@@ -418,6 +422,7 @@ impl Accounts {
         self.store
             .delete_device(user.user_id.as_str(), user.device_id.as_str())
             .await?;
+        self.notify.notify();
         Ok(())
     }
 
@@ -426,6 +431,7 @@ impl Accounts {
         self.store
             .delete_all_devices(user.user_id.as_str(), None)
             .await?;
+        self.notify.notify();
         Ok(())
     }
 
@@ -528,6 +534,7 @@ impl Accounts {
             self.store
                 .delete_all_devices(user.user_id.as_str(), Some(user.device_id.as_str()))
                 .await?;
+            self.notify.notify();
         }
         Ok(())
     }
@@ -538,6 +545,7 @@ impl Accounts {
         self.store
             .deactivate_user(user.user_id.as_str(), now_millis())
             .await?;
+        self.notify.notify();
         tracing::info!(user_id = %user.user_id, "deactivated a user");
         Ok(())
     }
@@ -564,6 +572,7 @@ impl Accounts {
             .set_device_display_name(user.user_id.as_str(), device_id, name)
             .await?
         {
+            self.notify.notify();
             Ok(())
         } else {
             Err(Error::NotFound("Device not found".to_owned()))
@@ -577,6 +586,7 @@ impl Accounts {
                 .delete_device(user.user_id.as_str(), device_id)
                 .await?;
         }
+        self.notify.notify();
         Ok(())
     }
 

@@ -46,6 +46,12 @@ pub enum Error {
     /// Too many requests (`M_LIMIT_EXCEEDED`, 429).
     #[error("Too many requests; retry in {retry_after_ms} ms")]
     LimitExceeded { retry_after_ms: u64 },
+    /// A signature that does not verify (`M_INVALID_SIGNATURE`, 400).
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// Keys for a backup version that is not the current one (`M_WRONG_ROOM_KEYS_VERSION`, 403).
+    #[error("This is not the current backup version")]
+    WrongRoomKeysVersion { current_version: Option<String> },
     #[error("Missing access token")]
     MissingToken,
     #[error("Unknown or expired access token")]

@@ -9,13 +9,16 @@
 //! and its published, signed key object), [`directory`] (room aliases and the room directory),
 //! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
 //! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
-//! push gateways).
+//! push gateways), [`e2ee`] (device, one-time, fallback and cross-signing keys; device lists),
+//! [`key_backup`] (server-side room key backup).
 
 pub mod accounts;
 pub mod config;
 pub mod directory;
+pub mod e2ee;
 pub mod ephemeral;
 mod error;
+pub mod key_backup;
 pub mod notifier;
 pub mod passwords;
 pub mod profiles;

@@ -43,6 +43,8 @@ pub struct Services {
     pub user_data: crate::user_data::UserData,
     pub profiles: crate::profiles::Profiles,
     pub pushers: Arc<crate::pushers::Pushers>,
+    pub e2ee: crate::e2ee::E2ee,
+    pub key_backup: crate::key_backup::KeyBackup,
 }
 
 impl Services {
@@ -65,15 +67,16 @@ impl Services {
         let server_keys =
             ServerKeys::load_or_create(&store, &sealer, config.server_name.clone()).await?;
         tracing::info!(server_name = %config.server_name, key_id = %server_keys.key_id(), "signing key loaded");
+        let notifier = crate::notifier::Notifier::default();
         let accounts = Accounts::new(
             store.clone(),
             config.server_name.clone(),
             config.registration.clone(),
             config.passwords.clone(),
             config.sessions.clone(),
+            notifier.clone(),
         );
         let server_keys = Arc::new(server_keys);
-        let notifier = crate::notifier::Notifier::default();
         let pushers = Arc::new(crate::pushers::Pushers::new(
             store.clone(),
             config.push.allow_private_gateways,
@@ -95,6 +98,12 @@ impl Services {
             user_data: crate::user_data::UserData::new(store.clone(), notifier.clone()),
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             pushers,
+            e2ee: crate::e2ee::E2ee::new(
+                store.clone(),
+                config.server_name.clone(),
+                notifier.clone(),
+            ),
+            key_backup: crate::key_backup::KeyBackup::new(store.clone()),
             config,
             store,
             server_keys,

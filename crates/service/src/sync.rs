@@ -31,19 +31,21 @@ pub struct SyncToken {
     pub presence: i64,
     /// Typing lives in memory: its serial restarts with the process.
     pub typing: i64,
+    pub device_lists: i64,
 }
 
 impl SyncToken {
-    /// `s<events>_<account data>_<receipts>_<to-device>_<presence>_<typing>`.
+    /// `s<events>_<account data>_<receipts>_<to-device>_<presence>_<typing>_<device lists>`.
     pub fn encode(&self) -> String {
         format!(
-            "s{}_{}_{}_{}_{}_{}",
+            "s{}_{}_{}_{}_{}_{}_{}",
             self.events,
             self.account_data,
             self.receipts,
             self.to_device,
             self.presence,
-            self.typing
+            self.typing,
+            self.device_lists
         )
     }
 
@@ -57,9 +59,13 @@ impl SyncToken {
             .map(|p| p.parse::<i64>().ok().filter(|n| *n >= 0))
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
-        let [events, account_data, receipts, to_device, presence, typing] = parts[..] else {
-            return Err(bad());
-        };
+        // Tokens issued before device lists had a stream lack the last part: from the start.
+        let (events, account_data, receipts, to_device, presence, typing, device_lists) =
+            match parts[..] {
+                [a, b, c, d, e, f] => (a, b, c, d, e, f, 0),
+                [a, b, c, d, e, f, g] => (a, b, c, d, e, f, g),
+                _ => return Err(bad()),
+            };
         Ok(SyncToken {
             events,
             account_data,
@@ -67,6 +73,7 @@ impl SyncToken {
             to_device,
             presence,
             typing,
+            device_lists,
         })
     }
 }
@@ -161,7 +168,14 @@ impl Services {
             // Mark the notifier seen before reading, so a write in between wakes the wait below.
             changes.borrow_and_update();
             let snapshot = self.store.sync_snapshot(user.as_str()).await?;
-            let [events, account_data, receipts, to_device, presence] = snapshot.positions;
+            let [
+                events,
+                account_data,
+                receipts,
+                to_device,
+                presence,
+                device_lists,
+            ] = snapshot.positions;
             let now = SyncToken {
                 events,
                 account_data,
@@ -169,6 +183,7 @@ impl Services {
                 to_device,
                 presence,
                 typing: self.ephemeral.typing_position(),
+                device_lists,
             };
             if let Some(since) = since.as_mut()
                 && since.typing > now.typing
@@ -181,7 +196,8 @@ impl Services {
                     || since.account_data > now.account_data
                     || since.receipts > now.receipts
                     || since.to_device > now.to_device
-                    || since.presence > now.presence)
+                    || since.presence > now.presence
+                    || since.device_lists > now.device_lists)
             {
                 return Err(Error::InvalidParam(
                     "The since token is from the future: it was not issued by this server's current database".to_owned(),
@@ -239,6 +255,14 @@ impl Services {
             }
         }
 
+        // Whether anyone's membership in the user's rooms (or the user's own) may have changed
+        // since the token, from the snapshot alone: only then are memberships read for
+        // device lists.
+        let memberships_moved = since.is_some_and(|s| {
+            memberships
+                .iter()
+                .any(|m| m.room_latest_event > s.events || m.stream_ordering > s.events)
+        });
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -290,7 +314,7 @@ impl Services {
         }
         // The rooms, to-device and presence are independent reads: at once.
         let presence_since = since.map_or(0, |s| s.presence);
-        let (joined, (to_device, to_device_next), presence) = tokio::try_join!(
+        let (joined, (to_device, to_device_next), presence, (changed, left), otk_counts) = tokio::try_join!(
             self.joined_rooms(device, request, since, now, joined),
             self.ephemeral
                 .to_device_for(device, since.map_or(0, |s| s.to_device), now.to_device),
@@ -310,7 +334,25 @@ impl Services {
                     }
                 }
             },
+            async {
+                match since {
+                    None => Ok((Vec::new(), Vec::new())),
+                    Some(s) => {
+                        self.e2ee
+                            .device_list_delta(
+                                user,
+                                s.events,
+                                s.device_lists,
+                                now.device_lists,
+                                memberships_moved,
+                            )
+                            .await
+                    }
+                }
+            },
+            self.e2ee.one_time_key_counts(device),
         )?;
+        let (one_time_key_counts, unused_fallback_key_types) = otk_counts;
         for (room_id, section) in joined {
             join.insert(room_id, section);
         }
@@ -321,15 +363,18 @@ impl Services {
             && knock.is_empty()
             && global.is_empty()
             && to_device.is_empty()
-            && presence.is_empty();
+            && presence.is_empty()
+            && changed.is_empty()
+            && left.is_empty();
         let body = json!({
             "next_batch": now.encode(),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "account_data": {"events": global},
             "presence": {"events": presence},
             "to_device": {"events": to_device},
-            "device_lists": {"changed": [], "left": []},
-            "device_one_time_keys_count": {},
+            "device_lists": {"changed": changed, "left": left},
+            "device_one_time_keys_count": one_time_key_counts,
+            "device_unused_fallback_key_types": unused_fallback_key_types,
         });
         Ok((body, empty))
     }

@@ -266,15 +266,26 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a device with its tokens. Returns whether it existed.
+    /// Deletes a device with its tokens and end-to-end keys, and announces the device-list
+    /// change, in one transaction. Returns whether it existed.
     pub async fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError> {
-        let result = with_pool!(self, pool => {
-            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
-                .bind(user_id)
-                .bind(device_id)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected() > 0)
+        let result: Result<bool, sqlx::Error> = with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin_write(&self.write_gate).await?;
+                let deleted = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+                    .bind(user_id)
+                    .bind(device_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
+                if deleted {
+                    crate::e2ee::announce_device_list_change!(tx, user_id);
+                }
+                tx.commit().await?;
+                Ok(deleted)
+            }
+            .await
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
         self.account_changed();
@@ -289,13 +300,22 @@ impl Store {
         user_id: &str,
         keep_device: Option<&str>,
     ) -> Result<(), StoreError> {
-        let result = with_pool!(self, pool => {
-            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2")
-                .bind(user_id)
-                .bind(keep_device)
-                .execute(pool)
-                .await
-                .map(|_| ())
+        let result: Result<(), sqlx::Error> = with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin_write(&self.write_gate).await?;
+                let deleted = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2")
+                    .bind(user_id)
+                    .bind(keep_device)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                // Their keys went with them (cascade): the user's device list changed.
+                if deleted > 0 {
+                    crate::e2ee::announce_device_list_change!(tx, user_id);
+                }
+                tx.commit().await
+            }
+            .await
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
         self.account_changed();
@@ -337,6 +357,12 @@ impl Store {
                 .bind(user_id)
                 .execute(&mut *tx)
                 .await?;
+            // Cross-signing keys go too; the devices' keys went with them (cascade).
+            sqlx::query("DELETE FROM e2e_cross_signing_keys WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            crate::e2ee::announce_device_list_change!(tx, user_id);
             tx.commit().await
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
@@ -392,15 +418,23 @@ impl Store {
         device_id: &str,
         display_name: Option<&str>,
     ) -> Result<bool, StoreError> {
+        // Other users see the name in `/keys/query`: a rename is a device-list change.
         let updated = with_pool!(self, pool => {
-            sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let updated = sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .bind(display_name)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected() > 0)
-        })?;
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            if updated {
+                crate::e2ee::announce_device_list_change!(tx, user_id);
+                tx.commit().await?;
+            }
+            updated
+        });
         Ok(updated)
     }
 }

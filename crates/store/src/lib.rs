@@ -14,7 +14,8 @@
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
 //! references), [`reports`] (what users report to the admins), [`spaces`] (what the space
-//! hierarchy reads). Later areas (federation queue,
+//! hierarchy reads), [`e2ee`] (device, one-time, fallback and cross-signing keys, and the
+//! device-list stream), [`key_backup`] (server-side room key backup). Later areas (federation queue,
 //! account keys, media) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
@@ -34,9 +35,11 @@
 pub mod accounts;
 pub mod aliases;
 mod cache;
+pub mod e2ee;
 pub mod ephemeral;
 mod error;
 mod group_commit;
+pub mod key_backup;
 pub mod pushers;
 pub mod relations;
 pub mod reports;

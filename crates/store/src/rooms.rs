@@ -63,8 +63,8 @@ pub struct MembershipRow {
 /// Where a sync starts ([`Store::sync_snapshot`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSnapshot {
-    /// `(events, account data, receipts, to-device, presence)`.
-    pub positions: [i64; 5],
+    /// `(events, account data, receipts, to-device, presence, device lists)`.
+    pub positions: [i64; 6],
     /// The user's memberships, by room id.
     pub memberships: Vec<MembershipRow>,
 }
@@ -740,7 +740,7 @@ impl Store {
     /// follows, `(events, account data, receipts, to-device, presence)`, and each of the user's
     /// room memberships with its room's newest event and receipt positions, by room id.
     pub async fn sync_snapshot(&self, user_id: &str) -> Result<SyncSnapshot, StoreError> {
-        let mut positions = [None; 5];
+        let mut positions = [None; 6];
         let mut memberships = Vec::new();
         with_pool!(self, pool => {
             for row in sqlx::query(
@@ -768,6 +768,7 @@ impl Store {
                     "receipts" => 2,
                     "to_device" => 3,
                     "presence" => 4,
+                    "device_lists" => 5,
                     "membership" => {
                         memberships.push(MembershipRow {
                             room: RoomRow {
@@ -791,14 +792,14 @@ impl Store {
                 positions[slot] = Some(row.try_get::<i64, _>("position")?);
             }
         });
-        let [Some(a), Some(b), Some(c), Some(d), Some(e)] = positions else {
+        let [Some(a), Some(b), Some(c), Some(d), Some(e), Some(f)] = positions else {
             return Err(StoreError::Conflict(
                 "a stream position row is missing".to_owned(),
             ));
         };
         memberships.sort_by(|x, y| x.room.room_id.cmp(&y.room.room_id));
         Ok(SyncSnapshot {
-            positions: [a, b, c, d, e],
+            positions: [a, b, c, d, e, f],
             memberships,
         })
     }

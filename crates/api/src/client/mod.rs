@@ -2,12 +2,14 @@
 
 mod account;
 mod account_data;
+mod backup;
 mod capabilities;
 mod device;
 mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
+mod keys;
 mod profile;
 mod push_rules;
 mod pushers;
@@ -39,6 +41,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(user_directory::routes())
         .merge(sync::routes())
         .merge(ephemeral::routes())
+        .merge(keys::routes().merge(backup::routes()))
         .merge(
             filter::routes()
                 .merge(account_data::routes())

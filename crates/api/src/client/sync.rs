@@ -105,5 +105,8 @@ async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<v3::Respons
     response.presence = section(&answer["presence"])?;
     response.to_device = section(&answer["to_device"])?;
     response.device_lists = section(&answer["device_lists"])?;
+    response.device_one_time_keys_count = section(&answer["device_one_time_keys_count"])?;
+    response.device_unused_fallback_key_types =
+        section(&answer["device_unused_fallback_key_types"])?;
     Ok(response)
 }

@@ -1,0 +1,748 @@
+//! End-to-end encryption keys as stored: device keys, one-time and fallback keys, cross-signing
+//! keys and the signatures on them, and the device-list stream (who changed devices or keys, at
+//! which position). Keys are JSON text exactly as the service hands them over; deciding whether
+//! an upload is acceptable is the service's job, which it does inside the write through the
+//! functions it passes (so that the check and the write see the same rows).
+//!
+//! Everything is keyed by user id as an opaque string.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use crate::store::BeginWrite;
+use crate::{Backend, Store, StoreError, with_pool};
+
+/// Users per `IN` list.
+const USERS_PER_STATEMENT: usize = 256;
+
+/// The next position of the device-list stream, taken inside the caller's transaction, with
+/// the row that announces `$user`'s change.
+macro_rules! announce_device_list_change {
+    ($tx:expr, $user:expr) => {{
+        let position = sqlx::query_scalar::<_, i64>(
+            "UPDATE stream_positions SET position = position + 1 WHERE stream = 'device_lists' RETURNING position",
+        )
+        .fetch_one(&mut *$tx)
+        .await?;
+        sqlx::query("INSERT INTO device_list_changes (stream_position, user_id) VALUES ($1, $2)")
+            .bind(position)
+            .bind($user)
+            .execute(&mut *$tx)
+            .await?;
+        position
+    }};
+}
+pub(crate) use announce_device_list_change;
+
+/// A one-time or fallback key to store: `key_id` is the whole `<algorithm>:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub algorithm: String,
+    pub key_id: String,
+    pub key_json: String,
+}
+
+/// What the service decides about a device-key upload, given the stored keys (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceKeysDecision {
+    /// Store this JSON (new keys, or the stored ones with more signatures); announce the change.
+    Store(String),
+    /// Nothing to change (an identical re-upload).
+    Keep,
+    /// Refused: nothing of the upload is written.
+    Refuse(String),
+}
+
+/// The service's decision about uploaded device keys, given the stored ones (if any).
+pub type DecideDeviceKeys<'a> = &'a (dyn Fn(Option<&str>) -> DeviceKeysDecision + Sync);
+
+/// A `/keys/upload` as the store runs it.
+pub struct KeysUpload<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    /// Decides about the device keys given the stored ones; `None`: no device keys uploaded.
+    pub device_keys: Option<DecideDeviceKeys<'a>>,
+    pub one_time_keys: &'a [NewKey],
+    pub fallback_keys: &'a [NewKey],
+    /// Whether a stored key and an uploaded one with the same id are the same key.
+    pub same_key: fn(&str, &str) -> bool,
+    /// The most one-time keys a device may hold.
+    pub max_one_time_keys: i64,
+}
+
+/// Why an upload was refused (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadRefused {
+    DeviceKeys(String),
+    /// A one-time key with this id exists with different content.
+    OneTimeKeyConflict(String),
+    /// The device would hold more one-time keys than allowed.
+    TooManyOneTimeKeys,
+}
+
+/// A claimed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedKey {
+    pub user_id: String,
+    pub device_id: String,
+    pub key_id: String,
+    pub key_json: String,
+}
+
+/// A device's keys for `/keys/query`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeysRow {
+    pub user_id: String,
+    pub device_id: String,
+    pub key_json: String,
+    pub display_name: Option<String>,
+}
+
+/// A signature by a user's user-signing key on another user's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossSignatureRow {
+    pub signer_user_id: String,
+    pub signer_key_id: String,
+    pub target_user_id: String,
+    pub target_key_id: String,
+    pub signature: String,
+}
+
+/// A membership change a device-list computation looks at (see
+/// [`Store::device_list_membership_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    pub user_id: String,
+    pub membership: String,
+}
+
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Runs a `/keys/upload` in one transaction: the device keys as the service decides, the
+    /// one-time keys (an existing id must be the same key), the fallback keys (replacing the
+    /// device's key of the same algorithm unless it is the same key, which keeps its `used`
+    /// mark). On refusal nothing is written. Returns the device-list position when the device
+    /// keys changed.
+    pub async fn upload_keys(
+        &self,
+        upload: &KeysUpload<'_>,
+    ) -> Result<Result<Option<i64>, UploadRefused>, StoreError> {
+        let outcome = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let mut announced = None;
+            let mut refused = None;
+            if let Some(decide) = upload.device_keys {
+                let stored: Option<String> = sqlx::query_scalar(
+                    "SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2",
+                )
+                .bind(upload.user_id)
+                .bind(upload.device_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match decide(stored.as_deref()) {
+                    DeviceKeysDecision::Keep => {}
+                    DeviceKeysDecision::Refuse(why) => refused = Some(UploadRefused::DeviceKeys(why)),
+                    DeviceKeysDecision::Store(json) => {
+                        sqlx::query(
+                            "INSERT INTO e2e_device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
+                             ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+                        )
+                        .bind(upload.user_id)
+                        .bind(upload.device_id)
+                        .bind(&json)
+                        .execute(&mut *tx)
+                        .await?;
+                        announced = Some(announce_device_list_change!(tx, upload.user_id));
+                    }
+                }
+            }
+            if refused.is_none() && !upload.one_time_keys.is_empty() {
+                let mut added = 0i64;
+                for key in upload.one_time_keys {
+                    let stored: Option<String> = sqlx::query_scalar(
+                        "SELECT key_json FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3",
+                    )
+                    .bind(upload.user_id)
+                    .bind(upload.device_id)
+                    .bind(&key.key_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match stored {
+                        Some(stored) if (upload.same_key)(&stored, &key.key_json) => {}
+                        Some(_) => {
+                            refused = Some(UploadRefused::OneTimeKeyConflict(key.key_id.clone()));
+                            break;
+                        }
+                        None => {
+                            sqlx::query(
+                                "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
+                                 VALUES ($1, $2, $3, $4, $5)",
+                            )
+                            .bind(upload.user_id)
+                            .bind(upload.device_id)
+                            .bind(&key.algorithm)
+                            .bind(&key.key_id)
+                            .bind(&key.key_json)
+                            .execute(&mut *tx)
+                            .await?;
+                            added += 1;
+                        }
+                    }
+                }
+                if refused.is_none() && added > 0 {
+                    let held: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2",
+                    )
+                    .bind(upload.user_id)
+                    .bind(upload.device_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if held > upload.max_one_time_keys {
+                        refused = Some(UploadRefused::TooManyOneTimeKeys);
+                    }
+                }
+            }
+            if refused.is_none() {
+                for key in upload.fallback_keys {
+                    let stored: Option<(String, String)> = sqlx::query_as(
+                        "SELECT key_id, key_json FROM e2e_fallback_keys \
+                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+                    )
+                    .bind(upload.user_id)
+                    .bind(upload.device_id)
+                    .bind(&key.algorithm)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let same = stored.as_ref().is_some_and(|(id, json)| {
+                        *id == key.key_id && (upload.same_key)(json, &key.key_json)
+                    });
+                    if !same {
+                        sqlx::query(
+                            "INSERT INTO e2e_fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
+                             VALUES ($1, $2, $3, $4, $5, FALSE) \
+                             ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET \
+                             key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE",
+                        )
+                        .bind(upload.user_id)
+                        .bind(upload.device_id)
+                        .bind(&key.algorithm)
+                        .bind(&key.key_id)
+                        .bind(&key.key_json)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            match refused {
+                // Dropping the transaction rolls it back.
+                Some(refused) => Err(refused),
+                None => {
+                    tx.commit().await?;
+                    Ok(announced)
+                }
+            }
+        });
+        Ok(outcome)
+    }
+
+    /// The number of unclaimed one-time keys of a device, per algorithm, and the algorithms of
+    /// its unused fallback keys: one statement (every sync asks).
+    pub async fn one_time_key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<(Vec<(String, i64)>, Vec<String>), StoreError> {
+        let rows: Vec<(String, String, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT 'otk' AS kind, algorithm, COUNT(*) AS n FROM e2e_one_time_keys \
+                 WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm \
+                 UNION ALL SELECT 'fallback', algorithm, CAST(0 AS BIGINT) FROM e2e_fallback_keys \
+                 WHERE user_id = $1 AND device_id = $2 AND NOT used",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_all(pool)
+            .await?
+        });
+        let mut counts = Vec::new();
+        let mut fallbacks = Vec::new();
+        for (kind, algorithm, n) in rows {
+            if kind == "otk" {
+                counts.push((algorithm, n));
+            } else {
+                fallbacks.push(algorithm);
+            }
+        }
+        counts.sort();
+        fallbacks.sort();
+        Ok((counts, fallbacks))
+    }
+
+    /// Claims one key per `(user, device, algorithm)`, in one transaction: a one-time key,
+    /// deleted as it is handed out so that no two claims get the same one, or else the device's
+    /// fallback key of that algorithm, marked used. Devices with neither are left out.
+    pub async fn claim_keys(
+        &self,
+        wanted: &[(String, String, String)],
+    ) -> Result<Vec<ClaimedKey>, StoreError> {
+        // PostgreSQL: a concurrent claim skips the row another one holds instead of waiting for
+        // it and then finding it gone. SQLite runs one writer at a time.
+        let lock = match &self.backend {
+            Backend::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite(_) => "",
+        };
+        let claim_sql = format!(
+            "DELETE FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = \
+             (SELECT key_id FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+              ORDER BY key_id LIMIT 1{lock}) RETURNING key_id, key_json"
+        );
+        let claimed = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let mut out = Vec::new();
+            for (user_id, device_id, algorithm) in wanted {
+                let row: Option<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(claim_sql.clone()))
+                    .bind(user_id)
+                    .bind(device_id)
+                    .bind(algorithm)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let row = match row {
+                    Some(row) => Some(row),
+                    None => {
+                        sqlx::query_as(
+                            "UPDATE e2e_fallback_keys SET used = TRUE \
+                             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+                             RETURNING key_id, key_json",
+                        )
+                        .bind(user_id)
+                        .bind(device_id)
+                        .bind(algorithm)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    }
+                };
+                if let Some((key_id, key_json)) = row {
+                    out.push(ClaimedKey {
+                        user_id: user_id.clone(),
+                        device_id: device_id.clone(),
+                        key_id,
+                        key_json,
+                    });
+                }
+            }
+            tx.commit().await?;
+            out
+        });
+        Ok(claimed)
+    }
+
+    /// The device keys of every device of `user_ids` that uploaded some, with display names.
+    pub async fn device_keys_of(
+        &self,
+        user_ids: &[&str],
+    ) -> Result<Vec<DeviceKeysRow>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in user_ids.chunks(USERS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT k.user_id, k.device_id, k.key_json, d.display_name FROM e2e_device_keys k \
+                 JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id \
+                 WHERE k.user_id IN ({}) ORDER BY k.user_id, k.device_id",
+                placeholders(1, chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                for row in query.fetch_all(pool).await? {
+                    out.push(DeviceKeysRow {
+                        user_id: row.try_get(0)?,
+                        device_id: row.try_get(1)?,
+                        key_json: row.try_get(2)?,
+                        display_name: row.try_get(3)?,
+                    });
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Replaces the stored device keys of one device (signatures merged in by the service);
+    /// whether the device had keys. Announces the owner's device-list change.
+    pub async fn set_device_keys_json(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        key_json: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let n = sqlx::query("UPDATE e2e_device_keys SET key_json = $3 WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .bind(key_json)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                announce_device_list_change!(tx, user_id);
+                tx.commit().await?;
+            }
+            n > 0
+        });
+        Ok(updated)
+    }
+
+    /// The cross-signing keys of `user_ids`: `(user, key type, JSON)`.
+    pub async fn cross_signing_keys_of(
+        &self,
+        user_ids: &[&str],
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in user_ids.chunks(USERS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT user_id, key_type, key_json FROM e2e_cross_signing_keys WHERE user_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql.clone()));
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                out.extend(query.fetch_all(pool).await?);
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores cross-signing keys `(key type, JSON)` of a user in one transaction and announces
+    /// the change. Signatures other users made on an old master key stay stored but name its
+    /// key id, so they are no longer shown with the new one.
+    pub async fn set_cross_signing_keys(
+        &self,
+        user_id: &str,
+        keys: &[(&str, String)],
+    ) -> Result<i64, StoreError> {
+        let position = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            for (key_type, json) in keys {
+                sqlx::query(
+                    "INSERT INTO e2e_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+                )
+                .bind(user_id)
+                .bind(*key_type)
+                .bind(json)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let position = announce_device_list_change!(tx, user_id);
+            tx.commit().await?;
+            position
+        });
+        Ok(position)
+    }
+
+    /// Stores signatures one user's user-signing key made on other users' master keys, and
+    /// announces the signer's change (only the signer sees them).
+    pub async fn add_cross_signatures(
+        &self,
+        signatures: &[CrossSignatureRow],
+    ) -> Result<(), StoreError> {
+        let Some(first) = signatures.first() else {
+            return Ok(());
+        };
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            for sig in signatures {
+                sqlx::query(
+                    "INSERT INTO e2e_cross_signing_signatures \
+                     (signer_user_id, signer_key_id, target_user_id, target_key_id, signature) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (signer_user_id, target_user_id, target_key_id, signer_key_id) \
+                     DO UPDATE SET signature = excluded.signature",
+                )
+                .bind(&sig.signer_user_id)
+                .bind(&sig.signer_key_id)
+                .bind(&sig.target_user_id)
+                .bind(&sig.target_key_id)
+                .bind(&sig.signature)
+                .execute(&mut *tx)
+                .await?;
+            }
+            announce_device_list_change!(tx, first.signer_user_id.as_str());
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The signatures `signer` made on the keys of `target_users`.
+    pub async fn cross_signatures_by(
+        &self,
+        signer: &str,
+        target_users: &[&str],
+    ) -> Result<Vec<CrossSignatureRow>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in target_users.chunks(USERS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT signer_user_id, signer_key_id, target_user_id, target_key_id, signature \
+                 FROM e2e_cross_signing_signatures WHERE signer_user_id = $1 AND target_user_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(signer);
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                for row in query.fetch_all(pool).await? {
+                    out.push(CrossSignatureRow {
+                        signer_user_id: row.try_get(0)?,
+                        signer_key_id: row.try_get(1)?,
+                        target_user_id: row.try_get(2)?,
+                        target_key_id: row.try_get(3)?,
+                        signature: row.try_get(4)?,
+                    });
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records that a user's device list changed (a device was created without keys yet, or
+    /// renamed); returns the position.
+    pub async fn announce_device_list_change(&self, user_id: &str) -> Result<i64, StoreError> {
+        let position = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let position = announce_device_list_change!(tx, user_id);
+            tx.commit().await?;
+            position
+        });
+        Ok(position)
+    }
+
+    /// The users whose device lists changed after `from` up to and including `to`.
+    pub async fn device_list_changes(&self, from: i64, to: i64) -> Result<Vec<String>, StoreError> {
+        let users = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT user_id FROM device_list_changes \
+                 WHERE stream_position > $1 AND stream_position <= $2",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(users)
+    }
+
+    /// Membership changes after events position `since` that may change whose device lists
+    /// `user_id` tracks: in rooms `user_id` is joined to, the members whose membership changed
+    /// since; in rooms `user_id` joined or left since, every member. Their current membership.
+    pub async fn device_list_membership_changes(
+        &self,
+        user_id: &str,
+        since: i64,
+    ) -> Result<Vec<MembershipChange>, StoreError> {
+        let rows: Vec<(String, String)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT m.user_id, m.membership FROM room_memberships mine \
+                 JOIN room_memberships m ON m.room_nid = mine.room_nid \
+                 WHERE mine.user_id = $1 AND (mine.membership = 'join' OR mine.stream_ordering > $2) \
+                 AND (m.stream_ordering > $2 OR mine.stream_ordering > $2) AND m.user_id <> $1",
+            )
+            .bind(user_id)
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, membership)| MembershipChange {
+                user_id,
+                membership,
+            })
+            .collect())
+    }
+
+    /// Which of `users` share a joined room with `user_id` (a user always shares with
+    /// themselves).
+    pub async fn sharing_a_room(
+        &self,
+        user_id: &str,
+        users: &[&str],
+    ) -> Result<HashMap<String, bool>, StoreError> {
+        let mut out: HashMap<String, bool> =
+            users.iter().map(|u| ((*u).to_owned(), false)).collect();
+        out.insert(user_id.to_owned(), true);
+        for chunk in users.chunks(USERS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT DISTINCT m.user_id FROM room_memberships m \
+                 JOIN room_memberships mine ON mine.room_nid = m.room_nid \
+                 WHERE mine.user_id = $1 AND mine.membership = 'join' AND m.membership = 'join' \
+                 AND m.user_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone())).bind(user_id);
+                for user in chunk {
+                    query = query.bind(*user);
+                }
+                for user in query.fetch_all(pool).await? {
+                    out.insert(user, true);
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        NewSession, StoreOptions,
+        test_support::{TestDatabase, create_test_user, test_backends},
+    };
+
+    async fn device(store: &Store, localpart: &str, device_id: &str) -> String {
+        let user_id = create_test_user(store, localpart).await;
+        store
+            .create_session(&NewSession {
+                user_id: &user_id,
+                device_id,
+                display_name: Some("Phone"),
+                access_token_hash: localpart.as_bytes(),
+                expires_ts: None,
+                refresh_token_hash: None,
+                now: 0,
+            })
+            .await
+            .unwrap();
+        user_id
+    }
+
+    fn key(id: &str, json: &str) -> NewKey {
+        NewKey {
+            algorithm: id.split_once(':').unwrap().0.to_owned(),
+            key_id: id.to_owned(),
+            key_json: json.to_owned(),
+        }
+    }
+
+    fn same(a: &str, b: &str) -> bool {
+        a == b
+    }
+
+    #[tokio::test]
+    async fn uploads_all_or_nothing_claims_once_and_deletion_cascades() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let alice = device(&store, "alice", "DEV").await;
+            let start = store.stream_position("device_lists").await.unwrap();
+            let store_keys = |_: Option<&str>| DeviceKeysDecision::Store("{\"k\":1}".to_owned());
+            let otks = [key("alg:A", "\"a\""), key("alg:B", "\"b\"")];
+            let fallback = [key("alg:F", "\"f\"")];
+            let upload = KeysUpload {
+                user_id: &alice,
+                device_id: "DEV",
+                device_keys: Some(&store_keys),
+                one_time_keys: &otks,
+                fallback_keys: &fallback,
+                same_key: same,
+                max_one_time_keys: 10,
+            };
+            let announced = store.upload_keys(&upload).await.unwrap().unwrap();
+            assert_eq!(announced, Some(start + 1), "{kind:?}");
+
+            // A conflicting key: nothing of this upload is written, device keys included.
+            let refuse_nothing =
+                |_: Option<&str>| DeviceKeysDecision::Store("{\"k\":2}".to_owned());
+            let conflicting = [key("alg:C", "\"c\""), key("alg:A", "\"other\"")];
+            let refused = store
+                .upload_keys(&KeysUpload {
+                    device_keys: Some(&refuse_nothing),
+                    one_time_keys: &conflicting,
+                    fallback_keys: &[],
+                    ..upload
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                refused,
+                Err(UploadRefused::OneTimeKeyConflict("alg:A".to_owned()))
+            );
+            let (counts, fallbacks) = store.one_time_key_counts(&alice, "DEV").await.unwrap();
+            assert_eq!(counts, vec![("alg".to_owned(), 2)], "{kind:?}");
+            assert_eq!(fallbacks, vec!["alg".to_owned()]);
+            let keys = store.device_keys_of(&[&alice]).await.unwrap();
+            assert_eq!(keys[0].key_json, "{\"k\":1}", "{kind:?}");
+            assert_eq!(keys[0].display_name.as_deref(), Some("Phone"));
+            assert_eq!(
+                store.stream_position("device_lists").await.unwrap(),
+                start + 1,
+                "{kind:?}: a refused upload announces nothing"
+            );
+
+            // More keys than the device may hold: refused.
+            let many: Vec<NewKey> = (0..9).map(|i| key(&format!("alg:M{i}"), "\"m\"")).collect();
+            let refused = store
+                .upload_keys(&KeysUpload {
+                    device_keys: None,
+                    one_time_keys: &many,
+                    fallback_keys: &[],
+                    ..upload
+                })
+                .await
+                .unwrap();
+            assert_eq!(refused, Err(UploadRefused::TooManyOneTimeKeys));
+
+            // Each one-time key once, then the fallback key, marked used.
+            let wanted = vec![(alice.clone(), "DEV".to_owned(), "alg".to_owned())];
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.extend(store.claim_keys(&wanted).await.unwrap());
+            }
+            let ids: Vec<&str> = got.iter().map(|k| k.key_id.as_str()).collect();
+            assert_eq!(ids, ["alg:A", "alg:B", "alg:F", "alg:F"], "{kind:?}");
+            let (counts, fallbacks) = store.one_time_key_counts(&alice, "DEV").await.unwrap();
+            assert!(counts.is_empty() && fallbacks.is_empty(), "{kind:?}");
+            let other = vec![(alice.clone(), "DEV".to_owned(), "other".to_owned())];
+            assert!(store.claim_keys(&other).await.unwrap().is_empty());
+
+            // Deleting the device deletes its keys and announces the change.
+            store
+                .upload_keys(&KeysUpload {
+                    device_keys: None,
+                    one_time_keys: &[key("alg:Z", "\"z\"")],
+                    fallback_keys: &fallback,
+                    ..upload
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(store.delete_device(&alice, "DEV").await.unwrap());
+            let now = store.stream_position("device_lists").await.unwrap();
+            assert_eq!(now, start + 2, "{kind:?}");
+            assert_eq!(
+                store.device_list_changes(start + 1, now).await.unwrap(),
+                vec![alice.clone()]
+            );
+            assert!(store.device_keys_of(&[&alice]).await.unwrap().is_empty());
+            assert!(
+                store.claim_keys(&wanted).await.unwrap().is_empty(),
+                "{kind:?}"
+            );
+            store.close().await;
+        }
+    }
+}

@@ -108,8 +108,12 @@ pub struct WellKnownConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// The largest request body accepted, in bytes; larger ones get 413 `M_TOO_LARGE`.
+    /// The largest request body accepted on any route, in bytes (routes that take uploads, such
+    /// as media, are capped by this alone); larger ones get 413 `M_TOO_LARGE`.
     pub max_request_size: usize,
+    /// The largest body of every other route (JSON requests), in bytes: read before anything
+    /// else is known about a request, so kept small.
+    pub max_json_request_size: usize,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub shutdown_grace_period_secs: u64,
 }
@@ -118,6 +122,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_request_size: 50 * 1024 * 1024,
+            // Enough for a to-device send to a couple of thousand devices, the largest JSON
+            // body clients send in practice.
+            max_json_request_size: 1024 * 1024,
             shutdown_grace_period_secs: 30,
         }
     }
@@ -316,11 +323,19 @@ impl Config {
                 });
             }
         }
-        if self.http.max_request_size < 1024 {
-            return Err(ConfigProblem {
-                key: "http.max_request_size",
-                problem: "must be at least 1024 bytes".to_owned(),
-            });
+        for (key, size) in [
+            ("http.max_request_size", self.http.max_request_size),
+            (
+                "http.max_json_request_size",
+                self.http.max_json_request_size,
+            ),
+        ] {
+            if size < 1024 {
+                return Err(ConfigProblem {
+                    key,
+                    problem: "must be at least 1024 bytes".to_owned(),
+                });
+            }
         }
         Ok(())
     }

@@ -50,7 +50,7 @@ pub use error::StoreError;
 pub use pushers::PusherRow;
 pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
-    RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,
+    RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
 };
 pub use server_keys::StoredSigningKey;
 pub use state::StateMap;

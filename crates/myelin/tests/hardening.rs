@@ -1,0 +1,881 @@
+//! The client-server API read as an attacker would (issue 13), on both databases: membership
+//! changes through the state endpoint, redactions through the send endpoint, transaction ids
+//! scoped to their path, reads that must not tell non-members anything, extreme tokens, and the
+//! bounded sets (nonces, metrics labels). Each refusal is shown next to the same request that
+//! is allowed (the positive control), so a test cannot pass by refusing everything.
+
+use hmac::{Hmac, Mac};
+use myelin_testkit::{SHARED_SECRET, TestServer, TestUser, enc, test_backends};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn errcode(reply: &(StatusCode, Value)) -> (StatusCode, Option<&str>) {
+    (reply.0, reply.1["errcode"].as_str())
+}
+
+async fn put_state(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    kind: &str,
+    key: &str,
+    content: Value,
+) -> (StatusCode, Value) {
+    server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(key)
+            ),
+            &user.access_token,
+            content,
+        )
+        .await
+}
+
+async fn get_state(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    kind: &str,
+    key: &str,
+) -> (StatusCode, Value) {
+    server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(key)
+            ),
+            &user.access_token,
+        )
+        .await
+}
+
+async fn send(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    kind: &str,
+    txn: &str,
+    content: Value,
+) -> (StatusCode, Value) {
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/{kind}/{txn}", enc(room)),
+            &user.access_token,
+            content,
+        )
+        .await
+}
+
+async fn text(server: &TestServer, user: &TestUser, room: &str, txn: &str) -> String {
+    let reply = send(
+        server,
+        user,
+        room,
+        "m.room.message",
+        txn,
+        json!({"msgtype": "m.text", "body": txn}),
+    )
+    .await;
+    assert_eq!(reply.0, 200, "{}", reply.1);
+    reply.1["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn redact(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    event: &str,
+    txn: &str,
+) -> (StatusCode, Value) {
+    server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/{txn}",
+                enc(room),
+                enc(event)
+            ),
+            &user.access_token,
+            json!({}),
+        )
+        .await
+}
+
+async fn get_event(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    event: &str,
+) -> (StatusCode, Value) {
+    server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(room),
+                enc(event)
+            ),
+            &user.access_token,
+        )
+        .await
+}
+
+async fn membership(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    action: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/{action}", enc(room)),
+            &user.access_token,
+            body,
+        )
+        .await
+}
+
+/// The events of a room's timeline as `user` pages it (newest first).
+async fn timeline(server: &TestServer, user: &TestUser, room: &str) -> Vec<Value> {
+    let (status, page) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+                enc(room)
+            ),
+            &user.access_token,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["chunk"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn every_membership_endpoint_takes_the_same_rules() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let admin = server.register("admin").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let space = server
+            .create_room(&admin, json!({"preset": "public_chat"}))
+            .await;
+        let restricted = server
+            .create_room(
+                &admin,
+                json!({"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                   "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+            )
+            .await;
+
+        // Bob is in no allowed room: naming an authoriser himself does not get him in.
+        let reply = put_state(
+            &server,
+            &bob,
+            &restricted,
+            "m.room.member",
+            &bob.user_id,
+            json!({"membership": "join", "join_authorised_via_users_server": admin.user_id}),
+        )
+        .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{kind:?}: {}",
+            reply.1
+        );
+        let reply = get_state(&server, &admin, &restricted, "m.room.member", &bob.user_id).await;
+        assert_eq!(
+            reply.0, 404,
+            "{kind:?}: bob has no member event: {}",
+            reply.1
+        );
+        // Nor through /join.
+        let reply = membership(&server, &bob, &restricted, "join", json!({})).await;
+        assert_eq!(reply.0, 403, "{}", reply.1);
+
+        // Positive control: carol is in the space; the state endpoint lets her in, with the
+        // authoriser this server chose (her own choice of one is ignored).
+        assert_eq!(
+            membership(&server, &carol, &space, "join", json!({}))
+                .await
+                .0,
+            200
+        );
+        let reply = put_state(
+            &server,
+            &carol,
+            &restricted,
+            "m.room.member",
+            &carol.user_id,
+            json!({"membership": "join", "join_authorised_via_users_server": "@nobody:localhost"}),
+        )
+        .await;
+        assert_eq!(reply.0, 200, "{kind:?}: {}", reply.1);
+        let (_, member) = get_state(
+            &server,
+            &admin,
+            &restricted,
+            "m.room.member",
+            &carol.user_id,
+        )
+        .await;
+        assert_eq!(member["membership"], "join");
+        assert_eq!(
+            member["join_authorised_via_users_server"], admin.user_id,
+            "{member}"
+        );
+
+        // The other resident checks hold on the state endpoint too: no invites to servers we
+        // cannot reach, no kicking someone who is not in the room.
+        let reply = put_state(
+            &server,
+            &admin,
+            &space,
+            "m.room.member",
+            "@someone:elsewhere.example",
+            json!({"membership": "invite"}),
+        )
+        .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN"))
+        );
+        let reply = put_state(
+            &server,
+            &admin,
+            &space,
+            "m.room.member",
+            &bob.user_id,
+            json!({"membership": "leave"}),
+        )
+        .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN"))
+        );
+        // A member state key that is no user id, and a redaction as state, are bad requests.
+        let reply = put_state(
+            &server,
+            &admin,
+            &space,
+            "m.room.member",
+            "not-a-user",
+            json!({"membership": "invite"}),
+        )
+        .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::BAD_REQUEST, Some("M_BAD_JSON"))
+        );
+        // Positive control: the same invite and kick of a real local member work.
+        let reply = put_state(
+            &server,
+            &admin,
+            &space,
+            "m.room.member",
+            &bob.user_id,
+            json!({"membership": "invite"}),
+        )
+        .await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+        let reply = put_state(
+            &server,
+            &admin,
+            &space,
+            "m.room.member",
+            &bob.user_id,
+            json!({"membership": "leave"}),
+        )
+        .await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redactions_through_send_pass_the_redact_checks() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        let other = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        for r in [&room, &other] {
+            assert_eq!(membership(&server, &bob, r, "join", json!({})).await.0, 200);
+        }
+        let alices = text(&server, &alice, &room, "a1").await;
+
+        // Bob has no redact power: alice's message is not his to redact, however sent.
+        let reply = send(
+            &server,
+            &bob,
+            &room,
+            "m.room.redaction",
+            "r1",
+            json!({"redacts": alices}),
+        )
+        .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{kind:?}: {}",
+            reply.1
+        );
+        let (_, event) = get_event(&server, &alice, &room, &alices).await;
+        assert_eq!(event["content"]["body"], "a1", "{kind:?}: {event}");
+        // Nothing any client would apply reached the timeline.
+        assert!(
+            !timeline(&server, &alice, &room)
+                .await
+                .iter()
+                .any(|e| e["type"] == "m.room.redaction"),
+            "{kind:?}: a refused redaction is not in the timeline"
+        );
+        // A target in another room is not this room's to redact, even for its sender.
+        let bobs_elsewhere = text(&server, &bob, &other, "b0").await;
+        let reply = send(
+            &server,
+            &bob,
+            &room,
+            "m.room.redaction",
+            "r2",
+            json!({"redacts": bobs_elsewhere}),
+        )
+        .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
+        // No target at all.
+        let reply = send(&server, &bob, &room, "m.room.redaction", "r3", json!({})).await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::BAD_REQUEST, Some("M_BAD_JSON"))
+        );
+
+        // Positive control: bob's own message, and alice (who has the power) on anyone's; both
+        // through the send endpoint, and the stored events are redacted with them.
+        let bobs = text(&server, &bob, &room, "b1").await;
+        let reply = send(
+            &server,
+            &bob,
+            &room,
+            "m.room.redaction",
+            "r4",
+            json!({"redacts": bobs}),
+        )
+        .await;
+        assert_eq!(reply.0, 200, "{kind:?}: {}", reply.1);
+        let (_, event) = get_event(&server, &alice, &room, &bobs).await;
+        assert_eq!(event["content"], json!({}), "{kind:?}: {event}");
+        assert_eq!(
+            event["unsigned"]["redacted_because"]["event_id"],
+            reply.1["event_id"]
+        );
+        let reply = send(
+            &server,
+            &alice,
+            &room,
+            "m.room.redaction",
+            "r5",
+            json!({"redacts": bobs_elsewhere}),
+        )
+        .await;
+        assert_eq!(reply.0, 404, "the target must be in the room: {}", reply.1);
+        let reply = send(
+            &server,
+            &alice,
+            &other,
+            "m.room.redaction",
+            "r5",
+            json!({"redacts": bobs_elsewhere}),
+        )
+        .await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+        let (_, event) = get_event(&server, &bob, &other, &bobs_elsewhere).await;
+        assert_eq!(event["content"], json!({}), "{event}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn transaction_ids_are_scoped_to_the_request_path() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let one = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        let two = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        for r in [&one, &two] {
+            assert_eq!(membership(&server, &bob, r, "join", json!({})).await.0, 200);
+        }
+
+        // The same txn id in another room, or for another event type, is a new request.
+        let first = text(&server, &alice, &one, "t").await;
+        let again = text(&server, &alice, &one, "t").await;
+        assert_eq!(
+            first, again,
+            "{kind:?}: a retransmission gets the same answer"
+        );
+        let elsewhere = text(&server, &alice, &two, "t").await;
+        assert_ne!(
+            first, elsewhere,
+            "{kind:?}: another room is another request"
+        );
+        assert!(
+            timeline(&server, &alice, &two)
+                .await
+                .iter()
+                .any(|e| e["event_id"] == elsewhere),
+            "{kind:?}: and it was sent"
+        );
+        let reply = send(
+            &server,
+            &alice,
+            &one,
+            "org.example.other",
+            "t",
+            json!({"x": 1}),
+        )
+        .await;
+        assert_eq!(reply.0, 200);
+        assert_ne!(
+            reply.1["event_id"], first,
+            "another event type is another request"
+        );
+
+        // `/redact` with a txn id bob used for a message elsewhere: a new request, checked and
+        // sent as one (it used to answer with the message's id and redact without a
+        // redaction event).
+        let message_elsewhere = text(&server, &bob, &two, "x").await;
+        let bobs = text(&server, &bob, &one, "b").await;
+        let reply = redact(&server, &bob, &one, &bobs, "x").await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+        let redaction = reply.1["event_id"].as_str().unwrap().to_owned();
+        assert_ne!(redaction, message_elsewhere, "{kind:?}");
+        let (_, event) = get_event(&server, &bob, &one, &redaction).await;
+        assert_eq!(event["type"], "m.room.redaction", "{event}");
+        let (_, event) = get_event(&server, &bob, &one, &bobs).await;
+        assert_eq!(event["unsigned"]["redacted_because"]["event_id"], redaction);
+        // The same /redact again is a retransmission.
+        assert_eq!(
+            redact(&server, &bob, &one, &bobs, "x").await.1["event_id"],
+            redaction
+        );
+        // And with the txn id of that redaction, bob may not redact alice's message.
+        let reply = redact(&server, &bob, &one, &first, "x").await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN"))
+        );
+
+        // `/redact` needs the redacter in the room: bob leaves and cannot redact his own.
+        let later = text(&server, &bob, &one, "c").await;
+        assert_eq!(
+            membership(&server, &bob, &one, "leave", json!({})).await.0,
+            200
+        );
+        let reply = redact(&server, &bob, &one, &later, "y").await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{}",
+            reply.1
+        );
+        let (_, event) = get_event(&server, &alice, &one, &later).await;
+        assert_eq!(event["content"]["body"], "c");
+
+        // To-device sends are scoped by their event type (`/sendToDevice/{type}/{txn}`).
+        let message =
+            json!({"messages": {alice.user_id.clone(): {alice.device_id.clone(): {"n": 1}}}});
+        for kind in ["org.example.a", "org.example.b", "org.example.a"] {
+            let reply = server
+                .put(
+                    &format!("/_matrix/client/v3/sendToDevice/{kind}/same"),
+                    &bob.access_token,
+                    message.clone(),
+                )
+                .await;
+            assert_eq!(reply.0, 200);
+        }
+        let (_, sync) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let mut types: Vec<&str> = sync["to_device"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["type"].as_str())
+            .collect();
+        types.sort();
+        assert_eq!(types, ["org.example.a", "org.example.b"], "{kind:?}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reads_tell_non_members_nothing() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let dave = server.register("dave").await;
+        let eve = server.register("eve").await;
+        let room = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        put_state(
+            &server,
+            &alice,
+            &room,
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
+        let secret = text(&server, &alice, &room, "before-bob").await;
+        let (_, sync) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let before_bob = sync["next_batch"].as_str().unwrap().to_owned();
+        assert_eq!(
+            membership(&server, &bob, &room, "join", json!({})).await.0,
+            200
+        );
+        let members_at = |token: &str| {
+            format!(
+                "/_matrix/client/v3/rooms/{}/members?at={}",
+                enc(&room),
+                enc(token)
+            )
+        };
+        // /members?at= before bob joined a room with `joined` visibility: not his to see.
+        let reply = server
+            .get(&members_at(&before_bob), &bob.access_token)
+            .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{kind:?}: {}",
+            reply.1
+        );
+        // Positive control: alice was there; bob at now.
+        let reply = server
+            .get(&members_at(&before_bob), &alice.access_token)
+            .await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+        // The start of a backward page from now is a token after bob's join.
+        let (_, page) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)),
+                &bob.access_token,
+            )
+            .await;
+        let now = page["start"].as_str().unwrap().to_owned();
+        let reply = server.get(&members_at(&now), &bob.access_token).await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+
+        // A room bob left is readable as of his departure, until he forgets it.
+        assert_eq!(
+            membership(&server, &bob, &room, "leave", json!({})).await.0,
+            200
+        );
+        let state_path = format!("/_matrix/client/v3/rooms/{}/state", enc(&room));
+        assert_eq!(server.get(&state_path, &bob.access_token).await.0, 200);
+        let mine = format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room));
+        assert_eq!(server.get(&mine, &bob.access_token).await.0, 200);
+        assert_eq!(
+            membership(&server, &bob, &room, "forget", json!({}))
+                .await
+                .0,
+            200
+        );
+        let reply = server.get(&state_path, &bob.access_token).await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{kind:?}"
+        );
+        let reply = server.get(&mine, &bob.access_token).await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{kind:?}"
+        );
+        let reply = server.get(&members_at(&now), &bob.access_token).await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{kind:?}"
+        );
+
+        // Banned without ever joining: no state. Positive control: dave joined first.
+        for user in [&carol, &dave] {
+            if user.user_id == dave.user_id {
+                assert_eq!(
+                    membership(&server, user, &room, "join", json!({})).await.0,
+                    200
+                );
+            }
+            let reply = membership(
+                &server,
+                &alice,
+                &room,
+                "ban",
+                json!({"user_id": user.user_id}),
+            )
+            .await;
+            assert_eq!(reply.0, 200, "{}", reply.1);
+        }
+        let reply = server.get(&state_path, &carol.access_token).await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{kind:?}: {}",
+            reply.1
+        );
+        let reply = get_state(&server, &carol, &room, "m.room.history_visibility", "").await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN"))
+        );
+        assert_eq!(server.get(&state_path, &dave.access_token).await.0, 200);
+
+        // Non-members hear the same whether the room or event exists or not.
+        let unknown_room = "!doesnotexist:localhost";
+        let unknown_event = "$doesnotexist";
+        for path in [
+            format!("/_matrix/client/v3/rooms/{}/state", enc(&room)),
+            format!("/_matrix/client/v3/rooms/{}/state", enc(unknown_room)),
+            format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                enc(unknown_room)
+            ),
+            format!("/_matrix/client/v3/rooms/{}/members", enc(unknown_room)),
+        ] {
+            let reply = server.get(&path, &eve.access_token).await;
+            assert_eq!(
+                errcode(&reply),
+                (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+                "{kind:?}: {path}: {}",
+                reply.1
+            );
+        }
+        for (r, e) in [
+            (room.as_str(), secret.as_str()),
+            (room.as_str(), unknown_event),
+            (unknown_room, unknown_event),
+        ] {
+            let reply = get_event(&server, &eve, r, e).await;
+            assert_eq!(
+                reply,
+                (
+                    StatusCode::NOT_FOUND,
+                    json!({"errcode": "M_NOT_FOUND", "error": "Event not found"})
+                ),
+                "{kind:?}: {r} {e}"
+            );
+            let reply = redact(&server, &eve, r, e, "z").await;
+            assert_eq!(
+                reply,
+                (
+                    StatusCode::FORBIDDEN,
+                    json!({"errcode": "M_FORBIDDEN", "error": "You are not in this room"})
+                ),
+                "{kind:?}: {r} {e}"
+            );
+        }
+        // Positive control: alice sees the event.
+        assert_eq!(get_event(&server, &alice, &room, &secret).await.0, 200);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn extreme_and_garbage_tokens_are_invalid_params() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = server.create_room(&alice, json!({})).await;
+        text(&server, &alice, &room, "m").await;
+        let messages =
+            |query: &str| format!("/_matrix/client/v3/rooms/{}/messages?{query}", enc(&room));
+        let bad = [
+            "s9223372036854775807",
+            "s9223372036854775808",
+            "s99999999999999999999999",
+            "s-1",
+            "s+5",
+            "s",
+            "x5",
+            "s1e3",
+            "s9007199254740992",
+        ];
+        for token in bad {
+            let token = enc(token);
+            for path in [
+                messages(&format!("dir=f&from=s0&to={token}")),
+                messages(&format!("dir=b&from={token}")),
+                messages(&format!("dir=f&from={token}")),
+                format!("/_matrix/client/v3/rooms/{}/members?at={token}", enc(&room)),
+                format!("/_matrix/client/v3/notifications?from={token}"),
+                // As the first and as the last part of a sync token.
+                format!("/_matrix/client/v3/sync?since={token}_0_0_0_0_0"),
+                format!(
+                    "/_matrix/client/v3/sync?since=s0_0_0_0_0_{}",
+                    token.strip_prefix('s').unwrap_or(&token)
+                ),
+            ] {
+                let reply = server.get(&path, &alice.access_token).await;
+                assert_eq!(
+                    errcode(&reply),
+                    (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")),
+                    "{kind:?}: {path}: {}",
+                    reply.1
+                );
+            }
+        }
+        // A long chain of parts is refused without being split up.
+        let long = format!("s{}", "0_".repeat(10_000));
+        let reply = server
+            .get(
+                &format!("/_matrix/client/v3/sync?since={}", enc(&long)),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM"))
+        );
+        // Positive control: the largest allowed position and real tokens page.
+        for path in [
+            messages("dir=f&from=s0&to=s9007199254740991"),
+            messages("dir=b&from=s9007199254740991"),
+            messages("dir=b"),
+        ] {
+            let reply = server.get(&path, &alice.access_token).await;
+            assert_eq!(reply.0, 200, "{kind:?}: {path}: {}", reply.1);
+            assert!(!reply.1["chunk"].as_array().unwrap().is_empty(), "{path}");
+        }
+        server.stop().await;
+    }
+}
+
+fn shared_secret_mac(nonce: &str, user: &str, password: &str) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{nonce}\0{user}\0{password}\0notadmin").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn nonces_tokens_and_metrics_labels_are_bounded_sets() {
+    for kind in test_backends() {
+        let server = TestServer::start_with(kind, |config| {
+            config.registration.tokens = vec!["letmein-0123".to_owned()];
+        })
+        .await;
+        let nonce = || async {
+            let (status, body) = server
+                .call(
+                    reqwest::Method::GET,
+                    "/_synapse/admin/v1/register",
+                    None,
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200);
+            body["nonce"].as_str().unwrap().to_owned()
+        };
+        let register = |nonce: String, user: &'static str| {
+            let server = &server;
+            async move {
+                server
+                    .call(
+                        reqwest::Method::POST,
+                        "/_synapse/admin/v1/register",
+                        None,
+                        Some(json!({"nonce": nonce, "username": user, "password": "pw",
+                            "mac": shared_secret_mac(&nonce, user, "pw")})),
+                    )
+                    .await
+            }
+        };
+        // The oldest of more live nonces than the bound is dropped: it no longer registers,
+        // while the newest does.
+        let oldest = nonce().await;
+        let mut newest = String::new();
+        for _ in 0..myelin_service::accounts::MAX_LIVE_NONCES {
+            newest = nonce().await;
+        }
+        let reply = register(oldest, "ann").await;
+        assert_eq!(
+            errcode(&reply),
+            (StatusCode::BAD_REQUEST, Some("M_UNKNOWN")),
+            "{kind:?}: {}",
+            reply.1
+        );
+        let reply = register(newest, "ben").await;
+        assert_eq!(reply.0, 200, "{kind:?}: {}", reply.1);
+
+        // Registration tokens: only the exact token is valid (prefixes, extensions and case
+        // changes are not).
+        for (token, valid) in [
+            ("letmein-0123", true),
+            ("letmein-012", false),
+            ("letmein-01234", false),
+            ("LETMEIN-0123", false),
+            ("", false),
+        ] {
+            let reply = server
+                .call(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/_matrix/client/v1/register/m.login.registration_token/validity?token={}",
+                        enc(token)
+                    ),
+                    None,
+                    None,
+                )
+                .await;
+            assert_eq!(reply.1["valid"], valid, "{token:?}: {}", reply.1);
+        }
+
+        // Metrics: a made-up method does not become a label.
+        let response = server
+            .http
+            .request(
+                reqwest::Method::from_bytes(b"FROBNICATE").unwrap(),
+                server.client_url("/_matrix/client/versions"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error(), "{}", response.status());
+        let metrics = server
+            .http
+            .get(server.client_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!metrics.contains("FROBNICATE"), "{metrics}");
+        assert!(metrics.contains(r#"method="other""#), "{metrics}");
+        assert!(metrics.contains(r#"method="GET""#), "{metrics}");
+        server.stop().await;
+    }
+}

@@ -879,3 +879,264 @@ async fn nonces_tokens_and_metrics_labels_are_bounded_sets() {
         server.stop().await;
     }
 }
+
+/// `Ok` if the reply is 413 `M_TOO_LARGE`, else what it was.
+fn too_large(reply: &(StatusCode, Value)) -> bool {
+    errcode(reply) == (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE"))
+}
+
+#[tokio::test]
+async fn bodies_and_user_controlled_collections_are_capped() {
+    use myelin_service::limits;
+    for kind in test_backends() {
+        let server = TestServer::start_with(kind, |config| {
+            config.http.max_json_request_size = 4096;
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let room = server.create_room(&alice, json!({})).await;
+
+        // The JSON body cap is the route's: a 5 KiB message is refused before it is parsed
+        // (it is well under the event size limit); 3 KiB is sent.
+        for (size, ok) in [(5_000, false), (3_000, true)] {
+            let reply = send(
+                &server,
+                &alice,
+                &room,
+                "m.room.message",
+                &format!("big{size}"),
+                json!({"msgtype": "m.text", "body": "x".repeat(size)}),
+            )
+            .await;
+            assert_eq!(!too_large(&reply), ok, "{kind:?} {size}: {}", reply.1);
+            assert_eq!(reply.0 == 200, ok);
+        }
+
+        // An unknown access token is refused from the head: the server does not wait for a
+        // body it would not read (a 10 MB body that never comes).
+        let (client_addr, _) = server.addrs();
+        let mut stream = tokio::net::TcpStream::connect(client_addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(
+                format!(
+                    "PUT /_matrix/client/v3/rooms/{}/send/m.room.message/t HTTP/1.1\r\nHost: x\r\n\
+                     Authorization: Bearer not-a-token\r\nContent-Type: application/json\r\n\
+                     Content-Length: 10000000\r\n\r\n{{",
+                    enc(&room)
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 12];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_exact(&mut head),
+        )
+        .await
+        .expect("answered without the body")
+        .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 401", "{kind:?}");
+        drop(stream);
+
+        // Presence status messages.
+        let presence = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+        let reply = server
+            .put(
+                &presence,
+                &alice.access_token,
+                json!({"presence": "online", "status_msg": "x".repeat(limits::MAX_STATUS_MSG_BYTES + 1)}),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        let reply = server
+            .put(
+                &presence,
+                &alice.access_token,
+                json!({"presence": "online", "status_msg": "x".repeat(limits::MAX_STATUS_MSG_BYTES)}),
+            )
+            .await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+        server.stop().await;
+
+        // The rest with the default body cap (1 MiB), which lets each collection reach its own.
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+
+        // To-device: one content too large; too many messages in one request (a user's
+        // every device, `*`, counts as each of them).
+        let to_device = |content: Value| json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): content}}});
+        let reply = server
+            .put(
+                "/_matrix/client/v3/sendToDevice/org.example/t1",
+                &alice.access_token,
+                to_device(json!({"x": "y".repeat(limits::MAX_TO_DEVICE_CONTENT_BYTES)})),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        let mut many = serde_json::Map::new();
+        for i in 0..=limits::MAX_TO_DEVICE_MESSAGES {
+            many.insert(format!("D{i}"), json!({}));
+        }
+        let reply = server
+            .put(
+                "/_matrix/client/v3/sendToDevice/org.example/t2",
+                &alice.access_token,
+                json!({"messages": {bob.user_id.clone(): many}}),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        let (_, sync) = server
+            .get("/_matrix/client/v3/sync", &bob.access_token)
+            .await;
+        assert!(
+            sync["to_device"]["events"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "{kind:?}: nothing was queued: {sync}"
+        );
+        let reply = server
+            .put(
+                "/_matrix/client/v3/sendToDevice/org.example/t3",
+                &alice.access_token,
+                to_device(json!({"x": "y"})),
+            )
+            .await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+
+        // Account data and filters.
+        let data = format!(
+            "/_matrix/client/v3/user/{}/account_data/org.example.big",
+            enc(&alice.user_id)
+        );
+        let reply = server
+            .put(
+                &data,
+                &alice.access_token,
+                json!({"x": "y".repeat(limits::MAX_ACCOUNT_DATA_BYTES)}),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        let (status, stored) = server.get(&data, &alice.access_token).await;
+        assert_eq!(status, 404, "nothing stored: {stored}");
+        let reply = server
+            .put(&data, &alice.access_token, json!({"x": "y"}))
+            .await;
+        assert_eq!(reply.0, 200);
+        let filter = format!("/_matrix/client/v3/user/{}/filter", enc(&alice.user_id));
+        let types: Vec<String> = (0..limits::MAX_FILTER_BYTES / 10)
+            .map(|i| format!("t{i:09}"))
+            .collect();
+        let reply = server
+            .post(
+                &filter,
+                &alice.access_token,
+                json!({"room": {"timeline": {"not_types": types}}}),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        let reply = server
+            .post(
+                &filter,
+                &alice.access_token,
+                json!({"room": {"timeline": {"not_types": ["m.room.member"]}}}),
+            )
+            .await;
+        assert_eq!(reply.0, 200);
+
+        // createRoom: too many initial_state events or invites, and no room is left behind.
+        let state: Vec<Value> = (0..=limits::MAX_INITIAL_STATE)
+            .map(|i| json!({"type": "org.example.s", "state_key": i.to_string(), "content": {}}))
+            .collect();
+        let invites: Vec<String> = (0..=limits::MAX_CREATE_ROOM_INVITES)
+            .map(|i| format!("@u{i}:localhost"))
+            .collect();
+        for body in [json!({"initial_state": state}), json!({"invite": invites})] {
+            let reply = server
+                .post("/_matrix/client/v3/createRoom", &alice.access_token, body)
+                .await;
+            assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        }
+        let (_, joined) = server
+            .get("/_matrix/client/v3/joined_rooms", &alice.access_token)
+            .await;
+        assert_eq!(joined["joined_rooms"], json!([]), "{kind:?}");
+        server
+            .create_room(&alice, json!({"initial_state": [{"type": "org.example.s", "state_key": "", "content": {}}]}))
+            .await;
+
+        // Push rules: one too large; a user's count capped.
+        let rule = |id: &str| format!("/_matrix/client/v3/pushrules/global/content/{id}");
+        let reply = server
+            .put(
+                &rule("huge"),
+                &alice.access_token,
+                json!({"pattern": "p".repeat(limits::MAX_PUSH_RULE_BYTES), "actions": ["notify"]}),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        for i in 0..limits::MAX_USER_PUSH_RULES {
+            let reply = server
+                .put(
+                    &rule(&format!("r{i}")),
+                    &alice.access_token,
+                    json!({"pattern": format!("word{i}"), "actions": ["notify"]}),
+                )
+                .await;
+            assert_eq!(reply.0, 200, "{kind:?} rule {i}: {}", reply.1);
+        }
+        let reply = server
+            .put(
+                &rule("one-more"),
+                &alice.access_token,
+                json!({"pattern": "more", "actions": ["notify"]}),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        // Replacing one of them is no new rule.
+        let reply = server
+            .put(
+                &rule("r0"),
+                &alice.access_token,
+                json!({"pattern": "again", "actions": ["notify"]}),
+            )
+            .await;
+        assert_eq!(reply.0, 200, "{}", reply.1);
+
+        // Pushers per user.
+        let pusher = |key: &str| {
+            json!({"kind": "http", "app_id": "org.example.app", "pushkey": key,
+                "app_display_name": "Example", "device_display_name": "Phone", "lang": "en",
+                "data": {"url": "https://push.example.org/_matrix/push/v1/notify"}})
+        };
+        for i in 0..limits::MAX_PUSHERS_PER_USER {
+            let reply = server
+                .post(
+                    "/_matrix/client/v3/pushers/set",
+                    &alice.access_token,
+                    pusher(&format!("k{i}")),
+                )
+                .await;
+            assert_eq!(reply.0, 200, "{kind:?} pusher {i}: {}", reply.1);
+        }
+        let reply = server
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                &alice.access_token,
+                pusher("one-more"),
+            )
+            .await;
+        assert!(too_large(&reply), "{kind:?}: {}", reply.1);
+        let reply = server
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                &alice.access_token,
+                pusher("k0"),
+            )
+            .await;
+        assert_eq!(reply.0, 200, "replacing a pusher: {}", reply.1);
+        server.stop().await;
+    }
+}

@@ -246,6 +246,11 @@ impl Ephemeral {
                     ));
                 }
                 let text = content.to_string();
+                crate::limits::at_most(
+                    "A to-device message's content (bytes)",
+                    text.len(),
+                    crate::limits::MAX_TO_DEVICE_CONTENT_BYTES,
+                )?;
                 if device_id == "*" {
                     for device in self.store.devices(target.as_str()).await? {
                         queued.push((target.to_string(), device.device_id, text.clone()));
@@ -253,6 +258,11 @@ impl Ephemeral {
                 } else {
                     queued.push((target.to_string(), device_id.clone(), text));
                 }
+                crate::limits::at_most(
+                    "The number of to-device messages in one request",
+                    queued.len(),
+                    crate::limits::MAX_TO_DEVICE_MESSAGES,
+                )?;
             }
         }
         self.store
@@ -346,6 +356,11 @@ impl Ephemeral {
                 "Unknown presence state {state}"
             )));
         }
+        crate::limits::at_most(
+            "status_msg (bytes)",
+            status_msg.map_or(0, str::len),
+            crate::limits::MAX_STATUS_MSG_BYTES,
+        )?;
         self.store
             .set_presence(target.as_str(), state, status_msg, now_millis())
             .await?;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod directory;
 pub mod ephemeral;
 mod error;
+pub mod limits;
 pub mod notifier;
 pub mod passwords;
 pub mod profiles;

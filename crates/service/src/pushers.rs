@@ -121,6 +121,19 @@ impl Pushers {
             device_id: device_id.map(str::to_owned),
             created_ts: now,
         };
+        // Each pusher is a gateway every notifying event is posted to: a user's count is capped
+        // (a replaced pusher does not add one).
+        let existing = self.store.pushers(user_id).await?;
+        let replaces = existing
+            .iter()
+            .any(|p| p.app_id == row.app_id && p.pushkey == row.pushkey);
+        if !replaces {
+            crate::limits::at_most(
+                "The number of your pushers",
+                existing.len() + 1,
+                crate::limits::MAX_PUSHERS_PER_USER,
+            )?;
+        }
         self.store.set_pusher(&row, append).await?;
         Ok(())
     }

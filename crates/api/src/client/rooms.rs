@@ -75,6 +75,12 @@ async fn create(
     state: AppState,
     request: Ruma<create_room::v3::Request>,
 ) -> Result<create_room::v3::Response, MatrixError> {
+    // Not marked rate-limited in the spec, but each room is a run of writes and a row in
+    // every member's sync: limited like sends (Synapse limits it too).
+    state
+        .services
+        .rate_limiter
+        .check(RateKey::User(request.identity.user_id.to_string()))?;
     let body = request.body;
     if !body.invite_3pid.is_empty() {
         return Err(

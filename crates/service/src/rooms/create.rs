@@ -57,6 +57,16 @@ impl Rooms {
                 Stability::Unstable
             )));
         }
+        crate::limits::at_most(
+            "The number of initial_state events",
+            request.initial_state.len(),
+            crate::limits::MAX_INITIAL_STATE,
+        )?;
+        crate::limits::at_most(
+            "The number of invites",
+            request.invite.len(),
+            crate::limits::MAX_CREATE_ROOM_INVITES,
+        )?;
         for invitee in &request.invite {
             if !self.is_local(invitee) {
                 return Err(Error::Forbidden(format!(

@@ -233,7 +233,8 @@ where
 }
 
 /// The rate limit of endpoints the spec marks rate-limited: per user once logged in, else per
-/// client address (unknown behind nothing but a test harness, which then shares one bucket).
+/// client address (behind a trusted proxy, the one it forwarded for; unknown behind nothing
+/// but a test harness, which then shares one bucket).
 fn check_rate<R>(
     state: &AppState,
     request: &http::Request<&[u8]>,
@@ -246,12 +247,7 @@ where
     if R::RATE_LIMITED {
         let key = match R::Authentication::user(identity) {
             Some(user) => RateKey::User(user.user_id.to_string()),
-            None => RateKey::Address(
-                request
-                    .extensions()
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |info| info.0.ip()),
-            ),
+            None => RateKey::Address(state.client_address(request)),
         };
         state.services.rate_limiter.check(key)?;
     }

@@ -1140,3 +1140,83 @@ async fn bodies_and_user_controlled_collections_are_capped() {
         server.stop().await;
     }
 }
+
+/// Anonymous logins from the addresses a proxy forwarded for: the status of each attempt (403
+/// for a wrong password, 429 once the address's bucket is empty).
+async fn logins_from(server: &TestServer, addresses: &[&str]) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for address in addresses {
+        let response = server
+            .http
+            .post(server.client_url("/_matrix/client/v3/login"))
+            .header("X-Forwarded-For", format!("198.51.100.99, {address}"))
+            .json(&json!({"type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "nobody"}, "password": "wrong"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_and_each_ipv6_64_has_its_bucket() {
+    use myelin_service::config::Bucket;
+    for kind in test_backends() {
+        let limited = |trusted: Vec<String>| {
+            move |config: &mut myelin_service::Config| {
+                config.rate_limits.enabled = true;
+                config.rate_limits.per_address = Bucket {
+                    per_second: 0.001,
+                    burst: 2,
+                };
+                config.http.trusted_proxies = trusted;
+            }
+        };
+        // The test client connects from loopback: here that is the trusted proxy.
+        let server = TestServer::start_with(kind, limited(vec!["127.0.0.0/8".to_owned()])).await;
+        // Two clients: each has its own two attempts. The left-most address (the client's own
+        // claim, in front of what the proxy saw) is not believed.
+        assert_eq!(
+            logins_from(&server, &["203.0.113.1", "203.0.113.1", "203.0.113.1"]).await,
+            [403, 403, 429],
+            "{kind:?}"
+        );
+        assert_eq!(
+            logins_from(&server, &["203.0.113.2", "203.0.113.2"]).await,
+            [403, 403],
+            "{kind:?}: another client, another bucket"
+        );
+        // IPv6 clients are counted by /64: another address in the same /64 is the same client.
+        assert_eq!(
+            logins_from(
+                &server,
+                &[
+                    "2001:db8:1:2::1",
+                    "2001:db8:1:2::ffff",
+                    "2001:db8:1:2:abcd::9"
+                ]
+            )
+            .await,
+            [403, 403, 429],
+            "{kind:?}"
+        );
+        assert_eq!(
+            logins_from(&server, &["2001:db8:1:3::1"]).await,
+            [403],
+            "{kind:?}: the next /64 is another client"
+        );
+        server.stop().await;
+
+        // Without trusted proxies the header is anyone's to write and is ignored: every
+        // request is the peer's.
+        let server = TestServer::start_with(kind, limited(Vec::new())).await;
+        assert_eq!(
+            logins_from(&server, &["203.0.113.1", "203.0.113.2", "203.0.113.3"]).await,
+            [403, 403, 429],
+            "{kind:?}"
+        );
+        server.stop().await;
+    }
+}

@@ -114,6 +114,10 @@ pub struct HttpConfig {
     /// The largest body of every other route (JSON requests), in bytes: read before anything
     /// else is known about a request, so kept small.
     pub max_json_request_size: usize,
+    /// Reverse proxies (addresses, or networks as `addr/len`) whose `X-Forwarded-For` and
+    /// `Forwarded` headers are believed: requests from them are counted against the client
+    /// address they name. Empty: the connection's peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub shutdown_grace_period_secs: u64,
 }
@@ -125,6 +129,7 @@ impl Default for HttpConfig {
             // Enough for a to-device send to a couple of thousand devices, the largest JSON
             // body clients send in practice.
             max_json_request_size: 1024 * 1024,
+            trusted_proxies: Vec::new(),
             shutdown_grace_period_secs: 30,
         }
     }
@@ -320,6 +325,14 @@ impl Config {
                 return Err(ConfigProblem {
                     key,
                     problem: "per_second must be positive and burst at least 1".to_owned(),
+                });
+            }
+        }
+        for proxy in &self.http.trusted_proxies {
+            if crate::client_address::IpNet::parse(proxy).is_none() {
+                return Err(ConfigProblem {
+                    key: "http.trusted_proxies",
+                    problem: format!("{proxy:?} is not an address or an addr/len network"),
                 });
             }
         }

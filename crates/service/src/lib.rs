@@ -12,6 +12,7 @@
 //! push gateways).
 
 pub mod accounts;
+pub mod client_address;
 pub mod config;
 pub mod directory;
 pub mod ephemeral;

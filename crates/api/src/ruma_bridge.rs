@@ -183,7 +183,16 @@ where
                 .max_json_request_size
                 .min(http_config.max_request_size),
         };
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let read = axum::body::to_bytes(body, limit);
+        let timeout = std::time::Duration::from_secs(http_config.body_read_timeout_secs);
+        let bytes = tokio::time::timeout(timeout, read).await.map_err(|_| {
+            MatrixError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ruma::api::error::ErrorKind::Unknown,
+                "The request body did not arrive in time",
+            )
+        })?;
+        let bytes = bytes.map_err(|err| {
             if is_length_limit(&err) {
                 MatrixError::too_large(limit)
             } else {

@@ -891,6 +891,7 @@ async fn bodies_and_user_controlled_collections_are_capped() {
     for kind in test_backends() {
         let server = TestServer::start_with(kind, |config| {
             config.http.max_json_request_size = 4096;
+            config.http.body_read_timeout_secs = 1;
         })
         .await;
         let alice = server.register("alice").await;
@@ -938,6 +939,32 @@ async fn bodies_and_user_controlled_collections_are_capped() {
         .expect("answered without the body")
         .unwrap();
         assert_eq!(&head, b"HTTP/1.1 401", "{kind:?}");
+        drop(stream);
+        // A body that trickles in too slowly is given up on (408), not waited for; the whole
+        // of the same request is sent (the positive control is every send above).
+        let mut stream = tokio::net::TcpStream::connect(client_addr).await.unwrap();
+        stream
+            .write_all(
+                format!(
+                    "PUT /_matrix/client/v3/rooms/{}/send/m.room.message/slow HTTP/1.1\r\nHost: x\r\n\
+                     Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+                     Content-Length: 100\r\n\r\n{{",
+                    enc(&room),
+                    alice.access_token
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 12];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_exact(&mut head),
+        )
+        .await
+        .expect("answered before the body came")
+        .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 408", "{kind:?}");
         drop(stream);
 
         // Presence status messages.

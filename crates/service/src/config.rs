@@ -118,6 +118,9 @@ pub struct HttpConfig {
     /// `Forwarded` headers are believed: requests from them are counted against the client
     /// address they name. Empty: the connection's peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// How long a request body may take to arrive, in seconds (then 408): a client that
+    /// trickles its body must not hold a connection and a buffer for ever.
+    pub body_read_timeout_secs: u64,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub shutdown_grace_period_secs: u64,
 }
@@ -130,6 +133,7 @@ impl Default for HttpConfig {
             // body clients send in practice.
             max_json_request_size: 1024 * 1024,
             trusted_proxies: Vec::new(),
+            body_read_timeout_secs: 30,
             shutdown_grace_period_secs: 30,
         }
     }
@@ -327,6 +331,12 @@ impl Config {
                     problem: "per_second must be positive and burst at least 1".to_owned(),
                 });
             }
+        }
+        if self.http.body_read_timeout_secs == 0 {
+            return Err(ConfigProblem {
+                key: "http.body_read_timeout_secs",
+                problem: "must be at least 1".to_owned(),
+            });
         }
         for proxy in &self.http.trusted_proxies {
             if crate::client_address::IpNet::parse(proxy).is_none() {

@@ -62,8 +62,12 @@ pub fn client_router(state: AppState) -> Router {
     let router = client::routes()
         .merge(admin::routes())
         .merge(well_known::routes())
-        .route("/health", axum::routing::get(health))
-        .route("/metrics", axum::routing::get(metrics::serve));
+        .route("/health", axum::routing::get(health));
+    let router = if state.services.config.http.serve_metrics {
+        router.route("/metrics", axum::routing::get(metrics::serve))
+    } else {
+        router
+    };
     layers::finish(router, state, layers::Cors::Enabled)
 }
 

@@ -1247,3 +1247,21 @@ async fn behind_a_trusted_proxy_each_client_and_each_ipv6_64_has_its_bucket() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn metrics_can_be_turned_off() {
+    for kind in test_backends() {
+        for serve in [true, false] {
+            let server =
+                TestServer::start_with(kind, |config| config.http.serve_metrics = serve).await;
+            let response = server
+                .http
+                .get(server.client_url("/metrics"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status() == 200, serve, "{kind:?} serve_metrics={serve}");
+            server.stop().await;
+        }
+    }
+}

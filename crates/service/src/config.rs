@@ -121,6 +121,9 @@ pub struct HttpConfig {
     /// How long a request body may take to arrive, in seconds (then 408): a client that
     /// trickles its body must not hold a connection and a buffer for ever.
     pub body_read_timeout_secs: u64,
+    /// Whether the client listener serves `GET /metrics` (request counts and latencies by
+    /// route: operators may not want them public).
+    pub serve_metrics: bool,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub shutdown_grace_period_secs: u64,
 }
@@ -134,6 +137,7 @@ impl Default for HttpConfig {
             max_json_request_size: 1024 * 1024,
             trusted_proxies: Vec::new(),
             body_read_timeout_secs: 30,
+            serve_metrics: true,
             shutdown_grace_period_secs: 30,
         }
     }

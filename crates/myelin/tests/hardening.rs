@@ -1260,8 +1260,62 @@ async fn metrics_can_be_turned_off() {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.status() == 200, serve, "{kind:?} serve_metrics={serve}");
+            assert_eq!(
+                response.status() == 200,
+                serve,
+                "{kind:?} serve_metrics={serve}"
+            );
             server.stop().await;
         }
+    }
+}
+
+#[tokio::test]
+async fn room_creation_and_joins_are_rate_limited() {
+    use myelin_service::config::Bucket;
+    for kind in test_backends() {
+        let server = TestServer::start_with(kind, |config| {
+            config.rate_limits.enabled = true;
+            config.rate_limits.per_user = Bucket {
+                per_second: 0.001,
+                burst: 3,
+            };
+            // Registration is per address: plenty for the two users.
+            config.rate_limits.per_address = Bucket {
+                per_second: 0.001,
+                burst: 100,
+            };
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let (status, _) = server
+                .post(
+                    "/_matrix/client/v3/createRoom",
+                    &alice.access_token,
+                    json!({"preset": "public_chat"}),
+                )
+                .await;
+            statuses.push(status.as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 200, 429], "{kind:?}");
+        // Bob's bucket is his own: joins count against it.
+        let (_, rooms) = server
+            .get("/_matrix/client/v3/joined_rooms", &alice.access_token)
+            .await;
+        let room = rooms["joined_rooms"][0].as_str().unwrap().to_owned();
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(
+                membership(&server, &bob, &room, "join", json!({}))
+                    .await
+                    .0
+                    .as_u16(),
+            );
+        }
+        assert_eq!(statuses, [200, 200, 200, 429], "{kind:?}");
+        server.stop().await;
     }
 }

@@ -1319,3 +1319,62 @@ async fn room_creation_and_joins_are_rate_limited() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn requests_past_the_concurrency_cap_are_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for kind in test_backends() {
+        let server = TestServer::start_with(kind, |config| {
+            config.http.max_concurrent_requests = 2;
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let room = server.create_room(&alice, json!({})).await;
+        let (client_addr, _) = server.addrs();
+        // Two sends whose bodies have not arrived hold the two slots.
+        let mut held = Vec::new();
+        for i in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(client_addr).await.unwrap();
+            stream
+                .write_all(
+                    format!(
+                        "PUT /_matrix/client/v3/rooms/{}/send/m.room.message/h{i} HTTP/1.1\r\nHost: x\r\n\
+                         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+                         Content-Length: 100\r\n\r\n{{",
+                        enc(&room),
+                        alice.access_token
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+            held.push(stream);
+        }
+        // Once both are being handled, a third request is refused at once.
+        let mut refused = None;
+        for _ in 0..100 {
+            let reply = server.get("/_matrix/client/v3/joined_rooms", &alice.access_token).await;
+            if reply.0 == 429 {
+                refused = Some(reply);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let refused = refused.expect("a request past the cap was refused");
+        assert_eq!(refused.1["errcode"], "M_LIMIT_EXCEEDED", "{kind:?}");
+        // The held requests finish (their bodies complete): the slots are free again.
+        for stream in &mut held {
+            stream
+                .write_all(format!("\"msgtype\":\"m.text\",\"body\":\"{}\"}}", "x".repeat(70)).as_bytes())
+                .await
+                .unwrap();
+            let mut head = vec![0u8; 12];
+            stream.read_exact(&mut head).await.unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200", "{kind:?}");
+        }
+        drop(held);
+        let reply = server.get("/_matrix/client/v3/joined_rooms", &alice.access_token).await;
+        assert_eq!(reply.0, 200, "{kind:?}: {}", reply.1);
+        server.stop().await;
+    }
+}

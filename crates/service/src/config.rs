@@ -124,6 +124,9 @@ pub struct HttpConfig {
     /// Whether the client listener serves `GET /metrics` (request counts and latencies by
     /// route: operators may not want them public).
     pub serve_metrics: bool,
+    /// Requests handled at once on each listener (long-polling syncs included); past it a
+    /// request is refused at once with 429 `M_LIMIT_EXCEEDED` rather than queued.
+    pub max_concurrent_requests: usize,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub shutdown_grace_period_secs: u64,
 }
@@ -138,6 +141,7 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             body_read_timeout_secs: 30,
             serve_metrics: true,
+            max_concurrent_requests: 4096,
             shutdown_grace_period_secs: 30,
         }
     }
@@ -335,6 +339,12 @@ impl Config {
                     problem: "per_second must be positive and burst at least 1".to_owned(),
                 });
             }
+        }
+        if self.http.max_concurrent_requests == 0 {
+            return Err(ConfigProblem {
+                key: "http.max_concurrent_requests",
+                problem: "must be at least 1".to_owned(),
+            });
         }
         if self.http.body_read_timeout_secs == 0 {
             return Err(ConfigProblem {

@@ -1,5 +1,5 @@
 //! What wraps every route: the 404/405 fallbacks, metrics, CORS, request ids, a tracing span per
-//! request, and panic containment.
+//! request, panic containment, and the cap on requests handled at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -48,8 +48,27 @@ async fn method_not_allowed() -> impl IntoResponse {
     MatrixError::method_not_allowed()
 }
 
+/// Refuses a request at once when the listener already handles its cap of them: queueing would
+/// only let a flood hold memory and sockets for longer.
+async fn limit_concurrency(
+    axum::extract::State(slots): axum::extract::State<std::sync::Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match slots.try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => MatrixError::from(myelin_service::Error::LimitExceeded {
+            retry_after_ms: 1000,
+        })
+        .into_response(),
+    }
+}
+
 /// Adds the fallbacks and layers to a listener's routes and binds the state.
 pub(crate) fn finish(router: Router<AppState>, state: AppState, cors: Cors) -> Router {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        state.services.config.http.max_concurrent_requests,
+    ));
     let router = router
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
@@ -85,6 +104,7 @@ pub(crate) fn finish(router: Router<AppState>, state: AppState, cors: Cors) -> R
         counter: Default::default(),
     };
     router
+        .layer(axum::middleware::from_fn_with_state(slots, limit_concurrency))
         .layer(CatchPanicLayer::custom(|_| {
             MatrixError::internal("The server hit an internal error").into_response()
         }))

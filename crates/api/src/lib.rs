@@ -10,6 +10,7 @@
 
 mod admin;
 mod client;
+mod client_address;
 pub mod error;
 mod federation;
 mod layers;
@@ -30,14 +31,29 @@ pub use ruma_bridge::Ruma;
 pub struct AppState {
     pub services: Arc<Services>,
     pub metrics: Arc<metrics::Metrics>,
+    /// `http.trusted_proxies`, parsed once.
+    pub(crate) trusted_proxies: Arc<client_address::TrustedProxies>,
 }
 
 impl AppState {
     pub fn new(services: Arc<Services>) -> Self {
+        let trusted_proxies = Arc::new(client_address::TrustedProxies::new(
+            &services.config.http.trusted_proxies,
+        ));
         AppState {
             services,
             metrics: Arc::new(metrics::Metrics::new()),
+            trusted_proxies,
         }
+    }
+
+    /// The client address of a request, for rate limits (see [`client_address`]).
+    pub(crate) fn client_address<B>(&self, request: &http::Request<B>) -> std::net::IpAddr {
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+        self.trusted_proxies.client(peer, request.headers())
     }
 }
 
@@ -46,8 +62,12 @@ pub fn client_router(state: AppState) -> Router {
     let router = client::routes()
         .merge(admin::routes())
         .merge(well_known::routes())
-        .route("/health", axum::routing::get(health))
-        .route("/metrics", axum::routing::get(metrics::serve));
+        .route("/health", axum::routing::get(health));
+    let router = if state.services.config.http.serve_metrics {
+        router.route("/metrics", axum::routing::get(metrics::serve))
+    } else {
+        router
+    };
     layers::finish(router, state, layers::Cors::Enabled)
 }
 

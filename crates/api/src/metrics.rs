@@ -105,7 +105,7 @@ pub(crate) async fn record(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -119,6 +119,21 @@ pub(crate) async fn record(
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// The method label: the methods the APIs use, and one label for every other (a client may
+/// send any token as a method, which must not grow the label set).
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics`.

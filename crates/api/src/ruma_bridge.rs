@@ -32,6 +32,11 @@ pub trait Authenticate: Sized {
     /// Who made the request, as far as this scheme can tell.
     type Identity: Send + std::fmt::Debug;
 
+    /// Whether the check covers the body (X-Matrix signs it): such a scheme is checked after
+    /// the body is read, under the route's cap. Every other scheme is checked from the head
+    /// alone, before the body is read.
+    const NEEDS_BODY: bool = false;
+
     /// The logged-in user, if the identity names one (rate limits count per user then).
     fn user(_identity: &Self::Identity) -> Option<&AuthedUser> {
         None
@@ -119,6 +124,14 @@ impl Authenticate for AccessTokenOptional {
     }
 }
 
+/// A route's body cap, set per route by [`RumaRouterExt::ruma_with_cap`]. Routes without one
+/// take JSON and are capped by `http.max_json_request_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCap {
+    /// A route that takes uploads (media): capped by `http.max_request_size` alone.
+    Upload,
+}
+
 /// A parsed, authenticated ruma request.
 #[derive(Debug)]
 pub struct Ruma<R: IncomingRequest>
@@ -151,8 +164,35 @@ where
         if parts.extensions.get::<EmptyStateKey>().is_some() {
             path_args.push(String::new());
         }
-        let limit = state.services.config.http.max_request_size;
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+        // Who is asking, and whether they may, is known from the head alone for every scheme
+        // but body-signing ones: both are settled before the body is read, so an anonymous or
+        // rate-limited client cannot make the server buffer a body first.
+        let head = http::Request::from_parts(parts, &[][..]);
+        let early = if R::Authentication::NEEDS_BODY {
+            None
+        } else {
+            let identity = R::Authentication::authenticate(state, &head).await?;
+            check_rate::<R>(state, &head, &identity)?;
+            Some(identity)
+        };
+        let (parts, _) = head.into_parts();
+        let http_config = &state.services.config.http;
+        let limit = match parts.extensions.get::<BodyCap>() {
+            Some(BodyCap::Upload) => http_config.max_request_size,
+            None => http_config
+                .max_json_request_size
+                .min(http_config.max_request_size),
+        };
+        let read = axum::body::to_bytes(body, limit);
+        let timeout = std::time::Duration::from_secs(http_config.body_read_timeout_secs);
+        let bytes = tokio::time::timeout(timeout, read).await.map_err(|_| {
+            MatrixError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ruma::api::error::ErrorKind::Unknown,
+                "The request body did not arrive in time",
+            )
+        })?;
+        let bytes = bytes.map_err(|err| {
             if is_length_limit(&err) {
                 MatrixError::too_large(limit)
             } else {
@@ -186,26 +226,41 @@ where
                 bytes.as_ref()
             };
         let request = http::Request::from_parts(parts, body);
-        let identity = R::Authentication::authenticate(state, &request).await?;
-        if R::RATE_LIMITED {
-            // Per user once logged in, else per client address (unknown behind nothing but a
-            // test harness, which then shares one bucket).
-            let key = match R::Authentication::user(&identity) {
-                Some(user) => RateKey::User(user.user_id.to_string()),
-                None => RateKey::Address(
-                    request
-                        .extensions()
-                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |info| info.0.ip()),
-                ),
-            };
-            state.services.rate_limiter.check(key)?;
-        }
+        let identity = match early {
+            Some(identity) => identity,
+            None => {
+                let identity = R::Authentication::authenticate(state, &request).await?;
+                check_rate::<R>(state, &request, &identity)?;
+                identity
+            }
+        };
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body =
             R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
         Ok(Ruma { body, identity })
     }
+}
+
+/// The rate limit of endpoints the spec marks rate-limited: per user once logged in, else per
+/// client address (behind a trusted proxy, the one it forwarded for; unknown behind nothing
+/// but a test harness, which then shares one bucket).
+fn check_rate<R>(
+    state: &AppState,
+    request: &http::Request<&[u8]>,
+    identity: &<R::Authentication as Authenticate>::Identity,
+) -> Result<(), MatrixError>
+where
+    R: IncomingRequest,
+    R::Authentication: Authenticate,
+{
+    if R::RATE_LIMITED {
+        let key = match R::Authentication::user(identity) {
+            Some(user) => RateKey::User(user.user_id.to_string()),
+            None => RateKey::Address(state.client_address(request)),
+        };
+        state.services.rate_limiter.check(key)?;
+    }
+    Ok(())
 }
 
 fn is_length_limit(err: &axum::Error) -> bool {
@@ -249,6 +304,15 @@ pub trait RumaRouterExt {
         R::Authentication: Authenticate,
         H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
+
+    /// [`RumaRouterExt::ruma`] for a route whose bodies may be larger than JSON requests'
+    /// (uploads).
+    fn ruma_with_cap<R, H, Fut>(self, handler: H, cap: BodyCap) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Authenticate,
+        H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
 }
 
 impl RumaRouterExt for Router<AppState> {
@@ -259,9 +323,39 @@ impl RumaRouterExt for Router<AppState> {
         H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
     {
+        route_ruma(self, handler, None)
+    }
+
+    fn ruma_with_cap<R, H, Fut>(self, handler: H, cap: BodyCap) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Authenticate,
+        H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
+    {
+        route_ruma(self, handler, Some(cap))
+    }
+}
+
+fn route_ruma<R, H, Fut>(
+    router: Router<AppState>,
+    handler: H,
+    cap: Option<BodyCap>,
+) -> Router<AppState>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
+{
+    {
         let filter = MethodFilter::try_from(R::METHOD)
             .unwrap_or_else(|_| panic!("ruma endpoint with unroutable method {}", R::METHOD));
-        let mut router = self;
+        let mut router = router;
+        let capped = |method_router: axum::routing::MethodRouter<AppState>| match cap {
+            Some(cap) => method_router.layer(axum::Extension(cap)),
+            None => method_router,
+        };
         for path in R::PATH_BUILDER.all_paths() {
             let handler_for = |handler: H| {
                 move |State(state): State<AppState>, request: Ruma<R>| {
@@ -269,15 +363,17 @@ impl RumaRouterExt for Router<AppState> {
                     async move { handler(state, request).await.map(RumaResponse) }
                 }
             };
-            router = router.route(path, on(filter, handler_for(handler.clone())));
+            router = router.route(path, capped(on(filter, handler_for(handler.clone()))));
             // Clients address the empty state key as `/state/{type}/` or `/state/{type}`;
             // axum matches neither against `{state_key}`, so both are routed explicitly.
             if let Some(prefix) = path.strip_suffix("/{state_key}") {
                 for route in [format!("{prefix}/"), prefix.to_owned()] {
                     router = router.route(
                         &route,
-                        on(filter, handler_for(handler.clone()))
-                            .layer(axum::Extension(EmptyStateKey)),
+                        capped(
+                            on(filter, handler_for(handler.clone()))
+                                .layer(axum::Extension(EmptyStateKey)),
+                        ),
                     );
                 }
             }

@@ -45,21 +45,30 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
+    let v4_at =
+        |i: usize| Ipv4Addr::from((u32::from(segments[i]) << 16) | u32::from(segments[i + 1]));
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
-        // Unique local (fc00::/7) and link-local (fe80::/10).
+        // Unique local (fc00::/7), link-local (fe80::/10) and the deprecated site-local
+        // (fec0::/10, still routed inside some networks).
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
+        || (first & 0xffc0) == 0xfec0
         // Documentation (2001:db8::/32).
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8)
-        // NAT64 with an embedded private IPv4 address is left to the IPv4 rules' spirit: the
-        // well-known prefix 64:ff9b::/96 is checked through its IPv4 part.
-        || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-            && !is_public_v4(Ipv4Addr::from(
-                (u32::from(ip.segments()[6]) << 16) | u32::from(ip.segments()[7]),
-            ))))
+        || (first == 0x2001 && segments[1] == 0x0db8)
+        // IPv4-compatible addresses (::a.b.c.d, deprecated): some stacks still send them to
+        // the IPv4 address inside, so none is trusted to be public.
+        || segments[..6] == [0, 0, 0, 0, 0, 0]
+        // NAT64: the local-use prefix 64:ff9b:1::/48 leads into the operator's own network;
+        // through the well-known prefix 64:ff9b::/96 the IPv4 address inside is what is
+        // reached, so it is judged by the IPv4 rules.
+        || segments[..3] == [0x64, 0xff9b, 1]
+        || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && !is_public_v4(v4_at(6)))
+        // 6to4 (2002::/16): a relay delivers to the IPv4 address in bits 16-48.
+        || (first == 0x2002 && !is_public_v4(v4_at(1))))
 }
 
 /// A DNS resolver for reqwest that answers with the public addresses of a name only, and fails
@@ -111,6 +120,20 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            // IPv4-compatible, whatever the IPv4 address inside.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::1.1.1.1",
+            // 6to4 around private IPv4 addresses.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:c0a8:101::1",
+            // Local-use NAT64, and site-local.
+            "64:ff9b:1::1.1.1.1",
+            "64:ff9b:1:ffff::1",
+            "fec0::1",
+            "feff::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -119,6 +142,9 @@ mod tests {
             "8.8.8.8",
             "2606:4700:4700::1111",
             "::ffff:1.1.1.1",
+            // The same prefixes around public IPv4 addresses reach those.
+            "64:ff9b::101:101",
+            "2002:101:101::1",
         ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }

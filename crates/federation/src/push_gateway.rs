@@ -129,6 +129,10 @@ impl PushGatewayClient {
         // again is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
+            // No proxy from the environment (`HTTP_PROXY`, `ALL_PROXY`, ...): the address
+            // checks below see only the proxy's address, and the proxy would then reach
+            // whatever the user's URL names, private addresses included.
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -264,6 +268,89 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, PushGatewayError::Transport(_)), "{err}");
+    }
+
+    /// Run in a child process with `HTTP_PROXY` and `ALL_PROXY` pointing at a listener (see
+    /// the test below): a plain reqwest client goes through it (the positive control), the
+    /// push gateway client does not.
+    #[tokio::test]
+    #[ignore = "run by push_gateway_client_ignores_proxies_from_the_environment"]
+    async fn proxy_child() {
+        let proxy = std::env::var("MYELIN_TEST_PROXY_LISTENER").unwrap();
+        let listener = std::net::TcpListener::bind(&proxy).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let accepted = || {
+            let mut n = 0;
+            while listener.accept().is_ok() {
+                n += 1;
+            }
+            n
+        };
+        // A gateway that is allowed (private addresses allowed) but not listening: directly,
+        // the connection is refused at once.
+        let url = "http://127.0.0.2:9/_matrix/push/v1/notify";
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let plain = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let _ = plain.post(url).body("{}").send().await;
+        assert_eq!(
+            accepted(),
+            1,
+            "the plain client uses the environment's proxy"
+        );
+
+        let notification = Notification {
+            event_id: "$e".to_owned(),
+            room_id: "!r:x".to_owned(),
+            event_type: None,
+            sender: None,
+            sender_display_name: None,
+            content: None,
+            counts: Counts { unread: 0 },
+            prio: "low",
+            devices: Vec::new(),
+        };
+        let client = PushGatewayClient::new(Duration::from_millis(500), true).unwrap();
+        let err = client.notify(url, &notification).await.unwrap_err();
+        assert!(matches!(err, PushGatewayError::Transport(_)), "{err}");
+        assert_eq!(
+            accepted(),
+            0,
+            "the push gateway client connected to the proxy"
+        );
+    }
+
+    #[test]
+    fn push_gateway_client_ignores_proxies_from_the_environment() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = format!("127.0.0.1:{port}");
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "push_gateway::tests::proxy_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("MYELIN_TEST_PROXY_LISTENER", &proxy)
+            .env("HTTP_PROXY", format!("http://{proxy}"))
+            .env("http_proxy", format!("http://{proxy}"))
+            .env("ALL_PROXY", format!("http://{proxy}"))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     #[test]

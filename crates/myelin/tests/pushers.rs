@@ -516,3 +516,64 @@ async fn private_gateways_get_nothing_by_default() {
         server.stop().await;
     }
 }
+
+/// A gateway that accepts notify requests and never answers them, counting those it holds.
+async fn hanging_gateway() -> (Arc<Mutex<usize>>, String) {
+    let pending = Arc::new(Mutex::new(0usize));
+    let app = Router::new()
+        .route(
+            NOTIFY,
+            post(|State(pending): State<Arc<Mutex<usize>>>| async move {
+                *pending.lock().unwrap() += 1;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Json(json!({}))
+            }),
+        )
+        .with_state(pending.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (pending, format!("http://{addr}{NOTIFY}"))
+}
+
+/// Bob's gateways (as many as he may have) never answer: they hold at most his share of the
+/// delivery slots, and Carol's notification is delivered while they hang.
+#[tokio::test]
+async fn one_users_slow_gateways_do_not_starve_everyone_elses() {
+    for kind in test_backends() {
+        let scene = Scene::start(kind).await;
+        let (pending, hanging_url) = hanging_gateway().await;
+        for i in 0..myelin_service::limits::MAX_PUSHERS_PER_USER {
+            let (status, body) = set_pusher(
+                &scene.server,
+                &scene.bob,
+                http_pusher(&format!("bob-{i}"), &hanging_url),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        send_text(&scene.server, &scene.alice, &scene.room, "for bob").await;
+        for _ in 0..100 {
+            if *pending.lock().unwrap() >= myelin_service::pushers::MAX_IN_FLIGHT_PER_USER {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let carol = scene.server.register("carol").await;
+        let room = shared_room(&scene.server, &scene.alice, &carol).await;
+        let (status, body) =
+            set_pusher(&scene.server, &carol, http_pusher("carol", &scene.url)).await;
+        assert_eq!(status, 200, "{body}");
+        let event = send_text(&scene.server, &scene.alice, &room, "for carol").await;
+        scene.gateway.wait_for(&event, "carol").await;
+        assert_eq!(
+            *pending.lock().unwrap(),
+            myelin_service::pushers::MAX_IN_FLIGHT_PER_USER,
+            "{kind:?}: bob's requests in flight are his share, no more"
+        );
+        scene.server.stop().await;
+    }
+}

@@ -20,6 +20,9 @@ use crate::{
 
 /// Shared-secret registration nonces are single-use and expire after this long.
 const NONCE_LIFETIME: Duration = Duration::from_secs(60);
+/// At most this many live nonces: anyone may ask for one, so the map is bounded (the oldest is
+/// dropped for a new one; an operator whose nonce went asks again).
+pub const MAX_LIVE_NONCES: usize = 1_000;
 const DEVICE_ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const LOCALPART_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -165,7 +168,21 @@ impl Accounts {
 
     /// Whether a registration token is one the operator configured.
     pub fn registration_token_valid(&self, token: &str) -> bool {
-        self.registration.tokens.iter().any(|t| t == token)
+        // In constant time: the SHA-256 of each side compared without an early exit, and every
+        // configured token looked at, so the time taken says nothing about how much of a
+        // guess was right (or its length).
+        use sha2::{Digest, Sha256};
+        let given = Sha256::digest(token.as_bytes());
+        let mut found = 0u8;
+        for configured in &self.registration.tokens {
+            let expected = Sha256::digest(configured.as_bytes());
+            let diff = given
+                .iter()
+                .zip(expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            found |= u8::from(std::hint::black_box(diff) == 0);
+        }
+        found == 1
     }
 
     /// `POST /register` from a client: open registration with UIA.
@@ -600,8 +617,22 @@ impl Accounts {
         let nonce = tokens::random_from(b"0123456789abcdef", 32);
         let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
         nonces.retain(|_, created| created.elapsed() < NONCE_LIFETIME);
+        if nonces.len() >= MAX_LIVE_NONCES
+            && let Some(oldest) = nonces
+                .iter()
+                .min_by_key(|(_, created)| **created)
+                .map(|(nonce, _)| nonce.clone())
+        {
+            nonces.remove(&oldest);
+        }
         nonces.insert(nonce.clone(), Instant::now());
         Ok(nonce)
+    }
+
+    /// How many shared-secret nonces are live (bounded by [`MAX_LIVE_NONCES`]).
+    pub fn live_registration_nonces(&self) -> usize {
+        let nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        nonces.len()
     }
 
     /// Synapse-compatible shared-secret registration: `mac` is the hex HMAC-SHA1 of

@@ -108,8 +108,25 @@ pub struct WellKnownConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// The largest request body accepted, in bytes; larger ones get 413 `M_TOO_LARGE`.
+    /// The largest request body accepted on any route, in bytes (routes that take uploads, such
+    /// as media, are capped by this alone); larger ones get 413 `M_TOO_LARGE`.
     pub max_request_size: usize,
+    /// The largest body of every other route (JSON requests), in bytes: read before anything
+    /// else is known about a request, so kept small.
+    pub max_json_request_size: usize,
+    /// Reverse proxies (addresses, or networks as `addr/len`) whose `X-Forwarded-For` and
+    /// `Forwarded` headers are believed: requests from them are counted against the client
+    /// address they name. Empty: the connection's peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// How long a request body may take to arrive, in seconds (then 408): a client that
+    /// trickles its body must not hold a connection and a buffer for ever.
+    pub body_read_timeout_secs: u64,
+    /// Whether the client listener serves `GET /metrics` (request counts and latencies by
+    /// route: operators may not want them public).
+    pub serve_metrics: bool,
+    /// Requests handled at once on each listener (long-polling syncs included); past it a
+    /// request is refused at once with 429 `M_LIMIT_EXCEEDED` rather than queued.
+    pub max_concurrent_requests: usize,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub shutdown_grace_period_secs: u64,
 }
@@ -118,6 +135,13 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_request_size: 50 * 1024 * 1024,
+            // Enough for a to-device send to a couple of thousand devices, the largest JSON
+            // body clients send in practice.
+            max_json_request_size: 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            body_read_timeout_secs: 30,
+            serve_metrics: true,
+            max_concurrent_requests: 4096,
             shutdown_grace_period_secs: 30,
         }
     }
@@ -316,11 +340,39 @@ impl Config {
                 });
             }
         }
-        if self.http.max_request_size < 1024 {
+        if self.http.max_concurrent_requests == 0 {
             return Err(ConfigProblem {
-                key: "http.max_request_size",
-                problem: "must be at least 1024 bytes".to_owned(),
+                key: "http.max_concurrent_requests",
+                problem: "must be at least 1".to_owned(),
             });
+        }
+        if self.http.body_read_timeout_secs == 0 {
+            return Err(ConfigProblem {
+                key: "http.body_read_timeout_secs",
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        for proxy in &self.http.trusted_proxies {
+            if crate::client_address::IpNet::parse(proxy).is_none() {
+                return Err(ConfigProblem {
+                    key: "http.trusted_proxies",
+                    problem: format!("{proxy:?} is not an address or an addr/len network"),
+                });
+            }
+        }
+        for (key, size) in [
+            ("http.max_request_size", self.http.max_request_size),
+            (
+                "http.max_json_request_size",
+                self.http.max_json_request_size,
+            ),
+        ] {
+            if size < 1024 {
+                return Err(ConfigProblem {
+                    key,
+                    problem: "must be at least 1024 bytes".to_owned(),
+                });
+            }
         }
         Ok(())
     }

@@ -29,7 +29,10 @@ use crate::{
     Error, Result,
     accounts::AuthedUser,
     now_millis,
-    rooms::{Rooms, events::LocalEvent},
+    rooms::{
+        Rooms,
+        events::{LocalEvent, Ruled},
+    },
 };
 
 /// The current state the directory shows for a published room.
@@ -220,7 +223,7 @@ impl Directory {
                     event_type: "m.room.canonical_alias",
                     state_key: Some(""),
                     content,
-                    redacts: None,
+                    ruled: Ruled::Plain,
                     txn: None,
                 };
                 match rooms.send(&room, &user.user_id, event).await {

@@ -20,11 +20,6 @@ use crate::{Error, Result, accounts::AuthedUser, notifier::Notifier, now_millis}
 const MAX_TYPING: Duration = Duration::from_secs(120);
 /// To-device messages handed to one sync at most.
 pub const TO_DEVICE_BATCH: i64 = 100;
-/// The largest content of one to-device message, in bytes of JSON: the federation limit on one
-/// EDU, so that anything accepted here can also reach a remote device.
-pub const MAX_TO_DEVICE_CONTENT: usize = 65_536;
-/// Messages one `/sendToDevice` may queue, `*` expanded to every device.
-pub const MAX_TO_DEVICE_MESSAGES: usize = 10_000;
 
 /// Who is typing where, and a serial that moves on every change.
 #[derive(Debug, Default)]
@@ -251,11 +246,11 @@ impl Ephemeral {
                     ));
                 }
                 let text = content.to_string();
-                if text.len() > MAX_TO_DEVICE_CONTENT {
-                    return Err(Error::TooLarge(format!(
-                        "A to-device message may hold at most {MAX_TO_DEVICE_CONTENT} bytes"
-                    )));
-                }
+                crate::limits::at_most(
+                    "A to-device message's content (bytes)",
+                    text.len(),
+                    crate::limits::MAX_TO_DEVICE_CONTENT_BYTES,
+                )?;
                 if device_id == "*" {
                     for device in self.store.devices(target.as_str()).await? {
                         queued.push((target.to_string(), device.device_id, text.clone()));
@@ -263,12 +258,12 @@ impl Ephemeral {
                 } else {
                     queued.push((target.to_string(), device_id.clone(), text));
                 }
+                crate::limits::at_most(
+                    "The number of to-device messages in one request",
+                    queued.len(),
+                    crate::limits::MAX_TO_DEVICE_MESSAGES,
+                )?;
             }
-        }
-        if queued.len() > MAX_TO_DEVICE_MESSAGES {
-            return Err(Error::TooLarge(format!(
-                "At most {MAX_TO_DEVICE_MESSAGES} to-device messages per request"
-            )));
         }
         self.store
             .queue_to_device(
@@ -361,6 +356,11 @@ impl Ephemeral {
                 "Unknown presence state {state}"
             )));
         }
+        crate::limits::at_most(
+            "status_msg (bytes)",
+            status_msg.map_or(0, str::len),
+            crate::limits::MAX_STATUS_MSG_BYTES,
+        )?;
         self.store
             .set_presence(target.as_str(), state, status_msg, now_millis())
             .await?;

@@ -13,12 +13,14 @@
 //! [`key_backup`] (server-side room key backup).
 
 pub mod accounts;
+pub mod client_address;
 pub mod config;
 pub mod directory;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;
 pub mod key_backup;
+pub mod limits;
 pub mod notifier;
 pub mod passwords;
 pub mod profiles;

@@ -4,7 +4,9 @@
 //! actions, computed in `rooms::push`) to that user's http pushers.
 //!
 //! Delivery never slows a send: [`Pushers::dispatch`] returns at once and a background task reads
-//! the pushers and posts to the gateways, at most [`MAX_IN_FLIGHT`] requests at a time. A failed
+//! the pushers and posts to the gateways, at most [`MAX_IN_FLIGHT`] requests at a time and at
+//! most [`MAX_IN_FLIGHT_PER_USER`] of them for one user (whose gateways, of their choosing, may
+//! be slow on purpose: they cannot hold every slot and starve everyone else's). A failed
 //! post is logged and retried with exponential backoff (1 s, 2 s, 4 s, 8 s: five tries) when
 //! the failure may pass; a pushkey the gateway rejects is deleted, as the spec requires. Deliveries
 //! are not persisted: a restart drops the ones still being retried.
@@ -26,6 +28,8 @@ use crate::{Error, Result};
 
 /// Gateway requests in flight at once, over every user and event.
 pub const MAX_IN_FLIGHT: usize = 32;
+/// Gateway requests in flight at once for one user's pushers.
+pub const MAX_IN_FLIGHT_PER_USER: usize = 4;
 /// Tries per notification and pusher, the first included.
 const MAX_ATTEMPTS: u32 = 5;
 /// The wait before the second try; each further try waits twice as long.
@@ -53,6 +57,8 @@ pub struct Pushers {
     store: Store,
     client: PushGatewayClient,
     in_flight: Arc<Semaphore>,
+    /// Each user's share of the slots, while they have requests waiting or in flight.
+    per_user: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Pushers {
@@ -66,6 +72,7 @@ impl Pushers {
             store,
             client: PushGatewayClient::new(REQUEST_TIMEOUT, allow_private_gateways)?,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            per_user: Default::default(),
         })
     }
 
@@ -121,6 +128,19 @@ impl Pushers {
             device_id: device_id.map(str::to_owned),
             created_ts: now,
         };
+        // Each pusher is a gateway every notifying event is posted to: a user's count is capped
+        // (a replaced pusher does not add one).
+        let existing = self.store.pushers(user_id).await?;
+        let replaces = existing
+            .iter()
+            .any(|p| p.app_id == row.app_id && p.pushkey == row.pushkey);
+        if !replaces {
+            crate::limits::at_most(
+                "The number of your pushers",
+                existing.len() + 1,
+                crate::limits::MAX_PUSHERS_PER_USER,
+            )?;
+        }
         self.store.set_pusher(&row, append).await?;
         Ok(())
     }
@@ -207,14 +227,42 @@ impl Pushers {
         member["content"]["displayname"].as_str().map(str::to_owned)
     }
 
+    /// The semaphore of `user_id`'s share of the gateway slots.
+    fn user_slots(&self, user_id: &str) -> Arc<Semaphore> {
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        per_user
+            .entry(user_id.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_USER)))
+            .clone()
+    }
+
+    /// Forgets a user's semaphore once nobody else holds it, so the map holds only users with
+    /// deliveries under way.
+    fn release_user_slots(&self, user_id: &str, slots: Arc<Semaphore>) {
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else is waiting on it or holding it.
+        if Arc::strong_count(&slots) == 2 {
+            per_user.remove(user_id);
+        }
+    }
+
     async fn send_with_retries(&self, pusher: PusherRow, url: String, notification: Notification) {
         let mut delay = FIRST_RETRY_DELAY;
         for attempt in 1..=MAX_ATTEMPTS {
             let result = {
+                // The user's slot first: waiting for it holds none of everyone's.
+                let users_slots = self.user_slots(&pusher.user_id);
+                let Ok(_user_permit) = users_slots.acquire().await else {
+                    return;
+                };
                 let Ok(_permit) = self.in_flight.acquire().await else {
                     return;
                 };
-                self.client.notify(&url, &notification).await
+                let result = self.client.notify(&url, &notification).await;
+                drop(_permit);
+                drop(_user_permit);
+                self.release_user_slots(&pusher.user_id, users_slots);
+                result
             };
             match result {
                 Ok(rejected) => {

@@ -30,6 +30,23 @@ pub enum RateKey {
     Address(IpAddr),
 }
 
+impl RateKey {
+    /// The key an address is counted under: an IPv6 client is its /64 (one subscriber's
+    /// allocation, from which it can pick any address it likes), an IPv4-mapped one its IPv4
+    /// address.
+    fn bucketed(self) -> Self {
+        match self {
+            RateKey::Address(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => RateKey::Address(IpAddr::V4(v4)),
+                None => RateKey::Address(IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(v6) & !((1u128 << 64) - 1),
+                ))),
+            },
+            other => other,
+        }
+    }
+}
+
 /// The limiter shared by every request.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -61,6 +78,7 @@ impl RateLimiter {
         if !self.config.enabled {
             return Ok(());
         }
+        let key = key.bucketed();
         let limits = self.limits(&key).clone();
         let burst = f64::from(limits.burst.max(1));
         let rate = limits.per_second.max(f64::MIN_POSITIVE);

@@ -54,9 +54,17 @@ impl SyncToken {
     pub fn parse(token: &str) -> Result<Self> {
         let bad = || Error::InvalidParam(format!("Invalid since token {token:?}"));
         let rest = token.strip_prefix('s').ok_or_else(bad)?;
+        // Digits only (`str::parse` would take a sign), within the range every stream stays
+        // in, so that no arithmetic on a position can overflow; at most one part more than a
+        // token has, so a long string is refused without being split up.
         let parts: Vec<i64> = rest
-            .split('_')
-            .map(|p| p.parse::<i64>().ok().filter(|n| *n >= 0))
+            .splitn(7, '_')
+            .map(|p| {
+                (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| p.parse::<i64>().ok())
+                    .flatten()
+                    .filter(|n| *n <= crate::rooms::read::MAX_TOKEN_POSITION)
+            })
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         // Tokens issued before device lists had a stream lack the last part: from the start.

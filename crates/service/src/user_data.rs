@@ -81,6 +81,11 @@ impl UserData {
         ensure_self(user, target, "create filters")?;
         let json = serde_json::to_string(filter)
             .map_err(|err| Error::Internal(format!("serialising a filter: {err}")))?;
+        crate::limits::at_most(
+            "The filter (bytes)",
+            json.len(),
+            crate::limits::MAX_FILTER_BYTES,
+        )?;
         let id = self.store.create_filter(target.as_str(), &json).await?;
         Ok(id.to_string())
     }
@@ -126,6 +131,11 @@ impl UserData {
             )));
         }
         let text = object_text(content)?;
+        crate::limits::at_most(
+            "The account data (bytes)",
+            text.len(),
+            crate::limits::MAX_ACCOUNT_DATA_BYTES,
+        )?;
         self.write_account_data(target, room_id.map(RoomId::as_str), data_type, text)
             .await
     }
@@ -328,6 +338,20 @@ impl UserData {
         before: Option<&str>,
         after: Option<&str>,
     ) -> Result<()> {
+        // The pattern, conditions and actions are the client's: their size is capped as one.
+        let json = match &rule {
+            NewPushRule::Override(r) | NewPushRule::Underride(r) => serde_json::to_string(r),
+            NewPushRule::Content(r) => serde_json::to_string(r),
+            NewPushRule::Room(r) => serde_json::to_string(r),
+            NewPushRule::Sender(r) => serde_json::to_string(r),
+            other => Ok(other.rule_id().to_owned()),
+        }
+        .map_err(|err| Error::Internal(format!("serialising a push rule: {err}")))?;
+        crate::limits::at_most(
+            "The push rule (bytes)",
+            json.len(),
+            crate::limits::MAX_PUSH_RULE_BYTES,
+        )?;
         self.change_push_rules(user_id, |rules| {
             rules.insert(rule, after, before).map_err(|err| match err {
                 InsertPushRuleError::UnknownRuleId => Error::Unknown(format!(
@@ -335,7 +359,12 @@ impl UserData {
                     before.or(after).unwrap_or_default()
                 )),
                 other => Error::InvalidParam(other.to_string()),
-            })
+            })?;
+            crate::limits::at_most(
+                "The number of your push rules",
+                rules.iter().filter(|r| !r.is_server_default()).count(),
+                crate::limits::MAX_USER_PUSH_RULES,
+            )
         })
         .await
     }

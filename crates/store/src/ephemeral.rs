@@ -94,7 +94,8 @@ impl Store {
     }
 
     /// Queues to-device messages `(user, device, content)` from `sender`, once per
-    /// `(sender, sender_device, txn_id)`. Returns false if the transaction was already sent.
+    /// `(sender, sender_device, event_type, txn_id)` (the spec's path is
+    /// `/sendToDevice/{eventType}/{txnId}`). Returns false if the transaction was already sent.
     pub async fn queue_to_device(
         &self,
         sender: &str,
@@ -107,11 +108,12 @@ impl Store {
         let fresh = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let inserted = sqlx::query(
-                "INSERT INTO to_device_txns (sender, device_id, txn_id, created_ts) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (sender, device_id, txn_id) DO NOTHING",
+                "INSERT INTO to_device_txns (sender, device_id, event_type, txn_id, created_ts) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (sender, device_id, event_type, txn_id) DO NOTHING",
             )
             .bind(sender)
             .bind(sender_device)
+            .bind(event_type)
             .bind(txn_id)
             .bind(now)
             .execute(&mut *tx)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::{NewEvent, Persisted, PushAction, Store, StoreError};
+use crate::{NewEvent, Persisted, PushAction, Store, StoreError, TxnKey};
 
 /// The most events one transaction commits: bounds how long a batch holds the write lock.
 const MAX_BATCH: usize = 64;
@@ -143,7 +143,9 @@ struct OwnedEvent {
     prev_event_ids: Vec<String>,
     state_group_before: Option<i64>,
     membership: Option<(String, String)>,
-    txn: Option<(String, String, String)>,
+    /// `(user_id, device_id, scope, txn_id)`.
+    txn: Option<(String, String, String, String)>,
+    redaction: Option<(String, String)>,
     push_actions: Vec<PushAction>,
     relation: Option<(String, String)>,
     now: i64,
@@ -165,9 +167,17 @@ impl OwnedEvent {
             membership: event
                 .membership
                 .map(|(target, membership)| (target.to_owned(), membership.to_owned())),
-            txn: event
-                .txn
-                .map(|(user, device, txn)| (user.to_owned(), device.to_owned(), txn.to_owned())),
+            txn: event.txn.map(|txn| {
+                (
+                    txn.user_id.to_owned(),
+                    txn.device_id.to_owned(),
+                    txn.scope.to_owned(),
+                    txn.txn_id.to_owned(),
+                )
+            }),
+            redaction: event
+                .redaction
+                .map(|(redacted, json)| (redacted.to_owned(), json.to_owned())),
             push_actions: event.push_actions.to_vec(),
             relation: event
                 .relation
@@ -195,7 +205,16 @@ impl OwnedEvent {
             txn: self
                 .txn
                 .as_ref()
-                .map(|(user, device, txn)| (user.as_str(), device.as_str(), txn.as_str())),
+                .map(|(user_id, device_id, scope, txn_id)| TxnKey {
+                    user_id,
+                    device_id,
+                    scope,
+                    txn_id,
+                }),
+            redaction: self
+                .redaction
+                .as_ref()
+                .map(|(redacted, json)| (redacted.as_str(), json.as_str())),
             push_actions: &self.push_actions,
             relation: self
                 .relation
@@ -230,6 +249,7 @@ mod tests {
             state_group_before: None,
             membership: None,
             txn: None,
+            redaction: None,
             push_actions: &[],
             relation: None,
             now: 1,

@@ -60,7 +60,7 @@ pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
-    RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,
+    RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
 };
 pub use server_keys::StoredSigningKey;
 pub use spaces::SpaceRoomState;

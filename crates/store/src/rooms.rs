@@ -106,14 +106,29 @@ pub struct NewEvent<'a> {
     pub state_group_before: Option<i64>,
     /// For `m.room.member`: the target and its membership.
     pub membership: Option<(&'a str, &'a str)>,
-    /// `(user_id, device_id, txn_id)` of a client send.
-    pub txn: Option<(&'a str, &'a str, &'a str)>,
+    /// The transaction of a client send.
+    pub txn: Option<TxnKey<'a>>,
+    /// For a redaction: the redacted event and its redacted JSON, written in the same
+    /// transaction as the redaction (an event that was redacted before keeps its first
+    /// redaction).
+    pub redaction: Option<(&'a str, &'a str)>,
     /// What the event asks of local members' push rules.
     pub push_actions: &'a [PushAction],
     /// `content.m.relates_to` of a non-state event: `(parent event id, rel_type)`, indexed for
     /// `/relations`, `/threads` and bundled aggregations.
     pub relation: Option<(&'a str, &'a str)>,
     pub now: i64,
+}
+
+/// What identifies a client's transaction: the spec's retransmission is the same user and
+/// device, the same txn id and the same HTTP path (`scope`: the path without its version prefix
+/// and txn id, e.g. `/rooms/!r/send/m.room.message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnKey<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub scope: &'a str,
+    pub txn_id: &'a str,
 }
 
 /// A joined member as push rule evaluation reads it ([`Store::joined_member_events`]).
@@ -332,7 +347,7 @@ impl Store {
         &self,
         room_nid: i64,
         keys: &[(String, String)],
-        txn: Option<(&str, &str, &str)>,
+        txn: Option<TxnKey<'_>>,
     ) -> Result<SendContext, StoreError> {
         // Three arms of one query, told apart by `part`; parameters are numbered as they come.
         // Bare columns: PostgreSQL plans the three arms with the usual joins in milliseconds,
@@ -354,11 +369,12 @@ impl Store {
             let n = 2 * keys.len() + 2;
             sql.push_str(&format!(
                 " UNION ALL SELECT 2 AS part, {} FROM events e JOIN event_txn_ids x ON x.event_id = e.event_id \
-                 WHERE x.user_id = ${} AND x.device_id = ${} AND x.txn_id = ${}",
+                 WHERE x.user_id = ${} AND x.device_id = ${} AND x.scope = ${} AND x.txn_id = ${}",
                 bare_event_columns!(),
                 n,
                 n + 1,
-                n + 2
+                n + 2,
+                n + 3
             ));
         }
         let mut context = SendContext {
@@ -372,8 +388,8 @@ impl Store {
             for (event_type, state_key) in keys {
                 query = query.bind(event_type).bind(state_key);
             }
-            if let Some((user_id, device_id, txn_id)) = txn {
-                query = query.bind(user_id).bind(device_id).bind(txn_id);
+            if let Some(txn) = txn {
+                query = query.bind(txn.user_id).bind(txn.device_id).bind(txn.scope).bind(txn.txn_id);
             }
             for row in query.fetch_all(pool).await? {
                 let part: i32 = row.try_get("part")?;
@@ -387,6 +403,22 @@ impl Store {
         });
         context.head = head_of(extremities);
         Ok(context)
+    }
+
+    /// The event a client transaction produced, if it was sent before.
+    pub async fn txn_event_id(&self, txn: TxnKey<'_>) -> Result<Option<String>, StoreError> {
+        let event_id = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND scope = $3 AND txn_id = $4",
+            )
+            .bind(txn.user_id)
+            .bind(txn.device_id)
+            .bind(txn.scope)
+            .bind(txn.txn_id)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(event_id)
     }
 
     /// Persists an event and everything it changes, durably, before it returns. Events that
@@ -575,15 +607,37 @@ impl Store {
                     }
                     query.execute(&mut *tx).await?;
                 }
-                if let Some((user_id, device_id, txn_id)) = event.txn {
+                if let Some(txn) = event.txn {
                     sqlx::query(
-                        "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO event_txn_ids (user_id, device_id, scope, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
                     )
-                    .bind(user_id)
-                    .bind(device_id)
-                    .bind(txn_id)
+                    .bind(txn.user_id)
+                    .bind(txn.device_id)
+                    .bind(txn.scope)
+                    .bind(txn.txn_id)
                     .bind(event.event_id)
                     .bind(event.now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some((redacted, redacted_json)) = event.redaction {
+                    // With the redaction, never after it: a crash between the two would leave
+                    // a redaction that clients apply and an original that reads still serve.
+                    sqlx::query(
+                        "UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1 AND room_nid = $4 AND redacted_by IS NULL",
+                    )
+                    .bind(redacted)
+                    .bind(redacted_json)
+                    .bind(event.event_id)
+                    .bind(event.room_nid)
+                    .execute(&mut *tx)
+                    .await?;
+                    // Redaction strips `m.relates_to`: the event no longer relates to anything.
+                    sqlx::query(
+                        "DELETE FROM event_relations WHERE event_nid = (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)",
+                    )
+                    .bind(redacted)
+                    .bind(event.room_nid)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -734,6 +788,67 @@ impl Store {
             .await
         })?;
         Ok(row)
+    }
+
+    /// A user's membership of a room for reads: `(membership, event nid, stream ordering,
+    /// forgotten)`.
+    pub async fn membership_for_reads(
+        &self,
+        room_nid: i64,
+        user_id: &str,
+    ) -> Result<Option<(String, i64, i64, bool)>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, i64, i64, bool)>(
+                "SELECT membership, event_nid, stream_ordering, forgotten FROM room_memberships WHERE room_nid = $1 AND user_id = $2",
+            )
+            .bind(room_nid)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row)
+    }
+
+    /// For a user who is no longer joined: the event by which they last left `join` (a leave,
+    /// kick or ban of a joined member), walking back their membership events from `event_nid`
+    /// (their current one); `None` if they were never joined. Reads after departure show the
+    /// room as of that event, and a user banned or invited without ever joining sees nothing.
+    pub async fn last_departure_from_join(
+        &self,
+        event_nid: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        // Each user's chain is as long as their membership changes in the room; the bound only
+        // guards against a corrupt cycle.
+        const MAX_STEPS: usize = 10_000;
+        let membership = |json: &str| {
+            serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned))
+        };
+        let mut current = Some(event_nid);
+        for _ in 0..MAX_STEPS {
+            let Some(nid) = current else { break };
+            let row = with_pool!(self, pool => {
+                sqlx::query_as::<_, (String, Option<i64>, Option<String>)>(
+                    "SELECT e.json, e.prev_state_nid, p.json FROM events e LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
+                     WHERE e.event_nid = $1",
+                )
+                .bind(nid)
+                .fetch_optional(pool)
+                .await
+            })?;
+            let Some((json, prev_nid, prev_json)) = row else {
+                break;
+            };
+            let now = membership(&json);
+            let before = prev_json.as_deref().and_then(membership);
+            if matches!(now.as_deref(), Some("leave" | "ban")) && before.as_deref() == Some("join")
+            {
+                return Ok(Some(nid));
+            }
+            current = prev_nid;
+        }
+        Ok(None)
     }
 
     /// What a sync starts from, in one statement (so one snapshot): every stream position it
@@ -972,31 +1087,6 @@ impl Store {
             out
         });
         Ok(rows)
-    }
-
-    /// Replaces an event's stored JSON with its redacted form.
-    pub async fn redact_event(
-        &self,
-        event_id: &str,
-        redacted_json: &str,
-        redacted_by: &str,
-    ) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
-            let mut tx = pool.begin_write(&self.write_gate).await?;
-            sqlx::query("UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1")
-                .bind(event_id)
-                .bind(redacted_json)
-                .bind(redacted_by)
-                .execute(&mut *tx)
-                .await?;
-            // Redaction strips `m.relates_to`: the event no longer relates to anything.
-            sqlx::query("DELETE FROM event_relations WHERE event_nid = (SELECT event_nid FROM events WHERE event_id = $1)")
-                .bind(event_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        Ok(())
     }
 
     /// Marks a room forgotten for a user who has left it.

@@ -3,7 +3,7 @@
 //! produced), and group commit (concurrent persists land together, a bad one fails alone).
 
 use myelin_store::{
-    NewEvent, Persisted, Store, StoreError, StoreOptions,
+    NewEvent, Persisted, Store, StoreError, StoreOptions, TxnKey,
     test_support::{TestDatabase, test_backends},
 };
 
@@ -16,7 +16,19 @@ struct Ev<'a> {
     depth: i64,
     prev: &'a [&'a str],
     before: Option<i64>,
-    txn: Option<(&'a str, &'a str, &'a str)>,
+    txn: Option<TxnKey<'a>>,
+    redaction: Option<(&'a str, &'a str)>,
+}
+
+const SEND_SCOPE: &str = "/rooms/!r/send/m.room.message";
+
+fn txn<'a>(device_id: &'a str, scope: &'a str, txn_id: &'a str) -> Option<TxnKey<'a>> {
+    Some(TxnKey {
+        user_id: "@a:localhost",
+        device_id,
+        scope,
+        txn_id,
+    })
 }
 
 async fn put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Persisted {
@@ -39,6 +51,7 @@ async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, 
             state_group_before: ev.before,
             membership: None,
             txn: ev.txn,
+            redaction: ev.redaction,
             push_actions: &[],
             relation: None,
             now: ev.depth,
@@ -92,7 +105,7 @@ async fn send_context_reads_state_head_and_transaction_together() {
                 depth: 3,
                 prev: &["$power"],
                 before: Some(power.state_group),
-                txn: Some(("@a:localhost", "DEV", "txn1")),
+                txn: txn("DEV", SEND_SCOPE, "txn1"),
                 ..Ev::default()
             },
         )
@@ -104,7 +117,7 @@ async fn send_context_reads_state_head_and_transaction_together() {
             ("m.room.name".to_owned(), String::new()),
         ];
         let context = store
-            .send_context(room, &keys, Some(("@a:localhost", "DEV", "txn2")))
+            .send_context(room, &keys, txn("DEV", SEND_SCOPE, "txn2"))
             .await
             .unwrap();
         let mut state: Vec<&str> = context.state.iter().map(|e| e.event_id.as_str()).collect();
@@ -120,18 +133,27 @@ async fn send_context_reads_state_head_and_transaction_together() {
         assert_eq!(context.txn_event_id, None, "{kind:?}: a new transaction");
 
         let retry = store
-            .send_context(room, &keys, Some(("@a:localhost", "DEV", "txn1")))
+            .send_context(room, &keys, txn("DEV", SEND_SCOPE, "txn1"))
             .await
             .unwrap();
         assert_eq!(retry.txn_event_id.as_deref(), Some("$message"), "{kind:?}");
         let other_device = store
-            .send_context(room, &keys, Some(("@a:localhost", "PHONE", "txn1")))
+            .send_context(room, &keys, txn("PHONE", SEND_SCOPE, "txn1"))
             .await
             .unwrap();
         assert_eq!(
             other_device.txn_event_id, None,
             "{kind:?}: scoped to the device"
         );
+        // The same device and txn id on another path (another room, or another endpoint) is
+        // another request.
+        for scope in ["/rooms/!other/send/m.room.message", "/rooms/!r/redact/$x"] {
+            let other_path = store
+                .send_context(room, &keys, txn("DEV", scope, "txn1"))
+                .await
+                .unwrap();
+            assert_eq!(other_path.txn_event_id, None, "{kind:?}: scoped to {scope}");
+        }
 
         // Two extremities (a fork): both are prev events, the deepest first.
         put(
@@ -155,6 +177,110 @@ async fn send_context_reads_state_head_and_transaction_together() {
         );
         assert_eq!(forked.head.max_depth, 5);
         assert!(forked.state.is_empty() && forked.txn_event_id.is_none());
+        store.close().await;
+    }
+}
+
+/// A redaction and the redacted copy of its target are one write: if the redaction cannot be
+/// stored, the target keeps its content; if it is, the target is redacted by it (and a second
+/// redaction leaves the first in place).
+#[tokio::test]
+async fn a_redaction_and_the_redacted_copy_are_written_together() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!r:localhost", "12", "@a:localhost", false, 0)
+            .await
+            .unwrap();
+        let create = put(
+            &store,
+            room,
+            Ev {
+                id: "$create",
+                kind: "m.room.create",
+                state_key: Some(""),
+                depth: 1,
+                ..Ev::default()
+            },
+        )
+        .await;
+        let message = put(
+            &store,
+            room,
+            Ev {
+                id: "$message",
+                kind: "m.room.message",
+                depth: 2,
+                prev: &["$create"],
+                before: Some(create.state_group),
+                ..Ev::default()
+            },
+        )
+        .await;
+        // A redaction whose own insert fails (its id is taken): nothing of it is written.
+        let failed = try_put(
+            &store,
+            room,
+            Ev {
+                id: "$create",
+                kind: "m.room.redaction",
+                depth: 3,
+                prev: &["$message"],
+                before: Some(message.state_group),
+                redaction: Some(("$message", r#"{"type":"redacted"}"#)),
+                ..Ev::default()
+            },
+        )
+        .await;
+        assert!(failed.is_err(), "{kind:?}");
+        let target = store.event("$message").await.unwrap().unwrap();
+        assert_eq!(
+            target.redacted_by, None,
+            "{kind:?}: no half-written redaction"
+        );
+        assert_eq!(target.json, r#"{"type":"m.room.message"}"#, "{kind:?}");
+
+        let redaction = Ev {
+            id: "$redaction",
+            kind: "m.room.redaction",
+            depth: 3,
+            prev: &["$message"],
+            before: Some(message.state_group),
+            redaction: Some(("$message", r#"{"type":"redacted"}"#)),
+            ..Ev::default()
+        };
+        put(&store, room, redaction).await;
+        let target = store.event("$message").await.unwrap().unwrap();
+        assert_eq!(
+            target.redacted_by.as_deref(),
+            Some("$redaction"),
+            "{kind:?}"
+        );
+        assert_eq!(target.json, r#"{"type":"redacted"}"#, "{kind:?}");
+
+        put(
+            &store,
+            room,
+            Ev {
+                id: "$again",
+                kind: "m.room.redaction",
+                depth: 4,
+                prev: &["$redaction"],
+                before: Some(message.state_group),
+                redaction: Some(("$message", r#"{"type":"again"}"#)),
+                ..Ev::default()
+            },
+        )
+        .await;
+        let target = store.event("$message").await.unwrap().unwrap();
+        assert_eq!(
+            target.redacted_by.as_deref(),
+            Some("$redaction"),
+            "{kind:?}: the first stays"
+        );
         store.close().await;
     }
 }

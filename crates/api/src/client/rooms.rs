@@ -8,7 +8,7 @@ use axum::Router;
 use myelin_service::{
     Error as ServiceError,
     rate_limit::RateKey,
-    rooms::{CreateRoom, Direction, MembersFilter, PageRequest, Preset, events::LocalEvent},
+    rooms::{CreateRoom, Direction, MembersFilter, PageRequest, Preset},
 };
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId,
@@ -75,6 +75,12 @@ async fn create(
     state: AppState,
     request: Ruma<create_room::v3::Request>,
 ) -> Result<create_room::v3::Response, MatrixError> {
+    // Not marked rate-limited in the spec, but each room is a run of writes and a row in
+    // every member's sync: limited like sends (Synapse limits it too).
+    state
+        .services
+        .rate_limiter
+        .check(RateKey::User(request.identity.user_id.to_string()))?;
     let body = request.body;
     if !body.invite_3pid.is_empty() {
         return Err(
@@ -325,26 +331,24 @@ async fn rooms_joined(
     ))
 }
 
-/// What both kinds of send do first: the rate limit, the room, and the content as a JSON object.
-async fn prepare_send(
+/// What both kinds of send do first: the rate limit and the content as a JSON object.
+fn prepare_send(
     state: &AppState,
     user: &myelin_service::accounts::AuthedUser,
-    room_id: &RoomId,
     content: &serde_json::value::RawValue,
-) -> Result<(myelin_store::RoomRow, Value), MatrixError> {
+) -> Result<Value, MatrixError> {
     // Sends are not marked rate-limited in the spec, but a flood of them is what limits exist
     // for (Synapse limits them too).
     state
         .services
         .rate_limiter
         .check(RateKey::User(user.user_id.to_string()))?;
-    let room = state.services.rooms.room(room_id.as_str()).await?;
     let content: Value =
         serde_json::from_str(content.get()).map_err(|e| ServiceError::BadJson(e.to_string()))?;
     if !content.is_object() {
         return Err(ServiceError::BadJson("Event content must be a JSON object".to_owned()).into());
     }
-    Ok((room, content))
+    Ok(content)
 }
 
 async fn send_message(
@@ -353,21 +357,17 @@ async fn send_message(
 ) -> Result<send_message_event::v3::Response, MatrixError> {
     let user = request.identity;
     let body = request.body;
-    let (room, content) = prepare_send(&state, &user, &body.room_id, body.body.json()).await?;
+    let content = prepare_send(&state, &user, body.body.json())?;
     let event_type = body.event_type.to_string();
     let event_id = state
         .services
         .rooms
-        .send(
-            &room,
-            &user.user_id,
-            LocalEvent {
-                event_type: &event_type,
-                state_key: None,
-                content,
-                redacts: None,
-                txn: Some((user.device_id.as_str(), body.txn_id.as_str())),
-            },
+        .send_message(
+            &user,
+            body.room_id.as_str(),
+            &event_type,
+            content,
+            body.txn_id.as_str(),
         )
         .await?;
     Ok(send_message_event::v3::Response::new(event_id_of(
@@ -386,7 +386,7 @@ async fn send_state(
 ) -> Result<send_state_event::v3::Response, MatrixError> {
     let user = request.identity;
     let body = request.body;
-    let (room, content) = prepare_send(&state, &user, &body.room_id, body.body.json()).await?;
+    let content = prepare_send(&state, &user, body.body.json())?;
     let event_type = body.event_type.to_string();
     if event_type == "m.room.canonical_alias" && body.state_key.is_empty() {
         // The spec: new aliases in the event must exist, be ours and point to this room.
@@ -399,16 +399,12 @@ async fn send_state(
     let event_id = state
         .services
         .rooms
-        .send(
-            &room,
+        .send_state_event(
             &user.user_id,
-            LocalEvent {
-                event_type: &event_type,
-                state_key: Some(&body.state_key),
-                content,
-                redacts: None,
-                txn: None,
-            },
+            body.room_id.as_str(),
+            &event_type,
+            &body.state_key,
+            content,
         )
         .await?;
     Ok(send_state_event::v3::Response::new(event_id_of(&event_id)?))

@@ -11,11 +11,7 @@ use myelin_room_version::{
 use ruma::{OwnedRoomAliasId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 
-use super::{
-    Rooms,
-    events::{LocalEvent, pdu_error},
-    to_canonical_object,
-};
+use super::{Rooms, events::pdu_error, to_canonical_object};
 use crate::{Error, Result, now_millis, tokens};
 
 /// The spec's presets.
@@ -70,6 +66,16 @@ impl Rooms {
                 version.id()
             )));
         }
+        crate::limits::at_most(
+            "The number of initial_state events",
+            request.initial_state.len(),
+            crate::limits::MAX_INITIAL_STATE,
+        )?;
+        crate::limits::at_most(
+            "The number of invites",
+            request.invite.len(),
+            crate::limits::MAX_CREATE_ROOM_INVITES,
+        )?;
         for invitee in &request.invite {
             if !self.is_local(invitee) {
                 return Err(Error::Forbidden(format!(
@@ -185,7 +191,7 @@ impl Rooms {
             }
         };
         let room = self.room(&room_id).await?;
-        self.persist(&room, &create, Vec::new(), None, None, now, None)
+        self.persist(&room, &create, Vec::new(), None, None, None, now, None)
             .await?;
 
         // 2. The creator joins.
@@ -342,6 +348,8 @@ impl Rooms {
         Ok(room_id)
     }
 
+    /// Room creation's state events go through the same rules as a client's (membership
+    /// events to the membership rule, so `initial_state` is no way around it).
     pub(super) async fn send_state(
         &self,
         room: &myelin_store::RoomRow,
@@ -350,17 +358,7 @@ impl Rooms {
         state_key: &str,
         content: Value,
     ) -> Result<String> {
-        self.send(
-            room,
-            sender,
-            LocalEvent {
-                event_type,
-                state_key: Some(state_key),
-                content,
-                redacts: None,
-                txn: None,
-            },
-        )
-        .await
+        self.send_state_of(room, sender, event_type, state_key, content)
+            .await
     }
 }

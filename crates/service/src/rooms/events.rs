@@ -10,7 +10,7 @@ use myelin_room_version::{
     pdu::build_pdu,
     version::RedactionAlgorithm,
 };
-use myelin_store::{EventRow, JoinedMember, NewEvent, RoomRow};
+use myelin_store::{EventRow, JoinedMember, NewEvent, RoomRow, TxnKey};
 use ruma::UserId;
 use serde_json::value::to_raw_value;
 
@@ -20,22 +20,61 @@ use crate::{Error, Result, now_millis};
 /// The spec allows at most 20 `prev_events`.
 const MAX_PREV_EVENTS: usize = 20;
 
-/// What a client (or room creation) asks to send.
+/// What a client (or room creation) asks to send. Built only inside this crate: clients'
+/// sends come in through [`Rooms::send_message`] and [`Rooms::send_state_event`], which take
+/// membership events and redactions to their rules first.
 #[derive(Debug, Clone)]
-pub struct LocalEvent<'a> {
+pub(crate) struct LocalEvent<'a> {
     pub event_type: &'a str,
     pub state_key: Option<&'a str>,
     pub content: serde_json::Value,
-    /// `m.room.redaction`: the redacted event.
-    pub redacts: Option<&'a str>,
-    /// `(device_id, txn_id)` of a client send, for idempotency.
-    pub txn: Option<(&'a str, &'a str)>,
+    /// Which rule let the event through: `m.room.member` and `m.room.redaction` events must
+    /// come with theirs, or [`Rooms::send`] refuses them.
+    pub ruled: Ruled,
+    /// The client's transaction, for idempotency.
+    pub txn: Option<ClientTxn<'a>>,
+}
+
+/// The proof that an event went through the rule its type needs (see [`LocalEvent::ruled`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Ruled {
+    /// An event type no server-side rule covers beyond the auth rules.
+    Plain,
+    /// A membership event from [`Rooms::change_membership`].
+    Membership(super::membership::MembershipRuled),
+    /// A redaction from [`Rooms::redaction`]: the redacted event and its redacted form.
+    Redaction(super::redact::RedactionRuled),
+}
+
+/// A client's transaction: the spec's retransmission is the same device, the same txn id and
+/// the same HTTP path; `scope` is that path without its version prefix and txn id.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientTxn<'a> {
+    pub device_id: &'a str,
+    pub txn_id: &'a str,
+    pub scope: String,
+}
+
+impl ClientTxn<'_> {
+    pub(crate) fn key<'k>(&'k self, user_id: &'k str) -> TxnKey<'k> {
+        TxnKey {
+            user_id,
+            device_id: self.device_id,
+            scope: &self.scope,
+            txn_id: self.txn_id,
+        }
+    }
+}
+
+/// The transaction scope of `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+pub(crate) fn send_scope(room_id: &str, event_type: &str) -> String {
+    format!("/rooms/{room_id}/send/{event_type}")
 }
 
 impl Rooms {
     /// Builds, authorises and persists an event from a local user. Returns the event id; a
     /// retried transaction returns the first send's id without sending again.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         room: &RoomRow,
         sender: &UserId,
@@ -46,6 +85,17 @@ impl Rooms {
                 "local sends come from local users".to_owned(),
             ));
         }
+        let redaction = match (event.event_type, &event.ruled) {
+            ("m.room.member", Ruled::Membership(_)) => None,
+            ("m.room.redaction", Ruled::Redaction(ruled)) => Some(ruled),
+            ("m.room.member" | "m.room.redaction", _) => {
+                return Err(Error::Internal(format!(
+                    "a {} event reached send without its rule",
+                    event.event_type
+                )));
+            }
+            _ => None,
+        };
         let writer = self.writer(&room.room_id);
         let _guard = writer.lock().await;
         let version = version_of(room)?;
@@ -74,9 +124,7 @@ impl Rooms {
             self.store.send_context(
                 room.room_nid,
                 &keys,
-                event
-                    .txn
-                    .map(|(device_id, txn_id)| (sender.as_str(), device_id, txn_id)),
+                event.txn.as_ref().map(|txn| txn.key(sender.as_str())),
             ),
             self.store
                 .joined_member_events(room.room_nid, super::push::PUSH_RULES_TYPE),
@@ -124,7 +172,7 @@ impl Rooms {
                 CanonicalJsonValue::String(state_key.to_owned()),
             );
         }
-        if let Some(redacts) = event.redacts
+        if let Some(redacts) = redaction.map(|r| r.redacts())
             && version.redaction() != RedactionAlgorithm::V11
         {
             // Before v11 `redacts` is a top-level key.
@@ -173,7 +221,8 @@ impl Rooms {
                 &pdu,
                 head.prev_event_ids,
                 head.state_group,
-                event.txn.map(|(d, t)| (sender.as_str(), d, t)),
+                event.txn.as_ref().map(|txn| txn.key(sender.as_str())),
+                redaction.and_then(|r| r.redacted_copy()),
                 now,
                 Some((members, &context.state)),
             )
@@ -190,7 +239,8 @@ impl Rooms {
         pdu: &Pdu,
         prev_event_ids: Vec<String>,
         state_group_before: Option<i64>,
-        txn: Option<(&str, &str, &str)>,
+        txn: Option<TxnKey<'_>>,
+        redaction: Option<(&str, &str)>,
         now: i64,
         push_inputs: Option<(Vec<JoinedMember>, &[EventRow])>,
     ) -> Result<String> {
@@ -226,6 +276,7 @@ impl Rooms {
                     _ => None,
                 },
                 txn,
+                redaction,
                 push_actions: &push_actions,
                 relation: relation
                     .as_ref()

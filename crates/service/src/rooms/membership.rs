@@ -1,6 +1,12 @@
 //! Membership changes by local users: join (including restricted joins authorised by a local
-//! resident), leave, invite, kick, ban, unban, knock and forget. The room version's auth rules
-//! decide what is allowed; this module only builds the right member event.
+//! resident), leave, invite, kick, ban, unban, knock and forget.
+//!
+//! Every membership event a local user sends, whatever endpoint it comes through (the
+//! membership endpoints, `PUT /state/m.room.member/{userId}`, room creation, profile changes,
+//! deactivation), goes through [`Rooms::change_membership`]: the checks the auth rules leave to
+//! the resident server (who authorises a restricted join, invites only to users this server can
+//! reach, leaving only rooms one is in) are made there and nowhere else. The room version's auth
+//! rules then decide the rest.
 
 use myelin_store::RoomRow;
 use ruma::UserId;
@@ -8,8 +14,17 @@ use serde_json::{Value, json};
 
 use myelin_room_version::redaction::{PowerLevel, user_power_level};
 
-use super::{Rooms, events::LocalEvent, pdu_of, version_of};
+use super::{
+    Rooms,
+    events::{LocalEvent, Ruled},
+    pdu_of, version_of,
+};
 use crate::{Error, Result};
+
+/// A membership event that went through [`Rooms::change_membership`]: only this module makes
+/// one.
+#[derive(Debug, Clone)]
+pub(crate) struct MembershipRuled(());
 
 fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
     if let Some(reason) = reason {
@@ -43,7 +58,7 @@ impl Rooms {
         {
             let room = self.room(&room_id).await?;
             let content = self.join_content(user, None).await?;
-            if let Err(err) = self.member_event(&room, user, user.as_str(), content).await {
+            if let Err(err) = self.change_membership(&room, user, user, content).await {
                 tracing::warn!(%room_id, %user, %err, "could not update the member event after a profile change");
             }
         }
@@ -60,7 +75,7 @@ impl Rooms {
             {
                 let room = self.room(&room_id).await?;
                 if let Err(err) = self
-                    .member_event(&room, user, user.as_str(), json!({"membership": "leave"}))
+                    .change_membership(&room, user, user, json!({"membership": "leave"}))
                     .await
                 {
                     tracing::warn!(%room_id, %user, %err, "could not leave a room on deactivation");
@@ -80,21 +95,79 @@ impl Rooms {
         }
     }
 
-    async fn member_event(
+    /// The one door for membership events from local users (see the module docs). `content`
+    /// is the event's content as the client gave it.
+    pub(crate) async fn change_membership(
         &self,
         room: &RoomRow,
         sender: &UserId,
-        target: &str,
+        target: &UserId,
         content: Value,
     ) -> Result<String> {
+        let Value::Object(mut content) = content else {
+            return Err(Error::BadJson(
+                "Event content must be a JSON object".to_owned(),
+            ));
+        };
+        let membership = content
+            .get("membership")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::BadJson("A member event needs a membership".to_owned()))?
+            .to_owned();
+        // Only this server names who authorises a restricted join, after checking the `allow`
+        // conditions itself: our server signs the event, so a name chosen by the client would
+        // be our word that the join was allowed.
+        content.remove("join_authorised_via_users_server");
+        if content.contains_key("third_party_invite") {
+            return Err(Error::Forbidden(
+                "Third-party invites are not supported".to_owned(),
+            ));
+        }
+        match membership.as_str() {
+            "join" => {
+                if sender == target
+                    && let Some(authoriser) = self.restricted_join_authoriser(room, target).await?
+                {
+                    content.insert(
+                        "join_authorised_via_users_server".to_owned(),
+                        json!(authoriser),
+                    );
+                }
+            }
+            "invite" => {
+                if !self.is_local(target) {
+                    return Err(Error::Forbidden(format!(
+                        "Cannot invite {target}: inviting users on other servers needs federation, which this server does not have yet"
+                    )));
+                }
+            }
+            "leave" => {
+                if self
+                    .store
+                    .membership(room.room_nid, target.as_str())
+                    .await?
+                    .is_none()
+                {
+                    return Err(Error::Forbidden(if sender == target {
+                        "You are not in this room".to_owned()
+                    } else {
+                        format!("{target} is not in this room")
+                    }));
+                }
+            }
+            "ban" | "knock" => {}
+            other => {
+                return Err(Error::BadJson(format!("Unknown membership {other:?}")));
+            }
+        }
         self.send(
             room,
             sender,
             LocalEvent {
                 event_type: "m.room.member",
-                state_key: Some(target),
-                content,
-                redacts: None,
+                state_key: Some(target.as_str()),
+                content: Value::Object(content),
+                ruled: Ruled::Membership(MembershipRuled(())),
                 txn: None,
             },
         )
@@ -105,12 +178,8 @@ impl Rooms {
     /// invite, as the spec's restricted-join rules require.
     pub async fn join(&self, user: &UserId, room_id: &str, reason: Option<&str>) -> Result<String> {
         let room = self.known_room(room_id).await?;
-        let mut content = self.join_content(user, reason).await?;
-        if let Some(authoriser) = self.restricted_join_authoriser(&room, user).await? {
-            content["join_authorised_via_users_server"] = json!(authoriser);
-        }
-        self.member_event(&room, user, user.as_str(), content)
-            .await?;
+        let content = self.join_content(user, reason).await?;
+        self.change_membership(&room, user, user, content).await?;
         Ok(room.room_id)
     }
 
@@ -219,18 +288,10 @@ impl Rooms {
 
     pub async fn leave(&self, user: &UserId, room_id: &str, reason: Option<&str>) -> Result<()> {
         let room = self.room(room_id).await?;
-        if self
-            .store
-            .membership(room.room_nid, user.as_str())
-            .await?
-            .is_none()
-        {
-            return Err(Error::Forbidden("You are not in this room".to_owned()));
-        }
-        self.member_event(
+        self.change_membership(
             &room,
             user,
-            user.as_str(),
+            user,
             with_reason(json!({"membership": "leave"}), reason),
         )
         .await?;
@@ -246,16 +307,11 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<()> {
         let room = self.room(room_id).await?;
-        if !self.is_local(target) {
-            return Err(Error::Forbidden(format!(
-                "Cannot invite {target}: inviting users on other servers needs federation, which this server does not have yet"
-            )));
-        }
         let mut content = with_reason(json!({"membership": "invite"}), reason);
         if is_direct {
             content["is_direct"] = json!(true);
         }
-        self.member_event(&room, sender, target.as_str(), content)
+        self.change_membership(&room, sender, target, content)
             .await?;
         Ok(())
     }
@@ -270,19 +326,10 @@ impl Rooms {
         reason: Option<&str>,
     ) -> Result<()> {
         let room = self.room(room_id).await?;
-        if membership == "leave" {
-            let current = self
-                .store
-                .membership(room.room_nid, target.as_str())
-                .await?;
-            if current.is_none() {
-                return Err(Error::Forbidden(format!("{target} is not in this room")));
-            }
-        }
-        self.member_event(
+        self.change_membership(
             &room,
             sender,
-            target.as_str(),
+            target,
             with_reason(json!({"membership": membership}), reason),
         )
         .await?;
@@ -305,10 +352,10 @@ impl Rooms {
         if current.as_ref().map(|m| m.0.as_str()) != Some("ban") {
             return Err(Error::Forbidden(format!("{target} is not banned")));
         }
-        self.member_event(
+        self.change_membership(
             &room,
             sender,
-            target.as_str(),
+            target,
             with_reason(json!({"membership": "leave"}), reason),
         )
         .await?;
@@ -322,10 +369,10 @@ impl Rooms {
         reason: Option<&str>,
     ) -> Result<String> {
         let room = self.known_room(room_id).await?;
-        self.member_event(
+        self.change_membership(
             &room,
             user,
-            user.as_str(),
+            user,
             with_reason(json!({"membership": "knock"}), reason),
         )
         .await?;

@@ -5,13 +5,14 @@
 //! Rooms with other servers come with federation; membership code takes the local path today and
 //! says so with a clear error where a remote server would be needed.
 
+mod client_send;
 mod create;
 pub mod events;
 mod hierarchy;
-mod membership;
+pub(crate) mod membership;
 mod push;
 pub(crate) mod read;
-mod redact;
+pub(crate) mod redact;
 mod relations;
 mod report;
 mod visibility;

@@ -90,15 +90,29 @@ pub struct MembersFilter {
     pub not_membership: Option<String>,
 }
 
-/// A pagination token: a position in the events stream.
+/// The largest stream position a token may name. Positions count events, so no real token
+/// comes near it; the bound keeps `position + 1` and friends far from overflow, whatever a
+/// client sends.
+pub(crate) const MAX_TOKEN_POSITION: i64 = (1 << 53) - 1;
+
+/// A pagination token: a position in the events stream. A sync token (`s<events>_<...>`) is a
+/// valid pagination token too: its events position. Anything else, and any position out of
+/// range, is `M_INVALID_PARAM`.
 pub(crate) fn parse_token(token: &str) -> Result<i64> {
-    // A sync token (`s<events>_<...>`) is a valid pagination token too: its events position.
-    token
+    let invalid = || Error::InvalidParam(format!("Invalid pagination token {token:?}"));
+    let first = token
         .strip_prefix('s')
-        .map(|rest| rest.split('_').next().unwrap_or_default())
-        .and_then(|n| n.parse::<i64>().ok())
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| Error::InvalidParam(format!("Invalid pagination token {token:?}")))
+        .and_then(|rest| rest.split('_').next())
+        .ok_or_else(invalid)?;
+    // Digits only: `str::parse` would also take a sign.
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    first
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (0..=MAX_TOKEN_POSITION).contains(n))
+        .ok_or_else(invalid)
 }
 
 pub(crate) fn token(position: i64) -> String {
@@ -109,33 +123,76 @@ pub(crate) fn token(position: i64) -> String {
 enum Vantage {
     /// Joined: the current state.
     Current,
-    /// Left or banned: the state as of their membership change.
-    At(i64),
+    /// Left or banned after being joined: the state as of that departure (its state group
+    /// and stream position).
+    At { group: i64, stream: i64 },
+}
+
+/// What a reader who may not read a room hears, whether the room exists or not.
+fn not_in_room() -> Error {
+    Error::Forbidden("You are not in this room".to_owned())
+}
+
+/// What a reader hears of an event they may not see, whether it (or its room) exists or not.
+fn event_not_found() -> Error {
+    Error::NotFound("Event not found".to_owned())
 }
 
 impl Rooms {
-    /// The state a user may see: current if joined, as of their departure if they left.
+    /// A room for a reader: an unknown room gets the answer a room they are not in gets, so
+    /// reads do not tell who is not in a room whether it exists.
+    async fn room_for_reader(&self, room_id: &str) -> Result<RoomRow> {
+        self.store.room(room_id).await?.ok_or_else(not_in_room)
+    }
+
+    /// Whether the user forgot the room (it is then no longer theirs to read).
+    async fn forgotten(&self, room: &RoomRow, user: &UserId) -> Result<bool> {
+        Ok(self
+            .store
+            .membership_for_reads(room.room_nid, user.as_str())
+            .await?
+            .is_some_and(|(_, _, _, forgotten)| forgotten))
+    }
+
+    /// The state a user may see: current if joined, as of their departure if they left or were
+    /// removed after being joined. Nothing for a user who never joined (invited, knocking, or
+    /// banned without joining), or who forgot the room.
     async fn vantage(&self, room: &RoomRow, user: &UserId) -> Result<Vantage> {
-        match self.store.membership(room.room_nid, user.as_str()).await? {
-            Some((membership, _, _)) if membership == "join" => Ok(Vantage::Current),
-            Some((membership, event_nid, _)) if membership == "leave" || membership == "ban" => {
-                let group = self.store.event_by_nid_state_group(event_nid).await?;
-                Ok(Vantage::At(group))
+        match self
+            .store
+            .membership_for_reads(room.room_nid, user.as_str())
+            .await?
+        {
+            Some((membership, _, _, false)) if membership == "join" => Ok(Vantage::Current),
+            Some((membership, event_nid, _, false))
+                if membership == "leave" || membership == "ban" =>
+            {
+                let departure = match self.store.last_departure_from_join(event_nid).await? {
+                    Some(nid) => self.store.event_by_nid(nid).await?,
+                    None => None,
+                };
+                match departure {
+                    Some(row) => Ok(Vantage::At {
+                        group: row.state_group,
+                        stream: row.stream_ordering,
+                    }),
+                    None => Err(not_in_room()),
+                }
             }
-            _ => Err(Error::Forbidden("You are not in this room".to_owned())),
+            _ => Err(not_in_room()),
         }
     }
 
     async fn state_for(&self, room: &RoomRow, user: &UserId) -> Result<Vec<EventRow>> {
         match self.vantage(room, user).await? {
             Vantage::Current => Ok(self.store.current_state(room.room_nid, None).await?),
-            Vantage::At(group) => Ok(self.store.state_at_group(group).await?),
+            Vantage::At { group, .. } => Ok(self.store.state_at_group(group).await?),
         }
     }
 
     /// `GET /rooms/{roomId}/state`.
     pub async fn state(&self, user: &UserId, room_id: &str) -> Result<Vec<Value>> {
-        let room = self.room(room_id).await?;
+        let room = self.room_for_reader(room_id).await?;
         let rows = self.state_for(&room, user).await?;
         Ok(rows
             .iter()
@@ -151,7 +208,7 @@ impl Rooms {
         event_type: &str,
         state_key: &str,
     ) -> Result<Value> {
-        let room = self.room(room_id).await?;
+        let room = self.room_for_reader(room_id).await?;
         let rows = self.state_for(&room, user).await?;
         rows.iter()
             .find(|row| row.event_type == event_type && row.state_key.as_deref() == Some(state_key))
@@ -171,8 +228,11 @@ impl Rooms {
         room_id: &str,
         event_id: &str,
     ) -> Result<Value> {
-        let room = self.room(room_id).await?;
-        let not_found = || Error::NotFound("Event not found".to_owned());
+        let not_found = event_not_found;
+        let room = self.store.room(room_id).await?.ok_or_else(not_found)?;
+        if self.forgotten(&room, user).await? {
+            return Err(not_found());
+        }
         let row = self
             .store
             .event(event_id)
@@ -197,26 +257,16 @@ impl Rooms {
         room_id: &str,
         filter: &MembersFilter,
     ) -> Result<Vec<Value>> {
-        let room = self.room(room_id).await?;
-        let rows = match &filter.at {
-            None => self.state_for(&room, user).await?,
-            Some(at) => {
+        let room = self.room_for_reader(room_id).await?;
+        let vantage = self.vantage(&room, user).await?;
+        let rows = match (&filter.at, vantage) {
+            (None, Vantage::Current) => self.store.current_state(room.room_nid, None).await?,
+            (None, Vantage::At { group, .. }) => self.store.state_at_group(group).await?,
+            (Some(at), vantage) => {
                 let mut position = parse_token(at)?;
                 // Never past what the user may see: their departure, if they left.
-                if let Some((membership, _, stream)) =
-                    self.store.membership(room.room_nid, user.as_str()).await?
-                    && membership != "join"
-                {
-                    self.vantage(&room, user).await?;
-                    position = position.min(stream + 1);
-                }
-                if self
-                    .store
-                    .membership(room.room_nid, user.as_str())
-                    .await?
-                    .is_none()
-                {
-                    return Err(Error::Forbidden("You are not in this room".to_owned()));
+                if let Vantage::At { stream, .. } = vantage {
+                    position = position.min(stream.saturating_add(1));
                 }
                 match self
                     .store
@@ -224,7 +274,17 @@ impl Rooms {
                     .await?
                     .first()
                 {
-                    Some(last) => self.store.state_at_group(last.state_group).await?,
+                    // The members at a point are as visible as the event there: a member
+                    // who joined later does not see who was in a room whose history is
+                    // hidden from them.
+                    Some(last) => {
+                        if !self.visible_rows(std::slice::from_ref(last), user).await?[0] {
+                            return Err(Error::Forbidden(
+                                "You may not see this room's history at that point".to_owned(),
+                            ));
+                        }
+                        self.store.state_at_group(last.state_group).await?
+                    }
                     None => Vec::new(),
                 }
             }
@@ -247,7 +307,7 @@ impl Rooms {
         user: &UserId,
         room_id: &str,
     ) -> Result<Vec<(String, Option<String>, Option<String>)>> {
-        let room = self.room(room_id).await?;
+        let room = self.room_for_reader(room_id).await?;
         if !matches!(self.vantage(&room, user).await?, Vantage::Current) {
             return Err(Error::Forbidden(
                 "You are not joined to this room".to_owned(),
@@ -369,14 +429,15 @@ impl Rooms {
             .room(room_id)
             .await?
             .ok_or_else(|| Error::Forbidden("You are not in this room".to_owned()))?;
-        // Anyone who is or was in the room may page; visibility filters each event.
+        // Anyone who is or was in the room (and has not forgotten it) may page; visibility
+        // filters each event.
         if self
             .store
-            .membership(room.room_nid, user.as_str())
+            .membership_for_reads(room.room_nid, user.as_str())
             .await?
-            .is_none()
+            .is_none_or(|(_, _, _, forgotten)| forgotten)
         {
-            return Err(Error::Forbidden("You are not in this room".to_owned()));
+            return Err(not_in_room());
         }
         let limit = limit.clamp(1, 1000);
         let start = match from {
@@ -389,7 +450,7 @@ impl Rooms {
         let bound = to.map(parse_token).transpose()?;
         let (after, before) = match dir {
             Direction::Backward => (bound.unwrap_or(0).saturating_sub(1), start),
-            Direction::Forward => (start, bound.map_or(i64::MAX, |b| b + 1)),
+            Direction::Forward => (start, bound.map_or(i64::MAX, |b| b.saturating_add(1))),
         };
         let rows = self
             .store
@@ -433,8 +494,11 @@ impl Rooms {
         event_id: &str,
         limit: usize,
     ) -> Result<EventContext> {
-        let room = self.room(room_id).await?;
-        let not_found = || Error::NotFound("Event not found".to_owned());
+        let not_found = event_not_found;
+        let room = self.store.room(room_id).await?.ok_or_else(not_found)?;
+        if self.forgotten(&room, user).await? {
+            return Err(not_found());
+        }
         let row = self
             .store
             .event(event_id)

@@ -1,19 +1,50 @@
-//! Redactions by local users: the redaction event, then the stored event replaced by its
-//! redacted form per the room version.
+//! Redactions by local users, whichever endpoint they come through (`/redact` or
+//! `/send/m.room.redaction`): the one rule that decides whether a redaction may be sent (the
+//! redacter is joined, the target is in the same room, and it is the redacter's own event or
+//! they have the redact power level), and the redacted copy of the target, which is written in
+//! the same transaction as the redaction.
+//!
+//! The auth rules leave the "own event" check to the resident server (before room version 11
+//! they only compare the servers of the two senders), so without this rule a member could
+//! redact anyone's events through the generic send endpoint.
 
 use myelin_room_version::{
     canonical::{redact, to_canonical_string},
     redaction::{PowerLevel, redact_level, user_power_level},
     version::RedactionAlgorithm,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::{Rooms, events::LocalEvent, pdu_of, version_of};
+use super::{
+    Rooms,
+    events::{ClientTxn, LocalEvent, Ruled},
+    pdu_of, version_of,
+};
 use crate::{Error, Result, accounts::AuthedUser};
 
+/// A redaction that passed [`Rooms::redaction`]'s checks: only this module makes one.
+#[derive(Debug, Clone)]
+pub(crate) struct RedactionRuled {
+    redacts: String,
+    /// The target's redacted JSON, unless it was redacted before (the first redaction stays).
+    redacted_copy: Option<String>,
+}
+
+impl RedactionRuled {
+    pub(crate) fn redacts(&self) -> &str {
+        &self.redacts
+    }
+
+    /// `(target, redacted JSON)` for the store.
+    pub(crate) fn redacted_copy(&self) -> Option<(&str, &str)> {
+        self.redacted_copy
+            .as_deref()
+            .map(|json| (self.redacts.as_str(), json))
+    }
+}
+
 impl Rooms {
-    /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`. A client may redact its own events, or
-    /// anyone's with the redact power level; the event is then stored redacted.
+    /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
     pub async fn redact(
         &self,
         user: &AuthedUser,
@@ -22,7 +53,46 @@ impl Rooms {
         reason: Option<&str>,
         txn_id: &str,
     ) -> Result<String> {
-        let room = self.room(room_id).await?;
+        let mut content = json!({});
+        if let Some(reason) = reason {
+            content["reason"] = json!(reason);
+        }
+        let txn = ClientTxn {
+            device_id: user.device_id.as_str(),
+            txn_id,
+            scope: format!("/rooms/{room_id}/redact/{event_id}"),
+        };
+        self.redaction(user, room_id, event_id, content, txn).await
+    }
+
+    /// Every redaction a local user sends: the checks, then the redaction event with the
+    /// target's redacted copy. A retransmission of the same transaction gets the first answer.
+    pub(super) async fn redaction(
+        &self,
+        user: &AuthedUser,
+        room_id: &str,
+        event_id: &str,
+        mut content: Value,
+        txn: ClientTxn<'_>,
+    ) -> Result<String> {
+        // An unknown room and a room the user is not in get the same answer.
+        let not_in_room = || Error::Forbidden("You are not in this room".to_owned());
+        let room = self.store.room(room_id).await?.ok_or_else(not_in_room)?;
+        if let Some(event_id) = self
+            .store
+            .txn_event_id(txn.key(user.user_id.as_str()))
+            .await?
+        {
+            return Ok(event_id);
+        }
+        let joined = self
+            .store
+            .membership(room.room_nid, user.user_id.as_str())
+            .await?
+            .is_some_and(|(membership, _, _)| membership == "join");
+        if !joined {
+            return Err(not_in_room());
+        }
         let version = version_of(&room)?;
         let target_row = self
             .store
@@ -56,33 +126,35 @@ impl Rooms {
             ));
         }
 
-        let mut content = json!({});
+        let Some(fields) = content.as_object_mut() else {
+            return Err(Error::BadJson(
+                "Event content must be a JSON object".to_owned(),
+            ));
+        };
         if version.redaction() == RedactionAlgorithm::V11 {
-            content["redacts"] = json!(event_id);
+            fields.insert("redacts".to_owned(), json!(event_id));
         }
-        if let Some(reason) = reason {
-            content["reason"] = json!(reason);
-        }
-        let redaction_id = self
-            .send(
-                &room,
-                &user.user_id,
-                LocalEvent {
-                    event_type: "m.room.redaction",
-                    state_key: None,
-                    content,
-                    redacts: Some(event_id),
-                    txn: Some((user.device_id.as_str(), txn_id)),
-                },
-            )
-            .await?;
-        if target_row.redacted_by.is_none() {
-            let redacted = redact(target.json(), version)
-                .map_err(|e| Error::Internal(format!("redacting {event_id}: {e}")))?;
-            self.store
-                .redact_event(event_id, &to_canonical_string(&redacted), &redaction_id)
-                .await?;
-        }
-        Ok(redaction_id)
+        let redacted_copy = match target_row.redacted_by {
+            Some(_) => None,
+            None => Some(to_canonical_string(
+                &redact(target.json(), version)
+                    .map_err(|e| Error::Internal(format!("redacting {event_id}: {e}")))?,
+            )),
+        };
+        self.send(
+            &room,
+            &user.user_id,
+            LocalEvent {
+                event_type: "m.room.redaction",
+                state_key: None,
+                content,
+                ruled: Ruled::Redaction(RedactionRuled {
+                    redacts: event_id.to_owned(),
+                    redacted_copy,
+                }),
+                txn: Some(txn),
+            },
+        )
+        .await
     }
 }

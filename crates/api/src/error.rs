@@ -142,6 +142,12 @@ impl From<ServiceError> for MatrixError {
                 }),
                 message,
             ),
+            ServiceError::NotYetUploaded(_) => {
+                Self::new(S::GATEWAY_TIMEOUT, ErrorKind::NotYetUploaded, message)
+            }
+            ServiceError::CannotOverwriteMedia(_) => {
+                Self::new(S::CONFLICT, ErrorKind::CannotOverwriteMedia, message)
+            }
             ServiceError::MissingToken => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
             }

@@ -13,6 +13,7 @@ mod client;
 pub mod error;
 mod federation;
 mod layers;
+mod media;
 pub mod metrics;
 pub mod ruma_bridge;
 mod well_known;
@@ -44,6 +45,7 @@ impl AppState {
 /// The router for the client listener.
 pub fn client_router(state: AppState) -> Router {
     let router = client::routes()
+        .merge(media::routes(state.services.media.legacy_endpoints()))
         .merge(admin::routes())
         .merge(well_known::routes())
         .route("/health", axum::routing::get(health))

@@ -140,12 +140,7 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
-        // Values come percent-decoded, which is what ruma expects.
-        let mut path_args: Vec<String> =
-            match RawPathParams::from_request_parts(&mut parts, state).await {
-                Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
-                Err(_) => Vec::new(),
-            };
+        let mut path_args = path_args(&mut parts, state).await;
         // The routes registered for an empty state key (`/state/{type}/` and `/state/{type}`):
         // ruma still expects the parameter, as an empty string.
         if parts.extensions.get::<EmptyStateKey>().is_some() {
@@ -186,25 +181,92 @@ where
                 bytes.as_ref()
             };
         let request = http::Request::from_parts(parts, body);
-        let identity = R::Authentication::authenticate(state, &request).await?;
-        if R::RATE_LIMITED {
-            // Per user once logged in, else per client address (unknown behind nothing but a
-            // test harness, which then shares one bucket).
-            let key = match R::Authentication::user(&identity) {
-                Some(user) => RateKey::User(user.user_id.to_string()),
-                None => RateKey::Address(
-                    request
-                        .extensions()
-                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |info| info.0.ip()),
-                ),
-            };
-            state.services.rate_limiter.check(key)?;
-        }
+        let identity = identify::<R>(state, &request).await?;
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body =
             R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
         Ok(Ruma { body, identity })
+    }
+}
+
+/// The request's path arguments, in order. Values come percent-decoded, which is what ruma
+/// expects.
+async fn path_args(parts: &mut http::request::Parts, state: &AppState) -> Vec<String> {
+    match RawPathParams::from_request_parts(parts, state).await {
+        Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs the authentication endpoint `R` declares, then its rate limit if it has one.
+async fn identify<R>(
+    state: &AppState,
+    request: &http::Request<&[u8]>,
+) -> Result<<R::Authentication as Authenticate>::Identity, MatrixError>
+where
+    R: IncomingRequest,
+    R::Authentication: Authenticate,
+{
+    let identity = R::Authentication::authenticate(state, request).await?;
+    if R::RATE_LIMITED {
+        // Per user once logged in, else per client address (unknown behind nothing but a
+        // test harness, which then shares one bucket).
+        let key = match R::Authentication::user(&identity) {
+            Some(user) => RateKey::User(user.user_id.to_string()),
+            None => RateKey::Address(
+                request
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |info| info.0.ip()),
+            ),
+        };
+        state.services.rate_limiter.check(key)?;
+    }
+    Ok(identity)
+}
+
+/// A ruma request whose body is left unread, for uploads: the endpoint's path, query and
+/// headers are parsed (as if the body were empty) and its authentication run, and the body is
+/// handed over as a stream for the handler to read in bounded chunks.
+#[derive(Debug)]
+pub struct RumaStreamed<R: IncomingRequest>
+where
+    R::Authentication: Authenticate,
+{
+    /// The request as ruma parsed it, with an empty body.
+    pub head: R,
+    pub identity: <R::Authentication as Authenticate>::Identity,
+    /// The declared `Content-Length`, if any.
+    pub content_length: Option<u64>,
+    pub body: axum::body::Body,
+}
+
+impl<R> FromRequest<AppState> for RumaStreamed<R>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let path_args = path_args(&mut parts, state).await;
+        let content_length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let request = http::Request::from_parts(parts, &[][..]);
+        let identity = identify::<R>(state, &request).await?;
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let head =
+            R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
+        Ok(RumaStreamed {
+            head,
+            identity,
+            content_length,
+            body,
+        })
     }
 }
 
@@ -249,6 +311,16 @@ pub trait RumaRouterExt {
         R::Authentication: Authenticate,
         H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
+
+    /// Serves `handler` for endpoint `R` under every path its metadata lists, for its method,
+    /// where the handler builds the HTTP response itself (streamed media) and extracts `X`
+    /// (a [`Ruma`] or a [`RumaStreamed`] of `R`).
+    fn ruma_raw<R, X, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        X: FromRequest<AppState> + Send + 'static,
+        H: Fn(AppState, X) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, MatrixError>> + Send + 'static;
 }
 
 impl RumaRouterExt for Router<AppState> {
@@ -281,6 +353,29 @@ impl RumaRouterExt for Router<AppState> {
                     );
                 }
             }
+        }
+        router
+    }
+
+    fn ruma_raw<R, X, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        X: FromRequest<AppState> + Send + 'static,
+        H: Fn(AppState, X) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, MatrixError>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(R::METHOD)
+            .unwrap_or_else(|_| panic!("ruma endpoint with unroutable method {}", R::METHOD));
+        let mut router = self;
+        for path in R::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            router = router.route(
+                path,
+                on(filter, move |State(state): State<AppState>, request: X| {
+                    let handler = handler.clone();
+                    async move { handler(state, request).await }
+                }),
+            );
         }
         router
     }

@@ -46,6 +46,12 @@ pub enum Error {
     /// Too many requests (`M_LIMIT_EXCEEDED`, 429).
     #[error("Too many requests; retry in {retry_after_ms} ms")]
     LimitExceeded { retry_after_ms: u64 },
+    /// A pending asynchronous upload that did not arrive in time (504 `M_NOT_YET_UPLOADED`).
+    #[error("{0}")]
+    NotYetUploaded(String),
+    /// An upload to a media id that already has content (409 `M_CANNOT_OVERWRITE_MEDIA`).
+    #[error("{0}")]
+    CannotOverwriteMedia(String),
     #[error("Missing access token")]
     MissingToken,
     #[error("Unknown or expired access token")]

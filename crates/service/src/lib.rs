@@ -9,13 +9,14 @@
 //! and its published, signed key object), [`directory`] (room aliases and the room directory),
 //! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
 //! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
-//! push gateways).
+//! push gateways), [`media`] (the media repository: uploads, downloads, thumbnails).
 
 pub mod accounts;
 pub mod config;
 pub mod directory;
 pub mod ephemeral;
 mod error;
+pub mod media;
 pub mod notifier;
 pub mod passwords;
 pub mod profiles;

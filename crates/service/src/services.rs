@@ -25,6 +25,11 @@ pub enum StartError {
     Store(#[from] myelin_store::StoreError),
     #[error("cannot load the server signing key: {0}")]
     ServerKey(#[from] ServerKeyError),
+    #[error("cannot open the media directory {path}: {source}")]
+    Media {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot build the push gateway client: {0}")]
     PushGateway(#[from] myelin_federation::push_gateway::PushGatewayError),
 }
@@ -43,6 +48,7 @@ pub struct Services {
     pub user_data: crate::user_data::UserData,
     pub profiles: crate::profiles::Profiles,
     pub pushers: Arc<crate::pushers::Pushers>,
+    pub media: crate::media::Media,
 }
 
 impl Services {
@@ -87,6 +93,17 @@ impl Services {
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());
+        let media_dir = config.media_directory();
+        let media = crate::media::Media::open(
+            store.clone(),
+            config.server_name.clone(),
+            config.media.clone(),
+            media_dir.clone(),
+        )
+        .map_err(|source| StartError::Media {
+            path: media_dir,
+            source,
+        })?;
         Ok(Arc::new(Services {
             rooms,
             ephemeral,
@@ -95,6 +112,7 @@ impl Services {
             user_data: crate::user_data::UserData::new(store.clone(), notifier.clone()),
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             pushers,
+            media,
             config,
             store,
             server_keys,

@@ -12,8 +12,8 @@
 //! everything persisting one changes), [`state`] (state snapshots read back, with their
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
-//! deliver notifications to). Later areas (federation queue,
-//! account keys, media) follow the same shape.
+//! deliver notifications to), [`media`] (media ids, pending uploads and thumbnails; the
+//! content is on disk). Later areas (federation queue, account keys) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
 //! invalidated by the methods that change them (`cache`).
@@ -35,6 +35,7 @@ mod cache;
 pub mod ephemeral;
 mod error;
 mod group_commit;
+pub mod media;
 pub mod pushers;
 pub mod rooms;
 pub mod server_keys;
@@ -47,6 +48,7 @@ pub mod user_data;
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
+pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
 pub use pushers::PusherRow;
 pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,

@@ -176,26 +176,41 @@ async fn serve_download(
     media_id: &str,
     filename: Option<String>,
     timeout: Duration,
+    range: RequestedRange,
 ) -> Result<Response, MatrixError> {
     let content = state
         .services
         .media
         .download(server_name, media_id, timeout)
         .await?;
-    Ok(media_response(content, filename))
+    ranged_media_response(content, filename, range).await
 }
 
 async fn download(
     state: AppState,
-    request: Ruma<authenticated_media::get_content::v1::Request>,
+    (range, request): (
+        RequestedRange,
+        Ruma<authenticated_media::get_content::v1::Request>,
+    ),
 ) -> Result<Response, MatrixError> {
     let r = request.body;
-    serve_download(&state, &r.server_name, &r.media_id, None, r.timeout_ms).await
+    serve_download(
+        &state,
+        &r.server_name,
+        &r.media_id,
+        None,
+        r.timeout_ms,
+        range,
+    )
+    .await
 }
 
 async fn download_as(
     state: AppState,
-    request: Ruma<authenticated_media::get_content_as_filename::v1::Request>,
+    (range, request): (
+        RequestedRange,
+        Ruma<authenticated_media::get_content_as_filename::v1::Request>,
+    ),
 ) -> Result<Response, MatrixError> {
     let r = request.body;
     serve_download(
@@ -204,6 +219,7 @@ async fn download_as(
         &r.media_id,
         Some(r.filename),
         r.timeout_ms,
+        range,
     )
     .await
 }
@@ -211,16 +227,27 @@ async fn download_as(
 #[allow(deprecated)]
 async fn legacy_download(
     state: AppState,
-    request: Ruma<media::get_content::v3::Request>,
+    (range, request): (RequestedRange, Ruma<media::get_content::v3::Request>),
 ) -> Result<Response, MatrixError> {
     let r = request.body;
-    serve_download(&state, &r.server_name, &r.media_id, None, r.timeout_ms).await
+    serve_download(
+        &state,
+        &r.server_name,
+        &r.media_id,
+        None,
+        r.timeout_ms,
+        range,
+    )
+    .await
 }
 
 #[allow(deprecated)]
 async fn legacy_download_as(
     state: AppState,
-    request: Ruma<media::get_content_as_filename::v3::Request>,
+    (range, request): (
+        RequestedRange,
+        Ruma<media::get_content_as_filename::v3::Request>,
+    ),
 ) -> Result<Response, MatrixError> {
     let r = request.body;
     serve_download(
@@ -229,6 +256,7 @@ async fn legacy_download_as(
         &r.media_id,
         Some(r.filename),
         r.timeout_ms,
+        range,
     )
     .await
 }
@@ -320,10 +348,131 @@ async fn legacy_thumbnail(
     .await
 }
 
+/// The `Range` header of a download request, if it names one range of bytes (the only kind
+/// served; anything else gets the whole content, as RFC 9110 allows).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestedRange(Option<ByteRange>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// `bytes=first-` or `bytes=first-last`.
+    From { first: u64, last: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestedRange {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(RequestedRange(
+            parts
+                .headers
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_range),
+        ))
+    }
+}
+
+fn parse_range(value: &str) -> Option<ByteRange> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.trim().split_once('-')?;
+    if first.is_empty() {
+        return last.parse().ok().map(ByteRange::Suffix);
+    }
+    let first = first.parse().ok()?;
+    let last = if last.is_empty() {
+        None
+    } else {
+        Some(last.parse().ok()?)
+    };
+    if last.is_some_and(|last| last < first) {
+        return None;
+    }
+    Some(ByteRange::From { first, last })
+}
+
+/// The inclusive byte range to send of `size` bytes, or `None` if it cannot be satisfied.
+fn resolve_range(range: ByteRange, size: u64) -> Option<(u64, u64)> {
+    match range {
+        ByteRange::From { first, last } if first < size => {
+            Some((first, last.map_or(size - 1, |last| last.min(size - 1))))
+        }
+        ByteRange::Suffix(n) if n > 0 && size > 0 => Some((size - n.min(size), size - 1)),
+        _ => None,
+    }
+}
+
+/// A download answering a `Range` request: 206 with the part, 416 if the range lies outside
+/// the content, the whole content otherwise.
+async fn ranged_media_response(
+    mut content: MediaContent,
+    filename: Option<String>,
+    range: RequestedRange,
+) -> Result<Response, MatrixError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Some(range) = range.0 else {
+        return Ok(media_response(content, filename));
+    };
+    let size = content.size;
+    let Some((first, last)) = resolve_range(range, size) else {
+        let mut response = http::StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        return Ok(response);
+    };
+    content
+        .file
+        .seek(std::io::SeekFrom::Start(first))
+        .await
+        .map_err(|err| MatrixError::internal(format!("media read: {err}")))?;
+    let length = last - first + 1;
+    let part = content.file.take(length);
+    let mut response = media_response_with_body(
+        MediaHead {
+            content_type: content.content_type,
+            filename: filename.or(content.filename),
+            size: length,
+        },
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(part)),
+    );
+    *response.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+    if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+        response.headers_mut().insert(header::CONTENT_RANGE, value);
+    }
+    Ok(response)
+}
+
+/// What the headers of a download say.
+struct MediaHead {
+    content_type: Option<String>,
+    filename: Option<String>,
+    size: u64,
+}
+
 /// A streamed download: the stored type, `inline` only for types on the safe list (with the
 /// file name RFC 6266/8187-encoded), and headers that sandbox whatever the browser makes of it.
 fn media_response(content: MediaContent, filename: Option<String>) -> Response {
-    let content_type = content
+    media_response_with_body(
+        MediaHead {
+            content_type: content.content_type,
+            filename: filename.or(content.filename),
+            size: content.size,
+        },
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(content.file)),
+    )
+}
+
+fn media_response_with_body(head: MediaHead, body: axum::body::Body) -> Response {
+    let content_type = head
         .content_type
         .unwrap_or_else(|| "application/octet-stream".to_owned());
     let disposition_type = if is_inline_content_type(&content_type) {
@@ -331,18 +480,16 @@ fn media_response(content: MediaContent, filename: Option<String>) -> Response {
     } else {
         ContentDispositionType::Attachment
     };
-    let disposition =
-        ContentDisposition::new(disposition_type).with_filename(filename.or(content.filename));
-    let mut response =
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(content.file))
-            .into_response();
+    let disposition = ContentDisposition::new(disposition_type).with_filename(head.filename);
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(&content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content.size));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.size));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(value) = HeaderValue::from_str(&disposition.to_string()) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
@@ -364,4 +511,46 @@ fn media_response(content: MediaContent, filename: Option<String>) -> Response {
         HeaderValue::from_static("private, max-age=86400, immutable"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_resolve() {
+        let r = |v| parse_range(v);
+        assert_eq!(
+            r("bytes=0-9"),
+            Some(ByteRange::From {
+                first: 0,
+                last: Some(9)
+            })
+        );
+        assert_eq!(
+            r("bytes=5-"),
+            Some(ByteRange::From {
+                first: 5,
+                last: None
+            })
+        );
+        assert_eq!(r("bytes=-3"), Some(ByteRange::Suffix(3)));
+        for unserved in [
+            "bytes=0-1,4-5",
+            "bytes=9-2",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+        ] {
+            assert_eq!(r(unserved), None, "{unserved}");
+        }
+        let resolve = |v, size| resolve_range(parse_range(v).unwrap(), size);
+        assert_eq!(resolve("bytes=0-9", 5), Some((0, 4)));
+        assert_eq!(resolve("bytes=2-", 5), Some((2, 4)));
+        assert_eq!(resolve("bytes=-2", 5), Some((3, 4)));
+        assert_eq!(resolve("bytes=-9", 5), Some((0, 4)));
+        assert_eq!(resolve("bytes=5-", 5), None);
+        assert_eq!(resolve("bytes=-0", 5), None);
+        assert_eq!(resolve("bytes=0-", 0), None);
+    }
 }

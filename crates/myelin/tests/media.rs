@@ -978,3 +978,39 @@ async fn delete_media_command_deletes_by_id_and_by_age() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn downloads_answer_single_byte_ranges() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let media_id = upload(&server, &alice, b"0123456789", "video/mp4", None).await;
+        let path = server.client_url(&format!("{DOWNLOAD}/localhost/{media_id}"));
+        let get = |range: &'static str| {
+            server
+                .http
+                .get(&path)
+                .bearer_auth(&alice.access_token)
+                .header(header::RANGE, range)
+                .send()
+        };
+        let response = get("bytes=2-5").await.unwrap();
+        assert_eq!(response.status(), 206, "{kind:?}");
+        assert_eq!(response.headers()["content-range"], "bytes 2-5/10");
+        assert_eq!(response.headers()["content-length"], "4");
+        assert_eq!(response.headers()["content-type"], "video/mp4");
+        assert_eq!(&response.bytes().await.unwrap()[..], b"2345");
+        let response = get("bytes=-3").await.unwrap();
+        assert_eq!(response.status(), 206);
+        assert_eq!(&response.bytes().await.unwrap()[..], b"789");
+        let response = get("bytes=10-").await.unwrap();
+        assert_eq!(response.status(), 416);
+        assert_eq!(response.headers()["content-range"], "bytes */10");
+        // Several ranges: the whole content, as the RFC allows.
+        let response = get("bytes=0-1,3-4").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["accept-ranges"], "bytes");
+        assert_eq!(&response.bytes().await.unwrap()[..], b"0123456789");
+        server.stop().await;
+    }
+}

@@ -148,6 +148,7 @@ impl From<ServiceError> for MatrixError {
             ServiceError::CannotOverwriteMedia(_) => {
                 Self::new(S::CONFLICT, ErrorKind::CannotOverwriteMedia, message)
             }
+            ServiceError::BadGateway(_) => Self::new(S::BAD_GATEWAY, ErrorKind::Unknown, message),
             ServiceError::MissingToken => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
             }

@@ -34,10 +34,11 @@ const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-src '
      plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; \
      object-src 'self';";
 
-/// The media routes; the deprecated unauthenticated ones only when `legacy` is on.
+/// The media routes; the deprecated unauthenticated ones only when `legacy` is on, URL previews
+/// only when `previews` is.
 // The deprecated endpoints are served on purpose (behind `media.legacy_endpoints`).
 #[allow(deprecated)]
-pub(crate) fn routes(legacy: bool) -> Router<AppState> {
+pub(crate) fn routes(legacy: bool, previews: bool) -> Router<AppState> {
     let router = Router::new()
         .ruma_raw::<create_content::v3::Request, _, _, _>(upload)
         .ruma(create_pending)
@@ -46,9 +47,19 @@ pub(crate) fn routes(legacy: bool) -> Router<AppState> {
         .ruma_raw::<authenticated_media::get_content::v1::Request, _, _, _>(download)
         .ruma_raw::<authenticated_media::get_content_as_filename::v1::Request, _, _, _>(download_as)
         .ruma_raw::<authenticated_media::get_content_thumbnail::v1::Request, _, _, _>(thumbnail);
+    let router = if previews {
+        router.ruma(preview_url)
+    } else {
+        router
+    };
     if !legacy {
         return router;
     }
+    let router = if previews {
+        router.ruma(legacy_preview_url)
+    } else {
+        router
+    };
     router
         .ruma(legacy_config)
         .ruma_raw::<media::get_content::v3::Request, _, _, _>(legacy_download)
@@ -145,6 +156,41 @@ async fn upload_pending(
         .await?;
     // ruma's response type has no fields and no constructor: its body is `{}`.
     Ok(axum::Json(serde_json::json!({})).into_response())
+}
+
+async fn preview(
+    state: &AppState,
+    url: &str,
+) -> Result<Box<serde_json::value::RawValue>, MatrixError> {
+    let previews = state
+        .services
+        .url_previews
+        .as_ref()
+        .ok_or_else(MatrixError::unrecognized)?;
+    let preview = previews.preview(url).await?;
+    serde_json::value::to_raw_value(&preview)
+        .map_err(|err| MatrixError::internal(format!("preview: {err}")))
+}
+
+async fn preview_url(
+    state: AppState,
+    request: Ruma<authenticated_media::get_media_preview::v1::Request>,
+) -> Result<authenticated_media::get_media_preview::v1::Response, MatrixError> {
+    Ok(
+        authenticated_media::get_media_preview::v1::Response::from_raw_value(
+            preview(&state, &request.body.url).await?,
+        ),
+    )
+}
+
+#[allow(deprecated)]
+async fn legacy_preview_url(
+    state: AppState,
+    request: Ruma<media::get_media_preview::v3::Request>,
+) -> Result<media::get_media_preview::v3::Response, MatrixError> {
+    Ok(media::get_media_preview::v3::Response::from_raw_value(
+        preview(&state, &request.body.url).await?,
+    ))
 }
 
 fn upload_size(state: &AppState) -> UInt {

@@ -108,10 +108,13 @@ fn serve(config: myelin_service::Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // The signal handlers are installed while the server starts, not after: a SIGTERM sent
+        // as soon as the server answers (a supervisor, a test) must not kill it uncleanly.
+        let signalled = tokio::spawn(myelin::server::shutdown_signal());
         let server = myelin::server::start(config).await?;
         let stop = server.stop_handle();
         tokio::spawn(async move {
-            myelin::server::shutdown_signal().await;
+            let _ = signalled.await;
             let _ = stop.send(true);
         });
         server.wait().await

@@ -1014,3 +1014,95 @@ async fn downloads_answer_single_byte_ranges() {
         server.stop().await;
     }
 }
+
+/// A web server on loopback serving one page with OpenGraph properties; counts its requests.
+async fn web_page() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::{Arc, atomic::AtomicUsize};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/page",
+        axum::routing::get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    "<html><head><title>Fallback</title>\
+                     <meta property=\"og:title\" content=\"Caf&#233; &amp; Co\">\
+                     <meta property=\"og:description\" content=\"Größe\">\
+                     </head><body>hi</body></html>",
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn url_previews_are_off_by_default_refuse_private_addresses_and_are_cached() {
+    let (addr, hits) = web_page().await;
+    let page = format!("http://{addr}/page");
+    let preview_path = format!("/_matrix/client/v1/media/preview_url?url={}", enc(&page));
+    for kind in test_backends() {
+        // Off by default.
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let (status, body) = server.get(&preview_path, &alice.access_token).await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+        server.stop().await;
+
+        // On, but the page is on loopback: refused without a request.
+        let server = TestServer::start_with(kind, |config| {
+            config.media.url_preview.enabled = true;
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+        let (status, body) = server.get(&preview_path, &alice.access_token).await;
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before);
+        // Not a web URL.
+        let (status, body) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v1/media/preview_url?url={}",
+                    enc("file:///etc/passwd")
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        server.stop().await;
+
+        // Allowed: the page's properties, fetched once for two asks.
+        let server = TestServer::start_with(kind, |config| {
+            config.media.url_preview.enabled = true;
+            config.media.url_preview.allow_private_addresses = true;
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            let (status, body) = server.get(&preview_path, &alice.access_token).await;
+            assert_eq!(status, 200, "{kind:?}: {body}");
+            assert_eq!(body["og:title"], "Café & Co", "{body}");
+            assert_eq!(body["og:description"], "Größe");
+        }
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst) - before,
+            1,
+            "{kind:?}: the second ask was answered from the cache"
+        );
+        server.stop().await;
+    }
+}

@@ -229,6 +229,33 @@ pub struct MediaConfig {
     /// bounded by it, so a small file that claims a huge image (a decompression bomb) is
     /// refused before it can take the memory.
     pub max_thumbnail_source_pixels: u64,
+    pub url_preview: UrlPreviewConfig,
+}
+
+/// URL previews (`/preview_url`): the server fetches pages users link to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UrlPreviewConfig {
+    /// Off by default: previews make the server fetch any URL a user names.
+    pub enabled: bool,
+    /// Let previews fetch private addresses (loopback, RFC 1918, link-local...). Off: only
+    /// publicly routable ones, as for push gateways.
+    pub allow_private_addresses: bool,
+    /// The most of a page read, in bytes.
+    pub max_page_size: usize,
+    /// How long a preview is reused before the page is fetched again, in seconds.
+    pub cache_secs: u64,
+}
+
+impl Default for UrlPreviewConfig {
+    fn default() -> Self {
+        UrlPreviewConfig {
+            enabled: false,
+            allow_private_addresses: false,
+            max_page_size: 1024 * 1024,
+            cache_secs: 60 * 60,
+        }
+    }
 }
 
 impl Default for MediaConfig {
@@ -241,6 +268,7 @@ impl Default for MediaConfig {
             pending_upload_expiry_secs: 24 * 60 * 60,
             // 32 Mi pixels: a 4000×3000 photo with room to spare, ~128 MiB decoded as RGBA.
             max_thumbnail_source_pixels: 32 * 1024 * 1024,
+            url_preview: UrlPreviewConfig::default(),
         }
     }
 }

@@ -52,6 +52,9 @@ pub enum Error {
     /// An upload to a media id that already has content (409 `M_CANNOT_OVERWRITE_MEDIA`).
     #[error("{0}")]
     CannotOverwriteMedia(String),
+    /// Something the server had to fetch for the request failed (502 `M_UNKNOWN`).
+    #[error("{0}")]
+    BadGateway(String),
     #[error("Missing access token")]
     MissingToken,
     #[error("Unknown or expired access token")]

@@ -9,7 +9,8 @@
 //! and its published, signed key object), [`directory`] (room aliases and the room directory),
 //! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
 //! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
-//! push gateways), [`media`] (the media repository: uploads, downloads, thumbnails).
+//! push gateways), [`media`] (the media repository: uploads, downloads, thumbnails), [`url_preview`] (link
+//! previews).
 
 pub mod accounts;
 pub mod config;
@@ -29,6 +30,7 @@ mod services;
 pub mod sync;
 pub mod tokens;
 pub mod uia;
+pub mod url_preview;
 pub mod user_data;
 
 pub use config::Config;

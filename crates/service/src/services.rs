@@ -30,6 +30,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot build the URL preview client: {0}")]
+    UrlPreview(String),
     #[error("cannot build the push gateway client: {0}")]
     PushGateway(#[from] myelin_federation::push_gateway::PushGatewayError),
 }
@@ -49,6 +51,8 @@ pub struct Services {
     pub profiles: crate::profiles::Profiles,
     pub pushers: Arc<crate::pushers::Pushers>,
     pub media: crate::media::Media,
+    /// `None` unless `media.url_preview.enabled`.
+    pub url_previews: Option<crate::url_preview::UrlPreviews>,
 }
 
 impl Services {
@@ -93,6 +97,14 @@ impl Services {
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());
+        let url_previews = if config.media.url_preview.enabled {
+            Some(
+                crate::url_preview::UrlPreviews::new(&config.media.url_preview)
+                    .map_err(|err| StartError::UrlPreview(err.to_string()))?,
+            )
+        } else {
+            None
+        };
         let media_dir = config.media_directory();
         let media = crate::media::Media::open(
             store.clone(),
@@ -113,6 +125,7 @@ impl Services {
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             pushers,
             media,
+            url_previews,
             config,
             store,
             server_keys,

@@ -30,6 +30,8 @@ use crate::{Error, Result, config::MediaConfig, now_millis};
 const MEDIA_ID_LENGTH: usize = 24;
 /// The longest media id accepted in a request.
 const MAX_MEDIA_ID_LENGTH: usize = 255;
+/// How much of an upload is gathered before it is written to its file.
+const WRITE_BUFFER: usize = 256 * 1024;
 /// The longest wait for a pending upload a client may ask for (`timeout_ms`).
 const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(120);
 /// The largest thumbnail side a client may ask for; larger requests are clamped.
@@ -121,7 +123,9 @@ pub struct PendingMedia {
 /// [`Media::upload`] or [`Media::upload_pending`] takes it, the temporary file is removed.
 #[derive(Debug)]
 pub struct ContentWriter {
-    file: tokio::fs::File,
+    /// Buffered: request bodies arrive in frames of a few KiB, and every write to a tokio file
+    /// is a trip to the blocking pool.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     tmp: TempPath,
     hasher: Sha256,
     size: u64,
@@ -144,7 +148,7 @@ impl ContentWriter {
     /// Flushes the content to disk; its hash (hex) and size.
     async fn finish(mut self) -> Result<(TempPath, String, u64)> {
         self.file.flush().await.map_err(io_error)?;
-        self.file.sync_all().await.map_err(io_error)?;
+        self.file.get_mut().sync_all().await.map_err(io_error)?;
         let hash = hex::encode(self.hasher.finalize());
         Ok((self.tmp, hash, self.size))
     }
@@ -298,7 +302,7 @@ impl Media {
             .await
             .map_err(io_error)?;
         Ok(ContentWriter {
-            file,
+            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
             tmp: TempPath(Some(path)),
             hasher: Sha256::new(),
             size: 0,

@@ -559,9 +559,13 @@ fn media_response_with_body(head: MediaHead, body: axum::body::Body) -> Response
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.size));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(value) = HeaderValue::from_str(&disposition.to_string()) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
+    // Always sent: without it a browser would decide for itself. ruma's encoding escapes what a
+    // header cannot hold, but should a name still not fit, the disposition goes without it.
+    let value = HeaderValue::from_str(&disposition.to_string()).unwrap_or_else(|_| {
+        HeaderValue::from_str(&disposition.disposition_type.to_string())
+            .unwrap_or(HeaderValue::from_static("attachment"))
+    });
+    headers.insert(header::CONTENT_DISPOSITION, value);
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),

@@ -241,6 +241,23 @@ async fn upload_then_download_by_the_uploader_and_another_user() {
         );
         assert_eq!(reply.header("content-type"), "text/html");
 
+        // A name with a line break injects no header, and the disposition is still sent.
+        let evil = upload(
+            &server,
+            &alice,
+            b"x",
+            "text/html",
+            Some("a\r\nX-Injected: 1.html"),
+        )
+        .await;
+        let reply = download(&server, &bob, &evil).await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.headers.get("x-injected").is_none());
+        assert_eq!(
+            reply.disposition().disposition_type,
+            ContentDispositionType::Attachment
+        );
+
         // No name, no type: octet-stream, no filename.
         let unnamed = upload(
             &server,
@@ -260,7 +277,7 @@ async fn upload_then_download_by_the_uploader_and_another_user() {
         assert_eq!(download(&server, &alice, &again).await.body, b"hello media");
         assert_eq!(
             files_under(&media_dir(&server).join("content")).len(),
-            3,
+            4,
             "{kind:?}: identical uploads share one file"
         );
 
@@ -271,11 +288,11 @@ async fn upload_then_download_by_the_uploader_and_another_user() {
         assert_eq!(status, 200);
         assert_eq!(body["m.upload.size"], 50 * 1024 * 1024);
 
-        // Four media ids of 11 + 25 + 2 + 11 bytes, in /metrics.
+        // Five media ids of 11 + 25 + 1 + 2 + 11 bytes, in /metrics.
         let metrics = raw(&server, Method::GET, "/metrics", None, None).await;
         let metrics = String::from_utf8(metrics.body).unwrap();
-        assert!(metrics.contains("myelin_media_ids 4\n"), "{metrics}");
-        assert!(metrics.contains("myelin_media_bytes 49\n"), "{metrics}");
+        assert!(metrics.contains("myelin_media_ids 5\n"), "{metrics}");
+        assert!(metrics.contains("myelin_media_bytes 50\n"), "{metrics}");
         server.stop().await;
     }
 }

@@ -278,10 +278,12 @@ impl Media {
         self.config.legacy_endpoints
     }
 
-    /// Where the content with this hash lives. The hash is always one this process computed
-    /// (64 hex digits), never input.
-    fn content_path(&self, sha256: &str) -> PathBuf {
+    /// Where the content with this hash lives. Hashes come from this process or the store,
+    /// never from a request; one that is not 64 hex digits (a damaged row) is an error, never a
+    /// path.
+    fn content_path(&self, sha256: &str) -> Result<PathBuf> {
         content_path_in(&self.root, sha256)
+            .ok_or_else(|| Error::Internal(format!("malformed content hash `{sha256}`")))
     }
 
     /// Starts writing an upload to a temporary file.
@@ -313,7 +315,7 @@ impl Media {
     /// Moves finished content into place under its hash (unless the same content is already
     /// there). Call with `content_lock` held.
     async fn place(&self, mut tmp: TempPath, sha256: &str) -> Result<()> {
-        let target = self.content_path(sha256);
+        let target = self.content_path(sha256)?;
         if tokio::fs::try_exists(&target).await.map_err(io_error)? {
             return Ok(()); // Deduplicated: `tmp` is removed on drop.
         }
@@ -342,7 +344,9 @@ impl Media {
     /// held). Best effort: a leftover file is harmless.
     async fn forget_if_unreferenced(&self, sha256: &str) {
         if let Ok(false) = self.store.content_referenced(sha256).await {
-            let _ = tokio::fs::remove_file(self.content_path(sha256)).await;
+            if let Ok(path) = self.content_path(sha256) {
+                let _ = tokio::fs::remove_file(path).await;
+            }
         }
     }
 
@@ -514,7 +518,7 @@ impl Media {
     }
 
     async fn open_content(&self, sha256: &str) -> Result<(tokio::fs::File, u64)> {
-        let file = match tokio::fs::File::open(self.content_path(sha256)).await {
+        let file = match tokio::fs::File::open(self.content_path(sha256)?).await {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 tracing::error!(sha256, "media content missing from the media directory");
@@ -631,7 +635,7 @@ impl Media {
                 "The original is too large to thumbnail".to_owned(),
             ));
         }
-        let bytes = tokio::fs::read(self.content_path(sha256))
+        let bytes = tokio::fs::read(self.content_path(sha256)?)
             .await
             .map_err(io_error)?;
         let max_pixels = self.config.max_thumbnail_source_pixels;
@@ -654,7 +658,14 @@ impl Media {
         let _guard = self.lock_content().await?;
         let deleted = self.store.delete_media(media_ids).await?;
         for sha256 in &deleted.unreferenced {
-            match tokio::fs::remove_file(self.content_path(sha256)).await {
+            let removed = match self.content_path(sha256) {
+                Ok(path) => tokio::fs::remove_file(path).await,
+                Err(err) => {
+                    tracing::warn!(sha256, %err, "not removing media content");
+                    continue;
+                }
+            };
+            match removed {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => tracing::warn!(sha256, %err, "could not remove media content"),
@@ -827,12 +838,22 @@ fn make_thumbnail(
     })
 }
 
-/// Where content with this hash lives under a media directory `root`.
-pub fn content_path_in(root: &Path, sha256: &str) -> PathBuf {
-    root.join("content")
-        .join(&sha256[0..2])
-        .join(&sha256[2..4])
-        .join(sha256)
+/// Where content with this hash lives under a media directory `root`; `None` unless the hash
+/// is 64 lowercase hex digits.
+pub fn content_path_in(root: &Path, sha256: &str) -> Option<PathBuf> {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    Some(
+        root.join("content")
+            .join(&sha256[0..2])
+            .join(&sha256[2..4])
+            .join(sha256),
+    )
 }
 
 #[cfg(test)]
@@ -848,6 +869,25 @@ mod tests {
         let made = Media::new_media_id();
         assert!(is_valid_media_id(&made));
         assert_eq!(made.len(), MEDIA_ID_LENGTH);
+    }
+
+    #[test]
+    fn content_paths_only_for_sha256_hex() {
+        let root = Path::new("/m");
+        let hash = "ab".repeat(32);
+        assert_eq!(
+            content_path_in(root, &hash),
+            Some(Path::new("/m/content/ab/ab").join(&hash))
+        );
+        for bad in [
+            "",
+            "ab",
+            "../../etc/passwd",
+            &"AB".repeat(32),
+            &"a/".repeat(32),
+        ] {
+            assert_eq!(content_path_in(root, bad), None, "{bad}");
+        }
     }
 
     #[test]

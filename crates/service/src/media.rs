@@ -343,10 +343,10 @@ impl Media {
     /// Removes content nothing names after a failed row write (call with `content_lock`
     /// held). Best effort: a leftover file is harmless.
     async fn forget_if_unreferenced(&self, sha256: &str) {
-        if let Ok(false) = self.store.content_referenced(sha256).await {
-            if let Ok(path) = self.content_path(sha256) {
-                let _ = tokio::fs::remove_file(path).await;
-            }
+        if let Ok(false) = self.store.content_referenced(sha256).await
+            && let Ok(path) = self.content_path(sha256)
+        {
+            let _ = tokio::fs::remove_file(path).await;
         }
     }
 

@@ -562,7 +562,7 @@ fn media_response_with_body(head: MediaHead, body: axum::body::Body) -> Response
     // Always sent: without it a browser would decide for itself. ruma's encoding escapes what a
     // header cannot hold, but should a name still not fit, the disposition goes without it.
     let value = HeaderValue::from_str(&disposition.to_string()).unwrap_or_else(|_| {
-        HeaderValue::from_str(&disposition.disposition_type.to_string())
+        HeaderValue::from_str(disposition.disposition_type.as_ref())
             .unwrap_or(HeaderValue::from_static("attachment"))
     });
     headers.insert(header::CONTENT_DISPOSITION, value);

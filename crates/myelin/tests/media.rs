@@ -634,7 +634,11 @@ async fn thumbnail(
 async fn thumbnails_of_each_image_type_have_the_right_size() {
     use image::ImageFormat;
     for kind in test_backends() {
-        let server = TestServer::start(kind).await;
+        // Made on request only, so the files counted below are this test's.
+        let server = TestServer::start_with(kind, |config| {
+            config.media.thumbnails_at_upload = false;
+        })
+        .await;
         let alice = server.register("alice").await;
         for (format, content_type, thumb_type) in [
             (ImageFormat::Png, "image/png", "image/png"),
@@ -816,7 +820,10 @@ async fn decompression_bombs_are_refused() {
 #[tokio::test]
 async fn shared_content_is_deleted_with_its_last_media_id() {
     for kind in test_backends() {
-        let server = TestServer::start(kind).await;
+        let server = TestServer::start_with(kind, |config| {
+            config.media.thumbnails_at_upload = false;
+        })
+        .await;
         let alice = server.register("alice").await;
         let a = upload(
             &server,
@@ -1120,6 +1127,60 @@ async fn url_previews_are_off_by_default_refuse_private_addresses_and_are_cached
             1,
             "{kind:?}: the second ask was answered from the cache"
         );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn common_thumbnails_are_made_at_upload() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let media_id = upload(
+            &server,
+            &alice,
+            &test_image(image::ImageFormat::Png),
+            "image/png",
+            None,
+        )
+        .await;
+        let store = &services(&server).store;
+        let wanted = [
+            (32, 32, "crop"),
+            (96, 96, "crop"),
+            (320, 240, "scale"),
+            (640, 480, "scale"),
+            (800, 600, "scale"),
+        ];
+        let mut made = Vec::new();
+        for _ in 0..200 {
+            made.clear();
+            for (w, h, method) in wanted {
+                if let Some(row) = store.thumbnail(&media_id, w, h, method).await.unwrap() {
+                    made.push(row);
+                }
+            }
+            if made.len() == wanted.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(made.len(), wanted.len(), "{kind:?}: {made:?}");
+        assert_eq!((made[0].width, made[0].height), (32, 32));
+        assert_eq!((made[4].width, made[4].height), (64, 32), "never larger");
+        // A request finds the one made at upload.
+        let reply = thumbnail(&server, &alice, &media_id, 96, 96, "crop").await;
+        assert_eq!(reply.status, 200);
+        let thumb = image::load_from_memory(&reply.body).unwrap();
+        assert_eq!((thumb.width(), thumb.height()), (64, 32));
+        assert_eq!(
+            store.thumbnail(&media_id, 96, 96, "crop").await.unwrap(),
+            Some(made[1].clone())
+        );
+        // Not images: nothing made.
+        let text = upload(&server, &alice, b"text", "text/plain", None).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(store.thumbnail(&text, 32, 32, "crop").await.unwrap(), None);
         server.stop().await;
     }
 }

@@ -229,6 +229,10 @@ pub struct MediaConfig {
     /// bounded by it, so a small file that claims a huge image (a decompression bomb) is
     /// refused before it can take the memory.
     pub max_thumbnail_source_pixels: u64,
+    /// Make the thumbnails clients ask for most (32×32 and 96×96 cropped, 320×240, 640×480
+    /// and 800×600 scaled) right after an image is uploaded, in the background, instead of on
+    /// the first request.
+    pub thumbnails_at_upload: bool,
     pub url_preview: UrlPreviewConfig,
 }
 
@@ -268,6 +272,7 @@ impl Default for MediaConfig {
             pending_upload_expiry_secs: 24 * 60 * 60,
             // 32 Mi pixels: a 4000×3000 photo with room to spare, ~128 MiB decoded as RGBA.
             max_thumbnail_source_pixels: 32 * 1024 * 1024,
+            thumbnails_at_upload: true,
             url_preview: UrlPreviewConfig::default(),
         }
     }

@@ -34,6 +34,15 @@ const MAX_MEDIA_ID_LENGTH: usize = 255;
 const WRITE_BUFFER: usize = 256 * 1024;
 /// The longest wait for a pending upload a client may ask for (`timeout_ms`).
 const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(120);
+/// The thumbnails made at upload: the sizes the spec suggests servers prepare (and clients
+/// ask for: avatars, timeline images).
+const PREGENERATED_THUMBNAILS: &[(u32, u32, ThumbnailMethod)] = &[
+    (32, 32, ThumbnailMethod::Crop),
+    (96, 96, ThumbnailMethod::Crop),
+    (320, 240, ThumbnailMethod::Scale),
+    (640, 480, ThumbnailMethod::Scale),
+    (800, 600, ThumbnailMethod::Scale),
+];
 /// The largest thumbnail side a client may ask for; larger requests are clamped.
 const MAX_THUMBNAIL_SIDE: u32 = 1920;
 
@@ -361,9 +370,10 @@ impl Media {
         OwnedMxcUri::from(format!("mxc://{}/{media_id}", self.server_name))
     }
 
-    /// Stores a finished upload under a new media id and returns its `mxc://` URI.
+    /// Stores a finished upload under a new media id and returns its `mxc://` URI. Images get
+    /// their most asked-for thumbnails made in the background (`media.thumbnails_at_upload`).
     pub async fn upload(
-        &self,
+        self: &Arc<Self>,
         user_id: &str,
         content_type: Option<&str>,
         filename: Option<&str>,
@@ -382,13 +392,33 @@ impl Media {
             expires_ts: None,
             uploaded_ts: Some(now),
         };
-        let _guard = self.lock_content().await?;
-        self.place(tmp, &sha256).await?;
-        if let Err(err) = self.store.insert_media(&row).await {
-            self.forget_if_unreferenced(&sha256).await;
-            return Err(err.into());
+        {
+            let _guard = self.lock_content().await?;
+            self.place(tmp, &sha256).await?;
+            if let Err(err) = self.store.insert_media(&row).await {
+                self.forget_if_unreferenced(&sha256).await;
+                return Err(err.into());
+            }
         }
+        self.thumbnails_at_upload(&row);
         Ok(self.mxc(&row.media_id))
+    }
+
+    fn thumbnails_at_upload(self: &Arc<Self>, row: &MediaRow) {
+        let is_image = row
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("image/"));
+        if !self.config.thumbnails_at_upload || !is_image {
+            return;
+        }
+        let Some(sha256) = row.sha256.clone() else {
+            return;
+        };
+        let (media, media_id, size) = (self.clone(), row.media_id.clone(), row.size);
+        tokio::spawn(async move {
+            media.pregenerate_thumbnails(&media_id, &sha256, size).await;
+        });
     }
 
     /// Reserves a media id for `user_id` to upload to later (`POST /create`).
@@ -435,7 +465,7 @@ impl Media {
 
     /// Fills a pending media id with a finished upload (`PUT /upload/{serverName}/{mediaId}`).
     pub async fn upload_pending(
-        &self,
+        self: &Arc<Self>,
         user_id: &str,
         server_name: &ServerName,
         media_id: &str,
@@ -464,6 +494,9 @@ impl Media {
             Ok(true) => {
                 drop(guard);
                 self.uploaded.notify_waiters();
+                if let Ok(Some(row)) = self.store.media(media_id).await {
+                    self.thumbnails_at_upload(&row);
+                }
                 Ok(())
             }
             Ok(false) => {
@@ -576,38 +609,12 @@ impl Media {
             Some(thumb) => thumb,
             None => {
                 let made = self
-                    .make_thumbnail(&sha256, width, height, method, row.size)
-                    .await?;
-                let writer = {
-                    let mut writer = self.writer(u64::MAX).await?;
-                    writer.write(&made.bytes).await?;
-                    writer
-                };
-                let (tmp, thumb_hash, size) = writer.finish().await?;
-                let _guard = self.lock_content().await?;
-                self.place(tmp, &thumb_hash).await?;
-                let inserted = self
-                    .store
-                    .insert_thumbnail(&ThumbnailRow {
-                        media_id: media_id.to_owned(),
-                        req_width,
-                        req_height,
-                        method: method.as_str().to_owned(),
-                        width: i64::from(made.width),
-                        height: i64::from(made.height),
-                        content_type: made.content_type.to_owned(),
-                        sha256: thumb_hash.clone(),
-                        size: i64::try_from(size).unwrap_or(i64::MAX),
-                        created_ts: now_millis(),
-                    })
-                    .await;
-                match inserted {
-                    Ok(thumb) => thumb,
-                    Err(err) => {
-                        self.forget_if_unreferenced(&thumb_hash).await;
-                        return Err(err.into());
-                    }
-                }
+                    .make_thumbnails(&sha256, vec![(width, height, method)], row.size)
+                    .await?
+                    .pop()
+                    .ok_or_else(|| Error::Internal("no thumbnail made".to_owned()))?;
+                self.store_thumbnail(media_id, (width, height, method), &made)
+                    .await?
             }
         };
         let (file, size) = self.open_content(&thumb.sha256).await?;
@@ -619,14 +626,69 @@ impl Media {
         })
     }
 
-    async fn make_thumbnail(
+    /// Writes a made thumbnail into the content directory and records it (the row that was
+    /// there first wins a race).
+    async fn store_thumbnail(
+        &self,
+        media_id: &str,
+        (req_width, req_height, method): (u32, u32, ThumbnailMethod),
+        made: &Thumbnail,
+    ) -> Result<ThumbnailRow> {
+        let mut writer = self.writer(u64::MAX).await?;
+        writer.write(&made.bytes).await?;
+        let (tmp, thumb_hash, size) = writer.finish().await?;
+        let _guard = self.lock_content().await?;
+        self.place(tmp, &thumb_hash).await?;
+        let inserted = self
+            .store
+            .insert_thumbnail(&ThumbnailRow {
+                media_id: media_id.to_owned(),
+                req_width: i64::from(req_width),
+                req_height: i64::from(req_height),
+                method: method.as_str().to_owned(),
+                width: i64::from(made.width),
+                height: i64::from(made.height),
+                content_type: made.content_type.to_owned(),
+                sha256: thumb_hash.clone(),
+                size: i64::try_from(size).unwrap_or(i64::MAX),
+                created_ts: now_millis(),
+            })
+            .await;
+        match inserted {
+            Ok(thumb) => Ok(thumb),
+            Err(err) => {
+                self.forget_if_unreferenced(&thumb_hash).await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Makes the thumbnails clients ask for most of a new upload, decoding it once, so the
+    /// first request after an upload finds them ready. Failures only mean they are made on
+    /// request (or, for what is not an image, refused then).
+    async fn pregenerate_thumbnails(&self, media_id: &str, sha256: &str, size: Option<i64>) {
+        let targets = PREGENERATED_THUMBNAILS.to_vec();
+        let made = match self.make_thumbnails(sha256, targets.clone(), size).await {
+            Ok(made) => made,
+            Err(err) => {
+                tracing::debug!(media_id, %err, "no thumbnails made at upload");
+                return;
+            }
+        };
+        for (target, thumb) in targets.into_iter().zip(made) {
+            if let Err(err) = self.store_thumbnail(media_id, target, &thumb).await {
+                tracing::debug!(media_id, %err, "thumbnail made at upload not stored");
+                return;
+            }
+        }
+    }
+
+    async fn make_thumbnails(
         &self,
         sha256: &str,
-        width: u32,
-        height: u32,
-        method: ThumbnailMethod,
+        targets: Vec<(u32, u32, ThumbnailMethod)>,
         size: Option<i64>,
-    ) -> Result<Thumbnail> {
+    ) -> Result<Vec<Thumbnail>> {
         // The whole original is read into memory to decode it; uploads are bounded by
         // `max_upload_size`, and the decoded image by `max_thumbnail_source_pixels`.
         if size.is_some_and(|s| u64::try_from(s).unwrap_or(u64::MAX) > self.config.max_upload_size)
@@ -645,11 +707,9 @@ impl Media {
             .acquire_owned()
             .await
             .map_err(|err| Error::Internal(err.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            make_thumbnail(&bytes, width, height, method, max_pixels)
-        })
-        .await
-        .map_err(|err| Error::Internal(format!("thumbnailer: {err}")))?
+        tokio::task::spawn_blocking(move || make_thumbnails(&bytes, &targets, max_pixels))
+            .await
+            .map_err(|err| Error::Internal(format!("thumbnailer: {err}")))?
     }
 
     /// Deletes local media ids (and their thumbnails) and every file nothing names any more.
@@ -772,16 +832,14 @@ pub fn thumbnail_dimensions(
     }
 }
 
-/// Decodes an image (PNG, JPEG, GIF's first frame, WebP), bounded to `max_pixels`, and makes a
-/// thumbnail of it: JPEG for JPEG originals, PNG otherwise (keeps transparency).
-fn make_thumbnail(
+/// Decodes an image (PNG, JPEG, GIF's first frame, WebP) once, bounded to `max_pixels`, and
+/// makes a thumbnail of it for each target.
+fn make_thumbnails(
     bytes: &[u8],
-    width: u32,
-    height: u32,
-    method: ThumbnailMethod,
+    targets: &[(u32, u32, ThumbnailMethod)],
     max_pixels: u64,
-) -> Result<Thumbnail> {
-    use image::{ImageFormat, ImageReader, imageops::FilterType};
+) -> Result<Vec<Thumbnail>> {
+    use image::{ImageFormat, ImageReader};
 
     let cannot = |why: String| Error::Unknown(format!("Cannot thumbnail this media: {why}"));
     let reader = ImageReader::new(Cursor::new(bytes))
@@ -811,6 +869,23 @@ fn make_thumbnail(
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(limits);
     let image = reader.decode().map_err(|err| cannot(err.to_string()))?;
+
+    targets
+        .iter()
+        .map(|&(width, height, method)| render_thumbnail(&image, format, width, height, method))
+        .collect()
+}
+
+/// One thumbnail of a decoded image: JPEG for JPEG originals, PNG otherwise (keeps
+/// transparency).
+fn render_thumbnail(
+    image: &image::DynamicImage,
+    format: image::ImageFormat,
+    width: u32,
+    height: u32,
+    method: ThumbnailMethod,
+) -> Result<Thumbnail> {
+    use image::{ImageFormat, imageops::FilterType};
 
     let (tw, th) = thumbnail_dimensions((image.width(), image.height()), (width, height), method);
     let thumb = match method {

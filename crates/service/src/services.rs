@@ -50,7 +50,7 @@ pub struct Services {
     pub user_data: crate::user_data::UserData,
     pub profiles: crate::profiles::Profiles,
     pub pushers: Arc<crate::pushers::Pushers>,
-    pub media: crate::media::Media,
+    pub media: Arc<crate::media::Media>,
     /// `None` unless `media.url_preview.enabled`.
     pub url_previews: Option<crate::url_preview::UrlPreviews>,
 }
@@ -124,7 +124,7 @@ impl Services {
             user_data: crate::user_data::UserData::new(store.clone(), notifier.clone()),
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             pushers,
-            media,
+            media: Arc::new(media),
             url_previews,
             config,
             store,

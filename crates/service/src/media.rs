@@ -7,7 +7,13 @@
 //! the next identical upload), never a media id naming a missing or half-written file. Files
 //! are deleted only when the store says no media id or thumbnail names their hash; placing
 //! content and deleting it take the same lock, so a deletion can never remove a file that an
-//! upload has just decided to reuse.
+//! upload has just decided to reuse. That lock is a mutex in the process and a file lock on
+//! `lock` in the media directory, so `myelin delete-media` run beside a running server takes
+//! turns with it; each process writes uploads in a `tmp/` directory of its own, file-locked
+//! while it lives, so a starting process clears only what dead ones left.
+//!
+//! Thumbnails are stored like uploads (same directory, same reference counting), made on first
+//! request and, for the sizes clients ask most, in the background right after an image upload.
 //!
 //! Only this server's media is served: remote media answers "not found" until federation can
 //! fetch it.

@@ -1184,3 +1184,42 @@ async fn common_thumbnails_are_made_at_upload() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn per_user_quotas_when_configured() {
+    for kind in test_backends() {
+        let server = TestServer::start_with(kind, |config| {
+            config.media.max_bytes_per_user = Some(10);
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let first = upload(&server, &alice, b"123456", "text/plain", None).await;
+        upload_raw(&server, &alice, b"12345", "text/plain", None)
+            .await
+            .assert_error(403, "M_FORBIDDEN");
+        assert!(temporary_files(&server).is_empty());
+        upload(&server, &alice, b"1234", "text/plain", None).await;
+        // Asynchronous uploads count too.
+        let pending = create_pending(&server, &alice).await.json()["content_uri"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("mxc://localhost/")
+            .unwrap()
+            .to_owned();
+        raw(
+            &server,
+            Method::PUT,
+            &format!("/_matrix/media/v3/upload/localhost/{pending}"),
+            Some(&alice.access_token),
+            Some((b"x".to_vec(), "text/plain")),
+        )
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+        // Per user; deleting frees the space.
+        upload(&server, &bob, b"1234567890", "text/plain", None).await;
+        services(&server).media.delete(&[first]).await.unwrap();
+        upload(&server, &alice, b"12345", "text/plain", None).await;
+        server.stop().await;
+    }
+}

@@ -216,6 +216,9 @@ pub struct MediaConfig {
     /// The largest upload accepted, in bytes; larger ones get 413 `M_TOO_LARGE`. Uploads are
     /// streamed to disk, so this may exceed `http.max_request_size`.
     pub max_upload_size: u64,
+    /// The most bytes one user may have uploaded in all; past it, uploads get 403
+    /// `M_FORBIDDEN`. Unset: no quota.
+    pub max_bytes_per_user: Option<u64>,
     /// Serve the unauthenticated `/_matrix/media/{v3,r0}/download`, `/thumbnail` and `/config`
     /// endpoints, which the spec deprecated (v1.11) in favour of the authenticated
     /// `/_matrix/client/v1/media/...` ones. Off: they answer 404 `M_UNRECOGNIZED`.
@@ -267,6 +270,7 @@ impl Default for MediaConfig {
         MediaConfig {
             directory: None,
             max_upload_size: 50 * 1024 * 1024,
+            max_bytes_per_user: None,
             legacy_endpoints: false,
             max_pending_uploads: 5,
             pending_upload_expiry_secs: 24 * 60 * 60,

@@ -365,6 +365,22 @@ impl Media {
         }
     }
 
+    /// Refuses an upload of `size` bytes that would take `user_id` past
+    /// `media.max_bytes_per_user` (403 `M_FORBIDDEN`, as the spec gives quotas). Called with the
+    /// content lock held, so this process's uploads are counted one after another.
+    async fn check_quota(&self, user_id: &str, size: u64) -> Result<()> {
+        let Some(quota) = self.config.max_bytes_per_user else {
+            return Ok(());
+        };
+        let used = u64::try_from(self.store.media_bytes_of_user(user_id).await?).unwrap_or(0);
+        if used.saturating_add(size) > quota {
+            return Err(Error::Forbidden(format!(
+                "Media quota exceeded: {used} of {quota} bytes used, this upload is {size}"
+            )));
+        }
+        Ok(())
+    }
+
     fn new_media_id() -> String {
         rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric)
             .take(MEDIA_ID_LENGTH)
@@ -400,6 +416,7 @@ impl Media {
         };
         {
             let _guard = self.lock_content().await?;
+            self.check_quota(user_id, size).await?;
             self.place(tmp, &sha256).await?;
             if let Err(err) = self.store.insert_media(&row).await {
                 self.forget_if_unreferenced(&sha256).await;
@@ -482,6 +499,7 @@ impl Media {
         self.check_pending(user_id, server_name, media_id).await?;
         let (tmp, sha256, size) = writer.finish().await?;
         let guard = self.lock_content().await?;
+        self.check_quota(user_id, size).await?;
         self.place(tmp, &sha256).await?;
         let now = now_millis();
         let completed = self

@@ -360,6 +360,19 @@ impl Store {
         Ok(referenced)
     }
 
+    /// The bytes of everything `user_id` uploaded (their quota's use).
+    pub async fn media_bytes_of_user(&self, user_id: &str) -> Result<i64, StoreError> {
+        let bytes = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(bytes)
+    }
+
     /// Uploaded media ids and the bytes they name (a file shared by several ids counts once
     /// per id), for `/metrics`.
     pub async fn media_totals(&self) -> Result<(i64, i64), StoreError> {
@@ -424,6 +437,8 @@ mod tests {
             store.insert_thumbnail(&thumb("b", "t1")).await.unwrap();
             assert_eq!(store.media("a").await.unwrap(), Some(uploaded("a", "h1")));
             assert_eq!(store.media_totals().await.unwrap(), (2, 6), "{kind:?}");
+            assert_eq!(store.media_bytes_of_user("@alice:test").await.unwrap(), 6);
+            assert_eq!(store.media_bytes_of_user("@bob:test").await.unwrap(), 0);
 
             let gone = store.delete_media(&["a".to_owned()]).await.unwrap();
             assert_eq!(gone.media, 1);

@@ -85,13 +85,13 @@ setting passwords.parallelism 1
 commit_group passwords
 setting rate_limits.enabled false
 commit_group rate_limits
+setting media.legacy_endpoints true
+commit_group media.legacy
 # Future keys (names to be confirmed when Myelin adds them; keep in step with config.go):
 setting federation.extra_ca_certificates "[\"$ca/ca.crt\"]"
 commit_group federation.ca
 setting federation.allow_private_addresses true
 commit_group federation.allow_private_addresses
-setting media.legacy_unauthenticated_endpoints true
-commit_group media.legacy
 rm -f "$probe" "$data/complement-env.group"
 
 exec "$myelin" --config "$config" serve

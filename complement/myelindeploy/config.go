@@ -107,10 +107,10 @@ var envGroups = []envGroup{
 	{name: "rate_limits", settings: func(s *server) []setting {
 		return []setting{lit("rate_limits.enabled", "false")}
 	}},
-	// future: the legacy unauthenticated /_matrix/media/v3 download endpoints, which many tests
-	// still use.
-	{name: "media.legacy (future)", settings: func(s *server) []setting {
-		return []setting{lit("media.legacy_unauthenticated_endpoints", "true")}
+	// The legacy unauthenticated /_matrix/media/{v3,r0} download, thumbnail and config
+	// endpoints, which many tests still use (off by default in Myelin).
+	{name: "media.legacy", settings: func(s *server) []setting {
+		return []setting{lit("media.legacy_endpoints", "true")}
 	}},
 }
 

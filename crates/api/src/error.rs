@@ -158,6 +158,13 @@ impl From<ServiceError> for MatrixError {
                 ),
                 message,
             ),
+            ServiceError::NotYetUploaded(_) => {
+                Self::new(S::GATEWAY_TIMEOUT, ErrorKind::NotYetUploaded, message)
+            }
+            ServiceError::CannotOverwriteMedia(_) => {
+                Self::new(S::CONFLICT, ErrorKind::CannotOverwriteMedia, message)
+            }
+            ServiceError::BadGateway(_) => Self::new(S::BAD_GATEWAY, ErrorKind::Unknown, message),
             ServiceError::MissingToken => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
             }

@@ -14,6 +14,7 @@ mod client_address;
 pub mod error;
 mod federation;
 mod layers;
+mod media;
 pub mod metrics;
 pub mod ruma_bridge;
 mod well_known;
@@ -60,6 +61,10 @@ impl AppState {
 /// The router for the client listener.
 pub fn client_router(state: AppState) -> Router {
     let router = client::routes()
+        .merge(media::routes(
+            state.services.media.legacy_endpoints(),
+            state.services.url_previews.is_some(),
+        ))
         .merge(admin::routes())
         .merge(well_known::routes())
         .route("/health", axum::routing::get(health));

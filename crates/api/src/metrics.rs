@@ -1,5 +1,6 @@
-//! Prometheus metrics: request counts and latency histograms by route, served as text at
-//! `GET /metrics` on the client listener.
+//! Prometheus metrics: request counts and latency histograms by route, and the media
+//! repository's size (read from the store at each scrape), served as text at `GET /metrics` on
+//! the client listener.
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use axum::{
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -39,6 +40,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    media_count: Gauge,
+    media_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -67,10 +70,24 @@ impl Metrics {
             "Time to produce the response head, by route",
             latency.clone(),
         );
+        let media_count = Gauge::default();
+        let media_bytes = Gauge::default();
+        registry.register(
+            "media_ids",
+            "Local media ids with uploaded content",
+            media_count.clone(),
+        );
+        registry.register(
+            "media_bytes",
+            "Bytes of local media, counted once per media id",
+            media_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
+            media_count,
+            media_bytes,
         }
     }
 
@@ -138,6 +155,14 @@ fn method_label(method: &http::Method) -> &'static str {
 
 /// `GET /metrics`.
 pub(crate) async fn serve(State(state): State<AppState>) -> impl IntoResponse {
+    // One indexed count per scrape; on failure the last values stay.
+    match state.services.media.totals().await {
+        Ok((count, bytes)) => {
+            state.metrics.media_count.set(count);
+            state.metrics.media_bytes.set(bytes);
+        }
+        Err(err) => tracing::warn!(%err, "metrics: could not count media"),
+    }
     (
         [(
             http::header::CONTENT_TYPE,

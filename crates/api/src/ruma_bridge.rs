@@ -33,7 +33,7 @@ pub trait Authenticate: Sized {
     type Identity: Send + std::fmt::Debug;
 
     /// Whether the check covers the body (X-Matrix signs it): such a scheme is checked after
-    /// the body is read, under the route's cap. Every other scheme is checked from the head
+    /// the body is read, under the JSON body cap. Every other scheme is checked from the head
     /// alone, before the body is read.
     const NEEDS_BODY: bool = false;
 
@@ -124,14 +124,6 @@ impl Authenticate for AccessTokenOptional {
     }
 }
 
-/// A route's body cap, set per route by [`RumaRouterExt::ruma_with_cap`]. Routes without one
-/// take JSON and are capped by `http.max_json_request_size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyCap {
-    /// A route that takes uploads (media): capped by `http.max_request_size` alone.
-    Upload,
-}
-
 /// A parsed, authenticated ruma request.
 #[derive(Debug)]
 pub struct Ruma<R: IncomingRequest>
@@ -153,12 +145,7 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
-        // Values come percent-decoded, which is what ruma expects.
-        let mut path_args: Vec<String> =
-            match RawPathParams::from_request_parts(&mut parts, state).await {
-                Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
-                Err(_) => Vec::new(),
-            };
+        let mut path_args = path_args(&mut parts, state).await;
         // The routes registered for an empty state key (`/state/{type}/` and `/state/{type}`):
         // ruma still expects the parameter, as an empty string.
         if parts.extensions.get::<EmptyStateKey>().is_some() {
@@ -177,12 +164,10 @@ where
         };
         let (parts, _) = head.into_parts();
         let http_config = &state.services.config.http;
-        let limit = match parts.extensions.get::<BodyCap>() {
-            Some(BodyCap::Upload) => http_config.max_request_size,
-            None => http_config
-                .max_json_request_size
-                .min(http_config.max_request_size),
-        };
+        // Every body read whole is JSON; uploads come through [`RumaStreamed`] instead.
+        let limit = http_config
+            .max_json_request_size
+            .min(http_config.max_request_size);
         let read = axum::body::to_bytes(body, limit);
         let timeout = std::time::Duration::from_secs(http_config.body_read_timeout_secs);
         let bytes = tokio::time::timeout(timeout, read).await.map_err(|_| {
@@ -241,6 +226,29 @@ where
     }
 }
 
+/// The request's path arguments, in order. Values come percent-decoded, which is what ruma
+/// expects.
+async fn path_args(parts: &mut http::request::Parts, state: &AppState) -> Vec<String> {
+    match RawPathParams::from_request_parts(parts, state).await {
+        Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs the authentication endpoint `R` declares, then its rate limit if it has one.
+async fn identify<R>(
+    state: &AppState,
+    request: &http::Request<&[u8]>,
+) -> Result<<R::Authentication as Authenticate>::Identity, MatrixError>
+where
+    R: IncomingRequest,
+    R::Authentication: Authenticate,
+{
+    let identity = R::Authentication::authenticate(state, request).await?;
+    check_rate::<R>(state, request, &identity)?;
+    Ok(identity)
+}
+
 /// The rate limit of endpoints the spec marks rate-limited: per user once logged in, else per
 /// client address (behind a trusted proxy, the one it forwarded for; unknown behind nothing
 /// but a test harness, which then shares one bucket).
@@ -261,6 +269,51 @@ where
         state.services.rate_limiter.check(key)?;
     }
     Ok(())
+}
+
+/// A ruma request whose body is left unread, for uploads: the endpoint's path, query and
+/// headers are parsed (as if the body were empty) and its authentication run, and the body is
+/// handed over as a stream for the handler to read in bounded chunks.
+#[derive(Debug)]
+pub struct RumaStreamed<R: IncomingRequest>
+where
+    R::Authentication: Authenticate,
+{
+    /// The request as ruma parsed it, with an empty body.
+    pub head: R,
+    pub identity: <R::Authentication as Authenticate>::Identity,
+    /// The declared `Content-Length`, if any.
+    pub content_length: Option<u64>,
+    pub body: axum::body::Body,
+}
+
+impl<R> FromRequest<AppState> for RumaStreamed<R>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let path_args = path_args(&mut parts, state).await;
+        let content_length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let request = http::Request::from_parts(parts, &[][..]);
+        let identity = identify::<R>(state, &request).await?;
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let head =
+            R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
+        Ok(RumaStreamed {
+            head,
+            identity,
+            content_length,
+            body,
+        })
+    }
 }
 
 fn is_length_limit(err: &axum::Error) -> bool {
@@ -305,14 +358,15 @@ pub trait RumaRouterExt {
         H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
 
-    /// [`RumaRouterExt::ruma`] for a route whose bodies may be larger than JSON requests'
-    /// (uploads).
-    fn ruma_with_cap<R, H, Fut>(self, handler: H, cap: BodyCap) -> Self
+    /// Serves `handler` for endpoint `R` under every path its metadata lists, for its method,
+    /// where the handler builds the HTTP response itself (streamed media) and extracts `X`
+    /// (a [`Ruma`] or a [`RumaStreamed`] of `R`).
+    fn ruma_raw<R, X, H, Fut>(self, handler: H) -> Self
     where
         R: IncomingRequest + Send + 'static,
-        R::Authentication: Authenticate,
-        H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
+        X: FromRequest<AppState> + Send + 'static,
+        H: Fn(AppState, X) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, MatrixError>> + Send + 'static;
 }
 
 impl RumaRouterExt for Router<AppState> {
@@ -323,24 +377,37 @@ impl RumaRouterExt for Router<AppState> {
         H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
     {
-        route_ruma(self, handler, None)
+        route_ruma(self, handler)
     }
 
-    fn ruma_with_cap<R, H, Fut>(self, handler: H, cap: BodyCap) -> Self
+
+    fn ruma_raw<R, X, H, Fut>(self, handler: H) -> Self
     where
         R: IncomingRequest + Send + 'static,
-        R::Authentication: Authenticate,
-        H: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
+        X: FromRequest<AppState> + Send + 'static,
+        H: Fn(AppState, X) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, MatrixError>> + Send + 'static,
     {
-        route_ruma(self, handler, Some(cap))
+        let filter = MethodFilter::try_from(R::METHOD)
+            .unwrap_or_else(|_| panic!("ruma endpoint with unroutable method {}", R::METHOD));
+        let mut router = self;
+        for path in R::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            router = router.route(
+                path,
+                on(filter, move |State(state): State<AppState>, request: X| {
+                    let handler = handler.clone();
+                    async move { handler(state, request).await }
+                }),
+            );
+        }
+        router
     }
 }
 
 fn route_ruma<R, H, Fut>(
     router: Router<AppState>,
     handler: H,
-    cap: Option<BodyCap>,
 ) -> Router<AppState>
 where
     R: IncomingRequest + Send + 'static,
@@ -352,10 +419,6 @@ where
         let filter = MethodFilter::try_from(R::METHOD)
             .unwrap_or_else(|_| panic!("ruma endpoint with unroutable method {}", R::METHOD));
         let mut router = router;
-        let capped = |method_router: axum::routing::MethodRouter<AppState>| match cap {
-            Some(cap) => method_router.layer(axum::Extension(cap)),
-            None => method_router,
-        };
         for path in R::PATH_BUILDER.all_paths() {
             let handler_for = |handler: H| {
                 move |State(state): State<AppState>, request: Ruma<R>| {
@@ -363,21 +426,20 @@ where
                     async move { handler(state, request).await.map(RumaResponse) }
                 }
             };
-            router = router.route(path, capped(on(filter, handler_for(handler.clone()))));
+            router = router.route(path, on(filter, handler_for(handler.clone())));
             // Clients address the empty state key as `/state/{type}/` or `/state/{type}`;
             // axum matches neither against `{state_key}`, so both are routed explicitly.
             if let Some(prefix) = path.strip_suffix("/{state_key}") {
                 for route in [format!("{prefix}/"), prefix.to_owned()] {
                     router = router.route(
                         &route,
-                        capped(
-                            on(filter, handler_for(handler.clone()))
-                                .layer(axum::Extension(EmptyStateKey)),
-                        ),
+                        on(filter, handler_for(handler.clone()))
+                            .layer(axum::Extension(EmptyStateKey)),
                     );
                 }
             }
         }
         router
     }
+
 }

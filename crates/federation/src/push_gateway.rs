@@ -92,7 +92,7 @@ pub struct Device {
 
 /// An error with its chain of causes, which reqwest's own message leaves out ("error sending
 /// request" says nothing of the refused connection or the private address under it).
-fn with_causes(err: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

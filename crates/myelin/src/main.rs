@@ -1,5 +1,6 @@
 //! `myelin`: the command line. `serve` (the default) runs the homeserver; `generate-config`
-//! prints a commented example configuration; `check-config` validates one. A configuration
+//! prints a commented example configuration; `check-config` validates one; `register-user`
+//! and `delete-media` do an operator's chores on the database. A configuration
 //! problem exits with status 2 and one line naming the key, before anything is written.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -45,6 +46,16 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Delete local media: by id, by age, or both. Thumbnails go with their media, and content
+    /// files once no media id names them. Safe while the server runs.
+    DeleteMedia {
+        /// A media id or `mxc://` URI of this server (repeatable).
+        #[arg(long = "id", value_name = "MEDIA_ID")]
+        ids: Vec<String>,
+        /// Every media id created more than this many days ago (0: everything until now).
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: Option<u64>,
+    },
 }
 
 /// Exit status for an unusable configuration.
@@ -75,6 +86,10 @@ fn main() -> ExitCode {
             password,
             admin,
         } => register_user(config, username, password, admin),
+        Command::DeleteMedia {
+            ids,
+            older_than_days,
+        } => delete_media(config, ids, older_than_days),
         Command::Serve | Command::GenerateConfig => serve(config),
     }
 }
@@ -93,10 +108,13 @@ fn serve(config: myelin_service::Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // The signal handlers are installed while the server starts, not after: a SIGTERM sent
+        // as soon as the server answers (a supervisor, a test) must not kill it uncleanly.
+        let signalled = tokio::spawn(myelin::server::shutdown_signal());
         let server = myelin::server::start(config).await?;
         let stop = server.stop_handle();
         tokio::spawn(async move {
-            myelin::server::shutdown_signal().await;
+            let _ = signalled.await;
             let _ = stop.send(true);
         });
         server.wait().await
@@ -156,6 +174,62 @@ fn register_user(
     match result {
         Ok(registered) => {
             println!("registered {}", registered.user_id);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("myelin: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn delete_media(
+    config: myelin_service::Config,
+    ids: Vec<String>,
+    older_than_days: Option<u64>,
+) -> ExitCode {
+    if ids.is_empty() && older_than_days.is_none() {
+        eprintln!("myelin: say what to delete: --id MEDIA_ID and/or --older-than-days DAYS");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let prefix = format!("mxc://{}/", config.server_name);
+    let mut media_ids = Vec::new();
+    for id in ids {
+        let media_id = id.strip_prefix(&prefix).unwrap_or(&id);
+        if !myelin_service::media::is_valid_media_id(media_id) {
+            eprintln!("myelin: `{id}` is not a media id or mxc:// URI of this server");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        media_ids.push(media_id.to_owned());
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("myelin: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let services = myelin_service::Services::start(config).await?;
+        let mut deleted = services.media.delete(&media_ids).await;
+        if let (Ok(by_id), Some(days)) = (&deleted, older_than_days) {
+            let age = i64::try_from(days.saturating_mul(24 * 60 * 60 * 1000)).unwrap_or(i64::MAX);
+            let before = myelin_service::now_millis().saturating_sub(age);
+            deleted = services
+                .media
+                .delete_created_before(before)
+                .await
+                .map(|by_age| by_id + by_age);
+        }
+        services.shutdown().await;
+        anyhow::Ok(deleted?)
+    });
+    match result {
+        Ok(count) => {
+            println!("deleted {count} media");
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -26,6 +26,7 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub rate_limits: RateLimitConfig,
     pub push: PushConfig,
+    pub media: MediaConfig,
 }
 
 impl Default for Config {
@@ -46,6 +47,7 @@ impl Default for Config {
             sessions: SessionConfig::default(),
             rate_limits: RateLimitConfig::default(),
             push: PushConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -108,8 +110,8 @@ pub struct WellKnownConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// The largest request body accepted on any route, in bytes (routes that take uploads, such
-    /// as media, are capped by this alone); larger ones get 413 `M_TOO_LARGE`.
+    /// The largest request body read whole on any route, in bytes (uploads are streamed and
+    /// capped by `media.max_upload_size` instead); larger ones get 413 `M_TOO_LARGE`.
     pub max_request_size: usize,
     /// The largest body of every other route (JSON requests), in bytes: read before anything
     /// else is known about a request, so kept small.
@@ -229,6 +231,81 @@ pub struct PushConfig {
     pub allow_private_gateways: bool,
 }
 
+/// The media repository: uploads, downloads and thumbnails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Where media content and thumbnails are kept. Unset: `media` in `data_dir`.
+    pub directory: Option<PathBuf>,
+    /// The largest upload accepted, in bytes; larger ones get 413 `M_TOO_LARGE`. Uploads are
+    /// streamed to disk, so this may exceed `http.max_request_size`.
+    pub max_upload_size: u64,
+    /// The most bytes one user may have uploaded in all; past it, uploads get 403
+    /// `M_FORBIDDEN`. Unset: no quota.
+    pub max_bytes_per_user: Option<u64>,
+    /// Serve the unauthenticated `/_matrix/media/{v3,r0}/download`, `/thumbnail` and `/config`
+    /// endpoints, which the spec deprecated (v1.11) in favour of the authenticated
+    /// `/_matrix/client/v1/media/...` ones. Off: they answer 404 `M_UNRECOGNIZED`.
+    pub legacy_endpoints: bool,
+    /// How many asynchronous uploads (`/create`) one user may have reserved and not yet
+    /// uploaded; more get 429 `M_LIMIT_EXCEEDED`.
+    pub max_pending_uploads: u32,
+    /// How long a media id reserved by `/create` waits for its upload, in seconds.
+    pub pending_upload_expiry_secs: u64,
+    /// The largest image (width × height, in pixels) a thumbnail is made of. Decoding is
+    /// bounded by it, so a small file that claims a huge image (a decompression bomb) is
+    /// refused before it can take the memory.
+    pub max_thumbnail_source_pixels: u64,
+    /// Make the thumbnails clients ask for most (32×32 and 96×96 cropped, 320×240, 640×480
+    /// and 800×600 scaled) right after an image is uploaded, in the background, instead of on
+    /// the first request.
+    pub thumbnails_at_upload: bool,
+    pub url_preview: UrlPreviewConfig,
+}
+
+/// URL previews (`/preview_url`): the server fetches pages users link to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UrlPreviewConfig {
+    /// Off by default: previews make the server fetch any URL a user names.
+    pub enabled: bool,
+    /// Let previews fetch private addresses (loopback, RFC 1918, link-local...). Off: only
+    /// publicly routable ones, as for push gateways.
+    pub allow_private_addresses: bool,
+    /// The most of a page read, in bytes.
+    pub max_page_size: usize,
+    /// How long a preview is reused before the page is fetched again, in seconds.
+    pub cache_secs: u64,
+}
+
+impl Default for UrlPreviewConfig {
+    fn default() -> Self {
+        UrlPreviewConfig {
+            enabled: false,
+            allow_private_addresses: false,
+            max_page_size: 1024 * 1024,
+            cache_secs: 60 * 60,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            directory: None,
+            max_upload_size: 50 * 1024 * 1024,
+            max_bytes_per_user: None,
+            legacy_endpoints: false,
+            max_pending_uploads: 5,
+            pending_upload_expiry_secs: 24 * 60 * 60,
+            // 32 Mi pixels: a 4000×3000 photo with room to spare, ~128 MiB decoded as RGBA.
+            max_thumbnail_source_pixels: 32 * 1024 * 1024,
+            thumbnails_at_upload: true,
+            url_preview: UrlPreviewConfig::default(),
+        }
+    }
+}
+
 /// Limits on the endpoints the spec marks as rate-limited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,6 +357,14 @@ impl Config {
             Some(url) => url.clone(),
             None => myelin_store::Store::sqlite_url(&self.data_dir.join("myelin.db")),
         }
+    }
+
+    /// The directory media content is kept in.
+    pub fn media_directory(&self) -> PathBuf {
+        self.media
+            .directory
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("media"))
     }
 
     /// Checks what the types alone cannot. Touches nothing on disk.
@@ -373,6 +458,24 @@ impl Config {
                     problem: "must be at least 1024 bytes".to_owned(),
                 });
             }
+        }
+        if self.media.max_upload_size == 0 {
+            return Err(ConfigProblem {
+                key: "media.max_upload_size",
+                problem: "must be at least 1 byte".to_owned(),
+            });
+        }
+        if self.media.pending_upload_expiry_secs == 0 {
+            return Err(ConfigProblem {
+                key: "media.pending_upload_expiry_secs",
+                problem: "must be at least 1 second".to_owned(),
+            });
+        }
+        if self.media.max_thumbnail_source_pixels == 0 {
+            return Err(ConfigProblem {
+                key: "media.max_thumbnail_source_pixels",
+                problem: "must be at least 1".to_owned(),
+            });
         }
         Ok(())
     }

@@ -52,6 +52,15 @@ pub enum Error {
     /// Keys for a backup version that is not the current one (`M_WRONG_ROOM_KEYS_VERSION`, 403).
     #[error("This is not the current backup version")]
     WrongRoomKeysVersion { current_version: Option<String> },
+    /// A pending asynchronous upload that did not arrive in time (504 `M_NOT_YET_UPLOADED`).
+    #[error("{0}")]
+    NotYetUploaded(String),
+    /// An upload to a media id that already has content (409 `M_CANNOT_OVERWRITE_MEDIA`).
+    #[error("{0}")]
+    CannotOverwriteMedia(String),
+    /// Something the server had to fetch for the request failed (502 `M_UNKNOWN`).
+    #[error("{0}")]
+    BadGateway(String),
     #[error("Missing access token")]
     MissingToken,
     #[error("Unknown or expired access token")]

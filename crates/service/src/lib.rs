@@ -10,7 +10,8 @@
 //! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
 //! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
 //! push gateways), [`e2ee`] (device, one-time, fallback and cross-signing keys; device lists),
-//! [`key_backup`] (server-side room key backup).
+//! [`key_backup`] (server-side room key backup), [`media`] (the media repository: uploads,
+//! downloads, thumbnails), [`url_preview`] (link previews).
 
 pub mod accounts;
 pub mod client_address;
@@ -21,6 +22,7 @@ pub mod ephemeral;
 mod error;
 pub mod key_backup;
 pub mod limits;
+pub mod media;
 pub mod notifier;
 pub mod passwords;
 pub mod profiles;
@@ -33,6 +35,7 @@ mod services;
 pub mod sync;
 pub mod tokens;
 pub mod uia;
+pub mod url_preview;
 pub mod user_data;
 
 pub use config::Config;

@@ -25,6 +25,13 @@ pub enum StartError {
     Store(#[from] myelin_store::StoreError),
     #[error("cannot load the server signing key: {0}")]
     ServerKey(#[from] ServerKeyError),
+    #[error("cannot open the media directory {path}: {source}")]
+    Media {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot build the URL preview client: {0}")]
+    UrlPreview(String),
     #[error("cannot build the push gateway client: {0}")]
     PushGateway(#[from] myelin_federation::push_gateway::PushGatewayError),
 }
@@ -45,6 +52,9 @@ pub struct Services {
     pub pushers: Arc<crate::pushers::Pushers>,
     pub e2ee: crate::e2ee::E2ee,
     pub key_backup: crate::key_backup::KeyBackup,
+    pub media: Arc<crate::media::Media>,
+    /// `None` unless `media.url_preview.enabled`.
+    pub url_previews: Option<crate::url_preview::UrlPreviews>,
 }
 
 impl Services {
@@ -90,6 +100,25 @@ impl Services {
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());
+        let url_previews = if config.media.url_preview.enabled {
+            Some(
+                crate::url_preview::UrlPreviews::new(&config.media.url_preview)
+                    .map_err(|err| StartError::UrlPreview(err.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let media_dir = config.media_directory();
+        let media = crate::media::Media::open(
+            store.clone(),
+            config.server_name.clone(),
+            config.media.clone(),
+            media_dir.clone(),
+        )
+        .map_err(|source| StartError::Media {
+            path: media_dir,
+            source,
+        })?;
         Ok(Arc::new(Services {
             rooms,
             ephemeral,
@@ -104,6 +133,8 @@ impl Services {
                 notifier.clone(),
             ),
             key_backup: crate::key_backup::KeyBackup::new(store.clone()),
+            media: Arc::new(media),
+            url_previews,
             config,
             store,
             server_keys,

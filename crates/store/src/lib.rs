@@ -15,8 +15,9 @@
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
 //! references), [`reports`] (what users report to the admins), [`spaces`] (what the space
 //! hierarchy reads), [`e2ee`] (device, one-time, fallback and cross-signing keys, and the
-//! device-list stream), [`key_backup`] (server-side room key backup). Later areas (federation queue,
-//! account keys, media) follow the same shape.
+//! device-list stream), [`key_backup`] (server-side room key backup), [`media`] (media ids,
+//! pending uploads and thumbnails; the content is on disk). Later areas (federation queue,
+//! account keys) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
 //! invalidated by the methods that change them (`cache`).
@@ -40,6 +41,7 @@ pub mod ephemeral;
 mod error;
 mod group_commit;
 pub mod key_backup;
+pub mod media;
 pub mod pushers;
 pub mod relations;
 pub mod reports;
@@ -55,6 +57,7 @@ pub mod user_data;
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
+pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
 pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use reports::{NewReport, ReportRow};

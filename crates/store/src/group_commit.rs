@@ -146,6 +146,7 @@ struct OwnedEvent {
     txn: Option<(String, String, String)>,
     push_actions: Vec<PushAction>,
     relation: Option<(String, String)>,
+    search: Option<(String, String)>,
     now: i64,
 }
 
@@ -172,6 +173,9 @@ impl OwnedEvent {
             relation: event
                 .relation
                 .map(|(parent, rel_type)| (parent.to_owned(), rel_type.to_owned())),
+            search: event
+                .search
+                .map(|(key, text)| (key.to_owned(), text.to_owned())),
             now: event.now,
         }
     }
@@ -201,6 +205,10 @@ impl OwnedEvent {
                 .relation
                 .as_ref()
                 .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
+            search: self
+                .search
+                .as_ref()
+                .map(|(key, text)| (key.as_str(), text.as_str())),
             now: self.now,
         }
     }
@@ -232,6 +240,7 @@ mod tests {
             txn: None,
             push_actions: &[],
             relation: None,
+            search: None,
             now: 1,
         }
     }

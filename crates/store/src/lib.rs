@@ -13,8 +13,9 @@
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
-//! references), [`reports`] (what users report to the admins). Later areas (federation queue,
-//! account keys, media) follow the same shape.
+//! references), [`reports`] (what users report to the admins), [`search`] (full-text search
+//! over room events). Later areas (federation queue, account keys, media) follow the same
+//! shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
 //! invalidated by the methods that change them (`cache`).
@@ -40,6 +41,7 @@ pub mod pushers;
 pub mod relations;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod server_keys;
 pub mod state;
 mod store;
@@ -57,6 +59,7 @@ pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
     RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot,
 };
+pub use search::{SearchHit, SearchOrder, SearchQuery};
 pub use server_keys::StoredSigningKey;
 pub use state::StateMap;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};

@@ -41,6 +41,7 @@ async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, 
             txn: ev.txn,
             push_actions: &[],
             relation: None,
+            search: None,
             now: ev.depth,
         })
         .await

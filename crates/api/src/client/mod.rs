@@ -14,6 +14,7 @@ mod pushers;
 mod relations;
 mod report;
 mod rooms;
+mod search;
 mod session;
 mod sync;
 mod uia;
@@ -31,6 +32,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(device::routes())
         .merge(rooms::routes().merge(directory::routes()))
         .merge(relations::routes().merge(report::routes()))
+        .merge(search::routes())
         .merge(user_directory::routes())
         .merge(sync::routes())
         .merge(ephemeral::routes())

@@ -148,6 +148,7 @@ struct OwnedEvent {
     redaction: Option<(String, String)>,
     push_actions: Vec<PushAction>,
     relation: Option<(String, String)>,
+    search: Option<(String, String)>,
     now: i64,
 }
 
@@ -182,6 +183,9 @@ impl OwnedEvent {
             relation: event
                 .relation
                 .map(|(parent, rel_type)| (parent.to_owned(), rel_type.to_owned())),
+            search: event
+                .search
+                .map(|(key, text)| (key.to_owned(), text.to_owned())),
             now: event.now,
         }
     }
@@ -220,6 +224,10 @@ impl OwnedEvent {
                 .relation
                 .as_ref()
                 .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
+            search: self
+                .search
+                .as_ref()
+                .map(|(key, text)| (key.as_str(), text.as_str())),
             now: self.now,
         }
     }
@@ -252,6 +260,7 @@ mod tests {
             redaction: None,
             push_actions: &[],
             relation: None,
+            search: None,
             now: 1,
         }
     }

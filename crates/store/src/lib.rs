@@ -14,10 +14,10 @@
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
 //! references), [`reports`] (what users report to the admins), [`spaces`] (what the space
-//! hierarchy reads), [`e2ee`] (device, one-time, fallback and cross-signing keys, and the
-//! device-list stream), [`key_backup`] (server-side room key backup), [`media`] (media ids,
-//! pending uploads and thumbnails; the content is on disk). Later areas (federation queue,
-//! account keys) follow the same shape.
+//! hierarchy reads), [`search`] (full-text search over room events), [`e2ee`] (device,
+//! one-time, fallback and cross-signing keys, and the device-list stream), [`key_backup`]
+//! (server-side room key backup), [`media`] (media ids, pending uploads and thumbnails; the
+//! content is on disk). Later areas (federation queue, account keys) follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
 //! invalidated by the methods that change them (`cache`).
@@ -46,6 +46,7 @@ pub mod pushers;
 pub mod relations;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod server_keys;
 pub mod spaces;
 pub mod state;
@@ -65,6 +66,7 @@ pub use rooms::{
     EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
     RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
 };
+pub use search::{SearchHit, SearchOrder, SearchQuery};
 pub use server_keys::StoredSigningKey;
 pub use spaces::SpaceRoomState;
 pub use state::StateMap;

@@ -6,7 +6,7 @@
 use sqlx::Row;
 
 use crate::store::BeginWrite;
-use crate::{Store, StoreError, with_pool};
+use crate::{DatabaseKind, Store, StoreError, with_pool};
 
 /// A state snapshot becomes a full copy after this many deltas, so loading one never walks far.
 pub const MAX_STATE_CHAIN: i64 = 32;
@@ -117,6 +117,9 @@ pub struct NewEvent<'a> {
     /// `content.m.relates_to` of a non-state event: `(parent event id, rel_type)`, indexed for
     /// `/relations`, `/threads` and bundled aggregations.
     pub relation: Option<(&'a str, &'a str)>,
+    /// The event's searchable text: `(key, text)`, the key naming the content field it came
+    /// from (`content.body`, `content.name`, `content.topic`), indexed for `/search`.
+    pub search: Option<(&'a str, &'a str)>,
     pub now: i64,
 }
 
@@ -434,6 +437,27 @@ impl Store {
         events: &[NewEvent<'_>],
     ) -> Result<Vec<Persisted>, StoreError> {
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        // The search index is the one backend-specific table (see `search`); same parameters.
+        let search_insert_sql = match self.kind() {
+            DatabaseKind::Postgres => {
+                "INSERT INTO event_search (event_nid, room_nid, stream_ordering, key, vector) \
+                 VALUES ($1, $2, $3, $4, to_tsvector('english', $5))"
+            }
+            DatabaseKind::Sqlite => {
+                "INSERT INTO event_search (rowid, room_nid, stream_ordering, key, value) \
+                 VALUES ($1, $2, $3, $4, $5)"
+            }
+        };
+        let search_delete_sql = match self.kind() {
+            DatabaseKind::Postgres => {
+                "DELETE FROM event_search WHERE event_nid = \
+                 (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)"
+            }
+            DatabaseKind::Sqlite => {
+                "DELETE FROM event_search WHERE rowid = \
+                 (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)"
+            }
+        };
         let persisted = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let last: i64 = sqlx::query_scalar(
@@ -519,6 +543,16 @@ impl Store {
                     .bind(stream_ordering)
                     .execute(&mut *tx)
                     .await?;
+                }
+                if let Some((key, text)) = event.search {
+                    sqlx::query(sqlx::AssertSqlSafe(search_insert_sql))
+                        .bind(event_nid)
+                        .bind(event.room_nid)
+                        .bind(stream_ordering)
+                        .bind(key)
+                        .bind(text)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 if let Some(state_key) = event.state_key {
                     // Remember what this event replaces, for clients' `prev_content`.
@@ -640,6 +674,12 @@ impl Store {
                     .bind(event.room_nid)
                     .execute(&mut *tx)
                     .await?;
+                    // Redaction strips the searched fields: the event is no longer found.
+                    sqlx::query(sqlx::AssertSqlSafe(search_delete_sql))
+                        .bind(redacted)
+                        .bind(event.room_nid)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 out.push(Persisted { event_nid, stream_ordering, state_group });
             }

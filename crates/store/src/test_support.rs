@@ -164,3 +164,12 @@ pub async fn sqlite_journal_mode(store: &crate::Store) -> String {
         crate::Backend::Postgres(_) => panic!("not a SQLite store"),
     }
 }
+
+/// Persists `events` in one transaction, as group commit would, without waiting for a batch to
+/// form: for building large rooms quickly in tests and benchmarks.
+pub async fn persist_batch(
+    store: &crate::Store,
+    events: &[crate::NewEvent<'_>],
+) -> Result<Vec<crate::Persisted>, crate::StoreError> {
+    store.persist_events(events).await
+}

@@ -54,6 +54,7 @@ async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, 
             redaction: ev.redaction,
             push_actions: &[],
             relation: None,
+            search: None,
             now: ev.depth,
         })
         .await

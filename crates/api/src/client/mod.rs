@@ -16,6 +16,7 @@ mod pushers;
 mod relations;
 mod report;
 mod rooms;
+mod search;
 mod session;
 mod spaces;
 mod sync;
@@ -36,7 +37,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(
             relations::routes()
                 .merge(report::routes())
-                .merge(spaces::routes()),
+                .merge(spaces::routes())
+                .merge(search::routes()),
         )
         .merge(user_directory::routes())
         .merge(sync::routes())

@@ -255,6 +255,7 @@ impl Rooms {
             None
         };
         let relation = super::relations::relation_of(pdu);
+        let search = super::search::search_text_of(pdu);
         let push_actions = self.push_actions(room, pdu, push_inputs).await?;
         let json = pdu.canonical_json();
         let depth = i64::try_from(pdu.depth())
@@ -281,6 +282,7 @@ impl Rooms {
                 relation: relation
                     .as_ref()
                     .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
+                search: search.as_ref().map(|(key, text)| (*key, text.as_str())),
                 now,
             })
             .await?;

@@ -1,6 +1,6 @@
 //! Rooms on this server: building, authorising and persisting local events (one ordered writer
 //! per room), room creation with presets, membership changes, and the reads clients make (state,
-//! events, members, timeline pages) with history visibility enforced.
+//! events, members, timeline pages, search) with history visibility enforced.
 //!
 //! Rooms with other servers come with federation; membership code takes the local path today and
 //! says so with a clear error where a remote server would be needed.
@@ -15,6 +15,7 @@ pub(crate) mod read;
 pub(crate) mod redact;
 mod relations;
 mod report;
+mod search;
 mod visibility;
 
 use std::{
@@ -34,6 +35,7 @@ pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
 pub use report::MAX_REPORT_REASON_BYTES;
 pub(crate) use report::check_reason as check_report_reason;
+pub use search::{SEARCH_KEYS, SearchRequest, SearchResults, search_words};
 
 /// The rooms area.
 #[derive(Debug)]

@@ -257,19 +257,19 @@ async fn the_index_finds_words_and_forgets_redacted_events() {
             .unwrap();
         assert_eq!(count, 4);
 
-        // A redaction takes the event out of the index.
+        // A redaction takes the event out of the index (the rank order of the two left is the
+        // backend's business: only which events are found is asserted).
         redact(&store, room, "$3", "$redaction", g).await;
-        assert_eq!(
-            find(
-                &store,
-                &[room],
-                &["cat"],
-                &["content.body"],
-                SearchOrder::Rank
-            )
-            .await,
-            vec![cat.event_nid, cats.event_nid]
-        );
+        let mut found = find(
+            &store,
+            &[room],
+            &["cat"],
+            &["content.body"],
+            SearchOrder::Rank,
+        )
+        .await;
+        found.sort_unstable();
+        assert_eq!(found, vec![cats.event_nid, cat.event_nid], "{kind:?}");
     }
 }
 

@@ -173,9 +173,6 @@ async fn create_rooms_with_presets_and_versions() {
         for (version, errcode) in [
             ("9999", "M_UNSUPPORTED_ROOM_VERSION"),
             ("org.matrix.12.4243", "M_UNSUPPORTED_ROOM_VERSION"),
-            // Known for joining existing rooms, not yet for creating them (issue 12).
-            ("1", "M_UNSUPPORTED_ROOM_VERSION"),
-            ("9", "M_UNSUPPORTED_ROOM_VERSION"),
         ] {
             let (status, body) = server
                 .post(

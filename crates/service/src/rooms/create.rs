@@ -57,15 +57,6 @@ impl Rooms {
                 Stability::Unstable
             )));
         }
-        if !version.auth_rules().integer_power_levels {
-            // Rooms 1 to 9 are in the version table so that existing rooms can be read and
-            // joined; building their events here (event ids in the PDU, `creator`, string power
-            // levels) is the server part of issue 12. Until then creating one is refused as before.
-            return Err(Error::UnsupportedRoomVersion(format!(
-                "Room version {} cannot be created here yet",
-                version.id()
-            )));
-        }
         crate::limits::at_most(
             "The number of initial_state events",
             request.initial_state.len(),
@@ -101,7 +92,8 @@ impl Rooms {
         // 1. The create event.
         let mut create_content = request.creation_content.clone().unwrap_or_default();
         create_content.insert("room_version".to_owned(), json!(version.id()));
-        if version.id() == "10" {
+        if !version.auth_rules().creator_is_create_sender {
+            // Before v11 the creator is named in the content.
             create_content.insert("creator".to_owned(), json!(creator));
         } else {
             create_content.remove("creator");
@@ -159,6 +151,7 @@ impl Rooms {
         // From v12 the room id is the create event's hash: two identical createRoom requests in
         // one millisecond would name the same room. The later one moves to the next
         // millisecond until its id is free.
+        self.assign_event_id(&mut partial, version);
         let mut now = now;
         let mut attempts = 0;
         let (create, room_id) = loop {

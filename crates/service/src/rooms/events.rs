@@ -8,7 +8,7 @@ use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu,
     auth::{auth_types_for_event, check_against_auth_events},
     pdu::build_pdu,
-    version::RedactionAlgorithm,
+    version::{RedactionAlgorithm, RoomVersion},
 };
 use myelin_store::{EventRow, JoinedMember, NewEvent, RoomRow, TxnKey};
 use ruma::UserId;
@@ -142,10 +142,12 @@ impl Rooms {
                 pdu_of(row, version)?,
             );
         }
-        let auth_event_ids: Vec<String> = auth_types
+        let auth_refs = auth_types
             .iter()
-            .filter_map(|key| by_key.get(key).map(|pdu| pdu.event_id().to_owned()))
-            .collect();
+            .filter_map(|key| by_key.get(key))
+            .map(|pdu| pdu.reference(version))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pdu_error)?;
 
         let head = context.head;
         let now = now_millis();
@@ -181,25 +183,19 @@ impl Rooms {
                 CanonicalJsonValue::String(redacts.to_owned()),
             );
         }
+        let prev_refs = self
+            .references(
+                version,
+                &head.prev_event_ids[..head.prev_event_ids.len().min(MAX_PREV_EVENTS)],
+            )
+            .await?;
         partial.insert(
             "prev_events".to_owned(),
-            CanonicalJsonValue::Array(
-                head.prev_event_ids
-                    .iter()
-                    .take(MAX_PREV_EVENTS)
-                    .cloned()
-                    .map(CanonicalJsonValue::String)
-                    .collect(),
-            ),
+            CanonicalJsonValue::Array(prev_refs),
         );
         partial.insert(
             "auth_events".to_owned(),
-            CanonicalJsonValue::Array(
-                auth_event_ids
-                    .into_iter()
-                    .map(CanonicalJsonValue::String)
-                    .collect(),
-            ),
+            CanonicalJsonValue::Array(auth_refs),
         );
         partial.insert(
             "depth".to_owned(),
@@ -210,6 +206,7 @@ impl Rooms {
             CanonicalJsonValue::Integer(super::int(now)?),
         );
 
+        self.assign_event_id(&mut partial, version);
         let pdu = build_pdu(partial, version, self.keys.event_signer()).map_err(pdu_error)?;
         let by_id: HashMap<&str, &Pdu> = by_key.values().map(|pdu| (pdu.event_id(), pdu)).collect();
         check_against_auth_events(version, &pdu, |id| by_id.get(id).copied())
@@ -228,6 +225,46 @@ impl Rooms {
             )
             .await?;
         Ok(event_id)
+    }
+
+    /// How a new event cites `event_ids` in `prev_events`: the ids themselves, or in rooms 1
+    /// and 2 (event format 1) `[id, {"sha256": reference hash}]` pairs, which need the events.
+    async fn references(
+        &self,
+        version: &RoomVersion,
+        event_ids: &[String],
+    ) -> Result<Vec<CanonicalJsonValue>> {
+        let mut references = Vec::with_capacity(event_ids.len());
+        for event_id in event_ids {
+            if !version.event_ids_in_pdu() {
+                references.push(CanonicalJsonValue::String(event_id.clone()));
+                continue;
+            }
+            let row = self.store.event(event_id).await?.ok_or_else(|| {
+                Error::Internal(format!("the room's head {event_id} is not stored"))
+            })?;
+            references.push(
+                pdu_of(&row, version)?
+                    .reference(version)
+                    .map_err(pdu_error)?,
+            );
+        }
+        Ok(references)
+    }
+
+    /// In rooms 1 and 2 (event format 1) an event carries its id, `$<opaque>:<origin>`, chosen
+    /// by the server that builds it; later formats derive the id from the event's hash.
+    pub(super) fn assign_event_id(&self, partial: &mut CanonicalJsonObject, version: &RoomVersion) {
+        if version.event_ids_in_pdu() {
+            let opaque = crate::tokens::random_from(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                18,
+            );
+            partial.insert(
+                "event_id".to_owned(),
+                CanonicalJsonValue::String(format!("${opaque}:{}", self.server_name)),
+            );
+        }
     }
 
     /// Persists an already built and authorised PDU. `push_inputs` are the room's members and

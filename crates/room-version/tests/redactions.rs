@@ -119,9 +119,14 @@ fn state_event_levels_follow_events_then_state_default() {
         let room = Room::new(version, &creator, json!({}), content, "public");
         room.events[&room.state[&("m.room.power_levels".to_owned(), String::new())]].clone()
     };
-    let pl = pl_of(json!({"users": {creator.id.clone(): 100}, "state_default": 40,
-                          "events": {"m.room.tombstone": 90}}));
-    assert_eq!(state_event_level(version, Some(&pl), "m.room.tombstone"), 90);
+    let pl = pl_of(
+        json!({"users": {creator.id.clone(): 100}, "state_default": 40,
+                          "events": {"m.room.tombstone": 90}}),
+    );
+    assert_eq!(
+        state_event_level(version, Some(&pl), "m.room.tombstone"),
+        90
+    );
     assert_eq!(state_event_level(version, Some(&pl), "m.room.name"), 40);
     let pl = pl_of(json!({"users": {creator.id.clone(): 100}}));
     assert_eq!(

@@ -284,13 +284,7 @@ impl Rooms {
                 .unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
             match self
                 .store
-                .create_room(
-                    &room_id,
-                    version.id(),
-                    creator.as_str(),
-                    public,
-                    now,
-                )
+                .create_room(&room_id, version.id(), creator.as_str(), public, now)
                 .await
             {
                 Ok(_) => break (create, room_id),

@@ -713,6 +713,57 @@ mod tests {
     }
 
     #[test]
+    fn room_push_rules_are_copied_to_a_replacement_once() {
+        let alice = owned_user_id!("@alice:test");
+        let old = owned_room_id!("!old:test");
+        let new = owned_room_id!("!new:test");
+        let mut rules = Ruleset::server_default(&alice);
+        rules
+            .insert(
+                NewPushRule::Room(NewSimplePushRule::new(old.clone(), vec![])),
+                None,
+                None,
+            )
+            .unwrap();
+        let on_old = |id: &str| {
+            NewConditionalPushRule::new(
+                id.to_owned(),
+                vec![PushCondition::EventMatch(
+                    ruma::push::EventMatchConditionData::new("room_id".to_owned(), old.to_string()),
+                )],
+                vec![],
+            )
+        };
+        rules
+            .insert(NewPushRule::Override(on_old(old.as_str())), None, None)
+            .unwrap();
+        rules
+            .set_enabled(RuleKind::Override, old.as_str(), false)
+            .unwrap();
+        // A rule on the room under an id that does not name it stays where it is.
+        rules
+            .insert(NewPushRule::Underride(on_old("mine")), None, None)
+            .unwrap();
+        let before = rules.iter().count();
+
+        assert!(copy_room_push_rules(&mut rules, &old, &new));
+        assert_eq!(rules.iter().count(), before + 2);
+        assert!(rules.room.contains(new.as_str()));
+        let copied = rules.override_.get(new.as_str()).unwrap();
+        assert!(!copied.enabled, "the rule's state follows it");
+        assert!(matches!(&copied.conditions[0],
+            PushCondition::EventMatch(m) if m.pattern == new.as_str()));
+        assert!(
+            rules.room.contains(old.as_str()),
+            "the old room keeps its rules"
+        );
+        assert!(
+            !copy_room_push_rules(&mut rules, &old, &new),
+            "nothing twice"
+        );
+    }
+
+    #[test]
     fn missing_default_rules_are_merged_back() {
         let alice = owned_user_id!("@alice:test");
         let mut rules = Ruleset::server_default(&alice);

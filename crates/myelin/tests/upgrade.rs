@@ -412,12 +412,22 @@ async fn refused_upgrades_write_nothing() {
         join(&server, &bob, &room).await;
         let rooms_before = joined_rooms(&server, &alice).await;
 
-        for version in ["my_claim_to_fame", "1", "org.matrix.12.4243"] {
+        // Unknown versions, and versions this server reads but cannot create.
+        for version in ["9999", "1", "9", "org.matrix.12.4243"] {
             let (status, body) =
                 upgrade(&server, &alice, &room, json!({"new_version": version})).await;
             assert_eq!(status, 400, "{version}: {body}");
             assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION", "{version}");
         }
+        // Not a room version at all (outside the grammar): a bad request, as for createRoom.
+        let (status, body) = upgrade(
+            &server,
+            &alice,
+            &room,
+            json!({"new_version": "my_claim_to_fame"}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
         // A member without the power to send the tombstone.
         let (status, body) = upgrade(&server, &bob, &room, json!({"new_version": "11"})).await;
         assert_eq!(status, 403, "{body}");

@@ -87,7 +87,8 @@ impl Rooms {
         let old_state = OldState::new(&state, old_version);
 
         // 1. Permission.
-        if old_state.content("m.room.member", user.as_str())["membership"] != "join" {
+        let membership = old_state.content("m.room.member", user.as_str());
+        if membership.get("membership").and_then(Value::as_str) != Some("join") {
             return Err(not_joined());
         }
         let create = old_state

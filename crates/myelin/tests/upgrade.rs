@@ -392,6 +392,30 @@ async fn upgrades_to_v12_make_creators() {
             "charlie is a creator now: {power}"
         );
         assert_eq!(power["events"]["m.room.tombstone"], 150);
+
+        // A space stays a space, with its children.
+        let space = server
+            .create_room(
+                &alice,
+                json!({"room_version": "12", "preset": "public_chat",
+                       "creation_content": {"type": "m.space"}}),
+            )
+            .await;
+        put_state(
+            &server,
+            &alice,
+            &space,
+            "m.space.child",
+            &old,
+            json!({"via": ["localhost"]}),
+        )
+        .await;
+        let new_space = must_upgrade(&server, &alice, &space, json!({"new_version": "12"})).await;
+        let (_, create) = state(&server, &alice, &new_space, "m.room.create", "").await;
+        assert_eq!(create["type"], "m.space");
+        let (status, child) = state(&server, &alice, &new_space, "m.space.child", &old).await;
+        assert_eq!(status, 200, "{child}");
+        assert_eq!(child["via"], json!(["localhost"]));
         server.stop().await;
     }
 }

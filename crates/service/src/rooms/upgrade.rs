@@ -24,8 +24,9 @@
 //! Everything that can be refused is checked before the first write: the version, the user's
 //! membership and power. What cannot be one transaction is the run of events across two rooms:
 //! a failure part-way (a database error, or a power level change racing the upgrade) leaves the
-//! replacement room without the later steps, and steps 5's canonical alias events and 6 are
-//! skipped, with a log line, when the user may not send them (the spec's "if possible").
+//! replacement room without the later steps. The canonical alias events of step 5 and the
+//! lock-down of step 6 are skipped, with a log line, when the user may not send them (the
+//! spec's "if possible").
 
 use std::collections::HashMap;
 

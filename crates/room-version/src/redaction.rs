@@ -1,6 +1,7 @@
 //! Whether a redaction may be applied to the event it names (rooms 3+ "Handling redactions";
-//! rooms 1–2 auth rule 11), with the account-key rule of MSC4243.md §4 Q9, and the power levels
-//! that decision needs.
+//! rooms 1–2 auth rule 11), with the account-key rule of MSC4243.md §4 Q9, and the power level
+//! reads that decision and the server's own permission checks need (a user's level, the level a
+//! state event needs).
 //!
 //! This is not an auth rule: the redaction event is authorised like any event; this decides
 //! whether the *target* is served redacted. A server applies it when the redactor has the
@@ -99,6 +100,23 @@ pub fn redact_level(version: &RoomVersion, power_levels: Option<&Pdu>) -> i64 {
     power_levels
         .and_then(Pdu::content_object)
         .and_then(|c| level_field(version, c, "redact"))
+        .unwrap_or(50)
+}
+
+/// The level a state event of `event_type` needs: its entry in `events`, else `state_default`
+/// (50 when the power levels leave it out), or 0 in a room without power levels (the spec's
+/// defaults, as the auth rules read them).
+pub fn state_event_level(
+    version: &RoomVersion,
+    power_levels: Option<&Pdu>,
+    event_type: &str,
+) -> i64 {
+    let Some(content) = power_levels.and_then(Pdu::content_object) else {
+        return 0;
+    };
+    get_object(content, "events")
+        .and_then(|events| level_field(version, events, event_type))
+        .or_else(|| level_field(version, content, "state_default"))
         .unwrap_or(50)
 }
 

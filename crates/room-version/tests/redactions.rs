@@ -4,7 +4,9 @@ mod common;
 
 use common::{Room, actor, v};
 use myelin_room_version::projection::KeyVerification;
-use myelin_room_version::redaction::{PowerLevel, redaction_applies, user_power_level};
+use myelin_room_version::redaction::{
+    PowerLevel, redaction_applies, state_event_level, user_power_level,
+};
 use serde_json::json;
 
 #[test]
@@ -107,4 +109,34 @@ fn redactions_apply_by_power_or_same_domain() {
             all_verified
         ));
     }
+}
+
+#[test]
+fn state_event_levels_follow_events_then_state_default() {
+    let version = v("11");
+    let creator = actor(version, 1, "a.example");
+    let pl_of = |content| {
+        let room = Room::new(version, &creator, json!({}), content, "public");
+        room.events[&room.state[&("m.room.power_levels".to_owned(), String::new())]].clone()
+    };
+    let pl = pl_of(
+        json!({"users": {creator.id.clone(): 100}, "state_default": 40,
+                          "events": {"m.room.tombstone": 90}}),
+    );
+    assert_eq!(
+        state_event_level(version, Some(&pl), "m.room.tombstone"),
+        90
+    );
+    assert_eq!(state_event_level(version, Some(&pl), "m.room.name"), 40);
+    let pl = pl_of(json!({"users": {creator.id.clone(): 100}}));
+    assert_eq!(
+        state_event_level(version, Some(&pl), "m.room.name"),
+        50,
+        "state_default defaults to 50"
+    );
+    assert_eq!(
+        state_event_level(version, None, "m.room.name"),
+        0,
+        "no power levels at all"
+    );
 }

@@ -47,7 +47,7 @@ pub struct Services {
     pub ephemeral: crate::ephemeral::Ephemeral,
     pub directory: crate::directory::Directory,
     pub rate_limiter: crate::rate_limit::RateLimiter,
-    pub user_data: crate::user_data::UserData,
+    pub user_data: Arc<crate::user_data::UserData>,
     pub profiles: crate::profiles::Profiles,
     pub pushers: Arc<crate::pushers::Pushers>,
     pub e2ee: crate::e2ee::E2ee,
@@ -91,12 +91,17 @@ impl Services {
             store.clone(),
             config.push.allow_private_gateways,
         )?);
+        let user_data = Arc::new(crate::user_data::UserData::new(
+            store.clone(),
+            notifier.clone(),
+        ));
         let rooms = crate::rooms::Rooms::new(
             store.clone(),
             config.server_name.clone(),
             server_keys.clone(),
             notifier.clone(),
             pushers.clone(),
+            user_data.clone(),
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());
@@ -124,7 +129,7 @@ impl Services {
             ephemeral,
             directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),
             rate_limiter,
-            user_data: crate::user_data::UserData::new(store.clone(), notifier.clone()),
+            user_data,
             profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
             pushers,
             e2ee: crate::e2ee::E2ee::new(

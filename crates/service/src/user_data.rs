@@ -5,10 +5,13 @@
 
 use myelin_store::{AccountDataRow, Store};
 use ruma::{
-    RoomId, UserId,
+    OwnedRoomId, RoomId, UserId,
     api::client::{filter::FilterDefinition, push::PushRule},
     events::tag::{TagInfo, TagName, Tags},
-    push::{Action, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
+    push::{
+        Action, ConditionalPushRule, InsertPushRuleError, NewConditionalPushRule, NewPushRule,
+        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+    },
 };
 use serde_json::value::RawValue;
 
@@ -21,6 +24,8 @@ const SERVER_MANAGED_ROOM: &[&str] = &["m.fully_read"];
 const TAG_TYPE: &str = "m.tag";
 /// The global account data type that holds the user's push rules.
 const PUSH_RULES_TYPE: &str = "m.push_rules";
+/// The global account data type that lists the user's direct chats.
+const DIRECT_TYPE: &str = "m.direct";
 
 /// The per-user data area.
 #[derive(Debug)]
@@ -291,6 +296,68 @@ impl UserData {
         Ok(())
     }
 
+    // ----- room upgrades -----
+
+    /// When `user_id` joins `new_room`, the replacement of `old_room` (its create event names
+    /// `old_room` as predecessor), the user's own settings for the old room follow them, as the
+    /// spec's room upgrade module asks: their tags on it, its place among their direct chats
+    /// (`m.direct`), and their push rules that name it (the room rule whose id it is, and
+    /// override/underride rules with a `room_id` condition on it). What the user already set for
+    /// the new room is kept. Each of the three is one account data write, so a crash between
+    /// them can carry over some and not the others; a later join does not retry.
+    pub(crate) async fn carry_over_to_replacement(
+        &self,
+        user_id: &UserId,
+        old_room: &RoomId,
+        new_room: &RoomId,
+    ) -> Result<()> {
+        let _guard = self.rmw.lock().await;
+        // Tags.
+        let old_tags = self.stored_tags(user_id, old_room).await?;
+        if !old_tags.is_empty() {
+            let mut tags = self.stored_tags(user_id, new_room).await?;
+            let before = tags.len();
+            for (name, info) in old_tags {
+                tags.entry(name).or_insert(info);
+            }
+            if tags.len() != before {
+                self.store_tags(user_id, new_room, &tags).await?;
+            }
+        }
+        // Direct chats.
+        if let Some(text) = self
+            .store
+            .account_data(user_id.as_str(), None, DIRECT_TYPE)
+            .await?
+            && let Ok(serde_json::Value::Object(mut direct)) =
+                serde_json::from_str::<serde_json::Value>(&text)
+        {
+            let mut changed = false;
+            for rooms in direct.values_mut() {
+                if let serde_json::Value::Array(rooms) = rooms
+                    && rooms.iter().any(|r| r.as_str() == Some(old_room.as_str()))
+                    && !rooms.iter().any(|r| r.as_str() == Some(new_room.as_str()))
+                {
+                    rooms.push(serde_json::Value::String(new_room.to_string()));
+                    changed = true;
+                }
+            }
+            if changed {
+                let text = serde_json::Value::Object(direct).to_string();
+                self.write_account_data(user_id, None, DIRECT_TYPE, &text)
+                    .await?;
+            }
+        }
+        // Push rules.
+        let mut rules = self.push_rules(user_id).await?;
+        if copy_room_push_rules(&mut rules, old_room, new_room) {
+            let text = push_rules_json(rules)?;
+            self.write_account_data(user_id, None, PUSH_RULES_TYPE, &text)
+                .await?;
+        }
+        Ok(())
+    }
+
     // ----- push rules -----
 
     /// The user's push rules: the stored ruleset, or the spec's defaults before the first
@@ -434,6 +501,89 @@ pub(crate) fn merged_push_rules(user_id: &UserId, stored: Option<&str>) -> Resul
     Ok(rules)
 }
 
+/// Copies the user-defined rules of `rules` that name `old_room` into rules for `new_room`:
+/// the room rule whose id is the old room, and override/underride rules with an `event_match`
+/// on `room_id` for it (their id, when it holds the old room's id, gets the new one; a rule
+/// whose id does not is left where it is, as a copy would need an id the user never chose).
+/// Rules `new_room` already has are kept, and the user's rule limit is respected. Returns
+/// whether anything was added.
+fn copy_room_push_rules(rules: &mut Ruleset, old_room: &RoomId, new_room: &RoomId) -> bool {
+    let mut added: Vec<(NewPushRule, bool)> = Vec::new();
+    if let Some(rule) = rules.room.get(old_room.as_str())
+        && !rule.default
+        && !rules.room.contains(new_room.as_str())
+    {
+        added.push((
+            NewPushRule::Room(NewSimplePushRule::new(
+                OwnedRoomId::from(new_room),
+                rule.actions.clone(),
+            )),
+            rule.enabled,
+        ));
+    }
+    let names_old_room = |rule: &ConditionalPushRule| {
+        !rule.default
+            && rule.conditions.iter().any(|c| {
+                matches!(c, PushCondition::EventMatch(m)
+                    if m.key == "room_id" && m.pattern == old_room.as_str())
+            })
+    };
+    let copy = |rule: &ConditionalPushRule| {
+        if !names_old_room(rule) || !rule.rule_id.contains(old_room.as_str()) {
+            return None;
+        }
+        let rule_id = rule.rule_id.replace(old_room.as_str(), new_room.as_str());
+        let conditions = rule
+            .conditions
+            .iter()
+            .map(|c| match c {
+                PushCondition::EventMatch(m)
+                    if m.key == "room_id" && m.pattern == old_room.as_str() =>
+                {
+                    let mut m = m.clone();
+                    m.pattern = new_room.to_string();
+                    PushCondition::EventMatch(m)
+                }
+                other => other.clone(),
+            })
+            .collect();
+        Some((
+            NewConditionalPushRule::new(rule_id, conditions, rule.actions.clone()),
+            rule.enabled,
+        ))
+    };
+    for rule in &rules.override_ {
+        if let Some((new, enabled)) = copy(rule)
+            && !rules.override_.contains(new.rule_id.as_str())
+        {
+            added.push((NewPushRule::Override(new), enabled));
+        }
+    }
+    for rule in &rules.underride {
+        if let Some((new, enabled)) = copy(rule)
+            && !rules.underride.contains(new.rule_id.as_str())
+        {
+            added.push((NewPushRule::Underride(new), enabled));
+        }
+    }
+    let mut changed = false;
+    for (rule, enabled) in added {
+        let user_rules = rules.iter().filter(|r| !r.is_server_default()).count();
+        if user_rules >= crate::limits::MAX_USER_PUSH_RULES {
+            break;
+        }
+        let kind = rule.kind();
+        let rule_id = rule.rule_id().to_owned();
+        if rules.insert(rule, None, None).is_ok() {
+            if !enabled {
+                let _ = rules.set_enabled(kind, &rule_id, false);
+            }
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// The `m.push_rules` account data content for a ruleset.
 fn push_rules_json(global: Ruleset) -> Result<String> {
     serde_json::to_string(&PushRulesContent { global })
@@ -560,6 +710,57 @@ mod tests {
             assert!(content["global"]["underride"].as_array().unwrap().len() > 1);
             store.close().await;
         }
+    }
+
+    #[test]
+    fn room_push_rules_are_copied_to_a_replacement_once() {
+        let alice = owned_user_id!("@alice:test");
+        let old = owned_room_id!("!old:test");
+        let new = owned_room_id!("!new:test");
+        let mut rules = Ruleset::server_default(&alice);
+        rules
+            .insert(
+                NewPushRule::Room(NewSimplePushRule::new(old.clone(), vec![])),
+                None,
+                None,
+            )
+            .unwrap();
+        let on_old = |id: &str| {
+            NewConditionalPushRule::new(
+                id.to_owned(),
+                vec![PushCondition::EventMatch(
+                    ruma::push::EventMatchConditionData::new("room_id".to_owned(), old.to_string()),
+                )],
+                vec![],
+            )
+        };
+        rules
+            .insert(NewPushRule::Override(on_old(old.as_str())), None, None)
+            .unwrap();
+        rules
+            .set_enabled(RuleKind::Override, old.as_str(), false)
+            .unwrap();
+        // A rule on the room under an id that does not name it stays where it is.
+        rules
+            .insert(NewPushRule::Underride(on_old("mine")), None, None)
+            .unwrap();
+        let before = rules.iter().count();
+
+        assert!(copy_room_push_rules(&mut rules, &old, &new));
+        assert_eq!(rules.iter().count(), before + 2);
+        assert!(rules.room.contains(new.as_str()));
+        let copied = rules.override_.get(new.as_str()).unwrap();
+        assert!(!copied.enabled, "the rule's state follows it");
+        assert!(matches!(&copied.conditions[0],
+            PushCondition::EventMatch(m) if m.pattern == new.as_str()));
+        assert!(
+            rules.room.contains(old.as_str()),
+            "the old room keeps its rules"
+        );
+        assert!(
+            !copy_room_push_rules(&mut rules, &old, &new),
+            "nothing twice"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
+use crate::store::BeginWrite;
 use crate::{Store, StoreError, with_pool};
 
 /// A local alias as stored.
@@ -97,6 +98,46 @@ impl Store {
             .await
         })?;
         Ok(aliases)
+    }
+
+    /// A room upgrade's directory move, in one transaction: every local alias of the room
+    /// `from_nid` now points at `to_nid`, and if `from_nid` was published, `to_nid` is published
+    /// in its place and `from_nid` withdrawn. Returns the moved aliases, sorted, and whether the
+    /// publication moved.
+    pub async fn move_directory_entries(
+        &self,
+        from_nid: i64,
+        to_nid: i64,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let moved = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let mut aliases = sqlx::query_scalar::<_, String>(
+                "UPDATE room_aliases SET room_nid = $2 WHERE room_nid = $1 RETURNING alias",
+            )
+            .bind(from_nid)
+            .bind(to_nid)
+            .fetch_all(&mut *tx)
+            .await?;
+            aliases.sort();
+            let was_public = sqlx::query_scalar::<_, i64>(
+                "UPDATE rooms SET is_public = FALSE WHERE room_nid = $1 AND is_public RETURNING room_nid",
+            )
+            .bind(from_nid)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            if was_public {
+                sqlx::query("UPDATE rooms SET is_public = TRUE WHERE room_nid = $1")
+                    .bind(to_nid)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            (aliases, was_public)
+        });
+        // Cached rooms carry `is_public` (see `cache`).
+        self.rooms.invalidate();
+        Ok(moved)
     }
 
     /// Publishes a room in the directory, or withdraws it.

@@ -1,6 +1,6 @@
-//! Rooms over the client API: `createRoom`, membership (join, leave, invite, kick, ban, unban,
-//! knock, forget, joined rooms), sending messages and state, and reading state, events, members
-//! and timeline pages. Each handler translates and calls `myelin_service::rooms`.
+//! Rooms over the client API: `createRoom`, room upgrades, membership (join, leave, invite, kick,
+//! ban, unban, knock, forget, joined rooms), sending messages and state, and reading state,
+//! events, members and timeline pages. Each handler translates and calls `myelin_service::rooms`.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ use ruma::{
         },
         message::{get_message_events, send_message_event},
         redact::redact_event,
-        room::{Visibility, create_room, get_room_event},
+        room::{Visibility, create_room, get_room_event, upgrade_room},
         state::{get_state_event_for_key, get_state_events, send_state_event},
     },
     serde::Raw,
@@ -33,6 +33,7 @@ use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .ruma(create)
+        .ruma(upgrade)
         .ruma(join_by_id)
         .ruma(join_by_id_or_alias)
         .ruma(leave)
@@ -144,6 +145,29 @@ async fn create(
         )
         .await?;
     Ok(create_room::v3::Response::new(room_id_of(&room_id)?))
+}
+
+async fn upgrade(
+    state: AppState,
+    request: Ruma<upgrade_room::v3::Request>,
+) -> Result<upgrade_room::v3::Response, MatrixError> {
+    // A new room and a run of writes in two rooms: limited like createRoom.
+    state
+        .services
+        .rate_limiter
+        .check(RateKey::User(request.identity.user_id.to_string()))?;
+    let body = request.body;
+    let replacement = state
+        .services
+        .rooms
+        .upgrade_room(
+            &request.identity.user_id,
+            body.room_id.as_str(),
+            body.new_version.as_str(),
+            &body.additional_creators,
+        )
+        .await?;
+    Ok(upgrade_room::v3::Response::new(room_id_of(&replacement)?))
 }
 
 fn room_id_of(room_id: &str) -> Result<OwnedRoomId, MatrixError> {

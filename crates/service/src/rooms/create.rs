@@ -1,13 +1,15 @@
 //! `createRoom`: the create event (whose hash is the room id from v12 on), the creator's join,
 //! power levels, the alias and canonical alias (`room_alias_name`), the preset's join rules,
 //! history visibility and guest access, `initial_state`, name, topic, and invites, in the spec's
-//! order.
+//! order. [`Rooms::build_room`] sends them; room upgrades build their replacement room with it
+//! too.
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersion,
     pdu::build_pdu,
     version::{EventFormat, RoomIdFormat, Stability},
 };
+use myelin_store::RoomRow;
 use ruma::{OwnedRoomAliasId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 
@@ -40,23 +42,52 @@ pub struct CreateRoom {
     pub alias: Option<OwnedRoomAliasId>,
 }
 
+/// A room about to be built: everything [`Rooms::build_room`] sends, decided by its caller
+/// (`createRoom` from the request and its preset, a room upgrade from the old room).
+#[derive(Debug)]
+pub(super) struct NewRoom {
+    pub version: &'static RoomVersion,
+    /// Published in the room directory from the start.
+    pub public: bool,
+    /// The create event's content, less `room_version` (and `creator` before v11), set here.
+    pub creation_content: serde_json::Map<String, Value>,
+    /// The whole content of the first power levels event.
+    pub power_levels: serde_json::Map<String, Value>,
+    pub alias: Option<OwnedRoomAliasId>,
+    /// The preset whose join rules, history visibility and guest access are sent; `None` sends
+    /// none of them (a room upgrade copies them in `initial_state`).
+    pub preset: Option<Preset>,
+    pub initial_state: Vec<(String, String, Value)>,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    pub is_direct: bool,
+}
+
+/// The room version a new room gets: `requested`, or the default. Versions this server can
+/// read and join but not create are refused with `M_UNSUPPORTED_ROOM_VERSION`.
+pub(super) fn creatable_version(requested: Option<&str>) -> Result<&'static RoomVersion> {
+    let version = match requested {
+        Some(id) => {
+            RoomVersion::get(id).map_err(|e| Error::UnsupportedRoomVersion(e.to_string()))?
+        }
+        None => RoomVersion::default_for_new_rooms(),
+    };
+    if version.uses_account_keys() {
+        // Account-key rooms need users' account keys, which land with the account-key work.
+        return Err(Error::UnsupportedRoomVersion(format!(
+            "Room version {} ({:?}) cannot be created here yet: account keys are not available",
+            version.id(),
+            Stability::Unstable
+        )));
+    }
+    Ok(version)
+}
+
 impl Rooms {
     /// Creates a room with `creator` in it. Returns the room id.
     pub async fn create_room(&self, creator: &UserId, request: CreateRoom) -> Result<String> {
-        let version = match &request.room_version {
-            Some(id) => {
-                RoomVersion::get(id).map_err(|e| Error::UnsupportedRoomVersion(e.to_string()))?
-            }
-            None => RoomVersion::default_for_new_rooms(),
-        };
-        if version.uses_account_keys() {
-            // Account-key rooms need users' account keys, which land with the account-key work.
-            return Err(Error::UnsupportedRoomVersion(format!(
-                "Room version {} ({:?}) cannot be created here yet: account keys are not available",
-                version.id(),
-                Stability::Unstable
-            )));
-        }
+        let version = creatable_version(request.room_version.as_deref())?;
         crate::limits::at_most(
             "The number of initial_state events",
             request.initial_state.len(),
@@ -74,14 +105,6 @@ impl Rooms {
                 )));
             }
         }
-        // A taken alias fails the request before anything is created.
-        if let Some(alias) = &request.alias
-            && self.store.alias(alias.as_str()).await?.is_some()
-        {
-            return Err(Error::RoomInUse(format!(
-                "Room alias {alias} already exists"
-            )));
-        }
         let preset = request.preset.unwrap_or(if request.public {
             Preset::PublicChat
         } else {
@@ -89,18 +112,110 @@ impl Rooms {
         });
         let v12 = version.event_format() == EventFormat::V12;
 
+        let mut creation_content = request.creation_content.clone().unwrap_or_default();
+        if v12 && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
+            // MSC4289: invitees of a trusted private chat are co-creators.
+            creation_content.insert("additional_creators".to_owned(), json!(request.invite));
+        }
+
+        let mut power = serde_json::Map::new();
+        let mut users = serde_json::Map::new();
+        if !v12 {
+            // From v12 creators have infinite power and must not be listed.
+            users.insert(creator.to_string(), json!(100));
+            if preset == Preset::TrustedPrivateChat {
+                for invitee in &request.invite {
+                    users.insert(invitee.to_string(), json!(100));
+                }
+            }
+        }
+        power.insert("users".to_owned(), Value::Object(users));
+        power.insert("users_default".to_owned(), json!(0));
+        power.insert(
+            "events".to_owned(),
+            json!({
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                // From v12, upgrading a room needs more than any ordinary admin (MSC4289).
+                "m.room.tombstone": if v12 { 150 } else { 100 },
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            }),
+        );
+        power.insert("events_default".to_owned(), json!(0));
+        power.insert("state_default".to_owned(), json!(50));
+        power.insert("ban".to_owned(), json!(50));
+        power.insert("kick".to_owned(), json!(50));
+        power.insert("redact".to_owned(), json!(50));
+        power.insert(
+            "invite".to_owned(),
+            json!(if preset == Preset::PublicChat { 50 } else { 0 }),
+        );
+        power.insert("notifications".to_owned(), json!({"room": 50}));
+        if let Some(overrides) = request.power_level_content_override.clone() {
+            for (key, value) in overrides {
+                power.insert(key, value);
+            }
+        }
+
+        let room = self
+            .build_room(
+                creator,
+                NewRoom {
+                    version,
+                    public: request.public,
+                    creation_content,
+                    power_levels: power,
+                    alias: request.alias,
+                    preset: Some(preset),
+                    initial_state: request.initial_state,
+                    name: request.name,
+                    topic: request.topic,
+                    invite: request.invite,
+                    is_direct: request.is_direct,
+                },
+            )
+            .await?;
+        tracing::info!(room_id = %room.room_id, version = version.id(), %creator, "created a room");
+        Ok(room.room_id)
+    }
+
+    /// Builds a new room with `creator` in it, in the spec's `createRoom` order: the create
+    /// event, the creator's join, power levels, the alias and canonical alias, the preset's
+    /// rules, `initial_state`, name and topic, invites. The callers have validated `room`.
+    pub(super) async fn build_room(&self, creator: &UserId, room: NewRoom) -> Result<RoomRow> {
+        let NewRoom {
+            version,
+            public,
+            creation_content: mut create_content,
+            power_levels,
+            alias,
+            preset,
+            initial_state,
+            name,
+            topic,
+            invite,
+            is_direct,
+        } = room;
+        // A taken alias fails the request before anything is created.
+        if let Some(alias) = &alias
+            && self.store.alias(alias.as_str()).await?.is_some()
+        {
+            return Err(Error::RoomInUse(format!(
+                "Room alias {alias} already exists"
+            )));
+        }
+
         // 1. The create event.
-        let mut create_content = request.creation_content.clone().unwrap_or_default();
         create_content.insert("room_version".to_owned(), json!(version.id()));
         if !version.auth_rules().creator_is_create_sender {
             // Before v11 the creator is named in the content.
             create_content.insert("creator".to_owned(), json!(creator));
         } else {
             create_content.remove("creator");
-        }
-        if v12 && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
-            // MSC4289: invitees of a trusted private chat are co-creators.
-            create_content.insert("additional_creators".to_owned(), json!(request.invite));
         }
         let now = now_millis();
         let mut partial = CanonicalJsonObject::new();
@@ -162,13 +277,7 @@ impl Rooms {
                 .unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
             match self
                 .store
-                .create_room(
-                    &room_id,
-                    version.id(),
-                    creator.as_str(),
-                    request.public,
-                    now,
-                )
+                .create_room(&room_id, version.id(), creator.as_str(), public, now)
                 .await
             {
                 Ok(_) => break (create, room_id),
@@ -198,59 +307,17 @@ impl Rooms {
         .await?;
 
         // 3. Power levels.
-        let mut power = serde_json::Map::new();
-        let mut users = serde_json::Map::new();
-        if !v12 {
-            // From v12 creators have infinite power and must not be listed.
-            users.insert(creator.to_string(), json!(100));
-            if preset == Preset::TrustedPrivateChat {
-                for invitee in &request.invite {
-                    users.insert(invitee.to_string(), json!(100));
-                }
-            }
-        }
-        power.insert("users".to_owned(), Value::Object(users));
-        power.insert("users_default".to_owned(), json!(0));
-        power.insert(
-            "events".to_owned(),
-            json!({
-                "m.room.name": 50,
-                "m.room.power_levels": 100,
-                "m.room.history_visibility": 100,
-                "m.room.canonical_alias": 50,
-                "m.room.avatar": 50,
-                // From v12, upgrading a room needs more than any ordinary admin (MSC4289).
-                "m.room.tombstone": if v12 { 150 } else { 100 },
-                "m.room.server_acl": 100,
-                "m.room.encryption": 100,
-            }),
-        );
-        power.insert("events_default".to_owned(), json!(0));
-        power.insert("state_default".to_owned(), json!(50));
-        power.insert("ban".to_owned(), json!(50));
-        power.insert("kick".to_owned(), json!(50));
-        power.insert("redact".to_owned(), json!(50));
-        power.insert(
-            "invite".to_owned(),
-            json!(if preset == Preset::PublicChat { 50 } else { 0 }),
-        );
-        power.insert("notifications".to_owned(), json!({"room": 50}));
-        if let Some(overrides) = request.power_level_content_override.clone() {
-            for (key, value) in overrides {
-                power.insert(key, value);
-            }
-        }
         self.send_state(
             &room,
             creator,
             "m.room.power_levels",
             "",
-            Value::Object(power),
+            Value::Object(power_levels),
         )
         .await?;
 
         // 3b. The alias, then the canonical alias naming it.
-        if let Some(alias) = &request.alias {
+        if let Some(alias) = &alias {
             if !self
                 .store
                 .create_alias(alias.as_str(), room.room_nid, creator.as_str(), now)
@@ -272,48 +339,50 @@ impl Rooms {
         }
 
         // 4. The preset's rules.
-        let join_rule = if preset == Preset::PublicChat {
-            "public"
-        } else {
-            "invite"
-        };
-        self.send_state(
-            &room,
-            creator,
-            "m.room.join_rules",
-            "",
-            json!({"join_rule": join_rule}),
-        )
-        .await?;
-        self.send_state(
-            &room,
-            creator,
-            "m.room.history_visibility",
-            "",
-            json!({"history_visibility": "shared"}),
-        )
-        .await?;
-        if preset != Preset::PublicChat {
+        if let Some(preset) = preset {
+            let join_rule = if preset == Preset::PublicChat {
+                "public"
+            } else {
+                "invite"
+            };
             self.send_state(
                 &room,
                 creator,
-                "m.room.guest_access",
+                "m.room.join_rules",
                 "",
-                json!({"guest_access": "can_join"}),
+                json!({"join_rule": join_rule}),
             )
             .await?;
+            self.send_state(
+                &room,
+                creator,
+                "m.room.history_visibility",
+                "",
+                json!({"history_visibility": "shared"}),
+            )
+            .await?;
+            if preset != Preset::PublicChat {
+                self.send_state(
+                    &room,
+                    creator,
+                    "m.room.guest_access",
+                    "",
+                    json!({"guest_access": "can_join"}),
+                )
+                .await?;
+            }
         }
 
         // 5. initial_state, then name and topic (which win over initial_state's).
-        for (event_type, state_key, content) in request.initial_state {
+        for (event_type, state_key, content) in initial_state {
             self.send_state(&room, creator, &event_type, &state_key, content)
                 .await?;
         }
-        if let Some(name) = request.name {
+        if let Some(name) = name {
             self.send_state(&room, creator, "m.room.name", "", json!({"name": name}))
                 .await?;
         }
-        if let Some(topic) = request.topic {
+        if let Some(topic) = topic {
             self.send_state(
                 &room,
                 creator,
@@ -329,16 +398,15 @@ impl Rooms {
         }
 
         // 6. Invites.
-        for invitee in &request.invite {
+        for invitee in &invite {
             let mut content = json!({"membership": "invite"});
-            if request.is_direct {
+            if is_direct {
                 content["is_direct"] = json!(true);
             }
             self.send_state(&room, creator, "m.room.member", invitee.as_str(), content)
                 .await?;
         }
-        tracing::info!(%room_id, version = version.id(), %creator, "created a room");
-        Ok(room_id)
+        Ok(room)
     }
 
     /// Room creation's state events go through the same rules as a client's (membership

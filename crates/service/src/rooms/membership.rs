@@ -9,7 +9,7 @@
 //! rules then decide the rest.
 
 use myelin_store::RoomRow;
-use ruma::UserId;
+use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use myelin_room_version::redaction::{PowerLevel, user_power_level};
@@ -123,6 +123,9 @@ impl Rooms {
                 "Third-party invites are not supported".to_owned(),
             ));
         }
+        // Whether this is a user joining (not a join refreshing their profile): their settings
+        // follow them from the room's predecessor.
+        let mut newly_joining = false;
         match membership.as_str() {
             "join" => {
                 if sender == target
@@ -133,6 +136,12 @@ impl Rooms {
                         json!(authoriser),
                     );
                 }
+                newly_joining = sender == target
+                    && self
+                        .store
+                        .membership(room.room_nid, target.as_str())
+                        .await?
+                        .is_none_or(|(m, _, _)| m != "join");
             }
             "invite" => {
                 if !self.is_local(target) {
@@ -160,18 +169,54 @@ impl Rooms {
                 return Err(Error::BadJson(format!("Unknown membership {other:?}")));
             }
         }
-        self.send(
-            room,
-            sender,
-            LocalEvent {
-                event_type: "m.room.member",
-                state_key: Some(target.as_str()),
-                content: Value::Object(content),
-                ruled: Ruled::Membership(MembershipRuled(())),
-                txn: None,
-            },
-        )
-        .await
+        let event_id = self
+            .send(
+                room,
+                sender,
+                LocalEvent {
+                    event_type: "m.room.member",
+                    state_key: Some(target.as_str()),
+                    content: Value::Object(content),
+                    ruled: Ruled::Membership(MembershipRuled(())),
+                    txn: None,
+                },
+            )
+            .await?;
+        if newly_joining {
+            // The join stands whatever happens here: settings that do not follow are logged.
+            if let Err(err) = self.carry_over_from_predecessor(room, target).await {
+                tracing::warn!(room_id = %room.room_id, user = %target, %err, "could not carry settings over from the predecessor room");
+            }
+        }
+        Ok(event_id)
+    }
+
+    /// After `user` joined `room`: if the room replaces another (its create event names a
+    /// `predecessor`), the user's tags, direct chat entry and push rules for the old room are
+    /// copied to this one (the spec's room upgrade module). Every join path comes here, the
+    /// replacement's creator included, whether the room came from `/upgrade` or from a client
+    /// creating it with a `predecessor` itself.
+    async fn carry_over_from_predecessor(&self, room: &RoomRow, user: &UserId) -> Result<()> {
+        let keys = [("m.room.create".to_owned(), String::new())];
+        let state = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let Some(create) = state.first() else {
+            return Ok(());
+        };
+        let create: Value = serde_json::from_str(&create.json)
+            .map_err(|e| Error::Internal(format!("stored create event: {e}")))?;
+        let Some(old_room) = create["content"]["predecessor"]["room_id"].as_str() else {
+            return Ok(());
+        };
+        let (Ok(old_room), Ok(new_room)) = (RoomId::parse(old_room), RoomId::parse(&room.room_id))
+        else {
+            return Ok(());
+        };
+        if old_room == new_room {
+            return Ok(());
+        }
+        self.user_data
+            .carry_over_to_replacement(user, &old_room, &new_room)
+            .await
     }
 
     /// Joins `user` to a room. For restricted rooms the join names a local resident who may

@@ -1,5 +1,5 @@
 //! Rooms on this server: building, authorising and persisting local events (one ordered writer
-//! per room), room creation with presets, membership changes, and the reads clients make (state,
+//! per room), room creation with presets, room upgrades, membership changes, and the reads clients make (state,
 //! events, members, timeline pages, search) with history visibility enforced.
 //!
 //! Rooms with other servers come with federation; membership code takes the local path today and
@@ -16,6 +16,7 @@ pub(crate) mod redact;
 mod relations;
 mod report;
 mod search;
+mod upgrade;
 mod visibility;
 
 use std::{
@@ -54,6 +55,10 @@ pub struct Rooms {
     visibility_facts: visibility::FactsCache,
     /// Hands each persisted event that notifies someone to their push gateways.
     pushers: Arc<crate::pushers::Pushers>,
+    /// Users' settings, which follow them into an upgraded room's replacement when they join.
+    user_data: Arc<crate::user_data::UserData>,
+    /// One upgrade at a time per room (see `upgrade`).
+    upgrades: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Rooms {
@@ -63,6 +68,7 @@ impl Rooms {
         keys: Arc<ServerKeys>,
         notify: crate::notifier::Notifier,
         pushers: Arc<crate::pushers::Pushers>,
+        user_data: Arc<crate::user_data::UserData>,
     ) -> Self {
         Rooms {
             store,
@@ -73,12 +79,13 @@ impl Rooms {
             push_rules: Default::default(),
             visibility_facts: Default::default(),
             pushers,
+            user_data,
+            upgrades: Mutex::new(HashMap::new()),
         }
     }
 
     fn writer(&self, room_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        writers.entry(room_id.to_owned()).or_default().clone()
+        keyed_lock(&self.writers, room_id)
     }
 
     /// A room known to this server, or 404.
@@ -92,6 +99,16 @@ impl Rooms {
     fn is_local(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.server_name
     }
+}
+
+/// The lock for `key` in a map of per-room locks. Entries are never removed: one small
+/// entry per room this process has written to.
+fn keyed_lock(
+    locks: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &str,
+) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = locks.lock().unwrap_or_else(|p| p.into_inner());
+    locks.entry(key.to_owned()).or_default().clone()
 }
 
 /// The room version of a stored room.

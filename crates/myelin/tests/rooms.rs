@@ -251,6 +251,18 @@ async fn membership_changes_follow_the_auth_rules() {
             (Some("leave"), Some("bye"))
         );
 
+        // Bob has left: kicking him again is refused (the auth rules would allow it).
+        let (status, body) = membership_call(
+            &server,
+            &alice,
+            &room,
+            "kick",
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
+
         // Ban keeps bob out even with an invite; unban lets an invite work again.
         let (status, _) = membership_call(
             &server,

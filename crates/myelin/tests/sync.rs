@@ -289,6 +289,19 @@ async fn invites_leaves_rejoins_state_after_and_account_data() {
                 .iter()
                 .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
         );
+        // The create event comes whole (MSC4311), the others stripped.
+        let create_event = invite_state
+            .iter()
+            .find(|e| e["type"] == "m.room.create")
+            .expect("the create event is in the invite state");
+        assert!(create_event["origin_server_ts"].is_u64(), "{create_event}");
+        assert!(create_event["event_id"].is_string(), "{create_event}");
+        assert_eq!(create_event["room_id"], room.as_str());
+        let name_event = invite_state
+            .iter()
+            .find(|e| e["type"] == "m.room.name")
+            .unwrap();
+        assert!(name_event.get("event_id").is_none(), "{name_event}");
         let since = body["next_batch"].as_str().unwrap().to_owned();
 
         server

@@ -290,7 +290,7 @@ impl Services {
                     }
                 }
                 "invite" if changed_since || request.full_state => {
-                    let events = self.stripped_state(&membership).await?;
+                    let events = self.stripped_state(&membership, user).await?;
                     // An invite from an ignored user is not shown.
                     let inviter = events
                         .iter()
@@ -306,7 +306,7 @@ impl Services {
                 "knock" if changed_since || request.full_state => {
                     knock.insert(
                         room_id,
-                        json!({"knock_state": {"events": self.stripped_state(&membership).await?}}),
+                        json!({"knock_state": {"events": self.stripped_state(&membership, user).await?}}),
                     );
                 }
                 "leave" | "ban" if (since.is_some() && changed_since) || filter.include_leave => {
@@ -776,8 +776,15 @@ impl Services {
         }
     }
 
-    /// Stripped state for invites and knocks: what a client shows before joining.
-    async fn stripped_state(&self, membership: &MembershipRow) -> Result<Vec<Value>> {
+    /// Stripped state for invites and knocks: what a client shows before joining. The create
+    /// event is given whole, in the client format (spec v1.16, MSC4311: clients check the room
+    /// id and creators against it); the others are stripped to type, state key, content and
+    /// sender.
+    async fn stripped_state(
+        &self,
+        membership: &MembershipRow,
+        reader: &UserId,
+    ) -> Result<Vec<Value>> {
         const SHOWN: &[&str] = &[
             "m.room.create",
             "m.room.join_rules",
@@ -796,9 +803,14 @@ impl Services {
             .iter()
             .filter(|row| SHOWN.contains(&row.event_type.as_str()))
             .chain(member.as_ref())
-            .filter_map(|row| serde_json::from_str::<Value>(&row.json).ok())
-            .map(|pdu| {
-                json!({"type": pdu["type"], "state_key": pdu["state_key"], "content": pdu["content"], "sender": pdu["sender"]})
+            .filter_map(|row| {
+                if row.event_type == "m.room.create" && row.state_key.as_deref() == Some("") {
+                    return self.rooms.client_event(&membership.room, row, reader);
+                }
+                let pdu = serde_json::from_str::<Value>(&row.json).ok()?;
+                Some(
+                    json!({"type": pdu["type"], "state_key": pdu["state_key"], "content": pdu["content"], "sender": pdu["sender"]}),
+                )
             })
             .collect())
     }

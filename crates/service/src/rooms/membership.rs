@@ -151,12 +151,20 @@ impl Rooms {
                 }
             }
             "leave" => {
-                if self
+                let current = self
                     .store
                     .membership(room.room_nid, target.as_str())
-                    .await?
-                    .is_none()
-                {
+                    .await?;
+                let current = current.as_ref().map(|m| m.0.as_str());
+                // The auth rules would let a kick of someone who already left through, which
+                // only rewrites their leave: a kick needs a target in the room (joined, invited
+                // or knocking) or banned (unban). Leaving twice oneself stays harmless.
+                let present = if sender == target {
+                    current.is_some()
+                } else {
+                    matches!(current, Some("join" | "invite" | "knock" | "ban"))
+                };
+                if !present {
                     return Err(Error::Forbidden(if sender == target {
                         "You are not in this room".to_owned()
                     } else {

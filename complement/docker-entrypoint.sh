@@ -87,6 +87,8 @@ setting rate_limits.enabled false
 commit_group rate_limits
 setting media.legacy_endpoints true
 commit_group media.legacy
+setting rooms.default_room_version '"10"'
+commit_group rooms.default_room_version
 # Future keys (names to be confirmed when Myelin adds them; keep in step with config.go):
 setting federation.extra_ca_certificates "[\"$ca/ca.crt\"]"
 commit_group federation.ca

@@ -405,7 +405,47 @@ async fn capabilities_list_room_versions() {
             .call(Method::GET, "/_matrix/client/v3/capabilities", None, None)
             .await;
         assert_error(status, &body, 401, "M_MISSING_TOKEN");
+        server.stop().await;
+
+        // rooms.default_room_version: what createRoom without a version makes, and what the
+        // capability advertises.
+        let server = TestServer::start_with(kind, |config| {
+            config.rooms.default_room_version = "10".to_owned();
+        })
+        .await;
+        let c = Client { server: &server };
+        let alice = server.register("alice").await;
+        let (_, body) = c.get("/_matrix/client/v3/capabilities", &alice).await;
+        assert_eq!(body["capabilities"]["m.room_versions"]["default"], "10");
+        let room = server.create_room(&alice, json!({})).await;
+        let (status, create) = c
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.create/",
+                    enc(&room)
+                ),
+                &alice,
+            )
+            .await;
+        assert_eq!(status, 200, "{create}");
+        assert_eq!(create["room_version"], "10");
+        assert_eq!(create["creator"], alice.user_id);
+        server.stop().await;
     }
+}
+
+#[test]
+fn the_default_room_version_must_be_stable_and_creatable() {
+    let mut config = myelin_service::config::Config::default();
+    assert_eq!(config.rooms.default_room_version, "12");
+    config.validate().unwrap();
+    for bad in ["org.matrix.12.4243", "99", ""] {
+        config.rooms.default_room_version = bad.to_owned();
+        let problem = config.validate().unwrap_err();
+        assert_eq!(problem.key, "rooms.default_room_version", "{bad}");
+    }
+    config.rooms.default_room_version = "1".to_owned();
+    config.validate().unwrap();
 }
 
 #[tokio::test]

@@ -27,6 +27,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub push: PushConfig,
     pub media: MediaConfig,
+    pub rooms: RoomsConfig,
 }
 
 impl Default for Config {
@@ -48,6 +49,28 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             push: PushConfig::default(),
             media: MediaConfig::default(),
+            rooms: RoomsConfig::default(),
+        }
+    }
+}
+
+/// Room settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// The version of rooms created without one (`createRoom` without `room_version`), and the
+    /// default `m.room_versions` advertises. A stable version this server can create; the
+    /// spec's recommendation (12) unless set.
+    pub default_room_version: String,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            default_room_version: myelin_room_version::version::RoomVersion::default_for_new_rooms(
+            )
+            .id()
+            .to_owned(),
         }
     }
 }
@@ -456,6 +479,20 @@ impl Config {
                 return Err(ConfigProblem {
                     key,
                     problem: "must be at least 1024 bytes".to_owned(),
+                });
+            }
+        }
+        match myelin_room_version::version::RoomVersion::get(&self.rooms.default_room_version) {
+            Ok(version)
+                if version.stability() == myelin_room_version::version::Stability::Stable
+                    && !version.uses_account_keys() => {}
+            _ => {
+                return Err(ConfigProblem {
+                    key: "rooms.default_room_version",
+                    problem: format!(
+                        "{:?} is not a stable room version this server can create",
+                        self.rooms.default_room_version
+                    ),
                 });
             }
         }

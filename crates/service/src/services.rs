@@ -34,6 +34,8 @@ pub enum StartError {
     UrlPreview(String),
     #[error("cannot build the push gateway client: {0}")]
     PushGateway(#[from] myelin_federation::push_gateway::PushGatewayError),
+    #[error("bad configuration: {0}")]
+    Config(String),
 }
 
 /// Everything the homeserver does, shared by every request handler.
@@ -102,6 +104,9 @@ impl Services {
             notifier.clone(),
             pushers.clone(),
             user_data.clone(),
+            // `Config::validate` has checked the name; a bad one here is a caller's bug.
+            myelin_room_version::version::RoomVersion::get(&config.rooms.default_room_version)
+                .map_err(|e| StartError::Config(format!("rooms.default_room_version: {e}")))?,
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());

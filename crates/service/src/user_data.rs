@@ -617,15 +617,17 @@ fn merge_missing_defaults(stored: &mut Ruleset, defaults: Ruleset) {
     merge!(underride);
 }
 
-/// The room versions for `m.room_versions`: the default for new rooms and every supported
-/// version with whether it is stable.
-pub fn room_versions() -> (&'static str, Vec<(&'static str, bool)>) {
+/// The room versions for `m.room_versions`: the default for new rooms (`default`) and every
+/// supported version with whether it is stable.
+pub fn room_versions(
+    default: &'static myelin_room_version::version::RoomVersion,
+) -> (&'static str, Vec<(&'static str, bool)>) {
     use myelin_room_version::version::{RoomVersion, Stability};
     let available = RoomVersion::all()
         .iter()
         .map(|v| (v.id(), v.stability() == Stability::Stable))
         .collect();
-    (RoomVersion::default_for_new_rooms().id(), available)
+    (default.id(), available)
 }
 
 #[cfg(test)]

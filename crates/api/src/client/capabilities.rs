@@ -16,10 +16,11 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 async fn capabilities(
-    State(_state): State<AppState>,
+    State(state): State<AppState>,
     _request: Ruma<get_capabilities::v3::Request>,
 ) -> Result<Json<Value>, MatrixError> {
-    let (default, versions) = myelin_service::user_data::room_versions();
+    let (default, versions) =
+        myelin_service::user_data::room_versions(state.services.rooms.default_room_version());
     let available: serde_json::Map<String, Value> = versions
         .into_iter()
         .map(|(id, stable)| {

@@ -64,14 +64,18 @@ pub(super) struct NewRoom {
     pub is_direct: bool,
 }
 
-/// The room version a new room gets: `requested`, or the default. Versions this server can
-/// read and join but not create are refused with `M_UNSUPPORTED_ROOM_VERSION`.
-pub(super) fn creatable_version(requested: Option<&str>) -> Result<&'static RoomVersion> {
+/// The room version a new room gets: `requested`, or the server's default
+/// (`rooms.default_room_version`). Versions this server can read and join but not create are
+/// refused with `M_UNSUPPORTED_ROOM_VERSION`.
+pub(super) fn creatable_version(
+    requested: Option<&str>,
+    default: &'static RoomVersion,
+) -> Result<&'static RoomVersion> {
     let version = match requested {
         Some(id) => {
             RoomVersion::get(id).map_err(|e| Error::UnsupportedRoomVersion(e.to_string()))?
         }
-        None => RoomVersion::default_for_new_rooms(),
+        None => default,
     };
     if version.uses_account_keys() {
         // Account-key rooms need users' account keys, which land with the account-key work.
@@ -87,7 +91,7 @@ pub(super) fn creatable_version(requested: Option<&str>) -> Result<&'static Room
 impl Rooms {
     /// Creates a room with `creator` in it. Returns the room id.
     pub async fn create_room(&self, creator: &UserId, request: CreateRoom) -> Result<String> {
-        let version = creatable_version(request.room_version.as_deref())?;
+        let version = creatable_version(request.room_version.as_deref(), self.default_version)?;
         crate::limits::at_most(
             "The number of initial_state events",
             request.initial_state.len(),

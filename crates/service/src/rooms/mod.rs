@@ -59,6 +59,8 @@ pub struct Rooms {
     user_data: Arc<crate::user_data::UserData>,
     /// One upgrade at a time per room (see `upgrade`).
     upgrades: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The version of rooms created without one (`rooms.default_room_version`).
+    default_version: &'static RoomVersion,
 }
 
 impl Rooms {
@@ -69,6 +71,7 @@ impl Rooms {
         notify: crate::notifier::Notifier,
         pushers: Arc<crate::pushers::Pushers>,
         user_data: Arc<crate::user_data::UserData>,
+        default_version: &'static RoomVersion,
     ) -> Self {
         Rooms {
             store,
@@ -81,7 +84,13 @@ impl Rooms {
             pushers,
             user_data,
             upgrades: Mutex::new(HashMap::new()),
+            default_version,
         }
+    }
+
+    /// The version of rooms created without one.
+    pub fn default_room_version(&self) -> &'static RoomVersion {
+        self.default_version
     }
 
     fn writer(&self, room_id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -76,7 +76,7 @@ impl Rooms {
         new_version: &str,
         additional_creators: &[OwnedUserId],
     ) -> Result<String> {
-        let version = creatable_version(Some(new_version))?;
+        let version = creatable_version(Some(new_version), self.default_version)?;
         // An unknown room is answered like a room the user is not in, revealing nothing.
         let not_joined = || Error::Forbidden(format!("You are not joined to {room_id}"));
         let old = self.store.room(room_id).await?.ok_or_else(not_joined)?;

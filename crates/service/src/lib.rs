@@ -34,6 +34,8 @@ pub mod server_keys;
 mod services;
 pub mod sync;
 pub mod tokens;
+#[cfg(test)]
+mod token_fuzz;
 pub mod uia;
 pub mod url_preview;
 pub mod user_data;

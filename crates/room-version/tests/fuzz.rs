@@ -113,7 +113,11 @@ fn id_seeds() -> &'static [String] {
             })
             .chain((1..4).flat_map(|n| {
                 let user = common::key_user(n, "a.example");
-                [user.clone(), format!("{user}:8448"), user.replace(':', "::")]
+                [
+                    user.clone(),
+                    format!("{user}:8448"),
+                    user.replace(':', "::"),
+                ]
             }))
             .collect()
     })
@@ -327,7 +331,9 @@ fn arb_json() -> impl Strategy<Value = Value> {
 /// Whether a JSON value is canonical JSON: integers only, within ±(2^53−1).
 fn is_canonical(value: &Value) -> bool {
     match value {
-        Value::Number(n) => n.as_i64().is_some_and(|i| (-MAX_SAFE..=MAX_SAFE).contains(&i)),
+        Value::Number(n) => n
+            .as_i64()
+            .is_some_and(|i| (-MAX_SAFE..=MAX_SAFE).contains(&i)),
         Value::Array(items) => items.iter().all(is_canonical),
         Value::Object(map) => map.values().all(is_canonical),
         _ => true,
@@ -370,7 +376,12 @@ fn sorted(value: &Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted(v)))
+                    .collect(),
+            )
         }
         Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
         other => other.clone(),
@@ -421,8 +432,7 @@ fn check_pdu_bytes(bytes: &[u8], version: &RoomVersion) -> Result<(), TestCaseEr
             if let Ok(redacted) = pdu.redacted(version) {
                 prop_assert_eq!(redacted.event_id(), pdu.event_id());
                 prop_assert!(
-                    Pdu::from_stored(redacted.event_id(), redacted.json().clone(), version)
-                        .is_ok()
+                    Pdu::from_stored(redacted.event_id(), redacted.json().clone(), version).is_ok()
                 );
             }
             prop_assert!(pdu.reference(version).is_ok());
@@ -471,7 +481,10 @@ fn check_id(s: &str) -> Result<(), TestCaseError> {
             prop_assert_eq!(parsed.to_string(), s);
             prop_assert!(ruma::UserId::parse(s).is_ok(), "key form but not a user id");
             prop_assert_eq!(AccountKey::from_user_id(s).ok(), Some(parsed.key.clone()));
-            prop_assert_eq!(AccountKey::parse(parsed.key.as_str()).ok(), Some(parsed.key));
+            prop_assert_eq!(
+                AccountKey::parse(parsed.key.as_str()).ok(),
+                Some(parsed.key)
+            );
         }
         Err(_) => {
             // Not key form: `from_user_id` (no server-name check) may only accept it when the

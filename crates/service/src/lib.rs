@@ -33,9 +33,9 @@ pub mod secrets;
 pub mod server_keys;
 mod services;
 pub mod sync;
-pub mod tokens;
 #[cfg(test)]
 mod token_fuzz;
+pub mod tokens;
 pub mod uia;
 pub mod url_preview;
 pub mod user_data;

@@ -66,7 +66,10 @@ fn check_pagination(t: &str) -> Result<(), TestCaseError> {
             prop_assert!((0..=MAX_TOKEN_POSITION).contains(&n));
             // Either the pagination form itself or a whole sync token naming that position.
             let sync = SyncToken::parse(t).ok();
-            prop_assert!(token(n) == t || sync.is_some_and(|s| s.events == n), "{t:?}");
+            prop_assert!(
+                token(n) == t || sync.is_some_and(|s| s.events == n),
+                "{t:?}"
+            );
         }
         Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
     }
@@ -190,7 +193,9 @@ fn mutate(t: &str, edits: &[(Index, u8, char)]) -> String {
 
 fn token_char() -> impl Strategy<Value = char> {
     prop_oneof![
-        prop::sample::select(vec!['s', 'h', 'n', 'p', '_', '-', '+', '0', '9', ' ', '\u{663}']),
+        prop::sample::select(vec![
+            's', 'h', 'n', 'p', '_', '-', '+', '0', '9', ' ', '\u{663}'
+        ]),
         any::<char>(),
     ]
 }

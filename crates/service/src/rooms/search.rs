@@ -129,7 +129,9 @@ impl Cursor {
                 .map(Cursor::Before)
                 .ok_or_else(bad),
             // Bounded like every position, so that `offset + 1` cannot overflow.
-            ("rank", SearchOrder::Rank) => parse_position(value).map(Cursor::Offset).ok_or_else(bad),
+            ("rank", SearchOrder::Rank) => {
+                parse_position(value).map(Cursor::Offset).ok_or_else(bad)
+            }
             _ => Err(bad()),
         }
     }

@@ -129,9 +129,7 @@ impl UiaSessions {
                         SESSION_LIFETIME.saturating_sub(created.elapsed())
                     });
                     return Err(Error::LimitExceeded {
-                        retry_after_ms: u64::try_from(wait.as_millis())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
+                        retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
                     });
                 }
                 let id = crate::tokens::random_from(
@@ -221,9 +219,7 @@ impl PasswordFailures {
             Some(oldest) if recent.len() >= MAX_PASSWORD_FAILURES => {
                 let wait = PASSWORD_FAILURE_WINDOW.saturating_sub(now.duration_since(*oldest));
                 Err(Error::LimitExceeded {
-                    retry_after_ms: u64::try_from(wait.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .max(1),
+                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
                 })
             }
             _ => Ok(()),
@@ -289,7 +285,8 @@ mod tests {
         let c = challenge(check(&uia, "register", &flows, None, None));
         assert_eq!(c.flows, flows);
         assert!(c.completed.is_empty() && c.error.is_none());
-        check(&uia, 
+        check(
+            &uia,
             "register",
             &flows,
             Some(&c.session),
@@ -301,7 +298,8 @@ mod tests {
     #[test]
     fn completed_in_one_request_without_session() {
         let uia = UiaSessions::default();
-        check(&uia, 
+        check(
+            &uia,
             "register",
             &[vec![Stage::Dummy]],
             None,
@@ -315,7 +313,8 @@ mod tests {
         let uia = UiaSessions::default();
         let flows = vec![vec![Stage::Password]];
         let first = challenge(check(&uia, "op", &flows, None, None));
-        let failed = challenge(check(&uia, 
+        let failed = challenge(check(
+            &uia,
             "op",
             &flows,
             Some(&first.session),
@@ -336,7 +335,8 @@ mod tests {
         let uia = UiaSessions::default();
         let c = challenge(check(&uia, "register", &[vec![Stage::Dummy]], None, None));
         // The register session cannot be used for another operation.
-        let other = challenge(check(&uia, 
+        let other = challenge(check(
+            &uia,
             "delete_device",
             &[vec![Stage::Password]],
             Some(&c.session),
@@ -352,7 +352,8 @@ mod tests {
         let uia = UiaSessions::default();
         let flows = vec![vec![Stage::Dummy]];
         let c = challenge(check(&uia, "register", &flows, None, None));
-        check(&uia, 
+        check(
+            &uia,
             "register",
             &flows,
             Some(&c.session),
@@ -372,13 +373,11 @@ mod tests {
         let mine: Vec<String> = (0..MAX_SESSIONS_PER_ADDRESS + 5)
             .map(|_| challenge(check(&uia, "register", &flows, None, None)).session)
             .collect();
-        let live = |id: &str| {
-            uia.sessions
-                .lock()
-                .unwrap()
-                .contains_key(id)
-        };
-        assert_eq!(mine.iter().filter(|id| live(id)).count(), MAX_SESSIONS_PER_ADDRESS);
+        let live = |id: &str| uia.sessions.lock().unwrap().contains_key(id);
+        assert_eq!(
+            mine.iter().filter(|id| live(id)).count(),
+            MAX_SESSIONS_PER_ADDRESS
+        );
         assert!(!live(&mine[0]) && live(mine.last().unwrap()));
         // Another address (in another /64) is untouched, and its session still completes.
         assert!(live(&theirs));

@@ -191,11 +191,33 @@ async fn fixture(kind: myelin_store::DatabaseKind) -> Fixture {
     let server = TestServer::start(kind).await;
     let user = server.register("fuzzer").await;
     let room = server
-        .create_room(&user, json!({"preset": "public_chat"}))
+        .create_room(
+            &user,
+            json!({"preset": "public_chat", "visibility": "public"}),
+        )
+        .await;
+    server
+        .create_room(
+            &user,
+            json!({"preset": "public_chat", "visibility": "public"}),
+        )
         .await;
     let space = server
         .create_room(&user, json!({"creation_content": {"type": "m.space"}}))
         .await;
+    // A child, so that a hierarchy page of one room has a next page.
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+                enc(&space),
+                enc(&room)
+            ),
+            &user.access_token,
+            json!({"via": ["localhost"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     for n in 0..3 {
         let (status, body) = server
             .put(
@@ -326,6 +348,28 @@ fn run_tokens(rt: &tokio::runtime::Runtime, f: &Fixture) {
             .as_str()
             .unwrap()
             .to_owned();
+        let space = enc(&f.space);
+        let (status, page) = f
+            .server
+            .get(
+                &format!("/_matrix/client/v1/rooms/{space}/hierarchy?limit=1"),
+                token,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let hierarchy = page["next_batch"]
+            .as_str()
+            .expect("a next hierarchy page")
+            .to_owned();
+        let (status, page) = f
+            .server
+            .get("/_matrix/client/v3/publicRooms?limit=1", token)
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let directory = page["next_batch"]
+            .as_str()
+            .expect("a next directory page")
+            .to_owned();
         for (what, path) in [
             (
                 "since",
@@ -335,17 +379,35 @@ fn run_tokens(rt: &tokio::runtime::Runtime, f: &Fixture) {
                 "from",
                 format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={end}"),
             ),
+            (
+                "hierarchy",
+                format!(
+                    "/_matrix/client/v1/rooms/{space}/hierarchy?limit=1&from={}",
+                    enc(&hierarchy)
+                ),
+            ),
+            (
+                "publicRooms",
+                format!(
+                    "/_matrix/client/v3/publicRooms?limit=1&since={}",
+                    enc(&directory)
+                ),
+            ),
         ] {
             let (status, body) = f.server.get(&path, token).await;
             assert_eq!(status, 200, "{what}: {body}");
         }
-        vec![
-            next,
-            end,
-            batch,
-            "h1_3_0".to_owned(),
-            "nMTA6IXI6YS5leGFtcGxl".to_owned(),
-        ]
+        let (status, body) = f
+            .server
+            .post(
+                &format!("/_matrix/client/v3/search?next_batch={}", enc(&batch)),
+                token,
+                json!({"search_categories": {"room_events": {"search_term": "hello",
+                       "filter": {"limit": 1}}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "search next_batch: {body}");
+        vec![next, end, batch, hierarchy, directory]
     });
 
     runner()

@@ -79,9 +79,21 @@ struct Session {
 }
 
 /// The live UIA sessions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UiaSessions {
     sessions: Mutex<HashMap<String, Session>>,
+    max_sessions: usize,
+    max_per_address: usize,
+}
+
+impl Default for UiaSessions {
+    fn default() -> Self {
+        UiaSessions {
+            sessions: Mutex::default(),
+            max_sessions: MAX_SESSIONS,
+            max_per_address: MAX_SESSIONS_PER_ADDRESS,
+        }
+    }
 }
 
 impl UiaSessions {
@@ -112,9 +124,9 @@ impl UiaSessions {
                     .filter(|(_, s)| s.owner == owner)
                     .map(|(id, s)| (id, s.created))
                     .collect();
-                if own.len() >= MAX_SESSIONS_PER_ADDRESS {
+                if own.len() >= self.max_per_address {
                     own.sort_by_key(|(_, created)| *created);
-                    let evict: Vec<String> = own[..=own.len() - MAX_SESSIONS_PER_ADDRESS]
+                    let evict: Vec<String> = own[..=own.len() - self.max_per_address]
                         .iter()
                         .map(|(id, _)| (*id).clone())
                         .collect();
@@ -123,7 +135,7 @@ impl UiaSessions {
                     }
                 }
                 // The whole server: refuse new sessions until the oldest expires.
-                if sessions.len() >= MAX_SESSIONS {
+                if sessions.len() >= self.max_sessions {
                     let oldest = sessions.values().map(|s| s.created).min();
                     let wait = oldest.map_or(SESSION_LIFETIME, |created| {
                         SESSION_LIFETIME.saturating_sub(created.elapsed())
@@ -387,6 +399,42 @@ mod tests {
             let _ = uia.check("register", &flows, None, None, neighbour);
         }
         assert!(!live(&theirs));
+    }
+
+    #[test]
+    fn past_the_server_wide_bound_a_new_session_is_429_and_live_ones_go_on() {
+        let uia = UiaSessions {
+            max_sessions: 8,
+            max_per_address: 2,
+            ..UiaSessions::default()
+        };
+        let flows = vec![vec![Stage::Dummy]];
+        let sessions: Vec<String> = (1..=8u8)
+            .map(|n| {
+                let address = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, n));
+                challenge(uia.check("register", &flows, None, None, address)).session
+            })
+            .collect();
+        let late = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1));
+        match uia.check("register", &flows, None, None, late) {
+            Err(Error::LimitExceeded { retry_after_ms }) => {
+                assert!(retry_after_ms > 0 && retry_after_ms <= 15 * 60 * 1000)
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        // A live session still completes, and that makes room for the late client.
+        uia.check(
+            "register",
+            &flows,
+            Some(&sessions[0]),
+            Some(Credential::Completed(Stage::Dummy)),
+            late,
+        )
+        .unwrap();
+        assert!(matches!(
+            uia.check("register", &flows, None, None, late),
+            Err(Error::Uia(_))
+        ));
     }
 
     #[test]

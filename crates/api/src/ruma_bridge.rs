@@ -134,6 +134,8 @@ where
     pub body: R,
     /// Who sent it, per the endpoint's authentication scheme.
     pub identity: <R::Authentication as Authenticate>::Identity,
+    /// The client's address, as rate limits count it (see [`AppState::client_address`]).
+    pub client_address: std::net::IpAddr,
 }
 
 impl<R> FromRequest<AppState> for Ruma<R>
@@ -155,6 +157,7 @@ where
         // but body-signing ones: both are settled before the body is read, so an anonymous or
         // rate-limited client cannot make the server buffer a body first.
         let head = http::Request::from_parts(parts, &[][..]);
+        let client_address = state.client_address(&head);
         let early = if R::Authentication::NEEDS_BODY {
             None
         } else {
@@ -222,7 +225,11 @@ where
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body =
             R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
-        Ok(Ruma { body, identity })
+        Ok(Ruma {
+            body,
+            identity,
+            client_address,
+        })
     }
 }
 

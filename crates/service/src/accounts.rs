@@ -15,7 +15,7 @@ use crate::{
     Error, Result,
     config::{PasswordConfig, RegistrationConfig, SessionConfig},
     now_millis, passwords, tokens,
-    uia::{Credential, Stage, UiaSessions},
+    uia::{Credential, PasswordFailures, Stage, UiaSessions},
 };
 
 /// Shared-secret registration nonces are single-use and expire after this long.
@@ -86,6 +86,8 @@ pub struct Accounts {
     passwords: PasswordConfig,
     sessions: SessionConfig,
     uia: UiaSessions,
+    /// Wrong passwords given in UIA, per user (see [`PasswordFailures`]).
+    password_failures: PasswordFailures,
     nonces: Mutex<HashMap<String, Instant>>,
     /// A hash of a password nobody knows, at the configured cost: checked when the user does
     /// not exist, so a login for a missing user takes as long as one with a wrong password.
@@ -111,6 +113,7 @@ impl Accounts {
             passwords,
             sessions,
             uia: UiaSessions::default(),
+            password_failures: PasswordFailures::default(),
             nonces: Mutex::new(HashMap::new()),
             dummy_hash: tokio::sync::OnceCell::new(),
         }
@@ -191,6 +194,7 @@ impl Accounts {
         request: RegistrationRequest,
         session: Option<&str>,
         auth: Option<AuthSubmission>,
+        address: std::net::IpAddr,
     ) -> Result<Registered> {
         if !self.registration.enabled {
             return Err(Error::Forbidden(
@@ -220,8 +224,13 @@ impl Accounts {
             }
             AuthSubmission::Other(kind) => Credential::Unsupported(kind),
         });
-        self.uia
-            .check("register", &self.registration_flows(), session, credential)?;
+        self.uia.check(
+            "register",
+            &self.registration_flows(),
+            session,
+            credential,
+            address,
+        )?;
         self.register(RegistrationRequest {
             admin: false,
             ..request
@@ -479,13 +488,16 @@ impl Accounts {
         Ok(())
     }
 
-    /// One round of password UIA for a sensitive operation by `user`.
+    /// One round of password UIA for a sensitive operation by `user`, from a client at
+    /// `address`. Past [`crate::uia::MAX_PASSWORD_FAILURES`] wrong passwords within a minute a
+    /// password is not even checked: 429 `M_LIMIT_EXCEEDED`.
     pub async fn password_uia(
         &self,
         operation: &str,
         user: &AuthedUser,
         session: Option<&str>,
         auth: Option<AuthSubmission>,
+        address: std::net::IpAddr,
     ) -> Result<()> {
         let credential = match auth {
             None => None,
@@ -507,10 +519,16 @@ impl Accounts {
                             .to_owned(),
                     ));
                 }
+                self.password_failures.check(user.user_id.as_str())?;
                 let ok = self
                     .check_password(user.user_id.as_str(), &password)
                     .await
                     .is_ok();
+                if ok {
+                    self.password_failures.clear(user.user_id.as_str());
+                } else {
+                    self.password_failures.record(user.user_id.as_str());
+                }
                 // A wrong password is a failed stage: the spec's 401 challenge with
                 // `errcode: M_FORBIDDEN`, the flows and the session, which stays open for
                 // another try (Complement's device-deletion and deactivation tests).
@@ -532,8 +550,13 @@ impl Accounts {
             Some(AuthSubmission::Other(kind)) => Some(Credential::Unsupported(kind)),
         };
         let operation = format!("{operation}:{}:{}", user.user_id, user.device_id);
-        self.uia
-            .check(&operation, &[vec![Stage::Password]], session, credential)
+        self.uia.check(
+            &operation,
+            &[vec![Stage::Password]],
+            session,
+            credential,
+            address,
+        )
     }
 
     /// `POST /account/password` after UIA. With `logout_devices`, every other device is deleted.

@@ -587,20 +587,20 @@ fn page(
 /// next page goes from it. Encoded as `n` (forward) or `p` (backward) followed by base64 of
 /// `<members>:<room id>`, so it survives query strings unescaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct PageToken {
-    forward: bool,
-    members: u64,
-    room_id: String,
+pub(crate) struct PageToken {
+    pub(crate) forward: bool,
+    pub(crate) members: u64,
+    pub(crate) room_id: String,
 }
 
 impl PageToken {
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let direction = if self.forward { 'n' } else { 'p' };
         let key = URL_SAFE_NO_PAD.encode(format!("{}:{}", self.members, self.room_id));
         format!("{direction}{key}")
     }
 
-    fn parse(token: &str) -> Result<Self> {
+    pub(crate) fn parse(token: &str) -> Result<Self> {
         let invalid = || Error::InvalidParam(format!("Invalid pagination token {token:?}"));
         let forward = match token.chars().next() {
             Some('n') => true,
@@ -612,7 +612,10 @@ impl PageToken {
         let (members, room_id) = key.split_once(':').ok_or_else(invalid)?;
         Ok(PageToken {
             forward,
-            members: members.parse().map_err(|_| invalid())?,
+            // Digits only, as `encode` prints them (`u64::from_str` would take a `+`).
+            members: crate::rooms::read::parse_position(members)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(invalid)?,
             room_id: room_id.to_owned(),
         })
     }

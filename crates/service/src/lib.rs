@@ -33,6 +33,8 @@ pub mod secrets;
 pub mod server_keys;
 mod services;
 pub mod sync;
+#[cfg(test)]
+mod token_fuzz;
 pub mod tokens;
 pub mod uia;
 pub mod url_preview;

@@ -31,19 +31,27 @@ pub enum RateKey {
 }
 
 impl RateKey {
-    /// The key an address is counted under: an IPv6 client is its /64 (one subscriber's
-    /// allocation, from which it can pick any address it likes), an IPv4-mapped one its IPv4
-    /// address.
+    /// The key an address is counted under (see [`address_bucket`]).
     fn bucketed(self) -> Self {
         match self {
-            RateKey::Address(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-                Some(v4) => RateKey::Address(IpAddr::V4(v4)),
-                None => RateKey::Address(IpAddr::V6(std::net::Ipv6Addr::from(
-                    u128::from(v6) & !((1u128 << 64) - 1),
-                ))),
-            },
+            RateKey::Address(address) => RateKey::Address(address_bucket(address)),
             other => other,
         }
+    }
+}
+
+/// The address a client is counted under: an IPv6 client is its /64 (one subscriber's
+/// allocation, from which it can pick any address it likes), an IPv4-mapped one its IPv4
+/// address.
+pub fn address_bucket(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        other => other,
     }
 }
 

@@ -59,12 +59,7 @@ impl SyncToken {
         // token has, so a long string is refused without being split up.
         let parts: Vec<i64> = rest
             .splitn(7, '_')
-            .map(|p| {
-                (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| p.parse::<i64>().ok())
-                    .flatten()
-                    .filter(|n| *n <= crate::rooms::read::MAX_TOKEN_POSITION)
-            })
+            .map(crate::rooms::read::parse_position)
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         // Tokens issued before device lists had a stream lack the last part: from the start.

@@ -49,6 +49,7 @@ async fn register(
             },
             session.as_deref(),
             auth,
+            request.client_address,
         )
         .await?;
     let mut response = register::v3::Response::new(registered.user_id);
@@ -106,7 +107,13 @@ async fn change_password(
     let (session, auth) = submission(body.auth.as_ref());
     let accounts = &state.services.accounts;
     accounts
-        .password_uia("change_password", &user, session.as_deref(), auth)
+        .password_uia(
+            "change_password",
+            &user,
+            session.as_deref(),
+            auth,
+            request.client_address,
+        )
         .await?;
     accounts
         .change_password(&user, &body.new_password, body.logout_devices)
@@ -124,7 +131,13 @@ async fn deactivate(
     let (session, auth) = submission(request.body.auth.as_ref());
     let accounts = &state.services.accounts;
     accounts
-        .password_uia("deactivate", &user, session.as_deref(), auth)
+        .password_uia(
+            "deactivate",
+            &user,
+            session.as_deref(),
+            auth,
+            request.client_address,
+        )
         .await?;
     accounts.deactivate(&user).await?;
     // Logins end first, so nothing can rejoin while the rooms are being left.

@@ -87,6 +87,7 @@ async fn delete_one(
             &user,
             session.as_deref(),
             auth,
+            request.client_address,
         )
         .await?;
     accounts
@@ -111,6 +112,7 @@ async fn delete_many(
             &user,
             session.as_deref(),
             auth,
+            request.client_address,
         )
         .await?;
     accounts.delete_devices(&user, &ids).await?;

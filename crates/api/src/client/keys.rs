@@ -213,7 +213,13 @@ async fn upload_cross_signing(
         state
             .services
             .accounts
-            .password_uia("device_signing_upload", &user, session.as_deref(), auth)
+            .password_uia(
+                "device_signing_upload",
+                &user,
+                session.as_deref(),
+                auth,
+                request.client_address,
+            )
             .await?;
     }
     e2ee.upload_cross_signing_keys(&user.user_id, &upload)

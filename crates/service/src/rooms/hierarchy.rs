@@ -10,7 +10,7 @@ use myelin_store::RoomRow;
 use ruma::UserId;
 use serde_json::{Value, json};
 
-use super::Rooms;
+use super::{Rooms, read::parse_position};
 use crate::{Error, Result};
 
 /// The state a room's summary shows (empty state keys).
@@ -61,15 +61,23 @@ struct SpaceRoom {
 
 /// The page token: how many rooms earlier pages returned, and the parameters it belongs to
 /// (the spec makes a token with other parameters `M_INVALID_PARAM`).
-fn token(skip: usize, max_depth: usize, suggested_only: bool) -> String {
+pub(crate) fn token(skip: usize, max_depth: usize, suggested_only: bool) -> String {
     format!("h{skip}_{max_depth}_{}", u8::from(suggested_only))
 }
 
-fn parse_token(token: &str, max_depth: usize, suggested_only: bool) -> Result<usize> {
+pub(crate) fn parse_token(token: &str, max_depth: usize, suggested_only: bool) -> Result<usize> {
     let bad = || Error::InvalidParam(format!("Invalid pagination token {token:?}"));
     let mut parts = token.strip_prefix('h').ok_or_else(bad)?.split('_');
-    let skip: usize = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let depth: usize = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    // Digits within the bound of every position: `skip + limit` cannot overflow, and what
+    // parses is what `token` prints.
+    let mut number = || {
+        parts
+            .next()
+            .and_then(parse_position)
+            .and_then(|n| usize::try_from(n).ok())
+    };
+    let skip = number().ok_or_else(bad)?;
+    let depth = number().ok_or_else(bad)?;
     let suggested = parts.next().ok_or_else(bad)?;
     if parts.next().is_some() {
         return Err(bad());

@@ -8,14 +8,14 @@
 mod client_send;
 mod create;
 pub mod events;
-mod hierarchy;
+pub(crate) mod hierarchy;
 pub(crate) mod membership;
 mod push;
 pub(crate) mod read;
 pub(crate) mod redact;
 mod relations;
 mod report;
-mod search;
+pub(crate) mod search;
 mod upgrade;
 mod visibility;
 

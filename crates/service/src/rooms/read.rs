@@ -100,19 +100,31 @@ pub(crate) const MAX_TOKEN_POSITION: i64 = (1 << 53) - 1;
 /// range, is `M_INVALID_PARAM`.
 pub(crate) fn parse_token(token: &str) -> Result<i64> {
     let invalid = || Error::InvalidParam(format!("Invalid pagination token {token:?}"));
-    let first = token
-        .strip_prefix('s')
-        .and_then(|rest| rest.split('_').next())
-        .ok_or_else(invalid)?;
-    // Digits only: `str::parse` would also take a sign.
-    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid());
+    let rest = token.strip_prefix('s').ok_or_else(invalid)?;
+    if rest.contains('_') {
+        // A whole sync token, or nothing: `s5_garbage` is not a token this server issued.
+        return crate::sync::SyncToken::parse(token)
+            .map(|t| t.events)
+            .map_err(|_| invalid());
     }
-    first
+    parse_position(rest).ok_or_else(invalid)
+}
+
+/// One number of a token this server issued: ASCII digits only (`str::parse` would also take a
+/// sign), no leading zero, within `0..=MAX_TOKEN_POSITION`, so that no arithmetic on it can
+/// overflow. Every token parser goes through here, so that what parses is exactly what the
+/// server prints.
+pub(crate) fn parse_position(digits: &str) -> Option<i64> {
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
+        return None;
+    }
+    digits
         .parse::<i64>()
         .ok()
-        .filter(|n| (0..=MAX_TOKEN_POSITION).contains(n))
-        .ok_or_else(invalid)
+        .filter(|n| *n <= MAX_TOKEN_POSITION)
 }
 
 pub(crate) fn token(position: i64) -> String {

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     EventFilter, Rooms,
-    read::{parse_token, token},
+    read::{parse_position, token},
 };
 use crate::{Error, Result};
 
@@ -110,7 +110,7 @@ pub struct SearchResults {
 
 /// Where a page of matches starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cursor {
+pub(crate) enum Cursor {
     /// Before this stream position (`recent`).
     Before(i64),
     /// After this many ranked matches (`rank`).
@@ -118,22 +118,25 @@ enum Cursor {
 }
 
 impl Cursor {
-    fn parse(token: &str, order: SearchOrder) -> Result<Self> {
+    pub(crate) fn parse(token: &str, order: SearchOrder) -> Result<Self> {
         let bad = || Error::InvalidParam(format!("Invalid next_batch token {token:?}"));
         let (kind, value) = token.split_once('_').ok_or_else(bad)?;
         match (kind, order) {
-            ("recent", SearchOrder::Recent) => Ok(Cursor::Before(parse_token(value)?)),
-            ("rank", SearchOrder::Rank) => value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .map(Cursor::Offset)
+            // Exactly `recent_s<position>`, as `token` prints it (not a sync token inside).
+            ("recent", SearchOrder::Recent) => value
+                .strip_prefix('s')
+                .and_then(parse_position)
+                .map(Cursor::Before)
                 .ok_or_else(bad),
+            // Bounded like every position, so that `offset + 1` cannot overflow.
+            ("rank", SearchOrder::Rank) => {
+                parse_position(value).map(Cursor::Offset).ok_or_else(bad)
+            }
             _ => Err(bad()),
         }
     }
 
-    fn token(self) -> String {
+    pub(crate) fn token(self) -> String {
         match self {
             Cursor::Before(position) => format!("recent_{}", token(position)),
             Cursor::Offset(offset) => format!("rank_{offset}"),

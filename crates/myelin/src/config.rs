@@ -202,6 +202,23 @@ mod tests {
     }
 
     #[test]
+    fn a_numeric_room_version_from_the_environment_is_a_version() {
+        // The environment provider reads `10` as an integer; the room version is a string.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MYELIN_ROOMS__DEFAULT_ROOM_VERSION", "10");
+            let config = load(None).map_err(|e| e.0)?;
+            assert_eq!(config.rooms.default_room_version, "10");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("myelin.toml", "[rooms]\ndefault_room_version = \"11\"\n")?;
+            let config = load(Some(Path::new("myelin.toml"))).map_err(|e| e.0)?;
+            assert_eq!(config.rooms.default_room_version, "11");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_nested_environment_key_is_named() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MYELIN_DATABASE__NOPE", "1");

@@ -60,8 +60,24 @@ impl Default for Config {
 pub struct RoomsConfig {
     /// The version of rooms created without one (`createRoom` without `room_version`), and the
     /// default `m.room_versions` advertises. A stable version this server can create; the
-    /// spec's recommendation (12) unless set.
+    /// spec's recommendation (12) unless set. A bare number is taken as its digits: from the
+    /// environment, `MYELIN_ROOMS__DEFAULT_ROOM_VERSION=10` arrives as an integer.
+    #[serde(deserialize_with = "string_or_number")]
     pub default_room_version: String,
+}
+
+/// A string, or an unsigned integer read as its decimal digits (room versions look numeric).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Either::deserialize(deserializer)? {
+        Either::Text(text) => text,
+        Either::Number(number) => number.to_string(),
+    })
 }
 
 impl Default for RoomsConfig {

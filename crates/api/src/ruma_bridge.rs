@@ -380,7 +380,6 @@ impl RumaRouterExt for Router<AppState> {
         route_ruma(self, handler)
     }
 
-
     fn ruma_raw<R, X, H, Fut>(self, handler: H) -> Self
     where
         R: IncomingRequest + Send + 'static,
@@ -405,10 +404,7 @@ impl RumaRouterExt for Router<AppState> {
     }
 }
 
-fn route_ruma<R, H, Fut>(
-    router: Router<AppState>,
-    handler: H,
-) -> Router<AppState>
+fn route_ruma<R, H, Fut>(router: Router<AppState>, handler: H) -> Router<AppState>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: Authenticate,
@@ -441,5 +437,4 @@ where
         }
         router
     }
-
 }

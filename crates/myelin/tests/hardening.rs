@@ -1353,7 +1353,9 @@ async fn requests_past_the_concurrency_cap_are_refused_at_once() {
         // Once both are being handled, a third request is refused at once.
         let mut refused = None;
         for _ in 0..100 {
-            let reply = server.get("/_matrix/client/v3/joined_rooms", &alice.access_token).await;
+            let reply = server
+                .get("/_matrix/client/v3/joined_rooms", &alice.access_token)
+                .await;
             if reply.0 == 429 {
                 refused = Some(reply);
                 break;
@@ -1365,7 +1367,9 @@ async fn requests_past_the_concurrency_cap_are_refused_at_once() {
         // The held requests finish (their bodies complete): the slots are free again.
         for stream in &mut held {
             stream
-                .write_all(format!("\"msgtype\":\"m.text\",\"body\":\"{}\"}}", "x".repeat(70)).as_bytes())
+                .write_all(
+                    format!("\"msgtype\":\"m.text\",\"body\":\"{}\"}}", "x".repeat(70)).as_bytes(),
+                )
                 .await
                 .unwrap();
             let mut head = vec![0u8; 12];
@@ -1373,7 +1377,9 @@ async fn requests_past_the_concurrency_cap_are_refused_at_once() {
             assert_eq!(&head, b"HTTP/1.1 200", "{kind:?}");
         }
         drop(held);
-        let reply = server.get("/_matrix/client/v3/joined_rooms", &alice.access_token).await;
+        let reply = server
+            .get("/_matrix/client/v3/joined_rooms", &alice.access_token)
+            .await;
         assert_eq!(reply.0, 200, "{kind:?}: {}", reply.1);
         server.stop().await;
     }

@@ -1,6 +1,6 @@
 //! Rooms over the client API: `createRoom`, membership (join, leave, invite, kick, ban, unban,
 //! knock, forget, joined rooms), sending messages and state, and reading state, events, members
-//! and timeline pages. Each handler translates and calls `myelin_service::rooms`.
+//! and timeline pages, and the event closest to a time. Each handler translates and calls `myelin_service::rooms`.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ use ruma::{
         },
         message::{get_message_events, send_message_event},
         redact::redact_event,
-        room::{Visibility, create_room, get_room_event},
+        room::{Visibility, create_room, get_event_by_timestamp, get_room_event},
         state::{get_state_event_for_key, get_state_events, send_state_event},
     },
     serde::Raw,
@@ -53,6 +53,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(messages)
         .ruma(redact)
         .ruma(context)
+        .ruma(timestamp_to_event)
 }
 
 pub(super) fn raw<T>(value: Value) -> Result<Raw<T>, MatrixError> {
@@ -601,4 +602,28 @@ async fn context(
         .map(raw)
         .collect::<Result<_, _>>()?;
     Ok(response)
+}
+
+async fn timestamp_to_event(
+    state: AppState,
+    request: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response, MatrixError> {
+    let body = request.body;
+    let dir = match body.dir {
+        ruma::api::Direction::Backward => Direction::Backward,
+        ruma::api::Direction::Forward => Direction::Forward,
+    };
+    let ts = i64::from(body.ts.get());
+    let (event_id, sent) = state
+        .services
+        .rooms
+        .event_by_timestamp(&request.identity.user_id, body.room_id.as_str(), ts, dir)
+        .await?;
+    let event_id = event_id
+        .try_into()
+        .map_err(|_| MatrixError::internal("stored event has an invalid event id"))?;
+    let sent = ruma::UInt::try_from(sent)
+        .map(ruma::MilliSecondsSinceUnixEpoch)
+        .map_err(|_| MatrixError::internal("stored event has an invalid timestamp"))?;
+    Ok(get_event_by_timestamp::v1::Response::new(event_id, sent))
 }

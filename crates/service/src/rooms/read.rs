@@ -145,6 +145,22 @@ impl Rooms {
         self.store.room(room_id).await?.ok_or_else(not_in_room)
     }
 
+    /// A room whose history a user may walk (`/messages`, `/timestamp_to_event`): anyone who
+    /// is or was in it and has not forgotten it; history visibility then filters each event.
+    /// An unknown room looks like one the user is not in: no existence is leaked.
+    async fn room_for_history(&self, room_id: &str, user: &UserId) -> Result<RoomRow> {
+        let room = self.room_for_reader(room_id).await?;
+        if self
+            .store
+            .membership_for_reads(room.room_nid, user.as_str())
+            .await?
+            .is_none_or(|(_, _, _, forgotten)| forgotten)
+        {
+            return Err(not_in_room());
+        }
+        Ok(room)
+    }
+
     /// Whether the user forgot the room (it is then no longer theirs to read).
     async fn forgotten(&self, room: &RoomRow, user: &UserId) -> Result<bool> {
         Ok(self
@@ -423,22 +439,7 @@ impl Rooms {
             filter,
             device,
         } = *page;
-        // An unknown room looks like one the user is not in: no existence is leaked.
-        let room = self
-            .store
-            .room(room_id)
-            .await?
-            .ok_or_else(|| Error::Forbidden("You are not in this room".to_owned()))?;
-        // Anyone who is or was in the room (and has not forgotten it) may page; visibility
-        // filters each event.
-        if self
-            .store
-            .membership_for_reads(room.room_nid, user.as_str())
-            .await?
-            .is_none_or(|(_, _, _, forgotten)| forgotten)
-        {
-            return Err(not_in_room());
-        }
+        let room = self.room_for_history(room_id, user).await?;
         let limit = limit.clamp(1, 1000);
         let start = match from {
             Some(token) => parse_token(token)?,
@@ -482,6 +483,55 @@ impl Rooms {
             start: token(start),
             end,
         })
+    }
+
+    /// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` in direction `dir`
+    /// (at or after it going forwards, at or before it going backwards) among those the user
+    /// may see, as `(event id, origin_server_ts)`. Events sent in the same millisecond are
+    /// taken in the order the room saw them. `M_NOT_FOUND` when there is none.
+    pub async fn event_by_timestamp(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        ts: i64,
+        dir: Direction,
+    ) -> Result<(String, i64)> {
+        /// Candidates read per query; invisible ones are skipped and the walk goes on.
+        const BATCH: i64 = 100;
+        let room = self.room_for_history(room_id, user).await?;
+        let backwards = dir == Direction::Backward;
+        // Just outside `ts` in the walk's direction, so that events at `ts` itself count.
+        let mut cursor = (ts, if backwards { i64::MAX } else { -1 });
+        loop {
+            let rows = self
+                .store
+                .room_events_by_time(room.room_nid, cursor.0, cursor.1, backwards, BATCH)
+                .await?;
+            let visible = self.visible_rows(&rows, user).await?;
+            for (row, visible) in rows.iter().zip(visible) {
+                if visible && let Some(event) = self.client_event(&room, row, user) {
+                    let event_id = event["event_id"].as_str().unwrap_or(&row.event_id);
+                    let sent = event["origin_server_ts"].as_i64().unwrap_or_default();
+                    return Ok((event_id.to_owned(), sent));
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == BATCH => {
+                    let sent = serde_json::from_str::<Value>(&last.json)
+                        .ok()
+                        .and_then(|json| json["origin_server_ts"].as_i64())
+                        .ok_or_else(|| {
+                            Error::Internal(format!("event {} has no timestamp", last.event_id))
+                        })?;
+                    cursor = (sent, last.stream_ordering);
+                }
+                _ => {
+                    return Err(Error::NotFound(
+                        "No event found in that direction from that time".to_owned(),
+                    ));
+                }
+            }
+        }
     }
 
     /// `GET /rooms/{roomId}/context/{eventId}`: up to `limit` visible events around the event,

@@ -576,6 +576,15 @@ async fn state_events_members_and_redaction() {
                 && joined["joined"].get(&bob.user_id).is_some(),
             "{joined}"
         );
+        // Both profile keys on every member, `null` when unset (Complement's
+        // "GET /rooms/:room_id/joined_members fetches my membership").
+        for user in [&alice.user_id, &bob.user_id] {
+            let member = joined["joined"][user].as_object().unwrap();
+            assert!(
+                member.contains_key("display_name") && member.contains_key("avatar_url"),
+                "{joined}"
+            );
+        }
         membership_call(&server, &bob, &room, "leave", json!({})).await;
         let (_, members) = server
             .get(

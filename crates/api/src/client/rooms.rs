@@ -2,16 +2,14 @@
 //! knock, forget, joined rooms), sending messages and state, and reading state, events, members
 //! and timeline pages, and the event closest to a time. Each handler translates and calls `myelin_service::rooms`.
 
-use std::collections::BTreeMap;
-
-use axum::Router;
+use axum::{Router, response::IntoResponse};
 use myelin_service::{
     Error as ServiceError,
     rate_limit::RateKey,
     rooms::{CreateRoom, Direction, MembersFilter, PageRequest, Preset},
 };
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId,
+    OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId,
     api::client::{
         context::get_context,
         knock::knock_room,
@@ -49,7 +47,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(get_state_for_key)
         .ruma(get_event)
         .ruma(members)
-        .ruma(members_joined)
+        .ruma_raw::<joined_members::v3::Request, _, _, _>(members_joined)
         .ruma(messages)
         .ruma(redact)
         .ruma(context)
@@ -489,26 +487,28 @@ async fn members(
     )
 }
 
+/// `GET /rooms/{roomId}/joined_members`, written as JSON here rather than through ruma's type,
+/// which leaves out a missing display name or avatar: every member carries both keys, `null`
+/// when unset, as Synapse sends them and Complement expects.
 async fn members_joined(
     state: AppState,
     request: Ruma<joined_members::v3::Request>,
-) -> Result<joined_members::v3::Response, MatrixError> {
+) -> Result<axum::response::Response, MatrixError> {
     let joined = state
         .services
         .rooms
         .joined_members(&request.identity.user_id, request.body.room_id.as_str())
         .await?;
-    let mut map = BTreeMap::new();
-    for (user_id, display_name, avatar_url) in joined {
-        let Ok(user_id) = OwnedUserId::try_from(user_id) else {
-            continue;
-        };
-        let mut member = joined_members::v3::RoomMember::new();
-        member.display_name = display_name;
-        member.avatar_url = avatar_url.map(Into::into);
-        map.insert(user_id, member);
-    }
-    Ok(joined_members::v3::Response::new(map))
+    let joined: serde_json::Map<String, Value> = joined
+        .into_iter()
+        .map(|(user_id, display_name, avatar_url)| {
+            (
+                user_id,
+                json!({"display_name": display_name, "avatar_url": avatar_url}),
+            )
+        })
+        .collect();
+    Ok(axum::Json(json!({ "joined": joined })).into_response())
 }
 
 async fn messages(

@@ -134,6 +134,9 @@ where
     pub body: R,
     /// Who sent it, per the endpoint's authentication scheme.
     pub identity: <R::Authentication as Authenticate>::Identity,
+    /// The body as it came (already parsed into `body`), for the few endpoints that keep what
+    /// ruma's type has no field for (`/join`'s extra member content).
+    pub raw_body: bytes::Bytes,
 }
 
 impl<R> FromRequest<AppState> for Ruma<R>
@@ -220,9 +223,13 @@ where
             }
         };
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body =
+        let parsed =
             R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
-        Ok(Ruma { body, identity })
+        Ok(Ruma {
+            body: parsed,
+            identity,
+            raw_body: bytes,
+        })
     }
 }
 

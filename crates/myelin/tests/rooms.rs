@@ -1369,3 +1369,74 @@ async fn the_sending_device_sees_its_transaction_id() {
         server.stop().await;
     }
 }
+
+/// A `/join` body's keys beyond `reason` and `third_party_signed` stay in the member event
+/// (Complement's "POST /join/:room_id can join a room with custom content"), on both join
+/// endpoints; the membership, the profile and the restricted-join authoriser stay the server's;
+/// a body that is not an object joins nobody.
+#[tokio::test]
+async fn join_keeps_the_clients_extra_member_content() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/profile/{}/displayname",
+                    enc(&bob.user_id)
+                ),
+                &bob.access_token,
+                json!({"displayname": "Bob"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let extra = json!({
+            "foo": "bar",
+            "nested": {"n": 1},
+            "reason": "hello",
+            "membership": "leave",
+            "displayname": "Not Bob",
+            "join_authorised_via_users_server": alice.user_id,
+            "third_party_signed": {"sender": "@x:localhost", "mxid": "@y:localhost", "token": "t", "signatures": {}},
+        });
+        for path in [
+            "/_matrix/client/v3/rooms/{}/join",
+            "/_matrix/client/v3/join/{}",
+        ] {
+            let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+
+            // Not an object: refused, and bob is not in the room.
+            let (status, body) = server
+                .post(
+                    &path.replace("{}", &enc(&room)),
+                    &bob.access_token,
+                    json!(["foo"]),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{path}: {body}");
+            let (status, _) =
+                state_content(&server, &alice, &room, "m.room.member", &bob.user_id).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+
+            let (status, body) = server
+                .post(
+                    &path.replace("{}", &enc(&room)),
+                    &bob.access_token,
+                    extra.clone(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            let (status, content) =
+                state_content(&server, &alice, &room, "m.room.member", &bob.user_id).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {content}");
+            assert_eq!(
+                content,
+                json!({"membership": "join", "displayname": "Bob", "reason": "hello",
+                       "foo": "bar", "nested": {"n": 1}}),
+                "{path}"
+            );
+        }
+    }
+}

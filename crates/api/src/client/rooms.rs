@@ -153,6 +153,7 @@ async fn join_by_id(
     state: AppState,
     request: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response, MatrixError> {
+    let extra = extra_join_content(&request.raw_body)?;
     let body = request.body;
     let room_id = state
         .services
@@ -161,6 +162,7 @@ async fn join_by_id(
             &request.identity.user_id,
             body.room_id.as_str(),
             body.reason.as_deref(),
+            extra,
         )
         .await?;
     Ok(join_room_by_id::v3::Response::new(room_id_of(&room_id)?))
@@ -170,16 +172,36 @@ async fn join_by_id_or_alias(
     state: AppState,
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
+    let extra = extra_join_content(&request.raw_body)?;
     let body = request.body;
     let room_id = room_of(&state, &body.room_id_or_alias).await?;
     let joined = state
         .services
         .rooms
-        .join(&request.identity.user_id, &room_id, body.reason.as_deref())
+        .join(
+            &request.identity.user_id,
+            &room_id,
+            body.reason.as_deref(),
+            extra,
+        )
         .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id_of(
         &joined,
     )?))
+}
+
+/// The keys of a `/join` body that are not the endpoint's own (`reason`, `third_party_signed`):
+/// the client's extra member content. ruma has parsed the body already, so it is a JSON object
+/// (or empty).
+fn extra_join_content(raw: &[u8]) -> Result<serde_json::Map<String, Value>, MatrixError> {
+    if raw.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    let mut content: serde_json::Map<String, Value> = serde_json::from_slice(raw)
+        .map_err(|e| ServiceError::BadJson(format!("The body must be a JSON object: {e}")))?;
+    content.remove("reason");
+    content.remove("third_party_signed");
+    Ok(content)
 }
 
 /// The room a `{roomIdOrAlias}` names, resolving aliases through the directory.

@@ -1440,3 +1440,88 @@ async fn join_keeps_the_clients_extra_member_content() {
         }
     }
 }
+
+/// `/messages` with `lazy_load_members`: `state` holds the member events of the chunk's senders
+/// and nobody else's (Complement's TestRoomMessagesLazyLoading); without it, no `state`.
+#[tokio::test]
+async fn messages_lazy_load_the_senders_members() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let charlie = server.register("charlie").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        for user in [&bob, &charlie] {
+            let (status, body) = membership_call(&server, user, &room, "join", json!({})).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        send_text(&server, &bob, &room, "b1", "from bob").await;
+        let (_, synced) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let before = synced["next_batch"].as_str().unwrap().to_owned();
+        send_text(&server, &charlie, &room, "c1", "from charlie").await;
+        let (_, synced) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let after = synced["next_batch"].as_str().unwrap().to_owned();
+
+        let lazy = enc(r#"{"lazy_load_members": true}"#);
+        let messages = |query: String| {
+            let server = &server;
+            let alice = &alice;
+            let room = &room;
+            async move {
+                let (status, body) = server
+                    .get(
+                        &format!("/_matrix/client/v3/rooms/{}/messages?{query}", enc(room)),
+                        &alice.access_token,
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                body
+            }
+        };
+        let members = |body: &Value| -> Vec<(String, String)> {
+            let mut out: Vec<(String, String)> = body["state"]
+                .as_array()
+                .map(|state| {
+                    state
+                        .iter()
+                        .map(|e| {
+                            assert_eq!(e["type"], "m.room.member", "{body}");
+                            (
+                                e["state_key"].as_str().unwrap().to_owned(),
+                                e["content"]["membership"].as_str().unwrap().to_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.sort();
+            out
+        };
+
+        let page = messages(format!("dir=f&from={before}&to={after}&filter={lazy}")).await;
+        assert_eq!(page["chunk"].as_array().unwrap().len(), 1, "{page}");
+        assert_eq!(
+            members(&page),
+            [(charlie.user_id.clone(), "join".to_owned())],
+            "{page}"
+        );
+        // Backwards over the whole room: every sender, once.
+        let page = messages(format!("dir=b&filter={lazy}")).await;
+        assert_eq!(
+            members(&page),
+            [
+                (alice.user_id.clone(), "join".to_owned()),
+                (bob.user_id.clone(), "join".to_owned()),
+                (charlie.user_id.clone(), "join".to_owned()),
+            ],
+            "{page}"
+        );
+        // Not asked for: no members.
+        let page = messages(format!("dir=f&from={before}&to={after}")).await;
+        assert!(members(&page).is_empty(), "{page}");
+    }
+}

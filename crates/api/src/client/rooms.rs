@@ -557,6 +557,10 @@ async fn messages(
                 limit,
                 filter: &filter,
                 device: Some(request.identity.device_id.as_str()),
+                lazy_load_members: !matches!(
+                    body.filter.lazy_load_options,
+                    ruma::api::client::filter::LazyLoadOptions::Disabled
+                ),
             },
         )
         .await?;
@@ -564,6 +568,7 @@ async fn messages(
     response.start = page.start;
     response.end = page.end;
     response.chunk = page.chunk.into_iter().map(raw).collect::<Result<_, _>>()?;
+    response.state = page.state.into_iter().map(raw).collect::<Result<_, _>>()?;
     Ok(response)
 }
 

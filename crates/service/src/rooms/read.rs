@@ -24,6 +24,8 @@ pub struct MessagesPage {
     pub chunk: Vec<Value>,
     pub start: String,
     pub end: Option<String>,
+    /// With lazy-loaded members: the member events of the chunk's senders.
+    pub state: Vec<Value>,
 }
 
 /// The event fields of a filter (`RoomEventFilter`): which types and senders to include.
@@ -68,6 +70,9 @@ pub struct PageRequest<'a> {
     pub filter: &'a EventFilter,
     /// The reader's device, for `unsigned.transaction_id` on its own sends.
     pub device: Option<&'a str>,
+    /// The filter's `lazy_load_members`: the page's `state` carries the member events of the
+    /// chunk's senders.
+    pub lazy_load_members: bool,
 }
 
 /// `/context`: an event with what came before and after it, and the state at it.
@@ -438,6 +443,7 @@ impl Rooms {
             limit,
             filter,
             device,
+            lazy_load_members,
         } = *page;
         let room = self.room_for_history(room_id, user).await?;
         let limit = limit.clamp(1, 1000);
@@ -469,20 +475,62 @@ impl Rooms {
         });
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::new();
+        let mut first_row = None;
         for (row, visible) in rows.iter().zip(visible) {
             if visible
                 && let Some(event) = self.client_event_for_device(&room, row, user, device)
                 && filter.wants(&event)
             {
+                first_row.get_or_insert(row);
                 chunk.push(event);
             }
         }
+        let state = match first_row {
+            Some(first) if lazy_load_members => {
+                let senders: Vec<&str> = chunk
+                    .iter()
+                    .filter_map(|event| event["sender"].as_str())
+                    .collect();
+                self.members_at(&room, first, &senders, user).await?
+            }
+            _ => Vec::new(),
+        };
         self.bundle_aggregations(&room, user, &mut chunk).await?;
         Ok(MessagesPage {
             chunk,
             start: token(start),
             end,
+            state,
         })
+    }
+
+    /// The member events of `users` in the state at `at` (after it), in client form: what a
+    /// lazy-loading client needs to render a page that starts at `at`.
+    async fn members_at(
+        &self,
+        room: &RoomRow,
+        at: &EventRow,
+        users: &[&str],
+        reader: &UserId,
+    ) -> Result<Vec<Value>> {
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        let keys: Vec<(&str, &str)> = users.iter().map(|u| ("m.room.member", *u)).collect();
+        let mut nids: Vec<i64> = self
+            .store
+            .state_entries_at_groups(&[at.state_group], &keys)
+            .await?
+            .remove(&at.state_group)
+            .map(|entries| entries.into_values().collect())
+            .unwrap_or_default();
+        nids.sort_unstable();
+        let mut rows = self.store.events_by_nids(&nids).await?;
+        rows.sort_unstable_by_key(|row| row.stream_ordering);
+        Ok(rows
+            .iter()
+            .filter_map(|row| self.client_event(room, row, reader))
+            .collect())
     }
 
     /// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` in direction `dir`

@@ -306,8 +306,9 @@ async fn membership_changes_follow_the_auth_rules() {
         );
 
         // Leave, then forget; forgetting while joined is refused.
-        let (status, _) = membership_call(&server, &alice, &room, "forget", json!({})).await;
+        let (status, body) = membership_call(&server, &alice, &room, "forget", json!({})).await;
         assert_eq!(status, 400);
+        assert_eq!(body["errcode"], "M_UNKNOWN", "the spec's example: {body}");
         let (status, _) = membership_call(&server, &bob, &room, "leave", json!({})).await;
         assert_eq!(status, 200);
         let (status, _) = membership_call(&server, &bob, &room, "forget", json!({})).await;

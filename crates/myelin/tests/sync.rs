@@ -480,3 +480,66 @@ async fn timelines_always_say_whether_they_are_limited() {
         );
     }
 }
+
+/// A forgotten room leaves the user's syncs, except for the leave in an incremental sync from
+/// before it (Complement's "Leave for forgotten room shows up in v2 incremental /sync"): the
+/// user's other devices must learn the room was left. Initial syncs, with or without
+/// `include_leave`, and syncs from after the leave never show it.
+#[tokio::test]
+async fn a_forgotten_rooms_leave_reaches_syncs_from_before_it() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let before_leave = sync(&server, &alice, "").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for action in ["leave", "forget"] {
+            let (status, body) = server
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/{action}", enc(&room)),
+                    &alice.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{action}: {body}");
+        }
+        send(&server, &bob, &room, "after").await;
+
+        let include_leave = enc(r#"{"room":{"include_leave":true}}"#);
+        let incremental = sync(
+            &server,
+            &alice,
+            &format!("since={before_leave}&filter={include_leave}"),
+        )
+        .await;
+        assert!(
+            incremental["rooms"]["leave"].get(&room).is_some(),
+            "{incremental}"
+        );
+        let after_leave = incremental["next_batch"].as_str().unwrap().to_owned();
+        for query in [
+            String::new(),
+            format!("filter={include_leave}"),
+            format!("since={after_leave}&filter={include_leave}&timeout=0"),
+        ] {
+            let body = sync(&server, &alice, &query).await;
+            for section in ["join", "leave", "invite"] {
+                assert!(
+                    body["rooms"][section].get(&room).is_none(),
+                    "{query}: {section}: {body}"
+                );
+            }
+        }
+    }
+}

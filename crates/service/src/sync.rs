@@ -278,10 +278,15 @@ impl Services {
         let mut joined = Vec::new();
         for membership in memberships {
             let room_id = membership.room.room_id.clone();
-            if !filter.wants_room(&room_id) || membership.forgotten {
+            let changed_since = since.is_none_or(|s| membership.stream_ordering > s.events);
+            // A forgotten room is gone from the user's syncs, but for the departure itself in
+            // an incremental sync from before it: the user's other devices must learn the room
+            // was left, however soon it was forgotten (the spec's wording omits this; Synapse
+            // and Complement agree on it).
+            let departure_since_token = since.is_some() && changed_since;
+            if !filter.wants_room(&room_id) || (membership.forgotten && !departure_since_token) {
                 continue;
             }
-            let changed_since = since.is_none_or(|s| membership.stream_ordering > s.events);
             let room_data = room_account_data.remove(&room_id).unwrap_or_default();
             match membership.membership.as_str() {
                 "join" => {

@@ -405,7 +405,8 @@ impl Rooms {
             Some((membership, _, _))
                 if membership == "join" || membership == "invite" || membership == "knock" =>
             {
-                Err(Error::InvalidParam(
+                // 400 M_UNKNOWN, the spec's example for this case (and what Complement checks).
+                Err(Error::Unknown(
                     "You must leave the room before forgetting it".to_owned(),
                 ))
             }

@@ -1526,3 +1526,129 @@ async fn messages_lazy_load_the_senders_members() {
         assert!(members(&page).is_empty(), "{page}");
     }
 }
+
+/// What no sender could send is a bad request (400 M_BAD_JSON), not a permission refused
+/// (Complement's MSC4289/MSC4291 tests): a malformed `additional_creators`, a creator in the
+/// power levels' `users` (v12), an `m.room.create` into an existing room. createRoom refuses
+/// them before writing anything; invitees of a trusted private chat join the named creators.
+#[tokio::test]
+async fn malformed_creator_rules_are_bad_requests() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let charlie = server.register("charlie").await;
+        let joined_rooms = || async {
+            let (_, body) = server
+                .get("/_matrix/client/v3/joined_rooms", &alice.access_token)
+                .await;
+            body["joined_rooms"].as_array().unwrap().len()
+        };
+        let create_reply = |body: Value| {
+            let server = &server;
+            let alice = &alice;
+            async move {
+                server
+                    .post("/_matrix/client/v3/createRoom", &alice.access_token, body)
+                    .await
+            }
+        };
+
+        for bad in [
+            json!("not-an-array"),
+            json!(["@foo:example.com", 42]),
+            json!(["@foo:example.com", "not-a-user-id"]),
+            json!(["@invalid:dom$ain$.com"]),
+        ] {
+            let (status, body) =
+                create_reply(json!({"room_version": "12", "preset": "public_chat",
+                "creation_content": {"additional_creators": bad}}))
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{bad}: {body}");
+        }
+        let (status, body) = create_reply(json!({"room_version": "12", "invite": [bob.user_id],
+            "power_level_content_override": {"users": {alice.user_id.clone(): 100}}}))
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
+        assert_eq!(joined_rooms().await, 0, "nothing was written");
+
+        let (status, body) = create_reply(json!({"room_version": "12", "preset": "public_chat",
+            "creation_content": {"additional_creators": ["@foo:example.com", "@bar:baz.code"]}}))
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // Invitees of a trusted private chat are creators beside the named ones.
+        let room = create(
+            &server,
+            &alice,
+            json!({"room_version": "12", "preset": "trusted_private_chat", "is_direct": true,
+                   "invite": [bob.user_id],
+                   "creation_content": {"additional_creators": [charlie.user_id]}}),
+        )
+        .await;
+        let (_, content) = state_content(&server, &alice, &room, "m.room.create", "").await;
+        let mut creators: Vec<&str> = content["additional_creators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        creators.sort();
+        assert_eq!(creators, [bob.user_id.as_str(), charlie.user_id.as_str()]);
+
+        // A creator in the power levels' users, the sender or an additional one.
+        for user in [&alice.user_id, &charlie.user_id] {
+            let (status, body) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                        enc(&room)
+                    ),
+                    &alice.access_token,
+                    json!({"users": {user.clone(): 100}}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{user}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{user}: {body}");
+        }
+
+        // No second create event, in any version.
+        for version in ["11", "12"] {
+            let room = create(&server, &alice, json!({"room_version": version})).await;
+            let (status, body) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.create/",
+                        enc(&room)
+                    ),
+                    &alice.access_token,
+                    json!({"room_version": version, "entropy": 100}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{version}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{version}: {body}");
+        }
+
+        // Lacking power is still forbidden: bob is no creator of this room.
+        let room = create(
+            &server,
+            &alice,
+            json!({"room_version": "12", "preset": "public_chat"}),
+        )
+        .await;
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                    enc(&room)
+                ),
+                &bob.access_token,
+                json!({"users": {bob.user_id.clone(): 100}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+}

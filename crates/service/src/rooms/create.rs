@@ -5,13 +5,18 @@
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersion,
+    auth::{check_auth_events, check_power_levels_content},
     pdu::build_pdu,
     version::{EventFormat, RoomIdFormat, Stability},
 };
 use ruma::{OwnedRoomAliasId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 
-use super::{Rooms, events::pdu_error, to_canonical_object};
+use super::{
+    Rooms,
+    events::{auth_error, pdu_error},
+    to_canonical_object,
+};
 use crate::{Error, Result, now_millis, tokens};
 
 /// The spec's presets.
@@ -107,8 +112,64 @@ impl Rooms {
             create_content.remove("creator");
         }
         if v12 && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
-            // MSC4289: invitees of a trusted private chat are co-creators.
-            create_content.insert("additional_creators".to_owned(), json!(request.invite));
+            // MSC4289: invitees of a trusted private chat are co-creators, with those the
+            // client named (whose list, if malformed, the auth rules refuse below).
+            let mut creators = match create_content.remove("additional_creators") {
+                Some(Value::Array(named)) => named,
+                Some(other) => vec![other],
+                None => Vec::new(),
+            };
+            for invitee in &request.invite {
+                let invitee = json!(invitee);
+                if !creators.contains(&invitee) {
+                    creators.push(invitee);
+                }
+            }
+            create_content.insert("additional_creators".to_owned(), Value::Array(creators));
+        }
+        // The power levels (sent as step 3), built now: what the auth rules would refuse in
+        // them or in the create event is refused before the room exists.
+        let mut power = serde_json::Map::new();
+        let mut users = serde_json::Map::new();
+        if !v12 {
+            // From v12 creators have infinite power and must not be listed.
+            users.insert(creator.to_string(), json!(100));
+            if preset == Preset::TrustedPrivateChat {
+                for invitee in &request.invite {
+                    users.insert(invitee.to_string(), json!(100));
+                }
+            }
+        }
+        power.insert("users".to_owned(), Value::Object(users));
+        power.insert("users_default".to_owned(), json!(0));
+        power.insert(
+            "events".to_owned(),
+            json!({
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                // From v12, upgrading a room needs more than any ordinary admin (MSC4289).
+                "m.room.tombstone": if v12 { 150 } else { 100 },
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            }),
+        );
+        power.insert("events_default".to_owned(), json!(0));
+        power.insert("state_default".to_owned(), json!(50));
+        power.insert("ban".to_owned(), json!(50));
+        power.insert("kick".to_owned(), json!(50));
+        power.insert("redact".to_owned(), json!(50));
+        power.insert(
+            "invite".to_owned(),
+            json!(if preset == Preset::PublicChat { 50 } else { 0 }),
+        );
+        power.insert("notifications".to_owned(), json!({"room": 50}));
+        if let Some(overrides) = request.power_level_content_override.clone() {
+            for (key, value) in overrides {
+                power.insert(key, value);
+            }
         }
         let now = now_millis();
         let mut partial = CanonicalJsonObject::new();
@@ -164,6 +225,13 @@ impl Rooms {
         let (create, room_id) = loop {
             let create =
                 build_pdu(partial.clone(), version, self.keys.event_signer()).map_err(pdu_error)?;
+            check_auth_events(version, &create, |_| None).map_err(auth_error)?;
+            check_power_levels_content(
+                version,
+                &to_canonical_object(Value::Object(power.clone()))?,
+                &create,
+            )
+            .map_err(auth_error)?;
             let room_id = room_id
                 .clone()
                 .unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
@@ -204,49 +272,7 @@ impl Rooms {
         )
         .await?;
 
-        // 3. Power levels.
-        let mut power = serde_json::Map::new();
-        let mut users = serde_json::Map::new();
-        if !v12 {
-            // From v12 creators have infinite power and must not be listed.
-            users.insert(creator.to_string(), json!(100));
-            if preset == Preset::TrustedPrivateChat {
-                for invitee in &request.invite {
-                    users.insert(invitee.to_string(), json!(100));
-                }
-            }
-        }
-        power.insert("users".to_owned(), Value::Object(users));
-        power.insert("users_default".to_owned(), json!(0));
-        power.insert(
-            "events".to_owned(),
-            json!({
-                "m.room.name": 50,
-                "m.room.power_levels": 100,
-                "m.room.history_visibility": 100,
-                "m.room.canonical_alias": 50,
-                "m.room.avatar": 50,
-                // From v12, upgrading a room needs more than any ordinary admin (MSC4289).
-                "m.room.tombstone": if v12 { 150 } else { 100 },
-                "m.room.server_acl": 100,
-                "m.room.encryption": 100,
-            }),
-        );
-        power.insert("events_default".to_owned(), json!(0));
-        power.insert("state_default".to_owned(), json!(50));
-        power.insert("ban".to_owned(), json!(50));
-        power.insert("kick".to_owned(), json!(50));
-        power.insert("redact".to_owned(), json!(50));
-        power.insert(
-            "invite".to_owned(),
-            json!(if preset == Preset::PublicChat { 50 } else { 0 }),
-        );
-        power.insert("notifications".to_owned(), json!({"room": 50}));
-        if let Some(overrides) = request.power_level_content_override.clone() {
-            for (key, value) in overrides {
-                power.insert(key, value);
-            }
-        }
+        // 3. Power levels (built and checked before anything was written).
         self.send_state(
             &room,
             creator,

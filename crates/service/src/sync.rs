@@ -4,7 +4,8 @@
 //! loaded members, invites, knocks and left rooms.
 //!
 //! Typing, receipts, presence and to-device messages come from [`crate::ephemeral`];
-//! notification counts from the push actions stored with each event.
+//! notification counts from the push actions stored with each event. Timeline events carry
+//! their bundled aggregations (`unsigned.m.relations`) as on every other surface.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -530,7 +531,7 @@ impl Services {
         for (joined, state) in rooms.into_iter().zip(states) {
             let room = &joined.plan.membership.room;
             let row_visibility: Vec<bool> = visible.by_ref().take(joined.rows.len()).collect();
-            let timeline = self.client_events(
+            let mut timeline = self.client_events(
                 room,
                 &joined.rows,
                 &row_visibility,
@@ -538,6 +539,9 @@ impl Services {
                 device,
                 &request.filter,
             );
+            self.rooms
+                .bundle_aggregations(room, user, &mut timeline)
+                .await?;
             let prev_batch = events_token(
                 joined
                     .rows
@@ -708,7 +712,10 @@ impl Services {
         rows.truncate(limit);
         rows.reverse();
         let visible = self.rooms.visible_rows(&rows, user).await?;
-        let timeline = self.client_events(room, &rows, &visible, user, device, &request.filter);
+        let mut timeline = self.client_events(room, &rows, &visible, user, device, &request.filter);
+        self.rooms
+            .bundle_aggregations(room, user, &mut timeline)
+            .await?;
         let prev_batch = events_token(
             rows.first()
                 .map_or(membership.stream_ordering + 1, |r| r.stream_ordering),

@@ -97,6 +97,9 @@ pub struct SyncFilter {
     pub not_rooms: Vec<String>,
     pub include_leave: bool,
     pub lazy_load_members: bool,
+    /// The timeline filter's `unread_thread_notifications`: count each thread apart
+    /// (`unread_thread_notifications`) and the main timeline alone in `unread_notifications`.
+    pub unread_thread_notifications: bool,
 }
 
 impl Default for SyncFilter {
@@ -108,6 +111,7 @@ impl Default for SyncFilter {
             not_rooms: Vec::new(),
             include_leave: false,
             lazy_load_members: false,
+            unread_thread_notifications: false,
         }
     }
 }
@@ -157,6 +161,30 @@ struct JoinedRoom {
     rows: Vec<EventRow>,
     limited: bool,
     ephemeral: Vec<Value>,
+}
+
+/// A room's `unread_notifications` and, when the client counts threads apart,
+/// `unread_thread_notifications`, from its unread counts by thread (`main` or a root's id).
+fn unread_sections(
+    by_thread: HashMap<String, (i64, i64)>,
+    threads_apart: bool,
+) -> (Value, Option<Value>) {
+    let counts = |(notify, highlight): (i64, i64)| json!({"notification_count": notify, "highlight_count": highlight});
+    if !threads_apart {
+        let total = by_thread
+            .values()
+            .fold((0, 0), |(n, h), (notify, highlight)| {
+                (n + notify, h + highlight)
+            });
+        return (counts(total), None);
+    }
+    let main = by_thread.get("main").copied().unwrap_or((0, 0));
+    let threads: Map<String, Value> = by_thread
+        .into_iter()
+        .filter(|(thread, (notify, highlight))| thread != "main" && (*notify > 0 || *highlight > 0))
+        .map(|(thread, count)| (thread, counts(count)))
+        .collect();
+    (counts(main), Some(Value::Object(threads)))
 }
 
 /// The longest a client may make a sync wait.
@@ -462,12 +490,12 @@ impl Services {
         let plan_rooms: Vec<i64> = plans.iter().map(|p| p.membership.room.room_nid).collect();
         // Independent reads, on separate connections at once: each is a round trip (and on
         // PostgreSQL a plan) that a woken long-poll waits for.
-        let (mut timelines, mut receipts, unread) = tokio::try_join!(
+        let (mut timelines, mut receipts, mut unread) = tokio::try_join!(
             self.store.room_timelines(&windows),
             self.store
                 .receipts_in_rooms(&receipt_rooms, since.map_or(0, |s| s.receipts)),
             self.store
-                .unread_counts_in_rooms(user.as_str(), &plan_rooms),
+                .unread_counts_by_thread(user.as_str(), &plan_rooms),
         )?;
 
         // Each room's timeline rows, oldest first, and whether older ones were left out.
@@ -564,7 +592,10 @@ impl Services {
                 })
                 .filter_map(|row| self.rooms.client_event(room, row, user))
                 .collect();
-            let (notifications, highlights) = unread.get(&room.room_nid).copied().unwrap_or((0, 0));
+            let (counts, thread_counts) = unread_sections(
+                unread.remove(&room.room_nid).unwrap_or_default(),
+                request.filter.unread_thread_notifications,
+            );
             let summary = match summaries.remove(&room.room_nid) {
                 Some(counts) => {
                     let mut summary = json!({
@@ -582,9 +613,12 @@ impl Services {
                 "timeline": {"events": timeline, "limited": joined.limited, "prev_batch": prev_batch},
                 "account_data": {"events": joined.plan.account_data},
                 "ephemeral": {"events": joined.ephemeral},
-                "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
+                "unread_notifications": counts,
                 "summary": summary,
             });
+            if let Some(threads) = thread_counts {
+                section["unread_thread_notifications"] = threads;
+            }
             section[if request.use_state_after {
                 "state_after"
             } else {

@@ -55,6 +55,7 @@ fn sync_filter(definition: &FilterDefinition) -> SyncFilter {
         not_rooms: room.not_rooms.iter().map(ToString::to_string).collect(),
         include_leave: room.include_leave,
         lazy_load_members: !matches!(room.state.lazy_load_options, LazyLoadOptions::Disabled),
+        unread_thread_notifications: timeline.unread_thread_notifications,
     }
 }
 

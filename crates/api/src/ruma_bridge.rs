@@ -136,6 +136,9 @@ where
     pub identity: <R::Authentication as Authenticate>::Identity,
     /// The client's address, as rate limits count it (see [`AppState::client_address`]).
     pub client_address: std::net::IpAddr,
+    /// The body as it came (already parsed into `body`), for the few endpoints that keep what
+    /// ruma's type has no field for (`/join`'s extra member content).
+    pub raw_body: bytes::Bytes,
 }
 
 impl<R> FromRequest<AppState> for Ruma<R>
@@ -223,12 +226,13 @@ where
             }
         };
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body =
+        let parsed =
             R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;
         Ok(Ruma {
-            body,
+            body: parsed,
             identity,
             client_address,
+            raw_body: bytes,
         })
     }
 }

@@ -607,3 +607,117 @@ async fn room_mentions_highlight_only_from_senders_allowed_to_notify_the_room() 
         assert_eq!(list[0]["event"]["sender"], alice.user_id);
     }
 }
+
+/// Thread-aware unread counts (Complement's TestThreadedReceipts): a threaded receipt reads
+/// its thread only (`main` is the main timeline), an unthreaded one reads everything before it;
+/// with `unread_thread_notifications` in the timeline filter each thread is counted apart
+/// under its root and `unread_notifications` counts the main timeline alone.
+#[tokio::test]
+async fn threaded_receipts_and_thread_notification_counts() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        let mention = format!("hey {}", bob.user_id);
+        let send = |txn: &'static str, body: String, relates_to: Option<Value>| {
+            let (server, alice, room) = (&server, &alice, room.clone());
+            async move {
+                let mut content = json!({"msgtype": "m.text", "body": body});
+                if body.contains('@') {
+                    content["m.mentions"] = json!({"user_ids": [body.trim_start_matches("hey ")]});
+                }
+                if let Some(relates_to) = relates_to {
+                    content["m.relates_to"] = relates_to;
+                }
+                let (status, sent) = server
+                    .put(
+                        &format!(
+                            "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                            enc(&room)
+                        ),
+                        &alice.access_token,
+                        content,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{sent}");
+                sent["event_id"].as_str().unwrap().to_owned()
+            }
+        };
+        let a = send("a", "root".into(), None).await;
+        let in_thread = || Some(json!({"rel_type": "m.thread", "event_id": a}));
+        let b = send("b", "start thread".into(), in_thread()).await;
+        send("c", mention.clone(), in_thread()).await;
+        let d = send("d", mention.clone(), None).await;
+        send("e", "end thread".into(), in_thread()).await;
+        send(
+            "f",
+            "reference".into(),
+            Some(json!({"rel_type": "m.reference", "event_id": a})),
+        )
+        .await;
+
+        let thread_filter = enc(r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#);
+        let counts = |threads_apart: bool| {
+            let (server, bob, room, a) = (&server, &bob, room.clone(), a.clone());
+            let query = if threads_apart {
+                format!("filter={thread_filter}")
+            } else {
+                String::new()
+            };
+            async move {
+                let body = sync(server, bob, &query).await;
+                let joined = &body["rooms"]["join"][&room];
+                let unread = &joined["unread_notifications"];
+                let main = (
+                    unread["notification_count"].as_i64().unwrap(),
+                    unread["highlight_count"].as_i64().unwrap(),
+                );
+                let thread = joined.get("unread_thread_notifications").map(|t| {
+                    (
+                        t[&a]["notification_count"].as_i64().unwrap_or(0),
+                        t[&a]["highlight_count"].as_i64().unwrap_or(0),
+                    )
+                });
+                (main, thread)
+            }
+        };
+        let receipt = |event: String, thread: Option<String>| {
+            let (server, bob, room) = (&server, &bob, room.clone());
+            async move {
+                let body = match thread {
+                    Some(thread) => json!({"thread_id": thread}),
+                    None => json!({}),
+                };
+                let (status, reply) = server
+                    .post(
+                        &format!(
+                            "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                            enc(&room),
+                            enc(&event)
+                        ),
+                        &bob.access_token,
+                        body,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        };
+
+        // All six notify (A, D, F in the main timeline; B, C, E in A's thread); C and D mention.
+        assert_eq!(counts(false).await, ((6, 2), None), "{kind:?}");
+        assert_eq!(counts(true).await, ((3, 1), Some((3, 1))), "{kind:?}");
+        // A threaded receipt on A in the main timeline reads A only.
+        receipt(a.clone(), Some("main".to_owned())).await;
+        assert_eq!(counts(false).await, ((5, 2), None), "{kind:?}");
+        assert_eq!(counts(true).await, ((2, 1), Some((3, 1))), "{kind:?}");
+        // A receipt in the thread on B reads B only, in the thread.
+        receipt(b.clone(), Some(a.clone())).await;
+        assert_eq!(counts(false).await, ((4, 2), None), "{kind:?}");
+        assert_eq!(counts(true).await, ((2, 1), Some((2, 1))), "{kind:?}");
+        // An unthreaded receipt on D reads everything before it, in every thread.
+        receipt(d.clone(), None).await;
+        assert_eq!(counts(false).await, ((2, 0), None), "{kind:?}");
+        assert_eq!(counts(true).await, ((1, 0), Some((1, 0))), "{kind:?}");
+    }
+}

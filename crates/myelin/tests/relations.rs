@@ -615,3 +615,85 @@ async fn edits_and_references_are_bundled_and_redaction_removes_them() {
         );
     }
 }
+
+/// Sync timelines carry bundled aggregations like `/messages` does, in joined and left rooms.
+#[tokio::test]
+async fn sync_timelines_bundle_aggregations() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        let root = send(
+            &server,
+            &alice,
+            &room,
+            "m.room.message",
+            "root",
+            json!({"msgtype": "m.text", "body": "root"}),
+        )
+        .await;
+        let reply = send(
+            &server,
+            &bob,
+            &room,
+            "m.room.message",
+            "reply",
+            in_thread(&root, "reply"),
+        )
+        .await;
+        let edit = send(&server, &alice, &room, "m.room.message", "edit", json!({
+            "msgtype": "m.text", "body": "* root!", "m.new_content": {"msgtype": "m.text", "body": "root!"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": root}})).await;
+
+        let root_in = |body: &Value, section: &str| -> Value {
+            body["rooms"][section][&room]["timeline"]["events"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {section} timeline: {body}"))
+                .iter()
+                .find(|e| e["event_id"] == root.as_str())
+                .unwrap_or_else(|| panic!("no root in {body}"))
+                .clone()
+        };
+        let check = |event: &Value| {
+            let relations = &event["unsigned"]["m.relations"];
+            assert_eq!(relations["m.thread"]["count"], 1, "{event}");
+            assert_eq!(
+                relations["m.thread"]["latest_event"]["event_id"], reply,
+                "{event}"
+            );
+            assert_eq!(relations["m.replace"]["event_id"], edit, "{event}");
+        };
+        let (status, body) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        check(&root_in(&body, "join"));
+
+        server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        let filter = enc(r#"{"room":{"include_leave":true}}"#);
+        let (status, body) = server
+            .get(
+                &format!("/_matrix/client/v3/sync?filter={filter}"),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        check(&root_in(&body, "leave"));
+    }
+}

@@ -315,8 +315,9 @@ async fn membership_changes_follow_the_auth_rules() {
         );
 
         // Leave, then forget; forgetting while joined is refused.
-        let (status, _) = membership_call(&server, &alice, &room, "forget", json!({})).await;
+        let (status, body) = membership_call(&server, &alice, &room, "forget", json!({})).await;
         assert_eq!(status, 400);
+        assert_eq!(body["errcode"], "M_UNKNOWN", "the spec's example: {body}");
         let (status, _) = membership_call(&server, &bob, &room, "leave", json!({})).await;
         assert_eq!(status, 200);
         let (status, _) = membership_call(&server, &bob, &room, "forget", json!({})).await;
@@ -585,6 +586,15 @@ async fn state_events_members_and_redaction() {
                 && joined["joined"].get(&bob.user_id).is_some(),
             "{joined}"
         );
+        // Both profile keys on every member, `null` when unset (Complement's
+        // "GET /rooms/:room_id/joined_members fetches my membership").
+        for user in [&alice.user_id, &bob.user_id] {
+            let member = joined["joined"][user].as_object().unwrap();
+            assert!(
+                member.contains_key("display_name") && member.contains_key("avatar_url"),
+                "{joined}"
+            );
+        }
         membership_call(&server, &bob, &room, "leave", json!({})).await;
         let (_, members) = server
             .get(
@@ -1367,5 +1377,287 @@ async fn the_sending_device_sees_its_transaction_id() {
             );
         }
         server.stop().await;
+    }
+}
+
+/// A `/join` body's keys beyond `reason` and `third_party_signed` stay in the member event
+/// (Complement's "POST /join/:room_id can join a room with custom content"), on both join
+/// endpoints; the membership, the profile and the restricted-join authoriser stay the server's;
+/// a body that is not an object joins nobody.
+#[tokio::test]
+async fn join_keeps_the_clients_extra_member_content() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/profile/{}/displayname",
+                    enc(&bob.user_id)
+                ),
+                &bob.access_token,
+                json!({"displayname": "Bob"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let extra = json!({
+            "foo": "bar",
+            "nested": {"n": 1},
+            "reason": "hello",
+            "membership": "leave",
+            "displayname": "Not Bob",
+            "join_authorised_via_users_server": alice.user_id,
+            "third_party_signed": {"sender": "@x:localhost", "mxid": "@y:localhost", "token": "t", "signatures": {}},
+        });
+        for path in [
+            "/_matrix/client/v3/rooms/{}/join",
+            "/_matrix/client/v3/join/{}",
+        ] {
+            let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+
+            // Not an object: refused, and bob is not in the room.
+            let (status, body) = server
+                .post(
+                    &path.replace("{}", &enc(&room)),
+                    &bob.access_token,
+                    json!(["foo"]),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{path}: {body}");
+            let (status, _) =
+                state_content(&server, &alice, &room, "m.room.member", &bob.user_id).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+
+            let (status, body) = server
+                .post(
+                    &path.replace("{}", &enc(&room)),
+                    &bob.access_token,
+                    extra.clone(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            let (status, content) =
+                state_content(&server, &alice, &room, "m.room.member", &bob.user_id).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {content}");
+            assert_eq!(
+                content,
+                json!({"membership": "join", "displayname": "Bob", "reason": "hello",
+                       "foo": "bar", "nested": {"n": 1}}),
+                "{path}"
+            );
+        }
+    }
+}
+
+/// `/messages` with `lazy_load_members`: `state` holds the member events of the chunk's senders
+/// and nobody else's (Complement's TestRoomMessagesLazyLoading); without it, no `state`.
+#[tokio::test]
+async fn messages_lazy_load_the_senders_members() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let charlie = server.register("charlie").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        for user in [&bob, &charlie] {
+            let (status, body) = membership_call(&server, user, &room, "join", json!({})).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        send_text(&server, &bob, &room, "b1", "from bob").await;
+        let (_, synced) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let before = synced["next_batch"].as_str().unwrap().to_owned();
+        send_text(&server, &charlie, &room, "c1", "from charlie").await;
+        let (_, synced) = server
+            .get("/_matrix/client/v3/sync", &alice.access_token)
+            .await;
+        let after = synced["next_batch"].as_str().unwrap().to_owned();
+
+        let lazy = enc(r#"{"lazy_load_members": true}"#);
+        let messages = |query: String| {
+            let server = &server;
+            let alice = &alice;
+            let room = &room;
+            async move {
+                let (status, body) = server
+                    .get(
+                        &format!("/_matrix/client/v3/rooms/{}/messages?{query}", enc(room)),
+                        &alice.access_token,
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                body
+            }
+        };
+        let members = |body: &Value| -> Vec<(String, String)> {
+            let mut out: Vec<(String, String)> = body["state"]
+                .as_array()
+                .map(|state| {
+                    state
+                        .iter()
+                        .map(|e| {
+                            assert_eq!(e["type"], "m.room.member", "{body}");
+                            (
+                                e["state_key"].as_str().unwrap().to_owned(),
+                                e["content"]["membership"].as_str().unwrap().to_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.sort();
+            out
+        };
+
+        let page = messages(format!("dir=f&from={before}&to={after}&filter={lazy}")).await;
+        assert_eq!(page["chunk"].as_array().unwrap().len(), 1, "{page}");
+        assert_eq!(
+            members(&page),
+            [(charlie.user_id.clone(), "join".to_owned())],
+            "{page}"
+        );
+        // Backwards over the whole room: every sender, once.
+        let page = messages(format!("dir=b&filter={lazy}")).await;
+        assert_eq!(
+            members(&page),
+            [
+                (alice.user_id.clone(), "join".to_owned()),
+                (bob.user_id.clone(), "join".to_owned()),
+                (charlie.user_id.clone(), "join".to_owned()),
+            ],
+            "{page}"
+        );
+        // Not asked for: no members.
+        let page = messages(format!("dir=f&from={before}&to={after}")).await;
+        assert!(members(&page).is_empty(), "{page}");
+    }
+}
+
+/// What no sender could send is a bad request (400 M_BAD_JSON), not a permission refused
+/// (Complement's MSC4289/MSC4291 tests): a malformed `additional_creators`, a creator in the
+/// power levels' `users` (v12), an `m.room.create` into an existing room. createRoom refuses
+/// them before writing anything; invitees of a trusted private chat join the named creators.
+#[tokio::test]
+async fn malformed_creator_rules_are_bad_requests() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let charlie = server.register("charlie").await;
+        let joined_rooms = || async {
+            let (_, body) = server
+                .get("/_matrix/client/v3/joined_rooms", &alice.access_token)
+                .await;
+            body["joined_rooms"].as_array().unwrap().len()
+        };
+        let create_reply = |body: Value| {
+            let server = &server;
+            let alice = &alice;
+            async move {
+                server
+                    .post("/_matrix/client/v3/createRoom", &alice.access_token, body)
+                    .await
+            }
+        };
+
+        for bad in [
+            json!("not-an-array"),
+            json!(["@foo:example.com", 42]),
+            json!(["@foo:example.com", "not-a-user-id"]),
+            json!(["@invalid:dom$ain$.com"]),
+        ] {
+            let (status, body) =
+                create_reply(json!({"room_version": "12", "preset": "public_chat",
+                "creation_content": {"additional_creators": bad}}))
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{bad}: {body}");
+        }
+        let (status, body) = create_reply(json!({"room_version": "12", "invite": [bob.user_id],
+            "power_level_content_override": {"users": {alice.user_id.clone(): 100}}}))
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
+        assert_eq!(joined_rooms().await, 0, "nothing was written");
+
+        let (status, body) = create_reply(json!({"room_version": "12", "preset": "public_chat",
+            "creation_content": {"additional_creators": ["@foo:example.com", "@bar:baz.code"]}}))
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // Invitees of a trusted private chat are creators beside the named ones.
+        let room = create(
+            &server,
+            &alice,
+            json!({"room_version": "12", "preset": "trusted_private_chat", "is_direct": true,
+                   "invite": [bob.user_id],
+                   "creation_content": {"additional_creators": [charlie.user_id]}}),
+        )
+        .await;
+        let (_, content) = state_content(&server, &alice, &room, "m.room.create", "").await;
+        let mut creators: Vec<&str> = content["additional_creators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        creators.sort();
+        assert_eq!(creators, [bob.user_id.as_str(), charlie.user_id.as_str()]);
+
+        // A creator in the power levels' users, the sender or an additional one.
+        for user in [&alice.user_id, &charlie.user_id] {
+            let (status, body) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                        enc(&room)
+                    ),
+                    &alice.access_token,
+                    json!({"users": {user.clone(): 100}}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{user}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{user}: {body}");
+        }
+
+        // No second create event, in any version.
+        for version in ["11", "12"] {
+            let room = create(&server, &alice, json!({"room_version": version})).await;
+            let (status, body) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.create/",
+                        enc(&room)
+                    ),
+                    &alice.access_token,
+                    json!({"room_version": version, "entropy": 100}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{version}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{version}: {body}");
+        }
+
+        // Lacking power is still forbidden: bob is no creator of this room.
+        let room = create(
+            &server,
+            &alice,
+            json!({"room_version": "12", "preset": "public_chat"}),
+        )
+        .await;
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                    enc(&room)
+                ),
+                &bob.access_token,
+                json!({"users": {bob.user_id.clone(): 100}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     }
 }

@@ -1,7 +1,7 @@
 //! `/sync` on both databases: initial and incremental syncs deliver each event exactly once,
 //! gaps are `limited` with a `prev_batch` that `/messages` continues from, long-polls wake on new
 //! events and end empty at their timeout, lazy-loaded members, invites, leave and rejoin,
-//! `state_after`, account data, and bad tokens.
+//! `state_after`, account data, bad tokens, and the `limited` flag written out when false.
 
 use std::time::{Duration, Instant};
 
@@ -428,5 +428,131 @@ async fn bad_tokens_are_errors_not_resets() {
             .await;
         assert_eq!(status, 400, "unknown filter id: {body}");
         server.stop().await;
+    }
+}
+
+/// Every timeline carries `limited`, `false` included (the spec lets it be left out when false,
+/// but Complement's `checkJoinFieldsExist` and clients read its absence as a malformed room).
+#[tokio::test]
+async fn timelines_always_say_whether_they_are_limited() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let left = create(&server, &bob, json!({"preset": "public_chat"})).await;
+        let initial = sync(&server, &alice, "").await;
+        assert_eq!(
+            initial["rooms"]["join"][&room]["timeline"]["limited"],
+            json!(false),
+            "{initial}"
+        );
+        let since = initial["next_batch"].as_str().unwrap();
+        send(&server, &alice, &room, "one").await;
+        let incremental = sync(&server, &alice, &format!("since={since}")).await;
+        assert_eq!(
+            incremental["rooms"]["join"][&room]["timeline"]["limited"],
+            json!(false),
+            "{incremental}"
+        );
+
+        // A left room's timeline too.
+        let since = sync(&server, &bob, "").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&left)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let after = sync(&server, &bob, &format!("since={since}")).await;
+        assert_eq!(
+            after["rooms"]["leave"][&left]["timeline"]["limited"],
+            json!(false),
+            "{after}"
+        );
+
+        // And a limited one still says so.
+        let since = sync(&server, &alice, "").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for i in 0..3 {
+            send(&server, &alice, &room, &format!("gap{i}")).await;
+        }
+        let filter = enc(r#"{"room":{"timeline":{"limit":1}}}"#);
+        let gapped = sync(&server, &alice, &format!("since={since}&filter={filter}")).await;
+        assert_eq!(
+            gapped["rooms"]["join"][&room]["timeline"]["limited"],
+            json!(true),
+            "{gapped}"
+        );
+    }
+}
+
+/// A forgotten room leaves the user's syncs, except for the leave in an incremental sync from
+/// before it (Complement's "Leave for forgotten room shows up in v2 incremental /sync"): the
+/// user's other devices must learn the room was left. Initial syncs, with or without
+/// `include_leave`, and syncs from after the leave never show it.
+#[tokio::test]
+async fn a_forgotten_rooms_leave_reaches_syncs_from_before_it() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let before_leave = sync(&server, &alice, "").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for action in ["leave", "forget"] {
+            let (status, body) = server
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/{action}", enc(&room)),
+                    &alice.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{action}: {body}");
+        }
+        send(&server, &bob, &room, "after").await;
+
+        let include_leave = enc(r#"{"room":{"include_leave":true}}"#);
+        let incremental = sync(
+            &server,
+            &alice,
+            &format!("since={before_leave}&filter={include_leave}"),
+        )
+        .await;
+        assert!(
+            incremental["rooms"]["leave"].get(&room).is_some(),
+            "{incremental}"
+        );
+        let after_leave = incremental["next_batch"].as_str().unwrap().to_owned();
+        for query in [
+            String::new(),
+            format!("filter={include_leave}"),
+            format!("since={after_leave}&filter={include_leave}&timeout=0"),
+        ] {
+            let body = sync(&server, &alice, &query).await;
+            for section in ["join", "leave", "invite"] {
+                assert!(
+                    body["rooms"][section].get(&room).is_none(),
+                    "{query}: {section}: {body}"
+                );
+            }
+        }
     }
 }

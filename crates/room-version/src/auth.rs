@@ -17,22 +17,101 @@ use crate::pdu::Pdu;
 use crate::version::{EventFormat, RoomVersion};
 
 /// An event failed the authorisation rules. On receipt: reject (or soft-fail against the
-/// current state); from a local client: `M_FORBIDDEN`.
+/// current state); from a local client: `M_FORBIDDEN`, or `M_BAD_JSON` when the event is
+/// [`malformed`](AuthError::malformed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct AuthError {
     pub reason: String,
+    /// The event failed a rule about its own shape (see [`check_content`]), not about who may
+    /// do what: no sender could have sent it, so a client's request is malformed (400), not
+    /// forbidden.
+    pub malformed: bool,
 }
 
 impl AuthError {
     pub fn errcode(&self) -> &'static str {
-        "M_FORBIDDEN"
+        if self.malformed {
+            "M_BAD_JSON"
+        } else {
+            "M_FORBIDDEN"
+        }
     }
 }
 
 fn deny(reason: impl Into<String>) -> AuthError {
     AuthError {
         reason: reason.into(),
+        malformed: false,
+    }
+}
+
+fn malformed(reason: impl Into<String>) -> AuthError {
+    AuthError {
+        reason: reason.into(),
+        malformed: true,
+    }
+}
+
+/// The auth rules that look at an event's shape alone (given the room's create event, for
+/// events other than the create event): the ones no sender, however powerful, could pass.
+/// [`check_auth_events`] and [`check_against_state`] run them first, so a failure comes back
+/// [`malformed`](AuthError::malformed); room creation also runs them on the events it is about
+/// to write, before writing any.
+///
+/// - `m.room.create`: no `prev_events` (so it cannot be sent into an existing room), and, from
+///   v12, `additional_creators` an array of valid user ids;
+/// - `m.room.power_levels`, from v12: no creator in `users` (creators' power is implicit).
+pub fn check_content(
+    version: &RoomVersion,
+    pdu: &Pdu,
+    create: Option<&Pdu>,
+) -> Result<(), AuthError> {
+    let rules = &version.rules().authorization;
+    match pdu.event_type() {
+        "m.room.create" => {
+            if pdu.prev_events().next().is_some() {
+                return Err(malformed(
+                    "an m.room.create event cannot follow other events: a room has one, sent when it is created",
+                ));
+            }
+            ruma::state_res::events::RoomCreateEvent::new(pdu)
+                .creators(rules)
+                .map_err(malformed)?;
+        }
+        "m.room.power_levels" => {
+            if let (Some(create), Some(content)) = (create, pdu.content_object()) {
+                check_power_levels_content(version, content, create)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The [`check_content`] rule of `m.room.power_levels` on a content not yet in an event (room
+/// creation checks its power levels before writing anything): from v12, no creator of the
+/// room `create` makes may appear in `users`.
+pub fn check_power_levels_content(
+    version: &RoomVersion,
+    content: &crate::CanonicalJsonObject,
+    create: &Pdu,
+) -> Result<(), AuthError> {
+    let rules = &version.rules().authorization;
+    if !rules.explicitly_privilege_room_creators {
+        return Ok(());
+    }
+    let Some(users) = get_object(content, "users") else {
+        return Ok(());
+    };
+    let creators = ruma::state_res::events::RoomCreateEvent::new(create)
+        .creators(rules)
+        .map_err(deny)?;
+    match creators.iter().find(|c| users.contains_key(c.as_str())) {
+        Some(creator) => Err(malformed(format!(
+            "{creator} is a creator of this room: creators have no entry in the power levels' users"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -89,6 +168,7 @@ pub fn check_auth_events<'a>(
 ) -> Result<(), AuthError> {
     check_account_key_rules(version, pdu)?;
     if pdu.event_type() == "m.room.create" {
+        check_content(version, pdu, None)?;
         check_create_room_version(pdu)?;
     }
     ruma::state_res::check_state_independent_auth_rules(
@@ -110,6 +190,7 @@ pub fn check_against_state<'a>(
     fetch_state: impl Fn(&str, &str) -> Option<&'a Pdu>,
 ) -> Result<(), AuthError> {
     check_account_key_rules(version, pdu)?;
+    check_content(version, pdu, fetch_state("m.room.create", ""))?;
     ruma::state_res::check_state_dependent_auth_rules(
         &version.rules().authorization,
         pdu,

@@ -4,7 +4,8 @@
 //! loaded members, invites, knocks and left rooms.
 //!
 //! Typing, receipts, presence and to-device messages come from [`crate::ephemeral`];
-//! notification counts from the push actions stored with each event.
+//! notification counts from the push actions stored with each event. Timeline events carry
+//! their bundled aggregations (`unsigned.m.relations`) as on every other surface.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -91,6 +92,9 @@ pub struct SyncFilter {
     pub not_rooms: Vec<String>,
     pub include_leave: bool,
     pub lazy_load_members: bool,
+    /// The timeline filter's `unread_thread_notifications`: count each thread apart
+    /// (`unread_thread_notifications`) and the main timeline alone in `unread_notifications`.
+    pub unread_thread_notifications: bool,
 }
 
 impl Default for SyncFilter {
@@ -102,6 +106,7 @@ impl Default for SyncFilter {
             not_rooms: Vec::new(),
             include_leave: false,
             lazy_load_members: false,
+            unread_thread_notifications: false,
         }
     }
 }
@@ -151,6 +156,30 @@ struct JoinedRoom {
     rows: Vec<EventRow>,
     limited: bool,
     ephemeral: Vec<Value>,
+}
+
+/// A room's `unread_notifications` and, when the client counts threads apart,
+/// `unread_thread_notifications`, from its unread counts by thread (`main` or a root's id).
+fn unread_sections(
+    by_thread: HashMap<String, (i64, i64)>,
+    threads_apart: bool,
+) -> (Value, Option<Value>) {
+    let counts = |(notify, highlight): (i64, i64)| json!({"notification_count": notify, "highlight_count": highlight});
+    if !threads_apart {
+        let total = by_thread
+            .values()
+            .fold((0, 0), |(n, h), (notify, highlight)| {
+                (n + notify, h + highlight)
+            });
+        return (counts(total), None);
+    }
+    let main = by_thread.get("main").copied().unwrap_or((0, 0));
+    let threads: Map<String, Value> = by_thread
+        .into_iter()
+        .filter(|(thread, (notify, highlight))| thread != "main" && (*notify > 0 || *highlight > 0))
+        .map(|(thread, count)| (thread, counts(count)))
+        .collect();
+    (counts(main), Some(Value::Object(threads)))
 }
 
 /// The longest a client may make a sync wait.
@@ -273,10 +302,15 @@ impl Services {
         let mut joined = Vec::new();
         for membership in memberships {
             let room_id = membership.room.room_id.clone();
-            if !filter.wants_room(&room_id) || membership.forgotten {
+            let changed_since = since.is_none_or(|s| membership.stream_ordering > s.events);
+            // A forgotten room is gone from the user's syncs, but for the departure itself in
+            // an incremental sync from before it: the user's other devices must learn the room
+            // was left, however soon it was forgotten (the spec's wording omits this; Synapse
+            // and Complement agree on it).
+            let departure_since_token = since.is_some() && changed_since;
+            if !filter.wants_room(&room_id) || (membership.forgotten && !departure_since_token) {
                 continue;
             }
-            let changed_since = since.is_none_or(|s| membership.stream_ordering > s.events);
             let room_data = room_account_data.remove(&room_id).unwrap_or_default();
             match membership.membership.as_str() {
                 "join" => {
@@ -451,12 +485,12 @@ impl Services {
         let plan_rooms: Vec<i64> = plans.iter().map(|p| p.membership.room.room_nid).collect();
         // Independent reads, on separate connections at once: each is a round trip (and on
         // PostgreSQL a plan) that a woken long-poll waits for.
-        let (mut timelines, mut receipts, unread) = tokio::try_join!(
+        let (mut timelines, mut receipts, mut unread) = tokio::try_join!(
             self.store.room_timelines(&windows),
             self.store
                 .receipts_in_rooms(&receipt_rooms, since.map_or(0, |s| s.receipts)),
             self.store
-                .unread_counts_in_rooms(user.as_str(), &plan_rooms),
+                .unread_counts_by_thread(user.as_str(), &plan_rooms),
         )?;
 
         // Each room's timeline rows, oldest first, and whether older ones were left out.
@@ -520,7 +554,7 @@ impl Services {
         for (joined, state) in rooms.into_iter().zip(states) {
             let room = &joined.plan.membership.room;
             let row_visibility: Vec<bool> = visible.by_ref().take(joined.rows.len()).collect();
-            let timeline = self.client_events(
+            let mut timeline = self.client_events(
                 room,
                 &joined.rows,
                 &row_visibility,
@@ -528,6 +562,9 @@ impl Services {
                 device,
                 &request.filter,
             );
+            self.rooms
+                .bundle_aggregations(room, user, &mut timeline)
+                .await?;
             let prev_batch = events_token(
                 joined
                     .rows
@@ -550,7 +587,10 @@ impl Services {
                 })
                 .filter_map(|row| self.rooms.client_event(room, row, user))
                 .collect();
-            let (notifications, highlights) = unread.get(&room.room_nid).copied().unwrap_or((0, 0));
+            let (counts, thread_counts) = unread_sections(
+                unread.remove(&room.room_nid).unwrap_or_default(),
+                request.filter.unread_thread_notifications,
+            );
             let summary = match summaries.remove(&room.room_nid) {
                 Some(counts) => {
                     let mut summary = json!({
@@ -568,9 +608,12 @@ impl Services {
                 "timeline": {"events": timeline, "limited": joined.limited, "prev_batch": prev_batch},
                 "account_data": {"events": joined.plan.account_data},
                 "ephemeral": {"events": joined.ephemeral},
-                "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
+                "unread_notifications": counts,
                 "summary": summary,
             });
+            if let Some(threads) = thread_counts {
+                section["unread_thread_notifications"] = threads;
+            }
             section[if request.use_state_after {
                 "state_after"
             } else {
@@ -698,7 +741,10 @@ impl Services {
         rows.truncate(limit);
         rows.reverse();
         let visible = self.rooms.visible_rows(&rows, user).await?;
-        let timeline = self.client_events(room, &rows, &visible, user, device, &request.filter);
+        let mut timeline = self.client_events(room, &rows, &visible, user, device, &request.filter);
+        self.rooms
+            .bundle_aggregations(room, user, &mut timeline)
+            .await?;
         let prev_batch = events_token(
             rows.first()
                 .map_or(membership.stream_ordering + 1, |r| r.stream_ordering),

@@ -812,6 +812,44 @@ impl Store {
         Ok(rows)
     }
 
+    /// Events of a room ordered by `(origin_server_ts, stream_ordering)`, starting from the
+    /// position `(ts, stream)` exclusive, forwards (later first) or backwards (earlier first),
+    /// at most `limit`: the pages `/timestamp_to_event` walks. The stream ordering breaks ties
+    /// between events sent in the same millisecond, in the order the room saw them.
+    pub async fn room_events_by_time(
+        &self,
+        room_nid: i64,
+        ts: i64,
+        stream: i64,
+        backwards: bool,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let (cmp, order) = if backwards {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        let rows = with_pool!(self, pool => {
+            let mut out = Vec::new();
+            for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{EVENT_SELECT} WHERE e.room_nid = $1 AND (e.origin_server_ts {cmp} $2 \
+                 OR (e.origin_server_ts = $2 AND e.stream_ordering {cmp} $3)) \
+                 ORDER BY e.origin_server_ts {order}, e.stream_ordering {order} LIMIT $4"
+            )))
+            .bind(room_nid)
+            .bind(ts)
+            .bind(stream)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            {
+                out.push(event_from_row!(&row));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
     /// A user's membership in a room, with the event and stream position that set it.
     pub async fn membership(
         &self,

@@ -263,7 +263,8 @@ impl Store {
     }
 
     /// A user's unread `(notifications, highlights)` in each room (see
-    /// [`Store::unread_counts`]), keyed by room; rooms without any are `(0, 0)`.
+    /// [`Store::unread_counts`]), keyed by room; rooms without any are `(0, 0)`. The sum of
+    /// [`Store::unread_counts_by_thread`] over each room's threads.
     pub async fn unread_counts_in_rooms(
         &self,
         user_id: &str,
@@ -271,23 +272,53 @@ impl Store {
     ) -> Result<HashMap<i64, (i64, i64)>, StoreError> {
         let mut out: HashMap<i64, (i64, i64)> =
             room_nids.iter().map(|room| (*room, (0, 0))).collect();
+        for (room, threads) in self.unread_counts_by_thread(user_id, room_nids).await? {
+            let total = out.entry(room).or_default();
+            for (notify, highlight) in threads.values() {
+                total.0 += notify;
+                total.1 += highlight;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A user's unread `(notifications, highlights)` in each room, by thread: `main` for the
+    /// main timeline, else the thread root's event id (threads are `m.thread` relations).
+    /// A notifying event is unread when it comes after the user's read position in the room
+    /// (their unthreaded receipt or their own latest event) and after their receipt in its
+    /// thread, if any. Only rooms and threads with unread events are present.
+    pub async fn unread_counts_by_thread(
+        &self,
+        user_id: &str,
+        room_nids: &[i64],
+    ) -> Result<HashMap<i64, HashMap<String, (i64, i64)>>, StoreError> {
+        let mut out: HashMap<i64, HashMap<String, (i64, i64)>> = HashMap::new();
         let read_position = read_position_sql("a.room_nid", "$1");
         for chunk in room_nids.chunks(ROOMS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT a.room_nid, SUM(CASE WHEN a.notify THEN 1 ELSE 0 END), \
-                        SUM(CASE WHEN a.highlight THEN 1 ELSE 0 END) \
-                 FROM event_push_actions a WHERE a.user_id = $1 AND a.room_nid IN ({}) \
-                 AND a.stream_ordering > ({read_position}) GROUP BY a.room_nid",
+                "SELECT room_nid, thread, SUM(CASE WHEN notify THEN 1 ELSE 0 END), \
+                        SUM(CASE WHEN highlight THEN 1 ELSE 0 END) \
+                 FROM (SELECT a.room_nid, a.stream_ordering, a.notify, a.highlight, \
+                              COALESCE(t.parent_event_id, 'main') AS thread \
+                       FROM event_push_actions a \
+                       LEFT JOIN event_relations t ON t.event_nid = a.event_nid AND t.rel_type = 'm.thread' \
+                       WHERE a.user_id = $1 AND a.room_nid IN ({}) \
+                       AND a.stream_ordering > ({read_position})) AS unread \
+                 WHERE unread.stream_ordering > COALESCE(( \
+                     SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id \
+                     WHERE r.room_nid = unread.room_nid AND r.user_id = $1 AND r.thread_id = unread.thread \
+                     AND r.receipt_type IN ('m.read', 'm.read.private')), 0) \
+                 GROUP BY room_nid, thread",
                 placeholders(2, chunk.len())
             );
             with_pool!(self, pool => {
-                let mut query = sqlx::query_as::<_, (i64, i64, i64)>(sqlx::AssertSqlSafe(sql.clone()))
+                let mut query = sqlx::query_as::<_, (i64, String, i64, i64)>(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(user_id);
                 for nid in chunk {
                     query = query.bind(*nid);
                 }
-                for (room, notify, highlight) in query.fetch_all(pool).await? {
-                    out.insert(room, (notify, highlight));
+                for (room, thread, notify, highlight) in query.fetch_all(pool).await? {
+                    out.entry(room).or_default().insert(thread, (notify, highlight));
                 }
             });
         }

@@ -1,6 +1,6 @@
 //! Events in the store: what a local send reads in one statement ([`Store::send_context`]: the
 //! current state for the keys asked, the room's head, and the event a retried client transaction
-//! produced), and group commit (concurrent persists land together, a bad one fails alone).
+//! produced), the walk by time `/timestamp_to_event` takes, and group commit (concurrent persists land together, a bad one fails alone).
 
 use myelin_store::{
     NewEvent, Persisted, Store, StoreError, StoreOptions, TxnKey,
@@ -18,6 +18,8 @@ struct Ev<'a> {
     before: Option<i64>,
     txn: Option<TxnKey<'a>>,
     redaction: Option<(&'a str, &'a str)>,
+    /// `origin_server_ts`, when not the depth.
+    ts: Option<i64>,
 }
 
 const SEND_SCOPE: &str = "/rooms/!r/send/m.room.message";
@@ -45,7 +47,7 @@ async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, 
             state_key: ev.state_key,
             sender: "@a:localhost",
             depth: ev.depth,
-            origin_server_ts: ev.depth,
+            origin_server_ts: ev.ts.unwrap_or(ev.depth),
             json: &format!(r#"{{"type":"{}"}}"#, ev.kind),
             prev_event_ids: &prev,
             state_group_before: ev.before,
@@ -367,6 +369,78 @@ async fn concurrent_persists_all_land_with_distinct_positions_and_a_bad_one_fail
                 "{kind:?}"
             );
         }
+        store.close().await;
+    }
+}
+
+/// `/timestamp_to_event` walks a room by `(origin_server_ts, stream_ordering)` from a position,
+/// exclusive: events of the same millisecond come in the order the room saw them, first going
+/// forwards and last going backwards, and a page resumes after the last row it returned.
+#[tokio::test]
+async fn events_by_time_break_ties_in_stream_order() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!r:localhost", "12", "@a:localhost", false, 0)
+            .await
+            .unwrap();
+        let mut before = None;
+        let mut prev = Vec::new();
+        // `$late` is stored before the two events of one millisecond but sent after them.
+        for (id, ts) in [("$create", 1), ("$late", 9), ("$one", 5), ("$two", 5)] {
+            let prev_refs: Vec<&str> = prev.iter().map(String::as_str).collect();
+            let persisted = put(
+                &store,
+                room,
+                Ev {
+                    id,
+                    kind: if id == "$create" {
+                        "m.room.create"
+                    } else {
+                        "m.room.message"
+                    },
+                    state_key: (id == "$create").then_some(""),
+                    depth: prev.len() as i64 + 1,
+                    prev: &prev_refs,
+                    before,
+                    ts: Some(ts),
+                    ..Ev::default()
+                },
+            )
+            .await;
+            before = Some(persisted.state_group);
+            prev = vec![id.to_owned()];
+        }
+        let walk = |ts: i64, stream: i64, backwards: bool| {
+            let store = &store;
+            async move {
+                store
+                    .room_events_by_time(room, ts, stream, backwards, 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|row| (row.event_id, row.stream_ordering))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let ids = |rows: &[(String, i64)]| rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>();
+
+        let forwards = walk(5, -1, false).await;
+        assert_eq!(ids(&forwards), ["$one", "$two", "$late"], "{kind:?}");
+        let backwards = walk(5, i64::MAX, true).await;
+        assert_eq!(ids(&backwards), ["$two", "$one", "$create"], "{kind:?}");
+        // Resuming after a row of the tied millisecond.
+        assert_eq!(ids(&walk(5, forwards[0].1, false).await), ["$two", "$late"]);
+        assert_eq!(
+            ids(&walk(5, backwards[0].1, true).await),
+            ["$one", "$create"]
+        );
+        // Nothing past either end.
+        assert!(walk(9, i64::MAX, false).await.is_empty(), "{kind:?}");
+        assert!(walk(1, -1, true).await.is_empty(), "{kind:?}");
         store.close().await;
     }
 }

@@ -1,17 +1,16 @@
 //! Rooms over the client API: `createRoom`, room upgrades, membership (join, leave, invite, kick,
 //! ban, unban, knock, forget, joined rooms), sending messages and state, and reading state,
-//! events, members and timeline pages. Each handler translates and calls `myelin_service::rooms`.
+//! events, members and timeline pages, and the event closest to a time. Each handler translates
+//! and calls `myelin_service::rooms`.
 
-use std::collections::BTreeMap;
-
-use axum::Router;
+use axum::{Router, response::IntoResponse};
 use myelin_service::{
     Error as ServiceError,
     rate_limit::RateKey,
     rooms::{CreateRoom, Direction, MembersFilter, PageRequest, Preset},
 };
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId,
+    OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId,
     api::client::{
         context::get_context,
         knock::knock_room,
@@ -21,7 +20,7 @@ use ruma::{
         },
         message::{get_message_events, send_message_event},
         redact::redact_event,
-        room::{Visibility, create_room, get_room_event, upgrade_room},
+        room::{Visibility, create_room, get_event_by_timestamp, get_room_event, upgrade_room},
         state::{get_state_event_for_key, get_state_events, send_state_event},
     },
     serde::Raw,
@@ -50,10 +49,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(get_state_for_key)
         .ruma(get_event)
         .ruma(members)
-        .ruma(members_joined)
+        .ruma_raw::<joined_members::v3::Request, _, _, _>(members_joined)
         .ruma(messages)
         .ruma(redact)
         .ruma(context)
+        .ruma(timestamp_to_event)
 }
 
 pub(super) fn raw<T>(value: Value) -> Result<Raw<T>, MatrixError> {
@@ -178,6 +178,7 @@ async fn join_by_id(
     state: AppState,
     request: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response, MatrixError> {
+    let extra = extra_join_content(&request.raw_body)?;
     let body = request.body;
     let room_id = state
         .services
@@ -186,6 +187,7 @@ async fn join_by_id(
             &request.identity.user_id,
             body.room_id.as_str(),
             body.reason.as_deref(),
+            extra,
         )
         .await?;
     Ok(join_room_by_id::v3::Response::new(room_id_of(&room_id)?))
@@ -195,16 +197,36 @@ async fn join_by_id_or_alias(
     state: AppState,
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
+    let extra = extra_join_content(&request.raw_body)?;
     let body = request.body;
     let room_id = room_of(&state, &body.room_id_or_alias).await?;
     let joined = state
         .services
         .rooms
-        .join(&request.identity.user_id, &room_id, body.reason.as_deref())
+        .join(
+            &request.identity.user_id,
+            &room_id,
+            body.reason.as_deref(),
+            extra,
+        )
         .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id_of(
         &joined,
     )?))
+}
+
+/// The keys of a `/join` body that are not the endpoint's own (`reason`, `third_party_signed`):
+/// the client's extra member content. ruma has parsed the body already, so it is a JSON object
+/// (or empty).
+fn extra_join_content(raw: &[u8]) -> Result<serde_json::Map<String, Value>, MatrixError> {
+    if raw.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    let mut content: serde_json::Map<String, Value> = serde_json::from_slice(raw)
+        .map_err(|e| ServiceError::BadJson(format!("The body must be a JSON object: {e}")))?;
+    content.remove("reason");
+    content.remove("third_party_signed");
+    Ok(content)
 }
 
 /// The room a `{roomIdOrAlias}` names, resolving aliases through the directory.
@@ -512,26 +534,28 @@ async fn members(
     )
 }
 
+/// `GET /rooms/{roomId}/joined_members`, written as JSON here rather than through ruma's type,
+/// which leaves out a missing display name or avatar: every member carries both keys, `null`
+/// when unset, as Synapse sends them and Complement expects.
 async fn members_joined(
     state: AppState,
     request: Ruma<joined_members::v3::Request>,
-) -> Result<joined_members::v3::Response, MatrixError> {
+) -> Result<axum::response::Response, MatrixError> {
     let joined = state
         .services
         .rooms
         .joined_members(&request.identity.user_id, request.body.room_id.as_str())
         .await?;
-    let mut map = BTreeMap::new();
-    for (user_id, display_name, avatar_url) in joined {
-        let Ok(user_id) = OwnedUserId::try_from(user_id) else {
-            continue;
-        };
-        let mut member = joined_members::v3::RoomMember::new();
-        member.display_name = display_name;
-        member.avatar_url = avatar_url.map(Into::into);
-        map.insert(user_id, member);
-    }
-    Ok(joined_members::v3::Response::new(map))
+    let joined: serde_json::Map<String, Value> = joined
+        .into_iter()
+        .map(|(user_id, display_name, avatar_url)| {
+            (
+                user_id,
+                json!({"display_name": display_name, "avatar_url": avatar_url}),
+            )
+        })
+        .collect();
+    Ok(axum::Json(json!({ "joined": joined })).into_response())
 }
 
 async fn messages(
@@ -558,6 +582,10 @@ async fn messages(
                 limit,
                 filter: &filter,
                 device: Some(request.identity.device_id.as_str()),
+                lazy_load_members: !matches!(
+                    body.filter.lazy_load_options,
+                    ruma::api::client::filter::LazyLoadOptions::Disabled
+                ),
             },
         )
         .await?;
@@ -565,6 +593,7 @@ async fn messages(
     response.start = page.start;
     response.end = page.end;
     response.chunk = page.chunk.into_iter().map(raw).collect::<Result<_, _>>()?;
+    response.state = page.state.into_iter().map(raw).collect::<Result<_, _>>()?;
     Ok(response)
 }
 
@@ -625,4 +654,28 @@ async fn context(
         .map(raw)
         .collect::<Result<_, _>>()?;
     Ok(response)
+}
+
+async fn timestamp_to_event(
+    state: AppState,
+    request: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response, MatrixError> {
+    let body = request.body;
+    let dir = match body.dir {
+        ruma::api::Direction::Backward => Direction::Backward,
+        ruma::api::Direction::Forward => Direction::Forward,
+    };
+    let ts = i64::from(body.ts.get());
+    let (event_id, sent) = state
+        .services
+        .rooms
+        .event_by_timestamp(&request.identity.user_id, body.room_id.as_str(), ts, dir)
+        .await?;
+    let event_id = event_id
+        .try_into()
+        .map_err(|_| MatrixError::internal("stored event has an invalid event id"))?;
+    let sent = ruma::UInt::try_from(sent)
+        .map(ruma::MilliSecondsSinceUnixEpoch)
+        .map_err(|_| MatrixError::internal("stored event has an invalid timestamp"))?;
+    Ok(get_event_by_timestamp::v1::Response::new(event_id, sent))
 }

@@ -1,24 +1,28 @@
 //! `GET /sync`: the request's filter turned into the service's [`SyncFilter`], the service's
-//! answer turned into ruma's response types.
+//! answer turned into ruma's response types, and those into JSON with every timeline's
+//! `limited` flag written out.
 
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::Response;
 use myelin_service::{
     Error as ServiceError,
     rooms::EventFilter,
     sync::{SyncFilter, SyncRequest},
 };
+use ruma::api::OutgoingResponseExt;
 use ruma::api::client::{
     filter::{FilterDefinition, LazyLoadOptions},
     sync::sync_events::{self, v3},
 };
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().ruma(sync)
+    Router::new().ruma_raw::<v3::Request, _, _, _>(sync)
 }
 
 /// The event fields of a ruma `RoomEventFilter`.
@@ -51,6 +55,7 @@ fn sync_filter(definition: &FilterDefinition) -> SyncFilter {
         not_rooms: room.not_rooms.iter().map(ToString::to_string).collect(),
         include_leave: room.include_leave,
         lazy_load_members: !matches!(room.state.lazy_load_options, LazyLoadOptions::Disabled),
+        unread_thread_notifications: timeline.unread_thread_notifications,
     }
 }
 
@@ -62,7 +67,48 @@ fn section<T: DeserializeOwned + Default>(value: &serde_json::Value) -> Result<T
         .map_err(|e| MatrixError::internal(format!("building the sync response: {e}")))
 }
 
-async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<v3::Response, MatrixError> {
+async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<Response, MatrixError> {
+    let response = sync_response(state, request)
+        .await?
+        .try_into_http_response::<bytes::BytesMut>()
+        .map_err(|e| MatrixError::internal(format!("serializing the sync response: {e}")))?;
+    let (mut parts, body) = response.into_parts();
+    let mut body: Value = serde_json::from_slice(&body)
+        .map_err(|e| MatrixError::internal(format!("re-reading the sync response: {e}")))?;
+    write_out_limited(&mut body);
+    let body = serde_json::to_vec(&body)
+        .map_err(|e| MatrixError::internal(format!("serializing the sync response: {e}")))?;
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(Response::from_parts(parts, axum::body::Body::from(body)))
+}
+
+/// Sets `limited: false` on every joined and left room's timeline that lacks the flag. The spec
+/// makes it optional (absent means false) and ruma leaves it out when false, but clients and
+/// Complement read a timeline without it as malformed; Synapse always sends it.
+fn write_out_limited(body: &mut Value) {
+    for section in ["join", "leave"] {
+        let Some(rooms) = body
+            .get_mut("rooms")
+            .and_then(|rooms| rooms.get_mut(section))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        for room in rooms.values_mut() {
+            if let Some(timeline) = room.get_mut("timeline").and_then(Value::as_object_mut) {
+                timeline.entry("limited").or_insert(Value::Bool(false));
+            }
+        }
+    }
+}
+
+async fn sync_response(
+    state: AppState,
+    request: Ruma<v3::Request>,
+) -> Result<v3::Response, MatrixError> {
     let user = request.identity;
     let body = request.body;
     let filter = match &body.filter {

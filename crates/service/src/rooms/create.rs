@@ -6,6 +6,7 @@
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersion,
+    auth::{check_auth_events, check_power_levels_content},
     pdu::build_pdu,
     version::{EventFormat, RoomIdFormat, Stability},
 };
@@ -13,7 +14,11 @@ use myelin_store::RoomRow;
 use ruma::{OwnedRoomAliasId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 
-use super::{Rooms, events::pdu_error, to_canonical_object};
+use super::{
+    Rooms,
+    events::{auth_error, pdu_error},
+    to_canonical_object,
+};
 use crate::{Error, Result, now_millis, tokens};
 
 /// The spec's presets.
@@ -118,8 +123,21 @@ impl Rooms {
 
         let mut creation_content = request.creation_content.clone().unwrap_or_default();
         if v12 && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
-            // MSC4289: invitees of a trusted private chat are co-creators.
-            creation_content.insert("additional_creators".to_owned(), json!(request.invite));
+            // MSC4289: invitees of a trusted private chat are co-creators, with those the
+            // client named (whose list, if malformed, the auth rules refuse before the room is
+            // made).
+            let mut creators = match creation_content.remove("additional_creators") {
+                Some(Value::Array(named)) => named,
+                Some(other) => vec![other],
+                None => Vec::new(),
+            };
+            for invitee in &request.invite {
+                let invitee = json!(invitee);
+                if !creators.contains(&invitee) {
+                    creators.push(invitee);
+                }
+            }
+            creation_content.insert("additional_creators".to_owned(), Value::Array(creators));
         }
 
         let mut power = serde_json::Map::new();
@@ -276,6 +294,16 @@ impl Rooms {
         let (create, room_id) = loop {
             let create =
                 build_pdu(partial.clone(), version, self.keys.event_signer()).map_err(pdu_error)?;
+            // What the auth rules would refuse in the create event or the power levels is
+            // refused before the room exists (a bad power_level_content_override used to leave
+            // a half-made room).
+            check_auth_events(version, &create, |_| None).map_err(auth_error)?;
+            check_power_levels_content(
+                version,
+                &to_canonical_object(Value::Object(power_levels.clone()))?,
+                &create,
+            )
+            .map_err(auth_error)?;
             let room_id = room_id
                 .clone()
                 .unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
@@ -310,7 +338,7 @@ impl Rooms {
         )
         .await?;
 
-        // 3. Power levels.
+        // 3. Power levels (checked before anything was written).
         self.send_state(
             &room,
             creator,

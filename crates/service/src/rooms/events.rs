@@ -108,7 +108,7 @@ impl Rooms {
             event.state_key,
             &content_raw,
         )
-        .map_err(|e| Error::Forbidden(e.to_string()))?;
+        .map_err(auth_error)?;
 
         // Only the state the auth rules look at is loaded: the selected auth types and the
         // create event (which v12 rooms cite through the room id), plus the power levels that
@@ -210,7 +210,7 @@ impl Rooms {
         let pdu = build_pdu(partial, version, self.keys.event_signer()).map_err(pdu_error)?;
         let by_id: HashMap<&str, &Pdu> = by_key.values().map(|pdu| (pdu.event_id(), pdu)).collect();
         check_against_auth_events(version, &pdu, |id| by_id.get(id).copied())
-            .map_err(|e| Error::Forbidden(e.to_string()))?;
+            .map_err(auth_error)?;
 
         let event_id = self
             .persist(
@@ -340,6 +340,16 @@ impl Rooms {
         }
         tracing::debug!(room_id = %room.room_id, event_id = pdu.event_id(), kind = pdu.event_type(), "persisted a local event");
         Ok(pdu.event_id().to_owned())
+    }
+}
+
+/// A local event the auth rules refuse: a malformed one (no sender could send it) is the
+/// client's bad request, any other a permission the sender lacks.
+pub(super) fn auth_error(err: myelin_room_version::AuthError) -> Error {
+    if err.malformed {
+        Error::BadJson(err.to_string())
+    } else {
+        Error::Forbidden(err.to_string())
     }
 }
 

@@ -10,7 +10,7 @@
 
 use myelin_store::RoomRow;
 use ruma::{RoomId, UserId};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use myelin_room_version::redaction::{PowerLevel, user_power_level};
 
@@ -229,10 +229,29 @@ impl Rooms {
 
     /// Joins `user` to a room. For restricted rooms the join names a local resident who may
     /// invite, as the spec's restricted-join rules require.
-    pub async fn join(&self, user: &UserId, room_id: &str, reason: Option<&str>) -> Result<String> {
+    ///
+    /// `extra_content`: keys of the client's request body beyond the endpoint's own, kept in
+    /// the member event's content (as other servers keep them). The membership, the profile
+    /// (`displayname`, `avatar_url`: from the user's profile only, so that a profile change
+    /// rewrites them consistently) and the reason are the server's, whatever the client sent;
+    /// the door [`Rooms::change_membership`] drops a client's `join_authorised_via_users_server`.
+    pub async fn join(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        reason: Option<&str>,
+        extra_content: Map<String, Value>,
+    ) -> Result<String> {
         let room = self.known_room(room_id).await?;
-        let content = self.join_content(user, reason).await?;
-        self.change_membership(&room, user, user, content).await?;
+        let mut content = extra_content;
+        for key in ["membership", "displayname", "avatar_url", "reason"] {
+            content.remove(key);
+        }
+        if let Value::Object(ours) = self.join_content(user, reason).await? {
+            content.extend(ours);
+        }
+        self.change_membership(&room, user, user, Value::Object(content))
+            .await?;
         Ok(room.room_id)
     }
 
@@ -439,7 +458,8 @@ impl Rooms {
             Some((membership, _, _))
                 if membership == "join" || membership == "invite" || membership == "knock" =>
             {
-                Err(Error::InvalidParam(
+                // 400 M_UNKNOWN, the spec's example for this case (and what Complement checks).
+                Err(Error::Unknown(
                     "You must leave the room before forgetting it".to_owned(),
                 ))
             }

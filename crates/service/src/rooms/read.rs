@@ -24,6 +24,8 @@ pub struct MessagesPage {
     pub chunk: Vec<Value>,
     pub start: String,
     pub end: Option<String>,
+    /// With lazy-loaded members: the member events of the chunk's senders.
+    pub state: Vec<Value>,
 }
 
 /// The event fields of a filter (`RoomEventFilter`): which types and senders to include.
@@ -68,6 +70,9 @@ pub struct PageRequest<'a> {
     pub filter: &'a EventFilter,
     /// The reader's device, for `unsigned.transaction_id` on its own sends.
     pub device: Option<&'a str>,
+    /// The filter's `lazy_load_members`: the page's `state` carries the member events of the
+    /// chunk's senders.
+    pub lazy_load_members: bool,
 }
 
 /// `/context`: an event with what came before and after it, and the state at it.
@@ -155,6 +160,22 @@ impl Rooms {
     /// reads do not tell who is not in a room whether it exists.
     async fn room_for_reader(&self, room_id: &str) -> Result<RoomRow> {
         self.store.room(room_id).await?.ok_or_else(not_in_room)
+    }
+
+    /// A room whose history a user may walk (`/messages`, `/timestamp_to_event`): anyone who
+    /// is or was in it and has not forgotten it; history visibility then filters each event.
+    /// An unknown room looks like one the user is not in: no existence is leaked.
+    async fn room_for_history(&self, room_id: &str, user: &UserId) -> Result<RoomRow> {
+        let room = self.room_for_reader(room_id).await?;
+        if self
+            .store
+            .membership_for_reads(room.room_nid, user.as_str())
+            .await?
+            .is_none_or(|(_, _, _, forgotten)| forgotten)
+        {
+            return Err(not_in_room());
+        }
+        Ok(room)
     }
 
     /// Whether the user forgot the room (it is then no longer theirs to read).
@@ -434,23 +455,9 @@ impl Rooms {
             limit,
             filter,
             device,
+            lazy_load_members,
         } = *page;
-        // An unknown room looks like one the user is not in: no existence is leaked.
-        let room = self
-            .store
-            .room(room_id)
-            .await?
-            .ok_or_else(|| Error::Forbidden("You are not in this room".to_owned()))?;
-        // Anyone who is or was in the room (and has not forgotten it) may page; visibility
-        // filters each event.
-        if self
-            .store
-            .membership_for_reads(room.room_nid, user.as_str())
-            .await?
-            .is_none_or(|(_, _, _, forgotten)| forgotten)
-        {
-            return Err(not_in_room());
-        }
+        let room = self.room_for_history(room_id, user).await?;
         let limit = limit.clamp(1, 1000);
         let start = match from {
             Some(token) => parse_token(token)?,
@@ -480,20 +487,111 @@ impl Rooms {
         });
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::new();
+        let mut first_row = None;
         for (row, visible) in rows.iter().zip(visible) {
             if visible
                 && let Some(event) = self.client_event_for_device(&room, row, user, device)
                 && filter.wants(&event)
             {
+                first_row.get_or_insert(row);
                 chunk.push(event);
             }
         }
+        let state = match first_row {
+            Some(first) if lazy_load_members => {
+                let senders: Vec<&str> = chunk
+                    .iter()
+                    .filter_map(|event| event["sender"].as_str())
+                    .collect();
+                self.members_at(&room, first, &senders, user).await?
+            }
+            _ => Vec::new(),
+        };
         self.bundle_aggregations(&room, user, &mut chunk).await?;
         Ok(MessagesPage {
             chunk,
             start: token(start),
             end,
+            state,
         })
+    }
+
+    /// The member events of `users` in the state at `at` (after it), in client form: what a
+    /// lazy-loading client needs to render a page that starts at `at`.
+    async fn members_at(
+        &self,
+        room: &RoomRow,
+        at: &EventRow,
+        users: &[&str],
+        reader: &UserId,
+    ) -> Result<Vec<Value>> {
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        let keys: Vec<(&str, &str)> = users.iter().map(|u| ("m.room.member", *u)).collect();
+        let mut nids: Vec<i64> = self
+            .store
+            .state_entries_at_groups(&[at.state_group], &keys)
+            .await?
+            .remove(&at.state_group)
+            .map(|entries| entries.into_values().collect())
+            .unwrap_or_default();
+        nids.sort_unstable();
+        let mut rows = self.store.events_by_nids(&nids).await?;
+        rows.sort_unstable_by_key(|row| row.stream_ordering);
+        Ok(rows
+            .iter()
+            .filter_map(|row| self.client_event(room, row, reader))
+            .collect())
+    }
+
+    /// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` in direction `dir`
+    /// (at or after it going forwards, at or before it going backwards) among those the user
+    /// may see, as `(event id, origin_server_ts)`. Events sent in the same millisecond are
+    /// taken in the order the room saw them. `M_NOT_FOUND` when there is none.
+    pub async fn event_by_timestamp(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        ts: i64,
+        dir: Direction,
+    ) -> Result<(String, i64)> {
+        /// Candidates read per query; invisible ones are skipped and the walk goes on.
+        const BATCH: i64 = 100;
+        let room = self.room_for_history(room_id, user).await?;
+        let backwards = dir == Direction::Backward;
+        // Just outside `ts` in the walk's direction, so that events at `ts` itself count.
+        let mut cursor = (ts, if backwards { i64::MAX } else { -1 });
+        loop {
+            let rows = self
+                .store
+                .room_events_by_time(room.room_nid, cursor.0, cursor.1, backwards, BATCH)
+                .await?;
+            let visible = self.visible_rows(&rows, user).await?;
+            for (row, visible) in rows.iter().zip(visible) {
+                if visible && let Some(event) = self.client_event(&room, row, user) {
+                    let event_id = event["event_id"].as_str().unwrap_or(&row.event_id);
+                    let sent = event["origin_server_ts"].as_i64().unwrap_or_default();
+                    return Ok((event_id.to_owned(), sent));
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == BATCH => {
+                    let sent = serde_json::from_str::<Value>(&last.json)
+                        .ok()
+                        .and_then(|json| json["origin_server_ts"].as_i64())
+                        .ok_or_else(|| {
+                            Error::Internal(format!("event {} has no timestamp", last.event_id))
+                        })?;
+                    cursor = (sent, last.stream_ordering);
+                }
+                _ => {
+                    return Err(Error::NotFound(
+                        "No event found in that direction from that time".to_owned(),
+                    ));
+                }
+            }
+        }
     }
 
     /// `GET /rooms/{roomId}/context/{eventId}`: up to `limit` visible events around the event,

@@ -9,6 +9,8 @@
   pending RAW PKG LIST SKIP_REGEX      after a crashed package run: append fail events for tests that started and never
                                    ended, print the LIST tests (not matching SKIP_REGEX) that never started
   causes RAW                       group the failing top-level tests by their first failing request or message
+  report FILE RAW                  the generated part of docs/complement.md: counts, passing top-level tests and
+                                   failing ones by cause, as Markdown
   flaky RAW                        name the top-level tests that failed and then passed when retried
   check BASELINE FRESH SELECTED SKIP_REGEX ELSEWHERE REGRESSED
                                    exit 1 when a baseline "pass" line in scope is not a "pass" in FRESH, writing the
@@ -227,7 +229,9 @@ def cause_of(line):
     return line[:140]
 
 
-def causes(raw):
+def cause_groups(raw):
+    """Failing top-level tests of RAW under their first failing request or message, largest
+    group first: [(cause, [test, ...]), ...]."""
     failed = set()
     first = {}
     for ev in events(raw):
@@ -244,9 +248,38 @@ def causes(raw):
     groups = {}
     for top in sorted(failed):
         groups.setdefault(first.get(top, "(no failure message)"), []).append(top)
-    for cause, tests in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+    return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+
+
+def causes(raw):
+    for cause, tests in cause_groups(raw):
         print(f"{len(tests):4}  {cause}")
         print("      " + " ".join(tests))
+
+
+def report(path, raw):
+    entries = load(path)
+    c = counts_of(entries)
+    top_entries = {e for e in entries if "/" not in e[1]}
+    top = counts_of(top_entries)
+    # A top-level test is listed as failing only if it failed in the results file (a retry that
+    # passed counts as passing there).
+    failing = {t for a, t in top_entries if a == "fail"}
+    print("| | pass | fail | skip |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| tests and subtests (the entries of `results.jsonl`) | {c['pass']} | {c['fail']} | {c['skip']} |")
+    print(f"| top-level tests | {top['pass']} | {top['fail']} | {top['skip']} |")
+    print()
+    passing = sorted(t for a, t in top_entries if a == "pass")
+    print(f"Top-level tests that pass ({len(passing)}): " + ", ".join(f"`{t}`" for t in passing) + ".")
+    print()
+    print("| first failing request or check | tests | which |")
+    print("| --- | ---: | --- |")
+    for cause, tests in cause_groups(raw):
+        tests = [t for t in tests if t in failing]
+        if tests:
+            cell = cause.replace("|", "\\|")
+            print(f"| {cell} | {len(tests)} | {' '.join(tests)} |")
 
 
 def main(argv):
@@ -265,6 +298,8 @@ def main(argv):
         pending(*args)
     elif cmd == "causes" and len(args) == 1:
         causes(*args)
+    elif cmd == "report" and len(args) == 2:
+        report(*args)
     elif cmd == "flaky" and len(args) == 1:
         flaky(*args)
     elif cmd == "check" and len(args) == 6:

@@ -1,6 +1,7 @@
 //! Events in the store: what a local send reads in one statement ([`Store::send_context`]: the
 //! current state for the keys asked, the room's head, and the event a retried client transaction
-//! produced), the walk by time `/timestamp_to_event` takes, and group commit (concurrent persists land together, a bad one fails alone).
+//! produced), the walk by time `/timestamp_to_event` takes, group commit (concurrent persists land
+//! together, a bad one fails alone), and one id per event (the first of two claiming one is kept).
 
 use myelin_store::{
     NewEvent, Persisted, Store, StoreError, StoreOptions, TxnKey,
@@ -442,5 +443,71 @@ async fn events_by_time_break_ties_in_stream_order() {
         assert!(walk(9, i64::MAX, false).await.is_empty(), "{kind:?}");
         assert!(walk(1, -1, true).await.is_empty(), "{kind:?}");
         store.close().await;
+    }
+}
+
+/// Rooms 1 and 2 carry their event ids in the PDU, so two different events can claim one id:
+/// the first one stored is kept and the second refused (issue 12).
+#[tokio::test]
+async fn a_second_event_with_a_stored_id_is_refused_and_the_first_kept() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!r:localhost", "1", "@a:localhost", false, 0)
+            .await
+            .unwrap();
+        let create = put(
+            &store,
+            room,
+            Ev {
+                id: "$create:localhost",
+                kind: "m.room.create",
+                state_key: Some(""),
+                depth: 1,
+                ..Ev::default()
+            },
+        )
+        .await;
+        let first = put(
+            &store,
+            room,
+            Ev {
+                id: "$same:localhost",
+                kind: "m.room.message",
+                depth: 2,
+                prev: &["$create:localhost"],
+                before: Some(create.state_group),
+                ..Ev::default()
+            },
+        )
+        .await;
+        let second = try_put(
+            &store,
+            room,
+            Ev {
+                id: "$same:localhost",
+                kind: "m.room.topic",
+                state_key: Some(""),
+                depth: 2,
+                prev: &["$create:localhost"],
+                before: Some(create.state_group),
+                ..Ev::default()
+            },
+        )
+        .await;
+        assert!(
+            matches!(second, Err(StoreError::Conflict(_))),
+            "{kind:?}: {second:?}"
+        );
+        let kept = store.event("$same:localhost").await.unwrap().unwrap();
+        assert_eq!(kept.event_type, "m.room.message", "{kind:?}");
+        assert_eq!(kept.json, r#"{"type":"m.room.message"}"#);
+        assert_eq!(
+            store.event_by_nid(first.event_nid).await.unwrap().unwrap().event_id,
+            "$same:localhost"
+        );
     }
 }

@@ -96,8 +96,7 @@ impl Rooms {
             }
             _ => None,
         };
-        let writer = self.writer(&room.room_id);
-        let _guard = writer.lock().await;
+        let _writing = self.locks.writer(&room.room_id).await;
         let version = version_of(room)?;
         let content_raw =
             to_raw_value(&event.content).map_err(|e| Error::BadJson(e.to_string()))?;

@@ -56,6 +56,7 @@ pub mod canonical;
 pub mod invite;
 pub mod pdu;
 pub mod projection;
+pub mod receipt;
 pub mod redaction;
 pub mod signing;
 pub mod state_res;

@@ -141,6 +141,7 @@ struct OwnedEvent {
     origin_server_ts: i64,
     json: String,
     prev_event_ids: Vec<String>,
+    auth_event_ids: Vec<String>,
     state_group_before: Option<i64>,
     membership: Option<(String, String)>,
     /// `(user_id, device_id, scope, txn_id)`.
@@ -164,6 +165,7 @@ impl OwnedEvent {
             origin_server_ts: event.origin_server_ts,
             json: event.json.to_owned(),
             prev_event_ids: event.prev_event_ids.to_vec(),
+            auth_event_ids: event.auth_event_ids.to_vec(),
             state_group_before: event.state_group_before,
             membership: event
                 .membership
@@ -201,6 +203,7 @@ impl OwnedEvent {
             origin_server_ts: self.origin_server_ts,
             json: &self.json,
             prev_event_ids: &self.prev_event_ids,
+            auth_event_ids: &self.auth_event_ids,
             state_group_before: self.state_group_before,
             membership: self
                 .membership
@@ -254,6 +257,7 @@ mod tests {
             origin_server_ts: 1,
             json: r#"{"type":"m.room.create"}"#,
             prev_event_ids: prev,
+            auth_event_ids: &[],
             state_group_before: None,
             membership: None,
             txn: None,

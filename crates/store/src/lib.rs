@@ -9,7 +9,8 @@
 //! Areas, one module each: [`server_keys`] (the server's own signing keys), [`accounts`] (local
 //! accounts, devices, access and refresh tokens), [`user_data`] (filters, account data,
 //! profiles), [`aliases`] (room aliases and the room directory), [`rooms`] (rooms, events and
-//! everything persisting one changes), [`state`] (state snapshots read back, with their
+//! everything persisting one changes), [`graph`] (the event graph: edges, statuses, forward
+//! extremities), [`state`] (state snapshots read back, with their
 //! in-memory cache), [`sync_reads`] (reads that answer for many rooms at once, for `/sync`),
 //! [`ephemeral`] (receipts, to-device messages, presence), [`pushers`] (push gateways to
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
@@ -39,6 +40,7 @@ mod cache;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;
+pub mod graph;
 mod group_commit;
 pub mod key_backup;
 pub mod media;
@@ -58,6 +60,7 @@ pub mod user_data;
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
+pub use graph::{EdgeKind, EventEdge, EventStatus};
 pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
 pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};

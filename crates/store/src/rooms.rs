@@ -101,7 +101,11 @@ pub struct NewEvent<'a> {
     pub depth: i64,
     pub origin_server_ts: i64,
     pub json: &'a str,
+    /// The events it cites in `prev_events`, by id (whatever the event format), stored as
+    /// edges; those that are forward extremities stop being so.
     pub prev_event_ids: &'a [String],
+    /// The events it cites in `auth_events`, by id, stored as edges.
+    pub auth_event_ids: &'a [String],
     /// The state before this event (`None` only for a room's first event).
     pub state_group_before: Option<i64>,
     /// For `m.room.member`: the target and its membership.
@@ -274,6 +278,40 @@ fn state_key_clauses(count: usize) -> String {
     clauses.join(" OR ")
 }
 
+/// Edge rows per `INSERT` (2 parameters each; an event cites at most a few dozen).
+const EDGES_PER_STATEMENT: usize = 500;
+
+/// An event's `prev_events` (kind 0) and `auth_events` (kind 1) as `(kind, cited id)`.
+fn edges_of<'a>(event: &'a NewEvent<'_>) -> Vec<(u8, &'a str)> {
+    event
+        .prev_event_ids
+        .iter()
+        .map(|id| (0, id.as_str()))
+        .chain(event.auth_event_ids.iter().map(|id| (1, id.as_str())))
+        .collect()
+}
+
+/// The statement writing `edges` as edge rows of event `$1`, the cited ids bound from `$2` on,
+/// with the cited events' nids where they are stored. A duplicate citation is one edge.
+fn edges_insert_sql(edges: &[(u8, &str)]) -> String {
+    // `kind` is one of two constants, written into the statement; ids are bound.
+    let rows: Vec<String> = edges
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, _))| {
+            format!(
+                "($1, {kind}, ${n}, (SELECT c.event_nid FROM events c WHERE c.event_id = ${n}))",
+                n = i + 2
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO event_edges (event_nid, kind, cited_event_id, cited_event_nid) VALUES {} \
+         ON CONFLICT DO NOTHING",
+        rows.join(", ")
+    )
+}
+
 /// A room's head from its forward extremities as `(event id, depth, stream ordering, state
 /// group)`: newest (deepest, then latest) first.
 fn head_of(mut extremities: Vec<(String, i64, i64, i64)>) -> RoomHead {
@@ -356,7 +394,7 @@ impl Store {
         // Bare columns: PostgreSQL plans the three arms with the usual joins in milliseconds,
         // longer than it takes to run them.
         let mut sql = format!(
-            "SELECT 1 AS part, {} FROM events e JOIN forward_extremities f ON f.event_id = e.event_id \
+            "SELECT 1 AS part, {} FROM events e JOIN forward_extremities f ON f.event_nid = e.event_nid \
              WHERE f.room_nid = $1",
             bare_event_columns!(),
         );
@@ -511,10 +549,11 @@ impl Store {
                     }
                 };
 
+                // Events persisted in order sit in history at their depth.
                 let event_nid: i64 = sqlx::query_scalar(
                     "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
-                     sender, origin_server_ts, json, state_group) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING event_nid",
+                     sender, origin_server_ts, json, state_group, topological_ordering) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $4) RETURNING event_nid",
                 )
                 .bind(event.event_id)
                 .bind(event.room_nid)
@@ -528,6 +567,14 @@ impl Store {
                 .bind(state_group)
                 .fetch_one(&mut *tx)
                 .await?;
+
+                for chunk in edges_of(event).chunks(EDGES_PER_STATEMENT) {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(edges_insert_sql(chunk))).bind(event_nid);
+                    for (_, id) in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
 
                 if let Some((parent, rel_type)) = event.relation {
                     sqlx::query(
@@ -602,21 +649,37 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                if !event.prev_event_ids.is_empty() {
-                    // At most 20 prev events (the spec's limit): one statement.
-                    let list: Vec<String> = (0..event.prev_event_ids.len()).map(|i| format!("${}", i + 2)).collect();
-                    let sql = format!("DELETE FROM forward_extremities WHERE room_nid = $1 AND event_id IN ({})", list.join(", "));
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.room_nid);
-                    for prev in event.prev_event_ids {
-                        query = query.bind(prev);
-                    }
-                    query.execute(&mut *tx).await?;
-                }
-                sqlx::query("INSERT INTO forward_extremities (room_nid, event_id) VALUES ($1, $2)")
-                    .bind(event.room_nid)
+                // The event replaces the extremities it cites, and becomes one unless a stored
+                // event already cites it (it arrived after its child, as federation may deliver).
+                sqlx::query(
+                    "DELETE FROM forward_extremities WHERE room_nid = $1 AND event_nid IN \
+                     (SELECT g.cited_event_nid FROM event_edges g WHERE g.event_nid = $2 AND g.kind = 0)",
+                )
+                .bind(event.room_nid)
+                .bind(event_nid)
+                .execute(&mut *tx)
+                .await?;
+                let became_extremity = sqlx::query(
+                    "INSERT INTO forward_extremities (room_nid, event_nid) SELECT $1, $2 \
+                     WHERE NOT EXISTS (SELECT 1 FROM event_edges g WHERE g.cited_event_id = $3 AND g.kind = 0)",
+                )
+                .bind(event.room_nid)
+                .bind(event_nid)
+                .bind(event.event_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !became_extremity {
+                    // Events stored before it cite it: their edges learn its nid.
+                    sqlx::query(
+                        "UPDATE event_edges SET cited_event_nid = $1 WHERE cited_event_id = $2 AND cited_event_nid IS NULL",
+                    )
+                    .bind(event_nid)
                     .bind(event.event_id)
                     .execute(&mut *tx)
                     .await?;
+                }
                 // Many rows per statement; the event's columns are bound once per statement.
                 for chunk in event.push_actions.chunks(PUSH_ACTIONS_PER_STATEMENT) {
                     let rows: Vec<String> = (0..chunk.len())

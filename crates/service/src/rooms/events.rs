@@ -96,8 +96,7 @@ impl Rooms {
             }
             _ => None,
         };
-        let writer = self.writer(&room.room_id);
-        let _guard = writer.lock().await;
+        let _writing = self.locks.writer(&room.room_id).await;
         let version = version_of(room)?;
         let content_raw =
             to_raw_value(&event.content).map_err(|e| Error::BadJson(e.to_string()))?;
@@ -216,7 +215,6 @@ impl Rooms {
             .persist(
                 room,
                 &pdu,
-                head.prev_event_ids,
                 head.state_group,
                 event.txn.as_ref().map(|txn| txn.key(sender.as_str())),
                 redaction.and_then(|r| r.redacted_copy()),
@@ -274,7 +272,6 @@ impl Rooms {
         &self,
         room: &RoomRow,
         pdu: &Pdu,
-        prev_event_ids: Vec<String>,
         state_group_before: Option<i64>,
         txn: Option<TxnKey<'_>>,
         redaction: Option<(&str, &str)>,
@@ -295,6 +292,9 @@ impl Rooms {
         let search = super::search::search_text_of(pdu);
         let push_actions = self.push_actions(room, pdu, push_inputs).await?;
         let json = pdu.canonical_json();
+        // The edges as the event itself cites them (ids in every event format).
+        let prev_event_ids: Vec<String> = pdu.prev_events().map(str::to_owned).collect();
+        let auth_event_ids: Vec<String> = pdu.auth_events().map(str::to_owned).collect();
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
         self.store
@@ -308,6 +308,7 @@ impl Rooms {
                 origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
                 json: &json,
                 prev_event_ids: &prev_event_ids,
+                auth_event_ids: &auth_event_ids,
                 state_group_before,
                 membership: match (&membership, pdu.state_key()) {
                     (Some(m), Some(target)) => Some((target, m.as_str())),

@@ -9,6 +9,7 @@ mod client_send;
 mod create;
 pub mod events;
 pub(crate) mod hierarchy;
+mod locks;
 pub(crate) mod membership;
 mod push;
 pub(crate) mod read;
@@ -19,10 +20,7 @@ pub(crate) mod search;
 mod upgrade;
 mod visibility;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use myelin_room_version::{CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion};
 use myelin_store::{EventRow, RoomRow, Store};
@@ -44,9 +42,8 @@ pub struct Rooms {
     store: Store,
     server_name: OwnedServerName,
     keys: Arc<ServerKeys>,
-    /// One writer per room: a local send reads the room's head and current state, then writes;
-    /// two interleaved sends would fork the room's DAG for no reason.
-    writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The per-room locks (one writer per room, one upgrade per room), with their order.
+    locks: locks::RoomLocks,
     /// Woken after every persisted event (sync waits on it).
     pub notify: crate::notifier::Notifier,
     /// Parsed push rules by user, with the account data position they were read at.
@@ -57,8 +54,6 @@ pub struct Rooms {
     pushers: Arc<crate::pushers::Pushers>,
     /// Users' settings, which follow them into an upgraded room's replacement when they join.
     user_data: Arc<crate::user_data::UserData>,
-    /// One upgrade at a time per room (see `upgrade`).
-    upgrades: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The version of rooms created without one (`rooms.default_room_version`).
     default_version: &'static RoomVersion,
 }
@@ -77,13 +72,12 @@ impl Rooms {
             store,
             server_name,
             keys,
-            writers: Mutex::new(HashMap::new()),
+            locks: Default::default(),
             notify,
             push_rules: Default::default(),
             visibility_facts: Default::default(),
             pushers,
             user_data,
-            upgrades: Mutex::new(HashMap::new()),
             default_version,
         }
     }
@@ -91,10 +85,6 @@ impl Rooms {
     /// The version of rooms created without one.
     pub fn default_room_version(&self) -> &'static RoomVersion {
         self.default_version
-    }
-
-    fn writer(&self, room_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        keyed_lock(&self.writers, room_id)
     }
 
     /// A room known to this server, or 404.
@@ -108,16 +98,6 @@ impl Rooms {
     fn is_local(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.server_name
     }
-}
-
-/// The lock for `key` in a map of per-room locks. Entries are never removed: one small
-/// entry per room this process has written to.
-fn keyed_lock(
-    locks: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    key: &str,
-) -> Arc<tokio::sync::Mutex<()>> {
-    let mut locks = locks.lock().unwrap_or_else(|p| p.into_inner());
-    locks.entry(key.to_owned()).or_default().clone()
 }
 
 /// The room version of a stored room.

@@ -41,7 +41,7 @@ use serde_json::{Map, Value, json};
 use super::{
     Rooms,
     create::{NewRoom, creatable_version},
-    keyed_lock, pdu_of, version_of,
+    pdu_of, version_of,
 };
 use crate::{Error, Result};
 
@@ -81,8 +81,7 @@ impl Rooms {
         let not_joined = || Error::Forbidden(format!("You are not joined to {room_id}"));
         let old = self.store.room(room_id).await?.ok_or_else(not_joined)?;
         // Two upgrades of one room at once would interleave their events in it.
-        let lock = keyed_lock(&self.upgrades, &old.room_id);
-        let _upgrading = lock.lock().await;
+        let _upgrading = self.locks.upgrade(&old.room_id).await;
         let old_version = version_of(&old)?;
         let state = self.store.current_state(old.room_nid, None).await?;
         let old_state = OldState::new(&state, old_version);

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     Error, Result, Services,
     accounts::AuthedUser,
-    rooms::{EventFilter, read::token as events_token},
+    rooms::{EventFilter, read::token as events_token, visibility::Sight},
 };
 
 /// A position in every stream sync follows.
@@ -553,7 +553,8 @@ impl Services {
         let mut out = Vec::with_capacity(rooms.len());
         for (joined, state) in rooms.into_iter().zip(states) {
             let room = &joined.plan.membership.room;
-            let row_visibility: Vec<bool> = visible.by_ref().take(joined.rows.len()).collect();
+            let row_visibility: Vec<Option<Sight>> =
+                visible.by_ref().take(joined.rows.len()).collect();
             let mut timeline = self.client_events(
                 room,
                 &joined.rows,
@@ -771,20 +772,23 @@ impl Services {
         &self,
         room: &RoomRow,
         rows: &[EventRow],
-        visible: &[bool],
+        visible: &[Option<Sight>],
         user: &UserId,
         device: &AuthedUser,
         filter: &SyncFilter,
     ) -> Vec<Value> {
         let mut out = Vec::new();
-        for (row, visible) in rows.iter().zip(visible) {
-            if !visible {
+        for (row, sight) in rows.iter().zip(visible) {
+            let Some(sight) = sight else {
                 continue;
-            }
-            if let Some(mut event) =
-                self.rooms
-                    .client_event_for_device(room, row, user, Some(device.device_id.as_str()))
-            {
+            };
+            if let Some(mut event) = self.rooms.seen_event(
+                room,
+                row,
+                user,
+                Some(device.device_id.as_str()),
+                sight,
+            ) {
                 if !filter.wants_event(&event) {
                     continue;
                 }

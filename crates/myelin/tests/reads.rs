@@ -1,0 +1,170 @@
+//! What clients read, on both databases, where the Complement suite found Myelin wanting:
+//! `unsigned.membership` on every event served from a room's history, `/messages` in a room the
+//! reader left, sync's `leave` section, `/members?at=`, and the room summary.
+
+use myelin_testkit::{TestServer, TestUser, enc, test_backends};
+use serde_json::{Value, json};
+
+async fn send(server: &TestServer, user: &TestUser, room: &str, body: Value) -> String {
+    let txn = format!("t{}", rand_suffix());
+    let (status, reply) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                enc(room)
+            ),
+            &user.access_token,
+            body,
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    reply["event_id"].as_str().unwrap().to_owned()
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn text(body: &str) -> Value {
+    json!({"msgtype": "m.text", "body": body})
+}
+
+async fn get(server: &TestServer, user: &TestUser, path: &str) -> Value {
+    let (status, reply) = server.get(path, &user.access_token).await;
+    assert_eq!(status, 200, "{path}: {reply}");
+    reply
+}
+
+async fn join(server: &TestServer, user: &TestUser, room: &str) {
+    let (status, reply) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            &user.access_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+async fn leave(server: &TestServer, user: &TestUser, room: &str) {
+    let (status, reply) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(room)),
+            &user.access_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// The `unsigned.membership` of the event with `id` among `events`.
+fn membership_of(events: &Value, id: &str) -> Value {
+    let event = events
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {events}"))
+        .iter()
+        .find(|e| e["event_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {events}"));
+    event["unsigned"]["membership"].clone()
+}
+
+#[tokio::test]
+async fn served_events_carry_the_readers_membership_at_them() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        let before = send(&server, &alice, &room, text("prejoin")).await;
+        join(&server, &bob, &room).await;
+        let after = send(&server, &alice, &room, text("postjoin")).await;
+
+        // Sync: "leave" on everything up to Bob's join, "join" from it on.
+        let synced = get(&server, &bob, "/_matrix/client/v3/sync").await;
+        let timeline = &synced["rooms"]["join"][&room]["timeline"]["events"];
+        let mut joined = false;
+        let mut seen = 0;
+        for event in timeline.as_array().unwrap() {
+            if event["type"] == "m.room.member" && event["state_key"] == bob.user_id.as_str() {
+                joined = true;
+            }
+            let want = if joined { "join" } else { "leave" };
+            assert_eq!(event["unsigned"]["membership"], want, "{event}");
+            seen += 1;
+        }
+        assert!(joined && seen > 2, "{timeline}");
+
+        // /messages, /event, /context.
+        let messages = get(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)),
+        )
+        .await;
+        assert_eq!(membership_of(&messages["chunk"], &before), "leave");
+        assert_eq!(membership_of(&messages["chunk"], &after), "join");
+        for (id, want) in [(&before, "leave"), (&after, "join")] {
+            let event = get(
+                &server,
+                &bob,
+                &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id)),
+            )
+            .await;
+            assert_eq!(event["unsigned"]["membership"], want, "{event}");
+        }
+        let context = get(
+            &server,
+            &bob,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=10",
+                enc(&room),
+                enc(&after)
+            ),
+        )
+        .await;
+        assert_eq!(context["event"]["unsigned"]["membership"], "join");
+        assert_eq!(membership_of(&context["events_before"], &before), "leave");
+
+        // /relations: a reply in a thread, read by Alice, who was joined throughout.
+        let reply = send(
+            &server,
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "reply",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": before}}),
+        )
+        .await;
+        let relations = get(
+            &server,
+            &alice,
+            &format!(
+                "/_matrix/client/v1/rooms/{}/relations/{}",
+                enc(&room),
+                enc(&before)
+            ),
+        )
+        .await;
+        assert_eq!(membership_of(&relations["chunk"], &reply), "join");
+
+        // State read through /state is not an event "at" a point of history: no membership.
+        let state = get(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(&room)),
+        )
+        .await;
+        assert!(
+            state
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["unsigned"].get("membership").is_none()),
+            "{state}"
+        );
+        server.stop().await;
+    }
+}

@@ -1,6 +1,6 @@
 //! What clients read, on both databases, where the Complement suite found Myelin wanting:
 //! `unsigned.membership` on every event served from a room's history, `/messages` in a room the
-//! reader left, sync's `leave` section, `/members?at=`, and the room summary.
+//! reader left, sync's `leave` section, and sync's `leave` section.
 
 use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use serde_json::{Value, json};
@@ -165,6 +165,97 @@ async fn served_events_carry_the_readers_membership_at_them() {
                 .all(|e| e["unsigned"].get("membership").is_none()),
             "{state}"
         );
+        server.stop().await;
+    }
+}
+
+async fn put_state(server: &TestServer, user: &TestUser, room: &str, kind: &str, content: Value) {
+    let (status, reply) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/{kind}/", enc(room)),
+            &user.access_token,
+            content,
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// `(type, body or state key)` of each event of a chunk, in order.
+fn outline(chunk: &Value) -> Vec<(String, String)> {
+    chunk
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {chunk}"))
+        .iter()
+        .map(|e| {
+            let what = e["content"]["body"]
+                .as_str()
+                .or(e["state_key"].as_str())
+                .unwrap_or_default();
+            (e["type"].as_str().unwrap().to_owned(), what.to_owned())
+        })
+        .collect()
+}
+
+/// Complement's `TestLeftRoomFixture`: paging back from a sync token taken after leaving
+/// starts with the leave (a sync token has delivered its own position), and paging forward
+/// from it finds nothing the departed member may see.
+#[tokio::test]
+async fn messages_from_a_sync_token_after_leaving_start_with_the_leave() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = server
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "initial_state": [{
+                    "type": "m.room.history_visibility", "state_key": "",
+                    "content": {"history_visibility": "joined"}}]}),
+            )
+            .await;
+        join(&server, &bob, &room).await;
+        put_state(&server, &alice, &room, "m.room.name", json!({"name": "N1"})).await;
+        put_state(&server, &alice, &room, "madeup.test.state", json!({"body": "S1"})).await;
+        send(&server, &alice, &room, text("M1")).await;
+        send(&server, &alice, &room, text("M2")).await;
+        leave(&server, &bob, &room).await;
+        let synced = get(&server, &bob, "/_matrix/client/v3/sync?timeout=0").await;
+        let since = synced["next_batch"].as_str().unwrap().to_owned();
+        put_state(&server, &alice, &room, "m.room.name", json!({"name": "N2"})).await;
+        put_state(&server, &alice, &room, "madeup.test.state", json!({"body": "S2"})).await;
+        send(&server, &alice, &room, text("M3")).await;
+
+        let back = get(
+            &server,
+            &bob,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3&from={}",
+                enc(&room),
+                enc(&since)
+            ),
+        )
+        .await;
+        let want = |kind: &str, what: &str| (kind.to_owned(), what.to_owned());
+        assert_eq!(
+            outline(&back["chunk"]),
+            vec![
+                want("m.room.member", &bob.user_id),
+                want("m.room.message", "M2"),
+                want("m.room.message", "M1"),
+            ],
+            "{back}"
+        );
+        let forward = get(
+            &server,
+            &bob,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=100&from={}",
+                enc(&room),
+                enc(&since)
+            ),
+        )
+        .await;
+        assert_eq!(forward["chunk"], json!([]), "{forward}");
         server.stop().await;
     }
 }

@@ -115,6 +115,19 @@ pub(crate) fn parse_token(token: &str) -> Result<i64> {
     parse_position(rest).ok_or_else(invalid)
 }
 
+/// A pagination token as the exclusive bound a walk in `dir` starts from. A pagination token
+/// `s<N>` is `N` either way. A sync token has delivered every event up to and including its
+/// events position `E`, so a walk forwards starts after `E` and a walk backwards starts with
+/// `E` itself (bound `E + 1`): paging back from a sync token taken after a leave gives the
+/// leave first.
+pub(crate) fn parse_token_towards(token: &str, dir: Direction) -> Result<i64> {
+    let position = parse_token(token)?;
+    Ok(match dir {
+        Direction::Backward if token.contains('_') => position + 1,
+        _ => position,
+    })
+}
+
 /// One number of a token this server issued: ASCII digits only (`str::parse` would also take a
 /// sign), no leading zero, within `0..=MAX_TOKEN_POSITION`, so that no arithmetic on it can
 /// overflow. Every token parser goes through here, so that what parses is exactly what the
@@ -460,13 +473,13 @@ impl Rooms {
         let room = self.room_for_history(room_id, user).await?;
         let limit = limit.clamp(1, 1000);
         let start = match from {
-            Some(token) => parse_token(token)?,
+            Some(token) => parse_token_towards(token, dir)?,
             None => match dir {
                 Direction::Backward => self.store.events_stream_position().await? + 1,
                 Direction::Forward => 0,
             },
         };
-        let bound = to.map(parse_token).transpose()?;
+        let bound = to.map(|t| parse_token_towards(t, dir)).transpose()?;
         let (after, before) = match dir {
             Direction::Backward => (bound.unwrap_or(0).saturating_sub(1), start),
             Direction::Forward => (start, bound.map_or(i64::MAX, |b| b.saturating_add(1))),

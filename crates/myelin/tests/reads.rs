@@ -1,6 +1,6 @@
 //! What clients read, on both databases, where the Complement suite found Myelin wanting:
 //! `unsigned.membership` on every event served from a room's history, `/messages` in a room the
-//! reader left, sync's `leave` section, and sync's `leave` section.
+//! reader left, and sync's `leave` section (`include_leave`, a timeline limit of 0).
 
 use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use serde_json::{Value, json};
@@ -256,6 +256,96 @@ async fn messages_from_a_sync_token_after_leaving_start_with_the_leave() {
         )
         .await;
         assert_eq!(forward["chunk"], json!([]), "{forward}");
+        server.stop().await;
+    }
+}
+
+async fn sync_with(server: &TestServer, user: &TestUser, filter: &Value, since: Option<&str>) -> Value {
+    let mut path = format!(
+        "/_matrix/client/v3/sync?timeout=0&filter={}",
+        enc(&filter.to_string())
+    );
+    if let Some(since) = since {
+        path.push_str(&format!("&since={}", enc(since)));
+    }
+    get(server, user, &path).await
+}
+
+/// Complement's `TestOlderLeftRoomsNotInLeaveSection`: with `include_leave`, a room left
+/// before the token stays out of incremental syncs once one has told of the departure.
+#[tokio::test]
+async fn include_leave_shows_old_departures_only_in_syncs_that_start_over() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        join(&server, &bob, &room).await;
+        let filter = json!({"room": {"timeline": {"limit": 1}, "include_leave": true}});
+        let before = sync_with(&server, &alice, &filter, None).await;
+        leave(&server, &alice, &room).await;
+        let told = sync_with(&server, &alice, &filter, before["next_batch"].as_str()).await;
+        assert!(told["rooms"]["leave"].get(&room).is_some(), "{told}");
+        send(&server, &bob, &room, text("after")).await;
+
+        let later = sync_with(&server, &alice, &filter, told["next_batch"].as_str()).await;
+        assert!(
+            later["rooms"]["leave"]
+                .as_object()
+                .is_none_or(|rooms| rooms.is_empty()),
+            "{later}"
+        );
+        // An initial sync with include_leave still lists it.
+        let initial = sync_with(&server, &alice, &filter, None).await;
+        assert!(initial["rooms"]["leave"].get(&room).is_some(), "{initial}");
+        server.stop().await;
+    }
+}
+
+/// Complement's `TestArchivedRoomsHistory` ("timeline is empty"): a timeline limit of 0 gives
+/// a left room no timeline and, as its state, the state as of the departure: the leave itself
+/// and nothing sent after it.
+#[tokio::test]
+async fn a_left_room_with_timeline_limit_zero_has_the_state_at_the_leave() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        join(&server, &bob, &room).await;
+        send(&server, &alice, &room, text("before")).await;
+        put_state(&server, &alice, &room, "a.madeup.test.state", json!({"my_key": "before"})).await;
+        leave(&server, &bob, &room).await;
+        send(&server, &alice, &room, text("after")).await;
+        put_state(&server, &alice, &room, "a.madeup.test.state", json!({"my_key": "after"})).await;
+
+        let filter = json!({"room": {"timeline": {"limit": 0}, "include_leave": true}});
+        let synced = sync_with(&server, &bob, &filter, None).await;
+        let left = &synced["rooms"]["leave"][&room];
+        assert_eq!(left["timeline"]["events"], json!([]), "{left}");
+        let state = left["state"]["events"].as_array().unwrap();
+        let madeup: Vec<&Value> = state
+            .iter()
+            .filter(|e| e["type"] == "a.madeup.test.state")
+            .map(|e| &e["content"]["my_key"])
+            .collect();
+        assert_eq!(madeup, vec!["before"], "{left}");
+        assert!(
+            state.iter().any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == bob.user_id.as_str()
+                && e["content"]["membership"] == "leave"),
+            "{left}"
+        );
+
+        // Joined rooms take a limit of 0 too: no timeline, marked limited.
+        let synced = sync_with(&server, &alice, &filter, None).await;
+        let joined = &synced["rooms"]["join"][&room];
+        assert_eq!(joined["timeline"]["events"], json!([]), "{joined}");
+        assert_eq!(joined["timeline"]["limited"], true, "{joined}");
         server.stop().await;
     }
 }

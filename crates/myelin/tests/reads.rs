@@ -215,14 +215,28 @@ async fn messages_from_a_sync_token_after_leaving_start_with_the_leave() {
             .await;
         join(&server, &bob, &room).await;
         put_state(&server, &alice, &room, "m.room.name", json!({"name": "N1"})).await;
-        put_state(&server, &alice, &room, "madeup.test.state", json!({"body": "S1"})).await;
+        put_state(
+            &server,
+            &alice,
+            &room,
+            "madeup.test.state",
+            json!({"body": "S1"}),
+        )
+        .await;
         send(&server, &alice, &room, text("M1")).await;
         send(&server, &alice, &room, text("M2")).await;
         leave(&server, &bob, &room).await;
         let synced = get(&server, &bob, "/_matrix/client/v3/sync?timeout=0").await;
         let since = synced["next_batch"].as_str().unwrap().to_owned();
         put_state(&server, &alice, &room, "m.room.name", json!({"name": "N2"})).await;
-        put_state(&server, &alice, &room, "madeup.test.state", json!({"body": "S2"})).await;
+        put_state(
+            &server,
+            &alice,
+            &room,
+            "madeup.test.state",
+            json!({"body": "S2"}),
+        )
+        .await;
         send(&server, &alice, &room, text("M3")).await;
 
         let back = get(
@@ -260,7 +274,12 @@ async fn messages_from_a_sync_token_after_leaving_start_with_the_leave() {
     }
 }
 
-async fn sync_with(server: &TestServer, user: &TestUser, filter: &Value, since: Option<&str>) -> Value {
+async fn sync_with(
+    server: &TestServer,
+    user: &TestUser,
+    filter: &Value,
+    since: Option<&str>,
+) -> Value {
     let mut path = format!(
         "/_matrix/client/v3/sync?timeout=0&filter={}",
         enc(&filter.to_string())
@@ -318,10 +337,24 @@ async fn a_left_room_with_timeline_limit_zero_has_the_state_at_the_leave() {
             .await;
         join(&server, &bob, &room).await;
         send(&server, &alice, &room, text("before")).await;
-        put_state(&server, &alice, &room, "a.madeup.test.state", json!({"my_key": "before"})).await;
+        put_state(
+            &server,
+            &alice,
+            &room,
+            "a.madeup.test.state",
+            json!({"my_key": "before"}),
+        )
+        .await;
         leave(&server, &bob, &room).await;
         send(&server, &alice, &room, text("after")).await;
-        put_state(&server, &alice, &room, "a.madeup.test.state", json!({"my_key": "after"})).await;
+        put_state(
+            &server,
+            &alice,
+            &room,
+            "a.madeup.test.state",
+            json!({"my_key": "after"}),
+        )
+        .await;
 
         let filter = json!({"room": {"timeline": {"limit": 0}, "include_leave": true}});
         let synced = sync_with(&server, &bob, &filter, None).await;

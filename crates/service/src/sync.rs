@@ -804,13 +804,10 @@ impl Services {
             let Some(sight) = sight else {
                 continue;
             };
-            if let Some(mut event) = self.rooms.seen_event(
-                room,
-                row,
-                user,
-                Some(device.device_id.as_str()),
-                sight,
-            ) {
+            if let Some(mut event) =
+                self.rooms
+                    .seen_event(room, row, user, Some(device.device_id.as_str()), sight)
+            {
                 if !filter.wants_event(&event) {
                     continue;
                 }

@@ -259,8 +259,7 @@ impl Rooms {
                     continue;
                 };
                 if let Some(sight) = sight
-                    && let Some(event) =
-                        self.seen_event(room, &row, user, request.device, &sight)
+                    && let Some(event) = self.seen_event(room, &row, user, request.device, &sight)
                     && request.filter.wants(&event)
                 {
                     page.push((*hit, row, event));

@@ -108,7 +108,9 @@ impl Rooms {
             let (visibility, membership_then) =
                 facts.get(&row.state_group).cloned().unwrap_or_default();
             let sight = || Sight {
-                membership: membership_then.clone().unwrap_or_else(|| "leave".to_owned()),
+                membership: membership_then
+                    .clone()
+                    .unwrap_or_else(|| "leave".to_owned()),
             };
             if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str())
             {

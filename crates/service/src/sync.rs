@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     Error, Result, Services,
     accounts::AuthedUser,
-    rooms::{EventFilter, read::token as events_token},
+    rooms::{EventFilter, read::token as events_token, visibility::Sight},
 };
 
 /// A position in every stream sync follows.
@@ -117,6 +117,12 @@ impl SyncFilter {
             .as_ref()
             .is_none_or(|r| r.iter().any(|x| x == room_id))
             && !self.not_rooms.iter().any(|x| x == room_id)
+    }
+
+    /// How many timeline events a room gets: the filter's `limit`, which may be 0 (clients ask
+    /// for that to get state without history), at most 1000.
+    fn timeline_limit(&self) -> usize {
+        self.timeline_limit.min(1000)
     }
 
     fn wants_event(&self, event: &Value) -> bool {
@@ -338,7 +344,13 @@ impl Services {
                         json!({"knock_state": {"events": self.stripped_state(&membership, user).await?}}),
                     );
                 }
-                "leave" | "ban" if (since.is_some() && changed_since) || filter.include_leave => {
+                // Departures since the token; with `include_leave`, every left room in a
+                // sync that starts over (initial or `full_state`), not again in each
+                // incremental sync after the one that told of the departure.
+                "leave" | "ban"
+                    if (since.is_some() && changed_since)
+                        || (filter.include_leave && (since.is_none() || request.full_state)) =>
+                {
                     if let Some(room) = self
                         .left_room(device, request, since, &membership, room_data)
                         .await?
@@ -466,7 +478,7 @@ impl Services {
             return Ok(Vec::new());
         }
         let user: &UserId = device.user_id.as_ref();
-        let limit = request.filter.timeline_limit.clamp(1, 1000);
+        let limit = request.filter.timeline_limit();
         let windows: Vec<TimelineWindow> = plans
             .iter()
             .filter(|p| p.new_events)
@@ -553,7 +565,8 @@ impl Services {
         let mut out = Vec::with_capacity(rooms.len());
         for (joined, state) in rooms.into_iter().zip(states) {
             let room = &joined.plan.membership.room;
-            let row_visibility: Vec<bool> = visible.by_ref().take(joined.rows.len()).collect();
+            let row_visibility: Vec<Option<Sight>> =
+                visible.by_ref().take(joined.rows.len()).collect();
             let mut timeline = self.client_events(
                 room,
                 &joined.rows,
@@ -726,7 +739,7 @@ impl Services {
         let user: &UserId = device.user_id.as_ref();
         let room = &membership.room;
         let from = since.map_or(0, |s| s.events);
-        let limit = request.filter.timeline_limit.clamp(1, 1000);
+        let limit = request.filter.timeline_limit();
         let mut rows = self
             .store
             .room_events(
@@ -750,8 +763,18 @@ impl Services {
                 .map_or(membership.stream_ordering + 1, |r| r.stream_ordering),
         );
         let state = if since.is_none() || limited {
-            self.state_before(room, rows.first())
-                .await?
+            let state = match rows.first() {
+                Some(first) => self.state_before(room, Some(first)).await?,
+                // No timeline (a limit of 0): the state as of the departure, which includes it.
+                None => {
+                    let group = self
+                        .store
+                        .event_by_nid_state_group(membership.event_nid)
+                        .await?;
+                    self.store.state_at_group(group).await?
+                }
+            };
+            state
                 .iter()
                 .filter(|row| row.stream_ordering > from)
                 .filter_map(|row| self.rooms.client_event(room, row, user))
@@ -771,19 +794,19 @@ impl Services {
         &self,
         room: &RoomRow,
         rows: &[EventRow],
-        visible: &[bool],
+        visible: &[Option<Sight>],
         user: &UserId,
         device: &AuthedUser,
         filter: &SyncFilter,
     ) -> Vec<Value> {
         let mut out = Vec::new();
-        for (row, visible) in rows.iter().zip(visible) {
-            if !visible {
+        for (row, sight) in rows.iter().zip(visible) {
+            let Some(sight) = sight else {
                 continue;
-            }
+            };
             if let Some(mut event) =
                 self.rooms
-                    .client_event_for_device(room, row, user, Some(device.device_id.as_str()))
+                    .seen_event(room, row, user, Some(device.device_id.as_str()), sight)
             {
                 if !filter.wants_event(&event) {
                     continue;

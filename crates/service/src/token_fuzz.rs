@@ -10,7 +10,7 @@ use proptest::sample::Index;
 use crate::Error;
 use crate::directory::PageToken;
 use crate::rooms::hierarchy;
-use crate::rooms::read::{MAX_TOKEN_POSITION, parse_token, token};
+use crate::rooms::read::{Direction, MAX_TOKEN_POSITION, parse_token, parse_token_towards, token};
 use crate::rooms::search::Cursor;
 use crate::sync::SyncToken;
 use myelin_store::SearchOrder;
@@ -95,6 +95,11 @@ fn check_sync(t: &str) -> Result<(), TestCaseError> {
             let six_parts = format!("{t}_0");
             prop_assert!(encoded == t || (s.device_lists == 0 && encoded == six_parts));
             prop_assert_eq!(parse_token(t).ok(), Some(s.events));
+            // Walking back from a sync token starts with its own position.
+            prop_assert_eq!(
+                parse_token_towards(t, Direction::Backward).ok(),
+                Some(s.events + 1)
+            );
         }
         Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
     }

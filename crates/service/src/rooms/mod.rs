@@ -18,7 +18,7 @@ mod relations;
 mod report;
 pub(crate) mod search;
 mod upgrade;
-mod visibility;
+pub(crate) mod visibility;
 
 use std::sync::Arc;
 

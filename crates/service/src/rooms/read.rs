@@ -8,7 +8,7 @@ use myelin_store::{EventRow, RoomRow};
 use ruma::UserId;
 use serde_json::{Value, json};
 
-use super::{Rooms, version_of};
+use super::{Rooms, version_of, visibility::Sight};
 use crate::{Error, Result, now_millis};
 
 /// Which way a timeline page goes.
@@ -113,6 +113,19 @@ pub(crate) fn parse_token(token: &str) -> Result<i64> {
             .map_err(|_| invalid());
     }
     parse_position(rest).ok_or_else(invalid)
+}
+
+/// A pagination token as the exclusive bound a walk in `dir` starts from. A pagination token
+/// `s<N>` is `N` either way. A sync token has delivered every event up to and including its
+/// events position `E`, so a walk forwards starts after `E` and a walk backwards starts with
+/// `E` itself (bound `E + 1`): paging back from a sync token taken after a leave gives the
+/// leave first.
+pub(crate) fn parse_token_towards(token: &str, dir: Direction) -> Result<i64> {
+    let position = parse_token(token)?;
+    Ok(match dir {
+        Direction::Backward if token.contains('_') => position + 1,
+        _ => position,
+    })
 }
 
 /// One number of a token this server issued: ASCII digits only (`str::parse` would also take a
@@ -272,11 +285,11 @@ impl Rooms {
             .await?
             .filter(|row| row.room_nid == room.room_nid)
             .ok_or_else(not_found)?;
-        if !self.visible_rows(std::slice::from_ref(&row), user).await?[0] {
+        let Some(sight) = self.sight_of(&row, user).await? else {
             return Err(not_found());
-        }
+        };
         let mut event = [self
-            .client_event_for_device(&room, &row, user, device)
+            .seen_event(&room, &row, user, device, &sight)
             .ok_or_else(not_found)?];
         self.bundle_aggregations(&room, user, &mut event).await?;
         let [event] = event;
@@ -311,7 +324,7 @@ impl Rooms {
                     // who joined later does not see who was in a room whose history is
                     // hidden from them.
                     Some(last) => {
-                        if !self.visible_rows(std::slice::from_ref(last), user).await?[0] {
+                        if self.sight_of(last, user).await?.is_none() {
                             return Err(Error::Forbidden(
                                 "You may not see this room's history at that point".to_owned(),
                             ));
@@ -460,13 +473,13 @@ impl Rooms {
         let room = self.room_for_history(room_id, user).await?;
         let limit = limit.clamp(1, 1000);
         let start = match from {
-            Some(token) => parse_token(token)?,
+            Some(token) => parse_token_towards(token, dir)?,
             None => match dir {
                 Direction::Backward => self.store.events_stream_position().await? + 1,
                 Direction::Forward => 0,
             },
         };
-        let bound = to.map(parse_token).transpose()?;
+        let bound = to.map(|t| parse_token_towards(t, dir)).transpose()?;
         let (after, before) = match dir {
             Direction::Backward => (bound.unwrap_or(0).saturating_sub(1), start),
             Direction::Forward => (start, bound.map_or(i64::MAX, |b| b.saturating_add(1))),
@@ -488,9 +501,9 @@ impl Rooms {
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::new();
         let mut first_row = None;
-        for (row, visible) in rows.iter().zip(visible) {
-            if visible
-                && let Some(event) = self.client_event_for_device(&room, row, user, device)
+        for (row, sight) in rows.iter().zip(visible) {
+            if let Some(sight) = sight
+                && let Some(event) = self.seen_event(&room, row, user, device, &sight)
                 && filter.wants(&event)
             {
                 first_row.get_or_insert(row);
@@ -568,8 +581,10 @@ impl Rooms {
                 .room_events_by_time(room.room_nid, cursor.0, cursor.1, backwards, BATCH)
                 .await?;
             let visible = self.visible_rows(&rows, user).await?;
-            for (row, visible) in rows.iter().zip(visible) {
-                if visible && let Some(event) = self.client_event(&room, row, user) {
+            for (row, sight) in rows.iter().zip(visible) {
+                if let Some(sight) = sight
+                    && let Some(event) = self.seen_event(&room, row, user, None, &sight)
+                {
                     let event_id = event["event_id"].as_str().unwrap_or(&row.event_id);
                     let sent = event["origin_server_ts"].as_i64().unwrap_or_default();
                     return Ok((event_id.to_owned(), sent));
@@ -615,11 +630,11 @@ impl Rooms {
             .await?
             .filter(|row| row.room_nid == room.room_nid)
             .ok_or_else(not_found)?;
-        if !self.visible_rows(std::slice::from_ref(&row), user).await?[0] {
+        let Some(sight) = self.sight_of(&row, user).await? else {
             return Err(not_found());
-        }
+        };
         let mut event = [self
-            .client_event_for_device(&room, &row, user, device)
+            .seen_event(&room, &row, user, device, &sight)
             .ok_or_else(not_found)?];
         self.bundle_aggregations(&room, user, &mut event).await?;
         let [event] = event;
@@ -652,15 +667,19 @@ impl Rooms {
         );
         let mut before = Vec::new();
         let visible = self.visible_rows(&before_rows, user).await?;
-        for (r, visible) in before_rows.iter().zip(visible) {
-            if visible && let Some(e) = self.client_event_for_device(&room, r, user, device) {
+        for (r, sight) in before_rows.iter().zip(visible) {
+            if let Some(sight) = sight
+                && let Some(e) = self.seen_event(&room, r, user, device, &sight)
+            {
                 before.push(e);
             }
         }
         let mut after = Vec::new();
         let visible = self.visible_rows(&after_rows, user).await?;
-        for (r, visible) in after_rows.iter().zip(visible) {
-            if visible && let Some(e) = self.client_event_for_device(&room, r, user, device) {
+        for (r, sight) in after_rows.iter().zip(visible) {
+            if let Some(sight) = sight
+                && let Some(e) = self.seen_event(&room, r, user, device, &sight)
+            {
                 after.push(e);
             }
         }
@@ -697,6 +716,33 @@ impl Rooms {
         row: &EventRow,
         reader: &UserId,
         device: Option<&str>,
+    ) -> Option<Value> {
+        self.project(room, row, reader, device, None)
+    }
+
+    /// An event history visibility let the reader see, in client form: as
+    /// [`Rooms::client_event_for_device`], with the reader's membership at the event as
+    /// `unsigned.membership`. Every surface that serves events from a room's history (sync
+    /// timelines, `/messages`, `/context`, `/event`, `/relations`, `/threads`, search,
+    /// bundled aggregations) goes through here.
+    pub(crate) fn seen_event(
+        &self,
+        room: &RoomRow,
+        row: &EventRow,
+        reader: &UserId,
+        device: Option<&str>,
+        sight: &Sight,
+    ) -> Option<Value> {
+        self.project(room, row, reader, device, Some(sight))
+    }
+
+    fn project(
+        &self,
+        room: &RoomRow,
+        row: &EventRow,
+        reader: &UserId,
+        device: Option<&str>,
+        sight: Option<&Sight>,
     ) -> Option<Value> {
         let version = version_of(room).ok()?;
         let typed = super::pdu_of(row, version).ok()?;
@@ -737,6 +783,9 @@ impl Rooms {
                 because["redacts"] = redacts.clone();
             }
             unsigned["redacted_because"] = because;
+        }
+        if let Some(sight) = sight {
+            unsigned["membership"] = json!(sight.membership());
         }
         let Value::Object(unsigned) = unsigned else {
             return None;

@@ -100,7 +100,7 @@ impl Rooms {
             .await?
             .filter(|row| row.room_nid == room.room_nid)
             .ok_or_else(not_found)?;
-        if !self.visible_rows(std::slice::from_ref(&row), user).await?[0] {
+        if self.sight_of(&row, user).await?.is_none() {
             return Err(not_found());
         }
         Ok((room, row))
@@ -166,9 +166,9 @@ impl Rooms {
             .then(|| token(rows.last().map_or(0, |r| r.stream_ordering)));
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::with_capacity(rows.len());
-        for (row, visible) in rows.iter().zip(visible) {
-            if visible
-                && let Some(event) = self.client_event_for_device(&room, row, user, request.device)
+        for (row, sight) in rows.iter().zip(visible) {
+            if let Some(sight) = sight
+                && let Some(event) = self.seen_event(&room, row, user, request.device, &sight)
             {
                 chunk.push(event);
             }
@@ -224,8 +224,10 @@ impl Rooms {
         }
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::with_capacity(rows.len());
-        for (row, visible) in rows.iter().zip(visible) {
-            if visible && let Some(event) = self.client_event(&room, row, user) {
+        for (row, sight) in rows.iter().zip(visible) {
+            if let Some(sight) = sight
+                && let Some(event) = self.seen_event(&room, row, user, None, &sight)
+            {
                 chunk.push(event);
             }
         }
@@ -274,8 +276,10 @@ impl Rooms {
             let latest: HashMap<i64, Value> = latest
                 .iter()
                 .zip(visible)
-                .filter(|(_, visible)| *visible)
-                .filter_map(|(row, _)| Some((row.event_nid, self.client_event(room, row, reader)?)))
+                .filter_map(|(row, sight)| {
+                    let event = self.seen_event(room, row, reader, None, sight.as_ref()?)?;
+                    Some((row.event_nid, event))
+                })
                 .collect();
             for count in threads {
                 let Some(latest_event) = latest.get(&count.latest_event_nid) else {

@@ -251,16 +251,15 @@ impl Rooms {
                     Cursor::Offset(offset) => Cursor::Offset(offset + 1),
                 };
                 // Rows come in hit order; a hit whose event vanished has no row.
-                let Some((row, visible)) = rows.next_if(|(row, _)| row.event_nid == hit.event_nid)
+                let Some((row, sight)) = rows.next_if(|(row, _)| row.event_nid == hit.event_nid)
                 else {
                     continue;
                 };
                 let Some(room) = rooms.get(&row.room_nid) else {
                     continue;
                 };
-                if visible
-                    && let Some(event) =
-                        self.client_event_for_device(room, &row, user, request.device)
+                if let Some(sight) = sight
+                    && let Some(event) = self.seen_event(room, &row, user, request.device, &sight)
                     && request.filter.wants(&event)
                 {
                     page.push((*hit, row, event));
@@ -397,8 +396,9 @@ impl Rooms {
         for rows in [&before_rows, &after_rows] {
             let visible = self.visible_rows(rows, user).await?;
             let mut events = Vec::new();
-            for (r, visible) in rows.iter().zip(visible) {
-                if visible && let Some(event) = self.client_event_for_device(room, r, user, device)
+            for (r, sight) in rows.iter().zip(visible) {
+                if let Some(sight) = sight
+                    && let Some(event) = self.seen_event(room, r, user, device, &sight)
                 {
                     senders.insert(r.sender.clone());
                     events.push(event);

@@ -24,6 +24,22 @@ use crate::Result;
 /// The history visibility and the reader's membership in one snapshot (`None`: no such event).
 type Facts = (Option<String>, Option<String>);
 
+/// What history visibility decided for one event a reader may see: the reader's membership in
+/// the state at (after) the event, "leave" when they had none, which clients get as
+/// `unsigned.membership` (spec v1.11). Only [`Rooms::visibility`] makes one, from the snapshot
+/// that let the event through, so the membership costs no read of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sight {
+    membership: String,
+}
+
+impl Sight {
+    /// The reader's membership at the event.
+    pub(crate) fn membership(&self) -> &str {
+        &self.membership
+    }
+}
+
 /// Cached facts are dropped all at once past this many entries (each is a few dozen bytes).
 const FACTS_CACHE_MAX: usize = 100_000;
 
@@ -49,10 +65,21 @@ impl FactsCache {
 }
 
 impl Rooms {
-    /// Which of `rows` (of one room or several) the user may see, in order.
-    pub(crate) async fn visible_rows(&self, rows: &[EventRow], user: &UserId) -> Result<Vec<bool>> {
+    /// Which of `rows` (of one room or several) the user may see, in order: a [`Sight`] for
+    /// each they may.
+    pub(crate) async fn visible_rows(
+        &self,
+        rows: &[EventRow],
+        user: &UserId,
+    ) -> Result<Vec<Option<Sight>>> {
         let rows: Vec<&EventRow> = rows.iter().collect();
         self.visibility(user, &rows, &HashMap::new()).await
+    }
+
+    /// [`Rooms::visible_rows`] for one row.
+    pub(crate) async fn sight_of(&self, row: &EventRow, user: &UserId) -> Result<Option<Sight>> {
+        let mut sights = self.visibility(user, &[row], &HashMap::new()).await?;
+        Ok(sights.pop().flatten())
     }
 
     /// History visibility of rows from any rooms, in order. `joined_now` may say, per room,
@@ -66,7 +93,7 @@ impl Rooms {
         user: &UserId,
         rows: &[&EventRow],
         joined_now: &HashMap<i64, bool>,
-    ) -> Result<Vec<bool>> {
+    ) -> Result<Vec<Option<Sight>>> {
         let facts = self.visibility_facts(user, rows).await?;
         let ignored = self.ignored_users(user).await?;
         let mut joined_now = joined_now.clone();
@@ -75,17 +102,22 @@ impl Rooms {
             // Ignored users' messages are hidden everywhere; their state events are not (the
             // room would make no sense without them).
             if row.state_key.is_none() && ignored.contains(&row.sender) {
-                out.push(false);
-                continue;
-            }
-            if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str())
-            {
-                // A user always sees their own membership events.
-                out.push(true);
+                out.push(None);
                 continue;
             }
             let (visibility, membership_then) =
                 facts.get(&row.state_group).cloned().unwrap_or_default();
+            let sight = || Sight {
+                membership: membership_then
+                    .clone()
+                    .unwrap_or_else(|| "leave".to_owned()),
+            };
+            if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str())
+            {
+                // A user always sees their own membership events.
+                out.push(Some(sight()));
+                continue;
+            }
             let visible = match visibility.as_deref().unwrap_or("shared") {
                 "world_readable" => true,
                 _ if membership_then.as_deref() == Some("join") => true,
@@ -104,7 +136,7 @@ impl Rooms {
                 "invited" => membership_then.as_deref() == Some("invite"),
                 _ => false,
             };
-            out.push(visible);
+            out.push(visible.then(sight));
         }
         Ok(out)
     }

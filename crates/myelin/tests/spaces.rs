@@ -267,3 +267,100 @@ async fn the_hierarchy_shows_only_rooms_the_user_may_learn_about() {
         assert_eq!(room_ids(&body), vec![root, r1, ss1, r2, r3]);
     }
 }
+
+#[tokio::test]
+async fn room_summary_for_who_may_learn_about_the_room() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let space = space(&server, &alice, "space", "public_chat").await;
+        let restricted = server
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "8", "name": "gated",
+                       "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                         "content": {"join_rule": "restricted",
+                                     "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+            )
+            .await;
+        let private = server
+            .create_room(
+                &alice,
+                json!({"preset": "private_chat", "room_alias_name": "hidden"}),
+            )
+            .await;
+        let public = server
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_alias_name": "open", "topic": "hi"}),
+            )
+            .await;
+        let summary = |user: Option<&TestUser>, room: &str| {
+            let path = format!("/_matrix/client/v1/room_summary/{}", enc(room));
+            let token = user.map(|u| u.access_token.clone());
+            let server = &server;
+            async move {
+                match token {
+                    Some(token) => server.get(&path, &token).await,
+                    None => {
+                        let reply = server
+                            .http
+                            .get(server.client_url(&path))
+                            .send()
+                            .await
+                            .unwrap();
+                        let status = reply.status();
+                        (status, reply.json::<Value>().await.unwrap())
+                    }
+                }
+            }
+        };
+
+        let (status, body) = summary(Some(&alice), &restricted).await;
+        assert_eq!(status, StatusCode::OK, "{kind:?}: {body}");
+        assert_eq!(body["room_id"], restricted.as_str());
+        assert_eq!(body["join_rule"], "restricted");
+        assert_eq!(body["allowed_room_ids"], json!([space]));
+        assert_eq!(body["room_version"], "8");
+        assert_eq!(body["name"], "gated");
+        assert_eq!(body["membership"], "join");
+        assert_eq!(body["num_joined_members"], 1);
+
+        let (status, body) = summary(Some(&alice), &private).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.get("allowed_room_ids").is_none(), "{body}");
+        // Bob may not learn about the private room: the same 404 as an unknown room.
+        let (status, body) = summary(Some(&bob), &private).await;
+        assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+        let (status, body) = summary(Some(&bob), "!unknown:localhost").await;
+        assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+        // Bob is in no allowed room of the restricted one... until he joins the space.
+        let (status, _) = summary(Some(&bob), &restricted).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&space)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = summary(Some(&bob), &restricted).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["membership"], "leave");
+
+        // By alias; anonymously for a public room (no membership), never for a private one.
+        let domain = alice.user_id.split_once(':').unwrap().1;
+        let (status, body) = summary(Some(&bob), &format!("#open:{domain}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["room_id"], public.as_str());
+        assert_eq!(body["topic"], "hi");
+        let (status, body) = summary(None, &public).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.get("membership").is_none(), "{body}");
+        let (status, _) = summary(None, &format!("#hidden:{domain}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        server.stop().await;
+    }
+}

@@ -1,13 +1,41 @@
-//! Spaces over the client API: `GET /rooms/{roomId}/hierarchy`.
+//! Spaces and room summaries over the client API: `GET /rooms/{roomId}/hierarchy` and
+//! `GET /room_summary/{roomIdOrAlias}`.
 
-use axum::Router;
+use axum::{Json, Router, extract::State, routing::get};
 use myelin_service::rooms::HierarchyRequest;
-use ruma::api::client::space::{SpaceHierarchyRoomsChunk, get_hierarchy};
+use ruma::api::{
+    Metadata,
+    client::{
+        room::get_summary,
+        space::{SpaceHierarchyRoomsChunk, get_hierarchy},
+    },
+    path_builder::PathBuilder,
+};
+use serde_json::Value;
 
 use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().ruma(hierarchy)
+    let mut router = Router::new().ruma(hierarchy);
+    // Written as JSON: ruma's `RoomSummary` is built field by field, and the summary is the
+    // hierarchy's, already JSON.
+    for path in get_summary::v1::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, get(room_summary));
+    }
+    router
+}
+
+async fn room_summary(
+    State(state): State<AppState>,
+    request: Ruma<get_summary::v1::Request>,
+) -> Result<Json<Value>, MatrixError> {
+    let user = request.identity.as_ref().map(|user| user.user_id.as_ref());
+    let summary = state
+        .services
+        .rooms
+        .room_summary(user, request.body.room_id_or_alias.as_str())
+        .await?;
+    Ok(Json(summary))
 }
 
 async fn hierarchy(

@@ -1,7 +1,8 @@
 //! The space hierarchy (`GET /rooms/{roomId}/hierarchy`): a depth-first walk of the
 //! `m.space.child` links of local spaces, showing each room the user may learn about (joined or
 //! invited, world-readable history, a public or knockable join rule, or a restricted one the
-//! user satisfies) with its summary and, for spaces, its links. Rooms on other servers need
+//! user satisfies) with its summary and, for spaces, its links; and the same summary for one
+//! room (`GET /room_summary/{roomIdOrAlias}`, spec v1.15). Rooms on other servers need
 //! federation and are left out.
 
 use std::collections::HashSet;
@@ -122,7 +123,9 @@ impl Rooms {
             .transpose()?
             .unwrap_or(0);
         let root = self.store.room(room_id).await?.ok_or_else(forbidden)?;
-        let root_room = self.space_room(&root, user, request.suggested_only).await?;
+        let root_room = self
+            .space_room(&root, Some(user), request.suggested_only)
+            .await?;
         if !root_room.accessible {
             return Err(forbidden());
         }
@@ -143,7 +146,8 @@ impl Rooms {
                     let Some(row) = self.store.room(&id).await? else {
                         continue;
                     };
-                    self.space_room(&row, user, request.suggested_only).await?
+                    self.space_room(&row, Some(user), request.suggested_only)
+                        .await?
                 }
             };
             if !room.accessible {
@@ -175,11 +179,43 @@ impl Rooms {
         })
     }
 
-    /// A room's summary, links and accessibility for `user`.
+    /// `GET /room_summary/{roomIdOrAlias}`: the summary `/hierarchy` shows, for a room the
+    /// reader may learn about, with the reader's `membership` (`leave` when none) when they
+    /// are logged in. Anonymous readers see public, knockable and world-readable rooms only.
+    /// An unknown room and one the reader may not learn about are the same 404 `M_NOT_FOUND`.
+    pub async fn room_summary(&self, user: Option<&UserId>, room_id_or_alias: &str) -> Result<Value> {
+        let not_found = || Error::NotFound("Room not found".to_owned());
+        let room_id = if room_id_or_alias.starts_with('#') {
+            self.store
+                .alias(room_id_or_alias)
+                .await?
+                .ok_or_else(not_found)?
+                .room_id
+        } else {
+            room_id_or_alias.to_owned()
+        };
+        let room = self.store.room(&room_id).await?.ok_or_else(not_found)?;
+        let summary = self.space_room(&room, user, false).await?;
+        if !summary.accessible {
+            return Err(not_found());
+        }
+        let mut out = summary.summary;
+        if let Some(user) = user {
+            let membership = self
+                .store
+                .membership(room.room_nid, user.as_str())
+                .await?
+                .map_or_else(|| "leave".to_owned(), |m| m.0);
+            out["membership"] = json!(membership);
+        }
+        Ok(out)
+    }
+
+    /// A room's summary, links and accessibility for `user` (`None`: an anonymous reader).
     async fn space_room(
         &self,
         room: &RoomRow,
-        user: &UserId,
+        user: Option<&UserId>,
         suggested_only: bool,
     ) -> Result<SpaceRoom> {
         let state = self
@@ -265,15 +301,22 @@ impl Rooms {
             Vec::new()
         };
 
-        let membership = self
-            .store
-            .membership(room.room_nid, user.as_str())
-            .await?
-            .map(|m| m.0);
+        let membership = match user {
+            Some(user) => self
+                .store
+                .membership(room.room_nid, user.as_str())
+                .await?
+                .map(|m| m.0),
+            None => None,
+        };
+        let restricted_allowed = match user {
+            Some(user) => join_rule == "restricted" && self.joined_any(user, &allowed_rooms).await?,
+            None => false,
+        };
         let accessible = matches!(membership.as_deref(), Some("join" | "invite"))
             || history == "world_readable"
             || matches!(join_rule.as_str(), "public" | "knock" | "knock_restricted")
-            || (join_rule == "restricted" && self.joined_any(user, &allowed_rooms).await?);
+            || restricted_allowed;
         Ok(SpaceRoom {
             summary,
             is_space,

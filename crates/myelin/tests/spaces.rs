@@ -332,9 +332,15 @@ async fn room_summary_for_who_may_learn_about_the_room() {
         assert!(body.get("allowed_room_ids").is_none(), "{body}");
         // Bob may not learn about the private room: the same 404 as an unknown room.
         let (status, body) = summary(Some(&bob), &private).await;
-        assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
         let (status, body) = summary(Some(&bob), "!unknown:localhost").await;
-        assert_eq!((status, body["errcode"].as_str()), (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")));
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
         // Bob is in no allowed room of the restricted one... until he joins the space.
         let (status, _) = summary(Some(&bob), &restricted).await;
         assert_eq!(status, StatusCode::NOT_FOUND);

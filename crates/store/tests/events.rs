@@ -507,7 +507,12 @@ async fn a_second_event_with_a_stored_id_is_refused_and_the_first_kept() {
         assert_eq!(kept.event_type, "m.room.message", "{kind:?}");
         assert_eq!(kept.json, r#"{"type":"m.room.message"}"#);
         assert_eq!(
-            store.event_by_nid(first.event_nid).await.unwrap().unwrap().event_id,
+            store
+                .event_by_nid(first.event_nid)
+                .await
+                .unwrap()
+                .unwrap()
+                .event_id,
             "$same:localhost"
         );
     }

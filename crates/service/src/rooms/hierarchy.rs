@@ -183,7 +183,11 @@ impl Rooms {
     /// reader may learn about, with the reader's `membership` (`leave` when none) when they
     /// are logged in. Anonymous readers see public, knockable and world-readable rooms only.
     /// An unknown room and one the reader may not learn about are the same 404 `M_NOT_FOUND`.
-    pub async fn room_summary(&self, user: Option<&UserId>, room_id_or_alias: &str) -> Result<Value> {
+    pub async fn room_summary(
+        &self,
+        user: Option<&UserId>,
+        room_id_or_alias: &str,
+    ) -> Result<Value> {
         let not_found = || Error::NotFound("Room not found".to_owned());
         let room_id = if room_id_or_alias.starts_with('#') {
             self.store
@@ -310,7 +314,9 @@ impl Rooms {
             None => None,
         };
         let restricted_allowed = match user {
-            Some(user) => join_rule == "restricted" && self.joined_any(user, &allowed_rooms).await?,
+            Some(user) => {
+                join_rule == "restricted" && self.joined_any(user, &allowed_rooms).await?
+            }
             None => false,
         };
         let accessible = matches!(membership.as_deref(), Some("join" | "invite"))

@@ -112,10 +112,10 @@ var envGroups = []envGroup{
 	{name: "media.legacy", settings: func(s *server) []setting {
 		return []setting{lit("media.legacy_endpoints", "true")}
 	}},
-	// Rooms created without a version are version 10, Synapse's default, which Complement's
-	// tests are written against (TestPowerLevels and others put the creator in the power levels'
-	// `users`, which version 12 forbids). Tests of version 12 ask for it by name; Myelin's own
-	// default stays the spec's 12.
+	// Rooms created without a version are version 10, the version Complement's tests are
+	// written against (Synapse's long-standing default): TestPowerLevels and others put the
+	// creator in the power levels' `users`, which version 12 forbids. Tests of version 12 ask for
+	// it by name; Myelin's own default stays the spec's 12.
 	{name: "rooms.default_room_version", settings: func(s *server) []setting {
 		return []setting{str("rooms.default_room_version", "10")}
 	}},

@@ -1170,6 +1170,46 @@ async fn members_at_a_point_and_messages_filters() {
             "{page}"
         );
         assert_eq!(page["chunk"].as_array().unwrap().len(), 2);
+
+        // contains_url: an image with a url against the text messages without one.
+        let (status, _) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/img",
+                    enc(&room)
+                ),
+                &alice.access_token,
+                json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://localhost/cat"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let with_url = |wanted: bool| {
+            let path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50&filter={}",
+                enc(&room),
+                filter(&format!(
+                    r#"{{"contains_url":{wanted},"types":["m.room.message"]}}"#
+                ))
+            );
+            let server = &server;
+            let token = alice.access_token.clone();
+            async move { server.get(&path, &token).await.1 }
+        };
+        let page = with_url(true).await;
+        let bodies: Vec<&str> = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["content"]["body"].as_str().unwrap())
+            .collect();
+        assert_eq!(bodies, ["cat.png"], "{page}");
+        let page = with_url(false).await;
+        let chunk = page["chunk"].as_array().unwrap();
+        assert!(!chunk.is_empty(), "{page}");
+        assert!(
+            chunk.iter().all(|e| e["content"].get("url").is_none()),
+            "{page}"
+        );
         server.stop().await;
     }
 }
@@ -1659,5 +1699,76 @@ async fn malformed_creator_rules_are_bad_requests() {
             )
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn repeating_state_or_a_join_changes_nothing() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let put_state = |user: &TestUser, content: Value| {
+            let path = format!(
+                "/_matrix/client/v3/rooms/{}/state/a.test.state/",
+                enc(&room)
+            );
+            let token = user.access_token.clone();
+            let server = &server;
+            async move {
+                let (status, body) = server.put(&path, &token, content).await;
+                assert_eq!(status, 200, "{body}");
+                body["event_id"].as_str().unwrap().to_owned()
+            }
+        };
+        let first = put_state(&alice, json!({"a": 1})).await;
+        assert_eq!(put_state(&alice, json!({"a": 1})).await, first, "{kind:?}");
+        // Other content, or the same content from someone else, is a new event.
+        let second = put_state(&alice, json!({"a": 2})).await;
+        assert_ne!(second, first);
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+        let power = state_content(&server, &alice, &room, "m.room.power_levels", "")
+            .await
+            .1;
+        let mut raised = power.clone();
+        raised["state_default"] = json!(0);
+        let (status, _) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                    enc(&room)
+                ),
+                &alice.access_token,
+                raised,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_ne!(put_state(&bob, json!({"a": 2})).await, second);
+
+        // Joining again while joined, with the same profile: the same member event.
+        let member_id = || {
+            let path = format!("/_matrix/client/v3/rooms/{}/state", enc(&room));
+            let token = alice.access_token.clone();
+            let bob_id = bob.user_id.clone();
+            let server = &server;
+            async move {
+                let (_, state) = server.get(&path, &token).await;
+                state
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str())
+                    .unwrap()["event_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let joined = member_id().await;
+        let (status, _) = membership_call(&server, &bob, &room, "join", json!({})).await;
+        assert_eq!(status, 200);
+        assert_eq!(member_id().await, joined, "{kind:?}");
+        server.stop().await;
     }
 }

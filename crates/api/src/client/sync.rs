@@ -35,6 +35,9 @@ pub(crate) fn event_filter(filter: &ruma::api::client::filter::RoomEventFilter) 
             .as_ref()
             .map(|s| s.iter().map(ToString::to_string).collect()),
         not_senders: filter.not_senders.iter().map(ToString::to_string).collect(),
+        contains_url: filter
+            .url_filter
+            .map(|f| matches!(f, ruma::api::client::filter::UrlFilter::EventsWithUrl)),
     }
 }
 

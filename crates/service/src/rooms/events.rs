@@ -12,7 +12,7 @@ use myelin_room_version::{
 };
 use myelin_store::{EventRow, JoinedMember, NewEvent, RoomRow, TxnKey};
 use ruma::UserId;
-use serde_json::value::to_raw_value;
+use serde_json::{Value, value::to_raw_value};
 
 use super::{Rooms, pdu_of, push::PUSH_STATE_TYPES, to_canonical_object, version_of};
 use crate::{Error, Result, now_millis};
@@ -118,6 +118,15 @@ impl Rooms {
                 keys.push((kind.to_owned(), String::new()));
             }
         }
+        // The state this event would replace, to recognise a repeat of it (below).
+        let own_key = event
+            .state_key
+            .map(|key| (event.event_type.to_owned(), key.to_owned()));
+        if let Some(own) = &own_key
+            && !keys.contains(own)
+        {
+            keys.push(own.clone());
+        }
         // The members push rules are evaluated for, read alongside on another connection.
         let (context, members) = tokio::try_join!(
             self.store.send_context(
@@ -130,6 +139,21 @@ impl Rooms {
         )?;
         if let Some(event_id) = context.txn_event_id {
             return Ok(event_id);
+        }
+        // Setting state to what it already is, by the same sender (a second identical
+        // `PUT /state`, a join while joined with the same profile), changes nothing: the
+        // current event is the answer and no new event is sent, as other servers do.
+        if let Some((kind, key)) = &own_key
+            && let Some(current) = context
+                .state
+                .iter()
+                .find(|row| &row.event_type == kind && row.state_key.as_deref() == Some(key))
+            && current.sender == sender.as_str()
+            && current.redacted_by.is_none()
+            && serde_json::from_str::<Value>(&current.json)
+                .is_ok_and(|stored| stored["content"] == event.content)
+        {
+            return Ok(current.event_id.clone());
         }
         let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
         for row in &context.state {

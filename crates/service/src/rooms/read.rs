@@ -36,6 +36,9 @@ pub struct EventFilter {
     pub not_types: Vec<String>,
     pub senders: Option<Vec<String>>,
     pub not_senders: Vec<String>,
+    /// `contains_url`: `Some(true)` keeps only events whose content has a `url`, `Some(false)`
+    /// only those without one.
+    pub contains_url: Option<bool>,
 }
 
 impl EventFilter {
@@ -56,6 +59,9 @@ impl EventFilter {
                 .as_ref()
                 .is_none_or(|s| s.iter().any(|x| x == sender))
             && !self.not_senders.iter().any(|x| x == sender)
+            && self
+                .contains_url
+                .is_none_or(|wanted| event["content"]["url"].is_string() == wanted)
     }
 }
 

@@ -42,11 +42,11 @@ pub(crate) struct GroupCommit {
     lead: Arc<tokio::sync::Mutex<()>>,
     /// Tells queued entries apart, for a caller that goes away to find its own.
     next_id: AtomicU64,
-    /// Test-only failpoint: a batch's commit waits here (while a test holds it) before it
-    /// starts its transaction, after announcing so on `reached`.
-    #[cfg(test)]
+    /// Test-only failpoint ([`Store::pause_commits`]): a batch's commit waits here (while a
+    /// test holds it) before it starts its transaction, after announcing so on `reached`.
+    #[cfg(any(test, feature = "failpoints"))]
     pause: Arc<tokio::sync::Mutex<()>>,
-    #[cfg(test)]
+    #[cfg(any(test, feature = "failpoints"))]
     reached: tokio::sync::Notify,
 }
 
@@ -152,9 +152,37 @@ impl GroupCommit {
     }
 }
 
+/// Test-only failpoint (the `failpoints` feature, which only dev-dependencies enable): while
+/// this lives, every batch stops before its transaction, its events taken from the queue.
+#[cfg(any(test, feature = "failpoints"))]
+#[derive(Debug)]
+pub struct CommitPause {
+    _paused: tokio::sync::OwnedMutexGuard<()>,
+    store: Store,
+}
+
+#[cfg(any(test, feature = "failpoints"))]
+impl CommitPause {
+    /// Waits until a batch has stopped at the pause.
+    pub async fn reached(&self) {
+        self.store.group_commit.reached.notified().await;
+    }
+}
+
+#[cfg(any(test, feature = "failpoints"))]
+impl Store {
+    /// Test-only: pauses group commits until the returned guard drops (see [`CommitPause`]).
+    pub async fn pause_commits(&self) -> CommitPause {
+        CommitPause {
+            _paused: self.group_commit.pause.clone().lock_owned().await,
+            store: self.clone(),
+        }
+    }
+}
+
 /// Commits a batch and replies to each of its callers.
 async fn commit(store: &Store, batch: Vec<Queued>) {
-    #[cfg(test)]
+    #[cfg(any(test, feature = "failpoints"))]
     if store.group_commit.pause.try_lock().is_err() {
         store.group_commit.reached.notify_one();
         drop(store.group_commit.pause.lock().await);

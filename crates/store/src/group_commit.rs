@@ -9,8 +9,24 @@
 //!
 //! If a batch fails, each of its events is retried in a transaction of its own, so one bad
 //! event (a duplicate id, a broken reference) fails alone and the others land.
+//!
+//! Cancellation: a caller's future can be dropped at any await (its client hung up). An event
+//! is committed while its caller's `hold` (the room's writer lock) lives, or never:
+//!
+//! - while the event is queued, dropping the caller removes it from the queue and drops its
+//!   hold (a later leader would otherwise commit it after the lock was released, built on a
+//!   head another writer may have moved on from: a fork);
+//! - once a leader has taken it, the event and its hold travel together in the batch, which
+//!   commits in a task of its own that no caller can cancel; the hold drops only after the
+//!   batch's transaction has ended, committed or not.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    any::Any,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use tokio::sync::oneshot;
 
@@ -24,29 +40,76 @@ const MAX_BATCH: usize = 64;
 pub(crate) struct GroupCommit {
     queue: Mutex<Vec<Queued>>,
     lead: Arc<tokio::sync::Mutex<()>>,
+    /// Tells queued entries apart, for a caller that goes away to find its own.
+    next_id: AtomicU64,
+    /// Test-only failpoint ([`Store::pause_commits`]): a batch's commit waits here (while a
+    /// test holds it) before it starts its transaction, after announcing so on `reached`.
+    #[cfg(any(test, feature = "failpoints"))]
+    pause: Arc<tokio::sync::Mutex<()>>,
+    #[cfg(any(test, feature = "failpoints"))]
+    reached: tokio::sync::Notify,
 }
 
-#[derive(Debug)]
 struct Queued {
+    id: u64,
     event: OwnedEvent,
     reply: oneshot::Sender<Result<Persisted, StoreError>>,
+    /// Whatever the caller must keep held until its event's commit has ended (the room's
+    /// writer lock); dropped with the entry.
+    _hold: Box<dyn Any + Send>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("id", &self.id)
+            .field("event_id", &self.event.event_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a caller's entry from the queue if the caller goes away before a leader took it.
+struct Dequeue<'a> {
+    group: &'a GroupCommit,
+    id: u64,
+}
+
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        let removed = {
+            let mut queue = self.group.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue
+                .iter()
+                .position(|q| q.id == self.id)
+                .map(|at| queue.remove(at))
+        };
+        // Its hold drops here, outside the queue's lock.
+        drop(removed);
+    }
 }
 
 impl GroupCommit {
-    /// Commits `event` (with whatever else is queued) and returns where it landed.
+    /// Commits `event` (with whatever else is queued) and returns where it landed. `hold` is
+    /// kept until the event's commit has ended, even if this future is dropped first; if it
+    /// is dropped before a leader took the event, the event is never committed.
     pub(crate) async fn persist(
         &self,
         store: &Store,
         event: &NewEvent<'_>,
+        hold: Box<dyn Any + Send>,
     ) -> Result<Persisted, StoreError> {
         let (reply, mut done) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Queued {
+                id,
                 event: OwnedEvent::of(event),
                 reply,
+                _hold: hold,
             });
+        let _dequeue = Dequeue { group: self, id };
         loop {
             let lead = tokio::select! {
                 // Committed by another caller's batch.
@@ -69,22 +132,17 @@ impl GroupCommit {
                 drop(lead);
                 return done.await.unwrap_or_else(|_| Err(lost()));
             }
-            if batch.len() == 1 {
-                // Only this caller's event (it is still queued, and the queue is first in,
-                // first out): nobody else depends on this commit, so it runs here (a task
-                // hand-off costs a thread wake-up on an idle server).
-                commit(store, batch).await;
+            // Always in a task of its own, which owns the batch (with its callers' holds) and
+            // the lead: if this caller goes away (its client hung up), the batch still
+            // commits, its callers' locks stay held until it has, and the others still get
+            // their replies. Spawned from a worker thread, the task usually runs on that same
+            // thread as soon as this caller yields.
+            let store = store.clone();
+            let committing = tokio::spawn(async move {
+                commit(&store, batch).await;
                 drop(lead);
-            } else {
-                // In a task of its own: if this caller goes away (its client hung up), the
-                // batch still commits and the other callers still get their replies.
-                let store = store.clone();
-                let committing = tokio::spawn(async move {
-                    commit(&store, batch).await;
-                    drop(lead);
-                });
-                let _ = committing.await;
-            }
+            });
+            let _ = committing.await;
             // With more than MAX_BATCH queued ahead of it, this caller's event is still queued,
             // and the callers it just answered have gone: it leads again.
             if let Ok(result) = done.try_recv() {
@@ -94,8 +152,41 @@ impl GroupCommit {
     }
 }
 
+/// Test-only failpoint (the `failpoints` feature, which only dev-dependencies enable): while
+/// this lives, every batch stops before its transaction, its events taken from the queue.
+#[cfg(any(test, feature = "failpoints"))]
+#[derive(Debug)]
+pub struct CommitPause {
+    _paused: tokio::sync::OwnedMutexGuard<()>,
+    store: Store,
+}
+
+#[cfg(any(test, feature = "failpoints"))]
+impl CommitPause {
+    /// Waits until a batch has stopped at the pause.
+    pub async fn reached(&self) {
+        self.store.group_commit.reached.notified().await;
+    }
+}
+
+#[cfg(any(test, feature = "failpoints"))]
+impl Store {
+    /// Test-only: pauses group commits until the returned guard drops (see [`CommitPause`]).
+    pub async fn pause_commits(&self) -> CommitPause {
+        CommitPause {
+            _paused: self.group_commit.pause.clone().lock_owned().await,
+            store: self.clone(),
+        }
+    }
+}
+
 /// Commits a batch and replies to each of its callers.
 async fn commit(store: &Store, batch: Vec<Queued>) {
+    #[cfg(any(test, feature = "failpoints"))]
+    if store.group_commit.pause.try_lock().is_err() {
+        store.group_commit.reached.notify_one();
+        drop(store.group_commit.pause.lock().await);
+    }
     let events: Vec<NewEvent<'_>> = batch.iter().map(|q| q.event.borrowed()).collect();
     match store.persist_events(&events).await {
         Ok(persisted) => {
@@ -289,8 +380,10 @@ mod tests {
             for id in &ids {
                 let (reply, answer) = oneshot::channel();
                 store.group_commit.queue.lock().unwrap().push(Queued {
+                    id: u64::MAX,
                     event: OwnedEvent::of(&event(room, id, &prev)),
                     reply,
+                    _hold: Box::new(()),
                 });
                 answers.push(answer);
             }
@@ -309,6 +402,148 @@ mod tests {
                     "{kind:?}: {id} first"
                 );
             }
+            store.close().await;
+        }
+    }
+
+    /// What a local send does, as the service does it: takes the room's writer lock, reads
+    /// the room's head, and persists a state event on it, handing the lock to the store.
+    async fn send_locked(
+        store: Store,
+        lock: Arc<tokio::sync::Mutex<()>>,
+        room: i64,
+        id: &'static str,
+    ) -> Persisted {
+        let writing = lock.lock_owned().await;
+        let head = store.send_context(room, &[], None).await.unwrap().head;
+        let json = format!(r#"{{"type":"m.room.topic","content":{{"topic":"{id}"}}}}"#);
+        store
+            .persist_event_holding(
+                &NewEvent {
+                    event_type: "m.room.topic",
+                    depth: head.max_depth + 1,
+                    json: &json,
+                    prev_event_ids: &head.prev_event_ids,
+                    state_group_before: head.state_group,
+                    ..event(room, id, &[])
+                },
+                writing,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// The room is one line ending at `last`, and its current state is the state after it.
+    async fn assert_linear(store: &Store, room: i64, last: &Persisted, prev: &str) {
+        assert_eq!(
+            store.forward_extremities(room).await.unwrap(),
+            vec![last.event_nid],
+            "one forward extremity"
+        );
+        let edges = store.event_edges(last.event_nid).await.unwrap();
+        let prevs: Vec<&str> = edges
+            .iter()
+            .filter(|e| e.kind == crate::EdgeKind::Prev)
+            .map(|e| e.cited_event_id.as_str())
+            .collect();
+        assert_eq!(
+            prevs,
+            vec![prev],
+            "the last event follows the head before it"
+        );
+        let ids = |rows: Vec<crate::EventRow>| {
+            let mut ids: Vec<String> = rows.into_iter().map(|r| r.event_id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            ids(store.current_state(room, None).await.unwrap()),
+            ids(store.state_at_group(last.state_group).await.unwrap()),
+            "current state is the state after the head"
+        );
+    }
+
+    async fn room_with_create(kind: crate::DatabaseKind) -> (TestDatabase, Store, i64) {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!r:test", "12", "@a:test", false, 0)
+            .await
+            .unwrap();
+        store
+            .persist_event(&event(room, "$create", &[]))
+            .await
+            .unwrap();
+        (db, store, room)
+    }
+
+    /// A send cancelled while its event waits in the queue is never committed, and its room's
+    /// lock is free again at once: the next send builds on the real head.
+    #[tokio::test]
+    async fn a_send_cancelled_while_queued_is_never_committed() {
+        for kind in test_backends() {
+            let (_db, store, room) = room_with_create(kind).await;
+            let other = store
+                .create_room("!other:test", "12", "@a:test", false, 0)
+                .await
+                .unwrap();
+            let lock = Arc::new(tokio::sync::Mutex::new(()));
+            // Another room's commit holds the lead, paused.
+            let paused = store.group_commit.pause.clone().lock_owned().await;
+            let leader = tokio::spawn({
+                let store = store.clone();
+                async move { store.persist_event(&event(other, "$other", &[])).await }
+            });
+            store.group_commit.reached.notified().await;
+            // A send queues behind it, then its caller goes away.
+            let cancelled = tokio::spawn(send_locked(store.clone(), lock.clone(), room, "$gone"));
+            while store.group_commit.queue.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cancelled.abort();
+            assert!(cancelled.await.unwrap_err().is_cancelled());
+            assert!(
+                store.group_commit.queue.lock().unwrap().is_empty(),
+                "{kind:?}: the cancelled event left the queue"
+            );
+            assert!(lock.try_lock().is_ok(), "{kind:?}: the room's lock is free");
+            drop(paused);
+            leader.await.unwrap().unwrap();
+
+            let next = send_locked(store.clone(), lock.clone(), room, "$next").await;
+            assert!(store.event("$gone").await.unwrap().is_none(), "{kind:?}");
+            assert_linear(&store, room, &next, "$create").await;
+            store.close().await;
+        }
+    }
+
+    /// A send cancelled once a leader took its event into a batch: the event commits, and the
+    /// room's lock stays held until it has, so the next send builds on it.
+    #[tokio::test]
+    async fn a_send_cancelled_during_its_commit_keeps_the_lock_until_it_ends() {
+        for kind in test_backends() {
+            let (_db, store, room) = room_with_create(kind).await;
+            let lock = Arc::new(tokio::sync::Mutex::new(()));
+            let paused = store.group_commit.pause.clone().lock_owned().await;
+            let cancelled = tokio::spawn(send_locked(store.clone(), lock.clone(), room, "$first"));
+            store.group_commit.reached.notified().await;
+            cancelled.abort();
+            assert!(cancelled.await.unwrap_err().is_cancelled());
+            assert!(
+                lock.try_lock().is_err(),
+                "{kind:?}: the room's lock is released while its event is being committed"
+            );
+            let next = tokio::spawn(send_locked(store.clone(), lock.clone(), room, "$next"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(paused);
+            let next = tokio::time::timeout(Duration::from_secs(20), next)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(store.event("$first").await.unwrap().is_some(), "{kind:?}");
+            assert_linear(&store, room, &next, "$first").await;
             store.close().await;
         }
     }

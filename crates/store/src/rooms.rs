@@ -466,7 +466,18 @@ impl Store {
     /// arrive while another commit is running are committed together, in arrival order, in one
     /// transaction (see `group_commit`).
     pub async fn persist_event(&self, event: &NewEvent<'_>) -> Result<Persisted, StoreError> {
-        self.group_commit.persist(self, event).await
+        self.persist_event_holding(event, ()).await
+    }
+
+    /// [`Store::persist_event`], keeping `hold` (the room's writer lock) until the event's
+    /// commit has ended. Cancel-safe: if this future is dropped, the event is either committed
+    /// with `hold` still held until then, or (not yet taken into a batch) never committed.
+    pub async fn persist_event_holding<H: Send + 'static>(
+        &self,
+        event: &NewEvent<'_>,
+        hold: H,
+    ) -> Result<Persisted, StoreError> {
+        self.group_commit.persist(self, event, Box::new(hold)).await
     }
 
     /// Persists events in one transaction, in order, with consecutive stream positions.

@@ -96,7 +96,10 @@ impl Rooms {
             }
             _ => None,
         };
-        let _writing = self.locks.writer(&room.room_id).await;
+        // Held until the event's commit has ended (or it is known never to happen): it moves
+        // into the store's group commit with the event (see `persist`), so a send whose
+        // caller goes away never commits outside its room's lock.
+        let writing = self.locks.writer(&room.room_id).await;
         let version = version_of(room)?;
         let content_raw =
             to_raw_value(&event.content).map_err(|e| Error::BadJson(e.to_string()))?;
@@ -244,6 +247,7 @@ impl Rooms {
                 redaction.and_then(|r| r.redacted_copy()),
                 now,
                 Some((members, &context.state)),
+                Some(writing),
             )
             .await?;
         Ok(event_id)
@@ -291,6 +295,9 @@ impl Rooms {
 
     /// Persists an already built and authorised PDU. `push_inputs` are the room's members and
     /// state for push rules when the caller has read them (else they are read here).
+    /// `writing`, the room's writer lock, is handed to the store, which keeps it until the
+    /// event's commit has ended even if this future is dropped (the store's group commit is
+    /// where a commit can outlive its caller).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn persist(
         &self,
@@ -301,6 +308,7 @@ impl Rooms {
         redaction: Option<(&str, &str)>,
         now: i64,
         push_inputs: Option<(Vec<JoinedMember>, &[EventRow])>,
+        writing: Option<super::locks::WriterGuard>,
     ) -> Result<String> {
         let membership = if pdu.event_type() == "m.room.member" {
             pdu.content_object()
@@ -322,31 +330,34 @@ impl Rooms {
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
         self.store
-            .persist_event(&NewEvent {
-                room_nid: room.room_nid,
-                event_id: pdu.event_id(),
-                event_type: pdu.event_type(),
-                state_key: pdu.state_key(),
-                sender: pdu.sender(),
-                depth,
-                origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
-                json: &json,
-                prev_event_ids: &prev_event_ids,
-                auth_event_ids: &auth_event_ids,
-                state_group_before,
-                membership: match (&membership, pdu.state_key()) {
-                    (Some(m), Some(target)) => Some((target, m.as_str())),
-                    _ => None,
+            .persist_event_holding(
+                &NewEvent {
+                    room_nid: room.room_nid,
+                    event_id: pdu.event_id(),
+                    event_type: pdu.event_type(),
+                    state_key: pdu.state_key(),
+                    sender: pdu.sender(),
+                    depth,
+                    origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
+                    json: &json,
+                    prev_event_ids: &prev_event_ids,
+                    auth_event_ids: &auth_event_ids,
+                    state_group_before,
+                    membership: match (&membership, pdu.state_key()) {
+                        (Some(m), Some(target)) => Some((target, m.as_str())),
+                        _ => None,
+                    },
+                    txn,
+                    redaction,
+                    push_actions: &push_actions,
+                    relation: relation
+                        .as_ref()
+                        .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
+                    search: search.as_ref().map(|(key, text)| (*key, text.as_str())),
+                    now,
                 },
-                txn,
-                redaction,
-                push_actions: &push_actions,
-                relation: relation
-                    .as_ref()
-                    .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
-                search: search.as_ref().map(|(key, text)| (*key, text.as_str())),
-                now,
-            })
+                writing,
+            )
             .await?;
         self.notify.notify();
         if push_actions.iter().any(|a| a.notify) {

@@ -8,6 +8,8 @@
 //!    and current state until its event is persisted, so two local sends do not fork the room's
 //!    graph for nothing. At most one writer lock at a time: nothing that holds a room's writer
 //!    waits for another room's.
+//!    A send hands its guard to the store with its event, which keeps it until the commit
+//!    has ended even if the send is cancelled (`Store::persist_event_holding`).
 //!
 //! Inside the store, a writer then queues on group commit and the database's own transaction
 //! (`myelin_store`), which take no lock of this module.

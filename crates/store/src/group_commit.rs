@@ -4,8 +4,9 @@
 //!
 //! No thread or task of its own: each caller queues its event, then either its event is
 //! committed by whoever leads the current batch, or it takes the lead itself and commits
-//! everything queued so far (at most [`MAX_BATCH`]). A caller alone pays nothing extra. Every
-//! caller returns only once its own event is committed, so a 200 still means durably stored.
+//! everything queued so far (at most [`MAX_BATCH`]). A caller alone pays one task hand-off (the
+//! commit runs in a task of its own, see below). Every caller returns only once its own event
+//! is committed, so a 200 still means durably stored.
 //!
 //! If a batch fails, each of its events is retried in a transaction of its own, so one bad
 //! event (a duplicate id, a broken reference) fails alone and the others land.

@@ -2,7 +2,7 @@
 //! are then committed together, in one transaction with one flush to disk, instead of one
 //! transaction each.
 //!
-//! No thread or task of its own: each caller queues its event, then either its event is
+//! No background worker: each caller queues its event, then either its event is
 //! committed by whoever leads the current batch, or it takes the lead itself and commits
 //! everything queued so far (at most [`MAX_BATCH`]). A caller alone pays one task hand-off (the
 //! commit runs in a task of its own, see below). Every caller returns only once its own event

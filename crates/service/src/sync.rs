@@ -871,10 +871,8 @@ impl Services {
                 if row.event_type == "m.room.create" && row.state_key.as_deref() == Some("") {
                     return self.rooms.client_event(&membership.room, row, reader);
                 }
-                let pdu = serde_json::from_str::<Value>(&row.json).ok()?;
-                Some(
-                    json!({"type": pdu["type"], "state_key": pdu["state_key"], "content": pdu["content"], "sender": pdu["sender"]}),
-                )
+                self.rooms
+                    .stripped_event(&membership.room, &row.json, Some(reader), false)
             })
             .collect())
     }

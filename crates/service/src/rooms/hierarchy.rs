@@ -283,17 +283,13 @@ impl Rooms {
             .state
             .iter()
             .filter(|(t, k, _)| t == "m.space.child" && !k.is_empty())
-            .filter_map(|(_, _, json)| serde_json::from_str::<Value>(json).ok())
+            .filter_map(|(_, _, json)| self.stripped_event(room, json, user, true))
             .filter(|e| {
                 e["content"]["via"]
                     .as_array()
                     .is_some_and(|v| !v.is_empty())
             })
             .filter(|e| !suggested_only || e["content"]["suggested"] == true)
-            .map(|e| {
-                json!({"type": e["type"], "state_key": e["state_key"], "content": e["content"],
-                       "sender": e["sender"], "origin_server_ts": e["origin_server_ts"]})
-            })
             .collect();
         children.sort_by_key(child_order);
         let children = if is_space {

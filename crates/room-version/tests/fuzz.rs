@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{Actor, Room, actor};
 use myelin_room_version::account_key::{AccountKey, KeyFormUserId};
@@ -29,9 +29,7 @@ const MAX_SAFE: i64 = (1 << 53) - 1;
 // Corpus and seeds
 
 fn corpus_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus")
-        .join(kind)
+    manifest_dir().join("tests/corpus").join(kind)
 }
 
 /// Every file of one corpus directory, by name.
@@ -630,4 +628,13 @@ proptest! {
         let mutated = mutate(seeds[seed.index(seeds.len())].as_bytes(), &mutations);
         check_id(&String::from_utf8_lossy(&mutated))?;
     }
+}
+
+/// The crate's directory, read when the test runs (cargo sets it): a build directory shared by
+/// several checkouts (CI's fresh clones) can hand this test a binary compiled in another one,
+/// whose compile-time path may be gone.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::Path;
 
 use common::{key_user, v};
 use myelin_room_version::auth::{auth_chain, auth_types_for_event};
@@ -36,7 +35,7 @@ fn rewrite_users(text: &str, key_form: bool) -> String {
 }
 
 fn load_pdus(files: &[&str], version: &RoomVersion, key_form: bool) -> Vec<Pdu> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state_res");
+    let dir = manifest_dir().join("tests/fixtures/state_res");
     let mut out = Vec::new();
     for file in files {
         let text = rewrite_users(&std::fs::read_to_string(dir.join(file)).unwrap(), key_form);
@@ -235,9 +234,7 @@ fn resolve_forks(
     let pdus = load_pdus(&[&format!("{dir}/{pdus_file}")], version, key_form);
     let by_id: HashMap<&str, &Pdu> = pdus.iter().map(|p| (p.event_id(), p)).collect();
     let fetch = |id: &str| by_id.get(id).copied();
-    let base = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/state_res")
-        .join(dir);
+    let base = manifest_dir().join("tests/fixtures/state_res").join(dir);
     let mut maps = Vec::new();
     let mut chains = Vec::new();
     for fork in forks {
@@ -868,4 +865,13 @@ mod subgraph_properties {
             prop_assert_eq!(got, expected);
         }
     }
+}
+
+/// The crate's directory, read when the test runs (cargo sets it): a build directory shared by
+/// several checkouts (CI's fresh clones) can hand this test a binary compiled in another one,
+/// whose compile-time path may be gone.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -835,7 +835,7 @@ impl Services {
             .room_events(room.room_nid, 0, first.stream_ordering, true, 1)
             .await?;
         match previous.first() {
-            Some(previous) => Ok(self.store.state_at_group(previous.state_group).await?),
+            Some(previous) => Ok(self.store.state_at_group(previous.state_after()?).await?),
             None => Ok(Vec::new()),
         }
     }

@@ -104,7 +104,10 @@ async fn a_send_cancelled_during_its_commit_keeps_the_room_linear() {
         );
         assert_eq!(
             current,
-            ids(store.state_at_group(second.state_group).await.unwrap()),
+            ids(store
+                .state_at_group(second.state_after().unwrap())
+                .await
+                .unwrap()),
             "{kind:?}: current state is the state after the head"
         );
         services.shutdown().await;

@@ -31,6 +31,10 @@ pub enum StoreError {
     #[error("conflict: {0}")]
     Conflict(String),
 
+    /// The state after an event was asked for, and the event is an outlier: it has none.
+    #[error("event {0} is an outlier: it has no room state")]
+    Outlier(String),
+
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),

@@ -37,8 +37,9 @@ pub struct EventEdge {
 }
 
 /// What became of an event: whether it is part of the room's history and state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum EventStatus {
+    #[default]
     Normal,
     /// Stored for an auth chain only: no place in the timeline or the state.
     Outlier,
@@ -47,6 +48,81 @@ pub enum EventStatus {
     /// Authorised by its own state but not by the room's current state: stored, served over
     /// federation, kept out of timelines and forward extremities.
     SoftFailed,
+}
+
+impl EventStatus {
+    /// The `status` column's value.
+    pub(crate) fn column(&self) -> &'static str {
+        match self {
+            EventStatus::Normal => "normal",
+            EventStatus::Outlier => "outlier",
+            EventStatus::Rejected(_) => "rejected",
+            EventStatus::SoftFailed => "soft_failed",
+        }
+    }
+
+    /// The `rejection_reason` column's value.
+    pub(crate) fn reason(&self) -> Option<&str> {
+        match self {
+            EventStatus::Rejected(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_columns(status: &str, reason: Option<String>) -> Result<Self, sqlx::Error> {
+        match status {
+            "normal" => Ok(EventStatus::Normal),
+            "outlier" => Ok(EventStatus::Outlier),
+            "rejected" => Ok(EventStatus::Rejected(reason.unwrap_or_default())),
+            "soft_failed" => Ok(EventStatus::SoftFailed),
+            other => Err(sqlx::Error::Decode(
+                format!("unknown event status {other}").into(),
+            )),
+        }
+    }
+}
+
+/// Where an appended event goes in the room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// At the live end: a stream position after every event so far, seen by sync.
+    #[default]
+    Live,
+    /// Older history fetched backwards: a stream position below every live event (counting
+    /// down from 0), so that sync never sees it as new; `/messages` finds it by depth.
+    Backfilled,
+}
+
+/// One key of the current state that an append changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub event_type: String,
+    pub state_key: String,
+    /// The event now at the key; `None` when the key leaves the state.
+    pub event_nid: Option<i64>,
+    /// For `m.room.member`: the membership of that event (`None` when the key leaves).
+    pub membership: Option<String>,
+}
+
+/// What an append does to the room's current state (the resolution of the states after its
+/// forward extremities, kept as a state group in `room_current_state` and flattened in
+/// `current_state`). Decided by the caller, which holds the room's writer lock; the store
+/// checks, with compare-and-set on the group, that nobody moved the state meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CurrentStateChange {
+    /// The event's state before is the current state and it is the room's only forward
+    /// extremity afterwards: the current state becomes the state after it. (A room's first
+    /// event starts the current state.)
+    #[default]
+    Extend,
+    /// The current state stays as it is (an outlier, a rejected, soft-failed or backfilled
+    /// event, or a fork whose resolution changes nothing).
+    Unchanged,
+    /// The forks' states resolve to the current state `expected` with `changes` applied.
+    Resolved {
+        expected: i64,
+        changes: Vec<StateChange>,
+    },
 }
 
 impl Store {
@@ -104,15 +180,8 @@ impl Store {
                 None => None,
             }
         });
-        row.map(|(status, reason)| match status.as_str() {
-            "normal" => Ok(EventStatus::Normal),
-            "outlier" => Ok(EventStatus::Outlier),
-            "rejected" => Ok(EventStatus::Rejected(reason.unwrap_or_default())),
-            "soft_failed" => Ok(EventStatus::SoftFailed),
-            other => Err(StoreError::Database(sqlx::Error::Decode(
-                format!("unknown event status {other}").into(),
-            ))),
-        })
-        .transpose()
+        Ok(row
+            .map(|(status, reason)| EventStatus::from_columns(&status, reason))
+            .transpose()?)
     }
 }

@@ -31,7 +31,10 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::{NewEvent, Persisted, PushAction, Store, StoreError, TxnKey};
+use crate::{
+    CurrentStateChange, EventStatus, NewEvent, Persisted, Placement, PushAction, Store, StoreError,
+    TxnKey,
+};
 
 /// The most events one transaction commits: bounds how long a batch holds the write lock.
 const MAX_BATCH: usize = 64;
@@ -235,6 +238,10 @@ struct OwnedEvent {
     prev_event_ids: Vec<String>,
     auth_event_ids: Vec<String>,
     state_group_before: Option<i64>,
+    replaces: Option<i64>,
+    status: EventStatus,
+    placement: Placement,
+    current_state: CurrentStateChange,
     membership: Option<(String, String)>,
     /// `(user_id, device_id, scope, txn_id)`.
     txn: Option<(String, String, String, String)>,
@@ -259,6 +266,10 @@ impl OwnedEvent {
             prev_event_ids: event.prev_event_ids.to_vec(),
             auth_event_ids: event.auth_event_ids.to_vec(),
             state_group_before: event.state_group_before,
+            replaces: event.replaces,
+            status: event.status.clone(),
+            placement: event.placement,
+            current_state: event.current_state.clone(),
             membership: event
                 .membership
                 .map(|(target, membership)| (target.to_owned(), membership.to_owned())),
@@ -297,6 +308,10 @@ impl OwnedEvent {
             prev_event_ids: &self.prev_event_ids,
             auth_event_ids: &self.auth_event_ids,
             state_group_before: self.state_group_before,
+            replaces: self.replaces,
+            status: self.status.clone(),
+            placement: self.placement,
+            current_state: self.current_state.clone(),
             membership: self
                 .membership
                 .as_ref()
@@ -351,6 +366,10 @@ mod tests {
             prev_event_ids: prev,
             auth_event_ids: &[],
             state_group_before: None,
+            replaces: None,
+            status: EventStatus::Normal,
+            placement: Placement::Live,
+            current_state: CurrentStateChange::Extend,
             membership: None,
             txn: None,
             redaction: None,
@@ -376,13 +395,18 @@ mod tests {
                 .unwrap();
             let prev: Vec<String> = Vec::new();
             let ids: Vec<String> = (0..MAX_BATCH + 5).map(|i| format!("$ahead{i}")).collect();
-            // Callers that queued and went away (nobody of them will lead).
+            // Callers that queued and went away (nobody of them will lead), each starting a
+            // room of its own.
             let mut answers = Vec::new();
             for id in &ids {
                 let (reply, answer) = oneshot::channel();
+                let own_room = store
+                    .create_room(&format!("!{}:test", &id[1..]), "12", "@a:test", false, 0)
+                    .await
+                    .unwrap();
                 store.group_commit.queue.lock().unwrap().push(Queued {
                     id: u64::MAX,
-                    event: OwnedEvent::of(&event(room, id, &prev)),
+                    event: OwnedEvent::of(&event(own_room, id, &prev)),
                     reply,
                     _hold: Box::new(()),
                 });
@@ -425,7 +449,7 @@ mod tests {
                     depth: head.max_depth + 1,
                     json: &json,
                     prev_event_ids: &head.prev_event_ids,
-                    state_group_before: head.state_group,
+                    state_group_before: head.current_state_group,
                     ..event(room, id, &[])
                 },
                 writing,
@@ -459,7 +483,10 @@ mod tests {
         };
         assert_eq!(
             ids(store.current_state(room, None).await.unwrap()),
-            ids(store.state_at_group(last.state_group).await.unwrap()),
+            ids(store
+                .state_at_group(last.state_group.unwrap())
+                .await
+                .unwrap()),
             "current state is the state after the head"
         );
     }

@@ -60,7 +60,7 @@ pub mod user_data;
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
-pub use graph::{EdgeKind, EventEdge, EventStatus};
+pub use graph::{CurrentStateChange, EdgeKind, EventEdge, EventStatus, Placement, StateChange};
 #[cfg(any(test, feature = "failpoints"))]
 pub use group_commit::CommitPause;
 pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};

@@ -5,6 +5,7 @@
 
 use sqlx::Row;
 
+use crate::graph::{CurrentStateChange, EventStatus, Placement};
 use crate::store::BeginWrite;
 use crate::{DatabaseKind, Store, StoreError, with_pool};
 
@@ -37,13 +38,26 @@ pub struct EventRow {
     pub sender: String,
     pub json: String,
     pub redacted_by: Option<String>,
-    pub state_group: i64,
+    /// The state after the event (for a rejected event, the state before it); `None` for an
+    /// outlier, which has no place in the room's state (see [`EventRow::state_after`]).
+    pub state_group: Option<i64>,
+    /// Whether the event is part of the room's history and state.
+    pub status: EventStatus,
     /// For a state event: the JSON of the state event it replaced (clients' `prev_content`).
     pub prev_json: Option<String>,
     /// For a redacted event: the JSON of the redaction (clients' `redacted_because`).
     pub redacted_because_json: Option<String>,
     /// For a client send: the sending device and its transaction id.
     pub txn: Option<(String, String)>,
+}
+
+impl EventRow {
+    /// The state after the event, for an event that has a place in the room's state: client
+    /// reads never hand out outliers, so one here is a bug, reported rather than guessed around.
+    pub fn state_after(&self) -> Result<i64, StoreError> {
+        self.state_group
+            .ok_or_else(|| StoreError::Outlier(self.event_id.clone()))
+    }
 }
 
 /// One of a user's room memberships, with where it happened in the events stream.
@@ -69,14 +83,15 @@ pub struct SyncSnapshot {
     pub memberships: Vec<MembershipRow>,
 }
 
-/// A room's forward extremities and the newest depth and state among them: what a new local
-/// event builds on.
+/// A room's forward extremities, newest first, and their greatest depth, with the room's
+/// current state group: what a new local event builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomHead {
     pub prev_event_ids: Vec<String>,
     pub max_depth: i64,
-    /// The state after the newest extremity (single-writer rooms have one extremity).
-    pub state_group: Option<i64>,
+    /// The room's current state: the resolution of the states after its forward extremities,
+    /// and so the state before a local event that cites them all.
+    pub current_state_group: Option<i64>,
 }
 
 /// What a local send reads before it builds its event ([`Store::send_context`]).
@@ -91,7 +106,7 @@ pub struct SendContext {
 }
 
 /// An event to persist.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewEvent<'a> {
     pub room_nid: i64,
     pub event_id: &'a str,
@@ -106,8 +121,17 @@ pub struct NewEvent<'a> {
     pub prev_event_ids: &'a [String],
     /// The events it cites in `auth_events`, by id, stored as edges.
     pub auth_event_ids: &'a [String],
-    /// The state before this event (`None` only for a room's first event).
+    /// The state before this event (`None` for a room's first event and for an outlier).
     pub state_group_before: Option<i64>,
+    /// For a state event: the event it replaces in the state before it (clients'
+    /// `prev_content`).
+    pub replaces: Option<i64>,
+    /// Whether the event joins the room's history and state; a stored outlier of the same id
+    /// is upgraded in place by a non-outlier append.
+    pub status: EventStatus,
+    pub placement: Placement,
+    /// What the append does to the room's current state.
+    pub current_state: CurrentStateChange,
     /// For `m.room.member`: the target and its membership.
     pub membership: Option<(&'a str, &'a str)>,
     /// The transaction of a client send.
@@ -186,7 +210,10 @@ pub struct RoomSummaryRow {
 pub struct Persisted {
     pub event_nid: i64,
     pub stream_ordering: i64,
-    pub state_group: i64,
+    /// The state after the event (`None` for an outlier).
+    pub state_group: Option<i64>,
+    /// The room's current state group after the append.
+    pub current_state_group: Option<i64>,
 }
 
 /// A user's read position in a room as an SQL expression over the given room and user
@@ -207,7 +234,8 @@ pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
 macro_rules! own_event_columns {
     () => {
         "e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
-         e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group"
+         e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
+         e.status, e.rejection_reason"
     };
 }
 
@@ -250,6 +278,10 @@ macro_rules! event_from_row {
             json: row.try_get("json")?,
             redacted_by: row.try_get("redacted_by")?,
             state_group: row.try_get("state_group")?,
+            status: $crate::graph::EventStatus::from_columns(
+                row.try_get::<&str, _>("status")?,
+                row.try_get("rejection_reason")?,
+            )?,
             prev_json: row.try_get("prev_json")?,
             redacted_because_json: row.try_get("redacted_because_json")?,
             txn: match (
@@ -312,13 +344,144 @@ fn edges_insert_sql(edges: &[(u8, &str)]) -> String {
     )
 }
 
+/// A new state group for room `$room` over `$parent` (`None`: empty): a delta holding nothing
+/// yet while the chain is short, else (or when `$full`) a full copy of the parent's state in one
+/// statement, so that reading a group never walks more than [`MAX_STATE_CHAIN`] groups.
+/// Evaluates to the group. (A macro: the transaction's type differs per backend.)
+macro_rules! new_state_group {
+    ($tx:ident, $room:expr, $parent:expr) => {
+        new_state_group!($tx, $room, $parent, false)
+    };
+    ($tx:ident, $room:expr, $parent:expr, $full:expr) => {{
+        let parent: Option<i64> = $parent;
+        let parent_len: Option<i64> =
+            match parent {
+                Some(parent) => sqlx::query_scalar(
+                    "SELECT CAST(chain_length AS BIGINT) FROM state_groups WHERE state_group = $1",
+                )
+                .bind(parent)
+                .fetch_optional(&mut *$tx)
+                .await?,
+                None => None,
+            };
+        let (delta_parent, chain_length) = match parent_len {
+            Some(len) if len < MAX_STATE_CHAIN && !$full => (parent, len + 1),
+            _ => (None, 0),
+        };
+        let group: i64 = sqlx::query_scalar(
+            "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, $2, $3) \
+             RETURNING state_group",
+        )
+        .bind($room)
+        .bind(delta_parent)
+        .bind(chain_length as i32)
+        .fetch_one(&mut *$tx)
+        .await?;
+        if delta_parent.is_none()
+            && let Some(parent) = parent
+        {
+            sqlx::query(COPY_STATE_SQL)
+                .bind(group)
+                .bind(parent)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        group
+    }};
+}
+
+/// Copies the state of group `$2` (resolved through its delta chain, nearest group winning)
+/// into the empty group `$1`, in one statement.
+const COPY_STATE_SQL: &str = "WITH RECURSIVE chain (state_group, depth) AS ( \
+         SELECT CAST($2 AS BIGINT), 0 \
+         UNION ALL \
+         SELECT g.parent_group, c.depth + 1 FROM state_groups g \
+         JOIN chain c ON g.state_group = c.state_group WHERE g.parent_group IS NOT NULL) \
+     INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) \
+     SELECT $1, x.event_type, x.state_key, x.event_nid FROM ( \
+         SELECT s.event_type, s.state_key, s.event_nid, ROW_NUMBER() OVER ( \
+             PARTITION BY s.event_type, s.state_key ORDER BY c.depth) AS nearest \
+         FROM chain c JOIN state_group_entries s ON s.state_group = c.state_group) AS x \
+     WHERE x.nearest = 1";
+
+/// Applies one change of a room's current state at stream position `$stream`: the flattened
+/// `current_state` row, the delta that incremental sync reads, and for a member event the
+/// membership row. `$nid` is `None` when the key leaves the state.
+macro_rules! apply_state_change {
+    ($tx:ident, $room:expr, $stream:expr, $event_type:expr, $state_key:expr, $nid:expr, $membership:expr) => {{
+        let (event_type, state_key, nid): (&str, &str, Option<i64>) = ($event_type, $state_key, $nid);
+        let membership: Option<&str> = $membership;
+        match nid {
+            Some(nid) => sqlx::query(
+                "INSERT INTO current_state (room_nid, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (room_nid, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+            )
+            .bind($room)
+            .bind(event_type)
+            .bind(state_key)
+            .bind(nid)
+            .execute(&mut *$tx)
+            .await?,
+            None => sqlx::query(
+                "DELETE FROM current_state WHERE room_nid = $1 AND event_type = $2 AND state_key = $3",
+            )
+            .bind($room)
+            .bind(event_type)
+            .bind(state_key)
+            .execute(&mut *$tx)
+            .await?,
+        };
+        sqlx::query(
+            "INSERT INTO current_state_deltas (stream_ordering, room_nid, event_type, state_key, event_nid) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (room_nid, stream_ordering, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+        )
+        .bind($stream)
+        .bind($room)
+        .bind(event_type)
+        .bind(state_key)
+        .bind(nid)
+        .execute(&mut *$tx)
+        .await?;
+        if event_type == "m.room.member" {
+            match (nid, membership) {
+                (Some(nid), Some(membership)) => sqlx::query(
+                    "INSERT INTO room_memberships (room_nid, user_id, membership, event_nid, stream_ordering, forgotten) \
+                     VALUES ($1, $2, $3, $4, $5, FALSE) \
+                     ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, \
+                     event_nid = excluded.event_nid, stream_ordering = excluded.stream_ordering, forgotten = FALSE",
+                )
+                .bind($room)
+                .bind(state_key)
+                .bind(membership)
+                .bind(nid)
+                .bind($stream)
+                .execute(&mut *$tx)
+                .await?,
+                _ => sqlx::query("DELETE FROM room_memberships WHERE room_nid = $1 AND user_id = $2")
+                    .bind($room)
+                    .bind(state_key)
+                    .execute(&mut *$tx)
+                    .await?,
+            };
+        }
+    }};
+}
+
+/// The refusal of an append whose room's current state moved after the caller read it.
+fn current_state_moved(event_id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "the room's current state changed while event {event_id} was being appended"
+    ))
+}
+
 /// A room's head from its forward extremities as `(event id, depth, stream ordering, state
 /// group)`: newest (deepest, then latest) first.
-fn head_of(mut extremities: Vec<(String, i64, i64, i64)>) -> RoomHead {
+fn head_of(mut extremities: Vec<(String, i64, i64)>, current_state_group: Option<i64>) -> RoomHead {
     extremities.sort_by_key(|e| std::cmp::Reverse((e.1, e.2)));
     RoomHead {
-        max_depth: extremities.first().map(|r| r.1).unwrap_or(0),
-        state_group: extremities.first().map(|r| r.3),
+        max_depth: extremities.iter().map(|r| r.1).max().unwrap_or(0),
+        current_state_group,
         prev_event_ids: extremities.into_iter().map(|r| r.0).collect(),
     }
 }
@@ -393,14 +556,16 @@ impl Store {
         // Three arms of one query, told apart by `part`; parameters are numbered as they come.
         // Bare columns: PostgreSQL plans the three arms with the usual joins in milliseconds,
         // longer than it takes to run them.
+        // The extremities' arm carries the room's current state group.
         let mut sql = format!(
-            "SELECT 1 AS part, {} FROM events e JOIN forward_extremities f ON f.event_nid = e.event_nid \
+            "SELECT 1 AS part, {}, (SELECT s.state_group FROM room_current_state s WHERE s.room_nid = $1) \
+             AS current_group FROM events e JOIN forward_extremities f ON f.event_nid = e.event_nid \
              WHERE f.room_nid = $1",
             bare_event_columns!(),
         );
         if !keys.is_empty() {
             sql.push_str(&format!(
-                " UNION ALL SELECT 0 AS part, {} FROM events e JOIN current_state c ON c.event_nid = e.event_nid \
+                " UNION ALL SELECT 0 AS part, {}, NULL AS current_group FROM events e JOIN current_state c ON c.event_nid = e.event_nid \
                  WHERE c.room_nid = $1 AND ({})",
                 bare_event_columns!(),
                 state_key_clauses(keys.len())
@@ -409,7 +574,7 @@ impl Store {
         if txn.is_some() {
             let n = 2 * keys.len() + 2;
             sql.push_str(&format!(
-                " UNION ALL SELECT 2 AS part, {} FROM events e JOIN event_txn_ids x ON x.event_id = e.event_id \
+                " UNION ALL SELECT 2 AS part, {}, NULL AS current_group FROM events e JOIN event_txn_ids x ON x.event_id = e.event_id \
                  WHERE x.user_id = ${} AND x.device_id = ${} AND x.scope = ${} AND x.txn_id = ${}",
                 bare_event_columns!(),
                 n,
@@ -420,10 +585,11 @@ impl Store {
         }
         let mut context = SendContext {
             state: Vec::new(),
-            head: head_of(Vec::new()),
+            head: head_of(Vec::new(), None),
             txn_event_id: None,
         };
         let mut extremities = Vec::new();
+        let mut current_group = None;
         with_pool!(self, pool => {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(room_nid);
             for (event_type, state_key) in keys {
@@ -437,12 +603,15 @@ impl Store {
                 let event = event_from_row!(&row);
                 match part {
                     0 => context.state.push(event),
-                    1 => extremities.push((event.event_id, event.depth, event.stream_ordering, event.state_group)),
+                    1 => {
+                        current_group = row.try_get::<Option<i64>, _>("current_group")?;
+                        extremities.push((event.event_id, event.depth, event.stream_ordering));
+                    }
                     _ => context.txn_event_id = Some(event.event_id),
                 }
             }
         });
-        context.head = head_of(extremities);
+        context.head = head_of(extremities, current_group);
         Ok(context)
     }
 
@@ -480,12 +649,32 @@ impl Store {
         self.group_commit.persist(self, event, Box::new(hold)).await
     }
 
-    /// Persists events in one transaction, in order, with consecutive stream positions.
+    /// Persists events in one transaction, in order: each event with its edges, its place in
+    /// the room's state (the state before and after it), the room's current state as the
+    /// event changes it, the forward extremities, and what a client send brings along
+    /// (transaction id, push actions, relation, search text, the redacted copy). Live events
+    /// take consecutive stream positions; backfilled events and outliers take positions counting
+    /// down from 0, below every live event.
+    ///
+    /// Fails, writing nothing, when the room's current state is not the one the caller decided
+    /// against (another writer moved it: see [`CurrentStateChange`]), or when an event id is
+    /// stored already (other than as an outlier that this append upgrades).
     pub(crate) async fn persist_events(
         &self,
         events: &[NewEvent<'_>],
     ) -> Result<Vec<Persisted>, StoreError> {
-        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let counted = |live: bool| {
+            i64::try_from(
+                events
+                    .iter()
+                    .filter(|e| {
+                        live == (e.placement == Placement::Live && e.status != EventStatus::Outlier)
+                    })
+                    .count(),
+            )
+            .unwrap_or(i64::MAX)
+        };
+        let (live_count, below_count) = (counted(true), counted(false));
         // The search index is the one backend-specific table (see `search`); same parameters.
         let search_insert_sql = match self.kind() {
             DatabaseKind::Postgres => {
@@ -509,62 +698,78 @@ impl Store {
         };
         let persisted = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
-            let last: i64 = sqlx::query_scalar(
-                "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
-            )
-            .bind(count)
-            .fetch_one(&mut *tx)
-            .await?;
+            let mut next_live = if live_count > 0 {
+                let last: i64 = sqlx::query_scalar(
+                    "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
+                )
+                .bind(live_count)
+                .fetch_one(&mut *tx)
+                .await?;
+                last - live_count + 1
+            } else {
+                0
+            };
+            let mut next_below = if below_count > 0 {
+                let last: i64 = sqlx::query_scalar(
+                    "UPDATE stream_positions SET position = position - $1 WHERE stream = 'backfill' RETURNING position",
+                )
+                .bind(below_count)
+                .fetch_one(&mut *tx)
+                .await?;
+                last + below_count - 1
+            } else {
+                0
+            };
             let mut out = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let stream_ordering = last - count + 1 + index as i64;
+            for event in events {
+                let outlier = event.status == EventStatus::Outlier;
+                let live = event.placement == Placement::Live && !outlier;
+                let stream_ordering = if live {
+                    next_live += 1;
+                    next_live - 1
+                } else {
+                    next_below -= 1;
+                    next_below + 1
+                };
 
-                // The state after the event: a new delta group for a state event, else unchanged.
-                let state_group = match (event.state_key, event.state_group_before) {
-                    (None, Some(group)) => group,
-                    (None, None) => return Err(StoreError::Conflict("a room's first event must be a state event".to_owned())),
-                    (Some(_), parent) => {
-                        let parent_len: Option<i64> = match parent {
-                            Some(parent) => sqlx::query_scalar("SELECT CAST(chain_length AS BIGINT) FROM state_groups WHERE state_group = $1")
-                                .bind(parent)
-                                .fetch_optional(&mut *tx)
-                                .await?,
-                            None => None,
-                        };
-                        let (parent, chain_length) = match parent_len {
-                            Some(len) if len < MAX_STATE_CHAIN => (parent, len + 1),
-                            // Too long (or no parent): a full snapshot, copied below.
-                            _ => (None, 0),
-                        };
-                        let group: i64 = sqlx::query_scalar(
-                            "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, $2, $3) RETURNING state_group",
-                        )
-                        .bind(event.room_nid)
-                        .bind(parent)
-                        .bind(chain_length as i32)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        if parent.is_none() && event.state_group_before.is_some() {
-                            // Start a new chain with a full copy of the state before, via the
-                            // current state (which equals it for single-writer local rooms).
-                            sqlx::query(
-                                "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) \
-                                 SELECT $1, event_type, state_key, event_nid FROM current_state WHERE room_nid = $2",
-                            )
-                            .bind(group)
-                            .bind(event.room_nid)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        group
+                // The state before and after the event. An outlier has neither; a rejected event
+                // changes nothing; a state event starts a delta group over the state before (a
+                // full copy once the chain is long), filled in below once the event has a nid.
+                let before = if outlier { None } else { event.state_group_before };
+                if !outlier && before.is_none() && event.current_state != CurrentStateChange::Extend {
+                    return Err(StoreError::Conflict(format!(
+                        "event {} has no state before it and does not start its room", event.event_id
+                    )));
+                }
+                let new_group = match (event.state_key, &event.status) {
+                    (Some(_), EventStatus::Normal | EventStatus::SoftFailed) => {
+                        Some(new_state_group!(tx, event.room_nid, before))
+                    }
+                    _ => None,
+                };
+                let after = if outlier {
+                    None
+                } else {
+                    match (new_group, before) {
+                        (Some(group), _) => Some(group),
+                        (None, Some(group)) => Some(group),
+                        (None, None) => return Err(StoreError::Conflict("a room's first event must be a state event".to_owned())),
                     }
                 };
 
-                // Events persisted in order sit in history at their depth.
-                let event_nid: i64 = sqlx::query_scalar(
+                // The event, or the outlier of the same id upgraded in place: it now has state,
+                // a stream position and a status of its own.
+                let event_nid: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
-                     sender, origin_server_ts, json, state_group, topological_ordering) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $4) RETURNING event_nid",
+                     sender, origin_server_ts, json, state_group, state_group_before, topological_ordering, \
+                     prev_state_nid, status, rejection_reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14) \
+                     ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, \
+                     state_group = excluded.state_group, state_group_before = excluded.state_group_before, \
+                     prev_state_nid = excluded.prev_state_nid, status = excluded.status, \
+                     rejection_reason = excluded.rejection_reason \
+                     WHERE events.status = 'outlier' AND excluded.status <> 'outlier' AND events.room_nid = excluded.room_nid \
+                     RETURNING event_nid",
                 )
                 .bind(event.event_id)
                 .bind(event.room_nid)
@@ -575,9 +780,16 @@ impl Store {
                 .bind(event.sender)
                 .bind(event.origin_server_ts)
                 .bind(event.json)
-                .bind(state_group)
-                .fetch_one(&mut *tx)
+                .bind(after)
+                .bind(before)
+                .bind(event.replaces)
+                .bind(event.status.column())
+                .bind(event.status.reason())
+                .fetch_optional(&mut *tx)
                 .await?;
+                let Some(event_nid) = event_nid else {
+                    return Err(StoreError::Conflict(format!("event {} is stored already", event.event_id)));
+                };
 
                 for chunk in edges_of(event).chunks(EDGES_PER_STATEMENT) {
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(edges_insert_sql(chunk))).bind(event_nid);
@@ -585,6 +797,134 @@ impl Store {
                         query = query.bind(*id);
                     }
                     query.execute(&mut *tx).await?;
+                }
+                // Events stored before it that cite it learn its nid.
+                sqlx::query(
+                    "UPDATE event_edges SET cited_event_nid = $1 WHERE cited_event_id = $2 AND cited_event_nid IS NULL",
+                )
+                .bind(event_nid)
+                .bind(event.event_id)
+                .execute(&mut *tx)
+                .await?;
+
+                if let (Some(group), Some(state_key)) = (new_group, event.state_key) {
+                    sqlx::query(
+                        "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+                    )
+                    .bind(group)
+                    .bind(event.event_type)
+                    .bind(state_key)
+                    .bind(event_nid)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+
+                // The room's current state, compare-and-set on its group: the caller decided
+                // against the group it read, and nobody may have moved it since.
+                let current_state_group = match &event.current_state {
+                    CurrentStateChange::Unchanged => None,
+                    CurrentStateChange::Extend if outlier || !matches!(event.status, EventStatus::Normal) => {
+                        return Err(StoreError::Conflict(format!(
+                            "event {} cannot extend the current state: it is not a normal event", event.event_id
+                        )));
+                    }
+                    CurrentStateChange::Extend => {
+                        let moved = match before {
+                            Some(before) => sqlx::query(
+                                "UPDATE room_current_state SET state_group = $3 WHERE room_nid = $1 AND state_group = $2",
+                            )
+                            .bind(event.room_nid)
+                            .bind(before)
+                            .bind(after)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                            None => sqlx::query(
+                                "INSERT INTO room_current_state (room_nid, state_group) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(event.room_nid)
+                            .bind(after)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                        };
+                        if moved != 1 {
+                            return Err(current_state_moved(event.event_id));
+                        }
+                        if let Some(state_key) = event.state_key {
+                            apply_state_change!(tx, event.room_nid, stream_ordering, event.event_type, state_key,
+                                Some(event_nid), event.membership.map(|(_, m)| m));
+                        }
+                        after
+                    }
+                    CurrentStateChange::Resolved { expected, changes } => {
+                        let removes = changes.iter().any(|c| c.event_nid.is_none());
+                        let group = new_state_group!(tx, event.room_nid, Some(*expected), removes);
+                        for change in changes {
+                            match change.event_nid {
+                                Some(nid) => sqlx::query(
+                                    "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
+                                     ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
+                                )
+                                .bind(group)
+                                .bind(&change.event_type)
+                                .bind(&change.state_key)
+                                .bind(nid)
+                                .execute(&mut *tx)
+                                .await?,
+                                None => sqlx::query(
+                                    "DELETE FROM state_group_entries WHERE state_group = $1 AND event_type = $2 AND state_key = $3",
+                                )
+                                .bind(group)
+                                .bind(&change.event_type)
+                                .bind(&change.state_key)
+                                .execute(&mut *tx)
+                                .await?,
+                            };
+                        }
+                        let moved = sqlx::query(
+                            "UPDATE room_current_state SET state_group = $3 WHERE room_nid = $1 AND state_group = $2",
+                        )
+                        .bind(event.room_nid)
+                        .bind(*expected)
+                        .bind(group)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if moved != 1 {
+                            return Err(current_state_moved(event.event_id));
+                        }
+                        for change in changes {
+                            apply_state_change!(tx, event.room_nid, stream_ordering, &change.event_type,
+                                &change.state_key, change.event_nid, change.membership.as_deref());
+                        }
+                        Some(group)
+                    }
+                };
+
+                // A live event that is part of the history replaces the extremities it cites, and
+                // becomes one unless a stored event already cites it (it arrived after its child).
+                // Soft-failed and rejected events, outliers and backfilled history are never one.
+                if live && event.status == EventStatus::Normal {
+                    sqlx::query(
+                        "DELETE FROM forward_extremities WHERE room_nid = $1 AND event_nid IN \
+                         (SELECT g.cited_event_nid FROM event_edges g WHERE g.event_nid = $2 AND g.kind = 0)",
+                    )
+                    .bind(event.room_nid)
+                    .bind(event_nid)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO forward_extremities (room_nid, event_nid) SELECT $1, $2 \
+                         WHERE NOT EXISTS (SELECT 1 FROM event_edges g JOIN events c ON c.event_nid = g.event_nid \
+                         WHERE g.cited_event_id = $3 AND g.kind = 0 AND c.status = 'normal')",
+                    )
+                    .bind(event.room_nid)
+                    .bind(event_nid)
+                    .bind(event.event_id)
+                    .execute(&mut *tx)
+                    .await?;
                 }
 
                 if let Some((parent, rel_type)) = event.relation {
@@ -611,85 +951,6 @@ impl Store {
                         .bind(text)
                         .execute(&mut *tx)
                         .await?;
-                }
-                if let Some(state_key) = event.state_key {
-                    // Remember what this event replaces, for clients' `prev_content`.
-                    sqlx::query(
-                        "UPDATE events SET prev_state_nid = (SELECT c.event_nid FROM current_state c \
-                         WHERE c.room_nid = $1 AND c.event_type = $2 AND c.state_key = $3) WHERE event_nid = $4",
-                    )
-                    .bind(event.room_nid)
-                    .bind(event.event_type)
-                    .bind(state_key)
-                    .bind(event_nid)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
-                    )
-                    .bind(state_group)
-                    .bind(event.event_type)
-                    .bind(state_key)
-                    .bind(event_nid)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO current_state (room_nid, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (room_nid, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
-                    )
-                    .bind(event.room_nid)
-                    .bind(event.event_type)
-                    .bind(state_key)
-                    .bind(event_nid)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some((target, membership)) = event.membership {
-                    sqlx::query(
-                        "INSERT INTO room_memberships (room_nid, user_id, membership, event_nid, stream_ordering, forgotten) \
-                         VALUES ($1, $2, $3, $4, $5, FALSE) \
-                         ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, \
-                         event_nid = excluded.event_nid, stream_ordering = excluded.stream_ordering, forgotten = FALSE",
-                    )
-                    .bind(event.room_nid)
-                    .bind(target)
-                    .bind(membership)
-                    .bind(event_nid)
-                    .bind(stream_ordering)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                // The event replaces the extremities it cites, and becomes one unless a stored
-                // event already cites it (it arrived after its child, as federation may deliver).
-                sqlx::query(
-                    "DELETE FROM forward_extremities WHERE room_nid = $1 AND event_nid IN \
-                     (SELECT g.cited_event_nid FROM event_edges g WHERE g.event_nid = $2 AND g.kind = 0)",
-                )
-                .bind(event.room_nid)
-                .bind(event_nid)
-                .execute(&mut *tx)
-                .await?;
-                let became_extremity = sqlx::query(
-                    "INSERT INTO forward_extremities (room_nid, event_nid) SELECT $1, $2 \
-                     WHERE NOT EXISTS (SELECT 1 FROM event_edges g WHERE g.cited_event_id = $3 AND g.kind = 0)",
-                )
-                .bind(event.room_nid)
-                .bind(event_nid)
-                .bind(event.event_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1;
-                if !became_extremity {
-                    // Events stored before it cite it: their edges learn its nid.
-                    sqlx::query(
-                        "UPDATE event_edges SET cited_event_nid = $1 WHERE cited_event_id = $2 AND cited_event_nid IS NULL",
-                    )
-                    .bind(event_nid)
-                    .bind(event.event_id)
-                    .execute(&mut *tx)
-                    .await?;
                 }
                 // Many rows per statement; the event's columns are bound once per statement.
                 for chunk in event.push_actions.chunks(PUSH_ACTIONS_PER_STATEMENT) {
@@ -755,7 +1016,7 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                out.push(Persisted { event_nid, stream_ordering, state_group });
+                out.push(Persisted { event_nid, stream_ordering, state_group: after, current_state_group });
             }
             tx.commit().await?;
             out

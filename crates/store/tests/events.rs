@@ -60,6 +60,7 @@ async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, 
             relation: None,
             search: None,
             now: ev.depth,
+            ..Default::default()
         })
         .await
 }
@@ -96,7 +97,7 @@ async fn send_context_reads_state_head_and_transaction_together() {
                 state_key: Some(""),
                 depth: 2,
                 prev: &["$create"],
-                before: Some(create.state_group),
+                before: create.state_group,
                 ..Ev::default()
             },
         )
@@ -109,7 +110,7 @@ async fn send_context_reads_state_head_and_transaction_together() {
                 kind: "m.room.message",
                 depth: 3,
                 prev: &["$power"],
-                before: Some(power.state_group),
+                before: power.state_group,
                 txn: txn("DEV", SEND_SCOPE, "txn1"),
                 ..Ev::default()
             },
@@ -134,7 +135,7 @@ async fn send_context_reads_state_head_and_transaction_together() {
         );
         assert_eq!(context.head.prev_event_ids, ["$message"], "{kind:?}");
         assert_eq!(context.head.max_depth, 3);
-        assert_eq!(context.head.state_group, Some(message.state_group));
+        assert_eq!(context.head.current_state_group, message.state_group);
         assert_eq!(context.txn_event_id, None, "{kind:?}: a new transaction");
 
         let retry = store
@@ -169,7 +170,7 @@ async fn send_context_reads_state_head_and_transaction_together() {
                 kind: "m.room.message",
                 depth: 5,
                 prev: &["$power"],
-                before: Some(power.state_group),
+                before: power.state_group,
                 ..Ev::default()
             },
         )
@@ -220,7 +221,7 @@ async fn a_redaction_and_the_redacted_copy_are_written_together() {
                 kind: "m.room.message",
                 depth: 2,
                 prev: &["$create"],
-                before: Some(create.state_group),
+                before: create.state_group,
                 ..Ev::default()
             },
         )
@@ -234,7 +235,7 @@ async fn a_redaction_and_the_redacted_copy_are_written_together() {
                 kind: "m.room.redaction",
                 depth: 3,
                 prev: &["$message"],
-                before: Some(message.state_group),
+                before: message.state_group,
                 redaction: Some(("$message", r#"{"type":"redacted"}"#)),
                 ..Ev::default()
             },
@@ -253,7 +254,7 @@ async fn a_redaction_and_the_redacted_copy_are_written_together() {
             kind: "m.room.redaction",
             depth: 3,
             prev: &["$message"],
-            before: Some(message.state_group),
+            before: message.state_group,
             redaction: Some(("$message", r#"{"type":"redacted"}"#)),
             ..Ev::default()
         };
@@ -274,7 +275,7 @@ async fn a_redaction_and_the_redacted_copy_are_written_together() {
                 kind: "m.room.redaction",
                 depth: 4,
                 prev: &["$redaction"],
-                before: Some(message.state_group),
+                before: message.state_group,
                 redaction: Some(("$message", r#"{"type":"again"}"#)),
                 ..Ev::default()
             },
@@ -305,10 +306,15 @@ async fn concurrent_persists_all_land_with_distinct_positions_and_a_bad_one_fail
                 .unwrap();
             rooms.push(room);
         }
-        // One event id already taken: its second persist must fail without taking others down.
+        // One event id already taken (in a room of its own): its second persist must fail
+        // without taking others down.
+        let taken_room = store
+            .create_room("!taken:localhost", "12", "@a:localhost", false, 0)
+            .await
+            .unwrap();
         put(
             &store,
-            rooms[0],
+            taken_room,
             Ev {
                 id: "$taken",
                 kind: "m.room.create",
@@ -413,7 +419,7 @@ async fn events_by_time_break_ties_in_stream_order() {
                 },
             )
             .await;
-            before = Some(persisted.state_group);
+            before = persisted.state_group;
             prev = vec![id.to_owned()];
         }
         let walk = |ts: i64, stream: i64, backwards: bool| {
@@ -480,7 +486,7 @@ async fn a_second_event_with_a_stored_id_is_refused_and_the_first_kept() {
                 kind: "m.room.message",
                 depth: 2,
                 prev: &["$create:localhost"],
-                before: Some(create.state_group),
+                before: create.state_group,
                 ..Ev::default()
             },
         )
@@ -494,7 +500,7 @@ async fn a_second_event_with_a_stored_id_is_refused_and_the_first_kept() {
                 state_key: Some(""),
                 depth: 2,
                 prev: &["$create:localhost"],
-                before: Some(create.state_group),
+                before: create.state_group,
                 ..Ev::default()
             },
         )

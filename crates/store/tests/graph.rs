@@ -68,6 +68,7 @@ async fn put(
             relation: None,
             search: None,
             now: depth,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -93,7 +94,7 @@ async fn persisting_writes_edges_and_keeps_forward_extremities() {
             .await
             .unwrap();
         let create = put(&store, room, "$c", Some(""), 1, &[], &[], None, false).await;
-        let g = Some(create.state_group);
+        let g = create.state_group;
         assert_eq!(store.event_edges(create.event_nid).await.unwrap(), []);
         assert_eq!(
             store.forward_extremities(room).await.unwrap(),
@@ -251,7 +252,7 @@ async fn migration_0018_builds_the_graph_of_the_events_stored_before_it() {
             .await
             .unwrap();
         let c = put(&store, old, "$c1:test", Some(""), 1, &[], &[], None, true).await;
-        let g = Some(c.state_group);
+        let g = c.state_group;
         put(
             &store,
             old,
@@ -281,7 +282,7 @@ async fn migration_0018_builds_the_graph_of_the_events_stored_before_it() {
             .await
             .unwrap();
         let c = put(&store, new, "$c2", Some(""), 1, &[], &[], None, false).await;
-        let g = Some(c.state_group);
+        let g = c.state_group;
         put(&store, new, "$x2", None, 2, &["$c2"], &["$c2"], g, false).await;
         put(
             &store,

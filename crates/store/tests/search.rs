@@ -4,7 +4,7 @@
 //! the events stored before it.
 
 use myelin_store::{
-    DatabaseKind, NewEvent, SearchOrder, SearchQuery, Store, StoreOptions,
+    CurrentStateChange, DatabaseKind, NewEvent, SearchOrder, SearchQuery, Store, StoreOptions,
     test_support::{TestDatabase, test_backends},
 };
 use sqlx::Executor;
@@ -44,6 +44,13 @@ async fn put(
             relation: None,
             search,
             now: 1,
+            // The index, not the room's state, is under test: events do not chain.
+            current_state: if before.is_none() {
+                CurrentStateChange::Extend
+            } else {
+                CurrentStateChange::Unchanged
+            },
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -74,6 +81,8 @@ async fn redact(store: &Store, room: i64, target: &str, id: &str, before: Option
             relation: None,
             search: None,
             now: 1,
+            current_state: CurrentStateChange::Unchanged,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -130,7 +139,7 @@ async fn the_index_finds_words_and_forgets_redacted_events() {
             None,
         )
         .await;
-        let g = Some(create.state_group);
+        let g = create.state_group;
         let msg = |body: &'static str| {
             (
                 serde_json::json!({"body": body}),
@@ -173,7 +182,7 @@ async fn the_index_finds_words_and_forgets_redacted_events() {
             "m.room.message",
             None,
             c,
-            Some(other_create.state_group),
+            other_create.state_group,
             s,
         )
         .await;
@@ -298,7 +307,7 @@ async fn migration_0016_indexes_the_events_stored_before_it() {
             None,
         )
         .await;
-        let g = Some(create.state_group);
+        let g = create.state_group;
         // Stored without index rows, as before the migration.
         let body = put(
             &store,

@@ -75,6 +75,7 @@ async fn search_first_page_medians_on_a_100k_message_room() {
                 relation: None,
                 search: None,
                 now: 1,
+                ..Default::default()
             }],
         )
         .await
@@ -116,7 +117,7 @@ async fn search_first_page_medians_on_a_100k_message_room() {
                     json,
                     prev_event_ids: &[],
                     auth_event_ids: &[],
-                    state_group_before: Some(create.state_group),
+                    state_group_before: create.state_group,
                     membership: None,
                     txn: None,
                     redaction: None,
@@ -124,6 +125,7 @@ async fn search_first_page_medians_on_a_100k_message_room() {
                     relation: None,
                     search: Some(("content.body", body)),
                     now: 1,
+                    ..Default::default()
                 })
                 .collect();
             persist_batch(&store, &events).await.unwrap();

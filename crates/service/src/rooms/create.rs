@@ -325,7 +325,7 @@ impl Rooms {
             }
         };
         let room = self.room(&room_id).await?;
-        self.persist(&room, &create, None, None, None, now, None, None)
+        self.persist(&room, &create, None, None, None, None, now, None, None)
             .await?;
 
         // 2. The creator joins.

@@ -10,7 +10,9 @@ use myelin_room_version::{
     pdu::build_pdu,
     version::{RedactionAlgorithm, RoomVersion},
 };
-use myelin_store::{EventRow, JoinedMember, NewEvent, RoomRow, TxnKey};
+use myelin_store::{
+    CurrentStateChange, EventRow, EventStatus, JoinedMember, NewEvent, Placement, RoomRow, TxnKey,
+};
 use ruma::UserId;
 use serde_json::{Value, value::to_raw_value};
 
@@ -238,11 +240,21 @@ impl Rooms {
         check_against_auth_events(version, &pdu, |id| by_id.get(id).copied())
             .map_err(auth_error)?;
 
+        // What the event replaces in the state before it (the current state): clients'
+        // `prev_content`.
+        let replaces = own_key.as_ref().and_then(|(kind, key)| {
+            context
+                .state
+                .iter()
+                .find(|row| &row.event_type == kind && row.state_key.as_deref() == Some(key))
+                .map(|row| row.event_nid)
+        });
         let event_id = self
             .persist(
                 room,
                 &pdu,
-                head.state_group,
+                head.current_state_group,
+                replaces,
                 event.txn.as_ref().map(|txn| txn.key(sender.as_str())),
                 redaction.and_then(|r| r.redacted_copy()),
                 now,
@@ -304,6 +316,7 @@ impl Rooms {
         room: &RoomRow,
         pdu: &Pdu,
         state_group_before: Option<i64>,
+        replaces: Option<i64>,
         txn: Option<TxnKey<'_>>,
         redaction: Option<(&str, &str)>,
         now: i64,
@@ -343,6 +356,10 @@ impl Rooms {
                     prev_event_ids: &prev_event_ids,
                     auth_event_ids: &auth_event_ids,
                     state_group_before,
+                    replaces,
+                    status: EventStatus::Normal,
+                    placement: Placement::Live,
+                    current_state: CurrentStateChange::Extend,
                     membership: match (&membership, pdu.state_key()) {
                         (Some(m), Some(target)) => Some((target, m.as_str())),
                         _ => None,

@@ -225,7 +225,7 @@ impl Rooms {
                 };
                 match departure {
                     Some(row) => Ok(Vantage::At {
-                        group: row.state_group,
+                        group: row.state_after()?,
                         stream: row.stream_ordering,
                     }),
                     None => Err(not_in_room()),
@@ -335,7 +335,7 @@ impl Rooms {
                                 "You may not see this room's history at that point".to_owned(),
                             ));
                         }
-                        self.store.state_at_group(last.state_group).await?
+                        self.store.state_at_group(last.state_after()?).await?
                     }
                     None => Vec::new(),
                 }
@@ -548,11 +548,12 @@ impl Rooms {
         users.sort_unstable();
         users.dedup();
         let keys: Vec<(&str, &str)> = users.iter().map(|u| ("m.room.member", *u)).collect();
+        let group = at.state_after()?;
         let mut nids: Vec<i64> = self
             .store
-            .state_entries_at_groups(&[at.state_group], &keys)
+            .state_entries_at_groups(&[group], &keys)
             .await?
-            .remove(&at.state_group)
+            .remove(&group)
             .map(|entries| entries.into_values().collect())
             .unwrap_or_default();
         nids.sort_unstable();
@@ -693,7 +694,7 @@ impl Rooms {
         self.bundle_aggregations(&room, user, &mut after).await?;
         let state = self
             .store
-            .state_at_group(row.state_group)
+            .state_at_group(row.state_after()?)
             .await?
             .iter()
             .filter_map(|r| self.client_event_for_device(&room, r, user, device))

@@ -413,7 +413,7 @@ impl Rooms {
             "events_after": sides[1],
         });
         if include_profile {
-            context["profile_info"] = self.profiles_at(row.state_group, &senders).await?;
+            context["profile_info"] = self.profiles_at(row.state_after()?, &senders).await?;
         }
         Ok(context)
     }

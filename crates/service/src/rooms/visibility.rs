@@ -105,8 +105,12 @@ impl Rooms {
                 out.push(None);
                 continue;
             }
-            let (visibility, membership_then) =
-                facts.get(&row.state_group).cloned().unwrap_or_default();
+            // An event without room state (an outlier) is no part of the history to see.
+            let Some(group) = row.state_group else {
+                out.push(None);
+                continue;
+            };
+            let (visibility, membership_then) = facts.get(&group).cloned().unwrap_or_default();
             let sight = || Sight {
                 membership: membership_then
                     .clone()
@@ -169,15 +173,15 @@ impl Rooms {
         let member = ("m.room.member", user.as_str());
         let mut out = HashMap::new();
         let mut missing: Vec<i64> = Vec::new();
-        for row in rows {
-            if out.contains_key(&row.state_group) || missing.contains(&row.state_group) {
+        for group in rows.iter().filter_map(|row| row.state_group) {
+            if out.contains_key(&group) || missing.contains(&group) {
                 continue;
             }
-            match self.visibility_facts.get(row.state_group, user.as_str()) {
+            match self.visibility_facts.get(group, user.as_str()) {
                 Some(facts) => {
-                    out.insert(row.state_group, facts);
+                    out.insert(group, facts);
                 }
-                None => missing.push(row.state_group),
+                None => missing.push(group),
             }
         }
         if missing.is_empty() {

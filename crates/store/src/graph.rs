@@ -1,10 +1,41 @@
 //! The event graph as stored: each event's edges (`prev_events` and `auth_events` as rows,
 //! written by `rooms::persist_events` in the transaction that persists the event), its status,
-//! and each room's forward extremities. Reads only; writing is part of persisting an event.
+//! each room's forward extremities and current state group, and the auth chains walked over
+//! the auth edges. Reads, and the bulk write of a state snapshot; persisting an event is
+//! `rooms::persist_events`.
+
+use std::collections::HashMap;
 
 use sqlx::Row;
 
+use crate::rooms::{EVENT_SELECT, EventRow, event_from_row};
 use crate::{Store, StoreError, with_pool};
+
+/// Ids per `IN (...)` list: far below both backends' parameter limits, and plans stay cached
+/// for the common sizes.
+const IDS_PER_STATEMENT: usize = 256;
+
+/// State entries per `INSERT` of a snapshot (4 parameters each: 2,000 parameters, below
+/// SQLite's and PostgreSQL's limits).
+const ENTRIES_PER_STATEMENT: usize = 500;
+
+/// Rows of a state group resolved through its delta chain, nearest group winning: the
+/// `state_chain` and `state_now` common table expressions, the group bound as `$1`.
+macro_rules! resolved_state_cte {
+    () => {
+        "state_chain (state_group, depth) AS ( \
+             SELECT CAST($1 AS BIGINT), 0 \
+             UNION ALL \
+             SELECT g.parent_group, c.depth + 1 FROM state_groups g \
+             JOIN state_chain c ON g.state_group = c.state_group WHERE g.parent_group IS NOT NULL), \
+         state_now (event_nid) AS ( \
+             SELECT x.event_nid FROM ( \
+                 SELECT s.event_nid, ROW_NUMBER() OVER ( \
+                     PARTITION BY s.event_type, s.state_key ORDER BY c.depth) AS nearest \
+                 FROM state_chain c JOIN state_group_entries s ON s.state_group = c.state_group) AS x \
+             WHERE x.nearest = 1)"
+    };
+}
 
 /// Which list of an event an edge comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,10 +129,21 @@ pub enum Placement {
 pub struct StateChange {
     pub event_type: String,
     pub state_key: String,
-    /// The event now at the key; `None` when the key leaves the state.
-    pub event_nid: Option<i64>,
+    /// What is at the key now.
+    pub value: StateValue,
     /// For `m.room.member`: the membership of that event (`None` when the key leaves).
     pub membership: Option<String>,
+}
+
+/// What a key of the current state holds after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateValue {
+    /// A stored event.
+    Event(i64),
+    /// The event being appended (which has no nid until it is written).
+    Appended,
+    /// Nothing: the key leaves the state.
+    Absent,
 }
 
 /// What an append does to the room's current state (the resolution of the states after its
@@ -183,5 +225,168 @@ impl Store {
         Ok(row
             .map(|(status, reason)| EventStatus::from_columns(&status, reason))
             .transpose()?)
+    }
+}
+
+impl Store {
+    /// The auth chain of every event in the state of `group` and of the events `extra`: every
+    /// event reachable from them through `auth_events` edges (the starting events only when
+    /// reachable from another), as `(nid, event id)`. One recursive statement over the auth-edge
+    /// index (`event_edges_auth`), so state resolution's auth difference and `/event_auth` never
+    /// walk the graph one round trip per event. Edges to events not stored are not followed.
+    pub async fn auth_chain(
+        &self,
+        group: Option<i64>,
+        extra: &[i64],
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        // Extra starts are bound after the group; a few at most (an event's auth events).
+        let extra_starts: String = (0..extra.len())
+            .map(|i| format!(" UNION SELECT CAST(${} AS BIGINT)", i + 2))
+            .collect();
+        let sql = format!(
+            "WITH RECURSIVE {}, \
+             starts (event_nid) AS (SELECT event_nid FROM state_now{extra_starts}), \
+             chain (event_nid) AS ( \
+                 SELECT g.cited_event_nid FROM event_edges g JOIN starts s ON g.event_nid = s.event_nid \
+                 WHERE g.kind = 1 AND g.cited_event_nid IS NOT NULL \
+                 UNION \
+                 SELECT g.cited_event_nid FROM event_edges g JOIN chain c ON g.event_nid = c.event_nid \
+                 WHERE g.kind = 1 AND g.cited_event_nid IS NOT NULL) \
+             SELECT c.event_nid, e.event_id FROM chain c JOIN events e ON e.event_nid = c.event_nid",
+            resolved_state_cte!()
+        );
+        let rows = with_pool!(self, pool => {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(group);
+            for nid in extra {
+                query = query.bind(*nid);
+            }
+            let mut out = Vec::new();
+            for row in query.fetch_all(pool).await? {
+                out.push((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// Stored events by id (any status), in no particular order; ids not stored are left out.
+    pub async fn events_by_ids(&self, ids: &[&str]) -> Result<Vec<EventRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "{EVENT_SELECT} WHERE e.event_id IN ({})",
+                placeholders.join(", ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(pool).await? {
+                    out.push(event_from_row!(&row));
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// The ids of stored events by nid; nids not stored are left out.
+    pub async fn event_ids_by_nids(
+        &self,
+        nids: &[i64],
+    ) -> Result<HashMap<i64, String>, StoreError> {
+        let mut out = HashMap::with_capacity(nids.len());
+        for chunk in nids.chunks(IDS_PER_STATEMENT) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT event_nid, event_id FROM events WHERE event_nid IN ({})",
+                placeholders.join(", ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for row in query.fetch_all(pool).await? {
+                    out.insert(row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?);
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// A room's current state group (`None` before its first event).
+    pub async fn current_state_group(&self, room_nid: i64) -> Result<Option<i64>, StoreError> {
+        let group = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>("SELECT state_group FROM room_current_state WHERE room_nid = $1")
+                .bind(room_nid)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(group)
+    }
+
+    /// A room's forward extremities with the state after each: `(event nid, event id, depth,
+    /// state group)`, deepest first.
+    pub async fn extremities_with_state(
+        &self,
+        room_nid: i64,
+    ) -> Result<Vec<(i64, String, i64, i64)>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            let mut out = Vec::new();
+            for row in sqlx::query(
+                "SELECT e.event_nid, e.event_id, e.depth, e.state_group FROM forward_extremities f \
+                 JOIN events e ON e.event_nid = f.event_nid WHERE f.room_nid = $1 \
+                 ORDER BY e.depth DESC, e.stream_ordering DESC",
+            )
+            .bind(room_nid)
+            .fetch_all(pool)
+            .await?
+            {
+                let group: Option<i64> = row.try_get(3)?;
+                out.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, group.unwrap_or_default()));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// Writes a whole state snapshot as a new full group of `room_nid` in one transaction, many
+    /// entries per statement: what a remote join does with the room state it is sent (tens of
+    /// thousands of members), where one statement per entry would take seconds. The events must
+    /// be stored (as outliers, typically). Returns the group.
+    pub async fn create_state_group(
+        &self,
+        room_nid: i64,
+        entries: &[(&str, &str, i64)],
+    ) -> Result<i64, StoreError> {
+        let group = with_pool!(self, pool => {
+            let mut tx = crate::store::BeginWrite::begin_write(pool, &self.write_gate).await?;
+            let group: i64 = sqlx::query_scalar(
+                "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, NULL, 0) \
+                 RETURNING state_group",
+            )
+            .bind(room_nid)
+            .fetch_one(&mut *tx)
+            .await?;
+            for chunk in entries.chunks(ENTRIES_PER_STATEMENT) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("($1, ${}, ${}, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES {}",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group);
+                for (event_type, state_key, nid) in chunk {
+                    query = query.bind(*event_type).bind(*state_key).bind(*nid);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            group
+        });
+        Ok(group)
     }
 }

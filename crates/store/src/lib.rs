@@ -60,7 +60,9 @@ pub mod user_data;
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
-pub use graph::{CurrentStateChange, EdgeKind, EventEdge, EventStatus, Placement, StateChange};
+pub use graph::{
+    CurrentStateChange, EdgeKind, EventEdge, EventStatus, Placement, StateChange, StateValue,
+};
 #[cfg(any(test, feature = "failpoints"))]
 pub use group_commit::CommitPause;
 pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use crate::graph::{CurrentStateChange, EventStatus, Placement};
+use crate::graph::{CurrentStateChange, EventStatus, Placement, StateValue};
 use crate::store::BeginWrite;
 use crate::{DatabaseKind, Store, StoreError, with_pool};
 
@@ -735,8 +735,11 @@ impl Store {
                 // The state before and after the event. An outlier has neither; a rejected event
                 // changes nothing; a state event starts a delta group over the state before (a
                 // full copy once the chain is long), filled in below once the event has a nid.
+                // Events without state: outliers, and events rejected before their state was
+                // known (their verdict needed none).
+                let stateless = outlier || (matches!(event.status, EventStatus::Rejected(_)) && event.state_group_before.is_none());
                 let before = if outlier { None } else { event.state_group_before };
-                if !outlier && before.is_none() && event.current_state != CurrentStateChange::Extend {
+                if !stateless && before.is_none() && event.current_state != CurrentStateChange::Extend {
                     return Err(StoreError::Conflict(format!(
                         "event {} has no state before it and does not start its room", event.event_id
                     )));
@@ -747,7 +750,7 @@ impl Store {
                     }
                     _ => None,
                 };
-                let after = if outlier {
+                let after = if stateless {
                     None
                 } else {
                     match (new_group, before) {
@@ -859,10 +862,15 @@ impl Store {
                         after
                     }
                     CurrentStateChange::Resolved { expected, changes } => {
-                        let removes = changes.iter().any(|c| c.event_nid.is_none());
+                        let removes = changes.iter().any(|c| c.value == StateValue::Absent);
+                        let nid_of = |value: StateValue| match value {
+                            StateValue::Event(nid) => Some(nid),
+                            StateValue::Appended => Some(event_nid),
+                            StateValue::Absent => None,
+                        };
                         let group = new_state_group!(tx, event.room_nid, Some(*expected), removes);
                         for change in changes {
-                            match change.event_nid {
+                            match nid_of(change.value) {
                                 Some(nid) => sqlx::query(
                                     "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES ($1, $2, $3, $4) \
                                      ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
@@ -897,7 +905,7 @@ impl Store {
                         }
                         for change in changes {
                             apply_state_change!(tx, event.room_nid, stream_ordering, &change.event_type,
-                                &change.state_key, change.event_nid, change.membership.as_deref());
+                                &change.state_key, nid_of(change.value), change.membership.as_deref());
                         }
                         Some(group)
                     }

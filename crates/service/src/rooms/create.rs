@@ -325,8 +325,22 @@ impl Rooms {
             }
         };
         let room = self.room(&room_id).await?;
-        self.persist(&room, &create, None, None, None, None, now, None, None)
-            .await?;
+        let writing = self.locks.writer(&room.room_id).await;
+        self.append(super::append::Appending {
+            room: &room,
+            pdu: &create,
+            status: myelin_store::EventStatus::Normal,
+            placement: myelin_store::Placement::Live,
+            state_before: None,
+            replaces: None,
+            current_state: Some(myelin_store::CurrentStateChange::Extend),
+            txn: None,
+            redaction: None,
+            now,
+            push_inputs: None,
+            writing,
+        })
+        .await?;
 
         // 2. The creator joins.
         self.send_state(

@@ -1,6 +1,6 @@
 //! Building a local event: prev events from the room's head, auth events by the spec's
 //! selection, depth, hashes and signature (by the room version's signer), authorisation against
-//! the current state, then one persisting transaction.
+//! the current state, then [`Rooms::append`].
 
 use std::collections::HashMap;
 
@@ -10,13 +10,13 @@ use myelin_room_version::{
     pdu::build_pdu,
     version::{RedactionAlgorithm, RoomVersion},
 };
-use myelin_store::{
-    CurrentStateChange, EventRow, EventStatus, JoinedMember, NewEvent, Placement, RoomRow, TxnKey,
-};
+use myelin_store::{CurrentStateChange, EventStatus, Placement, RoomRow, TxnKey};
 use ruma::UserId;
 use serde_json::{Value, value::to_raw_value};
 
-use super::{Rooms, pdu_of, push::PUSH_STATE_TYPES, to_canonical_object, version_of};
+use super::{
+    Rooms, append::Appending, pdu_of, push::PUSH_STATE_TYPES, to_canonical_object, version_of,
+};
 use crate::{Error, Result, now_millis};
 
 /// The spec allows at most 20 `prev_events`.
@@ -249,20 +249,24 @@ impl Rooms {
                 .find(|row| &row.event_type == kind && row.state_key.as_deref() == Some(key))
                 .map(|row| row.event_nid)
         });
-        let event_id = self
-            .persist(
-                room,
-                &pdu,
-                head.current_state_group,
-                replaces,
-                event.txn.as_ref().map(|txn| txn.key(sender.as_str())),
-                redaction.and_then(|r| r.redacted_copy()),
-                now,
-                Some((members, &context.state)),
-                Some(writing),
-            )
-            .await?;
-        Ok(event_id)
+        // Citing every extremity, on the current state, the event is the room's new end and its
+        // state the current state; past the cap, `append` resolves it with those left.
+        let cites_all = head.prev_event_ids.len() <= MAX_PREV_EVENTS;
+        self.append(Appending {
+            room,
+            pdu: &pdu,
+            status: EventStatus::Normal,
+            placement: Placement::Live,
+            state_before: head.current_state_group,
+            replaces,
+            current_state: cites_all.then_some(CurrentStateChange::Extend),
+            txn: event.txn.as_ref().map(|txn| txn.key(sender.as_str())),
+            redaction: redaction.and_then(|r| r.redacted_copy()),
+            now,
+            push_inputs: Some((members, &context.state)),
+            writing,
+        })
+        .await
     }
 
     /// How a new event cites `event_ids` in `prev_events`: the ids themselves, or in rooms 1
@@ -303,96 +307,6 @@ impl Rooms {
                 CanonicalJsonValue::String(format!("${opaque}:{}", self.server_name)),
             );
         }
-    }
-
-    /// Persists an already built and authorised PDU. `push_inputs` are the room's members and
-    /// state for push rules when the caller has read them (else they are read here).
-    /// `writing`, the room's writer lock, is handed to the store, which keeps it until the
-    /// event's commit has ended even if this future is dropped (the store's group commit is
-    /// where a commit can outlive its caller).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn persist(
-        &self,
-        room: &RoomRow,
-        pdu: &Pdu,
-        state_group_before: Option<i64>,
-        replaces: Option<i64>,
-        txn: Option<TxnKey<'_>>,
-        redaction: Option<(&str, &str)>,
-        now: i64,
-        push_inputs: Option<(Vec<JoinedMember>, &[EventRow])>,
-        writing: Option<super::locks::WriterGuard>,
-    ) -> Result<String> {
-        let membership = if pdu.event_type() == "m.room.member" {
-            pdu.content_object()
-                .and_then(|c| c.get("membership"))
-                .and_then(|m| match m {
-                    CanonicalJsonValue::String(s) => Some(s.clone()),
-                    _ => None,
-                })
-        } else {
-            None
-        };
-        let relation = super::relations::relation_of(pdu);
-        let search = super::search::search_text_of(pdu);
-        let push_actions = self.push_actions(room, pdu, push_inputs).await?;
-        let json = pdu.canonical_json();
-        // The edges as the event itself cites them (ids in every event format).
-        let prev_event_ids: Vec<String> = pdu.prev_events().map(str::to_owned).collect();
-        let auth_event_ids: Vec<String> = pdu.auth_events().map(str::to_owned).collect();
-        let depth = i64::try_from(pdu.depth())
-            .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
-        self.store
-            .persist_event_holding(
-                &NewEvent {
-                    room_nid: room.room_nid,
-                    event_id: pdu.event_id(),
-                    event_type: pdu.event_type(),
-                    state_key: pdu.state_key(),
-                    sender: pdu.sender(),
-                    depth,
-                    origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
-                    json: &json,
-                    prev_event_ids: &prev_event_ids,
-                    auth_event_ids: &auth_event_ids,
-                    state_group_before,
-                    replaces,
-                    status: EventStatus::Normal,
-                    placement: Placement::Live,
-                    current_state: CurrentStateChange::Extend,
-                    membership: match (&membership, pdu.state_key()) {
-                        (Some(m), Some(target)) => Some((target, m.as_str())),
-                        _ => None,
-                    },
-                    txn,
-                    redaction,
-                    push_actions: &push_actions,
-                    relation: relation
-                        .as_ref()
-                        .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
-                    search: search.as_ref().map(|(key, text)| (*key, text.as_str())),
-                    now,
-                },
-                writing,
-            )
-            .await?;
-        self.notify.notify();
-        if push_actions.iter().any(|a| a.notify) {
-            self.pushers.dispatch(
-                crate::pushers::PushedEvent {
-                    event_id: pdu.event_id().to_owned(),
-                    room_id: room.room_id.clone(),
-                    room_nid: room.room_nid,
-                    event_type: pdu.event_type().to_owned(),
-                    sender: pdu.sender().to_owned(),
-                    content: serde_json::from_str(pdu.content().get())
-                        .unwrap_or(serde_json::Value::Null),
-                },
-                &push_actions,
-            );
-        }
-        tracing::debug!(room_id = %room.room_id, event_id = pdu.event_id(), kind = pdu.event_type(), "persisted a local event");
-        Ok(pdu.event_id().to_owned())
     }
 }
 

@@ -5,6 +5,7 @@
 //! Rooms with other servers come with federation; membership code takes the local path today and
 //! says so with a clear error where a remote server would be needed.
 
+mod append;
 mod client_send;
 mod create;
 pub mod events;
@@ -13,6 +14,7 @@ mod locks;
 pub(crate) mod membership;
 mod push;
 pub(crate) mod read;
+pub(crate) mod receive;
 pub(crate) mod redact;
 mod relations;
 mod report;
@@ -31,6 +33,7 @@ use crate::{Error, Result, server_keys::ServerKeys};
 pub use create::{CreateRoom, Preset};
 pub use hierarchy::{HierarchyPage, HierarchyRequest};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
+pub use receive::{Received, ReceivedEvent};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
 pub use report::MAX_REPORT_REASON_BYTES;
 pub(crate) use report::check_reason as check_report_reason;

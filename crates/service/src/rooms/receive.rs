@@ -1,0 +1,502 @@
+//! Events from other servers: the spec's checks on receipt, one named step each, each calling
+//! the room version's pure check (`myelin_room_version::receipt`), ending in [`Rooms::append`]:
+//!
+//! 1. format — else dropped (not stored);
+//! 2. signatures — else dropped;
+//! 3. content hash — else only the redacted form is kept;
+//! 4. authorised by its own `auth_events` — else stored as rejected, with the reason;
+//! 5. authorised by the state before it (the resolution of the states after its prev events) —
+//!    else stored as rejected;
+//! 6. authorised by the room's current state — else stored soft-failed: kept out of timelines,
+//!    push and the forward extremities, still served over federation.
+//!
+//! "Rejected" is a verdict on the event and permanent (the state after it is the state before
+//! it). "Missing" is not: an event citing events this server lacks (auth events, prev events, or
+//! prev events known only as outliers, whose state is unknown) is not stored and comes back as
+//! [`Received::Missing`] with their ids, so that the same event handed in again once they are
+//! stored is checked afresh. Fetching them is the network's business (the federation receiver);
+//! nothing here does I/O beyond the store. Within one call, events are taken in depth order and
+//! an event waiting for another of the same batch is tried again once that one is in.
+
+use std::collections::{HashMap, HashSet};
+
+use myelin_room_version::{
+    Pdu, RoomVersion,
+    auth::auth_types_for_event,
+    receipt::{self, Failure, ReceiptLookups},
+    redaction::{PowerLevel, redact_level, user_power_level},
+    verify::ServerKeys,
+};
+use myelin_store::{EventRow, EventStatus, Placement, RoomRow};
+
+use super::{
+    Rooms,
+    append::{Appending, Fork, StateKey},
+    pdu_of, version_of,
+};
+use crate::{Error, Result, now_millis};
+
+/// What became of one event handed to [`Rooms::receive_pdus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Every check passed: it is part of the room.
+    Accepted,
+    /// Authorised by the state before it but not by the current state: stored, hidden.
+    SoftFailed,
+    /// Not authorised (steps 4 or 5): stored with this reason, never part of the state.
+    Rejected(String),
+    /// Not a valid event or not validly signed (steps 1 and 2): not stored.
+    Dropped(String),
+    /// It cites events this server lacks (or knows only as outliers): not stored; hand it in
+    /// again once they are.
+    Missing(Vec<String>),
+    /// This server has it already (a retransmission): nothing changes.
+    AlreadyStored,
+}
+
+/// One event's outcome, by its id when it parsed far enough to have one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedEvent {
+    pub event_id: Option<String>,
+    pub outcome: Received,
+}
+
+/// The events and states the checks consult, read from the store.
+#[derive(Default)]
+struct Lookups {
+    events: HashMap<String, Pdu>,
+    before: HashMap<StateKey, Pdu>,
+    current: HashMap<StateKey, Pdu>,
+}
+
+impl ReceiptLookups for Lookups {
+    fn event(&self, event_id: &str) -> Option<&Pdu> {
+        self.events.get(event_id)
+    }
+
+    fn state_before(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
+        self.before
+            .get(&(event_type.to_owned(), state_key.to_owned()))
+    }
+
+    fn current_state(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
+        self.current
+            .get(&(event_type.to_owned(), state_key.to_owned()))
+    }
+}
+
+impl Rooms {
+    /// Runs the checks on receipt over events of room `room_id` that other servers sent, and
+    /// appends those that are stored (accepted, soft-failed, rejected). `server_keys` holds the
+    /// keys of the servers whose signatures the events need (fetched by the caller). Returns
+    /// one outcome per event, in the order given.
+    pub async fn receive_pdus(
+        &self,
+        room_id: &str,
+        pdus: &[&[u8]],
+        server_keys: &ServerKeys,
+    ) -> Result<Vec<ReceivedEvent>> {
+        let room = self.room(room_id).await?;
+        let version = version_of(&room)?;
+        let mut outcomes: Vec<ReceivedEvent> = Vec::with_capacity(pdus.len());
+        // Step 1 for all, so that the batch can be ordered by depth.
+        let mut pending: Vec<(usize, Pdu)> = Vec::new();
+        for (index, bytes) in pdus.iter().enumerate() {
+            match receipt::check_format(version, bytes) {
+                Ok(pdu) if pdu.room_id_or_own() != room.room_id => {
+                    outcomes.push(ReceivedEvent {
+                        event_id: Some(pdu.event_id().to_owned()),
+                        outcome: Received::Dropped(format!(
+                            "the event is not in room {}",
+                            room.room_id
+                        )),
+                    });
+                }
+                Ok(pdu) => {
+                    outcomes.push(ReceivedEvent {
+                        event_id: Some(pdu.event_id().to_owned()),
+                        outcome: Received::Missing(Vec::new()),
+                    });
+                    pending.push((index, pdu));
+                }
+                Err(dropped) => outcomes.push(ReceivedEvent {
+                    event_id: None,
+                    outcome: Received::Dropped(dropped.to_string()),
+                }),
+            }
+        }
+        pending.sort_by_key(|(_, pdu)| pdu.depth());
+        // Passes until no event of the batch gets further: an event waiting for another one
+        // of the batch is tried again after it.
+        loop {
+            let mut progressed = false;
+            let mut still: Vec<(usize, Pdu)> = Vec::new();
+            let waiting: HashSet<String> = pending
+                .iter()
+                .map(|(_, pdu)| pdu.event_id().to_owned())
+                .collect();
+            for (index, pdu) in pending {
+                let outcome = self
+                    .receive_one(&room, version, pdu.clone(), server_keys)
+                    .await?;
+                let retry = matches!(&outcome, Received::Missing(ids) if ids.iter().any(|id| waiting.contains(id)));
+                if !retry {
+                    progressed = true;
+                }
+                outcomes[index].outcome = outcome;
+                if retry {
+                    still.push((index, pdu));
+                }
+            }
+            pending = still;
+            if pending.is_empty() || !progressed {
+                break;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Steps 2 to 6 for one event, then the append.
+    async fn receive_one(
+        &self,
+        room: &RoomRow,
+        version: &RoomVersion,
+        pdu: Pdu,
+        server_keys: &ServerKeys,
+    ) -> Result<Received> {
+        let verified = match receipt::check_signatures(version, &pdu, server_keys) {
+            Ok(verified) => verified,
+            Err(dropped) => {
+                tracing::info!(event_id = pdu.event_id(), %dropped, "dropped a remote event");
+                return Ok(Received::Dropped(dropped.to_string()));
+            }
+        };
+        let checked = match receipt::check_content_hash(version, pdu, verified) {
+            Ok(checked) => checked,
+            Err(dropped) => return Ok(Received::Dropped(dropped.to_string())),
+        };
+        if checked.redacted {
+            tracing::info!(
+                event_id = checked.pdu.event_id(),
+                "a remote event's content hash does not match: keeping its redacted form"
+            );
+        }
+        let pdu = checked.pdu;
+
+        // From here on this event's place in the room is decided against what is stored: the
+        // room's writer lock until it is appended.
+        let writing = self.locks.writer(&room.room_id).await;
+        if let Some(stored) = self.store.event(pdu.event_id()).await?
+            && stored.status != EventStatus::Outlier
+        {
+            return Ok(Received::AlreadyStored);
+        }
+        let mut lookups = Lookups::default();
+        let cited: Vec<&str> = pdu.auth_events().chain(pdu.prev_events()).collect();
+        let mut prev_rows: Vec<EventRow> = Vec::new();
+        let prev_ids: HashSet<&str> = pdu.prev_events().collect();
+        for row in self.store.events_by_ids(&cited).await? {
+            if row.room_nid != room.room_nid {
+                continue;
+            }
+            let mut cited_pdu = pdu_of(&row, version)?;
+            cited_pdu.set_rejected(matches!(row.status, EventStatus::Rejected(_)));
+            lookups.events.insert(row.event_id.clone(), cited_pdu);
+            if prev_ids.contains(row.event_id.as_str()) {
+                prev_rows.push(row);
+            }
+        }
+
+        // Step 4: its own auth events.
+        let rejected_by_auth_events =
+            match receipt::check_against_own_auth_events(version, &pdu, &lookups) {
+                Ok(()) => None,
+                Err(Failure::Missing(missing)) => return Ok(Received::Missing(missing)),
+                Err(Failure::Denied(reason)) => Some(reason),
+            };
+
+        // The state before it: known once every prev event is stored with its state.
+        let unknown: Vec<String> = pdu
+            .prev_events()
+            .filter(|id| {
+                !prev_rows
+                    .iter()
+                    .any(|row| row.event_id == *id && row.state_group.is_some())
+            })
+            .map(str::to_owned)
+            .collect();
+        if !unknown.is_empty() {
+            if let Some(reason) = rejected_by_auth_events {
+                // The verdict needs no state: store it, stateless, as rejected.
+                return self
+                    .append_verdict(
+                        room,
+                        &pdu,
+                        None,
+                        None,
+                        EventStatus::Rejected(reason),
+                        writing,
+                    )
+                    .await;
+            }
+            return Ok(Received::Missing(unknown));
+        }
+        let before = self.state_before(room, version, &prev_rows).await?;
+        let replaces = match pdu.state_key() {
+            Some(key) => self
+                .store
+                .state_entries_at_groups(&[before], &[(pdu.event_type(), key)])
+                .await?
+                .remove(&before)
+                .and_then(|entries| entries.into_values().next()),
+            None => None,
+        };
+        if let Some(reason) = rejected_by_auth_events {
+            return self
+                .append_verdict(
+                    room,
+                    &pdu,
+                    Some(before),
+                    replaces,
+                    EventStatus::Rejected(reason),
+                    writing,
+                )
+                .await;
+        }
+
+        // Step 5: the state before it.
+        let auth_keys = auth_keys_of(version, &pdu)?;
+        lookups.before = self.state_pdus(version, before, &auth_keys).await?;
+        if let Err(failure) = receipt::check_against_state_before(version, &pdu, &lookups) {
+            let reason = match failure {
+                Failure::Denied(reason) => reason,
+                Failure::Missing(missing) => format!("missing events {missing:?}"),
+            };
+            return self
+                .append_verdict(
+                    room,
+                    &pdu,
+                    Some(before),
+                    replaces,
+                    EventStatus::Rejected(reason),
+                    writing,
+                )
+                .await;
+        }
+
+        // Step 6: the current state.
+        let current = self.store.current_state_group(room.room_nid).await?;
+        if let Some(current) = current {
+            lookups.current = self.state_pdus(version, current, &auth_keys).await?;
+        }
+        if receipt::check_against_current_state(version, &pdu, &lookups).is_err() {
+            tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "soft-failed a remote event: the current state does not allow it");
+            return self
+                .append_verdict(
+                    room,
+                    &pdu,
+                    Some(before),
+                    replaces,
+                    EventStatus::SoftFailed,
+                    writing,
+                )
+                .await;
+        }
+
+        // A redaction is applied with it when its target is known and may be redacted by its
+        // sender: the same server's event, or a sender with the redact power level.
+        let redacted_copy = match pdu.redacts() {
+            Some(target) if pdu.event_type() == "m.room.redaction" => {
+                self.remote_redaction(room, version, &pdu, target, &lookups)
+                    .await?
+            }
+            _ => None,
+        };
+        self.append(Appending {
+            room,
+            pdu: &pdu,
+            status: EventStatus::Normal,
+            placement: Placement::Live,
+            state_before: Some(before),
+            replaces,
+            current_state: None,
+            txn: None,
+            redaction: redacted_copy
+                .as_ref()
+                .map(|(target, json)| (target.as_str(), json.as_str())),
+            now: now_millis(),
+            push_inputs: None,
+            writing,
+        })
+        .await?;
+        Ok(Received::Accepted)
+    }
+
+    /// Stores an event with a verdict that keeps it out of the room's history (rejected or
+    /// soft-failed), and says so.
+    async fn append_verdict(
+        &self,
+        room: &RoomRow,
+        pdu: &Pdu,
+        before: Option<i64>,
+        replaces: Option<i64>,
+        status: EventStatus,
+        writing: super::locks::WriterGuard,
+    ) -> Result<Received> {
+        let outcome = match &status {
+            EventStatus::Rejected(reason) => {
+                tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, %reason, "rejected a remote event");
+                Received::Rejected(reason.clone())
+            }
+            _ => Received::SoftFailed,
+        };
+        self.append(Appending {
+            room,
+            pdu,
+            status,
+            placement: Placement::Live,
+            state_before: before,
+            replaces,
+            current_state: None,
+            txn: None,
+            redaction: None,
+            now: now_millis(),
+            push_inputs: None,
+            writing,
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// The state before an event whose prev events are stored with their states: the state
+    /// after the one prev event, or the resolution of the states after several (written as a
+    /// group of its own when they differ).
+    async fn state_before(
+        &self,
+        room: &RoomRow,
+        version: &RoomVersion,
+        prevs: &[EventRow],
+    ) -> Result<i64> {
+        let mut groups: Vec<i64> = prevs.iter().filter_map(|row| row.state_group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        match groups.as_slice() {
+            [] => Err(Error::Internal(
+                "an event without prev events reached state_before".to_owned(),
+            )),
+            [one] => Ok(*one),
+            several => {
+                let forks: Vec<Fork<'_>> = several
+                    .iter()
+                    .map(|&group| Fork {
+                        group: Some(group),
+                        on_top: None,
+                    })
+                    .collect();
+                let resolved = self.resolve_forks(version, &forks).await?;
+                let mut entries: Vec<(&str, &str, i64)> = Vec::with_capacity(resolved.state.len());
+                for ((kind, key), id) in &resolved.state {
+                    let nid = resolved.nids.get(id).ok_or_else(|| {
+                        Error::Internal(format!("resolved state names {id}, which is not stored"))
+                    })?;
+                    entries.push((kind, key, *nid));
+                }
+                Ok(self
+                    .store
+                    .create_state_group(room.room_nid, &entries)
+                    .await?)
+            }
+        }
+    }
+
+    /// The events of group `group` at `keys`, as PDUs (rejected ones flagged).
+    async fn state_pdus(
+        &self,
+        version: &RoomVersion,
+        group: i64,
+        keys: &[StateKey],
+    ) -> Result<HashMap<StateKey, Pdu>> {
+        let key_refs: Vec<(&str, &str)> =
+            keys.iter().map(|(t, k)| (t.as_str(), k.as_str())).collect();
+        let entries = self
+            .store
+            .state_entries_at_groups(&[group], &key_refs)
+            .await?
+            .remove(&group)
+            .unwrap_or_default();
+        let nids: Vec<i64> = entries.values().copied().collect();
+        let by_nid: HashMap<i64, EventRow> = self
+            .store
+            .events_by_nids(&nids)
+            .await?
+            .into_iter()
+            .map(|row| (row.event_nid, row))
+            .collect();
+        let mut out = HashMap::with_capacity(entries.len());
+        for (key, nid) in entries {
+            if let Some(row) = by_nid.get(&nid) {
+                let mut pdu = pdu_of(row, version)?;
+                pdu.set_rejected(matches!(row.status, EventStatus::Rejected(_)));
+                out.insert(key, pdu);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The redacted copy of `target` if a remote redaction may be applied now: the target is a
+    /// stored event of this room, not redacted before, and the redaction comes from its
+    /// sender's server or from someone with the redact power level.
+    async fn remote_redaction(
+        &self,
+        room: &RoomRow,
+        version: &RoomVersion,
+        redaction: &Pdu,
+        target: &str,
+        lookups: &Lookups,
+    ) -> Result<Option<(String, String)>> {
+        let Some(row) = self.store.event(target).await? else {
+            return Ok(None);
+        };
+        if row.room_nid != room.room_nid || row.redacted_by.is_some() || row.state_group.is_none() {
+            return Ok(None);
+        }
+        let target_pdu = pdu_of(&row, version)?;
+        let server_of = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
+        let same_server = server_of(target_pdu.sender()) == server_of(redaction.sender());
+        let powerful = match lookups.current_state("m.room.create", "") {
+            Some(create) => {
+                let power = lookups.current_state("m.room.power_levels", "");
+                user_power_level(version, redaction.sender(), create, power)
+                    >= PowerLevel::Int(redact_level(version, power))
+            }
+            None => false,
+        };
+        if !same_server && !powerful {
+            return Ok(None);
+        }
+        let redacted = target_pdu
+            .redacted(version)
+            .map_err(|e| Error::Internal(format!("redacting {target}: {e}")))?;
+        Ok(Some((target.to_owned(), redacted.canonical_json())))
+    }
+}
+
+/// The state keys the auth rules read for `pdu` (plus the create event and power levels, which
+/// the redaction rule reads).
+fn auth_keys_of(version: &RoomVersion, pdu: &Pdu) -> Result<Vec<StateKey>> {
+    let mut keys = auth_types_for_event(
+        version,
+        pdu.event_type(),
+        pdu.sender(),
+        pdu.state_key(),
+        pdu.content(),
+    )
+    .map_err(|e| Error::Internal(format!("auth types of {}: {e}", pdu.event_id())))?;
+    for key in [("m.room.create", ""), ("m.room.power_levels", "")] {
+        let key = (key.0.to_owned(), key.1.to_owned());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}

@@ -799,3 +799,171 @@ async fn missing_events_are_reported_and_the_event_is_accepted_once_they_arrive(
         );
     }
 }
+
+/// An outlier is stored for its auth chain only: no state, no place at the room's end, nothing
+/// for clients. Once its prev events are known it is handed in as an ordinary event and is
+/// upgraded in place (same row), becoming part of the room.
+#[tokio::test]
+async fn an_outlier_is_invisible_until_upgraded_in_place() {
+    for kind in backends() {
+        let w = World::build(kind).await;
+        let base = w.bob_power.clone();
+        let auth = auth_keys_bob(&w, &base);
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let topic = w.remote_event(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "outlier first"}),
+            &[&base],
+            &auth,
+            7_000,
+        );
+        // Carol's event cites no membership of hers: rejected even as an outlier. And one
+        // citing an auth event nobody has is not stored.
+        let carol = w.remote_event(
+            "@carol:remote.test",
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "carol"}),
+            &[&base],
+            &[&w.create, &base],
+            7_001,
+        );
+        let unknown_auth = w.remote_event(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "?"}),
+            &[&base],
+            &[&w.create, &base, "$nobody-has-this"],
+            7_002,
+        );
+        let bytes: Vec<String> = [&topic, &carol, &unknown_auth]
+            .iter()
+            .map(|p| p.canonical_json())
+            .collect();
+        let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
+        let outcomes: Vec<Received> = w
+            .services
+            .rooms
+            .receive_outliers(&w.room.room_id, &refs, &w.remote.keys())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect();
+        assert_eq!(outcomes[0], Received::Accepted, "{kind:?}");
+        assert!(
+            matches!(&outcomes[1], Received::Rejected(_)),
+            "{kind:?}: {outcomes:?}"
+        );
+        assert_eq!(
+            outcomes[2],
+            Received::Missing(vec!["$nobody-has-this".to_owned()]),
+            "{kind:?}"
+        );
+        assert_eq!(w.status(unknown_auth.event_id()).await, None);
+
+        let before = w.current_state_ids().await;
+        let outlier = w
+            .services
+            .store
+            .event(topic.event_id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outlier.status, EventStatus::Outlier);
+        assert_eq!(
+            outlier.state_group, None,
+            "{kind:?}: an outlier has no state"
+        );
+        assert!(
+            outlier.stream_ordering < 0,
+            "{kind:?}: below every live position"
+        );
+        assert_eq!(w.extremity_ids().await, HashSet::from([base.clone()]));
+        assert_eq!(w.current_state_ids().await, before);
+        let latest = w.services.store.events_stream_position().await.unwrap();
+        assert!(outlier.stream_ordering < latest);
+
+        // Handed in again with its prev event known: upgraded in place.
+        assert_eq!(w.receive(&[&topic]).await, vec![Received::Accepted]);
+        let upgraded = w
+            .services
+            .store
+            .event(topic.event_id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            upgraded.event_nid, outlier.event_nid,
+            "{kind:?}: the same row"
+        );
+        assert_eq!(upgraded.status, EventStatus::Normal);
+        assert!(upgraded.state_group.is_some());
+        assert!(
+            upgraded.stream_ordering > latest,
+            "{kind:?}: now at the live end"
+        );
+        assert_eq!(
+            w.extremity_ids().await,
+            HashSet::from([topic.event_id().to_owned()])
+        );
+        assert_eq!(
+            w.current_state_ids()
+                .await
+                .get(&("m.room.topic".to_owned(), String::new())),
+            Some(&topic.event_id().to_owned())
+        );
+    }
+}
+
+/// Many branches from other servers do not leave the room with ever more forward extremities:
+/// past ten, a local member's dummy event merges them.
+#[tokio::test]
+async fn forward_extremities_are_kept_bounded() {
+    for kind in backends() {
+        let w = World::build(kind).await;
+        let base = w.bob_power.clone();
+        let auth = auth_keys_bob(&w, &base);
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let branches: Vec<Pdu> = (0..12)
+            .map(|i| {
+                w.remote_event(
+                    BOB,
+                    "m.room.message",
+                    None,
+                    json!({"msgtype": "m.text", "body": format!("branch {i}")}),
+                    &[&base],
+                    &auth,
+                    8_000 + i,
+                )
+            })
+            .collect();
+        // Ten branches stay as they are.
+        let first: Vec<&Pdu> = branches[..10].iter().collect();
+        assert_eq!(w.receive(&first).await, vec![Received::Accepted; 10]);
+        assert_eq!(w.extremity_ids().await.len(), 10, "{kind:?}");
+        // Two more: merged.
+        let rest: Vec<&Pdu> = branches[10..].iter().collect();
+        assert_eq!(w.receive(&rest).await, vec![Received::Accepted; 2]);
+        let ends = w.extremity_ids().await;
+        assert_eq!(
+            ends.len(),
+            1,
+            "{kind:?}: one dummy event merges the branches"
+        );
+        let dummy = w
+            .services
+            .store
+            .event(ends.iter().next().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(dummy.event_type, "org.matrix.dummy_event");
+        assert_eq!(dummy.sender, w.alice.as_str());
+        let json: Value = serde_json::from_str(&dummy.json).unwrap();
+        assert_eq!(json["prev_events"].as_array().unwrap().len(), 12);
+    }
+}

@@ -390,3 +390,162 @@ impl Store {
         Ok(group)
     }
 }
+
+/// An event stored as an outlier: for its place in auth chains and states only (see
+/// [`Store::persist_outliers`]).
+#[derive(Debug, Clone, Default)]
+pub struct OutlierEvent<'a> {
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    pub prev_event_ids: &'a [String],
+    pub auth_event_ids: &'a [String],
+    /// Rejected by its auth events, for this reason (it stays an outlier, flagged).
+    pub rejected: Option<&'a str>,
+}
+
+/// Outlier rows per `INSERT` (11 parameters each).
+const OUTLIERS_PER_STATEMENT: usize = 400;
+/// Edge rows per `INSERT` of outliers' edges (3 parameters each).
+const OUTLIER_EDGES_PER_STATEMENT: usize = 600;
+
+impl Store {
+    /// Stores events as outliers of room `room_nid` in one transaction, many rows per
+    /// statement: the state and auth chain a remote join brings (tens of thousands of events).
+    /// Outliers take stream positions below every live event, have no state and are never part
+    /// of a timeline; events already stored are left as they are. Returns the nids of all the
+    /// given events (stored now or before), by id.
+    pub async fn persist_outliers(
+        &self,
+        room_nid: i64,
+        events: &[OutlierEvent<'_>],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let nids = with_pool!(self, pool => {
+            let mut tx = crate::store::BeginWrite::begin_write(pool, &self.write_gate).await?;
+            let lowest: i64 = sqlx::query_scalar(
+                "UPDATE stream_positions SET position = position - $1 WHERE stream = 'backfill' RETURNING position",
+            )
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await?;
+            // Positions lowest + count - 1 down to lowest, in the order given. The nids of the
+            // new rows come back with them; those stored before are looked up after.
+            let mut nids: HashMap<String, i64> = HashMap::with_capacity(events.len());
+            for (chunk_index, chunk) in events.chunks(OUTLIERS_PER_STATEMENT).enumerate() {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| {
+                        let n = 11 * i;
+                        format!(
+                            "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, NULL, NULL, ${}, ${}, ${}, ${})",
+                            n + 2, n + 3, n + 4, n + 5, n + 6, n + 7, n + 8, n + 9, n + 10, n + 11, n + 12, n + 4
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, sender, \
+                     origin_server_ts, json, state_group, state_group_before, status, rejection_reason, \
+                     prev_state_nid, topological_ordering) VALUES {} ON CONFLICT (event_id) DO NOTHING \
+                     RETURNING event_id, event_nid",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid);
+                for (i, event) in chunk.iter().enumerate() {
+                    let position = lowest + count - 1 - (chunk_index * OUTLIERS_PER_STATEMENT + i) as i64;
+                    query = query
+                        .bind(event.event_id)
+                        .bind(position)
+                        .bind(event.depth)
+                        .bind(event.event_type)
+                        .bind(event.state_key)
+                        .bind(event.sender)
+                        .bind(event.origin_server_ts)
+                        .bind(event.json)
+                        .bind(if event.rejected.is_some() { "rejected" } else { "outlier" })
+                        .bind(event.rejected)
+                        .bind(None::<i64>);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    nids.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+                }
+            }
+            // Events stored before (given again, or cited from outside the batch): by id.
+            let mut unknown: Vec<&str> = events
+                .iter()
+                .map(|e| e.event_id)
+                .chain(events.iter().flat_map(|e| e.prev_event_ids.iter().chain(e.auth_event_ids.iter()).map(String::as_str)))
+                .filter(|id| !nids.contains_key(*id))
+                .collect();
+            unknown.sort_unstable();
+            unknown.dedup();
+            for chunk in unknown.chunks(IDS_PER_STATEMENT) {
+                let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT event_id, event_nid FROM events WHERE event_id IN ({})",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    nids.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+                }
+            }
+            // The edges of the events written now (an event stored before keeps its own).
+            let edges: Vec<(i64, u8, &str, Option<i64>)> = events
+                .iter()
+                .filter_map(|e| nids.get(e.event_id).map(|nid| (e, *nid)))
+                .flat_map(|(e, nid)| {
+                    let nids = &nids;
+                    e.prev_event_ids
+                        .iter()
+                        .map(move |id| (nid, 0u8, id.as_str(), nids.get(id.as_str()).copied()))
+                        .chain(e.auth_event_ids.iter().map(move |id| (nid, 1u8, id.as_str(), nids.get(id.as_str()).copied())))
+                })
+                .collect();
+            for chunk in edges.chunks(OUTLIER_EDGES_PER_STATEMENT) {
+                let rows: Vec<String> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, kind, _, _))| format!("(${}, {kind}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO event_edges (event_nid, kind, cited_event_id, cited_event_nid) VALUES {} \
+                     ON CONFLICT DO NOTHING",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (nid, _, cited, cited_nid) in chunk {
+                    query = query.bind(*nid).bind(*cited).bind(*cited_nid);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            // Events stored before that cite these learn their nids.
+            for chunk in events.chunks(IDS_PER_STATEMENT) {
+                let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "UPDATE event_edges SET cited_event_nid = \
+                     (SELECT e.event_nid FROM events e WHERE e.event_id = event_edges.cited_event_id) \
+                     WHERE cited_event_nid IS NULL AND cited_event_id IN ({})",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for event in chunk {
+                    query = query.bind(event.event_id);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            events
+                .iter()
+                .filter_map(|e| nids.get(e.event_id).map(|nid| (e.event_id.to_owned(), *nid)))
+                .collect::<HashMap<String, i64>>()
+        });
+        Ok(nids)
+    }
+}

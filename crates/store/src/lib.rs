@@ -61,7 +61,8 @@ pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use graph::{
-    CurrentStateChange, EdgeKind, EventEdge, EventStatus, Placement, StateChange, StateValue,
+    CurrentStateChange, EdgeKind, EventEdge, EventStatus, OutlierEvent, Placement, StateChange,
+    StateValue,
 };
 #[cfg(any(test, feature = "failpoints"))]
 pub use group_commit::CommitPause;

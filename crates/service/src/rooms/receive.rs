@@ -27,7 +27,7 @@ use myelin_room_version::{
     redaction::{PowerLevel, redact_level, user_power_level},
     verify::ServerKeys,
 };
-use myelin_store::{EventRow, EventStatus, Placement, RoomRow};
+use myelin_store::{EventRow, EventStatus, OutlierEvent, Placement, RoomRow};
 
 use super::{
     Rooms,
@@ -35,6 +35,10 @@ use super::{
     pdu_of, version_of,
 };
 use crate::{Error, Result, now_millis};
+
+/// Past this many forward extremities a room's are merged by a dummy event (Synapse's
+/// threshold).
+const MAX_EXTREMITIES: usize = 10;
 
 /// What became of one event handed to [`Rooms::receive_pdus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +156,188 @@ impl Rooms {
             if pending.is_empty() || !progressed {
                 break;
             }
+        }
+        self.merge_extremities(&room).await?;
+        Ok(outcomes)
+    }
+
+    /// Keeps a room's forward extremities from growing without bound: past
+    /// [`MAX_EXTREMITIES`], a local member sends an `org.matrix.dummy_event`, which cites them
+    /// all (up to the spec's 20 prev events) and leaves itself the room's one end, as Synapse
+    /// does. Every local send merges them the same way; this covers rooms where only other
+    /// servers talk. Rooms without a local member that may send it keep their extremities.
+    async fn merge_extremities(&self, room: &RoomRow) -> Result<()> {
+        let extremities = self.store.forward_extremities(room.room_nid).await?;
+        if extremities.len() <= MAX_EXTREMITIES {
+            return Ok(());
+        }
+        let members = self
+            .store
+            .joined_member_events(room.room_nid, super::push::PUSH_RULES_TYPE)
+            .await?;
+        for member in members {
+            let Ok(user) = ruma::UserId::parse(member.user_id.as_str()) else {
+                continue;
+            };
+            if !self.is_local(&user) {
+                continue;
+            }
+            let sent = self
+                .send(
+                    room,
+                    &user,
+                    super::events::LocalEvent {
+                        event_type: "org.matrix.dummy_event",
+                        state_key: None,
+                        content: serde_json::json!({}),
+                        ruled: super::events::Ruled::Plain,
+                        txn: None,
+                    },
+                )
+                .await;
+            match sent {
+                Ok(event_id) => {
+                    tracing::info!(room_id = %room.room_id, %event_id, extremities = extremities.len(), "merged the room's forward extremities with a dummy event");
+                    return Ok(());
+                }
+                Err(Error::Forbidden(reason)) => {
+                    tracing::debug!(room_id = %room.room_id, user = %user, %reason, "this member may not merge the extremities");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores events of room `room_id` as outliers: events a server needs for their place in
+    /// auth chains and room states (the state and auth chain a join or a missing-state fetch
+    /// brings), not for the timeline. Steps 1 to 4 only (format, signatures, content hash, and
+    /// the auth events they cite, from the batch or the store; an event they do not allow is
+    /// stored rejected); no state is computed and nothing reaches clients. All in one
+    /// transaction, many rows per statement. An outlier handed to [`Rooms::receive_pdus`]
+    /// later, once its prev events are known, is upgraded in place.
+    pub async fn receive_outliers(
+        &self,
+        room_id: &str,
+        pdus: &[&[u8]],
+        server_keys: &ServerKeys,
+    ) -> Result<Vec<ReceivedEvent>> {
+        let room = self.room(room_id).await?;
+        let version = version_of(&room)?;
+        let mut outcomes: Vec<ReceivedEvent> = Vec::with_capacity(pdus.len());
+        let mut checked: Vec<(usize, Pdu)> = Vec::new();
+        for (index, bytes) in pdus.iter().enumerate() {
+            let pdu = match receipt::check_format(version, bytes) {
+                Ok(pdu) if pdu.room_id_or_own() == room.room_id => pdu,
+                Ok(pdu) => {
+                    outcomes.push(ReceivedEvent {
+                        event_id: Some(pdu.event_id().to_owned()),
+                        outcome: Received::Dropped(format!(
+                            "the event is not in room {}",
+                            room.room_id
+                        )),
+                    });
+                    continue;
+                }
+                Err(dropped) => {
+                    outcomes.push(ReceivedEvent {
+                        event_id: None,
+                        outcome: Received::Dropped(dropped.to_string()),
+                    });
+                    continue;
+                }
+            };
+            let outcome = match receipt::check_signatures(version, &pdu, server_keys)
+                .and_then(|verified| receipt::check_content_hash(version, pdu.clone(), verified))
+            {
+                Ok(event) => {
+                    checked.push((index, event.pdu));
+                    Received::Accepted
+                }
+                Err(dropped) => Received::Dropped(dropped.to_string()),
+            };
+            outcomes.push(ReceivedEvent {
+                event_id: Some(pdu.event_id().to_owned()),
+                outcome,
+            });
+        }
+
+        // Step 4 against the batch and the store: auth events first (depth order, then passes
+        // until nothing more can be decided).
+        let mut lookups = Lookups::default();
+        let cited: Vec<&str> = checked
+            .iter()
+            .flat_map(|(_, pdu)| pdu.auth_events())
+            .collect();
+        for row in self.store.events_by_ids(&cited).await? {
+            if row.room_nid == room.room_nid {
+                let mut pdu = pdu_of(&row, version)?;
+                pdu.set_rejected(matches!(row.status, EventStatus::Rejected(_)));
+                lookups.events.insert(row.event_id.clone(), pdu);
+            }
+        }
+        checked.sort_by_key(|(_, pdu)| pdu.depth());
+        let mut verdicts: Vec<(usize, Pdu, Option<String>)> = Vec::new();
+        loop {
+            let mut still = Vec::new();
+            let before = checked.len();
+            for (index, pdu) in checked {
+                match receipt::check_against_own_auth_events(version, &pdu, &lookups) {
+                    Err(Failure::Missing(missing)) => {
+                        outcomes[index].outcome = Received::Missing(missing);
+                        still.push((index, pdu));
+                    }
+                    verdict => {
+                        let reason = match verdict {
+                            Err(Failure::Denied(reason)) => Some(reason),
+                            _ => None,
+                        };
+                        let mut known = pdu.clone();
+                        known.set_rejected(reason.is_some());
+                        lookups.events.insert(pdu.event_id().to_owned(), known);
+                        outcomes[index].outcome = match &reason {
+                            Some(reason) => Received::Rejected(reason.clone()),
+                            None => Received::Accepted,
+                        };
+                        verdicts.push((index, pdu, reason));
+                    }
+                }
+            }
+            checked = still;
+            if checked.is_empty() || checked.len() == before {
+                break;
+            }
+        }
+        let owned: Vec<(String, Vec<String>, Vec<String>)> = verdicts
+            .iter()
+            .map(|(_, pdu, _)| {
+                (
+                    pdu.canonical_json(),
+                    pdu.prev_events().map(str::to_owned).collect(),
+                    pdu.auth_events().map(str::to_owned).collect(),
+                )
+            })
+            .collect();
+        let outliers: Vec<OutlierEvent<'_>> = verdicts
+            .iter()
+            .zip(&owned)
+            .map(|((_, pdu, reason), (json, prev, auth))| OutlierEvent {
+                event_id: pdu.event_id(),
+                event_type: pdu.event_type(),
+                state_key: pdu.state_key(),
+                sender: pdu.sender(),
+                depth: i64::try_from(pdu.depth()).unwrap_or(i64::MAX),
+                origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
+                json,
+                prev_event_ids: prev,
+                auth_event_ids: auth,
+                rejected: reason.as_deref(),
+            })
+            .collect();
+        if !outliers.is_empty() {
+            self.store
+                .persist_outliers(room.room_nid, &outliers)
+                .await?;
         }
         Ok(outcomes)
     }

@@ -1,4 +1,5 @@
-//! Fuzzing the token parsers (property tests): pagination tokens, sync tokens, search
+//! Fuzzing the token parsers (property tests): pagination tokens (stream and topological),
+//! sync tokens, search
 //! `next_batch`, hierarchy and public-room page tokens. Each accepts exactly what the server
 //! prints: an accepted token re-encodes to the same string with every number within
 //! `0..=MAX_TOKEN_POSITION`; anything else is `M_INVALID_PARAM` (never a panic, never a token
@@ -10,7 +11,8 @@ use proptest::sample::Index;
 use crate::Error;
 use crate::directory::PageToken;
 use crate::rooms::hierarchy;
-use crate::rooms::read::{Direction, MAX_TOKEN_POSITION, parse_token, parse_token_towards, token};
+use crate::rooms::read::{Direction, HistoryToken, MAX_TOKEN_POSITION, parse_token, token};
+use myelin_store::HistoryPosition;
 use crate::rooms::search::Cursor;
 use crate::sync::SyncToken;
 use myelin_store::SearchOrder;
@@ -18,6 +20,25 @@ use myelin_store::SearchOrder;
 /// Tokens worth keeping: real ones, edge numbers and the near misses a run once found.
 const CORPUS: &[&str] = &[
     "s0",
+    "t0_0",
+    "t3_-7",
+    "t3_7",
+    "t9007199254740991_-9007199254740991",
+    "t9007199254740992_1",
+    "t1_-9007199254740992",
+    "t1_-0",
+    "t1_-",
+    "t1_--1",
+    "t-1_1",
+    "t1_+1",
+    "t01_1",
+    "t1_01",
+    "t1_-01",
+    "t1",
+    "t1_",
+    "t_1",
+    "t1_2_3",
+    "T1_2",
     "s9007199254740991",
     "s9007199254740992",
     "s9223372036854775807",
@@ -73,6 +94,30 @@ fn check_pagination(t: &str) -> Result<(), TestCaseError> {
         }
         Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
     }
+    match HistoryToken::parse(t) {
+        Ok(parsed) => {
+            let range = -MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION;
+            match parsed {
+                HistoryToken::Topological {
+                    topological,
+                    stream,
+                } => {
+                    prop_assert!((0..=MAX_TOKEN_POSITION).contains(&topological));
+                    prop_assert!(range.contains(&stream));
+                    prop_assert_eq!(parsed.encode(), t);
+                }
+                // The stream kinds are exactly what `parse_token` reads.
+                HistoryToken::Stream(n) => {
+                    prop_assert_eq!(parse_token(t).ok(), Some(n));
+                    prop_assert_eq!(parsed.encode(), t);
+                }
+                HistoryToken::Sync(n) => {
+                    prop_assert_eq!(SyncToken::parse(t).ok().map(|s| s.events), Some(n));
+                }
+            }
+        }
+        Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
+    }
     Ok(())
 }
 
@@ -97,8 +142,10 @@ fn check_sync(t: &str) -> Result<(), TestCaseError> {
             prop_assert_eq!(parse_token(t).ok(), Some(s.events));
             // Walking back from a sync token starts with its own position.
             prop_assert_eq!(
-                parse_token_towards(t, Direction::Backward).ok(),
-                Some(s.events + 1)
+                HistoryToken::parse(t)
+                    .ok()
+                    .map(|h| h.towards(Direction::Backward)),
+                Some(HistoryPosition::Stream(s.events + 1))
             );
         }
         Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
@@ -155,6 +202,13 @@ fn issued() -> impl Strategy<Value = String> {
     let position = 0..=MAX_TOKEN_POSITION;
     prop_oneof![
         position.clone().prop_map(token),
+        (position.clone(), -MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION).prop_map(|(t, s)| {
+            HistoryToken::Topological {
+                topological: t,
+                stream: s,
+            }
+            .encode()
+        }),
         prop::array::uniform7(position.clone()).prop_map(|p| SyncToken {
             events: p[0],
             account_data: p[1],
@@ -199,7 +253,7 @@ fn mutate(t: &str, edits: &[(Index, u8, char)]) -> String {
 fn token_char() -> impl Strategy<Value = char> {
     prop_oneof![
         prop::sample::select(vec![
-            's', 'h', 'n', 'p', '_', '-', '+', '0', '9', ' ', '\u{663}'
+            's', 't', 'h', 'n', 'p', '_', '-', '+', '0', '9', ' ', '\u{663}'
         ]),
         any::<char>(),
     ]
@@ -246,7 +300,7 @@ proptest! {
     }
 
     #[test]
-    fn token_shaped_strings(t in "(s|h|n|p|recent_s|rank_)[0-9_+-]{0,40}") {
+    fn token_shaped_strings(t in "(s|t|h|n|p|recent_s|rank_)[0-9_+-]{0,40}") {
         check_all(&t)?;
     }
 
@@ -264,6 +318,10 @@ proptest! {
         (forward, members, room_id) in (any::<bool>(), 0..=MAX_TOKEN_POSITION as u64, ".{0,40}"),
     ) {
         prop_assert_eq!(parse_token(&token(position)).ok(), Some(position));
+        for stream in [position, -position] {
+            let topological = HistoryToken::Topological { topological: position, stream };
+            prop_assert_eq!(HistoryToken::parse(&topological.encode()).ok(), Some(topological));
+        }
         let sync = SyncToken {
             events: parts[0], account_data: parts[1], receipts: parts[2], to_device: parts[3],
             presence: parts[4], typing: parts[5], device_lists: parts[6],

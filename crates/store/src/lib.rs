@@ -68,7 +68,7 @@ pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
-    EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
+    EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
     RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
 };
 pub use search::{SearchHit, SearchOrder, SearchQuery};
@@ -76,5 +76,5 @@ pub use server_keys::StoredSigningKey;
 pub use spaces::SpaceRoomState;
 pub use state::StateMap;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
-pub use sync_reads::TimelineWindow;
+pub use sync_reads::{StateDeltaWindow, TimelineWindow};
 pub use user_data::{AccountDataRow, ProfileRow};

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     EventFilter, Rooms,
-    read::{parse_position, token},
+    read::{HistoryToken, parse_position, token},
 };
 use crate::{Error, Result};
 
@@ -361,36 +361,16 @@ impl Rooms {
         device: Option<&str>,
         (before, after, include_profile): (usize, usize, bool),
     ) -> Result<Value> {
-        let before_rows = self
-            .store
-            .room_events(
-                room.room_nid,
-                0,
-                row.stream_ordering,
-                true,
+        let (before_rows, after_rows) = self
+            .history_around(
+                room,
+                row,
                 before.min(MAX_CONTEXT) as i64,
-            )
-            .await?;
-        let after_rows = self
-            .store
-            .room_events(
-                room.room_nid,
-                row.stream_ordering,
-                i64::MAX,
-                false,
                 after.min(MAX_CONTEXT) as i64,
             )
             .await?;
-        let start = token(
-            before_rows
-                .last()
-                .map_or(row.stream_ordering, |r| r.stream_ordering),
-        );
-        let end = token(
-            after_rows
-                .last()
-                .map_or(row.stream_ordering, |r| r.stream_ordering),
-        );
+        let start = HistoryToken::of(before_rows.last().unwrap_or(row)).encode();
+        let end = HistoryToken::of(after_rows.last().unwrap_or(row)).encode();
         let mut senders: HashSet<String> = HashSet::from([row.sender.clone()]);
         let mut sides = Vec::with_capacity(2);
         for rows in [&before_rows, &after_rows] {

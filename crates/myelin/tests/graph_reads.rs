@@ -243,7 +243,11 @@ async fn soft_failed_rejected_and_outlier_events_reach_no_client_read() {
         let root_event = ok(
             &server,
             &bob,
-            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&root)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(&root)
+            ),
         )
         .await;
         let root_ts = root_event["origin_server_ts"].as_i64().unwrap();
@@ -335,7 +339,11 @@ async fn soft_failed_rejected_and_outlier_events_reach_no_client_read() {
             ),
         )
         .await;
-        assert_eq!(ids(&context["events_after"]), vec![after.clone()], "{kind:?}");
+        assert_eq!(
+            ids(&context["events_after"]),
+            vec![after.clone()],
+            "{kind:?}"
+        );
         assert!(
             context["event"]["unsigned"]["m.relations"].is_null(),
             "{kind:?} no thread is bundled: {}",
@@ -523,7 +531,11 @@ async fn backfilled_history_pages_in_depth_order_and_never_syncs() {
             ),
         )
         .await;
-        assert_eq!(bodies(&context["events_before"]), vec!["b-mid-2"], "{kind:?}");
+        assert_eq!(
+            bodies(&context["events_before"]),
+            vec!["b-mid-2"],
+            "{kind:?}"
+        );
         assert_eq!(bodies(&context["events_after"]), vec!["m2"], "{kind:?}");
         let from_start = messages(format!(
             "dir=b&limit=100&from={}",
@@ -531,6 +543,38 @@ async fn backfilled_history_pages_in_depth_order_and_never_syncs() {
         ))
         .await;
         assert_eq!(bodies(&from_start["chunk"]), ["m1", "b-low"], "{kind:?}");
+        // `/members` reads a topological token as the place it names.
+        let members = ok(
+            &server,
+            &alice,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/members?at={}",
+                enc(&room),
+                enc(context["start"].as_str().unwrap())
+            ),
+        )
+        .await;
+        assert_eq!(
+            members["chunk"][0]["state_key"],
+            alice.user_id.as_str(),
+            "{kind:?} {members}"
+        );
+
+        // Near misses of a topological token are refused, never read as another place.
+        for bad in ["t1_-0", "t1", "t-1_1", "t01_1", "t1_2_3", "t1_+2"] {
+            let (status, body) = server
+                .get(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/messages?dir=b&from={}",
+                        enc(&room),
+                        enc(bad)
+                    ),
+                    &alice.access_token,
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{kind:?} {bad}: {body}");
+            assert_eq!(body["errcode"], "M_INVALID_PARAM", "{kind:?} {bad}");
+        }
     }
 }
 
@@ -603,7 +647,10 @@ async fn state_changed_by_resolution_shows_in_incremental_sync() {
         let topic = ok(
             &server,
             &bob,
-            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
         )
         .await;
         assert_eq!(topic["topic"], "first", "{kind:?}");
@@ -612,7 +659,7 @@ async fn state_changed_by_resolution_shows_in_incremental_sync() {
         assert_eq!(bodies(&joined["timeline"]["events"]), ["fork"], "{kind:?}");
         assert_eq!(
             ids(&joined["state"]["events"]),
-            [first_topic.clone()],
+            std::slice::from_ref(&first_topic),
             "{kind:?} {joined}"
         );
         let body = sync(
@@ -624,7 +671,7 @@ async fn state_changed_by_resolution_shows_in_incremental_sync() {
         let joined = &body["rooms"]["join"][&room];
         assert_eq!(
             ids(&joined["state_after"]["events"]),
-            [first_topic.clone()],
+            std::slice::from_ref(&first_topic),
             "{kind:?} {joined}"
         );
         let since_bob = body["next_batch"].as_str().unwrap().to_owned();
@@ -681,7 +728,7 @@ async fn state_changed_by_resolution_shows_in_incremental_sync() {
         let left = &body["rooms"]["leave"][&room];
         assert_eq!(
             ids(&left["state"]["events"]),
-            [bob_leave.clone()],
+            std::slice::from_ref(&bob_leave),
             "{kind:?} {left}"
         );
         let body = sync(&server, &alice, &format!("since={since_alice}")).await;

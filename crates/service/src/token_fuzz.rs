@@ -12,9 +12,9 @@ use crate::Error;
 use crate::directory::PageToken;
 use crate::rooms::hierarchy;
 use crate::rooms::read::{Direction, HistoryToken, MAX_TOKEN_POSITION, parse_token, token};
-use myelin_store::HistoryPosition;
 use crate::rooms::search::Cursor;
 use crate::sync::SyncToken;
+use myelin_store::HistoryPosition;
 use myelin_store::SearchOrder;
 
 /// Tokens worth keeping: real ones, edge numbers and the near misses a run once found.
@@ -60,6 +60,10 @@ const CORPUS: &[&str] = &[
     "",
     "s",
     "recent_s5",
+    "recent_t0_-5",
+    "recent_t0_5",
+    "recent_t0_-0",
+    "recent_t3_-5",
     "recent_s5_1_2_3_4_5_6",
     "rank_0",
     "rank_+3",
@@ -158,8 +162,13 @@ fn check_search(t: &str) -> Result<(), TestCaseError> {
         match Cursor::parse(t, order) {
             Ok(cursor) => {
                 prop_assert_eq!(cursor.token(), t);
-                let (Cursor::Before(n) | Cursor::Offset(n)) = cursor;
-                prop_assert!((0..=MAX_TOKEN_POSITION).contains(&n));
+                match cursor {
+                    // Below 0 for backfilled history.
+                    Cursor::Before(n) => {
+                        prop_assert!((-MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION).contains(&n))
+                    }
+                    Cursor::Offset(n) => prop_assert!((0..=MAX_TOKEN_POSITION).contains(&n)),
+                }
             }
             Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
         }
@@ -219,7 +228,7 @@ fn issued() -> impl Strategy<Value = String> {
             device_lists: p[6],
         }
         .encode()),
-        position.clone().prop_map(|n| Cursor::Before(n).token()),
+        (-MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION).prop_map(|n| Cursor::Before(n).token()),
         position.clone().prop_map(|n| Cursor::Offset(n).token()),
         (0usize..1 << 40, 0usize..10, any::<bool>())
             .prop_map(|(s, d, g)| hierarchy::token(s, d, g)),
@@ -328,7 +337,7 @@ proptest! {
         };
         prop_assert_eq!(SyncToken::parse(&sync.encode()).ok(), Some(sync));
         prop_assert_eq!(parse_token(&sync.encode()).ok(), Some(parts[0]));
-        for cursor in [Cursor::Before(position), Cursor::Offset(position)] {
+        for cursor in [Cursor::Before(position), Cursor::Before(-position), Cursor::Offset(position)] {
             let order = if matches!(cursor, Cursor::Before(_)) { SearchOrder::Recent } else { SearchOrder::Rank };
             prop_assert_eq!(Cursor::parse(&cursor.token(), order).ok(), Some(cursor));
         }

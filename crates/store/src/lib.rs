@@ -68,8 +68,8 @@ pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
-    EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
-    RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
+    EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent, NotificationRow,
+    Persisted, PushAction, RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
 };
 pub use search::{SearchHit, SearchOrder, SearchQuery};
 pub use server_keys::StoredSigningKey;

@@ -290,13 +290,14 @@ pub struct HistoryWalk {
 }
 
 /// A user's read position in a room as an SQL expression over the given room and user
-/// expressions: the later of their own newest event and the event of their newest unthreaded
-/// read receipt. Both sides are index lookups (`events_room_sender`, the receipts key).
+/// expressions: the later of their own newest timeline event and the event of their newest
+/// unthreaded read receipt. Both sides are index lookups (`events_room_sender`, newest first
+/// to the first in the timeline; the receipts key).
 pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
     format!(
         "SELECT MAX(p) FROM ( \
-         SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM events e WHERE e.room_nid = {room} AND e.sender = {user} \
-         AND {IN_TIMELINE} \
+         SELECT COALESCE((SELECT e.stream_ordering FROM events e WHERE e.room_nid = {room} AND e.sender = {user} \
+         AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1), 0) AS p \
          UNION ALL \
          SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM receipts r JOIN events e ON e.event_id = r.event_id \
          WHERE r.room_nid = {room} AND r.user_id = {user} AND r.thread_id = '' \
@@ -1391,11 +1392,15 @@ impl Store {
         with_pool!(self, pool => {
             for row in sqlx::query(
                 // The typed arm first: PostgreSQL gives a column of only NULLs the type text,
-                // which then would not match the membership arm's types.
+                // which then would not match the membership arm's types. A room's latest
+                // position is its newest timeline event (`IN_TIMELINE`: newest first down the
+                // index, not `MAX`, which with the status filter would read the whole room) or
+                // its newest change of current state (a resolution needs no timeline event).
                 "SELECT 'membership' AS kind, CAST(0 AS BIGINT) AS position, r.room_nid, r.room_id, r.room_version, \
                  r.creator, r.is_public, m.membership, m.event_nid, m.stream_ordering, m.forgotten, \
-                 (SELECT MAX(p) FROM (SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM events e \
+                 (SELECT MAX(p) FROM (SELECT COALESCE((SELECT e.stream_ordering FROM events e \
                   WHERE e.room_nid = m.room_nid AND e.status = 'normal' \
+                  ORDER BY e.stream_ordering DESC LIMIT 1), 0) AS p \
                   UNION ALL SELECT COALESCE(MAX(d.stream_ordering), 0) FROM current_state_deltas d \
                   WHERE d.room_nid = m.room_nid) AS latest) AS latest_event, \
                  (SELECT COALESCE(MAX(c.stream_position), 0) FROM receipts c WHERE c.room_nid = m.room_nid) AS latest_receipt \

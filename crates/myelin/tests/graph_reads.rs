@@ -733,6 +733,16 @@ async fn state_changed_by_resolution_shows_in_incremental_sync() {
         );
         let body = sync(&server, &alice, &format!("since={since_alice}")).await;
         let state = ids(&body["rooms"]["join"][&room]["state"]["events"]);
+        assert_eq!(state, [first_topic.clone(), bob_leave.clone()], "{kind:?}");
+        // Lazy loading keeps it too: bob sends nothing, but this is his membership's change.
+        let lazy = enc(&json!({"room": {"state": {"lazy_load_members": true}}}).to_string());
+        let body = sync(
+            &server,
+            &alice,
+            &format!("since={since_alice}&filter={lazy}"),
+        )
+        .await;
+        let state = ids(&body["rooms"]["join"][&room]["state"]["events"]);
         assert_eq!(state, [first_topic.clone(), bob_leave], "{kind:?}");
     }
 }

@@ -634,11 +634,21 @@ impl Services {
                 .iter()
                 .filter_map(|e| e["sender"].as_str())
                 .collect();
+            // A member event that a resolution put back (older than the token, so never a
+            // change the client saw) is kept even when lazy loading would leave it out: it
+            // is the only word the client gets of that membership change.
+            let restored: HashSet<i64> = joined
+                .changed_state
+                .iter()
+                .filter(|row| row.stream_ordering <= joined.plan.from)
+                .map(|row| row.event_nid)
+                .collect();
             let state: Vec<Value> = state
                 .iter()
                 .filter(|row| {
                     !request.filter.lazy_load_members
                         || row.event_type != "m.room.member"
+                        || restored.contains(&row.event_nid)
                         || row
                             .state_key
                             .as_deref()

@@ -543,6 +543,19 @@ async fn backfilled_history_pages_in_depth_order_and_never_syncs() {
         ))
         .await;
         assert_eq!(bodies(&from_start["chunk"]), ["m1", "b-low"], "{kind:?}");
+        // Jump to date finds backfilled events at the very timestamp asked for (all three are
+        // at 1; the earliest the room saw of them was stored last).
+        let jump = ok(
+            &server,
+            &alice,
+            &format!(
+                "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts=1&dir=f",
+                enc(&room)
+            ),
+        )
+        .await;
+        assert_eq!(jump["event_id"], event_id("BackMidTwo"), "{kind:?}");
+
         // `/members` reads a topological token as the place it names.
         let members = ok(
             &server,

@@ -734,8 +734,9 @@ impl Rooms {
         const BATCH: i64 = 100;
         let room = self.room_for_history(room_id, user).await?;
         let backwards = dir == Direction::Backward;
-        // Just outside `ts` in the walk's direction, so that events at `ts` itself count.
-        let mut cursor = (ts, if backwards { i64::MAX } else { -1 });
+        // Just outside `ts` in the walk's direction, so that events at `ts` itself count (backfilled
+        // ones too: their stream orderings are below 0).
+        let mut cursor = (ts, if backwards { i64::MAX } else { i64::MIN });
         loop {
             let rows = self
                 .store

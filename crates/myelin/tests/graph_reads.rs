@@ -314,6 +314,22 @@ async fn soft_failed_rejected_and_outlier_events_reach_no_client_read() {
             }
         }
 
+        // Nor may a receipt name them.
+        for (id, _) in &hidden {
+            let (status, body) = server
+                .post(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                        enc(&room),
+                        enc(id)
+                    ),
+                    &bob.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{kind:?} receipt: {body}");
+        }
+
         // Pages and context.
         for dir in ["b", "f"] {
             let page = ok(

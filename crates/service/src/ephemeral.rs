@@ -175,11 +175,13 @@ impl Ephemeral {
         thread_id: Option<&str>,
     ) -> Result<()> {
         let room_nid = self.joined_room(&user.user_id, room_id).await?;
+        // Only an event clients can see: a receipt on a soft-failed, rejected or outlier event
+        // would tell of it, and move the reader's read position past what they were shown.
         if self
             .store
             .event(event_id)
             .await?
-            .is_none_or(|row| row.room_nid != room_nid)
+            .is_none_or(|row| row.room_nid != room_nid || !crate::rooms::read::in_timeline(&row))
         {
             return Err(Error::NotFound("Unknown event in this room".to_owned()));
         }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use myelin_store::{EventRow, MembershipRow, RoomRow, TimelineWindow};
+use myelin_store::{EventRow, MembershipRow, RoomRow, StateDeltaWindow, TimelineWindow};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
@@ -162,6 +162,33 @@ struct JoinedRoom {
     rows: Vec<EventRow>,
     limited: bool,
     ephemeral: Vec<Value>,
+    /// In an incremental sync, the state events now at the keys whose current state changed
+    /// since the token (see [`Store::state_changed_in`](myelin_store::Store::state_changed_in)).
+    changed_state: Vec<EventRow>,
+}
+
+/// Adds to a room's `state` (or `state_after`) rows the state events now at the keys that
+/// changed since the token without a state event for that key in the timeline: a fork's
+/// resolution can put an older event (or one never in this timeline) into the current state.
+/// The `state` section comes before the timeline, so keys the timeline sets are left to it;
+/// `state_after` comes after, so every changed key is in it (`covered` is then empty). A
+/// changed key's event replaces whatever the rows held for it.
+fn merge_changed_state(rows: &mut Vec<EventRow>, changed: &[EventRow], covered: &[EventRow]) {
+    let key = |r: &EventRow| (r.event_type.clone(), r.state_key.clone());
+    let covered: HashSet<(String, Option<String>)> = covered
+        .iter()
+        .filter(|r| r.state_key.is_some())
+        .map(key)
+        .collect();
+    for row in changed {
+        if covered.contains(&key(row)) {
+            continue;
+        }
+        match rows.iter_mut().find(|r| key(r) == key(row)) {
+            Some(existing) => *existing = row.clone(),
+            None => rows.push(row.clone()),
+        }
+    }
 }
 
 /// A room's `unread_notifications` and, when the client counts threads apart,
@@ -495,14 +522,28 @@ impl Services {
             .map(|p| p.membership.room.room_nid)
             .collect();
         let plan_rooms: Vec<i64> = plans.iter().map(|p| p.membership.room.room_nid).collect();
+        // Changes of current state since the token in the rooms the client already has.
+        let delta_windows: Vec<StateDeltaWindow> = match since {
+            Some(s) => plans
+                .iter()
+                .filter(|p| p.new_events && !p.fresh)
+                .map(|p| StateDeltaWindow {
+                    room_nid: p.membership.room.room_nid,
+                    after: s.events,
+                    upto: now.events,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         // Independent reads, on separate connections at once: each is a round trip (and on
         // PostgreSQL a plan) that a woken long-poll waits for.
-        let (mut timelines, mut receipts, mut unread) = tokio::try_join!(
+        let (mut timelines, mut receipts, mut unread, mut changed_states) = tokio::try_join!(
             self.store.room_timelines(&windows),
             self.store
                 .receipts_in_rooms(&receipt_rooms, since.map_or(0, |s| s.receipts)),
             self.store
                 .unread_counts_by_thread(user.as_str(), &plan_rooms),
+            self.store.state_changed_in(&delta_windows),
         )?;
 
         // Each room's timeline rows, oldest first, and whether older ones were left out.
@@ -522,10 +563,14 @@ impl Services {
                     .unwrap_or_default(),
                 user,
             ));
+            let changed_state = changed_states
+                .remove(&plan.membership.room.room_nid)
+                .unwrap_or_default();
             if !plan.fresh
                 && rows.is_empty()
                 && plan.account_data.is_empty()
                 && ephemeral.is_empty()
+                && changed_state.is_empty()
             {
                 continue;
             }
@@ -534,6 +579,7 @@ impl Services {
                 rows,
                 limited,
                 ephemeral,
+                changed_state,
             });
         }
 
@@ -588,11 +634,21 @@ impl Services {
                 .iter()
                 .filter_map(|e| e["sender"].as_str())
                 .collect();
+            // A member event that a resolution put back (older than the token, so never a
+            // change the client saw) is kept even when lazy loading would leave it out: it
+            // is the only word the client gets of that membership change.
+            let restored: HashSet<i64> = joined
+                .changed_state
+                .iter()
+                .filter(|row| row.stream_ordering <= joined.plan.from)
+                .map(|row| row.event_nid)
+                .collect();
             let state: Vec<Value> = state
                 .iter()
                 .filter(|row| {
                     !request.filter.lazy_load_members
                         || row.event_type != "m.room.member"
+                        || restored.contains(&row.event_nid)
                         || row
                             .state_key
                             .as_deref()
@@ -639,7 +695,9 @@ impl Services {
 
     /// The `state` (or `state_after`) rows of each room, in the order of `rooms`: for a room
     /// new to the client, everything up to its timeline; for a limited timeline, what changed
-    /// since the token up to it; otherwise nothing. Lazy loading keeps only members who matter.
+    /// since the token up to it; and in an incremental sync the keys whose current state
+    /// changed since the token that the timeline does not set (see [`merge_changed_state`]).
+    /// Lazy loading keeps only members who matter.
     async fn state_sections(
         &self,
         request: &SyncRequest,
@@ -719,6 +777,12 @@ impl Services {
             };
             if !joined.plan.fresh {
                 rows.retain(|r| r.stream_ordering > joined.plan.from);
+                let covered: &[EventRow] = if request.use_state_after {
+                    &[]
+                } else {
+                    &joined.rows
+                };
+                merge_changed_state(&mut rows, &joined.changed_state, covered);
             }
             // A stable order for clients and tests: as the events happened.
             rows.sort_unstable_by_key(|r| r.stream_ordering);
@@ -763,7 +827,7 @@ impl Services {
                 .map_or(membership.stream_ordering + 1, |r| r.stream_ordering),
         );
         let state = if since.is_none() || limited {
-            let state = match rows.first() {
+            let mut state = match rows.first() {
                 Some(first) => self.state_before(room, Some(first)).await?,
                 // No timeline (a limit of 0): the state as of the departure, which includes it.
                 None => {
@@ -774,14 +838,32 @@ impl Services {
                     self.store.state_at_group(group).await?
                 }
             };
+            state.retain(|row| row.stream_ordering > from);
             state
-                .iter()
-                .filter(|row| row.stream_ordering > from)
-                .filter_map(|row| self.rooms.client_event(room, row, user))
-                .collect()
         } else {
             Vec::new()
         };
+        let mut state = state;
+        if let Some(since) = since {
+            // Changes of state up to the departure that the timeline does not show (the
+            // departure itself may come from a fork's resolution, with no event here).
+            let changed = self
+                .store
+                .state_changed_in(&[StateDeltaWindow {
+                    room_nid: room.room_nid,
+                    after: since.events,
+                    upto: membership.stream_ordering,
+                }])
+                .await?
+                .remove(&room.room_nid)
+                .unwrap_or_default();
+            merge_changed_state(&mut state, &changed, &rows);
+        }
+        state.sort_unstable_by_key(|r| r.stream_ordering);
+        let state: Vec<Value> = state
+            .iter()
+            .filter_map(|row| self.rooms.client_event(room, row, user))
+            .collect();
         Ok(Some(json!({
             "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
             "state": {"events": state},

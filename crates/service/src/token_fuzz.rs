@@ -1,4 +1,5 @@
-//! Fuzzing the token parsers (property tests): pagination tokens, sync tokens, search
+//! Fuzzing the token parsers (property tests): pagination tokens (stream and topological),
+//! sync tokens, search
 //! `next_batch`, hierarchy and public-room page tokens. Each accepts exactly what the server
 //! prints: an accepted token re-encodes to the same string with every number within
 //! `0..=MAX_TOKEN_POSITION`; anything else is `M_INVALID_PARAM` (never a panic, never a token
@@ -10,14 +11,34 @@ use proptest::sample::Index;
 use crate::Error;
 use crate::directory::PageToken;
 use crate::rooms::hierarchy;
-use crate::rooms::read::{Direction, MAX_TOKEN_POSITION, parse_token, parse_token_towards, token};
+use crate::rooms::read::{Direction, HistoryToken, MAX_TOKEN_POSITION, parse_token, token};
 use crate::rooms::search::Cursor;
 use crate::sync::SyncToken;
+use myelin_store::HistoryPosition;
 use myelin_store::SearchOrder;
 
 /// Tokens worth keeping: real ones, edge numbers and the near misses a run once found.
 const CORPUS: &[&str] = &[
     "s0",
+    "t0_0",
+    "t3_-7",
+    "t3_7",
+    "t9007199254740991_-9007199254740991",
+    "t9007199254740992_1",
+    "t1_-9007199254740992",
+    "t1_-0",
+    "t1_-",
+    "t1_--1",
+    "t-1_1",
+    "t1_+1",
+    "t01_1",
+    "t1_01",
+    "t1_-01",
+    "t1",
+    "t1_",
+    "t_1",
+    "t1_2_3",
+    "T1_2",
     "s9007199254740991",
     "s9007199254740992",
     "s9223372036854775807",
@@ -39,6 +60,10 @@ const CORPUS: &[&str] = &[
     "",
     "s",
     "recent_s5",
+    "recent_t0_-5",
+    "recent_t0_5",
+    "recent_t0_-0",
+    "recent_t3_-5",
     "recent_s5_1_2_3_4_5_6",
     "rank_0",
     "rank_+3",
@@ -73,6 +98,30 @@ fn check_pagination(t: &str) -> Result<(), TestCaseError> {
         }
         Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
     }
+    match HistoryToken::parse(t) {
+        Ok(parsed) => {
+            let range = -MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION;
+            match parsed {
+                HistoryToken::Topological {
+                    topological,
+                    stream,
+                } => {
+                    prop_assert!((0..=MAX_TOKEN_POSITION).contains(&topological));
+                    prop_assert!(range.contains(&stream));
+                    prop_assert_eq!(parsed.encode(), t);
+                }
+                // The stream kinds are exactly what `parse_token` reads.
+                HistoryToken::Stream(n) => {
+                    prop_assert_eq!(parse_token(t).ok(), Some(n));
+                    prop_assert_eq!(parsed.encode(), t);
+                }
+                HistoryToken::Sync(n) => {
+                    prop_assert_eq!(SyncToken::parse(t).ok().map(|s| s.events), Some(n));
+                }
+            }
+        }
+        Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
+    }
     Ok(())
 }
 
@@ -97,8 +146,10 @@ fn check_sync(t: &str) -> Result<(), TestCaseError> {
             prop_assert_eq!(parse_token(t).ok(), Some(s.events));
             // Walking back from a sync token starts with its own position.
             prop_assert_eq!(
-                parse_token_towards(t, Direction::Backward).ok(),
-                Some(s.events + 1)
+                HistoryToken::parse(t)
+                    .ok()
+                    .map(|h| h.towards(Direction::Backward)),
+                Some(HistoryPosition::Stream(s.events + 1))
             );
         }
         Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
@@ -111,8 +162,13 @@ fn check_search(t: &str) -> Result<(), TestCaseError> {
         match Cursor::parse(t, order) {
             Ok(cursor) => {
                 prop_assert_eq!(cursor.token(), t);
-                let (Cursor::Before(n) | Cursor::Offset(n)) = cursor;
-                prop_assert!((0..=MAX_TOKEN_POSITION).contains(&n));
+                match cursor {
+                    // Below 0 for backfilled history.
+                    Cursor::Before(n) => {
+                        prop_assert!((-MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION).contains(&n))
+                    }
+                    Cursor::Offset(n) => prop_assert!((0..=MAX_TOKEN_POSITION).contains(&n)),
+                }
             }
             Err(e) => prop_assert!(matches!(e, Error::InvalidParam(_)), "{e:?}"),
         }
@@ -155,6 +211,13 @@ fn issued() -> impl Strategy<Value = String> {
     let position = 0..=MAX_TOKEN_POSITION;
     prop_oneof![
         position.clone().prop_map(token),
+        (position.clone(), -MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION).prop_map(|(t, s)| {
+            HistoryToken::Topological {
+                topological: t,
+                stream: s,
+            }
+            .encode()
+        }),
         prop::array::uniform7(position.clone()).prop_map(|p| SyncToken {
             events: p[0],
             account_data: p[1],
@@ -165,7 +228,7 @@ fn issued() -> impl Strategy<Value = String> {
             device_lists: p[6],
         }
         .encode()),
-        position.clone().prop_map(|n| Cursor::Before(n).token()),
+        (-MAX_TOKEN_POSITION..=MAX_TOKEN_POSITION).prop_map(|n| Cursor::Before(n).token()),
         position.clone().prop_map(|n| Cursor::Offset(n).token()),
         (0usize..1 << 40, 0usize..10, any::<bool>())
             .prop_map(|(s, d, g)| hierarchy::token(s, d, g)),
@@ -199,7 +262,7 @@ fn mutate(t: &str, edits: &[(Index, u8, char)]) -> String {
 fn token_char() -> impl Strategy<Value = char> {
     prop_oneof![
         prop::sample::select(vec![
-            's', 'h', 'n', 'p', '_', '-', '+', '0', '9', ' ', '\u{663}'
+            's', 't', 'h', 'n', 'p', '_', '-', '+', '0', '9', ' ', '\u{663}'
         ]),
         any::<char>(),
     ]
@@ -246,7 +309,7 @@ proptest! {
     }
 
     #[test]
-    fn token_shaped_strings(t in "(s|h|n|p|recent_s|rank_)[0-9_+-]{0,40}") {
+    fn token_shaped_strings(t in "(s|t|h|n|p|recent_s|rank_)[0-9_+-]{0,40}") {
         check_all(&t)?;
     }
 
@@ -264,13 +327,17 @@ proptest! {
         (forward, members, room_id) in (any::<bool>(), 0..=MAX_TOKEN_POSITION as u64, ".{0,40}"),
     ) {
         prop_assert_eq!(parse_token(&token(position)).ok(), Some(position));
+        for stream in [position, -position] {
+            let topological = HistoryToken::Topological { topological: position, stream };
+            prop_assert_eq!(HistoryToken::parse(&topological.encode()).ok(), Some(topological));
+        }
         let sync = SyncToken {
             events: parts[0], account_data: parts[1], receipts: parts[2], to_device: parts[3],
             presence: parts[4], typing: parts[5], device_lists: parts[6],
         };
         prop_assert_eq!(SyncToken::parse(&sync.encode()).ok(), Some(sync));
         prop_assert_eq!(parse_token(&sync.encode()).ok(), Some(parts[0]));
-        for cursor in [Cursor::Before(position), Cursor::Offset(position)] {
+        for cursor in [Cursor::Before(position), Cursor::Before(-position), Cursor::Offset(position)] {
             let order = if matches!(cursor, Cursor::Before(_)) { SearchOrder::Recent } else { SearchOrder::Rank };
             prop_assert_eq!(Cursor::parse(&cursor.token(), order).ok(), Some(cursor));
         }

@@ -71,13 +71,13 @@ pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
-    EventRow, JoinedMember, MembershipRow, NewEvent, NotificationRow, Persisted, PushAction,
-    RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
+    EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent, NotificationRow,
+    Persisted, PushAction, RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
 };
 pub use search::{SearchHit, SearchOrder, SearchQuery};
 pub use server_keys::StoredSigningKey;
 pub use spaces::SpaceRoomState;
 pub use state::StateMap;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
-pub use sync_reads::TimelineWindow;
+pub use sync_reads::{StateDeltaWindow, TimelineWindow};
 pub use user_data::{AccountDataRow, ProfileRow};

@@ -204,10 +204,12 @@ impl Store {
         let read_position = crate::rooms::read_position_sql("a.room_nid", "$1");
         let sql = format!(
             "SELECT COUNT(*) FROM event_push_actions a \
+             JOIN events e ON e.event_nid = a.event_nid AND {} \
              WHERE a.user_id = $1 AND a.notify \
              AND a.room_nid IN (SELECT m.room_nid FROM room_memberships m \
                                 WHERE m.user_id = $1 AND m.membership = 'join') \
-             AND a.stream_ordering > ({read_position})"
+             AND a.stream_ordering > ({read_position})",
+            crate::rooms::IN_TIMELINE
         );
         let total = with_pool!(self, pool => {
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()))

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use crate::{
     EventRow, Store, StoreError,
-    rooms::{EVENT_SELECT, event_from_row},
+    rooms::{EVENT_SELECT, IN_TIMELINE, event_from_row},
     with_pool,
 };
 
@@ -69,7 +69,7 @@ impl Store {
             "{EVENT_SELECT} JOIN event_relations rel ON rel.event_nid = e.event_nid \
              WHERE rel.room_nid = $1 AND rel.stream_ordering > $2 AND rel.stream_ordering < $3 \
              AND ($4 IS NULL OR rel.rel_type = $4) AND ($5 IS NULL OR rel.event_type = $5) \
-             AND rel.parent_event_id IN ({}) \
+             AND rel.parent_event_id IN ({}) AND {IN_TIMELINE} \
              ORDER BY rel.stream_ordering {order} LIMIT $6",
             placeholders(7, parents.len())
         );
@@ -107,7 +107,7 @@ impl Store {
         let parents = &parents[..parents.len().min(CHUNK)];
         let sql = format!(
             "SELECT e.event_id FROM event_relations rel JOIN events e ON e.event_nid = rel.event_nid \
-             WHERE rel.room_nid = $1 AND rel.parent_event_id IN ({}) \
+             WHERE rel.room_nid = $1 AND rel.parent_event_id IN ({}) AND {IN_TIMELINE} \
              ORDER BY rel.stream_ordering LIMIT $2",
             placeholders(3, parents.len())
         );
@@ -142,8 +142,9 @@ impl Store {
                 "SELECT rel.parent_event_id, rel.rel_type, COUNT(*) AS count, \
                  MAX(rel.stream_ordering) AS latest, \
                  SUM(CASE WHEN rel.sender = $2 THEN 1 ELSE 0 END) AS mine \
-                 FROM event_relations rel \
+                 FROM event_relations rel JOIN events e ON e.event_nid = rel.event_nid \
                  WHERE rel.room_nid = $1 AND rel.parent_event_id IN ({}) AND rel.rel_type IN ({}) \
+                 AND {IN_TIMELINE} \
                  GROUP BY rel.parent_event_id, rel.rel_type",
                 placeholders(3, chunk.len()),
                 placeholders(types_from, rel_types.len())
@@ -223,7 +224,7 @@ impl Store {
                  JOIN events parent ON parent.event_id = rel.parent_event_id \
                  WHERE rel.room_nid = $1 AND rel.rel_type = $2 AND rel.parent_event_id IN ({}) \
                  AND parent.room_nid = rel.room_nid AND parent.sender = rel.sender \
-                 AND parent.event_type = rel.event_type AND parent.state_key IS NULL \
+                 AND parent.event_type = rel.event_type AND parent.state_key IS NULL AND {IN_TIMELINE} \
                  ORDER BY rel.stream_ordering",
                 placeholders(3, chunk.len())
             );
@@ -258,7 +259,7 @@ impl Store {
                 "SELECT rel.parent_event_id, e.event_id FROM event_relations rel \
                  JOIN events e ON e.event_nid = rel.event_nid \
                  WHERE rel.room_nid = $1 AND rel.rel_type = $2 AND rel.parent_event_id IN ({}) \
-                 ORDER BY rel.stream_ordering LIMIT $3",
+                 AND {IN_TIMELINE} ORDER BY rel.stream_ordering LIMIT $3",
                 placeholders(4, chunk.len())
             );
             let rows = with_pool!(self, pool => {
@@ -286,16 +287,18 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ThreadRoot>, StoreError> {
         let rows = with_pool!(self, pool => {
-            sqlx::query_as::<_, (String, i64)>(
+            sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(format!(
                 "SELECT rel.parent_event_id, MAX(rel.stream_ordering) AS latest \
-                 FROM event_relations rel \
-                 WHERE rel.room_nid = $1 AND rel.rel_type = 'm.thread' \
+                 FROM event_relations rel JOIN events e ON e.event_nid = rel.event_nid \
+                 WHERE rel.room_nid = $1 AND rel.rel_type = 'm.thread' AND {IN_TIMELINE} \
+                 AND EXISTS (SELECT 1 FROM events shown WHERE shown.event_id = rel.parent_event_id \
+                    AND shown.status = 'normal') \
                  GROUP BY rel.parent_event_id \
                  HAVING MAX(rel.stream_ordering) < $2 AND ($3 IS NULL \
                     OR SUM(CASE WHEN rel.sender = $3 THEN 1 ELSE 0 END) > 0 \
                     OR EXISTS (SELECT 1 FROM events root WHERE root.event_id = rel.parent_event_id AND root.sender = $3)) \
-                 ORDER BY latest DESC LIMIT $4",
-            )
+                 ORDER BY latest DESC LIMIT $4"
+            )))
             .bind(room_nid)
             .bind(before)
             .bind(participant)

@@ -32,6 +32,9 @@ pub struct EventRow {
     pub event_id: String,
     pub room_nid: i64,
     pub stream_ordering: i64,
+    /// Where the event sits in the room's history as `/messages` walks it (its depth), with
+    /// the stream ordering breaking ties.
+    pub topological_ordering: i64,
     pub depth: i64,
     pub event_type: String,
     pub state_key: Option<String>,
@@ -68,7 +71,8 @@ pub struct MembershipRow {
     pub event_nid: i64,
     pub stream_ordering: i64,
     pub forgotten: bool,
-    /// The stream position of the room's newest event.
+    /// The stream position of the room's newest timeline event or change of its current state
+    /// (a fork's resolution can change the state without a state event in the timeline).
     pub room_latest_event: i64,
     /// The stream position of the room's newest receipt (0 when it has none).
     pub room_latest_receipt: i64,
@@ -216,13 +220,84 @@ pub struct Persisted {
     pub current_state_group: Option<i64>,
 }
 
+/// The condition on `events e` that keeps a read to the room's history as clients see it:
+/// rejected events, outliers and soft-failed events never reach a client's timeline, pages,
+/// search, relations or notifications. Every read that hands events out as history or counts
+/// them uses it; reads of state (`current_state`, state groups) do not, since a soft-failed
+/// state event that wins state resolution is part of the state clients see.
+pub(crate) const IN_TIMELINE: &str = "e.status = 'normal'";
+
+/// A place in a room's history, as a bound of a walk through it ([`Store::room_history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPosition {
+    /// A position in the events stream (what stream tokens, such as sync's `prev_batch`,
+    /// name): the bound compares stream orderings only, and the walk still goes in
+    /// topological order.
+    Stream(i64),
+    /// A place in the topological order, `(topological ordering, stream ordering)`: the
+    /// ordering of history that `/messages` and `/context` walk, in which backfilled events
+    /// (stream orderings below 0) sit among live ones by depth.
+    Topological { topological: i64, stream: i64 },
+}
+
+impl HistoryPosition {
+    /// Where an event sits in the topological order.
+    pub fn of(event: &EventRow) -> Self {
+        HistoryPosition::Topological {
+            topological: event.topological_ordering,
+            stream: event.stream_ordering,
+        }
+    }
+
+    /// The condition `e {cmp} self` (`cmp` one of `<`, `<=`, `>`, `>=`), its parameters
+    /// numbered from `$first`, with the values to bind.
+    fn condition(self, cmp: &str, first: usize) -> (String, Vec<i64>) {
+        match self {
+            HistoryPosition::Stream(stream) => {
+                (format!("e.stream_ordering {cmp} ${first}"), vec![stream])
+            }
+            HistoryPosition::Topological {
+                topological,
+                stream,
+            } => {
+                let strict = &cmp[..1];
+                (
+                    format!(
+                        "(e.topological_ordering {strict} ${first} OR \
+                         (e.topological_ordering = ${first} AND e.stream_ordering {cmp} ${}))",
+                        first + 1
+                    ),
+                    vec![topological, stream],
+                )
+            }
+        }
+    }
+}
+
+/// A walk through a room's history in topological order ([`Store::room_history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryWalk {
+    pub room_nid: i64,
+    /// Exclusive: the walk starts just after (forwards) or before (backwards) it; `None`
+    /// starts at the room's first (forwards) or newest (backwards) event.
+    pub from: Option<HistoryPosition>,
+    /// Inclusive: the walk stops at it.
+    pub to: Option<HistoryPosition>,
+    pub backwards: bool,
+    /// Only events at or before this stream position (a reader who left sees nothing after).
+    pub max_stream: Option<i64>,
+    pub limit: i64,
+}
+
 /// A user's read position in a room as an SQL expression over the given room and user
-/// expressions: the later of their own newest event and the event of their newest unthreaded
-/// read receipt. Both sides are index lookups (`events_room_sender`, the receipts key).
+/// expressions: the later of their own newest timeline event and the event of their newest
+/// unthreaded read receipt. Both sides are index lookups (`events_room_sender`, newest first
+/// to the first in the timeline; the receipts key).
 pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
     format!(
         "SELECT MAX(p) FROM ( \
-         SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM events e WHERE e.room_nid = {room} AND e.sender = {user} \
+         SELECT COALESCE((SELECT e.stream_ordering FROM events e WHERE e.room_nid = {room} AND e.sender = {user} \
+         AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1), 0) AS p \
          UNION ALL \
          SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM receipts r JOIN events e ON e.event_id = r.event_id \
          WHERE r.room_nid = {room} AND r.user_id = {user} AND r.thread_id = '' \
@@ -233,7 +308,7 @@ pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
 /// The columns of the events table itself that every read of events selects.
 macro_rules! own_event_columns {
     () => {
-        "e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.depth, \
+        "e.event_nid, e.event_id, e.room_nid, e.stream_ordering, e.topological_ordering, e.depth, \
          e.event_type, e.state_key, e.sender, e.json, e.redacted_by, e.state_group, \
          e.status, e.rejection_reason"
     };
@@ -271,6 +346,7 @@ macro_rules! event_from_row {
             event_id: row.try_get("event_id")?,
             room_nid: row.try_get("room_nid")?,
             stream_ordering: row.try_get("stream_ordering")?,
+            topological_ordering: row.try_get("topological_ordering")?,
             depth: row.try_get("depth")?,
             event_type: row.try_get("event_type")?,
             state_key: row.try_get("state_key")?,
@@ -1139,7 +1215,7 @@ impl Store {
             let mut out = Vec::new();
             for row in sqlx::query(sqlx::AssertSqlSafe(format!(
                 "{EVENT_SELECT} WHERE e.room_nid = $1 AND e.stream_ordering > $2 \
-                 AND e.stream_ordering < $3 ORDER BY e.stream_ordering {order} LIMIT $4"
+                 AND e.stream_ordering < $3 AND {IN_TIMELINE} ORDER BY e.stream_ordering {order} LIMIT $4"
             )))
             .bind(room_nid)
             .bind(after)
@@ -1148,6 +1224,49 @@ impl Store {
             .fetch_all(pool)
             .await?
             {
+                out.push(event_from_row!(&row));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// The room's history as clients page through it (`/messages`, `/context`): its events in
+    /// topological order `(topological ordering, stream ordering)` from `walk.from` towards
+    /// `walk.to`, at most `walk.limit`, only those in the timeline (see [`IN_TIMELINE`]).
+    pub async fn room_history(&self, walk: &HistoryWalk) -> Result<Vec<EventRow>, StoreError> {
+        let (from_cmp, to_cmp, order) = if walk.backwards {
+            ("<", ">=", "DESC")
+        } else {
+            (">", "<=", "ASC")
+        };
+        let mut conditions = Vec::new();
+        let mut binds = vec![walk.room_nid];
+        for (position, cmp) in [(walk.from, from_cmp), (walk.to, to_cmp)] {
+            if let Some(position) = position {
+                let (condition, values) = position.condition(cmp, binds.len() + 1);
+                conditions.push(format!(" AND {condition}"));
+                binds.extend(values);
+            }
+        }
+        if let Some(max_stream) = walk.max_stream {
+            conditions.push(format!(" AND e.stream_ordering <= ${}", binds.len() + 1));
+            binds.push(max_stream);
+        }
+        binds.push(walk.limit);
+        let sql = format!(
+            "{EVENT_SELECT} WHERE e.room_nid = $1{} AND {IN_TIMELINE} \
+             ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ${}",
+            conditions.concat(),
+            binds.len()
+        );
+        let rows = with_pool!(self, pool => {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for value in &binds {
+                query = query.bind(*value);
+            }
+            let mut out = Vec::new();
+            for row in query.fetch_all(pool).await? {
                 out.push(event_from_row!(&row));
             }
             out
@@ -1176,7 +1295,7 @@ impl Store {
             let mut out = Vec::new();
             for row in sqlx::query(sqlx::AssertSqlSafe(format!(
                 "{EVENT_SELECT} WHERE e.room_nid = $1 AND (e.origin_server_ts {cmp} $2 \
-                 OR (e.origin_server_ts = $2 AND e.stream_ordering {cmp} $3)) \
+                 OR (e.origin_server_ts = $2 AND e.stream_ordering {cmp} $3)) AND {IN_TIMELINE} \
                  ORDER BY e.origin_server_ts {order}, e.stream_ordering {order} LIMIT $4"
             )))
             .bind(room_nid)
@@ -1281,10 +1400,17 @@ impl Store {
         with_pool!(self, pool => {
             for row in sqlx::query(
                 // The typed arm first: PostgreSQL gives a column of only NULLs the type text,
-                // which then would not match the membership arm's types.
+                // which then would not match the membership arm's types. A room's latest
+                // position is its newest timeline event (`IN_TIMELINE`: newest first down the
+                // index, not `MAX`, which with the status filter would read the whole room) or
+                // its newest change of current state (a resolution needs no timeline event).
                 "SELECT 'membership' AS kind, CAST(0 AS BIGINT) AS position, r.room_nid, r.room_id, r.room_version, \
                  r.creator, r.is_public, m.membership, m.event_nid, m.stream_ordering, m.forgotten, \
-                 (SELECT COALESCE(MAX(e.stream_ordering), 0) FROM events e WHERE e.room_nid = m.room_nid) AS latest_event, \
+                 (SELECT MAX(p) FROM (SELECT COALESCE((SELECT e.stream_ordering FROM events e \
+                  WHERE e.room_nid = m.room_nid AND e.status = 'normal' \
+                  ORDER BY e.stream_ordering DESC LIMIT 1), 0) AS p \
+                  UNION ALL SELECT COALESCE(MAX(d.stream_ordering), 0) FROM current_state_deltas d \
+                  WHERE d.room_nid = m.room_nid) AS latest) AS latest_event, \
                  (SELECT COALESCE(MAX(c.stream_position), 0) FROM receipts c WHERE c.room_nid = m.room_nid) AS latest_receipt \
                  FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid \
                  WHERE m.user_id = $1 \
@@ -1485,7 +1611,7 @@ impl Store {
             let mut out = Vec::new();
             for row in sqlx::query(sqlx::AssertSqlSafe(format!(
                 "{EVENT_SELECT} JOIN event_push_actions a ON a.event_nid = e.event_nid \
-                 WHERE a.user_id = $1 AND a.notify AND a.stream_ordering < $2{highlight} \
+                 WHERE a.user_id = $1 AND a.notify AND a.stream_ordering < $2{highlight} AND {IN_TIMELINE} \
                  ORDER BY a.stream_ordering DESC LIMIT $3"
             )))
             .bind(user_id)

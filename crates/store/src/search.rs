@@ -9,6 +9,16 @@
 
 use crate::{Backend, Store, StoreError};
 
+/// Matches only events in the room's timeline (see `rooms::IN_TIMELINE`): the search index
+/// may hold an event that is not (soft-failed, rejected), and search never shows those. The
+/// event is `event_search`'s key (`event_nid` on PostgreSQL, `rowid` on SQLite).
+fn in_timeline(event_nid: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM events e WHERE e.event_nid = {event_nid} AND {})",
+        crate::rooms::IN_TIMELINE
+    )
+}
+
 /// How matches are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchOrder {
@@ -88,11 +98,12 @@ impl Store {
                     SearchOrder::Recent => "CAST(0 AS DOUBLE PRECISION)",
                     SearchOrder::Rank => "CAST(ts_rank(s.vector, q.query) AS DOUBLE PRECISION)",
                 };
+                let shown = in_timeline("s.event_nid");
                 let sql = format!(
                     "SELECT s.event_nid, s.stream_ordering, {rank} AS rank \
                      FROM event_search s, (SELECT plainto_tsquery('english', $1) AS query) q \
                      WHERE s.vector @@ q.query AND s.room_nid = ANY($2) AND s.key = ANY($3) \
-                     AND s.stream_ordering < $4 \
+                     AND s.stream_ordering < $4 AND {shown} \
                      ORDER BY {order} LIMIT $5 OFFSET $6"
                 );
                 sqlx::query_as::<_, (i64, i64, f64)>(sqlx::AssertSqlSafe(sql))
@@ -114,13 +125,14 @@ impl Store {
                         "bm25(event_search), stream_ordering DESC",
                     ),
                 };
+                let shown = in_timeline("event_search.rowid");
                 let sql = format!(
                     "SELECT rowid AS event_nid, CAST(stream_ordering AS INTEGER) AS stream_ordering, \
                      CAST({rank} AS REAL) AS rank FROM event_search \
                      WHERE event_search MATCH $1 \
                      AND room_nid IN (SELECT value FROM json_each($2)) \
                      AND key IN (SELECT value FROM json_each($3)) \
-                     AND stream_ordering < $4 \
+                     AND stream_ordering < $4 AND {shown} \
                      ORDER BY {order} LIMIT $5 OFFSET $6"
                 );
                 sqlx::query_as::<_, (i64, i64, f64)>(sqlx::AssertSqlSafe(sql))
@@ -153,11 +165,12 @@ impl Store {
         let keys: Vec<&str> = query.keys.to_vec();
         let count = match &self.backend {
             Backend::Postgres(pool) => {
-                sqlx::query_scalar::<_, i64>(
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
                     "SELECT COUNT(*) FROM event_search s \
                      WHERE s.vector @@ plainto_tsquery('english', $1) \
-                     AND s.room_nid = ANY($2) AND s.key = ANY($3)",
-                )
+                     AND s.room_nid = ANY($2) AND s.key = ANY($3) AND {}",
+                    in_timeline("s.event_nid")
+                )))
                 .bind(postgres_terms(query.words))
                 .bind(query.room_nids)
                 .bind(&keys)
@@ -165,11 +178,12 @@ impl Store {
                 .await?
             }
             Backend::Sqlite(pool) => {
-                sqlx::query_scalar::<_, i64>(
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
                     "SELECT COUNT(*) FROM event_search WHERE event_search MATCH $1 \
                      AND room_nid IN (SELECT value FROM json_each($2)) \
-                     AND key IN (SELECT value FROM json_each($3))",
-                )
+                     AND key IN (SELECT value FROM json_each($3)) AND {}",
+                    in_timeline("event_search.rowid")
+                )))
                 .bind(fts5_terms(query.words))
                 .bind(json_list(query.room_nids)?)
                 .bind(json_list(&keys)?)

@@ -15,7 +15,7 @@ use sqlx::Row;
 use crate::{
     Backend, EventRow, Store, StoreError,
     ephemeral::ReceiptRow,
-    rooms::{EVENT_SELECT, RoomSummaryRow, event_from_row, read_position_sql},
+    rooms::{EVENT_SELECT, IN_TIMELINE, RoomSummaryRow, event_from_row, read_position_sql},
     with_pool,
 };
 
@@ -30,6 +30,14 @@ pub struct TimelineWindow {
     pub after: i64,
     pub before: i64,
     pub limit: i64,
+}
+
+/// One room's changes of current state to read: those at stream positions in `(after, upto]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateDeltaWindow {
+    pub room_nid: i64,
+    pub after: i64,
+    pub upto: i64,
 }
 
 /// `$first, $first+1, ...` for `n` binds.
@@ -60,7 +68,7 @@ impl Store {
                      AS win (room_nid, after_position, before_position, row_limit) \
                      CROSS JOIN LATERAL ({EVENT_SELECT} WHERE e.room_nid = win.room_nid \
                      AND e.stream_ordering > win.after_position AND e.stream_ordering < win.before_position \
-                     ORDER BY e.stream_ordering DESC LIMIT win.row_limit) AS w"
+                     AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT win.row_limit) AS w"
                 )))
                 .bind(column(|w| w.room_nid))
                 .bind(column(|w| w.after))
@@ -80,7 +88,7 @@ impl Store {
                             let p = 4 * i + 1;
                             format!(
                                 "SELECT * FROM ({EVENT_SELECT} WHERE e.room_nid = ${} AND e.stream_ordering > ${} \
-                                 AND e.stream_ordering < ${} ORDER BY e.stream_ordering DESC LIMIT ${}) AS w{i}",
+                                 AND e.stream_ordering < ${} AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT ${}) AS w{i}",
                                 p,
                                 p + 1,
                                 p + 2,
@@ -202,8 +210,9 @@ impl Store {
         Ok(out)
     }
 
-    /// For each `(room, stream ordering)`, the state group of the room's newest event before
-    /// that position (`None` when there is none), keyed by room.
+    /// For each `(room, stream ordering)`, the state group of the room's newest timeline event
+    /// before that position (`None` when there is none), keyed by room: the state before a
+    /// sync timeline that starts there.
     pub async fn state_groups_before(
         &self,
         positions: &[(i64, i64)],
@@ -214,8 +223,8 @@ impl Store {
             let parts: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     format!(
-                        "SELECT * FROM (SELECT room_nid, state_group FROM events WHERE room_nid = ${} \
-                         AND stream_ordering < ${} ORDER BY stream_ordering DESC LIMIT 1) AS b{i}",
+                        "SELECT * FROM (SELECT e.room_nid, e.state_group FROM events e WHERE e.room_nid = ${} \
+                         AND e.stream_ordering < ${} AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1) AS b{i}",
                         2 * i + 1,
                         2 * i + 2
                     )
@@ -232,6 +241,58 @@ impl Store {
                     out.insert(room, Some(group));
                 }
             });
+        }
+        Ok(out)
+    }
+
+    /// The state events that each window's changes of current state (`current_state_deltas`)
+    /// left at the keys they changed, as of the window's end, keyed by room: how an incremental
+    /// sync learns of state that changed without a state event in the timeline (a fork's
+    /// resolution putting an older event back). Keys that left the state have no event and are
+    /// not listed. Not filtered by status: this is state, and a soft-failed state event that
+    /// wins resolution is part of it.
+    pub async fn state_changed_in(
+        &self,
+        windows: &[StateDeltaWindow],
+    ) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
+        // Per room and key, the event of the latest change in the window.
+        let mut latest: HashMap<(i64, String, String), (i64, Option<i64>)> = HashMap::new();
+        for chunk in windows.chunks(ROOMS_PER_STATEMENT) {
+            let clauses: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 3 * i + 1;
+                    format!(
+                        "(room_nid = ${p} AND stream_ordering > ${} AND stream_ordering <= ${})",
+                        p + 1,
+                        p + 2
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT room_nid, stream_ordering, event_type, state_key, event_nid \
+                 FROM current_state_deltas WHERE {}",
+                clauses.join(" OR ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (i64, i64, String, String, Option<i64>)>(
+                    sqlx::AssertSqlSafe(sql.clone()),
+                )
+                .persistent(false);
+                for w in chunk {
+                    query = query.bind(w.room_nid).bind(w.after).bind(w.upto);
+                }
+                for (room, stream, event_type, state_key, nid) in query.fetch_all(pool).await? {
+                    let entry = latest.entry((room, event_type, state_key)).or_insert((stream, nid));
+                    if stream >= entry.0 {
+                        *entry = (stream, nid);
+                    }
+                }
+            });
+        }
+        let nids: Vec<i64> = latest.values().filter_map(|(_, nid)| *nid).collect();
+        let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
+        for row in self.events_by_nids(&nids).await? {
+            out.entry(row.room_nid).or_default().push(row);
         }
         Ok(out)
     }
@@ -300,7 +361,7 @@ impl Store {
                         SUM(CASE WHEN highlight THEN 1 ELSE 0 END) \
                  FROM (SELECT a.room_nid, a.stream_ordering, a.notify, a.highlight, \
                               COALESCE(t.parent_event_id, 'main') AS thread \
-                       FROM event_push_actions a \
+                       FROM event_push_actions a JOIN events e ON e.event_nid = a.event_nid AND {IN_TIMELINE} \
                        LEFT JOIN event_relations t ON t.event_nid = a.event_nid AND t.rel_type = 'm.thread' \
                        WHERE a.user_id = $1 AND a.room_nid IN ({}) \
                        AND a.stream_ordering > ({read_position})) AS unread \

@@ -81,6 +81,13 @@ impl TestServer {
         self.server.as_ref().expect("server is running")
     }
 
+    /// The running server's store, for tests that write what no API can bring yet: events as
+    /// federation will (soft-failed, rejected, outliers, backfilled history, a fork's resolved
+    /// state), written through the store's own persistence path.
+    pub fn store(&self) -> &myelin_store::Store {
+        &self.running().services.store
+    }
+
     /// `http://<client listener><path>`.
     pub fn client_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running().client_addr)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use myelin_room_version::{RoomVersion, projection::project_for_client};
-use myelin_store::{EventRow, RoomRow};
+use myelin_store::{EventRow, EventStatus, HistoryPosition, HistoryWalk, RoomRow};
 use ruma::UserId;
 use serde_json::{Value, json};
 
@@ -121,19 +121,6 @@ pub(crate) fn parse_token(token: &str) -> Result<i64> {
     parse_position(rest).ok_or_else(invalid)
 }
 
-/// A pagination token as the exclusive bound a walk in `dir` starts from. A pagination token
-/// `s<N>` is `N` either way. A sync token has delivered every event up to and including its
-/// events position `E`, so a walk forwards starts after `E` and a walk backwards starts with
-/// `E` itself (bound `E + 1`): paging back from a sync token taken after a leave gives the
-/// leave first.
-pub(crate) fn parse_token_towards(token: &str, dir: Direction) -> Result<i64> {
-    let position = parse_token(token)?;
-    Ok(match dir {
-        Direction::Backward if token.contains('_') => position + 1,
-        _ => position,
-    })
-}
-
 /// One number of a token this server issued: ASCII digits only (`str::parse` would also take a
 /// sign), no leading zero, within `0..=MAX_TOKEN_POSITION`, so that no arithmetic on it can
 /// overflow. Every token parser goes through here, so that what parses is exactly what the
@@ -153,6 +140,137 @@ pub(crate) fn parse_position(digits: &str) -> Option<i64> {
 
 pub(crate) fn token(position: i64) -> String {
     format!("s{position}")
+}
+
+/// A `/messages` token: a place in the room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HistoryToken {
+    /// `s<N>`: a stream position (issued by `/sync` as `prev_batch`, and by `/messages` before
+    /// it walked the topological order).
+    Stream(i64),
+    /// A whole sync token (`next_batch`), which names its events position.
+    Sync(i64),
+    /// `t<topological ordering>_<stream ordering>`: an event's place in the topological order,
+    /// which `/messages` and `/context` issue. The stream ordering is negative for backfilled
+    /// history (`t3_-7`).
+    Topological { topological: i64, stream: i64 },
+}
+
+impl HistoryToken {
+    /// Parses a token this server issued, any kind; anything else is `M_INVALID_PARAM`.
+    pub(crate) fn parse(token: &str) -> Result<Self> {
+        let invalid = || Error::InvalidParam(format!("Invalid pagination token {token:?}"));
+        if let Some(rest) = token.strip_prefix('t') {
+            let (topological, stream) = rest.split_once('_').ok_or_else(invalid)?;
+            let topological = parse_position(topological).ok_or_else(invalid)?;
+            // A negative stream ordering is `-` and a positive number: no `-0`, so that
+            // what parses prints back the same.
+            let stream = match stream.strip_prefix('-') {
+                Some(digits) => parse_position(digits).filter(|n| *n > 0).map(|n| -n),
+                None => parse_position(stream),
+            }
+            .ok_or_else(invalid)?;
+            return Ok(HistoryToken::Topological {
+                topological,
+                stream,
+            });
+        }
+        let position = parse_token(token)?;
+        Ok(if token.contains('_') {
+            HistoryToken::Sync(position)
+        } else {
+            HistoryToken::Stream(position)
+        })
+    }
+
+    /// The token of an event's place in the topological order.
+    pub(crate) fn of(row: &EventRow) -> Self {
+        HistoryToken::Topological {
+            topological: row.topological_ordering,
+            stream: row.stream_ordering,
+        }
+    }
+
+    /// As a bound of a walk in `dir`. A stream token means "before (or after) the event at that
+    /// stream position", compared by stream ordering while the walk itself goes in topological
+    /// order: `s<N>` is `N` either way. A sync token has delivered every event up to and
+    /// including its events position `E`, so a walk forwards starts after `E` and a walk
+    /// backwards starts with `E` itself (bound `E + 1`): paging back from a sync token taken
+    /// after a leave gives the leave first.
+    pub(crate) fn towards(self, dir: Direction) -> HistoryPosition {
+        match self {
+            HistoryToken::Stream(position) => HistoryPosition::Stream(position),
+            HistoryToken::Sync(position) => HistoryPosition::Stream(match dir {
+                Direction::Backward => position + 1,
+                Direction::Forward => position,
+            }),
+            HistoryToken::Topological {
+                topological,
+                stream,
+            } => HistoryPosition::Topological {
+                topological,
+                stream,
+            },
+        }
+    }
+
+    /// The stream position the token names, for the reads that walk the stream rather than
+    /// the topological order (`/relations`, `/threads`, `/members?at=`): an event's own
+    /// stream ordering for a topological token.
+    pub(crate) fn stream_position(self) -> i64 {
+        match self {
+            HistoryToken::Stream(position) | HistoryToken::Sync(position) => position,
+            HistoryToken::Topological { stream, .. } => stream,
+        }
+    }
+
+    pub(crate) fn encode(self) -> String {
+        match self {
+            HistoryToken::Stream(position) => token(position),
+            HistoryToken::Sync(position) => token(position),
+            HistoryToken::Topological {
+                topological,
+                stream,
+            } => format!("t{topological}_{stream}"),
+        }
+    }
+}
+
+/// A token naming a stream position for the reads that page in stream order (`/relations`,
+/// `/threads`): `s<N>`, or for backfilled history, whose stream positions are below 0, the
+/// topological form `t0_<N>` (`s` takes no sign), which those reads take as its stream part.
+pub(crate) fn stream_token(position: i64) -> String {
+    if position >= 0 {
+        token(position)
+    } else {
+        HistoryToken::Topological {
+            topological: 0,
+            stream: position,
+        }
+        .encode()
+    }
+}
+
+/// The token of a walk bound (what a page's `start` prints).
+fn position_token(position: HistoryPosition) -> String {
+    match position {
+        HistoryPosition::Stream(position) => token(position),
+        HistoryPosition::Topological {
+            topological,
+            stream,
+        } => HistoryToken::Topological {
+            topological,
+            stream,
+        }
+        .encode(),
+    }
+}
+
+/// Whether a stored event is part of the room's history as clients see it: rejected events,
+/// outliers and soft-failed events never reach a client (the store's history reads leave them
+/// out; this guards the reads by event id).
+pub(crate) fn in_timeline(row: &EventRow) -> bool {
+    row.status == EventStatus::Normal
 }
 
 /// Where in the room's history a user may read state from.
@@ -289,7 +407,7 @@ impl Rooms {
             .store
             .event(event_id)
             .await?
-            .filter(|row| row.room_nid == room.room_nid)
+            .filter(|row| row.room_nid == room.room_nid && in_timeline(row))
             .ok_or_else(not_found)?;
         let Some(sight) = self.sight_of(&row, user).await? else {
             return Err(not_found());
@@ -315,17 +433,43 @@ impl Rooms {
             (None, Vantage::Current) => self.store.current_state(room.room_nid, None).await?,
             (None, Vantage::At { group, .. }) => self.store.state_at_group(group).await?,
             (Some(at), vantage) => {
-                let mut position = parse_token(at)?;
                 // Never past what the user may see: their departure, if they left.
-                if let Vantage::At { stream, .. } = vantage {
-                    position = position.min(stream.saturating_add(1));
-                }
-                match self
-                    .store
-                    .room_events(room.room_nid, 0, position, true, 1)
-                    .await?
-                    .first()
-                {
+                let departure = match vantage {
+                    Vantage::At { stream, .. } => Some(stream),
+                    Vantage::Current => None,
+                };
+                // The members after the event just before the token: in stream order for a
+                // stream token, in topological order for one `/messages` issued.
+                let before = match HistoryToken::parse(at)? {
+                    HistoryToken::Topological {
+                        topological,
+                        stream,
+                    } => {
+                        self.store
+                            .room_history(&HistoryWalk {
+                                room_nid: room.room_nid,
+                                from: Some(HistoryPosition::Topological {
+                                    topological,
+                                    stream,
+                                }),
+                                to: None,
+                                backwards: true,
+                                max_stream: departure,
+                                limit: 1,
+                            })
+                            .await?
+                    }
+                    stream_token => {
+                        let mut position = stream_token.stream_position();
+                        if let Some(stream) = departure {
+                            position = position.min(stream.saturating_add(1));
+                        }
+                        self.store
+                            .room_events(room.room_nid, 0, position, true, 1)
+                            .await?
+                    }
+                };
+                match before.first() {
                     // The members at a point are as visible as the event there: a member
                     // who joined later does not see who was in a room whose history is
                     // hidden from them.
@@ -478,32 +622,42 @@ impl Rooms {
         } = *page;
         let room = self.room_for_history(room_id, user).await?;
         let limit = limit.clamp(1, 1000);
+        // Pages walk the topological order; the tokens they hand out are topological, and the
+        // stream tokens clients already hold (sync's `prev_batch`) still start a walk.
+        let from = from
+            .map(|t| HistoryToken::parse(t).map(|t| t.towards(dir)))
+            .transpose()?;
+        let to = to
+            .map(|t| HistoryToken::parse(t).map(|t| t.towards(dir)))
+            .transpose()?;
         let start = match from {
-            Some(token) => parse_token_towards(token, dir)?,
+            Some(position) => position_token(position),
             None => match dir {
-                Direction::Backward => self.store.events_stream_position().await? + 1,
-                Direction::Forward => 0,
+                // The live end: a later page forwards from here gets what comes after now.
+                Direction::Backward => token(self.store.events_stream_position().await? + 1),
+                // Before the room's first event (depths start at 1), backfilled history
+                // included.
+                Direction::Forward => HistoryToken::Topological {
+                    topological: 0,
+                    stream: 0,
+                }
+                .encode(),
             },
-        };
-        let bound = to.map(|t| parse_token_towards(t, dir)).transpose()?;
-        let (after, before) = match dir {
-            Direction::Backward => (bound.unwrap_or(0).saturating_sub(1), start),
-            Direction::Forward => (start, bound.map_or(i64::MAX, |b| b.saturating_add(1))),
         };
         let rows = self
             .store
-            .room_events(
-                room.room_nid,
-                after,
-                before,
-                dir == Direction::Backward,
-                limit as i64,
-            )
+            .room_history(&HistoryWalk {
+                room_nid: room.room_nid,
+                from,
+                to,
+                backwards: dir == Direction::Backward,
+                max_stream: None,
+                limit: limit as i64,
+            })
             .await?;
-        let end = (rows.len() == limit).then(|| match dir {
-            Direction::Backward => token(rows.last().map_or(start, |r| r.stream_ordering)),
-            Direction::Forward => token(rows.last().map_or(start, |r| r.stream_ordering)),
-        });
+        let end = (rows.len() == limit)
+            .then(|| rows.last().map(|r| HistoryToken::of(r).encode()))
+            .flatten();
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::new();
         let mut first_row = None;
@@ -529,7 +683,7 @@ impl Rooms {
         self.bundle_aggregations(&room, user, &mut chunk).await?;
         Ok(MessagesPage {
             chunk,
-            start: token(start),
+            start,
             end,
             state,
         })
@@ -580,8 +734,9 @@ impl Rooms {
         const BATCH: i64 = 100;
         let room = self.room_for_history(room_id, user).await?;
         let backwards = dir == Direction::Backward;
-        // Just outside `ts` in the walk's direction, so that events at `ts` itself count.
-        let mut cursor = (ts, if backwards { i64::MAX } else { -1 });
+        // Just outside `ts` in the walk's direction, so that events at `ts` itself count (backfilled
+        // ones too: their stream orderings are below 0).
+        let mut cursor = (ts, if backwards { i64::MAX } else { i64::MIN });
         loop {
             let rows = self
                 .store
@@ -635,7 +790,7 @@ impl Rooms {
             .store
             .event(event_id)
             .await?
-            .filter(|row| row.room_nid == room.room_nid)
+            .filter(|row| row.room_nid == room.room_nid && in_timeline(row))
             .ok_or_else(not_found)?;
         let Some(sight) = self.sight_of(&row, user).await? else {
             return Err(not_found());
@@ -648,30 +803,11 @@ impl Rooms {
         let limit = limit.min(100);
         let before_limit = (limit / 2) as i64;
         let after_limit = (limit - limit / 2) as i64;
-        let before_rows = self
-            .store
-            .room_events(room.room_nid, 0, row.stream_ordering, true, before_limit)
+        let (before_rows, after_rows) = self
+            .history_around(&room, &row, before_limit, after_limit)
             .await?;
-        let after_rows = self
-            .store
-            .room_events(
-                room.room_nid,
-                row.stream_ordering,
-                i64::MAX,
-                false,
-                after_limit,
-            )
-            .await?;
-        let start = token(
-            before_rows
-                .last()
-                .map_or(row.stream_ordering, |r| r.stream_ordering),
-        );
-        let end = token(
-            after_rows
-                .last()
-                .map_or(row.stream_ordering, |r| r.stream_ordering),
-        );
+        let start = HistoryToken::of(before_rows.last().unwrap_or(&row)).encode();
+        let end = HistoryToken::of(after_rows.last().unwrap_or(&row)).encode();
         let mut before = Vec::new();
         let visible = self.visible_rows(&before_rows, user).await?;
         for (r, sight) in before_rows.iter().zip(visible) {
@@ -707,6 +843,31 @@ impl Rooms {
             end,
             state,
         })
+    }
+
+    /// Up to `before` events just before `row` (nearest first) and `after` just after it
+    /// (nearest first), in the topological order `/messages` walks: the sides of `/context`
+    /// and of search results' context.
+    pub(crate) async fn history_around(
+        &self,
+        room: &RoomRow,
+        row: &EventRow,
+        before: i64,
+        after: i64,
+    ) -> Result<(Vec<EventRow>, Vec<EventRow>)> {
+        let walk = |backwards: bool, limit: i64| HistoryWalk {
+            room_nid: room.room_nid,
+            from: Some(HistoryPosition::of(row)),
+            to: None,
+            backwards,
+            max_stream: None,
+            limit,
+        };
+        let (backwards, forwards) = (walk(true, before), walk(false, after));
+        Ok(tokio::try_join!(
+            self.store.room_history(&backwards),
+            self.store.room_history(&forwards),
+        )?)
     }
 
     /// A stored event in the client-server format, through the room version's client

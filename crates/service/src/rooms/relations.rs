@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     Direction, Rooms,
-    read::{parse_token, token},
+    read::{HistoryToken, in_timeline, stream_token},
 };
 use crate::{Error, Result};
 
@@ -98,7 +98,7 @@ impl Rooms {
             .store
             .event(event_id)
             .await?
-            .filter(|row| row.room_nid == room.room_nid)
+            .filter(|row| row.room_nid == room.room_nid && in_timeline(row))
             .ok_or_else(not_found)?;
         if self.sight_of(&row, user).await?.is_none() {
             return Err(not_found());
@@ -107,7 +107,8 @@ impl Rooms {
     }
 
     /// `/relations`: the events relating to `event_id` that the user may see, a page at a time
-    /// in stream order (tokens are the stream tokens `/messages` and `/sync` use).
+    /// in stream order. Its tokens are stream tokens; it also takes `/sync`'s, and `/messages`'
+    /// topological ones as the stream position of the event they name.
     pub async fn relations(
         &self,
         user: &UserId,
@@ -117,13 +118,14 @@ impl Rooms {
     ) -> Result<RelationsPage> {
         let (room, _) = self.visible_event_in_room(user, room_id, event_id).await?;
         let limit = request.limit.unwrap_or(50).clamp(1, 1000) as i64;
-        let from = request.from.map(parse_token).transpose()?;
-        let to = request.to.map(parse_token).transpose()?;
+        let stream_of = |t: &str| HistoryToken::parse(t).map(HistoryToken::stream_position);
+        let from = request.from.map(stream_of).transpose()?;
+        let to = request.to.map(stream_of).transpose()?;
         let backwards = request.dir == Direction::Backward;
         let (after, before) = if backwards {
-            (to.unwrap_or(0), from.unwrap_or(i64::MAX))
+            (to.unwrap_or(i64::MIN), from.unwrap_or(i64::MAX))
         } else {
-            (from.unwrap_or(0), to.unwrap_or(i64::MAX))
+            (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX))
         };
 
         // With `recurse`, the parents are the event and its relations down to one level above
@@ -163,7 +165,8 @@ impl Rooms {
             })
             .await?;
         let next_batch = (rows.len() as i64 == limit)
-            .then(|| token(rows.last().map_or(0, |r| r.stream_ordering)));
+            .then(|| rows.last().map(|r| stream_token(r.stream_ordering)))
+            .flatten();
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::with_capacity(rows.len());
         for (row, sight) in rows.iter().zip(visible) {
@@ -205,7 +208,10 @@ impl Rooms {
         {
             return Err(Error::Forbidden("You are not in this room".to_owned()));
         }
-        let before = from.map(parse_token).transpose()?.unwrap_or(i64::MAX);
+        let before = from
+            .map(|t| HistoryToken::parse(t).map(HistoryToken::stream_position))
+            .transpose()?
+            .unwrap_or(i64::MAX);
         let limit = limit.unwrap_or(50).clamp(1, 1000) as i64;
         let participant = (include == ThreadsInclude::Participated).then_some(user.as_str());
         let roots = self
@@ -213,11 +219,13 @@ impl Rooms {
             .thread_roots(room.room_nid, participant, before, limit)
             .await?;
         let next_batch = (roots.len() as i64 == limit)
-            .then(|| token(roots.last().map_or(0, |r| r.latest_stream_ordering)));
+            .then(|| roots.last().map(|r| stream_token(r.latest_stream_ordering)))
+            .flatten();
         let mut rows = Vec::with_capacity(roots.len());
         for root in &roots {
             if let Some(row) = self.store.event(&root.root_event_id).await?
                 && row.room_nid == room.room_nid
+                && in_timeline(&row)
             {
                 rows.push(row);
             }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     EventFilter, Rooms,
-    read::{parse_position, token},
+    read::{HistoryToken, parse_position, stream_token},
 };
 use crate::{Error, Result};
 
@@ -122,12 +122,19 @@ impl Cursor {
         let bad = || Error::InvalidParam(format!("Invalid next_batch token {token:?}"));
         let (kind, value) = token.split_once('_').ok_or_else(bad)?;
         match (kind, order) {
-            // Exactly `recent_s<position>`, as `token` prints it (not a sync token inside).
-            ("recent", SearchOrder::Recent) => value
-                .strip_prefix('s')
-                .and_then(parse_position)
-                .map(Cursor::Before)
-                .ok_or_else(bad),
+            // Exactly `recent_s<position>`, or `recent_t0_-<position>` below 0 (backfilled
+            // history), as `token` prints them (not a sync token inside).
+            ("recent", SearchOrder::Recent) => match value.strip_prefix('s') {
+                Some(digits) => parse_position(digits).map(Cursor::Before),
+                None => match HistoryToken::parse(value) {
+                    Ok(HistoryToken::Topological {
+                        topological: 0,
+                        stream,
+                    }) if stream < 0 => Some(Cursor::Before(stream)),
+                    _ => None,
+                },
+            }
+            .ok_or_else(bad),
             // Bounded like every position, so that `offset + 1` cannot overflow.
             ("rank", SearchOrder::Rank) => {
                 parse_position(value).map(Cursor::Offset).ok_or_else(bad)
@@ -138,7 +145,7 @@ impl Cursor {
 
     pub(crate) fn token(self) -> String {
         match self {
-            Cursor::Before(position) => format!("recent_{}", token(position)),
+            Cursor::Before(position) => format!("recent_{}", stream_token(position)),
             Cursor::Offset(offset) => format!("rank_{offset}"),
         }
     }
@@ -361,36 +368,16 @@ impl Rooms {
         device: Option<&str>,
         (before, after, include_profile): (usize, usize, bool),
     ) -> Result<Value> {
-        let before_rows = self
-            .store
-            .room_events(
-                room.room_nid,
-                0,
-                row.stream_ordering,
-                true,
+        let (before_rows, after_rows) = self
+            .history_around(
+                room,
+                row,
                 before.min(MAX_CONTEXT) as i64,
-            )
-            .await?;
-        let after_rows = self
-            .store
-            .room_events(
-                room.room_nid,
-                row.stream_ordering,
-                i64::MAX,
-                false,
                 after.min(MAX_CONTEXT) as i64,
             )
             .await?;
-        let start = token(
-            before_rows
-                .last()
-                .map_or(row.stream_ordering, |r| r.stream_ordering),
-        );
-        let end = token(
-            after_rows
-                .last()
-                .map_or(row.stream_ordering, |r| r.stream_ordering),
-        );
+        let start = HistoryToken::of(before_rows.last().unwrap_or(row)).encode();
+        let end = HistoryToken::of(after_rows.last().unwrap_or(row)).encode();
         let mut senders: HashSet<String> = HashSet::from([row.sender.clone()]);
         let mut sides = Vec::with_capacity(2);
         for rows in [&before_rows, &after_rows] {
@@ -468,6 +455,16 @@ mod tests {
 
     #[test]
     fn cursor_tokens_round_trip_and_belong_to_their_order() {
+        for backfilled in [-1, -42] {
+            let recent = Cursor::Before(backfilled);
+            assert_eq!(recent.token(), format!("recent_t0_{backfilled}"));
+            assert_eq!(
+                Cursor::parse(&recent.token(), SearchOrder::Recent).unwrap(),
+                recent
+            );
+        }
+        assert!(Cursor::parse("recent_t0_5", SearchOrder::Recent).is_err());
+        assert!(Cursor::parse("recent_t1_-5", SearchOrder::Recent).is_err());
         let recent = Cursor::Before(42);
         assert_eq!(
             Cursor::parse(&recent.token(), SearchOrder::Recent).unwrap(),

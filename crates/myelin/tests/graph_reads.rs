@@ -12,7 +12,8 @@
 //! state that the receive pipeline will give them.
 
 use myelin_store::{
-    CurrentStateChange, EventStatus, NewEvent, Placement, PushAction, StateChange, Store,
+    CurrentStateChange, EventStatus, NewEvent, Placement, PushAction, StateChange, StateValue,
+    Store,
 };
 use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use reqwest::StatusCode;
@@ -665,7 +666,7 @@ async fn state_changed_by_resolution_shows_in_incremental_sync() {
                     changes: vec![StateChange {
                         event_type: "m.room.topic".to_owned(),
                         state_key: String::new(),
-                        event_nid: Some(nid(store, &first_topic).await),
+                        value: StateValue::Event(nid(store, &first_topic).await),
                         membership: None,
                     }],
                 },
@@ -744,7 +745,7 @@ async fn state_changed_by_resolution_shows_in_incremental_sync() {
                     changes: vec![StateChange {
                         event_type: "m.room.member".to_owned(),
                         state_key: bob.user_id.clone(),
-                        event_nid: Some(nid(store, &bob_leave).await),
+                        value: StateValue::Event(nid(store, &bob_leave).await),
                         membership: Some("leave".to_owned()),
                     }],
                 },

@@ -6,7 +6,7 @@
 
 use myelin_store::{
     CurrentStateChange, EventStatus, HistoryPosition, HistoryWalk, NewEvent, Persisted, Placement,
-    StateChange, StateDeltaWindow, Store, StoreOptions, TimelineWindow,
+    StateChange, StateDeltaWindow, StateValue, Store, StoreOptions, TimelineWindow,
     test_support::{TestDatabase, test_backends},
 };
 
@@ -295,7 +295,7 @@ async fn state_changed_in_gives_each_key_its_last_event_in_the_window() {
                     changes: vec![StateChange {
                         event_type: "m.room.topic".to_owned(),
                         state_key: String::new(),
-                        event_nid: Some(first.event_nid),
+                        value: StateValue::Event(first.event_nid),
                         membership: None,
                     }],
                 },
@@ -348,7 +348,7 @@ async fn state_changed_in_gives_each_key_its_last_event_in_the_window() {
                     changes: vec![StateChange {
                         event_type: "m.room.topic".to_owned(),
                         state_key: String::new(),
-                        event_nid: None,
+                        value: StateValue::Absent,
                         membership: None,
                     }],
                 },

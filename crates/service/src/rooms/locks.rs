@@ -5,8 +5,10 @@
 //! 1. [`RoomLocks::upgrade`] of a room: one upgrade of a room at a time. Held across the whole
 //!    upgrade, which sends events into the old room and the new one.
 //! 2. [`RoomLocks::writer`] of a room: one writer per room. Held from reading the room's head
-//!    and current state until its event is persisted, so two local sends do not fork the room's
-//!    graph for nothing. At most one writer lock at a time: nothing that holds a room's writer
+//!    and current state until its event is persisted (a local send from building its event, a
+//!    remote event from its checks against the stored states to its append), so that what an
+//!    event was decided against is what it is appended on, and two local sends do not fork the
+//!    room's graph for nothing. At most one writer lock at a time: nothing that holds a room's writer
 //!    waits for another room's.
 //!    A send hands its guard to the store with its event, which keeps it until the commit
 //!    has ended even if the send is cancelled (`Store::persist_event_holding`).

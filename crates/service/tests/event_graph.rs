@@ -967,3 +967,182 @@ async fn forward_extremities_are_kept_bounded() {
         assert_eq!(json["prev_events"].as_array().unwrap().len(), 12);
     }
 }
+
+/// History fetched backwards goes below every live position, by its depth, and changes neither
+/// the current state nor the room's end; it is judged by the state it was sent in.
+#[tokio::test]
+async fn backfilled_events_take_their_own_stream_range() {
+    for kind in backends() {
+        let w = World::build(kind).await;
+        let before_join = w.state_after(&w.bob_join).await;
+        let first_power = before_join[&("m.room.power_levels".to_owned(), String::new())].clone();
+        let join_depth = w
+            .services
+            .store
+            .event(&w.bob_join)
+            .await
+            .unwrap()
+            .unwrap()
+            .depth;
+        // Bob's message right after he joined, before alice raised him: older than the end.
+        let old = w.remote.event(
+            w.version,
+            &w.room.room_id,
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "from the past"}),
+            &[&w.bob_join],
+            &[&w.create, &first_power, &w.bob_join],
+            join_depth + 1,
+            1_500,
+        );
+        let ends = w.extremity_ids().await;
+        let state = w.current_state_ids().await;
+        let live = w.services.store.events_stream_position().await.unwrap();
+        let bytes = old.canonical_json();
+        let outcome = w
+            .services
+            .rooms
+            .receive_backfill(&w.room.room_id, &[bytes.as_bytes()], &w.remote.keys())
+            .await
+            .unwrap();
+        assert_eq!(outcome[0].outcome, Received::Accepted, "{kind:?}");
+        let row = w
+            .services
+            .store
+            .event(old.event_id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status, EventStatus::Normal);
+        assert!(
+            row.stream_ordering < 0,
+            "{kind:?}: below every live position"
+        );
+        assert_eq!(
+            w.services.store.events_stream_position().await.unwrap(),
+            live
+        );
+        assert_eq!(
+            w.extremity_ids().await,
+            ends,
+            "{kind:?}: the room's end is unchanged"
+        );
+        assert_eq!(w.current_state_ids().await, state);
+        assert_eq!(w.state_after(old.event_id()).await, before_join);
+    }
+}
+
+/// A remote redaction is applied with it only when its target is known and its sender may
+/// redact it (the target's server, or the redact power level); otherwise it is stored and the
+/// target stays as it was.
+#[tokio::test]
+async fn remote_redactions_apply_only_when_allowed_and_the_target_is_known() {
+    for kind in backends() {
+        let w = World::build(kind).await;
+        let secret = w.alice_says("secret").await;
+        let dave_join = w.remote_event(
+            DAVE,
+            "m.room.member",
+            Some(DAVE),
+            json!({"membership": "join"}),
+            &[&secret],
+            &[&w.create, &w.join_rules, &w.bob_power],
+            9_000,
+        );
+        assert_eq!(w.receive(&[&dave_join]).await, vec![Received::Accepted]);
+        let redaction = |sender: &str, prev: &str, auth: &[&str], target: &str, ts: i64| {
+            w.remote
+                .event(
+                    w.version,
+                    &w.room.room_id,
+                    sender,
+                    "m.room.redaction",
+                    None,
+                    json!({}),
+                    &[prev],
+                    auth,
+                    w.depth + 10,
+                    ts,
+                )
+                .redacts_set(w.version, target, &w.remote.key)
+        };
+        let body_of = |id: String| {
+            let services = w.services.clone();
+            async move {
+                let row = services.store.event(&id).await.unwrap().unwrap();
+                let json: Value = serde_json::from_str(&row.json).unwrap();
+                (
+                    json["content"]["body"].as_str().map(str::to_owned),
+                    row.redacted_by,
+                )
+            }
+        };
+        // Dave (power 0, another server than alice's) may send a redaction but not apply it.
+        let by_dave = redaction(
+            DAVE,
+            dave_join.event_id(),
+            &[&w.create, &w.bob_power, dave_join.event_id()],
+            &secret,
+            9_001,
+        );
+        assert_eq!(w.receive(&[&by_dave]).await, vec![Received::Accepted]);
+        assert_eq!(
+            body_of(secret.clone()).await,
+            (Some("secret".to_owned()), None),
+            "{kind:?}"
+        );
+        // Of an event nobody has: stored, nothing applied.
+        let by_bob_unknown = redaction(
+            BOB,
+            by_dave.event_id(),
+            &[&w.create, &w.bob_power, &w.bob_join],
+            "$unknown",
+            9_002,
+        );
+        assert_eq!(
+            w.receive(&[&by_bob_unknown]).await,
+            vec![Received::Accepted]
+        );
+        // Bob has the redact level: applied with it.
+        let by_bob = redaction(
+            BOB,
+            by_bob_unknown.event_id(),
+            &[&w.create, &w.bob_power, &w.bob_join],
+            &secret,
+            9_003,
+        );
+        assert_eq!(w.receive(&[&by_bob]).await, vec![Received::Accepted]);
+        assert_eq!(
+            body_of(secret.clone()).await,
+            (None, Some(by_bob.event_id().to_owned())),
+            "{kind:?}: the redacted copy is written with the redaction"
+        );
+    }
+}
+
+/// Room version 10 puts `redacts` at the top level of the event: rebuild a redaction with it.
+trait RedactsSet {
+    fn redacts_set(self, version: &RoomVersion, target: &str, key: &KeyPair) -> Pdu;
+}
+
+impl RedactsSet for Pdu {
+    fn redacts_set(self, version: &RoomVersion, target: &str, key: &KeyPair) -> Pdu {
+        let mut json = self.into_json();
+        json.insert(
+            "redacts".to_owned(),
+            CanonicalJsonValue::String(target.to_owned()),
+        );
+        build_pdu(
+            json,
+            version,
+            EventSigner::Server {
+                server_name: REMOTE,
+                key_id: REMOTE_KEY_ID,
+                key,
+            },
+        )
+        .unwrap()
+    }
+}

@@ -100,6 +100,32 @@ impl Rooms {
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
     ) -> Result<Vec<ReceivedEvent>> {
+        self.receive_placed(room_id, pdus, server_keys, Placement::Live)
+            .await
+    }
+
+    /// [`Rooms::receive_pdus`] for history fetched backwards (`/backfill`): the same checks
+    /// but the current state's (step 6: old history is judged by the state it was sent in),
+    /// and the events go below every live stream position, so sync never sees them as new and
+    /// `/messages` finds them by depth. They change neither the current state nor the forward
+    /// extremities, and notify nobody.
+    pub async fn receive_backfill(
+        &self,
+        room_id: &str,
+        pdus: &[&[u8]],
+        server_keys: &ServerKeys,
+    ) -> Result<Vec<ReceivedEvent>> {
+        self.receive_placed(room_id, pdus, server_keys, Placement::Backfilled)
+            .await
+    }
+
+    async fn receive_placed(
+        &self,
+        room_id: &str,
+        pdus: &[&[u8]],
+        server_keys: &ServerKeys,
+        placement: Placement,
+    ) -> Result<Vec<ReceivedEvent>> {
         let room = self.room(room_id).await?;
         let version = version_of(&room)?;
         let mut outcomes: Vec<ReceivedEvent> = Vec::with_capacity(pdus.len());
@@ -141,7 +167,7 @@ impl Rooms {
                 .collect();
             for (index, pdu) in pending {
                 let outcome = self
-                    .receive_one(&room, version, pdu.clone(), server_keys)
+                    .receive_one(&room, version, pdu.clone(), server_keys, placement)
                     .await?;
                 let retry = matches!(&outcome, Received::Missing(ids) if ids.iter().any(|id| waiting.contains(id)));
                 if !retry {
@@ -157,7 +183,9 @@ impl Rooms {
                 break;
             }
         }
-        self.merge_extremities(&room).await?;
+        if placement == Placement::Live {
+            self.merge_extremities(&room).await?;
+        }
         Ok(outcomes)
     }
 
@@ -349,6 +377,7 @@ impl Rooms {
         version: &RoomVersion,
         pdu: Pdu,
         server_keys: &ServerKeys,
+        placement: Placement,
     ) -> Result<Received> {
         let verified = match receipt::check_signatures(version, &pdu, server_keys) {
             Ok(verified) => verified,
@@ -421,6 +450,7 @@ impl Rooms {
                         None,
                         None,
                         EventStatus::Rejected(reason),
+                        placement,
                         writing,
                     )
                     .await;
@@ -445,6 +475,7 @@ impl Rooms {
                     Some(before),
                     replaces,
                     EventStatus::Rejected(reason),
+                    placement,
                     writing,
                 )
                 .await;
@@ -465,17 +496,20 @@ impl Rooms {
                     Some(before),
                     replaces,
                     EventStatus::Rejected(reason),
+                    placement,
                     writing,
                 )
                 .await;
         }
 
-        // Step 6: the current state.
+        // Step 6: the current state (live events only).
         let current = self.store.current_state_group(room.room_nid).await?;
         if let Some(current) = current {
             lookups.current = self.state_pdus(version, current, &auth_keys).await?;
         }
-        if receipt::check_against_current_state(version, &pdu, &lookups).is_err() {
+        if placement == Placement::Live
+            && receipt::check_against_current_state(version, &pdu, &lookups).is_err()
+        {
             tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "soft-failed a remote event: the current state does not allow it");
             return self
                 .append_verdict(
@@ -484,6 +518,7 @@ impl Rooms {
                     Some(before),
                     replaces,
                     EventStatus::SoftFailed,
+                    placement,
                     writing,
                 )
                 .await;
@@ -502,7 +537,7 @@ impl Rooms {
             room,
             pdu: &pdu,
             status: EventStatus::Normal,
-            placement: Placement::Live,
+            placement,
             state_before: Some(before),
             replaces,
             current_state: None,
@@ -527,6 +562,7 @@ impl Rooms {
         before: Option<i64>,
         replaces: Option<i64>,
         status: EventStatus,
+        placement: Placement,
         writing: super::locks::WriterGuard,
     ) -> Result<Received> {
         let outcome = match &status {
@@ -540,7 +576,7 @@ impl Rooms {
             room,
             pdu,
             status,
-            placement: Placement::Live,
+            placement,
             state_before: before,
             replaces,
             current_state: None,

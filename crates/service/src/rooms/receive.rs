@@ -447,8 +447,7 @@ impl Rooms {
                     .append_verdict(
                         room,
                         &pdu,
-                        None,
-                        None,
+                        (None, None),
                         EventStatus::Rejected(reason),
                         placement,
                         writing,
@@ -472,8 +471,7 @@ impl Rooms {
                 .append_verdict(
                     room,
                     &pdu,
-                    Some(before),
-                    replaces,
+                    (Some(before), replaces),
                     EventStatus::Rejected(reason),
                     placement,
                     writing,
@@ -493,8 +491,7 @@ impl Rooms {
                 .append_verdict(
                     room,
                     &pdu,
-                    Some(before),
-                    replaces,
+                    (Some(before), replaces),
                     EventStatus::Rejected(reason),
                     placement,
                     writing,
@@ -515,8 +512,7 @@ impl Rooms {
                 .append_verdict(
                     room,
                     &pdu,
-                    Some(before),
-                    replaces,
+                    (Some(before), replaces),
                     EventStatus::SoftFailed,
                     placement,
                     writing,
@@ -554,13 +550,12 @@ impl Rooms {
     }
 
     /// Stores an event with a verdict that keeps it out of the room's history (rejected or
-    /// soft-failed), and says so.
+    /// soft-failed), with its state before and what it replaces there, and says so.
     async fn append_verdict(
         &self,
         room: &RoomRow,
         pdu: &Pdu,
-        before: Option<i64>,
-        replaces: Option<i64>,
+        (before, replaces): (Option<i64>, Option<i64>),
         status: EventStatus,
         placement: Placement,
         writing: super::locks::WriterGuard,

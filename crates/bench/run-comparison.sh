@@ -16,10 +16,12 @@
 # Environment knobs:
 #   ROUNDS=2                     rounds of the whole scenario list
 #   DBS="sqlite postgres"        which databases
-#   SERVERS="myelin synapse"     which servers
+#   SERVERS="myelin synapse"     which servers ("base" adds a second Myelin, MYELIN_BASE_BIN: a
+#                                build of an earlier commit, to compare a change side by side)
 #   SCENARIOS="register send-seq send-concurrent sync20 sync500 wakeup"
 #   SYNC500_ROUNDS=1             rounds in which sync500 runs (its set-up creates 500 rooms)
 #   MYELIN_BIN, BENCH_BIN        binaries (default: release builds in /var/tmp/myelin-target)
+#   MYELIN_BASE_BIN              the earlier Myelin for SERVERS containing "base"
 #   SYNAPSE_VENV                 venv with matrix-synapse and psycopg2 (created when missing)
 #   SETTLE=10                    seconds of idle before the idle memory reading
 #   REGISTER_N=100 SEND_N=1000 CONC_CLIENTS=50 CONC_PER=20 SYNC_REPS=10 SYNC_BIG_ROOMS=500 WAKE_N=100
@@ -98,7 +100,7 @@ start_postgres() {
         "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q 2>/dev/null && break
         sleep 0.2
     done
-    for db in myelin synapse; do
+    for db in myelin synapse base; do
         "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -q -c \
             "CREATE DATABASE $db ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
     done
@@ -118,8 +120,9 @@ wait_ready() { # url pid name
 declare -A URL PID
 LABELS=()
 
-start_myelin() { # db
-    local db="$1" name="myelin-$1" dir="$WORK/myelin-$1" port
+start_myelin() { # db [label prefix] [binary]
+    local db="$1" prefix="${2:-myelin}" bin="${3:-$MYELIN_BIN}"
+    local name="$prefix-$1" dir="$WORK/$prefix-$1" port
     port="$(free_port)"
     mkdir -p "$dir"
     local env=(
@@ -132,15 +135,20 @@ start_myelin() { # db
         MYELIN_LOG__FILTER=warn
     )
     if [ "$db" = postgres ]; then
-        env+=(MYELIN_DATABASE__URL="postgres://postgres@127.0.0.1:$PG_PORT/myelin")
+        env+=(MYELIN_DATABASE__URL="postgres://postgres@127.0.0.1:$PG_PORT/$prefix")
     fi
-    (cd "$dir" && exec env "${env[@]}" "$MYELIN_BIN" serve >"$dir/myelin.log" 2>&1) &
+    (cd "$dir" && exec env "${env[@]}" "$bin" serve >"$dir/myelin.log" 2>&1) &
     PID[$name]=$!
     PIDS+=("${PID[$name]}")
     URL[$name]="http://127.0.0.1:$port"
     wait_ready "${URL[$name]}" "${PID[$name]}" "$name" || { tail -20 "$dir/myelin.log" >&2; exit 1; }
     LABELS+=("$name")
     log "$name on ${URL[$name]} (pid ${PID[$name]})"
+}
+
+start_base() { # db
+    [ -x "${MYELIN_BASE_BIN:-}" ] || { log "SERVERS has base but MYELIN_BASE_BIN is not a binary"; exit 1; }
+    start_myelin "$1" base "$MYELIN_BASE_BIN"
 }
 
 start_synapse() { # db

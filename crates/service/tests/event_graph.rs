@@ -487,7 +487,78 @@ async fn forks_resolve_to_what_the_crate_says_and_a_local_event_merges_them() {
             "{kind:?}: memberships follow the resolved state"
         );
 
-        // A local event cites every branch and leaves itself the room's only end.
+        // A remote event citing every branch is judged by their resolution, which its state
+        // before is (written as a delta over one branch's state).
+        let mut branch_ids: Vec<&str> = branches.iter().map(String::as_str).collect();
+        branch_ids.sort();
+        let remote_merge = w.remote.event(
+            w.version,
+            &w.room.room_id,
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "merge"}),
+            &branch_ids,
+            &[&w.create, power_b.event_id(), &w.bob_join],
+            w.depth + 2,
+            2_100,
+        );
+        assert_eq!(
+            w.receive(&[&remote_merge]).await,
+            vec![Received::Accepted],
+            "{kind:?}"
+        );
+        assert_eq!(
+            w.state_after(remote_merge.event_id()).await,
+            expected,
+            "{kind:?}"
+        );
+        assert_eq!(
+            w.current_state_ids().await,
+            expected,
+            "{kind:?}: no other end is left"
+        );
+        assert_eq!(
+            w.extremity_ids().await,
+            HashSet::from([remote_merge.event_id().to_owned()])
+        );
+
+        // Two branches again (bob's topic on one, his message on the other), then a local event
+        // cites both and leaves itself the room's only end.
+        let topic = w.remote_event(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "on one branch"}),
+            &[remote_merge.event_id()],
+            &[&w.create, power_b.event_id(), &w.bob_join],
+            2_200,
+        );
+        let aside = w.remote_event(
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "on the other"}),
+            &[remote_merge.event_id()],
+            &[&w.create, power_b.event_id(), &w.bob_join],
+            2_201,
+        );
+        assert_eq!(
+            w.receive(&[&topic, &aside]).await,
+            vec![Received::Accepted; 2]
+        );
+        let branches: HashSet<String> =
+            HashSet::from([topic.event_id().to_owned(), aside.event_id().to_owned()]);
+        let mut expected = expected;
+        expected.insert(
+            ("m.room.topic".to_owned(), String::new()),
+            topic.event_id().to_owned(),
+        );
+        assert_eq!(
+            w.current_state_ids().await,
+            expected,
+            "{kind:?}: the topic's branch wins its key"
+        );
         let message = w.alice_says("merged").await;
         let row = w.services.store.event(&message).await.unwrap().unwrap();
         let json: Value = serde_json::from_str(&row.json).unwrap();

@@ -352,30 +352,59 @@ impl Store {
         Ok(rows)
     }
 
-    /// Writes a whole state snapshot as a new full group of `room_nid` in one transaction, many
-    /// entries per statement: what a remote join does with the room state it is sent (tens of
-    /// thousands of members), where one statement per entry would take seconds. The events must
-    /// be stored (as outliers, typically). Returns the group.
+    /// Writes a state snapshot as a new group of `room_nid` in one transaction, many entries per
+    /// statement. With no `parent`, `entries` are the whole state (what a remote join does with
+    /// the room state it is sent: tens of thousands of members, where one statement per entry
+    /// would take seconds). With a `parent`, `entries` are what differs from it (a merge of forks)
+    /// and the group is a delta over it while the parent's chain is short, else a full copy of
+    /// the parent's state with `entries` applied. The events must be stored (as outliers,
+    /// typically). Returns the group.
     pub async fn create_state_group(
         &self,
         room_nid: i64,
+        parent: Option<i64>,
         entries: &[(&str, &str, i64)],
     ) -> Result<i64, StoreError> {
         let group = with_pool!(self, pool => {
             let mut tx = crate::store::BeginWrite::begin_write(pool, &self.write_gate).await?;
+            let parent_len: Option<i64> = match parent {
+                Some(parent) => sqlx::query_scalar(
+                    "SELECT CAST(chain_length AS BIGINT) FROM state_groups WHERE state_group = $1",
+                )
+                .bind(parent)
+                .fetch_optional(&mut *tx)
+                .await?,
+                None => None,
+            };
+            let (delta_parent, chain_length) = match parent_len {
+                Some(len) if len < crate::rooms::MAX_STATE_CHAIN => (parent, len + 1),
+                _ => (None, 0),
+            };
             let group: i64 = sqlx::query_scalar(
-                "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, NULL, 0) \
+                "INSERT INTO state_groups (room_nid, parent_group, chain_length) VALUES ($1, $2, $3) \
                  RETURNING state_group",
             )
             .bind(room_nid)
+            .bind(delta_parent)
+            .bind(chain_length as i32)
             .fetch_one(&mut *tx)
             .await?;
+            if delta_parent.is_none()
+                && let Some(parent) = parent
+            {
+                sqlx::query(crate::rooms::COPY_STATE_SQL)
+                    .bind(group)
+                    .bind(parent)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for chunk in entries.chunks(ENTRIES_PER_STATEMENT) {
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| format!("($1, ${}, ${}, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4))
                     .collect();
                 let sql = format!(
-                    "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES {}",
+                    "INSERT INTO state_group_entries (state_group, event_type, state_key, event_nid) VALUES {} \
+                     ON CONFLICT (state_group, event_type, state_key) DO UPDATE SET event_nid = excluded.event_nid",
                     rows.join(", ")
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group);

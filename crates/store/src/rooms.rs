@@ -468,7 +468,7 @@ macro_rules! new_state_group {
 
 /// Copies the state of group `$2` (resolved through its delta chain, nearest group winning)
 /// into the empty group `$1`, in one statement.
-const COPY_STATE_SQL: &str = "WITH RECURSIVE chain (state_group, depth) AS ( \
+pub(crate) const COPY_STATE_SQL: &str = "WITH RECURSIVE chain (state_group, depth) AS ( \
          SELECT CAST($2 AS BIGINT), 0 \
          UNION ALL \
          SELECT g.parent_group, c.depth + 1 FROM state_groups g \

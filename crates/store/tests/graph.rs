@@ -453,6 +453,7 @@ async fn auth_chains_follow_the_auth_edges_of_bulk_outliers() {
         let group = store
             .create_state_group(
                 room,
+                None,
                 &[
                     ("m.room.member", "@a:test", nids["$member"]),
                     ("m.room.topic", "", nids["$topic"]),

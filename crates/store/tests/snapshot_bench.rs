@@ -125,7 +125,10 @@ async fn persisting_a_10k_member_state_snapshot() {
                 .iter()
                 .map(|e| (e.kind, e.state_key.as_str(), nids[&e.id]))
                 .collect();
-            let group = store.create_state_group(room, &entries).await.unwrap();
+            let group = store
+                .create_state_group(room, None, &entries)
+                .await
+                .unwrap();
             samples.push(started.elapsed());
             println!(
                 "{kind:?} run {run}: outliers {outliers_done:?}, total {:?}",

@@ -611,16 +611,42 @@ impl Rooms {
                     })
                     .collect();
                 let resolved = self.resolve_forks(version, &forks).await?;
-                let mut entries: Vec<(&str, &str, i64)> = Vec::with_capacity(resolved.state.len());
+                // Written as a delta over the newest prev's state when the resolution only
+                // changes or adds keys to it (the common case), else in full.
+                let base = several[several.len() - 1];
+                let base_map = self.store.state_ids_at_group(base).await?;
+                let mut entries: Vec<(&str, &str, i64)> = Vec::new();
+                let mut same_keys = 0;
                 for ((kind, key), id) in &resolved.state {
-                    let nid = resolved.nids.get(id).ok_or_else(|| {
+                    let nid = *resolved.nids.get(id).ok_or_else(|| {
                         Error::Internal(format!("resolved state names {id}, which is not stored"))
                     })?;
-                    entries.push((kind, key, *nid));
+                    match base_map.get(kind, key) {
+                        Some(at) if at == nid => same_keys += 1,
+                        Some(_) => {
+                            same_keys += 1;
+                            entries.push((kind, key, nid));
+                        }
+                        None => entries.push((kind, key, nid)),
+                    }
+                }
+                if entries.is_empty() && same_keys == base_map.len() {
+                    return Ok(base);
+                }
+                if same_keys == base_map.len() {
+                    return Ok(self
+                        .store
+                        .create_state_group(room.room_nid, Some(base), &entries)
+                        .await?);
+                }
+                // Keys left the state: a full snapshot.
+                let mut full: Vec<(&str, &str, i64)> = Vec::with_capacity(resolved.state.len());
+                for ((kind, key), id) in &resolved.state {
+                    full.push((kind, key, resolved.nids[id]));
                 }
                 Ok(self
                     .store
-                    .create_state_group(room.room_nid, &entries)
+                    .create_state_group(room.room_nid, None, &full)
                     .await?)
             }
         }

@@ -1772,3 +1772,58 @@ async fn repeating_state_or_a_join_changes_nothing() {
         server.stop().await;
     }
 }
+
+/// `/messages` without `dir` reads backwards (as Synapse does, for clients that leave it out),
+/// and so reaches the room's access check: a forgotten room's history is 403.
+#[tokio::test]
+async fn messages_without_dir_read_backwards_and_check_access() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        let (status, _) = server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        for (txn, body) in [("1", "first"), ("2", "second")] {
+            let (status, _) = send_text(&server, &alice, &room, txn, body).await;
+            assert_eq!(status, 200);
+        }
+        let messages = |user: &TestUser, query: &str| {
+            let url = format!("/_matrix/client/v3/rooms/{}/messages{query}", enc(&room));
+            let token = user.access_token.clone();
+            let server = &server;
+            async move { server.get(&url, &token).await }
+        };
+        let (status, page) = messages(&bob, "?limit=1").await;
+        assert_eq!(status, 200, "{kind:?}: {page}");
+        assert_eq!(
+            page["chunk"][0]["content"]["body"], "second",
+            "{kind:?}: newest first"
+        );
+        let (status, page) = messages(&bob, "").await;
+        assert_eq!(status, 200, "{kind:?}: no query at all: {page}");
+        // An explicit direction is still taken, and a bad one refused.
+        let (status, page) = messages(&bob, "?dir=f&limit=1").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            page["chunk"][0]["type"], "m.room.create",
+            "{kind:?}: oldest first"
+        );
+        let (status, _) = messages(&bob, "?dir=x").await;
+        assert_eq!(status, 400);
+
+        let (status, _) = membership_call(&server, &bob, &room, "leave", json!({})).await;
+        assert_eq!(status, 200);
+        let (status, _) = membership_call(&server, &bob, &room, "forget", json!({})).await;
+        assert_eq!(status, 200);
+        let (status, body) = messages(&bob, "").await;
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
+    }
+}

@@ -54,6 +54,38 @@ pub(crate) fn routes() -> Router<AppState> {
         .ruma(redact)
         .ruma(context)
         .ruma(timestamp_to_event)
+        .route_layer(axum::middleware::from_fn(default_messages_dir))
+}
+
+/// `GET /rooms/{roomId}/messages` without `dir`: the spec requires it, but clients written
+/// against Synapse leave it out and Synapse reads that as `b`; so does Myelin (refusing it would
+/// also answer 400 before the room's access check has had its say).
+async fn default_messages_dir(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let uri = request.uri();
+    let needs_dir = request.method() == http::Method::GET
+        && uri.path().ends_with("/messages")
+        && !uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .any(|pair| pair == "dir" || pair.starts_with("dir="));
+    if needs_dir {
+        let query = match uri.query() {
+            Some(query) if !query.is_empty() => format!("{query}&dir=b"),
+            _ => "dir=b".to_owned(),
+        };
+        if let Ok(with_dir) = format!("{}?{query}", uri.path()).parse::<http::Uri>() {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = with_dir.into_parts().path_and_query;
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    next.run(request).await
 }
 
 pub(super) fn raw<T>(value: Value) -> Result<Raw<T>, MatrixError> {

@@ -7,12 +7,13 @@
 //! fixture's users in and repeats every read: the events (ids, types, contents, `unsigned`
 //! except `age`, order) must be the same, as must the refusals. Then the graph the migration
 //! built is checked (edges, the state before each event, one forward extremity per room, the
-//! current state group); a new message in each room must land on top of the old history
-//! without changing the state, a sync token the old server gave must still lead to just the new
-//! messages, and a new topic must move only its own key. Pagination tokens are not compared:
-//! their format changed (`t<topo>_<stream>`); nor are the client API's additions since 1aadcb3
-//! that are not stored data (see [`forget_api_changes`]). A failure lists every read that differs, at its first difference;
-//! `PRE_GRAPH_DEBUG=1` prints both answers whole.
+//! current state group); the tokens clients got from the old server (`/messages` pages, sync
+//! `prev_batch`) must still lead where they led; a new message in each room must land on top of
+//! the old history without changing the state, a sync token the old server gave must still lead
+//! to just the new messages, and a new topic must move only its own key. Pagination tokens are
+//! not compared: their format changed (`t<topo>_<stream>`); nor are the client API's additions
+//! since 1aadcb3 that are not stored data (see `forget_api_changes`). A failure lists every read
+//! that differs, at its first difference; `PRE_GRAPH_DEBUG=1` prints both answers whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -256,13 +257,15 @@ fn first_difference(old: &Value, new: &Value, at: &str) -> Option<String> {
     }
 }
 
-/// Does one read now, following pages as `generate.py` did, in the shape it was recorded in.
+/// Does one read now, following pages as `generate.py` did (from `start` when given), in the
+/// shape it was recorded in.
 async fn read_now(
     server: &TestServer,
     token: &str,
     what: &str,
     path: &str,
     body: Option<&Value>,
+    start: Option<&str>,
 ) -> (u16, Value) {
     if let Some(body) = body {
         let (status, answer) = server.post(path, token, body.clone()).await;
@@ -273,9 +276,12 @@ async fn read_now(
         return (status.as_u16(), body);
     }
     let mut pages = Vec::new();
-    let mut from: Option<String> = None;
+    let mut from: Option<String> = start.map(str::to_owned);
     let mut status = StatusCode::OK;
-    for _ in 0..100 {
+    // Followed while the server gives a next token: a filtered page may be empty and still have
+    // one. A walk that does not end is a failure, not a cut.
+    for page_number in 0.. {
+        assert!(page_number < 200, "{path}: more than 200 pages");
         let separator = if path.contains('?') { '&' } else { '?' };
         let page_path = match &from {
             Some(token) => format!("{path}{separator}from={}", enc(token)),
@@ -288,9 +294,8 @@ async fn read_now(
             .or_else(|| page.get("next_batch"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let empty = page["chunk"].as_array().is_none_or(Vec::is_empty);
         pages.push(page);
-        if status != StatusCode::OK || from.is_none() || empty {
+        if status != StatusCode::OK || from.is_none() {
             break;
         }
     }
@@ -338,10 +343,8 @@ fn recorded_events(read: &Value) -> Vec<Value> {
         .collect()
 }
 
-fn find_read<'a>(answers: &'a Value, user: &str, what: &str, path_part: &str) -> &'a Value {
-    answers["reads"]
-        .as_array()
-        .expect("reads")
+fn find_read<'a>(reads: &'a [Value], user: &str, what: &str, path_part: &str) -> &'a Value {
+    reads
         .iter()
         .find(|r| {
             r["user"] == user
@@ -475,6 +478,91 @@ async fn check_state_before(db_url: &str, kind: DatabaseKind) {
     }
 }
 
+/// The events of a page, stripped and without the API's additions, for comparison.
+fn page_events(page: &Value) -> Value {
+    let mut events = page["chunk"].clone();
+    strip(&mut events);
+    forget_api_changes("messages", &mut events);
+    events
+}
+
+/// Clients keep the tokens the old server gave them across the upgrade: the walk from a
+/// `/messages` page token (`s<N>`) must give the events the old server gave after it (where
+/// pages are cut is not compared: a filtered page is a window of events, possibly empty), and a
+/// sync timeline's `prev_batch` must lead to the events before that timeline in the user's
+/// history.
+async fn check_old_tokens(server: &TestServer, tokens: &BTreeMap<String, String>, reads: &[Value]) {
+    let mut checked = 0;
+    for read in reads
+        .iter()
+        .filter(|r| r["what"] == "messages" && r["status"] == 200)
+    {
+        let user = read["user"].as_str().unwrap();
+        let path = read["path"].as_str().unwrap();
+        let pages = read["answer"].as_array().unwrap();
+        for (i, page) in pages.iter().enumerate() {
+            let Some(from) = page["end"].as_str() else {
+                continue;
+            };
+            let old = comparable("messages", 200, &Value::Array(pages[i + 1..].to_vec()));
+            let (status, walked) =
+                read_now(server, &tokens[user], "messages", path, None, Some(from)).await;
+            let new = comparable("messages", status, &walked);
+            let difference = first_difference(&old, &new, "");
+            assert!(
+                difference.is_none(),
+                "{user} {path} from the old token {from}: {difference:?}"
+            );
+            checked += 1;
+        }
+    }
+    for read in reads.iter().filter(|r| r["what"] == "sync") {
+        let user = read["user"].as_str().unwrap();
+        for (room_id, room) in read["answer"]["rooms"]["join"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            let timeline = &room["timeline"];
+            let Some(first) = timeline["events"][0]["event_id"].as_str() else {
+                continue;
+            };
+            let prev_batch = timeline["prev_batch"].as_str().expect("prev_batch");
+            let history = recorded_events(find_read(
+                reads,
+                user,
+                "messages",
+                &format!("{}/messages?dir=b", enc(room_id)),
+            ));
+            let at = history
+                .iter()
+                .position(|e| e["event_id"] == first)
+                .expect("the timeline's first event is in the history");
+            let expected: Vec<Value> = history[at + 1..].iter().take(10).cloned().collect();
+            let path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&from={}",
+                enc(room_id),
+                enc(prev_batch)
+            );
+            let (status, page) = server.get(&path, &tokens[user]).await;
+            assert_eq!(status, StatusCode::OK, "{user} {path}: {page}");
+            let difference = first_difference(
+                &page_events(&json!({ "chunk": expected })),
+                &page_events(&page),
+                "",
+            );
+            assert!(
+                difference.is_none(),
+                "{user} {room_id}: /messages from the old sync prev_batch {prev_batch}: \
+                 {difference:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked} old tokens");
+    eprintln!("{checked} old tokens lead where they led");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pre_graph_database_migrates_and_every_room_reads_the_same() {
     for kind in test_backends() {
@@ -497,7 +585,7 @@ async fn a_pre_graph_database_migrates_and_every_room_reads_the_same() {
                 &read["answer"],
             );
             let (status, answer) =
-                read_now(server, &tokens[user], what, path, read.get("body")).await;
+                read_now(server, &tokens[user], what, path, read.get("body"), None).await;
             let new = comparable(what, status, &answer);
             if let Some(difference) = first_difference(&old, &new, "") {
                 differences.push(format!("{kind:?} {user} {what} {path}: {difference}"));
@@ -519,6 +607,7 @@ async fn a_pre_graph_database_migrates_and_every_room_reads_the_same() {
             "{kind:?}: {} recorded reads equal after the migration",
             reads.len()
         );
+        check_old_tokens(server, &tokens, reads).await;
 
         let db_url = server.config.database.url.clone().expect("url");
         check_state_before(&db_url, kind).await;
@@ -529,8 +618,13 @@ async fn a_pre_graph_database_migrates_and_every_room_reads_the_same() {
             let member = room["member"].as_str().unwrap();
             let token = &tokens[member];
             let r = enc(room_id);
-            let history = recorded_events(find_read(answers, member, "messages", &r));
-            let state_read = find_read(answers, member, "state", &r);
+            let history = recorded_events(find_read(
+                reads,
+                member,
+                "messages",
+                &format!("{r}/messages?dir=b"),
+            ));
+            let state_read = find_read(reads, member, "state", &format!("{r}/state"));
             let old_state = state_read["answer"].as_array().expect("state").clone();
             assert!(history.len() > 20, "{key}: {} events", history.len());
             check_graph(server.store(), room_id, &history, &old_state).await;
@@ -580,7 +674,7 @@ async fn a_pre_graph_database_migrates_and_every_room_reads_the_same() {
             );
 
             let path = format!("/_matrix/client/v3/rooms/{r}/messages?dir=b&limit=10");
-            let (status, pages) = read_now(server, token, "messages", &path, None).await;
+            let (status, pages) = read_now(server, token, "messages", &path, None, None).await;
             let now = comparable("messages", status, &pages);
             let events = now["answer"]["events"].as_array().expect("events");
             assert_eq!(
@@ -672,7 +766,7 @@ async fn a_pre_graph_database_migrates_and_every_room_reads_the_same() {
                     e["state_key"].as_str().unwrap().to_owned(),
                 )
             };
-            let old_state = find_read(answers, member, "state", &r)["answer"]
+            let old_state = find_read(reads, member, "state", &format!("{r}/state"))["answer"]
                 .as_array()
                 .expect("state")
                 .clone();

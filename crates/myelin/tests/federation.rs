@@ -440,3 +440,44 @@ async fn private_destinations_are_refused_unless_allowed() {
         }
     }
 }
+
+#[tokio::test]
+async fn certificates_are_checked_unless_turned_off() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        // A trusts no extra CA: B's certificate is from an unknown authority. C trusts none
+        // either but does not check certificates.
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |i, config| {
+                if i != 1 {
+                    config.federation.trusted_ca_files.clear();
+                }
+                if i == 2 {
+                    config.federation.verify_certificates = false;
+                }
+            },
+        )
+        .await;
+        let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+        let refused = a
+            .services()
+            .federation
+            .send(&server_name(b), get_server_keys::v2::Request::new())
+            .await;
+        assert!(
+            matches!(&refused, Err(FederationError::Transport(text)) if text.contains("certificate")),
+            "{kind:?}: {refused:?}"
+        );
+        c.services()
+            .federation
+            .send(&server_name(b), get_server_keys::v2::Request::new())
+            .await
+            .expect("certificate checks off");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

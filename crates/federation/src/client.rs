@@ -343,12 +343,12 @@ impl FederationClient {
         {
             return Err(FederationError::PrivateAddress(ip.to_string()));
         }
-        if target.connect_host != target.tls_name {
-            self.targets
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(target.tls_name.clone(), target.connect_host.clone());
-        }
+        // Always written, also when the name is its own target: an SRV answer or delegation
+        // that has since gone must not keep steering connections.
+        self.targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target.tls_name.clone(), target.connect_host.clone());
         let base = format!("https://{}:{}", target.tls_name, target.port);
         let built = request
             .try_into_http_request_inner(&base, ())

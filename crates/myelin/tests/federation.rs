@@ -481,3 +481,48 @@ async fn certificates_are_checked_unless_turned_off() {
         }
     }
 }
+
+#[tokio::test]
+async fn old_verify_keys_are_fetched_with_their_expiry() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let mut servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        // B retired a key at t = 1000 s; it publishes it under old_verify_keys after a restart.
+        let old_public = myelin_room_version::KeyPair::from_seed(&[5; 32]).public_key();
+        servers[1]
+            .services()
+            .store
+            .insert_signing_key(&myelin_store::StoredSigningKey {
+                key_id: "a_old".to_owned(),
+                public_key: old_public.to_vec(),
+                private_key_enc: vec![0; 60],
+                created_ts: 1,
+                expired_ts: Some(1_000_000),
+            })
+            .await
+            .unwrap();
+        servers[1].restart().await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let keys = a
+            .services()
+            .remote_keys
+            .keys_for(&server_name(b), &["ed25519:a_old".to_owned()], now_millis())
+            .await
+            .unwrap();
+        let old = keys.get("ed25519:a_old").expect("old key fetched");
+        assert_eq!(old.key.to_bytes(), old_public, "{kind:?}");
+        assert_eq!(old.valid_until_ts, 1_000_000, "{kind:?}: expired_ts kept");
+        // Positive control: the current key comes with a validity in the future.
+        let current = a
+            .services()
+            .remote_keys
+            .keys_for(&server_name(b), &[], now_millis())
+            .await
+            .unwrap();
+        let current = &current[b.services().server_keys.key_id()];
+        assert!(current.valid_until_ts > u64::try_from(now_millis()).unwrap());
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -348,6 +348,40 @@ impl RemoteKeys {
         }
     }
 
+    /// A notary's own current keys: cached, or fetched from it directly. Taken outside the
+    /// per-server fetch locks (the caller holds the lock of the server it asks about; two
+    /// notaries each fetching the other's keys must not wait on each other), and never through
+    /// another notary.
+    async fn notary_keys(&self, notary: &ServerName) -> Vec<PublishedKey> {
+        let now = now_millis();
+        let mut rows = self
+            .store
+            .remote_server_keys(notary.as_str())
+            .await
+            .unwrap_or_default();
+        if !rows.iter().any(|r| !r.is_old && fresh(r, now, now)) {
+            if let Some(object) = self.fetch_direct(notary).await {
+                self.store_object(&object, now).await;
+            }
+            rows = self
+                .store
+                .remote_server_keys(notary.as_str())
+                .await
+                .unwrap_or_default();
+        }
+        rows.into_iter()
+            .filter(|r| !r.is_old && fresh(r, now, now))
+            .filter_map(|r| {
+                Some(PublishedKey {
+                    public_key: <[u8; 32]>::try_from(r.public_key.as_slice()).ok()?,
+                    key_id: r.key_id,
+                    valid_until_ts: r.valid_until_ts,
+                    old: false,
+                })
+            })
+            .collect()
+    }
+
     /// The key objects of `server` that `notary` relays and has signed.
     async fn fetch_from_notary(
         &self,
@@ -356,20 +390,7 @@ impl RemoteKeys {
         key_ids: &[String],
         min_valid: i64,
     ) -> Vec<VerifiedKeyObject> {
-        // The notary's own keys, fetched from it directly (and cached like any other).
-        let notary_keys: Vec<PublishedKey> =
-            match Box::pin(self.keys_for(notary, &[], now_millis())).await {
-                Ok(keys) => keys
-                    .into_iter()
-                    .map(|(key_id, key)| PublishedKey {
-                        key_id,
-                        public_key: key.key.to_bytes(),
-                        valid_until_ts: i64::try_from(key.valid_until_ts).unwrap_or(i64::MAX),
-                        old: false,
-                    })
-                    .collect(),
-                Err(_) => return Vec::new(),
-            };
+        let notary_keys = self.notary_keys(notary).await;
         if notary_keys.is_empty() {
             return Vec::new();
         }

@@ -89,8 +89,8 @@ setting media.legacy_endpoints true
 commit_group media.legacy
 setting rooms.default_room_version '"10"'
 commit_group rooms.default_room_version
-# Future keys (names to be confirmed when Myelin adds them; keep in step with config.go):
-setting federation.extra_ca_certificates "[\"$ca/ca.crt\"]"
+# Federation keys (crates/service/src/config.rs; keep in step with config.go):
+setting federation.trusted_ca_files "[\"$ca/ca.crt\"]"
 commit_group federation.ca
 setting federation.allow_private_addresses true
 commit_group federation.allow_private_addresses

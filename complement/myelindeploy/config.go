@@ -55,12 +55,11 @@ type envGroup struct {
 
 // envGroups lists every group, in the order they are applied.
 //
-// KEYS TO ADD WHEN MYELIN GROWS THEM: the groups marked "future" name keys that do not exist in
-// Myelin's config yet (see crates/service/src/config.rs). They are probed with
-// `myelin check-config` once per test package and only passed on when accepted, because Myelin
-// exits 2 on an unknown key. When Myelin gains the real key, fix the name here (and in
-// ../docker-entrypoint.sh) if it differs, and check the probe's log line ("accepted") in a run
-// with COMPLEMENT_DEBUG=1.
+// Groups other than "core" are probed with `myelin check-config` once per test package and only
+// passed on when accepted, because Myelin exits 2 on an unknown key: a deployer newer than the
+// binary it runs still starts it. Keys are named as in crates/service/src/config.rs (and
+// ../docker-entrypoint.sh); check the probe's log line ("accepted") in a run with
+// COMPLEMENT_DEBUG=1 after renaming one.
 var envGroups = []envGroup{
 	{name: "core", required: true, settings: func(s *server) []setting {
 		return []setting{
@@ -90,17 +89,17 @@ var envGroups = []envGroup{
 			lit("passwords.parallelism", "1"),
 		}
 	}},
-	// future: trust the run's CA for outbound federation TLS.
-	{name: "federation.ca (future)", settings: func(s *server) []setting {
-		return []setting{lit("federation.extra_ca_certificates", "["+strconv.Quote(s.d.caPath)+"]")}
+	// Trust the run's CA for outbound federation TLS.
+	{name: "federation.trusted_ca_files", settings: func(s *server) []setting {
+		return []setting{lit("federation.trusted_ca_files", "["+strconv.Quote(s.d.caPath)+"]")}
 	}},
-	// future: loopback destinations are private addresses; allow them.
-	{name: "federation.allow_private_addresses (future)", settings: func(s *server) []setting {
+	// Loopback destinations are private addresses; allow them.
+	{name: "federation.allow_private_addresses", settings: func(s *server) []setting {
 		return []setting{lit("federation.allow_private_addresses", "true")}
 	}},
-	// future: hs1, hs2, ... and Complement's own federation servers (host.docker.internal on
-	// any port, listening on 127.0.0.1) without DNS, SRV or well-known.
-	{name: "federation.destination_overrides (future)", settings: func(s *server) []setting {
+	// hs1, hs2, ... and Complement's own federation servers (host.docker.internal on any port,
+	// listening on 127.0.0.1) without DNS, SRV or well-known.
+	{name: "federation.destination_overrides", settings: func(s *server) []setting {
 		return []setting{lit("federation.destination_overrides", s.d.destinationOverrides())}
 	}},
 	// Rate limits off (Myelin's defaults allow one login or registration a second per address).

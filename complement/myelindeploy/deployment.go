@@ -176,7 +176,7 @@ func (d *Deployment) logFilter() string {
 	return "info"
 }
 
-// destinationOverrides is the TOML inline table for the future
+// destinationOverrides is the TOML inline table for the
 // federation.destination_overrides key: every hsN of this deployment, and the host Complement's
 // own federation servers run on.
 func (d *Deployment) destinationOverrides() string {

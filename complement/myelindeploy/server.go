@@ -244,7 +244,7 @@ func (s *server) mustLogTail(max int64) string {
 	return text
 }
 
-// writeCA writes the run's CA certificate, for the (future) outbound trust setting.
+// writeCA writes the run's CA certificate, for the outbound trust setting (federation.trusted_ca_files).
 func writeCA(root string, cfg *config.Complement) (string, error) {
 	pemBytes, err := cfg.CACertificateBytes()
 	if err != nil {

@@ -165,6 +165,10 @@ impl From<ServiceError> for MatrixError {
                 Self::new(S::CONFLICT, ErrorKind::CannotOverwriteMedia, message)
             }
             ServiceError::BadGateway(_) => Self::new(S::BAD_GATEWAY, ErrorKind::Unknown, message),
+            ServiceError::Unauthorized(_) => {
+                Self::new(S::UNAUTHORIZED, ErrorKind::Unauthorized, message)
+            }
+            ServiceError::NotJson(_) => Self::new(S::BAD_REQUEST, ErrorKind::NotJson, message),
             ServiceError::MissingToken => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::MissingToken, message)
             }

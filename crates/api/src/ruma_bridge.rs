@@ -124,6 +124,50 @@ impl Authenticate for AccessTokenOptional {
     }
 }
 
+/// The server that signed a federation request, checked by its X-Matrix signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin(pub ruma::OwnedServerName);
+
+/// Server-server endpoints: the X-Matrix signature (origin, destination, key, and a signature
+/// over method, URI, origin, destination and body), checked before the handler runs and after
+/// the body is read under the JSON body cap.
+impl Authenticate for ruma::api::federation::authentication::ServerSignatures {
+    type Identity = Origin;
+
+    const NEEDS_BODY: bool = true;
+
+    async fn authenticate(
+        state: &AppState,
+        request: &http::Request<&[u8]>,
+    ) -> Result<Origin, MatrixError> {
+        let authorization = match request.headers().get(http::header::AUTHORIZATION) {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                MatrixError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ruma::api::error::ErrorKind::Unauthorized,
+                    "The Authorization header is not ASCII",
+                )
+            })?),
+            None => None,
+        };
+        let uri = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| request.uri().path(), |p| p.as_str());
+        let origin = state
+            .services
+            .remote_keys
+            .authenticate_request(
+                authorization,
+                request.method().as_str(),
+                uri,
+                request.body(),
+            )
+            .await?;
+        Ok(Origin(origin))
+    }
+}
+
 /// A parsed, authenticated ruma request.
 #[derive(Debug)]
 pub struct Ruma<R: IncomingRequest>
@@ -168,7 +212,7 @@ where
             check_rate::<R>(state, &head, &identity)?;
             Some(identity)
         };
-        let (parts, _) = head.into_parts();
+        let (mut parts, _) = head.into_parts();
         let http_config = &state.services.config.http;
         // Every body read whole is JSON; uploads come through [`RumaStreamed`] instead.
         let limit = http_config
@@ -208,6 +252,17 @@ where
                 "Request body is not valid UTF-8",
             ));
         }
+        // Body-signing schemes check the body as it came, before the substitution below.
+        let identity = match early {
+            Some(identity) => identity,
+            None => {
+                let signed = http::Request::from_parts(parts, bytes.as_ref());
+                let identity = R::Authentication::authenticate(state, &signed).await?;
+                check_rate::<R>(state, &signed, &identity)?;
+                parts = signed.into_parts().0;
+                identity
+            }
+        };
         // Clients send POSTs like `/join` with no body at all where every field is optional;
         // like other servers, read that as an empty JSON object.
         let body: &[u8] =
@@ -217,14 +272,6 @@ where
                 bytes.as_ref()
             };
         let request = http::Request::from_parts(parts, body);
-        let identity = match early {
-            Some(identity) => identity,
-            None => {
-                let identity = R::Authentication::authenticate(state, &request).await?;
-                check_rate::<R>(state, &request, &identity)?;
-                identity
-            }
-        };
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let parsed =
             R::try_from_http_request(request, &args).map_err(MatrixError::from_request_error)?;

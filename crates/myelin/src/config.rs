@@ -116,6 +116,29 @@ mod tests {
     }
 
     #[test]
+    fn federation_settings_parse_and_bad_overrides_are_named() {
+        let config = load_text(
+            "[federation]\nallow_private_addresses = true\nverify_certificates = false\n\
+             trusted_ca_files = [\"/ca.pem\"]\ntrusted_key_servers = [\"notary.org\"]\n\
+             destination_overrides = { \"hs1\" = \"127.0.0.2:8448\", \"other\" = \"::1\" }\n",
+        )
+        .unwrap();
+        assert!(config.federation.allow_private_addresses);
+        assert!(!config.federation.verify_certificates);
+        assert_eq!(
+            config.federation.trusted_key_servers[0].as_str(),
+            "notary.org"
+        );
+        assert_eq!(
+            config.federation.destination_overrides["hs1"],
+            "127.0.0.2:8448"
+        );
+        let err = load_text("[federation]\ndestination_overrides = { \"hs1\" = \"hs2:8448\" }\n")
+            .unwrap_err();
+        assert!(err.0.contains("federation.destination_overrides"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = load_text("[database]\nurll = \"sqlite://x\"\n").unwrap_err();
         assert!(err.0.contains("key `database.urll`"), "{err}");

@@ -28,6 +28,7 @@ pub struct Config {
     pub push: PushConfig,
     pub media: MediaConfig,
     pub rooms: RoomsConfig,
+    pub federation: FederationConfig,
 }
 
 impl Default for Config {
@@ -50,6 +51,43 @@ impl Default for Config {
             push: PushConfig::default(),
             media: MediaConfig::default(),
             rooms: RoomsConfig::default(),
+            federation: FederationConfig::default(),
+        }
+    }
+}
+
+/// Talking to other servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// PEM files of certificate authorities trusted for outbound federation TLS, beside the
+    /// system roots.
+    pub trusted_ca_files: Vec<PathBuf>,
+    /// Check other servers' certificates. Turn off only on a test network.
+    pub verify_certificates: bool,
+    /// Server name (`name` or `name:port`) → `ip:port` (or `ip`, keeping the name's port or
+    /// 8448): connect there without well-known, SRV or DNS. The certificate must still be for
+    /// the server name.
+    pub destination_overrides: std::collections::BTreeMap<String, String>,
+    /// Let other servers be private addresses (loopback, RFC 1918, link-local, unique local...).
+    /// Off: a server name resolving to one is refused when connecting, whatever DNS says later.
+    pub allow_private_addresses: bool,
+    /// Notary servers asked for a server's keys when the server itself does not answer. Their
+    /// own keys are fetched from them directly.
+    pub trusted_key_servers: Vec<OwnedServerName>,
+    /// How long a request to another server may take, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            trusted_ca_files: Vec::new(),
+            verify_certificates: true,
+            destination_overrides: std::collections::BTreeMap::new(),
+            allow_private_addresses: false,
+            trusted_key_servers: Vec::new(),
+            request_timeout_secs: 30,
         }
     }
 }
@@ -527,6 +565,28 @@ impl Config {
         if self.media.max_thumbnail_source_pixels == 0 {
             return Err(ConfigProblem {
                 key: "media.max_thumbnail_source_pixels",
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        for (name, target) in &self.federation.destination_overrides {
+            let target_ok = target.parse::<SocketAddr>().is_ok()
+                || target
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok();
+            if ruma::ServerName::parse(name).is_err() || !target_ok {
+                return Err(ConfigProblem {
+                    key: "federation.destination_overrides",
+                    problem: format!(
+                        "{name:?} = {target:?}: needs a server name and an ip or ip:port"
+                    ),
+                });
+            }
+        }
+        if self.federation.request_timeout_secs == 0 {
+            return Err(ConfigProblem {
+                key: "federation.request_timeout_secs",
                 problem: "must be at least 1".to_owned(),
             });
         }

@@ -61,6 +61,12 @@ pub enum Error {
     /// Something the server had to fetch for the request failed (502 `M_UNKNOWN`).
     #[error("{0}")]
     BadGateway(String),
+    /// A federation request without a valid X-Matrix signature (401 `M_UNAUTHORIZED`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A body that is not JSON (400 `M_NOT_JSON`).
+    #[error("{0}")]
+    NotJson(String),
     #[error("Missing access token")]
     MissingToken,
     #[error("Unknown or expired access token")]

@@ -6,7 +6,8 @@
 //! Areas so far: [`accounts`] (registration, login, tokens, devices), [`uia`]
 //! (user-interactive authentication), [`config`] (the configuration every layer reads), [`secrets`] (the data
 //! directory's sealing key, for private keys at rest), [`server_keys`] (the server's signing key
-//! and its published, signed key object), [`directory`] (room aliases and the room directory),
+//! and its published, signed key object), [`remote_keys`] (other servers' keys, the notary, and
+//! X-Matrix checks of inbound requests), [`directory`] (room aliases and the room directory),
 //! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
 //! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
 //! push gateways), [`e2ee`] (device, one-time, fallback and cross-signing keys; device lists),
@@ -28,6 +29,7 @@ pub mod passwords;
 pub mod profiles;
 pub mod pushers;
 pub mod rate_limit;
+pub mod remote_keys;
 pub mod rooms;
 pub mod secrets;
 pub mod server_keys;

@@ -133,6 +133,31 @@ impl ServerKeys {
         }
     }
 
+    /// A copy of the current key pair and its id, for the federation client that signs
+    /// outbound requests.
+    pub fn request_signing_key(&self) -> (String, KeyPair) {
+        (
+            self.key_id.clone(),
+            KeyPair::from_seed(&self.key_pair.seed()),
+        )
+    }
+
+    /// Every key this server has published: id, public key, and until when it is valid (the
+    /// current key: as long as the published key object says; old keys: their `expired_ts`).
+    pub fn published_keys(&self) -> Vec<(String, [u8; 32], i64)> {
+        let mut keys = vec![(
+            self.key_id.clone(),
+            self.key_pair.public_key(),
+            now_millis() + KEY_VALIDITY_MS,
+        )];
+        for old in &self.old_keys {
+            if let Ok(public) = <[u8; 32]>::try_from(old.public_key.as_slice()) {
+                keys.push((format!("ed25519:{}", old.key_id), public, old.expired_ts));
+            }
+        }
+        keys
+    }
+
     /// The current public key, unpadded standard base64 as the spec publishes it.
     pub fn public_key_base64(&self) -> String {
         STANDARD_NO_PAD.encode(self.key_pair.public_key())

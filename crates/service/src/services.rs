@@ -34,6 +34,8 @@ pub enum StartError {
     UrlPreview(String),
     #[error("cannot build the push gateway client: {0}")]
     PushGateway(#[from] myelin_federation::push_gateway::PushGatewayError),
+    #[error("cannot build the federation client: {0}")]
+    Federation(#[from] myelin_federation::FederationError),
     #[error("bad configuration: {0}")]
     Config(String),
 }
@@ -44,6 +46,10 @@ pub struct Services {
     pub config: Config,
     pub store: Store,
     pub server_keys: Arc<ServerKeys>,
+    /// Signed requests to other servers.
+    pub federation: Arc<myelin_federation::FederationClient>,
+    /// Other servers' keys, the notary, inbound X-Matrix checks.
+    pub remote_keys: crate::remote_keys::RemoteKeys,
     pub accounts: Accounts,
     pub rooms: crate::rooms::Rooms,
     pub ephemeral: crate::ephemeral::Ephemeral,
@@ -89,6 +95,28 @@ impl Services {
             notifier.clone(),
         );
         let server_keys = Arc::new(server_keys);
+        let (key_id, key_pair) = server_keys.request_signing_key();
+        let federation = Arc::new(myelin_federation::FederationClient::new(
+            myelin_federation::FederationClientConfig {
+                server_name: config.server_name.clone(),
+                key_id,
+                trusted_ca_files: config.federation.trusted_ca_files.clone(),
+                verify_certificates: config.federation.verify_certificates,
+                destination_overrides: config.federation.destination_overrides.clone(),
+                allow_private_addresses: config.federation.allow_private_addresses,
+                timeout: std::time::Duration::from_secs(config.federation.request_timeout_secs),
+                // Room state and backfill answers are the largest a peer sends.
+                max_response_size: 64 * 1024 * 1024,
+            },
+            key_pair,
+        )?);
+        let remote_keys = crate::remote_keys::RemoteKeys::new(
+            store.clone(),
+            federation.clone(),
+            server_keys.clone(),
+            config.server_name.clone(),
+            config.federation.trusted_key_servers.clone(),
+        );
         let pushers = Arc::new(crate::pushers::Pushers::new(
             store.clone(),
             config.push.allow_private_gateways,
@@ -148,6 +176,8 @@ impl Services {
             config,
             store,
             server_keys,
+            federation,
+            remote_keys,
             accounts,
         }))
     }

@@ -75,7 +75,7 @@ pub use rooms::{
     Persisted, PushAction, RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
 };
 pub use search::{SearchHit, SearchOrder, SearchQuery};
-pub use server_keys::StoredSigningKey;
+pub use server_keys::{RemoteServerKey, StoredSigningKey};
 pub use spaces::SpaceRoomState;
 pub use state::StateMap;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};

@@ -65,3 +65,92 @@ impl Store {
         Ok(())
     }
 }
+
+/// Another server's public key, as cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteServerKey {
+    pub server_name: String,
+    /// `ed25519:<version>`.
+    pub key_id: String,
+    pub public_key: Vec<u8>,
+    /// Until when signatures by the key count, in milliseconds.
+    pub valid_until_ts: i64,
+    /// Whether the key came from `old_verify_keys`.
+    pub is_old: bool,
+    /// When the cached copy must be fetched again, in milliseconds.
+    pub cache_until_ts: i64,
+    pub fetched_ts: i64,
+    /// The signed key object the key came in (JSON).
+    pub key_object: String,
+}
+
+impl Store {
+    /// The cached keys of `server` (fresh or not; the caller compares `cache_until_ts`).
+    pub async fn remote_server_keys(
+        &self,
+        server: &str,
+    ) -> Result<Vec<RemoteServerKey>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "SELECT server_name, key_id, public_key, valid_until_ts, is_old, cache_until_ts, \
+                 fetched_ts, key_object FROM remote_server_keys WHERE server_name = $1 \
+                 ORDER BY key_id",
+            )
+            .bind(server)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok(RemoteServerKey {
+                    server_name: row.try_get("server_name")?,
+                    key_id: row.try_get("key_id")?,
+                    public_key: row.try_get("public_key")?,
+                    valid_until_ts: row.try_get("valid_until_ts")?,
+                    is_old: row.try_get("is_old")?,
+                    cache_until_ts: row.try_get("cache_until_ts")?,
+                    fetched_ts: row.try_get("fetched_ts")?,
+                    key_object: row.try_get("key_object")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// Stores fetched keys, replacing cached copies of the same (server, key id), in one
+    /// transaction.
+    pub async fn store_remote_server_keys(
+        &self,
+        keys: &[RemoteServerKey],
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                for key in keys {
+                    sqlx::query(
+                        "INSERT INTO remote_server_keys (server_name, key_id, public_key, \
+                         valid_until_ts, is_old, cache_until_ts, fetched_ts, key_object) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (server_name, key_id) DO UPDATE SET \
+                         public_key = excluded.public_key, valid_until_ts = excluded.valid_until_ts, \
+                         is_old = excluded.is_old, cache_until_ts = excluded.cache_until_ts, \
+                         fetched_ts = excluded.fetched_ts, key_object = excluded.key_object",
+                    )
+                    .bind(&key.server_name)
+                    .bind(&key.key_id)
+                    .bind(&key.public_key)
+                    .bind(key.valid_until_ts)
+                    .bind(key.is_old)
+                    .bind(key.cache_until_ts)
+                    .bind(key.fetched_ts)
+                    .bind(&key.key_object)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
+            }
+            .await
+        })?;
+        Ok(())
+    }
+}

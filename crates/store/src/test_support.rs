@@ -173,3 +173,16 @@ pub async fn persist_batch(
 ) -> Result<Vec<crate::Persisted>, crate::StoreError> {
     store.persist_events(events).await
 }
+
+/// Makes every cached key of `server` due for a refetch, as if its cache lifetime had passed
+/// (to test that expired keys are fetched again).
+pub async fn expire_remote_server_keys(store: &crate::Store, server: &str) {
+    crate::with_pool!(store, pool => {
+        sqlx::query("UPDATE remote_server_keys SET cache_until_ts = 0 WHERE server_name = $1")
+            .bind(server)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+    .expect("expire cached remote keys");
+}

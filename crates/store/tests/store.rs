@@ -1,7 +1,7 @@
 //! The store on both backends: migrations, the schema-version guard, signing keys.
 
 use myelin_store::{
-    Store, StoreError, StoreOptions, StoredSigningKey,
+    RemoteServerKey, Store, StoreError, StoreOptions, StoredSigningKey,
     test_support::{TestDatabase, test_backends},
 };
 
@@ -35,6 +35,61 @@ async fn signing_keys_round_trip_and_conflict() {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{kind:?}: {err}");
+        store.close().await;
+    }
+}
+
+fn remote(server: &str, key_id: &str, valid_until_ts: i64, object: &str) -> RemoteServerKey {
+    RemoteServerKey {
+        server_name: server.to_owned(),
+        key_id: key_id.to_owned(),
+        public_key: vec![3; 32],
+        valid_until_ts,
+        is_old: false,
+        cache_until_ts: valid_until_ts,
+        fetched_ts: 1,
+        key_object: object.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn remote_server_keys_are_cached_per_server_and_replaced_on_refetch() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        assert!(store.remote_server_keys("a.org").await.unwrap().is_empty());
+        let first = remote("a.org", "ed25519:1", 100, "{}");
+        let other = remote("b.org", "ed25519:1", 100, "{}");
+        store
+            .store_remote_server_keys(&[first.clone(), other])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.remote_server_keys("a.org").await.unwrap(),
+            vec![first]
+        );
+        let mut refetched = remote("a.org", "ed25519:1", 200, r#"{"new":true}"#);
+        refetched.is_old = true;
+        store
+            .store_remote_server_keys(std::slice::from_ref(&refetched))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.remote_server_keys("a.org").await.unwrap(),
+            vec![refetched],
+            "{kind:?}"
+        );
+        myelin_store::test_support::expire_remote_server_keys(&store, "a.org").await;
+        assert_eq!(
+            store.remote_server_keys("a.org").await.unwrap()[0].cache_until_ts,
+            0
+        );
+        assert_eq!(
+            store.remote_server_keys("b.org").await.unwrap()[0].cache_until_ts,
+            100
+        );
         store.close().await;
     }
 }

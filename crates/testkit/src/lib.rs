@@ -1,14 +1,16 @@
 //! Dev-only: start in-process Myelin servers with temporary databases and data directories, on
 //! loopback ports chosen by the OS, with HTTP clients already pointed at them.
 //!
-//! Multi-server federation (several servers, a private CA, `destination_overrides`) grows here
-//! with the federation issue; today a [`TestServer`] is one server on one backend.
+//! A [`TestServer`] is one server on one backend; [`federation::start_federation`] starts
+//! several that federate over real TLS with a private CA and `destination_overrides`.
 
 use std::{net::SocketAddr, path::Path};
 
 use myelin::server::RunningServer;
 use myelin_service::Config;
 use myelin_store::{DatabaseKind, test_support::TestDatabase};
+
+pub mod federation;
 
 pub use myelin_store::test_support::test_backends;
 
@@ -116,6 +118,17 @@ impl TestServer {
             )
             .build()
             .expect("federation client")
+    }
+
+    /// This server's name.
+    pub fn name(&self) -> &str {
+        self.config.server_name.as_str()
+    }
+
+    /// The running server's services (to drive the server from inside, as the federation
+    /// tests do).
+    pub fn services(&self) -> &std::sync::Arc<myelin_service::Services> {
+        &self.running().services
     }
 
     /// Stops the server gracefully and starts it again on the same database and data directory.

@@ -196,7 +196,7 @@ fn limit_of(limit: UInt) -> usize {
 /// The page as the spec's JSON. Written out here rather than by ruma's response type because ruma
 /// leaves out `join_rule` when it is `public` (the spec's default), and clients and Complement
 /// expect it on every entry.
-fn page_json(page: PublicRoomsPage) -> Result<Json<Value>, MatrixError> {
+pub(crate) fn page_json(page: PublicRoomsPage) -> Result<Json<Value>, MatrixError> {
     let mut chunk = Vec::with_capacity(page.chunk.len());
     for room in page.chunk {
         let join_rule = room.join_rule.as_str().to_owned();

@@ -28,6 +28,8 @@ use axum::Router;
 
 use crate::AppState;
 
+pub(crate) use directory::page_json as public_rooms_json;
+
 pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()
         .merge(account::routes())

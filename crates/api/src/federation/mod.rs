@@ -1,6 +1,8 @@
 //! The server-server and key APIs (TLS listener).
 
 mod discovery;
+mod keys;
+mod query;
 
 use axum::Router;
 
@@ -8,4 +10,6 @@ use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()
+        .merge(keys::routes())
+        .merge(query::routes())
 }

@@ -242,6 +242,7 @@ struct OwnedEvent {
     status: EventStatus,
     placement: Placement,
     current_state: CurrentStateChange,
+    just_built: bool,
     membership: Option<(String, String)>,
     /// `(user_id, device_id, scope, txn_id)`.
     txn: Option<(String, String, String, String)>,
@@ -270,6 +271,7 @@ impl OwnedEvent {
             status: event.status.clone(),
             placement: event.placement,
             current_state: event.current_state.clone(),
+            just_built: event.just_built,
             membership: event
                 .membership
                 .map(|(target, membership)| (target.to_owned(), membership.to_owned())),
@@ -312,6 +314,7 @@ impl OwnedEvent {
             status: self.status.clone(),
             placement: self.placement,
             current_state: self.current_state.clone(),
+            just_built: self.just_built,
             membership: self
                 .membership
                 .as_ref()
@@ -370,6 +373,7 @@ mod tests {
             status: EventStatus::Normal,
             placement: Placement::Live,
             current_state: CurrentStateChange::Extend,
+            just_built: false,
             membership: None,
             txn: None,
             redaction: None,

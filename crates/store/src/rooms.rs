@@ -136,6 +136,9 @@ pub struct NewEvent<'a> {
     pub placement: Placement,
     /// What the append does to the room's current state.
     pub current_state: CurrentStateChange,
+    /// The event's id was just made by this server (a local event): no stored event can cite
+    /// it yet, so the store skips looking for citers.
+    pub just_built: bool,
     /// For `m.room.member`: the target and its membership.
     pub membership: Option<(&'a str, &'a str)>,
     /// The transaction of a client send.
@@ -836,13 +839,22 @@ impl Store {
                     }
                 };
 
+                // An event that extends the current state without changing it (a message) checks
+                // in this same statement that the current state is still the one it was decided
+                // against: the compare of the compare-and-set below, at no extra round trip.
+                let expected_current = match (&event.current_state, event.state_key) {
+                    (CurrentStateChange::Extend, None) => before,
+                    _ => None,
+                };
                 // The event, or the outlier of the same id upgraded in place: it now has state,
                 // a stream position and a status of its own.
                 let event_nid: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
                      sender, origin_server_ts, json, state_group, state_group_before, topological_ordering, \
                      prev_state_nid, status, rejection_reason) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14 \
+                     WHERE $15 IS NULL OR EXISTS (SELECT 1 FROM room_current_state s \
+                     WHERE s.room_nid = $2 AND s.state_group = $15) \
                      ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, \
                      state_group = excluded.state_group, state_group_before = excluded.state_group_before, \
                      prev_state_nid = excluded.prev_state_nid, status = excluded.status, \
@@ -864,10 +876,14 @@ impl Store {
                 .bind(event.replaces)
                 .bind(event.status.column())
                 .bind(event.status.reason())
+                .bind(expected_current)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(event_nid) = event_nid else {
-                    return Err(StoreError::Conflict(format!("event {} is stored already", event.event_id)));
+                    return Err(StoreError::Conflict(format!(
+                        "event {} is stored already, or the room's current state changed while it was being appended",
+                        event.event_id
+                    )));
                 };
 
                 for chunk in edges_of(event).chunks(EDGES_PER_STATEMENT) {
@@ -877,14 +893,17 @@ impl Store {
                     }
                     query.execute(&mut *tx).await?;
                 }
-                // Events stored before it that cite it learn its nid.
-                sqlx::query(
-                    "UPDATE event_edges SET cited_event_nid = $1 WHERE cited_event_id = $2 AND cited_event_nid IS NULL",
-                )
-                .bind(event_nid)
-                .bind(event.event_id)
-                .execute(&mut *tx)
-                .await?;
+                // Events stored before it that cite it learn its nid. (None can cite an event
+                // whose id this server has just made.)
+                if !event.just_built {
+                    sqlx::query(
+                        "UPDATE event_edges SET cited_event_nid = $1 WHERE cited_event_id = $2 AND cited_event_nid IS NULL",
+                    )
+                    .bind(event_nid)
+                    .bind(event.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
 
                 if let (Some(group), Some(state_key)) = (new_group, event.state_key) {
                     sqlx::query(
@@ -908,6 +927,8 @@ impl Store {
                             "event {} cannot extend the current state: it is not a normal event", event.event_id
                         )));
                     }
+                    // An event that changes no state leaves the group as it is: nothing to set.
+                    CurrentStateChange::Extend if event.state_key.is_none() => after,
                     CurrentStateChange::Extend => {
                         let moved = match before {
                             Some(before) => sqlx::query(

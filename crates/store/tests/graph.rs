@@ -482,3 +482,87 @@ async fn auth_chains_follow_the_auth_edges_of_bulk_outliers() {
         assert_eq!(store.persist_outliers(room, &outliers).await.unwrap(), nids);
     }
 }
+
+/// The room's current state is compare-and-set: an append decided against a current state
+/// that has moved since (another writer, e.g. another process over the same database) is
+/// refused and writes nothing, whether it changes the state (a state event) or only builds on
+/// it (a message); decided against the state as it is, it goes through.
+#[tokio::test]
+async fn appends_decided_against_a_moved_current_state_are_refused() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!cas:test", "10", "@a:test", false, 0)
+            .await
+            .unwrap();
+        let create = put(&store, room, "$create", Some(""), 1, &[], &[], None, false).await;
+        let event = |id: &'static str, state_key: Option<&'static str>, before: Option<i64>| {
+            let json = format!(r#"{{"type":"m.room.topic","content":{{"topic":"{id}"}}}}"#);
+            (id, state_key, before, json)
+        };
+        let append = |(id, state_key, before, json): (
+            &'static str,
+            Option<&'static str>,
+            Option<i64>,
+            String,
+        )| {
+            let store = store.clone();
+            async move {
+                store
+                    .persist_event(&NewEvent {
+                        room_nid: room,
+                        event_id: id,
+                        event_type: if state_key.is_some() {
+                            "m.room.topic"
+                        } else {
+                            "m.room.message"
+                        },
+                        state_key,
+                        sender: "@a:test",
+                        depth: 2,
+                        origin_server_ts: 2,
+                        json: &json,
+                        prev_event_ids: &["$create".to_owned()],
+                        auth_event_ids: &["$create".to_owned()],
+                        state_group_before: before,
+                        now: 2,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        let topic = append(event("$topic", Some(""), create.state_group))
+            .await
+            .unwrap();
+        // Both decided against the state before the topic: refused, nothing stored.
+        for stale in [
+            event("$stale-topic", Some(""), create.state_group),
+            event("$stale-message", None, create.state_group),
+        ] {
+            let id = stale.0;
+            let refused = append(stale).await;
+            assert!(
+                matches!(refused, Err(myelin_store::StoreError::Conflict(_))),
+                "{kind:?} {id}: {refused:?}"
+            );
+            assert!(
+                store.event(id).await.unwrap().is_none(),
+                "{kind:?}: {id} left nothing"
+            );
+        }
+        assert_eq!(
+            store.current_state_group(room).await.unwrap(),
+            topic.state_group
+        );
+        // Against the current state: accepted.
+        append(event("$message", None, topic.state_group))
+            .await
+            .unwrap();
+        append(event("$topic-2", Some(""), topic.state_group))
+            .await
+            .unwrap();
+    }
+}

@@ -50,6 +50,9 @@ pub(super) struct Appending<'a> {
     pub push_inputs: Option<(Vec<JoinedMember>, &'a [EventRow])>,
     /// The room's writer lock, held by the caller since it read what it decided against.
     pub writing: WriterGuard,
+    /// The event was built here just now (a local event, whose id is new): no stored event can
+    /// cite it. Remote events may be cited already by events that arrived before them.
+    pub just_built: bool,
 }
 
 /// One side of a fork for state resolution: a stored state, with perhaps a new event on top.
@@ -82,6 +85,7 @@ impl Rooms {
             now,
             push_inputs,
             writing,
+            just_built,
         } = event;
         let visible = status == EventStatus::Normal && placement == Placement::Live;
         let current_state = match current_state {
@@ -130,6 +134,7 @@ impl Rooms {
                     status: status.clone(),
                     placement,
                     current_state,
+                    just_built,
                     membership: match (&membership, pdu.state_key()) {
                         (Some(m), Some(target)) => Some((target, m.as_str())),
                         _ => None,

@@ -339,6 +339,7 @@ impl Rooms {
             now,
             push_inputs: None,
             writing,
+            just_built: true,
         })
         .await?;
 

@@ -265,6 +265,7 @@ impl Rooms {
             now,
             push_inputs: Some((members, &context.state)),
             writing,
+            just_built: true,
         })
         .await
     }

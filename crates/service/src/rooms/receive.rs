@@ -544,6 +544,7 @@ impl Rooms {
             now: now_millis(),
             push_inputs: None,
             writing,
+            just_built: false,
         })
         .await?;
         Ok(Received::Accepted)
@@ -580,6 +581,7 @@ impl Rooms {
             now: now_millis(),
             push_inputs: None,
             writing,
+            just_built: false,
         })
         .await?;
         Ok(outcome)

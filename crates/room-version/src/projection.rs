@@ -77,8 +77,14 @@ pub fn project_for_client(
         .and_then(Value::as_str)
         .unwrap_or_default();
     let is_state = object.get("state_key").is_some_and(Value::is_string);
+    // The reader's own member event is always delivered, whoever sent it: a user kicked or
+    // banned by an unverified moderator must still learn that it left the room.
+    let about_reader = kind == "m.room.member"
+        && !reader.is_empty()
+        && object.get("state_key").and_then(Value::as_str) == Some(reader);
     let visible = status.account_name().is_some()
         || sender_str == reader
+        || about_reader
         || (is_state && ROOM_CONFIGURATION_TYPES.contains(&kind));
     if !visible {
         return None;
@@ -184,9 +190,18 @@ impl<F: Fn(&KeyFormUserId) -> KeyVerification> Rewriter<'_, F> {
             }
             "m.room.power_levels" => {
                 if let Some(Value::Object(users)) = content.get("users") {
-                    let rewritten: Map<String, Value> = users
+                    // Two keys whose names coincide (per-room keys, or equivocation) both stay in
+                    // key form: one name cannot carry two levels, and picking one would show
+                    // either member with a power it does not have (docs/account-keys.md).
+                    let names: Vec<(String, String)> =
+                        users.keys().map(|k| (k.clone(), self.user(k))).collect();
+                    let rewritten: Map<String, Value> = names
                         .iter()
-                        .map(|(k, v)| (self.user(k), v.clone()))
+                        .map(|(key, name)| {
+                            let shared = names.iter().filter(|(_, n)| n == name).count() > 1;
+                            let out = if shared { key.clone() } else { name.clone() };
+                            (out, users[key].clone())
+                        })
                         .collect();
                     content.insert("users".into(), Value::Object(rewritten));
                 }

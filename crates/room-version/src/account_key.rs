@@ -350,7 +350,10 @@ mod tests {
             // Through the grammar too: the canonical base64 of a weak key is not a key.
             assert!(AccountKey::parse(&URL_SAFE_NO_PAD.encode(bytes)).is_err());
         }
-        assert!(refused >= 5, "expected most small-order points refused as weak");
+        assert!(
+            refused >= 5,
+            "expected most small-order points refused as weak"
+        );
         // The identity point, the classic weak key.
         assert_eq!(
             AccountKey::from_bytes(small_order_encodings()[0]),
@@ -379,10 +382,7 @@ mod tests {
             assert!(!carry, "y < 19 keeps y + p below 2^255");
             if let Ok(alias) = VerifyingKey::from_bytes(&spelled) {
                 // The library accepts the alias as the same point...
-                assert_eq!(
-                    alias.to_edwards().compress(),
-                    point.to_edwards().compress()
-                );
+                assert_eq!(alias.to_edwards().compress(), point.to_edwards().compress());
                 // ...but as an account key only the canonical spelling exists.
                 let err = AccountKey::from_bytes(spelled).unwrap_err();
                 assert!(

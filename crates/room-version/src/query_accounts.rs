@@ -45,7 +45,10 @@ pub enum Unverified {
 }
 
 /// Classify the answer a domain gave for `user` (`None` when the key was absent).
-pub fn classify_answer(user: &KeyFormUserId, answer: Option<&CanonicalJsonObject>) -> AnswerVerdict {
+pub fn classify_answer(
+    user: &KeyFormUserId,
+    answer: Option<&CanonicalJsonObject>,
+) -> AnswerVerdict {
     let Some(answer) = answer else {
         return AnswerVerdict::Unverified(Unverified::Missing);
     };
@@ -94,9 +97,9 @@ pub fn classify_answer(user: &KeyFormUserId, answer: Option<&CanonicalJsonObject
 /// and is not in the account-key namespace (MSC4243.md §4 Q4).
 pub fn is_strict_account_name(account_name: &str, domain: &str) -> bool {
     !account_name.is_empty()
-        && account_name.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || "._=-/+".contains(c)
-        })
+        && account_name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._=-/+".contains(c))
         && 1 + account_name.len() + 1 + domain.len() <= 255
         && !looks_like_account_key(account_name)
 }
@@ -104,7 +107,11 @@ pub fn is_strict_account_name(account_name: &str, domain: &str) -> bool {
 /// The per-key answer for one of this server's own accounts:
 /// `{account_name, domain, signatures}` signed by the account key (entity = bare key,
 /// `ed25519:1`; the key itself is the map key, not inside the object: item 19).
-pub fn signed_account_answer(key: &KeyPair, account_name: &str, domain: &str) -> CanonicalJsonObject {
+pub fn signed_account_answer(
+    key: &KeyPair,
+    account_name: &str,
+    domain: &str,
+) -> CanonicalJsonObject {
     let mut object = CanonicalJsonObject::new();
     object.insert(
         "account_name".to_owned(),
@@ -191,7 +198,10 @@ mod tests {
             );
         }
         let mut numeric = CanonicalJsonObject::new();
-        numeric.insert("errcode".to_owned(), CanonicalJsonValue::Integer(1u8.into()));
+        numeric.insert(
+            "errcode".to_owned(),
+            CanonicalJsonValue::Integer(1u8.into()),
+        );
         assert_eq!(
             classify_answer(&alice, Some(&numeric)),
             AnswerVerdict::Unverified(Unverified::Malformed)
@@ -255,7 +265,15 @@ mod tests {
         let (key, alice) = user(1, "a.example");
         let key_shaped = key.account_key().as_str().to_owned();
         let too_long = "a".repeat(250);
-        for bad in ["Alice", "", "al ice", "al:ice", "ålice", &key_shaped, &too_long] {
+        for bad in [
+            "Alice",
+            "",
+            "al ice",
+            "al:ice",
+            "ålice",
+            &key_shaped,
+            &too_long,
+        ] {
             let answer = signed_account_answer(&key, bad, "a.example");
             assert_eq!(
                 classify_answer(&alice, Some(&answer)),
@@ -276,7 +294,10 @@ mod tests {
     fn a_signed_erasure_for_the_domain_erases() {
         let (key, alice) = user(1, "a.example");
         let erasure = signed_erasure(&key, "a.example");
-        assert_eq!(classify_answer(&alice, Some(&erasure)), AnswerVerdict::Erased);
+        assert_eq!(
+            classify_answer(&alice, Some(&erasure)),
+            AnswerVerdict::Erased
+        );
     }
 
     #[test]

@@ -411,15 +411,11 @@ fn find_invalid<'a>(group: &'a [Prepared], failed: &mut Vec<&'a Prepared>) {
         return;
     }
     if group.len() <= CHECK_ONE_BY_ONE {
-        failed.extend(
-            group
-                .iter()
-                .filter(|p| {
-                    p.key
-                        .verify_strict(p.message.as_bytes(), &p.signature)
-                        .is_err()
-                }),
-        );
+        failed.extend(group.iter().filter(|p| {
+            p.key
+                .verify_strict(p.message.as_bytes(), &p.signature)
+                .is_err()
+        }));
         return;
     }
     let messages: Vec<&[u8]> = group.iter().map(|p| p.message.as_bytes()).collect();

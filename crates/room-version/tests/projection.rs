@@ -218,8 +218,10 @@ fn other_rooms_pass_through_unchanged() {
 fn the_readers_own_member_event_is_always_delivered() {
     let i = ids();
     for (sender, membership) in [(&i.bob, "leave"), (&i.erin, "ban"), (&i.bob, "invite")] {
-        let out = project(json!({"type": "m.room.member", "state_key": i.me, "sender": sender,
-                                 "content": {"membership": membership}}))
+        let out = project(
+            json!({"type": "m.room.member", "state_key": i.me, "sender": sender,
+                                 "content": {"membership": membership}}),
+        )
         .unwrap_or_else(|| panic!("{membership} by {sender} hidden from its target"));
         assert_eq!(out["state_key"], "@me:my.example");
         // The unverified sender stays in key form, without a user_id.
@@ -228,8 +230,10 @@ fn the_readers_own_member_event_is_always_delivered() {
     }
     // Another member's event from the same sender stays hidden.
     assert!(
-        project(json!({"type": "m.room.member", "state_key": i.alice, "sender": i.bob,
-                       "content": {"membership": "leave"}}))
+        project(
+            json!({"type": "m.room.member", "state_key": i.alice, "sender": i.bob,
+                       "content": {"membership": "leave"}})
+        )
         .is_none()
     );
     // An anonymous reader ("") is nobody's target.

@@ -44,6 +44,7 @@ pub struct Services {
     pub config: Config,
     pub store: Store,
     pub server_keys: Arc<ServerKeys>,
+    pub account_keys: Arc<crate::account_keys::AccountKeys>,
     pub accounts: Accounts,
     pub rooms: crate::rooms::Rooms,
     pub ephemeral: crate::ephemeral::Ephemeral,
@@ -80,6 +81,14 @@ impl Services {
             ServerKeys::load_or_create(&store, &sealer, config.server_name.clone()).await?;
         tracing::info!(server_name = %config.server_name, key_id = %server_keys.key_id(), "signing key loaded");
         let notifier = crate::notifier::Notifier::default();
+        let account_keys = Arc::new(
+            crate::account_keys::AccountKeys::load(
+                store.clone(),
+                sealer.clone(),
+                config.server_name.clone(),
+            )
+            .await?,
+        );
         let accounts = Accounts::new(
             store.clone(),
             config.server_name.clone(),
@@ -87,6 +96,7 @@ impl Services {
             config.passwords.clone(),
             config.sessions.clone(),
             notifier.clone(),
+            account_keys.clone(),
         );
         let server_keys = Arc::new(server_keys);
         let pushers = Arc::new(crate::pushers::Pushers::new(
@@ -101,6 +111,7 @@ impl Services {
             store.clone(),
             config.server_name.clone(),
             server_keys.clone(),
+            account_keys.clone(),
             notifier.clone(),
             pushers.clone(),
             user_data.clone(),
@@ -130,6 +141,7 @@ impl Services {
             source,
         })?;
         Ok(Arc::new(Services {
+            account_keys,
             rooms,
             ephemeral,
             directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),

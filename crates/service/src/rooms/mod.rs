@@ -45,6 +45,8 @@ pub struct Rooms {
     store: Store,
     server_name: OwnedServerName,
     keys: Arc<ServerKeys>,
+    /// Local users' account keys and everyone's key states (account-key rooms).
+    account_keys: Arc<crate::account_keys::AccountKeys>,
     /// The per-room locks (one writer per room, one upgrade per room), with their order.
     locks: locks::RoomLocks,
     /// Woken after every persisted event (sync waits on it).
@@ -66,6 +68,7 @@ impl Rooms {
         store: Store,
         server_name: OwnedServerName,
         keys: Arc<ServerKeys>,
+        account_keys: Arc<crate::account_keys::AccountKeys>,
         notify: crate::notifier::Notifier,
         pushers: Arc<crate::pushers::Pushers>,
         user_data: Arc<crate::user_data::UserData>,
@@ -75,6 +78,7 @@ impl Rooms {
             store,
             server_name,
             keys,
+            account_keys,
             locks: Default::default(),
             notify,
             push_rules: Default::default(),

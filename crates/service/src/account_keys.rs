@@ -113,6 +113,16 @@ impl AccountKeys {
             .unwrap_or(KeyVerification::Unverified)
     }
 
+    /// The key-form user id of the local account `localpart` if it has a key (no store read:
+    /// every local key is in memory from start or creation).
+    pub fn known_local_user_id(&self, localpart: &str) -> Option<String> {
+        self.local
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(localpart)
+            .cloned()
+    }
+
     /// The key-form user id of the local account `localpart`, creating its key if it has none
     /// (registration, and users that predate account keys). The caller has checked that the
     /// account exists and is active.

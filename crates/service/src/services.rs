@@ -112,6 +112,7 @@ impl Services {
             config.server_name.clone(),
             server_keys.clone(),
             account_keys.clone(),
+            config.experimental.msc4243,
             notifier.clone(),
             pushers.clone(),
             user_data.clone(),

@@ -44,6 +44,8 @@ impl TestServer {
         config.listen.federation = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.shutdown_grace_period_secs = 5;
         config.registration.enabled = true;
+        // Account-key rooms are on in tests (off by default for operators).
+        config.experimental.msc4243 = true;
         // Tests send in bursts; the rate-limit tests turn limits back on.
         config.rate_limits.enabled = false;
         config.registration.shared_secret = Some(SHARED_SECRET.to_owned());

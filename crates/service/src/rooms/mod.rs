@@ -47,6 +47,8 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     /// Local users' account keys and everyone's key states (account-key rooms).
     account_keys: Arc<crate::account_keys::AccountKeys>,
+    /// `experimental.msc4243`: whether account-key rooms may be created.
+    msc4243: bool,
     /// The per-room locks (one writer per room, one upgrade per room), with their order.
     locks: locks::RoomLocks,
     /// Woken after every persisted event (sync waits on it).
@@ -69,6 +71,7 @@ impl Rooms {
         server_name: OwnedServerName,
         keys: Arc<ServerKeys>,
         account_keys: Arc<crate::account_keys::AccountKeys>,
+        msc4243: bool,
         notify: crate::notifier::Notifier,
         pushers: Arc<crate::pushers::Pushers>,
         user_data: Arc<crate::user_data::UserData>,
@@ -79,6 +82,7 @@ impl Rooms {
             server_name,
             keys,
             account_keys,
+            msc4243,
             locks: Default::default(),
             notify,
             push_rules: Default::default(),
@@ -100,6 +104,26 @@ impl Rooms {
             .room(room_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("Unknown room {room_id}")))
+    }
+
+    /// The id a local user has in the events of a room of `version`: key form in account-key
+    /// rooms (the account key created if the user predates keys), else the user id itself.
+    pub(crate) async fn room_user_id(&self, version: &RoomVersion, user: &UserId) -> Result<String> {
+        if version.uses_account_keys() {
+            self.account_keys.local_user_id(user.localpart()).await
+        } else {
+            Ok(user.to_string())
+        }
+    }
+
+    /// A local user's key-form id, if they have an account key (what they are called in
+    /// account-key rooms' state; reads that span rooms look for both forms).
+    pub(crate) fn key_form_of(&self, user: &UserId) -> Option<String> {
+        if self.is_local(user) {
+            self.account_keys.known_local_user_id(user.localpart())
+        } else {
+            None
+        }
     }
 
     fn is_local(&self, user_id: &UserId) -> bool {

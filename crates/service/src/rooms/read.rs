@@ -963,7 +963,7 @@ impl Rooms {
         if let Some(redacts) = typed.redacts() {
             event["redacts"] = json!(redacts);
         }
-        project_value(version, &event, reader.as_str())
+        self.project_value(version, &event, Some(reader))
     }
 
     /// A state event in the stripped form invites, knocks and the space hierarchy show (`type`,
@@ -984,15 +984,25 @@ impl Rooms {
         if with_ts {
             stripped["origin_server_ts"] = pdu["origin_server_ts"].clone();
         }
-        project_value(version, &stripped, reader.map_or("", |r| r.as_str()))
+        self.project_value(version, &stripped, reader)
     }
-}
 
-/// The room version's client projection of one client-format (or stripped) event. Account keys
-/// are not verified yet (MSC4243 lands with the account-key issue), so key-form senders count
-/// as unverified.
-fn project_value(version: &RoomVersion, event: &Value, reader: &str) -> Option<Value> {
-    project_for_client(version, event, reader, |_| {
-        myelin_room_version::KeyVerification::Unverified
-    })
+    /// The room version's client projection of one client-format (or stripped) event for
+    /// `reader` (`None`: anonymous), with this server's key states as the lookup. In
+    /// account-key rooms the reader is named by its key-form id, as the room's state names it.
+    fn project_value(
+        &self,
+        version: &RoomVersion,
+        event: &Value,
+        reader: Option<&UserId>,
+    ) -> Option<Value> {
+        let reader_id = match reader {
+            Some(reader) if version.uses_account_keys() => self
+                .key_form_of(reader)
+                .unwrap_or_else(|| reader.to_string()),
+            Some(reader) => reader.to_string(),
+            None => String::new(),
+        };
+        project_for_client(version, event, &reader_id, |id| self.account_keys.lookup(id))
+    }
 }

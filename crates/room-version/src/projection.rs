@@ -91,6 +91,17 @@ pub fn project_for_client(
     }
     let rewriter = Rewriter { lookup: &lookup };
     let mut out = rewriter.event(object);
+    let unsigned = out
+        .entry("unsigned")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(unsigned) = unsigned.as_object_mut() {
+        unsigned.insert("sender_account".into(), sender_account(&sender, &status));
+    }
+    Some(Value::Object(out))
+}
+
+/// `{key, user_id?}`: `user_id` only for a Local or Verified key.
+fn sender_account(sender: &KeyFormUserId, status: &KeyVerification) -> Value {
     let mut account = Map::new();
     account.insert("key".into(), json!(sender.key.as_str()));
     if let Some(name) = status.account_name() {
@@ -99,13 +110,7 @@ pub fn project_for_client(
             json!(format!("@{name}:{}", sender.server_name)),
         );
     }
-    let unsigned = out
-        .entry("unsigned")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Some(unsigned) = unsigned.as_object_mut() {
-        unsigned.insert("sender_account".into(), Value::Object(account));
-    }
-    Some(Value::Object(out))
+    Value::Object(account)
 }
 
 struct Rewriter<'a, F: Fn(&KeyFormUserId) -> KeyVerification> {
@@ -157,7 +162,20 @@ impl<F: Fn(&KeyFormUserId) -> KeyVerification> Rewriter<'_, F> {
                 self.user_value(prev_sender);
             }
             if let Some(Value::Object(because)) = unsigned.get("redacted_because") {
-                let rewritten = self.event(because);
+                let mut rewritten = self.event(because);
+                // The redaction is an event the client reads too: it gets its own
+                // `sender_account` (item 38: every client event carries one).
+                if let Some(sender) = because.get("sender").and_then(Value::as_str)
+                    && let Ok(sender) = KeyFormUserId::parse(sender)
+                {
+                    let account = sender_account(&sender, &(self.lookup)(&sender));
+                    let inner = rewritten
+                        .entry("unsigned")
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Some(inner) = inner.as_object_mut() {
+                        inner.insert("sender_account".into(), account);
+                    }
+                }
                 unsigned.insert("redacted_because".into(), Value::Object(rewritten));
             }
             for list in ["invite_room_state", "knock_room_state"] {

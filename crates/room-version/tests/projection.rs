@@ -274,3 +274,20 @@ fn power_levels_users_colliding_on_one_name_stay_in_key_form() {
     assert_eq!(users["@me:my.example"], 75);
     assert!(!users.contains_key("@alice:a.example"));
 }
+
+/// The redaction inside `unsigned.redacted_because` is an event too: rewritten and with its own
+/// `sender_account`.
+#[test]
+fn redacted_because_gets_its_own_sender_account() {
+    let i = ids();
+    let out = project(json!({"type": "m.room.message", "sender": i.alice, "content": {},
+        "unsigned": {"redacted_because": {"type": "m.room.redaction", "sender": i.me,
+                                          "content": {}, "redacts": "$x"}}}))
+    .unwrap();
+    let because = &out["unsigned"]["redacted_because"];
+    assert_eq!(because["sender"], "@me:my.example");
+    assert_eq!(
+        because["unsigned"]["sender_account"],
+        json!({"key": keypair(4).account_key().as_str(), "user_id": "@me:my.example"})
+    );
+}

@@ -90,6 +90,11 @@ impl TestServer {
         &self.running().services.store
     }
 
+    /// The running server's services, for tests of service logic that has no route yet.
+    pub fn services(&self) -> &std::sync::Arc<myelin_service::Services> {
+        &self.running().services
+    }
+
     /// `http://<client listener><path>`.
     pub fn client_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running().client_addr)

@@ -380,9 +380,27 @@ impl Rooms {
     ) -> Result<Value> {
         let room = self.room_for_reader(room_id).await?;
         let rows = self.state_for(&room, user).await?;
-        rows.iter()
+        let exact = rows
+            .iter()
             .find(|row| row.event_type == event_type && row.state_key.as_deref() == Some(state_key))
-            .and_then(|row| self.client_event(&room, row, user))
+            .and_then(|row| self.client_event(&room, row, user));
+        // Account-key rooms: a client names users by account name (MSC4243.md Q3), so a state
+        // key is also found by what clients see of it; of several keys shown under one name the
+        // most recent event wins.
+        let by_name = || {
+            if !version_of(&room).is_ok_and(|v| v.uses_account_keys()) || !state_key.starts_with('@')
+            {
+                return None;
+            }
+            rows.iter()
+                .filter(|row| row.event_type == event_type)
+                .filter_map(|row| Some((row.stream_ordering, self.client_event(&room, row, user)?)))
+                .filter(|(_, event)| event["state_key"] == state_key)
+                .max_by_key(|(stream, _)| *stream)
+                .map(|(_, event)| event)
+        };
+        exact
+            .or_else(by_name)
             .ok_or_else(|| {
                 Error::NotFound(format!(
                     "No {event_type} state with key {state_key:?} in this room"

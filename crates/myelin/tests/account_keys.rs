@@ -94,7 +94,13 @@ fn assert_projected(what: &str, body: &Value, names: &[(String, String)]) {
     }
 }
 
-async fn send_text(server: &TestServer, user: &TestUser, room: &str, txn: &str, body: &str) -> String {
+async fn send_text(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    txn: &str,
+    body: &str,
+) -> String {
     let reply = server
         .put(
             &format!(
@@ -192,7 +198,13 @@ async fn local_account_key_room_end_to_end() {
             )
             .await;
         let r = enc(&room);
-        post_ok(&server, &bob, &format!("/_matrix/client/v3/join/{r}"), json!({})).await;
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}"),
+            json!({}),
+        )
+        .await;
         for invitee in [&carol, &dave, &erin] {
             post_ok(
                 &server,
@@ -205,7 +217,13 @@ async fn local_account_key_room_end_to_end() {
         // Erin got her key lazily, at her invite.
         let erin_key = key_id(&server, &erin);
         for joiner in [&carol, &erin] {
-            post_ok(&server, joiner, &format!("/_matrix/client/v3/join/{r}"), json!({})).await;
+            post_ok(
+                &server,
+                joiner,
+                &format!("/_matrix/client/v3/join/{r}"),
+                json!({}),
+            )
+            .await;
         }
         let hello = send_text(&server, &alice, &room, "t1", "hello").await;
         send_text(&server, &bob, &room, "t2", "hi alice").await;
@@ -231,6 +249,12 @@ async fn local_account_key_room_end_to_end() {
             .await;
         assert_eq!(reply.0, 400, "{}", reply.1);
         assert_eq!(reply.1["errcode"], "M_INVALID_PARAM");
+        // Where carol's and dave's clients are before they are thrown out.
+        let mut since = Vec::new();
+        for user in [&carol, &dave] {
+            let sync = get_ok(&server, user, "/_matrix/client/v3/sync?timeout=0").await;
+            since.push(sync["next_batch"].as_str().unwrap().to_owned());
+        }
         // Kick carol, ban dave (invited), a redaction, bob leaves.
         post_ok(
             &server,
@@ -254,7 +278,13 @@ async fn local_account_key_room_end_to_end() {
             )
             .await;
         ok(&server, reply, "redact").await;
-        post_ok(&server, &bob, &format!("/_matrix/client/v3/rooms/{r}/leave"), json!({})).await;
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{r}/leave"),
+            json!({}),
+        )
+        .await;
 
         // Every stored PDU carries its sender's account-key signature and nothing else.
         let store = server.store();
@@ -303,10 +333,16 @@ async fn local_account_key_room_end_to_end() {
         let sync = get_ok(&server, &alice, "/_matrix/client/v3/sync?timeout=0").await;
         assert_projected("alice's sync", &sync["rooms"], &names);
         let joined = &sync["rooms"]["join"][&room];
-        assert!(joined.is_object(), "{kind:?}: room missing from sync: {sync}");
-        let sync_state_after =
-            get_ok(&server, &alice, "/_matrix/client/v3/sync?timeout=0&use_state_after=true")
-                .await;
+        assert!(
+            joined.is_object(),
+            "{kind:?}: room missing from sync: {sync}"
+        );
+        let sync_state_after = get_ok(
+            &server,
+            &alice,
+            "/_matrix/client/v3/sync?timeout=0&use_state_after=true",
+        )
+        .await;
         assert_projected("sync state_after", &sync_state_after["rooms"], &names);
         let messages = get_ok(
             &server,
@@ -322,7 +358,12 @@ async fn local_account_key_room_end_to_end() {
             .filter_map(|e| e["content"]["body"].as_str())
             .collect();
         assert!(bodies.contains(&"hi alice"), "{bodies:?}");
-        let state = get_ok(&server, &alice, &format!("/_matrix/client/v3/rooms/{r}/state")).await;
+        let state = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/state"),
+        )
+        .await;
         assert_projected("/state", &state, &names);
         let pl = get_ok(
             &server,
@@ -350,11 +391,23 @@ async fn local_account_key_room_end_to_end() {
             let body = get_ok(&server, &alice, &path).await;
             assert_projected(&path, &body, &names);
         }
-        let joined_members =
-            get_ok(&server, &alice, &format!("/_matrix/client/v3/rooms/{r}/joined_members")).await;
-        let mut ids: Vec<&String> = joined_members["joined"].as_object().unwrap().keys().collect();
+        let joined_members = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/joined_members"),
+        )
+        .await;
+        let mut ids: Vec<&String> = joined_members["joined"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
         ids.sort();
-        assert_eq!(ids, [&alice.user_id, &erin.user_id], "{kind:?}: {joined_members}");
+        assert_eq!(
+            ids,
+            [&alice.user_id, &erin.user_id],
+            "{kind:?}: {joined_members}"
+        );
         let search = post_ok(
             &server,
             &alice,
@@ -364,14 +417,22 @@ async fn local_account_key_room_end_to_end() {
         .await;
         assert_projected("search", &search, &names);
         assert!(
-            search["search_categories"]["room_events"]["count"].as_u64().unwrap() >= 1,
+            search["search_categories"]["room_events"]["count"]
+                .as_u64()
+                .unwrap()
+                >= 1,
             "{search}"
         );
         let notifications = get_ok(&server, &bob, "/_matrix/client/v3/notifications").await;
         assert_projected("notifications", &notifications, &names);
 
         // The kicked user learns it, in names.
-        let carol_sync = get_ok(&server, &carol, "/_matrix/client/v3/sync?timeout=0").await;
+        let carol_sync = get_ok(
+            &server,
+            &carol,
+            &format!("/_matrix/client/v3/sync?timeout=0&since={}", since[0]),
+        )
+        .await;
         assert_projected("carol's sync", &carol_sync["rooms"], &names);
         let left = &carol_sync["rooms"]["leave"][&room];
         let mut left_events = Vec::new();
@@ -384,9 +445,17 @@ async fn local_account_key_room_end_to_end() {
             "{kind:?}: {left}"
         );
         // The banned invitee too.
-        let dave_sync = get_ok(&server, &dave, "/_matrix/client/v3/sync?timeout=0").await;
+        let dave_sync = get_ok(
+            &server,
+            &dave,
+            &format!("/_matrix/client/v3/sync?timeout=0&since={}", since[1]),
+        )
+        .await;
         assert_projected("dave's sync", &dave_sync["rooms"], &names);
-        assert!(dave_sync["rooms"]["leave"][&room].is_object(), "{dave_sync}");
+        assert!(
+            dave_sync["rooms"]["leave"][&room].is_object(),
+            "{dave_sync}"
+        );
         // Joined rooms find key-form memberships.
         let rooms = get_ok(&server, &erin, "/_matrix/client/v3/joined_rooms").await;
         assert_eq!(rooms["joined_rooms"], json!([room]));
@@ -402,13 +471,16 @@ async fn erasure_answers_signed_m_erased_and_hides_the_users_events() {
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
         let room = server
-            .create_room(
-                &alice,
-                json!({"room_version": AK, "preset": "public_chat"}),
-            )
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
             .await;
         let r = enc(&room);
-        post_ok(&server, &bob, &format!("/_matrix/client/v3/join/{r}"), json!({})).await;
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}"),
+            json!({}),
+        )
+        .await;
         send_text(&server, &bob, &room, "b1", "remember me").await;
         send_text(&server, &alice, &room, "a1", "hello bob").await;
         let bob_key_form = key_id(&server, &bob);
@@ -469,7 +541,10 @@ async fn erasure_answers_signed_m_erased_and_hides_the_users_events() {
             .unwrap();
         let object: CanonicalJsonObject =
             serde_json::from_value(answer["account_keys"][&bob_key].clone()).unwrap();
-        assert_eq!(classify_answer(&bob_user, Some(&object)), AnswerVerdict::Erased);
+        assert_eq!(
+            classify_answer(&bob_user, Some(&object)),
+            AnswerVerdict::Erased
+        );
         let log = keys
             .query_accounts(&QueryAccounts {
                 account_keys: vec![],

@@ -280,9 +280,11 @@ fn power_levels_users_colliding_on_one_name_stay_in_key_form() {
 #[test]
 fn redacted_because_gets_its_own_sender_account() {
     let i = ids();
-    let out = project(json!({"type": "m.room.message", "sender": i.alice, "content": {},
+    let out = project(
+        json!({"type": "m.room.message", "sender": i.alice, "content": {},
         "unsigned": {"redacted_because": {"type": "m.room.redaction", "sender": i.me,
-                                          "content": {}, "redacts": "$x"}}}))
+                                          "content": {}, "redacts": "$x"}}}),
+    )
     .unwrap();
     let because = &out["unsigned"]["redacted_because"];
     assert_eq!(because["sender"], "@me:my.example");

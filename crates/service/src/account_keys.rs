@@ -14,8 +14,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use myelin_room_version::{
-    AccountKey, CanonicalJsonObject, CanonicalJsonValue, KeyFormUserId, KeyPair,
-    KeyVerification,
+    AccountKey, CanonicalJsonObject, CanonicalJsonValue, KeyFormUserId, KeyPair, KeyVerification,
     account_key::looks_like_account_key,
     canonical::to_canonical_string,
     query_accounts::{signed_account_answer, signed_erasure},
@@ -296,7 +295,10 @@ impl AccountKeys {
                     answers.insert(row.account_key.clone(), attestation);
                 }
             }
-            response.insert("erasure".to_owned(), json!({"id": id, "has_more": has_more}));
+            response.insert(
+                "erasure".to_owned(),
+                json!({"id": id, "has_more": has_more}),
+            );
         }
         response.insert("account_keys".to_owned(), Value::Object(answers));
         Ok(Value::Object(response))
@@ -366,6 +368,5 @@ fn attestation_of(row: &AccountKeyRow) -> Option<Value> {
 }
 
 fn to_value(object: CanonicalJsonObject) -> Value {
-    serde_json::to_value(CanonicalJsonValue::Object(object))
-        .expect("canonical JSON is JSON")
+    serde_json::to_value(CanonicalJsonValue::Object(object)).expect("canonical JSON is JSON")
 }

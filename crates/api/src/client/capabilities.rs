@@ -19,8 +19,7 @@ async fn capabilities(
     State(state): State<AppState>,
     _request: Ruma<get_capabilities::v3::Request>,
 ) -> Result<Json<Value>, MatrixError> {
-    let (default, versions) =
-        myelin_service::user_data::room_versions(
+    let (default, versions) = myelin_service::user_data::room_versions(
         state.services.rooms.default_room_version(),
         state.services.config.experimental.msc4243,
     );

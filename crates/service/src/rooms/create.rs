@@ -272,10 +272,7 @@ impl Rooms {
             "type".to_owned(),
             CanonicalJsonValue::String("m.room.create".to_owned()),
         );
-        partial.insert(
-            "sender".to_owned(),
-            CanonicalJsonValue::String(creator_id),
-        );
+        partial.insert("sender".to_owned(), CanonicalJsonValue::String(creator_id));
         partial.insert(
             "state_key".to_owned(),
             CanonicalJsonValue::String(String::new()),

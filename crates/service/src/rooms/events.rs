@@ -150,8 +150,7 @@ impl Rooms {
             }
         }
         // The state this event would replace, to recognise a repeat of it (below).
-        let own_key = state_key
-            .map(|key| (event.event_type.to_owned(), key.to_owned()));
+        let own_key = state_key.map(|key| (event.event_type.to_owned(), key.to_owned()));
         if let Some(own) = &own_key
             && !keys.contains(own)
         {

@@ -108,7 +108,11 @@ impl Rooms {
 
     /// The id a local user has in the events of a room of `version`: key form in account-key
     /// rooms (the account key created if the user predates keys), else the user id itself.
-    pub(crate) async fn room_user_id(&self, version: &RoomVersion, user: &UserId) -> Result<String> {
+    pub(crate) async fn room_user_id(
+        &self,
+        version: &RoomVersion,
+        user: &UserId,
+    ) -> Result<String> {
         if version.uses_account_keys() {
             self.account_keys.local_user_id(user.localpart()).await
         } else {

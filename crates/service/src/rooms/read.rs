@@ -388,7 +388,8 @@ impl Rooms {
         // key is also found by what clients see of it; of several keys shown under one name the
         // most recent event wins.
         let by_name = || {
-            if !version_of(&room).is_ok_and(|v| v.uses_account_keys()) || !state_key.starts_with('@')
+            if !version_of(&room).is_ok_and(|v| v.uses_account_keys())
+                || !state_key.starts_with('@')
             {
                 return None;
             }
@@ -399,13 +400,11 @@ impl Rooms {
                 .max_by_key(|(stream, _)| *stream)
                 .map(|(_, event)| event)
         };
-        exact
-            .or_else(by_name)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "No {event_type} state with key {state_key:?} in this room"
-                ))
-            })
+        exact.or_else(by_name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "No {event_type} state with key {state_key:?} in this room"
+            ))
+        })
     }
 
     /// `GET /rooms/{roomId}/event/{eventId}`.
@@ -532,11 +531,13 @@ impl Rooms {
             .iter()
             .filter(|row| row.event_type == "m.room.member")
             .filter_map(|row| {
-                let json: Value = serde_json::from_str(&row.json).ok()?;
+                // Through the projection like every event a client reads: account-key rooms
+                // list members by account name and leave out those it hides.
+                let json = self.client_event(&room, row, user)?;
                 let content = &json["content"];
                 (content["membership"] == "join").then(|| {
                     (
-                        row.state_key.clone().unwrap_or_default(),
+                        json["state_key"].as_str().unwrap_or_default().to_owned(),
                         content["displayname"].as_str().map(str::to_owned),
                         content["avatar_url"].as_str().map(str::to_owned),
                     )
@@ -1021,6 +1022,8 @@ impl Rooms {
             Some(reader) => reader.to_string(),
             None => String::new(),
         };
-        project_for_client(version, event, &reader_id, |id| self.account_keys.lookup(id))
+        project_for_client(version, event, &reader_id, |id| {
+            self.account_keys.lookup(id)
+        })
     }
 }

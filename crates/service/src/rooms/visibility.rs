@@ -239,11 +239,8 @@ impl Rooms {
             };
             let facts = (
                 field(&visibility_key, "history_visibility"),
-                field(&member_key, "membership").or_else(|| {
-                    key_member_key
-                        .as_ref()
-                        .and_then(|k| field(k, "membership"))
-                }),
+                field(&member_key, "membership")
+                    .or_else(|| key_member_key.as_ref().and_then(|k| field(k, "membership"))),
             );
             self.visibility_facts
                 .put(group, user.as_str(), facts.clone());

@@ -425,6 +425,15 @@ async fn local_account_key_room_end_to_end() {
         );
         let notifications = get_ok(&server, &bob, "/_matrix/client/v3/notifications").await;
         assert_projected("notifications", &notifications, &names);
+        let notified: Vec<&Value> = notifications["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| &n["event"]["sender"])
+            .collect();
+        // Bob is notified of others' messages, never of his own.
+        assert!(notified.contains(&&json!(alice.user_id)), "{notifications}");
+        assert!(!notified.contains(&&json!(bob.user_id)), "{notifications}");
 
         // The kicked user learns it, in names.
         let carol_sync = get_ok(

@@ -35,6 +35,8 @@ pub struct AccountKeys {
     store: Store,
     sealer: Sealer,
     server_name: OwnedServerName,
+    /// `experimental.msc4243`: whether account-key rooms may be created and are advertised.
+    enabled: bool,
     /// Key-form user id → state, for every key that is not Unverified.
     states: RwLock<HashMap<String, KeyVerification>>,
     /// Local account name → key-form user id (the keys are immutable, so never stale).
@@ -73,11 +75,12 @@ fn verification_of(row: &AccountKeyRow) -> Option<KeyVerification> {
 }
 
 impl AccountKeys {
-    /// Loads the known key states.
+    /// Loads the known key states. `enabled` is `experimental.msc4243`.
     pub async fn load(
         store: Store,
         sealer: Sealer,
         server_name: OwnedServerName,
+        enabled: bool,
     ) -> std::result::Result<Self, myelin_store::StoreError> {
         let rows = store.known_account_keys().await?;
         let mut states = HashMap::new();
@@ -97,10 +100,16 @@ impl AccountKeys {
             store,
             sealer,
             server_name,
+            enabled,
             states: RwLock::new(states),
             local: RwLock::new(local),
             erasing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Whether account-key rooms may be created here (`experimental.msc4243`).
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// What this server knows of a key-form user id's claim (the projection's lookup).

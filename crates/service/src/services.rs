@@ -86,6 +86,7 @@ impl Services {
                 store.clone(),
                 sealer.clone(),
                 config.server_name.clone(),
+                config.experimental.msc4243,
             )
             .await?,
         );
@@ -110,9 +111,10 @@ impl Services {
         let rooms = crate::rooms::Rooms::new(
             store.clone(),
             config.server_name.clone(),
-            server_keys.clone(),
-            account_keys.clone(),
-            config.experimental.msc4243,
+            crate::rooms::RoomKeys {
+                server: server_keys.clone(),
+                accounts: account_keys.clone(),
+            },
             notifier.clone(),
             pushers.clone(),
             user_data.clone(),

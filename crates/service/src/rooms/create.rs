@@ -100,7 +100,7 @@ impl Rooms {
         let version = creatable_version(
             request.room_version.as_deref(),
             self.default_version,
-            self.msc4243,
+            self.account_keys.enabled(),
         )?;
         crate::limits::at_most(
             "The number of initial_state events",

@@ -47,8 +47,6 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     /// Local users' account keys and everyone's key states (account-key rooms).
     account_keys: Arc<crate::account_keys::AccountKeys>,
-    /// `experimental.msc4243`: whether account-key rooms may be created.
-    msc4243: bool,
     /// The per-room locks (one writer per room, one upgrade per room), with their order.
     locks: locks::RoomLocks,
     /// Woken after every persisted event (sync waits on it).
@@ -65,13 +63,19 @@ pub struct Rooms {
     default_version: &'static RoomVersion,
 }
 
+/// The keys rooms' events are signed with: the server's (server-key rooms) and each local
+/// user's account key (account-key rooms).
+#[derive(Debug, Clone)]
+pub struct RoomKeys {
+    pub server: Arc<ServerKeys>,
+    pub accounts: Arc<crate::account_keys::AccountKeys>,
+}
+
 impl Rooms {
     pub fn new(
         store: Store,
         server_name: OwnedServerName,
-        keys: Arc<ServerKeys>,
-        account_keys: Arc<crate::account_keys::AccountKeys>,
-        msc4243: bool,
+        keys: RoomKeys,
         notify: crate::notifier::Notifier,
         pushers: Arc<crate::pushers::Pushers>,
         user_data: Arc<crate::user_data::UserData>,
@@ -80,9 +84,8 @@ impl Rooms {
         Rooms {
             store,
             server_name,
-            keys,
-            account_keys,
-            msc4243,
+            keys: keys.server,
+            account_keys: keys.accounts,
             locks: Default::default(),
             notify,
             push_rules: Default::default(),

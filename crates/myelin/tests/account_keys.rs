@@ -344,6 +344,25 @@ async fn local_account_key_room_end_to_end() {
         )
         .await;
         assert_projected("sync state_after", &sync_state_after["rooms"], &names);
+        // Lazy-loaded members: the reader's own member event and the timeline senders' are
+        // kept, compared by the names the client sees.
+        let filter = enc(r#"{"room":{"timeline":{"limit":2},"state":{"lazy_load_members":true}}}"#);
+        let lazy = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+        )
+        .await;
+        assert_projected("lazy sync", &lazy["rooms"], &names);
+        let members: Vec<&Value> = lazy["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| &e["state_key"])
+            .collect();
+        assert!(members.contains(&&json!(alice.user_id)), "{kind:?}: {lazy}");
+        assert!(!members.contains(&&json!(erin.user_id)), "{kind:?}: {lazy}");
         let messages = get_ok(
             &server,
             &alice,

@@ -652,3 +652,92 @@ async fn account_key_rooms_are_off_unless_configured() {
     // Off by default for operators.
     assert!(!myelin_service::Config::default().experimental.msc4243);
 }
+
+/// A restricted join into an account-key room is signed by the joiner's account key and
+/// co-signed by the authorising member's (MSC4243.md §2.2 item 12), never by the server.
+#[tokio::test]
+async fn restricted_joins_are_co_signed_by_the_authorisers_account_key() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let space = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{}", enc(&space)),
+            json!({}),
+        )
+        .await;
+        let room = server
+            .create_room(
+                &alice,
+                json!({"room_version": AK, "preset": "private_chat",
+                       "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                         "content": {"join_rule": "restricted",
+                                     "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+            )
+            .await;
+        let joined = post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+        assert_eq!(joined["room_id"], json!(room));
+        let store = server.store();
+        let room_row = store.room(&room).await.unwrap().unwrap();
+        let stored = store
+            .room_events(room_row.room_nid, i64::MIN, i64::MAX, false, 100)
+            .await
+            .unwrap();
+        let bob_key = key_id(&server, &bob);
+        let alice_key = key_id(&server, &alice);
+        let join = stored
+            .iter()
+            .find(|row| row.event_type == "m.room.member" && row.sender == bob_key)
+            .expect("bob's join");
+        let pdu: Value = serde_json::from_str(&join.json).unwrap();
+        assert_eq!(
+            pdu["content"]["join_authorised_via_users_server"],
+            json!(alice_key),
+            "{kind:?}: {pdu}"
+        );
+        let mut entities: Vec<&String> = pdu["signatures"].as_object().unwrap().keys().collect();
+        entities.sort();
+        let mut expected = vec![&bob_key, &alice_key]
+            .into_iter()
+            .map(|id| bare_key(id))
+            .collect::<Vec<_>>();
+        expected.sort();
+        assert_eq!(
+            entities.into_iter().cloned().collect::<Vec<_>>(),
+            expected,
+            "{kind:?}: {pdu}"
+        );
+        // Both signatures verify (verify_pdu checks the authoriser's too).
+        let version = myelin_room_version::RoomVersion::get(AK).unwrap();
+        let parsed =
+            myelin_room_version::Pdu::from_federation(join.json.as_bytes(), version).unwrap();
+        myelin_room_version::verify::verify_pdu(&parsed, version, &Default::default()).unwrap();
+        // Clients see the authoriser by name.
+        let state = get_ok(
+            &server,
+            &alice,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ),
+        )
+        .await;
+        assert_eq!(
+            state["join_authorised_via_users_server"],
+            json!(alice.user_id)
+        );
+        server.stop().await;
+    }
+}

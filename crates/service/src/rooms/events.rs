@@ -264,8 +264,21 @@ impl Rooms {
             Some(pair) => EventSigner::Account(pair),
             None => self.keys.event_signer(),
         };
-        let pdu = build_pdu(partial, version, signer).map_err(pdu_error)?;
+        let mut pdu = build_pdu(partial, version, signer).map_err(pdu_error)?;
         drop(account_key);
+        // A restricted join in an account-key room is co-signed by the authorising user's
+        // account key (MSC4243.md §2.2 item 12); that user is one of ours (we chose it).
+        if version.uses_account_keys()
+            && event.event_type == "m.room.member"
+            && let Some(authoriser) = event.content["join_authorised_via_users_server"].as_str()
+            && let Ok(authoriser) = myelin_room_version::KeyFormUserId::parse(authoriser)
+            && let myelin_room_version::KeyVerification::Local { account_name } =
+                self.account_keys.lookup(&authoriser)
+        {
+            let pair = self.account_keys.signing_key(&account_name).await?;
+            myelin_room_version::pdu::add_signature(&mut pdu, version, EventSigner::Account(&pair))
+                .map_err(pdu_error)?;
+        }
         let by_id: HashMap<&str, &Pdu> = by_key.values().map(|pdu| (pdu.event_id(), pdu)).collect();
         check_against_auth_events(version, &pdu, |id| by_id.get(id).copied())
             .map_err(auth_error)?;

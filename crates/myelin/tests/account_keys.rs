@@ -249,6 +249,25 @@ async fn local_account_key_room_end_to_end() {
             .await;
         assert_eq!(reply.0, 400, "{}", reply.1);
         assert_eq!(reply.1["errcode"], "M_INVALID_PARAM");
+        // Third-party invites cannot work with key-form state keys: refused (Q10).
+        let reply = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/state/m.room.third_party_invite/tok"),
+                &alice.access_token,
+                json!({"display_name": "x", "key_validity_url": "https://id.example/v", "public_key": "abc"}),
+            )
+            .await;
+        assert_eq!(reply.0, 403, "{}", reply.1);
+        assert_eq!(reply.1["errcode"], "M_FORBIDDEN");
+        // Relations read through the projection too.
+        let reply = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/send/m.reaction/re1"),
+                &bob.access_token,
+                json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": hello, "key": "+1"}}),
+            )
+            .await;
+        ok(&server, reply, "reaction").await;
         // Where carol's and dave's clients are before they are thrown out.
         let mut since = Vec::new();
         for user in [&carol, &dave] {
@@ -402,6 +421,18 @@ async fn local_account_key_room_end_to_end() {
         )
         .await;
         assert_eq!(member["membership"], "leave", "{kind:?}: {member}");
+        let relations = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v1/rooms/{r}/relations/{}", enc(&hello)),
+        )
+        .await;
+        assert_eq!(
+            relations["chunk"].as_array().unwrap().len(),
+            1,
+            "{relations}"
+        );
+        assert_projected("/relations", &relations, &names);
         for path in [
             format!("/_matrix/client/v3/rooms/{r}/members"),
             format!("/_matrix/client/v3/rooms/{r}/context/{}", enc(&hello)),

@@ -150,6 +150,16 @@ impl AccountKeys {
         {
             Some(row) => row,
             None => {
+                // Only an active account gets a key: a deactivated one (its key erased, or
+                // never made) must not come back under a fresh key.
+                match self.store.user_by_localpart(localpart).await? {
+                    Some(user) if user.deactivated_ts.is_none() => {}
+                    _ => {
+                        return Err(Error::Forbidden(format!(
+                            "{localpart} is not an active account and gets no account key"
+                        )));
+                    }
+                }
                 let seed: [u8; 32] = rand::random();
                 let pair = KeyPair::from_seed(&seed);
                 // A generated key is a valid, canonical, full-order point; checked anyway, as
@@ -295,8 +305,12 @@ impl AccountKeys {
                 .await?;
             let has_more = erased.len() as i64 > limit;
             erased.truncate(limit as usize);
+            // Q11: the position of the last entry returned, or the latest if none was. With
+            // entries left but none returned (`limit: 0`), the latest would let the poller skip
+            // them, so the cursor stays where it was.
             let id = match erased.last() {
                 Some(last) => last.erasure_id.unwrap_or(after),
+                None if has_more => after,
                 None => self.store.latest_erasure_id(domain).await?.max(after),
             };
             for row in &erased {

@@ -105,6 +105,13 @@ impl Rooms {
         // In account-key rooms the sender is its key-form id and the users the client named by
         // account name are translated to keys (MSC4243.md Q2-Q5) before anything is built or
         // locked; what cannot be translated is refused, nothing written.
+        if version.uses_account_keys() && event.event_type == "m.room.third_party_invite" {
+            // Identity servers sign account-name ids, but the member state key must be the key
+            // form, so such an invite could never be accepted (MSC4243.md Q10).
+            return Err(Error::Forbidden(
+                "Third-party invites are disabled in account-key rooms".to_owned(),
+            ));
+        }
         let sender_id = self.room_user_id(version, sender).await?;
         let translated_state_key;
         if version.uses_account_keys() {

@@ -91,7 +91,7 @@ async fn query_accounts_answers_only_for_our_keys() {
             }
         );
         // The key is the map key, not inside the signed object.
-        assert!(answer.get("account_key").is_none());
+        assert!(!answer.contains_key("account_key"));
         assert_eq!(
             reply["account_keys"][stranger.as_str()],
             serde_json::json!({"errcode": "M_UNKNOWN"})

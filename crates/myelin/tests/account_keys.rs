@@ -274,6 +274,22 @@ async fn local_account_key_room_end_to_end() {
             let sync = get_ok(&server, user, "/_matrix/client/v3/sync?timeout=0").await;
             since.push(sync["next_batch"].as_str().unwrap().to_owned());
         }
+        let names: Vec<(String, String)> = [&alice, &bob, &carol, &dave, &erin]
+            .iter()
+            .map(|u| (bare_key(&key_id(&server, u)), u.user_id.clone()))
+            .collect();
+        // Dave's invite, with its stripped state, in names.
+        let invite = get_ok(&server, &dave, "/_matrix/client/v3/sync?timeout=0").await;
+        let stripped = &invite["rooms"]["invite"][&room]["invite_state"]["events"];
+        assert!(
+            stripped.as_array().is_some_and(|events| events
+                .iter()
+                .any(|e| e["type"] == "m.room.member"
+                    && e["state_key"] == json!(dave.user_id)
+                    && e["sender"] == json!(alice.user_id))),
+            "{kind:?}: {invite}"
+        );
+        assert_projected("dave's invite", &invite["rooms"], &names);
         // Kick carol, ban dave (invited), a redaction, bob leaves.
         post_ok(
             &server,
@@ -345,10 +361,6 @@ async fn local_account_key_room_end_to_end() {
         assert_eq!(pl["content"]["users"], json!({key_id(&server, &bob): 50}));
 
         // What clients read: names, never keys, sender_account on every event.
-        let names: Vec<(String, String)> = [&alice, &bob, &carol, &dave, &erin]
-            .iter()
-            .map(|u| (bare_key(&key_id(&server, u)), u.user_id.clone()))
-            .collect();
         let sync = get_ok(&server, &alice, "/_matrix/client/v3/sync?timeout=0").await;
         assert_projected("alice's sync", &sync["rooms"], &names);
         let joined = &sync["rooms"]["join"][&room];

@@ -346,6 +346,38 @@ impl AccountKeys {
         })
     }
 
+    /// Records what a `/query/accounts` answer said about a remote key-form user (judged by
+    /// the room version's classifier), under the store's allowed transitions, and makes the
+    /// resulting state what every client view reads from now on. Returns that state.
+    pub async fn record_remote(
+        &self,
+        user: &KeyFormUserId,
+        verdict: &myelin_store::RemoteKeyVerdict<'_>,
+    ) -> Result<KeyVerification> {
+        if user.server_name == self.server_name.as_str() {
+            return Err(Error::Internal(
+                "this server's own keys are not verified by asking".to_owned(),
+            ));
+        }
+        self.store
+            .record_remote_account_key(user.key.as_str(), &user.server_name, verdict, now_millis())
+            .await?;
+        let rows = self
+            .store
+            .account_keys_by_user_ids(&[user.to_string()])
+            .await?;
+        let state = rows
+            .first()
+            .and_then(verification_of)
+            .unwrap_or(KeyVerification::Unverified);
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        match &state {
+            KeyVerification::Unverified => states.remove(&user.to_string()),
+            known => states.insert(user.to_string(), known.clone()),
+        };
+        Ok(state)
+    }
+
     /// Erases the local account `localpart`'s key (`/account/deactivate` with `erase: true`):
     /// the signed `M_ERASED` is made while the private key still exists, then the private key
     /// and the name are destroyed and the key enters the erasure log, in one write. Returns

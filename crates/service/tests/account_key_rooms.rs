@@ -199,8 +199,44 @@ async fn remote_members_are_shown_as_their_key_state_says() {
         );
         let shown_join = read(join.event_id().to_owned()).await.unwrap();
         assert_eq!(shown_join["state_key"], "@bob:remote.test");
-        // Now his key form may be named; the stored power levels hold the key, clients see
-        // the name.
+        // Now he may be named, by his account name (resolved against the room's verified
+        // members, Q3) or his key form; the stored power levels hold the key, clients see
+        // the name. A name no member is verified under is still refused.
+        let err = services
+            .rooms
+            .send_state_event(
+                &alice,
+                &room_id,
+                "m.room.power_levels",
+                "",
+                json!({"users": {"@carol:remote.test": 50}}),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidParam(_)), "{err:?}");
+        services
+            .rooms
+            .send_state_event(
+                &alice,
+                &room_id,
+                "m.room.power_levels",
+                "",
+                json!({"users": {"@bob:remote.test": 40}}),
+            )
+            .await
+            .unwrap();
+        let stored = services
+            .store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.power_levels".to_owned(), String::new())]),
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let stored: Value = serde_json::from_str(&stored.json).unwrap();
+        assert_eq!(stored["content"]["users"], json!({bob_id.clone(): 40}));
         services
             .rooms
             .send_state_event(

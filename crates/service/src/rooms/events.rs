@@ -120,7 +120,7 @@ impl Rooms {
                     if key.starts_with('@')
                         && (event.event_type == "m.room.member" || key == sender.as_str()) =>
                 {
-                    Some(self.account_keys.to_key_form(key).await?)
+                    Some(self.key_form_in_room(room, key).await?)
                 }
                 other => other.map(str::to_owned),
             };
@@ -319,6 +319,49 @@ impl Rooms {
         .await
     }
 
+    /// A user a client named, in key form, in the context of `room` (MSC4243.md Q3): what
+    /// [`AccountKeys::to_key_form`](crate::account_keys::AccountKeys::to_key_form) knows, or
+    /// else a remote account name matched against the room's members whose keys are verified
+    /// under that name on that domain (of several, the most recent membership; logged). No
+    /// match is `M_INVALID_PARAM`: never a guess.
+    pub(crate) async fn key_form_in_room(&self, room: &RoomRow, user_id: &str) -> Result<String> {
+        let err = match self.account_keys.to_key_form(user_id).await {
+            Ok(key_form) => return Ok(key_form),
+            Err(err @ Error::InvalidParam(_)) => err,
+            Err(other) => return Err(other),
+        };
+        let Some((name, domain)) = user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            return Err(err);
+        };
+        if domain == self.server_name.as_str() {
+            return Err(err);
+        }
+        let members = self.store.current_state(room.room_nid, None).await?;
+        let mut matches: Vec<(i64, String)> = members
+            .iter()
+            .filter(|row| row.event_type == "m.room.member")
+            .filter_map(|row| {
+                let key_form =
+                    myelin_room_version::KeyFormUserId::parse(row.state_key.as_deref()?).ok()?;
+                (key_form.server_name == domain
+                    && matches!(
+                        self.account_keys.lookup(&key_form),
+                        myelin_room_version::KeyVerification::Verified { account_name }
+                            if account_name == name
+                    ))
+                .then(|| (row.stream_ordering, key_form.to_string()))
+            })
+            .collect();
+        matches.sort();
+        if matches.len() > 1 {
+            tracing::info!(%user_id, keys = matches.len(), "several members verified under one name; the most recent membership wins");
+        }
+        matches.pop().map(|(_, key_form)| key_form).ok_or(err)
+    }
+
     /// Account-key rooms: user ids a client names in content, in key form (MSC4243.md Q5):
     /// `join_authorised_via_users_server` of a member event and the keys of
     /// `m.room.power_levels`' `users`. A key-form id already in the room's power levels stays
@@ -367,7 +410,7 @@ impl Rooms {
                     {
                         user
                     } else {
-                        self.account_keys.to_key_form(&user).await?
+                        self.key_form_in_room(room, &user).await?
                     };
                     translated.insert(key_form, level);
                 }

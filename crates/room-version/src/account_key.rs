@@ -28,6 +28,10 @@ pub enum AccountKeyError {
     NonCanonical,
     #[error("account key is not a valid ed25519 point")]
     NotAPoint,
+    #[error("account key is a small-order (weak) ed25519 point")]
+    WeakKey,
+    #[error("account key is a non-canonical encoding of its ed25519 point")]
+    NonCanonicalPoint,
     #[error("not a user id of the form @<account key>:<domain>: {0}")]
     NotKeyFormUserId(String),
 }
@@ -80,9 +84,22 @@ impl AccountKey {
         Self::from_bytes(bytes)
     }
 
-    /// Build from raw public key bytes; fails if they are not a valid point.
+    /// Build from raw public key bytes; fails if they are not a valid point, are a small-order
+    /// point, or are not the one canonical encoding of their point.
+    ///
+    /// Why both extra checks (MSC4243.md §4 Q12): a small-order key lets anyone forge a signature
+    /// that a lax verifier accepts for almost any message, so `@<weak key>:any.domain` would have
+    /// no owner; and a point has several 32-byte spellings (a y coordinate at or above p, the
+    /// sign bit set on x = 0), which would give one key several localparts, i.e. several room
+    /// members, and split lenient from strict servers.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, AccountKeyError> {
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| AccountKeyError::NotAPoint)?;
+        if key.is_weak() {
+            return Err(AccountKeyError::WeakKey);
+        }
+        if key.to_edwards().compress().to_bytes() != bytes {
+            return Err(AccountKeyError::NonCanonicalPoint);
+        }
         Ok(Self {
             encoded: URL_SAFE_NO_PAD.encode(bytes),
             key,
@@ -285,5 +302,108 @@ mod tests {
         assert!(KeyFormUserId::parse(&format!("@{key}:")).is_err());
         assert!(looks_like_account_key(key.as_str()));
         assert!(!looks_like_account_key("alice"));
+    }
+
+    /// The eight small-order points of edwards25519 in their canonical encodings (y = 1, y = -1,
+    /// y = 0 with both signs, and the four points of order 8).
+    fn small_order_encodings() -> Vec<[u8; 32]> {
+        let hex = [
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000080",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        ];
+        hex.iter()
+            .map(|h| {
+                let mut out = [0u8; 32];
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+                }
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn refuses_small_order_keys() {
+        let mut refused = 0;
+        for bytes in small_order_encodings() {
+            // Some of these spellings are not canonical (x = 0 with the sign bit set); all are
+            // refused either way, and every one that decodes canonically is refused as weak.
+            let err = AccountKey::from_bytes(bytes).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    AccountKeyError::WeakKey
+                        | AccountKeyError::NonCanonicalPoint
+                        | AccountKeyError::NotAPoint
+                ),
+                "{err:?}"
+            );
+            if err == AccountKeyError::WeakKey {
+                refused += 1;
+            }
+            // Through the grammar too: the canonical base64 of a weak key is not a key.
+            assert!(AccountKey::parse(&URL_SAFE_NO_PAD.encode(bytes)).is_err());
+        }
+        assert!(
+            refused >= 5,
+            "expected most small-order points refused as weak"
+        );
+        // The identity point, the classic weak key.
+        assert_eq!(
+            AccountKey::from_bytes(small_order_encodings()[0]),
+            Err(AccountKeyError::WeakKey)
+        );
+    }
+
+    #[test]
+    fn refuses_non_canonical_point_encodings() {
+        // y = p + 1 spells the identity's y (1) non-canonically; y = p + 3 spells y = 3 if that is
+        // on the curve: search a few small y for one that decodes, then spell it as y + p.
+        // p = 2^255 - 19, so y + p = y - 19 + 2^255 with the top bit being the sign bit: in the
+        // 255-bit field y + p fits when y < 19.
+        let mut checked = 0;
+        for y in 0u8..19 {
+            let mut canonical = [0u8; 32];
+            canonical[0] = y;
+            let Ok(point) = VerifyingKey::from_bytes(&canonical) else {
+                continue;
+            };
+            // y + p as little-endian 255 bits: p = 0x7fff...ffed.
+            let mut spelled = [0xffu8; 32];
+            spelled[31] = 0x7f;
+            let (low, carry) = 0xedu8.overflowing_add(y);
+            spelled[0] = low;
+            assert!(!carry, "y < 19 keeps y + p below 2^255");
+            if let Ok(alias) = VerifyingKey::from_bytes(&spelled) {
+                // The library accepts the alias as the same point...
+                assert_eq!(alias.to_edwards().compress(), point.to_edwards().compress());
+                // ...but as an account key only the canonical spelling exists.
+                let err = AccountKey::from_bytes(spelled).unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        AccountKeyError::NonCanonicalPoint | AccountKeyError::WeakKey
+                    ),
+                    "{err:?}"
+                );
+                if !point.is_weak() {
+                    assert_eq!(err, AccountKeyError::NonCanonicalPoint);
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "expected a y below 19 on the curve");
+        // "Negative zero": x = 0 with the sign bit set, for y = 1 (the identity).
+        let mut negative_zero = small_order_encodings()[0];
+        negative_zero[31] |= 0x80;
+        assert!(AccountKey::from_bytes(negative_zero).is_err());
+        // A real key still parses.
+        assert!(AccountKey::from_bytes(sample_key().to_bytes()).is_ok());
     }
 }

@@ -45,7 +45,11 @@
 //!   threads), keys as
 //!   [`signing::KeyPair`] / [`signing::PublicKey`].
 //! - Account keys: [`account_key::AccountKey::parse`] (strict grammar),
-//!   [`account_key::KeyFormUserId::parse`], [`account_key::looks_like_account_key`].
+//!   [`account_key::KeyFormUserId::parse`], [`account_key::looks_like_account_key`]; weak
+//!   (small-order) keys and non-canonical point encodings are refused, and account-key
+//!   signatures are checked strictly.
+//! - `/query/accounts`: [`query_accounts::signed_account_answer`] and
+//!   [`query_accounts::signed_erasure`] (serving), [`query_accounts::classify_answer`] (asking).
 //! - Clients: [`pdu::Pdu::client_event`] (Client-Server format), then
 //!   [`projection::project_for_client`]`(version, event, reader, lookup)` → the event as
 //!   that client sees it, or `None`.
@@ -56,6 +60,7 @@ pub mod canonical;
 pub mod invite;
 pub mod pdu;
 pub mod projection;
+pub mod query_accounts;
 pub mod receipt;
 pub mod redaction;
 pub mod signing;

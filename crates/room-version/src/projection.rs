@@ -77,14 +77,31 @@ pub fn project_for_client(
         .and_then(Value::as_str)
         .unwrap_or_default();
     let is_state = object.get("state_key").is_some_and(Value::is_string);
+    // The reader's own member event is always delivered, whoever sent it: a user kicked or
+    // banned by an unverified moderator must still learn that it left the room.
+    let about_reader = kind == "m.room.member"
+        && !reader.is_empty()
+        && object.get("state_key").and_then(Value::as_str) == Some(reader);
     let visible = status.account_name().is_some()
         || sender_str == reader
+        || about_reader
         || (is_state && ROOM_CONFIGURATION_TYPES.contains(&kind));
     if !visible {
         return None;
     }
     let rewriter = Rewriter { lookup: &lookup };
     let mut out = rewriter.event(object);
+    let unsigned = out
+        .entry("unsigned")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(unsigned) = unsigned.as_object_mut() {
+        unsigned.insert("sender_account".into(), sender_account(&sender, &status));
+    }
+    Some(Value::Object(out))
+}
+
+/// `{key, user_id?}`: `user_id` only for a Local or Verified key.
+fn sender_account(sender: &KeyFormUserId, status: &KeyVerification) -> Value {
     let mut account = Map::new();
     account.insert("key".into(), json!(sender.key.as_str()));
     if let Some(name) = status.account_name() {
@@ -93,13 +110,7 @@ pub fn project_for_client(
             json!(format!("@{name}:{}", sender.server_name)),
         );
     }
-    let unsigned = out
-        .entry("unsigned")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Some(unsigned) = unsigned.as_object_mut() {
-        unsigned.insert("sender_account".into(), Value::Object(account));
-    }
-    Some(Value::Object(out))
+    Value::Object(account)
 }
 
 struct Rewriter<'a, F: Fn(&KeyFormUserId) -> KeyVerification> {
@@ -151,7 +162,20 @@ impl<F: Fn(&KeyFormUserId) -> KeyVerification> Rewriter<'_, F> {
                 self.user_value(prev_sender);
             }
             if let Some(Value::Object(because)) = unsigned.get("redacted_because") {
-                let rewritten = self.event(because);
+                let mut rewritten = self.event(because);
+                // The redaction is an event the client reads too: it gets its own
+                // `sender_account` (item 38: every client event carries one).
+                if let Some(sender) = because.get("sender").and_then(Value::as_str)
+                    && let Ok(sender) = KeyFormUserId::parse(sender)
+                {
+                    let account = sender_account(&sender, &(self.lookup)(&sender));
+                    let inner = rewritten
+                        .entry("unsigned")
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Some(inner) = inner.as_object_mut() {
+                        inner.insert("sender_account".into(), account);
+                    }
+                }
                 unsigned.insert("redacted_because".into(), Value::Object(rewritten));
             }
             for list in ["invite_room_state", "knock_room_state"] {
@@ -184,9 +208,18 @@ impl<F: Fn(&KeyFormUserId) -> KeyVerification> Rewriter<'_, F> {
             }
             "m.room.power_levels" => {
                 if let Some(Value::Object(users)) = content.get("users") {
-                    let rewritten: Map<String, Value> = users
+                    // Two keys whose names coincide (per-room keys, or equivocation) both stay in
+                    // key form: one name cannot carry two levels, and picking one would show
+                    // either member with a power it does not have (docs/account-keys.md).
+                    let names: Vec<(String, String)> =
+                        users.keys().map(|k| (k.clone(), self.user(k))).collect();
+                    let rewritten: Map<String, Value> = names
                         .iter()
-                        .map(|(k, v)| (self.user(k), v.clone()))
+                        .map(|(key, name)| {
+                            let shared = names.iter().filter(|(_, n)| n == name).count() > 1;
+                            let out = if shared { key.clone() } else { name.clone() };
+                            (out, users[key].clone())
+                        })
                         .collect();
                     content.insert("users".into(), Value::Object(rewritten));
                 }

@@ -247,6 +247,32 @@ pub(crate) fn verify_signature_over(
         })
 }
 
+/// Check one account-key signature strictly (`verify_strict`): besides the ordinary equation it
+/// refuses small-order keys and small-order or non-canonical `R`. Account keys are identities
+/// every server of a room must judge alike, and a lax check would let a forged signature under
+/// a weak key stand (MSC4243.md §4 Q12).
+pub(crate) fn verify_account_signature_over(
+    message: &str,
+    signature_b64: &str,
+    key: &AccountKey,
+) -> Result<(), SignatureError> {
+    let entity = key.as_str();
+    let bytes = LENIENT_STANDARD
+        .decode(signature_b64)
+        .ok()
+        .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
+        .ok_or_else(|| SignatureError::Malformed {
+            entity: entity.to_owned(),
+            key_id: ACCOUNT_KEY_ID.to_owned(),
+        })?;
+    key.verifying_key()
+        .verify_strict(message.as_bytes(), &Signature::from_bytes(&bytes))
+        .map_err(|_| SignatureError::Invalid {
+            entity: entity.to_owned(),
+            key_id: ACCOUNT_KEY_ID.to_owned(),
+        })
+}
+
 pub(crate) fn find_signature_for<'a>(
     object: &'a CanonicalJsonObject,
     entity: &str,
@@ -270,7 +296,8 @@ pub fn verify_json_with_account_key(
     object: &CanonicalJsonObject,
     key: &AccountKey,
 ) -> Result<(), SignatureError> {
-    verify_json(object, key.as_str(), ACCOUNT_KEY_ID, &PublicKey::from(key))
+    let signature = find_signature(object, key.as_str(), ACCOUNT_KEY_ID)?;
+    verify_account_signature_over(&signing_bytes(object), signature, key)
 }
 
 /// Check many account-key signatures on arbitrary JSON at once, e.g. the up to 2,048 answers
@@ -384,11 +411,11 @@ fn find_invalid<'a>(group: &'a [Prepared], failed: &mut Vec<&'a Prepared>) {
         return;
     }
     if group.len() <= CHECK_ONE_BY_ONE {
-        failed.extend(
-            group
-                .iter()
-                .filter(|p| p.key.verify(p.message.as_bytes(), &p.signature).is_err()),
-        );
+        failed.extend(group.iter().filter(|p| {
+            p.key
+                .verify_strict(p.message.as_bytes(), &p.signature)
+                .is_err()
+        }));
         return;
     }
     let messages: Vec<&[u8]> = group.iter().map(|p| p.message.as_bytes()).collect();

@@ -18,7 +18,7 @@ use crate::canonical::{self, get_object, get_str};
 use crate::pdu::Pdu;
 use crate::signing::{
     ACCOUNT_KEY_ID, PublicKey, SignatureError, find_signature_for, signing_bytes,
-    verify_signature_over,
+    verify_account_signature_over, verify_signature_over,
 };
 use crate::version::{RoomVersion, SigningScheme};
 
@@ -153,13 +153,7 @@ fn check_account_signature(
     let entity = user.key.as_str();
     // Only `ed25519:1` counts; a signature under any other key id is not the account key's.
     let signature = find_signature_for(json, entity, ACCOUNT_KEY_ID)?;
-    verify_signature_over(
-        message,
-        signature,
-        entity,
-        ACCOUNT_KEY_ID,
-        &PublicKey::from(&user.key),
-    )
+    verify_account_signature_over(message, signature, &user.key)
 }
 
 fn check_server_signature(

@@ -211,3 +211,85 @@ fn other_rooms_pass_through_unchanged() {
         );
     }
 }
+
+/// A kicked or banned reader learns it, even when the moderator is unverified (or erased): the
+/// member event whose state_key is the reader is always delivered.
+#[test]
+fn the_readers_own_member_event_is_always_delivered() {
+    let i = ids();
+    for (sender, membership) in [(&i.bob, "leave"), (&i.erin, "ban"), (&i.bob, "invite")] {
+        let out = project(
+            json!({"type": "m.room.member", "state_key": i.me, "sender": sender,
+                                 "content": {"membership": membership}}),
+        )
+        .unwrap_or_else(|| panic!("{membership} by {sender} hidden from its target"));
+        assert_eq!(out["state_key"], "@me:my.example");
+        // The unverified sender stays in key form, without a user_id.
+        assert_eq!(out["sender"], json!(sender));
+        assert!(out["unsigned"]["sender_account"].get("user_id").is_none());
+    }
+    // Another member's event from the same sender stays hidden.
+    assert!(
+        project(
+            json!({"type": "m.room.member", "state_key": i.alice, "sender": i.bob,
+                       "content": {"membership": "leave"}})
+        )
+        .is_none()
+    );
+    // An anonymous reader ("") is nobody's target.
+    assert!(
+        project_for_client(
+            v(AK),
+            &json!({"type": "m.room.member", "state_key": "", "sender": i.bob,
+                    "content": {"membership": "leave"}}),
+            "",
+            lookup
+        )
+        .is_none()
+    );
+}
+
+/// Two keys of power_levels.users that project to one name both stay in key form
+/// (docs/account-keys.md): one name cannot carry two levels.
+#[test]
+fn power_levels_users_colliding_on_one_name_stay_in_key_form() {
+    let i = ids();
+    let twin = key_user(5, "a.example");
+    let both_alice = |id: &KeyFormUserId| {
+        if id.server_name == "a.example" {
+            KeyVerification::Verified {
+                account_name: "alice".into(),
+            }
+        } else {
+            lookup(id)
+        }
+    };
+    let event = json!({"type": "m.room.power_levels", "state_key": "", "sender": i.me,
+        "content": {"users": {i.alice.clone(): 50, twin.clone(): 100, i.me.clone(): 75}}});
+    let out = project_for_client(v(AK), &event, &i.me, both_alice).unwrap();
+    let users = out["content"]["users"].as_object().unwrap();
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert_eq!(users[&i.alice], 50);
+    assert_eq!(users[&twin], 100);
+    assert_eq!(users["@me:my.example"], 75);
+    assert!(!users.contains_key("@alice:a.example"));
+}
+
+/// The redaction inside `unsigned.redacted_because` is an event too: rewritten and with its own
+/// `sender_account`.
+#[test]
+fn redacted_because_gets_its_own_sender_account() {
+    let i = ids();
+    let out = project(
+        json!({"type": "m.room.message", "sender": i.alice, "content": {},
+        "unsigned": {"redacted_because": {"type": "m.room.redaction", "sender": i.me,
+                                          "content": {}, "redacts": "$x"}}}),
+    )
+    .unwrap();
+    let because = &out["unsigned"]["redacted_because"];
+    assert_eq!(because["sender"], "@me:my.example");
+    assert_eq!(
+        because["unsigned"]["sender_account"],
+        json!({"key": keypair(4).account_key().as_str(), "user_id": "@me:my.example"})
+    );
+}

@@ -81,6 +81,7 @@ pub enum AuthSubmission {
 #[derive(Debug)]
 pub struct Accounts {
     store: Store,
+    account_keys: std::sync::Arc<crate::account_keys::AccountKeys>,
     server_name: OwnedServerName,
     registration: RegistrationConfig,
     passwords: PasswordConfig,
@@ -104,8 +105,10 @@ impl Accounts {
         passwords: PasswordConfig,
         sessions: SessionConfig,
         notify: crate::notifier::Notifier,
+        account_keys: std::sync::Arc<crate::account_keys::AccountKeys>,
     ) -> Self {
         Accounts {
+            account_keys,
             notify,
             store,
             server_name,
@@ -271,6 +274,11 @@ impl Accounts {
         self.store
             .create_profile(&row.user_id, &row.localpart)
             .await?;
+        // The account key is made with the account (MSC4243.md §2.1 item 5); if this fails the
+        // account still works and gets its key on first use in an account-key room.
+        if let Err(err) = self.account_keys.local_user_id(&row.localpart).await {
+            tracing::warn!(%user_id, %err, "could not create the account key at registration");
+        }
         tracing::info!(%user_id, admin = request.admin, "registered a user");
         let session = if request.inhibit_login {
             None
@@ -579,14 +587,23 @@ impl Accounts {
         Ok(())
     }
 
-    /// `POST /account/deactivate` after UIA: no more logins, every session ended. Leaving rooms
-    /// joins this when rooms exist; erasure with account keys.
+    /// `POST /account/deactivate` after UIA: no more logins, every session ended. The caller
+    /// then leaves the user's rooms and, for `erase: true`, calls [`Accounts::erase_account_key`]
+    /// (the leaves are signed by the account key, so it goes last).
     pub async fn deactivate(&self, user: &AuthedUser) -> Result<()> {
         self.store
             .deactivate_user(user.user_id.as_str(), now_millis())
             .await?;
         self.notify.notify();
         tracing::info!(user_id = %user.user_id, "deactivated a user");
+        Ok(())
+    }
+
+    /// The erasure half of `/account/deactivate` with `erase: true` (MSC4243.md §2.4): the
+    /// signed `M_ERASED` attestation, the private key and the name destroyed, the erasure log.
+    pub async fn erase_account_key(&self, user: &AuthedUser) -> Result<()> {
+        self.account_keys.erase(user.user_id.localpart()).await?;
+        self.notify.notify();
         Ok(())
     }
 

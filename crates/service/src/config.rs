@@ -29,6 +29,18 @@ pub struct Config {
     pub media: MediaConfig,
     pub rooms: RoomsConfig,
     pub federation: FederationConfig,
+    pub experimental: ExperimentalConfig,
+}
+
+/// Features that follow unaccepted proposals, off unless an operator turns them on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentalConfig {
+    /// Account-key rooms (MSC4243, room version `org.matrix.12.4243`): advertised as unstable
+    /// in `m.room_versions` and creatable only when on. Off by default until the proposal is
+    /// accepted (docs/account-keys.md). Rooms of the version the server is already in are
+    /// served either way.
+    pub msc4243: bool,
 }
 
 impl Default for Config {
@@ -52,6 +64,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             rooms: RoomsConfig::default(),
             federation: FederationConfig::default(),
+            experimental: ExperimentalConfig::default(),
         }
     }
 }

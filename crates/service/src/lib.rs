@@ -14,6 +14,7 @@
 //! [`key_backup`] (server-side room key backup), [`media`] (the media repository: uploads,
 //! downloads, thumbnails), [`url_preview`] (link previews).
 
+pub mod account_keys;
 pub mod accounts;
 pub mod client_address;
 pub mod config;

@@ -50,6 +50,7 @@ pub struct Services {
     pub federation: Arc<myelin_federation::FederationClient>,
     /// Other servers' keys, the notary, inbound X-Matrix checks.
     pub remote_keys: crate::remote_keys::RemoteKeys,
+    pub account_keys: Arc<crate::account_keys::AccountKeys>,
     pub accounts: Accounts,
     pub rooms: crate::rooms::Rooms,
     pub ephemeral: crate::ephemeral::Ephemeral,
@@ -86,6 +87,15 @@ impl Services {
             ServerKeys::load_or_create(&store, &sealer, config.server_name.clone()).await?;
         tracing::info!(server_name = %config.server_name, key_id = %server_keys.key_id(), "signing key loaded");
         let notifier = crate::notifier::Notifier::default();
+        let account_keys = Arc::new(
+            crate::account_keys::AccountKeys::load(
+                store.clone(),
+                sealer.clone(),
+                config.server_name.clone(),
+                config.experimental.msc4243,
+            )
+            .await?,
+        );
         let accounts = Accounts::new(
             store.clone(),
             config.server_name.clone(),
@@ -93,6 +103,7 @@ impl Services {
             config.passwords.clone(),
             config.sessions.clone(),
             notifier.clone(),
+            account_keys.clone(),
         );
         let server_keys = Arc::new(server_keys);
         let (key_id, key_pair) = server_keys.request_signing_key();
@@ -128,7 +139,10 @@ impl Services {
         let rooms = crate::rooms::Rooms::new(
             store.clone(),
             config.server_name.clone(),
-            server_keys.clone(),
+            crate::rooms::RoomKeys {
+                server: server_keys.clone(),
+                accounts: account_keys.clone(),
+            },
             notifier.clone(),
             pushers.clone(),
             user_data.clone(),
@@ -158,6 +172,7 @@ impl Services {
             source,
         })?;
         Ok(Arc::new(Services {
+            account_keys,
             rooms,
             ephemeral,
             directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),

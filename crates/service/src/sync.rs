@@ -643,18 +643,20 @@ impl Services {
                 .filter(|row| row.stream_ordering <= joined.plan.from)
                 .map(|row| row.event_nid)
                 .collect();
+            // Compared as the client sees them (the timeline's senders are projected, and in
+            // account-key rooms a state key is shown by account name).
             let state: Vec<Value> = state
                 .iter()
-                .filter(|row| {
+                .filter_map(|row| Some((row, self.rooms.client_event(room, row, user)?)))
+                .filter(|(row, event)| {
                     !request.filter.lazy_load_members
                         || row.event_type != "m.room.member"
                         || restored.contains(&row.event_nid)
-                        || row
-                            .state_key
-                            .as_deref()
+                        || event["state_key"]
+                            .as_str()
                             .is_some_and(|k| k == user.as_str() || senders.contains(k))
                 })
-                .filter_map(|row| self.rooms.client_event(room, row, user))
+                .map(|(_, event)| event)
                 .collect();
             let (counts, thread_counts) = unread_sections(
                 unread.remove(&room.room_nid).unwrap_or_default(),
@@ -748,10 +750,13 @@ impl Services {
                         let ids = self.store.state_ids_at_group(found).await?;
                         let senders: HashSet<&str> =
                             joined.rows.iter().map(|r| r.sender.as_str()).collect();
+                        // Stored ids: in account-key rooms the reader's is its key-form id.
+                        let own_key_form = self.rooms.key_form_of(user);
                         for ((event_type, state_key), nid) in ids.iter() {
                             let lazy_skip = request.filter.lazy_load_members
                                 && event_type == "m.room.member"
                                 && state_key != user.as_str()
+                                && Some(state_key) != own_key_form.as_ref()
                                 && !senders.contains(state_key.as_str());
                             if !lazy_skip {
                                 wanted_nids.push(nid);

@@ -618,13 +618,16 @@ fn merge_missing_defaults(stored: &mut Ruleset, defaults: Ruleset) {
 }
 
 /// The room versions for `m.room_versions`: the default for new rooms (`default`) and every
-/// supported version with whether it is stable.
+/// supported version with whether it is stable. Account-key rooms are listed only with
+/// `experimental.msc4243` (`account_keys`).
 pub fn room_versions(
     default: &'static myelin_room_version::version::RoomVersion,
+    account_keys: bool,
 ) -> (&'static str, Vec<(&'static str, bool)>) {
     use myelin_room_version::version::{RoomVersion, Stability};
     let available = RoomVersion::all()
         .iter()
+        .filter(|v| account_keys || !v.uses_account_keys())
         .map(|v| (v.id(), v.stability() == Stability::Stable))
         .collect();
     (default.id(), available)

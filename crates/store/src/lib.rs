@@ -34,6 +34,7 @@
 //! embedded in the binary; [`Store::open`] applies them and refuses a database written by a newer
 //! schema than this binary knows.
 
+pub mod account_keys;
 pub mod accounts;
 pub mod aliases;
 mod cache;
@@ -57,6 +58,7 @@ pub mod sync_reads;
 pub mod test_support;
 pub mod user_data;
 
+pub use account_keys::{AccountKeyRow, KeyState, NewLocalAccountKey, RemoteKeyVerdict};
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;

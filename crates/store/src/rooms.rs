@@ -525,8 +525,12 @@ macro_rules! apply_state_change {
         if event_type == "m.room.member" {
             match (nid, membership) {
                 (Some(nid), Some(membership)) => sqlx::query(
+                    // A local account's key-form id (account-key rooms) is indexed under its
+                    // account-name id, so every read that finds a user's rooms and
+                    // memberships by their user id finds these too (MSC4243.md Q3).
                     "INSERT INTO room_memberships (room_nid, user_id, membership, event_nid, stream_ordering, forgotten) \
-                     VALUES ($1, $2, $3, $4, $5, FALSE) \
+                     VALUES ($1, COALESCE((SELECT '@' || k.account_name || ':' || k.domain FROM account_keys k \
+                     WHERE k.user_id = $2 AND k.state = 'local'), $2), $3, $4, $5, FALSE) \
                      ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, \
                      event_nid = excluded.event_nid, stream_ordering = excluded.stream_ordering, forgotten = FALSE",
                 )
@@ -537,7 +541,9 @@ macro_rules! apply_state_change {
                 .bind($stream)
                 .execute(&mut *$tx)
                 .await?,
-                _ => sqlx::query("DELETE FROM room_memberships WHERE room_nid = $1 AND user_id = $2")
+                _ => sqlx::query("DELETE FROM room_memberships WHERE room_nid = $1 AND user_id = \
+                     COALESCE((SELECT '@' || k.account_name || ':' || k.domain FROM account_keys k \
+                     WHERE k.user_id = $2 AND k.state = 'local'), $2)")
                     .bind($room)
                     .bind(state_key)
                     .execute(&mut *$tx)

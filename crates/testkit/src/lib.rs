@@ -46,6 +46,8 @@ impl TestServer {
         config.listen.federation = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.shutdown_grace_period_secs = 5;
         config.registration.enabled = true;
+        // Account-key rooms are on in tests (off by default for operators).
+        config.experimental.msc4243 = true;
         // Tests send in bursts; the rate-limit tests turn limits back on.
         config.rate_limits.enabled = false;
         config.registration.shared_secret = Some(SHARED_SECRET.to_owned());
@@ -125,8 +127,8 @@ impl TestServer {
         self.config.server_name.as_str()
     }
 
-    /// The running server's services (to drive the server from inside, as the federation
-    /// tests do).
+    /// The running server's services: to drive the server from inside (the federation tests),
+    /// or to test service logic that has no route yet.
     pub fn services(&self) -> &std::sync::Arc<myelin_service::Services> {
         &self.running().services
     }

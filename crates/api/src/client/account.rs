@@ -142,6 +142,9 @@ async fn deactivate(
     accounts.deactivate(&user).await?;
     // Logins end first, so nothing can rejoin while the rooms are being left.
     state.services.rooms.leave_all(&user.user_id).await?;
+    if request.body.erase {
+        accounts.erase_account_key(&user).await?;
+    }
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
     ))

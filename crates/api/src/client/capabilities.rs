@@ -19,8 +19,10 @@ async fn capabilities(
     State(state): State<AppState>,
     _request: Ruma<get_capabilities::v3::Request>,
 ) -> Result<Json<Value>, MatrixError> {
-    let (default, versions) =
-        myelin_service::user_data::room_versions(state.services.rooms.default_room_version());
+    let (default, versions) = myelin_service::user_data::room_versions(
+        state.services.rooms.default_room_version(),
+        state.services.config.experimental.msc4243,
+    );
     let available: serde_json::Map<String, Value> = versions
         .into_iter()
         .map(|(id, stable)| {

@@ -7,7 +7,7 @@
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersion,
     auth::{check_auth_events, check_power_levels_content},
-    pdu::build_pdu,
+    pdu::{EventSigner, build_pdu},
     version::{EventFormat, RoomIdFormat, Stability},
 };
 use myelin_store::RoomRow;
@@ -71,10 +71,12 @@ pub(super) struct NewRoom {
 
 /// The room version a new room gets: `requested`, or the server's default
 /// (`rooms.default_room_version`). Versions this server can read and join but not create are
-/// refused with `M_UNSUPPORTED_ROOM_VERSION`.
+/// refused with `M_UNSUPPORTED_ROOM_VERSION`; account-key rooms are creatable only with
+/// `account_keys` (`experimental.msc4243`).
 pub(super) fn creatable_version(
     requested: Option<&str>,
     default: &'static RoomVersion,
+    account_keys: bool,
 ) -> Result<&'static RoomVersion> {
     let version = match requested {
         Some(id) => {
@@ -82,10 +84,9 @@ pub(super) fn creatable_version(
         }
         None => default,
     };
-    if version.uses_account_keys() {
-        // Account-key rooms need users' account keys, which land with the account-key work.
+    if version.uses_account_keys() && !account_keys {
         return Err(Error::UnsupportedRoomVersion(format!(
-            "Room version {} ({:?}) cannot be created here yet: account keys are not available",
+            "Room version {} ({:?}) is not enabled on this server (experimental.msc4243)",
             version.id(),
             Stability::Unstable
         )));
@@ -96,7 +97,11 @@ pub(super) fn creatable_version(
 impl Rooms {
     /// Creates a room with `creator` in it. Returns the room id.
     pub async fn create_room(&self, creator: &UserId, request: CreateRoom) -> Result<String> {
-        let version = creatable_version(request.room_version.as_deref(), self.default_version)?;
+        let version = creatable_version(
+            request.room_version.as_deref(),
+            self.default_version,
+            self.account_keys.enabled(),
+        )?;
         crate::limits::at_most(
             "The number of initial_state events",
             request.initial_state.len(),
@@ -231,7 +236,29 @@ impl Rooms {
             )));
         }
 
-        // 1. The create event.
+        // 1. The create event. In account-key rooms the creator is its key-form id and the
+        // create event is signed by its account key; `additional_creators` are keys: a client
+        // may name only users whose keys are known (local, or verified), and an unknown one is
+        // refused before anything is written (MSC4243.md Q3, Q8).
+        let creator_id = self.room_user_id(version, creator).await?;
+        let account_key = if version.uses_account_keys() {
+            if let Some(Value::Array(creators)) = create_content.get("additional_creators").cloned()
+            {
+                let mut keyed = Vec::with_capacity(creators.len());
+                for named in creators {
+                    let Value::String(named) = named else {
+                        // Not a user id at all: the auth rules refuse it below.
+                        keyed.push(named);
+                        continue;
+                    };
+                    keyed.push(Value::String(self.account_keys.to_key_form(&named).await?));
+                }
+                create_content.insert("additional_creators".to_owned(), Value::Array(keyed));
+            }
+            Some(self.account_keys.signing_key(creator.localpart()).await?)
+        } else {
+            None
+        };
         create_content.insert("room_version".to_owned(), json!(version.id()));
         if !version.auth_rules().creator_is_create_sender {
             // Before v11 the creator is named in the content.
@@ -245,10 +272,7 @@ impl Rooms {
             "type".to_owned(),
             CanonicalJsonValue::String("m.room.create".to_owned()),
         );
-        partial.insert(
-            "sender".to_owned(),
-            CanonicalJsonValue::String(creator.to_string()),
-        );
+        partial.insert("sender".to_owned(), CanonicalJsonValue::String(creator_id));
         partial.insert(
             "state_key".to_owned(),
             CanonicalJsonValue::String(String::new()),
@@ -292,8 +316,11 @@ impl Rooms {
         let mut now = now;
         let mut attempts = 0;
         let (create, room_id) = loop {
-            let create =
-                build_pdu(partial.clone(), version, self.keys.event_signer()).map_err(pdu_error)?;
+            let signer = match &account_key {
+                Some(pair) => EventSigner::Account(pair),
+                None => self.keys.event_signer(),
+            };
+            let create = build_pdu(partial.clone(), version, signer).map_err(pdu_error)?;
             // What the auth rules would refuse in the create event or the power levels is
             // refused before the room exists (a bad power_level_content_override used to leave
             // a half-made room).

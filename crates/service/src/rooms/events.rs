@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu,
     auth::{auth_types_for_event, check_against_auth_events},
-    pdu::build_pdu,
+    pdu::{EventSigner, build_pdu},
     version::{RedactionAlgorithm, RoomVersion},
 };
 use myelin_store::{CurrentStateChange, EventStatus, Placement, RoomRow, TxnKey};
@@ -80,7 +80,7 @@ impl Rooms {
         &self,
         room: &RoomRow,
         sender: &UserId,
-        event: LocalEvent<'_>,
+        mut event: LocalEvent<'_>,
     ) -> Result<String> {
         if !self.is_local(sender) {
             return Err(Error::Internal(
@@ -101,15 +101,48 @@ impl Rooms {
         // Held until the event's commit has ended (or it is known never to happen): it moves
         // into the store's group commit with the event (see `persist`), so a send whose
         // caller goes away never commits outside its room's lock.
-        let writing = self.locks.writer(&room.room_id).await;
         let version = version_of(room)?;
+        // In account-key rooms the sender is its key-form id and the users the client named by
+        // account name are translated to keys (MSC4243.md Q2-Q5) before anything is built or
+        // locked; what cannot be translated is refused, nothing written.
+        if version.uses_account_keys() && event.event_type == "m.room.third_party_invite" {
+            // Identity servers sign account-name ids, but the member state key must be the key
+            // form, so such an invite could never be accepted (MSC4243.md Q10).
+            return Err(Error::Forbidden(
+                "Third-party invites are disabled in account-key rooms".to_owned(),
+            ));
+        }
+        let sender_id = self.room_user_id(version, sender).await?;
+        let translated_state_key;
+        if version.uses_account_keys() {
+            translated_state_key = match event.state_key {
+                Some(key)
+                    if key.starts_with('@')
+                        && (event.event_type == "m.room.member" || key == sender.as_str()) =>
+                {
+                    Some(self.key_form_in_room(room, key).await?)
+                }
+                other => other.map(str::to_owned),
+            };
+            self.translate_content(room, event.event_type, &mut event.content)
+                .await?;
+        } else {
+            translated_state_key = event.state_key.map(str::to_owned);
+        }
+        let state_key = translated_state_key.as_deref();
+        let account_key = if version.uses_account_keys() {
+            Some(self.account_keys.signing_key(sender.localpart()).await?)
+        } else {
+            None
+        };
+        let writing = self.locks.writer(&room.room_id).await;
         let content_raw =
             to_raw_value(&event.content).map_err(|e| Error::BadJson(e.to_string()))?;
         let auth_types = auth_types_for_event(
             version,
             event.event_type,
-            sender.as_str(),
-            event.state_key,
+            &sender_id,
+            state_key,
             &content_raw,
         )
         .map_err(auth_error)?;
@@ -124,9 +157,7 @@ impl Rooms {
             }
         }
         // The state this event would replace, to recognise a repeat of it (below).
-        let own_key = event
-            .state_key
-            .map(|key| (event.event_type.to_owned(), key.to_owned()));
+        let own_key = state_key.map(|key| (event.event_type.to_owned(), key.to_owned()));
         if let Some(own) = &own_key
             && !keys.contains(own)
         {
@@ -153,7 +184,7 @@ impl Rooms {
                 .state
                 .iter()
                 .find(|row| &row.event_type == kind && row.state_key.as_deref() == Some(key))
-            && current.sender == sender.as_str()
+            && current.sender == sender_id
             && current.redacted_by.is_none()
             && serde_json::from_str::<Value>(&current.json)
                 .is_ok_and(|stored| stored["content"] == event.content)
@@ -190,13 +221,13 @@ impl Rooms {
         );
         partial.insert(
             "sender".to_owned(),
-            CanonicalJsonValue::String(sender.to_string()),
+            CanonicalJsonValue::String(sender_id.clone()),
         );
         partial.insert(
             "content".to_owned(),
             CanonicalJsonValue::Object(to_canonical_object(event.content.clone())?),
         );
-        if let Some(state_key) = event.state_key {
+        if let Some(state_key) = state_key {
             partial.insert(
                 "state_key".to_owned(),
                 CanonicalJsonValue::String(state_key.to_owned()),
@@ -235,7 +266,26 @@ impl Rooms {
         );
 
         self.assign_event_id(&mut partial, version);
-        let pdu = build_pdu(partial, version, self.keys.event_signer()).map_err(pdu_error)?;
+        // Account-key rooms: signed by the sender's account key, never the server key.
+        let signer = match &account_key {
+            Some(pair) => EventSigner::Account(pair),
+            None => self.keys.event_signer(),
+        };
+        let mut pdu = build_pdu(partial, version, signer).map_err(pdu_error)?;
+        drop(account_key);
+        // A restricted join in an account-key room is co-signed by the authorising user's
+        // account key (MSC4243.md §2.2 item 12); that user is one of ours (we chose it).
+        if version.uses_account_keys()
+            && event.event_type == "m.room.member"
+            && let Some(authoriser) = event.content["join_authorised_via_users_server"].as_str()
+            && let Ok(authoriser) = myelin_room_version::KeyFormUserId::parse(authoriser)
+            && let myelin_room_version::KeyVerification::Local { account_name } =
+                self.account_keys.lookup(&authoriser)
+        {
+            let pair = self.account_keys.signing_key(&account_name).await?;
+            myelin_room_version::pdu::add_signature(&mut pdu, version, EventSigner::Account(&pair))
+                .map_err(pdu_error)?;
+        }
         let by_id: HashMap<&str, &Pdu> = by_key.values().map(|pdu| (pdu.event_id(), pdu)).collect();
         check_against_auth_events(version, &pdu, |id| by_id.get(id).copied())
             .map_err(auth_error)?;
@@ -268,6 +318,108 @@ impl Rooms {
             just_built: true,
         })
         .await
+    }
+
+    /// A user a client named, in key form, in the context of `room` (MSC4243.md Q3): what
+    /// [`AccountKeys::to_key_form`](crate::account_keys::AccountKeys::to_key_form) knows, or
+    /// else a remote account name matched against the room's members whose keys are verified
+    /// under that name on that domain (of several, the most recent membership; logged). No
+    /// match is `M_INVALID_PARAM`: never a guess.
+    pub(crate) async fn key_form_in_room(&self, room: &RoomRow, user_id: &str) -> Result<String> {
+        let err = match self.account_keys.to_key_form(user_id).await {
+            Ok(key_form) => return Ok(key_form),
+            Err(err @ Error::InvalidParam(_)) => err,
+            Err(other) => return Err(other),
+        };
+        let Some((name, domain)) = user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            return Err(err);
+        };
+        if domain == self.server_name.as_str() {
+            return Err(err);
+        }
+        let members = self.store.current_state(room.room_nid, None).await?;
+        let mut matches: Vec<(i64, String)> = members
+            .iter()
+            .filter(|row| row.event_type == "m.room.member")
+            .filter_map(|row| {
+                let key_form =
+                    myelin_room_version::KeyFormUserId::parse(row.state_key.as_deref()?).ok()?;
+                (key_form.server_name == domain
+                    && matches!(
+                        self.account_keys.lookup(&key_form),
+                        myelin_room_version::KeyVerification::Verified { account_name }
+                            if account_name == name
+                    ))
+                .then(|| (row.stream_ordering, key_form.to_string()))
+            })
+            .collect();
+        matches.sort();
+        if matches.len() > 1 {
+            tracing::info!(%user_id, keys = matches.len(), "several members verified under one name; the most recent membership wins");
+        }
+        matches.pop().map(|(_, key_form)| key_form).ok_or(err)
+    }
+
+    /// Account-key rooms: user ids a client names in content, in key form (MSC4243.md Q5):
+    /// `join_authorised_via_users_server` of a member event and the keys of
+    /// `m.room.power_levels`' `users`. A key-form id already in the room's power levels stays
+    /// as it is (clients get unverified keys in key form and send them back).
+    async fn translate_content(
+        &self,
+        room: &RoomRow,
+        event_type: &str,
+        content: &mut Value,
+    ) -> Result<()> {
+        let Some(object) = content.as_object_mut() else {
+            return Ok(());
+        };
+        match event_type {
+            "m.room.member" => {
+                if let Some(Value::String(authoriser)) =
+                    object.get("join_authorised_via_users_server").cloned()
+                {
+                    object.insert(
+                        "join_authorised_via_users_server".to_owned(),
+                        Value::String(self.account_keys.to_key_form(&authoriser).await?),
+                    );
+                }
+            }
+            "m.room.power_levels" => {
+                let Some(Value::Object(users)) = object.get("users").cloned() else {
+                    return Ok(());
+                };
+                let current = self
+                    .store
+                    .current_state(
+                        room.room_nid,
+                        Some(&[("m.room.power_levels".to_owned(), String::new())]),
+                    )
+                    .await?;
+                let present: Vec<String> = current
+                    .iter()
+                    .filter_map(|row| serde_json::from_str::<Value>(&row.json).ok())
+                    .filter_map(|json| json["content"]["users"].as_object().cloned())
+                    .flat_map(|users| users.keys().cloned().collect::<Vec<_>>())
+                    .collect();
+                let mut translated = serde_json::Map::new();
+                for (user, level) in users {
+                    let key_form = if present.contains(&user)
+                        && myelin_room_version::KeyFormUserId::parse(&user).is_ok()
+                    {
+                        user
+                    } else {
+                        self.key_form_in_room(room, &user).await?
+                    };
+                    translated.insert(key_form, level);
+                }
+                object.insert("users".to_owned(), Value::Object(translated));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// How a new event cites `event_ids` in `prev_events`: the ids themselves, or in rooms 1

@@ -265,7 +265,11 @@ impl Rooms {
         let version = version_of(room)?;
         let keys = [
             ("m.room.join_rules".to_owned(), String::new()),
-            ("m.room.member".to_owned(), user.to_string()),
+            // Key form in account-key rooms.
+            (
+                "m.room.member".to_owned(),
+                self.room_user_id(version, user).await?,
+            ),
             ("m.room.power_levels".to_owned(), String::new()),
             ("m.room.create".to_owned(), String::new()),
         ];

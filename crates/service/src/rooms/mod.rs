@@ -45,6 +45,8 @@ pub struct Rooms {
     store: Store,
     server_name: OwnedServerName,
     keys: Arc<ServerKeys>,
+    /// Local users' account keys and everyone's key states (account-key rooms).
+    account_keys: Arc<crate::account_keys::AccountKeys>,
     /// The per-room locks (one writer per room, one upgrade per room), with their order.
     locks: locks::RoomLocks,
     /// Woken after every persisted event (sync waits on it).
@@ -61,11 +63,19 @@ pub struct Rooms {
     default_version: &'static RoomVersion,
 }
 
+/// The keys rooms' events are signed with: the server's (server-key rooms) and each local
+/// user's account key (account-key rooms).
+#[derive(Debug, Clone)]
+pub struct RoomKeys {
+    pub server: Arc<ServerKeys>,
+    pub accounts: Arc<crate::account_keys::AccountKeys>,
+}
+
 impl Rooms {
     pub fn new(
         store: Store,
         server_name: OwnedServerName,
-        keys: Arc<ServerKeys>,
+        keys: RoomKeys,
         notify: crate::notifier::Notifier,
         pushers: Arc<crate::pushers::Pushers>,
         user_data: Arc<crate::user_data::UserData>,
@@ -74,7 +84,8 @@ impl Rooms {
         Rooms {
             store,
             server_name,
-            keys,
+            keys: keys.server,
+            account_keys: keys.accounts,
             locks: Default::default(),
             notify,
             push_rules: Default::default(),
@@ -96,6 +107,30 @@ impl Rooms {
             .room(room_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("Unknown room {room_id}")))
+    }
+
+    /// The id a local user has in the events of a room of `version`: key form in account-key
+    /// rooms (the account key created if the user predates keys), else the user id itself.
+    pub(crate) async fn room_user_id(
+        &self,
+        version: &RoomVersion,
+        user: &UserId,
+    ) -> Result<String> {
+        if version.uses_account_keys() {
+            self.account_keys.local_user_id(user.localpart()).await
+        } else {
+            Ok(user.to_string())
+        }
+    }
+
+    /// A local user's key-form id, if they have an account key (what they are called in
+    /// account-key rooms' state; reads that span rooms look for both forms).
+    pub(crate) fn key_form_of(&self, user: &UserId) -> Option<String> {
+        if self.is_local(user) {
+            self.account_keys.known_local_user_id(user.localpart())
+        } else {
+            None
+        }
     }
 
     fn is_local(&self, user_id: &UserId) -> bool {

@@ -98,7 +98,12 @@ impl Rooms {
             let Ok(user_id) = UserId::parse(member.user_id.as_str()) else {
                 continue;
             };
-            if !self.is_local(&user_id) || user_id.as_str() == pdu.sender() {
+            // The sender is never notified of its own event; in account-key rooms it sends
+            // under its key-form id while the membership index names it by account.
+            if !self.is_local(&user_id)
+                || user_id.as_str() == pdu.sender()
+                || self.key_form_of(&user_id).as_deref() == Some(pdu.sender())
+            {
                 continue;
             }
             let display_name = serde_json::from_str::<Value>(&member.member_json)

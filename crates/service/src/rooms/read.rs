@@ -380,14 +380,31 @@ impl Rooms {
     ) -> Result<Value> {
         let room = self.room_for_reader(room_id).await?;
         let rows = self.state_for(&room, user).await?;
-        rows.iter()
+        let exact = rows
+            .iter()
             .find(|row| row.event_type == event_type && row.state_key.as_deref() == Some(state_key))
-            .and_then(|row| self.client_event(&room, row, user))
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "No {event_type} state with key {state_key:?} in this room"
-                ))
-            })
+            .and_then(|row| self.client_event(&room, row, user));
+        // Account-key rooms: a client names users by account name (MSC4243.md Q3), so a state
+        // key is also found by what clients see of it; of several keys shown under one name the
+        // most recent event wins.
+        let by_name = || {
+            if !version_of(&room).is_ok_and(|v| v.uses_account_keys())
+                || !state_key.starts_with('@')
+            {
+                return None;
+            }
+            rows.iter()
+                .filter(|row| row.event_type == event_type)
+                .filter_map(|row| Some((row.stream_ordering, self.client_event(&room, row, user)?)))
+                .filter(|(_, event)| event["state_key"] == state_key)
+                .max_by_key(|(stream, _)| *stream)
+                .map(|(_, event)| event)
+        };
+        exact.or_else(by_name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "No {event_type} state with key {state_key:?} in this room"
+            ))
+        })
     }
 
     /// `GET /rooms/{roomId}/event/{eventId}`.
@@ -514,11 +531,13 @@ impl Rooms {
             .iter()
             .filter(|row| row.event_type == "m.room.member")
             .filter_map(|row| {
-                let json: Value = serde_json::from_str(&row.json).ok()?;
+                // Through the projection like every event a client reads: account-key rooms
+                // list members by account name and leave out those it hides.
+                let json = self.client_event(&room, row, user)?;
                 let content = &json["content"];
                 (content["membership"] == "join").then(|| {
                     (
-                        row.state_key.clone().unwrap_or_default(),
+                        json["state_key"].as_str().unwrap_or_default().to_owned(),
                         content["displayname"].as_str().map(str::to_owned),
                         content["avatar_url"].as_str().map(str::to_owned),
                     )
@@ -963,7 +982,7 @@ impl Rooms {
         if let Some(redacts) = typed.redacts() {
             event["redacts"] = json!(redacts);
         }
-        project_value(version, &event, reader.as_str())
+        self.project_value(version, &event, Some(reader))
     }
 
     /// A state event in the stripped form invites, knocks and the space hierarchy show (`type`,
@@ -984,15 +1003,27 @@ impl Rooms {
         if with_ts {
             stripped["origin_server_ts"] = pdu["origin_server_ts"].clone();
         }
-        project_value(version, &stripped, reader.map_or("", |r| r.as_str()))
+        self.project_value(version, &stripped, reader)
     }
-}
 
-/// The room version's client projection of one client-format (or stripped) event. Account keys
-/// are not verified yet (MSC4243 lands with the account-key issue), so key-form senders count
-/// as unverified.
-fn project_value(version: &RoomVersion, event: &Value, reader: &str) -> Option<Value> {
-    project_for_client(version, event, reader, |_| {
-        myelin_room_version::KeyVerification::Unverified
-    })
+    /// The room version's client projection of one client-format (or stripped) event for
+    /// `reader` (`None`: anonymous), with this server's key states as the lookup. In
+    /// account-key rooms the reader is named by its key-form id, as the room's state names it.
+    fn project_value(
+        &self,
+        version: &RoomVersion,
+        event: &Value,
+        reader: Option<&UserId>,
+    ) -> Option<Value> {
+        let reader_id = match reader {
+            Some(reader) if version.uses_account_keys() => self
+                .key_form_of(reader)
+                .unwrap_or_else(|| reader.to_string()),
+            Some(reader) => reader.to_string(),
+            None => String::new(),
+        };
+        project_for_client(version, event, &reader_id, |id| {
+            self.account_keys.lookup(id)
+        })
+    }
 }

@@ -293,9 +293,11 @@ impl Rooms {
         // Step 4 against the batch and the store: auth events first (depth order, then passes
         // until nothing more can be decided).
         let mut lookups = Lookups::default();
+        let create_id = cited_create(version, &room.room_id);
         let cited: Vec<&str> = checked
             .iter()
             .flat_map(|(_, pdu)| pdu.auth_events())
+            .chain(create_id.as_deref())
             .collect();
         for row in self.store.events_by_ids(&cited).await? {
             if row.room_nid == room.room_nid {
@@ -407,7 +409,12 @@ impl Rooms {
             return Ok(Received::AlreadyStored);
         }
         let mut lookups = Lookups::default();
-        let cited: Vec<&str> = pdu.auth_events().chain(pdu.prev_events()).collect();
+        let create_id = cited_create(version, &room.room_id);
+        let cited: Vec<&str> = pdu
+            .auth_events()
+            .chain(pdu.prev_events())
+            .chain(create_id.as_deref())
+            .collect();
         let mut prev_rows: Vec<EventRow> = Vec::new();
         let prev_ids: HashSet<&str> = pdu.prev_events().collect();
         for row in self.store.events_by_ids(&cited).await? {
@@ -724,6 +731,14 @@ impl Rooms {
             .map_err(|e| Error::Internal(format!("redacting {target}: {e}")))?;
         Ok(Some((target.to_owned(), redacted.canonical_json())))
     }
+}
+
+/// From v12 (room ids are create-event hashes) no event cites the create event in
+/// `auth_events`; the auth rules still read it, by the id the room id names (MSC4291). Without
+/// it every received event of such a room (account-key rooms among them) would be rejected.
+fn cited_create(version: &RoomVersion, room_id: &str) -> Option<String> {
+    (version.room_id_format() == myelin_room_version::version::RoomIdFormat::CreateEventHash)
+        .then(|| format!("${}", room_id.trim_start_matches('!')))
 }
 
 /// The state keys the auth rules read for `pdu` (plus the create event and power levels, which

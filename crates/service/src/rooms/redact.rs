@@ -117,8 +117,10 @@ impl Rooms {
             .find(|r| r.event_type == "m.room.power_levels")
             .map(|r| pdu_of(r, version))
             .transpose()?;
-        let own = target.sender() == user.user_id.as_str();
-        let powerful = user_power_level(version, user.user_id.as_str(), &create, power.as_ref())
+        // In account-key rooms the redactor is its key-form id, as the room's events name it.
+        let redactor = self.room_user_id(version, &user.user_id).await?;
+        let own = target.sender() == redactor;
+        let powerful = user_power_level(version, &redactor, &create, power.as_ref())
             >= PowerLevel::Int(redact_level(version, power.as_ref()));
         if !own && !powerful {
             return Err(Error::Forbidden(

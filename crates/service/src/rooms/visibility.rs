@@ -96,6 +96,8 @@ impl Rooms {
     ) -> Result<Vec<Option<Sight>>> {
         let facts = self.visibility_facts(user, rows).await?;
         let ignored = self.ignored_users(user).await?;
+        // In account-key rooms the user's membership is under its key-form id.
+        let key_form = self.key_form_of(user);
         let mut joined_now = joined_now.clone();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -116,7 +118,11 @@ impl Rooms {
                     .clone()
                     .unwrap_or_else(|| "leave".to_owned()),
             };
-            if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str())
+            if row.event_type == "m.room.member"
+                && row
+                    .state_key
+                    .as_deref()
+                    .is_some_and(|key| key == user.as_str() || Some(key) == key_form.as_deref())
             {
                 // A user always sees their own membership events.
                 out.push(Some(sight()));
@@ -171,6 +177,10 @@ impl Rooms {
     ) -> Result<HashMap<i64, Facts>> {
         const VISIBILITY: (&str, &str) = ("m.room.history_visibility", "");
         let member = ("m.room.member", user.as_str());
+        // The user's key-form id names its membership in account-key rooms; a snapshot belongs
+        // to one room, so at most one of the two is in it.
+        let key_form = self.key_form_of(user);
+        let key_member = key_form.as_deref().map(|id| ("m.room.member", id));
         let mut out = HashMap::new();
         let mut missing: Vec<i64> = Vec::new();
         for group in rows.iter().filter_map(|row| row.state_group) {
@@ -189,7 +199,13 @@ impl Rooms {
         }
         let at_groups = self
             .store
-            .state_entries_at_groups(&missing, &[VISIBILITY, member])
+            .state_entries_at_groups(
+                &missing,
+                &[VISIBILITY, member]
+                    .into_iter()
+                    .chain(key_member)
+                    .collect::<Vec<_>>(),
+            )
             .await?;
         let mut needed: Vec<i64> = at_groups
             .values()
@@ -211,6 +227,7 @@ impl Rooms {
             .collect();
         let key = |(t, k): (&str, &str)| (t.to_owned(), k.to_owned());
         let (visibility_key, member_key) = (key(VISIBILITY), key(member));
+        let key_member_key = key_member.map(key);
         for group in missing {
             let entries = at_groups.get(&group);
             let field = |state: &(String, String), name: &str| -> Option<String> {
@@ -222,7 +239,8 @@ impl Rooms {
             };
             let facts = (
                 field(&visibility_key, "history_visibility"),
-                field(&member_key, "membership"),
+                field(&member_key, "membership")
+                    .or_else(|| key_member_key.as_ref().and_then(|k| field(k, "membership"))),
             );
             self.visibility_facts
                 .put(group, user.as_str(), facts.clone());

@@ -1,0 +1,786 @@
+//! Account-key rooms (MSC4243, `org.matrix.12.4243`) on one server, on both databases: a room
+//! made by a local user with local members invited, joined, chatting, kicked, banned and
+//! leaving; every stored PDU signed by its sender's account key only; every client read in
+//! account-name ids with `unsigned.sender_account`, never keys; lazy keys for users that
+//! predate account keys; erasure (signed `M_ERASED`, the user's events hidden); the
+//! `experimental.msc4243` gate.
+
+use myelin_room_version::{
+    CanonicalJsonObject, KeyFormUserId,
+    query_accounts::{AnswerVerdict, classify_answer},
+};
+use myelin_service::account_keys::QueryAccounts;
+use myelin_store::UserRow;
+use myelin_testkit::{TestServer, TestUser, enc, test_backends};
+use serde_json::{Value, json};
+
+const AK: &str = "org.matrix.12.4243";
+
+/// A local user's key-form id (asserting it has a key).
+fn key_id(server: &TestServer, user: &TestUser) -> String {
+    let localpart = user.user_id[1..].split(':').next().unwrap();
+    server
+        .services()
+        .account_keys
+        .known_local_user_id(localpart)
+        .unwrap_or_else(|| panic!("{} has no account key", user.user_id))
+}
+
+fn bare_key(key_form: &str) -> String {
+    key_form[1..].split(':').next().unwrap().to_owned()
+}
+
+async fn ok(server: &TestServer, reply: (reqwest::StatusCode, Value), what: &str) -> Value {
+    let _ = server;
+    assert_eq!(reply.0, 200, "{what}: {}", reply.1);
+    reply.1
+}
+
+/// Every event object (anything with `type` and `sender`) in a client response.
+fn events_in(value: &Value, out: &mut Vec<Value>) {
+    match value {
+        Value::Object(map) => {
+            if map.contains_key("type") && map.contains_key("sender") && map.contains_key("content")
+            {
+                out.push(value.clone());
+            }
+            for v in map.values() {
+                events_in(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| events_in(v, out)),
+        _ => {}
+    }
+}
+
+/// A response with every `sender_account` object taken out (the one place keys may appear).
+fn without_sender_account(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| k.as_str() != "sender_account")
+                .map(|(k, v)| (k.clone(), without_sender_account(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_sender_account).collect()),
+        other => other.clone(),
+    }
+}
+
+/// What every client read must show: events in account-name ids with `sender_account` naming
+/// the key and the name, and no key anywhere else. `names` maps each bare key to its name id.
+fn assert_projected(what: &str, body: &Value, names: &[(String, String)]) {
+    let mut events = Vec::new();
+    events_in(body, &mut events);
+    for event in &events {
+        // Stripped state (invites) carries no unsigned in the spec's shape, but ours has it.
+        let account = &event["unsigned"]["sender_account"];
+        let key = account["key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no sender_account in {event}"));
+        let (_, name) = names
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("{what}: unknown key {key} in {event}"));
+        assert_eq!(account["user_id"], json!(name), "{what}: {event}");
+        assert_eq!(event["sender"], json!(name), "{what}: {event}");
+    }
+    let text = without_sender_account(body).to_string();
+    for (key, _) in names {
+        assert!(
+            !text.contains(key.as_str()),
+            "{what}: key {key} shown to a client: {text}"
+        );
+    }
+}
+
+async fn send_text(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    txn: &str,
+    body: &str,
+) -> String {
+    let reply = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                enc(room)
+            ),
+            &user.access_token,
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await;
+    ok(server, reply, "send").await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn post_ok(server: &TestServer, user: &TestUser, path: &str, body: Value) -> Value {
+    let reply = server.post(path, &user.access_token, body).await;
+    ok(server, reply, path).await
+}
+
+async fn get_ok(server: &TestServer, user: &TestUser, path: &str) -> Value {
+    let reply = server.get(path, &user.access_token).await;
+    ok(server, reply, path).await
+}
+
+/// A user as it would be had it registered before account keys existed: an account row and a
+/// password, no key.
+async fn predating_user(server: &TestServer, localpart: &str) -> TestUser {
+    let user_id = format!("@{localpart}:{}", server.config.server_name);
+    let password = format!("{localpart}-password");
+    let hash = myelin_service::passwords::hash(&server.config.passwords, &password)
+        .await
+        .unwrap();
+    let store = server.store();
+    store
+        .create_user(&UserRow {
+            user_id: user_id.clone(),
+            localpart: localpart.to_owned(),
+            password_hash: Some(hash),
+            is_admin: false,
+            created_ts: 1,
+            deactivated_ts: None,
+        })
+        .await
+        .unwrap();
+    store.create_profile(&user_id, localpart).await.unwrap();
+    let reply = server
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({"type": "m.login.password",
+                        "identifier": {"type": "m.id.user", "user": localpart},
+                        "password": password})),
+        )
+        .await;
+    let body = ok(server, reply, "login").await;
+    TestUser {
+        user_id,
+        device_id: body["device_id"].as_str().unwrap().to_owned(),
+        access_token: body["access_token"].as_str().unwrap().to_owned(),
+        password,
+    }
+}
+
+#[tokio::test]
+async fn local_account_key_room_end_to_end() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let dave = server.register("dave").await;
+        // Registration made each a key.
+        let users = [&alice, &bob, &carol, &dave];
+        for user in users {
+            key_id(&server, user);
+        }
+        // Erin predates account keys: her key is made when she first needs it.
+        let erin = predating_user(&server, "erin").await;
+        assert!(
+            server
+                .services()
+                .account_keys
+                .known_local_user_id("erin")
+                .is_none()
+        );
+
+        let room = server
+            .create_room(
+                &alice,
+                json!({"room_version": AK, "preset": "private_chat", "invite": [bob.user_id],
+                       "name": "keys"}),
+            )
+            .await;
+        let r = enc(&room);
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}"),
+            json!({}),
+        )
+        .await;
+        for invitee in [&carol, &dave, &erin] {
+            post_ok(
+                &server,
+                &alice,
+                &format!("/_matrix/client/v3/rooms/{r}/invite"),
+                json!({"user_id": invitee.user_id}),
+            )
+            .await;
+        }
+        // Erin got her key lazily, at her invite.
+        let erin_key = key_id(&server, &erin);
+        for joiner in [&carol, &erin] {
+            post_ok(
+                &server,
+                joiner,
+                &format!("/_matrix/client/v3/join/{r}"),
+                json!({}),
+            )
+            .await;
+        }
+        let hello = send_text(&server, &alice, &room, "t1", "hello").await;
+        send_text(&server, &bob, &room, "t2", "hi alice").await;
+        send_text(&server, &erin, &room, "t3", "late but here").await;
+        // Power levels named by account name are stored by key and read back by name.
+        let reply = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/state/m.room.power_levels/"),
+                &alice.access_token,
+                json!({"users": {bob.user_id.clone(): 50}, "users_default": 0,
+                       "events": {"m.room.tombstone": 150}, "state_default": 50,
+                       "ban": 50, "kick": 50, "redact": 50, "invite": 0}),
+            )
+            .await;
+        ok(&server, reply, "power levels").await;
+        // A user nobody knows a key for is refused, and nothing is sent.
+        let reply = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/state/m.room.power_levels/"),
+                &alice.access_token,
+                json!({"users": {"@nobody:elsewhere.example": 50}}),
+            )
+            .await;
+        assert_eq!(reply.0, 400, "{}", reply.1);
+        assert_eq!(reply.1["errcode"], "M_INVALID_PARAM");
+        // Third-party invites cannot work with key-form state keys: refused (Q10).
+        let reply = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/state/m.room.third_party_invite/tok"),
+                &alice.access_token,
+                json!({"display_name": "x", "key_validity_url": "https://id.example/v", "public_key": "abc"}),
+            )
+            .await;
+        assert_eq!(reply.0, 403, "{}", reply.1);
+        assert_eq!(reply.1["errcode"], "M_FORBIDDEN");
+        // Relations read through the projection too.
+        let reply = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/send/m.reaction/re1"),
+                &bob.access_token,
+                json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": hello, "key": "+1"}}),
+            )
+            .await;
+        ok(&server, reply, "reaction").await;
+        // Where carol's and dave's clients are before they are thrown out.
+        let mut since = Vec::new();
+        for user in [&carol, &dave] {
+            let sync = get_ok(&server, user, "/_matrix/client/v3/sync?timeout=0").await;
+            since.push(sync["next_batch"].as_str().unwrap().to_owned());
+        }
+        let names: Vec<(String, String)> = [&alice, &bob, &carol, &dave, &erin]
+            .iter()
+            .map(|u| (bare_key(&key_id(&server, u)), u.user_id.clone()))
+            .collect();
+        // Dave's invite, with its stripped state, in names.
+        let invite = get_ok(&server, &dave, "/_matrix/client/v3/sync?timeout=0").await;
+        let stripped = &invite["rooms"]["invite"][&room]["invite_state"]["events"];
+        assert!(
+            stripped.as_array().is_some_and(|events| events
+                .iter()
+                .any(|e| e["type"] == "m.room.member"
+                    && e["state_key"] == json!(dave.user_id)
+                    && e["sender"] == json!(alice.user_id))),
+            "{kind:?}: {invite}"
+        );
+        assert_projected("dave's invite", &invite["rooms"], &names);
+        // Kick carol, ban dave (invited), a redaction, bob leaves.
+        post_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/kick"),
+            json!({"user_id": carol.user_id, "reason": "bye"}),
+        )
+        .await;
+        post_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/ban"),
+            json!({"user_id": dave.user_id}),
+        )
+        .await;
+        let reply = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/redact/{}/x1", enc(&hello)),
+                &alice.access_token,
+                json!({"reason": "oops"}),
+            )
+            .await;
+        ok(&server, reply, "redact").await;
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{r}/leave"),
+            json!({}),
+        )
+        .await;
+
+        // Every stored PDU carries its sender's account-key signature and nothing else.
+        let store = server.store();
+        let room_row = store.room(&room).await.unwrap().unwrap();
+        let stored = store
+            .room_events(room_row.room_nid, i64::MIN, i64::MAX, false, 1000)
+            .await
+            .unwrap();
+        assert!(stored.len() >= 15, "{kind:?}: {} events", stored.len());
+        let server_name = server.config.server_name.to_string();
+        for row in &stored {
+            let pdu: Value = serde_json::from_str(&row.json).unwrap();
+            let sender = KeyFormUserId::parse(pdu["sender"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{kind:?}: sender not key form ({e}): {pdu}"));
+            let signatures = pdu["signatures"].as_object().unwrap();
+            assert_eq!(signatures.len(), 1, "{kind:?}: {pdu}");
+            assert!(!signatures.contains_key(&server_name), "{kind:?}: {pdu}");
+            let by_key = signatures[sender.key.as_str()].as_object().unwrap();
+            assert_eq!(by_key.keys().collect::<Vec<_>>(), ["ed25519:1"], "{pdu}");
+            // And it verifies with the key alone.
+            let pdu = myelin_room_version::Pdu::from_federation(
+                row.json.as_bytes(),
+                myelin_room_version::RoomVersion::get(AK).unwrap(),
+            )
+            .unwrap();
+            myelin_room_version::verify::verify_pdu(
+                &pdu,
+                myelin_room_version::RoomVersion::get(AK).unwrap(),
+                &Default::default(),
+            )
+            .unwrap();
+        }
+        let stored_pl = stored
+            .iter()
+            .rev()
+            .find(|row| row.event_type == "m.room.power_levels")
+            .unwrap();
+        let pl: Value = serde_json::from_str(&stored_pl.json).unwrap();
+        assert_eq!(pl["content"]["users"], json!({key_id(&server, &bob): 50}));
+
+        // What clients read: names, never keys, sender_account on every event.
+        let sync = get_ok(&server, &alice, "/_matrix/client/v3/sync?timeout=0").await;
+        assert_projected("alice's sync", &sync["rooms"], &names);
+        let joined = &sync["rooms"]["join"][&room];
+        assert!(
+            joined.is_object(),
+            "{kind:?}: room missing from sync: {sync}"
+        );
+        let sync_state_after = get_ok(
+            &server,
+            &alice,
+            "/_matrix/client/v3/sync?timeout=0&use_state_after=true",
+        )
+        .await;
+        assert_projected("sync state_after", &sync_state_after["rooms"], &names);
+        // Lazy-loaded members: the reader's own member event and the timeline senders' are
+        // kept, compared by the names the client sees.
+        let filter = enc(r#"{"room":{"timeline":{"limit":2},"state":{"lazy_load_members":true}}}"#);
+        let lazy = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+        )
+        .await;
+        assert_projected("lazy sync", &lazy["rooms"], &names);
+        let members: Vec<&Value> = lazy["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| &e["state_key"])
+            .collect();
+        assert!(members.contains(&&json!(alice.user_id)), "{kind:?}: {lazy}");
+        assert!(!members.contains(&&json!(erin.user_id)), "{kind:?}: {lazy}");
+        let messages = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/messages?dir=b&limit=100"),
+        )
+        .await;
+        assert_projected("/messages", &messages, &names);
+        let bodies: Vec<&str> = messages["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        assert!(bodies.contains(&"hi alice"), "{bodies:?}");
+        let state = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/state"),
+        )
+        .await;
+        assert_projected("/state", &state, &names);
+        let pl = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/state/m.room.power_levels/"),
+        )
+        .await;
+        assert_eq!(pl["users"], json!({bob.user_id.clone(): 50}));
+        // State named by account name is found (Q3).
+        let member = get_ok(
+            &server,
+            &alice,
+            &format!(
+                "/_matrix/client/v3/rooms/{r}/state/m.room.member/{}",
+                enc(&carol.user_id)
+            ),
+        )
+        .await;
+        assert_eq!(member["membership"], "leave", "{kind:?}: {member}");
+        let relations = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v1/rooms/{r}/relations/{}", enc(&hello)),
+        )
+        .await;
+        assert_eq!(
+            relations["chunk"].as_array().unwrap().len(),
+            1,
+            "{relations}"
+        );
+        assert_projected("/relations", &relations, &names);
+        for path in [
+            format!("/_matrix/client/v3/rooms/{r}/members"),
+            format!("/_matrix/client/v3/rooms/{r}/context/{}", enc(&hello)),
+            format!("/_matrix/client/v3/rooms/{r}/event/{}", enc(&hello)),
+        ] {
+            let body = get_ok(&server, &alice, &path).await;
+            assert_projected(&path, &body, &names);
+        }
+        let joined_members = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/joined_members"),
+        )
+        .await;
+        let mut ids: Vec<&String> = joined_members["joined"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [&alice.user_id, &erin.user_id],
+            "{kind:?}: {joined_members}"
+        );
+        let search = post_ok(
+            &server,
+            &alice,
+            "/_matrix/client/v3/search",
+            json!({"search_categories": {"room_events": {"search_term": "alice"}}}),
+        )
+        .await;
+        assert_projected("search", &search, &names);
+        assert!(
+            search["search_categories"]["room_events"]["count"]
+                .as_u64()
+                .unwrap()
+                >= 1,
+            "{search}"
+        );
+        let notifications = get_ok(&server, &bob, "/_matrix/client/v3/notifications").await;
+        assert_projected("notifications", &notifications, &names);
+        let notified: Vec<&Value> = notifications["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| &n["event"]["sender"])
+            .collect();
+        // Bob is notified of others' messages, never of his own.
+        assert!(notified.contains(&&json!(alice.user_id)), "{notifications}");
+        assert!(!notified.contains(&&json!(bob.user_id)), "{notifications}");
+
+        // The kicked user learns it, in names.
+        let carol_sync = get_ok(
+            &server,
+            &carol,
+            &format!("/_matrix/client/v3/sync?timeout=0&since={}", since[0]),
+        )
+        .await;
+        assert_projected("carol's sync", &carol_sync["rooms"], &names);
+        let left = &carol_sync["rooms"]["leave"][&room];
+        let mut left_events = Vec::new();
+        events_in(left, &mut left_events);
+        assert!(
+            left_events.iter().any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == json!(carol.user_id)
+                && e["content"]["membership"] == "leave"
+                && e["sender"] == json!(alice.user_id)),
+            "{kind:?}: {left}"
+        );
+        // The banned invitee too.
+        let dave_sync = get_ok(
+            &server,
+            &dave,
+            &format!("/_matrix/client/v3/sync?timeout=0&since={}", since[1]),
+        )
+        .await;
+        assert_projected("dave's sync", &dave_sync["rooms"], &names);
+        assert!(
+            dave_sync["rooms"]["leave"][&room].is_object(),
+            "{dave_sync}"
+        );
+        // Joined rooms find key-form memberships.
+        let rooms = get_ok(&server, &erin, "/_matrix/client/v3/joined_rooms").await;
+        assert_eq!(rooms["joined_rooms"], json!([room]));
+        let _ = erin_key;
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn erasure_answers_signed_m_erased_and_hides_the_users_events() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = server
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let r = enc(&room);
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}"),
+            json!({}),
+        )
+        .await;
+        send_text(&server, &bob, &room, "b1", "remember me").await;
+        send_text(&server, &alice, &room, "a1", "hello bob").await;
+        let bob_key_form = key_id(&server, &bob);
+        let bob_user = KeyFormUserId::parse(&bob_key_form).unwrap();
+        let bob_key = bob_user.key.as_str().to_owned();
+        let keys = &server.services().account_keys;
+
+        // Before: a signed answer with the name.
+        let answer = keys
+            .query_accounts(&QueryAccounts {
+                account_keys: vec![bob_key.clone(), "not-ours".to_owned()],
+                erasure: Some((0, 10)),
+            })
+            .await
+            .unwrap();
+        let object: CanonicalJsonObject =
+            serde_json::from_value(answer["account_keys"][&bob_key].clone()).unwrap();
+        assert_eq!(
+            classify_answer(&bob_user, Some(&object)),
+            AnswerVerdict::Verified {
+                account_name: "bob".to_owned()
+            }
+        );
+        assert_eq!(answer["account_keys"]["not-ours"]["errcode"], "M_UNKNOWN");
+        assert_eq!(answer["erasure"], json!({"id": 0, "has_more": false}));
+        // Requests are capped.
+        let too_many = keys
+            .query_accounts(&QueryAccounts {
+                account_keys: vec!["k".to_owned(); 2049],
+                erasure: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(too_many, myelin_service::Error::InvalidParam(_)),
+            "{too_many:?}"
+        );
+
+        // Bob deactivates with erase: true.
+        let reply = server
+            .post(
+                "/_matrix/client/v3/account/deactivate",
+                &bob.access_token,
+                json!({"erase": true, "auth": {"type": "m.login.password",
+                       "identifier": {"type": "m.id.user", "user": "bob"},
+                       "password": bob.password}}),
+            )
+            .await;
+        ok(&server, reply, "deactivate").await;
+
+        // The key is answered with a signed M_ERASED, listed unrequested in the erasure log.
+        let answer = keys
+            .query_accounts(&QueryAccounts {
+                account_keys: vec![bob_key.clone()],
+                erasure: None,
+            })
+            .await
+            .unwrap();
+        let object: CanonicalJsonObject =
+            serde_json::from_value(answer["account_keys"][&bob_key].clone()).unwrap();
+        assert_eq!(
+            classify_answer(&bob_user, Some(&object)),
+            AnswerVerdict::Erased
+        );
+        let log = keys
+            .query_accounts(&QueryAccounts {
+                account_keys: vec![],
+                erasure: Some((0, 10)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(log["erasure"], json!({"id": 1, "has_more": false}), "{log}");
+        assert_eq!(log["account_keys"][&bob_key]["errcode"], "M_ERASED");
+        let after = keys
+            .query_accounts(&QueryAccounts {
+                account_keys: vec![],
+                erasure: Some((1, 10)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(after["account_keys"], json!({}));
+        assert_eq!(after["erasure"], json!({"id": 1, "has_more": false}));
+        // The private key and the name are gone from the store.
+        let rows = server
+            .store()
+            .account_keys_by_user_ids(std::slice::from_ref(&bob_key_form))
+            .await
+            .unwrap();
+        assert_eq!(rows[0].private_key_enc, None);
+        assert_eq!(rows[0].account_name, None);
+
+        // Alice no longer sees bob's events, anywhere; her own are still there.
+        let messages = get_ok(
+            &server,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/messages?dir=b&limit=100"),
+        )
+        .await;
+        let chunk = messages["chunk"].as_array().unwrap();
+        assert!(
+            chunk
+                .iter()
+                .all(|e| e["unsigned"]["sender_account"]["key"] != json!(bob_key)),
+            "{kind:?}: {messages}"
+        );
+        assert!(chunk.iter().any(|e| e["content"]["body"] == "hello bob"));
+        let sync = get_ok(&server, &alice, "/_matrix/client/v3/sync?timeout=0").await;
+        let text = sync.to_string();
+        assert!(!text.contains("remember me"), "{kind:?}: {text}");
+        assert!(text.contains("hello bob"));
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn account_key_rooms_are_off_unless_configured() {
+    for kind in test_backends() {
+        let server = TestServer::start_with(kind, |config| {
+            config.experimental.msc4243 = false;
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let caps = get_ok(&server, &alice, "/_matrix/client/v3/capabilities").await;
+        assert!(
+            caps["capabilities"]["m.room_versions"]["available"]
+                .get(AK)
+                .is_none(),
+            "{caps}"
+        );
+        let reply = server
+            .post(
+                "/_matrix/client/v3/createRoom",
+                &alice.access_token,
+                json!({"room_version": AK}),
+            )
+            .await;
+        assert_eq!(reply.0, 400, "{}", reply.1);
+        assert_eq!(reply.1["errcode"], "M_UNSUPPORTED_ROOM_VERSION");
+        server.stop().await;
+    }
+    // Off by default for operators.
+    assert!(!myelin_service::Config::default().experimental.msc4243);
+}
+
+/// A restricted join into an account-key room is signed by the joiner's account key and
+/// co-signed by the authorising member's (MSC4243.md §2.2 item 12), never by the server.
+#[tokio::test]
+async fn restricted_joins_are_co_signed_by_the_authorisers_account_key() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let space = server
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{}", enc(&space)),
+            json!({}),
+        )
+        .await;
+        let room = server
+            .create_room(
+                &alice,
+                json!({"room_version": AK, "preset": "private_chat",
+                       "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                         "content": {"join_rule": "restricted",
+                                     "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+            )
+            .await;
+        let joined = post_ok(
+            &server,
+            &bob,
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+        assert_eq!(joined["room_id"], json!(room));
+        let store = server.store();
+        let room_row = store.room(&room).await.unwrap().unwrap();
+        let stored = store
+            .room_events(room_row.room_nid, i64::MIN, i64::MAX, false, 100)
+            .await
+            .unwrap();
+        let bob_key = key_id(&server, &bob);
+        let alice_key = key_id(&server, &alice);
+        let join = stored
+            .iter()
+            .find(|row| row.event_type == "m.room.member" && row.sender == bob_key)
+            .expect("bob's join");
+        let pdu: Value = serde_json::from_str(&join.json).unwrap();
+        assert_eq!(
+            pdu["content"]["join_authorised_via_users_server"],
+            json!(alice_key),
+            "{kind:?}: {pdu}"
+        );
+        let mut entities: Vec<&String> = pdu["signatures"].as_object().unwrap().keys().collect();
+        entities.sort();
+        let mut expected = vec![&bob_key, &alice_key]
+            .into_iter()
+            .map(|id| bare_key(id))
+            .collect::<Vec<_>>();
+        expected.sort();
+        assert_eq!(
+            entities.into_iter().cloned().collect::<Vec<_>>(),
+            expected,
+            "{kind:?}: {pdu}"
+        );
+        // Both signatures verify (verify_pdu checks the authoriser's too).
+        let version = myelin_room_version::RoomVersion::get(AK).unwrap();
+        let parsed =
+            myelin_room_version::Pdu::from_federation(join.json.as_bytes(), version).unwrap();
+        myelin_room_version::verify::verify_pdu(&parsed, version, &Default::default()).unwrap();
+        // Clients see the authoriser by name.
+        let state = get_ok(
+            &server,
+            &alice,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ),
+        )
+        .await;
+        assert_eq!(
+            state["join_authorised_via_users_server"],
+            json!(alice.user_id)
+        );
+        server.stop().await;
+    }
+}

@@ -80,12 +80,34 @@ impl Default for TestCa {
     }
 }
 
-/// A loopback port free right now (the OS picks it; a server binds it moments later).
+/// A loopback port free right now, for a server that binds it moments later. Taken below the
+/// kernel's ephemeral range (32768 and up), from a counter that starts at a random place per
+/// process: a port the OS hands to another test's `bind(0)` in the meantime can never be one
+/// of these, and two calls in one process never return the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        // A different start per process (pid and clock), so that concurrent test processes
+        // rarely try the same ports.
+        (std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()))
+            % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range")
 }
 
 /// A set of servers named `names`, each on its own database of `kind`, federating with each

@@ -68,12 +68,25 @@ pub fn client_router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(well_known::routes())
         .route("/health", axum::routing::get(health));
-    let router = if state.services.config.http.serve_metrics {
+    // With a listener of its own, `/metrics` is served there only.
+    let config = &state.services.config;
+    let router = if config.http.serve_metrics && config.listen.metrics.is_none() {
         router.route("/metrics", axum::routing::get(metrics::serve))
     } else {
         router
     };
     layers::finish(router, state, layers::Cors::Enabled)
+}
+
+/// The router for the metrics listener (`listen.metrics`): `GET /metrics` alone, when
+/// `http.serve_metrics` is on.
+pub fn metrics_router(state: AppState) -> Router {
+    let router = if state.services.config.http.serve_metrics {
+        Router::new().route("/metrics", axum::routing::get(metrics::serve))
+    } else {
+        Router::new()
+    };
+    layers::finish(router, state, layers::Cors::Disabled)
 }
 
 /// The router for the federation listener.

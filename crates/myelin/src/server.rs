@@ -1,4 +1,5 @@
-//! Starting and stopping a whole server: services, both listeners, and graceful shutdown that
+//! Starting and stopping a whole server: services, the listeners (client, federation, and
+//! metrics when configured), and graceful shutdown that
 //! lets in-flight requests finish (bounded by `http.shutdown_grace_period_secs`).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -13,6 +14,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 pub struct RunningServer {
     pub client_addr: SocketAddr,
     pub federation_addr: SocketAddr,
+    /// The metrics listener's address, when `listen.metrics` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub services: Arc<Services>,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -51,8 +54,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                 config.listen.federation
             )
         })?;
+    let metrics_tcp = match config.listen.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on listen.metrics = {addr}"))?,
+        ),
+        None => None,
+    };
     let client_addr = client_tcp.local_addr()?;
     let federation_addr = federation_tcp.local_addr()?;
+    let metrics_addr = metrics_tcp.as_ref().map(|t| t.local_addr()).transpose()?;
 
     let services = Services::start(config).await?;
     let (cert, key) = crate::tls::certificate_paths(&services.config)?;
@@ -61,6 +73,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 
     let state = AppState::new(services.clone());
     let client_app = myelin_api::client_router(state.clone());
+    let metrics_app = myelin_api::metrics_router(state.clone());
     let federation_app = myelin_api::federation_router(state);
     let grace = Duration::from_secs(services.config.http.shutdown_grace_period_secs);
 
@@ -75,14 +88,29 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     .with_graceful_shutdown(wait_for_stop(stopped.clone()));
     let federation = axum::serve(federation_listener, federation_app.into_make_service())
         .with_graceful_shutdown(wait_for_stop(stopped.clone()));
+    let metrics = metrics_tcp.map(|tcp| {
+        axum::serve(
+            tcp,
+            metrics_app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(wait_for_stop(stopped.clone()))
+    });
 
-    tracing::info!(%client_addr, %federation_addr, "listening");
+    tracing::info!(%client_addr, %federation_addr, ?metrics_addr, "listening");
     let task_services = services.clone();
     let task = tokio::spawn(async move {
         let serving = async {
-            let (client, federation) = tokio::join!(client.into_future(), federation.into_future());
+            let metrics = async {
+                match metrics {
+                    Some(metrics) => metrics.into_future().await,
+                    None => Ok(()),
+                }
+            };
+            let (client, federation, metrics) =
+                tokio::join!(client.into_future(), federation.into_future(), metrics);
             client.context("client listener")?;
             federation.context("federation listener")?;
+            metrics.context("metrics listener")?;
             anyhow::Ok(())
         };
         tokio::pin!(serving);
@@ -104,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         client_addr,
         federation_addr,
+        metrics_addr,
         services,
         stop,
         task,

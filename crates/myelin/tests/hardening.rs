@@ -1270,6 +1270,58 @@ async fn metrics_can_be_turned_off() {
     }
 }
 
+/// With `listen.metrics`, `/metrics` moves to a listener of its own (for a scraper on a private
+/// address): served there, no longer on the client listener, and not there either when turned
+/// off.
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own() {
+    for kind in test_backends() {
+        for serve in [true, false] {
+            let server = TestServer::start_with(kind, |config| {
+                config.listen.metrics = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+                config.http.serve_metrics = serve;
+            })
+            .await;
+            let status = |url: String| {
+                let http = server.http.clone();
+                async move { http.get(url).send().await.unwrap().status() }
+            };
+            let own = server.metrics_url("/metrics").expect("a metrics listener");
+            let on_own = status(own.clone()).await;
+            assert_eq!(on_own == 200, serve, "{kind:?} serve_metrics={serve}");
+            if serve {
+                let body = server
+                    .http
+                    .get(own)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                assert!(body.contains("# TYPE"), "{kind:?}: Prometheus text: {body}");
+            }
+            assert_eq!(
+                status(server.client_url("/metrics")).await,
+                404,
+                "{kind:?}: not on the client listener"
+            );
+            // The client API itself is where it was.
+            assert_eq!(
+                status(server.client_url("/_matrix/client/versions")).await,
+                200
+            );
+            let metrics_only = server.metrics_url("/_matrix/client/versions").unwrap();
+            assert_eq!(
+                status(metrics_only).await,
+                404,
+                "{kind:?}: metrics alone there"
+            );
+            server.stop().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn room_creation_and_joins_are_rate_limited() {
     use myelin_service::config::Bucket;

@@ -167,6 +167,9 @@ pub struct ListenConfig {
     pub client: SocketAddr,
     /// TLS: the federation and key APIs.
     pub federation: SocketAddr,
+    /// Plain HTTP for `GET /metrics` alone, so that a scraper can reach it on a private address
+    /// while the client API is public. Set: the client listener no longer serves `/metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -174,6 +177,7 @@ impl Default for ListenConfig {
         ListenConfig {
             client: SocketAddr::from(([127, 0, 0, 1], 8008)),
             federation: SocketAddr::from(([127, 0, 0, 1], 8448)),
+            metrics: None,
         }
     }
 }
@@ -213,8 +217,9 @@ pub struct HttpConfig {
     /// How long a request body may take to arrive, in seconds (then 408): a client that
     /// trickles its body must not hold a connection and a buffer for ever.
     pub body_read_timeout_secs: u64,
-    /// Whether the client listener serves `GET /metrics` (request counts and latencies by
-    /// route: operators may not want them public).
+    /// Whether `GET /metrics` (request counts and latencies by route: operators may not want
+    /// them public) is served at all: on `listen.metrics` when that is set, else on the client
+    /// listener.
     pub serve_metrics: bool,
     /// Requests handled at once on each listener (long-polling syncs included); past it a
     /// request is refused at once with 429 `M_LIMIT_EXCEEDED` rather than queued.

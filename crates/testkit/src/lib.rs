@@ -92,6 +92,13 @@ impl TestServer {
         &self.running().services.store
     }
 
+    /// `http://<metrics listener><path>`, when the server has one (`listen.metrics`).
+    pub fn metrics_url(&self, path: &str) -> Option<String> {
+        self.running()
+            .metrics_addr
+            .map(|addr| format!("http://{addr}{path}"))
+    }
+
     /// `http://<client listener><path>`.
     pub fn client_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running().client_addr)

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use crate::rooms::{EVENT_SELECT, EventRow, event_from_row};
 use crate::{Store, StoreError, with_pool};
 
 /// Ids per `IN (...)` list: far below both backends' parameter limits, and plans stay cached
@@ -269,28 +268,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Stored events by id (any status), in no particular order; ids not stored are left out.
-    pub async fn events_by_ids(&self, ids: &[&str]) -> Result<Vec<EventRow>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(IDS_PER_STATEMENT) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "{EVENT_SELECT} WHERE e.event_id IN ({})",
-                placeholders.join(", ")
-            );
-            with_pool!(self, pool => {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                for row in query.fetch_all(pool).await? {
-                    out.push(event_from_row!(&row));
-                }
-            });
-        }
-        Ok(out)
-    }
-
     /// The ids of stored events by nid; nids not stored are left out.
     pub async fn event_ids_by_nids(
         &self,
@@ -328,11 +305,12 @@ impl Store {
     }
 
     /// A room's forward extremities with the state after each: `(event nid, event id, depth,
-    /// state group)`, deepest first.
+    /// state group)`, deepest first. Extremities are normal events, which have state; the
+    /// group is `None` only if the data says otherwise.
     pub async fn extremities_with_state(
         &self,
         room_nid: i64,
-    ) -> Result<Vec<(i64, String, i64, i64)>, StoreError> {
+    ) -> Result<Vec<(i64, String, i64, Option<i64>)>, StoreError> {
         let rows = with_pool!(self, pool => {
             let mut out = Vec::new();
             for row in sqlx::query(
@@ -344,8 +322,7 @@ impl Store {
             .fetch_all(pool)
             .await?
             {
-                let group: Option<i64> = row.try_get(3)?;
-                out.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, group.unwrap_or_default()));
+                out.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?));
             }
             out
         });

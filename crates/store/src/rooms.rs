@@ -1174,20 +1174,38 @@ impl Store {
 
     /// The events with these nids (those that exist), in no particular order.
     pub async fn events_by_nids(&self, nids: &[i64]) -> Result<Vec<EventRow>, StoreError> {
-        // Bounded lists of placeholders: both backends take far more, and plans stay cached
-        // for the common sizes.
+        self.events_in("e.event_nid", nids).await
+    }
+
+    /// Stored events by id (any status), in no particular order; ids not stored are left out.
+    pub async fn events_by_ids(&self, ids: &[&str]) -> Result<Vec<EventRow>, StoreError> {
+        self.events_in("e.event_id", ids).await
+    }
+
+    /// The events whose `column` is one of `values`, in bounded `IN` lists (both backends take
+    /// far more, and plans stay cached for the common sizes).
+    async fn events_in<T>(&self, column: &str, values: &[T]) -> Result<Vec<EventRow>, StoreError>
+    where
+        T: Copy
+            + Send
+            + Sync
+            + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + for<'q> sqlx::Encode<'q, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Sqlite>,
+    {
         const CHUNK: usize = 256;
-        let mut out = Vec::with_capacity(nids.len());
-        for chunk in nids.chunks(CHUNK) {
+        let mut out = Vec::with_capacity(values.len());
+        for chunk in values.chunks(CHUNK) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "{EVENT_SELECT} WHERE e.event_nid IN ({})",
+                "{EVENT_SELECT} WHERE {column} IN ({})",
                 placeholders.join(", ")
             );
             with_pool!(self, pool => {
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for nid in chunk {
-                    query = query.bind(*nid);
+                for value in chunk {
+                    query = query.bind(*value);
                 }
                 for row in query.fetch_all(pool).await? {
                     out.push(event_from_row!(&row));

@@ -189,7 +189,8 @@ async fn public_rooms_filtered(
     page_json(page)
 }
 
-fn limit_of(limit: UInt) -> usize {
+/// A page size from the request (`UInt`), saturating.
+pub(crate) fn limit_of(limit: UInt) -> usize {
     usize::try_from(u64::from(limit)).unwrap_or(usize::MAX)
 }
 

@@ -28,7 +28,7 @@ use axum::Router;
 
 use crate::AppState;
 
-pub(crate) use directory::page_json as public_rooms_json;
+pub(crate) use directory::{limit_of as page_limit, page_json as public_rooms_json};
 
 pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()

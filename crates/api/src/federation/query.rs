@@ -19,7 +19,11 @@ use serde_json::Value;
 
 use myelin_service::directory::PublicRoomsQuery;
 
-use crate::{AppState, MatrixError, Ruma, client::public_rooms_json, ruma_bridge::RumaRouterExt};
+use crate::{
+    AppState, MatrixError, Ruma,
+    client::{page_limit, public_rooms_json},
+    ruma_bridge::RumaRouterExt,
+};
 
 pub(crate) fn routes() -> Router<AppState> {
     let mut router = Router::new().ruma(profile);
@@ -53,10 +57,6 @@ async fn profile(
     Ok(response)
 }
 
-fn limit_of(limit: ruma::UInt) -> usize {
-    usize::try_from(u64::from(limit)).unwrap_or(usize::MAX)
-}
-
 /// `GET /_matrix/federation/v1/publicRooms`: this server's directory (a peer asks on behalf of
 /// its users; it is never relayed further).
 async fn public_rooms(
@@ -68,7 +68,7 @@ async fn public_rooms(
         .services
         .directory
         .public_rooms(PublicRoomsQuery {
-            limit: body.limit.map(limit_of),
+            limit: body.limit.map(page_limit),
             since: body.since,
             third_party: matches!(
                 body.room_network,
@@ -90,7 +90,7 @@ async fn public_rooms_filtered(
         .services
         .directory
         .public_rooms(PublicRoomsQuery {
-            limit: body.limit.map(limit_of),
+            limit: body.limit.map(page_limit),
             since: body.since,
             search_term: body.filter.generic_search_term,
             room_types: body.filter.room_types,

@@ -151,9 +151,8 @@ impl Rooms {
                 writing,
             )
             .await?;
-        if visible || status == EventStatus::SoftFailed {
-            // Sync waits on new positions; a soft-failed event can still change what resolution
-            // made current (it cannot, today, but waking is cheap and never wrong).
+        if visible {
+            // Sync waits on new positions; hidden events are none of its business.
             self.notify.notify();
         }
         if push_actions.iter().any(|a| a.notify) {
@@ -188,14 +187,15 @@ impl Rooms {
             return Ok(CurrentStateChange::Extend);
         };
         let cited: HashSet<&str> = pdu.prev_events().collect();
-        let others: Vec<i64> = self
-            .store
-            .extremities_with_state(room.room_nid)
-            .await?
-            .into_iter()
-            .filter(|(_, id, _, _)| !cited.contains(id.as_str()))
-            .map(|(_, _, _, group)| group)
-            .collect();
+        let mut others: Vec<i64> = Vec::new();
+        for (_, id, _, group) in self.store.extremities_with_state(room.room_nid).await? {
+            if cited.contains(id.as_str()) {
+                continue;
+            }
+            others.push(group.ok_or_else(|| {
+                Error::Internal(format!("forward extremity {id} has no room state"))
+            })?);
+        }
         if others.is_empty() && state_before == Some(current) {
             return Ok(CurrentStateChange::Extend);
         }

@@ -128,33 +128,8 @@ impl Rooms {
     ) -> Result<Vec<ReceivedEvent>> {
         let room = self.room(room_id).await?;
         let version = version_of(&room)?;
-        let mut outcomes: Vec<ReceivedEvent> = Vec::with_capacity(pdus.len());
         // Step 1 for all, so that the batch can be ordered by depth.
-        let mut pending: Vec<(usize, Pdu)> = Vec::new();
-        for (index, bytes) in pdus.iter().enumerate() {
-            match receipt::check_format(version, bytes) {
-                Ok(pdu) if pdu.room_id_or_own() != room.room_id => {
-                    outcomes.push(ReceivedEvent {
-                        event_id: Some(pdu.event_id().to_owned()),
-                        outcome: Received::Dropped(format!(
-                            "the event is not in room {}",
-                            room.room_id
-                        )),
-                    });
-                }
-                Ok(pdu) => {
-                    outcomes.push(ReceivedEvent {
-                        event_id: Some(pdu.event_id().to_owned()),
-                        outcome: Received::Missing(Vec::new()),
-                    });
-                    pending.push((index, pdu));
-                }
-                Err(dropped) => outcomes.push(ReceivedEvent {
-                    event_id: None,
-                    outcome: Received::Dropped(dropped.to_string()),
-                }),
-            }
-        }
+        let (mut outcomes, mut pending) = check_formats(&room, version, pdus);
         pending.sort_by_key(|(_, pdu)| pdu.depth());
         // Passes until no event of the batch gets further: an event waiting for another one
         // of the batch is tried again after it.
@@ -252,42 +227,18 @@ impl Rooms {
     ) -> Result<Vec<ReceivedEvent>> {
         let room = self.room(room_id).await?;
         let version = version_of(&room)?;
-        let mut outcomes: Vec<ReceivedEvent> = Vec::with_capacity(pdus.len());
+        let (mut outcomes, parsed) = check_formats(&room, version, pdus);
         let mut checked: Vec<(usize, Pdu)> = Vec::new();
-        for (index, bytes) in pdus.iter().enumerate() {
-            let pdu = match receipt::check_format(version, bytes) {
-                Ok(pdu) if pdu.room_id_or_own() == room.room_id => pdu,
-                Ok(pdu) => {
-                    outcomes.push(ReceivedEvent {
-                        event_id: Some(pdu.event_id().to_owned()),
-                        outcome: Received::Dropped(format!(
-                            "the event is not in room {}",
-                            room.room_id
-                        )),
-                    });
-                    continue;
-                }
-                Err(dropped) => {
-                    outcomes.push(ReceivedEvent {
-                        event_id: None,
-                        outcome: Received::Dropped(dropped.to_string()),
-                    });
-                    continue;
-                }
-            };
-            let outcome = match receipt::check_signatures(version, &pdu, server_keys)
-                .and_then(|verified| receipt::check_content_hash(version, pdu.clone(), verified))
+        for (index, pdu) in parsed {
+            match receipt::check_signatures(version, &pdu, server_keys)
+                .and_then(|verified| receipt::check_content_hash(version, pdu, verified))
             {
                 Ok(event) => {
+                    outcomes[index].outcome = Received::Accepted;
                     checked.push((index, event.pdu));
-                    Received::Accepted
                 }
-                Err(dropped) => Received::Dropped(dropped.to_string()),
-            };
-            outcomes.push(ReceivedEvent {
-                event_id: Some(pdu.event_id().to_owned()),
-                outcome,
-            });
+                Err(dropped) => outcomes[index].outcome = Received::Dropped(dropped.to_string()),
+            }
         }
 
         // Step 4 against the batch and the store: auth events first (depth order, then passes
@@ -739,6 +690,38 @@ impl Rooms {
 fn cited_create(version: &RoomVersion, room_id: &str) -> Option<String> {
     (version.room_id_format() == myelin_room_version::version::RoomIdFormat::CreateEventHash)
         .then(|| format!("${}", room_id.trim_start_matches('!')))
+}
+
+/// Step 1 for a batch: each event parsed as a PDU of the room's version and checked to be in
+/// the room. Returns one outcome per event, in the order given (`Missing` with no ids, a
+/// placeholder, for those that parsed), and the parsed events with their indices.
+fn check_formats(
+    room: &RoomRow,
+    version: &RoomVersion,
+    pdus: &[&[u8]],
+) -> (Vec<ReceivedEvent>, Vec<(usize, Pdu)>) {
+    let mut outcomes = Vec::with_capacity(pdus.len());
+    let mut parsed = Vec::new();
+    for (index, bytes) in pdus.iter().enumerate() {
+        match receipt::check_format(version, bytes) {
+            Ok(pdu) if pdu.room_id_or_own() != room.room_id => outcomes.push(ReceivedEvent {
+                event_id: Some(pdu.event_id().to_owned()),
+                outcome: Received::Dropped(format!("the event is not in room {}", room.room_id)),
+            }),
+            Ok(pdu) => {
+                outcomes.push(ReceivedEvent {
+                    event_id: Some(pdu.event_id().to_owned()),
+                    outcome: Received::Missing(Vec::new()),
+                });
+                parsed.push((index, pdu));
+            }
+            Err(dropped) => outcomes.push(ReceivedEvent {
+                event_id: None,
+                outcome: Received::Dropped(dropped.to_string()),
+            }),
+        }
+    }
+    (outcomes, parsed)
 }
 
 /// The state keys the auth rules read for `pdu` (plus the create event and power levels, which

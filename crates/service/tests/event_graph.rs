@@ -799,6 +799,27 @@ async fn bad_hashes_are_redacted_and_bad_signatures_dropped() {
             None,
             "{kind:?}: not stored"
         );
+        // Citing no prev events, in a room that has its start: cannot be placed, not stored,
+        // and the call still answers (no internal error).
+        let unplaced = w.remote_event(
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "from nowhere"}),
+            &[],
+            &auth,
+            5_002,
+        );
+        let outcome = w.receive(&[&unplaced]).await;
+        assert!(
+            matches!(&outcome[0], Received::Dropped(_)),
+            "{kind:?}: {outcome:?}"
+        );
+        assert_eq!(
+            w.status(unplaced.event_id()).await,
+            None,
+            "{kind:?}: not stored"
+        );
         // The positive control: the same event properly signed is accepted.
         let genuine = w.remote.event(
             w.version,

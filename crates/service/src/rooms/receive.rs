@@ -388,7 +388,15 @@ impl Rooms {
                 Err(Failure::Denied(reason)) => Some(reason),
             };
 
-        // The state before it: known once every prev event is stored with its state.
+        // The state before it: known once every prev event is stored with its state. An event
+        // that cites none has no place after the room's start (only a create event starts a
+        // room, and this room has one): it cannot be placed, so it is not kept.
+        if pdu.prev_events().len() == 0 {
+            tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "dropped a remote event that cites no prev events");
+            return Ok(Received::Dropped(
+                "an event of an existing room must cite prev events".to_owned(),
+            ));
+        }
         let unknown: Vec<String> = pdu
             .prev_events()
             .filter(|id| {

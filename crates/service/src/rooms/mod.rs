@@ -5,6 +5,7 @@
 //! Rooms with other servers come with federation; membership code takes the local path today and
 //! says so with a clear error where a remote server would be needed.
 
+mod acl;
 mod append;
 mod client_send;
 mod create;
@@ -30,6 +31,7 @@ use ruma::{OwnedServerName, UserId};
 
 use crate::{Error, Result, server_keys::ServerKeys};
 
+pub use acl::acl_allows;
 pub use create::{CreateRoom, Preset};
 pub use hierarchy::{HierarchyPage, HierarchyRequest};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};

@@ -1,0 +1,89 @@
+//! `m.room.server_acl`: which servers a room accepts. One rule, asked by every federation door
+//! that involves a room (the endpoints peers call, each PDU of `/send`, EDUs about a room).
+
+use ruma::{ServerName, events::room::server_acl::RoomServerAclEventContent};
+use serde_json::Value;
+
+use super::Rooms;
+use crate::{Error, Result};
+
+impl Rooms {
+    /// Whether the room's current `m.room.server_acl` lets `server` take part (true when the
+    /// room has none, or when this server does not know the room: the caller answers that).
+    pub async fn server_allowed(&self, room_id: &str, server: &ServerName) -> Result<bool> {
+        let Some(room) = self.store.room(room_id).await? else {
+            return Ok(true);
+        };
+        let keys = [("m.room.server_acl".to_owned(), String::new())];
+        let rows = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let Some(row) = rows.first() else {
+            return Ok(true);
+        };
+        let event: Value = serde_json::from_str(&row.json)
+            .map_err(|e| Error::Internal(format!("stored server ACL event: {e}")))?;
+        Ok(acl_allows(&event["content"], server))
+    }
+}
+
+/// The spec's rule over an ACL event's content, read leniently: entries that are not strings
+/// are ignored, and a missing or non-boolean `allow_ip_literals` means true (its default), as
+/// the spec asks servers to treat malformed ACLs; the matching itself is ruma's.
+pub fn acl_allows(content: &Value, server: &ServerName) -> bool {
+    let strings = |field: &str| -> Vec<String> {
+        content[field]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|entry| entry.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let allow_ip_literals = content["allow_ip_literals"].as_bool().unwrap_or(true);
+    RoomServerAclEventContent::new(allow_ip_literals, strings("allow"), strings("deny"))
+        .is_allowed(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::server_name;
+    use serde_json::json;
+
+    use super::acl_allows;
+
+    #[test]
+    fn deny_wins_over_allow_and_wildcards_match() {
+        let content = json!({"allow": ["*"], "deny": ["*.evil.example", "bad.example"]});
+        assert!(acl_allows(&content, server_name!("good.example")));
+        assert!(acl_allows(&content, server_name!("good.example:8448")));
+        assert!(!acl_allows(&content, server_name!("bad.example")));
+        assert!(!acl_allows(&content, server_name!("a.evil.example")));
+    }
+
+    #[test]
+    fn no_allow_list_allows_nobody() {
+        assert!(!acl_allows(&json!({}), server_name!("good.example")));
+    }
+
+    #[test]
+    fn ip_literals_follow_the_flag_and_default_to_allowed() {
+        let content = json!({"allow": ["*"]});
+        assert!(acl_allows(&content, server_name!("127.0.0.1:8448")));
+        let content = json!({"allow": ["*"], "allow_ip_literals": false});
+        assert!(!acl_allows(&content, server_name!("127.0.0.1:8448")));
+        assert!(!acl_allows(&content, server_name!("[::1]")));
+    }
+
+    #[test]
+    fn malformed_entries_are_ignored_not_fatal() {
+        let content =
+            json!({"allow": [1, "ok.example", null], "deny": "bad", "allow_ip_literals": "no"});
+        assert!(acl_allows(&content, server_name!("ok.example")));
+        assert!(!acl_allows(&content, server_name!("other.example")));
+        assert!(acl_allows(
+            &json!({"allow": ["*"]}),
+            server_name!("1.2.3.4")
+        ));
+    }
+}

@@ -1026,16 +1026,20 @@ impl Store {
                     .bind(event_nid)
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query(
+                    // Edges that cited it before it arrived have learnt its nid above; an event
+                    // built here just now has no children.
+                    let sql = if event.just_built {
+                        "INSERT INTO forward_extremities (room_nid, event_nid) VALUES ($1, $2)"
+                    } else {
                         "INSERT INTO forward_extremities (room_nid, event_nid) SELECT $1, $2 \
                          WHERE NOT EXISTS (SELECT 1 FROM event_edges g JOIN events c ON c.event_nid = g.event_nid \
-                         WHERE g.cited_event_id = $3 AND g.kind = 0 AND c.status = 'normal')",
-                    )
-                    .bind(event.room_nid)
-                    .bind(event_nid)
-                    .bind(event.event_id)
-                    .execute(&mut *tx)
-                    .await?;
+                         WHERE g.cited_event_nid = $2 AND g.kind = 0 AND c.status = 'normal')"
+                    };
+                    sqlx::query(sql)
+                        .bind(event.room_nid)
+                        .bind(event_nid)
+                        .execute(&mut *tx)
+                        .await?;
                 }
 
                 if let Some((parent, rel_type)) = event.relation {

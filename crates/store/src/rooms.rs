@@ -389,9 +389,6 @@ fn state_key_clauses(count: usize) -> String {
     clauses.join(" OR ")
 }
 
-/// Edge rows per `INSERT` (2 parameters each; an event cites at most a few dozen).
-const EDGES_PER_STATEMENT: usize = 500;
-
 /// An event's `prev_events` (kind 0) and `auth_events` (kind 1) as `(kind, cited id)`.
 fn edges_of<'a>(event: &'a NewEvent<'_>) -> Vec<(u8, &'a str)> {
     event
@@ -402,25 +399,56 @@ fn edges_of<'a>(event: &'a NewEvent<'_>) -> Vec<(u8, &'a str)> {
         .collect()
 }
 
-/// The statement writing `edges` as edge rows of event `$1`, the cited ids bound from `$2` on,
-/// with the cited events' nids where they are stored. A duplicate citation is one edge.
-fn edges_insert_sql(edges: &[(u8, &str)]) -> String {
+/// The columns of an event row, bound as `$1`..`$14` (`$15`: the current state group the
+/// event was decided against, or NULL), and what an outlier of the same id keeps when this
+/// append upgrades it in place.
+const EVENT_INSERT: &str = "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
+     sender, origin_server_ts, json, state_group, state_group_before, topological_ordering, \
+     prev_state_nid, status, rejection_reason) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14 \
+     WHERE $15 IS NULL OR EXISTS (SELECT 1 FROM room_current_state s \
+     WHERE s.room_nid = $2 AND s.state_group = $15) \
+     ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, \
+     state_group = excluded.state_group, state_group_before = excluded.state_group_before, \
+     prev_state_nid = excluded.prev_state_nid, status = excluded.status, \
+     rejection_reason = excluded.rejection_reason \
+     WHERE events.status = 'outlier' AND excluded.status <> 'outlier' AND events.room_nid = excluded.room_nid \
+     RETURNING event_nid";
+
+/// The statement set writing an event's row ([`EVENT_INSERT`]) and its edges (cited ids bound
+/// from `$16` on, with the cited events' nids where they are stored; a duplicate citation is one
+/// edge) in one round trip: a send's commit waits on every round trip it makes. It returns the
+/// event's nid, or no row when the row was not written (stored already, or the current state
+/// moved), in which case no edge is written either. PostgreSQL takes one statement (the edges
+/// in a data-modifying `WITH` over the row's `RETURNING`); SQLite runs two statements of one
+/// query, the second finding the row by its id and the stream position this append gave it.
+fn event_insert_sql(kind: DatabaseKind, edges: &[(u8, &str)]) -> String {
+    if edges.is_empty() {
+        return EVENT_INSERT.to_owned();
+    }
     // `kind` is one of two constants, written into the statement; ids are bound.
-    let rows: Vec<String> = edges
+    let values: Vec<String> = edges
         .iter()
         .enumerate()
-        .map(|(i, (kind, _))| {
-            format!(
-                "($1, {kind}, ${n}, (SELECT c.event_nid FROM events c WHERE c.event_id = ${n}))",
-                n = i + 2
-            )
-        })
+        .map(|(i, (kind, _))| format!("({kind}, ${})", i + 16))
         .collect();
-    format!(
-        "INSERT INTO event_edges (event_nid, kind, cited_event_id, cited_event_nid) VALUES {} \
-         ON CONFLICT DO NOTHING",
-        rows.join(", ")
-    )
+    let values = values.join(", ");
+    match kind {
+        DatabaseKind::Postgres => format!(
+            "WITH ins AS ({EVENT_INSERT}), edges AS (\
+             INSERT INTO event_edges (event_nid, kind, cited_event_id, cited_event_nid) \
+             SELECT ins.event_nid, v.kind, v.cited, (SELECT c.event_nid FROM events c WHERE c.event_id = v.cited) \
+             FROM ins CROSS JOIN (VALUES {values}) AS v (kind, cited) ON CONFLICT DO NOTHING) \
+             SELECT event_nid FROM ins"
+        ),
+        DatabaseKind::Sqlite => format!(
+            "{EVENT_INSERT}; \
+             INSERT INTO event_edges (event_nid, kind, cited_event_id, cited_event_nid) \
+             SELECT e.event_nid, v.column1, v.column2, (SELECT c.event_nid FROM events c WHERE c.event_id = v.column2) \
+             FROM events e, (VALUES {values}) AS v WHERE e.event_id = $1 AND e.stream_ordering = $3 \
+             ON CONFLICT DO NOTHING"
+        ),
+    }
 }
 
 /// A new state group for room `$room` over `$parent` (`None`: empty): a delta holding nothing
@@ -852,39 +880,31 @@ impl Store {
                     (CurrentStateChange::Extend, None) => before,
                     _ => None,
                 };
-                // The event, or the outlier of the same id upgraded in place: it now has state,
-                // a stream position and a status of its own.
-                let event_nid: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
-                     sender, origin_server_ts, json, state_group, state_group_before, topological_ordering, \
-                     prev_state_nid, status, rejection_reason) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14 \
-                     WHERE $15 IS NULL OR EXISTS (SELECT 1 FROM room_current_state s \
-                     WHERE s.room_nid = $2 AND s.state_group = $15) \
-                     ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, \
-                     state_group = excluded.state_group, state_group_before = excluded.state_group_before, \
-                     prev_state_nid = excluded.prev_state_nid, status = excluded.status, \
-                     rejection_reason = excluded.rejection_reason \
-                     WHERE events.status = 'outlier' AND excluded.status <> 'outlier' AND events.room_nid = excluded.room_nid \
-                     RETURNING event_nid",
-                )
-                .bind(event.event_id)
-                .bind(event.room_nid)
-                .bind(stream_ordering)
-                .bind(event.depth)
-                .bind(event.event_type)
-                .bind(event.state_key)
-                .bind(event.sender)
-                .bind(event.origin_server_ts)
-                .bind(event.json)
-                .bind(after)
-                .bind(before)
-                .bind(event.replaces)
-                .bind(event.status.column())
-                .bind(event.status.reason())
-                .bind(expected_current)
-                .fetch_optional(&mut *tx)
-                .await?;
+                // The event, or the outlier of the same id upgraded in place (it now has state,
+                // a stream position and a status of its own), with its edges.
+                let edges = edges_of(event);
+                let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(event_insert_sql(self.kind(), &edges)))
+                    .bind(event.event_id)
+                    .bind(event.room_nid)
+                    .bind(stream_ordering)
+                    .bind(event.depth)
+                    .bind(event.event_type)
+                    .bind(event.state_key)
+                    .bind(event.sender)
+                    .bind(event.origin_server_ts)
+                    .bind(event.json)
+                    .bind(after)
+                    .bind(before)
+                    .bind(event.replaces)
+                    .bind(event.status.column())
+                    .bind(event.status.reason())
+                    .bind(expected_current);
+                for (_, id) in &edges {
+                    query = query.bind(*id);
+                }
+                // Every row, not the first only: SQLite stops a query at the row asked for, and
+                // the edges are its second statement.
+                let event_nid = query.fetch_all(&mut *tx).await?.first().copied();
                 let Some(event_nid) = event_nid else {
                     return Err(StoreError::Conflict(format!(
                         "event {} is stored already, or the room's current state changed while it was being appended",
@@ -892,13 +912,6 @@ impl Store {
                     )));
                 };
 
-                for chunk in edges_of(event).chunks(EDGES_PER_STATEMENT) {
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(edges_insert_sql(chunk))).bind(event_nid);
-                    for (_, id) in chunk {
-                        query = query.bind(*id);
-                    }
-                    query.execute(&mut *tx).await?;
-                }
                 // Events stored before it that cite it learn its nid. (None can cite an event
                 // whose id this server has just made.)
                 if !event.just_built {

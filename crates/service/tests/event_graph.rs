@@ -1211,6 +1211,50 @@ async fn remote_redactions_apply_only_when_allowed_and_the_target_is_known() {
             (None, Some(by_bob.event_id().to_owned())),
             "{kind:?}: the redacted copy is written with the redaction"
         );
+        // A redaction that arrives before its target waits for it: Dave redacts his own
+        // message, which reaches us after the redaction. It is stored redacted on arrival.
+        let dave_says = w.remote_event(
+            DAVE,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "oops"}),
+            &[by_bob.event_id()],
+            &[&w.create, &w.bob_power, dave_join.event_id()],
+            9_004,
+        );
+        let by_dave_early = redaction(
+            DAVE,
+            by_bob.event_id(),
+            &[&w.create, &w.bob_power, dave_join.event_id()],
+            dave_says.event_id(),
+            9_005,
+        );
+        assert_eq!(w.receive(&[&by_dave_early]).await, vec![Received::Accepted]);
+        assert_eq!(w.receive(&[&dave_says]).await, vec![Received::Accepted]);
+        assert_eq!(
+            body_of(dave_says.event_id().to_owned()).await,
+            (None, Some(by_dave_early.event_id().to_owned())),
+            "{kind:?}: the target is stored redacted when it arrives after its redaction"
+        );
+        // Bob's redaction of "$unknown" (he has the redact level) waits as well: an event of
+        // that id would be redacted; nothing else is.
+        let waiting = w
+            .services
+            .store
+            .waiting_redactions(w.room.room_nid, "$unknown")
+            .await
+            .unwrap();
+        assert_eq!(waiting.len(), 1, "{kind:?}");
+        assert!(waiting[0].by_power, "{kind:?}");
+        assert!(
+            w.services
+                .store
+                .waiting_redactions(w.room.room_nid, dave_says.event_id())
+                .await
+                .unwrap()
+                .is_empty(),
+            "{kind:?}: an applied wait is done with"
+        );
     }
 }
 

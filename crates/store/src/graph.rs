@@ -57,6 +57,15 @@ impl EdgeKind {
     }
 }
 
+/// A stored redaction waiting for its target ([`Store::waiting_redactions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingRedaction {
+    pub redaction_event_id: String,
+    pub sender: String,
+    /// The redaction's sender had the redact power level when it was accepted.
+    pub by_power: bool,
+}
+
 /// One edge: an event cites another.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventEdge {
@@ -167,6 +176,35 @@ pub enum CurrentStateChange {
 }
 
 impl Store {
+    /// The redactions of room `room_nid` stored before their target `target_event_id` arrived
+    /// (normal redactions only: a rejected or soft-failed one redacts nothing).
+    pub async fn waiting_redactions(
+        &self,
+        room_nid: i64,
+        target_event_id: &str,
+    ) -> Result<Vec<WaitingRedaction>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String, bool)>(
+                "SELECT e.event_id, e.sender, w.by_power FROM pending_redactions w \
+                 JOIN events e ON e.event_nid = w.redaction_nid \
+                 WHERE w.target_event_id = $1 AND w.room_nid = $2 AND e.status = 'normal' \
+                 ORDER BY e.stream_ordering",
+            )
+            .bind(target_event_id)
+            .bind(room_nid)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(redaction_event_id, sender, by_power)| WaitingRedaction {
+                redaction_event_id,
+                sender,
+                by_power,
+            })
+            .collect())
+    }
+
     /// The edges of an event, prev edges first, each kind in cited id order (byte order).
     pub async fn event_edges(&self, event_nid: i64) -> Result<Vec<EventEdge>, StoreError> {
         let edges = with_pool!(self, pool => {

@@ -247,6 +247,8 @@ struct OwnedEvent {
     /// `(user_id, device_id, scope, txn_id)`.
     txn: Option<(String, String, String, String)>,
     redaction: Option<(String, String)>,
+    redaction_waits: Option<(String, bool)>,
+    redacted_by: Option<String>,
     push_actions: Vec<PushAction>,
     relation: Option<(String, String)>,
     search: Option<(String, String)>,
@@ -286,6 +288,10 @@ impl OwnedEvent {
             redaction: event
                 .redaction
                 .map(|(redacted, json)| (redacted.to_owned(), json.to_owned())),
+            redaction_waits: event
+                .redaction_waits
+                .map(|(target, by_power)| (target.to_owned(), by_power)),
+            redacted_by: event.redacted_by.map(str::to_owned),
             push_actions: event.push_actions.to_vec(),
             relation: event
                 .relation
@@ -332,6 +338,11 @@ impl OwnedEvent {
                 .redaction
                 .as_ref()
                 .map(|(redacted, json)| (redacted.as_str(), json.as_str())),
+            redaction_waits: self
+                .redaction_waits
+                .as_ref()
+                .map(|(target, by_power)| (target.as_str(), *by_power)),
+            redacted_by: self.redacted_by.as_deref(),
             push_actions: &self.push_actions,
             relation: self
                 .relation
@@ -377,6 +388,8 @@ mod tests {
             membership: None,
             txn: None,
             redaction: None,
+            redaction_waits: None,
+            redacted_by: None,
             push_actions: &[],
             relation: None,
             search: None,

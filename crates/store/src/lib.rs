@@ -64,7 +64,7 @@ pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use graph::{
     CurrentStateChange, EdgeKind, EventEdge, EventStatus, OutlierEvent, Placement, StateChange,
-    StateValue,
+    StateValue, WaitingRedaction,
 };
 #[cfg(any(test, feature = "failpoints"))]
 pub use group_commit::CommitPause;

@@ -147,6 +147,13 @@ pub struct NewEvent<'a> {
     /// transaction as the redaction (an event that was redacted before keeps its first
     /// redaction).
     pub redaction: Option<(&'a str, &'a str)>,
+    /// For a redaction whose target is not stored: the target's id and whether the redaction's
+    /// sender had the redact power level when it was accepted, kept until the target arrives
+    /// ([`Store::waiting_redactions`]).
+    pub redaction_waits: Option<(&'a str, bool)>,
+    /// The event arrives after a redaction of it that applies: `json` is its redacted form, and
+    /// this the redaction's id. The redactions that waited for it are done with.
+    pub redacted_by: Option<&'a str>,
     /// What the event asks of local members' push rules.
     pub push_actions: &'a [PushAction],
     /// `content.m.relates_to` of a non-state event: `(parent event id, rel_type)`, indexed for
@@ -1116,6 +1123,30 @@ impl Store {
                     .bind(event.now)
                     .execute(&mut *tx)
                     .await?;
+                }
+                if let Some((target, by_power)) = event.redaction_waits {
+                    sqlx::query(
+                        "INSERT INTO pending_redactions (room_nid, target_event_id, redaction_nid, by_power) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(event.room_nid)
+                    .bind(target)
+                    .bind(event_nid)
+                    .bind(by_power)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some(redaction) = event.redacted_by {
+                    sqlx::query("UPDATE events SET redacted_by = $2 WHERE event_nid = $1")
+                        .bind(event_nid)
+                        .bind(redaction)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM pending_redactions WHERE target_event_id = $1 AND room_nid = $2")
+                        .bind(event.event_id)
+                        .bind(event.room_nid)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 if let Some((redacted, redacted_json)) = event.redaction {
                     // With the redaction, never after it: a crash between the two would leave

@@ -45,6 +45,12 @@ pub(super) struct Appending<'a> {
     pub txn: Option<TxnKey<'a>>,
     /// For a redaction applied with it: the redacted event and its redacted JSON.
     pub redaction: Option<(&'a str, &'a str)>,
+    /// For a redaction whose target is not stored: the target and whether the redaction's
+    /// sender has the redact power level, kept so that the target is redacted when it arrives.
+    pub redaction_waits: Option<(&'a str, bool)>,
+    /// `pdu` is the redacted form of an event that a redaction stored before it redacts: that
+    /// redaction's id.
+    pub redacted_by: Option<&'a str>,
     pub now: i64,
     /// The room's members and state for push rules when the caller has read them.
     pub push_inputs: Option<(Vec<JoinedMember>, &'a [EventRow])>,
@@ -82,6 +88,8 @@ impl Rooms {
             current_state,
             txn,
             redaction,
+            redaction_waits,
+            redacted_by,
             now,
             push_inputs,
             writing,
@@ -141,6 +149,8 @@ impl Rooms {
                     },
                     txn,
                     redaction,
+                    redaction_waits,
+                    redacted_by,
                     push_actions: &push_actions,
                     relation: relation
                         .as_ref()

@@ -363,6 +363,8 @@ impl Rooms {
             current_state: Some(myelin_store::CurrentStateChange::Extend),
             txn: None,
             redaction: None,
+            redaction_waits: None,
+            redacted_by: None,
             now,
             push_inputs: None,
             writing,

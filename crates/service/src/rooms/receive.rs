@@ -487,26 +487,34 @@ impl Rooms {
         }
 
         // A redaction is applied with it when its target is known and may be redacted by its
-        // sender: the same server's event, or a sender with the redact power level.
-        let redacted_copy = match pdu.redacts() {
+        // sender: the same server's event, or a sender with the redact power level; when the
+        // target is not known yet, it waits for it.
+        let redaction = match pdu.redacts() {
             Some(target) if pdu.event_type() == "m.room.redaction" => {
                 self.remote_redaction(room, version, &pdu, target, &lookups)
                     .await?
             }
-            _ => None,
+            _ => RemoteRedaction::Nothing,
         };
+        let (stored, redacted_by) = self.stored_form(room, version, &pdu).await?;
         self.append(Appending {
             room,
-            pdu: &pdu,
+            pdu: &stored,
             status: EventStatus::Normal,
             placement,
             state_before: Some(before),
             replaces,
             current_state: None,
             txn: None,
-            redaction: redacted_copy
-                .as_ref()
-                .map(|(target, json)| (target.as_str(), json.as_str())),
+            redaction: match &redaction {
+                RemoteRedaction::Applies(target, json) => Some((target.as_str(), json.as_str())),
+                _ => None,
+            },
+            redaction_waits: match (&redaction, pdu.redacts()) {
+                (RemoteRedaction::Waits { by_power }, Some(target)) => Some((target, *by_power)),
+                _ => None,
+            },
+            redacted_by: redacted_by.as_deref(),
             now: now_millis(),
             push_inputs: None,
             writing,
@@ -534,9 +542,10 @@ impl Rooms {
             }
             _ => Received::SoftFailed,
         };
+        let (stored, redacted_by) = self.stored_form(room, version_of(room)?, pdu).await?;
         self.append(Appending {
             room,
-            pdu,
+            pdu: &stored,
             status,
             placement,
             state_before: before,
@@ -544,6 +553,8 @@ impl Rooms {
             current_state: None,
             txn: None,
             redaction: None,
+            redaction_waits: None,
+            redacted_by: redacted_by.as_deref(),
             now: now_millis(),
             push_inputs: None,
             writing,
@@ -654,9 +665,10 @@ impl Rooms {
         Ok(out)
     }
 
-    /// The redacted copy of `target` if a remote redaction may be applied now: the target is a
-    /// stored event of this room, not redacted before, and the redaction comes from its
-    /// sender's server or from someone with the redact power level.
+    /// What an accepted remote redaction does to `target`: applied now (its redacted copy)
+    /// when the target is a stored event of this room, not redacted before, and the redaction
+    /// comes from its sender's server or from someone with the redact power level; kept waiting
+    /// when the target is not stored (or only as an outlier) yet.
     async fn remote_redaction(
         &self,
         room: &RoomRow,
@@ -664,16 +676,7 @@ impl Rooms {
         redaction: &Pdu,
         target: &str,
         lookups: &Lookups,
-    ) -> Result<Option<(String, String)>> {
-        let Some(row) = self.store.event(target).await? else {
-            return Ok(None);
-        };
-        if row.room_nid != room.room_nid || row.redacted_by.is_some() || row.state_group.is_none() {
-            return Ok(None);
-        }
-        let target_pdu = pdu_of(&row, version)?;
-        let server_of = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
-        let same_server = server_of(target_pdu.sender()) == server_of(redaction.sender());
+    ) -> Result<RemoteRedaction> {
         let powerful = match lookups.current_state("m.room.create", "") {
             Some(create) => {
                 let power = lookups.current_state("m.room.power_levels", "");
@@ -682,14 +685,70 @@ impl Rooms {
             }
             None => false,
         };
-        if !same_server && !powerful {
-            return Ok(None);
+        let row = match self.store.event(target).await? {
+            Some(row) if row.room_nid == room.room_nid && row.state_group.is_some() => row,
+            Some(row) if row.room_nid != room.room_nid => return Ok(RemoteRedaction::Nothing),
+            _ => return Ok(RemoteRedaction::Waits { by_power: powerful }),
+        };
+        if row.redacted_by.is_some() {
+            return Ok(RemoteRedaction::Nothing);
+        }
+        let target_pdu = pdu_of(&row, version)?;
+        if !same_server(target_pdu.sender(), redaction.sender()) && !powerful {
+            return Ok(RemoteRedaction::Nothing);
         }
         let redacted = target_pdu
             .redacted(version)
             .map_err(|e| Error::Internal(format!("redacting {target}: {e}")))?;
-        Ok(Some((target.to_owned(), redacted.canonical_json())))
+        Ok(RemoteRedaction::Applies(
+            target.to_owned(),
+            redacted.canonical_json(),
+        ))
     }
+
+    /// The form an arriving event is stored in: redacted, with the redaction's id, when a
+    /// redaction stored before it may apply to it (see [`Rooms::remote_redaction`]); else as
+    /// it came. The checks on receipt have judged the event as it came.
+    async fn stored_form(
+        &self,
+        room: &RoomRow,
+        version: &RoomVersion,
+        pdu: &Pdu,
+    ) -> Result<(Pdu, Option<String>)> {
+        let waiting = self
+            .store
+            .waiting_redactions(room.room_nid, pdu.event_id())
+            .await?;
+        let Some(redaction) = waiting
+            .into_iter()
+            .find(|w| w.by_power || same_server(&w.sender, pdu.sender()))
+        else {
+            return Ok((pdu.clone(), None));
+        };
+        let redacted = pdu
+            .redacted(version)
+            .map_err(|e| Error::Internal(format!("redacting {}: {e}", pdu.event_id())))?;
+        tracing::info!(event_id = pdu.event_id(), redaction = %redaction.redaction_event_id, "an event arrived after its redaction: stored redacted");
+        Ok((redacted, Some(redaction.redaction_event_id)))
+    }
+}
+
+/// What an accepted remote redaction does to its target ([`Rooms::remote_redaction`]).
+enum RemoteRedaction {
+    /// Applied with it: the target and its redacted JSON.
+    Applies(String, String),
+    /// The target is not stored yet: applied when it arrives, if the same server sent it or
+    /// `by_power` (the redaction's sender has the redact power level now).
+    Waits {
+        by_power: bool,
+    },
+    Nothing,
+}
+
+/// Whether two users' ids name the same server.
+fn same_server(a: &str, b: &str) -> bool {
+    let server = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
+    server(a).is_some() && server(a) == server(b)
 }
 
 /// From v12 (room ids are create-event hashes) no event cites the create event in

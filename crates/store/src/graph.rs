@@ -607,10 +607,11 @@ impl Store {
 
     /// Room `room_nid`'s history up to and including the events `seeds`: the seeds and every
     /// event reached from them back through `prev_events` edges, deepest first (then latest
-    /// stored), at most `limit` (and never more than [`HISTORY_WALK_MAX`]). The walk passes only
-    /// through events of the room that are part of its history (normal or soft-failed: never
-    /// outliers or rejected events) and of depth `min_depth` or more, which bounds it: one
-    /// recursive statement, each event visited once.
+    /// stored), at most `limit` (and never more than [`HISTORY_WALK_MAX`]), only those that
+    /// are part of the history (normal or soft-failed). The walk passes through the room's
+    /// events of depth `min_depth` or more, which bounds it, rejected ones included (an event
+    /// may cite one and still be accepted, and what is behind it is history too) but never
+    /// outliers: one recursive statement, each event visited once.
     pub async fn history_before(
         &self,
         room_nid: i64,
@@ -632,8 +633,8 @@ impl Store {
                  SELECT e.event_nid FROM walk w \
                  JOIN event_edges g ON g.event_nid = w.event_nid AND g.kind = 0 \
                  JOIN events e ON e.event_nid = g.cited_event_nid \
-                 WHERE e.room_nid = $1 AND e.depth >= $2 AND e.status IN ('normal', 'soft_failed')) \
-             {} JOIN walk w ON w.event_nid = e.event_nid \
+                 WHERE e.room_nid = $1 AND e.depth >= $2 AND e.status <> 'outlier') \
+             {} JOIN walk w ON w.event_nid = e.event_nid WHERE e.status IN ('normal', 'soft_failed') \
              ORDER BY e.depth DESC, e.stream_ordering DESC LIMIT $3",
             seed_list.join(", "),
             EVENT_SELECT
@@ -680,5 +681,8 @@ impl Store {
 
 /// `$1, $2, ... $n`.
 fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -107,7 +107,11 @@ async fn missing_events(
 ) -> Result<get_missing_events::v1::Response, MatrixError> {
     let body = request.body;
     let query = MissingEventsQuery {
-        earliest_events: body.earliest_events.iter().map(ToString::to_string).collect(),
+        earliest_events: body
+            .earliest_events
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         latest_events: body.latest_events.iter().map(ToString::to_string).collect(),
         limit: body.limit.into(),
         min_depth: body.min_depth.into(),

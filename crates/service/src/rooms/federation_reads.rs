@@ -43,6 +43,10 @@ pub const MISSING_EVENTS_MAX: u64 = 20;
 /// The most events one `/backfill` answers with, whatever it asks.
 pub const BACKFILL_MAX: u64 = 100;
 
+/// The most events one `/get_missing_events` walk visits (the events it returns, and the
+/// rejected ones it passes through): what bounds its work.
+const MISSING_EVENTS_VISITS: usize = 200;
+
 /// Membership keys per read of older states (two parameters each).
 const MEMBERS_PER_READ: usize = 200;
 
@@ -164,7 +168,9 @@ impl Rooms {
             .ok_or_else(event_not_found)?;
         let asker = self.asker(&room, origin).await?;
         let version = version_of(&room)?;
-        let sights = self.server_sights(&asker, std::slice::from_ref(&row)).await?;
+        let sights = self
+            .server_sights(&asker, std::slice::from_ref(&row))
+            .await?;
         serve(&asker, version, vec![row], &sights)?
             .pop()
             .ok_or_else(not_in_room)
@@ -269,9 +275,10 @@ impl Rooms {
 
     /// `POST /_matrix/federation/v1/get_missing_events/{roomId}`: a breadth-first walk back
     /// through `prev_events` from `latest_events`, skipping `earliest_events` and events
-    /// shallower than `min_depth` (and not walking past them), through events of the room's
-    /// history only, until `limit` (at most [`MISSING_EVENTS_MAX`]): each step of the walk is
-    /// one read and finds at least one event or ends it. Oldest first.
+    /// shallower than `min_depth` (and not walking past them), through the room's events (never
+    /// outliers; rejected ones passed through but not returned), until `limit` (at most
+    /// [`MISSING_EVENTS_MAX`]) or [`MISSING_EVENTS_VISITS`] visits: each step of the walk is
+    /// one read and visits at least one event or ends it. Oldest first.
     pub async fn missing_events_for_server(
         &self,
         origin: &ServerName,
@@ -297,24 +304,28 @@ impl Rooms {
             .collect();
         let mut front: Vec<i64> = latest.iter().map(|row| row.event_nid).collect();
         let mut found: Vec<EventRow> = Vec::new();
-        while !front.is_empty() && found.len() < limit {
+        let mut visits = 0;
+        while !front.is_empty() && found.len() < limit && visits < MISSING_EVENTS_VISITS {
             let mut step = self.store.prev_events(&front).await?;
             // Nearest (deepest) first, so that a step cut short by the limit keeps those.
             step.sort_by_key(|row| std::cmp::Reverse((row.depth, row.stream_ordering)));
             front = Vec::new();
             for row in step {
-                if found.len() == limit {
+                if found.len() == limit || visits == MISSING_EVENTS_VISITS {
                     break;
                 }
                 if row.room_nid != room.room_nid
-                    || !in_history(&row)
+                    || row.status == EventStatus::Outlier
                     || row.depth < min_depth
                     || !seen.insert(row.event_id.clone())
                 {
                     continue;
                 }
+                visits += 1;
                 front.push(row.event_nid);
-                found.push(row);
+                if in_history(&row) {
+                    found.push(row);
+                }
             }
         }
         found.sort_by_key(|row| (row.depth, row.stream_ordering));
@@ -630,9 +641,9 @@ fn as_stored(version: &RoomVersion, mut rows: Vec<EventRow>) -> Result<Vec<Box<R
 fn federation_pdu(row: &EventRow, version: &RoomVersion, redact: bool) -> Result<Box<RawValue>> {
     let mut pdu = pdu_of(row, version)?;
     if redact {
-        pdu = pdu
-            .redacted(version)
-            .map_err(|e| Error::Internal(format!("redacting stored event {}: {e}", row.event_id)))?;
+        pdu = pdu.redacted(version).map_err(|e| {
+            Error::Internal(format!("redacting stored event {}: {e}", row.event_id))
+        })?;
     }
     let mut json = pdu.into_json();
     strip_client_unsigned(&mut json);

@@ -395,8 +395,8 @@ fn server(server: &TestServer) -> OwnedServerName {
     server.config.server_name.clone()
 }
 
-fn parse(raw: &Box<serde_json::value::RawValue>) -> Value {
-    serde_json::from_str(raw.get()).unwrap()
+fn parse(raw: impl AsRef<serde_json::value::RawValue>) -> Value {
+    serde_json::from_str(raw.as_ref().get()).unwrap()
 }
 
 fn set(ids: Vec<String>) -> HashSet<String> {
@@ -486,10 +486,10 @@ async fn a_server_in_the_room_reads_events_state_and_auth_chains() {
                 .collect()
         };
         let topic_key = ("m.room.topic".to_owned(), String::new());
-        let (at_topic, chain_at_topic) = state_at(&topic).await;
-        let (after, chain_after) = state_at(&after_topic).await;
-        let at_topic = keys(&at_topic);
-        let after = keys(&after);
+        let at_topic_state = state_at(&topic).await;
+        let after_state = state_at(&after_topic).await;
+        let at_topic = keys(&at_topic_state.0);
+        let after = keys(&after_state.0);
         assert!(
             !at_topic.contains_key(&topic_key),
             "{kind:?}: state before the topic"
@@ -499,7 +499,7 @@ async fn a_server_in_the_room_reads_events_state_and_auth_chains() {
             at_topic.get(&("m.room.member".to_owned(), "@bob:hs-b.test".to_owned())),
             Some(&bob_join)
         );
-        // The state before a message is the state after the event before it: A's own record.
+        // The state before an event is the state after the one before it: A's own record.
         let expected: HashSet<String> = {
             let row = w.stored(&before_topic).await;
             let map = w
@@ -522,23 +522,18 @@ async fn a_server_in_the_room_reads_events_state_and_auth_chains() {
             expected,
             "{kind:?}"
         );
-        // Each auth chain is complete and holds nothing else: exactly what the state's
-        // auth events reach.
-        for (state, chain) in [(&after, &chain_after), (&at_topic, &chain_at_topic)] {
+        // Each auth chain is complete and holds nothing else: exactly what the state's auth
+        // events reach, recursively.
+        for (pdus, chain) in [&at_topic_state, &after_state] {
             let chain_ids = set(w.ids(chain));
-            let all: Vec<Value> = chain.to_vec();
-            let mut reached = HashSet::new();
-            let mut stack: Vec<String> = Vec::new();
-            let (pdus, _) = state_at(&after_topic).await;
-            let by_id: HashMap<String, Value> = w
-                .ids(&pdus)
+            let by_id: HashMap<String, &Value> = w
+                .ids(pdus)
                 .into_iter()
                 .zip(pdus)
-                .chain(w.ids(&all).into_iter().zip(all.clone()))
+                .chain(w.ids(chain).into_iter().zip(chain))
                 .collect();
-            for id in state.values() {
-                stack.extend(auth_events(&by_id[id]));
-            }
+            let mut reached = HashSet::new();
+            let mut stack: Vec<String> = pdus.iter().flat_map(auth_events).collect();
             while let Some(id) = stack.pop() {
                 if reached.insert(id.clone()) {
                     let pdu = by_id
@@ -580,9 +575,7 @@ async fn a_server_in_the_room_reads_events_state_and_auth_chains() {
         assert!(chain_ids.contains(&create) && !chain_ids.contains(&after_topic));
         assert!(chain_ids.contains(&w.state_id("m.room.power_levels", "").await));
 
-        for server in [w] {
-            server.stop().await;
-        }
+        w.stop().await;
     }
 }
 

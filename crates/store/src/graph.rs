@@ -611,7 +611,10 @@ impl Store {
     /// are part of the history (normal or soft-failed). The walk passes through the room's
     /// events of depth `min_depth` or more, which bounds it, rejected ones included (an event
     /// may cite one and still be accepted, and what is behind it is history too) but never
-    /// outliers: one recursive statement, each event visited once.
+    /// outliers: one recursive statement, each event visited once. Each step reads the edges
+    /// of the events just reached (index `event_edges_auth`) and looks each cited event up by
+    /// its key, a subquery rather than a join so that a planner without statistics on a young
+    /// database cannot turn the step into a scan of the room's events per event.
     pub async fn history_before(
         &self,
         room_nid: i64,
@@ -630,10 +633,10 @@ impl Store {
             "WITH RECURSIVE walk (event_nid) AS ( \
                  SELECT e.event_nid FROM events e WHERE e.room_nid = $1 AND e.event_nid IN ({}) \
                  UNION \
-                 SELECT e.event_nid FROM walk w \
+                 SELECT g.cited_event_nid FROM walk w \
                  JOIN event_edges g ON g.event_nid = w.event_nid AND g.kind = 0 \
-                 JOIN events e ON e.event_nid = g.cited_event_nid \
-                 WHERE e.room_nid = $1 AND e.depth >= $2 AND e.status <> 'outlier') \
+                 WHERE (SELECT c.depth FROM events c WHERE c.event_nid = g.cited_event_nid \
+                     AND c.room_nid = $1 AND c.status <> 'outlier') >= $2) \
              {} JOIN walk w ON w.event_nid = e.event_nid WHERE e.status IN ('normal', 'soft_failed') \
              ORDER BY e.depth DESC, e.stream_ordering DESC LIMIT $3",
             seed_list.join(", "),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
+use crate::rooms::{EVENT_SELECT, EventRow, event_from_row};
 use crate::{Store, StoreError, with_pool};
 
 /// Ids per `IN (...)` list: far below both backends' parameter limits, and plans stay cached
@@ -592,4 +593,137 @@ impl Store {
         });
         Ok(nids)
     }
+}
+
+/// The most events one walk of [`Store::history_before`] returns, whatever the caller asks.
+const HISTORY_WALK_MAX: i64 = 1_000;
+
+impl Store {
+    /// The state before an event: the state group of the state at its prev events. `None` for
+    /// a room's first event (the empty state), for an outlier (no place in the room's state)
+    /// and for an event not stored.
+    pub async fn state_group_before(&self, event_nid: i64) -> Result<Option<i64>, StoreError> {
+        let group = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT state_group_before FROM events WHERE event_nid = $1",
+            )
+            .bind(event_nid)
+            .fetch_optional(pool)
+            .await?
+            .flatten()
+        });
+        Ok(group)
+    }
+
+    /// The stored events that the events `nids` cite in `prev_events`, each once, any room and
+    /// any status (the caller decides which to follow): one step of a walk back through a
+    /// room's history, over the edges' primary key.
+    pub async fn prev_events(&self, nids: &[i64]) -> Result<Vec<EventRow>, StoreError> {
+        let mut out: Vec<EventRow> = Vec::new();
+        for chunk in nids.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "{} WHERE e.event_nid IN (SELECT g.cited_event_nid FROM event_edges g \
+                 WHERE g.kind = 0 AND g.cited_event_nid IS NOT NULL AND g.event_nid IN ({}))",
+                EVENT_SELECT,
+                placeholders(chunk.len())
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for row in query.fetch_all(pool).await? {
+                    out.push(event_from_row!(&row));
+                }
+            });
+        }
+        // Chunks may cite the same event.
+        out.sort_by_key(|row| row.event_nid);
+        out.dedup_by_key(|row| row.event_nid);
+        Ok(out)
+    }
+
+    /// Room `room_nid`'s history up to and including the events `seeds`: the seeds and every
+    /// event reached from them back through `prev_events` edges, deepest first (then latest
+    /// stored), at most `limit` (and never more than [`HISTORY_WALK_MAX`]), only those that
+    /// are part of the history (normal or soft-failed). The walk passes through the room's
+    /// events of depth `min_depth` or more, which bounds it, rejected ones included (an event
+    /// may cite one and still be accepted, and what is behind it is history too) but never
+    /// outliers: one recursive statement, each event visited once. Each step reads the edges
+    /// of the events just reached (index `event_edges_auth`) and looks each cited event up by
+    /// its key, a subquery rather than a join so that a planner without statistics on a young
+    /// database cannot turn the step into a scan of the room's events per event.
+    pub async fn history_before(
+        &self,
+        room_nid: i64,
+        seeds: &[i64],
+        min_depth: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        if seeds.is_empty() || limit <= 0 {
+            return Ok(Vec::new());
+        }
+        // The seeds are few (a backfill request names its starting events); bound after the
+        // room, the depth and the limit.
+        let seeds = &seeds[..seeds.len().min(IDS_PER_STATEMENT)];
+        let seed_list: Vec<String> = (0..seeds.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "WITH RECURSIVE walk (event_nid) AS ( \
+                 SELECT e.event_nid FROM events e WHERE e.room_nid = $1 AND e.event_nid IN ({}) \
+                 UNION \
+                 SELECT g.cited_event_nid FROM walk w \
+                 JOIN event_edges g ON g.event_nid = w.event_nid AND g.kind = 0 \
+                 WHERE (SELECT c.depth FROM events c WHERE c.event_nid = g.cited_event_nid \
+                     AND c.room_nid = $1 AND c.status <> 'outlier') >= $2) \
+             {} JOIN walk w ON w.event_nid = e.event_nid WHERE e.status IN ('normal', 'soft_failed') \
+             ORDER BY e.depth DESC, e.stream_ordering DESC LIMIT $3",
+            seed_list.join(", "),
+            EVENT_SELECT
+        );
+        let rows = with_pool!(self, pool => {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(room_nid)
+                .bind(min_depth)
+                .bind(limit.min(HISTORY_WALK_MAX));
+            for nid in seeds {
+                query = query.bind(*nid);
+            }
+            let mut out = Vec::new();
+            for row in query.fetch_all(pool).await? {
+                out.push(event_from_row!(&row));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// The memberships, in room `room_nid`'s current state, of the users of server `server`
+    /// (their user ids end in `:server`): `(user id, membership)`. What other servers' requests
+    /// are checked against: whether the asking server is in the room, and which of its users'
+    /// memberships to look up in older states (a membership key, once in a room's state, stays).
+    pub async fn server_memberships(
+        &self,
+        room_nid: i64,
+        server: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT user_id, membership FROM room_memberships WHERE room_nid = $1 \
+                 AND substr(user_id, length(user_id) - length($2)) = ':' || $2 ORDER BY user_id",
+            )
+            .bind(room_nid)
+            .bind(server)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+}
+
+/// `$1, $2, ... $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -663,6 +663,30 @@ impl Store {
         Ok(row)
     }
 
+    /// A room by its nid (what an event row names), uncached: for the few reads that start
+    /// from an event rather than a room (a peer's `/event`).
+    pub async fn room_by_nid(&self, room_nid: i64) -> Result<Option<RoomRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            match sqlx::query(
+                "SELECT room_nid, room_id, room_version, creator, is_public FROM rooms WHERE room_nid = $1",
+            )
+            .bind(room_nid)
+            .fetch_optional(pool)
+            .await?
+            {
+                Some(row) => Some(RoomRow {
+                    room_nid: row.try_get("room_nid")?,
+                    room_id: row.try_get("room_id")?,
+                    room_version: row.try_get("room_version")?,
+                    creator: row.try_get("creator")?,
+                    is_public: row.try_get("is_public")?,
+                }),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
     /// Everything a local send reads before building its event, in one statement (each
     /// statement is a round trip, and sends are what users wait on): the current state events
     /// for `keys`, the room's head, and, for a client send, the event its transaction id

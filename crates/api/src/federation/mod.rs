@@ -1,6 +1,7 @@
 //! The server-server and key APIs (TLS listener).
 
 mod discovery;
+mod events;
 mod keys;
 mod query;
 
@@ -12,4 +13,5 @@ pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()
         .merge(keys::routes())
         .merge(query::routes())
+        .merge(events::routes())
 }

@@ -1,6 +1,7 @@
 //! Rooms on this server: building, authorising and persisting local events (one ordered writer
-//! per room), room creation with presets, room upgrades, membership changes, and the reads clients make (state,
-//! events, members, timeline pages, search) with history visibility enforced.
+//! per room), room creation with presets, room upgrades, membership changes, the reads clients make (state,
+//! events, members, timeline pages, search) with history visibility enforced, and the reads
+//! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill).
 //!
 //! Rooms with other servers come with federation; membership code takes the local path today and
 //! says so with a clear error where a remote server would be needed.
@@ -10,6 +11,7 @@ mod append;
 mod client_send;
 mod create;
 pub mod events;
+mod federation_reads;
 pub(crate) mod hierarchy;
 mod locks;
 pub(crate) mod membership;
@@ -33,6 +35,9 @@ use crate::{Error, Result, server_keys::ServerKeys};
 
 pub use acl::acl_allows;
 pub use create::{CreateRoom, Preset};
+pub use federation_reads::{
+    BACKFILL_MAX, MISSING_EVENTS_MAX, MissingEventsQuery, ServedState, ServedStateIds,
+};
 pub use hierarchy::{HierarchyPage, HierarchyRequest};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use receive::{Received, ReceivedEvent};

@@ -3,6 +3,7 @@
 mod discovery;
 mod keys;
 mod query;
+mod transactions;
 
 use axum::Router;
 
@@ -12,4 +13,5 @@ pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()
         .merge(keys::routes())
         .merge(query::routes())
+        .merge(transactions::routes())
 }

@@ -46,6 +46,10 @@ pub use fetch::{MAX_FETCHED_EVENTS, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT};
 pub const MAX_PDUS: usize = 50;
 /// The most EDUs a transaction may hold (the spec's limit).
 pub const MAX_EDUS: usize = 100;
+/// The largest body of a transaction read: 50 PDUs and 100 EDUs of the spec's 64 KiB each,
+/// and their envelope. Above the JSON cap of other routes (1 MiB by default), which a full
+/// transaction of ordinary events exceeds; still under `http.max_request_size`.
+pub const MAX_TRANSACTION_BYTES: usize = (MAX_PDUS + MAX_EDUS) * (MAX_PDU_BYTES + 1) + 64 * 1024;
 /// Transactions of one origin in process or waiting for their turn, past which the next is
 /// answered 429.
 pub const MAX_QUEUED_PER_ORIGIN: usize = 3;
@@ -95,6 +99,16 @@ impl Drop for QueuePlace {
 }
 
 impl InboundTransactions {
+    /// How many transactions of `origin` are in process or waiting for their turn.
+    pub fn queued(&self, origin: &str) -> usize {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(name, _)| name.as_str() == origin)
+            .map_or(0, |(_, queue)| queue.queued.load(Ordering::SeqCst))
+    }
+
     /// A place in `origin`'s queue, or 429 when it is full.
     fn enter(&self, origin: &OwnedServerName) -> Result<QueuePlace> {
         let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());

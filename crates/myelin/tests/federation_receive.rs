@@ -239,7 +239,11 @@ async fn missing_events(
     let ids = |field: &str| -> Vec<String> {
         body[field]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let earliest: HashSet<String> = ids("earliest_events").into_iter().collect();
@@ -283,7 +287,11 @@ async fn missing_events(
 fn prevs(event: &Value) -> Vec<String> {
     event["prev_events"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -327,7 +335,10 @@ async fn event_auth(
     let events = peer.events.lock().unwrap().clone();
     match chain {
         Some(ids) => {
-            let chain: Vec<Value> = ids.iter().filter_map(|id| events.get(id).cloned()).collect();
+            let chain: Vec<Value> = ids
+                .iter()
+                .filter_map(|id| events.get(id).cloned())
+                .collect();
             Json(json!({ "auth_chain": chain })).into_response()
         }
         None => not_found(),
@@ -414,7 +425,11 @@ impl World {
             Some(BOB),
             json!({"membership": "join"}),
             &prev,
-            &[&world.create.clone(), &world.join_rules.clone(), &world.power.clone()],
+            &[
+                &world.create.clone(),
+                &world.join_rules.clone(),
+                &world.power.clone(),
+            ],
             depth,
         );
         let outcome = world
@@ -444,7 +459,10 @@ impl World {
         let rows = store.current_state(room.room_nid, None).await.unwrap();
         let mut events = self.peer.state.events.lock().unwrap();
         for row in rows {
-            events.insert(row.event_id.clone(), serde_json::from_str(&row.json).unwrap());
+            events.insert(
+                row.event_id.clone(),
+                serde_json::from_str(&row.json).unwrap(),
+            );
         }
     }
 
@@ -635,7 +653,10 @@ async fn messages_are_accepted_once_and_retransmissions_get_the_same_answer() {
             .send("txn-1", vec![json_of(&first), json_of(&second)], vec![])
             .await
             .unwrap();
-        assert!(ok(&answer, &first) && ok(&answer, &second), "{kind:?}: {answer:?}");
+        assert!(
+            ok(&answer, &first) && ok(&answer, &second),
+            "{kind:?}: {answer:?}"
+        );
         assert_eq!(world.message_bodies().await, vec!["hello", "again"]);
 
         // The same transaction id again, even with other content: the stored answer, nothing
@@ -657,7 +678,10 @@ async fn messages_are_accepted_once_and_retransmissions_get_the_same_answer() {
             .await
             .unwrap();
         assert!(ok(&answer, &third), "{kind:?}: {answer:?}");
-        assert_eq!(world.message_bodies().await, vec!["hello", "again", "sneaky"]);
+        assert_eq!(
+            world.message_bodies().await,
+            vec!["hello", "again", "sneaky"]
+        );
 
         // Alice's sync sees bob's messages.
         let sync = world.sync(None).await;
@@ -680,15 +704,14 @@ async fn transactions_over_the_spec_limits_are_refused_and_large_ones_taken() {
         let world = World::build(kind).await;
         let (prev, depth) = world.head().await;
         let message = world.bob_says("one", &prev, depth);
-        let refused = |result: Result<HashMap<String, Option<String>>, FederationError>| {
-            match result {
+        let refused =
+            |result: Result<HashMap<String, Option<String>>, FederationError>| match result {
                 Err(FederationError::Status { status, body }) => {
                     assert_eq!(status, 400, "{body}");
                     assert!(body.contains("M_BAD_JSON"), "{body}");
                 }
                 other => panic!("{kind:?}: expected a 400, got {other:?}"),
-            }
-        };
+            };
         refused(
             world
                 .peer
@@ -758,8 +781,7 @@ async fn forged_signatures_are_dropped_bad_hashes_redacted_and_unauthorised_even
         let mut tampered = honest.json().clone();
         tampered.insert(
             "content".to_owned(),
-            CanonicalJsonValue::try_from(json!({"msgtype": "m.text", "body": "tampered"}))
-                .unwrap(),
+            CanonicalJsonValue::try_from(json!({"msgtype": "m.text", "body": "tampered"})).unwrap(),
         );
         let tampered = serde_json::to_value(&tampered).unwrap();
         // Bob (power 0) may not change the power levels.
@@ -782,8 +804,15 @@ async fn forged_signatures_are_dropped_bad_hashes_redacted_and_unauthorised_even
             .await
             .unwrap();
 
-        assert!(error_of(&answer, &forged).contains("signature"), "{kind:?}: {answer:?}");
-        assert_eq!(world.status(forged.event_id()).await, None, "{kind:?}: not stored");
+        assert!(
+            error_of(&answer, &forged).contains("signature"),
+            "{kind:?}: {answer:?}"
+        );
+        assert_eq!(
+            world.status(forged.event_id()).await,
+            None,
+            "{kind:?}: not stored"
+        );
 
         assert!(ok(&answer, &honest), "{kind:?}: {answer:?}");
         let row = world
@@ -794,11 +823,21 @@ async fn forged_signatures_are_dropped_bad_hashes_redacted_and_unauthorised_even
             .unwrap()
             .unwrap();
         let stored: Value = serde_json::from_str(&row.json).unwrap();
-        assert_eq!(stored["content"], json!({}), "{kind:?}: only the redacted form");
+        assert_eq!(
+            stored["content"],
+            json!({}),
+            "{kind:?}: only the redacted form"
+        );
 
-        assert!(error_of(&answer, &coup).contains("Rejected"), "{kind:?}: {answer:?}");
         assert!(
-            matches!(world.status(coup.event_id()).await, Some(EventStatus::Rejected(_))),
+            error_of(&answer, &coup).contains("Rejected"),
+            "{kind:?}: {answer:?}"
+        );
+        assert!(
+            matches!(
+                world.status(coup.event_id()).await,
+                Some(EventStatus::Rejected(_))
+            ),
             "{kind:?}"
         );
         let store = world.server.store();
@@ -810,13 +849,16 @@ async fn forged_signatures_are_dropped_bad_hashes_redacted_and_unauthorised_even
             )
             .await
             .unwrap();
-        assert_eq!(power[0].event_id, world.power, "{kind:?}: the state is as it was");
+        assert_eq!(
+            power[0].event_id, world.power,
+            "{kind:?}: the state is as it was"
+        );
         world.stop().await;
     }
 }
 
 #[tokio::test]
-async fn a_server_the_acl_denies_has_its_events_and_edus_refused() {
+async fn events_are_refused_from_servers_the_acl_denies_and_for_rooms_this_server_is_not_in() {
     for kind in test_backends() {
         let world = World::build(kind).await;
         let (status, body) = world
@@ -839,7 +881,10 @@ async fn a_server_the_acl_denies_has_its_events_and_edus_refused() {
             .send("denied", vec![json_of(&message)], vec![typing])
             .await
             .unwrap();
-        assert!(error_of(&answer, &message).contains("ACL"), "{kind:?}: {answer:?}");
+        assert!(
+            error_of(&answer, &message).contains("ACL"),
+            "{kind:?}: {answer:?}"
+        );
         assert_eq!(world.status(message.event_id()).await, None, "{kind:?}");
         let sync = world.sync(None).await;
         let ephemeral = &sync["rooms"]["join"][&world.room_id]["ephemeral"]["events"];
@@ -873,6 +918,29 @@ async fn a_server_the_acl_denies_has_its_events_and_edus_refused() {
             error_of(&answer, &elsewhere).contains("not in room"),
             "{kind:?}: {answer:?}"
         );
+
+        // A room this server knows but has left: refused too.
+        let (status, body) = world
+            .server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&world.room_id)),
+                &world.alice.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (prev, depth) = world.head().await;
+        let late = world.bob_says("anyone?", &prev, depth);
+        let answer = world
+            .peer
+            .send("left", vec![json_of(&late)], vec![])
+            .await
+            .unwrap();
+        assert!(
+            error_of(&answer, &late).contains("not in room"),
+            "{kind:?}: {answer:?}"
+        );
+        assert_eq!(world.status(late.event_id()).await, None, "{kind:?}");
         world.stop().await;
     }
 }
@@ -890,7 +958,10 @@ async fn a_gap_is_filled_through_get_missing_events() {
             .unwrap();
         assert!(ok(&answer, &chain[2]), "{kind:?}: {answer:?}");
         for event in &chain {
-            assert_eq!(world.status(event.event_id()).await, Some(EventStatus::Normal));
+            assert_eq!(
+                world.status(event.event_id()).await,
+                Some(EventStatus::Normal)
+            );
         }
         assert_eq!(world.message_bodies().await, vec!["m1", "m2", "m3"]);
         let requests = world.peer.state.missing_requests.lock().unwrap().clone();
@@ -1018,7 +1089,11 @@ async fn missing_auth_events_are_fetched_with_event_auth() {
             Some(CHARLIE),
             json!({"membership": "join"}),
             &head,
-            &[&world.create.clone(), &world.join_rules.clone(), &world.power.clone()],
+            &[
+                &world.create.clone(),
+                &world.join_rules.clone(),
+                &world.power.clone(),
+            ],
             depth,
         );
         let between = world.bob_says("between", &[join.event_id().to_owned()], depth + 1);
@@ -1058,7 +1133,10 @@ async fn missing_auth_events_are_fetched_with_event_auth() {
                 "{kind:?}"
             );
         }
-        assert_eq!(world.message_bodies().await, vec!["between", "charlie here"]);
+        assert_eq!(
+            world.message_bodies().await,
+            vec!["between", "charlie here"]
+        );
         world.stop().await;
     }
 }
@@ -1158,7 +1236,11 @@ async fn typing_receipts_presence_to_device_and_device_lists_reach_local_clients
         let room = &sync["rooms"]["join"][&world.room_id];
         let ephemeral = room["ephemeral"]["events"].as_array().unwrap();
         let typing = ephemeral.iter().find(|e| e["type"] == "m.typing").unwrap();
-        assert_eq!(typing["content"]["user_ids"], json!([BOB]), "{kind:?}: {sync}");
+        assert_eq!(
+            typing["content"]["user_ids"],
+            json!([BOB]),
+            "{kind:?}: {sync}"
+        );
         let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap();
         assert_eq!(
             receipt["content"][&read]["m.read"][BOB]["ts"],
@@ -1192,7 +1274,11 @@ async fn typing_receipts_presence_to_device_and_device_lists_reach_local_clients
         // The same to-device message in another transaction is not delivered twice.
         let since = sync["next_batch"].as_str().unwrap().to_owned();
         let again = json!({"edu_type": "m.direct_to_device", "content": {"sender": BOB, "type": "m.test", "message_id": "msg-1", "messages": {world.alice.user_id.clone(): {device: {"hello": "alice"}}}}});
-        world.peer.send("edus-again", vec![], vec![again]).await.unwrap();
+        world
+            .peer
+            .send("edus-again", vec![], vec![again])
+            .await
+            .unwrap();
         let sync = world.sync(Some(&since)).await;
         assert!(
             sync["to_device"]["events"]

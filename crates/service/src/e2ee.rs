@@ -469,7 +469,9 @@ impl E2ee {
             .note_remote_device_list(user.as_str(), stream_id, crate::now_millis())
             .await?;
         if advanced {
-            self.store.announce_device_list_change(user.as_str()).await?;
+            self.store
+                .announce_device_list_change(user.as_str())
+                .await?;
             self.notify.notify();
         }
         Ok(advanced)
@@ -482,7 +484,9 @@ impl E2ee {
         self.store
             .mark_remote_device_list_stale(user.as_str(), crate::now_millis())
             .await?;
-        self.store.announce_device_list_change(user.as_str()).await?;
+        self.store
+            .announce_device_list_change(user.as_str())
+            .await?;
         self.notify.notify();
         Ok(())
     }

@@ -116,7 +116,12 @@ impl Ephemeral {
     /// receiver has checked that the sending server speaks for the user and that the room's
     /// ACL admits it). The user must be joined to the room. It expires after
     /// [`REMOTE_TYPING_TIMEOUT`] unless their server says it again.
-    pub async fn set_remote_typing(&self, user: &UserId, room_id: &str, typing: bool) -> Result<()> {
+    pub async fn set_remote_typing(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        typing: bool,
+    ) -> Result<()> {
         self.joined_room(user, room_id).await?;
         self.set_typing_of(user, room_id, typing, REMOTE_TYPING_TIMEOUT);
         Ok(())

@@ -259,8 +259,7 @@ mod tests {
         answer.insert("$b".to_owned(), Some("no".to_owned()));
         let json = serde_json::to_string(&answer_json(&answer)).unwrap();
         assert_eq!(
-            json,
-            r#"{"pdus":{"$a":{},"$b":{"error":"no"}}}"#,
+            json, r#"{"pdus":{"$a":{},"$b":{"error":"no"}}}"#,
             "the spec's shape"
         );
         assert_eq!(answer_from_json(&json).unwrap(), answer);

@@ -194,3 +194,85 @@ impl Store {
         Ok(users)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        Store, StoreOptions,
+        test_support::{TestDatabase, test_backends},
+    };
+
+    #[tokio::test]
+    async fn transaction_answers_keep_the_first_and_age_out() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                store.inbound_txn_response("a.test", "t1").await.unwrap(),
+                None
+            );
+            store
+                .record_inbound_txn("a.test", "t1", "first", 1_000)
+                .await
+                .unwrap();
+            store
+                .record_inbound_txn("a.test", "t1", "second", 2_000)
+                .await
+                .unwrap();
+            store
+                .record_inbound_txn("b.test", "t1", "other origin", 5_000)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.inbound_txn_response("a.test", "t1").await.unwrap(),
+                Some("first".to_owned()),
+                "{kind:?}"
+            );
+            assert_eq!(store.prune_inbound_txns(2_000).await.unwrap(), 1);
+            assert_eq!(
+                store.inbound_txn_response("a.test", "t1").await.unwrap(),
+                None
+            );
+            assert_eq!(
+                store.inbound_txn_response("b.test", "t1").await.unwrap(),
+                Some("other origin".to_owned()),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn remote_device_lists_only_move_forward() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let bob = "@bob:b.test";
+            assert_eq!(store.remote_device_list(bob).await.unwrap(), None);
+            assert!(store.note_remote_device_list(bob, 5, 1).await.unwrap());
+            assert!(!store.note_remote_device_list(bob, 5, 2).await.unwrap());
+            assert!(!store.note_remote_device_list(bob, 3, 3).await.unwrap());
+            assert_eq!(
+                store.remote_device_list(bob).await.unwrap(),
+                Some((5, true)),
+                "{kind:?}"
+            );
+            assert!(store.note_remote_device_list(bob, 6, 4).await.unwrap());
+            store
+                .mark_remote_device_list_stale("@carol:b.test", 5)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.remote_device_list("@carol:b.test").await.unwrap(),
+                Some((0, true))
+            );
+            assert_eq!(
+                store.remote_device_list(bob).await.unwrap(),
+                Some((6, true))
+            );
+        }
+    }
+}

@@ -128,8 +128,8 @@ impl Services {
         for update in updates {
             if *entries_left == 0 {
                 return Err(Error::TooLarge(format!(
-                        "a transaction's EDUs may hold {MAX_EDU_ENTRIES} entries"
-                    )));
+                    "a transaction's EDUs may hold {MAX_EDU_ENTRIES} entries"
+                )));
             }
             *entries_left -= 1;
             let applied = async {
@@ -182,7 +182,9 @@ impl Services {
             .as_i64()
             .ok_or_else(|| Error::BadJson("stream_id must be an integer".to_owned()))?;
         self.shares_a_room_here(&user).await?;
-        self.e2ee.remote_device_list_update(&user, stream_id).await?;
+        self.e2ee
+            .remote_device_list_update(&user, stream_id)
+            .await?;
         Ok(())
     }
 

@@ -122,7 +122,10 @@ impl Services {
                 continue;
             };
             for (server, key_id) in required_server_keys(&pdu, version) {
-                if keys.get(&server).is_some_and(|known| known.contains_key(&key_id)) {
+                if keys
+                    .get(&server)
+                    .is_some_and(|known| known.contains_key(&key_id))
+                {
                     continue;
                 }
                 let entry = wanted.entry(server).or_insert((BTreeSet::new(), u64::MAX));
@@ -302,9 +305,7 @@ impl Services {
             return Ok(None);
         }
         if !unknown.is_empty() {
-            let fetched = self
-                .fetch_events(&servers, version, &unknown, budget)
-                .await;
+            let fetched = self.fetch_events(&servers, version, &unknown, budget).await;
             let refs: Vec<&[u8]> = fetched.iter().map(Vec::as_slice).collect();
             self.add_signing_keys(version, &refs, keys, budget.deadline)
                 .await?;
@@ -434,7 +435,9 @@ async fn fetch_event(
         let bytes = answer.pdu.get().as_bytes();
         match receipt::check_format(version, bytes) {
             Ok(pdu) if pdu.event_id() == id => return Some(bytes.to_vec()),
-            _ => tracing::info!(%server, event_id = %id, "a server answered /event with another or an invalid event"),
+            _ => {
+                tracing::info!(%server, event_id = %id, "a server answered /event with another or an invalid event")
+            }
         }
     }
     None

@@ -70,7 +70,11 @@ impl Services {
             match self.room_for(origin, &room_id).await {
                 Err(err) => {
                     tracing::warn!(%origin, %room_id, %err, "could not look up the room of received events");
-                    refuse(&mut results, None, "Internal error while processing the event");
+                    refuse(
+                        &mut results,
+                        None,
+                        "Internal error while processing the event",
+                    );
                 }
                 Ok(RoomFor::Unknown) => {
                     tracing::info!(%origin, %room_id, "dropped events of a room this server does not know");
@@ -155,10 +159,7 @@ impl Services {
         let mut keys = ServerKeys::new();
         self.add_signing_keys(version, batch, &mut keys, Instant::now() + KEY_FETCH_TIME)
             .await?;
-        let mut outcomes = self
-            .rooms
-            .receive_pdus(&room.room_id, batch, &keys)
-            .await?;
+        let mut outcomes = self.rooms.receive_pdus(&room.room_id, batch, &keys).await?;
         // The transaction's events, then those fetched on their behalf that wait too.
         let mut events: Vec<Vec<u8>> = batch.iter().map(|bytes| bytes.to_vec()).collect();
         let mut prev_states: HashMap<String, i64> = HashMap::new();
@@ -385,6 +386,8 @@ mod tests {
         assert_eq!(answer_for(&Received::SoftFailed), None);
         assert_eq!(answer_for(&Received::AlreadyStored), None);
         assert!(answer_for(&Received::Rejected("no".into())).is_some_and(|e| e.contains("no")));
-        assert!(answer_for(&Received::Missing(vec!["$x".into()])).is_some_and(|e| e.contains("$x")));
+        assert!(
+            answer_for(&Received::Missing(vec!["$x".into()])).is_some_and(|e| e.contains("$x"))
+        );
     }
 }

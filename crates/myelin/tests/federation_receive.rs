@@ -64,6 +64,9 @@ enum MissingMode {
     Held,
 }
 
+/// A `/state_ids` answer: the state before an event and its auth chain, as event ids.
+type StateIds = (Vec<String>, Vec<String>);
+
 /// What the simulated peer holds and how it answers.
 #[derive(Default)]
 struct PeerState {
@@ -72,8 +75,8 @@ struct PeerState {
     missing_mode: Mutex<MissingMode>,
     /// The bodies of the `/get_missing_events` requests it had.
     missing_requests: Mutex<Vec<Value>>,
-    /// `/state_ids` answers by event id: (state before it, auth chain).
-    state_ids: Mutex<HashMap<String, (Vec<String>, Vec<String>)>>,
+    /// `/state_ids` answers by event id.
+    state_ids: Mutex<HashMap<String, StateIds>>,
     /// `/event_auth` answers by event id.
     auth_chains: Mutex<HashMap<String, Vec<String>>>,
     event_requests: AtomicUsize,
@@ -260,7 +263,7 @@ async fn missing_events(
     let mut frontier: Vec<String> = latest
         .iter()
         .filter_map(|id| events.get(id))
-        .flat_map(|e| prevs(e))
+        .flat_map(prevs)
         .collect();
     while let Some(id) = frontier.pop() {
         if found.len() >= limit {

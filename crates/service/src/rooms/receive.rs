@@ -15,8 +15,11 @@
 //! prev events known only as outliers, whose state is unknown) is not stored and comes back as
 //! [`Received::Missing`] with their ids, so that the same event handed in again once they are
 //! stored is checked afresh. Fetching them is the network's business (the federation receiver);
-//! nothing here does I/O beyond the store. Within one call, events are taken in depth order and
-//! an event waiting for another of the same batch is tried again once that one is in.
+//! nothing here does I/O beyond the store. Where the history before a prev event is out of
+//! reach, the receiver gives the state after it from another server
+//! ([`Rooms::remote_state_after`], [`Rooms::receive_pdus_with_prev_states`]). Within one call,
+//! events are taken in depth order and an event waiting for another of the same batch is tried
+//! again once that one is in.
 
 use std::collections::{HashMap, HashSet};
 

@@ -214,10 +214,7 @@ where
         };
         let (mut parts, _) = head.into_parts();
         let http_config = &state.services.config.http;
-        // Every body read whole is JSON; uploads come through [`RumaStreamed`] instead.
-        let limit = http_config
-            .max_json_request_size
-            .min(http_config.max_request_size);
+        let limit = json_body_limit::<R>(http_config);
         let read = axum::body::to_bytes(body, limit);
         let timeout = std::time::Duration::from_secs(http_config.body_read_timeout_secs);
         let bytes = tokio::time::timeout(timeout, read).await.map_err(|_| {
@@ -282,6 +279,24 @@ where
             raw_body: bytes,
         })
     }
+}
+
+/// The body cap of endpoint `R`: every body read whole is JSON (uploads come through
+/// [`RumaStreamed`] instead), capped by `http.max_json_request_size`, except a federation
+/// transaction, which may hold 150 events of up to 64 KiB
+/// ([`myelin_service::federation_receiver::MAX_TRANSACTION_BYTES`]). Both under
+/// `http.max_request_size`.
+fn json_body_limit<R: 'static>(http_config: &myelin_service::config::HttpConfig) -> usize {
+    let json = if std::any::TypeId::of::<R>()
+        == std::any::TypeId::of::<
+            ruma::api::federation::transactions::send_transaction_message::v1::Request,
+        >() {
+        myelin_service::federation_receiver::MAX_TRANSACTION_BYTES
+            .max(http_config.max_json_request_size)
+    } else {
+        http_config.max_json_request_size
+    };
+    json.min(http_config.max_request_size)
 }
 
 /// The request's path arguments, in order. Values come percent-decoded, which is what ruma

@@ -336,6 +336,22 @@ impl FederationClient {
     where
         R: OutgoingRequest<PathBuilder = SinglePath>,
     {
+        self.send_limited(destination, request, self.config.max_response_size)
+            .await
+    }
+
+    /// [`Self::send`] reading at most `limit` bytes of the answer (and never more than the
+    /// client's `max_response_size`): for requests whose answer has a known bound (one event,
+    /// a page of a few events), so that a peer cannot make this server buffer and parse more.
+    pub async fn send_limited<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        limit: usize,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
         let target = self.destination(destination.as_str()).await?;
         if let Some(ip) = ip_literal(&target.connect_host)
             && !self.config.allow_private_addresses
@@ -413,7 +429,7 @@ impl FederationClient {
             .send()
             .await
             .map_err(|e| FederationError::Transport(with_causes(&e)))?;
-        let limit = self.config.max_response_size;
+        let limit = limit.min(self.config.max_response_size);
         if response
             .content_length()
             .is_some_and(|len| len > limit as u64)

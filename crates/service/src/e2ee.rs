@@ -457,6 +457,40 @@ impl E2ee {
         Ok((changed.into_iter().collect(), left.into_iter().collect()))
     }
 
+    /// A remote user's server announced a change of their devices (`m.device_list_update`,
+    /// with its device-list stream id; the federation receiver has checked that the server
+    /// speaks for the user and that they share a room with someone here). What this server
+    /// knows of their devices is stale from then on, and local users sharing a room with them
+    /// hear of it in sync's `device_lists.changed`. An old or repeated stream id changes
+    /// nothing. Returns whether it was new.
+    pub async fn remote_device_list_update(&self, user: &UserId, stream_id: i64) -> Result<bool> {
+        let advanced = self
+            .store
+            .note_remote_device_list(user.as_str(), stream_id, crate::now_millis())
+            .await?;
+        if advanced {
+            self.store
+                .announce_device_list_change(user.as_str())
+                .await?;
+            self.notify.notify();
+        }
+        Ok(advanced)
+    }
+
+    /// A remote user's server announced new cross-signing keys (`m.signing_key_update`, no
+    /// stream id): as for [`Self::remote_device_list_update`], their keys here are stale and
+    /// local users sharing a room with them hear of the change.
+    pub async fn remote_signing_keys_update(&self, user: &UserId) -> Result<()> {
+        self.store
+            .mark_remote_device_list_stale(user.as_str(), crate::now_millis())
+            .await?;
+        self.store
+            .announce_device_list_change(user.as_str())
+            .await?;
+        self.notify.notify();
+        Ok(())
+    }
+
     // ----- cross-signing -----
 
     /// Whether uploading these cross-signing keys needs user-interactive authentication: not

@@ -18,6 +18,9 @@ use crate::{Error, Result, accounts::AuthedUser, notifier::Notifier, now_millis}
 
 /// Typing notifications last at most this long without a refresh.
 const MAX_TYPING: Duration = Duration::from_secs(120);
+/// A remote user's typing notification lasts this long unless their server repeats it (servers
+/// send `typing: false` when it ends; this covers one that goes away).
+pub const REMOTE_TYPING_TIMEOUT: Duration = Duration::from_secs(60);
 /// To-device messages handed to one sync at most.
 pub const TO_DEVICE_BATCH: i64 = 100;
 
@@ -105,7 +108,26 @@ impl Ephemeral {
             ));
         }
         self.joined_room(target, room_id).await?;
-        let timeout = timeout.min(MAX_TYPING);
+        self.set_typing_of(target, room_id, typing, timeout.min(MAX_TYPING));
+        Ok(())
+    }
+
+    /// A remote user's typing, as their server's `m.typing` EDU tells it (the federation
+    /// receiver has checked that the sending server speaks for the user and that the room's
+    /// ACL admits it). The user must be joined to the room. It expires after
+    /// [`REMOTE_TYPING_TIMEOUT`] unless their server says it again.
+    pub async fn set_remote_typing(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        typing: bool,
+    ) -> Result<()> {
+        self.joined_room(user, room_id).await?;
+        self.set_typing_of(user, room_id, typing, REMOTE_TYPING_TIMEOUT);
+        Ok(())
+    }
+
+    fn set_typing_of(&self, target: &UserId, room_id: &str, typing: bool, timeout: Duration) {
         {
             let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
             let users = rooms.entry(room_id.to_owned()).or_default();
@@ -129,7 +151,6 @@ impl Ephemeral {
                 }
             });
         }
-        Ok(())
     }
 
     /// The typing serial, for sync tokens.
@@ -215,6 +236,41 @@ impl Ephemeral {
         }
     }
 
+    /// A remote user's read receipt (`m.read`), as their server's `m.receipt` EDU tells it
+    /// (the federation receiver has checked that the sending server speaks for the user and
+    /// that the room's ACL admits it). The user must be joined, and the event one of the
+    /// room's that clients here see (a receipt on a hidden event would tell of it).
+    pub async fn set_remote_receipt(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        event_id: &str,
+        thread_id: Option<&str>,
+        ts: i64,
+    ) -> Result<()> {
+        let room_nid = self.joined_room(user, room_id).await?;
+        if self
+            .store
+            .event(event_id)
+            .await?
+            .is_none_or(|row| row.room_nid != room_nid || !crate::rooms::read::in_timeline(&row))
+        {
+            return Err(Error::NotFound("Unknown event in this room".to_owned()));
+        }
+        self.store
+            .set_receipt(
+                room_nid,
+                user.as_str(),
+                "m.read",
+                thread_id.unwrap_or(""),
+                event_id,
+                ts,
+            )
+            .await?;
+        self.notify.notify();
+        Ok(())
+    }
+
     // ----- to-device -----
 
     /// `PUT /sendToDevice/{eventType}/{txnId}`: local recipients only (remote ones need
@@ -222,6 +278,52 @@ impl Ephemeral {
     pub async fn send_to_device(
         &self,
         sender: &AuthedUser,
+        server_name: &ruma::ServerName,
+        event_type: &str,
+        txn_id: &str,
+        messages: &Map<String, Value>,
+    ) -> Result<()> {
+        self.queue_for_local_devices(
+            sender.user_id.as_str(),
+            sender.device_id.as_str(),
+            server_name,
+            event_type,
+            txn_id,
+            messages,
+        )
+        .await
+    }
+
+    /// A remote user's to-device messages, as their server's `m.direct_to_device` EDU brings
+    /// them (the federation receiver has checked that the sending server speaks for the
+    /// sender): queued for the local devices they name, once per `message_id` of the sender
+    /// (a retransmitted EDU queues nothing more). Recipients on other servers are skipped.
+    pub async fn receive_remote_to_device(
+        &self,
+        sender: &UserId,
+        server_name: &ruma::ServerName,
+        event_type: &str,
+        message_id: &str,
+        messages: &Map<String, Value>,
+    ) -> Result<()> {
+        // Remote senders have no device here: the empty device id keys their message ids.
+        self.queue_for_local_devices(
+            sender.as_str(),
+            "",
+            server_name,
+            event_type,
+            message_id,
+            messages,
+        )
+        .await
+    }
+
+    /// Queues `messages` (user → device or `*` → content) from `sender`'s `sender_device` for
+    /// local recipients, once per `(sender, sender_device, event_type, txn_id)`.
+    async fn queue_for_local_devices(
+        &self,
+        sender: &str,
+        sender_device: &str,
         server_name: &ruma::ServerName,
         event_type: &str,
         txn_id: &str,
@@ -269,8 +371,8 @@ impl Ephemeral {
         }
         self.store
             .queue_to_device(
-                sender.user_id.as_str(),
-                sender.device_id.as_str(),
+                sender,
+                sender_device,
                 txn_id,
                 event_type,
                 &queued,
@@ -365,6 +467,34 @@ impl Ephemeral {
         )?;
         self.store
             .set_presence(target.as_str(), state, status_msg, now_millis())
+            .await?;
+        self.notify.notify();
+        Ok(())
+    }
+
+    /// A remote user's presence, as their server's `m.presence` EDU tells it (the federation
+    /// receiver has checked that the sending server speaks for the user and that the user
+    /// shares a room with someone here). `last_active_ago` is milliseconds before now.
+    pub async fn set_remote_presence(
+        &self,
+        user: &UserId,
+        state: &str,
+        status_msg: Option<&str>,
+        last_active_ago: i64,
+    ) -> Result<()> {
+        if !matches!(state, "online" | "offline" | "unavailable") {
+            return Err(Error::InvalidParam(format!(
+                "Unknown presence state {state}"
+            )));
+        }
+        crate::limits::at_most(
+            "status_msg (bytes)",
+            status_msg.map_or(0, str::len),
+            crate::limits::MAX_STATUS_MSG_BYTES,
+        )?;
+        let last_active = now_millis().saturating_sub(last_active_ago.max(0));
+        self.store
+            .set_presence(user.as_str(), state, status_msg, last_active)
             .await?;
         self.notify.notify();
         Ok(())

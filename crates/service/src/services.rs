@@ -50,6 +50,8 @@ pub struct Services {
     pub federation: Arc<myelin_federation::FederationClient>,
     /// Other servers' keys, the notary, inbound X-Matrix checks.
     pub remote_keys: crate::remote_keys::RemoteKeys,
+    /// Inbound transactions: one at a time per origin, old answers pruned.
+    pub inbound: crate::federation_receiver::InboundTransactions,
     pub account_keys: Arc<crate::account_keys::AccountKeys>,
     pub accounts: Accounts,
     pub rooms: crate::rooms::Rooms,
@@ -193,6 +195,7 @@ impl Services {
             server_keys,
             federation,
             remote_keys,
+            inbound: Default::default(),
             accounts,
         }))
     }

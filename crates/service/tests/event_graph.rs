@@ -1013,6 +1013,89 @@ async fn an_outlier_is_invisible_until_upgraded_in_place() {
 
 /// Many branches from other servers do not leave the room with ever more forward extremities:
 /// past ten, a local member's dummy event merges them.
+/// The fallback for prev events whose history is out of reach: the state after such a prev
+/// event (stored as an outlier) is given from elsewhere (`/state_ids`), written as a group only
+/// when every event of it is stored, and an event citing it is placed on it.
+#[tokio::test]
+async fn an_event_on_an_outlier_takes_the_state_given_for_it() {
+    for kind in backends() {
+        let w = World::build(kind).await;
+        let base = w.bob_power.clone();
+        let far = w.remote_event(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "from afar"}),
+            &["$an-ancestor-nobody-sent"],
+            &[&w.create, &base, &w.bob_join],
+            8_000,
+        );
+        let json = far.canonical_json();
+        w.services
+            .rooms
+            .receive_outliers(&w.room.room_id, &[json.as_bytes()], &w.remote.keys())
+            .await
+            .unwrap();
+        let after = w.remote_event(
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "on top"}),
+            &[far.event_id()],
+            &[&w.create, &base, &w.bob_join],
+            8_001,
+        );
+        assert_eq!(
+            w.receive(&[&after]).await,
+            vec![Received::Missing(vec![far.event_id().to_owned()])],
+            "{kind:?}: an outlier has no state of its own"
+        );
+        let state: Vec<String> = w.current_state_ids().await.into_values().collect();
+        let mut partial = state.clone();
+        partial.push("$not-stored-here".to_owned());
+        assert_eq!(
+            w.services
+                .rooms
+                .remote_state_after(&w.room.room_id, far.event_id(), &partial)
+                .await
+                .unwrap(),
+            None,
+            "{kind:?}: a state with events this server lacks is not used"
+        );
+        let group = w
+            .services
+            .rooms
+            .remote_state_after(&w.room.room_id, far.event_id(), &state)
+            .await
+            .unwrap()
+            .expect("every event of the state is stored");
+        let json = after.canonical_json();
+        let outcomes = w
+            .services
+            .rooms
+            .receive_pdus_with_prev_states(
+                &w.room.room_id,
+                &[json.as_bytes()],
+                &w.remote.keys(),
+                &HashMap::from([(far.event_id().to_owned(), group)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcomes[0].outcome, Received::Accepted, "{kind:?}");
+        let state_after = w.state_after(after.event_id()).await;
+        assert_eq!(
+            state_after.get(&("m.room.topic".to_owned(), String::new())),
+            Some(&far.event_id().to_owned()),
+            "{kind:?}: the given state plus the prev event itself"
+        );
+        assert_eq!(
+            w.status(far.event_id()).await,
+            Some(EventStatus::Outlier),
+            "{kind:?}: the prev event stays where it is"
+        );
+    }
+}
+
 #[tokio::test]
 async fn forward_extremities_are_kept_bounded() {
     for kind in backends() {

@@ -16,7 +16,8 @@
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
 //! references), [`reports`] (what users report to the admins), [`spaces`] (what the space
 //! hierarchy reads), [`search`] (full-text search over room events), [`e2ee`] (device,
-//! one-time, fallback and cross-signing keys, and the device-list stream), [`key_backup`]
+//! one-time, fallback and cross-signing keys, and the device-list stream), [`federation_inbound`]
+//! (answers to other servers' transactions, remote users' device-list stream ids), [`key_backup`]
 //! (server-side room key backup), [`media`] (media ids, pending uploads and thumbnails; the
 //! content is on disk). Later areas (federation queue, account keys) follow the same shape.
 //!
@@ -41,6 +42,7 @@ mod cache;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;
+pub mod federation_inbound;
 pub mod graph;
 mod group_commit;
 pub mod key_backup;

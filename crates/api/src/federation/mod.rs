@@ -4,6 +4,7 @@ mod discovery;
 mod events;
 mod keys;
 mod query;
+mod transactions;
 
 use axum::Router;
 
@@ -14,4 +15,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(keys::routes())
         .merge(query::routes())
         .merge(events::routes())
+        .merge(transactions::routes())
 }

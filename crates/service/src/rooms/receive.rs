@@ -15,8 +15,11 @@
 //! prev events known only as outliers, whose state is unknown) is not stored and comes back as
 //! [`Received::Missing`] with their ids, so that the same event handed in again once they are
 //! stored is checked afresh. Fetching them is the network's business (the federation receiver);
-//! nothing here does I/O beyond the store. Within one call, events are taken in depth order and
-//! an event waiting for another of the same batch is tried again once that one is in.
+//! nothing here does I/O beyond the store. Where the history before a prev event is out of
+//! reach, the receiver gives the state after it from another server
+//! ([`Rooms::remote_state_after`], [`Rooms::receive_pdus_with_prev_states`]). Within one call,
+//! events are taken in depth order and an event waiting for another of the same batch is tried
+//! again once that one is in.
 
 use std::collections::{HashMap, HashSet};
 
@@ -100,8 +103,80 @@ impl Rooms {
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
     ) -> Result<Vec<ReceivedEvent>> {
-        self.receive_placed(room_id, pdus, server_keys, Placement::Live)
+        self.receive_placed(room_id, pdus, server_keys, Placement::Live, &HashMap::new())
             .await
+    }
+
+    /// [`Rooms::receive_pdus`] where the states after some prev events are known from another
+    /// server rather than from this one: `prev_states` maps a prev event (stored, typically as
+    /// an outlier, whose own history this server lacks) to the state group after it (see
+    /// [`Rooms::remote_state_after`]). An event citing it takes that state as the state after
+    /// it (resolved with the states after its other prev events, as always), as the spec's
+    /// "missing prev events" fallback asks; the prev event itself stays where it is.
+    pub async fn receive_pdus_with_prev_states(
+        &self,
+        room_id: &str,
+        pdus: &[&[u8]],
+        server_keys: &ServerKeys,
+        prev_states: &HashMap<String, i64>,
+    ) -> Result<Vec<ReceivedEvent>> {
+        self.receive_placed(room_id, pdus, server_keys, Placement::Live, prev_states)
+            .await
+    }
+
+    /// The state after event `event_id` of room `room_id` when another server says the state
+    /// before it is `state_before` (event ids, as `/state_ids` answers): those events that are
+    /// stored in the room and not rejected, plus the event itself at its key if it is a state
+    /// event that was not rejected. Written as a state group of its own; `None` when the event
+    /// or part of that state is not stored in the room (the event must be, as an outlier at
+    /// least, to be cited; a state missing events would be a wrong one).
+    pub async fn remote_state_after(
+        &self,
+        room_id: &str,
+        event_id: &str,
+        state_before: &[String],
+    ) -> Result<Option<i64>> {
+        let room = self.room(room_id).await?;
+        let Some(event) = self
+            .store
+            .event(event_id)
+            .await?
+            .filter(|row| row.room_nid == room.room_nid)
+        else {
+            return Ok(None);
+        };
+        let ids: HashSet<&str> = state_before.iter().map(String::as_str).collect();
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let rows: Vec<EventRow> = self
+            .store
+            .events_by_ids(&ids)
+            .await?
+            .into_iter()
+            .filter(|row| row.room_nid == room.room_nid)
+            .collect();
+        if rows.len() < ids.len() {
+            // Part of the state is not here: a state built without it would be wrong.
+            return Ok(None);
+        }
+        let mut entries: HashMap<(String, String), i64> = HashMap::new();
+        let usable = |row: &EventRow| !matches!(row.status, EventStatus::Rejected(_));
+        for row in rows {
+            if let Some(key) = row.state_key.clone().filter(|_| usable(&row)) {
+                entries.insert((row.event_type.clone(), key), row.event_nid);
+            }
+        }
+        if let Some(key) = event.state_key.clone().filter(|_| usable(&event)) {
+            entries.insert((event.event_type.clone(), key), event.event_nid);
+        }
+        let entries: Vec<(&str, &str, i64)> = entries
+            .iter()
+            .map(|((kind, key), nid)| (kind.as_str(), key.as_str(), *nid))
+            .collect();
+        Ok(Some(
+            self.store
+                .create_state_group(room.room_nid, None, &entries)
+                .await?,
+        ))
     }
 
     /// [`Rooms::receive_pdus`] for history fetched backwards (`/backfill`): the same checks
@@ -115,8 +190,14 @@ impl Rooms {
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
     ) -> Result<Vec<ReceivedEvent>> {
-        self.receive_placed(room_id, pdus, server_keys, Placement::Backfilled)
-            .await
+        self.receive_placed(
+            room_id,
+            pdus,
+            server_keys,
+            Placement::Backfilled,
+            &HashMap::new(),
+        )
+        .await
     }
 
     async fn receive_placed(
@@ -125,6 +206,7 @@ impl Rooms {
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
         placement: Placement,
+        prev_states: &HashMap<String, i64>,
     ) -> Result<Vec<ReceivedEvent>> {
         let room = self.room(room_id).await?;
         let version = version_of(&room)?;
@@ -142,7 +224,14 @@ impl Rooms {
                 .collect();
             for (index, pdu) in pending {
                 let outcome = self
-                    .receive_one(&room, version, pdu.clone(), server_keys, placement)
+                    .receive_one(
+                        &room,
+                        version,
+                        pdu.clone(),
+                        server_keys,
+                        placement,
+                        prev_states,
+                    )
                     .await?;
                 let retry = matches!(&outcome, Received::Missing(ids) if ids.iter().any(|id| waiting.contains(id)));
                 if !retry {
@@ -331,6 +420,7 @@ impl Rooms {
         pdu: Pdu,
         server_keys: &ServerKeys,
         placement: Placement,
+        prev_states: &HashMap<String, i64>,
     ) -> Result<Received> {
         let verified = match receipt::check_signatures(version, &pdu, server_keys) {
             Ok(verified) => verified,
@@ -397,14 +487,21 @@ impl Rooms {
                 "an event of an existing room must cite prev events".to_owned(),
             ));
         }
+        // The state after each prev event: its own, or the one another server gave for it.
+        let prev_groups: Vec<Option<i64>> = pdu
+            .prev_events()
+            .map(|id| {
+                prev_rows
+                    .iter()
+                    .find(|row| row.event_id == id)
+                    .and_then(|row| row.state_group.or_else(|| prev_states.get(id).copied()))
+            })
+            .collect();
         let unknown: Vec<String> = pdu
             .prev_events()
-            .filter(|id| {
-                !prev_rows
-                    .iter()
-                    .any(|row| row.event_id == *id && row.state_group.is_some())
-            })
-            .map(str::to_owned)
+            .zip(&prev_groups)
+            .filter(|(_, group)| group.is_none())
+            .map(|(id, _)| id.to_owned())
             .collect();
         if !unknown.is_empty() {
             if let Some(reason) = rejected_by_auth_events {
@@ -422,7 +519,8 @@ impl Rooms {
             }
             return Ok(Received::Missing(unknown));
         }
-        let before = self.state_before(room, version, &prev_rows).await?;
+        let prev_groups: Vec<i64> = prev_groups.into_iter().flatten().collect();
+        let before = self.state_before(room, version, &prev_groups).await?;
         let replaces = match pdu.state_key() {
             Some(key) => self
                 .store
@@ -564,16 +662,16 @@ impl Rooms {
         Ok(outcome)
     }
 
-    /// The state before an event whose prev events are stored with their states: the state
-    /// after the one prev event, or the resolution of the states after several (written as a
-    /// group of its own when they differ).
+    /// The state before an event from the states after its prev events (`prev_groups`): the
+    /// state after the one prev event, or the resolution of the states after several (written
+    /// as a group of its own when they differ).
     async fn state_before(
         &self,
         room: &RoomRow,
         version: &RoomVersion,
-        prevs: &[EventRow],
+        prev_groups: &[i64],
     ) -> Result<i64> {
-        let mut groups: Vec<i64> = prevs.iter().filter_map(|row| row.state_group).collect();
+        let mut groups: Vec<i64> = prev_groups.to_vec();
         groups.sort_unstable();
         groups.dedup();
         match groups.as_slice() {

@@ -1,0 +1,1294 @@
+//! The federation receiver over HTTP (`PUT /_matrix/federation/v1/send/{txnId}`), on both
+//! databases. A simulated peer (`peer.test`: its own signing key and key document, and answers
+//! to `/get_missing_events`, `/state_ids`, `/event` and `/event_auth` from the events it holds,
+//! or greedy, huge or held answers on demand) sends signed transactions to a Myelin server
+//! (`hs.test`) whose room has a local user (alice) and the peer's bob, who joined through the
+//! receive pipeline.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine;
+use myelin_federation::{FederationClient, FederationClientConfig, FederationError};
+use myelin_room_version::{
+    CanonicalJsonObject, CanonicalJsonValue, KeyPair, Pdu, PublicKey, RoomVersion,
+    pdu::{EventSigner, build_pdu},
+    signing::sign_json,
+    verify::{ServerKey, ServerKeys},
+};
+use myelin_service::federation_receiver::MISSING_EVENTS_LIMIT;
+use myelin_store::EventStatus;
+use myelin_testkit::{
+    TestServer, TestUser, enc,
+    federation::{TestCa, start_federation},
+    test_backends,
+};
+use ruma::{
+    MilliSecondsSinceUnixEpoch,
+    api::federation::transactions::{edu::Edu, send_transaction_message},
+    serde::Raw,
+};
+use serde_json::{Value, json, value::RawValue};
+
+const HS: &str = "hs.test";
+const PEER: &str = "peer.test";
+const PEER_KEY_ID: &str = "ed25519:p1";
+const BOB: &str = "@bob:peer.test";
+const CHARLIE: &str = "@charlie:peer.test";
+
+/// How the peer answers `/get_missing_events`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum MissingMode {
+    /// Up to `limit` events, walking back from `latest_events` to `earliest_events`.
+    #[default]
+    Honest,
+    /// Every event it holds on the way, whatever the limit.
+    Greedy,
+    /// Honest, in a body of several MiB.
+    Huge,
+    /// Honest, but only once `release` is notified (after announcing the request).
+    Held,
+}
+
+/// A `/state_ids` answer: the state before an event and its auth chain, as event ids.
+type StateIds = (Vec<String>, Vec<String>);
+
+/// What the simulated peer holds and how it answers.
+#[derive(Default)]
+struct PeerState {
+    /// Every event the peer can serve, by id (its own and the room's shared history).
+    events: Mutex<HashMap<String, Value>>,
+    missing_mode: Mutex<MissingMode>,
+    /// The bodies of the `/get_missing_events` requests it had.
+    missing_requests: Mutex<Vec<Value>>,
+    /// `/state_ids` answers by event id.
+    state_ids: Mutex<HashMap<String, StateIds>>,
+    /// `/event_auth` answers by event id.
+    auth_chains: Mutex<HashMap<String, Vec<String>>>,
+    event_requests: AtomicUsize,
+    state_requests: AtomicUsize,
+    auth_requests: AtomicUsize,
+    held_arrived: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+struct Peer {
+    key: KeyPair,
+    state: Arc<PeerState>,
+    /// Signs requests as `peer.test` (transactions to `hs.test`).
+    client: FederationClient,
+}
+
+impl Peer {
+    /// Starts the peer's TLS listener (a certificate of `ca` for `peer.test`). The client is
+    /// pointed at `hs.test` by [`Peer::aim`] once that server's address is known.
+    async fn start(ca: &TestCa) -> (Arc<PeerState>, SocketAddr) {
+        let state = Arc::new(PeerState::default());
+        let key = peer_key();
+        let (cert, private) = ca.issue(PEER);
+        let tls = myelin::tls::server_config(&cert, &private).unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = myelin::tls::TlsListener::new(tcp, tls).unwrap();
+        let app = Router::new()
+            .route("/_matrix/key/v2/server", get(key_document))
+            .route(
+                "/_matrix/federation/v1/get_missing_events/{room_id}",
+                post(missing_events),
+            )
+            .route("/_matrix/federation/v1/state_ids/{room_id}", get(state_ids))
+            .route("/_matrix/federation/v1/event/{event_id}", get(event))
+            .route(
+                "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+                get(event_auth),
+            )
+            .with_state((state.clone(), Arc::new(key)));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app.into_make_service()).await;
+        });
+        (state, addr)
+    }
+
+    fn aim(ca: &TestCa, state: Arc<PeerState>, hs: &TestServer) -> Peer {
+        let mut overrides = std::collections::BTreeMap::new();
+        overrides.insert(HS.to_owned(), hs.addrs().1.to_string());
+        let client = FederationClient::new(
+            FederationClientConfig {
+                server_name: PEER.try_into().unwrap(),
+                key_id: PEER_KEY_ID.to_owned(),
+                trusted_ca_files: vec![ca.cert_path()],
+                verify_certificates: true,
+                destination_overrides: overrides,
+                allow_private_addresses: true,
+                timeout: Duration::from_secs(60),
+                max_response_size: 1024 * 1024,
+            },
+            peer_key(),
+        )
+        .unwrap();
+        Peer {
+            key: peer_key(),
+            state,
+            client,
+        }
+    }
+
+    /// The peer's keys, as a caller that fetched them hands them to the pipeline.
+    fn keys(&self) -> ServerKeys {
+        let mut keys = ServerKeys::new();
+        keys.entry(PEER.to_owned()).or_default().insert(
+            PEER_KEY_ID.to_owned(),
+            ServerKey {
+                key: PublicKey::from_bytes(&self.key.public_key()).unwrap(),
+                valid_until_ts: u64::MAX,
+            },
+        );
+        keys
+    }
+
+    /// Makes the peer able to serve `pdu`.
+    fn hold(&self, pdu: &Pdu) {
+        self.state
+            .events
+            .lock()
+            .unwrap()
+            .insert(pdu.event_id().to_owned(), json_of(pdu));
+    }
+
+    /// Sends a transaction; the answer's `pdus` map (event id → error, if any).
+    async fn send(
+        &self,
+        txn_id: &str,
+        pdus: Vec<Value>,
+        edus: Vec<Value>,
+    ) -> Result<HashMap<String, Option<String>>, FederationError> {
+        let mut request = send_transaction_message::v1::Request::new(
+            txn_id.into(),
+            PEER.try_into().unwrap(),
+            MilliSecondsSinceUnixEpoch::now(),
+        );
+        request.pdus = pdus.iter().map(raw).collect();
+        request.edus = edus
+            .iter()
+            .map(|edu| Raw::<Edu>::from_json(raw(edu)))
+            .collect();
+        let answer = self
+            .client
+            .send(ruma::server_name!("hs.test"), request)
+            .await?;
+        Ok(answer
+            .pdus
+            .into_iter()
+            .map(|(id, result)| (id.to_string(), result.err()))
+            .collect())
+    }
+}
+
+fn peer_key() -> KeyPair {
+    KeyPair::from_seed(&[11; 32])
+}
+
+fn raw(value: &Value) -> Box<RawValue> {
+    RawValue::from_string(value.to_string()).unwrap()
+}
+
+fn json_of(pdu: &Pdu) -> Value {
+    serde_json::from_str(&pdu.canonical_json()).unwrap()
+}
+
+type PeerApp = (Arc<PeerState>, Arc<KeyPair>);
+
+async fn key_document(State((_, key)): State<PeerApp>) -> Json<Value> {
+    let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.public_key());
+    let unsigned = json!({
+        "server_name": PEER,
+        "verify_keys": { PEER_KEY_ID: { "key": public } },
+        "old_verify_keys": {},
+        "valid_until_ts": myelin_service::now_millis() + 24 * 60 * 60 * 1000,
+    });
+    let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(unsigned).unwrap()
+    else {
+        unreachable!()
+    };
+    sign_json(&mut object, PEER, PEER_KEY_ID, &key).unwrap();
+    Json(serde_json::to_value(&object).unwrap())
+}
+
+async fn missing_events(
+    State((peer, _)): State<PeerApp>,
+    Path(_room_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    peer.missing_requests.lock().unwrap().push(body.clone());
+    let mode = *peer.missing_mode.lock().unwrap();
+    if mode == MissingMode::Held {
+        peer.held_arrived.notify_one();
+        peer.release.notified().await;
+    }
+    let ids = |field: &str| -> Vec<String> {
+        body[field]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let earliest: HashSet<String> = ids("earliest_events").into_iter().collect();
+    let latest = ids("latest_events");
+    let limit = if mode == MissingMode::Greedy {
+        usize::MAX
+    } else {
+        body["limit"].as_u64().unwrap_or(10) as usize
+    };
+    let events = peer.events.lock().unwrap().clone();
+    // Walk back from the latest events' prev events, stopping at the earliest ones.
+    let mut found: Vec<Value> = Vec::new();
+    let mut seen: HashSet<String> = latest.iter().cloned().collect();
+    let mut frontier: Vec<String> = latest
+        .iter()
+        .filter_map(|id| events.get(id))
+        .flat_map(prevs)
+        .collect();
+    while let Some(id) = frontier.pop() {
+        if found.len() >= limit {
+            break;
+        }
+        if earliest.contains(&id) || !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(event) = events.get(&id) else {
+            continue;
+        };
+        frontier.splice(0..0, prevs(event));
+        found.push(event.clone());
+    }
+    found.sort_by_key(|e| e["depth"].as_i64());
+    if mode == MissingMode::Huge {
+        // The right events, in a body of several MiB.
+        let padding = "x".repeat(3 * 1024 * 1024);
+        return Json(json!({ "events": found, "padding": padding })).into_response();
+    }
+    Json(json!({ "events": found })).into_response()
+}
+
+fn prevs(event: &Value) -> Vec<String> {
+    event["prev_events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn state_ids(
+    State((peer, _)): State<PeerApp>,
+    Path(_room_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    peer.state_requests.fetch_add(1, Ordering::SeqCst);
+    let answer = query
+        .get("event_id")
+        .and_then(|id| peer.state_ids.lock().unwrap().get(id).cloned());
+    match answer {
+        Some((pdu_ids, auth_chain_ids)) => {
+            Json(json!({"pdu_ids": pdu_ids, "auth_chain_ids": auth_chain_ids})).into_response()
+        }
+        None => not_found(),
+    }
+}
+
+async fn event(State((peer, _)): State<PeerApp>, Path(event_id): Path<String>) -> Response {
+    peer.event_requests.fetch_add(1, Ordering::SeqCst);
+    let event = peer.events.lock().unwrap().get(&event_id).cloned();
+    match event {
+        Some(event) => Json(json!({
+            "origin": PEER,
+            "origin_server_ts": myelin_service::now_millis(),
+            "pdus": [event],
+        }))
+        .into_response(),
+        None => not_found(),
+    }
+}
+
+async fn event_auth(
+    State((peer, _)): State<PeerApp>,
+    Path((_room_id, event_id)): Path<(String, String)>,
+) -> Response {
+    peer.auth_requests.fetch_add(1, Ordering::SeqCst);
+    let chain = peer.auth_chains.lock().unwrap().get(&event_id).cloned();
+    let events = peer.events.lock().unwrap().clone();
+    match chain {
+        Some(ids) => {
+            let chain: Vec<Value> = ids
+                .iter()
+                .filter_map(|id| events.get(id).cloned())
+                .collect();
+            Json(json!({ "auth_chain": chain })).into_response()
+        }
+        None => not_found(),
+    }
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"errcode": "M_NOT_FOUND", "error": "not here"})),
+    )
+        .into_response()
+}
+
+/// `hs.test` with a version 10 public room that alice created and bob (of the peer) joined,
+/// and the peer able to serve the room's events so far.
+struct World {
+    server: TestServer,
+    peer: Peer,
+    alice: TestUser,
+    room_id: String,
+    version: &'static RoomVersion,
+    create: String,
+    join_rules: String,
+    power: String,
+    bob_join: String,
+    _ca: TestCa,
+}
+
+impl World {
+    async fn build(kind: myelin_store::DatabaseKind) -> World {
+        let ca = TestCa::new();
+        let (peer_state, peer_addr) = Peer::start(&ca).await;
+        let mut servers = start_federation(kind, &ca, &[HS], |_, config| {
+            config
+                .federation
+                .destination_overrides
+                .insert(PEER.to_owned(), peer_addr.to_string());
+        })
+        .await;
+        let server = servers.remove(0);
+        let peer = Peer::aim(&ca, peer_state, &server);
+        let alice = server.register("alice").await;
+        let room_id = server
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "10"}),
+            )
+            .await;
+        let store = server.store();
+        let room = store.room(&room_id).await.unwrap().unwrap();
+        let state_id = |kind: &str| {
+            let store = store.clone();
+            let kind = kind.to_owned();
+            async move {
+                store
+                    .current_state(room.room_nid, Some(&[(kind, String::new())]))
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap()
+                    .event_id
+            }
+        };
+        let create = state_id("m.room.create").await;
+        let join_rules = state_id("m.room.join_rules").await;
+        let power = state_id("m.room.power_levels").await;
+        let mut world = World {
+            version: RoomVersion::get("10").unwrap(),
+            server,
+            peer,
+            alice,
+            room_id,
+            create,
+            join_rules,
+            power,
+            bob_join: String::new(),
+            _ca: ca,
+        };
+        let (prev, depth) = world.head().await;
+        let join = world.event(
+            BOB,
+            "m.room.member",
+            Some(BOB),
+            json!({"membership": "join"}),
+            &prev,
+            &[
+                &world.create.clone(),
+                &world.join_rules.clone(),
+                &world.power.clone(),
+            ],
+            depth,
+        );
+        let outcome = world
+            .server
+            .services()
+            .rooms
+            .receive_pdus(
+                &world.room_id,
+                &[join.canonical_json().as_bytes()],
+                &world.peer.keys(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome[0].outcome,
+            myelin_service::rooms::Received::Accepted
+        );
+        world.bob_join = join.event_id().to_owned();
+        world.share_history().await;
+        world
+    }
+
+    /// Lets the peer serve every event of the room stored here (the history both share).
+    async fn share_history(&self) {
+        let store = self.server.store();
+        let room = store.room(&self.room_id).await.unwrap().unwrap();
+        let rows = store.current_state(room.room_nid, None).await.unwrap();
+        let mut events = self.peer.state.events.lock().unwrap();
+        for row in rows {
+            events.insert(
+                row.event_id.clone(),
+                serde_json::from_str(&row.json).unwrap(),
+            );
+        }
+    }
+
+    /// The room's forward extremities here and the depth for an event on top of them.
+    async fn head(&self) -> (Vec<String>, i64) {
+        let store = self.server.store();
+        let room = store.room(&self.room_id).await.unwrap().unwrap();
+        let head = store
+            .send_context(room.room_nid, &[], None)
+            .await
+            .unwrap()
+            .head;
+        (head.prev_event_ids, head.max_depth + 1)
+    }
+
+    /// An event of a peer user, signed by the peer.
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+        prev: &[String],
+        auth: &[&String],
+        depth: i64,
+    ) -> Pdu {
+        self.event_signed_by(
+            &self.peer.key,
+            sender,
+            kind,
+            state_key,
+            content,
+            prev,
+            auth,
+            depth,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event_signed_by(
+        &self,
+        key: &KeyPair,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+        prev: &[String],
+        auth: &[&String],
+        depth: i64,
+    ) -> Pdu {
+        let mut partial = CanonicalJsonObject::new();
+        let s = |v: &str| CanonicalJsonValue::String(v.to_owned());
+        partial.insert("type".to_owned(), s(kind));
+        partial.insert("room_id".to_owned(), s(&self.room_id));
+        partial.insert("sender".to_owned(), s(sender));
+        if let Some(key) = state_key {
+            partial.insert("state_key".to_owned(), s(key));
+        }
+        partial.insert(
+            "content".to_owned(),
+            CanonicalJsonValue::try_from(content).unwrap(),
+        );
+        partial.insert(
+            "prev_events".to_owned(),
+            CanonicalJsonValue::Array(prev.iter().map(|id| s(id)).collect()),
+        );
+        partial.insert(
+            "auth_events".to_owned(),
+            CanonicalJsonValue::Array(auth.iter().map(|id| s(id)).collect()),
+        );
+        partial.insert(
+            "depth".to_owned(),
+            CanonicalJsonValue::Integer(depth.try_into().unwrap()),
+        );
+        partial.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(myelin_service::now_millis().try_into().unwrap()),
+        );
+        build_pdu(
+            partial,
+            self.version,
+            EventSigner::Server {
+                server_name: PEER,
+                key_id: PEER_KEY_ID,
+                key,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A message of bob's on top of `prev`.
+    fn bob_says(&self, body: &str, prev: &[String], depth: i64) -> Pdu {
+        let member = self.bob_join.clone();
+        self.event(
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": body}),
+            prev,
+            &[&self.create.clone(), &self.power.clone(), &member],
+            depth,
+        )
+    }
+
+    /// A chain of `n` messages of bob's on top of the room's head, held by the peer.
+    async fn bob_chain(&self, prefix: &str, n: usize) -> Vec<Pdu> {
+        let (mut prev, mut depth) = self.head().await;
+        let mut chain = Vec::new();
+        for i in 1..=n {
+            let event = self.bob_says(&format!("{prefix}{i}"), &prev, depth);
+            self.peer.hold(&event);
+            prev = vec![event.event_id().to_owned()];
+            depth += 1;
+            chain.push(event);
+        }
+        chain
+    }
+
+    async fn status(&self, event_id: &str) -> Option<EventStatus> {
+        self.server
+            .store()
+            .event(event_id)
+            .await
+            .unwrap()
+            .map(|row| row.status)
+    }
+
+    /// The bodies of the room's messages as alice's `/messages` shows them, oldest first.
+    async fn message_bodies(&self) -> Vec<String> {
+        let (status, body) = self
+            .server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+                    enc(&self.room_id)
+                ),
+                &self.alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let mut bodies: Vec<String> = body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect();
+        bodies.reverse();
+        bodies
+    }
+
+    async fn sync(&self, since: Option<&str>) -> Value {
+        let path = match since {
+            Some(since) => format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let (status, body) = self.server.get(&path, &self.alice.access_token).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
+fn ok(answer: &HashMap<String, Option<String>>, event: &Pdu) -> bool {
+    matches!(answer.get(event.event_id()), Some(None))
+}
+
+fn error_of<'a>(answer: &'a HashMap<String, Option<String>>, event: &Pdu) -> &'a str {
+    match answer.get(event.event_id()) {
+        Some(Some(error)) => error,
+        other => panic!("expected an error for {}: {other:?}", event.event_id()),
+    }
+}
+
+#[tokio::test]
+async fn messages_are_accepted_once_and_retransmissions_get_the_same_answer() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (prev, depth) = world.head().await;
+        let first = world.bob_says("hello", &prev, depth);
+        let second = world.bob_says("again", &[first.event_id().to_owned()], depth + 1);
+        let answer = world
+            .peer
+            .send("txn-1", vec![json_of(&first), json_of(&second)], vec![])
+            .await
+            .unwrap();
+        assert!(
+            ok(&answer, &first) && ok(&answer, &second),
+            "{kind:?}: {answer:?}"
+        );
+        assert_eq!(world.message_bodies().await, vec!["hello", "again"]);
+
+        // The same transaction id again, even with other content: the stored answer, nothing
+        // processed (the third message is not stored).
+        let third = world.bob_says("sneaky", &[second.event_id().to_owned()], depth + 2);
+        let again = world
+            .peer
+            .send("txn-1", vec![json_of(&third)], vec![])
+            .await
+            .unwrap();
+        assert_eq!(again, answer, "{kind:?}: the first answer, as it was");
+        assert_eq!(world.status(third.event_id()).await, None, "{kind:?}");
+        assert_eq!(world.message_bodies().await, vec!["hello", "again"]);
+
+        // Another transaction id is processed.
+        let answer = world
+            .peer
+            .send("txn-2", vec![json_of(&third)], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &third), "{kind:?}: {answer:?}");
+        assert_eq!(
+            world.message_bodies().await,
+            vec!["hello", "again", "sneaky"]
+        );
+
+        // Alice's sync sees bob's messages.
+        let sync = world.sync(None).await;
+        let timeline = sync["rooms"]["join"][&world.room_id]["timeline"]["events"]
+            .as_array()
+            .unwrap();
+        assert!(
+            timeline
+                .iter()
+                .any(|e| e["sender"] == BOB && e["content"]["body"] == "sneaky"),
+            "{kind:?}: {sync}"
+        );
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn transactions_over_the_spec_limits_are_refused_and_large_ones_taken() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (prev, depth) = world.head().await;
+        let message = world.bob_says("one", &prev, depth);
+        let refused =
+            |result: Result<HashMap<String, Option<String>>, FederationError>| match result {
+                Err(FederationError::Status { status, body }) => {
+                    assert_eq!(status, 400, "{body}");
+                    assert!(body.contains("M_BAD_JSON"), "{body}");
+                }
+                other => panic!("{kind:?}: expected a 400, got {other:?}"),
+            };
+        refused(
+            world
+                .peer
+                .send("too-many-pdus", vec![json_of(&message); 51], vec![])
+                .await,
+        );
+        let typing = json!({"edu_type": "m.typing", "content": {"room_id": world.room_id, "user_id": BOB, "typing": true}});
+        refused(
+            world
+                .peer
+                .send("too-many-edus", vec![], vec![typing; 101])
+                .await,
+        );
+        assert_eq!(world.status(message.event_id()).await, None, "{kind:?}");
+
+        // 50 PDUs and 100 EDUs are fine, and so is a transaction above the JSON body cap of
+        // other routes (1 MiB): 20 messages of 60 KB.
+        let answer = world
+            .peer
+            .send(
+                "at-the-limits",
+                vec![json_of(&message); 50],
+                vec![json!({"edu_type": "m.unknown", "content": {}}); 100],
+            )
+            .await
+            .unwrap();
+        assert!(ok(&answer, &message), "{kind:?}: {answer:?}");
+        let mut prev = vec![message.event_id().to_owned()];
+        let mut big = Vec::new();
+        for i in 0..20 {
+            let event = world.bob_says(&"x".repeat(60_000), &prev, depth + 1 + i);
+            prev = vec![event.event_id().to_owned()];
+            big.push(event);
+        }
+        let answer = world
+            .peer
+            .send("big", big.iter().map(json_of).collect(), vec![])
+            .await
+            .unwrap();
+        assert!(big.iter().all(|e| ok(&answer, e)), "{kind:?}: {answer:?}");
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn forged_signatures_are_dropped_bad_hashes_redacted_and_unauthorised_events_rejected() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (prev, depth) = world.head().await;
+        let member = world.bob_join.clone();
+        let auth = [&world.create.clone(), &world.power.clone(), &member];
+
+        // Signed by a key that is not the peer's, under the peer's key id.
+        let forged = world.event_signed_by(
+            &KeyPair::from_seed(&[99; 32]),
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "forged"}),
+            &prev,
+            &auth,
+            depth,
+        );
+        // Content changed after signing: the signature (over the redacted form) still holds,
+        // the content hash does not.
+        let honest = world.bob_says("original", &prev, depth);
+        let mut tampered = honest.json().clone();
+        tampered.insert(
+            "content".to_owned(),
+            CanonicalJsonValue::try_from(json!({"msgtype": "m.text", "body": "tampered"})).unwrap(),
+        );
+        let tampered = serde_json::to_value(&tampered).unwrap();
+        // Bob (power 0) may not change the power levels.
+        let coup = world.event(
+            BOB,
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {BOB: 100}}),
+            &prev,
+            &auth,
+            depth,
+        );
+        let answer = world
+            .peer
+            .send(
+                "mixed",
+                vec![json_of(&forged), tampered, json_of(&coup)],
+                vec![],
+            )
+            .await
+            .unwrap();
+
+        assert!(
+            error_of(&answer, &forged).contains("signature"),
+            "{kind:?}: {answer:?}"
+        );
+        assert_eq!(
+            world.status(forged.event_id()).await,
+            None,
+            "{kind:?}: not stored"
+        );
+
+        assert!(ok(&answer, &honest), "{kind:?}: {answer:?}");
+        let row = world
+            .server
+            .store()
+            .event(honest.event_id())
+            .await
+            .unwrap()
+            .unwrap();
+        let stored: Value = serde_json::from_str(&row.json).unwrap();
+        assert_eq!(
+            stored["content"],
+            json!({}),
+            "{kind:?}: only the redacted form"
+        );
+
+        assert!(
+            error_of(&answer, &coup).contains("Rejected"),
+            "{kind:?}: {answer:?}"
+        );
+        assert!(
+            matches!(
+                world.status(coup.event_id()).await,
+                Some(EventStatus::Rejected(_))
+            ),
+            "{kind:?}"
+        );
+        let store = world.server.store();
+        let room = store.room(&world.room_id).await.unwrap().unwrap();
+        let power = store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.power_levels".to_owned(), String::new())]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            power[0].event_id, world.power,
+            "{kind:?}: the state is as it was"
+        );
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn events_are_refused_from_servers_the_acl_denies_and_for_rooms_this_server_is_not_in() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (status, body) = world
+            .server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                    enc(&world.room_id)
+                ),
+                &world.alice.access_token,
+                json!({"allow": [HS], "deny": []}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (prev, depth) = world.head().await;
+        let message = world.bob_says("let me in", &prev, depth);
+        let typing = json!({"edu_type": "m.typing", "content": {"room_id": world.room_id, "user_id": BOB, "typing": true}});
+        let answer = world
+            .peer
+            .send("denied", vec![json_of(&message)], vec![typing])
+            .await
+            .unwrap();
+        assert!(
+            error_of(&answer, &message).contains("ACL"),
+            "{kind:?}: {answer:?}"
+        );
+        assert_eq!(world.status(message.event_id()).await, None, "{kind:?}");
+        let sync = world.sync(None).await;
+        let ephemeral = &sync["rooms"]["join"][&world.room_id]["ephemeral"]["events"];
+        assert!(
+            !ephemeral.to_string().contains(BOB),
+            "{kind:?}: no typing from a denied server: {ephemeral}"
+        );
+
+        // A room this server does not know: refused, named.
+        let mut elsewhere = message.json().clone();
+        elsewhere.insert(
+            "room_id".to_owned(),
+            CanonicalJsonValue::String("!nowhere:peer.test".to_owned()),
+        );
+        let elsewhere = build_pdu(
+            elsewhere,
+            world.version,
+            EventSigner::Server {
+                server_name: PEER,
+                key_id: PEER_KEY_ID,
+                key: &world.peer.key,
+            },
+        )
+        .unwrap();
+        let answer = world
+            .peer
+            .send("unknown-room", vec![json_of(&elsewhere)], vec![])
+            .await
+            .unwrap();
+        assert!(
+            error_of(&answer, &elsewhere).contains("not in room"),
+            "{kind:?}: {answer:?}"
+        );
+
+        // A room this server knows but has left: refused too.
+        let (status, body) = world
+            .server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&world.room_id)),
+                &world.alice.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (prev, depth) = world.head().await;
+        let late = world.bob_says("anyone?", &prev, depth);
+        let answer = world
+            .peer
+            .send("left", vec![json_of(&late)], vec![])
+            .await
+            .unwrap();
+        assert!(
+            error_of(&answer, &late).contains("not in room"),
+            "{kind:?}: {answer:?}"
+        );
+        assert_eq!(world.status(late.event_id()).await, None, "{kind:?}");
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_gap_is_filled_through_get_missing_events() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (head, _) = world.head().await;
+        let chain = world.bob_chain("m", 3).await;
+        let answer = world
+            .peer
+            .send("gap", vec![json_of(&chain[2])], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &chain[2]), "{kind:?}: {answer:?}");
+        for event in &chain {
+            assert_eq!(
+                world.status(event.event_id()).await,
+                Some(EventStatus::Normal)
+            );
+        }
+        assert_eq!(world.message_bodies().await, vec!["m1", "m2", "m3"]);
+        let requests = world.peer.state.missing_requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1, "{kind:?}: {requests:?}");
+        assert_eq!(requests[0]["latest_events"], json!([chain[2].event_id()]));
+        assert_eq!(requests[0]["earliest_events"], json!(head));
+        // The spec's default, 10, goes unsaid.
+        let limit = requests[0]["limit"].as_u64().unwrap_or(10);
+        assert_eq!(limit as usize, MISSING_EVENTS_LIMIT);
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_cannot_make_this_server_fetch_or_store_past_the_bounds() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        // Thirty events this server lacks; the transaction brings the thirty-first.
+        let chain = world.bob_chain("g", 31).await;
+        *world.peer.state.missing_mode.lock().unwrap() = MissingMode::Greedy;
+        let answer = world
+            .peer
+            .send("greedy", vec![json_of(&chain[30])], vec![])
+            .await
+            .unwrap();
+        assert!(
+            error_of(&answer, &chain[30]).contains("could not be fetched"),
+            "{kind:?}: {answer:?}"
+        );
+        // It answered with all thirty: none beyond the ten asked for were taken, and the ten
+        // (still missing their own history, which /state_ids does not give) are not stored.
+        for event in &chain[..20] {
+            assert_eq!(world.status(event.event_id()).await, None, "{kind:?}");
+        }
+        let stored = {
+            let mut n = 0;
+            for event in &chain {
+                if world.status(event.event_id()).await.is_some() {
+                    n += 1;
+                }
+            }
+            n
+        };
+        assert!(stored <= MISSING_EVENTS_LIMIT, "{kind:?}: {stored} stored");
+        assert!(world.peer.state.state_requests.load(Ordering::SeqCst) >= 1);
+
+        // A huge answer (the right events, padded) is not read past its cap: nothing of it is
+        // taken.
+        *world.peer.state.missing_mode.lock().unwrap() = MissingMode::Huge;
+        let chain = world.bob_chain("h", 3).await;
+        let answer = world
+            .peer
+            .send("huge", vec![json_of(&chain[2])], vec![])
+            .await
+            .unwrap();
+        assert!(answer.get(chain[2].event_id()).is_some_and(Option::is_some));
+        for event in &chain {
+            assert_eq!(world.status(event.event_id()).await, None, "{kind:?}");
+        }
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn prev_events_out_of_reach_are_placed_on_the_state_the_origin_gives() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        // Fifteen events this server lacks: get_missing_events brings the ten nearest the
+        // sixteenth; the state at the fifth comes from /state_ids, the fifth from /event.
+        let chain = world.bob_chain("s", 16).await;
+        let store = world.server.store();
+        let room = store.room(&world.room_id).await.unwrap().unwrap();
+        let state: Vec<String> = store
+            .current_state(room.room_nid, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.event_id)
+            .collect();
+        world
+            .peer
+            .state
+            .state_ids
+            .lock()
+            .unwrap()
+            .insert(chain[4].event_id().to_owned(), (state.clone(), state));
+        let answer = world
+            .peer
+            .send("deep-gap", vec![json_of(&chain[15])], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &chain[15]), "{kind:?}: {answer:?}");
+        for event in &chain[..4] {
+            assert_eq!(world.status(event.event_id()).await, None, "{kind:?}");
+        }
+        assert_eq!(
+            world.status(chain[4].event_id()).await,
+            Some(EventStatus::Outlier),
+            "{kind:?}: the fifth is known for its place only"
+        );
+        for event in &chain[5..] {
+            assert_eq!(
+                world.status(event.event_id()).await,
+                Some(EventStatus::Normal),
+                "{kind:?}"
+            );
+        }
+        let bodies = world.message_bodies().await;
+        let expected: Vec<String> = (6..=16).map(|i| format!("s{i}")).collect();
+        assert_eq!(bodies, expected, "{kind:?}");
+        assert_eq!(world.peer.state.event_requests.load(Ordering::SeqCst), 1);
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn missing_auth_events_are_fetched_with_event_auth() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (head, depth) = world.head().await;
+        // Charlie joins, bob speaks, charlie speaks citing his join: only the last comes.
+        let join = world.event(
+            CHARLIE,
+            "m.room.member",
+            Some(CHARLIE),
+            json!({"membership": "join"}),
+            &head,
+            &[
+                &world.create.clone(),
+                &world.join_rules.clone(),
+                &world.power.clone(),
+            ],
+            depth,
+        );
+        let between = world.bob_says("between", &[join.event_id().to_owned()], depth + 1);
+        let join_id = join.event_id().to_owned();
+        let spoken = world.event(
+            CHARLIE,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "charlie here"}),
+            &[between.event_id().to_owned()],
+            &[&world.create.clone(), &world.power.clone(), &join_id],
+            depth + 2,
+        );
+        for event in [&join, &between, &spoken] {
+            world.peer.hold(event);
+        }
+        world.peer.state.auth_chains.lock().unwrap().insert(
+            spoken.event_id().to_owned(),
+            vec![
+                world.create.clone(),
+                world.join_rules.clone(),
+                world.power.clone(),
+                join_id.clone(),
+            ],
+        );
+        let answer = world
+            .peer
+            .send("auth", vec![json_of(&spoken)], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &spoken), "{kind:?}: {answer:?}");
+        assert_eq!(world.peer.state.auth_requests.load(Ordering::SeqCst), 1);
+        for event in [&join, &between, &spoken] {
+            assert_eq!(
+                world.status(event.event_id()).await,
+                Some(EventStatus::Normal),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            world.message_bodies().await,
+            vec!["between", "charlie here"]
+        );
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn one_transaction_per_origin_at_a_time_with_a_bounded_queue() {
+    for kind in test_backends() {
+        let world = Arc::new(World::build(kind).await);
+        let chain = world.bob_chain("q", 2).await;
+        *world.peer.state.missing_mode.lock().unwrap() = MissingMode::Held;
+        // The first transaction waits on the peer's get_missing_events answer.
+        let first = {
+            let world = world.clone();
+            let event = json_of(&chain[1]);
+            tokio::spawn(async move { world.peer.send("held", vec![event], vec![]).await })
+        };
+        world.peer.state.held_arrived.notified().await;
+        // Its retransmission and another transaction wait for their turn.
+        let retransmission = {
+            let world = world.clone();
+            let event = json_of(&chain[1]);
+            tokio::spawn(async move { world.peer.send("held", vec![event], vec![]).await })
+        };
+        let (prev, depth) = world.head().await;
+        let other = world.bob_says("other", &prev, depth);
+        let next = {
+            let world = world.clone();
+            let event = json_of(&other);
+            tokio::spawn(async move { world.peer.send("next", vec![event], vec![]).await })
+        };
+        let inbound = &world.server.services().inbound;
+        for _ in 0..200 {
+            if inbound.queued(PEER) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(inbound.queued(PEER), 3, "{kind:?}");
+        // A fourth is refused while three are queued.
+        match world.peer.send("fourth", vec![], vec![]).await {
+            Err(FederationError::Status { status, body }) => {
+                assert_eq!(status, 429, "{body}");
+                assert!(body.contains("M_LIMIT_EXCEEDED"), "{body}");
+            }
+            other => panic!("{kind:?}: expected 429, got {other:?}"),
+        }
+        world.peer.state.release.notify_one();
+        let first = first.await.unwrap().unwrap();
+        assert!(ok(&first, &chain[1]), "{kind:?}: {first:?}");
+        assert_eq!(retransmission.await.unwrap().unwrap(), first, "{kind:?}");
+        assert!(ok(&next.await.unwrap().unwrap(), &other), "{kind:?}");
+        assert_eq!(
+            world.peer.state.missing_requests.lock().unwrap().len(),
+            1,
+            "{kind:?}: the retransmission was not processed again"
+        );
+        assert_eq!(inbound.queued(PEER), 0);
+        let world = Arc::into_inner(world).expect("the tasks are done");
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn typing_receipts_presence_to_device_and_device_lists_reach_local_clients() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (status, sent) = world
+            .server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                    enc(&world.room_id)
+                ),
+                &world.alice.access_token,
+                json!({"msgtype": "m.text", "body": "read me"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        let read = sent["event_id"].as_str().unwrap().to_owned();
+        let since = world.sync(None).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let device = world.alice.device_id.clone();
+        let edus = vec![
+            json!({"edu_type": "m.typing", "content": {"room_id": world.room_id, "user_id": BOB, "typing": true}}),
+            // Not the peer's user to speak for: ignored.
+            json!({"edu_type": "m.typing", "content": {"room_id": world.room_id, "user_id": world.alice.user_id, "typing": true}}),
+            json!({"edu_type": "m.receipt", "content": {world.room_id.clone(): {"m.read": {BOB: {"event_ids": [read], "data": {"ts": 1234}}}}}}),
+            json!({"edu_type": "m.presence", "content": {"push": [{"user_id": BOB, "presence": "online", "last_active_ago": 5, "currently_active": true}]}}),
+            json!({"edu_type": "m.direct_to_device", "content": {"sender": BOB, "type": "m.test", "message_id": "msg-1", "messages": {world.alice.user_id.clone(): {device.clone(): {"hello": "alice"}}}}}),
+            json!({"edu_type": "m.device_list_update", "content": {"user_id": BOB, "device_id": "BOBDEV", "stream_id": 7, "prev_id": []}}),
+        ];
+        let answer = world.peer.send("edus", vec![], edus).await.unwrap();
+        assert!(answer.is_empty(), "{kind:?}: {answer:?}");
+        let sync = world.sync(Some(&since)).await;
+        let room = &sync["rooms"]["join"][&world.room_id];
+        let ephemeral = room["ephemeral"]["events"].as_array().unwrap();
+        let typing = ephemeral.iter().find(|e| e["type"] == "m.typing").unwrap();
+        assert_eq!(
+            typing["content"]["user_ids"],
+            json!([BOB]),
+            "{kind:?}: {sync}"
+        );
+        let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap();
+        assert_eq!(
+            receipt["content"][&read]["m.read"][BOB]["ts"],
+            json!(1234),
+            "{kind:?}: {sync}"
+        );
+        let presence = sync["presence"]["events"].as_array().unwrap();
+        assert!(
+            presence
+                .iter()
+                .any(|e| e["sender"] == BOB && e["content"]["presence"] == "online"),
+            "{kind:?}: {sync}"
+        );
+        let to_device = sync["to_device"]["events"].as_array().unwrap();
+        assert_eq!(to_device.len(), 1, "{kind:?}: {sync}");
+        assert_eq!(to_device[0]["sender"], BOB);
+        assert_eq!(to_device[0]["type"], "m.test");
+        assert_eq!(to_device[0]["content"], json!({"hello": "alice"}));
+        assert!(
+            sync["device_lists"]["changed"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(BOB)),
+            "{kind:?}: {sync}"
+        );
+        assert_eq!(
+            world.server.store().remote_device_list(BOB).await.unwrap(),
+            Some((7, true))
+        );
+
+        // The same to-device message in another transaction is not delivered twice.
+        let since = sync["next_batch"].as_str().unwrap().to_owned();
+        let again = json!({"edu_type": "m.direct_to_device", "content": {"sender": BOB, "type": "m.test", "message_id": "msg-1", "messages": {world.alice.user_id.clone(): {device: {"hello": "alice"}}}}});
+        world
+            .peer
+            .send("edus-again", vec![], vec![again])
+            .await
+            .unwrap();
+        let sync = world.sync(Some(&since)).await;
+        assert!(
+            sync["to_device"]["events"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "{kind:?}: {sync}"
+        );
+        world.stop().await;
+    }
+}

@@ -126,7 +126,7 @@ impl TlsListener {
                     // The server stopped listening; stop accepting.
                     () = tx.closed() => return,
                 };
-                let (stream, peer) = match accepted {
+                let (mut stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
                         // EMFILE and friends: back off rather than spin.
@@ -135,6 +135,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                crate::server::no_delay(&mut stream);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -67,6 +67,14 @@ pub(super) struct Fork<'a> {
     pub on_top: Option<&'a Pdu>,
 }
 
+/// State resolution could not settle a set of forks (an event it needs is missing or not a
+/// valid event of the room): a fact about those forks, not a fault of this server. Receiving
+/// an event whose state before cannot be resolved drops that event alone; an append whose
+/// new current state cannot be resolved leaves the current state as it was (and the next
+/// append tries again).
+#[derive(Debug)]
+pub(super) struct Unresolvable(pub String);
+
 /// A resolved room state by key, with the events it names that are stored (by nid).
 pub(super) struct Resolved {
     pub state: HashMap<StateKey, String>,
@@ -221,7 +229,13 @@ impl Rooms {
             group: state_before,
             on_top: Some(pdu),
         });
-        let resolved = self.resolve_forks(version, &forks).await?;
+        let resolved = match self.resolve_forks(version, &forks).await? {
+            Ok(resolved) => resolved,
+            Err(Unresolvable(reason)) => {
+                tracing::warn!(room_id = %room.room_id, event_id = pdu.event_id(), %reason, "the room's forks cannot be resolved: its current state stays as it was");
+                return Ok(CurrentStateChange::Unchanged);
+            }
+        };
         let changes = self.changes_from(version, current, &resolved, pdu).await?;
         Ok(if changes.is_empty() {
             // The resolution is the current state as it is.
@@ -307,7 +321,7 @@ impl Rooms {
         &self,
         version: &RoomVersion,
         forks: &[Fork<'_>],
-    ) -> Result<Resolved> {
+    ) -> Result<Result<Resolved, Unresolvable>> {
         // Each fork's state by key, in event ids.
         let mut nid_maps = Vec::with_capacity(forks.len());
         let mut all_nids: Vec<i64> = Vec::new();
@@ -349,11 +363,11 @@ impl Rooms {
         let mut events: HashMap<String, Pdu> = HashMap::new();
         if state_maps.windows(2).all(|w| w[0] == w[1]) {
             let state = state_maps.pop().unwrap_or_default();
-            return Ok(Resolved {
+            return Ok(Ok(Resolved {
                 state,
                 nids,
                 events,
-            });
+            }));
         }
 
         // Each fork's auth chain: the stored chain of its state, and for a new event on top,
@@ -417,13 +431,16 @@ impl Rooms {
         }
         self.load_events(version, &members, &mut events).await?;
 
-        let resolved = resolve_state(version, &state_maps, &chains, |id| events.get(id), None)
-            .map_err(|e| Error::Internal(format!("resolving the state of a fork: {e}")))?;
-        Ok(Resolved {
+        let resolved = match resolve_state(version, &state_maps, &chains, |id| events.get(id), None)
+        {
+            Ok(resolved) => resolved,
+            Err(e) => return Ok(Err(Unresolvable(e.to_string()))),
+        };
+        Ok(Ok(Resolved {
             state: resolved,
             nids,
             events,
-        })
+        }))
     }
 
     /// Reads the stored events of `ids` that `events` lacks into it.

@@ -34,7 +34,7 @@ use myelin_store::{EventRow, EventStatus, OutlierEvent, Placement, RoomRow};
 
 use super::{
     Rooms,
-    append::{Appending, Fork, StateKey},
+    append::{Appending, Fork, StateKey, Unresolvable},
     pdu_of, version_of,
 };
 use crate::{Error, Result, now_millis};
@@ -520,7 +520,15 @@ impl Rooms {
             return Ok(Received::Missing(unknown));
         }
         let prev_groups: Vec<i64> = prev_groups.into_iter().flatten().collect();
-        let before = self.state_before(room, version, &prev_groups).await?;
+        let before = match self.state_before(room, version, &prev_groups).await? {
+            Ok(before) => before,
+            Err(Unresolvable(reason)) => {
+                tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, %reason, "dropped a remote event: the state before it cannot be resolved");
+                return Ok(Received::Dropped(format!(
+                    "the state before it cannot be resolved: {reason}"
+                )));
+            }
+        };
         let replaces = match pdu.state_key() {
             Some(key) => self
                 .store
@@ -670,7 +678,7 @@ impl Rooms {
         room: &RoomRow,
         version: &RoomVersion,
         prev_groups: &[i64],
-    ) -> Result<i64> {
+    ) -> Result<Result<i64, Unresolvable>> {
         let mut groups: Vec<i64> = prev_groups.to_vec();
         groups.sort_unstable();
         groups.dedup();
@@ -678,7 +686,7 @@ impl Rooms {
             [] => Err(Error::Internal(
                 "an event without prev events reached state_before".to_owned(),
             )),
-            [one] => Ok(*one),
+            [one] => Ok(Ok(*one)),
             several => {
                 let forks: Vec<Fork<'_>> = several
                     .iter()
@@ -687,7 +695,10 @@ impl Rooms {
                         on_top: None,
                     })
                     .collect();
-                let resolved = self.resolve_forks(version, &forks).await?;
+                let resolved = match self.resolve_forks(version, &forks).await? {
+                    Ok(resolved) => resolved,
+                    Err(unresolvable) => return Ok(Err(unresolvable)),
+                };
                 // Written as a delta over the newest prev's state when the resolution only
                 // changes or adds keys to it (the common case), else in full.
                 let base = several[several.len() - 1];
@@ -708,23 +719,23 @@ impl Rooms {
                     }
                 }
                 if entries.is_empty() && same_keys == base_map.len() {
-                    return Ok(base);
+                    return Ok(Ok(base));
                 }
                 if same_keys == base_map.len() {
-                    return Ok(self
+                    return Ok(Ok(self
                         .store
                         .create_state_group(room.room_nid, Some(base), &entries)
-                        .await?);
+                        .await?));
                 }
                 // Keys left the state: a full snapshot.
                 let mut full: Vec<(&str, &str, i64)> = Vec::with_capacity(resolved.state.len());
                 for ((kind, key), id) in &resolved.state {
                     full.push((kind, key, resolved.nids[id]));
                 }
-                Ok(self
+                Ok(Ok(self
                     .store
                     .create_state_group(room.room_nid, None, &full)
-                    .await?)
+                    .await?))
             }
         }
     }

@@ -270,7 +270,7 @@ impl Store {
     /// The auth chain of every event in the state of `group` and of the events `extra`: every
     /// event reachable from them through `auth_events` edges (the starting events only when
     /// reachable from another), as `(nid, event id)`. One recursive statement over the auth-edge
-    /// index (`event_edges_auth`), so state resolution's auth difference and `/event_auth` never
+    /// key of `event_edges` (event, kind, cited event; it carries the cited nid), so state resolution's auth difference and `/event_auth` never
     /// walk the graph one round trip per event. Edges to events not stored are not followed.
     pub async fn auth_chain(
         &self,
@@ -650,7 +650,7 @@ impl Store {
     /// events of depth `min_depth` or more, which bounds it, rejected ones included (an event
     /// may cite one and still be accepted, and what is behind it is history too) but never
     /// outliers: one recursive statement, each event visited once. Each step reads the edges
-    /// of the events just reached (index `event_edges_auth`) and looks each cited event up by
+    /// of the events just reached (the key of `event_edges`) and looks each cited event up by
     /// its key, a subquery rather than a join so that a planner without statistics on a young
     /// database cannot turn the step into a scan of the room's events per event.
     pub async fn history_before(

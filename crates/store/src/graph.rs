@@ -269,9 +269,9 @@ impl Store {
 impl Store {
     /// The auth chain of every event in the state of `group` and of the events `extra`: every
     /// event reachable from them through `auth_events` edges (the starting events only when
-    /// reachable from another), as `(nid, event id)`. One recursive statement over the auth-edge
-    /// key of `event_edges` (event, kind, cited event; it carries the cited nid), so state resolution's auth difference and `/event_auth` never
-    /// walk the graph one round trip per event. Edges to events not stored are not followed.
+    /// reachable from another), as `(nid, event id)`. One recursive statement over the key of
+    /// `event_edges` (event, kind, cited event; it carries the cited nid), so state resolution's
+    /// auth difference and `/event_auth` never walk the graph one round trip per event. Edges to events not stored are not followed.
     pub async fn auth_chain(
         &self,
         group: Option<i64>,

@@ -53,7 +53,7 @@ CREATE INDEX federation_edu_outbox_destination ON federation_edu_outbox (destina
 CREATE TABLE federation_backoff (
     destination   TEXT PRIMARY KEY,
     -- Consecutive failures; the wait after the n-th is min * 2^(n-1), capped.
-    failures      INTEGER NOT NULL,
+    failures      BIGINT NOT NULL,
     -- No request goes to the destination before this (ms).
     retry_at_ts   BIGINT NOT NULL,
     -- The first failure of this outage (ms).

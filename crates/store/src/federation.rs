@@ -248,25 +248,31 @@ impl Store {
         destination: &str,
         receipts_after: Option<i64>,
     ) -> Result<DestinationRow, StoreError> {
+        const SELECT: &str = "SELECT destination, event_position, receipt_position, txn_serial, \
+             last_success_ts FROM federation_destinations WHERE destination = $1";
         let row = with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO federation_destinations (destination, event_position, receipt_position) \
-                 SELECT $1, f.position, COALESCE($2, s.position) FROM federation_fanout f, stream_positions s \
-                 WHERE f.id = 0 AND s.stream = 'receipts' \
-                 ON CONFLICT (destination) DO NOTHING",
-            )
-            .bind(destination)
-            .bind(receipts_after)
-            .execute(pool)
-            .await?;
-            let row = sqlx::query(
-                "SELECT destination, event_position, receipt_position, txn_serial, last_success_ts \
-                 FROM federation_destinations WHERE destination = $1",
-            )
-            .bind(destination)
-            .fetch_one(pool)
-            .await?;
-            destination_from_row!(&row)
+            // Read first: a worker asks on every transaction, and a write on SQLite would queue
+            // behind every event being persisted.
+            match sqlx::query(SELECT).bind(destination).fetch_optional(pool).await? {
+                Some(row) => destination_from_row!(&row),
+                None => {
+                    let mut tx = pool.begin_write(&self.write_gate).await?;
+                    sqlx::query(
+                        "INSERT INTO federation_destinations (destination, event_position, receipt_position) \
+                         SELECT $1, f.position, COALESCE($2, s.position) FROM federation_fanout f, stream_positions s \
+                         WHERE f.id = 0 AND s.stream = 'receipts' \
+                         ON CONFLICT (destination) DO NOTHING",
+                    )
+                    .bind(destination)
+                    .bind(receipts_after)
+                    .execute(&mut *tx)
+                    .await?;
+                    let row = sqlx::query(SELECT).bind(destination).fetch_one(&mut *tx).await?;
+                    let row = destination_from_row!(&row);
+                    tx.commit().await?;
+                    row
+                }
+            }
         });
         Ok(row)
     }
@@ -350,14 +356,17 @@ impl Store {
     /// The next transaction number of a destination (never handed out twice).
     pub async fn next_federation_txn_serial(&self, destination: &str) -> Result<i64, StoreError> {
         let serial = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>(
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let serial = sqlx::query_scalar::<_, i64>(
                 "UPDATE federation_destinations SET txn_serial = txn_serial + 1 \
                  WHERE destination = $1 RETURNING txn_serial",
             )
             .bind(destination)
-            .fetch_one(pool)
-            .await
-        })?;
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            serial
+        });
         Ok(serial)
     }
 
@@ -546,6 +555,7 @@ impl Store {
     /// Writes a destination's backoff.
     pub async fn set_federation_backoff(&self, row: &BackoffRow) -> Result<(), StoreError> {
         with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query(
                 "INSERT INTO federation_backoff (destination, failures, retry_at_ts, down_since_ts, last_error) \
                  VALUES ($1, $2, $3, $4, $5) \
@@ -558,22 +568,23 @@ impl Store {
             .bind(row.retry_at_ts)
             .bind(row.down_since_ts)
             .bind(&row.last_error)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })?;
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// Forgets a destination's backoff: it answered.
     pub async fn clear_federation_backoff(&self, destination: &str) -> Result<(), StoreError> {
         with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query("DELETE FROM federation_backoff WHERE destination = $1")
                 .bind(destination)
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })?;
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 

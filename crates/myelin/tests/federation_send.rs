@@ -688,6 +688,17 @@ async fn to_device_messages_reach_remote_users_once() {
                 .await;
             assert_eq!(status, 200, "{reply}");
         }
+        // Too large for a remote user too: refused, nothing queued.
+        let (status, _) = server
+            .put(
+                "/_matrix/client/v3/sendToDevice/m.test/t2",
+                &alice.access_token,
+                json!({ "messages": { BOB: { "DEV": {
+                    "x": "y".repeat(myelin_service::limits::MAX_TO_DEVICE_CONTENT_BYTES)
+                } } } }),
+            )
+            .await;
+        assert_eq!(status, 413, "{kind:?}");
         eventually("the to-device EDU", || !peer.edus().is_empty()).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let edus = peer.edus();
@@ -745,6 +756,100 @@ async fn a_private_destination_is_refused_once_per_window() {
             "{kind:?}: held back by the backoff"
         );
         assert_eq!(backoff.failures(peer_name()), failures);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn receipts_and_typing_of_local_users_reach_the_servers_in_the_room() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let peer = Peer::start(&ca).await;
+        let server = start_myelin(kind, &ca, &peer, |_| {}).await;
+        let (alice, room_id) = room_with_bob(&server, &peer).await;
+        let elsewhere = server
+            .create_room(&alice, json!({ "preset": "private_chat" }))
+            .await;
+        let m0 = say(&server, &alice, &room_id, "m0").await;
+        let lonely = say(&server, &alice, &elsewhere, "not shared").await;
+        eventually("m0", || peer.pdus().len() == 1).await;
+
+        let receipt = |room: &str, kind: &str, event: &str| {
+            format!(
+                "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+                enc(room),
+                enc(event)
+            )
+        };
+        for (room, receipt_type, event) in [
+            (&room_id, "m.read.private", &m0),
+            (&elsewhere, "m.read", &lonely),
+            (&room_id, "m.read", &m0),
+        ] {
+            let (status, reply) = server
+                .post(
+                    &receipt(room, receipt_type, event),
+                    &alice.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{reply}");
+        }
+        let typing = format!(
+            "/_matrix/client/v3/rooms/{}/typing/{}",
+            enc(&room_id),
+            enc(&alice.user_id)
+        );
+        let (status, reply) = server
+            .put(
+                &typing,
+                &alice.access_token,
+                json!({ "typing": true, "timeout": 30000 }),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        eventually("typing", || {
+            peer.edus().iter().any(|e| e["edu_type"] == "m.typing")
+        })
+        .await;
+        let (status, reply) = server
+            .put(&typing, &alice.access_token, json!({ "typing": false }))
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        eventually("typing stopped and the receipt", || {
+            let edus = peer.edus();
+            edus.iter()
+                .any(|e| e["edu_type"] == "m.typing" && e["content"]["typing"] == false)
+                && edus.iter().any(|e| e["edu_type"] == "m.receipt")
+        })
+        .await;
+        let edus = peer.edus();
+        let typing: Vec<&Value> = edus
+            .iter()
+            .filter(|e| e["edu_type"] == "m.typing")
+            .map(|e| &e["content"])
+            .collect();
+        assert_eq!(
+            typing,
+            [
+                &json!({ "room_id": room_id, "user_id": alice.user_id, "typing": true }),
+                &json!({ "room_id": room_id, "user_id": alice.user_id, "typing": false }),
+            ],
+            "{kind:?}"
+        );
+        // The public receipt of the shared room only.
+        let receipts: Vec<&Value> = edus
+            .iter()
+            .filter(|e| e["edu_type"] == "m.receipt")
+            .map(|e| &e["content"])
+            .collect();
+        assert_eq!(receipts.len(), 1, "{kind:?}: {receipts:?}");
+        let content = receipts[0].as_object().unwrap();
+        assert_eq!(content.keys().collect::<Vec<_>>(), [&room_id], "{kind:?}");
+        let read = &content[&room_id]["m.read"][&alice.user_id];
+        assert_eq!(read["event_ids"], json!([m0]), "{kind:?}: {read}");
+        assert!(read["data"]["ts"].is_i64());
+        assert!(content[&room_id].get("m.read.private").is_none());
         server.stop().await;
     }
 }

@@ -170,7 +170,10 @@ async fn fan_out_pending_events_and_delivery() {
             (row.event_position, row.receipt_position),
             (e2.stream_ordering, 8)
         );
-        assert_eq!(store.federation_queue_depths(HS).await.unwrap()[0].events, 0);
+        assert_eq!(
+            store.federation_queue_depths(HS).await.unwrap()[0].events,
+            0
+        );
 
         // An idle destination (nothing pending) is moved up to just before its next event;
         // one with events pending is not.
@@ -183,7 +186,11 @@ async fn fan_out_pending_events_and_delivery() {
                 .unwrap()
         );
         let row = store.federation_destination(PEER, None).await.unwrap();
-        assert_eq!(row.event_position, e4.stream_ordering - 1, "{kind:?}: past $e3");
+        assert_eq!(
+            row.event_position,
+            e4.stream_ordering - 1,
+            "{kind:?}: past $e3"
+        );
         let e5 = room.put(&store, "$e5", "@a:hs.test", None).await;
         let head3 = store.events_stream_position().await.unwrap();
         assert!(
@@ -193,7 +200,11 @@ async fn fan_out_pending_events_and_delivery() {
                 .unwrap()
         );
         let row = store.federation_destination(PEER, None).await.unwrap();
-        assert_eq!(row.event_position, e4.stream_ordering - 1, "{kind:?}: $e4 pending");
+        assert_eq!(
+            row.event_position,
+            e4.stream_ordering - 1,
+            "{kind:?}: $e4 pending"
+        );
         let pending = store
             .federation_pending_events(PEER, HS, row.event_position, 50)
             .await
@@ -216,7 +227,10 @@ async fn catch_up_cutoffs_keep_the_latest_events_of_rooms_far_behind() {
         let mut quiet = Room::new(&store, "!quiet:hs.test").await;
         let mut busy_events = Vec::new();
         for i in 0..60 {
-            busy_events.push(busy.put(&store, &format!("$b{i}"), "@a:hs.test", None).await);
+            busy_events.push(
+                busy.put(&store, &format!("$b{i}"), "@a:hs.test", None)
+                    .await,
+            );
             if i < 20 {
                 quiet
                     .put(&store, &format!("$q{i}"), "@a:hs.test", None)

@@ -3,6 +3,10 @@
 //! relayed when other servers use this one as a notary, and used to check the X-Matrix
 //! signature of inbound federation requests.
 //!
+//! Every request goes through [`crate::federation::Outbound`]: a server that is backing off
+//! gets none (the notaries are still asked). An inbound request whose signature verifies marks
+//! its origin alive there.
+//!
 //! Caching: a key is used from the store until the earlier of its `valid_until_ts` and seven
 //! days after it was fetched (old keys: seven days), then fetched again. One fetch per server
 //! runs at a time: concurrent callers wait for it and read its result from the store; a failed

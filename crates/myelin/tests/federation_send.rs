@@ -447,15 +447,10 @@ async fn events_reach_the_peer_once_in_transactions_of_at_most_50() {
         .await;
         let after = say(&server, &alice, &room_id, "after the kick").await;
         let after = server.store().event(&after).await.unwrap().unwrap();
-        let store = server.store().clone();
-        let deadline = Instant::now() + PATIENCE;
-        while store.federation_fanout_position().await.unwrap() < after.stream_ordering {
-            assert!(
-                Instant::now() < deadline,
-                "the fan-out passes the last event"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("the fan-out to pass the last event", || {
+            sender.fanned_out() >= after.stream_ordering
+        })
+        .await;
         wait_for_empty_queue(&server).await;
         let mut expected = messages(0..120);
         expected.push("live".to_owned());
@@ -850,6 +845,40 @@ async fn receipts_and_typing_of_local_users_reach_the_servers_in_the_room() {
         assert_eq!(read["event_ids"], json!([m0]), "{kind:?}: {read}");
         assert!(read["data"]["ts"].is_i64());
         assert!(content[&room_id].get("m.read.private").is_none());
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn events_meant_for_nobody_cost_no_write() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let peer = Peer::start(&ca).await;
+        let server = start_myelin(kind, &ca, &peer, |_| {}).await;
+        let alice = server.register("alice").await;
+        let room_id = server.create_room(&alice, json!({})).await;
+        let mut last = String::new();
+        for body in messages(0..5) {
+            last = say(&server, &alice, &room_id, &body).await;
+        }
+        let last = server.store().event(&last).await.unwrap().unwrap();
+        let sender = &server.services().federation_sender;
+        eventually("the fan-out to pass the messages", || {
+            sender.fanned_out() >= last.stream_ordering
+        })
+        .await;
+        assert!(
+            server.store().federation_fanout_position().await.unwrap() < last.stream_ordering,
+            "{kind:?}: the position is kept in memory while events are meant for nobody"
+        );
+        assert!(
+            server
+                .store()
+                .federation_destinations()
+                .await
+                .unwrap()
+                .is_empty()
+        );
         server.stop().await;
     }
 }

@@ -68,6 +68,9 @@ const MAX_TYPING_QUEUED: usize = 200;
 const TYPING_PER_TXN: usize = 20;
 /// Joined servers cached by state snapshot (snapshots are immutable).
 const SERVERS_CACHE_CAPACITY: usize = 4096;
+/// The longest the fan-out goes without writing its position while events are meant for
+/// nobody.
+const FANOUT_PERSIST_EVERY: Duration = Duration::from_secs(10);
 /// The fan-out also looks now and then without being woken: events written by another process.
 const FANOUT_POLL: Duration = Duration::from_secs(30);
 /// How long a worker waits after a database error before trying again.
@@ -173,6 +176,14 @@ struct WorkerState {
     cutoffs: HashMap<i64, i64>,
 }
 
+/// How far the fan-out has read, ahead of the persisted position when the events since were
+/// meant for nobody.
+#[derive(Debug)]
+struct FanoutCursor {
+    scanned: i64,
+    written: std::time::Instant,
+}
+
 /// The sender, shared by the services; [`Sender::start`] spawns its tasks.
 #[derive(Debug)]
 pub struct Sender {
@@ -184,6 +195,9 @@ pub struct Sender {
     /// Joined servers by state group.
     servers: Mutex<HashMap<i64, Arc<BTreeSet<OwnedServerName>>>>,
     workers: Mutex<HashMap<OwnedServerName, Arc<Worker>>>,
+    /// The events stream position up to which the fan-out has found every local event's
+    /// destinations (in memory: ahead of the persisted one while events are meant for nobody).
+    fanned_out: std::sync::atomic::AtomicI64,
     /// Set while running: the stop signal the tasks watch.
     stop: Mutex<Option<watch::Sender<bool>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -224,6 +238,7 @@ impl Sender {
             feed,
             servers: Mutex::default(),
             workers: Mutex::default(),
+            fanned_out: std::sync::atomic::AtomicI64::new(0),
             stop: Mutex::default(),
             tasks: Mutex::default(),
         }
@@ -387,12 +402,16 @@ impl Sender {
         mut revived: broadcast::Receiver<OwnedServerName>,
         mut stop: watch::Receiver<bool>,
     ) {
+        let mut cursor = FanoutCursor {
+            scanned: i64::MIN,
+            written: std::time::Instant::now(),
+        };
         // Every destination gets one look at start-up: what it was owed before the restart.
         if let Err(err) = self.wake_all().await {
             tracing::warn!(%err, "federation sender: could not list destinations");
         }
         loop {
-            if let Err(err) = self.fan_out().await {
+            if let Err(err) = self.fan_out(&mut cursor).await {
                 tracing::warn!(%err, "federation sender: fan-out failed; trying again shortly");
                 tokio::select! {
                     _ = tokio::time::sleep(ERROR_PAUSE) => continue,
@@ -454,11 +473,24 @@ impl Sender {
 
     /// Finds the destinations of the local events past the fan-out position, records them and
     /// wakes their workers, until the position is at the stream's head.
-    async fn fan_out(self: &Arc<Self>) -> Result<()> {
+    ///
+    /// Events meant for nobody (every event of a server that federates with no one) cost no
+    /// write: the position moves in `cursor` and is written at most every
+    /// [`FANOUT_PERSIST_EVERY`] (after a restart those events are only read again).
+    async fn fan_out(self: &Arc<Self>, cursor: &mut FanoutCursor) -> Result<()> {
         loop {
-            let from = self.store.federation_fanout_position().await?;
+            let persisted = self.store.federation_fanout_position().await?;
+            let from = persisted.max(cursor.scanned);
+            self.fanned_out
+                .fetch_max(from, std::sync::atomic::Ordering::Relaxed);
             let head = self.store.events_stream_position().await?;
             if head <= from {
+                if from > persisted && cursor.written.elapsed() >= FANOUT_PERSIST_EVERY {
+                    self.store
+                        .record_federation_fanout(persisted, from, &[], 0)
+                        .await?;
+                    cursor.written = std::time::Instant::now();
+                }
                 return Ok(());
             }
             let events = self
@@ -481,6 +513,10 @@ impl Sender {
                     span.1 = event.stream_ordering;
                 }
             }
+            if found.is_empty() && cursor.written.elapsed() < FANOUT_PERSIST_EVERY {
+                cursor.scanned = to;
+                continue;
+            }
             let entries: Vec<FanoutEntry> = found
                 .iter()
                 .map(|((destination, room_nid), (first, last))| FanoutEntry {
@@ -491,14 +527,18 @@ impl Sender {
                 })
                 .collect();
             let receipts_head = self.store.stream_position("receipts").await?;
+            // From the persisted position: the events in between were meant for nobody.
             if !self
                 .store
-                .record_federation_fanout(from, to, &entries, receipts_head)
+                .record_federation_fanout(persisted, to, &entries, receipts_head)
                 .await?
             {
                 // Another process moved the position: read it again.
+                cursor.scanned = i64::MIN;
                 continue;
             }
+            cursor.scanned = to;
+            cursor.written = std::time::Instant::now();
             let woken: BTreeSet<&OwnedServerName> = found.keys().map(|(d, _)| d).collect();
             for destination in woken {
                 self.wake(destination);
@@ -858,6 +898,12 @@ impl Sender {
     }
 
     // ----- operators -----
+
+    /// The events stream position up to which this process has found every local event's
+    /// destinations.
+    pub fn fanned_out(&self) -> i64 {
+        self.fanned_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
 
     /// Every known destination's delivery: those the sender serves and those backing off.
     pub async fn statuses(&self) -> Result<Vec<DestinationStatus>> {

@@ -180,6 +180,8 @@ struct WorkerState {
 /// meant for nobody.
 #[derive(Debug)]
 struct FanoutCursor {
+    /// The persisted position as last read or written (`None`: read it).
+    persisted: Option<i64>,
     scanned: i64,
     written: std::time::Instant,
 }
@@ -403,6 +405,7 @@ impl Sender {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut cursor = FanoutCursor {
+            persisted: None,
             scanned: i64::MIN,
             written: std::time::Instant::now(),
         };
@@ -479,16 +482,25 @@ impl Sender {
     /// [`FANOUT_PERSIST_EVERY`] (after a restart those events are only read again).
     async fn fan_out(self: &Arc<Self>, cursor: &mut FanoutCursor) -> Result<()> {
         loop {
-            let persisted = self.store.federation_fanout_position().await?;
+            let persisted = match cursor.persisted {
+                Some(position) => position,
+                None => {
+                    let position = self.store.federation_fanout_position().await?;
+                    cursor.persisted = Some(position);
+                    position
+                }
+            };
             let from = persisted.max(cursor.scanned);
             self.fanned_out
                 .fetch_max(from, std::sync::atomic::Ordering::Relaxed);
             let head = self.store.events_stream_position().await?;
             if head <= from {
                 if from > persisted && cursor.written.elapsed() >= FANOUT_PERSIST_EVERY {
-                    self.store
+                    let moved = self
+                        .store
                         .record_federation_fanout(persisted, from, &[], 0)
                         .await?;
+                    cursor.persisted = moved.then_some(from);
                     cursor.written = std::time::Instant::now();
                 }
                 return Ok(());
@@ -535,8 +547,10 @@ impl Sender {
             {
                 // Another process moved the position: read it again.
                 cursor.scanned = i64::MIN;
+                cursor.persisted = None;
                 continue;
             }
+            cursor.persisted = Some(to);
             cursor.scanned = to;
             cursor.written = std::time::Instant::now();
             let woken: BTreeSet<&OwnedServerName> = found.keys().map(|(d, _)| d).collect();

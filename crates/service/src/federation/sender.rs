@@ -596,10 +596,13 @@ impl Sender {
                     if server == &self.server_name {
                         continue;
                     }
-                    // A destination met here first is owed this receipt.
-                    self.store
-                        .federation_destination(server.as_str(), Some(position - 1))
-                        .await?;
+                    // A destination met here first is owed this receipt (one with a worker
+                    // has its row already).
+                    if !lock(&self.workers).contains_key(server) {
+                        self.store
+                            .federation_destination(server.as_str(), Some(position - 1))
+                            .await?;
+                    }
                     self.wake(server);
                 }
             }

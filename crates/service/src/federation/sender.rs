@@ -5,7 +5,8 @@
 //! notifier after every persisted event, reads the local events past its persisted position,
 //! works out each one's destinations (the servers with joined members in the room at the event,
 //! and for an invite, kick or ban the target's server) and records, in one transaction with the
-//! position, which rooms each destination is owed events in and up to where. Each destination
+//! position, which rooms each destination is owed events in and up to where (events meant for
+//! nobody move the position in memory, written every few seconds). Each destination
 //! then has one worker task and a persisted position (the stream ordering up to which it has
 //! been served): the worker reads the local events of its rooms past that position, at most 50
 //! per transaction, sends one transaction at a time, and moves the position with a conditional

@@ -1,6 +1,10 @@
-//! Prometheus metrics: request counts and latency histograms by route, and the media
-//! repository's size (read from the store at each scrape), served as text at `GET /metrics` on
-//! the client listener.
+//! Prometheus metrics: request counts and latency histograms by route, the media repository's
+//! size, and each federation destination's delivery (events and EDUs queued, consecutive
+//! failures, when the next attempt may go, when it last accepted a transaction), the last two
+//! read at each scrape. Served as text at `GET /metrics`.
+//!
+//! Destination labels are bounded by the destinations known at the scrape: the families are
+//! emptied and filled again each time, so a destination that is gone leaves no series behind.
 
 use std::time::Instant;
 
@@ -29,6 +33,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
     method: String,
     route: String,
@@ -42,6 +51,11 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram>,
     media_count: Gauge,
     media_bytes: Gauge,
+    destination_events: Family<DestinationLabels, Gauge>,
+    destination_edus: Family<DestinationLabels, Gauge>,
+    destination_failures: Family<DestinationLabels, Gauge>,
+    destination_retry_at: Family<DestinationLabels, Gauge>,
+    destination_last_success: Family<DestinationLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -82,12 +96,47 @@ impl Metrics {
             "Bytes of local media, counted once per media id",
             media_bytes.clone(),
         );
+        let destination = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<DestinationLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let destination_events = destination(
+            &mut registry,
+            "federation_destination_queued_events",
+            "Local events not yet delivered to the destination (an upper bound)",
+        );
+        let destination_edus = destination(
+            &mut registry,
+            "federation_destination_queued_edus",
+            "Persisted EDUs (to-device messages) not yet delivered to the destination",
+        );
+        let destination_failures = destination(
+            &mut registry,
+            "federation_destination_failures",
+            "Consecutive failed requests to the destination (0: up)",
+        );
+        let destination_retry_at = destination(
+            &mut registry,
+            "federation_destination_retry_at_seconds",
+            "While the destination backs off: when the next request may go (Unix time)",
+        );
+        let destination_last_success = destination(
+            &mut registry,
+            "federation_destination_last_success_seconds",
+            "When the destination last accepted a transaction (Unix time)",
+        );
         Metrics {
             registry,
             requests,
             latency,
             media_count,
             media_bytes,
+            destination_events,
+            destination_edus,
+            destination_failures,
+            destination_retry_at,
+            destination_last_success,
         }
     }
 
@@ -105,6 +154,44 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Replaces the destination series with these.
+    fn set_destinations(&self, statuses: &[myelin_service::federation::DestinationStatus]) {
+        let families = [
+            &self.destination_events,
+            &self.destination_edus,
+            &self.destination_failures,
+            &self.destination_retry_at,
+            &self.destination_last_success,
+        ];
+        for family in families {
+            family.clear();
+        }
+        for status in statuses {
+            let labels = DestinationLabels {
+                destination: status.destination.clone(),
+            };
+            self.destination_events
+                .get_or_create(&labels)
+                .set(status.queued_events);
+            self.destination_edus
+                .get_or_create(&labels)
+                .set(status.queued_edus);
+            self.destination_failures
+                .get_or_create(&labels)
+                .set(i64::from(status.failures));
+            if let Some(at) = status.retry_at_ms {
+                self.destination_retry_at
+                    .get_or_create(&labels)
+                    .set(at / 1000);
+            }
+            if let Some(at) = status.last_success_ms {
+                self.destination_last_success
+                    .get_or_create(&labels)
+                    .set(at / 1000);
+            }
+        }
     }
 
     /// The registry in the Prometheus text format.
@@ -162,6 +249,10 @@ pub(crate) async fn serve(State(state): State<AppState>) -> impl IntoResponse {
             state.metrics.media_bytes.set(bytes);
         }
         Err(err) => tracing::warn!(%err, "metrics: could not count media"),
+    }
+    match state.services.federation_sender.statuses().await {
+        Ok(statuses) => state.metrics.set_destinations(&statuses),
+        Err(err) => tracing::warn!(%err, "metrics: could not read the federation destinations"),
     }
     (
         [(

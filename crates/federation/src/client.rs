@@ -77,6 +77,33 @@ pub enum FederationError {
     Status { status: u16, body: String },
     #[error("the server's answer is not what the endpoint returns: {0}")]
     Response(String),
+    /// Not sent: earlier requests to the server failed and its backoff has not run out (the
+    /// service's per-destination backoff).
+    #[error(
+        "not retrying the server before {retry_at_ms} (ms since the epoch): earlier requests failed"
+    )]
+    NotRetrying { retry_at_ms: i64 },
+}
+
+impl FederationError {
+    /// Whether the error says the server is unreachable or failing (so its backoff should
+    /// grow), rather than that it answered (even with an error about the request) or that the
+    /// request could not be made here. HTTP 5xx, 429 and timeouts count as failing.
+    pub fn is_destination_failure(&self) -> bool {
+        match self {
+            FederationError::BadServerName(_)
+            | FederationError::PrivateAddress(_)
+            | FederationError::Transport(_) => true,
+            FederationError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            FederationError::Client(_)
+            | FederationError::Request(_)
+            | FederationError::TooLarge(_)
+            | FederationError::Response(_)
+            | FederationError::NotRetrying { .. } => false,
+        }
+    }
 }
 
 /// Where connections for a TLS name really go: set by [`FederationClient::send`] before the

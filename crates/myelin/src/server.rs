@@ -106,6 +106,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .with_graceful_shutdown(wait_for_stop(stopped.clone()))
     });
 
+    // Once nothing can fail any more: the shutdown below stops it.
+    services.start_background();
     tracing::info!(%client_addr, %federation_addr, ?metrics_addr, "listening");
     let task_services = services.clone();
     let task = tokio::spawn(async move {

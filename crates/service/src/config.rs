@@ -90,6 +90,12 @@ pub struct FederationConfig {
     pub trusted_key_servers: Vec<OwnedServerName>,
     /// How long a request to another server may take, in seconds.
     pub request_timeout_secs: u64,
+    /// After a destination's first failure, how long no request goes to it, in seconds; each
+    /// further failure doubles the wait, up to `backoff_max_secs`. A destination that answers
+    /// or sends a request of its own is retried at once.
+    pub backoff_min_secs: u64,
+    /// The longest a failing destination is left alone, in seconds.
+    pub backoff_max_secs: u64,
 }
 
 impl Default for FederationConfig {
@@ -101,6 +107,8 @@ impl Default for FederationConfig {
             allow_private_addresses: false,
             trusted_key_servers: Vec::new(),
             request_timeout_secs: 30,
+            backoff_min_secs: 10,
+            backoff_max_secs: 24 * 60 * 60,
         }
     }
 }
@@ -606,6 +614,18 @@ impl Config {
             return Err(ConfigProblem {
                 key: "federation.request_timeout_secs",
                 problem: "must be at least 1".to_owned(),
+            });
+        }
+        if self.federation.backoff_min_secs == 0 {
+            return Err(ConfigProblem {
+                key: "federation.backoff_min_secs",
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        if self.federation.backoff_max_secs < self.federation.backoff_min_secs {
+            return Err(ConfigProblem {
+                key: "federation.backoff_max_secs",
+                problem: "must be at least federation.backoff_min_secs".to_owned(),
             });
         }
         Ok(())

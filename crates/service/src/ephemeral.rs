@@ -42,16 +42,20 @@ impl Typing {
             .insert(room_id.to_owned(), serial);
     }
 
-    /// Removes expired entries of a room; returns whether any were removed.
-    fn expire(&self, room_id: &str) -> bool {
+    /// Removes expired entries of a room; returns the users whose typing expired.
+    fn expire(&self, room_id: &str) -> Vec<String> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let Some(users) = rooms.get_mut(room_id) else {
-            return false;
+            return Vec::new();
         };
-        let before = users.len();
         let now = Instant::now();
+        let expired: Vec<String> = users
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(user, _)| user.clone())
+            .collect();
         users.retain(|_, until| *until > now);
-        before != users.len()
+        expired
     }
 }
 
@@ -64,6 +68,10 @@ pub struct Ephemeral {
     /// Per `(user, device)`, the to-device position up to which this process has already
     /// deleted acknowledged messages, so a sync that acknowledges nothing new writes nothing.
     to_device_acked: Arc<Mutex<HashMap<(String, String), i64>>>,
+    /// This server's name and the federation sender's feed: local users' typing and receipts
+    /// go to the other servers in the room, to-device messages to remote users' servers.
+    /// `None`: nothing goes out (remote recipients of to-device messages are skipped).
+    federation: Option<(ruma::OwnedServerName, crate::federation::EduFeed)>,
 }
 
 impl Ephemeral {
@@ -73,6 +81,23 @@ impl Ephemeral {
             notify,
             typing: Arc::default(),
             to_device_acked: Arc::default(),
+            federation: None,
+        }
+    }
+
+    /// Hands typing, receipts and remote to-device messages to the federation sender.
+    pub fn with_federation(
+        mut self,
+        server_name: ruma::OwnedServerName,
+        feed: crate::federation::EduFeed,
+    ) -> Self {
+        self.federation = Some((server_name, feed));
+        self
+    }
+
+    fn publish(&self, notice: crate::federation::EduNotice) {
+        if let Some((_, feed)) = &self.federation {
+            feed.publish(notice);
         }
     }
 
@@ -139,15 +164,31 @@ impl Ephemeral {
         }
         self.typing.touch(room_id);
         self.notify.notify();
+        self.publish(crate::federation::EduNotice::Typing {
+            room_id: room_id.to_owned(),
+            user_id: target.to_string(),
+            typing,
+        });
         if typing {
             let state = self.typing.clone();
             let notify = self.notify.clone();
+            let feed = self.federation.as_ref().map(|(_, feed)| feed.clone());
             let room_id = room_id.to_owned();
             tokio::spawn(async move {
                 tokio::time::sleep(timeout + Duration::from_millis(5)).await;
-                if state.expire(&room_id) {
+                let expired = state.expire(&room_id);
+                if !expired.is_empty() {
                     state.touch(&room_id);
                     notify.notify();
+                }
+                for user_id in expired {
+                    if let Some(feed) = &feed {
+                        feed.publish(crate::federation::EduNotice::Typing {
+                            room_id: room_id.clone(),
+                            user_id,
+                            typing: false,
+                        });
+                    }
                 }
             });
         }
@@ -208,7 +249,8 @@ impl Ephemeral {
         }
         match receipt_type {
             "m.read" | "m.read.private" => {
-                self.store
+                let position = self
+                    .store
                     .set_receipt(
                         room_nid,
                         user.user_id.as_str(),
@@ -219,6 +261,12 @@ impl Ephemeral {
                     )
                     .await?;
                 self.notify.notify();
+                if receipt_type == "m.read" {
+                    self.publish(crate::federation::EduNotice::Receipt {
+                        room_id: room_id.to_owned(),
+                        position,
+                    });
+                }
                 Ok(())
             }
             "m.fully_read" => {
@@ -273,8 +321,10 @@ impl Ephemeral {
 
     // ----- to-device -----
 
-    /// `PUT /sendToDevice/{eventType}/{txnId}`: local recipients only (remote ones need
-    /// federation and are skipped with a log line); `*` means every device of the user.
+    /// `PUT /sendToDevice/{eventType}/{txnId}`: local recipients' messages are queued for their
+    /// devices (`*` means every device of the user), remote recipients' in the federation
+    /// outbox, one `m.direct_to_device` EDU per server (their server expands `*`), in the same
+    /// transaction.
     pub async fn send_to_device(
         &self,
         sender: &AuthedUser,
@@ -290,6 +340,7 @@ impl Ephemeral {
             event_type,
             txn_id,
             messages,
+            Relay::ToOtherServers,
         )
         .await
     }
@@ -314,12 +365,15 @@ impl Ephemeral {
             event_type,
             message_id,
             messages,
+            Relay::LocalOnly,
         )
         .await
     }
 
     /// Queues `messages` (user → device or `*` → content) from `sender`'s `sender_device` for
-    /// local recipients, once per `(sender, sender_device, event_type, txn_id)`.
+    /// local recipients, and with [`Relay::ToOtherServers`] for remote ones in the federation
+    /// outbox, once per `(sender, sender_device, event_type, txn_id)`.
+    #[allow(clippy::too_many_arguments)]
     async fn queue_for_local_devices(
         &self,
         sender: &str,
@@ -328,14 +382,53 @@ impl Ephemeral {
         event_type: &str,
         txn_id: &str,
         messages: &Map<String, Value>,
+        relay: Relay,
     ) -> Result<()> {
         let mut queued = Vec::new();
+        // Remote recipients, by server: `{user: {device: content}}`, one EDU per server.
+        let mut remote: std::collections::BTreeMap<ruma::OwnedServerName, Map<String, Value>> =
+            Default::default();
+        let mut remote_count = 0;
         for (user_id, devices) in messages {
             let Ok(target) = UserId::parse(user_id.as_str()) else {
                 return Err(Error::InvalidParam(format!("{user_id} is not a user ID")));
             };
             if target.server_name() != server_name {
-                tracing::warn!(%target, "to-device message for a remote user dropped: federation is not available yet");
+                if relay == Relay::LocalOnly {
+                    // Another server's messages are delivered here, never relayed further.
+                    continue;
+                }
+                if self.federation.is_none() {
+                    tracing::warn!(%target, "to-device message for a remote user dropped: federation is off");
+                    continue;
+                }
+                let Some(devices) = devices.as_object() else {
+                    return Err(Error::BadJson(
+                        "messages must map users to devices to contents".to_owned(),
+                    ));
+                };
+                for content in devices.values() {
+                    if !content.is_object() {
+                        return Err(Error::BadJson(
+                            "to-device content must be an object".to_owned(),
+                        ));
+                    }
+                    crate::limits::at_most(
+                        "A to-device message's content (bytes)",
+                        content.to_string().len(),
+                        crate::limits::MAX_TO_DEVICE_CONTENT_BYTES,
+                    )?;
+                    remote_count += 1;
+                }
+                crate::limits::at_most(
+                    "The number of to-device messages in one request",
+                    queued.len() + remote_count,
+                    crate::limits::MAX_TO_DEVICE_MESSAGES,
+                )?;
+                remote
+                    .entry(target.server_name().to_owned())
+                    .or_default()
+                    .insert(target.to_string(), Value::Object(devices.clone()));
                 continue;
             }
             let Some(devices) = devices.as_object() else {
@@ -364,22 +457,43 @@ impl Ephemeral {
                 }
                 crate::limits::at_most(
                     "The number of to-device messages in one request",
-                    queued.len(),
+                    queued.len() + remote_count,
                     crate::limits::MAX_TO_DEVICE_MESSAGES,
                 )?;
             }
         }
-        self.store
-            .queue_to_device(
+        // `m.direct_to_device` EDU contents; the message id lets the receiver drop a copy
+        // delivered twice.
+        let outbox: Vec<(String, String)> = remote
+            .iter()
+            .map(|(server, users)| {
+                let content = json!({
+                    "sender": sender,
+                    "type": event_type,
+                    "message_id": crate::tokens::random_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", 24),
+                    "messages": users,
+                });
+                (server.to_string(), content.to_string())
+            })
+            .collect();
+        let fresh = self
+            .store
+            .queue_to_device_everywhere(
                 sender,
                 sender_device,
                 txn_id,
                 event_type,
                 &queued,
+                &outbox,
                 now_millis(),
             )
             .await?;
         self.notify.notify();
+        if fresh && !remote.is_empty() {
+            self.publish(crate::federation::EduNotice::Outbox {
+                destinations: remote.into_keys().collect(),
+            });
+        }
         Ok(())
     }
 
@@ -594,4 +708,12 @@ pub(crate) fn receipt_event(rows: Vec<ReceiptRow>, reader: &UserId) -> Option<Va
         by_event[&row.receipt_type][&row.user_id] = receipt;
     }
     (!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content}))
+}
+
+/// Whether to-device messages for users of other servers go out through federation (a local
+/// user's send) or are skipped (messages another server delivered here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    ToOtherServers,
+    LocalOnly,
 }

@@ -7,8 +7,10 @@
 //! (user-interactive authentication), [`config`] (the configuration every layer reads), [`secrets`] (the data
 //! directory's sealing key, for private keys at rest), [`server_keys`] (the server's signing key
 //! and its published, signed key object), [`remote_keys`] (other servers' keys, the notary, and
-//! X-Matrix checks of inbound requests), [`federation_receiver`] (transactions other servers
-//! push: their PDUs, with what they lack fetched, and their EDUs), [`directory`] (room aliases and the room directory),
+//! X-Matrix checks of inbound requests), [`federation`] (the outbound door with its
+//! per-destination backoff, and the transaction sender), [`federation_receiver`] (transactions
+//! other servers push: their PDUs, with what they lack fetched, and their EDUs), [`directory`]
+//! (room aliases and the room directory),
 //! [`user_data`] (filters, account data, room tags, push rules, room versions for capabilities),
 //! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
 //! push gateways), [`e2ee`] (device, one-time, fallback and cross-signing keys; device lists),
@@ -23,6 +25,7 @@ pub mod directory;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;
+pub mod federation;
 pub mod federation_receiver;
 pub mod key_backup;
 pub mod limits;

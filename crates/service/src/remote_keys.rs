@@ -3,6 +3,10 @@
 //! relayed when other servers use this one as a notary, and used to check the X-Matrix
 //! signature of inbound federation requests.
 //!
+//! Every request goes through [`crate::federation::Outbound`]: a server that is backing off
+//! gets none (the notaries are still asked). An inbound request whose signature verifies marks
+//! its origin alive there.
+//!
 //! Caching: a key is used from the store until the earlier of its `valid_until_ts` and seven
 //! days after it was fetched (old keys: seven days), then fetched again. One fetch per server
 //! runs at a time: concurrent callers wait for it and read its result from the store; a failed
@@ -24,7 +28,7 @@ use std::{
 };
 
 use myelin_federation::{
-    FederationClient,
+    FederationError,
     keys::{PublishedKey, VerifiedKeyObject, verify_key_object, verify_notary_signature},
     xmatrix,
 };
@@ -52,7 +56,9 @@ pub const FAILURE_BACKOFF: Duration = Duration::from_secs(60);
 /// The remote keys area.
 pub struct RemoteKeys {
     store: Store,
-    client: Arc<FederationClient>,
+    /// Requests go through the per-destination backoff (a server that is down costs no request
+    /// until its backoff runs out); inbound requests that verify revive their origin there.
+    client: Arc<crate::federation::Outbound>,
     own: Arc<ServerKeys>,
     server_name: OwnedServerName,
     notaries: Vec<OwnedServerName>,
@@ -60,7 +66,8 @@ pub struct RemoteKeys {
     fetching: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
     /// When a fetch for a server failed (key id `""`), or answered without a key id asked for.
     tried: Mutex<HashMap<(OwnedServerName, String), Instant>>,
-    /// Key requests sent to other servers (direct and notary), for tests and metrics.
+    /// Key requests sent to other servers (direct and notary; not those the backoff held
+    /// back), for tests and metrics.
     requests: AtomicU64,
 }
 
@@ -103,7 +110,7 @@ fn to_rows(object: &VerifiedKeyObject, now: i64) -> Result<Vec<RemoteServerKey>>
 impl RemoteKeys {
     pub fn new(
         store: Store,
-        client: Arc<FederationClient>,
+        client: Arc<crate::federation::Outbound>,
         own: Arc<ServerKeys>,
         server_name: OwnedServerName,
         notaries: Vec<OwnedServerName>,
@@ -322,13 +329,23 @@ impl RemoteKeys {
         }
     }
 
+    /// Counts a request that went out (one refused by the backoff did not).
+    fn counted<T>(
+        &self,
+        result: std::result::Result<T, FederationError>,
+    ) -> std::result::Result<T, FederationError> {
+        if !matches!(result, Err(FederationError::NotRetrying { .. })) {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
     async fn fetch_direct(&self, server: &ServerName) -> Option<VerifiedKeyObject> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = match self
-            .client
-            .send(server, get_server_keys::v2::Request::new())
-            .await
-        {
+        let response = match self.counted(
+            self.client
+                .send(server, get_server_keys::v2::Request::new())
+                .await,
+        ) {
             Ok(response) => response,
             Err(err) => {
                 tracing::info!(%server, %err, "could not fetch server keys");
@@ -407,15 +424,14 @@ impl RemoteKeys {
         }
         let mut query = BTreeMap::new();
         query.insert(server.to_owned(), wanted);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = match self
-            .client
-            .send(
-                notary,
-                get_remote_server_keys_batch::v2::Request::new(query),
-            )
-            .await
-        {
+        let response = match self.counted(
+            self.client
+                .send(
+                    notary,
+                    get_remote_server_keys_batch::v2::Request::new(query),
+                )
+                .await,
+        ) {
             Ok(response) => response,
             Err(err) => {
                 tracing::info!(%notary, %server, %err, "notary did not answer for server keys");
@@ -525,6 +541,8 @@ impl RemoteKeys {
             })?;
         xmatrix::verify(&object, &header, &key.key)
             .map_err(|e| unauthorized(format!("X-Matrix signature does not verify: {e}")))?;
+        // A server that talks to us is up: whatever waits for it goes now.
+        self.client.backoff().mark_alive(&header.origin).await;
         Ok(header.origin)
     }
 }

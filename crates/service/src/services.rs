@@ -46,8 +46,10 @@ pub struct Services {
     pub config: Config,
     pub store: Store,
     pub server_keys: Arc<ServerKeys>,
-    /// Signed requests to other servers.
-    pub federation: Arc<myelin_federation::FederationClient>,
+    /// Signed requests to other servers, through the per-destination backoff.
+    pub federation: Arc<crate::federation::Outbound>,
+    /// Delivers local events and EDUs to other servers (started by [`Services::start_background`]).
+    pub federation_sender: Arc<crate::federation::Sender>,
     /// Other servers' keys, the notary, inbound X-Matrix checks.
     pub remote_keys: crate::remote_keys::RemoteKeys,
     /// Inbound transactions: one at a time per origin, old answers pruned.
@@ -109,7 +111,7 @@ impl Services {
         );
         let server_keys = Arc::new(server_keys);
         let (key_id, key_pair) = server_keys.request_signing_key();
-        let federation = Arc::new(myelin_federation::FederationClient::new(
+        let client = Arc::new(myelin_federation::FederationClient::new(
             myelin_federation::FederationClientConfig {
                 server_name: config.server_name.clone(),
                 key_id,
@@ -123,6 +125,25 @@ impl Services {
             },
             key_pair,
         )?);
+        let backoff = Arc::new(
+            crate::federation::Backoff::load(
+                store.clone(),
+                crate::federation::BackoffPolicy {
+                    min: std::time::Duration::from_secs(config.federation.backoff_min_secs),
+                    max: std::time::Duration::from_secs(config.federation.backoff_max_secs),
+                },
+            )
+            .await?,
+        );
+        let federation = Arc::new(crate::federation::Outbound::new(client, backoff));
+        let edu_feed = crate::federation::EduFeed::default();
+        let federation_sender = Arc::new(crate::federation::Sender::new(
+            store.clone(),
+            config.server_name.clone(),
+            federation.clone(),
+            notifier.clone(),
+            edu_feed.clone(),
+        ));
         let remote_keys = crate::remote_keys::RemoteKeys::new(
             store.clone(),
             federation.clone(),
@@ -153,7 +174,8 @@ impl Services {
                 .map_err(|e| StartError::Config(format!("rooms.default_room_version: {e}")))?,
         );
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
-        let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone());
+        let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone())
+            .with_federation(config.server_name.clone(), edu_feed);
         let url_previews = if config.media.url_preview.enabled {
             Some(
                 crate::url_preview::UrlPreviews::new(&config.media.url_preview)
@@ -194,14 +216,21 @@ impl Services {
             store,
             server_keys,
             federation,
+            federation_sender,
             remote_keys,
             inbound: Default::default(),
             accounts,
         }))
     }
 
-    /// Closes the database once in-flight work is done.
+    /// Starts the background work a serving server does: the federation sender.
+    pub fn start_background(&self) {
+        self.federation_sender.start();
+    }
+
+    /// Stops the background work, then closes the database once in-flight work is done.
     pub async fn shutdown(&self) {
+        self.federation_sender.stop().await;
         self.store.close().await;
     }
 }

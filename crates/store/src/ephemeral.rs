@@ -105,6 +105,32 @@ impl Store {
         messages: &[(String, String, String)],
         now: i64,
     ) -> Result<bool, StoreError> {
+        self.queue_to_device_everywhere(
+            sender,
+            sender_device,
+            txn_id,
+            event_type,
+            messages,
+            &[],
+            now,
+        )
+        .await
+    }
+
+    /// [`Store::queue_to_device`] with, in the same transaction (so a retried request queues
+    /// nothing twice), `m.direct_to_device` EDU contents for remote users' servers as
+    /// `(destination, content JSON)`, put in the federation outbox.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn queue_to_device_everywhere(
+        &self,
+        sender: &str,
+        sender_device: &str,
+        txn_id: &str,
+        event_type: &str,
+        messages: &[(String, String, String)],
+        remote: &[(String, String)],
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let fresh = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let inserted = sqlx::query(
@@ -134,6 +160,17 @@ impl Store {
                     .bind(sender)
                     .bind(event_type)
                     .bind(content)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for (destination, content) in remote {
+                    sqlx::query(
+                        "INSERT INTO federation_edu_outbox (destination, edu_type, content, created_ts) \
+                         VALUES ($1, 'm.direct_to_device', $2, $3)",
+                    )
+                    .bind(destination)
+                    .bind(content)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
                 }

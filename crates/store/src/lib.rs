@@ -19,7 +19,8 @@
 //! one-time, fallback and cross-signing keys, and the device-list stream), [`federation_inbound`]
 //! (answers to other servers' transactions, remote users' device-list stream ids), [`key_backup`]
 //! (server-side room key backup), [`media`] (media ids, pending uploads and thumbnails; the
-//! content is on disk). Later areas (federation queue, account keys) follow the same shape.
+//! content is on disk), [`federation`] (the federation sender's positions, persisted EDUs and
+//! the per-destination backoff). Later areas follow the same shape.
 //!
 //! Access tokens and rooms, read on nearly every request, are cached in the process and
 //! invalidated by the methods that change them (`cache`).
@@ -42,6 +43,7 @@ mod cache;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;
+pub mod federation;
 pub mod federation_inbound;
 pub mod graph;
 mod group_commit;
@@ -64,6 +66,9 @@ pub use account_keys::{AccountKeyRow, KeyState, NewLocalAccountKey, RemoteKeyVer
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
+pub use federation::{
+    BackoffRow, DestinationRow, FanoutEntry, OutboxEdu, OutgoingReceipt, QueueDepth,
+};
 pub use graph::{
     CurrentStateChange, EdgeKind, EventEdge, EventStatus, OutlierEvent, Placement, StateChange,
     StateValue, WaitingRedaction,

@@ -335,6 +335,10 @@ macro_rules! bare_event_columns {
     };
 }
 
+/// [`bare_event_columns!`] for other modules' reads of whole events (decoded by
+/// [`event_from_row!`]).
+pub(crate) const BARE_EVENT_COLUMNS: &str = bare_event_columns!();
+
 /// Every read of events selects the same columns, with the replaced state event and the
 /// redaction joined in, so clients' `prev_content` and `redacted_because` need no extra query.
 pub(crate) const EVENT_SELECT: &str = concat!(

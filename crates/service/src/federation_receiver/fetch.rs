@@ -4,7 +4,7 @@
 //! - per transaction, at most [`MAX_FETCHED_EVENTS`] events fetched (whatever the answers
 //!   hold: longer answers are cut) and [`MAX_FETCH_TIME`] spent fetching ([`FetchBudget`]);
 //! - per request, a timeout ([`REQUEST_TIMEOUT`], and never past the transaction's deadline)
-//!   and a cap on the answer's size, read as it arrives (`FederationClient::send_limited`):
+//!   and a cap on the answer's size, read as it arrives (`Outbound::send_limited`, which also keeps to the destination's backoff):
 //!   one event's worth for `/event`, `limit` events' worth for `/get_missing_events`;
 //! - `/get_missing_events` asks for [`MISSING_EVENTS_LIMIT`] events and keeps no more than
 //!   that of a longer answer; `/state_ids` answers naming more than [`MAX_STATE_IDS`] events
@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use myelin_federation::FederationClient;
+use crate::federation::Outbound;
 use myelin_room_version::{
     RoomVersion, receipt,
     verify::{ServerKeys, required_server_keys},
@@ -411,7 +411,7 @@ impl Services {
 /// One event by id from the first of `servers` that answers with it (the event id computed
 /// from what came must be the one asked for).
 async fn fetch_event(
-    client: Arc<FederationClient>,
+    client: Arc<Outbound>,
     servers: Arc<[OwnedServerName]>,
     version: &'static RoomVersion,
     id: String,
@@ -446,7 +446,7 @@ async fn fetch_event(
 /// Sends `request` to `server`, reading at most `limit` bytes of the answer, by `deadline`.
 /// `None` (logged) when it fails.
 async fn ask<R>(
-    client: &FederationClient,
+    client: &Outbound,
     server: &ServerName,
     request: R,
     limit: usize,

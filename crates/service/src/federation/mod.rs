@@ -1,0 +1,12 @@
+//! Federation as this server's behaviour (the network itself is `myelin_federation`): the one
+//! door for outbound requests with the per-destination backoff every request consults
+//! ([`outbound`], [`backoff`]), and the transaction sender that delivers local events and EDUs
+//! to the servers in their rooms ([`sender`]).
+
+pub mod backoff;
+pub mod outbound;
+pub mod sender;
+
+pub use backoff::{Backoff, BackoffPolicy};
+pub use outbound::Outbound;
+pub use sender::{DestinationStatus, EduFeed, EduNotice, Sender};

@@ -1,0 +1,103 @@
+//! [`Outbound`]: the one door for requests to other servers. Every request asks the
+//! per-destination [`Backoff`] first (a destination that is backing off gets no request: the
+//! caller gets [`FederationError::NotRetrying`] at once), then goes through the signed
+//! [`FederationClient`], and its outcome feeds the backoff: an answer (even an error status
+//! about the request) means the destination is up; an unreachable or failing destination
+//! (transport errors, refused addresses, 5xx, 429) waits longer.
+
+use std::sync::Arc;
+
+use myelin_federation::{FederationClient, FederationError};
+use ruma::{
+    ServerName,
+    api::{OutgoingRequest, path_builder::SinglePath},
+};
+
+use super::backoff::Backoff;
+use crate::now_millis;
+
+/// Signed requests to other servers, through their backoff.
+#[derive(Debug)]
+pub struct Outbound {
+    client: Arc<FederationClient>,
+    backoff: Arc<Backoff>,
+}
+
+impl Outbound {
+    pub fn new(client: Arc<FederationClient>, backoff: Arc<Backoff>) -> Self {
+        Outbound { client, backoff }
+    }
+
+    /// This server's name (the X-Matrix origin).
+    pub fn server_name(&self) -> &ServerName {
+        self.client.server_name()
+    }
+
+    /// The per-destination backoff every request consults.
+    pub fn backoff(&self) -> &Arc<Backoff> {
+        &self.backoff
+    }
+
+    /// Sends `request` to `destination`, signed, unless the destination is backing off, and
+    /// records the outcome in its backoff.
+    pub async fn send<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        self.send_bounded(destination, request, None).await
+    }
+
+    /// [`Self::send`] reading at most `limit` bytes of the answer (see
+    /// `FederationClient::send_limited`): for answers with a known bound, so that a peer cannot
+    /// make this server buffer and parse more.
+    pub async fn send_limited<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        limit: usize,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        self.send_bounded(destination, request, Some(limit)).await
+    }
+
+    async fn send_bounded<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        limit: Option<usize>,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        let started = now_millis();
+        if let Err(retry_at_ms) = self.backoff.admit(destination, started) {
+            return Err(FederationError::NotRetrying { retry_at_ms });
+        }
+        let result = match limit {
+            Some(limit) => self.client.send_limited(destination, request, limit).await,
+            None => self.client.send(destination, request).await,
+        };
+        match &result {
+            Ok(_) => self.backoff.answered(destination).await,
+            Err(err) if err.is_destination_failure() => {
+                self.backoff
+                    .failed(destination, started, &err.to_string())
+                    .await;
+            }
+            Err(
+                FederationError::Status { .. }
+                | FederationError::TooLarge(_)
+                | FederationError::Response(_),
+            ) => self.backoff.answered(destination).await,
+            // Failures of this side (building the request) say nothing about the destination.
+            Err(_) => {}
+        }
+        result
+    }
+}

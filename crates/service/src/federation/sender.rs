@@ -1,0 +1,1012 @@
+//! The transaction sender: delivers this server's events and EDUs to the other servers in their
+//! rooms, as `PUT /_matrix/federation/v1/send/{txnId}`.
+//!
+//! Driven by the events stream, not by an in-memory queue. A *fan-out* pass, woken by the
+//! notifier after every persisted event, reads the local events past its persisted position,
+//! works out each one's destinations (the servers with joined members in the room at the event,
+//! and for an invite, kick or ban the target's server) and records, in one transaction with the
+//! position, which rooms each destination is owed events in and up to where (events meant for
+//! nobody move the position in memory, written every few seconds). Each destination
+//! then has one worker task and a persisted position (the stream ordering up to which it has
+//! been served): the worker reads the local events of its rooms past that position, at most 50
+//! per transaction, sends one transaction at a time, and moves the position with a conditional
+//! update once the destination accepted it. Nothing is lost across restarts; a second process
+//! over the same database is noticed, not overwritten.
+//!
+//! - Only events of this server's users with normal status are sent (never rejected,
+//!   soft-failed or outlier events, nor other servers' events).
+//! - A failed transaction is retried as it was, under the same transaction id, once the
+//!   destination's backoff allows (ids come from a persisted counter, so they are never
+//!   reused). A destination that answers 4xx to a transaction backs off too: the events stay.
+//! - After an outage, a room more than [`CATCH_UP_ROOM_LIMIT`] events behind gets only its
+//!   latest [`CATCH_UP_KEEP`]; the destination fetches the rest with `/get_missing_events`, as
+//!   it would anyway for a gap.
+//! - EDUs, at most 100 per transaction: local users' public read receipts (from the receipts
+//!   stream, with a persisted position per destination, to the servers in the room now), typing
+//!   notifications (in memory, best effort, dropped for destinations that are backing off), and
+//!   to-device messages for remote users (persisted in the outbox until delivered). Device-list
+//!   updates (`m.device_list_update`) and presence are left to the E2EE and presence work.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use myelin_federation::FederationError;
+use myelin_store::{EventRow, FanoutEntry, OutgoingReceipt, Store};
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, ServerName, UInt,
+    api::federation::transactions::send_transaction_message, serde::Raw,
+};
+use serde_json::{Value, json, value::RawValue};
+use tokio::{
+    sync::{Notify, broadcast, watch},
+    task::JoinHandle,
+};
+
+use super::outbound::Outbound;
+use crate::{Error, Result, notifier::Notifier, now_millis};
+
+/// The most PDUs in one transaction (the spec's limit).
+pub const MAX_PDUS: usize = 50;
+/// The most EDUs in one transaction (the spec's limit).
+pub const MAX_EDUS: usize = 100;
+/// After an outage, a room with more pending events than this for a destination gets only
+/// its latest [`CATCH_UP_KEEP`]: more than one full transaction behind, the destination is
+/// better served by the newest events and a gap it fills on demand.
+pub const CATCH_UP_ROOM_LIMIT: i64 = 50;
+/// How many of a room's latest events a destination gets after an outage: a gap this size is
+/// what one `/get_missing_events` of a receiving server closes (Synapse asks for 10).
+pub const CATCH_UP_KEEP: i64 = 10;
+/// Local events read per fan-out step.
+const FANOUT_BATCH: i64 = 500;
+/// Receipts read per transaction (they travel as one EDU per thread).
+const RECEIPTS_PER_TXN: i64 = 50;
+/// Typing notifications kept per destination between transactions.
+const MAX_TYPING_QUEUED: usize = 200;
+/// Typing EDUs per transaction.
+const TYPING_PER_TXN: usize = 20;
+/// Joined servers cached by state snapshot (snapshots are immutable).
+const SERVERS_CACHE_CAPACITY: usize = 4096;
+/// The longest the fan-out goes without writing its position while events are meant for
+/// nobody.
+const FANOUT_PERSIST_EVERY: Duration = Duration::from_secs(10);
+/// The fan-out also looks now and then without being woken: events written by another process.
+const FANOUT_POLL: Duration = Duration::from_secs(30);
+/// How long a worker waits after a database error before trying again.
+const ERROR_PAUSE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the sender's tasks.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the ephemeral area tells the sender about EDUs to go out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EduNotice {
+    /// A local user started or stopped typing.
+    Typing {
+        room_id: String,
+        user_id: String,
+        typing: bool,
+    },
+    /// A local user's public read receipt was stored at `position` of the receipts stream.
+    Receipt { room_id: String, position: i64 },
+    /// EDUs were put in the outbox for these destinations.
+    Outbox { destinations: Vec<OwnedServerName> },
+}
+
+/// The channel [`EduNotice`]s travel on: a notice sent while no sender runs is dropped (what it
+/// announces is persisted, except typing, which is best effort anyway).
+#[derive(Debug, Clone)]
+pub struct EduFeed(broadcast::Sender<EduNotice>);
+
+impl Default for EduFeed {
+    fn default() -> Self {
+        EduFeed(broadcast::channel(1024).0)
+    }
+}
+
+impl EduFeed {
+    pub fn publish(&self, notice: EduNotice) {
+        let _ = self.0.send(notice);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<EduNotice> {
+        self.0.subscribe()
+    }
+}
+
+/// A destination's delivery as operators see it (`/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationStatus {
+    pub destination: String,
+    /// Local events not yet delivered (an upper bound, see `myelin_store::QueueDepth`).
+    pub queued_events: i64,
+    /// Persisted EDUs (to-device messages) not yet delivered.
+    pub queued_edus: i64,
+    /// Consecutive failures (0: up).
+    pub failures: u32,
+    /// While backing off: when the next attempt may go (ms).
+    pub retry_at_ms: Option<i64>,
+    /// When it last accepted a transaction (ms).
+    pub last_success_ms: Option<i64>,
+}
+
+/// One destination's worker: woken when there may be something for it.
+#[derive(Debug, Default)]
+struct Worker {
+    wake: Notify,
+    /// `(room id, user id) → typing`, latest wins.
+    typing: Mutex<BTreeMap<(String, String), bool>>,
+}
+
+/// A transaction built and not yet accepted: retried as it is.
+#[derive(Debug, Clone)]
+struct Transaction {
+    /// `None` when there is nothing to send, only positions to move (past events not meant for
+    /// the destination, unreadable outbox rows): no transaction number is spent on it.
+    id: Option<OwnedTransactionId>,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pdus: Vec<Box<RawValue>>,
+    edus: Vec<Raw<ruma::api::federation::transactions::edu::Edu>>,
+    /// The positions it was built from and moves to.
+    event_from: i64,
+    event_to: i64,
+    receipt_from: i64,
+    receipt_to: i64,
+    outbox_ids: Vec<i64>,
+}
+
+/// What a worker's step did.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Delivered a transaction, or moved past events not meant for the destination: look again.
+    Progressed,
+    /// Nothing to send.
+    Idle,
+    /// The destination failed (or is backing off): wait for its backoff.
+    Failed,
+}
+
+/// A worker's memory between steps.
+#[derive(Debug, Default)]
+struct WorkerState {
+    in_flight: Option<Transaction>,
+    /// Set by a failure: the next transaction built looks for rooms too far behind.
+    catching_up: bool,
+    /// Per room: events before this stream ordering are skipped (after an outage).
+    cutoffs: HashMap<i64, i64>,
+}
+
+/// How far the fan-out has read, ahead of the persisted position when the events since were
+/// meant for nobody.
+#[derive(Debug)]
+struct FanoutCursor {
+    /// The persisted position as last read or written (`None`: read it).
+    persisted: Option<i64>,
+    scanned: i64,
+    written: std::time::Instant,
+}
+
+/// The sender, shared by the services; [`Sender::start`] spawns its tasks.
+#[derive(Debug)]
+pub struct Sender {
+    store: Store,
+    server_name: OwnedServerName,
+    outbound: Arc<Outbound>,
+    notifier: Notifier,
+    feed: EduFeed,
+    /// Joined servers by state group.
+    servers: Mutex<HashMap<i64, Arc<BTreeSet<OwnedServerName>>>>,
+    workers: Mutex<HashMap<OwnedServerName, Arc<Worker>>>,
+    /// The events stream position up to which the fan-out has found every local event's
+    /// destinations (in memory: ahead of the persisted one while events are meant for nobody).
+    fanned_out: std::sync::atomic::AtomicI64,
+    /// Set while running: the stop signal the tasks watch.
+    stop: Mutex<Option<watch::Sender<bool>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The server of a user id (`@local:server`), key-form ids included.
+fn server_of(user_id: &str) -> Option<OwnedServerName> {
+    let (_, server) = user_id.split_once(':')?;
+    OwnedServerName::try_from(server).ok()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn edu(
+    edu_type: &str,
+    content: Value,
+) -> Result<Raw<ruma::api::federation::transactions::edu::Edu>> {
+    let json = json!({ "edu_type": edu_type, "content": content }).to_string();
+    let raw = RawValue::from_string(json).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(Raw::from_json(raw))
+}
+
+impl Sender {
+    pub fn new(
+        store: Store,
+        server_name: OwnedServerName,
+        outbound: Arc<Outbound>,
+        notifier: Notifier,
+        feed: EduFeed,
+    ) -> Self {
+        Sender {
+            store,
+            server_name,
+            outbound,
+            notifier,
+            feed,
+            servers: Mutex::default(),
+            workers: Mutex::default(),
+            fanned_out: std::sync::atomic::AtomicI64::new(0),
+            stop: Mutex::default(),
+            tasks: Mutex::default(),
+        }
+    }
+
+    /// Spawns the fan-out task (which spawns a worker per destination). Idempotent.
+    pub fn start(self: &Arc<Self>) {
+        let mut stop = lock(&self.stop);
+        if stop.is_some() {
+            return;
+        }
+        let (tx, rx) = watch::channel(false);
+        *stop = Some(tx);
+        drop(stop);
+        // Subscribed before the first look, so nothing announced meanwhile is missed.
+        let events = self.notifier.subscribe();
+        let edus = self.feed.subscribe();
+        let revived = self.outbound.backoff().subscribe_revived();
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.run_fanout(events, edus, revived, rx).await });
+        lock(&self.tasks).push(task);
+    }
+
+    /// Stops every task and waits for them (a transaction in flight is abandoned: its events
+    /// are still pending and go again after the restart).
+    pub async fn stop(&self) {
+        let Some(stop) = lock(&self.stop).take() else {
+            return;
+        };
+        let _ = stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.tasks));
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(STOP_GRACE, futures_join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "federation sender: tasks still running after the grace period; aborting them"
+            );
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+        lock(&self.workers).clear();
+    }
+
+    fn stop_receiver(&self) -> Option<watch::Receiver<bool>> {
+        lock(&self.stop).as_ref().map(watch::Sender::subscribe)
+    }
+
+    /// The worker of `destination`, spawned if new (while running).
+    fn worker(self: &Arc<Self>, destination: &ServerName) -> Option<Arc<Worker>> {
+        if destination == self.server_name {
+            return None;
+        }
+        let stop = self.stop_receiver()?;
+        let mut workers = lock(&self.workers);
+        if let Some(worker) = workers.get(destination) {
+            return Some(worker.clone());
+        }
+        let worker = Arc::new(Worker::default());
+        workers.insert(destination.to_owned(), worker.clone());
+        drop(workers);
+        let this = self.clone();
+        let (w, d) = (worker.clone(), destination.to_owned());
+        let task = tokio::spawn(async move { this.run_worker(d, w, stop).await });
+        lock(&self.tasks).push(task);
+        Some(worker)
+    }
+
+    fn wake(self: &Arc<Self>, destination: &ServerName) {
+        if let Some(worker) = self.worker(destination) {
+            worker.wake.notify_one();
+        }
+    }
+
+    // ----- destinations of events -----
+
+    /// The servers with joined members in the state of `group` (a snapshot of `room_nid`).
+    async fn servers_at(
+        &self,
+        room_nid: i64,
+        group: i64,
+    ) -> Result<Arc<BTreeSet<OwnedServerName>>> {
+        if let Some(hit) = lock(&self.servers).get(&group) {
+            return Ok(hit.clone());
+        }
+        let state = self.store.state_ids_at_group(group).await?;
+        // The current memberships give most entries' membership without reading events.
+        let current: HashMap<i64, String> = self
+            .store
+            .room_membership_events(room_nid)
+            .await?
+            .into_iter()
+            .collect();
+        let mut servers = BTreeSet::new();
+        let mut unknown = Vec::new();
+        for ((event_type, state_key), nid) in state.iter() {
+            if event_type != "m.room.member" {
+                continue;
+            }
+            match current.get(&nid) {
+                Some(membership) if membership == "join" => {
+                    servers.extend(server_of(state_key));
+                }
+                Some(_) => {}
+                None => unknown.push(nid),
+            }
+        }
+        for row in self.store.events_by_nids(&unknown).await? {
+            let joined = serde_json::from_str::<Value>(&row.json)
+                .is_ok_and(|json| json["content"]["membership"] == "join");
+            if joined && let Some(key) = &row.state_key {
+                servers.extend(server_of(key));
+            }
+        }
+        let servers = Arc::new(servers);
+        let mut cache = lock(&self.servers);
+        if cache.len() >= SERVERS_CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(group, servers.clone());
+        Ok(servers)
+    }
+
+    /// The servers in a room now (its current state).
+    async fn servers_now(&self, room_nid: i64) -> Result<Arc<BTreeSet<OwnedServerName>>> {
+        match self.store.current_state_group(room_nid).await? {
+            Some(group) => self.servers_at(room_nid, group).await,
+            None => Ok(Arc::default()),
+        }
+    }
+
+    /// Where a local event goes: the servers with joined members in the room at the event
+    /// (the state after it), and for an invite, kick or ban the target's server; never this one.
+    async fn destinations_of(&self, event: &EventRow) -> Result<BTreeSet<OwnedServerName>> {
+        let Some(group) = event.state_group else {
+            return Ok(BTreeSet::new());
+        };
+        let mut servers = (*self.servers_at(event.room_nid, group).await?).clone();
+        if event.event_type == "m.room.member"
+            && let Some(target) = &event.state_key
+        {
+            let membership = serde_json::from_str::<Value>(&event.json)
+                .ok()
+                .and_then(|json| json["content"]["membership"].as_str().map(str::to_owned));
+            if matches!(membership.as_deref(), Some("invite" | "leave" | "ban")) {
+                servers.extend(server_of(target));
+            }
+        }
+        servers.remove(&self.server_name);
+        Ok(servers)
+    }
+
+    // ----- fan-out -----
+
+    async fn run_fanout(
+        self: Arc<Self>,
+        mut events: watch::Receiver<u64>,
+        mut edus: broadcast::Receiver<EduNotice>,
+        mut revived: broadcast::Receiver<OwnedServerName>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut cursor = FanoutCursor {
+            persisted: None,
+            scanned: i64::MIN,
+            written: std::time::Instant::now(),
+        };
+        // Every destination gets one look at start-up: what it was owed before the restart.
+        if let Err(err) = self.wake_all().await {
+            tracing::warn!(%err, "federation sender: could not list destinations");
+        }
+        loop {
+            if let Err(err) = self.fan_out(&mut cursor).await {
+                tracing::warn!(%err, "federation sender: fan-out failed; trying again shortly");
+                tokio::select! {
+                    _ = tokio::time::sleep(ERROR_PAUSE) => continue,
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                changed = events.changed() => if changed.is_err() { return },
+                notice = edus.recv() => match notice {
+                    Ok(notice) => {
+                        if let Err(err) = self.handle_notice(notice).await {
+                            tracing::warn!(%err, "federation sender: could not route an EDU");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Err(err) = self.wake_all().await {
+                            tracing::warn!(%err, "federation sender: could not list destinations");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                server = revived.recv() => match server {
+                    Ok(server) => {
+                        if lock(&self.workers).contains_key(&server) {
+                            self.wake(&server);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let known: Vec<OwnedServerName> = lock(&self.workers).keys().cloned().collect();
+                        for server in known {
+                            self.wake(&server);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                _ = tokio::time::sleep(FANOUT_POLL) => {}
+            }
+        }
+    }
+
+    /// Wakes a worker for every known destination and every destination with EDUs waiting.
+    async fn wake_all(self: &Arc<Self>) -> Result<()> {
+        let mut destinations: BTreeSet<String> = self
+            .store
+            .federation_destinations()
+            .await?
+            .into_iter()
+            .map(|row| row.destination)
+            .collect();
+        destinations.extend(self.store.federation_outbox_destinations().await?);
+        for destination in destinations {
+            if let Ok(server) = OwnedServerName::try_from(destination.as_str()) {
+                self.wake(&server);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the destinations of the local events past the fan-out position, records them and
+    /// wakes their workers, until the position is at the stream's head.
+    ///
+    /// Events meant for nobody (every event of a server that federates with no one) cost no
+    /// write: the position moves in `cursor` and is written at most every
+    /// [`FANOUT_PERSIST_EVERY`] (after a restart those events are only read again).
+    async fn fan_out(self: &Arc<Self>, cursor: &mut FanoutCursor) -> Result<()> {
+        loop {
+            let persisted = match cursor.persisted {
+                Some(position) => position,
+                None => {
+                    let position = self.store.federation_fanout_position().await?;
+                    cursor.persisted = Some(position);
+                    position
+                }
+            };
+            let from = persisted.max(cursor.scanned);
+            self.fanned_out
+                .fetch_max(from, std::sync::atomic::Ordering::Relaxed);
+            let head = self.store.events_stream_position().await?;
+            if head <= from {
+                if from > persisted && cursor.written.elapsed() >= FANOUT_PERSIST_EVERY {
+                    let moved = self
+                        .store
+                        .record_federation_fanout(persisted, from, &[], 0)
+                        .await?;
+                    cursor.persisted = moved.then_some(from);
+                    cursor.written = std::time::Instant::now();
+                }
+                return Ok(());
+            }
+            let events = self
+                .store
+                .local_events_between(self.server_name.as_str(), from, head, FANOUT_BATCH)
+                .await?;
+            let to = match events.last() {
+                Some(last) if events.len() as i64 == FANOUT_BATCH => last.stream_ordering,
+                _ => head,
+            };
+            let mut found: BTreeMap<(OwnedServerName, i64), (i64, i64)> = BTreeMap::new();
+            for event in &events {
+                if server_of(&event.sender).as_deref() != Some(&*self.server_name) {
+                    continue;
+                }
+                for destination in self.destinations_of(event).await? {
+                    let span = found
+                        .entry((destination, event.room_nid))
+                        .or_insert((event.stream_ordering, event.stream_ordering));
+                    span.1 = event.stream_ordering;
+                }
+            }
+            if found.is_empty() && cursor.written.elapsed() < FANOUT_PERSIST_EVERY {
+                cursor.scanned = to;
+                continue;
+            }
+            let entries: Vec<FanoutEntry> = found
+                .iter()
+                .map(|((destination, room_nid), (first, last))| FanoutEntry {
+                    destination: destination.to_string(),
+                    room_nid: *room_nid,
+                    first_ordering: *first,
+                    last_ordering: *last,
+                })
+                .collect();
+            let receipts_head = self.store.stream_position("receipts").await?;
+            // From the persisted position: the events in between were meant for nobody.
+            if !self
+                .store
+                .record_federation_fanout(persisted, to, &entries, receipts_head)
+                .await?
+            {
+                // Another process moved the position: read it again.
+                cursor.scanned = i64::MIN;
+                cursor.persisted = None;
+                continue;
+            }
+            cursor.persisted = Some(to);
+            cursor.scanned = to;
+            cursor.written = std::time::Instant::now();
+            let woken: BTreeSet<&OwnedServerName> = found.keys().map(|(d, _)| d).collect();
+            for destination in woken {
+                self.wake(destination);
+            }
+        }
+    }
+
+    async fn handle_notice(self: &Arc<Self>, notice: EduNotice) -> Result<()> {
+        match notice {
+            EduNotice::Typing {
+                room_id,
+                user_id,
+                typing,
+            } => {
+                // Other servers' users' typing came from their servers: never relayed.
+                if !user_id.ends_with(&format!(":{}", self.server_name)) {
+                    return Ok(());
+                }
+                let Some(room) = self.store.room(&room_id).await? else {
+                    return Ok(());
+                };
+                let backoff = self.outbound.backoff().clone();
+                for server in self.servers_now(room.room_nid).await?.iter() {
+                    // Best effort: a destination that is down would get it too late anyway.
+                    if server == &self.server_name || backoff.retry_at(server).is_some() {
+                        continue;
+                    }
+                    if let Some(worker) = self.worker(server) {
+                        {
+                            let mut queued = lock(&worker.typing);
+                            let key = (room_id.clone(), user_id.clone());
+                            if queued.len() < MAX_TYPING_QUEUED || queued.contains_key(&key) {
+                                queued.insert(key, typing);
+                            }
+                        }
+                        worker.wake.notify_one();
+                    }
+                }
+            }
+            EduNotice::Receipt { room_id, position } => {
+                let Some(room) = self.store.room(&room_id).await? else {
+                    return Ok(());
+                };
+                for server in self.servers_now(room.room_nid).await?.iter() {
+                    if server == &self.server_name {
+                        continue;
+                    }
+                    // A destination met here first is owed this receipt (one with a worker
+                    // has its row already).
+                    if !lock(&self.workers).contains_key(server) {
+                        self.store
+                            .federation_destination(server.as_str(), Some(position - 1))
+                            .await?;
+                    }
+                    self.wake(server);
+                }
+            }
+            EduNotice::Outbox { destinations } => {
+                for server in destinations {
+                    self.wake(&server);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- workers -----
+
+    async fn run_worker(
+        self: Arc<Self>,
+        destination: OwnedServerName,
+        worker: Arc<Worker>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let backoff = self.outbound.backoff().clone();
+        let mut state = WorkerState {
+            // A destination that was failing before the restart catches up.
+            catching_up: backoff.failures(&destination) > 0,
+            ..WorkerState::default()
+        };
+        let mut look = true;
+        loop {
+            if !look {
+                tokio::select! {
+                    _ = worker.wake.notified() => {}
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+            look = false;
+            if let Some(retry_at) = backoff.retry_at(&destination) {
+                let wait = retry_at - now_millis();
+                if wait > 0 {
+                    // Woken early by new events (nothing to do yet) or by the destination
+                    // coming back (then its backoff is gone).
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                        _ = worker.wake.notified() => {}
+                        _ = stopped(&mut stop) => return,
+                    }
+                    look = true;
+                    continue;
+                }
+            }
+            let step = tokio::select! {
+                step = self.step(&destination, &worker, &mut state) => step,
+                _ = stopped(&mut stop) => return,
+            };
+            match step {
+                Ok(Step::Progressed) => look = true,
+                Ok(Step::Idle) => {}
+                Ok(Step::Failed) => {
+                    state.catching_up = true;
+                    look = true;
+                }
+                Err(err) => {
+                    tracing::warn!(%destination, %err, "federation sender: could not build or record a transaction");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ERROR_PAUSE) => look = true,
+                        _ = stopped(&mut stop) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the transaction in flight, building one first if there is none.
+    async fn step(
+        &self,
+        destination: &ServerName,
+        worker: &Worker,
+        state: &mut WorkerState,
+    ) -> Result<Step> {
+        if state.in_flight.is_none() {
+            match self.build(destination, worker, state).await? {
+                Some(transaction) => state.in_flight = Some(transaction),
+                None => return Ok(Step::Idle),
+            }
+        }
+        let Some(transaction) = state.in_flight.clone() else {
+            return Ok(Step::Idle);
+        };
+        let Some(txn_id) = transaction.id.clone() else {
+            state.in_flight = None;
+            self.store
+                .record_federation_delivery(
+                    destination.as_str(),
+                    transaction.event_from,
+                    transaction.event_to,
+                    transaction.receipt_from,
+                    transaction.receipt_to,
+                    &transaction.outbox_ids,
+                    None,
+                )
+                .await?;
+            return Ok(Step::Progressed);
+        };
+        let mut request = send_transaction_message::v1::Request::new(
+            txn_id.clone(),
+            self.server_name.clone(),
+            transaction.origin_server_ts,
+        );
+        request.pdus = transaction.pdus.clone();
+        request.edus = transaction.edus.clone();
+        let started = now_millis();
+        match self.outbound.send(destination, request).await {
+            Ok(response) => {
+                for (event_id, result) in &response.pdus {
+                    if let Err(error) = result {
+                        tracing::debug!(%destination, %event_id, error, "destination refused an event");
+                    }
+                }
+                state.in_flight = None;
+                let moved = self
+                    .store
+                    .record_federation_delivery(
+                        destination.as_str(),
+                        transaction.event_from,
+                        transaction.event_to,
+                        transaction.receipt_from,
+                        transaction.receipt_to,
+                        &transaction.outbox_ids,
+                        Some(now_millis()),
+                    )
+                    .await?;
+                if !moved {
+                    tracing::debug!(%destination, "delivery position moved by someone else");
+                }
+                tracing::debug!(
+                    %destination,
+                    %txn_id,
+                    pdus = transaction.pdus.len(),
+                    edus = transaction.edus.len(),
+                    "transaction delivered"
+                );
+                Ok(Step::Progressed)
+            }
+            Err(FederationError::NotRetrying { .. }) => Ok(Step::Failed),
+            Err(err) => {
+                if !err.is_destination_failure() {
+                    // It answered but refused the transaction: keep it, and do not retry at
+                    // once (the outbound door counted the answer as the destination being up).
+                    self.outbound
+                        .backoff()
+                        .failed(destination, started, &err.to_string())
+                        .await;
+                }
+                tracing::debug!(%destination, %txn_id, %err, "transaction failed");
+                Ok(Step::Failed)
+            }
+        }
+    }
+
+    /// The next transaction for `destination`: its pending events (after an outage, only each
+    /// room's latest), receipts, typing and outbox EDUs. `None` when there is nothing at all.
+    async fn build(
+        &self,
+        destination: &ServerName,
+        worker: &Worker,
+        state: &mut WorkerState,
+    ) -> Result<Option<Transaction>> {
+        let origin = self.server_name.as_str();
+        let row = self
+            .store
+            .federation_destination(destination.as_str(), None)
+            .await?;
+        // Read before the events: everything up to it is accounted for in the rooms' rows.
+        let fanned_out = self.store.federation_fanout_position().await?;
+        if state.catching_up {
+            state.catching_up = false;
+            state.cutoffs = self
+                .store
+                .federation_catch_up_cutoffs(
+                    destination.as_str(),
+                    origin,
+                    row.event_position,
+                    CATCH_UP_ROOM_LIMIT,
+                    CATCH_UP_KEEP,
+                )
+                .await?
+                .into_iter()
+                .collect();
+            if !state.cutoffs.is_empty() {
+                tracing::info!(
+                    %destination,
+                    rooms = state.cutoffs.len(),
+                    keep = CATCH_UP_KEEP,
+                    "catching up after an outage: only the latest events of rooms far behind"
+                );
+            }
+        }
+        let events = self
+            .store
+            .federation_pending_events(
+                destination.as_str(),
+                origin,
+                row.event_position,
+                MAX_PDUS as i64,
+            )
+            .await?;
+        let event_to = match events.last() {
+            Some(last) if events.len() == MAX_PDUS => last.stream_ordering,
+            last => fanned_out
+                .max(row.event_position)
+                .max(last.map_or(i64::MIN, |e| e.stream_ordering)),
+        };
+        let mut pdus = Vec::new();
+        for event in &events {
+            if state
+                .cutoffs
+                .get(&event.room_nid)
+                .is_some_and(|cutoff| event.stream_ordering < *cutoff)
+            {
+                continue;
+            }
+            if server_of(&event.sender).as_deref() != Some(&*self.server_name)
+                || !self.destinations_of(event).await?.contains(destination)
+            {
+                continue;
+            }
+            pdus.push(
+                RawValue::from_string(event.json.clone())
+                    .map_err(|e| Error::Internal(format!("event {}: {e}", event.event_id)))?,
+            );
+        }
+        state.cutoffs.retain(|_, cutoff| *cutoff > event_to);
+
+        let mut edus = Vec::new();
+        // Receipts: one EDU per thread, for the rooms the destination is in now.
+        let receipts = self
+            .store
+            .local_receipts_after(origin, row.receipt_position, RECEIPTS_PER_TXN)
+            .await?;
+        let receipt_to = receipts
+            .last()
+            .map_or(row.receipt_position, |r| r.stream_position);
+        let mut shared = Vec::new();
+        for receipt in receipts {
+            if self
+                .servers_now(receipt.room_nid)
+                .await?
+                .contains(destination)
+            {
+                shared.push(receipt);
+            }
+        }
+        edus.extend(receipt_edus(&shared)?);
+        // Typing, best effort.
+        let typing: Vec<((String, String), bool)> = {
+            let mut queued = lock(&worker.typing);
+            let keys: Vec<(String, String)> = queued.keys().take(TYPING_PER_TXN).cloned().collect();
+            keys.into_iter()
+                .filter_map(|key| queued.remove_entry(&key))
+                .collect()
+        };
+        for ((room_id, user_id), typing) in typing {
+            edus.push(edu(
+                "m.typing",
+                json!({ "room_id": room_id, "user_id": user_id, "typing": typing }),
+            )?);
+        }
+        // Persisted EDUs fill the rest.
+        let room_left = MAX_EDUS.saturating_sub(edus.len()) as i64;
+        let mut outbox_ids = Vec::new();
+        for queued in self
+            .store
+            .federation_outbox(destination.as_str(), room_left)
+            .await?
+        {
+            outbox_ids.push(queued.id);
+            match serde_json::from_str::<Value>(&queued.content) {
+                Ok(content) => edus.push(edu(&queued.edu_type, content)?),
+                Err(err) => {
+                    tracing::warn!(%destination, id = queued.id, %err, "dropping an unreadable queued EDU");
+                }
+            }
+        }
+
+        let moves = event_to > row.event_position || receipt_to > row.receipt_position;
+        if pdus.is_empty() && edus.is_empty() && !moves && outbox_ids.is_empty() {
+            return Ok(None);
+        }
+        let id = if pdus.is_empty() && edus.is_empty() {
+            None
+        } else {
+            let serial = self
+                .store
+                .next_federation_txn_serial(destination.as_str())
+                .await?;
+            Some(OwnedTransactionId::from(serial.to_string()))
+        };
+        Ok(Some(Transaction {
+            id,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(
+                UInt::try_from(now_millis().max(0)).unwrap_or_default(),
+            ),
+            pdus,
+            edus,
+            event_from: row.event_position,
+            event_to,
+            receipt_from: row.receipt_position,
+            receipt_to,
+            outbox_ids,
+        }))
+    }
+
+    // ----- operators -----
+
+    /// The events stream position up to which this process has found every local event's
+    /// destinations.
+    pub fn fanned_out(&self) -> i64 {
+        self.fanned_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every known destination's delivery: those the sender serves and those backing off.
+    pub async fn statuses(&self) -> Result<Vec<DestinationStatus>> {
+        let mut out: BTreeMap<String, DestinationStatus> = BTreeMap::new();
+        for depth in self
+            .store
+            .federation_queue_depths(self.server_name.as_str())
+            .await?
+        {
+            out.insert(
+                depth.destination.clone(),
+                DestinationStatus {
+                    destination: depth.destination,
+                    queued_events: depth.events,
+                    queued_edus: depth.edus,
+                    failures: 0,
+                    retry_at_ms: None,
+                    last_success_ms: depth.last_success_ts,
+                },
+            );
+        }
+        for (server, down) in self.outbound.backoff().down_destinations() {
+            let status = out
+                .entry(server.to_string())
+                .or_insert_with(|| DestinationStatus {
+                    destination: server.to_string(),
+                    queued_events: 0,
+                    queued_edus: 0,
+                    failures: 0,
+                    retry_at_ms: None,
+                    last_success_ms: None,
+                });
+            status.failures = down.failures;
+            status.retry_at_ms = Some(down.retry_at_ms);
+        }
+        Ok(out.into_values().collect())
+    }
+}
+
+/// `m.receipt` EDUs for these receipts: one per thread id (a user has one receipt per room,
+/// type and thread, and an EDU holds one per room, type and user).
+fn receipt_edus(
+    receipts: &[OutgoingReceipt],
+) -> Result<Vec<Raw<ruma::api::federation::transactions::edu::Edu>>> {
+    let mut by_thread: BTreeMap<&str, serde_json::Map<String, Value>> = BTreeMap::new();
+    for receipt in receipts {
+        let content = by_thread.entry(receipt.thread_id.as_str()).or_default();
+        let mut data = json!({ "ts": receipt.ts });
+        if !receipt.thread_id.is_empty() {
+            data["thread_id"] = Value::from(receipt.thread_id.clone());
+        }
+        content
+            .entry(receipt.room_id.clone())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|room| {
+                room.entry(receipt.receipt_type.clone())
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .map(|users| {
+                        users.insert(
+                            receipt.user_id.clone(),
+                            json!({ "event_ids": [receipt.event_id], "data": data }),
+                        )
+                    })
+            });
+    }
+    by_thread
+        .into_values()
+        .map(|content| edu("m.receipt", Value::Object(content)))
+        .collect()
+}
+
+/// Resolves once the sender is asked to stop (its guard, which is not `Send`, dropped).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Waits for every task (their panics are logged by the runtime; nothing to return).
+async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}

@@ -74,6 +74,10 @@ const SERVERS_CACHE_CAPACITY: usize = 4096;
 const FANOUT_PERSIST_EVERY: Duration = Duration::from_secs(10);
 /// The fan-out also looks now and then without being woken: events written by another process.
 const FANOUT_POLL: Duration = Duration::from_secs(30);
+/// After a wake, the fan-out waits this long before it scans: events come in bursts, and one
+/// scan then covers all of a burst's instead of costing each appended event its own reads. A
+/// transaction leaves at most this much later.
+const FANOUT_COALESCE: Duration = Duration::from_millis(10);
 /// How long a worker waits after a database error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the sender's tasks.
@@ -424,7 +428,15 @@ impl Sender {
             }
             tokio::select! {
                 _ = stopped(&mut stop) => return,
-                changed = events.changed() => if changed.is_err() { return },
+                changed = events.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(FANOUT_COALESCE) => {}
+                        _ = stopped(&mut stop) => return,
+                    }
+                }
                 notice = edus.recv() => match notice {
                     Ok(notice) => {
                         if let Err(err) = self.handle_notice(notice).await {
@@ -526,8 +538,14 @@ impl Sender {
                     span.1 = event.stream_ordering;
                 }
             }
+            // A batch short of full reached the head it was read against: done (what was
+            // appended since has woken the fan-out again).
+            let reached_head = to == head;
             if found.is_empty() && cursor.written.elapsed() < FANOUT_PERSIST_EVERY {
                 cursor.scanned = to;
+                if reached_head {
+                    return Ok(());
+                }
                 continue;
             }
             let entries: Vec<FanoutEntry> = found
@@ -557,6 +575,9 @@ impl Sender {
             let woken: BTreeSet<&OwnedServerName> = found.keys().map(|(d, _)| d).collect();
             for destination in woken {
                 self.wake(destination);
+            }
+            if reached_head {
+                return Ok(());
             }
         }
     }

@@ -9,8 +9,10 @@
 --   index grows at its end.
 -- - Edges citing events not stored yet are found by id to learn their nid when the event
 --   arrives; edges to stored events (every local event's) are not in that index at all.
+-- (No foreign key to `events`: edges are written only by the append, with their event, as on
+-- PostgreSQL where the check is a trigger query per row.)
 CREATE TABLE event_edges_clustered (
-    event_nid       INTEGER NOT NULL REFERENCES events (event_nid),
+    event_nid       INTEGER NOT NULL,
     kind            INTEGER NOT NULL CHECK (kind IN (0, 1)),
     cited_event_id  TEXT NOT NULL,
     cited_event_nid INTEGER,

@@ -82,6 +82,8 @@ struct PeerState {
     event_requests: AtomicUsize,
     state_requests: AtomicUsize,
     auth_requests: AtomicUsize,
+    /// Transactions the server offered the peer (it refuses them all).
+    transactions_refused: AtomicUsize,
     held_arrived: tokio::sync::Notify,
     release: tokio::sync::Notify,
 }
@@ -112,6 +114,10 @@ impl Peer {
             )
             .route("/_matrix/federation/v1/state_ids/{room_id}", get(state_ids))
             .route("/_matrix/federation/v1/event/{event_id}", get(event))
+            .route(
+                "/_matrix/federation/v1/send/{txn_id}",
+                axum::routing::put(refuse_transaction),
+            )
             .route(
                 "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
                 get(event_auth),
@@ -346,6 +352,16 @@ async fn event_auth(
         }
         None => not_found(),
     }
+}
+
+/// The peer refuses every transaction the server offers it (a 403 answer: it is up).
+async fn refuse_transaction(State((peer, _)): State<PeerApp>) -> Response {
+    peer.transactions_refused.fetch_add(1, Ordering::SeqCst);
+    (
+        axum::http::StatusCode::FORBIDDEN,
+        Json(json!({"errcode": "M_FORBIDDEN", "error": "not taking transactions"})),
+    )
+        .into_response()
 }
 
 fn not_found() -> Response {
@@ -1198,6 +1214,45 @@ async fn one_transaction_per_origin_at_a_time_with_a_bounded_queue() {
         );
         assert_eq!(inbound.queued(PEER), 0);
         let world = Arc::into_inner(world).expect("the tasks are done");
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_destination_refusing_our_transactions_can_still_send_us_its_own() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        // Alice's message is offered to the peer, which is in the room, and refused.
+        let (status, sent) = world
+            .server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/r1",
+                    enc(&world.room_id)
+                ),
+                &world.alice.access_token,
+                json!({"msgtype": "m.text", "body": "take this"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while world.peer.state.transactions_refused.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind:?}: no transaction offered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The peer is up: its own transaction, whose check needs its key fetched from it, is
+        // taken (it was refused with 401 while a refusal counted as the peer being down).
+        let (prev, depth) = world.head().await;
+        let says = world.bob_says("after the refusal", &prev, depth + 1);
+        let answer = world
+            .peer
+            .send("after-refusal", vec![json_of(&says)], vec![])
+            .await;
+        let answer = answer.unwrap_or_else(|e| panic!("{kind:?}: {e:?}"));
+        assert!(ok(&answer, &says), "{kind:?}: {answer:?}");
         world.stop().await;
     }
 }

@@ -17,7 +17,8 @@
 //!   soft-failed or outlier events, nor other servers' events).
 //! - A failed transaction is retried as it was, under the same transaction id, once the
 //!   destination's backoff allows (ids come from a persisted counter, so they are never
-//!   reused). A destination that answers 4xx to a transaction backs off too: the events stay.
+//!   reused). A destination that answers 4xx to a transaction gets it again after a pause of its
+//!   worker's (the events stay); the shared backoff is for destinations that do not answer.
 //! - After an outage, a room more than [`CATCH_UP_ROOM_LIMIT`] events behind gets only its
 //!   latest [`CATCH_UP_KEEP`]; the destination fetches the rest with `/get_missing_events`, as
 //!   it would anyway for a gap.
@@ -78,6 +79,10 @@ const FANOUT_POLL: Duration = Duration::from_secs(30);
 /// scan then covers all of a burst's instead of costing each appended event its own reads. A
 /// transaction leaves at most this much later.
 const FANOUT_COALESCE: Duration = Duration::from_millis(10);
+/// A destination that answers but refuses a transaction gets it again after this, doubling
+/// with each refusal in a row up to [`REFUSED_PAUSE_MAX`].
+const REFUSED_PAUSE: Duration = Duration::from_secs(10);
+const REFUSED_PAUSE_MAX: Duration = Duration::from_secs(3600);
 /// How long a worker waits after a database error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the sender's tasks.
@@ -175,6 +180,12 @@ enum Step {
 #[derive(Debug, Default)]
 struct WorkerState {
     in_flight: Option<Transaction>,
+    /// Transactions in a row the destination answered but refused (4xx), and until when the
+    /// worker waits before offering the one in flight again. The destination is up, so this
+    /// is the worker's own pause: the shared backoff, which every request to the destination
+    /// consults (fetching its keys to check its own requests among them), stays clear.
+    refusals: u32,
+    refused_until: Option<i64>,
     /// Set by a failure: the next transaction built looks for rooms too far behind.
     catching_up: bool,
     /// Per room: events before this stream ordering are skipped (after an outage).
@@ -543,6 +554,8 @@ impl Sender {
             let reached_head = to == head;
             if found.is_empty() && cursor.written.elapsed() < FANOUT_PERSIST_EVERY {
                 cursor.scanned = to;
+                self.fanned_out
+                    .fetch_max(to, std::sync::atomic::Ordering::Relaxed);
                 if reached_head {
                     return Ok(());
                 }
@@ -571,6 +584,8 @@ impl Sender {
             }
             cursor.persisted = Some(to);
             cursor.scanned = to;
+            self.fanned_out
+                .fetch_max(to, std::sync::atomic::Ordering::Relaxed);
             cursor.written = std::time::Instant::now();
             let woken: BTreeSet<&OwnedServerName> = found.keys().map(|(d, _)| d).collect();
             for destination in woken {
@@ -664,7 +679,8 @@ impl Sender {
                 }
             }
             look = false;
-            if let Some(retry_at) = backoff.retry_at(&destination) {
+            let refused_until = state.refused_until.filter(|at| *at > now_millis());
+            if let Some(retry_at) = backoff.retry_at(&destination).max(refused_until) {
                 let wait = retry_at - now_millis();
                 if wait > 0 {
                     // Woken early by new events (nothing to do yet) or by the destination
@@ -762,6 +778,8 @@ impl Sender {
                 if !moved {
                     tracing::debug!(%destination, "delivery position moved by someone else");
                 }
+                state.refusals = 0;
+                state.refused_until = None;
                 tracing::debug!(
                     %destination,
                     %txn_id,
@@ -774,14 +792,17 @@ impl Sender {
             Err(FederationError::NotRetrying { .. }) => Ok(Step::Failed),
             Err(err) => {
                 if !err.is_destination_failure() {
-                    // It answered but refused the transaction: keep it, and do not retry at
-                    // once (the outbound door counted the answer as the destination being up).
-                    self.outbound
-                        .backoff()
-                        .failed(destination, started, &err.to_string())
-                        .await;
+                    // It answered but refused the transaction: keep it, and offer it again
+                    // after a pause of this worker's, doubling while refusals go on.
+                    state.refusals = state.refusals.saturating_add(1);
+                    let pause = REFUSED_PAUSE
+                        .saturating_mul(1 << (state.refusals - 1).min(16))
+                        .min(REFUSED_PAUSE_MAX);
+                    state.refused_until = Some(started + pause.as_millis() as i64);
+                    tracing::info!(%destination, %txn_id, %err, refusals = state.refusals, "destination refused a transaction; offering it again later");
+                } else {
+                    tracing::debug!(%destination, %txn_id, %err, "transaction failed");
                 }
-                tracing::debug!(%destination, %txn_id, %err, "transaction failed");
                 Ok(Step::Failed)
             }
         }

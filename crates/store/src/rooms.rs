@@ -667,28 +667,20 @@ impl Store {
         Ok(row)
     }
 
-    /// A room by its nid (what an event row names), uncached: for the few reads that start
-    /// from an event rather than a room (a peer's `/event`).
+    /// A room by its nid (what an event row names): for the few reads that start from an event
+    /// rather than a room (a peer's `/event`). Its id, then the room through [`Store::room`]
+    /// and its cache.
     pub async fn room_by_nid(&self, room_nid: i64) -> Result<Option<RoomRow>, StoreError> {
-        let row = with_pool!(self, pool => {
-            match sqlx::query(
-                "SELECT room_nid, room_id, room_version, creator, is_public FROM rooms WHERE room_nid = $1",
-            )
-            .bind(room_nid)
-            .fetch_optional(pool)
-            .await?
-            {
-                Some(row) => Some(RoomRow {
-                    room_nid: row.try_get("room_nid")?,
-                    room_id: row.try_get("room_id")?,
-                    room_version: row.try_get("room_version")?,
-                    creator: row.try_get("creator")?,
-                    is_public: row.try_get("is_public")?,
-                }),
-                None => None,
-            }
+        let room_id = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>("SELECT room_id FROM rooms WHERE room_nid = $1")
+                .bind(room_nid)
+                .fetch_optional(pool)
+                .await?
         });
-        Ok(row)
+        match room_id {
+            Some(room_id) => self.room(&room_id).await,
+            None => Ok(None),
+        }
     }
 
     /// Everything a local send reads before building its event, in one statement (each

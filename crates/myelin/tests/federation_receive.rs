@@ -644,6 +644,23 @@ impl World {
         body
     }
 
+    /// Alice sends a message (client transaction `txn`); its event id.
+    async fn alice_says(&self, txn: &str, body: &str) -> String {
+        let (status, sent) = self
+            .server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(&self.room_id)
+                ),
+                &self.alice.access_token,
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        sent["event_id"].as_str().unwrap().to_owned()
+    }
+
     async fn stop(self) {
         self.server.stop().await;
     }
@@ -1223,18 +1240,7 @@ async fn a_destination_refusing_our_transactions_can_still_send_us_its_own() {
     for kind in test_backends() {
         let world = World::build(kind).await;
         // Alice's message is offered to the peer, which is in the room, and refused.
-        let (status, sent) = world
-            .server
-            .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/send/m.room.message/r1",
-                    enc(&world.room_id)
-                ),
-                &world.alice.access_token,
-                json!({"msgtype": "m.text", "body": "take this"}),
-            )
-            .await;
-        assert_eq!(status, 200, "{sent}");
+        world.alice_says("r1", "take this").await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while world.peer.state.transactions_refused.load(Ordering::SeqCst) == 0 {
             assert!(
@@ -1261,19 +1267,7 @@ async fn a_destination_refusing_our_transactions_can_still_send_us_its_own() {
 async fn typing_receipts_presence_to_device_and_device_lists_reach_local_clients() {
     for kind in test_backends() {
         let world = World::build(kind).await;
-        let (status, sent) = world
-            .server
-            .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
-                    enc(&world.room_id)
-                ),
-                &world.alice.access_token,
-                json!({"msgtype": "m.text", "body": "read me"}),
-            )
-            .await;
-        assert_eq!(status, 200, "{sent}");
-        let read = sent["event_id"].as_str().unwrap().to_owned();
+        let read = world.alice_says("t1", "read me").await;
         let since = world.sync(None).await["next_batch"]
             .as_str()
             .unwrap()

@@ -8,6 +8,7 @@ use ruma::api::{
     OutgoingResponseExt,
     error::{DeserializationError, ErrorBody, ErrorKind, FromHttpRequestError, StandardErrorBody},
 };
+use serde_json::Value;
 
 /// An error in the shape the Matrix spec gives errors.
 #[derive(Debug, Clone)]
@@ -165,6 +166,11 @@ impl From<ServiceError> for MatrixError {
                 Self::new(S::CONFLICT, ErrorKind::CannotOverwriteMedia, message)
             }
             ServiceError::BadGateway(_) => Self::new(S::BAD_GATEWAY, ErrorKind::Unknown, message),
+            ServiceError::Remote { status, body, .. } => Self::new(
+                S::from_u16(status).unwrap_or(S::BAD_GATEWAY),
+                serde_json::from_value(Value::Object(body)).unwrap_or(ErrorKind::Unknown),
+                message,
+            ),
             ServiceError::Unauthorized(_) => {
                 Self::new(S::UNAUTHORIZED, ErrorKind::Unauthorized, message)
             }

@@ -148,11 +148,12 @@ impl Directory {
         Ok(())
     }
 
-    /// `GET /directory/room/{roomAlias}`: the room and the servers that can be asked to join it.
+    /// An alias of this server: the room and the servers that can be asked to join it
+    /// (`GET /directory/room/{roomAlias}` and `/query/directory` for this server's aliases).
     pub async fn resolve(&self, alias: &RoomAliasId) -> Result<(String, Vec<OwnedServerName>)> {
         let not_found = || Error::NotFound(format!("Room alias {alias} not found"));
         if alias.server_name() != self.server_name {
-            // Asking the alias's server needs federation, which this server does not have yet.
+            // Other servers' aliases are theirs to resolve (`Services::resolve_alias`).
             return Err(not_found());
         }
         let row = self
@@ -160,12 +161,18 @@ impl Directory {
             .alias(alias.as_str())
             .await?
             .ok_or_else(not_found)?;
-        Ok((row.room_id, vec![self.server_name.clone()]))
-    }
-
-    /// The room an alias names, for joining and knocking by alias.
-    pub async fn room_of_alias(&self, alias: &RoomAliasId) -> Result<String> {
-        Ok(self.resolve(alias).await?.0)
+        // This server first, then the others with members in the room.
+        let mut servers = vec![self.server_name.clone()];
+        if let Some(room) = self.store.room(&row.room_id).await? {
+            for member in self.store.joined_user_ids(room.room_nid).await? {
+                if let Ok(member) = ruma::UserId::parse(member.as_str())
+                    && !servers.iter().any(|s| s == member.server_name())
+                {
+                    servers.push(member.server_name().to_owned());
+                }
+            }
+        }
+        Ok((row.room_id, servers))
     }
 
     /// `DELETE /directory/room/{roomAlias}`: by the alias's creator, a joined member who may set

@@ -76,6 +76,15 @@ pub enum Error {
     /// User-interactive authentication is needed (or a stage failed): a 401 with the flows.
     #[error("Additional authentication required")]
     Uia(Box<crate::uia::UiaChallenge>),
+    /// Another server's Matrix error on a request made for the client (a join through a
+    /// resident), passed on with its status, errcode and fields.
+    #[error("{message}")]
+    Remote {
+        status: u16,
+        errcode: String,
+        message: String,
+        body: serde_json::Map<String, serde_json::Value>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -174,6 +174,11 @@ pub enum CurrentStateChange {
         expected: i64,
         changes: Vec<StateChange>,
     },
+    /// The room has no current state here yet (this server joins it through another server,
+    /// which gave the state before the join): its current state becomes the state after the
+    /// event, `entries` being all of it (the event itself as [`StateValue::Appended`] when it
+    /// is a state event).
+    Adopt { entries: Vec<StateChange> },
 }
 
 impl Store {

@@ -1004,6 +1004,36 @@ impl Store {
                         }
                         after
                     }
+                    CurrentStateChange::Adopt { .. } if outlier || !matches!(event.status, EventStatus::Normal) => {
+                        return Err(StoreError::Conflict(format!(
+                            "event {} cannot start the current state: it is not a normal event", event.event_id
+                        )));
+                    }
+                    CurrentStateChange::Adopt { entries } => {
+                        // Only a room without a current state adopts one: a second process that
+                        // got there first makes this one fail and write nothing.
+                        let started = sqlx::query(
+                            "INSERT INTO room_current_state (room_nid, state_group) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(event.room_nid)
+                        .bind(after)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if started != 1 {
+                            return Err(current_state_moved(event.event_id));
+                        }
+                        for entry in entries {
+                            let nid = match entry.value {
+                                StateValue::Event(nid) => Some(nid),
+                                StateValue::Appended => Some(event_nid),
+                                StateValue::Absent => None,
+                            };
+                            apply_state_change!(tx, event.room_nid, stream_ordering, &entry.event_type,
+                                &entry.state_key, nid, entry.membership.as_deref());
+                        }
+                        after
+                    }
                     CurrentStateChange::Resolved { expected, changes } => {
                         let removes = changes.iter().any(|c| c.value == StateValue::Absent);
                         let nid_of = |value: StateValue| match value {

@@ -71,8 +71,7 @@ async fn resolve(
 ) -> Result<get_alias::v3::Response, MatrixError> {
     let (room_id, servers) = state
         .services
-        .directory
-        .resolve(&request.body.room_alias)
+        .resolve_alias(&request.body.room_alias)
         .await?;
     Ok(get_alias::v3::Response::new(room_id_of(&room_id)?, servers))
 }

@@ -214,10 +214,10 @@ async fn join_by_id(
     let body = request.body;
     let room_id = state
         .services
-        .rooms
-        .join(
+        .join_room(
             &request.identity.user_id,
             body.room_id.as_str(),
+            &[],
             body.reason.as_deref(),
             extra,
         )
@@ -231,13 +231,15 @@ async fn join_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
     let extra = extra_join_content(&request.raw_body)?;
     let body = request.body;
-    let room_id = room_of(&state, &body.room_id_or_alias).await?;
+    let (room_id, mut via) = room_of(&state, &body.room_id_or_alias).await?;
+    // The servers the client named first, then those the alias resolved to.
+    via.splice(0..0, body.via);
     let joined = state
         .services
-        .rooms
-        .join(
+        .join_room(
             &request.identity.user_id,
             &room_id,
+            &via,
             body.reason.as_deref(),
             extra,
         )
@@ -261,11 +263,15 @@ fn extra_join_content(raw: &[u8]) -> Result<serde_json::Map<String, Value>, Matr
     Ok(content)
 }
 
-/// The room a `{roomIdOrAlias}` names, resolving aliases through the directory.
-async fn room_of(state: &AppState, room_or_alias: &RoomOrAliasId) -> Result<String, MatrixError> {
+/// The room a `{roomIdOrAlias}` names, resolving aliases through the directory (this
+/// server's, or the alias's server), with the servers an alias resolved to.
+async fn room_of(
+    state: &AppState,
+    room_or_alias: &RoomOrAliasId,
+) -> Result<(String, Vec<ruma::OwnedServerName>), MatrixError> {
     match <&RoomAliasId>::try_from(room_or_alias) {
-        Ok(alias) => Ok(state.services.directory.room_of_alias(alias).await?),
-        Err(room_id) => Ok(room_id.to_string()),
+        Ok(alias) => Ok(state.services.resolve_alias(alias).await?),
+        Err(room_id) => Ok((room_id.to_string(), Vec::new())),
     }
 }
 
@@ -371,7 +377,7 @@ async fn knock(
     request: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response, MatrixError> {
     let body = request.body;
-    let room_id = room_of(&state, &body.room_id_or_alias).await?;
+    let (room_id, _) = room_of(&state, &body.room_id_or_alias).await?;
     let knocked = state
         .services
         .rooms

@@ -1,6 +1,6 @@
 //! What other servers ask that needs no room: `GET /_matrix/federation/v1/query/profile` (local
-//! users' profiles) and `/_matrix/federation/v1/publicRooms` (GET and POST, the same room
-//! directory clients read).
+//! users' profiles), `/query/directory` (this server's room aliases) and
+//! `/_matrix/federation/v1/publicRooms` (GET and POST, the same room directory clients read).
 
 use axum::{
     Json, Router,
@@ -11,7 +11,7 @@ use ruma::api::{
     Metadata,
     federation::{
         directory::{get_public_rooms, get_public_rooms_filtered},
-        query::get_profile_information,
+        query::{get_profile_information, get_room_information},
     },
     path_builder::PathBuilder,
 };
@@ -26,7 +26,7 @@ use crate::{
 };
 
 pub(crate) fn routes() -> Router<AppState> {
-    let mut router = Router::new().ruma(profile);
+    let mut router = Router::new().ruma(profile).ruma(room_information);
     // Served like the client's `/publicRooms` (see `client::directory`): the bridge parses and
     // authenticates, the page is written as JSON that keeps every `join_rule`.
     for path in get_public_rooms::v1::Request::PATH_BUILDER.all_paths() {
@@ -55,6 +55,21 @@ async fn profile(
         response.data.set("avatar_url".to_owned(), Value::from(url));
     }
     Ok(response)
+}
+
+/// `GET /_matrix/federation/v1/query/directory`: the room one of this server's aliases names.
+async fn room_information(
+    state: AppState,
+    request: Ruma<get_room_information::v1::Request>,
+) -> Result<get_room_information::v1::Response, MatrixError> {
+    let (room_id, servers) = state
+        .services
+        .directory
+        .resolve(&request.body.room_alias)
+        .await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id.as_str())
+        .map_err(|e| MatrixError::internal(format!("bad room id {room_id}: {e}")))?;
+    Ok(get_room_information::v1::Response::new(room_id, servers))
 }
 
 /// `GET /_matrix/federation/v1/publicRooms`: this server's directory (a peer asks on behalf of

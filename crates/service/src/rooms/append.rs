@@ -201,8 +201,13 @@ impl Rooms {
         state_before: Option<i64>,
     ) -> Result<CurrentStateChange> {
         let Some(current) = self.store.current_state_group(room.room_nid).await? else {
-            // The room's first event starts its state.
-            return Ok(CurrentStateChange::Extend);
+            return Ok(match state_before {
+                // A join through another server, which gave the state before it: the room's
+                // state here starts as the state after it.
+                Some(before) => self.adopted_state(room, pdu, before).await?,
+                // The room's first event starts its state.
+                None => CurrentStateChange::Extend,
+            });
         };
         let cited: HashSet<&str> = pdu.prev_events().collect();
         let mut others: Vec<i64> = Vec::new();
@@ -246,6 +251,49 @@ impl Rooms {
                 changes,
             }
         })
+    }
+
+    /// The whole state after `pdu` on top of state group `before`, as the current state of a
+    /// room that has none yet ([`CurrentStateChange::Adopt`]).
+    async fn adopted_state(
+        &self,
+        room: &RoomRow,
+        pdu: &Pdu,
+        before: i64,
+    ) -> Result<CurrentStateChange> {
+        let version = version_of(room)?;
+        let state = self.store.state_ids_at_group(before).await?;
+        let member_nids: Vec<i64> = state
+            .iter()
+            .filter(|((kind, _), _)| kind == "m.room.member")
+            .map(|(_, nid)| nid)
+            .collect();
+        let mut memberships: HashMap<i64, Option<String>> = HashMap::new();
+        for row in self.store.events_by_nids(&member_nids).await? {
+            memberships.insert(row.event_nid, membership_of(&pdu_of(&row, version)?));
+        }
+        let own_key = pdu.state_key().map(|key| (pdu.event_type(), key));
+        let mut entries: Vec<StateChange> = state
+            .iter()
+            .filter(|((kind, key), _)| own_key != Some((kind.as_str(), key.as_str())))
+            .map(|((kind, key), nid)| StateChange {
+                event_type: kind.clone(),
+                state_key: key.clone(),
+                value: StateValue::Event(nid),
+                membership: memberships.get(&nid).cloned().flatten(),
+            })
+            .collect();
+        if let Some((kind, key)) = own_key {
+            entries.push(StateChange {
+                event_type: kind.to_owned(),
+                state_key: key.to_owned(),
+                value: StateValue::Appended,
+                membership: (kind == "m.room.member")
+                    .then(|| membership_of(pdu))
+                    .flatten(),
+            });
+        }
+        Ok(CurrentStateChange::Adopt { entries })
     }
 
     /// The keys where `resolved` differs from the state of group `current`, as store changes.

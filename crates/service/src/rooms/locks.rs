@@ -2,6 +2,8 @@
 //!
 //! Lock order (a task that holds one may take only those after it, never one before):
 //!
+//! 0. [`RoomLocks::remote_join`] of a room: one join through another server at a time (held
+//!    across the handshake's requests; the next joiner then finds this server in the room).
 //! 1. [`RoomLocks::upgrade`] of a room: one upgrade of a room at a time. Held across the whole
 //!    upgrade, which sends events into the old room and the new one.
 //! 2. [`RoomLocks::writer`] of a room: one writer per room. Held from reading the room's head
@@ -79,9 +81,15 @@ impl LockMap {
 /// The per-room locks, by room id. Take them in the order of the module's documentation.
 #[derive(Debug, Default)]
 pub(crate) struct RoomLocks {
+    joins: LockMap,
     upgrades: LockMap,
     writers: LockMap,
 }
+
+/// Held while a local user joins a room through another server (lock order 0: held across
+/// the handshake's requests, before any other lock of the room).
+#[must_use = "the room is locked only while the guard lives"]
+pub(crate) struct RemoteJoinGuard(#[allow(dead_code)] OwnedMutexGuard<()>);
 
 /// Held while a room is being upgraded (lock order 1).
 #[must_use = "the room is locked only while the guard lives"]
@@ -92,6 +100,12 @@ pub(crate) struct UpgradeGuard(#[allow(dead_code)] OwnedMutexGuard<()>);
 pub(crate) struct WriterGuard(#[allow(dead_code)] OwnedMutexGuard<()>);
 
 impl RoomLocks {
+    /// Lock order 0: joining `room_id` through another server. One such join per room at a
+    /// time: the next one finds this server in the room and joins locally.
+    pub(crate) async fn remote_join(&self, room_id: &str) -> RemoteJoinGuard {
+        RemoteJoinGuard(self.joins.lock(room_id).await)
+    }
+
     /// Lock order 1: the upgrade lock of `room_id`. Take it before any writer lock.
     pub(crate) async fn upgrade(&self, room_id: &str) -> UpgradeGuard {
         UpgradeGuard(self.upgrades.lock(room_id).await)

@@ -243,16 +243,36 @@ impl Rooms {
         extra_content: Map<String, Value>,
     ) -> Result<String> {
         let room = self.known_room(room_id).await?;
+        let content = self
+            .client_join_content(user, reason, extra_content)
+            .await?;
+        self.change_membership(&room, user, user, Value::Object(content))
+            .await?;
+        Ok(room.room_id)
+    }
+
+    /// A join's content from a client's `/join`: the keys it added (`extra_content`), with
+    /// the membership, profile and reason the server's (see [`Rooms::join`]).
+    pub(crate) async fn client_join_content(
+        &self,
+        user: &UserId,
+        reason: Option<&str>,
+        extra_content: Map<String, Value>,
+    ) -> Result<Map<String, Value>> {
         let mut content = extra_content;
-        for key in ["membership", "displayname", "avatar_url", "reason"] {
+        for key in [
+            "membership",
+            "displayname",
+            "avatar_url",
+            "reason",
+            "join_authorised_via_users_server",
+        ] {
             content.remove(key);
         }
         if let Value::Object(ours) = self.join_content(user, reason).await? {
             content.extend(ours);
         }
-        self.change_membership(&room, user, user, Value::Object(content))
-            .await?;
-        Ok(room.room_id)
+        Ok(content)
     }
 
     /// For a restricted room the user is not invited to: a joined local user with invite power,

@@ -3,8 +3,9 @@
 //! events, members, timeline pages, search) with history visibility enforced, and the reads
 //! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill).
 //!
-//! Rooms with other servers come with federation; membership code takes the local path today and
-//! says so with a clear error where a remote server would be needed.
+//! Rooms with other servers: events received from them (`receive`), and the room side of a
+//! join through a resident server (`remote_join`; the handshake itself is
+//! `crate::remote_membership`).
 
 mod acl;
 mod append;
@@ -20,6 +21,7 @@ pub(crate) mod read;
 pub(crate) mod receive;
 pub(crate) mod redact;
 mod relations;
+mod remote_join;
 mod report;
 pub(crate) mod search;
 mod upgrade;
@@ -42,6 +44,7 @@ pub use hierarchy::{HierarchyPage, HierarchyRequest};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use receive::{Received, ReceivedEvent};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
+pub use remote_join::JoinAnswer;
 pub use report::MAX_REPORT_REASON_BYTES;
 pub(crate) use report::check_reason as check_report_reason;
 pub use search::{SEARCH_KEYS, SearchRequest, SearchResults, search_words};
@@ -138,6 +141,11 @@ impl Rooms {
         } else {
             None
         }
+    }
+
+    /// Lock order 0 of `locks`: one join of `room_id` through another server at a time.
+    pub(crate) async fn remote_join_lock(&self, room_id: &str) -> locks::RemoteJoinGuard {
+        self.locks.remote_join(room_id).await
     }
 
     fn is_local(&self, user_id: &UserId) -> bool {

@@ -494,7 +494,8 @@ impl Rooms {
                 prev_rows
                     .iter()
                     .find(|row| row.event_id == id)
-                    .and_then(|row| row.state_group.or_else(|| prev_states.get(id).copied()))
+                    .and_then(|row| row.state_group)
+                    .or_else(|| prev_states.get(id).copied())
             })
             .collect();
         let unknown: Vec<String> = pdu
@@ -572,11 +573,14 @@ impl Rooms {
         }
 
         // Step 6: the current state (live events only).
+        // A room whose state this server takes from another server (a join through a
+        // resident) has no current state before that join: nothing to check against.
         let current = self.store.current_state_group(room.room_nid).await?;
         if let Some(current) = current {
             lookups.current = self.state_pdus(version, current, &auth_keys).await?;
         }
         if placement == Placement::Live
+            && current.is_some()
             && receipt::check_against_current_state(version, &pdu, &lookups).is_err()
         {
             tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "soft-failed a remote event: the current state does not allow it");

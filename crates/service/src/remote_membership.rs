@@ -1,0 +1,342 @@
+//! Membership through other servers, the joining side: a local user joins a room this server
+//! is not in by the spec's `make_join`/`send_join` handshake with a server that is (a
+//! *resident*), and room aliases of other servers are resolved through their `/query/directory`.
+//!
+//! A join (`Services::join_room`) is local when this server is in the room. Otherwise the
+//! candidates are asked in turn (the servers the client named, the room id's server, the server
+//! of whoever invited the user, the servers of members this server last knew), each through the
+//! per-destination backoff (`Services::federation`): a template from `make_join`, filled in with
+//! the user's join content and signed with this server's key, then `send_join`, whose answer is
+//! checked and placed by `Rooms::place_remote_join`. A candidate that fails hands over to the
+//! next; the client gets the last failure (a resident's own Matrix error as it gave it).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use myelin_federation::FederationError;
+use myelin_room_version::{
+    CanonicalJsonObject, CanonicalJsonValue, RoomVersion, canonical::parse_object, pdu::build_pdu,
+    verify::ServerKeys,
+};
+use ruma::{
+    OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, RoomVersionId, ServerName, UserId,
+    api::federation::{
+        membership::{create_join_event, prepare_join_event},
+        query::get_room_information,
+    },
+};
+use serde_json::{Map, Value, value::RawValue};
+
+use crate::{Error, Result, Services, now_millis, rooms::JoinAnswer};
+
+/// The largest `make_join` answer read: one event template.
+const MAKE_JOIN_BYTES: usize = 256 * 1024;
+/// How long the keys of the servers that signed a join's state are waited for.
+const KEY_FETCH_BUDGET: Duration = Duration::from_secs(60);
+/// Servers of members this server last knew of, asked after the others.
+const KNOWN_SERVERS_ASKED: usize = 5;
+
+impl Services {
+    /// `POST /join/{roomIdOrAlias}` and `/rooms/{roomId}/join` (see the module docs). `via`:
+    /// the servers the client named (`via`/`server_name`) or the alias resolved to.
+    pub async fn join_room(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+        extra_content: Map<String, Value>,
+    ) -> Result<String> {
+        let _joining = self.rooms.remote_join_lock(room_id).await;
+        if self.rooms.is_resident(room_id).await? {
+            return self.rooms.join(user, room_id, reason, extra_content).await;
+        }
+        let candidates = self.join_candidates(user, room_id, via).await?;
+        if candidates.is_empty() {
+            if self.store.room(room_id).await?.is_some() {
+                // Everyone here left, and no other server is known: the room's state here is
+                // all there is to join on.
+                return self.rooms.join(user, room_id, reason, extra_content).await;
+            }
+            return Err(Error::NotFound(format!(
+                "Room {room_id} is not known to this server and no server to join it through was given"
+            )));
+        }
+        let content = self
+            .rooms
+            .client_join_content(user, reason, extra_content)
+            .await?;
+        let mut last_error = None;
+        for server in candidates {
+            match self.join_through(&server, user, room_id, &content).await {
+                Ok(()) => return Ok(room_id.to_owned()),
+                Err(err) => {
+                    tracing::info!(%room_id, %user, %server, %err, "could not join a room through this server");
+                    let stop = is_final(&err);
+                    last_error = Some(err);
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::NotFound(format!("Room {room_id} not found"))))
+    }
+
+    /// The servers to ask, in order, without duplicates or this server.
+    async fn join_candidates(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        via: &[OwnedServerName],
+    ) -> Result<Vec<OwnedServerName>> {
+        let mut servers: Vec<OwnedServerName> = via.to_vec();
+        if let Ok(parsed) = RoomId::parse(room_id)
+            && let Some(server) = parsed.server_name()
+        {
+            servers.push(server.to_owned());
+        }
+        if let Some(room) = self.store.room(room_id).await? {
+            // Whoever invited (or last changed the membership of) the user.
+            if let Some((_, event_nid, _)) =
+                self.store.membership(room.room_nid, user.as_str()).await?
+                && let Some(event) = self.store.event_by_nid(event_nid).await?
+                && let Ok(sender) = UserId::parse(event.sender.as_str())
+            {
+                servers.push(sender.server_name().to_owned());
+            }
+            let mut known: Vec<OwnedServerName> = Vec::new();
+            for member in self.store.joined_user_ids(room.room_nid).await? {
+                if let Ok(member) = UserId::parse(member.as_str())
+                    && !known.iter().any(|s| s == member.server_name())
+                {
+                    known.push(member.server_name().to_owned());
+                }
+            }
+            servers.extend(known.into_iter().take(KNOWN_SERVERS_ASKED));
+        }
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|server| *server != self.config.server_name && seen.insert(server.clone()));
+        Ok(servers)
+    }
+
+    /// The handshake with one resident server.
+    async fn join_through(
+        &self,
+        server: &ServerName,
+        user: &UserId,
+        room_id: &str,
+        content: &Map<String, Value>,
+    ) -> Result<()> {
+        let parsed_room = OwnedRoomId::try_from(room_id)
+            .map_err(|e| Error::InvalidParam(format!("{room_id} is not a room id: {e}")))?;
+        let mut request =
+            prepare_join_event::v1::Request::new(parsed_room.clone(), user.to_owned());
+        request.ver = RoomVersion::all()
+            .iter()
+            .filter_map(|version| RoomVersionId::try_from(version.id()).ok())
+            .collect();
+        let template = self
+            .federation
+            .send_limited(server, request, MAKE_JOIN_BYTES)
+            .await
+            .map_err(|err| remote_error(server, err))?;
+        let version_id = template
+            .room_version
+            .map_or_else(|| "1".to_owned(), |v| v.to_string());
+        let version = RoomVersion::get(&version_id).map_err(|_| {
+            Error::UnsupportedRoomVersion(format!(
+                "{server} offered a join to room version {version_id}, which this server does not support"
+            ))
+        })?;
+        if version.uses_account_keys() {
+            return Err(Error::Forbidden(
+                "Joining account-key rooms held by other servers is not supported yet".to_owned(),
+            ));
+        }
+        let join = self.join_event_from_template(
+            server,
+            user,
+            room_id,
+            version,
+            template.event.get().as_bytes(),
+            content,
+        )?;
+        let json = join.canonical_json();
+        let event_id = ruma::OwnedEventId::try_from(join.event_id())
+            .map_err(|e| Error::Internal(format!("built event id: {e}")))?;
+        let raw = RawValue::from_string(json.clone())
+            .map_err(|e| Error::Internal(format!("built event: {e}")))?;
+        let answer = self
+            .federation
+            .send(
+                server,
+                create_join_event::v2::Request::new(parsed_room, event_id, raw),
+            )
+            .await
+            .map_err(|err| remote_error(server, err))?
+            .room_state;
+
+        // The resident's signed copy (a restricted join) must be the event sent.
+        let join_bytes: Vec<u8> = match &answer.event {
+            Some(signed) => {
+                let theirs =
+                    myelin_room_version::receipt::check_format(version, signed.get().as_bytes())
+                        .map_err(|e| {
+                            Error::BadGateway(format!(
+                                "{server} answered an invalid join event: {e}"
+                            ))
+                        })?;
+                if theirs.event_id() != join.event_id() {
+                    return Err(Error::BadGateway(format!(
+                        "{server} answered a different join event than the one sent"
+                    )));
+                }
+                signed.get().as_bytes().to_vec()
+            }
+            None => json.into_bytes(),
+        };
+        let state: Vec<&[u8]> = answer.state.iter().map(|e| e.get().as_bytes()).collect();
+        let auth_chain: Vec<&[u8]> = answer
+            .auth_chain
+            .iter()
+            .map(|e| e.get().as_bytes())
+            .collect();
+        let mut keys = ServerKeys::new();
+        let every: Vec<&[u8]> = state
+            .iter()
+            .chain(auth_chain.iter())
+            .copied()
+            .chain(std::iter::once(join_bytes.as_slice()))
+            .collect();
+        self.add_signing_keys(
+            version,
+            &every,
+            &mut keys,
+            Instant::now() + KEY_FETCH_BUDGET,
+        )
+        .await?;
+        self.rooms
+            .place_remote_join(
+                room_id,
+                version,
+                JoinAnswer {
+                    join: &join_bytes,
+                    state: &state,
+                    auth_chain: &auth_chain,
+                },
+                &keys,
+            )
+            .await
+    }
+
+    /// The join event from a resident's template: its prev events, auth events and depth as
+    /// given, this server's content (keeping the authorising user the resident chose for a
+    /// restricted join), signed by this server.
+    fn join_event_from_template(
+        &self,
+        server: &ServerName,
+        user: &UserId,
+        room_id: &str,
+        version: &'static RoomVersion,
+        template: &[u8],
+        content: &Map<String, Value>,
+    ) -> Result<myelin_room_version::Pdu> {
+        let bad = |why: &str| Error::BadGateway(format!("{server} answered make_join with {why}"));
+        let mut partial: CanonicalJsonObject =
+            parse_object(template).map_err(|_| bad("a template that is not canonical JSON"))?;
+        let text = |object: &CanonicalJsonObject, key: &str| match object.get(key) {
+            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        if text(&partial, "type").as_deref() != Some("m.room.member")
+            || text(&partial, "sender").as_deref() != Some(user.as_str())
+            || text(&partial, "state_key").as_deref() != Some(user.as_str())
+            || text(&partial, "room_id").as_deref() != Some(room_id)
+        {
+            return Err(bad("a template that is not this user's join to this room"));
+        }
+        let authoriser = match partial.get("content") {
+            Some(CanonicalJsonValue::Object(given)) => {
+                if !matches!(given.get("membership"), Some(CanonicalJsonValue::String(m)) if m == "join")
+                {
+                    return Err(bad("a template that is not a join"));
+                }
+                given.get("join_authorised_via_users_server").cloned()
+            }
+            _ => return Err(bad("a template without content")),
+        };
+        let mut content = CanonicalJsonValue::try_from(Value::Object(content.clone()))
+            .map_err(|e| Error::BadJson(format!("Join content is not canonical JSON: {e}")))?;
+        if let (CanonicalJsonValue::Object(object), Some(authoriser)) = (&mut content, authoriser) {
+            object.insert("join_authorised_via_users_server".to_owned(), authoriser);
+        }
+        partial.insert("content".to_owned(), content);
+        let now = ruma::Int::new(now_millis()).unwrap_or_default();
+        partial.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(now),
+        );
+        partial.insert(
+            "origin".to_owned(),
+            CanonicalJsonValue::String(self.config.server_name.to_string()),
+        );
+        build_pdu(partial, version, self.server_keys.event_signer())
+            .map_err(|e| bad(&format!("a template that cannot be signed: {e}")))
+    }
+
+    /// The room an alias names and servers to join it through: this server's directory for
+    /// its own aliases, the alias's server (`/query/directory`) for others'.
+    pub async fn resolve_alias(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<(String, Vec<OwnedServerName>)> {
+        if alias.server_name() == self.config.server_name {
+            return self.directory.resolve(alias).await;
+        }
+        let answer = self
+            .federation
+            .send_limited(
+                alias.server_name(),
+                get_room_information::v1::Request::new(alias.to_owned()),
+                64 * 1024,
+            )
+            .await
+            .map_err(|err| remote_error(alias.server_name(), err))?;
+        let mut servers = answer.servers;
+        if !servers.iter().any(|s| s == alias.server_name()) {
+            servers.push(alias.server_name().to_owned());
+        }
+        Ok((answer.room_id.to_string(), servers))
+    }
+}
+
+/// A failure after which no other server is asked: the user may not join (the resident said
+/// so with a refusal every resident would give), or the room's version is not one this server
+/// supports.
+fn is_final(err: &Error) -> bool {
+    matches!(err, Error::UnsupportedRoomVersion(_))
+        || matches!(err, Error::Remote { errcode, .. } if errcode == "M_INCOMPATIBLE_ROOM_VERSION")
+}
+
+/// A request to another server that failed, as the client's error: the other server's own
+/// Matrix error when it answered with one (status and errcode kept), else 502.
+pub(crate) fn remote_error(server: &ServerName, err: FederationError) -> Error {
+    if let FederationError::Status { status, body } = &err
+        && *status < 500
+        && let Ok(Value::Object(body)) = serde_json::from_str::<Value>(body)
+        && let Some(errcode) = body.get("errcode").and_then(Value::as_str)
+    {
+        return Error::Remote {
+            status: *status,
+            errcode: errcode.to_owned(),
+            message: body.get("error").and_then(Value::as_str).map_or_else(
+                || format!("{server} refused the request"),
+                |e| format!("{server}: {e}"),
+            ),
+            body: body.clone(),
+        };
+    }
+    Error::BadGateway(format!("{server}: {err}"))
+}

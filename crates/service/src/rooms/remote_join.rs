@@ -1,0 +1,209 @@
+//! The room side of joining through another server: taking what a resident server's
+//! `send_join` answered (the state before the join and its auth chain), checking all of it, and
+//! placing the join on that state. Which servers are asked and the handshake's requests are the
+//! network's business (`crate::remote_membership`).
+//!
+//! The checks are the receive pipeline's (`receive`): every event of the state and the auth
+//! chain goes through steps 1 to 4 as an outlier (format, signatures, content hash, its own
+//! auth events), and each must pass, else the answer is refused whole; the join itself then
+//! goes through all six steps with the answered state as the state before it. Only an accepted
+//! join gives the room a current state here (`CurrentStateChange::Adopt`), so a refused answer
+//! leaves nothing a client can see: at most the room's row and outliers, which show nowhere.
+
+use std::collections::{HashMap, HashSet};
+
+use myelin_room_version::{RoomVersion, receipt, verify::ServerKeys};
+use myelin_store::RoomRow;
+
+use super::{Rooms, receive::Received};
+use crate::{Error, Result, now_millis};
+
+/// What a resident server answered to `send_join`, as raw PDUs.
+pub struct JoinAnswer<'a> {
+    /// The join event (the resident's signed copy when it gave one).
+    pub join: &'a [u8],
+    /// The room's state before the join.
+    pub state: &'a [&'a [u8]],
+    /// The auth chains of the state and of the join.
+    pub auth_chain: &'a [&'a [u8]],
+}
+
+impl Rooms {
+    /// Whether this server is in room `room_id`: a local user is joined to it. A room this
+    /// server only heard of (an invite from another server), or left, is joined through a
+    /// server that is in it.
+    pub async fn is_resident(&self, room_id: &str) -> Result<bool> {
+        Ok(match self.store.room(room_id).await? {
+            Some(room) => {
+                self.store
+                    .server_in_room(room.room_nid, self.server_name.as_str())
+                    .await?
+            }
+            None => false,
+        })
+    }
+
+    /// Places a join through another server (see the module docs). Errors are the answer's
+    /// fault ([`Error::BadGateway`]) or the join's (the auth rules refuse it: `Forbidden`);
+    /// either way the join did not happen.
+    pub(crate) async fn place_remote_join(
+        &self,
+        room_id: &str,
+        version: &'static RoomVersion,
+        answer: JoinAnswer<'_>,
+        keys: &ServerKeys,
+    ) -> Result<()> {
+        let bad = |why: String| Error::BadGateway(format!("The joined server's answer: {why}"));
+        let join = receipt::check_format(version, answer.join)
+            .map_err(|e| bad(format!("the join event is invalid: {e}")))?;
+        if join.room_id_or_own() != room_id {
+            return Err(bad("the join event is for another room".to_owned()));
+        }
+
+        // The state: valid events of this room, one per key, with a create event.
+        let mut keys_seen: HashSet<(String, String)> = HashSet::new();
+        let mut state_ids: Vec<String> = Vec::with_capacity(answer.state.len());
+        let mut create_sender: Option<String> = None;
+        for bytes in answer.state {
+            let pdu = receipt::check_format(version, bytes)
+                .map_err(|e| bad(format!("a state event is invalid: {e}")))?;
+            if pdu.room_id_or_own() != room_id {
+                return Err(bad(format!(
+                    "state event {} is of another room",
+                    pdu.event_id()
+                )));
+            }
+            let Some(state_key) = pdu.state_key() else {
+                return Err(bad(format!(
+                    "{} in the state is not a state event",
+                    pdu.event_id()
+                )));
+            };
+            if !keys_seen.insert((pdu.event_type().to_owned(), state_key.to_owned())) {
+                return Err(bad(format!(
+                    "the state holds two events for ({}, {state_key})",
+                    pdu.event_type()
+                )));
+            }
+            if pdu.event_type() == "m.room.create" && state_key.is_empty() {
+                create_sender = Some(pdu.sender().to_owned());
+            }
+            state_ids.push(pdu.event_id().to_owned());
+        }
+        let Some(creator) = create_sender else {
+            return Err(bad("the state has no create event".to_owned()));
+        };
+
+        let room = self
+            .room_for_remote_join(room_id, version, &creator)
+            .await?;
+        if room.room_version != version.id() {
+            return Err(bad(format!(
+                "the room is version {} here, the answer says {}",
+                room.room_version,
+                version.id()
+            )));
+        }
+
+        // Steps 1 to 4 for the state and its auth chains, stored as outliers.
+        let events: Vec<&[u8]> = answer
+            .auth_chain
+            .iter()
+            .chain(answer.state.iter())
+            .copied()
+            .collect();
+        let outcomes = self.receive_outliers(room_id, &events, keys).await?;
+        let state_set: HashSet<&str> = state_ids.iter().map(String::as_str).collect();
+        for outcome in &outcomes {
+            let in_state = outcome
+                .event_id
+                .as_deref()
+                .is_some_and(|id| state_set.contains(id));
+            match &outcome.outcome {
+                Received::Accepted | Received::AlreadyStored => {}
+                // An auth chain may hold events other servers rejected; the state may not.
+                Received::Rejected(_) if !in_state => {}
+                other => {
+                    return Err(bad(format!(
+                        "event {} of the {}: {other:?}",
+                        outcome.event_id.as_deref().unwrap_or("(unparsed)"),
+                        if in_state { "state" } else { "auth chain" }
+                    )));
+                }
+            }
+        }
+
+        // The answered state as a state group of its own, the state after each of the join's
+        // prev events (which this server does not have).
+        let ids: Vec<&str> = state_ids.iter().map(String::as_str).collect();
+        let rows = self.store.events_by_ids(&ids).await?;
+        let mut entries: Vec<(&str, &str, i64)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.room_nid != room.room_nid {
+                return Err(bad(format!(
+                    "state event {} is of another room",
+                    row.event_id
+                )));
+            }
+            if matches!(row.status, myelin_store::EventStatus::Rejected(_)) {
+                return Err(bad(format!("state event {} was rejected", row.event_id)));
+            }
+            if let Some(key) = row.state_key.as_deref() {
+                entries.push((row.event_type.as_str(), key, row.event_nid));
+            }
+        }
+        if entries.len() != ids.len() {
+            return Err(bad("part of the state could not be stored".to_owned()));
+        }
+        let group = self
+            .store
+            .create_state_group(room.room_nid, None, &entries)
+            .await?;
+        let prev_states: HashMap<String, i64> = join
+            .prev_events()
+            .map(|id| (id.to_owned(), group))
+            .collect();
+
+        let outcome = self
+            .receive_pdus_with_prev_states(room_id, &[answer.join], keys, &prev_states)
+            .await?
+            .pop()
+            .map(|received| received.outcome);
+        match outcome {
+            Some(Received::Accepted | Received::AlreadyStored) => {
+                tracing::info!(%room_id, event_id = join.event_id(), state = ids.len(), "joined a room through another server");
+                Ok(())
+            }
+            Some(Received::Rejected(reason)) => Err(Error::Forbidden(format!(
+                "The room's state does not allow the join: {reason}"
+            ))),
+            other => Err(bad(format!("the join event: {other:?}"))),
+        }
+    }
+
+    /// The room's row, created (with its version and creator) if this server has never heard
+    /// of the room.
+    async fn room_for_remote_join(
+        &self,
+        room_id: &str,
+        version: &RoomVersion,
+        creator: &str,
+    ) -> Result<RoomRow> {
+        if let Some(room) = self.store.room(room_id).await? {
+            return Ok(room);
+        }
+        match self
+            .store
+            .create_room(room_id, version.id(), creator, false, now_millis())
+            .await
+        {
+            Ok(_) => {}
+            // Created meanwhile (an invite arriving): the row is the same room's.
+            Err(err) if self.store.room(room_id).await?.is_some() => {
+                tracing::debug!(%room_id, %err, "the room's row appeared while joining");
+            }
+            Err(err) => return Err(err.into()),
+        }
+        self.room(room_id).await
+    }
+}

@@ -173,14 +173,14 @@ async fn aliases_are_created_resolved_listed_and_deleted() {
         assert_eq!(get_alias(&server, unicode).await.1["room_id"], room);
         assert_eq!(delete_alias(&server, &alice, unicode).await.0, 200);
 
-        // Unknown aliases, here or on a server we cannot ask yet.
+        // An unknown alias here; one of a server that cannot be reached (502, as Synapse).
         assert_eq!(
             error(get_alias(&server, "#nothing:localhost").await),
             (StatusCode::NOT_FOUND, json!("M_NOT_FOUND"))
         );
         assert_eq!(
             error(get_alias(&server, "#lobby:elsewhere.example").await),
-            (StatusCode::NOT_FOUND, json!("M_NOT_FOUND"))
+            (StatusCode::BAD_GATEWAY, json!("M_UNKNOWN"))
         );
 
         // A room's aliases: for members; the room is not world readable.
@@ -488,9 +488,10 @@ async fn join_and_knock_by_alias() {
             error(join(&server, &bob, "#nowhere:localhost").await),
             (StatusCode::NOT_FOUND, json!("M_NOT_FOUND"))
         );
+        // The alias's server cannot be reached to resolve it.
         assert_eq!(
             error(join(&server, &bob, "#open:elsewhere.example").await),
-            (StatusCode::NOT_FOUND, json!("M_NOT_FOUND"))
+            (StatusCode::BAD_GATEWAY, json!("M_UNKNOWN"))
         );
 
         let knock_room = create(

@@ -561,11 +561,12 @@ async fn profiles_of_local_users() {
             .await;
         assert_error(status, &body, 400, "M_BAD_JSON");
 
-        // Unknown local users and remote users are not found.
+        // Unknown local users are not found; a remote user's server that cannot be reached
+        // is a 502 (as Synapse answers).
         let server_name = alice.user_id.split_once(':').unwrap().1;
-        for user in [
-            format!("@nobody:{server_name}"),
-            "@someone:remote.example".to_owned(),
+        for (user, status_wanted, errcode) in [
+            (format!("@nobody:{server_name}"), 404, "M_NOT_FOUND"),
+            ("@someone:remote.example".to_owned(), 502, "M_UNKNOWN"),
         ] {
             let unknown = format!("/_matrix/client/v3/profile/{}", enc(&user));
             for path in [
@@ -574,7 +575,7 @@ async fn profiles_of_local_users() {
                 format!("{unknown}/avatar_url"),
             ] {
                 let (status, body) = c.get(&path, &alice).await;
-                assert_error(status, &body, 404, "M_NOT_FOUND");
+                assert_error(status, &body, status_wanted, errcode);
             }
         }
     }

@@ -1,12 +1,16 @@
-//! Profiles of local users: display name and avatar URL, read by anyone and changed by their
-//! owner. Remote profiles (over federation) come later and answer `M_NOT_FOUND` for now.
+//! Profiles: display name and avatar URL of local users, read by anyone and changed by their
+//! owner; those of other servers' users asked of their server (`/query/profile`) when a
+//! client reads them.
 //!
 //! Changing a profile here only stores it. Every setter returns the new [`ProfileRow`], which is
 //! what the rooms area needs to send a new `m.room.member` event into each joined room: the
 //! handler calls the setter, then hands its result to the rooms area.
 
+use std::sync::Arc;
+
 use myelin_store::{ProfileRow, Store};
-use ruma::{OwnedServerName, UserId};
+use ruma::{OwnedServerName, UserId, api::federation::query::get_profile_information};
+use serde_json::Value;
 
 use crate::{Error, Result, accounts::AuthedUser};
 
@@ -14,12 +18,15 @@ use crate::{Error, Result, accounts::AuthedUser};
 const MAX_DISPLAYNAME_LEN: usize = 256;
 /// Longest avatar URL accepted, in bytes (Synapse's limit).
 const MAX_AVATAR_URL_LEN: usize = 1000;
+/// The largest `/query/profile` answer read.
+const MAX_REMOTE_PROFILE_BYTES: usize = 64 * 1024;
 
 /// The profiles area.
 #[derive(Debug)]
 pub struct Profiles {
     store: Store,
     server_name: OwnedServerName,
+    federation: Arc<crate::federation::Outbound>,
 }
 
 /// A profile change that was stored: whose, and the profile as it now is.
@@ -30,12 +37,49 @@ pub struct ProfileChange {
 }
 
 impl Profiles {
-    pub fn new(store: Store, server_name: OwnedServerName) -> Self {
-        Profiles { store, server_name }
+    pub fn new(
+        store: Store,
+        server_name: OwnedServerName,
+        federation: Arc<crate::federation::Outbound>,
+    ) -> Self {
+        Profiles {
+            store,
+            server_name,
+            federation,
+        }
     }
 
-    /// A user's profile. Unknown users, and remote users for now, are `M_NOT_FOUND`.
+    /// A user's profile, for a client: a local user's, or one of another server's asked of
+    /// that server (its `M_NOT_FOUND` passed on; unreachable: 502).
     pub async fn profile(&self, user_id: &UserId) -> Result<ProfileRow> {
+        if user_id.server_name() == self.server_name {
+            return self.local_profile(user_id).await;
+        }
+        let answer = self
+            .federation
+            .send_limited(
+                user_id.server_name(),
+                get_profile_information::v1::Request::new(user_id.to_owned()),
+                MAX_REMOTE_PROFILE_BYTES,
+            )
+            .await
+            .map_err(|err| crate::remote_membership::remote_error(user_id.server_name(), err))?;
+        let text = |field: &str| {
+            answer
+                .data
+                .get(field)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        Ok(ProfileRow {
+            displayname: text("displayname"),
+            avatar_url: text("avatar_url"),
+        })
+    }
+
+    /// A local user's profile (what `/query/profile` answers other servers: never relayed).
+    /// Unknown users are `M_NOT_FOUND`.
+    pub async fn local_profile(&self, user_id: &UserId) -> Result<ProfileRow> {
         let not_found = || Error::NotFound("Profile was not found".to_owned());
         if user_id.server_name() != self.server_name {
             return Err(not_found());

@@ -202,7 +202,11 @@ impl Services {
             directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),
             rate_limiter,
             user_data,
-            profiles: crate::profiles::Profiles::new(store.clone(), config.server_name.clone()),
+            profiles: crate::profiles::Profiles::new(
+                store.clone(),
+                config.server_name.clone(),
+                federation.clone(),
+            ),
             pushers,
             e2ee: crate::e2ee::E2ee::new(
                 store.clone(),

@@ -1,5 +1,5 @@
 //! `/profile/{userId}`, `/profile/{userId}/displayname`, `/profile/{userId}/avatar_url` for
-//! local users.
+//! local users, and for users of other servers through their server (`/query/profile`).
 
 use axum::Router;
 use ruma::{

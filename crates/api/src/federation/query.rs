@@ -43,7 +43,7 @@ async fn profile(
     request: Ruma<get_profile_information::v1::Request>,
 ) -> Result<get_profile_information::v1::Response, MatrixError> {
     let body = request.body;
-    let row = state.services.profiles.profile(&body.user_id).await?;
+    let row = state.services.profiles.local_profile(&body.user_id).await?;
     let wanted = |name: &str| body.field.as_ref().is_none_or(|f| f.as_str() == name);
     let mut response = get_profile_information::v1::Response::new();
     if let Some(name) = row.displayname.filter(|_| wanted("displayname")) {

@@ -1,0 +1,379 @@
+//! Rooms across real Myelin servers over TLS on loopback: users of one server reading profiles
+//! and room aliases of another, and joining, talking in and leaving rooms other servers hold
+//! (joins through `make_join`/`send_join`, relayed by the resident to the room's other
+//! servers). On both backends.
+
+use myelin_testkit::{
+    TestServer, TestUser, enc,
+    federation::{TestCa, start_federation},
+    test_backends,
+};
+use serde_json::json;
+
+async fn set_displayname(server: &TestServer, user: &TestUser, name: &str) {
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&user.user_id)
+            ),
+            &user.access_token,
+            json!({ "displayname": name }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn clients_read_profiles_of_other_servers_users_through_their_server() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, _| {},
+        )
+        .await;
+        let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        set_displayname(b, &bob, "Bob B").await;
+
+        let (status, body) = a
+            .get(
+                &format!("/_matrix/client/v3/profile/{}", enc(&bob.user_id)),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(body["displayname"], "Bob B", "{kind:?}");
+        let (status, body) = a
+            .get(
+                &format!(
+                    "/_matrix/client/v3/profile/{}/displayname",
+                    enc(&bob.user_id)
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), &body["displayname"]),
+            (200, &json!("Bob B")),
+            "{kind:?}: {body}"
+        );
+
+        // An unknown user of B: B's 404 M_NOT_FOUND, passed on.
+        let (status, body) = a
+            .get(
+                &format!("/_matrix/client/v3/profile/{}", enc("@nobody:hs-b.test")),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), &body["errcode"]),
+            (404, &json!("M_NOT_FOUND")),
+            "{kind:?}: {body}"
+        );
+
+        // A server answers other servers for its own users only: C asking B about A's user
+        // gets 404, B does not ask A on C's behalf.
+        let carol = c.register("carol").await;
+        let (status, _) = c
+            .get(
+                &format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id)),
+                &carol.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: C reads A's user from A");
+        let relayed = c
+            .services()
+            .federation
+            .send(
+                &ruma::OwnedServerName::try_from("hs-b.test").unwrap(),
+                ruma::api::federation::query::get_profile_information::v1::Request::new(
+                    ruma::UserId::parse(&alice.user_id).unwrap(),
+                ),
+            )
+            .await;
+        assert!(
+            matches!(
+                &relayed,
+                Err(myelin_federation::FederationError::Status { status: 404, .. })
+            ),
+            "{kind:?}: {relayed:?}"
+        );
+
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn clients_resolve_other_servers_aliases_through_their_server() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({ "preset": "public_chat", "room_alias_name": "lobby" }),
+            )
+            .await;
+
+        let (status, body) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/directory/room/{}",
+                    enc("#lobby:hs-a.test")
+                ),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(body["room_id"], room_id.as_str(), "{kind:?}");
+        assert_eq!(body["servers"], json!(["hs-a.test"]), "{kind:?}");
+
+        let (status, body) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/directory/room/{}",
+                    enc("#nothing:hs-a.test")
+                ),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), &body["errcode"]),
+            (404, &json!("M_NOT_FOUND")),
+            "{kind:?}: {body}"
+        );
+
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// Polls `check` until it holds (20 s at most).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The bodies of the room's messages as `user` reads them on `server`, oldest first.
+async fn bodies(server: &TestServer, user: &TestUser, room_id: &str) -> Vec<String> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+                enc(room_id)
+            ),
+            &user.access_token,
+        )
+        .await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = body["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// `user_id`'s membership in the room's current state as `user` reads it on `server`.
+async fn membership(
+    server: &TestServer,
+    user: &TestUser,
+    room_id: &str,
+    user_id: &str,
+) -> Option<String> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(room_id),
+                enc(user_id)
+            ),
+            &user.access_token,
+        )
+        .await;
+    (status == 200)
+        .then(|| body["membership"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+async fn say(server: &TestServer, user: &TestUser, room_id: &str, text: &str) {
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room_id),
+                enc(text)
+            ),
+            &user.access_token,
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn users_of_three_servers_join_talk_and_leave_in_rooms_of_versions_10_to_12() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, _| {},
+        )
+        .await;
+        let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let carol = c.register("carol").await;
+        for version in ["10", "11", "12"] {
+            let alias = format!("#lobby{version}:hs-a.test");
+            let room_id = a
+                .create_room(
+                    &alice,
+                    json!({
+                        "preset": "public_chat",
+                        "room_version": version,
+                        "room_alias_name": format!("lobby{version}"),
+                    }),
+                )
+                .await;
+            say(a, &alice, &room_id, &format!("before bob {version}")).await;
+
+            // Bob joins through A by alias: B now holds the room's state.
+            let (status, body) = b
+                .post(
+                    &format!("/_matrix/client/v3/join/{}", enc(&alias)),
+                    &bob.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} v{version}: {body}");
+            assert_eq!(body["room_id"], room_id.as_str());
+            assert_eq!(
+                membership(b, &bob, &room_id, &alice.user_id)
+                    .await
+                    .as_deref(),
+                Some("join"),
+                "{kind:?} v{version}: B knows alice is in the room"
+            );
+            let (_, joined) = b
+                .get("/_matrix/client/v3/joined_rooms", &bob.access_token)
+                .await;
+            assert!(
+                joined["joined_rooms"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(room_id))
+            );
+            eventually("A to see bob joined", || async {
+                membership(a, &alice, &room_id, &bob.user_id)
+                    .await
+                    .as_deref()
+                    == Some("join")
+            })
+            .await;
+
+            // Messages both ways.
+            say(b, &bob, &room_id, &format!("from b {version}")).await;
+            eventually("bob's message at A", || async {
+                bodies(a, &alice, &room_id)
+                    .await
+                    .contains(&format!("from b {version}"))
+            })
+            .await;
+            say(a, &alice, &room_id, &format!("from a {version}")).await;
+            eventually("alice's message at B", || async {
+                bodies(b, &bob, &room_id)
+                    .await
+                    .contains(&format!("from a {version}"))
+            })
+            .await;
+
+            // Carol joins through B (the room id, with B as the server to ask): A hears of it
+            // from B, and A's messages then reach C.
+            let (status, body) = c
+                .post(
+                    &format!("/_matrix/client/v3/join/{}?via=hs-b.test", enc(&room_id)),
+                    &carol.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} v{version}: {body}");
+            eventually("A to see carol joined", || async {
+                membership(a, &alice, &room_id, &carol.user_id)
+                    .await
+                    .as_deref()
+                    == Some("join")
+            })
+            .await;
+            say(a, &alice, &room_id, &format!("to all {version}")).await;
+            eventually("alice's message at C", || async {
+                bodies(c, &carol, &room_id)
+                    .await
+                    .contains(&format!("to all {version}"))
+            })
+            .await;
+
+            // Alice kicks carol; bob leaves: every server sees it.
+            let (status, body) = a
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+                    &alice.access_token,
+                    json!({"user_id": carol.user_id}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            eventually("B to see carol kicked", || async {
+                membership(b, &bob, &room_id, &carol.user_id)
+                    .await
+                    .as_deref()
+                    == Some("leave")
+            })
+            .await;
+            let (status, body) = b
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                    &bob.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            eventually("A to see bob leave", || async {
+                membership(a, &alice, &room_id, &bob.user_id)
+                    .await
+                    .as_deref()
+                    == Some("leave")
+            })
+            .await;
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

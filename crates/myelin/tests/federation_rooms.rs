@@ -291,6 +291,26 @@ async fn users_of_three_servers_join_talk_and_leave_in_rooms_of_versions_10_to_1
                     .unwrap()
                     .contains(&json!(room_id))
             );
+            // History from before bob's join comes from A when his client reads back
+            // (backfill), and is not news to a sync that started after the join.
+            let (_, synced) = b.get("/_matrix/client/v3/sync", &bob.access_token).await;
+            let since = synced["next_batch"].as_str().unwrap().to_owned();
+            eventually("the history before the join at B", || async {
+                bodies(b, &bob, &room_id)
+                    .await
+                    .contains(&format!("before bob {version}"))
+            })
+            .await;
+            let (_, later) = b
+                .get(
+                    &format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
+                    &bob.access_token,
+                )
+                .await;
+            assert!(
+                !later.to_string().contains(&format!("before bob {version}")),
+                "{kind:?} v{version}: backfilled history in an incremental sync: {later}"
+            );
             eventually("A to see bob joined", || async {
                 membership(a, &alice, &room_id, &bob.user_id)
                     .await

@@ -19,6 +19,7 @@
 
 pub mod account_keys;
 pub mod accounts;
+pub mod backfill;
 pub mod client_address;
 pub mod config;
 pub mod directory;

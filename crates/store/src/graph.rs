@@ -236,6 +236,32 @@ impl Store {
         Ok(edges)
     }
 
+    /// The room's backward extremities, oldest first, at most `limit`: prev events that
+    /// events of its history cite and whose own history this server lacks (not stored, or
+    /// stored only as outliers, like the prev events of a join through another server). Where
+    /// `/backfill` starts.
+    pub async fn backward_extremities(
+        &self,
+        room_nid: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT g.cited_event_id, MIN(e.depth) AS depth FROM event_edges g \
+                 JOIN events e ON e.event_nid = g.event_nid \
+                 LEFT JOIN events c ON c.event_nid = g.cited_event_nid \
+                 WHERE e.room_nid = $1 AND g.kind = 0 AND e.status <> 'outlier' \
+                 AND (g.cited_event_nid IS NULL OR c.status = 'outlier') \
+                 GROUP BY g.cited_event_id ORDER BY depth, g.cited_event_id LIMIT $2",
+            )
+            .bind(room_nid)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(|(id, _)| id).collect())
+    }
+
     /// A room's forward extremities: the nids of its events that no stored event cites as a
     /// prev event, in nid order.
     pub async fn forward_extremities(&self, room_nid: i64) -> Result<Vec<i64>, StoreError> {

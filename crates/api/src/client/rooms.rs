@@ -609,8 +609,7 @@ async fn messages(
     let filter = super::sync::event_filter(&body.filter);
     let page = state
         .services
-        .rooms
-        .messages(
+        .room_messages(
             &request.identity.user_id,
             body.room_id.as_str(),
             &PageRequest {

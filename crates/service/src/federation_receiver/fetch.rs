@@ -66,16 +66,21 @@ pub const OTHER_SERVERS: usize = 3;
 
 /// What one transaction may still make this server fetch.
 #[derive(Debug)]
-pub(super) struct FetchBudget {
+pub(crate) struct FetchBudget {
     events_left: usize,
     deadline: Instant,
 }
 
 impl FetchBudget {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
+        Self::of(MAX_FETCHED_EVENTS, MAX_FETCH_TIME)
+    }
+
+    /// At most `events` events fetched, within `time` from now.
+    pub(crate) fn of(events: usize, time: Duration) -> Self {
         FetchBudget {
-            events_left: MAX_FETCHED_EVENTS,
-            deadline: Instant::now() + MAX_FETCH_TIME,
+            events_left: events,
+            deadline: Instant::now() + time,
         }
     }
 

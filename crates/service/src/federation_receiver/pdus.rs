@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use myelin_room_version::{RoomVersion, receipt, verify::ServerKeys};
-use myelin_store::RoomRow;
+use myelin_store::{Placement, RoomRow};
 use ruma::ServerName;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -101,7 +101,10 @@ impl Services {
                     );
                 }
                 Ok(RoomFor::Open(room)) => {
-                    match self.receive_room_pdus(origin, &room, &batch, budget).await {
+                    match self
+                        .receive_room_pdus(origin, &room, &batch, budget, Placement::Live)
+                        .await
+                    {
                         Ok(outcomes) => {
                             for outcome in outcomes {
                                 if let Some(id) = outcome.event_id {
@@ -142,13 +145,17 @@ impl Services {
     }
 
     /// One room's PDUs through the pipeline, with the fetching rounds of the module
-    /// documentation. One outcome per PDU of `batch`, in order.
-    async fn receive_room_pdus(
+    /// documentation. One outcome per PDU of `batch`, in order. History fetched backwards
+    /// (`Placement::Backfilled`) never asks for the events between it and the room's head
+    /// (`/get_missing_events`): events whose prev events are out of reach are placed on the
+    /// state after them that `origin` gives.
+    pub(crate) async fn receive_room_pdus(
         &self,
         origin: &ServerName,
         room: &RoomRow,
         batch: &[&[u8]],
         budget: &mut FetchBudget,
+        placement: Placement,
     ) -> Result<Vec<ReceivedEvent>> {
         let version = RoomVersion::get(&room.room_version).map_err(|_| {
             Error::Internal(format!(
@@ -159,11 +166,14 @@ impl Services {
         let mut keys = ServerKeys::new();
         self.add_signing_keys(version, batch, &mut keys, Instant::now() + KEY_FETCH_TIME)
             .await?;
-        let mut outcomes = self.rooms.receive_pdus(&room.room_id, batch, &keys).await?;
+        let mut prev_states: HashMap<String, i64> = HashMap::new();
+        let mut outcomes = self
+            .rooms
+            .receive_placed_pdus(&room.room_id, batch, &keys, placement, &prev_states)
+            .await?;
         // The transaction's events, then those fetched on their behalf that wait too.
         let mut events: Vec<Vec<u8>> = batch.iter().map(|bytes| bytes.to_vec()).collect();
-        let mut prev_states: HashMap<String, i64> = HashMap::new();
-        let mut asked_missing_events = false;
+        let mut asked_missing_events = placement == Placement::Backfilled;
         let mut asked_state: HashSet<String> = HashSet::new();
         let mut asked_auth: HashSet<String> = HashSet::new();
         for _ in 0..MAX_ROUNDS {
@@ -235,7 +245,7 @@ impl Services {
                 .await?;
             let again = self
                 .rooms
-                .receive_pdus_with_prev_states(&room.room_id, &refs, &keys, &prev_states)
+                .receive_placed_pdus(&room.room_id, &refs, &keys, placement, &prev_states)
                 .await?;
             for (index, outcome) in retry.into_iter().zip(again) {
                 outcomes[index] = outcome;

@@ -124,6 +124,20 @@ impl Rooms {
             .await
     }
 
+    /// [`Rooms::receive_pdus_with_prev_states`] with the placement given: live events, or
+    /// history fetched backwards ([`Rooms::receive_backfill`]).
+    pub(crate) async fn receive_placed_pdus(
+        &self,
+        room_id: &str,
+        pdus: &[&[u8]],
+        server_keys: &ServerKeys,
+        placement: Placement,
+        prev_states: &HashMap<String, i64>,
+    ) -> Result<Vec<ReceivedEvent>> {
+        self.receive_placed(room_id, pdus, server_keys, placement, prev_states)
+            .await
+    }
+
     /// The state after event `event_id` of room `room_id` when another server says the state
     /// before it is `state_before` (event ids, as `/state_ids` answers): those events that are
     /// stored in the room and not rejected, plus the event itself at its key if it is a state

@@ -872,12 +872,12 @@ async fn public_rooms_lists_searches_and_pages() {
         assert!(!room_ids(&page).contains(&medium));
         assert_eq!(page["total_room_count_estimate"], 4);
 
-        // This server by name is fine; others cannot be asked yet; tokens must be ours; POST
-        // needs a token.
+        // This server by name is fine; one that cannot be reached is a 502; tokens must be
+        // ours; POST needs a token.
         assert_eq!(public_rooms_get(&server, "?server=localhost").await.0, 200);
         assert_eq!(
             error(public_rooms_get(&server, "?server=elsewhere.example").await),
-            (StatusCode::NOT_FOUND, json!("M_NOT_FOUND"))
+            (StatusCode::BAD_GATEWAY, json!("M_UNKNOWN"))
         );
         assert_eq!(
             error(public_rooms_get(&server, "?since=bogus").await),

@@ -111,7 +111,7 @@ async fn clients_read_profiles_of_other_servers_users_through_their_server() {
 }
 
 #[tokio::test]
-async fn clients_resolve_other_servers_aliases_through_their_server() {
+async fn clients_resolve_other_servers_aliases_and_list_their_directories() {
     for kind in test_backends() {
         let ca = TestCa::new();
         let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
@@ -121,7 +121,7 @@ async fn clients_resolve_other_servers_aliases_through_their_server() {
         let room_id = a
             .create_room(
                 &alice,
-                json!({ "preset": "public_chat", "room_alias_name": "lobby" }),
+                json!({ "preset": "public_chat", "room_alias_name": "lobby", "visibility": "public" }),
             )
             .await;
 
@@ -137,6 +137,24 @@ async fn clients_resolve_other_servers_aliases_through_their_server() {
         assert_eq!(status, 200, "{kind:?}: {body}");
         assert_eq!(body["room_id"], room_id.as_str(), "{kind:?}");
         assert_eq!(body["servers"], json!(["hs-a.test"]), "{kind:?}");
+
+        // A's room directory, listed for bob by B.
+        let (status, body) = b
+            .get(
+                "/_matrix/client/v3/publicRooms?server=hs-a.test",
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(
+            body["chunk"][0]["room_id"],
+            room_id.as_str(),
+            "{kind:?}: {body}"
+        );
+        assert_eq!(
+            body["chunk"][0]["canonical_alias"], "#lobby:hs-a.test",
+            "{kind:?}: {body}"
+        );
 
         let (status, body) = b
             .get(

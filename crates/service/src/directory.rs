@@ -350,13 +350,14 @@ impl Directory {
         Ok(())
     }
 
-    /// `GET`/`POST /publicRooms`: published local rooms, most joined members first.
+    /// This server's room directory: published local rooms, most joined members first (other
+    /// servers' directories are asked through `Services::public_rooms`).
     pub async fn public_rooms(&self, query: PublicRoomsQuery) -> Result<PublicRoomsPage> {
         if let Some(server) = &query.server
             && *server != self.server_name
         {
-            return Err(Error::NotFound(format!(
-                "Cannot list the public rooms of {server}: this server cannot ask other servers yet"
+            return Err(Error::Internal(format!(
+                "the directory of {server} was asked of this server's own directory"
             )));
         }
         if query.third_party {

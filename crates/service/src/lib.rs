@@ -36,6 +36,7 @@ pub mod passwords;
 pub mod profiles;
 pub mod pushers;
 pub mod rate_limit;
+pub mod remote_directory;
 pub mod remote_keys;
 pub mod remote_membership;
 pub mod rooms;

@@ -1,6 +1,6 @@
 //! Membership through other servers, the joining side: a local user joins a room this server
 //! is not in by the spec's `make_join`/`send_join` handshake with a server that is (a
-//! *resident*), and room aliases of other servers are resolved through their `/query/directory`.
+//! *resident*).
 //!
 //! A join (`Services::join_room`) is local when this server is in the room. Otherwise the
 //! candidates are asked in turn (the servers the client named, the room id's server, the server
@@ -20,11 +20,8 @@ use myelin_room_version::{
     verify::ServerKeys,
 };
 use ruma::{
-    OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, RoomVersionId, ServerName, UserId,
-    api::federation::{
-        membership::{create_join_event, prepare_join_event},
-        query::get_room_information,
-    },
+    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    api::federation::membership::{create_join_event, prepare_join_event},
 };
 use serde_json::{Map, Value, value::RawValue};
 
@@ -284,31 +281,6 @@ impl Services {
         );
         build_pdu(partial, version, self.server_keys.event_signer())
             .map_err(|e| bad(&format!("a template that cannot be signed: {e}")))
-    }
-
-    /// The room an alias names and servers to join it through: this server's directory for
-    /// its own aliases, the alias's server (`/query/directory`) for others'.
-    pub async fn resolve_alias(
-        &self,
-        alias: &RoomAliasId,
-    ) -> Result<(String, Vec<OwnedServerName>)> {
-        if alias.server_name() == self.config.server_name {
-            return self.directory.resolve(alias).await;
-        }
-        let answer = self
-            .federation
-            .send_limited(
-                alias.server_name(),
-                get_room_information::v1::Request::new(alias.to_owned()),
-                64 * 1024,
-            )
-            .await
-            .map_err(|err| remote_error(alias.server_name(), err))?;
-        let mut servers = answer.servers;
-        if !servers.iter().any(|s| s == alias.server_name()) {
-            servers.push(alias.server_name().to_owned());
-        }
-        Ok((answer.room_id.to_string(), servers))
     }
 }
 

@@ -156,7 +156,6 @@ async fn public_rooms(
     let body = request.body;
     let page = state
         .services
-        .directory
         .public_rooms(PublicRoomsQuery {
             server: body.server,
             limit: body.limit.map(limit_of),
@@ -175,7 +174,6 @@ async fn public_rooms_filtered(
     let body = request.body;
     let page = state
         .services
-        .directory
         .public_rooms(PublicRoomsQuery {
             server: body.server,
             limit: body.limit.map(limit_of),

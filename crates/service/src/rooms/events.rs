@@ -318,6 +318,7 @@ impl Rooms {
             push_inputs: Some((members, &context.state)),
             writing,
             just_built: true,
+            relay: false,
         })
         .await
     }

@@ -131,6 +131,16 @@ impl From<ServiceError> for MatrixError {
             ServiceError::UnableToAuthoriseJoin(_) => {
                 Self::new(S::BAD_REQUEST, ErrorKind::UnableToAuthorizeJoin, message)
             }
+            ServiceError::UnableToGrantJoin(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::UnableToGrantJoin, message)
+            }
+            ServiceError::IncompatibleRoomVersion { room_version } => Self::new(
+                S::BAD_REQUEST,
+                ErrorKind::IncompatibleRoomVersion(
+                    ruma::api::error::IncompatibleRoomVersionErrorData::new(room_version.into()),
+                ),
+                message,
+            ),
             ServiceError::LimitExceeded { retry_after_ms } => Self::new(
                 S::TOO_MANY_REQUESTS,
                 ErrorKind::LimitExceeded({

@@ -108,7 +108,7 @@ fn missing_events_body_limit(limit: usize) -> usize {
 impl Services {
     /// Adds to `keys` the keys `keys` lacks of the servers whose signatures `events` need
     /// (from the cache, else fetched), giving up on those not had by `until`.
-    pub(super) async fn add_signing_keys(
+    pub(crate) async fn add_signing_keys(
         &self,
         version: &RoomVersion,
         events: &[&[u8]],

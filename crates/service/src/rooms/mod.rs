@@ -1,7 +1,8 @@
 //! Rooms on this server: building, authorising and persisting local events (one ordered writer
 //! per room), room creation with presets, room upgrades, membership changes, the reads clients make (state,
 //! events, members, timeline pages, search) with history visibility enforced, and the reads
-//! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill).
+//! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill),
+//! and the resident's side of other servers' joins, leaves and knocks (`federation_membership`).
 //!
 //! Rooms with other servers come with federation; membership code takes the local path today and
 //! says so with a clear error where a remote server would be needed.
@@ -11,6 +12,7 @@ mod append;
 mod client_send;
 mod create;
 pub mod events;
+mod federation_membership;
 mod federation_reads;
 pub(crate) mod hierarchy;
 mod locks;
@@ -35,6 +37,7 @@ use crate::{Error, Result, server_keys::ServerKeys};
 
 pub use acl::acl_allows;
 pub use create::{CreateRoom, Preset};
+pub use federation_membership::{Handshake, JoinAnswer, MembershipTemplate, SentMembership};
 pub use federation_reads::{
     BACKFILL_MAX, MISSING_EVENTS_MAX, MissingEventsQuery, ServedState, ServedStateIds,
 };

@@ -352,7 +352,10 @@ impl Services {
                     }
                 }
                 "invite" if changed_since || request.full_state => {
-                    let events = self.rooms.stripped_state(&membership.room, membership.event_nid, user).await?;
+                    let events = self
+                        .rooms
+                        .stripped_state(&membership.room, membership.event_nid, user)
+                        .await?;
                     // An invite from an ignored user is not shown.
                     let inviter = events
                         .iter()

@@ -111,7 +111,13 @@ async fn relayed_events_of_other_servers_count_as_ours_to_send() {
         let mut room = Room::new(&store, "!r:hs.test").await;
         room.put(&store, "$remote", "@b:peer.test", None).await;
         let joined = room
-            .put_as(&store, "$relayed", "@c:third.test", Some("@c:third.test"), true)
+            .put_as(
+                &store,
+                "$relayed",
+                "@c:third.test",
+                Some("@c:third.test"),
+                true,
+            )
             .await;
         let head = store.events_stream_position().await.unwrap();
         let found = store.local_events_between(HS, 0, head, 10).await.unwrap();

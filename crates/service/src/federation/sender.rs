@@ -885,8 +885,7 @@ impl Sender {
             {
                 continue;
             }
-            if !self.sends(outgoing) || !self.destinations_of(event).await?.contains(destination)
-            {
+            if !self.sends(outgoing) || !self.destinations_of(event).await?.contains(destination) {
                 continue;
             }
             pdus.push(

@@ -258,8 +258,7 @@ impl Rooms {
         );
         let pdu = Pdu::from_stored(&format!("$template:{}", self.server_name), judged, version)
             .map_err(pdu_error)?;
-        let by_id: HashMap<&str, &Pdu> =
-            by_key.values().map(|pdu| (pdu.event_id(), pdu)).collect();
+        let by_id: HashMap<&str, &Pdu> = by_key.values().map(|pdu| (pdu.event_id(), pdu)).collect();
         check_against_auth_events(version, &pdu, |id| by_id.get(id).copied())
             .map_err(auth_error)?;
         Ok(template)
@@ -314,8 +313,8 @@ impl Rooms {
             match stored.status {
                 EventStatus::Normal if stored.room_nid == room.room_nid => {
                     let pdu = pdu_of(&stored, version)?;
-                    let signed = handshake == Handshake::Join
-                        && self.authoriser_named(&pdu).is_some();
+                    let signed =
+                        handshake == Handshake::Join && self.authoriser_named(&pdu).is_some();
                     return Ok(Prepared {
                         room,
                         pdu,
@@ -324,7 +323,9 @@ impl Rooms {
                     });
                 }
                 EventStatus::Rejected(reason) => {
-                    return Err(Error::Forbidden(format!("The event was rejected: {reason}")));
+                    return Err(Error::Forbidden(format!(
+                        "The event was rejected: {reason}"
+                    )));
                 }
                 EventStatus::SoftFailed => {
                     return Err(Error::Forbidden(
@@ -368,7 +369,10 @@ impl Rooms {
 
     /// The local user a join names in `join_authorised_via_users_server`, if any.
     fn authoriser_named(&self, pdu: &Pdu) -> Option<String> {
-        let named = match pdu.content_object()?.get("join_authorised_via_users_server")? {
+        let named = match pdu
+            .content_object()?
+            .get("join_authorised_via_users_server")?
+        {
             CanonicalJsonValue::String(named) => named.clone(),
             _ => return None,
         };

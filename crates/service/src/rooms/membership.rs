@@ -408,8 +408,7 @@ impl Rooms {
             if !joined || !self.is_local(&resident_id) {
                 continue;
             }
-            if user_power_level(version, resident, create, power) >= PowerLevel::Int(invite_level)
-            {
+            if user_power_level(version, resident, create, power) >= PowerLevel::Int(invite_level) {
                 authorisers.push(resident.to_owned());
             }
         }

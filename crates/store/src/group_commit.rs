@@ -393,6 +393,7 @@ mod tests {
             redaction: None,
             redaction_waits: None,
             redacted_by: None,
+            relay: false,
             push_actions: &[],
             relation: None,
             search: None,

@@ -646,6 +646,22 @@ async fn handshakes_refuse_what_the_rules_refuse() {
         assert_eq!(status, 400);
         assert_eq!(world.membership(&public, BOB).await, None);
 
+        // A server the room's ACL denies.
+        let acl_room = world.room(json!({"preset": "public_chat"})).await;
+        world
+            .alice_state(
+                &acl_room,
+                "m.room.server_acl",
+                json!({"allow": ["*"], "deny": [PEER]}),
+            )
+            .await;
+        let (status, body) = refusal(world.joiner.make_join(&acl_room, BOB, &["10"]).await);
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{body}"
+        );
+
         // The room closes between the template and the join: the join fails against the
         // current state, and none of it shows.
         world
@@ -740,6 +756,25 @@ async fn a_restricted_join_is_authorised_and_signed_here_only_when_the_allow_rul
         let (status, body) = refusal(world.joiner.make_join(&elsewhere, BOB, &["10"]).await);
         assert_eq!(status, 400);
         assert_eq!(body["errcode"], "M_UNABLE_TO_GRANT_JOIN", "{body}");
+
+        // Allowed, but nobody here may invite: this server cannot authorise it.
+        let nobody_invites = world
+            .room(json!({
+                "preset": "private_chat",
+                "power_level_content_override": {"invite": 101},
+                "initial_state": [{
+                    "type": "m.room.join_rules",
+                    "state_key": "",
+                    "content": {
+                        "join_rule": "restricted",
+                        "allow": [{"type": "m.room_membership", "room_id": space}],
+                    },
+                }],
+            }))
+            .await;
+        let (status, body) = refusal(world.joiner.make_join(&nobody_invites, BOB, &["10"]).await);
+        assert_eq!(status, 400);
+        assert_eq!(body["errcode"], "M_UNABLE_TO_AUTHORISE_JOIN", "{body}");
     }
 }
 

@@ -387,6 +387,34 @@ impl World {
         keys
     }
 
+    /// A `PUT` of the federation API signed by the joining peer, as JSON (ruma's answer type
+    /// for `send_join` drops `origin`).
+    async fn joiner_put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let object =
+            myelin_federation::xmatrix::request_object("PUT", path, PEER, HS, &bytes).unwrap();
+        let header = myelin_federation::xmatrix::authorization_header(
+            &object,
+            PEER,
+            HS,
+            KEY_ID,
+            &self.joiner.shared.key,
+        )
+        .unwrap();
+        let response = self
+            ._ca
+            .client(&[(HS, self.server.addrs().1)])
+            .put(self.server.federation_url(path))
+            .header("authorization", header)
+            .header("content-type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     async fn alice_state(&self, room_id: &str, kind: &str, content: Value) {
         let (status, body) = self
             .server
@@ -535,6 +563,20 @@ async fn a_remote_user_joins_a_public_room_through_the_resident_and_the_room_hea
             .room_state;
         assert_eq!(pdu_ids(&again.state), state_before);
         assert_eq!(pdu_ids(&again.auth_chain), chain);
+        let (status, whole) = world
+            .joiner_put(
+                &format!(
+                    "/_matrix/federation/v2/send_join/{}/{}",
+                    enc(&room_id),
+                    enc(join.event_id())
+                ),
+                &serde_json::from_str(&join.canonical_json()).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200, "{whole}");
+        assert_eq!(whole["origin"], HS);
+        assert_eq!(whole["members_omitted"], false);
+        assert_eq!(whole["state"].as_array().unwrap().len(), state_before.len());
 
         // The third server hears of bob's join from the resident; its own join is not sent
         // back to it.

@@ -200,22 +200,8 @@ impl Rooms {
         {
             return Ok(current.event_id.clone());
         }
-        let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
-        for row in &context.state {
-            by_key.insert(
-                (
-                    row.event_type.clone(),
-                    row.state_key.clone().unwrap_or_default(),
-                ),
-                pdu_of(row, version)?,
-            );
-        }
-        let auth_refs = auth_types
-            .iter()
-            .filter_map(|key| by_key.get(key))
-            .map(|pdu| pdu.reference(version))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pdu_error)?;
+        let by_key = state_by_key(version, &context.state)?;
+        let auth_refs = auth_references(version, &auth_types, &by_key)?;
 
         let head = context.head;
         let now = now_millis();
@@ -505,6 +491,39 @@ impl Rooms {
             );
         }
     }
+}
+
+/// State events (rows of the current state) as PDUs by `(type, state key)`.
+pub(super) fn state_by_key(
+    version: &RoomVersion,
+    rows: &[myelin_store::EventRow],
+) -> Result<HashMap<(String, String), Pdu>> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                (
+                    row.event_type.clone(),
+                    row.state_key.clone().unwrap_or_default(),
+                ),
+                pdu_of(row, version)?,
+            ))
+        })
+        .collect()
+}
+
+/// An event's `auth_events`: how it cites the state at the keys the spec's selection chose
+/// (`auth_types`, from [`auth_types_for_event`]), those the state has.
+pub(super) fn auth_references(
+    version: &RoomVersion,
+    auth_types: &[(String, String)],
+    by_key: &HashMap<(String, String), Pdu>,
+) -> Result<Vec<CanonicalJsonValue>> {
+    auth_types
+        .iter()
+        .filter_map(|key| by_key.get(key))
+        .map(|pdu| pdu.reference(version))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pdu_error)
 }
 
 /// A local event the auth rules refuse: a malformed one (no sender could send it) is the

@@ -41,7 +41,7 @@ use serde_json::{Value, value::RawValue};
 
 use super::{
     Rooms,
-    events::{EventFields, auth_error, pdu_error},
+    events::{EventFields, auth_error, auth_references, pdu_error, state_by_key},
     membership::RestrictedJoin,
     pdu_of, to_canonical_object, version_of,
 };
@@ -217,22 +217,8 @@ impl Rooms {
             .store
             .send_context(room.room_nid, &auth_types, None)
             .await?;
-        let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
-        for row in &context.state {
-            by_key.insert(
-                (
-                    row.event_type.clone(),
-                    row.state_key.clone().unwrap_or_default(),
-                ),
-                pdu_of(row, version)?,
-            );
-        }
-        let auth_refs = auth_types
-            .iter()
-            .filter_map(|key| by_key.get(key))
-            .map(|pdu| pdu.reference(version))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pdu_error)?;
+        let by_key = state_by_key(version, &context.state)?;
+        let auth_refs = auth_references(version, &auth_types, &by_key)?;
         let partial = self
             .event_skeleton(
                 version,

@@ -620,7 +620,11 @@ impl Rooms {
         // Step 5: the state before it.
         let auth_keys = auth_keys_of(version, &pdu)?;
         lookups.before = self.state_pdus(version, before, &auth_keys).await?;
-        if let Err(failure) = receipt::check_against_state_before(version, &pdu, &lookups) {
+        // The state before it is established above (prev events this server lacks count
+        // through the state another server gave for them).
+        if let Err(failure) =
+            receipt::check_against_established_state_before(version, &pdu, &lookups)
+        {
             let reason = match failure {
                 Failure::Denied(reason) => reason,
                 Failure::Missing(missing) => format!("missing events {missing:?}"),

@@ -51,6 +51,7 @@ pub mod key_backup;
 pub mod media;
 pub mod pushers;
 pub mod relations;
+pub mod remote_invites;
 pub mod reports;
 pub mod rooms;
 pub mod search;
@@ -77,6 +78,7 @@ pub use graph::{
 pub use group_commit::CommitPause;
 pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
 pub use pushers::PusherRow;
+pub use remote_invites::{OutsideMembership, OutsidePersisted};
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{

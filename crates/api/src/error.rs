@@ -128,6 +128,18 @@ impl From<ServiceError> for MatrixError {
             ServiceError::UnsupportedRoomVersion(_) => {
                 Self::new(S::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, message)
             }
+            ServiceError::IncompatibleRoomVersion { room_version } => {
+                match ruma::RoomVersionId::try_from(room_version.as_str()) {
+                    Ok(room_version) => Self::new(
+                        S::BAD_REQUEST,
+                        ErrorKind::IncompatibleRoomVersion(
+                            ruma::api::error::IncompatibleRoomVersionErrorData::new(room_version),
+                        ),
+                        message,
+                    ),
+                    Err(_) => Self::new(S::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, message),
+                }
+            }
             ServiceError::UnableToAuthoriseJoin(_) => {
                 Self::new(S::BAD_REQUEST, ErrorKind::UnableToAuthorizeJoin, message)
             }

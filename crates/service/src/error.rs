@@ -40,6 +40,10 @@ pub enum Error {
     TooLarge(String),
     #[error("{0}")]
     UnsupportedRoomVersion(String),
+    /// A room version this server cannot take part in, named in the answer (400
+    /// `M_INCOMPATIBLE_ROOM_VERSION`, over federation).
+    #[error("This server does not support room version {room_version}")]
+    IncompatibleRoomVersion { room_version: String },
     /// A restricted join no local user can authorise (`M_UNABLE_TO_AUTHORISE_JOIN`).
     #[error("{0}")]
     UnableToAuthoriseJoin(String),

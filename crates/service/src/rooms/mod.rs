@@ -3,8 +3,8 @@
 //! events, members, timeline pages, search) with history visibility enforced, and the reads
 //! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill).
 //!
-//! Rooms with other servers come with federation; membership code takes the local path today and
-//! says so with a clear error where a remote server would be needed.
+//! Memberships across servers: invites both ways and the rejection of an invite to a room this
+//! server is not in (`invites`); joining a room through another server is not here yet.
 
 mod acl;
 mod append;
@@ -13,6 +13,7 @@ mod create;
 pub mod events;
 mod federation_reads;
 pub(crate) mod hierarchy;
+mod invites;
 mod locks;
 pub(crate) mod membership;
 mod push;
@@ -39,6 +40,7 @@ pub use federation_reads::{
     BACKFILL_MAX, MISSING_EVENTS_MAX, MissingEventsQuery, ServedState, ServedStateIds,
 };
 pub use hierarchy::{HierarchyPage, HierarchyRequest};
+pub use invites::{InboundInvite, RoomFederation};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use receive::{Received, ReceivedEvent};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
@@ -68,6 +70,9 @@ pub struct Rooms {
     user_data: Arc<crate::user_data::UserData>,
     /// The version of rooms created without one (`rooms.default_room_version`).
     default_version: &'static RoomVersion,
+    /// Requests to other servers and their keys, for memberships across servers (invites,
+    /// rejections): `None` until [`Rooms::with_federation`].
+    federation: Option<invites::RoomFederation>,
 }
 
 /// The keys rooms' events are signed with: the server's (server-key rooms) and each local
@@ -100,6 +105,7 @@ impl Rooms {
             pushers,
             user_data,
             default_version,
+            federation: None,
         }
     }
 

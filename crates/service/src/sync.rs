@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use myelin_store::{EventRow, MembershipRow, RoomRow, StateDeltaWindow, TimelineWindow};
+use myelin_store::{
+    EventRow, EventStatus, MembershipRow, RoomRow, StateDeltaWindow, TimelineWindow,
+};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
@@ -807,6 +809,25 @@ impl Services {
     ) -> Result<Option<Value>> {
         let user: &UserId = device.user_id.as_ref();
         let room = &membership.room;
+        if let Some(departure) = self.store.event_by_nid(membership.event_nid).await?
+            && departure.status == EventStatus::Outlier
+        {
+            // The rejection of an invite to a room this server is not in: no history or state
+            // here, the departure alone.
+            let mut event = self.rooms.client_event(room, &departure, user);
+            if let Some(object) = event.as_mut().and_then(Value::as_object_mut) {
+                object.remove("room_id");
+            }
+            return Ok(Some(json!({
+                "timeline": {
+                    "events": event.into_iter().collect::<Vec<_>>(),
+                    "limited": false,
+                    "prev_batch": events_token(membership.stream_ordering),
+                },
+                "state": {"events": []},
+                "account_data": {"events": account_data},
+            })));
+        }
         let from = since.map_or(0, |s| s.events);
         let limit = request.filter.timeline_limit();
         let mut rows = self
@@ -945,11 +966,29 @@ impl Services {
             "m.room.encryption",
             "m.room.topic",
         ];
+        let member = self.store.event_by_nid(membership.event_nid).await?;
+        if member
+            .as_ref()
+            .is_some_and(|row| row.status == EventStatus::Outlier)
+        {
+            // A room this server is not in (an invite from another server): no state here,
+            // only what the inviting server sent with the invite, stored with it.
+            let shown = self
+                .store
+                .invite_room_state(
+                    membership.room.room_nid,
+                    reader.as_str(),
+                    membership.event_nid,
+                )
+                .await?;
+            return Ok(shown
+                .and_then(|json| serde_json::from_str::<Vec<Value>>(&json).ok())
+                .unwrap_or_default());
+        }
         let state = self
             .store
             .current_state(membership.room.room_nid, None)
             .await?;
-        let member = self.store.event_by_nid(membership.event_nid).await?;
         Ok(state
             .iter()
             .filter(|row| SHOWN.contains(&row.event_type.as_str()))

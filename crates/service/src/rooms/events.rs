@@ -137,7 +137,13 @@ impl Rooms {
         let auth_types =
             auth_types_for_event(version, pdu.event_type(), pdu.sender(), pdu.state_key(), pdu.content())
                 .map_err(auth_error)?;
-        let state = self.store.current_state(room.room_nid, Some(&auth_types)).await?;
+        // The create event too: rooms from v12 cite it through their id, not `auth_events`.
+        let mut keys = auth_types;
+        let create = ("m.room.create".to_owned(), String::new());
+        if !keys.contains(&create) {
+            keys.push(create);
+        }
+        let state = self.store.current_state(room.room_nid, Some(&keys)).await?;
         let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
         for row in &state {
             by_key.insert(

@@ -53,6 +53,8 @@ struct PeerState {
     leave_template: Mutex<Option<Value>>,
     /// The leave events `send_leave` had.
     leaves: Mutex<Vec<Value>>,
+    /// The PDUs of the transactions the server sent the peer.
+    pdus: Mutex<Vec<Value>>,
 }
 
 type PeerApp = (Arc<PeerState>, Arc<KeyPair>);
@@ -90,10 +92,7 @@ async fn start_peer(ca: &TestCa) -> (Arc<PeerState>, SocketAddr) {
             "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
             put(send_leave),
         )
-        .route(
-            "/_matrix/federation/v1/send/{txn_id}",
-            put(|| async { Json(json!({"pdus": {}})) }),
-        )
+        .route("/_matrix/federation/v1/send/{txn_id}", put(transaction))
         .with_state((state.clone(), Arc::new(peer_key())));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service()).await;
@@ -151,6 +150,24 @@ async fn make_leave(
 async fn send_leave(State((peer, _)): State<PeerApp>, Json(body): Json<Value>) -> Response {
     peer.leaves.lock().unwrap().push(body);
     Json(json!({})).into_response()
+}
+
+async fn transaction(State((peer, _)): State<PeerApp>, Json(body): Json<Value>) -> Response {
+    if let Some(pdus) = body["pdus"].as_array() {
+        peer.pdus.lock().unwrap().extend(pdus.iter().cloned());
+    }
+    Json(json!({"pdus": {}})).into_response()
+}
+
+/// Waits (a bounded while) until the peer has had a transaction PDU that `matches`.
+async fn peer_receives(peer: &PeerState, what: &str, matches: impl Fn(&Value) -> bool) {
+    for _ in 0..200 {
+        if peer.pdus.lock().unwrap().iter().any(&matches) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the peer never received {what}");
 }
 
 fn json_of(pdu: &Pdu) -> Value {
@@ -706,6 +723,15 @@ async fn inviting_a_peer_user_needs_the_peers_signature() {
             )
             .await;
         assert_eq!(status, 200, "{kind:?}: {body}");
+        // The invite, then its rescinding, reach bob's server (not in the room) in transactions.
+        for membership in ["invite", "leave"] {
+            peer_receives(&world.peer, membership, |pdu| {
+                pdu["type"] == "m.room.member"
+                    && pdu["state_key"] == BOB
+                    && pdu["content"]["membership"] == membership
+            })
+            .await;
+        }
         world.stop().await;
     }
 }

@@ -47,6 +47,8 @@ struct PeerState {
     invites: Mutex<Vec<Value>>,
     /// The peer refuses invites (403).
     refuse_invites: Mutex<bool>,
+    /// The peer answers invites with the event as it came, without its signature.
+    unsigned_invites: Mutex<bool>,
     /// `make_leave` answers 503 (as if down).
     leave_down: Mutex<bool>,
     /// The template `make_leave` answers with.
@@ -125,6 +127,9 @@ async fn invite(State((peer, key)): State<PeerApp>, Json(body): Json<Value>) -> 
             Json(json!({"errcode": "M_FORBIDDEN", "error": "bob takes no invites"})),
         )
             .into_response();
+    }
+    if *peer.unsigned_invites.lock().unwrap() {
+        return Json(json!({"event": body["event"]})).into_response();
     }
     let version = RoomVersion::get(body["room_version"].as_str().unwrap()).unwrap();
     let mut pdu = Pdu::from_federation(body["event"].to_string().as_bytes(), version).unwrap();
@@ -211,7 +216,10 @@ fn peer_event(
         "auth_events".to_owned(),
         CanonicalJsonValue::Array(auth.iter().map(|id| s(id)).collect()),
     );
-    partial.insert("depth".to_owned(), CanonicalJsonValue::Integer(depth.try_into().unwrap()));
+    partial.insert(
+        "depth".to_owned(),
+        CanonicalJsonValue::Integer(depth.try_into().unwrap()),
+    );
     partial.insert(
         "origin_server_ts".to_owned(),
         CanonicalJsonValue::Integer(myelin_service::now_millis().try_into().unwrap()),
@@ -393,11 +401,7 @@ async fn a_peers_invite_is_signed_stored_and_shown_in_sync() {
         let since = before["next_batch"].as_str().unwrap().to_owned();
 
         let signed = world
-            .send_invite(
-                "10",
-                &invite,
-                &[json_of(&room.create), json_of(&room.name)],
-            )
+            .send_invite("10", &invite, &[json_of(&room.create), json_of(&room.name)])
             .await
             .unwrap();
         // Our signature added, the peer's kept, nothing else changed.
@@ -414,7 +418,10 @@ async fn a_peers_invite_is_signed_stored_and_shown_in_sync() {
         let store = world.server.store();
         let stored_room = store.room(PEER_ROOM).await.unwrap().unwrap();
         assert!(
-            !store.server_in_room(stored_room.room_nid, HS).await.unwrap(),
+            !store
+                .server_in_room(stored_room.room_nid, HS)
+                .await
+                .unwrap(),
             "{kind:?}"
         );
         assert!(
@@ -492,8 +499,12 @@ async fn bad_invites_are_refused_and_leave_nothing_stored() {
 
         // From a user of another server than the one asking.
         let elsewhere = room.invite(&world.key, "@mallory:other.test", "@alice:hs.test");
-        let (status, body) =
-            status_of(world.send_invite("10", &elsewhere, &state).await.unwrap_err());
+        let (status, body) = status_of(
+            world
+                .send_invite("10", &elsewhere, &state)
+                .await
+                .unwrap_err(),
+        );
         assert_eq!(status, 403, "{kind:?}: {body}");
 
         // A room version this server does not know.
@@ -602,7 +613,10 @@ async fn rejecting_an_invite_goes_through_the_inviting_server() {
             "{kind:?}: {sync}"
         );
         let timeline = &sync["rooms"]["leave"][PEER_ROOM]["timeline"]["events"];
-        assert_eq!(timeline[0]["content"]["membership"], "leave", "{kind:?}: {sync}");
+        assert_eq!(
+            timeline[0]["content"]["membership"], "leave",
+            "{kind:?}: {sync}"
+        );
         let initial = world.sync(None).await;
         assert!(
             initial["rooms"]["invite"].get(PEER_ROOM).is_none(),
@@ -686,8 +700,17 @@ async fn inviting_a_peer_user_needs_the_peers_signature() {
             .find(|e| e["type"] == "m.room.create")
             .unwrap_or_else(|| panic!("{kind:?}: no create event in {state:?}"));
         // The full PDU (MSC4311), not a stripped event.
-        for key in ["auth_events", "prev_events", "hashes", "signatures", "origin_server_ts"] {
-            assert!(create.get(key).is_some(), "{kind:?}: {key} missing in {create}");
+        for key in [
+            "auth_events",
+            "prev_events",
+            "hashes",
+            "signatures",
+            "origin_server_ts",
+        ] {
+            assert!(
+                create.get(key).is_some(),
+                "{kind:?}: {key} missing in {create}"
+            );
         }
         assert!(
             state
@@ -743,7 +766,10 @@ async fn an_invite_the_peer_refuses_is_the_clients_error_and_not_stored() {
         *world.peer.refuse_invites.lock().unwrap() = true;
         let room_id = world
             .server
-            .create_room(&world.alice, json!({"preset": "private_chat", "room_version": "10"}))
+            .create_room(
+                &world.alice,
+                json!({"preset": "private_chat", "room_version": "10"}),
+            )
             .await;
         let (status, body) = world
             .server
@@ -765,6 +791,29 @@ async fn an_invite_the_peer_refuses_is_the_clients_error_and_not_stored() {
                 .is_none(),
             "{kind:?}"
         );
+        // An answer without the peer's signature is no invite either.
+        *world.peer.refuse_invites.lock().unwrap() = false;
+        *world.peer.unsigned_invites.lock().unwrap() = true;
+        let (status, body) = world
+            .server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+                &world.alice.access_token,
+                json!({"user_id": BOB}),
+            )
+            .await;
+        assert_eq!(status, 502, "{kind:?}: {body}");
+        assert!(
+            store
+                .membership(room.room_nid, BOB)
+                .await
+                .unwrap()
+                .is_none(),
+            "{kind:?}"
+        );
+        *world.peer.unsigned_invites.lock().unwrap() = false;
+        *world.peer.refuse_invites.lock().unwrap() = true;
+
         // createRoom's invite list goes through the same door: the room is made, without bob.
         let (status, body) = world
             .server
@@ -788,7 +837,7 @@ async fn an_invite_the_peer_refuses_is_the_clients_error_and_not_stored() {
                 .is_none(),
             "{kind:?}"
         );
-        assert_eq!(world.peer.invites.lock().unwrap().len(), 2, "{kind:?}");
+        assert_eq!(world.peer.invites.lock().unwrap().len(), 3, "{kind:?}");
         world.stop().await;
     }
 }
@@ -834,4 +883,163 @@ async fn an_invite_from_one_myelin_reaches_the_others_sync() {
             server.stop().await;
         }
     }
+}
+
+#[tokio::test]
+async fn an_invite_from_an_ignored_user_is_taken_but_not_shown() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (status, body) = world
+            .server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                    enc(&world.alice.user_id)
+                ),
+                &world.alice.access_token,
+                json!({"ignored_users": {CAROL: {}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (_room, invite) = invited(&world).await;
+        let store = world.server.store();
+        assert!(
+            store.event(invite.event_id()).await.unwrap().is_some(),
+            "{kind:?}: the invite is stored"
+        );
+        let sync = world.sync(None).await;
+        assert!(
+            sync["rooms"]["invite"].get(PEER_ROOM).is_none(),
+            "{kind:?}: {sync}"
+        );
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_invite_into_a_room_this_server_is_in_takes_the_receive_path() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let dave = world.server.register("dave").await;
+        let room_id = world
+            .server
+            .create_room(
+                &world.alice,
+                json!({
+                    "preset": "public_chat",
+                    "room_version": "10",
+                    "name": "Shared",
+                    "power_level_content_override": {"invite": 0},
+                }),
+            )
+            .await;
+        let store = world.server.store();
+        let room = store.room(&room_id).await.unwrap().unwrap();
+        let state_id = |kind: &str| {
+            let kind = kind.to_owned();
+            async move {
+                store
+                    .current_state(room.room_nid, Some(&[(kind, String::new())]))
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap()
+                    .event_id
+            }
+        };
+        let create = state_id("m.room.create").await;
+        let join_rules = state_id("m.room.join_rules").await;
+        let power = state_id("m.room.power_levels").await;
+        let head = store
+            .send_context(room.room_nid, &[], None)
+            .await
+            .unwrap()
+            .head;
+        let prev: Vec<&str> = head.prev_event_ids.iter().map(String::as_str).collect();
+        // Bob of the peer joins (through the receive pipeline), then invites dave.
+        let join = peer_event(
+            &world.key,
+            &room_id,
+            BOB,
+            "m.room.member",
+            Some(BOB),
+            json!({"membership": "join"}),
+            &prev,
+            &[&create, &join_rules, &power],
+            head.max_depth + 1,
+        );
+        let mut keys = myelin_room_version::verify::ServerKeys::new();
+        keys.entry(PEER.to_owned()).or_default().insert(
+            PEER_KEY_ID.to_owned(),
+            myelin_room_version::verify::ServerKey {
+                key: myelin_room_version::PublicKey::from_bytes(&world.key.public_key()).unwrap(),
+                valid_until_ts: u64::MAX,
+            },
+        );
+        world
+            .server
+            .services()
+            .rooms
+            .receive_pdus(&room_id, &[join.canonical_json().as_bytes()], &keys)
+            .await
+            .unwrap();
+        let invite = peer_event(
+            &world.key,
+            &room_id,
+            BOB,
+            "m.room.member",
+            Some(&dave.user_id),
+            json!({"membership": "invite"}),
+            &[join.event_id()],
+            &[&create, &power, join.event_id()],
+            head.max_depth + 2,
+        );
+        let create_pdu = store.event(&create).await.unwrap().unwrap();
+        let create_json: Value = serde_json::from_str(&create_pdu.json).unwrap();
+        let signed = world
+            .send_invite("10", &invite, &[create_json])
+            .await
+            .unwrap();
+        assert!(signed["signatures"][HS].is_object(), "{kind:?}");
+
+        // A normal event of the room, in its state, with both signatures.
+        let row = store.event(invite.event_id()).await.unwrap().unwrap();
+        assert_eq!(row.status, myelin_store::EventStatus::Normal, "{kind:?}");
+        let member = store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.member".to_owned(), dave.user_id.clone())]),
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(member.event_id, invite.event_id(), "{kind:?}");
+        // Dave's sync shows it with the room's own stripped state.
+        let (status, sync) = world
+            .server
+            .get("/_matrix/client/v3/sync?timeout=0", &dave.access_token)
+            .await;
+        assert_eq!(status, 200, "{sync}");
+        let events = sync["rooms"]["invite"][&room_id]["invite_state"]["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind:?}: no invite in {sync}"));
+        assert!(
+            events
+                .iter()
+                .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Shared"),
+            "{kind:?}: {events:?}"
+        );
+        // The same invite again (as the peer's transaction would bring it) changes nothing.
+        let again = world
+            .send_invite("10", &invite, &[json_of(&room_event(&create_pdu.json))])
+            .await
+            .unwrap();
+        assert_eq!(again, signed, "{kind:?}");
+        world.stop().await;
+    }
+}
+
+fn room_event(json: &str) -> Pdu {
+    Pdu::from_federation(json.as_bytes(), RoomVersion::get("10").unwrap()).unwrap()
 }

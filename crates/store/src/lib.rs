@@ -78,8 +78,8 @@ pub use graph::{
 pub use group_commit::CommitPause;
 pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
 pub use pushers::PusherRow;
-pub use remote_invites::{OutsideMembership, OutsidePersisted};
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
+pub use remote_invites::{OutsideMembership, OutsidePersisted};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent, NotificationRow,

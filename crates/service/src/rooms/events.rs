@@ -134,9 +134,14 @@ impl Rooms {
         let version = version_of(room)?;
         let pdu = &built.pdu;
         let writing = self.locks.writer(&room.room_id).await;
-        let auth_types =
-            auth_types_for_event(version, pdu.event_type(), pdu.sender(), pdu.state_key(), pdu.content())
-                .map_err(auth_error)?;
+        let auth_types = auth_types_for_event(
+            version,
+            pdu.event_type(),
+            pdu.sender(),
+            pdu.state_key(),
+            pdu.content(),
+        )
+        .map_err(auth_error)?;
         // The create event too: rooms from v12 cite it through their id, not `auth_events`.
         let mut keys = auth_types;
         let create = ("m.room.create".to_owned(), String::new());
@@ -147,7 +152,10 @@ impl Rooms {
         let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
         for row in &state {
             by_key.insert(
-                (row.event_type.clone(), row.state_key.clone().unwrap_or_default()),
+                (
+                    row.event_type.clone(),
+                    row.state_key.clone().unwrap_or_default(),
+                ),
                 pdu_of(row, version)?,
             );
         }

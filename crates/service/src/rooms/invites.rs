@@ -85,9 +85,9 @@ impl Rooms {
     }
 
     fn federation(&self) -> Result<&RoomFederation> {
-        self.federation.as_ref().ok_or_else(|| {
-            Error::Internal("rooms were started without federation".to_owned())
-        })
+        self.federation
+            .as_ref()
+            .ok_or_else(|| Error::Internal("rooms were started without federation".to_owned()))
     }
 
     /// Whether this server is in the room as far as building events goes: it holds the room's
@@ -95,7 +95,11 @@ impl Rooms {
     /// server invited a local user (or for the rejection of such an invite) has no state: a
     /// join to it must go through another server.
     pub async fn is_resident(&self, room: &RoomRow) -> Result<bool> {
-        Ok(self.store.current_state_group(room.room_nid).await?.is_some())
+        Ok(self
+            .store
+            .current_state_group(room.room_nid)
+            .await?
+            .is_some())
     }
 
     /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` from `origin` (see the module
@@ -105,11 +109,10 @@ impl Rooms {
         origin: &ServerName,
         invite: InboundInvite,
     ) -> Result<Box<RawValue>> {
-        let version = RoomVersion::get(&invite.room_version).map_err(|_| {
-            Error::IncompatibleRoomVersion {
+        let version =
+            RoomVersion::get(&invite.room_version).map_err(|_| Error::IncompatibleRoomVersion {
                 room_version: invite.room_version.clone(),
-            }
-        })?;
+            })?;
         if version.uses_account_keys() {
             return Err(Error::Forbidden(
                 "Invites over federation to account-key rooms are not supported yet".to_owned(),
@@ -229,8 +232,8 @@ impl Rooms {
                 shown.push(stripped(&signed));
                 let shown = serde_json::to_string(&shown)
                     .map_err(|e| Error::Internal(format!("serialising stripped state: {e}")))?;
-                let creator = invite_creator(&invite.invite_room_state)
-                    .unwrap_or_else(|| sender.to_string());
+                let creator =
+                    invite_creator(&invite.invite_room_state).unwrap_or_else(|| sender.to_string());
                 self.persist_outside(
                     &invite.room_id,
                     version,
@@ -265,8 +268,8 @@ impl Rooms {
         let mut pdus = Vec::new();
         let mut has_create = false;
         for raw in events {
-            let value: Value = serde_json::from_str(raw.get())
-                .map_err(|e| refuse(format!("not JSON: {e}")))?;
+            let value: Value =
+                serde_json::from_str(raw.get()).map_err(|e| refuse(format!("not JSON: {e}")))?;
             let is_create =
                 value["type"] == "m.room.create" && value["state_key"].as_str() == Some("");
             has_create |= is_create;
@@ -295,13 +298,19 @@ impl Rooms {
                     value["sender"].as_str(),
                     value["content"].as_object(),
                 ) else {
-                    return Err(refuse("an event without type, state key, sender or content".to_owned()));
+                    return Err(refuse(
+                        "an event without type, state key, sender or content".to_owned(),
+                    ));
                 };
-                shown.push(json!({"type": kind, "state_key": key, "sender": sender, "content": content}));
+                shown.push(
+                    json!({"type": kind, "state_key": key, "sender": sender, "content": content}),
+                );
             }
         }
         if !has_create {
-            return Err(refuse("the room's m.room.create event is missing".to_owned()));
+            return Err(refuse(
+                "the room's m.room.create event is missing".to_owned(),
+            ));
         }
         if !pdus.is_empty() {
             let keys = self.signing_keys(version, pdus.iter()).await?;
@@ -464,7 +473,9 @@ impl Rooms {
         returned: &RawValue,
     ) -> Result<Pdu> {
         let bad = |why: String| {
-            Error::BadGateway(format!("{invitee_server} returned an unusable invite: {why}"))
+            Error::BadGateway(format!(
+                "{invitee_server} returned an unusable invite: {why}"
+            ))
         };
         let pdu = Pdu::from_federation(returned.get().as_bytes(), version)
             .map_err(|e| bad(format!("not a valid event: {e}")))?;
@@ -553,7 +564,10 @@ impl Rooms {
         }
         let invite = pdu_of(&invite, version)?;
         for server in self.servers_for_leave(room, user, &invite).await? {
-            match self.leave_through(room, version, user, &server, reason).await {
+            match self
+                .leave_through(room, version, user, &server, reason)
+                .await
+            {
                 Ok(leave) => {
                     self.persist_outside(
                         &room.room_id,
@@ -608,7 +622,11 @@ impl Rooms {
         add(invite.sender());
         if let Some(shown) = self
             .store
-            .invite_room_state(room.room_nid, user.as_str(), self.event_nid_of(invite).await?)
+            .invite_room_state(
+                room.room_nid,
+                user.as_str(),
+                self.event_nid_of(invite).await?,
+            )
             .await?
             && let Ok(Value::Array(events)) = serde_json::from_str::<Value>(&shown)
         {
@@ -655,10 +673,7 @@ impl Rooms {
             )
             .await
             .map_err(|e| Error::BadGateway(format!("make_leave: {e}")))?;
-        let template_version = template
-            .room_version
-            .as_ref()
-            .map_or("1", |v| v.as_str());
+        let template_version = template.room_version.as_ref().map_or("1", |v| v.as_str());
         if template_version != version.id() {
             return Err(Error::BadGateway(format!(
                 "make_leave names room version {template_version}, not {}",
@@ -694,7 +709,8 @@ impl Rooms {
         template: &RawValue,
         reason: Option<&str>,
     ) -> Result<Pdu> {
-        let bad = |why: &str| Error::BadGateway(format!("make_leave gave an unusable template: {why}"));
+        let bad =
+            |why: &str| Error::BadGateway(format!("make_leave gave an unusable template: {why}"));
         let template = myelin_room_version::canonical::parse_object(template.get().as_bytes())
             .map_err(|_| bad("not canonical JSON"))?;
         let string = |key: &str| match template.get(key) {
@@ -823,4 +839,3 @@ fn error_message(body: &str) -> String {
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(200).collect())
 }
-

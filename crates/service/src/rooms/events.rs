@@ -77,7 +77,7 @@ pub(crate) enum Sent {
     /// the event would repeat.
     Existing(String),
     /// Built and authorised against the current state, not appended.
-    Built(BuiltEvent),
+    Built(Box<BuiltEvent>),
 }
 
 /// A local event built and authorised, waiting for [`Rooms::append_built`].
@@ -130,7 +130,11 @@ impl Rooms {
     /// signatures other servers added), under the room's writer lock. The room may have moved
     /// on since it was built: its prev events stay as built (the event may make a fork, which
     /// `append` resolves), and it must still be authorised by the room's current state.
-    pub(crate) async fn append_built(&self, room: &RoomRow, built: BuiltEvent) -> Result<String> {
+    pub(crate) async fn append_built(
+        &self,
+        room: &RoomRow,
+        built: Box<BuiltEvent>,
+    ) -> Result<String> {
         let version = version_of(room)?;
         let pdu = &built.pdu;
         let writing = self.locks.writer(&room.room_id).await;
@@ -415,12 +419,12 @@ impl Rooms {
         // state the current state; past the cap, `append` resolves it with those left.
         let cites_all = head.prev_event_ids.len() <= MAX_PREV_EVENTS;
         if !append {
-            return Ok(Sent::Built(BuiltEvent {
+            return Ok(Sent::Built(Box::new(BuiltEvent {
                 pdu,
                 state_before: head.current_state_group,
                 replaces,
                 now,
-            }));
+            })));
         }
         self.append(Appending {
             room,

@@ -4,9 +4,10 @@
 //! Every membership event a local user sends, whatever endpoint it comes through (the
 //! membership endpoints, `PUT /state/m.room.member/{userId}`, room creation, profile changes,
 //! deactivation), goes through [`Rooms::change_membership`]: the checks the auth rules leave to
-//! the resident server (who authorises a restricted join, invites only to users this server can
-//! reach, leaving only rooms one is in) are made there and nowhere else. The room version's auth
-//! rules then decide the rest.
+//! the resident server (who authorises a restricted join, leaving only rooms one is in) are made
+//! there and nowhere else. The room version's auth rules then decide the rest. An invite of a
+//! user of another server, and the rejection of an invite to a room this server is not in, go
+//! on to `invites`, where the other server takes part.
 
 use myelin_store::RoomRow;
 use ruma::{RoomId, UserId};

@@ -533,6 +533,35 @@ async fn bad_invites_are_refused_and_leave_nothing_stored() {
         assert_eq!(status, 400, "{kind:?}: {body}");
         assert_eq!(body["errcode"], "M_MISSING_PARAM", "{kind:?}");
 
+        // More stripped state than an invite needs.
+        let too_much = vec![json_of(&room.create); 51];
+        let (status, body) = status_of(
+            world
+                .send_invite("10", &invite, &too_much)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 400, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_BAD_JSON", "{kind:?}");
+        // Events signed by more servers than checking them may ask keys of.
+        let mut many = vec![json_of(&room.create)];
+        for i in 0..6 {
+            many.push(json_of(&peer_event(
+                &world.key,
+                PEER_ROOM,
+                &format!("@x:s{i}.test"),
+                "m.room.topic",
+                Some(""),
+                json!({"topic": "t"}),
+                &[room.join.event_id()],
+                &[room.create.event_id()],
+                3,
+            )));
+        }
+        let (status, body) = status_of(world.send_invite("10", &invite, &many).await.unwrap_err());
+        assert_eq!(status, 400, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_MISSING_PARAM", "{kind:?}");
+
         // A user this server does not have.
         let nobody = room.invite(&world.key, CAROL, "@nobody:hs.test");
         let (status, _) = status_of(world.send_invite("10", &nobody, &state).await.unwrap_err());

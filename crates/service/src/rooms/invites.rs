@@ -60,6 +60,12 @@ pub(super) const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.topic",
 ];
 
+/// The most events an inbound `invite_room_state` may hold (the spec lists seven kinds), and the
+/// most servers whose keys checking them may fetch: a peer cannot make one invite cost this
+/// server a key fetch from each of a thousand servers.
+const MAX_INVITE_ROOM_STATE: usize = 50;
+const MAX_INVITE_ROOM_STATE_SERVERS: usize = 5;
+
 /// What `Rooms` needs to speak to other servers about memberships.
 #[derive(Debug, Clone)]
 pub struct RoomFederation {
@@ -264,6 +270,11 @@ impl Rooms {
         events: &[Box<RawValue>],
     ) -> Result<Vec<Value>> {
         let refuse = |why: String| Error::MissingParam(format!("invite_room_state: {why}"));
+        if events.len() > MAX_INVITE_ROOM_STATE {
+            return Err(Error::BadJson(format!(
+                "invite_room_state may hold at most {MAX_INVITE_ROOM_STATE} events"
+            )));
+        }
         let mut shown = Vec::new();
         let mut pdus = Vec::new();
         let mut has_create = false;
@@ -311,6 +322,19 @@ impl Rooms {
             return Err(refuse(
                 "the room's m.room.create event is missing".to_owned(),
             ));
+        }
+        let servers: BTreeSet<String> = pdus
+            .iter()
+            .flat_map(|pdu| {
+                required_server_keys(pdu, version)
+                    .into_iter()
+                    .map(|(s, _)| s)
+            })
+            .collect();
+        if servers.len() > MAX_INVITE_ROOM_STATE_SERVERS {
+            return Err(refuse(format!(
+                "events signed by more than {MAX_INVITE_ROOM_STATE_SERVERS} servers"
+            )));
         }
         if !pdus.is_empty() {
             let keys = self.signing_keys(version, pdus.iter()).await?;
@@ -563,7 +587,10 @@ impl Rooms {
             return Ok(invite.event_id);
         }
         let invite = pdu_of(&invite, version)?;
-        for server in self.servers_for_leave(room, user, &invite).await? {
+        for server in self
+            .servers_for_leave(room, user, &invite, event_nid)
+            .await?
+        {
             match self
                 .leave_through(room, version, user, &server, reason)
                 .await
@@ -609,6 +636,7 @@ impl Rooms {
         room: &RoomRow,
         user: &UserId,
         invite: &Pdu,
+        invite_nid: i64,
     ) -> Result<Vec<OwnedServerName>> {
         let mut servers: Vec<OwnedServerName> = Vec::new();
         let mut add = |user_id: &str| {
@@ -622,11 +650,7 @@ impl Rooms {
         add(invite.sender());
         if let Some(shown) = self
             .store
-            .invite_room_state(
-                room.room_nid,
-                user.as_str(),
-                self.event_nid_of(invite).await?,
-            )
+            .invite_room_state(room.room_nid, user.as_str(), invite_nid)
             .await?
             && let Ok(Value::Array(events)) = serde_json::from_str::<Value>(&shown)
         {
@@ -642,14 +666,6 @@ impl Rooms {
             }
         }
         Ok(servers)
-    }
-
-    async fn event_nid_of(&self, pdu: &Pdu) -> Result<i64> {
-        Ok(self
-            .store
-            .event(pdu.event_id())
-            .await?
-            .map_or(0, |row| row.event_nid))
     }
 
     /// `make_leave` and `send_leave` through `server`: the leave event as that server accepted

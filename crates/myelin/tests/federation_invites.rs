@@ -49,6 +49,10 @@ struct PeerState {
     refuse_invites: Mutex<bool>,
     /// The peer answers invites with the event as it came, without its signature.
     unsigned_invites: Mutex<bool>,
+    /// The peer holds its answer to an invite until `release` (after announcing it).
+    hold_invites: Mutex<bool>,
+    held: tokio::sync::Notify,
+    release: tokio::sync::Notify,
     /// `make_leave` answers 503 (as if down).
     leave_down: Mutex<bool>,
     /// The template `make_leave` answers with.
@@ -127,6 +131,11 @@ async fn invite(State((peer, key)): State<PeerApp>, Json(body): Json<Value>) -> 
             Json(json!({"errcode": "M_FORBIDDEN", "error": "bob takes no invites"})),
         )
             .into_response();
+    }
+    let hold = *peer.hold_invites.lock().unwrap();
+    if hold {
+        peer.held.notify_one();
+        peer.release.notified().await;
     }
     if *peer.unsigned_invites.lock().unwrap() {
         return Json(json!({"event": body["event"]})).into_response();
@@ -1071,4 +1080,135 @@ async fn an_invite_into_a_room_this_server_is_in_takes_the_receive_path() {
 
 fn room_event(json: &str) -> Pdu {
     Pdu::from_federation(json.as_bytes(), RoomVersion::get("10").unwrap()).unwrap()
+}
+
+/// Alice's invite of bob while the peer holds its answer, with `meanwhile` done in between.
+async fn invite_while_held<F: std::future::Future<Output = ()>>(
+    world: &World,
+    room_id: &str,
+    meanwhile: F,
+) -> (u16, Value) {
+    *world.peer.hold_invites.lock().unwrap() = true;
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(room_id));
+    let invite = world
+        .server
+        .post(&path, &world.alice.access_token, json!({"user_id": BOB}));
+    let between = async {
+        world.peer.held.notified().await;
+        meanwhile.await;
+        world.peer.release.notify_one();
+    };
+    let ((status, body), ()) = tokio::join!(invite, between);
+    (status.as_u16(), body)
+}
+
+#[tokio::test]
+async fn an_invite_is_checked_again_against_the_room_as_it_is_when_signed() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let room_id = world
+            .server
+            .create_room(
+                &world.alice,
+                json!({"preset": "private_chat", "room_version": "10"}),
+            )
+            .await;
+        let store = world.server.store();
+        let room = store.room(&room_id).await.unwrap().unwrap();
+
+        // The room moves on while the peer signs: the invite is appended on the state it was
+        // built on, beside alice's message, and both stand.
+        let (status, body) = invite_while_held(&world, &room_id, async {
+            let (status, body) = world
+                .server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                        enc(&room_id)
+                    ),
+                    &world.alice.access_token,
+                    json!({"msgtype": "m.text", "body": "meanwhile"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        })
+        .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(
+            store
+                .membership(room.room_nid, BOB)
+                .await
+                .unwrap()
+                .unwrap()
+                .0,
+            "invite",
+            "{kind:?}"
+        );
+        assert_eq!(
+            store
+                .forward_extremities(room.room_nid)
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "{kind:?}: the invite and the message are both ends of the room"
+        );
+        // The next local event joins the two ends again.
+        let (status, body) = world
+            .server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/t2",
+                    enc(&room_id)
+                ),
+                &world.alice.access_token,
+                json!({"msgtype": "m.text", "body": "after"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(
+            store
+                .forward_extremities(room.room_nid)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{kind:?}"
+        );
+
+        // Alice leaves while the peer signs a second invite (of charlie): by then she may not
+        // invite anyone, and the signed invite is refused, not stored.
+        let charlie = "@charlie:peer.test";
+        *world.peer.hold_invites.lock().unwrap() = true;
+        let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id));
+        let invite = world.server.post(
+            &path,
+            &world.alice.access_token,
+            json!({"user_id": charlie}),
+        );
+        let between = async {
+            world.peer.held.notified().await;
+            let (status, body) = world
+                .server
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                    &world.alice.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            world.peer.release.notify_one();
+        };
+        let ((status, body), ()) = tokio::join!(invite, between);
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        assert!(
+            store
+                .membership(room.room_nid, charlie)
+                .await
+                .unwrap()
+                .is_none(),
+            "{kind:?}"
+        );
+        world.stop().await;
+    }
 }

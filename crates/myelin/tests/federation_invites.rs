@@ -576,8 +576,30 @@ async fn bad_invites_are_refused_and_leave_nothing_stored() {
         let (status, _) = status_of(world.send_invite("10", &nobody, &state).await.unwrap_err());
         assert_eq!(status, 404, "{kind:?}");
 
+        // A user who deactivated their account.
+        let gone = world.server.register("gone").await;
+        let (status, body) = world
+            .server
+            .post(
+                "/_matrix/client/v3/account/deactivate",
+                &gone.access_token,
+                json!({"auth": {"type": "m.login.password",
+                       "identifier": {"type": "m.id.user", "user": "gone"},
+                       "password": gone.password}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let deactivated = room.invite(&world.key, CAROL, &gone.user_id);
+        let (status, _) = status_of(
+            world
+                .send_invite("10", &deactivated, &state)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 403, "{kind:?}");
+
         assert!(store.room(PEER_ROOM).await.unwrap().is_none(), "{kind:?}");
-        for event in [&forged, &elsewhere, &invite, &nobody] {
+        for event in [&forged, &elsewhere, &invite, &nobody, &deactivated] {
             assert!(
                 store.event(event.event_id()).await.unwrap().is_none(),
                 "{kind:?}"
@@ -916,6 +938,23 @@ async fn an_invite_from_one_myelin_reaches_the_others_sync() {
                 .iter()
                 .any(|e| e["type"] == "m.room.create" && e["event_id"].is_string()),
             "{kind:?}: {events:?}"
+        );
+        // Bob declines: through hs1's make_leave/send_leave, or out of band where hs1 does not
+        // serve them; either way the invite is gone from bob's syncs.
+        let (status, body) = servers[1]
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let (_, sync) = servers[1]
+            .get("/_matrix/client/v3/sync?timeout=0", &bob.access_token)
+            .await;
+        assert!(
+            sync["rooms"]["invite"].get(&room_id).is_none(),
+            "{kind:?}: {sync}"
         );
         for server in servers {
             server.stop().await;

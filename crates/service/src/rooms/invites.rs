@@ -168,13 +168,12 @@ impl Rooms {
                 "Third-party invites are not supported".to_owned(),
             ));
         }
-        if self
-            .store
-            .user_by_localpart(invitee.localpart())
-            .await?
-            .is_none()
-        {
-            return Err(Error::NotFound(format!("No user {invitee} here")));
+        match self.store.user_by_localpart(invitee.localpart()).await? {
+            None => return Err(Error::NotFound(format!("No user {invitee} here"))),
+            Some(user) if user.deactivated_ts.is_some() => {
+                return Err(Error::Forbidden(format!("{invitee} is deactivated")));
+            }
+            Some(_) => {}
         }
         let known = self.store.room(&invite.room_id).await?;
         if let Some(room) = &known

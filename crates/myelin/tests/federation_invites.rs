@@ -1251,3 +1251,99 @@ async fn an_invite_is_checked_again_against_the_room_as_it_is_when_signed() {
         world.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_room_everyone_here_left_takes_an_invite_from_outside() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let room_id = world
+            .server
+            .create_room(
+                &world.alice,
+                json!({"preset": "public_chat", "room_version": "10", "name": "Old"}),
+            )
+            .await;
+        let (status, body) = world
+            .server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                &world.alice.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let store = world.server.store();
+        let room = store.room(&room_id).await.unwrap().unwrap();
+        let create = store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.create".to_owned(), String::new())]),
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let create = room_event(&create.json);
+        // Carol of the peer (in the room by now, as far as this server cannot know) invites
+        // alice back: stored from outside, with the stripped state carol sent.
+        let invite = peer_event(
+            &world.key,
+            &room_id,
+            CAROL,
+            "m.room.member",
+            Some("@alice:hs.test"),
+            json!({"membership": "invite"}),
+            &[create.event_id()],
+            &[create.event_id()],
+            10,
+        );
+        let topic = json!({"type": "m.room.topic", "state_key": "", "sender": CAROL,
+                           "content": {"topic": "from carol"}});
+        world
+            .send_invite("10", &invite, &[json_of(&create), topic])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .event(invite.event_id())
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            myelin_store::EventStatus::Outlier,
+            "{kind:?}"
+        );
+        let sync = world.sync(None).await;
+        let events = sync["rooms"]["invite"][&room_id]["invite_state"]["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind:?}: no invite in {sync}"));
+        assert!(
+            events
+                .iter()
+                .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "from carol"),
+            "{kind:?}: {events:?}"
+        );
+        // Declining it goes to the peer (down here: out of band).
+        *world.peer.leave_down.lock().unwrap() = true;
+        let (status, body) = world
+            .server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                &world.alice.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(
+            store
+                .membership(room.room_nid, "@alice:hs.test")
+                .await
+                .unwrap()
+                .unwrap()
+                .0,
+            "leave",
+            "{kind:?}"
+        );
+        world.stop().await;
+    }
+}

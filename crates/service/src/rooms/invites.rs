@@ -108,6 +108,19 @@ impl Rooms {
             .is_some())
     }
 
+    /// Whether `user`'s membership of `room` is an invite that came from outside the room (its
+    /// event an outlier: stored by [`Rooms::receive_invite`] while this server was not in it).
+    pub(super) async fn invited_from_outside(&self, room: &RoomRow, user: &UserId) -> Result<bool> {
+        let Some((membership, event_nid, _)) =
+            self.store.membership(room.room_nid, user.as_str()).await?
+        else {
+            return Ok(false);
+        };
+        Ok(membership == "invite"
+            && self.store.event_status(event_nid).await?
+                == Some(myelin_store::EventStatus::Outlier))
+    }
+
     /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` from `origin` (see the module
     /// documentation). Returns the invite event with this server's signature added.
     pub async fn receive_invite(
@@ -195,11 +208,17 @@ impl Rooms {
                 "The invite is not validly signed by the inviting server".to_owned(),
             ));
         }
-        let resident = match &known {
-            Some(room) => self.is_resident(room).await?,
+        // In the room: someone here is joined (a room whose state is here but whose local
+        // members all left is not followed any more, and takes the invite from outside too).
+        let in_room = match &known {
+            Some(room) => {
+                self.store
+                    .server_in_room(room.room_nid, self.server_name.as_str())
+                    .await?
+            }
             None => false,
         };
-        if resident && !self.server_allowed(&invite.room_id, origin).await? {
+        if in_room && !self.server_allowed(&invite.room_id, origin).await? {
             return Err(Error::Forbidden(format!(
                 "Server {origin} is denied by the room's server ACL"
             )));
@@ -212,7 +231,7 @@ impl Rooms {
         add_signature(&mut signed, version, self.keys.event_signer()).map_err(pdu_error)?;
         let json = signed.canonical_json();
         match known {
-            Some(room) if resident => {
+            Some(room) if in_room => {
                 // The normal path; the inviting server's transaction will find it stored.
                 let outcome = self
                     .receive_pdus(&room.room_id, &[json.as_bytes()], &keys)
@@ -563,7 +582,9 @@ impl Rooms {
     }
 
     /// The invitee rejects an invite to a room this server is not in (see the module
-    /// documentation): through the inviting server, or failing that out of band.
+    /// documentation): through the inviting server, or failing that out of band. The caller
+    /// has checked that the user's membership is such an invite
+    /// ([`Rooms::invited_from_outside`]).
     pub(super) async fn reject_outside_invite(
         &self,
         room: &RoomRow,
@@ -571,7 +592,7 @@ impl Rooms {
         reason: Option<&str>,
     ) -> Result<String> {
         let version = version_of(room)?;
-        let (membership, event_nid, _) = self
+        let (_, event_nid, _) = self
             .store
             .membership(room.room_nid, user.as_str())
             .await?
@@ -581,10 +602,6 @@ impl Rooms {
             .event_by_nid(event_nid)
             .await?
             .ok_or_else(|| Error::Internal("the invite event is not stored".to_owned()))?;
-        if membership != "invite" {
-            // A leave already made (out of band or through another server) stays as it is.
-            return Ok(invite.event_id);
-        }
         let invite = pdu_of(&invite, version)?;
         for server in self
             .servers_for_leave(room, user, &invite, event_nid)

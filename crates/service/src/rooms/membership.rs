@@ -163,7 +163,7 @@ impl Rooms {
                     .await;
             }
             "invite" => {}
-            "leave" if sender == target && !self.is_resident(room).await? => {
+            "leave" if sender == target && self.invited_from_outside(room, target).await? => {
                 // An invite to a room this server is not in: rejected through the inviting
                 // server (or out of band).
                 let reason = content.get("reason").and_then(Value::as_str);

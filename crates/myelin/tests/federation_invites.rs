@@ -477,7 +477,8 @@ async fn a_peers_invite_is_signed_stored_and_shown_in_sync() {
             .unwrap();
         assert_eq!(again, signed, "{kind:?}");
 
-        // A join cannot be built here: the room has no state on this server.
+        // A join goes through the inviting server, which (this simulated one) serves no
+        // make_join: its 404 is passed on.
         let (status, body) = world
             .server
             .post(

@@ -109,15 +109,17 @@ impl Rooms {
             .is_some())
     }
 
-    /// Whether `user`'s membership of `room` is an invite that came from outside the room (its
-    /// event an outlier: stored by [`Rooms::receive_invite`] while this server was not in it).
-    pub(super) async fn invited_from_outside(&self, room: &RoomRow, user: &UserId) -> Result<bool> {
+    /// Whether `user`'s membership of `room` is an invite or a knock made outside the room (its
+    /// event an outlier: stored by [`Rooms::receive_invite`] or a knock through another server
+    /// while this server was not in it), which a leave rejects or rescinds through another
+    /// server ([`Rooms::reject_outside_invite`]).
+    pub(super) async fn member_from_outside(&self, room: &RoomRow, user: &UserId) -> Result<bool> {
         let Some((membership, event_nid, _)) =
             self.store.membership(room.room_nid, user.as_str()).await?
         else {
             return Ok(false);
         };
-        Ok(membership == "invite"
+        Ok(matches!(membership.as_str(), "invite" | "knock")
             && self.store.event_status(event_nid).await?
                 == Some(myelin_store::EventStatus::Outlier))
     }
@@ -225,7 +227,7 @@ impl Rooms {
             )));
         }
         let shown = self
-            .checked_invite_room_state(version, &invite.room_id, &invite.invite_room_state)
+            .checked_stripped_state(version, &invite.room_id, &invite.invite_room_state)
             .await?;
 
         let mut signed = pdu;
@@ -276,19 +278,20 @@ impl Rooms {
             .map_err(|e| Error::Internal(format!("serialising the signed invite: {e}")))
     }
 
-    /// `invite_room_state` of an inbound invite, checked as MSC4311 (spec v1.16) asks: it must
-    /// hold the room's create event; events in the PDU format must be valid events of this
-    /// room, validly signed (a create event of rooms whose id is its hash defines the room
-    /// itself). The stripped format of older servers is taken as it is. Anything else is
-    /// `400 M_MISSING_PARAM`. Returns what the invitee's clients are shown: the create event
-    /// whole in the client format, the others stripped.
-    async fn checked_invite_room_state(
+    /// The stripped state another server sends with a membership (`invite_room_state` of an
+    /// inbound invite, `knock_room_state` of a knock's answer), checked as MSC4311 (spec
+    /// v1.16) asks: it must hold the room's create event; events in the PDU format must be
+    /// valid events of this room, validly signed (a create event of rooms whose id is its hash
+    /// defines the room itself). The stripped format of older servers is taken as it is.
+    /// Anything else is `400 M_MISSING_PARAM`. Returns what the user's clients are shown: the
+    /// create event whole in the client format, the others stripped.
+    pub(crate) async fn checked_stripped_state(
         &self,
         version: &RoomVersion,
         room_id: &str,
         events: &[Box<RawValue>],
     ) -> Result<Vec<Value>> {
-        let refuse = |why: String| Error::MissingParam(format!("invite_room_state: {why}"));
+        let refuse = |why: String| Error::MissingParam(format!("stripped room state: {why}"));
         if events.len() > MAX_INVITE_ROOM_STATE {
             return Err(Error::BadJson(format!(
                 "invite_room_state may hold at most {MAX_INVITE_ROOM_STATE} events"
@@ -406,7 +409,7 @@ impl Rooms {
 
     /// Stores a local user's membership event in a room this server is not in.
     #[allow(clippy::too_many_arguments)]
-    async fn persist_outside(
+    pub(crate) async fn persist_outside(
         &self,
         room_id: &str,
         version: &RoomVersion,
@@ -585,7 +588,7 @@ impl Rooms {
     /// The invitee rejects an invite to a room this server is not in (see the module
     /// documentation): through the inviting server, or failing that out of band. The caller
     /// has checked that the user's membership is such an invite
-    /// ([`Rooms::invited_from_outside`]).
+    /// ([`Rooms::member_from_outside`]).
     pub(super) async fn reject_outside_invite(
         &self,
         room: &RoomRow,
@@ -713,7 +716,22 @@ impl Rooms {
                 version.id()
             )));
         }
-        let leave = self.leave_from_template(room, version, user, &template.event, reason)?;
+        let mut content = CanonicalJsonObject::new();
+        if let Some(reason) = reason {
+            content.insert(
+                "reason".to_owned(),
+                CanonicalJsonValue::String(reason.to_owned()),
+            );
+        }
+        let leave = self.member_event_from_template(
+            server,
+            &room.room_id,
+            version,
+            user,
+            template.event.get().as_bytes(),
+            "leave",
+            content,
+        )?;
         let event_id = OwnedEventId::try_from(leave.event_id())
             .map_err(|e| Error::Internal(format!("built event id: {e}")))?;
         federation
@@ -729,68 +747,6 @@ impl Rooms {
             .await
             .map_err(|e| Error::BadGateway(format!("send_leave: {e}")))?;
         Ok(leave)
-    }
-
-    /// A leave event from a `make_leave` template: only the fields a template carries (the
-    /// room's, where the resident server places the event), checked to be this user's leave of
-    /// this room, signed by this server.
-    fn leave_from_template(
-        &self,
-        room: &RoomRow,
-        version: &RoomVersion,
-        user: &UserId,
-        template: &RawValue,
-        reason: Option<&str>,
-    ) -> Result<Pdu> {
-        let bad =
-            |why: &str| Error::BadGateway(format!("make_leave gave an unusable template: {why}"));
-        let template = myelin_room_version::canonical::parse_object(template.get().as_bytes())
-            .map_err(|_| bad("not canonical JSON"))?;
-        let string = |key: &str| match template.get(key) {
-            Some(CanonicalJsonValue::String(s)) => Some(s.as_str()),
-            _ => None,
-        };
-        if string("type") != Some("m.room.member")
-            || string("state_key") != Some(user.as_str())
-            || string("sender") != Some(user.as_str())
-            || template
-                .get("room_id")
-                .is_some_and(|r| *r != CanonicalJsonValue::String(room.room_id.clone()))
-        {
-            return Err(bad("it is not this user's leave of this room"));
-        }
-        let mut partial = CanonicalJsonObject::new();
-        for key in [
-            "type",
-            "room_id",
-            "sender",
-            "state_key",
-            "prev_events",
-            "auth_events",
-            "depth",
-        ] {
-            if let Some(value) = template.get(key) {
-                partial.insert(key.to_owned(), value.clone());
-            }
-        }
-        let mut content = CanonicalJsonObject::new();
-        content.insert(
-            "membership".to_owned(),
-            CanonicalJsonValue::String("leave".to_owned()),
-        );
-        if let Some(reason) = reason {
-            content.insert(
-                "reason".to_owned(),
-                CanonicalJsonValue::String(reason.to_owned()),
-            );
-        }
-        partial.insert("content".to_owned(), CanonicalJsonValue::Object(content));
-        partial.insert(
-            "origin_server_ts".to_owned(),
-            CanonicalJsonValue::Integer(super::int(now_millis())?),
-        );
-        self.assign_event_id(&mut partial, version);
-        build_pdu(partial, version, self.keys.event_signer()).map_err(|e| bad(&e.to_string()))
     }
 
     /// A leave no other server has: after the invite, citing it, signed by this server.

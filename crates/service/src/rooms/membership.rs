@@ -177,9 +177,9 @@ impl Rooms {
                     .await;
             }
             "invite" => {}
-            "leave" if sender == target && self.invited_from_outside(room, target).await? => {
-                // An invite to a room this server is not in: rejected through the inviting
-                // server (or out of band).
+            "leave" if sender == target && self.member_from_outside(room, target).await? => {
+                // An invite to (or a knock on) a room this server is not in: rejected or
+                // rescinded through another server of the room (or out of band).
                 let reason = content.get("reason").and_then(Value::as_str);
                 return self.reject_outside_invite(room, target, reason).await;
             }

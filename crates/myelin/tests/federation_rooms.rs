@@ -542,3 +542,236 @@ async fn a_knock_through_another_server_is_accepted_by_an_invite_and_rescinded_b
         }
     }
 }
+
+/// A real `send_join` answer of A for bob of B: the template from A's `make_join` (asked as B),
+/// the join built and signed with B's key, A's answer as raw JSON values. The keys of A as B
+/// holds them.
+async fn real_join_answer(
+    a: &TestServer,
+    b: &TestServer,
+    bob: &TestUser,
+    room_id: &str,
+) -> (
+    Vec<u8>,
+    Vec<serde_json::Value>,
+    Vec<serde_json::Value>,
+    myelin_room_version::verify::ServerKeys,
+) {
+    use myelin_room_version::{CanonicalJsonValue, RoomVersion, canonical, pdu::build_pdu};
+    use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+    let a_name = ruma::OwnedServerName::try_from(a.name()).unwrap();
+    let room = ruma::OwnedRoomId::try_from(room_id).unwrap();
+    let user = ruma::OwnedUserId::try_from(bob.user_id.as_str()).unwrap();
+    let mut request = prepare_join_event::v1::Request::new(room.clone(), user);
+    request.ver = vec![ruma::RoomVersionId::V10];
+    let template = b
+        .services()
+        .federation
+        .send(&a_name, request)
+        .await
+        .unwrap();
+    let mut partial = canonical::parse_object(template.event.get().as_bytes()).unwrap();
+    partial.insert(
+        "origin_server_ts".to_owned(),
+        CanonicalJsonValue::Integer(myelin_service::now_millis().try_into().unwrap()),
+    );
+    let version = RoomVersion::get("10").unwrap();
+    let join = build_pdu(partial, version, b.services().server_keys.event_signer()).unwrap();
+    let json = join.canonical_json();
+    let answer = b
+        .services()
+        .federation
+        .send(
+            &a_name,
+            create_join_event::v2::Request::new(
+                room,
+                ruma::OwnedEventId::try_from(join.event_id()).unwrap(),
+                serde_json::value::RawValue::from_string(json.clone()).unwrap(),
+            ),
+        )
+        .await
+        .unwrap()
+        .room_state;
+    let values = |events: &[Box<serde_json::value::RawValue>]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|e| serde_json::from_str(e.get()).unwrap())
+            .collect()
+    };
+    let mut keys = myelin_room_version::verify::ServerKeys::new();
+    let a_keys = b
+        .services()
+        .remote_keys
+        .keys_for(&a_name, &[], myelin_service::now_millis())
+        .await
+        .unwrap();
+    keys.insert(a.name().to_owned(), a_keys);
+    let own = b
+        .services()
+        .remote_keys
+        .keys_for(&ruma::OwnedServerName::try_from(b.name()).unwrap(), &[], 0)
+        .await
+        .unwrap();
+    keys.insert(b.name().to_owned(), own);
+    (
+        json.into_bytes(),
+        values(&answer.state),
+        values(&answer.auth_chain),
+        keys,
+    )
+}
+
+/// Places `state` and `auth_chain` (as given) for the join at B.
+async fn place(
+    b: &TestServer,
+    room_id: &str,
+    join: &[u8],
+    state: &[serde_json::Value],
+    auth_chain: &[serde_json::Value],
+    keys: &myelin_room_version::verify::ServerKeys,
+) -> Result<(), myelin_service::Error> {
+    let state: Vec<Vec<u8>> = state.iter().map(|e| e.to_string().into_bytes()).collect();
+    let auth: Vec<Vec<u8>> = auth_chain
+        .iter()
+        .map(|e| e.to_string().into_bytes())
+        .collect();
+    let state_refs: Vec<&[u8]> = state.iter().map(Vec::as_slice).collect();
+    let auth_refs: Vec<&[u8]> = auth.iter().map(Vec::as_slice).collect();
+    b.services()
+        .rooms
+        .place_remote_join(
+            room_id,
+            myelin_room_version::RoomVersion::get("10").unwrap(),
+            myelin_service::rooms::ResidentJoinAnswer {
+                join,
+                state: &state_refs,
+                auth_chain: &auth_refs,
+            },
+            keys,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_forged_or_incomplete_send_join_answer_is_refused_and_leaves_nothing_to_see() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "10"}),
+            )
+            .await;
+        // The power levels change once: the first version is in the auth chain, not the state.
+        let (status, body) = a
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                    enc(&room_id)
+                ),
+                &alice.access_token,
+                json!({"users": {alice.user_id.clone(): 100}, "state_default": 60}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let other_room = a.create_room(&alice, json!({"room_version": "10"})).await;
+        let (_, foreign_state) = a
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/state", enc(&other_room)),
+                &alice.access_token,
+            )
+            .await;
+        let foreign_id = foreign_state
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "m.room.name" || e["type"] == "m.room.join_rules")
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .unwrap();
+
+        let (join, state, auth_chain, keys) = real_join_answer(a, b, &bob, &room_id).await;
+        let of_type = |events: &[serde_json::Value], kind: &str| {
+            events.iter().position(|e| e["type"] == kind).unwrap()
+        };
+        let shows_nothing = || async {
+            let (_, joined) = b
+                .get("/_matrix/client/v3/joined_rooms", &bob.access_token)
+                .await;
+            let room = b.store().room(&room_id).await.unwrap();
+            let current = match room {
+                Some(room) => b.store().current_state_group(room.room_nid).await.unwrap(),
+                None => None,
+            };
+            joined["joined_rooms"] == json!([]) && current.is_none()
+        };
+
+        // First (before any of it is stored here): an auth chain without the first power
+        // levels, which the state's older events cite.
+        // (PDUs of v10 carry no id: the current power levels are the ones setting 60.)
+        let broken: Vec<serde_json::Value> = auth_chain
+            .iter()
+            .filter(|e| {
+                e["type"] != "m.room.power_levels" || e["content"]["state_default"] == json!(60)
+            })
+            .cloned()
+            .collect();
+        assert!(
+            broken.len() < auth_chain.len(),
+            "{kind:?}: the old power levels are in the chain"
+        );
+        let refused = place(b, &room_id, &join, &state, &broken, &keys).await;
+        assert!(refused.is_err(), "{kind:?}: a broken auth chain was taken");
+        assert!(shows_nothing().await, "{kind:?}");
+
+        // A state event whose content was changed after it was signed.
+        let mut forged = state.clone();
+        forged[of_type(&state, "m.room.join_rules")]["content"]["join_rule"] = json!("public ");
+        let refused = place(b, &room_id, &join, &forged, &auth_chain, &keys).await;
+        assert!(
+            matches!(refused, Err(myelin_service::Error::BadGateway(_))),
+            "{kind:?}: {refused:?}"
+        );
+        assert!(
+            shows_nothing().await,
+            "{kind:?}: a forged state left the room visible"
+        );
+
+        // A state that is not the room's: without its create event, or with another room's
+        // event.
+        let mut no_create = state.clone();
+        no_create.remove(of_type(&state, "m.room.create"));
+        let refused = place(b, &room_id, &join, &no_create, &auth_chain, &keys).await;
+        assert!(
+            refused.is_err(),
+            "{kind:?}: a state without a create event was taken"
+        );
+        let foreign: serde_json::Value =
+            serde_json::from_str(&a.store().event(&foreign_id).await.unwrap().unwrap().json)
+                .unwrap();
+        let mut mixed = state.clone();
+        mixed.push(foreign);
+        let refused = place(b, &room_id, &join, &mixed, &auth_chain, &keys).await;
+        assert!(
+            refused.is_err(),
+            "{kind:?}: a state with another room's event was taken"
+        );
+        assert!(shows_nothing().await, "{kind:?}");
+
+        // The honest answer is taken: the refusals above were the tampering's.
+        place(b, &room_id, &join, &state, &auth_chain, &keys)
+            .await
+            .unwrap_or_else(|err| panic!("{kind:?}: the honest answer was refused: {err}"));
+        let (_, joined) = b
+            .get("/_matrix/client/v3/joined_rooms", &bob.access_token)
+            .await;
+        assert_eq!(joined["joined_rooms"], json!([room_id]), "{kind:?}");
+
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

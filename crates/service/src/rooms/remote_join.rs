@@ -126,7 +126,7 @@ impl Rooms {
     /// Places a join through another server (see the module docs). Errors are the answer's
     /// fault ([`Error::BadGateway`]) or the join's (the auth rules refuse it: `Forbidden`);
     /// either way the join did not happen.
-    pub(crate) async fn place_remote_join(
+    pub async fn place_remote_join(
         &self,
         room_id: &str,
         version: &'static RoomVersion,

@@ -132,6 +132,21 @@ impl From<ServiceError> for MatrixError {
             ServiceError::UnableToAuthoriseJoin(_) => {
                 Self::new(S::BAD_REQUEST, ErrorKind::UnableToAuthorizeJoin, message)
             }
+            ServiceError::UnableToGrantJoin(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::UnableToGrantJoin, message)
+            }
+            ServiceError::IncompatibleRoomVersion { room_version } => {
+                match ruma::RoomVersionId::try_from(room_version.as_str()) {
+                    Ok(room_version) => Self::new(
+                        S::BAD_REQUEST,
+                        ErrorKind::IncompatibleRoomVersion(
+                            ruma::api::error::IncompatibleRoomVersionErrorData::new(room_version),
+                        ),
+                        message,
+                    ),
+                    Err(_) => Self::internal(format!("room version {room_version} is not valid")),
+                }
+            }
             ServiceError::LimitExceeded { retry_after_ms } => Self::new(
                 S::TOO_MANY_REQUESTS,
                 ErrorKind::LimitExceeded({

@@ -199,6 +199,18 @@ pub fn check_against_state_before(
     if !missing.is_empty() {
         return Err(Failure::Missing(missing));
     }
+    check_against_established_state_before(version, pdu, lookups)
+}
+
+/// Step 5 where the caller has established the state before the event itself: from its prev
+/// events' states, or from the state another server gave for prev events this server lacks
+/// (the prev events of a join through another server, a gap out of reach). Only the auth
+/// rules against that state; [`check_against_state_before`] also wants every prev event known.
+pub fn check_against_established_state_before(
+    version: &RoomVersion,
+    pdu: &Pdu,
+    lookups: &impl ReceiptLookups,
+) -> Result<(), Failure> {
     check_against_state(version, pdu, |kind, key| lookups.state_before(kind, key))
         .map_err(|e| Failure::Denied(e.reason))
 }

@@ -43,6 +43,14 @@ pub enum Error {
     /// A restricted join no local user can authorise (`M_UNABLE_TO_AUTHORISE_JOIN`).
     #[error("{0}")]
     UnableToAuthoriseJoin(String),
+    /// A restricted join this server cannot judge: it is in none of the rooms the `allow`
+    /// conditions name (`M_UNABLE_TO_GRANT_JOIN`, 400: the joining server should try another).
+    #[error("{0}")]
+    UnableToGrantJoin(String),
+    /// `make_join`/`make_knock` from a server that supports none of the room's version
+    /// (`M_INCOMPATIBLE_ROOM_VERSION`, 400, with the room's version).
+    #[error("Your server does not support room version {room_version}")]
+    IncompatibleRoomVersion { room_version: String },
     /// Too many requests (`M_LIMIT_EXCEEDED`, 429).
     #[error("Too many requests; retry in {retry_after_ms} ms")]
     LimitExceeded { retry_after_ms: u64 },

@@ -41,7 +41,7 @@ use serde_json::value::RawValue;
 use crate::{Error, Result, Services, now_millis};
 
 pub(crate) use fetch::FetchBudget;
-pub use fetch::{MAX_FETCHED_EVENTS, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT};
+pub use fetch::{KEY_FETCH_TIME, MAX_FETCHED_EVENTS, MAX_PDU_BYTES, MISSING_EVENTS_LIMIT};
 
 /// The most PDUs a transaction may hold (the spec's limit).
 pub const MAX_PDUS: usize = 50;

@@ -25,7 +25,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, value::RawValue};
 
-use crate::{Error, Result, Services, now_millis, rooms::JoinAnswer};
+use crate::{Error, Result, Services, now_millis, rooms::ResidentJoinAnswer};
 
 /// The largest `make_join` answer read: one event template.
 const MAKE_JOIN_BYTES: usize = 256 * 1024;
@@ -218,7 +218,7 @@ impl Services {
             .place_remote_join(
                 room_id,
                 version,
-                JoinAnswer {
+                ResidentJoinAnswer {
                     join: &join_bytes,
                     state: &state,
                     auth_chain: &auth_chain,

@@ -352,7 +352,10 @@ impl Services {
                     }
                 }
                 "invite" if changed_since || request.full_state => {
-                    let events = self.stripped_state(&membership, user).await?;
+                    let events = self
+                        .rooms
+                        .stripped_state(&membership.room, membership.event_nid, user)
+                        .await?;
                     // An invite from an ignored user is not shown.
                     let inviter = events
                         .iter()
@@ -368,7 +371,7 @@ impl Services {
                 "knock" if changed_since || request.full_state => {
                     knock.insert(
                         room_id,
-                        json!({"knock_state": {"events": self.stripped_state(&membership, user).await?}}),
+                        json!({"knock_state": {"events": self.rooms.stripped_state(&membership.room, membership.event_nid, user).await?}}),
                     );
                 }
                 // Departures since the token; with `include_leave`, every left room in a
@@ -925,42 +928,5 @@ impl Services {
             Some(previous) => Ok(self.store.state_at_group(previous.state_after()?).await?),
             None => Ok(Vec::new()),
         }
-    }
-
-    /// Stripped state for invites and knocks: what a client shows before joining. The create
-    /// event is given whole, in the client format (spec v1.16, MSC4311: clients check the room
-    /// id and creators against it); the others are stripped to type, state key, content and
-    /// sender.
-    async fn stripped_state(
-        &self,
-        membership: &MembershipRow,
-        reader: &UserId,
-    ) -> Result<Vec<Value>> {
-        const SHOWN: &[&str] = &[
-            "m.room.create",
-            "m.room.join_rules",
-            "m.room.name",
-            "m.room.avatar",
-            "m.room.canonical_alias",
-            "m.room.encryption",
-            "m.room.topic",
-        ];
-        let state = self
-            .store
-            .current_state(membership.room.room_nid, None)
-            .await?;
-        let member = self.store.event_by_nid(membership.event_nid).await?;
-        Ok(state
-            .iter()
-            .filter(|row| SHOWN.contains(&row.event_type.as_str()))
-            .chain(member.as_ref())
-            .filter_map(|row| {
-                if row.event_type == "m.room.create" && row.state_key.as_deref() == Some("") {
-                    return self.rooms.client_event(&membership.room, row, reader);
-                }
-                self.rooms
-                    .stripped_event(&membership.room, &row.json, Some(reader), false)
-            })
-            .collect())
     }
 }

@@ -4,8 +4,9 @@
 //! owed events in, persisted EDUs (to-device messages for remote users), and destinations that
 //! are backing off.
 //!
-//! Nothing here is queued per event: a destination's pending events are the local events of its
-//! rooms past its position, read from the events table. Position moves are conditional updates
+//! Nothing here is queued per event: a destination's pending events are this server's events of
+//! its rooms past its position, read from the events table: those of local users and those it
+//! relays as the resident (`federation_relayed_events`), by one predicate (`ours_to_send`). Position moves are conditional updates
 //! (`WHERE position = the one read`), so a second process over the same database is noticed
 //! rather than overwritten.
 
@@ -107,14 +108,40 @@ fn users_of(server: &str) -> String {
     )
 }
 
-/// Local events (of `origin`'s users) of a destination's rooms past `$2`, each room read no
+/// The one test of whether event `e` is this server's to send: a normal event of a local user
+/// (sender matching the pattern in parameter `$n`) or one this server relays as the resident
+/// (`federation_relayed_events`). Every "our events" query uses it.
+fn ours_to_send(n: u8) -> String {
+    format!(
+        "e.status = 'normal' AND (e.sender LIKE ${n} ESCAPE '\\' \
+         OR EXISTS (SELECT 1 FROM federation_relayed_events r WHERE r.event_nid = e.event_nid))"
+    )
+}
+
+/// Whether the event read is a relayed one (see [`OutgoingEvent::relayed`]).
+const RELAYED_COLUMN: &str =
+    "EXISTS (SELECT 1 FROM federation_relayed_events r WHERE r.event_nid = e.event_nid) AS relayed";
+
+/// Our events (see [`ours_to_send`]) of a destination's rooms past `$2`, each room read no
 /// further than the latest event meant for the destination there. `$1` destination, `$2`
 /// position, `$3` the sender pattern.
-const PENDING_EVENTS_FROM: &str = "FROM federation_destination_rooms dr \
-     JOIN events e ON e.room_nid = dr.room_nid \
-     WHERE dr.destination = $1 AND dr.stream_ordering > $2 \
-     AND e.stream_ordering > $2 AND e.stream_ordering <= dr.stream_ordering \
-     AND e.status = 'normal' AND e.sender LIKE $3 ESCAPE '\\'";
+fn pending_events_from() -> String {
+    format!(
+        "FROM federation_destination_rooms dr \
+         JOIN events e ON e.room_nid = dr.room_nid \
+         WHERE dr.destination = $1 AND dr.stream_ordering > $2 \
+         AND e.stream_ordering > $2 AND e.stream_ordering <= dr.stream_ordering AND {}",
+        ours_to_send(3)
+    )
+}
+
+/// An event the federation sender may send: a local user's, or one relayed for another
+/// server's user (which the sender's own check of the sender's server must let through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingEvent {
+    pub event: EventRow,
+    pub relayed: bool,
+}
 
 impl Store {
     /// How far the fan-out has looked through the events stream.
@@ -127,7 +154,7 @@ impl Store {
         Ok(position)
     }
 
-    /// Normal events of `origin`'s users with stream orderings in `(after, up_to]`, oldest first,
+    /// Our events to send (local users' and relayed ones) with stream orderings in `(after, up_to]`, oldest first,
     /// at most `limit`: what the fan-out reads.
     pub async fn local_events_between(
         &self,
@@ -135,12 +162,13 @@ impl Store {
         after: i64,
         up_to: i64,
         limit: i64,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<Vec<OutgoingEvent>, StoreError> {
         let sql = format!(
-            "SELECT {} FROM events e WHERE e.stream_ordering > $1 AND e.stream_ordering <= $2 \
-             AND e.status = 'normal' AND e.sender LIKE $3 ESCAPE '\\' \
+            "SELECT {}, {RELAYED_COLUMN} FROM events e \
+             WHERE e.stream_ordering > $1 AND e.stream_ordering <= $2 AND {} \
              ORDER BY e.stream_ordering LIMIT $4",
-            crate::rooms::BARE_EVENT_COLUMNS
+            crate::rooms::BARE_EVENT_COLUMNS,
+            ours_to_send(3)
         );
         let rows = with_pool!(self, pool => {
             let mut out = Vec::new();
@@ -152,7 +180,10 @@ impl Store {
                 .fetch_all(pool)
                 .await?
             {
-                out.push(event_from_row!(&row));
+                out.push(OutgoingEvent {
+                    event: event_from_row!(&row),
+                    relayed: row.try_get("relayed")?,
+                });
             }
             out
         });
@@ -277,7 +308,7 @@ impl Store {
         Ok(row)
     }
 
-    /// The local events (of `origin`'s users) a destination may be owed past `after`, oldest
+    /// Our events to send (of `origin`'s users, and relayed ones) a destination may be owed past `after`, oldest
     /// first, at most `limit`. The caller still checks each event's destinations.
     pub async fn federation_pending_events(
         &self,
@@ -285,10 +316,11 @@ impl Store {
         origin: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<Vec<OutgoingEvent>, StoreError> {
         let sql = format!(
-            "SELECT {} {PENDING_EVENTS_FROM} ORDER BY e.stream_ordering LIMIT $4",
-            crate::rooms::BARE_EVENT_COLUMNS
+            "SELECT {}, {RELAYED_COLUMN} {} ORDER BY e.stream_ordering LIMIT $4",
+            crate::rooms::BARE_EVENT_COLUMNS,
+            pending_events_from()
         );
         let rows = with_pool!(self, pool => {
             let mut out = Vec::new();
@@ -300,7 +332,10 @@ impl Store {
                 .fetch_all(pool)
                 .await?
             {
-                out.push(event_from_row!(&row));
+                out.push(OutgoingEvent {
+                    event: event_from_row!(&row),
+                    relayed: row.try_get("relayed")?,
+                });
             }
             out
         });
@@ -319,12 +354,14 @@ impl Store {
         keep: i64,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
         let counts_sql = format!(
-            "SELECT e.room_nid, COUNT(*) AS pending {PENDING_EVENTS_FROM} \
-             GROUP BY e.room_nid HAVING COUNT(*) > $4"
+            "SELECT e.room_nid, COUNT(*) AS pending {} \
+             GROUP BY e.room_nid HAVING COUNT(*) > $4",
+            pending_events_from()
         );
         let cutoff_sql = format!(
-            "SELECT e.stream_ordering {PENDING_EVENTS_FROM} AND e.room_nid = $4 \
-             ORDER BY e.stream_ordering DESC LIMIT 1 OFFSET $5"
+            "SELECT e.stream_ordering {} AND e.room_nid = $4 \
+             ORDER BY e.stream_ordering DESC LIMIT 1 OFFSET $5",
+            pending_events_from()
         );
         let cutoffs = with_pool!(self, pool => {
             let rooms: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(counts_sql.clone()))
@@ -501,17 +538,19 @@ impl Store {
         &self,
         origin: &str,
     ) -> Result<Vec<QueueDepth>, StoreError> {
+        let sql = format!(
+            "SELECT d.destination, d.last_success_ts, \
+             (SELECT COUNT(*) FROM federation_destination_rooms dr JOIN events e ON e.room_nid = dr.room_nid \
+              WHERE dr.destination = d.destination AND dr.stream_ordering > d.event_position \
+              AND e.stream_ordering > d.event_position AND e.stream_ordering <= dr.stream_ordering \
+              AND {}) AS events, \
+             (SELECT COUNT(*) FROM federation_edu_outbox o WHERE o.destination = d.destination) AS edus \
+             FROM federation_destinations d ORDER BY d.destination",
+            ours_to_send(1)
+        );
         let rows = with_pool!(self, pool => {
             let mut out = Vec::new();
-            for row in sqlx::query(
-                "SELECT d.destination, d.last_success_ts, \
-                 (SELECT COUNT(*) FROM federation_destination_rooms dr JOIN events e ON e.room_nid = dr.room_nid \
-                  WHERE dr.destination = d.destination AND dr.stream_ordering > d.event_position \
-                  AND e.stream_ordering > d.event_position AND e.stream_ordering <= dr.stream_ordering \
-                  AND e.status = 'normal' AND e.sender LIKE $1 ESCAPE '\\') AS events, \
-                 (SELECT COUNT(*) FROM federation_edu_outbox o WHERE o.destination = d.destination) AS edus \
-                 FROM federation_destinations d ORDER BY d.destination",
-            )
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(users_of(origin))
             .fetch_all(pool)
             .await?

@@ -67,7 +67,7 @@ pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
 pub use error::StoreError;
 pub use federation::{
-    BackoffRow, DestinationRow, FanoutEntry, OutboxEdu, OutgoingReceipt, QueueDepth,
+    BackoffRow, DestinationRow, FanoutEntry, OutboxEdu, OutgoingEvent, OutgoingReceipt, QueueDepth,
 };
 pub use graph::{
     CurrentStateChange, EdgeKind, EventEdge, EventStatus, OutlierEvent, Placement, StateChange,

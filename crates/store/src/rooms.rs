@@ -154,6 +154,10 @@ pub struct NewEvent<'a> {
     /// The event arrives after a redaction of it that applies: `json` is its redacted form, and
     /// this the redaction's id. The redactions that waited for it are done with.
     pub redacted_by: Option<&'a str>,
+    /// An event of another server's user that this server sends on to the room's other
+    /// servers (a membership event accepted through `send_join`, `send_leave` or `send_knock`,
+    /// as the resident): recorded with it, for the federation sender.
+    pub relay: bool,
     /// What the event asks of local members' push rules.
     pub push_actions: &'a [PushAction],
     /// `content.m.relates_to` of a non-state event: `(parent event id, rel_type)`, indexed for
@@ -1171,6 +1175,14 @@ impl Store {
                     .bind(txn.txn_id)
                     .bind(event.event_id)
                     .bind(event.now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if event.relay {
+                    sqlx::query(
+                        "INSERT INTO federation_relayed_events (event_nid) VALUES ($1) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(event_nid)
                     .execute(&mut *tx)
                     .await?;
                 }

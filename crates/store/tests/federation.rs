@@ -1,4 +1,4 @@
-//! The federation sender's rows in the store: the fan-out (local normal events only, recorded
+//! The federation sender's rows in the store: the fan-out (local normal events and relayed ones only, recorded
 //! with its position in one conditional write, an idle destination's position moved up to its
 //! first new event), a destination's pending events (its rooms only, no further than the latest
 //! event meant for it), catch-up cutoffs, delivery (a conditional position move, outbox rows
@@ -42,6 +42,18 @@ impl Room {
         sender: &str,
         state_key: Option<&str>,
     ) -> Persisted {
+        self.put_as(store, id, sender, state_key, false).await
+    }
+
+    /// [`Room::put`], `relay` saying whether this server relays the event as the resident.
+    async fn put_as(
+        &mut self,
+        store: &Store,
+        id: &str,
+        sender: &str,
+        state_key: Option<&str>,
+        relay: bool,
+    ) -> Persisted {
         self.depth += 1;
         let kind = if state_key.is_some() {
             "m.room.create"
@@ -61,6 +73,7 @@ impl Room {
                 state_group_before: self.last.and_then(|p| p.state_group),
                 current_state: CurrentStateChange::Extend,
                 now: self.depth,
+                relay,
                 ..Default::default()
             })
             .await
@@ -87,8 +100,51 @@ fn entry(room: &Room, first: &Persisted, last: &Persisted) -> FanoutEntry {
     }
 }
 
-fn ids(events: &[myelin_store::EventRow]) -> Vec<&str> {
-    events.iter().map(|e| e.event_id.as_str()).collect()
+fn ids(events: &[myelin_store::OutgoingEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event.event_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn relayed_events_of_other_servers_count_as_ours_to_send() {
+    for kind in test_backends() {
+        let (_db, store) = open(kind).await;
+        let mut room = Room::new(&store, "!r:hs.test").await;
+        room.put(&store, "$remote", "@b:peer.test", None).await;
+        let joined = room
+            .put_as(
+                &store,
+                "$relayed",
+                "@c:third.test",
+                Some("@c:third.test"),
+                true,
+            )
+            .await;
+        let head = store.events_stream_position().await.unwrap();
+        let found = store.local_events_between(HS, 0, head, 10).await.unwrap();
+        assert_eq!(ids(&found), ["$create!r:hs.test", "$relayed"], "{kind:?}");
+        assert_eq!(
+            found.iter().map(|e| e.relayed).collect::<Vec<_>>(),
+            [false, true],
+            "{kind:?}"
+        );
+        assert!(
+            store
+                .record_federation_fanout(0, head, &[entry(&room, &joined, &joined)], 0)
+                .await
+                .unwrap()
+        );
+        let row = store.federation_destination(PEER, None).await.unwrap();
+        let pending = store
+            .federation_pending_events(PEER, HS, row.event_position, 50)
+            .await
+            .unwrap();
+        assert_eq!(ids(&pending), ["$relayed"], "{kind:?}");
+        assert_eq!(
+            store.federation_queue_depths(HS).await.unwrap()[0].events,
+            1,
+            "{kind:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 mod discovery;
 mod events;
 mod keys;
+mod membership;
 mod query;
 mod transactions;
 
@@ -15,5 +16,6 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(keys::routes())
         .merge(query::routes())
         .merge(events::routes())
+        .merge(membership::routes())
         .merge(transactions::routes())
 }

@@ -14,7 +14,9 @@
 //! over the same database is noticed, not overwritten.
 //!
 //! - Only events of this server's users with normal status are sent (never rejected,
-//!   soft-failed or outlier events, nor other servers' events).
+//!   soft-failed or outlier events, nor other servers' events), and the membership events of
+//!   other servers' users this server relays as the resident (accepted through `send_join`,
+//!   `send_leave`, `send_knock`; never back to the server they came from).
 //! - A failed transaction is retried as it was, under the same transaction id, once the
 //!   destination's backoff allows (ids come from a persisted counter, so they are never
 //!   reused). A destination that answers 4xx to a transaction gets it again after a pause of its
@@ -35,7 +37,7 @@ use std::{
 };
 
 use myelin_federation::FederationError;
-use myelin_store::{EventRow, FanoutEntry, OutgoingReceipt, Store};
+use myelin_store::{EventRow, FanoutEntry, OutgoingEvent, OutgoingReceipt, Store};
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, ServerName, UInt,
     api::federation::transactions::send_transaction_message, serde::Raw,
@@ -390,8 +392,16 @@ impl Sender {
         }
     }
 
-    /// Where a local event goes: the servers with joined members in the room at the event
-    /// (the state after it), and for an invite, kick or ban the target's server; never this one.
+    /// Whether this server sends an event the store offered: a local user's (the store's
+    /// sender pattern is a `LIKE`, which SQLite compares without case: checked exactly here),
+    /// or one it relays as the resident.
+    fn sends(&self, outgoing: &OutgoingEvent) -> bool {
+        outgoing.relayed || server_of(&outgoing.event.sender).as_deref() == Some(&*self.server_name)
+    }
+
+    /// Where an event of ours goes: the servers with joined members in the room at the event
+    /// (the state after it), and for an invite, kick or ban the target's server; never this one,
+    /// nor (for an event relayed for another server's user) the server it came from.
     async fn destinations_of(&self, event: &EventRow) -> Result<BTreeSet<OwnedServerName>> {
         let Some(group) = event.state_group else {
             return Ok(BTreeSet::new());
@@ -408,6 +418,9 @@ impl Sender {
             }
         }
         servers.remove(&self.server_name);
+        if let Some(origin) = server_of(&event.sender) {
+            servers.remove(&origin);
+        }
         Ok(servers)
     }
 
@@ -534,14 +547,15 @@ impl Sender {
                 .local_events_between(self.server_name.as_str(), from, head, FANOUT_BATCH)
                 .await?;
             let to = match events.last() {
-                Some(last) if events.len() as i64 == FANOUT_BATCH => last.stream_ordering,
+                Some(last) if events.len() as i64 == FANOUT_BATCH => last.event.stream_ordering,
                 _ => head,
             };
             let mut found: BTreeMap<(OwnedServerName, i64), (i64, i64)> = BTreeMap::new();
-            for event in &events {
-                if server_of(&event.sender).as_deref() != Some(&*self.server_name) {
+            for outgoing in &events {
+                if !self.sends(outgoing) {
                     continue;
                 }
+                let event = &outgoing.event;
                 for destination in self.destinations_of(event).await? {
                     let span = found
                         .entry((destination, event.room_nid))
@@ -856,13 +870,14 @@ impl Sender {
             )
             .await?;
         let event_to = match events.last() {
-            Some(last) if events.len() == MAX_PDUS => last.stream_ordering,
+            Some(last) if events.len() == MAX_PDUS => last.event.stream_ordering,
             last => fanned_out
                 .max(row.event_position)
-                .max(last.map_or(i64::MIN, |e| e.stream_ordering)),
+                .max(last.map_or(i64::MIN, |e| e.event.stream_ordering)),
         };
         let mut pdus = Vec::new();
-        for event in &events {
+        for outgoing in &events {
+            let event = &outgoing.event;
             if state
                 .cutoffs
                 .get(&event.room_nid)
@@ -870,9 +885,7 @@ impl Sender {
             {
                 continue;
             }
-            if server_of(&event.sender).as_deref() != Some(&*self.server_name)
-                || !self.destinations_of(event).await?.contains(destination)
-            {
+            if !self.sends(outgoing) || !self.destinations_of(event).await?.contains(destination) {
                 continue;
             }
             pdus.push(

@@ -59,6 +59,9 @@ pub(super) struct Appending<'a> {
     /// The event was built here just now (a local event, whose id is new): no stored event can
     /// cite it. Remote events may be cited already by events that arrived before them.
     pub just_built: bool,
+    /// Another server's event this server sends on to the room's servers as the resident
+    /// (`myelin_store::NewEvent::relay`).
+    pub relay: bool,
 }
 
 /// One side of a fork for state resolution: a stored state, with perhaps a new event on top.
@@ -102,6 +105,7 @@ impl Rooms {
             push_inputs,
             writing,
             just_built,
+            relay,
         } = event;
         let visible = status == EventStatus::Normal && placement == Placement::Live;
         let current_state = match current_state {
@@ -159,6 +163,7 @@ impl Rooms {
                     redaction,
                     redaction_waits,
                     redacted_by,
+                    relay,
                     push_actions: &push_actions,
                     relation: relation
                         .as_ref()

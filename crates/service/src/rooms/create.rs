@@ -369,6 +369,7 @@ impl Rooms {
             push_inputs: None,
             writing,
             just_built: true,
+            relay: false,
         })
         .await?;
 

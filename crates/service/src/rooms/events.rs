@@ -10,7 +10,7 @@ use myelin_room_version::{
     pdu::{EventSigner, build_pdu},
     version::{RedactionAlgorithm, RoomVersion},
 };
-use myelin_store::{CurrentStateChange, EventStatus, Placement, RoomRow, TxnKey};
+use myelin_store::{CurrentStateChange, EventStatus, Placement, RoomHead, RoomRow, TxnKey};
 use ruma::UserId;
 use serde_json::{Value, value::to_raw_value};
 
@@ -35,6 +35,15 @@ pub(crate) struct LocalEvent<'a> {
     pub ruled: Ruled,
     /// The client's transaction, for idempotency.
     pub txn: Option<ClientTxn<'a>>,
+}
+
+/// What an event says of itself, before the room places it ([`Rooms::event_skeleton`]).
+#[derive(Debug, Clone)]
+pub(super) struct EventFields<'a> {
+    pub event_type: &'a str,
+    pub sender: &'a str,
+    pub state_key: Option<&'a str>,
+    pub content: CanonicalJsonObject,
 }
 
 /// The proof that an event went through the rule its type needs (see [`LocalEvent::ruled`]).
@@ -191,48 +200,26 @@ impl Rooms {
         {
             return Ok(current.event_id.clone());
         }
-        let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
-        for row in &context.state {
-            by_key.insert(
-                (
-                    row.event_type.clone(),
-                    row.state_key.clone().unwrap_or_default(),
-                ),
-                pdu_of(row, version)?,
-            );
-        }
-        let auth_refs = auth_types
-            .iter()
-            .filter_map(|key| by_key.get(key))
-            .map(|pdu| pdu.reference(version))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pdu_error)?;
+        let by_key = state_by_key(version, &context.state)?;
+        let auth_refs = auth_references(version, &auth_types, &by_key)?;
 
         let head = context.head;
         let now = now_millis();
-        let mut partial = CanonicalJsonObject::new();
-        partial.insert(
-            "type".to_owned(),
-            CanonicalJsonValue::String(event.event_type.to_owned()),
-        );
-        partial.insert(
-            "room_id".to_owned(),
-            CanonicalJsonValue::String(room.room_id.clone()),
-        );
-        partial.insert(
-            "sender".to_owned(),
-            CanonicalJsonValue::String(sender_id.clone()),
-        );
-        partial.insert(
-            "content".to_owned(),
-            CanonicalJsonValue::Object(to_canonical_object(event.content.clone())?),
-        );
-        if let Some(state_key) = state_key {
-            partial.insert(
-                "state_key".to_owned(),
-                CanonicalJsonValue::String(state_key.to_owned()),
-            );
-        }
+        let mut partial = self
+            .event_skeleton(
+                version,
+                room,
+                EventFields {
+                    event_type: event.event_type,
+                    sender: &sender_id,
+                    state_key,
+                    content: to_canonical_object(event.content.clone())?,
+                },
+                auth_refs,
+                &head,
+                now,
+            )
+            .await?;
         if let Some(redacts) = redaction.map(|r| r.redacts())
             && version.redaction() != RedactionAlgorithm::V11
         {
@@ -242,29 +229,6 @@ impl Rooms {
                 CanonicalJsonValue::String(redacts.to_owned()),
             );
         }
-        let prev_refs = self
-            .references(
-                version,
-                &head.prev_event_ids[..head.prev_event_ids.len().min(MAX_PREV_EVENTS)],
-            )
-            .await?;
-        partial.insert(
-            "prev_events".to_owned(),
-            CanonicalJsonValue::Array(prev_refs),
-        );
-        partial.insert(
-            "auth_events".to_owned(),
-            CanonicalJsonValue::Array(auth_refs),
-        );
-        partial.insert(
-            "depth".to_owned(),
-            CanonicalJsonValue::Integer(super::int(head.max_depth + 1)?),
-        );
-        partial.insert(
-            "origin_server_ts".to_owned(),
-            CanonicalJsonValue::Integer(super::int(now)?),
-        );
-
         self.assign_event_id(&mut partial, version);
         // Account-key rooms: signed by the sender's account key, never the server key.
         let signer = match &account_key {
@@ -318,8 +282,72 @@ impl Rooms {
             push_inputs: Some((members, &context.state)),
             writing,
             just_built: true,
+            relay: false,
         })
         .await
+    }
+
+    /// The fields every event this server builds for a room shares with every other: its
+    /// type, room, sender, state key and content, `prev_events` from the room's head (its
+    /// forward extremities, up to the spec's 20), the `auth_events` given (chosen by the spec's
+    /// selection, [`auth_types_for_event`], from the current state), `depth` one past the
+    /// deepest extremity, and `origin_server_ts` = `now`. Local sends complete it into a PDU;
+    /// the resident's `make_join`/`make_leave`/`make_knock` templates are it as it is.
+    pub(super) async fn event_skeleton(
+        &self,
+        version: &RoomVersion,
+        room: &RoomRow,
+        fields: EventFields<'_>,
+        auth_refs: Vec<CanonicalJsonValue>,
+        head: &RoomHead,
+        now: i64,
+    ) -> Result<CanonicalJsonObject> {
+        let mut partial = CanonicalJsonObject::new();
+        partial.insert(
+            "type".to_owned(),
+            CanonicalJsonValue::String(fields.event_type.to_owned()),
+        );
+        partial.insert(
+            "room_id".to_owned(),
+            CanonicalJsonValue::String(room.room_id.clone()),
+        );
+        partial.insert(
+            "sender".to_owned(),
+            CanonicalJsonValue::String(fields.sender.to_owned()),
+        );
+        partial.insert(
+            "content".to_owned(),
+            CanonicalJsonValue::Object(fields.content),
+        );
+        if let Some(state_key) = fields.state_key {
+            partial.insert(
+                "state_key".to_owned(),
+                CanonicalJsonValue::String(state_key.to_owned()),
+            );
+        }
+        let prev_refs = self
+            .references(
+                version,
+                &head.prev_event_ids[..head.prev_event_ids.len().min(MAX_PREV_EVENTS)],
+            )
+            .await?;
+        partial.insert(
+            "prev_events".to_owned(),
+            CanonicalJsonValue::Array(prev_refs),
+        );
+        partial.insert(
+            "auth_events".to_owned(),
+            CanonicalJsonValue::Array(auth_refs),
+        );
+        partial.insert(
+            "depth".to_owned(),
+            CanonicalJsonValue::Integer(super::int(head.max_depth + 1)?),
+        );
+        partial.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(super::int(now)?),
+        );
+        Ok(partial)
     }
 
     /// A user a client named, in key form, in the context of `room` (MSC4243.md Q3): what
@@ -463,6 +491,39 @@ impl Rooms {
             );
         }
     }
+}
+
+/// State events (rows of the current state) as PDUs by `(type, state key)`.
+pub(super) fn state_by_key(
+    version: &RoomVersion,
+    rows: &[myelin_store::EventRow],
+) -> Result<HashMap<(String, String), Pdu>> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                (
+                    row.event_type.clone(),
+                    row.state_key.clone().unwrap_or_default(),
+                ),
+                pdu_of(row, version)?,
+            ))
+        })
+        .collect()
+}
+
+/// An event's `auth_events`: how it cites the state at the keys the spec's selection chose
+/// (`auth_types`, from [`auth_types_for_event`]), those the state has.
+pub(super) fn auth_references(
+    version: &RoomVersion,
+    auth_types: &[(String, String)],
+    by_key: &HashMap<(String, String), Pdu>,
+) -> Result<Vec<CanonicalJsonValue>> {
+    auth_types
+        .iter()
+        .filter_map(|key| by_key.get(key))
+        .map(|pdu| pdu.reference(version))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pdu_error)
 }
 
 /// A local event the auth rules refuse: a malformed one (no sender could send it) is the

@@ -186,8 +186,18 @@ impl Rooms {
         event_id: &str,
     ) -> Result<ServedState> {
         let (room, row) = self.door_at_event(origin, room_id, event_id).await?;
-        let version = version_of(&room)?;
-        let Some(before) = self.state_before_for_server(&row).await? else {
+        self.state_before_served(&room, &row).await
+    }
+
+    /// The state before event `row` of `room` with its auth chain, as stored: what `/state`
+    /// answers past its doors, and what the resident answers `send_join` with.
+    pub(super) async fn state_before_served(
+        &self,
+        room: &RoomRow,
+        row: &EventRow,
+    ) -> Result<ServedState> {
+        let version = version_of(room)?;
+        let Some(before) = self.state_before_for_server(row).await? else {
             // A room's first event: nothing before it.
             return Ok(ServedState {
                 pdus: Vec::new(),

@@ -21,6 +21,20 @@ use super::{
 };
 use crate::{Error, Result};
 
+/// How a restricted room's `allow` conditions judge a join ([`Rooms::restricted_join`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RestrictedJoin {
+    /// The room is not restricted, or the user is invited or joined already: the auth rules
+    /// decide alone.
+    NotNeeded,
+    /// The user is in an allowed room; these local residents may authorise the join (none:
+    /// this server cannot authorise it).
+    Allowed { authorisers: Vec<String> },
+    /// The user is in none of the allowed rooms this server knows; `can_tell` says whether this
+    /// server is in any allowed room at all (else another server may know better).
+    NotAllowed { can_tell: bool },
+}
+
 /// A membership event that went through [`Rooms::change_membership`]: only this module makes
 /// one.
 #[derive(Debug, Clone)]
@@ -283,13 +297,34 @@ impl Rooms {
         user: &UserId,
     ) -> Result<Option<String>> {
         let version = version_of(room)?;
+        // Key form in account-key rooms.
+        let member_key = self.room_user_id(version, user).await?;
+        match self.restricted_join(room, &member_key, user).await? {
+            RestrictedJoin::Allowed { authorisers } => match authorisers.into_iter().next() {
+                Some(authoriser) => Ok(Some(authoriser)),
+                None => Err(Error::UnableToAuthoriseJoin(
+                    "No joined user on this server can authorise the join".to_owned(),
+                )),
+            },
+            // Let the auth rules refuse it with their own reason.
+            RestrictedJoin::NotNeeded | RestrictedJoin::NotAllowed { .. } => Ok(None),
+        }
+    }
+
+    /// How the join rules of `room` judge a join of `user` (named `member_key` in the room's
+    /// state) that would need an authoriser: the one reading of the restricted-join `allow`
+    /// conditions, for local joins ([`Rooms::change_membership`]) and for other servers' users
+    /// joining through this server (`make_join`/`send_join`, `federation_membership`).
+    pub(super) async fn restricted_join(
+        &self,
+        room: &RoomRow,
+        member_key: &str,
+        user: &UserId,
+    ) -> Result<RestrictedJoin> {
+        let version = version_of(room)?;
         let keys = [
             ("m.room.join_rules".to_owned(), String::new()),
-            // Key form in account-key rooms.
-            (
-                "m.room.member".to_owned(),
-                self.room_user_id(version, user).await?,
-            ),
+            ("m.room.member".to_owned(), member_key.to_owned()),
             ("m.room.power_levels".to_owned(), String::new()),
             ("m.room.create".to_owned(), String::new()),
         ];
@@ -305,39 +340,45 @@ impl Rooms {
                 })
         };
         let Some(join_rules) = content_of("m.room.join_rules") else {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotNeeded);
         };
         let rule = join_rules["join_rule"].as_str().unwrap_or_default();
         if rule != "restricted" && rule != "knock_restricted" {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotNeeded);
         }
         let membership =
             content_of("m.room.member").and_then(|c| c["membership"].as_str().map(str::to_owned));
         if matches!(membership.as_deref(), Some("invite" | "join")) {
-            return Ok(None);
+            return Ok(RestrictedJoin::NotNeeded);
         }
-        // The user must be in one of the allowed rooms.
+        // The user must be in one of the allowed rooms; this server can only tell for the
+        // rooms it is in.
         let allowed = join_rules["allow"].as_array().cloned().unwrap_or_default();
         let mut in_allowed_room = false;
+        let mut can_tell = false;
         for entry in allowed {
             if entry["type"] == "m.room_membership"
                 && let Some(allowed_room) = entry["room_id"].as_str()
                 && let Some(allowed_room) = self.store.room(allowed_room).await?
-                && self
+            {
+                can_tell |= self
+                    .store
+                    .server_in_room(allowed_room.room_nid, self.server_name.as_str())
+                    .await?;
+                if self
                     .store
                     .membership(allowed_room.room_nid, user.as_str())
                     .await?
                     .is_some_and(|m| m.0 == "join")
-            {
-                in_allowed_room = true;
-                break;
+                {
+                    in_allowed_room = true;
+                    break;
+                }
             }
         }
         if !in_allowed_room {
-            // Let the auth rules refuse it with their own reason.
-            return Ok(None);
+            return Ok(RestrictedJoin::NotAllowed { can_tell });
         }
-        // A joined local resident whose power reaches the invite level.
         let create = state
             .iter()
             .find(|row| row.event_type == "m.room.create")
@@ -349,8 +390,23 @@ impl Rooms {
             .find(|row| row.event_type == "m.room.power_levels")
             .map(|row| pdu_of(row, version))
             .transpose()?;
+        Ok(RestrictedJoin::Allowed {
+            authorisers: self
+                .join_authorisers(room, version, &create, power.as_ref())
+                .await?,
+        })
+    }
+
+    /// The joined local residents of `room` whose power reaches the invite level: who may
+    /// authorise a restricted join.
+    pub(super) async fn join_authorisers(
+        &self,
+        room: &RoomRow,
+        version: &myelin_room_version::RoomVersion,
+        create: &myelin_room_version::Pdu,
+        power: Option<&myelin_room_version::Pdu>,
+    ) -> Result<Vec<String>> {
         let invite_level = power
-            .as_ref()
             .and_then(|p| p.content_object())
             .and_then(|c| c.get("invite"))
             .and_then(|v| match v {
@@ -359,6 +415,7 @@ impl Rooms {
             })
             .unwrap_or(0);
         let all = self.store.current_state(room.room_nid, None).await?;
+        let mut authorisers = Vec::new();
         for row in all.iter().filter(|row| row.event_type == "m.room.member") {
             let Some(resident) = row.state_key.as_deref() else {
                 continue;
@@ -371,15 +428,11 @@ impl Rooms {
             if !joined || !self.is_local(&resident_id) {
                 continue;
             }
-            if user_power_level(version, resident, &create, power.as_ref())
-                >= PowerLevel::Int(invite_level)
-            {
-                return Ok(Some(resident.to_owned()));
+            if user_power_level(version, resident, create, power) >= PowerLevel::Int(invite_level) {
+                authorisers.push(resident.to_owned());
             }
         }
-        Err(Error::UnableToAuthoriseJoin(
-            "No joined user on this server can authorise the join".to_owned(),
-        ))
+        Ok(authorisers)
     }
 
     pub async fn leave(&self, user: &UserId, room_id: &str, reason: Option<&str>) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Rooms on this server: building, authorising and persisting local events (one ordered writer
 //! per room), room creation with presets, room upgrades, membership changes, the reads clients make (state,
 //! events, members, timeline pages, search) with history visibility enforced, and the reads
-//! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill).
+//! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill),
+//! and the resident's side of other servers' joins, leaves and knocks (`federation_membership`).
 //!
 //! Rooms with other servers: events received from them (`receive`), and the room side of a
 //! join through a resident server (`remote_join`; the handshake itself is
@@ -12,6 +13,7 @@ mod append;
 mod client_send;
 mod create;
 pub mod events;
+mod federation_membership;
 mod federation_reads;
 pub(crate) mod hierarchy;
 mod locks;
@@ -37,6 +39,7 @@ use crate::{Error, Result, server_keys::ServerKeys};
 
 pub use acl::acl_allows;
 pub use create::{CreateRoom, Preset};
+pub use federation_membership::{Handshake, JoinAnswer, MembershipTemplate, SentMembership};
 pub use federation_reads::{
     BACKFILL_MAX, MISSING_EVENTS_MAX, MissingEventsQuery, ServedState, ServedStateIds,
 };
@@ -44,7 +47,7 @@ pub use hierarchy::{HierarchyPage, HierarchyRequest};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use receive::{Received, ReceivedEvent};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
-pub use remote_join::JoinAnswer;
+pub use remote_join::ResidentJoinAnswer;
 pub use report::MAX_REPORT_REASON_BYTES;
 pub(crate) use report::check_reason as check_report_reason;
 pub use search::{SEARCH_KEYS, SearchRequest, SearchResults, search_words};

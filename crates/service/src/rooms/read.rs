@@ -985,6 +985,42 @@ impl Rooms {
         self.project_value(version, &event, Some(reader))
     }
 
+    /// Stripped state for invites and knocks: what a client shows before joining (sync's
+    /// `invite_state`/`knock_state`, and the `knock_room_state` a resident answers `send_knock`
+    /// with). The room's naming and joining state plus the membership event `member_nid`. The
+    /// create event is given whole, in the client format (spec v1.16, MSC4311: clients check
+    /// the room id and creators against it); the others are stripped to type, state key,
+    /// content and sender.
+    pub(crate) async fn stripped_state(
+        &self,
+        room: &RoomRow,
+        member_nid: i64,
+        reader: &UserId,
+    ) -> Result<Vec<Value>> {
+        const SHOWN: &[&str] = &[
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ];
+        let state = self.store.current_state(room.room_nid, None).await?;
+        let member = self.store.event_by_nid(member_nid).await?;
+        Ok(state
+            .iter()
+            .filter(|row| SHOWN.contains(&row.event_type.as_str()))
+            .chain(member.as_ref())
+            .filter_map(|row| {
+                if row.event_type == "m.room.create" && row.state_key.as_deref() == Some("") {
+                    return self.client_event(room, row, reader);
+                }
+                self.stripped_event(room, &row.json, Some(reader), false)
+            })
+            .collect())
+    }
+
     /// A state event in the stripped form invites, knocks and the space hierarchy show (`type`,
     /// `state_key`, `content`, `sender`, and `origin_server_ts` with `with_ts`), from its stored
     /// JSON, through the room version's client projection like every event a client reads.

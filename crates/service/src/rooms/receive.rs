@@ -68,6 +68,25 @@ pub struct ReceivedEvent {
     pub outcome: Received,
 }
 
+/// How events are taken in: where they go, the states after prev events another server gave,
+/// and whether accepted ones are relayed to the room's servers.
+#[derive(Clone, Copy)]
+struct Receiving<'a> {
+    placement: Placement,
+    prev_states: &'a HashMap<String, i64>,
+    relay: bool,
+}
+
+impl<'a> Receiving<'a> {
+    fn live(prev_states: &'a HashMap<String, i64>) -> Self {
+        Receiving {
+            placement: Placement::Live,
+            prev_states,
+            relay: false,
+        }
+    }
+}
+
 /// The events and states the checks consult, read from the store.
 #[derive(Default)]
 struct Lookups {
@@ -103,7 +122,7 @@ impl Rooms {
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
     ) -> Result<Vec<ReceivedEvent>> {
-        self.receive_placed(room_id, pdus, server_keys, Placement::Live, &HashMap::new())
+        self.receive_placed(room_id, pdus, server_keys, Receiving::live(&HashMap::new()))
             .await
     }
 
@@ -120,7 +139,7 @@ impl Rooms {
         server_keys: &ServerKeys,
         prev_states: &HashMap<String, i64>,
     ) -> Result<Vec<ReceivedEvent>> {
-        self.receive_placed(room_id, pdus, server_keys, Placement::Live, prev_states)
+        self.receive_placed(room_id, pdus, server_keys, Receiving::live(prev_states))
             .await
     }
 
@@ -134,7 +153,12 @@ impl Rooms {
         placement: Placement,
         prev_states: &HashMap<String, i64>,
     ) -> Result<Vec<ReceivedEvent>> {
-        self.receive_placed(room_id, pdus, server_keys, placement, prev_states)
+        let receiving = Receiving {
+            placement,
+            prev_states,
+            relay: false,
+        };
+        self.receive_placed(room_id, pdus, server_keys, receiving)
             .await
     }
 
@@ -204,14 +228,44 @@ impl Rooms {
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
     ) -> Result<Vec<ReceivedEvent>> {
+        let no_prev_states = HashMap::new();
         self.receive_placed(
             room_id,
             pdus,
             server_keys,
-            Placement::Backfilled,
-            &HashMap::new(),
+            Receiving {
+                placement: Placement::Backfilled,
+                prev_states: &no_prev_states,
+                relay: false,
+            },
         )
         .await
+    }
+
+    /// [`Rooms::receive_pdus`] for one membership event of another server's user that this
+    /// server, as the resident, takes in through `send_join`, `send_leave` or `send_knock` and
+    /// then sends on to the room's other servers (`Appending::relay`, when it is accepted).
+    pub(crate) async fn receive_relayed_pdu(
+        &self,
+        room_id: &str,
+        pdu: &[u8],
+        server_keys: &ServerKeys,
+    ) -> Result<ReceivedEvent> {
+        let no_prev_states = HashMap::new();
+        let mut outcomes = self
+            .receive_placed(
+                room_id,
+                &[pdu],
+                server_keys,
+                Receiving {
+                    relay: true,
+                    ..Receiving::live(&no_prev_states)
+                },
+            )
+            .await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| Error::Internal("one event in, no outcome out".to_owned()))
     }
 
     async fn receive_placed(
@@ -219,9 +273,9 @@ impl Rooms {
         room_id: &str,
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
-        placement: Placement,
-        prev_states: &HashMap<String, i64>,
+        receiving: Receiving<'_>,
     ) -> Result<Vec<ReceivedEvent>> {
+        let placement = receiving.placement;
         let room = self.room(room_id).await?;
         let version = version_of(&room)?;
         // Step 1 for all, so that the batch can be ordered by depth.
@@ -238,14 +292,7 @@ impl Rooms {
                 .collect();
             for (index, pdu) in pending {
                 let outcome = self
-                    .receive_one(
-                        &room,
-                        version,
-                        pdu.clone(),
-                        server_keys,
-                        placement,
-                        prev_states,
-                    )
+                    .receive_one(&room, version, pdu.clone(), server_keys, receiving)
                     .await?;
                 let retry = matches!(&outcome, Received::Missing(ids) if ids.iter().any(|id| waiting.contains(id)));
                 if !retry {
@@ -433,9 +480,13 @@ impl Rooms {
         version: &RoomVersion,
         pdu: Pdu,
         server_keys: &ServerKeys,
-        placement: Placement,
-        prev_states: &HashMap<String, i64>,
+        receiving: Receiving<'_>,
     ) -> Result<Received> {
+        let Receiving {
+            placement,
+            prev_states,
+            ..
+        } = receiving;
         let verified = match receipt::check_signatures(version, &pdu, server_keys) {
             Ok(verified) => verified,
             Err(dropped) => {
@@ -569,7 +620,11 @@ impl Rooms {
         // Step 5: the state before it.
         let auth_keys = auth_keys_of(version, &pdu)?;
         lookups.before = self.state_pdus(version, before, &auth_keys).await?;
-        if let Err(failure) = receipt::check_against_state_before(version, &pdu, &lookups) {
+        // The state before it is established above (prev events this server lacks count
+        // through the state another server gave for them).
+        if let Err(failure) =
+            receipt::check_against_established_state_before(version, &pdu, &lookups)
+        {
             let reason = match failure {
                 Failure::Denied(reason) => reason,
                 Failure::Missing(missing) => format!("missing events {missing:?}"),
@@ -643,6 +698,7 @@ impl Rooms {
             push_inputs: None,
             writing,
             just_built: false,
+            relay: receiving.relay,
         })
         .await?;
         Ok(Received::Accepted)
@@ -683,6 +739,7 @@ impl Rooms {
             push_inputs: None,
             writing,
             just_built: false,
+            relay: false,
         })
         .await?;
         Ok(outcome)

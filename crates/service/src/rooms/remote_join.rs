@@ -19,7 +19,7 @@ use super::{Rooms, receive::Received};
 use crate::{Error, Result, now_millis};
 
 /// What a resident server answered to `send_join`, as raw PDUs.
-pub struct JoinAnswer<'a> {
+pub struct ResidentJoinAnswer<'a> {
     /// The join event (the resident's signed copy when it gave one).
     pub join: &'a [u8],
     /// The room's state before the join.
@@ -50,7 +50,7 @@ impl Rooms {
         &self,
         room_id: &str,
         version: &'static RoomVersion,
-        answer: JoinAnswer<'_>,
+        answer: ResidentJoinAnswer<'_>,
         keys: &ServerKeys,
     ) -> Result<()> {
         let bad = |why: String| Error::BadGateway(format!("The joined server's answer: {why}"));

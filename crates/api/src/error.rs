@@ -129,12 +129,6 @@ impl From<ServiceError> for MatrixError {
             ServiceError::UnsupportedRoomVersion(_) => {
                 Self::new(S::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, message)
             }
-            ServiceError::UnableToAuthoriseJoin(_) => {
-                Self::new(S::BAD_REQUEST, ErrorKind::UnableToAuthorizeJoin, message)
-            }
-            ServiceError::UnableToGrantJoin(_) => {
-                Self::new(S::BAD_REQUEST, ErrorKind::UnableToGrantJoin, message)
-            }
             ServiceError::IncompatibleRoomVersion { room_version } => {
                 match ruma::RoomVersionId::try_from(room_version.as_str()) {
                     Ok(room_version) => Self::new(
@@ -144,8 +138,14 @@ impl From<ServiceError> for MatrixError {
                         ),
                         message,
                     ),
-                    Err(_) => Self::internal(format!("room version {room_version} is not valid")),
+                    Err(_) => Self::new(S::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, message),
                 }
+            }
+            ServiceError::UnableToAuthoriseJoin(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::UnableToAuthorizeJoin, message)
+            }
+            ServiceError::UnableToGrantJoin(_) => {
+                Self::new(S::BAD_REQUEST, ErrorKind::UnableToGrantJoin, message)
             }
             ServiceError::LimitExceeded { retry_after_ms } => Self::new(
                 S::TOO_MANY_REQUESTS,

@@ -415,3 +415,130 @@ async fn users_of_three_servers_join_talk_and_leave_in_rooms_of_versions_10_to_1
         }
     }
 }
+
+#[tokio::test]
+async fn a_knock_through_another_server_is_accepted_by_an_invite_and_rescinded_by_a_leave() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-c.test"], |_, _| {}).await;
+        let (a, c) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let carol = c.register("carol").await;
+        let dave = c.register("dave").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "private_chat", "initial_state": [
+                    {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+                ]}),
+            )
+            .await;
+
+        // Carol knocks through A: C shows the knock with the room's stripped state.
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/knock/{}?via=hs-a.test", enc(&room_id)),
+                &carol.access_token,
+                json!({"reason": "let me in"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let (_, synced) = c.get("/_matrix/client/v3/sync", &carol.access_token).await;
+        let knock_state = &synced["rooms"]["knock"][room_id.as_str()]["knock_state"]["events"];
+        let types: Vec<&str> = knock_state
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind:?}: no knock in {synced}"))
+            .iter()
+            .filter_map(|e| e["type"].as_str())
+            .collect();
+        assert!(types.contains(&"m.room.create"), "{kind:?}: {types:?}");
+        assert!(types.contains(&"m.room.join_rules"), "{kind:?}: {types:?}");
+        assert_eq!(
+            membership(a, &alice, &room_id, &carol.user_id)
+                .await
+                .as_deref(),
+            Some("knock"),
+            "{kind:?}: A holds carol's knock"
+        );
+
+        // Alice accepts it with an invite; carol then joins through A.
+        let (status, body) = a
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+                &alice.access_token,
+                json!({"user_id": carol.user_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room_id)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        eventually("A to see carol joined", || async {
+            membership(a, &alice, &room_id, &carol.user_id)
+                .await
+                .as_deref()
+                == Some("join")
+        })
+        .await;
+
+        // Dave knocks and thinks better of it: his leave reaches A through make_leave.
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/knock/{}?via=hs-a.test", enc(&room_id)),
+                &dave.access_token,
+                json!({}),
+            )
+            .await;
+        // C is in the room now (carol joined): the knock is a local send, fanned out to A.
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        eventually("A to see dave knock", || async {
+            membership(a, &alice, &room_id, &dave.user_id)
+                .await
+                .as_deref()
+                == Some("knock")
+        })
+        .await;
+
+        // A room C is not in: knocking there and rescinding goes through A both ways.
+        let second = a
+            .create_room(
+                &alice,
+                json!({"preset": "private_chat", "initial_state": [
+                    {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+                ]}),
+            )
+            .await;
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/knock/{}?via=hs-a.test", enc(&second)),
+                &dave.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&second)),
+                &dave.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(
+            membership(a, &alice, &second, &dave.user_id)
+                .await
+                .as_deref(),
+            Some("leave"),
+            "{kind:?}: A took dave's rescinding leave"
+        );
+
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

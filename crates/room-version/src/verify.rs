@@ -141,6 +141,20 @@ pub fn verify_pdu(
 }
 
 /// Compare a received hash (which may carry `=` padding) with our unpadded one.
+/// Check that `server` signed the PDU with a key in `server_keys` (every ed25519 signature of
+/// it we have a key for verifies, and at least one does): for a signature the room version does
+/// not require of the event, such as the invitee's server's on an invite, which the inviting
+/// server checks before it sends the invite on.
+pub fn verify_server_signature(
+    pdu: &Pdu,
+    version: &RoomVersion,
+    server: &str,
+    server_keys: &ServerKeys,
+) -> Result<(), SignatureError> {
+    let redacted = canonical::redact(pdu.json(), version)?;
+    check_server_signature(pdu, version, &signing_bytes(&redacted), server, server_keys)
+}
+
 fn hash_matches(received: &str, ours: &str) -> bool {
     received.trim_end_matches('=') == ours
 }

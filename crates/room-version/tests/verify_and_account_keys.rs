@@ -476,3 +476,55 @@ fn building_refuses_the_wrong_key() {
         Err(PduError::SenderNotKeyForm(_))
     ));
 }
+
+/// The invitee's server's signature on an invite (which the room version does not require):
+/// checked by name, with its key; missing or made with another key, refused.
+#[test]
+fn a_signature_the_version_does_not_require_is_checked_by_name() {
+    let invite = build(
+        v("10"),
+        &keypair(20),
+        json!({"type": "m.room.member", "room_id": "!r:a.example", "sender": "@alice:a.example",
+               "state_key": "@bob:b.example", "content": {"membership": "invite"}}),
+    );
+    let keys = server_keys("b.example", "ed25519:b", 21, u64::MAX);
+    assert!(matches!(
+        myelin_room_version::verify::verify_server_signature(&invite, v("10"), "b.example", &keys),
+        Err(SignatureError::Missing { .. })
+    ));
+    let mut signed = invite.clone();
+    add_signature(
+        &mut signed,
+        v("10"),
+        EventSigner::Server {
+            server_name: "b.example",
+            key_id: "ed25519:b",
+            key: &keypair(21),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        signed.event_id(),
+        invite.event_id(),
+        "signatures leave the id"
+    );
+    assert_eq!(
+        myelin_room_version::verify::verify_server_signature(&signed, v("10"), "b.example", &keys),
+        Ok(())
+    );
+    let mut forged = invite;
+    add_signature(
+        &mut forged,
+        v("10"),
+        EventSigner::Server {
+            server_name: "b.example",
+            key_id: "ed25519:b",
+            key: &keypair(22),
+        },
+    )
+    .unwrap();
+    assert!(
+        myelin_room_version::verify::verify_server_signature(&forged, v("10"), "b.example", &keys)
+            .is_err()
+    );
+}

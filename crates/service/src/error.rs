@@ -47,9 +47,10 @@ pub enum Error {
     /// conditions name (`M_UNABLE_TO_GRANT_JOIN`, 400: the joining server should try another).
     #[error("{0}")]
     UnableToGrantJoin(String),
-    /// `make_join`/`make_knock` from a server that supports none of the room's version
-    /// (`M_INCOMPATIBLE_ROOM_VERSION`, 400, with the room's version).
-    #[error("Your server does not support room version {room_version}")]
+    /// A room version one of the two servers does not support, over federation: a
+    /// `make_join`/`make_knock` from a server without the room's version, or an invite to a
+    /// room of a version this server lacks (`M_INCOMPATIBLE_ROOM_VERSION`, 400, with it).
+    #[error("Room version {room_version} is not supported by both servers")]
     IncompatibleRoomVersion { room_version: String },
     /// Too many requests (`M_LIMIT_EXCEEDED`, 429).
     #[error("Too many requests; retry in {retry_after_ms} ms")]

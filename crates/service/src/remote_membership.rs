@@ -16,19 +16,22 @@ use tokio::time::Instant;
 
 use myelin_federation::FederationError;
 use myelin_room_version::{
-    CanonicalJsonObject, CanonicalJsonValue, RoomVersion, canonical::parse_object, pdu::build_pdu,
-    verify::ServerKeys,
+    CanonicalJsonObject, CanonicalJsonValue, RoomVersion, verify::ServerKeys,
 };
 use ruma::{
     OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
-    api::federation::membership::{create_join_event, prepare_join_event},
+    api::federation::membership::{
+        create_join_event, create_knock_event, prepare_join_event, prepare_knock_event,
+    },
 };
 use serde_json::{Map, Value, value::RawValue};
 
-use crate::{Error, Result, Services, now_millis, rooms::ResidentJoinAnswer};
+use crate::{Error, Result, Services, rooms::ResidentJoinAnswer};
 
-/// The largest `make_join` answer read: one event template.
-const MAKE_JOIN_BYTES: usize = 256 * 1024;
+/// The largest `make_join`/`make_knock` answer read: one event template.
+const MAKE_TEMPLATE_BYTES: usize = 256 * 1024;
+/// The largest `send_knock` answer read.
+const MAX_KNOCK_STATE_BYTES: usize = 1024 * 1024;
 /// How long the keys of the servers that signed a join's state are waited for.
 const KEY_FETCH_BUDGET: Duration = Duration::from_secs(60);
 /// Servers of members this server last knew of, asked after the others.
@@ -81,6 +84,121 @@ impl Services {
         Err(last_error.unwrap_or_else(|| Error::NotFound(format!("Room {room_id} not found"))))
     }
 
+    /// `POST /knock/{roomIdOrAlias}`: locally when this server is in the room, else through
+    /// the candidates of a join (`make_knock`/`send_knock`); the knock is then stored outside
+    /// the room with the stripped state the resident answered, which the user's clients see.
+    pub async fn knock_room(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<String> {
+        let _joining = self.rooms.remote_join_lock(room_id).await;
+        if self.rooms.is_resident(room_id).await? {
+            return self.rooms.knock(user, room_id, reason).await;
+        }
+        let candidates = self.join_candidates(user, room_id, via).await?;
+        let mut last_error = None;
+        for server in candidates {
+            match self.knock_through(&server, user, room_id, reason).await {
+                Ok(()) => return Ok(room_id.to_owned()),
+                Err(err) => {
+                    tracing::info!(%room_id, %user, %server, %err, "could not knock on a room through this server");
+                    let stop = is_final(&err);
+                    last_error = Some(err);
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            Error::NotFound(format!(
+                "Room {room_id} is not known to this server and no server to knock through was given"
+            ))
+        }))
+    }
+
+    /// `make_knock` and `send_knock` with one resident server.
+    async fn knock_through(
+        &self,
+        server: &ServerName,
+        user: &UserId,
+        room_id: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let parsed_room = OwnedRoomId::try_from(room_id)
+            .map_err(|e| Error::InvalidParam(format!("{room_id} is not a room id: {e}")))?;
+        let mut request =
+            prepare_knock_event::v1::Request::new(parsed_room.clone(), user.to_owned());
+        request.ver = supported_versions();
+        let template = self
+            .federation
+            .send_limited(server, request, MAKE_TEMPLATE_BYTES)
+            .await
+            .map_err(|err| remote_error(server, err))?;
+        let version = template_version(server, Some(&template.room_version))?;
+        let mut content = CanonicalJsonObject::new();
+        if let Some(reason) = reason {
+            content.insert(
+                "reason".to_owned(),
+                CanonicalJsonValue::String(reason.to_owned()),
+            );
+        }
+        let knock = self.rooms.member_event_from_template(
+            server,
+            room_id,
+            version,
+            user,
+            template.event.get().as_bytes(),
+            "knock",
+            content,
+        )?;
+        let event_id = ruma::OwnedEventId::try_from(knock.event_id())
+            .map_err(|e| Error::Internal(format!("built event id: {e}")))?;
+        let raw = RawValue::from_string(knock.canonical_json())
+            .map_err(|e| Error::Internal(format!("built event: {e}")))?;
+        let answer = self
+            .federation
+            .send_limited(
+                server,
+                create_knock_event::v1::Request::new(parsed_room, event_id, raw),
+                MAX_KNOCK_STATE_BYTES,
+            )
+            .await
+            .map_err(|err| remote_error(server, err))?;
+        let events: Vec<Box<RawValue>> = answer
+            .knock_room_state
+            .iter()
+            .filter_map(|event| serde_json::value::to_raw_value(event).ok())
+            .collect();
+        let shown = self
+            .rooms
+            .checked_stripped_state(version, room_id, &events)
+            .await
+            .map_err(|err| Error::BadGateway(format!("{server} answered send_knock with {err}")))?;
+        let creator = shown
+            .iter()
+            .find(|event| event["type"] == "m.room.create")
+            .and_then(|event| event["sender"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let shown = serde_json::to_string(&shown)
+            .map_err(|e| Error::Internal(format!("knock state: {e}")))?;
+        self.rooms
+            .persist_outside(
+                room_id,
+                version,
+                &creator,
+                &knock,
+                user.as_str(),
+                "knock",
+                Some(&shown),
+            )
+            .await
+    }
+
     /// The servers to ask, in order, without duplicates or this server.
     async fn join_candidates(
         &self,
@@ -130,35 +248,21 @@ impl Services {
             .map_err(|e| Error::InvalidParam(format!("{room_id} is not a room id: {e}")))?;
         let mut request =
             prepare_join_event::v1::Request::new(parsed_room.clone(), user.to_owned());
-        request.ver = RoomVersion::all()
-            .iter()
-            .filter_map(|version| RoomVersionId::try_from(version.id()).ok())
-            .collect();
+        request.ver = supported_versions();
         let template = self
             .federation
-            .send_limited(server, request, MAKE_JOIN_BYTES)
+            .send_limited(server, request, MAKE_TEMPLATE_BYTES)
             .await
             .map_err(|err| remote_error(server, err))?;
-        let version_id = template
-            .room_version
-            .map_or_else(|| "1".to_owned(), |v| v.to_string());
-        let version = RoomVersion::get(&version_id).map_err(|_| {
-            Error::UnsupportedRoomVersion(format!(
-                "{server} offered a join to room version {version_id}, which this server does not support"
-            ))
-        })?;
-        if version.uses_account_keys() {
-            return Err(Error::Forbidden(
-                "Joining account-key rooms held by other servers is not supported yet".to_owned(),
-            ));
-        }
-        let join = self.join_event_from_template(
+        let version = template_version(server, template.room_version.as_ref())?;
+        let join = self.rooms.member_event_from_template(
             server,
-            user,
             room_id,
             version,
+            user,
             template.event.get().as_bytes(),
-            content,
+            "join",
+            canonical_content(content)?,
         )?;
         let json = join.canonical_json();
         let event_id = ruma::OwnedEventId::try_from(join.event_id())
@@ -227,61 +331,6 @@ impl Services {
             )
             .await
     }
-
-    /// The join event from a resident's template: its prev events, auth events and depth as
-    /// given, this server's content (keeping the authorising user the resident chose for a
-    /// restricted join), signed by this server.
-    fn join_event_from_template(
-        &self,
-        server: &ServerName,
-        user: &UserId,
-        room_id: &str,
-        version: &'static RoomVersion,
-        template: &[u8],
-        content: &Map<String, Value>,
-    ) -> Result<myelin_room_version::Pdu> {
-        let bad = |why: &str| Error::BadGateway(format!("{server} answered make_join with {why}"));
-        let mut partial: CanonicalJsonObject =
-            parse_object(template).map_err(|_| bad("a template that is not canonical JSON"))?;
-        let text = |object: &CanonicalJsonObject, key: &str| match object.get(key) {
-            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
-            _ => None,
-        };
-        if text(&partial, "type").as_deref() != Some("m.room.member")
-            || text(&partial, "sender").as_deref() != Some(user.as_str())
-            || text(&partial, "state_key").as_deref() != Some(user.as_str())
-            || text(&partial, "room_id").as_deref() != Some(room_id)
-        {
-            return Err(bad("a template that is not this user's join to this room"));
-        }
-        let authoriser = match partial.get("content") {
-            Some(CanonicalJsonValue::Object(given)) => {
-                if !matches!(given.get("membership"), Some(CanonicalJsonValue::String(m)) if m == "join")
-                {
-                    return Err(bad("a template that is not a join"));
-                }
-                given.get("join_authorised_via_users_server").cloned()
-            }
-            _ => return Err(bad("a template without content")),
-        };
-        let mut content = CanonicalJsonValue::try_from(Value::Object(content.clone()))
-            .map_err(|e| Error::BadJson(format!("Join content is not canonical JSON: {e}")))?;
-        if let (CanonicalJsonValue::Object(object), Some(authoriser)) = (&mut content, authoriser) {
-            object.insert("join_authorised_via_users_server".to_owned(), authoriser);
-        }
-        partial.insert("content".to_owned(), content);
-        let now = ruma::Int::new(now_millis()).unwrap_or_default();
-        partial.insert(
-            "origin_server_ts".to_owned(),
-            CanonicalJsonValue::Integer(now),
-        );
-        partial.insert(
-            "origin".to_owned(),
-            CanonicalJsonValue::String(self.config.server_name.to_string()),
-        );
-        build_pdu(partial, version, self.server_keys.event_signer())
-            .map_err(|e| bad(&format!("a template that cannot be signed: {e}")))
-    }
 }
 
 /// A failure after which no other server is asked: the user may not join (the resident said
@@ -292,23 +341,66 @@ fn is_final(err: &Error) -> bool {
         || matches!(err, Error::Remote { errcode, .. } if errcode == "M_INCOMPATIBLE_ROOM_VERSION")
 }
 
-/// A request to another server that failed, as the client's error: the other server's own
-/// Matrix error when it answered with one (status and errcode kept), else 502.
+/// A request to another server that failed, as the client's error: the other server's refusal
+/// (4xx) with its status and Matrix error, else 502.
 pub(crate) fn remote_error(server: &ServerName, err: FederationError) -> Error {
-    if let FederationError::Status { status, body } = &err
-        && *status < 500
-        && let Ok(Value::Object(body)) = serde_json::from_str::<Value>(body)
-        && let Some(errcode) = body.get("errcode").and_then(Value::as_str)
-    {
-        return Error::Remote {
-            status: *status,
-            errcode: errcode.to_owned(),
-            message: body.get("error").and_then(Value::as_str).map_or_else(
-                || format!("{server} refused the request"),
-                |e| format!("{server}: {e}"),
-            ),
-            body: body.clone(),
-        };
+    let FederationError::Status { status, body } = &err else {
+        return Error::BadGateway(format!("{server}: {err}"));
+    };
+    if *status >= 500 {
+        return Error::BadGateway(format!("{server}: {err}"));
     }
-    Error::BadGateway(format!("{server}: {err}"))
+    // A refusal without a Matrix error body keeps its status, as `M_UNKNOWN`.
+    let mut body = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(body)) if body.get("errcode").is_some_and(Value::is_string) => body,
+        _ => Map::from_iter([("errcode".to_owned(), Value::from("M_UNKNOWN"))]),
+    };
+    let message = body.get("error").and_then(Value::as_str).map_or_else(
+        || format!("{server} refused the request (HTTP {status})"),
+        |e| format!("{server}: {e}"),
+    );
+    body.insert("error".to_owned(), Value::from(message.clone()));
+    Error::Remote {
+        status: *status,
+        errcode: body["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
+        message,
+        body,
+    }
+}
+
+/// The room versions this server supports, as `make_join`/`make_knock` list them (`ver`).
+fn supported_versions() -> Vec<RoomVersionId> {
+    RoomVersion::all()
+        .iter()
+        .filter_map(|version| RoomVersionId::try_from(version.id()).ok())
+        .collect()
+}
+
+/// The room version a template names (absent: version 1), if this server can take part in it.
+fn template_version(
+    server: &ServerName,
+    version: Option<&RoomVersionId>,
+) -> Result<&'static RoomVersion> {
+    let id = version.map_or("1", RoomVersionId::as_str);
+    let version = RoomVersion::get(id).map_err(|_| {
+        Error::UnsupportedRoomVersion(format!(
+            "{server} offered room version {id}, which this server does not support"
+        ))
+    })?;
+    if version.uses_account_keys() {
+        return Err(Error::Forbidden(
+            "Joining account-key rooms held by other servers is not supported yet".to_owned(),
+        ));
+    }
+    Ok(version)
+}
+
+/// A client's member content as canonical JSON (floats are `M_BAD_JSON`).
+fn canonical_content(content: &Map<String, Value>) -> Result<CanonicalJsonObject> {
+    match CanonicalJsonValue::try_from(Value::Object(content.clone())) {
+        Ok(CanonicalJsonValue::Object(object)) => Ok(object),
+        _ => Err(Error::BadJson(
+            "The member content is not canonical JSON".to_owned(),
+        )),
+    }
 }

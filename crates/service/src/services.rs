@@ -51,7 +51,7 @@ pub struct Services {
     /// Delivers local events and EDUs to other servers (started by [`Services::start_background`]).
     pub federation_sender: Arc<crate::federation::Sender>,
     /// Other servers' keys, the notary, inbound X-Matrix checks.
-    pub remote_keys: crate::remote_keys::RemoteKeys,
+    pub remote_keys: Arc<crate::remote_keys::RemoteKeys>,
     /// Inbound transactions: one at a time per origin, old answers pruned.
     pub inbound: crate::federation_receiver::InboundTransactions,
     pub account_keys: Arc<crate::account_keys::AccountKeys>,
@@ -144,13 +144,13 @@ impl Services {
             notifier.clone(),
             edu_feed.clone(),
         ));
-        let remote_keys = crate::remote_keys::RemoteKeys::new(
+        let remote_keys = Arc::new(crate::remote_keys::RemoteKeys::new(
             store.clone(),
             federation.clone(),
             server_keys.clone(),
             config.server_name.clone(),
             config.federation.trusted_key_servers.clone(),
-        );
+        ));
         let pushers = Arc::new(crate::pushers::Pushers::new(
             store.clone(),
             config.push.allow_private_gateways,
@@ -172,7 +172,11 @@ impl Services {
             // `Config::validate` has checked the name; a bad one here is a caller's bug.
             myelin_room_version::version::RoomVersion::get(&config.rooms.default_room_version)
                 .map_err(|e| StartError::Config(format!("rooms.default_room_version: {e}")))?,
-        );
+        )
+        .with_federation(crate::rooms::RoomFederation {
+            outbound: federation.clone(),
+            remote_keys: remote_keys.clone(),
+        });
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone())
             .with_federation(config.server_name.clone(), edu_feed);

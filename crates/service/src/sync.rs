@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use myelin_store::{EventRow, MembershipRow, RoomRow, StateDeltaWindow, TimelineWindow};
+use myelin_store::{
+    EventRow, EventStatus, MembershipRow, RoomRow, StateDeltaWindow, TimelineWindow,
+};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
@@ -810,6 +812,25 @@ impl Services {
     ) -> Result<Option<Value>> {
         let user: &UserId = device.user_id.as_ref();
         let room = &membership.room;
+        if let Some(departure) = self.store.event_by_nid(membership.event_nid).await?
+            && departure.status == EventStatus::Outlier
+        {
+            // The rejection of an invite to a room this server is not in: no history or state
+            // here, the departure alone.
+            let mut event = self.rooms.client_event(room, &departure, user);
+            if let Some(object) = event.as_mut().and_then(Value::as_object_mut) {
+                object.remove("room_id");
+            }
+            return Ok(Some(json!({
+                "timeline": {
+                    "events": event.into_iter().collect::<Vec<_>>(),
+                    "limited": false,
+                    "prev_batch": events_token(membership.stream_ordering),
+                },
+                "state": {"events": []},
+                "account_data": {"events": account_data},
+            })));
+        }
         let from = since.map_or(0, |s| s.events);
         let limit = request.filter.timeline_limit();
         let mut rows = self

@@ -51,6 +51,7 @@ pub mod key_backup;
 pub mod media;
 pub mod pushers;
 pub mod relations;
+pub mod remote_invites;
 pub mod reports;
 pub mod rooms;
 pub mod search;
@@ -78,6 +79,7 @@ pub use group_commit::CommitPause;
 pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
 pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
+pub use remote_invites::{OutsideMembership, OutsidePersisted};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent, NotificationRow,

@@ -377,11 +377,16 @@ async fn knock(
     request: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response, MatrixError> {
     let body = request.body;
-    let (room_id, _) = room_of(&state, &body.room_id_or_alias).await?;
+    let (room_id, mut via) = room_of(&state, &body.room_id_or_alias).await?;
+    via.splice(0..0, body.via);
     let knocked = state
         .services
-        .rooms
-        .knock(&request.identity.user_id, &room_id, body.reason.as_deref())
+        .knock_room(
+            &request.identity.user_id,
+            &room_id,
+            &via,
+            body.reason.as_deref(),
+        )
         .await?;
     Ok(knock_room::v3::Response::new(room_id_of(&knocked)?))
 }

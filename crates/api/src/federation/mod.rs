@@ -2,6 +2,7 @@
 
 mod discovery;
 mod events;
+mod invites;
 mod keys;
 mod membership;
 mod query;
@@ -17,5 +18,6 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(query::routes())
         .merge(events::routes())
         .merge(membership::routes())
+        .merge(invites::routes())
         .merge(transactions::routes())
 }

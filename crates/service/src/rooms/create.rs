@@ -112,13 +112,6 @@ impl Rooms {
             request.invite.len(),
             crate::limits::MAX_CREATE_ROOM_INVITES,
         )?;
-        for invitee in &request.invite {
-            if !self.is_local(invitee) {
-                return Err(Error::Forbidden(format!(
-                    "Cannot invite {invitee}: inviting users on other servers needs federation, which this server does not have yet"
-                )));
-            }
-        }
         let preset = request.preset.unwrap_or(if request.public {
             Preset::PublicChat
         } else {
@@ -480,8 +473,18 @@ impl Rooms {
             if is_direct {
                 content["is_direct"] = json!(true);
             }
-            self.send_state(&room, creator, "m.room.member", invitee.as_str(), content)
-                .await?;
+            let sent = self
+                .send_state(&room, creator, "m.room.member", invitee.as_str(), content)
+                .await;
+            match sent {
+                Ok(_) => {}
+                // The room exists by now: an invitee's server that does not take the invite
+                // (down, or refusing) leaves that user uninvited, the creator can try again.
+                Err(err) if !self.is_local(invitee) => {
+                    tracing::info!(room_id = %room.room_id, %invitee, %err, "createRoom: the invitee's server did not take the invite");
+                }
+                Err(err) => return Err(err),
+            }
         }
         Ok(room)
     }

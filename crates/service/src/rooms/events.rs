@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu,
-    auth::{auth_types_for_event, check_against_auth_events},
+    auth::{auth_types_for_event, check_against_auth_events, check_against_state},
     pdu::{EventSigner, build_pdu},
     version::{RedactionAlgorithm, RoomVersion},
 };
@@ -77,6 +77,29 @@ impl ClientTxn<'_> {
     }
 }
 
+/// What became of a local event handed to [`Rooms::build_unappended`] (or `send`).
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// Built, authorised and appended: its id.
+    Appended(String),
+    /// Nothing new was built: the event of a retried transaction, or the current state event
+    /// the event would repeat.
+    Existing(String),
+    /// Built and authorised against the current state, not appended.
+    Built(Box<BuiltEvent>),
+}
+
+/// A local event built and authorised, waiting for [`Rooms::append_built`].
+#[derive(Debug)]
+pub(crate) struct BuiltEvent {
+    pub pdu: Pdu,
+    /// The room's current state when it was built: the state at its prev events.
+    state_before: Option<i64>,
+    /// The event at its key in that state (clients' `prev_content`).
+    replaces: Option<i64>,
+    now: i64,
+}
+
 /// The transaction scope of `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
 pub(crate) fn send_scope(room_id: &str, event_type: &str) -> String {
     format!("/rooms/{room_id}/send/{event_type}")
@@ -89,8 +112,102 @@ impl Rooms {
         &self,
         room: &RoomRow,
         sender: &UserId,
-        mut event: LocalEvent<'_>,
+        event: LocalEvent<'_>,
     ) -> Result<String> {
+        match self.send_or_build(room, sender, event, true).await? {
+            Sent::Appended(event_id) | Sent::Existing(event_id) => Ok(event_id),
+            Sent::Built(_) => Err(Error::Internal(
+                "a send that appends came back unappended".to_owned(),
+            )),
+        }
+    }
+
+    /// Builds and authorises an event from a local user as [`Rooms::send`] does, without
+    /// appending it: for an event another server must sign first (an invite of one of its
+    /// users), appended later by [`Rooms::append_built`]. The room's writer lock is not held
+    /// in between.
+    pub(crate) async fn build_unappended(
+        &self,
+        room: &RoomRow,
+        sender: &UserId,
+        event: LocalEvent<'_>,
+    ) -> Result<Sent> {
+        self.send_or_build(room, sender, event, false).await
+    }
+
+    /// Appends an event built by [`Rooms::build_unappended`] (perhaps changed since only by
+    /// signatures other servers added), under the room's writer lock. The room may have moved
+    /// on since it was built: its prev events stay as built (the event may make a fork, which
+    /// `append` resolves), and it must still be authorised by the room's current state.
+    pub(crate) async fn append_built(
+        &self,
+        room: &RoomRow,
+        built: Box<BuiltEvent>,
+    ) -> Result<String> {
+        let version = version_of(room)?;
+        let pdu = &built.pdu;
+        let writing = self.locks.writer(&room.room_id).await;
+        let auth_types = auth_types_for_event(
+            version,
+            pdu.event_type(),
+            pdu.sender(),
+            pdu.state_key(),
+            pdu.content(),
+        )
+        .map_err(auth_error)?;
+        // The create event too: rooms from v12 cite it through their id, not `auth_events`.
+        let mut keys = auth_types;
+        let create = ("m.room.create".to_owned(), String::new());
+        if !keys.contains(&create) {
+            keys.push(create);
+        }
+        let state = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
+        for row in &state {
+            by_key.insert(
+                (
+                    row.event_type.clone(),
+                    row.state_key.clone().unwrap_or_default(),
+                ),
+                pdu_of(row, version)?,
+            );
+        }
+        check_against_state(version, pdu, |kind, key| {
+            by_key.get(&(kind.to_owned(), key.to_owned()))
+        })
+        .map_err(auth_error)?;
+        self.append(Appending {
+            room,
+            pdu,
+            status: EventStatus::Normal,
+            placement: Placement::Live,
+            state_before: built.state_before,
+            replaces: built.replaces,
+            // `append` decides: the event extends the current state if nothing moved, else
+            // the forks are resolved.
+            current_state: None,
+            txn: None,
+            redaction: None,
+            redaction_waits: None,
+            redacted_by: None,
+            now: built.now,
+            push_inputs: None,
+            writing,
+            // Another server had the event before it is stored here.
+            just_built: false,
+            relay: false,
+        })
+        .await
+    }
+
+    /// [`Rooms::send`], and with `append` false [`Rooms::build_unappended`].
+    async fn send_or_build(
+        &self,
+        room: &RoomRow,
+        sender: &UserId,
+        mut event: LocalEvent<'_>,
+        append: bool,
+    ) -> Result<Sent> {
         if !self.is_local(sender) {
             return Err(Error::Internal(
                 "local sends come from local users".to_owned(),
@@ -183,7 +300,7 @@ impl Rooms {
                 .joined_member_events(room.room_nid, super::push::PUSH_RULES_TYPE),
         )?;
         if let Some(event_id) = context.txn_event_id {
-            return Ok(event_id);
+            return Ok(Sent::Existing(event_id));
         }
         // Setting state to what it already is, by the same sender (a second identical
         // `PUT /state`, a join while joined with the same profile), changes nothing: the
@@ -198,7 +315,7 @@ impl Rooms {
             && serde_json::from_str::<Value>(&current.json)
                 .is_ok_and(|stored| stored["content"] == event.content)
         {
-            return Ok(current.event_id.clone());
+            return Ok(Sent::Existing(current.event_id.clone()));
         }
         let by_key = state_by_key(version, &context.state)?;
         let auth_refs = auth_references(version, &auth_types, &by_key)?;
@@ -266,6 +383,14 @@ impl Rooms {
         // Citing every extremity, on the current state, the event is the room's new end and its
         // state the current state; past the cap, `append` resolves it with those left.
         let cites_all = head.prev_event_ids.len() <= MAX_PREV_EVENTS;
+        if !append {
+            return Ok(Sent::Built(Box::new(BuiltEvent {
+                pdu,
+                state_before: head.current_state_group,
+                replaces,
+                now,
+            })));
+        }
         self.append(Appending {
             room,
             pdu: &pdu,
@@ -285,6 +410,7 @@ impl Rooms {
             relay: false,
         })
         .await
+        .map(Sent::Appended)
     }
 
     /// The fields every event this server builds for a room shares with every other: its

@@ -4,9 +4,10 @@
 //! Every membership event a local user sends, whatever endpoint it comes through (the
 //! membership endpoints, `PUT /state/m.room.member/{userId}`, room creation, profile changes,
 //! deactivation), goes through [`Rooms::change_membership`]: the checks the auth rules leave to
-//! the resident server (who authorises a restricted join, invites only to users this server can
-//! reach, leaving only rooms one is in) are made there and nowhere else. The room version's auth
-//! rules then decide the rest.
+//! the resident server (who authorises a restricted join, leaving only rooms one is in) are made
+//! there and nowhere else. The room version's auth rules then decide the rest. An invite of a
+//! user of another server, and the rejection of an invite to a room this server is not in, go
+//! on to `invites`, where the other server takes part.
 
 use myelin_store::RoomRow;
 use ruma::{RoomId, UserId};
@@ -39,6 +40,17 @@ pub(super) enum RestrictedJoin {
 /// one.
 #[derive(Debug, Clone)]
 pub(crate) struct MembershipRuled(());
+
+/// A membership event that passed [`Rooms::change_membership`]'s rules.
+fn member_event(target: &UserId, content: Map<String, Value>) -> LocalEvent<'_> {
+    LocalEvent {
+        event_type: "m.room.member",
+        state_key: Some(target.as_str()),
+        content: Value::Object(content),
+        ruled: Ruled::Membership(MembershipRuled(())),
+        txn: None,
+    }
+}
 
 fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
     if let Some(reason) = reason {
@@ -99,12 +111,13 @@ impl Rooms {
         Ok(())
     }
 
-    /// A room this server knows, or the error a join to an unknown room gets.
+    /// A room this server is in, or the error a join to a room it is not in gets (a room known
+    /// only through an invite from another server has no state here to build a join on).
     async fn known_room(&self, room_id: &str) -> Result<RoomRow> {
         match self.store.room(room_id).await? {
-            Some(room) => Ok(room),
-            None => Err(Error::NotFound(format!(
-                "Room {room_id} is not known to this server, and joining through other servers needs federation, which this server does not have yet"
+            Some(room) if self.holds_state(&room).await? => Ok(room),
+            _ => Err(Error::NotFound(format!(
+                "Room {room_id} is not known to this server"
             ))),
         }
     }
@@ -157,12 +170,18 @@ impl Rooms {
                         .await?
                         .is_none_or(|(m, _, _)| m != "join");
             }
-            "invite" => {
-                if !self.is_local(target) {
-                    return Err(Error::Forbidden(format!(
-                        "Cannot invite {target}: inviting users on other servers needs federation, which this server does not have yet"
-                    )));
-                }
+            "invite" if !self.is_local(target) => {
+                // The invitee's server signs the invite before it is stored here.
+                return self
+                    .invite_remote(room, sender, target, member_event(target, content))
+                    .await;
+            }
+            "invite" => {}
+            "leave" if sender == target && self.member_from_outside(room, target).await? => {
+                // An invite to (or a knock on) a room this server is not in: rejected or
+                // rescinded through another server of the room (or out of band).
+                let reason = content.get("reason").and_then(Value::as_str);
+                return self.reject_outside_invite(room, target, reason).await;
             }
             "leave" => {
                 let current = self
@@ -192,17 +211,7 @@ impl Rooms {
             }
         }
         let event_id = self
-            .send(
-                room,
-                sender,
-                LocalEvent {
-                    event_type: "m.room.member",
-                    state_key: Some(target.as_str()),
-                    content: Value::Object(content),
-                    ruled: Ruled::Membership(MembershipRuled(())),
-                    txn: None,
-                },
-            )
+            .send(room, sender, member_event(target, content))
             .await?;
         if newly_joining {
             // The join stands whatever happens here: settings that do not follow are logged.

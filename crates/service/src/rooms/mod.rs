@@ -4,7 +4,8 @@
 //! other servers make (`federation_reads`: events, state, auth chains, missing events, backfill),
 //! and the resident's side of other servers' joins, leaves and knocks (`federation_membership`).
 //!
-//! Rooms with other servers: events received from them (`receive`), and the room side of a
+//! Rooms with other servers: events received from them (`receive`), invites both ways and the
+//! rejection of an invite to a room this server is not in (`invites`), and the room side of a
 //! join through a resident server (`remote_join`; the handshake itself is
 //! `crate::remote_membership`).
 
@@ -16,6 +17,7 @@ pub mod events;
 mod federation_membership;
 mod federation_reads;
 pub(crate) mod hierarchy;
+mod invites;
 mod locks;
 pub(crate) mod membership;
 mod push;
@@ -44,6 +46,7 @@ pub use federation_reads::{
     BACKFILL_MAX, MISSING_EVENTS_MAX, MissingEventsQuery, ServedState, ServedStateIds,
 };
 pub use hierarchy::{HierarchyPage, HierarchyRequest};
+pub use invites::{InboundInvite, RoomFederation};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use receive::{Received, ReceivedEvent};
 pub use relations::{RelationsPage, RelationsRequest, ThreadsInclude};
@@ -74,6 +77,9 @@ pub struct Rooms {
     user_data: Arc<crate::user_data::UserData>,
     /// The version of rooms created without one (`rooms.default_room_version`).
     default_version: &'static RoomVersion,
+    /// Requests to other servers and their keys, for memberships across servers (invites,
+    /// rejections): `None` until [`Rooms::with_federation`].
+    federation: Option<invites::RoomFederation>,
 }
 
 /// The keys rooms' events are signed with: the server's (server-key rooms) and each local
@@ -106,6 +112,7 @@ impl Rooms {
             pushers,
             user_data,
             default_version,
+            federation: None,
         }
     }
 

@@ -987,7 +987,8 @@ impl Rooms {
 
     /// Stripped state for invites and knocks: what a client shows before joining (sync's
     /// `invite_state`/`knock_state`, and the `knock_room_state` a resident answers `send_knock`
-    /// with). The room's naming and joining state plus the membership event `member_nid`. The
+    /// with). The room's naming and joining state plus the membership event `member_nid` (for
+    /// a room this server is not in, the stripped state stored with the invite). The
     /// create event is given whole, in the client format (spec v1.16, MSC4311: clients check
     /// the room id and creators against it); the others are stripped to type, state key,
     /// content and sender.
@@ -1006,8 +1007,22 @@ impl Rooms {
             "m.room.encryption",
             "m.room.topic",
         ];
-        let state = self.store.current_state(room.room_nid, None).await?;
         let member = self.store.event_by_nid(member_nid).await?;
+        if member
+            .as_ref()
+            .is_some_and(|row| row.status == EventStatus::Outlier)
+        {
+            // A room this server is not in (an invite from another server): no state here,
+            // only what the inviting server sent with the invite, stored with it.
+            let shown = self
+                .store
+                .invite_room_state(room.room_nid, reader.as_str(), member_nid)
+                .await?;
+            return Ok(shown
+                .and_then(|json| serde_json::from_str::<Vec<Value>>(&json).ok())
+                .unwrap_or_default());
+        }
+        let state = self.store.current_state(room.room_nid, None).await?;
         Ok(state
             .iter()
             .filter(|row| SHOWN.contains(&row.event_type.as_str()))

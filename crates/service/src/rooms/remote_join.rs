@@ -1,7 +1,8 @@
-//! The room side of joining through another server: taking what a resident server's
-//! `send_join` answered (the state before the join and its auth chain), checking all of it, and
-//! placing the join on that state. Which servers are asked and the handshake's requests are the
-//! network's business (`crate::remote_membership`).
+//! The room side of joining through another server: the membership event this server builds
+//! from a resident's `make_join`/`make_leave`/`make_knock` template, and taking what a
+//! resident's `send_join` answered (the state before the join and its auth chain), checking
+//! all of it, and placing the join on that state. Which servers are asked and the handshake's
+//! requests are the network's business (`crate::remote_membership`, `invites`).
 //!
 //! The checks are the receive pipeline's (`receive`): every event of the state and the auth
 //! chain goes through steps 1 to 4 as an outlier (format, signatures, content hash, its own
@@ -12,8 +13,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use myelin_room_version::{RoomVersion, receipt, verify::ServerKeys};
+use myelin_room_version::{
+    CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion, canonical::parse_object,
+    pdu::build_pdu, receipt, verify::ServerKeys,
+};
 use myelin_store::RoomRow;
+use ruma::{ServerName, UserId};
 
 use super::{Rooms, receive::Received};
 use crate::{Error, Result, now_millis};
@@ -41,6 +46,81 @@ impl Rooms {
             }
             None => false,
         })
+    }
+
+    /// `user`'s `membership` event in room `room_id` from the template `server` answered to
+    /// `make_join`, `make_leave` or `make_knock`: only the fields a template places the event
+    /// with (prev and auth events, depth) are taken, after checking it is this user's event of
+    /// that membership in this room; the content is `content` with the membership (and, for a
+    /// restricted join, the authorising user the resident named); signed by this server.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn member_event_from_template(
+        &self,
+        server: &ServerName,
+        room_id: &str,
+        version: &RoomVersion,
+        user: &UserId,
+        template: &[u8],
+        membership: &str,
+        mut content: CanonicalJsonObject,
+    ) -> Result<Pdu> {
+        let bad = |why: &str| {
+            Error::BadGateway(format!(
+                "{server} gave an unusable make_{membership} template: {why}"
+            ))
+        };
+        let template = parse_object(template).map_err(|_| bad("not canonical JSON"))?;
+        let string = |object: &CanonicalJsonObject, key: &str| match object.get(key) {
+            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let given = match template.get("content") {
+            Some(CanonicalJsonValue::Object(given)) => Some(given),
+            _ => None,
+        };
+        if string(&template, "type").as_deref() != Some("m.room.member")
+            || string(&template, "state_key").as_deref() != Some(user.as_str())
+            || string(&template, "sender").as_deref() != Some(user.as_str())
+            || string(&template, "room_id").as_deref() != Some(room_id)
+            || given.and_then(|c| string(c, "membership")).as_deref() != Some(membership)
+        {
+            return Err(bad(&format!(
+                "it is not this user's {membership} in this room"
+            )));
+        }
+        if membership == "join"
+            && let Some(authoriser) = given.and_then(|c| c.get("join_authorised_via_users_server"))
+        {
+            content.insert(
+                "join_authorised_via_users_server".to_owned(),
+                authoriser.clone(),
+            );
+        }
+        content.insert(
+            "membership".to_owned(),
+            CanonicalJsonValue::String(membership.to_owned()),
+        );
+        let mut partial = CanonicalJsonObject::new();
+        for key in [
+            "type",
+            "room_id",
+            "sender",
+            "state_key",
+            "prev_events",
+            "auth_events",
+            "depth",
+        ] {
+            if let Some(value) = template.get(key) {
+                partial.insert(key.to_owned(), value.clone());
+            }
+        }
+        partial.insert("content".to_owned(), CanonicalJsonValue::Object(content));
+        partial.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(super::int(now_millis())?),
+        );
+        self.assign_event_id(&mut partial, version);
+        build_pdu(partial, version, self.keys.event_signer()).map_err(|e| bad(&e.to_string()))
     }
 
     /// Places a join through another server (see the module docs). Errors are the answer's

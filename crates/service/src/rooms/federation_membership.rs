@@ -213,10 +213,14 @@ impl Rooms {
             &content_raw,
         )
         .map_err(auth_error)?;
-        let context = self
-            .store
-            .send_context(room.room_nid, &auth_types, None)
-            .await?;
+        // The create event too: v12 rooms do not cite it, but the auth rules read it (through
+        // the room id) all the same.
+        let mut keys = auth_types.clone();
+        let create = ("m.room.create".to_owned(), String::new());
+        if !keys.contains(&create) {
+            keys.push(create);
+        }
+        let context = self.store.send_context(room.room_nid, &keys, None).await?;
         let by_key = state_by_key(version, &context.state)?;
         let auth_refs = auth_references(version, &auth_types, &by_key)?;
         let partial = self

@@ -153,6 +153,18 @@ class User:
     def join(self, room, via):
         return self.call("POST", f"/join/{q(room)}", {}, {"server_name": via, "via": via})
 
+    def left_member_event(self, room, target):
+        """The newest m.room.member event of `target` in the room's entry under /sync's
+        `leave` (rooms this user left, was kicked or banned from), or None."""
+        sync_filter = json.dumps({"room": {"include_leave": True, "timeline": {"limit": 20}}, "presence": {"types": []}})
+        rooms = self.call("GET", "/sync", query={"filter": sync_filter, "timeout": "0"}).get("rooms", {})
+        left = rooms.get("leave", {}).get(room)
+        if not left:
+            return None
+        events = left.get("state", {}).get("events", []) + left.get("timeline", {}).get("events", [])
+        members = [e for e in events if e.get("type") == "m.room.member" and e.get("state_key") == target]
+        return members[-1] if members else None
+
     def invited_rooms(self):
         sync_filter = json.dumps({"room": {"timeline": {"limit": 1}}, "presence": {"types": []}})
         rooms = self.call("GET", "/sync", query={"filter": sync_filter, "timeout": "0"}).get("rooms", {})
@@ -202,8 +214,18 @@ def wait_for(what, probe, timeout=None):
 
 
 def membership_is(user, room, target, membership, **content):
+    """The membership of `target` as `user`'s server shows it: the room's state; for a user who
+    may no longer read it (Synapse refuses banned users the state), the room under /sync's
+    `leave`."""
+
     def probe():
-        state = user.state(room, "m.room.member", target)
+        try:
+            state = user.state(room, "m.room.member", target)
+        except HttpError as err:
+            if err.status != 403 or target != user.user_id:
+                raise
+            event = user.left_member_event(room, target)
+            state = event.get("content") if event else None
         if state and state.get("membership") == membership and all(state.get(k) == v for k, v in content.items()):
             return state
         return None

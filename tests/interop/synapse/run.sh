@@ -123,6 +123,9 @@ enable_registration_without_verification: true
 registration_shared_secret: interop-shared-secret
 bcrypt_rounds: 4
 presence: {enabled: false}
+# Synapse keeps a /sync answer for two minutes and gives it again for the same request: the
+# flow's repeated initial syncs (waiting for an invite, a ban) must see what happened since.
+caches: {sync_response_cache_duration: 0}
 rc_message: $limit
 rc_registration: $limit
 rc_login: {address: $limit, account: $limit, failed_attempts: $limit}

@@ -542,3 +542,75 @@ async fn a_knock_through_another_server_is_accepted_by_an_invite_and_rescinded_b
         }
     }
 }
+
+/// A user banned and unbanned by the resident joins again through it: the join is judged by
+/// the state the resident answered, not by the state this server kept from when it was last in
+/// the room (where the user is still banned, the unban never having reached it).
+#[tokio::test]
+async fn a_user_unbanned_on_another_server_joins_the_room_again() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "10"}),
+            )
+            .await;
+        let join_path = format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room_id));
+        let (status, body) = b.post(&join_path, &bob.access_token, json!({})).await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        eventually("A to see bob joined", || async {
+            membership(a, &alice, &room_id, &bob.user_id)
+                .await
+                .as_deref()
+                == Some("join")
+        })
+        .await;
+
+        for action in ["ban", "unban"] {
+            let (status, body) = a
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/{action}", enc(&room_id)),
+                    &alice.access_token,
+                    json!({"user_id": bob.user_id}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} {action}: {body}");
+            if action == "ban" {
+                eventually("B to see bob banned", || async {
+                    membership(b, &bob, &room_id, &bob.user_id).await.as_deref() == Some("ban")
+                })
+                .await;
+            }
+        }
+
+        let (status, body) = b.post(&join_path, &bob.access_token, json!({})).await;
+        assert_eq!(status, 200, "{kind:?}: the join after the unban: {body}");
+        assert_eq!(
+            membership(b, &bob, &room_id, &bob.user_id).await.as_deref(),
+            Some("join"),
+            "{kind:?}: B's current state"
+        );
+        eventually("A to see bob joined again", || async {
+            membership(a, &alice, &room_id, &bob.user_id)
+                .await
+                .as_deref()
+                == Some("join")
+        })
+        .await;
+        say(b, &bob, &room_id, "back again").await;
+        eventually("bob's message at A", || async {
+            bodies(a, &alice, &room_id)
+                .await
+                .contains(&"back again".to_owned())
+        })
+        .await;
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

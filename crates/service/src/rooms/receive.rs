@@ -75,6 +75,10 @@ struct Receiving<'a> {
     placement: Placement,
     prev_states: &'a HashMap<String, i64>,
     relay: bool,
+    /// Whether live events are judged by the room's current state here (step 6): not a join
+    /// through a resident, whose current state here is at most what this server knew when it
+    /// was last in the room.
+    soft_fail: bool,
 }
 
 impl<'a> Receiving<'a> {
@@ -83,6 +87,7 @@ impl<'a> Receiving<'a> {
             placement: Placement::Live,
             prev_states,
             relay: false,
+            soft_fail: true,
         }
     }
 }
@@ -143,6 +148,30 @@ impl Rooms {
             .await
     }
 
+    /// This server's join through a resident (`Rooms::place_remote_join`): the join on the
+    /// state the resident answered (`prev_states`, for its prev events), without step 6. A room
+    /// this server was in before keeps the current state of then (a user banned since
+    /// unbanned, say), which is no judge of the join; the join's state is resolved with it on
+    /// append, as with any fork.
+    pub(crate) async fn receive_join_through_resident(
+        &self,
+        room_id: &str,
+        join: &[u8],
+        server_keys: &ServerKeys,
+        prev_states: &HashMap<String, i64>,
+    ) -> Result<Vec<ReceivedEvent>> {
+        self.receive_placed(
+            room_id,
+            &[join],
+            server_keys,
+            Receiving {
+                soft_fail: false,
+                ..Receiving::live(prev_states)
+            },
+        )
+        .await
+    }
+
     /// [`Rooms::receive_pdus_with_prev_states`] with the placement given: live events, or
     /// history fetched backwards ([`Rooms::receive_backfill`]).
     pub(crate) async fn receive_placed_pdus(
@@ -157,6 +186,7 @@ impl Rooms {
             placement,
             prev_states,
             relay: false,
+            soft_fail: true,
         };
         self.receive_placed(room_id, pdus, server_keys, receiving)
             .await
@@ -237,6 +267,7 @@ impl Rooms {
                 placement: Placement::Backfilled,
                 prev_states: &no_prev_states,
                 relay: false,
+                soft_fail: true,
             },
         )
         .await
@@ -649,6 +680,7 @@ impl Rooms {
             lookups.current = self.state_pdus(version, current, &auth_keys).await?;
         }
         if placement == Placement::Live
+            && receiving.soft_fail
             && current.is_some()
             && receipt::check_against_current_state(version, &pdu, &lookups).is_err()
         {

@@ -258,7 +258,7 @@ impl Services {
 
 /// What the waiting events of a room lack, by kind: ids of events whose auth events are
 /// missing, and prev events that are missing (or without state), leaving out events of the
-/// batch itself (they wait for each other).
+/// batch itself that may still be placed (they wait for each other).
 struct Wants {
     auth_of: Vec<String>,
     prev: BTreeSet<String>,
@@ -272,8 +272,12 @@ impl Wants {
         outcomes: &[ReceivedEvent],
         waiting: &[usize],
     ) -> Wants {
+        // Events of the batch that may still be placed; one that was dropped (a room's create
+        // event in a backfill answer: it starts the room, it cannot be appended to it) is
+        // not waited for, the state after it is asked for instead.
         let batch_ids: HashSet<&str> = outcomes
             .iter()
+            .filter(|o| !matches!(o.outcome, Received::Dropped(_)))
             .filter_map(|o| o.event_id.as_deref())
             .collect();
         let mut wants = Wants {
@@ -294,10 +298,13 @@ impl Wants {
                 if batch_ids.contains(id.as_str()) {
                     continue;
                 }
-                if pdu.auth_events().any(|auth| auth == id) {
-                    lacks_auth = true;
-                } else {
+                // A prev event is wanted with the state after it (which brings the event
+                // too), even when it is an auth event as well (a room's first events cite the
+                // create event both ways).
+                if pdu.prev_events().any(|prev| prev == id) {
                     wants.prev.insert(id.clone());
+                } else {
+                    lacks_auth = true;
                 }
             }
             if lacks_auth {

@@ -213,8 +213,8 @@ impl Rooms {
             &content_raw,
         )
         .map_err(auth_error)?;
-        // The create event too: v12 rooms do not cite it, but the auth rules read it (through
-        // the room id) all the same.
+        // The create event too: rooms from v12 cite it through their id, not `auth_events`,
+        // and the auth rules read it either way.
         let mut keys = auth_types.clone();
         let create = ("m.room.create".to_owned(), String::new());
         if !keys.contains(&create) {

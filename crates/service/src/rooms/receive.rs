@@ -575,55 +575,63 @@ impl Rooms {
             };
 
         // The state before it: known once every prev event is stored with its state. An event
-        // that cites none has no place after the room's start (only a create event starts a
-        // room, and this room has one): it cannot be placed, so it is not kept.
-        if pdu.prev_events().len() == 0 {
-            tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "dropped a remote event that cites no prev events");
-            return Ok(Received::Dropped(
-                "an event of an existing room must cite prev events".to_owned(),
-            ));
-        }
-        // The state after each prev event: its own, or the one another server gave for it.
-        let prev_groups: Vec<Option<i64>> = pdu
-            .prev_events()
-            .map(|id| {
-                prev_rows
-                    .iter()
-                    .find(|row| row.event_id == id)
-                    .and_then(|row| row.state_group)
-                    .or_else(|| prev_states.get(id).copied())
-            })
-            .collect();
-        let unknown: Vec<String> = pdu
-            .prev_events()
-            .zip(&prev_groups)
-            .filter(|(_, group)| group.is_none())
-            .map(|(id, _)| id.to_owned())
-            .collect();
-        if !unknown.is_empty() {
-            if let Some(reason) = rejected_by_auth_events {
-                // The verdict needs no state: store it, stateless, as rejected.
-                return self
-                    .append_verdict(
-                        room,
-                        &pdu,
-                        (None, None),
-                        EventStatus::Rejected(reason),
-                        placement,
-                        writing,
-                    )
-                    .await;
+        // that cites none starts its room: only the room's own create event has that place, in
+        // history fetched backwards (the start of a room this server joined later, held as an
+        // outlier of the join's state), on the empty state before a room's first event. Any
+        // other is not kept.
+        let before = if pdu.prev_events().len() == 0 {
+            if placement != Placement::Backfilled || !self.is_room_create(room, &pdu).await? {
+                tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "dropped a remote event that cites no prev events");
+                return Ok(Received::Dropped(
+                    "an event of an existing room must cite prev events".to_owned(),
+                ));
             }
-            return Ok(Received::Missing(unknown));
-        }
-        let prev_groups: Vec<i64> = prev_groups.into_iter().flatten().collect();
-        let before = match self.state_before(room, version, &prev_groups).await? {
-            Ok(before) => before,
-            Err(Unresolvable(reason)) => {
-                tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, %reason, "dropped a remote event: the state before it cannot be resolved");
-                return Ok(Received::Dropped(format!(
-                    "the state before it cannot be resolved: {reason}"
-                )));
+            self.store
+                .create_state_group(room.room_nid, None, &[])
+                .await?
+        } else {
+            // The state after each prev event: its own, or the one another server gave for it.
+            let prev_groups: Vec<Option<i64>> = pdu
+                .prev_events()
+                .map(|id| {
+                    prev_rows
+                        .iter()
+                        .find(|row| row.event_id == id)
+                        .and_then(|row| row.state_group)
+                        .or_else(|| prev_states.get(id).copied())
+                })
+                .collect();
+            let unknown: Vec<String> = pdu
+                .prev_events()
+                .zip(&prev_groups)
+                .filter(|(_, group)| group.is_none())
+                .map(|(id, _)| id.to_owned())
+                .collect();
+            if !unknown.is_empty() {
+                if let Some(reason) = rejected_by_auth_events {
+                    // The verdict needs no state: store it, stateless, as rejected.
+                    return self
+                        .append_verdict(
+                            room,
+                            &pdu,
+                            (None, None),
+                            EventStatus::Rejected(reason),
+                            placement,
+                            writing,
+                        )
+                        .await;
+                }
+                return Ok(Received::Missing(unknown));
+            }
+            let prev_groups: Vec<i64> = prev_groups.into_iter().flatten().collect();
+            match self.state_before(room, version, &prev_groups).await? {
+                Ok(before) => before,
+                Err(Unresolvable(reason)) => {
+                    tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, %reason, "dropped a remote event: the state before it cannot be resolved");
+                    return Ok(Received::Dropped(format!(
+                        "the state before it cannot be resolved: {reason}"
+                    )));
+                }
             }
         };
         let replaces = match pdu.state_key() {
@@ -734,6 +742,20 @@ impl Rooms {
         })
         .await?;
         Ok(Received::Accepted)
+    }
+
+    /// Whether `pdu` is the create event of `room` (the one its current state holds).
+    async fn is_room_create(&self, room: &RoomRow, pdu: &Pdu) -> Result<bool> {
+        let create = self
+            .store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.create".to_owned(), String::new())]),
+            )
+            .await?;
+        Ok(create
+            .first()
+            .is_some_and(|row| row.event_id == pdu.event_id()))
     }
 
     /// Stores an event with a verdict that keeps it out of the room's history (rejected or

@@ -2,7 +2,11 @@
 # Myelin for real clients to talk to (SQLite in a temp dir, loopback, free ports, registration
 # open, cheap password hashing, rate limits off) and stops it at exit.
 #
-#   start_test_server BIN WORK LOG_FILTER   sets SERVER_PID and SERVER_URL; the log is WORK/server.log
+#   start_test_server BIN WORK LOG_FILTER [FEDERATION_PORT]
+#                                           sets SERVER_PID and SERVER_URL; the log is WORK/server.log
+#                                           (a caller that names the server after its federation
+#                                           port picks the port first; other MYELIN_* settings
+#                                           exported by the caller reach the server too)
 #   stop_test_server                        (installed as the EXIT trap by the caller)
 
 free_port() {
@@ -19,10 +23,10 @@ stop_test_server() {
     fi
 }
 
-start_test_server() { # start_test_server <binary> <work dir> <log filter>
-    local bin="$1" work="$2" filter="$3" client_port federation_port
+start_test_server() { # start_test_server <binary> <work dir> <log filter> [federation port]
+    local bin="$1" work="$2" filter="$3" federation_port="${4:-}" client_port
     client_port="$(free_port)"
-    federation_port="$(free_port)"
+    [ -n "$federation_port" ] || federation_port="$(free_port)"
     (
         cd "$work"
         MYELIN_LISTEN__CLIENT="127.0.0.1:$client_port" \

@@ -178,8 +178,14 @@ impl Peer {
         self.shared.pdus.lock().unwrap().clone()
     }
 
-    /// Signs a template (or any partial event) as this peer, with `key` if given.
+    /// Signs a template (or any partial event) of a version 10 room as this peer, with `key`
+    /// if given.
     fn sign(&self, template: &Value, key: Option<&KeyPair>) -> Pdu {
+        self.sign_in("10", template, key)
+    }
+
+    /// [`Peer::sign`] for a room of `version`.
+    fn sign_in(&self, version: &str, template: &Value, key: Option<&KeyPair>) -> Pdu {
         let CanonicalJsonValue::Object(partial) =
             CanonicalJsonValue::try_from(template.clone()).unwrap()
         else {
@@ -187,7 +193,7 @@ impl Peer {
         };
         build_pdu(
             partial,
-            RoomVersion::get("10").unwrap(),
+            RoomVersion::get(version).unwrap(),
             EventSigner::Server {
                 server_name: self.shared.name,
                 key_id: KEY_ID,
@@ -600,6 +606,57 @@ async fn a_remote_user_joins_a_public_room_through_the_resident_and_the_room_hea
                 .any(|pdu| pdu["state_key"] == carol_join.state_key().unwrap()),
             "carol's own join is not relayed to her server"
         );
+    }
+}
+
+/// Version 12 rooms cite no create event in `auth_events` (the room id names it), but the
+/// template is still judged with it.
+#[tokio::test]
+async fn a_remote_user_joins_a_version_12_room_through_the_resident() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let room_id = world
+            .server
+            .create_room(
+                &world.alice,
+                json!({"preset": "public_chat", "room_version": "12"}),
+            )
+            .await;
+        let template = world
+            .joiner
+            .make_join(&room_id, BOB, &["11", "12"])
+            .await
+            .unwrap();
+        assert_eq!(template.room_version, Some(RoomVersionId::V12), "{kind:?}");
+        let event = json_value(&template.event);
+        let store = world.server.store();
+        let room = store.room(&room_id).await.unwrap().unwrap();
+        let create = store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.create".to_owned(), String::new())]),
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .event_id;
+        let auth = event["auth_events"].as_array().unwrap();
+        assert_eq!(
+            auth.len(),
+            2,
+            "{kind:?}: join rules and power levels: {event}"
+        );
+        assert!(!auth.contains(&json!(create)), "{kind:?}: {event}");
+
+        let join = world.joiner.sign_in("12", &event, None);
+        world.joiner.send_join(&room_id, &join).await.unwrap();
+        assert_eq!(
+            world.membership(&room_id, BOB).await.as_deref(),
+            Some("join"),
+            "{kind:?}"
+        );
+        world.server.stop().await;
     }
 }
 

@@ -1113,6 +1113,58 @@ async fn prev_events_out_of_reach_are_placed_on_the_state_the_origin_gives() {
     }
 }
 
+/// What a join through a resident does with the resident's `send_join` answer: the join's
+/// prev events (the resident's latest, often messages) are neither sent nor stored, only the
+/// state after them is given. An event citing such a prev event is placed on that state, not
+/// rejected for missing it.
+#[tokio::test]
+async fn prev_events_not_held_are_placed_on_the_state_given_for_them() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let chain = world.bob_chain("unseen", 2).await;
+        let store = world.server.store();
+        let room = store.room(&world.room_id).await.unwrap().unwrap();
+        let current = store
+            .current_state_group(room.room_nid)
+            .await
+            .unwrap()
+            .unwrap();
+        let on_top = world.bob_says("after the unseen", &[chain[1].event_id().to_owned()], 50);
+        let prev_states = HashMap::from([(chain[1].event_id().to_owned(), current)]);
+        let outcome = world
+            .server
+            .services()
+            .rooms
+            .receive_pdus_with_prev_states(
+                &world.room_id,
+                &[on_top.canonical_json().as_bytes()],
+                &world.peer.keys(),
+                &prev_states,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome[0].outcome,
+            myelin_service::rooms::Received::Accepted,
+            "{kind:?}"
+        );
+        assert_eq!(world.status(chain[1].event_id()).await, None, "{kind:?}");
+        assert_eq!(
+            world.status(on_top.event_id()).await,
+            Some(EventStatus::Normal),
+            "{kind:?}"
+        );
+        assert!(
+            world
+                .message_bodies()
+                .await
+                .contains(&"after the unseen".to_owned()),
+            "{kind:?}"
+        );
+        world.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn missing_auth_events_are_fetched_with_event_auth() {
     for kind in test_backends() {

@@ -775,3 +775,150 @@ async fn a_forged_or_incomplete_send_join_answer_is_refused_and_leaves_nothing_t
         }
     }
 }
+
+/// A user banned and unbanned by the resident joins again through it: the join is judged by
+/// the state the resident answered, not by the state this server kept from when it was last in
+/// the room (where the user is still banned, the unban never having reached it).
+#[tokio::test]
+async fn a_user_unbanned_on_another_server_joins_the_room_again() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "10"}),
+            )
+            .await;
+        let join_path = format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room_id));
+        let (status, body) = b.post(&join_path, &bob.access_token, json!({})).await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        eventually("A to see bob joined", || async {
+            membership(a, &alice, &room_id, &bob.user_id)
+                .await
+                .as_deref()
+                == Some("join")
+        })
+        .await;
+
+        for action in ["ban", "unban"] {
+            let (status, body) = a
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/{action}", enc(&room_id)),
+                    &alice.access_token,
+                    json!({"user_id": bob.user_id}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} {action}: {body}");
+            if action == "ban" {
+                eventually("B to see bob banned", || async {
+                    membership(b, &bob, &room_id, &bob.user_id).await.as_deref() == Some("ban")
+                })
+                .await;
+            }
+        }
+
+        let (status, body) = b.post(&join_path, &bob.access_token, json!({})).await;
+        assert_eq!(status, 200, "{kind:?}: the join after the unban: {body}");
+        assert_eq!(
+            membership(b, &bob, &room_id, &bob.user_id).await.as_deref(),
+            Some("join"),
+            "{kind:?}: B's current state"
+        );
+        eventually("A to see bob joined again", || async {
+            membership(a, &alice, &room_id, &bob.user_id)
+                .await
+                .as_deref()
+                == Some("join")
+        })
+        .await;
+        say(b, &bob, &room_id, "back again").await;
+        eventually("bob's message at A", || async {
+            bodies(a, &alice, &room_id)
+                .await
+                .contains(&"back again".to_owned())
+        })
+        .await;
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// The event ids of the room's timeline as `user` reads it on `server` (`/messages` backwards
+/// to the start, backfilling on the way), oldest first.
+async fn timeline_ids(server: &TestServer, user: &TestUser, room_id: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..10 {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+            enc(room_id)
+        );
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={}", enc(from)));
+        }
+        let (status, body) = server.get(&path, &user.access_token).await;
+        assert_eq!(status, 200, "{body}");
+        let chunk = body["chunk"].as_array().cloned().unwrap_or_default();
+        ids.extend(
+            chunk
+                .iter()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned)),
+        );
+        match body["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    ids.reverse();
+    ids
+}
+
+/// A server that joined late reads the room's history back to its create event, the same
+/// events in the same order as the room's first server.
+#[tokio::test]
+async fn history_backfilled_after_a_late_join_reaches_the_create_event() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        for version in ["10", "12"] {
+            let room_id = a
+                .create_room(
+                    &alice,
+                    json!({"preset": "public_chat", "room_version": version}),
+                )
+                .await;
+            for i in 0..3 {
+                say(a, &alice, &room_id, &format!("early {version} {i}")).await;
+            }
+            let (status, body) = b
+                .post(
+                    &format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room_id)),
+                    &bob.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} v{version}: {body}");
+            eventually("A to see bob joined", || async {
+                membership(a, &alice, &room_id, &bob.user_id)
+                    .await
+                    .as_deref()
+                    == Some("join")
+            })
+            .await;
+            let at_a = timeline_ids(a, &alice, &room_id).await;
+            let at_b = timeline_ids(b, &bob, &room_id).await;
+            assert_eq!(at_b, at_a, "{kind:?} v{version}");
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

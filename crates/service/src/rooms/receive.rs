@@ -75,6 +75,10 @@ struct Receiving<'a> {
     placement: Placement,
     prev_states: &'a HashMap<String, i64>,
     relay: bool,
+    /// Whether live events are judged by the room's current state here (step 6): not a join
+    /// through a resident, whose current state here is at most what this server knew when it
+    /// was last in the room.
+    soft_fail: bool,
 }
 
 impl<'a> Receiving<'a> {
@@ -83,6 +87,7 @@ impl<'a> Receiving<'a> {
             placement: Placement::Live,
             prev_states,
             relay: false,
+            soft_fail: true,
         }
     }
 }
@@ -143,6 +148,30 @@ impl Rooms {
             .await
     }
 
+    /// This server's join through a resident (`Rooms::place_remote_join`): the join on the
+    /// state the resident answered (`prev_states`, for its prev events), without step 6. A room
+    /// this server was in before keeps the current state of then (a user banned since
+    /// unbanned, say), which is no judge of the join; the join's state is resolved with it on
+    /// append, as with any fork.
+    pub(crate) async fn receive_join_through_resident(
+        &self,
+        room_id: &str,
+        join: &[u8],
+        server_keys: &ServerKeys,
+        prev_states: &HashMap<String, i64>,
+    ) -> Result<Vec<ReceivedEvent>> {
+        self.receive_placed(
+            room_id,
+            &[join],
+            server_keys,
+            Receiving {
+                soft_fail: false,
+                ..Receiving::live(prev_states)
+            },
+        )
+        .await
+    }
+
     /// [`Rooms::receive_pdus_with_prev_states`] with the placement given: live events, or
     /// history fetched backwards ([`Rooms::receive_backfill`]).
     pub(crate) async fn receive_placed_pdus(
@@ -157,6 +186,7 @@ impl Rooms {
             placement,
             prev_states,
             relay: false,
+            soft_fail: true,
         };
         self.receive_placed(room_id, pdus, server_keys, receiving)
             .await
@@ -237,6 +267,7 @@ impl Rooms {
                 placement: Placement::Backfilled,
                 prev_states: &no_prev_states,
                 relay: false,
+                soft_fail: true,
             },
         )
         .await
@@ -544,55 +575,63 @@ impl Rooms {
             };
 
         // The state before it: known once every prev event is stored with its state. An event
-        // that cites none has no place after the room's start (only a create event starts a
-        // room, and this room has one): it cannot be placed, so it is not kept.
-        if pdu.prev_events().len() == 0 {
-            tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "dropped a remote event that cites no prev events");
-            return Ok(Received::Dropped(
-                "an event of an existing room must cite prev events".to_owned(),
-            ));
-        }
-        // The state after each prev event: its own, or the one another server gave for it.
-        let prev_groups: Vec<Option<i64>> = pdu
-            .prev_events()
-            .map(|id| {
-                prev_rows
-                    .iter()
-                    .find(|row| row.event_id == id)
-                    .and_then(|row| row.state_group)
-                    .or_else(|| prev_states.get(id).copied())
-            })
-            .collect();
-        let unknown: Vec<String> = pdu
-            .prev_events()
-            .zip(&prev_groups)
-            .filter(|(_, group)| group.is_none())
-            .map(|(id, _)| id.to_owned())
-            .collect();
-        if !unknown.is_empty() {
-            if let Some(reason) = rejected_by_auth_events {
-                // The verdict needs no state: store it, stateless, as rejected.
-                return self
-                    .append_verdict(
-                        room,
-                        &pdu,
-                        (None, None),
-                        EventStatus::Rejected(reason),
-                        placement,
-                        writing,
-                    )
-                    .await;
+        // that cites none starts its room: only the room's own create event has that place, in
+        // history fetched backwards (the start of a room this server joined later, held as an
+        // outlier of the join's state), on the empty state before a room's first event. Any
+        // other is not kept.
+        let before = if pdu.prev_events().len() == 0 {
+            if placement != Placement::Backfilled || !self.is_room_create(room, &pdu).await? {
+                tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, "dropped a remote event that cites no prev events");
+                return Ok(Received::Dropped(
+                    "an event of an existing room must cite prev events".to_owned(),
+                ));
             }
-            return Ok(Received::Missing(unknown));
-        }
-        let prev_groups: Vec<i64> = prev_groups.into_iter().flatten().collect();
-        let before = match self.state_before(room, version, &prev_groups).await? {
-            Ok(before) => before,
-            Err(Unresolvable(reason)) => {
-                tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, %reason, "dropped a remote event: the state before it cannot be resolved");
-                return Ok(Received::Dropped(format!(
-                    "the state before it cannot be resolved: {reason}"
-                )));
+            self.store
+                .create_state_group(room.room_nid, None, &[])
+                .await?
+        } else {
+            // The state after each prev event: its own, or the one another server gave for it.
+            let prev_groups: Vec<Option<i64>> = pdu
+                .prev_events()
+                .map(|id| {
+                    prev_rows
+                        .iter()
+                        .find(|row| row.event_id == id)
+                        .and_then(|row| row.state_group)
+                        .or_else(|| prev_states.get(id).copied())
+                })
+                .collect();
+            let unknown: Vec<String> = pdu
+                .prev_events()
+                .zip(&prev_groups)
+                .filter(|(_, group)| group.is_none())
+                .map(|(id, _)| id.to_owned())
+                .collect();
+            if !unknown.is_empty() {
+                if let Some(reason) = rejected_by_auth_events {
+                    // The verdict needs no state: store it, stateless, as rejected.
+                    return self
+                        .append_verdict(
+                            room,
+                            &pdu,
+                            (None, None),
+                            EventStatus::Rejected(reason),
+                            placement,
+                            writing,
+                        )
+                        .await;
+                }
+                return Ok(Received::Missing(unknown));
+            }
+            let prev_groups: Vec<i64> = prev_groups.into_iter().flatten().collect();
+            match self.state_before(room, version, &prev_groups).await? {
+                Ok(before) => before,
+                Err(Unresolvable(reason)) => {
+                    tracing::info!(event_id = pdu.event_id(), room_id = %room.room_id, %reason, "dropped a remote event: the state before it cannot be resolved");
+                    return Ok(Received::Dropped(format!(
+                        "the state before it cannot be resolved: {reason}"
+                    )));
+                }
             }
         };
         let replaces = match pdu.state_key() {
@@ -649,6 +688,7 @@ impl Rooms {
             lookups.current = self.state_pdus(version, current, &auth_keys).await?;
         }
         if placement == Placement::Live
+            && receiving.soft_fail
             && current.is_some()
             && receipt::check_against_current_state(version, &pdu, &lookups).is_err()
         {
@@ -702,6 +742,20 @@ impl Rooms {
         })
         .await?;
         Ok(Received::Accepted)
+    }
+
+    /// Whether `pdu` is the create event of `room` (the one its current state holds).
+    async fn is_room_create(&self, room: &RoomRow, pdu: &Pdu) -> Result<bool> {
+        let create = self
+            .store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.create".to_owned(), String::new())]),
+            )
+            .await?;
+        Ok(create
+            .first()
+            .is_some_and(|row| row.event_id == pdu.event_id()))
     }
 
     /// Stores an event with a verdict that keeps it out of the room's history (rejected or

@@ -245,7 +245,7 @@ impl Rooms {
             .collect();
 
         let outcome = self
-            .receive_pdus_with_prev_states(room_id, &[answer.join], keys, &prev_states)
+            .receive_join_through_resident(room_id, answer.join, keys, &prev_states)
             .await?
             .pop()
             .map(|received| received.outcome);

@@ -67,21 +67,11 @@ impl Services {
             .rooms
             .client_join_content(user, reason, extra_content)
             .await?;
-        let mut last_error = None;
-        for server in candidates {
-            match self.join_through(&server, user, room_id, &content).await {
-                Ok(()) => return Ok(room_id.to_owned()),
-                Err(err) => {
-                    tracing::info!(%room_id, %user, %server, %err, "could not join a room through this server");
-                    let stop = is_final(&err);
-                    last_error = Some(err);
-                    if stop {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::NotFound(format!("Room {room_id} not found"))))
+        let content = &content;
+        self.through_candidates("join", room_id, candidates, |server| async move {
+            self.join_through(&server, user, room_id, content).await
+        })
+        .await
     }
 
     /// `POST /knock/{roomIdOrAlias}`: locally when this server is in the room, else through
@@ -99,12 +89,32 @@ impl Services {
             return self.rooms.knock(user, room_id, reason).await;
         }
         let candidates = self.join_candidates(user, room_id, via).await?;
+        self.through_candidates("knock", room_id, candidates, |server| async move {
+            self.knock_through(&server, user, room_id, reason).await
+        })
+        .await
+    }
+
+    /// Tries the handshake `attempt` with each candidate server in turn until one takes it
+    /// (see [`is_final`] for failures after which no other is asked). Returns the room id, or
+    /// the last failure.
+    async fn through_candidates<F, Fut>(
+        &self,
+        what: &str,
+        room_id: &str,
+        candidates: Vec<OwnedServerName>,
+        mut attempt: F,
+    ) -> Result<String>
+    where
+        F: FnMut(OwnedServerName) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
         let mut last_error = None;
         for server in candidates {
-            match self.knock_through(&server, user, room_id, reason).await {
+            match attempt(server.clone()).await {
                 Ok(()) => return Ok(room_id.to_owned()),
                 Err(err) => {
-                    tracing::info!(%room_id, %user, %server, %err, "could not knock on a room through this server");
+                    tracing::info!(%room_id, %server, %err, "could not {what} through this server");
                     let stop = is_final(&err);
                     last_error = Some(err);
                     if stop {
@@ -115,7 +125,7 @@ impl Services {
         }
         Err(last_error.unwrap_or_else(|| {
             Error::NotFound(format!(
-                "Room {room_id} is not known to this server and no server to knock through was given"
+                "Room {room_id} is not known to this server and no server to {what} through was given"
             ))
         }))
     }

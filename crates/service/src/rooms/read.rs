@@ -998,15 +998,6 @@ impl Rooms {
         member_nid: i64,
         reader: &UserId,
     ) -> Result<Vec<Value>> {
-        const SHOWN: &[&str] = &[
-            "m.room.create",
-            "m.room.join_rules",
-            "m.room.name",
-            "m.room.avatar",
-            "m.room.canonical_alias",
-            "m.room.encryption",
-            "m.room.topic",
-        ];
         let member = self.store.event_by_nid(member_nid).await?;
         if member
             .as_ref()
@@ -1025,7 +1016,7 @@ impl Rooms {
         let state = self.store.current_state(room.room_nid, None).await?;
         Ok(state
             .iter()
-            .filter(|row| SHOWN.contains(&row.event_type.as_str()))
+            .filter(|row| super::invites::STRIPPED_STATE_TYPES.contains(&row.event_type.as_str()))
             .chain(member.as_ref())
             .filter_map(|row| {
                 if row.event_type == "m.room.create" && row.state_key.as_deref() == Some("") {

@@ -191,6 +191,9 @@ impl Rooms {
             }
             Some(_) => {}
         }
+        // The invitee's invite rules (MSC4155): a blocked invite is refused before anything
+        // is checked further or stored; an ignored one is taken, and `/sync` hides it.
+        self.refuse_blocked_invite(&invitee, &sender).await?;
         let known = self.store.room(&invite.room_id).await?;
         if let Some(room) = &known
             && room.room_version != version.id()

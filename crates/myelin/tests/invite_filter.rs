@@ -1,8 +1,9 @@
 //! Invite filtering (MSC4155, `org.matrix.msc4155.invite_permission_config`), on both
-//! databases: the invitee's rules refuse blocked invites (403 `M_FORBIDDEN`, nothing stored)
-//! and take ignored ones without showing them, for invites from a local user (`/invite`,
-//! `PUT /state/m.room.member`, `createRoom`'s invite list) and from another server (two real
-//! Myelin servers: inbound `/invite`); an allowed user beats a blocked server.
+//! databases: the invitee's rules refuse blocked invites (403 `M_INVITE_BLOCKED`, nothing
+//! stored) and take ignored ones without showing them, for invites from a local user
+//! (`/invite`, `PUT /state/m.room.member`, `createRoom`'s invite list) and from another server
+//! (two real Myelin servers: inbound `/invite`, whose refusal reaches the inviter's client with
+//! its errcode); user rules beat server rules both ways.
 
 use myelin_testkit::{
     TestServer, TestUser, enc,
@@ -94,12 +95,13 @@ async fn local_invites_follow_the_invitees_rules() {
             "{kind:?}: {caps}"
         );
 
-        // Blocked by user: 403 M_FORBIDDEN, no invite stored or shown; carol is not blocked.
+        // Blocked by user: 403 M_INVITE_BLOCKED, no invite stored or shown; carol is not
+        // blocked.
         set_config(&server, &alice, json!({"blocked_users": [bob.user_id]})).await;
         let room = server.create_room(&bob, private.clone()).await;
         let (status, body) = invite(&server, &bob, &room, &alice.user_id).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{kind:?}: {body}");
-        assert_eq!(body["errcode"], "M_FORBIDDEN", "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_INVITE_BLOCKED", "{kind:?}: {body}");
         assert_eq!(
             membership(&server, &bob, &room, &alice.user_id).await,
             None,
@@ -145,7 +147,8 @@ async fn local_invites_follow_the_invitees_rules() {
 
         // Blocked by server (a glob): everyone of this server, carol too.
         let other = server.register("alice2").await;
-        let glob = format!("{}*", &server.name()[..2]);
+        let host = server.name().split(':').next().unwrap().to_owned();
+        let glob = format!("{}*", &host[..2]);
         set_config(&server, &other, json!({"blocked_servers": [glob]})).await;
         let (status, body) = invite(&server, &carol, &from_carol, &other.user_id).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{kind:?}: {body}");
@@ -159,7 +162,7 @@ async fn local_invites_follow_the_invitees_rules() {
         set_config(
             &server,
             &other,
-            json!({"allowed_users": [bob.user_id], "blocked_servers": [server.name()]}),
+            json!({"allowed_users": [bob.user_id], "blocked_servers": [host]}),
         )
         .await;
         let (status, body) = invite(&server, &carol, &from_carol, &other.user_id).await;
@@ -172,6 +175,18 @@ async fn local_invites_follow_the_invitees_rules() {
             vec![from_bob.clone()],
             "{kind:?}"
         );
+        // And a blocked user of an allowed server stays blocked.
+        let fourth = server.register("alice4").await;
+        set_config(
+            &server,
+            &fourth,
+            json!({"blocked_users": [carol.user_id], "allowed_servers": [host]}),
+        )
+        .await;
+        let (status, body) = invite(&server, &carol, &from_carol, &fourth.user_id).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{kind:?}: {body}");
+        let (status, body) = invite(&server, &bob, &from_bob, &fourth.user_id).await;
+        assert_eq!(status, StatusCode::OK, "{kind:?}: {body}");
 
         // Ignored: the invite is taken (the room has it) but not shown to the invitee.
         let third = server.register("alice3").await;
@@ -218,6 +233,7 @@ async fn invites_from_another_server_follow_the_invitees_rules() {
         let room = hs2.create_room(&bob, private.clone()).await;
         let (status, body) = invite(hs2, &bob, &room, &alice.user_id).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_INVITE_BLOCKED", "{kind:?}: {body}");
         assert!(hs1.store().room(&room).await.unwrap().is_none(), "{kind:?}");
         assert_eq!(
             membership(hs2, &bob, &room, &alice.user_id).await,
@@ -252,8 +268,22 @@ async fn invites_from_another_server_follow_the_invitees_rules() {
             "{kind:?}"
         );
 
-        // Ignored server: taken (hs1 stores it, hs2 appends it) but not shown.
+        // A blocked user of an allowed server: refused.
         let other = hs1.register("alice2").await;
+        set_config(
+            hs1,
+            &other,
+            json!({"blocked_users": [evil_bob.user_id], "allowed_servers": ["hs2.test"]}),
+        )
+        .await;
+        let (status, body) = invite(hs2, &evil_bob, &evil_room, &other.user_id).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{kind:?}: {body}");
+        assert!(
+            hs1.store().room(&evil_room).await.unwrap().is_none(),
+            "{kind:?}"
+        );
+
+        // Ignored server: taken (hs1 stores it, hs2 appends it) but not shown.
         set_config(hs1, &other, json!({"ignored_servers": ["hs2.test"]})).await;
         let (status, body) = invite(hs2, &evil_bob, &evil_room, &other.user_id).await;
         assert_eq!(status, StatusCode::OK, "{kind:?}: {body}");

@@ -2,20 +2,25 @@
 //! user (local invites in `change_membership` and room creation, inbound federation invites in
 //! `receive_invite`) and that `/sync` asks about each pending invite before showing it.
 //!
-//! The rule is the invitee's invite filter (MSC4155, global account data
-//! `org.matrix.msc4155.invite_permission_config`) and their ignored-users list
-//! (`m.ignored_user_list`):
+//! The rule is MSC4155's processing order, first match wins:
 //!
-//! - The filter's six lists hold globs (`*`, `?`; spec appendix "Glob-style matching") over the
-//!   inviter's user ID (`*_users`) and server name (`*_servers`); a missing, `null` or
-//!   malformed list is empty. The MSC's order, first match wins: allowed (either list) →
-//!   allow; ignored → ignore; blocked → block; nothing matched → allow. So an allowed user of
-//!   a blocked server is allowed, and so is a blocked user of an allowed server.
-//! - An ignored user's invites are never shown (the spec's "ignoring users" module says so
-//!   without exception), so the list turns an allow into an ignore; a block stays a block.
+//! 1. the invitee's ignored-users list (`m.ignored_user_list`) names the inviter → ignore;
+//! 2. their invite filter (global account data `org.matrix.msc4155.invite_permission_config`):
+//!    `enabled: false` → allow; then `allowed_users` → allow, `ignored_users` → ignore,
+//!    `blocked_users` → block; then `allowed_servers`, `ignored_servers`, `blocked_servers` the
+//!    same way;
+//! 3. otherwise allow.
 //!
-//! A blocked invite is refused (403, nothing stored); an ignored one is taken as any other but
-//! never shown to the invitee.
+//! So user rules beat server rules both ways: an allowed user of a blocked server is allowed, a
+//! blocked user of an allowed server blocked. The lists hold globs (`*`, `?`; spec appendix
+//! "Glob-style matching"): `*_users` over the whole user ID, `*_servers` over the inviter's
+//! server name without its port, without case, as server ACLs match. A missing, `null` or
+//! malformed list is empty; `enabled` is true unless it is `false`.
+//!
+//! A blocked invite is refused (403 `M_INVITE_BLOCKED`, nothing stored); an ignored one is taken
+//! as any other but never shown to the invitee. Invites stored before a rule blocked or ignored
+//! them are not shown either (the MSC's SHOULD for pending invites), and show again when the
+//! rule is lifted.
 
 use std::collections::HashSet;
 
@@ -42,14 +47,16 @@ pub enum InviteVerdict {
 /// One user's invite rules, read once and asked about any number of inviters.
 #[derive(Debug, Clone, Default)]
 pub struct InviteFilter {
+    /// `m.ignored_user_list`.
+    ignored_list: HashSet<String>,
+    /// The filter's `enabled` (true unless `false`).
+    enabled: bool,
     allowed_users: Vec<String>,
     ignored_users: Vec<String>,
     blocked_users: Vec<String>,
     allowed_servers: Vec<String>,
     ignored_servers: Vec<String>,
     blocked_servers: Vec<String>,
-    /// `m.ignored_user_list`.
-    ignored_list: HashSet<String>,
 }
 
 impl InviteFilter {
@@ -68,48 +75,53 @@ impl InviteFilter {
                 .unwrap_or_default()
         };
         InviteFilter {
+            ignored_list,
+            enabled: config["enabled"].as_bool() != Some(false),
             allowed_users: list("allowed_users"),
             ignored_users: list("ignored_users"),
             blocked_users: list("blocked_users"),
             allowed_servers: list("allowed_servers"),
             ignored_servers: list("ignored_servers"),
             blocked_servers: list("blocked_servers"),
-            ignored_list,
         }
     }
 
-    /// What these rules make of an invite from `inviter`.
+    /// What these rules make of an invite from `inviter` (the module docs' order).
     pub fn verdict(&self, inviter: &UserId) -> InviteVerdict {
-        let configured = self.configured_verdict(inviter);
-        if configured != InviteVerdict::Block && self.ignored_list.contains(inviter.as_str()) {
+        if self.ignored_list.contains(inviter.as_str()) {
             return InviteVerdict::Ignore;
         }
-        configured
-    }
-
-    /// MSC4155's order over the six lists alone.
-    fn configured_verdict(&self, inviter: &UserId) -> InviteVerdict {
-        let user = inviter.as_str();
-        let server = inviter.server_name();
-        let user_in = |globs: &[String]| globs.iter().any(|g| glob_matches(g, user, false));
-        // A server name's port names no other operator (whoever holds the host runs every
-        // port of it), so a glob matching the host alone matches too, as server ACLs read
-        // server names; names are DNS names, compared without case.
-        let server_in = |globs: &[String]| {
-            globs.iter().any(|g| {
-                glob_matches(g, server.as_str(), true) || glob_matches(g, server.host(), true)
-            })
-        };
-        if user_in(&self.allowed_users) || server_in(&self.allowed_servers) {
-            InviteVerdict::Allow
-        } else if user_in(&self.ignored_users) || server_in(&self.ignored_servers) {
-            InviteVerdict::Ignore
-        } else if user_in(&self.blocked_users) || server_in(&self.blocked_servers) {
-            InviteVerdict::Block
-        } else {
-            InviteVerdict::Allow
+        if !self.enabled {
+            return InviteVerdict::Allow;
         }
+        let user = inviter.as_str();
+        let host = inviter.server_name().host();
+        let user_in = |globs: &[String]| globs.iter().any(|g| glob_matches(g, user, false));
+        let server_in = |globs: &[String]| globs.iter().any(|g| glob_matches(g, host, true));
+        let steps: [(bool, InviteVerdict); 6] = [
+            (user_in(&self.allowed_users), InviteVerdict::Allow),
+            (user_in(&self.ignored_users), InviteVerdict::Ignore),
+            (user_in(&self.blocked_users), InviteVerdict::Block),
+            (server_in(&self.allowed_servers), InviteVerdict::Allow),
+            (server_in(&self.ignored_servers), InviteVerdict::Ignore),
+            (server_in(&self.blocked_servers), InviteVerdict::Block),
+        ];
+        steps
+            .into_iter()
+            .find_map(|(matched, verdict)| matched.then_some(verdict))
+            .unwrap_or(InviteVerdict::Allow)
     }
+}
+
+/// Whether another server's refusal of an invite (its error body) is its user's invite rules:
+/// `M_INVITE_BLOCKED`, or MSC4155's unstable name for it.
+pub(super) fn is_invite_blocked(body: &str) -> bool {
+    serde_json::from_str::<Value>(body).is_ok_and(|v| {
+        matches!(
+            v["errcode"].as_str(),
+            Some("M_INVITE_BLOCKED" | "ORG.MATRIX.MSC4155.M_INVITE_BLOCKED")
+        )
+    })
 }
 
 /// The spec's glob-style matching over the whole of `text`: `*` is any run of characters
@@ -156,16 +168,16 @@ impl Rooms {
         ))
     }
 
-    /// The door's answer to an invite `invitee`'s rules block: the spec's 403 `M_FORBIDDEN`
-    /// (MSC4155 names no error code of its own), before anything is stored. Allowed and
-    /// ignored invites pass (an ignored one is hidden by `/sync`).
+    /// The door's answer to an invite `invitee`'s rules block: 403 `M_INVITE_BLOCKED` (the
+    /// MSC's error, now the spec's), before anything is stored. Allowed and ignored invites
+    /// pass (an ignored one is hidden by `/sync`).
     pub(crate) async fn refuse_blocked_invite(
         &self,
         invitee: &UserId,
         inviter: &UserId,
     ) -> Result<()> {
         if self.invite_filter(invitee).await?.verdict(inviter) == InviteVerdict::Block {
-            return Err(crate::Error::Forbidden(format!(
+            return Err(crate::Error::InviteBlocked(format!(
                 "{invitee} does not take invites from {inviter}"
             )));
         }
@@ -200,13 +212,18 @@ mod tests {
     }
 
     #[test]
-    fn no_config_or_an_empty_one_allows_everyone() {
+    fn no_config_or_an_empty_or_disabled_one_allows_everyone() {
         let bob = user_id!("@bob:hs2");
         assert_eq!(verdict(Value::Null, bob), InviteVerdict::Allow);
         assert_eq!(verdict(json!({}), bob), InviteVerdict::Allow);
         // null and malformed lists are empty.
         let odd = json!({"blocked_users": null, "blocked_servers": "*", "ignored_users": [3]});
         assert_eq!(verdict(odd, bob), InviteVerdict::Allow);
+        // `enabled: false` turns the filter off; anything else leaves it on.
+        let off = json!({"enabled": false, "blocked_servers": ["*"]});
+        assert_eq!(verdict(off, bob), InviteVerdict::Allow);
+        let on = json!({"enabled": "no", "blocked_servers": ["*"]});
+        assert_eq!(verdict(on, bob), InviteVerdict::Block);
     }
 
     #[test]
@@ -222,49 +239,67 @@ mod tests {
         let every_hs = json!({"blocked_servers": ["hs*"]});
         assert_eq!(verdict(every_hs.clone(), bob), InviteVerdict::Block);
         assert_eq!(verdict(every_hs, carol), InviteVerdict::Block);
-        // A server glob matches the name with or without its port, in any case.
+        let user_glob = json!({"blocked_users": ["@b?b:*"]});
+        assert_eq!(verdict(user_glob.clone(), bob), InviteVerdict::Block);
+        assert_eq!(verdict(user_glob, carol), InviteVerdict::Allow);
+        // Server globs match the name without its port, in any case.
         let ported = user_id!("@dan:Evil.Example:8448");
         let evil = json!({"blocked_servers": ["evil.example"]});
         assert_eq!(verdict(evil, ported), InviteVerdict::Block);
+        let with_port = json!({"blocked_servers": ["evil.example:8448"]});
+        assert_eq!(verdict(with_port, ported), InviteVerdict::Allow);
     }
 
     #[test]
-    fn allowed_comes_first_then_ignored_then_blocked() {
+    fn user_rules_come_before_server_rules() {
         let bob = user_id!("@bob:hs2");
         let evil_bob = user_id!("@evil_bob:hs2");
         // An allowed user of a blocked server.
         let config = json!({"allowed_users": ["@bob:hs2"], "blocked_servers": ["hs2"]});
         assert_eq!(verdict(config.clone(), bob), InviteVerdict::Allow);
         assert_eq!(verdict(config, evil_bob), InviteVerdict::Block);
-        // A blocked user of an allowed server: allowed, the MSC's first rule.
+        // A blocked user of an allowed server.
         let config = json!({"blocked_users": ["@evil_bob:hs2"], "allowed_servers": ["hs2"]});
-        assert_eq!(verdict(config, evil_bob), InviteVerdict::Allow);
-        // Ignored before blocked.
-        let config = json!({"ignored_users": ["@bob:hs2"], "blocked_servers": ["*"]});
+        assert_eq!(verdict(config.clone(), evil_bob), InviteVerdict::Block);
+        assert_eq!(verdict(config, bob), InviteVerdict::Allow);
+        // An ignored user of an allowed server.
+        let config = json!({"ignored_users": ["@bob:hs2"], "allowed_servers": ["*"]});
         assert_eq!(verdict(config, bob), InviteVerdict::Ignore);
-        // In every list: allowed.
+        // Within a level: allowed, then ignored, then blocked.
         let config = json!({"ignored_users": ["@bob:hs2"], "blocked_users": ["@bob:hs2"],
             "allowed_users": ["@bob:hs2"]});
         assert_eq!(verdict(config, bob), InviteVerdict::Allow);
+        let config = json!({"ignored_users": ["@bob:hs2"], "blocked_users": ["@bob:hs2"]});
+        assert_eq!(verdict(config, bob), InviteVerdict::Ignore);
+        let config = json!({"ignored_servers": ["hs2"], "blocked_servers": ["*"]});
+        assert_eq!(verdict(config, bob), InviteVerdict::Ignore);
     }
 
     #[test]
-    fn the_ignored_users_list_hides_what_the_filter_allows_but_not_what_it_blocks() {
+    fn the_ignored_users_list_comes_first() {
         let bob = user_id!("@bob:hs2");
         let ignored: HashSet<String> = [bob.to_string()].into();
-        let allowed = json!({"allowed_users": ["@bob:hs2"]});
-        assert_eq!(
-            InviteFilter::new(&allowed, ignored.clone()).verdict(bob),
-            InviteVerdict::Ignore
-        );
-        assert_eq!(
-            InviteFilter::new(&Value::Null, ignored.clone()).verdict(bob),
-            InviteVerdict::Ignore
-        );
-        let blocked = json!({"blocked_users": ["@bob:hs2"]});
-        assert_eq!(
-            InviteFilter::new(&blocked, ignored).verdict(bob),
-            InviteVerdict::Block
-        );
+        for config in [
+            Value::Null,
+            json!({"allowed_users": ["@bob:hs2"]}),
+            json!({"blocked_users": ["@bob:hs2"]}),
+            json!({"enabled": false}),
+        ] {
+            assert_eq!(
+                InviteFilter::new(&config, ignored.clone()).verdict(bob),
+                InviteVerdict::Ignore,
+                "{config}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_for_invite_rules_is_recognised() {
+        assert!(is_invite_blocked(r#"{"errcode":"M_INVITE_BLOCKED"}"#));
+        assert!(is_invite_blocked(
+            r#"{"errcode":"ORG.MATRIX.MSC4155.M_INVITE_BLOCKED","error":"no"}"#
+        ));
+        assert!(!is_invite_blocked(r#"{"errcode":"M_FORBIDDEN"}"#));
+        assert!(!is_invite_blocked("not json"));
     }
 }

@@ -101,6 +101,9 @@ impl From<ServiceError> for MatrixError {
         let message = err.to_string();
         match err {
             ServiceError::Forbidden(_) => Self::new(S::FORBIDDEN, ErrorKind::Forbidden, message),
+            ServiceError::InviteBlocked(_) => {
+                Self::new(S::FORBIDDEN, ErrorKind::InviteBlocked, message)
+            }
             ServiceError::UserDeactivated(_) => {
                 Self::new(S::FORBIDDEN, ErrorKind::UserDeactivated, message)
             }

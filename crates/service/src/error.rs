@@ -6,6 +6,9 @@
 pub enum Error {
     #[error("{0}")]
     Forbidden(String),
+    /// An invite the invitee's invite rules block (MSC4155; 403 `M_INVITE_BLOCKED`).
+    #[error("{0}")]
+    InviteBlocked(String),
     #[error("{0}")]
     UserDeactivated(String),
     #[error("User ID already taken")]

@@ -21,7 +21,9 @@ use serde_json::{Map, Value, json};
 use crate::{
     Error, Result, Services,
     accounts::AuthedUser,
-    rooms::{EventFilter, read::token as events_token, visibility::Sight},
+    rooms::{
+        EventFilter, InviteFilter, InviteVerdict, read::token as events_token, visibility::Sight,
+    },
 };
 
 /// A position in every stream sync follows.
@@ -332,6 +334,8 @@ impl Services {
         });
         let mut join = Map::new();
         let mut invite = Map::new();
+        // The user's invite rules, read at the first invite.
+        let mut invite_filter: Option<InviteFilter> = None;
         let mut leave = Map::new();
         let mut knock = Map::new();
         let mut joined = Vec::new();
@@ -358,15 +362,21 @@ impl Services {
                         .rooms
                         .stripped_state(&membership.room, membership.event_nid, user)
                         .await?;
-                    // An invite from an ignored user is not shown.
+                    // Only an invite the user's invite rules allow is shown (an ignored
+                    // inviter's; or a blocked one's, taken before the rules said so, is not).
                     let inviter = events
                         .iter()
                         .find(|e| e["type"] == "m.room.member" && e["state_key"] == user.as_str())
-                        .and_then(|e| e["sender"].as_str());
-                    if let Some(inviter) = inviter
-                        && self.rooms.ignored_users(user).await?.contains(inviter)
-                    {
-                        continue;
+                        .and_then(|e| e["sender"].as_str())
+                        .and_then(|sender| UserId::parse(sender).ok());
+                    if let Some(inviter) = inviter {
+                        let filter = match &invite_filter {
+                            Some(filter) => filter,
+                            None => invite_filter.insert(self.rooms.invite_filter(user).await?),
+                        };
+                        if filter.verdict(&inviter) != InviteVerdict::Allow {
+                            continue;
+                        }
                     }
                     invite.insert(room_id, json!({"invite_state": {"events": events}}));
                 }

@@ -38,6 +38,8 @@ async fn capabilities(
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
             "m.get_login_token": { "enabled": false },
+            // MSC4155: this server enforces users' invite filters (`rooms::invite_filter`).
+            "org.matrix.msc4155.invite_permission_config_enforced": { "enabled": true },
         }
     })))
 }

@@ -228,6 +228,12 @@ impl Rooms {
                 "Room alias {alias} already exists"
             )));
         }
+        // So does a local invitee whose invite rules block the creator (the invite itself
+        // would be refused in step 6, after the room exists). A remote invitee's server
+        // answers for its user then, as for any other refusal of theirs.
+        for invitee in invite.iter().filter(|invitee| self.is_local(invitee)) {
+            self.refuse_blocked_invite(invitee, creator).await?;
+        }
 
         // 1. The create event. In account-key rooms the creator is its key-form id and the
         // create event is signed by its account key; `additional_creators` are keys: a client

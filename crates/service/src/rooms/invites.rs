@@ -191,6 +191,9 @@ impl Rooms {
             }
             Some(_) => {}
         }
+        // The invitee's invite rules (MSC4155): a blocked invite is refused before anything
+        // is checked further or stored; an ignored one is taken, and `/sync` hides it.
+        self.refuse_blocked_invite(&invitee, &sender).await?;
         let known = self.store.room(&invite.room_id).await?;
         if let Some(room) = &known
             && room.room_version != version.id()
@@ -488,6 +491,16 @@ impl Rooms {
             .map_err(|err| {
                 tracing::info!(room_id = %room.room_id, %target, %err, "the invitee's server did not take the invite");
                 match err {
+                    // The invitee's invite rules (MSC4155) keep their own errcode for the
+                    // client; any other refusal is a plain 403.
+                    myelin_federation::FederationError::Status { status: 403, body }
+                        if super::invite_filter::is_invite_blocked(&body) =>
+                    {
+                        Error::InviteBlocked(format!(
+                            "{target} does not take invites from {sender}: {}",
+                            error_message(&body)
+                        ))
+                    }
                     myelin_federation::FederationError::Status { status: 403, body } => {
                         Error::Forbidden(format!(
                             "{} refused the invite: {}",

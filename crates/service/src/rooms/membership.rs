@@ -176,7 +176,11 @@ impl Rooms {
                     .invite_remote(room, sender, target, member_event(target, content))
                     .await;
             }
-            "invite" => {}
+            "invite" => {
+                // The invitee's invite rules (MSC4155): a blocked invite is refused before it
+                // is built; an ignored one is sent, and `/sync` hides it.
+                self.refuse_blocked_invite(target, sender).await?;
+            }
             "leave" if sender == target && self.member_from_outside(room, target).await? => {
                 // An invite to (or a knock on) a room this server is not in: rejected or
                 // rescinded through another server of the room (or out of band).

@@ -17,6 +17,7 @@ pub mod events;
 mod federation_membership;
 mod federation_reads;
 pub(crate) mod hierarchy;
+mod invite_filter;
 mod invites;
 mod locks;
 pub(crate) mod membership;
@@ -46,6 +47,7 @@ pub use federation_reads::{
     BACKFILL_MAX, MISSING_EVENTS_MAX, MissingEventsQuery, ServedState, ServedStateIds,
 };
 pub use hierarchy::{HierarchyPage, HierarchyRequest};
+pub use invite_filter::{INVITE_PERMISSION_CONFIG, InviteFilter, InviteVerdict};
 pub use invites::{InboundInvite, RoomFederation};
 pub use read::{Direction, EventContext, EventFilter, MembersFilter, MessagesPage, PageRequest};
 pub use receive::{Received, ReceivedEvent};

@@ -1,6 +1,7 @@
-//! Membership through other servers, the joining side: a local user joins a room this server
-//! is not in by the spec's `make_join`/`send_join` handshake with a server that is (a
-//! *resident*).
+//! Membership through other servers, the joining side: a local user joins (or knocks on) a room
+//! this server is not in by the spec's `make_join`/`send_join` (`make_knock`/`send_knock`)
+//! handshake with a server that is (a *resident*). Rejecting an invite or rescinding a knock
+//! through `make_leave`/`send_leave` is the rooms area's (`rooms::invites`).
 //!
 //! A join (`Services::join_room`) is local when this server is in the room. Otherwise the
 //! candidates are asked in turn (the servers the client named, the room id's server, the server

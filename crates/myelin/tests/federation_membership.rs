@@ -856,6 +856,25 @@ async fn a_restricted_join_is_authorised_and_signed_here_only_when_the_allow_rul
         assert_eq!(status, 400);
         assert_eq!(body["errcode"], "M_UNABLE_TO_GRANT_JOIN", "{body}");
 
+        // No room is allowed at all (a knock_restricted room with an empty allow list): no
+        // server could grant it, so it is refused outright (Complement's knocking tests).
+        let nothing_allowed = world
+            .room(json!({
+                "preset": "private_chat",
+                "initial_state": [{
+                    "type": "m.room.join_rules",
+                    "state_key": "",
+                    "content": {"join_rule": "knock_restricted", "allow": []},
+                }],
+            }))
+            .await;
+        let (status, body) = refusal(world.joiner.make_join(&nothing_allowed, BOB, &["10"]).await);
+        assert_eq!(
+            (status, &body["errcode"]),
+            (403, &json!("M_FORBIDDEN")),
+            "{body}"
+        );
+
         // Allowed, but nobody here may invite: this server cannot authorise it.
         let nobody_invites = world
             .room(json!({

@@ -32,7 +32,8 @@ pub(super) enum RestrictedJoin {
     /// this server cannot authorise it).
     Allowed { authorisers: Vec<String> },
     /// The user is in none of the allowed rooms this server knows; `can_tell` says whether this
-    /// server is in any allowed room at all (else another server may know better).
+    /// server is in any allowed room at all, or no room is allowed (else another server may
+    /// know better).
     NotAllowed { can_tell: bool },
 }
 
@@ -390,7 +391,13 @@ impl Rooms {
             }
         }
         if !in_allowed_room {
-            return Ok(RestrictedJoin::NotAllowed { can_tell });
+            // With no room allowed at all, no server could grant the join: that is sure.
+            let rooms_allowed = join_rules["allow"]
+                .as_array()
+                .is_some_and(|rules| rules.iter().any(|e| e["type"] == "m.room_membership"));
+            return Ok(RestrictedJoin::NotAllowed {
+                can_tell: can_tell || !rooms_allowed,
+            });
         }
         let create = state
             .iter()

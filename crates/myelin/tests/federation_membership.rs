@@ -733,7 +733,7 @@ async fn handshakes_refuse_what_the_rules_refuse() {
                 .send_join(&public, &world.joiner.sign(&leave, None))
                 .await,
         );
-        assert_eq!(status, 403);
+        assert_eq!(status, 400);
         // An event id the path does not name.
         let join = world.joiner.sign(&event, None);
         let request = create_join_event::v2::Request::new(
@@ -916,8 +916,12 @@ async fn remote_users_leave_and_knock_through_the_resident() {
         // A join sent to the leave endpoint is refused.
         let join_template = world.joiner.make_join(&public, BOB, &["10"]).await.unwrap();
         let join = world.joiner.sign(&json_value(&join_template.event), None);
-        let (status, _) = refusal(world.joiner.send_leave(&public, &join).await);
-        assert_eq!(status, 403);
+        let (status, body) = refusal(world.joiner.send_leave(&public, &join).await);
+        assert_eq!(
+            (status, &body["errcode"]),
+            (400, &json!("M_BAD_JSON")),
+            "{body}"
+        );
 
         // Knocking: only where the join rule allows it.
         let (status, _) = refusal(world.joiner.make_knock(&public, DAVE, &["10"]).await);

@@ -16,7 +16,8 @@
 //!   names a local authoriser (`join_authorised_via_users_server`) when the `allow` conditions
 //!   hold by this server's state ([`Rooms::restricted_join`], the rule local joins use too).
 //! - A sent event must be the membership the endpoint is for, of a user of the asking server
-//!   about themselves, in this room, with the id the path names; a restricted join naming one
+//!   about themselves, in this room, with the id the path names (else 400 `M_BAD_JSON`, or 403
+//!   for a user of another server); a restricted join naming one
 //!   of this server's users is checked again (that user may still authorise it) and signed by
 //!   this server. It then goes through the checks on receipt like any remote event
 //!   ([`Rooms::receive_relayed_pdu`]) and must be accepted: soft-failed, rejected or dropped is
@@ -294,7 +295,10 @@ impl Rooms {
             || pdu.state_key() != Some(pdu.sender())
             || membership != Some(handshake.membership())
         {
-            return Err(Error::Forbidden(format!(
+            // Not the membership event the endpoint takes: an invalid request (400, as the
+            // spec's "the request is invalid" and Complement's validation tests want), before
+            // any question of permission.
+            return Err(Error::BadJson(format!(
                 "This endpoint takes a {} of the sender themselves",
                 handshake.membership()
             )));

@@ -922,3 +922,346 @@ async fn history_backfilled_after_a_late_join_reaches_the_create_event() {
         }
     }
 }
+
+/// The room's current state as `user` reads it on `server`: (type, state key) → event id.
+async fn state_ids(
+    server: &TestServer,
+    user: &TestUser,
+    room_id: &str,
+) -> std::collections::BTreeMap<(String, String), String> {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(room_id)),
+            &user.access_token,
+        )
+        .await;
+    if status != 200 {
+        return Default::default();
+    }
+    body.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                (
+                    e["type"].as_str().unwrap_or_default().to_owned(),
+                    e["state_key"].as_str().unwrap_or_default().to_owned(),
+                ),
+                e["event_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `readers` (server and a member there) all read the same current state of the
+/// room, and returns it.
+async fn converged_state(
+    what: &str,
+    readers: &[(&TestServer, &TestUser)],
+    room_id: &str,
+) -> std::collections::BTreeMap<(String, String), String> {
+    let mut last = Vec::new();
+    for _ in 0..300 {
+        last.clear();
+        for (server, user) in readers {
+            last.push(state_ids(server, user, room_id).await);
+        }
+        if !last[0].is_empty() && last.iter().all(|state| *state == last[0]) {
+            return last.swap_remove(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let differences: Vec<String> = last[0]
+        .iter()
+        .flat_map(|(key, id)| {
+            last.iter()
+                .enumerate()
+                .filter(move |(_, other)| other.get(key) != Some(id))
+                .map(move |(i, other)| format!("{key:?}: {id} vs reader {i}: {:?}", other.get(key)))
+        })
+        .collect();
+    panic!("timed out waiting for {what} to converge; differences: {differences:#?}");
+}
+
+async fn join_via(server: &TestServer, user: &TestUser, room_id: &str, via: &str) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={via}", enc(room_id)),
+            &user.access_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{} joining: {body}", user.user_id);
+}
+
+/// The membership of `member` in the state `state`.
+fn member_event<'a>(
+    state: &'a std::collections::BTreeMap<(String, String), String>,
+    member: &TestUser,
+) -> Option<&'a String> {
+    state.get(&("m.room.member".to_owned(), member.user_id.clone()))
+}
+
+/// Membership changes made at the same moment on different servers (a ban and the banned
+/// user's own change of profile, two topics, a leave and a join on each side) fork the room;
+/// once the servers have heard of each other's events, all three hold the same current state,
+/// the one state resolution picks.
+#[tokio::test]
+async fn concurrent_membership_changes_on_two_servers_converge_on_all_three() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, _| {},
+        )
+        .await;
+        let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+        let alice = a.register("alice").await;
+        let a2 = a.register("alice2").await;
+        let bob = b.register("bob").await;
+        let b2 = b.register("bob2").await;
+        let carol = c.register("carol").await;
+        let c2 = c.register("carol2").await;
+        for version in ["10", "12"] {
+            let room_id = a
+                .create_room(
+                    &alice,
+                    json!({
+                        "preset": "public_chat",
+                        "room_version": version,
+                        // Room version 12 gives the creator power without an entry.
+                        "power_level_content_override": {"users": if version == "12" {
+                            json!({ bob.user_id.clone(): 100 })
+                        } else {
+                            json!({ alice.user_id.clone(): 100, bob.user_id.clone(): 100 })
+                        }},
+                    }),
+                )
+                .await;
+            for (server, user, via) in [
+                (b, &bob, "hs-a.test"),
+                (b, &b2, "hs-a.test"),
+                (c, &carol, "hs-b.test"),
+                (c, &c2, "hs-a.test"),
+            ] {
+                join_via(server, user, &room_id, via).await;
+            }
+            // A join made where the room already was reaches only the servers in the room
+            // then; a later event that follows it brings it to the others.
+            say(a, &alice, &room_id, &format!("all in {version}")).await;
+            let everyone = [(a, &alice), (b, &bob), (c, &carol)];
+            let before = converged_state("the room after the joins", &everyone, &room_id).await;
+            assert_eq!(before.len(), 9, "{kind:?} v{version}: {before:?}");
+
+            // All at once: A bans carol2 and sets the topic, while carol2 changes her name
+            // in the room at C, B sets another topic and bob2 leaves, and alice2 joins at A.
+            let topic = |server: &'static str| json!({"topic": format!("topic from {server}")});
+            let room = enc(&room_id);
+            let ban_path = format!("/_matrix/client/v3/rooms/{room}/ban");
+            let topic_path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/");
+            let rename_path = format!(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+                enc(&c2.user_id)
+            );
+            let leave_path = format!("/_matrix/client/v3/rooms/{room}/leave");
+            let (banned, topic_a, renamed, topic_b, left, ()) = tokio::join!(
+                a.post(
+                    &ban_path,
+                    &alice.access_token,
+                    json!({"user_id": c2.user_id})
+                ),
+                a.put(&topic_path, &alice.access_token, topic("a")),
+                c.put(
+                    &rename_path,
+                    &c2.access_token,
+                    json!({"membership": "join", "displayname": "renamed at C"}),
+                ),
+                b.put(&topic_path, &bob.access_token, topic("b")),
+                b.post(&leave_path, &b2.access_token, json!({})),
+                join_via(a, &a2, &room_id, "hs-a.test"),
+            );
+            for (what, (status, body)) in [
+                ("ban", banned),
+                ("topic at A", topic_a),
+                ("topic at B", topic_b),
+                ("leave", left),
+            ] {
+                assert_eq!(status, 200, "{kind:?} v{version} {what}: {body}");
+            }
+            // The rename races the ban: C may already have heard of it and refuse.
+            assert!(
+                renamed.0 == 200 || renamed.0 == 403,
+                "{kind:?} v{version} rename: {renamed:?}"
+            );
+            // Each server speaks once more, so every fork has a descendant everywhere.
+            say(a, &alice, &room_id, &format!("after {version} a")).await;
+            say(b, &bob, &room_id, &format!("after {version} b")).await;
+            say(c, &carol, &room_id, &format!("after {version} c")).await;
+
+            let after = converged_state("the room after the races", &everyone, &room_id).await;
+            let membership_of = |user: &TestUser| {
+                let id = member_event(&after, user).expect("a member event");
+                id.clone()
+            };
+            // Whatever the order, the ban outranks carol2's own change, and the other changes
+            // did not conflict.
+            for (user, expected) in [
+                (&c2, "ban"),
+                (&b2, "leave"),
+                (&a2, "join"),
+                (&carol, "join"),
+            ] {
+                assert_eq!(
+                    membership(a, &alice, &room_id, &user.user_id)
+                        .await
+                        .as_deref(),
+                    Some(expected),
+                    "{kind:?} v{version} {} ({})",
+                    user.user_id,
+                    membership_of(user)
+                );
+            }
+            let (_, topic_now) = c
+                .get(
+                    &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+                    &carol.access_token,
+                )
+                .await;
+            assert!(
+                ["topic from a", "topic from b"].contains(&topic_now["topic"].as_str().unwrap()),
+                "{topic_now}"
+            );
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// A server that was down while members joined, left and were kicked, and while the room
+/// moved on by more events than the senders keep for it, holds the room's state again once it
+/// is back (the other servers' retries, then `/get_missing_events` and the state at the gap).
+#[tokio::test]
+async fn a_server_that_was_down_catches_up_with_the_room() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let mut servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, config| {
+                // Retries come quickly, so the test need not wait long for C to be noticed.
+                config.federation.backoff_min_secs = 1;
+                config.federation.backoff_max_secs = 2;
+            },
+        )
+        .await;
+        let alice = servers[0].register("alice").await;
+        let a2 = servers[0].register("alice2").await;
+        let bob = servers[1].register("bob").await;
+        let b2 = servers[1].register("bob2").await;
+        let carol = servers[2].register("carol").await;
+        let room_id = servers[0]
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "12"}),
+            )
+            .await;
+        join_via(&servers[1], &bob, &room_id, "hs-a.test").await;
+        join_via(&servers[1], &b2, &room_id, "hs-a.test").await;
+        join_via(&servers[2], &carol, &room_id, "hs-a.test").await;
+        say(&servers[0], &alice, &room_id, "all in").await;
+        {
+            let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+            converged_state(
+                "the room before C stops",
+                &[(a, &alice), (b, &bob), (c, &carol)],
+                &room_id,
+            )
+            .await;
+        }
+
+        servers[2].signal_stop();
+        servers[2].wait_stopped().await;
+        {
+            let (a, b) = (&servers[0], &servers[1]);
+            join_via(a, &a2, &room_id, "hs-a.test").await;
+            let (status, body) = a
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+                    &alice.access_token,
+                    json!({"user_id": b2.user_id}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} kick: {body}");
+            let (status, body) = b
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                        enc(&room_id)
+                    ),
+                    &bob.access_token,
+                    json!({"name": "named while C was away"}),
+                )
+                .await;
+            // Bob has no power to name the room: the refusal is part of the story (nothing
+            // of it reaches anyone).
+            assert_eq!(status, 403, "{kind:?} name: {body}");
+            let (status, body) = a
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                        enc(&room_id)
+                    ),
+                    &alice.access_token,
+                    json!({"name": "named while C was away"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} name: {body}");
+            let (status, body) = b
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                    &bob.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} leave: {body}");
+            // More events than a sender keeps for a destination that was away.
+            for i in 0..60 {
+                say(a, &alice, &room_id, &format!("while C was away {i}")).await;
+            }
+        }
+
+        servers[2].restart().await;
+        let (a, c) = (&servers[0], &servers[2]);
+        let state = converged_state("C catching up", &[(a, &alice), (c, &carol)], &room_id).await;
+        for (user, expected) in [(&a2, "join"), (&b2, "leave"), (&bob, "leave")] {
+            assert_eq!(
+                membership(c, &carol, &room_id, &user.user_id)
+                    .await
+                    .as_deref(),
+                Some(expected),
+                "{kind:?}: {} at C ({:?})",
+                user.user_id,
+                member_event(&state, user)
+            );
+        }
+        assert!(
+            state.contains_key(&("m.room.name".to_owned(), String::new())),
+            "{kind:?}: {state:?}"
+        );
+        // Carol, back, is heard everywhere.
+        say(c, &carol, &room_id, "carol is back").await;
+        eventually("carol's message at A", || async {
+            bodies(a, &alice, &room_id)
+                .await
+                .contains(&"carol is back".to_owned())
+        })
+        .await;
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The federation receiver over HTTP (`PUT /_matrix/federation/v1/send/{txnId}`), on both
 //! databases. A simulated peer (`peer.test`: its own signing key and key document, and answers
 //! to `/get_missing_events`, `/state_ids`, `/event` and `/event_auth` from the events it holds,
-//! or greedy, huge or held answers on demand) sends signed transactions to a Myelin server
+//! or greedy, huge or held answers on demand, and to `/backfill` with what a test sets) sends signed transactions to a Myelin server
 //! (`hs.test`) whose room has a local user (alice) and the peer's bob, who joined through the
 //! receive pipeline.
 
@@ -86,6 +86,10 @@ struct PeerState {
     transactions_refused: AtomicUsize,
     held_arrived: tokio::sync::Notify,
     release: tokio::sync::Notify,
+    /// What the peer answers to `/backfill`, whatever is asked.
+    backfill_answer: Mutex<Vec<Value>>,
+    /// The query strings of the `/backfill` requests it had.
+    backfill_requests: Mutex<Vec<String>>,
 }
 
 struct Peer {
@@ -122,6 +126,7 @@ impl Peer {
                 "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
                 get(event_auth),
             )
+            .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
             .with_state((state.clone(), Arc::new(key)));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app.into_make_service()).await;
@@ -319,6 +324,20 @@ async fn state_ids(
         }
         None => not_found(),
     }
+}
+
+async fn backfill(State((peer, _)): State<PeerApp>, uri: axum::http::Uri) -> Response {
+    peer.backfill_requests
+        .lock()
+        .unwrap()
+        .push(uri.query().unwrap_or_default().to_owned());
+    let pdus = peer.backfill_answer.lock().unwrap().clone();
+    Json(json!({
+        "origin": PEER,
+        "origin_server_ts": myelin_service::now_millis(),
+        "pdus": pdus,
+    }))
+    .into_response()
 }
 
 async fn event(State((peer, _)): State<PeerApp>, Path(event_id): Path<String>) -> Response {
@@ -533,10 +552,37 @@ impl World {
         auth: &[&String],
         depth: i64,
     ) -> Pdu {
+        self.event_in_room(
+            &self.room_id,
+            key,
+            sender,
+            kind,
+            state_key,
+            content,
+            prev,
+            auth,
+            depth,
+        )
+    }
+
+    /// An event signed with `key`, naming `room_id` (this world's room or another).
+    #[allow(clippy::too_many_arguments)]
+    fn event_in_room(
+        &self,
+        room_id: &str,
+        key: &KeyPair,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+        prev: &[String],
+        auth: &[&String],
+        depth: i64,
+    ) -> Pdu {
         let mut partial = CanonicalJsonObject::new();
         let s = |v: &str| CanonicalJsonValue::String(v.to_owned());
         partial.insert("type".to_owned(), s(kind));
-        partial.insert("room_id".to_owned(), s(&self.room_id));
+        partial.insert("room_id".to_owned(), s(room_id));
         partial.insert("sender".to_owned(), s(sender));
         if let Some(key) = state_key {
             partial.insert("state_key".to_owned(), s(key));
@@ -1109,6 +1155,105 @@ async fn prev_events_out_of_reach_are_placed_on_the_state_the_origin_gives() {
         let expected: Vec<String> = (6..=16).map(|i| format!("s{i}")).collect();
         assert_eq!(bodies, expected, "{kind:?}");
         assert_eq!(world.peer.state.event_requests.load(Ordering::SeqCst), 1);
+        world.stop().await;
+    }
+}
+
+/// History before a gap comes from `/backfill` of a server of the room, but only from an
+/// answer that keeps to what was asked: one with more events than the limit, or with an
+/// event of another room, is not used (nothing of it is stored) and the honest answer is.
+#[tokio::test]
+async fn backfill_answers_over_the_limit_or_from_another_room_are_ignored() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        // The deep gap of the test above: the first four of bob's sixteen messages are
+        // missing here, the fifth is known as an outlier (a backward extremity).
+        let chain = world.bob_chain("s", 16).await;
+        let store = world.server.store();
+        let room = store.room(&world.room_id).await.unwrap().unwrap();
+        let state: Vec<String> = store
+            .current_state(room.room_nid, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.event_id)
+            .collect();
+        world
+            .peer
+            .state
+            .state_ids
+            .lock()
+            .unwrap()
+            .insert(chain[4].event_id().to_owned(), (state.clone(), state));
+        let answer = world
+            .peer
+            .send("deep-gap", vec![json_of(&chain[15])], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &chain[15]), "{kind:?}: {answer:?}");
+        let missing: Vec<&Pdu> = chain[..4].iter().collect();
+        let history: Vec<Value> = chain[..5].iter().map(json_of).collect();
+        let services = world.server.services();
+
+        // Five events for a limit of three.
+        *world.peer.state.backfill_answer.lock().unwrap() = history.clone();
+        assert_eq!(
+            services.backfill(&world.room_id, 3).await.unwrap(),
+            0,
+            "{kind:?}: an answer over the limit"
+        );
+        // Within the limit, but one event is of another room.
+        let (prev, depth) = world.head().await;
+        let elsewhere = world.event_in_room(
+            "!elsewhere:peer.test",
+            &world.peer.key,
+            BOB,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "elsewhere"}),
+            &prev,
+            &[&world.create.clone()],
+            depth,
+        );
+        let mut mixed = history.clone();
+        mixed.push(json_of(&elsewhere));
+        *world.peer.state.backfill_answer.lock().unwrap() = mixed;
+        assert_eq!(
+            services.backfill(&world.room_id, 10).await.unwrap(),
+            0,
+            "{kind:?}: an answer with an event of another room"
+        );
+        for event in &missing {
+            assert_eq!(world.status(event.event_id()).await, None, "{kind:?}");
+        }
+        assert_eq!(world.status(elsewhere.event_id()).await, None, "{kind:?}");
+        let requests = world.peer.state.backfill_requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 2, "{kind:?}: {requests:?}");
+        assert!(
+            requests[0].contains("limit=3")
+                && requests[0].contains(&format!("v={}", enc(chain[4].event_id()))),
+            "{kind:?}: the request names the backward extremity: {requests:?}"
+        );
+
+        // The honest answer is taken: the history is readable, oldest first.
+        *world.peer.state.backfill_answer.lock().unwrap() = history;
+        assert!(
+            services.backfill(&world.room_id, 10).await.unwrap() >= 4,
+            "{kind:?}: the honest answer"
+        );
+        for event in &missing {
+            assert_eq!(
+                world.status(event.event_id()).await,
+                Some(EventStatus::Normal),
+                "{kind:?}"
+            );
+        }
+        let bodies = world.message_bodies().await;
+        let shown: Vec<String> = bodies.into_iter().filter(|b| b.starts_with('s')).collect();
+        assert!(
+            shown.starts_with(&["s1", "s2", "s3", "s4"].map(str::to_owned)),
+            "{kind:?}: {shown:?}"
+        );
         world.stop().await;
     }
 }

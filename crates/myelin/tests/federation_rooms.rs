@@ -842,6 +842,26 @@ async fn a_user_unbanned_on_another_server_joins_the_room_again() {
                 .contains(&"back again".to_owned())
         })
         .await;
+        // B's joins went to the room through A's send_join, and A sent them on: B's sender
+        // has bob's message to send, his joins are not its to send.
+        let store = b.store();
+        let head = store.events_stream_position().await.unwrap();
+        let ours: Vec<(String, String)> = store
+            .local_events_between(b.name(), 0, head, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event.sender == bob.user_id)
+            .map(|e| (e.event.event_type, e.event.json))
+            .collect();
+        assert!(
+            ours.iter().all(|(kind, _)| kind != "m.room.member"),
+            "{kind:?}: {ours:?}"
+        );
+        assert!(
+            ours.iter().any(|(_, json)| json.contains("back again")),
+            "{kind:?}: {ours:?}"
+        );
         for server in servers {
             server.stop().await;
         }

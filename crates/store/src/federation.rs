@@ -108,12 +108,14 @@ fn users_of(server: &str) -> String {
     )
 }
 
-/// The one test of whether event `e` is this server's to send: a normal event of a local user
-/// (sender matching the pattern in parameter `$n`) or one this server relays as the resident
-/// (`federation_relayed_events`). Every "our events" query uses it.
+/// The one test of whether event `e` is this server's to send (see [`crate::rooms::Delivery`]):
+/// a normal event of a local user (sender matching the pattern in parameter `$n`) that no
+/// resident delivers for it (`federation_delivered_events`), or one this server relays as the
+/// resident (`federation_relayed_events`). Every "our events" query uses it.
 fn ours_to_send(n: u8) -> String {
     format!(
-        "e.status = 'normal' AND (e.sender LIKE ${n} ESCAPE '\\' \
+        "e.status = 'normal' AND ((e.sender LIKE ${n} ESCAPE '\\' \
+         AND NOT EXISTS (SELECT 1 FROM federation_delivered_events d WHERE d.event_nid = e.event_nid)) \
          OR EXISTS (SELECT 1 FROM federation_relayed_events r WHERE r.event_nid = e.event_nid))"
     )
 }

@@ -249,7 +249,7 @@ struct OwnedEvent {
     redaction: Option<(String, String)>,
     redaction_waits: Option<(String, bool)>,
     redacted_by: Option<String>,
-    relay: bool,
+    delivery: crate::rooms::Delivery,
     push_actions: Vec<PushAction>,
     relation: Option<(String, String)>,
     search: Option<(String, String)>,
@@ -293,7 +293,7 @@ impl OwnedEvent {
                 .redaction_waits
                 .map(|(target, by_power)| (target.to_owned(), by_power)),
             redacted_by: event.redacted_by.map(str::to_owned),
-            relay: event.relay,
+            delivery: event.delivery,
             push_actions: event.push_actions.to_vec(),
             relation: event
                 .relation
@@ -345,7 +345,7 @@ impl OwnedEvent {
                 .as_ref()
                 .map(|(target, by_power)| (target.as_str(), *by_power)),
             redacted_by: self.redacted_by.as_deref(),
-            relay: self.relay,
+            delivery: self.delivery,
             push_actions: &self.push_actions,
             relation: self
                 .relation
@@ -393,7 +393,7 @@ mod tests {
             redaction: None,
             redaction_waits: None,
             redacted_by: None,
-            relay: false,
+            delivery: Default::default(),
             push_actions: &[],
             relation: None,
             search: None,

@@ -82,8 +82,9 @@ pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use remote_invites::{OutsideMembership, OutsidePersisted};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
-    EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent, NotificationRow,
-    Persisted, PushAction, RoomHead, RoomRow, RoomSummaryRow, SendContext, SyncSnapshot, TxnKey,
+    Delivery, EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent,
+    NotificationRow, Persisted, PushAction, RoomHead, RoomRow, RoomSummaryRow, SendContext,
+    SyncSnapshot, TxnKey,
 };
 pub use search::{SearchHit, SearchOrder, SearchQuery};
 pub use server_keys::{RemoteServerKey, StoredSigningKey};

@@ -154,10 +154,8 @@ pub struct NewEvent<'a> {
     /// The event arrives after a redaction of it that applies: `json` is its redacted form, and
     /// this the redaction's id. The redactions that waited for it are done with.
     pub redacted_by: Option<&'a str>,
-    /// An event of another server's user that this server sends on to the room's other
-    /// servers (a membership event accepted through `send_join`, `send_leave` or `send_knock`,
-    /// as the resident): recorded with it, for the federation sender.
-    pub relay: bool,
+    /// Who sends the event to the room's other servers (for the federation sender).
+    pub delivery: Delivery,
     /// What the event asks of local members' push rules.
     pub push_actions: &'a [PushAction],
     /// `content.m.relates_to` of a non-state event: `(parent event id, rel_type)`, indexed for
@@ -1178,10 +1176,15 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                if event.relay {
-                    sqlx::query(
-                        "INSERT INTO federation_relayed_events (event_nid) VALUES ($1) ON CONFLICT DO NOTHING",
-                    )
+                let delivery_table = match event.delivery {
+                    Delivery::BySender => None,
+                    Delivery::Relay => Some("federation_relayed_events"),
+                    Delivery::ByResident => Some("federation_delivered_events"),
+                };
+                if let Some(table) = delivery_table {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO {table} (event_nid) VALUES ($1) ON CONFLICT DO NOTHING"
+                    )))
                     .bind(event_nid)
                     .execute(&mut *tx)
                     .await?;
@@ -1803,4 +1806,22 @@ impl Store {
         })?;
         Ok(())
     }
+}
+
+/// Who sends an event to the other servers of its room; what the federation sender's one
+/// "ours to send" test reads (`federation::ours_to_send`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// The event's own server: a local user's event goes out through this server's sender,
+    /// another server's is that server's to send.
+    #[default]
+    BySender,
+    /// Another server's user's membership event this server, as the resident, accepted through
+    /// `send_join`, `send_leave` or `send_knock` and sends on (that server is not in the room
+    /// yet and cannot reach its other servers itself).
+    Relay,
+    /// A local user's event a resident server accepted and sends on to the room's servers (a
+    /// join through `send_join`): sending it again would only repeat it, and a peer reading
+    /// the first event it gets from this server would read the join, not what comes after.
+    ByResident,
 }

@@ -1,11 +1,12 @@
-//! The federation sender's rows in the store: the fan-out (local normal events and relayed ones only, recorded
+//! The federation sender's rows in the store: the fan-out (local normal events, less those a resident delivers, and relayed ones only, recorded
 //! with its position in one conditional write, an idle destination's position moved up to its
 //! first new event), a destination's pending events (its rooms only, no further than the latest
 //! event meant for it), catch-up cutoffs, delivery (a conditional position move, outbox rows
 //! gone), transaction numbers, queue depths and the backoff rows. On both backends.
 
 use myelin_store::{
-    BackoffRow, CurrentStateChange, FanoutEntry, NewEvent, Persisted, Store, StoreOptions,
+    BackoffRow, CurrentStateChange, Delivery, FanoutEntry, NewEvent, Persisted, Store,
+    StoreOptions,
     test_support::{TestDatabase, test_backends},
 };
 
@@ -42,17 +43,18 @@ impl Room {
         sender: &str,
         state_key: Option<&str>,
     ) -> Persisted {
-        self.put_as(store, id, sender, state_key, false).await
+        self.put_as(store, id, sender, state_key, Delivery::BySender)
+            .await
     }
 
-    /// [`Room::put`], `relay` saying whether this server relays the event as the resident.
+    /// [`Room::put`], `delivery` saying who sends the event on.
     async fn put_as(
         &mut self,
         store: &Store,
         id: &str,
         sender: &str,
         state_key: Option<&str>,
-        relay: bool,
+        delivery: Delivery,
     ) -> Persisted {
         self.depth += 1;
         let kind = if state_key.is_some() {
@@ -73,7 +75,7 @@ impl Room {
                 state_group_before: self.last.and_then(|p| p.state_group),
                 current_state: CurrentStateChange::Extend,
                 now: self.depth,
-                relay,
+                delivery,
                 ..Default::default()
             })
             .await
@@ -104,6 +106,41 @@ fn ids(events: &[myelin_store::OutgoingEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event.event_id.as_str()).collect()
 }
 
+/// A local join a resident delivers (one made through its `send_join`) is not this server's to
+/// send; the local events after it are.
+#[tokio::test]
+async fn local_events_a_resident_delivers_are_not_ours_to_send() {
+    for kind in test_backends() {
+        let (_db, store) = open(kind).await;
+        let mut room = Room::new(&store, "!r:peer.test").await;
+        let join = room
+            .put_as(
+                &store,
+                "$join",
+                "@a:hs.test",
+                Some("@a:hs.test"),
+                Delivery::ByResident,
+            )
+            .await;
+        let said = room.put(&store, "$said", "@a:hs.test", None).await;
+        let head = store.events_stream_position().await.unwrap();
+        let found = store.local_events_between(HS, 0, head, 10).await.unwrap();
+        assert_eq!(ids(&found), ["$create!r:peer.test", "$said"], "{kind:?}");
+        assert!(
+            store
+                .record_federation_fanout(0, head, &[entry(&room, &join, &said)], 0)
+                .await
+                .unwrap()
+        );
+        let row = store.federation_destination(PEER, None).await.unwrap();
+        let pending = store
+            .federation_pending_events(PEER, HS, row.event_position, 50)
+            .await
+            .unwrap();
+        assert_eq!(ids(&pending), ["$said"], "{kind:?}");
+    }
+}
+
 #[tokio::test]
 async fn relayed_events_of_other_servers_count_as_ours_to_send() {
     for kind in test_backends() {
@@ -116,7 +153,7 @@ async fn relayed_events_of_other_servers_count_as_ours_to_send() {
                 "$relayed",
                 "@c:third.test",
                 Some("@c:third.test"),
-                true,
+                Delivery::Relay,
             )
             .await;
         let head = store.events_stream_position().await.unwrap();

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 
 use myelin_room_version::{Pdu, RoomVersion, state_res::resolve_state};
 use myelin_store::{
-    CurrentStateChange, EventRow, EventStatus, JoinedMember, NewEvent, Placement, RoomRow,
-    StateChange, StateValue, TxnKey,
+    CurrentStateChange, Delivery, EventRow, EventStatus, JoinedMember, NewEvent, Placement,
+    RoomRow, StateChange, StateValue, TxnKey,
 };
 
 use super::{Rooms, locks::WriterGuard, pdu_of, version_of};
@@ -59,9 +59,8 @@ pub(super) struct Appending<'a> {
     /// The event was built here just now (a local event, whose id is new): no stored event can
     /// cite it. Remote events may be cited already by events that arrived before them.
     pub just_built: bool,
-    /// Another server's event this server sends on to the room's servers as the resident
-    /// (`myelin_store::NewEvent::relay`).
-    pub relay: bool,
+    /// Who sends the event to the room's other servers.
+    pub delivery: Delivery,
 }
 
 /// One side of a fork for state resolution: a stored state, with perhaps a new event on top.
@@ -105,7 +104,7 @@ impl Rooms {
             push_inputs,
             writing,
             just_built,
-            relay,
+            delivery,
         } = event;
         let visible = status == EventStatus::Normal && placement == Placement::Live;
         let current_state = match current_state {
@@ -163,7 +162,7 @@ impl Rooms {
                     redaction,
                     redaction_waits,
                     redacted_by,
-                    relay,
+                    delivery,
                     push_actions: &push_actions,
                     relation: relation
                         .as_ref()

@@ -10,7 +10,7 @@ use myelin_room_version::{
     pdu::{EventSigner, build_pdu},
     version::{EventFormat, RoomIdFormat, Stability},
 };
-use myelin_store::RoomRow;
+use myelin_store::{Delivery, RoomRow};
 use ruma::{OwnedRoomAliasId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 
@@ -368,7 +368,7 @@ impl Rooms {
             push_inputs: None,
             writing,
             just_built: true,
-            relay: false,
+            delivery: Delivery::BySender,
         })
         .await?;
 

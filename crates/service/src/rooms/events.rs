@@ -10,7 +10,9 @@ use myelin_room_version::{
     pdu::{EventSigner, build_pdu},
     version::{RedactionAlgorithm, RoomVersion},
 };
-use myelin_store::{CurrentStateChange, EventStatus, Placement, RoomHead, RoomRow, TxnKey};
+use myelin_store::{
+    CurrentStateChange, Delivery, EventStatus, Placement, RoomHead, RoomRow, TxnKey,
+};
 use ruma::UserId;
 use serde_json::{Value, value::to_raw_value};
 
@@ -195,7 +197,7 @@ impl Rooms {
             writing,
             // Another server had the event before it is stored here.
             just_built: false,
-            relay: false,
+            delivery: Delivery::BySender,
         })
         .await
     }
@@ -407,7 +409,7 @@ impl Rooms {
             push_inputs: Some((members, &context.state)),
             writing,
             just_built: true,
-            relay: false,
+            delivery: Delivery::BySender,
         })
         .await
         .map(Sent::Appended)

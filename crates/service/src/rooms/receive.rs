@@ -30,7 +30,7 @@ use myelin_room_version::{
     redaction::{PowerLevel, redact_level, user_power_level},
     verify::ServerKeys,
 };
-use myelin_store::{EventRow, EventStatus, OutlierEvent, Placement, RoomRow};
+use myelin_store::{Delivery, EventRow, EventStatus, OutlierEvent, Placement, RoomRow};
 
 use super::{
     Rooms,
@@ -69,12 +69,12 @@ pub struct ReceivedEvent {
 }
 
 /// How events are taken in: where they go, the states after prev events another server gave,
-/// and whether accepted ones are relayed to the room's servers.
+/// and who sends accepted ones to the room's servers.
 #[derive(Clone, Copy)]
 struct Receiving<'a> {
     placement: Placement,
     prev_states: &'a HashMap<String, i64>,
-    relay: bool,
+    delivery: Delivery,
     /// Whether live events are judged by the room's current state here (step 6): not a join
     /// through a resident, whose current state here is at most what this server knew when it
     /// was last in the room.
@@ -86,7 +86,7 @@ impl<'a> Receiving<'a> {
         Receiving {
             placement: Placement::Live,
             prev_states,
-            relay: false,
+            delivery: Delivery::BySender,
             soft_fail: true,
         }
     }
@@ -166,6 +166,8 @@ impl Rooms {
             server_keys,
             Receiving {
                 soft_fail: false,
+                // The resident that accepted the join sends it on.
+                delivery: Delivery::ByResident,
                 ..Receiving::live(prev_states)
             },
         )
@@ -185,7 +187,7 @@ impl Rooms {
         let receiving = Receiving {
             placement,
             prev_states,
-            relay: false,
+            delivery: Delivery::BySender,
             soft_fail: true,
         };
         self.receive_placed(room_id, pdus, server_keys, receiving)
@@ -266,7 +268,7 @@ impl Rooms {
             Receiving {
                 placement: Placement::Backfilled,
                 prev_states: &no_prev_states,
-                relay: false,
+                delivery: Delivery::BySender,
                 soft_fail: true,
             },
         )
@@ -275,7 +277,7 @@ impl Rooms {
 
     /// [`Rooms::receive_pdus`] for one membership event of another server's user that this
     /// server, as the resident, takes in through `send_join`, `send_leave` or `send_knock` and
-    /// then sends on to the room's other servers (`Appending::relay`, when it is accepted).
+    /// then sends on to the room's other servers (`Delivery::Relay`, when it is accepted).
     pub(crate) async fn receive_relayed_pdu(
         &self,
         room_id: &str,
@@ -289,7 +291,7 @@ impl Rooms {
                 &[pdu],
                 server_keys,
                 Receiving {
-                    relay: true,
+                    delivery: Delivery::Relay,
                     ..Receiving::live(&no_prev_states)
                 },
             )
@@ -738,7 +740,7 @@ impl Rooms {
             push_inputs: None,
             writing,
             just_built: false,
-            relay: receiving.relay,
+            delivery: receiving.delivery,
         })
         .await?;
         Ok(Received::Accepted)
@@ -793,7 +795,7 @@ impl Rooms {
             push_inputs: None,
             writing,
             just_built: false,
-            relay: false,
+            delivery: Delivery::BySender,
         })
         .await?;
         Ok(outcome)

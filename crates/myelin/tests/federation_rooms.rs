@@ -1285,3 +1285,116 @@ async fn a_server_that_was_down_catches_up_with_the_room() {
         }
     }
 }
+
+/// A room upgraded on one server: the other server's member sees the tombstone, and follows
+/// it into the new room (a version 12 room, whose id names no server) by the alias that moved
+/// with it or by its id with the upgrading server to ask; the new room then works both ways.
+#[tokio::test]
+async fn a_room_upgraded_on_one_server_is_followed_from_another() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let bob2 = b.register("bob2").await;
+        let old_room = a
+            .create_room(
+                &alice,
+                json!({
+                    "preset": "public_chat",
+                    "room_version": "10",
+                    "room_alias_name": "upgraded",
+                    "name": "Upgraded",
+                }),
+            )
+            .await;
+        join_via(b, &bob, &old_room, "hs-a.test").await;
+        eventually("A to see bob joined", || async {
+            membership(a, &alice, &old_room, &bob.user_id)
+                .await
+                .as_deref()
+                == Some("join")
+        })
+        .await;
+
+        let (status, body) = a
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&old_room)),
+                &alice.access_token,
+                json!({"new_version": "12"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let new_room = body["replacement_room"].as_str().unwrap().to_owned();
+
+        // B hears of the tombstone, which names the new room.
+        let tombstone_path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.tombstone/",
+            enc(&old_room)
+        );
+        eventually("the tombstone at B", || async {
+            let (status, body) = b.get(&tombstone_path, &bob.access_token).await;
+            status == 200 && body["replacement_room"] == new_room.as_str()
+        })
+        .await;
+
+        // Bob follows by id, asking the server that sent the tombstone; bob2 by the alias,
+        // which moved to the new room.
+        join_via(b, &bob, &new_room, "hs-a.test").await;
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc("#upgraded:hs-a.test")),
+                &bob2.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(body["room_id"], new_room.as_str(), "{kind:?}");
+
+        let (status, create) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.create/",
+                    enc(&new_room)
+                ),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {create}");
+        assert_eq!(create["room_version"], "12", "{kind:?}: {create}");
+        assert_eq!(
+            create["predecessor"]["room_id"],
+            old_room.as_str(),
+            "{kind:?}: {create}"
+        );
+        let (_, name) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                    enc(&new_room)
+                ),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(name["name"], "Upgraded", "{kind:?}: the state carried over");
+
+        say(b, &bob, &new_room, "in the new room").await;
+        eventually("bob's message in the new room at A", || async {
+            bodies(a, &alice, &new_room)
+                .await
+                .contains(&"in the new room".to_owned())
+        })
+        .await;
+        say(a, &alice, &new_room, "welcome over").await;
+        eventually("alice's message in the new room at B", || async {
+            bodies(b, &bob2, &new_room)
+                .await
+                .contains(&"welcome over".to_owned())
+        })
+        .await;
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

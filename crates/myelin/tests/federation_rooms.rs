@@ -104,6 +104,50 @@ async fn clients_read_profiles_of_other_servers_users_through_their_server() {
             "{kind:?}: {relayed:?}"
         );
 
+        // The user directory finds other servers' members of shared rooms by the name their
+        // member event carries; users sharing no room stay out of it.
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "11"}),
+            )
+            .await;
+        join_via(b, &bob, &room_id, "hs-a.test").await;
+        eventually("A to see bob joined", || async {
+            membership(a, &alice, &room_id, &bob.user_id)
+                .await
+                .as_deref()
+                == Some("join")
+        })
+        .await;
+        set_displayname(c, &carol, "Carol C").await;
+        for (term, expected) in [
+            ("bob b", vec![(bob.user_id.as_str(), "Bob B")]),
+            ("hs-b.test", vec![(bob.user_id.as_str(), "Bob B")]),
+            ("carol", vec![]),
+        ] {
+            let (status, body) = a
+                .post(
+                    "/_matrix/client/v3/user_directory/search",
+                    &alice.access_token,
+                    json!({"search_term": term}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?}: {body}");
+            let found: Vec<(&str, &str)> = body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["user_id"].as_str().unwrap(),
+                        r["display_name"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            assert_eq!(found, expected, "{kind:?} {term}: {body}");
+        }
+
         for server in servers {
             server.stop().await;
         }

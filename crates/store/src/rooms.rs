@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use crate::graph::{CurrentStateChange, EventStatus, Placement, StateValue};
 use crate::store::BeginWrite;
-use crate::{DatabaseKind, Store, StoreError, with_pool};
+use crate::{Backend, DatabaseKind, Store, StoreError, with_pool};
 
 /// A state snapshot becomes a full copy after this many deltas, so loading one never walks far.
 pub const MAX_STATE_CHAIN: i64 = 32;
@@ -1693,7 +1693,10 @@ impl Store {
 
     /// The user directory: joined members of rooms the searcher is joined to or that are
     /// published in the room directory, whose user id or display name contains `term`
-    /// (case-insensitive). At most `limit` + 1 rows, so the caller can tell `limited`.
+    /// (case-insensitive). A user's name and avatar are their profile's here (local users),
+    /// else those of one of their member events (other servers' users, whose profiles this
+    /// server learns only from the rooms it shares with them). At most `limit` + 1 rows, so
+    /// the caller can tell `limited`.
     pub async fn search_users(
         &self,
         searcher: &str,
@@ -1708,16 +1711,25 @@ impl Store {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
+        // The one place the store reads inside event JSON: the dialects spell it differently.
+        let member_field = |field: &str| match &self.backend {
+            Backend::Postgres(_) => format!("(e.json::jsonb -> 'content' ->> '{field}')"),
+            Backend::Sqlite(_) => format!("json_extract(e.json, '$.content.{field}')"),
+        };
+        let name = format!("COALESCE(p.displayname, {})", member_field("displayname"));
+        let avatar = format!("COALESCE(p.avatar_url, {})", member_field("avatar_url"));
+        let sql = format!(
+            "SELECT m.user_id, MIN({name}), MIN({avatar}) FROM room_memberships m \
+             JOIN events e ON e.event_nid = m.event_nid \
+             LEFT JOIN profiles p ON p.user_id = m.user_id \
+             WHERE m.membership = 'join' \
+             AND (m.room_nid IN (SELECT s.room_nid FROM room_memberships s WHERE s.user_id = $1 AND s.membership = 'join') \
+                  OR m.room_nid IN (SELECT r.room_nid FROM rooms r WHERE r.is_public)) \
+             AND (LOWER(m.user_id) LIKE $2 ESCAPE '\\' OR LOWER(COALESCE({name}, '')) LIKE $2 ESCAPE '\\') \
+             GROUP BY m.user_id ORDER BY m.user_id LIMIT $3"
+        );
         let rows = with_pool!(self, pool => {
-            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
-                "SELECT DISTINCT m.user_id, p.displayname, p.avatar_url FROM room_memberships m \
-                 LEFT JOIN profiles p ON p.user_id = m.user_id \
-                 WHERE m.membership = 'join' \
-                 AND (m.room_nid IN (SELECT s.room_nid FROM room_memberships s WHERE s.user_id = $1 AND s.membership = 'join') \
-                      OR m.room_nid IN (SELECT r.room_nid FROM rooms r WHERE r.is_public)) \
-                 AND (LOWER(m.user_id) LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(p.displayname, '')) LIKE $2 ESCAPE '\\') \
-                 ORDER BY m.user_id LIMIT $3",
-            )
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(sqlx::AssertSqlSafe(sql.clone()))
             .bind(searcher)
             .bind(&pattern)
             .bind(limit + 1)

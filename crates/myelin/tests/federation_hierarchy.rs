@@ -119,14 +119,19 @@ async fn a_space_shows_rooms_and_sub_spaces_of_another_server_as_far_as_they_may
         )
         .await;
         let local = create(a, &alice, json!({"preset": "public_chat", "name": "Local"})).await;
-        let private_a =
-            create(a, &alice, json!({"preset": "private_chat", "name": "Hidden A"})).await;
+        let private_a = create(
+            a,
+            &alice,
+            json!({"preset": "private_chat", "name": "Hidden A"}),
+        )
+        .await;
         // On B: a public room with two members, a public sub-space with a room of its own and
         // an invite-only room, and an invite-only room.
         let room_b = create(
             b,
             &bob,
-            json!({"preset": "public_chat", "name": "Room B", "topic": "about B"}),
+            json!({"preset": "public_chat", "name": "Room B", "topic": "about B",
+                   "room_alias_name": "roomb"}),
         )
         .await;
         join(b, &charlie, &room_b, "hs-b.test").await;
@@ -143,8 +148,12 @@ async fn a_space_shows_rooms_and_sub_spaces_of_another_server_as_far_as_they_may
             json!({"preset": "public_chat", "name": "Deep B", "topic": "below"}),
         )
         .await;
-        let private_b =
-            create(b, &bob, json!({"preset": "private_chat", "name": "Hidden B"})).await;
+        let private_b = create(
+            b,
+            &bob,
+            json!({"preset": "private_chat", "name": "Hidden B"}),
+        )
+        .await;
         link(b, &bob, &sub_b, &deep_b, json!({"via": ["hs-b.test"]})).await;
         link(b, &bob, &sub_b, &private_b, json!({"via": ["hs-b.test"]})).await;
 
@@ -159,7 +168,14 @@ async fn a_space_shows_rooms_and_sub_spaces_of_another_server_as_far_as_they_may
             json!({"via": ["hs-b.test"], "suggested": true, "order": "1"}),
         )
         .await;
-        link(a, &alice, &space, &sub_b, json!({"via": ["hs-b.test"], "order": "2"})).await;
+        link(
+            a,
+            &alice,
+            &space,
+            &sub_b,
+            json!({"via": ["hs-b.test"], "order": "2"}),
+        )
+        .await;
         link(a, &alice, &space, &private_b, via_b.clone()).await;
         link(
             a,
@@ -245,6 +261,51 @@ async fn a_space_shows_rooms_and_sub_spaces_of_another_server_as_far_as_they_may
         assert_eq!(answer.room.children_state.len(), 1, "{kind:?}");
         assert!(answer.children.is_empty() && answer.inaccessible_children.is_empty());
 
+        // The room summary of B's rooms at A: asked of the client's `via` or the alias's
+        // server; B's private room is not found, and anonymous readers never make A ask.
+        for target in [
+            format!("{}?via=hs-b.test", enc(&room_b)),
+            enc("#roomb:hs-b.test"),
+        ] {
+            let (status, body) = a
+                .get(
+                    &format!("/_matrix/client/v1/room_summary/{target}"),
+                    &dave.access_token,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{kind:?}: {target}: {body}");
+            assert_eq!(body["room_id"], room_b.as_str());
+            assert_eq!(body["name"], "Room B");
+            assert_eq!(body["num_joined_members"], 2);
+            assert_eq!(body["membership"], "leave");
+        }
+        let (status, body) = a
+            .get(
+                &format!(
+                    "/_matrix/client/v1/room_summary/{}?via=hs-b.test",
+                    enc(&private_b)
+                ),
+                &dave.access_token,
+            )
+            .await;
+        assert_eq!(
+            (status, &body["errcode"]),
+            (StatusCode::NOT_FOUND, &json!("M_NOT_FOUND")),
+            "{kind:?}: {body}"
+        );
+        let (status, _) = a
+            .call(
+                reqwest::Method::GET,
+                &format!(
+                    "/_matrix/client/v1/room_summary/{}?via=hs-b.test",
+                    enc(&room_b)
+                ),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{kind:?}");
+
         for server in servers {
             server.stop().await;
         }
@@ -277,7 +338,14 @@ async fn a_restricted_room_of_another_server_shows_once_that_server_knows_the_us
                             "via": ["hs-a.test"]}]}}]}),
         )
         .await;
-        link(a, &alice, &space, &restricted, json!({"via": ["hs-b.test"]})).await;
+        link(
+            a,
+            &alice,
+            &space,
+            &restricted,
+            json!({"via": ["hs-b.test"]}),
+        )
+        .await;
 
         // B is not in the space: it cannot tell that A's users may join, and says 404.
         let body = hierarchy(a, &alice, &space, "").await;

@@ -32,10 +32,10 @@ async fn room_summary(
     request: Ruma<get_summary::v1::Request>,
 ) -> Result<Json<Value>, MatrixError> {
     let user = request.identity.as_ref().map(|user| user.user_id.as_ref());
+    let via: Vec<String> = request.body.via.iter().map(ToString::to_string).collect();
     let summary = state
         .services
-        .rooms
-        .room_summary(user, request.body.room_id_or_alias.as_str())
+        .room_summary(user, request.body.room_id_or_alias.as_str(), &via)
         .await?;
     Ok(Json(summary))
 }

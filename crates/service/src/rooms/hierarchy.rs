@@ -370,40 +370,66 @@ impl Rooms {
         Ok(resident.then_some(room))
     }
 
-    /// `GET /room_summary/{roomIdOrAlias}`: the summary `/hierarchy` shows, for a room the
-    /// reader may learn about, with the reader's `membership` (`leave` when none) when they
-    /// are logged in. Anonymous readers see public, knockable and world-readable rooms only.
-    /// An unknown room and one the reader may not learn about are the same 404 `M_NOT_FOUND`.
+    /// `GET /room_summary/{roomIdOrAlias}` of a room id (`Services::room_summary` resolves
+    /// aliases): the summary `/hierarchy` shows, for a room the reader may learn about, with
+    /// the reader's `membership` (`leave` when none) when they are logged in. A room this
+    /// server holds no state of is asked of `via` (the client's, or the alias's servers) and
+    /// the room id's server through the federation `/hierarchy`, for logged-in readers only.
+    /// Anonymous readers see public, knockable and world-readable rooms only. An unknown room
+    /// and one the reader may not learn about are the same 404 `M_NOT_FOUND`.
     pub async fn room_summary(
         &self,
         user: Option<&UserId>,
-        room_id_or_alias: &str,
+        room_id: &str,
+        via: &[String],
     ) -> Result<Value> {
         let not_found = || Error::NotFound("Room not found".to_owned());
-        let room_id = if room_id_or_alias.starts_with('#') {
-            self.store
-                .alias(room_id_or_alias)
-                .await?
-                .ok_or_else(not_found)?
-                .room_id
-        } else {
-            room_id_or_alias.to_owned()
+        let row = self.store.room(room_id).await?;
+        let held = match &row {
+            Some(room) => self.holds_state(room).await?,
+            None => false,
         };
-        let room = self.store.room(&room_id).await?.ok_or_else(not_found)?;
-        let summary = self.space_room(&room, Viewer::User(user), false).await?;
-        if !summary.accessible {
-            return Err(not_found());
-        }
-        let mut out = summary.summary;
+        let mut summary = match (&row, user) {
+            (Some(room), _) if held => {
+                let summary = self.space_room(room, Viewer::User(user), false).await?;
+                if !summary.accessible {
+                    return Err(not_found());
+                }
+                summary.summary
+            }
+            (_, Some(user)) => {
+                let mut servers = via.to_vec();
+                servers.extend(
+                    ruma::RoomId::parse(room_id)
+                        .ok()
+                        .and_then(|id| id.server_name().map(ToString::to_string)),
+                );
+                let answer = self
+                    .remote_space(&mut RemoteWalk::new(), room_id, &servers, false)
+                    .await
+                    .ok_or_else(not_found)?;
+                if !self
+                    .may_see(&answer.summary, row.as_ref(), Viewer::User(Some(user)))
+                    .await?
+                {
+                    return Err(not_found());
+                }
+                answer.summary.clone()
+            }
+            _ => return Err(not_found()),
+        };
         if let Some(user) = user {
-            let membership = self
-                .store
-                .membership(room.room_nid, user.as_str())
-                .await?
-                .map_or_else(|| "leave".to_owned(), |m| m.0);
-            out["membership"] = json!(membership);
+            let membership = match &row {
+                Some(room) => self
+                    .store
+                    .membership(room.room_nid, user.as_str())
+                    .await?
+                    .map(|m| m.0),
+                None => None,
+            };
+            summary["membership"] = json!(membership.unwrap_or_else(|| "leave".to_owned()));
         }
-        Ok(out)
+        Ok(summary)
     }
 
     /// A room's summary, links and accessibility for `viewer`, from this server's state.

@@ -79,7 +79,10 @@ impl AnswerCache {
                 entries.remove(&oldest);
             }
         }
-        entries.insert((room_id.to_owned(), suggested_only), (Instant::now(), answer));
+        entries.insert(
+            (room_id.to_owned(), suggested_only),
+            (Instant::now(), answer),
+        );
     }
 }
 
@@ -119,7 +122,8 @@ impl RemoteWalk {
                 .entry(id.clone())
                 .or_insert_with(|| (summary.clone(), answer.server.clone()));
         }
-        self.inaccessible.extend(answer.inaccessible.iter().cloned());
+        self.inaccessible
+            .extend(answer.inaccessible.iter().cloned());
     }
 }
 
@@ -253,8 +257,9 @@ mod tests {
 
     /// A response as ruma reads one off the wire.
     fn answer(value: Value) -> get_hierarchy::v1::Response {
-        let mut answer =
-            get_hierarchy::v1::Response::new(serde_json::from_value(value["room"].clone()).unwrap());
+        let mut answer = get_hierarchy::v1::Response::new(
+            serde_json::from_value(value["room"].clone()).unwrap(),
+        );
         answer.children = serde_json::from_value(value["children"].clone()).unwrap();
         answer.inaccessible_children =
             serde_json::from_value(value["inaccessible_children"].clone()).unwrap();

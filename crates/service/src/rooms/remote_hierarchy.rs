@@ -49,10 +49,13 @@ pub(super) struct RemoteSpace {
     inaccessible: Vec<String>,
 }
 
-/// Recent answers by room and `suggested_only`.
+/// An answer's key: the room and `suggested_only`.
+type AnswerKey = (String, bool);
+
+/// Recent answers, with when they came.
 #[derive(Debug, Default)]
 pub(super) struct AnswerCache {
-    entries: Mutex<HashMap<(String, bool), (Instant, Arc<RemoteSpace>)>>,
+    entries: Mutex<HashMap<AnswerKey, (Instant, Arc<RemoteSpace>)>>,
 }
 
 impl AnswerCache {

@@ -371,3 +371,68 @@ async fn a_restricted_room_of_another_server_shows_once_that_server_knows_the_us
         }
     }
 }
+
+#[tokio::test]
+async fn one_walk_asks_other_servers_a_bounded_number_of_times() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let space = create(
+            a,
+            &alice,
+            json!({"preset": "public_chat", "creation_content": {"type": "m.space"}}),
+        )
+        .await;
+        let room_b = create(b, &bob, json!({"preset": "public_chat", "name": "Room B"})).await;
+        // Sixteen rooms B does not know (each a request answered 404), ordered before B's
+        // room: a walk makes at most sixteen requests, so B's room is not asked about.
+        for i in 0..16 {
+            let unknown = format!("!unknown{i:02}:hs-b.test");
+            link(
+                a,
+                &alice,
+                &space,
+                &unknown,
+                json!({"via": ["hs-b.test"], "order": format!("a{i:02}")}),
+            )
+            .await;
+        }
+        link(
+            a,
+            &alice,
+            &space,
+            &room_b,
+            json!({"via": ["hs-b.test"], "order": "z"}),
+        )
+        .await;
+        let body = hierarchy(a, &alice, &space, "").await;
+        assert_eq!(room_ids(&body), [space.as_str()], "{kind:?}: {body}");
+
+        // With one unknown room fewer, the budget reaches B's room.
+        let (status, body) = a
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+                    enc(&space),
+                    enc("!unknown15:hs-b.test")
+                ),
+                &alice.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let body = hierarchy(a, &alice, &space, "").await;
+        assert_eq!(
+            room_ids(&body),
+            [space.as_str(), room_b.as_str()],
+            "{kind:?}: {body}"
+        );
+
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

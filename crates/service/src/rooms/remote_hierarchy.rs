@@ -2,9 +2,10 @@
 //! rooms this server is not in, from the servers their links name. One answer serves a room
 //! (its summary and links) and its children that are not spaces (their summaries), so a remote
 //! space costs one request, not one per room. Bounded per client request ([`RemoteWalk`]: at
-//! most [`MAX_REQUESTS`] requests, each within [`REQUEST_TIMEOUT`], none started after
-//! [`WALK_BUDGET`]); answers are kept [`CACHE_TTL`] ([`AnswerCache`], in memory), so the pages
-//! of one walk do not ask again. Failures (unreachable, backing off, 404) are not kept.
+//! most [`MAX_REQUESTS`] requests made, a destination backing off costing none, each within
+//! [`REQUEST_TIMEOUT`], none started after [`WALK_BUDGET`]); answers are kept [`CACHE_TTL`]
+//! ([`AnswerCache`], in memory), so the pages of one walk do not ask again. Failures
+//! (unreachable, backing off, 404) are not kept.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use myelin_federation::FederationError;
 use ruma::{
     OwnedRoomId, OwnedServerName,
     api::federation::space::get_hierarchy,
@@ -170,6 +172,10 @@ impl Rooms {
             let answer = match answered {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(err)) => {
+                    if matches!(err, FederationError::NotRetrying { .. }) {
+                        // Refused here, before any request: it costs the walk nothing.
+                        walk.requests_left += 1;
+                    }
                     tracing::debug!(%room_id, %server, %err, "hierarchy not answered");
                     continue;
                 }

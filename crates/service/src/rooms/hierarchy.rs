@@ -1,7 +1,8 @@
 //! The space hierarchy: a room's summary and `m.space.child` links, and who may learn about a
-//! room ([`Viewer`], one rule for local users, anonymous readers and other servers: joined or
-//! invited, world-readable history, a public or knockable join rule, or a restricted one whose
-//! allowed rooms the user, or a member of the server, is in). Served three ways: the client's
+//! room (one rule, [`Rooms::may_see`], for local users, anonymous readers and other servers):
+//! anyone when its history is world-readable or its join rule public or knockable; a user
+//! joined or invited to it, or joined to one of a restricted room's allowed rooms; a server
+//! with a user joined to it or to one of those allowed rooms. Served three ways: the client's
 //! depth-first walk (`GET /rooms/{roomId}/hierarchy`), which asks other servers about rooms
 //! this server is not in (`remote_hierarchy`); other servers' `GET /_matrix/federation/v1/
 //! hierarchy/{roomId}` (a room and its children, never relayed); and one room's summary

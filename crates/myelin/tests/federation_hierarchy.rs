@@ -256,6 +256,25 @@ async fn a_space_shows_rooms_and_sub_spaces_of_another_server_as_far_as_they_may
                 "{kind:?}: {room}: {refused:?}"
             );
         }
+        // A room whose server ACL denies B is not for B, public as it is.
+        let (status, body) = a
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                    enc(&local)
+                ),
+                &alice.access_token,
+                json!({"allow": ["*"], "deny": ["hs-b.test"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let answer = ask(b, "hs-a.test", &space, false).await.unwrap();
+        assert!(answer.children.is_empty(), "{kind:?}: {answer:?}");
+        assert_eq!(
+            answer.inaccessible_children,
+            [local.as_str(), private_a.as_str()],
+            "{kind:?}"
+        );
         // suggested_only as the resident: only suggested links and their rooms.
         let answer = ask(b, "hs-a.test", &space, true).await.unwrap();
         assert_eq!(answer.room.children_state.len(), 1, "{kind:?}");

@@ -39,6 +39,7 @@ pub mod rate_limit;
 pub mod remote_directory;
 pub mod remote_keys;
 pub mod remote_membership;
+mod room_summary;
 pub mod rooms;
 pub mod secrets;
 pub mod server_keys;

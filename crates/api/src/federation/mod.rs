@@ -2,6 +2,7 @@
 
 mod discovery;
 mod events;
+mod hierarchy;
 mod invites;
 mod keys;
 mod membership;
@@ -17,6 +18,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(keys::routes())
         .merge(query::routes())
         .merge(events::routes())
+        .merge(hierarchy::routes())
         .merge(membership::routes())
         .merge(invites::routes())
         .merge(transactions::routes())

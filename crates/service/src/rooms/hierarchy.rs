@@ -1,17 +1,20 @@
-//! The space hierarchy (`GET /rooms/{roomId}/hierarchy`): a depth-first walk of the
-//! `m.space.child` links of local spaces, showing each room the user may learn about (joined or
-//! invited, world-readable history, a public or knockable join rule, or a restricted one the
-//! user satisfies) with its summary and, for spaces, its links; and the same summary for one
-//! room (`GET /room_summary/{roomIdOrAlias}`, spec v1.15). Rooms on other servers need
-//! federation and are left out.
+//! The space hierarchy: a room's summary and `m.space.child` links, and who may learn about a
+//! room (one rule, [`Rooms::may_see`], for local users, anonymous readers and other servers):
+//! anyone when its history is world-readable or its join rule public or knockable; a user
+//! joined or invited to it, or joined to one of a restricted room's allowed rooms; a server
+//! with a user joined to it or to one of those allowed rooms. Served three ways: the client's
+//! depth-first walk (`GET /rooms/{roomId}/hierarchy`), which asks other servers about rooms
+//! this server is not in (`remote_hierarchy`); other servers' `GET /_matrix/federation/v1/
+//! hierarchy/{roomId}` (a room and its children, never relayed); and one room's summary
+//! (`GET /room_summary/{roomIdOrAlias}`, spec v1.15).
 
 use std::collections::HashSet;
 
 use myelin_store::RoomRow;
-use ruma::UserId;
+use ruma::{ServerName, UserId};
 use serde_json::{Value, json};
 
-use super::{Rooms, read::parse_position};
+use super::{Rooms, read::parse_position, remote_hierarchy::RemoteWalk};
 use crate::{Error, Result};
 
 /// The state a room's summary shows (empty state keys).
@@ -52,12 +55,65 @@ pub struct HierarchyPage {
 }
 
 /// A room as the walk sees it.
-struct SpaceRoom {
-    summary: Value,
-    is_space: bool,
-    /// The valid `m.space.child` links in the spec's order, as stripped events.
-    children: Vec<(String, Value)>,
-    accessible: bool,
+pub(super) struct SpaceRoom {
+    /// The summary in the client format (without `children_state`).
+    pub(super) summary: Value,
+    pub(super) is_space: bool,
+    /// The valid `m.space.child` links in the spec's order, as stripped events (none unless
+    /// the room is a space).
+    pub(super) children: Vec<(String, Value)>,
+    pub(super) accessible: bool,
+}
+
+impl SpaceRoom {
+    /// The summary with its `children_state`: a chunk of the client's and the federation's
+    /// answers.
+    fn chunk(self) -> Value {
+        let mut chunk = self.summary;
+        chunk["children_state"] = Value::Array(self.children.into_iter().map(|(_, e)| e).collect());
+        chunk
+    }
+}
+
+/// Who asks about a room.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Viewer<'a> {
+    /// A user of this server, or an anonymous reader (`None`).
+    User(Option<&'a UserId>),
+    /// Another server (the federation `/hierarchy`): what it could peek or join.
+    Server(&'a ServerName),
+}
+
+/// The links of a space worth walking, from its stripped `m.space.child` events: a room id as
+/// state key and a non-empty `via` (an emptied link is a removed one), suggested ones only if
+/// asked, in the spec's order.
+pub(super) fn valid_links(links: Vec<Value>, suggested_only: bool) -> Vec<(String, Value)> {
+    let mut links: Vec<Value> = links
+        .into_iter()
+        .filter(|e| e["type"] == "m.space.child")
+        .filter(|e| e["state_key"].as_str().is_some_and(|k| k.starts_with('!')))
+        .filter(|e| {
+            e["content"]["via"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty())
+        })
+        .filter(|e| !suggested_only || e["content"]["suggested"] == true)
+        .collect();
+    links.sort_by_key(child_order);
+    links
+        .into_iter()
+        .filter_map(|c| Some((c["state_key"].as_str()?.to_owned(), c)))
+        .collect()
+}
+
+/// The servers a link names to ask about its room (`via`).
+fn via_of(link: &Value) -> Vec<String> {
+    link["content"]["via"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The page token: how many rooms earlier pages returned, and the parameters it belongs to
@@ -106,8 +162,10 @@ fn child_order(child: &Value) -> (bool, String, i64, String) {
 }
 
 impl Rooms {
-    /// `GET /rooms/{roomId}/hierarchy`. The root must be accessible to the user
-    /// (`M_FORBIDDEN` otherwise, also for an unknown room).
+    /// `GET /rooms/{roomId}/hierarchy`. The root must be a room this server holds the state
+    /// of and accessible to the user (`M_FORBIDDEN` otherwise, also for an unknown room).
+    /// Rooms this server is not in are asked of the servers their link names (see
+    /// `remote_hierarchy`); one that none answers, or that is not accessible, is left out.
     pub async fn hierarchy(
         &self,
         user: &UserId,
@@ -123,31 +181,44 @@ impl Rooms {
             .transpose()?
             .unwrap_or(0);
         let root = self.store.room(room_id).await?.ok_or_else(forbidden)?;
+        if !self.holds_state(&root).await? {
+            return Err(forbidden());
+        }
         let root_room = self
-            .space_room(&root, Some(user), request.suggested_only)
+            .space_room(&root, Viewer::User(Some(user)), request.suggested_only)
             .await?;
         if !root_room.accessible {
             return Err(forbidden());
         }
 
+        let mut remote = RemoteWalk::new();
         let mut rooms = Vec::new();
         let mut found = 0;
         let mut more = false;
         let mut visited = HashSet::new();
-        let mut stack: Vec<(String, usize, Option<SpaceRoom>)> =
-            vec![(root.room_id.clone(), 0, Some(root_room))];
-        while let Some((id, depth, known)) = stack.pop() {
+        let mut stack: Vec<(String, usize, Vec<String>, Option<SpaceRoom>)> =
+            vec![(root.room_id.clone(), 0, Vec::new(), Some(root_room))];
+        while let Some((id, depth, via, known)) = stack.pop() {
             if !visited.insert(id.clone()) || visited.len() > MAX_ROOMS_VISITED {
                 continue;
             }
             let room = match known {
                 Some(room) => room,
                 None => {
-                    let Some(row) = self.store.room(&id).await? else {
+                    let found = self
+                        .walk_room(
+                            &mut remote,
+                            user,
+                            &id,
+                            &via,
+                            depth >= max_depth,
+                            request.suggested_only,
+                        )
+                        .await?;
+                    let Some(room) = found else {
                         continue;
                     };
-                    self.space_room(&row, Some(user), request.suggested_only)
-                        .await?
+                    room
                 }
             };
             if !room.accessible {
@@ -160,17 +231,14 @@ impl Rooms {
             }
             if room.is_space && depth < max_depth {
                 // Pushed last first, so the first child is walked next (depth first).
-                for (child, _) in room.children.iter().rev() {
+                for (child, link) in room.children.iter().rev() {
                     if !visited.contains(child) {
-                        stack.push((child.clone(), depth + 1, None));
+                        stack.push((child.clone(), depth + 1, via_of(link), None));
                     }
                 }
             }
             if found > skip {
-                let mut chunk = room.summary;
-                chunk["children_state"] =
-                    Value::Array(room.children.into_iter().map(|(_, e)| e).collect());
-                rooms.push(chunk);
+                rooms.push(room.chunk());
             }
         }
         Ok(HierarchyPage {
@@ -179,47 +247,197 @@ impl Rooms {
         })
     }
 
-    /// `GET /room_summary/{roomIdOrAlias}`: the summary `/hierarchy` shows, for a room the
-    /// reader may learn about, with the reader's `membership` (`leave` when none) when they
-    /// are logged in. Anonymous readers see public, knockable and world-readable rooms only.
-    /// An unknown room and one the reader may not learn about are the same 404 `M_NOT_FOUND`.
+    /// A room the walk reaches through a link naming `via`: from this server's state when it
+    /// is in the room, else from another server's answer (a summary an earlier answer gave
+    /// serves a room that is not a space, or one at the depth limit, without a request), else
+    /// from the state this server kept of a room it left. `None`: nothing is known, or a
+    /// server said the room is not accessible to this one.
+    async fn walk_room(
+        &self,
+        remote: &mut RemoteWalk,
+        user: &UserId,
+        room_id: &str,
+        via: &[String],
+        at_depth_limit: bool,
+        suggested_only: bool,
+    ) -> Result<Option<SpaceRoom>> {
+        let row = self.store.room(room_id).await?;
+        let held = match &row {
+            Some(room) => self.holds_state(room).await?,
+            None => false,
+        };
+        if let Some(room) = &row
+            && held
+            && self
+                .store
+                .server_in_room(room.room_nid, self.server_name.as_str())
+                .await?
+        {
+            return self
+                .space_room(room, Viewer::User(Some(user)), suggested_only)
+                .await
+                .map(Some);
+        }
+        if remote.said_inaccessible(room_id) {
+            return Ok(None);
+        }
+        let learned = remote.learned(room_id);
+        let answer = match &learned {
+            Some((summary, _)) if summary["room_type"] != "m.space" || at_depth_limit => None,
+            _ => {
+                let mut servers = via.to_vec();
+                servers.extend(learned.as_ref().map(|(_, server)| server.to_string()));
+                self.remote_space(remote, room_id, &servers, suggested_only)
+                    .await
+            }
+        };
+        let (summary, children) = match (answer, learned) {
+            (Some(answer), _) => (answer.summary.clone(), answer.links.clone()),
+            (None, Some((summary, _))) => (summary, Vec::new()),
+            (None, None) => match &row {
+                Some(room) if held => {
+                    return self
+                        .space_room(room, Viewer::User(Some(user)), suggested_only)
+                        .await
+                        .map(Some);
+                }
+                _ => return Ok(None),
+            },
+        };
+        let accessible = self
+            .may_see(&summary, row.as_ref(), Viewer::User(Some(user)))
+            .await?;
+        let is_space = summary["room_type"] == "m.space";
+        Ok(Some(SpaceRoom {
+            summary,
+            is_space,
+            children: if is_space { children } else { Vec::new() },
+            accessible,
+        }))
+    }
+
+    /// `GET /_matrix/federation/v1/hierarchy/{roomId}` from `origin`: the room (with its
+    /// links) and the summaries of its children this server is in that `origin` may see; the
+    /// children it is in that `origin` may not see are listed by id, the others left out (this
+    /// server cannot tell about them). 404 `M_NOT_FOUND` when this server is not in the room or
+    /// `origin` may not see it.
+    pub async fn hierarchy_for_server(
+        &self,
+        origin: &ServerName,
+        room_id: &str,
+        suggested_only: bool,
+    ) -> Result<Value> {
+        let not_found = || Error::NotFound("Room not found".to_owned());
+        let room = self.resident_room(room_id).await?.ok_or_else(not_found)?;
+        let space = self
+            .space_room(&room, Viewer::Server(origin), suggested_only)
+            .await?;
+        if !space.accessible {
+            return Err(not_found());
+        }
+        let mut children = Vec::new();
+        let mut inaccessible = Vec::new();
+        for (child_id, _) in space.children.iter().take(MAX_ROOMS_VISITED) {
+            let Some(child) = self.resident_room(child_id).await? else {
+                continue;
+            };
+            let child = self
+                .space_room(&child, Viewer::Server(origin), suggested_only)
+                .await?;
+            if child.accessible {
+                children.push(child.chunk());
+            } else {
+                inaccessible.push(child_id.clone());
+            }
+        }
+        Ok(json!({
+            "room": space.chunk(),
+            "children": children,
+            "inaccessible_children": inaccessible,
+        }))
+    }
+
+    /// A room this server holds the state of and is in (a local user joined): one it can tell
+    /// other servers about.
+    async fn resident_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
+        let Some(room) = self.store.room(room_id).await? else {
+            return Ok(None);
+        };
+        let resident = self.holds_state(&room).await?
+            && self
+                .store
+                .server_in_room(room.room_nid, self.server_name.as_str())
+                .await?;
+        Ok(resident.then_some(room))
+    }
+
+    /// `GET /room_summary/{roomIdOrAlias}` of a room id (`Services::room_summary` resolves
+    /// aliases): the summary `/hierarchy` shows, for a room the reader may learn about, with
+    /// the reader's `membership` (`leave` when none) when they are logged in. A room this
+    /// server holds no state of is asked of `via` (the client's, or the alias's servers) and
+    /// the room id's server through the federation `/hierarchy`, for logged-in readers only.
+    /// Anonymous readers see public, knockable and world-readable rooms only. An unknown room
+    /// and one the reader may not learn about are the same 404 `M_NOT_FOUND`.
     pub async fn room_summary(
         &self,
         user: Option<&UserId>,
-        room_id_or_alias: &str,
+        room_id: &str,
+        via: &[String],
     ) -> Result<Value> {
         let not_found = || Error::NotFound("Room not found".to_owned());
-        let room_id = if room_id_or_alias.starts_with('#') {
-            self.store
-                .alias(room_id_or_alias)
-                .await?
-                .ok_or_else(not_found)?
-                .room_id
-        } else {
-            room_id_or_alias.to_owned()
+        let row = self.store.room(room_id).await?;
+        let held = match &row {
+            Some(room) => self.holds_state(room).await?,
+            None => false,
         };
-        let room = self.store.room(&room_id).await?.ok_or_else(not_found)?;
-        let summary = self.space_room(&room, user, false).await?;
-        if !summary.accessible {
-            return Err(not_found());
-        }
-        let mut out = summary.summary;
+        let mut summary = match (&row, user) {
+            (Some(room), _) if held => {
+                let summary = self.space_room(room, Viewer::User(user), false).await?;
+                if !summary.accessible {
+                    return Err(not_found());
+                }
+                summary.summary
+            }
+            (_, Some(user)) => {
+                let mut servers = via.to_vec();
+                servers.extend(
+                    ruma::RoomId::parse(room_id)
+                        .ok()
+                        .and_then(|id| id.server_name().map(ToString::to_string)),
+                );
+                let answer = self
+                    .remote_space(&mut RemoteWalk::new(), room_id, &servers, false)
+                    .await
+                    .ok_or_else(not_found)?;
+                if !self
+                    .may_see(&answer.summary, row.as_ref(), Viewer::User(Some(user)))
+                    .await?
+                {
+                    return Err(not_found());
+                }
+                answer.summary.clone()
+            }
+            _ => return Err(not_found()),
+        };
         if let Some(user) = user {
-            let membership = self
-                .store
-                .membership(room.room_nid, user.as_str())
-                .await?
-                .map_or_else(|| "leave".to_owned(), |m| m.0);
-            out["membership"] = json!(membership);
+            let membership = match &row {
+                Some(room) => self
+                    .store
+                    .membership(room.room_nid, user.as_str())
+                    .await?
+                    .map(|m| m.0),
+                None => None,
+            };
+            summary["membership"] = json!(membership.unwrap_or_else(|| "leave".to_owned()));
         }
-        Ok(out)
+        Ok(summary)
     }
 
-    /// A room's summary, links and accessibility for `user` (`None`: an anonymous reader).
-    async fn space_room(
+    /// A room's summary, links and accessibility for `viewer`, from this server's state.
+    pub(super) async fn space_room(
         &self,
         room: &RoomRow,
-        user: Option<&UserId>,
+        viewer: Viewer<'_>,
         suggested_only: bool,
     ) -> Result<SpaceRoom> {
         let state = self
@@ -267,64 +485,111 @@ impl Rooms {
                 summary[field] = json!(value);
             }
         }
-        let allowed_rooms: Vec<String> = join_rules["allow"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["type"] == "m.room_membership")
-            .filter_map(|a| a["room_id"].as_str().map(str::to_owned))
-            .collect();
         if matches!(join_rule.as_str(), "restricted" | "knock_restricted") {
+            let allowed_rooms: Vec<&str> = join_rules["allow"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["type"] == "m.room_membership")
+                .filter_map(|a| a["room_id"].as_str())
+                .collect();
             summary["allowed_room_ids"] = json!(allowed_rooms);
         }
 
-        // Links with a non-empty `via` only (an emptied link is a removed one).
-        let mut children: Vec<Value> = state
-            .state
-            .iter()
-            .filter(|(t, k, _)| t == "m.space.child" && !k.is_empty())
-            .filter_map(|(_, _, json)| self.stripped_event(room, json, user, true))
-            .filter(|e| {
-                e["content"]["via"]
-                    .as_array()
-                    .is_some_and(|v| !v.is_empty())
-            })
-            .filter(|e| !suggested_only || e["content"]["suggested"] == true)
-            .collect();
-        children.sort_by_key(child_order);
+        let reader = match viewer {
+            Viewer::User(user) => user,
+            Viewer::Server(_) => None,
+        };
         let children = if is_space {
-            children
-                .into_iter()
-                .filter_map(|c| Some((c["state_key"].as_str()?.to_owned(), c)))
-                .collect()
+            let links = state
+                .state
+                .iter()
+                .filter(|(t, k, _)| t == "m.space.child" && !k.is_empty())
+                .filter_map(|(_, _, json)| self.stripped_event(room, json, reader, true))
+                .collect();
+            valid_links(links, suggested_only)
         } else {
             Vec::new()
         };
-
-        let membership = match user {
-            Some(user) => self
-                .store
-                .membership(room.room_nid, user.as_str())
-                .await?
-                .map(|m| m.0),
-            None => None,
-        };
-        let restricted_allowed = match user {
-            Some(user) => {
-                join_rule == "restricted" && self.joined_any(user, &allowed_rooms).await?
-            }
-            None => false,
-        };
-        let accessible = matches!(membership.as_deref(), Some("join" | "invite"))
-            || history == "world_readable"
-            || matches!(join_rule.as_str(), "public" | "knock" | "knock_restricted")
-            || restricted_allowed;
+        let accessible = self.may_see(&summary, Some(room), viewer).await?;
         Ok(SpaceRoom {
             summary,
             is_space,
             children,
             accessible,
         })
+    }
+
+    /// Whether `viewer` may learn about the room `summary` describes (this server's or another
+    /// server's summary; `room`: this server's row of it, for memberships). Anyone may when its
+    /// history is world-readable or its join rule public or knockable; a user also when joined
+    /// or invited, or, for a restricted room, joined to one of its allowed rooms; a server
+    /// (never one the room's server ACL denies) also when one of its users is joined to the
+    /// room, or, for a restricted room, to one of its allowed rooms, by this server's state.
+    pub(super) async fn may_see(
+        &self,
+        summary: &Value,
+        room: Option<&RoomRow>,
+        viewer: Viewer<'_>,
+    ) -> Result<bool> {
+        if let (Viewer::Server(server), Some(room)) = (viewer, room)
+            && !self.server_allowed(&room.room_id, server).await?
+        {
+            return Ok(false);
+        }
+        // An absent `join_rule` is `public` (the public rooms chunk's rule).
+        let join_rule = summary["join_rule"].as_str().unwrap_or("public");
+        if summary["world_readable"] == true
+            || matches!(join_rule, "public" | "knock" | "knock_restricted")
+        {
+            return Ok(true);
+        }
+        let allowed_rooms: Vec<String> = if join_rule == "restricted" {
+            summary["allowed_room_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|id| id.as_str().map(str::to_owned))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match viewer {
+            Viewer::User(None) => Ok(false),
+            Viewer::User(Some(user)) => {
+                let membership = match room {
+                    Some(room) => self
+                        .store
+                        .membership(room.room_nid, user.as_str())
+                        .await?
+                        .map(|m| m.0),
+                    None => None,
+                };
+                Ok(matches!(membership.as_deref(), Some("join" | "invite"))
+                    || self.joined_any(user, &allowed_rooms).await?)
+            }
+            Viewer::Server(server) => {
+                if let Some(room) = room
+                    && self
+                        .store
+                        .server_in_room(room.room_nid, server.as_str())
+                        .await?
+                {
+                    return Ok(true);
+                }
+                for allowed in &allowed_rooms {
+                    if let Some(allowed) = self.store.room(allowed).await?
+                        && self
+                            .store
+                            .server_in_room(allowed.room_nid, server.as_str())
+                            .await?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Whether `user` is joined to any of `room_ids` (the `allow` rule of restricted rooms).

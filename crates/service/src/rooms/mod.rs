@@ -26,6 +26,7 @@ pub(crate) mod read;
 pub(crate) mod receive;
 pub(crate) mod redact;
 mod relations;
+mod remote_hierarchy;
 mod remote_join;
 mod report;
 pub(crate) mod search;
@@ -82,6 +83,8 @@ pub struct Rooms {
     /// Requests to other servers and their keys, for memberships across servers (invites,
     /// rejections): `None` until [`Rooms::with_federation`].
     federation: Option<invites::RoomFederation>,
+    /// Other servers' recent `/hierarchy` answers (the client walk's rooms on other servers).
+    hierarchy_answers: remote_hierarchy::AnswerCache,
 }
 
 /// The keys rooms' events are signed with: the server's (server-key rooms) and each local
@@ -115,6 +118,7 @@ impl Rooms {
             user_data,
             default_version,
             federation: None,
+            hierarchy_answers: Default::default(),
         }
     }
 

@@ -696,6 +696,8 @@ async fn place(
         .await
 }
 
+/// `send_join` answers tampered with in each way are refused and leave nothing a client sees;
+/// one unsigned event the join does not rest on is left out of the state and the join taken.
 #[tokio::test]
 async fn a_forged_or_incomplete_send_join_answer_is_refused_and_leaves_nothing_to_see() {
     for kind in test_backends() {
@@ -805,14 +807,36 @@ async fn a_forged_or_incomplete_send_join_answer_is_refused_and_leaves_nothing_t
         );
         assert!(shows_nothing().await, "{kind:?}");
 
-        // The honest answer is taken: the refusals above were the tampering's.
-        place(b, &room_id, &join, &state, &auth_chain, &keys)
+        // An event the join rests on that nobody signed is left out, and the join with it.
+        let mut unsigned = state.clone();
+        unsigned[of_type(&state, "m.room.join_rules")]["signatures"] = json!({});
+        let refused = place(b, &room_id, &join, &unsigned, &auth_chain, &keys).await;
+        assert!(
+            refused.is_err(),
+            "{kind:?}: a join resting on an unsigned event was taken"
+        );
+        assert!(shows_nothing().await, "{kind:?}");
+
+        // The honest answer is taken, even with one unsigned event the join does not rest on
+        // (left out of the state, as Synapse does): the refusals above were the tampering's.
+        let mut one_unsigned = state.clone();
+        one_unsigned[of_type(&state, "m.room.history_visibility")]["signatures"] = json!({});
+        place(b, &room_id, &join, &one_unsigned, &auth_chain, &keys)
             .await
             .unwrap_or_else(|err| panic!("{kind:?}: the honest answer was refused: {err}"));
         let (_, joined) = b
             .get("/_matrix/client/v3/joined_rooms", &bob.access_token)
             .await;
         assert_eq!(joined["joined_rooms"], json!([room_id]), "{kind:?}");
+        let at_b = state_ids(b, &bob, &room_id).await;
+        assert!(
+            !at_b.contains_key(&("m.room.history_visibility".to_owned(), String::new())),
+            "{kind:?}: {at_b:?}"
+        );
+        assert!(
+            at_b.contains_key(&("m.room.join_rules".to_owned(), String::new())),
+            "{kind:?}: {at_b:?}"
+        );
 
         for server in servers {
             server.stop().await;

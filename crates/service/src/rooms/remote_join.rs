@@ -6,8 +6,11 @@
 //!
 //! The checks are the receive pipeline's (`receive`): every event of the state and the auth
 //! chain goes through steps 1 to 4 as an outlier (format, signatures, content hash, its own
-//! auth events), and each must pass, else the answer is refused whole; the join itself then
-//! goes through all six steps with the answered state as the state before it. Only an accepted
+//! auth events). A state event that fails them is left out of the state (as Synapse does: one
+//! unverifiable event does not keep a user out of a room), but an answer whose create event
+//! fails, or that is not one room's state, is refused whole; the join itself then goes through
+//! all six steps with what is left of the answered state as the state before it, so an answer
+//! missing what the join rests on is refused too. Only an accepted
 //! join gives the room a current state here (`CurrentStateChange::Adopt`), so a refused answer
 //! leaves nothing a client can see: at most the room's row and outliers, which show nowhere.
 
@@ -143,7 +146,7 @@ impl Rooms {
         // The state: valid events of this room, one per key, with a create event.
         let mut keys_seen: HashSet<(String, String)> = HashSet::new();
         let mut state_ids: Vec<String> = Vec::with_capacity(answer.state.len());
-        let mut create_sender: Option<String> = None;
+        let mut create: Option<(String, String)> = None;
         for bytes in answer.state {
             let pdu = receipt::check_format(version, bytes)
                 .map_err(|e| bad(format!("a state event is invalid: {e}")))?;
@@ -166,11 +169,11 @@ impl Rooms {
                 )));
             }
             if pdu.event_type() == "m.room.create" && state_key.is_empty() {
-                create_sender = Some(pdu.sender().to_owned());
+                create = Some((pdu.event_id().to_owned(), pdu.sender().to_owned()));
             }
             state_ids.push(pdu.event_id().to_owned());
         }
-        let Some(creator) = create_sender else {
+        let Some((create_id, creator)) = create else {
             return Err(bad("the state has no create event".to_owned()));
         };
 
@@ -193,25 +196,32 @@ impl Rooms {
             .copied()
             .collect();
         let outcomes = self.receive_outliers(room_id, &events, keys).await?;
+        // A state event this server cannot vouch for (its signature fails or its key cannot
+        // be had, events it rests on were left out, or its own auth events refuse it) is left
+        // out of the state, as another server's events would be anywhere else; the join then
+        // stands or falls on what is left (its own auth events must be there). Events of the
+        // auth chain only matter through the state events that cite them.
         let state_set: HashSet<&str> = state_ids.iter().map(String::as_str).collect();
+        let mut left_out: HashSet<String> = HashSet::new();
         for outcome in &outcomes {
-            let in_state = outcome
-                .event_id
-                .as_deref()
-                .is_some_and(|id| state_set.contains(id));
-            match &outcome.outcome {
-                Received::Accepted | Received::AlreadyStored => {}
-                // An auth chain may hold events other servers rejected; the state may not.
-                Received::Rejected(_) if !in_state => {}
-                other => {
-                    return Err(bad(format!(
-                        "event {} of the {}: {other:?}",
-                        outcome.event_id.as_deref().unwrap_or("(unparsed)"),
-                        if in_state { "state" } else { "auth chain" }
-                    )));
-                }
+            let Some(id) = outcome.event_id.as_deref() else {
+                continue;
+            };
+            if !state_set.contains(id)
+                || matches!(
+                    outcome.outcome,
+                    Received::Accepted | Received::AlreadyStored
+                )
+            {
+                continue;
             }
+            if id == create_id {
+                return Err(bad(format!("the create event {id}: {:?}", outcome.outcome)));
+            }
+            tracing::warn!(%room_id, event_id = id, outcome = ?outcome.outcome, "left a state event of a send_join answer out");
+            left_out.insert(id.to_owned());
         }
+        state_ids.retain(|id| !left_out.contains(id));
 
         // The answered state as a state group of its own, the state after each of the join's
         // prev events (which this server does not have).

@@ -1466,3 +1466,55 @@ async fn a_room_upgraded_on_one_server_is_followed_from_another() {
         }
     }
 }
+
+/// The servers a client names for a join are the ones asked: a refusal there fails the join
+/// (Complement's TestRestrictedRoomsRemoteJoinFailOver expects it), and the room id's server
+/// is asked only when the client names none.
+#[tokio::test]
+async fn a_join_asks_the_servers_the_client_named() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, _| {},
+        )
+        .await;
+        let (a, c) = (&servers[0], &servers[2]);
+        let alice = a.register("alice").await;
+        let carol = c.register("carol").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "10"}),
+            )
+            .await;
+        // B is not in the room: its make_join refuses, and A is not asked behind the client.
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/join/{}?via=hs-b.test", enc(&room_id)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_ne!(status, 200, "{kind:?}: {body}");
+        assert_eq!(
+            membership(a, &alice, &room_id, &carol.user_id).await,
+            None,
+            "{kind:?}"
+        );
+        // With no server named, the room id's server is asked.
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -4,8 +4,9 @@
 //! through `make_leave`/`send_leave` is the rooms area's (`rooms::invites`).
 //!
 //! A join (`Services::join_room`) is local when this server is in the room. Otherwise the
-//! candidates are asked in turn (the servers the client named, the room id's server, the server
-//! of whoever invited the user, the servers of members this server last knew), each through the
+//! candidates are asked in turn (the servers the client named and the server of whoever invited
+//! the user; only when the client named none, the room id's server, the inviter's and the
+//! servers of members this server last knew), each through the
 //! per-destination backoff (`Services::federation`): a template from `make_join`, filled in with
 //! the user's join content and signed with this server's key, then `send_join`, whose answer is
 //! checked and placed by `Rooms::place_remote_join`. A candidate that fails hands over to the
@@ -217,20 +218,31 @@ impl Services {
         room_id: &str,
         via: &[OwnedServerName],
     ) -> Result<Vec<OwnedServerName>> {
+        // Servers the client named (or the alias gave) are the ones to ask, with the server
+        // of whoever invited the user: the client chose them (a restricted room's
+        // authorising server, say), so a refusal there is the answer, not a cue to try the
+        // room id's server behind the client's back. Only with none named does this server
+        // guess: the room id's server and the servers of members it knew.
         let mut servers: Vec<OwnedServerName> = via.to_vec();
-        if let Ok(parsed) = RoomId::parse(room_id)
+        if via.is_empty()
+            && let Ok(parsed) = RoomId::parse(room_id)
             && let Some(server) = parsed.server_name()
         {
             servers.push(server.to_owned());
         }
         if let Some(room) = self.store.room(room_id).await? {
-            // Whoever invited (or last changed the membership of) the user.
-            if let Some((_, event_nid, _)) =
+            // Whoever invited (or, with no server named, last changed the membership of) the
+            // user.
+            if let Some((membership, event_nid, _)) =
                 self.store.membership(room.room_nid, user.as_str()).await?
+                && (via.is_empty() || membership == "invite")
                 && let Some(event) = self.store.event_by_nid(event_nid).await?
                 && let Ok(sender) = UserId::parse(event.sender.as_str())
             {
                 servers.push(sender.server_name().to_owned());
+            }
+            if !via.is_empty() {
+                return Ok(self.distinct_others(servers));
             }
             let mut known: Vec<OwnedServerName> = Vec::new();
             for member in self.store.joined_user_ids(room.room_nid).await? {
@@ -242,9 +254,14 @@ impl Services {
             }
             servers.extend(known.into_iter().take(KNOWN_SERVERS_ASKED));
         }
+        Ok(self.distinct_others(servers))
+    }
+
+    /// `servers` without duplicates or this server, in order.
+    fn distinct_others(&self, mut servers: Vec<OwnedServerName>) -> Vec<OwnedServerName> {
         let mut seen = std::collections::HashSet::new();
         servers.retain(|server| *server != self.config.server_name && seen.insert(server.clone()));
-        Ok(servers)
+        servers
     }
 
     /// The handshake with one resident server.

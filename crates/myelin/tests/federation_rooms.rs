@@ -1518,3 +1518,77 @@ async fn a_join_asks_the_servers_the_client_named() {
         }
     }
 }
+
+/// A restricted join this server cannot authorise, though it is in the room (none of its
+/// members may invite), goes through a server whose members may, which signs it (MSC3083;
+/// Complement's TestRestrictedRoomsRemoteJoinLocalUser).
+#[tokio::test]
+async fn a_restricted_join_no_local_member_can_authorise_goes_through_a_server_that_can() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let bob = b.register("bob").await;
+        let alice = a.register("alice").await;
+        let amy = a.register("amy").await;
+        let space = b
+            .create_room(&bob, json!({"preset": "public_chat", "room_version": "10"}))
+            .await;
+        let room_id = b
+            .create_room(
+                &bob,
+                json!({
+                    "preset": "public_chat",
+                    "room_version": "10",
+                    "initial_state": [{
+                        "type": "m.room.join_rules",
+                        "state_key": "",
+                        "content": {"join_rule": "restricted", "allow": [
+                            {"type": "m.room_membership", "room_id": space, "via": ["hs-b.test"]}
+                        ]},
+                    }],
+                }),
+            )
+            .await;
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+                &bob.access_token,
+                json!({"user_id": alice.user_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        join_via(a, &alice, &room_id, "hs-b.test").await;
+
+        // Amy is in no allowed room: A, in the room, refuses her itself.
+        let join_path = format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room_id));
+        let (status, body) = a.post(&join_path, &amy.access_token, json!({})).await;
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        // In the space she qualifies, but alice may not invite: B authorises the join.
+        join_via(a, &amy, &space, "hs-b.test").await;
+        let (status, body) = a.post(&join_path, &amy.access_token, json!({})).await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        eventually("B to see amy joined", || async {
+            membership(b, &bob, &room_id, &amy.user_id).await.as_deref() == Some("join")
+        })
+        .await;
+        let (_, member) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    enc(&room_id),
+                    enc(&amy.user_id)
+                ),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(
+            member["join_authorised_via_users_server"],
+            bob.user_id.as_str(),
+            "{kind:?}: {member}"
+        );
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -52,7 +52,31 @@ impl Services {
     ) -> Result<String> {
         let _joining = self.rooms.remote_join_lock(room_id).await;
         if self.rooms.is_resident(room_id).await? {
-            return self.rooms.join(user, room_id, reason, extra_content).await;
+            match self
+                .rooms
+                .join(user, room_id, reason, extra_content.clone())
+                .await
+            {
+                // A restricted join the user qualifies for, but no local member may invite:
+                // a server whose members may authorises it, as a join through it (MSC3083).
+                Err(Error::UnableToAuthoriseJoin(why)) => {
+                    let candidates = self.rooms.servers_able_to_authorise(room_id).await?;
+                    if candidates.is_empty() {
+                        return Err(Error::UnableToAuthoriseJoin(why));
+                    }
+                    let content = self
+                        .rooms
+                        .client_join_content(user, reason, extra_content)
+                        .await?;
+                    let content = &content;
+                    return self
+                        .through_candidates("join", room_id, candidates, |server| async move {
+                            self.join_through(&server, user, room_id, content).await
+                        })
+                        .await;
+                }
+                local => return local,
+            }
         }
         let candidates = self.join_candidates(user, room_id, via).await?;
         if candidates.is_empty() {

@@ -426,6 +426,62 @@ impl Rooms {
         create: &myelin_room_version::Pdu,
         power: Option<&myelin_room_version::Pdu>,
     ) -> Result<Vec<String>> {
+        Ok(self
+            .members_who_may_invite(room, version, create, power)
+            .await?
+            .into_iter()
+            .filter(|member| UserId::parse(member.as_str()).is_ok_and(|id| self.is_local(&id)))
+            .collect())
+    }
+
+    /// The servers of `room_id`'s joined members (not this one) whose power reaches the
+    /// invite level by this server's current state: where a restricted join this server
+    /// cannot authorise itself may be authorised (MSC3083: a remote join through them).
+    pub async fn servers_able_to_authorise(
+        &self,
+        room_id: &str,
+    ) -> Result<Vec<ruma::OwnedServerName>> {
+        let room = self.room(room_id).await?;
+        let version = version_of(&room)?;
+        let keys = [
+            ("m.room.power_levels".to_owned(), String::new()),
+            ("m.room.create".to_owned(), String::new()),
+        ];
+        let state = self.store.current_state(room.room_nid, Some(&keys)).await?;
+        let of_type = |kind: &str| {
+            state
+                .iter()
+                .find(|row| row.event_type == kind)
+                .map(|row| pdu_of(row, version))
+                .transpose()
+        };
+        let Some(create) = of_type("m.room.create")? else {
+            return Ok(Vec::new());
+        };
+        let power = of_type("m.room.power_levels")?;
+        let mut servers: Vec<ruma::OwnedServerName> = Vec::new();
+        for member in self
+            .members_who_may_invite(&room, version, &create, power.as_ref())
+            .await?
+        {
+            if let Ok(member) = UserId::parse(member.as_str())
+                && !self.is_local(&member)
+                && !servers.iter().any(|s| s == member.server_name())
+            {
+                servers.push(member.server_name().to_owned());
+            }
+        }
+        Ok(servers)
+    }
+
+    /// The joined members of `room` (of any server) whose power reaches the invite level.
+    async fn members_who_may_invite(
+        &self,
+        room: &RoomRow,
+        version: &myelin_room_version::RoomVersion,
+        create: &myelin_room_version::Pdu,
+        power: Option<&myelin_room_version::Pdu>,
+    ) -> Result<Vec<String>> {
         let invite_level = power
             .and_then(|p| p.content_object())
             .and_then(|c| c.get("invite"))
@@ -440,12 +496,12 @@ impl Rooms {
             let Some(resident) = row.state_key.as_deref() else {
                 continue;
             };
-            let Ok(resident_id) = UserId::parse(resident) else {
+            if UserId::parse(resident).is_err() {
                 continue;
-            };
+            }
             let joined = serde_json::from_str::<Value>(&row.json)
                 .is_ok_and(|json| json["content"]["membership"] == "join");
-            if !joined || !self.is_local(&resident_id) {
+            if !joined {
                 continue;
             }
             if user_power_level(version, resident, create, power) >= PowerLevel::Int(invite_level) {

@@ -1592,3 +1592,92 @@ async fn a_restricted_join_no_local_member_can_authorise_goes_through_a_server_t
         }
     }
 }
+
+/// A resident that has left a restricted room's allowed room cannot tell whether a user is
+/// in it (what it kept of that room is stale) and says so (`M_UNABLE_TO_GRANT_JOIN`); the
+/// joining server then fails over to a server the client also named.
+#[tokio::test]
+async fn a_resident_that_left_the_allowed_room_cannot_grant_a_restricted_join() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, _| {},
+        )
+        .await;
+        let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let carol = c.register("carol").await;
+        let space = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "10"}),
+            )
+            .await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({
+                    "preset": "public_chat",
+                    "room_version": "10",
+                    "power_level_content_override": {"users": {
+                        alice.user_id.clone(): 100,
+                        bob.user_id.clone(): 100,
+                    }},
+                    "initial_state": [{
+                        "type": "m.room.join_rules",
+                        "state_key": "",
+                        "content": {"join_rule": "restricted", "allow": [
+                            {"type": "m.room_membership", "room_id": space, "via": ["hs-a.test"]}
+                        ]},
+                    }],
+                }),
+            )
+            .await;
+        join_via(b, &bob, &space, "hs-a.test").await;
+        join_via(b, &bob, &room_id, "hs-a.test").await;
+        join_via(c, &carol, &space, "hs-a.test").await;
+        eventually("B to see carol in the space", || async {
+            membership(b, &bob, &space, &carol.user_id).await.as_deref() == Some("join")
+        })
+        .await;
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&space)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+
+        let (status, body) = c
+            .post(
+                &format!("/_matrix/client/v3/join/{}?via=hs-b.test", enc(&room_id)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), body["errcode"].as_str()),
+            (400, Some("M_UNABLE_TO_GRANT_JOIN")),
+            "{kind:?}: {body}"
+        );
+        let (status, body) = c
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via=hs-b.test&via=hs-a.test",
+                    enc(&room_id)
+                ),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

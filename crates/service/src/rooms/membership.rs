@@ -375,15 +375,19 @@ impl Rooms {
                 && let Some(allowed_room) = entry["room_id"].as_str()
                 && let Some(allowed_room) = self.store.room(allowed_room).await?
             {
-                can_tell |= self
+                // What this server knows of a room it has left is stale: only a room it is
+                // in tells.
+                let in_room = self
                     .store
                     .server_in_room(allowed_room.room_nid, self.server_name.as_str())
                     .await?;
-                if self
-                    .store
-                    .membership(allowed_room.room_nid, user.as_str())
-                    .await?
-                    .is_some_and(|m| m.0 == "join")
+                can_tell |= in_room;
+                if in_room
+                    && self
+                        .store
+                        .membership(allowed_room.room_nid, user.as_str())
+                        .await?
+                        .is_some_and(|m| m.0 == "join")
                 {
                     in_allowed_room = true;
                     break;

@@ -1258,6 +1258,65 @@ async fn backfill_answers_over_the_limit_or_from_another_room_are_ignored() {
     }
 }
 
+/// A gap this server did not fill (events placed on the state the origin gave for the
+/// earliest it fetched) ends the next sync's timeline batch: what follows the gap, marked
+/// `limited`, without the local message from before it (Complement's TestSyncTimelineGap).
+#[tokio::test]
+async fn a_gap_in_the_room_reaches_clients_as_a_limited_timeline() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let since = world.sync(None).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        world.alice_says("before-gap", "before the gap").await;
+        let chain = world.bob_chain("s", 16).await;
+        let store = world.server.store();
+        let room = store.room(&world.room_id).await.unwrap().unwrap();
+        let state: Vec<String> = store
+            .current_state(room.room_nid, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.event_id)
+            .collect();
+        world
+            .peer
+            .state
+            .state_ids
+            .lock()
+            .unwrap()
+            .insert(chain[4].event_id().to_owned(), (state.clone(), state));
+        let answer = world
+            .peer
+            .send("gap", vec![json_of(&chain[15])], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &chain[15]), "{kind:?}: {answer:?}");
+
+        let filter = enc(r#"{"room":{"timeline":{"limit":50}}}"#);
+        let (status, body) = world
+            .server
+            .get(
+                &format!("/_matrix/client/v3/sync?since={since}&timeout=0&filter={filter}"),
+                &world.alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let timeline = &body["rooms"]["join"][&world.room_id]["timeline"];
+        assert_eq!(timeline["limited"], true, "{kind:?}: {timeline}");
+        let bodies: Vec<&str> = timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        let expected: Vec<String> = (6..=16).map(|i| format!("s{i}")).collect();
+        assert_eq!(bodies, expected, "{kind:?}: {timeline}");
+        world.stop().await;
+    }
+}
+
 /// What a join through a resident does with the resident's `send_join` answer: the join's
 /// prev events (the resident's latest, often messages) are neither sent nor stored, only the
 /// state after them is given. An event citing such a prev event is placed on that state, not

@@ -1,7 +1,8 @@
 //! `/sync` (v2): what changed for a user since a token, room by room, built from the stream
 //! positions of events and account data; initial syncs, incremental syncs, long-polling on the
-//! rooms notifier, timeline limits with `limited`/`prev_batch`, `state` or `state_after`, lazy
-//! loaded members, invites, knocks and left rooms.
+//! rooms notifier, timeline limits with `limited`/`prev_batch` (also at a gap in a room's
+//! history before another server's events), `state` or `state_after`, lazy loaded members,
+//! invites, knocks and left rooms.
 //!
 //! Typing, receipts, presence and to-device messages come from [`crate::ephemeral`];
 //! notification counts from the push actions stored with each event. Timeline events carry
@@ -223,6 +224,13 @@ fn unread_sections(
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Services {
+    /// Whether `sender` is one of this server's users (by the server name in the id).
+    fn is_local_sender(&self, sender: &str) -> bool {
+        sender
+            .rsplit_once(':')
+            .is_some_and(|(_, server)| server == self.config.server_name.as_str())
+    }
+
     /// Answers a `/sync`. Waits up to the timeout when an incremental sync has nothing to say.
     pub async fn sync(&self, device: &AuthedUser, request: &SyncRequest) -> Result<Value> {
         let user = device.user_id.as_ref();
@@ -596,6 +604,32 @@ impl Services {
                 ephemeral,
                 changed_state,
             });
+        }
+
+        // A gap in a timeline (events of another server this one never fetched, before an
+        // event placed on the state that server gave) ends the batch there: the client gets
+        // what follows the newest gap, marked `limited`, and reaches back with `prev_batch`.
+        // Only other servers' events can follow a gap, so a sync of local traffic asks nothing.
+        let remote_rows: Vec<i64> = rooms
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .filter(|row| !self.is_local_sender(&row.sender))
+            .map(|row| row.event_nid)
+            .collect();
+        if !remote_rows.is_empty() {
+            let gaps = self.store.events_after_gaps(&remote_rows).await?;
+            if !gaps.is_empty() {
+                for room in &mut rooms {
+                    if let Some(newest_gap) = room
+                        .rows
+                        .iter()
+                        .rposition(|row| gaps.contains(&row.event_nid))
+                    {
+                        room.rows.drain(..newest_gap);
+                        room.limited = true;
+                    }
+                }
+            }
         }
 
         // History visibility of every timeline row at once; the reader is joined to all these

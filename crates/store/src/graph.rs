@@ -262,6 +262,35 @@ impl Store {
         Ok(rows.into_iter().map(|(id, _)| id).collect())
     }
 
+    /// Of the events `event_nids`, those that cite a prev event this server does not hold in
+    /// its graph (not stored, or only as an outlier): the timeline has a gap right before
+    /// each of them (history another server has and this one did not fetch).
+    pub async fn events_after_gaps(
+        &self,
+        event_nids: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        const CHUNK: usize = 256;
+        let mut out = std::collections::HashSet::new();
+        for chunk in event_nids.chunks(CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT DISTINCT g.event_nid FROM event_edges g \
+                 LEFT JOIN events c ON c.event_nid = g.cited_event_nid \
+                 WHERE g.event_nid IN ({}) AND g.kind = 0 \
+                 AND (g.cited_event_nid IS NULL OR c.status = 'outlier')",
+                placeholders.join(", ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                out.extend(query.fetch_all(pool).await?);
+            });
+        }
+        Ok(out)
+    }
+
     /// A room's forward extremities: the nids of its events that no stored event cites as a
     /// prev event, in nid order.
     pub async fn forward_extremities(&self, room_nid: i64) -> Result<Vec<i64>, StoreError> {

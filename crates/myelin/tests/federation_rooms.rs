@@ -1137,7 +1137,16 @@ async fn concurrent_membership_changes_on_two_servers_converge_on_all_three() {
                 join_via(server, user, &room_id, via).await;
             }
             // A join made where the room already was reaches only the servers in the room
-            // then; a later event that follows it brings it to the others.
+            // then; a later event that follows it (once A has it) brings it to the others.
+            for user in [&bob, &b2, &carol, &c2] {
+                eventually("A to see the joins", || async {
+                    membership(a, &alice, &room_id, &user.user_id)
+                        .await
+                        .as_deref()
+                        == Some("join")
+                })
+                .await;
+            }
             say(a, &alice, &room_id, &format!("all in {version}")).await;
             let everyone = [(a, &alice), (b, &bob), (c, &carol)];
             let before = converged_state("the room after the joins", &everyone, &room_id).await;
@@ -1260,6 +1269,17 @@ async fn a_server_that_was_down_catches_up_with_the_room() {
         join_via(&servers[1], &bob, &room_id, "hs-a.test").await;
         join_via(&servers[1], &b2, &room_id, "hs-a.test").await;
         join_via(&servers[2], &carol, &room_id, "hs-a.test").await;
+        // Bob2's join (made at B, already in the room) reaches C through an event of A's
+        // that follows it.
+        for user in [&bob, &b2, &carol] {
+            eventually("A to see the joins", || async {
+                membership(&servers[0], &alice, &room_id, &user.user_id)
+                    .await
+                    .as_deref()
+                    == Some("join")
+            })
+            .await;
+        }
         say(&servers[0], &alice, &room_id, "all in").await;
         {
             let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
@@ -1676,6 +1696,84 @@ async fn a_resident_that_left_the_allowed_room_cannot_grant_a_restricted_join() 
             )
             .await;
         assert_eq!(status, 200, "{kind:?}: {body}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// A server first met through a typing notice (the joining server's own join went through
+/// the resident, so nothing else of its user's has gone there yet) still gets the read
+/// receipt stored right after (Complement's TestACLsForEDUs).
+#[tokio::test]
+async fn a_receipt_right_after_typing_reaches_a_server_first_met_through_typing() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "10"}),
+            )
+            .await;
+        let (status, sent) = a
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                    enc(&room_id)
+                ),
+                &alice.access_token,
+                json!({"msgtype": "m.text", "body": "read me"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        let event_id = sent["event_id"].as_str().unwrap().to_owned();
+        join_via(b, &bob, &room_id, "hs-a.test").await;
+        eventually("the message at B", || async {
+            bodies(b, &bob, &room_id)
+                .await
+                .contains(&"read me".to_owned())
+        })
+        .await;
+
+        let (status, body) = b
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(&room_id),
+                    enc(&bob.user_id)
+                ),
+                &bob.access_token,
+                json!({"typing": true, "timeout": 10000}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room_id)),
+                &bob.access_token,
+                json!({"m.read": event_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+
+        eventually("bob's receipt at A", || async {
+            let (_, synced) = a
+                .get("/_matrix/client/v3/sync?timeout=0", &alice.access_token)
+                .await;
+            synced["rooms"]["join"][&room_id]["ephemeral"]["events"]
+                .as_array()
+                .is_some_and(|events| {
+                    events.iter().any(|e| {
+                        e["type"] == "m.receipt"
+                            && e["content"][&event_id]["m.read"][&bob.user_id].is_object()
+                    })
+                })
+        })
+        .await;
         for server in servers {
             server.stop().await;
         }

@@ -310,6 +310,32 @@ impl Store {
         Ok(row)
     }
 
+    /// `destination` is owed the receipts past `after` (a receipt just stored at `after + 1`):
+    /// created so if new, else its receipt position moved back to `after` if it is already
+    /// past it (a row made for the destination in the meantime started at the receipts head,
+    /// which may include that receipt). At worst a receipt already delivered goes again.
+    pub async fn owe_federation_receipts_after(
+        &self,
+        destination: &str,
+        after: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            sqlx::query(
+                "INSERT INTO federation_destinations (destination, event_position, receipt_position) \
+                 SELECT $1, f.position, $2 FROM federation_fanout f WHERE f.id = 0 \
+                 ON CONFLICT (destination) DO UPDATE SET receipt_position = excluded.receipt_position \
+                 WHERE federation_destinations.receipt_position > excluded.receipt_position",
+            )
+            .bind(destination)
+            .bind(after)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Our events to send (of `origin`'s users, and relayed ones) a destination may be owed past `after`, oldest
     /// first, at most `limit`. The caller still checks each event's destinations.
     pub async fn federation_pending_events(

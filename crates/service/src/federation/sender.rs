@@ -143,11 +143,25 @@ pub struct DestinationStatus {
 }
 
 /// One destination's worker: woken when there may be something for it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Worker {
     wake: Notify,
     /// `(room id, user id) → typing`, latest wins.
     typing: Mutex<BTreeMap<(String, String), bool>>,
+    /// The receipt position of the destination's row as the worker last read it (`i64::MAX`
+    /// before it has): a receipt stored at or below it would be skipped, so its notice moves
+    /// the row back.
+    receipts_from: std::sync::atomic::AtomicI64,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker {
+            wake: Notify::new(),
+            typing: Mutex::default(),
+            receipts_from: std::sync::atomic::AtomicI64::new(i64::MAX),
+        }
+    }
 }
 
 /// A transaction built and not yet accepted: retried as it is.
@@ -651,11 +665,18 @@ impl Sender {
                     if server == &self.server_name {
                         continue;
                     }
-                    // A destination met here first is owed this receipt (one with a worker
-                    // has its row already).
-                    if !lock(&self.workers).contains_key(server) {
+                    // A destination met here first is owed this receipt, and so is one whose
+                    // worker has not read its row yet or read it past this receipt (a row
+                    // it created when a typing notice spawned it starts at the receipts head,
+                    // which may already include this receipt).
+                    let read_from = lock(&self.workers).get(server).map(|worker| {
+                        worker
+                            .receipts_from
+                            .load(std::sync::atomic::Ordering::Acquire)
+                    });
+                    if read_from.is_none_or(|from| from >= position) {
                         self.store
-                            .federation_destination(server.as_str(), Some(position - 1))
+                            .owe_federation_receipts_after(server.as_str(), position - 1)
                             .await?;
                     }
                     self.wake(server);
@@ -835,6 +856,9 @@ impl Sender {
             .store
             .federation_destination(destination.as_str(), None)
             .await?;
+        worker
+            .receipts_from
+            .store(row.receipt_position, std::sync::atomic::Ordering::Release);
         // Read before the events: everything up to it is accounted for in the rooms' rows.
         let fanned_out = self.store.federation_fanout_position().await?;
         if state.catching_up {

@@ -1258,6 +1258,76 @@ async fn backfill_answers_over_the_limit_or_from_another_room_are_ignored() {
     }
 }
 
+/// A redaction of an event this server has not got yet (another server's, on its way) may be
+/// sent with the redact power level only, and applies when the event arrives (Complement's
+/// TestFederationRedactSendsWithoutEvent).
+#[tokio::test]
+async fn a_redaction_of_an_event_not_yet_here_needs_power_and_applies_on_arrival() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let (prev, depth) = world.head().await;
+        let coming = world.bob_says("on its way", &prev, depth);
+        let redact_path = |txn: &str| {
+            format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/{txn}",
+                enc(&world.room_id),
+                enc(coming.event_id())
+            )
+        };
+        // Carol, a member without the power level, may not: whose the event is cannot be told.
+        let carol = world.server.register("carol").await;
+        let (status, body) = world
+            .server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&world.room_id)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = world
+            .server
+            .put(&redact_path("c1"), &carol.access_token, json!({}))
+            .await;
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        // Alice, the room's creator, may.
+        let (status, body) = world
+            .server
+            .put(
+                &redact_path("a1"),
+                &world.alice.access_token,
+                json!({"reason": "before it came"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+
+        let answer = world
+            .peer
+            .send("coming", vec![json_of(&coming)], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &coming), "{kind:?}: {answer:?}");
+        let (status, event) = world
+            .server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&world.room_id),
+                    enc(coming.event_id())
+                ),
+                &world.alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {event}");
+        assert_eq!(
+            event["content"],
+            json!({}),
+            "{kind:?}: arrived redacted: {event}"
+        );
+        world.stop().await;
+    }
+}
+
 /// A gap this server did not fill (events placed on the state the origin gave for the
 /// earliest it fetched) ends the next sync's timeline batch: what follows the gap, marked
 /// `limited`, without the local message from before it (Complement's TestSyncTimelineGap).

@@ -403,7 +403,7 @@ impl Rooms {
             current_state: cites_all.then_some(CurrentStateChange::Extend),
             txn: event.txn.as_ref().map(|txn| txn.key(sender.as_str())),
             redaction: redaction.and_then(|r| r.redacted_copy()),
-            redaction_waits: None,
+            redaction_waits: redaction.and_then(|r| r.waits()),
             redacted_by: None,
             now,
             push_inputs: Some((members, &context.state)),

@@ -1,8 +1,9 @@
 //! Redactions by local users, whichever endpoint they come through (`/redact` or
 //! `/send/m.room.redaction`): the one rule that decides whether a redaction may be sent (the
 //! redacter is joined, the target is in the same room, and it is the redacter's own event or
-//! they have the redact power level), and the redacted copy of the target, which is written in
-//! the same transaction as the redaction.
+//! they have the redact power level; a target not stored here needs the power level, and the
+//! redaction waits for it), and the redacted copy of the target, which is written in the same
+//! transaction as the redaction.
 //!
 //! The auth rules leave the "own event" check to the resident server (before room version 11
 //! they only compare the servers of the two senders), so without this rule a member could
@@ -28,11 +29,20 @@ pub(crate) struct RedactionRuled {
     redacts: String,
     /// The target's redacted JSON, unless it was redacted before (the first redaction stays).
     redacted_copy: Option<String>,
+    /// The target is not stored here: the redaction (by a redacter with the redact power
+    /// level) waits for it, and applies if it arrives in this room.
+    waits_for_target: bool,
 }
 
 impl RedactionRuled {
     pub(crate) fn redacts(&self) -> &str {
         &self.redacts
+    }
+
+    /// `(target, by power)` for the store when the target is yet to arrive.
+    pub(crate) fn waits(&self) -> Option<(&str, bool)> {
+        self.waits_for_target
+            .then_some((self.redacts.as_str(), true))
     }
 
     /// `(target, redacted JSON)` for the store.
@@ -94,13 +104,18 @@ impl Rooms {
             return Err(not_in_room());
         }
         let version = version_of(&room)?;
-        let target_row = self
-            .store
-            .event(event_id)
-            .await?
-            .filter(|row| row.room_nid == room.room_nid)
-            .ok_or_else(|| Error::NotFound("Event not found".to_owned()))?;
-        let target = pdu_of(&target_row, version)?;
+        // A stored target must be of this room. One not stored here (another server's event
+        // this server never got) may be redacted only with the redact power level: whose it
+        // is cannot be told, and the redaction applies only if it turns up in this room.
+        let target_row = match self.store.event(event_id).await? {
+            Some(row) if row.room_nid == room.room_nid => Some(row),
+            Some(_) => return Err(Error::NotFound("Event not found".to_owned())),
+            None => None,
+        };
+        let target = target_row
+            .as_ref()
+            .map(|row| pdu_of(row, version))
+            .transpose()?;
         let keys = [
             ("m.room.create".to_owned(), String::new()),
             ("m.room.power_levels".to_owned(), String::new()),
@@ -119,7 +134,7 @@ impl Rooms {
             .transpose()?;
         // In account-key rooms the redactor is its key-form id, as the room's events name it.
         let redactor = self.room_user_id(version, &user.user_id).await?;
-        let own = target.sender() == redactor;
+        let own = target.as_ref().is_some_and(|t| t.sender() == redactor);
         let powerful = user_power_level(version, &redactor, &create, power.as_ref())
             >= PowerLevel::Int(redact_level(version, power.as_ref()));
         if !own && !powerful {
@@ -136,12 +151,12 @@ impl Rooms {
         if version.redaction() == RedactionAlgorithm::V11 {
             fields.insert("redacts".to_owned(), json!(event_id));
         }
-        let redacted_copy = match target_row.redacted_by {
-            Some(_) => None,
-            None => Some(to_canonical_string(
+        let redacted_copy = match (&target_row, &target) {
+            (Some(row), Some(target)) if row.redacted_by.is_none() => Some(to_canonical_string(
                 &redact(target.json(), version)
                     .map_err(|e| Error::Internal(format!("redacting {event_id}: {e}")))?,
             )),
+            _ => None,
         };
         self.send(
             &room,
@@ -153,6 +168,7 @@ impl Rooms {
                 ruled: Ruled::Redaction(RedactionRuled {
                     redacts: event_id.to_owned(),
                     redacted_copy,
+                    waits_for_target: target_row.is_none(),
                 }),
                 txn: Some(txn),
             },

@@ -78,7 +78,7 @@ async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<Response, M
     let (mut parts, body) = response.into_parts();
     let mut body: Value = serde_json::from_slice(&body)
         .map_err(|e| MatrixError::internal(format!("re-reading the sync response: {e}")))?;
-    write_out_limited(&mut body);
+    write_out_defaults(&mut body);
     let body = serde_json::to_vec(&body)
         .map_err(|e| MatrixError::internal(format!("serializing the sync response: {e}")))?;
     parts.headers.insert(
@@ -88,10 +88,11 @@ async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<Response, M
     Ok(Response::from_parts(parts, axum::body::Body::from(body)))
 }
 
-/// Sets `limited: false` on every joined and left room's timeline that lacks the flag. The spec
-/// makes it optional (absent means false) and ruma leaves it out when false, but clients and
-/// Complement read a timeline without it as malformed; Synapse always sends it.
-fn write_out_limited(body: &mut Value) {
+/// Writes out what ruma leaves out when empty and clients and Complement read as missing:
+/// `limited: false` on every joined and left room's timeline (the spec makes it optional,
+/// absent meaning false), and a joined room's `ephemeral` and `account_data` with no events.
+/// Synapse always sends them.
+fn write_out_defaults(body: &mut Value) {
     for section in ["join", "leave"] {
         let Some(rooms) = body
             .get_mut("rooms")
@@ -103,6 +104,14 @@ fn write_out_limited(body: &mut Value) {
         for room in rooms.values_mut() {
             if let Some(timeline) = room.get_mut("timeline").and_then(Value::as_object_mut) {
                 timeline.entry("limited").or_insert(Value::Bool(false));
+            }
+            if section == "join"
+                && let Some(room) = room.as_object_mut()
+            {
+                for key in ["ephemeral", "account_data"] {
+                    room.entry(key)
+                        .or_insert_with(|| serde_json::json!({"events": []}));
+                }
             }
         }
     }
@@ -158,4 +167,31 @@ async fn sync_response(
     response.device_unused_fallback_key_types =
         section(&answer["device_unused_fallback_key_types"])?;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::write_out_defaults;
+
+    #[test]
+    fn empty_sections_of_joined_rooms_are_written_out() {
+        let mut body = json!({"rooms": {
+            "join": {"!a:hs": {"timeline": {"events": []}}},
+            "leave": {"!b:hs": {"timeline": {"events": [], "limited": true}}},
+        }});
+        write_out_defaults(&mut body);
+        assert_eq!(
+            body,
+            json!({"rooms": {
+                "join": {"!a:hs": {
+                    "timeline": {"events": [], "limited": false},
+                    "ephemeral": {"events": []},
+                    "account_data": {"events": []},
+                }},
+                "leave": {"!b:hs": {"timeline": {"events": [], "limited": true}}},
+            }})
+        );
+    }
 }

@@ -963,6 +963,152 @@ async fn an_invite_from_one_myelin_reaches_the_others_sync() {
     }
 }
 
+/// An invite rescinded by its inviter (a kick of the invitee) reaches the invitee's server,
+/// which is not in the room, and the invitee's clients see the room left; the same leave from
+/// another member of the room is not the inviter's to give and is not taken (Complement's
+/// TestFederationRoomsInvite rescind cases).
+#[tokio::test]
+async fn only_the_inviter_rescinds_an_invite_across_servers() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs1.test", "hs2.test"], |_, _| {}).await;
+        let alice = servers[0].register("alice").await;
+        let alice2 = servers[0].register("alice2").await;
+        let bob = servers[1].register("bob").await;
+        let invited_by = |inviter: &myelin_testkit::TestUser, room_id: String| {
+            let server = &servers[0];
+            let token = inviter.access_token.clone();
+            async move {
+                let (status, body) = server
+                    .post(
+                        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+                        &token,
+                        json!({"user_id": "@bob:hs2.test"}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        };
+        let kick = |room_id: String| {
+            let server = &servers[0];
+            let token = alice.access_token.clone();
+            async move {
+                let (status, body) = server
+                    .post(
+                        &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+                        &token,
+                        json!({"user_id": "@bob:hs2.test", "reason": "changed my mind"}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        };
+        let bob_sees = |room_id: String| {
+            let server = &servers[1];
+            let token = bob.access_token.clone();
+            async move {
+                let filter = enc(r#"{"room":{"include_leave":true}}"#);
+                let (_, sync) = server
+                    .get(
+                        &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+                        &token,
+                    )
+                    .await;
+                if sync["rooms"]["leave"].get(&room_id).is_some() {
+                    "leave"
+                } else if sync["rooms"]["invite"].get(&room_id).is_some() {
+                    "invite"
+                } else {
+                    "nothing"
+                }
+            }
+        };
+
+        // Alice invites bob and rescinds it.
+        let room_id = servers[0]
+            .create_room(&alice, json!({"preset": "private_chat"}))
+            .await;
+        invited_by(&alice, room_id.clone()).await;
+        assert_eq!(bob_sees(room_id.clone()).await, "invite", "{kind:?}");
+        kick(room_id.clone()).await;
+        let mut seen = "";
+        for _ in 0..100 {
+            seen = bob_sees(room_id.clone()).await;
+            if seen == "leave" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, "leave", "{kind:?}: the rescission reached bob");
+
+        // Alice2 invites bob, alice kicks him: not the inviter, bob keeps the invite.
+        let room_id = servers[0]
+            .create_room(
+                &alice,
+                json!({"preset": "trusted_private_chat", "invite": [alice2.user_id]}),
+            )
+            .await;
+        let (status, body) = servers[0]
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
+                &alice2.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        invited_by(&alice2, room_id.clone()).await;
+        assert_eq!(bob_sees(room_id.clone()).await, "invite", "{kind:?}");
+        // A room both are in, whose next message travels to hs2 after the kick (one
+        // transaction at a time per destination): once bob has it, hs2 has judged the kick.
+        let probe = servers[0]
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await;
+        let (status, body) = servers[1]
+            .post(
+                &format!("/_matrix/client/v3/join/{}?via=hs1.test", enc(&probe)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        kick(room_id.clone()).await;
+        let (status, body) = servers[0]
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/p1",
+                    enc(&probe)
+                ),
+                &alice.access_token,
+                json!({"msgtype": "m.text", "body": "after the kick"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let mut arrived = false;
+        for _ in 0..100 {
+            let (_, page) = servers[1]
+                .get(
+                    &format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&probe)),
+                    &bob.access_token,
+                )
+                .await;
+            if page.to_string().contains("after the kick") {
+                arrived = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(arrived, "{kind:?}: the probe message reached hs2");
+        assert_eq!(
+            bob_sees(room_id.clone()).await,
+            "invite",
+            "{kind:?}: a leave from another member than the inviter"
+        );
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_invite_from_an_ignored_user_is_taken_but_not_shown() {
     for kind in test_backends() {

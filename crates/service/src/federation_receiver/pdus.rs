@@ -1,5 +1,6 @@
 //! The PDUs of a transaction: grouped by room (the `room_id` each names), refused each for a
-//! room this server does not know or is not in, or whose ACL denies the origin; else handed
+//! room this server does not know or is not in (but for an inviter's rescission of a local
+//! user's invite, `Rooms::receive_rescinded_invite`), or whose ACL denies the origin; else handed
 //! to the receive pipeline room by room with the keys of the servers that signed them. What
 //! they cite and this server lacks is then fetched and they are handed in again, a few rounds
 //! at most, each round doing the first of these that applies:
@@ -85,12 +86,36 @@ impl Services {
                     );
                 }
                 Ok(RoomFor::NotIn(room)) => {
-                    tracing::info!(%origin, %room_id, "dropped events of a room this server is not in");
-                    refuse(
-                        &mut results,
-                        Some(&room.room_version),
-                        &format!("This server is not in room {room_id}"),
-                    );
+                    // The one kind of event taken for a room this server is not in: the
+                    // inviter rescinding a local user's invite (the rooms area decides).
+                    let mut rest = Vec::new();
+                    for bytes in &batch {
+                        match self
+                            .rooms
+                            .receive_rescinded_invite(origin, &room, bytes)
+                            .await
+                        {
+                            Ok(true) => {
+                                if let Some(id) = event_id_of(Some(&room.room_version), bytes) {
+                                    results.insert(id, None);
+                                }
+                            }
+                            Ok(false) => rest.push(*bytes),
+                            Err(err) => {
+                                tracing::warn!(%origin, %room_id, %err, "could not take a leave for an invitee");
+                                rest.push(*bytes);
+                            }
+                        }
+                    }
+                    if !rest.is_empty() {
+                        tracing::info!(%origin, %room_id, "dropped events of a room this server is not in");
+                    }
+                    for bytes in rest {
+                        if let Some(id) = event_id_of(Some(&room.room_version), bytes) {
+                            results
+                                .insert(id, Some(format!("This server is not in room {room_id}")));
+                        }
+                    }
                 }
                 Ok(RoomFor::Denied(room)) => {
                     tracing::info!(%origin, %room_id, "refused events of a server the room's ACL denies");

@@ -18,6 +18,10 @@
 //!   server (then the servers named in the invite's stripped state); if none takes it, the leave
 //!   is made out of band, here only, as the spec allows: the invite is gone from the user's
 //!   syncs either way.
+//! - Rescission ([`Rooms::receive_rescinded_invite`], from the transaction receiver): the
+//!   inviter's leave for the invitee (a kick), sent to the invitee's server as the target's, is
+//!   taken for a room this server is not in only from the inviter, through their server, validly
+//!   signed, and stored outside the room like a rejection.
 //!
 //! Account-key rooms (MSC4243) have an invite handshake of their own (`room_version::invite`),
 //! not spoken over federation yet: both directions refuse them.
@@ -122,6 +126,71 @@ impl Rooms {
         Ok(matches!(membership.as_str(), "invite" | "knock")
             && self.store.event_status(event_nid).await?
                 == Some(myelin_store::EventStatus::Outlier))
+    }
+
+    /// A leave for a local user whose invite to `room` (a room this server is not in) is held
+    /// outside it, arriving in a transaction from `origin`: the inviter rescinding the invite
+    /// (a kick of an invitee). Taken only from the user who sent the invite, through their
+    /// server, validly signed; then stored outside the room like a rejection, and the invitee's
+    /// clients see the room left. Returns whether it was taken (`false`: not such a leave,
+    /// and the caller refuses it as for any room this server is not in).
+    pub async fn receive_rescinded_invite(
+        &self,
+        origin: &ServerName,
+        room: &RoomRow,
+        bytes: &[u8],
+    ) -> Result<bool> {
+        let version = version_of(room)?;
+        let Ok(pdu) = Pdu::from_federation(bytes, version) else {
+            return Ok(false);
+        };
+        let Some(invitee) = pdu.state_key().and_then(|key| UserId::parse(key).ok()) else {
+            return Ok(false);
+        };
+        if pdu.event_type() != "m.room.member"
+            || super::append::membership_of(&pdu).as_deref() != Some("leave")
+            || pdu.room_id() != Some(room.room_id.as_str())
+            || !self.is_local(&invitee)
+            || !self.member_from_outside(room, &invitee).await?
+        {
+            return Ok(false);
+        }
+        let Some((membership, invite_nid, _)) = self
+            .store
+            .membership(room.room_nid, invitee.as_str())
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Some(invite) = self.store.event_by_nid(invite_nid).await? else {
+            return Ok(false);
+        };
+        let inviter_server = UserId::parse(invite.sender.as_str())
+            .map(|sender| sender.server_name() == origin)
+            .unwrap_or(false);
+        if membership != "invite" || invite.sender != pdu.sender() || !inviter_server {
+            tracing::info!(room_id = %room.room_id, %origin, sender = pdu.sender(), %invitee, "ignored a leave for an invitee not sent by the inviter");
+            return Ok(false);
+        }
+        let keys = self.signing_keys(version, std::iter::once(&pdu)).await?;
+        if !matches!(
+            verify_pdu(&pdu, version, &keys),
+            Ok(myelin_room_version::verify::Verified::All)
+        ) {
+            return Ok(false);
+        }
+        self.persist_outside(
+            &room.room_id,
+            version,
+            &room.creator,
+            &pdu,
+            invitee.as_str(),
+            "leave",
+            None,
+        )
+        .await?;
+        tracing::info!(room_id = %room.room_id, %invitee, "the inviter rescinded an invite");
+        Ok(true)
     }
 
     /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` from `origin` (see the module

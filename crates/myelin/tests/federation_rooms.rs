@@ -1779,3 +1779,46 @@ async fn a_receipt_right_after_typing_reaches_a_server_first_met_through_typing(
         }
     }
 }
+
+/// A page of `/messages` larger than one backfill answer (100 events) is filled by several
+/// (Complement's TestMessagesOverFederation asks for 200 of 300).
+#[tokio::test]
+async fn a_large_page_of_history_is_filled_by_several_backfills() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "12"}),
+            )
+            .await;
+        for i in 0..250 {
+            say(a, &alice, &room_id, &format!("old {i}")).await;
+        }
+        join_via(b, &bob, &room_id, "hs-a.test").await;
+        let (status, page) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200",
+                    enc(&room_id)
+                ),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {page}");
+        let chunk = page["chunk"].as_array().unwrap();
+        assert_eq!(chunk.len(), 200, "{kind:?}: a full page");
+        assert!(page["end"].is_string(), "{kind:?}: more to read");
+        // The rest, to the create event, with the next page.
+        let at_b = timeline_ids(b, &bob, &room_id).await;
+        let at_a = timeline_ids(a, &alice, &room_id).await;
+        assert_eq!(at_b, at_a, "{kind:?}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! History this server lacks, fetched from the other servers of a room (the spec's backfill):
 //! when a client's `/messages` walking backwards reaches the start of what is stored, and the
 //! room's history goes on before it (its backward extremities: the prev events of a join
-//! through another server, and what earlier backfills stopped at), one `/backfill` request
-//! asks a server of the room for the events before them.
+//! through another server, and what earlier backfills stopped at), a `/backfill` request asks
+//! a server of the room for the events before them (a few in turn for a page larger than one
+//! answer).
 //!
 //! The answer goes through the receive pipeline as history (`Placement::Backfilled`: below
 //! every live stream position, so `/sync` never shows it as new; placed by depth for
@@ -26,6 +27,8 @@ use crate::{
     rooms::{BACKFILL_MAX, Direction, MessagesPage, PageRequest, Received},
 };
 
+/// Backfills one `/messages` page may take (each at most 100 events).
+const BACKFILL_ROUNDS: usize = 5;
 /// Backward extremities named in one request.
 const EXTREMITIES_ASKED: i64 = 20;
 /// Servers of the room asked in turn.
@@ -37,28 +40,44 @@ const ENVELOPE_BYTES: usize = 4 * 1024;
 
 impl Services {
     /// `GET /rooms/{roomId}/messages`: the page as stored; a backwards page that reaches the
-    /// start of the stored history backfills once and is read again.
+    /// start of the stored history backfills and is read again, until it is full, a backfill
+    /// brings nothing, or [`BACKFILL_ROUNDS`] have gone (a page larger than one backfill, at
+    /// most 100 events, takes several).
     pub async fn room_messages(
         &self,
         user: &UserId,
         room_id: &str,
         page: &PageRequest<'_>,
     ) -> Result<MessagesPage> {
-        let first = self.rooms.messages(user, room_id, page).await?;
-        if page.dir != Direction::Backward || first.end.is_some() {
-            return Ok(first);
+        let mut read = self.rooms.messages(user, room_id, page).await?;
+        if page.dir != Direction::Backward {
+            return Ok(read);
         }
-        match self.backfill(room_id, page.limit).await {
-            Ok(0) => Ok(first),
-            Ok(stored) => {
-                tracing::debug!(%room_id, stored, "backfilled history for /messages");
-                self.rooms.messages(user, room_id, page).await
+        let mut more_remote = false;
+        for _ in 0..BACKFILL_ROUNDS {
+            if read.end.is_some() {
+                break;
             }
-            Err(err) => {
-                tracing::warn!(%room_id, %err, "backfill failed");
-                Ok(first)
+            more_remote = false;
+            match self.backfill(room_id, page.limit).await {
+                Ok(0) => break,
+                Ok(stored) => {
+                    tracing::debug!(%room_id, stored, "backfilled history for /messages");
+                    read = self.rooms.messages(user, room_id, page).await?;
+                    more_remote = true;
+                }
+                Err(err) => {
+                    tracing::warn!(%room_id, %err, "backfill failed");
+                    break;
+                }
             }
         }
+        // The rounds ran out with history still coming: the client is told to read on (its
+        // next page backfills again) rather than that the room starts here.
+        if read.end.is_none() && more_remote {
+            read.end = read.resume.clone();
+        }
+        Ok(read)
     }
 
     /// Fetches up to `limit` (at most 100) events of room `room_id` from before its backward

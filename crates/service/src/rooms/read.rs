@@ -26,6 +26,9 @@ pub struct MessagesPage {
     pub end: Option<String>,
     /// With lazy-loaded members: the member events of the chunk's senders.
     pub state: Vec<Value>,
+    /// Where a further page would start (the token of the last event read), also when the
+    /// history stored here ended (`end` is then `None`): backfill may yet bring more.
+    pub resume: Option<String>,
 }
 
 /// The event fields of a filter (`RoomEventFilter`): which types and senders to include.
@@ -674,9 +677,8 @@ impl Rooms {
                 limit: limit as i64,
             })
             .await?;
-        let end = (rows.len() == limit)
-            .then(|| rows.last().map(|r| HistoryToken::of(r).encode()))
-            .flatten();
+        let resume = rows.last().map(|r| HistoryToken::of(r).encode());
+        let end = (rows.len() == limit).then(|| resume.clone()).flatten();
         let visible = self.visible_rows(&rows, user).await?;
         let mut chunk = Vec::new();
         let mut first_row = None;
@@ -705,6 +707,7 @@ impl Rooms {
             start,
             end,
             state,
+            resume,
         })
     }
 

@@ -1822,3 +1822,51 @@ async fn a_large_page_of_history_is_filled_by_several_backfills() {
         }
     }
 }
+
+/// A local user's presence change reaches the users of other servers sharing a room with them
+/// (Complement's TestRemotePresence).
+#[tokio::test]
+async fn presence_changes_reach_members_of_shared_rooms_on_other_servers() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "11"}),
+            )
+            .await;
+        join_via(b, &bob, &room_id, "hs-a.test").await;
+        for (state, status) in [("online", Some("across servers")), ("unavailable", None)] {
+            let mut body = json!({"presence": state});
+            if let Some(status) = status {
+                body["status_msg"] = json!(status);
+            }
+            let (code, reply) = a
+                .put(
+                    &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+                    &alice.access_token,
+                    body,
+                )
+                .await;
+            assert_eq!(code, 200, "{reply}");
+            eventually("alice's presence at B", || async {
+                let (_, presence) = b
+                    .get(
+                        &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+                        &bob.access_token,
+                    )
+                    .await;
+                presence["presence"] == state
+                    && status.is_none_or(|status| presence["status_msg"] == status)
+            })
+            .await;
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -583,7 +583,26 @@ impl Ephemeral {
             .set_presence(target.as_str(), state, status_msg, now_millis())
             .await?;
         self.notify.notify();
+        self.publish_presence(target, state, status_msg);
         Ok(())
+    }
+
+    /// Tells the federation sender of a local user's new presence (for the servers sharing a
+    /// room with them): just active, as the change was the user's doing.
+    fn publish_presence(&self, user: &UserId, state: &str, status_msg: Option<&str>) {
+        let mut presence = serde_json::json!({
+            "user_id": user.as_str(),
+            "presence": state,
+            "last_active_ago": 0,
+            "currently_active": state == "online",
+        });
+        if let Some(status_msg) = status_msg {
+            presence["status_msg"] = Value::from(status_msg);
+        }
+        self.publish(crate::federation::EduNotice::Presence {
+            user_id: user.to_string(),
+            presence,
+        });
     }
 
     /// A remote user's presence, as their server's `m.presence` EDU tells it (the federation
@@ -624,6 +643,7 @@ impl Ephemeral {
                 .set_presence(user.as_str(), state, status.as_deref(), now_millis())
                 .await?;
             self.notify.notify();
+            self.publish_presence(user, state, status.as_deref());
         }
         Ok(())
     }

@@ -27,8 +27,9 @@
 //! - EDUs, at most 100 per transaction: local users' public read receipts (from the receipts
 //!   stream, with a persisted position per destination, to the servers in the room now), typing
 //!   notifications (in memory, best effort, dropped for destinations that are backing off), and
-//!   to-device messages for remote users (persisted in the outbox until delivered). Device-list
-//!   updates (`m.device_list_update`) and presence are left to the E2EE and presence work.
+//!   to-device messages for remote users (persisted in the outbox until delivered), and local
+//!   users' presence changes (in memory, best effort, to the servers sharing a room with them).
+//!   Device-list updates (`m.device_list_update`) are left to the E2EE work.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -68,6 +69,10 @@ const FANOUT_BATCH: i64 = 500;
 const RECEIPTS_PER_TXN: i64 = 50;
 /// Typing notifications kept per destination between transactions.
 const MAX_TYPING_QUEUED: usize = 200;
+/// Users' presence kept per destination between transactions.
+const MAX_PRESENCE_QUEUED: usize = 1000;
+/// Users in the one `m.presence` EDU of a transaction.
+const PRESENCE_PER_TXN: usize = 100;
 /// Typing EDUs per transaction.
 const TYPING_PER_TXN: usize = 20;
 /// Joined servers cached by state snapshot (snapshots are immutable).
@@ -101,6 +106,9 @@ pub enum EduNotice {
     },
     /// A local user's public read receipt was stored at `position` of the receipts stream.
     Receipt { room_id: String, position: i64 },
+    /// A local user's presence changed: `presence` is the `m.presence` EDU's entry for them
+    /// (`user_id`, `presence`, `status_msg`, `last_active_ago`, `currently_active`).
+    Presence { user_id: String, presence: Value },
     /// EDUs were put in the outbox for these destinations.
     Outbox { destinations: Vec<OwnedServerName> },
 }
@@ -148,6 +156,8 @@ struct Worker {
     wake: Notify,
     /// `(room id, user id) → typing`, latest wins.
     typing: Mutex<BTreeMap<(String, String), bool>>,
+    /// `user id → presence entry`, latest wins (best effort, like typing).
+    presence: Mutex<BTreeMap<String, Value>>,
     /// The receipt position of the destination's row as the worker last read it (`i64::MAX`
     /// before it has): a receipt stored at or below it would be skipped, so its notice moves
     /// the row back.
@@ -159,6 +169,7 @@ impl Default for Worker {
         Worker {
             wake: Notify::new(),
             typing: Mutex::default(),
+            presence: Mutex::default(),
             receipts_from: std::sync::atomic::AtomicI64::new(i64::MAX),
         }
     }
@@ -657,6 +668,30 @@ impl Sender {
                     }
                 }
             }
+            EduNotice::Presence { user_id, presence } => {
+                // To every server sharing a room with the user now; best effort, as typing.
+                let backoff = self.outbound.backoff().clone();
+                let mut servers: BTreeSet<OwnedServerName> = BTreeSet::new();
+                for room_id in self.store.rooms_with_membership(&user_id, "join").await? {
+                    if let Some(room) = self.store.room(&room_id).await? {
+                        servers.extend(self.servers_now(room.room_nid).await?.iter().cloned());
+                    }
+                }
+                for server in servers {
+                    if server == self.server_name || backoff.retry_at(&server).is_some() {
+                        continue;
+                    }
+                    if let Some(worker) = self.worker(&server) {
+                        {
+                            let mut queued = lock(&worker.presence);
+                            if queued.len() < MAX_PRESENCE_QUEUED || queued.contains_key(&user_id) {
+                                queued.insert(user_id.clone(), presence.clone());
+                            }
+                        }
+                        worker.wake.notify_one();
+                    }
+                }
+            }
             EduNotice::Receipt { room_id, position } => {
                 let Some(room) = self.store.room(&room_id).await? else {
                     return Ok(());
@@ -952,6 +987,18 @@ impl Sender {
                 "m.typing",
                 json!({ "room_id": room_id, "user_id": user_id, "typing": typing }),
             )?);
+        }
+        // Presence, best effort: one EDU with every queued user's latest.
+        let presence: Vec<Value> = {
+            let mut queued = lock(&worker.presence);
+            let users: Vec<String> = queued.keys().take(PRESENCE_PER_TXN).cloned().collect();
+            users
+                .into_iter()
+                .filter_map(|user| queued.remove(&user))
+                .collect()
+        };
+        if !presence.is_empty() {
+            edus.push(edu("m.presence", json!({ "push": presence }))?);
         }
         // Persisted EDUs fill the rest.
         let room_left = MAX_EDUS.saturating_sub(edus.len()) as i64;

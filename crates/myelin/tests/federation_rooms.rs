@@ -1406,6 +1406,18 @@ async fn a_room_upgraded_on_one_server_is_followed_from_another() {
         })
         .await;
 
+        // Bob's push rule for the room follows him into the replacement.
+        let (status, body) = b
+            .put(
+                &format!(
+                    "/_matrix/client/v3/pushrules/global/room/{}",
+                    enc(&old_room)
+                ),
+                &bob.access_token,
+                json!({"actions": ["dont_notify"]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
         let (status, body) = a
             .post(
                 &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&old_room)),
@@ -1430,6 +1442,19 @@ async fn a_room_upgraded_on_one_server_is_followed_from_another() {
         // Bob follows by id, asking the server that sent the tombstone; bob2 by the alias,
         // which moved to the new room.
         join_via(b, &bob, &new_room, "hs-a.test").await;
+        let (status, rule) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/pushrules/global/room/{}",
+                    enc(&new_room)
+                ),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(
+            status, 200,
+            "{kind:?}: bob's push rule carried over: {rule}"
+        );
         let (status, body) = b
             .post(
                 &format!("/_matrix/client/v3/join/{}", enc("#upgraded:hs-a.test")),

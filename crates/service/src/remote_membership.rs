@@ -381,7 +381,10 @@ impl Services {
                 },
                 &keys,
             )
-            .await
+            .await?;
+        // As after a local join: the user's settings for a room this one replaces follow.
+        self.rooms.carry_over_after_join(room_id, user).await;
+        Ok(())
     }
 }
 

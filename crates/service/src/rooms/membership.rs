@@ -227,10 +227,24 @@ impl Rooms {
         Ok(event_id)
     }
 
+    /// [`Rooms::carry_over_from_predecessor`] after a join through another server (the join
+    /// stands whatever happens here: settings that do not follow are logged).
+    pub(crate) async fn carry_over_after_join(&self, room_id: &str, user: &UserId) {
+        let carried = match self.store.room(room_id).await {
+            Ok(Some(room)) => self.carry_over_from_predecessor(&room, user).await,
+            Ok(None) => Ok(()),
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = carried {
+            tracing::warn!(%room_id, %user, %err, "could not carry settings over from the predecessor room");
+        }
+    }
+
     /// After `user` joined `room`: if the room replaces another (its create event names a
     /// `predecessor`), the user's tags, direct chat entry and push rules for the old room are
     /// copied to this one (the spec's room upgrade module). Every join path comes here, the
-    /// replacement's creator included, whether the room came from `/upgrade` or from a client
+    /// replacement's creator included, and joins through another server
+    /// ([`Rooms::carry_over_after_join`]), whether the room came from `/upgrade` or from a client
     /// creating it with a `predecessor` itself.
     async fn carry_over_from_predecessor(&self, room: &RoomRow, user: &UserId) -> Result<()> {
         let keys = [("m.room.create".to_owned(), String::new())];

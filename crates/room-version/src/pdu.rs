@@ -462,9 +462,13 @@ pub fn check_format(json: &CanonicalJsonObject, version: &RoomVersion) -> Result
     if version.signing() == SigningScheme::AccountKey {
         KeyFormUserId::parse(sender).map_err(PduError::SenderNotKeyForm)?;
     }
+    // The spec limits `state_key` to 255 bytes, but Synapse has long counted code points, and
+    // rooms hold events with longer keys in bytes: refusing them here would break those rooms
+    // on this server (as it did Dendrite's). Other servers' events are held to 255 code
+    // points; the events this server signs to the spec's bytes (`build_pdu`).
     match json.get("state_key") {
         None => {}
-        Some(CanonicalJsonValue::String(s)) if s.len() > MAX_ID_BYTES => {
+        Some(CanonicalJsonValue::String(s)) if s.chars().count() > MAX_ID_BYTES => {
             return Err(PduError::FieldTooLong {
                 field: "state_key",
                 len: s.len(),
@@ -648,6 +652,16 @@ pub fn build_pdu(
                 "this room version is signed by server keys".into(),
             ));
         }
+    }
+    // What other servers may hold to code points (`check_format`), this server's own events
+    // keep to the spec's bytes.
+    if let Some(CanonicalJsonValue::String(key)) = partial.get("state_key")
+        && key.len() > MAX_ID_BYTES
+    {
+        return Err(PduError::FieldTooLong {
+            field: "state_key",
+            len: key.len(),
+        });
     }
     let hash = canonical::content_hash(&partial);
     let mut hashes = CanonicalJsonObject::new();

@@ -294,3 +294,33 @@ mod differential {
         }
     }
 }
+
+/// The events this server signs keep `state_key` to the spec's 255 bytes, though other
+/// servers' events are taken up to 255 code points.
+#[test]
+fn built_events_keep_state_keys_to_255_bytes() {
+    let key = KeyPair::from_base64_seed(SPEC_SEED).unwrap();
+    let signer = || EventSigner::Server {
+        server_name: "domain",
+        key_id: "ed25519:1",
+        key: &key,
+    };
+    let partial = |state_key: &str| {
+        parse_object(
+            json!({
+                "room_id": "!x:domain", "sender": "@a:domain", "origin_server_ts": 1,
+                "type": "my.state", "state_key": state_key, "content": {},
+                "prev_events": [], "auth_events": [], "depth": 3,
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let wide = "\u{1F4A5}".repeat(70);
+    assert!(matches!(
+        build_pdu(partial(&wide), v("10"), signer()),
+        Err(myelin_room_version::PduError::FieldTooLong { .. })
+    ));
+    build_pdu(partial(&"y".repeat(255)), v("10"), signer()).unwrap();
+}

@@ -79,6 +79,17 @@ fn size_limits() {
     let mut ok = valid(version);
     ok["state_key"] = json!("y".repeat(255));
     parse(&ok, version).unwrap();
+    // Another server's state key of 255 code points or fewer is taken even past 255 bytes
+    // (Synapse counts code points; rooms hold such events).
+    let mut wide = valid(version);
+    wide["state_key"] = json!("\u{1F4A5}".repeat(70));
+    parse(&wide, version).unwrap();
+    let mut too_wide = valid(version);
+    too_wide["state_key"] = json!("\u{1F4A5}".repeat(256));
+    assert!(matches!(
+        parse(&too_wide, version),
+        Err(PduError::FieldTooLong { .. })
+    ));
     // 21 prev_events, 11 auth_events.
     let mut e = valid(version);
     e["prev_events"] = json!((0..21).map(|i| format!("$p{i}")).collect::<Vec<_>>());

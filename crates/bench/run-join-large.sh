@@ -14,13 +14,16 @@
 #     myelin-bench's join-remote registers one user, takes a /sync token, and times
 #     `POST /join/{room}?server_name=A` and the join until that user's long-poll /sync lists the
 #     room. A fresh joining server per round: a second user of a server already in the room
-#     would not be a remote join, and a server that left keeps the state it fetched.
+#     would not be a remote join, and a server that left keeps the state it fetched. The
+#     joining servers stay up until the end, since their joins are in the state the later ones
+#     receive and check (the state grows by one member per earlier join).
 # Every run appends one JSON line to OUT (default /var/tmp/myelin-join-large-<UTC>.jsonl); the
 # joining servers' logs are copied next to OUT as OUT.b<round>.log and OUT.s<round>.log.
 #
 # Environment knobs:
 #   MEMBERS=10000 ROUNDS=3 ROOM_VERSION=12 SETUP_CONCURRENCY=8
-#   LAZY=0             1: join-remote's /sync asks for lazy-loaded members
+#   SYNC_MODES="full lazy"    each round joins once per mode: the joining user's /sync asks for
+#                             the whole state (full) or lazy-loaded members (lazy, as Element)
 #   SERVERS="myelin synapse"  which joining servers
 #   MYELIN_BIN, BENCH_BIN     (default: release builds in $CARGO_TARGET_DIR or /var/tmp/myelin-target)
 #   SYNAPSE_VENV              venv with matrix-synapse (default /var/tmp/myelin-synapse-venv)
@@ -36,7 +39,7 @@ MEMBERS="${MEMBERS:-10000}"
 ROUNDS="${ROUNDS:-3}"
 ROOM_VERSION="${ROOM_VERSION:-12}"
 SETUP_CONCURRENCY="${SETUP_CONCURRENCY:-8}"
-LAZY="${LAZY:-0}"
+SYNC_MODES="${SYNC_MODES:-full lazy}"
 SERVERS="${SERVERS:-myelin synapse}"
 SECRET="bench-shared-secret"
 OUT="${1:-/var/tmp/myelin-join-large-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
@@ -188,8 +191,7 @@ bench() { # label url pid scenario args...
         --time-limit-secs 900 --scenario "$@"
 }
 
-lazy=()
-[ "$LAZY" = 1 ] && lazy=(--lazy-load-members)
+LOGS=()
 
 start_myelin resident warn
 A_URL="$URL" A_PID="$PID" A_NAME="$NAME"
@@ -201,24 +203,24 @@ ROOM="$(printf '%s' "$line" | python3 -c 'import json, sys; print(json.load(sys.
 log "room $ROOM ready: $line"
 
 for round in $(seq 1 "$ROUNDS"); do
+  for mode in $SYNC_MODES; do
+    lazy=()
+    [ "$mode" = lazy ] && lazy=(--lazy-load-members)
     for server in $SERVERS; do
         case "$server" in
-            myelin) start_myelin "b$round" "info,ruma_state_res=warn"; label=myelin-b-sqlite ;;
-            synapse) start_synapse "s$round"; label=synapse-sqlite ;;
+            myelin) dir="b$round$mode" label=myelin-b-sqlite; start_myelin "$dir" "info,ruma_state_res=warn" ;;
+            synapse) dir="s$round$mode" label=synapse-sqlite; start_synapse "$dir" ;;
             *) log "unknown server $server"; exit 1 ;;
         esac
-        log "round $round: $label joins"
-        bench "$label" "$URL" "$PID" join-remote --tag "round$round" --prefix j_ --room "$ROOM" \
+        log "round $round ($mode): $label joins"
+        bench "$label" "$URL" "$PID" join-remote --tag "round$round-$mode" --prefix j_ --room "$ROOM" \
             --via "$A_NAME" "${lazy[@]}" >>"$OUT" || log "$label round $round failed (see $OUT)"
         tail -n 1 "$OUT" >&2
-        # Let a Synapse that joined with partial state finish its resync before it stops.
-        sleep 2
-        stop_pid "$PID"
-        case "$server" in
-            myelin) cp "$WORK/b$round/server.log" "$OUT.b$round.log" ;;
-            synapse) cp "$WORK/s$round/server.log" "$OUT.s$round.log" ;;
-        esac
-        rm -rf "$WORK/b$round" "$WORK/s$round"
+        # The joining server stays up until the end: its join is in the room's state now, and
+        # the next rounds' servers fetch its signing key from it to check that event.
+        LOGS+=("$WORK/$dir/server.log:$OUT.$dir.log")
     done
+  done
 done
+for pair in "${LOGS[@]}"; do cp "${pair%%:*}" "${pair#*:}"; done
 log "results in $OUT"

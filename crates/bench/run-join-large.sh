@@ -206,7 +206,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for mode in $SYNC_MODES; do
     lazy=()
     [ "$mode" = lazy ] && lazy=(--lazy-load-members)
-    for server in $SERVERS; do
+    # Alternate which server goes first, so that a drift in the machine's load hits both.
+    order="$SERVERS"
+    [ $((round % 2)) = 0 ] && order="$(printf '%s\n' $SERVERS | tac | tr '\n' ' ')"
+    for server in $order; do
         case "$server" in
             myelin) dir="b$round$mode" label=myelin-b-sqlite; start_myelin "$dir" "info,ruma_state_res=warn" ;;
             synapse) dir="s$round$mode" label=synapse-sqlite; start_synapse "$dir" ;;

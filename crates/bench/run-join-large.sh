@@ -18,7 +18,7 @@
 #     joining servers stay up until the end, since their joins are in the state the later ones
 #     receive and check (the state grows by one member per earlier join).
 # Every run appends one JSON line to OUT (default /var/tmp/myelin-join-large-<UTC>.jsonl); the
-# joining servers' logs are copied next to OUT as OUT.b<round>.log and OUT.s<round>.log.
+# joining servers' logs are copied next to OUT as OUT.b<round><mode>.log and OUT.s<round><mode>.log.
 #
 # Environment knobs:
 #   MEMBERS=10000 ROUNDS=3 ROOM_VERSION=12 SETUP_CONCURRENCY=8

@@ -650,6 +650,7 @@ async fn place(
             keys,
         )
         .await
+        .map(|_timings| ())
 }
 
 #[tokio::test]

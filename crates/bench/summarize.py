@@ -25,6 +25,9 @@ def key_and_value(r):
         return (f"initial sync, {r['rooms']} rooms, median", r["latency"]["median_ms"], "ms", True)
     if s == "wakeup":
         return ("wake-up latency, median", r["latency"]["median_ms"], "ms", True)
+    if s == "join-remote":
+        mode = "lazy-loading" if r["lazy_load_members"] else "full-state"
+        return (f"remote join to room in /sync ({mode} sync)", r["join_to_sync_s"], "s", True)
     return None
 
 
@@ -39,7 +42,16 @@ def extra_rows(r):
         out.append(("wake-up: the send alone, median", r["send_latency"]["median_ms"], "ms", True))
     if s == "sync-initial":
         out.append((f"initial sync, {r['rooms']} rooms, p95", r["latency"]["p95_ms"], "ms", True))
+    if s == "join-remote":
+        mode = "lazy-loading" if r["lazy_load_members"] else "full-state"
+        out.append((f"remote join: the /join request alone ({mode} sync)", r["join_request_s"], "s", True))
     return out
+
+
+def server_of(r):
+    """The server column: the joining Myelin of run-join-large.sh (myelin-b-<db>, beside the
+    resident myelin-a-<db>) is compared with Synapse as myelin-<db>."""
+    return r["server"].replace("myelin-b-", "myelin-", 1)
 
 
 def lines(paths):
@@ -67,7 +79,7 @@ def main(paths):
             if row not in units:
                 order.append(row)
             units[row] = (unit, lower)
-            runs[(row, r["server"])].append(value)
+            runs[(row, server_of(r))].append(value)
     servers = sorted({srv for (_, srv) in runs})
     dbs = sorted({srv.split("-", 1)[1] for srv in servers if "-" in srv})
     header = ["measure"] + servers + [f"Synapse/Myelin ({db})" for db in dbs]

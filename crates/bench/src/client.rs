@@ -54,7 +54,7 @@ pub struct User {
 impl Server {
     pub fn new(base: &str) -> Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_secs(900))
             .pool_max_idle_per_host(256)
             .build()?;
         Ok(Self {
@@ -133,14 +133,27 @@ impl Server {
     }
 
     pub async fn create_room(&self, user: &User, name: &str) -> Result<String> {
+        self.create_room_version(user, name, None).await
+    }
+
+    /// A public room, of `version` when given (else the server's default).
+    pub async fn create_room_version(
+        &self,
+        user: &User,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<String> {
         // A distinct key in the create event: in room version 12 the room ID is the create
         // event's hash, so two identical creates in the same millisecond would collide.
         let nonce = ROOM_NONCE.fetch_add(1, Ordering::Relaxed);
-        let body = json!({
+        let mut body = json!({
             "preset": "public_chat",
             "name": name,
             "creation_content": { "org.myelin.bench.nonce": format!("{}-{nonce}", std::process::id()) },
         });
+        if let Some(version) = version {
+            body["room_version"] = json!(version);
+        }
         let resp = self
             .call(
                 Method::POST,
@@ -157,6 +170,28 @@ impl Server {
         self.call(Method::POST, &path, Some(&user.token), Some(&json!({})))
             .await?;
         Ok(())
+    }
+
+    /// `POST /join/{room}?server_name=..` for each of `via`: a join through those servers when
+    /// this one is not in the room.
+    pub async fn join_via(&self, user: &User, room_id: &str, via: &[&str]) -> Result<()> {
+        let mut path = format!("/_matrix/client/v3/join/{}", enc(room_id));
+        for (i, server) in via.iter().enumerate() {
+            path.push(if i == 0 { '?' } else { '&' });
+            path.push_str(&format!("server_name={}", enc(server)));
+        }
+        self.call(Method::POST, &path, Some(&user.token), Some(&json!({})))
+            .await?;
+        Ok(())
+    }
+
+    /// How many members `GET /rooms/{room}/joined_members` lists.
+    pub async fn joined_member_count(&self, user: &User, room_id: &str) -> Result<usize> {
+        let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id));
+        let resp = self
+            .call(Method::GET, &path, Some(&user.token), None)
+            .await?;
+        Ok(resp["joined"].as_object().map_or(0, |j| j.len()))
     }
 
     /// Sends an `m.room.message` and returns its event ID.
@@ -206,6 +241,11 @@ pub fn enc(s: &str) -> String {
     out
 }
 
+/// Whether a sync response lists `room_id` under `rooms.join`.
+pub fn sync_has_joined_room(sync: &Value, room_id: &str) -> bool {
+    sync["rooms"]["join"].get(room_id).is_some()
+}
+
 /// Whether a sync response's timeline for `room_id` contains `event_id`.
 pub fn sync_has_event(sync: &Value, room_id: &str, event_id: &str) -> bool {
     sync["rooms"]["join"][room_id]["timeline"]["events"]
@@ -243,5 +283,13 @@ mod tests {
         assert!(sync_has_event(&sync, "!r:x", "$a"));
         assert!(!sync_has_event(&sync, "!r:x", "$b"));
         assert!(!sync_has_event(&sync, "!other:x", "$a"));
+    }
+
+    #[test]
+    fn finds_joined_room_in_sync() {
+        let sync = json!({"rooms": {"join": {"!r:x": {}}, "invite": {"!i:x": {}}}});
+        assert!(sync_has_joined_room(&sync, "!r:x"));
+        assert!(!sync_has_joined_room(&sync, "!i:x"));
+        assert!(!sync_has_joined_room(&json!({}), "!r:x"));
     }
 }

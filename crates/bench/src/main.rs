@@ -33,6 +33,14 @@ enum Scenario {
     Wakeup,
     /// (f) resident memory of `--pid` (VmRSS), no load.
     Memory,
+    /// Untimed set-up of the large-room join: `--count` users (default 10,000) registered on
+    /// the resident server, one creates a public room (`--room-version`), all the others join
+    /// it; prints the room ID.
+    JoinLargeSetup,
+    /// One fresh user of the server under test joins `--room` through `--via` (a server in
+    /// it): timed from sending `POST /join` until the user's long-poll `/sync` (from a token
+    /// taken before the join) lists the room under `rooms.join`.
+    JoinRemote,
 }
 
 #[derive(Debug, Parser)]
@@ -76,6 +84,19 @@ struct Args {
     /// Stop timed loops after this many seconds (what finished is reported).
     #[arg(long, default_value_t = 600)]
     time_limit_secs: u64,
+    /// Room version of the join-large-setup room.
+    #[arg(long, default_value = "12")]
+    room_version: String,
+    /// Room that join-remote joins.
+    #[arg(long)]
+    room: Option<String>,
+    /// Server name(s) join-remote joins through (`server_name` of `/join`).
+    #[arg(long)]
+    via: Vec<String>,
+    /// join-remote's syncs ask for lazy-loaded members (as Element does) instead of the whole
+    /// state.
+    #[arg(long)]
+    lazy_load_members: bool,
 }
 
 const PASSWORD: &str = "bench-password-1";
@@ -122,9 +143,11 @@ fn main() {
         .expect("tokio runtime");
     let started = SystemTime::now();
     let rss_before = args.pid.and_then(rss_kib);
+    let load_before = stats::loadavg();
     let result = runtime.block_on(run(&args));
     let finished = SystemTime::now();
     let rss_after = args.pid.and_then(rss_kib);
+    let load_after = stats::loadavg();
     let mut line = json!({
         "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()),
         "server": args.label,
@@ -135,6 +158,8 @@ fn main() {
         "pid": args.pid,
         "rss_kib_before": rss_before,
         "rss_kib_after": rss_after,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
     });
     let ok = match result {
         Ok(Value::Object(fields)) => {
@@ -176,6 +201,10 @@ async fn run(args: &Args) -> Result<Value> {
         Scenario::SendConcurrent => send_concurrent(&ctx, args, args.count.unwrap_or(20)).await,
         Scenario::SyncInitial => sync_initial(&ctx, args).await,
         Scenario::Wakeup => wakeup(&ctx, args.count.unwrap_or(100)).await,
+        Scenario::JoinLargeSetup => {
+            join_large_setup(&ctx, args, args.count.unwrap_or(10_000)).await
+        }
+        Scenario::JoinRemote => join_remote(&ctx, args).await,
         Scenario::Memory => {
             let Some(pid) = args.pid else {
                 bail!("memory needs --pid")
@@ -412,5 +441,128 @@ async fn wakeup(ctx: &Ctx, rounds: usize) -> Result<Value> {
         "send_latency": summarize(&send_lat),
         "early_returns": early_returns,
         "extra_syncs": extra_syncs,
+    }))
+}
+
+/// The resident side of the large-room join: `n` users, one room they are all joined to.
+async fn join_large_setup(ctx: &Ctx, args: &Args, n: usize) -> Result<Value> {
+    if n == 0 {
+        bail!("join-large-setup needs --count of at least 1");
+    }
+    let start = Instant::now();
+    let users = ctx.users("m", n, args.setup_concurrency).await?;
+    let register_s = start.elapsed().as_secs_f64();
+    let room = ctx
+        .server
+        .create_room_version(&users[0], "bench join-large", Some(&args.room_version))
+        .await?;
+    let joins = Instant::now();
+    let room_ref = &room;
+    stream::iter(users[1..].iter())
+        .map(|user| async move { ctx.server.join(user, room_ref).await })
+        .buffer_unordered(args.setup_concurrency.max(1))
+        .try_collect::<()>()
+        .await?;
+    let join_s = joins.elapsed().as_secs_f64();
+    let members = ctx.server.joined_member_count(&users[0], &room).await?;
+    if members != n {
+        bail!("{room} has {members} joined members, expected {n}");
+    }
+    Ok(json!({
+        "room_id": room,
+        "room_version": args.room_version,
+        "members": members,
+        "register_s": round3(register_s),
+        "joins_s": round3(join_s),
+    }))
+}
+
+/// A fresh user of the server under test joins `--room` through `--via`; the clock runs from
+/// sending `POST /join` until a long-poll `/sync` begun before the join lists the room.
+async fn join_remote(ctx: &Ctx, args: &Args) -> Result<Value> {
+    let room = args.room.clone().context("join-remote needs --room")?;
+    if args.via.is_empty() {
+        bail!("join-remote needs --via");
+    }
+    let user = Arc::new(ctx.user("j").await?);
+    let filter = Arc::new(
+        json!({
+            "presence": { "types": [] },
+            "room": {
+                "timeline": { "limit": 10 },
+                "state": { "lazy_load_members": args.lazy_load_members },
+            },
+        })
+        .to_string(),
+    );
+    let initial = ctx.server.sync(&user, None, 0, Some(&filter)).await?;
+    let since = initial["next_batch"]
+        .as_str()
+        .context("no next_batch")?
+        .to_owned();
+
+    // The client's long-poll, armed before the join and renewed until the room shows up.
+    let (server, u, f, r, limit) = (
+        ctx.server.clone(),
+        user.clone(),
+        filter.clone(),
+        room.clone(),
+        ctx.deadline,
+    );
+    let syncing = tokio::spawn(async move {
+        let mut since = since;
+        let mut syncs = 0usize;
+        loop {
+            let resp = server.sync(&u, Some(&since), 30_000, Some(&f)).await?;
+            syncs += 1;
+            if client::sync_has_joined_room(&resp, &r) {
+                return anyhow::Ok((Instant::now(), resp, syncs));
+            }
+            if Instant::now() >= limit {
+                bail!("the room was not in /sync after {syncs} syncs");
+            }
+            since = resp["next_batch"]
+                .as_str()
+                .context("no next_batch")?
+                .to_owned();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let via: Vec<&str> = args.via.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    let joined = ctx.server.join_via(&user, &room, &via).await;
+    let join_s = t0.elapsed().as_secs_f64();
+    if let Err(e) = joined {
+        syncing.abort();
+        return Err(e.context(format!("joining after {join_s:.3} s")));
+    }
+    let (arrived, resp, syncs) = syncing.await??;
+    let sync_s = arrived.saturating_duration_since(t0).as_secs_f64();
+    let in_sync = &resp["rooms"]["join"][&room];
+    let count = |v: &Value| v.as_array().map_or(0, Vec::len);
+    let members_in_sync = in_sync["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            in_sync["timeline"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter(|e| e["type"] == "m.room.member")
+        .count();
+    Ok(json!({
+        "room_id": room,
+        "via": args.via,
+        "lazy_load_members": args.lazy_load_members,
+        "join_request_s": round3(join_s),
+        "join_to_sync_s": round3(sync_s),
+        "syncs": syncs,
+        "sync_state_events": count(&in_sync["state"]["events"]),
+        "sync_member_events": members_in_sync,
+        "sync_joined_member_count": in_sync["summary"]["m.joined_member_count"],
+        "sync_response_bytes": resp.to_string().len(),
     }))
 }

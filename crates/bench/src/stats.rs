@@ -55,6 +55,20 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     parse_vm_rss_kib(&status)
 }
 
+/// The 1, 5 and 15 minute load averages of the machine, or `None` when they cannot be read.
+pub fn loadavg() -> Option<[f64; 3]> {
+    parse_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut fields = text.split_whitespace().map(str::parse::<f64>);
+    Some([
+        fields.next()?.ok()?,
+        fields.next()?.ok()?,
+        fields.next()?.ok()?,
+    ])
+}
+
 /// An RFC 3339 UTC timestamp with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -87,6 +101,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loadavg_reads_the_three_averages() {
+        assert_eq!(
+            parse_loadavg("0.65 0.67 0.89 2/345 12345\n"),
+            Some([0.65, 0.67, 0.89])
+        );
+        assert_eq!(parse_loadavg("0.65 x"), None);
+    }
 
     #[test]
     fn percentile_interpolates_between_ranks() {

@@ -694,6 +694,7 @@ async fn place(
             keys,
         )
         .await
+        .map(|_timings| ())
 }
 
 /// `send_join` answers tampered with in each way are refused and leave nothing a client sees;

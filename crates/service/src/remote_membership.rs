@@ -298,6 +298,7 @@ impl Services {
     ) -> Result<()> {
         let parsed_room = OwnedRoomId::try_from(room_id)
             .map_err(|e| Error::InvalidParam(format!("{room_id} is not a room id: {e}")))?;
+        let started = Instant::now();
         let mut request =
             prepare_join_event::v1::Request::new(parsed_room.clone(), user.to_owned());
         request.ver = supported_versions();
@@ -321,6 +322,8 @@ impl Services {
             .map_err(|e| Error::Internal(format!("built event id: {e}")))?;
         let raw = RawValue::from_string(json.clone())
             .map_err(|e| Error::Internal(format!("built event: {e}")))?;
+        let make_join = started.elapsed();
+        let started = Instant::now();
         let answer = self
             .federation
             .send(
@@ -330,6 +333,7 @@ impl Services {
             .await
             .map_err(|err| remote_error(server, err))?
             .room_state;
+        let send_join = started.elapsed();
 
         // The resident's signed copy (a restricted join) must be the event sent.
         let join_bytes: Vec<u8> = match &answer.event {
@@ -356,6 +360,7 @@ impl Services {
             .iter()
             .map(|e| e.get().as_bytes())
             .collect();
+        let started = Instant::now();
         let mut keys = ServerKeys::new();
         let every: Vec<&[u8]> = state
             .iter()
@@ -370,7 +375,9 @@ impl Services {
             Instant::now() + KEY_FETCH_BUDGET,
         )
         .await?;
-        self.rooms
+        let key_fetch = started.elapsed();
+        let placed = self
+            .rooms
             .place_remote_join(
                 room_id,
                 version,
@@ -382,6 +389,26 @@ impl Services {
                 &keys,
             )
             .await?;
+        // One line per join through another server, with where its time went (milliseconds).
+        let [formats, signatures, auth, persist] = placed.outlier_ms();
+        tracing::info!(
+            %room_id,
+            %server,
+            event_id = join.event_id(),
+            state = placed.state_events,
+            auth_chain = placed.auth_chain_events,
+            make_join_ms = make_join.as_millis(),
+            send_join_ms = send_join.as_millis(),
+            keys_ms = key_fetch.as_millis(),
+            state_checks_ms = placed.state_checks.as_millis(),
+            formats_ms = formats,
+            signatures_ms = signatures,
+            auth_ms = auth,
+            persist_ms = persist,
+            state_group_ms = placed.state_group.as_millis(),
+            join_event_ms = placed.join_event.as_millis(),
+            "joined a room through another server"
+        );
         // As after a local join: the user's settings for a room this one replaces follow.
         self.rooms.carry_over_after_join(room_id, user).await;
         Ok(())

@@ -22,6 +22,7 @@
 //! again once that one is in.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use myelin_room_version::{
     Pdu, RoomVersion,
@@ -408,9 +409,25 @@ impl Rooms {
         pdus: &[&[u8]],
         server_keys: &ServerKeys,
     ) -> Result<Vec<ReceivedEvent>> {
+        let mut timings = OutlierTimings::default();
+        self.receive_outliers_timed(room_id, pdus, server_keys, &mut timings)
+            .await
+    }
+
+    /// [`Rooms::receive_outliers`], noting how long each step took in `timings`.
+    pub(crate) async fn receive_outliers_timed(
+        &self,
+        room_id: &str,
+        pdus: &[&[u8]],
+        server_keys: &ServerKeys,
+        timings: &mut OutlierTimings,
+    ) -> Result<Vec<ReceivedEvent>> {
         let room = self.room(room_id).await?;
         let version = version_of(&room)?;
+        let started = Instant::now();
         let (mut outcomes, parsed) = check_formats(&room, version, pdus);
+        timings.formats = started.elapsed();
+        let started = Instant::now();
         let mut checked: Vec<(usize, Pdu)> = Vec::new();
         for (index, pdu) in parsed {
             match receipt::check_signatures(version, &pdu, server_keys)
@@ -423,9 +440,11 @@ impl Rooms {
                 Err(dropped) => outcomes[index].outcome = Received::Dropped(dropped.to_string()),
             }
         }
+        timings.signatures = started.elapsed();
 
         // Step 4 against the batch and the store: auth events first (depth order, then passes
         // until nothing more can be decided).
+        let started = Instant::now();
         let mut lookups = Lookups::default();
         let create_id = cited_create(version, &room.room_id);
         let cited: Vec<&str> = checked
@@ -472,6 +491,8 @@ impl Rooms {
                 break;
             }
         }
+        timings.auth = started.elapsed();
+        let started = Instant::now();
         let owned: Vec<(String, Vec<String>, Vec<String>)> = verdicts
             .iter()
             .map(|(_, pdu, _)| {
@@ -503,6 +524,7 @@ impl Rooms {
                 .persist_outliers(room.room_nid, &outliers)
                 .await?;
         }
+        timings.persist = started.elapsed();
         Ok(outcomes)
     }
 
@@ -986,6 +1008,19 @@ enum RemoteRedaction {
 }
 
 /// Whether two users' ids name the same server.
+/// How long the steps of [`Rooms::receive_outliers`] took, for a caller that reports them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutlierTimings {
+    /// Step 1: parsing and format checks.
+    pub formats: Duration,
+    /// Steps 2 and 3: signatures and content hashes.
+    pub signatures: Duration,
+    /// Step 4: each event against its own auth events (with reading those already stored).
+    pub auth: Duration,
+    /// Writing the outliers.
+    pub persist: Duration,
+}
+
 fn same_server(a: &str, b: &str) -> bool {
     let server = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
     server(a).is_some() && server(a) == server(b)

@@ -15,6 +15,7 @@
 //! leaves nothing a client can see: at most the room's row and outliers, which show nowhere.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion, canonical::parse_object,
@@ -23,7 +24,10 @@ use myelin_room_version::{
 use myelin_store::RoomRow;
 use ruma::{ServerName, UserId};
 
-use super::{Rooms, receive::Received};
+use super::{
+    Rooms,
+    receive::{OutlierTimings, Received},
+};
 use crate::{Error, Result, now_millis};
 
 /// What a resident server answered to `send_join`, as raw PDUs.
@@ -34,6 +38,32 @@ pub struct ResidentJoinAnswer<'a> {
     pub state: &'a [&'a [u8]],
     /// The auth chains of the state and of the join.
     pub auth_chain: &'a [&'a [u8]],
+}
+
+/// How long the placing of a join through another server took, step by step: what the one
+/// log line per remote join reports (`Services::join_room`), for operators to see where the
+/// time of a large room's join goes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PlacedJoinTimings {
+    /// The answered state's events counted and checked for shape (one per key, a create).
+    pub state_checks: Duration,
+    /// The state and auth chain as outliers, step by step.
+    pub outliers: OutlierTimings,
+    /// The answered state stored as a state group.
+    pub state_group: Duration,
+    /// The join itself through all six steps, appended on that state.
+    pub join_event: Duration,
+    /// Events in the answered state and auth chain.
+    pub state_events: usize,
+    pub auth_chain_events: usize,
+}
+
+impl PlacedJoinTimings {
+    /// The outliers' steps, in milliseconds: formats, signatures and hashes, auth, persistence.
+    pub fn outlier_ms(&self) -> [u128; 4] {
+        let o = &self.outliers;
+        [o.formats, o.signatures, o.auth, o.persist].map(|d| d.as_millis())
+    }
 }
 
 impl Rooms {
@@ -135,7 +165,13 @@ impl Rooms {
         version: &'static RoomVersion,
         answer: ResidentJoinAnswer<'_>,
         keys: &ServerKeys,
-    ) -> Result<()> {
+    ) -> Result<PlacedJoinTimings> {
+        let mut timings = PlacedJoinTimings {
+            state_events: answer.state.len(),
+            auth_chain_events: answer.auth_chain.len(),
+            ..PlacedJoinTimings::default()
+        };
+        let started = Instant::now();
         let bad = |why: String| Error::BadGateway(format!("The joined server's answer: {why}"));
         let join = receipt::check_format(version, answer.join)
             .map_err(|e| bad(format!("the join event is invalid: {e}")))?;
@@ -176,6 +212,7 @@ impl Rooms {
         let Some((create_id, creator)) = create else {
             return Err(bad("the state has no create event".to_owned()));
         };
+        timings.state_checks = started.elapsed();
 
         let room = self
             .room_for_remote_join(room_id, version, &creator)
@@ -195,7 +232,9 @@ impl Rooms {
             .chain(answer.state.iter())
             .copied()
             .collect();
-        let outcomes = self.receive_outliers(room_id, &events, keys).await?;
+        let outcomes = self
+            .receive_outliers_timed(room_id, &events, keys, &mut timings.outliers)
+            .await?;
         // A state event this server cannot vouch for (its signature fails or its key cannot
         // be had, events it rests on were left out, or its own auth events refuse it) is left
         // out of the state, as another server's events would be anywhere else; the join then
@@ -225,6 +264,7 @@ impl Rooms {
 
         // The answered state as a state group of its own, the state after each of the join's
         // prev events (which this server does not have).
+        let started = Instant::now();
         let ids: Vec<&str> = state_ids.iter().map(String::as_str).collect();
         let rows = self.store.events_by_ids(&ids).await?;
         let mut entries: Vec<(&str, &str, i64)> = Vec::with_capacity(rows.len());
@@ -253,17 +293,17 @@ impl Rooms {
             .prev_events()
             .map(|id| (id.to_owned(), group))
             .collect();
+        timings.state_group = started.elapsed();
 
+        let started = Instant::now();
         let outcome = self
             .receive_join_through_resident(room_id, answer.join, keys, &prev_states)
             .await?
             .pop()
             .map(|received| received.outcome);
+        timings.join_event = started.elapsed();
         match outcome {
-            Some(Received::Accepted | Received::AlreadyStored) => {
-                tracing::info!(%room_id, event_id = join.event_id(), state = ids.len(), "joined a room through another server");
-                Ok(())
-            }
+            Some(Received::Accepted | Received::AlreadyStored) => Ok(timings),
             Some(Received::Rejected(reason)) => Err(Error::Forbidden(format!(
                 "The room's state does not allow the join: {reason}"
             ))),

@@ -1896,3 +1896,59 @@ async fn presence_changes_reach_members_of_shared_rooms_on_other_servers() {
         }
     }
 }
+
+/// The first sync after a join through another server carries the room's state (the state
+/// the resident answered, before the join), as after any join.
+#[tokio::test]
+async fn the_first_sync_after_a_remote_join_carries_the_rooms_state() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": "12", "name": "Named"}),
+            )
+            .await;
+        let (_, synced) = b
+            .get("/_matrix/client/v3/sync?timeout=0", &bob.access_token)
+            .await;
+        let since = synced["next_batch"].as_str().unwrap().to_owned();
+        join_via(b, &bob, &room_id, "hs-a.test").await;
+        for path in [
+            format!("/_matrix/client/v3/sync?since={since}&timeout=0"),
+            "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        ] {
+            let (status, synced) = b.get(&path, &bob.access_token).await;
+            assert_eq!(status, 200, "{synced}");
+            let room = &synced["rooms"]["join"][&room_id];
+            let mut seen: Vec<(String, String)> = Vec::new();
+            for section in [&room["state"]["events"], &room["timeline"]["events"]] {
+                for event in section.as_array().into_iter().flatten() {
+                    if let Some(key) = event["state_key"].as_str() {
+                        seen.push((event["type"].as_str().unwrap().to_owned(), key.to_owned()));
+                    }
+                }
+            }
+            for wanted in [
+                ("m.room.create", ""),
+                ("m.room.name", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.join_rules", ""),
+                ("m.room.member", alice.user_id.as_str()),
+                ("m.room.member", bob.user_id.as_str()),
+            ] {
+                assert!(
+                    seen.contains(&(wanted.0.to_owned(), wanted.1.to_owned())),
+                    "{kind:?} {path}: {wanted:?} missing from {room}"
+                );
+            }
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -210,9 +210,11 @@ impl Store {
         Ok(out)
     }
 
-    /// For each `(room, stream ordering)`, the state group of the room's newest timeline event
-    /// before that position (`None` when there is none), keyed by room: the state before a
-    /// sync timeline that starts there.
+    /// For each `(room, stream ordering)` (the first event of a sync timeline), the state
+    /// before that event, keyed by room: its own `state_group_before` when it has one (the
+    /// state at its prev events: also where they are not stored here, as for a join through
+    /// another server, whose state came with the join), else the state group of the room's
+    /// newest timeline event before it (`None` when there is neither).
     pub async fn state_groups_before(
         &self,
         positions: &[(i64, i64)],
@@ -223,22 +225,24 @@ impl Store {
             let parts: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     format!(
-                        "SELECT * FROM (SELECT e.room_nid, e.state_group FROM events e WHERE e.room_nid = ${} \
-                         AND e.stream_ordering < ${} AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1) AS b{i}",
-                        2 * i + 1,
-                        2 * i + 2
+                        "SELECT * FROM (SELECT CAST(${room} AS BIGINT) AS room_nid, COALESCE(\
+                         (SELECT f.state_group_before FROM events f WHERE f.room_nid = ${room} AND f.stream_ordering = ${position}), \
+                         (SELECT e.state_group FROM events e WHERE e.room_nid = ${room} \
+                         AND e.stream_ordering < ${position} AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1)) AS state_group) AS b{i}",
+                        room = 2 * i + 1,
+                        position = 2 * i + 2
                     )
                 })
                 .collect();
             let sql = parts.join(" UNION ALL ");
             with_pool!(self, pool => {
-                let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql.clone()))
+                let mut query = sqlx::query_as::<_, (i64, Option<i64>)>(sqlx::AssertSqlSafe(sql.clone()))
                     .persistent(false);
                 for (room, position) in chunk {
                     query = query.bind(*room).bind(*position);
                 }
                 for (room, group) in query.fetch_all(pool).await? {
-                    out.insert(room, Some(group));
+                    out.insert(room, group);
                 }
             });
         }

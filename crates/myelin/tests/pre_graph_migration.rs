@@ -187,14 +187,22 @@ fn comparable(what: &str, status: u16, answer: &Value) -> Value {
         "sync" | "sync_since" => {
             // The rooms part of the answer; the rest (device keys, presence, to-device) is not
             // room history. Timelines keep their order; state sections are sets.
-            // Two API changes since 1aadcb3 are forgotten: timelines carry bundled aggregations
-            // (662bff4; /messages, /context and /event, compared whole, carry them before and
-            // after) and invite and knock state the create event whole (a75f4b7, MSC4311), so
-            // that state is compared in its stripped fields.
+            // Three API changes since 1aadcb3 are forgotten: timelines carry bundled
+            // aggregations (662bff4; /messages, /context and /event, compared whole, carry
+            // them before and after), invite and knock state the create event whole (a75f4b7,
+            // MSC4311), so that state is compared in its stripped fields, and a joined room's
+            // empty `account_data` and `ephemeral` are written out (as Synapse does).
             let mut rooms = answer["rooms"].take();
             for section in ["join", "leave"] {
                 if let Some(Value::Object(map)) = rooms.get_mut(section) {
                     for room in map.values_mut() {
+                        if let Value::Object(fields) = room {
+                            for key in ["account_data", "ephemeral"] {
+                                if fields.get(key) == Some(&json!({"events": []})) {
+                                    fields.remove(key);
+                                }
+                            }
+                        }
                         sort_state(&mut room["state"]["events"]);
                         for event in room["timeline"]["events"]
                             .as_array_mut()

@@ -8,6 +8,7 @@ use myelin_federation::FederationError;
 use myelin_testkit::{
     TestServer, TestUser, enc,
     federation::{TestCa, free_port, start_federation},
+    rooms::join_via,
     test_backends,
 };
 use reqwest::StatusCode;
@@ -78,17 +79,6 @@ async fn ask(
         .await
 }
 
-async fn join(server: &TestServer, user: &TestUser, room_id: &str, via: &str) {
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/join/{}?via={via}", enc(room_id)),
-            &user.access_token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
 #[tokio::test]
 async fn a_space_shows_rooms_and_sub_spaces_of_another_server_as_far_as_they_may_be_seen() {
     for kind in test_backends() {
@@ -134,7 +124,7 @@ async fn a_space_shows_rooms_and_sub_spaces_of_another_server_as_far_as_they_may
                    "room_alias_name": "roomb"}),
         )
         .await;
-        join(b, &charlie, &room_b, "hs-b.test").await;
+        join_via(b, &charlie, &room_b, "hs-b.test").await;
         let sub_b = create(
             b,
             &bob,
@@ -372,7 +362,7 @@ async fn a_restricted_room_of_another_server_shows_once_that_server_knows_the_us
 
         // Bob joins the space: B now sees alice's server in it. Alice (in the space) sees
         // the room; dave (not in it) does not.
-        join(b, &bob, &space, "hs-a.test").await;
+        join_via(b, &bob, &space, "hs-a.test").await;
         let body = hierarchy(a, &alice, &space, "").await;
         assert_eq!(
             room_ids(&body),

@@ -633,6 +633,36 @@ impl World {
         )
     }
 
+    /// A deep gap: sixteen messages of bob's of which the peer sends only the last (in a
+    /// transaction `txn`); `/get_missing_events` brings the ten before it, and the state at the
+    /// fifth comes from `/state_ids` (the current state here), so the first four stay missing
+    /// and the fifth is known as an outlier (a backward extremity).
+    async fn deep_gap(&self, txn: &str) -> Vec<Pdu> {
+        let chain = self.bob_chain("s", 16).await;
+        let store = self.server.store();
+        let room = store.room(&self.room_id).await.unwrap().unwrap();
+        let state: Vec<String> = store
+            .current_state(room.room_nid, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.event_id)
+            .collect();
+        self.peer
+            .state
+            .state_ids
+            .lock()
+            .unwrap()
+            .insert(chain[4].event_id().to_owned(), (state.clone(), state));
+        let answer = self
+            .peer
+            .send(txn, vec![json_of(&chain[15])], vec![])
+            .await
+            .unwrap();
+        assert!(ok(&answer, &chain[15]), "{answer:?}");
+        chain
+    }
+
     /// A chain of `n` messages of bob's on top of the room's head, held by the peer.
     async fn bob_chain(&self, prefix: &str, n: usize) -> Vec<Pdu> {
         let (mut prev, mut depth) = self.head().await;
@@ -1113,29 +1143,7 @@ async fn prev_events_out_of_reach_are_placed_on_the_state_the_origin_gives() {
         let world = World::build(kind).await;
         // Fifteen events this server lacks: get_missing_events brings the ten nearest the
         // sixteenth; the state at the fifth comes from /state_ids, the fifth from /event.
-        let chain = world.bob_chain("s", 16).await;
-        let store = world.server.store();
-        let room = store.room(&world.room_id).await.unwrap().unwrap();
-        let state: Vec<String> = store
-            .current_state(room.room_nid, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| row.event_id)
-            .collect();
-        world
-            .peer
-            .state
-            .state_ids
-            .lock()
-            .unwrap()
-            .insert(chain[4].event_id().to_owned(), (state.clone(), state));
-        let answer = world
-            .peer
-            .send("deep-gap", vec![json_of(&chain[15])], vec![])
-            .await
-            .unwrap();
-        assert!(ok(&answer, &chain[15]), "{kind:?}: {answer:?}");
+        let chain = world.deep_gap("deep-gap").await;
         for event in &chain[..4] {
             assert_eq!(world.status(event.event_id()).await, None, "{kind:?}");
         }
@@ -1168,29 +1176,7 @@ async fn backfill_answers_over_the_limit_or_from_another_room_are_ignored() {
         let world = World::build(kind).await;
         // The deep gap of the test above: the first four of bob's sixteen messages are
         // missing here, the fifth is known as an outlier (a backward extremity).
-        let chain = world.bob_chain("s", 16).await;
-        let store = world.server.store();
-        let room = store.room(&world.room_id).await.unwrap().unwrap();
-        let state: Vec<String> = store
-            .current_state(room.room_nid, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| row.event_id)
-            .collect();
-        world
-            .peer
-            .state
-            .state_ids
-            .lock()
-            .unwrap()
-            .insert(chain[4].event_id().to_owned(), (state.clone(), state));
-        let answer = world
-            .peer
-            .send("deep-gap", vec![json_of(&chain[15])], vec![])
-            .await
-            .unwrap();
-        assert!(ok(&answer, &chain[15]), "{kind:?}: {answer:?}");
+        let chain = world.deep_gap("deep-gap").await;
         let missing: Vec<&Pdu> = chain[..4].iter().collect();
         let history: Vec<Value> = chain[..5].iter().map(json_of).collect();
         let services = world.server.services();
@@ -1340,29 +1326,7 @@ async fn a_gap_in_the_room_reaches_clients_as_a_limited_timeline() {
             .unwrap()
             .to_owned();
         world.alice_says("before-gap", "before the gap").await;
-        let chain = world.bob_chain("s", 16).await;
-        let store = world.server.store();
-        let room = store.room(&world.room_id).await.unwrap().unwrap();
-        let state: Vec<String> = store
-            .current_state(room.room_nid, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| row.event_id)
-            .collect();
-        world
-            .peer
-            .state
-            .state_ids
-            .lock()
-            .unwrap()
-            .insert(chain[4].event_id().to_owned(), (state.clone(), state));
-        let answer = world
-            .peer
-            .send("gap", vec![json_of(&chain[15])], vec![])
-            .await
-            .unwrap();
-        assert!(ok(&answer, &chain[15]), "{kind:?}: {answer:?}");
+        world.deep_gap("gap").await;
 
         let filter = enc(r#"{"room":{"timeline":{"limit":50}}}"#);
         let (status, body) = world

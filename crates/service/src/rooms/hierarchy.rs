@@ -162,6 +162,18 @@ fn child_order(child: &Value) -> (bool, String, i64, String) {
 }
 
 impl Rooms {
+    /// `user`'s membership of `room` when this server knows the room.
+    async fn membership_in(&self, room: Option<&RoomRow>, user: &UserId) -> Result<Option<String>> {
+        Ok(match room {
+            Some(room) => self
+                .store
+                .membership(room.room_nid, user.as_str())
+                .await?
+                .map(|m| m.0),
+            None => None,
+        })
+    }
+
     /// `GET /rooms/{roomId}/hierarchy`. The root must be a room this server holds the state
     /// of and accessible to the user (`M_FORBIDDEN` otherwise, also for an unknown room).
     /// Rooms this server is not in are asked of the servers their link names (see
@@ -420,14 +432,7 @@ impl Rooms {
             _ => return Err(not_found()),
         };
         if let Some(user) = user {
-            let membership = match &row {
-                Some(room) => self
-                    .store
-                    .membership(room.room_nid, user.as_str())
-                    .await?
-                    .map(|m| m.0),
-                None => None,
-            };
+            let membership = self.membership_in(row.as_ref(), user).await?;
             summary["membership"] = json!(membership.unwrap_or_else(|| "leave".to_owned()));
         }
         Ok(summary)
@@ -557,14 +562,7 @@ impl Rooms {
         match viewer {
             Viewer::User(None) => Ok(false),
             Viewer::User(Some(user)) => {
-                let membership = match room {
-                    Some(room) => self
-                        .store
-                        .membership(room.room_nid, user.as_str())
-                        .await?
-                        .map(|m| m.0),
-                    None => None,
-                };
+                let membership = self.membership_in(room, user).await?;
                 Ok(matches!(membership.as_deref(), Some("join" | "invite"))
                     || self.joined_any(user, &allowed_rooms).await?)
             }

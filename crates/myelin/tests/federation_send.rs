@@ -641,9 +641,18 @@ async fn after_a_long_outage_only_the_latest_events_of_a_room_are_sent() {
         peer.set_failing(true);
         say(&server, &alice, &room_id, "m0").await;
         eventually("a first attempt", || !peer.seen().is_empty()).await;
+        let mut last = String::new();
         for body in messages(1..71) {
-            say(&server, &alice, &room_id, &body).await;
+            last = say(&server, &alice, &room_id, &body).await;
         }
+        // The catch-up keeps the latest 10 of what the fan-out has recorded for the peer: all
+        // 70 must be recorded before it comes back (a loaded machine lags here).
+        let last = server.store().event(&last).await.unwrap().unwrap();
+        let sender = server.services().federation_sender.clone();
+        eventually("the fan-out to pass the last message", || {
+            sender.fanned_out() >= last.stream_ordering
+        })
+        .await;
         peer.set_failing(false);
         peer_calls(&server, &peer, &alice).await;
         eventually("the catch-up", || peer.pdus().len() >= 11).await;

@@ -29,17 +29,7 @@ impl Rooms {
 /// are ignored, and a missing or non-boolean `allow_ip_literals` means true (its default), as
 /// the spec asks servers to treat malformed ACLs; the matching itself is ruma's.
 pub fn acl_allows(content: &Value, server: &ServerName) -> bool {
-    let strings = |field: &str| -> Vec<String> {
-        content[field]
-            .as_array()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter_map(|entry| entry.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = |field: &str| super::strings_of(&content[field]);
     let allow_ip_literals = content["allow_ip_literals"].as_bool().unwrap_or(true);
     RoomServerAclEventContent::new(allow_ip_literals, strings("allow"), strings("deny"))
         .is_allowed(server)

@@ -108,12 +108,7 @@ pub(super) fn valid_links(links: Vec<Value>, suggested_only: bool) -> Vec<(Strin
 
 /// The servers a link names to ask about its room (`via`).
 fn via_of(link: &Value) -> Vec<String> {
-    link["content"]["via"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
+    super::strings_of(&link["content"]["via"])
 }
 
 /// The page token: how many rooms earlier pages returned, and the parameters it belongs to

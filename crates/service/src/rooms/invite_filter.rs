@@ -63,17 +63,7 @@ impl InviteFilter {
     /// The rules of a filter's content (any JSON: what is not a list of strings counts as
     /// empty) and an ignored-users list.
     pub fn new(config: &Value, ignored_list: HashSet<String>) -> Self {
-        let list = |field: &str| -> Vec<String> {
-            config[field]
-                .as_array()
-                .map(|entries| {
-                    entries
-                        .iter()
-                        .filter_map(|entry| entry.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let list = |field: &str| super::strings_of(&config[field]);
         InviteFilter {
             ignored_list,
             enabled: config["enabled"].as_bool() != Some(false),

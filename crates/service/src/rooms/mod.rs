@@ -204,6 +204,18 @@ fn to_canonical_object(value: serde_json::Value) -> Result<CanonicalJsonObject> 
     }
 }
 
+/// The strings of the JSON array `value`, read leniently (anything else is no entries, entries
+/// that are not strings are skipped): how event contents' lists (ACLs, invite filters, `via`)
+/// are read.
+fn strings_of(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// An integer for canonical JSON (within ±(2^53−1)).
 fn int(value: i64) -> Result<ruma::Int> {
     ruma::Int::new(value)

@@ -151,10 +151,11 @@ impl Rooms {
             || super::append::membership_of(&pdu).as_deref() != Some("leave")
             || pdu.room_id() != Some(room.room_id.as_str())
             || !self.is_local(&invitee)
-            || !self.member_from_outside(room, &invitee).await?
         {
             return Ok(false);
         }
+        // The invitee's membership must be an invite held outside the room (its event an
+        // outlier), sent by this leave's sender.
         let Some((membership, invite_nid, _)) = self
             .store
             .membership(room.room_nid, invitee.as_str())
@@ -165,10 +166,13 @@ impl Rooms {
         let Some(invite) = self.store.event_by_nid(invite_nid).await? else {
             return Ok(false);
         };
+        if membership != "invite" || invite.status != myelin_store::EventStatus::Outlier {
+            return Ok(false);
+        }
         let inviter_server = UserId::parse(invite.sender.as_str())
             .map(|sender| sender.server_name() == origin)
             .unwrap_or(false);
-        if membership != "invite" || invite.sender != pdu.sender() || !inviter_server {
+        if invite.sender != pdu.sender() || !inviter_server {
             tracing::info!(room_id = %room.room_id, %origin, sender = pdu.sender(), %invitee, "ignored a leave for an invitee not sent by the inviter");
             return Ok(false);
         }

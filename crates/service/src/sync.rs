@@ -224,13 +224,6 @@ fn unread_sections(
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Services {
-    /// Whether `sender` is one of this server's users (by the server name in the id).
-    fn is_local_sender(&self, sender: &str) -> bool {
-        sender
-            .rsplit_once(':')
-            .is_some_and(|(_, server)| server == self.config.server_name.as_str())
-    }
-
     /// Answers a `/sync`. Waits up to the timeout when an incremental sync has nothing to say.
     pub async fn sync(&self, device: &AuthedUser, request: &SyncRequest) -> Result<Value> {
         let user = device.user_id.as_ref();
@@ -613,7 +606,9 @@ impl Services {
         let remote_rows: Vec<i64> = rooms
             .iter()
             .flat_map(|r| r.rows.iter())
-            .filter(|row| !self.is_local_sender(&row.sender))
+            .filter(|row| {
+                !UserId::parse(row.sender.as_str()).is_ok_and(|u| self.rooms.is_local(&u))
+            })
             .map(|row| row.event_nid)
             .collect();
         if !remote_rows.is_empty() {

@@ -164,7 +164,7 @@ impl Rooms {
         self.locks.remote_join(room_id).await
     }
 
-    fn is_local(&self, user_id: &UserId) -> bool {
+    pub(crate) fn is_local(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.server_name
     }
 }

@@ -771,10 +771,15 @@ async fn a_forged_or_incomplete_send_join_answer_is_refused_and_leaves_nothing_t
 
 /// A user banned and unbanned by the resident joins again through it: the join is judged by
 /// the state the resident answered, not by the state this server kept from when it was last in
-/// the room (where the user is still banned, the unban never having reached it).
+/// the room (where the user is still banned, the unban never having reached it). Room version 1
+/// too, whose state resolution would let the kept ban win over the answered state: a rejoin
+/// starts the room's state here afresh from the join.
 #[tokio::test]
 async fn a_user_unbanned_on_another_server_joins_the_room_again() {
-    for kind in test_backends() {
+    for (kind, version) in test_backends()
+        .into_iter()
+        .flat_map(|kind| ["1", "10"].map(|version| (kind, version)))
+    {
         let ca = TestCa::new();
         let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
         let (a, b) = (&servers[0], &servers[1]);
@@ -783,7 +788,7 @@ async fn a_user_unbanned_on_another_server_joins_the_room_again() {
         let room_id = a
             .create_room(
                 &alice,
-                json!({"preset": "public_chat", "room_version": "10"}),
+                json!({"preset": "public_chat", "room_version": version}),
             )
             .await;
         let join_path = format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room_id));
@@ -815,11 +820,21 @@ async fn a_user_unbanned_on_another_server_joins_the_room_again() {
         }
 
         let (status, body) = b.post(&join_path, &bob.access_token, json!({})).await;
-        assert_eq!(status, 200, "{kind:?}: the join after the unban: {body}");
+        assert_eq!(
+            status, 200,
+            "{kind:?} v{version}: the join after the unban: {body}"
+        );
         assert_eq!(
             membership(b, &bob, &room_id, &bob.user_id).await.as_deref(),
             Some("join"),
-            "{kind:?}: B's current state"
+            "{kind:?} v{version}: B's current state"
+        );
+        // The join is B's only forward extremity: the ban B kept is no fork of the room.
+        let room_nid = b.store().room(&room_id).await.unwrap().unwrap().room_nid;
+        assert_eq!(
+            b.store().forward_extremities(room_nid).await.unwrap().len(),
+            1,
+            "{kind:?} v{version}: B's forward extremities"
         );
         eventually("A to see bob joined again", || async {
             membership(a, &alice, &room_id, &bob.user_id)

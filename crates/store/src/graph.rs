@@ -179,6 +179,15 @@ pub enum CurrentStateChange {
     /// event, `entries` being all of it (the event itself as [`StateValue::Appended`] when it
     /// is a state event).
     Adopt { entries: Vec<StateChange> },
+    /// This server joins again, through another server, a room it had left: its current state
+    /// becomes the state after the event whatever it kept from before (`changes` being where
+    /// that differs from group `expected`, compare-and-set as for `Resolved`), and the room's
+    /// other forward extremities are dropped. What it kept is history it stopped following (a
+    /// ban since lifted, say); resolving it against the join's state could let it win.
+    Restart {
+        expected: i64,
+        changes: Vec<StateChange>,
+    },
 }
 
 impl Store {

@@ -1036,6 +1036,35 @@ impl Store {
                         }
                         after
                     }
+                    CurrentStateChange::Restart { .. } if outlier || !matches!(event.status, EventStatus::Normal) => {
+                        return Err(StoreError::Conflict(format!(
+                            "event {} cannot restart the current state: it is not a normal event", event.event_id
+                        )));
+                    }
+                    CurrentStateChange::Restart { expected, changes } => {
+                        let moved = sqlx::query(
+                            "UPDATE room_current_state SET state_group = $3 WHERE room_nid = $1 AND state_group = $2",
+                        )
+                        .bind(event.room_nid)
+                        .bind(*expected)
+                        .bind(after)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if moved != 1 {
+                            return Err(current_state_moved(event.event_id));
+                        }
+                        for change in changes {
+                            let nid = match change.value {
+                                StateValue::Event(nid) => Some(nid),
+                                StateValue::Appended => Some(event_nid),
+                                StateValue::Absent => None,
+                            };
+                            apply_state_change!(tx, event.room_nid, stream_ordering, &change.event_type,
+                                &change.state_key, nid, change.membership.as_deref());
+                        }
+                        after
+                    }
                     CurrentStateChange::Resolved { expected, changes } => {
                         let removes = changes.iter().any(|c| c.value == StateValue::Absent);
                         let nid_of = |value: StateValue| match value {
@@ -1090,6 +1119,12 @@ impl Store {
                 // becomes one unless a stored event already cites it (it arrived after its child).
                 // Soft-failed and rejected events, outliers and backfilled history are never one.
                 if live && event.status == EventStatus::Normal {
+                    if matches!(event.current_state, CurrentStateChange::Restart { .. }) {
+                        sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1")
+                            .bind(event.room_nid)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     sqlx::query(
                         "DELETE FROM forward_extremities WHERE room_nid = $1 AND event_nid IN \
                          (SELECT g.cited_event_nid FROM event_edges g WHERE g.event_nid = $2 AND g.kind = 0)",

@@ -1,6 +1,6 @@
 """Myelin and Synapse federating, driven through both client APIs (stdlib HTTP only).
 
-For room versions 2 to 12 (see VERSIONS), four scenarios, each on one room:
+For room versions 1 to 12 (see VERSIONS), four scenarios, each on one room:
 
 - a room on Myelin that a Synapse user is invited to and joins, and one on Synapse that a Myelin
   user is invited to and joins: messages and a topic change both ways, the two servers' /messages
@@ -27,10 +27,7 @@ import urllib.request
 import uuid
 
 WAIT = float(os.environ.get("MYELIN_SYNAPSE_WAIT", "15"))
-# Room versions 2 to 12. Version 1 is left out: after a ban and unban on Synapse, Myelin's
-# rejoin resolves the state it kept (the ban) with the join's by state resolution v1 and still
-# reads the user as not joined (Myelin's bug, to fix; versions 2 to 12 use resolution v2).
-VERSIONS = tuple(str(v) for v in range(2, 13))
+VERSIONS = tuple(str(v) for v in range(1, 13))
 BACKFILL_MESSAGES = 20
 
 

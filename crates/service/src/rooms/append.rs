@@ -109,7 +109,10 @@ impl Rooms {
         let visible = status == EventStatus::Normal && placement == Placement::Live;
         let current_state = match current_state {
             Some(decided) => decided,
-            None if visible => self.current_state_after(room, pdu, state_before).await?,
+            None if visible => {
+                self.current_state_after(room, pdu, state_before, delivery)
+                    .await?
+            }
             None => CurrentStateChange::Unchanged,
         };
         let membership = if pdu.event_type() == "m.room.member" {
@@ -203,16 +206,25 @@ impl Rooms {
         room: &RoomRow,
         pdu: &Pdu,
         state_before: Option<i64>,
+        delivery: Delivery,
     ) -> Result<CurrentStateChange> {
         let Some(current) = self.store.current_state_group(room.room_nid).await? else {
             return Ok(match state_before {
                 // A join through another server, which gave the state before it: the room's
                 // state here starts as the state after it.
-                Some(before) => self.adopted_state(room, pdu, before).await?,
+                Some(before) => CurrentStateChange::Adopt {
+                    entries: self.state_after_entries(room, pdu, before).await?,
+                },
                 // The room's first event starts its state.
                 None => CurrentStateChange::Extend,
             });
         };
+        // This server's own join through a resident (it goes through one only when no user
+        // of this server is in the room): the room's state here starts again from the state
+        // the resident answered, as a first join's does.
+        if let (Delivery::ByResident, Some(before)) = (delivery, state_before) {
+            return self.restarted_state(room, pdu, before, current).await;
+        }
         let cited: HashSet<&str> = pdu.prev_events().collect();
         let mut others: Vec<i64> = Vec::new();
         for (_, id, _, group) in self.store.extremities_with_state(room.room_nid).await? {
@@ -257,14 +269,53 @@ impl Rooms {
         })
     }
 
-    /// The whole state after `pdu` on top of state group `before`, as the current state of a
-    /// room that has none yet ([`CurrentStateChange::Adopt`]).
-    async fn adopted_state(
+    /// The state after `pdu` on top of state group `before` as the current state of a room
+    /// whose current state here is group `current`, which it replaces
+    /// ([`CurrentStateChange::Restart`]): the keys where the two differ.
+    async fn restarted_state(
         &self,
         room: &RoomRow,
         pdu: &Pdu,
         before: i64,
+        current: i64,
     ) -> Result<CurrentStateChange> {
+        let after = self.state_after_entries(room, pdu, before).await?;
+        let now = self.store.state_ids_at_group(current).await?;
+        let mut keys_after: HashSet<(&str, &str)> = HashSet::with_capacity(after.len());
+        let mut changes: Vec<StateChange> = Vec::new();
+        for entry in &after {
+            keys_after.insert((&entry.event_type, &entry.state_key));
+            let unchanged = matches!(entry.value, StateValue::Event(nid)
+                if now.get(&entry.event_type, &entry.state_key) == Some(nid));
+            if !unchanged {
+                changes.push(entry.clone());
+            }
+        }
+        for ((kind, key), _) in now.iter() {
+            if !keys_after.contains(&(kind.as_str(), key.as_str())) {
+                changes.push(StateChange {
+                    event_type: kind.clone(),
+                    state_key: key.clone(),
+                    value: StateValue::Absent,
+                    membership: None,
+                });
+            }
+        }
+        Ok(CurrentStateChange::Restart {
+            expected: current,
+            changes,
+        })
+    }
+
+    /// The whole state after `pdu` on top of state group `before`, as store entries (the
+    /// event itself as [`StateValue::Appended`] when it is a state event), with the
+    /// memberships of member keys.
+    async fn state_after_entries(
+        &self,
+        room: &RoomRow,
+        pdu: &Pdu,
+        before: i64,
+    ) -> Result<Vec<StateChange>> {
         let version = version_of(room)?;
         let state = self.store.state_ids_at_group(before).await?;
         let member_nids: Vec<i64> = state
@@ -297,7 +348,7 @@ impl Rooms {
                     .flatten(),
             });
         }
-        Ok(CurrentStateChange::Adopt { entries })
+        Ok(entries)
     }
 
     /// The keys where `resolved` differs from the state of group `current`, as store changes.

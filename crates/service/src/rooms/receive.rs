@@ -151,9 +151,10 @@ impl Rooms {
 
     /// This server's join through a resident (`Rooms::place_remote_join`): the join on the
     /// state the resident answered (`prev_states`, for its prev events), without step 6. A room
-    /// this server was in before keeps the current state of then (a user banned since
-    /// unbanned, say), which is no judge of the join; the join's state is resolved with it on
-    /// append, as with any fork.
+    /// this server was in before kept the current state of then (a user banned since
+    /// unbanned, say), which is no judge of the join: on append the state after the join
+    /// replaces it, and the join becomes the room's only forward extremity
+    /// ([`myelin_store::CurrentStateChange::Restart`]).
     pub(crate) async fn receive_join_through_resident(
         &self,
         room_id: &str,

@@ -1880,3 +1880,184 @@ async fn the_first_sync_after_a_remote_join_carries_the_rooms_state() {
         }
     }
 }
+
+/// `actor` on `server` posts a membership action (`invite`, `kick`, `ban`, `unban`) on `target`.
+async fn moderate(
+    server: &TestServer,
+    actor: &TestUser,
+    room_id: &str,
+    action: &str,
+    target: &TestUser,
+) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/{action}", enc(room_id)),
+            &actor.access_token,
+            json!({"user_id": target.user_id, "reason": action}),
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "{} {action} {}: {body}",
+        actor.user_id, target.user_id
+    );
+}
+
+/// Whether `user`'s sync on `server` holds an invite to `room_id` (an invitee's server that is
+/// not in the room has no room state to read).
+async fn holds_invite(server: &TestServer, user: &TestUser, room_id: &str) -> bool {
+    let (_, synced) = server
+        .get("/_matrix/client/v3/sync", &user.access_token)
+        .await;
+    synced["rooms"]["invite"].get(room_id).is_some()
+}
+
+/// Waits until every server's view of `target`'s membership (read by that server's user) is
+/// `expected`; a server whose user is `target` reads its own membership (an invite: from its
+/// sync).
+async fn all_see(
+    servers: &[&TestServer],
+    users: &[&TestUser],
+    room_id: &str,
+    target: &TestUser,
+    expected: &str,
+) {
+    for (server, reader) in servers.iter().zip(users) {
+        eventually(
+            &format!("{} to see {} as {expected}", server.name(), target.user_id),
+            || async {
+                if expected == "invite" && reader.user_id == target.user_id {
+                    return holds_invite(server, reader, room_id).await;
+                }
+                membership(server, reader, room_id, &target.user_id)
+                    .await
+                    .as_deref()
+                    == Some(expected)
+            },
+        )
+        .await;
+    }
+}
+
+/// Every membership flow with three servers, in both directions: the room on X, a moderator on
+/// Y, a user on Z who knocks (through X), is let in by Y's invite (joining through Y), is
+/// kicked and banned by Y, refused while banned, unbanned by X, invited and rejects it (Z not
+/// in the room: through X), invited again and joins; each step seen by all three servers, and
+/// the three end on the same state. Then the same with the servers' roles reversed.
+#[tokio::test]
+async fn moderation_knocks_and_rejections_across_three_servers_in_both_directions() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, _| {},
+        )
+        .await;
+        let users = [
+            servers[0].register("alice").await,
+            servers[1].register("bob").await,
+            servers[2].register("carol").await,
+        ];
+        for order in [[0, 1, 2], [2, 1, 0]] {
+            let [x, y, z] = order.map(|i| &servers[i]);
+            let [ux, uy, uz] = order.map(|i| &users[i]);
+            let all = [x, y, z];
+            let readers = [ux, uy, uz];
+            let room_id = x
+                .create_room(
+                    ux,
+                    json!({
+                        "preset": "private_chat",
+                        "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                                           "content": {"join_rule": "knock"}}],
+                        // Room version 12: the creator's power is its creatorship.
+                        "power_level_content_override": {"users": {uy.user_id.clone(): 100}},
+                    }),
+                )
+                .await;
+            moderate(x, ux, &room_id, "invite", uy).await;
+            join_via(y, uy, &room_id, x.name()).await;
+            all_see(&all[..2], &readers[..2], &room_id, uy, "join").await;
+
+            // Z knocks through X; Y's moderator lets Z in; Z joins through Y.
+            let (status, body) = z
+                .post(
+                    &format!(
+                        "/_matrix/client/v3/knock/{}?via={}",
+                        enc(&room_id),
+                        x.name()
+                    ),
+                    &uz.access_token,
+                    json!({"reason": "let me in"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} {order:?} knock: {body}");
+            all_see(&all[..2], &readers[..2], &room_id, uz, "knock").await;
+            moderate(y, uy, &room_id, "invite", uz).await;
+            all_see(&all, &readers, &room_id, uz, "invite").await;
+            join_via(z, uz, &room_id, y.name()).await;
+            all_see(&all, &readers, &room_id, uz, "join").await;
+            say(z, uz, &room_id, "hello from z").await;
+            for (server, reader) in all.iter().zip(&readers) {
+                eventually("z's message everywhere", || async {
+                    bodies(server, reader, &room_id)
+                        .await
+                        .contains(&"hello from z".to_owned())
+                })
+                .await;
+            }
+
+            // Y's moderator kicks, then bans Z; Z's join is refused while banned.
+            moderate(y, uy, &room_id, "kick", uz).await;
+            all_see(&all, &readers, &room_id, uz, "leave").await;
+            // Z, out of the room since the kick, hears of the ban only when it next asks.
+            moderate(y, uy, &room_id, "ban", uz).await;
+            all_see(&all[..2], &readers[..2], &room_id, uz, "ban").await;
+            let (status, body) = z
+                .post(
+                    &format!("/_matrix/client/v3/join/{}?via={}", enc(&room_id), x.name()),
+                    &uz.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 403, "{kind:?} {order:?} join while banned: {body}");
+
+            // X unbans Z (Z, out of the room, need not hear of it) and invites; Z rejects the
+            // invite through X, is invited again and joins.
+            moderate(x, ux, &room_id, "unban", uz).await;
+            all_see(&all[..2], &readers[..2], &room_id, uz, "leave").await;
+            moderate(x, ux, &room_id, "invite", uz).await;
+            all_see(&all, &readers, &room_id, uz, "invite").await;
+            let (status, body) = z
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                    &uz.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?} {order:?} rejection: {body}");
+            all_see(&all[..2], &readers[..2], &room_id, uz, "leave").await;
+            moderate(x, ux, &room_id, "invite", uz).await;
+            all_see(&all, &readers, &room_id, uz, "invite").await;
+            join_via(z, uz, &room_id, x.name()).await;
+            all_see(&all, &readers, &room_id, uz, "join").await;
+            say(z, uz, &room_id, "back from z").await;
+            for (server, reader) in all.iter().zip(&readers) {
+                eventually("z's second message everywhere", || async {
+                    bodies(server, reader, &room_id)
+                        .await
+                        .contains(&"back from z".to_owned())
+                })
+                .await;
+            }
+            let pairs: Vec<(&TestServer, &TestUser)> =
+                all.iter().copied().zip(readers.iter().copied()).collect();
+            converged_state(&format!("{kind:?} {order:?}"), &pairs, &room_id).await;
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -67,6 +67,9 @@ var envGroups = []envGroup{
 			str("data_dir", s.dataDir),
 			str("listen.client", s.ip+":8008"),
 			str("listen.federation", s.ip+":8448"),
+			// Complement sends federation and key paths to the client port too
+			// (TestUnknownEndpoints), as Synapse's one listener serves them.
+			lit("listen.federation_on_client", "true"),
 			str("tls.certificate", s.certPath),
 			str("tls.private_key", s.keyPath),
 			lit("http.shutdown_grace_period_secs", "2"),

@@ -6,7 +6,8 @@
 //! declares; [`error`] maps every failure to the spec's `{errcode, error}` body in one place.
 //!
 //! Two routers, one per listener: [`client_router`] (plain HTTP: client API, well-known, health,
-//! metrics) and [`federation_router`] (TLS: federation and key APIs, well-known, health).
+//! metrics; the federation and key APIs too with `listen.federation_on_client`) and
+//! [`federation_router`] (TLS: federation and key APIs, well-known, health).
 
 mod admin;
 mod client;
@@ -68,8 +69,13 @@ pub fn client_router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(well_known::routes())
         .route("/health", axum::routing::get(health));
-    // With a listener of its own, `/metrics` is served there only.
     let config = &state.services.config;
+    let router = if config.listen.federation_on_client {
+        router.merge(federation::routes())
+    } else {
+        router
+    };
+    // With a listener of its own, `/metrics` is served there only.
     let router = if config.http.serve_metrics && config.listen.metrics.is_none() {
         router.route("/metrics", axum::routing::get(metrics::serve))
     } else {

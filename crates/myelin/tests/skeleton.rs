@@ -183,8 +183,7 @@ async fn unknown_path_and_wrong_method_are_unrecognized() {
 
         // Complement's TestUnknownEndpoints: a known path with a method it lacks is 405
         // M_UNRECOGNIZED, for the client and media APIs on the client listener and the
-        // federation API on the federation listener. (`/_matrix/key/v2/query`, the notary API,
-        // is not served yet, so it is 404.)
+        // federation API on the federation listener.
         for (method, url) in [
             (
                 reqwest::Method::PUT,
@@ -213,6 +212,65 @@ async fn unknown_path_and_wrong_method_are_unrecognized() {
             );
         }
         server.stop().await;
+    }
+}
+
+/// `listen.federation_on_client`: the client listener serves the federation and key APIs too
+/// (a reverse proxy forwarding both to one port), with their 404/405; off (the default), it
+/// serves neither.
+#[tokio::test]
+async fn the_client_listener_serves_federation_only_when_configured() {
+    for kind in test_backends() {
+        for on in [false, true] {
+            let server = TestServer::start_with(kind, |config| {
+                config.listen.federation_on_client = on;
+            })
+            .await;
+            let response = server
+                .http
+                .get(server.client_url("/_matrix/federation/v1/version"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), if on { 200 } else { 404 }, "{on}");
+            let body = json(response).await;
+            if on {
+                assert_eq!(body["server"]["name"], "Myelin", "{body}");
+            } else {
+                assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
+            }
+            let response = server
+                .http
+                .get(server.client_url("/_matrix/key/v2/server"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), if on { 200 } else { 404 }, "{on}");
+            for (method, path, status) in [
+                (reqwest::Method::PUT, "/_matrix/federation/v1/version", 405),
+                (reqwest::Method::PUT, "/_matrix/key/v2/query", 405),
+                (reqwest::Method::GET, "/_matrix/federation/v1/nope", 404),
+            ] {
+                let response = server
+                    .http
+                    .request(method.clone(), server.client_url(path))
+                    .send()
+                    .await
+                    .unwrap();
+                let expected = if on { status } else { 404 };
+                assert_eq!(response.status(), expected, "{on} {method} {path}");
+                assert_eq!(json(response).await["errcode"], "M_UNRECOGNIZED");
+            }
+            // Inbound federation requests still need X-Matrix on this listener.
+            let response = server
+                .http
+                .get(server.client_url("/_matrix/federation/v1/query/profile?user_id=%40a%3Ab"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), if on { 401 } else { 404 }, "{on}");
+            server.stop().await;
+        }
     }
 }
 

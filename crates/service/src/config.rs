@@ -178,6 +178,10 @@ pub struct ListenConfig {
     /// Plain HTTP for `GET /metrics` alone, so that a scraper can reach it on a private address
     /// while the client API is public. Set: the client listener no longer serves `/metrics`.
     pub metrics: Option<SocketAddr>,
+    /// The client listener serves the federation and key APIs too (still X-Matrix
+    /// authenticated), for a reverse proxy that terminates TLS for both on the port it
+    /// forwards to (Synapse's one-listener layout). The federation listener stays up.
+    pub federation_on_client: bool,
 }
 
 impl Default for ListenConfig {
@@ -186,6 +190,7 @@ impl Default for ListenConfig {
             client: SocketAddr::from(([127, 0, 0, 1], 8008)),
             federation: SocketAddr::from(([127, 0, 0, 1], 8448)),
             metrics: None,
+            federation_on_client: false,
         }
     }
 }

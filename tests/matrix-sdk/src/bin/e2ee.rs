@@ -31,6 +31,7 @@ use matrix_sdk::deserialized_responses::{EncryptionInfo, TimelineEvent, Timeline
 use matrix_sdk::encryption::backups::BackupState;
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::backup::{get_backup_keys_for_room, get_latest_backup_info};
+use matrix_sdk::ruma::api::client::keys::get_keys;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
 use matrix_sdk::ruma::api::client::room::get_room_event;
 use matrix_sdk::ruma::api::client::sync::sync_events;
@@ -279,20 +280,51 @@ async fn check_sees_cross_signing(viewer: &Device, owner: &Device) -> Result<()>
         .request_user_identity(&owner_id)
         .await
         .with_context(|| format!("{}: POST /keys/query for {owner_id}", viewer.label))?;
-    ensure!(identity.is_some(), "{}: /keys/query gave no cross-signing identity (master key) for {owner_id}", viewer.label);
+    if identity.is_none() {
+        bail!(
+            "{}: /keys/query gave no cross-signing identity (master key) for {owner_id}; {}",
+            viewer.label,
+            raw_key_query(viewer, &owner_id).await
+        );
+    }
     let owner_device = owner.client.device_id().context("no device id")?;
     let device = viewer
         .client
         .encryption()
         .get_device(&owner_id, owner_device)
-        .await?
-        .with_context(|| format!("{}: /keys/query did not list {owner_id}'s device {owner_device}", viewer.label))?;
+        .await
+        .context("no Olm machine")?;
+    let Some(device) = device else {
+        bail!(
+            "{}: /keys/query did not list {owner_id}'s device {owner_device}; {}",
+            viewer.label,
+            raw_key_query(viewer, &owner_id).await
+        );
+    };
     ensure!(
         device.is_cross_signed_by_owner(),
         "{}: {owner_id}'s device {owner_device} is not signed by {owner_id}'s self-signing key in /keys/query",
         viewer.label
     );
     Ok(())
+}
+
+/// What the server answers `viewer`'s own `POST /keys/query` for `user` (matrix-sdk keeps the
+/// answer's `failures` to itself), for a failure message.
+async fn raw_key_query(viewer: &Device, user: &OwnedUserId) -> String {
+    let mut request = get_keys::v3::Request::new();
+    request.device_keys.insert(user.clone(), Vec::new());
+    request.timeout = Some(Duration::from_secs(10));
+    match viewer.client.send(request).await {
+        Ok(response) => format!(
+            "the server's answer to POST /keys/query {{\"device_keys\":{{\"{user}\":[]}}}}: devices {:?}, \
+             master key {}, failures {:?}",
+            response.device_keys.get(user).map(|devices| devices.keys().collect::<Vec<_>>()),
+            if response.master_keys.contains_key(user) { "present" } else { "absent" },
+            response.failures
+        ),
+        Err(error) => format!("POST /keys/query itself failed: {error}"),
+    }
 }
 
 /// The event's `type` as `viewer`'s server serves it (`GET /rooms/{room}/event/{event}`): what

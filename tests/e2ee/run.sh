@@ -15,15 +15,16 @@
 # dir, loopback, registration on, cheap password hashing, rate limits off (tests/lib/server.sh).
 # Any failing part fails the run and prints the tails of the server logs; the times of the build
 # and of each part are printed at the end. MYELIN_E2EE_KEEP=1 keeps the temp dir (logs, data).
-# MYELIN_E2EE_LOG sets the servers' log filter (default info; `info,tower_http=debug` logs every
-# request with its status); MYELIN_SDK_LOG sets the client's (default warn).
+# MYELIN_E2EE_LOG sets the servers' log filter (default info,ruma_state_res=warn; add
+# tower_http=debug to log every request with its status); MYELIN_SDK_LOG sets the client's
+# (default warn, matrix-sdk's own backup warnings left out).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/myelin-target}"
 SDK_TARGET_DIR="${MYELIN_CLIENTS_TARGET_DIR:-${CARGO_TARGET_DIR}-clients}"
 FLOW="$SDK_TARGET_DIR/debug/myelin-matrix-sdk-e2ee"
-LOG_FILTER="${MYELIN_E2EE_LOG:-info}"
+LOG_FILTER="${MYELIN_E2EE_LOG:-info,ruma_state_res=warn}"
 
 log() { printf 'tests/e2ee: %s\n' "$*" >&2; }
 

@@ -192,6 +192,26 @@ impl Device {
             .map(|m| (m.sender.clone(), m.body.clone(), m.session.clone()))
     }
 
+    /// Fetches the event again (`GET /rooms/{room}/event/{event}`, decrypted by the client with
+    /// the keys it has now) and records it as seen if it decrypts to a message.
+    async fn refetch_decrypted(&self, room_id: &RoomId, event_id: &OwnedEventId) -> Result<bool> {
+        let room = self.client.get_room(room_id).context("the device lost the room")?;
+        let event = room.event(event_id, None).await.with_context(|| format!("{}: GET /rooms/{room_id}/event/{event_id}", self.label))?;
+        let TimelineEventKind::Decrypted(decrypted) = &event.kind else { return Ok(false) };
+        let message = decrypted
+            .event
+            .deserialize_as_unchecked::<OriginalSyncRoomMessageEvent>()
+            .context("the decrypted event is no m.room.message")?;
+        let session = decrypted.encryption_info.session_id().unwrap_or("(no session id)").to_owned();
+        self.seen.lock().unwrap().messages.push(Message {
+            event_id: message.event_id,
+            sender: message.sender,
+            body: message.content.body().to_owned(),
+            session: Some(session),
+        });
+        Ok(true)
+    }
+
     fn could_not_decrypt(&self, event_id: &OwnedEventId) -> bool {
         self.seen.lock().unwrap().undecryptable.iter().any(|(_, e)| e == event_id)
     }
@@ -371,14 +391,30 @@ async fn exchange(sender: &mut Device, receiver: &mut Device, room_id: &RoomId, 
     step(&format!("{what}: {event_id}"));
 
     let sender_id = sender.user_id();
-    let wanted = event_id.clone();
-    receiver
-        .sync_until(
-            &format!("{}'s message, decrypted", sender.label),
-            |d| matches!(d.message(&wanted), Some((_, _, Some(_)))),
-            |d| explain_missing(d, &wanted),
-        )
-        .await?;
+    let started = Instant::now();
+    loop {
+        receiver.sync().await?;
+        if matches!(receiver.message(&event_id), Some((_, _, Some(_)))) {
+            step(&format!("{}: sync shows {}'s message, decrypted", receiver.label, sender.label));
+            break;
+        }
+        // The event may come in a sync before its room key does (across servers the key's
+        // to-device message and the event travel apart), and matrix-sdk does not retry a
+        // synced event it could not decrypt: fetch it again, now that the key may be there.
+        if receiver.could_not_decrypt(&event_id) && receiver.refetch_decrypted(room_id, &event_id).await? {
+            step(&format!("{}: {}'s message decrypts when fetched again (its key came after it)", receiver.label, sender.label));
+            break;
+        }
+        if started.elapsed() > STEP_DEADLINE {
+            bail!(
+                "{}: synced for {STEP_DEADLINE:?} and never decrypted {}'s message {event_id}; {}",
+                receiver.label,
+                sender.label,
+                explain_missing(receiver, &event_id)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (from, got, session) = receiver.message(&event_id).expect("seen above");
     let session = session.expect("decrypted above");
     ensure!(from == sender_id, "{}: the decrypted event's sender is {from}, not {sender_id}", receiver.label);

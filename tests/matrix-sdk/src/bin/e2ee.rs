@@ -1,7 +1,7 @@
 //! End-to-end encryption through matrix-sdk 0.18 (its Olm/Megolm machine, in-memory stores):
 //!
 //! 1. alice and bob register and log in (bob on a second server when MYELIN_URL_B is set); their
-//!    first syncs upload device keys and one-time keys, and sync reports the one-time key count;
+//!    first syncs upload device, one-time and fallback keys, which a sync then counts;
 //! 2. both bootstrap cross-signing (`/keys/device_signing/upload`, answering UIA with the password
 //!    if the server asks, and `/keys/signatures/upload`); each sees the other's master key and
 //!    cross-signed device through `/keys/query`;

@@ -10,18 +10,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::MatrixVersion;
-use matrix_sdk::ruma::api::client::account::register::v3::Request as RegisterRequest;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
-use matrix_sdk::ruma::api::client::uiaa::{AuthData, Dummy};
 use matrix_sdk::ruma::events::room::member::{MembershipState, OriginalSyncRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 use matrix_sdk::{Client, Room, RoomState};
+
+mod common;
+use common::register;
 
 /// How long any one "wait until sync shows X" step may take.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -79,38 +80,6 @@ fn step(what: &str) {
 fn client_builder(url: &str) -> matrix_sdk::ClientBuilder {
     // No sqlite feature: the client keeps its state in memory.
     Client::builder().homeserver_url(url)
-}
-
-/// Registers `localpart` with `m.login.dummy`, following the user-interactive authentication
-/// flow if the server asks for a session first.
-async fn register(url: &str, localpart: &str, password: &str) -> Result<()> {
-    let client = client_builder(url).build().await.context("building the registering client")?;
-    let request = |session: Option<String>| {
-        let mut request = RegisterRequest::new();
-        request.username = Some(localpart.to_owned());
-        request.password = Some(password.to_owned());
-        request.inhibit_login = true;
-        let mut dummy = Dummy::new();
-        dummy.session = session;
-        request.auth = Some(AuthData::Dummy(dummy));
-        request
-    };
-    match client.matrix_auth().register(request(None)).await {
-        Ok(_) => Ok(()),
-        Err(error) => {
-            let Some(info) = error.as_uiaa_response() else {
-                return Err(anyhow!(error)).with_context(|| format!("POST /register for {localpart}"));
-            };
-            let session = info.session.clone();
-            ensure!(session.is_some(), "POST /register for {localpart}: a 401 without a session: {info:?}");
-            client
-                .matrix_auth()
-                .register(request(session))
-                .await
-                .with_context(|| format!("POST /register for {localpart} with the UIA session"))?;
-            Ok(())
-        }
-    }
 }
 
 async fn log_in(url: &str, name: &'static str, localpart: &str, password: &str) -> Result<User> {

@@ -1,9 +1,10 @@
-//! Account-key rooms (MSC4243, `org.matrix.12.4243`) on one server, on both databases: a room
+//! Account-key rooms (MSC4243, `org.matrix.12.4243`), on both databases. On one server: a room
 //! made by a local user with local members invited, joined, chatting, kicked, banned and
 //! leaving; every stored PDU signed by its sender's account key only; every client read in
 //! account-name ids with `unsigned.sender_account`, never keys; lazy keys for users that
 //! predate account keys; erasure (signed `M_ERASED`, the user's events hidden); the
-//! `experimental.msc4243` gate.
+//! `experimental.msc4243` gate. Across two servers: a remote user joining and chatting, the
+//! members verified through `/query/accounts` both ways.
 
 use myelin_room_version::{
     CanonicalJsonObject, KeyFormUserId,
@@ -782,5 +783,119 @@ async fn restricted_joins_are_co_signed_by_the_authorisers_account_key() {
             json!(alice.user_id)
         );
         server.stop().await;
+    }
+}
+
+/// Account-key rooms across two servers: a user of B joins A's `org.matrix.12.4243` room
+/// through A (B asks `make_join` again in key form when A answers that the room's version is
+/// one it did not offer, and signs the join with the user's account key); each server asks the
+/// other's `/query/accounts` about the new members, so both sides' clients see account names,
+/// never keys, with `sender_account` on every event; every stored PDU is signed by its sender's
+/// account key alone, on both servers.
+#[tokio::test]
+async fn a_user_of_another_server_joins_and_chats_in_an_account_key_room() {
+    use myelin_testkit::{
+        federation::{TestCa, start_federation},
+        rooms::eventually,
+    };
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let alice_key = key_id(a, &alice);
+        let bob_key = key_id(b, &bob);
+        let room = a
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let r = enc(&room);
+        post_ok(
+            b,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}?via=hs-a.test"),
+            json!({}),
+        )
+        .await;
+
+        // B verified alice while joining; A verifies bob once his join arrives.
+        let names = [
+            (bare_key(&alice_key), alice.user_id.clone()),
+            (bare_key(&bob_key), bob.user_id.clone()),
+        ];
+        for (server, reader) in [(a, &alice), (b, &bob)] {
+            eventually(
+                &format!("{} to show both members by name", server.name()),
+                || async {
+                    let members = get_ok(
+                        server,
+                        reader,
+                        &format!("/_matrix/client/v3/rooms/{r}/joined_members"),
+                    )
+                    .await;
+                    let joined = &members["joined"];
+                    joined.get(&alice.user_id).is_some() && joined.get(&bob.user_id).is_some()
+                },
+            )
+            .await;
+        }
+        send_text(b, &bob, &room, "b1", "hello from b").await;
+        send_text(a, &alice, &room, "a1", "welcome, bob").await;
+        for (server, reader) in [(a, &alice), (b, &bob)] {
+            let path = format!("/_matrix/client/v3/rooms/{r}/messages?dir=b&limit=50");
+            eventually(
+                &format!("{} to show both messages", server.name()),
+                || async {
+                    let page = get_ok(server, reader, &path).await;
+                    let bodies: Vec<&str> = page["chunk"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["content"]["body"].as_str())
+                        .collect();
+                    bodies.contains(&"hello from b") && bodies.contains(&"welcome, bob")
+                },
+            )
+            .await;
+            let page = get_ok(server, reader, &path).await;
+            assert_projected(
+                &format!("{kind:?} {} /messages", server.name()),
+                &page,
+                &names,
+            );
+            let synced = get_ok(server, reader, "/_matrix/client/v3/sync").await;
+            let joined = &synced["rooms"]["join"][room.as_str()];
+            assert!(
+                joined["timeline"]["events"].is_array(),
+                "{kind:?}: {synced}"
+            );
+            assert_projected(&format!("{kind:?} {} /sync", server.name()), joined, &names);
+        }
+
+        // Every PDU of the room either server stores is signed by its sender's account key only.
+        for server in [a, b] {
+            let store = server.store();
+            let room_nid = store.room(&room).await.unwrap().unwrap().room_nid;
+            let mut seen = 0;
+            for row in store
+                .room_events(room_nid, i64::MIN, i64::MAX, false, 1000)
+                .await
+                .unwrap()
+            {
+                let pdu: Value = serde_json::from_str(&row.json).unwrap();
+                let signers: Vec<&String> = pdu["signatures"].as_object().unwrap().keys().collect();
+                assert_eq!(
+                    signers,
+                    vec![&bare_key(pdu["sender"].as_str().unwrap())],
+                    "{kind:?} {}: {pdu}",
+                    server.name()
+                );
+                seen += 1;
+            }
+            assert!(seen >= 8, "{kind:?} {}: {seen} events", server.name());
+        }
+        for server in servers {
+            server.stop().await;
+        }
     }
 }

@@ -100,6 +100,22 @@ pub fn project_for_client(
     Some(Value::Object(out))
 }
 
+/// A user id as clients may be shown it outside an event (a room summary's heroes, say): a
+/// key-form id of a Local or Verified key as its account-name id; of an Unverified or Erased
+/// key, nothing (clients never see keys outside `sender_account`, and those members are
+/// hidden); any other id as it is.
+pub fn visible_user_id<F>(id: &str, lookup: F) -> Option<String>
+where
+    F: Fn(&KeyFormUserId) -> KeyVerification,
+{
+    match KeyFormUserId::parse(id) {
+        Ok(parsed) => lookup(&parsed)
+            .account_name()
+            .map(|name| format!("@{name}:{}", parsed.server_name)),
+        Err(_) => Some(id.to_owned()),
+    }
+}
+
 /// `{key, user_id?}`: `user_id` only for a Local or Verified key.
 fn sender_account(sender: &KeyFormUserId, status: &KeyVerification) -> Value {
     let mut account = Map::new();

@@ -4,7 +4,7 @@ mod common;
 
 use common::{key_user, keypair, v};
 use myelin_room_version::account_key::KeyFormUserId;
-use myelin_room_version::projection::{KeyVerification, project_for_client};
+use myelin_room_version::projection::{KeyVerification, project_for_client, visible_user_id};
 use serde_json::{Value, json};
 
 const AK: &str = "org.matrix.12.4243";
@@ -291,5 +291,26 @@ fn redacted_because_gets_its_own_sender_account() {
     assert_eq!(
         because["unsigned"]["sender_account"],
         json!({"key": keypair(4).account_key().as_str(), "user_id": "@me:my.example"})
+    );
+}
+
+/// Ids shown outside events (heroes): verified and local keys by name, unverified and erased
+/// ones not at all, name-form ids as they are.
+#[test]
+fn visible_user_ids_name_verified_keys_and_hide_the_rest() {
+    let i = ids();
+    assert_eq!(
+        visible_user_id(&i.alice, lookup).as_deref(),
+        Some("@alice:a.example")
+    );
+    assert_eq!(
+        visible_user_id(&i.me, lookup).as_deref(),
+        Some("@me:my.example")
+    );
+    assert_eq!(visible_user_id(&i.bob, lookup), None);
+    assert_eq!(visible_user_id(&i.erin, lookup), None);
+    assert_eq!(
+        visible_user_id("@carol:c.example", lookup).as_deref(),
+        Some("@carol:c.example")
     );
 }

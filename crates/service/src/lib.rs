@@ -18,6 +18,7 @@
 //! downloads, thumbnails), [`url_preview`] (link previews).
 
 pub mod account_keys;
+pub mod account_verification;
 pub mod accounts;
 pub mod backfill;
 pub mod client_address;

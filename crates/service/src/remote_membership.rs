@@ -21,7 +21,7 @@ use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersion, verify::ServerKeys,
 };
 use ruma::{
-    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
     api::federation::membership::{
         create_join_event, create_knock_event, prepare_join_event, prepare_knock_event,
     },
@@ -174,7 +174,7 @@ impl Services {
             .send_limited(server, request, MAKE_TEMPLATE_BYTES)
             .await
             .map_err(|err| remote_error(server, err))?;
-        let version = template_version(server, Some(&template.room_version))?;
+        let version = template_version(server, Some(&template.room_version), false)?;
         let mut content = CanonicalJsonObject::new();
         if let Some(reason) = reason {
             content.insert(
@@ -182,15 +182,18 @@ impl Services {
                 CanonicalJsonValue::String(reason.to_owned()),
             );
         }
-        let knock = self.rooms.member_event_from_template(
-            server,
-            room_id,
-            version,
-            user,
-            template.event.get().as_bytes(),
-            "knock",
-            content,
-        )?;
+        let knock = self
+            .rooms
+            .member_event_from_template(
+                server,
+                room_id,
+                version,
+                user,
+                template.event.get().as_bytes(),
+                "knock",
+                content,
+            )
+            .await?;
         let event_id = ruma::OwnedEventId::try_from(knock.event_id())
             .map_err(|e| Error::Internal(format!("built event id: {e}")))?;
         let raw = RawValue::from_string(knock.canonical_json())
@@ -302,21 +305,49 @@ impl Services {
         let mut request =
             prepare_join_event::v1::Request::new(parsed_room.clone(), user.to_owned());
         request.ver = supported_versions();
-        let template = self
+        let template = match self
             .federation
             .send_limited(server, request, MAKE_TEMPLATE_BYTES)
             .await
-            .map_err(|err| remote_error(server, err))?;
-        let version = template_version(server, template.room_version.as_ref())?;
-        let join = self.rooms.member_event_from_template(
+        {
+            Ok(template) => template,
+            Err(err) => {
+                // An account-key room (a version the first request did not offer): asked
+                // again as the user's key-form id, offering that version alone.
+                let err = remote_error(server, err);
+                let Some(version) =
+                    account_key_room_version(&err).filter(|_| self.account_keys.enabled())
+                else {
+                    return Err(err);
+                };
+                let member = self.rooms.room_user_id(version, user).await?;
+                let member = OwnedUserId::try_from(member)
+                    .map_err(|e| Error::Internal(format!("a key-form user id: {e}")))?;
+                let mut request = prepare_join_event::v1::Request::new(parsed_room.clone(), member);
+                request.ver = RoomVersionId::try_from(version.id()).into_iter().collect();
+                self.federation
+                    .send_limited(server, request, MAKE_TEMPLATE_BYTES)
+                    .await
+                    .map_err(|err| remote_error(server, err))?
+            }
+        };
+        let version = template_version(
             server,
-            room_id,
-            version,
-            user,
-            template.event.get().as_bytes(),
-            "join",
-            canonical_content(content)?,
+            template.room_version.as_ref(),
+            self.account_keys.enabled(),
         )?;
+        let join = self
+            .rooms
+            .member_event_from_template(
+                server,
+                room_id,
+                version,
+                user,
+                template.event.get().as_bytes(),
+                "join",
+                canonical_content(content)?,
+            )
+            .await?;
         let json = join.canonical_json();
         let event_id = ruma::OwnedEventId::try_from(join.event_id())
             .map_err(|e| Error::Internal(format!("built event id: {e}")))?;
@@ -376,6 +407,12 @@ impl Services {
         )
         .await?;
         let key_fetch = started.elapsed();
+        // Account-key rooms: the members are verified (within a bound) before the room reaches
+        // clients, so that they see names rather than an empty room (MSC4243.md §2.3 item 23).
+        if version.uses_account_keys() {
+            self.verify_named(&every, crate::account_verification::JOIN_VERIFY_WAIT)
+                .await;
+        }
         let placed = self
             .rooms
             .place_remote_join(
@@ -450,18 +487,36 @@ pub(crate) fn remote_error(server: &ServerName, err: FederationError) -> Error {
     }
 }
 
-/// The room versions this server supports, as `make_join`/`make_knock` list them (`ver`).
+/// The room versions `make_join`/`make_knock` offer first (`ver`): all this server supports
+/// but the account-key ones, whose templates must name the user's key-form id (the user id in
+/// the request). A resident of such a room answers `M_INCOMPATIBLE_ROOM_VERSION` naming it,
+/// and the join asks again in key form ([`account_key_room_version`]).
 fn supported_versions() -> Vec<RoomVersionId> {
     RoomVersion::all()
         .iter()
+        .filter(|version| !version.uses_account_keys())
         .filter_map(|version| RoomVersionId::try_from(version.id()).ok())
         .collect()
 }
 
-/// The room version a template names (absent: version 1), if this server can take part in it.
+/// The account-key room version a resident's `M_INCOMPATIBLE_ROOM_VERSION` names, if it does.
+fn account_key_room_version(err: &Error) -> Option<&'static RoomVersion> {
+    let Error::Remote { errcode, body, .. } = err else {
+        return None;
+    };
+    if errcode != "M_INCOMPATIBLE_ROOM_VERSION" {
+        return None;
+    }
+    let version = RoomVersion::get(body.get("room_version")?.as_str()?).ok()?;
+    version.uses_account_keys().then_some(version)
+}
+
+/// The room version a template names (absent: version 1), if this server can take part in it
+/// (account-key rooms only when `account_keys` allows: joins, with `experimental.msc4243` on).
 fn template_version(
     server: &ServerName,
     version: Option<&RoomVersionId>,
+    account_keys: bool,
 ) -> Result<&'static RoomVersion> {
     let id = version.map_or("1", RoomVersionId::as_str);
     let version = RoomVersion::get(id).map_err(|_| {
@@ -469,10 +524,10 @@ fn template_version(
             "{server} offered room version {id}, which this server does not support"
         ))
     })?;
-    if version.uses_account_keys() {
-        return Err(Error::Forbidden(
-            "Joining account-key rooms held by other servers is not supported yet".to_owned(),
-        ));
+    if version.uses_account_keys() && !account_keys {
+        return Err(Error::Forbidden(format!(
+            "Room version {id} (account keys) is not enabled here, or not for this request"
+        )));
     }
     Ok(version)
 }

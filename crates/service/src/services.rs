@@ -55,6 +55,8 @@ pub struct Services {
     /// Inbound transactions: one at a time per origin, old answers pruned.
     pub inbound: crate::federation_receiver::InboundTransactions,
     pub account_keys: Arc<crate::account_keys::AccountKeys>,
+    /// Asks other servers who their account keys are (`/query/accounts`).
+    pub account_verifier: Arc<crate::account_verification::AccountVerifier>,
     pub accounts: Accounts,
     pub rooms: crate::rooms::Rooms,
     pub ephemeral: crate::ephemeral::Ephemeral,
@@ -199,8 +201,14 @@ impl Services {
             path: media_dir,
             source,
         })?;
+        let account_verifier = Arc::new(crate::account_verification::AccountVerifier::new(
+            account_keys.clone(),
+            federation.clone(),
+            store.clone(),
+        ));
         Ok(Arc::new(Services {
             account_keys,
+            account_verifier,
             rooms,
             ephemeral,
             directory: crate::directory::Directory::new(store.clone(), config.server_name.clone()),

@@ -713,7 +713,12 @@ impl Services {
                         "m.invited_member_count": counts.invited,
                     });
                     if !counts.named {
-                        summary["m.heroes"] = json!(counts.heroes);
+                        let heroes: Vec<String> = counts
+                            .heroes
+                            .iter()
+                            .filter_map(|hero| self.rooms.client_user_id(room, hero))
+                            .collect();
+                        summary["m.heroes"] = json!(heroes);
                     }
                     summary
                 }

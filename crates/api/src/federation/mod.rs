@@ -1,5 +1,6 @@
 //! The server-server and key APIs (TLS listener).
 
+mod account_keys;
 mod discovery;
 mod events;
 mod hierarchy;
@@ -15,6 +16,7 @@ use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()
+        .merge(account_keys::routes())
         .merge(keys::routes())
         .merge(query::routes())
         .merge(events::routes())

@@ -8,5 +8,7 @@ pub mod outbound;
 pub mod sender;
 
 pub use backoff::{Backoff, BackoffPolicy};
+/// The endpoint types of MSC4243's `/query/accounts`, for the HTTP floor that serves it.
+pub use myelin_federation::msc4243;
 pub use outbound::Outbound;
 pub use sender::{DestinationStatus, EduFeed, EduNotice, Sender};

@@ -191,6 +191,9 @@ impl Services {
         let mut keys = ServerKeys::new();
         self.add_signing_keys(version, batch, &mut keys, Instant::now() + KEY_FETCH_TIME)
             .await?;
+        // Account-key rooms: members and senders this server has not verified yet are asked
+        // about meanwhile (their events reach clients once verified).
+        self.verify_named_later(version, batch);
         let mut prev_states: HashMap<String, i64> = HashMap::new();
         let mut outcomes = self
             .rooms

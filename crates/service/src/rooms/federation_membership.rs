@@ -442,6 +442,7 @@ impl Services {
                 .rooms
                 .receive_relayed_pdu(&prepared.room.room_id, json.as_bytes(), &keys)
                 .await?;
+            self.verify_named_later(version, &bytes);
             match received.outcome {
                 Received::Accepted | Received::AlreadyStored => {}
                 Received::SoftFailed => {

@@ -809,15 +809,17 @@ impl Rooms {
                 CanonicalJsonValue::String(reason.to_owned()),
             );
         }
-        let leave = self.member_event_from_template(
-            server,
-            &room.room_id,
-            version,
-            user,
-            template.event.get().as_bytes(),
-            "leave",
-            content,
-        )?;
+        let leave = self
+            .member_event_from_template(
+                server,
+                &room.room_id,
+                version,
+                user,
+                template.event.get().as_bytes(),
+                "leave",
+                content,
+            )
+            .await?;
         let event_id = OwnedEventId::try_from(leave.event_id())
             .map_err(|e| Error::Internal(format!("built event id: {e}")))?;
         federation

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use myelin_room_version::{RoomVersion, projection::project_for_client};
+use myelin_room_version::{
+    RoomVersion,
+    projection::{project_for_client, visible_user_id},
+};
 use myelin_store::{EventRow, EventStatus, HistoryPosition, HistoryWalk, RoomRow};
 use ruma::UserId;
 use serde_json::{Value, json};
@@ -1070,5 +1073,17 @@ impl Rooms {
         project_for_client(version, event, &reader_id, |id| {
             self.account_keys.lookup(id)
         })
+    }
+
+    /// A member's id as clients see it outside events (a summary's heroes): in account-key
+    /// rooms a verified key by its account name and a hidden one not at all (see
+    /// `projection::visible_user_id`); elsewhere the id itself.
+    pub(crate) fn client_user_id(&self, room: &RoomRow, id: &str) -> Option<String> {
+        match version_of(room) {
+            Ok(version) if version.uses_account_keys() => {
+                visible_user_id(id, |key| self.account_keys.lookup(key))
+            }
+            _ => Some(id.to_owned()),
+        }
     }
 }

@@ -18,8 +18,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use myelin_room_version::{
-    CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion, canonical::parse_object,
-    pdu::build_pdu, receipt, verify::ServerKeys,
+    CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion,
+    canonical::parse_object,
+    pdu::{EventSigner, build_pdu},
+    receipt,
+    verify::ServerKeys,
 };
 use myelin_store::RoomRow;
 use ruma::{ServerName, UserId};
@@ -85,9 +88,10 @@ impl Rooms {
     /// `make_join`, `make_leave` or `make_knock`: only the fields a template places the event
     /// with (prev and auth events, depth) are taken, after checking it is this user's event of
     /// that membership in this room; the content is `content` with the membership (and, for a
-    /// restricted join, the authorising user the resident named); signed by this server.
+    /// restricted join, the authorising user the resident named); signed by this server, or in
+    /// account-key rooms by the user's account key, whose key-form id the template must name.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn member_event_from_template(
+    pub(crate) async fn member_event_from_template(
         &self,
         server: &ServerName,
         room_id: &str,
@@ -97,6 +101,7 @@ impl Rooms {
         membership: &str,
         mut content: CanonicalJsonObject,
     ) -> Result<Pdu> {
+        let member = self.room_user_id(version, user).await?;
         let bad = |why: &str| {
             Error::BadGateway(format!(
                 "{server} gave an unusable make_{membership} template: {why}"
@@ -112,8 +117,8 @@ impl Rooms {
             _ => None,
         };
         if string(&template, "type").as_deref() != Some("m.room.member")
-            || string(&template, "state_key").as_deref() != Some(user.as_str())
-            || string(&template, "sender").as_deref() != Some(user.as_str())
+            || string(&template, "state_key").as_deref() != Some(member.as_str())
+            || string(&template, "sender").as_deref() != Some(member.as_str())
             || string(&template, "room_id").as_deref() != Some(room_id)
             || given.and_then(|c| string(c, "membership")).as_deref() != Some(membership)
         {
@@ -153,7 +158,17 @@ impl Rooms {
             CanonicalJsonValue::Integer(super::int(now_millis())?),
         );
         self.assign_event_id(&mut partial, version);
-        build_pdu(partial, version, self.keys.event_signer()).map_err(|e| bad(&e.to_string()))
+        // Account-key rooms: signed by the member's account key, never the server key.
+        let account_key = if version.uses_account_keys() {
+            Some(self.account_keys.signing_key(user.localpart()).await?)
+        } else {
+            None
+        };
+        let signer = match &account_key {
+            Some(pair) => EventSigner::Account(pair),
+            None => self.keys.event_signer(),
+        };
+        build_pdu(partial, version, signer).map_err(|e| bad(&e.to_string()))
     }
 
     /// Places a join through another server (see the module docs). Errors are the answer's

@@ -1,0 +1,331 @@
+//! Asking other servers who their account keys are (MSC4243.md §2.3 items 20–24): the
+//! requester's half of `/query/accounts`. Key-form users this server does not know yet are
+//! grouped by the domain they claim, asked in batches of at most [`MAX_QUERY_KEYS`], each
+//! request bounded in time and in answer size and sent through [`Outbound`] (so the
+//! per-domain backoff of the transport applies: a forged-domain flood costs that domain one
+//! batch per key batch and backoff window). Each per-key answer is judged by the room
+//! version's classifier (`query_accounts::classify_answer`, the one judgement) and recorded
+//! through [`AccountKeys::record_remote`], the one way a verdict enters the store and the
+//! client projection.
+//!
+//! Retries (item 24): a key whose domain did not answer, or answered without it, is asked again
+//! after [`RETRY_UNANSWERED_MS`]; one the domain disowned (`M_UNKNOWN` or another errcode, a
+//! bad answer) after [`RETRY_DISOWNED_MS`], so domains that never answered come first.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use myelin_room_version::{
+    account_key::KeyFormUserId,
+    canonical::to_canonical_string,
+    projection::KeyVerification,
+    query_accounts::{AnswerVerdict, Unverified, classify_answer},
+};
+use myelin_store::{RemoteKeyVerdict, Store};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, ServerName};
+use serde_json::Value;
+
+use crate::{
+    Result,
+    account_keys::{AccountKeys, MAX_QUERY_KEYS},
+    federation::{Outbound, msc4243::query_accounts},
+    now_millis,
+};
+
+/// The largest answer read: 2048 signed per-key objects are about 1 MB (item 22); more is a
+/// malicious answer and dropped (item 29).
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// How long one `/query/accounts` request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// When a key whose domain did not answer (or left it out) is asked again.
+pub const RETRY_UNANSWERED_MS: i64 = 5 * 60 * 1000;
+/// When a key its domain disowned (an errcode, a malformed or badly signed answer) is asked again.
+pub const RETRY_DISOWNED_MS: i64 = 60 * 60 * 1000;
+
+/// The requester's half of `/query/accounts` (see the module docs).
+#[derive(Debug)]
+pub struct AccountVerifier {
+    accounts: Arc<AccountKeys>,
+    federation: Arc<Outbound>,
+    store: Store,
+    /// Key-form users being asked about right now: a second caller does not ask again.
+    asking: Mutex<HashSet<String>>,
+}
+
+/// What one round of asking did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// `/query/accounts` requests sent.
+    pub requests: usize,
+    /// Keys now verified (or found erased).
+    pub settled: usize,
+    /// Keys still unverified.
+    pub unverified: usize,
+}
+
+impl AccountVerifier {
+    pub fn new(accounts: Arc<AccountKeys>, federation: Arc<Outbound>, store: Store) -> Self {
+        AccountVerifier {
+            accounts,
+            federation,
+            store,
+            asking: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Asks the claimed domains about those of `user_ids` that are key-form ids of other
+    /// servers, not known yet (local, verified or erased) and due (never asked, or past their
+    /// retry time), and records what they said. Ids that are not key-form are ignored.
+    pub async fn verify(&self, user_ids: &[String]) -> Result<Asked> {
+        let now = now_millis();
+        let mut candidates: Vec<KeyFormUserId> = Vec::new();
+        for id in user_ids {
+            let Ok(user) = KeyFormUserId::parse(id) else {
+                continue;
+            };
+            if user.server_name == self.federation.server_name().as_str()
+                || self.accounts.lookup(&user) != KeyVerification::Unverified
+            {
+                continue;
+            }
+            candidates.push(user);
+        }
+        if candidates.is_empty() {
+            return Ok(Asked::default());
+        }
+        // Not due yet: asked before, with a retry time still ahead.
+        let ids: Vec<String> = candidates.iter().map(ToString::to_string).collect();
+        let not_due: HashSet<String> = self
+            .store
+            .account_keys_by_user_ids(&ids)
+            .await?
+            .into_iter()
+            .filter(|row| row.next_attempt_ts.is_some_and(|at| at > now))
+            .map(|row| row.user_id)
+            .collect();
+        let mut by_domain: BTreeMap<String, Vec<KeyFormUserId>> = BTreeMap::new();
+        {
+            let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
+            for user in candidates {
+                let id = user.to_string();
+                if not_due.contains(&id) || !asking.insert(id) {
+                    continue;
+                }
+                by_domain
+                    .entry(user.server_name.clone())
+                    .or_default()
+                    .push(user);
+            }
+        }
+        let mut asked = Asked::default();
+        for (domain, users) in by_domain {
+            for batch in users.chunks(MAX_QUERY_KEYS) {
+                let outcome = self.ask_domain(&domain, batch).await;
+                {
+                    let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
+                    for user in batch {
+                        asking.remove(&user.to_string());
+                    }
+                }
+                let (requests, settled) = outcome?;
+                asked.requests += requests;
+                asked.settled += settled;
+                asked.unverified += batch.len() - settled;
+            }
+        }
+        Ok(asked)
+    }
+
+    /// One request to `domain` about `batch` (all claiming it); the verdicts recorded.
+    /// Returns (requests sent, keys settled).
+    async fn ask_domain(&self, domain: &str, batch: &[KeyFormUserId]) -> Result<(usize, usize)> {
+        let Ok(server) = <&ServerName>::try_from(domain) else {
+            // Not a server name: nobody to ask, and never verifiable.
+            for user in batch {
+                self.record(user, &unverified("bad_domain", RETRY_DISOWNED_MS))
+                    .await?;
+            }
+            return Ok((0, 0));
+        };
+        let keys: Vec<String> = batch.iter().map(|u| u.key.as_str().to_owned()).collect();
+        let sent = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.federation.send_limited(
+                server,
+                query_accounts::Request::new(keys),
+                MAX_ANSWER_BYTES,
+            ),
+        )
+        .await;
+        let answers = match sent {
+            Ok(Ok(response)) => response.body.get("account_keys").cloned(),
+            Ok(Err(err)) => {
+                tracing::info!(%domain, keys = batch.len(), %err, "a /query/accounts request failed");
+                None
+            }
+            Err(_) => {
+                tracing::info!(%domain, keys = batch.len(), "a /query/accounts request timed out");
+                None
+            }
+        };
+        let Some(Value::Object(answers)) = answers else {
+            // Unreachable, an error status or no `account_keys` object: every key of the batch
+            // stays unverified, asked again before those the domain disowned.
+            for user in batch {
+                self.record(user, &unverified("unreachable", RETRY_UNANSWERED_MS))
+                    .await?;
+            }
+            return Ok((1, 0));
+        };
+        let mut settled = 0;
+        for user in batch {
+            let answer: Option<CanonicalJsonObject> = answers
+                .get(user.key.as_str())
+                .and_then(|value| CanonicalJsonValue::try_from(value.clone()).ok())
+                .and_then(|value| match value {
+                    CanonicalJsonValue::Object(object) => Some(object),
+                    _ => None,
+                });
+            let verdict = classify_answer(user, answer.as_ref());
+            let attestation;
+            let recorded = match &verdict {
+                AnswerVerdict::Verified { account_name } => RemoteKeyVerdict::Verified {
+                    account_name: account_name.as_str(),
+                },
+                AnswerVerdict::Erased => {
+                    attestation = answer.as_ref().map(to_canonical_string).unwrap_or_default();
+                    RemoteKeyVerdict::Erased {
+                        attestation: &attestation,
+                    }
+                }
+                AnswerVerdict::Unverified(Unverified::Missing) => {
+                    unverified("missing", RETRY_UNANSWERED_MS)
+                }
+                AnswerVerdict::Unverified(reason) => {
+                    tracing::info!(%domain, user = %user, ?reason, "a /query/accounts answer does not verify the key");
+                    unverified(reason_name(reason), RETRY_DISOWNED_MS)
+                }
+            };
+            if self.record(user, &recorded).await? != KeyVerification::Unverified {
+                settled += 1;
+            }
+        }
+        Ok((1, settled))
+    }
+
+    async fn record(
+        &self,
+        user: &KeyFormUserId,
+        verdict: &RemoteKeyVerdict<'_>,
+    ) -> Result<KeyVerification> {
+        self.accounts.record_remote(user, verdict).await
+    }
+}
+
+fn unverified(outcome: &'static str, retry_in_ms: i64) -> RemoteKeyVerdict<'static> {
+    RemoteKeyVerdict::Unverified {
+        outcome,
+        next_attempt_ts: now_millis() + retry_in_ms,
+    }
+}
+
+fn reason_name(reason: &Unverified) -> &'static str {
+    match reason {
+        Unverified::Missing => "missing",
+        Unverified::Unknown { .. } => "unknown",
+        Unverified::Malformed => "malformed",
+        Unverified::BadSignature => "bad_signature",
+        Unverified::WrongDomain => "wrong_domain",
+        Unverified::BadAccountName => "bad_account_name",
+    }
+}
+
+/// How long a join through another server into an account-key room waits for the room's
+/// members to be verified before the room reaches clients (item 23: bounded, so a silent
+/// domain cannot hold a room back; its members are asked again later).
+pub const JOIN_VERIFY_WAIT: Duration = Duration::from_secs(5);
+
+/// The key-form users events name (senders, and member events' state keys), without
+/// duplicates: who an account-key room's events make this server need to know.
+pub fn users_named(events: &[&[u8]]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        sender: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        state_key: Option<String>,
+    }
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    for bytes in events {
+        let Ok(named) = serde_json::from_slice::<Named>(bytes) else {
+            continue;
+        };
+        let member = (named.kind.as_deref() == Some("m.room.member"))
+            .then_some(named.state_key)
+            .flatten();
+        for id in named.sender.into_iter().chain(member) {
+            if KeyFormUserId::parse(&id).is_ok() && seen.insert(id.clone()) {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
+
+impl crate::Services {
+    /// Asks, in the background, about the key-form users that events of an account-key room
+    /// name and this server does not know yet (nothing for other rooms). Failures are logged:
+    /// the keys stay unverified and are asked again later.
+    pub(crate) fn verify_named_later(
+        &self,
+        version: &myelin_room_version::RoomVersion,
+        events: &[&[u8]],
+    ) {
+        if !version.uses_account_keys() {
+            return;
+        }
+        let users = users_named(events);
+        if users.is_empty() {
+            return;
+        }
+        let verifier = self.account_verifier.clone();
+        tokio::spawn(async move {
+            if let Err(err) = verifier.verify(&users).await {
+                tracing::warn!(%err, "asking other servers about account keys failed");
+            }
+        });
+    }
+
+    /// Asks about the key-form users `events` name, waiting at most `wait` (the rest carries on
+    /// in the background).
+    pub(crate) async fn verify_named(&self, events: &[&[u8]], wait: Duration) {
+        let users = users_named(events);
+        if users.is_empty() {
+            return;
+        }
+        let verifier = self.account_verifier.clone();
+        let asking = tokio::spawn(async move { verifier.verify(&users).await });
+        match tokio::time::timeout(wait, asking).await {
+            Ok(Ok(Ok(asked))) => {
+                tracing::info!(
+                    requests = asked.requests,
+                    verified = asked.settled,
+                    unverified = asked.unverified,
+                    "asked other servers about a room's account keys"
+                );
+            }
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(%err, "asking other servers about account keys failed")
+            }
+            Ok(Err(err)) => tracing::warn!(%err, "asking other servers about account keys failed"),
+            Err(_) => tracing::info!(
+                ?wait,
+                "a room's account keys are still being asked about; the room is shown meanwhile"
+            ),
+        }
+    }
+}

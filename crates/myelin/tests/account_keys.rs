@@ -872,6 +872,60 @@ async fn a_user_of_another_server_joins_and_chats_in_an_account_key_room() {
             assert_projected(&format!("{kind:?} {} /sync", server.name()), joined, &names);
         }
 
+        // Alice kicks bob, he joins again, she bans him and his next join is refused; both
+        // servers show it by name. Bob's leave, join and A's events all cross in key form.
+        let membership_of_bob = |server: &'static str| {
+            let (server, reader) = if server == "a" {
+                (a, &alice)
+            } else {
+                (b, &bob)
+            };
+            let path = format!(
+                "/_matrix/client/v3/rooms/{r}/state/m.room.member/{}",
+                enc(&bob.user_id)
+            );
+            async move {
+                let (status, body) = server.get(&path, &reader.access_token).await;
+                (status == 200).then(|| body["membership"].as_str().unwrap_or("").to_owned())
+            }
+        };
+        for (action, expected) in [("kick", "leave"), ("ban", "ban")] {
+            if action == "ban" {
+                post_ok(
+                    b,
+                    &bob,
+                    &format!("/_matrix/client/v3/join/{r}?via=hs-a.test"),
+                    json!({}),
+                )
+                .await;
+                eventually("A to see bob back", || async {
+                    membership_of_bob("a").await.as_deref() == Some("join")
+                })
+                .await;
+            }
+            post_ok(
+                a,
+                &alice,
+                &format!("/_matrix/client/v3/rooms/{r}/{action}"),
+                json!({"user_id": bob.user_id}),
+            )
+            .await;
+            for side in ["a", "b"] {
+                eventually(&format!("{side} to see bob {expected}"), || async {
+                    membership_of_bob(side).await.as_deref() == Some(expected)
+                })
+                .await;
+            }
+        }
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/join/{r}?via=hs-a.test"),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 403, "{kind:?}: a banned user's join: {body}");
+
         // Every PDU of the room either server stores is signed by its sender's account key only.
         for server in [a, b] {
             let store = server.store();

@@ -189,10 +189,14 @@ impl Rooms {
                 return self.reject_outside_invite(room, target, reason).await;
             }
             "leave" => {
-                let current = self
-                    .store
-                    .membership(room.room_nid, target.as_str())
-                    .await?;
+                // Another server's member of an account-key room is indexed by key (local
+                // members by account name too).
+                let indexed = if version_of(room)?.uses_account_keys() && !self.is_local(target) {
+                    self.key_form_in_room(room, target.as_str()).await?
+                } else {
+                    target.to_string()
+                };
+                let current = self.store.membership(room.room_nid, &indexed).await?;
                 let current = current.as_ref().map(|m| m.0.as_str());
                 // The auth rules would let a kick of someone who already left through, which
                 // only rewrites their leave: a kick needs a target in the room (joined, invited

@@ -10,7 +10,9 @@
 //!
 //! Retries (item 24): a key whose domain did not answer, or answered without it, is asked again
 //! after [`RETRY_UNANSWERED_MS`]; one the domain disowned (`M_UNKNOWN` or another errcode, a
-//! bad answer) after [`RETRY_DISOWNED_MS`], so domains that never answered come first.
+//! bad answer) after [`RETRY_DISOWNED_MS`], so domains that never answered come first. A key is
+//! asked again when its room brings news of it, and by a background round
+//! ([`AccountVerifier::run_retries`]) while it is still a member of a room here.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -44,6 +46,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RETRY_UNANSWERED_MS: i64 = 5 * 60 * 1000;
 /// When a key its domain disowned (an errcode, a malformed or badly signed answer) is asked again.
 pub const RETRY_DISOWNED_MS: i64 = 60 * 60 * 1000;
+/// How often due retries are looked for.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Keys asked about again per round at most.
+pub const RETRY_BATCH: i64 = 4 * MAX_QUERY_KEYS as i64;
+/// How long a claimed retry is held before another round (or process) may claim it again, in
+/// case the asking never records its outcome.
+pub const RETRY_LEASE_MS: i64 = 10 * 60 * 1000;
 
 /// The requester's half of `/query/accounts` (see the module docs).
 #[derive(Debug)]
@@ -53,6 +62,8 @@ pub struct AccountVerifier {
     store: Store,
     /// Key-form users being asked about right now: a second caller does not ask again.
     asking: Mutex<HashSet<String>>,
+    /// Set while the background retries run: their stop signal.
+    stop: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
 }
 
 /// What one round of asking did.
@@ -73,6 +84,7 @@ impl AccountVerifier {
             federation,
             store,
             asking: Mutex::new(HashSet::new()),
+            stop: Mutex::new(None),
         }
     }
 
@@ -106,12 +118,74 @@ impl AccountVerifier {
             .filter(|row| row.next_attempt_ts.is_some_and(|at| at > now))
             .map(|row| row.user_id)
             .collect();
+        candidates.retain(|user| !not_due.contains(&user.to_string()));
+        self.ask(candidates).await
+    }
+
+    /// Asks again about the unverified keys whose retry time has come and that are still
+    /// members of a room here (at most [`RETRY_BATCH`] per round; claimed in the store first,
+    /// so several processes over one database do not ask twice).
+    pub async fn retry_due(&self) -> Result<Asked> {
+        let now = now_millis();
+        let due = self
+            .store
+            .claim_due_account_keys(now, now + RETRY_LEASE_MS, RETRY_BATCH)
+            .await?;
+        let users = due
+            .iter()
+            .filter_map(|id| KeyFormUserId::parse(id).ok())
+            .collect();
+        self.ask(users).await
+    }
+
+    /// Starts the background retry rounds (once; [`Self::stop`] ends them).
+    pub fn start(self: &Arc<Self>) {
+        let mut stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
+        if stop.is_some() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        *stop = Some(tx);
+        tokio::spawn(self.clone().run_retries(rx));
+    }
+
+    /// Ends the background retry rounds (a round in flight finishes its requests).
+    pub fn stop(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Runs [`Self::retry_due`] every [`RETRY_INTERVAL`] until `stop` turns true.
+    async fn run_retries(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_INTERVAL) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            match self.retry_due().await {
+                Ok(asked) if asked.requests > 0 => {
+                    tracing::info!(
+                        requests = asked.requests,
+                        verified = asked.settled,
+                        unverified = asked.unverified,
+                        "asked again about unverified account keys"
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "retrying unverified account keys failed"),
+            }
+        }
+    }
+
+    /// Asks each claimed domain about `users` (other servers' key-form users), skipping those
+    /// another caller is asking about right now.
+    async fn ask(&self, users: Vec<KeyFormUserId>) -> Result<Asked> {
         let mut by_domain: BTreeMap<String, Vec<KeyFormUserId>> = BTreeMap::new();
         {
             let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
-            for user in candidates {
-                let id = user.to_string();
-                if not_due.contains(&id) || !asking.insert(id) {
+            for user in users {
+                if !asking.insert(user.to_string()) {
                     continue;
                 }
                 by_domain

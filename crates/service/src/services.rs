@@ -242,10 +242,14 @@ impl Services {
     /// Starts the background work a serving server does: the federation sender.
     pub fn start_background(&self) {
         self.federation_sender.start();
+        if self.account_keys.enabled() {
+            self.account_verifier.start();
+        }
     }
 
     /// Stops the background work, then closes the database once in-flight work is done.
     pub async fn shutdown(&self) {
+        self.account_verifier.stop();
         self.federation_sender.stop().await;
         self.store.close().await;
     }

@@ -284,6 +284,38 @@ impl Store {
         })
     }
 
+    /// Claims up to `limit` unverified remote keys whose retry time has come (`next_attempt_ts`
+    /// at or before `now`) and that are still members (joined, invited or knocking) of a room
+    /// here, moving their retry time to `lease_until` so that another process (or the next
+    /// round) does not ask about them meanwhile; the asking records the real next time. The most
+    /// overdue are chosen first; their key-form user ids come back in no particular order.
+    pub async fn claim_due_account_keys(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "UPDATE account_keys SET next_attempt_ts = $2 \
+                 WHERE state = 'unverified' AND next_attempt_ts <= $1 AND user_id IN ( \
+                   SELECT k.user_id FROM account_keys k WHERE k.state = 'unverified' \
+                   AND k.next_attempt_ts <= $1 AND EXISTS (SELECT 1 FROM room_memberships m \
+                     WHERE m.user_id = k.user_id AND m.membership IN ('join', 'invite', 'knock')) \
+                   ORDER BY k.next_attempt_ts LIMIT $3) \
+                 RETURNING user_id",
+            )
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| row.try_get::<String, _>("user_id").map_err(StoreError::from))
+                .collect()
+        })
+    }
+
     /// The latest position of this server's erasure log (0 when nobody was erased).
     pub async fn latest_erasure_id(&self, domain: &str) -> Result<i64, StoreError> {
         with_pool!(self, pool => {

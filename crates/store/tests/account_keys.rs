@@ -245,3 +245,104 @@ async fn local_erasure_destroys_key_and_name_and_logs_in_order() {
         store.close().await;
     }
 }
+
+/// Retries are claimed, not just read: only unverified keys past their retry time that are
+/// still members of a room here, the most overdue chosen first; a claimed key is not claimed again until
+/// its lease runs out (another process, or the next round, leaves it alone).
+#[tokio::test]
+async fn due_unverified_keys_of_room_members_are_claimed_once() {
+    use myelin_store::{CurrentStateChange, NewEvent};
+    for kind in test_backends() {
+        let (_db, store) = open(kind).await;
+        let room = store
+            .create_room(
+                "!r:my.example",
+                "org.matrix.12.4243",
+                "@C:my.example",
+                false,
+                0,
+            )
+            .await
+            .unwrap();
+        let mut before = None;
+        for (depth, (id, member, membership)) in [
+            ("$create", None, None),
+            ("$m1", Some("@M1:a.example"), Some("join")),
+            ("$m2", Some("@M2:a.example"), Some("invite")),
+            ("$m3", Some("@M3:a.example"), Some("leave")),
+            ("$m4", Some("@M4:a.example"), Some("join")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (kind, state_key) = match member {
+                Some(member) => ("m.room.member", member),
+                None => ("m.room.create", ""),
+            };
+            let persisted = store
+                .persist_event(&NewEvent {
+                    room_nid: room,
+                    event_id: id,
+                    event_type: kind,
+                    state_key: Some(state_key),
+                    sender: member.unwrap_or("@C:my.example"),
+                    depth: depth as i64 + 1,
+                    origin_server_ts: 1,
+                    json: "{}",
+                    state_group_before: before,
+                    current_state: CurrentStateChange::Extend,
+                    membership: member.zip(membership),
+                    now: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            before = persisted.state_group;
+        }
+        let unverified = |at| RemoteKeyVerdict::Unverified {
+            outcome: "unreachable",
+            next_attempt_ts: at,
+        };
+        // M1 and M2 are due (M2 longer overdue), M3 left the room, M4 is not due yet, and N
+        // is in no room.
+        for (key, at) in [("M1", 50), ("M2", 40), ("M3", 10), ("M4", 500), ("N", 10)] {
+            store
+                .record_remote_account_key(key, "a.example", &unverified(at), 1)
+                .await
+                .unwrap();
+        }
+        let mut claimed = store.claim_due_account_keys(100, 1000, 10).await.unwrap();
+        claimed.sort();
+        assert_eq!(
+            claimed,
+            vec!["@M1:a.example".to_owned(), "@M2:a.example".to_owned()],
+            "{kind:?}"
+        );
+        // With room for one, the longer overdue goes first.
+        store
+            .record_remote_account_key("M1", "a.example", &unverified(50), 2)
+            .await
+            .unwrap();
+        store
+            .record_remote_account_key("M2", "a.example", &unverified(40), 2)
+            .await
+            .unwrap();
+        let first = store.claim_due_account_keys(100, 1000, 1).await.unwrap();
+        assert_eq!(first, vec!["@M2:a.example".to_owned()], "{kind:?}");
+        store
+            .record_remote_account_key("M1", "a.example", &unverified(1000), 3)
+            .await
+            .unwrap();
+        // Leased until 1000: not claimed again before then, claimed after.
+        assert!(
+            store
+                .claim_due_account_keys(200, 1200, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = store.claim_due_account_keys(1000, 2000, 1).await.unwrap();
+        assert_eq!(again.len(), 1, "{kind:?}: the limit holds");
+        store.close().await;
+    }
+}

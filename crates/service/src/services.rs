@@ -198,7 +198,8 @@ impl Services {
         .map_err(|source| StartError::Media {
             path: media_dir,
             source,
-        })?;
+        })?
+        .with_federation(federation.clone());
         Ok(Arc::new(Services {
             account_keys,
             rooms,

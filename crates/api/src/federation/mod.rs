@@ -5,6 +5,7 @@ mod events;
 mod hierarchy;
 mod invites;
 mod keys;
+mod media;
 mod membership;
 mod query;
 mod transactions;
@@ -22,4 +23,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(membership::routes())
         .merge(invites::routes())
         .merge(transactions::routes())
+        .merge(media::routes())
 }

@@ -992,8 +992,8 @@ async fn delete_media_command_deletes_by_id_and_by_age() {
         }
         assert!(files_under(&media_dir(&server).join("content")).is_empty());
 
-        // Ids that are not ours, or not ids, are refused before anything is opened.
-        for bad in ["../secret", "mxc://example.org/abc"] {
+        // What is not a media id or an mxc:// URI is refused before anything is opened.
+        for bad in ["../secret", "mxc://example.org/a.b", "mxc://bad name/abc"] {
             let (code, _) = delete_media_command(&server, &["--id", bad]).await;
             assert_eq!(code, Some(2), "{bad}");
         }

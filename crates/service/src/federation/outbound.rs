@@ -83,8 +83,19 @@ impl Outbound {
             return Err(FederationError::NotRetrying { retry_at_ms });
         }
         let result = self.client.get_media(destination, request, endpoint).await;
-        self.record(destination, started, result.as_ref().err())
-            .await;
+        match &result {
+            // The media's own state (a pending upload, a file too large for the origin to
+            // serve), answered with a 5xx: the destination is up.
+            Err(FederationError::Status { body, .. })
+                if body.contains("M_NOT_YET_UPLOADED") || body.contains("M_TOO_LARGE") =>
+            {
+                self.backoff.answered(destination).await;
+            }
+            _ => {
+                self.record(destination, started, result.as_ref().err())
+                    .await;
+            }
+        }
         result
     }
 

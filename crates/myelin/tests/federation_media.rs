@@ -320,13 +320,15 @@ async fn media_of_another_server_is_fetched_once_and_served_from_the_cache() {
 struct PeerLog {
     /// Answer the federation media endpoints with 404 `M_UNRECOGNIZED` (an old server).
     old: AtomicBool,
+    /// The peer's port, for the `Location` it answers `moved` with.
+    port: std::sync::atomic::AtomicU16,
     seen: Mutex<Vec<(String, bool)>>,
 }
 
 /// The peer's media: `img` (a PNG), `big` (5000 bytes), anything else unknown.
 fn peer_media(media_id: &str) -> Option<(Vec<u8>, &'static str)> {
     match media_id {
-        "img" | "old" | "later" => Some((png(40, 20), "image/png")),
+        "img" | "old" | "later" | "moved" => Some((png(40, 20), "image/png")),
         "big" => Some((vec![b'x'; 5000], "application/octet-stream")),
         _ => None,
     }
@@ -339,6 +341,10 @@ async fn peer_answer(State(log): State<Arc<PeerLog>>, uri: Uri, headers: HeaderM
     // Slow enough that concurrent requests overlap.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let path = uri.path();
+    if path == "/cdn/moved" {
+        let (bytes, content_type) = peer_media("moved").unwrap();
+        return ([(header::CONTENT_TYPE, content_type)], bytes).into_response();
+    }
     let federation = path.starts_with("/_matrix/federation/v1/media/");
     let legacy = path.starts_with(&format!("/_matrix/media/v3/download/{PEER}/"))
         || path.starts_with(&format!("/_matrix/media/v3/thumbnail/{PEER}/"));
@@ -371,6 +377,18 @@ async fn peer_answer(State(log): State<Arc<PeerLog>>, uri: Uri, headers: HeaderM
         )
             .into_response();
     }
+    if federation && media_id == "moved" {
+        // The content elsewhere: the spec's `Location` part.
+        let port = log.port.load(Ordering::SeqCst);
+        let body = format!(
+            "--xyz\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--xyz\r\nLocation: https://{PEER}:{port}/cdn/moved\r\n\r\n\r\n--xyz--\r\n"
+        );
+        return (
+            [(header::CONTENT_TYPE, "multipart/mixed; boundary=xyz")],
+            body,
+        )
+            .into_response();
+    }
     let mut body = format!(
         "--xyz\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--xyz\r\nContent-Type: {content_type}\r\nContent-Disposition: {disposition}\r\n\r\n"
     )
@@ -398,6 +416,7 @@ impl Peer {
         let addr = tcp.local_addr().unwrap();
         let listener = myelin::tls::TlsListener::new(tcp, tls).unwrap();
         let log = Arc::new(PeerLog::default());
+        log.port.store(addr.port(), Ordering::SeqCst);
         let app = Router::new().fallback(peer_answer).with_state(log.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -524,6 +543,13 @@ async fn concurrent_requests_share_one_download_and_large_media_is_refused() {
         .await
         .assert_ok();
         assert_eq!(peer.requests_for("later").len(), 1);
+
+        // Content the peer answers with a `Location` is fetched from there.
+        let moved = get(&server, &format!("{DOWNLOAD}/{PEER}/moved"), Some(&token)).await;
+        moved.assert_ok();
+        assert_eq!(moved.body, peer_media("moved").unwrap().0, "{kind:?}");
+        assert_eq!(moved.header("content-type"), "image/png");
+        assert!(peer.seen().iter().any(|(path, _)| path == "/cdn/moved"));
         server.stop().await;
     }
 }

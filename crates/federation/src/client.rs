@@ -434,12 +434,15 @@ impl FederationClient {
     /// A `GET` of `path_and_query` on `destination` whose answer is read by the caller as it
     /// arrives (media): X-Matrix signed when `signed` (the federation endpoints), plain for the
     /// deprecated unauthenticated media endpoints old servers still serve. An answer that is
-    /// not a success is read (at most 4 KiB) into [`FederationError::Status`].
+    /// not a success is read (at most 4 KiB) into [`FederationError::Status`]. `extra_time` is
+    /// added to the client's timeout for the whole request (a wait the server was asked for,
+    /// and a body that takes long to arrive).
     pub async fn get_streamed(
         &self,
         destination: &ServerName,
         path_and_query: &str,
         signed: bool,
+        extra_time: Duration,
     ) -> Result<reqwest::Response, FederationError> {
         let (target, base) = self.connect_target(destination).await?;
         let mut headers = http::HeaderMap::new();
@@ -460,6 +463,7 @@ impl FederationClient {
             .http
             .get(url)
             .headers(headers)
+            .timeout(self.config.timeout.saturating_add(extra_time))
             .send()
             .await
             .map_err(|e| FederationError::Transport(with_causes(&e)))?;
@@ -472,6 +476,7 @@ impl FederationClient {
     pub async fn get_redirected(
         &self,
         location: &str,
+        extra_time: Duration,
     ) -> Result<reqwest::Response, FederationError> {
         let url = reqwest::Url::parse(location)
             .map_err(|e| FederationError::Response(format!("redirect to `{location}`: {e}")))?;
@@ -489,6 +494,7 @@ impl FederationClient {
         let response = self
             .http
             .get(url)
+            .timeout(self.config.timeout.saturating_add(extra_time))
             .send()
             .await
             .map_err(|e| FederationError::Transport(with_causes(&e)))?;

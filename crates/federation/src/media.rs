@@ -6,8 +6,14 @@
 //! the caller can count it against its limit and write it to disk; the multipart parser holds
 //! at most one chunk and the length of the closing boundary.
 
+use std::time::Duration;
+
 use crate::{FederationClient, FederationError};
 use ruma::ServerName;
+
+/// Time a media download may take beyond the client's request timeout and the wait for a
+/// pending upload it asked for: the content of a large file arriving.
+const MEDIA_TRANSFER_ALLOWANCE: Duration = Duration::from_secs(120);
 
 /// The most of a multipart answer read before the content starts (the boundary, the metadata
 /// part and the content's headers).
@@ -42,6 +48,14 @@ pub enum MediaRequest<'a> {
 }
 
 impl MediaRequest<'_> {
+    /// How long the server is asked to wait for a pending upload.
+    pub fn timeout_ms(&self) -> u64 {
+        match self {
+            MediaRequest::Download { timeout_ms, .. }
+            | MediaRequest::Thumbnail { timeout_ms, .. } => *timeout_ms,
+        }
+    }
+
     /// The request's path and query on `server_name` through `endpoint`.
     pub fn path_and_query(&self, server_name: &ServerName, endpoint: MediaEndpoint) -> String {
         let (kind, media_id) = match self {
@@ -158,8 +172,14 @@ impl FederationClient {
         endpoint: MediaEndpoint,
     ) -> Result<RemoteMedia, FederationError> {
         let path = request.path_and_query(server_name, endpoint);
+        let extra_time = Duration::from_millis(request.timeout_ms()) + MEDIA_TRANSFER_ALLOWANCE;
         let response = self
-            .get_streamed(server_name, &path, endpoint == MediaEndpoint::Federation)
+            .get_streamed(
+                server_name,
+                &path,
+                endpoint == MediaEndpoint::Federation,
+                extra_time,
+            )
             .await?;
         if endpoint == MediaEndpoint::Legacy {
             return Ok(plain(response));
@@ -174,7 +194,7 @@ impl FederationClient {
         if part.content_type.is_none()
             && let Some(location) = part.location
         {
-            return Ok(plain(self.get_redirected(&location).await?));
+            return Ok(plain(self.get_redirected(&location, extra_time).await?));
         }
         Ok(RemoteMedia {
             content_type: part.content_type,

@@ -34,6 +34,29 @@ pub(super) type FetchKey = (String, String, Option<(u32, u32, ThumbnailMethod)>)
 pub(super) type InFlight =
     std::sync::Mutex<HashMap<FetchKey, Arc<tokio::sync::OnceCell<Result<(), Error>>>>>;
 
+/// A request's hold on a shared download; when it lets go, the download leaves the map once
+/// it has settled (the next request reads the cache, or after a failure tries again) or once
+/// no other request waits on it (its fetcher went away with nobody to take over), so that
+/// abandoned downloads leave nothing behind.
+struct InFlightEntry<'a> {
+    in_flight: &'a InFlight,
+    key: FetchKey,
+    cell: Arc<tokio::sync::OnceCell<Result<(), Error>>>,
+}
+
+impl Drop for InFlightEntry<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = in_flight
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // Two holders: the map and this request.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            in_flight.remove(&self.key);
+        }
+    }
+}
+
 impl Media {
     /// Another server's media, from the cache or fetched into it.
     pub(super) async fn remote_download(
@@ -134,17 +157,15 @@ impl Media {
             .entry(key.clone())
             .or_default()
             .clone();
-        let outcome = cell.get_or_init(fetch).await;
-        let outcome = match outcome {
+        let entry = InFlightEntry {
+            in_flight: &self.in_flight,
+            key,
+            cell,
+        };
+        match entry.cell.get_or_init(fetch).await {
             Ok(()) => Ok(()),
             Err(err) => Err(replay(err)),
-        };
-        // Done: the next request reads the cache (or, after a failure, tries again).
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            in_flight.remove(&key);
         }
-        outcome
     }
 
     fn outbound(&self) -> Result<&crate::federation::Outbound> {
@@ -439,6 +460,47 @@ mod tests {
             remote_error(origin, status(500, "")),
             Error::BadGateway(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn shared_downloads_leave_nothing_behind() {
+        let in_flight = InFlight::default();
+        let key: FetchKey = ("hs2.test".into(), "m".into(), None);
+        let cell = in_flight
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        // A fetcher that went away before finishing, with nobody waiting: the entry goes.
+        drop(InFlightEntry {
+            in_flight: &in_flight,
+            key: key.clone(),
+            cell,
+        });
+        assert!(in_flight.lock().unwrap().is_empty());
+        // One that went away while another waits: the entry stays for the other.
+        let cell = in_flight
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let waiter = cell.clone();
+        drop(InFlightEntry {
+            in_flight: &in_flight,
+            key: key.clone(),
+            cell,
+        });
+        assert_eq!(in_flight.lock().unwrap().len(), 1);
+        // Settled: the entry goes.
+        waiter.set(Ok(())).unwrap();
+        drop(InFlightEntry {
+            in_flight: &in_flight,
+            key,
+            cell: waiter,
+        });
+        assert!(in_flight.lock().unwrap().is_empty());
     }
 
     #[test]

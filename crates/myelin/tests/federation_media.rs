@@ -550,6 +550,18 @@ async fn concurrent_requests_share_one_download_and_large_media_is_refused() {
         assert_eq!(moved.body, peer_media("moved").unwrap().0, "{kind:?}");
         assert_eq!(moved.header("content-type"), "image/png");
         assert!(peer.seen().iter().any(|(path, _)| path == "/cdn/moved"));
+
+        // The operator empties the cache by age: everything fetched until now.
+        assert_eq!(metric(&server, "remote_media_ids").await, Some(3));
+        let out = delete_media_command(&server, &["--older-than-days", "1"]).await;
+        assert_eq!(out, "deleted 0 media");
+        let out = delete_media_command(&server, &["--older-than-days", "0"]).await;
+        assert_eq!(out, "deleted 3 media", "{kind:?}: img, later, moved");
+        assert_eq!(metric(&server, "remote_media_ids").await, Some(0));
+        assert_eq!(
+            files_under(&server.data_dir.path().join("media/content")),
+            0
+        );
         server.stop().await;
     }
 }

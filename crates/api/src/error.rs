@@ -184,6 +184,9 @@ impl From<ServiceError> for MatrixError {
                 Self::new(S::CONFLICT, ErrorKind::CannotOverwriteMedia, message)
             }
             ServiceError::BadGateway(_) => Self::new(S::BAD_GATEWAY, ErrorKind::Unknown, message),
+            ServiceError::RemoteTooLarge(_) => {
+                Self::new(S::BAD_GATEWAY, ErrorKind::TooLarge, message)
+            }
             ServiceError::Remote { status, body, .. } => Self::new(
                 S::from_u16(status).unwrap_or(S::BAD_GATEWAY),
                 serde_json::from_value(Value::Object(body)).unwrap_or(ErrorKind::Unknown),

@@ -222,12 +222,13 @@ async fn serve_download(
     media_id: &str,
     filename: Option<String>,
     timeout: Duration,
+    allow_remote: bool,
     range: RequestedRange,
 ) -> Result<Response, MatrixError> {
     let content = state
         .services
         .media
-        .download(server_name, media_id, timeout)
+        .download(server_name, media_id, timeout, allow_remote)
         .await?;
     ranged_media_response(content, filename, range).await
 }
@@ -246,6 +247,7 @@ async fn download(
         &r.media_id,
         None,
         r.timeout_ms,
+        true,
         range,
     )
     .await
@@ -265,6 +267,7 @@ async fn download_as(
         &r.media_id,
         Some(r.filename),
         r.timeout_ms,
+        true,
         range,
     )
     .await
@@ -282,6 +285,7 @@ async fn legacy_download(
         &r.media_id,
         None,
         r.timeout_ms,
+        r.allow_remote,
         range,
     )
     .await
@@ -302,6 +306,7 @@ async fn legacy_download_as(
         &r.media_id,
         Some(r.filename),
         r.timeout_ms,
+        r.allow_remote,
         range,
     )
     .await
@@ -315,34 +320,46 @@ struct ThumbnailRequest<'a> {
     height: UInt,
     method: Option<&'a ruma::media::Method>,
     timeout: Duration,
+    /// Off only on the deprecated endpoints, when the client says so.
+    allow_remote: bool,
+}
+
+/// The thumbnail method a request names (`scale` when it names none).
+pub(crate) fn thumbnail_method(
+    method: Option<&ruma::media::Method>,
+) -> Result<ThumbnailMethod, MatrixError> {
+    match method {
+        None | Some(ruma::media::Method::Scale) => Ok(ThumbnailMethod::Scale),
+        Some(ruma::media::Method::Crop) => Ok(ThumbnailMethod::Crop),
+        Some(other) => Err(MatrixError::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::InvalidParam,
+            format!("Unknown thumbnail method `{}`", other.as_str()),
+        )),
+    }
+}
+
+/// A requested thumbnail side as the service takes it (huge values saturate; it clamps them).
+pub(crate) fn thumbnail_side(v: UInt) -> u32 {
+    u32::try_from(u64::from(v)).unwrap_or(u32::MAX)
 }
 
 async fn serve_thumbnail(
     state: &AppState,
     request: ThumbnailRequest<'_>,
 ) -> Result<Response, MatrixError> {
-    let method = match request.method {
-        None | Some(ruma::media::Method::Scale) => ThumbnailMethod::Scale,
-        Some(ruma::media::Method::Crop) => ThumbnailMethod::Crop,
-        Some(other) => {
-            return Err(MatrixError::new(
-                http::StatusCode::BAD_REQUEST,
-                ruma::api::error::ErrorKind::InvalidParam,
-                format!("Unknown thumbnail method `{}`", other.as_str()),
-            ));
-        }
-    };
-    let side = |v: UInt| u32::try_from(u64::from(v)).unwrap_or(u32::MAX);
+    let method = thumbnail_method(request.method)?;
     let content = state
         .services
         .media
         .thumbnail(
             request.server_name,
             request.media_id,
-            side(request.width),
-            side(request.height),
+            thumbnail_side(request.width),
+            thumbnail_side(request.height),
             method,
             request.timeout,
+            request.allow_remote,
         )
         .await?;
     let extension = match content.content_type.as_deref() {
@@ -366,6 +383,7 @@ async fn thumbnail(
             height: r.height,
             method: r.method.as_ref(),
             timeout: r.timeout_ms,
+            allow_remote: true,
         },
     )
     .await
@@ -386,6 +404,7 @@ async fn legacy_thumbnail(
             height: r.height,
             method: r.method.as_ref(),
             timeout: r.timeout_ms,
+            allow_remote: r.allow_remote,
         },
     )
     .await
@@ -540,16 +559,28 @@ async fn file_body(
     ))
 }
 
-fn media_response_with_body(head: MediaHead, body: axum::body::Body) -> Response {
-    let content_type = head
-        .content_type
-        .unwrap_or_else(|| "application/octet-stream".to_owned());
-    let disposition_type = if is_inline_content_type(&content_type) {
+/// The `Content-Disposition` of content of this type: `inline` only for types on the safe
+/// list, with the file name RFC 6266/8187-encoded. Always sent: without it a browser would
+/// decide for itself. ruma's encoding escapes what a header cannot hold, but should a name
+/// still not fit, the disposition goes without it.
+pub(crate) fn content_disposition(content_type: &str, filename: Option<String>) -> HeaderValue {
+    let disposition_type = if is_inline_content_type(content_type) {
         ContentDispositionType::Inline
     } else {
         ContentDispositionType::Attachment
     };
-    let disposition = ContentDisposition::new(disposition_type).with_filename(head.filename);
+    let disposition = ContentDisposition::new(disposition_type).with_filename(filename);
+    HeaderValue::from_str(&disposition.to_string()).unwrap_or_else(|_| {
+        HeaderValue::from_str(disposition.disposition_type.as_ref())
+            .unwrap_or(HeaderValue::from_static("attachment"))
+    })
+}
+
+fn media_response_with_body(head: MediaHead, body: axum::body::Body) -> Response {
+    let content_type = head
+        .content_type
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let disposition = content_disposition(&content_type, head.filename);
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -559,13 +590,7 @@ fn media_response_with_body(head: MediaHead, body: axum::body::Body) -> Response
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.size));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Always sent: without it a browser would decide for itself. ruma's encoding escapes what a
-    // header cannot hold, but should a name still not fit, the disposition goes without it.
-    let value = HeaderValue::from_str(&disposition.to_string()).unwrap_or_else(|_| {
-        HeaderValue::from_str(disposition.disposition_type.as_ref())
-            .unwrap_or(HeaderValue::from_static("attachment"))
-    });
-    headers.insert(header::CONTENT_DISPOSITION, value);
+    headers.insert(header::CONTENT_DISPOSITION, disposition);
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),

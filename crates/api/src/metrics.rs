@@ -51,6 +51,10 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram>,
     media_count: Gauge,
     media_bytes: Gauge,
+    remote_media_count: Gauge,
+    remote_media_bytes: Gauge,
+    remote_thumbnail_count: Gauge,
+    remote_thumbnail_bytes: Gauge,
     destination_events: Family<DestinationLabels, Gauge>,
     destination_edus: Family<DestinationLabels, Gauge>,
     destination_failures: Family<DestinationLabels, Gauge>,
@@ -96,6 +100,31 @@ impl Metrics {
             "Bytes of local media, counted once per media id",
             media_bytes.clone(),
         );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let remote_media_count = gauge(
+            &mut registry,
+            "remote_media_ids",
+            "Other servers' media cached here",
+        );
+        let remote_media_bytes = gauge(
+            &mut registry,
+            "remote_media_bytes",
+            "Bytes of other servers' media cached here, counted once per media id",
+        );
+        let remote_thumbnail_count = gauge(
+            &mut registry,
+            "remote_media_thumbnails",
+            "Thumbnails of other servers' media cached here",
+        );
+        let remote_thumbnail_bytes = gauge(
+            &mut registry,
+            "remote_media_thumbnail_bytes",
+            "Bytes of thumbnails of other servers' media cached here",
+        );
         let destination = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<DestinationLabels, Gauge>::default();
             registry.register(name, help, family.clone());
@@ -132,6 +161,10 @@ impl Metrics {
             latency,
             media_count,
             media_bytes,
+            remote_media_count,
+            remote_media_bytes,
+            remote_thumbnail_count,
+            remote_thumbnail_bytes,
             destination_events,
             destination_edus,
             destination_failures,
@@ -249,6 +282,18 @@ pub(crate) async fn serve(State(state): State<AppState>) -> impl IntoResponse {
             state.metrics.media_bytes.set(bytes);
         }
         Err(err) => tracing::warn!(%err, "metrics: could not count media"),
+    }
+    match state.services.media.remote_totals().await {
+        Ok(totals) => {
+            state.metrics.remote_media_count.set(totals.media);
+            state.metrics.remote_media_bytes.set(totals.bytes);
+            state.metrics.remote_thumbnail_count.set(totals.thumbnails);
+            state
+                .metrics
+                .remote_thumbnail_bytes
+                .set(totals.thumbnail_bytes);
+        }
+        Err(err) => tracing::warn!(%err, "metrics: could not count remote media"),
     }
     match state.services.federation_sender.statuses().await {
         Ok(statuses) => state.metrics.set_destinations(&statuses),

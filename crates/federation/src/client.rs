@@ -354,6 +354,153 @@ impl FederationClient {
         self.resolver.resolve(server_name).await.ok_or_else(bad)
     }
 
+    /// Where requests to `destination` connect, registered with the connecting resolver, and
+    /// the base URL they go to. A private IP literal is refused unless allowed.
+    async fn connect_target(
+        &self,
+        destination: &ServerName,
+    ) -> Result<(Destination, String), FederationError> {
+        let target = self.destination(destination.as_str()).await?;
+        if let Some(ip) = ip_literal(&target.connect_host)
+            && !self.config.allow_private_addresses
+            && !is_public(ip)
+        {
+            return Err(FederationError::PrivateAddress(ip.to_string()));
+        }
+        // Always written, also when the name is its own target: an SRV answer or delegation
+        // that has since gone must not keep steering connections.
+        self.targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target.tls_name.clone(), target.connect_host.clone());
+        let base = format!("https://{}:{}", target.tls_name, target.port);
+        Ok((target, base))
+    }
+
+    /// Adds the X-Matrix `Authorization` of a request (`method`, `uri` as path and query) and
+    /// the `Host` header naming `destination`.
+    fn sign_into(
+        &self,
+        headers: &mut http::HeaderMap,
+        destination: &ServerName,
+        target: &Destination,
+        (method, uri): (&str, &str),
+        body: &[u8],
+    ) -> Result<(), FederationError> {
+        let object = xmatrix::request_object(
+            method,
+            uri,
+            self.config.server_name.as_str(),
+            destination.as_str(),
+            body,
+        )
+        .map_err(|e| FederationError::Request(e.to_string()))?;
+        let authorization = xmatrix::authorization_header(
+            &object,
+            self.config.server_name.as_str(),
+            destination.as_str(),
+            &self.config.key_id,
+            &self.key,
+        )
+        .map_err(FederationError::Request)?;
+        headers.insert(
+            http::header::AUTHORIZATION,
+            authorization
+                .parse()
+                .map_err(|e: http::header::InvalidHeaderValue| {
+                    FederationError::Request(e.to_string())
+                })?,
+        );
+        self.host_into(headers, target)
+    }
+
+    fn host_into(
+        &self,
+        headers: &mut http::HeaderMap,
+        target: &Destination,
+    ) -> Result<(), FederationError> {
+        headers.insert(
+            http::header::HOST,
+            target
+                .host_header
+                .parse()
+                .map_err(|e: http::header::InvalidHeaderValue| {
+                    FederationError::Request(e.to_string())
+                })?,
+        );
+        Ok(())
+    }
+
+    /// A `GET` of `path_and_query` on `destination` whose answer is read by the caller as it
+    /// arrives (media): X-Matrix signed when `signed` (the federation endpoints), plain for the
+    /// deprecated unauthenticated media endpoints old servers still serve. An answer that is
+    /// not a success is read (at most 4 KiB) into [`FederationError::Status`]. `extra_time` is
+    /// added to the client's timeout for the whole request (a wait the server was asked for,
+    /// and a body that takes long to arrive).
+    pub async fn get_streamed(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        signed: bool,
+        extra_time: Duration,
+    ) -> Result<reqwest::Response, FederationError> {
+        let (target, base) = self.connect_target(destination).await?;
+        let mut headers = http::HeaderMap::new();
+        if signed {
+            self.sign_into(
+                &mut headers,
+                destination,
+                &target,
+                ("GET", path_and_query),
+                &[],
+            )?;
+        } else {
+            self.host_into(&mut headers, &target)?;
+        }
+        let url = reqwest::Url::parse(&format!("{base}{path_and_query}"))
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        let response = self
+            .http
+            .get(url)
+            .headers(headers)
+            .timeout(self.config.timeout.saturating_add(extra_time))
+            .send()
+            .await
+            .map_err(|e| FederationError::Transport(with_causes(&e)))?;
+        error_for_status(response).await
+    }
+
+    /// A plain `GET` of an absolute URL another server redirected a media request to, under
+    /// the same address policy (the resolver refuses private addresses unless allowed; an IP
+    /// literal is checked here) and without following further redirects.
+    pub async fn get_redirected(
+        &self,
+        location: &str,
+        extra_time: Duration,
+    ) -> Result<reqwest::Response, FederationError> {
+        let url = reqwest::Url::parse(location)
+            .map_err(|e| FederationError::Response(format!("redirect to `{location}`: {e}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(FederationError::Response(format!(
+                "redirect to a non-HTTP URL `{location}`"
+            )));
+        }
+        if let Some(ip) = url.host_str().and_then(ip_literal)
+            && !self.config.allow_private_addresses
+            && !is_public(ip)
+        {
+            return Err(FederationError::PrivateAddress(ip.to_string()));
+        }
+        let response = self
+            .http
+            .get(url)
+            .timeout(self.config.timeout.saturating_add(extra_time))
+            .send()
+            .await
+            .map_err(|e| FederationError::Transport(with_causes(&e)))?;
+        error_for_status(response).await
+    }
+
     /// Sends `request` to `destination`, signed, and parses the answer.
     pub async fn send<R>(
         &self,
@@ -379,20 +526,7 @@ impl FederationClient {
     where
         R: OutgoingRequest<PathBuilder = SinglePath>,
     {
-        let target = self.destination(destination.as_str()).await?;
-        if let Some(ip) = ip_literal(&target.connect_host)
-            && !self.config.allow_private_addresses
-            && !is_public(ip)
-        {
-            return Err(FederationError::PrivateAddress(ip.to_string()));
-        }
-        // Always written, also when the name is its own target: an SRV answer or delegation
-        // that has since gone must not keep steering connections.
-        self.targets
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(target.tls_name.clone(), target.connect_host.clone());
-        let base = format!("https://{}:{}", target.tls_name, target.port);
+        let (target, base) = self.connect_target(destination).await?;
         let built = request
             .try_into_http_request_inner(&base, ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
@@ -412,40 +546,14 @@ impl FederationClient {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let object = xmatrix::request_object(
-            parts.method.as_str(),
-            &uri,
-            self.config.server_name.as_str(),
-            destination.as_str(),
-            &body,
-        )
-        .map_err(|e| FederationError::Request(e.to_string()))?;
-        let authorization = xmatrix::authorization_header(
-            &object,
-            self.config.server_name.as_str(),
-            destination.as_str(),
-            &self.config.key_id,
-            &self.key,
-        )
-        .map_err(FederationError::Request)?;
         let mut headers = parts.headers;
-        headers.insert(
-            http::header::AUTHORIZATION,
-            authorization
-                .parse()
-                .map_err(|e: http::header::InvalidHeaderValue| {
-                    FederationError::Request(e.to_string())
-                })?,
-        );
-        headers.insert(
-            http::header::HOST,
-            target
-                .host_header
-                .parse()
-                .map_err(|e: http::header::InvalidHeaderValue| {
-                    FederationError::Request(e.to_string())
-                })?,
-        );
+        self.sign_into(
+            &mut headers,
+            destination,
+            &target,
+            (parts.method.as_str(), &uri),
+            &body,
+        )?;
         let url = reqwest::Url::parse(&format!("{base}{uri}"))
             .map_err(|e| FederationError::Request(e.to_string()))?;
         let mut response = self
@@ -492,4 +600,27 @@ impl FederationClient {
         <R::IncomingResponse as IncomingResponse>::try_from_http_response_inner(http_response)
             .map_err(|e| FederationError::Response(e.to_string()))
     }
+}
+
+/// A success as it is; anything else read (at most 4 KiB) into [`FederationError::Status`].
+async fn error_for_status(
+    mut response: reqwest::Response,
+) -> Result<reqwest::Response, FederationError> {
+    const MAX_ERROR_BODY: usize = 4096;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let mut bytes = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BODY - bytes.len();
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if bytes.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    Err(FederationError::Status {
+        status: status.as_u16(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod discovery;
 pub mod keys;
+pub mod media;
 pub mod msc4243;
 pub mod public_addresses;
 pub mod push_gateway;

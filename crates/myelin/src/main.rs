@@ -46,13 +46,16 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
-    /// Delete local media: by id, by age, or both. Thumbnails go with their media, and content
-    /// files once no media id names them. Safe while the server runs.
+    /// Delete media: local uploads and cached copies of other servers' media, by id, by age,
+    /// or both. Thumbnails go with their media, and content files once no media id names
+    /// them. Safe while the server runs.
     DeleteMedia {
-        /// A media id or `mxc://` URI of this server (repeatable).
+        /// A media id of this server, or an `mxc://` URI of this server (an upload) or of
+        /// another (the cached copy; fetched again on the next request) (repeatable).
         #[arg(long = "id", value_name = "MEDIA_ID")]
         ids: Vec<String>,
-        /// Every media id created more than this many days ago (0: everything until now).
+        /// Every local media id created, and every cached remote media fetched, more than
+        /// this many days ago (0: everything until now).
         #[arg(long, value_name = "DAYS")]
         older_than_days: Option<u64>,
     },
@@ -192,15 +195,16 @@ fn delete_media(
         eprintln!("myelin: say what to delete: --id MEDIA_ID and/or --older-than-days DAYS");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let prefix = format!("mxc://{}/", config.server_name);
-    let mut media_ids = Vec::new();
+    let (mut media_ids, mut remote_ids) = (Vec::new(), Vec::new());
     for id in ids {
-        let media_id = id.strip_prefix(&prefix).unwrap_or(&id);
-        if !myelin_service::media::is_valid_media_id(media_id) {
-            eprintln!("myelin: `{id}` is not a media id or mxc:// URI of this server");
-            return ExitCode::from(EXIT_CONFIG);
+        match media_id_to_delete(&config.server_name, &id) {
+            Some((None, media_id)) => media_ids.push(media_id),
+            Some((Some(origin), media_id)) => remote_ids.push((origin, media_id)),
+            None => {
+                eprintln!("myelin: `{id}` is not a media id of this server or an mxc:// URI");
+                return ExitCode::from(EXIT_CONFIG);
+            }
         }
-        media_ids.push(media_id.to_owned());
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -214,16 +218,20 @@ fn delete_media(
     };
     let result = runtime.block_on(async {
         let services = myelin_service::Services::start(config).await?;
-        let mut deleted = services.media.delete(&media_ids).await;
-        if let (Ok(by_id), Some(days)) = (&deleted, older_than_days) {
-            let age = i64::try_from(days.saturating_mul(24 * 60 * 60 * 1000)).unwrap_or(i64::MAX);
-            let before = myelin_service::now_millis().saturating_sub(age);
-            deleted = services
-                .media
-                .delete_created_before(before)
-                .await
-                .map(|by_age| by_id + by_age);
+        let media = &services.media;
+        let deleted: myelin_service::Result<u64> = async {
+            let mut count = media.delete(&media_ids).await?;
+            count += media.delete_remote(&remote_ids).await?;
+            if let Some(days) = older_than_days {
+                let age =
+                    i64::try_from(days.saturating_mul(24 * 60 * 60 * 1000)).unwrap_or(i64::MAX);
+                let before = myelin_service::now_millis().saturating_sub(age);
+                count += media.delete_created_before(before).await?;
+                count += media.delete_remote_fetched_before(before).await?;
+            }
+            Ok(count)
         }
+        .await;
         services.shutdown().await;
         anyhow::Ok(deleted?)
     });
@@ -237,6 +245,24 @@ fn delete_media(
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `--id` names: a local media id (a bare id, or an `mxc://` URI of this server), or an
+/// `mxc://` URI of another server (`Some(origin)`).
+fn media_id_to_delete(
+    server_name: &ruma::ServerName,
+    id: &str,
+) -> Option<(Option<String>, String)> {
+    let Some(uri) = id.strip_prefix("mxc://") else {
+        return myelin_service::media::is_valid_media_id(id).then(|| (None, id.to_owned()));
+    };
+    let (origin, media_id) = uri.split_once('/')?;
+    let origin = <&ruma::ServerName>::try_from(origin).ok()?;
+    if !myelin_service::media::is_valid_media_id(media_id) {
+        return None;
+    }
+    let origin = (origin != server_name).then(|| origin.to_string());
+    Some((origin, media_id.to_owned()))
 }
 
 fn init_logging(filter: &str, format: LogFormat) {

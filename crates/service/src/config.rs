@@ -348,6 +348,9 @@ pub struct MediaConfig {
     /// The largest upload accepted, in bytes; larger ones get 413 `M_TOO_LARGE`. Uploads are
     /// streamed to disk, so this may exceed `http.max_request_size`.
     pub max_upload_size: u64,
+    /// The largest media of another server this server fetches and caches for its users, in
+    /// bytes; larger ones get 502 `M_TOO_LARGE` and nothing is kept. Unset: `max_upload_size`.
+    pub max_remote_size: Option<u64>,
     /// The most bytes one user may have uploaded in all; past it, uploads get 403
     /// `M_FORBIDDEN`. Unset: no quota.
     pub max_bytes_per_user: Option<u64>,
@@ -402,6 +405,7 @@ impl Default for MediaConfig {
         MediaConfig {
             directory: None,
             max_upload_size: 50 * 1024 * 1024,
+            max_remote_size: None,
             max_bytes_per_user: None,
             legacy_endpoints: false,
             max_pending_uploads: 5,
@@ -585,6 +589,12 @@ impl Config {
             return Err(ConfigProblem {
                 key: "media.max_upload_size",
                 problem: "must be at least 1 byte".to_owned(),
+            });
+        }
+        if self.media.max_remote_size == Some(0) {
+            return Err(ConfigProblem {
+                key: "media.max_remote_size",
+                problem: "must be at least 1 byte (unset: media.max_upload_size)".to_owned(),
             });
         }
         if self.media.pending_upload_expiry_secs == 0 {

@@ -70,6 +70,9 @@ pub enum Error {
     /// An upload to a media id that already has content (409 `M_CANNOT_OVERWRITE_MEDIA`).
     #[error("{0}")]
     CannotOverwriteMedia(String),
+    /// Another server's media larger than this server fetches (502 `M_TOO_LARGE`).
+    #[error("{0}")]
+    RemoteTooLarge(String),
     /// Something the server had to fetch for the request failed (502 `M_UNKNOWN`).
     #[error("{0}")]
     BadGateway(String),

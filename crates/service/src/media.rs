@@ -15,8 +15,8 @@
 //! Thumbnails are stored like uploads (same directory, same reference counting), made on first
 //! request and, for the sizes clients ask most, in the background right after an image upload.
 //!
-//! Only this server's media is served: remote media answers "not found" until federation can
-//! fetch it.
+//! Other servers' media is fetched over federation for local users and cached beside local
+//! media ([`remote`]); other servers are served only this server's own media.
 
 use std::{
     io::Cursor,
@@ -30,7 +30,9 @@ use ruma::{OwnedMxcUri, ServerName};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::{Error, Result, config::MediaConfig, now_millis};
+use crate::{Error, Result, config::MediaConfig, federation::Outbound, now_millis};
+
+mod remote;
 
 /// Characters of a media id this server makes (the spec allows `[A-Za-z0-9_-]`).
 const MEDIA_ID_LENGTH: usize = 24;
@@ -101,7 +103,7 @@ pub fn is_valid_media_id(media_id: &str) -> bool {
 }
 
 /// How a thumbnail is fitted to the requested size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ThumbnailMethod {
     /// Exactly the requested size (never larger than the original), cropped to fill it.
     Crop,
@@ -221,6 +223,10 @@ pub struct Media {
     /// Bounds how many thumbnails are decoded at once (each can take up to
     /// `max_thumbnail_source_pixels` × 4 bytes).
     thumbnailers: Arc<tokio::sync::Semaphore>,
+    /// Where other servers' media is fetched through; `None`: remote media is not found.
+    federation: Option<Arc<Outbound>>,
+    /// Downloads of remote media under way, shared by concurrent requests.
+    in_flight: remote::InFlight,
 }
 
 impl Media {
@@ -269,7 +275,15 @@ impl Media {
             lock_file,
             uploaded: tokio::sync::Notify::new(),
             thumbnailers: Arc::new(tokio::sync::Semaphore::new(parallelism)),
+            federation: None,
+            in_flight: Default::default(),
         })
+    }
+
+    /// Fetches other servers' media through `outbound` (else remote media is not found).
+    pub fn with_federation(mut self, outbound: Arc<Outbound>) -> Self {
+        self.federation = Some(outbound);
+        self
     }
 
     /// Takes the content lock: this process's mutex, then the file lock other processes take.
@@ -548,7 +562,6 @@ impl Media {
         timeout: Duration,
     ) -> Result<(MediaRow, String)> {
         if server_name != self.server_name || !is_valid_media_id(media_id) {
-            // Remote media needs federation, which cannot fetch it yet.
             return Err(Error::NotFound("Media not found".to_owned()));
         }
         let deadline = tokio::time::Instant::now() + timeout.min(MAX_DOWNLOAD_WAIT);
@@ -587,13 +600,21 @@ impl Media {
         Ok((file, size))
     }
 
-    /// A local media id's content, for download.
+    /// A media id's content, for download: this server's, or (unless `allow_remote` is off)
+    /// another server's, from the cache or fetched into it.
     pub async fn download(
         &self,
         server_name: &ServerName,
         media_id: &str,
         timeout: Duration,
+        allow_remote: bool,
     ) -> Result<MediaContent> {
+        if server_name != self.server_name {
+            if !allow_remote || !is_valid_media_id(media_id) {
+                return Err(Error::NotFound("Media not found".to_owned()));
+            }
+            return self.remote_download(server_name, media_id, timeout).await;
+        }
         let (row, sha256) = self.uploaded_row(server_name, media_id, timeout).await?;
         let (file, size) = self.open_content(&sha256).await?;
         Ok(MediaContent {
@@ -604,7 +625,9 @@ impl Media {
         })
     }
 
-    /// A thumbnail of a local image, made on first request and kept.
+    /// A thumbnail: of a local image, made on first request and kept; of another server's
+    /// media (unless `allow_remote` is off), asked of that server and cached.
+    #[allow(clippy::too_many_arguments)]
     pub async fn thumbnail(
         &self,
         server_name: &ServerName,
@@ -613,6 +636,7 @@ impl Media {
         height: u32,
         method: ThumbnailMethod,
         timeout: Duration,
+        allow_remote: bool,
     ) -> Result<MediaContent> {
         if width == 0 || height == 0 {
             return Err(Error::Unknown(
@@ -623,6 +647,14 @@ impl Media {
             width.min(MAX_THUMBNAIL_SIDE),
             height.min(MAX_THUMBNAIL_SIDE),
         );
+        if server_name != self.server_name {
+            if !allow_remote || !is_valid_media_id(media_id) {
+                return Err(Error::NotFound("Media not found".to_owned()));
+            }
+            return self
+                .remote_thumbnail(server_name, media_id, (width, height, method), timeout)
+                .await;
+        }
         let (row, sha256) = self.uploaded_row(server_name, media_id, timeout).await?;
         let (req_width, req_height) = (i64::from(width), i64::from(height));
         let thumb = match self
@@ -741,7 +773,14 @@ impl Media {
     pub async fn delete(&self, media_ids: &[String]) -> Result<u64> {
         let _guard = self.lock_content().await?;
         let deleted = self.store.delete_media(media_ids).await?;
-        for sha256 in &deleted.unreferenced {
+        self.remove_unreferenced(&deleted.unreferenced).await;
+        Ok(deleted.media)
+    }
+
+    /// Removes the content files of these hashes (nothing names them any more). Call with the
+    /// content lock held.
+    async fn remove_unreferenced(&self, hashes: &[String]) {
+        for sha256 in hashes {
             let removed = match self.content_path(sha256) {
                 Ok(path) => tokio::fs::remove_file(path).await,
                 Err(err) => {
@@ -755,7 +794,6 @@ impl Media {
                 Err(err) => tracing::warn!(sha256, %err, "could not remove media content"),
             }
         }
-        Ok(deleted.media)
     }
 
     /// Deletes every local media id created before `before_ts` (milliseconds). How many.

@@ -200,7 +200,8 @@ impl Services {
         .map_err(|source| StartError::Media {
             path: media_dir,
             source,
-        })?;
+        })?
+        .with_federation(federation.clone());
         let account_verifier = Arc::new(crate::account_verification::AccountVerifier::new(
             account_keys.clone(),
             federation.clone(),

@@ -52,6 +52,7 @@ pub mod media;
 pub mod pushers;
 pub mod relations;
 pub mod remote_invites;
+pub mod remote_media;
 pub mod reports;
 pub mod rooms;
 pub mod search;
@@ -80,6 +81,7 @@ pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
 pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use remote_invites::{OutsideMembership, OutsidePersisted};
+pub use remote_media::{RemoteMediaRow, RemoteMediaTotals, RemoteThumbnailRow};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     Delivery, EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent,

@@ -59,6 +59,13 @@ pub struct DeletedMedia {
     pub unreferenced: Vec<String>,
 }
 
+/// Whether any row names content hash `$1`: local media and thumbnails, and cached remote
+/// media and thumbnails (`store::remote_media`), which share the content files.
+pub(crate) const CONTENT_REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM media WHERE sha256 = $1) \
+     OR EXISTS (SELECT 1 FROM media_thumbnails WHERE sha256 = $1) \
+     OR EXISTS (SELECT 1 FROM remote_media WHERE sha256 = $1) \
+     OR EXISTS (SELECT 1 FROM remote_media_thumbnails WHERE sha256 = $1)";
+
 const MEDIA_COLUMNS: &str = "media_id, user_id, sha256, size, content_type, filename, \
      created_ts, expires_ts, uploaded_ts";
 
@@ -312,10 +319,7 @@ impl Store {
             hashes.sort();
             hashes.dedup();
             for hash in hashes {
-                let referenced: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM media WHERE sha256 = $1) \
-                     OR EXISTS (SELECT 1 FROM media_thumbnails WHERE sha256 = $1)",
-                )
+                let referenced: bool = sqlx::query_scalar(CONTENT_REFERENCED)
                 .bind(&hash)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -349,10 +353,7 @@ impl Store {
     /// Whether any media id or thumbnail names this content hash.
     pub async fn content_referenced(&self, sha256: &str) -> Result<bool, StoreError> {
         let referenced = with_pool!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM media WHERE sha256 = $1) \
-                 OR EXISTS (SELECT 1 FROM media_thumbnails WHERE sha256 = $1)",
-            )
+            sqlx::query_scalar(CONTENT_REFERENCED)
             .bind(sha256)
             .fetch_one(pool)
             .await?

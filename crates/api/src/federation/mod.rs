@@ -6,6 +6,7 @@ mod events;
 mod hierarchy;
 mod invites;
 mod keys;
+mod media;
 mod membership;
 mod query;
 mod transactions;
@@ -24,4 +25,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(membership::routes())
         .merge(invites::routes())
         .merge(transactions::routes())
+        .merge(media::routes())
 }

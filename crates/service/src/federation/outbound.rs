@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
-use myelin_federation::{FederationClient, FederationError};
+use myelin_federation::{
+    FederationClient, FederationError,
+    media::{MediaEndpoint, MediaRequest, RemoteMedia},
+};
 use ruma::{
     ServerName,
     api::{OutgoingRequest, path_builder::SinglePath},
@@ -66,6 +69,60 @@ impl Outbound {
         self.send_bounded(destination, request, Some(limit)).await
     }
 
+    /// Asks `destination` for its media (see `FederationClient::get_media`), through its
+    /// backoff like every other request. The content is read by the caller afterwards: a
+    /// failure while reading it does not count against the destination.
+    pub async fn get_media(
+        &self,
+        destination: &ServerName,
+        request: &MediaRequest<'_>,
+        endpoint: MediaEndpoint,
+    ) -> Result<RemoteMedia, FederationError> {
+        let started = now_millis();
+        if let Err(retry_at_ms) = self.backoff.admit(destination, started) {
+            return Err(FederationError::NotRetrying { retry_at_ms });
+        }
+        let result = self.client.get_media(destination, request, endpoint).await;
+        match &result {
+            // The media's own state (a pending upload, a file too large for the origin to
+            // serve), answered with a 5xx: the destination is up.
+            Err(FederationError::Status { body, .. })
+                if body.contains("M_NOT_YET_UPLOADED") || body.contains("M_TOO_LARGE") =>
+            {
+                self.backoff.answered(destination).await;
+            }
+            _ => {
+                self.record(destination, started, result.as_ref().err())
+                    .await;
+            }
+        }
+        result
+    }
+
+    /// Feeds a request's outcome to the destination's backoff.
+    async fn record(
+        &self,
+        destination: &ServerName,
+        started: i64,
+        error: Option<&FederationError>,
+    ) {
+        match error {
+            None => self.backoff.answered(destination).await,
+            Some(err) if err.is_destination_failure() => {
+                self.backoff
+                    .failed(destination, started, &err.to_string())
+                    .await;
+            }
+            Some(
+                FederationError::Status { .. }
+                | FederationError::TooLarge(_)
+                | FederationError::Response(_),
+            ) => self.backoff.answered(destination).await,
+            // Failures of this side (building the request) say nothing about the destination.
+            Some(_) => {}
+        }
+    }
+
     async fn send_bounded<R>(
         &self,
         destination: &ServerName,
@@ -83,21 +140,8 @@ impl Outbound {
             Some(limit) => self.client.send_limited(destination, request, limit).await,
             None => self.client.send(destination, request).await,
         };
-        match &result {
-            Ok(_) => self.backoff.answered(destination).await,
-            Err(err) if err.is_destination_failure() => {
-                self.backoff
-                    .failed(destination, started, &err.to_string())
-                    .await;
-            }
-            Err(
-                FederationError::Status { .. }
-                | FederationError::TooLarge(_)
-                | FederationError::Response(_),
-            ) => self.backoff.answered(destination).await,
-            // Failures of this side (building the request) say nothing about the destination.
-            Err(_) => {}
-        }
+        self.record(destination, started, result.as_ref().err())
+            .await;
         result
     }
 }

@@ -953,3 +953,98 @@ async fn a_user_of_another_server_joins_and_chats_in_an_account_key_room() {
         }
     }
 }
+
+/// The account-key invite handshake across servers (MSC4243.md §2.5): alice invites bob of
+/// another server by account name; B puts in bob's key, A checks and signs, and the invite in
+/// A's room carries bob's key-form state key signed by both keys; bob sees the invite (alice by
+/// name once A vouched for her), joins, and both see each other by name.
+#[tokio::test]
+async fn a_user_of_another_server_is_invited_by_name_into_an_account_key_room() {
+    use myelin_testkit::{
+        federation::{TestCa, start_federation},
+        rooms::eventually,
+    };
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let alice_key = key_id(a, &alice);
+        let bob_key = key_id(b, &bob);
+        let room = a
+            .create_room(
+                &alice,
+                json!({"room_version": AK, "preset": "private_chat"}),
+            )
+            .await;
+        let r = enc(&room);
+        post_ok(
+            a,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/invite"),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        // The invite A stored names bob by key and is signed by bob's key and alice's.
+        let stored = a
+            .store()
+            .current_state(a.store().room(&room).await.unwrap().unwrap().room_nid, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|row| row.state_key.as_deref() == Some(bob_key.as_str()))
+            .unwrap_or_else(|| panic!("{kind:?}: no member event for bob's key"));
+        let pdu: Value = serde_json::from_str(&stored.json).unwrap();
+        assert_eq!(pdu["content"]["membership"], "invite", "{kind:?}: {pdu}");
+        let mut signers: Vec<&String> = pdu["signatures"].as_object().unwrap().keys().collect();
+        signers.sort();
+        let mut wanted = [bare_key(&alice_key), bare_key(&bob_key)];
+        wanted.sort();
+        assert_eq!(
+            signers,
+            wanted.iter().collect::<Vec<_>>(),
+            "{kind:?}: {pdu}"
+        );
+
+        // Bob's server shows him the invite, from alice by name.
+        eventually("bob to see the invite from alice by name", || async {
+            let synced = get_ok(b, &bob, "/_matrix/client/v3/sync").await;
+            let invite = &synced["rooms"]["invite"][room.as_str()]["invite_state"]["events"];
+            invite.as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == json!(bob.user_id)
+                        && e["sender"] == json!(alice.user_id)
+                })
+            })
+        })
+        .await;
+        post_ok(
+            b,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}?via=hs-a.test"),
+            json!({}),
+        )
+        .await;
+        for (server, reader) in [(a, &alice), (b, &bob)] {
+            eventually(
+                &format!("{} to show both joined by name", server.name()),
+                || async {
+                    let members = get_ok(
+                        server,
+                        reader,
+                        &format!("/_matrix/client/v3/rooms/{r}/joined_members"),
+                    )
+                    .await;
+                    let joined = &members["joined"];
+                    joined.get(&alice.user_id).is_some() && joined.get(&bob.user_id).is_some()
+                },
+            )
+            .await;
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -138,6 +138,11 @@ impl Services {
             .await?,
         );
         let federation = Arc::new(crate::federation::Outbound::new(client, backoff));
+        let account_verifier = Arc::new(crate::account_verification::AccountVerifier::new(
+            account_keys.clone(),
+            federation.clone(),
+            store.clone(),
+        ));
         let edu_feed = crate::federation::EduFeed::default();
         let federation_sender = Arc::new(crate::federation::Sender::new(
             store.clone(),
@@ -178,6 +183,7 @@ impl Services {
         .with_federation(crate::rooms::RoomFederation {
             outbound: federation.clone(),
             remote_keys: remote_keys.clone(),
+            account_verifier: account_verifier.clone(),
         });
         let rate_limiter = crate::rate_limit::RateLimiter::new(config.rate_limits.clone());
         let ephemeral = crate::ephemeral::Ephemeral::new(store.clone(), notifier.clone())
@@ -202,11 +208,6 @@ impl Services {
             source,
         })?
         .with_federation(federation.clone());
-        let account_verifier = Arc::new(crate::account_verification::AccountVerifier::new(
-            account_keys.clone(),
-            federation.clone(),
-            store.clone(),
-        ));
         Ok(Arc::new(Services {
             account_keys,
             account_verifier,

@@ -137,6 +137,87 @@ impl Rooms {
         self.send_or_build(room, sender, event, false).await
     }
 
+    /// The invite of another server's user into an account-key room as it is first sent
+    /// (MSC4243.md §2.5): the invitee named by account name (their key is not known here yet),
+    /// placed on the room's head like any local event and signed by the sender's account key.
+    /// The auth rules are not run on it (they want the key-form id the invitee's server puts
+    /// in); [`Rooms::append_built`] runs them on the final event.
+    pub(crate) async fn build_account_key_invite(
+        &self,
+        room: &RoomRow,
+        sender: &UserId,
+        invitee: &str,
+        content: Value,
+    ) -> Result<Box<BuiltEvent>> {
+        let version = version_of(room)?;
+        let sender_id = self.room_user_id(version, sender).await?;
+        let content_raw = to_raw_value(&content).map_err(|e| Error::BadJson(e.to_string()))?;
+        let auth_types = auth_types_for_event(
+            version,
+            "m.room.member",
+            &sender_id,
+            Some(invitee),
+            &content_raw,
+        )
+        .map_err(auth_error)?;
+        let mut keys = auth_types.clone();
+        let create = ("m.room.create".to_owned(), String::new());
+        if !keys.contains(&create) {
+            keys.push(create);
+        }
+        let context = self.store.send_context(room.room_nid, &keys, None).await?;
+        let by_key = state_by_key(version, &context.state)?;
+        let auth_refs = auth_references(version, &auth_types, &by_key)?;
+        let now = now_millis();
+        let mut partial = self
+            .event_skeleton(
+                version,
+                room,
+                EventFields {
+                    event_type: "m.room.member",
+                    sender: &sender_id,
+                    state_key: Some(invitee),
+                    content: to_canonical_object(content)?,
+                },
+                auth_refs,
+                &context.head,
+                now,
+            )
+            .await?;
+        self.assign_event_id(&mut partial, version);
+        let pair = self.account_keys.signing_key(sender.localpart()).await?;
+        let pdu = build_pdu(partial, version, EventSigner::Account(&pair)).map_err(pdu_error)?;
+        Ok(Box::new(BuiltEvent {
+            pdu,
+            state_before: context.head.current_state_group,
+            replaces: None,
+            now,
+        }))
+    }
+
+    /// `built` with its final form `pdu` (an account-key invite the invitee's server gave its
+    /// key-form state key), and the event it replaces at that key in the current state.
+    pub(crate) async fn with_final_pdu(
+        &self,
+        room: &RoomRow,
+        mut built: Box<BuiltEvent>,
+        pdu: Pdu,
+    ) -> Result<Box<BuiltEvent>> {
+        if let Some(key) = pdu.state_key() {
+            built.replaces = self
+                .store
+                .current_state(
+                    room.room_nid,
+                    Some(&[(pdu.event_type().to_owned(), key.to_owned())]),
+                )
+                .await?
+                .first()
+                .map(|row| row.event_nid);
+        }
+        built.pdu = pdu;
+        Ok(built)
+    }
+
     /// Appends an event built by [`Rooms::build_unappended`] (perhaps changed since only by
     /// signatures other servers added), under the room's writer lock. The room may have moved
     /// on since it was built: its prev events stay as built (the event may make a fork, which

@@ -23,8 +23,13 @@
 //!   taken for a room this server is not in only from the inviter, through their server, validly
 //!   signed, and stored outside the room like a rejection.
 //!
-//! Account-key rooms (MSC4243) have an invite handshake of their own (`room_version::invite`),
-//! not spoken over federation yet: both directions refuse them.
+//! Account-key rooms (MSC4243.md §2.5, Q7) have an invite handshake of their own
+//! (`room_version::invite`): the inviter sends the invite with the invitee's account-name id as
+//! its state key; the invitee's server puts in the invitee's key-form id, recomputes the hash,
+//! signs with the invitee's account key and returns it; the inviter checks that nothing else
+//! changed and that the new key signed, signs it and appends it (its id is a new one: the path's
+//! `eventId` is advisory). The invitee's key is then asked about through `/query/accounts`
+//! before clients see its name (Q7).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -33,6 +38,7 @@ use std::{
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion,
+    invite::{accept_rekeyed_invite, rekey_invite},
     pdu::{add_signature, build_pdu},
     verify::{ServerKeys, required_server_keys, verify_pdu, verify_server_signature},
 };
@@ -75,6 +81,8 @@ const MAX_INVITE_ROOM_STATE_SERVERS: usize = 5;
 pub struct RoomFederation {
     pub outbound: Arc<crate::federation::Outbound>,
     pub remote_keys: Arc<crate::remote_keys::RemoteKeys>,
+    /// Asks other servers about account keys an invite handshake brings (MSC4243.md Q7).
+    pub account_verifier: Arc<crate::account_verification::AccountVerifier>,
 }
 
 /// An invite another server sent (`PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`).
@@ -208,11 +216,6 @@ impl Rooms {
             RoomVersion::get(&invite.room_version).map_err(|_| Error::IncompatibleRoomVersion {
                 room_version: invite.room_version.clone(),
             })?;
-        if version.uses_account_keys() {
-            return Err(Error::Forbidden(
-                "Invites over federation to account-key rooms are not supported yet".to_owned(),
-            ));
-        }
         let pdu = Pdu::from_federation(invite.event.get().as_bytes(), version)
             .map_err(|e| Error::BadJson(format!("The invite is not a valid event: {e}")))?;
         if pdu.event_id() != invite.event_id {
@@ -306,10 +309,33 @@ impl Rooms {
             .checked_stripped_state(version, &invite.room_id, &invite.invite_room_state)
             .await?;
 
-        let mut signed = pdu;
-        add_signature(&mut signed, version, self.keys.event_signer()).map_err(pdu_error)?;
+        let signed = if version.uses_account_keys() {
+            // The invite names the invitee by account name; their key-form id goes in, the
+            // hash is recomputed and the invitee's account key signs (MSC4243.md §2.5). The
+            // inviter signs what we return and sends the room that final event.
+            let pair = self.account_keys.signing_key(invitee.localpart()).await?;
+            rekey_invite(pdu.json(), version, &pair, self.server_name.as_str())
+                .map_err(|e| Error::BadJson(format!("The invite cannot be taken: {e}")))?
+        } else {
+            let mut signed = pdu;
+            add_signature(&mut signed, version, self.keys.event_signer()).map_err(pdu_error)?;
+            signed
+        };
+        if version.uses_account_keys() {
+            // The inviter's name is shown once their domain vouches for their key.
+            let verifier = self.federation()?.account_verifier.clone();
+            let inviter = sender.to_string();
+            tokio::spawn(async move {
+                if let Err(err) = verifier.verify(&[inviter]).await {
+                    tracing::warn!(%err, "asking about an inviter's account key failed");
+                }
+            });
+        }
         let json = signed.canonical_json();
         match known {
+            // Account-key rooms: the event returned lacks the inviter's signature, so it is not
+            // an event of the room yet; the inviting server's transaction brings the final one.
+            Some(_) if in_room && version.uses_account_keys() => {}
             Some(room) if in_room => {
                 // The normal path; the inviting server's transaction will find it stored.
                 let outcome = self
@@ -535,15 +561,14 @@ impl Rooms {
         event: LocalEvent<'_>,
     ) -> Result<String> {
         let version = version_of(room)?;
-        if version.uses_account_keys() {
-            return Err(Error::Forbidden(
-                "Inviting users of other servers to account-key rooms is not supported yet"
-                    .to_owned(),
-            ));
-        }
-        let built = match self.build_unappended(room, sender, event).await? {
-            Sent::Built(built) => built,
-            Sent::Existing(event_id) | Sent::Appended(event_id) => return Ok(event_id),
+        let built = if version.uses_account_keys() {
+            self.build_account_key_invite(room, sender, target.as_str(), event.content)
+                .await?
+        } else {
+            match self.build_unappended(room, sender, event).await? {
+                Sent::Built(built) => built,
+                Sent::Existing(event_id) | Sent::Appended(event_id) => return Ok(event_id),
+            }
         };
         let federation = self.federation()?;
         let invite_room_state = self.invite_room_state_for_federation(room).await?;
@@ -587,6 +612,32 @@ impl Rooms {
                     )),
                 }
             })?;
+        if version.uses_account_keys() {
+            let bad = |why: String| {
+                Error::BadGateway(format!(
+                    "{} returned an unusable invite: {why}",
+                    target.server_name()
+                ))
+            };
+            let returned = Pdu::from_federation(answer.event.get().as_bytes(), version)
+                .map_err(|e| bad(format!("not a valid event: {e}")))?;
+            let inviter = self.account_keys.signing_key(sender.localpart()).await?;
+            let signed = accept_rekeyed_invite(built.pdu.json(), &returned, version, &inviter)
+                .map_err(|e| bad(e.to_string()))?;
+            drop(inviter);
+            let invitee_key = signed.state_key().unwrap_or_default().to_owned();
+            let built = self.with_final_pdu(room, built, signed).await?;
+            let event_id = self.append_built(room, built).await?;
+            // The key the invitee's server gave is a hint until its domain confirms it through
+            // `/query/accounts` (Q7); clients see the name only then.
+            let verifier = federation.account_verifier.clone();
+            tokio::spawn(async move {
+                if let Err(err) = verifier.verify(&[invitee_key]).await {
+                    tracing::warn!(%err, "asking about an invitee's account key failed");
+                }
+            });
+            return Ok(event_id);
+        }
         let returned = self
             .checked_returned_invite(version, &built.pdu, target.server_name(), &answer.event)
             .await?;

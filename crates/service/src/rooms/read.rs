@@ -1015,9 +1015,16 @@ impl Rooms {
                 .store
                 .invite_room_state(room.room_nid, reader.as_str(), member_nid)
                 .await?;
-            return Ok(shown
+            let shown = shown
                 .and_then(|json| serde_json::from_str::<Vec<Value>>(&json).ok())
-                .unwrap_or_default());
+                .unwrap_or_default();
+            // Through the projection like every event a client reads (account-key rooms:
+            // names for verified keys, the reader's own member event always).
+            let version = version_of(room)?;
+            return Ok(shown
+                .iter()
+                .filter_map(|event| self.project_value(version, event, Some(reader)))
+                .collect());
         }
         let state = self.store.current_state(room.room_nid, None).await?;
         Ok(state

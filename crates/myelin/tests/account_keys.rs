@@ -872,6 +872,61 @@ async fn a_user_of_another_server_joins_and_chats_in_an_account_key_room() {
             assert_projected(&format!("{kind:?} {} /sync", server.name()), joined, &names);
         }
 
+        // Typing and read receipts cross as account-name ids (MSC4243.md §2.7): A maps bob's
+        // name to his verified key to check he is in the room, and shows him by name.
+        let reply = b
+            .put(
+                &format!("/_matrix/client/v3/rooms/{r}/typing/{}", enc(&bob.user_id)),
+                &bob.access_token,
+                json!({"typing": true, "timeout": 30000}),
+            )
+            .await;
+        ok(b, reply, "typing").await;
+        let welcome = {
+            let page = get_ok(
+                b,
+                &bob,
+                &format!("/_matrix/client/v3/rooms/{r}/messages?dir=b&limit=50"),
+            )
+            .await;
+            page["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["content"]["body"] == "welcome, bob")
+                .unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        post_ok(
+            b,
+            &bob,
+            &format!(
+                "/_matrix/client/v3/rooms/{r}/receipt/m.read/{}",
+                enc(&welcome)
+            ),
+            json!({}),
+        )
+        .await;
+        eventually("A to show bob typing and his receipt by name", || async {
+            let synced = get_ok(a, &alice, "/_matrix/client/v3/sync").await;
+            let ephemeral = &synced["rooms"]["join"][room.as_str()]["ephemeral"]["events"];
+            let events = ephemeral.as_array().cloned().unwrap_or_default();
+            let typing = events.iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|ids| ids.contains(&json!(bob.user_id)))
+            });
+            let receipt = events.iter().any(|e| {
+                e["type"] == "m.receipt"
+                    && !e["content"][welcome.as_str()]["m.read"][bob.user_id.as_str()].is_null()
+            });
+            typing && receipt
+        })
+        .await;
+
         // Alice kicks bob, he joins again, she bans him and his next join is refused; both
         // servers show it by name. Bob's leave, join and A's events all cross in key form.
         let membership_of_bob = |server: &'static str| {

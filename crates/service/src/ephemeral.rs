@@ -101,13 +101,13 @@ impl Ephemeral {
         }
     }
 
-    async fn joined_room(&self, user: &UserId, room_id: &str) -> Result<i64> {
+    async fn joined_room(&self, member: &str, room_id: &str) -> Result<i64> {
         let room = self
             .store
             .room(room_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("Unknown room {room_id}")))?;
-        match self.store.membership(room.room_nid, user.as_str()).await? {
+        match self.store.membership(room.room_nid, member).await? {
             Some((membership, _, _)) if membership == "join" => Ok(room.room_nid),
             _ => Err(Error::Forbidden(
                 "You are not joined to this room".to_owned(),
@@ -132,7 +132,7 @@ impl Ephemeral {
                 "You may only set your own typing state".to_owned(),
             ));
         }
-        self.joined_room(target, room_id).await?;
+        self.joined_room(target.as_str(), room_id).await?;
         self.set_typing_of(target, room_id, typing, timeout.min(MAX_TYPING));
         Ok(())
     }
@@ -140,14 +140,17 @@ impl Ephemeral {
     /// A remote user's typing, as their server's `m.typing` EDU tells it (the federation
     /// receiver has checked that the sending server speaks for the user and that the room's
     /// ACL admits it). The user must be joined to the room. It expires after
-    /// [`REMOTE_TYPING_TIMEOUT`] unless their server says it again.
+    /// [`REMOTE_TYPING_TIMEOUT`] unless their server says it again. `member`: the id the room's
+    /// state names the user by (the key-form id in account-key rooms, where EDUs carry
+    /// account-name ids, MSC4243.md §2.7).
     pub async fn set_remote_typing(
         &self,
         user: &UserId,
+        member: &str,
         room_id: &str,
         typing: bool,
     ) -> Result<()> {
-        self.joined_room(user, room_id).await?;
+        self.joined_room(member, room_id).await?;
         self.set_typing_of(user, room_id, typing, REMOTE_TYPING_TIMEOUT);
         Ok(())
     }
@@ -236,7 +239,7 @@ impl Ephemeral {
         event_id: &str,
         thread_id: Option<&str>,
     ) -> Result<()> {
-        let room_nid = self.joined_room(&user.user_id, room_id).await?;
+        let room_nid = self.joined_room(user.user_id.as_str(), room_id).await?;
         // Only an event clients can see: a receipt on a soft-failed, rejected or outlier event
         // would tell of it, and move the reader's read position past what they were shown.
         if self
@@ -287,16 +290,18 @@ impl Ephemeral {
     /// A remote user's read receipt (`m.read`), as their server's `m.receipt` EDU tells it
     /// (the federation receiver has checked that the sending server speaks for the user and
     /// that the room's ACL admits it). The user must be joined, and the event one of the
-    /// room's that clients here see (a receipt on a hidden event would tell of it).
+    /// room's that clients here see (a receipt on a hidden event would tell of it). `member` as
+    /// for [`Ephemeral::set_remote_typing`].
     pub async fn set_remote_receipt(
         &self,
         user: &UserId,
+        member: &str,
         room_id: &str,
         event_id: &str,
         thread_id: Option<&str>,
         ts: i64,
     ) -> Result<()> {
-        let room_nid = self.joined_room(user, room_id).await?;
+        let room_nid = self.joined_room(member, room_id).await?;
         if self
             .store
             .event(event_id)

@@ -62,9 +62,26 @@ impl Services {
             .as_bool()
             .ok_or_else(|| Error::BadJson("typing must be a boolean".to_owned()))?;
         self.room_admits(origin, room_id).await?;
+        let member = self.member_id_in(room_id, &user).await?;
         self.ephemeral
-            .set_remote_typing(&user, room_id, typing)
+            .set_remote_typing(&user, &member, room_id, typing)
             .await
+    }
+
+    /// The id room `room_id`'s state names another server's `user` by: in account-key rooms,
+    /// where EDUs carry account-name ids, the key verified under that name (MSC4243.md §2.7;
+    /// an unverified key matches nothing, and the EDU is ignored); elsewhere the id itself.
+    async fn member_id_in(&self, room_id: &str, user: &UserId) -> Result<String> {
+        let Some(room) = self.store.room(room_id).await? else {
+            return Err(Error::NotFound(format!("Unknown room {room_id}")));
+        };
+        let account_keys = myelin_room_version::RoomVersion::get(&room.room_version)
+            .is_ok_and(|version| version.uses_account_keys());
+        if account_keys && myelin_room_version::KeyFormUserId::parse(user.as_str()).is_err() {
+            self.rooms.key_form_in_room(&room, user.as_str()).await
+        } else {
+            Ok(user.to_string())
+        }
     }
 
     /// `m.receipt`: `{room_id: {"m.read": {user_id: {event_ids: [id], data: {ts, thread_id?}}}}}`.
@@ -95,6 +112,7 @@ impl Services {
                 *entries_left -= 1;
                 let applied = async {
                     let user = user_of(origin, user_id)?;
+                    let member = self.member_id_in(room_id, &user).await?;
                     let event_id = receipt["event_ids"]
                         .as_array()
                         .and_then(|ids| ids.first())
@@ -103,7 +121,7 @@ impl Services {
                     let ts = receipt["data"]["ts"].as_i64().unwrap_or_else(now_millis);
                     let thread_id = receipt["data"]["thread_id"].as_str();
                     self.ephemeral
-                        .set_remote_receipt(&user, room_id, event_id, thread_id, ts)
+                        .set_remote_receipt(&user, &member, room_id, event_id, thread_id, ts)
                         .await
                 }
                 .await;

@@ -55,6 +55,7 @@ timed "build flow" env CARGO_TARGET_DIR="$SDK_TARGET_DIR" \
     --features e2ee --bin myelin-matrix-sdk-e2ee
 
 . tests/lib/server.sh
+. tests/lib/tls.sh
 
 WORK="$(mktemp -d /tmp/myelin-e2ee.XXXXXX)"
 PIDS=()
@@ -89,25 +90,7 @@ start_server() {
     SERVER_PID="" # stopped by cleanup, not by stop_test_server
 }
 
-# A private CA and one certificate per server, each for localhost (and 127.0.0.1), the host of
-# both server names.
-make_certificates() {
-    local dir="$WORK/tls" name
-    mkdir -p "$dir"
-    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
-        -subj "/CN=Myelin e2ee test CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        2>/dev/null
-    for name in a b; do
-        openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
-            -subj "/CN=localhost" -keyout "$dir/$name.key" -out "$dir/$name.csr" 2>/dev/null
-        printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-            "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-            >"$dir/$name.ext"
-        openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
-            -CAcreateserial -days 2 -extfile "$dir/$name.ext" -out "$dir/$name.crt" 2>/dev/null
-    done
-}
+make_certificates() { make_test_certificates "$WORK/tls" a b; }
 
 FAILED=()
 run_flow() { # run_flow <part> <env...>: the flow with the given MYELIN_URL(_B), timed

@@ -28,6 +28,7 @@ if ! "$VENV/bin/python" -c "import sys, importlib.metadata as m; sys.exit(0 if m
 fi
 
 . tests/lib/server.sh
+. tests/lib/tls.sh
 
 WORK="$(mktemp -d /tmp/myelin-synapse.XXXXXX)"
 SYNAPSE_PID=""
@@ -52,25 +53,7 @@ show_logs() {
     tail -n 60 "$WORK/server.log" >&2 || true
 }
 
-# A private CA and one certificate per server, each for the name both servers' names use
-# (localhost, with 127.0.0.1 beside it).
-make_certificates() {
-    local dir="$WORK/tls" name
-    mkdir -p "$dir"
-    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
-        -subj "/CN=Myelin interop test CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        2>/dev/null
-    for name in synapse myelin; do
-        openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
-            -subj "/CN=localhost" -keyout "$dir/$name.key" -out "$dir/$name.csr" 2>/dev/null
-        printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-            "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-            >"$dir/$name.ext"
-        openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
-            -CAcreateserial -days 2 -extfile "$dir/$name.ext" -out "$dir/$name.crt" 2>/dev/null
-    done
-}
+make_certificates() { make_test_certificates "$WORK/tls" synapse myelin; }
 
 # Synapse: its generated config, then an overlay (later -c files win per top-level key) with a
 # TLS listener for federation and clients on the server name's port, a plain client listener,

@@ -90,8 +90,9 @@ async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<Response, M
 
 /// Writes out what ruma leaves out when empty and clients and Complement read as missing:
 /// `limited: false` on every joined and left room's timeline (the spec makes it optional,
-/// absent meaning false), and a joined room's `ephemeral` and `account_data` with no events.
-/// Synapse always sends them.
+/// absent meaning false), a joined room's `ephemeral` and `account_data` and a left room's
+/// `state` and `account_data` with no events. Synapse always sends them, and matrix-nio fails
+/// a sync without a left room's `state.events`.
 fn write_out_defaults(body: &mut Value) {
     for section in ["join", "leave"] {
         let Some(rooms) = body
@@ -105,11 +106,16 @@ fn write_out_defaults(body: &mut Value) {
             if let Some(timeline) = room.get_mut("timeline").and_then(Value::as_object_mut) {
                 timeline.entry("limited").or_insert(Value::Bool(false));
             }
-            if section == "join"
-                && let Some(room) = room.as_object_mut()
-            {
-                for key in ["ephemeral", "account_data"] {
-                    room.entry(key)
+            // Written out even when empty: clients (matrix-nio) require these sections' `events`
+            // in joined rooms, and a left room's `state` and `account_data`.
+            let keys: &[&str] = if section == "join" {
+                &["ephemeral", "account_data"]
+            } else {
+                &["state", "account_data"]
+            };
+            if let Some(room) = room.as_object_mut() {
+                for key in keys {
+                    room.entry(*key)
                         .or_insert_with(|| serde_json::json!({"events": []}));
                 }
             }
@@ -176,7 +182,7 @@ mod tests {
     use super::write_out_defaults;
 
     #[test]
-    fn empty_sections_of_joined_rooms_are_written_out() {
+    fn empty_sections_of_joined_and_left_rooms_are_written_out() {
         let mut body = json!({"rooms": {
             "join": {"!a:hs": {"timeline": {"events": []}}},
             "leave": {"!b:hs": {"timeline": {"events": [], "limited": true}}},
@@ -190,7 +196,11 @@ mod tests {
                     "ephemeral": {"events": []},
                     "account_data": {"events": []},
                 }},
-                "leave": {"!b:hs": {"timeline": {"events": [], "limited": true}}},
+                "leave": {"!b:hs": {
+                    "timeline": {"events": [], "limited": true},
+                    "state": {"events": []},
+                    "account_data": {"events": []},
+                }},
             }})
         );
     }

@@ -18,8 +18,8 @@ use crate::version::RoomVersion;
 /// Why a returned invite is refused by the inviter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InviteError {
-    #[error("not an m.room.member invite")]
-    NotAnInvite,
+    #[error("not an m.room.member {0}")]
+    WrongMembership(&'static str),
     #[error("the returned event changed {0}, not only state_key, hashes and signatures")]
     Changed(String),
     #[error("the new state_key is not a key-form id on the invitee's domain: {0}")]
@@ -30,10 +30,30 @@ pub enum InviteError {
     Pdu(#[from] PduError),
 }
 
-fn check_is_invite(json: &CanonicalJsonObject) -> Result<(), InviteError> {
+/// The two handshakes that name a user by account name and have the user's server put in the
+/// key: an invite (§2.5 items 32–33), and a pre-emptive ban of a user whose key the room does
+/// not know (item 34, `/ban`). They differ in whether the target's signature is required: an
+/// invitee's key must sign; a ban's target server MAY co-sign (Q7), and its signature is
+/// checked when it is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rekeying {
+    Invite,
+    Ban,
+}
+
+impl Rekeying {
+    fn membership(self) -> &'static str {
+        match self {
+            Rekeying::Invite => "invite",
+            Rekeying::Ban => "ban",
+        }
+    }
+}
+
+fn check_membership(json: &CanonicalJsonObject, kind: Rekeying) -> Result<(), InviteError> {
     let membership = get_object(json, "content").and_then(|c| get_str(c, "membership"));
-    if get_str(json, "type") != Some("m.room.member") || membership != Some("invite") {
-        return Err(InviteError::NotAnInvite);
+    if get_str(json, "type") != Some("m.room.member") || membership != Some(kind.membership()) {
+        return Err(InviteError::WrongMembership(kind.membership()));
     }
     Ok(())
 }
@@ -46,7 +66,20 @@ pub fn rekey_invite(
     invitee: &KeyPair,
     invitee_server: &str,
 ) -> Result<Pdu, InviteError> {
-    check_is_invite(sent)?;
+    rekey_membership(sent, version, invitee, invitee_server, Rekeying::Invite)
+}
+
+/// The target's server's side of either handshake: the `kind` of membership event, its
+/// `state_key` made the target's key-form id, `hashes` recomputed, the stale signatures dropped,
+/// signed with the target's account key.
+pub fn rekey_membership(
+    sent: &CanonicalJsonObject,
+    version: &RoomVersion,
+    invitee: &KeyPair,
+    invitee_server: &str,
+    kind: Rekeying,
+) -> Result<Pdu, InviteError> {
+    check_membership(sent, kind)?;
     let mut json = sent.clone();
     json.remove("signatures");
     json.remove("hashes");
@@ -80,7 +113,19 @@ pub fn accept_rekeyed_invite(
     version: &RoomVersion,
     inviter: &KeyPair,
 ) -> Result<Pdu, InviteError> {
-    check_is_invite(sent)?;
+    accept_rekeyed(sent, returned, version, inviter, Rekeying::Invite)
+}
+
+/// The sender's side of either handshake (see [`accept_rekeyed_invite`]); for a ban the
+/// target's signature is checked only when the target's server gave one.
+pub fn accept_rekeyed(
+    sent: &CanonicalJsonObject,
+    returned: &Pdu,
+    version: &RoomVersion,
+    inviter: &KeyPair,
+    kind: Rekeying,
+) -> Result<Pdu, InviteError> {
+    check_membership(sent, kind)?;
     let ignored = ["state_key", "hashes", "signatures", "unsigned"];
     let strip = |o: &CanonicalJsonObject| {
         let mut o = o.clone();
@@ -111,10 +156,15 @@ pub fn accept_rekeyed_invite(
             "{new_key} is not on {invited_domain}"
         )));
     }
-    // The invitee's signature, over the redacted form, by the key in the new state key.
-    let redacted = canonical::redact(returned.json(), version).map_err(PduError::from)?;
-    crate::signing::verify_json_with_account_key(&redacted, &parsed.key)
-        .map_err(|e: SignatureError| InviteError::BadSignature(e.to_string()))?;
+    // The target's signature, over the redacted form, by the key in the new state key:
+    // required of an invitee, checked when present on a ban.
+    let signed_by_target = get_object(returned.json(), "signatures")
+        .is_some_and(|signatures| signatures.contains_key(parsed.key.as_str()));
+    if kind == Rekeying::Invite || signed_by_target {
+        let redacted = canonical::redact(returned.json(), version).map_err(PduError::from)?;
+        crate::signing::verify_json_with_account_key(&redacted, &parsed.key)
+            .map_err(|e: SignatureError| InviteError::BadSignature(e.to_string()))?;
+    }
     let mut signed = returned.clone();
     add_signature(&mut signed, version, EventSigner::Account(inviter))?;
     match verify_pdu(&signed, version, &Default::default()) {
@@ -221,7 +271,66 @@ mod tests {
         );
         assert_eq!(
             rekey_invite(&join, v(), &bob, "b.example").unwrap_err(),
-            InviteError::NotAnInvite
+            InviteError::WrongMembership("invite")
+        );
+    }
+
+    /// The ban handshake (§2.5 item 34, Q7): the target's server puts in the key; its
+    /// signature is checked when given and not required.
+    #[test]
+    fn ban_handshake_takes_the_targets_signature_as_optional() {
+        let banner = KeyPair::from_seed(&[1; 32]);
+        let target = KeyPair::from_seed(&[2; 32]);
+        let mut sent = sent_invite(&banner);
+        sent.insert(
+            "content".into(),
+            CanonicalJsonValue::Object(
+                canonical::parse_object(br#"{"membership":"ban"}"#).unwrap(),
+            ),
+        );
+        let returned = rekey_membership(&sent, v(), &target, "b.example", Rekeying::Ban).unwrap();
+        let signed = accept_rekeyed(&sent, &returned, v(), &banner, Rekeying::Ban).unwrap();
+        assert_eq!(
+            verify_pdu(&signed, v(), &Default::default()),
+            Ok(Verified::All)
+        );
+        // Without the target's signature: taken.
+        let mut json = returned.clone().into_json();
+        json.insert(
+            "signatures".into(),
+            CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+        );
+        let unsigned = Pdu::from_canonical(json, v()).unwrap();
+        accept_rekeyed(&sent, &unsigned, v(), &banner, Rekeying::Ban).unwrap();
+        // With a signature under the target's key that does not verify: refused.
+        let mut json = returned.into_json();
+        let mut bad = CanonicalJsonObject::new();
+        bad.insert(
+            "ed25519:1".into(),
+            CanonicalJsonValue::String("AAAA".into()),
+        );
+        let mut signatures = CanonicalJsonObject::new();
+        signatures.insert(
+            target.account_key().as_str().to_owned(),
+            CanonicalJsonValue::Object(bad),
+        );
+        json.insert("signatures".into(), CanonicalJsonValue::Object(signatures));
+        let forged = Pdu::from_canonical(json, v()).unwrap();
+        assert!(matches!(
+            accept_rekeyed(&sent, &forged, v(), &banner, Rekeying::Ban),
+            Err(InviteError::BadSignature(_))
+        ));
+        // An invite is not a ban.
+        assert_eq!(
+            rekey_membership(
+                &sent_invite(&banner),
+                v(),
+                &target,
+                "b.example",
+                Rekeying::Ban
+            )
+            .unwrap_err(),
+            InviteError::WrongMembership("ban")
         );
     }
 }

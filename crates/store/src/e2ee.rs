@@ -17,19 +17,34 @@ use crate::{Backend, Store, StoreError, with_pool};
 const USERS_PER_STATEMENT: usize = 256;
 
 /// The next position of the device-list stream, taken inside the caller's transaction, with
-/// the row that announces `$user`'s change.
+/// the row that announces `$user`'s change: of the whole user (only this server's clients hear
+/// of it), of one device (`device: $device`, told to other servers as `m.device_list_update`)
+/// or of the user's cross-signing keys (`cross_signing`, told as `m.signing_key_update`).
 macro_rules! announce_device_list_change {
-    ($tx:expr, $user:expr) => {{
+    ($tx:expr, $user:expr) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, None::<&str>, "user")
+    };
+    ($tx:expr, $user:expr, device: $device:expr) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, Some($device), "device")
+    };
+    ($tx:expr, $user:expr, cross_signing) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, None::<&str>, "cross_signing")
+    };
+    (@row $tx:expr, $user:expr, $device:expr, $kind:expr) => {{
         let position = sqlx::query_scalar::<_, i64>(
             "UPDATE stream_positions SET position = position + 1 WHERE stream = 'device_lists' RETURNING position",
         )
         .fetch_one(&mut *$tx)
         .await?;
-        sqlx::query("INSERT INTO device_list_changes (stream_position, user_id) VALUES ($1, $2)")
-            .bind(position)
-            .bind($user)
-            .execute(&mut *$tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO device_list_changes (stream_position, user_id, device_id, kind) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(position)
+        .bind($user)
+        .bind($device)
+        .bind($kind)
+        .execute(&mut *$tx)
+        .await?;
         position
     }};
 }
@@ -159,7 +174,7 @@ impl Store {
                         .bind(&json)
                         .execute(&mut *tx)
                         .await?;
-                        announced = Some(announce_device_list_change!(tx, upload.user_id));
+                        announced = Some(announce_device_list_change!(tx, upload.user_id, device: upload.device_id));
                     }
                 }
             }
@@ -392,7 +407,7 @@ impl Store {
                 .await?
                 .rows_affected();
             if n > 0 {
-                announce_device_list_change!(tx, user_id);
+                announce_device_list_change!(tx, user_id, device: device_id);
                 tx.commit().await?;
             }
             n > 0
@@ -443,7 +458,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            let position = announce_device_list_change!(tx, user_id);
+            let position = announce_device_list_change!(tx, user_id, cross_signing);
             tx.commit().await?;
             position
         });

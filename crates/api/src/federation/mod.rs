@@ -8,6 +8,7 @@ mod keys;
 mod membership;
 mod query;
 mod transactions;
+mod user_keys;
 
 use axum::Router;
 
@@ -22,4 +23,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(membership::routes())
         .merge(invites::routes())
         .merge(transactions::routes())
+        .merge(user_keys::routes())
 }

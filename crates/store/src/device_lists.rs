@@ -574,3 +574,138 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        StoreOptions,
+        test_support::{TestDatabase, test_backends},
+    };
+
+    fn update<'a>(stream_id: i64, prev_ids: &'a [i64], device: &'a str) -> RemoteDeviceUpdate<'a> {
+        RemoteDeviceUpdate {
+            user_id: "@bob:b.test",
+            device_id: device,
+            stream_id,
+            prev_ids,
+            deleted: false,
+            keys_json: Some("{\"k\":1}"),
+            display_name: None,
+        }
+    }
+
+    async fn cached(store: &Store) -> Vec<String> {
+        store
+            .remote_cached_devices(&["@bob:b.test"])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn updates_apply_only_when_they_follow_on_from_the_cached_list() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let bob = "@bob:b.test";
+            // Nothing cached: a gap, the list stale at the update's stream id.
+            let outcome = store
+                .apply_remote_device_update(&update(5, &[4], "A"), 1)
+                .await
+                .unwrap();
+            assert_eq!(outcome, RemoteUpdateOutcome::Gap { had_cache: false });
+            let state = store.remote_list_state(bob).await.unwrap().unwrap();
+            assert!(!state.fresh() && state.stream_id == 5, "{kind:?}");
+
+            // Filled from a fetch that nothing overtook: fresh.
+            let list = FetchedDeviceList {
+                stream_id: 5,
+                devices: vec![("A".to_owned(), Some("{}".to_owned()), None)],
+                cross_signing: vec![("master".to_owned(), "{\"m\":1}".to_owned())],
+            };
+            let seen = Some(state.updated_ts);
+            assert!(store.fill_remote_device_list(bob, &list, 10, seen, 2).await.unwrap());
+            let state = store.remote_list_state(bob).await.unwrap().unwrap();
+            assert!(state.fresh() && state.cached_at == Some(10), "{kind:?}");
+
+            // Following on (prev 5): applied; an old or repeated one changes nothing.
+            let outcome = store
+                .apply_remote_device_update(&update(6, &[5], "B"), 3)
+                .await
+                .unwrap();
+            assert_eq!(outcome, RemoteUpdateOutcome::Applied, "{kind:?}");
+            assert_eq!(cached(&store).await, ["A", "B"]);
+            let outcome = store
+                .apply_remote_device_update(&update(6, &[5], "C"), 4)
+                .await
+                .unwrap();
+            assert_eq!(outcome, RemoteUpdateOutcome::Old);
+            let deleted = RemoteDeviceUpdate {
+                deleted: true,
+                ..update(7, &[6], "A")
+            };
+            assert_eq!(
+                store.apply_remote_device_update(&deleted, 5).await.unwrap(),
+                RemoteUpdateOutcome::Applied
+            );
+            assert_eq!(cached(&store).await, ["B"], "{kind:?}");
+
+            // A prev id never seen: a gap; the cache is stale until fetched again.
+            let outcome = store
+                .apply_remote_device_update(&update(9, &[8], "D"), 6)
+                .await
+                .unwrap();
+            assert_eq!(outcome, RemoteUpdateOutcome::Gap { had_cache: true });
+            assert_eq!(cached(&store).await, ["B"], "{kind:?}: not applied");
+            let state = store.remote_list_state(bob).await.unwrap().unwrap();
+            assert!(!state.fresh(), "{kind:?}");
+
+            // A fetch overtaken by an announcement is stored stale.
+            let older = FetchedDeviceList {
+                stream_id: 8,
+                ..list.clone()
+            };
+            assert!(
+                !store
+                    .fill_remote_device_list(bob, &older, 11, Some(state.updated_ts - 1), 7)
+                    .await
+                    .unwrap()
+            );
+            let state = store.remote_list_state(bob).await.unwrap().unwrap();
+            assert!(state.stale && state.stream_id == 9, "{kind:?}: {state:?}");
+
+            // Signing keys apply to a fresh list only.
+            assert!(
+                !store
+                    .apply_remote_signing_keys(bob, &[("master", "{\"m\":2}".to_owned())], 8)
+                    .await
+                    .unwrap()
+            );
+            assert!(store.fill_remote_device_list(bob, &list, 12, Some(8), 9).await.unwrap());
+            assert!(
+                store
+                    .apply_remote_signing_keys(bob, &[("master", "{\"m\":2}".to_owned())], 10)
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                store.remote_cached_cross_signing(bob).await.unwrap(),
+                [("master".to_owned(), "{\"m\":2}".to_owned())],
+                "{kind:?}"
+            );
+
+            // Forgotten: nothing cached.
+            store.forget_remote_device_list(bob).await.unwrap();
+            assert!(cached(&store).await.is_empty());
+            assert!(store.remote_cached_cross_signing(bob).await.unwrap().is_empty());
+            let state = store.remote_list_state(bob).await.unwrap().unwrap();
+            assert_eq!(state.cached_at, None, "{kind:?}");
+            store.close().await;
+        }
+    }
+}

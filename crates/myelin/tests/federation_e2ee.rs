@@ -141,7 +141,9 @@ async fn sync(server: &TestServer, user: &TestUser, since: &str) -> Value {
 }
 
 async fn sync_token(server: &TestServer, user: &TestUser) -> String {
-    let (status, body) = server.get("/_matrix/client/v3/sync", &user.access_token).await;
+    let (status, body) = server
+        .get("/_matrix/client/v3/sync", &user.access_token)
+        .await;
     assert_eq!(status, 200, "{body}");
     body["next_batch"].as_str().unwrap().to_owned()
 }
@@ -191,9 +193,7 @@ fn devices_of(body: &Value, user_id: &str) -> Vec<String> {
 
 /// Alice on A and Bob on B, in one room (Bob joined through A).
 async fn shared_room(a: &TestServer, alice: &TestUser, b: &TestServer, bob: &TestUser) -> String {
-    let room_id = a
-        .create_room(alice, json!({"preset": "public_chat"}))
-        .await;
+    let room_id = a.create_room(alice, json!({"preset": "public_chat"})).await;
     join_via(b, bob, &room_id, a.name()).await;
     room_id
 }
@@ -225,7 +225,11 @@ async fn keys_of_another_servers_users_are_queried_claimed_and_kept_current() {
 
         // No room shared yet: asked of B with /user/keys/query.
         let body = query(a, &alice, &bob.user_id).await;
-        assert_eq!(devices_of(&body, &bob.user_id), [bob.device_id.clone()], "{kind:?}: {body}");
+        assert_eq!(
+            devices_of(&body, &bob.user_id),
+            vec![bob.device_id.clone()],
+            "{kind:?}: {body}"
+        );
         assert_eq!(
             body["device_keys"][&bob.user_id][&bob.device_id],
             device_keys(&bob, &key_pair(1)),
@@ -236,36 +240,66 @@ async fn keys_of_another_servers_users_are_queried_claimed_and_kept_current() {
             cross_signing_key(&bob, "master", &key_pair(10))["keys"],
             "{kind:?}: {body}"
         );
-        assert!(body["self_signing_keys"][&bob.user_id].is_object(), "{kind:?}: {body}");
+        assert!(
+            body["self_signing_keys"][&bob.user_id].is_object(),
+            "{kind:?}: {body}"
+        );
         assert!(
             body["user_signing_keys"].get(&bob.user_id).is_none(),
             "{kind:?}: another user's user-signing key is never shown: {body}"
         );
-        assert!(body["failures"].as_object().is_none_or(|f| f.is_empty()), "{body}");
         assert!(
-            a.store().remote_list_state(&bob.user_id).await.unwrap().is_none(),
+            body["failures"].as_object().is_none_or(|f| f.is_empty()),
+            "{body}"
+        );
+        assert!(
+            a.store()
+                .remote_list_state(&bob.user_id)
+                .await
+                .unwrap()
+                .is_none(),
             "{kind:?}: nothing is cached for a user no room is shared with"
         );
 
         // One-time keys are claimed once; then the fallback key.
         let first = claim(a, &alice, &bob).await;
         let first = &first["one_time_keys"][&bob.user_id][&bob.device_id];
-        assert!(first["signed_curve25519:AAAA"].is_object(), "{kind:?}: {first}");
+        assert!(
+            first["signed_curve25519:AAAA"].is_object(),
+            "{kind:?}: {first}"
+        );
         let second = claim(a, &alice, &bob).await;
         let second = &second["one_time_keys"][&bob.user_id][&bob.device_id];
-        assert!(second["signed_curve25519:FFFF"].is_object(), "{kind:?}: {second}");
+        assert!(
+            second["signed_curve25519:FFFF"].is_object(),
+            "{kind:?}: {second}"
+        );
 
         // Sharing a room: the list is fetched (/user/devices) and cached.
-        shared_room(a, &alice, b, &bob).await;
+        let room_id = shared_room(a, &alice, b, &bob).await;
         let body = query(a, &alice, &bob.user_id).await;
-        assert_eq!(devices_of(&body, &bob.user_id), [bob.device_id.clone()], "{kind:?}: {body}");
-        let state = a.store().remote_list_state(&bob.user_id).await.unwrap().unwrap();
+        assert_eq!(
+            devices_of(&body, &bob.user_id),
+            vec![bob.device_id.clone()],
+            "{kind:?}: {body}"
+        );
+        let state = a
+            .store()
+            .remote_list_state(&bob.user_id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(state.fresh(), "{kind:?}: {state:?}");
         let since = sync_token(a, &alice).await;
 
         // A new device of Bob's: announced to Alice, and applied to the cached list.
         let phone = login(b, &bob).await;
-        upload(b, &phone, json!({"device_keys": device_keys(&phone, &key_pair(2))})).await;
+        upload(
+            b,
+            &phone,
+            json!({"device_keys": device_keys(&phone, &key_pair(2))}),
+        )
+        .await;
         let since = until_changed(a, &alice, &since, &bob.user_id).await;
         let mut expected = vec![bob.device_id.clone(), phone.device_id.clone()];
         expected.sort();
@@ -281,7 +315,12 @@ async fn keys_of_another_servers_users_are_queried_claimed_and_kept_current() {
             cached == expected
         })
         .await;
-        let state = a.store().remote_list_state(&bob.user_id).await.unwrap().unwrap();
+        let state = a
+            .store()
+            .remote_list_state(&bob.user_id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(state.fresh(), "{kind:?}: the update followed on: {state:?}");
         let body = query(a, &alice, &bob.user_id).await;
         let mut shown = devices_of(&body, &bob.user_id);
@@ -317,7 +356,8 @@ async fn keys_of_another_servers_users_are_queried_claimed_and_kept_current() {
         assert_eq!(status, 200);
         let since = until_changed(a, &alice, &since, &bob.user_id).await;
         eventually("the deleted device gone", || async {
-            devices_of(&query(a, &alice, &bob.user_id).await, &bob.user_id) == [bob.device_id.clone()]
+            devices_of(&query(a, &alice, &bob.user_id).await, &bob.user_id)
+                == vec![bob.device_id.clone()]
         })
         .await;
 
@@ -340,6 +380,44 @@ async fn keys_of_another_servers_users_are_queried_claimed_and_kept_current() {
             cross_signing_key(&bob, "self_signing", &key_pair(21))["keys"],
             "{kind:?}: {body}"
         );
+
+        // Bob leaves: no room is shared, the cache is dropped, and B is asked instead.
+        let (status, _) = b
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        eventually("Bob's leave on A", || async {
+            !a.store()
+                .shares_room_with_server(&bob.user_id, "hs-a.test")
+                .await
+                .unwrap()
+        })
+        .await;
+        let body = query(a, &alice, &bob.user_id).await;
+        assert_eq!(
+            devices_of(&body, &bob.user_id),
+            vec![bob.device_id.clone()],
+            "{kind:?}: {body}"
+        );
+        assert!(
+            a.store()
+                .remote_cached_devices(&[&bob.user_id])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{kind:?}: dropped"
+        );
+        let state = a
+            .store()
+            .remote_list_state(&bob.user_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.cached_at, None, "{kind:?}");
         for server in servers {
             server.stop().await;
         }
@@ -382,8 +460,14 @@ async fn a_server_that_does_not_answer_is_named_in_failures_within_the_timeout()
             "{kind:?}: took {:?}",
             started.elapsed()
         );
-        assert!(body["failures"]["silent.test"].is_object(), "{kind:?}: {body}");
-        assert!(body["device_keys"][&alice.user_id].is_object(), "{kind:?}: {body}");
+        assert!(
+            body["failures"]["silent.test"].is_object(),
+            "{kind:?}: {body}"
+        );
+        assert!(
+            body["device_keys"][&alice.user_id].is_object(),
+            "{kind:?}: {body}"
+        );
 
         let started = Instant::now();
         let (status, body) = a
@@ -395,7 +479,10 @@ async fn a_server_that_does_not_answer_is_named_in_failures_within_the_timeout()
             .await;
         assert_eq!(status, 200, "{body}");
         assert!(started.elapsed() < Duration::from_secs(8), "{kind:?}");
-        assert!(body["failures"]["silent.test"].is_object(), "{kind:?}: {body}");
+        assert!(
+            body["failures"]["silent.test"].is_object(),
+            "{kind:?}: {body}"
+        );
         held.abort();
         for server in servers {
             server.stop().await;
@@ -428,7 +515,10 @@ async fn serving_endpoints_answer_only_about_local_users_and_only_to_servers() {
         for (method, path, body) in [
             (
                 reqwest::Method::GET,
-                format!("/_matrix/federation/v1/user/devices/{}", enc(&alice.user_id)),
+                format!(
+                    "/_matrix/federation/v1/user/devices/{}",
+                    enc(&alice.user_id)
+                ),
                 None,
             ),
             (
@@ -439,7 +529,9 @@ async fn serving_endpoints_answer_only_about_local_users_and_only_to_servers() {
             (
                 reqwest::Method::POST,
                 "/_matrix/federation/v1/user/keys/claim".to_owned(),
-                Some(json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}})),
+                Some(
+                    json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}}),
+                ),
             ),
         ] {
             let mut request = client.request(method, a.federation_url(&path));
@@ -475,7 +567,10 @@ async fn serving_endpoints_answer_only_about_local_users_and_only_to_servers() {
             .send(&hs_a, get_devices::v1::Request::new(nobody.clone()))
             .await
             .unwrap();
-        assert!(empty.devices.is_empty() && empty.master_key.is_none(), "{kind:?}");
+        assert!(
+            empty.devices.is_empty() && empty.master_key.is_none(),
+            "{kind:?}"
+        );
         assert_eq!(u64::from(empty.stream_id), 0);
 
         let keys = outbound
@@ -511,10 +606,20 @@ async fn a_device_list_update_that_does_not_follow_on_has_the_list_fetched_again
         let (a, b) = (&servers[0], &servers[1]);
         let alice = a.register("alice").await;
         let bob = b.register("bob").await;
-        upload(b, &bob, json!({"device_keys": device_keys(&bob, &key_pair(4))})).await;
+        upload(
+            b,
+            &bob,
+            json!({"device_keys": device_keys(&bob, &key_pair(4))}),
+        )
+        .await;
         shared_room(a, &alice, b, &bob).await;
         query(a, &alice, &bob.user_id).await;
-        let before = a.store().remote_list_state(&bob.user_id).await.unwrap().unwrap();
+        let before = a
+            .store()
+            .remote_list_state(&bob.user_id)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(before.fresh(), "{kind:?}: {before:?}");
 
         // B's transaction with an update whose prev_id A never saw, of a device B does not have.
@@ -539,12 +644,19 @@ async fn a_device_list_update_that_does_not_follow_on_has_the_list_fetched_again
             "hs-b.test".try_into().unwrap(),
             MilliSecondsSinceUnixEpoch::now(),
         );
-        request.edus = vec![Raw::from_json(serde_json::value::to_raw_value(&edu).unwrap())];
+        request.edus = vec![Raw::from_json(
+            serde_json::value::to_raw_value(&edu).unwrap(),
+        )];
         b.services().federation.send(&hs_a, request).await.unwrap();
 
         // A fetched Bob's list again: fresh at the new stream id, without the ghost device.
         eventually("the list fetched again", || async {
-            let state = a.store().remote_list_state(&bob.user_id).await.unwrap().unwrap();
+            let state = a
+                .store()
+                .remote_list_state(&bob.user_id)
+                .await
+                .unwrap()
+                .unwrap();
             state.fresh() && state.stream_id == 1_000_000
         })
         .await;
@@ -556,9 +668,13 @@ async fn a_device_list_update_that_does_not_follow_on_has_the_list_fetched_again
             .into_iter()
             .map(|d| d.device_id)
             .collect();
-        assert_eq!(cached, [bob.device_id.clone()], "{kind:?}");
+        assert_eq!(cached, vec![bob.device_id.clone()], "{kind:?}");
         let body = query(a, &alice, &bob.user_id).await;
-        assert_eq!(devices_of(&body, &bob.user_id), [bob.device_id.clone()], "{kind:?}: {body}");
+        assert_eq!(
+            devices_of(&body, &bob.user_id),
+            vec![bob.device_id.clone()],
+            "{kind:?}: {body}"
+        );
         for server in servers {
             server.stop().await;
         }

@@ -1021,15 +1021,27 @@ async fn device_list_changes_reach_the_servers_sharing_a_room_chained_per_user()
         // Each names the one before as its prev_id; stream ids only grow.
         for pair in got.windows(2) {
             assert!(pair[1]["stream_id"].as_i64() > pair[0]["stream_id"].as_i64());
-            assert_eq!(pair[1]["prev_id"], json!([pair[0]["stream_id"]]), "{kind:?}: {got:?}");
+            assert_eq!(
+                pair[1]["prev_id"],
+                json!([pair[0]["stream_id"]]),
+                "{kind:?}: {got:?}"
+            );
         }
         assert!(got.iter().all(|u| u["user_id"] == alice.user_id.as_str()));
 
         // Cross-signing keys: master and self-signing go out, the user-signing key never.
         let master = KeyPair::from_seed(&[40; 32]);
         let (master_id, master_key) = cross_signing_key(&alice.user_id, "master", &master);
-        let (_, ssk) = cross_signing_key(&alice.user_id, "self_signing", &KeyPair::from_seed(&[41; 32]));
-        let (_, usk) = cross_signing_key(&alice.user_id, "user_signing", &KeyPair::from_seed(&[42; 32]));
+        let (_, ssk) = cross_signing_key(
+            &alice.user_id,
+            "self_signing",
+            &KeyPair::from_seed(&[41; 32]),
+        );
+        let (_, usk) = cross_signing_key(
+            &alice.user_id,
+            "user_signing",
+            &KeyPair::from_seed(&[42; 32]),
+        );
         let (status, body) = server
             .post(
                 "/_matrix/client/v3/keys/device_signing/upload",
@@ -1054,7 +1066,10 @@ async fn device_list_changes_reach_the_servers_sharing_a_room_chained_per_user()
         assert_eq!(update["user_id"], alice.user_id.as_str());
         assert_eq!(update["master_key"], master_key, "{kind:?}: {update}");
         assert!(update["self_signing_key"].is_object(), "{kind:?}: {update}");
-        assert!(update.get("user_signing_key").is_none(), "{kind:?}: {update}");
+        assert!(
+            update.get("user_signing_key").is_none(),
+            "{kind:?}: {update}"
+        );
 
         // The stream id /user/devices answers is the last update's.
         let devices = server
@@ -1063,7 +1078,11 @@ async fn device_list_changes_reach_the_servers_sharing_a_room_chained_per_user()
             .federation_user_devices(&ruma::UserId::parse(alice.user_id.as_str()).unwrap())
             .await
             .unwrap();
-        assert_eq!(Some(devices.stream_id), got[3]["stream_id"].as_i64(), "{kind:?}");
+        assert_eq!(
+            Some(devices.stream_id),
+            got[3]["stream_id"].as_i64(),
+            "{kind:?}"
+        );
         server.stop().await;
     }
 }

@@ -360,7 +360,9 @@ impl E2ee {
         result: &mut KeysQueryResult,
     ) -> Result<()> {
         for user in local {
-            result.device_keys.insert((*user).to_owned(), BTreeMap::new());
+            result
+                .device_keys
+                .insert((*user).to_owned(), BTreeMap::new());
         }
         for row in self.store.device_keys_of(local).await? {
             let asked = &wanted[&row.user_id];

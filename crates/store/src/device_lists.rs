@@ -629,7 +629,12 @@ mod tests {
                 cross_signing: vec![("master".to_owned(), "{\"m\":1}".to_owned())],
             };
             let seen = Some(state.updated_ts);
-            assert!(store.fill_remote_device_list(bob, &list, 10, seen, 2).await.unwrap());
+            assert!(
+                store
+                    .fill_remote_device_list(bob, &list, 10, seen, 2)
+                    .await
+                    .unwrap()
+            );
             let state = store.remote_list_state(bob).await.unwrap().unwrap();
             assert!(state.fresh() && state.cached_at == Some(10), "{kind:?}");
 
@@ -686,7 +691,12 @@ mod tests {
                     .await
                     .unwrap()
             );
-            assert!(store.fill_remote_device_list(bob, &list, 12, Some(8), 9).await.unwrap());
+            assert!(
+                store
+                    .fill_remote_device_list(bob, &list, 12, Some(8), 9)
+                    .await
+                    .unwrap()
+            );
             assert!(
                 store
                     .apply_remote_signing_keys(bob, &[("master", "{\"m\":2}".to_owned())], 10)
@@ -702,7 +712,13 @@ mod tests {
             // Forgotten: nothing cached.
             store.forget_remote_device_list(bob).await.unwrap();
             assert!(cached(&store).await.is_empty());
-            assert!(store.remote_cached_cross_signing(bob).await.unwrap().is_empty());
+            assert!(
+                store
+                    .remote_cached_cross_signing(bob)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
             let state = store.remote_list_state(bob).await.unwrap().unwrap();
             assert_eq!(state.cached_at, None, "{kind:?}");
             store.close().await;

@@ -14,11 +14,7 @@ use ruma::{
     },
 };
 
-use crate::{
-    AppState, MatrixError, Ruma,
-    client::keys::raw_of,
-    ruma_bridge::RumaRouterExt,
-};
+use crate::{AppState, MatrixError, Ruma, client::keys::raw_of, ruma_bridge::RumaRouterExt};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().ruma(devices).ruma(query).ruma(claim)

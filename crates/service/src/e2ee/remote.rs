@@ -33,8 +33,7 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::{
-    ByServer, E2ee, KeysClaimResult, KeysQueryResult, MASTER, MAX_DEVICES_PER_REQUEST,
-    SELF_SIGNING,
+    ByServer, E2ee, KeysClaimResult, KeysQueryResult, MASTER, MAX_DEVICES_PER_REQUEST, SELF_SIGNING,
 };
 use crate::{Error, Result, federation::Outbound, now_millis};
 
@@ -196,7 +195,9 @@ impl E2ee {
     /// `prev_id` the next `m.device_list_update` names). A user of another server: 404.
     pub async fn federation_user_devices(&self, user: &UserId) -> Result<UserDevices> {
         if user.server_name() != self.server_name {
-            return Err(Error::NotFound(format!("{user} is not a user of this server")));
+            return Err(Error::NotFound(format!(
+                "{user} is not a user of this server"
+            )));
         }
         // The stream id first: a change after it is announced again with a newer one.
         let stream_id = self.store.device_list_stream_id(user.as_str()).await?;
@@ -328,7 +329,10 @@ impl E2ee {
             } else {
                 ask.insert(
                     user.clone(),
-                    devices.iter().map(|d| OwnedDeviceId::from(d.as_str())).collect(),
+                    devices
+                        .iter()
+                        .map(|d| OwnedDeviceId::from(d.as_str()))
+                        .collect(),
                 );
             }
         }
@@ -336,7 +340,11 @@ impl E2ee {
             return Ok(keys);
         }
         let answer = outbound
-            .send_limited(server, get_keys::v1::Request::new(ask.clone()), MAX_ANSWER_BYTES)
+            .send_limited(
+                server,
+                get_keys::v1::Request::new(ask.clone()),
+                MAX_ANSWER_BYTES,
+            )
             .await
             .map_err(|e| Error::BadGateway(e.to_string()))?;
         // Only what was asked: a server speaks for its own users.
@@ -349,8 +357,8 @@ impl E2ee {
                 if !asked.is_empty() && !asked.contains(device) {
                     continue;
                 }
-                if let Some(value) = value_of(raw)
-                    .filter(|v| keys_belong(v, user.as_str(), Some(device.as_str())))
+                if let Some(value) =
+                    value_of(raw).filter(|v| keys_belong(v, user.as_str(), Some(device.as_str())))
                 {
                     entry.insert(device.to_string(), value);
                 }
@@ -469,7 +477,11 @@ impl E2ee {
             })
             .collect();
         let answer = outbound
-            .send_limited(server, claim_keys::v1::Request::new(claims), MAX_ANSWER_BYTES)
+            .send_limited(
+                server,
+                claim_keys::v1::Request::new(claims),
+                MAX_ANSWER_BYTES,
+            )
             .await
             .map_err(|e| Error::BadGateway(e.to_string()))?;
         let mut out: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>> = BTreeMap::new();
@@ -563,9 +575,7 @@ impl E2ee {
         for (kind, key) in [(MASTER, master_key), (SELF_SIGNING, self_signing_key)] {
             if let Some(key) = key {
                 if !keys_belong(key, user.as_str(), None) {
-                    return Err(Error::BadJson(format!(
-                        "the {kind} key must be {user}'s"
-                    )));
+                    return Err(Error::BadJson(format!("the {kind} key must be {user}'s")));
                 }
                 keys.push((kind, key.to_string()));
             }

@@ -275,8 +275,18 @@ async fn keys_of_another_servers_users_are_queried_claimed_and_kept_current() {
             "{kind:?}: {second}"
         );
 
-        // Sharing a room: the list is fetched (/user/devices) and cached.
+        // Bob joining Alice's room tells A of his devices.
         let room_id = shared_room(a, &alice, b, &bob).await;
+        eventually("B's device-list update on Bob's join", || async {
+            a.store()
+                .remote_list_state(&bob.user_id)
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+
+        // Sharing a room: the list is fetched (/user/devices) and cached.
         let body = query(a, &alice, &bob.user_id).await;
         assert_eq!(
             devices_of(&body, &bob.user_id),

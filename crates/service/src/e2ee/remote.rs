@@ -316,6 +316,7 @@ impl E2ee {
         let outbound = self.outbound()?;
         let mut keys = ServerKeys::default();
         let mut ask: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>> = BTreeMap::new();
+        let mut refetch = Vec::new();
         for (user, devices) in users {
             if let Some(list) = self.cached_list(user).await? {
                 keys.add_list(user, devices, &list);
@@ -324,8 +325,7 @@ impl E2ee {
                 .shares_room_with_server(user.as_str(), self.server_name.as_str())
                 .await?
             {
-                let list = fetch_device_list(&self.store, outbound, user).await?;
-                keys.add_list(user, devices, &list);
+                refetch.push((user, devices));
             } else {
                 ask.insert(
                     user.clone(),
@@ -335,6 +335,15 @@ impl E2ee {
                         .collect(),
                 );
             }
+        }
+        let fetched = futures::future::join_all(
+            refetch
+                .iter()
+                .map(|(user, _)| fetch_device_list(&self.store, outbound, user)),
+        )
+        .await;
+        for ((user, devices), list) in refetch.iter().zip(fetched) {
+            keys.add_list(user, devices, &list?);
         }
         if ask.is_empty() {
             return Ok(keys);

@@ -55,12 +55,8 @@ impl Services {
             .await?;
         // The room's servers hear of the user's devices (the spec's rule for a join that brings
         // servers not yet receiving the user's device-list updates); best effort.
-        if let Err(err) = self
-            .federation_sender
-            .announce_devices_in_room(user, &joined)
-            .await
-        {
-            tracing::warn!(%user, room_id = %joined, %err, "could not announce devices to a joined room");
+        if let Err(err) = self.e2ee.announce_devices(user).await {
+            tracing::warn!(%user, room_id = %joined, %err, "could not announce devices after a join");
         }
         Ok(joined)
     }

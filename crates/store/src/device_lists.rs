@@ -234,31 +234,6 @@ impl Store {
         Ok(moved)
     }
 
-    /// Puts EDUs `(destination, type, content)` in the federation outbox, in one transaction.
-    pub async fn enqueue_federation_edus(
-        &self,
-        edus: &[(String, &str, String)],
-        now: i64,
-    ) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
-            let mut tx = pool.begin_write(&self.write_gate).await?;
-            for (destination, edu_type, content) in edus {
-                sqlx::query(
-                    "INSERT INTO federation_edu_outbox (destination, edu_type, content, created_ts) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(destination)
-                .bind(*edu_type)
-                .bind(content)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
     /// The users joined to a room `user_id` is joined to (the servers that hear of the user's
     /// devices), `user_id` included.
     pub async fn room_mates_joined(&self, user_id: &str) -> Result<Vec<String>, StoreError> {

@@ -542,6 +542,27 @@ impl Store {
         Ok(position)
     }
 
+    /// Announces each of a user's devices as changed (a `device` row each, in one
+    /// transaction): after they joined a room, for the servers that do not know their devices
+    /// yet. Returns how many.
+    pub async fn announce_devices(&self, user_id: &str) -> Result<usize, StoreError> {
+        let count = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let devices: Vec<String> = sqlx::query_scalar(
+                "SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id",
+            )
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for device_id in &devices {
+                announce_device_list_change!(tx, user_id, device: device_id.as_str());
+            }
+            tx.commit().await?;
+            devices.len()
+        });
+        Ok(count)
+    }
+
     /// The users whose device lists changed after `from` up to and including `to`.
     pub async fn device_list_changes(&self, from: i64, to: i64) -> Result<Vec<String>, StoreError> {
         let users = with_pool!(self, pool => {

@@ -571,6 +571,16 @@ impl E2ee {
         Ok(true)
     }
 
+    /// After a local user joined a room: each of their devices is announced again, so that
+    /// the device-list sender tells the servers sharing a room with them now (among them the
+    /// room's, which may not know the user's devices yet) and local room mates re-query.
+    pub async fn announce_devices(&self, user: &UserId) -> Result<()> {
+        if self.store.announce_devices(user.as_str()).await? > 0 {
+            self.notify.notify();
+        }
+        Ok(())
+    }
+
     /// A remote user's server announced new cross-signing keys (`m.signing_key_update`, no
     /// stream id): applied to a fresh cached list, else the list is stale; local users sharing a
     /// room with them hear of the change.

@@ -12,10 +12,10 @@
 //! position of the user's previous `device` row, so a receiver that missed one sees the gap
 //! (and `/user/devices` answers with the same numbering).
 //!
-//! A local user who joins a room tells its servers of their devices too
-//! ([`Sender::announce_devices_in_room`]): a server that did not share a room with them before
-//! learns that they have devices (it marks their list stale and fetches it when asked); one
-//! that did sees stream ids it knows and ignores them.
+//! A local user who joins a room has each of their devices announced again
+//! (`E2ee::announce_devices`), so that the room's servers that did not share a room with them
+//! before learn of their devices (the spec asks for this); servers that did get updates they
+//! can apply to what they cached.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -90,59 +90,6 @@ impl Sender {
                 self.wake(server);
             }
         }
-    }
-
-    /// After `user` joined `room_id`: an `m.device_list_update` for each of their devices with
-    /// keys, at the user's current device-list stream id, to every other server in the room.
-    pub async fn announce_devices_in_room(
-        self: &Arc<Self>,
-        user: &UserId,
-        room_id: &str,
-    ) -> Result<()> {
-        let Some(room) = self.store.room(room_id).await? else {
-            return Ok(());
-        };
-        let mut servers = (*self.servers_now(room.room_nid).await?).clone();
-        servers.remove(&self.server_name);
-        let stream_id = self.store.device_list_stream_id(user.as_str()).await?;
-        if servers.is_empty() || stream_id == 0 {
-            return Ok(());
-        }
-        let prev = self
-            .store
-            .previous_device_change(user.as_str(), stream_id)
-            .await?;
-        let mut edus = Vec::new();
-        for row in self.store.device_keys_of(&[user.as_str()]).await? {
-            let Ok(keys) = serde_json::from_str::<Value>(&row.key_json) else {
-                continue;
-            };
-            let mut content = json!({
-                "user_id": user,
-                "device_id": row.device_id,
-                "stream_id": stream_id,
-                "prev_id": prev.into_iter().collect::<Vec<i64>>(),
-                "deleted": false,
-                "keys": keys,
-            });
-            if let Some(name) = row.display_name {
-                content["device_display_name"] = json!(name);
-            }
-            let content = content.to_string();
-            for server in &servers {
-                edus.push((server.to_string(), "m.device_list_update", content.clone()));
-            }
-        }
-        if edus.is_empty() {
-            return Ok(());
-        }
-        self.store
-            .enqueue_federation_edus(&edus, now_millis())
-            .await?;
-        for server in &servers {
-            self.wake(server);
-        }
-        Ok(())
     }
 
     /// The other servers with users joined to a room `user` is joined to.

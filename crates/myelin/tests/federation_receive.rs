@@ -1563,26 +1563,6 @@ async fn typing_receipts_presence_to_device_and_device_lists_reach_local_clients
             .unwrap()
             .to_owned();
         let device = world.alice.device_id.clone();
-        // The first device-list update heard of bob is news to nobody here (no one fetched his
-        // keys while sharing a room with him): only noted.
-        let first = json!({"edu_type": "m.device_list_update", "content": {"user_id": BOB, "device_id": "BOBDEV", "stream_id": 6, "prev_id": []}});
-        let answer = world
-            .peer
-            .send("edus-first", vec![], vec![first])
-            .await
-            .unwrap();
-        assert!(answer.is_empty(), "{kind:?}: {answer:?}");
-        assert_eq!(
-            world.server.store().remote_device_list(BOB).await.unwrap(),
-            Some((6, true))
-        );
-        let sync = world.sync(Some(&since)).await;
-        assert!(
-            sync["device_lists"]["changed"]
-                .as_array()
-                .is_none_or(|c| !c.contains(&json!(BOB))),
-            "{kind:?}: {sync}"
-        );
         let edus = vec![
             json!({"edu_type": "m.typing", "content": {"room_id": world.room_id, "user_id": BOB, "typing": true}}),
             // Not the peer's user to speak for: ignored.

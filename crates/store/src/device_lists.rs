@@ -69,10 +69,8 @@ pub enum RemoteUpdateOutcome {
     /// It followed on from the cached list and was applied to it.
     Applied,
     /// It did not (a `prev_id` this server never saw, or nothing cached): the list is marked
-    /// stale at its stream id. `had_cache`: something was cached (now out of date); `known`:
-    /// the user's list had a row before (else this is the first this server hears of them, and
-    /// nobody here fetched their keys while sharing a room with them).
-    Gap { had_cache: bool, known: bool },
+    /// stale at its stream id. `had_cache`: something was cached (now out of date).
+    Gap { had_cache: bool },
 }
 
 /// A remote user's list as fetched (`/user/devices`): devices `(device id, keys JSON, name)`
@@ -451,12 +449,8 @@ impl Store {
                 }
                 Some((_, _, cached_at)) => RemoteUpdateOutcome::Gap {
                     had_cache: cached_at.is_some(),
-                    known: true,
                 },
-                None => RemoteUpdateOutcome::Gap {
-                    had_cache: false,
-                    known: false,
-                },
+                None => RemoteUpdateOutcome::Gap { had_cache: false },
             };
             match outcome {
                 RemoteUpdateOutcome::Old => {}
@@ -509,15 +503,13 @@ impl Store {
     }
 
     /// Applies an `m.signing_key_update` (`(type, JSON)` of the keys it carries) to a fresh
-    /// cached list; otherwise marks the list stale. Returns `(applied, known)`: whether it was
-    /// applied, and whether the user's list had a row before (see
-    /// [`RemoteUpdateOutcome::Gap`]).
+    /// cached list; otherwise marks the list stale. Returns whether it was applied.
     pub async fn apply_remote_signing_keys(
         &self,
         user_id: &str,
         keys: &[(&str, String)],
         now: i64,
-    ) -> Result<(bool, bool), StoreError> {
+    ) -> Result<bool, StoreError> {
         let applied = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let row: Option<(bool, Option<i64>)> = sqlx::query_as(
@@ -555,7 +547,7 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
-            (applied, row.is_some())
+            applied
         });
         Ok(applied)
     }
@@ -626,13 +618,7 @@ mod tests {
                 .apply_remote_device_update(&update(5, &[4], "A"), 1)
                 .await
                 .unwrap();
-            assert_eq!(
-                outcome,
-                RemoteUpdateOutcome::Gap {
-                    had_cache: false,
-                    known: false
-                }
-            );
+            assert_eq!(outcome, RemoteUpdateOutcome::Gap { had_cache: false });
             let state = store.remote_list_state(bob).await.unwrap().unwrap();
             assert!(!state.fresh() && state.stream_id == 5, "{kind:?}");
 
@@ -679,13 +665,7 @@ mod tests {
                 .apply_remote_device_update(&update(9, &[8], "D"), 6)
                 .await
                 .unwrap();
-            assert_eq!(
-                outcome,
-                RemoteUpdateOutcome::Gap {
-                    had_cache: true,
-                    known: true
-                }
-            );
+            assert_eq!(outcome, RemoteUpdateOutcome::Gap { had_cache: true });
             assert_eq!(cached(&store).await, ["B"], "{kind:?}: not applied");
             let state = store.remote_list_state(bob).await.unwrap().unwrap();
             assert!(!state.fresh(), "{kind:?}");
@@ -704,21 +684,12 @@ mod tests {
             let state = store.remote_list_state(bob).await.unwrap().unwrap();
             assert!(state.stale && state.stream_id == 9, "{kind:?}: {state:?}");
 
-            // Signing keys apply to a fresh list only; of a user never heard of, they are news
-            // to nobody.
-            assert_eq!(
-                store
-                    .apply_remote_signing_keys("@carol:b.test", &[], 8)
-                    .await
-                    .unwrap(),
-                (false, false)
-            );
-            assert_eq!(
-                store
+            // Signing keys apply to a fresh list only.
+            assert!(
+                !store
                     .apply_remote_signing_keys(bob, &[("master", "{\"m\":2}".to_owned())], 8)
                     .await
-                    .unwrap(),
-                (false, true)
+                    .unwrap()
             );
             assert!(
                 store
@@ -726,12 +697,11 @@ mod tests {
                     .await
                     .unwrap()
             );
-            assert_eq!(
+            assert!(
                 store
                     .apply_remote_signing_keys(bob, &[("master", "{\"m\":2}".to_owned())], 10)
                     .await
-                    .unwrap(),
-                (true, true)
+                    .unwrap()
             );
             assert_eq!(
                 store.remote_cached_cross_signing(bob).await.unwrap(),

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use super::{
     ByServer, E2ee, KeysClaimResult, KeysQueryResult, MASTER, MAX_DEVICES_PER_REQUEST, SELF_SIGNING,
 };
-use crate::{Error, Result, federation::Outbound, notifier::Notifier, now_millis};
+use crate::{Error, Result, federation::Outbound, now_millis};
 
 /// The most bytes of a remote server's answer about keys (a user with thousands of devices).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -87,13 +87,10 @@ fn keys_belong(keys: &Value, user: &str, device: Option<&str>) -> bool {
 }
 
 /// Fetches a remote user's whole device list from their server (`/user/devices/{userId}`) and
-/// caches it. A free function so that a re-fetch after a gap can run in its own task. A list
-/// that an announcement overtook while it was fetched is cached stale, and local users hear of
-/// the change (what they are given now may be out of date).
+/// caches it. A free function so that a re-fetch after a gap can run in its own task.
 async fn fetch_device_list(
     store: &Store,
     outbound: &Outbound,
-    notify: &Notifier,
     user: &UserId,
 ) -> Result<FetchedDeviceList> {
     let seen = store.remote_list_state(user.as_str()).await?;
@@ -138,7 +135,7 @@ async fn fetch_device_list(
             list.cross_signing.push((kind.to_owned(), key.to_string()));
         }
     }
-    let fresh = store
+    store
         .fill_remote_device_list(
             user.as_str(),
             &list,
@@ -147,10 +144,6 @@ async fn fetch_device_list(
             now_millis(),
         )
         .await?;
-    if !fresh {
-        store.announce_device_list_change(user.as_str()).await?;
-        notify.notify();
-    }
     Ok(list)
 }
 
@@ -346,7 +339,7 @@ impl E2ee {
         let fetched = futures::future::join_all(
             refetch
                 .iter()
-                .map(|(user, _)| fetch_device_list(&self.store, outbound, &self.notify, user)),
+                .map(|(user, _)| fetch_device_list(&self.store, outbound, user)),
         )
         .await;
         for ((user, devices), list) in refetch.iter().zip(fetched) {
@@ -559,38 +552,22 @@ impl E2ee {
                 now_millis(),
             )
             .await?;
-        let announce = match outcome {
-            RemoteUpdateOutcome::Old => return Ok(false),
-            RemoteUpdateOutcome::Applied => true,
-            // The first this server hears of the user: nobody here fetched their keys while
-            // sharing a room with them (that would have left a row), and local users were told
-            // of them when they came to share a room, so there is nothing to re-query.
-            RemoteUpdateOutcome::Gap { known, .. } => known,
-        };
-        if let (
-            RemoteUpdateOutcome::Gap {
-                had_cache: true, ..
-            },
-            Some(outbound),
-        ) = (outcome, &self.federation)
+        if outcome == RemoteUpdateOutcome::Old {
+            return Ok(false);
+        }
+        if let (RemoteUpdateOutcome::Gap { had_cache: true }, Some(outbound)) =
+            (outcome, &self.federation)
         {
             // An update was missed: what is cached is out of date until fetched again.
-            let (store, outbound, notify, user) = (
-                self.store.clone(),
-                outbound.clone(),
-                self.notify.clone(),
-                edu.user.clone(),
-            );
+            let (store, outbound, user) = (self.store.clone(), outbound.clone(), edu.user.clone());
             tokio::spawn(async move {
-                if let Err(err) = fetch_device_list(&store, &outbound, &notify, &user).await {
+                if let Err(err) = fetch_device_list(&store, &outbound, &user).await {
                     tracing::debug!(%user, %err, "device list re-fetch failed; fetched when next asked");
                 }
             });
         }
-        if announce {
-            self.store.announce_device_list_change(user).await?;
-            self.notify.notify();
-        }
+        self.store.announce_device_list_change(user).await?;
+        self.notify.notify();
         Ok(true)
     }
 
@@ -622,17 +599,13 @@ impl E2ee {
                 keys.push((kind, key.to_string()));
             }
         }
-        let (applied, known) = self
-            .store
+        self.store
             .apply_remote_signing_keys(user.as_str(), &keys, now_millis())
             .await?;
-        // As for device updates: news only for a user whose keys may have been fetched here.
-        if applied || known {
-            self.store
-                .announce_device_list_change(user.as_str())
-                .await?;
-            self.notify.notify();
-        }
+        self.store
+            .announce_device_list_change(user.as_str())
+            .await?;
+        self.notify.notify();
         Ok(())
     }
 }

@@ -3,7 +3,9 @@
 -- them.
 
 -- What a row of the device-list stream is about, for other servers: 'device' (the device
--- `device_id` got keys, was renamed or deleted: an `m.device_list_update`), 'cross_signing'
+-- `device_id` got keys, was renamed or deleted: an `m.device_list_update`), 'device_on_join'
+-- (the same, announced again because the user joined a room: its servers may not know the
+-- device yet, and a Myelin receiver tells its clients nothing new), 'cross_signing'
 -- (the user's master or self-signing key changed: an `m.signing_key_update`), or 'user'
 -- (something only this server's clients hear of: rows written before this migration, remote
 -- users' changes, signatures by the user-signing key).

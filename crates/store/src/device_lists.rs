@@ -15,7 +15,8 @@ pub struct DeviceListChange {
     pub user_id: String,
     /// The device (`kind` "device").
     pub device_id: Option<String>,
-    /// "device" or "cross_signing".
+    /// "device", "device_on_join" (an unchanged device announced again after a join) or
+    /// "cross_signing".
     pub kind: String,
 }
 
@@ -139,8 +140,8 @@ impl Store {
         Ok((changes, read_to))
     }
 
-    /// The position of `user_id`'s last `device` row before `before` (the `prev_id` of an
-    /// `m.device_list_update`), if any.
+    /// The position of `user_id`'s last device row (`device` or `device_on_join`) before
+    /// `before` (the `prev_id` of an `m.device_list_update`), if any.
     pub async fn previous_device_change(
         &self,
         user_id: &str,
@@ -149,7 +150,7 @@ impl Store {
         let position = with_pool!(self, pool => {
             sqlx::query_scalar::<_, Option<i64>>(
                 "SELECT MAX(stream_position) FROM device_list_changes \
-                 WHERE user_id = $1 AND kind = 'device' AND stream_position < $2",
+                 WHERE user_id = $1 AND kind IN ('device', 'device_on_join') AND stream_position < $2",
             )
             .bind(user_id)
             .bind(before)

@@ -19,13 +19,17 @@ const USERS_PER_STATEMENT: usize = 256;
 /// The next position of the device-list stream, taken inside the caller's transaction, with
 /// the row that announces `$user`'s change: of the whole user (only this server's clients hear
 /// of it), of one device (`device: $device`, told to other servers as `m.device_list_update`)
-/// or of the user's cross-signing keys (`cross_signing`, told as `m.signing_key_update`).
+/// or of the user's cross-signing keys (`cross_signing`, told as `m.signing_key_update`);
+/// `device_on_join: $device` announces an unchanged device again after the user joined a room.
 macro_rules! announce_device_list_change {
     ($tx:expr, $user:expr) => {
         $crate::e2ee::announce_device_list_change!(@row $tx, $user, None::<&str>, "user")
     };
     ($tx:expr, $user:expr, device: $device:expr) => {
         $crate::e2ee::announce_device_list_change!(@row $tx, $user, Some($device), "device")
+    };
+    ($tx:expr, $user:expr, device_on_join: $device:expr) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, Some($device), "device_on_join")
     };
     ($tx:expr, $user:expr, cross_signing) => {
         $crate::e2ee::announce_device_list_change!(@row $tx, $user, None::<&str>, "cross_signing")
@@ -555,7 +559,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             for device_id in &devices {
-                announce_device_list_change!(tx, user_id, device: device_id.as_str());
+                announce_device_list_change!(tx, user_id, device_on_join: device_id.as_str());
             }
             tx.commit().await?;
             devices.len()

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use super::{
     ByServer, E2ee, KeysClaimResult, KeysQueryResult, MASTER, MAX_DEVICES_PER_REQUEST, SELF_SIGNING,
 };
-use crate::{Error, Result, federation::Outbound, now_millis};
+use crate::{Error, Result, federation::Outbound, notifier::Notifier, now_millis};
 
 /// The most bytes of a remote server's answer about keys (a user with thousands of devices).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -60,6 +60,9 @@ pub struct DeviceListEdu {
     pub deleted: bool,
     pub keys: Option<Value>,
     pub display_name: Option<String>,
+    /// A Myelin sender's mark: an unchanged device announced again after its user joined a
+    /// room (news to local users only if what was cached here is out of date).
+    pub on_join: bool,
 }
 
 /// A failure entry of `/keys/query` or `/keys/claim` for a server.
@@ -87,10 +90,13 @@ fn keys_belong(keys: &Value, user: &str, device: Option<&str>) -> bool {
 }
 
 /// Fetches a remote user's whole device list from their server (`/user/devices/{userId}`) and
-/// caches it. A free function so that a re-fetch after a gap can run in its own task.
+/// caches it. A free function so that a re-fetch after a gap can run in its own task. A list
+/// that an announcement overtook while it was fetched is cached stale, and local users hear of
+/// the change (what they are given now may be out of date).
 async fn fetch_device_list(
     store: &Store,
     outbound: &Outbound,
+    notify: &Notifier,
     user: &UserId,
 ) -> Result<FetchedDeviceList> {
     let seen = store.remote_list_state(user.as_str()).await?;
@@ -135,7 +141,7 @@ async fn fetch_device_list(
             list.cross_signing.push((kind.to_owned(), key.to_string()));
         }
     }
-    store
+    let fresh = store
         .fill_remote_device_list(
             user.as_str(),
             &list,
@@ -144,6 +150,10 @@ async fn fetch_device_list(
             now_millis(),
         )
         .await?;
+    if !fresh {
+        store.announce_device_list_change(user.as_str()).await?;
+        notify.notify();
+    }
     Ok(list)
 }
 
@@ -339,7 +349,7 @@ impl E2ee {
         let fetched = futures::future::join_all(
             refetch
                 .iter()
-                .map(|(user, _)| fetch_device_list(&self.store, outbound, user)),
+                .map(|(user, _)| fetch_device_list(&self.store, outbound, &self.notify, user)),
         )
         .await;
         for ((user, devices), list) in refetch.iter().zip(fetched) {
@@ -552,22 +562,33 @@ impl E2ee {
                 now_millis(),
             )
             .await?;
-        if outcome == RemoteUpdateOutcome::Old {
-            return Ok(false);
-        }
+        let announce = match outcome {
+            RemoteUpdateOutcome::Old => return Ok(false),
+            // Local users heard of the join itself; a device announced again on a join is news
+            // only where this server had cached something now out of date.
+            RemoteUpdateOutcome::Applied => !edu.on_join,
+            RemoteUpdateOutcome::Gap { had_cache } => !edu.on_join || had_cache,
+        };
         if let (RemoteUpdateOutcome::Gap { had_cache: true }, Some(outbound)) =
             (outcome, &self.federation)
         {
             // An update was missed: what is cached is out of date until fetched again.
-            let (store, outbound, user) = (self.store.clone(), outbound.clone(), edu.user.clone());
+            let (store, outbound, notify, user) = (
+                self.store.clone(),
+                outbound.clone(),
+                self.notify.clone(),
+                edu.user.clone(),
+            );
             tokio::spawn(async move {
-                if let Err(err) = fetch_device_list(&store, &outbound, &user).await {
+                if let Err(err) = fetch_device_list(&store, &outbound, &notify, &user).await {
                     tracing::debug!(%user, %err, "device list re-fetch failed; fetched when next asked");
                 }
             });
         }
-        self.store.announce_device_list_change(user).await?;
-        self.notify.notify();
+        if announce {
+            self.store.announce_device_list_change(user).await?;
+            self.notify.notify();
+        }
         Ok(true)
     }
 

@@ -34,6 +34,8 @@
 
 mod device_lists;
 
+pub use device_lists::ON_JOIN;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},

@@ -211,6 +211,9 @@ impl Services {
                 deleted: content["deleted"].as_bool().unwrap_or(false),
                 keys,
                 display_name: content["device_display_name"].as_str().map(str::to_owned),
+                on_join: content[crate::federation::sender::ON_JOIN]
+                    .as_bool()
+                    .unwrap_or(false),
             })
             .await?;
         Ok(())

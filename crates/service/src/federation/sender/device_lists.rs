@@ -29,6 +29,9 @@ use serde_json::{Map, Value, json};
 use super::Sender;
 use crate::{Result, now_millis};
 
+/// The field of an `m.device_list_update` that marks it as an unchanged device announced again
+/// after its user joined a room (not in the spec; other servers ignore it).
+pub const ON_JOIN: &str = "org.myelin.on_join";
 /// Device-list rows read per pass step.
 const DEVICE_LIST_BATCH: i64 = 200;
 
@@ -115,7 +118,7 @@ impl Sender {
     ) -> Result<Option<(&'static str, Value)>> {
         let user = change.user_id.as_str();
         match (change.kind.as_str(), change.device_id.as_deref()) {
-            ("device", Some(device_id)) => {
+            (kind @ ("device" | "device_on_join"), Some(device_id)) => {
                 let prev = self
                     .store
                     .previous_device_change(user, change.position)
@@ -130,6 +133,10 @@ impl Sender {
                     json!(prev.into_iter().collect::<Vec<i64>>()),
                 );
                 content.insert("deleted".to_owned(), json!(device.is_none()));
+                if kind == "device_on_join" {
+                    // Nothing changed: a Myelin receiver notes it without telling its clients.
+                    content.insert(ON_JOIN.to_owned(), json!(true));
+                }
                 if let Some(device) = device {
                     if let Some(keys) = device
                         .keys_json

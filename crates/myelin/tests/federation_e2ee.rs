@@ -261,6 +261,59 @@ async fn keys_of_another_servers_users_are_queried_claimed_and_kept_current() {
             "{kind:?}: nothing is cached for a user no room is shared with"
         );
 
+        // Alice signs Bob's master key with her user-signing key: kept on A, shown to her.
+        upload_cross_signing(
+            a,
+            &alice,
+            cross_signing_keys(&alice, &key_pair(13), &key_pair(14), &key_pair(15)),
+        )
+        .await;
+        let usk_id = format!("ed25519:{}", b64(&key_pair(15).public_key()));
+        let bob_master = body["master_keys"][&bob.user_id].clone();
+        let bob_master_id = format!("ed25519:{}", b64(&key_pair(10).public_key()));
+        let signed_master = signed(bob_master, &alice.user_id, &usk_id, &key_pair(15));
+        let (status, reply) = a
+            .post(
+                "/_matrix/client/v3/keys/signatures/upload",
+                &alice.access_token,
+                json!({bob.user_id.clone(): {b64(&key_pair(10).public_key()): signed_master}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        assert!(
+            reply["failures"].as_object().is_none_or(|f| f.is_empty()),
+            "{kind:?}: {reply}"
+        );
+        let body = query(a, &alice, &bob.user_id).await;
+        assert!(
+            body["master_keys"][&bob.user_id]["signatures"][&alice.user_id][&usk_id].is_string(),
+            "{kind:?}: {body}"
+        );
+        assert!(
+            body["master_keys"][&bob.user_id]["keys"][&bob_master_id].is_string(),
+            "{body}"
+        );
+        // A forged one is refused.
+        let forged = signed(
+            body["master_keys"][&bob.user_id].clone(),
+            &alice.user_id,
+            &usk_id,
+            &key_pair(16),
+        );
+        let (status, reply) = a
+            .post(
+                "/_matrix/client/v3/keys/signatures/upload",
+                &alice.access_token,
+                json!({bob.user_id.clone(): {b64(&key_pair(10).public_key()): forged}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(
+            reply["failures"][&bob.user_id][b64(&key_pair(10).public_key())]["errcode"],
+            "M_INVALID_SIGNATURE",
+            "{kind:?}: {reply}"
+        );
+
         // One-time keys are claimed once; then the fallback key.
         let first = claim(a, &alice, &bob).await;
         let first = &first["one_time_keys"][&bob.user_id][&bob.device_id];

@@ -17,7 +17,9 @@
 //! an update does not follow on from what is cached, and dropped when no room is shared any
 //! more ([`remote`]). Other servers ask this one the same about local users (the federation
 //! half of [`remote`]); local users' device changes reach them through the device-list sender
-//! (`federation::sender`).
+//! (`federation::sender`). A signature by a local user's user-signing key on another server's
+//! user's master key is checked against that key as their server tells it and kept here, shown
+//! to the signer only (as for local users' keys; it is not sent to their server).
 
 mod remote;
 
@@ -346,12 +348,14 @@ impl E2ee {
         if !remote.is_empty() {
             self.query_remote(remote, timeout, &mut result).await?;
         }
+        self.add_requester_signatures(requester, &mut result)
+            .await?;
         Ok(result)
     }
 
     /// The keys of local users `local` (devices as `wanted` names them; every user named gets
     /// an entry, empty for one with no devices or who does not exist). With a `requester`, their
-    /// own user-signing key and their signatures on others' master keys are added.
+    /// own user-signing key is added.
     async fn local_keys(
         &self,
         requester: Option<&UserId>,
@@ -398,13 +402,23 @@ impl E2ee {
                 _ => {}
             }
         }
-        // The requester's own signatures on other users' master keys: theirs to see only.
-        let Some(requester) = requester else {
+        Ok(())
+    }
+
+    /// Adds the requester's own signatures on other users' master keys (theirs to see only),
+    /// local users' and remote users' alike.
+    async fn add_requester_signatures(
+        &self,
+        requester: &UserId,
+        result: &mut KeysQueryResult,
+    ) -> Result<()> {
+        let targets: Vec<&str> = result.master_keys.keys().map(String::as_str).collect();
+        if targets.is_empty() {
             return Ok(());
-        };
+        }
         for sig in self
             .store
-            .cross_signatures_by(requester.as_str(), local)
+            .cross_signatures_by(requester.as_str(), &targets)
             .await?
         {
             let Some(master) = result.master_keys.get_mut(&sig.target_user_id) else {
@@ -626,7 +640,8 @@ impl E2ee {
 
     /// `POST /keys/signatures/upload`: each signed object checked on its own. Own devices may be
     /// signed by the self-signing key, the own master key by the own devices, and other users'
-    /// master keys by the own user-signing key. Returns the failures, user → key id → error.
+    /// master keys (of this server or another) by the own user-signing key. Returns the
+    /// failures, user → key id → error.
     pub async fn upload_signatures(
         &self,
         signer: &UserId,
@@ -659,6 +674,8 @@ impl E2ee {
                         Error::InvalidParam(why) | Error::BadJson(why) => {
                             failure("M_INVALID_PARAM", why)
                         }
+                        // The target's server did not tell their master key.
+                        Error::BadGateway(why) => failure("M_UNKNOWN", why),
                         other => return Err(other),
                     };
                     failures
@@ -770,19 +787,18 @@ impl E2ee {
         object: &Value,
         own_cross: &BTreeMap<String, Value>,
     ) -> Result<CrossSignatureRow> {
-        if !self.is_local(target_user) {
-            // Their server holds their keys; this server does not forward signatures to it.
-            return Err(Error::InvalidParam(format!(
-                "Signatures on keys of other servers' users ({target_user}) are not forwarded to their server"
-            )));
-        }
         let target = UserId::parse(target_user)
             .map_err(|_| Error::InvalidParam(format!("{target_user} is not a user ID")))?;
-        let master = self
-            .stored_cross_signing_keys(&target)
-            .await?
-            .remove(MASTER)
-            .ok_or_else(|| Error::NotFound(format!("{target_user} has no master key")))?;
+        // Another server's user: their master key as their server (or the cache) tells; the
+        // signature is kept here and shown to the signer, as for a local user's key.
+        let master = if self.is_local(target_user) {
+            self.stored_cross_signing_keys(&target)
+                .await?
+                .remove(MASTER)
+        } else {
+            self.remote_master_key(&target).await?
+        }
+        .ok_or_else(|| Error::NotFound(format!("{target_user} has no master key")))?;
         let (master_id, master_public) = cross_signing_public_key(&master)
             .ok_or_else(|| Error::NotFound(format!("{target_user} has no master key")))?;
         if master_public != key_id {

@@ -315,6 +315,24 @@ impl E2ee {
         Ok(())
     }
 
+    /// A remote user's master key, as their server (or the cache) tells, within the default
+    /// timeout; `None` if they have none. Their server failing is the caller's 502.
+    pub(super) async fn remote_master_key(&self, user: &UserId) -> Result<Option<Value>> {
+        let asked = BTreeMap::from([(user.to_owned(), Vec::new())]);
+        match tokio::time::timeout(
+            super::DEFAULT_REMOTE_TIMEOUT,
+            self.query_server(user.server_name(), &asked),
+        )
+        .await
+        {
+            Ok(keys) => Ok(keys?.master_keys.remove(user.as_str())),
+            Err(_) => Err(Error::BadGateway(format!(
+                "{} did not answer in time",
+                user.server_name()
+            ))),
+        }
+    }
+
     /// One server's users' keys: from the cache where it is fresh, fetched again
     /// (`/user/devices`) for users this server shares a room with, and asked with one
     /// `/user/keys/query` for the others.

@@ -398,7 +398,9 @@ async fn device_lists_follow_shared_rooms() {
             .await;
         let since = next_batch(&sync(&server, &bob, None).await);
 
-        // Bob joins: alice now shares a room with him, so her devices are news.
+        // Bob joins: alice now shares a room with him, so her devices are news; and his own
+        // devices are announced again for the room's servers, so he is listed too (as
+        // Complement's TestDeviceListsUpdateOverFederation expects).
         let (status, _) = server
             .post(
                 &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
@@ -410,7 +412,7 @@ async fn device_lists_follow_shared_rooms() {
         let body = sync(&server, &bob, Some(&since)).await;
         assert_eq!(
             listed(&body, "changed"),
-            json!([alice.user_id]),
+            json!([alice.user_id, bob.user_id]),
             "{kind:?}: {body}"
         );
         let since = next_batch(&body);

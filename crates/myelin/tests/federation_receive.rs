@@ -1563,6 +1563,26 @@ async fn typing_receipts_presence_to_device_and_device_lists_reach_local_clients
             .unwrap()
             .to_owned();
         let device = world.alice.device_id.clone();
+        // A device announced again because bob joined a room (a Myelin sender's mark) is noted,
+        // not news to alice: she heard of the join itself.
+        let on_join = json!({"edu_type": "m.device_list_update", "content": {"user_id": BOB, "device_id": "BOBDEV", "stream_id": 6, "prev_id": [], "org.myelin.on_join": true}});
+        let answer = world
+            .peer
+            .send("edus-on-join", vec![], vec![on_join])
+            .await
+            .unwrap();
+        assert!(answer.is_empty(), "{kind:?}: {answer:?}");
+        assert_eq!(
+            world.server.store().remote_device_list(BOB).await.unwrap(),
+            Some((6, true))
+        );
+        let sync = world.sync(Some(&since)).await;
+        assert!(
+            sync["device_lists"]["changed"]
+                .as_array()
+                .is_none_or(|c| !c.contains(&json!(BOB))),
+            "{kind:?}: {sync}"
+        );
         let edus = vec![
             json!({"edu_type": "m.typing", "content": {"room_id": world.room_id, "user_id": BOB, "typing": true}}),
             // Not the peer's user to speak for: ignored.

@@ -928,3 +928,161 @@ async fn events_meant_for_nobody_cost_no_write() {
         server.stop().await;
     }
 }
+
+/// `object` signed by `user` under `key_id` with `key`.
+fn signed_by(object: Value, user: &str, key_id: &str, key: &KeyPair) -> Value {
+    let mut canonical = myelin_room_version::canonical::value_to_object(object).unwrap();
+    myelin_room_version::signing::sign_json(&mut canonical, user, key_id, key).unwrap();
+    serde_json::to_value(canonical).unwrap()
+}
+
+fn cross_signing_key(user: &str, usage: &str, key: &KeyPair) -> (String, Value) {
+    use base64::Engine as _;
+    let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.public_key());
+    let id = format!("ed25519:{public}");
+    (
+        id.clone(),
+        json!({"user_id": user, "usage": [usage], "keys": {id: public}}),
+    )
+}
+
+#[tokio::test]
+async fn device_list_changes_reach_the_servers_sharing_a_room_chained_per_user() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let peer = Peer::start(&ca).await;
+        let server = start_myelin(kind, &ca, &peer, |_| {}).await;
+        let (alice, _room_id) = room_with_bob(&server, &peer).await;
+        let device_keys = |device: &str| {
+            json!({
+                "user_id": alice.user_id, "device_id": device,
+                "algorithms": ["m.megolm.v1.aes-sha2"],
+                "keys": {format!("ed25519:{device}"): "AAAA", format!("curve25519:{device}"): "BBBB"},
+            })
+        };
+        let updates = || -> Vec<Value> {
+            peer.edus()
+                .into_iter()
+                .filter(|e| e["edu_type"] == "m.device_list_update")
+                .map(|e| e["content"].clone())
+                .collect()
+        };
+        // Keys for a device, a rename, a second device, its logout.
+        let (status, _) = server
+            .post(
+                "/_matrix/client/v3/keys/upload",
+                &alice.access_token,
+                json!({"device_keys": device_keys(&alice.device_id)}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = server
+            .put(
+                &format!("/_matrix/client/v3/devices/{}", enc(&alice.device_id)),
+                &alice.access_token,
+                json!({"display_name": "Laptop"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, body) = server
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/login",
+                None,
+                Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id}, "password": alice.password})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let phone_device = body["device_id"].as_str().unwrap().to_owned();
+        let phone_token = body["access_token"].as_str().unwrap().to_owned();
+        let (status, _) = server
+            .post(
+                "/_matrix/client/v3/keys/upload",
+                &phone_token,
+                json!({"device_keys": device_keys(&phone_device)}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = server
+            .post("/_matrix/client/v3/logout", &phone_token, json!({}))
+            .await;
+        assert_eq!(status, 200);
+        eventually("four device-list updates", || updates().len() >= 4).await;
+        let got = updates();
+        assert_eq!(got.len(), 4, "{kind:?}: {got:?}");
+        assert_eq!(got[0]["device_id"], alice.device_id.as_str());
+        assert_eq!(got[0]["keys"], device_keys(&alice.device_id), "{kind:?}");
+        assert_eq!(got[0]["deleted"], false);
+        assert_eq!(got[1]["device_display_name"], "Laptop", "{kind:?}: {got:?}");
+        assert_eq!(got[2]["device_id"], phone_device.as_str());
+        assert_eq!(got[3]["device_id"], phone_device.as_str());
+        assert_eq!(got[3]["deleted"], true, "{kind:?}: {got:?}");
+        assert!(got[3].get("keys").is_none(), "{kind:?}");
+        // Each names the one before as its prev_id; stream ids only grow.
+        for pair in got.windows(2) {
+            assert!(pair[1]["stream_id"].as_i64() > pair[0]["stream_id"].as_i64());
+            assert_eq!(
+                pair[1]["prev_id"],
+                json!([pair[0]["stream_id"]]),
+                "{kind:?}: {got:?}"
+            );
+        }
+        assert!(got.iter().all(|u| u["user_id"] == alice.user_id.as_str()));
+
+        // Cross-signing keys: master and self-signing go out, the user-signing key never.
+        let master = KeyPair::from_seed(&[40; 32]);
+        let (master_id, master_key) = cross_signing_key(&alice.user_id, "master", &master);
+        let (_, ssk) = cross_signing_key(
+            &alice.user_id,
+            "self_signing",
+            &KeyPair::from_seed(&[41; 32]),
+        );
+        let (_, usk) = cross_signing_key(
+            &alice.user_id,
+            "user_signing",
+            &KeyPair::from_seed(&[42; 32]),
+        );
+        let (status, body) = server
+            .post(
+                "/_matrix/client/v3/keys/device_signing/upload",
+                &alice.access_token,
+                json!({
+                    "master_key": master_key,
+                    "self_signing_key": signed_by(ssk, &alice.user_id, &master_id, &master),
+                    "user_signing_key": signed_by(usk, &alice.user_id, &master_id, &master),
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let signing = || -> Vec<Value> {
+            peer.edus()
+                .into_iter()
+                .filter(|e| e["edu_type"] == "m.signing_key_update")
+                .map(|e| e["content"].clone())
+                .collect()
+        };
+        eventually("the signing key update", || !signing().is_empty()).await;
+        let update = &signing()[0];
+        assert_eq!(update["user_id"], alice.user_id.as_str());
+        assert_eq!(update["master_key"], master_key, "{kind:?}: {update}");
+        assert!(update["self_signing_key"].is_object(), "{kind:?}: {update}");
+        assert!(
+            update.get("user_signing_key").is_none(),
+            "{kind:?}: {update}"
+        );
+
+        // The stream id /user/devices answers is the last update's.
+        let devices = server
+            .services()
+            .e2ee
+            .federation_user_devices(&ruma::UserId::parse(alice.user_id.as_str()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            Some(devices.stream_id),
+            got[3]["stream_id"].as_i64(),
+            "{kind:?}"
+        );
+        server.stop().await;
+    }
+}

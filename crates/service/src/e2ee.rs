@@ -9,16 +9,34 @@
 //! bind the keys together. Users are keyed by their user id string everywhere, so that the
 //! account-key work can map verified account names onto the same rows.
 //!
-//! Remote users are reported in `failures` until federation lands.
+//! Other servers' users' keys are asked of their servers (`/user/keys/query`,
+//! `/user/keys/claim`, one request per server, all at once, within the client's `timeout`);
+//! a server that does not answer in time is named in `failures`. The devices of remote users
+//! this server shares a room with are cached, kept current by their servers'
+//! `m.device_list_update` and `m.signing_key_update` EDUs, fetched again (`/user/devices`) when
+//! an update does not follow on from what is cached, and dropped when no room is shared any
+//! more ([`remote`]). Other servers ask this one the same about local users (the federation
+//! half of [`remote`]); local users' device changes reach them through the device-list sender
+//! (`federation::sender`). A signature by a local user's user-signing key on another server's
+//! user's master key is checked against that key as their server tells it and kept here, shown
+//! to the signer only (as for local users' keys; it is not sent to their server).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod remote;
+
+pub use remote::{DeviceListEdu, UserDevices};
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use myelin_room_version::{PublicKey, canonical::value_to_object, signing::verify_json};
 use myelin_store::{
     Store,
     e2ee::{CrossSignatureRow, DeviceKeysDecision, KeysUpload, NewKey, UploadRefused},
 };
-use ruma::{OwnedServerName, UserId};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::{Error, Result, accounts::AuthedUser, notifier::Notifier};
@@ -32,6 +50,11 @@ pub const MAX_ONE_TIME_KEYS_PER_DEVICE: i64 = 1000;
 pub const MAX_DEVICE_KEY_ENTRIES: usize = 64;
 /// Devices named in one `/keys/query` or `/keys/claim`.
 pub const MAX_DEVICES_PER_REQUEST: usize = 10_000;
+/// How long a `/keys/query` or `/keys/claim` waits for other servers when the client names no
+/// `timeout` (the spec's default).
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a client may make a `/keys/query` or `/keys/claim` wait for other servers.
+pub const MAX_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The cross-signing key types, as `/keys/query` names them.
 pub const MASTER: &str = "master";
@@ -44,7 +67,12 @@ pub struct E2ee {
     store: Store,
     server_name: OwnedServerName,
     notify: Notifier,
+    /// Requests to other servers; `None`: remote users are reported in `failures`.
+    federation: Option<Arc<crate::federation::Outbound>>,
 }
+
+/// Users of other servers named in a request, by server: user → what is asked of them.
+type ByServer<T> = BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>>;
 
 /// A `/keys/query` answer: JSON objects as clients uploaded them (plus `unsigned`).
 #[derive(Debug, Default)]
@@ -186,7 +214,14 @@ impl E2ee {
             store,
             server_name,
             notify,
+            federation: None,
         }
+    }
+
+    /// Asks other servers about their users' keys (else they are reported in `failures`).
+    pub fn with_federation(mut self, outbound: Arc<crate::federation::Outbound>) -> Self {
+        self.federation = Some(outbound);
+        self
     }
 
     fn is_local(&self, user_id: &str) -> bool {
@@ -281,32 +316,59 @@ impl E2ee {
     }
 
     /// `POST /keys/query`: device keys and cross-signing keys of local users (`user_signing`
-    /// only for the requester's own); remote users go in `failures` by server.
+    /// only for the requester's own), and of remote users as their servers (or this server's
+    /// cache) tell, waiting at most `timeout` for them; servers that failed go in `failures`.
     pub async fn query_keys(
         &self,
         requester: &UserId,
         wanted: &BTreeMap<String, Vec<String>>,
+        timeout: Duration,
     ) -> Result<KeysQueryResult> {
         let mut result = KeysQueryResult::default();
         let mut local: Vec<&str> = Vec::new();
+        let mut remote: ByServer<Vec<String>> = BTreeMap::new();
         let devices_named: usize = wanted.values().map(|d| d.len().max(1)).sum();
         if devices_named > MAX_DEVICES_PER_REQUEST {
             return Err(Error::InvalidParam(format!(
                 "At most {MAX_DEVICES_PER_REQUEST} devices per query"
             )));
         }
-        for user in wanted.keys() {
+        for (user, devices) in wanted {
             if self.is_local(user) {
                 local.push(user);
-                result.device_keys.insert(user.clone(), BTreeMap::new());
-            } else if let Ok(remote) = UserId::parse(user.as_str()) {
-                result.failures.insert(
-                    remote.server_name().to_string(),
-                    json!({"status": 503, "message": "Federation is not available yet"}),
-                );
+            } else if let Ok(remote_user) = UserId::parse(user.as_str()) {
+                remote
+                    .entry(remote_user.server_name().to_owned())
+                    .or_default()
+                    .insert(remote_user, devices.clone());
             }
         }
-        for row in self.store.device_keys_of(&local).await? {
+        self.local_keys(Some(requester), &local, wanted, &mut result)
+            .await?;
+        if !remote.is_empty() {
+            self.query_remote(remote, timeout, &mut result).await?;
+        }
+        self.add_requester_signatures(requester, &mut result)
+            .await?;
+        Ok(result)
+    }
+
+    /// The keys of local users `local` (devices as `wanted` names them; every user named gets
+    /// an entry, empty for one with no devices or who does not exist). With a `requester`, their
+    /// own user-signing key is added.
+    async fn local_keys(
+        &self,
+        requester: Option<&UserId>,
+        local: &[&str],
+        wanted: &BTreeMap<String, Vec<String>>,
+        result: &mut KeysQueryResult,
+    ) -> Result<()> {
+        for user in local {
+            result
+                .device_keys
+                .insert((*user).to_owned(), BTreeMap::new());
+        }
+        for row in self.store.device_keys_of(local).await? {
             let asked = &wanted[&row.user_id];
             if !asked.is_empty() && !asked.contains(&row.device_id) {
                 continue;
@@ -323,7 +385,7 @@ impl E2ee {
                 .or_default()
                 .insert(row.device_id, keys);
         }
-        for (user, key_type, json) in self.store.cross_signing_keys_of(&local).await? {
+        for (user, key_type, json) in self.store.cross_signing_keys_of(local).await? {
             let Ok(key) = serde_json::from_str::<Value>(&json) else {
                 continue;
             };
@@ -334,16 +396,29 @@ impl E2ee {
                 SELF_SIGNING => {
                     result.self_signing_keys.insert(user, key);
                 }
-                USER_SIGNING if user == requester.as_str() => {
+                USER_SIGNING if requester.is_some_and(|r| user == r.as_str()) => {
                     result.user_signing_keys.insert(user, key);
                 }
                 _ => {}
             }
         }
-        // The requester's own signatures on other users' master keys: theirs to see only.
+        Ok(())
+    }
+
+    /// Adds the requester's own signatures on other users' master keys (theirs to see only),
+    /// local users' and remote users' alike.
+    async fn add_requester_signatures(
+        &self,
+        requester: &UserId,
+        result: &mut KeysQueryResult,
+    ) -> Result<()> {
+        let targets: Vec<&str> = result.master_keys.keys().map(String::as_str).collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
         for sig in self
             .store
-            .cross_signatures_by(requester.as_str(), &local)
+            .cross_signatures_by(requester.as_str(), &targets)
             .await?
         {
             let Some(master) = result.master_keys.get_mut(&sig.target_user_id) else {
@@ -355,13 +430,16 @@ impl E2ee {
                 *master = merge_signatures(master, &extra);
             }
         }
-        Ok(result)
+        Ok(())
     }
 
-    /// `POST /keys/claim`: one key per device asked for (a one-time key, else the fallback key).
+    /// `POST /keys/claim`: one key per device asked for (a one-time key, else the fallback key),
+    /// local users' here, remote users' from their servers within `timeout` (servers that
+    /// failed go in `failures`).
     pub async fn claim_keys(
         &self,
         wanted: &BTreeMap<String, BTreeMap<String, String>>,
+        timeout: Duration,
     ) -> Result<KeysClaimResult> {
         let mut result = KeysClaimResult::default();
         let devices: usize = wanted.values().map(BTreeMap::len).sum();
@@ -370,32 +448,50 @@ impl E2ee {
                 "At most {MAX_DEVICES_PER_REQUEST} devices per claim"
             )));
         }
-        let mut local = Vec::new();
+        let mut remote: ByServer<BTreeMap<String, String>> = BTreeMap::new();
+        let mut local = BTreeMap::new();
         for (user, devices) in wanted {
             if self.is_local(user) {
-                for (device, algorithm) in devices {
-                    local.push((user.clone(), device.clone(), algorithm.clone()));
-                }
-            } else if let Ok(remote) = UserId::parse(user.as_str()) {
-                result.failures.insert(
-                    remote.server_name().to_string(),
-                    json!({"status": 503, "message": "Federation is not available yet"}),
-                );
+                local.insert(user.clone(), devices.clone());
+            } else if let Ok(remote_user) = UserId::parse(user.as_str()) {
+                remote
+                    .entry(remote_user.server_name().to_owned())
+                    .or_default()
+                    .insert(remote_user, devices.clone());
             }
         }
+        result.one_time_keys = self.claim_local(&local).await?;
+        if !remote.is_empty() {
+            self.claim_remote(remote, timeout, &mut result).await;
+        }
+        Ok(result)
+    }
+
+    /// Claims keys of local users' devices: user → device → key id → key.
+    async fn claim_local(
+        &self,
+        wanted: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>>> {
+        let mut local = Vec::new();
+        for (user, devices) in wanted {
+            for (device, algorithm) in devices {
+                local.push((user.clone(), device.clone(), algorithm.clone()));
+            }
+        }
+        let mut claimed: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>> =
+            BTreeMap::new();
         for key in self.store.claim_keys(&local).await? {
             let Ok(value) = serde_json::from_str::<Value>(&key.key_json) else {
                 continue;
             };
-            result
-                .one_time_keys
+            claimed
                 .entry(key.user_id)
                 .or_default()
                 .entry(key.device_id)
                 .or_default()
                 .insert(key.key_id, value);
         }
-        Ok(result)
+        Ok(claimed)
     }
 
     // ----- device lists -----
@@ -455,40 +551,6 @@ impl E2ee {
             }
         }
         Ok((changed.into_iter().collect(), left.into_iter().collect()))
-    }
-
-    /// A remote user's server announced a change of their devices (`m.device_list_update`,
-    /// with its device-list stream id; the federation receiver has checked that the server
-    /// speaks for the user and that they share a room with someone here). What this server
-    /// knows of their devices is stale from then on, and local users sharing a room with them
-    /// hear of it in sync's `device_lists.changed`. An old or repeated stream id changes
-    /// nothing. Returns whether it was new.
-    pub async fn remote_device_list_update(&self, user: &UserId, stream_id: i64) -> Result<bool> {
-        let advanced = self
-            .store
-            .note_remote_device_list(user.as_str(), stream_id, crate::now_millis())
-            .await?;
-        if advanced {
-            self.store
-                .announce_device_list_change(user.as_str())
-                .await?;
-            self.notify.notify();
-        }
-        Ok(advanced)
-    }
-
-    /// A remote user's server announced new cross-signing keys (`m.signing_key_update`, no
-    /// stream id): as for [`Self::remote_device_list_update`], their keys here are stale and
-    /// local users sharing a room with them hear of the change.
-    pub async fn remote_signing_keys_update(&self, user: &UserId) -> Result<()> {
-        self.store
-            .mark_remote_device_list_stale(user.as_str(), crate::now_millis())
-            .await?;
-        self.store
-            .announce_device_list_change(user.as_str())
-            .await?;
-        self.notify.notify();
-        Ok(())
     }
 
     // ----- cross-signing -----
@@ -578,7 +640,8 @@ impl E2ee {
 
     /// `POST /keys/signatures/upload`: each signed object checked on its own. Own devices may be
     /// signed by the self-signing key, the own master key by the own devices, and other users'
-    /// master keys by the own user-signing key. Returns the failures, user → key id → error.
+    /// master keys (of this server or another) by the own user-signing key. Returns the
+    /// failures, user → key id → error.
     pub async fn upload_signatures(
         &self,
         signer: &UserId,
@@ -611,6 +674,8 @@ impl E2ee {
                         Error::InvalidParam(why) | Error::BadJson(why) => {
                             failure("M_INVALID_PARAM", why)
                         }
+                        // The target's server did not tell their master key.
+                        Error::BadGateway(why) => failure("M_UNKNOWN", why),
                         other => return Err(other),
                     };
                     failures
@@ -722,18 +787,18 @@ impl E2ee {
         object: &Value,
         own_cross: &BTreeMap<String, Value>,
     ) -> Result<CrossSignatureRow> {
-        if !self.is_local(target_user) {
-            return Err(Error::NotFound(
-                "Signing remote users' keys needs federation, not available yet".to_owned(),
-            ));
-        }
         let target = UserId::parse(target_user)
             .map_err(|_| Error::InvalidParam(format!("{target_user} is not a user ID")))?;
-        let master = self
-            .stored_cross_signing_keys(&target)
-            .await?
-            .remove(MASTER)
-            .ok_or_else(|| Error::NotFound(format!("{target_user} has no master key")))?;
+        // Another server's user: their master key as their server (or the cache) tells; the
+        // signature is kept here and shown to the signer, as for a local user's key.
+        let master = if self.is_local(target_user) {
+            self.stored_cross_signing_keys(&target)
+                .await?
+                .remove(MASTER)
+        } else {
+            self.remote_master_key(&target).await?
+        }
+        .ok_or_else(|| Error::NotFound(format!("{target_user} has no master key")))?;
         let (master_id, master_public) = cross_signing_public_key(&master)
             .ok_or_else(|| Error::NotFound(format!("{target_user} has no master key")))?;
         if master_public != key_id {

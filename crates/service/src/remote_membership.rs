@@ -50,6 +50,25 @@ impl Services {
         reason: Option<&str>,
         extra_content: Map<String, Value>,
     ) -> Result<String> {
+        let joined = self
+            .join_room_here_or_through(user, room_id, via, reason, extra_content)
+            .await?;
+        // The room's servers hear of the user's devices (the spec's rule for a join that brings
+        // servers not yet receiving the user's device-list updates); best effort.
+        if let Err(err) = self.e2ee.announce_devices(user).await {
+            tracing::warn!(%user, room_id = %joined, %err, "could not announce devices after a join");
+        }
+        Ok(joined)
+    }
+
+    async fn join_room_here_or_through(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+        extra_content: Map<String, Value>,
+    ) -> Result<String> {
         let _joining = self.rooms.remote_join_lock(room_id).await;
         if self.rooms.is_resident(room_id).await? {
             match self

@@ -226,7 +226,8 @@ impl Services {
                 store.clone(),
                 config.server_name.clone(),
                 notifier.clone(),
-            ),
+            )
+            .with_federation(federation.clone()),
             key_backup: crate::key_backup::KeyBackup::new(store.clone()),
             media: Arc::new(media),
             url_previews,

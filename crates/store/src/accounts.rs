@@ -280,7 +280,7 @@ impl Store {
                     .rows_affected()
                     > 0;
                 if deleted {
-                    crate::e2ee::announce_device_list_change!(tx, user_id);
+                    crate::e2ee::announce_device_list_change!(tx, user_id, device: device_id);
                 }
                 tx.commit().await?;
                 Ok(deleted)
@@ -303,15 +303,17 @@ impl Store {
         let result: Result<(), sqlx::Error> = with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin_write(&self.write_gate).await?;
-                let deleted = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2")
-                    .bind(user_id)
-                    .bind(keep_device)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                // Their keys went with them (cascade): the user's device list changed.
-                if deleted > 0 {
-                    crate::e2ee::announce_device_list_change!(tx, user_id);
+                let deleted: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2 RETURNING device_id",
+                )
+                .bind(user_id)
+                .bind(keep_device)
+                .fetch_all(&mut *tx)
+                .await?;
+                // Their keys went with them (cascade): each is a change of the user's device
+                // list, for other servers too.
+                for device_id in &deleted {
+                    crate::e2ee::announce_device_list_change!(tx, user_id, device: device_id.as_str());
                 }
                 tx.commit().await
             }
@@ -353,16 +355,20 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM devices WHERE user_id = $1")
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?;
+            let deleted: Vec<String> =
+                sqlx::query_scalar("DELETE FROM devices WHERE user_id = $1 RETURNING device_id")
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for device_id in &deleted {
+                crate::e2ee::announce_device_list_change!(tx, user_id, device: device_id.as_str());
+            }
             // Cross-signing keys go too; the devices' keys went with them (cascade).
             sqlx::query("DELETE FROM e2e_cross_signing_keys WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *tx)
                 .await?;
-            crate::e2ee::announce_device_list_change!(tx, user_id);
+            crate::e2ee::announce_device_list_change!(tx, user_id, cross_signing);
             tx.commit().await
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
@@ -430,7 +436,7 @@ impl Store {
                 .rows_affected()
                 > 0;
             if updated {
-                crate::e2ee::announce_device_list_change!(tx, user_id);
+                crate::e2ee::announce_device_list_change!(tx, user_id, device: device_id);
                 tx.commit().await?;
             }
             updated

@@ -17,19 +17,38 @@ use crate::{Backend, Store, StoreError, with_pool};
 const USERS_PER_STATEMENT: usize = 256;
 
 /// The next position of the device-list stream, taken inside the caller's transaction, with
-/// the row that announces `$user`'s change.
+/// the row that announces `$user`'s change: of the whole user (only this server's clients hear
+/// of it), of one device (`device: $device`, told to other servers as `m.device_list_update`)
+/// or of the user's cross-signing keys (`cross_signing`, told as `m.signing_key_update`);
+/// `device_on_join: $device` announces an unchanged device again after the user joined a room.
 macro_rules! announce_device_list_change {
-    ($tx:expr, $user:expr) => {{
+    ($tx:expr, $user:expr) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, None::<&str>, "user")
+    };
+    ($tx:expr, $user:expr, device: $device:expr) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, Some($device), "device")
+    };
+    ($tx:expr, $user:expr, device_on_join: $device:expr) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, Some($device), "device_on_join")
+    };
+    ($tx:expr, $user:expr, cross_signing) => {
+        $crate::e2ee::announce_device_list_change!(@row $tx, $user, None::<&str>, "cross_signing")
+    };
+    (@row $tx:expr, $user:expr, $device:expr, $kind:expr) => {{
         let position = sqlx::query_scalar::<_, i64>(
             "UPDATE stream_positions SET position = position + 1 WHERE stream = 'device_lists' RETURNING position",
         )
         .fetch_one(&mut *$tx)
         .await?;
-        sqlx::query("INSERT INTO device_list_changes (stream_position, user_id) VALUES ($1, $2)")
-            .bind(position)
-            .bind($user)
-            .execute(&mut *$tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO device_list_changes (stream_position, user_id, device_id, kind) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(position)
+        .bind($user)
+        .bind($device)
+        .bind($kind)
+        .execute(&mut *$tx)
+        .await?;
         position
     }};
 }
@@ -159,7 +178,7 @@ impl Store {
                         .bind(&json)
                         .execute(&mut *tx)
                         .await?;
-                        announced = Some(announce_device_list_change!(tx, upload.user_id));
+                        announced = Some(announce_device_list_change!(tx, upload.user_id, device: upload.device_id));
                     }
                 }
             }
@@ -392,7 +411,7 @@ impl Store {
                 .await?
                 .rows_affected();
             if n > 0 {
-                announce_device_list_change!(tx, user_id);
+                announce_device_list_change!(tx, user_id, device: device_id);
                 tx.commit().await?;
             }
             n > 0
@@ -443,7 +462,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            let position = announce_device_list_change!(tx, user_id);
+            let position = announce_device_list_change!(tx, user_id, cross_signing);
             tx.commit().await?;
             position
         });
@@ -525,6 +544,27 @@ impl Store {
             position
         });
         Ok(position)
+    }
+
+    /// Announces each of a user's devices as changed (a `device` row each, in one
+    /// transaction): after they joined a room, for the servers that do not know their devices
+    /// yet. Returns how many.
+    pub async fn announce_devices(&self, user_id: &str) -> Result<usize, StoreError> {
+        let count = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let devices: Vec<String> = sqlx::query_scalar(
+                "SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id",
+            )
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for device_id in &devices {
+                announce_device_list_change!(tx, user_id, device_on_join: device_id.as_str());
+            }
+            tx.commit().await?;
+            devices.len()
+        });
+        Ok(count)
     }
 
     /// The users whose device lists changed after `from` up to and including `to`.

@@ -23,6 +23,7 @@ macro_rules! user_of_server {
         )
     };
 }
+pub(crate) use user_of_server;
 
 impl Store {
     /// The answer given to transaction `txn_id` of `origin`, if it was processed.

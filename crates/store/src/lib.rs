@@ -40,6 +40,7 @@ pub mod account_keys;
 pub mod accounts;
 pub mod aliases;
 mod cache;
+pub mod device_lists;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;

@@ -31,16 +31,24 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// The JSON of a raw value from a request.
-fn json_of<T>(raw: &Raw<T>) -> Result<Value, MatrixError> {
+pub(crate) fn json_of<T>(raw: &Raw<T>) -> Result<Value, MatrixError> {
     serde_json::from_str(raw.json().get())
         .map_err(|e| MatrixError::from(ServiceError::BadJson(format!("Bad JSON: {e}"))))
 }
 
 /// A JSON value as a raw value for a response.
-fn raw_of<T>(value: &Value) -> Result<Raw<T>, MatrixError> {
+pub(crate) fn raw_of<T>(value: &Value) -> Result<Raw<T>, MatrixError> {
     serde_json::value::to_raw_value(value)
         .map(Raw::from_json)
         .map_err(|e| MatrixError::internal(format!("serialising keys: {e}")))
+}
+
+/// How long to wait for other servers: the client's `timeout` (the spec's default when it
+/// names none), within bounds.
+fn remote_timeout(asked: Option<std::time::Duration>) -> std::time::Duration {
+    asked
+        .unwrap_or(myelin_service::e2ee::DEFAULT_REMOTE_TIMEOUT)
+        .min(myelin_service::e2ee::MAX_REMOTE_TIMEOUT)
 }
 
 fn counts_of(counts: BTreeMap<String, i64>) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
@@ -95,7 +103,11 @@ async fn query(
     let result = state
         .services
         .e2ee
-        .query_keys(&request.identity.user_id, &wanted)
+        .query_keys(
+            &request.identity.user_id,
+            &wanted,
+            remote_timeout(request.body.timeout),
+        )
         .await?;
     let mut response = get_keys::v3::Response::new();
     response.failures = result.failures;
@@ -144,7 +156,11 @@ async fn claim(
             )
         })
         .collect();
-    let result = state.services.e2ee.claim_keys(&wanted).await?;
+    let result = state
+        .services
+        .e2ee
+        .claim_keys(&wanted, remote_timeout(request.body.timeout))
+        .await?;
     let mut one_time_keys = BTreeMap::new();
     for (user, devices) in result.one_time_keys {
         let user = OwnedUserId::try_from(user)

@@ -9,7 +9,7 @@ mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
-mod keys;
+pub(crate) mod keys;
 mod profile;
 mod push_rules;
 mod pushers;

@@ -10,6 +10,7 @@ mod media;
 mod membership;
 mod query;
 mod transactions;
+mod user_keys;
 
 use axum::Router;
 
@@ -26,4 +27,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(invites::routes())
         .merge(transactions::routes())
         .merge(media::routes())
+        .merge(user_keys::routes())
 }

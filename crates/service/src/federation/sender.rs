@@ -29,7 +29,12 @@
 //!   notifications (in memory, best effort, dropped for destinations that are backing off), and
 //!   to-device messages for remote users (persisted in the outbox until delivered), and local
 //!   users' presence changes (in memory, best effort, to the servers sharing a room with them).
-//!   Device-list updates (`m.device_list_update`) are left to the E2EE work.
+//!   Local users' device-list and cross-signing key changes go through the same outbox
+//!   ([`device_lists`]).
+
+mod device_lists;
+
+pub use device_lists::ON_JOIN;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -243,6 +248,9 @@ pub struct Sender {
     /// The events stream position up to which the fan-out has found every local event's
     /// destinations (in memory: ahead of the persisted one while events are meant for nobody).
     fanned_out: std::sync::atomic::AtomicI64,
+    /// The device-list stream position up to which the device-list pass has put every local
+    /// change in the outbox (in memory: a wake with no new change costs one read).
+    device_lists_done: std::sync::atomic::AtomicI64,
     /// Set while running: the stop signal the tasks watch.
     stop: Mutex<Option<watch::Sender<bool>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -284,6 +292,7 @@ impl Sender {
             servers: Mutex::default(),
             workers: Mutex::default(),
             fanned_out: std::sync::atomic::AtomicI64::new(0),
+            device_lists_done: std::sync::atomic::AtomicI64::new(i64::MIN),
             stop: Mutex::default(),
             tasks: Mutex::default(),
         }
@@ -468,6 +477,9 @@ impl Sender {
             tracing::warn!(%err, "federation sender: could not list destinations");
         }
         loop {
+            if let Err(err) = self.fan_out_device_lists().await {
+                tracing::warn!(%err, "federation sender: device-list fan-out failed; trying again at the next wake");
+            }
             if let Err(err) = self.fan_out(&mut cursor).await {
                 tracing::warn!(%err, "federation sender: fan-out failed; trying again shortly");
                 tokio::select! {

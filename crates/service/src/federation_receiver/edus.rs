@@ -9,12 +9,15 @@
 use ruma::{OwnedUserId, ServerName, UserId};
 use serde_json::{Value, value::RawValue};
 
-use crate::{Error, Result, Services, now_millis};
+use crate::{Error, Result, Services, e2ee::DeviceListEdu, now_millis};
 
 /// Entries (one receipt, one user's presence) taken from one transaction's EDUs at most.
 pub const MAX_EDU_ENTRIES: usize = 1_000;
 /// The longest `message_id` of a to-device EDU taken (the spec says 32 code points).
 const MAX_MESSAGE_ID_BYTES: usize = 128;
+/// The most `prev_id`s of an `m.device_list_update` taken (a sender names the updates since its
+/// last one: a handful).
+const MAX_PREV_IDS: usize = 100;
 
 impl Services {
     /// Applies the EDUs of a transaction (see the module documentation).
@@ -192,16 +195,44 @@ impl Services {
             .await
     }
 
-    /// `m.device_list_update`: `{user_id, device_id, stream_id, prev_id?, deleted?, keys?}`.
-    /// Only the stream id is kept (the devices are fetched again when they are needed).
+    /// `m.device_list_update`: `{user_id, device_id, stream_id, prev_id?, deleted?, keys?,
+    /// device_display_name?}`: applied to the cached list when it follows on from it, else the
+    /// list is fetched again (see `e2ee::remote`).
     async fn device_list_edu(&self, origin: &ServerName, content: &Value) -> Result<()> {
         let user = user_of(origin, string(content, "user_id")?)?;
         let stream_id = content["stream_id"]
             .as_i64()
             .ok_or_else(|| Error::BadJson("stream_id must be an integer".to_owned()))?;
+        let prev_ids = match &content["prev_id"] {
+            Value::Null => Vec::new(),
+            Value::Array(ids) if ids.len() <= MAX_PREV_IDS => ids
+                .iter()
+                .map(|id| {
+                    id.as_i64()
+                        .ok_or_else(|| Error::BadJson("prev_id must hold integers".to_owned()))
+                })
+                .collect::<Result<Vec<i64>>>()?,
+            _ => return Err(Error::BadJson("prev_id must be a short list".to_owned())),
+        };
+        let keys = match &content["keys"] {
+            Value::Null => None,
+            keys @ Value::Object(_) => Some(keys.clone()),
+            _ => return Err(Error::BadJson("keys must be an object".to_owned())),
+        };
         self.shares_a_room_here(&user).await?;
         self.e2ee
-            .remote_device_list_update(&user, stream_id)
+            .remote_device_list_update(&DeviceListEdu {
+                user,
+                device_id: string(content, "device_id")?.to_owned(),
+                stream_id,
+                prev_ids,
+                deleted: content["deleted"].as_bool().unwrap_or(false),
+                keys,
+                display_name: content["device_display_name"].as_str().map(str::to_owned),
+                on_join: content[crate::federation::sender::ON_JOIN]
+                    .as_bool()
+                    .unwrap_or(false),
+            })
             .await?;
         Ok(())
     }
@@ -209,8 +240,18 @@ impl Services {
     /// `m.signing_key_update`: `{user_id, master_key?, self_signing_key?}`.
     async fn signing_key_edu(&self, origin: &ServerName, content: &Value) -> Result<()> {
         let user = user_of(origin, string(content, "user_id")?)?;
+        let key = |field: &str| -> Result<Option<&Value>> {
+            match &content[field] {
+                Value::Null => Ok(None),
+                key @ Value::Object(_) => Ok(Some(key)),
+                _ => Err(Error::BadJson(format!("{field} must be an object"))),
+            }
+        };
+        let (master, self_signing) = (key("master_key")?, key("self_signing_key")?);
         self.shares_a_room_here(&user).await?;
-        self.e2ee.remote_signing_keys_update(&user).await
+        self.e2ee
+            .remote_signing_keys_update(&user, master, self_signing)
+            .await
     }
 
     /// Refuses when this server does not know the room or its ACL denies `origin`.

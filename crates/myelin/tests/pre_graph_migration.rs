@@ -191,13 +191,14 @@ fn comparable(what: &str, status: u16, answer: &Value) -> Value {
             // aggregations (662bff4; /messages, /context and /event, compared whole, carry
             // them before and after), invite and knock state the create event whole (a75f4b7,
             // MSC4311), so that state is compared in its stripped fields, and a joined room's
-            // empty `account_data` and `ephemeral` are written out (as Synapse does).
+            // empty `account_data` and `ephemeral`, and a left room's empty `state` and
+            // `account_data`, are written out (as Synapse does; matrix-nio needs them).
             let mut rooms = answer["rooms"].take();
             for section in ["join", "leave"] {
                 if let Some(Value::Object(map)) = rooms.get_mut(section) {
                     for room in map.values_mut() {
                         if let Value::Object(fields) = room {
-                            for key in ["account_data", "ephemeral"] {
+                            for key in ["account_data", "ephemeral", "state"] {
                                 if fields.get(key) == Some(&json!({"events": []})) {
                                     fields.remove(key);
                                 }

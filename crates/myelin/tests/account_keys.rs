@@ -1350,3 +1350,57 @@ async fn a_user_of_another_server_is_banned_pre_emptively_by_name() {
         }
     }
 }
+
+/// `/ban` is served only with `experimental.msc4243` on: B with it off answers 404
+/// `M_UNRECOGNIZED` (asked signed, as hs-a.test), and a ban through it is 502 for A's client
+/// with nothing stored.
+#[tokio::test]
+async fn ban_is_unrecognized_while_msc4243_is_off() {
+    use myelin_federation::FederationError;
+    use myelin_room_version::KeyPair;
+    use myelin_service::federation::msc4243::ban;
+    use myelin_testkit::federation::{TestCa, start_federation};
+    use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomVersionId};
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |i, config| {
+            config.experimental.msc4243 = i == 0;
+        })
+        .await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let mallory = b.register("mallory").await;
+        let room = a
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let eve = KeyPair::from_seed(&[7; 32]);
+        let pdu = crafted_ban(&room, &eve, "hs-a.test", &eve, "ban");
+        let request = ban::Request::new(
+            OwnedRoomId::try_from(room.as_str()).unwrap(),
+            OwnedEventId::try_from(pdu.event_id()).unwrap(),
+            RoomVersionId::try_from(AK).unwrap(),
+            serde_json::value::RawValue::from_string(pdu.canonical_json()).unwrap(),
+        );
+        let hs_b: OwnedServerName = "hs-b.test".try_into().unwrap();
+        match a.services().federation.send(&hs_b, request).await {
+            Err(FederationError::Status { status, body }) => {
+                assert_eq!(status, 404, "{kind:?}: {body}");
+                assert!(body.contains("M_UNRECOGNIZED"), "{kind:?}: {body}");
+            }
+            other => panic!("{kind:?}: expected 404, got {other:?}"),
+        }
+        let before = member_events(a, &room).await;
+        let (status, body) = a
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+                &alice.access_token,
+                json!({"user_id": mallory.user_id}),
+            )
+            .await;
+        assert_eq!(status, 502, "{kind:?}: {body}");
+        assert_eq!(member_events(a, &room).await, before, "{kind:?}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -1103,3 +1103,304 @@ async fn a_user_of_another_server_is_invited_by_name_into_an_account_key_room() 
         }
     }
 }
+
+/// The room's current `m.room.member` events on `server`, as `(state key, event JSON)`.
+async fn member_events(server: &TestServer, room: &str) -> Vec<(String, Value)> {
+    let store = server.store();
+    let room_nid = store.room(room).await.unwrap().unwrap().room_nid;
+    let mut members: Vec<(String, Value)> = store
+        .current_state(room_nid, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.event_type == "m.room.member")
+        .map(|row| {
+            (
+                row.state_key.unwrap_or_default(),
+                serde_json::from_str(&row.json).unwrap(),
+            )
+        })
+        .collect();
+    members.sort_by(|x, y| x.0.cmp(&y.0));
+    members
+}
+
+/// A ban sent as `hs-a.test` to B's `/ban` for mallory, built by the test (B's checks of the
+/// target's role): its sender `sender`'s key-form id on `domain`, signed by `signer`.
+fn crafted_ban(
+    room: &str,
+    sender: &myelin_room_version::KeyPair,
+    domain: &str,
+    signer: &myelin_room_version::KeyPair,
+    membership: &str,
+) -> myelin_room_version::Pdu {
+    use myelin_room_version::{EventSigner, RoomVersion, pdu::build_pdu};
+    let version = RoomVersion::get(AK).unwrap();
+    let partial = myelin_room_version::canonical::parse_object(
+        json!({"type": "m.room.member", "state_key": "@mallory:hs-b.test",
+               "sender": sender.account_key().user_id(domain), "room_id": room,
+               "content": {"membership": membership}, "origin_server_ts": 5, "depth": 3,
+               "prev_events": ["$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],
+               "auth_events": ["$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let pdu = build_pdu(partial, version, EventSigner::Account(sender)).unwrap();
+    if std::ptr::eq(sender, signer) {
+        return pdu;
+    }
+    // Signed by another key than the sender's.
+    let mut json = pdu.into_json();
+    json.insert(
+        "signatures".into(),
+        myelin_room_version::CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+    );
+    let mut pdu = myelin_room_version::Pdu::from_canonical(json, version).unwrap();
+    myelin_room_version::pdu::add_signature(&mut pdu, version, EventSigner::Account(signer))
+        .unwrap();
+    pdu
+}
+
+/// A pre-emptive ban across servers (MSC4243.md §2.5 items 34–35, §6 case 28): alice on A bans
+/// mallory of B, never in the room, by name; B puts in mallory's key and signs; A's room state
+/// then holds a ban of mallory's key-form id signed by alice's key and mallory's, and
+/// mallory's join through A is refused. A member without the ban level makes A ask nothing; an
+/// unknown name is refused by B and leaves nothing on A; B checks the ban it is asked to sign
+/// (X-Matrix, the sender's domain, the signature, the membership) and holds each server to a
+/// small burst of `/ban` requests (429 past it).
+#[tokio::test]
+async fn a_user_of_another_server_is_banned_pre_emptively_by_name() {
+    use myelin_federation::FederationError;
+    use myelin_room_version::KeyPair;
+    use myelin_service::{config::Bucket, federation::msc4243::ban};
+    use myelin_testkit::{
+        federation::{TestCa, start_federation},
+        rooms::eventually,
+    };
+    use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomVersionId};
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |i, config| {
+            if i == 1 {
+                // B limits `/ban` to five requests per server, with no refill during the test;
+                // clients are not limited.
+                config.rate_limits.enabled = true;
+                config.rate_limits.per_user = Bucket {
+                    per_second: 1000.0,
+                    burst: 1000,
+                };
+                config.rate_limits.per_address = config.rate_limits.per_user.clone();
+                config.rate_limits.federated_bans = Bucket {
+                    per_second: 0.0001,
+                    burst: 5,
+                };
+            }
+        })
+        .await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let carol = a.register("carol").await;
+        let mallory = b.register("mallory").await;
+        let alice_key = key_id(a, &alice);
+        let mallory_key = key_id(b, &mallory);
+        let room = a
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let r = enc(&room);
+        post_ok(
+            a,
+            &carol,
+            &format!("/_matrix/client/v3/join/{r}"),
+            json!({}),
+        )
+        .await;
+        let ban = |user: &TestUser, target: &str| {
+            let path = format!("/_matrix/client/v3/rooms/{r}/ban");
+            let body = json!({"user_id": target, "reason": "spam"});
+            let token = user.access_token.clone();
+            async move { a.post(&path, &token, body).await }
+        };
+
+        // Carol lacks the ban level: refused before B is asked (B's budget is untouched, see
+        // the count at the end).
+        let (status, body) = ban(&carol, &mallory.user_id).await;
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        assert_eq!(member_events(a, &room).await.len(), 2, "{kind:?}");
+
+        // Alice bans mallory by name. [B's /ban budget: 1]
+        let reply = ban(&alice, &mallory.user_id).await;
+        ok(a, reply, "ban").await;
+        let members = member_events(a, &room).await;
+        let (_, pdu) = members
+            .iter()
+            .find(|(key, _)| key == &mallory_key)
+            .unwrap_or_else(|| panic!("{kind:?}: no member event for mallory's key"));
+        assert_eq!(pdu["content"]["membership"], "ban", "{kind:?}: {pdu}");
+        assert_eq!(pdu["content"]["reason"], "spam", "{kind:?}: {pdu}");
+        assert_eq!(pdu["sender"], json!(alice_key), "{kind:?}: {pdu}");
+        let mut signers: Vec<&String> = pdu["signatures"].as_object().unwrap().keys().collect();
+        signers.sort();
+        let mut wanted = [bare_key(&alice_key), bare_key(&mallory_key)];
+        wanted.sort();
+        assert_eq!(
+            signers,
+            wanted.iter().collect::<Vec<_>>(),
+            "{kind:?}: {pdu}"
+        );
+        assert!(
+            !members.iter().any(|(key, _)| key.contains("mallory")),
+            "{kind:?}: a name-form member event is stored: {members:?}"
+        );
+        // A asks B about the key it was given and then shows the ban by name.
+        eventually("A to show mallory banned by name", || async {
+            let (status, body) = a
+                .get(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{r}/state/m.room.member/{}",
+                        enc(&mallory.user_id)
+                    ),
+                    &alice.access_token,
+                )
+                .await;
+            status == 200 && body["membership"] == "ban"
+        })
+        .await;
+
+        // Mallory's join through A is refused.
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/join/{r}?via=hs-a.test"),
+                &mallory.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 403, "{kind:?}: a banned user's join: {body}");
+
+        // A name B does not know: B's 404 reaches the client, nothing is stored. [2]
+        let before = member_events(a, &room).await;
+        let (status, body) = ban(&alice, "@nobody:hs-b.test").await;
+        assert_eq!(status, 404, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_NOT_FOUND", "{kind:?}: {body}");
+        assert_eq!(member_events(a, &room).await, before, "{kind:?}");
+        // An unknown key-form id is never sent as a name.
+        let stranger = KeyPair::from_seed(&[9; 32])
+            .account_key()
+            .user_id("hs-b.test");
+        let (status, body) = ban(&alice, &stranger).await;
+        assert_eq!(status, 400, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_INVALID_PARAM", "{kind:?}: {body}");
+
+        // B's endpoint wants X-Matrix.
+        let path = format!(
+            "/_matrix/federation/unstable/org.matrix.msc4243/ban/{r}/{}",
+            enc("$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        );
+        let response = ca
+            .client(&[("hs-b.test", b.addrs().1)])
+            .put(b.federation_url(&path))
+            .json(&json!({"room_version": AK, "event": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{kind:?}");
+
+        // B's checks of a ban it is asked to sign, asked as hs-a.test. [3, 4, 5]
+        let hs_b: OwnedServerName = "hs-b.test".try_into().unwrap();
+        let send_to_b = |pdu: myelin_room_version::Pdu| {
+            let request = ban::Request::new(
+                OwnedRoomId::try_from(room.as_str()).unwrap(),
+                OwnedEventId::try_from(pdu.event_id()).unwrap(),
+                RoomVersionId::try_from(AK).unwrap(),
+                serde_json::value::RawValue::from_string(pdu.canonical_json()).unwrap(),
+            );
+            let hs_b = hs_b.clone();
+            async move { a.services().federation.send(&hs_b, request).await }
+        };
+        let eve = KeyPair::from_seed(&[7; 32]);
+        let other = KeyPair::from_seed(&[8; 32]);
+        let status_of = |result: Result<ban::Response, FederationError>| match result {
+            Err(FederationError::Status { status, body }) => (status, body),
+            other => panic!("{kind:?}: expected a refusal, got {other:?}"),
+        };
+        // From a user of another server than the requesting one.
+        let (status, body) =
+            status_of(send_to_b(crafted_ban(&room, &eve, "hs-c.test", &eve, "ban")).await);
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        // Not signed by its sender's key.
+        let (status, body) =
+            status_of(send_to_b(crafted_ban(&room, &eve, "hs-a.test", &other, "ban")).await);
+        assert_eq!(status, 403, "{kind:?}: {body}");
+        // Not a ban.
+        let (status, body) =
+            status_of(send_to_b(crafted_ban(&room, &eve, "hs-a.test", &eve, "invite")).await);
+        assert_eq!(status, 400, "{kind:?}: {body}");
+
+        // The budget of five is spent (so Carol's refused ban never reached B): 429.
+        let (status, body) = ban(&alice, "@nobody2:hs-b.test").await;
+        assert_eq!(status, 429, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "{kind:?}: {body}");
+        assert!(
+            body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+            "{kind:?}: {body}"
+        );
+        assert_eq!(member_events(a, &room).await, before, "{kind:?}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// `/ban` is served only with `experimental.msc4243` on: B with it off answers 404
+/// `M_UNRECOGNIZED` (asked signed, as hs-a.test), and a ban through it is 502 for A's client
+/// with nothing stored.
+#[tokio::test]
+async fn ban_is_unrecognized_while_msc4243_is_off() {
+    use myelin_federation::FederationError;
+    use myelin_room_version::KeyPair;
+    use myelin_service::federation::msc4243::ban;
+    use myelin_testkit::federation::{TestCa, start_federation};
+    use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomVersionId};
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |i, config| {
+            config.experimental.msc4243 = i == 0;
+        })
+        .await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let mallory = b.register("mallory").await;
+        let room = a
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let eve = KeyPair::from_seed(&[7; 32]);
+        let pdu = crafted_ban(&room, &eve, "hs-a.test", &eve, "ban");
+        let request = ban::Request::new(
+            OwnedRoomId::try_from(room.as_str()).unwrap(),
+            OwnedEventId::try_from(pdu.event_id()).unwrap(),
+            RoomVersionId::try_from(AK).unwrap(),
+            serde_json::value::RawValue::from_string(pdu.canonical_json()).unwrap(),
+        );
+        let hs_b: OwnedServerName = "hs-b.test".try_into().unwrap();
+        match a.services().federation.send(&hs_b, request).await {
+            Err(FederationError::Status { status, body }) => {
+                assert_eq!(status, 404, "{kind:?}: {body}");
+                assert!(body.contains("M_UNRECOGNIZED"), "{kind:?}: {body}");
+            }
+            other => panic!("{kind:?}: expected 404, got {other:?}"),
+        }
+        let before = member_events(a, &room).await;
+        let (status, body) = a
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+                &alice.access_token,
+                json!({"user_id": mallory.user_id}),
+            )
+            .await;
+        assert_eq!(status, 502, "{kind:?}: {body}");
+        assert_eq!(member_events(a, &room).await, before, "{kind:?}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -428,6 +428,10 @@ pub struct RateLimitConfig {
     pub per_user: Bucket,
     /// Requests without a login (login, registration) from one client address.
     pub per_address: Bucket,
+    /// Pre-emptive bans other servers ask this one to co-sign (MSC4243's `/ban`), per
+    /// requesting server: unsolicited bans should be rare, and each answer tells whether an
+    /// account exists and its key (MSC4243.md §2.5 item 35), so the limit is tight.
+    pub federated_bans: Bucket,
 }
 
 impl Default for RateLimitConfig {
@@ -441,6 +445,11 @@ impl Default for RateLimitConfig {
             per_address: Bucket {
                 per_second: 1.0,
                 burst: 10,
+            },
+            // Three a minute, five at once.
+            federated_bans: Bucket {
+                per_second: 0.05,
+                burst: 5,
             },
         }
     }
@@ -529,6 +538,10 @@ impl Config {
         for (key, bucket) in [
             ("rate_limits.per_user", &self.rate_limits.per_user),
             ("rate_limits.per_address", &self.rate_limits.per_address),
+            (
+                "rate_limits.federated_bans",
+                &self.rate_limits.federated_bans,
+            ),
         ] {
             if !(bucket.per_second > 0.0 && bucket.per_second.is_finite()) || bucket.burst == 0 {
                 return Err(ConfigProblem {

@@ -1,6 +1,7 @@
 //! Rate limits: token buckets per logged-in user and per client address, for the endpoints the
-//! spec marks as rate-limited. A refused request gets `M_LIMIT_EXCEEDED` with the time after which
-//! a retry will pass.
+//! spec marks as rate-limited, and per requesting server for the federation requests limited on
+//! their own (MSC4243's `/ban`). A refused request gets `M_LIMIT_EXCEEDED` with the time after
+//! which a retry will pass.
 
 use std::{
     collections::HashMap,
@@ -28,6 +29,8 @@ struct Bucket {
 pub enum RateKey {
     User(String),
     Address(IpAddr),
+    /// A pre-emptive ban another server asks this one to co-sign (`/ban`), by that server.
+    FederatedBan(String),
 }
 
 impl RateKey {
@@ -74,6 +77,7 @@ impl RateLimiter {
         match key {
             RateKey::User(_) => &self.config.per_user,
             RateKey::Address(_) => &self.config.per_address,
+            RateKey::FederatedBan(_) => &self.config.federated_bans,
         }
     }
 
@@ -127,6 +131,7 @@ mod tests {
             enabled: true,
             per_user: BucketConfig { per_second, burst },
             per_address: BucketConfig { per_second, burst },
+            federated_bans: BucketConfig { per_second, burst },
         })
     }
 
@@ -151,6 +156,35 @@ mod tests {
         // Other keys have their own bucket.
         limiter
             .check_at(RateKey::User("@b:x".to_owned()), start)
+            .unwrap();
+    }
+
+    /// `/ban` from other servers: each server has its own small bucket, apart from users'.
+    #[test]
+    fn federated_bans_are_limited_per_server_by_their_own_bucket() {
+        let limiter = RateLimiter::new(RateLimitConfig::default());
+        let start = Instant::now();
+        let from = |server: &str| RateKey::FederatedBan(server.to_owned());
+        for _ in 0..5 {
+            limiter.check_at(from("a.example"), start).unwrap();
+        }
+        match limiter.check_at(from("a.example"), start) {
+            // 0.05 per second: a token every 20 s.
+            Err(Error::LimitExceeded { retry_after_ms }) => {
+                assert!(
+                    (19_900..=20_000).contains(&retry_after_ms),
+                    "{retry_after_ms}"
+                )
+            }
+            other => panic!("expected a limit, got {other:?}"),
+        }
+        limiter.check_at(from("b.example"), start).unwrap();
+        // A user of the same name is another bucket.
+        limiter
+            .check_at(RateKey::User("a.example".to_owned()), start)
+            .unwrap();
+        limiter
+            .check_at(from("a.example"), start + Duration::from_secs(20))
             .unwrap();
     }
 

@@ -1,6 +1,7 @@
 //! The server-server and key APIs (TLS listener).
 
 mod account_keys;
+mod bans;
 mod discovery;
 mod events;
 mod hierarchy;
@@ -19,6 +20,7 @@ use crate::AppState;
 pub(crate) fn routes() -> Router<AppState> {
     discovery::routes()
         .merge(account_keys::routes())
+        .merge(bans::routes())
         .merge(keys::routes())
         .merge(query::routes())
         .merge(events::routes())

@@ -137,16 +137,17 @@ impl Rooms {
         self.send_or_build(room, sender, event, false).await
     }
 
-    /// The invite of another server's user into an account-key room as it is first sent
-    /// (MSC4243.md §2.5): the invitee named by account name (their key is not known here yet),
+    /// A membership event for another server's user in an account-key room as it is first
+    /// sent to that user's server (MSC4243.md §2.5): an invite (`/invite`) or a pre-emptive
+    /// ban (`/ban`), the `target` named by account name (their key is not known here yet),
     /// placed on the room's head like any local event and signed by the sender's account key.
-    /// The auth rules are not run on it (they want the key-form id the invitee's server puts
-    /// in); [`Rooms::append_built`] runs them on the final event.
-    pub(crate) async fn build_account_key_invite(
+    /// The membership is `content`'s. The auth rules are not run on it (they want the key-form
+    /// id the target's server puts in); [`Rooms::append_built`] runs them on the final event.
+    pub(crate) async fn build_account_key_member(
         &self,
         room: &RoomRow,
         sender: &UserId,
-        invitee: &str,
+        target: &str,
         content: Value,
     ) -> Result<Box<BuiltEvent>> {
         let version = version_of(room)?;
@@ -156,7 +157,7 @@ impl Rooms {
             version,
             "m.room.member",
             &sender_id,
-            Some(invitee),
+            Some(target),
             &content_raw,
         )
         .map_err(auth_error)?;
@@ -176,7 +177,7 @@ impl Rooms {
                 EventFields {
                     event_type: "m.room.member",
                     sender: &sender_id,
-                    state_key: Some(invitee),
+                    state_key: Some(target),
                     content: to_canonical_object(content)?,
                 },
                 auth_refs,
@@ -195,8 +196,8 @@ impl Rooms {
         }))
     }
 
-    /// `built` with its final form `pdu` (an account-key invite the invitee's server gave its
-    /// key-form state key), and the event it replaces at that key in the current state.
+    /// `built` with its final form `pdu` (an account-key invite or ban the target's server gave
+    /// its key-form state key), and the event it replaces at that key in the current state.
     pub(crate) async fn with_final_pdu(
         &self,
         room: &RoomRow,

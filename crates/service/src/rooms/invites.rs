@@ -102,7 +102,7 @@ impl Rooms {
         self
     }
 
-    fn federation(&self) -> Result<&RoomFederation> {
+    pub(super) fn federation(&self) -> Result<&RoomFederation> {
         self.federation
             .as_ref()
             .ok_or_else(|| Error::Internal("rooms were started without federation".to_owned()))
@@ -562,7 +562,7 @@ impl Rooms {
     ) -> Result<String> {
         let version = version_of(room)?;
         let built = if version.uses_account_keys() {
-            self.build_account_key_invite(room, sender, target.as_str(), event.content)
+            self.build_account_key_member(room, sender, target.as_str(), event.content)
                 .await?
         } else {
             match self.build_unappended(room, sender, event).await? {

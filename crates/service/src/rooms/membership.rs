@@ -7,7 +7,8 @@
 //! the resident server (who authorises a restricted join, leaving only rooms one is in) are made
 //! there and nowhere else. The room version's auth rules then decide the rest. An invite of a
 //! user of another server, and the rejection of an invite to a room this server is not in, go
-//! on to `invites`, where the other server takes part.
+//! on to `invites`, and a ban of another server's user whose key an account-key room does not
+//! know on to `bans`, where the other server takes part.
 
 use myelin_store::RoomRow;
 use ruma::{RoomId, UserId};
@@ -212,6 +213,21 @@ impl Rooms {
                     } else {
                         format!("{target} is not in this room")
                     }));
+                }
+            }
+            "ban" if version_of(room)?.uses_account_keys() && !self.is_local(target) => {
+                // Another server's user whose key the room does not know, named by account
+                // name: that server puts the key in (`/ban`, MSC4243.md §2.5 item 34). A known
+                // key (a member's) takes the normal path; an unknown key-form id is never sent
+                // as a name.
+                match self.key_form_in_room(room, target.as_str()).await {
+                    Ok(_) => {}
+                    Err(Error::InvalidParam(_))
+                        if myelin_room_version::KeyFormUserId::parse(target.as_str()).is_err() =>
+                    {
+                        return self.ban_remote(room, sender, target, content).await;
+                    }
+                    Err(err) => return Err(err),
                 }
             }
             "ban" | "knock" => {}

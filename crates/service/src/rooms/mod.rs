@@ -11,6 +11,7 @@
 
 mod acl;
 mod append;
+mod bans;
 mod client_send;
 mod create;
 pub mod events;
@@ -42,6 +43,7 @@ use ruma::{OwnedServerName, UserId};
 use crate::{Error, Result, server_keys::ServerKeys};
 
 pub use acl::acl_allows;
+pub use bans::InboundBan;
 pub use create::{CreateRoom, Preset};
 pub use federation_membership::{Handshake, JoinAnswer, MembershipTemplate, SentMembership};
 pub use federation_reads::{

@@ -13,7 +13,10 @@
 //   /_matrix/client/v1/media endpoint (Hydrogen picks it because the server advertises v1.11;
 //   its service worker adds the access token); the test waits until the image has loaded with a
 //   non-zero natural size and saves a screenshot to $HYDROGEN_MEDIA_SCREENSHOT (default
-//   <temp dir>/myelin-hydrogen-image-<suffix>.png).
+//   <temp dir>/myelin-hydrogen-image-<suffix>.png). Then hydra sends a picture through
+//   Hydrogen's composer (attachment menu, "Send picture", a file chooser; Hydrogen uploads it to
+//   /_matrix/media/r0/upload), it shows in hydra's timeline as sent and loaded, and bob
+//   downloads the event's content through /_matrix/client/v1/media/download: the same bytes.
 //
 //   node drive.mjs http://127.0.0.1:8008      (bundle first: node build.mjs)
 //
@@ -297,6 +300,42 @@ async function run(page, { pageUrl, hydraName, hydraPassword, hydra, bob, roomId
     step("bob's reply (sent through the API) reaches Hydrogen's timeline through /sync");
 
     await showsImage(page, { bob, roomId, suffix });
+    await sendsPicture(page, { hydra, bob, roomId, suffix });
+}
+
+// hydra sends a picture through Hydrogen's composer; bob downloads it from the server.
+async function sendsPicture(page, { hydra, bob, roomId, suffix }) {
+    const [width, height] = [200, 100];
+    const png = gradientPng(width, height);
+    const fileName = `hydrogen-picture-${suffix}.png`;
+    const chooser = page.waitForEvent("filechooser");
+    await page.click(".MessageComposer button.sendFile");
+    await page.locator(".menu button, .menu li", { hasText: "Send picture" }).first().click();
+    await (await chooser).setFiles({ name: fileName, mimeType: "image/png", buffer: png });
+    const image = page.locator(`.Timeline_message.own:not(.unsent) .media img[alt="${fileName}"]`);
+    await image.waitFor();
+    await page.waitForFunction((img) => img.complete && img.naturalWidth > 0 && !img.src.startsWith("blob:"), await image.elementHandle(), { timeout: STEP_MS });
+    step(`hydra sends a ${width}x${height} picture through Hydrogen's composer; it shows as sent, loaded from the server`);
+
+    const until = Date.now() + STEP_MS;
+    let event;
+    for (;;) {
+        const messages = await expectOk("bob reads the room", "GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=10`, { token: bob.access_token });
+        event = messages.chunk?.find((e) => e.type === "m.room.message" && e.content?.msgtype === "m.image" && e.content?.body === fileName);
+        if (event) break;
+        if (Date.now() > until) throw new Error(`GET /messages as bob never showed hydra's picture: ${JSON.stringify(messages).slice(0, 2000)}`);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    if (event.sender !== hydra.user_id) throw new Error(`the picture is from ${event.sender}, not ${hydra.user_id}`);
+    const match = /^mxc:\/\/([^/]+)\/([^/]+)$/.exec(event.content.url ?? "");
+    if (!match) throw new Error(`the picture's event has url ${JSON.stringify(event.content.url)}`);
+    const response = await fetch(`${BASE}/_matrix/client/v1/media/download/${match[1]}/${match[2]}`, { headers: { authorization: `Bearer ${bob.access_token}` } });
+    const bytes = Buffer.from(await response.arrayBuffer());
+    if (response.status !== 200) throw new Error(`bob: GET /_matrix/client/v1/media/download for ${event.content.url} -> ${response.status} ${bytes.toString()}`);
+    if (!bytes.equals(png)) throw new Error(`bob downloads ${bytes.length} bytes for hydra's picture, not the ${png.length} chosen`);
+    const type = response.headers.get("content-type");
+    if (type !== "image/png") throw new Error(`bob: hydra's picture is served as ${type}`);
+    step(`bob downloads hydra's picture (${event.content.url}): the same bytes, served as image/png`);
 }
 
 // bob uploads a PNG and sends it as an m.image; Hydrogen's timeline shows it, loaded.

@@ -93,6 +93,9 @@ if [ -n "${MYELIN_CLIENTS_URL:-}" ]; then
     URL="$MYELIN_CLIENTS_URL"
 else
     timed "build myelin" cargo build -q -p myelin
+    # media.legacy_endpoints stays off (its default): matrix-sdk and Hydrogen 0.3.1 both download
+    # through /_matrix/client/v1/media since the server advertises v1.11, and Hydrogen's upload
+    # (/_matrix/media/r0/upload) is not behind that setting.
     start_test_server "$CARGO_TARGET_DIR/debug/myelin" "$WORK" "${MYELIN_CLIENTS_LOG_FILTER:-info}"
     URL="$SERVER_URL"
 fi

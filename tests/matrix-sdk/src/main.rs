@@ -1,7 +1,10 @@
 //! Two users drive a Myelin server through matrix-sdk 0.18, a real Rust client: both register
 //! (`m.login.dummy`) and log in with their passwords, sync, alice creates a room and invites bob,
 //! bob sees the invite through sync and joins, alice sees the join through sync, then each sends
-//! a message and sees the other's arrive through sync.
+//! a message and sees the other's arrive through sync. Then media: alice uploads an avatar, her
+//! profile names it and bob downloads the same bytes; alice sends a PNG into the room, bob finds
+//! it in his sync and downloads it and thumbnails of it (authenticated `/_matrix/client/v1/media`
+//! endpoints, which the SDK picks because the server advertises v1.11).
 //!
 //!   MYELIN_URL=http://127.0.0.1:8008 myelin-matrix-sdk-flow
 //!
@@ -16,12 +19,14 @@ use matrix_sdk::ruma::api::MatrixVersion;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset};
 use matrix_sdk::ruma::events::room::member::{MembershipState, OriginalSyncRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
-    MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
+    ImageMessageEventContent, MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 use matrix_sdk::{Client, Room, RoomState};
 
 mod common;
+mod media;
+mod png;
 use common::register;
 
 /// How long any one "wait until sync shows X" step may take.
@@ -29,15 +34,16 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// What the event handlers saw arrive through sync, per client.
 #[derive(Default)]
-struct Seen {
-    messages: Vec<(OwnedRoomId, OwnedEventId, OwnedUserId, String)>,
+pub(crate) struct Seen {
+    pub(crate) messages: Vec<(OwnedRoomId, OwnedEventId, OwnedUserId, String)>,
+    pub(crate) images: Vec<(OwnedRoomId, OwnedEventId, ImageMessageEventContent)>,
     members: Vec<(OwnedRoomId, String, MembershipState)>,
 }
 
-struct User {
+pub(crate) struct User {
     name: &'static str,
-    client: Client,
-    seen: Arc<Mutex<Seen>>,
+    pub(crate) client: Client,
+    pub(crate) seen: Arc<Mutex<Seen>>,
     since: Option<String>,
 }
 
@@ -58,7 +64,7 @@ impl User {
     }
 
     /// Syncs until `done` holds, failing after DEADLINE with `what` in the message.
-    async fn sync_until(&mut self, what: &str, mut done: impl FnMut(&User) -> bool) -> Result<()> {
+    pub(crate) async fn sync_until(&mut self, what: &str, mut done: impl FnMut(&User) -> bool) -> Result<()> {
         let started = Instant::now();
         loop {
             self.sync().await?;
@@ -73,7 +79,7 @@ impl User {
     }
 }
 
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     println!("ok: {what}");
 }
 
@@ -109,7 +115,11 @@ async fn log_in(url: &str, name: &'static str, localpart: &str, password: &str) 
                 MessageType::Text(text) => text.body.clone(),
                 other => other.body().to_owned(),
             };
-            sink.lock().unwrap().messages.push((room.room_id().to_owned(), event.event_id, event.sender, body));
+            let mut seen = sink.lock().unwrap();
+            if let MessageType::Image(image) = &event.content.msgtype {
+                seen.images.push((room.room_id().to_owned(), event.event_id.clone(), image.clone()));
+            }
+            seen.messages.push((room.room_id().to_owned(), event.event_id, event.sender, body));
         }
     });
     let sink = seen.clone();
@@ -263,6 +273,7 @@ async fn run(url: &str) -> Result<()> {
     ensure!(joined == expected, "alice: joined members are {joined:?}, expected {expected:?}");
     step("the room's joined members are alice and bob");
 
+    media::run(&mut alice, &mut bob, &room, &alice_id).await?;
     Ok(())
 }
 

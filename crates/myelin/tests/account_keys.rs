@@ -786,6 +786,26 @@ async fn restricted_joins_are_co_signed_by_the_authorisers_account_key() {
     }
 }
 
+/// Waits until each server's client sees both users joined to the room, by account name.
+async fn both_show_both_joined(
+    (a, alice): (&TestServer, &TestUser),
+    (b, bob): (&TestServer, &TestUser),
+    room: &str,
+) {
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room));
+    for (server, reader) in [(a, alice), (b, bob)] {
+        myelin_testkit::rooms::eventually(
+            &format!("{} to show both joined by name", server.name()),
+            || async {
+                let members = get_ok(server, reader, &path).await;
+                let joined = &members["joined"];
+                joined.get(&alice.user_id).is_some() && joined.get(&bob.user_id).is_some()
+            },
+        )
+        .await;
+    }
+}
+
 /// Account-key rooms across two servers: a user of B joins A's `org.matrix.12.4243` room
 /// through A (B asks `make_join` again in key form when A answers that the room's version is
 /// one it did not offer, and signs the join with the user's account key); each server asks the
@@ -823,22 +843,7 @@ async fn a_user_of_another_server_joins_and_chats_in_an_account_key_room() {
             (bare_key(&alice_key), alice.user_id.clone()),
             (bare_key(&bob_key), bob.user_id.clone()),
         ];
-        for (server, reader) in [(a, &alice), (b, &bob)] {
-            eventually(
-                &format!("{} to show both members by name", server.name()),
-                || async {
-                    let members = get_ok(
-                        server,
-                        reader,
-                        &format!("/_matrix/client/v3/rooms/{r}/joined_members"),
-                    )
-                    .await;
-                    let joined = &members["joined"];
-                    joined.get(&alice.user_id).is_some() && joined.get(&bob.user_id).is_some()
-                },
-            )
-            .await;
-        }
+        both_show_both_joined((a, &alice), (b, &bob), &room).await;
         send_text(b, &bob, &room, "b1", "hello from b").await;
         send_text(a, &alice, &room, "a1", "welcome, bob").await;
         for (server, reader) in [(a, &alice), (b, &bob)] {
@@ -1082,22 +1087,7 @@ async fn a_user_of_another_server_is_invited_by_name_into_an_account_key_room() 
             json!({}),
         )
         .await;
-        for (server, reader) in [(a, &alice), (b, &bob)] {
-            eventually(
-                &format!("{} to show both joined by name", server.name()),
-                || async {
-                    let members = get_ok(
-                        server,
-                        reader,
-                        &format!("/_matrix/client/v3/rooms/{r}/joined_members"),
-                    )
-                    .await;
-                    let joined = &members["joined"];
-                    joined.get(&alice.user_id).is_some() && joined.get(&bob.user_id).is_some()
-                },
-            )
-            .await;
-        }
+        both_show_both_joined((a, &alice), (b, &bob), &room).await;
         for server in servers {
             server.stop().await;
         }

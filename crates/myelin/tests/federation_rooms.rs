@@ -1903,6 +1903,18 @@ async fn moderate(
     );
 }
 
+/// Waits until every server's user reads a message `text` in the room.
+async fn all_read(servers: &[&TestServer], users: &[&TestUser], room_id: &str, text: &str) {
+    for (server, reader) in servers.iter().zip(users) {
+        eventually(&format!("{} to read {text:?}", server.name()), || async {
+            bodies(server, reader, room_id)
+                .await
+                .contains(&text.to_owned())
+        })
+        .await;
+    }
+}
+
 /// Whether `user`'s sync on `server` holds an invite to `room_id` (an invitee's server that is
 /// not in the room has no room state to read).
 async fn holds_invite(server: &TestServer, user: &TestUser, room_id: &str) -> bool {
@@ -2000,14 +2012,7 @@ async fn moderation_knocks_and_rejections_across_three_servers_in_both_direction
             join_via(z, uz, &room_id, y.name()).await;
             all_see(&all, &readers, &room_id, uz, "join").await;
             say(z, uz, &room_id, "hello from z").await;
-            for (server, reader) in all.iter().zip(&readers) {
-                eventually("z's message everywhere", || async {
-                    bodies(server, reader, &room_id)
-                        .await
-                        .contains(&"hello from z".to_owned())
-                })
-                .await;
-            }
+            all_read(&all, &readers, &room_id, "hello from z").await;
 
             // Y's moderator kicks, then bans Z; Z's join is refused while banned.
             moderate(y, uy, &room_id, "kick", uz).await;
@@ -2044,14 +2049,7 @@ async fn moderation_knocks_and_rejections_across_three_servers_in_both_direction
             join_via(z, uz, &room_id, x.name()).await;
             all_see(&all, &readers, &room_id, uz, "join").await;
             say(z, uz, &room_id, "back from z").await;
-            for (server, reader) in all.iter().zip(&readers) {
-                eventually("z's second message everywhere", || async {
-                    bodies(server, reader, &room_id)
-                        .await
-                        .contains(&"back from z".to_owned())
-                })
-                .await;
-            }
+            all_read(&all, &readers, &room_id, "back from z").await;
             let pairs: Vec<(&TestServer, &TestUser)> =
                 all.iter().copied().zip(readers.iter().copied()).collect();
             converged_state(&format!("{kind:?} {order:?}"), &pairs, &room_id).await;

@@ -1006,52 +1006,39 @@ impl Store {
                         }
                         after
                     }
-                    CurrentStateChange::Adopt { .. } if outlier || !matches!(event.status, EventStatus::Normal) => {
+                    CurrentStateChange::Adopt { .. } | CurrentStateChange::Restart { .. }
+                        if outlier || !matches!(event.status, EventStatus::Normal) =>
+                    {
                         return Err(StoreError::Conflict(format!(
                             "event {} cannot start the current state: it is not a normal event", event.event_id
                         )));
                     }
-                    CurrentStateChange::Adopt { entries } => {
-                        // Only a room without a current state adopts one: a second process that
-                        // got there first makes this one fail and write nothing.
-                        let started = sqlx::query(
-                            "INSERT INTO room_current_state (room_nid, state_group) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(event.room_nid)
-                        .bind(after)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if started != 1 {
-                            return Err(current_state_moved(event.event_id));
-                        }
-                        for entry in entries {
-                            let nid = match entry.value {
-                                StateValue::Event(nid) => Some(nid),
-                                StateValue::Appended => Some(event_nid),
-                                StateValue::Absent => None,
-                            };
-                            apply_state_change!(tx, event.room_nid, stream_ordering, &entry.event_type,
-                                &entry.state_key, nid, entry.membership.as_deref());
-                        }
-                        after
-                    }
-                    CurrentStateChange::Restart { .. } if outlier || !matches!(event.status, EventStatus::Normal) => {
-                        return Err(StoreError::Conflict(format!(
-                            "event {} cannot restart the current state: it is not a normal event", event.event_id
-                        )));
-                    }
-                    CurrentStateChange::Restart { expected, changes } => {
-                        let moved = sqlx::query(
-                            "UPDATE room_current_state SET state_group = $3 WHERE room_nid = $1 AND state_group = $2",
-                        )
-                        .bind(event.room_nid)
-                        .bind(*expected)
-                        .bind(after)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if moved != 1 {
+                    CurrentStateChange::Adopt { entries: changes }
+                    | CurrentStateChange::Restart { changes, .. } => {
+                        // The state after the event becomes the current state: a room without
+                        // one adopts it (a second process that got there first makes this one
+                        // fail and write nothing); a restart replaces the group it read
+                        // (compare-and-set, as a resolution does).
+                        let taken = match &event.current_state {
+                            CurrentStateChange::Restart { expected, .. } => sqlx::query(
+                                "UPDATE room_current_state SET state_group = $3 WHERE room_nid = $1 AND state_group = $2",
+                            )
+                            .bind(event.room_nid)
+                            .bind(*expected)
+                            .bind(after)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                            _ => sqlx::query(
+                                "INSERT INTO room_current_state (room_nid, state_group) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(event.room_nid)
+                            .bind(after)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                        };
+                        if taken != 1 {
                             return Err(current_state_moved(event.event_id));
                         }
                         for change in changes {

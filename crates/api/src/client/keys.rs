@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use ruma::{
-    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedUserId, UInt,
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt,
     api::client::keys::{
         claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
     },
+    encryption::OneTimeKey,
     serde::Raw,
 };
 use serde_json::Value;
@@ -41,6 +42,53 @@ pub(crate) fn raw_of<T>(value: &Value) -> Result<Raw<T>, MatrixError> {
     serde_json::value::to_raw_value(value)
         .map(Raw::from_json)
         .map_err(|e| MatrixError::internal(format!("serialising keys: {e}")))
+}
+
+/// A claim as the service takes it (user → device → algorithm, as strings), from the
+/// `one_time_keys` of a client's or another server's `/keys/claim`.
+pub(crate) fn claim_wanted(
+    claims: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    claims
+        .iter()
+        .map(|(user, devices)| {
+            (
+                user.to_string(),
+                devices
+                    .iter()
+                    .map(|(device, algorithm)| (device.to_string(), algorithm.to_string()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Claimed one-time keys in ruma's form: user → device → key id → key.
+pub(crate) type ClaimedKeys =
+    BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>>>;
+
+/// The claimed keys (user → device → key id → key) in ruma's form, for either answer.
+pub(crate) fn claimed_keys(
+    claimed: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>>,
+) -> Result<ClaimedKeys, MatrixError> {
+    let mut one_time_keys = BTreeMap::new();
+    for (user, devices) in claimed {
+        let user = OwnedUserId::try_from(user)
+            .map_err(|e| MatrixError::internal(format!("stored user id: {e}")))?;
+        let mut per_device = BTreeMap::new();
+        for (device, keys) in devices {
+            let mut per_key = BTreeMap::new();
+            for (key_id, key) in keys {
+                let key_id = key_id
+                    .try_into()
+                    .map_err(|e| MatrixError::internal(format!("stored key id: {e}")))?;
+                per_key.insert(key_id, raw_of(&key)?);
+            }
+            per_device.insert(OwnedDeviceId::from(device), per_key);
+        }
+        one_time_keys.insert(user, per_device);
+    }
+    Ok(one_time_keys)
 }
 
 /// How long to wait for other servers: the client's `timeout` (the spec's default when it
@@ -142,42 +190,13 @@ async fn claim(
     state: AppState,
     request: Ruma<claim_keys::v3::Request>,
 ) -> Result<claim_keys::v3::Response, MatrixError> {
-    let wanted: BTreeMap<String, BTreeMap<String, String>> = request
-        .body
-        .one_time_keys
-        .iter()
-        .map(|(user, devices)| {
-            (
-                user.to_string(),
-                devices
-                    .iter()
-                    .map(|(device, algorithm)| (device.to_string(), algorithm.to_string()))
-                    .collect(),
-            )
-        })
-        .collect();
+    let wanted = claim_wanted(&request.body.one_time_keys);
     let result = state
         .services
         .e2ee
         .claim_keys(&wanted, remote_timeout(request.body.timeout))
         .await?;
-    let mut one_time_keys = BTreeMap::new();
-    for (user, devices) in result.one_time_keys {
-        let user = OwnedUserId::try_from(user)
-            .map_err(|e| MatrixError::internal(format!("stored user id: {e}")))?;
-        let mut per_device = BTreeMap::new();
-        for (device, keys) in devices {
-            let mut per_key = BTreeMap::new();
-            for (key_id, key) in keys {
-                let key_id = key_id
-                    .try_into()
-                    .map_err(|e| MatrixError::internal(format!("stored key id: {e}")))?;
-                per_key.insert(key_id, raw_of(&key)?);
-            }
-            per_device.insert(OwnedDeviceId::from(device), per_key);
-        }
-        one_time_keys.insert(user, per_device);
-    }
+    let one_time_keys = claimed_keys(result.one_time_keys)?;
     let mut response = claim_keys::v3::Response::new(one_time_keys);
     response.failures = result.failures;
     Ok(response)

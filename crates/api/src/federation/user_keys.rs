@@ -14,7 +14,11 @@ use ruma::{
     },
 };
 
-use crate::{AppState, MatrixError, Ruma, client::keys::raw_of, ruma_bridge::RumaRouterExt};
+use crate::{
+    AppState, MatrixError, Ruma,
+    client::keys::{claim_wanted, claimed_keys, raw_of},
+    ruma_bridge::RumaRouterExt,
+};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().ruma(devices).ruma(query).ruma(claim)
@@ -81,35 +85,8 @@ async fn claim(
     state: AppState,
     request: Ruma<claim_keys::v1::Request>,
 ) -> Result<claim_keys::v1::Response, MatrixError> {
-    let wanted: BTreeMap<String, BTreeMap<String, String>> = request
-        .body
-        .one_time_keys
-        .iter()
-        .map(|(user, devices)| {
-            (
-                user.to_string(),
-                devices
-                    .iter()
-                    .map(|(device, algorithm)| (device.to_string(), algorithm.to_string()))
-                    .collect(),
-            )
-        })
-        .collect();
+    let wanted = claim_wanted(&request.body.one_time_keys);
     let result = state.services.e2ee.federation_claim_keys(&wanted).await?;
-    let mut one_time_keys = BTreeMap::new();
-    for (user, devices) in result.one_time_keys {
-        let mut per_device = BTreeMap::new();
-        for (device, keys) in devices {
-            let mut per_key = BTreeMap::new();
-            for (key_id, key) in keys {
-                let key_id = key_id
-                    .try_into()
-                    .map_err(|e| MatrixError::internal(format!("stored key id: {e}")))?;
-                per_key.insert(key_id, raw_of(&key)?);
-            }
-            per_device.insert(OwnedDeviceId::from(device), per_key);
-        }
-        one_time_keys.insert(user_id(user)?, per_device);
-    }
+    let one_time_keys = claimed_keys(result.one_time_keys)?;
     Ok(claim_keys::v1::Response::new(one_time_keys))
 }

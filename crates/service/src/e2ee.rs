@@ -278,6 +278,7 @@ impl E2ee {
             fallback_keys: &fallback_keys,
             same_key: same_one_time_key,
             max_one_time_keys: MAX_ONE_TIME_KEYS_PER_DEVICE,
+            now: crate::now_millis(),
         };
         match self.store.upload_keys(&upload).await? {
             Ok(announced) => {

@@ -88,6 +88,8 @@ pub struct KeysUpload<'a> {
     pub same_key: fn(&str, &str) -> bool,
     /// The most one-time keys a device may hold.
     pub max_one_time_keys: i64,
+    /// When the upload is stored (ms): one-time keys are claimed oldest upload first (MSC4225).
+    pub now: i64,
 }
 
 /// Why an upload was refused (nothing was written).
@@ -201,14 +203,15 @@ impl Store {
                         }
                         None => {
                             sqlx::query(
-                                "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
-                                 VALUES ($1, $2, $3, $4, $5)",
+                                "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json, uploaded_ts) \
+                                 VALUES ($1, $2, $3, $4, $5, $6)",
                             )
                             .bind(upload.user_id)
                             .bind(upload.device_id)
                             .bind(&key.algorithm)
                             .bind(&key.key_id)
                             .bind(&key.key_json)
+                            .bind(upload.now)
                             .execute(&mut *tx)
                             .await?;
                             added += 1;
@@ -320,7 +323,7 @@ impl Store {
         let claim_sql = format!(
             "DELETE FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = \
              (SELECT key_id FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-              ORDER BY key_id LIMIT 1{lock}) RETURNING key_id, key_json"
+              ORDER BY uploaded_ts, key_id LIMIT 1{lock}) RETURNING key_id, key_json"
         );
         let claimed = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
@@ -700,6 +703,7 @@ mod tests {
                 fallback_keys: &fallback,
                 same_key: same,
                 max_one_time_keys: 10,
+                now: 100,
             };
             let announced = store.upload_keys(&upload).await.unwrap().unwrap();
             assert_eq!(announced, Some(start + 1), "{kind:?}");
@@ -758,6 +762,33 @@ mod tests {
             assert!(counts.is_empty() && fallbacks.is_empty(), "{kind:?}");
             let other = vec![(alice.clone(), "DEV".to_owned(), "other".to_owned())];
             assert!(store.claim_keys(&other).await.unwrap().is_empty());
+
+            // Claimed in the order they were uploaded, not in key id order (MSC4225).
+            for (id, now) in [("alg:Y", 200), ("alg:X", 300)] {
+                store
+                    .upload_keys(&KeysUpload {
+                        device_keys: None,
+                        one_time_keys: &[key(id, "\"o\"")],
+                        fallback_keys: &[],
+                        now,
+                        ..upload
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            let mut order = Vec::new();
+            for _ in 0..2 {
+                order.extend(
+                    store
+                        .claim_keys(&wanted)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|k| k.key_id),
+                );
+            }
+            assert_eq!(order, ["alg:Y", "alg:X"], "{kind:?}");
 
             // Deleting the device deletes its keys and announces the change.
             store

@@ -9,7 +9,7 @@ use myelin_testkit::{
     rooms::{bodies, eventually, join_via, membership, say},
     test_backends,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 async fn set_displayname(server: &TestServer, user: &TestUser, name: &str) {
     let (status, body) = server
@@ -2053,6 +2053,198 @@ async fn moderation_knocks_and_rejections_across_three_servers_in_both_direction
             let pairs: Vec<(&TestServer, &TestUser)> =
                 all.iter().copied().zip(readers.iter().copied()).collect();
             converged_state(&format!("{kind:?} {order:?}"), &pairs, &room_id).await;
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// The reads across servers, between every ordered pair of three servers: each server's user
+/// reads the others' users' profiles, resolves their aliases and lists their room directories;
+/// in a room all three share, each user's typing and read receipts reach the other two, and the
+/// user directory finds the other servers' members.
+#[tokio::test]
+async fn profiles_aliases_directories_and_edus_work_between_every_pair_of_three_servers() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(
+            kind,
+            &ca,
+            &["hs-a.test", "hs-b.test", "hs-c.test"],
+            |_, _| {},
+        )
+        .await;
+        let mut users = Vec::new();
+        let mut rooms = Vec::new();
+        for (i, server) in servers.iter().enumerate() {
+            let user = server.register(&format!("user{i}")).await;
+            set_displayname(server, &user, &format!("User of {}", server.name())).await;
+            let room = server
+                .create_room(
+                    &user,
+                    json!({"preset": "public_chat", "visibility": "public",
+                           "room_alias_name": format!("lobby{i}")}),
+                )
+                .await;
+            users.push(user);
+            rooms.push(room);
+        }
+        for (x, (reader_server, reader)) in servers.iter().zip(&users).enumerate() {
+            for (y, (server, user)) in servers.iter().zip(&users).enumerate() {
+                if x == y {
+                    continue;
+                }
+                let what = format!("{kind:?} {} reads {}", reader_server.name(), server.name());
+                let (status, body) = reader_server
+                    .get(
+                        &format!("/_matrix/client/v3/profile/{}", enc(&user.user_id)),
+                        &reader.access_token,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{what}: {body}");
+                assert_eq!(
+                    body["displayname"],
+                    json!(format!("User of {}", server.name())),
+                    "{what}"
+                );
+                let alias = format!("#lobby{y}:{}", server.name());
+                let (status, body) = reader_server
+                    .get(
+                        &format!("/_matrix/client/v3/directory/room/{}", enc(&alias)),
+                        &reader.access_token,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{what}: {body}");
+                assert_eq!(body["room_id"], json!(rooms[y]), "{what}");
+                let (status, body) = reader_server
+                    .get(
+                        &format!("/_matrix/client/v3/publicRooms?server={}", server.name()),
+                        &reader.access_token,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{what}: {body}");
+                assert!(
+                    body["chunk"]
+                        .as_array()
+                        .is_some_and(|rooms_listed| rooms_listed
+                            .iter()
+                            .any(|r| r["canonical_alias"] == json!(alias))),
+                    "{what}: {body}"
+                );
+            }
+        }
+
+        // One room all three share (A's), joined through its alias.
+        let shared = &rooms[0];
+        for (server, user) in servers.iter().zip(&users).skip(1) {
+            let (status, body) = server
+                .post(
+                    &format!("/_matrix/client/v3/join/{}", enc("#lobby0:hs-a.test")),
+                    &user.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?}: {body}");
+        }
+        for (server, user) in servers.iter().zip(&users) {
+            for other in &users {
+                eventually(
+                    &format!("{} to see {} joined", server.name(), other.user_id),
+                    || async {
+                        membership(server, user, shared, &other.user_id)
+                            .await
+                            .as_deref()
+                            == Some("join")
+                    },
+                )
+                .await;
+            }
+        }
+        for (i, (server, user)) in servers.iter().zip(&users).enumerate() {
+            say(server, user, shared, &format!("line {i}")).await;
+        }
+        for (server, user) in servers.iter().zip(&users) {
+            let reply = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/typing/{}",
+                        enc(shared),
+                        enc(&user.user_id)
+                    ),
+                    &user.access_token,
+                    json!({"typing": true, "timeout": 30000}),
+                )
+                .await;
+            assert_eq!(reply.0, 200, "{kind:?}: {}", reply.1);
+            let last = timeline_ids(server, user, shared).await;
+            let reply = server
+                .post(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                        enc(shared),
+                        enc(last.last().unwrap())
+                    ),
+                    &user.access_token,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(reply.0, 200, "{kind:?}: {}", reply.1);
+        }
+        for (server, user) in servers.iter().zip(&users) {
+            eventually(
+                &format!(
+                    "{} to show everyone typing and their receipts",
+                    server.name()
+                ),
+                || async {
+                    let (_, synced) = server
+                        .get("/_matrix/client/v3/sync", &user.access_token)
+                        .await;
+                    let events = synced["rooms"]["join"][shared.as_str()]["ephemeral"]["events"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let typing: Vec<&Value> = events
+                        .iter()
+                        .filter(|e| e["type"] == "m.typing")
+                        .flat_map(|e| e["content"]["user_ids"].as_array().into_iter().flatten())
+                        .collect();
+                    let receipts = events
+                        .iter()
+                        .filter(|e| e["type"] == "m.receipt")
+                        .map(|e| e["content"].to_string())
+                        .collect::<String>();
+                    users.iter().all(|u| {
+                        typing.contains(&&json!(u.user_id)) && receipts.contains(&u.user_id)
+                    })
+                },
+            )
+            .await;
+            // The user directory finds the other servers' members of the shared room.
+            let (status, body) = server
+                .post(
+                    "/_matrix/client/v3/user_directory/search",
+                    &user.access_token,
+                    json!({"search_term": "User of", "limit": 10}),
+                )
+                .await;
+            assert_eq!(status, 200, "{kind:?}: {body}");
+            let found: Vec<&str> = body["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["user_id"].as_str())
+                .collect();
+            for other in &users {
+                if other.user_id != user.user_id {
+                    assert!(
+                        found.contains(&other.user_id.as_str()),
+                        "{kind:?} {}: {body}",
+                        server.name()
+                    );
+                }
+            }
         }
         for server in servers {
             server.stop().await;

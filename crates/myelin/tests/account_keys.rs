@@ -1394,3 +1394,77 @@ async fn ban_is_unrecognized_while_msc4243_is_off() {
         }
     }
 }
+
+/// Erasure across servers (MSC4243.md §2.4): bob of B chats in A's account-key room, then
+/// deactivates with `erase: true`; A's poll of B's erasure log records his key as erased, and
+/// A's clients no longer see his events. A second poll finds nothing new.
+#[tokio::test]
+async fn an_erasure_on_another_server_reaches_this_server_through_its_erasure_log() {
+    use myelin_testkit::{
+        federation::{TestCa, start_federation},
+        rooms::eventually,
+    };
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let bob_key = key_id(b, &bob);
+        let room = a
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let r = enc(&room);
+        post_ok(
+            b,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}?via=hs-a.test"),
+            json!({}),
+        )
+        .await;
+        both_show_both_joined((a, &alice), (b, &bob), &room).await;
+        send_text(b, &bob, &room, "b1", "soon gone").await;
+        let path = format!("/_matrix/client/v3/rooms/{r}/messages?dir=b&limit=50");
+        let shows_bob = |body: Value| {
+            body["chunk"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "soon gone"))
+        };
+        eventually("A to show bob's message", || async {
+            shows_bob(get_ok(a, &alice, &path).await)
+        })
+        .await;
+
+        let reply = b
+            .post(
+                "/_matrix/client/v3/account/deactivate",
+                &bob.access_token,
+                json!({"erase": true, "auth": {"type": "m.login.password",
+                       "identifier": {"type": "m.id.user", "user": "bob"},
+                       "password": bob.password}}),
+            )
+            .await;
+        ok(b, reply, "deactivate").await;
+
+        let verifier = &a.services().account_verifier;
+        assert_eq!(verifier.poll_due_erasures().await.unwrap(), 1, "{kind:?}");
+        assert_eq!(
+            a.services()
+                .account_keys
+                .lookup(&KeyFormUserId::parse(&bob_key).unwrap()),
+            myelin_room_version::KeyVerification::Erased,
+            "{kind:?}"
+        );
+        assert!(!shows_bob(get_ok(a, &alice, &path).await), "{kind:?}");
+        // Polled just now: not due again; read again from the kept position, nothing new.
+        assert_eq!(verifier.poll_due_erasures().await.unwrap(), 0, "{kind:?}");
+        assert_eq!(
+            verifier.poll_erasures("hs-b.test", 1).await.unwrap(),
+            0,
+            "{kind:?}"
+        );
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! `M_UNKNOWN`, with a forged erasure, leaving keys out, or failing. On both backends: only an
 //! honest answer verifies, a signed erasure for the domain erases and a forged one does not,
 //! keys are asked in batches of at most 2048, a key asked about and not due again is not asked
-//! again, and a failing domain leaves its keys unverified.
+//! again, and a failing domain leaves its keys unverified; an erasure log erases only what is
+//! validly signed.
 
 use std::{
     net::SocketAddr,
@@ -44,6 +45,8 @@ struct PeerState {
     users: Vec<KeyPair>,
     /// The number of keys in each request it was sent.
     requests: Vec<usize>,
+    /// Its erasure log: (user index, whether the erasure is validly signed), all at position 7.
+    erasures: Vec<(usize, bool)>,
 }
 
 async fn query_accounts(
@@ -67,6 +70,23 @@ async fn query_accounts(
     }
     let liar = KeyPair::from_seed(&[200; 32]);
     let mut answers = Map::new();
+    if body.get("erasure").is_some() {
+        // The erasure log, listed unrequested (a valid one signed by the key, a forged one by
+        // another).
+        for (index, valid) in &state.erasures {
+            let pair = &state.users[*index];
+            let signer = if *valid { pair } else { &liar };
+            let erasure = signed_erasure(signer, EVIL);
+            answers.insert(
+                pair.account_key().as_str().to_owned(),
+                serde_json::from_str(&to_canonical_string(&erasure)).unwrap(),
+            );
+        }
+        return (
+            StatusCode::OK,
+            Json(json!({"account_keys": answers, "erasure": {"id": 7, "has_more": false}})),
+        );
+    }
     for key in asked {
         let Some(pair) = state
             .users
@@ -281,6 +301,41 @@ async fn keys_are_asked_about_in_batches_of_at_most_2048() {
         let mut sizes = peer.take_requests();
         sizes.sort();
         assert_eq!(sizes, vec![1, 2048], "{kind:?}");
+        server.stop().await;
+    }
+}
+
+/// The erasure log (MSC4243.md §2.4): a validly signed erasure of a key this server verified
+/// erases it; a forged one in the same log is ignored and the key stays verified; the position
+/// read up to is kept, so the server is not due again.
+#[tokio::test]
+async fn an_erasure_log_erases_only_validly_signed_keys() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let peer = Peer::start(&ca, 2).await;
+        let server = start_myelin(kind, &ca, &peer).await;
+        let verifier = &server.services().account_verifier;
+        peer.set_mode(Mode::Honest);
+        let ids = peer.ids(0..2);
+        assert_eq!(verifier.verify(&ids).await.unwrap().settled, 2, "{kind:?}");
+        peer.state.lock().unwrap().erasures = vec![(0, false), (1, true)];
+        assert_eq!(verifier.poll_due_erasures().await.unwrap(), 1, "{kind:?}");
+        assert_eq!(
+            state_of(&server, &ids[0]),
+            KeyVerification::Verified {
+                account_name: "mallory".to_owned()
+            },
+            "{kind:?}: a forged erasure is ignored"
+        );
+        assert_eq!(
+            state_of(&server, &ids[1]),
+            KeyVerification::Erased,
+            "{kind:?}"
+        );
+        // Polled just now: not due again.
+        peer.take_requests();
+        assert_eq!(verifier.poll_due_erasures().await.unwrap(), 0, "{kind:?}");
+        assert!(peer.take_requests().is_empty(), "{kind:?}");
         server.stop().await;
     }
 }

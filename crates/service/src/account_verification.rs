@@ -13,6 +13,10 @@
 //! bad answer) after [`RETRY_DISOWNED_MS`], so domains that never answered come first. A key is
 //! asked again when its room brings news of it, and by a background round
 //! ([`AccountVerifier::run_retries`]) while it is still a member of a room here.
+//!
+//! Erasure (§2.4): the same rounds read, once a day, the erasure log of each server that
+//! vouches for a key verified here ([`AccountVerifier::poll_erasures`]), and record the
+//! validly signed erasures of keys this server knows.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -53,6 +57,15 @@ pub const RETRY_BATCH: i64 = 4 * MAX_QUERY_KEYS as i64;
 /// How long a claimed retry is held before another round (or process) may claim it again, in
 /// case the asking never records its outcome.
 pub const RETRY_LEASE_MS: i64 = 10 * 60 * 1000;
+/// How often another server's erasure log is read (MSC4243.md §2.4 item 29: at least every
+/// three days; we read daily).
+pub const ERASURE_POLL_EVERY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Erasures asked for per request (`erasure.limit`; responders cap it at 2048).
+pub const ERASURE_PAGE: i64 = 2048;
+/// Pages read from one server per poll; the rest waits for the next poll.
+pub const ERASURE_PAGES_PER_POLL: usize = 8;
+/// Servers polled per background round.
+pub const ERASURE_POLLS_PER_ROUND: i64 = 16;
 
 /// The requester's half of `/query/accounts` (see the module docs).
 #[derive(Debug)]
@@ -138,6 +151,120 @@ impl AccountVerifier {
         self.ask(users).await
     }
 
+    /// Reads the erasure logs of the servers that are due (see [`Self::poll_erasures`]), a few
+    /// per round. Returns the keys found erased.
+    pub async fn poll_due_erasures(&self) -> Result<usize> {
+        let now = now_millis();
+        let due = self
+            .store
+            .erasure_polls_due(now - ERASURE_POLL_EVERY_MS, ERASURE_POLLS_PER_ROUND)
+            .await?;
+        let mut erased = 0;
+        for (domain, after) in due {
+            erased += self.poll_erasures(&domain, after).await?;
+        }
+        Ok(erased)
+    }
+
+    /// Reads `domain`'s erasure log after position `after` (MSC4243.md §2.4 items 28–30):
+    /// `/query/accounts` with no keys and an `erasure` cursor, page after page while it says
+    /// there is more (at most [`ERASURE_PAGES_PER_POLL`]). Each erased key this server knows for
+    /// that domain is judged by the crate's classifier (only a validly signed `M_ERASED` for the
+    /// domain counts; a forged one is ignored) and recorded, which deletes its name and hides
+    /// its events. The position read up to is kept. Returns the keys found erased; a server
+    /// that does not answer is polled again next round.
+    pub async fn poll_erasures(&self, domain: &str, after: i64) -> Result<usize> {
+        let Ok(server) = <&ServerName>::try_from(domain) else {
+            return Ok(0);
+        };
+        let mut cursor = after;
+        let mut erased = 0;
+        for _ in 0..ERASURE_PAGES_PER_POLL {
+            let mut request = query_accounts::Request::new(Vec::new());
+            request.erasure = Some(query_accounts::ErasureCursor {
+                id: cursor,
+                limit: ERASURE_PAGE,
+            });
+            let answer = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                self.federation
+                    .send_limited(server, request, MAX_ANSWER_BYTES),
+            )
+            .await;
+            let body = match answer {
+                Ok(Ok(response)) => response.body,
+                Ok(Err(err)) => {
+                    tracing::info!(%domain, %err, "reading an erasure log failed");
+                    return Ok(erased);
+                }
+                Err(_) => {
+                    tracing::info!(%domain, "reading an erasure log timed out");
+                    return Ok(erased);
+                }
+            };
+            // Only the keys this server holds for that domain matter (a flood of others is
+            // not stored).
+            let listed: Vec<String> = body
+                .get("account_keys")
+                .and_then(Value::as_object)
+                .map(|keys| keys.keys().map(|key| format!("@{key}:{domain}")).collect())
+                .unwrap_or_default();
+            let known: HashSet<String> = self
+                .store
+                .account_keys_by_user_ids(&listed)
+                .await?
+                .into_iter()
+                .filter(|row| row.domain == domain)
+                .map(|row| row.user_id)
+                .collect();
+            for id in listed.iter().filter(|id| known.contains(*id)) {
+                let Ok(user) = KeyFormUserId::parse(id) else {
+                    continue;
+                };
+                let answer: Option<CanonicalJsonObject> = body
+                    .get("account_keys")
+                    .and_then(|keys| keys.get(user.key.as_str()))
+                    .and_then(|value| CanonicalJsonValue::try_from(value.clone()).ok())
+                    .and_then(|value| match value {
+                        CanonicalJsonValue::Object(object) => Some(object),
+                        _ => None,
+                    });
+                if classify_answer(&user, answer.as_ref()) == AnswerVerdict::Erased {
+                    let attestation = answer.as_ref().map(to_canonical_string).unwrap_or_default();
+                    let recorded = RemoteKeyVerdict::Erased {
+                        attestation: &attestation,
+                    };
+                    if self.record(&user, &recorded).await? == KeyVerification::Erased {
+                        erased += 1;
+                        tracing::info!(user = %user, "another server erased an account key");
+                    }
+                } else {
+                    tracing::info!(%domain, user = %user, "an erasure log lists a key without a valid erasure");
+                }
+            }
+            // (`Map` indexing panics on a missing key: read with `get`.)
+            let erasure = body.get("erasure");
+            let next = erasure
+                .and_then(|e| e.get("id"))
+                .and_then(Value::as_i64)
+                .unwrap_or(cursor);
+            let more = erasure
+                .and_then(|e| e.get("has_more"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            // A position never moves back; one that does not move ends the poll.
+            let moved = next > cursor;
+            cursor = cursor.max(next);
+            self.store
+                .set_erasure_cursor(domain, cursor, now_millis())
+                .await?;
+            if !more || !moved {
+                break;
+            }
+        }
+        Ok(erased)
+    }
+
     /// Starts the background retry rounds (once; [`Self::stop`] ends them).
     pub fn start(self: &Arc<Self>) {
         let mut stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,6 +301,9 @@ impl AccountVerifier {
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(%err, "retrying unverified account keys failed"),
+            }
+            if let Err(err) = self.poll_due_erasures().await {
+                tracing::warn!(%err, "reading other servers' erasure logs failed");
             }
         }
     }

@@ -316,6 +316,55 @@ impl Store {
         })
     }
 
+    /// Up to `limit` other servers whose erasure logs are due a poll: they vouch for a key
+    /// this server holds as verified, and were never polled or last before `polled_before`.
+    /// With each, the position read up to (0 when never polled).
+    pub async fn erasure_polls_due(
+        &self,
+        polled_before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT k.domain, COALESCE(MAX(c.erasure_id), 0) AS erasure_id FROM account_keys k \
+                 LEFT JOIN account_key_erasure_cursors c ON c.domain = k.domain \
+                 WHERE k.state = 'verified' AND (c.polled_ts IS NULL OR c.polled_ts < $1) \
+                 GROUP BY k.domain ORDER BY MIN(COALESCE(c.polled_ts, 0)), k.domain LIMIT $2",
+            )
+            .bind(polled_before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("domain")?, row.try_get("erasure_id")?)))
+                .collect()
+        })
+    }
+
+    /// Records that `domain`'s erasure log was read up to `erasure_id` at `now` (a position
+    /// never moves back: a lower one only updates the time).
+    pub async fn set_erasure_cursor(
+        &self,
+        domain: &str,
+        erasure_id: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO account_key_erasure_cursors (domain, erasure_id, polled_ts) VALUES ($1, $2, $3) \
+                 ON CONFLICT (domain) DO UPDATE SET polled_ts = excluded.polled_ts, \
+                 erasure_id = CASE WHEN excluded.erasure_id > account_key_erasure_cursors.erasure_id \
+                 THEN excluded.erasure_id ELSE account_key_erasure_cursors.erasure_id END",
+            )
+            .bind(domain)
+            .bind(erasure_id)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
     /// The latest position of this server's erasure log (0 when nobody was erased).
     pub async fn latest_erasure_id(&self, domain: &str) -> Result<i64, StoreError> {
         with_pool!(self, pool => {

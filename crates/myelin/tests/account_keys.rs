@@ -1468,3 +1468,72 @@ async fn an_erasure_on_another_server_reaches_this_server_through_its_erasure_lo
         }
     }
 }
+
+/// A knock on another server's account-key room (B asks `make_knock` again in key form, as for
+/// joins): A shows bob knocking by name once it verified his key; alice invites him and he
+/// joins; B's client sees the knock and the room by name.
+#[tokio::test]
+async fn a_user_of_another_server_knocks_on_an_account_key_room_and_is_let_in() {
+    use myelin_testkit::{
+        federation::{TestCa, start_federation},
+        rooms::eventually,
+    };
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let room = a
+            .create_room(
+                &alice,
+                json!({"room_version": AK, "preset": "private_chat",
+                       "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                                          "content": {"join_rule": "knock"}}]}),
+            )
+            .await;
+        let r = enc(&room);
+        post_ok(
+            b,
+            &bob,
+            &format!("/_matrix/client/v3/knock/{r}?via=hs-a.test"),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+        let member_path = format!(
+            "/_matrix/client/v3/rooms/{r}/state/m.room.member/{}",
+            enc(&bob.user_id)
+        );
+        eventually("A to show bob knocking, by name", || async {
+            let (status, body) = a.get(&member_path, &alice.access_token).await;
+            status == 200 && body["membership"] == "knock"
+        })
+        .await;
+        let synced = get_ok(b, &bob, "/_matrix/client/v3/sync").await;
+        let knock = &synced["rooms"]["knock"][room.as_str()]["knock_state"]["events"];
+        assert!(
+            knock.as_array().is_some_and(|events| events
+                .iter()
+                .any(|e| e["type"] == "m.room.member" && e["state_key"] == json!(bob.user_id))),
+            "{kind:?}: {synced}"
+        );
+        post_ok(
+            a,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{r}/invite"),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        post_ok(
+            b,
+            &bob,
+            &format!("/_matrix/client/v3/join/{r}?via=hs-a.test"),
+            json!({}),
+        )
+        .await;
+        both_show_both_joined((a, &alice), (b, &bob), &room).await;
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

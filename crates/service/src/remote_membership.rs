@@ -22,8 +22,12 @@ use myelin_room_version::{
 };
 use ruma::{
     OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
-    api::federation::membership::{
-        create_join_event, create_knock_event, prepare_join_event, prepare_knock_event,
+    api::{
+        OutgoingRequest,
+        federation::membership::{
+            create_join_event, create_knock_event, prepare_join_event, prepare_knock_event,
+        },
+        path_builder::SinglePath,
     },
 };
 use serde_json::{Map, Value, value::RawValue};
@@ -185,15 +189,19 @@ impl Services {
     ) -> Result<()> {
         let parsed_room = OwnedRoomId::try_from(room_id)
             .map_err(|e| Error::InvalidParam(format!("{room_id} is not a room id: {e}")))?;
-        let mut request =
-            prepare_knock_event::v1::Request::new(parsed_room.clone(), user.to_owned());
-        request.ver = supported_versions();
         let template = self
-            .federation
-            .send_limited(server, request, MAKE_TEMPLATE_BYTES)
-            .await
-            .map_err(|err| remote_error(server, err))?;
-        let version = template_version(server, Some(&template.room_version), false)?;
+            .make_template(server, user, |member, ver| {
+                let mut request =
+                    prepare_knock_event::v1::Request::new(parsed_room.clone(), member);
+                request.ver = ver;
+                request
+            })
+            .await?;
+        let version = template_version(
+            server,
+            Some(&template.room_version),
+            self.account_keys.enabled(),
+        )?;
         let mut content = CanonicalJsonObject::new();
         if let Some(reason) = reason {
             content.insert(
@@ -310,6 +318,46 @@ impl Services {
         servers
     }
 
+    /// `make_join` or `make_knock` with one resident server (`request`: the request for a user
+    /// id and the room versions offered): first with the account-name id, offering every
+    /// version but the account-key ones; when the resident answers that the room is an
+    /// account-key one (`M_INCOMPATIBLE_ROOM_VERSION` naming it), again with the user's
+    /// key-form id, offering that version alone (see `docs/account-keys.md`).
+    async fn make_template<R>(
+        &self,
+        server: &ServerName,
+        user: &UserId,
+        request: impl Fn(OwnedUserId, Vec<RoomVersionId>) -> R,
+    ) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        let err = match self
+            .federation
+            .send_limited(
+                server,
+                request(user.to_owned(), supported_versions()),
+                MAKE_TEMPLATE_BYTES,
+            )
+            .await
+        {
+            Ok(template) => return Ok(template),
+            Err(err) => remote_error(server, err),
+        };
+        let Some(version) = account_key_room_version(&err).filter(|_| self.account_keys.enabled())
+        else {
+            return Err(err);
+        };
+        let member = self.rooms.room_user_id(version, user).await?;
+        let member = OwnedUserId::try_from(member)
+            .map_err(|e| Error::Internal(format!("a key-form user id: {e}")))?;
+        let offered = RoomVersionId::try_from(version.id()).into_iter().collect();
+        self.federation
+            .send_limited(server, request(member, offered), MAKE_TEMPLATE_BYTES)
+            .await
+            .map_err(|err| remote_error(server, err))
+    }
+
     /// The handshake with one resident server.
     async fn join_through(
         &self,
@@ -321,35 +369,13 @@ impl Services {
         let parsed_room = OwnedRoomId::try_from(room_id)
             .map_err(|e| Error::InvalidParam(format!("{room_id} is not a room id: {e}")))?;
         let started = Instant::now();
-        let mut request =
-            prepare_join_event::v1::Request::new(parsed_room.clone(), user.to_owned());
-        request.ver = supported_versions();
-        let template = match self
-            .federation
-            .send_limited(server, request, MAKE_TEMPLATE_BYTES)
-            .await
-        {
-            Ok(template) => template,
-            Err(err) => {
-                // An account-key room (a version the first request did not offer): asked
-                // again as the user's key-form id, offering that version alone.
-                let err = remote_error(server, err);
-                let Some(version) =
-                    account_key_room_version(&err).filter(|_| self.account_keys.enabled())
-                else {
-                    return Err(err);
-                };
-                let member = self.rooms.room_user_id(version, user).await?;
-                let member = OwnedUserId::try_from(member)
-                    .map_err(|e| Error::Internal(format!("a key-form user id: {e}")))?;
+        let template = self
+            .make_template(server, user, |member, ver| {
                 let mut request = prepare_join_event::v1::Request::new(parsed_room.clone(), member);
-                request.ver = RoomVersionId::try_from(version.id()).into_iter().collect();
-                self.federation
-                    .send_limited(server, request, MAKE_TEMPLATE_BYTES)
-                    .await
-                    .map_err(|err| remote_error(server, err))?
-            }
-        };
+                request.ver = ver;
+                request
+            })
+            .await?;
         let version = template_version(
             server,
             template.room_version.as_ref(),
@@ -531,7 +557,7 @@ fn account_key_room_version(err: &Error) -> Option<&'static RoomVersion> {
 }
 
 /// The room version a template names (absent: version 1), if this server can take part in it
-/// (account-key rooms only when `account_keys` allows: joins, with `experimental.msc4243` on).
+/// (account-key rooms only when `account_keys` allows: `experimental.msc4243` on).
 fn template_version(
     server: &ServerName,
     version: Option<&RoomVersionId>,

@@ -1088,6 +1088,37 @@ async fn a_user_of_another_server_is_invited_by_name_into_an_account_key_room() 
         )
         .await;
         both_show_both_joined((a, &alice), (b, &bob), &room).await;
+        // A second invite, rejected: B's leave goes through A's make_leave in key form.
+        let second = a
+            .create_room(
+                &alice,
+                json!({"room_version": AK, "preset": "private_chat"}),
+            )
+            .await;
+        let s2 = enc(&second);
+        post_ok(
+            a,
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{s2}/invite"),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+        post_ok(
+            b,
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{s2}/leave"),
+            json!({}),
+        )
+        .await;
+        let path = format!(
+            "/_matrix/client/v3/rooms/{s2}/state/m.room.member/{}",
+            enc(&bob.user_id)
+        );
+        eventually("A to take bob's rejection", || async {
+            let (status, body) = a.get(&path, &alice.access_token).await;
+            status == 200 && body["membership"] == "leave"
+        })
+        .await;
         for server in servers {
             server.stop().await;
         }

@@ -838,11 +838,14 @@ impl Rooms {
         let federation = self.federation()?;
         let room_id = OwnedRoomId::try_from(room.room_id.as_str())
             .map_err(|e| Error::Internal(format!("stored room id: {e}")))?;
+        // The room's version is known here: in account-key rooms the user is named by key.
+        let member = OwnedUserId::try_from(self.room_user_id(version, user).await?)
+            .map_err(|e| Error::Internal(format!("a member's user id: {e}")))?;
         let template = federation
             .outbound
             .send(
                 server,
-                prepare_leave_event::v1::Request::new(room_id.clone(), user.to_owned()),
+                prepare_leave_event::v1::Request::new(room_id.clone(), member),
             )
             .await
             .map_err(|e| Error::BadGateway(format!("make_leave: {e}")))?;

@@ -1568,3 +1568,44 @@ async fn a_user_of_another_server_knocks_on_an_account_key_room_and_is_let_in() 
         }
     }
 }
+
+/// A user of another server cannot join a non-federating account-key room (`m.federate:
+/// false`) through its server (auth rule 4, and the transport check by origin of MSC4243.md Q9,
+/// which `federation_receive.rs` tests on its own), while a federating room of the same shape
+/// lets him in.
+#[tokio::test]
+async fn a_non_federating_account_key_room_refuses_other_servers() {
+    use myelin_testkit::federation::{TestCa, start_federation};
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        for federate in [false, true] {
+            let room = a
+                .create_room(
+                    &alice,
+                    json!({"room_version": AK, "preset": "public_chat",
+                           "creation_content": {"m.federate": federate}}),
+                )
+                .await;
+            let (status, body) = b
+                .post(
+                    &format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room)),
+                    &bob.access_token,
+                    json!({}),
+                )
+                .await;
+            if federate {
+                assert_eq!(status, 200, "{kind:?}: {body}");
+            } else {
+                assert_eq!(status, 403, "{kind:?}: {body}");
+                assert_eq!(body["errcode"], "M_FORBIDDEN", "{kind:?}: {body}");
+            }
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}

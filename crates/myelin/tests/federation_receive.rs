@@ -1651,3 +1651,225 @@ async fn typing_receipts_presence_to_device_and_device_lists_reach_local_clients
         world.stop().await;
     }
 }
+
+/// An account-key event of a peer user, signed by `key` (the sender's account key), on top of
+/// the room's head.
+#[allow(clippy::too_many_arguments)]
+async fn account_key_event(
+    server: &TestServer,
+    room_id: &str,
+    key: &KeyPair,
+    domain: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+    auth: &[String],
+) -> Pdu {
+    let store = server.store();
+    let room = store.room(room_id).await.unwrap().unwrap();
+    let head = store
+        .send_context(room.room_nid, &[], None)
+        .await
+        .unwrap()
+        .head;
+    let sender = key.account_key().user_id(domain);
+    let s = |v: &str| CanonicalJsonValue::String(v.to_owned());
+    let mut partial = CanonicalJsonObject::new();
+    partial.insert("type".to_owned(), s(kind));
+    partial.insert("room_id".to_owned(), s(room_id));
+    partial.insert("sender".to_owned(), s(&sender));
+    if let Some(state_key) = state_key {
+        partial.insert("state_key".to_owned(), s(state_key));
+    }
+    partial.insert(
+        "content".to_owned(),
+        CanonicalJsonValue::try_from(content).unwrap(),
+    );
+    partial.insert(
+        "prev_events".to_owned(),
+        CanonicalJsonValue::Array(head.prev_event_ids.iter().map(|id| s(id)).collect()),
+    );
+    partial.insert(
+        "auth_events".to_owned(),
+        CanonicalJsonValue::Array(auth.iter().map(|id| s(id)).collect()),
+    );
+    partial.insert(
+        "depth".to_owned(),
+        CanonicalJsonValue::Integer((head.max_depth + 1).try_into().unwrap()),
+    );
+    partial.insert(
+        "origin_server_ts".to_owned(),
+        CanonicalJsonValue::Integer(myelin_service::now_millis().try_into().unwrap()),
+    );
+    let version = RoomVersion::get("org.matrix.12.4243").unwrap();
+    build_pdu(partial, version, EventSigner::Account(key)).unwrap()
+}
+
+/// A server `hs.test` that reaches the peer, with alice's public account-key room made with
+/// `creation_content`: the server, the peer, the room id, and the ids of the room's join rules
+/// and power levels (a join's auth events there).
+async fn account_key_room_with_peer(
+    kind: myelin_store::DatabaseKind,
+    ca: &TestCa,
+    creation_content: Value,
+) -> (TestServer, Peer, String, [String; 2]) {
+    let (peer_state, peer_addr) = Peer::start(ca).await;
+    let mut servers = start_federation(kind, ca, &[HS], |_, config| {
+        config
+            .federation
+            .destination_overrides
+            .insert(PEER.to_owned(), peer_addr.to_string());
+    })
+    .await;
+    let server = servers.remove(0);
+    let peer = Peer::aim(ca, peer_state, &server);
+    let alice = server.register("alice").await;
+    let room_id = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "org.matrix.12.4243",
+                   "creation_content": creation_content}),
+        )
+        .await;
+    let store = server.store();
+    let room = store.room(&room_id).await.unwrap().unwrap();
+    let mut auth = Vec::new();
+    for kind in ["m.room.join_rules", "m.room.power_levels"] {
+        auth.push(
+            store
+                .current_state(room.room_nid, Some(&[(kind.to_owned(), String::new())]))
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+                .event_id,
+        );
+    }
+    let auth = [auth[0].clone(), auth[1].clone()];
+    (server, peer, room_id, auth)
+}
+
+/// In account-key rooms a shared domain proves nothing (MSC4243.md Q9): one unverified member of
+/// the peer redacting another unverified member's message of the same claimed domain, without
+/// the redact power level, does not redact it.
+#[tokio::test]
+async fn a_redaction_by_an_unverified_member_of_the_same_domain_needs_the_power_level() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let (server, peer, room_id, [rules, power]) =
+            account_key_room_with_peer(kind, &ca, json!({})).await;
+        let store = server.store();
+        let (x, y) = (KeyPair::from_seed(&[81; 32]), KeyPair::from_seed(&[82; 32]));
+        let mut joins = Vec::new();
+        for member in [&x, &y] {
+            let id = member.account_key().user_id(PEER);
+            let join = account_key_event(
+                &server,
+                &room_id,
+                member,
+                PEER,
+                "m.room.member",
+                Some(&id),
+                json!({"membership": "join"}),
+                &[rules.clone(), power.clone()],
+            )
+            .await;
+            let answer = peer
+                .send(&format!("join-{id}"), vec![json_of(&join)], Vec::new())
+                .await
+                .unwrap();
+            assert!(ok(&answer, &join), "{kind:?}: {answer:?}");
+            joins.push(join.event_id().to_owned());
+        }
+        let message = account_key_event(
+            &server,
+            &room_id,
+            &x,
+            PEER,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "mine"}),
+            &[power.clone(), joins[0].clone()],
+        )
+        .await;
+        let answer = peer
+            .send("message", vec![json_of(&message)], Vec::new())
+            .await
+            .unwrap();
+        assert!(ok(&answer, &message), "{kind:?}: {answer:?}");
+        let redaction = account_key_event(
+            &server,
+            &room_id,
+            &y,
+            PEER,
+            "m.room.redaction",
+            None,
+            json!({"redacts": message.event_id()}),
+            &[power.clone(), joins[1].clone()],
+        )
+        .await;
+        let answer = peer
+            .send("redaction", vec![json_of(&redaction)], Vec::new())
+            .await
+            .unwrap();
+        assert!(ok(&answer, &redaction), "{kind:?}: {answer:?}");
+        let target = store.event(message.event_id()).await.unwrap().unwrap();
+        assert!(
+            target.redacted_by.is_none(),
+            "{kind:?}: redacted by an unverified member"
+        );
+        server.stop().await;
+    }
+}
+
+/// A non-federating account-key room (`m.federate: false`) takes no PDU from a server other
+/// than the creator's, whatever domain its users claim (MSC4243.md Q9): the peer sends a join
+/// of a member claiming this server's own domain, signed by that member's account key (which
+/// auth rule 4 alone, reading the unverified domain, would let in); it is refused and the room's
+/// state does not change.
+#[tokio::test]
+async fn a_non_federating_account_key_room_takes_no_pdu_from_other_origins() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let (server, peer, room_id, auth) =
+            account_key_room_with_peer(kind, &ca, json!({"m.federate": false})).await;
+        let store = server.store();
+        let room = store.room(&room_id).await.unwrap().unwrap();
+        let intruder = KeyPair::from_seed(&[77; 32]);
+        let member = intruder.account_key().user_id(HS);
+        let join = account_key_event(
+            &server,
+            &room_id,
+            &intruder,
+            HS,
+            "m.room.member",
+            Some(&member),
+            json!({"membership": "join"}),
+            &auth,
+        )
+        .await;
+        let answer = peer
+            .send("intrude", vec![json_of(&join)], Vec::new())
+            .await
+            .unwrap();
+        let error = answer
+            .get(join.event_id())
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        assert!(error.contains("denied"), "{kind:?}: {answer:?}");
+        assert!(
+            store.event(join.event_id()).await.unwrap().is_none(),
+            "{kind:?}"
+        );
+        let members = store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.member".to_owned(), member.clone())]),
+            )
+            .await
+            .unwrap();
+        assert!(members.is_empty(), "{kind:?}: {members:?}");
+        server.stop().await;
+    }
+}

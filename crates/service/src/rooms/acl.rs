@@ -1,27 +1,51 @@
-//! `m.room.server_acl`: which servers a room accepts. One rule, asked by every federation door
-//! that involves a room (the endpoints peers call, each PDU of `/send`, EDUs about a room).
+//! Which servers a room accepts: its `m.room.server_acl`, and in account-key rooms created with
+//! `m.federate: false` only the creator's domain (MSC4243.md Q9). One rule, asked by every
+//! federation door that involves a room (the endpoints peers call, each PDU of `/send`, EDUs
+//! about a room).
 
 use ruma::{ServerName, events::room::server_acl::RoomServerAclEventContent};
 use serde_json::Value;
 
-use super::Rooms;
+use super::{Rooms, version_of};
 use crate::{Error, Result};
 
 impl Rooms {
-    /// Whether the room's current `m.room.server_acl` lets `server` take part (true when the
-    /// room has none, or when this server does not know the room: the caller answers that).
+    /// Whether the room lets `server` take part: its current `m.room.server_acl` (true when
+    /// the room has none, or when this server does not know the room: the caller answers
+    /// that), and for a non-federating account-key room, whether `server` is the creator's.
     pub async fn server_allowed(&self, room_id: &str, server: &ServerName) -> Result<bool> {
         let Some(room) = self.store.room(room_id).await? else {
             return Ok(true);
         };
-        let keys = [("m.room.server_acl".to_owned(), String::new())];
+        let keys = [
+            ("m.room.server_acl".to_owned(), String::new()),
+            ("m.room.create".to_owned(), String::new()),
+        ];
         let rows = self.store.current_state(room.room_nid, Some(&keys)).await?;
-        let Some(row) = rows.first() else {
-            return Ok(true);
-        };
-        let event: Value = serde_json::from_str(&row.json)
-            .map_err(|e| Error::Internal(format!("stored server ACL event: {e}")))?;
-        Ok(acl_allows(&event["content"], server))
+        for row in &rows {
+            let event: Value = serde_json::from_str(&row.json)
+                .map_err(|e| Error::Internal(format!("stored {} event: {e}", row.event_type)))?;
+            let allowed = match row.event_type.as_str() {
+                "m.room.server_acl" => acl_allows(&event["content"], server),
+                // Account-key rooms (MSC4243.md Q9): a domain in a user id proves nothing, so
+                // auth rule 4 (`m.federate: false`) cannot keep other servers out by their
+                // users' ids; the transport does, by the authenticated origin: only the
+                // creator's domain may talk to such a room.
+                _ if version_of(&room).is_ok_and(|v| v.uses_account_keys())
+                    && event["content"]["m.federate"] == Value::Bool(false) =>
+                {
+                    event["sender"]
+                        .as_str()
+                        .and_then(|sender| sender.split_once(':'))
+                        .is_some_and(|(_, domain)| domain == server.as_str())
+                }
+                _ => true,
+            };
+            if !allowed {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 

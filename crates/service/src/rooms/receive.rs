@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use myelin_room_version::{
-    Pdu, RoomVersion,
+    KeyFormUserId, KeyVerification, Pdu, RoomVersion,
     auth::auth_types_for_event,
     receipt::{self, Failure, ReceiptLookups},
     redaction::{PowerLevel, redact_level, user_power_level},
@@ -957,7 +957,7 @@ impl Rooms {
             return Ok(RemoteRedaction::Nothing);
         }
         let target_pdu = pdu_of(&row, version)?;
-        if !same_server(target_pdu.sender(), redaction.sender()) && !powerful {
+        if !self.same_server(version, target_pdu.sender(), redaction.sender()) && !powerful {
             return Ok(RemoteRedaction::Nothing);
         }
         let redacted = target_pdu
@@ -984,7 +984,7 @@ impl Rooms {
             .await?;
         let Some(redaction) = waiting
             .into_iter()
-            .find(|w| w.by_power || same_server(&w.sender, pdu.sender()))
+            .find(|w| w.by_power || self.same_server(version, &w.sender, pdu.sender()))
         else {
             return Ok((pdu.clone(), None));
         };
@@ -1022,9 +1022,35 @@ pub struct OutlierTimings {
     pub persist: Duration,
 }
 
-fn same_server(a: &str, b: &str) -> bool {
+fn same_domain(a: &str, b: &str) -> bool {
     let server = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
     server(a).is_some() && server(a) == server(b)
+}
+
+impl Rooms {
+    /// Whether two senders count as one server for the redaction rule that lets a server
+    /// redact its own users' events without the redact power level. In account-key rooms a
+    /// domain proves nothing by itself (MSC4243.md Q9): only the same key, or two keys both
+    /// vouched for by that same domain (verified, or ours), count; elsewhere the user ids'
+    /// domains.
+    fn same_server(&self, version: &RoomVersion, a: &str, b: &str) -> bool {
+        if !version.uses_account_keys() {
+            return same_domain(a, b);
+        }
+        let (Ok(a), Ok(b)) = (KeyFormUserId::parse(a), KeyFormUserId::parse(b)) else {
+            return false;
+        };
+        if a.key == b.key {
+            return true;
+        }
+        let vouched = |user: &KeyFormUserId| {
+            matches!(
+                self.account_keys.lookup(user),
+                KeyVerification::Local { .. } | KeyVerification::Verified { .. }
+            )
+        };
+        a.server_name == b.server_name && vouched(&a) && vouched(&b)
+    }
 }
 
 /// From v12 (room ids are create-event hashes) no event cites the create event in

@@ -1041,6 +1041,36 @@ async fn only_the_inviter_rescinds_an_invite_across_servers() {
         }
         assert_eq!(seen, "leave", "{kind:?}: the rescission reached bob");
 
+        // Invited again: that leave, older than the new invite, reaching hs2 late (as an
+        // unban's leave can, after the invite that followed it) rescinds nothing.
+        let store = servers[0].store();
+        let room_row = store.room(&room_id).await.unwrap().unwrap();
+        let old_leave = store
+            .current_state(
+                room_row.room_nid,
+                Some(&[("m.room.member".to_owned(), "@bob:hs2.test".to_owned())]),
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .json;
+        invited_by(&alice, room_id.clone()).await;
+        assert_eq!(bob_sees(room_id.clone()).await, "invite", "{kind:?}");
+        let at_hs2 = servers[1].store().room(&room_id).await.unwrap().unwrap();
+        let taken = servers[1]
+            .services()
+            .rooms
+            .receive_rescinded_invite(
+                ruma::server_name!("hs1.test"),
+                &at_hs2,
+                old_leave.as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert!(!taken, "{kind:?}: an older leave taken as a rescission");
+        assert_eq!(bob_sees(room_id.clone()).await, "invite", "{kind:?}");
+
         // Alice2 invites bob, alice kicks him: not the inviter, bob keeps the invite.
         let room_id = servers[0]
             .create_room(

@@ -21,7 +21,8 @@
 //! - Rescission ([`Rooms::receive_rescinded_invite`], from the transaction receiver): the
 //!   inviter's leave for the invitee (a kick), sent to the invitee's server as the target's, is
 //!   taken for a room this server is not in only from the inviter, through their server, validly
-//!   signed, and stored outside the room like a rejection.
+//!   signed, citing the invite among its auth events (so not an older leave arriving late), and
+//!   stored outside the room like a rejection.
 //!
 //! Account-key rooms (MSC4243.md §2.5, Q7) have an invite handshake of their own
 //! (`room_version::invite`): the inviter sends the invite with the invitee's account-name id as
@@ -182,6 +183,13 @@ impl Rooms {
             .unwrap_or(false);
         if invite.sender != pdu.sender() || !inviter_server {
             tracing::info!(room_id = %room.room_id, %origin, sender = pdu.sender(), %invitee, "ignored a leave for an invitee not sent by the inviter");
+            return Ok(false);
+        }
+        // It must rescind this invite: a kick of the invitee cites their membership, the
+        // invite, among its auth events. An older leave (an unban that reached this server
+        // after the invite that followed it) does not, and is no rescission.
+        if !pdu.auth_events().any(|id| id == invite.event_id) {
+            tracing::info!(room_id = %room.room_id, %origin, %invitee, "ignored a leave for an invitee that does not follow the invite");
             return Ok(false);
         }
         let keys = self.signing_keys(version, std::iter::once(&pdu)).await?;

@@ -66,6 +66,29 @@ pub(crate) const CONTENT_REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM media 
      OR EXISTS (SELECT 1 FROM remote_media WHERE sha256 = $1) \
      OR EXISTS (SELECT 1 FROM remote_media_thumbnails WHERE sha256 = $1)";
 
+/// Which of `hashes` (content hashes a deletion just freed, sorted and deduplicated here) no
+/// row names any more, read in transaction `tx`: the content files that may go. One macro for
+/// local and cached remote media, whose deletions free the same shared files.
+macro_rules! unreferenced_hashes {
+    ($tx:ident, $hashes:expr) => {{
+        let mut hashes: Vec<String> = $hashes;
+        hashes.sort();
+        hashes.dedup();
+        let mut unreferenced = Vec::new();
+        for hash in hashes {
+            let referenced: bool = sqlx::query_scalar($crate::media::CONTENT_REFERENCED)
+                .bind(&hash)
+                .fetch_one(&mut *$tx)
+                .await?;
+            if !referenced {
+                unreferenced.push(hash);
+            }
+        }
+        unreferenced
+    }};
+}
+pub(crate) use unreferenced_hashes;
+
 const MEDIA_COLUMNS: &str = "media_id, user_id, sha256, size, content_type, filename, \
      created_ts, expires_ts, uploaded_ts";
 
@@ -316,17 +339,7 @@ impl Store {
                     hashes.extend(hash);
                 }
             }
-            hashes.sort();
-            hashes.dedup();
-            for hash in hashes {
-                let referenced: bool = sqlx::query_scalar(CONTENT_REFERENCED)
-                .bind(&hash)
-                .fetch_one(&mut *tx)
-                .await?;
-                if !referenced {
-                    out.unreferenced.push(hash);
-                }
-            }
+            out.unreferenced = unreferenced_hashes!(tx, hashes);
             tx.commit().await?;
         });
         Ok(out)

@@ -3,7 +3,7 @@
 //! (named by SHA-256, counted by [`crate::media`]'s reference check across all four tables).
 
 use crate::store::BeginWrite;
-use crate::{DeletedMedia, Store, StoreError, media::CONTENT_REFERENCED, with_pool};
+use crate::{DeletedMedia, Store, StoreError, media::unreferenced_hashes, with_pool};
 
 /// A cached remote media id.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -192,17 +192,7 @@ impl Store {
                 hashes.extend(thumbs);
                 hashes.extend(original);
             }
-            hashes.sort();
-            hashes.dedup();
-            for hash in hashes {
-                let referenced: bool = sqlx::query_scalar(CONTENT_REFERENCED)
-                    .bind(&hash)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if !referenced {
-                    out.unreferenced.push(hash);
-                }
-            }
+            out.unreferenced = unreferenced_hashes!(tx, hashes);
             tx.commit().await?;
         });
         Ok(out)

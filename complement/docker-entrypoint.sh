@@ -87,6 +87,10 @@ setting rate_limits.enabled false
 commit_group rate_limits
 setting media.legacy_endpoints true
 commit_group media.legacy
+# Complement's URL-preview test serves its page from the host (a private address).
+setting media.url_preview.enabled true
+setting media.url_preview.allow_private_addresses true
+commit_group media.url_preview
 setting rooms.default_room_version '"10"'
 commit_group rooms.default_room_version
 # Federation keys (crates/service/src/config.rs; keep in step with config.go):

@@ -114,6 +114,15 @@ var envGroups = []envGroup{
 	{name: "media.legacy", settings: func(s *server) []setting {
 		return []setting{lit("media.legacy_endpoints", "true")}
 	}},
+	// URL previews on, reaching the loopback web servers tests start on the host Complement
+	// runs on (TestUrlPreview), which no DNS knows.
+	{name: "media.url_preview", settings: func(s *server) []setting {
+		return []setting{
+			lit("media.url_preview.enabled", "true"),
+			lit("media.url_preview.allow_private_addresses", "true"),
+			lit("media.url_preview.host_overrides", fmt.Sprintf("{%q = %q}", s.d.cfg.HostnameRunningComplement, "127.0.0.1")),
+		}
+	}},
 	// Rooms created without a version are version 10, the version Complement's tests are
 	// written against (Synapse's long-standing default): TestPowerLevels and others put the
 	// creator in the power levels' `users`, which version 12 forbids. Tests of version 12 ask for

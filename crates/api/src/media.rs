@@ -160,6 +160,7 @@ async fn upload_pending(
 
 async fn preview(
     state: &AppState,
+    user_id: &str,
     url: &str,
 ) -> Result<Box<serde_json::value::RawValue>, MatrixError> {
     let previews = state
@@ -167,7 +168,9 @@ async fn preview(
         .url_previews
         .as_ref()
         .ok_or_else(MatrixError::unrecognized)?;
-    let preview = previews.preview(url).await?;
+    let preview = previews
+        .preview(&state.services.media, user_id, url)
+        .await?;
     serde_json::value::to_raw_value(&preview)
         .map_err(|err| MatrixError::internal(format!("preview: {err}")))
 }
@@ -178,7 +181,7 @@ async fn preview_url(
 ) -> Result<authenticated_media::get_media_preview::v1::Response, MatrixError> {
     Ok(
         authenticated_media::get_media_preview::v1::Response::from_raw_value(
-            preview(&state, &request.body.url).await?,
+            preview(&state, request.identity.user_id.as_str(), &request.body.url).await?,
         ),
     )
 }
@@ -189,7 +192,7 @@ async fn legacy_preview_url(
     request: Ruma<media::get_media_preview::v3::Request>,
 ) -> Result<media::get_media_preview::v3::Response, MatrixError> {
     Ok(media::get_media_preview::v3::Response::from_raw_value(
-        preview(&state, &request.body.url).await?,
+        preview(&state, request.identity.user_id.as_str(), &request.body.url).await?,
     ))
 }
 

@@ -54,12 +54,14 @@ fn private_literal(url: &reqwest::Url) -> Option<String> {
 }
 
 impl WebFetcher {
-    /// A fetcher that gives up after `timeout`, reads at most `max_bytes` of a body, and
-    /// reaches private addresses only if `allow_private`.
+    /// A fetcher that gives up after `timeout`, reads at most `max_bytes` of a body, reaches
+    /// private addresses only if `allow_private`, and reaches the hosts of `overrides` at the
+    /// given addresses without asking DNS (a private one only if `allow_private`).
     pub fn new(
         timeout: Duration,
         max_bytes: usize,
         allow_private: bool,
+        overrides: &[(String, std::net::IpAddr)],
     ) -> Result<Self, FetchError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -86,6 +88,13 @@ impl WebFetcher {
             ));
         if !allow_private {
             builder = builder.dns_resolver(std::sync::Arc::new(PublicOnlyResolver));
+        }
+        for (host, ip) in overrides {
+            if !allow_private && !is_public(*ip) {
+                return Err(FetchError::PrivateAddress(format!("{ip} (for {host})")));
+            }
+            // The port is ignored: the URL's own port is used.
+            builder = builder.resolve(host, std::net::SocketAddr::new(*ip, 0));
         }
         let http = builder
             .build()
@@ -147,5 +156,20 @@ impl WebFetcher {
             content_type,
             body,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_to_a_private_address_needs_private_addresses_allowed() {
+        let loopback = [("pages.example".to_owned(), "127.0.0.1".parse().unwrap())];
+        let public = [("pages.example".to_owned(), "93.184.215.14".parse().unwrap())];
+        let refused = WebFetcher::new(Duration::from_secs(1), 1024, false, &loopback);
+        assert!(matches!(refused, Err(FetchError::PrivateAddress(_))));
+        assert!(WebFetcher::new(Duration::from_secs(1), 1024, true, &loopback).is_ok());
+        assert!(WebFetcher::new(Duration::from_secs(1), 1024, false, &public).is_ok());
     }
 }

@@ -1040,7 +1040,8 @@ async fn downloads_answer_single_byte_ranges() {
     }
 }
 
-/// A web server on loopback serving one page with OpenGraph properties; counts its requests.
+/// A web server on loopback serving a page with OpenGraph properties, whose `og:image` is a
+/// relative URL, and that image (a 64×32 PNG); counts the page's requests.
 async fn web_page() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -1048,21 +1049,32 @@ async fn web_page() -> (
     use std::sync::{Arc, atomic::AtomicUsize};
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
-    let app = axum::Router::new().route(
-        "/page",
-        axum::routing::get(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                    "<html><head><title>Fallback</title>\
-                     <meta property=\"og:title\" content=\"Caf&#233; &amp; Co\">\
-                     <meta property=\"og:description\" content=\"Größe\">\
-                     </head><body>hi</body></html>",
-                )
-            }
-        }),
-    );
+    let png = test_image(image::ImageFormat::Png);
+    let app = axum::Router::new()
+        .route(
+            "/page",
+            axum::routing::get(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                        "<html><head><title>Fallback</title>\
+                         <meta property=\"og:title\" content=\"Caf&#233; &amp; Co\">\
+                         <meta property=\"og:description\" content=\"Größe\">\
+                         <meta property=\"og:image\" content=\"img/pic.png\">\
+                         <meta property=\"og:image:width\" content=\"9999\">\
+                         </head><body>hi</body></html>",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/img/pic.png",
+            axum::routing::get(move || {
+                let png = png.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "image/png")], png) }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1109,7 +1121,8 @@ async fn url_previews_are_off_by_default_refuse_private_addresses_and_are_cached
         assert_eq!(status, 400, "{body}");
         server.stop().await;
 
-        // Allowed: the page's properties, fetched once for two asks.
+        // Allowed: the page's properties, fetched once for two asks; its image (a relative
+        // URL) stored as alice's media and described by the stored copy, not by the page.
         let server = TestServer::start_with(kind, |config| {
             config.media.url_preview.enabled = true;
             config.media.url_preview.allow_private_addresses = true;
@@ -1117,17 +1130,78 @@ async fn url_previews_are_off_by_default_refuse_private_addresses_and_are_cached
         .await;
         let alice = server.register("alice").await;
         let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+        let png = test_image(image::ImageFormat::Png);
+        let mut images = Vec::new();
         for _ in 0..2 {
             let (status, body) = server.get(&preview_path, &alice.access_token).await;
             assert_eq!(status, 200, "{kind:?}: {body}");
             assert_eq!(body["og:title"], "Café & Co", "{body}");
             assert_eq!(body["og:description"], "Größe");
+            assert_eq!(body["og:image:type"], "image/png", "{body}");
+            assert_eq!(body["og:image:width"], 64, "{body}");
+            assert_eq!(body["og:image:height"], 32, "{body}");
+            assert_eq!(body["matrix:image:size"], png.len(), "{body}");
+            images.push(body["og:image"].as_str().expect("og:image").to_owned());
         }
         assert_eq!(
             hits.load(std::sync::atomic::Ordering::SeqCst) - before,
             1,
             "{kind:?}: the second ask was answered from the cache"
         );
+        assert_eq!(
+            images[0], images[1],
+            "the cached preview names the same image"
+        );
+        let media_id = images[0]
+            .strip_prefix("mxc://localhost/")
+            .unwrap_or_else(|| panic!("{} is not a local mxc URI", images[0]));
+        let bob = server.register("bob").await;
+        let image = download(&server, &bob, media_id).await;
+        assert_eq!(image.status, 200);
+        assert_eq!(image.body, png, "the stored image is the page's");
+        // A link to an image previews as that image.
+        let (status, body) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v1/media/preview_url?url={}",
+                    enc(&format!("http://{addr}/img/pic.png"))
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["og:image:width"], 64, "{body}");
+        assert!(
+            body["og:image"]
+                .as_str()
+                .unwrap()
+                .starts_with("mxc://localhost/")
+        );
+        server.stop().await;
+
+        // A host override reaches a name DNS does not know.
+        let server = TestServer::start_with(kind, |config| {
+            config.media.url_preview.enabled = true;
+            config.media.url_preview.allow_private_addresses = true;
+            config
+                .media
+                .url_preview
+                .host_overrides
+                .insert("pages.example".to_owned(), addr.ip());
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let (status, body) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v1/media/preview_url?url={}",
+                    enc(&format!("http://pages.example:{}/page", addr.port()))
+                ),
+                &alice.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        assert_eq!(body["og:title"], "Café & Co", "{body}");
         server.stop().await;
     }
 }

@@ -894,6 +894,16 @@ pub fn thumbnail_dimensions(
     }
 }
 
+/// An image's width and height read from its header alone (nothing is decoded), or `None`
+/// when the bytes are not an image this server reads.
+pub fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
+}
+
 /// Decodes an image (PNG, JPEG, GIF's first frame, WebP) once, bounded to `max_pixels`, and
 /// makes a thumbnail of it for each target.
 fn make_thumbnails(

@@ -4,15 +4,18 @@
 //! fetch. Off unless `media.url_preview.enabled`; pages are fetched only from publicly routable
 //! addresses unless the operator allows private ones.
 //!
-//! Images named by `og:image` are not fetched into the media repository yet: the property is
-//! left out, since clients can only show `mxc://` images.
+//! The image a page names in `og:image` (or the linked URL itself, when it is an image) is
+//! fetched under the same rules and stored in the media repository as the asking user's upload,
+//! since clients can only show `mxc://` images: the preview then carries its `mxc://` URI,
+//! type, size and dimensions. An image that cannot be fetched or stored (too large, not an
+//! image, over the user's quota) leaves `og:image` out rather than failing the preview.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use myelin_federation::web_fetch::{FetchError, WebFetcher};
 use serde_json::{Map, Value};
 
-use crate::{Error, Result, config::UrlPreviewConfig, now_millis};
+use crate::{Error, Result, config::UrlPreviewConfig, media::Media, now_millis};
 
 /// How long one page may take to fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +38,11 @@ impl UrlPreviews {
             FETCH_TIMEOUT,
             config.max_page_size,
             config.allow_private_addresses,
+            &config
+                .host_overrides
+                .iter()
+                .map(|(host, ip)| (host.clone(), *ip))
+                .collect::<Vec<_>>(),
         )
         .map_err(|err| Error::Internal(err.to_string()))?;
         Ok(UrlPreviews {
@@ -44,9 +52,10 @@ impl UrlPreviews {
         })
     }
 
-    /// The preview of `url`: an object of OpenGraph properties (empty for pages that are not
-    /// HTML).
-    pub async fn preview(&self, url: &str) -> Result<Value> {
+    /// The preview of `url` for `user_id`: an object of OpenGraph properties (only the image
+    /// ones for a URL that is an image, none for other pages that are not HTML). The image is
+    /// stored in `media` as `user_id`'s upload.
+    pub async fn preview(&self, media: &Arc<Media>, user_id: &str, url: &str) -> Result<Value> {
         let now = now_millis();
         if let Some((fetched_at, preview)) = self.cache_lock().get(url)
             && now.saturating_sub(*fetched_at) < self.cache_millis
@@ -61,15 +70,34 @@ impl UrlPreviews {
                 Error::BadGateway(err.to_string())
             }
         })?;
-        let is_html = page
-            .content_type
+        let content_type = page.content_type.as_deref().map(str::to_ascii_lowercase);
+        let mut props = Map::new();
+        if content_type.as_deref().is_some_and(|t| t.contains("html")) {
+            props = opengraph(&String::from_utf8_lossy(&page.body));
+            if let Some(Value::String(image_url)) = props.remove("og:image") {
+                let image = match url::Url::parse(&page.url).and_then(|base| base.join(&image_url))
+                {
+                    Ok(absolute) => match self.fetcher.fetch(absolute.as_str()).await {
+                        Ok(image) => store_image(media, user_id, image).await,
+                        Err(err) => {
+                            tracing::debug!(%absolute, error = %err, "preview image not fetched");
+                            None
+                        }
+                    },
+                    Err(err) => {
+                        tracing::debug!(%image_url, error = %err, "preview image URL unusable");
+                        None
+                    }
+                };
+                props.extend(image.unwrap_or_default());
+            }
+        } else if content_type
             .as_deref()
-            .is_some_and(|t| t.to_ascii_lowercase().contains("html"));
-        let preview = if is_html {
-            Value::Object(opengraph(&String::from_utf8_lossy(&page.body)))
-        } else {
-            Value::Object(Map::new())
-        };
+            .is_some_and(|t| t.starts_with("image/"))
+        {
+            props = store_image(media, user_id, page).await.unwrap_or_default();
+        }
+        let preview = Value::Object(props);
         let mut cache = self.cache_lock();
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
@@ -86,10 +114,53 @@ impl UrlPreviews {
     }
 }
 
+/// Stores a fetched image as `user_id`'s upload; its preview properties (`og:image` as an
+/// `mxc://` URI, `og:image:type`, `matrix:image:size`, `og:image:width`/`height` when its
+/// header can be read), or `None` when it is not an image or cannot be stored.
+async fn store_image(
+    media: &Arc<Media>,
+    user_id: &str,
+    image: myelin_federation::web_fetch::Fetched,
+) -> Option<Map<String, Value>> {
+    let content_type = image
+        .content_type
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| t.starts_with("image/"))?;
+    let size = image.body.len();
+    let dimensions = crate::media::image_dimensions(&image.body);
+    let stored = async {
+        let mut writer = media.begin_upload().await?;
+        writer.write(&image.body).await?;
+        media
+            .upload(user_id, Some(&content_type), None, writer)
+            .await
+    }
+    .await;
+    let mxc = match stored {
+        Ok(mxc) => mxc,
+        Err(err) => {
+            tracing::info!(url = %image.url, error = %err, "preview image not stored");
+            return None;
+        }
+    };
+    let mut props = Map::new();
+    props.insert("og:image".to_owned(), Value::String(mxc.to_string()));
+    props.insert("og:image:type".to_owned(), Value::String(content_type));
+    props.insert("matrix:image:size".to_owned(), Value::from(size));
+    if let Some((width, height)) = dimensions {
+        props.insert("og:image:width".to_owned(), Value::from(width));
+        props.insert("og:image:height".to_owned(), Value::from(height));
+    }
+    Some(props)
+}
+
 /// The OpenGraph properties of an HTML page (`<meta property="og:..." content="...">`, first
 /// one of each name wins), with `og:title` from `<title>` and `og:description` from
-/// `<meta name="description">` when the page has none. `og:image` is left out (see the module
-/// documentation).
+/// `<meta name="description">` when the page has none. Of the image properties only `og:image`
+/// (the image's URL as the page gives it) is kept: the others describe that remote image, and
+/// the preview describes the stored copy instead (see the module documentation).
 pub fn opengraph(html: &str) -> Map<String, Value> {
     let mut props = Map::new();
     let mut description = None;
@@ -110,7 +181,7 @@ pub fn opengraph(html: &str) -> Map<String, Value> {
         if let Some(content) = get("content") {
             let key = get("property").or_else(|| get("name")).unwrap_or_default();
             let key = key.to_ascii_lowercase();
-            if key.starts_with("og:") && !key.starts_with("og:image") {
+            if key.starts_with("og:") && (key == "og:image" || !key.starts_with("og:image")) {
                 props
                     .entry(key)
                     .or_insert_with(|| Value::String(clip(content)));
@@ -266,8 +337,8 @@ mod tests {
         assert_eq!(props["og:description"], "The \"real\" one \u{263A}");
         assert_eq!(props["og:site_name"], "Unquoted");
         assert_eq!(props["og:type"], "reversed order");
-        assert!(!props.contains_key("og:image"));
-        assert_eq!(props.len(), 4, "{props:?}");
+        assert_eq!(props["og:image"], "https://example.org/x.png");
+        assert_eq!(props.len(), 5, "{props:?}");
 
         let only_title = opengraph("<title>Hi</title><meta name=description content=\"D\">");
         assert_eq!(only_title["og:title"], "Hi");

@@ -159,7 +159,7 @@ async fn login(server: &TestServer, user: &TestUser) -> TestUser {
 }
 
 #[tokio::test]
-async fn device_keys_upload_query_and_refused_replacement() {
+async fn device_keys_upload_query_and_replacement() {
     for kind in test_backends() {
         let server = TestServer::start(kind).await;
         let alice = server.register("alice").await;
@@ -172,11 +172,20 @@ async fn device_keys_upload_query_and_refused_replacement() {
         // The same keys again: accepted.
         let (status, body) = upload(&server, &alice, json!({"device_keys": keys})).await;
         assert_eq!(status, 200, "{kind:?}: {body}");
-        // Different keys for the same device: refused, the stored ones stay.
+        // Different keys for a device nobody has cross-signed: they replace the stored ones
+        // (refused once it is cross-signed: see cross_signing_keys_and_signatures).
         let other = device_keys(&alice, &key_pair(2));
         let (status, body) = upload(&server, &alice, json!({"device_keys": other})).await;
-        assert_eq!(status, 400, "{kind:?}: {body}");
-        assert_eq!(body["errcode"], "M_INVALID_PARAM");
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let body = query(&server, &bob, &[&alice.user_id]).await;
+        let got = &body["device_keys"][&alice.user_id][&alice.device_id];
+        assert_eq!(got["keys"], other["keys"], "{kind:?}: {body}");
+        assert_eq!(
+            got["signatures"], other["signatures"],
+            "the old signatures went"
+        );
+        let (status, body) = upload(&server, &alice, json!({"device_keys": keys})).await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
         // Keys that name another user or device: refused.
         let mut wrong_user = keys.clone();
         wrong_user["user_id"] = json!(bob.user_id);
@@ -715,6 +724,23 @@ async fn cross_signing_keys_and_signatures() {
         assert!(
             signatures.get(key_id_of(&ssk)).is_some(),
             "{kind:?}: {seen}"
+        );
+        // Cross-signed, the device's keys can no longer be replaced; the stored ones stay.
+        let (status, body) = upload(
+            &server,
+            &alice,
+            json!({"device_keys": device_keys(&alice, &key_pair(14))}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["errcode"].clone()),
+            (400, json!("M_INVALID_PARAM")),
+            "{kind:?}: {body}"
+        );
+        let again = query(&server, &bob, &[&alice.user_id]).await;
+        assert_eq!(
+            again["device_keys"][&alice.user_id][&alice.device_id],
+            seen["device_keys"][&alice.user_id][&alice.device_id]
         );
         assert!(
             seen["master_keys"][&alice.user_id]["signatures"][&alice.user_id]

@@ -4,9 +4,10 @@
 //! re-query keys for: `/keys/changes` and sync's `device_lists`).
 //!
 //! The server never sees plaintext: keys are stored as the clients sent them and handed back.
-//! What it checks is who may write what (a device uploads only its own keys; a device's keys
-//! are never replaced by different ones) and, for cross-signing, the ed25519 signatures that
-//! bind the keys together. Users are keyed by their user id string everywhere, so that the
+//! What it checks is who may write what (a device uploads only its own keys; the keys of a
+//! device its owner's self-signing key has signed are never replaced by different ones, see
+//! [`replacement_refused`]) and, for cross-signing, the ed25519 signatures that bind the keys
+//! together. Users are keyed by their user id string everywhere, so that the
 //! account-key work can map verified account names onto the same rows.
 //!
 //! Other servers' users' keys are asked of their servers (`/user/keys/query`,
@@ -127,6 +128,23 @@ fn same_one_time_key(stored: &str, uploaded: &str) -> bool {
         (Some(a), Some(b)) => a == b,
         _ => false,
     }
+}
+
+/// Why `stored`, the keys of `user_id`'s `device_id`, may not be replaced by different ones, if
+/// they may not: once the user's self-signing key (or any key of the user's but the device's
+/// own) has signed them, the device is verified, and other users trust exactly those keys;
+/// new keys need a new device. Until then a device may replace its keys (announced as a
+/// device-list change), as Synapse allows and Complement's `TestDeviceListUpdates` expects.
+fn replacement_refused(stored: &Value, user_id: &str, device_id: &str) -> Option<String> {
+    let own_key = format!("ed25519:{device_id}");
+    let cross_signed = stored["signatures"][user_id]
+        .as_object()
+        .is_some_and(|sigs| sigs.keys().any(|key_id| *key_id != own_key));
+    cross_signed.then(|| {
+        format!(
+            "Device {device_id} is cross-signed; its keys cannot be replaced (log in as a new device)"
+        )
+    })
 }
 
 /// What identifies a device's keys: everything but signatures and `unsigned`.
@@ -259,9 +277,12 @@ impl E2ee {
                 return DeviceKeysDecision::Store(new.to_string());
             };
             if identity_of(&stored) != identity_of(new) {
-                return DeviceKeysDecision::Refuse(format!(
-                    "Device {device_id} already has different keys; a device's keys cannot be replaced"
-                ));
+                if let Some(why) = replacement_refused(&stored, user_id, device_id) {
+                    return DeviceKeysDecision::Refuse(why);
+                }
+                // New keys, announced as a device-list change; the old keys' signatures are
+                // about other keys and go with them.
+                return DeviceKeysDecision::Store(new.to_string());
             }
             let merged = merge_signatures(&stored, new);
             if merged == stored {

@@ -1873,3 +1873,153 @@ async fn a_non_federating_account_key_room_takes_no_pdu_from_other_origins() {
         server.stop().await;
     }
 }
+
+/// A member verified late (MSC4243.md §2.6 item 39, §6 cases 30 and 31): a remote key-form
+/// member joins and speaks while its domain has not vouched for it, so clients see neither;
+/// once verified, a client syncing with `use_state_after` receives its member event (under its
+/// account name) in `state_after`, a client without it receives nothing for it, neither gets
+/// the old message in the timeline, and `/messages` returns it.
+#[tokio::test]
+async fn a_late_verified_member_reaches_state_after_only_and_its_history_messages() {
+    use myelin_room_version::account_key::KeyFormUserId;
+    use myelin_store::RemoteKeyVerdict;
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let (server, peer, room_id, [rules, power]) =
+            account_key_room_with_peer(kind, &ca, json!({})).await;
+        let carol = server.register("carol").await;
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+
+        let x = KeyPair::from_seed(&[91; 32]);
+        let x_id = x.account_key().user_id(PEER);
+        let x_user = KeyFormUserId::parse(&x_id).unwrap();
+        let keys = &server.services().account_keys;
+        // Asked once, not vouched for (whatever the background asking records too).
+        keys.record_remote(
+            &x_user,
+            &RemoteKeyVerdict::Unverified {
+                outcome: "missing",
+                next_attempt_ts: i64::MAX,
+            },
+        )
+        .await
+        .unwrap();
+        let join = account_key_event(
+            &server,
+            &room_id,
+            &x,
+            PEER,
+            "m.room.member",
+            Some(&x_id),
+            json!({"membership": "join"}),
+            &[rules.clone(), power.clone()],
+        )
+        .await;
+        let answer = peer
+            .send("late-join", vec![json_of(&join)], Vec::new())
+            .await
+            .unwrap();
+        assert!(ok(&answer, &join), "{kind:?}: {answer:?}");
+        let message = account_key_event(
+            &server,
+            &room_id,
+            &x,
+            PEER,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "said while unverified"}),
+            &[power.clone(), join.event_id().to_owned()],
+        )
+        .await;
+        let answer = peer
+            .send("late-message", vec![json_of(&message)], Vec::new())
+            .await
+            .unwrap();
+        assert!(ok(&answer, &message), "{kind:?}: {answer:?}");
+
+        // Carol's client is up to date: it has seen nothing of x.
+        let (status, body) = server
+            .get("/_matrix/client/v3/sync?timeout=0", &carol.access_token)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            !body.to_string().contains("said while unverified"),
+            "{kind:?}: {body}"
+        );
+        let since = body["next_batch"].as_str().unwrap().to_owned();
+
+        // x's domain vouches for it on a later ask.
+        let verified = keys
+            .record_remote(
+                &x_user,
+                &RemoteKeyVerdict::Verified {
+                    account_name: "xavier",
+                },
+            )
+            .await
+            .unwrap();
+        assert_ne!(verified, myelin_room_version::KeyVerification::Unverified);
+        let name = format!("@xavier:{PEER}");
+
+        let (status, after) = server
+            .get(
+                &format!("/_matrix/client/v3/sync?timeout=0&use_state_after=true&since={since}"),
+                &carol.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{after}");
+        let room = &after["rooms"]["join"][&room_id];
+        let state_after = room["state_after"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let member = state_after
+            .iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == name.as_str())
+            .unwrap_or_else(|| panic!("{kind:?}: no member event for {name}: {after}"));
+        assert_eq!(member["event_id"], join.event_id(), "{member}");
+        assert_eq!(member["content"]["membership"], "join");
+        assert!(
+            !after.to_string().contains("said while unverified"),
+            "{kind:?}: the old message is not in sync: {after}"
+        );
+
+        let (status, plain) = server
+            .get(
+                &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+                &carol.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{plain}");
+        assert!(
+            !plain.to_string().contains(join.event_id()),
+            "{kind:?}: nothing of x without use_state_after: {plain}"
+        );
+
+        let (status, history) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                    enc(&room_id)
+                ),
+                &carol.access_token,
+            )
+            .await;
+        assert_eq!(status, 200, "{history}");
+        let old = history["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == message.event_id())
+            .unwrap_or_else(|| panic!("{kind:?}: the old message is readable: {history}"));
+        assert_eq!(old["sender"], name.as_str(), "{old}");
+        server.stop().await;
+    }
+}

@@ -43,6 +43,9 @@ pub struct AccountKeys {
     local: RwLock<HashMap<String, String>>,
     /// One erasure at a time, so the erasure log's positions are handed out in order.
     erasing: tokio::sync::Mutex<()>,
+    /// Woken when a remote key's state changes: what clients see of its events changes, and
+    /// a late verification may have state to deliver again.
+    notifier: crate::notifier::Notifier,
 }
 
 impl std::fmt::Debug for AccountKeys {
@@ -81,6 +84,7 @@ impl AccountKeys {
         sealer: Sealer,
         server_name: OwnedServerName,
         enabled: bool,
+        notifier: crate::notifier::Notifier,
     ) -> std::result::Result<Self, myelin_store::StoreError> {
         let rows = store.known_account_keys().await?;
         let mut states = HashMap::new();
@@ -104,6 +108,7 @@ impl AccountKeys {
             states: RwLock::new(states),
             local: RwLock::new(local),
             erasing: tokio::sync::Mutex::new(()),
+            notifier,
         })
     }
 
@@ -370,11 +375,16 @@ impl AccountKeys {
             .first()
             .and_then(verification_of)
             .unwrap_or(KeyVerification::Unverified);
-        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
-        match &state {
-            KeyVerification::Unverified => states.remove(&user.to_string()),
-            known => states.insert(user.to_string(), known.clone()),
+        let before = {
+            let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+            match &state {
+                KeyVerification::Unverified => states.remove(&user.to_string()),
+                known => states.insert(user.to_string(), known.clone()),
+            }
         };
+        if before.as_ref() != Some(&state) && state != KeyVerification::Unverified {
+            self.notifier.notify();
+        }
         Ok(state)
     }
 

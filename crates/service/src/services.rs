@@ -99,6 +99,7 @@ impl Services {
                 sealer.clone(),
                 config.server_name.clone(),
                 config.experimental.msc4243,
+                notifier.clone(),
             )
             .await?,
         );

@@ -559,7 +559,9 @@ impl Services {
                 .receipts_in_rooms(&receipt_rooms, since.map_or(0, |s| s.receipts)),
             self.store
                 .unread_counts_by_thread(user.as_str(), &plan_rooms),
-            self.store.state_changed_in(&delta_windows),
+            // Late-verified members' state (MSC4243 §2.6 item 39) only for `state_after`.
+            self.store
+                .state_changed_in(&delta_windows, request.use_state_after),
         )?;
 
         // Each room's timeline rows, oldest first, and whether older ones were left out.
@@ -922,11 +924,14 @@ impl Services {
             // departure itself may come from a fork's resolution, with no event here).
             let changed = self
                 .store
-                .state_changed_in(&[StateDeltaWindow {
-                    room_nid: room.room_nid,
-                    after: since.events,
-                    upto: membership.stream_ordering,
-                }])
+                .state_changed_in(
+                    &[StateDeltaWindow {
+                        room_nid: room.room_nid,
+                        after: since.events,
+                        upto: membership.stream_ordering,
+                    }],
+                    false,
+                )
                 .await?
                 .remove(&room.room_nid)
                 .unwrap_or_default();

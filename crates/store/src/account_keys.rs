@@ -133,6 +133,55 @@ macro_rules! key_from_row {
     }};
 }
 
+/// Appends to the current-state delta log, at a new position of the events stream per room,
+/// the current state of every room `$user_id` (a key-form id) is a member of that is its member
+/// event or that it sent, marked as a redelivery: syncs with `use_state_after` hand those
+/// events to clients again, other syncs ignore them (MSC4243 §2.6 item 39).
+macro_rules! redeliver_state_of {
+    ($tx:ident, $user_id:expr) => {{
+        let user_id: &str = $user_id;
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT cs.room_nid, cs.event_type, cs.state_key, cs.event_nid \
+             FROM current_state cs JOIN events e ON e.event_nid = cs.event_nid \
+             WHERE cs.room_nid IN (SELECT room_nid FROM room_memberships WHERE user_id = $1) \
+             AND ((cs.event_type = 'm.room.member' AND cs.state_key = $1) OR e.sender = $1) \
+             ORDER BY cs.room_nid",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *$tx)
+        .await?;
+        let rooms: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
+        if !rooms.is_empty() {
+            let count = i64::try_from(rooms.len()).unwrap_or(i64::MAX);
+            let last: i64 = sqlx::query_scalar(
+                "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
+            )
+            .bind(count)
+            .fetch_one(&mut *$tx)
+            .await?;
+            let positions: std::collections::HashMap<i64, i64> = rooms
+                .iter()
+                .enumerate()
+                .map(|(i, room)| (*room, last - count + 1 + i64::try_from(i).unwrap_or(0)))
+                .collect();
+            for (room_nid, event_type, state_key, event_nid) in &rows {
+                sqlx::query(
+                    "INSERT INTO current_state_deltas \
+                     (stream_ordering, room_nid, event_type, state_key, event_nid, redelivery) \
+                     VALUES ($1, $2, $3, $4, $5, TRUE)",
+                )
+                .bind(positions[room_nid])
+                .bind(room_nid)
+                .bind(event_type)
+                .bind(state_key)
+                .bind(event_nid)
+                .execute(&mut *$tx)
+                .await?;
+            }
+        }
+    }};
+}
+
 impl Store {
     /// The key of the local account `account_name` on `domain` (this server), if it has one.
     pub async fn local_account_key(
@@ -438,18 +487,24 @@ impl Store {
                     current
                 }
                 (KeyState::Unverified, RemoteKeyVerdict::Verified { account_name }) => {
-                    sqlx::query(
+                    let attempts: i64 = sqlx::query_scalar(
                         "UPDATE account_keys SET state = 'verified', account_name = $1, \
                          first_verified_ts = $2, last_attempt_ts = $2, next_attempt_ts = NULL, \
                          last_outcome = 'verified', attempts = attempts + 1 \
-                         WHERE account_key = $3 AND domain = $4",
+                         WHERE account_key = $3 AND domain = $4 RETURNING CAST(attempts AS BIGINT)",
                     )
                     .bind(*account_name)
                     .bind(now)
                     .bind(account_key)
                     .bind(domain)
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?;
+                    // Verified late (an earlier ask did not verify it): clients may already
+                    // have had the rooms without this member, so its current state goes to
+                    // them again (MSC4243 §2.6 item 39).
+                    if attempts > 1 {
+                        redeliver_state_of!(tx, &user_id);
+                    }
                     KeyState::Verified
                 }
                 (KeyState::Unverified, RemoteKeyVerdict::Unverified { outcome, next_attempt_ts }) => {

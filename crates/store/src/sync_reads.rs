@@ -254,10 +254,12 @@ impl Store {
     /// sync learns of state that changed without a state event in the timeline (a fork's
     /// resolution putting an older event back). Keys that left the state have no event and are
     /// not listed. Not filtered by status: this is state, and a soft-failed state event that
-    /// wins resolution is part of it.
+    /// wins resolution is part of it. Redeliveries (current state marked to be delivered again,
+    /// see `redeliver_state_of!`) count only when `redeliveries`.
     pub async fn state_changed_in(
         &self,
         windows: &[StateDeltaWindow],
+        redeliveries: bool,
     ) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
         // Per room and key, the event of the latest change in the window.
         let mut latest: HashMap<(i64, String, String), (i64, Option<i64>)> = HashMap::new();
@@ -274,8 +276,13 @@ impl Store {
                 .collect();
             let sql = format!(
                 "SELECT room_nid, stream_ordering, event_type, state_key, event_nid \
-                 FROM current_state_deltas WHERE {}",
-                clauses.join(" OR ")
+                 FROM current_state_deltas WHERE ({}){}",
+                clauses.join(" OR "),
+                if redeliveries {
+                    ""
+                } else {
+                    " AND redelivery = FALSE"
+                }
             );
             with_pool!(self, pool => {
                 let mut query = sqlx::query_as::<_, (i64, i64, String, String, Option<i64>)>(

@@ -307,11 +307,14 @@ async fn state_changed_in_gives_each_key_its_last_event_in_the_window() {
             let store = &store;
             async move {
                 store
-                    .state_changed_in(&[StateDeltaWindow {
-                        room_nid: room,
-                        after,
-                        upto,
-                    }])
+                    .state_changed_in(
+                        &[StateDeltaWindow {
+                            room_nid: room,
+                            after,
+                            upto,
+                        }],
+                        false,
+                    )
                     .await
                     .unwrap()
                     .remove(&room)

@@ -1,7 +1,7 @@
 //! Dehydrated devices (MSC3814, `/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device`)
 //! over HTTP, on both databases: put, get and delete; a new one replacing (and deleting) the old
-//! one with its keys and messages; its keys in other users' `/keys/query` and `/keys/claim` as
-//! uploaded; its to-device messages read in pages by `next_batch` (and kept, as the MSC asks);
+//! one with its keys and messages; its keys in other users' `/keys/query` and `/keys/claim` and in
+//! `/user/devices` as uploaded; its to-device messages read in pages by `next_batch` (and kept, as the MSC asks);
 //! the 403s and 404s; no login onto it; bad uploads leaving nothing written.
 
 use myelin_testkit::{TestServer, TestUser, enc, test_backends};
@@ -158,6 +158,14 @@ async fn put_get_delete_round_trip() {
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
 
+        // Offered, and M_NOT_FOUND (not M_UNRECOGNIZED) while there is none: how clients tell.
+        let (_, versions) = server
+            .call(reqwest::Method::GET, "/_matrix/client/versions", None, None)
+            .await;
+        assert_eq!(
+            versions["unstable_features"]["org.matrix.msc3814"], true,
+            "{versions}"
+        );
         let (status, body) = get(&server, &alice).await;
         assert_eq!(
             (status, body["errcode"].clone()),
@@ -206,6 +214,20 @@ async fn put_get_delete_round_trip() {
             json!({"signed_curve25519:otk-DEHYD+1/x": {"key": "otk-DEHYD+1/x"}}),
             "{kind:?}"
         );
+        // Other servers get it in `/user/devices` like any device.
+        let alice_id = ruma::UserId::parse(alice.user_id.as_str()).unwrap();
+        let federated = server
+            .services()
+            .e2ee
+            .federation_user_devices(&alice_id)
+            .await
+            .unwrap();
+        let dehydrated = federated
+            .devices
+            .iter()
+            .find(|(id, _, _)| id == "DEHYD+1/x")
+            .unwrap_or_else(|| panic!("{kind:?}: {:?}", federated.devices));
+        assert_eq!(dehydrated.1["dehydrated"], true, "{kind:?}");
         // The one-time key is gone: the fallback key next.
         assert_eq!(
             claim(&server, &bob, &alice, "DEHYD+1/x").await,
@@ -364,12 +386,14 @@ async fn to_device_messages_are_read_in_pages() {
                 "{kind:?}: {body}"
             );
         }
-        let (status, body) = events(&server, &alice, "DEHYD", Some("not-a-token")).await;
-        assert_eq!(
-            (status, body["errcode"].clone()),
-            (400, json!("M_INVALID_PARAM")),
-            "{kind:?}: {body}"
-        );
+        for bad in ["not-a-token", "+1", "01", "-1", "9223372036854775808"] {
+            let (status, body) = events(&server, &alice, "DEHYD", Some(bad)).await;
+            assert_eq!(
+                (status, body["errcode"].clone()),
+                (400, json!("M_INVALID_PARAM")),
+                "{kind:?}: {bad}: {body}"
+            );
+        }
 
         // Deleting the device deletes its messages.
         assert_eq!(delete(&server, &alice).await.0, 200);
@@ -467,7 +491,12 @@ async fn bad_uploads_write_nothing() {
         // More keys than one `/keys/upload` takes: the same rule here.
         let mut too_many_keys = put_body(&alice, "BAD", "pickle");
         too_many_keys["one_time_keys"] = (0..201)
-            .map(|n| (format!("signed_curve25519:k{n}"), json!({"key": format!("k{n}")})))
+            .map(|n| {
+                (
+                    format!("signed_curve25519:k{n}"),
+                    json!({"key": format!("k{n}")}),
+                )
+            })
             .collect::<serde_json::Map<_, _>>()
             .into();
         let huge = put_body(&alice, "BAD", &"p".repeat(70_000));

@@ -151,11 +151,9 @@ impl E2ee {
         }
         let since = match next_batch {
             None => 0,
-            Some(token) => token
-                .parse::<i64>()
-                .ok()
-                .filter(|position| *position >= 0)
-                .ok_or_else(|| Error::InvalidParam("Invalid next_batch".to_owned()))?,
+            // Read back only in the form it was printed in, as every token of this server.
+            Some(token) => crate::rooms::read::parse_position(token)
+                .ok_or_else(|| Error::InvalidParam(format!("Invalid next_batch {token:?}")))?,
         };
         let rows = self
             .store

@@ -151,7 +151,15 @@ pub async fn run(
             .rehydrate(&pickle_key, &found.device_id, found.device_data)
             .await
             .context("rehydrating with the pickle key")?;
-        let (events, requests) = all_events(&third, &found.device_id).await?;
+        // Across servers bob's to-device message reaches alice's server on its own time: read
+        // again from the start (the pages are kept until the device goes) until it is there.
+        let (events, requests) = loop {
+            let (events, requests) = all_events(&third, &found.device_id).await?;
+            if !events.is_empty() {
+                break (events, requests);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         step(&format!("alice's new device reads {} to-device message(s) of the dehydrated device in {requests} request(s)", events.len()));
         let keys = rehydrated.receive_events(events, &settings).await.context("decrypting the to-device messages")?;
         ensure!(keys.iter().any(|k| k.room_id == room_id), "the dehydrated device's messages hold no room key for {room_id}: {keys:?}");

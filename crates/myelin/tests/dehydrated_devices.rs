@@ -2,7 +2,7 @@
 //! over HTTP, on both databases: put, get and delete; a new one replacing (and deleting) the old
 //! one with its keys and messages; its keys in other users' `/keys/query` and `/keys/claim` and in
 //! `/user/devices` as uploaded; its to-device messages read in pages by `next_batch` (and kept, as the MSC asks);
-//! the 403s and 404s; no login onto it; bad uploads leaving nothing written.
+//! the 403s and 404s; no login onto it; bad uploads leaving nothing written; puts rate-limited.
 
 use myelin_testkit::{TestServer, TestUser, enc, test_backends};
 use serde_json::{Value, json};
@@ -529,6 +529,32 @@ async fn bad_uploads_write_nothing() {
                 .is_some(),
             "{kind:?}"
         );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn puts_are_rate_limited_per_user() {
+    for kind in test_backends() {
+        let server = TestServer::start_with(kind, |config| {
+            config.rate_limits.enabled = true;
+            config.rate_limits.per_user = myelin_service::config::Bucket {
+                per_second: 0.01,
+                burst: 3,
+            };
+        })
+        .await;
+        let alice = server.register("alice").await;
+        let mut statuses = Vec::new();
+        for n in 0..5 {
+            let device_id = format!("DEHYD{n}");
+            let (status, _) = put(&server, &alice, put_body(&alice, &device_id, "pickle")).await;
+            statuses.push(status);
+        }
+        assert_eq!(statuses[..3], [200, 200, 200], "{kind:?}: {statuses:?}");
+        assert_eq!(statuses[3..], [429, 429], "{kind:?}: {statuses:?}");
+        // The last one that went through is the dehydrated device.
+        assert_eq!(get(&server, &alice).await.1["device_id"], "DEHYD2");
         server.stop().await;
     }
 }

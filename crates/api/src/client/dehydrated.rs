@@ -10,7 +10,7 @@ use ruma::{
     },
 };
 
-use myelin_service::e2ee::DehydratedDevicePut;
+use myelin_service::{e2ee::DehydratedDevicePut, rate_limit::RateKey};
 
 use super::keys::{json_of, raw_of};
 use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
@@ -23,6 +23,12 @@ async fn put(
     state: AppState,
     request: Ruma<put_dehydrated_device::unstable::Request>,
 ) -> Result<put_dehydrated_device::unstable::Response, MatrixError> {
+    // Not marked rate-limited by the MSC, but each put is a new device (and the old one
+    // deleted): a device-list change for every user and server sharing a room with the user.
+    state
+        .services
+        .rate_limiter
+        .check(RateKey::User(request.identity.user_id.to_string()))?;
     let body = request.body;
     let mut one_time_keys = Vec::with_capacity(body.one_time_keys.len());
     for (id, key) in &body.one_time_keys {

@@ -1,7 +1,9 @@
 //! End-to-end encryption keys: device keys and one-time/fallback keys (`/keys/upload`,
 //! `/keys/query`, `/keys/claim`), cross-signing keys and signatures
 //! (`/keys/device_signing/upload`, `/keys/signatures/upload`), and device lists (who a user must
-//! re-query keys for: `/keys/changes` and sync's `device_lists`).
+//! re-query keys for: `/keys/changes` and sync's `device_lists`), and the user's dehydrated
+//! device (MSC3814, `e2ee/dehydrated.rs`), whose keys take the same upload rules
+//! (`CheckedUpload`).
 //!
 //! The server never sees plaintext: keys are stored as the clients sent them and handed back.
 //! What it checks is who may write what (a device uploads only its own keys; a device's keys

@@ -42,7 +42,7 @@ async fn put(
         device_id: body.device_id.to_string(),
         initial_device_display_name: body.initial_device_display_name,
         device_data: json_of(&body.device_data)?,
-        device_keys: Some(json_of(&body.device_keys)?),
+        device_keys: json_of(&body.device_keys)?,
         one_time_keys,
         fallback_keys,
     };

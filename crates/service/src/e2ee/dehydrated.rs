@@ -33,7 +33,8 @@ pub struct DehydratedDevicePut {
     pub initial_device_display_name: Option<String>,
     /// Opaque to the server; must be an object with a string `algorithm`, as the MSC says.
     pub device_data: Value,
-    pub device_keys: Option<Value>,
+    /// Required by the MSC: a dehydrated device without keys could receive nothing.
+    pub device_keys: Value,
     pub one_time_keys: Vec<(String, Value)>,
     pub fallback_keys: Vec<(String, Value)>,
 }
@@ -85,7 +86,7 @@ impl E2ee {
         let checked = CheckedUpload::check(
             user.as_str(),
             &device_id,
-            device_keys,
+            Some(device_keys),
             one_time_keys,
             fallback_keys,
         )?;

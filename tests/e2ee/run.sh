@@ -2,7 +2,8 @@
 # End-to-end encryption with a real client: the matrix-sdk 0.18 E2EE flow
 # (tests/matrix-sdk/src/bin/e2ee.rs: cross-signing for two users, messages both ways in an
 # encrypted room, each decrypting the other's, a second device restoring the history from the
-# key backup) run twice:
+# key backup, a dehydrated device (MSC3814) rehydrated by a new device to read what was sent
+# while alice was logged out) run twice:
 #   one   both users on one Myelin;
 #   two   alice on one Myelin, bob on another, the two federating over TLS with certificate
 #         verification on (a private CA made here, as tests/interop/synapse/run.sh does).

@@ -8,7 +8,7 @@ use std::{
 };
 
 use hmac::{Hmac, Mac};
-use myelin_store::{AccessTokenRow, DeviceRow, NewSession, Store, UserRow};
+use myelin_store::{AccessTokenRow, DeviceRow, NewSession, SessionRefused, Store, UserRow};
 use ruma::{OwnedServerName, UserId};
 
 use crate::{
@@ -316,7 +316,8 @@ impl Accounts {
             refreshable.then(|| now + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
         let access_hash = tokens::hash(&access_token);
         let refresh_hash = refresh_token.as_deref().map(tokens::hash);
-        self.store
+        let created = self
+            .store
             .create_session(&NewSession {
                 user_id: user_id.as_str(),
                 device_id: &device_id,
@@ -327,6 +328,13 @@ impl Accounts {
                 now,
             })
             .await?;
+        if let Err(SessionRefused::DehydratedDevice) = created {
+            // MSC3814: a dehydrated device is rehydrated by a client's own device, never
+            // logged in to.
+            return Err(Error::Forbidden(format!(
+                "{device_id} is a dehydrated device; log in with another device ID"
+            )));
+        }
         Ok(Session {
             user_id: user_id.to_owned(),
             device_id: device_id.into(),

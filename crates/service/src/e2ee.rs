@@ -1,7 +1,9 @@
 //! End-to-end encryption keys: device keys and one-time/fallback keys (`/keys/upload`,
 //! `/keys/query`, `/keys/claim`), cross-signing keys and signatures
 //! (`/keys/device_signing/upload`, `/keys/signatures/upload`), and device lists (who a user must
-//! re-query keys for: `/keys/changes` and sync's `device_lists`).
+//! re-query keys for: `/keys/changes` and sync's `device_lists`), and the user's dehydrated
+//! device (MSC3814, `e2ee/dehydrated.rs`), whose keys take the same upload rules
+//! (`CheckedUpload`).
 //!
 //! The server never sees plaintext: keys are stored as the clients sent them and handed back.
 //! What it checks is who may write what (a device uploads only its own keys; the keys of a
@@ -22,8 +24,10 @@
 //! user's master key is checked against that key as their server tells it and kept here, shown
 //! to the signer only (as for local users' keys; it is not sent to their server).
 
+mod dehydrated;
 mod remote;
 
+pub use dehydrated::{DEHYDRATED_EVENTS_BATCH, DehydratedDevicePut, DehydratedEvents};
 pub use remote::{DeviceListEdu, UserDevices};
 
 use std::{
@@ -35,7 +39,9 @@ use std::{
 use myelin_room_version::{PublicKey, canonical::value_to_object, signing::verify_json};
 use myelin_store::{
     Store,
-    e2ee::{CrossSignatureRow, DeviceKeysDecision, KeysUpload, NewKey, UploadRefused},
+    e2ee::{
+        CrossSignatureRow, DecideDeviceKeys, DeviceKeysDecision, KeysUpload, NewKey, UploadRefused,
+    },
 };
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
@@ -256,68 +262,25 @@ impl E2ee {
         one_time_keys: Vec<(String, Value)>,
         fallback_keys: Vec<(String, Value)>,
     ) -> Result<BTreeMap<String, i64>> {
-        let user_id = device.user_id.as_str();
-        let device_id = device.device_id.as_str();
-        if one_time_keys.len() + fallback_keys.len() > MAX_KEYS_PER_UPLOAD {
-            return Err(Error::InvalidParam(format!(
-                "At most {MAX_KEYS_PER_UPLOAD} one-time and fallback keys per upload"
-            )));
-        }
-        let device_keys = match device_keys {
-            None => None,
-            Some(keys) => Some(check_device_keys(keys, user_id, device_id)?),
-        };
-        let one_time_keys = new_keys(one_time_keys)?;
-        let fallback_keys = new_keys(fallback_keys)?;
-        let decide = |stored: Option<&str>| -> DeviceKeysDecision {
-            let Some(new) = device_keys.as_ref() else {
-                return DeviceKeysDecision::Keep;
-            };
-            let Some(stored) = stored.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
-                return DeviceKeysDecision::Store(new.to_string());
-            };
-            if identity_of(&stored) != identity_of(new) {
-                if let Some(why) = replacement_refused(&stored, user_id, device_id) {
-                    return DeviceKeysDecision::Refuse(why);
-                }
-                // New keys, announced as a device-list change; the old keys' signatures are
-                // about other keys and go with them.
-                return DeviceKeysDecision::Store(new.to_string());
-            }
-            let merged = merge_signatures(&stored, new);
-            if merged == stored {
-                DeviceKeysDecision::Keep
-            } else {
-                DeviceKeysDecision::Store(merged.to_string())
-            }
-        };
-        let upload = KeysUpload {
-            user_id,
-            device_id,
-            device_keys: device_keys.as_ref().map(|_| &decide as _),
-            one_time_keys: &one_time_keys,
-            fallback_keys: &fallback_keys,
-            same_key: same_one_time_key,
-            max_one_time_keys: MAX_ONE_TIME_KEYS_PER_DEVICE,
-            now: crate::now_millis(),
-        };
-        match self.store.upload_keys(&upload).await? {
+        let checked = CheckedUpload::check(
+            device.user_id.as_str(),
+            device.device_id.as_str(),
+            device_keys,
+            one_time_keys,
+            fallback_keys,
+        )?;
+        let decide = |stored: Option<&str>| checked.decide(stored);
+        match self
+            .store
+            .upload_keys(&checked.store_upload(&decide))
+            .await?
+        {
             Ok(announced) => {
                 if announced.is_some() {
                     self.notify.notify();
                 }
             }
-            Err(UploadRefused::DeviceKeys(why)) => return Err(Error::InvalidParam(why)),
-            Err(UploadRefused::OneTimeKeyConflict(key_id)) => {
-                return Err(Error::InvalidParam(format!(
-                    "One-time key {key_id} already exists with different content"
-                )));
-            }
-            Err(UploadRefused::TooManyOneTimeKeys) => {
-                return Err(Error::InvalidParam(format!(
-                    "A device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} one-time keys"
-                )));
-            }
+            Err(refused) => return Err(upload_refusal(refused)),
         }
         Ok(self.one_time_key_counts(device).await?.0)
     }
@@ -849,6 +812,98 @@ impl E2ee {
             target_key_id: master_id,
             signature,
         })
+    }
+}
+
+/// A key upload for one device that passed the `/keys/upload` rules that need no stored keys
+/// (sizes, shapes, the owner); [`CheckedUpload::decide`] is the rule against the stored keys,
+/// which the store applies inside its write. `/keys/upload` and the dehydrated device's keys
+/// both go through it.
+#[derive(Debug)]
+struct CheckedUpload {
+    user_id: String,
+    device_id: String,
+    device_keys: Option<Value>,
+    one_time_keys: Vec<NewKey>,
+    fallback_keys: Vec<NewKey>,
+}
+
+impl CheckedUpload {
+    fn check(
+        user_id: &str,
+        device_id: &str,
+        device_keys: Option<Value>,
+        one_time_keys: Vec<(String, Value)>,
+        fallback_keys: Vec<(String, Value)>,
+    ) -> Result<Self> {
+        if one_time_keys.len() + fallback_keys.len() > MAX_KEYS_PER_UPLOAD {
+            return Err(Error::InvalidParam(format!(
+                "At most {MAX_KEYS_PER_UPLOAD} one-time and fallback keys per upload"
+            )));
+        }
+        let device_keys = match device_keys {
+            None => None,
+            Some(keys) => Some(check_device_keys(keys, user_id, device_id)?),
+        };
+        Ok(CheckedUpload {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            device_keys,
+            one_time_keys: new_keys(one_time_keys)?,
+            fallback_keys: new_keys(fallback_keys)?,
+        })
+    }
+
+    /// The uploaded device keys against the stored ones: new keys are stored, more signatures
+    /// on the same keys merged in, different keys refused (a device's keys are never replaced).
+    fn decide(&self, stored: Option<&str>) -> DeviceKeysDecision {
+        let Some(new) = self.device_keys.as_ref() else {
+            return DeviceKeysDecision::Keep;
+        };
+        let Some(stored) = stored.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+            return DeviceKeysDecision::Store(new.to_string());
+        };
+        if identity_of(&stored) != identity_of(new) {
+            if let Some(why) = replacement_refused(&stored, &self.user_id, &self.device_id) {
+                return DeviceKeysDecision::Refuse(why);
+            }
+            // New keys, announced as a device-list change; the old keys' signatures are about
+            // other keys and go with them.
+            return DeviceKeysDecision::Store(new.to_string());
+        }
+        let merged = merge_signatures(&stored, new);
+        if merged == stored {
+            DeviceKeysDecision::Keep
+        } else {
+            DeviceKeysDecision::Store(merged.to_string())
+        }
+    }
+
+    /// The upload as the store runs it, with `decide` (this upload's [`CheckedUpload::decide`]).
+    fn store_upload<'a>(&'a self, decide: DecideDeviceKeys<'a>) -> KeysUpload<'a> {
+        KeysUpload {
+            user_id: &self.user_id,
+            device_id: &self.device_id,
+            device_keys: self.device_keys.as_ref().map(|_| decide),
+            one_time_keys: &self.one_time_keys,
+            fallback_keys: &self.fallback_keys,
+            same_key: same_one_time_key,
+            max_one_time_keys: MAX_ONE_TIME_KEYS_PER_DEVICE,
+            now: crate::now_millis(),
+        }
+    }
+}
+
+/// The client's error for an upload the store refused.
+fn upload_refusal(refused: UploadRefused) -> Error {
+    match refused {
+        UploadRefused::DeviceKeys(why) => Error::InvalidParam(why),
+        UploadRefused::OneTimeKeyConflict(key_id) => Error::InvalidParam(format!(
+            "One-time key {key_id} already exists with different content"
+        )),
+        UploadRefused::TooManyOneTimeKeys => Error::InvalidParam(format!(
+            "A device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} one-time keys"
+        )),
     }
 }
 

@@ -546,16 +546,7 @@ impl Ephemeral {
         } else {
             current.max(since)
         };
-        let events = rows
-            .into_iter()
-            .map(|row| {
-                json!({
-                    "type": row.event_type,
-                    "sender": row.sender,
-                    "content": serde_json::from_str::<Value>(&row.content).unwrap_or(Value::Null),
-                })
-            })
-            .collect();
+        let events = rows.into_iter().map(to_device_event).collect();
         Ok((events, next))
     }
 
@@ -741,4 +732,14 @@ pub(crate) fn receipt_event(rows: Vec<ReceiptRow>, reader: &UserId) -> Option<Va
 enum Relay {
     ToOtherServers,
     LocalOnly,
+}
+
+/// A queued to-device message as a device receives it (in `/sync`, or a dehydrated device's
+/// `/events`): `{type, sender, content}`.
+pub(crate) fn to_device_event(row: myelin_store::ephemeral::ToDeviceRow) -> Value {
+    json!({
+        "type": row.event_type,
+        "sender": row.sender,
+        "content": serde_json::from_str::<Value>(&row.content).unwrap_or(Value::Null),
+    })
 }

@@ -11,6 +11,9 @@ pub const MAX_STATUS_MSG_BYTES: usize = 1024;
 pub const MAX_TO_DEVICE_CONTENT_BYTES: usize = 65_536;
 /// Messages one `sendToDevice` request queues, after `*` is expanded to every device.
 pub const MAX_TO_DEVICE_MESSAGES: usize = 10_000;
+/// A dehydrated device's `device_data` (MSC3814), serialised, in bytes: an encrypted account
+/// pickle with its one-time keys is a few KiB.
+pub const MAX_DEHYDRATED_DEVICE_DATA_BYTES: usize = 65_536;
 /// One account data entry's content, in bytes.
 pub const MAX_ACCOUNT_DATA_BYTES: usize = 131_072;
 /// One stored filter, in bytes.

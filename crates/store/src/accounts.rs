@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use crate::dehydrated::SessionRefused;
 use crate::store::BeginWrite;
 use crate::{Store, StoreError, with_pool};
 
@@ -142,8 +143,12 @@ impl Store {
     }
 
     /// Stores a new session in one transaction: creates the device (or renames it when a name is
-    /// given), drops tokens the device held before, and stores the new tokens.
-    pub async fn create_session(&self, session: &NewSession<'_>) -> Result<(), StoreError> {
+    /// given), drops tokens the device held before, and stores the new tokens. The user's
+    /// dehydrated device is refused (no one logs in to it), with nothing written.
+    pub async fn create_session(
+        &self,
+        session: &NewSession<'_>,
+    ) -> Result<Result<(), SessionRefused>, StoreError> {
         let result = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query(
@@ -158,24 +163,38 @@ impl Store {
             .bind(session.now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
-                .bind(session.user_id)
-                .bind(session.device_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2")
-                .bind(session.user_id)
-                .bind(session.device_id)
-                .execute(&mut *tx)
-                .await?;
-            insert_tokens!(tx, session.user_id, session.device_id, session.access_token_hash,
-                session.expires_ts, session.refresh_token_hash, session.now);
-            tx.commit().await
+            // Asked after the device row is written (and so locked): a dehydrated device put
+            // concurrently is either committed and seen here, or finds this device and is refused.
+            let dehydrated: Option<String> = sqlx::query_scalar(
+                "SELECT device_id FROM dehydrated_devices WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind(session.user_id)
+            .bind(session.device_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if dehydrated.is_some() {
+                // Dropping the transaction rolls it back.
+                Ok::<_, sqlx::Error>(Err(SessionRefused::DehydratedDevice))
+            } else {
+                sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+                    .bind(session.user_id)
+                    .bind(session.device_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2")
+                    .bind(session.user_id)
+                    .bind(session.device_id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_tokens!(tx, session.user_id, session.device_id, session.access_token_hash,
+                    session.expires_ts, session.refresh_token_hash, session.now);
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
         self.account_changed();
-        result?;
-        Ok(())
+        Ok(result?)
     }
 
     /// What an access token (by hash) stands for, with its account's state. Cached: every

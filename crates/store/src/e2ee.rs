@@ -54,6 +54,125 @@ macro_rules! announce_device_list_change {
 }
 pub(crate) use announce_device_list_change;
 
+/// Writes a `/keys/upload` inside the caller's transaction `$tx` (see [`Store::upload_keys`]):
+/// `Ok(the device-list position when the device keys changed)`, or `Err(UploadRefused)` after
+/// which the caller must roll back (it may have written part of the upload). Shared by
+/// `/keys/upload` and the keys a dehydrated device is uploaded with, so both take the same rules.
+macro_rules! write_keys_upload {
+    ($tx:expr, $upload:expr) => {{
+        let mut announced = None;
+        let mut refused = None;
+        if let Some(decide) = $upload.device_keys {
+            let stored: Option<String> = sqlx::query_scalar(
+                "SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2",
+            )
+            .bind($upload.user_id)
+            .bind($upload.device_id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            match decide(stored.as_deref()) {
+                $crate::e2ee::DeviceKeysDecision::Keep => {}
+                $crate::e2ee::DeviceKeysDecision::Refuse(why) => refused = Some($crate::e2ee::UploadRefused::DeviceKeys(why)),
+                $crate::e2ee::DeviceKeysDecision::Store(json) => {
+                    sqlx::query(
+                        "INSERT INTO e2e_device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
+                         ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+                    )
+                    .bind($upload.user_id)
+                    .bind($upload.device_id)
+                    .bind(&json)
+                    .execute(&mut *$tx)
+                    .await?;
+                    announced = Some($crate::e2ee::announce_device_list_change!($tx, $upload.user_id, device: $upload.device_id));
+                }
+            }
+        }
+        if refused.is_none() && !$upload.one_time_keys.is_empty() {
+            let mut added = 0i64;
+            for key in $upload.one_time_keys {
+                let stored: Option<String> = sqlx::query_scalar(
+                    "SELECT key_json FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3",
+                )
+                .bind($upload.user_id)
+                .bind($upload.device_id)
+                .bind(&key.key_id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                match stored {
+                    Some(stored) if ($upload.same_key)(&stored, &key.key_json) => {}
+                    Some(_) => {
+                        refused = Some($crate::e2ee::UploadRefused::OneTimeKeyConflict(key.key_id.clone()));
+                        break;
+                    }
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json, uploaded_ts) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                        )
+                        .bind($upload.user_id)
+                        .bind($upload.device_id)
+                        .bind(&key.algorithm)
+                        .bind(&key.key_id)
+                        .bind(&key.key_json)
+                        .bind($upload.now)
+                        .execute(&mut *$tx)
+                        .await?;
+                        added += 1;
+                    }
+                }
+            }
+            if refused.is_none() && added > 0 {
+                let held: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2",
+                )
+                .bind($upload.user_id)
+                .bind($upload.device_id)
+                .fetch_one(&mut *$tx)
+                .await?;
+                if held > $upload.max_one_time_keys {
+                    refused = Some($crate::e2ee::UploadRefused::TooManyOneTimeKeys);
+                }
+            }
+        }
+        if refused.is_none() {
+            for key in $upload.fallback_keys {
+                let stored: Option<(String, String)> = sqlx::query_as(
+                    "SELECT key_id, key_json FROM e2e_fallback_keys \
+                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+                )
+                .bind($upload.user_id)
+                .bind($upload.device_id)
+                .bind(&key.algorithm)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                let same = stored.as_ref().is_some_and(|(id, json)| {
+                    *id == key.key_id && ($upload.same_key)(json, &key.key_json)
+                });
+                if !same {
+                    sqlx::query(
+                        "INSERT INTO e2e_fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
+                         VALUES ($1, $2, $3, $4, $5, FALSE) \
+                         ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET \
+                         key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE",
+                    )
+                    .bind($upload.user_id)
+                    .bind($upload.device_id)
+                    .bind(&key.algorithm)
+                    .bind(&key.key_id)
+                    .bind(&key.key_json)
+                    .execute(&mut *$tx)
+                    .await?;
+                }
+            }
+        }
+        match refused {
+            Some(refused) => Err(refused),
+            None => Ok(announced),
+        }
+    }};
+}
+pub(crate) use write_keys_upload;
+
 /// A one-time or fallback key to store: `key_id` is the whole `<algorithm>:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKey {
@@ -157,115 +276,10 @@ impl Store {
     ) -> Result<Result<Option<i64>, UploadRefused>, StoreError> {
         let outcome = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
-            let mut announced = None;
-            let mut refused = None;
-            if let Some(decide) = upload.device_keys {
-                let stored: Option<String> = sqlx::query_scalar(
-                    "SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2",
-                )
-                .bind(upload.user_id)
-                .bind(upload.device_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match decide(stored.as_deref()) {
-                    DeviceKeysDecision::Keep => {}
-                    DeviceKeysDecision::Refuse(why) => refused = Some(UploadRefused::DeviceKeys(why)),
-                    DeviceKeysDecision::Store(json) => {
-                        sqlx::query(
-                            "INSERT INTO e2e_device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
-                             ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
-                        )
-                        .bind(upload.user_id)
-                        .bind(upload.device_id)
-                        .bind(&json)
-                        .execute(&mut *tx)
-                        .await?;
-                        announced = Some(announce_device_list_change!(tx, upload.user_id, device: upload.device_id));
-                    }
-                }
-            }
-            if refused.is_none() && !upload.one_time_keys.is_empty() {
-                let mut added = 0i64;
-                for key in upload.one_time_keys {
-                    let stored: Option<String> = sqlx::query_scalar(
-                        "SELECT key_json FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3",
-                    )
-                    .bind(upload.user_id)
-                    .bind(upload.device_id)
-                    .bind(&key.key_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match stored {
-                        Some(stored) if (upload.same_key)(&stored, &key.key_json) => {}
-                        Some(_) => {
-                            refused = Some(UploadRefused::OneTimeKeyConflict(key.key_id.clone()));
-                            break;
-                        }
-                        None => {
-                            sqlx::query(
-                                "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json, uploaded_ts) \
-                                 VALUES ($1, $2, $3, $4, $5, $6)",
-                            )
-                            .bind(upload.user_id)
-                            .bind(upload.device_id)
-                            .bind(&key.algorithm)
-                            .bind(&key.key_id)
-                            .bind(&key.key_json)
-                            .bind(upload.now)
-                            .execute(&mut *tx)
-                            .await?;
-                            added += 1;
-                        }
-                    }
-                }
-                if refused.is_none() && added > 0 {
-                    let held: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2",
-                    )
-                    .bind(upload.user_id)
-                    .bind(upload.device_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if held > upload.max_one_time_keys {
-                        refused = Some(UploadRefused::TooManyOneTimeKeys);
-                    }
-                }
-            }
-            if refused.is_none() {
-                for key in upload.fallback_keys {
-                    let stored: Option<(String, String)> = sqlx::query_as(
-                        "SELECT key_id, key_json FROM e2e_fallback_keys \
-                         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-                    )
-                    .bind(upload.user_id)
-                    .bind(upload.device_id)
-                    .bind(&key.algorithm)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let same = stored.as_ref().is_some_and(|(id, json)| {
-                        *id == key.key_id && (upload.same_key)(json, &key.key_json)
-                    });
-                    if !same {
-                        sqlx::query(
-                            "INSERT INTO e2e_fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
-                             VALUES ($1, $2, $3, $4, $5, FALSE) \
-                             ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET \
-                             key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE",
-                        )
-                        .bind(upload.user_id)
-                        .bind(upload.device_id)
-                        .bind(&key.algorithm)
-                        .bind(&key.key_id)
-                        .bind(&key.key_json)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-            }
-            match refused {
+            match write_keys_upload!(tx, upload) {
                 // Dropping the transaction rolls it back.
-                Some(refused) => Err(refused),
-                None => {
+                Err(refused) => Err(refused),
+                Ok(announced) => {
                     tx.commit().await?;
                     Ok(announced)
                 }
@@ -667,6 +681,7 @@ mod tests {
                 now: 0,
             })
             .await
+            .unwrap()
             .unwrap();
         user_id
     }

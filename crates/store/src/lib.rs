@@ -16,7 +16,8 @@
 //! deliver notifications to), [`relations`] (events relating to others: threads, edits,
 //! references), [`reports`] (what users report to the admins), [`spaces`] (what the space
 //! hierarchy reads), [`search`] (full-text search over room events), [`e2ee`] (device,
-//! one-time, fallback and cross-signing keys, and the device-list stream), [`federation_inbound`]
+//! one-time, fallback and cross-signing keys, and the device-list stream), [`dehydrated`]
+//! (MSC3814 dehydrated devices), [`federation_inbound`]
 //! (answers to other servers' transactions, remote users' device-list stream ids), [`key_backup`]
 //! (server-side room key backup), [`media`] (media ids, pending uploads and thumbnails; the
 //! content is on disk), [`federation`] (the federation sender's positions, persisted EDUs and
@@ -40,6 +41,7 @@ pub mod account_keys;
 pub mod accounts;
 pub mod aliases;
 mod cache;
+pub mod dehydrated;
 pub mod device_lists;
 pub mod e2ee;
 pub mod ephemeral;
@@ -68,6 +70,7 @@ pub mod user_data;
 pub use account_keys::{AccountKeyRow, KeyState, NewLocalAccountKey, RemoteKeyVerdict};
 pub use accounts::{AccessTokenRow, DeviceRow, NewSession, UserRow};
 pub use aliases::{AliasRow, PublishedRoom};
+pub use dehydrated::{DehydratedDeviceUpload, DehydratedRefused, SessionRefused};
 pub use error::StoreError;
 pub use federation::{
     BackoffRow, DestinationRow, FanoutEntry, OutboxEdu, OutgoingEvent, OutgoingReceipt, QueueDepth,

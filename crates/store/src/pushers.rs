@@ -243,6 +243,7 @@ mod tests {
                 now: 0,
             })
             .await
+            .unwrap()
             .unwrap();
         user_id
     }

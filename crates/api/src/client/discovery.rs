@@ -32,6 +32,7 @@ async fn versions(
             .map(|v| (*v).to_owned())
             .collect(),
     );
-    response.unstable_features = BTreeMap::new();
+    // Dehydrated devices (`client/dehydrated.rs`), as Synapse names them.
+    response.unstable_features = BTreeMap::from([("org.matrix.msc3814".to_owned(), true)]);
     Ok(response)
 }

@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod backup;
 mod capabilities;
+mod dehydrated;
 mod device;
 mod directory;
 mod discovery;
@@ -45,7 +46,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(user_directory::routes())
         .merge(sync::routes())
         .merge(ephemeral::routes())
-        .merge(keys::routes().merge(backup::routes()))
+        .merge(
+            keys::routes()
+                .merge(backup::routes())
+                .merge(dehydrated::routes()),
+        )
         .merge(
             filter::routes()
                 .merge(account_data::routes())

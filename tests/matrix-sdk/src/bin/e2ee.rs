@@ -12,7 +12,9 @@
 //! 6. alice's room keys reach the backup (`/room_keys/keys`, both Megolm sessions, `count`);
 //! 7. a second device of alice logs in, cannot decrypt the history, recovers with the recovery
 //!    key (secret storage: cross-signing keys and the backup key), downloads the room's keys from
-//!    the backup and decrypts both earlier messages.
+//!    the backup and decrypts both earlier messages;
+//! 8. to 10. dehydrated devices (MSC3814, `src/dehydration.rs`): alice puts one, logs out of both
+//!    devices, bob sends, and a new device of alice's rehydrates it and decrypts bob's message.
 //!
 //!   MYELIN_URL=http://127.0.0.1:8008 [MYELIN_URL_B=http://127.0.0.1:8009] myelin-matrix-sdk-e2ee
 //!
@@ -47,6 +49,8 @@ use matrix_sdk::{Client, Room, RoomState};
 #[path = "../common.rs"]
 mod common;
 use common::register;
+#[path = "../dehydration.rs"]
+mod dehydration;
 
 /// How long any one step (a request, or "sync until X") may take. Generous: a two-server step
 /// waits for federation, and the machine may be busy building.
@@ -629,7 +633,8 @@ async fn run(url_a: &str, url_b: &str) -> Result<()> {
         );
     }
     step("alice's second device decrypts the history from the backup: both messages");
-    Ok(())
+
+    dehydration::run(alice, second, &mut bob, &room_id, &recovery_key, url_a, &alice_name, suffix).await
 }
 
 fn init_logging() {

@@ -567,9 +567,45 @@ async fn deleting_a_device_deletes_its_keys_and_announces_it() {
             "{keys}"
         );
 
+        // A message waiting for the second device goes with it.
+        let (status, _) = server
+            .put(
+                "/_matrix/client/v3/sendToDevice/m.test/waiting",
+                &bob.access_token,
+                json!({"messages": {alice.user_id.clone(): {second.device_id.clone(): {"n": 1}}}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+
         // Logging the second device out deletes it and its keys.
         let (status, _) = server
             .post("/_matrix/client/v3/logout", &second.access_token, json!({}))
+            .await;
+        assert_eq!(status, 200);
+        // A new device under the same id does not receive the old device's message.
+        let (status, body) = server
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/login",
+                None,
+                Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id}, "password": alice.password, "device_id": second.device_id})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let again = TestUser {
+            user_id: alice.user_id.clone(),
+            device_id: second.device_id.clone(),
+            access_token: body["access_token"].as_str().unwrap().to_owned(),
+            password: alice.password.clone(),
+        };
+        let fresh = sync(&server, &again, None).await;
+        assert_eq!(
+            fresh["to_device"]["events"].as_array().map_or(0, Vec::len),
+            0,
+            "{kind:?}: {fresh}"
+        );
+        let (status, _) = server
+            .post("/_matrix/client/v3/logout", &again.access_token, json!({}))
             .await;
         assert_eq!(status, 200);
         let body = sync(&server, &bob, Some(&since)).await;

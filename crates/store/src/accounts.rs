@@ -299,7 +299,7 @@ impl Store {
                     .rows_affected()
                     > 0;
                 if deleted {
-                    crate::e2ee::announce_device_list_change!(tx, user_id, device: device_id);
+                    crate::e2ee::device_deleted!(tx, user_id, device_id);
                 }
                 tx.commit().await?;
                 Ok(deleted)
@@ -332,7 +332,7 @@ impl Store {
                 // Their keys went with them (cascade): each is a change of the user's device
                 // list, for other servers too.
                 for device_id in &deleted {
-                    crate::e2ee::announce_device_list_change!(tx, user_id, device: device_id.as_str());
+                    crate::e2ee::device_deleted!(tx, user_id, device_id.as_str());
                 }
                 tx.commit().await
             }
@@ -380,7 +380,7 @@ impl Store {
                     .fetch_all(&mut *tx)
                     .await?;
             for device_id in &deleted {
-                crate::e2ee::announce_device_list_change!(tx, user_id, device: device_id.as_str());
+                crate::e2ee::device_deleted!(tx, user_id, device_id.as_str());
             }
             // Cross-signing keys go too; the devices' keys went with them (cascade).
             sqlx::query("DELETE FROM e2e_cross_signing_keys WHERE user_id = $1")

@@ -50,12 +50,7 @@ macro_rules! delete_dehydrated_in {
                 .bind(old)
                 .execute(&mut *$tx)
                 .await?;
-            sqlx::query("DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2")
-                .bind($user)
-                .bind(old)
-                .execute(&mut *$tx)
-                .await?;
-            $crate::e2ee::announce_device_list_change!($tx, $user, device: old.as_str());
+            $crate::e2ee::device_deleted!($tx, $user, old.as_str());
         }
         old
     }};

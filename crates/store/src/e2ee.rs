@@ -54,6 +54,23 @@ macro_rules! announce_device_list_change {
 }
 pub(crate) use announce_device_list_change;
 
+/// What follows a device's deletion inside the caller's transaction `$tx` (its row deleted;
+/// its keys went with it by cascade): its pending to-device messages are deleted (no device
+/// will ever fetch them; a new device with the same id must not receive them), and the
+/// device-list change is announced. Every path that deletes a device goes through it.
+macro_rules! device_deleted {
+    ($tx:expr, $user:expr, $device:expr) => {{
+        let (user, device): (&str, &str) = ($user, $device);
+        sqlx::query("DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2")
+            .bind(user)
+            .bind(device)
+            .execute(&mut *$tx)
+            .await?;
+        $crate::e2ee::announce_device_list_change!($tx, user, device: device);
+    }};
+}
+pub(crate) use device_deleted;
+
 /// Writes a `/keys/upload` inside the caller's transaction `$tx` (see [`Store::upload_keys`]):
 /// `Ok(the device-list position when the device keys changed)`, or `Err(UploadRefused)` after
 /// which the caller must roll back (it may have written part of the upload). Shared by

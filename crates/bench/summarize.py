@@ -60,7 +60,8 @@ def extra_rows(r):
     if s in ("keys-claim", "keys-query"):
         what = "claim" if s == "keys-claim" else "query"
         out.append((f"/keys/{what} of {r['devices']} devices, p95", r["latency"]["p95_ms"], "ms", True))
-        out.append((f"/keys/{what} of {r['devices']} devices, response size", r["response_bytes"] / 1024, "KiB", True))
+        if r["latency"]["count"]:
+            out.append((f"/keys/{what} of {r['devices']} devices, response size", r["response_bytes"] / 1024, "KiB", True))
     if s in ("media-upload", "media-download"):
         what = "upload" if s == "media-upload" else "download"
         out.append((f"media {what}: one file, median", r["latency"]["median_ms"], "ms", True))
@@ -99,6 +100,8 @@ def main(paths):
         if kv is None:
             continue
         for row, value, unit, lower in [kv] + extra_rows(r):
+            if value is None:  # e.g. no timed request finished within the time limit
+                continue
             if row not in units:
                 order.append(row)
             units[row] = (unit, lower)

@@ -97,7 +97,8 @@ struct Args {
     /// Prefix of the user names this run registers (default: derived from the clock).
     #[arg(long)]
     prefix: Option<String>,
-    /// Stop timed loops after this many seconds (what finished is reported).
+    /// Stop timed loops after this many seconds (what finished is reported); the keys and
+    /// thumbnail scenarios count them from the end of their set-up, the others from the start.
     #[arg(long, default_value_t = 600)]
     time_limit_secs: u64,
     /// Room version of the join-large-setup room.

@@ -258,11 +258,12 @@ pub async fn thumbnail(ctx: &Ctx, args: &Args) -> Result<Value> {
     check(&warm, None)?;
     tokio::time::sleep(AFTER_UPLOAD).await;
 
+    let deadline = crate::keys::timed_deadline(args);
     let mut lat = Vec::with_capacity(args.reps);
     let mut sizes = Vec::with_capacity(args.reps);
     let mut content_type = None;
     for i in 0..args.reps {
-        if ctx.timed_out() {
+        if Instant::now() >= deadline {
             break;
         }
         let side = args.thumb_width + i as u32;
@@ -275,6 +276,9 @@ pub async fn thumbnail(ctx: &Ctx, args: &Args) -> Result<Value> {
         let (w, h) = check(&body, Some(side))?;
         sizes.push(json!([w, h, body.bytes.len()]));
         content_type = body.content_type;
+    }
+    if lat.is_empty() {
+        bail!("no timed thumbnail within --time-limit-secs");
     }
     Ok(json!({
         "source": format!("{ow}x{oh} JPEG"),

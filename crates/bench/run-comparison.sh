@@ -19,12 +19,26 @@
 #   SERVERS="myelin synapse"     which servers ("base" adds a second Myelin, MYELIN_BASE_BIN: a
 #                                build of an earlier commit, to compare a change side by side)
 #   SCENARIOS="register send-seq send-concurrent sync20 sync500 wakeup"
+#                                the default list; also available (issues 17 and 18, slower to
+#                                set up, so not in the default): keys-claim keys-query
+#                                media-upload media-download thumbnail, e.g.
+#                                SCENARIOS="keys-claim keys-query media-upload media-download thumbnail"
 #   SYNC500_ROUNDS=1             rounds in which sync500 runs (its set-up creates 500 rooms)
+#   QUERY_ROUNDS=$ROUNDS         rounds in which keys-query runs (its set-up logs in 1,000 times:
+#                                minutes on Synapse, whose bcrypt makes every login cost ~0.25 s)
 #   MYELIN_BIN, BENCH_BIN        binaries (default: release builds in /var/tmp/myelin-target)
 #   MYELIN_BASE_BIN              the earlier Myelin for SERVERS containing "base"
 #   SYNAPSE_VENV                 venv with matrix-synapse and psycopg2 (created when missing)
 #   SETTLE=10                    seconds of idle before the idle memory reading
 #   REGISTER_N=100 SEND_N=1000 CONC_CLIENTS=50 CONC_PER=20 SYNC_REPS=10 SYNC_BIG_ROOMS=500 WAKE_N=100
+#   KEYS_USERS=10 KEYS_DEVICES=10 KEYS_REPS=20    keys-claim: users × devices, timed claims
+#   QUERY_DEVICES=1000 QUERY_REPS=20              keys-query: devices of the queried user, queries
+#   MEDIA_CLIENTS=16 MEDIA_PER=8 MEDIA_KIB=1024   media-upload/-download: clients × files each, size
+#   THUMB_REPS=10                                 thumbnail: timed thumbnails of new sizes
+#
+# Synapse runs with `dynamic_thumbnails: true` (off by default: it then serves only the sizes it
+# made at upload and never makes the size asked for), so that both servers make thumbnails of
+# any size on request, as the thumbnail scenario measures.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -43,6 +57,10 @@ SETTLE="${SETTLE:-10}"
 REGISTER_N="${REGISTER_N:-100}" SEND_N="${SEND_N:-1000}" CONC_CLIENTS="${CONC_CLIENTS:-50}"
 CONC_PER="${CONC_PER:-20}" SYNC_REPS="${SYNC_REPS:-10}" SYNC_BIG_ROOMS="${SYNC_BIG_ROOMS:-500}"
 WAKE_N="${WAKE_N:-100}"
+KEYS_USERS="${KEYS_USERS:-10}" KEYS_DEVICES="${KEYS_DEVICES:-10}" KEYS_REPS="${KEYS_REPS:-20}"
+QUERY_DEVICES="${QUERY_DEVICES:-1000}" QUERY_REPS="${QUERY_REPS:-20}" QUERY_ROUNDS="${QUERY_ROUNDS:-$ROUNDS}"
+MEDIA_CLIENTS="${MEDIA_CLIENTS:-16}" MEDIA_PER="${MEDIA_PER:-8}" MEDIA_KIB="${MEDIA_KIB:-1024}"
+THUMB_REPS="${THUMB_REPS:-10}"
 SECRET="bench-shared-secret"
 OUT="${1:-/var/tmp/myelin-bench-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
 
@@ -169,6 +187,8 @@ start_synapse() { # db
         echo "trusted_key_servers: []"
         echo "report_stats: false"
         echo "caches: {sync_response_cache_duration: 0}"
+        # Thumbnails of any size on request, as Myelin makes them (see the header).
+        echo "dynamic_thumbnails: true"
         for rc in rc_message rc_registration rc_registration_token_validity rc_login rc_admin_redaction \
             rc_joins rc_joins_per_room rc_3pid_validation rc_invites rc_third_party_invite rc_media_create \
             rc_room_creation rc_reports rc_presence rc_delayed_event_mgmt rc_send_to_device; do
@@ -226,6 +246,23 @@ for round in $(seq 1 "$ROUNDS"); do
                     bench "$label" "round$round" sync-initial --rooms "$SYNC_BIG_ROOMS" --reps 5
                     ;;
                 wakeup) bench "$label" "round$round" wakeup --count "$WAKE_N" ;;
+                keys-claim)
+                    bench "$label" "round$round" keys-claim --users "$KEYS_USERS" \
+                        --devices "$KEYS_DEVICES" --reps "$KEYS_REPS"
+                    ;;
+                keys-query)
+                    [ "$round" -le "$QUERY_ROUNDS" ] || continue
+                    bench "$label" "round$round" keys-query --devices "$QUERY_DEVICES" --reps "$QUERY_REPS"
+                    ;;
+                media-upload)
+                    bench "$label" "round$round" media-upload --clients "$MEDIA_CLIENTS" \
+                        --count "$MEDIA_PER" --file-kib "$MEDIA_KIB"
+                    ;;
+                media-download)
+                    bench "$label" "round$round" media-download --clients "$MEDIA_CLIENTS" \
+                        --count "$MEDIA_PER" --file-kib "$MEDIA_KIB"
+                    ;;
+                thumbnail) bench "$label" "round$round" thumbnail --reps "$THUMB_REPS" ;;
                 *) log "unknown scenario $scenario" ;;
             esac
         done

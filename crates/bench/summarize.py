@@ -28,6 +28,18 @@ def key_and_value(r):
     if s == "join-remote":
         mode = "lazy-loading" if r["lazy_load_members"] else "full-state"
         return (f"remote join to room in /sync ({mode} sync)", r["join_to_sync_s"], "s", True)
+    if s == "keys-claim":
+        return (f"/keys/claim of {r['devices']} devices, median", r["latency"]["median_ms"], "ms", True)
+    if s == "keys-query":
+        return (f"/keys/query of {r['devices']} devices, median", r["latency"]["median_ms"], "ms", True)
+    if s == "media-upload":
+        return (f"media upload ({r['clients']} clients, {r['file_bytes'] // 1024} KiB files), throughput",
+                r["mib_per_second"], "MiB/s", False)
+    if s == "media-download":
+        return (f"media download ({r['clients']} clients, {r['file_bytes'] // 1024} KiB files), throughput",
+                r["mib_per_second"], "MiB/s", False)
+    if s == "thumbnail":
+        return (f"thumbnail of a new size ({r['source']}), median", r["latency"]["median_ms"], "ms", True)
     return None
 
 
@@ -45,6 +57,18 @@ def extra_rows(r):
     if s == "join-remote":
         mode = "lazy-loading" if r["lazy_load_members"] else "full-state"
         out.append((f"remote join: the /join request alone ({mode} sync)", r["join_request_s"], "s", True))
+    if s in ("keys-claim", "keys-query"):
+        what = "claim" if s == "keys-claim" else "query"
+        out.append((f"/keys/{what} of {r['devices']} devices, p95", r["latency"]["p95_ms"], "ms", True))
+        if r["latency"]["count"]:
+            out.append((f"/keys/{what} of {r['devices']} devices, response size", r["response_bytes"] / 1024, "KiB", True))
+    if s in ("media-upload", "media-download"):
+        what = "upload" if s == "media-upload" else "download"
+        out.append((f"media {what}: one file, median", r["latency"]["median_ms"], "ms", True))
+        out.append((f"media {what}: one file, p95", r["latency"]["p95_ms"], "ms", True))
+    if s == "thumbnail":
+        out.append((f"thumbnail of a new size ({r['source']}), p95", r["latency"]["p95_ms"], "ms", True))
+        out.append((f"upload of the {r['source']} ({r['source_bytes'] / 2**20:.1f} MiB)", r["upload_ms"], "ms", True))
     return out
 
 
@@ -76,6 +100,8 @@ def main(paths):
         if kv is None:
             continue
         for row, value, unit, lower in [kv] + extra_rows(r):
+            if value is None:  # e.g. no timed request finished within the time limit
+                continue
             if row not in units:
                 order.append(row)
             units[row] = (unit, lower)

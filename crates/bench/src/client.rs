@@ -70,6 +70,17 @@ impl Server {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value> {
+        Ok(self.call_sized(method, path, token, body).await?.0)
+    }
+
+    /// [`Self::call`] that also returns the size of the response body in bytes, as sent.
+    async fn call_sized(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(Value, usize)> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{}", self.base, path));
@@ -79,11 +90,29 @@ impl Server {
         if let Some(body) = body {
             req = req.json(body);
         }
+        let body = self.finish(req, &method, path).await?;
+        let value = serde_json::from_slice(&body.bytes)
+            .with_context(|| format!("{method} {path}: JSON"))?;
+        Ok((value, body.bytes.len()))
+    }
+
+    /// Sends `req`, reads the whole body, and fails unless the status is 200.
+    async fn finish(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &Method,
+        path: &str,
+    ) -> Result<Body> {
         let resp = req
             .send()
             .await
             .with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = resp
             .bytes()
             .await
@@ -91,10 +120,13 @@ impl Server {
         if status != StatusCode::OK {
             bail!(
                 "{method} {path}: {status}: {}",
-                String::from_utf8_lossy(&bytes)
+                String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
             );
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: JSON"))
+        Ok(Body {
+            bytes,
+            content_type,
+        })
     }
 
     /// Waits until `/_matrix/client/versions` answers, for at most `limit`.
@@ -226,6 +258,160 @@ impl Server {
         }
         self.call(Method::GET, &path, Some(&user.token), None).await
     }
+
+    /// `POST /login` with the password: a new device of `user` (its access token and device).
+    pub async fn login(&self, user_id: &str, password: &str, device_name: &str) -> Result<User> {
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": user_id },
+            "password": password,
+            "initial_device_display_name": device_name,
+        });
+        let resp = self
+            .call(Method::POST, "/_matrix/client/v3/login", None, Some(&body))
+            .await?;
+        Ok(User {
+            user_id: resp["user_id"].as_str().context("no user_id")?.to_owned(),
+            token: resp["access_token"]
+                .as_str()
+                .context("no access_token")?
+                .to_owned(),
+            txn: AtomicU64::new(0),
+        })
+    }
+
+    /// `GET /account/whoami`: the device ID of `user`'s access token.
+    pub async fn device_id(&self, user: &User) -> Result<String> {
+        let resp = self
+            .call(
+                Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                Some(&user.token),
+                None,
+            )
+            .await?;
+        Ok(resp["device_id"]
+            .as_str()
+            .context("no device_id")?
+            .to_owned())
+    }
+
+    /// `POST /keys/upload` with `body` (device keys and/or one-time keys); the one-time key
+    /// counts it answers.
+    pub async fn upload_keys(&self, user: &User, body: &Value) -> Result<Value> {
+        self.call(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(&user.token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /keys/claim` with `body`, and the size of the answer in bytes.
+    pub async fn claim_keys(&self, user: &User, body: &Value) -> Result<(Value, usize)> {
+        self.call_sized(
+            Method::POST,
+            "/_matrix/client/v3/keys/claim",
+            Some(&user.token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /keys/query` with `body`, and the size of the answer in bytes.
+    pub async fn query_keys(&self, user: &User, body: &Value) -> Result<(Value, usize)> {
+        self.call_sized(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(&user.token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /_matrix/media/v3/upload` of `content` as `content_type`; the `mxc://` it names.
+    pub async fn upload_media(
+        &self,
+        user: &User,
+        content: bytes::Bytes,
+        content_type: &str,
+        filename: &str,
+    ) -> Result<Mxc> {
+        let path = format!("/_matrix/media/v3/upload?filename={}", enc(filename));
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&user.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(content);
+        let body = self.finish(req, &Method::POST, &path).await?;
+        let resp: Value =
+            serde_json::from_slice(&body.bytes).with_context(|| format!("POST {path}: JSON"))?;
+        let uri = resp["content_uri"].as_str().context("no content_uri")?;
+        parse_mxc(uri).with_context(|| format!("content_uri {uri} is not mxc://server/id"))
+    }
+
+    /// The authenticated `GET /_matrix/client/v1/media/download/{server}/{id}`, read whole.
+    pub async fn download_media(&self, user: &User, mxc: &Mxc) -> Result<Body> {
+        let path = format!(
+            "/_matrix/client/v1/media/download/{}/{}",
+            mxc.server,
+            enc(&mxc.media_id)
+        );
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&user.token);
+        self.finish(req, &Method::GET, &path).await
+    }
+
+    /// The authenticated `GET /_matrix/client/v1/media/thumbnail/{server}/{id}`, read whole.
+    pub async fn thumbnail(
+        &self,
+        user: &User,
+        mxc: &Mxc,
+        width: u32,
+        height: u32,
+        method: &str,
+    ) -> Result<Body> {
+        let path = format!(
+            "/_matrix/client/v1/media/thumbnail/{}/{}?width={width}&height={height}&method={method}",
+            mxc.server,
+            enc(&mxc.media_id)
+        );
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&user.token);
+        self.finish(req, &Method::GET, &path).await
+    }
+}
+
+/// A response body read to the end, with its `Content-Type`.
+#[derive(Debug)]
+pub struct Body {
+    pub bytes: bytes::Bytes,
+    pub content_type: Option<String>,
+}
+
+/// A media id as `mxc://` names it: the server and the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mxc {
+    pub server: String,
+    pub media_id: String,
+}
+
+/// Splits `mxc://server/id`; `None` for anything else.
+pub fn parse_mxc(uri: &str) -> Option<Mxc> {
+    let (server, media_id) = uri.strip_prefix("mxc://")?.split_once('/')?;
+    if server.is_empty() || media_id.is_empty() || media_id.contains('/') {
+        return None;
+    }
+    Some(Mxc {
+        server: server.to_owned(),
+        media_id: media_id.to_owned(),
+    })
 }
 
 /// Percent-encodes everything but unreserved characters.
@@ -283,6 +469,21 @@ mod tests {
         assert!(sync_has_event(&sync, "!r:x", "$a"));
         assert!(!sync_has_event(&sync, "!r:x", "$b"));
         assert!(!sync_has_event(&sync, "!other:x", "$a"));
+    }
+
+    #[test]
+    fn mxc_uris_split_into_server_and_id() {
+        assert_eq!(
+            parse_mxc("mxc://localhost:8008/AbC_1"),
+            Some(Mxc {
+                server: "localhost:8008".to_owned(),
+                media_id: "AbC_1".to_owned()
+            })
+        );
+        assert_eq!(parse_mxc("https://localhost/AbC"), None);
+        assert_eq!(parse_mxc("mxc://localhost/"), None);
+        assert_eq!(parse_mxc("mxc://localhost/a/b"), None);
+        assert_eq!(parse_mxc("mxc:///abc"), None);
     }
 
     #[test]

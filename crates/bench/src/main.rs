@@ -6,6 +6,8 @@
 //! `--pid`, the server's resident memory before and after.
 
 mod client;
+mod keys;
+mod media;
 mod stats;
 
 use std::sync::Arc;
@@ -41,6 +43,20 @@ enum Scenario {
     /// it): timed from sending `POST /join` until the user's long-poll `/sync` (from a token
     /// taken before the join) lists the room under `rooms.join`.
     JoinRemote,
+    /// `--users` users (10) with `--devices` devices each (10), all with device keys and
+    /// one-time keys; `--reps` timed `POST /keys/claim` of a one-time key of every device.
+    KeysClaim,
+    /// One user with `--devices` devices (1,000), all with device keys; `--reps` timed
+    /// `POST /keys/query` of that user by another.
+    KeysQuery,
+    /// `--clients` users each uploading `--count` files (8) of `--file-kib` KiB (1024) at once;
+    /// MiB/s.
+    MediaUpload,
+    /// `--clients` users each downloading `--count` files (8) of `--file-kib` KiB at once
+    /// through the authenticated download endpoint, every body compared; MiB/s.
+    MediaDownload,
+    /// One 4000×3000 JPEG, `--reps` thumbnails (scale) at sizes not made before.
+    Thumbnail,
 }
 
 #[derive(Debug, Parser)]
@@ -81,7 +97,8 @@ struct Args {
     /// Prefix of the user names this run registers (default: derived from the clock).
     #[arg(long)]
     prefix: Option<String>,
-    /// Stop timed loops after this many seconds (what finished is reported).
+    /// Stop timed loops after this many seconds (what finished is reported); the keys and
+    /// thumbnail scenarios count them from the end of their set-up, the others from the start.
     #[arg(long, default_value_t = 600)]
     time_limit_secs: u64,
     /// Room version of the join-large-setup room.
@@ -97,6 +114,21 @@ struct Args {
     /// state.
     #[arg(long)]
     lazy_load_members: bool,
+    /// Users whose devices keys-claim claims keys of.
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    /// Devices per user: keys-claim (default 10), keys-query (default 1000).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Size of each media-upload and media-download file in KiB.
+    #[arg(long, default_value_t = 1024)]
+    file_kib: usize,
+    /// Distinct files media-download uploads and then downloads (default: --clients).
+    #[arg(long)]
+    files: Option<usize>,
+    /// The thumbnail box side of the first timed thumbnail (the i-th asks for this + i).
+    #[arg(long, default_value_t = 400)]
+    thumb_width: u32,
 }
 
 const PASSWORD: &str = "bench-password-1";
@@ -205,6 +237,11 @@ async fn run(args: &Args) -> Result<Value> {
             join_large_setup(&ctx, args, args.count.unwrap_or(10_000)).await
         }
         Scenario::JoinRemote => join_remote(&ctx, args).await,
+        Scenario::KeysClaim => keys::keys_claim(&ctx, args).await,
+        Scenario::KeysQuery => keys::keys_query(&ctx, args).await,
+        Scenario::MediaUpload => media::media_upload(&ctx, args).await,
+        Scenario::MediaDownload => media::media_download(&ctx, args).await,
+        Scenario::Thumbnail => media::thumbnail(&ctx, args).await,
         Scenario::Memory => {
             let Some(pid) = args.pid else {
                 bail!("memory needs --pid")

@@ -2023,3 +2023,98 @@ async fn a_late_verified_member_reaches_state_after_only_and_its_history_message
         server.stop().await;
     }
 }
+
+/// Push in account-key rooms (MSC4243.md §2.6 items 36–37, Q5): a message from a member its
+/// domain has not vouched for notifies nobody (it is hidden from every client), and once the
+/// member is verified its messages notify, with the rules reading the event as the reader's
+/// client would.
+#[tokio::test]
+async fn an_unverified_sender_notifies_nobody() {
+    use myelin_room_version::account_key::KeyFormUserId;
+    use myelin_store::RemoteKeyVerdict;
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let (server, peer, room_id, [rules, power]) =
+            account_key_room_with_peer(kind, &ca, json!({})).await;
+        let carol = server.register("carol").await;
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+        let x = KeyPair::from_seed(&[93; 32]);
+        let x_id = x.account_key().user_id(PEER);
+        let join = account_key_event(
+            &server,
+            &room_id,
+            &x,
+            PEER,
+            "m.room.member",
+            Some(&x_id),
+            json!({"membership": "join"}),
+            &[rules.clone(), power.clone()],
+        )
+        .await;
+        let answer = peer
+            .send("push-join", vec![json_of(&join)], Vec::new())
+            .await
+            .unwrap();
+        assert!(ok(&answer, &join), "{kind:?}: {answer:?}");
+        let say = |txn: &'static str, body: &'static str| {
+            let (server, peer, room_id, x, power, join) = (
+                &server,
+                &peer,
+                &room_id,
+                &x,
+                &power,
+                join.event_id().to_owned(),
+            );
+            async move {
+                let message = account_key_event(
+                    server,
+                    room_id,
+                    x,
+                    PEER,
+                    "m.room.message",
+                    None,
+                    json!({"msgtype": "m.text", "body": body}),
+                    &[power.clone(), join],
+                )
+                .await;
+                let answer = peer
+                    .send(txn, vec![json_of(&message)], Vec::new())
+                    .await
+                    .unwrap();
+                assert!(ok(&answer, &message), "{answer:?}");
+                message.event_id().to_owned()
+            }
+        };
+        let hidden = say("push-1", "hello carol, from nowhere").await;
+        let keys = &server.services().account_keys;
+        keys.record_remote(
+            &KeyFormUserId::parse(&x_id).unwrap(),
+            &RemoteKeyVerdict::Verified {
+                account_name: "xavier",
+            },
+        )
+        .await
+        .unwrap();
+        let shown = say("push-2", "hello again").await;
+        let (status, body) = server
+            .get("/_matrix/client/v3/notifications", &carol.access_token)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let ids: Vec<&str> = body["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["event"]["event_id"].as_str())
+            .collect();
+        assert!(!ids.contains(&hidden.as_str()), "{kind:?}: {ids:?}");
+        assert!(ids.contains(&shown.as_str()), "{kind:?}: {ids:?}");
+        server.stop().await;
+    }
+}

@@ -117,13 +117,30 @@ impl Rooms {
         let rules = self.rules_of(&targets).await?;
         let power_levels = power_levels_ctx(room, push_state)?;
         let event = pdu.client_event(serde_json::Map::new());
-        let raw: Raw<ruma::events::AnySyncTimelineEvent> = serde_json::value::to_raw_value(&event)
-            .map(Raw::from_json)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let to_raw = |event: &Value| -> Result<Raw<ruma::events::AnySyncTimelineEvent>> {
+            serde_json::value::to_raw_value(event)
+                .map(Raw::from_json)
+                .map_err(|e| Error::Internal(e.to_string()))
+        };
+        let raw = to_raw(&event)?;
+        let version = version_of(room)?;
         let room_id = OwnedRoomId::try_from(room.room_id.as_str())
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut out = Vec::new();
         for ((user_id, display_name, _), rules) in targets.into_iter().zip(rules) {
+            // In account-key rooms the rules see the event as this member's client would
+            // (names, not keys, so mention rules match), and an event the projection hides
+            // from it (an unverified or erased sender's) notifies nobody.
+            let projected;
+            let raw = if version.uses_account_keys() {
+                let Some(event) = self.project_value(version, &event, Some(&user_id)) else {
+                    continue;
+                };
+                projected = to_raw(&event)?;
+                &projected
+            } else {
+                &raw
+            };
             let mut context = PushConditionRoomCtx::new(
                 room_id.clone(),
                 member_count,
@@ -133,7 +150,7 @@ impl Rooms {
             if let Some(power_levels) = &power_levels {
                 context = context.with_power_levels(power_levels.clone());
             }
-            let actions = rules.get_actions(&raw, &context).await;
+            let actions = rules.get_actions(raw, &context).await;
             let notify = actions.iter().any(|a| a.should_notify());
             if notify {
                 out.push(PushAction {

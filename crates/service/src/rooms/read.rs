@@ -1064,7 +1064,7 @@ impl Rooms {
     /// The room version's client projection of one client-format (or stripped) event for
     /// `reader` (`None`: anonymous), with this server's key states as the lookup. In
     /// account-key rooms the reader is named by its key-form id, as the room's state names it.
-    fn project_value(
+    pub(super) fn project_value(
         &self,
         version: &RoomVersion,
         event: &Value,

@@ -1953,6 +1953,11 @@ async fn a_late_verified_member_reaches_state_after_only_and_its_history_message
             !body.to_string().contains("said while unverified"),
             "{kind:?}: {body}"
         );
+        // Nor does it count x among the members (alice, carol).
+        assert_eq!(
+            body["rooms"]["join"][&room_id]["summary"]["m.joined_member_count"], 2,
+            "{kind:?}: {body}"
+        );
         let since = body["next_batch"].as_str().unwrap().to_owned();
 
         // x's domain vouches for it on a later ask.
@@ -1986,6 +1991,10 @@ async fn a_late_verified_member_reaches_state_after_only_and_its_history_message
             .unwrap_or_else(|| panic!("{kind:?}: no member event for {name}: {after}"));
         assert_eq!(member["event_id"], join.event_id(), "{member}");
         assert_eq!(member["content"]["membership"], "join");
+        assert_eq!(
+            room["summary"]["m.joined_member_count"], 3,
+            "{kind:?}: x counts now: {after}"
+        );
         assert!(
             !after.to_string().contains("said while unverified"),
             "{kind:?}: the old message is not in sync: {after}"

@@ -649,9 +649,16 @@ impl Services {
             })
             .map(|(r, _)| r.plan.membership.room.room_nid)
             .collect();
+        let account_key_rooms: Vec<i64> = rooms
+            .iter()
+            .map(|r| &r.plan.membership.room)
+            .filter(|room| summary_rooms.contains(&room.room_nid))
+            .filter(|room| crate::rooms::version_of(room).is_ok_and(|v| v.uses_account_keys()))
+            .map(|room| room.room_nid)
+            .collect();
         let mut summaries = self
             .store
-            .room_summaries(user.as_str(), &summary_rooms)
+            .room_summaries(user.as_str(), &summary_rooms, &account_key_rooms)
             .await?;
 
         let mut out = Vec::with_capacity(rooms.len());

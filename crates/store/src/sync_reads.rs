@@ -397,11 +397,14 @@ impl Store {
         Ok(out)
     }
 
-    /// The [`RoomSummaryRow`] of each room, keyed by room.
+    /// The [`RoomSummaryRow`] of each room, keyed by room. In `account_key_rooms` (a subset of
+    /// `room_nids`) members count only when clients see them (MSC4243 §2.6): this server's own
+    /// users and keys verified for their domain, not unverified or erased keys.
     pub async fn room_summaries(
         &self,
         user_id: &str,
         room_nids: &[i64],
+        account_key_rooms: &[i64],
     ) -> Result<HashMap<i64, RoomSummaryRow>, StoreError> {
         let mut out: HashMap<i64, RoomSummaryRow> = room_nids
             .iter()
@@ -447,6 +450,39 @@ impl Store {
                 for room in query.fetch_all(pool).await? {
                     if let Some(summary) = out.get_mut(&room) {
                         summary.named = true;
+                    }
+                }
+            });
+        }
+        for chunk in account_key_rooms.chunks(ROOMS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            // Local members are indexed by account name (they are in `users`); other members
+            // by key-form id, visible once their key is verified.
+            let sql = format!(
+                "SELECT m.room_nid, m.membership, COUNT(*) FROM room_memberships m \
+                 WHERE m.room_nid IN ({list}) AND m.membership IN ('join', 'invite') \
+                 AND (EXISTS (SELECT 1 FROM users u WHERE u.user_id = m.user_id) \
+                 OR EXISTS (SELECT 1 FROM account_keys k WHERE k.user_id = m.user_id \
+                 AND k.state IN ('local', 'verified'))) \
+                 GROUP BY m.room_nid, m.membership"
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (i64, String, i64)>(sqlx::AssertSqlSafe(sql.clone()));
+                for nid in chunk {
+                    query = query.bind(*nid);
+                }
+                for nid in chunk {
+                    if let Some(summary) = out.get_mut(nid) {
+                        summary.joined = 0;
+                        summary.invited = 0;
+                    }
+                }
+                for (room, membership, count) in query.fetch_all(pool).await? {
+                    if let Some(summary) = out.get_mut(&room) {
+                        match membership.as_str() {
+                            "join" => summary.joined = count,
+                            _ => summary.invited = count,
+                        }
                     }
                 }
             });

@@ -172,7 +172,7 @@ impl Rooms {
 }
 
 /// The room version of a stored room.
-fn version_of(room: &RoomRow) -> Result<&'static RoomVersion> {
+pub(crate) fn version_of(room: &RoomRow) -> Result<&'static RoomVersion> {
     RoomVersion::get(&room.room_version).map_err(|_| {
         Error::Internal(format!(
             "room {} has unknown version {}",

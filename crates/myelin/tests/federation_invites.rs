@@ -1524,3 +1524,108 @@ async fn a_room_everyone_here_left_takes_an_invite_from_outside() {
         world.stop().await;
     }
 }
+
+/// An event of an account-key room (`org.matrix.12.4243`) signed by `key`, its sender's account
+/// key; without `room_id` for the create event (the room id is its hash).
+#[allow(clippy::too_many_arguments)]
+fn account_key_room_event(
+    key: &KeyPair,
+    room_id: Option<&str>,
+    sender: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+    prev: &[&str],
+    depth: i64,
+) -> Pdu {
+    let s = |v: &str| CanonicalJsonValue::String(v.to_owned());
+    let mut partial = CanonicalJsonObject::new();
+    partial.insert("type".to_owned(), s(kind));
+    if let Some(room_id) = room_id {
+        partial.insert("room_id".to_owned(), s(room_id));
+    }
+    partial.insert("sender".to_owned(), s(sender));
+    if let Some(state_key) = state_key {
+        partial.insert("state_key".to_owned(), s(state_key));
+    }
+    partial.insert(
+        "content".to_owned(),
+        CanonicalJsonValue::try_from(content).unwrap(),
+    );
+    partial.insert(
+        "prev_events".to_owned(),
+        CanonicalJsonValue::Array(prev.iter().map(|id| s(id)).collect()),
+    );
+    partial.insert(
+        "auth_events".to_owned(),
+        CanonicalJsonValue::Array(Vec::new()),
+    );
+    partial.insert(
+        "depth".to_owned(),
+        CanonicalJsonValue::Integer(depth.try_into().unwrap()),
+    );
+    partial.insert(
+        "origin_server_ts".to_owned(),
+        CanonicalJsonValue::Integer(myelin_service::now_millis().try_into().unwrap()),
+    );
+    let version = RoomVersion::get("org.matrix.12.4243").unwrap();
+    build_pdu(partial, version, EventSigner::Account(key)).unwrap()
+}
+
+/// An invite into a non-federating account-key room this server is not in (MSC4243.md Q9) is
+/// judged by the create event it carries, as every PDU of a room this server is in is: from a
+/// server other than the creator's, refused and nothing stored; the same invite from the
+/// creator's server is taken.
+#[tokio::test]
+async fn an_invite_into_a_non_federating_account_key_room_comes_only_from_the_creators_server() {
+    for kind in test_backends() {
+        let world = World::build(kind).await;
+        let creator = KeyPair::from_seed(&[61; 32]);
+        let inviter = KeyPair::from_seed(&[62; 32]);
+        for (creator_domain, refused) in [("third.test", true), (PEER, false)] {
+            let creator_id = creator.account_key().user_id(creator_domain);
+            let create = account_key_room_event(
+                &creator,
+                None,
+                &creator_id,
+                "m.room.create",
+                Some(""),
+                json!({"room_version": "org.matrix.12.4243", "m.federate": false}),
+                &[],
+                1,
+            );
+            let room_id = create.room_id_or_own().to_owned();
+            let invite = account_key_room_event(
+                &inviter,
+                Some(&room_id),
+                &inviter.account_key().user_id(PEER),
+                "m.room.member",
+                Some("@alice:hs.test"),
+                json!({"membership": "invite"}),
+                &[create.event_id()],
+                2,
+            );
+            let answer = world
+                .send_invite("org.matrix.12.4243", &invite, &[json_of(&create)])
+                .await;
+            let body = world.sync(None).await;
+            let shown = body["rooms"]["invite"].get(&room_id).is_some();
+            if refused {
+                let (status, body) = status_of(answer.unwrap_err());
+                assert_eq!(status, 403, "{kind:?}: {body}");
+                assert!(
+                    body["error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("does not federate"),
+                    "{kind:?}: {body}"
+                );
+                assert!(!shown, "{kind:?}: the refused invite is not shown");
+            } else {
+                assert!(answer.is_ok(), "{kind:?}: {answer:?}");
+                assert!(shown, "{kind:?}: the invite is shown");
+            }
+        }
+        world.stop().await;
+    }
+}

@@ -1,10 +1,13 @@
 //! Which servers a room accepts: its `m.room.server_acl`, and in account-key rooms created with
 //! `m.federate: false` only the creator's domain (MSC4243.md Q9). One rule, asked by every
 //! federation door that involves a room (the endpoints peers call, each PDU of `/send`, EDUs
-//! about a room).
+//! about a room, and an invite into a room this server is not in, judged by the create event
+//! it carries).
 
 use ruma::{ServerName, events::room::server_acl::RoomServerAclEventContent};
 use serde_json::Value;
+
+use myelin_room_version::RoomVersion;
 
 use super::{Rooms, version_of};
 use crate::{Error, Result};
@@ -27,19 +30,7 @@ impl Rooms {
                 .map_err(|e| Error::Internal(format!("stored {} event: {e}", row.event_type)))?;
             let allowed = match row.event_type.as_str() {
                 "m.room.server_acl" => acl_allows(&event["content"], server),
-                // Account-key rooms (MSC4243.md Q9): a domain in a user id proves nothing, so
-                // auth rule 4 (`m.federate: false`) cannot keep other servers out by their
-                // users' ids; the transport does, by the authenticated origin: only the
-                // creator's domain may talk to such a room.
-                _ if version_of(&room).is_ok_and(|v| v.uses_account_keys())
-                    && event["content"]["m.federate"] == Value::Bool(false) =>
-                {
-                    event["sender"]
-                        .as_str()
-                        .and_then(|sender| sender.split_once(':'))
-                        .is_some_and(|(_, domain)| domain == server.as_str())
-                }
-                _ => true,
+                _ => version_of(&room).is_ok_and(|v| create_admits(v, &event, server)),
             };
             if !allowed {
                 return Ok(false);
@@ -47,6 +38,21 @@ impl Rooms {
         }
         Ok(true)
     }
+}
+
+/// Whether a room whose create event is `create` takes anything from `server`: in account-key
+/// rooms (MSC4243.md Q9) a domain in a user id proves nothing, so auth rule 4
+/// (`m.federate: false`) cannot keep other servers out by their users' ids; the transport does,
+/// by the authenticated origin: only the creator's domain may talk to such a room. Other rooms
+/// leave `m.federate` to the auth rules.
+pub fn create_admits(version: &RoomVersion, create: &Value, server: &ServerName) -> bool {
+    if !version.uses_account_keys() || create["content"]["m.federate"] != Value::Bool(false) {
+        return true;
+    }
+    create["sender"]
+        .as_str()
+        .and_then(|sender| sender.split_once(':'))
+        .is_some_and(|(_, domain)| domain == server.as_str())
 }
 
 /// The spec's rule over an ACL event's content, read leniently: entries that are not strings

@@ -316,6 +316,17 @@ impl Rooms {
         let shown = self
             .checked_stripped_state(version, &invite.room_id, &invite.invite_room_state)
             .await?;
+        // Not in the room: the create event it carries (checked above) says who may talk to it.
+        if !in_room
+            && let Some(create) = shown
+                .iter()
+                .find(|e| e["type"] == "m.room.create" && e["state_key"] == "")
+            && !super::acl::create_admits(version, create, origin)
+        {
+            return Err(Error::Forbidden(format!(
+                "Server {origin} may not invite into this room: it does not federate"
+            )));
+        }
 
         let signed = if version.uses_account_keys() {
             // The invite names the invitee by account name; their key-form id goes in, the

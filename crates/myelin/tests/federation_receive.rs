@@ -1874,6 +1874,43 @@ async fn a_non_federating_account_key_room_takes_no_pdu_from_other_origins() {
     }
 }
 
+/// `localpart`, registered on `server` and joined to `room_id`.
+async fn joined_local_user(server: &TestServer, room_id: &str, localpart: &str) -> TestUser {
+    let user = server.register(localpart).await;
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(room_id)),
+            &user.access_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    user
+}
+
+/// An account-key event of the peer's member `key` (as [`account_key_event`]), sent by the
+/// peer in its own transaction `txn` and accepted.
+#[allow(clippy::too_many_arguments)]
+async fn peer_account_key_event(
+    server: &TestServer,
+    peer: &Peer,
+    txn: &str,
+    room_id: &str,
+    key: &KeyPair,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+    auth: &[String],
+) -> Pdu {
+    let pdu = account_key_event(server, room_id, key, PEER, kind, state_key, content, auth).await;
+    let answer = peer
+        .send(txn, vec![json_of(&pdu)], Vec::new())
+        .await
+        .unwrap();
+    assert!(ok(&answer, &pdu), "{answer:?}");
+    pdu
+}
+
 /// A member verified late (MSC4243.md §2.6 item 39, §6 cases 30 and 31): a remote key-form
 /// member joins and speaks while its domain has not vouched for it, so clients see neither;
 /// once verified, a client syncing with `use_state_after` receives its member event (under its
@@ -1887,15 +1924,7 @@ async fn a_late_verified_member_reaches_state_after_only_and_its_history_message
         let ca = TestCa::new();
         let (server, peer, room_id, [rules, power]) =
             account_key_room_with_peer(kind, &ca, json!({})).await;
-        let carol = server.register("carol").await;
-        let (status, body) = server
-            .post(
-                &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
-                &carol.access_token,
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200, "{kind:?}: {body}");
+        let carol = joined_local_user(&server, &room_id, "carol").await;
 
         let x = KeyPair::from_seed(&[91; 32]);
         let x_id = x.account_key().user_id(PEER);
@@ -1911,38 +1940,30 @@ async fn a_late_verified_member_reaches_state_after_only_and_its_history_message
         )
         .await
         .unwrap();
-        let join = account_key_event(
+        let join = peer_account_key_event(
             &server,
+            &peer,
+            "late-join",
             &room_id,
             &x,
-            PEER,
             "m.room.member",
             Some(&x_id),
             json!({"membership": "join"}),
             &[rules.clone(), power.clone()],
         )
         .await;
-        let answer = peer
-            .send("late-join", vec![json_of(&join)], Vec::new())
-            .await
-            .unwrap();
-        assert!(ok(&answer, &join), "{kind:?}: {answer:?}");
-        let message = account_key_event(
+        let message = peer_account_key_event(
             &server,
+            &peer,
+            "late-message",
             &room_id,
             &x,
-            PEER,
             "m.room.message",
             None,
             json!({"msgtype": "m.text", "body": "said while unverified"}),
             &[power.clone(), join.event_id().to_owned()],
         )
         .await;
-        let answer = peer
-            .send("late-message", vec![json_of(&message)], Vec::new())
-            .await
-            .unwrap();
-        assert!(ok(&answer, &message), "{kind:?}: {answer:?}");
 
         // Carol's client is up to date: it has seen nothing of x.
         let (status, body) = server
@@ -2045,60 +2066,40 @@ async fn an_unverified_sender_notifies_nobody() {
         let ca = TestCa::new();
         let (server, peer, room_id, [rules, power]) =
             account_key_room_with_peer(kind, &ca, json!({})).await;
-        let carol = server.register("carol").await;
-        let (status, body) = server
-            .post(
-                &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
-                &carol.access_token,
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200, "{kind:?}: {body}");
+        let carol = joined_local_user(&server, &room_id, "carol").await;
         let x = KeyPair::from_seed(&[93; 32]);
         let x_id = x.account_key().user_id(PEER);
-        let join = account_key_event(
+        let join = peer_account_key_event(
             &server,
+            &peer,
+            "push-join",
             &room_id,
             &x,
-            PEER,
             "m.room.member",
             Some(&x_id),
             json!({"membership": "join"}),
             &[rules.clone(), power.clone()],
         )
         .await;
-        let answer = peer
-            .send("push-join", vec![json_of(&join)], Vec::new())
-            .await
-            .unwrap();
-        assert!(ok(&answer, &join), "{kind:?}: {answer:?}");
         let say = |txn: &'static str, body: &'static str| {
-            let (server, peer, room_id, x, power, join) = (
-                &server,
-                &peer,
-                &room_id,
-                &x,
-                &power,
-                join.event_id().to_owned(),
-            );
+            let auth = [power.clone(), join.event_id().to_owned()];
+            let (server, peer, room_id, x) = (&server, &peer, &room_id, &x);
             async move {
-                let message = account_key_event(
+                let content = json!({"msgtype": "m.text", "body": body});
+                peer_account_key_event(
                     server,
+                    peer,
+                    txn,
                     room_id,
                     x,
-                    PEER,
                     "m.room.message",
                     None,
-                    json!({"msgtype": "m.text", "body": body}),
-                    &[power.clone(), join],
+                    content,
+                    &auth,
                 )
-                .await;
-                let answer = peer
-                    .send(txn, vec![json_of(&message)], Vec::new())
-                    .await
-                    .unwrap();
-                assert!(ok(&answer, &message), "{answer:?}");
-                message.event_id().to_owned()
+                .await
+                .event_id()
+                .to_owned()
             }
         };
         let hidden = say("push-1", "hello carol, from nowhere").await;

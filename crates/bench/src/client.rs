@@ -194,6 +194,36 @@ impl Server {
         Ok(resp["joined"].as_object().map_or(0, |j| j.len()))
     }
 
+    /// The members `GET /rooms/{room}/joined_members` lists whose ids are of another server
+    /// than `user`'s.
+    pub async fn joined_remote_member_count(&self, user: &User, room_id: &str) -> Result<usize> {
+        let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id));
+        let resp = self
+            .call(Method::GET, &path, Some(&user.token), None)
+            .await?;
+        let own = server_part(&user.user_id);
+        Ok(resp["joined"]
+            .as_object()
+            .map_or(0, |j| j.keys().filter(|id| server_part(id) != own).count()))
+    }
+
+    /// `GET /metrics` (Prometheus text), served on the client listener unless the server has a
+    /// separate metrics listener.
+    pub async fn metrics(&self) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .context("GET /metrics")?;
+        let status = resp.status();
+        let text = resp.text().await.context("GET /metrics: body")?;
+        if status != StatusCode::OK {
+            bail!("GET /metrics: {status}");
+        }
+        Ok(text)
+    }
+
     /// Sends an `m.room.message` and returns its event ID.
     pub async fn send(&self, user: &User, room_id: &str, text: &str) -> Result<String> {
         let txn = user.txn.fetch_add(1, Ordering::Relaxed);
@@ -239,6 +269,21 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// The server name of a user id (`@local:server` → `server`).
+pub fn server_part(user_id: &str) -> &str {
+    user_id.split_once(':').map_or("", |(_, server)| server)
+}
+
+/// The value of the sample `name` (with its labels, as written) in Prometheus text; 0 when the
+/// server has no such sample yet.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Whether a sync response lists `room_id` under `rooms.join`.

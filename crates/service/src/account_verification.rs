@@ -20,8 +20,11 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use myelin_room_version::{
@@ -77,6 +80,41 @@ pub struct AccountVerifier {
     asking: Mutex<HashSet<String>>,
     /// Set while the background retries run: their stop signal.
     stop: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    /// What the asking has sent and got since start-up (read by `/metrics`).
+    counters: QueryCounters,
+}
+
+/// The running totals of this server's `/query/accounts` asking since it started (key batches
+/// and erasure-log pages alike), counted where each request is sent. Bytes are those of the
+/// JSON bodies as serialised (the request as sent; the answer as read, re-serialised compactly:
+/// the size of a compact answer), not of HTTP heads or TLS.
+#[derive(Debug, Default)]
+struct QueryCounters {
+    requests_ok: AtomicU64,
+    requests_error: AtomicU64,
+    requests_timeout: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+    keys_asked: AtomicU64,
+    keys_verified: AtomicU64,
+}
+
+/// A reading of [`AccountVerifier`]'s counters (see [`AccountVerifier::totals`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueryTotals {
+    /// Requests answered with a JSON object (whatever it said about each key).
+    pub requests_ok: u64,
+    /// Requests that failed: no connection, an error status, an unreadable or oversized answer,
+    /// or refused locally while the domain backs off.
+    pub requests_error: u64,
+    /// Requests that took longer than [`REQUEST_TIMEOUT`].
+    pub requests_timeout: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Keys asked about (a key asked twice counts twice).
+    pub keys_asked: u64,
+    /// Keys an answer verified.
+    pub keys_verified: u64,
 }
 
 /// What one round of asking did.
@@ -88,6 +126,18 @@ pub struct Asked {
     pub settled: usize,
     /// Keys still unverified.
     pub unverified: usize,
+    /// Bytes of the requests' bodies.
+    pub request_bytes: u64,
+    /// Bytes of the answers' bodies.
+    pub response_bytes: u64,
+}
+
+/// What one `/query/accounts` request brought back.
+struct Answer {
+    /// The answer's body, or `None` when the request failed or timed out (logged).
+    body: Option<serde_json::Map<String, Value>>,
+    request_bytes: u64,
+    response_bytes: u64,
 }
 
 impl AccountVerifier {
@@ -98,6 +148,68 @@ impl AccountVerifier {
             store,
             asking: Mutex::new(HashSet::new()),
             stop: Mutex::new(None),
+            counters: QueryCounters::default(),
+        }
+    }
+
+    /// The counters of the asking so far.
+    pub fn totals(&self) -> QueryTotals {
+        let c = &self.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        QueryTotals {
+            requests_ok: read(&c.requests_ok),
+            requests_error: read(&c.requests_error),
+            requests_timeout: read(&c.requests_timeout),
+            request_bytes: read(&c.request_bytes),
+            response_bytes: read(&c.response_bytes),
+            keys_asked: read(&c.keys_asked),
+            keys_verified: read(&c.keys_verified),
+        }
+    }
+
+    /// Other servers' keys held unverified now (one store count).
+    pub async fn unverified_count(&self) -> Result<i64> {
+        Ok(self.store.unverified_account_key_count().await?)
+    }
+
+    /// Sends one `/query/accounts` request to `server` (bounded in time and answer size) and
+    /// counts it: its outcome and the bytes each way.
+    async fn send_query(&self, server: &ServerName, request: query_accounts::Request) -> Answer {
+        let request_bytes = query_body_bytes(&request);
+        let keys = request.account_keys.len();
+        let sent = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.federation
+                .send_limited(server, request, MAX_ANSWER_BYTES),
+        )
+        .await;
+        let c = &self.counters;
+        c.request_bytes.fetch_add(request_bytes, Ordering::Relaxed);
+        c.keys_asked.fetch_add(keys as u64, Ordering::Relaxed);
+        let body = match sent {
+            Ok(Ok(response)) => {
+                c.requests_ok.fetch_add(1, Ordering::Relaxed);
+                Some(response.body)
+            }
+            Ok(Err(err)) => {
+                c.requests_error.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(domain = %server, keys, %err, "a /query/accounts request failed");
+                None
+            }
+            Err(_) => {
+                c.requests_timeout.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(domain = %server, keys, "a /query/accounts request timed out");
+                None
+            }
+        };
+        let response_bytes = body
+            .as_ref()
+            .map_or(0, |body| serde_json::to_vec(body).map_or(0, |b| b.len() as u64));
+        c.response_bytes.fetch_add(response_bytes, Ordering::Relaxed);
+        Answer {
+            body,
+            request_bytes,
+            response_bytes,
         }
     }
 
@@ -185,22 +297,9 @@ impl AccountVerifier {
                 id: cursor,
                 limit: ERASURE_PAGE,
             });
-            let answer = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                self.federation
-                    .send_limited(server, request, MAX_ANSWER_BYTES),
-            )
-            .await;
-            let body = match answer {
-                Ok(Ok(response)) => response.body,
-                Ok(Err(err)) => {
-                    tracing::info!(%domain, %err, "reading an erasure log failed");
-                    return Ok(erased);
-                }
-                Err(_) => {
-                    tracing::info!(%domain, "reading an erasure log timed out");
-                    return Ok(erased);
-                }
+            let Some(body) = self.send_query(server, request).await.body else {
+                // Failed or timed out (logged): polled again next round.
+                return Ok(erased);
             };
             // Only the keys this server holds for that domain matter (a flood of others is
             // not stored).
@@ -334,57 +433,53 @@ impl AccountVerifier {
                         asking.remove(&user.to_string());
                     }
                 }
-                let (requests, settled) = outcome?;
-                asked.requests += requests;
-                asked.settled += settled;
-                asked.unverified += batch.len() - settled;
+                let batch_asked = outcome?;
+                asked.requests += batch_asked.requests;
+                asked.settled += batch_asked.settled;
+                asked.unverified += batch_asked.unverified;
+                asked.request_bytes += batch_asked.request_bytes;
+                asked.response_bytes += batch_asked.response_bytes;
             }
         }
         Ok(asked)
     }
 
     /// One request to `domain` about `batch` (all claiming it); the verdicts recorded.
-    /// Returns (requests sent, keys settled).
-    async fn ask_domain(&self, domain: &str, batch: &[KeyFormUserId]) -> Result<(usize, usize)> {
+    async fn ask_domain(&self, domain: &str, batch: &[KeyFormUserId]) -> Result<Asked> {
         let Ok(server) = <&ServerName>::try_from(domain) else {
             // Not a server name: nobody to ask, and never verifiable.
             for user in batch {
                 self.record(user, &unverified("bad_domain", RETRY_DISOWNED_MS))
                     .await?;
             }
-            return Ok((0, 0));
+            return Ok(Asked {
+                unverified: batch.len(),
+                ..Asked::default()
+            });
         };
         let keys: Vec<String> = batch.iter().map(|u| u.key.as_str().to_owned()).collect();
-        let sent = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.federation.send_limited(
-                server,
-                query_accounts::Request::new(keys),
-                MAX_ANSWER_BYTES,
-            ),
-        )
-        .await;
-        let answers = match sent {
-            Ok(Ok(response)) => response.body.get("account_keys").cloned(),
-            Ok(Err(err)) => {
-                tracing::info!(%domain, keys = batch.len(), %err, "a /query/accounts request failed");
-                None
-            }
-            Err(_) => {
-                tracing::info!(%domain, keys = batch.len(), "a /query/accounts request timed out");
-                None
-            }
+        let answer = self
+            .send_query(server, query_accounts::Request::new(keys))
+            .await;
+        let mut asked = Asked {
+            requests: 1,
+            request_bytes: answer.request_bytes,
+            response_bytes: answer.response_bytes,
+            ..Asked::default()
         };
-        let Some(Value::Object(answers)) = answers else {
+        let Some(Value::Object(answers)) = answer
+            .body
+            .and_then(|mut body| body.remove("account_keys"))
+        else {
             // Unreachable, an error status or no `account_keys` object: every key of the batch
             // stays unverified, asked again before those the domain disowned.
             for user in batch {
                 self.record(user, &unverified("unreachable", RETRY_UNANSWERED_MS))
                     .await?;
             }
-            return Ok((1, 0));
+            asked.unverified = batch.len();
+            return Ok(asked);
         };
-        let mut settled = 0;
         for user in batch {
             let answer: Option<CanonicalJsonObject> = answers
                 .get(user.key.as_str())
@@ -413,11 +508,16 @@ impl AccountVerifier {
                     unverified(reason_name(reason), RETRY_DISOWNED_MS)
                 }
             };
-            if self.record(user, &recorded).await? != KeyVerification::Unverified {
-                settled += 1;
+            match self.record(user, &recorded).await? {
+                KeyVerification::Unverified => asked.unverified += 1,
+                KeyVerification::Verified { .. } => {
+                    self.counters.keys_verified.fetch_add(1, Ordering::Relaxed);
+                    asked.settled += 1;
+                }
+                _ => asked.settled += 1,
             }
         }
-        Ok((1, settled))
+        Ok(asked)
     }
 
     async fn record(
@@ -427,6 +527,16 @@ impl AccountVerifier {
     ) -> Result<KeyVerification> {
         self.accounts.record_remote(user, verdict).await
     }
+}
+
+/// The bytes of `request`'s JSON body as sent (the ruma request serialises the same fields).
+fn query_body_bytes(request: &query_accounts::Request) -> u64 {
+    let mut body = serde_json::Map::new();
+    body.insert("account_keys".to_owned(), Value::from(request.account_keys.clone()));
+    if let Some(cursor) = request.erasure {
+        body.insert("erasure".to_owned(), serde_json::json!(cursor));
+    }
+    serde_json::to_vec(&body).map_or(0, |b| b.len() as u64)
 }
 
 fn unverified(outcome: &'static str, retry_in_ms: i64) -> RemoteKeyVerdict<'static> {
@@ -505,26 +615,32 @@ impl crate::Services {
     }
 
     /// Asks about the key-form users `events` name, waiting at most `wait` (the rest carries on
-    /// in the background).
+    /// in the background). When the round ends, in time or later, one line says what it did
+    /// and how long it took from this call (what a join's "time until all verified" is).
     pub(crate) async fn verify_named(&self, events: &[&[u8]], wait: Duration) {
         let users = users_named(events);
         if users.is_empty() {
             return;
         }
         let verifier = self.account_verifier.clone();
-        let asking = tokio::spawn(async move { verifier.verify(&users).await });
-        match tokio::time::timeout(wait, asking).await {
-            Ok(Ok(Ok(asked))) => {
-                tracing::info!(
+        let started = Instant::now();
+        let asking = tokio::spawn(async move {
+            match verifier.verify(&users).await {
+                Ok(asked) => tracing::info!(
+                    named = users.len(),
                     requests = asked.requests,
                     verified = asked.settled,
                     unverified = asked.unverified,
+                    request_bytes = asked.request_bytes,
+                    response_bytes = asked.response_bytes,
+                    elapsed_ms = started.elapsed().as_millis(),
                     "asked other servers about a room's account keys"
-                );
+                ),
+                Err(err) => tracing::warn!(%err, "asking other servers about account keys failed"),
             }
-            Ok(Ok(Err(err))) => {
-                tracing::warn!(%err, "asking other servers about account keys failed")
-            }
+        });
+        match tokio::time::timeout(wait, asking).await {
+            Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(%err, "asking other servers about account keys failed"),
             Err(_) => tracing::info!(
                 ?wait,

@@ -206,6 +206,18 @@ impl Store {
         Ok(out)
     }
 
+    /// How many other servers' keys are held unverified (asked about, not vouched for yet):
+    /// read at each `/metrics` scrape, so one count over the partial retry index.
+    pub async fn unverified_account_key_count(&self) -> Result<i64, StoreError> {
+        with_pool!(self, pool => {
+            let count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM account_keys WHERE state = 'unverified'")
+                    .fetch_one(pool)
+                    .await?;
+            Ok(count)
+        })
+    }
+
     /// Every key whose state clients' views depend on (local, verified, erased), for the
     /// service's in-memory lookup; unverified keys are the default and not listed.
     pub async fn known_account_keys(&self) -> Result<Vec<AccountKeyRow>, StoreError> {

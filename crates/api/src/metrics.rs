@@ -252,7 +252,9 @@ impl Metrics {
         ];
         for (outcome, total) in outcomes {
             raise(
-                &self.account_queries.get_or_create(&OutcomeLabels { outcome }),
+                &self
+                    .account_queries
+                    .get_or_create(&OutcomeLabels { outcome }),
                 total,
             );
         }

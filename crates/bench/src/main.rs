@@ -558,10 +558,7 @@ async fn join_remote(ctx: &Ctx, args: &Args) -> Result<Value> {
     }
     let account_keys = match keys_poll {
         Some((target, task)) => {
-            let remote = ctx
-                .server
-                .joined_remote_member_count(&user, &room)
-                .await? as u64;
+            let remote = ctx.server.joined_remote_member_count(&user, &room).await? as u64;
             let _ = target.send(Some(KeysWanted {
                 verified: remote,
                 give_up_at: join_done + Duration::from_secs(60),

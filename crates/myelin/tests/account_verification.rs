@@ -397,7 +397,10 @@ async fn the_asking_is_counted_in_metrics() {
                 state.response_bytes.iter().sum::<usize>() as u64,
             )
         };
-        assert!(sent > 2049 * 43 && answered > sent, "{kind:?}: {sent} / {answered}");
+        assert!(
+            sent > 2049 * 43 && answered > sent,
+            "{kind:?}: {sent} / {answered}"
+        );
         assert_eq!(
             totals,
             myelin_service::account_verification::QueryTotals {

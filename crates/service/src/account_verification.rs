@@ -27,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
 use myelin_room_version::{
     account_key::KeyFormUserId,
     canonical::to_canonical_string,
@@ -55,6 +56,11 @@ pub const RETRY_UNANSWERED_MS: i64 = 5 * 60 * 1000;
 pub const RETRY_DISOWNED_MS: i64 = 60 * 60 * 1000;
 /// How often due retries are looked for.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Batches (of up to [`MAX_QUERY_KEYS`] keys) in flight at once: a 10,000-member room's five
+/// go together, so that the domain signs its answers while this server checks the ones that
+/// came. A domain that does not answer gets at most this many requests before its backoff
+/// turns the rest of a round away.
+pub const CONCURRENT_BATCHES: usize = 4;
 /// Keys asked about again per round at most.
 pub const RETRY_BATCH: i64 = 4 * MAX_QUERY_KEYS as i64;
 /// How long a claimed retry is held before another round (or process) may claim it again, in
@@ -202,10 +208,11 @@ impl AccountVerifier {
                 None
             }
         };
-        let response_bytes = body
-            .as_ref()
-            .map_or(0, |body| serde_json::to_vec(body).map_or(0, |b| b.len() as u64));
-        c.response_bytes.fetch_add(response_bytes, Ordering::Relaxed);
+        let response_bytes = body.as_ref().map_or(0, |body| {
+            serde_json::to_vec(body).map_or(0, |b| b.len() as u64)
+        });
+        c.response_bytes
+            .fetch_add(response_bytes, Ordering::Relaxed);
         Answer {
             body,
             request_bytes,
@@ -408,7 +415,8 @@ impl AccountVerifier {
     }
 
     /// Asks each claimed domain about `users` (other servers' key-form users), skipping those
-    /// another caller is asking about right now.
+    /// another caller is asking about right now. The batches go [`CONCURRENT_BATCHES`] at a
+    /// time; each lets go of its users when it is done, whatever its outcome.
     async fn ask(&self, users: Vec<KeyFormUserId>) -> Result<Asked> {
         let mut by_domain: BTreeMap<String, Vec<KeyFormUserId>> = BTreeMap::new();
         {
@@ -423,35 +431,51 @@ impl AccountVerifier {
                     .push(user);
             }
         }
+        let batches: Vec<(String, Vec<KeyFormUserId>)> = by_domain
+            .into_iter()
+            .flat_map(|(domain, users)| {
+                users
+                    .chunks(MAX_QUERY_KEYS)
+                    .map(|batch| (domain.clone(), batch.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let asking = batches
+            .into_iter()
+            .map(|(domain, batch)| self.ask_and_release(domain, batch));
+        let outcomes: Vec<Result<Asked>> = futures::stream::iter(asking)
+            .buffer_unordered(CONCURRENT_BATCHES)
+            .collect()
+            .await;
         let mut asked = Asked::default();
-        for (domain, users) in by_domain {
-            for batch in users.chunks(MAX_QUERY_KEYS) {
-                let outcome = self.ask_domain(&domain, batch).await;
-                {
-                    let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
-                    for user in batch {
-                        asking.remove(&user.to_string());
-                    }
-                }
-                let batch_asked = outcome?;
-                asked.requests += batch_asked.requests;
-                asked.settled += batch_asked.settled;
-                asked.unverified += batch_asked.unverified;
-                asked.request_bytes += batch_asked.request_bytes;
-                asked.response_bytes += batch_asked.response_bytes;
-            }
+        for outcome in outcomes {
+            let batch = outcome?;
+            asked.requests += batch.requests;
+            asked.settled += batch.settled;
+            asked.unverified += batch.unverified;
+            asked.request_bytes += batch.request_bytes;
+            asked.response_bytes += batch.response_bytes;
         }
         Ok(asked)
+    }
+
+    /// [`Self::ask_domain`], then lets go of the batch's users (whatever the outcome).
+    async fn ask_and_release(&self, domain: String, batch: Vec<KeyFormUserId>) -> Result<Asked> {
+        let outcome = self.ask_domain(&domain, &batch).await;
+        let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
+        for user in &batch {
+            asking.remove(&user.to_string());
+        }
+        outcome
     }
 
     /// One request to `domain` about `batch` (all claiming it); the verdicts recorded.
     async fn ask_domain(&self, domain: &str, batch: &[KeyFormUserId]) -> Result<Asked> {
         let Ok(server) = <&ServerName>::try_from(domain) else {
             // Not a server name: nobody to ask, and never verifiable.
-            for user in batch {
-                self.record(user, &unverified("bad_domain", RETRY_DISOWNED_MS))
-                    .await?;
-            }
+            let verdict = unverified("bad_domain", RETRY_DISOWNED_MS);
+            let verdicts: Vec<_> = batch.iter().map(|user| (user, verdict.clone())).collect();
+            self.accounts.record_remote_many(domain, &verdicts).await?;
             return Ok(Asked {
                 unverified: batch.len(),
                 ..Asked::default()
@@ -467,48 +491,43 @@ impl AccountVerifier {
             response_bytes: answer.response_bytes,
             ..Asked::default()
         };
-        let Some(Value::Object(answers)) = answer
-            .body
-            .and_then(|mut body| body.remove("account_keys"))
+        let Some(Value::Object(answers)) =
+            answer.body.and_then(|mut body| body.remove("account_keys"))
         else {
             // Unreachable, an error status or no `account_keys` object: every key of the batch
             // stays unverified, asked again before those the domain disowned.
-            for user in batch {
-                self.record(user, &unverified("unreachable", RETRY_UNANSWERED_MS))
-                    .await?;
-            }
+            let verdict = unverified("unreachable", RETRY_UNANSWERED_MS);
+            let verdicts: Vec<_> = batch.iter().map(|user| (user, verdict.clone())).collect();
+            self.accounts.record_remote_many(domain, &verdicts).await?;
             asked.unverified = batch.len();
             return Ok(asked);
         };
-        for user in batch {
-            let answer: Option<CanonicalJsonObject> = answers
-                .get(user.key.as_str())
-                .and_then(|value| CanonicalJsonValue::try_from(value.clone()).ok())
-                .and_then(|value| match value {
-                    CanonicalJsonValue::Object(object) => Some(object),
-                    _ => None,
-                });
-            let verdict = classify_answer(user, answer.as_ref());
-            let attestation;
-            let recorded = match &verdict {
-                AnswerVerdict::Verified { account_name } => RemoteKeyVerdict::Verified {
-                    account_name: account_name.as_str(),
-                },
-                AnswerVerdict::Erased => {
-                    attestation = answer.as_ref().map(to_canonical_string).unwrap_or_default();
-                    RemoteKeyVerdict::Erased {
-                        attestation: &attestation,
+        // Checking 2048 signatures is CPU work: off the async workers, so that the batches in
+        // flight are judged on every core.
+        let users = batch.to_vec();
+        let judged = tokio::task::spawn_blocking(move || judge_answers(&users, &answers))
+            .await
+            .map_err(|err| crate::Error::Internal(format!("judging an answer: {err}")))?;
+        let verdicts: Vec<(&KeyFormUserId, RemoteKeyVerdict<'_>)> = batch
+            .iter()
+            .zip(&judged)
+            .map(|(user, judged)| {
+                let verdict = match judged {
+                    Judged::Verified { account_name } => {
+                        RemoteKeyVerdict::Verified { account_name }
                     }
-                }
-                AnswerVerdict::Unverified(Unverified::Missing) => {
-                    unverified("missing", RETRY_UNANSWERED_MS)
-                }
-                AnswerVerdict::Unverified(reason) => {
-                    tracing::info!(%domain, user = %user, ?reason, "a /query/accounts answer does not verify the key");
-                    unverified(reason_name(reason), RETRY_DISOWNED_MS)
-                }
-            };
-            match self.record(user, &recorded).await? {
+                    Judged::Erased { attestation } => RemoteKeyVerdict::Erased { attestation },
+                    Judged::Unverified {
+                        outcome,
+                        retry_in_ms,
+                    } => unverified(outcome, *retry_in_ms),
+                };
+                (user, verdict)
+            })
+            .collect();
+        let states = self.accounts.record_remote_many(domain, &verdicts).await?;
+        for state in states {
+            match state {
                 KeyVerification::Unverified => asked.unverified += 1,
                 KeyVerification::Verified { .. } => {
                     self.counters.keys_verified.fetch_add(1, Ordering::Relaxed);
@@ -529,10 +548,62 @@ impl AccountVerifier {
     }
 }
 
+/// What an answer said about one key, judged (see [`judge_answers`]).
+enum Judged {
+    Verified {
+        account_name: String,
+    },
+    Erased {
+        attestation: String,
+    },
+    Unverified {
+        outcome: &'static str,
+        retry_in_ms: i64,
+    },
+}
+
+/// Judges `answers` (a `/query/accounts` answer's `account_keys`) for each of `users` by the
+/// room version's classifier, in order. A key the domain left out is asked again before one it
+/// disowned.
+fn judge_answers(users: &[KeyFormUserId], answers: &serde_json::Map<String, Value>) -> Vec<Judged> {
+    users
+        .iter()
+        .map(|user| {
+            let answer: Option<CanonicalJsonObject> = answers
+                .get(user.key.as_str())
+                .and_then(|value| CanonicalJsonValue::try_from(value.clone()).ok())
+                .and_then(|value| match value {
+                    CanonicalJsonValue::Object(object) => Some(object),
+                    _ => None,
+                });
+            match classify_answer(user, answer.as_ref()) {
+                AnswerVerdict::Verified { account_name } => Judged::Verified { account_name },
+                AnswerVerdict::Erased => Judged::Erased {
+                    attestation: answer.as_ref().map(to_canonical_string).unwrap_or_default(),
+                },
+                AnswerVerdict::Unverified(Unverified::Missing) => Judged::Unverified {
+                    outcome: "missing",
+                    retry_in_ms: RETRY_UNANSWERED_MS,
+                },
+                AnswerVerdict::Unverified(reason) => {
+                    tracing::info!(domain = %user.server_name, user = %user, ?reason, "a /query/accounts answer does not verify the key");
+                    Judged::Unverified {
+                        outcome: reason_name(&reason),
+                        retry_in_ms: RETRY_DISOWNED_MS,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
 /// The bytes of `request`'s JSON body as sent (the ruma request serialises the same fields).
 fn query_body_bytes(request: &query_accounts::Request) -> u64 {
     let mut body = serde_json::Map::new();
-    body.insert("account_keys".to_owned(), Value::from(request.account_keys.clone()));
+    body.insert(
+        "account_keys".to_owned(),
+        Value::from(request.account_keys.clone()),
+    );
     if let Some(cursor) = request.erasure {
         body.insert("erasure".to_owned(), serde_json::json!(cursor));
     }

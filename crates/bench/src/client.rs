@@ -194,19 +194,6 @@ impl Server {
         Ok(resp["joined"].as_object().map_or(0, |j| j.len()))
     }
 
-    /// The members `GET /rooms/{room}/joined_members` lists whose ids are of another server
-    /// than `user`'s.
-    pub async fn joined_remote_member_count(&self, user: &User, room_id: &str) -> Result<usize> {
-        let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id));
-        let resp = self
-            .call(Method::GET, &path, Some(&user.token), None)
-            .await?;
-        let own = server_part(&user.user_id);
-        Ok(resp["joined"]
-            .as_object()
-            .map_or(0, |j| j.keys().filter(|id| server_part(id) != own).count()))
-    }
-
     /// `GET /metrics` (Prometheus text), served on the client listener unless the server has a
     /// separate metrics listener.
     pub async fn metrics(&self) -> Result<String> {
@@ -269,11 +256,6 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
-}
-
-/// The server name of a user id (`@local:server` → `server`).
-pub fn server_part(user_id: &str) -> &str {
-    user_id.split_once(':').map_or("", |(_, server)| server)
 }
 
 /// The value of the sample `name` (with its labels, as written) in Prometheus text; 0 when the

@@ -100,9 +100,9 @@ struct Args {
     #[arg(long)]
     lazy_load_members: bool,
     /// join-remote follows the joining server's account-key verification (a Myelin joining an
-    /// account-key room): its `/metrics` polled from just before the join (every 100 ms, every
-    /// 20 ms once the join has returned) until its verified-keys counter covers every member of
-    /// another server, or 60 s after the join returned.
+    /// account-key room): its `/metrics` polled from just before the join (every 50 ms, every
+    /// 20 ms once the room is in `/sync`) until its verified-keys counter covers every member
+    /// of another server, or 120 s after the join returned.
     #[arg(long)]
     account_keys: bool,
 }
@@ -556,19 +556,25 @@ async fn join_remote(ctx: &Ctx, args: &Args) -> Result<Value> {
         syncing.abort();
         return Err(e.context(format!("joining after {join_s:.3} s")));
     }
+    let (arrived, resp, syncs) = syncing.await??;
+    // Every member of another server: the room's joined members (the sync summary) but the
+    // one joining user, the only member this server has. (Not `/joined_members`: in an
+    // account-key room it lists only the members verified so far.)
     let account_keys = match keys_poll {
         Some((target, task)) => {
-            let remote = ctx.server.joined_remote_member_count(&user, &room).await? as u64;
+            let joined = resp["rooms"]["join"][&room]["summary"]["m.joined_member_count"]
+                .as_u64()
+                .context("no m.joined_member_count in the sync summary")?;
+            let remote = joined.saturating_sub(1);
             let _ = target.send(Some(KeysWanted {
                 verified: remote,
-                give_up_at: join_done + Duration::from_secs(60),
+                give_up_at: join_done + Duration::from_secs(120),
             }));
             let samples = task.await??;
             keys_summary(&samples, remote, t0, join_done)
         }
         None => Value::Null,
     };
-    let (arrived, resp, syncs) = syncing.await??;
     let sync_s = arrived.saturating_duration_since(t0).as_secs_f64();
     let in_sync = &resp["rooms"]["join"][&room];
     let count = |v: &Value| v.as_array().map_or(0, Vec::len);
@@ -637,7 +643,9 @@ struct KeysWanted {
 }
 
 /// Scrapes `/metrics` until the verified-keys counter reaches what `wanted` says (or its time
-/// is up); every 100 ms until then, every 20 ms once it is known (the join has returned).
+/// is up); every 50 ms until that is known, then every 20 ms. When the target was reached is
+/// read from all the samples afterwards, so that a target reached before it was known counts
+/// from the sample that first showed it.
 async fn poll_account_keys(
     server: Server,
     wanted: tokio::sync::watch::Receiver<Option<KeysWanted>>,
@@ -653,7 +661,7 @@ async fn poll_account_keys(
         {
             return Ok(samples);
         }
-        let every = if want.is_some() { 20 } else { 100 };
+        let every = if want.is_some() { 20 } else { 50 };
         tokio::time::sleep(Duration::from_millis(every)).await;
     }
 }

@@ -1,12 +1,14 @@
 //! Asking other servers who their account keys are (MSC4243.md §2.3 items 20–24): the
 //! requester's half of `/query/accounts`. Key-form users this server does not know yet are
-//! grouped by the domain they claim, asked in batches of at most [`MAX_QUERY_KEYS`], each
-//! request bounded in time and in answer size and sent through [`Outbound`] (so the
-//! per-domain backoff of the transport applies: a forged-domain flood costs that domain one
-//! batch per key batch and backoff window). Each per-key answer is judged by the room
-//! version's classifier (`query_accounts::classify_answer`, the one judgement) and recorded
-//! through [`AccountKeys::record_remote`], the one way a verdict enters the store and the
-//! client projection.
+//! grouped by the domain they claim, asked in batches of at most [`MAX_QUERY_KEYS`]
+//! ([`CONCURRENT_BATCHES`] in flight), each request bounded in time and in answer size and
+//! sent through [`Outbound`] (so the per-domain backoff of the transport applies: a
+//! forged-domain flood costs that domain a few batches per backoff window). Each per-key
+//! answer is judged by the room version's classifier (`query_accounts::classify_answer`, the
+//! one judgement) and one answer's verdicts are recorded together through
+//! [`AccountKeys::record_remote_many`], the one way verdicts enter the store and the client
+//! projection. What the asking sends and gets is counted ([`AccountVerifier::totals`], shown
+//! by `/metrics`).
 //!
 //! Retries (item 24): a key whose domain did not answer, or answered without it, is asked again
 //! after [`RETRY_UNANSWERED_MS`]; one the domain disowned (`M_UNKNOWN` or another errcode, a

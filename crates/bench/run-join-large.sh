@@ -25,6 +25,12 @@
 #   SYNC_MODES="full lazy"    each round joins once per mode: the joining user's /sync asks for
 #                             the whole state (full) or lazy-loaded members (lazy, as Element)
 #   SERVERS="myelin synapse"  which joining servers
+#                             (an account-key room, ROOM_VERSION=org.matrix.12.4243, takes
+#                             SERVERS=myelin: Synapse cannot join one. Every Myelin then runs
+#                             with experimental.msc4243 on, and join-remote also records the
+#                             joining server's /query/accounts asking, from its /metrics, until
+#                             every member of another server is verified: requests, bytes each
+#                             way, time after the join returned)
 #   MYELIN_BIN, BENCH_BIN     (default: release builds in $CARGO_TARGET_DIR or /var/tmp/myelin-target)
 #   SYNAPSE_VENV              venv with matrix-synapse (default /var/tmp/myelin-synapse-venv)
 #   KEEP=1                    keep the temp dir
@@ -55,6 +61,14 @@ if [ ! -x "$MYELIN_BIN" ] || [ ! -x "$BENCH_BIN" ]; then
     log "building release binaries into $TARGET"
     CARGO_TARGET_DIR="$TARGET" cargo build --release -p myelin -p myelin-bench
 fi
+# Account-key rooms (MSC4243): on for every Myelin, and followed by join-remote.
+ACCOUNT_KEYS=0
+case "$ROOM_VERSION" in *.4243)
+    ACCOUNT_KEYS=1
+    case " $SERVERS " in *" synapse "*)
+        log "Synapse cannot join a $ROOM_VERSION room: run with SERVERS=myelin"; exit 1 ;;
+    esac ;;
+esac
 case " $SERVERS " in *" synapse "*)
     "$SYNAPSE_VENV/bin/python" -c 'import synapse' 2>/dev/null ||
         { log "no Synapse in $SYNAPSE_VENV (see tests/interop/synapse/run.sh)"; exit 1; } ;;
@@ -123,6 +137,7 @@ start_myelin() { # label log-filter
         MYELIN_FEDERATION__ALLOW_PRIVATE_ADDRESSES=true \
         MYELIN_FEDERATION__REQUEST_TIMEOUT_SECS=600 \
         MYELIN_LOG__FILTER="$filter" \
+        MYELIN_EXPERIMENTAL__MSC4243="$([ "$ACCOUNT_KEYS" = 1 ] && echo true || echo false)" \
         NO_COLOR=1 \
         "$MYELIN_BIN" serve >"$dir/server.log" 2>&1) &
     PID=$!
@@ -206,6 +221,8 @@ for round in $(seq 1 "$ROUNDS"); do
   for mode in $SYNC_MODES; do
     lazy=()
     [ "$mode" = lazy ] && lazy=(--lazy-load-members)
+    keys=()
+    [ "$ACCOUNT_KEYS" = 1 ] && keys=(--account-keys)
     # Alternate which server goes first, so that a drift in the machine's load hits both.
     order="$SERVERS"
     [ $((round % 2)) = 0 ] && order="$(printf '%s\n' $SERVERS | tac | tr '\n' ' ')"
@@ -217,7 +234,7 @@ for round in $(seq 1 "$ROUNDS"); do
         esac
         log "round $round ($mode): $label joins"
         bench "$label" "$URL" "$PID" join-remote --tag "round$round-$mode" --prefix j_ --room "$ROOM" \
-            --via "$A_NAME" "${lazy[@]}" >>"$OUT" || log "$label round $round failed (see $OUT)"
+            --via "$A_NAME" "${lazy[@]}" "${keys[@]}" >>"$OUT" || log "$label round $round failed (see $OUT)"
         tail -n 1 "$OUT" >&2
         # The joining server stays up until the end: its join is in the room's state now, and
         # the next rounds' servers fetch its signing key from it to check that event.

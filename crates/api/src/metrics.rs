@@ -1,7 +1,10 @@
 //! Prometheus metrics: request counts and latency histograms by route, the media repository's
 //! size, and each federation destination's delivery (events and EDUs queued, consecutive
 //! failures, when the next attempt may go, when it last accepted a transaction), the last two
-//! read at each scrape. Served as text at `GET /metrics`.
+//! read at each scrape; and this server's asking of other servers about account keys
+//! (`/query/accounts`: requests by outcome, bytes each way, keys asked and verified, kept by the
+//! service's verifier and copied in at each scrape, and the keys still unverified, counted in
+//! the store at each scrape). Served as text at `GET /metrics`.
 //!
 //! Destination labels are bounded by the destinations known at the scrape: the families are
 //! emptied and filled again each time, so a destination that is gone leaves no series behind.
@@ -38,6 +41,11 @@ struct DestinationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
     method: String,
     route: String,
@@ -60,6 +68,14 @@ pub struct Metrics {
     destination_failures: Family<DestinationLabels, Gauge>,
     destination_retry_at: Family<DestinationLabels, Gauge>,
     destination_last_success: Family<DestinationLabels, Gauge>,
+    account_queries: Family<OutcomeLabels, Counter>,
+    account_query_request_bytes: Counter,
+    account_query_response_bytes: Counter,
+    account_keys_asked: Counter,
+    account_keys_verified: Counter,
+    account_keys_unverified: Gauge,
+    /// Held while the account-key counters catch up (see [`Metrics::set_account_queries`]).
+    account_catch_up: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -155,6 +171,42 @@ impl Metrics {
             "federation_destination_last_success_seconds",
             "When the destination last accepted a transaction (Unix time)",
         );
+        let account_queries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "account_queries",
+            "/query/accounts requests sent to other servers (MSC4243), by outcome: ok, error, timeout",
+            account_queries.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let account_query_request_bytes = counter(
+            &mut registry,
+            "account_query_request_bytes",
+            "Bytes of the JSON bodies of /query/accounts requests sent",
+        );
+        let account_query_response_bytes = counter(
+            &mut registry,
+            "account_query_response_bytes",
+            "Bytes of the JSON bodies of /query/accounts answers read",
+        );
+        let account_keys_asked = counter(
+            &mut registry,
+            "account_keys_asked",
+            "Other servers' account keys asked about (a key asked twice counts twice)",
+        );
+        let account_keys_verified = counter(
+            &mut registry,
+            "account_keys_verified",
+            "Other servers' account keys an answer verified",
+        );
+        let account_keys_unverified = gauge(
+            &mut registry,
+            "account_keys_unverified",
+            "Other servers' account keys held unverified (asked about, not vouched for)",
+        );
         Metrics {
             registry,
             requests,
@@ -170,7 +222,46 @@ impl Metrics {
             destination_failures,
             destination_retry_at,
             destination_last_success,
+            account_queries,
+            account_query_request_bytes,
+            account_query_response_bytes,
+            account_keys_asked,
+            account_keys_verified,
+            account_keys_unverified,
+            account_catch_up: std::sync::Mutex::new(()),
         }
+    }
+
+    /// Brings the account-key counters up to the verifier's totals: each only grows, so it is
+    /// raised by what it lags, one scrape at a time (two at once would both add the lag).
+    fn set_account_queries(&self, totals: &myelin_service::account_verification::QueryTotals) {
+        let _one_scrape = self
+            .account_catch_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let raise = |counter: &Counter, total: u64| {
+            let behind = total.saturating_sub(counter.get());
+            if behind > 0 {
+                counter.inc_by(behind);
+            }
+        };
+        let outcomes = [
+            ("ok", totals.requests_ok),
+            ("error", totals.requests_error),
+            ("timeout", totals.requests_timeout),
+        ];
+        for (outcome, total) in outcomes {
+            raise(
+                &self
+                    .account_queries
+                    .get_or_create(&OutcomeLabels { outcome }),
+                total,
+            );
+        }
+        raise(&self.account_query_request_bytes, totals.request_bytes);
+        raise(&self.account_query_response_bytes, totals.response_bytes);
+        raise(&self.account_keys_asked, totals.keys_asked);
+        raise(&self.account_keys_verified, totals.keys_verified);
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
@@ -298,6 +389,15 @@ pub(crate) async fn serve(State(state): State<AppState>) -> impl IntoResponse {
     match state.services.federation_sender.statuses().await {
         Ok(statuses) => state.metrics.set_destinations(&statuses),
         Err(err) => tracing::warn!(%err, "metrics: could not read the federation destinations"),
+    }
+    state
+        .metrics
+        .set_account_queries(&state.services.account_verifier.totals());
+    match state.services.account_verifier.unverified_count().await {
+        Ok(count) => {
+            state.metrics.account_keys_unverified.set(count);
+        }
+        Err(err) => tracing::warn!(%err, "metrics: could not count unverified account keys"),
     }
     (
         [(

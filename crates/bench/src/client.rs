@@ -226,6 +226,23 @@ impl Server {
         Ok(resp["joined"].as_object().map_or(0, |j| j.len()))
     }
 
+    /// `GET /metrics` (Prometheus text), served on the client listener unless the server has a
+    /// separate metrics listener.
+    pub async fn metrics(&self) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .context("GET /metrics")?;
+        let status = resp.status();
+        let text = resp.text().await.context("GET /metrics: body")?;
+        if status != StatusCode::OK {
+            bail!("GET /metrics: {status}");
+        }
+        Ok(text)
+    }
+
     /// Sends an `m.room.message` and returns its event ID.
     pub async fn send(&self, user: &User, room_id: &str, text: &str) -> Result<String> {
         let txn = user.txn.fetch_add(1, Ordering::Relaxed);
@@ -425,6 +442,16 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// The value of the sample `name` (with its labels, as written) in Prometheus text; 0 when the
+/// server has no such sample yet.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Whether a sync response lists `room_id` under `rooms.join`.

@@ -18,7 +18,7 @@ use clap::{Parser, ValueEnum};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
-use client::{Server, User, sync_has_event};
+use client::{Server, User, metric_value, sync_has_event};
 use stats::{round3, rss_kib, summarize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,7 +41,9 @@ enum Scenario {
     JoinLargeSetup,
     /// One fresh user of the server under test joins `--room` through `--via` (a server in
     /// it): timed from sending `POST /join` until the user's long-poll `/sync` (from a token
-    /// taken before the join) lists the room under `rooms.join`.
+    /// taken before the join) lists the room under `rooms.join`. With `--account-keys`, also
+    /// the server's `/query/accounts` asking, read from its `/metrics`, until every remote
+    /// member's key is verified.
     JoinRemote,
     /// `--users` users (10) with `--devices` devices each (10), all with device keys and
     /// one-time keys; `--reps` timed `POST /keys/claim` of a one-time key of every device.
@@ -129,6 +131,12 @@ struct Args {
     /// The thumbnail box side of the first timed thumbnail (the i-th asks for this + i).
     #[arg(long, default_value_t = 400)]
     thumb_width: u32,
+    /// join-remote follows the joining server's account-key verification (a Myelin joining an
+    /// account-key room): its `/metrics` polled from just before the join (every 50 ms, every
+    /// 20 ms once the room is in `/sync`) until its verified-keys counter covers every member
+    /// of another server, or 120 s after the join returned.
+    #[arg(long)]
+    account_keys: bool,
 }
 
 const PASSWORD: &str = "bench-password-1";
@@ -566,15 +574,44 @@ async fn join_remote(ctx: &Ctx, args: &Args) -> Result<Value> {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // The account-key counters, read from just before the join.
+    let keys_poll = args.account_keys.then(|| {
+        let (target, wanted) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(poll_account_keys(ctx.server.clone(), wanted));
+        (target, task)
+    });
+    if keys_poll.is_some() {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
     let via: Vec<&str> = args.via.iter().map(String::as_str).collect();
     let t0 = Instant::now();
     let joined = ctx.server.join_via(&user, &room, &via).await;
-    let join_s = t0.elapsed().as_secs_f64();
+    let join_done = Instant::now();
+    let join_s = join_done.saturating_duration_since(t0).as_secs_f64();
     if let Err(e) = joined {
         syncing.abort();
         return Err(e.context(format!("joining after {join_s:.3} s")));
     }
     let (arrived, resp, syncs) = syncing.await??;
+    // Every member of another server: the room's joined members (the sync summary) but the
+    // one joining user, the only member this server has. (Not `/joined_members`: in an
+    // account-key room it lists only the members verified so far.)
+    let account_keys = match keys_poll {
+        Some((target, task)) => {
+            let joined = resp["rooms"]["join"][&room]["summary"]["m.joined_member_count"]
+                .as_u64()
+                .context("no m.joined_member_count in the sync summary")?;
+            let remote = joined.saturating_sub(1);
+            let _ = target.send(Some(KeysWanted {
+                verified: remote,
+                give_up_at: join_done + Duration::from_secs(120),
+            }));
+            let samples = task.await??;
+            keys_summary(&samples, remote, t0, join_done)
+        }
+        None => Value::Null,
+    };
     let sync_s = arrived.saturating_duration_since(t0).as_secs_f64();
     let in_sync = &resp["rooms"]["join"][&room];
     let count = |v: &Value| v.as_array().map_or(0, Vec::len);
@@ -601,5 +638,106 @@ async fn join_remote(ctx: &Ctx, args: &Args) -> Result<Value> {
         "sync_member_events": members_in_sync,
         "sync_joined_member_count": in_sync["summary"]["m.joined_member_count"],
         "sync_response_bytes": resp.to_string().len(),
+        "account_keys": account_keys,
     }))
+}
+
+/// The account-key counters of one `/metrics` scrape (see `crates/api/src/metrics.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyCounters {
+    requests_ok: u64,
+    requests_error: u64,
+    requests_timeout: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+    keys_asked: u64,
+    keys_verified: u64,
+    keys_unverified: u64,
+}
+
+impl KeyCounters {
+    fn parse(text: &str) -> Self {
+        let read = |name: &str| metric_value(text, name) as u64;
+        KeyCounters {
+            requests_ok: read(r#"myelin_account_queries_total{outcome="ok"}"#),
+            requests_error: read(r#"myelin_account_queries_total{outcome="error"}"#),
+            requests_timeout: read(r#"myelin_account_queries_total{outcome="timeout"}"#),
+            request_bytes: read("myelin_account_query_request_bytes_total"),
+            response_bytes: read("myelin_account_query_response_bytes_total"),
+            keys_asked: read("myelin_account_keys_asked_total"),
+            keys_verified: read("myelin_account_keys_verified_total"),
+            keys_unverified: read("myelin_account_keys_unverified"),
+        }
+    }
+}
+
+/// What the poll waits for, known once the join has returned.
+#[derive(Debug, Clone, Copy)]
+struct KeysWanted {
+    /// Keys verified (since the server started) that mean every remote member is verified.
+    verified: u64,
+    give_up_at: Instant,
+}
+
+/// Scrapes `/metrics` until the verified-keys counter reaches what `wanted` says (or its time
+/// is up); every 50 ms until that is known, then every 20 ms. When the target was reached is
+/// read from all the samples afterwards, so that a target reached before it was known counts
+/// from the sample that first showed it.
+async fn poll_account_keys(
+    server: Server,
+    wanted: tokio::sync::watch::Receiver<Option<KeysWanted>>,
+) -> Result<Vec<(Instant, KeyCounters)>> {
+    let mut samples = Vec::new();
+    loop {
+        let counters = KeyCounters::parse(&server.metrics().await?);
+        let now = Instant::now();
+        samples.push((now, counters));
+        let want = *wanted.borrow();
+        if let Some(want) = want
+            && (counters.keys_verified >= want.verified || now >= want.give_up_at)
+        {
+            return Ok(samples);
+        }
+        let every = if want.is_some() { 20 } else { 50 };
+        tokio::time::sleep(Duration::from_millis(every)).await;
+    }
+}
+
+/// The account-key part of join-remote's line: the counters' growth over the join (the server
+/// is fresh, so all of it is this join's), and when every remote member was first seen
+/// verified, after the join was sent and after it returned (0 when already at its return).
+fn keys_summary(
+    samples: &[(Instant, KeyCounters)],
+    remote_members: u64,
+    t0: Instant,
+    join_done: Instant,
+) -> Value {
+    let first = samples.first().map(|s| s.1).unwrap_or_default();
+    let last = samples.last().map(|s| s.1).unwrap_or_default();
+    let at_return = samples
+        .iter()
+        .find(|(at, _)| *at >= join_done)
+        .map(|s| s.1)
+        .unwrap_or(last);
+    let all_at = samples
+        .iter()
+        .find(|(_, c)| c.keys_verified - first.keys_verified >= remote_members)
+        .map(|(at, _)| *at);
+    let secs = |d: Duration| round3(d.as_secs_f64());
+    json!({
+        "remote_members": remote_members,
+        "requests_ok": last.requests_ok - first.requests_ok,
+        "requests_error": last.requests_error - first.requests_error,
+        "requests_timeout": last.requests_timeout - first.requests_timeout,
+        "request_bytes": last.request_bytes - first.request_bytes,
+        "response_bytes": last.response_bytes - first.response_bytes,
+        "keys_asked": last.keys_asked - first.keys_asked,
+        "keys_verified": last.keys_verified - first.keys_verified,
+        "keys_unverified_at_end": last.keys_unverified,
+        "verified_at_join_return": at_return.keys_verified - first.keys_verified,
+        "all_verified": all_at.is_some(),
+        "all_verified_since_join_sent_s": all_at.map(|at| secs(at.saturating_duration_since(t0))),
+        "all_verified_after_join_s": all_at.map(|at| secs(at.saturating_duration_since(join_done))),
+        "scrapes": samples.len(),
+    })
 }

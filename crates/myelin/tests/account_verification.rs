@@ -5,7 +5,8 @@
 //! honest answer verifies, a signed erasure for the domain erases and a forged one does not,
 //! keys are asked in batches of at most 2048, a key asked about and not due again is not asked
 //! again, and a failing domain leaves its keys unverified; an erasure log erases only what is
-//! validly signed.
+//! validly signed; the asking is counted in `/metrics` (requests by outcome, bytes each way as
+//! the peer saw them, keys asked, verified and left unverified).
 
 use std::{
     net::SocketAddr,
@@ -47,13 +48,29 @@ struct PeerState {
     requests: Vec<usize>,
     /// Its erasure log: (user index, whether the erasure is validly signed), all at position 7.
     erasures: Vec<(usize, bool)>,
+    /// The bytes of each request body it was sent, and of each answer body it sent.
+    request_bytes: Vec<usize>,
+    response_bytes: Vec<usize>,
 }
 
 async fn query_accounts(
     State(state): State<Arc<Mutex<PeerState>>>,
-    Json(body): Json<Value>,
+    body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
+    let (status, answer) = answer_query(&state, &body);
+    // `Json` writes the value as `serde_json::to_vec` does.
+    state
+        .lock()
+        .unwrap()
+        .response_bytes
+        .push(serde_json::to_vec(&answer).unwrap().len());
+    (status, Json(answer))
+}
+
+fn answer_query(state: &Mutex<PeerState>, body: &[u8]) -> (StatusCode, Value) {
     let mut state = state.lock().unwrap();
+    state.request_bytes.push(body.len());
+    let body: Value = serde_json::from_slice(body).unwrap();
     let asked: Vec<String> = body["account_keys"]
         .as_array()
         .into_iter()
@@ -65,7 +82,7 @@ async fn query_accounts(
     if mode == Mode::Fail {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"errcode": "M_UNKNOWN", "error": "down"})),
+            json!({"errcode": "M_UNKNOWN", "error": "down"}),
         );
     }
     let liar = KeyPair::from_seed(&[200; 32]);
@@ -84,7 +101,7 @@ async fn query_accounts(
         }
         return (
             StatusCode::OK,
-            Json(json!({"account_keys": answers, "erasure": {"id": 7, "has_more": false}})),
+            json!({"account_keys": answers, "erasure": {"id": 7, "has_more": false}}),
         );
     }
     for key in asked {
@@ -115,7 +132,7 @@ async fn query_accounts(
             );
         }
     }
-    (StatusCode::OK, Json(json!({"account_keys": answers})))
+    (StatusCode::OK, json!({"account_keys": answers}))
 }
 
 struct Peer {
@@ -336,6 +353,115 @@ async fn an_erasure_log_erases_only_validly_signed_keys() {
         peer.take_requests();
         assert_eq!(verifier.poll_due_erasures().await.unwrap(), 0, "{kind:?}");
         assert!(peer.take_requests().is_empty(), "{kind:?}");
+        server.stop().await;
+    }
+}
+
+/// The value of the sample `name` (with its labels, if any) in the server's `/metrics`.
+async fn metric(server: &TestServer, name: &str) -> Option<u64> {
+    let text = server
+        .http
+        .get(server.client_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+/// The asking is counted where it is sent and shown by `/metrics`: two requests for 2049 keys
+/// (ok), their body bytes each way exactly as the peer read and wrote them, 2049 keys asked and
+/// verified, none left unverified; then a failing domain: one request counted as an error, its
+/// key asked and left unverified.
+#[tokio::test]
+async fn the_asking_is_counted_in_metrics() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let peer = Peer::start(&ca, 2050).await;
+        let server = start_myelin(kind, &ca, &peer).await;
+        let verifier = &server.services().account_verifier;
+        let before = verifier.totals();
+        assert_eq!(before, Default::default(), "{kind:?}: nothing asked yet");
+        peer.set_mode(Mode::Honest);
+        let asked = verifier.verify(&peer.ids(0..2049)).await.unwrap();
+        let totals = verifier.totals();
+        let (sent, answered) = {
+            let state = peer.state.lock().unwrap();
+            (
+                state.request_bytes.iter().sum::<usize>() as u64,
+                state.response_bytes.iter().sum::<usize>() as u64,
+            )
+        };
+        assert!(
+            sent > 2049 * 43 && answered > sent,
+            "{kind:?}: {sent} / {answered}"
+        );
+        assert_eq!(
+            totals,
+            myelin_service::account_verification::QueryTotals {
+                requests_ok: 2,
+                request_bytes: sent,
+                response_bytes: answered,
+                keys_asked: 2049,
+                keys_verified: 2049,
+                ..Default::default()
+            },
+            "{kind:?}"
+        );
+        assert_eq!(
+            (asked.request_bytes, asked.response_bytes),
+            (sent, answered),
+            "{kind:?}: the round reports what it sent and read"
+        );
+        let queries = r#"myelin_account_queries_total{outcome="ok"}"#;
+        assert_eq!(metric(&server, queries).await, Some(2), "{kind:?}");
+        assert_eq!(
+            metric(&server, "myelin_account_query_request_bytes_total").await,
+            Some(sent),
+            "{kind:?}"
+        );
+        assert_eq!(
+            metric(&server, "myelin_account_query_response_bytes_total").await,
+            Some(answered),
+            "{kind:?}"
+        );
+        assert_eq!(
+            metric(&server, "myelin_account_keys_asked_total").await,
+            Some(2049),
+            "{kind:?}"
+        );
+        assert_eq!(
+            metric(&server, "myelin_account_keys_verified_total").await,
+            Some(2049),
+            "{kind:?}"
+        );
+        assert_eq!(
+            metric(&server, "myelin_account_keys_unverified").await,
+            Some(0),
+            "{kind:?}"
+        );
+        // A second scrape does not count anything twice.
+        assert_eq!(metric(&server, queries).await, Some(2), "{kind:?}");
+
+        peer.set_mode(Mode::Fail);
+        verifier.verify(&peer.ids(2049..2050)).await.unwrap();
+        let failed = verifier.totals();
+        assert_eq!(failed.requests_ok, 2, "{kind:?}");
+        assert_eq!(failed.requests_error, 1, "{kind:?}");
+        assert_eq!(failed.keys_asked, 2050, "{kind:?}");
+        assert_eq!(failed.keys_verified, 2049, "{kind:?}");
+        let errors = r#"myelin_account_queries_total{outcome="error"}"#;
+        assert_eq!(metric(&server, errors).await, Some(1), "{kind:?}");
+        assert_eq!(
+            metric(&server, "myelin_account_keys_unverified").await,
+            Some(1),
+            "{kind:?}"
+        );
         server.stop().await;
     }
 }

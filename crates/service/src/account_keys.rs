@@ -217,10 +217,17 @@ impl AccountKeys {
             .local_account_key(localpart, self.server_name.as_str())
             .await?
             .ok_or_else(|| Error::Forbidden(format!("{localpart} has no account key")))?;
+        self.open_pair(&row)
+    }
+
+    /// The key pair of a local key's row, its private half unsealed and checked against the
+    /// public key.
+    fn open_pair(&self, row: &AccountKeyRow) -> Result<KeyPair> {
+        let name = row.account_name.as_deref().unwrap_or_default();
         let sealed = row
             .private_key_enc
             .as_deref()
-            .ok_or_else(|| Error::Forbidden(format!("{localpart}'s account key is erased")))?;
+            .ok_or_else(|| Error::Forbidden(format!("{name}'s account key is erased")))?;
         let seed: [u8; 32] = self
             .sealer
             .open(sealed)
@@ -292,7 +299,7 @@ impl AccountKeys {
         let mut answers = Map::new();
         for key in &request.account_keys {
             let answer = match by_key.get(key.as_str()) {
-                Some(row) => self.answer_for(row).await?,
+                Some(row) => self.answer_for(row)?,
                 None => None,
             };
             answers.insert(
@@ -332,11 +339,12 @@ impl AccountKeys {
         Ok(Value::Object(response))
     }
 
-    async fn answer_for(&self, row: &AccountKeyRow) -> Result<Option<Value>> {
+    fn answer_for(&self, row: &AccountKeyRow) -> Result<Option<Value>> {
         Ok(match row.state {
+            // The row read for the answer holds the sealed key: no second read per key.
             KeyState::Local => match &row.account_name {
                 Some(name) => {
-                    let pair = self.signing_key(name).await?;
+                    let pair = self.open_pair(row)?;
                     Some(to_value(signed_account_answer(
                         &pair,
                         name,
@@ -359,33 +367,66 @@ impl AccountKeys {
         user: &KeyFormUserId,
         verdict: &myelin_store::RemoteKeyVerdict<'_>,
     ) -> Result<KeyVerification> {
-        if user.server_name == self.server_name.as_str() {
+        let mut states = self
+            .record_remote_many(&user.server_name, &[(user, verdict.clone())])
+            .await?;
+        Ok(states.pop().unwrap_or(KeyVerification::Unverified))
+    }
+
+    /// [`Self::record_remote`] for the verdicts of one answer, all about users claiming
+    /// `domain`: written in one store transaction and read back in one query, so that a batch
+    /// of 2048 keys costs one commit rather than 2048. Returns each user's state, in order.
+    pub async fn record_remote_many(
+        &self,
+        domain: &str,
+        verdicts: &[(&KeyFormUserId, myelin_store::RemoteKeyVerdict<'_>)],
+    ) -> Result<Vec<KeyVerification>> {
+        if domain == self.server_name.as_str() {
             return Err(Error::Internal(
                 "this server's own keys are not verified by asking".to_owned(),
             ));
         }
+        if let Some((user, _)) = verdicts.iter().find(|(user, _)| user.server_name != domain) {
+            return Err(Error::Internal(format!(
+                "{user} is not of {domain}, whose answer is being recorded"
+            )));
+        }
+        let keys: Vec<(&str, myelin_store::RemoteKeyVerdict<'_>)> = verdicts
+            .iter()
+            .map(|(user, verdict)| (user.key.as_str(), verdict.clone()))
+            .collect();
         self.store
-            .record_remote_account_key(user.key.as_str(), &user.server_name, verdict, now_millis())
+            .record_remote_account_keys(domain, &keys, now_millis())
             .await?;
-        let rows = self
-            .store
-            .account_keys_by_user_ids(&[user.to_string()])
-            .await?;
-        let state = rows
-            .first()
-            .and_then(verification_of)
-            .unwrap_or(KeyVerification::Unverified);
-        let before = {
+        let ids: Vec<String> = verdicts.iter().map(|(user, _)| user.to_string()).collect();
+        let rows = self.store.account_keys_by_user_ids(&ids).await?;
+        let by_id: HashMap<&str, &AccountKeyRow> =
+            rows.iter().map(|row| (row.user_id.as_str(), row)).collect();
+        let mut changed = false;
+        let states: Vec<KeyVerification> = {
             let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
-            match &state {
-                KeyVerification::Unverified => states.remove(&user.to_string()),
-                known => states.insert(user.to_string(), known.clone()),
-            }
+            ids.into_iter()
+                .map(|id| {
+                    let state = by_id
+                        .get(id.as_str())
+                        .and_then(|row| verification_of(row))
+                        .unwrap_or(KeyVerification::Unverified);
+                    let before = match &state {
+                        KeyVerification::Unverified => states.remove(&id),
+                        known => states.insert(id, known.clone()),
+                    };
+                    changed |=
+                        before.as_ref() != Some(&state) && state != KeyVerification::Unverified;
+                    state
+                })
+                .collect()
         };
-        if before.as_ref() != Some(&state) && state != KeyVerification::Unverified {
+        // What clients see of these keys' events changed, and a late verification may have
+        // state to deliver again: syncs look again.
+        if changed {
             self.notifier.notify();
         }
-        Ok(state)
+        Ok(states)
     }
 
     /// Erases the local account `localpart`'s key (`/account/deactivate` with `erase: true`):

@@ -1,12 +1,14 @@
 //! Asking other servers who their account keys are (MSC4243.md §2.3 items 20–24): the
 //! requester's half of `/query/accounts`. Key-form users this server does not know yet are
-//! grouped by the domain they claim, asked in batches of at most [`MAX_QUERY_KEYS`], each
-//! request bounded in time and in answer size and sent through [`Outbound`] (so the
-//! per-domain backoff of the transport applies: a forged-domain flood costs that domain one
-//! batch per key batch and backoff window). Each per-key answer is judged by the room
-//! version's classifier (`query_accounts::classify_answer`, the one judgement) and recorded
-//! through [`AccountKeys::record_remote`], the one way a verdict enters the store and the
-//! client projection.
+//! grouped by the domain they claim, asked in batches of at most [`MAX_QUERY_KEYS`]
+//! ([`CONCURRENT_BATCHES`] in flight), each request bounded in time and in answer size and
+//! sent through [`Outbound`] (so the per-domain backoff of the transport applies: a
+//! forged-domain flood costs that domain a few batches per backoff window). Each per-key
+//! answer is judged by the room version's classifier (`query_accounts::classify_answer`, the
+//! one judgement) and one answer's verdicts are recorded together through
+//! [`AccountKeys::record_remote_many`], the one way verdicts enter the store and the client
+//! projection. What the asking sends and gets is counted ([`AccountVerifier::totals`], shown
+//! by `/metrics`).
 //!
 //! Retries (item 24): a key whose domain did not answer, or answered without it, is asked again
 //! after [`RETRY_UNANSWERED_MS`]; one the domain disowned (`M_UNKNOWN` or another errcode, a
@@ -20,10 +22,14 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
+use futures::StreamExt;
 use myelin_room_version::{
     account_key::KeyFormUserId,
     canonical::to_canonical_string,
@@ -52,6 +58,11 @@ pub const RETRY_UNANSWERED_MS: i64 = 5 * 60 * 1000;
 pub const RETRY_DISOWNED_MS: i64 = 60 * 60 * 1000;
 /// How often due retries are looked for.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Batches (of up to [`MAX_QUERY_KEYS`] keys) in flight at once: a 10,000-member room's five
+/// go together, so that the domain signs its answers while this server checks the ones that
+/// came. A domain that does not answer gets at most this many requests before its backoff
+/// turns the rest of a round away.
+pub const CONCURRENT_BATCHES: usize = 4;
 /// Keys asked about again per round at most.
 pub const RETRY_BATCH: i64 = 4 * MAX_QUERY_KEYS as i64;
 /// How long a claimed retry is held before another round (or process) may claim it again, in
@@ -77,6 +88,41 @@ pub struct AccountVerifier {
     asking: Mutex<HashSet<String>>,
     /// Set while the background retries run: their stop signal.
     stop: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    /// What the asking has sent and got since start-up (read by `/metrics`).
+    counters: QueryCounters,
+}
+
+/// The running totals of this server's `/query/accounts` asking since it started (key batches
+/// and erasure-log pages alike), counted where each request is sent. Bytes are those of the
+/// JSON bodies as serialised (the request as sent; the answer as read, re-serialised compactly:
+/// the size of a compact answer), not of HTTP heads or TLS.
+#[derive(Debug, Default)]
+struct QueryCounters {
+    requests_ok: AtomicU64,
+    requests_error: AtomicU64,
+    requests_timeout: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+    keys_asked: AtomicU64,
+    keys_verified: AtomicU64,
+}
+
+/// A reading of [`AccountVerifier`]'s counters (see [`AccountVerifier::totals`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueryTotals {
+    /// Requests answered with a JSON object (whatever it said about each key).
+    pub requests_ok: u64,
+    /// Requests that failed: no connection, an error status, an unreadable or oversized answer,
+    /// or refused locally while the domain backs off.
+    pub requests_error: u64,
+    /// Requests that took longer than [`REQUEST_TIMEOUT`].
+    pub requests_timeout: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Keys asked about (a key asked twice counts twice).
+    pub keys_asked: u64,
+    /// Keys an answer verified.
+    pub keys_verified: u64,
 }
 
 /// What one round of asking did.
@@ -88,6 +134,18 @@ pub struct Asked {
     pub settled: usize,
     /// Keys still unverified.
     pub unverified: usize,
+    /// Bytes of the requests' bodies.
+    pub request_bytes: u64,
+    /// Bytes of the answers' bodies.
+    pub response_bytes: u64,
+}
+
+/// What one `/query/accounts` request brought back.
+struct Answer {
+    /// The answer's body, or `None` when the request failed or timed out (logged).
+    body: Option<serde_json::Map<String, Value>>,
+    request_bytes: u64,
+    response_bytes: u64,
 }
 
 impl AccountVerifier {
@@ -98,6 +156,69 @@ impl AccountVerifier {
             store,
             asking: Mutex::new(HashSet::new()),
             stop: Mutex::new(None),
+            counters: QueryCounters::default(),
+        }
+    }
+
+    /// The counters of the asking so far.
+    pub fn totals(&self) -> QueryTotals {
+        let c = &self.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        QueryTotals {
+            requests_ok: read(&c.requests_ok),
+            requests_error: read(&c.requests_error),
+            requests_timeout: read(&c.requests_timeout),
+            request_bytes: read(&c.request_bytes),
+            response_bytes: read(&c.response_bytes),
+            keys_asked: read(&c.keys_asked),
+            keys_verified: read(&c.keys_verified),
+        }
+    }
+
+    /// Other servers' keys held unverified now (one store count).
+    pub async fn unverified_count(&self) -> Result<i64> {
+        Ok(self.store.unverified_account_key_count().await?)
+    }
+
+    /// Sends one `/query/accounts` request to `server` (bounded in time and answer size) and
+    /// counts it: its outcome and the bytes each way.
+    async fn send_query(&self, server: &ServerName, request: query_accounts::Request) -> Answer {
+        let request_bytes = query_body_bytes(&request);
+        let keys = request.account_keys.len();
+        let sent = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.federation
+                .send_limited(server, request, MAX_ANSWER_BYTES),
+        )
+        .await;
+        let c = &self.counters;
+        c.request_bytes.fetch_add(request_bytes, Ordering::Relaxed);
+        c.keys_asked.fetch_add(keys as u64, Ordering::Relaxed);
+        let body = match sent {
+            Ok(Ok(response)) => {
+                c.requests_ok.fetch_add(1, Ordering::Relaxed);
+                Some(response.body)
+            }
+            Ok(Err(err)) => {
+                c.requests_error.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(domain = %server, keys, %err, "a /query/accounts request failed");
+                None
+            }
+            Err(_) => {
+                c.requests_timeout.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(domain = %server, keys, "a /query/accounts request timed out");
+                None
+            }
+        };
+        let response_bytes = body.as_ref().map_or(0, |body| {
+            serde_json::to_vec(body).map_or(0, |b| b.len() as u64)
+        });
+        c.response_bytes
+            .fetch_add(response_bytes, Ordering::Relaxed);
+        Answer {
+            body,
+            request_bytes,
+            response_bytes,
         }
     }
 
@@ -185,22 +306,9 @@ impl AccountVerifier {
                 id: cursor,
                 limit: ERASURE_PAGE,
             });
-            let answer = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                self.federation
-                    .send_limited(server, request, MAX_ANSWER_BYTES),
-            )
-            .await;
-            let body = match answer {
-                Ok(Ok(response)) => response.body,
-                Ok(Err(err)) => {
-                    tracing::info!(%domain, %err, "reading an erasure log failed");
-                    return Ok(erased);
-                }
-                Err(_) => {
-                    tracing::info!(%domain, "reading an erasure log timed out");
-                    return Ok(erased);
-                }
+            let Some(body) = self.send_query(server, request).await.body else {
+                // Failed or timed out (logged): polled again next round.
+                return Ok(erased);
             };
             // Only the keys this server holds for that domain matter (a flood of others is
             // not stored).
@@ -309,7 +417,8 @@ impl AccountVerifier {
     }
 
     /// Asks each claimed domain about `users` (other servers' key-form users), skipping those
-    /// another caller is asking about right now.
+    /// another caller is asking about right now. The batches go [`CONCURRENT_BATCHES`] at a
+    /// time; each lets go of its users when it is done, whatever its outcome.
     async fn ask(&self, users: Vec<KeyFormUserId>) -> Result<Asked> {
         let mut by_domain: BTreeMap<String, Vec<KeyFormUserId>> = BTreeMap::new();
         {
@@ -324,100 +433,112 @@ impl AccountVerifier {
                     .push(user);
             }
         }
+        let batches: Vec<(String, Vec<KeyFormUserId>)> = by_domain
+            .into_iter()
+            .flat_map(|(domain, users)| {
+                users
+                    .chunks(MAX_QUERY_KEYS)
+                    .map(|batch| (domain.clone(), batch.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let asking = batches
+            .into_iter()
+            .map(|(domain, batch)| self.ask_and_release(domain, batch));
+        let outcomes: Vec<Result<Asked>> = futures::stream::iter(asking)
+            .buffer_unordered(CONCURRENT_BATCHES)
+            .collect()
+            .await;
         let mut asked = Asked::default();
-        for (domain, users) in by_domain {
-            for batch in users.chunks(MAX_QUERY_KEYS) {
-                let outcome = self.ask_domain(&domain, batch).await;
-                {
-                    let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
-                    for user in batch {
-                        asking.remove(&user.to_string());
-                    }
-                }
-                let (requests, settled) = outcome?;
-                asked.requests += requests;
-                asked.settled += settled;
-                asked.unverified += batch.len() - settled;
-            }
+        for outcome in outcomes {
+            let batch = outcome?;
+            asked.requests += batch.requests;
+            asked.settled += batch.settled;
+            asked.unverified += batch.unverified;
+            asked.request_bytes += batch.request_bytes;
+            asked.response_bytes += batch.response_bytes;
         }
         Ok(asked)
     }
 
+    /// [`Self::ask_domain`], then lets go of the batch's users (whatever the outcome).
+    async fn ask_and_release(&self, domain: String, batch: Vec<KeyFormUserId>) -> Result<Asked> {
+        let outcome = self.ask_domain(&domain, &batch).await;
+        let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
+        for user in &batch {
+            asking.remove(&user.to_string());
+        }
+        outcome
+    }
+
     /// One request to `domain` about `batch` (all claiming it); the verdicts recorded.
-    /// Returns (requests sent, keys settled).
-    async fn ask_domain(&self, domain: &str, batch: &[KeyFormUserId]) -> Result<(usize, usize)> {
+    async fn ask_domain(&self, domain: &str, batch: &[KeyFormUserId]) -> Result<Asked> {
         let Ok(server) = <&ServerName>::try_from(domain) else {
             // Not a server name: nobody to ask, and never verifiable.
-            for user in batch {
-                self.record(user, &unverified("bad_domain", RETRY_DISOWNED_MS))
-                    .await?;
-            }
-            return Ok((0, 0));
+            let verdict = unverified("bad_domain", RETRY_DISOWNED_MS);
+            let verdicts: Vec<_> = batch.iter().map(|user| (user, verdict.clone())).collect();
+            self.accounts.record_remote_many(domain, &verdicts).await?;
+            return Ok(Asked {
+                unverified: batch.len(),
+                ..Asked::default()
+            });
         };
         let keys: Vec<String> = batch.iter().map(|u| u.key.as_str().to_owned()).collect();
-        let sent = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.federation.send_limited(
-                server,
-                query_accounts::Request::new(keys),
-                MAX_ANSWER_BYTES,
-            ),
-        )
-        .await;
-        let answers = match sent {
-            Ok(Ok(response)) => response.body.get("account_keys").cloned(),
-            Ok(Err(err)) => {
-                tracing::info!(%domain, keys = batch.len(), %err, "a /query/accounts request failed");
-                None
-            }
-            Err(_) => {
-                tracing::info!(%domain, keys = batch.len(), "a /query/accounts request timed out");
-                None
-            }
+        let answer = self
+            .send_query(server, query_accounts::Request::new(keys))
+            .await;
+        let mut asked = Asked {
+            requests: 1,
+            request_bytes: answer.request_bytes,
+            response_bytes: answer.response_bytes,
+            ..Asked::default()
         };
-        let Some(Value::Object(answers)) = answers else {
+        let Some(Value::Object(answers)) =
+            answer.body.and_then(|mut body| body.remove("account_keys"))
+        else {
             // Unreachable, an error status or no `account_keys` object: every key of the batch
             // stays unverified, asked again before those the domain disowned.
-            for user in batch {
-                self.record(user, &unverified("unreachable", RETRY_UNANSWERED_MS))
-                    .await?;
-            }
-            return Ok((1, 0));
+            let verdict = unverified("unreachable", RETRY_UNANSWERED_MS);
+            let verdicts: Vec<_> = batch.iter().map(|user| (user, verdict.clone())).collect();
+            self.accounts.record_remote_many(domain, &verdicts).await?;
+            asked.unverified = batch.len();
+            return Ok(asked);
         };
-        let mut settled = 0;
-        for user in batch {
-            let answer: Option<CanonicalJsonObject> = answers
-                .get(user.key.as_str())
-                .and_then(|value| CanonicalJsonValue::try_from(value.clone()).ok())
-                .and_then(|value| match value {
-                    CanonicalJsonValue::Object(object) => Some(object),
-                    _ => None,
-                });
-            let verdict = classify_answer(user, answer.as_ref());
-            let attestation;
-            let recorded = match &verdict {
-                AnswerVerdict::Verified { account_name } => RemoteKeyVerdict::Verified {
-                    account_name: account_name.as_str(),
-                },
-                AnswerVerdict::Erased => {
-                    attestation = answer.as_ref().map(to_canonical_string).unwrap_or_default();
-                    RemoteKeyVerdict::Erased {
-                        attestation: &attestation,
+        // Checking 2048 signatures is CPU work: off the async workers, so that the batches in
+        // flight are judged on every core.
+        let users = batch.to_vec();
+        let judged = tokio::task::spawn_blocking(move || judge_answers(&users, &answers))
+            .await
+            .map_err(|err| crate::Error::Internal(format!("judging an answer: {err}")))?;
+        let verdicts: Vec<(&KeyFormUserId, RemoteKeyVerdict<'_>)> = batch
+            .iter()
+            .zip(&judged)
+            .map(|(user, judged)| {
+                let verdict = match judged {
+                    Judged::Verified { account_name } => {
+                        RemoteKeyVerdict::Verified { account_name }
                     }
+                    Judged::Erased { attestation } => RemoteKeyVerdict::Erased { attestation },
+                    Judged::Unverified {
+                        outcome,
+                        retry_in_ms,
+                    } => unverified(outcome, *retry_in_ms),
+                };
+                (user, verdict)
+            })
+            .collect();
+        let states = self.accounts.record_remote_many(domain, &verdicts).await?;
+        for state in states {
+            match state {
+                KeyVerification::Unverified => asked.unverified += 1,
+                KeyVerification::Verified { .. } => {
+                    self.counters.keys_verified.fetch_add(1, Ordering::Relaxed);
+                    asked.settled += 1;
                 }
-                AnswerVerdict::Unverified(Unverified::Missing) => {
-                    unverified("missing", RETRY_UNANSWERED_MS)
-                }
-                AnswerVerdict::Unverified(reason) => {
-                    tracing::info!(%domain, user = %user, ?reason, "a /query/accounts answer does not verify the key");
-                    unverified(reason_name(reason), RETRY_DISOWNED_MS)
-                }
-            };
-            if self.record(user, &recorded).await? != KeyVerification::Unverified {
-                settled += 1;
+                _ => asked.settled += 1,
             }
         }
-        Ok((1, settled))
+        Ok(asked)
     }
 
     async fn record(
@@ -427,6 +548,68 @@ impl AccountVerifier {
     ) -> Result<KeyVerification> {
         self.accounts.record_remote(user, verdict).await
     }
+}
+
+/// What an answer said about one key, judged (see [`judge_answers`]).
+enum Judged {
+    Verified {
+        account_name: String,
+    },
+    Erased {
+        attestation: String,
+    },
+    Unverified {
+        outcome: &'static str,
+        retry_in_ms: i64,
+    },
+}
+
+/// Judges `answers` (a `/query/accounts` answer's `account_keys`) for each of `users` by the
+/// room version's classifier, in order. A key the domain left out is asked again before one it
+/// disowned.
+fn judge_answers(users: &[KeyFormUserId], answers: &serde_json::Map<String, Value>) -> Vec<Judged> {
+    users
+        .iter()
+        .map(|user| {
+            let answer: Option<CanonicalJsonObject> = answers
+                .get(user.key.as_str())
+                .and_then(|value| CanonicalJsonValue::try_from(value.clone()).ok())
+                .and_then(|value| match value {
+                    CanonicalJsonValue::Object(object) => Some(object),
+                    _ => None,
+                });
+            match classify_answer(user, answer.as_ref()) {
+                AnswerVerdict::Verified { account_name } => Judged::Verified { account_name },
+                AnswerVerdict::Erased => Judged::Erased {
+                    attestation: answer.as_ref().map(to_canonical_string).unwrap_or_default(),
+                },
+                AnswerVerdict::Unverified(Unverified::Missing) => Judged::Unverified {
+                    outcome: "missing",
+                    retry_in_ms: RETRY_UNANSWERED_MS,
+                },
+                AnswerVerdict::Unverified(reason) => {
+                    tracing::info!(domain = %user.server_name, user = %user, ?reason, "a /query/accounts answer does not verify the key");
+                    Judged::Unverified {
+                        outcome: reason_name(&reason),
+                        retry_in_ms: RETRY_DISOWNED_MS,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// The bytes of `request`'s JSON body as sent (the ruma request serialises the same fields).
+fn query_body_bytes(request: &query_accounts::Request) -> u64 {
+    let mut body = serde_json::Map::new();
+    body.insert(
+        "account_keys".to_owned(),
+        Value::from(request.account_keys.clone()),
+    );
+    if let Some(cursor) = request.erasure {
+        body.insert("erasure".to_owned(), serde_json::json!(cursor));
+    }
+    serde_json::to_vec(&body).map_or(0, |b| b.len() as u64)
 }
 
 fn unverified(outcome: &'static str, retry_in_ms: i64) -> RemoteKeyVerdict<'static> {
@@ -505,26 +688,32 @@ impl crate::Services {
     }
 
     /// Asks about the key-form users `events` name, waiting at most `wait` (the rest carries on
-    /// in the background).
+    /// in the background). When the round ends, in time or later, one line says what it did
+    /// and how long it took from this call (what a join's "time until all verified" is).
     pub(crate) async fn verify_named(&self, events: &[&[u8]], wait: Duration) {
         let users = users_named(events);
         if users.is_empty() {
             return;
         }
         let verifier = self.account_verifier.clone();
-        let asking = tokio::spawn(async move { verifier.verify(&users).await });
-        match tokio::time::timeout(wait, asking).await {
-            Ok(Ok(Ok(asked))) => {
-                tracing::info!(
+        let started = Instant::now();
+        let asking = tokio::spawn(async move {
+            match verifier.verify(&users).await {
+                Ok(asked) => tracing::info!(
+                    named = users.len(),
                     requests = asked.requests,
                     verified = asked.settled,
                     unverified = asked.unverified,
+                    request_bytes = asked.request_bytes,
+                    response_bytes = asked.response_bytes,
+                    elapsed_ms = started.elapsed().as_millis(),
                     "asked other servers about a room's account keys"
-                );
+                ),
+                Err(err) => tracing::warn!(%err, "asking other servers about account keys failed"),
             }
-            Ok(Ok(Err(err))) => {
-                tracing::warn!(%err, "asking other servers about account keys failed")
-            }
+        });
+        match tokio::time::timeout(wait, asking).await {
+            Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(%err, "asking other servers about account keys failed"),
             Err(_) => tracing::info!(
                 ?wait,

@@ -255,6 +255,18 @@ impl Store {
         Ok(out)
     }
 
+    /// How many other servers' keys are held unverified (asked about, not vouched for yet):
+    /// read at each `/metrics` scrape, so one count over the partial retry index.
+    pub async fn unverified_account_key_count(&self) -> Result<i64, StoreError> {
+        with_pool!(self, pool => {
+            let count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM account_keys WHERE state = 'unverified'")
+                    .fetch_one(pool)
+                    .await?;
+            Ok(count)
+        })
+    }
+
     /// Every key whose state clients' views depend on (local, verified, erased), for the
     /// service's in-memory lookup; unverified keys are the default and not listed.
     pub async fn known_account_keys(&self) -> Result<Vec<AccountKeyRow>, StoreError> {
@@ -439,107 +451,131 @@ impl Store {
         verdict: &RemoteKeyVerdict<'_>,
         now: i64,
     ) -> Result<KeyState, StoreError> {
-        let user_id = format!("@{account_key}:{domain}");
+        let states = self
+            .record_remote_account_keys(domain, &[(account_key, verdict.clone())], now)
+            .await?;
+        Ok(states[0])
+    }
+
+    /// [`Self::record_remote_account_key`] for many keys of one `domain` (one answer's
+    /// verdicts), taken in order in ONE transaction: one commit and one flush to disk for the
+    /// batch instead of one per key, which is what a join of a large room pays for. Returns
+    /// each key's state afterwards, in the same order.
+    pub async fn record_remote_account_keys(
+        &self,
+        domain: &str,
+        verdicts: &[(&str, RemoteKeyVerdict<'_>)],
+        now: i64,
+    ) -> Result<Vec<KeyState>, StoreError> {
+        if verdicts.is_empty() {
+            return Ok(Vec::new());
+        }
         with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
-            sqlx::query(
-                "INSERT INTO account_keys (account_key, domain, user_id, state, created_ts) \
-                 VALUES ($1, $2, $3, 'unverified', $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(account_key)
-            .bind(domain)
-            .bind(&user_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let rows: Vec<(String, String, Option<String>)> = sqlx::query(
-                "SELECT domain, state, account_name FROM account_keys WHERE account_key = $1",
-            )
-            .bind(account_key)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| Ok((row.try_get("domain")?, row.try_get("state")?, row.try_get("account_name")?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-            let mut current = KeyState::Unverified;
-            let mut current_name = None;
-            let mut owned_elsewhere = false;
-            for (row_domain, state, name) in &rows {
-                let state = KeyState::parse(state)?;
-                if row_domain == domain {
-                    current = state;
-                    current_name = name.clone();
-                } else if matches!(state, KeyState::Local | KeyState::Verified) {
-                    owned_elsewhere = true;
+            let mut states = Vec::with_capacity(verdicts.len());
+            for (account_key, verdict) in verdicts {
+                let (account_key, verdict) = (*account_key, verdict);
+                let user_id = format!("@{account_key}:{domain}");
+                sqlx::query(
+                    "INSERT INTO account_keys (account_key, domain, user_id, state, created_ts) \
+                     VALUES ($1, $2, $3, 'unverified', $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(account_key)
+                .bind(domain)
+                .bind(&user_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let rows: Vec<(String, String, Option<String>)> = sqlx::query(
+                    "SELECT domain, state, account_name FROM account_keys WHERE account_key = $1",
+                )
+                .bind(account_key)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get("domain")?, row.try_get("state")?, row.try_get("account_name")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+                let mut current = KeyState::Unverified;
+                let mut current_name = None;
+                let mut owned_elsewhere = false;
+                for (row_domain, state, name) in &rows {
+                    let state = KeyState::parse(state)?;
+                    if row_domain == domain {
+                        current = state;
+                        current_name = name.clone();
+                    } else if matches!(state, KeyState::Local | KeyState::Verified) {
+                        owned_elsewhere = true;
+                    }
                 }
+                let next = match (current, verdict) {
+                    (KeyState::Erased | KeyState::Local, _) => current,
+                    (KeyState::Verified, RemoteKeyVerdict::Verified { account_name }) => {
+                        if current_name.as_deref() != Some(*account_name) {
+                            tracing::warn!(%user_id, "a later answer names the verified key differently; the first name stays");
+                        }
+                        current
+                    }
+                    (KeyState::Verified, RemoteKeyVerdict::Unverified { .. }) => current,
+                    (KeyState::Unverified, RemoteKeyVerdict::Verified { .. }) if owned_elsewhere => {
+                        tracing::warn!(%user_id, "the key is verified for another domain; this claim stays unverified");
+                        current
+                    }
+                    (KeyState::Unverified, RemoteKeyVerdict::Verified { account_name }) => {
+                        let attempts: i64 = sqlx::query_scalar(
+                            "UPDATE account_keys SET state = 'verified', account_name = $1, \
+                             first_verified_ts = $2, last_attempt_ts = $2, next_attempt_ts = NULL, \
+                             last_outcome = 'verified', attempts = attempts + 1 \
+                             WHERE account_key = $3 AND domain = $4 RETURNING CAST(attempts AS BIGINT)",
+                        )
+                        .bind(*account_name)
+                        .bind(now)
+                        .bind(account_key)
+                        .bind(domain)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        // Verified late (an earlier ask did not verify it): clients may already
+                        // have had the rooms without this member, so its current state goes to
+                        // them again (MSC4243 §2.6 item 39).
+                        if attempts > 1 {
+                            redeliver_state_of!(tx, &user_id);
+                        }
+                        KeyState::Verified
+                    }
+                    (KeyState::Unverified, RemoteKeyVerdict::Unverified { outcome, next_attempt_ts }) => {
+                        sqlx::query(
+                            "UPDATE account_keys SET attempts = attempts + 1, last_attempt_ts = $1, \
+                             next_attempt_ts = $2, last_outcome = $3 \
+                             WHERE account_key = $4 AND domain = $5",
+                        )
+                        .bind(now)
+                        .bind(*next_attempt_ts)
+                        .bind(*outcome)
+                        .bind(account_key)
+                        .bind(domain)
+                        .execute(&mut *tx)
+                        .await?;
+                        KeyState::Unverified
+                    }
+                    (KeyState::Unverified | KeyState::Verified, RemoteKeyVerdict::Erased { attestation }) => {
+                        // Erasure deletes the name mapping (§2.4 item 30).
+                        sqlx::query(
+                            "UPDATE account_keys SET state = 'erased', account_name = NULL, \
+                             erased_ts = $1, erasure_attestation = $2, next_attempt_ts = NULL \
+                             WHERE account_key = $3 AND domain = $4",
+                        )
+                        .bind(now)
+                        .bind(*attestation)
+                        .bind(account_key)
+                        .bind(domain)
+                        .execute(&mut *tx)
+                        .await?;
+                        KeyState::Erased
+                    }
+                };
+                states.push(next);
             }
-            let next = match (current, verdict) {
-                (KeyState::Erased | KeyState::Local, _) => current,
-                (KeyState::Verified, RemoteKeyVerdict::Verified { account_name }) => {
-                    if current_name.as_deref() != Some(*account_name) {
-                        tracing::warn!(%user_id, "a later answer names the verified key differently; the first name stays");
-                    }
-                    current
-                }
-                (KeyState::Verified, RemoteKeyVerdict::Unverified { .. }) => current,
-                (KeyState::Unverified, RemoteKeyVerdict::Verified { .. }) if owned_elsewhere => {
-                    tracing::warn!(%user_id, "the key is verified for another domain; this claim stays unverified");
-                    current
-                }
-                (KeyState::Unverified, RemoteKeyVerdict::Verified { account_name }) => {
-                    let attempts: i64 = sqlx::query_scalar(
-                        "UPDATE account_keys SET state = 'verified', account_name = $1, \
-                         first_verified_ts = $2, last_attempt_ts = $2, next_attempt_ts = NULL, \
-                         last_outcome = 'verified', attempts = attempts + 1 \
-                         WHERE account_key = $3 AND domain = $4 RETURNING CAST(attempts AS BIGINT)",
-                    )
-                    .bind(*account_name)
-                    .bind(now)
-                    .bind(account_key)
-                    .bind(domain)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    // Verified late (an earlier ask did not verify it): clients may already
-                    // have had the rooms without this member, so its current state goes to
-                    // them again (MSC4243 §2.6 item 39).
-                    if attempts > 1 {
-                        redeliver_state_of!(tx, &user_id);
-                    }
-                    KeyState::Verified
-                }
-                (KeyState::Unverified, RemoteKeyVerdict::Unverified { outcome, next_attempt_ts }) => {
-                    sqlx::query(
-                        "UPDATE account_keys SET attempts = attempts + 1, last_attempt_ts = $1, \
-                         next_attempt_ts = $2, last_outcome = $3 \
-                         WHERE account_key = $4 AND domain = $5",
-                    )
-                    .bind(now)
-                    .bind(*next_attempt_ts)
-                    .bind(*outcome)
-                    .bind(account_key)
-                    .bind(domain)
-                    .execute(&mut *tx)
-                    .await?;
-                    KeyState::Unverified
-                }
-                (KeyState::Unverified | KeyState::Verified, RemoteKeyVerdict::Erased { attestation }) => {
-                    // Erasure deletes the name mapping (§2.4 item 30).
-                    sqlx::query(
-                        "UPDATE account_keys SET state = 'erased', account_name = NULL, \
-                         erased_ts = $1, erasure_attestation = $2, next_attempt_ts = NULL \
-                         WHERE account_key = $3 AND domain = $4",
-                    )
-                    .bind(now)
-                    .bind(*attestation)
-                    .bind(account_key)
-                    .bind(domain)
-                    .execute(&mut *tx)
-                    .await?;
-                    KeyState::Erased
-                }
-            };
             tx.commit().await?;
-            Ok(next)
+            Ok(states)
         })
     }
 }

@@ -346,3 +346,77 @@ async fn due_unverified_keys_of_room_members_are_claimed_once() {
         store.close().await;
     }
 }
+
+/// One answer's verdicts recorded together (one transaction) follow the same transitions as
+/// one at a time, in order: a verification, a missing key, an erasure, a key already verified
+/// for another domain (stays unverified), and a later verdict in the same batch about a key
+/// verified earlier in it (not downgraded). An empty batch writes nothing.
+#[tokio::test]
+async fn one_answer_is_recorded_at_once_under_the_same_transitions() {
+    for kind in test_backends() {
+        let (_db, store) = open(kind).await;
+        let verified = |account_name| RemoteKeyVerdict::Verified { account_name };
+        let missing = RemoteKeyVerdict::Unverified {
+            outcome: "missing",
+            next_attempt_ts: 100,
+        };
+        assert_eq!(
+            store
+                .record_remote_account_key("D", "b.example", &verified("dora"), 5)
+                .await
+                .unwrap(),
+            KeyState::Verified
+        );
+        let states = store
+            .record_remote_account_keys(
+                "a.example",
+                &[
+                    ("A", verified("alice")),
+                    ("B", missing.clone()),
+                    ("C", RemoteKeyVerdict::Erased { attestation: "{}" }),
+                    ("D", verified("dora")),
+                    ("A", missing.clone()),
+                ],
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            states,
+            vec![
+                KeyState::Verified,
+                KeyState::Unverified,
+                KeyState::Erased,
+                KeyState::Unverified,
+                KeyState::Verified,
+            ],
+            "{kind:?}"
+        );
+        let ids: Vec<String> = ["A", "B", "C", "D"]
+            .iter()
+            .map(|key| format!("@{key}:a.example"))
+            .collect();
+        let mut rows = store.account_keys_by_user_ids(&ids).await.unwrap();
+        rows.sort_by(|a, b| a.account_key.cmp(&b.account_key));
+        assert_eq!(rows.len(), 4, "{kind:?}");
+        assert_eq!(rows[0].account_name.as_deref(), Some("alice"), "{kind:?}");
+        assert_eq!(rows[0].first_verified_ts, Some(10), "{kind:?}");
+        assert_eq!(rows[1].next_attempt_ts, Some(100), "{kind:?}");
+        assert_eq!(rows[1].last_outcome.as_deref(), Some("missing"), "{kind:?}");
+        assert_eq!(rows[2].state, KeyState::Erased, "{kind:?}");
+        assert_eq!(rows[3].state, KeyState::Unverified, "{kind:?}");
+        assert!(
+            store
+                .record_remote_account_keys("a.example", &[], 20)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.unverified_account_key_count().await.unwrap(),
+            2,
+            "{kind:?}"
+        );
+        store.close().await;
+    }
+}

@@ -426,7 +426,12 @@ async fn messages_page_through_every_event_exactly_once() {
                     }
                     match page["end"].as_str() {
                         Some(end) => from = Some(end.to_owned()),
-                        None => return seen,
+                        None => {
+                            // A page with events always carries `end`; only the empty page
+                            // after the last events has none.
+                            assert_eq!(page["chunk"], json!([]), "{page}");
+                            return seen;
+                        }
                     }
                 }
                 panic!("pagination did not end");

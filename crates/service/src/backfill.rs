@@ -51,7 +51,7 @@ impl Services {
     ) -> Result<MessagesPage> {
         let mut read = self.rooms.messages(user, room_id, page).await?;
         if page.dir != Direction::Backward {
-            return Ok(read);
+            return Ok(with_end_on_events(read));
         }
         let mut more_remote = false;
         for _ in 0..BACKFILL_ROUNDS {
@@ -77,7 +77,7 @@ impl Services {
         if read.end.is_none() && more_remote {
             read.end = read.resume.clone();
         }
-        Ok(read)
+        Ok(with_end_on_events(read))
     }
 
     /// Fetches up to `limit` (at most 100) events of room `room_id` from before its backward
@@ -178,4 +178,14 @@ impl Services {
         servers.truncate(SERVERS_ASKED);
         Ok(servers)
     }
+}
+
+/// A page that holds events always carries `end`, as Synapse gives it and clients (and
+/// Complement's `TestRoomImageRoundtrip`) expect: the page after the last events is empty and
+/// has none, which is where the spec's "no further events" omission then applies.
+fn with_end_on_events(mut read: MessagesPage) -> MessagesPage {
+    if read.end.is_none() && !read.chunk.is_empty() {
+        read.end = read.resume.clone();
+    }
+    read
 }

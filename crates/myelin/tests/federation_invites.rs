@@ -192,11 +192,11 @@ fn raw(value: &Value) -> Box<RawValue> {
     RawValue::from_string(value.to_string()).unwrap()
 }
 
-/// A v10 event of the peer's room, signed by `key` as the peer.
+/// An event's fields before hashing and signing; without `room_id` when `room_id` is `None`
+/// (a create event of rooms whose id is its hash).
 #[allow(clippy::too_many_arguments)]
-fn peer_event(
-    key: &KeyPair,
-    room_id: &str,
+fn event_fields(
+    room_id: Option<&str>,
     sender: &str,
     kind: &str,
     state_key: Option<&str>,
@@ -204,11 +204,13 @@ fn peer_event(
     prev: &[&str],
     auth: &[&str],
     depth: i64,
-) -> Pdu {
+) -> CanonicalJsonObject {
     let s = |v: &str| CanonicalJsonValue::String(v.to_owned());
     let mut partial = CanonicalJsonObject::new();
     partial.insert("type".to_owned(), s(kind));
-    partial.insert("room_id".to_owned(), s(room_id));
+    if let Some(room_id) = room_id {
+        partial.insert("room_id".to_owned(), s(room_id));
+    }
     partial.insert("sender".to_owned(), s(sender));
     if let Some(state_key) = state_key {
         partial.insert("state_key".to_owned(), s(state_key));
@@ -232,6 +234,32 @@ fn peer_event(
     partial.insert(
         "origin_server_ts".to_owned(),
         CanonicalJsonValue::Integer(myelin_service::now_millis().try_into().unwrap()),
+    );
+    partial
+}
+
+/// A v10 event of the peer's room, signed by `key` as the peer.
+#[allow(clippy::too_many_arguments)]
+fn peer_event(
+    key: &KeyPair,
+    room_id: &str,
+    sender: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+    prev: &[&str],
+    auth: &[&str],
+    depth: i64,
+) -> Pdu {
+    let partial = event_fields(
+        Some(room_id),
+        sender,
+        kind,
+        state_key,
+        content,
+        prev,
+        auth,
+        depth,
     );
     // Signed as the sender's server (with `key`, whoever holds it).
     let server = sender.split_once(':').unwrap().1;
@@ -1538,36 +1566,7 @@ fn account_key_room_event(
     prev: &[&str],
     depth: i64,
 ) -> Pdu {
-    let s = |v: &str| CanonicalJsonValue::String(v.to_owned());
-    let mut partial = CanonicalJsonObject::new();
-    partial.insert("type".to_owned(), s(kind));
-    if let Some(room_id) = room_id {
-        partial.insert("room_id".to_owned(), s(room_id));
-    }
-    partial.insert("sender".to_owned(), s(sender));
-    if let Some(state_key) = state_key {
-        partial.insert("state_key".to_owned(), s(state_key));
-    }
-    partial.insert(
-        "content".to_owned(),
-        CanonicalJsonValue::try_from(content).unwrap(),
-    );
-    partial.insert(
-        "prev_events".to_owned(),
-        CanonicalJsonValue::Array(prev.iter().map(|id| s(id)).collect()),
-    );
-    partial.insert(
-        "auth_events".to_owned(),
-        CanonicalJsonValue::Array(Vec::new()),
-    );
-    partial.insert(
-        "depth".to_owned(),
-        CanonicalJsonValue::Integer(depth.try_into().unwrap()),
-    );
-    partial.insert(
-        "origin_server_ts".to_owned(),
-        CanonicalJsonValue::Integer(myelin_service::now_millis().try_into().unwrap()),
-    );
+    let partial = event_fields(room_id, sender, kind, state_key, content, prev, &[], depth);
     let version = RoomVersion::get("org.matrix.12.4243").unwrap();
     build_pdu(partial, version, EventSigner::Account(key)).unwrap()
 }

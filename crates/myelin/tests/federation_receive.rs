@@ -1911,6 +1911,24 @@ async fn peer_account_key_event(
     pdu
 }
 
+/// Records that the peer vouched for its key-form user `id` as `account_name` (what a
+/// `/query/accounts` answer verifying it records); returns the account-name id clients see.
+async fn vouched_for(server: &TestServer, id: &str, account_name: &str) -> String {
+    use myelin_room_version::account_key::KeyFormUserId;
+    use myelin_store::RemoteKeyVerdict;
+    let state = server
+        .services()
+        .account_keys
+        .record_remote(
+            &KeyFormUserId::parse(id).unwrap(),
+            &RemoteKeyVerdict::Verified { account_name },
+        )
+        .await
+        .unwrap();
+    assert_ne!(state, myelin_room_version::KeyVerification::Unverified);
+    format!("@{account_name}:{PEER}")
+}
+
 /// A member verified late (MSC4243.md §2.6 item 39, §6 cases 30 and 31): a remote key-form
 /// member joins and speaks while its domain has not vouched for it, so clients see neither;
 /// once verified, a client syncing with `use_state_after` receives its member event (under its
@@ -1982,17 +2000,7 @@ async fn a_late_verified_member_reaches_state_after_only_and_its_history_message
         let since = body["next_batch"].as_str().unwrap().to_owned();
 
         // x's domain vouches for it on a later ask.
-        let verified = keys
-            .record_remote(
-                &x_user,
-                &RemoteKeyVerdict::Verified {
-                    account_name: "xavier",
-                },
-            )
-            .await
-            .unwrap();
-        assert_ne!(verified, myelin_room_version::KeyVerification::Unverified);
-        let name = format!("@xavier:{PEER}");
+        let name = vouched_for(&server, &x_id, "xavier").await;
 
         let (status, after) = server
             .get(
@@ -2060,8 +2068,6 @@ async fn a_late_verified_member_reaches_state_after_only_and_its_history_message
 /// client would.
 #[tokio::test]
 async fn an_unverified_sender_notifies_nobody() {
-    use myelin_room_version::account_key::KeyFormUserId;
-    use myelin_store::RemoteKeyVerdict;
     for kind in test_backends() {
         let ca = TestCa::new();
         let (server, peer, room_id, [rules, power]) =
@@ -2103,15 +2109,7 @@ async fn an_unverified_sender_notifies_nobody() {
             }
         };
         let hidden = say("push-1", "hello carol, from nowhere").await;
-        let keys = &server.services().account_keys;
-        keys.record_remote(
-            &KeyFormUserId::parse(&x_id).unwrap(),
-            &RemoteKeyVerdict::Verified {
-                account_name: "xavier",
-            },
-        )
-        .await
-        .unwrap();
+        vouched_for(&server, &x_id, "xavier").await;
         let shown = say("push-2", "hello again").await;
         let (status, body) = server
             .get("/_matrix/client/v3/notifications", &carol.access_token)

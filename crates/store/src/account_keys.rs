@@ -153,12 +153,7 @@ macro_rules! redeliver_state_of {
         let rooms: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
         if !rooms.is_empty() {
             let count = i64::try_from(rooms.len()).unwrap_or(i64::MAX);
-            let last: i64 = sqlx::query_scalar(
-                "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
-            )
-            .bind(count)
-            .fetch_one(&mut *$tx)
-            .await?;
+            let last = $crate::store::take_event_positions!($tx, count);
             let positions: std::collections::HashMap<i64, i64> = rooms
                 .iter()
                 .enumerate()

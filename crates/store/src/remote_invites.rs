@@ -128,11 +128,7 @@ impl Store {
             let stream_ordering = match current {
                 Some((nid, position)) if nid == event_nid => position,
                 _ => {
-                    let position: i64 = sqlx::query_scalar(
-                        "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
-                    )
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let position = crate::store::take_event_positions!(tx, 1);
                     sqlx::query(
                         "INSERT INTO room_memberships (room_nid, user_id, membership, event_nid, stream_ordering, forgotten) \
                          VALUES ($1, $2, $3, $4, $5, FALSE) \

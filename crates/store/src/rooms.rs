@@ -841,12 +841,7 @@ impl Store {
         let persisted = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let mut next_live = if live_count > 0 {
-                let last: i64 = sqlx::query_scalar(
-                    "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
-                )
-                .bind(live_count)
-                .fetch_one(&mut *tx)
-                .await?;
+                let last = crate::store::take_event_positions!(tx, live_count);
                 last - live_count + 1
             } else {
                 0

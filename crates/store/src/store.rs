@@ -190,6 +190,23 @@ macro_rules! with_pool {
     };
 }
 
+/// Takes the next `$count` positions of the events stream inside the caller's transaction
+/// `$tx` (the row lock orders concurrent writers); evaluates to the last one taken, so they are
+/// `last - count + 1 ..= last`. Every writer of the stream takes its positions here.
+macro_rules! take_event_positions {
+    ($tx:expr, $count:expr) => {{
+        let count: i64 = $count;
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
+        )
+        .bind(count)
+        .fetch_one(&mut *$tx)
+        .await?;
+        last
+    }};
+}
+pub(crate) use take_event_positions;
+
 impl Store {
     /// Connects to the database named by `url` and applies pending migrations.
     ///

@@ -1609,3 +1609,237 @@ async fn a_non_federating_account_key_room_refuses_other_servers() {
         }
     }
 }
+
+/// `/sync?since=` as `user` (no wait).
+async fn sync_since(server: &TestServer, user: &TestUser, since: &str) -> Value {
+    get_ok(
+        server,
+        user,
+        &format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(since)),
+    )
+    .await
+}
+
+/// Device lists and presence across servers in an account-key room are about accounts
+/// (MSC4243.md §2.7, case 35): bob of B is a member of A's room under his key, yet A's client
+/// hears of his devices and presence by his account name. A accepts B's device-list and
+/// presence EDUs about `@bob:hs-b.test` because it maps the name to bob's verified key to find
+/// the room they share; alice's sync names bob (never his key) in `device_lists.changed`, and
+/// presence reads find him as a room mate.
+#[tokio::test]
+async fn device_lists_and_presence_of_another_servers_user_go_by_account_name() {
+    use myelin_room_version::{KeyPair, canonical::value_to_object, signing::sign_json};
+    use myelin_testkit::{
+        federation::{TestCa, start_federation},
+        rooms::eventually,
+    };
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let servers = start_federation(kind, &ca, &["hs-a.test", "hs-b.test"], |_, _| {}).await;
+        let (a, b) = (&servers[0], &servers[1]);
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        let bob_key_form = key_id(b, &bob);
+        let room = a
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let since = get_ok(a, &alice, "/_matrix/client/v3/sync?timeout=0").await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        post_ok(
+            b,
+            &bob,
+            &format!("/_matrix/client/v3/join/{}?via=hs-a.test", enc(&room)),
+            json!({}),
+        )
+        .await;
+        both_show_both_joined((a, &alice), (b, &bob), &room).await;
+
+        // Bob's join changes whose devices alice tracks: named by account, not by key.
+        let synced = sync_since(a, &alice, &since).await;
+        let changed = synced["device_lists"]["changed"].clone();
+        assert!(
+            changed
+                .as_array()
+                .is_some_and(|c| c.contains(&json!(bob.user_id))),
+            "{kind:?}: bob by name in device_lists.changed: {synced}"
+        );
+        assert!(
+            !synced.to_string().contains(&bob_key_form),
+            "{kind:?}: bob's key-form id reached alice's sync: {synced}"
+        );
+        let mut since = synced["next_batch"].as_str().unwrap().to_owned();
+
+        // Bob's new device keys: B tells A (`m.device_list_update` about `@bob:hs-b.test`), A
+        // keeps it because bob's verified key shares a room with alice, and alice hears of it.
+        let signing = KeyPair::from_seed(&[9; 32]);
+        let device_keys = {
+            use base64::Engine as _;
+            let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes);
+            let object = json!({
+                "user_id": bob.user_id,
+                "device_id": bob.device_id,
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                "keys": {
+                    format!("curve25519:{}", bob.device_id): b64(&[7; 32]),
+                    format!("ed25519:{}", bob.device_id): b64(&signing.public_key()),
+                },
+            });
+            let mut canonical = value_to_object(object).unwrap();
+            sign_json(
+                &mut canonical,
+                &bob.user_id,
+                &format!("ed25519:{}", bob.device_id),
+                &signing,
+            )
+            .unwrap();
+            serde_json::to_value(canonical).unwrap()
+        };
+        post_ok(
+            b,
+            &bob,
+            "/_matrix/client/v3/keys/upload",
+            json!({"device_keys": device_keys}),
+        )
+        .await;
+        let (alice_ref, bob_id) = (&alice, bob.user_id.as_str());
+        eventually("alice to hear of bob's new device by name", || {
+            let since_now = since.clone();
+            async move {
+                let synced = sync_since(a, alice_ref, &since_now).await;
+                synced["device_lists"]["changed"]
+                    .as_array()
+                    .is_some_and(|c| c.contains(&json!(bob_id)))
+            }
+        })
+        .await;
+        let queried = post_ok(
+            a,
+            &alice,
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": {bob.user_id.clone(): []}}),
+        )
+        .await;
+        assert_eq!(
+            queried["device_keys"][bob.user_id.as_str()][bob.device_id.as_str()]["keys"],
+            device_keys["keys"],
+            "{kind:?}: {queried}"
+        );
+        // A key this server holds unverified is no account: asking for its devices asks
+        // nobody (case 35), and the answer says nothing of it.
+        let stranger = {
+            use base64::Engine as _;
+            let key = KeyPair::from_seed(&[11; 32]).public_key();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+        };
+        a.store()
+            .record_remote_account_keys(
+                "hs-b.test",
+                &[(
+                    stranger.as_str(),
+                    myelin_store::RemoteKeyVerdict::Unverified {
+                        outcome: "unknown",
+                        next_attempt_ts: i64::MAX,
+                    },
+                )],
+                1,
+            )
+            .await
+            .unwrap();
+        let stranger = format!("@{stranger}:hs-b.test");
+        let queried = post_ok(
+            a,
+            &alice,
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": {stranger.clone(): []}}),
+        )
+        .await;
+        assert!(
+            queried["device_keys"].get(&stranger).is_none()
+                && queried["failures"]
+                    .as_object()
+                    .is_none_or(serde_json::Map::is_empty),
+            "{kind:?}: {queried}"
+        );
+        since = sync_since(a, &alice, &since).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        // Bob's presence reaches alice by name, and she may read it as a room mate's.
+        let reply = b
+            .put(
+                &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+                &bob.access_token,
+                json!({"presence": "online", "status_msg": "on hs-b"}),
+            )
+            .await;
+        ok(b, reply, "presence").await;
+        eventually("alice to see bob's presence by name", || {
+            let since_now = since.clone();
+            async move {
+                let synced = sync_since(a, alice_ref, &since_now).await;
+                synced["presence"]["events"]
+                    .as_array()
+                    .is_some_and(|events| {
+                        events.iter().any(|e| {
+                            e["sender"] == json!(bob_id) && e["content"]["status_msg"] == "on hs-b"
+                        })
+                    })
+            }
+        })
+        .await;
+        let status = get_ok(
+            a,
+            &alice,
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+        )
+        .await;
+        assert_eq!(status["status_msg"], "on hs-b", "{kind:?}: {status}");
+
+        for server in servers {
+            server.stop().await;
+        }
+    }
+}
+
+/// A trusted private chat in an account-key room (MSC4243.md Q8): invitees are co-creators by
+/// key when their keys are known; another server's invitee whose key is not known yet is left
+/// out of `additional_creators` (still invited), and the room is created all the same.
+#[tokio::test]
+async fn trusted_private_chat_makes_creators_of_invitees_with_known_keys_only() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let bob_key = key_id(&server, &bob);
+        let ghost = "@ghost:127.0.0.1:1";
+        let created = post_ok(
+            &server,
+            &alice,
+            "/_matrix/client/v3/createRoom",
+            json!({"room_version": AK, "preset": "trusted_private_chat", "invite": [bob.user_id, ghost]}),
+        )
+        .await;
+        let room = created["room_id"].as_str().unwrap();
+        let store = server.store();
+        let nid = store.room(room).await.unwrap().unwrap().room_nid;
+        let create = store
+            .current_state(nid, Some(&[("m.room.create".to_owned(), String::new())]))
+            .await
+            .unwrap();
+        let create: Value = serde_json::from_str(&create[0].json).unwrap();
+        assert_eq!(
+            create["content"]["additional_creators"],
+            json!([bob_key]),
+            "{kind:?}: {create}"
+        );
+        let invite = get_ok(&server, &bob, "/_matrix/client/v3/sync?timeout=0").await;
+        assert!(
+            invite["rooms"]["invite"].get(room).is_some(),
+            "{kind:?}: {invite}"
+        );
+        server.stop().await;
+    }
+}

@@ -436,8 +436,8 @@ async fn refused_upgrades_write_nothing() {
         join(&server, &bob, &room).await;
         let rooms_before = joined_rooms(&server, &alice).await;
 
-        // Unknown versions, and account-key rooms, which this server reads but cannot create.
-        for version in ["9999", "org.matrix.12.4243"] {
+        // Unknown versions.
+        for version in ["9999"] {
             let (status, body) =
                 upgrade(&server, &alice, &room, json!({"new_version": version})).await;
             assert_eq!(status, 400, "{version}: {body}");
@@ -637,6 +637,188 @@ async fn settings_follow_users_into_the_replacement() {
             .await;
         let (status, rule) = push_rule(&server, &bob, "room", &manual).await;
         assert_eq!(status, 200, "{rule}");
+        server.stop().await;
+    }
+}
+
+/// Upgrades and account-key rooms (MSC4243.md Q8), on both databases. Into an account-key room
+/// every user is carried by key: the old power levels' users need known keys, or the upgrade
+/// is refused naming them and nothing is written; with known keys, power and bans arrive in key
+/// form and clients read them by name. Within account-key rooms the key-form state is carried
+/// as it is, also the ban of a key held unverified. Out of account keys: refused.
+#[tokio::test]
+async fn upgrades_into_and_within_account_key_rooms_carry_users_by_key() {
+    use myelin_room_version::{KeyFormUserId, KeyPair};
+    const AK: &str = "org.matrix.12.4243";
+    /// A room's current state as stored (PDUs, so key form in account-key rooms).
+    async fn stored_state(server: &TestServer, room: &str) -> Vec<Value> {
+        let store = server.store();
+        let nid = store.room(room).await.unwrap().unwrap().room_nid;
+        store
+            .current_state(nid, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| serde_json::from_str(&row.json).unwrap())
+            .collect()
+    }
+    fn banned_keys(state: &[Value]) -> Vec<String> {
+        let mut keys: Vec<String> = state
+            .iter()
+            .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "ban")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let room = server
+            .create_room(
+                &alice,
+                json!({"room_version": "12", "preset": "public_chat"}),
+            )
+            .await;
+        join(&server, &bob, &room).await;
+        join(&server, &carol, &room).await;
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+                &alice.access_token,
+                json!({"user_id": carol.user_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (_, mut power) = state(&server, &alice, &room, "m.room.power_levels", "").await;
+        power["users"][bob.user_id.as_str()] = json!(50);
+        power["users"]["@stranger:elsewhere.example"] = json!(10);
+        put_state(
+            &server,
+            &alice,
+            &room,
+            "m.room.power_levels",
+            "",
+            power.clone(),
+        )
+        .await;
+
+        // A user of the power levels whose key is unknown: refused before anything is written.
+        let rooms_before = joined_rooms(&server, &alice).await;
+        let (status, body) = upgrade(&server, &alice, &room, json!({"new_version": AK})).await;
+        assert_eq!(status, 400, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_INVALID_PARAM", "{kind:?}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("@stranger:elsewhere.example"),
+            "{kind:?}: {body}"
+        );
+        assert_eq!(
+            joined_rooms(&server, &alice).await,
+            rooms_before,
+            "{kind:?}"
+        );
+        let (status, _) = state(&server, &alice, &room, "m.room.tombstone", "").await;
+        assert_eq!(status, 404, "{kind:?}: the old room was not tombstoned");
+
+        // Without them, the room upgrades; power and the ban arrive by key.
+        power["users"]
+            .as_object_mut()
+            .unwrap()
+            .remove("@stranger:elsewhere.example");
+        put_state(&server, &alice, &room, "m.room.power_levels", "", power).await;
+        let keyed = must_upgrade(&server, &alice, &room, json!({"new_version": AK})).await;
+        let (_, create) = state(&server, &alice, &keyed, "m.room.create", "").await;
+        assert_eq!(create["room_version"], AK, "{kind:?}");
+        assert_eq!(create["predecessor"]["room_id"], json!(room), "{kind:?}");
+        let (_, new_power) = state(&server, &alice, &keyed, "m.room.power_levels", "").await;
+        assert_eq!(
+            new_power["users"][bob.user_id.as_str()],
+            50,
+            "{kind:?}: {new_power}"
+        );
+        let (status, ban) = state(&server, &alice, &keyed, "m.room.member", &carol.user_id).await;
+        assert_eq!(status, 200, "{kind:?}: {ban}");
+        assert_eq!(ban["membership"], "ban", "{kind:?}");
+        let stored = stored_state(&server, &keyed).await;
+        let stored_power = stored
+            .iter()
+            .find(|e| e["type"] == "m.room.power_levels")
+            .unwrap();
+        let users: Vec<&String> = stored_power["content"]["users"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert!(
+            !users.is_empty() && users.iter().all(|u| KeyFormUserId::parse(u).is_ok()),
+            "{kind:?}: {stored_power}"
+        );
+        let carol_key = server
+            .store()
+            .local_account_key("carol", server.name())
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id;
+        assert_eq!(banned_keys(&stored), vec![carol_key.clone()], "{kind:?}");
+        join(&server, &bob, &keyed).await;
+
+        // Within account-key rooms, also a ban of a key this server holds unverified.
+        let stranger = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(KeyPair::from_seed(&[11; 32]).public_key())
+        };
+        server
+            .store()
+            .record_remote_account_keys(
+                "elsewhere.example",
+                &[(
+                    stranger.as_str(),
+                    myelin_store::RemoteKeyVerdict::Unverified {
+                        outcome: "unknown",
+                        next_attempt_ts: i64::MAX,
+                    },
+                )],
+                1,
+            )
+            .await
+            .unwrap();
+        let stranger = format!("@{stranger}:elsewhere.example");
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/ban", enc(&keyed)),
+                &alice.access_token,
+                json!({"user_id": stranger}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind:?}: a ban by key: {body}");
+        let newer = must_upgrade(&server, &alice, &keyed, json!({"new_version": AK})).await;
+        let (_, newer_power) = state(&server, &alice, &newer, "m.room.power_levels", "").await;
+        assert_eq!(newer_power["users"][bob.user_id.as_str()], 50, "{kind:?}");
+        let mut expected = vec![carol_key, stranger];
+        expected.sort();
+        assert_eq!(
+            banned_keys(&stored_state(&server, &newer).await),
+            expected,
+            "{kind:?}"
+        );
+
+        // Out of account keys: refused, nothing written.
+        let rooms_before = joined_rooms(&server, &alice).await;
+        let (status, body) = upgrade(&server, &alice, &newer, json!({"new_version": "12"})).await;
+        assert_eq!(status, 400, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION", "{kind:?}");
+        assert_eq!(
+            joined_rooms(&server, &alice).await,
+            rooms_before,
+            "{kind:?}"
+        );
         server.stop().await;
     }
 }

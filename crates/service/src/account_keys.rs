@@ -244,9 +244,10 @@ impl AccountKeys {
     }
 
     /// A user id a client named, in key form for an account-key room (MSC4243.md Q3, Q4): a
-    /// key-form id this server knows (local, or verified for its domain) as is; a local
-    /// account's name as its key (created if the account predates keys); anything else,
-    /// `M_INVALID_PARAM`: we never guess a key.
+    /// key-form id this server knows (any state: a key names its principal exactly, so a
+    /// moderator may ban or empower a key held unverified) as is; a local account's name as its
+    /// key (created if the account predates keys); anything else, `M_INVALID_PARAM`: we never
+    /// guess a key, and a key this server has never met is refused as a likely mistake.
     pub async fn to_key_form(&self, user_id: &str) -> Result<String> {
         let unknown = || {
             Error::InvalidParam(format!(
@@ -257,12 +258,19 @@ impl AccountKeys {
             .strip_prefix('@')
             .and_then(|rest| rest.split_once(':'))
             .ok_or_else(|| Error::InvalidParam(format!("{user_id} is not a user id")))?;
-        if let Ok(key_form) = KeyFormUserId::parse(user_id) {
-            return match self.lookup(&key_form) {
-                KeyVerification::Local { .. } | KeyVerification::Verified { .. } => {
-                    Ok(key_form.to_string())
+        if let Ok(parsed) = KeyFormUserId::parse(user_id) {
+            let key_form = parsed.to_string();
+            return match self.lookup(&parsed) {
+                KeyVerification::Unverified
+                    if self
+                        .store
+                        .account_keys_by_user_ids(std::slice::from_ref(&key_form))
+                        .await?
+                        .is_empty() =>
+                {
+                    Err(unknown())
                 }
-                _ => Err(unknown()),
+                _ => Ok(key_form),
             };
         }
         if domain != self.server_name.as_str() || looks_like_account_key(localpart) {
@@ -271,6 +279,29 @@ impl AccountKeys {
         match self.store.user_by_localpart(localpart).await? {
             Some(user) if user.deactivated_ts.is_none() => self.local_user_id(localpart).await,
             _ => Err(unknown()),
+        }
+    }
+
+    /// [`Self::to_key_form`], and for another server's account named by name, its key when
+    /// exactly one key is verified under that name (MSC4243.md Q8: keys "known from earlier
+    /// shared rooms", for creators and room upgrades). Several keys under one name are refused:
+    /// which one the client meant would be a guess.
+    pub async fn known_key_form(&self, user_id: &str) -> Result<String> {
+        let err = match self.to_key_form(user_id).await {
+            Ok(key_form) => return Ok(key_form),
+            Err(err @ Error::InvalidParam(_)) => err,
+            Err(other) => return Err(other),
+        };
+        if KeyFormUserId::parse(user_id).is_ok() {
+            return Err(err);
+        }
+        let mut keys = self.store.verified_key_forms_of(user_id).await?;
+        match keys.len() {
+            1 => Ok(keys.remove(0)),
+            0 => Err(err),
+            n => Err(Error::InvalidParam(format!(
+                "{user_id}: {n} account keys are verified under this name; name the key"
+            ))),
         }
     }
 

@@ -318,9 +318,15 @@ impl E2ee {
                 "At most {MAX_DEVICES_PER_REQUEST} devices per query"
             )));
         }
+        let account_keys = self.remote_account_keys_named(wanted.keys()).await?;
         for (user, devices) in wanted {
             if self.is_local(user) {
                 local.push(user);
+            } else if account_keys.contains(user.as_str()) {
+                // An account key names a room member, not an account: E2EE goes by account
+                // names (MSC4243.md §2.7), so nobody is asked about a key (an unverified one has
+                // no account to ask for; a verified one is asked about under its name).
+                continue;
             } else if let Ok(remote_user) = UserId::parse(user.as_str()) {
                 remote
                     .entry(remote_user.server_name().to_owned())
@@ -336,6 +342,31 @@ impl E2ee {
         self.add_requester_signatures(requester, &mut result)
             .await?;
         Ok(result)
+    }
+
+    /// Which of `users` are other servers' account keys in key form (`@<key>:<domain>`) that
+    /// this server knows from account-key rooms.
+    async fn remote_account_keys_named(
+        &self,
+        users: impl Iterator<Item = &String>,
+    ) -> Result<std::collections::HashSet<String>> {
+        let key_forms: Vec<String> = users
+            .filter(|user| {
+                !self.is_local(user.as_str())
+                    && myelin_room_version::KeyFormUserId::parse(user.as_str()).is_ok()
+            })
+            .cloned()
+            .collect();
+        if key_forms.is_empty() {
+            return Ok(Default::default());
+        }
+        Ok(self
+            .store
+            .account_keys_by_user_ids(&key_forms)
+            .await?
+            .into_iter()
+            .map(|row| row.user_id)
+            .collect())
     }
 
     /// The keys of local users `local` (devices as `wanted` names them; every user named gets

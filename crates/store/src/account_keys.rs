@@ -177,6 +177,41 @@ macro_rules! redeliver_state_of {
     }};
 }
 
+/// SQL: the id of the user the room member id in `$column` stands for, as clients, EDUs and
+/// device lists name users (MSC4243.md §2.7): a remote key verified for its domain is its
+/// account-name id; any other member id is itself (local accounts' memberships are already
+/// indexed by account name). Uses the alias `ak`.
+macro_rules! account_of_member {
+    ($column:literal) => {
+        concat!(
+            "COALESCE((SELECT '@' || ak.account_name || ':' || ak.domain FROM account_keys ak \
+             WHERE ak.user_id = ",
+            $column,
+            " AND ak.state = 'verified'), ",
+            $column,
+            ")"
+        )
+    };
+}
+pub(crate) use account_of_member;
+
+/// SQL: whether the room member id in `$column` names an account at all: not a key held
+/// unverified or erased (such members stand for nobody a client or another server can name;
+/// §2.7: no device list, no presence). Uses the alias `ak`.
+macro_rules! member_names_an_account {
+    ($column:literal) => {
+        concat!(
+            "NOT EXISTS (SELECT 1 FROM account_keys ak WHERE ak.user_id = ",
+            $column,
+            " AND ak.state IN ('unverified', 'erased'))"
+        )
+    };
+}
+pub(crate) use member_names_an_account;
+
+/// The most accounts looked up in one statement.
+const ACCOUNTS_PER_STATEMENT: usize = 200;
+
 impl Store {
     /// The key of the local account `account_name` on `domain` (this server), if it has one.
     pub async fn local_account_key(
@@ -531,8 +566,12 @@ impl Store {
                         // Verified late (an earlier ask did not verify it): clients may already
                         // have had the rooms without this member, so its current state goes to
                         // them again (MSC4243 §2.6 item 39).
+                        // Their device list becomes this server's clients' business under the
+                        // account name (§2.7): a change of the whole user, heard only here.
                         if attempts > 1 {
                             redeliver_state_of!(tx, &user_id);
+                            let account = format!("@{account_name}:{domain}");
+                            crate::e2ee::announce_device_list_change!(tx, &account);
                         }
                         KeyState::Verified
                     }
@@ -572,5 +611,60 @@ impl Store {
             tx.commit().await?;
             Ok(states)
         })
+    }
+
+    /// The key-form ids of the remote keys verified under the account-name id `user_id`.
+    pub async fn verified_key_forms_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .member_ids_of(&[user_id])
+            .await?
+            .into_iter()
+            .filter(|(member, _)| member != user_id)
+            .map(|(member, _)| member)
+            .collect())
+    }
+
+    /// The room member ids of each of `users` (account-name ids): the id itself, and in
+    /// account-key rooms the key-form ids of the remote keys verified under that name
+    /// (MSC4243.md §2.7: EDUs and device lists name users by account, membership is keyed by
+    /// key). Pairs `(member id, account id)`; every user of `users` has at least its own.
+    pub(crate) async fn member_ids_of(
+        &self,
+        users: &[&str],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out: Vec<(String, String)> = users
+            .iter()
+            .map(|u| ((*u).to_owned(), (*u).to_owned()))
+            .collect();
+        let named: Vec<(&str, &str)> = users
+            .iter()
+            .filter_map(|u| u.strip_prefix('@')?.split_once(':'))
+            .collect();
+        for chunk in named.chunks(ACCOUNTS_PER_STATEMENT) {
+            let wanted: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(account_name = ${} AND domain = ${})",
+                        2 * i + 1,
+                        2 * i + 2
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT user_id, account_name, domain FROM account_keys \
+                 WHERE state = 'verified' AND ({})",
+                wanted.join(" OR ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql.clone()));
+                for (local, domain) in chunk {
+                    query = query.bind(*local).bind(*domain);
+                }
+                for (member, name, domain) in query.fetch_all(pool).await? {
+                    out.push((member, format!("@{name}:{domain}")));
+                }
+            });
+        }
+        Ok(out)
     }
 }

@@ -174,11 +174,14 @@ impl Store {
         );
         let rooms = with_pool!(self, pool => {
             let mut rooms = Vec::new();
-            for row in sqlx::query(
+            // Members that name no account (keys of account-key rooms held unverified or
+            // erased) are not counted: clients are never shown them.
+            for row in sqlx::query(concat!(
                 "SELECT r.room_nid, r.room_id, \
-                 (SELECT COUNT(*) FROM room_memberships m WHERE m.room_nid = r.room_nid AND m.membership = 'join') AS joined \
-                 FROM rooms r WHERE r.is_public ORDER BY joined DESC, r.room_id",
-            )
+                 (SELECT COUNT(*) FROM room_memberships m WHERE m.room_nid = r.room_nid AND m.membership = 'join' AND ",
+                crate::account_keys::member_names_an_account!("m.user_id"),
+                ") AS joined FROM rooms r WHERE r.is_public ORDER BY joined DESC, r.room_id",
+            ))
             .fetch_all(pool)
             .await?
             {

@@ -278,7 +278,8 @@ impl Store {
 
     /// Whether a membership changed, after events position `since`, in a room `user_id` is or
     /// was in: theirs, or that of a user of `server` (this server may have stopped sharing a
-    /// room with them for a while and missed their updates).
+    /// room with them for a while and missed their updates). A remote account's verified keys
+    /// in account-key rooms are its memberships too.
     pub async fn shared_rooms_changed_since(
         &self,
         user_id: &str,
@@ -286,18 +287,25 @@ impl Store {
         since: i64,
     ) -> Result<bool, StoreError> {
         let suffix = format!(":{server}");
-        let found = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i32>(concat!(
+        let members = self.member_ids_of(&[user_id]).await?;
+        let list = crate::e2ee::placeholders(3, members.len());
+        let sql = format!(
+            concat!(
                 "SELECT 1 FROM room_memberships r JOIN room_memberships m ON m.room_nid = r.room_nid \
-                 WHERE r.user_id = $1 AND m.stream_ordering > $2 AND (m.user_id = $1 OR ",
-                crate::federation_inbound::user_of_server!("m.user_id", "$3"),
+                 WHERE r.user_id IN ({list}) AND m.stream_ordering > $1 AND (m.user_id IN ({list}) OR ",
+                crate::federation_inbound::user_of_server!("m.user_id", "$2"),
                 ") LIMIT 1"
-            ))
-            .bind(user_id)
-            .bind(since)
-            .bind(&suffix)
-            .fetch_optional(pool)
-            .await?
+            ),
+            list = list
+        );
+        let found = with_pool!(self, pool => {
+            let mut query = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(since)
+                .bind(&suffix);
+            for (member, _) in &members {
+                query = query.bind(member);
+            }
+            query.fetch_optional(pool).await?
         });
         Ok(found.is_some())
     }

@@ -274,7 +274,8 @@ pub struct MembershipChange {
     pub membership: String,
 }
 
-fn placeholders(first: usize, n: usize) -> String {
+/// `$first, $first+1, …`: `n` numbered placeholders for an `IN (…)` list.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
@@ -619,18 +620,24 @@ impl Store {
     /// Membership changes after events position `since` that may change whose device lists
     /// `user_id` tracks: in rooms `user_id` is joined to, the members whose membership changed
     /// since; in rooms `user_id` joined or left since, every member. Their current membership.
+    /// Members are named by account: a remote key of an account-key room by the name it is
+    /// verified for, unverified and erased keys left out (MSC4243.md §2.7: device lists are
+    /// about accounts, and no device list is asked for an unverified key).
     pub async fn device_list_membership_changes(
         &self,
         user_id: &str,
         since: i64,
     ) -> Result<Vec<MembershipChange>, StoreError> {
         let rows: Vec<(String, String)> = with_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT m.user_id, m.membership FROM room_memberships mine \
+            sqlx::query_as(concat!(
+                "SELECT ",
+                crate::account_keys::account_of_member!("m.user_id"),
+                ", m.membership FROM room_memberships mine \
                  JOIN room_memberships m ON m.room_nid = mine.room_nid \
                  WHERE mine.user_id = $1 AND (mine.membership = 'join' OR mine.stream_ordering > $2) \
-                 AND (m.stream_ordering > $2 OR mine.stream_ordering > $2) AND m.user_id <> $1",
-            )
+                 AND (m.stream_ordering > $2 OR mine.stream_ordering > $2) AND m.user_id <> $1 AND ",
+                crate::account_keys::member_names_an_account!("m.user_id"),
+            ))
             .bind(user_id)
             .bind(since)
             .fetch_all(pool)
@@ -645,8 +652,8 @@ impl Store {
             .collect())
     }
 
-    /// Which of `users` share a joined room with `user_id` (a user always shares with
-    /// themselves).
+    /// Which of `users` (account ids) share a joined room with `user_id` (a user always shares
+    /// with themselves), counting the verified keys of remote accounts in account-key rooms.
     pub async fn sharing_a_room(
         &self,
         user_id: &str,
@@ -655,7 +662,14 @@ impl Store {
         let mut out: HashMap<String, bool> =
             users.iter().map(|u| ((*u).to_owned(), false)).collect();
         out.insert(user_id.to_owned(), true);
-        for chunk in users.chunks(USERS_PER_STATEMENT) {
+        // Remote accounts are members of account-key rooms under their verified keys.
+        let member_ids = self.member_ids_of(users).await?;
+        let account_of: HashMap<&str, &str> = member_ids
+            .iter()
+            .map(|(member, account)| (member.as_str(), account.as_str()))
+            .collect();
+        let members: Vec<&str> = account_of.keys().copied().collect();
+        for chunk in members.chunks(USERS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT DISTINCT m.user_id FROM room_memberships m \
                  JOIN room_memberships mine ON mine.room_nid = m.room_nid \
@@ -668,8 +682,10 @@ impl Store {
                 for user in chunk {
                     query = query.bind(*user);
                 }
-                for user in query.fetch_all(pool).await? {
-                    out.insert(user, true);
+                for member in query.fetch_all(pool).await? {
+                    if let Some(account) = account_of.get(member.as_str()) {
+                        out.insert((*account).to_owned(), true);
+                    }
                 }
             });
         }

@@ -307,21 +307,24 @@ impl Store {
         Ok(rows)
     }
 
-    /// Users who share a joined room with `user_id` (including them).
     /// The users who became room mates of `user_id` after events stream position `since`:
-    /// they joined a room the user is in, or the user joined a room they are in.
+    /// they joined a room the user is in, or the user joined a room they are in. By account, as
+    /// [`Self::room_mates`].
     pub async fn room_mates_since(
         &self,
         user_id: &str,
         since: i64,
     ) -> Result<Vec<String>, StoreError> {
         let rows = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, String>(
-                "SELECT DISTINCT m.user_id FROM room_memberships m \
+            sqlx::query_scalar::<_, String>(concat!(
+                "SELECT DISTINCT ",
+                crate::account_keys::account_of_member!("m.user_id"),
+                " FROM room_memberships m \
                  JOIN room_memberships s ON s.room_nid = m.room_nid AND s.user_id = $1 AND s.membership = 'join' \
                  WHERE m.membership = 'join' AND m.user_id <> $1 \
-                 AND (m.stream_ordering > $2 OR s.stream_ordering > $2)",
-            )
+                 AND (m.stream_ordering > $2 OR s.stream_ordering > $2) AND ",
+                crate::account_keys::member_names_an_account!("m.user_id"),
+            ))
             .bind(user_id)
             .bind(since)
             .fetch_all(pool)
@@ -330,12 +333,18 @@ impl Store {
         Ok(rows)
     }
 
+    /// Users who share a joined room with `user_id` (including them), by account: remote
+    /// members of account-key rooms under the name their key is verified for, unverified and
+    /// erased keys left out (MSC4243.md §2.7; presence is about accounts).
     pub async fn room_mates(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         let rows = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, String>(
-                "SELECT DISTINCT m.user_id FROM room_memberships m WHERE m.membership = 'join' AND m.room_nid IN \
-                 (SELECT s.room_nid FROM room_memberships s WHERE s.user_id = $1 AND s.membership = 'join')",
-            )
+            sqlx::query_scalar::<_, String>(concat!(
+                "SELECT DISTINCT ",
+                crate::account_keys::account_of_member!("m.user_id"),
+                " FROM room_memberships m WHERE m.membership = 'join' AND m.room_nid IN \
+                 (SELECT s.room_nid FROM room_memberships s WHERE s.user_id = $1 AND s.membership = 'join') AND ",
+                crate::account_keys::member_names_an_account!("m.user_id"),
+            ))
             .bind(user_id)
             .fetch_all(pool)
             .await

@@ -159,24 +159,33 @@ impl Store {
     }
 
     /// Whether `user_id` is joined to a room a user of `server` is joined to (for this server:
-    /// whether anyone here may hear of the user's presence or devices).
+    /// whether anyone here may hear of the user's presence or devices). A remote account counts
+    /// as joined through its verified keys in account-key rooms, and a key held unverified
+    /// under `server`'s name is nobody of `server` (MSC4243.md §2.7).
     pub async fn shares_room_with_server(
         &self,
         user_id: &str,
         server: &str,
     ) -> Result<bool, StoreError> {
         let suffix = format!(":{server}");
-        let found = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i32>(concat!(
+        let members = self.member_ids_of(&[user_id]).await?;
+        let sql = format!(
+            concat!(
                 "SELECT 1 FROM room_memberships m JOIN room_memberships l ON l.room_nid = m.room_nid \
-                 WHERE m.user_id = $1 AND m.membership = 'join' AND l.membership = 'join' AND ",
-                user_of_server!("l.user_id", "$2"),
+                 WHERE m.user_id IN ({}) AND m.membership = 'join' AND l.membership = 'join' AND ",
+                user_of_server!("l.user_id", "$1"),
+                " AND ",
+                crate::account_keys::member_names_an_account!("l.user_id"),
                 " LIMIT 1"
-            ))
-            .bind(user_id)
-            .bind(&suffix)
-            .fetch_optional(pool)
-            .await?
+            ),
+            crate::e2ee::placeholders(2, members.len())
+        );
+        let found = with_pool!(self, pool => {
+            let mut query = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql.clone())).bind(&suffix);
+            for (member, _) in &members {
+                query = query.bind(member);
+            }
+            query.fetch_optional(pool).await?
         });
         Ok(found.is_some())
     }

@@ -32,9 +32,12 @@ impl Store {
             placeholders.join(", ")
         );
         let out = with_pool!(self, pool => {
-            let joined_members: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM room_memberships WHERE room_nid = $1 AND membership = 'join'",
-            )
+            // Members that name no account (keys of account-key rooms held unverified or
+            // erased) are nobody a client is shown, so they are not counted either.
+            let joined_members: i64 = sqlx::query_scalar(concat!(
+                "SELECT COUNT(*) FROM room_memberships m WHERE m.room_nid = $1 AND m.membership = 'join' AND ",
+                crate::account_keys::member_names_an_account!("m.user_id"),
+            ))
             .bind(room_nid)
             .fetch_one(pool)
             .await?;

@@ -420,3 +420,169 @@ async fn one_answer_is_recorded_at_once_under_the_same_transitions() {
         store.close().await;
     }
 }
+
+/// Reads that go by account across rooms (MSC4243.md §2.7: presence, device lists, who shares a
+/// room with whom) find a remote account through its verified key in an account-key room and
+/// name it by account; keys held unverified or erased name nobody (and are not counted as
+/// joined); a key verified late announces its account's device list to this server's clients.
+#[tokio::test]
+async fn cross_room_reads_name_remote_members_by_account() {
+    use myelin_store::{CurrentStateChange, NewEvent};
+    for kind in test_backends() {
+        let (_db, store) = open(kind).await;
+        store
+            .insert_local_account_key(&local("KA", "alice"))
+            .await
+            .unwrap();
+        let verified = |name| RemoteKeyVerdict::Verified { account_name: name };
+        let unverified = RemoteKeyVerdict::Unverified {
+            outcome: "unreachable",
+            next_attempt_ts: 10,
+        };
+        store
+            .record_remote_account_key("KB", "b.example", &verified("bob"), 1)
+            .await
+            .unwrap();
+        store
+            .record_remote_account_key("KU", "b.example", &unverified, 1)
+            .await
+            .unwrap();
+        store
+            .record_remote_account_key("KE", "c.example", &verified("erin"), 1)
+            .await
+            .unwrap();
+        store
+            .record_remote_account_key(
+                "KE",
+                "c.example",
+                &RemoteKeyVerdict::Erased { attestation: "{}" },
+                2,
+            )
+            .await
+            .unwrap();
+        let room = store
+            .create_room(
+                "!r:my.example",
+                "org.matrix.12.4243",
+                "@KA:my.example",
+                true,
+                0,
+            )
+            .await
+            .unwrap();
+        let mut before = None;
+        for (depth, (id, member)) in [
+            ("$create", None),
+            ("$alice", Some("@KA:my.example")),
+            ("$bob", Some("@KB:b.example")),
+            ("$ursula", Some("@KU:b.example")),
+            ("$erin", Some("@KE:c.example")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (kind, state_key) = match member {
+                Some(member) => ("m.room.member", member),
+                None => ("m.room.create", ""),
+            };
+            let persisted = store
+                .persist_event(&NewEvent {
+                    room_nid: room,
+                    event_id: id,
+                    event_type: kind,
+                    state_key: Some(state_key),
+                    sender: member.unwrap_or("@KA:my.example"),
+                    depth: depth as i64 + 1,
+                    origin_server_ts: 1,
+                    json: "{}",
+                    state_group_before: before,
+                    current_state: CurrentStateChange::Extend,
+                    membership: member.map(|m| (m, "join")),
+                    now: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            before = persisted.state_group;
+        }
+        let alice = "@alice:my.example";
+        let bob = "@bob:b.example";
+
+        let mut mates = store.room_mates(alice).await.unwrap();
+        mates.sort();
+        assert_eq!(mates, vec![alice.to_owned(), bob.to_owned()], "{kind:?}");
+        let mut new_mates = store.room_mates_since(alice, 0).await.unwrap();
+        new_mates.sort();
+        assert_eq!(new_mates, vec![bob.to_owned()], "{kind:?}");
+        let sharing = store
+            .sharing_a_room(alice, &[bob, "@carol:b.example", "@KU:b.example"])
+            .await
+            .unwrap();
+        assert_eq!(sharing.get(bob), Some(&true), "{kind:?}");
+        assert_eq!(sharing.get("@carol:b.example"), Some(&false), "{kind:?}");
+        assert!(
+            store
+                .shares_room_with_server(bob, "my.example")
+                .await
+                .unwrap(),
+            "{kind:?}"
+        );
+        assert!(
+            !store
+                .shares_room_with_server("@ursula:b.example", "my.example")
+                .await
+                .unwrap(),
+            "{kind:?}: an unverified key is nobody's"
+        );
+        assert!(
+            store
+                .shared_rooms_changed_since(bob, "my.example", 0)
+                .await
+                .unwrap(),
+            "{kind:?}"
+        );
+        let mut changes: Vec<String> = store
+            .device_list_membership_changes(alice, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.user_id)
+            .collect();
+        changes.sort();
+        assert_eq!(changes, vec![bob.to_owned()], "{kind:?}");
+        // Joined: alice and bob; not the unverified or erased keys.
+        let space = store
+            .space_room_state(room, &["m.room.name"], "m.space.child")
+            .await
+            .unwrap();
+        assert_eq!(space.joined_members, 2, "{kind:?}");
+        let published = store.published_rooms(&["m.room.name"]).await.unwrap();
+        assert_eq!(published.len(), 1, "{kind:?}");
+        assert_eq!(published[0].joined_members, 2, "{kind:?}");
+
+        // Ursula's key is verified at the second ask: her account's device list becomes this
+        // server's clients' business.
+        let lists_before = store.stream_position("device_lists").await.unwrap();
+        store
+            .record_remote_account_key("KU", "b.example", &verified("ursula"), 3)
+            .await
+            .unwrap();
+        let lists_now = store.stream_position("device_lists").await.unwrap();
+        assert_eq!(
+            store
+                .device_list_changes(lists_before, lists_now)
+                .await
+                .unwrap(),
+            vec!["@ursula:b.example".to_owned()],
+            "{kind:?}"
+        );
+        assert!(
+            store
+                .shares_room_with_server("@ursula:b.example", "my.example")
+                .await
+                .unwrap(),
+            "{kind:?}"
+        );
+        store.close().await;
+    }
+}

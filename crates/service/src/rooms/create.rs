@@ -130,7 +130,21 @@ impl Rooms {
                 None => Vec::new(),
             };
             for invitee in &request.invite {
-                let invitee = json!(invitee);
+                // Account-key rooms name creators by key, and another server's invitee's key
+                // is learnt only from the invite: an invitee whose key is not known yet is left
+                // out (still invited), not a failed creation (MSC4243.md Q8).
+                let invitee = if version.uses_account_keys() {
+                    match self.account_keys.known_key_form(invitee.as_str()).await {
+                        Ok(key_form) => json!(key_form),
+                        Err(Error::InvalidParam(reason)) => {
+                            tracing::warn!(%invitee, %reason, "trusted private chat: an invitee whose account key is unknown is not made a creator");
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                } else {
+                    json!(invitee)
+                };
                 if !creators.contains(&invitee) {
                     creators.push(invitee);
                 }
@@ -237,8 +251,8 @@ impl Rooms {
 
         // 1. The create event. In account-key rooms the creator is its key-form id and the
         // create event is signed by its account key; `additional_creators` are keys: a client
-        // may name only users whose keys are known (local, or verified), and an unknown one is
-        // refused before anything is written (MSC4243.md Q3, Q8).
+        // may name only users whose keys are known (local, or verified, also from other rooms),
+        // and an unknown one is refused before anything is written (MSC4243.md Q3, Q8).
         let creator_id = self.room_user_id(version, creator).await?;
         let account_key = if version.uses_account_keys() {
             if let Some(Value::Array(creators)) = create_content.get("additional_creators").cloned()
@@ -250,7 +264,9 @@ impl Rooms {
                         keyed.push(named);
                         continue;
                     };
-                    keyed.push(Value::String(self.account_keys.to_key_form(&named).await?));
+                    keyed.push(Value::String(
+                        self.account_keys.known_key_form(&named).await?,
+                    ));
                 }
                 create_content.insert("additional_creators".to_owned(), Value::Array(keyed));
             }

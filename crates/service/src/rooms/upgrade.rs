@@ -17,6 +17,14 @@
 //! 6. the old room's power levels are locked down: `events_default` and `invite` are raised to
 //!    `max(50, users_default + 1)`.
 //!
+//! Account-key rooms (MSC4243.md Q8): a room upgrades into `org.matrix.12.4243` with every
+//! user its state carries named by key. From an account-key room the state is keys already and
+//! is carried as it is; from another room the requested creators and the power levels' users
+//! must have known keys (local, or verified under that name), or the upgrade is refused before
+//! anything is written, and bans are carried by key, or by name through `/ban` for another
+//! server's user whose key is unknown. An account-key room upgrades only to an account-key
+//! version.
+//!
 //! Members are not moved or invited: they follow the tombstone. When one joins the replacement,
 //! their tags, direct chat entry and push rules for the old room follow them (see
 //! [`Rooms::change_membership`]).
@@ -76,20 +84,32 @@ impl Rooms {
         new_version: &str,
         additional_creators: &[OwnedUserId],
     ) -> Result<String> {
-        // Upgrading into an account-key room needs every power-level and creator entry of the
-        // old room translated to keys (MSC4243.md Q8), which is not built yet: refused.
-        let version = creatable_version(Some(new_version), self.default_version, false)?;
+        let version = creatable_version(
+            Some(new_version),
+            self.default_version,
+            self.account_keys.enabled(),
+        )?;
         // An unknown room is answered like a room the user is not in, revealing nothing.
         let not_joined = || Error::Forbidden(format!("You are not joined to {room_id}"));
         let old = self.store.room(room_id).await?.ok_or_else(not_joined)?;
         // Two upgrades of one room at once would interleave their events in it.
         let _upgrading = self.locks.upgrade(&old.room_id).await;
         let old_version = version_of(&old)?;
+        if old_version.uses_account_keys() && !version.uses_account_keys() {
+            // The old room's state names users by key, which only an account-key room can
+            // carry (docs/account-keys.md, upgrades).
+            return Err(Error::UnsupportedRoomVersion(format!(
+                "{room_id} is an account-key room: it can be upgraded to an account-key room version only, not {}",
+                version.id()
+            )));
+        }
         let state = self.store.current_state(old.room_nid, None).await?;
         let old_state = OldState::new(&state, old_version);
+        // The upgrading user as each room's state names them (key form in account-key rooms).
+        let me_old = self.room_user_id(old_version, user).await?;
 
         // 1. Permission.
-        let membership = old_state.content("m.room.member", user.as_str());
+        let membership = old_state.content("m.room.member", &me_old);
         if membership.get("membership").and_then(Value::as_str) != Some("join") {
             return Err(not_joined());
         }
@@ -98,7 +118,7 @@ impl Rooms {
             .ok_or_else(|| Error::Internal(format!("room {room_id} has no create event")))?;
         let power = old_state.pdu("m.room.power_levels", "")?;
         let tombstone_level = state_event_level(old_version, power.as_ref(), "m.room.tombstone");
-        if user_power_level(old_version, user.as_str(), &create, power.as_ref())
+        if user_power_level(old_version, &me_old, &create, power.as_ref())
             < PowerLevel::Int(tombstone_level)
         {
             return Err(Error::Forbidden(format!(
@@ -106,13 +126,25 @@ impl Rooms {
             )));
         }
 
-        // 2. The replacement room's create event and power levels.
+        // 2. The replacement room's create event and power levels. Into an account-key room
+        // every user is carried by key: the requested creators and the users of the old power
+        // levels must have known keys (MSC4243.md Q8), checked before anything is written.
         let privileged = version.privileges_creators();
+        let to_keys = version.uses_account_keys() && !old_version.uses_account_keys();
+        let me_new = UserId::parse(self.room_user_id(version, user).await?)
+            .map_err(|e| Error::Internal(format!("the upgrading user's id: {e}")))?;
         let mut creators: Vec<OwnedUserId> = Vec::new();
         if privileged {
             for creator in additional_creators {
-                if creator != user && !creators.contains(creator) {
-                    creators.push(creator.clone());
+                let creator = if version.uses_account_keys() {
+                    let key_form = self.account_keys.known_key_form(creator.as_str()).await?;
+                    UserId::parse(key_form.as_str())
+                        .map_err(|e| Error::Internal(format!("{key_form}: {e}")))?
+                } else {
+                    creator.clone()
+                };
+                if creator != me_new && !creators.contains(&creator) {
+                    creators.push(creator);
                 }
             }
         }
@@ -137,16 +169,19 @@ impl Rooms {
         if !creators.is_empty() {
             creation_content.insert("additional_creators".to_owned(), json!(creators));
         }
-        let old_power =
+        let mut old_power =
             old_state
                 .content_if_present("m.room.power_levels", "")
                 .map(|mut content| {
                     integer_levels(&mut content);
                     content
                 });
+        if to_keys && let Some(content) = old_power.as_mut() {
+            self.power_users_to_keys(content).await?;
+        }
         let (initial_power, final_power) = replacement_power_levels(
             old_power.as_ref(),
-            user,
+            &me_new,
             &creators,
             old_version.privileges_creators(),
             privileged,
@@ -190,6 +225,24 @@ impl Rooms {
             if content.get("membership").and_then(Value::as_str) != Some("ban") {
                 continue;
             }
+            // Into an account-key room a ban is carried by key when the key is known; another
+            // server's user otherwise by name, which that server answers with the key (`/ban`).
+            // A local account without a key (deactivated) can never join: nothing to carry.
+            let banned = if to_keys {
+                match self.account_keys.known_key_form(&banned).await {
+                    Ok(key_form) => key_form,
+                    Err(Error::InvalidParam(_)) => {
+                        if UserId::parse(banned.as_str()).is_ok_and(|b| self.is_local(&b)) {
+                            tracing::info!(%banned, room_id = %old.room_id, "room upgrade: the ban of a local account without a key is not carried");
+                            continue;
+                        }
+                        banned
+                    }
+                    Err(err) => return Err(err),
+                }
+            } else {
+                banned
+            };
             let Ok(banned) = UserId::parse(&banned) else {
                 continue;
             };
@@ -250,6 +303,35 @@ impl Rooms {
         }
         tracing::info!(old_room = %old.room_id, new_room = %new.room_id, version = version.id(), %user, aliases = moved.len(), published, "upgraded a room");
         Ok(new.room_id)
+    }
+
+    /// The users of power levels read from a room that names users by account, by key for an
+    /// account-key room: every one must have a known key (local, or verified under its name),
+    /// or the upgrade is refused naming them (MSC4243.md Q8: never a guess, and never a
+    /// moderator silently losing their power).
+    async fn power_users_to_keys(&self, content: &mut Map<String, Value>) -> Result<()> {
+        let Some(Value::Object(users)) = content.get("users").cloned() else {
+            return Ok(());
+        };
+        let mut keyed = Map::new();
+        let mut unknown = Vec::new();
+        for (named, level) in users {
+            match self.account_keys.known_key_form(&named).await {
+                Ok(key_form) => {
+                    keyed.insert(key_form, level);
+                }
+                Err(Error::InvalidParam(_)) => unknown.push(named),
+                Err(err) => return Err(err),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Error::InvalidParam(format!(
+                "The account keys of {} are not known here, so the new room's power levels cannot name them; remove them from the power levels or let them share an account-key room with this server first",
+                unknown.join(", ")
+            )));
+        }
+        content.insert("users".to_owned(), Value::Object(keyed));
+        Ok(())
     }
 
     /// Sends a state event of the upgrade that the user's power may not reach; a refusal is

@@ -134,9 +134,10 @@ macro_rules! key_from_row {
 }
 
 /// Appends to the current-state delta log, at a new position of the events stream per room,
-/// the current state of every room `$user_id` (a key-form id) is a member of that is its member
-/// event or that it sent, marked as a redelivery: syncs with `use_state_after` hand those
-/// events to clients again, other syncs ignore them (MSC4243 §2.6 item 39).
+/// the current state of every room `$user_id` (a key-form id) is a member of, and a local user
+/// is joined to, that is its member event or that it sent, marked as a redelivery: syncs with
+/// `use_state_after` hand those events to clients again, other syncs ignore them (MSC4243 §2.6
+/// item 39). Whether anything was redelivered.
 macro_rules! redeliver_state_of {
     ($tx:ident, $user_id:expr) => {{
         let user_id: &str = $user_id;
@@ -144,6 +145,8 @@ macro_rules! redeliver_state_of {
             "SELECT cs.room_nid, cs.event_type, cs.state_key, cs.event_nid \
              FROM current_state cs JOIN events e ON e.event_nid = cs.event_nid \
              WHERE cs.room_nid IN (SELECT room_nid FROM room_memberships WHERE user_id = $1) \
+             AND cs.room_nid IN (SELECT l.room_nid FROM room_memberships l \
+             JOIN users u ON u.user_id = l.user_id WHERE l.membership = 'join') \
              AND ((cs.event_type = 'm.room.member' AND cs.state_key = $1) OR e.sender = $1) \
              ORDER BY cs.room_nid",
         )
@@ -174,6 +177,7 @@ macro_rules! redeliver_state_of {
                 .await?;
             }
         }
+        !rooms.is_empty()
     }};
 }
 
@@ -551,25 +555,26 @@ impl Store {
                         current
                     }
                     (KeyState::Unverified, RemoteKeyVerdict::Verified { account_name }) => {
-                        let attempts: i64 = sqlx::query_scalar(
+                        sqlx::query(
                             "UPDATE account_keys SET state = 'verified', account_name = $1, \
                              first_verified_ts = $2, last_attempt_ts = $2, next_attempt_ts = NULL, \
                              last_outcome = 'verified', attempts = attempts + 1 \
-                             WHERE account_key = $3 AND domain = $4 RETURNING CAST(attempts AS BIGINT)",
+                             WHERE account_key = $3 AND domain = $4",
                         )
                         .bind(*account_name)
                         .bind(now)
                         .bind(account_key)
                         .bind(domain)
-                        .fetch_one(&mut *tx)
+                        .execute(&mut *tx)
                         .await?;
-                        // Verified late (an earlier ask did not verify it): clients may already
-                        // have had the rooms without this member, so its current state goes to
-                        // them again (MSC4243 §2.6 item 39).
-                        // Their device list becomes this server's clients' business under the
-                        // account name (§2.7): a change of the whole user, heard only here.
-                        if attempts > 1 {
-                            redeliver_state_of!(tx, &user_id);
+                        // Clients of rooms this member is already in had them without it (the
+                        // events of a key not verified are hidden, and a new member's key is
+                        // asked about while its events are appended, or later after a failed
+                        // ask), so its current state goes to them again (MSC4243 §2.6 item 39),
+                        // and its account's device list becomes their business (§2.7): a
+                        // change of the whole user, heard only here. A room being joined is
+                        // verified before it is placed, so nothing is redelivered then.
+                        if redeliver_state_of!(tx, &user_id) {
                             let account = format!("@{account_name}:{domain}");
                             crate::e2ee::announce_device_list_change!(tx, &account);
                         }

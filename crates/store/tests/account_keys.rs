@@ -431,6 +431,17 @@ async fn cross_room_reads_name_remote_members_by_account() {
     for kind in test_backends() {
         let (_db, store) = open(kind).await;
         store
+            .create_user(&myelin_store::UserRow {
+                user_id: "@alice:my.example".to_owned(),
+                localpart: "alice".to_owned(),
+                password_hash: None,
+                is_admin: false,
+                created_ts: 0,
+                deactivated_ts: None,
+            })
+            .await
+            .unwrap();
+        store
             .insert_local_account_key(&local("KA", "alice"))
             .await
             .unwrap();
@@ -581,6 +592,39 @@ async fn cross_room_reads_name_remote_members_by_account() {
                 .shares_room_with_server("@ursula:b.example", "my.example")
                 .await
                 .unwrap(),
+            "{kind:?}"
+        );
+        // Nora joins, and her key is verified at the first ask, which ran beside the append:
+        // she is announced all the same.
+        store
+            .persist_event(&NewEvent {
+                room_nid: room,
+                event_id: "$nora",
+                event_type: "m.room.member",
+                state_key: Some("@KN:b.example"),
+                sender: "@KN:b.example",
+                depth: 10,
+                origin_server_ts: 1,
+                json: "{}",
+                state_group_before: before,
+                current_state: CurrentStateChange::Extend,
+                membership: Some(("@KN:b.example", "join")),
+                now: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .record_remote_account_key("KN", "b.example", &verified("nora"), 4)
+            .await
+            .unwrap();
+        let lists_after = store.stream_position("device_lists").await.unwrap();
+        assert_eq!(
+            store
+                .device_list_changes(lists_now, lists_after)
+                .await
+                .unwrap(),
+            vec!["@nora:b.example".to_owned()],
             "{kind:?}"
         );
         store.close().await;

@@ -814,7 +814,7 @@ async fn assert_account_signed(rogue: &Rogue, server: &str, event_id: &str) -> V
     }
     assert!(
         signers(&pdu).contains(&sender.key.as_str().to_owned()),
-        "{pdu}"
+        "{server} serves {event_id} without its sender's signature: {pdu}"
     );
     for name in [A, B, E] {
         assert!(pdu["signatures"].get(name).is_none(), "{pdu}");
@@ -1013,7 +1013,7 @@ async fn an_invite_co_signed_across_servers_is_taken_by_a_third_and_kicks_and_ba
         }
         // Every PDU E was sent verifies with account keys alone.
         let received = rogue.received();
-        assert!(received.len() >= 8, "{kind:?}: {}", received.len());
+        assert!(received.len() >= 7, "{kind:?}: {}", received.len());
         for pdu in &received {
             assert_eq!(pdu.verified, Ok(()), "{kind:?}: {:?}", pdu.json);
         }

@@ -281,9 +281,10 @@ impl World {
     /// Waits until alice's client on A and bob's on B show `user_id` joined.
     async fn both_show_joined(&self, user_id: &str) {
         for (server, reader) in [(self.a(), &self.alice), (self.b(), &self.bob)] {
-            eventually(&format!("{} to show {user_id} joined", server.name()), || {
-                shows_joined(server, reader, &self.room, user_id)
-            })
+            eventually(
+                &format!("{} to show {user_id} joined", server.name()),
+                || shows_joined(server, reader, &self.room, user_id),
+            )
             .await;
         }
     }
@@ -348,7 +349,10 @@ async fn a_stooge_server_cannot_speak_for_another_domain() {
         for (resident, victim) in [(A, B), (B, A), (A, A), (B, B)] {
             let forged = k.account_key().user_id(victim);
             let status = refused_with(rogue.make_join(resident, &room, &forged).await);
-            assert_eq!(status, 403, "{kind:?}: make_join at {resident} for {forged}");
+            assert_eq!(
+                status, 403,
+                "{kind:?}: make_join at {resident} for {forged}"
+            );
         }
         // Nor send_join of such a join, signed by the key.
         let k_b = k.account_key().user_id(B);
@@ -387,7 +391,11 @@ async fn a_stooge_server_cannot_speak_for_another_domain() {
             )
             .await;
         let answer = rogue.send(A, "forged-join", &[&join]).await.unwrap();
-        assert_eq!(answer.get(join.event_id()), Some(&None), "{kind:?}: {answer:?}");
+        assert_eq!(
+            answer.get(join.event_id()),
+            Some(&None),
+            "{kind:?}: {answer:?}"
+        );
         let said = rogue
             .build_on(
                 a,
@@ -400,7 +408,11 @@ async fn a_stooge_server_cannot_speak_for_another_domain() {
             )
             .await;
         let answer = rogue.send(A, "forged-message", &[&said]).await.unwrap();
-        assert_eq!(answer.get(said.event_id()), Some(&None), "{kind:?}: {answer:?}");
+        assert_eq!(
+            answer.get(said.event_id()),
+            Some(&None),
+            "{kind:?}: {answer:?}"
+        );
         for id in [join.event_id(), said.event_id()] {
             assert_eq!(
                 stored_status(a, id).await,
@@ -468,7 +480,10 @@ async fn a_stooge_server_cannot_speak_for_another_domain() {
                 json!({"msgtype": "m.text", "body": "bob twice"}),
             )
             .await;
-        let answer = rogue.send(A, "reused-message", &[&reused_said]).await.unwrap();
+        let answer = rogue
+            .send(A, "reused-message", &[&reused_said])
+            .await
+            .unwrap();
         assert_eq!(answer.get(reused_said.event_id()), Some(&None), "{kind:?}");
         let state = stored_state(a, &room).await;
         assert_eq!(
@@ -520,7 +535,12 @@ async fn a_stooge_server_cannot_speak_for_another_domain() {
         for (server, reader) in [(a, &w.alice), (b, &w.bob)] {
             let view = client_view(server, reader, &room).await;
             let text = view.to_string();
-            for hidden in ["forged words", "bob twice", k_bare.as_str(), reused.as_str()] {
+            for hidden in [
+                "forged words",
+                "bob twice",
+                k_bare.as_str(),
+                reused.as_str(),
+            ] {
                 assert!(
                     !text.contains(hidden),
                     "{kind:?} {}: {hidden} shown: {text}",
@@ -639,24 +659,32 @@ async fn lies_silence_and_forged_erasures_from_a_third_server_change_nothing() {
                     json!({"msgtype": "m.text", "body": format!("lie {label}")}),
                 )
                 .await;
-            let answer = rogue.send(A, &format!("say-{label}"), &[&said]).await.unwrap();
+            let answer = rogue
+                .send(A, &format!("say-{label}"), &[&said])
+                .await
+                .unwrap();
             assert_eq!(answer.get(said.event_id()), Some(&None), "{kind:?}");
             ids.push((key.account_key().user_id(E), *label));
         }
         // Each stays unverified on A (and on B, which asks E too), with what was said.
-        let outcomes: HashMap<&str, &str> =
-            cases.iter().map(|(label, outcome, _)| (*label, *outcome)).collect();
+        let outcomes: HashMap<&str, &str> = cases
+            .iter()
+            .map(|(label, outcome, _)| (*label, *outcome))
+            .collect();
         for (server, name) in [(a, A), (b, B)] {
             for (id, label) in &ids {
-                eventually(&format!("{name} to record E's answer for {label}"), || async {
-                    server
-                        .store()
-                        .account_keys_by_user_ids(std::slice::from_ref(id))
-                        .await
-                        .unwrap()
-                        .first()
-                        .is_some_and(|row| row.last_outcome.as_deref() == Some(outcomes[label]))
-                })
+                eventually(
+                    &format!("{name} to record E's answer for {label}"),
+                    || async {
+                        server
+                            .store()
+                            .account_keys_by_user_ids(std::slice::from_ref(id))
+                            .await
+                            .unwrap()
+                            .first()
+                            .is_some_and(|row| row.last_outcome.as_deref() == Some(outcomes[label]))
+                    },
+                )
                 .await;
                 assert_eq!(lookup(server, id), KeyVerification::Unverified, "{kind:?}");
             }
@@ -744,7 +772,11 @@ async fn lies_silence_and_forged_erasures_from_a_third_server_change_nothing() {
                 .is_some_and(|row| row.last_outcome.as_deref() == Some("unreachable"))
         })
         .await;
-        assert_eq!(lookup(a, &quiet_id), KeyVerification::Unverified, "{kind:?}");
+        assert_eq!(
+            lookup(a, &quiet_id),
+            KeyVerification::Unverified,
+            "{kind:?}"
+        );
 
         // Bob is still bob on both sides; nothing E lied about shows.
         send_text(b, &w.bob, &room, "still bob").await;
@@ -844,7 +876,8 @@ async fn stored_events(server: &TestServer, room: &str) -> Vec<(String, Value)> 
 /// server of the room, receives the co-signed invite and it verifies with the account keys
 /// alone; clients on A and B show `@bob:hs-b.test` invited by `@alice:hs-a.test`. Bob joins,
 /// chats, is kicked, joins again, is banned and refused: both sides show every step by name,
-/// with `sender_account` on every event; every event of the room, read back from A and from B
+/// with `sender_account` on every event; carol of B, never a member, is banned by name
+/// (pre-emptively, through `/ban`) and her join refused; every event of the room, read back from A and from B
 /// over federation by E, carries only its sender's account-key signature (and the invitee's
 /// co-signature on the invite); E checked every PDU it was sent.
 #[tokio::test]
@@ -882,7 +915,9 @@ async fn an_invite_co_signed_across_servers_is_taken_by_a_third_and_kicks_and_ba
         wanted.sort();
         assert_eq!(signers(&invite.json), wanted, "{kind:?}: {:?}", invite.json);
         assert_eq!(
-            membership(a, &w.alice, &room, &w.bob.user_id).await.as_deref(),
+            membership(a, &w.alice, &room, &w.bob.user_id)
+                .await
+                .as_deref(),
             Some("invite"),
             "{kind:?}"
         );
@@ -930,10 +965,15 @@ async fn an_invite_co_signed_across_servers_is_taken_by_a_third_and_kicks_and_ba
             )
             .await;
             for (server, reader) in [(a, &w.alice), (b, &w.bob)] {
-                eventually(&format!("{} to show bob {expected}", server.name()), || async {
-                    membership(server, reader, &room, &w.bob.user_id).await.as_deref()
-                        == Some(expected)
-                })
+                eventually(
+                    &format!("{} to show bob {expected}", server.name()),
+                    || async {
+                        membership(server, reader, &room, &w.bob.user_id)
+                            .await
+                            .as_deref()
+                            == Some(expected)
+                    },
+                )
                 .await;
             }
         }
@@ -946,6 +986,41 @@ async fn an_invite_co_signed_across_servers_is_taken_by_a_third_and_kicks_and_ba
             .await;
         assert_eq!(status, 403, "{kind:?}: a banned user's join: {body}");
 
+        // A pre-emptive ban of carol of B, never a member, by name (`/ban` at B): the ban
+        // carries her key, reaches E, verifies there, and both sides show it by name.
+        let carol = b.register("carol").await;
+        let carol_key_form = key_id(b, &carol);
+        post_ok(
+            a,
+            &w.alice,
+            &format!("/_matrix/client/v3/rooms/{r}/ban"),
+            json!({"user_id": carol.user_id, "reason": "pre-emptive"}),
+        )
+        .await;
+        let carol_ban = eventually_received(rogue, |pdu| {
+            pdu["type"] == "m.room.member"
+                && pdu["state_key"] == json!(carol_key_form)
+                && pdu["content"]["membership"] == "ban"
+        })
+        .await;
+        assert_eq!(carol_ban.verified, Ok(()), "{kind:?}: {:?}", carol_ban.json);
+        assert_eq!(carol_ban.json["sender"], json!(alice_key_form), "{kind:?}");
+        eventually("A to show carol banned by name", || async {
+            membership(a, &w.alice, &room, &carol.user_id)
+                .await
+                .as_deref()
+                == Some("ban")
+        })
+        .await;
+        let (status, body) = b
+            .post(
+                &format!("/_matrix/client/v3/join/{r}?via={A}"),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 403, "{kind:?}: a pre-emptively banned join: {body}");
+
         // Both sides by name, sender_account on every event, no key anywhere else.
         let names = [
             (bare_key(&alice_key_form), w.alice.user_id.clone()),
@@ -954,6 +1029,7 @@ async fn an_invite_co_signed_across_servers_is_taken_by_a_third_and_kicks_and_ba
                 mallory.account_key().as_str().to_owned(),
                 format!("@mallory:{E}"),
             ),
+            (bare_key(&carol_key_form), carol.user_id.clone()),
         ];
         let a_view = client_view(a, &w.alice, &room).await;
         assert_projected(&format!("{kind:?} A"), &a_view, &names);
@@ -1083,7 +1159,10 @@ async fn timeline(server: &TestServer, reader: &TestUser, room: &str) -> Vec<Str
     let page = get_ok(
         server,
         reader,
-        &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=500", enc(room)),
+        &format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=500",
+            enc(room)
+        ),
     )
     .await;
     let mut ids: Vec<String> = page["chunk"]
@@ -1160,23 +1239,11 @@ async fn concurrent_membership_changes_converge_on_all_three_servers() {
             &w.alice.access_token,
             json!({"user_id": dave.user_id}),
         );
-        let dave_leaves = b.post(
-            &leave_path,
-            &dave.access_token,
-            json!({}),
-        );
-        let carol_leaves = a.post(
-            &leave_path,
-            &carol.access_token,
-            json!({}),
-        );
+        let dave_leaves = b.post(&leave_path, &dave.access_token, json!({}));
+        let carol_leaves = a.post(&leave_path, &carol.access_token, json!({}));
         let alice_pl = a.put(&pl_path, &w.alice.access_token, alice_levels);
         let bob_pl = b.put(&pl_path, &w.bob.access_token, bob_levels);
-        let frank_joins = b.post(
-            &join_path,
-            &frank.access_token,
-            json!({}),
-        );
+        let frank_joins = b.post(&join_path, &frank.access_token, json!({}));
         let ghost_joins = rogue.send_join(A, &ghost_join);
         let bob_says = b.put(
             &send_path,
@@ -1264,9 +1331,12 @@ async fn concurrent_membership_changes_converge_on_all_three_servers() {
             (format!("@ghost:{E}"), "join"),
         ] {
             for (server, reader) in [(a, &w.alice), (b, &w.bob)] {
-                eventually(&format!("{} to show {user} {expected}", server.name()), || async {
-                    membership(server, reader, &room, &user).await.as_deref() == Some(expected)
-                })
+                eventually(
+                    &format!("{} to show {user} {expected}", server.name()),
+                    || async {
+                        membership(server, reader, &room, &user).await.as_deref() == Some(expected)
+                    },
+                )
                 .await;
             }
         }

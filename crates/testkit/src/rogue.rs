@@ -426,7 +426,11 @@ impl Rogue {
     ) -> Pdu {
         let version = RoomVersion::get(ACCOUNT_KEY_VERSION).expect("version");
         let store = view.store();
-        let room = store.room(room_id).await.unwrap().expect("room on the view");
+        let room = store
+            .room(room_id)
+            .await
+            .unwrap()
+            .expect("room on the view");
         let head = store
             .send_context(room.room_nid, &[], None)
             .await
@@ -496,7 +500,11 @@ impl Rogue {
     }
 
     /// `GET /event/{eventId}` at `destination`, signed: the PDU as that server stores it.
-    pub async fn get_event(&self, destination: &str, event_id: &str) -> Result<Value, FederationError> {
+    pub async fn get_event(
+        &self,
+        destination: &str,
+        event_id: &str,
+    ) -> Result<Value, FederationError> {
         let request = get_event::v1::Request::new(OwnedEventId::try_from(event_id).expect("id"));
         let answer = self.client().send(&server(destination), request).await?;
         Ok(serde_json::from_str(answer.pdu.get()).expect("PDU JSON"))
@@ -516,7 +524,11 @@ impl Rogue {
         let answer = self.client().send(&server(destination), request).await?;
         Ok((
             answer.pdu_ids.iter().map(ToString::to_string).collect(),
-            answer.auth_chain_ids.iter().map(ToString::to_string).collect(),
+            answer
+                .auth_chain_ids
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         ))
     }
 
@@ -630,13 +642,10 @@ async fn transaction(
         let text = json.to_string();
         let (event_id, verified) = match parse(&text) {
             Ok(pdu) => {
-                let verified = myelin_room_version::verify::verify_pdu(
-                    &pdu,
-                    version,
-                    &Default::default(),
-                )
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+                let verified =
+                    myelin_room_version::verify::verify_pdu(&pdu, version, &Default::default())
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
                 state
                     .events
                     .lock()

@@ -745,6 +745,30 @@ async fn lies_silence_and_forged_erasures_from_a_third_server_change_nothing() {
             },
             "{kind:?}"
         );
+        // B reads the same log: its own bob stays its own, E's mallory is erased there too.
+        let erased = b
+            .services()
+            .account_verifier
+            .poll_erasures(E, 0)
+            .await
+            .unwrap();
+        assert_eq!(erased, 1, "{kind:?}");
+        assert_eq!(
+            lookup(b, &bob_key_form),
+            KeyVerification::Local {
+                account_name: "bob".to_owned()
+            },
+            "{kind:?}"
+        );
+        let bob_row = b
+            .store()
+            .account_keys_by_user_ids(std::slice::from_ref(&bob_key_form))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert!(bob_row.private_key_enc.is_some(), "{kind:?}");
+        assert_eq!(bob_row.account_name.as_deref(), Some("bob"), "{kind:?}");
 
         // [17] E silent: a new user of E whose every query fails.
         rogue.fail_queries(true);
@@ -800,9 +824,15 @@ async fn lies_silence_and_forged_erasures_from_a_third_server_change_nothing() {
                 "{kind:?}: {view}"
             );
         }
-        // Mallory, erased on A only (B never polled E's log), is hidden on A.
-        let text = client_view(a, &w.alice, &room).await.to_string();
-        assert!(!text.contains(&format!("@mallory:{E}")), "{kind:?}: {text}");
+        // Mallory, validly erased, is hidden on both.
+        for (server, reader) in [(a, &w.alice), (b, &w.bob)] {
+            let text = client_view(server, reader, &room).await.to_string();
+            assert!(
+                !text.contains(&format!("@mallory:{E}")),
+                "{kind:?} {}: {text}",
+                server.name()
+            );
+        }
         w.stop().await;
     }
 }
@@ -1207,6 +1237,14 @@ async fn concurrent_membership_changes_converge_on_all_three_servers() {
         for user in [&carol, &erin, &dave] {
             w.both_show_joined(&user.user_id).await;
         }
+        // E's ghost will join on the head as it is now, whatever happens before it is sent:
+        // at least one fork in the DAG, whatever the timing of the rest.
+        let ghost = rogue.mint("ghost");
+        let ghost_template = rogue
+            .make_join(A, &room, &ghost.account_key().user_id(E))
+            .await
+            .unwrap();
+        let ghost_join = myelin_testkit::rogue::sign_template(ghost_template, &ghost);
         // Bob may change power levels too.
         let pl_path = format!("/_matrix/client/v3/rooms/{r}/state/m.room.power_levels/");
         let mut levels = get_ok(a, &w.alice, &pl_path).await;
@@ -1224,12 +1262,6 @@ async fn concurrent_membership_changes_converge_on_all_three_servers() {
         alice_levels["users"][&carol.user_id] = json!(50);
         let mut bob_levels = levels.clone();
         bob_levels["users"][&erin.user_id] = json!(60);
-        let ghost = rogue.mint("ghost");
-        let ghost_template = rogue
-            .make_join(A, &room, &ghost.account_key().user_id(E))
-            .await
-            .unwrap();
-        let ghost_join = myelin_testkit::rogue::sign_template(ghost_template, &ghost);
         let kick_path = format!("/_matrix/client/v3/rooms/{r}/kick");
         let leave_path = format!("/_matrix/client/v3/rooms/{r}/leave");
         let join_path = format!("/_matrix/client/v3/join/{r}?via={A}");
@@ -1297,6 +1329,13 @@ async fn concurrent_membership_changes_converge_on_all_three_servers() {
         })
         .await;
 
+        // The changes forked the DAG (the ghost's join at least) and the forks were merged.
+        let forks = stored_events(a, &room)
+            .await
+            .iter()
+            .filter(|(_, pdu)| pdu["prev_events"].as_array().is_some_and(|p| p.len() > 1))
+            .count();
+        assert!(forks >= 1, "{kind:?}: no fork was merged");
         // All servers agree on the room's state.
         let a_state = stored_state(a, &room).await;
         let b_state = stored_state(b, &room).await;

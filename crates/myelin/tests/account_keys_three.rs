@@ -499,8 +499,31 @@ async fn a_stooge_server_cannot_speak_for_another_domain() {
             rogue.was_asked(A, &bob_bare)
         })
         .await;
-        // E's answer verifies as a signature; A keeps the key B's.
+        // E's answer verifies as a signature; A keeps the key B's, records the claim as
+        // refused and does not ask again before its retry time.
+        eventually("A to record the claim for E as refused", || async {
+            a.store()
+                .account_keys_by_user_ids(std::slice::from_ref(&reused))
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|row| {
+                    row.last_outcome.as_deref() == Some("verified_elsewhere")
+                        && row.next_attempt_ts.is_some()
+                })
+        })
+        .await;
         assert_eq!(lookup(a, &reused), KeyVerification::Unverified, "{kind:?}");
+        let asked = a
+            .services()
+            .account_verifier
+            .verify(std::slice::from_ref(&reused))
+            .await
+            .unwrap();
+        assert_eq!(
+            asked.requests, 0,
+            "{kind:?}: asked again about the refused claim"
+        );
         assert_eq!(
             lookup(a, &bob_key_form),
             KeyVerification::Verified {

@@ -437,7 +437,7 @@ impl Rooms {
             {
                 Ok(event) => {
                     outcomes[index].outcome = Received::Accepted;
-                    if !event.redacted {
+                    if !event.redacted && self.names_own_key_member(version, &event.pdu) {
                         completing.push(event.pdu.clone());
                     }
                     checked.push((index, event.pdu));
@@ -1125,6 +1125,18 @@ fn auth_keys_of(version: &RoomVersion, pdu: &Pdu) -> Result<Vec<StateKey>> {
 }
 
 impl Rooms {
+    /// Whether `pdu` is a member event of an account-key room whose state key is a key-form
+    /// user of this server (no store read): the only events this server may hold in a form not
+    /// signed by their sender ([`Self::complete_own_invite_copy`]).
+    fn names_own_key_member(&self, version: &RoomVersion, pdu: &Pdu) -> bool {
+        version.uses_account_keys()
+            && pdu.event_type() == "m.room.member"
+            && pdu
+                .state_key()
+                .and_then(|k| KeyFormUserId::parse(k).ok())
+                .is_some_and(|target| target.server_name == self.server_name.as_str())
+    }
+
     /// An invite of one of this server's users in an account-key room is stored here as this
     /// server co-signed it in the invite handshake (MSC4243.md §2.5 item 32: the invitee's key
     /// put in, signed by it), before the inviter signed the final event, so that copy fails its
@@ -1134,13 +1146,7 @@ impl Rooms {
     /// case: the stored copy must fail verification and the merged one pass it.
     async fn complete_own_invite_copy(&self, version: &RoomVersion, pdu: &Pdu) -> Result<()> {
         use myelin_room_version::{CanonicalJsonValue, verify::verify_pdu};
-        if !version.uses_account_keys() || pdu.event_type() != "m.room.member" {
-            return Ok(());
-        }
-        let Some(target) = pdu.state_key().and_then(|k| KeyFormUserId::parse(k).ok()) else {
-            return Ok(());
-        };
-        if target.server_name != self.server_name.as_str() {
+        if !self.names_own_key_member(version, pdu) {
             return Ok(());
         }
         let Some(stored) = self.store.event(pdu.event_id()).await? else {

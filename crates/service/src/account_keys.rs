@@ -64,6 +64,10 @@ pub struct QueryAccounts {
     pub erasure: Option<(i64, i64)>,
 }
 
+/// The outcome recorded for a valid answer about a key this server already holds as verified
+/// (or local) under another domain: the claim stays unverified, retried like a disowned key.
+pub const VERIFIED_ELSEWHERE: &str = "verified_elsewhere";
+
 fn verification_of(row: &AccountKeyRow) -> Option<KeyVerification> {
     match (row.state, &row.account_name) {
         (KeyState::Local, Some(name)) => Some(KeyVerification::Local {
@@ -426,9 +430,42 @@ impl AccountKeys {
             .iter()
             .map(|(user, verdict)| (user.key.as_str(), verdict.clone()))
             .collect();
-        self.store
-            .record_remote_account_keys(domain, &keys, now_millis())
+        let now = now_millis();
+        let recorded = self
+            .store
+            .record_remote_account_keys(domain, &keys, now)
             .await?;
+        // A valid answer for a key already verified (or local) under another domain verifies
+        // nothing (first verification wins, MSC4243.md Q1), and the store leaves the claim as it
+        // was: recorded here as a disowned answer is, with its retry time, so that it is not
+        // asked about again with every event that names it.
+        let refused: Vec<(&str, myelin_store::RemoteKeyVerdict<'_>)> = keys
+            .iter()
+            .zip(&recorded)
+            .filter(|((_, verdict), state)| {
+                matches!(verdict, myelin_store::RemoteKeyVerdict::Verified { .. })
+                    && **state == myelin_store::KeyState::Unverified
+            })
+            .map(|((key, _), _)| {
+                (
+                    *key,
+                    myelin_store::RemoteKeyVerdict::Unverified {
+                        outcome: VERIFIED_ELSEWHERE,
+                        next_attempt_ts: now + crate::account_verification::RETRY_DISOWNED_MS,
+                    },
+                )
+            })
+            .collect();
+        if !refused.is_empty() {
+            tracing::warn!(
+                %domain,
+                keys = refused.len(),
+                "an answer vouches for keys verified for another domain; they stay unverified here"
+            );
+            self.store
+                .record_remote_account_keys(domain, &refused, now)
+                .await?;
+        }
         let ids: Vec<String> = verdicts.iter().map(|(user, _)| user.to_string()).collect();
         let rows = self.store.account_keys_by_user_ids(&ids).await?;
         let by_id: HashMap<&str, &AccountKeyRow> =

@@ -172,6 +172,30 @@ impl Store {
         Ok(persisted)
     }
 
+    /// Replaces the stored JSON of the event `event_id` with `json`, the same event with more
+    /// signatures (the caller checked that only `signatures` differ and that the result verifies):
+    /// an invite of a local user in an account-key room, stored as this server co-signed it
+    /// before its sender signed it (MSC4243.md §2.5 item 32), completed by the copy the inviter
+    /// sent on. Whether a row was changed.
+    pub async fn complete_event_signatures(
+        &self,
+        event_id: &str,
+        json: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let changed = sqlx::query("UPDATE events SET json = $2 WHERE event_id = $1")
+                .bind(event_id)
+                .bind(json)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            changed
+        });
+        Ok(changed > 0)
+    }
+
     /// The stripped state stored with a user's invite to a room this server is not in, if the
     /// invite event `event_nid` is the one it came with: a JSON array.
     pub async fn invite_room_state(

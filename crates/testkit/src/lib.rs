@@ -11,6 +11,7 @@ use myelin_service::Config;
 use myelin_store::{DatabaseKind, test_support::TestDatabase};
 
 pub mod federation;
+pub mod rogue;
 pub mod rooms;
 
 pub use myelin_store::test_support::test_backends;

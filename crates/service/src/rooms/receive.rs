@@ -430,12 +430,16 @@ impl Rooms {
         timings.formats = started.elapsed();
         let started = Instant::now();
         let mut checked: Vec<(usize, Pdu)> = Vec::new();
+        let mut completing: Vec<Pdu> = Vec::new();
         for (index, pdu) in parsed {
             match receipt::check_signatures(version, &pdu, server_keys)
                 .and_then(|verified| receipt::check_content_hash(version, pdu, verified))
             {
                 Ok(event) => {
                     outcomes[index].outcome = Received::Accepted;
+                    if !event.redacted && self.names_own_key_member(version, &event.pdu) {
+                        completing.push(event.pdu.clone());
+                    }
                     checked.push((index, event.pdu));
                 }
                 Err(dropped) => outcomes[index].outcome = Received::Dropped(dropped.to_string()),
@@ -525,6 +529,9 @@ impl Rooms {
                 .persist_outliers(room.room_nid, &outliers)
                 .await?;
         }
+        for pdu in &completing {
+            self.complete_own_invite_copy(version, pdu).await?;
+        }
         timings.persist = started.elapsed();
         Ok(outcomes)
     }
@@ -560,15 +567,19 @@ impl Rooms {
                 "a remote event's content hash does not match: keeping its redacted form"
             );
         }
+        let hash_matched = !checked.redacted;
         let pdu = checked.pdu;
 
         // From here on this event's place in the room is decided against what is stored: the
         // room's writer lock until it is appended.
         let writing = self.locks.writer(&room.room_id).await;
-        if let Some(stored) = self.store.event(pdu.event_id()).await?
-            && stored.status != EventStatus::Outlier
-        {
-            return Ok(Received::AlreadyStored);
+        if let Some(stored) = self.store.event(pdu.event_id()).await? {
+            if stored.status != EventStatus::Outlier {
+                return Ok(Received::AlreadyStored);
+            }
+            if hash_matched {
+                self.complete_own_invite_copy(version, &pdu).await?;
+            }
         }
         let mut lookups = Lookups::default();
         let create_id = cited_create(version, &room.room_id);
@@ -1111,4 +1122,72 @@ fn auth_keys_of(version: &RoomVersion, pdu: &Pdu) -> Result<Vec<StateKey>> {
         }
     }
     Ok(keys)
+}
+
+impl Rooms {
+    /// Whether `pdu` is a member event of an account-key room whose state key is a key-form
+    /// user of this server (no store read): the only events this server may hold in a form not
+    /// signed by their sender ([`Self::complete_own_invite_copy`]).
+    fn names_own_key_member(&self, version: &RoomVersion, pdu: &Pdu) -> bool {
+        version.uses_account_keys()
+            && pdu.event_type() == "m.room.member"
+            && pdu
+                .state_key()
+                .and_then(|k| KeyFormUserId::parse(k).ok())
+                .is_some_and(|target| target.server_name == self.server_name.as_str())
+    }
+
+    /// An invite of one of this server's users in an account-key room is stored here as this
+    /// server co-signed it in the invite handshake (MSC4243.md §2.5 item 32: the invitee's key
+    /// put in, signed by it), before the inviter signed the final event, so that copy fails its
+    /// sender's signature. When the final event arrives (in a `send_join`'s auth chain, a
+    /// transaction, a fetch), its signatures complete the stored copy, so that this server never
+    /// serves (`/event`, `/state`, auth chains) an event other servers would drop. Only that
+    /// case: the stored copy must fail verification and the merged one pass it.
+    async fn complete_own_invite_copy(&self, version: &RoomVersion, pdu: &Pdu) -> Result<()> {
+        use myelin_room_version::{CanonicalJsonValue, verify::verify_pdu};
+        if !self.names_own_key_member(version, pdu) {
+            return Ok(());
+        }
+        let Some(stored) = self.store.event(pdu.event_id()).await? else {
+            return Ok(());
+        };
+        let stored = pdu_of(&stored, version)?;
+        if verify_pdu(&stored, version, &ServerKeys::new()).is_ok() {
+            return Ok(());
+        }
+        let mut json = stored.into_json();
+        let mut signatures = match json.remove("signatures") {
+            Some(CanonicalJsonValue::Object(signatures)) => signatures,
+            _ => Default::default(),
+        };
+        if let Some(CanonicalJsonValue::Object(theirs)) = pdu.json().get("signatures") {
+            for (entity, by_entity) in theirs {
+                signatures
+                    .entry(entity.clone())
+                    .or_insert_with(|| by_entity.clone());
+            }
+        }
+        json.insert(
+            "signatures".to_owned(),
+            CanonicalJsonValue::Object(signatures),
+        );
+        let merged = myelin_room_version::canonical::to_canonical_string(&json);
+        let Ok(merged_pdu) = Pdu::from_federation(merged.as_bytes(), version) else {
+            return Ok(());
+        };
+        if merged_pdu.event_id() != pdu.event_id()
+            || verify_pdu(&merged_pdu, version, &ServerKeys::new()).is_err()
+        {
+            return Ok(());
+        }
+        self.store
+            .complete_event_signatures(pdu.event_id(), &merged)
+            .await?;
+        tracing::debug!(
+            event_id = pdu.event_id(),
+            "completed the signatures of a local user's co-signed invite"
+        );
+        Ok(())
+    }
 }

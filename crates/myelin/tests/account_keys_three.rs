@@ -16,6 +16,7 @@ use myelin_store::{DatabaseKind, EventStatus};
 use myelin_testkit::{
     TestServer, TestUser, enc,
     federation::{TestCa, start_federation},
+    projection::{assert_projected, events_in},
     rogue::{Answer, Rogue},
     rooms::eventually,
     test_backends,
@@ -74,62 +75,6 @@ async fn send_text(server: &TestServer, user: &TestUser, room: &str, body: &str)
         .await;
     assert_eq!(status, 200, "{reply}");
     reply["event_id"].as_str().unwrap().to_owned()
-}
-
-/// Every event object (anything with `type`, `sender` and `content`) in a client response.
-fn events_in(value: &Value, out: &mut Vec<Value>) {
-    match value {
-        Value::Object(map) => {
-            if map.contains_key("type") && map.contains_key("sender") && map.contains_key("content")
-            {
-                out.push(value.clone());
-            }
-            for v in map.values() {
-                events_in(v, out);
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| events_in(v, out)),
-        _ => {}
-    }
-}
-
-fn without_sender_account(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(k, _)| k.as_str() != "sender_account")
-                .map(|(k, v)| (k.clone(), without_sender_account(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(without_sender_account).collect()),
-        other => other.clone(),
-    }
-}
-
-/// What every client read must show: each event's sender by account name with
-/// `unsigned.sender_account = {key, user_id}` naming it, and no key of `names` anywhere else.
-fn assert_projected(what: &str, body: &Value, names: &[(String, String)]) {
-    let mut events = Vec::new();
-    events_in(body, &mut events);
-    for event in &events {
-        let account = &event["unsigned"]["sender_account"];
-        let key = account["key"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{what}: no sender_account in {event}"));
-        let (_, name) = names
-            .iter()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("{what}: unexpected sender key {key} in {event}"));
-        assert_eq!(account["user_id"], json!(name), "{what}: {event}");
-        assert_eq!(event["sender"], json!(name), "{what}: {event}");
-    }
-    let text = without_sender_account(body).to_string();
-    for (key, _) in names {
-        assert!(
-            !text.contains(key.as_str()),
-            "{what}: key {key} shown to a client: {text}"
-        );
-    }
 }
 
 /// What `reader`'s client reads of the room on `server`: `/messages`, `/sync`, `/state`,

@@ -146,7 +146,10 @@ async fn assert_room_complete(server: &TestServer, creator: &TestUser, invitee: 
         "shared"
     );
     assert!(at("m.room.power_levels", "").is_object(), "{state:?}");
-    assert_eq!(at("m.room.member", &invitee.user_id)["membership"], "invite");
+    assert_eq!(
+        at("m.room.member", &invitee.user_id)["membership"],
+        "invite"
+    );
 
     let mut types = state_event_types(server, creator, room).await;
     types.sort();
@@ -204,7 +207,11 @@ async fn create_room_cut_short_after_the_room_row_is_finished_after_a_restart() 
                     create_request(&bob),
                 )
                 .await;
-            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{kind:?}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{kind:?}: {body}"
+            );
         }
         // The crash left the room row alone: no event, nobody in it.
         assert!(joined_rooms(&server, &alice).await.is_empty());
@@ -231,7 +238,11 @@ async fn create_room_cut_short_after_the_creators_join_is_finished_after_a_resta
                     create_request(&bob),
                 )
                 .await;
-            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{kind:?}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{kind:?}: {body}"
+            );
         }
         // Half a room: the creator is in it, with no power levels, name or invite yet.
         let rooms = joined_rooms(&server, &alice).await;
@@ -273,7 +284,11 @@ async fn a_profile_fan_out_cut_short_is_finished_after_a_restart() {
                     json!({"displayname": "Carol Renamed"}),
                 )
                 .await;
-            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{kind:?}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{kind:?}: {body}"
+            );
         }
         // One room has the new name, the other still the old one.
         let mut names = Vec::new();
@@ -281,7 +296,11 @@ async fn a_profile_fan_out_cut_short_is_finished_after_a_restart() {
             names.push(displayname(&state(&server, &carol, room).await));
         }
         names.sort_by_key(|name| name.to_string());
-        assert_eq!(names, [json!("Carol Renamed"), json!("fan_carol")], "{kind:?}");
+        assert_eq!(
+            names,
+            [json!("Carol Renamed"), json!("fan_carol")],
+            "{kind:?}"
+        );
         assert_eq!(journaled(&server, "profile", &carol).await, 1);
 
         restart(&mut server).await;
@@ -348,7 +367,11 @@ async fn a_deactivation_cut_short_is_finished_after_a_restart() {
                     }}),
                 )
                 .await;
-            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{kind:?}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{kind:?}: {body}"
+            );
         }
         // Deactivated from the first step on; one room left, the other not yet.
         let (status, body) = login(&server, &dave).await;

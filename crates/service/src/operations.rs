@@ -175,7 +175,11 @@ impl Journal {
     async fn renew(&self) {
         let until = now_millis() + lease_millis();
         for operation_id in self.running_ids() {
-            match self.store.renew_operation(&self.owner, operation_id, until).await {
+            match self
+                .store
+                .renew_operation(&self.owner, operation_id, until)
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::debug!(operation_id, "an operation's lease is no longer ours")

@@ -143,7 +143,11 @@ impl Profiles {
         }
         Ok(self
             .store
-            .set_profile_with_operation(target.as_str(), ProfileField::AvatarUrl(avatar_url), fan_out)
+            .set_profile_with_operation(
+                target.as_str(),
+                ProfileField::AvatarUrl(avatar_url),
+                fan_out,
+            )
             .await?)
     }
 }

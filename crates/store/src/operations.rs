@@ -113,11 +113,7 @@ impl Store {
 
     /// Ends `owner`'s leases on its operations but those in `running`, so that another
     /// process (or this server after a restart) may claim them at once.
-    pub async fn release_operations(
-        &self,
-        owner: &str,
-        running: &[i64],
-    ) -> Result<(), StoreError> {
+    pub async fn release_operations(&self, owner: &str, running: &[i64]) -> Result<(), StoreError> {
         let held: Vec<i64> = with_pool!(self, pool => {
             sqlx::query_scalar("SELECT operation_id FROM pending_operations WHERE owner = $1")
                 .bind(owner)

@@ -519,10 +519,9 @@ impl Rooms {
         let state = self.state_contents(&room).await?;
         if !state.contains_key(&("m.room.create".to_owned(), String::new())) {
             let version = version_of(&room)?;
-            let json = myelin_room_version::canonical::parse_object(
-                creation.create_event.as_bytes(),
-            )
-            .map_err(|e| Error::BadJson(format!("journaled create event: {e}")))?;
+            let json =
+                myelin_room_version::canonical::parse_object(creation.create_event.as_bytes())
+                    .map_err(|e| Error::BadJson(format!("journaled create event: {e}")))?;
             let create = Pdu::from_stored(&creation.create_event_id, json, version)
                 .map_err(|e| Error::BadJson(format!("journaled create event: {e}")))?;
             self.append_create_event(&room, &create, creation.now)
@@ -617,14 +616,7 @@ impl Rooms {
     ) -> Result<bool> {
         let member = |user: &str| {
             let user = user.to_owned();
-            async move {
-                Ok::<_, Error>(
-                    self.store
-                        .membership(room.room_nid, &user)
-                        .await?
-                        .is_some(),
-                )
-            }
+            async move { Ok::<_, Error>(self.store.membership(room.room_nid, &user).await?.is_some()) }
         };
         Ok(match &steps[index] {
             Step::Join => member(creation.creator.as_str()).await?,
@@ -647,7 +639,12 @@ impl Rooms {
         })
     }
 
-    async fn run_step(&self, room: &RoomRow, creation: &RoomCreation, step: &Step<'_>) -> Result<()> {
+    async fn run_step(
+        &self,
+        room: &RoomRow,
+        creation: &RoomCreation,
+        step: &Step<'_>,
+    ) -> Result<()> {
         let creator: &UserId = &creation.creator;
         match step {
             Step::Join => {
@@ -661,13 +658,24 @@ impl Rooms {
                 .await?;
             }
             Step::State(event_type, state_key, content) => {
-                self.send_state(room, creator, event_type.as_str(), state_key.as_str(), content.clone())
-                    .await?;
+                self.send_state(
+                    room,
+                    creator,
+                    event_type.as_str(),
+                    state_key.as_str(),
+                    content.clone(),
+                )
+                .await?;
             }
             Step::Alias(alias) => {
                 if !self
                     .store
-                    .create_alias(alias.as_str(), room.room_nid, creator.as_str(), now_millis())
+                    .create_alias(
+                        alias.as_str(),
+                        room.room_nid,
+                        creator.as_str(),
+                        now_millis(),
+                    )
                     .await?
                 {
                     // Taken since the check before the room was made, by a concurrent request.

@@ -100,6 +100,7 @@ pub struct RoomKeys {
 }
 
 impl Rooms {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         server_name: OwnedServerName,

@@ -66,6 +66,18 @@ impl Store {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<PendingOperation>, StoreError> {
+        // A look first: most sweeps find nothing, and need no write transaction.
+        let due: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT operation_id FROM pending_operations WHERE lease_until < $1 LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(pool)
+            .await?
+        });
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut rows = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let rows: Vec<PendingOperation> = sqlx::query_as(
@@ -165,5 +177,122 @@ impl Store {
             .await?
         });
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        NewOperation, Store, StoreOptions,
+        test_support::{TestDatabase, test_backends},
+    };
+
+    fn operation(owner: &str, lease_until: i64) -> NewOperation<'_> {
+        NewOperation {
+            kind: "create_room",
+            subject: "@a:test",
+            params: "{}",
+            owner,
+            lease_until,
+            now: 0,
+        }
+    }
+
+    /// Two processes (two stores on one database) race to claim an operation whose lease ran
+    /// out: exactly one gets it, and it is nobody else's until that one hands it back.
+    #[tokio::test]
+    async fn an_unfinished_operation_is_claimed_by_one_process_at_a_time() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let one = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let two = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let (_, held) = one
+                .create_room_with_operation(
+                    "!held:test",
+                    "12",
+                    "@a:test",
+                    false,
+                    0,
+                    &operation("dead", 10_000),
+                )
+                .await
+                .unwrap();
+            let (_, expired) = one
+                .create_room_with_operation(
+                    "!expired:test",
+                    "12",
+                    "@a:test",
+                    false,
+                    0,
+                    &operation("dead", 100),
+                )
+                .await
+                .unwrap();
+
+            let (a, b) = tokio::join!(
+                one.claim_operations("one", 1_000, 61_000, 10),
+                two.claim_operations("two", 1_000, 61_000, 10),
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let claimed: Vec<i64> = a.iter().chain(&b).map(|op| op.operation_id).collect();
+            assert_eq!(
+                claimed,
+                [expired],
+                "{kind:?}: one claim wins, the held lease is left"
+            );
+            let (winner, loser) = if a.is_empty() {
+                ("two", "one")
+            } else {
+                ("one", "two")
+            };
+
+            assert!(
+                one.claim_operations(loser, 2_000, 62_000, 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{kind:?}: a claimed operation is not claimable while its lease lasts"
+            );
+            assert!(!one.renew_operation(loser, expired, 90_000).await.unwrap());
+            assert!(one.renew_operation(winner, expired, 90_000).await.unwrap());
+
+            // Handed back (a graceful shutdown), it is claimable at once; one still running is
+            // not handed back.
+            one.release_operations(winner, &[]).await.unwrap();
+            let reclaimed = two
+                .claim_operations(loser, 3_000, 63_000, 10)
+                .await
+                .unwrap();
+            assert_eq!(reclaimed.len(), 1, "{kind:?}");
+            assert_eq!(reclaimed[0].operation_id, expired);
+            two.release_operations(loser, &[expired]).await.unwrap();
+            assert!(
+                one.claim_operations(winner, 4_000, 64_000, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+
+            // The held one's lease runs out in its turn.
+            let late = one
+                .claim_operations(winner, 70_000, 130_000, 10)
+                .await
+                .unwrap();
+            let late: Vec<i64> = late.iter().map(|op| op.operation_id).collect();
+            assert_eq!(late, [held, expired], "{kind:?}");
+
+            one.finish_operation(held).await.unwrap();
+            one.finish_operation(expired).await.unwrap();
+            assert!(
+                one.pending_operations("create_room", "@a:test")
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
     }
 }

@@ -8,7 +8,9 @@ use std::{
 };
 
 use hmac::{Hmac, Mac};
-use myelin_store::{AccessTokenRow, DeviceRow, NewSession, SessionRefused, Store, UserRow};
+use myelin_store::{
+    AccessTokenRow, DeviceRow, NewOperation, NewSession, SessionRefused, Store, UserRow,
+};
 use ruma::{OwnedServerName, UserId};
 
 use crate::{
@@ -595,22 +597,25 @@ impl Accounts {
         Ok(())
     }
 
-    /// `POST /account/deactivate` after UIA: no more logins, every session ended. The caller
-    /// then leaves the user's rooms and, for `erase: true`, calls [`Accounts::erase_account_key`]
-    /// (the leaves are signed by the account key, so it goes last).
-    pub async fn deactivate(&self, user: &AuthedUser) -> Result<()> {
-        self.store
-            .deactivate_user(user.user_id.as_str(), now_millis())
-            .await?;
+    /// `POST /account/deactivate` after UIA: no more logins, every session ended, with `rest`
+    /// (leaving the user's rooms and, for `erase: true`, [`Accounts::erase_account_key`])
+    /// journaled in the same transaction (`Services::deactivate_account` runs it). Returns its id.
+    pub async fn deactivate(&self, user: &AuthedUser, rest: &NewOperation<'_>) -> Result<i64> {
+        let id = self
+            .store
+            .deactivate_user(user.user_id.as_str(), now_millis(), Some(rest))
+            .await?
+            .ok_or_else(|| Error::Internal("the deactivation was not journaled".to_owned()))?;
         self.notify.notify();
         tracing::info!(user_id = %user.user_id, "deactivated a user");
-        Ok(())
+        Ok(id)
     }
 
     /// The erasure half of `/account/deactivate` with `erase: true` (MSC4243.md §2.4): the
     /// signed `M_ERASED` attestation, the private key and the name destroyed, the erasure log.
-    pub async fn erase_account_key(&self, user: &AuthedUser) -> Result<()> {
-        self.account_keys.erase(user.user_id.localpart()).await?;
+    /// Erasing an erased key does nothing.
+    pub async fn erase_account_key(&self, user: &UserId) -> Result<()> {
+        self.account_keys.erase(user.localpart()).await?;
         self.notify.notify();
         Ok(())
     }

@@ -15,7 +15,8 @@
 //! [`profiles`] (local users' display names and avatars), [`pushers`] (pushers and delivery to
 //! push gateways), [`e2ee`] (device, one-time, fallback and cross-signing keys; device lists),
 //! [`key_backup`] (server-side room key backup), [`media`] (the media repository: uploads,
-//! downloads, thumbnails), [`url_preview`] (link previews).
+//! downloads, thumbnails), [`url_preview`] (link previews), [`operations`] (room creation, profile
+//! fan-out and deactivation journaled, and finished after a crash).
 
 pub mod account_keys;
 pub mod account_verification;
@@ -33,6 +34,10 @@ pub mod key_backup;
 pub mod limits;
 pub mod media;
 pub mod notifier;
+pub mod operations;
+/// The failpoint registry of the test-only crash points (`operations::crash_point!`).
+#[cfg(feature = "failpoints")]
+pub use fail;
 pub mod passwords;
 pub mod profiles;
 pub mod pushers;

@@ -2,13 +2,13 @@
 //! owner; those of other servers' users asked of their server (`/query/profile`) when a
 //! client reads them.
 //!
-//! Changing a profile here only stores it. Every setter returns the new [`ProfileRow`], which is
-//! what the rooms area needs to send a new `m.room.member` event into each joined room: the
-//! handler calls the setter, then hands its result to the rooms area.
+//! Changing a profile here only stores it, with the fan-out that follows journaled in the same
+//! transaction: a new `m.room.member` event in each joined room, which the rooms area sends
+//! (`Services::set_displayname`, `crate::operations`).
 
 use std::sync::Arc;
 
-use myelin_store::{ProfileRow, Store};
+use myelin_store::{NewOperation, ProfileField, ProfileRow, Store};
 use ruma::{OwnedServerName, UserId, api::federation::query::get_profile_information};
 use serde_json::Value;
 
@@ -27,13 +27,6 @@ pub struct Profiles {
     store: Store,
     server_name: OwnedServerName,
     federation: Arc<crate::federation::Outbound>,
-}
-
-/// A profile change that was stored: whose, and the profile as it now is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileChange {
-    pub user_id: ruma::OwnedUserId,
-    pub profile: ProfileRow,
 }
 
 impl Profiles {
@@ -108,53 +101,53 @@ impl Profiles {
         Ok(())
     }
 
-    /// Sets (or, with `None`, removes) the user's display name.
+    /// Sets (or, with `None`, removes) the user's display name, journaling `fan_out` with it;
+    /// returns its id.
     pub async fn set_displayname(
         &self,
         user: &AuthedUser,
         target: &UserId,
         displayname: Option<&str>,
-    ) -> Result<ProfileChange> {
+        fan_out: &NewOperation<'_>,
+    ) -> Result<i64> {
         Self::ensure_owner(user, target)?;
         if displayname.is_some_and(|name| name.len() > MAX_DISPLAYNAME_LEN) {
             return Err(Error::BadJson(format!(
                 "Display name is longer than {MAX_DISPLAYNAME_LEN} bytes"
             )));
         }
-        self.store
-            .set_displayname(target.as_str(), displayname)
-            .await?;
-        self.changed(target).await
+        Ok(self
+            .store
+            .set_profile_with_operation(
+                target.as_str(),
+                ProfileField::Displayname(displayname),
+                fan_out,
+            )
+            .await?)
     }
 
-    /// Sets (or, with `None`, removes) the user's avatar URL.
+    /// Sets (or, with `None`, removes) the user's avatar URL, journaling `fan_out` with it;
+    /// returns its id.
     pub async fn set_avatar_url(
         &self,
         user: &AuthedUser,
         target: &UserId,
         avatar_url: Option<&str>,
-    ) -> Result<ProfileChange> {
+        fan_out: &NewOperation<'_>,
+    ) -> Result<i64> {
         Self::ensure_owner(user, target)?;
         if avatar_url.is_some_and(|url| url.len() > MAX_AVATAR_URL_LEN) {
             return Err(Error::BadJson(format!(
                 "Avatar URL is longer than {MAX_AVATAR_URL_LEN} bytes"
             )));
         }
-        self.store
-            .set_avatar_url(target.as_str(), avatar_url)
-            .await?;
-        self.changed(target).await
-    }
-
-    async fn changed(&self, user_id: &UserId) -> Result<ProfileChange> {
-        let profile = self
+        Ok(self
             .store
-            .profile(user_id.as_str())
-            .await?
-            .unwrap_or_default();
-        Ok(ProfileChange {
-            user_id: user_id.to_owned(),
-            profile,
-        })
+            .set_profile_with_operation(
+                target.as_str(),
+                ProfileField::AvatarUrl(avatar_url),
+                fan_out,
+            )
+            .await?)
     }
 }

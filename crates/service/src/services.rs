@@ -70,6 +70,8 @@ pub struct Services {
     pub media: Arc<crate::media::Media>,
     /// `None` unless `media.url_preview.enabled`.
     pub url_previews: Option<crate::url_preview::UrlPreviews>,
+    /// This process's claims on operations that take several transactions (`operations`).
+    pub(crate) journal: Arc<crate::operations::Journal>,
 }
 
 impl Services {
@@ -93,6 +95,7 @@ impl Services {
             ServerKeys::load_or_create(&store, &sealer, config.server_name.clone()).await?;
         tracing::info!(server_name = %config.server_name, key_id = %server_keys.key_id(), "signing key loaded");
         let notifier = crate::notifier::Notifier::default();
+        let journal = crate::operations::Journal::new(store.clone());
         let account_keys = Arc::new(
             crate::account_keys::AccountKeys::load(
                 store.clone(),
@@ -177,6 +180,7 @@ impl Services {
             notifier.clone(),
             pushers.clone(),
             user_data.clone(),
+            journal.clone(),
             // `Config::validate` has checked the name; a bad one here is a caller's bug.
             myelin_room_version::version::RoomVersion::get(&config.rooms.default_room_version)
                 .map_err(|e| StartError::Config(format!("rooms.default_room_version: {e}")))?,
@@ -240,12 +244,15 @@ impl Services {
             remote_keys,
             inbound: Default::default(),
             accounts,
+            journal,
         }))
     }
 
-    /// Starts the background work a serving server does: the federation sender.
-    pub fn start_background(&self) {
+    /// Starts the background work a serving server does: the federation sender, and resuming
+    /// the operations a crash left unfinished (`operations`).
+    pub fn start_background(self: &Arc<Self>) {
         self.federation_sender.start();
+        self.start_operations();
         if self.account_keys.enabled() {
             self.account_verifier.start();
         }
@@ -253,6 +260,7 @@ impl Services {
 
     /// Stops the background work, then closes the database once in-flight work is done.
     pub async fn shutdown(&self) {
+        self.stop_operations().await;
         self.account_verifier.stop();
         self.federation_sender.stop().await;
         self.store.close().await;

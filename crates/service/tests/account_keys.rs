@@ -129,7 +129,7 @@ async fn query_accounts_answers_only_for_our_keys() {
         // signed M_ERASED, counted by the cursor with limits.
         services
             .store
-            .deactivate_user("@alice:test", 1)
+            .deactivate_user("@alice:test", 1, None)
             .await
             .unwrap();
         assert!(keys.erase("alice").await.unwrap());

@@ -365,8 +365,14 @@ impl Store {
     }
 
     /// Marks an account deactivated and removes its password, devices and tokens, in one
-    /// transaction.
-    pub async fn deactivate_user(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
+    /// transaction, with `operation` (what is left of the deactivation) journaled in it; returns
+    /// its id.
+    pub async fn deactivate_user(
+        &self,
+        user_id: &str,
+        now: i64,
+        operation: Option<&crate::NewOperation<'_>>,
+    ) -> Result<Option<i64>, StoreError> {
         let result = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             sqlx::query("UPDATE users SET deactivated_ts = $2, password_hash = NULL WHERE user_id = $1")
@@ -388,12 +394,16 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             crate::e2ee::announce_device_list_change!(tx, user_id, cross_signing);
-            tx.commit().await
+            // What is left of the deactivation (leaving rooms, erasure) is journaled with it.
+            let operation_id = match operation {
+                Some(operation) => Some(crate::operations::begin_operation!(tx, operation)),
+                None => None,
+            };
+            tx.commit().await.map(|()| operation_id)
         });
         // Once the write is over (a failed one changed nothing; see `cache`).
         self.account_changed();
-        result?;
-        Ok(())
+        Ok(result?)
     }
 
     /// An account's devices, oldest first.

@@ -17,7 +17,8 @@
 //! references), [`reports`] (what users report to the admins), [`spaces`] (what the space
 //! hierarchy reads), [`search`] (full-text search over room events), [`e2ee`] (device,
 //! one-time, fallback and cross-signing keys, and the device-list stream), [`dehydrated`]
-//! (MSC3814 dehydrated devices), [`federation_inbound`]
+//! (MSC3814 dehydrated devices), [`operations`] (the journal of operations that take several
+//! transactions, finished after a crash), [`federation_inbound`]
 //! (answers to other servers' transactions, remote users' device-list stream ids), [`key_backup`]
 //! (server-side room key backup), [`media`] (media ids, pending uploads and thumbnails; the
 //! content is on disk), [`federation`] (the federation sender's positions, persisted EDUs and
@@ -52,6 +53,7 @@ pub mod graph;
 mod group_commit;
 pub mod key_backup;
 pub mod media;
+pub mod operations;
 pub mod pushers;
 pub mod relations;
 pub mod remote_invites;
@@ -82,6 +84,7 @@ pub use graph::{
 #[cfg(any(test, feature = "failpoints"))]
 pub use group_commit::CommitPause;
 pub use media::{CreatePending, DeletedMedia, MediaRow, ThumbnailRow};
+pub use operations::{NewOperation, PendingOperation};
 pub use pushers::PusherRow;
 pub use relations::{RelationCount, RelationsQuery, ThreadRoot};
 pub use remote_invites::{OutsideMembership, OutsidePersisted};
@@ -98,4 +101,4 @@ pub use spaces::SpaceRoomState;
 pub use state::StateMap;
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
 pub use sync_reads::{StateDeltaWindow, TimelineWindow};
-pub use user_data::{AccountDataRow, ProfileRow};
+pub use user_data::{AccountDataRow, ProfileField, ProfileRow};

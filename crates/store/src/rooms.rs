@@ -638,6 +638,39 @@ impl Store {
         Ok(nid)
     }
 
+    /// Creates a room row and journals the operation that builds the room, in one transaction
+    /// (a room row is never left without the journal entry that finishes it). The room id must
+    /// be new (else [`StoreError::Conflict`], nothing written). Returns the room nid and the
+    /// operation id.
+    pub async fn create_room_with_operation(
+        &self,
+        room_id: &str,
+        room_version: &str,
+        creator: &str,
+        is_public: bool,
+        now: i64,
+        operation: &crate::NewOperation<'_>,
+    ) -> Result<(i64, i64), StoreError> {
+        let ids = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            let nid = sqlx::query_scalar::<_, i64>(
+                "INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING room_nid",
+            )
+            .bind(room_id)
+            .bind(room_version)
+            .bind(creator)
+            .bind(now)
+            .bind(is_public)
+            .fetch_one(&mut *tx)
+            .await?;
+            let operation_id = crate::operations::begin_operation!(tx, operation);
+            tx.commit().await?;
+            (nid, operation_id)
+        });
+        Ok(ids)
+    }
+
     /// A room by its id. Cached (rooms are never deleted; [`Store::set_room_public`], the one
     /// change to a room row, invalidates).
     pub async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StoreError> {

@@ -29,6 +29,13 @@ pub struct ProfileRow {
     pub avatar_url: Option<String>,
 }
 
+/// One field of a profile, with its new value (`None` removes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileField<'a> {
+    Displayname(Option<&'a str>),
+    AvatarUrl(Option<&'a str>),
+}
+
 impl Store {
     /// Stores a filter for `user_id` and returns its id. Uploading a filter the user already
     /// has returns the existing id, so clients that upload the same filter on every start do
@@ -268,6 +275,40 @@ impl Store {
             .map(|_| ())
         })?;
         Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) one field of a local user's profile and journals the
+    /// fan-out of the change into the user's rooms, in one transaction. Returns the operation id.
+    pub async fn set_profile_with_operation(
+        &self,
+        user_id: &str,
+        field: ProfileField<'_>,
+        operation: &crate::NewOperation<'_>,
+    ) -> Result<i64, StoreError> {
+        let (sql, value) = match field {
+            ProfileField::Displayname(value) => (
+                "INSERT INTO profiles (user_id, displayname) VALUES ($1, $2) \
+                 ON CONFLICT (user_id) DO UPDATE SET displayname = excluded.displayname",
+                value,
+            ),
+            ProfileField::AvatarUrl(value) => (
+                "INSERT INTO profiles (user_id, avatar_url) VALUES ($1, $2) \
+                 ON CONFLICT (user_id) DO UPDATE SET avatar_url = excluded.avatar_url",
+                value,
+            ),
+        };
+        let operation_id = with_pool!(self, pool => {
+            let mut tx = pool.begin_write(&self.write_gate).await?;
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+            let operation_id = crate::operations::begin_operation!(tx, operation);
+            tx.commit().await?;
+            operation_id
+        });
+        Ok(operation_id)
     }
 
     /// Sets a local user's avatar URL, leaving the display name alone.

@@ -139,12 +139,11 @@ async fn deactivate(
             request.client_address,
         )
         .await?;
-    accounts.deactivate(&user).await?;
     // Logins end first, so nothing can rejoin while the rooms are being left.
-    state.services.rooms.leave_all(&user.user_id).await?;
-    if request.body.erase {
-        accounts.erase_account_key(&user).await?;
-    }
+    state
+        .services
+        .deactivate_account(&user, request.body.erase)
+        .await?;
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
     ))

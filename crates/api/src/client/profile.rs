@@ -70,26 +70,20 @@ async fn avatar_url(
     ))
 }
 
-// After each change the rooms area sends a new `m.room.member` event, carrying the new profile,
-// into every room the user has joined.
+// After each change a new `m.room.member` event, carrying the new profile, goes into every room
+// the user has joined (journaled: finished after a crash).
 async fn set_displayname(
     state: AppState,
     request: Ruma<set_display_name::v3::Request>,
 ) -> Result<set_display_name::v3::Response, MatrixError> {
     let body = request.body;
-    let change = state
+    state
         .services
-        .profiles
         .set_displayname(
             &request.identity,
             &body.user_id,
             body.displayname.as_deref(),
         )
-        .await?;
-    state
-        .services
-        .rooms
-        .profile_changed(&change.user_id)
         .await?;
     Ok(set_display_name::v3::Response::new())
 }
@@ -99,19 +93,13 @@ async fn set_avatar(
     request: Ruma<set_avatar_url::v3::Request>,
 ) -> Result<set_avatar_url::v3::Response, MatrixError> {
     let body = request.body;
-    let change = state
+    state
         .services
-        .profiles
         .set_avatar_url(
             &request.identity,
             &body.user_id,
             body.avatar_url.as_ref().map(|url| url.as_str()),
         )
-        .await?;
-    state
-        .services
-        .rooms
-        .profile_changed(&change.user_id)
         .await?;
     Ok(set_avatar_url::v3::Response::new())
 }

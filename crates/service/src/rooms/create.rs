@@ -3,26 +3,41 @@
 //! history visibility and guest access, `initial_state`, name, topic, and invites, in the spec's
 //! order. [`Rooms::build_room`] sends them; room upgrades build their replacement room with it
 //! too.
+//!
+//! A build takes a transaction per event, so it is journaled (`crate::operations`) with the
+//! room row, in one transaction: a build that a crash (or a failure of this server's) cuts
+//! short is finished later by [`Rooms::resume_room_creation`], never left half-made. Finishing
+//! rather than undoing, because what was built is already seen: the creator's other devices
+//! sync the room as its events are written (Synapse leaves such a room as the failure left it).
+
+use std::collections::HashMap;
 
 use myelin_room_version::{
-    CanonicalJsonObject, CanonicalJsonValue, RoomVersion,
+    CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion,
     auth::{check_auth_events, check_power_levels_content},
     pdu::{EventSigner, build_pdu},
     version::{EventFormat, RoomIdFormat, Stability},
 };
 use myelin_store::{Delivery, RoomRow};
 use ruma::{OwnedRoomAliasId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
     Rooms,
+    append::StateKey,
     events::{auth_error, pdu_error},
-    to_canonical_object,
+    to_canonical_object, version_of,
 };
-use crate::{Error, Result, now_millis, tokens};
+use crate::{
+    Error, Result, now_millis,
+    operations::{CREATE_ROOM, crash_point},
+    tokens,
+};
 
 /// The spec's presets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Preset {
     PrivateChat,
     PublicChat,
@@ -67,6 +82,103 @@ pub(super) struct NewRoom {
     pub topic: Option<String>,
     pub invite: Vec<OwnedUserId>,
     pub is_direct: bool,
+}
+
+/// What building a room needs from its first write on: journaled with the room row (kind
+/// `create_room`), so that a build a crash cuts short is finished ([`Rooms::resume_room_creation`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct RoomCreation {
+    room_id: String,
+    creator: OwnedUserId,
+    create_event_id: String,
+    /// The create event as built and signed (from v12 on, the room id is its hash).
+    create_event: String,
+    power_levels: serde_json::Map<String, Value>,
+    alias: Option<OwnedRoomAliasId>,
+    preset: Option<Preset>,
+    initial_state: Vec<(String, String, Value)>,
+    name: Option<String>,
+    topic: Option<String>,
+    invite: Vec<OwnedUserId>,
+    is_direct: bool,
+    /// The create event's time.
+    now: i64,
+}
+
+/// One step of a room's build after its create event.
+#[derive(Debug)]
+enum Step<'a> {
+    /// The creator joins (with their profile as it is then).
+    Join,
+    /// A state event from the creator: `(type, state_key, content)`.
+    State(String, String, Value),
+    /// The alias points at the room.
+    Alias(&'a OwnedRoomAliasId),
+    Invite(&'a OwnedUserId),
+}
+
+impl RoomCreation {
+    /// The steps after the create event, in the spec's `createRoom` order.
+    fn steps(&self) -> Vec<Step<'_>> {
+        let state = |event_type: &str, content: Value| {
+            Step::State(event_type.to_owned(), String::new(), content)
+        };
+        let mut steps = vec![
+            Step::Join,
+            // Power levels (checked before anything was written).
+            state(
+                "m.room.power_levels",
+                Value::Object(self.power_levels.clone()),
+            ),
+        ];
+        // The alias, then the canonical alias naming it.
+        if let Some(alias) = &self.alias {
+            steps.push(Step::Alias(alias));
+            steps.push(state("m.room.canonical_alias", json!({"alias": alias})));
+        }
+        // The preset's rules.
+        if let Some(preset) = self.preset {
+            let join_rule = if preset == Preset::PublicChat {
+                "public"
+            } else {
+                "invite"
+            };
+            steps.push(state("m.room.join_rules", json!({"join_rule": join_rule})));
+            steps.push(state(
+                "m.room.history_visibility",
+                json!({"history_visibility": "shared"}),
+            ));
+            if preset != Preset::PublicChat {
+                steps.push(state(
+                    "m.room.guest_access",
+                    json!({"guest_access": "can_join"}),
+                ));
+            }
+        }
+        // initial_state, then name and topic (which win over initial_state's).
+        for (event_type, state_key, content) in &self.initial_state {
+            steps.push(Step::State(
+                event_type.clone(),
+                state_key.clone(),
+                content.clone(),
+            ));
+        }
+        if let Some(name) = &self.name {
+            steps.push(state("m.room.name", json!({"name": name})));
+        }
+        if let Some(topic) = &self.topic {
+            steps.push(state(
+                "m.room.topic",
+                json!({
+                    // The plain topic, and the same as a rich `m.topic` text block (spec 1.15).
+                    "topic": topic,
+                    "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]},
+                }),
+            ));
+        }
+        steps.extend(self.invite.iter().map(Step::Invite));
+        steps
+    }
 }
 
 /// The room version a new room gets: `requested`, or the server's default
@@ -330,7 +442,7 @@ impl Rooms {
         self.assign_event_id(&mut partial, version);
         let mut now = now;
         let mut attempts = 0;
-        let (create, room_id) = loop {
+        let (create, creation, operation_id) = loop {
             let signer = match &account_key {
                 Some(pair) => EventSigner::Account(pair),
                 None => self.keys.event_signer(),
@@ -349,12 +461,40 @@ impl Rooms {
             let room_id = room_id
                 .clone()
                 .unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
+            // Everything the rest of the build needs is journaled with the room row, so that a
+            // build a crash cuts short is finished (`crate::operations`).
+            let creation = RoomCreation {
+                room_id,
+                creator: creator.to_owned(),
+                create_event_id: create.event_id().to_owned(),
+                create_event: create.canonical_json(),
+                power_levels: power_levels.clone(),
+                alias: alias.clone(),
+                preset,
+                initial_state: initial_state.clone(),
+                name: name.clone(),
+                topic: topic.clone(),
+                invite: invite.clone(),
+                is_direct,
+                now,
+            };
+            let params = serde_json::to_string(&creation)
+                .map_err(|e| Error::Internal(format!("journaling a room creation: {e}")))?;
             match self
                 .store
-                .create_room(&room_id, version.id(), creator.as_str(), public, now)
+                .create_room_with_operation(
+                    &creation.room_id,
+                    version.id(),
+                    creator.as_str(),
+                    public,
+                    now,
+                    &self
+                        .journal
+                        .operation(CREATE_ROOM, creator.as_str(), &params),
+                )
                 .await
             {
-                Ok(_) => break (create, room_id),
+                Ok((_, operation_id)) => break (create, creation, operation_id),
                 Err(myelin_store::StoreError::Conflict(_)) if attempts < 100 => {
                     attempts += 1;
                     now += 1;
@@ -366,11 +506,54 @@ impl Rooms {
                 Err(err) => return Err(err.into()),
             }
         };
-        let room = self.room(&room_id).await?;
+        let running = self.journal.running(operation_id);
+        let built = async {
+            crash_point!("create_room::after_room_row", creator);
+            let room = self.room(&creation.room_id).await?;
+            self.append_create_event(&room, &create, creation.now)
+                .await?;
+            self.build_steps(&room, &creation, None).await?;
+            Ok(room)
+        }
+        .await;
+        match built {
+            Ok(room) => {
+                self.journal.finish(running).await?;
+                Ok(room)
+            }
+            Err(err) => Err(self.journal.stopped(running, err).await),
+        }
+    }
+
+    /// Finishes building a room whose build was journaled but not finished (a crash, a failure
+    /// of this server's): the create event if the room has none, then every step of the
+    /// build that is not done already (see [`Rooms::build_steps`]).
+    pub(crate) async fn resume_room_creation(&self, params: &str) -> Result<()> {
+        let creation: RoomCreation = serde_json::from_str(params)
+            .map_err(|e| Error::BadJson(format!("journaled room creation: {e}")))?;
+        let room = self.room(&creation.room_id).await?;
+        let state = self.state_contents(&room).await?;
+        if !state.contains_key(&("m.room.create".to_owned(), String::new())) {
+            let version = version_of(&room)?;
+            let json =
+                myelin_room_version::canonical::parse_object(creation.create_event.as_bytes())
+                    .map_err(|e| Error::BadJson(format!("journaled create event: {e}")))?;
+            let create = Pdu::from_stored(&creation.create_event_id, json, version)
+                .map_err(|e| Error::BadJson(format!("journaled create event: {e}")))?;
+            self.append_create_event(&room, &create, creation.now)
+                .await?;
+        }
+        self.build_steps(&room, &creation, Some(&state)).await?;
+        tracing::info!(room_id = %room.room_id, creator = %creation.creator, "finished building a room after a restart");
+        Ok(())
+    }
+
+    /// A new room's first event, with the room's writer lock.
+    async fn append_create_event(&self, room: &RoomRow, create: &Pdu, now: i64) -> Result<()> {
         let writing = self.locks.writer(&room.room_id).await;
         self.append(super::append::Appending {
-            room: &room,
-            pdu: &create,
+            room,
+            pdu: create,
             status: myelin_store::EventStatus::Normal,
             placement: myelin_store::Placement::Live,
             state_before: None,
@@ -387,128 +570,156 @@ impl Rooms {
             delivery: Delivery::BySender,
         })
         .await?;
+        Ok(())
+    }
 
-        // 2. The creator joins.
-        self.send_state(
-            &room,
-            creator,
-            "m.room.member",
-            creator.as_str(),
-            self.join_content(creator, None).await?,
-        )
-        .await?;
+    /// The room's current state events' contents by key.
+    async fn state_contents(&self, room: &RoomRow) -> Result<HashMap<StateKey, Value>> {
+        let mut contents = HashMap::new();
+        for event in self.store.current_state(room.room_nid, None).await? {
+            let mut json: Value = serde_json::from_str(&event.json)
+                .map_err(|e| Error::Internal(format!("stored event {}: {e}", event.event_id)))?;
+            contents.insert(
+                (event.event_type, event.state_key.unwrap_or_default()),
+                json["content"].take(),
+            );
+        }
+        Ok(contents)
+    }
 
-        // 3. Power levels (checked before anything was written).
-        self.send_state(
-            &room,
-            creator,
-            "m.room.power_levels",
-            "",
-            Value::Object(power_levels),
-        )
-        .await?;
-
-        // 3b. The alias, then the canonical alias naming it.
-        if let Some(alias) = &alias {
-            if !self
-                .store
-                .create_alias(alias.as_str(), room.room_nid, creator.as_str(), now)
-                .await?
+    /// The build's steps after the create event, in the spec's `createRoom` order: the
+    /// creator's join, power levels, the alias and canonical alias, the preset's rules,
+    /// `initial_state`, name and topic, invites. `resuming` (with the room's state when the
+    /// resume began) skips the steps that are done: a membership the room has, an alias that
+    /// exists, state that holds the step's content or that a later step of the build sets.
+    async fn build_steps(
+        &self,
+        room: &RoomRow,
+        creation: &RoomCreation,
+        resuming: Option<&HashMap<StateKey, Value>>,
+    ) -> Result<()> {
+        let steps = creation.steps();
+        for (index, step) in steps.iter().enumerate() {
+            if let Some(state) = resuming
+                && self.step_done(room, creation, &steps, index, state).await?
             {
-                // Taken since the check above by a concurrent request.
-                return Err(Error::RoomInUse(format!(
-                    "Room alias {alias} already exists"
-                )));
+                continue;
             }
-            self.send_state(
-                &room,
-                creator,
-                "m.room.canonical_alias",
-                "",
-                json!({"alias": alias}),
-            )
-            .await?;
-        }
-
-        // 4. The preset's rules.
-        if let Some(preset) = preset {
-            let join_rule = if preset == Preset::PublicChat {
-                "public"
-            } else {
-                "invite"
-            };
-            self.send_state(
-                &room,
-                creator,
-                "m.room.join_rules",
-                "",
-                json!({"join_rule": join_rule}),
-            )
-            .await?;
-            self.send_state(
-                &room,
-                creator,
-                "m.room.history_visibility",
-                "",
-                json!({"history_visibility": "shared"}),
-            )
-            .await?;
-            if preset != Preset::PublicChat {
-                self.send_state(
-                    &room,
-                    creator,
-                    "m.room.guest_access",
-                    "",
-                    json!({"guest_access": "can_join"}),
-                )
-                .await?;
-            }
-        }
-
-        // 5. initial_state, then name and topic (which win over initial_state's).
-        for (event_type, state_key, content) in initial_state {
-            self.send_state(&room, creator, &event_type, &state_key, content)
-                .await?;
-        }
-        if let Some(name) = name {
-            self.send_state(&room, creator, "m.room.name", "", json!({"name": name}))
-                .await?;
-        }
-        if let Some(topic) = topic {
-            self.send_state(
-                &room,
-                creator,
-                "m.room.topic",
-                "",
-                json!({
-                    // The plain topic, and the same as a rich `m.topic` text block (spec 1.15).
-                    "topic": topic,
-                    "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]},
-                }),
-            )
-            .await?;
-        }
-
-        // 6. Invites.
-        for invitee in &invite {
-            let mut content = json!({"membership": "invite"});
-            if is_direct {
-                content["is_direct"] = json!(true);
-            }
-            let sent = self
-                .send_state(&room, creator, "m.room.member", invitee.as_str(), content)
-                .await;
-            match sent {
-                Ok(_) => {}
-                // The room exists by now: an invitee's server that does not take the invite
-                // (down, or refusing) leaves that user uninvited, the creator can try again.
-                Err(err) if !self.is_local(invitee) => {
-                    tracing::info!(room_id = %room.room_id, %invitee, %err, "createRoom: the invitee's server did not take the invite");
+            let done = self.run_step(room, creation, step).await;
+            match done {
+                Ok(()) => {}
+                // A resume takes what the room's rules allow; the request that began the build
+                // has had its answer.
+                Err(err) if resuming.is_some() && !crate::operations::is_transient(&err) => {
+                    tracing::warn!(room_id = %room.room_id, %err, "resuming a room creation: a step was refused");
                 }
                 Err(err) => return Err(err),
             }
+            if matches!(step, Step::Join) {
+                crash_point!("create_room::after_join", &creation.creator);
+            }
         }
-        Ok(room)
+        Ok(())
+    }
+
+    async fn step_done(
+        &self,
+        room: &RoomRow,
+        creation: &RoomCreation,
+        steps: &[Step<'_>],
+        index: usize,
+        state: &HashMap<StateKey, Value>,
+    ) -> Result<bool> {
+        let member = |user: &str| {
+            let user = user.to_owned();
+            async move { Ok::<_, Error>(self.store.membership(room.room_nid, &user).await?.is_some()) }
+        };
+        Ok(match &steps[index] {
+            Step::Join => member(creation.creator.as_str()).await?,
+            Step::State(event_type, state_key, content) => {
+                let overridden = steps[index + 1..].iter().any(|later| {
+                    matches!(later, Step::State(t, k, _) if t == event_type && k == state_key)
+                });
+                if overridden {
+                    true
+                } else if event_type == "m.room.member" {
+                    member(state_key.as_str()).await?
+                } else {
+                    state
+                        .get(&(event_type.clone(), state_key.clone()))
+                        .is_some_and(|current| current == content)
+                }
+            }
+            Step::Alias(alias) => self.store.alias(alias.as_str()).await?.is_some(),
+            Step::Invite(invitee) => member(invitee.as_str()).await?,
+        })
+    }
+
+    async fn run_step(
+        &self,
+        room: &RoomRow,
+        creation: &RoomCreation,
+        step: &Step<'_>,
+    ) -> Result<()> {
+        let creator: &UserId = &creation.creator;
+        match step {
+            Step::Join => {
+                self.send_state(
+                    room,
+                    creator,
+                    "m.room.member",
+                    creator.as_str(),
+                    self.join_content(creator, None).await?,
+                )
+                .await?;
+            }
+            Step::State(event_type, state_key, content) => {
+                self.send_state(
+                    room,
+                    creator,
+                    event_type.as_str(),
+                    state_key.as_str(),
+                    content.clone(),
+                )
+                .await?;
+            }
+            Step::Alias(alias) => {
+                if !self
+                    .store
+                    .create_alias(
+                        alias.as_str(),
+                        room.room_nid,
+                        creator.as_str(),
+                        now_millis(),
+                    )
+                    .await?
+                {
+                    // Taken since the check before the room was made, by a concurrent request.
+                    return Err(Error::RoomInUse(format!(
+                        "Room alias {alias} already exists"
+                    )));
+                }
+            }
+            Step::Invite(invitee) => {
+                let mut content = json!({"membership": "invite"});
+                if creation.is_direct {
+                    content["is_direct"] = json!(true);
+                }
+                let sent = self
+                    .send_state(room, creator, "m.room.member", invitee.as_str(), content)
+                    .await;
+                match sent {
+                    Ok(_) => {}
+                    // The room exists by now: an invitee's server that does not take the invite
+                    // (down, or refusing) leaves that user uninvited, the creator can try again.
+                    Err(err) if !self.is_local(invitee) => {
+                        tracing::info!(room_id = %room.room_id, %invitee, %err, "createRoom: the invitee's server did not take the invite");
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Room creation's state events go through the same rules as a client's (membership

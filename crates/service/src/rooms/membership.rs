@@ -77,35 +77,86 @@ impl Rooms {
     }
 
     /// After a profile change: a new join event with the new profile in every joined room.
-    /// A room whose rules refuse the update is skipped (and logged), not a failure of the change.
-    pub async fn profile_changed(&self, user: &UserId) -> Result<()> {
-        for room_id in self
+    /// A room whose rules refuse the update is skipped (and logged), not a failure of the change;
+    /// any other failure stops it (the journal resumes it, `crate::operations`). `resuming`
+    /// skips the rooms whose member event carries the profile already.
+    pub async fn profile_changed(&self, user: &UserId, resuming: bool) -> Result<()> {
+        let rooms = self
             .store
             .rooms_with_membership(user.as_str(), "join")
-            .await?
-        {
-            let room = self.room(&room_id).await?;
+            .await?;
+        for (index, room_id) in rooms.iter().enumerate() {
+            if index == 1 {
+                crate::operations::crash_point!("profile::after_first_room", user);
+            }
+            let room = self.room(room_id).await?;
             let content = self.join_content(user, None).await?;
+            if resuming && self.member_event_carries(&room, user, &content).await? {
+                continue;
+            }
             if let Err(err) = self.change_membership(&room, user, user, content).await {
+                if crate::operations::is_transient(&err) {
+                    return Err(err);
+                }
                 tracing::warn!(%room_id, %user, %err, "could not update the member event after a profile change");
             }
         }
         Ok(())
     }
 
-    /// Leaves every room the user is joined to, invited to or knocking on (deactivation).
+    /// Whether a local user's current member event in `room` is a join with the display name
+    /// and avatar of `content`.
+    async fn member_event_carries(
+        &self,
+        room: &RoomRow,
+        user: &UserId,
+        content: &Value,
+    ) -> Result<bool> {
+        let state_key = match version_of(room)?.uses_account_keys() {
+            true => self.key_form_of(user).unwrap_or_else(|| user.to_string()),
+            false => user.to_string(),
+        };
+        let events = self
+            .store
+            .current_state(
+                room.room_nid,
+                Some(&[("m.room.member".to_owned(), state_key)]),
+            )
+            .await?;
+        let Some(event) = events.first() else {
+            return Ok(false);
+        };
+        let current: Value = serde_json::from_str(&event.json)
+            .map_err(|e| Error::Internal(format!("stored event {}: {e}", event.event_id)))?;
+        let current = &current["content"];
+        Ok(["membership", "displayname", "avatar_url"]
+            .iter()
+            .all(|field| current.get(field) == content.get(field)))
+    }
+
+    /// Leaves every room the user is joined to, invited to or knocking on (deactivation). A
+    /// room whose rules refuse the leave is skipped (and logged); any other failure stops it
+    /// (the journal resumes it, `crate::operations`).
     pub async fn leave_all(&self, user: &UserId) -> Result<()> {
+        let mut left = 0;
         for membership in ["join", "invite", "knock"] {
             for room_id in self
                 .store
                 .rooms_with_membership(user.as_str(), membership)
                 .await?
             {
+                if left == 1 {
+                    crate::operations::crash_point!("deactivate::after_first_room", user);
+                }
+                left += 1;
                 let room = self.room(&room_id).await?;
                 if let Err(err) = self
                     .change_membership(&room, user, user, json!({"membership": "leave"}))
                     .await
                 {
+                    if crate::operations::is_transient(&err) {
+                        return Err(err);
+                    }
                     tracing::warn!(%room_id, %user, %err, "could not leave a room on deactivation");
                 }
             }

@@ -87,6 +87,8 @@ pub struct Rooms {
     federation: Option<invites::RoomFederation>,
     /// Other servers' recent `/hierarchy` answers (the client walk's rooms on other servers).
     hierarchy_answers: remote_hierarchy::AnswerCache,
+    /// Journals room creation, which takes a transaction per event (`crate::operations`).
+    journal: Arc<crate::operations::Journal>,
 }
 
 /// The keys rooms' events are signed with: the server's (server-key rooms) and each local
@@ -98,6 +100,7 @@ pub struct RoomKeys {
 }
 
 impl Rooms {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         server_name: OwnedServerName,
@@ -105,6 +108,7 @@ impl Rooms {
         notify: crate::notifier::Notifier,
         pushers: Arc<crate::pushers::Pushers>,
         user_data: Arc<crate::user_data::UserData>,
+        journal: Arc<crate::operations::Journal>,
         default_version: &'static RoomVersion,
     ) -> Self {
         Rooms {
@@ -121,6 +125,7 @@ impl Rooms {
             default_version,
             federation: None,
             hierarchy_answers: Default::default(),
+            journal,
         }
     }
 

@@ -92,6 +92,9 @@ const MAX_PDUS_PER_TXN: usize = 50;
 /// How long the last PDU may take to become visible after its transaction was answered.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(300);
 
+/// A room's state as event ids, and the auth chain of that state.
+type StateIds = (Vec<String>, Vec<String>);
+
 /// What the peer holds and serves, and the requests it had.
 struct PeerState {
     name: String,
@@ -99,7 +102,7 @@ struct PeerState {
     /// Every event it can serve, by id: its own and the state and auth chain of its rooms.
     events: Mutex<HashMap<String, Value>>,
     /// Per room: the state after its join (event ids) and the auth chain of that state.
-    rooms: Mutex<HashMap<String, (Vec<String>, Vec<String>)>>,
+    rooms: Mutex<HashMap<String, StateIds>>,
     /// Requests by method and route, for the report (what the server under test asked).
     requests: Mutex<BTreeMap<String, u64>>,
 }
@@ -706,7 +709,7 @@ fn room_state_for(
     peer: &PeerState,
     room_id: &str,
     query: &HashMap<String, String>,
-) -> Option<(Vec<String>, Vec<String>)> {
+) -> Option<StateIds> {
     let event_id = query.get("event_id")?;
     if !peer.events.lock().unwrap().contains_key(event_id) {
         return None;

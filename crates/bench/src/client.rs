@@ -276,6 +276,48 @@ impl Server {
         self.call(Method::GET, &path, Some(&user.token), None).await
     }
 
+    /// Whether `GET /rooms/{room}/event/{id}` shows `user` the event (200) or not yet (404).
+    pub async fn event_visible(&self, user: &User, room_id: &str, event_id: &str) -> Result<bool> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(room_id),
+            enc(event_id)
+        );
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            status => bail!(
+                "GET {path}: {status}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
+        }
+    }
+
+    /// `GET /rooms/{room}/messages?dir=b`, from the end or from `from`, `limit` events.
+    pub async fn messages(
+        &self,
+        user: &User,
+        room_id: &str,
+        from: Option<&str>,
+        limit: usize,
+    ) -> Result<Value> {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
+            enc(room_id)
+        );
+        if let Some(from) = from {
+            path.push_str(&format!("&from={}", enc(from)));
+        }
+        self.call(Method::GET, &path, Some(&user.token), None).await
+    }
+
     /// `POST /login` with the password: a new device of `user` (its access token and device).
     pub async fn login(&self, user_id: &str, password: &str, device_name: &str) -> Result<User> {
         let body = json!({

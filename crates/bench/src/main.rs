@@ -6,6 +6,7 @@
 //! `--pid`, the server's resident memory before and after.
 
 mod client;
+mod inbound;
 mod keys;
 mod media;
 mod stats;
@@ -59,6 +60,12 @@ enum Scenario {
     MediaDownload,
     /// One 4000×3000 JPEG, `--reps` thumbnails (scale) at sizes not made before.
     Thumbnail,
+    /// Inbound federation: a fake peer server (this process, `--peer-*`) joins a fresh public
+    /// room of a local user through make_join/send_join, then sends `--txns` transactions of
+    /// `--pdus-per-txn` signed `m.room.message` PDUs (after `--warmup-txns`), one in flight at
+    /// a time; PDUs per second until the last is answered and until it is visible to the local
+    /// user; every PDU checked in the local user's `/messages`. `--runs` rooms. See inbound.rs.
+    Inbound,
 }
 
 #[derive(Debug, Parser)]
@@ -103,7 +110,7 @@ struct Args {
     /// thumbnail scenarios count them from the end of their set-up, the others from the start.
     #[arg(long, default_value_t = 600)]
     time_limit_secs: u64,
-    /// Room version of the join-large-setup room.
+    /// Room version of the join-large-setup and inbound rooms.
     #[arg(long, default_value = "12")]
     room_version: String,
     /// Room that join-remote joins.
@@ -137,6 +144,39 @@ struct Args {
     /// of another server, or 120 s after the join returned.
     #[arg(long)]
     account_keys: bool,
+    /// inbound: the port of the fake peer's TLS listener on 127.0.0.1; its server name is
+    /// `localhost:<port>`.
+    #[arg(long)]
+    peer_port: Option<u16>,
+    /// inbound: the peer's TLS certificate (PEM, for `localhost`) and key.
+    #[arg(long)]
+    peer_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    peer_key: Option<std::path::PathBuf>,
+    /// inbound: the CA (PEM) the peer trusts for the server under test's certificate.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// inbound: the server name of the server under test.
+    #[arg(long)]
+    target_name: Option<String>,
+    /// inbound: where the peer reaches that server (`ip:port`), instead of discovery.
+    #[arg(long)]
+    target_addr: Option<String>,
+    /// inbound: timed transactions per run.
+    #[arg(long, default_value_t = 40)]
+    txns: usize,
+    /// inbound: untimed transactions sent first in each run's room.
+    #[arg(long, default_value_t = 2)]
+    warmup_txns: usize,
+    /// inbound: PDUs per transaction (at most 50).
+    #[arg(long, default_value_t = 50)]
+    pdus_per_txn: usize,
+    /// inbound: when the next transaction goes (see `inbound::Pace`).
+    #[arg(long, value_enum, default_value = "visible")]
+    pace: inbound::Pace,
+    /// inbound: runs (each in a fresh room).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 const PASSWORD: &str = "bench-password-1";
@@ -250,6 +290,7 @@ async fn run(args: &Args) -> Result<Value> {
         Scenario::MediaUpload => media::media_upload(&ctx, args).await,
         Scenario::MediaDownload => media::media_download(&ctx, args).await,
         Scenario::Thumbnail => media::thumbnail(&ctx, args).await,
+        Scenario::Inbound => inbound::inbound(&ctx, args).await,
         Scenario::Memory => {
             let Some(pid) = args.pid else {
                 bail!("memory needs --pid")

@@ -720,8 +720,14 @@ impl Rooms {
         // A room whose state this server takes from another server (a join through a
         // resident) has no current state before that join: nothing to check against.
         let current = self.store.current_state_group(room.room_nid).await?;
-        if let Some(current) = current {
-            lookups.current = self.state_pdus(version, current, &auth_keys).await?;
+        match current {
+            // An event on the room's head (the common case: a sender's next message) has the
+            // current state before it: the same events, not read twice.
+            Some(current) if current == before => lookups.current = lookups.before.clone(),
+            Some(current) => {
+                lookups.current = self.state_pdus(version, current, &auth_keys).await?;
+            }
+            None => {}
         }
         if placement == Placement::Live
             && receiving.soft_fail

@@ -465,3 +465,48 @@ async fn the_asking_is_counted_in_metrics() {
         server.stop().await;
     }
 }
+
+/// A flood of forged members (MSC4243.md §2.8 item 43, case 36): once their claimed domain has
+/// disowned keys, the keys that further events name wait for the end of the window (the
+/// per-domain backoff's first, 1 s here) and go in one request, not one per transaction.
+#[tokio::test]
+async fn keys_named_after_a_disowning_answer_wait_for_one_request_per_window() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let peer = Peer::start(&ca, 40).await;
+        let server = start_myelin(kind, &ca, &peer).await;
+        peer.set_mode(Mode::Unknown);
+        let verifier = server.services().account_verifier.clone();
+        let ids = peer.ids(0..40);
+        // The first transaction's key is asked about at once, and disowned.
+        let asked = verifier.verify_later(ids[0..1].to_vec()).await.unwrap();
+        assert_eq!(asked.requests, 1, "{kind:?}");
+        assert_eq!(peer.take_requests(), vec![1], "{kind:?}");
+        // Thirteen more transactions within the window: nothing is asked yet.
+        for chunk in ids[1..40].chunks(3) {
+            let asked = verifier.verify_later(chunk.to_vec()).await.unwrap();
+            assert_eq!(asked.requests, 0, "{kind:?}");
+        }
+        assert!(peer.take_requests().is_empty(), "{kind:?}");
+        // When the window ends, one request about all 39.
+        let mut sizes = Vec::new();
+        for _ in 0..100 {
+            sizes.extend(peer.take_requests());
+            if !sizes.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(sizes, vec![39], "{kind:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(peer.take_requests().is_empty(), "{kind:?}");
+        for id in &ids {
+            assert_eq!(
+                state_of(&server, id),
+                KeyVerification::Unverified,
+                "{kind:?}"
+            );
+        }
+        server.stop().await;
+    }
+}

@@ -10,6 +10,11 @@
 //! projection. What the asking sends and gets is counted ([`AccountVerifier::totals`], shown
 //! by `/metrics`).
 //!
+//! Pacing (§2.8 item 43): the keys inbound events name are asked about through
+//! [`AccountVerifier::verify_later`], which holds a domain's keys for one window after that
+//! domain disowned keys and then asks about them together, so a flood of forged members costs
+//! the domain one request per 2048 keys per window.
+//!
 //! Retries (item 24): a key whose domain did not answer, or answered without it, is asked again
 //! after [`RETRY_UNANSWERED_MS`]; one the domain disowned (`M_UNKNOWN` or another errcode, a
 //! bad answer) after [`RETRY_DISOWNED_MS`], so domains that never answered come first. A key is
@@ -21,7 +26,7 @@
 //! validly signed erasures of keys this server knows.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -90,7 +95,27 @@ pub struct AccountVerifier {
     stop: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
     /// What the asking has sent and got since start-up (read by `/metrics`).
     counters: QueryCounters,
+    /// Per domain: the window during which keys that events name wait (see [`Self::verify_later`]).
+    paces: Mutex<HashMap<String, Pace>>,
+    /// How long a domain that disowned keys is left alone by event-driven asks (the per-domain
+    /// backoff's first window, `federation.backoff_min_secs`).
+    pace_window: Duration,
 }
+
+/// One domain's pacing of event-driven asks (MSC4243.md §2.8 item 43: a flood of forged members
+/// must cost their claimed domain at most one batched query per 2048 keys per window).
+#[derive(Debug, Default)]
+struct Pace {
+    /// Event-driven asks wait until then.
+    until: Option<Instant>,
+    /// The keys waiting, in order, without duplicates.
+    queued: Vec<String>,
+    /// Whether a task asks about `queued` when the window ends.
+    flushing: bool,
+}
+
+/// The most keys one domain's pacing holds; more are dropped (asked when named again).
+const MAX_PACED_KEYS: usize = 64 * 1024;
 
 /// The running totals of this server's `/query/accounts` asking since it started (key batches
 /// and erasure-log pages alike), counted where each request is sent. Bytes are those of the
@@ -149,7 +174,13 @@ struct Answer {
 }
 
 impl AccountVerifier {
-    pub fn new(accounts: Arc<AccountKeys>, federation: Arc<Outbound>, store: Store) -> Self {
+    /// `pace_window`: how long event-driven asks leave a domain alone after it disowned keys.
+    pub fn new(
+        accounts: Arc<AccountKeys>,
+        federation: Arc<Outbound>,
+        store: Store,
+        pace_window: Duration,
+    ) -> Self {
         AccountVerifier {
             accounts,
             federation,
@@ -157,7 +188,62 @@ impl AccountVerifier {
             asking: Mutex::new(HashSet::new()),
             stop: Mutex::new(None),
             counters: QueryCounters::default(),
+            paces: Mutex::new(HashMap::new()),
+            pace_window,
         }
+    }
+
+    /// [`Self::verify`] for keys that events arriving from other servers name, paced per
+    /// claimed domain: once a domain has disowned keys (`M_UNKNOWN`, a bad answer), the keys of
+    /// that domain named during the next `pace_window` wait and are asked about together when
+    /// it ends (batches of 2048), so that a stooge server sending forged members of a victim
+    /// domain transaction after transaction costs the victim one request per 2048 keys per
+    /// window, not one per transaction. Domains that answer for their keys are asked at once.
+    pub async fn verify_later(self: &Arc<Self>, user_ids: Vec<String>) -> Result<Asked> {
+        let now = Instant::now();
+        let mut at_once = Vec::new();
+        {
+            let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
+            for id in user_ids {
+                let Ok(user) = KeyFormUserId::parse(&id) else {
+                    continue;
+                };
+                match paces.get_mut(&user.server_name) {
+                    Some(pace) if pace.until.is_some_and(|until| until > now) => {
+                        if pace.queued.len() < MAX_PACED_KEYS && !pace.queued.contains(&id) {
+                            pace.queued.push(id);
+                        }
+                        if !pace.flushing {
+                            pace.flushing = true;
+                            let until = pace.until.unwrap_or(now);
+                            let verifier = self.clone();
+                            let domain = user.server_name.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(until.into()).await;
+                                let queued = {
+                                    let mut paces =
+                                        verifier.paces.lock().unwrap_or_else(|p| p.into_inner());
+                                    let pace = paces.entry(domain).or_default();
+                                    pace.flushing = false;
+                                    std::mem::take(&mut pace.queued)
+                                };
+                                if let Err(err) = verifier.verify(&queued).await {
+                                    tracing::warn!(%err, "asking other servers about account keys failed");
+                                }
+                            });
+                        }
+                    }
+                    _ => at_once.push(id),
+                }
+            }
+        }
+        self.verify(&at_once).await
+    }
+
+    /// Starts `domain`'s pacing window (it disowned keys).
+    fn pace(&self, domain: &str) {
+        let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
+        paces.entry(domain.to_owned()).or_default().until = Some(Instant::now() + self.pace_window);
     }
 
     /// The counters of the asking so far.
@@ -528,6 +614,12 @@ impl AccountVerifier {
             })
             .collect();
         let states = self.accounts.record_remote_many(domain, &verdicts).await?;
+        if judged
+            .iter()
+            .any(|judged| matches!(judged, Judged::Unverified { .. }))
+        {
+            self.pace(domain);
+        }
         for state in states {
             match state {
                 KeyVerification::Unverified => asked.unverified += 1,
@@ -681,7 +773,7 @@ impl crate::Services {
         }
         let verifier = self.account_verifier.clone();
         tokio::spawn(async move {
-            if let Err(err) = verifier.verify(&users).await {
+            if let Err(err) = verifier.verify_later(users).await {
                 tracing::warn!(%err, "asking other servers about account keys failed");
             }
         });

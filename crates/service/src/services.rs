@@ -146,6 +146,7 @@ impl Services {
             account_keys.clone(),
             federation.clone(),
             store.clone(),
+            std::time::Duration::from_secs(config.federation.backoff_min_secs),
         ));
         let edu_feed = crate::federation::EduFeed::default();
         let federation_sender = Arc::new(crate::federation::Sender::new(

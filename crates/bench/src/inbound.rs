@@ -35,9 +35,6 @@
 //! check": the rate compared across servers).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,9 +62,9 @@ use ruma::{
     },
 };
 use serde_json::{Value, json, value::RawValue};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio::net::TcpListener;
+
+use myelin::tls::{TlsListener, server_config};
 
 use crate::client::User;
 use crate::stats::{percentile, round3, summarize};
@@ -155,6 +152,7 @@ impl Peer {
         let tcp = TcpListener::bind(("127.0.0.1", port))
             .await
             .with_context(|| format!("binding the peer's port {port}"))?;
+        // The server's own TLS listener (myelin::tls), so the peer speaks TLS as Myelin does.
         let listener = TlsListener::new(tcp, server_config(cert, key_file)?)?;
         let app = router(state.clone());
         tokio::spawn(async move {
@@ -853,81 +851,6 @@ async fn profile(
         return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such user");
     }
     Json(json!({"displayname": "inbound bench peer"})).into_response()
-}
-
-// ---- TLS for the peer's listener ----
-
-/// A rustls server configuration from PEM files, offering HTTP/2 and HTTP/1.1.
-fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("TLS certificate and key")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// A TLS listener for `axum::serve`, each handshake in its own task.
-struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, config: rustls::ServerConfig) -> io::Result<Self> {
-        let local_addr = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = tcp.accept() => accepted,
-                    () = tx.closed() => return,
-                };
-                let Ok((stream, from)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                    {
-                        let _ = tx.send((tls, from)).await;
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local_addr })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(pair) => pair,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
 }
 
 #[cfg(test)]

@@ -14,26 +14,12 @@ use myelin_service::account_keys::QueryAccounts;
 use myelin_store::UserRow;
 use myelin_testkit::{
     TestServer, TestUser, enc,
-    projection::{assert_projected, events_in},
+    projection::{assert_projected, bare_key, events_in, key_id},
     test_backends,
 };
 use serde_json::{Value, json};
 
 const AK: &str = "org.matrix.12.4243";
-
-/// A local user's key-form id (asserting it has a key).
-fn key_id(server: &TestServer, user: &TestUser) -> String {
-    let localpart = user.user_id[1..].split(':').next().unwrap();
-    server
-        .services()
-        .account_keys
-        .known_local_user_id(localpart)
-        .unwrap_or_else(|| panic!("{} has no account key", user.user_id))
-}
-
-fn bare_key(key_form: &str) -> String {
-    key_form[1..].split(':').next().unwrap().to_owned()
-}
 
 async fn ok(server: &TestServer, reply: (reqwest::StatusCode, Value), what: &str) -> Value {
     let _ = server;

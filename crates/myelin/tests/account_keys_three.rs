@@ -16,7 +16,7 @@ use myelin_store::{DatabaseKind, EventStatus};
 use myelin_testkit::{
     TestServer, TestUser, enc,
     federation::{TestCa, start_federation},
-    projection::{assert_projected, events_in},
+    projection::{assert_projected, bare_key, events_in, key_id},
     rogue::{Answer, Rogue},
     rooms::eventually,
     test_backends,
@@ -27,20 +27,6 @@ const AK: &str = "org.matrix.12.4243";
 const A: &str = "hs-a.test";
 const B: &str = "hs-b.test";
 const E: &str = "evil.test";
-
-/// A local user's key-form id.
-fn key_id(server: &TestServer, user: &TestUser) -> String {
-    let localpart = user.user_id[1..].split(':').next().unwrap();
-    server
-        .services()
-        .account_keys
-        .known_local_user_id(localpart)
-        .unwrap_or_else(|| panic!("{} has no account key", user.user_id))
-}
-
-fn bare_key(key_form: &str) -> String {
-    key_form[1..].split(':').next().unwrap().to_owned()
-}
 
 fn lookup(server: &TestServer, id: &str) -> KeyVerification {
     server

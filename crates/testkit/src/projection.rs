@@ -1,8 +1,26 @@
 //! What account-key room tests check of every client read (MSC4243.md §2.6): each event's
 //! sender shown by account name with `unsigned.sender_account = {key, user_id}`, and no key
-//! anywhere else. Shared by the one-, two- and three-server tests.
+//! anywhere else; and the key-form ids those checks name. Shared by the one-, two- and
+//! three-server tests.
 
 use serde_json::{Value, json};
+
+use crate::{TestServer, TestUser};
+
+/// A local user's key-form id (asserting it has a key).
+pub fn key_id(server: &TestServer, user: &TestUser) -> String {
+    let localpart = user.user_id[1..].split(':').next().unwrap();
+    server
+        .services()
+        .account_keys
+        .known_local_user_id(localpart)
+        .unwrap_or_else(|| panic!("{} has no account key", user.user_id))
+}
+
+/// The bare account key of a key-form id `@<key>:<domain>`.
+pub fn bare_key(key_form: &str) -> String {
+    key_form[1..].split(':').next().unwrap().to_owned()
+}
 
 /// Every event object (anything with `type` and `sender`) in a client response.
 pub fn events_in(value: &Value, out: &mut Vec<Value>) {

@@ -822,3 +822,75 @@ async fn upgrades_into_and_within_account_key_rooms_carry_users_by_key() {
         server.stop().await;
     }
 }
+
+/// `additional_creators` of an upgrade into an account-key room may name another server's
+/// account whose key this server verified elsewhere, when exactly one key is verified under
+/// that name (MSC4243.md Q8); a name with several verified keys is refused, nothing written.
+#[tokio::test]
+async fn account_key_upgrades_take_creators_by_a_uniquely_verified_name() {
+    use myelin_room_version::KeyPair;
+    const AK: &str = "org.matrix.12.4243";
+    fn key(seed: u8) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(KeyPair::from_seed(&[seed; 32]).public_key())
+    }
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = server
+            .create_room(&alice, json!({"room_version": AK, "preset": "public_chat"}))
+            .await;
+        let (dana, eve_1, eve_2) = (key(21), key(22), key(23));
+        for (key, name) in [(&dana, "dana"), (&eve_1, "eve"), (&eve_2, "eve")] {
+            server
+                .store()
+                .record_remote_account_keys(
+                    "elsewhere.example",
+                    &[(
+                        key.as_str(),
+                        myelin_store::RemoteKeyVerdict::Verified { account_name: name },
+                    )],
+                    1,
+                )
+                .await
+                .unwrap();
+        }
+        let rooms_before = joined_rooms(&server, &alice).await;
+        let (status, body) = upgrade(
+            &server,
+            &alice,
+            &room,
+            json!({"new_version": AK, "additional_creators": ["@eve:elsewhere.example"]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{kind:?}: {body}");
+        assert_eq!(body["errcode"], "M_INVALID_PARAM", "{kind:?}");
+        assert_eq!(
+            joined_rooms(&server, &alice).await,
+            rooms_before,
+            "{kind:?}"
+        );
+
+        let new = must_upgrade(
+            &server,
+            &alice,
+            &room,
+            json!({"new_version": AK, "additional_creators": ["@dana:elsewhere.example"]}),
+        )
+        .await;
+        let store = server.store();
+        let nid = store.room(&new).await.unwrap().unwrap().room_nid;
+        let create = store
+            .current_state(nid, Some(&[("m.room.create".to_owned(), String::new())]))
+            .await
+            .unwrap();
+        let create: Value = serde_json::from_str(&create[0].json).unwrap();
+        assert_eq!(
+            create["content"]["additional_creators"],
+            json!([format!("@{dana}:elsewhere.example")]),
+            "{kind:?}: {create}"
+        );
+        server.stop().await;
+    }
+}

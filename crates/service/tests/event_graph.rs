@@ -1365,3 +1365,113 @@ impl RedactsSet for Pdu {
         .unwrap()
     }
 }
+
+/// A transaction's run of messages on the room's head is committed together, one transaction
+/// for the run, while an event that may change the state or redact (a redaction, a topic)
+/// first commits the run before it and is then committed alone; later events of the same
+/// batch see the kept ones as stored (their prev events, a retransmitted copy), and the room
+/// ends the same as if each had been committed alone.
+#[tokio::test]
+async fn a_run_of_received_messages_commits_together_and_other_events_after_it() {
+    for kind in backends() {
+        let w = World::build(kind).await;
+        let mut depth = w.depth + 1;
+        let mut next = |sender: &str, kind: &str, key: Option<&str>, content: Value, prev: &str| {
+            depth += 1;
+            w.remote.event(
+                w.version,
+                &w.room.room_id,
+                sender,
+                kind,
+                key,
+                content,
+                &[prev],
+                &[&w.create, &w.bob_power, &w.bob_join],
+                depth,
+                20_000 + depth,
+            )
+        };
+        let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+        let m1 = next(BOB, "m.room.message", None, text("one"), &w.bob_power);
+        let m2 = next(BOB, "m.room.message", None, text("two"), m1.event_id());
+        let redaction = next(BOB, "m.room.redaction", None, json!({}), m2.event_id()).redacts_set(
+            w.version,
+            m1.event_id(),
+            &w.remote.key,
+        );
+        let topic = next(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "batched"}),
+            redaction.event_id(),
+        );
+        let m3 = next(BOB, "m.room.message", None, text("three"), topic.event_id());
+        let m4 = next(BOB, "m.room.message", None, text("four"), m3.event_id());
+        w.services.store.take_commit_sizes();
+
+        let outcomes = w
+            .receive(&[&m1, &m2, &redaction, &topic, &m3, &m4, &m4])
+            .await;
+        assert_eq!(
+            outcomes,
+            [vec![Received::Accepted; 6], vec![Received::AlreadyStored]].concat(),
+            "{kind:?}"
+        );
+        assert_eq!(
+            w.services.store.take_commit_sizes(),
+            vec![2, 1, 1, 2],
+            "{kind:?}: the runs of messages in one commit each, the others alone"
+        );
+
+        // Everything as if committed one by one: m1 redacted by the redaction, the topic in
+        // the current state, m4 the room's one end, every event normal and in stream order.
+        let m1_row = w
+            .services
+            .store
+            .event(m1.event_id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            m1_row.redacted_by.as_deref(),
+            Some(redaction.event_id()),
+            "{kind:?}"
+        );
+        assert_eq!(
+            w.current_state_ids().await[&("m.room.topic".to_owned(), String::new())],
+            topic.event_id(),
+            "{kind:?}"
+        );
+        assert_eq!(
+            w.extremity_ids().await,
+            HashSet::from([m4.event_id().to_owned()]),
+            "{kind:?}"
+        );
+        let mut last = i64::MIN;
+        for event in [&m1, &m2, &redaction, &topic, &m3, &m4] {
+            let row = w
+                .services
+                .store
+                .event(event.event_id())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.status, EventStatus::Normal, "{kind:?}");
+            assert!(row.stream_ordering > last, "{kind:?}: stream order");
+            last = row.stream_ordering;
+        }
+        // The messages after the topic are on the state with it.
+        assert_eq!(
+            w.state_after(m4.event_id()).await[&("m.room.topic".to_owned(), String::new())],
+            topic.event_id(),
+            "{kind:?}"
+        );
+
+        // A local send builds on the batch's end.
+        let after = w.alice_says("after").await;
+        let row = w.services.store.event(&after).await.unwrap().unwrap();
+        let json: Value = serde_json::from_str(&row.json).unwrap();
+        assert_eq!(json["prev_events"], json!([m4.event_id()]), "{kind:?}");
+    }
+}

@@ -8,8 +8,12 @@
 //! commit runs in a task of its own, see below). Every caller returns only once its own event
 //! is committed, so a 200 still means durably stored.
 //!
-//! If a batch fails, each of its events is retried in a transaction of its own, so one bad
-//! event (a duplicate id, a broken reference) fails alone and the others land.
+//! A caller may queue several events as one entry (a run of received events of one room,
+//! each citing the one before): an entry is never split between batches, and its events
+//! commit in order, in one transaction, or not at all.
+//!
+//! If a batch fails, each of its entries is retried in a transaction of its own, so one bad
+//! entry (a duplicate id, a broken reference) fails alone and the others land.
 //!
 //! Cancellation: a caller's future can be dropped at any await (its client hung up). An event
 //! is committed while its caller's `hold` (the room's writer lock) lives, or never:
@@ -36,7 +40,8 @@ use crate::{
     TxnKey,
 };
 
-/// The most events one transaction commits: bounds how long a batch holds the write lock.
+/// The most events one transaction commits (unless one entry alone holds more): bounds how
+/// long a batch holds the write lock.
 const MAX_BATCH: usize = 64;
 
 /// The queue of events waiting to be committed, and the lead of the batch being committed.
@@ -52,12 +57,17 @@ pub(crate) struct GroupCommit {
     pause: Arc<tokio::sync::Mutex<()>>,
     #[cfg(any(test, feature = "failpoints"))]
     reached: tokio::sync::Notify,
+    /// Test-only: how many events each transaction committed, in order
+    /// ([`Store::take_commit_sizes`]).
+    #[cfg(any(test, feature = "failpoints"))]
+    sizes: Mutex<Vec<usize>>,
 }
 
 struct Queued {
     id: u64,
-    event: OwnedEvent,
-    reply: oneshot::Sender<Result<Persisted, StoreError>>,
+    /// Committed together, in order.
+    events: Vec<OwnedEvent>,
+    reply: oneshot::Sender<Result<Vec<Persisted>, StoreError>>,
     /// Whatever the caller must keep held until its event's commit has ended (the room's
     /// writer lock); dropped with the entry.
     _hold: Box<dyn Any + Send>,
@@ -67,7 +77,10 @@ impl std::fmt::Debug for Queued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queued")
             .field("id", &self.id)
-            .field("event_id", &self.event.event_id)
+            .field(
+                "event_ids",
+                &self.events.iter().map(|e| &e.event_id).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -93,15 +106,16 @@ impl Drop for Dequeue<'_> {
 }
 
 impl GroupCommit {
-    /// Commits `event` (with whatever else is queued) and returns where it landed. `hold` is
-    /// kept until the event's commit has ended, even if this future is dropped first; if it
-    /// is dropped before a leader took the event, the event is never committed.
+    /// Commits `events`, in order and all in one transaction (with whatever else is queued),
+    /// and returns where each landed. `hold` is kept until their commit has ended, even if
+    /// this future is dropped first; if it is dropped before a leader took them, they are
+    /// never committed.
     pub(crate) async fn persist(
         &self,
         store: &Store,
-        event: &NewEvent<'_>,
+        events: &[NewEvent<'_>],
         hold: Box<dyn Any + Send>,
-    ) -> Result<Persisted, StoreError> {
+    ) -> Result<Vec<Persisted>, StoreError> {
         let (reply, mut done) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.queue
@@ -109,7 +123,7 @@ impl GroupCommit {
             .unwrap_or_else(|p| p.into_inner())
             .push(Queued {
                 id,
-                event: OwnedEvent::of(event),
+                events: events.iter().map(OwnedEvent::of).collect(),
                 reply,
                 _hold: hold,
             });
@@ -127,7 +141,15 @@ impl GroupCommit {
             }
             let batch: Vec<Queued> = {
                 let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let take = queue.len().min(MAX_BATCH);
+                // Whole entries, up to MAX_BATCH events (the first entry always).
+                let mut events = 0;
+                let take = queue
+                    .iter()
+                    .take_while(|q| {
+                        events += q.events.len();
+                        events <= MAX_BATCH || events == q.events.len()
+                    })
+                    .count();
                 queue.drain(..take).collect()
             };
             if batch.is_empty() {
@@ -147,7 +169,7 @@ impl GroupCommit {
                 drop(lead);
             });
             let _ = committing.await;
-            // With more than MAX_BATCH queued ahead of it, this caller's event is still queued,
+            // With more than MAX_BATCH queued ahead of it, this caller's events are still queued,
             // and the callers it just answered have gone: it leads again.
             if let Ok(result) = done.try_recv() {
                 return result;
@@ -182,6 +204,18 @@ impl Store {
             store: self.clone(),
         }
     }
+
+    /// Test-only: how many events each group commit's transaction held since the last call,
+    /// in order.
+    pub fn take_commit_sizes(&self) -> Vec<usize> {
+        std::mem::take(
+            &mut *self
+                .group_commit
+                .sizes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
 }
 
 /// Commits a batch and replies to each of its callers.
@@ -191,27 +225,39 @@ async fn commit(store: &Store, batch: Vec<Queued>) {
         store.group_commit.reached.notify_one();
         drop(store.group_commit.pause.lock().await);
     }
-    let events: Vec<NewEvent<'_>> = batch.iter().map(|q| q.event.borrowed()).collect();
+    let events: Vec<NewEvent<'_>> = batch
+        .iter()
+        .flat_map(|q| q.events.iter().map(OwnedEvent::borrowed))
+        .collect();
+    #[cfg(any(test, feature = "failpoints"))]
+    store
+        .group_commit
+        .sizes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(events.len());
     match store.persist_events(&events).await {
         Ok(persisted) => {
             drop(events);
-            for (queued, persisted) in batch.into_iter().zip(persisted) {
-                let _ = queued.reply.send(Ok(persisted));
+            let mut persisted = persisted.into_iter();
+            for queued in batch {
+                let own: Vec<Persisted> = persisted.by_ref().take(queued.events.len()).collect();
+                let _ = queued.reply.send(Ok(own));
             }
         }
         Err(error) if batch.len() == 1 => {
             drop(events);
-            let queued = batch.into_iter().next().expect("one event");
+            let queued = batch.into_iter().next().expect("one entry");
             let _ = queued.reply.send(Err(error));
         }
         Err(error) => {
-            tracing::debug!(%error, events = batch.len(), "a batch of events failed; committing them one by one");
+            tracing::debug!(%error, entries = batch.len(), "a batch of events failed; committing its entries one by one");
             drop(events);
             for queued in batch {
-                let result = store
-                    .persist_events(&[queued.event.borrowed()])
-                    .await
-                    .map(|mut one| one.remove(0));
+                let own: Vec<NewEvent<'_>> =
+                    queued.events.iter().map(OwnedEvent::borrowed).collect();
+                let result = store.persist_events(&own).await;
+                drop(own);
                 let _ = queued.reply.send(result);
             }
         }
@@ -427,7 +473,7 @@ mod tests {
                     .unwrap();
                 store.group_commit.queue.lock().unwrap().push(Queued {
                     id: u64::MAX,
-                    event: OwnedEvent::of(&event(own_room, id, &prev)),
+                    events: vec![OwnedEvent::of(&event(own_room, id, &prev))],
                     reply,
                     _hold: Box::new(()),
                 });
@@ -442,7 +488,7 @@ mod tests {
             .unwrap_or_else(|_| panic!("{kind:?}: the caller waited for a leader that never came"))
             .unwrap();
             for (id, answer) in ids.iter().zip(answers) {
-                let ahead = answer.await.unwrap().unwrap();
+                let ahead = answer.await.unwrap().unwrap().remove(0);
                 assert!(
                     ahead.stream_ordering < own.stream_ordering,
                     "{kind:?}: {id} first"

@@ -821,7 +821,29 @@ impl Store {
         event: &NewEvent<'_>,
         hold: H,
     ) -> Result<Persisted, StoreError> {
-        self.group_commit.persist(self, event, Box::new(hold)).await
+        let mut persisted = self
+            .group_commit
+            .persist(self, std::slice::from_ref(event), Box::new(hold))
+            .await?;
+        persisted
+            .pop()
+            .ok_or_else(|| StoreError::Conflict("one event committed, none answered".to_owned()))
+    }
+
+    /// [`Store::persist_event_holding`] for several events of one room, each free to cite
+    /// those before it: committed in order, all in one transaction (one flush to disk), or
+    /// none of them. Where each landed, in order.
+    pub async fn persist_events_holding<H: Send + 'static>(
+        &self,
+        events: &[NewEvent<'_>],
+        hold: H,
+    ) -> Result<Vec<Persisted>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.group_commit
+            .persist(self, events, Box::new(hold))
+            .await
     }
 
     /// Persists events in one transaction, in order: each event with its edges, its place in

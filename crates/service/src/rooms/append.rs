@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use myelin_room_version::{Pdu, RoomVersion, state_res::resolve_state};
 use myelin_store::{
     CurrentStateChange, Delivery, EventRow, EventStatus, JoinedMember, NewEvent, Placement,
-    RoomRow, StateChange, StateValue, TxnKey,
+    PushAction, RoomRow, StateChange, StateValue, TxnKey,
 };
 
 use super::{Rooms, locks::WriterGuard, pdu_of, version_of};
@@ -54,8 +54,9 @@ pub(super) struct Appending<'a> {
     pub now: i64,
     /// The room's members and state for push rules when the caller has read them.
     pub push_inputs: Option<(Vec<JoinedMember>, &'a [EventRow])>,
-    /// The room's writer lock, held by the caller since it read what it decided against.
-    pub writing: WriterGuard,
+    /// The room's writer lock, held by the caller since it read what it decided against
+    /// (`None` when the caller holds it on, as a batch of received events does).
+    pub writing: Option<WriterGuard>,
     /// The event was built here just now (a local event, whose id is new): no stored event can
     /// cite it. Remote events may be cited already by events that arrived before them.
     pub just_built: bool,
@@ -85,9 +86,119 @@ pub(super) struct Resolved {
     pub events: HashMap<String, Pdu>,
 }
 
+/// An event [`Rooms::prepare`] has decided about, ready to be written: what its rows and the
+/// notifications after them need, owned, so that several can wait to be committed together
+/// ([`Rooms::commit`]).
+pub(super) struct Prepared {
+    room_nid: i64,
+    room_id: String,
+    event_id: String,
+    event_type: String,
+    state_key: Option<String>,
+    sender: String,
+    depth: i64,
+    origin_server_ts: i64,
+    json: String,
+    prev_event_ids: Vec<String>,
+    auth_event_ids: Vec<String>,
+    status: EventStatus,
+    placement: Placement,
+    state_before: Option<i64>,
+    replaces: Option<i64>,
+    current_state: CurrentStateChange,
+    just_built: bool,
+    membership: Option<String>,
+    /// `(user_id, device_id, scope, txn_id)`.
+    txn: Option<[String; 4]>,
+    redaction: Option<(String, String)>,
+    redaction_waits: Option<(String, bool)>,
+    redacted_by: Option<String>,
+    delivery: Delivery,
+    push_actions: Vec<PushAction>,
+    /// The content pushers are sent, when a push action notifies.
+    push_content: Option<serde_json::Value>,
+    relation: Option<(String, String)>,
+    search: Option<(&'static str, String)>,
+    now: i64,
+    /// Whether clients see it (sync is woken for it).
+    visible: bool,
+}
+
+impl Prepared {
+    /// Whether it extends the room's current state (cites every forward extremity, on the
+    /// current state).
+    pub(super) fn extends_current_state(&self) -> bool {
+        self.current_state == CurrentStateChange::Extend
+    }
+
+    fn new_event(&self) -> NewEvent<'_> {
+        NewEvent {
+            room_nid: self.room_nid,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            state_key: self.state_key.as_deref(),
+            sender: &self.sender,
+            depth: self.depth,
+            origin_server_ts: self.origin_server_ts,
+            json: &self.json,
+            prev_event_ids: &self.prev_event_ids,
+            auth_event_ids: &self.auth_event_ids,
+            state_group_before: self.state_before,
+            replaces: self.replaces,
+            status: self.status.clone(),
+            placement: self.placement,
+            current_state: self.current_state.clone(),
+            just_built: self.just_built,
+            membership: match (&self.membership, &self.state_key) {
+                (Some(m), Some(target)) => Some((target.as_str(), m.as_str())),
+                _ => None,
+            },
+            txn: self
+                .txn
+                .as_ref()
+                .map(|[user_id, device_id, scope, txn_id]| TxnKey {
+                    user_id,
+                    device_id,
+                    scope,
+                    txn_id,
+                }),
+            redaction: self
+                .redaction
+                .as_ref()
+                .map(|(target, json)| (target.as_str(), json.as_str())),
+            redaction_waits: self
+                .redaction_waits
+                .as_ref()
+                .map(|(target, by_power)| (target.as_str(), *by_power)),
+            redacted_by: self.redacted_by.as_deref(),
+            delivery: self.delivery,
+            push_actions: &self.push_actions,
+            relation: self
+                .relation
+                .as_ref()
+                .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
+            search: self
+                .search
+                .as_ref()
+                .map(|(key, text)| (*key, text.as_str())),
+            now: self.now,
+        }
+    }
+}
+
 impl Rooms {
     /// Appends an event (see the module documentation). Returns the event id.
-    pub(super) async fn append(&self, event: Appending<'_>) -> Result<String> {
+    pub(super) async fn append(&self, mut event: Appending<'_>) -> Result<String> {
+        let writing = event.writing.take();
+        let prepared = self.prepare(event).await?;
+        let event_id = prepared.event_id.clone();
+        self.commit(vec![prepared], writing).await?;
+        Ok(event_id)
+    }
+
+    /// What an event does to the room (see the module documentation), decided under the
+    /// room's writer lock, and everything its rows need; nothing written yet.
+    pub(super) async fn prepare(&self, event: Appending<'_>) -> Result<Prepared> {
         let Appending {
             room,
             pdu,
@@ -102,7 +213,7 @@ impl Rooms {
             redacted_by,
             now,
             push_inputs,
-            writing,
+            writing: _,
             just_built,
             delivery,
         } = event;
@@ -132,70 +243,79 @@ impl Rooms {
         } else {
             Vec::new()
         };
-        let json = pdu.canonical_json();
-        // The edges as the event itself cites them (ids in every event format).
-        let prev_event_ids: Vec<String> = pdu.prev_events().map(str::to_owned).collect();
-        let auth_event_ids: Vec<String> = pdu.auth_events().map(str::to_owned).collect();
+        let push_content = push_actions
+            .iter()
+            .any(|a| a.notify)
+            .then(|| serde_json::from_str(pdu.content().get()).unwrap_or(serde_json::Value::Null));
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
-        self.store
-            .persist_event_holding(
-                &NewEvent {
-                    room_nid: room.room_nid,
-                    event_id: pdu.event_id(),
-                    event_type: pdu.event_type(),
-                    state_key: pdu.state_key(),
-                    sender: pdu.sender(),
-                    depth,
-                    origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
-                    json: &json,
-                    prev_event_ids: &prev_event_ids,
-                    auth_event_ids: &auth_event_ids,
-                    state_group_before: state_before,
-                    replaces,
-                    status: status.clone(),
-                    placement,
-                    current_state,
-                    just_built,
-                    membership: match (&membership, pdu.state_key()) {
-                        (Some(m), Some(target)) => Some((target, m.as_str())),
-                        _ => None,
-                    },
-                    txn,
-                    redaction,
-                    redaction_waits,
-                    redacted_by,
-                    delivery,
-                    push_actions: &push_actions,
-                    relation: relation
-                        .as_ref()
-                        .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
-                    search: search.as_ref().map(|(key, text)| (*key, text.as_str())),
-                    now,
-                },
-                writing,
-            )
-            .await?;
-        if visible {
+        Ok(Prepared {
+            room_nid: room.room_nid,
+            room_id: room.room_id.clone(),
+            event_id: pdu.event_id().to_owned(),
+            event_type: pdu.event_type().to_owned(),
+            state_key: pdu.state_key().map(str::to_owned),
+            sender: pdu.sender().to_owned(),
+            depth,
+            origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
+            json: pdu.canonical_json(),
+            // The edges as the event itself cites them (ids in every event format).
+            prev_event_ids: pdu.prev_events().map(str::to_owned).collect(),
+            auth_event_ids: pdu.auth_events().map(str::to_owned).collect(),
+            status,
+            placement,
+            state_before,
+            replaces,
+            current_state,
+            just_built,
+            membership,
+            txn: txn.map(|t| [t.user_id, t.device_id, t.scope, t.txn_id].map(str::to_owned)),
+            redaction: redaction.map(|(target, json)| (target.to_owned(), json.to_owned())),
+            redaction_waits: redaction_waits
+                .map(|(target, by_power)| (target.to_owned(), by_power)),
+            redacted_by: redacted_by.map(str::to_owned),
+            delivery,
+            push_actions,
+            push_content,
+            relation,
+            search,
+            now,
+            visible,
+        })
+    }
+
+    /// Writes prepared events of one room, in order, in one commit, then wakes sync and
+    /// dispatches push. `writing` (the room's writer lock, under which they were prepared) is
+    /// held until the commit has ended, even if this future is dropped first.
+    pub(super) async fn commit(
+        &self,
+        events: Vec<Prepared>,
+        writing: Option<WriterGuard>,
+    ) -> Result<()> {
+        let rows: Vec<NewEvent<'_>> = events.iter().map(Prepared::new_event).collect();
+        self.store.persist_events_holding(&rows, writing).await?;
+        drop(rows);
+        if events.iter().any(|e| e.visible) {
             // Sync waits on new positions; hidden events are none of its business.
             self.notify.notify();
         }
-        if push_actions.iter().any(|a| a.notify) {
-            self.pushers.dispatch(
-                crate::pushers::PushedEvent {
-                    event_id: pdu.event_id().to_owned(),
-                    room_id: room.room_id.clone(),
-                    room_nid: room.room_nid,
-                    event_type: pdu.event_type().to_owned(),
-                    sender: pdu.sender().to_owned(),
-                    content: serde_json::from_str(pdu.content().get())
-                        .unwrap_or(serde_json::Value::Null),
-                },
-                &push_actions,
-            );
+        for event in events {
+            tracing::debug!(room_id = %event.room_id, event_id = %event.event_id, kind = %event.event_type, status = ?event.status, "appended an event");
+            if let Some(content) = event.push_content {
+                self.pushers.dispatch(
+                    crate::pushers::PushedEvent {
+                        event_id: event.event_id.clone(),
+                        room_id: event.room_id,
+                        room_nid: event.room_nid,
+                        event_type: event.event_type.clone(),
+                        sender: event.sender,
+                        content,
+                    },
+                    &event.push_actions,
+                );
+            }
         }
-        tracing::debug!(room_id = %room.room_id, event_id = pdu.event_id(), kind = pdu.event_type(), status = ?status, "appended an event");
-        Ok(pdu.event_id().to_owned())
+        Ok(())
     }
 
     /// What a normal live event does to the current state: the resolution of the states after

@@ -565,7 +565,7 @@ impl Rooms {
             redacted_by: None,
             now,
             push_inputs: None,
-            writing,
+            writing: Some(writing),
             just_built: true,
             delivery: Delivery::BySender,
         })

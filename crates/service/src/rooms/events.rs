@@ -276,7 +276,7 @@ impl Rooms {
             redacted_by: None,
             now: built.now,
             push_inputs: None,
-            writing,
+            writing: Some(writing),
             // Another server had the event before it is stored here.
             just_built: false,
             delivery: Delivery::BySender,
@@ -489,7 +489,7 @@ impl Rooms {
             redacted_by: None,
             now,
             push_inputs: Some((members, &context.state)),
-            writing,
+            writing: Some(writing),
             just_built: true,
             delivery: Delivery::BySender,
         })

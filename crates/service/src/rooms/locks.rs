@@ -95,9 +95,18 @@ pub(crate) struct RemoteJoinGuard(#[allow(dead_code)] OwnedMutexGuard<()>);
 #[must_use = "the room is locked only while the guard lives"]
 pub(crate) struct UpgradeGuard(#[allow(dead_code)] OwnedMutexGuard<()>);
 
-/// Held while a room's next event is built and persisted (lock order 2).
+/// Held while a room's next event is built and persisted (lock order 2). Shared by
+/// [`WriterGuard::share`]: the room stays locked until every share has dropped (a batch of
+/// received events holds it on while the store holds a share until its commit has ended).
 #[must_use = "the room is locked only while the guard lives"]
-pub(crate) struct WriterGuard(#[allow(dead_code)] OwnedMutexGuard<()>);
+pub(crate) struct WriterGuard(#[allow(dead_code)] Arc<OwnedMutexGuard<()>>);
+
+impl WriterGuard {
+    /// Another hold of the same lock.
+    pub(crate) fn share(&self) -> WriterGuard {
+        WriterGuard(self.0.clone())
+    }
+}
 
 impl RoomLocks {
     /// Lock order 0: joining `room_id` through another server. One such join per room at a
@@ -113,7 +122,7 @@ impl RoomLocks {
 
     /// Lock order 2: the writer lock of `room_id`. Hold no other room's writer lock.
     pub(crate) async fn writer(&self, room_id: &str) -> WriterGuard {
-        WriterGuard(self.writers.lock(room_id).await)
+        WriterGuard(Arc::new(self.writers.lock(room_id).await))
     }
 }
 

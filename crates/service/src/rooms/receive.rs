@@ -31,11 +31,15 @@ use myelin_room_version::{
     redaction::{PowerLevel, redact_level, user_power_level},
     verify::ServerKeys,
 };
-use myelin_store::{Delivery, EventRow, EventStatus, OutlierEvent, Placement, RoomRow};
+use myelin_store::{
+    CurrentStateChange, Delivery, EventRow, EventStatus, JoinedMember, OutlierEvent, Placement,
+    RoomRow,
+};
 
 use super::{
     Rooms,
-    append::{Appending, Fork, StateKey, Unresolvable},
+    append::{Appending, Fork, Prepared, StateKey, Unresolvable},
+    locks::WriterGuard,
     pdu_of, version_of,
 };
 use crate::{Error, Result, now_millis};
@@ -318,6 +322,7 @@ impl Rooms {
         pending.sort_by_key(|(_, pdu)| pdu.depth());
         // Passes until no event of the batch gets further: an event waiting for another one
         // of the batch is tried again after it.
+        let mut batch = Batch::default();
         loop {
             let mut progressed = false;
             let mut still: Vec<(usize, Pdu)> = Vec::new();
@@ -327,7 +332,14 @@ impl Rooms {
                 .collect();
             for (index, pdu) in pending {
                 let outcome = self
-                    .receive_one(&room, version, pdu.clone(), server_keys, receiving)
+                    .receive_one(
+                        &room,
+                        version,
+                        pdu.clone(),
+                        server_keys,
+                        receiving,
+                        &mut batch,
+                    )
                     .await?;
                 let retry = matches!(&outcome, Received::Missing(ids) if ids.iter().any(|id| waiting.contains(id)));
                 if !retry {
@@ -343,6 +355,10 @@ impl Rooms {
                 break;
             }
         }
+        // What the batch kept is committed before the answer, and the room's lock let go
+        // before the extremities are merged (a local send of its own).
+        self.flush(&mut batch).await?;
+        drop(batch);
         if placement == Placement::Live {
             self.merge_extremities(&room).await?;
         }
@@ -544,6 +560,7 @@ impl Rooms {
         pdu: Pdu,
         server_keys: &ServerKeys,
         receiving: Receiving<'_>,
+        batch: &mut Batch,
     ) -> Result<Received> {
         let Receiving {
             placement,
@@ -570,9 +587,16 @@ impl Rooms {
         let hash_matched = !checked.redacted;
         let pdu = checked.pdu;
 
-        // From here on this event's place in the room is decided against what is stored: the
-        // room's writer lock until it is appended.
-        let writing = self.locks.writer(&room.room_id).await;
+        // From here on this event's place in the room is decided against what is stored (and
+        // what the batch keeps): the room's writer lock until it is appended.
+        batch.lock(self, &room.room_id).await;
+        if batch.kept(pdu.event_id()).is_some() {
+            return Ok(Received::AlreadyStored);
+        }
+        if !Batch::may_keep(&pdu) {
+            // It may change the state, or redact a kept event: checked against the store.
+            self.flush(batch).await?;
+        }
         if let Some(stored) = self.store.event(pdu.event_id()).await? {
             if stored.status != EventStatus::Outlier {
                 return Ok(Received::AlreadyStored);
@@ -599,6 +623,14 @@ impl Rooms {
             lookups.events.insert(row.event_id.clone(), cited_pdu);
             if prev_ids.contains(row.event_id.as_str()) {
                 prev_rows.push(row);
+            }
+        }
+        // Events the batch keeps, not stored yet.
+        let mut kept_groups: HashMap<&str, i64> = HashMap::new();
+        for id in &cited {
+            if let Some((kept, group)) = batch.kept(id) {
+                lookups.events.insert((*id).to_owned(), kept.clone());
+                kept_groups.insert(id, group);
             }
         }
 
@@ -634,6 +666,7 @@ impl Rooms {
                         .iter()
                         .find(|row| row.event_id == id)
                         .and_then(|row| row.state_group)
+                        .or_else(|| kept_groups.get(id).copied())
                         .or_else(|| prev_states.get(id).copied())
                 })
                 .collect();
@@ -653,7 +686,7 @@ impl Rooms {
                             (None, None),
                             EventStatus::Rejected(reason),
                             placement,
-                            writing,
+                            batch,
                         )
                         .await;
                 }
@@ -687,7 +720,7 @@ impl Rooms {
                     (Some(before), replaces),
                     EventStatus::Rejected(reason),
                     placement,
-                    writing,
+                    batch,
                 )
                 .await;
         }
@@ -711,7 +744,7 @@ impl Rooms {
                     (Some(before), replaces),
                     EventStatus::Rejected(reason),
                     placement,
-                    writing,
+                    batch,
                 )
                 .await;
         }
@@ -742,7 +775,7 @@ impl Rooms {
                     (Some(before), replaces),
                     EventStatus::SoftFailed,
                     placement,
-                    writing,
+                    batch,
                 )
                 .await;
         }
@@ -758,30 +791,37 @@ impl Rooms {
             _ => RemoteRedaction::Nothing,
         };
         let (stored, redacted_by) = self.stored_form(room, version, &pdu).await?;
-        self.append(Appending {
-            room,
-            pdu: &stored,
-            status: EventStatus::Normal,
-            placement,
-            state_before: Some(before),
-            replaces,
-            current_state: None,
-            txn: None,
-            redaction: match &redaction {
-                RemoteRedaction::Applies(target, json) => Some((target.as_str(), json.as_str())),
-                _ => None,
+        self.append_received(
+            batch,
+            Appending {
+                room,
+                pdu: &stored,
+                status: EventStatus::Normal,
+                placement,
+                state_before: Some(before),
+                replaces,
+                current_state: None,
+                txn: None,
+                redaction: match &redaction {
+                    RemoteRedaction::Applies(target, json) => {
+                        Some((target.as_str(), json.as_str()))
+                    }
+                    _ => None,
+                },
+                redaction_waits: match (&redaction, pdu.redacts()) {
+                    (RemoteRedaction::Waits { by_power }, Some(target)) => {
+                        Some((target, *by_power))
+                    }
+                    _ => None,
+                },
+                redacted_by: redacted_by.as_deref(),
+                now: now_millis(),
+                push_inputs: None,
+                writing: None,
+                just_built: false,
+                delivery: receiving.delivery,
             },
-            redaction_waits: match (&redaction, pdu.redacts()) {
-                (RemoteRedaction::Waits { by_power }, Some(target)) => Some((target, *by_power)),
-                _ => None,
-            },
-            redacted_by: redacted_by.as_deref(),
-            now: now_millis(),
-            push_inputs: None,
-            writing,
-            just_built: false,
-            delivery: receiving.delivery,
-        })
+        )
         .await?;
         Ok(Received::Accepted)
     }
@@ -809,7 +849,7 @@ impl Rooms {
         (before, replaces): (Option<i64>, Option<i64>),
         status: EventStatus,
         placement: Placement,
-        writing: super::locks::WriterGuard,
+        batch: &mut Batch,
     ) -> Result<Received> {
         let outcome = match &status {
             EventStatus::Rejected(reason) => {
@@ -819,24 +859,27 @@ impl Rooms {
             _ => Received::SoftFailed,
         };
         let (stored, redacted_by) = self.stored_form(room, version_of(room)?, pdu).await?;
-        self.append(Appending {
-            room,
-            pdu: &stored,
-            status,
-            placement,
-            state_before: before,
-            replaces,
-            current_state: None,
-            txn: None,
-            redaction: None,
-            redaction_waits: None,
-            redacted_by: redacted_by.as_deref(),
-            now: now_millis(),
-            push_inputs: None,
-            writing,
-            just_built: false,
-            delivery: Delivery::BySender,
-        })
+        self.append_received(
+            batch,
+            Appending {
+                room,
+                pdu: &stored,
+                status,
+                placement,
+                state_before: before,
+                replaces,
+                current_state: None,
+                txn: None,
+                redaction: None,
+                redaction_waits: None,
+                redacted_by: redacted_by.as_deref(),
+                now: now_millis(),
+                push_inputs: None,
+                writing: None,
+                just_built: false,
+                delivery: Delivery::BySender,
+            },
+        )
         .await?;
         Ok(outcome)
     }
@@ -1010,6 +1053,127 @@ impl Rooms {
             .map_err(|e| Error::Internal(format!("redacting {}: {e}", pdu.event_id())))?;
         tracing::info!(event_id = pdu.event_id(), redaction = %redaction.redaction_event_id, "an event arrived after its redaction: stored redacted");
         Ok((redacted, Some(redaction.redaction_event_id)))
+    }
+}
+
+/// The received events of one [`Rooms::receive_placed`] call, taken in under one hold of the
+/// room's writer lock. An accepted event that only extends the room's head (a message or
+/// another event without a state key, citing the room's one forward extremity, on its current
+/// state: the bulk of a busy room's transactions) is not written at once but kept here, and
+/// the events kept are committed together, in one transaction with one flush to disk
+/// ([`Rooms::flush`]): when an event that may not be kept comes (it is checked against the
+/// store, and written after them), and at the end of the call, before its outcomes are
+/// answered. Until then the kept events stand in for the store where the next events' checks
+/// look: as the events they cite (prev and auth), as the room's one forward extremity, and as
+/// received already. Kept events change neither the room's state nor its members, so the push
+/// rules' inputs read for the first are good for the others.
+#[derive(Default)]
+struct Batch {
+    writing: Option<WriterGuard>,
+    /// In order, each citing the one before (the first, the room's forward extremities).
+    kept: Vec<Kept>,
+    push_inputs: Option<(Vec<JoinedMember>, Vec<EventRow>)>,
+}
+
+/// An accepted event the batch keeps: as the checks read it, with the state group after it
+/// (the current state, which it does not change), and its rows.
+struct Kept {
+    pdu: Pdu,
+    state_group: i64,
+    prepared: Prepared,
+}
+
+impl Batch {
+    /// Takes the room's writer lock unless the batch holds it already.
+    async fn lock(&mut self, rooms: &Rooms, room_id: &str) {
+        if self.writing.is_none() {
+            self.writing = Some(rooms.locks.writer(room_id).await);
+        }
+    }
+
+    /// A kept event, with the state group after it.
+    fn kept(&self, event_id: &str) -> Option<(&Pdu, i64)> {
+        self.kept
+            .iter()
+            .find(|k| k.pdu.event_id() == event_id)
+            .map(|k| (&k.pdu, k.state_group))
+    }
+
+    /// Whether `pdu` could be kept, by its kind: no state key (it cannot change the state) and
+    /// not a redaction (its target may be kept, which it must find stored).
+    fn may_keep(pdu: &Pdu) -> bool {
+        pdu.state_key().is_none() && pdu.event_type() != "m.room.redaction"
+    }
+}
+
+impl Rooms {
+    /// Appends a received event through `batch`: kept when it only extends the room's head
+    /// (see [`Batch`]), else written now, after what the batch keeps.
+    async fn append_received(&self, batch: &mut Batch, mut appending: Appending<'_>) -> Result<()> {
+        let keepable = Batch::may_keep(appending.pdu)
+            && appending.status == EventStatus::Normal
+            && appending.placement == Placement::Live
+            && appending.redaction.is_none()
+            && appending.redaction_waits.is_none()
+            && appending.redacted_by.is_none();
+        let on_kept = match batch.kept.last() {
+            // After kept events the room's one extremity is the last of them, and the current
+            // state the state after it.
+            Some(last) => {
+                keepable
+                    && appending
+                        .pdu
+                        .prev_events()
+                        .any(|id| id == last.pdu.event_id())
+                    && appending.state_before == Some(last.state_group)
+            }
+            None => keepable,
+        };
+        if !on_kept {
+            self.flush(batch).await?;
+        } else if !batch.kept.is_empty() {
+            appending.current_state = Some(CurrentStateChange::Extend);
+        }
+        if appending.status == EventStatus::Normal && appending.placement == Placement::Live {
+            if batch.push_inputs.is_none() {
+                batch.push_inputs = Some(self.push_inputs(appending.room).await?);
+            }
+            if let Some((members, state)) = &batch.push_inputs {
+                appending.push_inputs = Some((members.clone(), state.as_slice()));
+            }
+        }
+        let pdu = appending.pdu.clone();
+        let state_group = appending.state_before;
+        let prepared = self.prepare(appending).await?;
+        match state_group {
+            Some(state_group) if on_kept && prepared.extends_current_state() => {
+                batch.kept.push(Kept {
+                    pdu,
+                    state_group,
+                    prepared,
+                });
+            }
+            _ => {
+                self.flush(batch).await?;
+                let writing = batch.writing.as_ref().map(WriterGuard::share);
+                self.commit(vec![prepared], writing).await?;
+                // It may have changed the state or the members.
+                batch.push_inputs = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits what `batch` keeps, in one transaction, under its hold of the room's lock
+    /// (shared with the store until the commit has ended, even if this future is dropped).
+    async fn flush(&self, batch: &mut Batch) -> Result<()> {
+        if batch.kept.is_empty() {
+            return Ok(());
+        }
+        let kept: Vec<Prepared> = batch.kept.drain(..).map(|k| k.prepared).collect();
+        tracing::debug!(events = kept.len(), "committing received events together");
+        let writing = batch.writing.as_ref().map(WriterGuard::share);
+        self.commit(kept, writing).await
     }
 }
 

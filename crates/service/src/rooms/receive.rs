@@ -594,10 +594,22 @@ impl Rooms {
             return Ok(Received::AlreadyStored);
         }
         if !Batch::may_keep(&pdu) {
-            // It may change the state, or redact a kept event: checked against the store.
+            // It may change the state, or redact a kept event: checked against the store,
+            // read afresh.
             self.flush(batch).await?;
+            batch.forget();
         }
-        if let Some(stored) = self.store.event(pdu.event_id()).await? {
+        let create_id = cited_create(version, &room.room_id);
+        let cited: Vec<&str> = pdu
+            .auth_events()
+            .chain(pdu.prev_events())
+            .chain(create_id.as_deref())
+            .collect();
+        // The event itself (stored already?) and what it cites, in one read.
+        let mut rows = self
+            .rows_through(batch, cited.iter().copied().chain([pdu.event_id()]))
+            .await?;
+        if let Some(stored) = rows.remove(pdu.event_id()) {
             if stored.status != EventStatus::Outlier {
                 return Ok(Received::AlreadyStored);
             }
@@ -606,15 +618,9 @@ impl Rooms {
             }
         }
         let mut lookups = Lookups::default();
-        let create_id = cited_create(version, &room.room_id);
-        let cited: Vec<&str> = pdu
-            .auth_events()
-            .chain(pdu.prev_events())
-            .chain(create_id.as_deref())
-            .collect();
         let mut prev_rows: Vec<EventRow> = Vec::new();
         let prev_ids: HashSet<&str> = pdu.prev_events().collect();
-        for row in self.store.events_by_ids(&cited).await? {
+        for row in rows.into_values() {
             if row.room_nid != room.room_nid {
                 continue;
             }
@@ -727,7 +733,9 @@ impl Rooms {
 
         // Step 5: the state before it.
         let auth_keys = auth_keys_of(version, &pdu)?;
-        lookups.before = self.state_pdus(version, before, &auth_keys).await?;
+        lookups.before = self
+            .state_pdus_through(batch, version, before, &auth_keys)
+            .await?;
         // The state before it is established above (prev events this server lacks count
         // through the state another server gave for them).
         if let Err(failure) =
@@ -752,13 +760,22 @@ impl Rooms {
         // Step 6: the current state (live events only).
         // A room whose state this server takes from another server (a join through a
         // resident) has no current state before that join: nothing to check against.
-        let current = self.store.current_state_group(room.room_nid).await?;
+        let current = match batch.current_group {
+            Some(known) => known,
+            None => {
+                let read = self.store.current_state_group(room.room_nid).await?;
+                batch.current_group = Some(read);
+                read
+            }
+        };
         match current {
             // An event on the room's head (the common case: a sender's next message) has the
             // current state before it: the same events, not read twice.
             Some(current) if current == before => lookups.current = lookups.before.clone(),
             Some(current) => {
-                lookups.current = self.state_pdus(version, current, &auth_keys).await?;
+                lookups.current = self
+                    .state_pdus_through(batch, version, current, &auth_keys)
+                    .await?;
             }
             None => {}
         }
@@ -1067,11 +1084,23 @@ impl Rooms {
 /// look: as the events they cite (prev and auth), as the room's one forward extremity, and as
 /// received already. Kept events change neither the room's state nor its members, so the push
 /// rules' inputs read for the first are good for the others.
+///
+/// Reads the checks make are kept too while nothing but kept events is written (stored events
+/// do not change, and kept ones change neither state nor members): the rows of events read by
+/// id, the state at a group by the keys read, the current state's group and the push rules'
+/// inputs. Before an event that may not be kept is checked, and after one is written, they are
+/// forgotten ([`Batch::forget`]).
 #[derive(Default)]
 struct Batch {
     writing: Option<WriterGuard>,
     /// In order, each citing the one before (the first, the room's forward extremities).
     kept: Vec<Kept>,
+    /// Stored events read by id (`None`: not stored).
+    rows: HashMap<String, Option<EventRow>>,
+    /// The events of a state group at the keys read.
+    state: HashMap<(i64, Vec<StateKey>), HashMap<StateKey, Pdu>>,
+    /// The room's current state group, once read.
+    current_group: Option<Option<i64>>,
     push_inputs: Option<(Vec<JoinedMember>, Vec<EventRow>)>,
 }
 
@@ -1097,6 +1126,14 @@ impl Batch {
             .iter()
             .find(|k| k.pdu.event_id() == event_id)
             .map(|k| (&k.pdu, k.state_group))
+    }
+
+    /// Forgets the reads kept (see [`Batch`]).
+    fn forget(&mut self) {
+        self.rows.clear();
+        self.state.clear();
+        self.current_group = None;
+        self.push_inputs = None;
     }
 
     /// Whether `pdu` could be kept, by its kind: no state key (it cannot change the state) and
@@ -1158,10 +1195,67 @@ impl Rooms {
                 let writing = batch.writing.as_ref().map(WriterGuard::share);
                 self.commit(vec![prepared], writing).await?;
                 // It may have changed the state or the members.
-                batch.push_inputs = None;
+                batch.forget();
             }
         }
         Ok(())
+    }
+
+    /// The stored rows of events `ids`, through the reads `batch` keeps (one read for those
+    /// it has not).
+    async fn rows_through<'i>(
+        &self,
+        batch: &mut Batch,
+        ids: impl Iterator<Item = &'i str>,
+    ) -> Result<HashMap<String, EventRow>> {
+        let ids: HashSet<&str> = ids.collect();
+        let unread: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !batch.rows.contains_key(*id))
+            .collect();
+        if !unread.is_empty() {
+            let mut found: HashMap<String, EventRow> = self
+                .store
+                .events_by_ids(&unread)
+                .await?
+                .into_iter()
+                .map(|row| (row.event_id.clone(), row))
+                .collect();
+            for id in unread {
+                batch.rows.insert(id.to_owned(), found.remove(id));
+            }
+        }
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| {
+                batch
+                    .rows
+                    .get(id)
+                    .cloned()
+                    .flatten()
+                    .map(|row| (id.to_owned(), row))
+            })
+            .collect())
+    }
+
+    /// [`Rooms::state_pdus`] through the reads `batch` keeps.
+    async fn state_pdus_through(
+        &self,
+        batch: &mut Batch,
+        version: &RoomVersion,
+        group: i64,
+        keys: &[StateKey],
+    ) -> Result<HashMap<StateKey, Pdu>> {
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        let key = (group, sorted);
+        if let Some(known) = batch.state.get(&key) {
+            return Ok(known.clone());
+        }
+        let read = self.state_pdus(version, group, keys).await?;
+        batch.state.insert(key, read.clone());
+        Ok(read)
     }
 
     /// Commits what `batch` keeps, in one transaction, under its hold of the room's lock

@@ -35,10 +35,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::{
-    CurrentStateChange, EventStatus, NewEvent, Persisted, Placement, PushAction, Store, StoreError,
-    TxnKey,
-};
+use crate::{NewEvent, OwnedNewEvent, Persisted, Store, StoreError};
 
 /// The most events one transaction commits (unless one entry alone holds more): bounds how
 /// long a batch holds the write lock.
@@ -66,7 +63,7 @@ pub(crate) struct GroupCommit {
 struct Queued {
     id: u64,
     /// Committed together, in order.
-    events: Vec<OwnedEvent>,
+    events: Vec<OwnedNewEvent>,
     reply: oneshot::Sender<Result<Vec<Persisted>, StoreError>>,
     /// Whatever the caller must keep held until its event's commit has ended (the room's
     /// writer lock); dropped with the entry.
@@ -123,7 +120,7 @@ impl GroupCommit {
             .unwrap_or_else(|p| p.into_inner())
             .push(Queued {
                 id,
-                events: events.iter().map(OwnedEvent::of).collect(),
+                events: events.iter().map(OwnedNewEvent::of).collect(),
                 reply,
                 _hold: hold,
             });
@@ -227,7 +224,7 @@ async fn commit(store: &Store, batch: Vec<Queued>) {
     }
     let events: Vec<NewEvent<'_>> = batch
         .iter()
-        .flat_map(|q| q.events.iter().map(OwnedEvent::borrowed))
+        .flat_map(|q| q.events.iter().map(OwnedNewEvent::borrowed))
         .collect();
     #[cfg(any(test, feature = "failpoints"))]
     store
@@ -255,7 +252,7 @@ async fn commit(store: &Store, batch: Vec<Queued>) {
             drop(events);
             for queued in batch {
                 let own: Vec<NewEvent<'_>> =
-                    queued.events.iter().map(OwnedEvent::borrowed).collect();
+                    queued.events.iter().map(OwnedNewEvent::borrowed).collect();
                 let result = store.persist_events(&own).await;
                 drop(own);
                 let _ = queued.reply.send(result);
@@ -270,149 +267,13 @@ fn lost() -> StoreError {
     StoreError::Database(sqlx::Error::WorkerCrashed)
 }
 
-/// A [`NewEvent`] that owns its fields, to wait in the queue.
-#[derive(Debug)]
-struct OwnedEvent {
-    room_nid: i64,
-    event_id: String,
-    event_type: String,
-    state_key: Option<String>,
-    sender: String,
-    depth: i64,
-    origin_server_ts: i64,
-    json: String,
-    prev_event_ids: Vec<String>,
-    auth_event_ids: Vec<String>,
-    state_group_before: Option<i64>,
-    replaces: Option<i64>,
-    status: EventStatus,
-    placement: Placement,
-    current_state: CurrentStateChange,
-    just_built: bool,
-    membership: Option<(String, String)>,
-    /// `(user_id, device_id, scope, txn_id)`.
-    txn: Option<(String, String, String, String)>,
-    redaction: Option<(String, String)>,
-    redaction_waits: Option<(String, bool)>,
-    redacted_by: Option<String>,
-    delivery: crate::rooms::Delivery,
-    push_actions: Vec<PushAction>,
-    relation: Option<(String, String)>,
-    search: Option<(String, String)>,
-    now: i64,
-}
-
-impl OwnedEvent {
-    fn of(event: &NewEvent<'_>) -> Self {
-        OwnedEvent {
-            room_nid: event.room_nid,
-            event_id: event.event_id.to_owned(),
-            event_type: event.event_type.to_owned(),
-            state_key: event.state_key.map(str::to_owned),
-            sender: event.sender.to_owned(),
-            depth: event.depth,
-            origin_server_ts: event.origin_server_ts,
-            json: event.json.to_owned(),
-            prev_event_ids: event.prev_event_ids.to_vec(),
-            auth_event_ids: event.auth_event_ids.to_vec(),
-            state_group_before: event.state_group_before,
-            replaces: event.replaces,
-            status: event.status.clone(),
-            placement: event.placement,
-            current_state: event.current_state.clone(),
-            just_built: event.just_built,
-            membership: event
-                .membership
-                .map(|(target, membership)| (target.to_owned(), membership.to_owned())),
-            txn: event.txn.map(|txn| {
-                (
-                    txn.user_id.to_owned(),
-                    txn.device_id.to_owned(),
-                    txn.scope.to_owned(),
-                    txn.txn_id.to_owned(),
-                )
-            }),
-            redaction: event
-                .redaction
-                .map(|(redacted, json)| (redacted.to_owned(), json.to_owned())),
-            redaction_waits: event
-                .redaction_waits
-                .map(|(target, by_power)| (target.to_owned(), by_power)),
-            redacted_by: event.redacted_by.map(str::to_owned),
-            delivery: event.delivery,
-            push_actions: event.push_actions.to_vec(),
-            relation: event
-                .relation
-                .map(|(parent, rel_type)| (parent.to_owned(), rel_type.to_owned())),
-            search: event
-                .search
-                .map(|(key, text)| (key.to_owned(), text.to_owned())),
-            now: event.now,
-        }
-    }
-
-    fn borrowed(&self) -> NewEvent<'_> {
-        NewEvent {
-            room_nid: self.room_nid,
-            event_id: &self.event_id,
-            event_type: &self.event_type,
-            state_key: self.state_key.as_deref(),
-            sender: &self.sender,
-            depth: self.depth,
-            origin_server_ts: self.origin_server_ts,
-            json: &self.json,
-            prev_event_ids: &self.prev_event_ids,
-            auth_event_ids: &self.auth_event_ids,
-            state_group_before: self.state_group_before,
-            replaces: self.replaces,
-            status: self.status.clone(),
-            placement: self.placement,
-            current_state: self.current_state.clone(),
-            just_built: self.just_built,
-            membership: self
-                .membership
-                .as_ref()
-                .map(|(target, membership)| (target.as_str(), membership.as_str())),
-            txn: self
-                .txn
-                .as_ref()
-                .map(|(user_id, device_id, scope, txn_id)| TxnKey {
-                    user_id,
-                    device_id,
-                    scope,
-                    txn_id,
-                }),
-            redaction: self
-                .redaction
-                .as_ref()
-                .map(|(redacted, json)| (redacted.as_str(), json.as_str())),
-            redaction_waits: self
-                .redaction_waits
-                .as_ref()
-                .map(|(target, by_power)| (target.as_str(), *by_power)),
-            redacted_by: self.redacted_by.as_deref(),
-            delivery: self.delivery,
-            push_actions: &self.push_actions,
-            relation: self
-                .relation
-                .as_ref()
-                .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
-            search: self
-                .search
-                .as_ref()
-                .map(|(key, text)| (key.as_str(), text.as_str())),
-            now: self.now,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
     use crate::{
-        StoreOptions,
+        CurrentStateChange, EventStatus, Placement, StoreOptions,
         test_support::{TestDatabase, test_backends},
     };
 
@@ -473,7 +334,7 @@ mod tests {
                     .unwrap();
                 store.group_commit.queue.lock().unwrap().push(Queued {
                     id: u64::MAX,
-                    events: vec![OwnedEvent::of(&event(own_room, id, &prev))],
+                    events: vec![OwnedNewEvent::of(&event(own_room, id, &prev))],
                     reply,
                     _hold: Box::new(()),
                 });
@@ -639,6 +500,98 @@ mod tests {
                 .unwrap();
             assert!(store.event("$first").await.unwrap().is_some(), "{kind:?}");
             assert_linear(&store, room, &next, "$first").await;
+            store.close().await;
+        }
+    }
+
+    /// An entry of several events of one room, each citing the one before, commits them in
+    /// order in one transaction; an entry one of whose events cannot be stored commits none of
+    /// them, and the entry queued beside it in the same batch still lands.
+    #[tokio::test]
+    async fn an_entry_of_several_events_commits_all_in_order_or_none() {
+        for kind in test_backends() {
+            let (_db, store, room) = room_with_create(kind).await;
+            let other = store
+                .create_room("!other:test", "12", "@a:test", false, 0)
+                .await
+                .unwrap();
+            let head = store.send_context(room, &[], None).await.unwrap().head;
+            let chain = |ids: &[&'static str], dup_last: bool| -> Vec<(String, Vec<String>)> {
+                let mut prev = head.prev_event_ids.clone();
+                let mut out = Vec::new();
+                for (i, id) in ids.iter().enumerate() {
+                    let id = if dup_last && i == ids.len() - 1 {
+                        "$create"
+                    } else {
+                        id
+                    };
+                    out.push((id.to_owned(), prev.clone()));
+                    prev = vec![id.to_owned()];
+                }
+                out
+            };
+            let messages = |chain: &[(String, Vec<String>)]| -> Vec<OwnedNewEvent> {
+                chain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (id, prev))| {
+                        OwnedNewEvent::of(&NewEvent {
+                            event_type: "m.room.message",
+                            state_key: None,
+                            depth: head.max_depth + 1 + i as i64,
+                            json: r#"{"type":"m.room.message","content":{}}"#,
+                            prev_event_ids: prev,
+                            state_group_before: head.current_state_group,
+                            ..event(room, id, &[])
+                        })
+                    })
+                    .collect()
+            };
+            // A failing entry (its last event's id is stored already) and another room's event
+            // in the same batch: the batch fails, each entry is retried alone.
+            let bad = messages(&chain(&["$b1", "$b2", "$b3"], true));
+            let paused = store.group_commit.pause.clone().lock_owned().await;
+            let failing = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    let rows: Vec<NewEvent<'_>> = bad.iter().map(OwnedNewEvent::borrowed).collect();
+                    store.persist_events_holding(&rows, ()).await
+                }
+            });
+            store.group_commit.reached.notified().await;
+            let beside = tokio::spawn({
+                let store = store.clone();
+                async move { store.persist_event(&event(other, "$beside", &[])).await }
+            });
+            while store.group_commit.queue.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            drop(paused);
+            assert!(failing.await.unwrap().is_err(), "{kind:?}");
+            beside.await.unwrap().unwrap();
+            for id in ["$b1", "$b2"] {
+                assert!(
+                    store.event(id).await.unwrap().is_none(),
+                    "{kind:?}: {id} written"
+                );
+            }
+
+            // The same run without the bad event lands whole, in order, on one line.
+            let good = messages(&chain(&["$m1", "$m2", "$m3"], false));
+            let rows: Vec<NewEvent<'_>> = good.iter().map(OwnedNewEvent::borrowed).collect();
+            store.take_commit_sizes();
+            let persisted = store.persist_events_holding(&rows, ()).await.unwrap();
+            assert_eq!(
+                store.take_commit_sizes(),
+                vec![3],
+                "{kind:?}: one transaction"
+            );
+            let positions: Vec<i64> = persisted.iter().map(|p| p.stream_ordering).collect();
+            assert!(
+                positions.windows(2).all(|w| w[1] == w[0] + 1),
+                "{kind:?}: {positions:?}"
+            );
+            assert_linear(&store, room, &persisted[2], "$m2").await;
             store.close().await;
         }
     }

@@ -92,8 +92,8 @@ pub use remote_media::{RemoteMediaRow, RemoteMediaTotals, RemoteThumbnailRow};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     Delivery, EventRow, HistoryPosition, HistoryWalk, JoinedMember, MembershipRow, NewEvent,
-    NotificationRow, Persisted, PushAction, RoomHead, RoomRow, RoomSummaryRow, SendContext,
-    SyncSnapshot, TxnKey,
+    NotificationRow, OwnedNewEvent, Persisted, PushAction, RoomHead, RoomRow, RoomSummaryRow,
+    SendContext, SyncSnapshot, TxnKey,
 };
 pub use search::{SearchHit, SearchOrder, SearchQuery};
 pub use server_keys::{RemoteServerKey, StoredSigningKey};

@@ -167,6 +167,145 @@ pub struct NewEvent<'a> {
     pub now: i64,
 }
 
+/// A [`NewEvent`] that owns its fields: to wait in a queue, or to be decided now and written
+/// later with others.
+#[derive(Debug)]
+pub struct OwnedNewEvent {
+    pub room_nid: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    pub json: String,
+    pub prev_event_ids: Vec<String>,
+    pub auth_event_ids: Vec<String>,
+    pub state_group_before: Option<i64>,
+    pub replaces: Option<i64>,
+    pub status: EventStatus,
+    pub placement: Placement,
+    pub current_state: CurrentStateChange,
+    pub just_built: bool,
+    pub membership: Option<(String, String)>,
+    /// `(user_id, device_id, scope, txn_id)`.
+    pub txn: Option<(String, String, String, String)>,
+    pub redaction: Option<(String, String)>,
+    pub redaction_waits: Option<(String, bool)>,
+    pub redacted_by: Option<String>,
+    pub delivery: crate::rooms::Delivery,
+    pub push_actions: Vec<PushAction>,
+    pub relation: Option<(String, String)>,
+    pub search: Option<(String, String)>,
+    pub now: i64,
+}
+
+impl OwnedNewEvent {
+    /// The owned copy of `event`.
+    pub fn of(event: &NewEvent<'_>) -> Self {
+        OwnedNewEvent {
+            room_nid: event.room_nid,
+            event_id: event.event_id.to_owned(),
+            event_type: event.event_type.to_owned(),
+            state_key: event.state_key.map(str::to_owned),
+            sender: event.sender.to_owned(),
+            depth: event.depth,
+            origin_server_ts: event.origin_server_ts,
+            json: event.json.to_owned(),
+            prev_event_ids: event.prev_event_ids.to_vec(),
+            auth_event_ids: event.auth_event_ids.to_vec(),
+            state_group_before: event.state_group_before,
+            replaces: event.replaces,
+            status: event.status.clone(),
+            placement: event.placement,
+            current_state: event.current_state.clone(),
+            just_built: event.just_built,
+            membership: event
+                .membership
+                .map(|(target, membership)| (target.to_owned(), membership.to_owned())),
+            txn: event.txn.map(|txn| {
+                (
+                    txn.user_id.to_owned(),
+                    txn.device_id.to_owned(),
+                    txn.scope.to_owned(),
+                    txn.txn_id.to_owned(),
+                )
+            }),
+            redaction: event
+                .redaction
+                .map(|(redacted, json)| (redacted.to_owned(), json.to_owned())),
+            redaction_waits: event
+                .redaction_waits
+                .map(|(target, by_power)| (target.to_owned(), by_power)),
+            redacted_by: event.redacted_by.map(str::to_owned),
+            delivery: event.delivery,
+            push_actions: event.push_actions.to_vec(),
+            relation: event
+                .relation
+                .map(|(parent, rel_type)| (parent.to_owned(), rel_type.to_owned())),
+            search: event
+                .search
+                .map(|(key, text)| (key.to_owned(), text.to_owned())),
+            now: event.now,
+        }
+    }
+
+    /// The event, borrowed.
+    pub fn borrowed(&self) -> NewEvent<'_> {
+        NewEvent {
+            room_nid: self.room_nid,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            state_key: self.state_key.as_deref(),
+            sender: &self.sender,
+            depth: self.depth,
+            origin_server_ts: self.origin_server_ts,
+            json: &self.json,
+            prev_event_ids: &self.prev_event_ids,
+            auth_event_ids: &self.auth_event_ids,
+            state_group_before: self.state_group_before,
+            replaces: self.replaces,
+            status: self.status.clone(),
+            placement: self.placement,
+            current_state: self.current_state.clone(),
+            just_built: self.just_built,
+            membership: self
+                .membership
+                .as_ref()
+                .map(|(target, membership)| (target.as_str(), membership.as_str())),
+            txn: self
+                .txn
+                .as_ref()
+                .map(|(user_id, device_id, scope, txn_id)| TxnKey {
+                    user_id,
+                    device_id,
+                    scope,
+                    txn_id,
+                }),
+            redaction: self
+                .redaction
+                .as_ref()
+                .map(|(redacted, json)| (redacted.as_str(), json.as_str())),
+            redaction_waits: self
+                .redaction_waits
+                .as_ref()
+                .map(|(target, by_power)| (target.as_str(), *by_power)),
+            redacted_by: self.redacted_by.as_deref(),
+            delivery: self.delivery,
+            push_actions: &self.push_actions,
+            relation: self
+                .relation
+                .as_ref()
+                .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
+            search: self
+                .search
+                .as_ref()
+                .map(|(key, text)| (key.as_str(), text.as_str())),
+            now: self.now,
+        }
+    }
+}
+
 /// What identifies a client's transaction: the spec's retransmission is the same user and
 /// device, the same txn id and the same HTTP path (`scope`: the path without its version prefix
 /// and txn id, e.g. `/rooms/!r/send/m.room.message`).

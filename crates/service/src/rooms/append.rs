@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 
 use myelin_room_version::{Pdu, RoomVersion, state_res::resolve_state};
 use myelin_store::{
-    CurrentStateChange, Delivery, EventRow, EventStatus, JoinedMember, NewEvent, Placement,
-    PushAction, RoomRow, StateChange, StateValue, TxnKey,
+    CurrentStateChange, Delivery, EventRow, EventStatus, JoinedMember, NewEvent, OwnedNewEvent,
+    Placement, RoomRow, StateChange, StateValue, TxnKey,
 };
 
 use super::{Rooms, locks::WriterGuard, pdu_of, version_of};
@@ -86,40 +86,14 @@ pub(super) struct Resolved {
     pub events: HashMap<String, Pdu>,
 }
 
-/// An event [`Rooms::prepare`] has decided about, ready to be written: what its rows and the
-/// notifications after them need, owned, so that several can wait to be committed together
+/// An event [`Rooms::prepare`] has decided about, ready to be written: its rows, owned, and
+/// what the notifications after them need, so that several can wait to be committed together
 /// ([`Rooms::commit`]).
 pub(super) struct Prepared {
-    room_nid: i64,
+    event: OwnedNewEvent,
     room_id: String,
-    event_id: String,
-    event_type: String,
-    state_key: Option<String>,
-    sender: String,
-    depth: i64,
-    origin_server_ts: i64,
-    json: String,
-    prev_event_ids: Vec<String>,
-    auth_event_ids: Vec<String>,
-    status: EventStatus,
-    placement: Placement,
-    state_before: Option<i64>,
-    replaces: Option<i64>,
-    current_state: CurrentStateChange,
-    just_built: bool,
-    membership: Option<String>,
-    /// `(user_id, device_id, scope, txn_id)`.
-    txn: Option<[String; 4]>,
-    redaction: Option<(String, String)>,
-    redaction_waits: Option<(String, bool)>,
-    redacted_by: Option<String>,
-    delivery: Delivery,
-    push_actions: Vec<PushAction>,
     /// The content pushers are sent, when a push action notifies.
     push_content: Option<serde_json::Value>,
-    relation: Option<(String, String)>,
-    search: Option<(&'static str, String)>,
-    now: i64,
     /// Whether clients see it (sync is woken for it).
     visible: bool,
 }
@@ -128,61 +102,7 @@ impl Prepared {
     /// Whether it extends the room's current state (cites every forward extremity, on the
     /// current state).
     pub(super) fn extends_current_state(&self) -> bool {
-        self.current_state == CurrentStateChange::Extend
-    }
-
-    fn new_event(&self) -> NewEvent<'_> {
-        NewEvent {
-            room_nid: self.room_nid,
-            event_id: &self.event_id,
-            event_type: &self.event_type,
-            state_key: self.state_key.as_deref(),
-            sender: &self.sender,
-            depth: self.depth,
-            origin_server_ts: self.origin_server_ts,
-            json: &self.json,
-            prev_event_ids: &self.prev_event_ids,
-            auth_event_ids: &self.auth_event_ids,
-            state_group_before: self.state_before,
-            replaces: self.replaces,
-            status: self.status.clone(),
-            placement: self.placement,
-            current_state: self.current_state.clone(),
-            just_built: self.just_built,
-            membership: match (&self.membership, &self.state_key) {
-                (Some(m), Some(target)) => Some((target.as_str(), m.as_str())),
-                _ => None,
-            },
-            txn: self
-                .txn
-                .as_ref()
-                .map(|[user_id, device_id, scope, txn_id]| TxnKey {
-                    user_id,
-                    device_id,
-                    scope,
-                    txn_id,
-                }),
-            redaction: self
-                .redaction
-                .as_ref()
-                .map(|(target, json)| (target.as_str(), json.as_str())),
-            redaction_waits: self
-                .redaction_waits
-                .as_ref()
-                .map(|(target, by_power)| (target.as_str(), *by_power)),
-            redacted_by: self.redacted_by.as_deref(),
-            delivery: self.delivery,
-            push_actions: &self.push_actions,
-            relation: self
-                .relation
-                .as_ref()
-                .map(|(parent, rel_type)| (parent.as_str(), rel_type.as_str())),
-            search: self
-                .search
-                .as_ref()
-                .map(|(key, text)| (*key, text.as_str())),
-            now: self.now,
-        }
+        self.event.current_state == CurrentStateChange::Extend
     }
 }
 
@@ -191,7 +111,7 @@ impl Rooms {
     pub(super) async fn append(&self, mut event: Appending<'_>) -> Result<String> {
         let writing = event.writing.take();
         let prepared = self.prepare(event).await?;
-        let event_id = prepared.event_id.clone();
+        let event_id = prepared.event.event_id.clone();
         self.commit(vec![prepared], writing).await?;
         Ok(event_id)
     }
@@ -250,36 +170,48 @@ impl Rooms {
         let depth = i64::try_from(pdu.depth())
             .map_err(|_| Error::Internal("depth out of range".to_owned()))?;
         Ok(Prepared {
-            room_nid: room.room_nid,
+            event: OwnedNewEvent {
+                room_nid: room.room_nid,
+                event_id: pdu.event_id().to_owned(),
+                event_type: pdu.event_type().to_owned(),
+                state_key: pdu.state_key().map(str::to_owned),
+                sender: pdu.sender().to_owned(),
+                depth,
+                origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
+                json: pdu.canonical_json(),
+                // The edges as the event itself cites them (ids in every event format).
+                prev_event_ids: pdu.prev_events().map(str::to_owned).collect(),
+                auth_event_ids: pdu.auth_events().map(str::to_owned).collect(),
+                state_group_before: state_before,
+                replaces,
+                status,
+                placement,
+                current_state,
+                just_built,
+                membership: match (membership, pdu.state_key()) {
+                    (Some(m), Some(target)) => Some((target.to_owned(), m)),
+                    _ => None,
+                },
+                txn: txn.map(|t| {
+                    (
+                        t.user_id.to_owned(),
+                        t.device_id.to_owned(),
+                        t.scope.to_owned(),
+                        t.txn_id.to_owned(),
+                    )
+                }),
+                redaction: redaction.map(|(target, json)| (target.to_owned(), json.to_owned())),
+                redaction_waits: redaction_waits
+                    .map(|(target, by_power)| (target.to_owned(), by_power)),
+                redacted_by: redacted_by.map(str::to_owned),
+                delivery,
+                push_actions,
+                relation,
+                search: search.map(|(key, text)| (key.to_owned(), text)),
+                now,
+            },
             room_id: room.room_id.clone(),
-            event_id: pdu.event_id().to_owned(),
-            event_type: pdu.event_type().to_owned(),
-            state_key: pdu.state_key().map(str::to_owned),
-            sender: pdu.sender().to_owned(),
-            depth,
-            origin_server_ts: i64::try_from(pdu.origin_server_ts()).unwrap_or(i64::MAX),
-            json: pdu.canonical_json(),
-            // The edges as the event itself cites them (ids in every event format).
-            prev_event_ids: pdu.prev_events().map(str::to_owned).collect(),
-            auth_event_ids: pdu.auth_events().map(str::to_owned).collect(),
-            status,
-            placement,
-            state_before,
-            replaces,
-            current_state,
-            just_built,
-            membership,
-            txn: txn.map(|t| [t.user_id, t.device_id, t.scope, t.txn_id].map(str::to_owned)),
-            redaction: redaction.map(|(target, json)| (target.to_owned(), json.to_owned())),
-            redaction_waits: redaction_waits
-                .map(|(target, by_power)| (target.to_owned(), by_power)),
-            redacted_by: redacted_by.map(str::to_owned),
-            delivery,
-            push_actions,
             push_content,
-            relation,
-            search,
-            now,
             visible,
         })
     }
@@ -292,22 +224,28 @@ impl Rooms {
         events: Vec<Prepared>,
         writing: Option<WriterGuard>,
     ) -> Result<()> {
-        let rows: Vec<NewEvent<'_>> = events.iter().map(Prepared::new_event).collect();
+        let rows: Vec<NewEvent<'_>> = events.iter().map(|e| e.event.borrowed()).collect();
         self.store.persist_events_holding(&rows, writing).await?;
         drop(rows);
         if events.iter().any(|e| e.visible) {
             // Sync waits on new positions; hidden events are none of its business.
             self.notify.notify();
         }
-        for event in events {
-            tracing::debug!(room_id = %event.room_id, event_id = %event.event_id, kind = %event.event_type, status = ?event.status, "appended an event");
-            if let Some(content) = event.push_content {
+        for Prepared {
+            event,
+            room_id,
+            push_content,
+            ..
+        } in events
+        {
+            tracing::debug!(%room_id, event_id = %event.event_id, kind = %event.event_type, status = ?event.status, "appended an event");
+            if let Some(content) = push_content {
                 self.pushers.dispatch(
                     crate::pushers::PushedEvent {
-                        event_id: event.event_id.clone(),
-                        room_id: event.room_id,
+                        event_id: event.event_id,
+                        room_id,
                         room_nid: event.room_nid,
-                        event_type: event.event_type.clone(),
+                        event_type: event.event_type,
                         sender: event.sender,
                         content,
                     },

@@ -82,7 +82,11 @@ async fn refused_then_control(
         "{name}: no room joined, no room row, no journal entry"
     );
     let (got, body) = alias_room(server, user, &alias).await;
-    assert_eq!(got, StatusCode::NOT_FOUND, "{name}: the alias is free: {body}");
+    assert_eq!(
+        got,
+        StatusCode::NOT_FOUND,
+        "{name}: the alias is free: {body}"
+    );
     assert_eq!(
         public_rooms(server, user).await.len(),
         listed_before,
@@ -214,6 +218,15 @@ async fn a_create_room_with_a_refused_step_leaves_nothing_behind() {
                 "canonical_float",
                 state_event("org.example.state", "", json!({"number": 1.5})),
             ),
+            // Power levels of a shape only older versions' auth rules take (as Synapse: 400).
+            (
+                "string_power_level",
+                state_event("m.room.power_levels", "", json!({"ban": "50"})),
+            ),
+            (
+                "users_not_object",
+                state_event("m.room.power_levels", "", json!({"users": ["@a:b"]})),
+            ),
         ] {
             refused_then_control(
                 &server,
@@ -227,6 +240,18 @@ async fn a_create_room_with_a_refused_step_leaves_nothing_behind() {
             )
             .await;
         }
+
+        // The same through power_level_content_override.
+        refused_then_control(
+            &server,
+            &alice,
+            "override_string_level",
+            json!({"power_level_content_override": {"events": {"m.room.name": "50"}}}),
+            json!({"power_level_content_override": {"events": {"m.room.name": 50}}}),
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+        )
+        .await;
 
         // An invite of another server's user cannot be decided before the room exists: it
         // goes in `invite`, not `initial_state`.
@@ -304,6 +329,41 @@ async fn concurrent_requests_for_one_alias_leave_one_room() {
         assert_eq!(joined.len(), 1, "{kind:?}");
         assert_eq!(rows.len(), 1, "{kind:?}: one room row");
         assert_eq!(journal, 0);
+        server.stop().await;
+    }
+}
+
+/// `PUT /state` of power levels with a level that is not an integer: 400 `M_BAD_JSON` (as
+/// Synapse), not the auth rules' 403, and nothing sent; the same with integers goes through.
+#[tokio::test]
+async fn power_levels_with_levels_that_are_not_integers_are_bad_json() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let room = server
+            .create_room(&alice, json!({"room_version": "10"}))
+            .await;
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            enc(&room)
+        );
+        let (_, before) = server.get(&path, &alice.access_token).await;
+        for bad in [
+            json!({"users": {alice.user_id.clone(): 100}, "kick": "50"}),
+            json!({"users": {alice.user_id.clone(): "100"}}),
+            json!({"users": {alice.user_id.clone(): 100}, "notifications": {"room": true}}),
+        ] {
+            let (status, body) = server.put(&path, &alice.access_token, bad.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{kind:?} {bad}: {body}");
+            assert_eq!(body["errcode"], "M_BAD_JSON", "{bad}: {body}");
+            let (_, now) = server.get(&path, &alice.access_token).await;
+            assert_eq!(now, before, "{kind:?} {bad}: nothing sent");
+        }
+        let good = json!({"users": {alice.user_id.clone(): 100}, "kick": 60});
+        let (status, body) = server.put(&path, &alice.access_token, good.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{kind:?}: {body}");
+        let (_, now) = server.get(&path, &alice.access_token).await;
+        assert_eq!(now, good);
         server.stop().await;
     }
 }

@@ -118,8 +118,10 @@ async fn register(http: &reqwest::Client, base: &str, localpart: &str) -> (Strin
         reqwest::Method::POST,
         format!("{base}/register"),
         None,
-        Some(json!({"username": localpart, "password": format!("{localpart}-pw"),
-                    "auth": {"type": "m.login.dummy"}})),
+        Some(
+            json!({"username": localpart, "password": format!("{localpart}-pw"),
+                    "auth": {"type": "m.login.dummy"}}),
+        ),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -211,10 +213,7 @@ async fn create_room_killed_mid_build_is_finished_by_the_restart(kind: DatabaseK
     });
     let deadline = Instant::now() + WAIT;
     let room = loop {
-        if let Some(room) = joined_rooms(&http, &server.base, &alice_token)
-            .await
-            .pop()
-        {
+        if let Some(room) = joined_rooms(&http, &server.base, &alice_token).await.pop() {
             break room;
         }
         assert!(

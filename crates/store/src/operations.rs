@@ -372,8 +372,18 @@ mod tests {
                 .unwrap();
             let claimed: Vec<i64> = claimed.iter().map(|op| op.operation_id).collect();
             assert_eq!(claimed, [mine], "{kind:?}");
-            assert!(store.renew_operation("main/boot2", mine, 70_000).await.unwrap());
-            assert!(!store.renew_operation("main/boot1", mine, 70_000).await.unwrap());
+            assert!(
+                store
+                    .renew_operation("main/boot2", mine, 70_000)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .renew_operation("main/boot1", mine, 70_000)
+                    .await
+                    .unwrap()
+            );
 
             // Once the leases run out, anyone claims the rest.
             let late = store

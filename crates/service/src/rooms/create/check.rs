@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion,
-    auth::{auth_types_for_event, check_against_auth_events},
+    auth::{auth_types_for_event, check_against_auth_events, check_local_power_levels_content},
     pdu::{EventSigner, build_pdu},
 };
 use ruma::{RoomAliasId, UserId};
@@ -51,7 +51,13 @@ impl Simulated<'_> {
     /// authorised (against its own auth events, chosen by the spec's selection from that
     /// state), and makes it part of the state. A repeat of the current event at its key (same
     /// sender, same content) sends nothing, as a live send does.
-    fn send(&mut self, rooms: &Rooms, event_type: &str, state_key: &str, content: Value) -> Result<()> {
+    fn send(
+        &mut self,
+        rooms: &Rooms,
+        event_type: &str,
+        state_key: &str,
+        content: Value,
+    ) -> Result<()> {
         let key = (event_type.to_owned(), state_key.to_owned());
         if let Some(current) = self.state.get(&key)
             && current.sender() == self.sender
@@ -59,6 +65,10 @@ impl Simulated<'_> {
                 .is_ok_and(|stored| stored == content)
         {
             return Ok(());
+        }
+        if event_type == "m.room.power_levels" {
+            check_local_power_levels_content(&to_canonical_object(content.clone())?)
+                .map_err(auth_error)?;
         }
         let content_raw = to_raw_value(&content).map_err(|e| Error::BadJson(e.to_string()))?;
         let auth_types = auth_types_for_event(
@@ -84,20 +94,25 @@ impl Simulated<'_> {
             "prev_events".to_owned(),
             CanonicalJsonValue::Array(vec![self.last.reference(self.version).map_err(pdu_error)?]),
         );
-        partial.insert("auth_events".to_owned(), CanonicalJsonValue::Array(auth_refs));
+        partial.insert(
+            "auth_events".to_owned(),
+            CanonicalJsonValue::Array(auth_refs),
+        );
         self.depth += 1;
         partial.insert(
             "depth".to_owned(),
-            CanonicalJsonValue::Integer(self.depth.try_into().map_err(|_| {
-                Error::Internal("a new room's depth overflowed".to_owned())
-            })?),
+            CanonicalJsonValue::Integer(
+                self.depth
+                    .try_into()
+                    .map_err(|_| Error::Internal("a new room's depth overflowed".to_owned()))?,
+            ),
         );
         partial.insert(
             "origin_server_ts".to_owned(),
             CanonicalJsonValue::Integer(crate::rooms::int(self.now)?),
         );
         rooms.assign_event_id(&mut partial, self.version);
-        let pdu = build_pdu(partial, self.version, self.signer.clone()).map_err(pdu_error)?;
+        let pdu = build_pdu(partial, self.version, self.signer).map_err(pdu_error)?;
         {
             let by_id: HashMap<&str, &Pdu> = self
                 .state
@@ -153,10 +168,7 @@ impl Rooms {
             room_id: &creation.room_id,
             sender,
             signer,
-            state: HashMap::from([(
-                ("m.room.create".to_owned(), String::new()),
-                create.clone(),
-            )]),
+            state: HashMap::from([(("m.room.create".to_owned(), String::new()), create.clone())]),
             last: create.clone(),
             depth: 1,
             now: creation.now,
@@ -214,7 +226,10 @@ impl Rooms {
             "m.room.redaction" => Err(Error::BadJson(
                 "Redactions are not state events: send them with /redact".to_owned(),
             )),
-            "m.room.member" => self.check_member_step(room, creation, state_key, content).await,
+            "m.room.member" => {
+                self.check_member_step(room, creation, state_key, content)
+                    .await
+            }
             "m.room.third_party_invite" if version.uses_account_keys() => Err(Error::Forbidden(
                 "Third-party invites are disabled in account-key rooms".to_owned(),
             )),
@@ -302,7 +317,10 @@ impl Rooms {
             let present = if target == creator {
                 current.is_some()
             } else {
-                matches!(current.as_deref(), Some("join" | "invite" | "knock" | "ban"))
+                matches!(
+                    current.as_deref(),
+                    Some("join" | "invite" | "knock" | "ban")
+                )
             };
             if !present {
                 return Err(Error::Forbidden(format!("{target} is not in this room")));

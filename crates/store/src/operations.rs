@@ -394,4 +394,75 @@ mod tests {
             assert_eq!(late, [theirs, prefix, longer], "{kind:?}");
         }
     }
+
+    /// A room created with an alias takes the alias in the room row's transaction: an alias
+    /// taken already (by a concurrent request) writes nothing at all, no room row, no journal
+    /// entry; a free one points at the new room from the start.
+    #[tokio::test]
+    async fn a_taken_alias_writes_no_room_row_and_no_journal_entry() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let (nid, _) = store
+                .create_room_with_operation(
+                    "!first:test",
+                    "12",
+                    "@a:test",
+                    false,
+                    0,
+                    Some("#taken:test"),
+                    &operation("main/boot", 10_000),
+                )
+                .await
+                .unwrap()
+                .expect("a free alias");
+            assert_eq!(
+                store
+                    .alias("#taken:test")
+                    .await
+                    .unwrap()
+                    .map(|row| row.room_nid),
+                Some(nid),
+                "{kind:?}"
+            );
+            let second = store
+                .create_room_with_operation(
+                    "!second:test",
+                    "12",
+                    "@a:test",
+                    false,
+                    0,
+                    Some("#taken:test"),
+                    &operation("main/boot", 10_000),
+                )
+                .await
+                .unwrap();
+            assert_eq!(second, None, "{kind:?}");
+            assert_eq!(
+                store.rooms_created_by("@a:test").await.unwrap(),
+                ["!first:test"],
+                "{kind:?}: no second room row"
+            );
+            assert!(store.room("!second:test").await.unwrap().is_none());
+            assert_eq!(
+                store
+                    .pending_operations("create_room", "@a:test")
+                    .await
+                    .unwrap()
+                    .len(),
+                1,
+                "{kind:?}: the first room's entry only"
+            );
+            assert_eq!(
+                store
+                    .alias("#taken:test")
+                    .await
+                    .unwrap()
+                    .map(|row| row.room_nid),
+                Some(nid)
+            );
+        }
+    }
 }

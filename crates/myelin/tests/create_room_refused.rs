@@ -281,6 +281,23 @@ async fn a_create_room_with_a_refused_step_leaves_nothing_behind() {
         )
         .await;
 
+        // A name or topic that is not a string.
+        for (name, bad) in [
+            ("name_not_string", json!({"name": 5})),
+            ("topic_not_string", json!({"topic": {"text": "x"}})),
+        ] {
+            refused_then_control(
+                &server,
+                &alice,
+                name,
+                bad,
+                json!({"name": "Named", "topic": "Topical"}),
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+            )
+            .await;
+        }
+
         // A name that makes its event too large.
         refused_then_control(
             &server,

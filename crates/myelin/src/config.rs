@@ -139,6 +139,23 @@ mod tests {
     }
 
     #[test]
+    fn instance_name_defaults_to_main_and_must_be_a_plain_name() {
+        assert_eq!(load_text("").unwrap().instance_name, "main");
+        assert_eq!(
+            load_text("instance_name = \"worker-2.eu\"\n")
+                .unwrap()
+                .instance_name,
+            "worker-2.eu"
+        );
+        // The lease owner is `<instance>/<boot>`: a `/` would let one instance's name be
+        // another's prefix.
+        for bad in ["", "a/b", "with space", &"x".repeat(65)] {
+            let err = load_text(&format!("instance_name = {bad:?}\n")).unwrap_err();
+            assert!(err.0.contains("key `instance_name`"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = load_text("[database]\nurll = \"sqlite://x\"\n").unwrap_err();
         assert!(err.0.contains("key `database.urll`"), "{err}");

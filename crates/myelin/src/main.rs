@@ -99,6 +99,8 @@ fn main() -> ExitCode {
 
 fn serve(config: myelin_service::Config) -> ExitCode {
     init_logging(&config.log.filter, config.log.format);
+    // Test builds only (see the function): nothing in a release build.
+    myelin_service::operations::failpoints_from_env();
     myelin::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

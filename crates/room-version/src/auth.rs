@@ -115,6 +115,57 @@ pub fn check_power_levels_content(
     }
 }
 
+/// What a local sender may put in `m.room.power_levels`, stricter than the auth rules (which
+/// must still take the string levels older room versions allowed, from other servers): every
+/// level (`ban`, `events_default`, `invite`, `kick`, `redact`, `state_default`,
+/// `users_default`) an integer, and `events`, `notifications` and `users` objects of integers.
+/// A failure is [`malformed`](AuthError::malformed): the client's request is bad (400
+/// `M_BAD_JSON`, as Synapse answers), whatever power its sender has.
+pub fn check_local_power_levels_content(
+    content: &crate::CanonicalJsonObject,
+) -> Result<(), AuthError> {
+    use ruma::CanonicalJsonValue;
+    for key in [
+        "ban",
+        "events_default",
+        "invite",
+        "kick",
+        "redact",
+        "state_default",
+        "users_default",
+    ] {
+        match content.get(key) {
+            None | Some(CanonicalJsonValue::Integer(_)) => {}
+            Some(_) => {
+                return Err(malformed(format!(
+                    "power levels: `{key}` must be an integer"
+                )));
+            }
+        }
+    }
+    for key in ["events", "notifications", "users"] {
+        match content.get(key) {
+            None => {}
+            Some(CanonicalJsonValue::Object(levels)) => {
+                if let Some((name, _)) = levels
+                    .iter()
+                    .find(|(_, level)| !matches!(level, CanonicalJsonValue::Integer(_)))
+                {
+                    return Err(malformed(format!(
+                        "power levels: `{key}.{name}` must be an integer"
+                    )));
+                }
+            }
+            Some(_) => {
+                return Err(malformed(format!(
+                    "power levels: `{key}` must be an object of integers"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A `(event type, state key)` pair.
 pub type StateKey = (String, String);
 

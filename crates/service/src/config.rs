@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// The server name that ends every user ID and room alias on this server.
     pub server_name: OwnedServerName,
+    /// This process's name among the processes that serve `server_name` from one database:
+    /// stable across restarts, different for each process running at the same time (never two
+    /// processes with one name at once). It owns the leases on journaled operations (room
+    /// creation, profile fan-out, deactivation), so that after a crash the restarted process
+    /// takes over its own unfinished operations at once, while another live process's wait
+    /// for their lease to run out. Letters, digits, `.`, `_` and `-`, at most 64.
+    pub instance_name: String,
     /// Where Myelin keeps its files: the SQLite database, the sealing key, TLS material.
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
@@ -49,6 +56,7 @@ impl Default for Config {
             server_name: "localhost"
                 .try_into()
                 .expect("`localhost` is a valid server name"),
+            instance_name: "main".to_owned(),
             data_dir: PathBuf::from("./data"),
             database: DatabaseConfig::default(),
             listen: ListenConfig::default(),
@@ -495,6 +503,21 @@ impl Config {
 
     /// Checks what the types alone cannot. Touches nothing on disk.
     pub fn validate(&self) -> Result<(), ConfigProblem> {
+        if self.instance_name.is_empty()
+            || self.instance_name.len() > 64
+            || !self
+                .instance_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(ConfigProblem {
+                key: "instance_name",
+                problem: format!(
+                    "`{}` must be 1 to 64 letters, digits, `.`, `_` or `-`",
+                    self.instance_name
+                ),
+            });
+        }
         if let Some(url) = &self.database.url {
             myelin_store::DatabaseKind::of_url(url).map_err(|_| ConfigProblem {
                 key: "database.url",

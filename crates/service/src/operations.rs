@@ -13,6 +13,13 @@
 //! back the leases of operations it is no longer running, so a restart resumes them at once.
 //! Resuming runs at start-up and then every [`SWEEP_EVERY`].
 //!
+//! Leases are owned by `<instance>/<boot>`: the process's stable name (`instance_name` in the
+//! configuration, one per process sharing the database, never two processes with one name at
+//! once) and a name new at every start. A process claims at once the operations leased by an
+//! earlier boot of its own instance, which is dead (after a SIGKILL, a power cut: no graceful
+//! shutdown handed them back); another instance's leases it leaves until they run out, since
+//! that process may be alive and running them.
+//!
 //! Test builds (the `failpoints` feature, enabled by the tests' dev-dependencies only) have
 //! crash points ([`crash_point!`]) in the middle of each operation.
 
@@ -48,23 +55,52 @@ pub(crate) const DEACTIVATE: &str = "deactivate";
 /// configured as `return(<subject>)` (`fail::cfg`) and `$subject` is that subject, the
 /// enclosing function (or async block) returns an internal error there, as if the process had
 /// died at that point: nothing after it runs, nothing before it is undone, and the operation's
-/// journal entry stays. Without the feature it expands to nothing.
+/// journal entry stays. Configured as `return(hang:<subject>)`, it waits there for ever instead
+/// (the process holding the operation, as a process that is about to be killed: tests that
+/// SIGKILL a server binary stop it there, see [`failpoints_from_env`]). Without the feature it
+/// expands to nothing.
 macro_rules! crash_point {
     ($name:literal, $subject:expr) => {
         #[cfg(feature = "failpoints")]
-        if fail::eval($name, |configured: Option<String>| {
-            configured.as_deref() == Some(AsRef::<str>::as_ref($subject))
-        })
-        .unwrap_or(false)
         {
-            return Err($crate::Error::Internal(format!(
-                "crash point {} reached",
-                $name
-            )));
+            let subject: &str = AsRef::<str>::as_ref($subject);
+            match fail::eval($name, |configured: Option<String>| configured).flatten() {
+                Some(configured) if configured == subject => {
+                    return Err($crate::Error::Internal(format!(
+                        "crash point {} reached",
+                        $name
+                    )));
+                }
+                Some(configured) if configured.strip_prefix("hang:") == Some(subject) => {
+                    tracing::warn!(crash_point = $name, "hanging at a crash point");
+                    std::future::pending::<()>().await;
+                }
+                _ => {}
+            }
         }
     };
 }
 pub(crate) use crash_point;
+
+/// Test builds only (the `failpoints` feature, which only the tests' dev-dependencies enable,
+/// so only the binary `cargo test` builds has it): configures the failpoints the environment
+/// variable `FAILPOINTS` names, as `name=actions;name=actions` (the `fail` crate's syntax), for
+/// tests that run the server binary. Without the feature it does nothing, whatever the
+/// environment says.
+pub fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    if let Ok(points) = std::env::var("FAILPOINTS") {
+        for point in points.split(';').filter(|point| !point.trim().is_empty()) {
+            match point.split_once('=') {
+                Some((name, actions)) => match fail::cfg(name.trim(), actions.trim()) {
+                    Ok(()) => tracing::warn!(name, actions, "test build: failpoint configured"),
+                    Err(err) => tracing::error!(name, %err, "test build: bad failpoint"),
+                },
+                None => tracing::error!(point, "test build: a failpoint needs name=actions"),
+            }
+        }
+    }
+}
 
 /// Whether an error is this server's own failure (the database, mostly), which may go away if
 /// the step is tried again: the operation is then left to be resumed. Any other error is the
@@ -78,8 +114,13 @@ pub(crate) fn is_transient(err: &Error) -> bool {
 #[derive(Debug)]
 pub struct Journal {
     store: Store,
-    /// Names this process in the leases it takes (new at every start).
+    /// Names this process in the leases it takes: `<instance>/<boot>`, the boot new at every
+    /// start.
     owner: String,
+    /// `<instance>/`: the leases of this instance's earlier boots are claimed at once.
+    instance_prefix: String,
+    /// How long a lease lasts without being renewed ([`LEASE`]).
+    lease: Duration,
     /// The operations this process is running now, whose leases it renews.
     running: Mutex<HashSet<i64>>,
     /// Becomes true when the first sweep after start-up has run what it claimed.
@@ -105,10 +146,25 @@ impl Drop for Running {
 }
 
 impl Journal {
-    pub(crate) fn new(store: Store) -> Arc<Self> {
+    /// The journal of the process named `instance` (`instance_name`), in a new boot.
+    pub(crate) fn new(store: Store, instance: &str) -> Arc<Self> {
+        let boot = crate::tokens::random_from(b"abcdefghijklmnopqrstuvwxyz0123456789", 16);
+        // Test builds may lengthen the lease (the failpoint `operations::lease_secs`, configured
+        // `return(<seconds>)`), so that a test can tell a claim at start-up from one after the
+        // lease ran out without waiting for either.
+        #[cfg(feature = "failpoints")]
+        let lease = fail::eval("operations::lease_secs", |secs: Option<String>| {
+            secs.and_then(|secs| secs.parse().ok())
+        })
+        .flatten()
+        .map_or(LEASE, Duration::from_secs);
+        #[cfg(not(feature = "failpoints"))]
+        let lease = LEASE;
         Arc::new(Journal {
             store,
-            owner: crate::tokens::random_from(b"abcdefghijklmnopqrstuvwxyz0123456789", 16),
+            owner: format!("{instance}/{boot}"),
+            instance_prefix: format!("{instance}/"),
+            lease,
             running: Mutex::default(),
             first_sweep: watch::Sender::new(false),
             tasks: Mutex::default(),
@@ -129,7 +185,7 @@ impl Journal {
             subject,
             params,
             owner: &self.owner,
-            lease_until: now + lease_millis(),
+            lease_until: now + self.lease_millis(),
             now,
         }
     }
@@ -173,7 +229,7 @@ impl Journal {
     }
 
     async fn renew(&self) {
-        let until = now_millis() + lease_millis();
+        let until = now_millis() + self.lease_millis();
         for operation_id in self.running_ids() {
             match self
                 .store
@@ -190,8 +246,10 @@ impl Journal {
     }
 }
 
-fn lease_millis() -> i64 {
-    i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
+impl Journal {
+    fn lease_millis(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// What finishing a deactivation needs (the user is the operation's subject).
@@ -288,14 +346,20 @@ impl Services {
         }
     }
 
-    /// Claims the operations whose lease has run out and runs them, all at once; returns when
-    /// they have ended.
+    /// Claims the operations whose lease has run out, and those an earlier boot of this
+    /// instance left, and runs them, all at once; returns when they have ended.
     pub async fn resume_operations(&self) -> Result<usize> {
         let journal = &self.journal;
         let now = now_millis();
         let claimed = self
             .store
-            .claim_operations(&journal.owner, now, now + lease_millis(), CLAIM_BATCH)
+            .claim_operations(
+                &journal.owner,
+                &journal.instance_prefix,
+                now,
+                now + journal.lease_millis(),
+                CLAIM_BATCH,
+            )
             .await?;
         let count = claimed.len();
         let runs = claimed.into_iter().map(|operation| {

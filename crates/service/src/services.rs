@@ -95,7 +95,7 @@ impl Services {
             ServerKeys::load_or_create(&store, &sealer, config.server_name.clone()).await?;
         tracing::info!(server_name = %config.server_name, key_id = %server_keys.key_id(), "signing key loaded");
         let notifier = crate::notifier::Notifier::default();
-        let journal = crate::operations::Journal::new(store.clone());
+        let journal = crate::operations::Journal::new(store.clone(), &config.instance_name);
         let account_keys = Arc::new(
             crate::account_keys::AccountKeys::load(
                 store.clone(),

@@ -57,11 +57,14 @@ pub(crate) use begin_operation;
 
 impl Store {
     /// Claims for `owner`, until `lease_until`, at most `limit` operations whose lease ran out
-    /// before `now`, oldest first. A row another process claims at the same moment is left out
-    /// (its lease is no longer out when the update re-reads it).
+    /// before `now`, or whose lease an earlier boot of `owner`'s instance holds (an owner that
+    /// starts with `instance_prefix` but is not `owner`: that process is dead, since one
+    /// instance never runs twice at once), oldest first. A row another process claims at the
+    /// same moment is left out (the update re-reads the condition).
     pub async fn claim_operations(
         &self,
         owner: &str,
+        instance_prefix: &str,
         now: i64,
         lease_until: i64,
         limit: i64,
@@ -69,9 +72,12 @@ impl Store {
         // A look first: most sweeps find nothing, and need no write transaction.
         let due: Option<i64> = with_pool!(self, pool => {
             sqlx::query_scalar(
-                "SELECT operation_id FROM pending_operations WHERE lease_until < $1 LIMIT 1",
+                "SELECT operation_id FROM pending_operations WHERE lease_until < $1 OR \
+                 (substr(owner, 1, length($2)) = $2 AND owner <> $3) LIMIT 1",
             )
             .bind(now)
+            .bind(instance_prefix)
+            .bind(owner)
             .fetch_optional(pool)
             .await?
         });
@@ -80,16 +86,20 @@ impl Store {
         }
         let mut rows = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
+            // Claimable: the lease ran out, or an earlier boot of this instance holds it.
             let rows: Vec<PendingOperation> = sqlx::query_as(
                 "UPDATE pending_operations SET owner = $1, lease_until = $2 \
-                 WHERE lease_until < $3 AND operation_id IN ( \
-                     SELECT operation_id FROM pending_operations WHERE lease_until < $3 \
-                     ORDER BY operation_id LIMIT $4) \
+                 WHERE (lease_until < $3 OR (substr(owner, 1, length($4)) = $4 AND owner <> $1)) \
+                 AND operation_id IN ( \
+                     SELECT operation_id FROM pending_operations \
+                     WHERE lease_until < $3 OR (substr(owner, 1, length($4)) = $4 AND owner <> $1) \
+                     ORDER BY operation_id LIMIT $5) \
                  RETURNING operation_id, kind, subject, params",
             )
             .bind(owner)
             .bind(lease_until)
             .bind(now)
+            .bind(instance_prefix)
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
@@ -217,9 +227,11 @@ mod tests {
                     "@a:test",
                     false,
                     0,
+                    None,
                     &operation("dead", 10_000),
                 )
                 .await
+                .unwrap()
                 .unwrap();
             let (_, expired) = one
                 .create_room_with_operation(
@@ -228,14 +240,16 @@ mod tests {
                     "@a:test",
                     false,
                     0,
+                    None,
                     &operation("dead", 100),
                 )
                 .await
+                .unwrap()
                 .unwrap();
 
             let (a, b) = tokio::join!(
-                one.claim_operations("one", 1_000, 61_000, 10),
-                two.claim_operations("two", 1_000, 61_000, 10),
+                one.claim_operations("one", "elsewhere/", 1_000, 61_000, 10),
+                two.claim_operations("two", "elsewhere/", 1_000, 61_000, 10),
             );
             let (a, b) = (a.unwrap(), b.unwrap());
             let claimed: Vec<i64> = a.iter().chain(&b).map(|op| op.operation_id).collect();
@@ -251,7 +265,7 @@ mod tests {
             };
 
             assert!(
-                one.claim_operations(loser, 2_000, 62_000, 10)
+                one.claim_operations(loser, "elsewhere/", 2_000, 62_000, 10)
                     .await
                     .unwrap()
                     .is_empty(),
@@ -264,14 +278,14 @@ mod tests {
             // not handed back.
             one.release_operations(winner, &[]).await.unwrap();
             let reclaimed = two
-                .claim_operations(loser, 3_000, 63_000, 10)
+                .claim_operations(loser, "elsewhere/", 3_000, 63_000, 10)
                 .await
                 .unwrap();
             assert_eq!(reclaimed.len(), 1, "{kind:?}");
             assert_eq!(reclaimed[0].operation_id, expired);
             two.release_operations(loser, &[expired]).await.unwrap();
             assert!(
-                one.claim_operations(winner, 4_000, 64_000, 10)
+                one.claim_operations(winner, "elsewhere/", 4_000, 64_000, 10)
                     .await
                     .unwrap()
                     .is_empty()
@@ -279,7 +293,7 @@ mod tests {
 
             // The held one's lease runs out in its turn.
             let late = one
-                .claim_operations(winner, 70_000, 130_000, 10)
+                .claim_operations(winner, "elsewhere/", 70_000, 130_000, 10)
                 .await
                 .unwrap();
             let late: Vec<i64> = late.iter().map(|op| op.operation_id).collect();
@@ -292,6 +306,162 @@ mod tests {
                     .await
                     .unwrap()
                     .is_empty()
+            );
+        }
+    }
+
+    /// Leases are owned by `<instance>/<boot>`: a new boot of an instance claims at once what
+    /// an earlier boot of it holds (that process is dead), while another instance (and another
+    /// boot's leases of other instances) wait for the lease to run out.
+    #[tokio::test]
+    async fn an_earlier_boot_of_the_same_instance_is_claimed_at_once() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            for (room, owner) in [
+                ("!mine:test", "main/boot1"),
+                ("!theirs:test", "other/boot1"),
+                // A prefix of this instance's name is another instance.
+                ("!prefix:test", "mai/boot1"),
+                ("!longer:test", "main2/boot1"),
+            ] {
+                let (_, id) = store
+                    .create_room_with_operation(
+                        room,
+                        "12",
+                        "@a:test",
+                        false,
+                        0,
+                        None,
+                        &operation(owner, 10_000),
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                ids.push(id);
+            }
+            let [mine, theirs, prefix, longer] = ids[..] else {
+                unreachable!()
+            };
+
+            // Another instance's process, at once: nothing (every lease lasts until 10 000).
+            assert!(
+                store
+                    .claim_operations("third/boot1", "third/", 1_000, 61_000, 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{kind:?}"
+            );
+            // The same boot of `main` (a sweep of the process that holds it): nothing.
+            assert!(
+                store
+                    .claim_operations("main/boot1", "main/", 1_000, 61_000, 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{kind:?}"
+            );
+            // A new boot of `main`: its earlier boot's operation at once, nobody else's.
+            let claimed = store
+                .claim_operations("main/boot2", "main/", 1_000, 61_000, 10)
+                .await
+                .unwrap();
+            let claimed: Vec<i64> = claimed.iter().map(|op| op.operation_id).collect();
+            assert_eq!(claimed, [mine], "{kind:?}");
+            assert!(
+                store
+                    .renew_operation("main/boot2", mine, 70_000)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .renew_operation("main/boot1", mine, 70_000)
+                    .await
+                    .unwrap()
+            );
+
+            // Once the leases run out, anyone claims the rest.
+            let late = store
+                .claim_operations("third/boot1", "third/", 20_000, 80_000, 10)
+                .await
+                .unwrap();
+            let late: Vec<i64> = late.iter().map(|op| op.operation_id).collect();
+            assert_eq!(late, [theirs, prefix, longer], "{kind:?}");
+        }
+    }
+
+    /// A room created with an alias takes the alias in the room row's transaction: an alias
+    /// taken already (by a concurrent request) writes nothing at all, no room row, no journal
+    /// entry; a free one points at the new room from the start.
+    #[tokio::test]
+    async fn a_taken_alias_writes_no_room_row_and_no_journal_entry() {
+        for kind in test_backends() {
+            let db = TestDatabase::create(kind).await;
+            let store = Store::open(&db.url, &StoreOptions::default())
+                .await
+                .unwrap();
+            let (nid, _) = store
+                .create_room_with_operation(
+                    "!first:test",
+                    "12",
+                    "@a:test",
+                    false,
+                    0,
+                    Some("#taken:test"),
+                    &operation("main/boot", 10_000),
+                )
+                .await
+                .unwrap()
+                .expect("a free alias");
+            assert_eq!(
+                store
+                    .alias("#taken:test")
+                    .await
+                    .unwrap()
+                    .map(|row| row.room_nid),
+                Some(nid),
+                "{kind:?}"
+            );
+            let second = store
+                .create_room_with_operation(
+                    "!second:test",
+                    "12",
+                    "@a:test",
+                    false,
+                    0,
+                    Some("#taken:test"),
+                    &operation("main/boot", 10_000),
+                )
+                .await
+                .unwrap();
+            assert_eq!(second, None, "{kind:?}");
+            assert_eq!(
+                store.rooms_created_by("@a:test").await.unwrap(),
+                ["!first:test"],
+                "{kind:?}: no second room row"
+            );
+            assert!(store.room("!second:test").await.unwrap().is_none());
+            assert_eq!(
+                store
+                    .pending_operations("create_room", "@a:test")
+                    .await
+                    .unwrap()
+                    .len(),
+                1,
+                "{kind:?}: the first room's entry only"
+            );
+            assert_eq!(
+                store
+                    .alias("#taken:test")
+                    .await
+                    .unwrap()
+                    .map(|row| row.room_nid),
+                Some(nid)
             );
         }
     }

@@ -779,8 +779,10 @@ impl Store {
 
     /// Creates a room row and journals the operation that builds the room, in one transaction
     /// (a room row is never left without the journal entry that finishes it). The room id must
-    /// be new (else [`StoreError::Conflict`], nothing written). Returns the room nid and the
-    /// operation id.
+    /// be new (else [`StoreError::Conflict`], nothing written). `alias` (a local alias the room
+    /// is created with) points at the room from the same transaction; taken already, nothing
+    /// is written and the answer is `None`. Returns the room nid and the operation id.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_room_with_operation(
         &self,
         room_id: &str,
@@ -788,8 +790,9 @@ impl Store {
         creator: &str,
         is_public: bool,
         now: i64,
+        alias: Option<&str>,
         operation: &crate::NewOperation<'_>,
-    ) -> Result<(i64, i64), StoreError> {
+    ) -> Result<Option<(i64, i64)>, StoreError> {
         let ids = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let nid = sqlx::query_scalar::<_, i64>(
@@ -803,9 +806,42 @@ impl Store {
             .bind(is_public)
             .fetch_one(&mut *tx)
             .await?;
-            let operation_id = crate::operations::begin_operation!(tx, operation);
-            tx.commit().await?;
-            (nid, operation_id)
+            let alias_taken = match alias {
+                Some(alias) => sqlx::query_scalar::<_, String>(
+                    "INSERT INTO room_aliases (alias, room_nid, creator, created_ts) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (alias) DO NOTHING RETURNING alias",
+                )
+                .bind(alias)
+                .bind(nid)
+                .bind(creator)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none(),
+                None => false,
+            };
+            if alias_taken {
+                // Dropped uncommitted: the room row goes too.
+                None
+            } else {
+                let operation_id = crate::operations::begin_operation!(tx, operation);
+                tx.commit().await?;
+                Some((nid, operation_id))
+            }
+        });
+        Ok(ids)
+    }
+
+    /// The ids of the rooms `creator` created on this server (their room rows, built or not),
+    /// oldest first: what an admin looks at, and what tests count.
+    pub async fn rooms_created_by(&self, creator: &str) -> Result<Vec<String>, StoreError> {
+        let ids = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT room_id FROM rooms WHERE creator = $1 ORDER BY room_nid",
+            )
+            .bind(creator)
+            .fetch_all(pool)
+            .await?
         });
         Ok(ids)
     }

@@ -4,17 +4,23 @@
 //! order. [`Rooms::build_room`] sends them; room upgrades build their replacement room with it
 //! too.
 //!
+//! Before anything is written the whole build is run in memory and authorised step by step
+//! ([`check`]): a request one of whose steps the room's rules (or the server's) would refuse
+//! is refused whole and leaves nothing behind.
+//!
 //! A build takes a transaction per event, so it is journaled (`crate::operations`) with the
-//! room row, in one transaction: a build that a crash (or a failure of this server's) cuts
-//! short is finished later by [`Rooms::resume_room_creation`], never left half-made. Finishing
-//! rather than undoing, because what was built is already seen: the creator's other devices
-//! sync the room as its events are written (Synapse leaves such a room as the failure left it).
+//! room row (and the alias), in one transaction: a build that a crash (or a failure of this
+//! server's) cuts short is finished later by [`Rooms::resume_room_creation`], never left
+//! half-made. Finishing rather than undoing, because what was built is already seen: the
+//! creator's other devices sync the room as its events are written.
+
+mod check;
 
 use std::collections::HashMap;
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu, RoomVersion,
-    auth::{check_auth_events, check_power_levels_content},
+    auth::check_auth_events,
     pdu::{EventSigner, build_pdu},
     version::{EventFormat, RoomIdFormat, Stability},
 };
@@ -399,7 +405,10 @@ impl Rooms {
             "type".to_owned(),
             CanonicalJsonValue::String("m.room.create".to_owned()),
         );
-        partial.insert("sender".to_owned(), CanonicalJsonValue::String(creator_id));
+        partial.insert(
+            "sender".to_owned(),
+            CanonicalJsonValue::String(creator_id.clone()),
+        );
         partial.insert(
             "state_key".to_owned(),
             CanonicalJsonValue::String(String::new()),
@@ -448,16 +457,7 @@ impl Rooms {
                 None => self.keys.event_signer(),
             };
             let create = build_pdu(partial.clone(), version, signer).map_err(pdu_error)?;
-            // What the auth rules would refuse in the create event or the power levels is
-            // refused before the room exists (a bad power_level_content_override used to leave
-            // a half-made room).
             check_auth_events(version, &create, |_| None).map_err(auth_error)?;
-            check_power_levels_content(
-                version,
-                &to_canonical_object(Value::Object(power_levels.clone()))?,
-                &create,
-            )
-            .map_err(auth_error)?;
             let room_id = room_id
                 .clone()
                 .unwrap_or_else(|| format!("!{}", create.event_id().trim_start_matches('$')));
@@ -478,6 +478,11 @@ impl Rooms {
                 is_direct,
                 now,
             };
+            // Every step the room's rules (or the server's) would refuse is refused now, before
+            // the room exists: a refused `initial_state` event, power levels that lock the
+            // creator out of a later step, an event too large... (see `check`).
+            self.check_build(version, &create, &creation, &creator_id, signer)
+                .await?;
             let params = serde_json::to_string(&creation)
                 .map_err(|e| Error::Internal(format!("journaling a room creation: {e}")))?;
             match self
@@ -488,13 +493,21 @@ impl Rooms {
                     creator.as_str(),
                     public,
                     now,
+                    alias.as_ref().map(|alias| alias.as_str()),
                     &self
                         .journal
                         .operation(CREATE_ROOM, creator.as_str(), &params),
                 )
                 .await
             {
-                Ok((_, operation_id)) => break (create, creation, operation_id),
+                Ok(Some((_, operation_id))) => break (create, creation, operation_id),
+                // Taken since the check above, by a concurrent request: nothing was written.
+                Ok(None) => {
+                    return Err(Error::RoomInUse(format!(
+                        "Room alias {} already exists",
+                        alias.as_ref().map(|a| a.as_str()).unwrap_or_default()
+                    )));
+                }
                 Err(myelin_store::StoreError::Conflict(_)) if attempts < 100 => {
                     attempts += 1;
                     now += 1;
@@ -608,10 +621,12 @@ impl Rooms {
             let done = self.run_step(room, creation, step).await;
             match done {
                 Ok(()) => {}
-                // A resume takes what the room's rules allow; the request that began the build
-                // has had its answer.
-                Err(err) if resuming.is_some() && !crate::operations::is_transient(&err) => {
-                    tracing::warn!(room_id = %room.room_id, %err, "resuming a room creation: a step was refused");
+                // Every step was authorised before the room was made (`check`): only a change
+                // the room's members made meanwhile (the creator's other devices see the room
+                // from its first event) can refuse one now. The build goes on with what the
+                // room's rules allow, live as when resuming (whose request has had its answer).
+                Err(err) if !crate::operations::is_transient(&err) => {
+                    tracing::warn!(room_id = %room.room_id, %err, "building a room: a step was refused");
                 }
                 Err(err) => return Err(err),
             }
@@ -684,17 +699,24 @@ impl Rooms {
                 .await?;
             }
             Step::Alias(alias) => {
-                if !self
+                // Written with the room row (`Store::create_room_with_operation`) since; a
+                // build journaled before that writes it here.
+                let points_here = self
                     .store
-                    .create_alias(
-                        alias.as_str(),
-                        room.room_nid,
-                        creator.as_str(),
-                        now_millis(),
-                    )
+                    .alias(alias.as_str())
                     .await?
+                    .is_some_and(|row| row.room_nid == room.room_nid);
+                if !points_here
+                    && !self
+                        .store
+                        .create_alias(
+                            alias.as_str(),
+                            room.room_nid,
+                            creator.as_str(),
+                            now_millis(),
+                        )
+                        .await?
                 {
-                    // Taken since the check before the room was made, by a concurrent request.
                     return Err(Error::RoomInUse(format!(
                         "Room alias {alias} already exists"
                     )));

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 
 use myelin_room_version::{
     CanonicalJsonObject, CanonicalJsonValue, Pdu,
-    auth::{auth_types_for_event, check_against_auth_events, check_against_state},
+    auth::{
+        auth_types_for_event, check_against_auth_events, check_against_state,
+        check_local_power_levels_content,
+    },
     pdu::{EventSigner, build_pdu},
     version::{RedactionAlgorithm, RoomVersion},
 };
@@ -308,6 +311,12 @@ impl Rooms {
             }
             _ => None,
         };
+        // Power levels of a shape only older room versions' auth rules would take: the
+        // client's bad request (400), before anything is built or locked.
+        if event.event_type == "m.room.power_levels" && event.state_key.is_some() {
+            check_local_power_levels_content(&to_canonical_object(event.content.clone())?)
+                .map_err(auth_error)?;
+        }
         // Held until the event's commit has ended (or it is known never to happen): it moves
         // into the store's group commit with the event (see `persist`), so a send whose
         // caller goes away never commits outside its room's lock.

@@ -642,13 +642,29 @@ async fn legacy_mention_rules_apply_to_messages_without_m_mentions() {
         assert_eq!(status, 200, "{body}");
         let messages = [
             (&alice, json!({"body": "bobcat and bobby"}), false),
-            (&alice, json!({"body": format!("Hello {}!", bob.user_id)}), true),
+            (
+                &alice,
+                json!({"body": format!("Hello {}!", bob.user_id)}),
+                true,
+            ),
             (&alice, json!({"body": "thanks, Roberto"}), true),
-            (&alice, json!({"body": "hello bob", "m.mentions": {}}), false),
-            (&alice, json!({"body": "Roberto?", "m.mentions": {"user_ids": []}}), false),
+            (
+                &alice,
+                json!({"body": "hello bob", "m.mentions": {}}),
+                false,
+            ),
+            (
+                &alice,
+                json!({"body": "Roberto?", "m.mentions": {"user_ids": []}}),
+                false,
+            ),
             (&alice, json!({"body": "@room wake up"}), true),
             (&carol, json!({"body": "@room me too"}), false),
-            (&alice, json!({"body": "@room again", "m.mentions": {}}), false),
+            (
+                &alice,
+                json!({"body": "@room again", "m.mentions": {}}),
+                false,
+            ),
         ];
         for (i, (sender, mut content, _)) in messages.clone().into_iter().enumerate() {
             content["msgtype"] = json!("m.text");

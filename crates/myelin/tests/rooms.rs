@@ -1323,7 +1323,11 @@ async fn members_at_sync_tokens_are_the_members_the_sync_saw() {
         );
         assert_eq!(
             members_at(String::new()).await,
-            [joined(&alice), format!("{} leave", bob.user_id), joined(&carol)],
+            [
+                joined(&alice),
+                format!("{} leave", bob.user_id),
+                joined(&carol)
+            ],
             "{kind:?}: now"
         );
 
@@ -1362,7 +1366,11 @@ async fn members_at_sync_tokens_are_the_members_the_sync_saw() {
         timeline_ids.reverse();
         assert_eq!(ids(&page["chunk"]), timeline_ids, "{kind:?}: {page}");
         let after_start = back(page["end"].as_str().unwrap()).await;
-        assert_eq!(after_start["chunk"], json!([]), "{kind:?}: the room's start");
+        assert_eq!(
+            after_start["chunk"],
+            json!([]),
+            "{kind:?}: the room's start"
+        );
         assert!(after_start.get("end").is_none(), "{after_start}");
         server.stop().await;
     }

@@ -673,7 +673,11 @@ pub(crate) fn server_default_push_rules(user_id: &UserId) -> Ruleset {
 fn merge_missing_defaults(stored: &mut Ruleset, defaults: Ruleset) {
     macro_rules! merge {
         ($field:ident) => {
-            let order: Vec<String> = defaults.$field.iter().map(|r| r.rule_id.to_string()).collect();
+            let order: Vec<String> = defaults
+                .$field
+                .iter()
+                .map(|r| r.rule_id.to_string())
+                .collect();
             for (i, rule) in defaults.$field.into_iter().enumerate() {
                 if stored.$field.contains(rule.rule_id.as_str()) {
                     continue;

@@ -608,6 +608,142 @@ async fn room_mentions_highlight_only_from_senders_allowed_to_notify_the_room() 
     }
 }
 
+/// The legacy mention rules (v1.12's defaults, which Synapse ships too): a message without
+/// `m.mentions` highlights the user whose localpart or display name in that room its body
+/// names as a word, and `@room` from a sender allowed to notify the room; one with
+/// `m.mentions` (even empty) is judged by its mentions alone (MSC3952).
+#[tokio::test]
+async fn legacy_mention_rules_apply_to_messages_without_m_mentions() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let room = shared_room(&server, &alice, &bob).await;
+        server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                &carol.access_token,
+                json!({}),
+            )
+            .await;
+        // Bob's display name in this room only.
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    enc(&room),
+                    enc(&bob.user_id)
+                ),
+                &bob.access_token,
+                json!({"membership": "join", "displayname": "Roberto"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let messages = [
+            (&alice, json!({"body": "bobcat and bobby"}), false),
+            (
+                &alice,
+                json!({"body": format!("Hello {}!", bob.user_id)}),
+                true,
+            ),
+            (&alice, json!({"body": "thanks, Roberto"}), true),
+            (
+                &alice,
+                json!({"body": "hello bob", "m.mentions": {}}),
+                false,
+            ),
+            (
+                &alice,
+                json!({"body": "Roberto?", "m.mentions": {"user_ids": []}}),
+                false,
+            ),
+            (&alice, json!({"body": "@room wake up"}), true),
+            (&carol, json!({"body": "@room me too"}), false),
+            (
+                &alice,
+                json!({"body": "@room again", "m.mentions": {}}),
+                false,
+            ),
+        ];
+        for (i, (sender, mut content, _)) in messages.clone().into_iter().enumerate() {
+            content["msgtype"] = json!("m.text");
+            let (status, body) = server
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.message/legacy{i}",
+                        enc(&room)
+                    ),
+                    &sender.access_token,
+                    content,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let body = sync(&server, &bob, "").await;
+        let unread = &body["rooms"]["join"][&room]["unread_notifications"];
+        assert_eq!(
+            unread["notification_count"],
+            messages.len(),
+            "{kind:?}: {unread}"
+        );
+        assert_eq!(unread["highlight_count"], 3, "{kind:?}: {unread}");
+        let (_, highlights) = server
+            .get(
+                "/_matrix/client/v3/notifications?only=highlight",
+                &bob.access_token,
+            )
+            .await;
+        let mut highlighted: Vec<&str> = highlights["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["event"]["content"]["body"].as_str().unwrap())
+            .collect();
+        highlighted.sort_unstable();
+        let mut expected: Vec<String> = messages
+            .iter()
+            .filter(|(_, _, highlight)| *highlight)
+            .map(|(_, content, _)| content["body"].as_str().unwrap().to_owned())
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(highlighted, expected, "{kind:?}");
+
+        // Bob's display name elsewhere is his global one: "Roberto" means nothing there.
+        let (_, other) = server
+            .post(
+                "/_matrix/client/v3/createRoom",
+                &alice.access_token,
+                json!({"preset": "public_chat", "invite": [bob.user_id]}),
+            )
+            .await;
+        let other = other["room_id"].as_str().unwrap().to_owned();
+        server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&other)),
+                &bob.access_token,
+                json!({}),
+            )
+            .await;
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/elsewhere",
+                    enc(&other)
+                ),
+                &alice.access_token,
+                json!({"msgtype": "m.text", "body": "thanks, Roberto"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let body = sync(&server, &bob, "").await;
+        let unread = &body["rooms"]["join"][&other]["unread_notifications"];
+        assert_eq!(unread["notification_count"], 1, "{kind:?}: {unread}");
+        assert_eq!(unread["highlight_count"], 0, "{kind:?}: {unread}");
+        server.stop().await;
+    }
+}
+
 /// Thread-aware unread counts (Complement's TestThreadedReceipts): a threaded receipt reads
 /// its thread only (`main` is the main timeline), an unthreaded one reads everything before it;
 /// with `unread_thread_notifications` in the timeline filter each thread is counted apart

@@ -1217,6 +1217,165 @@ async fn members_at_a_point_and_messages_filters() {
     }
 }
 
+/// `/members?at=` lists the members after the last event at or before the token: before the
+/// first event of a sync timeline for its `prev_batch`, through the last event a sync delivered
+/// for its `next_batch`. A timeline that begins with the room's create event (Complement's
+/// `TestGetRoomMembersAtPoint`) has nothing before it; its `prev_batch` is the place the
+/// timeline reached, as Synapse's, so the members there are those of that sync, and
+/// `/messages` from it reaches the room's start. Filters apply to the members at the point.
+#[tokio::test]
+async fn members_at_sync_tokens_are_the_members_the_sync_saw() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let room = create(&server, &alice, json!({"preset": "public_chat"})).await;
+        send_text(&server, &alice, &room, "m1", "hello").await;
+        let sync = |user: &TestUser, query: String| {
+            let (server, token) = (&server, user.access_token.clone());
+            async move {
+                let (status, body) = server
+                    .get(&format!("/_matrix/client/v3/sync?{query}"), &token)
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                body
+            }
+        };
+        let members_at = |query: String| {
+            let (server, token) = (&server, alice.access_token.clone());
+            let path = format!("/_matrix/client/v3/rooms/{}/members?{query}", enc(&room));
+            async move {
+                let (status, body) = server.get(&path, &token).await;
+                assert_eq!(status, 200, "{path}: {body}");
+                let mut members: Vec<String> = body["chunk"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e["state_key"].as_str().unwrap(),
+                            e["content"]["membership"].as_str().unwrap()
+                        )
+                    })
+                    .collect();
+                members.sort();
+                members
+            }
+        };
+        let joined = |user: &TestUser| format!("{} join", user.user_id);
+
+        // An initial sync whose timeline holds the whole room, from its create event.
+        let whole = sync(&alice, String::new()).await;
+        let timeline = &whole["rooms"]["join"][&room]["timeline"];
+        assert_eq!(timeline["events"][0]["type"], "m.room.create", "{timeline}");
+        assert_eq!(timeline["limited"], false);
+        let whole_prev_batch = timeline["prev_batch"].as_str().unwrap().to_owned();
+        // A limited one of the same moment: it starts at "hello", after alice's join.
+        let filter = enc(&json!({"room": {"timeline": {"limit": 1}}}).to_string());
+        let limited = sync(&alice, format!("filter={filter}")).await;
+        let timeline = &limited["rooms"]["join"][&room]["timeline"];
+        assert_eq!(timeline["events"][0]["content"]["body"], "hello");
+        let limited_prev_batch = timeline["prev_batch"].as_str().unwrap().to_owned();
+
+        membership_call(&server, &bob, &room, "join", json!({})).await;
+        // Bob's join is the last event this sync delivers.
+        let after_bob = sync(&alice, String::new()).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        send_text(&server, &bob, &room, "m2", "hello back").await;
+        membership_call(&server, &bob, &room, "leave", json!({})).await;
+        let after_leave = sync(&alice, String::new()).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        membership_call(&server, &carol, &room, "join", json!({})).await;
+
+        for token in [&whole_prev_batch, &limited_prev_batch] {
+            assert_eq!(
+                members_at(format!("at={}", enc(token))).await,
+                [joined(&alice)],
+                "{kind:?} at {token}"
+            );
+        }
+        assert_eq!(
+            members_at(format!("at={}", enc(&after_bob))).await,
+            [joined(&alice), joined(&bob)],
+            "{kind:?}: through the last event the sync delivered"
+        );
+        let bob_left = format!("{} leave", bob.user_id);
+        assert_eq!(
+            members_at(format!("at={}", enc(&after_leave))).await,
+            [joined(&alice), bob_left.clone()],
+            "{kind:?}"
+        );
+        assert_eq!(
+            members_at(format!("at={}&not_membership=leave", enc(&after_leave))).await,
+            [joined(&alice)],
+            "{kind:?}"
+        );
+        assert_eq!(
+            members_at(format!("at={}&membership=leave", enc(&after_leave))).await,
+            [bob_left],
+            "{kind:?}"
+        );
+        assert_eq!(
+            members_at(String::new()).await,
+            [
+                joined(&alice),
+                format!("{} leave", bob.user_id),
+                joined(&carol)
+            ],
+            "{kind:?}: now"
+        );
+
+        // `/messages` from either prev_batch: the limited one gives what came before its
+        // timeline; the whole one pages back through that timeline to the room's start.
+        let back = |token: &str| {
+            let path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50&from={}",
+                enc(&room),
+                enc(token)
+            );
+            let (server, token) = (&server, alice.access_token.clone());
+            async move {
+                let (status, page) = server.get(&path, &token).await;
+                assert_eq!(status, 200, "{page}");
+                page
+            }
+        };
+        let page = back(&limited_prev_batch).await;
+        let chunk = page["chunk"].as_array().unwrap();
+        assert_eq!(chunk.last().unwrap()["type"], "m.room.create", "{page}");
+        assert!(
+            chunk.iter().all(|e| e["type"] != "m.room.message"),
+            "{kind:?}: only what came before the limited timeline: {page}"
+        );
+        let page = back(&whole_prev_batch).await;
+        let ids = |events: &Value| -> Vec<String> {
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let mut timeline_ids = ids(&whole["rooms"]["join"][&room]["timeline"]["events"]);
+        timeline_ids.reverse();
+        assert_eq!(ids(&page["chunk"]), timeline_ids, "{kind:?}: {page}");
+        let after_start = back(page["end"].as_str().unwrap()).await;
+        assert_eq!(
+            after_start["chunk"],
+            json!([]),
+            "{kind:?}: the room's start"
+        );
+        assert!(after_start.get("end").is_none(), "{after_start}");
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn canonical_alias_state_is_checked() {
     for kind in test_backends() {

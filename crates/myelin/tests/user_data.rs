@@ -612,6 +612,24 @@ async fn push_rules_default_and_user_changes() {
             .find(|r| r["rule_id"] == ".m.rule.invite_for_me")
             .expect("invite_for_me");
         assert!(invite.to_string().contains(&alice.user_id));
+        // The legacy mention rules of the spec version spoken (v1.12), where it puts them.
+        let overrides = rule_ids(&global["override"]);
+        let after = |id: &str| overrides[overrides.iter().position(|r| *r == id).unwrap() + 1];
+        assert_eq!(
+            after(".m.rule.is_user_mention"),
+            ".m.rule.contains_display_name",
+            "{kind:?}: {overrides:?}"
+        );
+        assert_eq!(after(".m.rule.is_room_mention"), ".m.rule.roomnotif");
+        assert_eq!(
+            global["content"],
+            json!([{
+                "rule_id": ".m.rule.contains_user_name", "default": true, "enabled": true,
+                "pattern": "alice",
+                "actions": ["notify", {"set_tweak": "sound", "value": "default"},
+                    {"set_tweak": "highlight"}],
+            }])
+        );
         let (status, scope) = c.get(&format!("{base}/global/"), &alice).await;
         assert_eq!(status, 200);
         assert_eq!(

@@ -172,6 +172,28 @@ struct JoinedRoom {
     changed_state: Vec<EventRow>,
 }
 
+/// A timeline's `prev_batch`, `s<N>`: the place just before its first event, from which
+/// `/messages` pages back to the events before the timeline and at which `/members?at=` lists
+/// the members the timeline starts with. `end` is the place the timeline reaches (after its
+/// last event), which an empty timeline gets.
+///
+/// A timeline that begins with the room's create event has nothing before it: paging back
+/// from there finds nothing and no one is a member there. It gets `end` instead, as Synapse
+/// gives an initial sync's timeline that holds the room's whole history: `/members?at=` then
+/// lists the members as of this sync (what clients and Complement's
+/// `TestGetRoomMembersAtPoint` ask of it), and `/messages` from it pages back through the
+/// timeline once more to the create event, where the room's history ends.
+fn timeline_prev_batch(rows: &[EventRow], end: i64) -> String {
+    match rows.first() {
+        Some(first) if !is_create_event(first) => events_token(first.stream_ordering),
+        _ => events_token(end),
+    }
+}
+
+fn is_create_event(row: &EventRow) -> bool {
+    row.event_type == "m.room.create" && row.state_key.as_deref() == Some("")
+}
+
 /// Adds to a room's `state` (or `state_after`) rows the state events now at the keys that
 /// changed since the token without a state event for that key in the timeline: a fork's
 /// resolution can put an older event (or one never in this timeline) into the current state.
@@ -677,12 +699,7 @@ impl Services {
             self.rooms
                 .bundle_aggregations(room, user, &mut timeline)
                 .await?;
-            let prev_batch = events_token(
-                joined
-                    .rows
-                    .first()
-                    .map_or(now.events + 1, |r| r.stream_ordering),
-            );
+            let prev_batch = timeline_prev_batch(&joined.rows, now.events + 1);
             let senders: HashSet<&str> = timeline
                 .iter()
                 .filter_map(|e| e["sender"].as_str())
@@ -904,10 +921,7 @@ impl Services {
         self.rooms
             .bundle_aggregations(room, user, &mut timeline)
             .await?;
-        let prev_batch = events_token(
-            rows.first()
-                .map_or(membership.stream_ordering + 1, |r| r.stream_ordering),
-        );
+        let prev_batch = timeline_prev_batch(&rows, membership.stream_ordering + 1);
         let state = if since.is_none() || limited {
             let mut state = match rows.first() {
                 Some(first) => self.state_before(room, Some(first)).await?,

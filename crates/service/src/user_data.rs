@@ -9,8 +9,10 @@ use ruma::{
     api::client::{filter::FilterDefinition, push::PushRule},
     events::tag::{TagInfo, TagName, Tags},
     push::{
-        Action, ConditionalPushRule, InsertPushRuleError, NewConditionalPushRule, NewPushRule,
-        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+        Action, ConditionalPushRule, ConditionalPushRuleInit, HighlightTweakValue,
+        InsertPushRuleError, NewConditionalPushRule, NewPushRule, NewSimplePushRule,
+        PatternedPushRuleInit, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+        SenderNotificationPermissionConditionData, SoundTweakValue, Tweak,
     },
 };
 use serde_json::value::RawValue;
@@ -219,7 +221,7 @@ impl UserData {
                 AccountDataRow {
                     room_id: None,
                     data_type: PUSH_RULES_TYPE.to_owned(),
-                    content: push_rules_json(Ruleset::server_default(user_id))?,
+                    content: push_rules_json(server_default_push_rules(user_id))?,
                     stream_position: 0,
                 },
             ),
@@ -490,7 +492,7 @@ impl UserData {
 /// The user's rules from the stored `m.push_rules` content (the defaults when there is none),
 /// with any default rule the stored set lacks merged in.
 pub(crate) fn merged_push_rules(user_id: &UserId, stored: Option<&str>) -> Result<Ruleset> {
-    let defaults = Ruleset::server_default(user_id);
+    let defaults = server_default_push_rules(user_id);
     let Some(text) = stored else {
         return Ok(defaults);
     };
@@ -594,19 +596,108 @@ fn rule_not_found() -> Error {
     Error::NotFound("The push rule was not found".to_owned())
 }
 
-/// Adds to `stored` every default rule it lacks: the master rule first, the others after the
-/// user's rules of their kind, which is where the spec puts server-default rules.
+/// The server-default push rules of the spec version this server speaks (v1.12, the newest it
+/// advertises): ruma's defaults, which follow the latest spec, plus the legacy mention rules
+/// that spec still lists (deprecated since v1.7, removed in v1.17 by MSC4210):
+/// `.m.rule.contains_display_name` and `.m.rule.roomnotif` among the override rules, right
+/// after `.m.rule.is_user_mention` and `.m.rule.is_room_mention`, and the content rule
+/// `.m.rule.contains_user_name`. Synapse ships them too. They only apply to an event without
+/// `m.mentions` (MSC3952; the evaluator knows them by id), so a client that sends intentional
+/// mentions never triggers them, and one that does not still gets its users highlighted.
+pub(crate) fn server_default_push_rules(user_id: &UserId) -> Ruleset {
+    let mut rules = Ruleset::server_default(user_id);
+    let mention_actions = || {
+        vec![
+            Action::Notify,
+            Action::SetTweak(Tweak::Sound(SoundTweakValue::Default)),
+            Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)),
+        ]
+    };
+    let contains_display_name: ConditionalPushRule = ConditionalPushRuleInit {
+        actions: mention_actions(),
+        default: true,
+        enabled: true,
+        rule_id: ".m.rule.contains_display_name".to_owned(),
+        #[allow(deprecated)] // the condition of the deprecated rule, in the spec it speaks
+        conditions: vec![PushCondition::ContainsDisplayName],
+    }
+    .into();
+    let roomnotif: ConditionalPushRule = ConditionalPushRuleInit {
+        actions: vec![
+            Action::Notify,
+            Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)),
+        ],
+        default: true,
+        enabled: true,
+        rule_id: ".m.rule.roomnotif".to_owned(),
+        conditions: vec![
+            PushCondition::EventMatch(ruma::push::EventMatchConditionData::new(
+                "content.body".to_owned(),
+                "@room".to_owned(),
+            )),
+            PushCondition::SenderNotificationPermission(
+                SenderNotificationPermissionConditionData::new(
+                    ruma::power_levels::NotificationPowerLevelsKey::Room,
+                ),
+            ),
+        ],
+    }
+    .into();
+    for (after, rule) in [
+        (".m.rule.is_user_mention", contains_display_name),
+        (".m.rule.is_room_mention", roomnotif),
+    ] {
+        let at = rules
+            .override_
+            .get_index_of(after)
+            .map_or(rules.override_.len(), |i| i + 1);
+        rules.override_.shift_insert(at, rule);
+    }
+    rules.content.insert(
+        PatternedPushRuleInit {
+            actions: mention_actions(),
+            default: true,
+            enabled: true,
+            rule_id: ".m.rule.contains_user_name".to_owned(),
+            pattern: user_id.localpart().to_owned(),
+        }
+        .into(),
+    );
+    rules
+}
+
+/// Adds to `stored` every default rule it lacks, where the defaults place it: after the
+/// nearest default rule before it that `stored` has (or before the nearest one after it),
+/// so that the server-default rules keep the spec's order behind the user's own rules of
+/// their kind; the master rule goes first.
 fn merge_missing_defaults(stored: &mut Ruleset, defaults: Ruleset) {
     macro_rules! merge {
         ($field:ident) => {
-            for rule in defaults.$field {
-                if !stored.$field.contains(rule.rule_id.as_str()) {
-                    let is_master = rule.rule_id == ".m.rule.master";
-                    let (index, _) = stored.$field.insert_full(rule);
-                    if is_master {
-                        stored.$field.move_index(index, 0);
-                    }
+            let order: Vec<String> = defaults
+                .$field
+                .iter()
+                .map(|r| r.rule_id.to_string())
+                .collect();
+            for (i, rule) in defaults.$field.into_iter().enumerate() {
+                if stored.$field.contains(rule.rule_id.as_str()) {
+                    continue;
                 }
+                let after_previous = order[..i]
+                    .iter()
+                    .rev()
+                    .find_map(|id| stored.$field.get_index_of(id.as_str()))
+                    .map(|index| index + 1);
+                let before_next = || {
+                    order[i + 1..]
+                        .iter()
+                        .find_map(|id| stored.$field.get_index_of(id.as_str()))
+                };
+                let at = match after_previous {
+                    Some(at) => at,
+                    None if order[i] == ".m.rule.master" => 0,
+                    None => before_next().unwrap_or(stored.$field.len()),
+                };
+                stored.$field.shift_insert(at, rule);
             }
         };
     }
@@ -771,14 +862,14 @@ mod tests {
     #[test]
     fn missing_default_rules_are_merged_back() {
         let alice = owned_user_id!("@alice:test");
-        let mut rules = Ruleset::server_default(&alice);
+        let mut rules = server_default_push_rules(&alice);
         rules.override_.shift_remove(".m.rule.master");
         rules.underride.shift_remove(".m.rule.message");
         rules
             .set_enabled(RuleKind::Override, ".m.rule.suppress_notices", false)
             .unwrap();
         let merged = merged_push_rules(&alice, Some(&push_rules_json(rules).unwrap())).unwrap();
-        let defaults = Ruleset::server_default(&alice);
+        let defaults = server_default_push_rules(&alice);
         assert_eq!(merged.override_.len(), defaults.override_.len());
         assert_eq!(merged.override_[0].rule_id, ".m.rule.master");
         assert!(merged.underride.contains(".m.rule.message"));
@@ -790,5 +881,108 @@ mod tests {
                 .enabled,
             "the user's change is kept"
         );
+    }
+
+    fn rule_ids<'a>(rules: impl Iterator<Item = &'a ConditionalPushRule>) -> Vec<&'a str> {
+        rules.map(|r| r.rule_id.as_str()).collect()
+    }
+
+    #[test]
+    fn the_defaults_are_those_of_the_spec_version_spoken() {
+        // v1.12's server-default rules, in its order: the legacy mention rules included.
+        let alice = owned_user_id!("@alice:test");
+        let rules = server_default_push_rules(&alice);
+        assert_eq!(
+            rule_ids(rules.override_.iter()),
+            [
+                ".m.rule.master",
+                ".m.rule.suppress_notices",
+                ".m.rule.invite_for_me",
+                ".m.rule.member_event",
+                ".m.rule.is_user_mention",
+                ".m.rule.contains_display_name",
+                ".m.rule.is_room_mention",
+                ".m.rule.roomnotif",
+                ".m.rule.tombstone",
+                ".m.rule.reaction",
+                ".m.rule.room.server_acl",
+                ".m.rule.suppress_edits",
+            ]
+        );
+        let json = serde_json::to_value(&rules).unwrap();
+        assert_eq!(
+            json["content"],
+            serde_json::json!([{
+                "rule_id": ".m.rule.contains_user_name",
+                "default": true,
+                "enabled": true,
+                "pattern": "alice",
+                "actions": ["notify", {"set_tweak": "sound", "value": "default"},
+                    {"set_tweak": "highlight"}],
+            }])
+        );
+        let override_rule = |id: &str| {
+            json["override"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["rule_id"] == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            override_rule(".m.rule.contains_display_name"),
+            serde_json::json!({
+                "rule_id": ".m.rule.contains_display_name",
+                "default": true,
+                "enabled": true,
+                "conditions": [{"kind": "contains_display_name"}],
+                "actions": ["notify", {"set_tweak": "sound", "value": "default"},
+                    {"set_tweak": "highlight"}],
+            })
+        );
+        assert_eq!(
+            override_rule(".m.rule.roomnotif"),
+            serde_json::json!({
+                "rule_id": ".m.rule.roomnotif",
+                "default": true,
+                "enabled": true,
+                "conditions": [
+                    {"kind": "event_match", "key": "content.body", "pattern": "@room"},
+                    {"kind": "sender_notification_permission", "key": "room"},
+                ],
+                "actions": ["notify", {"set_tweak": "highlight"}],
+            })
+        );
+    }
+
+    #[test]
+    fn default_rules_missing_from_stored_rules_take_their_places() {
+        // Rules stored before the legacy mention rules were defaults, with a rule of the user's
+        // of each kind: the missing defaults go where the spec puts them, behind the user's.
+        let alice = owned_user_id!("@alice:test");
+        let mut rules = Ruleset::server_default(&alice);
+        let mine = |id: &str| NewConditionalPushRule::new(id.to_owned(), vec![], vec![]);
+        rules
+            .insert(NewPushRule::Override(mine("mine")), None, None)
+            .unwrap();
+        rules
+            .insert(
+                NewPushRule::Content(ruma::push::NewPatternedPushRule::new(
+                    "word".to_owned(),
+                    "word".to_owned(),
+                    vec![],
+                )),
+                None,
+                None,
+            )
+            .unwrap();
+        let merged = merged_push_rules(&alice, Some(&push_rules_json(rules).unwrap())).unwrap();
+        let defaults = server_default_push_rules(&alice);
+        let mut expected = rule_ids(defaults.override_.iter());
+        expected.insert(1, "mine");
+        assert_eq!(rule_ids(merged.override_.iter()), expected);
+        let content: Vec<&str> = merged.content.iter().map(|r| r.rule_id.as_str()).collect();
+        assert_eq!(content, ["word", ".m.rule.contains_user_name"]);
     }
 }

@@ -461,10 +461,13 @@ impl Rooms {
                     Vantage::At { stream, .. } => Some(stream),
                     Vantage::Current => None,
                 };
-                // The members after the event just before the token: in stream order for a
-                // stream token, in topological order for one `/messages` issued.
-                let before = match HistoryToken::parse(at)? {
-                    HistoryToken::Topological {
+                // The members after the last event at or before the token (the state between
+                // the events `/messages` reads backwards from it and those after it): in
+                // stream order for a stream token, through the event a sync token names (it
+                // delivered that event) and before the one `s<N>` names; in topological order
+                // for a token `/messages` issued.
+                let before = match HistoryToken::parse(at)?.towards(Direction::Backward) {
+                    HistoryPosition::Topological {
                         topological,
                         stream,
                     } => {
@@ -482,8 +485,7 @@ impl Rooms {
                             })
                             .await?
                     }
-                    stream_token => {
-                        let mut position = stream_token.stream_position();
+                    HistoryPosition::Stream(mut position) => {
                         if let Some(stream) = departure {
                             position = position.min(stream.saturating_add(1));
                         }

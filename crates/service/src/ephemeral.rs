@@ -710,6 +710,11 @@ impl Ephemeral {
 
 /// `m.receipt` for a room from its receipt rows; private ones only for the reader. `None` when
 /// there is nothing to show.
+///
+/// The format holds one receipt per event, type and user, but a user may have read one event
+/// both unthreaded and in a thread: the unthreaded receipt is the one shown, whichever was
+/// sent last, as MSC4102 proposes and Synapse does (it says more: the whole room is read up
+/// to there).
 pub(crate) fn receipt_event(rows: Vec<ReceiptRow>, reader: &UserId) -> Option<Value> {
     let mut content = Map::new();
     for row in rows {
@@ -721,7 +726,10 @@ pub(crate) fn receipt_event(rows: Vec<ReceiptRow>, reader: &UserId) -> Option<Va
             receipt["thread_id"] = json!(row.thread_id);
         }
         let by_event = content.entry(row.event_id).or_insert_with(|| json!({}));
-        by_event[&row.receipt_type][&row.user_id] = receipt;
+        let slot = &mut by_event[&row.receipt_type][&row.user_id];
+        if slot.is_null() || (slot.get("thread_id").is_some() && row.thread_id.is_empty()) {
+            *slot = receipt;
+        }
     }
     (!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content}))
 }
@@ -742,4 +750,47 @@ pub(crate) fn to_device_event(row: myelin_store::ephemeral::ToDeviceRow) -> Valu
         "sender": row.sender,
         "content": serde_json::from_str::<Value>(&row.content).unwrap_or(Value::Null),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(user: &str, thread: &str, event: &str, ts: i64) -> ReceiptRow {
+        ReceiptRow {
+            user_id: user.to_owned(),
+            receipt_type: "m.read".to_owned(),
+            thread_id: thread.to_owned(),
+            event_id: event.to_owned(),
+            ts,
+            stream_position: ts,
+        }
+    }
+
+    /// MSC4102: an event read both unthreaded and in a thread shows the unthreaded receipt,
+    /// in either order; receipts on other events keep their thread.
+    #[test]
+    fn an_unthreaded_receipt_wins_over_a_threaded_one_for_the_same_event() {
+        let reader = UserId::parse("@alice:test").unwrap();
+        for rows in [
+            vec![
+                row("@alice:test", "", "$b", 1),
+                row("@alice:test", "$a", "$b", 2),
+            ],
+            vec![
+                row("@alice:test", "$a", "$b", 2),
+                row("@alice:test", "", "$b", 1),
+            ],
+        ] {
+            let mut rows = rows;
+            rows.push(row("@alice:test", "$a", "$c", 3));
+            let event = receipt_event(rows, &reader).unwrap();
+            let content = &event["content"];
+            assert_eq!(content["$b"]["m.read"]["@alice:test"], json!({"ts": 1}));
+            assert_eq!(
+                content["$c"]["m.read"]["@alice:test"],
+                json!({"ts": 3, "thread_id": "$a"})
+            );
+        }
+    }
 }

@@ -94,9 +94,7 @@ impl Rooms {
                 })?;
                 self.change_membership(room, user, &target, content).await
             }
-            "m.room.redaction" => Err(Error::BadJson(
-                "Redactions are not state events: send them with /redact".to_owned(),
-            )),
+            "m.room.redaction" => Err(redaction_as_state()),
             _ => {
                 self.send(
                     room,
@@ -113,4 +111,10 @@ impl Rooms {
             }
         }
     }
+}
+
+/// The answer to a redaction sent as a state event (from `/state` or a new room's
+/// `initial_state`).
+pub(super) fn redaction_as_state() -> Error {
+    Error::BadJson("Redactions are not state events: send them with /redact".to_owned())
 }

@@ -324,13 +324,7 @@ impl Rooms {
         // In account-key rooms the sender is its key-form id and the users the client named by
         // account name are translated to keys (MSC4243.md Q2-Q5) before anything is built or
         // locked; what cannot be translated is refused, nothing written.
-        if version.uses_account_keys() && event.event_type == "m.room.third_party_invite" {
-            // Identity servers sign account-name ids, but the member state key must be the key
-            // form, so such an invite could never be accepted (MSC4243.md Q10).
-            return Err(Error::Forbidden(
-                "Third-party invites are disabled in account-key rooms".to_owned(),
-            ));
-        }
+        refuse_third_party_invite_state(version, event.event_type)?;
         let sender_id = self.room_user_id(version, sender).await?;
         let translated_state_key;
         if version.uses_account_keys() {
@@ -612,6 +606,34 @@ impl Rooms {
         matches.pop().map(|(_, key_form)| key_form).ok_or(err)
     }
 
+    /// Account-key rooms: the users of power levels a client sent, in key form (MSC4243.md
+    /// Q5). A key-form id the room's power levels hold already (`present`) stays as it is
+    /// (clients get unverified keys in key form and send them back); others are translated,
+    /// in `room` when it exists (a remote name verified there), else by the account keys
+    /// known here.
+    pub(super) async fn key_form_power_users(
+        &self,
+        room: Option<&RoomRow>,
+        users: serde_json::Map<String, Value>,
+        present: &[String],
+    ) -> Result<serde_json::Map<String, Value>> {
+        let mut translated = serde_json::Map::new();
+        for (user, level) in users {
+            let key_form = if present.contains(&user)
+                && myelin_room_version::KeyFormUserId::parse(&user).is_ok()
+            {
+                user
+            } else {
+                match room {
+                    Some(room) => self.key_form_in_room(room, &user).await?,
+                    None => self.account_keys.to_key_form(&user).await?,
+                }
+            };
+            translated.insert(key_form, level);
+        }
+        Ok(translated)
+    }
+
     /// Account-key rooms: user ids a client names in content, in key form (MSC4243.md Q5):
     /// `join_authorised_via_users_server` of a member event and the keys of
     /// `m.room.power_levels`' `users`. A key-form id already in the room's power levels stays
@@ -653,17 +675,9 @@ impl Rooms {
                     .filter_map(|json| json["content"]["users"].as_object().cloned())
                     .flat_map(|users| users.keys().cloned().collect::<Vec<_>>())
                     .collect();
-                let mut translated = serde_json::Map::new();
-                for (user, level) in users {
-                    let key_form = if present.contains(&user)
-                        && myelin_room_version::KeyFormUserId::parse(&user).is_ok()
-                    {
-                        user
-                    } else {
-                        self.key_form_in_room(room, &user).await?
-                    };
-                    translated.insert(key_form, level);
-                }
+                let translated = self
+                    .key_form_power_users(Some(room), users, &present)
+                    .await?;
                 object.insert("users".to_owned(), Value::Object(translated));
             }
             _ => {}
@@ -762,4 +776,19 @@ pub(super) fn pdu_error(err: myelin_room_version::PduError) -> Error {
         "M_BAD_JSON" | "M_NOT_JSON" | "M_INVALID_PARAM" => Error::BadJson(err.to_string()),
         _ => Error::Internal(format!("building an event: {err}")),
     }
+}
+
+/// Account-key rooms take no `m.room.third_party_invite`: identity servers sign account-name
+/// ids, but the member state key must be the key form, so such an invite could never be
+/// accepted (MSC4243.md Q10).
+pub(super) fn refuse_third_party_invite_state(
+    version: &RoomVersion,
+    event_type: &str,
+) -> Result<()> {
+    if version.uses_account_keys() && event_type == "m.room.third_party_invite" {
+        return Err(Error::Forbidden(
+            "Third-party invites are disabled in account-key rooms".to_owned(),
+        ));
+    }
+    Ok(())
 }

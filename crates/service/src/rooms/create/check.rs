@@ -28,7 +28,8 @@ use crate::{
     rooms::{
         Rooms,
         append::StateKey,
-        events::{auth_error, auth_references, pdu_error},
+        client_send,
+        events::{self, auth_error, auth_references, pdu_error},
         to_canonical_object,
     },
 };
@@ -223,17 +224,13 @@ impl Rooms {
     ) -> Result<()> {
         let version = room.version;
         match event_type {
-            "m.room.redaction" => Err(Error::BadJson(
-                "Redactions are not state events: send them with /redact".to_owned(),
-            )),
+            "m.room.redaction" => Err(client_send::redaction_as_state()),
             "m.room.member" => {
                 self.check_member_step(room, creation, state_key, content)
                     .await
             }
-            "m.room.third_party_invite" if version.uses_account_keys() => Err(Error::Forbidden(
-                "Third-party invites are disabled in account-key rooms".to_owned(),
-            )),
             _ => {
+                events::refuse_third_party_invite_state(version, event_type)?;
                 let mut content = content;
                 if event_type == "m.room.canonical_alias" {
                     check_canonical_alias(creation, &content)?;
@@ -249,17 +246,7 @@ impl Rooms {
                         && let Some(Value::Object(users)) = content.get("users").cloned()
                     {
                         let present = room.power_users();
-                        let mut translated = serde_json::Map::new();
-                        for (user, level) in users {
-                            let key_form = if present.contains(&user)
-                                && myelin_room_version::KeyFormUserId::parse(&user).is_ok()
-                            {
-                                user
-                            } else {
-                                self.account_keys.to_key_form(&user).await?
-                            };
-                            translated.insert(key_form, level);
-                        }
+                        let translated = self.key_form_power_users(None, users, &present).await?;
                         content["users"] = Value::Object(translated);
                     }
                 }

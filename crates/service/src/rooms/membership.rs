@@ -249,22 +249,7 @@ impl Rooms {
                     target.to_string()
                 };
                 let current = self.store.membership(room.room_nid, &indexed).await?;
-                let current = current.as_ref().map(|m| m.0.as_str());
-                // The auth rules would let a kick of someone who already left through, which
-                // only rewrites their leave: a kick needs a target in the room (joined, invited
-                // or knocking) or banned (unban). Leaving twice oneself stays harmless.
-                let present = if sender == target {
-                    current.is_some()
-                } else {
-                    matches!(current, Some("join" | "invite" | "knock" | "ban"))
-                };
-                if !present {
-                    return Err(Error::Forbidden(if sender == target {
-                        "You are not in this room".to_owned()
-                    } else {
-                        format!("{target} is not in this room")
-                    }));
-                }
+                check_leave_target(sender, target, current.as_ref().map(|m| m.0.as_str()))?;
             }
             "ban" if version_of(room)?.uses_account_keys() && !self.is_local(target) => {
                 // Another server's user whose key the room does not know, named by account
@@ -709,4 +694,28 @@ impl Rooms {
             None => Err(Error::NotFound("You were never in this room".to_owned())),
         }
     }
+}
+
+/// A leave of `target` by `sender` whose membership is `current`: the auth rules would let a
+/// kick of someone who already left through, which only rewrites their leave, so a kick needs
+/// a target in the room (joined, invited or knocking) or banned (unban). Leaving twice oneself
+/// stays harmless. (Live, and for a new room's `initial_state` before the room exists.)
+pub(super) fn check_leave_target(
+    sender: &UserId,
+    target: &UserId,
+    current: Option<&str>,
+) -> Result<()> {
+    let present = if sender == target {
+        current.is_some()
+    } else {
+        matches!(current, Some("join" | "invite" | "knock" | "ban"))
+    };
+    if present {
+        return Ok(());
+    }
+    Err(Error::Forbidden(if sender == target {
+        "You are not in this room".to_owned()
+    } else {
+        format!("{target} is not in this room")
+    }))
 }

@@ -30,7 +30,7 @@ use crate::{
         append::StateKey,
         client_send,
         events::{self, auth_error, auth_references, pdu_error},
-        to_canonical_object,
+        membership, to_canonical_object,
     },
 };
 
@@ -299,19 +299,7 @@ impl Rooms {
         }
         let member = self.member_key(room.version, &target).await?;
         if membership == "leave" {
-            // A kick needs someone in the room (or banned); leaving oneself, membership.
-            let current = room.membership(&member);
-            let present = if target == creator {
-                current.is_some()
-            } else {
-                matches!(
-                    current.as_deref(),
-                    Some("join" | "invite" | "knock" | "ban")
-                )
-            };
-            if !present {
-                return Err(Error::Forbidden(format!("{target} is not in this room")));
-            }
+            membership::check_leave_target(creator, &target, room.membership(&member).as_deref())?;
         }
         room.send(self, "m.room.member", &member, Value::Object(content))
     }

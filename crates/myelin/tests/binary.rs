@@ -64,23 +64,8 @@ async fn start(dir: &Path, extra_env: &[(&str, String)]) -> Running {
         federation,
     };
     myelin_testkit::install_crypto_provider();
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = http
-            .get(format!("http://{client}/_matrix/client/versions"))
-            .send()
-            .await
-            && response.status() == 200
-        {
-            return running;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "myelin did not answer /versions within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    myelin_testkit::process::wait_until_answering(client).await;
+    running
 }
 
 /// Sends SIGTERM and waits for the exit without blocking the test's runtime, which must stay free

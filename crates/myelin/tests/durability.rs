@@ -9,26 +9,19 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{SocketAddr, TcpListener},
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use myelin_store::{DatabaseKind, test_support::TestDatabase};
-use myelin_testkit::test_backends;
+use myelin_testkit::{process::ServerProcess, test_backends};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_myelin");
 const ROUNDS: usize = 20;
 const CLIENTS: usize = 3;
 const ROOM_MESSAGES: &str = "m.room.message";
-
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 /// A small deterministic generator (xorshift64*), so that a failing run can be replayed.
 struct Rng(u64);
@@ -46,66 +39,13 @@ impl Rng {
     }
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Starts the binary in `dir` (SQLite in `dir/data` unless `database_url`) and waits for it
-    /// to answer.
-    async fn start(dir: &Path, database_url: Option<&str>) -> Server {
-        let client = free_addr();
-        let federation = free_addr();
-        let mut command = Command::new(BIN);
-        command
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MYELIN_LISTEN__CLIENT", client.to_string())
-            .env("MYELIN_LISTEN__FEDERATION", federation.to_string())
-            .env("MYELIN_REGISTRATION__ENABLED", "true")
-            .env("MYELIN_RATE_LIMITS__ENABLED", "false")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(url) = database_url {
-            command.env("MYELIN_DATABASE__URL", url);
-        }
-        let server = Server {
-            child: command.spawn().unwrap(),
-            base: format!("http://{client}/_matrix/client/v3"),
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = http
-                .get(format!("http://{client}/_matrix/client/versions"))
-                .send()
-                .await
-                && response.status() == 200
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "myelin did not start within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown, no flush, no chance to finish what is in flight.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
+/// The binary in `dir`, on SQLite there unless `database_url`.
+async fn start_server(dir: &Path, database_url: Option<&str>) -> ServerProcess {
+    let env: Vec<(&str, &str)> = database_url
+        .map(|url| ("MYELIN_DATABASE__URL", url))
+        .into_iter()
+        .collect();
+    ServerProcess::start(BIN, dir, &env).await
 }
 
 async fn call(
@@ -260,7 +200,7 @@ async fn kill_during_sends(kind: DatabaseKind) {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
 
-    let mut server = Server::start(dir.path(), url).await;
+    let mut server = start_server(dir.path(), url).await;
     let mut users = Vec::new();
     for i in 0..CLIENTS {
         users.push(register(&http, &server.base, &format!("sender{i}")).await);
@@ -313,7 +253,7 @@ async fn kill_during_sends(kind: DatabaseKind) {
         for client in clients {
             client.await.unwrap();
         }
-        server = Server::start(dir.path(), url).await;
+        server = start_server(dir.path(), url).await;
 
         let sent = std::mem::take(&mut *sent.lock().unwrap());
         for (txn, (user, acknowledged)) in sent {

@@ -9,14 +9,12 @@
 //! (`operations::lease_secs`), so only the claim at start-up can finish it within the test.
 
 use std::{
-    net::{SocketAddr, TcpListener},
     path::Path,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use myelin_store::{DatabaseKind, test_support::TestDatabase};
-use myelin_testkit::{enc, test_backends};
+use myelin_testkit::{enc, process::ServerProcess, test_backends};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_myelin");
@@ -26,71 +24,13 @@ const LEASE_SECS: &str = "3600";
 /// assertion: the lease is an hour).
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The binary in `dir` (SQLite there unless `database_url`) with the failpoints `failpoints`.
+async fn start_server(dir: &Path, database_url: Option<&str>, failpoints: &str) -> ServerProcess {
+    let mut env = vec![("FAILPOINTS", failpoints)];
+    if let Some(url) = database_url {
+        env.push(("MYELIN_DATABASE__URL", url));
     }
-}
-
-impl Server {
-    /// Starts the binary in `dir` (SQLite in `dir/data` unless `database_url`) with the
-    /// failpoints `failpoints`, and waits for it to answer.
-    async fn start(dir: &Path, database_url: Option<&str>, failpoints: &str) -> Server {
-        let client = free_addr();
-        let mut command = Command::new(BIN);
-        command
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MYELIN_LISTEN__CLIENT", client.to_string())
-            .env("MYELIN_LISTEN__FEDERATION", free_addr().to_string())
-            .env("MYELIN_REGISTRATION__ENABLED", "true")
-            .env("MYELIN_RATE_LIMITS__ENABLED", "false")
-            .env("FAILPOINTS", failpoints)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(url) = database_url {
-            command.env("MYELIN_DATABASE__URL", url);
-        }
-        let server = Server {
-            child: command.spawn().unwrap(),
-            base: format!("http://{client}/_matrix/client/v3"),
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = http
-                .get(format!("http://{client}/_matrix/client/versions"))
-                .send()
-                .await
-                && response.status() == 200
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "myelin did not start within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown, no lease handed back.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
+    ServerProcess::start(BIN, dir, &env).await
 }
 
 async fn call(
@@ -186,7 +126,7 @@ async fn create_room_killed_mid_build_is_finished_by_the_restart(kind: DatabaseK
     let http = reqwest::Client::new();
     let lease = format!("operations::lease_secs=return({LEASE_SECS})");
 
-    let server = Server::start(
+    let server = start_server(
         dir.path(),
         url,
         &format!("{lease};create_room::after_join=return(hang:@killed_alice:localhost)"),
@@ -237,7 +177,7 @@ async fn create_room_killed_mid_build_is_finished_by_the_restart(kind: DatabaseK
 
     // The restart (the same instance, `main` by default) claims the operation its earlier boot
     // held at once, with the hour-long lease still running, and finishes the room.
-    let server = Server::start(dir.path(), url, &lease).await;
+    let server = start_server(dir.path(), url, &lease).await;
     let deadline = Instant::now() + WAIT;
     let finished = loop {
         let now = state(&http, &server.base, &alice_token, &room).await;

@@ -64,11 +64,10 @@ THUMB_REPS="${THUMB_REPS:-10}"
 SECRET="bench-shared-secret"
 OUT="${1:-/var/tmp/myelin-bench-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
 
-log() { printf 'run-comparison: %s\n' "$*" >&2; }
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+LOG_TAG=run-comparison
+# log, free_port, start_postgres, wait_ready, bench_cleanup. This script's own start_myelin and
+# start_synapse (below) replace the library's: plain, non-federating servers.
+. crates/bench/lib.sh
 
 if [ ! -x "$MYELIN_BIN" ] || [ ! -x "$BENCH_BIN" ]; then
     log "building release binaries into $TARGET"
@@ -85,55 +84,7 @@ esac
 
 WORK="$(mktemp -d /var/tmp/myelin-bench.XXXXXX)"
 chmod 755 "$WORK"
-PIDS=()
-PG_BIN=""
-PG_PORT=""
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    if [ -n "$PG_BIN" ]; then
-        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" stop -m immediate >/dev/null 2>&1 || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-start_postgres() {
-    PG_BIN="$(for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && echo "$d"; done | sort -V | tail -n 1)"
-    [ -n "$PG_BIN" ] || { log "no PostgreSQL server binaries (apt-get install postgresql)"; exit 1; }
-    id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
-    mkdir -p "$WORK/pg" && chown postgres "$WORK/pg"
-    PG_PORT="$(free_port)"
-    runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/pg/initdb.log" 2>&1
-    runuser -u postgres -- "$PG_BIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -p "$PG_PORT" \
-        -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-        -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
-        >"$WORK/pg/postgres.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 100); do
-        "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q 2>/dev/null && break
-        sleep 0.2
-    done
-    for db in myelin synapse base; do
-        "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -q -c \
-            "CREATE DATABASE $db ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
-    done
-    log "PostgreSQL ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$PG_PORT, fsync off"
-}
-
-wait_ready() { # url pid name
-    for _ in $(seq 1 600); do
-        curl -fsS "$1/_matrix/client/versions" >/dev/null 2>&1 && return 0
-        kill -0 "$2" 2>/dev/null || { log "$3 exited during start-up"; return 1; }
-        sleep 0.2
-    done
-    log "$3 not ready after 120 s"
-    return 1
-}
+trap bench_cleanup EXIT
 
 declare -A URL PID
 LABELS=()
@@ -159,7 +110,7 @@ start_myelin() { # db [label prefix] [binary]
     PID[$name]=$!
     PIDS+=("${PID[$name]}")
     URL[$name]="http://127.0.0.1:$port"
-    wait_ready "${URL[$name]}" "${PID[$name]}" "$name" || { tail -20 "$dir/myelin.log" >&2; exit 1; }
+    wait_ready "${URL[$name]}" "${PID[$name]}" "$name" "$dir/myelin.log" || exit 1
     LABELS+=("$name")
     log "$name on ${URL[$name]} (pid ${PID[$name]})"
 }
@@ -210,12 +161,12 @@ start_synapse() { # db
     PID[$name]=$!
     PIDS+=("${PID[$name]}")
     URL[$name]="http://127.0.0.1:$port"
-    wait_ready "${URL[$name]}" "${PID[$name]}" "$name" || { tail -30 "$dir/stdout.log" "$dir"/*.log >&2; exit 1; }
+    wait_ready "${URL[$name]}" "${PID[$name]}" "$name" "$dir/stdout.log" || { tail -30 "$dir"/*.log >&2; exit 1; }
     LABELS+=("$name")
     log "$name on ${URL[$name]} (pid ${PID[$name]})"
 }
 
-case " $DBS " in *" postgres "*) start_postgres ;; esac
+case " $DBS " in *" postgres "*) start_postgres myelin synapse base ;; esac
 for db in $DBS; do
     for server in $SERVERS; do "start_$server" "$db"; done
 done

@@ -34,6 +34,7 @@
 //! was answered, and until its last PDU was visible to the local user ("accepted with every
 //! check": the rate compared across servers).
 
+use myelin_testkit::peer_graph::walk_back;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -776,7 +777,7 @@ async fn event_auth(
     Json(json!({"auth_chain": chain})).into_response()
 }
 
-/// `/get_missing_events`: see [`walk_back`].
+/// `/get_missing_events`: see [`myelin_testkit::peer_graph::walk_back`].
 async fn missing_events(
     State(peer): State<PeerApp>,
     UrlPath(_room_id): UrlPath<String>,
@@ -799,47 +800,6 @@ async fn missing_events(
         limit,
     );
     Json(json!({"events": found})).into_response()
-}
-
-/// The events of `events` before `latest` (through `prev_events`, breadth first), not going
-/// past `earliest`, at most `limit`, oldest first.
-fn walk_back(
-    events: &HashMap<String, Value>,
-    latest: &[String],
-    earliest: &[String],
-    limit: usize,
-) -> Vec<Value> {
-    let prevs = |event: &Value| -> Vec<String> {
-        event["prev_events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect()
-    };
-    let earliest: HashSet<&String> = earliest.iter().collect();
-    let mut seen: HashSet<String> = latest.iter().cloned().collect();
-    let mut frontier: std::collections::VecDeque<String> = latest
-        .iter()
-        .filter_map(|id| events.get(id))
-        .flat_map(prevs)
-        .collect();
-    let mut found: Vec<Value> = Vec::new();
-    while let Some(id) = frontier.pop_front() {
-        if found.len() >= limit {
-            break;
-        }
-        if earliest.contains(&id) || !seen.insert(id.clone()) {
-            continue;
-        }
-        let Some(event) = events.get(&id) else {
-            continue;
-        };
-        frontier.extend(prevs(event));
-        found.push(event.clone());
-    }
-    found.sort_by_key(|e| e["depth"].as_i64());
-    found
 }
 
 async fn profile(

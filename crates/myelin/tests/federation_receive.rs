@@ -6,7 +6,7 @@
 //! receive pipeline.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -260,8 +260,6 @@ async fn missing_events(
             })
             .unwrap_or_default()
     };
-    let earliest: HashSet<String> = ids("earliest_events").into_iter().collect();
-    let latest = ids("latest_events");
     let limit = if mode == MissingMode::Greedy {
         usize::MAX
     } else {
@@ -269,44 +267,18 @@ async fn missing_events(
     };
     let events = peer.events.lock().unwrap().clone();
     // Walk back from the latest events' prev events, stopping at the earliest ones.
-    let mut found: Vec<Value> = Vec::new();
-    let mut seen: HashSet<String> = latest.iter().cloned().collect();
-    let mut frontier: Vec<String> = latest
-        .iter()
-        .filter_map(|id| events.get(id))
-        .flat_map(prevs)
-        .collect();
-    while let Some(id) = frontier.pop() {
-        if found.len() >= limit {
-            break;
-        }
-        if earliest.contains(&id) || !seen.insert(id.clone()) {
-            continue;
-        }
-        let Some(event) = events.get(&id) else {
-            continue;
-        };
-        frontier.splice(0..0, prevs(event));
-        found.push(event.clone());
-    }
-    found.sort_by_key(|e| e["depth"].as_i64());
+    let found = myelin_testkit::peer_graph::walk_back(
+        &events,
+        &ids("latest_events"),
+        &ids("earliest_events"),
+        limit,
+    );
     if mode == MissingMode::Huge {
         // The right events, in a body of several MiB.
         let padding = "x".repeat(3 * 1024 * 1024);
         return Json(json!({ "events": found, "padding": padding })).into_response();
     }
     Json(json!({ "events": found })).into_response()
-}
-
-fn prevs(event: &Value) -> Vec<String> {
-    event["prev_events"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn state_ids(

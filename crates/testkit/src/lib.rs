@@ -11,6 +11,7 @@ use myelin_service::Config;
 use myelin_store::{DatabaseKind, test_support::TestDatabase};
 
 pub mod federation;
+pub mod peer_graph;
 pub mod process;
 pub mod projection;
 pub mod rogue;

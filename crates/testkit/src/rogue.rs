@@ -24,7 +24,7 @@
 //! sent: it is a test device, not a server.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -752,38 +752,13 @@ async fn missing_events(
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect()
     };
-    let earliest: HashSet<String> = ids("earliest_events").into_iter().collect();
     let limit = body["limit"].as_u64().unwrap_or(10) as usize;
     let events = state.events.lock().unwrap().clone();
-    let prevs = |event: &Value| -> Vec<String> {
-        event["prev_events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect()
-    };
-    let latest = ids("latest_events");
-    let mut seen: HashSet<String> = latest.iter().cloned().collect();
-    let mut frontier: Vec<String> = latest
-        .iter()
-        .filter_map(|id| events.get(id))
-        .flat_map(prevs)
-        .collect();
-    let mut found = Vec::new();
-    while let Some(id) = frontier.pop() {
-        if found.len() >= limit {
-            break;
-        }
-        if earliest.contains(&id) || !seen.insert(id.clone()) {
-            continue;
-        }
-        let Some(event) = events.get(&id) else {
-            continue;
-        };
-        frontier.splice(0..0, prevs(event));
-        found.push(event.clone());
-    }
-    found.sort_by_key(|e| e["depth"].as_i64());
+    let found = crate::peer_graph::walk_back(
+        &events,
+        &ids("latest_events"),
+        &ids("earliest_events"),
+        limit,
+    );
     Json(json!({ "events": found }))
 }

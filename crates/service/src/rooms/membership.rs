@@ -184,25 +184,7 @@ impl Rooms {
         target: &UserId,
         content: Value,
     ) -> Result<String> {
-        let Value::Object(mut content) = content else {
-            return Err(Error::BadJson(
-                "Event content must be a JSON object".to_owned(),
-            ));
-        };
-        let membership = content
-            .get("membership")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::BadJson("A member event needs a membership".to_owned()))?
-            .to_owned();
-        // Only this server names who authorises a restricted join, after checking the `allow`
-        // conditions itself: our server signs the event, so a name chosen by the client would
-        // be our word that the join was allowed.
-        content.remove("join_authorised_via_users_server");
-        if content.contains_key("third_party_invite") {
-            return Err(Error::Forbidden(
-                "Third-party invites are not supported".to_owned(),
-            ));
-        }
+        let (mut content, membership) = client_member_content(content)?;
         // Whether this is a user joining (not a join refreshing their profile): their settings
         // follow them from the room's predecessor.
         let mut newly_joining = false;
@@ -718,4 +700,30 @@ pub(super) fn check_leave_target(
     } else {
         format!("{target} is not in this room")
     }))
+}
+
+/// A member event's content as a local client gave it: a JSON object with a `membership`
+/// (returned with it), without `join_authorised_via_users_server` (only this server names who
+/// authorises a restricted join, after checking the `allow` conditions itself: our server
+/// signs the event, so a name chosen by the client would be our word that the join was
+/// allowed), and without a third-party invite (not supported). Live, and for a new room's
+/// `initial_state` before the room exists.
+pub(super) fn client_member_content(content: Value) -> Result<(Map<String, Value>, String)> {
+    let Value::Object(mut content) = content else {
+        return Err(Error::BadJson(
+            "Event content must be a JSON object".to_owned(),
+        ));
+    };
+    let membership = content
+        .get("membership")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::BadJson("A member event needs a membership".to_owned()))?
+        .to_owned();
+    content.remove("join_authorised_via_users_server");
+    if content.contains_key("third_party_invite") {
+        return Err(Error::Forbidden(
+            "Third-party invites are not supported".to_owned(),
+        ));
+    }
+    Ok((content, membership))
 }

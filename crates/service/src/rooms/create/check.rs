@@ -270,22 +270,7 @@ impl Rooms {
         let target = UserId::parse(state_key).map_err(|e| {
             Error::BadJson(format!("The state key of m.room.member is a user id: {e}"))
         })?;
-        let Value::Object(mut content) = content else {
-            return Err(Error::BadJson(
-                "Event content must be a JSON object".to_owned(),
-            ));
-        };
-        let membership = content
-            .get("membership")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::BadJson("A member event needs a membership".to_owned()))?
-            .to_owned();
-        content.remove("join_authorised_via_users_server");
-        if content.contains_key("third_party_invite") {
-            return Err(Error::Forbidden(
-                "Third-party invites are not supported".to_owned(),
-            ));
-        }
+        let (content, membership) = membership::client_member_content(content)?;
         let creator: &UserId = &creation.creator;
         match membership.as_str() {
             "invite" if !self.is_local(&target) => {

@@ -28,6 +28,11 @@ pub struct PublishedRoom {
     pub state: HashMap<String, String>,
 }
 
+/// Points alias `$1` at room `$2` (`$3` creator, `$4` time) unless it is taken: the alias when
+/// it was free, no row when taken.
+pub(crate) const ALIAS_INSERT: &str = "INSERT INTO room_aliases (alias, room_nid, creator, created_ts) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (alias) DO NOTHING RETURNING alias";
+
 impl Store {
     /// Points `alias` at a room. Returns `false`, changing nothing, if the alias is taken.
     pub async fn create_alias(
@@ -38,10 +43,7 @@ impl Store {
         now: i64,
     ) -> Result<bool, StoreError> {
         let created = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, String>(
-                "INSERT INTO room_aliases (alias, room_nid, creator, created_ts) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (alias) DO NOTHING RETURNING alias",
-            )
+            sqlx::query_scalar::<_, String>(ALIAS_INSERT)
             .bind(alias)
             .bind(room_nid)
             .bind(creator)

@@ -751,6 +751,10 @@ fn head_of(mut extremities: Vec<(String, i64, i64)>, current_state_group: Option
     }
 }
 
+/// A room row (`$1` id, `$2` version, `$3` creator, `$4` time, `$5` public); the room nid.
+const ROOM_INSERT: &str = "INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public) \
+     VALUES ($1, $2, $3, $4, $5) RETURNING room_nid";
+
 impl Store {
     /// Creates a room row. The room id must be new.
     pub async fn create_room(
@@ -762,10 +766,7 @@ impl Store {
         now: i64,
     ) -> Result<i64, StoreError> {
         let nid = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>(
-                "INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING room_nid",
-            )
+            sqlx::query_scalar::<_, i64>(ROOM_INSERT)
             .bind(room_id)
             .bind(room_version)
             .bind(creator)
@@ -795,10 +796,7 @@ impl Store {
     ) -> Result<Option<(i64, i64)>, StoreError> {
         let ids = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
-            let nid = sqlx::query_scalar::<_, i64>(
-                "INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING room_nid",
-            )
+            let nid = sqlx::query_scalar::<_, i64>(ROOM_INSERT)
             .bind(room_id)
             .bind(room_version)
             .bind(creator)
@@ -807,10 +805,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let alias_taken = match alias {
-                Some(alias) => sqlx::query_scalar::<_, String>(
-                    "INSERT INTO room_aliases (alias, room_nid, creator, created_ts) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (alias) DO NOTHING RETURNING alias",
-                )
+                Some(alias) => sqlx::query_scalar::<_, String>(crate::aliases::ALIAS_INSERT)
                 .bind(alias)
                 .bind(nid)
                 .bind(creator)

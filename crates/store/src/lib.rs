@@ -47,6 +47,7 @@ pub mod device_lists;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;
+mod event_write;
 pub mod federation;
 pub mod federation_inbound;
 pub mod graph;

@@ -6,6 +6,7 @@
 use sqlx::Row;
 
 use crate::graph::{CurrentStateChange, EventStatus, Placement, StateValue};
+use crate::event_write::{Arg, EventWrite, PUSH_ACTIONS_IN_WRITE};
 use crate::store::BeginWrite;
 use crate::{Backend, DatabaseKind, Store, StoreError, with_pool};
 
@@ -541,68 +542,6 @@ fn state_key_clauses(count: usize) -> String {
     clauses.join(" OR ")
 }
 
-/// An event's `prev_events` (kind 0) and `auth_events` (kind 1) as `(kind, cited id)`.
-fn edges_of<'a>(event: &'a NewEvent<'_>) -> Vec<(u8, &'a str)> {
-    event
-        .prev_event_ids
-        .iter()
-        .map(|id| (0, id.as_str()))
-        .chain(event.auth_event_ids.iter().map(|id| (1, id.as_str())))
-        .collect()
-}
-
-/// The columns of an event row, bound as `$1`..`$14` (`$15`: the current state group the
-/// event was decided against, or NULL), and what an outlier of the same id keeps when this
-/// append upgrades it in place.
-const EVENT_INSERT: &str = "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
-     sender, origin_server_ts, json, state_group, state_group_before, topological_ordering, \
-     prev_state_nid, status, rejection_reason) \
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14 \
-     WHERE $15 IS NULL OR EXISTS (SELECT 1 FROM room_current_state s \
-     WHERE s.room_nid = $2 AND s.state_group = $15) \
-     ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, \
-     state_group = excluded.state_group, state_group_before = excluded.state_group_before, \
-     prev_state_nid = excluded.prev_state_nid, status = excluded.status, \
-     rejection_reason = excluded.rejection_reason \
-     WHERE events.status = 'outlier' AND excluded.status <> 'outlier' AND events.room_nid = excluded.room_nid \
-     RETURNING event_nid";
-
-/// The statement set writing an event's row ([`EVENT_INSERT`]) and its edges (cited ids bound
-/// from `$16` on, with the cited events' nids where they are stored; a duplicate citation is one
-/// edge) in one round trip: a send's commit waits on every round trip it makes. It returns the
-/// event's nid, or no row when the row was not written (stored already, or the current state
-/// moved), in which case no edge is written either. PostgreSQL takes one statement (the edges
-/// in a data-modifying `WITH` over the row's `RETURNING`); SQLite runs two statements of one
-/// query, the second finding the row by its id and the stream position this append gave it.
-fn event_insert_sql(kind: DatabaseKind, edges: &[(u8, &str)]) -> String {
-    if edges.is_empty() {
-        return EVENT_INSERT.to_owned();
-    }
-    // `kind` is one of two constants, written into the statement; ids are bound.
-    let values: Vec<String> = edges
-        .iter()
-        .enumerate()
-        .map(|(i, (kind, _))| format!("({kind}, ${})", i + 16))
-        .collect();
-    let values = values.join(", ");
-    match kind {
-        DatabaseKind::Postgres => format!(
-            "WITH ins AS ({EVENT_INSERT}), edges AS (\
-             INSERT INTO event_edges (event_nid, kind, cited_event_id, cited_event_nid) \
-             SELECT ins.event_nid, v.kind, v.cited, (SELECT c.event_nid FROM events c WHERE c.event_id = v.cited) \
-             FROM ins CROSS JOIN (VALUES {values}) AS v (kind, cited) ON CONFLICT DO NOTHING) \
-             SELECT event_nid FROM ins"
-        ),
-        DatabaseKind::Sqlite => format!(
-            "{EVENT_INSERT}; \
-             INSERT INTO event_edges (event_nid, kind, cited_event_id, cited_event_nid) \
-             SELECT e.event_nid, v.column1, v.column2, (SELECT c.event_nid FROM events c WHERE c.event_id = v.column2) \
-             FROM events e, (VALUES {values}) AS v WHERE e.event_id = $1 AND e.stream_ordering = $3 \
-             ON CONFLICT DO NOTHING"
-        ),
-    }
-}
-
 /// A new state group for room `$room` over `$parent` (`None`: empty): a delta holding nothing
 /// yet while the chain is short, else (or when `$full`) a full copy of the parent's state in one
 /// statement, so that reading a group never walks more than [`MAX_STATE_CHAIN`] groups.
@@ -1042,17 +981,7 @@ impl Store {
             .unwrap_or(i64::MAX)
         };
         let (live_count, below_count) = (counted(true), counted(false));
-        // The search index is the one backend-specific table (see `search`); same parameters.
-        let search_insert_sql = match self.kind() {
-            DatabaseKind::Postgres => {
-                "INSERT INTO event_search (event_nid, room_nid, stream_ordering, key, vector) \
-                 VALUES ($1, $2, $3, $4, to_tsvector('english', $5))"
-            }
-            DatabaseKind::Sqlite => {
-                "INSERT INTO event_search (rowid, room_nid, stream_ordering, key, value) \
-                 VALUES ($1, $2, $3, $4, $5)"
-            }
-        };
+        // The search index is the one backend-specific table (see `search`).
         let search_delete_sql = match self.kind() {
             DatabaseKind::Postgres => {
                 "DELETE FROM event_search WHERE event_nid = \
@@ -1129,30 +1058,59 @@ impl Store {
                     (CurrentStateChange::Extend, None) => before,
                     _ => None,
                 };
+                // A live event that is part of the history replaces the extremities it cites, and
+                // becomes one unless a stored event already cites it (it arrived after its child).
+                // Soft-failed and rejected events, outliers and backfilled history are never one.
+                // A restart of the room's state starts them again from this event alone.
+                let extremity = live && event.status == EventStatus::Normal;
+                if extremity && matches!(event.current_state, CurrentStateChange::Restart { .. }) {
+                    sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1")
+                        .bind(event.room_nid)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 // The event, or the outlier of the same id upgraded in place (it now has state,
-                // a stream position and a status of its own), with its edges.
-                let edges = edges_of(event);
-                let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(event_insert_sql(self.kind(), &edges)))
-                    .bind(event.event_id)
-                    .bind(event.room_nid)
-                    .bind(stream_ordering)
-                    .bind(event.depth)
-                    .bind(event.event_type)
-                    .bind(event.state_key)
-                    .bind(event.sender)
-                    .bind(event.origin_server_ts)
-                    .bind(event.json)
-                    .bind(after)
-                    .bind(before)
-                    .bind(event.replaces)
-                    .bind(event.status.column())
-                    .bind(event.status.reason())
-                    .bind(expected_current);
-                for (_, id) in &edges {
-                    query = query.bind(*id);
+                // a stream position and a status of its own), with the rows of its own, in one
+                // round trip (see `event_write`).
+                let mut write = EventWrite::new(self.kind(), event, stream_ordering, after, before, expected_current);
+                if !event.just_built {
+                    write.citers_learn_nid();
+                }
+                if extremity {
+                    write.extremity(event.just_built);
+                }
+                if let Some((parent, rel_type)) = event.relation {
+                    write.relation(parent, rel_type);
+                }
+                if let Some((key, text)) = event.search {
+                    write.search(key, text);
+                }
+                let (push_now, push_later) = if event.push_actions.len() <= PUSH_ACTIONS_IN_WRITE {
+                    (event.push_actions, &[][..])
+                } else {
+                    (&[][..], event.push_actions)
+                };
+                write.push_actions(push_now);
+                if let Some(txn) = event.txn {
+                    write.txn(txn.user_id, txn.device_id, txn.scope, txn.txn_id);
+                }
+                match event.delivery {
+                    Delivery::BySender => {}
+                    Delivery::Relay => write.mark("federation_relayed_events"),
+                    Delivery::ByResident => write.mark("federation_delivered_events"),
+                }
+                let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(write.sql()));
+                for arg in write.args() {
+                    query = match arg {
+                        Arg::Int(v) => query.bind(*v),
+                        Arg::OptInt(v) => query.bind(*v),
+                        Arg::Text(v) => query.bind(*v),
+                        Arg::OptText(v) => query.bind(*v),
+                        Arg::Bool(v) => query.bind(*v),
+                    };
                 }
                 // Every row, not the first only: SQLite stops a query at the row asked for, and
-                // the edges are its second statement.
+                // the parts are its later statements.
                 let event_nid = query.fetch_all(&mut *tx).await?.first().copied();
                 let Some(event_nid) = event_nid else {
                     return Err(StoreError::Conflict(format!(
@@ -1160,18 +1118,6 @@ impl Store {
                         event.event_id
                     )));
                 };
-
-                // Events stored before it that cite it learn its nid. (None can cite an event
-                // whose id this server has just made.)
-                if !event.just_built {
-                    sqlx::query(
-                        "UPDATE event_edges SET cited_event_nid = $1 WHERE cited_event_id = $2 AND cited_event_nid IS NULL",
-                    )
-                    .bind(event_nid)
-                    .bind(event.event_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
 
                 if let (Some(group), Some(state_key)) = (new_group, event.state_key) {
                     sqlx::query(
@@ -1322,67 +1268,8 @@ impl Store {
                     }
                 };
 
-                // A live event that is part of the history replaces the extremities it cites, and
-                // becomes one unless a stored event already cites it (it arrived after its child).
-                // Soft-failed and rejected events, outliers and backfilled history are never one.
-                if live && event.status == EventStatus::Normal {
-                    if matches!(event.current_state, CurrentStateChange::Restart { .. }) {
-                        sqlx::query("DELETE FROM forward_extremities WHERE room_nid = $1")
-                            .bind(event.room_nid)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query(
-                        "DELETE FROM forward_extremities WHERE room_nid = $1 AND event_nid IN \
-                         (SELECT g.cited_event_nid FROM event_edges g WHERE g.event_nid = $2 AND g.kind = 0)",
-                    )
-                    .bind(event.room_nid)
-                    .bind(event_nid)
-                    .execute(&mut *tx)
-                    .await?;
-                    // Edges that cited it before it arrived have learnt its nid above; an event
-                    // built here just now has no children.
-                    let sql = if event.just_built {
-                        "INSERT INTO forward_extremities (room_nid, event_nid) VALUES ($1, $2)"
-                    } else {
-                        "INSERT INTO forward_extremities (room_nid, event_nid) SELECT $1, $2 \
-                         WHERE NOT EXISTS (SELECT 1 FROM event_edges g JOIN events c ON c.event_nid = g.event_nid \
-                         WHERE g.cited_event_nid = $2 AND g.kind = 0 AND c.status = 'normal')"
-                    };
-                    sqlx::query(sql)
-                        .bind(event.room_nid)
-                        .bind(event_nid)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-
-                if let Some((parent, rel_type)) = event.relation {
-                    sqlx::query(
-                        "INSERT INTO event_relations (event_nid, room_nid, parent_event_id, rel_type, event_type, sender, stream_ordering) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(event_nid)
-                    .bind(event.room_nid)
-                    .bind(parent)
-                    .bind(rel_type)
-                    .bind(event.event_type)
-                    .bind(event.sender)
-                    .bind(stream_ordering)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some((key, text)) = event.search {
-                    sqlx::query(sqlx::AssertSqlSafe(search_insert_sql))
-                        .bind(event_nid)
-                        .bind(event.room_nid)
-                        .bind(stream_ordering)
-                        .bind(key)
-                        .bind(text)
-                        .execute(&mut *tx)
-                        .await?;
-                }
                 // Many rows per statement; the event's columns are bound once per statement.
-                for chunk in event.push_actions.chunks(PUSH_ACTIONS_PER_STATEMENT) {
+                for chunk in push_later.chunks(PUSH_ACTIONS_PER_STATEMENT) {
                     let rows: Vec<String> = (0..chunk.len())
                         .map(|i| format!("($1, $2, $3, $4, ${}, ${}, ${}, ${})", 4 * i + 5, 4 * i + 6, 4 * i + 7, 4 * i + 8))
                         .collect();
@@ -1404,32 +1291,6 @@ impl Store {
                             .bind(&action.actions);
                     }
                     query.execute(&mut *tx).await?;
-                }
-                if let Some(txn) = event.txn {
-                    sqlx::query(
-                        "INSERT INTO event_txn_ids (user_id, device_id, scope, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(txn.user_id)
-                    .bind(txn.device_id)
-                    .bind(txn.scope)
-                    .bind(txn.txn_id)
-                    .bind(event.event_id)
-                    .bind(event.now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let delivery_table = match event.delivery {
-                    Delivery::BySender => None,
-                    Delivery::Relay => Some("federation_relayed_events"),
-                    Delivery::ByResident => Some("federation_delivered_events"),
-                };
-                if let Some(table) = delivery_table {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "INSERT INTO {table} (event_nid) VALUES ($1) ON CONFLICT DO NOTHING"
-                    )))
-                    .bind(event_nid)
-                    .execute(&mut *tx)
-                    .await?;
                 }
                 if let Some((target, by_power)) = event.redaction_waits {
                     sqlx::query(

@@ -185,8 +185,9 @@ impl<'a> EventWrite<'a> {
                 self.prevs.join(", ")
             ));
         }
-        let mut insert =
-            format!("INSERT INTO forward_extremities (room_nid, event_nid) SELECT $2, n.event_nid FROM {source}");
+        let mut insert = format!(
+            "INSERT INTO forward_extremities (room_nid, event_nid) SELECT $2, n.event_nid FROM {source}"
+        );
         if !just_built {
             insert.push_str(
                 " WHERE NOT EXISTS (SELECT 1 FROM event_edges g JOIN events c ON c.event_nid = g.event_nid \

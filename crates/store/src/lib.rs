@@ -99,7 +99,7 @@ pub use rooms::{
 pub use search::{SearchHit, SearchOrder, SearchQuery};
 pub use server_keys::{RemoteServerKey, StoredSigningKey};
 pub use spaces::SpaceRoomState;
-pub use state::StateMap;
+pub use state::{GroupMembers, StateMap};
 pub use store::{Backend, DatabaseKind, Store, StoreOptions};
 pub use sync_reads::{StateDeltaWindow, TimelineWindow};
 pub use user_data::{AccountDataRow, ProfileField, ProfileRow};

@@ -5,8 +5,8 @@
 
 use sqlx::Row;
 
-use crate::graph::{CurrentStateChange, EventStatus, Placement, StateValue};
 use crate::event_write::{Arg, EventWrite, PUSH_ACTIONS_IN_WRITE};
+use crate::graph::{CurrentStateChange, EventStatus, Placement, StateValue};
 use crate::store::BeginWrite;
 use crate::{Backend, DatabaseKind, Store, StoreError, with_pool};
 
@@ -72,8 +72,10 @@ pub struct MembershipRow {
     pub event_nid: i64,
     pub stream_ordering: i64,
     pub forgotten: bool,
-    /// The stream position of the room's newest timeline event or change of its current state
-    /// (a fork's resolution can change the state without a state event in the timeline).
+    /// The stream position of the room's newest event or change of its current state (a fork's
+    /// resolution can change the state without a state event in the timeline): where a sync
+    /// must look. Events hidden from clients count too, so it may name a position with nothing
+    /// to show; never one before something to show.
     pub room_latest_event: i64,
     /// The stream position of the room's newest receipt (0 when it has none).
     pub room_latest_receipt: i64,
@@ -481,18 +483,41 @@ macro_rules! bare_event_columns {
 /// [`event_from_row!`]).
 pub(crate) const BARE_EVENT_COLUMNS: &str = bare_event_columns!();
 
+/// The joined columns of [`EVENT_SELECT`], over the events table as `e` and its joins
+/// ([`EVENT_JOINS`]).
+macro_rules! joined_event_columns {
+    () => {
+        concat!(
+            own_event_columns!(),
+            ", p.json AS prev_json, r.json AS redacted_because_json, \
+             t.device_id AS txn_device, t.txn_id AS txn_id"
+        )
+    };
+}
+
+/// What [`EVENT_SELECT`] joins to each event `e`: the replaced state event, the redaction and
+/// the sender's transaction.
+macro_rules! event_joins {
+    () => {
+        " LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
+         LEFT JOIN events r ON r.event_id = e.redacted_by \
+         LEFT JOIN event_txn_ids t ON t.event_id = e.event_id AND t.user_id = e.sender"
+    };
+}
+
 /// Every read of events selects the same columns, with the replaced state event and the
 /// redaction joined in, so clients' `prev_content` and `redacted_because` need no extra query.
 pub(crate) const EVENT_SELECT: &str = concat!(
     "SELECT ",
-    own_event_columns!(),
-    ", p.json AS prev_json, r.json AS redacted_because_json, \
-     t.device_id AS txn_device, t.txn_id AS txn_id \
-     FROM events e \
-     LEFT JOIN events p ON p.event_nid = e.prev_state_nid \
-     LEFT JOIN events r ON r.event_id = e.redacted_by \
-     LEFT JOIN event_txn_ids t ON t.event_id = e.event_id AND t.user_id = e.sender"
+    joined_event_columns!(),
+    " FROM events e",
+    event_joins!()
 );
+
+/// [`EVENT_SELECT`] in two parts, for reads whose `FROM` starts elsewhere: the columns, and the
+/// joins to add after `events e`.
+pub(crate) const EVENT_COLUMNS: &str = joined_event_columns!();
+pub(crate) const EVENT_JOINS: &str = event_joins!();
 
 macro_rules! event_from_row {
     ($row:expr) => {{
@@ -1658,28 +1683,34 @@ impl Store {
     pub async fn sync_snapshot(&self, user_id: &str) -> Result<SyncSnapshot, StoreError> {
         let mut positions = [None; 6];
         let mut memberships = Vec::new();
+        // A room's latest position is its newest event or its newest change of current state
+        // (a resolution, a redelivery: they need no event), whichever is later: where a sync
+        // must look. Events hidden from clients count too (a look that finds nothing to show
+        // costs one read; one that is skipped loses events), and each of the two is then the
+        // last entry of an index, with the simplest plan (a sync of a connection that has not
+        // prepared this statement yet plans it, on its critical path).
+        let greatest = match self.kind() {
+            DatabaseKind::Postgres => "GREATEST",
+            DatabaseKind::Sqlite => "MAX",
+        };
+        let sql = format!(
+            // The typed arm first: PostgreSQL gives a column of only NULLs the type text,
+            // which then would not match the membership arm's types.
+            "SELECT 'membership' AS kind, CAST(0 AS BIGINT) AS position, r.room_nid, r.room_id, r.room_version, \
+             r.creator, r.is_public, m.membership, m.event_nid, m.stream_ordering, m.forgotten, \
+             {greatest}((SELECT COALESCE(MAX(e.stream_ordering), 0) FROM events e WHERE e.room_nid = m.room_nid), \
+             (SELECT COALESCE(MAX(d.stream_ordering), 0) FROM current_state_deltas d WHERE d.room_nid = m.room_nid)) \
+             AS latest_event, \
+             (SELECT COALESCE(MAX(c.stream_position), 0) FROM receipts c WHERE c.room_nid = m.room_nid) AS latest_receipt \
+             FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid \
+             WHERE m.user_id = $1 \
+             UNION ALL SELECT stream, position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+             FROM stream_positions \
+             UNION ALL SELECT 'account_data', position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+             NULL, NULL, NULL FROM account_data_stream"
+        );
         with_pool!(self, pool => {
-            for row in sqlx::query(
-                // The typed arm first: PostgreSQL gives a column of only NULLs the type text,
-                // which then would not match the membership arm's types. A room's latest
-                // position is its newest timeline event (`IN_TIMELINE`: newest first down the
-                // index, not `MAX`, which with the status filter would read the whole room) or
-                // its newest change of current state (a resolution needs no timeline event).
-                "SELECT 'membership' AS kind, CAST(0 AS BIGINT) AS position, r.room_nid, r.room_id, r.room_version, \
-                 r.creator, r.is_public, m.membership, m.event_nid, m.stream_ordering, m.forgotten, \
-                 (SELECT MAX(p) FROM (SELECT COALESCE((SELECT e.stream_ordering FROM events e \
-                  WHERE e.room_nid = m.room_nid AND e.status = 'normal' \
-                  ORDER BY e.stream_ordering DESC LIMIT 1), 0) AS p \
-                  UNION ALL SELECT COALESCE(MAX(d.stream_ordering), 0) FROM current_state_deltas d \
-                  WHERE d.room_nid = m.room_nid) AS latest) AS latest_event, \
-                 (SELECT COALESCE(MAX(c.stream_position), 0) FROM receipts c WHERE c.room_nid = m.room_nid) AS latest_receipt \
-                 FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid \
-                 WHERE m.user_id = $1 \
-                 UNION ALL SELECT stream, position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
-                 FROM stream_positions \
-                 UNION ALL SELECT 'account_data', position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-                 NULL, NULL, NULL FROM account_data_stream",
-            )
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(user_id)
             .fetch_all(pool)
             .await?

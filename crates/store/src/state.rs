@@ -51,6 +51,18 @@ impl StateMap {
     }
 }
 
+/// What a state group holds itself ([`Store::group_members_changed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupMembers {
+    /// The group it is a delta over; `None` for a group that holds its whole state.
+    pub parent: Option<i64>,
+    /// Its own `m.room.member` entries: `(state key, event nid)`.
+    pub members: Vec<(String, i64)>,
+}
+
+/// Groups per statement of [`Store::group_members_changed`].
+const GROUPS_PER_STATEMENT: usize = 100;
+
 /// How many state entries (summed over cached snapshots) the cache keeps before evicting the
 /// oldest snapshots: about 10 MB of keys.
 const CACHE_MAX_ENTRIES: usize = 100_000;
@@ -135,6 +147,46 @@ impl Store {
         let map = Arc::new(StateMap { entries });
         self.state_cache.insert(state_group, map.clone());
         Ok(map)
+    }
+
+    /// What each of `groups` holds itself, without following its chain: its parent (`None` for
+    /// a full group, which holds its whole state) and its `m.room.member` entries as
+    /// `(state key, event nid)` (for a delta group, only the members it changed over its
+    /// parent; a delta never removes a key). One statement for all; unknown groups are absent.
+    /// Lets a reader that knows something of a parent's members carry it over to a child that
+    /// changed none of the members it cares about, without reading the child's whole state.
+    pub async fn group_members_changed(
+        &self,
+        groups: &[i64],
+    ) -> Result<HashMap<i64, GroupMembers>, StoreError> {
+        let mut out: HashMap<i64, GroupMembers> = HashMap::new();
+        for chunk in groups.chunks(GROUPS_PER_STATEMENT) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT g.state_group, g.parent_group, s.state_key, s.event_nid FROM state_groups g \
+                 LEFT JOIN state_group_entries s ON s.state_group = g.state_group AND s.event_type = 'm.room.member' \
+                 WHERE g.state_group IN ({})",
+                placeholders.join(", ")
+            );
+            with_pool!(self, pool => {
+                let mut query = sqlx::query_as::<_, (i64, Option<i64>, Option<String>, Option<i64>)>(
+                    sqlx::AssertSqlSafe(sql.clone()),
+                );
+                for group in chunk {
+                    query = query.bind(*group);
+                }
+                for (group, parent, key, nid) in query.fetch_all(pool).await? {
+                    let entry = out.entry(group).or_insert_with(|| GroupMembers {
+                        parent,
+                        members: Vec::new(),
+                    });
+                    if let (Some(key), Some(nid)) = (key, nid) {
+                        entry.members.push((key, nid));
+                    }
+                }
+            });
+        }
+        Ok(out)
     }
 }
 

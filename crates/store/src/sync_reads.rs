@@ -2,11 +2,13 @@
 //! user in hundreds of rooms costs a handful of round trips instead of several per room.
 //!
 //! The statements stay portable: `IN` lists of numbered placeholders, and per-room windows as
-//! `UNION ALL` of small ordered, limited subqueries (each one an index range scan), which both
-//! backends run without window functions over whole rooms. The `UNION ALL` statements are not
-//! kept in the connections' prepared-statement caches: their text changes with the number of
-//! rooms, and on SQLite each cached variant is a large compiled program held by every pooled
-//! connection.
+//! small ordered, limited subqueries (each one an index range scan), which both backends run
+//! without window functions over whole rooms. The timelines, which every sync reads, take their
+//! windows as one parameter (PostgreSQL arrays, a JSON array on SQLite), so that one constant
+//! statement is prepared once per connection. The other windowed reads are `UNION ALL`s of one
+//! subquery per room, not kept in the connections' prepared-statement caches: their text
+//! changes with the number of rooms, and on SQLite each cached variant is a large compiled
+//! program held by every pooled connection.
 
 use std::collections::HashMap;
 
@@ -15,7 +17,10 @@ use sqlx::Row;
 use crate::{
     Backend, EventRow, Store, StoreError,
     ephemeral::ReceiptRow,
-    rooms::{EVENT_SELECT, IN_TIMELINE, RoomSummaryRow, event_from_row, read_position_sql},
+    rooms::{
+        EVENT_COLUMNS, EVENT_JOINS, EVENT_SELECT, IN_TIMELINE, RoomSummaryRow, event_from_row,
+        read_position_sql,
+    },
     with_pool,
 };
 
@@ -51,9 +56,11 @@ fn placeholders(first: usize, n: usize) -> String {
 impl Store {
     /// The newest events of each window, newest first, keyed by room.
     ///
-    /// PostgreSQL runs one constant statement for any number of rooms (a lateral join over the
-    /// windows passed as arrays; `win`, since the event columns already use `e`, `p`, `r`, `t`): planning a `UNION ALL` of one joined subquery per room took
-    /// about 13 ms for 20 rooms there. SQLite plans the `UNION ALL` form in microseconds.
+    /// Both backends run one constant statement for any number of rooms (the windows are named
+    /// `win`, since the event columns already use `e`, `p`, `r`, `t`). On PostgreSQL, a lateral
+    /// join over the windows passed as arrays: planning a `UNION ALL` of one joined subquery
+    /// per room took about 13 ms for 20 rooms there. On SQLite, windows from a JSON array: the
+    /// `UNION ALL` form was compiled at every call (2-4 ms of a 20-room initial sync).
     pub async fn room_timelines(
         &self,
         windows: &[TimelineWindow],
@@ -82,30 +89,33 @@ impl Store {
                 }
             }
             Backend::Sqlite(pool) => {
-                for chunk in windows.chunks(ROOMS_PER_STATEMENT) {
-                    let parts: Vec<String> = (0..chunk.len())
-                        .map(|i| {
-                            let p = 4 * i + 1;
-                            format!(
-                                "SELECT * FROM ({EVENT_SELECT} WHERE e.room_nid = ${} AND e.stream_ordering > ${} \
-                                 AND e.stream_ordering < ${} AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT ${}) AS w{i}",
-                                p,
-                                p + 1,
-                                p + 2,
-                                p + 3
-                            )
-                        })
+                // One constant statement, prepared once per connection, as on PostgreSQL: the
+                // windows as a JSON array of `[room, after, before]` (a `UNION ALL` of one
+                // subquery per room was compiled afresh at every sync, which cost more than
+                // running it). SQLite takes no correlated `LIMIT`: one statement per limit (a
+                // sync asks one for every room).
+                let mut limits: Vec<i64> = windows.iter().map(|w| w.limit).collect();
+                limits.sort_unstable();
+                limits.dedup();
+                for limit in limits {
+                    let json: Vec<String> = windows
+                        .iter()
+                        .filter(|w| w.limit == limit)
+                        .map(|w| format!("[{},{},{}]", w.room_nid, w.after, w.before))
                         .collect();
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(parts.join(" UNION ALL ")))
-                        .persistent(false);
-                    for w in chunk {
-                        query = query
-                            .bind(w.room_nid)
-                            .bind(w.after)
-                            .bind(w.before)
-                            .bind(w.limit);
-                    }
-                    for row in query.fetch_all(pool).await? {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {EVENT_COLUMNS} FROM json_each($1) AS win CROSS JOIN events e{EVENT_JOINS} \
+                         WHERE e.event_nid IN (SELECT e.event_nid FROM events e \
+                         WHERE e.room_nid = json_extract(win.value, '$[0]') \
+                         AND e.stream_ordering > json_extract(win.value, '$[1]') \
+                         AND e.stream_ordering < json_extract(win.value, '$[2]') \
+                         AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT $2)"
+                    )))
+                    .bind(format!("[{}]", json.join(",")))
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?;
+                    for row in rows {
                         let event = event_from_row!(&row);
                         out.entry(event.room_nid).or_default().push(event);
                     }

@@ -566,3 +566,84 @@ async fn appends_decided_against_a_moved_current_state_are_refused() {
             .unwrap();
     }
 }
+
+/// What a state group holds itself: a whole group (no parent) its every member, a delta its
+/// parent and only the members it changed; other keys are not members; unknown groups are
+/// absent. The federation sender carries a parent's servers over a delta with this alone.
+#[tokio::test]
+async fn a_groups_own_members_are_read_without_its_chain() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!members:test", "10", "@a:test", false, 0)
+            .await
+            .unwrap();
+        let outliers: Vec<OutlierEvent<'_>> = ["$create", "$a", "$b", "$topic", "$c"]
+            .iter()
+            .map(|id| OutlierEvent {
+                event_id: id,
+                event_type: "m.room.member",
+                state_key: Some(""),
+                sender: "@a:test",
+                depth: 1,
+                origin_server_ts: 1,
+                json: "{}",
+                prev_event_ids: &[],
+                auth_event_ids: &[],
+                rejected: None,
+            })
+            .collect();
+        let nids = store.persist_outliers(room, &outliers).await.unwrap();
+        let whole = store
+            .create_state_group(
+                room,
+                None,
+                &[
+                    ("m.room.create", "", nids["$create"]),
+                    ("m.room.member", "@a:test", nids["$a"]),
+                    ("m.room.member", "@b:remote", nids["$b"]),
+                ],
+            )
+            .await
+            .unwrap();
+        let topic_only = store
+            .create_state_group(room, Some(whole), &[("m.room.topic", "", nids["$topic"])])
+            .await
+            .unwrap();
+        let joined = store
+            .create_state_group(
+                room,
+                Some(topic_only),
+                &[("m.room.member", "@c:test", nids["$c"])],
+            )
+            .await
+            .unwrap();
+        let read = store
+            .group_members_changed(&[whole, topic_only, joined, 999_999])
+            .await
+            .unwrap();
+        let mut whole_members = read[&whole].members.clone();
+        whole_members.sort();
+        assert_eq!(read[&whole].parent, None, "{kind:?}");
+        assert_eq!(
+            whole_members,
+            [
+                ("@a:test".to_owned(), nids["$a"]),
+                ("@b:remote".to_owned(), nids["$b"])
+            ],
+            "{kind:?}"
+        );
+        assert_eq!(read[&topic_only].parent, Some(whole), "{kind:?}");
+        assert!(read[&topic_only].members.is_empty(), "{kind:?}");
+        assert_eq!(read[&joined].parent, Some(topic_only), "{kind:?}");
+        assert_eq!(
+            read[&joined].members,
+            [("@c:test".to_owned(), nids["$c"])],
+            "{kind:?}"
+        );
+        assert!(!read.contains_key(&999_999), "{kind:?}");
+    }
+}

@@ -43,7 +43,7 @@ use std::{
 };
 
 use myelin_federation::FederationError;
-use myelin_store::{EventRow, FanoutEntry, OutgoingEvent, OutgoingReceipt, Store};
+use myelin_store::{EventRow, FanoutEntry, GroupMembers, OutgoingEvent, OutgoingReceipt, Store};
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, ServerName, UInt,
     api::federation::transactions::send_transaction_message, serde::Raw,
@@ -242,7 +242,7 @@ pub struct Sender {
     outbound: Arc<Outbound>,
     notifier: Notifier,
     feed: EduFeed,
-    /// Joined servers by state group.
+    /// The other servers with joined members, by state group (see `servers_at`).
     servers: Mutex<HashMap<i64, Arc<BTreeSet<OwnedServerName>>>>,
     workers: Mutex<HashMap<OwnedServerName, Arc<Worker>>>,
     /// The events stream position up to which the fan-out has found every local event's
@@ -371,15 +371,68 @@ impl Sender {
 
     // ----- destinations of events -----
 
-    /// The servers with joined members in the state of `group` (a snapshot of `room_nid`).
+    /// The other servers (never this one) with joined members in the state of `group` (a
+    /// snapshot of `room_nid`). A delta group that changed no other server's member has its
+    /// parent's, and a whole group without other servers' members has none: most state events
+    /// (this server's users' joins and profiles, names, power levels) cost one small read of
+    /// what the group itself holds, not a read of its whole state. `known`: what
+    /// [`Store::group_members_changed`] already said of some groups (the fan-out reads it for
+    /// all the groups of a batch at once).
     async fn servers_at(
         &self,
         room_nid: i64,
         group: i64,
+        known: &HashMap<i64, GroupMembers>,
     ) -> Result<Arc<BTreeSet<OwnedServerName>>> {
-        if let Some(hit) = lock(&self.servers).get(&group) {
-            return Ok(hit.clone());
+        // Groups found to have the servers of the group the walk reaches.
+        let mut carried = Vec::new();
+        let mut next = group;
+        let servers = loop {
+            if let Some(hit) = lock(&self.servers).get(&next) {
+                break hit.clone();
+            }
+            let own = match known.get(&next) {
+                Some(own) => Some(own.clone()),
+                None => self
+                    .store
+                    .group_members_changed(&[next])
+                    .await?
+                    .remove(&next),
+            };
+            let others = own.as_ref().is_some_and(|own| {
+                own.members
+                    .iter()
+                    .any(|(key, _)| server_of(key).is_some_and(|server| server != self.server_name))
+            });
+            match own {
+                Some(GroupMembers {
+                    parent: Some(parent),
+                    ..
+                }) if !others => {
+                    carried.push(next);
+                    next = parent;
+                }
+                Some(GroupMembers { parent: None, .. }) if !others => {
+                    break self.cache_servers(next, BTreeSet::new());
+                }
+                _ => {
+                    let servers = self.read_servers_at(room_nid, next).await?;
+                    break self.cache_servers(next, servers);
+                }
+            }
+        };
+        for group in carried {
+            self.cache_servers_arc(group, servers.clone());
         }
+        Ok(servers)
+    }
+
+    /// The other servers with joined members in the state of `group`, from its whole state.
+    async fn read_servers_at(
+        &self,
+        room_nid: i64,
+        group: i64,
+    ) -> Result<BTreeSet<OwnedServerName>> {
         let state = self.store.state_ids_at_group(group).await?;
         // The current memberships give most entries' membership without reading events.
         let current: HashMap<i64, String> = self
@@ -409,19 +462,32 @@ impl Sender {
                 servers.extend(server_of(key));
             }
         }
+        servers.remove(&self.server_name);
+        Ok(servers)
+    }
+
+    fn cache_servers(
+        &self,
+        group: i64,
+        servers: BTreeSet<OwnedServerName>,
+    ) -> Arc<BTreeSet<OwnedServerName>> {
         let servers = Arc::new(servers);
+        self.cache_servers_arc(group, servers.clone());
+        servers
+    }
+
+    fn cache_servers_arc(&self, group: i64, servers: Arc<BTreeSet<OwnedServerName>>) {
         let mut cache = lock(&self.servers);
         if cache.len() >= SERVERS_CACHE_CAPACITY {
             cache.clear();
         }
-        cache.insert(group, servers.clone());
-        Ok(servers)
+        cache.insert(group, servers);
     }
 
-    /// The servers in a room now (its current state).
+    /// The other servers in a room now (its current state).
     async fn servers_now(&self, room_nid: i64) -> Result<Arc<BTreeSet<OwnedServerName>>> {
         match self.store.current_state_group(room_nid).await? {
-            Some(group) => self.servers_at(room_nid, group).await,
+            Some(group) => self.servers_at(room_nid, group, &HashMap::new()).await,
             None => Ok(Arc::default()),
         }
     }
@@ -436,11 +502,15 @@ impl Sender {
     /// Where an event of ours goes: the servers with joined members in the room at the event
     /// (the state after it), and for an invite, kick or ban the target's server; never this one,
     /// nor (for an event relayed for another server's user) the server it came from.
-    async fn destinations_of(&self, event: &EventRow) -> Result<BTreeSet<OwnedServerName>> {
+    async fn destinations_of(
+        &self,
+        event: &EventRow,
+        known: &HashMap<i64, GroupMembers>,
+    ) -> Result<BTreeSet<OwnedServerName>> {
         let Some(group) = event.state_group else {
             return Ok(BTreeSet::new());
         };
-        let mut servers = (*self.servers_at(event.room_nid, group).await?).clone();
+        let mut servers = (*self.servers_at(event.room_nid, group, known).await?).clone();
         if event.event_type == "m.room.member"
             && let Some(target) = &event.state_key
         {
@@ -587,13 +657,30 @@ impl Sender {
                 Some(last) if events.len() as i64 == FANOUT_BATCH => last.event.stream_ordering,
                 _ => head,
             };
+            // What the batch's groups hold themselves, in one read (see `servers_at`).
+            let mut uncached: Vec<i64> = {
+                let cache = lock(&self.servers);
+                events
+                    .iter()
+                    .filter(|outgoing| self.sends(outgoing))
+                    .filter_map(|outgoing| outgoing.event.state_group)
+                    .filter(|group| !cache.contains_key(group))
+                    .collect()
+            };
+            uncached.sort_unstable();
+            uncached.dedup();
+            let known = if uncached.is_empty() {
+                HashMap::new()
+            } else {
+                self.store.group_members_changed(&uncached).await?
+            };
             let mut found: BTreeMap<(OwnedServerName, i64), (i64, i64)> = BTreeMap::new();
             for outgoing in &events {
                 if !self.sends(outgoing) {
                     continue;
                 }
                 let event = &outgoing.event;
-                for destination in self.destinations_of(event).await? {
+                for destination in self.destinations_of(event, &known).await? {
                     let span = found
                         .entry((destination, event.room_nid))
                         .or_insert((event.stream_ordering, event.stream_ordering));
@@ -956,7 +1043,12 @@ impl Sender {
             {
                 continue;
             }
-            if !self.sends(outgoing) || !self.destinations_of(event).await?.contains(destination) {
+            if !self.sends(outgoing)
+                || !self
+                    .destinations_of(event, &HashMap::new())
+                    .await?
+                    .contains(destination)
+            {
                 continue;
             }
             pdus.push(

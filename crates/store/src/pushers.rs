@@ -201,14 +201,14 @@ impl Store {
     /// A user's unread notifications over every room they are joined to (the push gateway's
     /// `counts.unread`): notifying events after their read position in each room.
     pub async fn unread_notifications_total(&self, user_id: &str) -> Result<i64, StoreError> {
-        let read_position = crate::rooms::read_position_sql("a.room_nid", "$1");
+        let read_position = crate::rooms::read_position_sql(self.kind(), "a.room_nid", "$1");
         let sql = format!(
             "SELECT COUNT(*) FROM event_push_actions a \
              JOIN events e ON e.event_nid = a.event_nid AND {} \
              WHERE a.user_id = $1 AND a.notify \
              AND a.room_nid IN (SELECT m.room_nid FROM room_memberships m \
                                 WHERE m.user_id = $1 AND m.membership = 'join') \
-             AND a.stream_ordering > ({read_position})",
+             AND a.stream_ordering > {read_position}",
             crate::rooms::IN_TIMELINE
         );
         let total = with_pool!(self, pool => {

@@ -443,19 +443,28 @@ pub struct HistoryWalk {
     pub limit: i64,
 }
 
+/// The SQL function giving the greatest of its arguments: `GREATEST` on PostgreSQL, the
+/// many-argument `MAX` on SQLite (which gives NULL if any argument is NULL: give it none).
+/// An expression of it plans in a fraction of the time of a `MAX` over a `UNION ALL`.
+pub(crate) fn greatest_sql(kind: DatabaseKind) -> &'static str {
+    match kind {
+        DatabaseKind::Postgres => "GREATEST",
+        DatabaseKind::Sqlite => "MAX",
+    }
+}
+
 /// A user's read position in a room as an SQL expression over the given room and user
 /// expressions: the later of their own newest timeline event and the event of their newest
-/// unthreaded read receipt. Both sides are index lookups (`events_room_sender`, newest first
-/// to the first in the timeline; the receipts key).
-pub(crate) fn read_position_sql(room: &str, user: &str) -> String {
+/// unthreaded read receipt (0 when neither exists). Both sides are index lookups
+/// (`events_room_sender`, newest first to the first in the timeline; the receipts key).
+pub(crate) fn read_position_sql(kind: DatabaseKind, room: &str, user: &str) -> String {
     format!(
-        "SELECT MAX(p) FROM ( \
-         SELECT COALESCE((SELECT e.stream_ordering FROM events e WHERE e.room_nid = {room} AND e.sender = {user} \
-         AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1), 0) AS p \
-         UNION ALL \
-         SELECT COALESCE(MAX(e.stream_ordering), 0) AS p FROM receipts r JOIN events e ON e.event_id = r.event_id \
+        "{}(COALESCE((SELECT e.stream_ordering FROM events e WHERE e.room_nid = {room} AND e.sender = {user} \
+         AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1), 0), \
+         COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id \
          WHERE r.room_nid = {room} AND r.user_id = {user} AND r.thread_id = '' \
-         AND r.receipt_type IN ('m.read', 'm.read.private')) AS positions"
+         AND r.receipt_type IN ('m.read', 'm.read.private')), 0))",
+        greatest_sql(kind)
     )
 }
 
@@ -1689,10 +1698,7 @@ impl Store {
         // costs one read; one that is skipped loses events), and each of the two is then the
         // last entry of an index, with the simplest plan (a sync of a connection that has not
         // prepared this statement yet plans it, on its critical path).
-        let greatest = match self.kind() {
-            DatabaseKind::Postgres => "GREATEST",
-            DatabaseKind::Sqlite => "MAX",
-        };
+        let greatest = greatest_sql(self.kind());
         let sql = format!(
             // The typed arm first: PostgreSQL gives a column of only NULLs the type text,
             // which then would not match the membership arm's types.
@@ -1876,7 +1882,7 @@ impl Store {
     /// How far a user has read in a room: the newest of their unthreaded read receipts
     /// and their own latest event, as a stream position (0 when neither exists).
     pub async fn read_position(&self, room_nid: i64, user_id: &str) -> Result<i64, StoreError> {
-        let sql = format!("SELECT ({})", read_position_sql("$1", "$2"));
+        let sql = format!("SELECT {}", read_position_sql(self.kind(), "$1", "$2"));
         let position = with_pool!(self, pool => {
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(room_nid)

@@ -375,22 +375,26 @@ impl Store {
         room_nids: &[i64],
     ) -> Result<HashMap<i64, HashMap<String, (i64, i64)>>, StoreError> {
         let mut out: HashMap<i64, HashMap<String, (i64, i64)>> = HashMap::new();
-        let read_position = read_position_sql("a.room_nid", "$1");
+        let read_position = read_position_sql(self.kind(), "a.room_nid", "$1");
         for chunk in room_nids.chunks(ROOMS_PER_STATEMENT) {
+            // One level, each condition an expression of index lookups: on PostgreSQL, a
+            // connection that has not run it yet plans it on the sync's critical path (1.0 ms
+            // for 20 rooms nested as a subquery with the read position as a `UNION ALL`,
+            // 0.6 ms as it is).
             let sql = format!(
-                "SELECT room_nid, thread, SUM(CASE WHEN notify THEN 1 ELSE 0 END), \
-                        SUM(CASE WHEN highlight THEN 1 ELSE 0 END) \
-                 FROM (SELECT a.room_nid, a.stream_ordering, a.notify, a.highlight, \
-                              COALESCE(t.parent_event_id, 'main') AS thread \
-                       FROM event_push_actions a JOIN events e ON e.event_nid = a.event_nid AND {IN_TIMELINE} \
-                       LEFT JOIN event_relations t ON t.event_nid = a.event_nid AND t.rel_type = 'm.thread' \
-                       WHERE a.user_id = $1 AND a.room_nid IN ({}) \
-                       AND a.stream_ordering > ({read_position})) AS unread \
-                 WHERE unread.stream_ordering > COALESCE(( \
+                "SELECT a.room_nid, COALESCE(t.parent_event_id, 'main') AS thread, \
+                        SUM(CASE WHEN a.notify THEN 1 ELSE 0 END), \
+                        SUM(CASE WHEN a.highlight THEN 1 ELSE 0 END) \
+                 FROM event_push_actions a JOIN events e ON e.event_nid = a.event_nid AND {IN_TIMELINE} \
+                 LEFT JOIN event_relations t ON t.event_nid = a.event_nid AND t.rel_type = 'm.thread' \
+                 WHERE a.user_id = $1 AND a.room_nid IN ({}) \
+                 AND a.stream_ordering > {read_position} \
+                 AND a.stream_ordering > COALESCE(( \
                      SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id \
-                     WHERE r.room_nid = unread.room_nid AND r.user_id = $1 AND r.thread_id = unread.thread \
+                     WHERE r.room_nid = a.room_nid AND r.user_id = $1 \
+                     AND r.thread_id = COALESCE(t.parent_event_id, 'main') \
                      AND r.receipt_type IN ('m.read', 'm.read.private')), 0) \
-                 GROUP BY room_nid, thread",
+                 GROUP BY a.room_nid, COALESCE(t.parent_event_id, 'main')",
                 placeholders(2, chunk.len())
             );
             with_pool!(self, pool => {

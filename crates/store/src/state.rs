@@ -12,7 +12,7 @@ use std::{
 
 use sqlx::Row;
 
-use crate::{Store, StoreError, with_pool};
+use crate::{Backend, Store, StoreError, with_pool};
 
 /// The state of a snapshot: each `(event type, state key)` and the event nid holding it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,9 +59,6 @@ pub struct GroupMembers {
     /// Its own `m.room.member` entries: `(state key, event nid)`.
     pub members: Vec<(String, i64)>,
 }
-
-/// Groups per statement of [`Store::group_members_changed`].
-const GROUPS_PER_STATEMENT: usize = 100;
 
 /// How many state entries (summed over cached snapshots) the cache keeps before evicting the
 /// oldest snapshots: about 10 MB of keys.
@@ -160,31 +157,38 @@ impl Store {
         groups: &[i64],
     ) -> Result<HashMap<i64, GroupMembers>, StoreError> {
         let mut out: HashMap<i64, GroupMembers> = HashMap::new();
-        for chunk in groups.chunks(GROUPS_PER_STATEMENT) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT g.state_group, g.parent_group, s.state_key, s.event_nid FROM state_groups g \
-                 LEFT JOIN state_group_entries s ON s.state_group = g.state_group AND s.event_type = 'm.room.member' \
-                 WHERE g.state_group IN ({})",
-                placeholders.join(", ")
-            );
-            with_pool!(self, pool => {
-                let mut query = sqlx::query_as::<_, (i64, Option<i64>, Option<String>, Option<i64>)>(
-                    sqlx::AssertSqlSafe(sql.clone()),
-                );
-                for group in chunk {
-                    query = query.bind(*group);
-                }
-                for (group, parent, key, nid) in query.fetch_all(pool).await? {
-                    let entry = out.entry(group).or_insert_with(|| GroupMembers {
-                        parent,
-                        members: Vec::new(),
-                    });
-                    if let (Some(key), Some(nid)) = (key, nid) {
-                        entry.members.push((key, nid));
-                    }
-                }
+        // One constant text for any number of groups (the groups as one parameter), so that
+        // fan-out batches of every size share one prepared statement.
+        let select = "SELECT g.state_group, g.parent_group, s.state_key, s.event_nid FROM state_groups g \
+             LEFT JOIN state_group_entries s ON s.state_group = g.state_group AND s.event_type = 'm.room.member' \
+             WHERE g.state_group IN ";
+        let rows: Vec<(i64, Option<i64>, Option<String>, Option<i64>)> = match &self.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{select}(SELECT UNNEST($1::BIGINT[]))"
+                )))
+                .bind(groups)
+                .fetch_all(pool)
+                .await?
+            }
+            Backend::Sqlite(pool) => {
+                let list: Vec<String> = groups.iter().map(i64::to_string).collect();
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{select}(SELECT value FROM json_each($1))"
+                )))
+                .bind(format!("[{}]", list.join(",")))
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        for (group, parent, key, nid) in rows {
+            let entry = out.entry(group).or_insert_with(|| GroupMembers {
+                parent,
+                members: Vec::new(),
             });
+            if let (Some(key), Some(nid)) = (key, nid) {
+                entry.members.push((key, nid));
+            }
         }
         Ok(out)
     }

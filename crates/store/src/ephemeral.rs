@@ -1,5 +1,7 @@
 //! Receipts, to-device messages and presence: small rows that /sync delivers by stream position.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use crate::store::BeginWrite;
@@ -48,6 +50,27 @@ macro_rules! next_position {
 }
 
 impl Store {
+    /// The current positions of some of the streams in `stream_positions`, in one read, by
+    /// stream (a stream that has no row is absent).
+    pub async fn stream_positions_of(
+        &self,
+        streams: &[&str],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let placeholders: Vec<String> = (1..=streams.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT stream, position FROM stream_positions WHERE stream IN ({})",
+            placeholders.join(", ")
+        );
+        let rows = with_pool!(self, pool => {
+            let mut query = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql.clone()));
+            for stream in streams {
+                query = query.bind(*stream);
+            }
+            query.fetch_all(pool).await
+        })?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// The current position of one of the streams in `stream_positions`.
     pub async fn stream_position(&self, stream: &str) -> Result<i64, StoreError> {
         let position = with_pool!(self, pool => {

@@ -547,10 +547,37 @@ impl Sender {
             tracing::warn!(%err, "federation sender: could not list destinations");
         }
         loop {
-            if let Err(err) = self.fan_out_device_lists().await {
+            // Both streams' heads in one read: a wake costs this and, when the events stream
+            // moved, one scan.
+            let heads = match self
+                .store
+                .stream_positions_of(&["events", "device_lists"])
+                .await
+            {
+                Ok(heads) => heads,
+                Err(err) => {
+                    tracing::warn!(%err, "federation sender: could not read the stream heads; trying again shortly");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ERROR_PAUSE) => continue,
+                        _ = stopped(&mut stop) => return,
+                    }
+                }
+            };
+            let (Some(&events_head), Some(&device_lists_head)) =
+                (heads.get("events"), heads.get("device_lists"))
+            else {
+                tracing::error!(
+                    "federation sender: a stream position row is missing; nothing is sent until it is back"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(ERROR_PAUSE) => continue,
+                    _ = stopped(&mut stop) => return,
+                }
+            };
+            if let Err(err) = self.fan_out_device_lists(device_lists_head).await {
                 tracing::warn!(%err, "federation sender: device-list fan-out failed; trying again at the next wake");
             }
-            if let Err(err) = self.fan_out(&mut cursor).await {
+            if let Err(err) = self.fan_out(&mut cursor, events_head).await {
                 tracing::warn!(%err, "federation sender: fan-out failed; trying again shortly");
                 tokio::select! {
                     _ = tokio::time::sleep(ERROR_PAUSE) => continue,
@@ -624,7 +651,9 @@ impl Sender {
     /// Events meant for nobody (every event of a server that federates with no one) cost no
     /// write: the position moves in `cursor` and is written at most every
     /// [`FANOUT_PERSIST_EVERY`] (after a restart those events are only read again).
-    async fn fan_out(self: &Arc<Self>, cursor: &mut FanoutCursor) -> Result<()> {
+    async fn fan_out(self: &Arc<Self>, cursor: &mut FanoutCursor, head: i64) -> Result<()> {
+        // The head read with the wake; a batch that did not reach it reads it again.
+        let mut read_head = Some(head);
         loop {
             let persisted = match cursor.persisted {
                 Some(position) => position,
@@ -637,7 +666,10 @@ impl Sender {
             let from = persisted.max(cursor.scanned);
             self.fanned_out
                 .fetch_max(from, std::sync::atomic::Ordering::Relaxed);
-            let head = self.store.events_stream_position().await?;
+            let head = match read_head.take() {
+                Some(head) => head,
+                None => self.store.events_stream_position().await?,
+            };
             if head <= from {
                 if from > persisted && cursor.written.elapsed() >= FANOUT_PERSIST_EVERY {
                     let moved = self

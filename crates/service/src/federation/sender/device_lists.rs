@@ -38,9 +38,8 @@ const DEVICE_LIST_BATCH: i64 = 200;
 impl Sender {
     /// Puts the EDUs of the local device-list changes past the persisted position in the outbox
     /// of every server sharing a room with their users, and wakes those servers' workers, until
-    /// the position is at the stream's head.
-    pub(super) async fn fan_out_device_lists(self: &Arc<Self>) -> Result<()> {
-        let head = self.store.stream_position("device_lists").await?;
+    /// the position is at the stream's head, `head` (read by the caller).
+    pub(super) async fn fan_out_device_lists(self: &Arc<Self>, head: i64) -> Result<()> {
         if head <= self.device_lists_done.load(Ordering::Acquire) {
             return Ok(());
         }

@@ -59,22 +59,6 @@ const EVENT_INSERT: &str = "INSERT INTO events (event_id, room_nid, stream_order
      WHERE events.status = 'outlier' AND excluded.status <> 'outlier' AND events.room_nid = excluded.room_nid \
      RETURNING event_nid";
 
-/// The rows of `push_actions` of the event in `source`, their values bound from `binds`
-/// (`(user, notify, highlight, actions)` placeholders per row): one `INSERT`.
-pub(crate) fn push_actions_sql(source: &str, rows: &[[String; 4]]) -> String {
-    let values: Vec<String> = rows
-        .iter()
-        .map(|[user, notify, highlight, actions]| {
-            format!("({user}, {notify}, {highlight}, {actions})")
-        })
-        .collect();
-    format!(
-        "INSERT INTO event_push_actions (event_nid, room_nid, stream_ordering, ts, user_id, notify, highlight, actions) \
-         SELECT n.event_nid, $2, $3, $16, v.* FROM {source} CROSS JOIN (VALUES {}) AS v WHERE TRUE",
-        values.join(", ")
-    )
-}
-
 impl<'a> EventWrite<'a> {
     /// The event row of `event` at `stream_ordering`, with state group `after` and
     /// `before`; `expected_current`: the current state group it must still find (see
@@ -230,19 +214,22 @@ impl<'a> EventWrite<'a> {
         if actions.is_empty() {
             return;
         }
-        let rows: Vec<[String; 4]> = actions
+        let rows: Vec<String> = actions
             .iter()
             .map(|a| {
-                [
-                    self.bind(Arg::Text(&a.user_id)),
-                    self.bind(Arg::Bool(a.notify)),
-                    self.bind(Arg::Bool(a.highlight)),
-                    self.bind(Arg::Text(&a.actions)),
-                ]
+                let user = self.bind(Arg::Text(&a.user_id));
+                let notify = self.bind(Arg::Bool(a.notify));
+                let highlight = self.bind(Arg::Bool(a.highlight));
+                let actions = self.bind(Arg::Text(&a.actions));
+                format!("({user}, {notify}, {highlight}, {actions})")
             })
             .collect();
-        let sql = push_actions_sql(self.source(), &rows);
-        self.parts.push(sql);
+        let source = self.source();
+        self.parts.push(format!(
+            "INSERT INTO event_push_actions (event_nid, room_nid, stream_ordering, ts, user_id, notify, highlight, actions) \
+             SELECT n.event_nid, $2, $3, $16, v.* FROM {source} CROSS JOIN (VALUES {}) AS v WHERE TRUE",
+            rows.join(", ")
+        ));
     }
 
     /// The client transaction that sent the event.

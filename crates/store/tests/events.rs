@@ -523,3 +523,110 @@ async fn a_second_event_with_a_stored_id_is_refused_and_the_first_kept() {
         );
     }
 }
+
+/// Push actions land with their event: a few within the event's own statement, a large room's
+/// in statements of their own after it. Either way each member's unread counts see them, and
+/// the sender's transaction, relation and search text are written in the same append.
+#[tokio::test]
+async fn push_actions_land_with_their_event_in_small_and_large_rooms() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!p:localhost", "12", "@a:localhost", false, 0)
+            .await
+            .unwrap();
+        let create = put(
+            &store,
+            room,
+            Ev {
+                id: "$create",
+                kind: "m.room.create",
+                state_key: Some(""),
+                depth: 1,
+                ..Ev::default()
+            },
+        )
+        .await;
+        let actions = |n: usize| -> Vec<myelin_store::PushAction> {
+            (0..n)
+                .map(|i| myelin_store::PushAction {
+                    user_id: format!("@u{i}:localhost"),
+                    notify: true,
+                    highlight: i == 0,
+                    actions: r#"["notify"]"#.to_owned(),
+                })
+                .collect()
+        };
+        let mut before = create.state_group;
+        let mut prev = "$create".to_owned();
+        for (depth, (id, members)) in [("$few", 3), ("$many", 150)].into_iter().enumerate() {
+            let pushed = actions(members);
+            let prev_ids = [prev.clone()];
+            let persisted = store
+                .persist_event(&NewEvent {
+                    room_nid: room,
+                    event_id: id,
+                    event_type: "m.room.message",
+                    sender: "@a:localhost",
+                    depth: depth as i64 + 2,
+                    origin_server_ts: 1,
+                    json: r#"{"type":"m.room.message"}"#,
+                    prev_event_ids: &prev_ids,
+                    state_group_before: before,
+                    txn: txn("DEV", SEND_SCOPE, id),
+                    push_actions: &pushed,
+                    relation: Some(("$create", "m.reference")),
+                    search: Some(("content.body", "hello")),
+                    now: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            before = persisted.state_group;
+            prev = id.to_owned();
+        }
+        // @u0 .. @u2 were notified by both events, the others by the second only; @u0's
+        // notifications highlight.
+        assert_eq!(
+            store.unread_counts(room, "@u0:localhost").await.unwrap(),
+            (2, 2),
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.unread_counts(room, "@u2:localhost").await.unwrap(),
+            (2, 0),
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.unread_counts(room, "@u149:localhost").await.unwrap(),
+            (1, 0),
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.unread_counts(room, "@u150:localhost").await.unwrap(),
+            (0, 0),
+            "{kind:?}"
+        );
+        for id in ["$few", "$many"] {
+            let key = TxnKey {
+                user_id: "@a:localhost",
+                device_id: "DEV",
+                scope: SEND_SCOPE,
+                txn_id: id,
+            };
+            assert_eq!(
+                store.txn_event_id(key).await.unwrap().as_deref(),
+                Some(id),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            store.forward_extremities(room).await.unwrap().len(),
+            1,
+            "{kind:?}"
+        );
+    }
+}

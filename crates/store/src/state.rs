@@ -51,6 +51,9 @@ impl StateMap {
     }
 }
 
+/// A row of [`Store::group_members_changed`]'s read: group, parent, member key and event.
+type GroupMemberRow = (i64, Option<i64>, Option<String>, Option<i64>);
+
 /// What a state group holds itself ([`Store::group_members_changed`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupMembers {
@@ -162,7 +165,7 @@ impl Store {
         let select = "SELECT g.state_group, g.parent_group, s.state_key, s.event_nid FROM state_groups g \
              LEFT JOIN state_group_entries s ON s.state_group = g.state_group AND s.event_type = 'm.room.member' \
              WHERE g.state_group IN ";
-        let rows: Vec<(i64, Option<i64>, Option<String>, Option<i64>)> = match &self.backend {
+        let rows: Vec<GroupMemberRow> = match &self.backend {
             Backend::Postgres(pool) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "{select}(SELECT UNNEST($1::BIGINT[]))"

@@ -1086,3 +1086,67 @@ async fn device_list_changes_reach_the_servers_sharing_a_room_chained_per_user()
         server.stop().await;
     }
 }
+
+/// A state change of this server's (a topic, a local user's join) leaves the room's other
+/// servers as they were, so the fan-out takes them from the state before it without reading the
+/// room's whole state (`servers_at`): each such event still reaches the peer while bob is in the
+/// room, and none does once he was kicked.
+#[tokio::test]
+async fn local_state_changes_reach_the_servers_in_the_room_at_them() {
+    for kind in test_backends() {
+        let ca = TestCa::new();
+        let peer = Peer::start(&ca).await;
+        let server = start_myelin(kind, &ca, &peer, |_| {}).await;
+        let (alice, room_id) = room_with_bob(&server, &peer).await;
+        let topic = |text: &'static str| {
+            let (server, alice, room_id) = (&server, &alice, &room_id);
+            async move {
+                let (status, reply) = server
+                    .put(
+                        &format!(
+                            "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                            enc(room_id)
+                        ),
+                        &alice.access_token,
+                        json!({ "topic": text }),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        };
+        topic("with bob").await;
+        let charlie = server.register("charlie").await;
+        let (status, reply) = server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room_id)),
+                &charlie.access_token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        let (status, reply) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+                &alice.access_token,
+                json!({ "user_id": BOB }),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        topic("without bob").await;
+        let last = say(&server, &alice, &room_id, "after the kick").await;
+        let last = server.store().event(&last).await.unwrap().unwrap();
+        let sender = &server.services().federation_sender;
+        eventually("the fan-out to pass the last event", || {
+            sender.fanned_out() >= last.stream_ordering
+        })
+        .await;
+        wait_for_empty_queue(&server).await;
+        assert_eq!(
+            peer.bodies(),
+            ["m.room.topic:", "m.room.member:join", "m.room.member:leave"],
+            "{kind:?}"
+        );
+        assert_eq!(peer.pdus()[0]["content"]["topic"], "with bob", "{kind:?}");
+        server.stop().await;
+    }
+}

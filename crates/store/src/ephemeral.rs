@@ -73,13 +73,10 @@ impl Store {
 
     /// The current position of one of the streams in `stream_positions`.
     pub async fn stream_position(&self, stream: &str) -> Result<i64, StoreError> {
-        let position = with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>("SELECT position FROM stream_positions WHERE stream = $1")
-                .bind(stream)
-                .fetch_one(pool)
-                .await
-        })?;
-        Ok(position)
+        self.stream_positions_of(&[stream])
+            .await?
+            .remove(stream)
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
     }
 
     /// Sets a user's receipt of one type (and thread) in a room. Returns its stream position.

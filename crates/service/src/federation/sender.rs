@@ -384,13 +384,14 @@ impl Sender {
         group: i64,
         known: &HashMap<i64, GroupMembers>,
     ) -> Result<Arc<BTreeSet<OwnedServerName>>> {
-        // Groups found to have the servers of the group the walk reaches.
-        let mut carried = Vec::new();
+        // The groups walked, every one with the servers found at the walk's end.
+        let mut walked = Vec::new();
         let mut next = group;
         let servers = loop {
             if let Some(hit) = lock(&self.servers).get(&next) {
                 break hit.clone();
             }
+            walked.push(next);
             let own = match known.get(&next) {
                 Some(own) => Some(own.clone()),
                 None => self
@@ -408,21 +409,17 @@ impl Sender {
                 Some(GroupMembers {
                     parent: Some(parent),
                     ..
-                }) if !others => {
-                    carried.push(next);
-                    next = parent;
-                }
-                Some(GroupMembers { parent: None, .. }) if !others => {
-                    break self.cache_servers(next, BTreeSet::new());
-                }
-                _ => {
-                    let servers = self.read_servers_at(room_nid, next).await?;
-                    break self.cache_servers(next, servers);
-                }
+                }) if !others => next = parent,
+                Some(GroupMembers { parent: None, .. }) if !others => break Arc::default(),
+                _ => break Arc::new(self.read_servers_at(room_nid, next).await?),
             }
         };
-        for group in carried {
-            self.cache_servers_arc(group, servers.clone());
+        let mut cache = lock(&self.servers);
+        for group in walked {
+            if cache.len() >= SERVERS_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(group, servers.clone());
         }
         Ok(servers)
     }
@@ -464,24 +461,6 @@ impl Sender {
         }
         servers.remove(&self.server_name);
         Ok(servers)
-    }
-
-    fn cache_servers(
-        &self,
-        group: i64,
-        servers: BTreeSet<OwnedServerName>,
-    ) -> Arc<BTreeSet<OwnedServerName>> {
-        let servers = Arc::new(servers);
-        self.cache_servers_arc(group, servers.clone());
-        servers
-    }
-
-    fn cache_servers_arc(&self, group: i64, servers: Arc<BTreeSet<OwnedServerName>>) {
-        let mut cache = lock(&self.servers);
-        if cache.len() >= SERVERS_CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(group, servers);
     }
 
     /// The other servers in a room now (its current state).

@@ -445,7 +445,7 @@ pub struct HistoryWalk {
 
 /// The SQL function giving the greatest of its arguments: `GREATEST` on PostgreSQL, the
 /// many-argument `MAX` on SQLite (which gives NULL if any argument is NULL: give it none).
-/// An expression of it plans in a fraction of the time of a `MAX` over a `UNION ALL`.
+/// An expression of it plans faster than a `MAX` over a `UNION ALL` (see `sync_reads`).
 pub(crate) fn greatest_sql(kind: DatabaseKind) -> &'static str {
     match kind {
         DatabaseKind::Postgres => "GREATEST",

@@ -12,6 +12,10 @@
 //! anyway, but nothing fails for a reason other than the refusal first). On PostgreSQL every
 //! part reads the database as it was before the statement; the parts are written so that this
 //! and SQLite's in-order reading give the same result.
+//!
+//! On PostgreSQL the statement can also take the event's stream position ([`Position::TakenHere`],
+//! a `pos` part before the row): a lone message then needs no transaction of its own (see
+//! `rooms::one_statement_append`).
 
 use crate::{
     DatabaseKind,
@@ -21,6 +25,16 @@ use crate::{
 /// Push action rows written within the event's statement; a room with more members than this
 /// gets its rows in statements of their own (see `rooms::persist_events`).
 pub(crate) const PUSH_ACTIONS_IN_WRITE: usize = 64;
+
+/// Where the event's stream position comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Position {
+    /// Taken by the caller, in the transaction the statement runs in.
+    Given(i64),
+    /// Taken by the statement itself, from the events stream's row (PostgreSQL only: SQLite
+    /// runs the parts as statements of their own, which need the caller's transaction).
+    TakenHere,
+}
 
 /// A value bound to the statement, in the order the placeholders were numbered.
 pub(crate) enum Arg<'a> {
@@ -41,15 +55,17 @@ pub(crate) struct EventWrite<'a> {
     parts: Vec<String>,
     /// The placeholders of the event's `prev_events` ids.
     prevs: Vec<String>,
+    /// Whether the statement takes the event's stream position (`pos`).
+    takes_position: bool,
 }
 
-/// The event row (`$1`..`$14`; `$15`: the current state group the event was decided against, or
-/// NULL, checked in the same statement), and what an outlier of the same id keeps when this
-/// append upgrades it in place.
+/// The event row (`$1`..`$14`, its stream position where `{position}` stands; `$15`: the current
+/// state group the event was decided against, or NULL, checked in the same statement), and what
+/// an outlier of the same id keeps when this append upgrades it in place.
 const EVENT_INSERT: &str = "INSERT INTO events (event_id, room_nid, stream_ordering, depth, event_type, state_key, \
      sender, origin_server_ts, json, state_group, state_group_before, topological_ordering, \
      prev_state_nid, status, rejection_reason) \
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14 \
+     SELECT $1, $2, {position}, $4, $5, $6, $7, $8, $9, $10, $11, $4, $12, $13, $14 \
      WHERE $15 IS NULL OR EXISTS (SELECT 1 FROM room_current_state s \
      WHERE s.room_nid = $2 AND s.state_group = $15) \
      ON CONFLICT (event_id) DO UPDATE SET stream_ordering = excluded.stream_ordering, \
@@ -57,16 +73,22 @@ const EVENT_INSERT: &str = "INSERT INTO events (event_id, room_nid, stream_order
      prev_state_nid = excluded.prev_state_nid, status = excluded.status, \
      rejection_reason = excluded.rejection_reason \
      WHERE events.status = 'outlier' AND excluded.status <> 'outlier' AND events.room_nid = excluded.room_nid \
-     RETURNING event_nid";
+     RETURNING event_nid, stream_ordering";
+
+/// [`Position::TakenHere`]: the next position of the events stream (`$3` is how many: one).
+/// Its row lock orders the stream's writers until the statement commits, as
+/// `store::take_event_positions` does until the caller's transaction commits.
+const TAKE_POSITION: &str = "UPDATE stream_positions SET position = position + $3 WHERE stream = 'events' RETURNING position";
 
 impl<'a> EventWrite<'a> {
-    /// The event row of `event` at `stream_ordering`, with state group `after` and
+    /// The event row of `event` at `position`, with state group `after` and
     /// `before`; `expected_current`: the current state group it must still find (see
-    /// [`EVENT_INSERT`]). `$16` is `event.now`, `$17` on its edges.
+    /// [`EVENT_INSERT`]). `$3` is the stream position given, or how many the statement takes;
+    /// `$16` is `event.now`, `$17` on its edges.
     pub(crate) fn new(
         kind: DatabaseKind,
         event: &'a NewEvent<'a>,
-        stream_ordering: i64,
+        position: Position,
         after: Option<i64>,
         before: Option<i64>,
         expected_current: Option<i64>,
@@ -74,7 +96,10 @@ impl<'a> EventWrite<'a> {
         let args = vec![
             Arg::Text(event.event_id),
             Arg::Int(event.room_nid),
-            Arg::Int(stream_ordering),
+            Arg::Int(match position {
+                Position::Given(stream_ordering) => stream_ordering,
+                Position::TakenHere => 1,
+            }),
             Arg::Int(event.depth),
             Arg::Text(event.event_type),
             Arg::OptText(event.state_key),
@@ -89,12 +114,26 @@ impl<'a> EventWrite<'a> {
             Arg::OptInt(expected_current),
             Arg::Int(event.now),
         ];
+        let takes_position = matches!(position, Position::TakenHere);
+        debug_assert!(
+            !takes_position || kind == DatabaseKind::Postgres,
+            "only PostgreSQL's statement takes its position"
+        );
         let mut write = Self {
             kind,
             args,
-            insert: EVENT_INSERT.to_owned(),
+            insert: EVENT_INSERT.replacen(
+                "{position}",
+                if takes_position {
+                    "(SELECT position FROM pos)"
+                } else {
+                    "$3"
+                },
+                1,
+            ),
             parts: Vec::new(),
             prevs: Vec::new(),
+            takes_position,
         };
         // The edges: `prev_events` (kind 0) and `auth_events` (kind 1), with the cited events'
         // nids where they are stored; a duplicate citation is one edge. `kind` is one of two
@@ -134,13 +173,14 @@ impl<'a> EventWrite<'a> {
         format!("${}", self.args.len())
     }
 
-    /// Where the parts read the event's nid, as a table `n (event_nid)` with one row when this
-    /// append wrote the event row and none otherwise.
+    /// Where the parts read the event's nid and stream position, as a table
+    /// `n (event_nid, stream_ordering)` with one row when this append wrote the event row and
+    /// none otherwise.
     fn source(&self) -> &'static str {
         match self.kind {
             DatabaseKind::Postgres => "ins n",
             DatabaseKind::Sqlite => {
-                "(SELECT event_nid FROM events WHERE event_id = $1 AND stream_ordering = $3) n"
+                "(SELECT event_nid, stream_ordering FROM events WHERE event_id = $1 AND stream_ordering = $3) n"
             }
         }
     }
@@ -189,7 +229,7 @@ impl<'a> EventWrite<'a> {
         let (parent, rel_type) = (self.bind(Arg::Text(parent)), self.bind(Arg::Text(rel_type)));
         self.parts.push(format!(
             "INSERT INTO event_relations (event_nid, room_nid, parent_event_id, rel_type, event_type, sender, stream_ordering) \
-             SELECT n.event_nid, $2, {parent}, {rel_type}, $5, $7, $3 FROM {source}"
+             SELECT n.event_nid, $2, {parent}, {rel_type}, $5, $7, n.stream_ordering FROM {source}"
         ));
     }
 
@@ -200,11 +240,11 @@ impl<'a> EventWrite<'a> {
         self.parts.push(match self.kind {
             DatabaseKind::Postgres => format!(
                 "INSERT INTO event_search (event_nid, room_nid, stream_ordering, key, vector) \
-                 SELECT n.event_nid, $2, $3, {key}, to_tsvector('english', {text}) FROM {source}"
+                 SELECT n.event_nid, $2, n.stream_ordering, {key}, to_tsvector('english', {text}) FROM {source}"
             ),
             DatabaseKind::Sqlite => format!(
                 "INSERT INTO event_search (rowid, room_nid, stream_ordering, key, value) \
-                 SELECT n.event_nid, $2, $3, {key}, {text} FROM {source}"
+                 SELECT n.event_nid, $2, n.stream_ordering, {key}, {text} FROM {source}"
             ),
         });
     }
@@ -227,7 +267,7 @@ impl<'a> EventWrite<'a> {
         let source = self.source();
         self.parts.push(format!(
             "INSERT INTO event_push_actions (event_nid, room_nid, stream_ordering, ts, user_id, notify, highlight, actions) \
-             SELECT n.event_nid, $2, $3, $16, v.* FROM {source} CROSS JOIN (VALUES {}) AS v WHERE TRUE",
+             SELECT n.event_nid, $2, n.stream_ordering, $16, v.* FROM {source} CROSS JOIN (VALUES {}) AS v WHERE TRUE",
             rows.join(", ")
         ));
     }
@@ -257,23 +297,24 @@ impl<'a> EventWrite<'a> {
         ));
     }
 
-    /// The query's text.
+    /// The query's text; its one row is the event's `(event_nid, stream_ordering)`, and there
+    /// is none when the append was refused.
     pub(crate) fn sql(&self) -> String {
         match self.kind {
-            DatabaseKind::Postgres if !self.parts.is_empty() => {
-                let parts: Vec<String> = self
-                    .parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, part)| format!(", p{i} AS ({part})"))
-                    .collect();
+            DatabaseKind::Postgres => {
+                let mut parts = Vec::with_capacity(self.parts.len() + 2);
+                if self.takes_position {
+                    parts.push(format!("pos AS ({TAKE_POSITION})"));
+                }
+                parts.push(format!("ins AS ({})", self.insert));
+                for (i, part) in self.parts.iter().enumerate() {
+                    parts.push(format!("p{i} AS ({part})"));
+                }
                 format!(
-                    "WITH ins AS ({}){} SELECT event_nid FROM ins",
-                    self.insert,
-                    parts.concat()
+                    "WITH {} SELECT event_nid, stream_ordering FROM ins",
+                    parts.join(", ")
                 )
             }
-            DatabaseKind::Postgres => self.insert.clone(),
             DatabaseKind::Sqlite => {
                 let mut sql = self.insert.clone();
                 for part in &self.parts {

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use crate::event_write::{Arg, EventWrite, PUSH_ACTIONS_IN_WRITE};
+use crate::event_write::{Arg, EventWrite, PUSH_ACTIONS_IN_WRITE, Position};
 use crate::graph::{CurrentStateChange, EventStatus, Placement, StateValue};
 use crate::store::BeginWrite;
 use crate::{Backend, DatabaseKind, Store, StoreError, with_pool};
@@ -713,6 +713,105 @@ fn current_state_moved(event_id: &str) -> StoreError {
     ))
 }
 
+/// An append refused by its own statement: the event id is stored already, or the room's
+/// current state is no longer the one the event was decided against.
+fn refused(event_id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "event {event_id} is stored already, or the room's current state changed while it was being appended"
+    ))
+}
+
+/// The statement writing `event`'s own rows (see `event_write`): `after` and `before` its state
+/// groups, `expected_current` the current state group it must still find, `extremity` whether
+/// it replaces the extremities it cites, `push_now` the push actions that go with it.
+#[allow(clippy::too_many_arguments)]
+fn event_write<'a>(
+    kind: DatabaseKind,
+    event: &'a NewEvent<'a>,
+    position: Position,
+    after: Option<i64>,
+    before: Option<i64>,
+    expected_current: Option<i64>,
+    extremity: bool,
+    push_now: &'a [PushAction],
+) -> EventWrite<'a> {
+    let mut write = EventWrite::new(kind, event, position, after, before, expected_current);
+    if !event.just_built {
+        write.citers_learn_nid();
+    }
+    if extremity {
+        write.extremity(event.just_built);
+    }
+    if let Some((parent, rel_type)) = event.relation {
+        write.relation(parent, rel_type);
+    }
+    if let Some((key, text)) = event.search {
+        write.search(key, text);
+    }
+    write.push_actions(push_now);
+    if let Some(txn) = event.txn {
+        write.txn(txn.user_id, txn.device_id, txn.scope, txn.txn_id);
+    }
+    match event.delivery {
+        Delivery::BySender => {}
+        Delivery::Relay => write.mark("federation_relayed_events"),
+        Delivery::ByResident => write.mark("federation_delivered_events"),
+    }
+    write
+}
+
+/// Runs an [`EventWrite`] on `$executor`: the event's `Some((event_nid, stream_ordering))`, or
+/// `None` when the append was refused.
+macro_rules! run_write {
+    ($write:expr, $executor:expr) => {{
+        let write = &$write;
+        let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(write.sql()));
+        for arg in write.args() {
+            query = match arg {
+                Arg::Int(v) => query.bind(*v),
+                Arg::OptInt(v) => query.bind(*v),
+                Arg::Text(v) => query.bind(*v),
+                Arg::OptText(v) => query.bind(*v),
+                Arg::Bool(v) => query.bind(*v),
+            };
+        }
+        // Every row, not the first only: SQLite stops a query at the row asked for, and the
+        // parts are its later statements.
+        query.fetch_all($executor).await?.first().copied()
+    }};
+}
+
+/// The append that PostgreSQL makes in one statement, with no transaction around it: a lone
+/// live event that changes no state and brings nothing that writes rows of other events (a
+/// message, the commonest write there is). The statement takes its stream position too
+/// ([`Position::TakenHere`]), so it is one round trip where a transaction is four (`BEGIN`,
+/// the position, the rows, `COMMIT`), and the position's row lock, which orders the events
+/// stream's writers, is held for the statement only. A statement is atomic and durable on its
+/// own. What it gives up: a refused append has used its position, a gap in the stream, which
+/// readers never assume away (positions are compared, never counted).
+fn one_statement_append<'e, 'a>(
+    kind: DatabaseKind,
+    events: &'e [NewEvent<'a>],
+) -> Option<&'e NewEvent<'a>> {
+    let [event] = events else { return None };
+    let fits = kind == DatabaseKind::Postgres
+        && event.placement == Placement::Live
+        && event.state_key.is_none()
+        && event.state_group_before.is_some()
+        && match event.current_state {
+            CurrentStateChange::Extend => event.status == EventStatus::Normal,
+            CurrentStateChange::Unchanged => {
+                matches!(event.status, EventStatus::Normal | EventStatus::SoftFailed)
+            }
+            _ => false,
+        }
+        && event.push_actions.len() <= PUSH_ACTIONS_IN_WRITE
+        && event.redaction.is_none()
+        && event.redaction_waits.is_none()
+        && event.redacted_by.is_none();
+    fits.then_some(event)
+}
+
 /// A room's head from its forward extremities as `(event id, depth, stream ordering, state
 /// group)`: newest (deepest, then latest) first.
 fn head_of(mut extremities: Vec<(String, i64, i64)>, current_state_group: Option<i64>) -> RoomHead {
@@ -1026,6 +1125,34 @@ impl Store {
                  (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)"
             }
         };
+        if let Some(event) = one_statement_append(self.kind(), events) {
+            // What the loop below does for such an event, with the position taken in the
+            // statement: no new group (the state after is the state before), the current state
+            // kept (an extension that changes no state sets nothing), an extremity if normal.
+            let group = event.state_group_before;
+            let extend = event.current_state == CurrentStateChange::Extend;
+            let expected_current = if extend { group } else { None };
+            let write = event_write(
+                self.kind(),
+                event,
+                Position::TakenHere,
+                group,
+                group,
+                expected_current,
+                event.status == EventStatus::Normal,
+                event.push_actions,
+            );
+            let written = with_pool!(self, pool => run_write!(write, pool));
+            let Some((event_nid, stream_ordering)) = written else {
+                return Err(refused(event.event_id));
+            };
+            return Ok(vec![Persisted {
+                event_nid,
+                stream_ordering,
+                state_group: group,
+                current_state_group: if extend { group } else { None },
+            }]);
+        }
         let persisted = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let mut next_live = if live_count > 0 {
@@ -1106,51 +1233,11 @@ impl Store {
                 // The event, or the outlier of the same id upgraded in place (it now has state,
                 // a stream position and a status of its own), with the rows of its own, in one
                 // round trip (see `event_write`).
-                let mut write = EventWrite::new(self.kind(), event, stream_ordering, after, before, expected_current);
-                if !event.just_built {
-                    write.citers_learn_nid();
-                }
-                if extremity {
-                    write.extremity(event.just_built);
-                }
-                if let Some((parent, rel_type)) = event.relation {
-                    write.relation(parent, rel_type);
-                }
-                if let Some((key, text)) = event.search {
-                    write.search(key, text);
-                }
-                let (push_now, push_later) = if event.push_actions.len() <= PUSH_ACTIONS_IN_WRITE {
-                    (event.push_actions, &[][..])
-                } else {
-                    (&[][..], event.push_actions)
-                };
-                write.push_actions(push_now);
-                if let Some(txn) = event.txn {
-                    write.txn(txn.user_id, txn.device_id, txn.scope, txn.txn_id);
-                }
-                match event.delivery {
-                    Delivery::BySender => {}
-                    Delivery::Relay => write.mark("federation_relayed_events"),
-                    Delivery::ByResident => write.mark("federation_delivered_events"),
-                }
-                let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(write.sql()));
-                for arg in write.args() {
-                    query = match arg {
-                        Arg::Int(v) => query.bind(*v),
-                        Arg::OptInt(v) => query.bind(*v),
-                        Arg::Text(v) => query.bind(*v),
-                        Arg::OptText(v) => query.bind(*v),
-                        Arg::Bool(v) => query.bind(*v),
-                    };
-                }
-                // Every row, not the first only: SQLite stops a query at the row asked for, and
-                // the parts are its later statements.
-                let event_nid = query.fetch_all(&mut *tx).await?.first().copied();
-                let Some(event_nid) = event_nid else {
-                    return Err(StoreError::Conflict(format!(
-                        "event {} is stored already, or the room's current state changed while it was being appended",
-                        event.event_id
-                    )));
+                let push_now = if event.push_actions.len() <= PUSH_ACTIONS_IN_WRITE { event.push_actions } else { &[][..] };
+                let push_later = &event.push_actions[push_now.len()..];
+                let write = event_write(self.kind(), event, Position::Given(stream_ordering), after, before, expected_current, extremity, push_now);
+                let Some((event_nid, _)) = run_write!(write, &mut *tx) else {
+                    return Err(refused(event.event_id));
                 };
 
                 if let (Some(group), Some(state_key)) = (new_group, event.state_key) {

@@ -630,3 +630,157 @@ async fn push_actions_land_with_their_event_in_small_and_large_rooms() {
         );
     }
 }
+
+/// A lone message (on PostgreSQL, one statement that takes its own stream position) lands
+/// whole: the position it reports is the one stored and the next of the stream, and its
+/// relation, search text, transaction id and extremity carry that event and position. The same
+/// id sent again is refused and changes nothing.
+#[tokio::test]
+async fn a_lone_message_takes_the_next_position_and_lands_whole() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let room = store
+            .create_room("!m:localhost", "12", "@a:localhost", false, 0)
+            .await
+            .unwrap();
+        let create = put(
+            &store,
+            room,
+            Ev {
+                id: "$create",
+                kind: "m.room.create",
+                state_key: Some(""),
+                depth: 1,
+                ..Ev::default()
+            },
+        )
+        .await;
+        let message = |id: &'static str, prev: &'static str, depth: i64| {
+            let prev = [prev.to_owned()];
+            let store = store.clone();
+            async move {
+                store
+                    .persist_event(&NewEvent {
+                        room_nid: room,
+                        event_id: id,
+                        event_type: "m.room.message",
+                        sender: "@a:localhost",
+                        depth,
+                        origin_server_ts: depth,
+                        json: r#"{"type":"m.room.message"}"#,
+                        prev_event_ids: &prev,
+                        state_group_before: create.state_group,
+                        txn: txn("DEV", SEND_SCOPE, id),
+                        relation: Some(("$create", "m.reference")),
+                        search: Some(("content.body", "lone")),
+                        now: depth,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        let first = message("$m1", "$create", 2).await.unwrap();
+        let second = message("$m2", "$m1", 3).await.unwrap();
+        assert_eq!(
+            first.stream_ordering,
+            create.stream_ordering + 1,
+            "{kind:?}"
+        );
+        assert_eq!(
+            second.stream_ordering,
+            first.stream_ordering + 1,
+            "{kind:?}"
+        );
+        for (id, persisted) in [("$m1", &first), ("$m2", &second)] {
+            let stored = store.event(id).await.unwrap().unwrap();
+            assert_eq!(
+                (stored.event_nid, stored.stream_ordering),
+                (persisted.event_nid, persisted.stream_ordering),
+                "{kind:?} {id}"
+            );
+            // A message leaves the state as it was, and the current state with it.
+            assert_eq!(persisted.state_group, create.state_group, "{kind:?}");
+            assert_eq!(
+                persisted.current_state_group, create.state_group,
+                "{kind:?}"
+            );
+            let key = TxnKey {
+                user_id: "@a:localhost",
+                device_id: "DEV",
+                scope: SEND_SCOPE,
+                txn_id: id,
+            };
+            assert_eq!(
+                store.txn_event_id(key).await.unwrap().as_deref(),
+                Some(id),
+                "{kind:?}"
+            );
+        }
+        // The relation and the search text are at the event's position.
+        let related = store
+            .relating_events(&myelin_store::RelationsQuery {
+                room_nid: room,
+                parents: &["$create".to_owned()],
+                rel_type: Some("m.reference"),
+                event_type: None,
+                after: second.stream_ordering - 1,
+                before: second.stream_ordering + 1,
+                backwards: false,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let related: Vec<&str> = related.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(related, ["$m2"], "{kind:?}");
+        let hits = store
+            .search_events(&myelin_store::SearchQuery {
+                room_nids: &[room],
+                words: &["lone".to_owned()],
+                keys: &["content.body"],
+                order: myelin_store::SearchOrder::Recent,
+                before: None,
+                offset: 0,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let hits: Vec<(i64, i64)> = hits
+            .iter()
+            .map(|h| (h.event_nid, h.stream_ordering))
+            .collect();
+        assert_eq!(
+            hits,
+            [
+                (second.event_nid, second.stream_ordering),
+                (first.event_nid, first.stream_ordering)
+            ],
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.forward_extremities(room).await.unwrap(),
+            [second.event_nid],
+            "{kind:?}"
+        );
+
+        // Sent again: refused, and the room is as it was.
+        let again = message("$m2", "$m1", 3).await;
+        assert!(
+            matches!(again, Err(StoreError::Conflict(_))),
+            "{kind:?}: {again:?}"
+        );
+        assert_eq!(
+            store.event("$m2").await.unwrap().unwrap().stream_ordering,
+            second.stream_ordering,
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.forward_extremities(room).await.unwrap(),
+            [second.event_nid],
+            "{kind:?}"
+        );
+        store.close().await;
+    }
+}

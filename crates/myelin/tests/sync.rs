@@ -556,3 +556,84 @@ async fn a_forgotten_rooms_leave_reaches_syncs_from_before_it() {
         }
     }
 }
+
+/// A room's `summary`: member counts for every room the client is new to, heroes only for a
+/// room without a name; and in an incremental sync, for a room whose state section alone shows
+/// a change (a limited timeline that leaves the change out), read after that section.
+#[tokio::test]
+async fn summaries_count_members_and_name_heroes_only_for_unnamed_rooms() {
+    for kind in test_backends() {
+        let server = TestServer::start(kind).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let named = create(
+            &server,
+            &alice,
+            json!({"name": "named", "invite": [bob.user_id]}),
+        )
+        .await;
+        let unnamed = create(&server, &alice, json!({"invite": [bob.user_id]})).await;
+        let initial = sync(&server, &alice, "").await;
+        let summary = |body: &Value, room: &str| body["rooms"]["join"][room]["summary"].clone();
+        assert_eq!(
+            summary(&initial, &named),
+            json!({"m.joined_member_count": 1, "m.invited_member_count": 1}),
+            "{kind:?}"
+        );
+        assert_eq!(
+            summary(&initial, &unnamed),
+            json!({"m.joined_member_count": 1, "m.invited_member_count": 1, "m.heroes": [bob.user_id]}),
+            "{kind:?}"
+        );
+
+        // A topic, then more messages than the timeline shows: the topic reaches the client
+        // through the state section only, and the summary comes with it.
+        let since = initial["next_batch"].as_str().unwrap().to_owned();
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&unnamed)
+                ),
+                &alice.access_token,
+                json!({"topic": "t"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        for i in 0..3 {
+            send(&server, &alice, &unnamed, &format!("s{i}")).await;
+        }
+        let filter = enc(r#"{"room":{"timeline":{"limit":1}}}"#);
+        let body = sync(&server, &alice, &format!("since={since}&filter={filter}")).await;
+        let room = &body["rooms"]["join"][&unnamed];
+        assert_eq!(room["timeline"]["limited"], true, "{kind:?}: {room}");
+        assert!(
+            room["state"]["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["type"] == "m.room.topic")),
+            "{kind:?}: {room}"
+        );
+        assert_eq!(
+            summary(&body, &unnamed),
+            json!({"m.joined_member_count": 1, "m.invited_member_count": 1, "m.heroes": [bob.user_id]}),
+            "{kind:?}"
+        );
+        // Messages alone change no summary: the client keeps the one it has.
+        send(&server, &alice, &unnamed, "plain").await;
+        let next = body["next_batch"].as_str().unwrap().to_owned();
+        let body = sync(&server, &alice, &format!("since={next}")).await;
+        assert!(
+            body["rooms"]["join"][&unnamed]["timeline"]["events"]
+                .as_array()
+                .is_some_and(|events| !events.is_empty()),
+            "{kind:?}: {body}"
+        );
+        assert!(
+            summary(&body, &unnamed)
+                .get("m.joined_member_count")
+                .is_none(),
+            "{kind:?}: {body}"
+        );
+        server.stop().await;
+    }
+}

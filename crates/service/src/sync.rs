@@ -658,30 +658,60 @@ impl Services {
             .iter()
             .map(|r| (r.plan.membership.room.room_nid, true))
             .collect();
-        let visible = self.rooms.visibility(user, &all_rows, &joined_now).await?;
+        // The summary only changes with state; clients keep the last one they were given. The
+        // rooms known to need one before their state sections are built (new to the client, or
+        // with state in their timeline: all of them in an initial sync) have theirs read while
+        // the sections are built; a room whose state section alone turns out to have changed
+        // has its read after.
+        let needs_summary =
+            |r: &JoinedRoom| r.plan.fresh || r.rows.iter().any(|e| e.state_key.is_some());
+        let early_summaries: Vec<i64> = rooms
+            .iter()
+            .filter(|r| needs_summary(r))
+            .map(|r| r.plan.membership.room.room_nid)
+            .collect();
+        let account_key_rooms = |nids: &[i64]| -> Vec<i64> {
+            rooms
+                .iter()
+                .map(|r| &r.plan.membership.room)
+                .filter(|room| nids.contains(&room.room_nid))
+                .filter(|room| crate::rooms::version_of(room).is_ok_and(|v| v.uses_account_keys()))
+                .map(|room| room.room_nid)
+                .collect()
+        };
+        let early_account_key_rooms = account_key_rooms(&early_summaries);
+        let ((visible, states), mut summaries) = tokio::try_join!(
+            async {
+                let visible = self.rooms.visibility(user, &all_rows, &joined_now).await?;
+                let states = self.state_sections(request, user, &rooms).await?;
+                Ok::<_, Error>((visible, states))
+            },
+            async {
+                Ok::<_, Error>(
+                    self.store
+                        .room_summaries(user.as_str(), &early_summaries, &early_account_key_rooms)
+                        .await?,
+                )
+            },
+        )?;
         let mut visible = visible.into_iter();
-
-        let states = self.state_sections(request, user, &rooms).await?;
-        // The summary only changes with state; clients keep the last one they were given.
-        let summary_rooms: Vec<i64> = rooms
+        let late_summaries: Vec<i64> = rooms
             .iter()
             .zip(&states)
-            .filter(|(r, state)| {
-                r.plan.fresh || !state.is_empty() || r.rows.iter().any(|e| e.state_key.is_some())
-            })
+            .filter(|(r, state)| !needs_summary(r) && !state.is_empty())
             .map(|(r, _)| r.plan.membership.room.room_nid)
             .collect();
-        let account_key_rooms: Vec<i64> = rooms
-            .iter()
-            .map(|r| &r.plan.membership.room)
-            .filter(|room| summary_rooms.contains(&room.room_nid))
-            .filter(|room| crate::rooms::version_of(room).is_ok_and(|v| v.uses_account_keys()))
-            .map(|room| room.room_nid)
-            .collect();
-        let mut summaries = self
-            .store
-            .room_summaries(user.as_str(), &summary_rooms, &account_key_rooms)
-            .await?;
+        if !late_summaries.is_empty() {
+            summaries.extend(
+                self.store
+                    .room_summaries(
+                        user.as_str(),
+                        &late_summaries,
+                        &account_key_rooms(&late_summaries),
+                    )
+                    .await?,
+            );
+        }
 
         let mut out = Vec::with_capacity(rooms.len());
         for (joined, state) in rooms.into_iter().zip(states) {

@@ -1098,33 +1098,13 @@ impl Store {
     /// Fails, writing nothing, when the room's current state is not the one the caller decided
     /// against (another writer moved it: see [`CurrentStateChange`]), or when an event id is
     /// stored already (other than as an outlier that this append upgrades).
+    ///
+    /// On PostgreSQL a lone message is one statement with no transaction around it (see
+    /// [`one_statement_append`]).
     pub(crate) async fn persist_events(
         &self,
         events: &[NewEvent<'_>],
     ) -> Result<Vec<Persisted>, StoreError> {
-        let counted = |live: bool| {
-            i64::try_from(
-                events
-                    .iter()
-                    .filter(|e| {
-                        live == (e.placement == Placement::Live && e.status != EventStatus::Outlier)
-                    })
-                    .count(),
-            )
-            .unwrap_or(i64::MAX)
-        };
-        let (live_count, below_count) = (counted(true), counted(false));
-        // The search index is the one backend-specific table (see `search`).
-        let search_delete_sql = match self.kind() {
-            DatabaseKind::Postgres => {
-                "DELETE FROM event_search WHERE event_nid = \
-                 (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)"
-            }
-            DatabaseKind::Sqlite => {
-                "DELETE FROM event_search WHERE rowid = \
-                 (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)"
-            }
-        };
         if let Some(event) = one_statement_append(self.kind(), events) {
             // What the loop below does for such an event, with the position taken in the
             // statement: no new group (the state after is the state before), the current state
@@ -1153,6 +1133,29 @@ impl Store {
                 current_state_group: if extend { group } else { None },
             }]);
         }
+        let counted = |live: bool| {
+            i64::try_from(
+                events
+                    .iter()
+                    .filter(|e| {
+                        live == (e.placement == Placement::Live && e.status != EventStatus::Outlier)
+                    })
+                    .count(),
+            )
+            .unwrap_or(i64::MAX)
+        };
+        let (live_count, below_count) = (counted(true), counted(false));
+        // The search index is the one backend-specific table (see `search`).
+        let search_delete_sql = match self.kind() {
+            DatabaseKind::Postgres => {
+                "DELETE FROM event_search WHERE event_nid = \
+                 (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)"
+            }
+            DatabaseKind::Sqlite => {
+                "DELETE FROM event_search WHERE rowid = \
+                 (SELECT event_nid FROM events WHERE event_id = $1 AND room_nid = $2)"
+            }
+        };
         let persisted = with_pool!(self, pool => {
             let mut tx = pool.begin_write(&self.write_gate).await?;
             let mut next_live = if live_count > 0 {

@@ -436,34 +436,26 @@ impl Store {
             .collect();
         for chunk in room_nids.chunks(ROOMS_PER_STATEMENT) {
             let list = placeholders(1, chunk.len());
-            let counts_sql = format!(
+            // The member counts and whether each room is named, in one round trip: a named
+            // room is one row `(room, 'named', 0)`.
+            let sql = format!(
                 "SELECT room_nid, membership, COUNT(*) FROM room_memberships \
-                 WHERE room_nid IN ({list}) AND membership IN ('join', 'invite') GROUP BY room_nid, membership"
-            );
-            let named_sql = format!(
-                "SELECT DISTINCT room_nid FROM current_state WHERE room_nid IN ({list}) \
+                 WHERE room_nid IN ({list}) AND membership IN ('join', 'invite') GROUP BY room_nid, membership \
+                 UNION ALL SELECT DISTINCT room_nid, 'named', 0 FROM current_state WHERE room_nid IN ({list}) \
                  AND event_type IN ('m.room.name', 'm.room.canonical_alias') AND state_key = ''"
             );
             with_pool!(self, pool => {
-                let mut query = sqlx::query_as::<_, (i64, String, i64)>(sqlx::AssertSqlSafe(counts_sql.clone()));
+                let mut query = sqlx::query_as::<_, (i64, String, i64)>(sqlx::AssertSqlSafe(sql.clone()));
                 for nid in chunk {
                     query = query.bind(*nid);
                 }
-                for (room, membership, count) in query.fetch_all(pool).await? {
+                for (room, kind, count) in query.fetch_all(pool).await? {
                     if let Some(summary) = out.get_mut(&room) {
-                        match membership.as_str() {
+                        match kind.as_str() {
                             "join" => summary.joined = count,
-                            _ => summary.invited = count,
+                            "invite" => summary.invited = count,
+                            _ => summary.named = true,
                         }
-                    }
-                }
-                let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(named_sql.clone()));
-                for nid in chunk {
-                    query = query.bind(*nid);
-                }
-                for room in query.fetch_all(pool).await? {
-                    if let Some(summary) = out.get_mut(&room) {
-                        summary.named = true;
                     }
                 }
             });

@@ -329,8 +329,8 @@ mod no_panics {
             for id in ["12", "org.matrix.12.4243"] {
                 let mut e = valid(id);
                 e[field.as_str()] = value.clone();
-                let _ = project_for_client(v(id), &e, "@me:x", |_| KeyVerification::Verified { account_name: "n".into() });
-                let _ = project_for_client(v(id), &event, "@me:x", |_| KeyVerification::Unverified);
+                let _ = project_for_client(v(id), e.clone(), "@me:x", |_| KeyVerification::Verified { account_name: "n".into() });
+                let _ = project_for_client(v(id), event.clone(), "@me:x", |_| KeyVerification::Unverified);
                 let _ = parse(&e, id);
             }
         }

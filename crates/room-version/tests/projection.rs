@@ -43,7 +43,7 @@ fn lookup(id: &KeyFormUserId) -> KeyVerification {
 }
 
 fn project(event: Value) -> Option<Value> {
-    project_for_client(v(AK), &event, &ids().me, lookup)
+    project_for_client(v(AK), event, &ids().me, lookup)
 }
 
 /// §6 case 29: a verified remote message shows the name form and `sender_account`.
@@ -204,7 +204,7 @@ fn other_rooms_pass_through_unchanged() {
                        "unsigned": {"age": 5}});
     for version in ["10", "11", "12"] {
         assert_eq!(
-            project_for_client(v(version), &event, "@me:my.example", |_| {
+            project_for_client(v(version), event.clone(), "@me:my.example", |_| {
                 KeyVerification::Unverified
             }),
             Some(event.clone())
@@ -240,7 +240,7 @@ fn the_readers_own_member_event_is_always_delivered() {
     assert!(
         project_for_client(
             v(AK),
-            &json!({"type": "m.room.member", "state_key": "", "sender": i.bob,
+            json!({"type": "m.room.member", "state_key": "", "sender": i.bob,
                     "content": {"membership": "leave"}}),
             "",
             lookup
@@ -266,7 +266,7 @@ fn power_levels_users_colliding_on_one_name_stay_in_key_form() {
     };
     let event = json!({"type": "m.room.power_levels", "state_key": "", "sender": i.me,
         "content": {"users": {i.alice.clone(): 50, twin.clone(): 100, i.me.clone(): 75}}});
-    let out = project_for_client(v(AK), &event, &i.me, both_alice).unwrap();
+    let out = project_for_client(v(AK), event, &i.me, both_alice).unwrap();
     let users = out["content"]["users"].as_object().unwrap();
     assert_eq!(users.len(), 3, "{users:?}");
     assert_eq!(users[&i.alice], 50);

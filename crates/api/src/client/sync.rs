@@ -2,7 +2,7 @@
 //! answer turned into ruma's response types, and those into JSON with every timeline's
 //! `limited` flag written out.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::Router;
 use axum::response::Response;
@@ -17,7 +17,7 @@ use ruma::api::client::{
     sync::sync_events::{self, v3},
 };
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::{AppState, MatrixError, Ruma, ruma_bridge::RumaRouterExt};
 
@@ -76,11 +76,8 @@ async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<Response, M
         .try_into_http_response::<bytes::BytesMut>()
         .map_err(|e| MatrixError::internal(format!("serializing the sync response: {e}")))?;
     let (mut parts, body) = response.into_parts();
-    let mut body: Value = serde_json::from_slice(&body)
+    let body = write_out_defaults(&body)
         .map_err(|e| MatrixError::internal(format!("re-reading the sync response: {e}")))?;
-    write_out_defaults(&mut body);
-    let body = serde_json::to_vec(&body)
-        .map_err(|e| MatrixError::internal(format!("serializing the sync response: {e}")))?;
     parts.headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -88,39 +85,58 @@ async fn sync(state: AppState, request: Ruma<v3::Request>) -> Result<Response, M
     Ok(Response::from_parts(parts, axum::body::Body::from(body)))
 }
 
+/// A JSON object whose members are kept as their text: re-reading the response this way
+/// parses only the levels it changes, never the events (a sync response is tens of kilobytes
+/// of them, and a tree of maps for each was a measurable part of an initial sync's time).
+type RawObject = BTreeMap<String, Box<RawValue>>;
+
 /// Writes out what ruma leaves out when empty and clients and Complement read as missing:
 /// `limited: false` on every joined and left room's timeline (the spec makes it optional,
 /// absent meaning false), a joined room's `ephemeral` and `account_data` and a left room's
 /// `state` and `account_data` with no events. Synapse always sends them, and matrix-nio fails
-/// a sync without a left room's `state.events`.
-fn write_out_defaults(body: &mut Value) {
-    for section in ["join", "leave"] {
-        let Some(rooms) = body
-            .get_mut("rooms")
-            .and_then(|rooms| rooms.get_mut(section))
-            .and_then(Value::as_object_mut)
-        else {
-            continue;
-        };
-        for room in rooms.values_mut() {
-            if let Some(timeline) = room.get_mut("timeline").and_then(Value::as_object_mut) {
-                timeline.entry("limited").or_insert(Value::Bool(false));
-            }
-            // Written out even when empty: clients (matrix-nio) require these sections' `events`
-            // in joined rooms, and a left room's `state` and `account_data`.
+/// a sync without a left room's `state.events`. Takes and gives the response's JSON text.
+fn write_out_defaults(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let raw = |text: &str| RawValue::from_string(text.to_owned());
+    let mut top: RawObject = serde_json::from_slice(body)?;
+    if let Some(rooms) = top.get("rooms") {
+        let mut rooms: RawObject = serde_json::from_str(rooms.get())?;
+        for section in ["join", "leave"] {
+            let Some(by_room) = rooms.get(section) else {
+                continue;
+            };
+            let mut by_room: BTreeMap<String, RawObject> = serde_json::from_str(by_room.get())?;
+            // Written out even when empty: clients (matrix-nio) require these sections'
+            // `events` in joined rooms, and a left room's `state` and `account_data`.
             let keys: &[&str] = if section == "join" {
                 &["ephemeral", "account_data"]
             } else {
                 &["state", "account_data"]
             };
-            if let Some(room) = room.as_object_mut() {
+            for room in by_room.values_mut() {
+                if let Some(timeline) = room.get("timeline") {
+                    let mut timeline: RawObject = serde_json::from_str(timeline.get())?;
+                    if !timeline.contains_key("limited") {
+                        timeline.insert("limited".to_owned(), raw("false")?);
+                    }
+                    room.insert(
+                        "timeline".to_owned(),
+                        serde_json::value::to_raw_value(&timeline)?,
+                    );
+                }
                 for key in keys {
-                    room.entry(*key)
-                        .or_insert_with(|| serde_json::json!({"events": []}));
+                    if !room.contains_key(*key) {
+                        room.insert((*key).to_owned(), raw(r#"{"events":[]}"#)?);
+                    }
                 }
             }
+            rooms.insert(
+                section.to_owned(),
+                serde_json::value::to_raw_value(&by_room)?,
+            );
         }
+        top.insert("rooms".to_owned(), serde_json::value::to_raw_value(&rooms)?);
     }
+    serde_json::to_vec(&top)
 }
 
 async fn sync_response(
@@ -177,22 +193,24 @@ async fn sync_response(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::write_out_defaults;
 
     #[test]
     fn empty_sections_of_joined_and_left_rooms_are_written_out() {
-        let mut body = json!({"rooms": {
-            "join": {"!a:hs": {"timeline": {"events": []}}},
+        let body = json!({"rooms": {
+            "join": {"!a:hs": {"timeline": {"events": [{"type": "m.room.message", "content": {"body": "x"}}]}}},
             "leave": {"!b:hs": {"timeline": {"events": [], "limited": true}}},
-        }});
-        write_out_defaults(&mut body);
+            "invite": {"!c:hs": {"invite_state": {"events": []}}},
+        }, "next_batch": "s1"});
+        let out = write_out_defaults(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
-            body,
+            out,
             json!({"rooms": {
                 "join": {"!a:hs": {
-                    "timeline": {"events": [], "limited": false},
+                    "timeline": {"events": [{"type": "m.room.message", "content": {"body": "x"}}], "limited": false},
                     "ephemeral": {"events": []},
                     "account_data": {"events": []},
                 }},
@@ -201,7 +219,15 @@ mod tests {
                     "state": {"events": []},
                     "account_data": {"events": []},
                 }},
-            }})
+                "invite": {"!c:hs": {"invite_state": {"events": []}}},
+            }, "next_batch": "s1"})
         );
+    }
+
+    #[test]
+    fn a_response_without_rooms_is_left_as_it_is() {
+        let body = json!({"next_batch": "s2", "presence": {"events": []}});
+        let out = write_out_defaults(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), body);
     }
 }

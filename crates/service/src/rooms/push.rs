@@ -133,7 +133,7 @@ impl Rooms {
             // from it (an unverified or erased sender's) notifies nobody.
             let projected;
             let raw = if version.uses_account_keys() {
-                let Some(event) = self.project_value(version, &event, Some(&user_id)) else {
+                let Some(event) = self.project_value(version, event.clone(), Some(&user_id)) else {
                     continue;
                 };
                 projected = to_raw(&event)?;

@@ -990,7 +990,7 @@ impl Rooms {
         if let Some(redacts) = typed.redacts() {
             event["redacts"] = json!(redacts);
         }
-        self.project_value(version, &event, Some(reader))
+        self.project_value(version, event, Some(reader))
     }
 
     /// Stripped state for invites and knocks: what a client shows before joining (sync's
@@ -1024,7 +1024,7 @@ impl Rooms {
             // names for verified keys, the reader's own member event always).
             let version = version_of(room)?;
             return Ok(shown
-                .iter()
+                .into_iter()
                 .filter_map(|event| self.project_value(version, event, Some(reader)))
                 .collect());
         }
@@ -1060,7 +1060,7 @@ impl Rooms {
         if with_ts {
             stripped["origin_server_ts"] = pdu["origin_server_ts"].clone();
         }
-        self.project_value(version, &stripped, reader)
+        self.project_value(version, stripped, reader)
     }
 
     /// The room version's client projection of one client-format (or stripped) event for
@@ -1069,7 +1069,7 @@ impl Rooms {
     pub(super) fn project_value(
         &self,
         version: &RoomVersion,
-        event: &Value,
+        event: Value,
         reader: Option<&UserId>,
     ) -> Option<Value> {
         let reader_id = match reader {

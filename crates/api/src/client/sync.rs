@@ -62,11 +62,13 @@ fn sync_filter(definition: &FilterDefinition) -> SyncFilter {
     }
 }
 
-fn section<T: DeserializeOwned + Default>(value: &serde_json::Value) -> Result<T, MatrixError> {
+/// One section of the service's answer as ruma's type, taken out of the answer (not copied: a
+/// sync's rooms are tens of kilobytes of events).
+fn section<T: DeserializeOwned + Default>(value: &mut serde_json::Value) -> Result<T, MatrixError> {
     if value.is_null() {
         return Ok(T::default());
     }
-    serde_json::from_value(value.clone())
+    serde_json::from_value(value.take())
         .map_err(|e| MatrixError::internal(format!("building the sync response: {e}")))
 }
 
@@ -164,7 +166,7 @@ async fn sync_response(
         }
         Some(_) => return Err(ServiceError::InvalidParam("Unsupported filter".to_owned()).into()),
     };
-    let answer = state
+    let mut answer = state
         .services
         .sync(
             &user,
@@ -180,14 +182,14 @@ async fn sync_response(
         .await?;
     let mut response =
         v3::Response::new(answer["next_batch"].as_str().unwrap_or_default().to_owned());
-    response.rooms = section(&answer["rooms"])?;
-    response.account_data = section(&answer["account_data"])?;
-    response.presence = section(&answer["presence"])?;
-    response.to_device = section(&answer["to_device"])?;
-    response.device_lists = section(&answer["device_lists"])?;
-    response.device_one_time_keys_count = section(&answer["device_one_time_keys_count"])?;
+    response.rooms = section(&mut answer["rooms"])?;
+    response.account_data = section(&mut answer["account_data"])?;
+    response.presence = section(&mut answer["presence"])?;
+    response.to_device = section(&mut answer["to_device"])?;
+    response.device_lists = section(&mut answer["device_lists"])?;
+    response.device_one_time_keys_count = section(&mut answer["device_one_time_keys_count"])?;
     response.device_unused_fallback_key_types =
-        section(&answer["device_unused_fallback_key_types"])?;
+        section(&mut answer["device_unused_fallback_key_types"])?;
     Ok(response)
 }
 

@@ -19,7 +19,7 @@
 
 use crate::{
     DatabaseKind,
-    rooms::{NewEvent, PushAction},
+    rooms::{Delivery, NewEvent, PushAction},
 };
 
 /// Push action rows written within the event's statement; a room with more members than this
@@ -81,11 +81,49 @@ const EVENT_INSERT: &str = "INSERT INTO events (event_id, room_nid, stream_order
 const TAKE_POSITION: &str = "UPDATE stream_positions SET position = position + $3 WHERE stream = 'events' RETURNING position";
 
 impl<'a> EventWrite<'a> {
-    /// The event row of `event` at `position`, with state group `after` and
-    /// `before`; `expected_current`: the current state group it must still find (see
-    /// [`EVENT_INSERT`]). `$3` is the stream position given, or how many the statement takes;
-    /// `$16` is `event.now`, `$17` on its edges.
+    /// The statement writing `event`'s own rows at `position`: `after` and `before` its state
+    /// groups, `expected_current` the current state group it must still find (see
+    /// [`EVENT_INSERT`]), `extremity` whether it replaces the extremities it cites, `push_now`
+    /// the push actions that go with it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        kind: DatabaseKind,
+        event: &'a NewEvent<'a>,
+        position: Position,
+        after: Option<i64>,
+        before: Option<i64>,
+        expected_current: Option<i64>,
+        extremity: bool,
+        push_now: &'a [PushAction],
+    ) -> Self {
+        let mut write = Self::row(kind, event, position, after, before, expected_current);
+        if !event.just_built {
+            write.citers_learn_nid();
+        }
+        if extremity {
+            write.extremity(event.just_built);
+        }
+        if let Some((parent, rel_type)) = event.relation {
+            write.relation(parent, rel_type);
+        }
+        if let Some((key, text)) = event.search {
+            write.search(key, text);
+        }
+        write.push_actions(push_now);
+        if let Some(txn) = event.txn {
+            write.txn(txn.user_id, txn.device_id, txn.scope, txn.txn_id);
+        }
+        match event.delivery {
+            Delivery::BySender => {}
+            Delivery::Relay => write.mark("federation_relayed_events"),
+            Delivery::ByResident => write.mark("federation_delivered_events"),
+        }
+        write
+    }
+
+    /// The event row of `event` at `position`, with its edges. `$3` is the stream position
+    /// given, or how many the statement takes; `$16` is `event.now`, `$17` on its edges.
+    fn row(
         kind: DatabaseKind,
         event: &'a NewEvent<'a>,
         position: Position,
@@ -187,7 +225,7 @@ impl<'a> EventWrite<'a> {
 
     /// Stored events that cite the event (it arrived after them) learn its nid. Not needed for
     /// an event whose id this server has just made: nothing can cite it yet.
-    pub(crate) fn citers_learn_nid(&mut self) {
+    fn citers_learn_nid(&mut self) {
         let source = self.source();
         self.parts.push(format!(
             "UPDATE event_edges SET cited_event_nid = n.event_nid FROM {source} \
@@ -199,7 +237,7 @@ impl<'a> EventWrite<'a> {
     /// one, unless a normal stored event already cites it (it arrived after its child: by an
     /// edge that learns its nid in this same write, or, for an outlier upgraded in place, by
     /// its nid). `just_built`: its id is new, so nothing cites it.
-    pub(crate) fn extremity(&mut self, just_built: bool) {
+    fn extremity(&mut self, just_built: bool) {
         let source = self.source();
         if !self.prevs.is_empty() {
             self.parts.push(format!(
@@ -224,7 +262,7 @@ impl<'a> EventWrite<'a> {
     }
 
     /// `content.m.relates_to`: `(parent event id, rel_type)`.
-    pub(crate) fn relation(&mut self, parent: &'a str, rel_type: &'a str) {
+    fn relation(&mut self, parent: &'a str, rel_type: &'a str) {
         let source = self.source();
         let (parent, rel_type) = (self.bind(Arg::Text(parent)), self.bind(Arg::Text(rel_type)));
         self.parts.push(format!(
@@ -234,7 +272,7 @@ impl<'a> EventWrite<'a> {
     }
 
     /// The searchable text `(key, text)`, in the backend's search index (see `search`).
-    pub(crate) fn search(&mut self, key: &'a str, text: &'a str) {
+    fn search(&mut self, key: &'a str, text: &'a str) {
         let source = self.source();
         let (key, text) = (self.bind(Arg::Text(key)), self.bind(Arg::Text(text)));
         self.parts.push(match self.kind {
@@ -250,7 +288,7 @@ impl<'a> EventWrite<'a> {
     }
 
     /// Push actions, at most [`PUSH_ACTIONS_IN_WRITE`] rows.
-    pub(crate) fn push_actions(&mut self, actions: &'a [PushAction]) {
+    fn push_actions(&mut self, actions: &'a [PushAction]) {
         if actions.is_empty() {
             return;
         }
@@ -273,13 +311,7 @@ impl<'a> EventWrite<'a> {
     }
 
     /// The client transaction that sent the event.
-    pub(crate) fn txn(
-        &mut self,
-        user_id: &'a str,
-        device_id: &'a str,
-        scope: &'a str,
-        txn_id: &'a str,
-    ) {
+    fn txn(&mut self, user_id: &'a str, device_id: &'a str, scope: &'a str, txn_id: &'a str) {
         let source = self.source();
         let values = [user_id, device_id, scope, txn_id].map(|v| self.bind(Arg::Text(v)));
         self.parts.push(format!(
@@ -290,7 +322,7 @@ impl<'a> EventWrite<'a> {
     }
 
     /// A mark in `table` (`federation_relayed_events` or `federation_delivered_events`).
-    pub(crate) fn mark(&mut self, table: &'static str) {
+    fn mark(&mut self, table: &'static str) {
         let source = self.source();
         self.parts.push(format!(
             "INSERT INTO {table} (event_nid) SELECT n.event_nid FROM {source} WHERE TRUE ON CONFLICT DO NOTHING"

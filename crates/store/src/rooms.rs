@@ -721,45 +721,6 @@ fn refused(event_id: &str) -> StoreError {
     ))
 }
 
-/// The statement writing `event`'s own rows (see `event_write`): `after` and `before` its state
-/// groups, `expected_current` the current state group it must still find, `extremity` whether
-/// it replaces the extremities it cites, `push_now` the push actions that go with it.
-#[allow(clippy::too_many_arguments)]
-fn event_write<'a>(
-    kind: DatabaseKind,
-    event: &'a NewEvent<'a>,
-    position: Position,
-    after: Option<i64>,
-    before: Option<i64>,
-    expected_current: Option<i64>,
-    extremity: bool,
-    push_now: &'a [PushAction],
-) -> EventWrite<'a> {
-    let mut write = EventWrite::new(kind, event, position, after, before, expected_current);
-    if !event.just_built {
-        write.citers_learn_nid();
-    }
-    if extremity {
-        write.extremity(event.just_built);
-    }
-    if let Some((parent, rel_type)) = event.relation {
-        write.relation(parent, rel_type);
-    }
-    if let Some((key, text)) = event.search {
-        write.search(key, text);
-    }
-    write.push_actions(push_now);
-    if let Some(txn) = event.txn {
-        write.txn(txn.user_id, txn.device_id, txn.scope, txn.txn_id);
-    }
-    match event.delivery {
-        Delivery::BySender => {}
-        Delivery::Relay => write.mark("federation_relayed_events"),
-        Delivery::ByResident => write.mark("federation_delivered_events"),
-    }
-    write
-}
-
 /// Runs an [`EventWrite`] on `$executor`: the event's `Some((event_nid, stream_ordering))`, or
 /// `None` when the append was refused.
 macro_rules! run_write {
@@ -1112,7 +1073,7 @@ impl Store {
             let group = event.state_group_before;
             let extend = event.current_state == CurrentStateChange::Extend;
             let expected_current = if extend { group } else { None };
-            let write = event_write(
+            let write = EventWrite::new(
                 self.kind(),
                 event,
                 Position::TakenHere,
@@ -1238,7 +1199,7 @@ impl Store {
                 // round trip (see `event_write`).
                 let push_now = if event.push_actions.len() <= PUSH_ACTIONS_IN_WRITE { event.push_actions } else { &[][..] };
                 let push_later = &event.push_actions[push_now.len()..];
-                let write = event_write(self.kind(), event, Position::Given(stream_ordering), after, before, expected_current, extremity, push_now);
+                let write = EventWrite::new(self.kind(), event, Position::Given(stream_ordering), after, before, expected_current, extremity, push_now);
                 let Some((event_nid, _)) = run_write!(write, &mut *tx) else {
                     return Err(refused(event.event_id));
                 };

@@ -75,11 +75,6 @@ const EVENT_INSERT: &str = "INSERT INTO events (event_id, room_nid, stream_order
      WHERE events.status = 'outlier' AND excluded.status <> 'outlier' AND events.room_nid = excluded.room_nid \
      RETURNING event_nid, stream_ordering";
 
-/// [`Position::TakenHere`]: the next position of the events stream (`$3` is how many: one).
-/// Its row lock orders the stream's writers until the statement commits, as
-/// `store::take_event_positions` does until the caller's transaction commits.
-const TAKE_POSITION: &str = "UPDATE stream_positions SET position = position + $3 WHERE stream = 'events' RETURNING position";
-
 impl<'a> EventWrite<'a> {
     /// The statement writing `event`'s own rows at `position`: `after` and `before` its state
     /// groups, `expected_current` the current state group it must still find (see
@@ -336,7 +331,11 @@ impl<'a> EventWrite<'a> {
             DatabaseKind::Postgres => {
                 let mut parts = Vec::with_capacity(self.parts.len() + 2);
                 if self.takes_position {
-                    parts.push(format!("pos AS ({TAKE_POSITION})"));
+                    // The next position of the events stream (`$3` is how many: one).
+                    parts.push(format!(
+                        "pos AS ({})",
+                        crate::store::take_event_positions_sql("$3")
+                    ));
                 }
                 parts.push(format!("ins AS ({})", self.insert));
                 for (i, part) in self.parts.iter().enumerate() {

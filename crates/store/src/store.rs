@@ -190,15 +190,26 @@ macro_rules! with_pool {
     };
 }
 
+/// The statement taking the next `count` positions of the events stream (`count` is its
+/// placeholder), returning the last one taken. Its row lock orders the stream's writers until
+/// the transaction (or the lone statement) that ran it commits. Every writer of the stream takes
+/// its positions through it: [`take_event_positions!`] in a transaction, and a lone message's
+/// statement as its first part (`event_write::Position::TakenHere`).
+pub(crate) fn take_event_positions_sql(count: &str) -> String {
+    format!(
+        "UPDATE stream_positions SET position = position + {count} WHERE stream = 'events' RETURNING position"
+    )
+}
+
 /// Takes the next `$count` positions of the events stream inside the caller's transaction
-/// `$tx` (the row lock orders concurrent writers); evaluates to the last one taken, so they are
-/// `last - count + 1 ..= last`. Every writer of the stream takes its positions here.
+/// `$tx` ([`take_event_positions_sql`]); evaluates to the last one taken, so they are
+/// `last - count + 1 ..= last`.
 macro_rules! take_event_positions {
     ($tx:expr, $count:expr) => {{
         let count: i64 = $count;
-        let last: i64 = sqlx::query_scalar(
-            "UPDATE stream_positions SET position = position + $1 WHERE stream = 'events' RETURNING position",
-        )
+        let last: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(
+            $crate::store::take_event_positions_sql("$1"),
+        ))
         .bind(count)
         .fetch_one(&mut *$tx)
         .await?;

@@ -8,8 +8,9 @@
 #   - Myelin (release binary) on SQLite and on PostgreSQL;
 #   - Synapse from PyPI (a venv under /var/tmp, never in the repository) on SQLite and PostgreSQL,
 #     every rc_* rate limit raised, the sync response cache off, logging at WARNING;
-# then, for each round, each scenario runs against each server in turn (A B A B), and every
-# run appends one JSON line to OUT (default /var/tmp/myelin-bench-<UTC time>.jsonl).
+# then, for each round, each scenario runs against each server in turn (A B A B; in even rounds
+# in the reverse order, B A B A), GAP seconds apart, and every run appends one JSON line to OUT
+# (default /var/tmp/myelin-bench-<UTC time>.jsonl).
 # Idle memory is read after start-up and a settle pause, before any load; after-load memory at
 # the end.
 #
@@ -30,6 +31,8 @@
 #   MYELIN_BASE_BIN              the earlier Myelin for SERVERS containing "base"
 #   SYNAPSE_VENV                 venv with matrix-synapse and psycopg2 (created when missing)
 #   SETTLE=10                    seconds of idle before the idle memory reading
+#   GAP=2                        seconds of idle before each run (the last run's background
+#                                work, such as a PostgreSQL checkpoint, settles first)
 #   REGISTER_N=100 SEND_N=1000 CONC_CLIENTS=50 CONC_PER=20 SYNC_REPS=10 SYNC_BIG_ROOMS=500 WAKE_N=100
 #   KEYS_USERS=10 KEYS_DEVICES=10 KEYS_REPS=20    keys-claim: users × devices, timed claims
 #   QUERY_DEVICES=1000 QUERY_REPS=20              keys-query: devices of the queried user, queries
@@ -53,6 +56,7 @@ SERVERS="${SERVERS:-myelin synapse}"
 SCENARIOS="${SCENARIOS:-register send-seq send-concurrent sync20 sync500 wakeup}"
 SYNC500_ROUNDS="${SYNC500_ROUNDS:-1}"
 SETTLE="${SETTLE:-10}"
+GAP="${GAP:-2}"
 # Sizes (the defaults are the issue's).
 REGISTER_N="${REGISTER_N:-100}" SEND_N="${SEND_N:-1000}" CONC_CLIENTS="${CONC_CLIENTS:-50}"
 CONC_PER="${CONC_PER:-20}" SYNC_REPS="${SYNC_REPS:-10}" SYNC_BIG_ROOMS="${SYNC_BIG_ROOMS:-500}"
@@ -185,8 +189,18 @@ sleep "$SETTLE"
 for label in "${LABELS[@]}"; do bench "$label" idle memory; done
 
 for round in $(seq 1 "$ROUNDS"); do
+    # Odd rounds take the servers in the order they started, even rounds in the reverse order:
+    # a run follows whatever the run before it left behind (a PostgreSQL checkpoint, a busy
+    # page cache), and no server should always be the one that comes first or after the same
+    # neighbour.
+    order=("${LABELS[@]}")
+    if [ $((round % 2)) -eq 0 ]; then
+        order=()
+        for ((i = ${#LABELS[@]} - 1; i >= 0; i--)); do order+=("${LABELS[i]}"); done
+    fi
     for scenario in $SCENARIOS; do
-        for label in "${LABELS[@]}"; do
+        for label in "${order[@]}"; do
+            sleep "$GAP"
             case "$scenario" in
                 register) bench "$label" "round$round" register --count "$REGISTER_N" ;;
                 send-seq) bench "$label" "round$round" send-seq --count "$SEND_N" ;;

@@ -673,11 +673,35 @@ async fn sync_timelines_bundle_aggregations() {
             );
             assert_eq!(relations["m.replace"]["event_id"], edit, "{event}");
         };
+        // A second room whose messages nothing relates to: its timeline has nothing bundled,
+        // and the first room's bundles do not depend on being the only room.
+        let quiet = server.create_room(&alice, json!({})).await;
+        let plain = send(
+            &server,
+            &alice,
+            &quiet,
+            "m.room.message",
+            "plain",
+            json!({"msgtype": "m.text", "body": "plain"}),
+        )
+        .await;
+
         let (status, body) = server
             .get("/_matrix/client/v3/sync", &alice.access_token)
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         check(&root_in(&body, "join"));
+        let quiet_timeline = body["rooms"]["join"][&quiet]["timeline"]["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no timeline for the second room: {body}"));
+        let plain_event = quiet_timeline
+            .iter()
+            .find(|e| e["event_id"] == plain.as_str())
+            .unwrap_or_else(|| panic!("no plain message in {body}"));
+        assert!(
+            plain_event["unsigned"].get("m.relations").is_none(),
+            "{plain_event}"
+        );
 
         server
             .post(

@@ -680,7 +680,9 @@ impl Services {
                 .collect()
         };
         let early_account_key_rooms = account_key_rooms(&early_summaries);
-        let ((visible, states), mut summaries) = tokio::try_join!(
+        // Which timeline events have aggregations to bundle, for all the rooms in one read
+        // (most timelines have none, and skip their own reads below).
+        let ((visible, states), mut summaries, related) = tokio::try_join!(
             async {
                 let visible = self.rooms.visibility(user, &all_rows, &joined_now).await?;
                 let states = self.state_sections(request, user, &rooms).await?;
@@ -693,6 +695,7 @@ impl Services {
                         .await?,
                 )
             },
+            self.rooms.related_parents(all_rows.iter().copied()),
         )?;
         let mut visible = visible.into_iter();
         let late_summaries: Vec<i64> = rooms
@@ -726,9 +729,11 @@ impl Services {
                 device,
                 &request.filter,
             );
-            self.rooms
-                .bundle_aggregations(room, user, &mut timeline)
-                .await?;
+            if related.any_in(&timeline) {
+                self.rooms
+                    .bundle_aggregations(room, user, &mut timeline)
+                    .await?;
+            }
             let prev_batch = timeline_prev_batch(&joined.rows, now.events + 1);
             let senders: HashSet<&str> = timeline
                 .iter()

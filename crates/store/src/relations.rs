@@ -2,6 +2,8 @@
 //! bundled into events' `unsigned.m.relations`. Rows of `event_relations` are written by
 //! `persist_events` (from [`crate::NewEvent::relation`]) and deleted when their event is redacted.
 
+use std::collections::HashSet;
+
 use sqlx::Row;
 
 use crate::{
@@ -121,6 +123,39 @@ impl Store {
             q.fetch_all(pool).await?
         });
         Ok(ids)
+    }
+
+    /// Which of `parents` (of any rooms) some stored event relates to by one of `rel_types`:
+    /// a cheap look at many events at once, to pass over those with nothing to bundle. It
+    /// counts every relating event, including ones a reader may not see.
+    pub async fn related_parents(
+        &self,
+        parents: &[String],
+        rel_types: &[&str],
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut out = HashSet::new();
+        if rel_types.is_empty() {
+            return Ok(out);
+        }
+        for chunk in parents.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT DISTINCT parent_event_id FROM event_relations \
+                 WHERE parent_event_id IN ({}) AND rel_type IN ({})",
+                placeholders(1, chunk.len()),
+                placeholders(1 + chunk.len(), rel_types.len())
+            );
+            with_pool!(self, pool => {
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                for parent in chunk {
+                    q = q.bind(parent);
+                }
+                for rel_type in rel_types {
+                    q = q.bind(*rel_type);
+                }
+                out.extend(q.fetch_all(pool).await?);
+            });
+        }
+        Ok(out)
     }
 
     /// Per parent and relation type: how many events relate, the newest of them, and whether

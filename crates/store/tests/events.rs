@@ -1,7 +1,8 @@
 //! Events in the store: what a local send reads in one statement ([`Store::send_context`]: the
 //! current state for the keys asked, the room's head, and the event a retried client transaction
 //! produced), the walk by time `/timestamp_to_event` takes, group commit (concurrent persists land
-//! together, a bad one fails alone), and one id per event (the first of two claiming one is kept).
+//! together, a bad one fails alone), one id per event (the first of two claiming one is kept),
+//! and which events have relations to bundle ([`Store::related_parents`]).
 
 use myelin_store::{
     NewEvent, Persisted, Store, StoreError, StoreOptions, TxnKey,
@@ -21,6 +22,8 @@ struct Ev<'a> {
     redaction: Option<(&'a str, &'a str)>,
     /// `origin_server_ts`, when not the depth.
     ts: Option<i64>,
+    /// `(parent event id, rel_type)`.
+    relation: Option<(&'a str, &'a str)>,
 }
 
 const SEND_SCOPE: &str = "/rooms/!r/send/m.room.message";
@@ -57,7 +60,7 @@ async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, 
             txn: ev.txn,
             redaction: ev.redaction,
             push_actions: &[],
-            relation: None,
+            relation: ev.relation,
             search: None,
             now: ev.depth,
             ..Default::default()
@@ -782,5 +785,95 @@ async fn a_lone_message_takes_the_next_position_and_lands_whole() {
             "{kind:?}"
         );
         store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn related_parents_are_the_events_related_to_by_the_types_asked_in_any_room() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        for (room_id, prefix) in [("!one:localhost", "$a"), ("!two:localhost", "$b")] {
+            let room = store
+                .create_room(room_id, "12", "@a:localhost", false, 0)
+                .await
+                .unwrap();
+            let create = format!("{prefix}create");
+            let created = put(
+                &store,
+                room,
+                Ev {
+                    id: &create,
+                    kind: "m.room.create",
+                    state_key: Some(""),
+                    depth: 1,
+                    ..Ev::default()
+                },
+            )
+            .await;
+            // Roots first, then what relates to them, each citing the one before.
+            let ids: Vec<String> = ["root", "plain", "thread", "reacted", "edit"]
+                .iter()
+                .map(|n| format!("{prefix}{n}"))
+                .collect();
+            let relations = [
+                None,
+                None,
+                Some((ids[0].as_str(), "m.thread")),
+                Some((ids[1].as_str(), "m.annotation")),
+                Some((ids[2].as_str(), "m.replace")),
+            ];
+            let mut prev = create.clone();
+            for (depth, (id, relation)) in ids.iter().zip(relations).enumerate() {
+                put(
+                    &store,
+                    room,
+                    Ev {
+                        id,
+                        kind: "m.room.message",
+                        depth: depth as i64 + 2,
+                        prev: &[&prev],
+                        before: created.state_group,
+                        relation,
+                        ..Ev::default()
+                    },
+                )
+                .await;
+                prev = id.clone();
+            }
+            events.extend(ids);
+        }
+        let bundled = ["m.thread", "m.reference", "m.replace"];
+        let mut asked = events.clone();
+        asked.push("$unknown".to_owned());
+        let mut related: Vec<String> = store
+            .related_parents(&asked, &bundled)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        related.sort();
+        // The thread roots and the edited thread reply of both rooms; an annotation is not
+        // asked for, and events nothing relates to are not returned.
+        assert_eq!(
+            related,
+            ["$aroot", "$athread", "$broot", "$bthread"],
+            "{kind:?}"
+        );
+        assert!(
+            store.related_parents(&asked, &[]).await.unwrap().is_empty(),
+            "{kind:?}"
+        );
+        assert!(
+            store
+                .related_parents(&[], &bundled)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{kind:?}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! `unsigned.m.relations` (threads, references and the latest edit) on the client surfaces that
 //! hand out single events or pages of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use myelin_room_version::{CanonicalJsonValue, Pdu};
 use myelin_store::{EventRow, RelationsQuery, RoomRow};
@@ -22,6 +22,22 @@ const MAX_RECURSION_DEPTH: u8 = 3;
 const MAX_RECURSION_PARENTS: i64 = 256;
 /// How many references are bundled under `m.reference`.
 const MAX_BUNDLED_REFERENCES: i64 = 100;
+/// The relation types whose aggregations are bundled (the spec's three).
+const BUNDLED_REL_TYPES: [&str; 3] = ["m.thread", "m.reference", "m.replace"];
+
+/// Which events of several timelines some event relates to by a bundled type, read for all of
+/// them at once ([`Rooms::related_parents`]): a timeline with none of them has nothing to
+/// bundle, and [`Rooms::bundle_aggregations`] (a read or more per timeline) is skipped.
+pub(crate) struct RelatedParents(HashSet<String>);
+
+impl RelatedParents {
+    /// Whether any of the client events `events` may have something bundled.
+    pub(crate) fn any_in(&self, events: &[Value]) -> bool {
+        events
+            .iter()
+            .any(|e| e["event_id"].as_str().is_some_and(|id| self.0.contains(id)))
+    }
+}
 
 /// What a non-state PDU relates to: `(parent event id, rel_type)` from `content.m.relates_to`,
 /// when both are strings. State events are not indexed (the spec gives them no aggregation).
@@ -243,6 +259,25 @@ impl Rooms {
         Ok((chunk, next_batch))
     }
 
+    /// The non-state events among `rows` (of any rooms) that some event relates to by a bundled
+    /// type, in one read; none when there are no such rows.
+    pub(crate) async fn related_parents<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a EventRow>,
+    ) -> Result<RelatedParents> {
+        let ids: Vec<String> = rows
+            .into_iter()
+            .filter(|row| row.state_key.is_none())
+            .map(|row| row.event_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(RelatedParents(HashSet::new()));
+        }
+        Ok(RelatedParents(
+            self.store.related_parents(&ids, &BUNDLED_REL_TYPES).await?,
+        ))
+    }
+
     /// Adds `unsigned.m.relations` to client events of `room` as `reader` sees them: for a
     /// thread root its reply count, latest reply and whether the reader took part; for an event
     /// with references their ids; for an edited event the latest valid edit (same sender, same
@@ -263,12 +298,7 @@ impl Rooms {
         }
         let counts = self
             .store
-            .relation_counts(
-                room.room_nid,
-                &ids,
-                &["m.thread", "m.reference", "m.replace"],
-                reader.as_str(),
-            )
+            .relation_counts(room.room_nid, &ids, &BUNDLED_REL_TYPES, reader.as_str())
             .await?;
         if counts.is_empty() {
             return Ok(());

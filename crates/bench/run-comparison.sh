@@ -20,8 +20,9 @@
 #   SERVERS="myelin synapse"     which servers ("base" adds a second Myelin, MYELIN_BASE_BIN: a
 #                                build of an earlier commit, to compare a change side by side)
 #   SCENARIOS="register send-seq send-concurrent sync20 sync500 wakeup"
-#                                the default list; also available (issues 17 and 18, slower to
-#                                set up, so not in the default): keys-claim keys-query
+#                                the default list; also available: sync20m (initial sync of 20
+#                                rooms of SYNC_MESSAGES messages each) and (issues 17 and 18,
+#                                slower to set up, so not in the default): keys-claim keys-query
 #                                media-upload media-download thumbnail, e.g.
 #                                SCENARIOS="keys-claim keys-query media-upload media-download thumbnail"
 #   SYNC500_ROUNDS=1             rounds in which sync500 runs (its set-up creates 500 rooms)
@@ -34,6 +35,7 @@
 #   GAP=2                        seconds of idle before each run (the last run's background
 #                                work, such as a PostgreSQL checkpoint, settles first)
 #   REGISTER_N=100 SEND_N=1000 CONC_CLIENTS=50 CONC_PER=20 SYNC_REPS=10 SYNC_BIG_ROOMS=500 WAKE_N=100
+#   SYNC_MESSAGES=5              sync20m: messages the syncing user sends into each room
 #   KEYS_USERS=10 KEYS_DEVICES=10 KEYS_REPS=20    keys-claim: users × devices, timed claims
 #   QUERY_DEVICES=1000 QUERY_REPS=20              keys-query: devices of the queried user, queries
 #   MEDIA_CLIENTS=16 MEDIA_PER=8 MEDIA_KIB=1024   media-upload/-download: clients × files each, size
@@ -59,7 +61,7 @@ SETTLE="${SETTLE:-10}"
 GAP="${GAP:-2}"
 # Sizes (the defaults are the issue's).
 REGISTER_N="${REGISTER_N:-100}" SEND_N="${SEND_N:-1000}" CONC_CLIENTS="${CONC_CLIENTS:-50}"
-CONC_PER="${CONC_PER:-20}" SYNC_REPS="${SYNC_REPS:-10}" SYNC_BIG_ROOMS="${SYNC_BIG_ROOMS:-500}"
+CONC_PER="${CONC_PER:-20}" SYNC_REPS="${SYNC_REPS:-10}" SYNC_MESSAGES="${SYNC_MESSAGES:-5}" SYNC_BIG_ROOMS="${SYNC_BIG_ROOMS:-500}"
 WAKE_N="${WAKE_N:-100}"
 KEYS_USERS="${KEYS_USERS:-10}" KEYS_DEVICES="${KEYS_DEVICES:-10}" KEYS_REPS="${KEYS_REPS:-20}"
 QUERY_DEVICES="${QUERY_DEVICES:-1000}" QUERY_REPS="${QUERY_REPS:-20}" QUERY_ROUNDS="${QUERY_ROUNDS:-$ROUNDS}"
@@ -206,6 +208,10 @@ for round in $(seq 1 "$ROUNDS"); do
                 send-seq) bench "$label" "round$round" send-seq --count "$SEND_N" ;;
                 send-concurrent) bench "$label" "round$round" send-concurrent --clients "$CONC_CLIENTS" --count "$CONC_PER" ;;
                 sync20) bench "$label" "round$round" sync-initial --rooms 20 --reps "$SYNC_REPS" ;;
+                sync20m)
+                    bench "$label" "round$round" sync-initial --rooms 20 --messages "$SYNC_MESSAGES" \
+                        --reps "$SYNC_REPS"
+                    ;;
                 sync500)
                     [ "$round" -le "$SYNC500_ROUNDS" ] || continue
                     bench "$label" "round$round" sync-initial --rooms "$SYNC_BIG_ROOMS" --reps 5

@@ -10,6 +10,14 @@ import sys
 from collections import defaultdict
 
 
+def rooms_of(r):
+    """How sync-initial's rooms are named: their count, and their messages when they have some."""
+    messages = r.get("messages_per_room", 0)
+    if messages:
+        return f"{r['rooms']} rooms of {messages} messages"
+    return f"{r['rooms']} rooms"
+
+
 def key_and_value(r):
     """(row name, figure, unit, lower_is_better) for one run, or None."""
     s = r["scenario"]
@@ -22,7 +30,7 @@ def key_and_value(r):
     if s == "send-concurrent":
         return (f"concurrent send ({r['clients']} clients), throughput", r["events_per_second"], "events/s", False)
     if s == "sync-initial":
-        return (f"initial sync, {r['rooms']} rooms, median", r["latency"]["median_ms"], "ms", True)
+        return (f"initial sync, {rooms_of(r)}, median", r["latency"]["median_ms"], "ms", True)
     if s == "wakeup":
         return ("wake-up latency, median", r["latency"]["median_ms"], "ms", True)
     if s == "join-remote":
@@ -53,7 +61,7 @@ def extra_rows(r):
     if s == "wakeup":
         out.append(("wake-up: the send alone, median", r["send_latency"]["median_ms"], "ms", True))
     if s == "sync-initial":
-        out.append((f"initial sync, {r['rooms']} rooms, p95", r["latency"]["p95_ms"], "ms", True))
+        out.append((f"initial sync, {rooms_of(r)}, p95", r["latency"]["p95_ms"], "ms", True))
     if s == "join-remote":
         mode = "lazy-loading" if r["lazy_load_members"] else "full-state"
         out.append((f"remote join: the /join request alone ({mode} sync)", r["join_request_s"], "s", True))

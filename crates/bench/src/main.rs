@@ -94,6 +94,10 @@ struct Args {
     /// Rooms the syncing user is in for sync-initial.
     #[arg(long, default_value_t = 20)]
     rooms: usize,
+    /// Messages the syncing user sends into each of its rooms before sync-initial's syncs (0:
+    /// rooms of state events only).
+    #[arg(long, default_value_t = 0)]
+    messages: usize,
     /// Timed repetitions of the initial sync.
     #[arg(long, default_value_t = 10)]
     reps: usize,
@@ -405,6 +409,19 @@ async fn sync_initial(ctx: &Ctx, args: &Args) -> Result<Value> {
         .buffered(args.setup_concurrency.max(1))
         .try_collect()
         .await?;
+    stream::iter(rooms.iter())
+        .map(|room| {
+            let user = &user;
+            async move {
+                for i in 0..args.messages {
+                    ctx.server.send(user, room, &format!("message {i}")).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.setup_concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
     let setup_s = setup.elapsed().as_secs_f64();
     let t = Instant::now();
     let first = ctx.server.sync(&user, None, 0, None).await?;
@@ -429,6 +446,7 @@ async fn sync_initial(ctx: &Ctx, args: &Args) -> Result<Value> {
     }
     Ok(json!({
         "rooms": rooms.len(),
+        "messages_per_room": args.messages,
         "joined_in_response": joined,
         "reps": args.reps,
         "setup_s": round3(setup_s),

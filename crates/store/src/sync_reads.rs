@@ -231,31 +231,45 @@ impl Store {
     ) -> Result<HashMap<i64, Option<i64>>, StoreError> {
         let mut out: HashMap<i64, Option<i64>> =
             positions.iter().map(|(room, _)| (*room, None)).collect();
-        for chunk in positions.chunks(ROOMS_PER_STATEMENT) {
-            let parts: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "SELECT * FROM (SELECT CAST(${room} AS BIGINT) AS room_nid, COALESCE(\
-                         (SELECT f.state_group_before FROM events f WHERE f.room_nid = ${room} AND f.stream_ordering = ${position}), \
-                         (SELECT e.state_group FROM events e WHERE e.room_nid = ${room} \
-                         AND e.stream_ordering < ${position} AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT 1)) AS state_group) AS b{i}",
-                        room = 2 * i + 1,
-                        position = 2 * i + 2
-                    )
-                })
-                .collect();
-            let sql = parts.join(" UNION ALL ");
-            with_pool!(self, pool => {
-                let mut query = sqlx::query_as::<_, (i64, Option<i64>)>(sqlx::AssertSqlSafe(sql.clone()))
-                    .persistent(false);
-                for (room, position) in chunk {
-                    query = query.bind(*room).bind(*position);
-                }
-                for (room, group) in query.fetch_all(pool).await? {
-                    out.insert(room, group);
-                }
-            });
+        if positions.is_empty() {
+            return Ok(out);
         }
+        // One constant statement over the list of positions, prepared once per connection (a
+        // `UNION ALL` of one subquery per room was planned afresh at every sync: 3.7 ms of
+        // PostgreSQL's planning for 20 rooms, more than the reads themselves).
+        let state_group_of = |room: &str, position: &str| {
+            format!(
+                "COALESCE((SELECT f.state_group_before FROM events f                  WHERE f.room_nid = {room} AND f.stream_ordering = {position}),                  (SELECT e.state_group FROM events e WHERE e.room_nid = {room}                  AND e.stream_ordering < {position} AND {IN_TIMELINE}                  ORDER BY e.stream_ordering DESC LIMIT 1))"
+            )
+        };
+        let rows: Vec<(i64, Option<i64>)> = match &self.backend {
+            Backend::Postgres(pool) => {
+                let (rooms, orderings): (Vec<i64>, Vec<i64>) = positions.iter().copied().unzip();
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT w.room_nid, {} AS state_group                      FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS w (room_nid, position)",
+                    state_group_of("w.room_nid", "w.position")
+                )))
+                .bind(rooms)
+                .bind(orderings)
+                .fetch_all(pool)
+                .await?
+            }
+            Backend::Sqlite(pool) => {
+                // The positions as a JSON array of `[room, position]`, as `room_timelines` does.
+                let json: Vec<String> = positions
+                    .iter()
+                    .map(|(room, position)| format!("[{room},{position}]"))
+                    .collect();
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT CAST(json_extract(w.value, '$[0]') AS INTEGER) AS room_nid, {} AS state_group                      FROM json_each($1) AS w",
+                    state_group_of("json_extract(w.value, '$[0]')", "json_extract(w.value, '$[1]')")
+                )))
+                .bind(format!("[{}]", json.join(",")))
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        out.extend(rows);
         Ok(out)
     }
 

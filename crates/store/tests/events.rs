@@ -2,7 +2,8 @@
 //! current state for the keys asked, the room's head, and the event a retried client transaction
 //! produced), the walk by time `/timestamp_to_event` takes, group commit (concurrent persists land
 //! together, a bad one fails alone), one id per event (the first of two claiming one is kept),
-//! and which events have relations to bundle ([`Store::related_parents`]).
+//! which events have relations to bundle ([`Store::related_parents`]), and the state before a
+//! sync timeline's first event ([`Store::state_groups_before`]).
 
 use myelin_store::{
     NewEvent, Persisted, Store, StoreError, StoreOptions, TxnKey,
@@ -873,6 +874,88 @@ async fn related_parents_are_the_events_related_to_by_the_types_asked_in_any_roo
                 .await
                 .unwrap()
                 .is_empty(),
+            "{kind:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn state_groups_before_a_timeline_are_read_for_many_rooms_at_once() {
+    for kind in test_backends() {
+        let db = TestDatabase::create(kind).await;
+        let store = Store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let mut positions = Vec::new();
+        let mut expected = Vec::new();
+        for (room_id, prefix) in [("!one:localhost", "$a"), ("!two:localhost", "$b")] {
+            let room = store
+                .create_room(room_id, "12", "@a:localhost", false, 0)
+                .await
+                .unwrap();
+            let create = format!("{prefix}create");
+            let created = put(
+                &store,
+                room,
+                Ev {
+                    id: &create,
+                    kind: "m.room.create",
+                    state_key: Some(""),
+                    depth: 1,
+                    ..Ev::default()
+                },
+            )
+            .await;
+            let topic = format!("{prefix}topic");
+            let topical = put(
+                &store,
+                room,
+                Ev {
+                    id: &topic,
+                    kind: "m.room.topic",
+                    state_key: Some(""),
+                    depth: 2,
+                    prev: &[&create],
+                    before: created.state_group,
+                    ..Ev::default()
+                },
+            )
+            .await;
+            let message = format!("{prefix}message");
+            let sent = put(
+                &store,
+                room,
+                Ev {
+                    id: &message,
+                    kind: "m.room.message",
+                    depth: 3,
+                    prev: &[&topic],
+                    before: topical.state_group,
+                    ..Ev::default()
+                },
+            )
+            .await;
+            assert_ne!(created.state_group, topical.state_group, "{kind:?}");
+            // A timeline starting at the topic: the state before it (the create alone); one
+            // starting after the message, at a position with no event of the room: the state
+            // of its newest event before that.
+            positions.push((room, topical.stream_ordering));
+            expected.push((room, topical.stream_ordering, created.state_group));
+            positions.push((room + 1000, sent.stream_ordering + 100));
+            expected.push((room + 1000, 0, None));
+            let mut after = store
+                .state_groups_before(&[(room, sent.stream_ordering + 100)])
+                .await
+                .unwrap();
+            assert_eq!(after.remove(&room), Some(sent.state_group), "{kind:?}");
+        }
+        let before = store.state_groups_before(&positions).await.unwrap();
+        assert_eq!(before.len(), positions.len(), "{kind:?}");
+        for (room, _, group) in expected {
+            assert_eq!(before.get(&room), Some(&group), "room {room}, {kind:?}");
+        }
+        assert!(
+            store.state_groups_before(&[]).await.unwrap().is_empty(),
             "{kind:?}"
         );
     }

@@ -239,14 +239,19 @@ impl Store {
         // PostgreSQL's planning for 20 rooms, more than the reads themselves).
         let state_group_of = |room: &str, position: &str| {
             format!(
-                "COALESCE((SELECT f.state_group_before FROM events f                  WHERE f.room_nid = {room} AND f.stream_ordering = {position}),                  (SELECT e.state_group FROM events e WHERE e.room_nid = {room}                  AND e.stream_ordering < {position} AND {IN_TIMELINE}                  ORDER BY e.stream_ordering DESC LIMIT 1))"
+                "COALESCE((SELECT f.state_group_before FROM events f \
+                 WHERE f.room_nid = {room} AND f.stream_ordering = {position}), \
+                 (SELECT e.state_group FROM events e WHERE e.room_nid = {room} \
+                 AND e.stream_ordering < {position} AND {IN_TIMELINE} \
+                 ORDER BY e.stream_ordering DESC LIMIT 1))"
             )
         };
         let rows: Vec<(i64, Option<i64>)> = match &self.backend {
             Backend::Postgres(pool) => {
                 let (rooms, orderings): (Vec<i64>, Vec<i64>) = positions.iter().copied().unzip();
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT w.room_nid, {} AS state_group                      FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS w (room_nid, position)",
+                    "SELECT w.room_nid, {} AS state_group \
+                     FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS w (room_nid, position)",
                     state_group_of("w.room_nid", "w.position")
                 )))
                 .bind(rooms)
@@ -261,7 +266,8 @@ impl Store {
                     .map(|(room, position)| format!("[{room},{position}]"))
                     .collect();
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT CAST(json_extract(w.value, '$[0]') AS INTEGER) AS room_nid, {} AS state_group                      FROM json_each($1) AS w",
+                    "SELECT CAST(json_extract(w.value, '$[0]') AS INTEGER) AS room_nid, {} AS state_group \
+                     FROM json_each($1) AS w",
                     state_group_of("json_extract(w.value, '$[0]')", "json_extract(w.value, '$[1]')")
                 )))
                 .bind(format!("[{}]", json.join(",")))

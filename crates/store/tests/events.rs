@@ -42,6 +42,29 @@ async fn put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Persisted {
     try_put(store, room_nid, ev).await.unwrap()
 }
 
+/// A new room `room_id` with its create event, `{prefix}create`: the room's nid, the event's
+/// id and where it landed.
+async fn room_with_create(store: &Store, room_id: &str, prefix: &str) -> (i64, String, Persisted) {
+    let room = store
+        .create_room(room_id, "12", "@a:localhost", false, 0)
+        .await
+        .unwrap();
+    let create = format!("{prefix}create");
+    let created = put(
+        store,
+        room,
+        Ev {
+            id: &create,
+            kind: "m.room.create",
+            state_key: Some(""),
+            depth: 1,
+            ..Ev::default()
+        },
+    )
+    .await;
+    (room, create, created)
+}
+
 async fn try_put(store: &Store, room_nid: i64, ev: Ev<'_>) -> Result<Persisted, StoreError> {
     let prev: Vec<String> = ev.prev.iter().map(|p| p.to_string()).collect();
     store
@@ -798,23 +821,7 @@ async fn related_parents_are_the_events_related_to_by_the_types_asked_in_any_roo
             .unwrap();
         let mut events = Vec::new();
         for (room_id, prefix) in [("!one:localhost", "$a"), ("!two:localhost", "$b")] {
-            let room = store
-                .create_room(room_id, "12", "@a:localhost", false, 0)
-                .await
-                .unwrap();
-            let create = format!("{prefix}create");
-            let created = put(
-                &store,
-                room,
-                Ev {
-                    id: &create,
-                    kind: "m.room.create",
-                    state_key: Some(""),
-                    depth: 1,
-                    ..Ev::default()
-                },
-            )
-            .await;
+            let (room, create, created) = room_with_create(&store, room_id, prefix).await;
             // Roots first, then what relates to them, each citing the one before.
             let ids: Vec<String> = ["root", "plain", "thread", "reacted", "edit"]
                 .iter()
@@ -889,23 +896,7 @@ async fn state_groups_before_a_timeline_are_read_for_many_rooms_at_once() {
         let mut positions = Vec::new();
         let mut expected = Vec::new();
         for (room_id, prefix) in [("!one:localhost", "$a"), ("!two:localhost", "$b")] {
-            let room = store
-                .create_room(room_id, "12", "@a:localhost", false, 0)
-                .await
-                .unwrap();
-            let create = format!("{prefix}create");
-            let created = put(
-                &store,
-                room,
-                Ev {
-                    id: &create,
-                    kind: "m.room.create",
-                    state_key: Some(""),
-                    depth: 1,
-                    ..Ev::default()
-                },
-            )
-            .await;
+            let (room, create, created) = room_with_create(&store, room_id, prefix).await;
             let topic = format!("{prefix}topic");
             let topical = put(
                 &store,

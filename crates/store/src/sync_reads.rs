@@ -291,44 +291,60 @@ impl Store {
         windows: &[StateDeltaWindow],
         redeliveries: bool,
     ) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
+        if windows.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // One constant statement over the list of windows, prepared once per connection (one
+        // `OR` clause per room made a new statement, planned afresh, at every sync).
+        let redelivery = if redeliveries {
+            ""
+        } else {
+            " AND d.redelivery = FALSE"
+        };
+        let rows: Vec<(i64, i64, String, String, Option<i64>)> = match &self.backend {
+            Backend::Postgres(pool) => {
+                let column = |f: fn(&StateDeltaWindow) -> i64| -> Vec<i64> {
+                    windows.iter().map(f).collect()
+                };
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT d.room_nid, d.stream_ordering, d.event_type, d.state_key, d.event_nid \
+                     FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS w (room_nid, after, upto) \
+                     JOIN current_state_deltas d ON d.room_nid = w.room_nid \
+                     AND d.stream_ordering > w.after AND d.stream_ordering <= w.upto{redelivery}"
+                )))
+                .bind(column(|w| w.room_nid))
+                .bind(column(|w| w.after))
+                .bind(column(|w| w.upto))
+                .fetch_all(pool)
+                .await?
+            }
+            Backend::Sqlite(pool) => {
+                // The windows as a JSON array of `[room, after, upto]`, as `room_timelines` does.
+                let json: Vec<String> = windows
+                    .iter()
+                    .map(|w| format!("[{},{},{}]", w.room_nid, w.after, w.upto))
+                    .collect();
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT d.room_nid, d.stream_ordering, d.event_type, d.state_key, d.event_nid \
+                     FROM json_each($1) AS w JOIN current_state_deltas d \
+                     ON d.room_nid = json_extract(w.value, '$[0]') \
+                     AND d.stream_ordering > json_extract(w.value, '$[1]') \
+                     AND d.stream_ordering <= json_extract(w.value, '$[2]'){redelivery}"
+                )))
+                .bind(format!("[{}]", json.join(",")))
+                .fetch_all(pool)
+                .await?
+            }
+        };
         // Per room and key, the event of the latest change in the window.
         let mut latest: HashMap<(i64, String, String), (i64, Option<i64>)> = HashMap::new();
-        for chunk in windows.chunks(ROOMS_PER_STATEMENT) {
-            let clauses: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 3 * i + 1;
-                    format!(
-                        "(room_nid = ${p} AND stream_ordering > ${} AND stream_ordering <= ${})",
-                        p + 1,
-                        p + 2
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "SELECT room_nid, stream_ordering, event_type, state_key, event_nid \
-                 FROM current_state_deltas WHERE ({}){}",
-                clauses.join(" OR "),
-                if redeliveries {
-                    ""
-                } else {
-                    " AND redelivery = FALSE"
-                }
-            );
-            with_pool!(self, pool => {
-                let mut query = sqlx::query_as::<_, (i64, i64, String, String, Option<i64>)>(
-                    sqlx::AssertSqlSafe(sql.clone()),
-                )
-                .persistent(false);
-                for w in chunk {
-                    query = query.bind(w.room_nid).bind(w.after).bind(w.upto);
-                }
-                for (room, stream, event_type, state_key, nid) in query.fetch_all(pool).await? {
-                    let entry = latest.entry((room, event_type, state_key)).or_insert((stream, nid));
-                    if stream >= entry.0 {
-                        *entry = (stream, nid);
-                    }
-                }
-            });
+        for (room, stream, event_type, state_key, nid) in rows {
+            let entry = latest
+                .entry((room, event_type, state_key))
+                .or_insert((stream, nid));
+            if stream >= entry.0 {
+                *entry = (stream, nid);
+            }
         }
         let nids: Vec<i64> = latest.values().filter_map(|(_, nid)| *nid).collect();
         let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();

@@ -337,6 +337,30 @@ async fn state_changed_in_gives_each_key_its_last_event_in_the_window() {
             "{kind:?}"
         );
         assert!(changed(fork.stream_ordering, i64::MAX).await.is_empty());
+        // Several windows in one read: each room's changes in its own window only (a room
+        // with no changes, or none in its window, has no entry).
+        let several = store
+            .state_changed_in(
+                &[
+                    StateDeltaWindow {
+                        room_nid: room + 1000,
+                        after: 0,
+                        upto: i64::MAX,
+                    },
+                    StateDeltaWindow {
+                        room_nid: room,
+                        after: 0,
+                        upto: since,
+                    },
+                ],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(several.len(), 1, "{kind:?}");
+        let ids: Vec<&str> = several[&room].iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["$second"], "{kind:?}");
+        assert!(store.state_changed_in(&[], false).await.unwrap().is_empty());
 
         // A key that leaves the state has no event to show.
         let gone = put(

@@ -45,6 +45,16 @@ pub struct StateDeltaWindow {
     pub upto: i64,
 }
 
+/// A list of rows of integers as the JSON array SQLite's reads take in place of PostgreSQL's
+/// `UNNEST` arrays (`json_each($1)`, each row's values at `'$[0]'`, `'$[1]'`, ...).
+fn json_rows<const N: usize>(rows: impl IntoIterator<Item = [i64; N]>) -> String {
+    let rows: Vec<String> = rows
+        .into_iter()
+        .map(|row| format!("[{}]", row.map(|value| value.to_string()).join(",")))
+        .collect();
+    format!("[{}]", rows.join(","))
+}
+
 /// `$first, $first+1, ...` for `n` binds.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -98,11 +108,12 @@ impl Store {
                 limits.sort_unstable();
                 limits.dedup();
                 for limit in limits {
-                    let json: Vec<String> = windows
-                        .iter()
-                        .filter(|w| w.limit == limit)
-                        .map(|w| format!("[{},{},{}]", w.room_nid, w.after, w.before))
-                        .collect();
+                    let json = json_rows(
+                        windows
+                            .iter()
+                            .filter(|w| w.limit == limit)
+                            .map(|w| [w.room_nid, w.after, w.before]),
+                    );
                     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT {EVENT_COLUMNS} FROM json_each($1) AS win CROSS JOIN events e{EVENT_JOINS} \
                          WHERE e.event_nid IN (SELECT e.event_nid FROM events e \
@@ -111,7 +122,7 @@ impl Store {
                          AND e.stream_ordering < json_extract(win.value, '$[2]') \
                          AND {IN_TIMELINE} ORDER BY e.stream_ordering DESC LIMIT $2)"
                     )))
-                    .bind(format!("[{}]", json.join(",")))
+                    .bind(json)
                     .bind(limit)
                     .fetch_all(pool)
                     .await?;
@@ -260,17 +271,14 @@ impl Store {
                 .await?
             }
             Backend::Sqlite(pool) => {
-                // The positions as a JSON array of `[room, position]`, as `room_timelines` does.
-                let json: Vec<String> = positions
-                    .iter()
-                    .map(|(room, position)| format!("[{room},{position}]"))
-                    .collect();
+                // The positions as JSON rows `[room, position]`.
+                let json = json_rows(positions.iter().map(|(room, position)| [*room, *position]));
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT CAST(json_extract(w.value, '$[0]') AS INTEGER) AS room_nid, {} AS state_group \
                      FROM json_each($1) AS w",
                     state_group_of("json_extract(w.value, '$[0]')", "json_extract(w.value, '$[1]')")
                 )))
-                .bind(format!("[{}]", json.join(",")))
+                .bind(json)
                 .fetch_all(pool)
                 .await?
             }
@@ -319,11 +327,8 @@ impl Store {
                 .await?
             }
             Backend::Sqlite(pool) => {
-                // The windows as a JSON array of `[room, after, upto]`, as `room_timelines` does.
-                let json: Vec<String> = windows
-                    .iter()
-                    .map(|w| format!("[{},{},{}]", w.room_nid, w.after, w.upto))
-                    .collect();
+                // The windows as JSON rows `[room, after, upto]`.
+                let json = json_rows(windows.iter().map(|w| [w.room_nid, w.after, w.upto]));
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT d.room_nid, d.stream_ordering, d.event_type, d.state_key, d.event_nid \
                      FROM json_each($1) AS w JOIN current_state_deltas d \
@@ -331,7 +336,7 @@ impl Store {
                      AND d.stream_ordering > json_extract(w.value, '$[1]') \
                      AND d.stream_ordering <= json_extract(w.value, '$[2]'){redelivery}"
                 )))
-                .bind(format!("[{}]", json.join(",")))
+                .bind(json)
                 .fetch_all(pool)
                 .await?
             }
@@ -562,5 +567,19 @@ impl Store {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_rows;
+
+    #[test]
+    fn json_rows_are_a_json_array_of_arrays() {
+        assert_eq!(
+            json_rows([[1, 2, 3], [-4, 0, i64::MAX]]),
+            format!("[[1,2,3],[-4,0,{}]]", i64::MAX)
+        );
+        assert_eq!(json_rows(Vec::<[i64; 2]>::new()), "[]");
     }
 }
